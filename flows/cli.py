@@ -1,0 +1,211 @@
+"""`pgha`: the command line. Each verb validates its input, then runs its flow in-process.
+
+Flows use Prefect's ephemeral API when PREFECT_API_URL is unset and that server when set.
+Every PghaError becomes one line on stderr and a non-zero exit; no traceback for a user
+mistake (set PGHA_DEBUG=1 to see one for an internal error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
+from stack.spec import ClusterSpec, load_spec  # noqa: E402
+from stack.state import cluster_dir  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run a PostgreSQL HA cluster (etcd + Patroni + HAProxy) on Docker with Prefect flows.")
+images_app = typer.Typer(no_args_is_help=True, help="Build or show the node image.")
+app.add_typer(images_app, name="images")
+
+# Wide enough for the members table when output goes to a pipe or a CI log.
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+T = TypeVar("T")
+
+SpecOpt = typer.Option(None, "--spec", "-s", help="cluster spec YAML (default: $PGHA_SPEC, else the stored spec of --scope, else defaults)")
+ScopeOpt = typer.Option(None, "--scope", help="cluster scope (default: hy-home-db)")
+
+
+def run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except PghaError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err.print(f"pgha: error: {first}", markup=False, highlight=False)
+        if isinstance(exc, WaitTimeout) and exc.logs:
+            err.print(exc.logs.rstrip(), markup=False, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("pgha: interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only on request
+        if os.environ.get("PGHA_DEBUG"):
+            raise
+        line = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"pgha: internal error: {type(exc).__name__}: {line} (PGHA_DEBUG=1 shows the traceback)",
+                  markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def resolve_spec(spec_file: Path | None, scope: str | None) -> ClusterSpec:
+    """--spec, else $PGHA_SPEC, else the spec stored by the last `up` of --scope, else defaults."""
+    if spec_file is None and os.environ.get("PGHA_SPEC"):
+        spec_file = Path(os.environ["PGHA_SPEC"])
+    if spec_file is not None:
+        spec = load_spec(spec_file)
+        if scope and scope != spec.scope:
+            raise UsageError(f"--scope {scope} contradicts the spec's scope {spec.scope}")
+        return spec
+    name = scope or ClusterSpec().scope
+    stored = cluster_dir(name) / "spec.yaml"
+    if stored.exists():
+        return load_spec(stored)
+    if scope is not None and scope != ClusterSpec().scope:
+        raise UsageError(f"no cluster '{scope}' was brought up from this machine; pass --spec FILE")
+    return ClusterSpec()
+
+
+def members_table(status: dict[str, Any]) -> Table:
+    t = Table(title=f"pgha cluster {status['scope']}", title_justify="left")
+    for col in ("member", "component", "container", "state", "health", "role", "pg state", "TL", "lag (bytes)"):
+        t.add_column(col)
+    for m in status["members"]:
+        t.add_row(m["member"], m["role"], m["container"], m["container_state"], m["health"], m["pg_role"],
+                  m["pg_state"], "" if m["timeline"] is None else str(m["timeline"]),
+                  "" if m["lag_bytes"] is None else str(m["lag_bytes"]))
+    return t
+
+
+def print_endpoints(spec: ClusterSpec) -> None:
+    from tasks.postgres import dsn
+
+    out.print(f"read/write: {dsn(spec)}", highlight=False)
+    out.print(f"read-only : {dsn(spec, read_only=True)}", highlight=False)
+    out.print(f"password  : pgha dsn --show-password{'' if spec.scope == ClusterSpec().scope else ' --scope ' + spec.scope}"
+              f"  (kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)", highlight=False)
+
+
+@app.command()
+def up(spec_file: Path | None = SpecOpt) -> None:
+    """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs."""
+
+    def go() -> None:
+        spec = load_spec(spec_file or (Path(os.environ["PGHA_SPEC"]) if os.environ.get("PGHA_SPEC") else None))
+        from flows.bootstrap import bootstrap, preflight
+        from tasks.images import ensure_image
+
+        preflight(spec)
+        tag, log = ensure_image(spec)
+        for line in log:
+            err.print(f"pgha: {line}", highlight=False)
+        result = bootstrap(spec)
+        out.print(members_table(result["status"]))
+        changed = [k for k, v in result["outcomes"].items() if v != "unchanged"]
+        out.print(f"{spec.scope} is ready in {result['elapsed_s']}s on {tag}; "
+                  + (f"changed: {', '.join(changed)}" if changed else "nothing changed"), highlight=False)
+        print_endpoints(spec)
+
+    run(go)
+
+
+@app.command()
+def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes and passwords (data is lost)")) -> None:
+    """Remove the cluster's containers and network; data volumes stay unless --volumes."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from flows.teardown import teardown
+        from tasks import docker_engine as de
+
+        de.client()
+        removed = teardown(spec, volumes=volumes)
+        out.print(f"{spec.scope}: removed {len(removed['containers'])} containers, {len(removed['networks'])} networks, "
+                  f"{len(removed['volumes'])} volumes" + ("" if volumes else " (data volumes kept; `pgha up` brings it back)"),
+                  highlight=False)
+
+    run(go)
+
+
+@app.command()
+def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Members with role, state, timeline and lag; endpoints; container health. Exit 1 if unhealthy."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from flows.status import collect
+
+        st = collect(spec)
+        if as_json:
+            sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+        else:
+            out.print(members_table(st.to_dict()))
+            for k, v in st.endpoints.items():
+                out.print(f"{k:12}: {v}", highlight=False)
+            out.print("healthy" if st.healthy else "UNHEALTHY: " + "; ".join(st.problems), highlight=False)
+        if not st.healthy:
+            raise typer.Exit(1)
+
+    run(go)
+
+
+@app.command()
+def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+        ro: bool = typer.Option(False, "--ro", help="the read-only (replicas) endpoint"),
+        show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI")) -> None:
+    """Print the connection URI of the R/W (or --ro) endpoint."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from stack.errors import StateError
+        from stack.secrets import load_or_create
+        from stack.state import secrets_file
+        from tasks.postgres import dsn as make_dsn
+
+        password = None
+        if show_password:
+            if not secrets_file(spec.scope).exists():
+                raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
+            password = load_or_create(secrets_file(spec.scope)).superuser
+        sys.stdout.write(make_dsn(spec, read_only=ro, password=password) + "\n")
+
+    run(go)
+
+
+@images_app.command("build")
+def images_build(spec_file: Path | None = SpecOpt) -> None:
+    """Build the node image for the spec if it is missing (debootstrap base when no registry)."""
+
+    def go() -> None:
+        spec = load_spec(spec_file)
+        from tasks.docker_engine import client
+        from tasks.images import ensure_image
+
+        client()
+        tag, log = ensure_image(spec)
+        for line in log:
+            err.print(f"pgha: {line}", highlight=False)
+        out.print(tag, highlight=False)
+
+    run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""teardown: remove a cluster's containers and network; its volumes only when asked."""
+
+from __future__ import annotations
+
+import shutil
+
+from prefect import flow, get_run_logger, task
+
+from stack.spec import ClusterSpec
+from stack.state import cluster_dir
+from tasks import docker_engine as de
+from tasks._prefect import SIDE_EFFECT
+
+
+@task(name="remove-resources", **SIDE_EFFECT)
+def remove_resources(scope: str, volumes: bool) -> dict[str, list[str]]:
+    return de.remove_cluster(scope, volumes=volumes)
+
+
+@flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true.")
+def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False) -> dict[str, list[str]]:  # noqa: B008
+    log = get_run_logger()
+    removed = remove_resources(spec.scope, volumes)
+    if volumes:
+        # The data is gone, so are the passwords and configs that belonged to it.
+        shutil.rmtree(cluster_dir(spec.scope), ignore_errors=True)
+    log.info("removed %d containers, %d networks, %d volumes of %s", len(removed["containers"]),
+             len(removed["networks"]), len(removed["volumes"]), spec.scope)
+    return removed

@@ -1,0 +1,34 @@
+#!/bin/sh
+# pgha-entrypoint ROLE [ARGS...]: start one pgha role as its own unprivileged user.
+#
+# Config files (with passwords) are bind-mounted read-only under /etc/pgha by the host,
+# owned by root with mode 0600; the role's user cannot read them there, so they are
+# copied once into a private tmpfs-like directory owned by that user. Passwords never
+# travel through environment variables.
+set -eu
+role="${1:-}"
+[ $# -gt 0 ] && shift
+
+case "$role" in
+  etcd)
+    install -d -o etcd -g etcd -m 0700 /var/lib/etcd/data
+    chown etcd:etcd /var/lib/etcd
+    exec setpriv --reuid=etcd --regid=etcd --init-groups etcd "$@"
+    ;;
+  patroni)
+    install -d -o postgres -g postgres -m 0700 /run/pgha
+    install -o postgres -g postgres -m 0600 /etc/pgha/patroni.yml /run/pgha/patroni.yml
+    chown postgres:postgres /var/lib/postgresql/data
+    chmod 0700 /var/lib/postgresql/data
+    install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+    cd /var/lib/postgresql
+    exec setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql patroni /run/pgha/patroni.yml
+    ;;
+  haproxy)
+    exec haproxy -W -db -f /etc/pgha/haproxy.cfg
+    ;;
+  *)
+    echo "pgha-entrypoint: unknown role '$role' (expected etcd, patroni or haproxy)" >&2
+    exit 64
+    ;;
+esac

@@ -1,0 +1,225 @@
+"""Pure renderers: every config file and command line of a cluster, from its ClusterSpec.
+
+No I/O here, so unit tests can check the exact output for several specs. Passwords come in
+as a `Secrets` object and appear only in the rendered patroni.yml (a 0600 file mounted
+read-only into the node), never in a command line, env var or label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec
+
+PATRONI_API_PORT = 8008
+PG_PORT = 5432
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+HAPROXY_RW_PORT = 5432  # inside the HAProxy container; host ports come from spec.ports
+HAPROXY_RO_PORT = 5433
+HAPROXY_STATS_PORT = 8404
+
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"
+ETCD_MOUNT = "/var/lib/etcd"
+CONFIG_MOUNT = "/etc/pgha"
+
+# Users the cluster creates; the superuser name is the seed's (`postgres`).
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+REWIND_USER = "rewind_user"
+RESTAPI_USER = "patroni"
+
+
+def etcd_hosts(spec: ClusterSpec) -> list[str]:
+    return [f"{spec.container(m)}:{ETCD_CLIENT_PORT}" for m in spec.etcd_names()]
+
+
+def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
+    """etcd's flags for one member. The initial-cluster flags only matter on first start."""
+    host = spec.container(member)
+    initial = ",".join(f"{m}=http://{spec.container(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
+    return [
+        f"--name={member}",
+        f"--data-dir={ETCD_MOUNT}/data",
+        f"--listen-client-urls=http://0.0.0.0:{ETCD_CLIENT_PORT}",
+        f"--advertise-client-urls=http://{host}:{ETCD_CLIENT_PORT}",
+        f"--listen-peer-urls=http://0.0.0.0:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls=http://{host}:{ETCD_PEER_PORT}",
+        f"--initial-cluster={initial}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={spec.scope}",
+        # Small, bounded DB and short elections: a Docker network has sub-ms latency.
+        "--heartbeat-interval=100",
+        "--election-timeout=1000",
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=1h",
+        "--quota-backend-bytes=2147483648",
+    ]
+
+
+def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
+    """Patroni's dynamic (DCS) configuration, set at bootstrap."""
+    t = spec.timing
+    parameters: dict[str, Any] = {
+        "wal_level": "replica",
+        "hot_standby": "on",
+        "wal_log_hints": "on",
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+        "wal_keep_size": "128MB",
+        "password_encryption": "scram-sha-256",
+        "max_connections": 100,
+    }
+    parameters.update(spec.postgres_parameters)
+    return {
+        "ttl": t.ttl,
+        "loop_wait": t.loop_wait,
+        "retry_timeout": t.retry_timeout,
+        "maximum_lag_on_failover": t.maximum_lag_on_failover,
+        "synchronous_mode": t.synchronous_mode,
+        "postgresql": {
+            "use_pg_rewind": True,
+            "use_slots": True,
+            "parameters": parameters,
+        },
+    }
+
+
+def pg_hba(subnet: str) -> list[str]:
+    """Only the cluster's own Docker network may connect over TCP, and only with SCRAM."""
+    return [
+        "local all postgres peer",
+        "local all all scram-sha-256",
+        "host all all 127.0.0.1/32 scram-sha-256",
+        f"host replication {REPLICATION_USER} {subnet} scram-sha-256",
+        f"host all all {subnet} scram-sha-256",
+    ]
+
+
+def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> dict[str, Any]:
+    host = spec.container(member)
+    return {
+        "scope": spec.scope,
+        "name": member,
+        "restapi": {
+            "listen": f"0.0.0.0:{PATRONI_API_PORT}",
+            "connect_address": f"{host}:{PATRONI_API_PORT}",
+            # GETs (health checks) stay open; unsafe methods need these credentials.
+            "authentication": {"username": RESTAPI_USER, "password": secrets.restapi},
+        },
+        "ctl": {"authentication": {"username": RESTAPI_USER, "password": secrets.restapi}},
+        "etcd3": {"hosts": etcd_hosts(spec)},
+        "bootstrap": {
+            "dcs": dcs_config(spec),
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums", {"auth": "scram-sha-256"}],
+        },
+        "postgresql": {
+            "listen": f"0.0.0.0:{PG_PORT}",
+            "connect_address": f"{host}:{PG_PORT}",
+            "data_dir": PGDATA,
+            "bin_dir": f"/usr/lib/postgresql/{spec.postgres_version}/bin",
+            "pgpass": "/run/pgha/pgpass",
+            "authentication": {
+                "superuser": {"username": SUPERUSER, "password": secrets.superuser},
+                "replication": {"username": REPLICATION_USER, "password": secrets.replication},
+                "rewind": {"username": REWIND_USER, "password": secrets.rewind},
+            },
+            # Patroni's own connections go through the socket (peer auth for postgres).
+            "use_unix_socket": True,
+            "use_unix_socket_repl": False,
+            "pg_hba": pg_hba(subnet),
+            "parameters": {"unix_socket_directories": "/var/run/postgresql"},
+        },
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+
+
+def render_patroni_yml(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> str:
+    return yaml.safe_dump(patroni_config(spec, member, subnet, secrets), sort_keys=False)
+
+
+def render_haproxy_cfg(spec: ClusterSpec) -> str:
+    """HAProxy: R/W → the member whose /primary answers 200, R/O → members whose /replica does.
+
+    Servers are resolved through Docker's DNS at run time (`init-addr none`), so HAProxy
+    starts before the nodes and follows a recreated container's new address.
+    """
+    t = spec.timing
+    servers = [(m, spec.container(m)) for m in spec.node_names()]
+    default_server = (
+        f"    default-server inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
+        f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
+        f"resolvers docker init-addr last,libc,none check port {PATRONI_API_PORT}\n"
+    )
+
+    def server_lines() -> str:
+        return "".join(f"    server {m} {h}:{PG_PORT}\n" for m, h in servers)
+
+    return (
+        "# Rendered by pgha from the ClusterSpec; do not edit by hand.\n"
+        "global\n"
+        "    maxconn 2000\n"
+        "    log stdout format raw local0 warning\n"
+        "\n"
+        "resolvers docker\n"
+        "    nameserver dns 127.0.0.11:53\n"
+        "    hold valid 1s\n"
+        "    hold other 1s\n"
+        "    hold refused 1s\n"
+        "    hold nx 1s\n"
+        "    hold timeout 1s\n"
+        "    timeout resolve 1s\n"
+        "\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    log global\n"
+        "    timeout connect 3s\n"
+        "    timeout client 30m\n"
+        "    timeout server 30m\n"
+        "    timeout check 2s\n"
+        "    retries 2\n"
+        "\n"
+        "frontend stats\n"
+        "    mode http\n"
+        f"    bind :{HAPROXY_STATS_PORT}\n"
+        "    http-request use-service prometheus-exporter if { path /metrics }\n"
+        "    stats enable\n"
+        "    stats uri /\n"
+        "    stats refresh 5s\n"
+        "\n"
+        "listen primary\n"
+        f"    bind :{HAPROXY_RW_PORT}\n"
+        "    option httpchk GET /primary\n"
+        "    http-check expect status 200\n"
+        + default_server
+        + server_lines()
+        + "\n"
+        "listen replicas\n"
+        f"    bind :{HAPROXY_RO_PORT}\n"
+        "    balance roundrobin\n"
+        "    option httpchk GET /replica\n"
+        "    http-check expect status 200\n"
+        + default_server
+        + server_lines()
+    )
+
+
+def digest(*parts: object) -> str:
+    """A short stable hash of a container's definition (for the pgha.config label).
+
+    Callers pass config text with passwords redacted, so the label reveals nothing.
+    """
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def redact(text: str, secrets: Secrets) -> str:
+    for value in secrets.values():
+        text = text.replace(value, "<redacted>")
+    return text

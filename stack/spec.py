@@ -1,0 +1,229 @@
+"""ClusterSpec: the single source of truth for one pgha cluster.
+
+Read from YAML (`pgha up --spec FILE`), validated with readable errors, passed as the flow
+parameter, and used by the renderers in `stack.render` for every config file. Nothing else
+holds a port, a node count or a name.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stack.errors import SpecError
+
+SCOPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+
+# Which Debian suite ships which PostgreSQL major (see shared FIELD-NOTES): the image's base.
+SUITE_FOR_MAJOR: dict[int, str] = {17: "trixie", 15: "bookworm"}
+
+
+class Role(str, Enum):
+    ETCD = "etcd"
+    PATRONI = "patroni"
+    HAPROXY = "haproxy"
+
+
+class Profile(str, Enum):
+    """Timing profile for Patroni and HAProxy checks."""
+
+    FAST = "fast"  # shortest gaps Patroni safely allows, synchronous replication
+    PATRONI_DEFAULTS = "patroni-defaults"  # Patroni's and a typical HAProxy's own defaults
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ports(_Strict):
+    """Host ports, published on 127.0.0.1 only."""
+
+    rw: int = Field(5432, ge=1024, le=65535, description="read/write port (primary)")
+    ro: int = Field(5433, ge=1024, le=65535, description="read-only port (replicas)")
+    stats: int = Field(8404, ge=1024, le=65535, description="HAProxy stats and /metrics")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        seen: dict[int, str] = {}
+        for name in ("rw", "ro", "stats"):
+            port = getattr(self, name)
+            if port in seen:
+                raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}; they must differ")
+            seen[port] = name
+        return self
+
+
+class PatroniTiming(_Strict):
+    """Overrides of the profile's Patroni settings (unset keys come from the profile)."""
+
+    ttl: int | None = Field(None, ge=20, description="leader lock TTL, seconds")
+    loop_wait: int | None = Field(None, ge=1, description="seconds between HA loops")
+    retry_timeout: int | None = Field(None, ge=3, description="DCS and PostgreSQL retry timeout")
+    synchronous_mode: bool | None = None
+    maximum_lag_on_failover: int | None = Field(None, ge=0, description="bytes")
+
+
+class HaproxyChecks(_Strict):
+    """Overrides of the profile's HAProxy health-check settings."""
+
+    inter_ms: int | None = Field(None, ge=100, le=60000)
+    fall: int | None = Field(None, ge=1, le=10)
+    rise: int | None = Field(None, ge=1, le=10)
+
+
+class EffectiveTiming(BaseModel):
+    """The resolved timing: profile defaults with the spec's overrides applied."""
+
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+    synchronous_mode: bool
+    maximum_lag_on_failover: int
+    inter_ms: int
+    fall: int
+    rise: int
+
+
+PROFILES: dict[Profile, EffectiveTiming] = {
+    # loop_wait + 2*retry_timeout = 12 <= ttl 20 (Patroni's rule); ttl 20 is Patroni's floor.
+    Profile.FAST: EffectiveTiming(
+        ttl=20, loop_wait=2, retry_timeout=5, synchronous_mode=True,
+        maximum_lag_on_failover=1048576, inter_ms=500, fall=2, rise=1,
+    ),
+    Profile.PATRONI_DEFAULTS: EffectiveTiming(
+        ttl=30, loop_wait=10, retry_timeout=10, synchronous_mode=False,
+        maximum_lag_on_failover=1048576, inter_ms=1000, fall=2, rise=2,
+    ),
+}
+
+
+class ClusterSpec(_Strict):
+    """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
+
+    scope: str = Field("hy-home-db", description="cluster name: Patroni scope, Docker name prefix and label")
+    nodes: int = Field(3, ge=1, le=9, description="Patroni/PostgreSQL nodes")
+    etcd_members: int = Field(3, ge=1, le=7, description="etcd members (odd)")
+    ports: Ports = Field(default_factory=Ports)  # type: ignore[arg-type]
+    postgres_version: int = Field(17, description="PostgreSQL major version")
+    profile: Profile = Profile.FAST
+    patroni: PatroniTiming = Field(default_factory=PatroniTiming)  # type: ignore[arg-type]
+    haproxy: HaproxyChecks = Field(default_factory=HaproxyChecks)  # type: ignore[arg-type]
+    postgres_parameters: dict[str, str] = Field(
+        default_factory=dict, description="extra PostgreSQL parameters (Patroni dynamic config)"
+    )
+    image: str | None = Field(None, description="use this image tag instead of building pgha's own")
+    base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        if not SCOPE_RE.match(v):
+            raise ValueError(
+                f"'{v}' is not a valid scope: use 2-40 lowercase letters, digits and dashes, "
+                "starting with a letter and not ending with a dash"
+            )
+        return v
+
+    @field_validator("etcd_members")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (1, 3, 5 or 7) so a quorum exists, not {v}")
+        return v
+
+    @field_validator("postgres_version")
+    @classmethod
+    def _pg(cls, v: int) -> int:
+        if v not in SUITE_FOR_MAJOR:
+            known = ", ".join(str(k) for k in sorted(SUITE_FOR_MAJOR))
+            raise ValueError(f"PostgreSQL {v} is not packaged for pgha's images; choose one of {known}")
+        return v
+
+    @model_validator(mode="after")
+    def _timing(self) -> ClusterSpec:
+        t = self.timing
+        if t.loop_wait + 2 * t.retry_timeout > t.ttl:
+            raise ValueError(
+                f"patroni timing breaks Patroni's rule loop_wait + 2*retry_timeout <= ttl "
+                f"({t.loop_wait} + 2*{t.retry_timeout} > {t.ttl})"
+            )
+        return self
+
+    # ---- derived values (the only place names are made) ----
+
+    @property
+    def timing(self) -> EffectiveTiming:
+        base = PROFILES[self.profile].model_dump()
+        base.update({k: v for k, v in self.patroni.model_dump().items() if v is not None})
+        base.update({k: v for k, v in self.haproxy.model_dump().items() if v is not None})
+        return EffectiveTiming(**base)
+
+    @property
+    def suite(self) -> str:
+        return SUITE_FOR_MAJOR[self.postgres_version]
+
+    @property
+    def network(self) -> str:
+        return f"{self.scope}-net"
+
+    def etcd_names(self) -> list[str]:
+        return [f"etcd-{i}" for i in range(1, self.etcd_members + 1)]
+
+    def node_names(self) -> list[str]:
+        return [f"pg-{i}" for i in range(1, self.nodes + 1)]
+
+    def container(self, member: str) -> str:
+        """Container name (and DNS name on the cluster network) of a member."""
+        return f"{self.scope}-{member}"
+
+    def volume(self, member: str) -> str:
+        return f"{self.scope}-{member}-data"
+
+    @property
+    def haproxy_member(self) -> str:
+        return "haproxy"
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One readable line for the first problem pydantic found."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "spec"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check spelling; see README 'The spec')"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid spec {source}: {loc}: {msg}{extra}"
+
+
+def parse_spec(data: Any, source: str = "") -> ClusterSpec:
+    """Validate a mapping as a ClusterSpec, raising SpecError with one readable line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid spec {source}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def load_spec(path: Path | None) -> ClusterSpec:
+    """Read a spec from a YAML file (None: the default cluster)."""
+    if path is None:
+        return ClusterSpec()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"invalid spec {path}:{where}: not valid YAML") from None
+    return parse_spec(data, str(path))

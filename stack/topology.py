@@ -1,0 +1,81 @@
+"""The cluster's containers as data: what each one runs, mounts and publishes.
+
+Pure: from a spec, an image tag, the network's subnet and the state paths it returns the
+container definitions and the config files they mount. `tasks.docker_engine` makes them real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stack import render
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec, Role
+from stack.state import config_dir
+
+
+@dataclass(frozen=True)
+class ContainerDef:
+    """Everything that defines one container of a cluster."""
+
+    scope: str
+    role: str
+    member: str
+    name: str
+    image: str
+    network: str
+    command: list[str]
+    config_hash: str
+    volumes: dict[str, str] = field(default_factory=dict)  # volume name -> container path
+    config_dir: str | None = None  # host dir mounted read-only at /etc/pgha
+    ports: dict[int, int] = field(default_factory=dict)  # container port -> 127.0.0.1 host port
+    healthcheck: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    container: ContainerDef
+    files: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> content
+
+
+def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
+    cmd = render.etcd_command(spec, member)
+    return Planned(ContainerDef(
+        scope=spec.scope, role=Role.ETCD.value, member=member, name=spec.container(member), image=image,
+        network=spec.network, command=cmd, config_hash=render.digest(image, cmd),
+        volumes={spec.volume(member): render.ETCD_MOUNT},
+        healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
+    ))
+
+
+def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets) -> Planned:
+    text = render.render_patroni_yml(spec, member, subnet, secrets)
+    return Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
+            network=spec.network, command=[], config_hash=render.digest(image, render.redact(text, secrets)),
+            volumes={spec.volume(member): render.DATA_MOUNT},
+            config_dir=str(config_dir(spec.scope, member)),
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.PATRONI_API_PORT}/liveness"],
+        ),
+        files={"patroni.yml": text},
+    )
+
+
+def haproxy(spec: ClusterSpec, image: str) -> Planned:
+    text = render.render_haproxy_cfg(spec)
+    ports = {
+        render.HAPROXY_RW_PORT: spec.ports.rw,
+        render.HAPROXY_RO_PORT: spec.ports.ro,
+        render.HAPROXY_STATS_PORT: spec.ports.stats,
+    }
+    member = spec.haproxy_member
+    return Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
+            network=spec.network, command=[], config_hash=render.digest(image, text, ports),
+            config_dir=str(config_dir(spec.scope, member)), ports=ports,
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.HAPROXY_STATS_PORT}/"],
+        ),
+        files={"haproxy.cfg": text},
+    )

@@ -1,0 +1,29 @@
+"""Shared Prefect task settings: no caching of side effects, retries only when transient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+
+from stack.errors import DockerError, EtcdError, ImageError, PatroniError, PostgresError
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry engine hiccups and component connection errors, never user or state errors."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a state without a result is not worth a retry
+        return False
+    if isinstance(exc, ImageError):
+        return False
+    return isinstance(exc, (DockerError, EtcdError, PatroniError, PostgresError, ConnectionError))
+
+
+SIDE_EFFECT: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": [1, 4],
+    "retry_condition_fn": transient,
+}
+READ_ONLY: dict[str, Any] = {"cache_policy": NO_CACHE}

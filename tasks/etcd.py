@@ -1,0 +1,65 @@
+"""etcd: health and quorum of the cluster's consensus store, read through etcdctl in a member."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from prefect import task
+
+from stack.errors import EtcdError
+from stack.render import etcd_hosts
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import docker_engine as de
+from tasks._prefect import READ_ONLY
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    endpoint: str
+    healthy: bool
+    error: str = ""
+
+
+def endpoints(spec: ClusterSpec) -> str:
+    return ",".join(f"http://{h}" for h in etcd_hosts(spec))
+
+
+def _exec_etcdctl(spec: ClusterSpec, args: list[str]) -> tuple[int, str, str]:
+    for member in spec.etcd_names():
+        name = spec.container(member)
+        if de.running(name):
+            return de.exec_in(name, ["etcdctl", f"--endpoints={endpoints(spec)}", "--command-timeout=2s", *args])
+    raise EtcdError("no etcd member container is running")
+
+
+def health(spec: ClusterSpec) -> list[EndpointHealth]:
+    _, out, err = _exec_etcdctl(spec, ["endpoint", "health", "-w", "json"])
+    try:
+        rows = json.loads(out)
+    except ValueError:
+        raise EtcdError(f"etcdctl gave no health report: {(err or out).strip()[:200]}") from None
+    return [EndpointHealth(str(r.get("endpoint")), bool(r.get("health")), str(r.get("error") or "")) for r in rows]
+
+
+def quorum(rows: list[EndpointHealth], members: int) -> bool:
+    return sum(r.healthy for r in rows) > members // 2
+
+
+def _describe(rows: list[EndpointHealth]) -> str:
+    return ", ".join(f"{r.endpoint}={'ok' if r.healthy else r.error or 'down'}" for r in rows)
+
+
+@task(name="wait-etcd-healthy", **READ_ONLY)
+def wait_healthy(spec: ClusterSpec, timeout: float = 60) -> list[EndpointHealth]:
+    """Wait until every etcd member reports healthy (quorum alone is not enough at bootstrap)."""
+    return wait_for(
+        "every etcd member healthy",
+        lambda: health(spec),
+        lambda rows: len(rows) == spec.etcd_members and all(r.healthy for r in rows),
+        timeout=timeout,
+        interval=0.3,
+        describe=_describe,
+        logs=lambda: de.logs(spec.container(spec.etcd_names()[0]), tail=15),
+    )

@@ -1,0 +1,27 @@
+"""HAProxy: backend states from its stats CSV, read through the stats port on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import urllib.error
+import urllib.request
+
+from stack.errors import HaproxyError
+from stack.spec import ClusterSpec
+
+
+def backend_states(spec: ClusterSpec) -> dict[str, dict[str, str]]:
+    """{'primary': {'pg-1': 'UP', ...}, 'replicas': {...}} as HAProxy sees them."""
+    url = f"http://127.0.0.1:{spec.ports.stats}/;csv"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - fixed loopback URL
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise HaproxyError(f"HAProxy stats on 127.0.0.1:{spec.ports.stats} unreachable: {exc}") from None
+    states: dict[str, dict[str, str]] = {"primary": {}, "replicas": {}}
+    for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+        px, sv = row.get("pxname", ""), row.get("svname", "")
+        if px in states and sv not in ("FRONTEND", "BACKEND"):
+            states[px][sv] = row.get("status", "")
+    return states

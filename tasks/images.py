@@ -1,0 +1,157 @@
+"""Image builds: pgha's one node image, on a Debian base pulled or built with debootstrap.
+
+The tag is `pgha/node:pg<major>-<hash>`, the hash covering the build files, the base image
+and the package set, so any change to them gives a new tag and an old cluster keeps its
+image until it is upgraded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker.errors
+
+from stack.errors import ImageError
+from stack.spec import ClusterSpec
+from tasks.docker_engine import client
+
+IMAGE_DIR = Path(__file__).resolve().parent.parent / "stack" / "image"
+REPO = "pgha/node"
+BASE_REPO = "pgha/base"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def _exists(ref: str) -> bool:
+    try:
+        client().images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError as exc:
+        raise ImageError(f"cannot inspect image {ref}: {exc.explanation or exc}") from None
+
+
+def build_files_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(IMAGE_DIR.iterdir()):
+        if path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def image_tag(spec: ClusterSpec, base: str) -> str:
+    h = hashlib.sha256(f"{build_files_digest()}|{base}|{spec.postgres_version}".encode()).hexdigest()[:12]
+    return f"{REPO}:pg{spec.postgres_version}-{h}"
+
+
+def host_debian_mirror() -> str:
+    """The Debian mirror the host's apt already uses (so offline machines keep working)."""
+    if env := os.environ.get("PGHA_DEBIAN_MIRROR"):
+        return env
+    candidates: list[str] = []
+    apt = Path("/etc/apt")
+    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))] if apt.exists() else []
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        candidates += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s", text, re.M)
+        candidates += re.findall(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M)
+    return candidates[0] if candidates else DEFAULT_MIRROR
+
+
+def _debootstrap(suite: str, tag: str, log: list[str]) -> None:
+    if shutil.which("debootstrap") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=False,
+                           capture_output=True, timeout=300)
+        if shutil.which("debootstrap") is None:
+            raise ImageError("no base image and no debootstrap to build one: apt-get install debootstrap "
+                             f"(as root), or pull debian:{suite}-slim")
+    if os.geteuid() != 0:
+        raise ImageError(f"building the base image with debootstrap needs root; or pull debian:{suite}-slim")
+    mirror = host_debian_mirror()
+    log.append(f"debootstrap {suite} from {mirror}")
+    with tempfile.TemporaryDirectory(prefix="pgha-rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        r = subprocess.run(["debootstrap", "--variant=minbase", suite, str(root), mirror],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+            raise ImageError(f"debootstrap {suite} from {mirror} failed: {tail}")
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+        tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise ImageError(f"docker import of the {suite} rootfs failed: {imp.stderr.strip()[:200]}")
+
+
+def ensure_base(spec: ClusterSpec, log: list[str]) -> str:
+    """A Debian base image for the spec's suite: given, local, pulled, or built offline."""
+    if spec.base_image:
+        if _exists(spec.base_image):
+            return spec.base_image
+        try:
+            client().images.pull(spec.base_image)
+            return spec.base_image
+        except docker.errors.APIError:
+            raise ImageError(f"base image {spec.base_image} is neither present nor pullable") from None
+    official = f"debian:{spec.suite}-slim"
+    own = f"{BASE_REPO}:{spec.suite}"
+    for ref in (official, own):
+        if _exists(ref):
+            return ref
+    try:
+        client().images.pull(official)
+        log.append(f"pulled {official}")
+        return official
+    except docker.errors.APIError:
+        log.append(f"cannot pull {official}; building {own} with debootstrap")
+    _debootstrap(spec.suite, own, log)
+    return own
+
+
+def resolve_image(spec: ClusterSpec) -> str | None:
+    """The tag the spec runs on if it is already present, else None (no build)."""
+    if spec.image:
+        return spec.image if _exists(spec.image) else None
+    for base in (spec.base_image,) if spec.base_image else (f"debian:{spec.suite}-slim", f"{BASE_REPO}:{spec.suite}"):
+        if base and _exists(base) and _exists(image_tag(spec, base)):
+            return image_tag(spec, base)
+    return None
+
+
+def ensure_image(spec: ClusterSpec) -> tuple[str, list[str]]:
+    """The node image for this spec, built if missing. Returns (tag, what was done)."""
+    log: list[str] = []
+    if spec.image:
+        if not _exists(spec.image):
+            raise ImageError(f"image {spec.image} (spec key image) does not exist locally")
+        return spec.image, log
+    if (found := resolve_image(spec)) is not None:
+        return found, log
+    base = ensure_base(spec, log)
+    tag = image_tag(spec, base)
+    if _exists(tag):
+        return tag, log
+    log.append(f"building {tag} FROM {base}")
+    try:
+        lines: list[str] = []
+        for chunk in client().api.build(path=str(IMAGE_DIR), tag=tag, rm=True, forcerm=True, decode=True,
+                                        buildargs={"BASE": base, "PG_MAJOR": str(spec.postgres_version)},
+                                        labels={"pgha.image": "node", "pgha.base": base}):
+            if "stream" in chunk:
+                lines.append(str(chunk["stream"]).rstrip())
+            if "error" in chunk:
+                tail = " | ".join(x for x in lines[-4:] if x)
+                raise ImageError(f"building {tag} failed: {str(chunk['error']).strip()[:300]} ({tail[:300]})")
+    except docker.errors.APIError as exc:
+        raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
+    return tag, log

@@ -1,0 +1,140 @@
+"""Patroni: the cluster view from its REST API (/cluster), read with curl inside a node.
+
+Host-side code never reaches a node's address; it asks a node to query its own API.
+`assess` is the pure decision "is the cluster whole?" and returns a readable reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from prefect import task
+
+from stack.errors import PatroniError
+from stack.render import PATRONI_API_PORT
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import docker_engine as de
+from tasks._prefect import READ_ONLY
+
+
+class MemberRole(str, Enum):
+    LEADER = "leader"
+    SYNC_STANDBY = "sync_standby"
+    REPLICA = "replica"
+    STANDBY_LEADER = "standby_leader"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    role: MemberRole
+    state: str
+    timeline: int | None = None
+    lag: int | None = None  # bytes behind the leader; None when unknown
+    pending_restart: bool = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == MemberRole.LEADER
+
+    @property
+    def streaming(self) -> bool:
+        # Patroni >= 3.0.4 reports "streaming"; older ones report "running" with a known lag.
+        return self.state == "streaming" or (self.state == "running" and self.lag is not None and not self.is_leader)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    members: list[Member] = field(default_factory=list)
+    paused: bool = False
+
+    def leader(self) -> Member | None:
+        leaders = [m for m in self.members if m.is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+
+def parse_cluster(payload: dict[str, object]) -> ClusterView:
+    members: list[Member] = []
+    for raw in payload.get("members", []) or []:  # type: ignore[union-attr]
+        m = dict(raw)  # type: ignore[call-overload]
+        try:
+            role = MemberRole(str(m.get("role")))
+        except ValueError:
+            role = MemberRole.UNKNOWN
+        lag = m.get("lag")
+        members.append(Member(
+            name=str(m.get("name")),
+            role=role,
+            state=str(m.get("state")),
+            timeline=int(m["timeline"]) if isinstance(m.get("timeline"), int) else None,
+            lag=int(lag) if isinstance(lag, int) else None,
+            pending_restart=bool(m.get("pending_restart", False)),
+        ))
+    return ClusterView(members=sorted(members, key=lambda x: x.name), paused=bool(payload.get("pause", False)))
+
+
+def _get(spec: ClusterSpec, path: str) -> tuple[str, dict[str, object]]:
+    """GET a Patroni endpoint through the first running node; returns (node, JSON)."""
+    for member in spec.node_names():
+        name = spec.container(member)
+        if not de.running(name):
+            continue
+        code, out, _ = de.exec_in(name, ["curl", "-sS", "--max-time", "3", f"http://localhost:{PATRONI_API_PORT}{path}"])
+        if code == 0 and out.strip():
+            try:
+                return member, dict(json.loads(out))
+            except ValueError:
+                continue
+    raise PatroniError(f"no Patroni node answers {path}")
+
+
+def cluster_view(spec: ClusterSpec) -> ClusterView:
+    return parse_cluster(_get(spec, "/cluster")[1])
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ok: bool
+    reason: str
+
+
+def assess(view: ClusterView, spec: ClusterSpec) -> Readiness:
+    """Is the cluster whole: every expected member present, one leader, replicas streaming?"""
+    expected = set(spec.node_names())
+    seen = {m.name for m in view.members}
+    if missing := sorted(expected - seen):
+        return Readiness(False, f"members not registered yet: {', '.join(missing)}")
+    leaders = [m for m in view.members if m.is_leader]
+    if len(leaders) != 1:
+        return Readiness(False, f"{len(leaders)} leaders (expected exactly one)")
+    leader = leaders[0]
+    if leader.state != "running":
+        return Readiness(False, f"leader {leader.name} is {leader.state}")
+    for m in view.members:
+        if m is not leader and not m.streaming:
+            return Readiness(False, f"{m.name} is {m.state}, not streaming")
+        if m.timeline is not None and leader.timeline is not None and m.timeline != leader.timeline:
+            return Readiness(False, f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
+    if spec.timing.synchronous_mode and spec.nodes > 1:
+        if not any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
+            return Readiness(False, "synchronous mode on but no synchronous standby yet")
+    replicas = len(view.members) - 1
+    return Readiness(True, f"leader {leader.name}, {replicas} replica{'s' if replicas != 1 else ''} streaming")
+
+
+@task(name="wait-patroni-whole", **READ_ONLY)
+def wait_whole(spec: ClusterSpec, timeout: float = 180) -> ClusterView:
+    """Wait for one leader and every replica streaming (and a sync standby in sync mode)."""
+    return wait_for(
+        "one Patroni leader and every replica streaming",
+        lambda: cluster_view(spec),
+        lambda v: assess(v, spec).ok,
+        timeout=timeout,
+        interval=0.5,
+        describe=lambda v: assess(v, spec).reason,
+        logs=lambda: "\n".join(de.logs(spec.container(m), tail=8) for m in spec.node_names()),
+    )
