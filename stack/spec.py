@@ -8,7 +8,7 @@ holds a port, a node count or a name.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,13 @@ SCOPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 SUITE_FOR_MAJOR: dict[int, str] = {17: "trixie", 15: "bookworm"}
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     ETCD = "etcd"
     PATRONI = "patroni"
     HAPROXY = "haproxy"
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     """Timing profile for Patroni and HAProxy checks."""
 
     FAST = "fast"  # shortest gaps Patroni safely allows, synchronous replication

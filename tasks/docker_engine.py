@@ -8,7 +8,7 @@ or a re-run flow converges.
 from __future__ import annotations
 
 import socket
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -28,7 +28,7 @@ LABEL_CONFIG = "pgha.config"  # hash of the container's definition, passwords re
 DOCKER_TIMEOUT = 60  # seconds for one engine API call
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     CREATED = "created"
     RECREATED = "recreated"
     STARTED = "started"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from prefect import task
 
@@ -20,7 +20,7 @@ from tasks import docker_engine as de
 from tasks._prefect import READ_ONLY
 
 
-class MemberRole(str, Enum):
+class MemberRole(StrEnum):
     LEADER = "leader"
     SYNC_STANDBY = "sync_standby"
     REPLICA = "replica"

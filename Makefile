@@ -1,0 +1,47 @@
+# pgha: `make up` (empty checkout -> running cluster), `make test` (-> passing suite).
+VENV   ?= .venv
+PYTHON ?= python3
+PGHA   := $(VENV)/bin/pgha
+SPEC   ?=
+
+.PHONY: up down status test unit integration lint venv engine images bench clean
+
+up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
+	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
+
+down: venv               ## remove the containers (data volumes kept)
+	$(PGHA) down $(if $(SPEC),--spec $(SPEC))
+
+status: venv
+	$(PGHA) status $(if $(SPEC),--spec $(SPEC))
+
+test: lint unit integration   ## everything the CI runs
+
+lint: venv
+	$(VENV)/bin/ruff check flows tasks stack tests benchmarks
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: venv engine
+	$(VENV)/bin/pytest tests/integration -q -m integration
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+engine:                  ## make sure a Docker engine answers (installs/starts it on Debian as root)
+	bash stack/ensure-engine.sh
+
+images: venv engine      ## build the node image if missing
+	$(PGHA) images build $(if $(SPEC),--spec $(SPEC))
+
+bench: venv engine       ## bootstrap benchmark: pgha up vs a raw docker run sequence
+	$(VENV)/bin/python benchmarks/bootstrap.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""CLI: user mistakes give one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_bad_spec_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("nodes: 0\n")
+    res = runner.invoke(app, ["up", "--spec", str(f)])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgha: error: invalid spec")
+    assert "Traceback" not in res.output
+
+
+def test_unknown_scope_is_refused(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    res = runner.invoke(app, ["status", "--scope", "nothing-here"])
+    assert res.exit_code == 2
+    assert "no cluster 'nothing-here'" in res.output
+
+
+def test_dsn_hides_password_by_default(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    res = runner.invoke(app, ["dsn"])
+    assert res.exit_code == 0
+    assert res.output.strip() == "postgresql://postgres@127.0.0.1:5432/postgres"
+    res = runner.invoke(app, ["dsn", "--ro"])
+    assert res.output.strip() == "postgresql://postgres@127.0.0.1:5433/postgres"
+    res = runner.invoke(app, ["dsn", "--show-password"])
+    assert res.exit_code == 3 and "run `pgha up` first" in res.output

@@ -1,0 +1,98 @@
+"""Rendered configs for several specs: patroni.yml, haproxy.cfg, etcd flags."""
+
+from __future__ import annotations
+
+import yaml
+
+from stack import render, topology
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec, Profile, parse_spec
+
+SECRETS = Secrets(superuser="su-pw-123", replication="repl-pw-456", rewind="rw-pw-789", restapi="api-pw-000")
+SUBNET = "172.30.0.0/16"
+
+
+def test_patroni_yml_default_spec() -> None:
+    spec = ClusterSpec()
+    cfg = yaml.safe_load(render.render_patroni_yml(spec, "pg-2", SUBNET, SECRETS))
+    assert cfg["scope"] == "hy-home-db" and cfg["name"] == "pg-2"
+    assert cfg["restapi"]["connect_address"] == "hy-home-db-pg-2:8008"
+    assert cfg["etcd3"]["hosts"] == ["hy-home-db-etcd-1:2379", "hy-home-db-etcd-2:2379", "hy-home-db-etcd-3:2379"]
+    dcs = cfg["bootstrap"]["dcs"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"], dcs["synchronous_mode"]) == (20, 2, 5, True)
+    assert dcs["postgresql"]["parameters"]["password_encryption"] == "scram-sha-256"
+    assert "data-checksums" in cfg["bootstrap"]["initdb"]
+    assert cfg["postgresql"]["bin_dir"] == "/usr/lib/postgresql/17/bin"
+    assert cfg["postgresql"]["authentication"]["superuser"]["password"] == "su-pw-123"
+    hba = cfg["postgresql"]["pg_hba"]
+    assert f"host all all {SUBNET} scram-sha-256" in hba
+    assert not any("0.0.0.0/0" in line or " trust" in line or " md5" in line for line in hba)
+
+
+def test_patroni_yml_other_spec() -> None:
+    spec = parse_spec({"scope": "lab", "nodes": 2, "etcd_members": 1, "postgres_version": 15,
+                       "profile": "patroni-defaults", "postgres_parameters": {"work_mem": "8MB"}})
+    cfg = yaml.safe_load(render.render_patroni_yml(spec, "pg-1", SUBNET, SECRETS))
+    assert cfg["etcd3"]["hosts"] == ["lab-etcd-1:2379"]
+    assert cfg["postgresql"]["bin_dir"] == "/usr/lib/postgresql/15/bin"
+    dcs = cfg["bootstrap"]["dcs"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["synchronous_mode"]) == (30, 10, False)
+    assert dcs["postgresql"]["parameters"]["work_mem"] == "8MB"
+
+
+def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
+    spec = parse_spec({"scope": "lab", "nodes": 4})
+    cfg = render.render_haproxy_cfg(spec)
+    primary, replicas = cfg.split("listen primary")[1].split("listen replicas")
+    assert "option httpchk GET /primary" in primary and "bind :5432" in primary
+    assert "option httpchk GET /replica" in replicas and "bind :5433" in replicas
+    for part in (primary, replicas):
+        assert "on-marked-down shutdown-sessions" in part
+        assert "inter 500ms" in part and "rise 1" in part and "fall 2" in part
+        assert "check port 8008" in part
+        assert [line.split()[1] for line in part.splitlines() if line.strip().startswith("server ")] == [
+            "pg-1", "pg-2", "pg-3", "pg-4"]
+        assert "lab-pg-4:5432" in part
+    assert "prometheus-exporter" in cfg
+
+
+def test_haproxy_cfg_patroni_defaults_profile() -> None:
+    cfg = render.render_haproxy_cfg(ClusterSpec(profile=Profile.PATRONI_DEFAULTS))
+    assert "inter 1000ms" in cfg and "rise 2" in cfg
+
+
+def test_etcd_flags() -> None:
+    spec = parse_spec({"scope": "lab", "etcd_members": 3})
+    flags = render.etcd_command(spec, "etcd-2")
+    assert "--name=etcd-2" in flags
+    assert "--advertise-client-urls=http://lab-etcd-2:2379" in flags
+    assert ("--initial-cluster=etcd-1=http://lab-etcd-1:2380,etcd-2=http://lab-etcd-2:2380,"
+            "etcd-3=http://lab-etcd-3:2380") in flags
+    assert "--initial-cluster-token=lab" in flags
+    one = render.etcd_command(parse_spec({"etcd_members": 1}), "etcd-1")
+    assert "--initial-cluster=etcd-1=http://hy-home-db-etcd-1:2380" in one
+
+
+def test_topology_keeps_passwords_out_of_container_definitions() -> None:
+    spec = ClusterSpec()
+    planned = [topology.patroni_node(spec, m, "img:1", SUBNET, SECRETS) for m in spec.node_names()]
+    planned += [topology.etcd_member(spec, m, "img:1") for m in spec.etcd_names()]
+    planned.append(topology.haproxy(spec, "img:1"))
+    for p in planned:
+        text = repr(p.container)
+        for pw in SECRETS.values():
+            assert pw not in text
+    # ... while the mounted patroni.yml carries them.
+    assert SECRETS.superuser in planned[0].files["patroni.yml"]
+    hp = planned[-1].container
+    assert hp.ports == {5432: 5432, 5433: 5433, 8404: 8404}
+
+
+def test_config_hash_follows_definition_not_passwords() -> None:
+    spec = ClusterSpec()
+    a = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, SECRETS).container.config_hash
+    b = topology.patroni_node(spec, "pg-1", "img:2", SUBNET, SECRETS).container.config_hash
+    other = Secrets("other-su-pw", "other-repl-pw", "other-rw-pw", "other-api-pw")
+    c = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, other).container.config_hash
+    assert a != b
+    assert a == c  # the label is computed with passwords redacted
