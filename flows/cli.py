@@ -30,8 +30,8 @@ images_app = typer.Typer(no_args_is_help=True, help="Build or show the node imag
 app.add_typer(images_app, name="images")
 
 # Wide enough for the members table when output goes to a pipe or a CI log.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+out = Console(width=None if sys.stdout.isatty() else 140, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # never wrap an error line
 T = TypeVar("T")
 
 SpecOpt = typer.Option(None, "--spec", "-s", help="cluster spec YAML (default: $PGHA_SPEC, else the stored spec of --scope, else defaults)")

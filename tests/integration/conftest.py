@@ -1,0 +1,116 @@
+"""Integration fixtures: real Docker engine, real clusters, the real `pgha` CLI.
+
+Every cluster a test makes lives under a test scope with non-default ports, is torn down
+(volumes included) when its fixture ends, and any leftover of a killed earlier run is
+removed by label before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a Docker engine (run `make engine`): {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    work = tmp_path_factory.mktemp("pgha")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "POSTGRES_PASSWORD", "PGHA_SPEC", "PGHA_DEBUG")}
+    env.update(
+        PGHA_STATE_DIR=str(work / "state"),
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    return env
+
+
+def pgha(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a user would (a separate process, its own Prefect API)."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def remove_scope(client: docker.DockerClient, scope: str) -> None:
+    flt = {"label": f"pgha.cluster={scope}"}
+    for c in client.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for n in client.networks.list(filters=flt):
+        n.remove()
+    for v in client.volumes.list(filters=flt):
+        v.remove(force=True)
+
+
+@dataclass
+class Cluster:
+    scope: str
+    spec_file: Path
+    env: dict[str, str]
+    spec: dict[str, object]
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return dict(json.loads((Path(self.env["PGHA_STATE_DIR"]) / self.scope / "secrets.json").read_text()))
+
+    def port(self, name: str) -> int:
+        return int(self.spec["ports"][name])  # type: ignore[index]
+
+    def container(self, member: str) -> str:
+        return f"{self.scope}-{member}"
+
+
+def make_cluster(client: docker.DockerClient, env: dict[str, str], tmp: Path, spec: dict[str, object]) -> Cluster:
+    scope = str(spec["scope"])
+    remove_scope(client, scope)
+    spec_file = tmp / f"{scope}.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    return Cluster(scope=scope, spec_file=spec_file, env=env, spec=spec)
+
+
+def up(cluster: Cluster) -> subprocess.CompletedProcess[str]:
+    res = pgha(cluster.env, "up", "--spec", str(cluster.spec_file))
+    assert res.returncode == 0, f"pgha up failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="session")
+def cluster_a(engine: docker.DockerClient, base_env: dict[str, str],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A default-shaped 3 etcd / 3 node cluster, shared by tests that only read."""
+    spec = {"scope": "pgha-it-a", "nodes": 3, "etcd_members": 3,
+            "ports": {"rw": 25432, "ro": 25433, "stats": 28404}}
+    c = make_cluster(engine, base_env, tmp_path_factory.mktemp("a"), spec)
+    try:
+        up(c)
+        yield c
+    finally:
+        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
+        remove_scope(engine, c.scope)

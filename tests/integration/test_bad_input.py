@@ -1,0 +1,78 @@
+"""Bad specs and states are refused in one line, before anything is created."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from tests.integration.conftest import Cluster, pgha, remove_scope
+
+SCOPE = "pgha-it-bad"
+PORTS = {"rw": 25452, "ro": 25453, "stats": 28424}
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield int(s.getsockname()[1])
+
+
+def assert_refused(env: dict[str, str], tmp_path: Path, engine: docker.DockerClient, spec: dict[str, object],
+                   fragment: str, scope: str = SCOPE) -> None:
+    remove_scope(engine, scope)
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    res = pgha(env, "up", "--spec", str(f))
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("pgha: error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in res.stdout + res.stderr
+    flt = {"label": f"pgha.cluster={scope}"}
+    assert engine.containers.list(all=True, filters=flt) == []
+    assert engine.volumes.list(filters=flt) == []
+    assert engine.networks.list(filters=flt) == []
+    assert not (Path(env["PGHA_STATE_DIR"]) / scope / "secrets.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("patch", "fragment"),
+    [
+        ({"nodes": 0}, "nodes: Input should be greater than or equal to 1"),
+        ({"etcd_members": 2}, "etcd_members: must be odd"),
+        ({"etcd_members": 0}, "etcd_members: Input should be greater than or equal to 1"),
+        ({"ports": {"rw": 25452, "ro": 25452, "stats": 28424}}, "are both 25452"),
+        ({"scope": "Not_A_Name"}, "is not a valid scope"),
+        ({"replicas": 2}, "replicas: unknown key"),
+        ({"image": "pgha/does-not-exist:0"}, "image pgha/does-not-exist:0 (spec key image) does not exist"),
+    ],
+)
+def test_bad_spec_creates_nothing(patch: dict[str, object], fragment: str, base_env: dict[str, str],
+                                  tmp_path: Path, engine: docker.DockerClient) -> None:
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": PORTS, **patch}
+    assert_refused(base_env, tmp_path, engine, spec, fragment)
+
+
+def test_port_in_use_on_host_creates_nothing(busy_port: int, base_env: dict[str, str], tmp_path: Path,
+                                             engine: docker.DockerClient) -> None:
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "ro": busy_port}}
+    assert_refused(base_env, tmp_path, engine, spec, f"port {busy_port} (ports.ro) is already in use")
+
+
+def test_port_of_another_cluster_creates_nothing(cluster_a: Cluster, base_env: dict[str, str], tmp_path: Path,
+                                                 engine: docker.DockerClient) -> None:
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "rw": cluster_a.port("rw")}}
+    assert_refused(base_env, tmp_path, engine, spec, f"already published by pgha cluster '{cluster_a.scope}'")
+
+
+def test_missing_spec_file(base_env: dict[str, str], tmp_path: Path) -> None:
+    res = pgha(base_env, "up", "--spec", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("pgha: error: cannot read spec")
