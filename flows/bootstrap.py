@@ -105,13 +105,17 @@ def bootstrap(spec: ClusterSpec = ClusterSpec()) -> dict[str, Any]:  # noqa: B00
     subnet = ensure_network(spec)
     ensure_volumes(spec)
     outcomes: dict[str, str] = {}
-    for member in spec.etcd_names():
-        outcomes[member] = ensure_member(spec, "etcd", member, image, subnet)
+    # Members of one role are independent: create them concurrently (thread task runner).
+    etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
+    outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
-    for member in spec.node_names():
-        outcomes[member] = ensure_member(spec, "patroni", member, image, subnet)
+    node_runs = {m: ensure_member.submit(spec, "patroni", m, image, subnet) for m in spec.node_names()}
+    outcomes.update({m: f.result() for m, f in node_runs.items()})
+    # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
+    # a node only once that node's health check passes, so nothing is routed early.
+    haproxy_run = ensure_member.submit(spec, "haproxy", spec.haproxy_member, image, subnet)
     view = patroni.wait_whole(spec)
-    outcomes[spec.haproxy_member] = ensure_member(spec, "haproxy", spec.haproxy_member, image, subnet)
+    outcomes[spec.haproxy_member] = haproxy_run.result()
     wait_endpoints(spec)
 
     st = status_mod.collect(spec)

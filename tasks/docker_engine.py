@@ -63,7 +63,7 @@ def ensure_network(scope: str, name: str) -> tuple[str, Outcome]:
     nets = [n for n in c.networks.list(names=[name]) if n.name == name]
     if nets:
         net = c.networks.get(nets[0].id)
-        if net.attrs.get("Labels", {}).get(LABEL_CLUSTER) != scope:
+        if (net.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != scope:
             raise StateError(f"network {name} exists but does not belong to pgha cluster {scope}; remove or rename it")
         outcome = Outcome.UNCHANGED
     else:
@@ -83,7 +83,7 @@ def ensure_volume(scope: str, role: str, member: str, name: str) -> Outcome:
     except docker.errors.NotFound:
         c.volumes.create(name, labels=labels(scope, role, member))
         return Outcome.CREATED
-    if vol.attrs.get("Labels", {}).get(LABEL_CLUSTER) != scope:
+    if (vol.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != scope:
         raise StateError(f"volume {name} exists but does not belong to pgha cluster {scope}")
     return Outcome.UNCHANGED
 
