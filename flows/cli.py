@@ -213,6 +213,46 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     run(go)
 
 
+@app.command()
+def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | hard-kill | partition | replica-kill | "
+                                               "etcd-member-loss | haproxy-restart"),
+          spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+          to: str | None = typer.Option(None, "--to", help="switchover candidate / replica to kill"),
+          interval_ms: int = typer.Option(50, "--interval-ms", help="probe interval"),
+          heal_timeout: int = typer.Option(180, "--heal-timeout", help="seconds the cluster may take to be whole again"),
+          as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
+
+    def go() -> None:
+        from stack.drill import DrillKind
+
+        try:
+            drill_kind = DrillKind(kind)
+        except ValueError:
+            raise UsageError(f"unknown drill '{kind}'; choose one of {', '.join(k.value for k in DrillKind)}") from None
+        spec = resolve_spec(spec_file, scope)
+        from flows.drill import drill as drill_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = drill_flow(spec, drill_kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2) + "\n")
+            return
+        t = Table(title=f"{r['kind']} drill on {spec.scope}", title_justify="left")
+        for col in ("target", "write gap", "read gap", "lost writes", "leader", "timeline", "whole after", "rejoin"):
+            t.add_column(col)
+        t.add_row(r["target"], f"{r['write_gap_s']:.2f} s", f"{r['read_gap_s']:.2f} s", str(len(r["lost_writes"])),
+                  f"{r['old_leader']} -> {r['new_leader']}", f"{r['timeline_before']} -> {r['timeline_after']}",
+                  f"{r['whole_s']} s", r["rejoin"])
+        out.print(t)
+        for n in r["notes"]:
+            out.print(f"- {n}", highlight=False)
+        out.print(f"chart: {r['chart_png']}", highlight=False)
+
+    run(go)
+
+
 @images_app.command("build")
 def images_build(spec_file: Path | None = SpecOpt) -> None:
     """Build the node image for the spec if it is missing (debootstrap base when no registry)."""

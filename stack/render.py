@@ -97,6 +97,8 @@ def pg_hba(subnet: str) -> list[str]:
         "local all postgres peer",
         "local all all scram-sha-256",
         "host all all 127.0.0.1/32 scram-sha-256",
+        # Patroni checks its own timeline over a local replication connection.
+        f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
         f"host replication {REPLICATION_USER} {subnet} scram-sha-256",
         f"host all all {subnet} scram-sha-256",
     ]
@@ -179,11 +181,13 @@ def render_haproxy_cfg(spec: ClusterSpec) -> str:
         "defaults\n"
         "    mode tcp\n"
         "    log global\n"
-        "    timeout connect 3s\n"
+        # A stopped node's address blackholes packets for a while: short connect and check
+        # timeouts mark it down in about a second instead of several.
+        "    timeout connect 1s\n"
         "    timeout client 30m\n"
         "    timeout server 30m\n"
-        "    timeout check 2s\n"
-        "    retries 2\n"
+        f"    timeout check {t.check_timeout_ms}ms\n"
+        "    retries 1\n"
         "\n"
         "frontend stats\n"
         "    mode http\n"

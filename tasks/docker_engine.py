@@ -129,9 +129,12 @@ def ensure_container(d: ContainerDef) -> Outcome:
             if lab.get(LABEL_CLUSTER) != d.scope:
                 raise StateError(f"container {d.name} exists but does not belong to pgha cluster {d.scope}")
             if lab.get(LABEL_CONFIG) == d.config_hash and current.image.tags and d.image in current.image.tags:
-                if current.status == "running":
+                # Heal what an interrupted drill may have left: a detached network, a stopped container.
+                reattached = connect(d.name, d.network)
+                if current.status == "running" and not reattached:
                     return Outcome.UNCHANGED
-                current.start()
+                if current.status != "running":
+                    current.start()
                 return Outcome.STARTED
             # Definition changed: replace the container, keep its volumes.
             current.remove(force=True)
@@ -231,4 +234,72 @@ def port_is_free(port: int) -> bool:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
+    return True
+
+
+# ---- fault injection and healing (drills) ----
+
+
+def _get(name: str) -> Container:
+    ct = find_container(name)
+    if ct is None:
+        raise DockerError(f"container {name} does not exist")
+    return ct
+
+
+def stop(name: str, timeout: int = 30) -> None:
+    """Graceful stop: SIGTERM, then SIGKILL after `timeout` seconds."""
+    try:
+        _get(name).stop(timeout=timeout)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"stop {name}: {exc.explanation or exc}") from None
+
+
+def kill(name: str) -> None:
+    """SIGKILL: the process dies without any chance to clean up."""
+    try:
+        _get(name).kill()
+    except docker.errors.APIError as exc:
+        raise DockerError(f"kill {name}: {exc.explanation or exc}") from None
+
+
+def start(name: str) -> bool:
+    """Start the container if it is not running; True when it had to be started."""
+    ct = _get(name)
+    if ct.status == "running":
+        return False
+    try:
+        ct.start()
+    except docker.errors.APIError as exc:
+        raise DockerError(f"start {name}: {exc.explanation or exc}") from None
+    return True
+
+
+def restart(name: str, timeout: int = 10) -> None:
+    try:
+        _get(name).restart(timeout=timeout)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"restart {name}: {exc.explanation or exc}") from None
+
+
+def attached(name: str, network: str) -> bool:
+    ct = _get(name)
+    return network in (ct.attrs.get("NetworkSettings", {}).get("Networks") or {})
+
+
+def disconnect(name: str, network: str) -> None:
+    try:
+        client().networks.get(network).disconnect(name, force=True)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"disconnect {name} from {network}: {exc.explanation or exc}") from None
+
+
+def connect(name: str, network: str) -> bool:
+    """Attach the container to the network if it is not; True when it had to be attached."""
+    if attached(name, network):
+        return False
+    try:
+        client().networks.get(network).connect(name)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"connect {name} to {network}: {exc.explanation or exc}") from None
     return True

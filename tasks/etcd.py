@@ -63,3 +63,20 @@ def wait_healthy(spec: ClusterSpec, timeout: float = 60) -> list[EndpointHealth]
         describe=_describe,
         logs=lambda: de.logs(spec.container(spec.etcd_names()[0]), tail=15),
     )
+
+
+def leader_member(spec: ClusterSpec) -> str:
+    """The etcd member currently leading the raft group."""
+    _, out, err = _exec_etcdctl(spec, ["endpoint", "status", "-w", "json"])
+    try:
+        rows = json.loads(out)
+    except ValueError:
+        raise EtcdError(f"etcdctl gave no status: {(err or out).strip()[:200]}") from None
+    for r in rows:
+        status = r.get("Status", {})
+        if status.get("leader") and status.get("leader") == status.get("header", {}).get("member_id"):
+            host = str(r.get("Endpoint", "")).removeprefix("http://").split(":")[0]
+            for m in spec.etcd_names():
+                if spec.container(m) == host:
+                    return m
+    raise EtcdError("no etcd leader found")

@@ -43,8 +43,12 @@ class Member:
 
     @property
     def streaming(self) -> bool:
-        # Patroni >= 3.0.4 reports "streaming"; older ones report "running" with a known lag.
-        return self.state == "streaming" or (self.state == "running" and self.lag is not None and not self.is_leader)
+        # Patroni >= 3.0.4 reports "streaming"; older ones report "running" with a known lag
+        # and timeline (a replica that cannot read its own timeline is not replicating).
+        if self.is_leader:
+            return False
+        return self.state == "streaming" or (
+            self.state == "running" and self.lag is not None and self.timeline is not None)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ def assess(view: ClusterView, spec: ClusterSpec) -> Readiness:
     for m in view.members:
         if m is not leader and not m.streaming:
             return Readiness(False, f"{m.name} is {m.state}, not streaming")
+        if m is not leader and m.timeline is None:
+            return Readiness(False, f"{m.name} reports no timeline")
         if m.timeline is not None and leader.timeline is not None and m.timeline != leader.timeline:
             return Readiness(False, f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
     if spec.timing.synchronous_mode and spec.nodes > 1:
@@ -138,3 +144,55 @@ def wait_whole(spec: ClusterSpec, timeout: float = 180) -> ClusterView:
         describe=lambda v: assess(v, spec).reason,
         logs=lambda: "\n".join(de.logs(spec.container(m), tail=8) for m in spec.node_names()),
     )
+
+
+def switchover(spec: ClusterSpec, leader: str, candidate: str) -> str:
+    """Planned switchover through Patroni (patronictl in the leader; REST auth from its config)."""
+    code, out, err = de.exec_in(
+        spec.container(leader),
+        ["patronictl", "-c", "/run/pgha/patroni.yml", "switchover", "--leader", leader,
+         "--candidate", candidate, "--force", spec.scope],
+        timeout=60,
+    )
+    text = (out + err).strip()
+    if code != 0 or "Switchover failed" in text or "Error" in text:
+        last = text.splitlines()[-1] if text else f"exit {code}"
+        raise PatroniError(f"switchover {leader} -> {candidate} refused: {last[:200]}")
+    return text.splitlines()[-1] if text else ""
+
+
+def rejoin_method(spec: ClusterSpec, member: str, since_unix: float) -> str:
+    """How a node came back, read from its Patroni log: pg_rewind, reinitialized or plain restart."""
+    ct = de.find_container(spec.container(member))
+    if ct is None:
+        return "unknown"
+    text = ct.logs(since=int(since_unix)).decode(errors="replace")
+    if "running pg_rewind" in text:
+        return "pg_rewind"
+    if "reinitializ" in text or "removing data directory" in text:
+        return "reinitialized"
+    return "restart (no rewind needed)"
+
+
+def member_status(spec: ClusterSpec, member: str) -> dict[str, object]:
+    """The member's own view (/patroni), asked inside its container."""
+    code, out, _ = de.exec_in(spec.container(member),
+                              ["curl", "-sS", "--max-time", "2", f"http://localhost:{PATRONI_API_PORT}/patroni"])
+    if code != 0 or not out.strip():
+        raise PatroniError(f"{member}'s Patroni API does not answer")
+    try:
+        return dict(json.loads(out))
+    except ValueError:
+        raise PatroniError(f"{member}'s Patroni API gave no JSON") from None
+
+
+def back_since(status: dict[str, object], since_unix: float) -> bool:
+    """Has this member's PostgreSQL been (re)started after `since_unix` and is it replicating or leading?"""
+    from datetime import datetime
+
+    started = str(status.get("postmaster_start_time") or "")
+    try:
+        ts = datetime.fromisoformat(started).timestamp()
+    except ValueError:
+        return False
+    return ts >= since_unix and str(status.get("state")) in ("streaming", "running")

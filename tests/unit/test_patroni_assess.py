@@ -59,3 +59,9 @@ def test_single_node_cluster() -> None:
 def test_old_patroni_running_replica_with_lag_counts_as_streaming() -> None:
     old = {"name": "pg-2", "role": "sync_standby", "state": "running", "timeline": 2, "lag": 0}
     assert assess(parse_cluster(payload(LEADER, old)), parse_spec({"nodes": 2})).ok
+
+
+def test_replica_without_timeline_is_not_whole() -> None:
+    broken = {"name": "pg-3", "role": "replica", "state": "running", "lag": 0}
+    r = assess(parse_cluster(payload(LEADER, SYNC, broken)), ClusterSpec())
+    assert not r.ok and r.reason == "pg-3 is running, not streaming"

@@ -1,0 +1,269 @@
+"""drill: break the cluster on purpose under client load, measure, and always heal.
+
+A write probe commits through the R/W port every 50 ms and a read probe queries the R/O port;
+from what they saw come the write/read gaps (the RTO a client sees) and the acknowledged
+writes missing afterwards (the RPO, which must be 0). The fault is undone in a `finally`, and
+the flow fails (so the health alert fires) when the cluster is not whole again within a bound
+or any acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows import status as status_mod
+from stack.chart import save_drill_chart
+from stack.drill import (
+    DrillKind,
+    DrillResult,
+    Target,
+    choose_target,
+    error_digest,
+    longest_gap,
+    lost_writes,
+    timeline,
+    verdict,
+)
+from stack.errors import PghaError, StateError, UsageError
+from stack.lock import holder_name, mutating
+from stack.secrets import load_or_create
+from stack.spec import ClusterSpec
+from stack.state import cluster_dir, secrets_file, write_private
+from stack.wait import wait_for
+from tasks import docker_engine as de
+from tasks import etcd, patroni
+from tasks._prefect import READ_ONLY, SIDE_EFFECT
+from tasks.postgres_probe import Probe, ensure_table, present_ids
+
+
+class DrillFailed(PghaError):
+    """The drill lost acknowledged writes or the cluster did not heal."""
+
+
+def _pending_file(spec: ClusterSpec) -> Path:
+    return cluster_dir(spec.scope) / "drill-pending.json"
+
+
+@task(name="heal", **SIDE_EFFECT)
+def heal(spec: ClusterSpec, member: str) -> str:
+    """Undo any drill fault on a member: reattach its network, start its container."""
+    name = spec.container(member)
+    done = []
+    if de.connect(name, spec.network):
+        done.append("network reattached")
+    if de.start(name):
+        done.append("started")
+    return ", ".join(done) or "nothing to undo"
+
+
+def heal_leftovers(spec: ClusterSpec) -> str | None:
+    """Heal what an interrupted drill (process killed half-way) left behind."""
+    path = _pending_file(spec)
+    if not path.exists():
+        return None
+    pending = json.loads(path.read_text())
+    what = heal(spec, str(pending["member"]))
+    wait_whole(spec, 180)
+    path.unlink(missing_ok=True)
+    return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
+
+
+@task(name="inject-fault", cache_policy=SIDE_EFFECT["cache_policy"])
+def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
+    """The fault itself; never retried (a retried fault is a different drill)."""
+    name = spec.container(target.member)
+    if kind == DrillKind.SWITCHOVER:
+        patroni.switchover(spec, target.member, target.candidate)
+    elif kind in (DrillKind.GRACEFUL_STOP, DrillKind.ETCD_MEMBER_LOSS):
+        de.stop(name, timeout=30)
+    elif kind in (DrillKind.HARD_KILL, DrillKind.REPLICA_KILL):
+        de.kill(name)
+    elif kind == DrillKind.PARTITION:
+        de.disconnect(name, spec.network)
+    elif kind == DrillKind.HAPROXY_RESTART:
+        de.restart(name, timeout=5)
+
+
+@task(name="wait-whole", **READ_ONLY)
+def wait_whole(spec: ClusterSpec, timeout: float) -> status_mod.ClusterStatus:
+    """Every container running, etcd healthy, one leader, replicas streaming, HAProxy routing."""
+    return wait_for("the cluster to be whole again", lambda: status_mod.collect(spec), lambda s: s.healthy,
+                    timeout=timeout, interval=0.5, describe=lambda s: "; ".join(s.problems[:3]))
+
+
+def _members(view: patroni.ClusterView) -> dict[str, tuple[str, int | None]]:
+    return {m.name: (m.role.value, m.lag) for m in view.members if not m.is_leader}
+
+
+def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: Probe, reader: Probe,
+                    t_fault: float, timeout: float) -> tuple[str, list[str]]:
+    """Wait until clients are served again after the fault; returns (leader, notes)."""
+    notes: list[str] = []
+
+    def leader_now() -> str:
+        v = patroni.cluster_view(spec)
+        lead = v.leader()
+        return lead.name if lead else ""
+
+    if kind.moves_leader:
+        new = wait_for("a new Patroni leader", leader_now, lambda n: bool(n) and n != old_leader,
+                       timeout=timeout, interval=0.2)
+        t_new = time.monotonic()
+        wait_for("writes acknowledged by the new leader", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
+                 lambda t: t > t_new, timeout=30, interval=0.1)
+        if kind == DrillKind.PARTITION:
+            # No split brain: the cut-off leader must stop being a writable primary by itself.
+            def old_role() -> str:
+                code, out, _ = de.exec_in(spec.container(old_leader),
+                                          ["curl", "-s", "--max-time", "2", "http://localhost:8008/patroni"])
+                return str(json.loads(out).get("role", "")) if code == 0 and out.strip() else "unreachable"
+
+            role = wait_for("the partitioned leader to demote itself", old_role,
+                            lambda r: r not in ("primary", "master"), timeout=timeout, interval=0.5)
+            notes.append(f"partitioned {old_leader} demoted itself (role {role}) "
+                         f"{time.monotonic() - t_fault:.1f}s after the cut; {new} took over")
+        return new, notes
+    probe = reader if kind == DrillKind.REPLICA_KILL else writer
+    wait_for("clients served again", lambda: probe.log.ok[-1] if probe.log.ok else 0.0,
+             lambda t: t > t_fault + 0.2, timeout=timeout, interval=0.1)
+    return old_leader, notes
+
+
+@flow(name="drill", description="Failover/fault drill under write load: measure RTO/RPO and always heal.")
+def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
+          to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180) -> dict[str, Any]:
+    log = get_run_logger()
+    if not 10 <= probe_interval_ms <= 5000:
+        raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
+    with mutating(spec.scope, holder_name("drill")):
+        if (healed := heal_leftovers(spec)) is not None:
+            log.warning(healed)
+        st = status_mod.collect(spec)
+        if not st.healthy:
+            raise StateError(f"cluster {spec.scope} is not healthy, refusing the drill: {st.problems[0]} "
+                             "(see `pgha status`)")
+        view = patroni.cluster_view(spec)
+        lead = view.leader()
+        assert lead is not None  # a healthy cluster has exactly one
+        etcd_leader = etcd.leader_member(spec) if kind == DrillKind.ETCD_MEMBER_LOSS else ""
+        try:
+            target = choose_target(kind, lead.name, _members(view), spec.nodes, spec.etcd_members, etcd_leader, to)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        secrets = load_or_create(secrets_file(spec.scope))
+        ensure_table(spec, secrets)
+        run_id = uuid.uuid4().hex[:12]
+        interval = probe_interval_ms / 1000
+        bound = spec.timing.ttl + 60 + heal_timeout_s  # probes stop by themselves after this
+        writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60)
+        reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=bound + 60)
+        writer.start()
+        reader.start()
+        healed_ok, whole_at, t_fault = False, None, time.monotonic()
+        notes: list[str] = []
+        new_leader = lead.name
+        try:
+            wait_for("the probes to warm up", lambda: (len(writer.log.ok), len(reader.log.ok)),
+                     lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
+            write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member}))
+            wall_fault = time.time()
+            t_fault = time.monotonic()
+            log.info("%s: fault on %s%s", kind.value, target.member,
+                     f" (candidate {target.candidate})" if target.candidate else "")
+            try:
+                inject(spec, kind, target)
+                new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
+                                                   timeout=spec.timing.ttl + 60)
+                notes += more
+            finally:
+                t_heal = time.monotonic()
+                log.info("healing %s: %s", target.member, heal(spec, target.member))
+                try:
+                    wait_whole(spec, heal_timeout_s)
+                    if target.member in spec.node_names():
+                        # /cluster can show a member's stale entry; ask the node itself that its
+                        # PostgreSQL came back after the fault and replicates (or leads).
+                        wait_for(f"{target.member} back and replicating",
+                                 lambda: patroni.member_status(spec, target.member),
+                                 lambda st: patroni.back_since(st, wall_fault), timeout=heal_timeout_s,
+                                 interval=0.5, describe=lambda st: f"state {st.get('state')}, "
+                                 f"started {st.get('postmaster_start_time')}")
+                        wait_whole(spec, heal_timeout_s)
+                    whole_at = time.monotonic()
+                    healed_ok = True
+                    _pending_file(spec).unlink(missing_ok=True)
+                except PghaError as exc:
+                    notes.append(f"not whole after {heal_timeout_s}s: {str(exc).splitlines()[0]}")
+            # A little steady traffic after healing, so the chart shows the cluster serving again.
+            if healed_ok:
+                wait_for("steady writes after healing", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
+                         lambda t: t > time.monotonic() - 0.2 and t > (whole_at or t_heal) + 1.0,
+                         timeout=30, interval=0.1)
+        finally:
+            writer.stop()
+            reader.stop()
+            writer.join(10)
+            reader.join(10)
+        t_end = time.monotonic()
+        present = present_ids(spec, secrets, run_id)
+        view_after = patroni.cluster_view(spec)
+        rejoin = patroni.rejoin_method(spec, target.member, wall_fault) if target.member.startswith("pg-") else "restart"
+        lead_after = view_after.leader()
+        window_start = t_fault - 1.0
+        result = DrillResult(
+            kind=kind.value, target=target.member, old_leader=lead.name,
+            new_leader=lead_after.name if lead_after else new_leader,
+            timeline_before=lead.timeline, timeline_after=lead_after.timeline if lead_after else None,
+            write_gap_s=round(longest_gap(writer.log.ok, window_start, t_end), 3),
+            read_gap_s=round(longest_gap(reader.log.ok, window_start, t_end), 3) if spec.nodes > 1 else 0.0,
+            writes_acked=len(writer.log.acked_ids), write_errors=len(writer.log.errors),
+            lost_writes=lost_writes(writer.log.acked_ids, present),
+            recovered_s=None, whole_s=round(whole_at - t_fault, 2) if whole_at else None,
+            healed=healed_ok, rejoin=rejoin, notes=notes,
+            write_errors_seen=error_digest(writer.log, t_fault),
+        )
+        marks = {"heal": t_heal} | ({"whole": whole_at} if whole_at else {})
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_fault))
+        chart = save_drill_chart(cluster_dir(spec.scope) / "drills" / f"{stamp}-{kind.value}.png",
+                                 f"{spec.scope}: {kind.value} drill on {target.member}", writer.log, reader.log,
+                                 t_fault, {"fault": t_fault, **marks})
+        result.chart_png = str(chart)
+        text = timeline(writer.log, reader.log, t_fault - 2.0, t_end, t_fault, marks)
+        ok, message = verdict(result)
+        _report(spec, result, text, ok, message)
+        if not ok:
+            raise DrillFailed(f"{kind.value} drill failed: {message}")
+        log.info(message)
+        return asdict(result)
+
+
+def _report(spec: ClusterSpec, r: DrillResult, text: str, ok: bool, message: str) -> None:
+    rows = [{"metric": k, "value": str(v)} for k, v in asdict(r).items() if k not in ("notes",)]
+    key = f"{spec.scope}-drill-{r.kind}"
+    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
+    md = "\n".join([
+        f"# {r.kind} drill on `{spec.scope}`: {'PASS' if ok else 'FAIL'}",
+        "",
+        message,
+        "",
+        "| write gap | read gap | lost writes | new leader | timeline | whole after | rejoin |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r.write_gap_s:.2f} s | {r.read_gap_s:.2f} s | {len(r.lost_writes)} | {r.new_leader} | "
+        f"{r.timeline_before} → {r.timeline_after} | {r.whole_s} s | {r.rejoin} |",
+        "",
+        "```",
+        text,
+        "```",
+        "",
+        f"Chart: `{r.chart_png}`",
+        *[f"- {n}" for n in r.notes],
+    ])
+    create_markdown_artifact(key=f"{key}-timeline", markdown=md, description=message)

@@ -1,0 +1,159 @@
+"""Drill analysis, pure: write/read gaps, lost writes, the timeline, and the verdict.
+
+The flow (flows/drill.py) injects faults and records what the probes saw; everything it
+concludes from those observations is computed here and unit-tested without Docker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DrillKind(StrEnum):
+    SWITCHOVER = "switchover"
+    GRACEFUL_STOP = "graceful-stop"
+    HARD_KILL = "hard-kill"
+    PARTITION = "partition"
+    REPLICA_KILL = "replica-kill"
+    ETCD_MEMBER_LOSS = "etcd-member-loss"
+    HAPROXY_RESTART = "haproxy-restart"
+
+    @property
+    def moves_leader(self) -> bool:
+        return self in (DrillKind.SWITCHOVER, DrillKind.GRACEFUL_STOP, DrillKind.HARD_KILL, DrillKind.PARTITION)
+
+
+@dataclass
+class ProbeLog:
+    """What one probe saw, as monotonic seconds."""
+
+    ok: list[float] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+    acked_ids: list[int] = field(default_factory=list)  # write probe only
+
+
+def longest_gap(ok: list[float], start: float, end: float) -> float:
+    """Longest time without a success in [start, end] (the edges count as gap boundaries)."""
+    points = [start, *sorted(t for t in ok if start <= t <= end), end]
+    return max((b - a for a, b in zip(points, points[1:], strict=False)), default=0.0)
+
+
+def lost_writes(acked: list[int], present: set[int]) -> list[int]:
+    """Acknowledged ids that the healed cluster does not have: the RPO, which must be empty."""
+    return sorted(i for i in acked if i not in present)
+
+
+def timeline(writes: ProbeLog, reads: ProbeLog, start: float, end: float, fault: float,
+             marks: dict[str, float] | None = None, width: int = 100) -> str:
+    """A compact text chart: one character per time cell, █ success, x only errors, · nothing."""
+    span = max(end - start, 1e-6)
+    cell = span / width
+
+    def row(log: ProbeLog) -> str:
+        cells = []
+        for i in range(width):
+            a, b = start + i * cell, start + (i + 1) * cell
+            if any(a <= t < b for t in log.ok):
+                cells.append("█")
+            elif any(a <= t < b for t, _ in log.errors):
+                cells.append("x")
+            else:
+                cells.append("·")
+        return "".join(cells)
+
+    def marker_row() -> str:
+        line = [" "] * width
+        for label, t in {"F": fault, **(marks or {})}.items():
+            pos = min(width - 1, max(0, int((t - start) / cell)))
+            line[pos] = label[0]
+        return "".join(line)
+
+    legend = f"one cell = {cell * 1000:.0f} ms; █ success, x error, · no answer; F fault"
+    extra = ", ".join(f"{k[0]} {k}" for k in (marks or {}))
+    return "\n".join([
+        f"writes {row(writes)}",
+        f"reads  {row(reads)}",
+        f"       {marker_row()}",
+        legend + (f", {extra}" if extra else ""),
+    ])
+
+
+@dataclass
+class DrillResult:
+    kind: str
+    target: str
+    old_leader: str
+    new_leader: str
+    timeline_before: int | None
+    timeline_after: int | None
+    write_gap_s: float
+    read_gap_s: float
+    writes_acked: int
+    write_errors: int
+    lost_writes: list[int]
+    recovered_s: float | None  # fault -> writes flowing again on a leader
+    whole_s: float | None  # fault -> every member back, replicas streaming
+    healed: bool
+    rejoin: str = ""  # how the faulted node came back (pg_rewind, reinit, restart, …)
+    chart_png: str = ""
+    notes: list[str] = field(default_factory=list)
+    write_errors_seen: list[str] = field(default_factory=list)  # "+1.23s message", first few
+
+
+def error_digest(log: ProbeLog, t_fault: float, limit: int = 8) -> list[str]:
+    """The first errors a probe saw, as '+seconds-after-fault message' lines."""
+    return [f"{t - t_fault:+.2f}s {msg}" for t, msg in log.errors[:limit]]
+
+
+def verdict(r: DrillResult) -> tuple[bool, str]:
+    """Pass only with zero acknowledged writes lost and the cluster whole again."""
+    if r.lost_writes:
+        return False, f"{len(r.lost_writes)} acknowledged writes lost (first ids {r.lost_writes[:5]})"
+    if not r.healed:
+        return False, "the cluster did not become whole again within the bound"
+    return True, (f"{r.kind}: write gap {r.write_gap_s:.2f}s, read gap {r.read_gap_s:.2f}s, "
+                  f"0 of {r.writes_acked} acknowledged writes lost, whole after {r.whole_s or 0:.1f}s")
+
+
+@dataclass(frozen=True)
+class Target:
+    member: str  # the member the fault hits
+    candidate: str = ""  # switchover: the member that should take over
+
+
+def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, int | None]], nodes: int,
+                  etcd_members: int, etcd_leader: str = "", to: str | None = None) -> Target:
+    """Pick what a drill hits; raise ValueError with a readable reason when it cannot run.
+
+    `replicas` maps member -> (Patroni role, lag bytes). In synchronous mode Patroni promotes
+    only the synchronous standby, so that is the default switchover candidate.
+    """
+    if kind.moves_leader and nodes < 2:
+        raise ValueError(f"{kind} needs at least 2 nodes: a single node has nothing to fail over to")
+    if to is not None and kind not in (DrillKind.SWITCHOVER, DrillKind.REPLICA_KILL):
+        raise ValueError(f"--to only applies to switchover and replica-kill, not {kind}")
+    if to is not None and to not in replicas:
+        raise ValueError(f"--to {to} is not a replica of this cluster (replicas: {', '.join(sorted(replicas)) or 'none'})")
+    if kind == DrillKind.SWITCHOVER:
+        if to is not None:
+            return Target(leader, to)
+        sync = sorted(m for m, (role, _) in replicas.items() if role == "sync_standby")
+        if sync:
+            return Target(leader, sync[0])
+        best = min(replicas.items(), key=lambda kv: (kv[1][1] if kv[1][1] is not None else 1 << 62, kv[0]))
+        return Target(leader, best[0])
+    if kind in (DrillKind.GRACEFUL_STOP, DrillKind.HARD_KILL, DrillKind.PARTITION):
+        return Target(leader)
+    if kind == DrillKind.REPLICA_KILL:
+        if nodes < 2:
+            raise ValueError("replica-kill needs at least 2 nodes")
+        if to is not None:
+            return Target(to)
+        asynchronous = sorted(m for m, (role, _) in replicas.items() if role != "sync_standby")
+        return Target(asynchronous[0] if asynchronous else sorted(replicas)[0])
+    if kind == DrillKind.ETCD_MEMBER_LOSS:
+        if etcd_members < 3:
+            raise ValueError("etcd-member-loss needs at least 3 etcd members so that quorum holds")
+        return Target(etcd_leader or "etcd-1")
+    return Target("haproxy")
