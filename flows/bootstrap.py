@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from flows import status as status_mod
 from stack import topology
 from stack.errors import StateError
+from stack.lock import holder_name, mutating
 from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
 from stack.state import cluster_dir, config_dir, secrets_file, write_private
@@ -95,6 +96,11 @@ def wait_endpoints(spec: ClusterSpec) -> None:
 
 @flow(name="bootstrap", description="Create or converge a pgha cluster (etcd, Patroni, HAProxy) from its spec.")
 def bootstrap(spec: ClusterSpec = ClusterSpec()) -> dict[str, Any]:  # noqa: B008 - pydantic default is immutable
+    with mutating(spec.scope, holder_name("bootstrap")):
+        return _bootstrap(spec)
+
+
+def _bootstrap(spec: ClusterSpec) -> dict[str, Any]:
     log = get_run_logger()
     started = time.monotonic()
     preflight(spec)

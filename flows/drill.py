@@ -121,15 +121,19 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
                  lambda t: t > t_new, timeout=30, interval=0.1)
         if kind == DrillKind.PARTITION:
             # No split brain: the cut-off leader must stop being a writable primary by itself.
-            def old_role() -> str:
+            def old_side() -> str:
                 code, out, _ = de.exec_in(spec.container(old_leader),
                                           ["curl", "-s", "--max-time", "2", "http://localhost:8008/patroni"])
-                return str(json.loads(out).get("role", "")) if code == 0 and out.strip() else "unreachable"
+                if code != 0 or not out.strip():
+                    return "API unreachable"
+                st = json.loads(out)
+                return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
 
-            role = wait_for("the partitioned leader to demote itself", old_role,
-                            lambda r: r not in ("primary", "master"), timeout=timeout, interval=0.5)
-            notes.append(f"partitioned {old_leader} demoted itself (role {role}) "
-                         f"{time.monotonic() - t_fault:.1f}s after the cut; {new} took over")
+            # Writable only while Patroni still runs it as a primary: role primary AND running.
+            seen = wait_for("the partitioned leader to stop accepting writes", old_side,
+                            lambda r: r != "role primary, PostgreSQL running", timeout=timeout, interval=0.5)
+            notes.append(f"no split brain: when {new} had taken over, the cut-off {old_leader} had stopped "
+                         f"accepting writes by itself ({seen}; checked {time.monotonic() - t_fault:.1f}s after the cut)")
         return new, notes
     probe = reader if kind == DrillKind.REPLICA_KILL else writer
     wait_for("clients served again", lambda: probe.log.ok[-1] if probe.log.ok else 0.0,

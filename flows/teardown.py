@@ -6,6 +6,7 @@ import shutil
 
 from prefect import flow, get_run_logger, task
 
+from stack.lock import holder_name, mutating
 from stack.spec import ClusterSpec
 from stack.state import cluster_dir
 from tasks import docker_engine as de
@@ -20,7 +21,8 @@ def remove_resources(scope: str, volumes: bool) -> dict[str, list[str]]:
 @flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true.")
 def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False) -> dict[str, list[str]]:  # noqa: B008
     log = get_run_logger()
-    removed = remove_resources(spec.scope, volumes)
+    with mutating(spec.scope, holder_name("teardown")):
+        removed = remove_resources(spec.scope, volumes)
     if volumes:
         # The data is gone, so are the passwords and configs that belonged to it.
         shutil.rmtree(cluster_dir(spec.scope), ignore_errors=True)

@@ -51,15 +51,18 @@ def timeline(writes: ProbeLog, reads: ProbeLog, start: float, end: float, fault:
     cell = span / width
 
     def row(log: ProbeLog) -> str:
-        cells = []
-        for i in range(width):
-            a, b = start + i * cell, start + (i + 1) * cell
-            if any(a <= t < b for t in log.ok):
-                cells.append("█")
-            elif any(a <= t < b for t, _ in log.errors):
-                cells.append("x")
-            else:
-                cells.append("·")
+        cells = ["·"] * width
+
+        def index(t: float) -> int | None:
+            i = int((t - start) / cell)
+            return i if 0 <= i < width else None
+
+        for t, _ in log.errors:
+            if (i := index(t)) is not None:
+                cells[i] = "x"
+        for t in log.ok:  # a success in a cell wins over an error in it
+            if (i := index(t)) is not None:
+                cells[i] = "█"
         return "".join(cells)
 
     def marker_row() -> str:

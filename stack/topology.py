@@ -13,6 +13,10 @@ from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
 from stack.state import config_dir
 
+# Fail DNS look-ups in one second, once: a node cut off from the network (a partition) must
+# notice quickly that etcd is gone and demote itself, not hang in the resolver for a minute.
+DNS_OPTIONS = ["timeout:1", "attempts:1"]
+
 
 @dataclass(frozen=True)
 class ContainerDef:
@@ -30,6 +34,7 @@ class ContainerDef:
     config_dir: str | None = None  # host dir mounted read-only at /etc/pgha
     ports: dict[int, int] = field(default_factory=dict)  # container port -> 127.0.0.1 host port
     healthcheck: list[str] | None = None
+    dns_options: list[str] = field(default_factory=lambda: list(DNS_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
     cmd = render.etcd_command(spec, member)
     return Planned(ContainerDef(
         scope=spec.scope, role=Role.ETCD.value, member=member, name=spec.container(member), image=image,
-        network=spec.network, command=cmd, config_hash=render.digest(image, cmd),
+        network=spec.network, command=cmd, config_hash=render.digest(image, cmd, DNS_OPTIONS),
         volumes={spec.volume(member): render.ETCD_MOUNT},
         healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
     ))
@@ -53,7 +58,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, render.redact(text, secrets)),
+            network=spec.network, command=[], config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS),
             volumes={spec.volume(member): render.DATA_MOUNT},
             config_dir=str(config_dir(spec.scope, member)),
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.PATRONI_API_PORT}/liveness"],
@@ -73,7 +78,7 @@ def haproxy(spec: ClusterSpec, image: str) -> Planned:
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, text, ports),
+            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
             config_dir=str(config_dir(spec.scope, member)), ports=ports,
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.HAPROXY_STATS_PORT}/"],
         ),

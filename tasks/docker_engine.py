@@ -115,6 +115,7 @@ def _create(d: ContainerDef) -> Container:
         ports={f"{cp}/tcp": ("127.0.0.1", hp) for cp, hp in d.ports.items()},
         healthcheck=hc,
         restart_policy={"Name": "unless-stopped"},
+        dns_opt=d.dns_options,
         stop_signal="SIGTERM",
         detach=True,
     )

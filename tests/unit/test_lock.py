@@ -1,0 +1,70 @@
+"""One mutating flow per cluster: a second holder is refused with the first one's name."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from stack.errors import StateError
+from stack.lock import mutating
+
+
+def hold(state: str, ready: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event) -> None:
+    import os
+
+    os.environ["PGHA_STATE_DIR"] = state
+    with mutating("lab", "drill flow run 'brave-otter'"):
+        ready.set()
+        release.wait(10)
+
+
+def test_second_holder_refused_naming_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
+    p.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(StateError) as info, mutating("lab", "bootstrap"):
+            pass
+        assert "cluster lab is busy: drill flow run 'brave-otter' (pid" in str(info.value)
+        # Another cluster is not blocked.
+        with mutating("other", "bootstrap"):
+            pass
+    finally:
+        release.set()
+        p.join(10)
+    with mutating("lab", "bootstrap"):  # released when the holder ended
+        pass
+
+
+def test_lock_released_when_holder_dies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
+    p.start()
+    assert ready.wait(10)
+    p.kill()
+    p.join(10)
+    time.sleep(0.1)
+    with mutating("lab", "drill"):
+        pass
+
+
+def test_wait_for_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
+    p.start()
+    assert ready.wait(10)
+    ctx.Process(target=lambda: (time.sleep(1), release.set())).start()
+    t0 = time.monotonic()
+    with mutating("lab", "drill", wait_seconds=10):
+        assert time.monotonic() - t0 >= 0.5
+    p.join(10)
