@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench clean
+.PHONY: up down status test unit integration lint venv engine images bench bench-failover clean
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -42,6 +42,9 @@ images: venv engine      ## build the node image if missing
 
 bench: venv engine       ## bootstrap benchmark: pgha up vs a raw docker run sequence
 	$(VENV)/bin/python benchmarks/bootstrap.py
+
+bench-failover: venv engine  ## switchover/graceful-stop/hard-kill drills, fast vs Patroni defaults
+	$(VENV)/bin/python benchmarks/failover.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -70,7 +70,10 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
     if not path.exists():
         return None
     pending = json.loads(path.read_text())
-    what = heal(spec, str(pending["member"]))
+    member = str(pending["member"])
+    what = heal(spec, member)
+    if member in spec.node_names():
+        wait_back(spec, member, float(pending.get("since", 0)), 180)
     wait_whole(spec, 180)
     path.unlink(missing_ok=True)
     return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
@@ -94,9 +97,29 @@ def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
 
 @task(name="wait-whole", **READ_ONLY)
 def wait_whole(spec: ClusterSpec, timeout: float) -> status_mod.ClusterStatus:
-    """Every container running, etcd healthy, one leader, replicas streaming, HAProxy routing."""
-    return wait_for("the cluster to be whole again", lambda: status_mod.collect(spec), lambda s: s.healthy,
+    """Every container running, etcd healthy, one leader, replicas streaming, HAProxy routing.
+
+    Healthy twice in a row, a second apart: right after a restart /cluster can still show a
+    member's stale entry for a moment.
+    """
+    streak: list[float] = []
+
+    def stable(st: status_mod.ClusterStatus) -> bool:
+        if not st.healthy:
+            streak.clear()
+            return False
+        streak.append(time.monotonic())
+        return streak[-1] - streak[0] >= 1.0
+
+    return wait_for("the cluster to be whole again", lambda: status_mod.collect(spec), stable,
                     timeout=timeout, interval=0.5, describe=lambda s: "; ".join(s.problems[:3]))
+
+
+def wait_back(spec: ClusterSpec, member: str, since_unix: float, timeout: float) -> None:
+    """Wait until the node itself says its PostgreSQL restarted after `since_unix` and replicates or leads."""
+    wait_for(f"{member} back and replicating", lambda: patroni.member_status(spec, member),
+             lambda st: patroni.back_since(st, since_unix), timeout=timeout, interval=0.5,
+             describe=lambda st: f"state {st.get('state')}, started {st.get('postmaster_start_time')}")
 
 
 def _members(view: patroni.ClusterView) -> dict[str, tuple[str, int | None]]:
@@ -177,8 +200,9 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
         try:
             wait_for("the probes to warm up", lambda: (len(writer.log.ok), len(reader.log.ok)),
                      lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
-            write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member}))
             wall_fault = time.time()
+            write_private(_pending_file(spec),
+                          json.dumps({"kind": kind.value, "member": target.member, "since": wall_fault}))
             t_fault = time.monotonic()
             log.info("%s: fault on %s%s", kind.value, target.member,
                      f" (candidate {target.candidate})" if target.candidate else "")
@@ -191,16 +215,11 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
                 t_heal = time.monotonic()
                 log.info("healing %s: %s", target.member, heal(spec, target.member))
                 try:
-                    wait_whole(spec, heal_timeout_s)
                     if target.member in spec.node_names():
                         # /cluster can show a member's stale entry; ask the node itself that its
                         # PostgreSQL came back after the fault and replicates (or leads).
-                        wait_for(f"{target.member} back and replicating",
-                                 lambda: patroni.member_status(spec, target.member),
-                                 lambda st: patroni.back_since(st, wall_fault), timeout=heal_timeout_s,
-                                 interval=0.5, describe=lambda st: f"state {st.get('state')}, "
-                                 f"started {st.get('postmaster_start_time')}")
-                        wait_whole(spec, heal_timeout_s)
+                        wait_back(spec, target.member, wall_fault, heal_timeout_s)
+                    wait_whole(spec, heal_timeout_s)
                     whole_at = time.monotonic()
                     healed_ok = True
                     _pending_file(spec).unlink(missing_ok=True)
