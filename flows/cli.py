@@ -246,6 +246,7 @@ def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | har
                   f"{r['old_leader']} -> {r['new_leader']}", f"{r['timeline_before']} -> {r['timeline_after']}",
                   f"{r['whole_s']} s", r["rejoin"])
         out.print(t)
+        out.print(r["timeline"], highlight=False, markup=False)
         for n in r["notes"]:
             out.print(f"- {n}", highlight=False)
         out.print(f"chart: {r['chart_png']}", highlight=False)

@@ -260,6 +260,7 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
                                  t_fault, {"fault": t_fault, **marks})
         result.chart_png = str(chart)
         text = timeline(writer.log, reader.log, t_fault - 2.0, t_end, t_fault, marks)
+        result.timeline = text
         ok, message = verdict(result)
         _report(spec, result, text, ok, message)
         if not ok:
@@ -269,7 +270,7 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
 
 
 def _report(spec: ClusterSpec, r: DrillResult, text: str, ok: bool, message: str) -> None:
-    rows = [{"metric": k, "value": str(v)} for k, v in asdict(r).items() if k not in ("notes",)]
+    rows = [{"metric": k, "value": str(v)} for k, v in asdict(r).items() if k not in ("notes", "timeline")]
     key = f"{spec.scope}-drill-{r.kind}"
     create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
     md = "\n".join([

@@ -102,6 +102,7 @@ class DrillResult:
     chart_png: str = ""
     notes: list[str] = field(default_factory=list)
     write_errors_seen: list[str] = field(default_factory=list)  # "+1.23s message", first few
+    timeline: str = ""  # the text chart
 
 
 def error_digest(log: ProbeLog, t_fault: float, limit: int = 8) -> list[str]:

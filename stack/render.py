@@ -187,7 +187,9 @@ def render_haproxy_cfg(spec: ClusterSpec) -> str:
         "    timeout client 30m\n"
         "    timeout server 30m\n"
         f"    timeout check {t.check_timeout_ms}ms\n"
-        "    retries 1\n"
+        # retries 0: a refused connection goes straight back to the client, which reconnects
+        # at once, instead of waiting HAProxy's 1 s turn-around on a node that is demoting.
+        f"    retries {t.retries}\n"
         "\n"
         "frontend stats\n"
         "    mode http\n"

@@ -73,6 +73,7 @@ class HaproxyChecks(_Strict):
 
     inter_ms: int | None = Field(None, ge=100, le=60000)
     check_timeout_ms: int | None = Field(None, ge=100, le=60000)
+    retries: int | None = Field(None, ge=0, le=10, description="connection retries to a failed server")
     fall: int | None = Field(None, ge=1, le=10)
     rise: int | None = Field(None, ge=1, le=10)
 
@@ -87,6 +88,7 @@ class EffectiveTiming(BaseModel):
     maximum_lag_on_failover: int
     inter_ms: int
     check_timeout_ms: int
+    retries: int
     fall: int
     rise: int
 
@@ -95,11 +97,11 @@ PROFILES: dict[Profile, EffectiveTiming] = {
     # loop_wait + 2*retry_timeout = 12 <= ttl 20 (Patroni's rule); ttl 20 is Patroni's floor.
     Profile.FAST: EffectiveTiming(
         ttl=20, loop_wait=2, retry_timeout=5, synchronous_mode=True,
-        maximum_lag_on_failover=1048576, inter_ms=500, check_timeout_ms=500, fall=2, rise=1,
+        maximum_lag_on_failover=1048576, inter_ms=500, check_timeout_ms=500, retries=0, fall=2, rise=1,
     ),
     Profile.PATRONI_DEFAULTS: EffectiveTiming(
         ttl=30, loop_wait=10, retry_timeout=10, synchronous_mode=False,
-        maximum_lag_on_failover=1048576, inter_ms=1000, check_timeout_ms=2000, fall=2, rise=2,
+        maximum_lag_on_failover=1048576, inter_ms=1000, check_timeout_ms=2000, retries=3, fall=2, rise=2,
     ),
 }
 

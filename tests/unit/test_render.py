@@ -54,11 +54,12 @@ def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
             "pg-1", "pg-2", "pg-3", "pg-4"]
         assert "lab-pg-4:5432" in part
     assert "prometheus-exporter" in cfg
+    assert "timeout check 500ms" in cfg and "retries 0" in cfg
 
 
 def test_haproxy_cfg_patroni_defaults_profile() -> None:
     cfg = render.render_haproxy_cfg(ClusterSpec(profile=Profile.PATRONI_DEFAULTS))
-    assert "inter 1000ms" in cfg and "rise 2" in cfg
+    assert "inter 1000ms" in cfg and "rise 2" in cfg and "timeout check 2000ms" in cfg and "retries 3" in cfg
 
 
 def test_etcd_flags() -> None:
