@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,16 +102,24 @@ def up(cluster: Cluster) -> subprocess.CompletedProcess[str]:
     return res
 
 
-@pytest.fixture(scope="session")
-def cluster_a(engine: docker.DockerClient, base_env: dict[str, str],
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A default-shaped 3 etcd / 3 node cluster, shared by tests that only read."""
-    spec = {"scope": "pgha-it-a", "nodes": 3, "etcd_members": 3,
-            "ports": {"rw": 25432, "ro": 25433, "stats": 28404}}
-    c = make_cluster(engine, base_env, tmp_path_factory.mktemp("a"), spec)
+@contextmanager
+def running_cluster(engine: docker.DockerClient, env: dict[str, str], tmp: Path,
+                    spec: dict[str, object]) -> Iterator[Cluster]:
+    """Bring a cluster up with the real CLI; tear it down (volumes too) whatever happens."""
+    c = make_cluster(engine, env, tmp, spec)
     try:
         up(c)
         yield c
     finally:
         pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
+
+
+@pytest.fixture(scope="session")
+def cluster_a(engine: docker.DockerClient, base_env: dict[str, str],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A default-shaped 3 etcd / 3 node cluster, shared by tests that only read."""
+    spec = {"scope": "pgha-it-a", "nodes": 3, "etcd_members": 3,
+            "ports": {"rw": 25432, "ro": 25433, "stats": 28404}}
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("a"), spec) as c:
+        yield c

@@ -9,7 +9,7 @@ import docker
 import psycopg
 import pytest
 
-from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope, up
+from tests.integration.conftest import Cluster, pgha, running_cluster, up
 
 SEED_PASSWORD = "seed-Password-for-it-b"  # the seed stack's POSTGRES_PASSWORD, chosen by the user
 
@@ -19,13 +19,9 @@ def cluster_b(engine: docker.DockerClient, base_env: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": "pgha-it-b", "nodes": 2, "etcd_members": 1,
             "ports": {"rw": 25442, "ro": 25443, "stats": 28414}}
-    c = make_cluster(engine, {**base_env, "POSTGRES_PASSWORD": SEED_PASSWORD}, tmp_path_factory.mktemp("b"), spec)
-    try:
-        up(c)
+    env = {**base_env, "POSTGRES_PASSWORD": SEED_PASSWORD}
+    with running_cluster(engine, env, tmp_path_factory.mktemp("b"), spec) as c:
         yield c
-    finally:
-        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
-        remove_scope(engine, c.scope)
 
 
 def rw(c: Cluster) -> psycopg.Connection:

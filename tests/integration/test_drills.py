@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
+from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, up
 
 CEILING_S = 60.0
 
@@ -27,13 +27,8 @@ def cluster_d(engine: docker.DockerClient, base_env: dict[str, str],
     """A cluster of its own: drills are destructive."""
     spec = {"scope": "pgha-it-d", "nodes": 3, "etcd_members": 3,
             "ports": {"rw": 25462, "ro": 25463, "stats": 28434}}
-    c = make_cluster(engine, base_env, tmp_path_factory.mktemp("d"), spec)
-    try:
-        up(c)
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("d"), spec) as c:
         yield c
-    finally:
-        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
-        remove_scope(engine, c.scope)
 
 
 def status(c: Cluster) -> tuple[int, dict[str, object]]:
