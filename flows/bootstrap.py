@@ -22,7 +22,7 @@ from stack.spec import ClusterSpec
 from stack.state import cluster_dir, config_dir, secrets_file, write_private
 from tasks import docker_engine as de
 from tasks import etcd, images, patroni, postgres
-from tasks._prefect import SIDE_EFFECT
+from tasks._prefect import ONCE, SIDE_EFFECT
 
 
 def preflight(spec: ClusterSpec) -> None:
@@ -47,7 +47,7 @@ def preflight(spec: ClusterSpec) -> None:
             raise StateError(f"port {port} (ports.{key}) is already in use on 127.0.0.1; choose another in the spec")
 
 
-@task(name="ensure-image", cache_policy=SIDE_EFFECT["cache_policy"])
+@task(name="ensure-image", **ONCE)
 def ensure_image(spec: ClusterSpec) -> str:
     """The node image, built when missing (a build failure is not retried)."""
     tag, log = images.ensure_image(spec)
@@ -89,7 +89,7 @@ def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet:
     return outcome.value
 
 
-@task(name="wait-endpoints", cache_policy=SIDE_EFFECT["cache_policy"])
+@task(name="wait-endpoints", **ONCE)
 def wait_endpoints(spec: ClusterSpec) -> None:
     postgres.wait_endpoints.fn(spec, load_or_create(secrets_file(spec.scope)))
 

@@ -40,7 +40,7 @@ from stack.state import cluster_dir, secrets_file, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import etcd, patroni
-from tasks._prefect import READ_ONLY, SIDE_EFFECT
+from tasks._prefect import ONCE, READ_ONLY, SIDE_EFFECT
 from tasks.postgres_probe import Probe, ensure_table, present_ids
 
 
@@ -79,7 +79,7 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
     return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
 
 
-@task(name="inject-fault", cache_policy=SIDE_EFFECT["cache_policy"])
+@task(name="inject-fault", **ONCE)
 def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
     """The fault itself; never retried (a retried fault is a different drill)."""
     name = spec.container(target.member)

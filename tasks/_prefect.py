@@ -26,4 +26,6 @@ SIDE_EFFECT: dict[str, Any] = {
     "retry_delay_seconds": [1, 4],
     "retry_condition_fn": transient,
 }
-READ_ONLY: dict[str, Any] = {"cache_policy": NO_CACHE}
+# A side effect that must not be retried (a fault, a build failure) or a read: never cached.
+ONCE: dict[str, Any] = {"cache_policy": NO_CACHE}
+READ_ONLY = ONCE

@@ -8,6 +8,8 @@ or a re-run flow converges.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -241,6 +243,15 @@ def port_is_free(port: int) -> bool:
 # ---- fault injection and healing (drills) ----
 
 
+@contextmanager
+def _engine_call(what: str) -> Iterator[None]:
+    """Turn the engine's refusal of one operation into a one-line DockerError."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise DockerError(f"{what}: {exc.explanation or exc}") from None
+
+
 def _get(name: str) -> Container:
     ct = find_container(name)
     if ct is None:
@@ -250,18 +261,14 @@ def _get(name: str) -> Container:
 
 def stop(name: str, timeout: int = 30) -> None:
     """Graceful stop: SIGTERM, then SIGKILL after `timeout` seconds."""
-    try:
+    with _engine_call(f"stop {name}"):
         _get(name).stop(timeout=timeout)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"stop {name}: {exc.explanation or exc}") from None
 
 
 def kill(name: str) -> None:
     """SIGKILL: the process dies without any chance to clean up."""
-    try:
+    with _engine_call(f"kill {name}"):
         _get(name).kill()
-    except docker.errors.APIError as exc:
-        raise DockerError(f"kill {name}: {exc.explanation or exc}") from None
 
 
 def start(name: str) -> bool:
@@ -269,18 +276,14 @@ def start(name: str) -> bool:
     ct = _get(name)
     if ct.status == "running":
         return False
-    try:
+    with _engine_call(f"start {name}"):
         ct.start()
-    except docker.errors.APIError as exc:
-        raise DockerError(f"start {name}: {exc.explanation or exc}") from None
     return True
 
 
 def restart(name: str, timeout: int = 10) -> None:
-    try:
+    with _engine_call(f"restart {name}"):
         _get(name).restart(timeout=timeout)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"restart {name}: {exc.explanation or exc}") from None
 
 
 def attached(name: str, network: str) -> bool:
@@ -289,18 +292,14 @@ def attached(name: str, network: str) -> bool:
 
 
 def disconnect(name: str, network: str) -> None:
-    try:
+    with _engine_call(f"disconnect {name} from {network}"):
         client().networks.get(network).disconnect(name, force=True)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"disconnect {name} from {network}: {exc.explanation or exc}") from None
 
 
 def connect(name: str, network: str) -> bool:
     """Attach the container to the network if it is not; True when it had to be attached."""
     if attached(name, network):
         return False
-    try:
+    with _engine_call(f"connect {name} to {network}"):
         client().networks.get(network).connect(name)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"connect {name} to {network}: {exc.explanation or exc}") from None
     return True

@@ -21,14 +21,20 @@ def hold(state: str, ready: multiprocessing.synchronize.Event, release: multipro
         release.wait(10)
 
 
-def test_second_holder_refused_naming_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+def start_holder(tmp_path: Path) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.synchronize.Event]:
+    """Another process that holds cluster 'lab's lock until its release event is set."""
     ctx = multiprocessing.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
     p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
     p.start()
+    assert ready.wait(10)
+    return p, release
+
+
+def test_second_holder_refused_naming_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    p, release = start_holder(tmp_path)
     try:
-        assert ready.wait(10)
         with pytest.raises(StateError) as info, mutating("lab", "bootstrap"):
             pass
         assert "cluster lab is busy: drill flow run 'brave-otter' (pid" in str(info.value)
@@ -44,11 +50,7 @@ def test_second_holder_refused_naming_the_first(tmp_path: Path, monkeypatch: pyt
 
 def test_lock_released_when_holder_dies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
-    ctx = multiprocessing.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
-    p.start()
-    assert ready.wait(10)
+    p, _ = start_holder(tmp_path)
     p.kill()
     p.join(10)
     time.sleep(0.1)
@@ -58,12 +60,8 @@ def test_lock_released_when_holder_dies(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_wait_for_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
-    ctx = multiprocessing.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=hold, args=(str(tmp_path), ready, release))
-    p.start()
-    assert ready.wait(10)
-    ctx.Process(target=lambda: (time.sleep(1), release.set())).start()
+    p, release = start_holder(tmp_path)
+    multiprocessing.get_context("fork").Process(target=lambda: (time.sleep(1), release.set())).start()
     t0 = time.monotonic()
     with mutating("lab", "drill", wait_seconds=10):
         assert time.monotonic() - t0 >= 0.5
