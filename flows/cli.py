@@ -271,6 +271,125 @@ def images_build(spec_file: Path | None = SpecOpt) -> None:
 
     run(go)
 
+# ---- backups (issue 4): backup, dump, verify-restore, restore ----
+
+
+@app.command()
+def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+           backup_type: str = typer.Option("full", "--type", help="full | diff | incr"),
+           no_verify: bool = typer.Option(False, "--no-verify", help="skip the verified restore after the backup"),
+           as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """pgBackRest backup from a replica, then restore it into a scratch container and check it."""
+
+    def go() -> None:
+        from stack.backup import BackupType
+
+        try:
+            btype = BackupType(backup_type)
+        except ValueError:
+            raise UsageError(f"unknown backup type '{backup_type}'; choose full, diff or incr") from None
+        spec = resolve_spec(spec_file, scope)
+        from flows.backup import backup as backup_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = backup_flow(spec, btype, verify=False if no_verify else None)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        out.print(f"{r['type']} backup {r['label']} of {spec.scope} from {r['source']}: {r['size_mb']} MB "
+                  f"({r['stored_mb']} MB stored) in {r['duration_s']} s; WAL {r['wal_start']}..{r['wal_stop']}"
+                  + (f"; expired {r['expired']}" if r["expired"] else ""), highlight=False)
+        if v := r.get("verification"):
+            out.print(f"verified restore: passed in {v['duration_s']} s ({v['canary']}; pg_amcheck: {v['amcheck']})",
+                      highlight=False)
+
+    run(go)
+
+
+@app.command()
+def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+         as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """pg_dump -Fc of every database from a replica into the repository volume (own retention)."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from flows.backup import dump as dump_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = dump_flow(spec)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2) + "\n")
+            return
+        for f in r["files"]:
+            out.print(f"{f['database']}: {f['file']} ({f['size_mb']} MB, {f['duration_s']} s)", highlight=False)
+
+    run(go)
+
+
+@app.command("verify-restore")
+def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+                   label: str | None = typer.Option(None, "--set", help="backup set label (default: the newest)"),
+                   as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Restore a backup set into a scratch container, check it, remove it. Exit non-zero on any failure."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from flows.verify import verify_restore as verify_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = verify_flow(spec, label=label)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2) + "\n")
+            return
+        out.print(f"backup {r['label']} of {spec.scope}: restore verified in {r['duration_s']} s "
+                  f"({r['canary']}; pg_amcheck: {r['amcheck']})", highlight=False)
+
+    run(go)
+
+
+@app.command()
+def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g. '2026-11-25 21:03:00+00'"),
+            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+            into: str | None = typer.Option(None, "--into", help="new cluster scope to restore into (default)"),
+            into_spec: Path | None = typer.Option(None, "--into-spec", help="spec file of the new cluster (ports etc.)"),
+            in_place: bool = typer.Option(False, "--in-place", help="rebuild the live cluster from the restore"),
+            yes: bool = typer.Option(False, "--yes", help="confirm --in-place"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Point-in-time restore into a new cluster (safe default), or in place with --in-place --yes."""
+
+    def go() -> None:
+        from stack.backup import parse_target_time
+
+        target = parse_target_time(to)
+        if isinstance(target, str):
+            raise UsageError(target)
+        if in_place and (into or into_spec):
+            raise UsageError("--in-place and --into/--into-spec exclude each other")
+        if in_place and not yes:
+            raise UsageError("--in-place stops the live cluster and replaces its data; add --yes to confirm")
+        if not in_place and not (into or into_spec):
+            raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes")
+        spec = resolve_spec(spec_file, scope)
+        from flows.restore import restore as restore_flow
+        from flows.restore import target_spec
+        from tasks.docker_engine import client
+
+        client()
+        new_spec = None if in_place else target_spec(spec, into, load_spec(into_spec) if into_spec else None)
+        r = restore_flow(spec, target.isoformat(), new_spec, in_place=in_place)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        out.print(f"restored {spec.scope} to {r['target']} into {r['into']} (backup {r['from_set']}) "
+                  f"in {r['duration_s']} s", highlight=False)
+        if new_spec is not None:
+            print_endpoints(new_spec)
+
+    run(go)
+
 
 def main() -> None:
     app()

@@ -76,6 +76,9 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
         "password_encryption": "scram-sha-256",
         "max_connections": 100,
     }
+    from stack.backup import archive_parameters  # stack.backup imports this module's constants
+
+    parameters.update(archive_parameters(spec))
     parameters.update(spec.postgres_parameters)
     return {
         "ttl": t.ttl,

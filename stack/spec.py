@@ -78,6 +78,43 @@ class HaproxyChecks(_Strict):
     rise: int | None = Field(None, ge=1, le=10)
 
 
+class CompressType(StrEnum):
+    ZST = "zst"
+    LZ4 = "lz4"
+    GZ = "gz"
+    NONE = "none"
+
+
+class S3Repo(_Strict):
+    """An S3-compatible pgBackRest repository instead of the Docker volume (documented, untested here).
+
+    The access key and secret are never in the spec: put them in the cluster's state directory
+    as `s3-credentials.json` ({"key": ..., "secret": ...}, mode 0600).
+    """
+
+    bucket: str = Field(..., min_length=3)
+    endpoint: str = Field(..., min_length=3, description="e.g. s3.eu-west-1.amazonaws.com or minio.local:9000")
+    region: str = "us-east-1"
+    path: str = Field("/pgha", description="repository path inside the bucket")
+    uri_style: str = Field("host", pattern="^(host|path)$")
+    verify_tls: bool = True
+
+
+class BackupSpec(_Strict):
+    """pgBackRest backups, WAL archiving, logical dumps and restore verification."""
+
+    enabled: bool = Field(True, description="archive WAL and create the pgBackRest stanza on `up`")
+    retention_full: int = Field(2, ge=1, le=100, description="full backups kept (with their diffs/incrs and WAL)")
+    retention_diff: int = Field(7, ge=1, le=1000, description="differential backups kept")
+    dump_retention: int = Field(3, ge=1, le=100, description="logical dump sets (pgha dump) kept")
+    compress_type: CompressType = CompressType.ZST
+    compress_level: int = Field(3, ge=0, le=19, description="compression level (zst 1-19, gz 0-9, lz4 0-12)")
+    process_max: int = Field(2, ge=1, le=32, description="parallel processes for backup and restore")
+    allow_primary: bool = Field(False, description="back up from the primary when no replica is healthy")
+    verify_after_backup: bool = Field(True, description="restore each backup into a scratch container and check it")
+    s3: S3Repo | None = None
+
+
 class EffectiveTiming(BaseModel):
     """The resolved timing: profile defaults with the spec's overrides applied."""
 
@@ -117,6 +154,7 @@ class ClusterSpec(_Strict):
     profile: Profile = Profile.FAST
     patroni: PatroniTiming = Field(default_factory=PatroniTiming)  # type: ignore[arg-type]
     haproxy: HaproxyChecks = Field(default_factory=HaproxyChecks)  # type: ignore[arg-type]
+    backup: BackupSpec = Field(default_factory=BackupSpec)  # type: ignore[arg-type]
     postgres_parameters: dict[str, str] = Field(
         default_factory=dict, description="extra PostgreSQL parameters (Patroni dynamic config)"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stack import render
+from stack import backup, render
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
 from stack.state import config_dir
@@ -55,11 +55,16 @@ def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
 
 def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets) -> Planned:
     text = render.render_patroni_yml(spec, member, subnet, secrets)
+    volumes = {spec.volume(member): render.DATA_MOUNT}
+    if spec.backup.enabled and spec.backup.s3 is None:
+        # The pgBackRest repository, shared by every node (stack/backup.py explains why).
+        volumes[backup.repo_volume(spec)] = backup.REPO_MOUNT
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS),
-            volumes={spec.volume(member): render.DATA_MOUNT},
+            network=spec.network, command=[],
+            config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items())),
+            volumes=volumes,
             config_dir=str(config_dir(spec.scope, member)),
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.PATRONI_API_PORT}/liveness"],
         ),

@@ -1,0 +1,348 @@
+"""pgBackRest for a cluster, as pure functions: config files, certificates, decisions.
+
+Topology (see README "Backups"): one named Docker volume `<scope>-pgbackrest` is the
+repository, mounted at /var/lib/pgbackrest in every Patroni node. The primary's
+`archive-push` therefore writes locally, whichever node is primary. A backup runs on a
+replica, which acts as pgBackRest's "repository host": it reaches every node (itself
+included) through the pgBackRest TLS server each node runs on port 8432, so `backup-standby`
+can start/stop the backup on the primary and copy files from the standby.
+
+Nothing here does I/O except `make_certificates` (CPU only); tasks/pgbackrest.py applies it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from stack.render import PG_PORT, PGDATA
+from stack.spec import ClusterSpec, CompressType
+
+REPO_MOUNT = "/var/lib/pgbackrest"
+SOCKET_DIR = "/var/run/postgresql"
+TLS_PORT = 8432
+# Inside a container: postgres-owned copies of the 0600 files mounted from the host.
+RUN_DIR = "/run/pgha/pgbackrest"
+NODE_CONF = f"{RUN_DIR}/node.conf"  # archive-push/-get and the TLS server
+BACKUP_CONF = f"{RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
+CLIENT_CN = "pgha-backup"
+# Mounted from the host into each node's config dir (/etc/pgha/pgbackrest/...).
+HOST_SUBDIR = "pgbackrest"
+CERT_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+# Annotations stored with each backup (pgBackRest --annotation) so a later verification knows
+# which canary row the backup must contain.
+ANN_TOKEN = "pgha-canary"  # noqa: S105 - an annotation key, not a password
+ANN_COUNT = "pgha-canary-count"
+CANARY_TABLE = "pgha_backup_canary"
+MAX_NODES = 9  # ClusterSpec.nodes upper bound: the server certificate names every possible node
+
+
+def repo_volume(spec: ClusterSpec) -> str:
+    return f"{spec.scope}-pgbackrest"
+
+
+def dump_dir(spec: ClusterSpec) -> str:
+    return f"{REPO_MOUNT}/dumps/{spec.scope}"
+
+
+def archive_command(spec: ClusterSpec) -> str:
+    return f"pgbackrest --config={NODE_CONF} --stanza={spec.scope} archive-push %p"
+
+
+def archive_parameters(spec: ClusterSpec) -> dict[str, str]:
+    """PostgreSQL parameters for continuous archiving (Patroni dynamic config, every node)."""
+    if not spec.backup.enabled:
+        return {}
+    return {"archive_mode": "on", "archive_command": archive_command(spec), "archive_timeout": "60s"}
+
+
+def _ini(sections: list[tuple[str, dict[str, Any]]]) -> str:
+    out = ["# Rendered by pgha from the ClusterSpec; do not edit by hand."]
+    for name, opts in sections:
+        out.append(f"\n[{name}]")
+        for k, v in opts.items():
+            if isinstance(v, bool):
+                v = "y" if v else "n"
+            out.append(f"{k}={v}")
+    return "\n".join(out) + "\n"
+
+
+def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None) -> dict[str, Any]:
+    b = spec.backup
+    opts: dict[str, Any] = {}
+    if b.s3 is not None:
+        creds = s3_credentials or {}
+        opts.update({
+            "repo1-type": "s3",
+            "repo1-path": b.s3.path,
+            "repo1-s3-bucket": b.s3.bucket,
+            "repo1-s3-endpoint": b.s3.endpoint,
+            "repo1-s3-region": b.s3.region,
+            "repo1-s3-uri-style": b.s3.uri_style,
+            "repo1-storage-verify-tls": b.s3.verify_tls,
+            "repo1-s3-key": creds.get("key", ""),
+            "repo1-s3-key-secret": creds.get("secret", ""),
+        })
+    else:
+        opts["repo1-path"] = REPO_MOUNT
+    opts.update({
+        "compress-type": b.compress_type.value,
+        "log-level-console": "warn",
+        "log-level-stderr": "warn",
+        "log-level-file": "off",
+    })
+    if b.compress_type != CompressType.NONE:
+        opts["compress-level"] = b.compress_level
+    return opts
+
+
+def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None) -> str:
+    """Config for every node: archive-push/-get of its own PostgreSQL and its TLS server."""
+    glob = _repo_options(spec, s3_credentials)
+    glob.update({
+        "tls-server-address": "*",
+        "tls-server-port": TLS_PORT,
+        "tls-server-ca-file": f"{RUN_DIR}/ca.crt",
+        "tls-server-cert-file": f"{RUN_DIR}/server.crt",
+        "tls-server-key-file": f"{RUN_DIR}/server.key",
+        "tls-server-auth": f"{CLIENT_CN}={spec.scope}",
+    })
+    stanza = {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR, "pg1-port": PG_PORT}
+    return _ini([("global", glob), (spec.scope, stanza)])
+
+
+def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None = None) -> str:
+    """Config of the backup runner: every node as a TLS remote (pgBackRest finds the primary)."""
+    b = spec.backup
+    glob = _repo_options(spec, s3_credentials)
+    glob.update({
+        "repo1-retention-full": b.retention_full,
+        "repo1-retention-diff": b.retention_diff,
+        "process-max": b.process_max,
+        "backup-standby": from_standby,
+        "start-fast": True,
+        "archive-timeout": 120,
+        "log-level-console": "info",
+    })
+    stanza: dict[str, Any] = {}
+    for i, member in enumerate(spec.node_names(), start=1):
+        stanza.update({
+            f"pg{i}-host": spec.container(member),
+            f"pg{i}-host-type": "tls",
+            f"pg{i}-host-port": TLS_PORT,
+            f"pg{i}-host-ca-file": f"{RUN_DIR}/ca.crt",
+            f"pg{i}-host-cert-file": f"{RUN_DIR}/client.crt",
+            f"pg{i}-host-key-file": f"{RUN_DIR}/client.key",
+            f"pg{i}-path": PGDATA,
+            f"pg{i}-socket-path": SOCKET_DIR,
+            f"pg{i}-port": PG_PORT,
+        })
+    return _ini([("global", glob), (spec.scope, stanza)])
+
+
+def render_scratch_conf(stanza: str, repo_path: str = REPO_MOUNT, process_max: int = 2) -> str:
+    """Config inside a scratch/restore container: a read-only repository, local PGDATA only."""
+    glob = {"repo1-path": repo_path, "process-max": process_max, "log-level-console": "warn",
+            "log-level-stderr": "warn", "log-level-file": "off", "archive-mode": "off"}
+    return _ini([("global", glob), (stanza, {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR})])
+
+
+def scratch_hba() -> str:
+    """The scratch container accepts only local socket connections of the postgres OS user."""
+    return "local all postgres peer\n"
+
+
+# ---- certificates (one CA per cluster, generated once, kept 0600 in the state dir) ----
+
+def make_certificates(spec: ClusterSpec, days: int = 3650) -> dict[str, str]:
+    """CA, a server certificate valid for every possible node name, and the backup client's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> str:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()).decode()
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name(f"pgha {spec.scope} backup CA"))
+          .issuer_name(name(f"pgha {spec.scope} backup CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, sans: list[str]) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key(key)
+
+    nodes = [spec.container(f"pg-{i}") for i in range(1, MAX_NODES + 1)]
+    server_crt, server_key = leaf(f"{spec.scope}-pgbackrest", nodes)
+    client_crt, client_key = leaf(CLIENT_CN, [])
+    return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "server.crt": server_crt,
+            "server.key": server_key, "client.crt": client_crt, "client.key": client_key}
+
+
+# ---- decisions ----
+
+class BackupType(StrEnum):
+    FULL = "full"
+    DIFF = "diff"
+    INCR = "incr"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a backup copies files from, and why."""
+
+    runner: str | None  # member whose container runs pgBackRest (the repository host)
+    from_standby: bool
+    reason: str
+
+
+def choose_source(members: list[tuple[str, str, str, int | None]], allow_primary: bool) -> Source:
+    """Pick the replica to back up from: members are (name, role, state, lag bytes).
+
+    A streaming replica with the least lag wins. Without one, the primary only when the
+    spec allows it; otherwise runner None and the reason to refuse.
+    """
+    replicas = sorted(((lag if lag is not None else 1 << 62), name) for name, role, state, lag in members
+                      if role in ("replica", "sync_standby") and state in ("streaming", "running") and lag is not None)
+    if replicas:
+        return Source(replicas[0][1], True, f"from replica {replicas[0][1]} (lag {replicas[0][0]} bytes)")
+    leaders = [name for name, role, state, _ in members if role == "leader" and state == "running"]
+    if not leaders:
+        return Source(None, False, "the cluster has no running primary")
+    if allow_primary:
+        return Source(leaders[0], False, f"from primary {leaders[0]}: no healthy replica (backup.allow_primary)")
+    return Source(None, False, "the cluster has no healthy streaming replica to back up from; "
+                               "heal it, or set backup.allow_primary: true to back up from the primary")
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    """One backup set from `pgbackrest info --output=json`."""
+
+    label: str
+    type: str
+    start: dt.datetime
+    stop: dt.datetime
+    size: int  # database size, bytes
+    repo_size: int  # stored (compressed) size, bytes
+    wal_start: str
+    wal_stop: str
+    error: bool
+    annotation: dict[str, str] = field(default_factory=dict)
+    prior: str | None = None
+
+
+def _ts(v: Any) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(v), dt.UTC)
+
+
+def parse_info(payload: Any, stanza: str) -> tuple[list[BackupSet], str | None, str | None]:
+    """Backup sets (oldest first) and the archived WAL range (min, max) of one stanza."""
+    if not isinstance(payload, list):
+        return [], None, None
+    for st in payload:
+        if st.get("name") != stanza:
+            continue
+        sets = []
+        for b in st.get("backup", []) or []:
+            info = b.get("info", {}) or {}
+            repo = info.get("repository", {}) or {}
+            arch = b.get("archive", {}) or {}
+            sets.append(BackupSet(
+                label=str(b.get("label")), type=str(b.get("type")),
+                start=_ts(b["timestamp"]["start"]), stop=_ts(b["timestamp"]["stop"]),
+                size=int(info.get("size") or 0), repo_size=int(repo.get("size") or repo.get("delta") or 0),
+                wal_start=str(arch.get("start") or ""), wal_stop=str(arch.get("stop") or ""),
+                error=bool(b.get("error", False)),
+                annotation={str(k): str(v) for k, v in (b.get("annotation") or {}).items()},
+                prior=b.get("prior"),
+            ))
+        mins = [a.get("min") for a in st.get("archive", []) or [] if a.get("min")]
+        maxs = [a.get("max") for a in st.get("archive", []) or [] if a.get("max")]
+        return sorted(sets, key=lambda s: s.start), (min(mins) if mins else None), (max(maxs) if maxs else None)
+    return [], None, None
+
+
+def pick_set(sets: list[BackupSet], label: str | None) -> BackupSet | str:
+    """The set to verify: `label`, or the newest good one; a message when there is none."""
+    good = [s for s in sets if not s.error]
+    if label is None:
+        return good[-1] if good else "the repository holds no backup yet; run `pgha backup` first"
+    for s in sets:
+        if s.label == label:
+            return s if not s.error else f"backup set {label} is marked as failed by pgBackRest"
+    known = ", ".join(s.label for s in good[-5:]) or "none"
+    return f"no backup set {label} in the repository (newest: {known})"
+
+
+TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z")
+
+
+def parse_target_time(text: str) -> dt.datetime | str:
+    """A restore target with an explicit time zone ("2026-11-25 21:03:00+00"); or a message."""
+    t = text.strip()
+    t = re.sub(r"([+-]\d\d)$", r"\1:00", t)  # PostgreSQL's "+00" style
+    t = t.replace("Z", "+00:00")
+    try:
+        v = dt.datetime.fromisoformat(t)
+    except ValueError:
+        return f"cannot read '{text}' as a time; use e.g. '2026-11-25 21:03:00+00'"
+    if v.tzinfo is None:
+        return f"'{text}' has no time zone; add one, e.g. '{text}+00'"
+    return v.astimezone(dt.UTC)
+
+
+def recoverable_range(sets: list[BackupSet], now: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+    """From the end of the oldest good backup to now (archiving is continuous and checked)."""
+    good = [s for s in sets if not s.error]
+    if not good:
+        return None
+    return min(s.stop for s in good), now
+
+
+def check_target(target: dt.datetime, sets: list[BackupSet], now: dt.datetime) -> str | None:
+    """None when `target` is recoverable, else a message that states the range."""
+    rng = recoverable_range(sets, now)
+    if rng is None:
+        return "the repository holds no backup to restore from; run `pgha backup` first"
+    lo, hi = rng
+    fmt = "%Y-%m-%d %H:%M:%S+00"
+    if not lo <= target <= hi:
+        return (f"target {target.strftime(fmt)} is outside the recoverable range "
+                f"{lo.strftime(fmt)} .. {hi.strftime(fmt)} (end of the oldest backup .. now)")
+    return None
+
+
+def retention_keeps(sets: list[BackupSet], retention_full: int) -> set[str]:
+    """Labels that full-backup retention must keep: the newest N fulls and everything after the oldest of them."""
+    fulls = [s for s in sets if s.type == "full" and not s.error]
+    if len(fulls) <= retention_full:
+        return {s.label for s in sets}
+    oldest_kept = fulls[-retention_full]
+    return {s.label for s in sets if s.start >= oldest_kept.start}
+
+
+def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
+    """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
+    ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))
+    return ordered[:-keep] if len(ordered) > keep else []
