@@ -143,14 +143,21 @@ def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupTyp
     return result
 
 
-def _backup(spec: ClusterSpec, btype: bk.BackupType) -> dict[str, Any]:
-    log = get_run_logger()
+def preflight(spec: ClusterSpec) -> bk.Source:
+    """Refuse a backup that cannot run (disabled, no repository, no healthy replica) before anything happens."""
     if not spec.backup.enabled:
         raise UsageError(f"backups are disabled in the spec of {spec.scope} (backup.enabled: false)")
     pbr.require_repo(spec)
     source = bk.choose_source(_members(spec), spec.backup.allow_primary)
     if source.runner is None:
         raise StateError(f"no backup of {spec.scope}: {source.reason}")
+    return source
+
+
+def _backup(spec: ClusterSpec, btype: bk.BackupType) -> dict[str, Any]:
+    log = get_run_logger()
+    source = preflight(spec)
+    assert source.runner is not None  # preflight refuses otherwise
     log.info("backing up %s %s", spec.scope, source.reason)
     prepare_nodes(spec, source.from_standby)
     pbr.check(spec, source.runner)

@@ -273,6 +273,8 @@ def images_build(spec_file: Path | None = SpecOpt) -> None:
 
 # ---- backups (issue 4): backup, dump, verify-restore, restore ----
 
+IntoSpecOpt = typer.Option(None, "--into-spec", help="spec file of the new cluster (default: the source's, ports + 10)")
+
 
 @app.command()
 def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
@@ -290,9 +292,11 @@ def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
             raise UsageError(f"unknown backup type '{backup_type}'; choose full, diff or incr") from None
         spec = resolve_spec(spec_file, scope)
         from flows.backup import backup as backup_flow
+        from flows.backup import preflight
         from tasks.docker_engine import client
 
         client()
+        preflight(spec)
         r = backup_flow(spec, btype, verify=False if no_verify else None)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
@@ -336,10 +340,12 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
 
     def go() -> None:
         spec = resolve_spec(spec_file, scope)
+        from flows.verify import preflight
         from flows.verify import verify_restore as verify_flow
         from tasks.docker_engine import client
 
         client()
+        preflight(spec, label)
         r = verify_flow(spec, label=label)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2) + "\n")
@@ -354,7 +360,7 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
 def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g. '2026-11-25 21:03:00+00'"),
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
             into: str | None = typer.Option(None, "--into", help="new cluster scope to restore into (default)"),
-            into_spec: Path | None = typer.Option(None, "--into-spec", help="spec file of the new cluster (ports etc.)"),
+            into_spec: Path | None = IntoSpecOpt,
             in_place: bool = typer.Option(False, "--in-place", help="rebuild the live cluster from the restore"),
             yes: bool = typer.Option(False, "--yes", help="confirm --in-place"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
@@ -373,12 +379,13 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
         if not in_place and not (into or into_spec):
             raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes")
         spec = resolve_spec(spec_file, scope)
+        from flows.restore import preflight, target_spec
         from flows.restore import restore as restore_flow
-        from flows.restore import target_spec
         from tasks.docker_engine import client
 
         client()
         new_spec = None if in_place else target_spec(spec, into, load_spec(into_spec) if into_spec else None)
+        preflight(spec, to, new_spec, in_place)
         r = restore_flow(spec, target.isoformat(), new_spec, in_place=in_place)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")

@@ -63,11 +63,10 @@ def repo_sets(spec: ClusterSpec) -> list[bk.BackupSet]:
     return pbr.info(spec, leader)[0]
 
 
-@flow(name="restore", description="Point-in-time restore of a cluster's backups into a new cluster.")
-def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSpec | None = None,  # noqa: B008
-            in_place: bool = False) -> dict[str, Any]:
-    log = get_run_logger()
-    started = time.monotonic()
+def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place: bool) -> tuple[dt.datetime, bk.BackupSet]:
+    """Every refusal before anything changes: time, range, target scope, ports. Returns (time, base set)."""
+    from flows.bootstrap import preflight as bootstrap_preflight
+
     when = bk.parse_target_time(target)
     if isinstance(when, str):
         raise UsageError(when)
@@ -78,16 +77,27 @@ def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSp
     if in_place or into is None:
         raise UsageError("in-place restore is not available yet; restore --into a new scope, check it, "
                          "then point clients at it")
+    if de.cluster_containers(into.scope) or de.client().volumes.list(filters={"label": f"{de.LABEL_CLUSTER}={into.scope}"}):
+        raise StateError(f"scope {into.scope} already has containers or volumes; restore into a new scope "
+                         f"(or remove it with `pgha down --volumes --scope {into.scope}`)")
+    if secrets_file(into.scope).exists():
+        raise StateError(f"scope {into.scope} already has a password file; restore into a new scope")
+    bootstrap_preflight(into)
     base = max((s for s in sets if not s.error and s.stop <= when), key=lambda s: s.stop)
-    from flows.bootstrap import _bootstrap, preflight
+    return when, base
 
+
+@flow(name="restore", description="Point-in-time restore of a cluster's backups into a new cluster.")
+def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSpec | None = None,  # noqa: B008
+            in_place: bool = False) -> dict[str, Any]:
+    log = get_run_logger()
+    started = time.monotonic()
+    from flows.bootstrap import _bootstrap
+
+    if into is None:
+        raise UsageError("in-place restore is not available yet; restore --into a new scope")
     with mutating(into.scope, holder_name("restore")):
-        if de.cluster_containers(into.scope) or de.client().volumes.list(filters={"label": f"{de.LABEL_CLUSTER}={into.scope}"}):
-            raise StateError(f"scope {into.scope} already has containers or volumes; restore into a new scope "
-                             f"(or remove it with `pgha down --volumes --scope {into.scope}`)")
-        if secrets_file(into.scope).exists():
-            raise StateError(f"scope {into.scope} already has a password file; restore into a new scope")
-        preflight(into)
+        when, base = preflight(spec, target, into, in_place)
         image = _image(spec)
         # The restored catalog holds the source's roles and passwords.
         secrets_file(into.scope).parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -34,13 +34,28 @@ def node_image(spec: ClusterSpec) -> str:
     return images.ensure_image(spec)[0]
 
 
+def preflight(spec: ClusterSpec, label: str | None) -> None:
+    """Refuse a missing set before any container is made (read through a running node, if any)."""
+    if spec.backup.s3 is not None:
+        raise UsageError("verify-restore reads the repository volume; an S3 repository is not supported by it yet")
+    pbr.require_repo(spec)
+    for m in spec.node_names():
+        if not de.running(spec.container(m)):
+            continue
+        code, out, _ = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=bk.NODE_CONF, timeout=60)
+        if code != 0:
+            continue  # files not installed yet in this node: the flow checks in its scratch container
+        chosen = bk.pick_set(bk.parse_info(json.loads(out), spec.scope)[0], label)
+        if isinstance(chosen, str):
+            raise UsageError(chosen)
+        return
+
+
 @flow(name="verify-restore", description="Restore a backup set into a scratch container and check it.")
 def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) -> dict[str, Any]:  # noqa: B008
     """Restore `label` (default: the newest set) and check consistency, pg_amcheck and the canary."""
     log = get_run_logger()
-    if spec.backup.s3 is not None:
-        raise UsageError("verify-restore reads the repository volume; an S3 repository is not supported by it yet")
-    pbr.require_repo(spec)
+    preflight(spec, label)
     pbr.remove_leftover_scratch(spec.scope, pbr.LABEL_ROLE_VERIFY)
     name = f"{spec.scope}-verify"
     started = time.monotonic()

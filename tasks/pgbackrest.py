@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import uuid
@@ -159,18 +160,23 @@ def verify_repo_in(s: Scratch, stanza: str, label: str | None) -> str:
     code, out, err = scratch_exec(s, args, timeout=1800)
     text = out + err
     if code != 0 or verify_problems(text):
-        raise BackupError(f"pgbackrest verify found a problem in the repository: {_last_lines(text, 4)}")
+        problems = verify_problems(text) or [_last_lines(err or out)]
+        raise BackupError(f"pgbackrest verify found a problem in the repository: {' | '.join(problems[:3])[:400]}")
     return text
 
 
 def verify_problems(text: str) -> list[str]:
-    """Lines of `pgbackrest verify --verbose` output that report a damaged or missing file."""
+    """Lines of `pgbackrest verify --output=text --verbose` that report a damaged or missing file.
+
+    A clean repository says `status: ok` per stanza, `status: valid` per backup, and zero
+    for every counter (`missing: 0, checksum invalid: 0, size invalid: 0, other: 0`).
+    """
     bad = []
     for ln in text.splitlines():
-        low = ln.lower()
-        if ("invalid" in low or "missing" in low or "error" in low) and not low.rstrip().endswith(": 0"):
-            if any(ch.isdigit() and ch != "0" for ch in low.split(":")[-1]) or "error" in low.split(":")[0]:
-                bad.append(ln.strip())
+        status = re.search(r"status: (\w+)", ln)
+        counts = re.findall(r"(missing|checksum invalid|size invalid|other): ([1-9]\d*)", ln)
+        if (status and status.group(1) not in ("ok", "valid")) or counts:
+            bad.append(ln.strip())
     return bad
 
 

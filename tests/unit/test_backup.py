@@ -1,0 +1,158 @@
+"""Pure backup decisions and rendered pgBackRest configs (no Docker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from stack import backup as bk
+from stack.errors import SpecError
+from stack.render import dcs_config
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec, parse_spec
+from stack.topology import patroni_node
+from tasks.pgbackrest import verify_problems
+
+UTC = dt.UTC
+
+
+def spec(**kw: object) -> ClusterSpec:
+    return parse_spec({"scope": "pgha-unit", "nodes": 3, **kw})
+
+
+def test_old_spec_without_backup_key_stays_valid_with_defaults() -> None:
+    s = parse_spec({"scope": "old-one"})
+    assert s.backup.enabled and s.backup.retention_full == 2 and s.backup.compress_type == "zst"
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    ({"backup": {"retention_full": 0}}, "backup.retention_full"),
+    ({"backup": {"compress_type": "bzip9"}}, "backup.compress_type"),
+    ({"backup": {"retension_full": 2}}, "unknown key"),
+    ({"backup": {"s3": {"bucket": "bkt"}}}, "backup.s3.endpoint"),
+])
+def test_bad_backup_settings_are_one_line(data: dict[str, object], needle: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_spec({"scope": "x1", **data})
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_archiving_in_patroni_dynamic_config_and_repo_volume_in_every_node() -> None:
+    s = spec()
+    params = dcs_config(s)["postgresql"]["parameters"]
+    assert params["archive_mode"] == "on"
+    assert params["archive_command"] == f"pgbackrest --config={bk.NODE_CONF} --stanza=pgha-unit archive-push %p"
+    sec = Secrets("a" * 10, "b" * 10, "c" * 10, "d" * 10)
+    for m in s.node_names():
+        vols = patroni_node(s, m, "img", "10.0.0.0/24", sec).container.volumes
+        assert vols["pgha-unit-pgbackrest"] == bk.REPO_MOUNT
+    off = spec(backup={"enabled": False})
+    assert "archive_mode" not in dcs_config(off)["postgresql"]["parameters"]
+    assert "pgha-unit-pgbackrest" not in patroni_node(off, "pg-1", "img", "10.0.0.0/24", sec).container.volumes
+
+
+def test_backup_conf_names_every_node_over_tls_with_retention() -> None:
+    text = bk.render_backup_conf(spec(backup={"retention_full": 3, "process_max": 4}), from_standby=True)
+    for i in (1, 2, 3):
+        assert f"pg{i}-host=pgha-unit-pg-{i}\n" in text and f"pg{i}-host-type=tls\n" in text
+    assert "repo1-retention-full=3\n" in text and "process-max=4\n" in text and "backup-standby=y\n" in text
+    assert "pg4-host" not in text
+    assert "backup-standby=n\n" in bk.render_backup_conf(spec(), from_standby=False)
+
+
+def test_node_conf_is_local_and_authorises_only_the_backup_client_for_its_stanza() -> None:
+    text = bk.render_node_conf(spec())
+    assert "pg1-host" not in text and "pg1-path=" in text
+    assert f"tls-server-auth={bk.CLIENT_CN}=pgha-unit\n" in text
+
+
+def test_s3_repository_rendered_with_credentials_only_from_the_side_file() -> None:
+    s = spec(backup={"s3": {"bucket": "bkt", "endpoint": "minio:9000", "uri_style": "path"}})
+    text = bk.render_backup_conf(s, True, {"key": "AK", "secret": "SK"})
+    assert "repo1-type=s3\n" in text and "repo1-s3-bucket=bkt\n" in text and "repo1-s3-key-secret=SK\n" in text
+    assert "repo1-path=/pgha\n" in text
+    assert "SK" not in str(s.model_dump())
+
+
+def test_certificates_cover_every_possible_node() -> None:
+    from cryptography import x509
+
+    certs = bk.make_certificates(spec())
+    server = x509.load_pem_x509_certificate(certs["server.crt"].encode())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "pgha-unit-pg-1" in names and "pgha-unit-pg-9" in names
+    client = x509.load_pem_x509_certificate(certs["client.crt"].encode())
+    assert client.subject.rfc4514_string() == f"CN={bk.CLIENT_CN}"
+
+
+def test_choose_source_prefers_least_lagging_replica_and_refuses_without_one() -> None:
+    members = [("pg-1", "leader", "running", 0), ("pg-2", "replica", "streaming", 500),
+               ("pg-3", "sync_standby", "streaming", 10)]
+    assert bk.choose_source(members, False) == bk.Source("pg-3", True, "from replica pg-3 (lag 10 bytes)")
+    alone = [("pg-1", "leader", "running", 0), ("pg-2", "replica", "stopped", None)]
+    refused = bk.choose_source(alone, False)
+    assert refused.runner is None and "allow_primary" in refused.reason
+    fallback = bk.choose_source(alone, True)
+    assert fallback.runner == "pg-1" and fallback.from_standby is False
+    assert bk.choose_source([], True).runner is None
+
+
+def _set(label: str, typ: str, start: int, error: bool = False) -> bk.BackupSet:
+    t = dt.datetime.fromtimestamp(start, UTC)
+    return bk.BackupSet(label, typ, t, t + dt.timedelta(seconds=10), 1, 1, "", "", error)
+
+
+def test_pick_set_and_target_range() -> None:
+    sets = [_set("F1", "full", 1000), _set("F1_D", "diff", 2000), _set("BAD", "full", 3000, error=True)]
+    assert bk.pick_set(sets, None).label == "F1_D"  # type: ignore[union-attr]
+    assert "no backup set F9" in str(bk.pick_set(sets, "F9"))
+    assert "marked as failed" in str(bk.pick_set(sets, "BAD"))
+    assert "no backup yet" in str(bk.pick_set([], None))
+    now = dt.datetime.fromtimestamp(5000, UTC)
+    assert bk.check_target(dt.datetime.fromtimestamp(1500, UTC), sets, now) is None
+    msg = bk.check_target(dt.datetime.fromtimestamp(500, UTC), sets, now)
+    assert msg and "outside the recoverable range" in msg and "1970-01-01 00:16:50+00" in msg
+    assert "outside" in str(bk.check_target(dt.datetime.fromtimestamp(6000, UTC), sets, now))
+    assert "no backup" in str(bk.check_target(now, [], now))
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("2026-11-25 21:03:00+00", True), ("2026-11-25T21:03:00Z", True), ("2026-11-25 21:03:00.123+01:00", True),
+    ("2026-11-25 21:03:00", False), ("tomorrow", False),
+])
+def test_parse_target_time(text: str, ok: bool) -> None:
+    v = bk.parse_target_time(text)
+    assert isinstance(v, dt.datetime) is ok
+    if ok:
+        assert v.tzinfo is not None  # type: ignore[union-attr]
+
+
+def test_retention_and_dump_pruning() -> None:
+    sets = [_set("F1", "full", 1), _set("F1_D", "diff", 2), _set("F2", "full", 3), _set("F3", "full", 4)]
+    assert bk.retention_keeps(sets, 2) == {"F2", "F3"}
+    assert bk.retention_keeps(sets, 3) == {"F1", "F1_D", "F2", "F3"}
+    names = ["20261125T010000Z", "20261124T010000Z", "20261126T010000Z", "junk"]
+    assert bk.dump_sets_to_remove(names, 2) == ["20261124T010000Z"]
+    assert bk.dump_sets_to_remove(names, 5) == []
+
+
+def test_parse_info_reads_sets_annotations_and_archive_range() -> None:
+    payload = [{"name": "s", "archive": [{"min": "000000010000000000000003", "max": "000000020000000000000009"}],
+                "backup": [{"label": "L1", "type": "full", "timestamp": {"start": 100, "stop": 110},
+                            "info": {"size": 2000, "repository": {"size": 300}},
+                            "archive": {"start": "A", "stop": "B"}, "error": False,
+                            "annotation": {bk.ANN_TOKEN: "abc", bk.ANN_COUNT: "4"}}]}]
+    sets, lo, hi = bk.parse_info(payload, "s")
+    assert [s.label for s in sets] == ["L1"] and sets[0].annotation[bk.ANN_COUNT] == "4"
+    assert (lo, hi) == ("000000010000000000000003", "000000020000000000000009")
+    assert bk.parse_info(payload, "other") == ([], None, None)
+
+
+def test_verify_output_parsing() -> None:
+    clean = ("status: ok\n  backup: 1F, status: valid, total files checked: 9, total valid files: 9\n"
+             "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n")
+    assert verify_problems(clean) == []
+    damaged = ("status: error\n  backup: 1F, status: invalid, total files checked: 9, total valid files: 8\n"
+               "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n")
+    assert len(verify_problems(damaged)) == 3
