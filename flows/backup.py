@@ -17,12 +17,14 @@ import threading
 import time
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from stack import backup as bk
 from stack.errors import StateError, UsageError
 from stack.lock import holder_name, mutating
+from stack.render import dcs_config
 from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
 from stack.state import secrets_file
@@ -51,11 +53,22 @@ def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
     return out
 
 
-def _archive_config_differs(spec: ClusterSpec) -> dict[str, str]:
+def _dynamic_config(spec: ClusterSpec, member: str) -> dict[str, Any]:
+    """Patroni's dynamic config as stored in etcd ({} when there is none)."""
+    code, out, err = de.exec_in(spec.container(member), ["patronictl", "-c", "/run/pgha/patroni.yml", "show-config",
+                                                         spec.scope], timeout=20)
+    if code != 0:
+        raise StateError(f"cannot read Patroni's dynamic config: {(out + err).strip()[-200:]}")
+    data = yaml.safe_load(out) if out.strip() else None
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def _archive_config_differs(cfg: dict[str, Any], spec: ClusterSpec) -> dict[str, str]:
     """Archive parameters whose value in Patroni's dynamic config differs from the spec's."""
-    _, cfg = patroni._get(spec, "/config")  # noqa: SLF001 - the module's own read helper
-    params = ((cfg.get("postgresql") or {}).get("parameters") or {})  # type: ignore[union-attr]
-    return {k: v for k, v in bk.archive_parameters(spec).items() if str(params.get(k)) != v}
+    params = (cfg.get("postgresql") or {}).get("parameters") or {}
+    want = bk.archive_parameters(spec)
+    norm = {True: "on", False: "off"}
+    return {k: v for k, v in want.items() if norm.get(params.get(k), str(params.get(k))) != v}  # type: ignore[call-overload]
 
 
 @task(name="ensure-archiving", **ONCE)
@@ -65,16 +78,23 @@ def ensure_archiving(spec: ClusterSpec) -> dict[str, Any]:
     if not spec.backup.enabled:
         return {"archiving": "disabled in the spec"}
     nodes = prepare_nodes.fn(spec)
-    changed = _archive_config_differs(spec)
+    leader = next((m for m, role, _, _ in _members(spec) if role == "leader"), None)
+    if leader is None:
+        raise StateError(f"cluster {spec.scope} has no leader; cannot configure WAL archiving")
+    cfg = _dynamic_config(spec, leader)
+    changed = _archive_config_differs(cfg, spec)
     restarted: list[str] = []
     if changed:
         # A cluster bootstrapped before backups existed: set the parameters in the DCS, then
-        # restart the nodes that need it (archive_mode needs a restart), replicas first.
-        leader = next((m for m, role, _, _ in _members(spec) if role == "leader"), None)
-        if leader is None:
-            raise StateError(f"cluster {spec.scope} has no leader; cannot configure WAL archiving")
+        # restart the nodes that need it (archive_mode needs a restart). A cluster whose
+        # data directory Patroni adopted (restore --into) has no dynamic config at all: it
+        # gets the spec's whole one.
         args = ["patronictl", "-c", "/run/pgha/patroni.yml", "edit-config", "--force", spec.scope]
-        for k, v in changed.items():
+        if not cfg:
+            pbr._put_file(spec.container(leader), "/run/pgha/dcs.yaml",  # noqa: SLF001
+                          yaml.safe_dump(dcs_config(spec), sort_keys=False), 0o644)
+            args += ["--replace", "/run/pgha/dcs.yaml"]
+        for k, v in ({} if not cfg else changed).items():
             args += ["-p", f"{k}={v}"]
         code, out, err = de.exec_in(spec.container(leader), args, timeout=30)
         if code != 0:
