@@ -105,7 +105,7 @@ def test_every_resource_labelled_and_ports_on_loopback_only(cluster_a: Cluster, 
     assert sorted(c.labels["pgha.role"] for c in cts) == ["etcd"] * 3 + ["haproxy"] + ["patroni"] * 3
     assert sorted(c.labels["pgha.member"] for c in cts) == [
         "etcd-1", "etcd-2", "etcd-3", "haproxy", "pg-1", "pg-2", "pg-3"]
-    assert len(engine.volumes.list(filters=flt)) == 6
+    assert len(engine.volumes.list(filters=flt)) == 7  # 3 etcd + 3 nodes + the pgBackRest repository
     assert len(engine.networks.list(filters=flt)) == 1
     published = []
     for c in cts:

@@ -53,7 +53,7 @@ def test_down_then_up_keeps_data_and_down_volumes_removes_it(cluster_b: Cluster,
     assert engine.containers.list(all=True, filters=flt) == []
     assert engine.networks.list(filters=flt) == []
     assert sorted(v.name for v in engine.volumes.list(filters=flt)) == [
-        "pgha-it-b-etcd-1-data", "pgha-it-b-pg-1-data", "pgha-it-b-pg-2-data"]
+        "pgha-it-b-etcd-1-data", "pgha-it-b-pg-1-data", "pgha-it-b-pg-2-data", "pgha-it-b-pgbackrest"]
 
     up(cluster_b)
     with rw(cluster_b) as conn:
