@@ -79,6 +79,24 @@ def test_bad_input_refused_and_nothing_changed(cluster_bk: Cluster, engine: dock
     assert engine.containers.list(all=True, filters={"label": f"pgha.cluster={INTO}"}) == []
     assert engine.volumes.list(filters={"label": f"pgha.cluster={INTO}"}) == []
 
+    # No healthy replica and backup.allow_primary false: refused, the repository untouched.
+    replica = next(m for m, role in patroni_roles(c).items() if role != "leader")
+    engine.containers.get(c.container(replica)).stop(timeout=30)
+    try:
+        refused(pgha(c.env, "backup", "--scope", c.scope), "no healthy streaming replica")
+    finally:
+        engine.containers.get(c.container(replica)).start()
+        deadline = time.monotonic() + 120
+        while pgha(c.env, "status", "--scope", c.scope).returncode != 0:
+            assert time.monotonic() < deadline, "cluster not whole again after restarting the replica"
+            time.sleep(2)
+    refused(pgha(c.env, "verify-restore", "--scope", c.scope), "no backup yet")
+
+
+def patroni_roles(c: Cluster) -> dict[str, str]:
+    st = json.loads(pgha(c.env, "status", "--json", "--scope", c.scope).stdout)
+    return {m["member"]: m["pg_role"] for m in st["members"] if m["role"] == "patroni"}
+
 
 def test_pitr_into_new_scope_across_switchover(cluster_bk: Cluster, engine: docker.DockerClient,
                                                tmp_path: Path) -> None:
@@ -97,8 +115,7 @@ def test_pitr_into_new_scope_across_switchover(cluster_bk: Cluster, engine: dock
     time.sleep(1.5)
     sql(c, "insert into pitr (tag) values ('t3')")
 
-    st = json.loads(pgha(c.env, "status", "--json", "--scope", c.scope).stdout)
-    roles = {m["member"]: m["pg_role"] for m in st["members"] if m["role"] == "patroni"}
+    roles = patroni_roles(c)
     leader = next(m for m, role in roles.items() if role == "leader")
     other = next(m for m in roles if m != leader)
     sw = engine.containers.get(c.container(leader)).exec_run(

@@ -156,3 +156,35 @@ def test_verify_output_parsing() -> None:
     damaged = ("status: error\n  backup: 1F, status: invalid, total files checked: 9, total valid files: 8\n"
                "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n")
     assert len(verify_problems(damaged)) == 3
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["backup", "--type", "weekly"], "unknown backup type 'weekly'"),
+    (["restore", "--to", "soon", "--into", "x2"], "cannot read 'soon'"),
+    (["restore", "--to", "2026-11-25 21:03:00", "--into", "x2"], "has no time zone"),
+    (["restore", "--to", "2026-11-25 21:03:00+00"], "say where to restore"),
+    (["restore", "--to", "2026-11-25 21:03:00+00", "--in-place"], "add --yes"),
+    (["restore", "--to", "2026-11-25 21:03:00+00", "--in-place", "--yes", "--into", "x2"], "exclude each other"),
+])
+def test_cli_refuses_bad_arguments_in_one_line(args: list[str], needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgha: error:") and needle in lines[0], res.output
+
+
+def test_into_spec_derived_from_source_with_ports_moved() -> None:
+    from flows.restore import target_spec
+    from stack.errors import UsageError
+
+    src = spec(ports={"rw": 25500, "ro": 25501, "stats": 28500})
+    new = target_spec(src, "pgha-unit-copy", None)
+    assert new.scope == "pgha-unit-copy" and new.ports.rw == 25510 and new.nodes == src.nodes
+    with pytest.raises(UsageError, match="another scope"):
+        target_spec(src, "pgha-unit", None)
+    with pytest.raises(UsageError, match="contradicts"):
+        target_spec(src, "other-one", parse_spec({"scope": "third-one"}))
