@@ -28,6 +28,7 @@ from stack.render import dcs_config
 from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
 from stack.state import secrets_file
+from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import patroni, postgres
 from tasks import pgbackrest as pbr
@@ -51,6 +52,12 @@ def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
         pbr.install_files(spec, member, from_standby)
         out[member] = "server started" if pbr.ensure_server(spec, member) else "server running"
     return out
+
+
+def _show(spec: ClusterSpec, member: str, setting: str) -> str:
+    code, out, _ = de.exec_in(spec.container(member), ["psql", "-h", bk.SOCKET_DIR, "-XAtq", "-c", f"show {setting}"],
+                              user="postgres", timeout=10)
+    return out.strip() if code == 0 else ""
 
 
 def _dynamic_config(spec: ClusterSpec, member: str) -> dict[str, Any]:
@@ -83,7 +90,7 @@ def ensure_archiving(spec: ClusterSpec) -> dict[str, Any]:
         raise StateError(f"cluster {spec.scope} has no leader; cannot configure WAL archiving")
     cfg = _dynamic_config(spec, leader)
     changed = _archive_config_differs(cfg, spec)
-    restarted: list[str] = []
+    restarted = False
     if changed:
         # A cluster bootstrapped before backups existed: set the parameters in the DCS, then
         # restart the nodes that need it (archive_mode needs a restart). A cluster whose
@@ -100,12 +107,22 @@ def ensure_archiving(spec: ClusterSpec) -> dict[str, Any]:
         if code != 0:
             raise StateError(f"cannot set archive parameters through Patroni: {(out + err).strip()[-200:]}")
         log.info("archive parameters set in Patroni's dynamic config: %s", ", ".join(changed))
-        time.sleep(spec.timing.loop_wait + 1)  # Patroni applies dynamic config on its next loop
-        code, out, err = de.exec_in(spec.container(leader), ["patronictl", "-c", "/run/pgha/patroni.yml", "restart",
-                                                             "--pending", "--force", spec.scope], timeout=180)
-        if code != 0:
-            raise StateError(f"restart of nodes pending archive_mode failed: {(out + err).strip()[-200:]}")
-        restarted = [m for m in spec.node_names()]
+        want = bk.archive_command(spec)
+        wait_for("Patroni to apply the archive settings on the leader", lambda: _show(spec, leader, "archive_command"),
+                 lambda v: v == want, timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
+        # archive_mode needs a restart: wait until Patroni flags the nodes pending_restart,
+        # restart those, and wait until the leader really archives.
+        if _show(spec, leader, "archive_mode") != "on":
+            wait_for("Patroni to flag the nodes pending_restart", lambda: patroni.cluster_view(spec),
+                     lambda v: any(m.pending_restart for m in v.members), timeout=spec.timing.loop_wait * 3 + 30)
+            code, out, err = de.exec_in(spec.container(leader), ["patronictl", "-c", "/run/pgha/patroni.yml",
+                                                                 "restart", "--pending", "--force", spec.scope],
+                                        timeout=180)
+            if code != 0:
+                raise StateError(f"restart of nodes pending archive_mode failed: {(out + err).strip()[-200:]}")
+            wait_for("archive_mode on in the leader after its restart", lambda: _show(spec, leader, "archive_mode"),
+                     lambda v: v == "on", timeout=120, interval=0.5)
+            restarted = True
         patroni.wait_whole.fn(spec)
     pbr.stanza_create(spec, running_nodes(spec)[0])
     log.info("WAL archiving and stanza %s ready (%s)", spec.scope, ", ".join(f"{k}: {v}" for k, v in nodes.items()))

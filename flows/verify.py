@@ -19,6 +19,7 @@ from prefect.artifacts import create_table_artifact
 
 from stack import backup as bk
 from stack.errors import UsageError
+from stack.lock import holder_name, mutating
 from stack.spec import ClusterSpec
 from tasks import docker_engine as de
 from tasks import images
@@ -56,7 +57,14 @@ def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) 
     """Restore `label` (default: the newest set) and check consistency, pg_amcheck and the canary."""
     log = get_run_logger()
     preflight(spec, label)
-    pbr.remove_leftover_scratch(spec.scope, pbr.LABEL_ROLE_VERIFY)
+    # One verification per cluster at a time (the scratch container has a fixed name); a
+    # second one waits. Its own lock, not the cluster's: verifying changes nothing live.
+    with mutating(f"{spec.scope}/verify", holder_name("verify-restore"), wait_seconds=3600):
+        return _verify(spec, label, log)
+
+
+def _verify(spec: ClusterSpec, label: str | None, log: Any) -> dict[str, Any]:
+    pbr.remove_leftover_scratch(spec.scope, pbr.LABEL_ROLE_VERIFY)  # of a killed earlier run
     name = f"{spec.scope}-verify"
     started = time.monotonic()
     steps: dict[str, float] = {}

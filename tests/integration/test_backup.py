@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import Cluster, pgha, remove_scope, running_cluster
+from tests.integration.conftest import Cluster, pgha, remove_scope, running_cluster, up
 
 SCOPE = "pgha-it-bk1"
 INTO = "pgha-it-bk2"
@@ -29,8 +29,17 @@ INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502
 @pytest.fixture(scope="module")
 def cluster_bk(engine: docker.DockerClient, base_env: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Brought up WITHOUT backups first, then converged by `pgha up` with them (an older cluster)."""
     remove_scope(engine, INTO)
-    with running_cluster(engine, base_env, tmp_path_factory.mktemp("bk"), SPEC) as c:
+    old = {**SPEC, "backup": {"enabled": False}}
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("bk"), old) as c:
+        c.spec_file.write_text(yaml.safe_dump(SPEC))
+        c.spec = SPEC
+        up(c)
+        for m in ("pg-1", "pg-2"):
+            res = engine.containers.get(c.container(m)).exec_run(
+                ["psql", "-h", "/var/run/postgresql", "-XAtc", "show archive_mode"], user="postgres")
+            assert res.output.decode().strip() == "on", f"{m}: {res.output.decode()}"
         yield c
     remove_scope(engine, INTO)
 
