@@ -108,13 +108,17 @@ def ensure_archiving(spec: ClusterSpec) -> dict[str, Any]:
             raise StateError(f"cannot set archive parameters through Patroni: {(out + err).strip()[-200:]}")
         log.info("archive parameters set in Patroni's dynamic config: %s", ", ".join(changed))
         want = bk.archive_command(spec)
-        wait_for("Patroni to apply the archive settings on the leader", lambda: _show(spec, leader, "archive_command"),
-                 lambda v: v == want, timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
-        # archive_mode needs a restart: wait until Patroni flags the nodes pending_restart,
-        # restart those, and wait until the leader really archives.
-        if _show(spec, leader, "archive_mode") != "on":
-            wait_for("Patroni to flag the nodes pending_restart", lambda: patroni.cluster_view(spec),
-                     lambda v: any(m.pending_restart for m in v.members), timeout=spec.timing.loop_wait * 3 + 30)
+
+        def applied() -> tuple[str, str, bool]:
+            pending = any(m.pending_restart for m in patroni.cluster_view(spec).members)
+            return _show(spec, leader, "archive_mode"), _show(spec, leader, "archive_command"), pending
+
+        # Applied means: already archiving with the new command, or (archive_mode needs a
+        # restart; the command shows "(disabled)" until then) Patroni flags pending_restart.
+        state = wait_for("Patroni to apply the archive settings", applied,
+                         lambda v: v[2] or (v[0] == "on" and v[1] == want),
+                         timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
+        if state[2]:
             code, out, err = de.exec_in(spec.container(leader), ["patronictl", "-c", "/run/pgha/patroni.yml",
                                                                  "restart", "--pending", "--force", spec.scope],
                                         timeout=180)
