@@ -339,9 +339,9 @@ def wait_promoted(s: Scratch, timeout: float = 900) -> None:
              logs=lambda: scratch_exec(s, ["tail", "-n", "15", SCRATCH_LOG])[1])
 
 
-def amcheck(s: Scratch, timeout: int = 1800) -> str:
+def amcheck(s: Scratch, jobs: int = 1, timeout: int = 1800) -> str:
     """pg_amcheck of every database (heap and B-tree indexes); raises on any corruption."""
-    code, out, err = scratch_exec(s, ["pg_amcheck", "-h", bk.SOCKET_DIR, "-U", "postgres", "--all",
+    code, out, err = scratch_exec(s, ["pg_amcheck", "-h", bk.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
                                       "--install-missing", "--heapallindexed", "--no-strict-names"], timeout=timeout)
     if code != 0:
         raise BackupError(f"pg_amcheck found corruption in the restored copy: {_last_lines(out + err)}")
