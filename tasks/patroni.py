@@ -196,3 +196,14 @@ def back_since(status: dict[str, object], since_unix: float) -> bool:
     except ValueError:
         return False
     return ts >= since_unix and str(status.get("state")) in ("streaming", "running")
+
+
+def probe_code(spec: ClusterSpec, member: str, path: str) -> int | None:
+    """HTTP code of one of a member's own Patroni endpoints (/liveness, /readiness); None if silent."""
+    name = spec.container(member)
+    if not de.running(name):
+        return None
+    code, out, _ = de.exec_in(name, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                                     f"http://localhost:{PATRONI_API_PORT}{path}"], timeout=5)
+    text = out.strip()
+    return int(text) if text.isdigit() and text != "000" else None
