@@ -250,8 +250,11 @@ def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | har
         from tasks.docker_engine import client
 
         client()
-        r = drill_flow(spec, drill_kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
-                       wait_seconds=wait)
+        from prefect import tags
+
+        with tags("pgha", "health"):  # a failed drill alerts like a failed audit
+            r = drill_flow(spec, drill_kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
+                           wait_seconds=wait)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2) + "\n")
             return

@@ -67,7 +67,11 @@ def holder_name(operation: str) -> str:
         run_id = flow_run.id
         url = None
         try:
-            url = flow_run.ui_url
+            # Built here: prefect.runtime's flow_run.ui_url points at an old UI route (/flow-runs/...).
+            from prefect.settings import PREFECT_UI_URL
+
+            base = PREFECT_UI_URL.value()
+            url = f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
         except Exception:  # noqa: BLE001 - no UI (ephemeral API): the id is enough
             url = None
         extra = ", ".join(x for x in (f"id {run_id}" if run_id else "", url or "") if x)

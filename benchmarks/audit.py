@@ -1,0 +1,108 @@
+"""Audit benchmark: the health-audit flow vs `patronictl list`, side by side on one healthy cluster.
+
+Brings up a 3-node / 3-etcd cluster (scope pgha-bench-au1), then alternates, `--runs` times:
+- `patronictl list` through `docker exec` in a node (the baseline: one view of Patroni only);
+- the `health-audit` flow called in-process (Prefect's API already warm; every check, ~45 rows);
+- `pgha audit` as a user runs it (a fresh process: Python and Prefect start-up, the ephemeral
+  API, the flow), every `--cli-every` round.
+Prints every run, the medians and the ratio to `patronictl list`; removes the cluster.
+
+    .venv/bin/python benchmarks/audit.py [--runs 5] [--cli-every 2] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = Path(tempfile.mkdtemp(prefix="pgha-audit-bench-"))
+os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
+os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+
+from flows.audit import audit  # noqa: E402
+from flows.bootstrap import bootstrap  # noqa: E402
+from stack.spec import parse_spec  # noqa: E402
+from tasks import docker_engine as de  # noqa: E402
+from tasks import images  # noqa: E402
+
+SPEC = parse_spec({"scope": "pgha-bench-au1", "nodes": 3, "etcd_members": 3,
+                   "ports": {"rw": 25480, "ro": 25481, "stats": 28480}})
+
+
+def patronictl_list() -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(["docker", "exec", SPEC.container("pg-1"), "patronictl", "-c", "/run/pgha/patroni.yml", "list"],
+                       capture_output=True, text=True, check=False)
+    took = time.perf_counter() - t0
+    if r.returncode != 0 or "Leader" not in r.stdout:
+        raise SystemExit(f"patronictl list failed: {r.stderr.strip()[:300]}")
+    return took
+
+
+def audit_flow() -> tuple[float, int]:
+    t0 = time.perf_counter()
+    state = audit(SPEC, return_state=True)
+    took = time.perf_counter() - t0
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, dict) or report["status"] == "critical":
+        raise SystemExit(f"audit of a healthy cluster was not ok: {getattr(state, 'message', report)}")
+    return took, len(report["findings"])
+
+
+def audit_cli() -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
+                       capture_output=True, text=True, check=False)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"pgha audit failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cli-every", type=int, default=2, help="run `pgha audit` every N rounds (0: never)")
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = ap.parse_args()
+    times: dict[str, list[float]] = {"patronictl list": [], "health-audit flow (in-process)": [], "pgha audit (CLI)": []}
+    rows = 0
+    try:
+        de.remove_cluster(SPEC.scope, volumes=True)
+        images.ensure_image(SPEC)
+        bootstrap(SPEC)
+        audit_flow()  # warm-up: starts the ephemeral API and takes the first baseline
+        for i in range(args.runs):
+            times["patronictl list"].append(patronictl_list())
+            took, rows = audit_flow()
+            times["health-audit flow (in-process)"].append(took)
+            if args.cli_every and i % args.cli_every == 0:
+                times["pgha audit (CLI)"].append(audit_cli())
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
+    finally:
+        if not args.keep:
+            de.remove_cluster(SPEC.scope, volumes=True)
+    base = statistics.median(times["patronictl list"])
+    print(f"\nhealthy 3-node / 3-etcd cluster, {rows} audit findings, medians of {args.runs} "
+          f"(CLI: {len(times['pgha audit (CLI)'])}), shared 2-core machine:\n")
+    print(f"| {'what':34} | median | ratio to patronictl list |")
+    print(f"|{'-' * 36}|--------|--------------------------|")
+    for k, v in times.items():
+        if v:
+            med = statistics.median(v)
+            print(f"| {k:34} | {med:5.2f} s | {med / base:24.1f} |")
+
+
+if __name__ == "__main__":
+    main()
