@@ -4,10 +4,12 @@ Brings up a 3-node / 3-etcd cluster (scope pgha-bench-au1), then alternates, `--
 - `patronictl list` through `docker exec` in a node (the baseline: one view of Patroni only);
 - the `health-audit` flow called in-process (Prefect's API already warm; every check, ~45 rows);
 - `pgha audit` as a user runs it (a fresh process: Python and Prefect start-up, the ephemeral
-  API, the flow), every `--cli-every` round.
+  API, the flow), every `--cli-every` round;
+- the same against a running Prefect server (started here on 127.0.0.1:`--server-port`, stopped
+  at the end), as after `make server` with PREFECT_API_URL exported.
 Prints every run, the medians and the ratio to `patronictl list`; removes the cluster.
 
-    .venv/bin/python benchmarks/audit.py [--runs 5] [--cli-every 2] [--keep]
+    .venv/bin/python benchmarks/audit.py [--runs 5] [--cli-every 2] [--server-port 24201] [--keep]
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ def audit_flow() -> tuple[float, int]:
     return took, len(report["findings"])
 
 
-def audit_cli() -> float:
+def audit_cli(api_url: str | None = None) -> float:
+    env = dict(os.environ, **({"PREFECT_API_URL": api_url} if api_url else {}))
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "flows.cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
-                       capture_output=True, text=True, check=False)
+                       env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"pgha audit failed ({r.returncode}): {r.stderr.strip()[-300:]}")
@@ -74,10 +77,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cli-every", type=int, default=2, help="run `pgha audit` every N rounds (0: never)")
+    ap.add_argument("--server-port", type=int, default=24201, help="Prefect server port (0: no server runs)")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     args = ap.parse_args()
-    times: dict[str, list[float]] = {"patronictl list": [], "health-audit flow (in-process)": [], "pgha audit (CLI)": []}
+    times: dict[str, list[float]] = {"patronictl list": [], "health-audit flow (in-process)": [],
+                                     "pgha audit (CLI, ephemeral API)": [], "pgha audit (CLI, server)": []}
     rows = 0
+    api_url = None
+    if args.server_port:
+        os.environ["PGHA_SERVER_PORT"] = str(args.server_port)
+        from tasks import prefect_server
+
+        print(prefect_server.start_server(), flush=True)
+        api_url = prefect_server.api_url()
     try:
         de.remove_cluster(SPEC.scope, volumes=True)
         images.ensure_image(SPEC)
@@ -88,14 +100,20 @@ def main() -> None:
             took, rows = audit_flow()
             times["health-audit flow (in-process)"].append(took)
             if args.cli_every and i % args.cli_every == 0:
-                times["pgha audit (CLI)"].append(audit_cli())
+                times["pgha audit (CLI, ephemeral API)"].append(audit_cli())
+                if api_url:
+                    times["pgha audit (CLI, server)"].append(audit_cli(api_url))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
     finally:
         if not args.keep:
             de.remove_cluster(SPEC.scope, volumes=True)
+        if api_url:
+            from tasks import prefect_server
+
+            prefect_server.SERVER.stop()
     base = statistics.median(times["patronictl list"])
     print(f"\nhealthy 3-node / 3-etcd cluster, {rows} audit findings, medians of {args.runs} "
-          f"(CLI: {len(times['pgha audit (CLI)'])}), shared 2-core machine:\n")
+          f"(CLI: {len(times['pgha audit (CLI, ephemeral API)'])}), shared 2-core machine:\n")
     print(f"| {'what':34} | median | ratio to patronictl list |")
     print(f"|{'-' * 36}|--------|--------------------------|")
     for k, v in times.items():

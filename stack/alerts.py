@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +19,8 @@ from stack.errors import SpecError, UsageError
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_FILE = ROOT / "deployments" / "alerts.yaml"
 WEBHOOK_ENV = "PGHA_ALERT_WEBHOOK_URL"
+SLACK_ENV = "PGHA_ALERT_SLACK_URL"  # a Slack incoming-webhook URL is a secret: never in the file
+SENDGRID_ENV = "PGHA_ALERT_SENDGRID_API_KEY"
 STATES = ("Failed", "Crashed", "TimedOut", "Cancelled")
 
 # The notification text. Jinja, rendered by the Prefect server when the automation fires:
@@ -41,10 +43,14 @@ class _Strict(BaseModel):
 
 
 class Notification(_Strict):
-    """Where alerts go: a Prefect CustomWebhook block (Slack and e-mail: see README)."""
+    """Where alerts go: one Prefect notification block. Secrets come from the environment only."""
 
+    kind: Literal["webhook", "slack", "email"] = Field(
+        "webhook", description="webhook: CustomWebhook (JSON POST); slack: SlackWebhook; email: SendgridEmail")
     block: str = Field("pgha-alerts", pattern=r"^[a-z0-9-]+$", description="notification block name")
-    webhook_url: str | None = Field(None, description=f"POST target; ${WEBHOOK_ENV} overrides it")
+    webhook_url: str | None = Field(None, description=f"kind webhook: POST target; ${WEBHOOK_ENV} overrides it")
+    email_from: str | None = Field(None, description="kind email: sender address")
+    email_to: list[str] = Field(default_factory=list, description="kind email: recipients")
 
 
 class Alert(_Strict):
@@ -103,6 +109,28 @@ def webhook_url(cfg: AlertsFile, env: dict[str, str] | None = None) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"alert webhook URL must start with http:// or https://, not {url[:40]!r}")
     return url
+
+
+def notification_block(cfg: AlertsFile, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """The Prefect notification block for `notification.kind` and where it sends (for the log line)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, SendgridEmail, SlackWebhook
+
+    env = dict(os.environ) if env is None else env
+    n = cfg.notification
+    if n.kind == "slack":
+        url = env.get(SLACK_ENV, "")
+        if not url.startswith("https://"):
+            raise UsageError(f"notification.kind slack needs {SLACK_ENV} (the https:// incoming-webhook URL)")
+        return SlackWebhook(url=url), "Slack"
+    if n.kind == "email":
+        key = env.get(SENDGRID_ENV, "")
+        if not key or not n.email_from or not n.email_to:
+            raise UsageError(f"notification.kind email needs {SENDGRID_ENV}, notification.email_from and "
+                             "notification.email_to")
+        return SendgridEmail(api_key=key, sender_email=n.email_from, to_emails=list(n.email_to)), \
+            "e-mail to " + ", ".join(n.email_to)
+    url = webhook_url(cfg, env)
+    return CustomWebhookNotificationBlock(name=n.block, url=url, method="POST", json_data=dict(WEBHOOK_JSON)), url
 
 
 def trigger(alert: Alert) -> dict[str, Any]:

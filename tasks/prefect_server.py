@@ -212,9 +212,8 @@ def start_worker() -> str:
 def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
     """Create or update the notification block and one automation per alert (matched by name)."""
     cfg = alerts_mod.load_alerts(path)
-    url = alerts_mod.webhook_url(cfg)
+    block, target = alerts_mod.notification_block(cfg)
     from prefect.automations import Automation
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import get_client
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import EventTrigger
@@ -224,10 +223,8 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
         raise StateError(f"no Prefect server answers on {ui_url()}; run `make server` first")
     done: list[str] = []
     with temporary_settings(updates={PREFECT_API_URL: api_url(), PREFECT_UI_URL: ui_url()}):
-        block = CustomWebhookNotificationBlock(name=cfg.notification.block, url=url, method="POST",
-                                               json_data=dict(alerts_mod.WEBHOOK_JSON))
         block_id = block.save(cfg.notification.block, overwrite=True)
-        done.append(f"notification block {cfg.notification.block} -> {url}")
+        done.append(f"notification block {cfg.notification.block} -> {target}")
         with get_client(sync_client=True) as client:
             for a in cfg.alerts:
                 wanted = Automation(

@@ -79,3 +79,25 @@ def test_bad_alerts_file_is_refused(tmp_path: Path, text: str, message: str) -> 
     with pytest.raises(SpecError) as info:
         al.load_alerts(f)
     assert message in str(info.value)
+
+
+def test_notification_block_per_kind(tmp_path: Path) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, SendgridEmail, SlackWebhook
+
+    f = tmp_path / "a.yaml"
+    f.write_text("alerts: [{name: abc}]\n")
+    block, target = al.notification_block(al.load_alerts(f), env={al.WEBHOOK_ENV: "http://127.0.0.1:9/h"})
+    assert isinstance(block, CustomWebhookNotificationBlock) and target == "http://127.0.0.1:9/h"
+    assert block.json_data == al.WEBHOOK_JSON
+    f.write_text("notification: {kind: slack}\nalerts: [{name: abc}]\n")
+    with pytest.raises(UsageError, match="PGHA_ALERT_SLACK_URL"):
+        al.notification_block(al.load_alerts(f), env={})
+    block, target = al.notification_block(al.load_alerts(f), env={al.SLACK_ENV: "https://hooks.slack.com/services/T/B/x"})
+    assert isinstance(block, SlackWebhook) and target == "Slack"
+    f.write_text("notification: {kind: email, email_from: pgha@example.org, email_to: [dba@example.org]}\n"
+                 "alerts: [{name: abc}]\n")
+    with pytest.raises(UsageError, match="PGHA_ALERT_SENDGRID_API_KEY"):
+        al.notification_block(al.load_alerts(f), env={})
+    block, target = al.notification_block(al.load_alerts(f), env={al.SENDGRID_ENV: "SG.key"})
+    assert isinstance(block, SendgridEmail) and target == "e-mail to dba@example.org"
+    assert "SG.key" not in repr(block)  # the key is a SecretStr
