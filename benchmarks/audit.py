@@ -96,14 +96,15 @@ def main() -> None:
         bootstrap(SPEC)
         audit_flow()  # warm-up: starts the ephemeral API and takes the first baseline
         for i in range(args.runs):
-            times["patronictl list"].append(patronictl_list())
-            took, rows = audit_flow()
-            times["health-audit flow (in-process)"].append(took)
+            now: dict[str, float] = {"patronictl list": patronictl_list()}
+            now["health-audit flow (in-process)"], rows = audit_flow()
             if args.cli_every and i % args.cli_every == 0:
-                times["pgha audit (CLI, ephemeral API)"].append(audit_cli())
+                now["pgha audit (CLI, ephemeral API)"] = audit_cli()
                 if api_url:
-                    times["pgha audit (CLI, server)"].append(audit_cli(api_url))
-            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v), flush=True)
+                    now["pgha audit (CLI, server)"] = audit_cli(api_url)
+            for k, v in now.items():
+                times[k].append(v)
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()), flush=True)
     finally:
         if not args.keep:
             de.remove_cluster(SPEC.scope, volumes=True)

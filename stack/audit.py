@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stack.render import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
 
-ETCD_QUOTA_BYTES = 2 * 1024**3  # --quota-backend-bytes in stack/render.py
 XID_WRAPAROUND = 2**31
 
 

@@ -63,6 +63,15 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
     return rw, ro
 
 
+AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
+
+
+def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False) -> psycopg.Connection:
+    conn = connect(spec, secrets, read_only=read_only)
+    conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")
+    return conn
+
+
 def _where(conn: psycopg.Connection) -> tuple[str | None, bool]:
     row = conn.execute("select host(inet_server_addr()), pg_is_in_recovery()").fetchone()
     return (str(row[0]) if row and row[0] else None), bool(row and row[1])
@@ -70,7 +79,7 @@ def _where(conn: psycopg.Connection) -> tuple[str | None, bool]:
 
 def endpoint_node(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> tuple[str | None, bool]:
     """(address of the node the port reached, whether it is in recovery)."""
-    with connect(spec, secrets, read_only=read_only) as conn:
+    with _audit_connect(spec, secrets, read_only=read_only) as conn:
         return _where(conn)
 
 
@@ -79,7 +88,7 @@ def replication_rows(spec: ClusterSpec, secrets: Secrets) -> list[ReplicationRow
     sql = ("select application_name, state, sync_state, "
            "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, extract(epoch from replay_lag)::float8 "
            "from pg_stat_replication")
-    with connect(spec, secrets) as conn:
+    with _audit_connect(spec, secrets) as conn:
         rows = conn.execute(sql).fetchall()
     return [ReplicationRow(name=str(r[0]), state=str(r[1]), sync_state=str(r[2]),
                            lag_bytes=None if r[3] is None else int(r[3]),
@@ -88,7 +97,7 @@ def replication_rows(spec: ClusterSpec, secrets: Secrets) -> list[ReplicationRow
 
 def audit_stats(spec: ClusterSpec, secrets: Secrets) -> PostgresObs:
     """Connections, old transactions, inactive slots, XID age and checksums on the primary."""
-    with connect(spec, secrets) as conn:
+    with _audit_connect(spec, secrets) as conn:
         one = conn.execute(
             "select (select count(*) from pg_stat_activity where backend_type = 'client backend'),"
             " current_setting('max_connections')::int,"

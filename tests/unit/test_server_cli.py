@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,9 @@ def test_stop_ends_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     p = ps.Proc("server")
     p.pid_file.write_text(f"{leader.pid}\n")
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its cmdline names the script)
+        while p.pid() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert p.pid() == leader.pid
         assert p.stop(timeout=10) is True
         leader.wait(5)
