@@ -176,7 +176,11 @@ def run_audit(spec: ClusterSpec) -> dict[str, Any]:
     baseline = load_baseline(spec)
     findings = decide(spec, got, baseline)
     containers = got["containers"][0] or []
-    write_private(_baseline_file(spec), json.dumps(A.next_baseline(containers, got["haproxy"][0], baseline).to_dict()))
+    try:
+        write_private(_baseline_file(spec),
+                      json.dumps(A.next_baseline(containers, got["haproxy"][0], baseline).to_dict()))
+    except OSError as exc:  # e.g. two audits at once: the next audit just compares with an older baseline
+        get_run_logger().warning("audit baseline not saved: %s", exc)
     v = A.verdict(spec.scope, findings)
     return {"scope": spec.scope, "status": v.level.value, "message": v.message,
             "elapsed_s": round(time.monotonic() - t0, 2), "findings": [f.to_dict() for f in findings]}
