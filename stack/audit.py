@@ -292,8 +292,8 @@ def check_haproxy(obs: HaproxyObs | None, leader: str | None, streaming: set[str
                        "" if up_primary == want_primary else "HAProxy's view of the primary differs from Patroni's"))
     up_replicas = {s for s, b in obs.replicas.items() if b.status.startswith("UP")}
     lvl = Level.OK if up_replicas == streaming else Level.WARN
-    if spec.nodes > 1 and not up_replicas:
-        lvl = Level.CRITICAL
+    if (spec.nodes > 1 and not up_replicas) or (leader is not None and leader in up_replicas):
+        lvl = Level.CRITICAL  # no reads at all, or the R/O port may reach the primary
     out.append(Finding("haproxy.replica_backend", spec.scope, lvl, "UP: " + (", ".join(sorted(up_replicas)) or "none"),
                        "UP: " + (", ".join(sorted(streaming)) or "none"),
                        "" if lvl == Level.OK else "HAProxy's replica set differs from Patroni's streaming replicas "

@@ -193,6 +193,9 @@ def test_haproxy_backends_disagree_with_patroni() -> None:
     assert by(fs, "haproxy.replica_backend").status == Level.WARN
     fs = A.check_haproxy(haproxy(replicas_up=()), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
     assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL
+    fs = A.check_haproxy(haproxy(replicas_up=("pg-1", "pg-2", "pg-3")), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
+                         A.Baseline())
+    assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL  # the leader serves the R/O port
 
 
 def test_haproxy_flapping_counts_since_the_last_audit() -> None:
