@@ -58,6 +58,8 @@ def run(fn: Callable[[], T]) -> T:
         if isinstance(exc, WaitTimeout) and exc.logs:
             err.print(exc.logs.rstrip(), markup=False, highlight=False)
         raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise  # a deliberate exit code (unhealthy status, critical audit), not an internal error
     except KeyboardInterrupt:
         err.print("pgha: interrupted")
         raise typer.Exit(130) from None

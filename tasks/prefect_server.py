@@ -10,6 +10,7 @@ would ignore its first SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,17 +102,22 @@ class Proc:
         """The recorded pid if that process still runs and is a prefect process (not a reused pid)."""
         try:
             pid = int(self.pid_file.read_text().split()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmdline = b""
+            for _ in range(20):  # a process that is just exec'ing shows an empty cmdline for a moment
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cmdline:
+                    break
+                time.sleep(0.05)
         except (OSError, ValueError, IndexError):
             return None
         return pid if b"prefect" in cmdline else None
 
-    def start(self, args: list[str]) -> int:
+    def start(self, args: list[str]) -> subprocess.Popen[bytes]:
         with open(self.log_file, "ab") as log:
             p = subprocess.Popen([prefect_bin(), *args], cwd=ROOT, env=env(), stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_file.write_text(f"{p.pid}\n")
-        return p.pid
+        return p
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM the group, SIGKILL what is left after `timeout`; True when something was running."""
@@ -172,16 +178,21 @@ def start_server() -> str:
 
     if not port_is_free(port()):
         raise StateError(f"port {port()} is in use on 127.0.0.1; set {PORT_ENV} to a free port")
-    pid = SERVER.start(["server", "start", "--host", "127.0.0.1", "--port", str(port())])
+    proc = SERVER.start(["server", "start", "--host", "127.0.0.1", "--port", str(port())])
     deadline = time.monotonic() + START_TIMEOUT
     while not healthy():
-        if SERVER.pid() is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            # Leave nothing behind: end whatever the attempt started, then say why.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            SERVER.pid_file.unlink(missing_ok=True)
             tail = SERVER.log_file.read_text(errors="replace").strip().splitlines()[-3:]
-            raise ServerError(f"the Prefect server exited at start: {' | '.join(tail)[:300]} (log {SERVER.log_file})")
-        if time.monotonic() > deadline:
-            raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT:.0f}s (log {SERVER.log_file})")
+            what = "exited at start" if proc.returncode not in (None, -signal.SIGKILL) else \
+                f"did not answer within {START_TIMEOUT:.0f}s"
+            raise ServerError(f"the Prefect server {what}: {' | '.join(tail)[:300]} (log {SERVER.log_file})")
         time.sleep(0.5)
-    return f"server started (pid {pid}) on {ui_url()}"
+    return f"server started (pid {proc.pid}) on {ui_url()}"
 
 
 def ensure_pool() -> str:
@@ -205,8 +216,9 @@ def deploy() -> str:
 def start_worker() -> str:
     if (pid := WORKER.pid()) is not None:
         return f"worker already running (pid {pid})"
-    pid = WORKER.start(["worker", "start", "--pool", POOL, "--type", "process", "--name", f"pgha-{os.uname().nodename}"])
-    return f"worker started (pid {pid}), log {WORKER.log_file}"
+    proc = WORKER.start(["worker", "start", "--pool", POOL, "--type", "process",
+                         "--name", f"pgha-{os.uname().nodename}"])
+    return f"worker started (pid {proc.pid}), log {WORKER.log_file}"
 
 
 def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:

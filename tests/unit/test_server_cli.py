@@ -113,3 +113,12 @@ def test_audit_of_unknown_scope_is_refused(runner: CliRunner, tmp_path: Path, mo
     res = runner.invoke(app, ["audit", "--scope", "nothing-here"])
     assert res.exit_code == 2
     assert "no cluster 'nothing-here'" in res.output
+
+
+def test_deliberate_exit_code_is_not_an_internal_error(runner: CliRunner, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("PGHA_SERVER_PORT", "24208")  # nothing listens there
+    res = runner.invoke(app, ["server", "status"])
+    assert res.exit_code == 1
+    assert "internal error" not in res.output and "server_healthy : False" in res.output
