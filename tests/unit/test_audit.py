@@ -343,3 +343,25 @@ def test_bad_thresholds_are_refused(audit: dict[str, object], message: str) -> N
     with pytest.raises(SpecError) as info:
         parse_spec({"scope": "lab", "audit": audit})
     assert message in str(info.value)
+
+
+def test_every_gatherer_failing_gives_critical_rows_not_a_crash() -> None:
+    from flows.audit import decide
+
+    got = {k: (None, f"{k} unreachable") for k in
+           ("containers", "etcd", "patroni", "replication", "haproxy", "postgres", "disks")}
+    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    assert A.worst(fs) == Level.CRITICAL
+    checks = {f.check for f in fs if f.status == Level.CRITICAL}
+    assert {"container.list", "etcd.api", "patroni.api", "replication", "haproxy.stats", "postgres.connect"} <= checks
+    assert A.verdict("lab", fs).message.startswith("health audit of lab: 6 critical: container.list lab: containers")
+
+
+def test_decide_on_a_healthy_cluster() -> None:
+    from flows.audit import decide
+
+    got = {"containers": (containers(), ""), "etcd": (etcd_members(), ""), "patroni": (patroni(), ""),
+           "replication": (rows(), ""), "haproxy": (haproxy(), ""), "postgres": (pg(), ""),
+           "disks": ({"pg-1": 20.0, "pg-2": 20.0, "pg-3": 20.0}, "")}
+    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    assert A.worst(fs) == Level.OK and len(fs) > 40
