@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prefect import task
@@ -85,8 +86,11 @@ def leader_member(spec: ClusterSpec) -> str:
 
 def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
     """Every member's health, leadership and DB size (for the health audit)."""
-    rows = {r.endpoint.removeprefix("http://").split(":")[0]: r for r in health(spec)}
-    _, out, _ = _exec_etcdctl(spec, ["endpoint", "status", "-w", "json"])
+    # Both calls wait out the command timeout on a dead member: ask them at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        status_call = pool.submit(_exec_etcdctl, spec, ["endpoint", "status", "-w", "json"])
+        rows = {r.endpoint.removeprefix("http://").split(":")[0]: r for r in health(spec)}
+        _, out, _ = status_call.result()
     status: dict[str, dict[str, object]] = {}
     try:
         for r in json.loads(out) if out.strip() else []:
