@@ -150,6 +150,10 @@ def test_server_start_is_idempotent(server_env: dict[str, str]) -> None:
     assert [a["name"] for a in api_post("/automations/filter", {})].count("pgha-health-flow-failed") == 1
     names = {d["name"] for d in api_post("/deployments/filter", {})}
     assert {"default", "default-teardown", "weekly-switchover"} <= names
+    audit = api_post("/deployments/filter", {"flows": {"name": {"any_": ["health-audit"]}}})
+    assert [d["name"] for d in audit] == ["default"] and "health" in audit[0]["tags"]
+    crons = sorted((s["schedule"]["cron"], s["schedule"]["timezone"]) for s in audit[0]["schedules"])
+    assert crons == [("*/15 * * * *", "UTC"), ("7 2 * * *", "UTC")]
 
 
 def test_healthy_audit_deployment_completes_with_artifacts(cluster: Cluster) -> None:
