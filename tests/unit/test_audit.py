@@ -365,3 +365,15 @@ def test_decide_on_a_healthy_cluster() -> None:
            "disks": ({"pg-1": 20.0, "pg-2": 20.0, "pg-3": 20.0}, "")}
     fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
     assert A.worst(fs) == Level.OK and len(fs) > 40
+
+
+def test_single_node_cluster_needs_no_replicas() -> None:
+    spec = parse_spec({"scope": "solo", "nodes": 1, "etcd_members": 1})
+    view = patroni(members=[A.PatroniMember("pg-1", "leader", "running", 1, None)],
+                   liveness={"pg-1": 200}, readiness={"pg-1": 200})
+    fs = A.check_patroni(view, spec) + A.check_replication("pg-1", [], spec, spec.audit)
+    obs = A.HaproxyObs(primary={"pg-1": A.Backend("UP", 0)}, replicas={"pg-1": A.Backend("DOWN", 1)},
+                       rw_member="pg-1", rw_writable=True, ro_member=None, ro_in_recovery=None)
+    fs += A.check_haproxy(obs, "pg-1", set(), spec, spec.audit, A.Baseline())
+    assert A.worst(fs) == Level.OK, [f for f in fs if f.status != Level.OK]
+    assert not [f for f in fs if f.check in ("haproxy.ro_port", "replication.sync_standby")]

@@ -122,3 +122,14 @@ def test_deliberate_exit_code_is_not_an_internal_error(runner: CliRunner, tmp_pa
     res = runner.invoke(app, ["server", "status"])
     assert res.exit_code == 1
     assert "internal error" not in res.output and "server_healthy : False" in res.output
+
+
+def test_alerts_apply_with_missing_or_bad_file_is_refused(runner: CliRunner, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    res = runner.invoke(app, ["alerts", "apply", "--file", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and res.output.strip().startswith("pgha: error: cannot read")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alerts: [{name: x-alert, states: [Sad]}]\n")
+    res = runner.invoke(app, ["alerts", "apply", "--file", str(bad)])
+    assert res.exit_code == 2 and "unknown state 'Sad'" in res.output
