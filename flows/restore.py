@@ -84,6 +84,11 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
         raise StateError(f"scope {into.scope} already has a password file; restore into a new scope")
     bootstrap_preflight(into)
     base = max((s for s in sets if not s.error and s.stop <= when), key=lambda s: s.stop)
+    node = next(m for m in spec.node_names() if de.running(spec.container(m)))
+    try:
+        pbr.verify_set_in_node(spec, node, base.label)
+    except pbr.BackupError as exc:
+        raise StateError(f"backup set {base.label} (the base for that time) fails: {exc}; nothing restored") from None
     return when, base
 
 

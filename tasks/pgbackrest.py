@@ -157,7 +157,16 @@ def verify_repo_in(s: Scratch, stanza: str, label: str | None) -> str:
     args = ["pgbackrest", f"--stanza={stanza}", "verify", "--output=text", "--verbose"]
     if label:
         args.append(f"--set={label}")
-    code, out, err = scratch_exec(s, args, timeout=1800)
+    return _verified(*scratch_exec(s, args, timeout=1800))
+
+
+def verify_set_in_node(spec: ClusterSpec, member: str, label: str) -> str:
+    """`pgbackrest verify --set` run in a live node (its repository mount), before a restore."""
+    return _verified(*pgbackrest(spec, member, ["verify", "--output=text", "--verbose", f"--set={label}"],
+                                 conf=bk.NODE_CONF, timeout=1800))
+
+
+def _verified(code: int, out: str, err: str) -> str:
     text = out + err
     if code != 0 or verify_problems(text):
         problems = verify_problems(text) or [_last_lines(err or out)]

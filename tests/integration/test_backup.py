@@ -214,3 +214,9 @@ def test_corrupt_repository_fails_verification(cluster_bk: Cluster, engine: dock
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("pgha: error:")][-1]
     assert "pgbackrest verify found a problem" in line and "checksum invalid: 1" in line, line
     assert scratch_leftovers(engine, c.scope) == []
+    # A restore whose base set is damaged is refused before anything is created.
+    time.sleep(1)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S+00")
+    refused(pgha(c.env, "restore", "--scope", c.scope, "--to", now, "--into", INTO), f"backup set {label}")
+    assert engine.volumes.list(filters={"label": f"pgha.cluster={INTO}"}) == []
+    assert not (Path(c.env["PGHA_STATE_DIR"]) / INTO / "secrets.json").exists()
