@@ -122,9 +122,10 @@ def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Sett
         return {}
     # Names passed parse_assignments' [a-z_][a-z0-9_.]* check; quotes doubled all the same.
     lst = ",".join("'" + n.replace("'", "''") + "'" for n in names)
-    out = psql(  # noqa: S608spec, member, "select coalesce(json_agg(json_build_object('name', name, 'context', context, "
-                             "'vartype', vartype, 'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), "
-                             f"'[]') from pg_settings where name in ({lst})")
+    cols = ("coalesce(json_agg(json_build_object('name', name, 'context', context, 'vartype', vartype, "
+            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), '[]')")
+    sql = f"select {cols} from pg_settings where name in ({lst})"  # noqa: S608
+    out = psql(spec, member, sql)
     rows = json.loads(out or "[]")
     return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
                                max_val=r["max_val"], enumvals=list(r["enumvals"] or [])) for r in rows}
