@@ -349,9 +349,15 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
             raise UsageError(str(exc)) from None
         spec = resolve_spec(spec_file, scope)
         from flows.config import config_set as config_flow
+        from flows.config import validate
         from tasks.docker_engine import client
+        from tasks.patroni import cluster_view
 
         client()
+        # Refuse a parameter before paying the flow's start-up (the flow checks again).
+        lead = cluster_view(spec).leader()
+        if lead is not None:
+            validate(spec, lead.name, params)
         r = config_flow(spec, parameters=params, restart=not no_restart)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
