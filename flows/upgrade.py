@@ -253,11 +253,17 @@ def _resume_in_flight(ctx: Ctx, pending: dict[str, Any]) -> None:
     if not member or member not in ctx.spec.node_names():
         return
     name = ctx.spec.container(member)
-    if de.running(name):
+    spec = ctx.spec
+    if not de.running(name):
+        image = str(pending.get("image") or pending["target"])
+        ctx.note(f"resuming: {member} was left stopped by an interrupted run; recreating it on {image}")
+        recreate(ctx, member, image, as_leader=False)
         return
-    image = str(pending.get("image") or pending["target"])
-    ctx.note(f"resuming: {member} was left stopped by an interrupted run; recreating it on {image}")
-    recreate(ctx, member, image, as_leader=False)
+    ctx.note(f"resuming: waiting for {member}, recreated by the interrupted run, to catch up")
+    wait_for(f"{member} to stream with lag <= {spec.upgrade.caught_up_lag_bytes} bytes",
+             lambda: caught_up(spec, member, 0, spec.upgrade.caught_up_lag_bytes, as_leader=True),
+             lambda why: why == "", timeout=ctx.timeout, interval=0.5, describe=lambda why: why,
+             logs=lambda: de.logs(name, tail=12))
 
 
 def _finish_leftovers(ctx: Ctx) -> None:
