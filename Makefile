@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover clean
+.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade clean
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -45,6 +45,9 @@ bench: venv engine       ## bootstrap benchmark: pgha up vs a raw docker run seq
 
 bench-failover: venv engine  ## switchover/graceful-stop/hard-kill drills, fast vs Patroni defaults
 	$(VENV)/bin/python benchmarks/failover.py
+
+bench-upgrade: venv engine  ## rolling minor upgrade 15.18 -> 15.20 vs a naive restart-all (write gap, R/O pool)
+	$(VENV)/bin/python benchmarks/upgrade.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
