@@ -94,6 +94,7 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
     needs = validate(spec, lead.name, params)
     started = time.monotonic()
     pa.edit_parameters(spec, lead.name, params)
+    patched_at = time.monotonic()
     new_params = {**spec.postgres_parameters, **params}
     _store_spec(spec.model_copy(update={"postgres_parameters": new_params}))
     log.info("dynamic configuration patched: %s", ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -115,9 +116,23 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
     def values() -> dict[str, dict[str, str]]:
         return {m: {k: pa.show(spec, m, k) for k in params} for m in spec.node_names()}
 
-    seen = wait_for("every member to run the new values", values,
-                    lambda v: all(not pa.pending_restart(spec, m) for m in v) if restart else True,
-                    timeout=spec.timing.loop_wait * 3 + 20, interval=0.5)
+    settle = spec.timing.loop_wait * 2 + 2
+
+    def applied(v: dict[str, dict[str, str]]) -> bool:
+        if restart and any(pa.pending_restart(spec, m) for m in v):
+            return False
+        if not restart and any(needs.values()):
+            return True  # restart-requiring values take effect at the next restart
+        # PostgreSQL shows values normalised (8192kB -> 8MB): equal to what was asked, or the
+        # same on every member once Patroni has had two loops to reload them.
+        for k, want in params.items():
+            shown = {vals[k] for vals in v.values()}
+            if shown != {want} and not (len(shown) == 1 and time.monotonic() - patched_at > settle):
+                return False
+        return True
+
+    seen = wait_for("every member to run the new values", values, applied,
+                    timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
     rows = [{"member": m, **vals, "pending_restart": str(pa.pending_restart(spec, m))} for m, vals in seen.items()]
     create_table_artifact(key=f"{spec.scope}-config-set", table=rows,
                           description=", ".join(f"{k}={v}" for k, v in params.items()))
