@@ -290,7 +290,10 @@ def _events(events: list[str]) -> None:
 
 
 @app.command()
-def upgrade(image: str = typer.Option(..., "--image", help="target node image tag (same PostgreSQL major)"),
+def upgrade(image: str | None = typer.Option(None, "--image", help="target node image tag (same PostgreSQL major)"),
+            updates: str | None = typer.Option(None, "--updates",
+                                               help="security: build (if missing) and roll out the spec's image "
+                                                    "with the suite's security updates, instead of --image"),
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
             node_timeout: int | None = typer.Option(None, "--node-timeout",
                                                     help="seconds one node may take to come back (default: spec)"),
@@ -298,8 +301,12 @@ def upgrade(image: str = typer.Option(..., "--image", help="target node image ta
     """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader."""
 
     def go() -> None:
-        if not image.strip():
+        if (image is None) == (updates is None):
+            raise UsageError("give exactly one of --image TAG or --updates security")
+        if image is not None and not image.strip():
             raise UsageError("--image must name an image tag")
+        if updates is not None and updates != "security":
+            raise UsageError(f"--updates must be security, not '{updates}'")
         if node_timeout is not None and not 10 <= node_timeout <= 3600:
             raise UsageError(f"--node-timeout must be between 10 and 3600 seconds, not {node_timeout}")
         spec = resolve_spec(spec_file, scope)
@@ -309,19 +316,26 @@ def upgrade(image: str = typer.Option(..., "--image", help="target node image ta
         from tasks.docker_engine import client
 
         client()
+        target = image or ""
+        if updates is not None:
+            from tasks.images import ensure_image
+
+            target, log = ensure_image(spec.model_copy(update={"image": None}), updates)
+            for line in log:
+                err.print(f"pgha: {line}", highlight=False)
         # Refuse before paying the flow's start-up when the pre-check already says no.
-        facts = gather_facts(spec, image)
+        facts = gather_facts(spec, target)
         pending = cluster_dir(spec.scope) / "upgrade-pending.json"
         if not pending.exists() and (why := precheck(facts, spec.upgrade.max_lag_bytes,
                                                      spec.upgrade.max_transaction_age_s)) is not None:
             from stack.errors import StateError
 
             raise StateError(f"upgrade refused: {why}")
-        r = upgrade_flow(spec, image=image, node_timeout_s=node_timeout)
+        r = upgrade_flow(spec, image=target, node_timeout_s=node_timeout)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
             return
-        t = Table(title=f"upgrade of {spec.scope} to {image}", title_justify="left")
+        t = Table(title=f"upgrade of {spec.scope} to {target}", title_justify="left")
         for col in ("node", "version before", "version after", "image after"):
             t.add_column(col)
         for row in r["rows"]:

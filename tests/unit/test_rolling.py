@@ -191,6 +191,8 @@ def test_upgrade_policy_defaults_keep_old_specs_valid() -> None:
     (["config", "set", "a=1", "a=2"], "twice"),
     (["scale", "--nodes", "0"], "between 1 and 9"),
     (["upgrade", "--image", " "], "--image must name"),
+    (["upgrade"], "exactly one of"),
+    (["upgrade", "--updates", "nightly"], "--updates must be security"),
     (["upgrade", "--image", NEW, "--node-timeout", "5"], "--node-timeout"),
     (["images", "build", "--updates", "nightly"], "--updates must be one of"),
 ])
