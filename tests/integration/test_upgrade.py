@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import psycopg
 import pytest
 
 from stack.secrets import load_or_create
@@ -114,6 +115,17 @@ def test_refusals_change_nothing(engine: docker.DockerClient, cluster: Cluster, 
     assert res.returncode == 3 and "PostgreSQL 17" in last and "major" in last, last
     res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--image", images["main"], "--node-timeout", "1")
     assert res.returncode == 2 and "--node-timeout" in res.stderr
+    # A long-running transaction blocks the upgrade (threshold lowered to 1 s for the test).
+    strict = cluster.spec_file.with_name("strict.yaml")
+    strict.write_text(json.dumps({**SPEC, "upgrade": {"max_transaction_age_s": 1}}))
+    secrets = cluster.secrets
+    with psycopg.connect(host="127.0.0.1", port=cluster.port("rw"), user="postgres", password=secrets["superuser"],
+                         dbname="postgres", connect_timeout=5) as conn:
+        conn.execute("select txid_current()")  # a transaction stays open until the block ends
+        time.sleep(2)
+        res = pgha(cluster.env, "upgrade", "--spec", str(strict), "--image", images["security"])
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 3 and "transaction has been open" in last, last
     for bad, why in (("port=6000", "Patroni sets it"), ("data_directory=/x", "data_dir"),
                      ("max_connections=lots", "integer"), ("no_such_setting=1", "not a PostgreSQL parameter"),
                      ("wal_level=banana", "must be one of"), ("max_connections", "KEY=VALUE")):
@@ -143,9 +155,11 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
                                              images: dict[str, str]) -> None:
     assert set(server_versions(engine, cluster).values()) == {150018}
     with traffic(cluster) as t:
-        res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--image", images["security"], "--json")
+        # --updates security: the CLI resolves (or builds) the spec's security image itself.
+        res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--updates", "security", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout)
+    assert r["target"] == images["security"]
     check_traffic(t)
     assert set(server_versions(engine, cluster).values()) == {150020}
     assert set(node_images(engine, cluster).values()) == {images["security"]}
