@@ -19,7 +19,8 @@ import pytest
 from stack.secrets import load_or_create
 from stack.spec import parse_spec
 from tasks.traffic import measured
-from tests.integration.conftest import Cluster, pgha, running_cluster
+from tests.integration.conftest import Cluster, pgha
+from tests.integration.test_upgrade import quick_cluster
 
 SCOPE = "pgha-it-up2"
 # Asynchronous replication: lets the test put the leadership on the node scale-in removes.
@@ -32,7 +33,7 @@ ROWS = 500
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(engine, base_env, tmp_path_factory.mktemp("up2"), SPEC) as c:
+    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("up2"), SPEC) as c:
         with connect(c) as conn:
             conn.execute("create table scale_probe (id int primary key, v text)")
             conn.execute("insert into scale_probe select g, md5(g::text) from generate_series(1, %s) g", (ROWS,))
@@ -111,11 +112,14 @@ def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, c
         assert r.exit_code == 0, r.output
         deadline = time.monotonic() + 60
         while True:
-            res = pgha(cluster.env, "status", "--json", "--scope", cluster.scope)
-            if res.returncode == 0 and leader_of(json.loads(res.stdout)) == "pg-4":
+            view = json.loads(engine.containers.get(cluster.container("pg-1")).exec_run(
+                ["curl", "-s", "localhost:8008/cluster"]).output or b"{}")
+            states = {m["name"]: (m["role"], m["state"]) for m in view.get("members", [])}
+            if states.get("pg-4", ("", ""))[0] == "leader" and all(
+                    st in ("running", "streaming") for _, st in states.values()) and len(states) == 4:
                 break
-            assert time.monotonic() < deadline, "pg-4 never took the leadership"
-            time.sleep(1)
+            assert time.monotonic() < deadline, f"pg-4 never took the leadership: {states}"
+            time.sleep(0.5)
     spec = parse_spec({**SPEC, "nodes": 4})
     secrets = load_or_create(Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "secrets.json", env={})
     with measured(spec, secrets) as t:

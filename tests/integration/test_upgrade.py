@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -25,7 +27,7 @@ import pytest
 from stack.secrets import load_or_create
 from stack.spec import parse_spec
 from tasks.traffic import Traffic, measured
-from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster
+from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
 
 SCOPE = "pgha-it-up1"
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "postgres_version": 15,
@@ -71,8 +73,22 @@ def images(engine: docker.DockerClient, base_env: dict[str, str],
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str], images: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(engine, base_env, tmp_path_factory.mktemp("up1"), SPEC) as c:
+    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("up1"), SPEC) as c:
         yield c
+
+
+@contextmanager
+def quick_cluster(engine: docker.DockerClient, env: dict[str, str], tmp: Path,
+                  spec: dict[str, object]) -> Iterator[Cluster]:
+    """Like conftest's running_cluster, but torn down by label directly (the `down` verb is
+    tested elsewhere; skipping its flow start-up saves CI time)."""
+    c = make_cluster(engine, env, tmp, spec)
+    try:
+        up(c)
+        yield c
+    finally:
+        remove_scope(engine, c.scope)
+        shutil.rmtree(Path(env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
 
 
 def status(c: Cluster) -> tuple[int, dict[str, object]]:
@@ -126,9 +142,9 @@ def test_refusals_change_nothing(engine: docker.DockerClient, cluster: Cluster, 
         res = pgha(cluster.env, "upgrade", "--spec", str(strict), "--image", images["security"])
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 3 and "transaction has been open" in last, last
-    for bad, why in (("port=6000", "Patroni sets it"), ("data_directory=/x", "data_dir"),
-                     ("max_connections=lots", "integer"), ("no_such_setting=1", "not a PostgreSQL parameter"),
-                     ("wal_level=banana", "must be one of"), ("max_connections", "KEY=VALUE")):
+    # Checked against the server's own pg_settings (syntax errors are unit-tested).
+    for bad, why in (("port=6000", "Patroni sets it"), ("max_connections=lots", "integer"),
+                     ("no_such_setting=1", "not a PostgreSQL parameter"), ("wal_level=banana", "must be one of")):
         res = pgha(cluster.env, "config", "set", bad, "--scope", cluster.scope)
         assert res.returncode == 2, (bad, res.stderr[-500:])
         assert why in res.stderr.strip().splitlines()[-1], (bad, res.stderr[-500:])
@@ -139,7 +155,7 @@ def test_failing_upgrade_is_rolled_back_and_cluster_stays_healthy(engine: docker
                                                                  images: dict[str, str]) -> None:
     with traffic(cluster) as t:
         res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--image", images["broken"],
-                   "--node-timeout", "30")
+                   "--node-timeout", "20")
     assert res.returncode == 1, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert "rolled back" in last and images["broken"] in last, last
