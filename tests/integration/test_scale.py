@@ -115,8 +115,10 @@ def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, c
             view = json.loads(engine.containers.get(cluster.container("pg-1")).exec_run(
                 ["curl", "-s", "localhost:8008/cluster"]).output or b"{}")
             states = {m["name"]: (m["role"], m["state"]) for m in view.get("members", [])}
-            if states.get("pg-4", ("", ""))[0] == "leader" and all(
-                    st in ("running", "streaming") for _, st in states.values()) and len(states) == 4:
+            lines = {m["timeline"] for m in view.get("members", [])}
+            replicating = all(isinstance(m.get("lag"), int) for m in view.get("members", []) if m["role"] != "leader")
+            if states.get("pg-4", ("", ""))[0] == "leader" and len(states) == 4 and len(lines) == 1 and replicating \
+                    and all(st in ("running", "streaming") for _, st in states.values()):
                 break
             assert time.monotonic() < deadline, f"pg-4 never took the leadership: {states}"
             time.sleep(0.5)
