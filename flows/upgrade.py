@@ -282,6 +282,12 @@ def _rollback(ctx: Ctx, previous: dict[str, str], target: str) -> list[str]:
     """Every node this run moved to `target` goes back to its previous image (replicas first)."""
     spec = ctx.spec
     done: list[str] = []
+    for m in spec.node_names():
+        # A failure between stopping a node and recreating it leaves it stopped on its old image.
+        if not de.running(spec.container(m)) and node_images(spec).get(m) == previous.get(m):
+            ctx.note(f"rollback: {m} was left stopped; starting it on {previous[m]}")
+            recreate(ctx, m, previous[m], as_leader=True)
+            done.append(m)
     facts = node_facts(spec)
     moved = [f for f in facts if f.image != previous.get(f.name, f.image)]
     for f in sorted(moved, key=lambda f: f.is_leader):
@@ -295,6 +301,7 @@ def _rollback(ctx: Ctx, previous: dict[str, str], target: str) -> list[str]:
         ctx.note(f"rollback: {f.name} back to {old}")
         roll_node.fn(ctx, f.name, old, as_leader=f.is_leader, rescue=True)
         done.append(f.name)
+    _finish_leftovers(ctx)  # a node that failed while being taken out still has its tags
     return done
 
 
