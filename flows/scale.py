@@ -82,6 +82,16 @@ def _scale(spec: ClusterSpec, nodes: int) -> dict[str, Any]:
     from flows import status as status_mod
 
     started = time.monotonic()
+    # The containers say how many nodes there are (a hand-written spec file may be stale).
+    found = sorted({ct.labels.get(de.LABEL_MEMBER, "") for ct in de.cluster_containers(spec.scope, "patroni")})
+    if not found:
+        raise StateError(f"cluster {spec.scope} has no Patroni node; run `pgha up` first")
+    if sorted(found) != sorted(f"pg-{i}" for i in range(1, len(found) + 1)):
+        raise StateError(f"cluster {spec.scope} has nodes {', '.join(found)}, not pg-1..pg-{len(found)}; "
+                         "run `pgha up` with its spec first")
+    if len(found) != spec.nodes:
+        log.warning("the spec says %d nodes but %d run; scaling from %d", spec.nodes, len(found), len(found))
+        spec = spec.model_copy(update={"nodes": len(found)})
     st = status_mod.collect(spec)
     if not st.healthy:
         raise StateError(f"cluster {spec.scope} is not healthy, refusing to scale: {st.problems[0]} (see `pgha status`)")
@@ -150,8 +160,16 @@ def _etcdctl(spec: ClusterSpec, via: str, endpoints: list[str], args: list[str])
 
 
 def _member_ids(spec: ClusterSpec, via: str, endpoints: list[str]) -> dict[str, int]:
+    """etcd member IDs by member name. A member added but never started has no name yet
+    (an interrupted replacement): it is recognised by its peer URL."""
     rows = json.loads(_etcdctl(spec, via, endpoints, ["member", "list", "-w", "json"]))
-    return {str(m.get("name") or ""): int(m["ID"]) for m in rows.get("members", [])}
+    by_peer = {f"http://{spec.container(m)}:{render.ETCD_PEER_PORT}": m for m in spec.etcd_names()}
+    out: dict[str, int] = {}
+    for m in rows.get("members", []):
+        name = str(m.get("name") or "") or next((by_peer[u] for u in m.get("peerURLs", []) if u in by_peer), "")
+        if name:
+            out[name] = int(m["ID"])
+    return out
 
 
 def _healthy_by_member(spec: ClusterSpec) -> dict[str, bool]:
