@@ -198,7 +198,8 @@ def _etcd_replace(spec: ClusterSpec, member: str) -> dict[str, Any]:
     via = others[0]
     ids = _member_ids(spec, via, others)
     name = spec.container(member)
-    image = _image_of(name)
+    # An interrupted replacement may have removed the container already: any member's image will do.
+    image = _image_of(name) if de.find_container(name) is not None else _image_of(spec.container(via))
     events: list[str] = []
 
     def note(text: str) -> None:
@@ -218,11 +219,18 @@ def _etcd_replace(spec: ClusterSpec, member: str) -> dict[str, Any]:
         pass
     de.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
     peer = f"http://{name}:{render.ETCD_PEER_PORT}"
-    out = _etcdctl(spec, via, others, ["member", "add", member, f"--peer-urls={peer}"])
-    initial = next((line.split("=", 1)[1].strip().strip('"') for line in out.splitlines()
-                    if line.startswith("ETCD_INITIAL_CLUSTER=")), "")
-    if not initial:
-        raise EtcdError(f"etcdctl member add gave no initial cluster: {out.strip()[:200]}")
+
+    def add() -> bool:
+        # etcd refuses a new voting member until its leader has seen a quorum of members
+        # connected for a few seconds (right after the removal, or a leader change, it has not):
+        # the refusal changes nothing, so it is safe to ask again. A member already added (an
+        # earlier attempt whose answer was lost) is recognised by its peer URL.
+        if member not in _member_ids(spec, via, others):
+            _etcdctl(spec, via, others, ["member", "add", member, f"--peer-urls={peer}"])
+        return True
+
+    wait_for(f"etcd to accept {member} as a new member", add, bool, timeout=60, interval=1)
+    initial = ",".join(f"{m}=http://{spec.container(m)}:{render.ETCD_PEER_PORT}" for m in members)
     note(f"{member} added back as a new member (fresh data)")
     planned = topology.etcd_member(spec, member, image)
     cmd = [a for a in planned.container.command
