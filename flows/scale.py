@@ -207,6 +207,14 @@ def _etcd_replace(spec: ClusterSpec, member: str) -> dict[str, Any]:
         log.info(text)
 
     old_id = ids.get(member)
+    if old_id is not None and etcd.leader_member(spec) == member:
+        # Removing the raft leader forces an election (a second or so without writes): hand
+        # the leadership over first, which etcd does at once and without a gap.
+        to = others[0]
+        _etcdctl(spec, via, [member], ["move-leader", f"{ids[to]:x}"])
+        wait_for(f"etcd leadership to move to {to}", lambda: etcd.leader_member(spec), lambda lead: lead != member,
+                 timeout=30, interval=0.3)
+        note(f"{member} led etcd; leadership moved to {to} first")
     if old_id is not None:
         _etcdctl(spec, via, others, ["member", "remove", f"{old_id:x}"])
         note(f"{member} (id {old_id:x}) removed from the raft group; {len(others)} members keep quorum")
