@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade clean
+.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade clean server server-stop audit bench-audit
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -45,6 +45,18 @@ bench: venv engine       ## bootstrap benchmark: pgha up vs a raw docker run seq
 
 bench-failover: venv engine  ## switchover/graceful-stop/hard-kill drills, fast vs Patroni defaults
 	$(VENV)/bin/python benchmarks/failover.py
+
+server: venv engine      ## Prefect server + work pool + deployments + alerts + worker (UI 127.0.0.1:$${PGHA_SERVER_PORT:-4200})
+	$(PGHA) server start
+
+server-stop: venv        ## stop the worker and server that `make server` started
+	$(PGHA) server stop
+
+audit: venv              ## health audit of the cluster (exit 1 on a critical finding)
+	$(PGHA) audit $(if $(SPEC),--spec $(SPEC))
+
+bench-audit: venv engine ## audit time vs `patronictl list`
+	$(VENV)/bin/python benchmarks/audit.py
 
 bench-upgrade: venv engine  ## rolling minor upgrade 15.18 -> 15.20 vs a naive restart-all (write gap, R/O pool)
 	$(VENV)/bin/python benchmarks/upgrade.py

@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from flows import status as status_mod
 from stack import topology
 from stack.errors import StateError
-from stack.lock import holder_name, mutating
+from stack.lock import WaitSeconds, holder_name, mutating
 from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
 from stack.state import cluster_dir, config_dir, secrets_file, write_private
@@ -95,8 +95,10 @@ def wait_endpoints(spec: ClusterSpec) -> None:
 
 
 @flow(name="bootstrap", description="Create or converge a pgha cluster (etcd, Patroni, HAProxy) from its spec.")
-def bootstrap(spec: ClusterSpec = ClusterSpec()) -> dict[str, Any]:  # noqa: B008 - pydantic default is immutable
-    with mutating(spec.scope, holder_name("bootstrap")):
+def bootstrap(spec: ClusterSpec = ClusterSpec(),  # noqa: B008 - pydantic default is immutable
+              wait_seconds: WaitSeconds = 0) -> dict[str, Any]:
+    """`wait_seconds`: wait that long for another mutating flow on this cluster to end (0: refuse at once)."""
+    with mutating(spec.scope, holder_name("bootstrap"), wait_seconds=wait_seconds):
         return _bootstrap(spec)
 
 

@@ -37,6 +37,16 @@ T = TypeVar("T")
 
 SpecOpt = typer.Option(None, "--spec", "-s", help="cluster spec YAML (default: $PGHA_SPEC, else the stored spec of --scope, else defaults)")
 ScopeOpt = typer.Option(None, "--scope", help="cluster scope (default: hy-home-db)")
+WaitOpt = typer.Option(0.0, "--wait", metavar="SECONDS",
+                       help="wait up to SECONDS for another mutating flow on the cluster to end (default: refuse at once)")
+
+
+def check_wait(wait: float) -> float:
+    from stack.lock import MAX_WAIT_SECONDS
+
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise UsageError(f"--wait must be between 0 and {MAX_WAIT_SECONDS} seconds, not {wait:g}")
+    return wait
 
 
 def run(fn: Callable[[], T]) -> T:
@@ -48,6 +58,8 @@ def run(fn: Callable[[], T]) -> T:
         if isinstance(exc, WaitTimeout) and exc.logs:
             err.print(exc.logs.rstrip(), markup=False, highlight=False)
         raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise  # a deliberate exit code (unhealthy status, critical audit), not an internal error
     except KeyboardInterrupt:
         err.print("pgha: interrupted")
         raise typer.Exit(130) from None
@@ -120,10 +132,11 @@ def print_endpoints(spec: ClusterSpec) -> None:
 
 
 @app.command()
-def up(spec_file: Path | None = SpecOpt) -> None:
+def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> None:
     """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs."""
 
     def go() -> None:
+        check_wait(wait)
         spec = load_spec(spec_file or (Path(os.environ["PGHA_SPEC"]) if os.environ.get("PGHA_SPEC") else None))
         warmup = warm_prefect_api()
         try:
@@ -138,7 +151,7 @@ def up(spec_file: Path | None = SpecOpt) -> None:
             # Never exit while the API process is half-started (it would be orphaned).
             if warmup is not None:
                 warmup.join()
-        result = bootstrap(spec)
+        result = bootstrap(spec, wait_seconds=wait)
         out.print(members_table(result["status"]))
         changed = [k for k, v in result["outcomes"].items() if v != "unchanged"]
         out.print(f"{spec.scope} is ready in {result['elapsed_s']}s on {tag}; "
@@ -150,16 +163,18 @@ def up(spec_file: Path | None = SpecOpt) -> None:
 
 @app.command()
 def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
-         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes and passwords (data is lost)")) -> None:
+         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes and passwords (data is lost)"),
+         wait: float = WaitOpt) -> None:
     """Remove the cluster's containers and network; data volumes stay unless --volumes."""
 
     def go() -> None:
+        check_wait(wait)
         spec = resolve_spec(spec_file, scope)
         from flows.teardown import teardown
         from tasks import docker_engine as de
 
         de.client()
-        removed = teardown(spec, volumes=volumes)
+        removed = teardown(spec, volumes=volumes, wait_seconds=wait)
         out.print(f"{spec.scope}: removed {len(removed['containers'])} containers, {len(removed['networks'])} networks, "
                   f"{len(removed['volumes'])} volumes" + ("" if volumes else " (data volumes kept; `pgha up` brings it back)"),
                   highlight=False)
@@ -220,10 +235,12 @@ def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | har
           to: str | None = typer.Option(None, "--to", help="switchover candidate / replica to kill"),
           interval_ms: int = typer.Option(50, "--interval-ms", help="probe interval"),
           heal_timeout: int = typer.Option(180, "--heal-timeout", help="seconds the cluster may take to be whole again"),
-          as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="machine-readable result"),
+          wait: float = WaitOpt) -> None:
     """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
 
     def go() -> None:
+        check_wait(wait)
         from stack.drill import DrillKind
 
         try:
@@ -235,7 +252,11 @@ def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | har
         from tasks.docker_engine import client
 
         client()
-        r = drill_flow(spec, drill_kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout)
+        from prefect import tags
+
+        with tags("pgha", "health"):  # a failed drill alerts like a failed audit
+            r = drill_flow(spec, drill_kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
+                           wait_seconds=wait)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2) + "\n")
             return
@@ -274,6 +295,119 @@ def images_build(spec_file: Path | None = SpecOpt,
         out.print(tag, highlight=False)
 
     run(go)
+
+
+# ---- health audit, Prefect server, alerts (issue 3) ----
+
+server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server, work pool, deployments and worker.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert automations defined in deployments/alerts.yaml.")
+app.add_typer(server_app, name="server")
+app.add_typer(alerts_app, name="alerts")
+LEVEL_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
+
+
+def audit_table(report: dict[str, Any]) -> Table:
+    t = Table(title=f"health audit of {report['scope']} ({report['elapsed_s']} s)", title_justify="left")
+    for col in ("check", "target", "status", "observed", "threshold", "hint"):
+        t.add_column(col)
+    for f in report["findings"]:
+        t.add_row(f["check"], f["target"], f"[{LEVEL_STYLE.get(f['status'], '')}]{f['status']}[/]", f["observed"],
+                  f["threshold"], f["hint"])
+    return t
+
+
+@app.command("audit")
+def audit_cmd(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+              as_json: bool = typer.Option(False, "--json", help="machine-readable report")) -> None:
+    """Run the health-audit flow: every check as a row; exit 1 when any finding is critical."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        from prefect import tags
+
+        from flows.audit import audit as audit_flow
+        from stack.errors import PghaError as _Err
+        from tasks.docker_engine import client
+
+        client()
+        with tags("pgha", "health"):  # the tag the alert automation matches
+            state = audit_flow(spec, return_state=True)
+        report = state.result(raise_on_failure=False)
+        if not isinstance(report, dict):
+            raise _Err(f"the audit flow ended {state.name}: {state.message or report}")
+        if as_json:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        else:
+            out.print(audit_table(report))
+            out.print(report["message"], highlight=False, markup=False)
+        if report["status"] == "critical":
+            raise typer.Exit(1)
+
+    run(go)
+
+
+@server_app.command("start")
+def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="apply deployments/alerts.yaml")) -> None:
+    """Start (or keep) the server, work pool, deployments, alerts and worker; idempotent."""
+
+    def go() -> None:
+        from tasks import prefect_server as ps
+
+        for line in ps.start_all(with_alerts=alerts):
+            out.print(f"pgha: {line}", highlight=False)
+        out.print(f"UI: {ps.ui_url()}   use it from a shell: export PREFECT_API_URL={ps.api_url()}", highlight=False)
+
+    run(go)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the worker and the server that `pgha server start` started (nothing else)."""
+
+    def go() -> None:
+        from tasks import prefect_server as ps
+
+        for line in ps.stop_all():
+            out.print(f"pgha: {line}", highlight=False)
+
+    run(go)
+
+
+@server_app.command("status")
+def server_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Pids, health and URLs of the server and worker; exit 1 when the server does not answer."""
+
+    def go() -> None:
+        from tasks import prefect_server as ps
+
+        st = ps.status()
+        if as_json:
+            sys.stdout.write(json.dumps(st, indent=2) + "\n")
+        else:
+            for k, v in st.items():
+                out.print(f"{k:15}: {v}", highlight=False)
+        if not st["server_healthy"]:
+            raise typer.Exit(1)
+
+    run(go)
+
+
+AlertsFileOpt = typer.Option(None, "--file", help="alerts file (default deployments/alerts.yaml)")
+
+
+@alerts_app.command("apply")
+def alerts_apply(file: Path | None = AlertsFileOpt) -> None:
+    """Create or update the alert automations and their webhook block; re-applying never duplicates."""
+
+    def go() -> None:
+        from stack.alerts import ALERTS_FILE
+        from tasks import prefect_server as ps
+
+        for line in ps.apply_alerts(file or ALERTS_FILE):
+            out.print(f"pgha: {line}", highlight=False)
+
+    run(go)
+
 
 
 # ---- rolling changes: upgrade, config set, scale, etcd replace (issue 6) ----

@@ -33,7 +33,7 @@ from stack.drill import (
     verdict,
 )
 from stack.errors import PghaError, StateError, UsageError
-from stack.lock import holder_name, mutating
+from stack.lock import WaitSeconds, holder_name, mutating
 from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
 from stack.state import cluster_dir, secrets_file, write_private
@@ -166,11 +166,12 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
 
 @flow(name="drill", description="Failover/fault drill under write load: measure RTO/RPO and always heal.")
 def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
-          to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180) -> dict[str, Any]:
+          to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180,
+          wait_seconds: WaitSeconds = 0) -> dict[str, Any]:
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
-    with mutating(spec.scope, holder_name("drill")):
+    with mutating(spec.scope, holder_name("drill"), wait_seconds=wait_seconds):
         if (healed := heal_leftovers(spec)) is not None:
             log.warning(healed)
         st = status_mod.collect(spec)

@@ -6,7 +6,7 @@ import shutil
 
 from prefect import flow, get_run_logger, task
 
-from stack.lock import holder_name, mutating
+from stack.lock import WaitSeconds, holder_name, mutating
 from stack.spec import ClusterSpec
 from stack.state import cluster_dir
 from tasks import docker_engine as de
@@ -19,9 +19,10 @@ def remove_resources(scope: str, volumes: bool) -> dict[str, list[str]]:
 
 
 @flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true.")
-def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False) -> dict[str, list[str]]:  # noqa: B008
+def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: B008
+             wait_seconds: WaitSeconds = 0) -> dict[str, list[str]]:
     log = get_run_logger()
-    with mutating(spec.scope, holder_name("teardown")):
+    with mutating(spec.scope, holder_name("teardown"), wait_seconds=wait_seconds):
         removed = remove_resources(spec.scope, volumes)
     if volumes:
         # The data is gone, so are the passwords and configs that belonged to it.

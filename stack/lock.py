@@ -11,9 +11,16 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
+
+from pydantic import Field
 
 from stack.errors import StateError
 from stack.state import cluster_dir
+
+# A flow parameter: how long a mutating flow waits for the lock (0: refuse at once).
+WaitSeconds = Annotated[float, Field(ge=0, le=86400, description="seconds to wait for another mutating flow on this cluster (0: refuse at once)")]
+MAX_WAIT_SECONDS = 86400
 
 
 @contextmanager
@@ -30,7 +37,7 @@ def mutating(scope: str, holder: str, wait_seconds: float = 0) -> Iterator[None]
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    current = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another flow"
+                    current = os.pread(fd, 600, 0).decode(errors="replace").strip() or "another flow"
                     raise StateError(f"cluster {scope} is busy: {current} holds its lock; "
                                      "retry when it ends") from None
                 time.sleep(0.5)
@@ -46,11 +53,28 @@ def mutating(scope: str, holder: str, wait_seconds: float = 0) -> Iterator[None]
 
 
 def holder_name(operation: str) -> str:
-    """'<operation> flow run <name>' inside a flow, else '<operation>'."""
+    """"<operation> flow run '<name>' (id <uuid>, <UI link>)" inside a flow, else '<operation>'.
+
+    The id and link let whoever is refused find the holding run in the UI or with
+    `prefect flow-run inspect <id>`; the link needs PREFECT_UI_URL (set by `make server`).
+    """
     try:
         from prefect.runtime import flow_run
 
         name = flow_run.name
-        return f"{operation} flow run '{name}'" if name else operation
+        if not name:
+            return operation
+        run_id = flow_run.id
+        url = None
+        try:
+            # Built here: prefect.runtime's flow_run.ui_url points at an old UI route (/flow-runs/...).
+            from prefect.settings import PREFECT_UI_URL
+
+            base = PREFECT_UI_URL.value()
+            url = f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
+        except Exception:  # noqa: BLE001 - no UI (ephemeral API): the id is enough
+            url = None
+        extra = ", ".join(x for x in (f"id {run_id}" if run_id else "", url or "") if x)
+        return f"{operation} flow run '{name}'" + (f" ({extra})" if extra else "")
     except Exception:  # noqa: BLE001 - outside Prefect there is simply no run name
         return operation

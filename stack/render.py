@@ -20,6 +20,7 @@ PATRONI_API_PORT = 8008
 PG_PORT = 5432
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+ETCD_QUOTA_BYTES = 2147483648  # etcd backend quota (2 GiB); the health audit compares the DB size with it
 HAPROXY_RW_PORT = 5432  # inside the HAProxy container; host ports come from spec.ports
 HAPROXY_RO_PORT = 5433
 HAPROXY_STATS_PORT = 8404
@@ -59,7 +60,7 @@ def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
         "--election-timeout=1000",
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=1h",
-        "--quota-backend-bytes=2147483648",
+        f"--quota-backend-bytes={ETCD_QUOTA_BYTES}",
     ]
 
 

@@ -78,6 +78,41 @@ class HaproxyChecks(_Strict):
     rise: int | None = Field(None, ge=1, le=10)
 
 
+class AuditThresholds(_Strict):
+    """Health-audit thresholds: a value at or above `*_warn` is a warning, at or above `*_critical` critical."""
+
+    etcd_db_warn_pct: float = Field(70, gt=0, le=100, description="etcd DB size, % of its 2 GiB quota")
+    etcd_db_critical_pct: float = Field(90, gt=0, le=100)
+    lag_warn_bytes: int = Field(1048576, ge=0, description="replica replay lag, bytes")
+    lag_critical_bytes: int = Field(67108864, ge=0)
+    lag_warn_s: float = Field(10, ge=0, description="replica replay lag, seconds")
+    lag_critical_s: float = Field(60, ge=0)
+    connections_warn_pct: float = Field(80, gt=0, le=100, description="connections, % of max_connections")
+    connections_critical_pct: float = Field(95, gt=0, le=100)
+    transaction_warn_s: float = Field(300, gt=0, description="oldest open transaction, seconds")
+    transaction_critical_s: float = Field(3600, gt=0)
+    idle_in_transaction_warn_s: float = Field(60, gt=0, description="oldest idle-in-transaction session, seconds")
+    idle_in_transaction_critical_s: float = Field(600, gt=0)
+    slot_retained_warn_bytes: int = Field(1073741824, ge=0, description="WAL kept by an inactive replication slot")
+    slot_retained_critical_bytes: int = Field(8589934592, ge=0)
+    xid_age_warn: int = Field(500_000_000, gt=0, description="oldest database's transaction-ID age (wraparound at ~2.1e9)")
+    xid_age_critical: int = Field(1_500_000_000, gt=0)
+    disk_warn_pct: float = Field(80, gt=0, le=100, description="data volume use, %")
+    disk_critical_pct: float = Field(90, gt=0, le=100)
+    restarts_warn: int = Field(1, ge=1, description="container restarts since the last audit")
+    restarts_critical: int = Field(5, ge=1)
+    flaps_warn: int = Field(4, ge=1, description="HAProxy backend UP->DOWN transitions since the last audit")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AuditThresholds:
+        for name in type(self).model_fields:
+            if name.endswith("_warn") or "_warn_" in name:
+                crit = name.replace("_warn", "_critical")
+                if crit in type(self).model_fields and getattr(self, crit) < getattr(self, name):
+                    raise ValueError(f"{crit} ({getattr(self, crit)}) is below {name} ({getattr(self, name)})")
+        return self
+
+
 class EffectiveTiming(BaseModel):
     """The resolved timing: profile defaults with the spec's overrides applied."""
 
@@ -141,6 +176,7 @@ class ClusterSpec(_Strict):
     image: str | None = Field(None, description="use this image tag instead of building pgha's own")
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
     upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
+    audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod

@@ -303,3 +303,50 @@ def connect(name: str, network: str) -> bool:
     with _engine_call(f"connect {name} to {network}"):
         client().networks.get(network).connect(name)
     return True
+
+
+# ---- health audit ----
+
+
+def audit_containers(scope: str) -> list[dict[str, Any]]:
+    """Each cluster container's member, state, health, id and restart count."""
+    rows: list[dict[str, Any]] = []
+    for ct in cluster_containers(scope):
+        state = ct.attrs.get("State", {}) or {}
+        rows.append({
+            "name": ct.name, "member": ct.labels.get(LABEL_MEMBER, ""), "status": ct.status,
+            "health": (state.get("Health") or {}).get("Status", ""), "container_id": ct.id or "",
+            "restart_count": int(ct.attrs.get("RestartCount") or 0),
+        })
+    return rows
+
+
+def disk_used_pct(name: str, path: str) -> float | None:
+    """Use of the filesystem holding `path` inside a running container, in percent (None: not running)."""
+    if not running(name):
+        return None
+    code, out, _ = exec_in(name, ["df", "-P", path], timeout=5)
+    lines = out.strip().splitlines()
+    if code != 0 or len(lines) < 2:
+        return None
+    fields = lines[-1].split()
+    try:
+        used, avail = int(fields[2]), int(fields[3])
+    except (IndexError, ValueError):
+        return None
+    # df's own percentage rounds up and counts reserved blocks; used/(used+avail) is what fills up.
+    return 100.0 * used / max(used + avail, 1)
+
+
+def container_ips(network: str) -> dict[str, str]:
+    """IPv4 address -> container name on a network (to tell which node a connection reached)."""
+    try:
+        net = client().networks.get(network)
+    except docker.errors.NotFound:
+        return {}
+    out: dict[str, str] = {}
+    for info in (net.attrs.get("Containers") or {}).values():
+        ip = str(info.get("IPv4Address", "")).split("/")[0]
+        if ip:
+            out[ip] = str(info.get("Name", ""))
+    return out

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prefect import task
 
+from stack.audit import EtcdMember
 from stack.errors import EtcdError
 from stack.render import etcd_hosts
 from stack.spec import ClusterSpec
@@ -80,3 +82,31 @@ def leader_member(spec: ClusterSpec) -> str:
                 if spec.container(m) == host:
                     return m
     raise EtcdError("no etcd leader found")
+
+
+def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
+    """Every member's health, leadership and DB size (for the health audit)."""
+    # Both calls wait out the command timeout on a dead member: ask them at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        status_call = pool.submit(_exec_etcdctl, spec, ["endpoint", "status", "-w", "json"])
+        rows = {r.endpoint.removeprefix("http://").split(":")[0]: r for r in health(spec)}
+        _, out, _ = status_call.result()
+    status: dict[str, dict[str, object]] = {}
+    try:
+        for r in json.loads(out) if out.strip() else []:
+            status[str(r.get("Endpoint", "")).removeprefix("http://").split(":")[0]] = dict(r.get("Status", {}))
+    except (ValueError, AttributeError):
+        pass  # unreachable members are reported by the health rows
+    members: list[EtcdMember] = []
+    for m in spec.etcd_names():
+        host = spec.container(m)
+        h, st = rows.get(host), status.get(host, {})
+        header = st.get("header") if isinstance(st.get("header"), dict) else {}
+        leader = st.get("leader")
+        db = st.get("dbSize")
+        members.append(EtcdMember(
+            member=m, healthy=bool(h and h.healthy), error=(h.error if h else "no answer")[:160],
+            is_leader=bool(leader) and leader == header.get("member_id"),  # type: ignore[union-attr]
+            db_size=int(db) if isinstance(db, int) else None,
+        ))
+    return members

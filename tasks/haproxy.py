@@ -7,6 +7,7 @@ import io
 import urllib.error
 import urllib.request
 
+from stack.audit import Backend
 from stack.errors import HaproxyError
 from stack.spec import ClusterSpec
 
@@ -25,3 +26,20 @@ def backend_states(spec: ClusterSpec) -> dict[str, dict[str, str]]:
         if px in states and sv not in ("FRONTEND", "BACKEND"):
             states[px][sv] = row.get("status", "")
     return states
+
+
+def audit_backends(spec: ClusterSpec) -> tuple[dict[str, Backend], dict[str, Backend]]:
+    """(primary, replicas) servers with their status and UP->DOWN transition counts."""
+    url = f"http://127.0.0.1:{spec.ports.stats}/;csv"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - fixed loopback URL
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise HaproxyError(f"HAProxy stats on 127.0.0.1:{spec.ports.stats} unreachable: {exc}") from None
+    found: dict[str, dict[str, Backend]] = {"primary": {}, "replicas": {}}
+    for row in csv.DictReader(io.StringIO(text.lstrip("# "))):
+        px, sv = row.get("pxname", ""), row.get("svname", "")
+        if px in found and sv not in ("FRONTEND", "BACKEND"):
+            chk = row.get("chkdown") or "0"
+            found[px][sv] = Backend(status=row.get("status", ""), chkdown=int(chk) if chk.isdigit() else 0)
+    return found["primary"], found["replicas"]

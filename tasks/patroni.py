@@ -196,3 +196,21 @@ def back_since(status: dict[str, object], since_unix: float) -> bool:
     except ValueError:
         return False
     return ts >= since_unix and str(status.get("state")) in ("streaming", "running")
+
+
+def probe_code(spec: ClusterSpec, member: str, path: str, attempts: int = 2) -> int | None:
+    """HTTP code of one of a member's own Patroni endpoints (/liveness, /readiness); None if silent.
+
+    A silent answer is asked once more: on a loaded host Patroni's API can miss one 3 s deadline,
+    and an audit must not call a node dead for that.
+    """
+    name = spec.container(member)
+    for _ in range(attempts):
+        if not de.running(name):
+            return None
+        code, out, _ = de.exec_in(name, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                                         f"http://localhost:{PATRONI_API_PORT}{path}"], timeout=8)
+        text = out.strip()
+        if text.isdigit() and text != "000":
+            return int(text)
+    return None

@@ -8,6 +8,7 @@ from urllib.parse import quote
 import psycopg
 from prefect import task
 
+from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
 from stack.render import SUPERUSER
 from stack.secrets import Secrets
@@ -60,3 +61,58 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
                       lambda: probe(spec, secrets, read_only=True), lambda p: p.in_recovery,
                       timeout=timeout, interval=0.3)
     return rw, ro
+
+
+AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
+
+
+def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False) -> psycopg.Connection:
+    conn = connect(spec, secrets, read_only=read_only)
+    conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")
+    return conn
+
+
+def _where(conn: psycopg.Connection) -> tuple[str | None, bool]:
+    row = conn.execute("select host(inet_server_addr()), pg_is_in_recovery()").fetchone()
+    return (str(row[0]) if row and row[0] else None), bool(row and row[1])
+
+
+def endpoint_node(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> tuple[str | None, bool]:
+    """(address of the node the port reached, whether it is in recovery)."""
+    with _audit_connect(spec, secrets, read_only=read_only) as conn:
+        return _where(conn)
+
+
+def replication_rows(spec: ClusterSpec, secrets: Secrets) -> list[ReplicationRow]:
+    """pg_stat_replication on the primary (through the R/W port)."""
+    sql = ("select application_name, state, sync_state, "
+           "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, extract(epoch from replay_lag)::float8 "
+           "from pg_stat_replication")
+    with _audit_connect(spec, secrets) as conn:
+        rows = conn.execute(sql).fetchall()
+    return [ReplicationRow(name=str(r[0]), state=str(r[1]), sync_state=str(r[2]),
+                           lag_bytes=None if r[3] is None else int(r[3]),
+                           lag_s=0.0 if r[4] is None else float(r[4])) for r in rows]
+
+
+def audit_stats(spec: ClusterSpec, secrets: Secrets) -> PostgresObs:
+    """Connections, old transactions, inactive slots, XID age and checksums on the primary."""
+    with _audit_connect(spec, secrets) as conn:
+        one = conn.execute(
+            "select (select count(*) from pg_stat_activity where backend_type = 'client backend'),"
+            " current_setting('max_connections')::int,"
+            " (select extract(epoch from max(now() - xact_start)) from pg_stat_activity"
+            "   where xact_start is not null and pid <> pg_backend_pid() and backend_type = 'client backend'),"
+            " (select extract(epoch from max(now() - state_change)) from pg_stat_activity"
+            "   where state like 'idle in transaction%'),"
+            " (select max(age(datfrozenxid)) from pg_database),"
+            " current_setting('data_checksums') = 'on'").fetchone()
+        slots = conn.execute(
+            "select slot_name, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint"
+            " from pg_replication_slots where not active").fetchall()
+    assert one is not None
+    return PostgresObs(connections=int(one[0]), max_connections=int(one[1]),
+                       oldest_xact_s=None if one[2] is None else float(one[2]),
+                       oldest_idle_in_xact_s=None if one[3] is None else float(one[3]),
+                       inactive_slots={str(s[0]): int(s[1]) for s in slots},
+                       max_xid_age=int(one[4] or 0), data_checksums=bool(one[5]))

@@ -66,3 +66,19 @@ def test_wait_for_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     with mutating("lab", "drill", wait_seconds=10):
         assert time.monotonic() - t0 >= 0.5
     p.join(10)
+
+
+def test_holder_name_outside_and_inside_a_flow_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.runtime.flow_run as fr
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from stack.lock import holder_name
+
+    assert holder_name("drill") == "drill"  # no flow run: just the operation
+    monkeypatch.setattr(fr, "name", "brave-otter", raising=False)
+    monkeypatch.setattr(fr, "id", "79e7fa45", raising=False)
+    with temporary_settings(updates={PREFECT_UI_URL: "http://127.0.0.1:4200"}):
+        assert holder_name("drill") == ("drill flow run 'brave-otter' "
+                                        "(id 79e7fa45, http://127.0.0.1:4200/runs/flow-run/79e7fa45)")
+    with temporary_settings(updates={PREFECT_UI_URL: ""}):
+        assert holder_name("drill") == "drill flow run 'brave-otter' (id 79e7fa45)"

@@ -1,0 +1,211 @@
+"""health-audit: inspect the whole cluster, one finding row per check, Failed when any is critical.
+
+Read-only: it never takes the cluster's mutating lock and never changes a container. The
+gatherers run concurrently as tasks (each returns its observation or the error that stopped
+it, so one dead component becomes a critical finding rather than a crashed audit); the
+decisions are the pure functions of `stack.audit`. Artifacts `<scope>-audit` (table) and
+`<scope>-audit-summary` (markdown) keep the history per cluster in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, Failed, State
+
+from stack import audit as A
+from stack.errors import PghaError
+from stack.render import DATA_MOUNT
+from stack.secrets import Secrets, load_or_create
+from stack.spec import ClusterSpec
+from stack.state import cluster_dir, secrets_file, write_private
+from tasks import docker_engine as de
+from tasks import etcd, haproxy, patroni, postgres
+from tasks._prefect import READ_ONLY
+
+T = TypeVar("T")
+Gathered = tuple[Any, str]  # (observation or None, error message)
+
+
+def _safe(fn: Callable[[], T]) -> tuple[T | None, str]:
+    """Run a gatherer; a failure becomes its one-line message (it turns into a critical finding)."""
+    try:
+        return fn(), ""
+    except PghaError as exc:
+        return None, (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    except Exception as exc:  # noqa: BLE001 - e.g. a psycopg error mid-query: report it, keep auditing
+        return None, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def _secrets(spec: ClusterSpec) -> Secrets:
+    path = secrets_file(spec.scope)
+    if not path.exists():
+        raise PghaError(f"no passwords stored for {spec.scope} in {path.parent}")
+    return load_or_create(path, env={})
+
+
+@task(name="audit-containers", **READ_ONLY)
+def gather_containers(spec: ClusterSpec) -> Gathered:
+    rows, err = _safe(lambda: de.audit_containers(spec.scope))
+    return ([A.ContainerObs(**r) for r in rows] if rows is not None else None), err
+
+
+@task(name="audit-etcd", **READ_ONLY)
+def gather_etcd(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: etcd.audit_members(spec))
+
+
+@task(name="audit-patroni", **READ_ONLY)
+def gather_patroni(spec: ClusterSpec) -> Gathered:
+    def go() -> A.PatroniObs:
+        view = patroni.cluster_view(spec)
+        nodes = spec.node_names()
+        with ThreadPoolExecutor(max_workers=2 * len(nodes)) as pool:
+            live = {m: pool.submit(patroni.probe_code, spec, m, "/liveness") for m in nodes}
+            ready = {m: pool.submit(patroni.probe_code, spec, m, "/readiness") for m in nodes}
+            return A.PatroniObs(
+                members=[A.PatroniMember(m.name, m.role.value, m.state, m.timeline, m.lag, m.pending_restart)
+                         for m in view.members],
+                paused=view.paused,
+                liveness={m: _safe(f.result)[0] for m, f in live.items()},
+                readiness={m: _safe(f.result)[0] for m, f in ready.items()},
+            )
+
+    return _safe(go)
+
+
+@task(name="audit-replication", **READ_ONLY)
+def gather_replication(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: postgres.replication_rows(spec, _secrets(spec)))
+
+
+@task(name="audit-haproxy", **READ_ONLY)
+def gather_haproxy(spec: ClusterSpec) -> Gathered:
+    def go() -> A.HaproxyObs:
+        primary, replicas = haproxy.audit_backends(spec)
+        ips = de.container_ips(spec.network)
+        prefix = spec.scope + "-"
+
+        def member(ip: str | None) -> str | None:
+            name = ips.get(ip or "")
+            return name.removeprefix(prefix) if name else None
+
+        secrets = _secrets(spec)
+        rw, rw_err = _safe(lambda: postgres.endpoint_node(spec, secrets, read_only=False))
+        ro, _ = _safe(lambda: postgres.endpoint_node(spec, secrets, read_only=True)) if spec.nodes > 1 else (None, "")
+        return A.HaproxyObs(primary=primary, replicas=replicas,
+                            rw_member=member(rw[0]) if rw else None, rw_writable=bool(rw and not rw[1]),
+                            ro_member=member(ro[0]) if ro else None, ro_in_recovery=ro[1] if ro else None,
+                            error=rw_err)
+
+    return _safe(go)
+
+
+@task(name="audit-postgres", **READ_ONLY)
+def gather_postgres(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: postgres.audit_stats(spec, _secrets(spec)))
+
+
+@task(name="audit-disks", **READ_ONLY)
+def gather_disks(spec: ClusterSpec) -> Gathered:
+    def go() -> dict[str, float | None]:
+        with ThreadPoolExecutor(max_workers=len(spec.node_names())) as pool:
+            futures = {m: pool.submit(de.disk_used_pct, spec.container(m), DATA_MOUNT) for m in spec.node_names()}
+            return {m: _safe(f.result)[0] for m, f in futures.items()}
+
+    return _safe(go)
+
+
+def _baseline_file(spec: ClusterSpec) -> Any:
+    return cluster_dir(spec.scope) / "audit-baseline.json"
+
+
+def load_baseline(spec: ClusterSpec) -> A.Baseline:
+    try:
+        return A.Baseline.from_dict(json.loads(_baseline_file(spec).read_text()))
+    except (OSError, ValueError):
+        return A.Baseline()
+
+
+def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) -> list[A.Finding]:
+    """Every check's findings from what the gatherers saw."""
+    th = spec.audit
+    containers, c_err = got["containers"]
+    patroni_obs, p_err = got["patroni"]
+    leader = None
+    streaming: set[str] = set()
+    if patroni_obs is not None:
+        leaders = [m.name for m in patroni_obs.members if m.role == "leader"]
+        leader = leaders[0] if len(leaders) == 1 else None
+        streaming = {m.name for m in patroni_obs.members if m.role != "leader" and m.state in ("streaming", "running")}
+    findings: list[A.Finding] = []
+    if containers is None:
+        findings.append(A.Finding("container.list", spec.scope, A.Level.CRITICAL, c_err, "", "is the engine up?"))
+    else:
+        findings += A.check_containers(containers, spec, th, baseline)
+    etcd_obs, e_err = got["etcd"]
+    findings += A.check_etcd(etcd_obs or [], spec, th) if etcd_obs is not None else [
+        A.Finding("etcd.api", spec.scope, A.Level.CRITICAL, e_err, "answers", "no etcd member answers")]
+    findings += A.check_patroni(patroni_obs, spec, p_err)
+    rows, r_err = got["replication"]
+    findings += A.check_replication(leader if rows is not None else None, rows or [], spec, th,
+                                    r_err or p_err or "no leader")
+    h_obs, h_err = got["haproxy"]
+    findings += A.check_haproxy(h_obs, leader, streaming, spec, th, baseline, h_err)
+    pg_obs, pg_err = got["postgres"]
+    findings += A.check_postgres(pg_obs, spec, th, pg_err)
+    disks, _ = got["disks"]
+    findings += A.check_disks(disks or {}, spec, th)
+    return findings
+
+
+def run_audit(spec: ClusterSpec) -> dict[str, Any]:
+    """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
+    t0 = time.monotonic()
+    gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
+                 "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
+                 "disks": gather_disks}
+    futures = {k: g.submit(spec) for k, g in gatherers.items()}
+    got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
+    baseline = load_baseline(spec)
+    findings = decide(spec, got, baseline)
+    containers = got["containers"][0] or []
+    try:
+        write_private(_baseline_file(spec),
+                      json.dumps(A.next_baseline(containers, got["haproxy"][0], baseline).to_dict()))
+    except OSError as exc:  # e.g. two audits at once: the next audit just compares with an older baseline
+        get_run_logger().warning("audit baseline not saved: %s", exc)
+    v = A.verdict(spec.scope, findings)
+    return {"scope": spec.scope, "status": v.level.value, "message": v.message,
+            "elapsed_s": round(time.monotonic() - t0, 2), "findings": [f.to_dict() for f in findings]}
+
+
+def _artifacts(report: dict[str, Any]) -> None:
+    scope = report["scope"]
+    create_table_artifact(key=f"{scope}-audit", table=report["findings"], description=report["message"][:500])
+    bad = [f for f in report["findings"] if f["status"] != "ok"]
+    md = [f"# Health audit of `{scope}`: {report['status'].upper()}", "", report["message"], "",
+          f"{len(report['findings'])} checks in {report['elapsed_s']} s; {len(bad)} not ok.", ""]
+    if bad:
+        md += ["| check | target | status | observed | threshold | hint |", "|---|---|---|---|---|---|"]
+        md += [f"| {f['check']} | {f['target']} | {f['status']} | {f['observed']} | {f['threshold']} | {f['hint']} |"
+               for f in bad]
+    create_markdown_artifact(key=f"{scope}-audit-summary", markdown="\n".join(md), description=report["message"][:500])
+
+
+@flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
+def audit(spec: ClusterSpec = ClusterSpec()) -> State:  # noqa: B008 - pydantic default is immutable
+    report = run_audit(spec)
+    _artifacts(report)
+    log = get_run_logger()
+    if report["status"] == A.Level.CRITICAL.value:
+        log.error(report["message"])
+        return Failed(message=report["message"], data=report)
+    log.info("%s (%s s)", report["message"], report["elapsed_s"])
+    return Completed(message=report["message"], data=report)

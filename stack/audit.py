@@ -1,0 +1,414 @@
+"""Health-audit decisions: observed values in, finding rows (ok / warn / critical) out.
+
+Pure: no Docker, no network. `flows/audit.py` gathers the observations with `tasks/*` and
+calls these functions; unit tests feed them values at the thresholds' boundaries. A value
+at or above a `*_warn` threshold is a warning, at or above `*_critical` critical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from stack.render import ETCD_QUOTA_BYTES
+from stack.spec import AuditThresholds, ClusterSpec
+
+XID_WRAPAROUND = 2**31
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    CRITICAL = "critical"
+
+
+_RANK = {Level.OK: 0, Level.WARN: 1, Level.CRITICAL: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of the audit table."""
+
+    check: str
+    target: str
+    status: Level
+    observed: str
+    threshold: str = ""
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    def line(self) -> str:
+        return f"{self.check} {self.target}: {self.observed}" + (f" (threshold {self.threshold})" if self.threshold else "")
+
+
+def grade(value: float, warn: float, critical: float) -> Level:
+    """Higher is worse: critical at or above `critical`, warn at or above `warn`."""
+    if value >= critical:
+        return Level.CRITICAL
+    if value >= warn:
+        return Level.WARN
+    return Level.OK
+
+
+def worst(findings: list[Finding]) -> Level:
+    return max((f.status for f in findings), key=_RANK.__getitem__, default=Level.OK)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+# ---- observations (what the gatherers return) ----
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    member: str
+    healthy: bool
+    is_leader: bool = False
+    db_size: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PatroniMember:
+    name: str
+    role: str  # leader | sync_standby | replica | ...
+    state: str
+    timeline: int | None
+    lag_bytes: int | None
+    pending_restart: bool = False
+
+
+@dataclass(frozen=True)
+class PatroniObs:
+    members: list[PatroniMember]
+    paused: bool
+    liveness: dict[str, int | None]  # member -> HTTP code of /liveness (None: no answer)
+    readiness: dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class ReplicationRow:
+    """A row of pg_stat_replication on the leader."""
+
+    name: str  # application_name = Patroni member name
+    state: str
+    sync_state: str
+    lag_bytes: int | None
+    lag_s: float | None
+
+
+@dataclass(frozen=True)
+class Backend:
+    status: str  # UP, DOWN, MAINT, "UP 1/2", ...
+    chkdown: int  # UP->DOWN transitions since HAProxy started
+
+
+@dataclass(frozen=True)
+class HaproxyObs:
+    primary: dict[str, Backend]
+    replicas: dict[str, Backend]
+    rw_member: str | None  # the member the R/W port reached (None: no connection)
+    rw_writable: bool
+    ro_member: str | None
+    ro_in_recovery: bool | None  # None: R/O port not reachable
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PostgresObs:
+    connections: int
+    max_connections: int
+    oldest_xact_s: float | None
+    oldest_idle_in_xact_s: float | None
+    inactive_slots: dict[str, int]  # slot -> retained WAL bytes
+    max_xid_age: int
+    data_checksums: bool
+
+
+@dataclass(frozen=True)
+class ContainerObs:
+    name: str
+    member: str
+    status: str  # running, exited, missing, ...
+    health: str  # healthy, unhealthy, starting, "" (no health check)
+    container_id: str = ""
+    restart_count: int = 0
+
+
+@dataclass
+class Baseline:
+    """What the previous audit saw (kept in the state dir): restart counts and HAProxy flaps."""
+
+    restarts: dict[str, tuple[str, int]] = field(default_factory=dict)  # container -> (id, RestartCount)
+    chkdown: dict[str, int] = field(default_factory=dict)  # "<backend>/<server>" -> chkdown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"restarts": {k: list(v) for k, v in self.restarts.items()}, "chkdown": self.chkdown}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
+        try:
+            return cls(restarts={k: (str(v[0]), int(v[1])) for k, v in dict(data.get("restarts", {})).items()},
+                       chkdown={k: int(v) for k, v in dict(data.get("chkdown", {})).items()})
+        except (TypeError, ValueError, IndexError, AttributeError):
+            return cls()  # a damaged baseline only costs one audit's deltas
+
+
+# ---- checks ----
+
+
+def check_etcd(members: list[EtcdMember], spec: ClusterSpec, th: AuditThresholds) -> list[Finding]:
+    out: list[Finding] = []
+    seen = {m.member: m for m in members}
+    for name in spec.etcd_names():
+        m = seen.get(name)
+        if m is None or not m.healthy:
+            why = "no answer" if m is None else (m.error or "unhealthy")
+            out.append(Finding("etcd.member", name, Level.CRITICAL, why, "healthy",
+                               f"docker logs {spec.container(name)}; `pgha up` restarts a stopped member"))
+        else:
+            out.append(Finding("etcd.member", name, Level.OK, "healthy", "healthy"))
+    healthy = sum(1 for n in spec.etcd_names() if n in seen and seen[n].healthy)
+    need = spec.etcd_members // 2 + 1
+    out.append(Finding("etcd.quorum", spec.scope, Level.OK if healthy >= need else Level.CRITICAL,
+                       f"{healthy}/{spec.etcd_members} healthy", f">= {need}",
+                       "" if healthy >= need else "Patroni cannot renew its leader lock without quorum"))
+    leaders = [m.member for m in members if m.healthy and m.is_leader]
+    out.append(Finding("etcd.leader", spec.scope, Level.OK if len(leaders) == 1 else Level.CRITICAL,
+                       ", ".join(leaders) or "none", "exactly one",
+                       "" if len(leaders) == 1 else "etcd has no leader: check its logs and the network"))
+    for m in members:
+        if m.db_size is None:
+            continue
+        pct = 100.0 * m.db_size / ETCD_QUOTA_BYTES
+        lvl = grade(pct, th.etcd_db_warn_pct, th.etcd_db_critical_pct)
+        out.append(Finding("etcd.db_size", m.member, lvl, f"{_mib(m.db_size)} ({pct:.1f}% of quota)",
+                           f"warn {th.etcd_db_warn_pct:g}%, critical {th.etcd_db_critical_pct:g}%",
+                           "" if lvl == Level.OK else "compact and defragment etcd (etcdctl compaction / defrag)"))
+    return out
+
+
+def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
+    if obs is None:
+        return [Finding("patroni.api", spec.scope, Level.CRITICAL, error or "no node answers /cluster", "answers",
+                        "every Patroni node is down or unreachable: `pgha status`")]
+    out: list[Finding] = []
+    by_name = {m.name: m for m in obs.members}
+    leaders = [m for m in obs.members if m.role == "leader"]
+    out.append(Finding("patroni.leader", spec.scope, Level.OK if len(leaders) == 1 else Level.CRITICAL,
+                       ", ".join(m.name for m in leaders) or "none", "exactly one",
+                       "" if len(leaders) == 1 else "no writable primary: see `pgha status` and Patroni logs"))
+    out.append(Finding("patroni.paused", spec.scope, Level.WARN if obs.paused else Level.OK,
+                       "paused" if obs.paused else "not paused", "not paused",
+                       "maintenance mode: no automatic failover until `patronictl resume`" if obs.paused else ""))
+    lead_tl = leaders[0].timeline if len(leaders) == 1 else None
+    for name in spec.node_names():
+        m = by_name.get(name)
+        if m is None:
+            out.append(Finding("patroni.member", name, Level.CRITICAL, "not registered", "running/streaming",
+                               f"container {spec.container(name)} down? `pgha status`; `pgha up` starts it"))
+            continue
+        good = m.state == "running" if m.role == "leader" else m.state in ("streaming", "running")
+        out.append(Finding("patroni.member", name, Level.OK if good else Level.CRITICAL, f"{m.role} {m.state}",
+                           "running/streaming", "" if good else f"docker logs {spec.container(name)}"))
+        if lead_tl is not None and m.timeline is not None and m.timeline != lead_tl:
+            out.append(Finding("patroni.timeline", name, Level.CRITICAL, f"timeline {m.timeline}",
+                               f"leader's {lead_tl}", "the member diverged: `patronictl reinit`"))
+        if m.pending_restart:
+            out.append(Finding("patroni.pending_restart", name, Level.WARN, "pending restart", "none",
+                               "a changed parameter needs a restart: `patronictl restart`"))
+        for probe, codes in (("liveness", obs.liveness), ("readiness", obs.readiness)):
+            code = codes.get(name)
+            ok = code == 200
+            out.append(Finding(f"patroni.{probe}", name, Level.OK if ok else Level.CRITICAL,
+                               "no answer" if code is None else f"HTTP {code}", "HTTP 200",
+                               "" if ok else f"Patroni's /{probe} on {name} fails"))
+    return out
+
+
+def check_replication(leader: str | None, rows: list[ReplicationRow], spec: ClusterSpec,
+                      th: AuditThresholds, error: str = "") -> list[Finding]:
+    if leader is None:
+        return [Finding("replication", spec.scope, Level.CRITICAL, error or "no leader to read from", "",
+                        "replication cannot be checked without a primary")]
+    out: list[Finding] = []
+    by_name = {r.name: r for r in rows}
+    for name in spec.node_names():
+        if name == leader:
+            continue
+        r = by_name.get(name)
+        if r is None or r.state != "streaming":
+            out.append(Finding("replication.streaming", name, Level.CRITICAL,
+                               "absent from pg_stat_replication" if r is None else r.state, "streaming",
+                               f"replica {name} does not replicate: `pgha status`, docker logs {spec.container(name)}"))
+            continue
+        out.append(Finding("replication.streaming", name, Level.OK, f"streaming ({r.sync_state})", "streaming"))
+        if r.lag_bytes is not None:
+            lvl = grade(r.lag_bytes, th.lag_warn_bytes, th.lag_critical_bytes)
+            out.append(Finding("replication.lag_bytes", name, lvl, f"{r.lag_bytes} B",
+                               f"warn {th.lag_warn_bytes}, critical {th.lag_critical_bytes}",
+                               "" if lvl == Level.OK else "replica falls behind: disk/CPU of the replica, long queries"))
+        if r.lag_s is not None:
+            lvl = grade(r.lag_s, th.lag_warn_s, th.lag_critical_s)
+            out.append(Finding("replication.lag_seconds", name, lvl, f"{r.lag_s:.1f} s",
+                               f"warn {th.lag_warn_s:g}, critical {th.lag_critical_s:g}",
+                               "" if lvl == Level.OK else "replica replays late"))
+    if spec.timing.synchronous_mode and spec.nodes > 1:
+        sync = [r.name for r in rows if r.sync_state in ("sync", "quorum")]
+        out.append(Finding("replication.sync_standby", spec.scope, Level.OK if sync else Level.CRITICAL,
+                           ", ".join(sync) or "none", "one (synchronous_mode)",
+                           "" if sync else "commits wait for or lose their second copy: a replica must stream"))
+    return out
+
+
+def check_haproxy(obs: HaproxyObs | None, leader: str | None, streaming: set[str], spec: ClusterSpec,
+                  th: AuditThresholds, baseline: Baseline, error: str = "") -> list[Finding]:
+    if obs is None:
+        return [Finding("haproxy.stats", spec.scope, Level.CRITICAL, error or "unreachable", "answers",
+                        f"HAProxy stats on 127.0.0.1:{spec.ports.stats} do not answer: docker logs "
+                        f"{spec.container(spec.haproxy_member)}")]
+    out: list[Finding] = []
+    rw_ok = obs.rw_writable and obs.rw_member is not None and obs.rw_member == leader
+    out.append(Finding("haproxy.rw_port", str(spec.ports.rw), Level.OK if rw_ok else Level.CRITICAL,
+                       (f"{obs.rw_member or '?'} " + ("writable" if obs.rw_writable else "read-only"))
+                       if obs.rw_member or obs.rw_writable else (obs.error or "no connection"),
+                       f"writable leader {leader or '?'}",
+                       "" if rw_ok else "writes do not reach the primary: HAProxy backends, `pgha status`"))
+    if spec.nodes > 1:
+        ro_ok = obs.ro_in_recovery is True
+        out.append(Finding("haproxy.ro_port", str(spec.ports.ro), Level.OK if ro_ok else Level.CRITICAL,
+                           "no connection" if obs.ro_in_recovery is None else
+                           f"{obs.ro_member or '?'} " + ("replica" if obs.ro_in_recovery else "PRIMARY"),
+                           "a replica", "" if ro_ok else "the R/O port must reach replicas only"))
+    up_primary = {s for s, b in obs.primary.items() if b.status.startswith("UP")}
+    want_primary = {leader} if leader else set()
+    out.append(Finding("haproxy.primary_backend", spec.scope, Level.OK if up_primary == want_primary else Level.CRITICAL,
+                       "UP: " + (", ".join(sorted(up_primary)) or "none"), "UP: " + (leader or "the leader"),
+                       "" if up_primary == want_primary else "HAProxy's view of the primary differs from Patroni's"))
+    up_replicas = {s for s, b in obs.replicas.items() if b.status.startswith("UP")}
+    lvl = Level.OK if up_replicas == streaming else Level.WARN
+    if (spec.nodes > 1 and not up_replicas) or (leader is not None and leader in up_replicas):
+        lvl = Level.CRITICAL  # no reads at all, or the R/O port may reach the primary
+    out.append(Finding("haproxy.replica_backend", spec.scope, lvl, "UP: " + (", ".join(sorted(up_replicas)) or "none"),
+                       "UP: " + (", ".join(sorted(streaming)) or "none"),
+                       "" if lvl == Level.OK else "HAProxy's replica set differs from Patroni's streaming replicas "
+                       "(a check may be mid-transition; re-run the audit)"))
+    for backend, servers in (("primary", obs.primary), ("replicas", obs.replicas)):
+        for server, b in servers.items():
+            key = f"{backend}/{server}"
+            flaps = b.chkdown - baseline.chkdown[key] if key in baseline.chkdown and b.chkdown >= baseline.chkdown[key] else 0
+            if flaps >= th.flaps_warn:
+                out.append(Finding("haproxy.flapping", key, Level.WARN, f"{flaps} DOWN transitions since last audit",
+                                   f"< {th.flaps_warn}", "a node's check keeps failing and recovering: "
+                                   "its Patroni API, network or load"))
+    return out
+
+
+def check_postgres(obs: PostgresObs | None, spec: ClusterSpec, th: AuditThresholds, error: str = "") -> list[Finding]:
+    if obs is None:
+        return [Finding("postgres.connect", str(spec.ports.rw), Level.CRITICAL, error or "no connection", "connects",
+                        "the primary does not accept connections through HAProxy")]
+    out: list[Finding] = []
+    pct = 100.0 * obs.connections / max(obs.max_connections, 1)
+    lvl = grade(pct, th.connections_warn_pct, th.connections_critical_pct)
+    out.append(Finding("postgres.connections", "primary", lvl, f"{obs.connections}/{obs.max_connections} ({pct:.0f}%)",
+                       f"warn {th.connections_warn_pct:g}%, critical {th.connections_critical_pct:g}%",
+                       "" if lvl == Level.OK else "use a pooler or raise max_connections"))
+    for check, value, warn, crit, hint in (
+        ("postgres.oldest_transaction", obs.oldest_xact_s, th.transaction_warn_s, th.transaction_critical_s,
+         "a long transaction holds back vacuum: pg_stat_activity"),
+        ("postgres.idle_in_transaction", obs.oldest_idle_in_xact_s, th.idle_in_transaction_warn_s,
+         th.idle_in_transaction_critical_s, "a client left a transaction open: pg_terminate_backend"),
+    ):
+        lvl = Level.OK if value is None else grade(value, warn, crit)
+        out.append(Finding(check, "primary", lvl, "none" if value is None else f"{value:.0f} s",
+                           f"warn {warn:g} s, critical {crit:g} s", "" if lvl == Level.OK else hint))
+    if not obs.inactive_slots:
+        out.append(Finding("postgres.inactive_slots", "primary", Level.OK, "none", "none retaining WAL"))
+    for slot, retained in sorted(obs.inactive_slots.items()):
+        lvl = grade(retained, th.slot_retained_warn_bytes, th.slot_retained_critical_bytes)
+        out.append(Finding("postgres.inactive_slot", slot, lvl, f"inactive, retains {_mib(retained)}",
+                           f"warn {_mib(th.slot_retained_warn_bytes)}, critical {_mib(th.slot_retained_critical_bytes)}",
+                           "" if lvl == Level.OK else "drop the slot if its consumer is gone (pg_drop_replication_slot)"))
+    lvl = grade(obs.max_xid_age, th.xid_age_warn, th.xid_age_critical)
+    out.append(Finding("postgres.xid_age", "primary", lvl,
+                       f"{obs.max_xid_age} ({100.0 * (XID_WRAPAROUND - obs.max_xid_age) / XID_WRAPAROUND:.1f}% margin)",
+                       f"warn {th.xid_age_warn}, critical {th.xid_age_critical}",
+                       "" if lvl == Level.OK else "VACUUM FREEZE the oldest database before wraparound"))
+    out.append(Finding("postgres.data_checksums", "primary", Level.OK if obs.data_checksums else Level.WARN,
+                       "on" if obs.data_checksums else "off", "on",
+                       "" if obs.data_checksums else "silent corruption goes unnoticed: pg_checksums --enable (offline)"))
+    return out
+
+
+def check_disks(used_pct: dict[str, float | None], spec: ClusterSpec, th: AuditThresholds) -> list[Finding]:
+    out: list[Finding] = []
+    for member in spec.node_names():
+        pct = used_pct.get(member)
+        if pct is None:
+            continue  # a stopped node is reported by the container and Patroni checks
+        lvl = grade(pct, th.disk_warn_pct, th.disk_critical_pct)
+        out.append(Finding("disk.data_volume", member, lvl, f"{pct:.0f}% used",
+                           f"warn {th.disk_warn_pct:g}%, critical {th.disk_critical_pct:g}%",
+                           "" if lvl == Level.OK else f"volume {spec.volume(member)} fills up: WAL, slots, bloat"))
+    return out
+
+
+def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: AuditThresholds,
+                     baseline: Baseline) -> list[Finding]:
+    out: list[Finding] = []
+    by_member = {c.member: c for c in containers}
+    expected = [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]
+    for member in expected:
+        c = by_member.get(member)
+        name = spec.container(member)
+        if c is None or c.status != "running":
+            out.append(Finding("container.running", member, Level.CRITICAL, "missing" if c is None else c.status,
+                               "running", f"`pgha up` starts {name} again; docker logs {name}"))
+            continue
+        healthy = c.health in ("healthy", "")
+        lvl = Level.OK if healthy else (Level.WARN if c.health == "starting" else Level.CRITICAL)
+        out.append(Finding("container.running", member, lvl, f"running, {c.health or 'no health check'}",
+                           "running, healthy", "" if lvl == Level.OK else f"docker inspect {name} (health log)"))
+        prev = baseline.restarts.get(c.name)
+        delta = c.restart_count - prev[1] if prev and prev[0] == c.container_id and c.restart_count >= prev[1] else 0
+        lvl = Level.OK if delta < th.restarts_warn else grade(delta, th.restarts_warn, th.restarts_critical)
+        out.append(Finding("container.restarts", member, lvl,
+                           f"{delta} since last audit" if prev else f"{c.restart_count} (first audit)",
+                           f"warn {th.restarts_warn}, critical {th.restarts_critical}",
+                           "" if lvl == Level.OK else f"{name} keeps restarting: docker logs {name}"))
+    return out
+
+
+def next_baseline(containers: list[ContainerObs], haproxy: HaproxyObs | None, previous: Baseline) -> Baseline:
+    """The baseline the next audit compares with (keeps old flap counters when HAProxy did not answer)."""
+    chk = dict(previous.chkdown)
+    if haproxy is not None:
+        chk = {f"{bk}/{s}": b.chkdown for bk, servers in (("primary", haproxy.primary), ("replicas", haproxy.replicas))
+               for s, b in servers.items()}
+    return Baseline(restarts={c.name: (c.container_id, c.restart_count) for c in containers if c.container_id},
+                    chkdown=chk)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: Level
+    message: str
+
+
+def verdict(scope: str, findings: list[Finding]) -> Verdict:
+    """The audit's outcome and one message naming every critical finding (the alert shows it)."""
+    crit = [f for f in findings if f.status == Level.CRITICAL]
+    warn = [f for f in findings if f.status == Level.WARN]
+    if crit:
+        return Verdict(Level.CRITICAL, f"health audit of {scope}: {len(crit)} critical: "
+                       + "; ".join(f.line() for f in crit))
+    if warn:
+        return Verdict(Level.WARN, f"health audit of {scope}: ok with {len(warn)} warning(s): "
+                       + "; ".join(f.line() for f in warn))
+    return Verdict(Level.OK, f"health audit of {scope}: all {len(findings)} checks ok")

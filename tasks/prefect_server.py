@@ -1,0 +1,280 @@
+"""The Prefect server pgha runs on: start, deploy, alerts, worker, stop — each step idempotent.
+
+`make server` (`pgha server start`) starts a local Prefect server (SQLite, analytics off, UI on
+127.0.0.1:$PGHA_SERVER_PORT, default 4200, PREFECT_UI_URL set so run links work), creates the
+`process` work pool, deploys everything in prefect.yaml, applies deployments/alerts.yaml and
+starts a worker. Pids and logs live in `<state>/server/`; `make server-stop` ends exactly the
+process groups it started (each started with its own session, as a non-interactive `cmd &`
+would ignore its first SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack import alerts as alerts_mod
+from stack.errors import PghaError, StateError, UsageError
+from stack.state import state_root
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "pgha"
+PORT_ENV = "PGHA_SERVER_PORT"
+DEFAULT_PORT = 4200
+START_TIMEOUT = 120.0
+
+
+class ServerError(PghaError):
+    """The Prefect server or worker could not be started, reached or configured."""
+
+
+def port() -> int:
+    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT))
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
+        raise UsageError(f"{PORT_ENV} must be a port number 1024-65535, not {raw!r}")
+    return int(raw)
+
+
+def ui_url() -> str:
+    return f"http://127.0.0.1:{port()}"
+
+
+def api_url() -> str:
+    return f"{ui_url()}/api"
+
+
+def server_dir() -> Path:
+    d = state_root() / "server"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def prefect_bin() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def env() -> dict[str, str]:
+    """What the server, the CLI calls and the worker (hence every flow run) see."""
+    e = dict(os.environ)
+    e.update(
+        PREFECT_API_URL=api_url(),
+        PREFECT_UI_URL=ui_url(),
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port()),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PGHA_HOME=str(ROOT),  # prefect.yaml's pull step: flows run from this checkout
+        PGHA_STATE_DIR=str(state_root()),  # the worker's flows see the same clusters as the CLI
+    )
+    return e
+
+
+def healthy(timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url()}/health", timeout=timeout) as resp:  # noqa: S310 - loopback URL
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process group pgha started: its pid file and log."""
+
+    name: str  # server | worker
+
+    @property
+    def pid_file(self) -> Path:
+        return server_dir() / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return server_dir() / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The recorded pid if that process still runs and is a prefect process (not a reused pid)."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            cmdline = b""
+            for _ in range(20):  # a process that is just exec'ing shows an empty cmdline for a moment
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cmdline:
+                    break
+                time.sleep(0.05)
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if b"prefect" in cmdline else None
+
+    def start(self, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.log_file, "ab") as log:
+            p = subprocess.Popen([prefect_bin(), *args], cwd=ROOT, env=env(), stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.write_text(f"{p.pid}\n")
+        return p
+
+    def stop(self, timeout: float = 30) -> bool:
+        """SIGTERM the group, SIGKILL what is left after `timeout`; True when something was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pid):
+                time.sleep(0.2)
+            if not _group_alive(pid):
+                break
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader keeps the group "alive" until reaped; count only live members.
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+SERVER, WORKER = Proc("server"), Proc("worker")
+
+
+def _prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([prefect_bin(), *args], cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def start_server() -> str:
+    if SERVER.pid() is not None and healthy():
+        return f"server already running (pid {SERVER.pid()}) on {ui_url()}"
+    if healthy():
+        raise StateError(f"a Prefect server that pgha did not start answers on {ui_url()}; stop it or set {PORT_ENV}")
+    SERVER.stop()
+    from tasks.docker_engine import port_is_free
+
+    if not port_is_free(port()):
+        raise StateError(f"port {port()} is in use on 127.0.0.1; set {PORT_ENV} to a free port")
+    proc = SERVER.start(["server", "start", "--host", "127.0.0.1", "--port", str(port())])
+    deadline = time.monotonic() + START_TIMEOUT
+    while not healthy():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            # Leave nothing behind: end whatever the attempt started, then say why.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            SERVER.pid_file.unlink(missing_ok=True)
+            tail = SERVER.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            what = "exited at start" if proc.returncode not in (None, -signal.SIGKILL) else \
+                f"did not answer within {START_TIMEOUT:.0f}s"
+            raise ServerError(f"the Prefect server {what}: {' | '.join(tail)[:300]} (log {SERVER.log_file})")
+        time.sleep(0.5)
+    return f"server started (pid {proc.pid}) on {ui_url()}"
+
+
+def ensure_pool() -> str:
+    if _prefect("work-pool", "inspect", POOL, timeout=60).returncode == 0:
+        return f"work pool {POOL} exists"
+    r = _prefect("work-pool", "create", POOL, "--type", "process", timeout=60)
+    if r.returncode != 0 and "already exists" not in r.stdout + r.stderr:
+        raise ServerError(f"cannot create work pool {POOL}: {(r.stdout + r.stderr).strip()[-300:]}")
+    return f"work pool {POOL} created"
+
+
+def deploy() -> str:
+    """`prefect deploy --all` from this checkout: creates or updates every deployment in prefect.yaml."""
+    r = _prefect("--no-prompt", "deploy", "--all", timeout=600)
+    if r.returncode != 0:
+        raise ServerError(f"prefect deploy failed: {(r.stdout + r.stderr).strip()[-400:]}")
+    n = (r.stdout + r.stderr).count("Deployment '")
+    return f"deployed prefect.yaml ({n} deployments)"
+
+
+def start_worker() -> str:
+    if (pid := WORKER.pid()) is not None:
+        return f"worker already running (pid {pid})"
+    proc = WORKER.start(["worker", "start", "--pool", POOL, "--type", "process",
+                         "--name", f"pgha-{os.uname().nodename}"])
+    return f"worker started (pid {proc.pid}), log {WORKER.log_file}"
+
+
+def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
+    """Create or update the notification block and one automation per alert (matched by name)."""
+    cfg = alerts_mod.load_alerts(path)
+    block, target = alerts_mod.notification_block(cfg)
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    if not healthy():
+        raise StateError(f"no Prefect server answers on {ui_url()}; run `make server` first")
+    done: list[str] = []
+    with temporary_settings(updates={PREFECT_API_URL: api_url(), PREFECT_UI_URL: ui_url()}):
+        block_id = block.save(cfg.notification.block, overwrite=True)
+        done.append(f"notification block {cfg.notification.block} -> {target}")
+        with get_client(sync_client=True) as client:
+            for a in cfg.alerts:
+                wanted = Automation(
+                    name=a.name, description=a.description, enabled=a.enabled,
+                    trigger=EventTrigger(**alerts_mod.trigger(a)),
+                    actions=[SendNotification(block_document_id=block_id, subject=a.subject, body=a.body)],
+                )
+                existing = client.read_automations_by_name(a.name)
+                if existing:
+                    wanted.id = existing[0].id
+                    wanted.update()
+                    for extra in existing[1:]:  # duplicates left by a hand-made or older apply
+                        client.delete_automation(extra.id)
+                    done.append(f"alert {a.name} updated")
+                else:
+                    wanted.create()
+                    done.append(f"alert {a.name} created")
+    return done
+
+
+def start_all(with_alerts: bool = True) -> list[str]:
+    steps = [start_server(), ensure_pool(), deploy()]
+    if with_alerts:
+        try:
+            steps += apply_alerts()
+        except UsageError as exc:
+            steps.append(f"alerts not applied: {exc}")
+    steps.append(start_worker())
+    return steps
+
+
+def stop_all() -> list[str]:
+    out = []
+    for p in (WORKER, SERVER):
+        out.append(f"{p.name} stopped" if p.stop() else f"{p.name} was not running")
+    return out
+
+
+def status() -> dict[str, object]:
+    return {"ui": ui_url(), "api": api_url(), "server_pid": SERVER.pid(), "server_healthy": healthy(),
+            "worker_pid": WORKER.pid(), "logs": str(server_dir())}

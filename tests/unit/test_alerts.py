@@ -1,0 +1,103 @@
+"""Alerts as code: the shipped file is valid, the trigger matches health-tagged failures, bad input is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from jinja2.sandbox import SandboxedEnvironment
+
+from stack import alerts as al
+from stack.errors import SpecError, UsageError
+
+
+def test_shipped_alerts_file_is_valid() -> None:
+    cfg = al.load_alerts()
+    names = [a.name for a in cfg.alerts]
+    assert "pgha-health-flow-failed" in names
+    a = cfg.alerts[0]
+    assert a.tags == ["health"] and set(a.states) == {"Failed", "Crashed"}
+
+
+def test_trigger_matches_failed_or_crashed_runs_with_the_tag() -> None:
+    t = al.trigger(al.Alert(name="x-health", tags=["health", "backup"]))
+    assert t["expect"] == ["prefect.flow-run.Crashed", "prefect.flow-run.Failed"]
+    assert t["match_related"] == {"prefect.resource.role": "tag",
+                                  "prefect.resource.id": ["prefect.tag.health", "prefect.tag.backup"]}
+    assert t["posture"] == "Reactive" and t["threshold"] == 1
+    from prefect.events.schemas.automations import EventTrigger
+
+    EventTrigger(**t)  # type: ignore[arg-type]  # accepted by Prefect's own model
+
+
+def render(template: str, params: dict[str, object]) -> str:
+    class State:
+        name, message = "Failed", "health audit of lab: 1 critical: container.running pg-2: exited"
+
+    class Run:
+        name, id, state, parameters = "brave-otter", "1234", State(), params
+
+    env = SandboxedEnvironment()
+    env.filters["ui_url"] = lambda r: f"http://127.0.0.1:4200/runs/flow-run/{r.id}"
+    return env.from_string(template).render(flow_run=Run(), flow=type("F", (), {"name": "health-audit"})(),
+                                            deployment=None)
+
+
+@pytest.mark.parametrize(("params", "cluster"), [
+    ({"spec": {"scope": "lab"}}, "lab"), ({}, "hy-home-db"), ({"spec": {}}, "hy-home-db"), ({"scope": "bk1"}, "bk1"),
+])
+def test_message_names_cluster_failing_checks_and_link(params: dict[str, object], cluster: str) -> None:
+    body = render(al.DEFAULT_BODY, params)
+    assert f"cluster: {cluster}\n" in body
+    assert "failing checks: health audit of lab: 1 critical: container.running pg-2: exited" in body
+    assert "link: http://127.0.0.1:4200/runs/flow-run/1234" in body
+    assert render(al.DEFAULT_SUBJECT, params) == f"pgha: health-audit failed on cluster {cluster}"
+
+
+def test_webhook_url_from_env_then_file(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text("notification: {webhook_url: 'https://hooks.example/x'}\nalerts: [{name: abc}]\n")
+    cfg = al.load_alerts(f)
+    assert al.webhook_url(cfg, env={}) == "https://hooks.example/x"
+    assert al.webhook_url(cfg, env={al.WEBHOOK_ENV: "http://127.0.0.1:9/h"}) == "http://127.0.0.1:9/h"
+    with pytest.raises(UsageError, match="no alert webhook configured"):
+        al.webhook_url(al.load_alerts(), env={})
+    with pytest.raises(UsageError, match="must start with http"):
+        al.webhook_url(cfg, env={al.WEBHOOK_ENV: "ftp://x"})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("alerts: []", "alerts: List should have at least 1 item"),
+    ("alerts: [{name: abc, states: [Exploded]}]", "unknown state 'Exploded'"),
+    ("alerts: [{name: abc}, {name: abc}]", "alert names must be unique"),
+    ("alerts: [{name: abc, colour: red}]", "alerts.0.colour: Extra inputs are not permitted"),
+    ("alerts: [", "is not valid YAML"),
+])
+def test_bad_alerts_file_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(SpecError) as info:
+        al.load_alerts(f)
+    assert message in str(info.value)
+
+
+def test_notification_block_per_kind(tmp_path: Path) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, SendgridEmail, SlackWebhook
+
+    f = tmp_path / "a.yaml"
+    f.write_text("alerts: [{name: abc}]\n")
+    block, target = al.notification_block(al.load_alerts(f), env={al.WEBHOOK_ENV: "http://127.0.0.1:9/h"})
+    assert isinstance(block, CustomWebhookNotificationBlock) and target == "http://127.0.0.1:9/h"
+    assert block.json_data == al.WEBHOOK_JSON
+    f.write_text("notification: {kind: slack}\nalerts: [{name: abc}]\n")
+    with pytest.raises(UsageError, match="PGHA_ALERT_SLACK_URL"):
+        al.notification_block(al.load_alerts(f), env={})
+    block, target = al.notification_block(al.load_alerts(f), env={al.SLACK_ENV: "https://hooks.slack.com/services/T/B/x"})
+    assert isinstance(block, SlackWebhook) and target == "Slack"
+    f.write_text("notification: {kind: email, email_from: pgha@example.org, email_to: [dba@example.org]}\n"
+                 "alerts: [{name: abc}]\n")
+    with pytest.raises(UsageError, match="PGHA_ALERT_SENDGRID_API_KEY"):
+        al.notification_block(al.load_alerts(f), env={})
+    block, target = al.notification_block(al.load_alerts(f), env={al.SENDGRID_ENV: "SG.key"})
+    assert isinstance(block, SendgridEmail) and target == "e-mail to dba@example.org"
+    assert "SG.key" not in repr(block)  # the key is a SecretStr

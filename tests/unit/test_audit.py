@@ -1,0 +1,379 @@
+"""Health-audit decisions: each check's status from observed values, at the thresholds' boundaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from stack import audit as A
+from stack.audit import Level
+from stack.errors import SpecError
+from stack.spec import AuditThresholds, ClusterSpec, parse_spec
+
+SPEC = ClusterSpec(scope="lab")  # 3 etcd, 3 nodes, synchronous mode (profile fast)
+TH = SPEC.audit
+
+
+def by(findings: list[A.Finding], check: str, target: str | None = None) -> A.Finding:
+    hits = [f for f in findings if f.check == check and (target is None or f.target == target)]
+    assert len(hits) == 1, (check, target, findings)
+    return hits[0]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (79.99, Level.OK), (80.0, Level.WARN), (89.99, Level.WARN), (90.0, Level.CRITICAL), (100.0, Level.CRITICAL),
+])
+def test_grade_boundaries(value: float, expected: Level) -> None:
+    assert A.grade(value, 80, 90) == expected
+
+
+def test_worst_and_verdict_name_every_critical_finding() -> None:
+    fs = [A.Finding("a", "x", Level.OK, "1"), A.Finding("b", "pg-2", Level.CRITICAL, "exited", "running"),
+          A.Finding("c", "pg-3", Level.WARN, "2 s")]
+    assert A.worst(fs) == Level.CRITICAL
+    v = A.verdict("lab", fs)
+    assert v.level == Level.CRITICAL
+    assert v.message == "health audit of lab: 1 critical: b pg-2: exited (threshold running)"
+    assert A.verdict("lab", fs[2:]).level == Level.WARN
+    assert A.verdict("lab", fs[:1]).message == "health audit of lab: all 1 checks ok"
+    assert A.worst([]) == Level.OK
+
+
+# ---- etcd ----
+
+def etcd_members(healthy: int = 3, leader: bool = True, db: int = 1 << 20) -> list[A.EtcdMember]:
+    return [A.EtcdMember(f"etcd-{i}", healthy=i <= healthy, is_leader=leader and i == 1 and healthy >= 1, db_size=db,
+                         error="" if i <= healthy else "context deadline exceeded") for i in (1, 2, 3)]
+
+
+def test_etcd_healthy() -> None:
+    fs = A.check_etcd(etcd_members(), SPEC, TH)
+    assert A.worst(fs) == Level.OK
+    assert by(fs, "etcd.quorum").observed == "3/3 healthy"
+
+
+def test_etcd_one_member_down_keeps_quorum() -> None:
+    fs = A.check_etcd(etcd_members(healthy=2), SPEC, TH)
+    assert by(fs, "etcd.member", "etcd-3").status == Level.CRITICAL
+    assert by(fs, "etcd.quorum").status == Level.OK
+
+
+def test_etcd_quorum_lost_and_no_leader() -> None:
+    fs = A.check_etcd(etcd_members(healthy=1, leader=False), SPEC, TH)
+    assert by(fs, "etcd.quorum").status == Level.CRITICAL
+    assert by(fs, "etcd.leader").status == Level.CRITICAL
+
+
+@pytest.mark.parametrize(("pct", "expected"), [(69.9, Level.OK), (70.0, Level.WARN), (90.0, Level.CRITICAL)])
+def test_etcd_db_size_vs_quota(pct: float, expected: Level) -> None:
+    size = int(A.ETCD_QUOTA_BYTES * pct / 100) + (1 if pct * 10 % 1 == 0 else 0)
+    fs = A.check_etcd(etcd_members(db=size), SPEC, TH)
+    assert by(fs, "etcd.db_size", "etcd-1").status == expected
+
+
+# ---- Patroni ----
+
+def patroni(**over: object) -> A.PatroniObs:
+    members = [A.PatroniMember("pg-1", "leader", "running", 2, None),
+               A.PatroniMember("pg-2", "sync_standby", "streaming", 2, 0),
+               A.PatroniMember("pg-3", "replica", "streaming", 2, 0)]
+    base: dict[str, object] = {"members": members, "paused": False,
+                               "liveness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")},
+                               "readiness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")}}
+    base.update(over)
+    return A.PatroniObs(**base)  # type: ignore[arg-type]
+
+
+def test_patroni_healthy() -> None:
+    assert A.worst(A.check_patroni(patroni(), SPEC)) == Level.OK
+
+
+def test_patroni_two_leaders_timeline_pause_and_pending_restart() -> None:
+    members = [A.PatroniMember("pg-1", "leader", "running", 2, None),
+               A.PatroniMember("pg-2", "leader", "running", 3, None, pending_restart=True),
+               A.PatroniMember("pg-3", "replica", "streaming", 1, 0)]
+    fs = A.check_patroni(patroni(members=members, paused=True), SPEC)
+    assert by(fs, "patroni.leader").status == Level.CRITICAL
+    assert by(fs, "patroni.paused").status == Level.WARN
+    assert by(fs, "patroni.pending_restart", "pg-2").status == Level.WARN
+
+
+def test_patroni_replica_on_another_timeline_is_critical() -> None:
+    members = [A.PatroniMember("pg-1", "leader", "running", 3, None),
+               A.PatroniMember("pg-2", "sync_standby", "streaming", 3, 0),
+               A.PatroniMember("pg-3", "replica", "streaming", 2, 0)]
+    fs = A.check_patroni(patroni(members=members), SPEC)
+    assert by(fs, "patroni.timeline", "pg-3").status == Level.CRITICAL
+
+
+def test_patroni_missing_member_and_failing_probes() -> None:
+    fs = A.check_patroni(patroni(members=patroni().members[:2], liveness={"pg-1": 200, "pg-2": 503},
+                                 readiness={"pg-1": 200, "pg-2": 200}), SPEC)
+    assert by(fs, "patroni.member", "pg-3").status == Level.CRITICAL
+    assert by(fs, "patroni.liveness", "pg-2").status == Level.CRITICAL
+    assert by(fs, "patroni.liveness", "pg-2").observed == "HTTP 503"
+
+
+def test_patroni_api_silent() -> None:
+    fs = A.check_patroni(None, SPEC, "no Patroni node answers /cluster")
+    assert fs[0].status == Level.CRITICAL and "no Patroni node" in fs[0].observed
+
+
+# ---- replication ----
+
+def rows(lag_b: int = 0, lag_s: float = 0.0, sync: str = "sync", state: str = "streaming") -> list[A.ReplicationRow]:
+    return [A.ReplicationRow("pg-2", state, sync, lag_b, lag_s), A.ReplicationRow("pg-3", "streaming", "async", 0, 0.0)]
+
+
+def test_replication_healthy() -> None:
+    assert A.worst(A.check_replication("pg-1", rows(), SPEC, TH)) == Level.OK
+
+
+@pytest.mark.parametrize(("lag", "expected"), [
+    (TH.lag_warn_bytes - 1, Level.OK), (TH.lag_warn_bytes, Level.WARN),
+    (TH.lag_critical_bytes - 1, Level.WARN), (TH.lag_critical_bytes, Level.CRITICAL),
+])
+def test_replication_lag_bytes_boundaries(lag: int, expected: Level) -> None:
+    assert by(A.check_replication("pg-1", rows(lag_b=lag), SPEC, TH), "replication.lag_bytes", "pg-2").status == expected
+
+
+@pytest.mark.parametrize(("lag", "expected"), [(9.9, Level.OK), (10.0, Level.WARN), (60.0, Level.CRITICAL)])
+def test_replication_lag_seconds_boundaries(lag: float, expected: Level) -> None:
+    assert by(A.check_replication("pg-1", rows(lag_s=lag), SPEC, TH), "replication.lag_seconds", "pg-2").status == expected
+
+
+def test_replica_not_streaming_or_absent_and_no_sync_standby() -> None:
+    fs = A.check_replication("pg-1", [A.ReplicationRow("pg-2", "catchup", "async", 10, 0.0)], SPEC, TH)
+    assert by(fs, "replication.streaming", "pg-2").status == Level.CRITICAL
+    assert by(fs, "replication.streaming", "pg-3").observed == "absent from pg_stat_replication"
+    assert by(fs, "replication.sync_standby").status == Level.CRITICAL
+
+
+def test_no_sync_standby_needed_in_asynchronous_mode() -> None:
+    spec = parse_spec({"scope": "lab", "profile": "patroni-defaults"})
+    fs = A.check_replication("pg-1", rows(sync="async"), spec, spec.audit)
+    assert not [f for f in fs if f.check == "replication.sync_standby"]
+    assert A.worst(fs) == Level.OK
+
+
+def test_replication_without_leader() -> None:
+    fs = A.check_replication(None, [], SPEC, TH, "no leader")
+    assert fs[0].status == Level.CRITICAL
+
+
+# ---- HAProxy ----
+
+def haproxy(primary_up: str = "pg-1", replicas_up: tuple[str, ...] = ("pg-2", "pg-3"), **over: object) -> A.HaproxyObs:
+    nodes = ("pg-1", "pg-2", "pg-3")
+    base: dict[str, object] = {
+        "primary": {n: A.Backend("UP" if n == primary_up else "DOWN", 1) for n in nodes},
+        "replicas": {n: A.Backend("UP" if n in replicas_up else "DOWN", 1) for n in nodes},
+        "rw_member": "pg-1", "rw_writable": True, "ro_member": "pg-2", "ro_in_recovery": True,
+    }
+    base.update(over)
+    return A.HaproxyObs(**base)  # type: ignore[arg-type]
+
+
+def test_haproxy_healthy() -> None:
+    fs = A.check_haproxy(haproxy(), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
+    assert A.worst(fs) == Level.OK
+
+
+def test_haproxy_rw_to_wrong_node_or_ro_to_primary() -> None:
+    fs = A.check_haproxy(haproxy(rw_member="pg-2", ro_in_recovery=False), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
+                         A.Baseline())
+    assert by(fs, "haproxy.rw_port").status == Level.CRITICAL
+    assert by(fs, "haproxy.ro_port").status == Level.CRITICAL
+    assert "PRIMARY" in by(fs, "haproxy.ro_port").observed
+
+
+def test_haproxy_backends_disagree_with_patroni() -> None:
+    fs = A.check_haproxy(haproxy(primary_up="pg-2", replicas_up=("pg-3",)), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
+                         A.Baseline())
+    assert by(fs, "haproxy.primary_backend").status == Level.CRITICAL
+    assert by(fs, "haproxy.replica_backend").status == Level.WARN
+    fs = A.check_haproxy(haproxy(replicas_up=()), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
+    assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL
+    fs = A.check_haproxy(haproxy(replicas_up=("pg-1", "pg-2", "pg-3")), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
+                         A.Baseline())
+    assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL  # the leader serves the R/O port
+
+
+def test_haproxy_flapping_counts_since_the_last_audit() -> None:
+    obs = haproxy()
+    obs.replicas["pg-3"] = A.Backend("UP", 1 + TH.flaps_warn)
+    first = A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
+    assert not [f for f in first if f.check == "haproxy.flapping"]  # no baseline yet
+    base = A.Baseline(chkdown={"replicas/pg-3": 1})
+    fs = A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, base)
+    assert by(fs, "haproxy.flapping", "replicas/pg-3").status == Level.WARN
+    base = A.Baseline(chkdown={"replicas/pg-3": 2})  # one flap fewer than the threshold
+    assert not [f for f in A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, base) if f.check == "haproxy.flapping"]
+
+
+def test_haproxy_stats_unreachable() -> None:
+    fs = A.check_haproxy(None, "pg-1", set(), SPEC, TH, A.Baseline(), "connection refused")
+    assert fs[0].status == Level.CRITICAL
+
+
+# ---- PostgreSQL ----
+
+def pg(**over: object) -> A.PostgresObs:
+    base: dict[str, object] = {"connections": 5, "max_connections": 100, "oldest_xact_s": None,
+                               "oldest_idle_in_xact_s": None, "inactive_slots": {}, "max_xid_age": 1000,
+                               "data_checksums": True}
+    base.update(over)
+    return A.PostgresObs(**base)  # type: ignore[arg-type]
+
+
+def test_postgres_healthy() -> None:
+    assert A.worst(A.check_postgres(pg(), SPEC, TH)) == Level.OK
+
+
+@pytest.mark.parametrize(("conns", "expected"), [(79, Level.OK), (80, Level.WARN), (94, Level.WARN), (95, Level.CRITICAL)])
+def test_connections_boundaries(conns: int, expected: Level) -> None:
+    assert by(A.check_postgres(pg(connections=conns), SPEC, TH), "postgres.connections").status == expected
+
+
+@pytest.mark.parametrize(("age", "expected"), [(299.0, Level.OK), (300.0, Level.WARN), (3600.0, Level.CRITICAL)])
+def test_long_transaction_boundaries(age: float, expected: Level) -> None:
+    assert by(A.check_postgres(pg(oldest_xact_s=age), SPEC, TH), "postgres.oldest_transaction").status == expected
+
+
+@pytest.mark.parametrize(("age", "expected"), [(59.0, Level.OK), (60.0, Level.WARN), (600.0, Level.CRITICAL)])
+def test_idle_in_transaction_boundaries(age: float, expected: Level) -> None:
+    assert by(A.check_postgres(pg(oldest_idle_in_xact_s=age), SPEC, TH), "postgres.idle_in_transaction").status == expected
+
+
+@pytest.mark.parametrize(("retained", "expected"), [
+    (TH.slot_retained_warn_bytes - 1, Level.OK), (TH.slot_retained_warn_bytes, Level.WARN),
+    (TH.slot_retained_critical_bytes, Level.CRITICAL),
+])
+def test_inactive_slot_boundaries(retained: int, expected: Level) -> None:
+    fs = A.check_postgres(pg(inactive_slots={"old_consumer": retained}), SPEC, TH)
+    assert by(fs, "postgres.inactive_slot", "old_consumer").status == expected
+
+
+@pytest.mark.parametrize(("age", "expected"), [
+    (TH.xid_age_warn - 1, Level.OK), (TH.xid_age_warn, Level.WARN), (TH.xid_age_critical, Level.CRITICAL),
+])
+def test_xid_age_boundaries(age: int, expected: Level) -> None:
+    assert by(A.check_postgres(pg(max_xid_age=age), SPEC, TH), "postgres.xid_age").status == expected
+
+
+def test_checksums_off_warns_and_no_connection_is_critical() -> None:
+    assert by(A.check_postgres(pg(data_checksums=False), SPEC, TH), "postgres.data_checksums").status == Level.WARN
+    assert A.check_postgres(None, SPEC, TH, "127.0.0.1:5432: connection refused")[0].status == Level.CRITICAL
+
+
+# ---- disks and containers ----
+
+@pytest.mark.parametrize(("pct", "expected"), [(79.9, Level.OK), (80.0, Level.WARN), (90.0, Level.CRITICAL)])
+def test_disk_boundaries(pct: float, expected: Level) -> None:
+    fs = A.check_disks({"pg-1": pct, "pg-2": 10.0, "pg-3": None}, SPEC, TH)
+    assert by(fs, "disk.data_volume", "pg-1").status == expected
+    assert not [f for f in fs if f.target == "pg-3"]  # a stopped node is reported elsewhere
+
+
+def containers(**over: A.ContainerObs) -> list[A.ContainerObs]:
+    members = [*SPEC.etcd_names(), *SPEC.node_names(), SPEC.haproxy_member]
+    cs = {m: A.ContainerObs(SPEC.container(m), m, "running", "healthy", f"id-{m}", 0) for m in members}
+    cs.update(over)
+    return list(cs.values())
+
+
+def test_containers_healthy_first_audit() -> None:
+    fs = A.check_containers(containers(), SPEC, TH, A.Baseline())
+    assert A.worst(fs) == Level.OK
+    assert by(fs, "container.restarts", "pg-1").observed == "0 (first audit)"
+
+
+def test_container_stopped_unhealthy_or_starting() -> None:
+    fs = A.check_containers(containers(**{
+        "pg-2": A.ContainerObs("lab-pg-2", "pg-2", "exited", "", "id-pg-2"),
+        "pg-3": A.ContainerObs("lab-pg-3", "pg-3", "running", "unhealthy", "id-pg-3"),
+        "etcd-2": A.ContainerObs("lab-etcd-2", "etcd-2", "running", "starting", "id-etcd-2"),
+    }), SPEC, TH, A.Baseline())
+    assert by(fs, "container.running", "pg-2").status == Level.CRITICAL
+    assert by(fs, "container.running", "pg-3").status == Level.CRITICAL
+    assert by(fs, "container.running", "etcd-2").status == Level.WARN
+    fs = A.check_containers([c for c in containers() if c.member != "haproxy"], SPEC, TH, A.Baseline())
+    assert by(fs, "container.running", "haproxy").observed == "missing"
+
+
+@pytest.mark.parametrize(("before", "now", "expected"), [(2, 2, Level.OK), (2, 3, Level.WARN), (2, 6, Level.WARN),
+                                                          (2, 7, Level.CRITICAL)])
+def test_restarts_since_last_audit(before: int, now: int, expected: Level) -> None:
+    base = A.Baseline(restarts={"lab-pg-1": ("id-pg-1", before)})
+    cs = containers(**{"pg-1": A.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "id-pg-1", now)})
+    assert by(A.check_containers(cs, SPEC, TH, base), "container.restarts", "pg-1").status == expected
+
+
+def test_recreated_container_resets_its_restart_baseline() -> None:
+    base = A.Baseline(restarts={"lab-pg-1": ("old-id", 0)})
+    cs = containers(**{"pg-1": A.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "new-id", 9)})
+    assert by(A.check_containers(cs, SPEC, TH, base), "container.restarts", "pg-1").status == Level.OK
+
+
+def test_baseline_round_trip_and_damage() -> None:
+    obs = haproxy()
+    b = A.next_baseline(containers(), obs, A.Baseline())
+    again = A.Baseline.from_dict(b.to_dict())
+    assert again == b and again.chkdown["primary/pg-1"] == 1
+    kept = A.next_baseline(containers(), None, b)  # HAProxy silent: keep the old flap counters
+    assert kept.chkdown == b.chkdown
+    assert A.Baseline.from_dict({"restarts": {"x": "broken"}}) == A.Baseline()
+
+
+# ---- thresholds in the spec ----
+
+def test_thresholds_default_and_override() -> None:
+    spec = parse_spec({"scope": "lab", "audit": {"lag_warn_s": 2, "lag_critical_s": 5}})
+    assert spec.audit.lag_warn_s == 2 and spec.audit.disk_warn_pct == AuditThresholds().disk_warn_pct
+    assert by(A.check_replication("pg-1", rows(lag_s=2.0), spec, spec.audit), "replication.lag_seconds", "pg-2").status \
+        == Level.WARN
+
+
+@pytest.mark.parametrize(("audit", "message"), [
+    ({"disk_warn_pct": 95}, "audit: disk_critical_pct (90) is below disk_warn_pct (95.0)"),
+    ({"lag_warn_bytes": -1}, "audit.lag_warn_bytes: Input should be greater than or equal to 0"),
+    ({"disk_warn_pct": 120}, "audit.disk_warn_pct: Input should be less than or equal to 100"),
+    ({"nosuch": 1}, "audit.nosuch: unknown key"),
+])
+def test_bad_thresholds_are_refused(audit: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"scope": "lab", "audit": audit})
+    assert message in str(info.value)
+
+
+def test_every_gatherer_failing_gives_critical_rows_not_a_crash() -> None:
+    from flows.audit import decide
+
+    got = {k: (None, f"{k} unreachable") for k in
+           ("containers", "etcd", "patroni", "replication", "haproxy", "postgres", "disks")}
+    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    assert A.worst(fs) == Level.CRITICAL
+    checks = {f.check for f in fs if f.status == Level.CRITICAL}
+    assert {"container.list", "etcd.api", "patroni.api", "replication", "haproxy.stats", "postgres.connect"} <= checks
+    assert A.verdict("lab", fs).message.startswith("health audit of lab: 6 critical: container.list lab: containers")
+
+
+def test_decide_on_a_healthy_cluster() -> None:
+    from flows.audit import decide
+
+    got = {"containers": (containers(), ""), "etcd": (etcd_members(), ""), "patroni": (patroni(), ""),
+           "replication": (rows(), ""), "haproxy": (haproxy(), ""), "postgres": (pg(), ""),
+           "disks": ({"pg-1": 20.0, "pg-2": 20.0, "pg-3": 20.0}, "")}
+    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    assert A.worst(fs) == Level.OK and len(fs) > 40
+
+
+def test_single_node_cluster_needs_no_replicas() -> None:
+    spec = parse_spec({"scope": "solo", "nodes": 1, "etcd_members": 1})
+    view = patroni(members=[A.PatroniMember("pg-1", "leader", "running", 1, None)],
+                   liveness={"pg-1": 200}, readiness={"pg-1": 200})
+    fs = A.check_patroni(view, spec) + A.check_replication("pg-1", [], spec, spec.audit)
+    obs = A.HaproxyObs(primary={"pg-1": A.Backend("UP", 0)}, replicas={"pg-1": A.Backend("DOWN", 1)},
+                       rw_member="pg-1", rw_writable=True, ro_member=None, ro_in_recovery=None)
+    fs += A.check_haproxy(obs, "pg-1", set(), spec, spec.audit, A.Baseline())
+    assert A.worst(fs) == Level.OK, [f for f in fs if f.status != Level.OK]
+    assert not [f for f in fs if f.check in ("haproxy.ro_port", "replication.sync_standby")]
