@@ -329,6 +329,12 @@ def _upgrade(spec: ClusterSpec, target: str, timeout: float) -> dict[str, Any]:
     if pending and exists:
         _resume_in_flight(ctx, pending)
         _finish_leftovers(ctx)
+        # Right after a node is put back, Patroni may take a loop to pick a synchronous
+        # standby again: let the cluster settle before the pre-check judges it.
+        try:
+            _wait_healthy.fn(spec, min(timeout, 60))
+        except PghaError:
+            pass  # the pre-check below names what is wrong
     facts = gather_facts(spec, target)
     if (refusal := precheck(facts, spec.upgrade.max_lag_bytes, spec.upgrade.max_transaction_age_s)) is not None:
         raise StateError(f"upgrade refused: {refusal}")
