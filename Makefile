@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade clean server server-stop audit bench-audit
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -57,6 +57,9 @@ audit: venv              ## health audit of the cluster (exit 1 on a critical fi
 
 bench-audit: venv engine ## audit time vs `patronictl list`
 	$(VENV)/bin/python benchmarks/audit.py
+
+bench-upgrade: venv engine  ## rolling minor upgrade 15.18 -> 15.20 vs a naive restart-all (write gap, R/O pool)
+	$(VENV)/bin/python benchmarks/upgrade.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

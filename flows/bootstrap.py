@@ -121,7 +121,9 @@ def _bootstrap(spec: ClusterSpec) -> dict[str, Any]:
     etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
     outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
-    node_runs = {m: ensure_member.submit(spec, "patroni", m, image, subnet) for m in spec.node_names()}
+    # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
+    node_image = spec.upgrade.node_image or image
+    node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
     outcomes.update({m: f.result() for m, f in node_runs.items()})
     # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
     # a node only once that node's health check passes, so nothing is routed early.

@@ -276,16 +276,20 @@ def drill(kind: str = typer.Argument(..., help="switchover | graceful-stop | har
 
 
 @images_app.command("build")
-def images_build(spec_file: Path | None = SpecOpt) -> None:
+def images_build(spec_file: Path | None = SpecOpt,
+                 updates: str = typer.Option("none", "--updates",
+                                             help="none | security: also take packages from <suite>-security")) -> None:
     """Build the node image for the spec if it is missing (debootstrap base when no registry)."""
 
     def go() -> None:
         spec = load_spec(spec_file)
         from tasks.docker_engine import client
-        from tasks.images import ensure_image
+        from tasks.images import UPDATES, ensure_image
 
+        if updates not in UPDATES:
+            raise UsageError(f"--updates must be one of {', '.join(UPDATES)}, not '{updates}'")
         client()
-        tag, log = ensure_image(spec)
+        tag, log = ensure_image(spec, updates)
         for line in log:
             err.print(f"pgha: {line}", highlight=False)
         out.print(tag, highlight=False)
@@ -530,6 +534,163 @@ def alerts_apply(file: Path | None = AlertsFileOpt) -> None:
 
     run(go)
 
+
+
+# ---- rolling changes: upgrade, config set, scale, etcd replace (issue 6) ----
+
+config_app = typer.Typer(no_args_is_help=True, help="Change PostgreSQL parameters with a rolling restart.")
+app.add_typer(config_app, name="config")
+etcd_app = typer.Typer(no_args_is_help=True, help="etcd member maintenance.")
+app.add_typer(etcd_app, name="etcd")
+
+
+def _events(events: list[str]) -> None:
+    for e in events:
+        out.print(f"- {e}", highlight=False, markup=False)
+
+
+@app.command()
+def upgrade(image: str | None = typer.Option(None, "--image", help="target node image tag (same PostgreSQL major)"),
+            updates: str | None = typer.Option(None, "--updates",
+                                               help="security: build (if missing) and roll out the spec's image "
+                                                    "with the suite's security updates, instead of --image"),
+            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+            node_timeout: int | None = typer.Option(None, "--node-timeout",
+                                                    help="seconds one node may take to come back (default: spec)"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader."""
+
+    def go() -> None:
+        if (image is None) == (updates is None):
+            raise UsageError("give exactly one of --image TAG or --updates security")
+        if image is not None and not image.strip():
+            raise UsageError("--image must name an image tag")
+        if updates is not None and updates != "security":
+            raise UsageError(f"--updates must be security, not '{updates}'")
+        if node_timeout is not None and not 10 <= node_timeout <= 3600:
+            raise UsageError(f"--node-timeout must be between 10 and 3600 seconds, not {node_timeout}")
+        spec = resolve_spec(spec_file, scope)
+        from flows.upgrade import gather_facts
+        from flows.upgrade import upgrade as upgrade_flow
+        from stack.rolling import precheck
+        from tasks.docker_engine import client
+
+        client()
+        target = image or ""
+        if updates is not None:
+            from tasks.images import ensure_image
+
+            target, log = ensure_image(spec.model_copy(update={"image": None}), updates)
+            for line in log:
+                err.print(f"pgha: {line}", highlight=False)
+        # Refuse before paying the flow's start-up when the pre-check already says no.
+        facts = gather_facts(spec, target)
+        pending = cluster_dir(spec.scope) / "upgrade-pending.json"
+        if not pending.exists() and (why := precheck(facts, spec.upgrade.max_lag_bytes,
+                                                     spec.upgrade.max_transaction_age_s)) is not None:
+            from stack.errors import StateError
+
+            raise StateError(f"upgrade refused: {why}")
+        r = upgrade_flow(spec, image=target, node_timeout_s=node_timeout)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        t = Table(title=f"upgrade of {spec.scope} to {target}", title_justify="left")
+        for col in ("node", "version before", "version after", "image after"):
+            t.add_column(col)
+        for row in r["rows"]:
+            t.add_row(row["node"], row["version before"], row["version after"], row["image after"])
+        out.print(t)
+        _events(r["events"])
+        out.print(f"done in {r['elapsed_s']}s", highlight=False)
+
+    run(go)
+
+
+@config_app.command("set")
+def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE PostgreSQL parameters"),  # noqa: B008
+               spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+               no_restart: bool = typer.Option(False, "--no-restart", help="leave members with pending_restart"),
+               as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Set PostgreSQL parameters through Patroni; restart members that need it, one at a time."""
+
+    def go() -> None:
+        from stack.rolling import parse_assignments
+
+        try:
+            params = parse_assignments(assignments)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        spec = resolve_spec(spec_file, scope)
+        from flows.config import config_set as config_flow
+        from flows.config import validate
+        from tasks.docker_engine import client
+        from tasks.patroni import cluster_view
+
+        client()
+        # Refuse a parameter before paying the flow's start-up (the flow checks again).
+        lead = cluster_view(spec).leader()
+        if lead is not None:
+            validate(spec, lead.name, params)
+        r = config_flow(spec, parameters=params, restart=not no_restart)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        for member, vals in r["values"].items():
+            out.print(f"{member}: " + ", ".join(f"{k}={v}" for k, v in vals.items()), highlight=False)
+        _events(r["events"])
+        out.print(f"restarted: {', '.join(r['restarted']) or 'none'}; {r['elapsed_s']}s", highlight=False)
+
+    run(go)
+
+
+@app.command()
+def scale(nodes: int = typer.Option(..., "--nodes", help="number of Patroni nodes wanted (1-9)"),
+          spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+          as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Add or remove Patroni nodes; HAProxy is reloaded without dropping sessions."""
+
+    def go() -> None:
+        if not 1 <= nodes <= 9:
+            raise UsageError(f"--nodes must be between 1 and 9, not {nodes}")
+        spec = resolve_spec(spec_file, scope)
+        from flows.scale import scale as scale_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = scale_flow(spec, nodes=nodes)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        _events(r["events"])
+        out.print(f"{spec.scope}: {r['plan']}; now {nodes} nodes ({r['elapsed_s']}s)", highlight=False)
+
+    run(go)
+
+
+@etcd_app.command("replace")
+def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace, e.g. etcd-2"),
+                 spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+                 as_json: bool = typer.Option(False, "--json", help="machine-readable result")) -> None:
+    """Replace one etcd member (remove, fresh data, add back), keeping quorum throughout."""
+
+    def go() -> None:
+        spec = resolve_spec(spec_file, scope)
+        if member not in spec.etcd_names():
+            raise UsageError(f"'{member}' is not an etcd member of {spec.scope}; choose one of "
+                             f"{', '.join(spec.etcd_names())}")
+        from flows.scale import etcd_replace as replace_flow
+        from tasks.docker_engine import client
+
+        client()
+        r = replace_flow(spec, member=member)
+        if as_json:
+            sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        _events(r["events"])
+        out.print(f"{member} replaced (member id {r['old_id']} -> {r['new_id']}) in {r['elapsed_s']}s", highlight=False)
+
+    run(go)
 
 
 def main() -> None:

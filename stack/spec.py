@@ -176,6 +176,24 @@ PROFILES: dict[Profile, EffectiveTiming] = {
 }
 
 
+class RestartPolicy(StrEnum):
+    """How a rolling restart or upgrade treats the primary once every replica is done."""
+
+    SWITCHOVER = "switchover"  # hand the leadership to an upgraded replica, then treat the old leader as one
+    RESTART = "restart"  # restart the primary in place (a write gap of one PostgreSQL restart)
+
+
+class UpgradePolicy(_Strict):
+    """Thresholds and policy of rolling changes (`pgha upgrade`, `pgha config set`, `pgha scale`)."""
+
+    max_lag_bytes: int = Field(1048576, ge=0, description="refuse to start when a replica lags more than this")
+    max_transaction_age_s: int = Field(300, ge=1, description="refuse to start while a transaction is older than this")
+    caught_up_lag_bytes: int = Field(65536, ge=0, description="a restarted replica counts as caught up at this lag")
+    node_timeout_s: int = Field(180, ge=10, le=3600, description="time one node may take to come back; else roll back")
+    primary: RestartPolicy = Field(RestartPolicy.SWITCHOVER, description="what to do with the primary")
+    node_image: str | None = Field(None, description="image the Patroni nodes run (set by `pgha upgrade`)")
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -193,6 +211,7 @@ class ClusterSpec(_Strict):
     )
     image: str | None = Field(None, description="use this image tag instead of building pgha's own")
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
+    upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
     audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
 
     @field_validator("scope")

@@ -8,6 +8,7 @@ image until it is upgraded.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ IMAGE_DIR = Path(__file__).resolve().parent.parent / "stack" / "image"
 REPO = "pgha/node"
 BASE_REPO = "pgha/base"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+UPDATES = ("none", "security")  # which extra apt suites a build takes its packages from
 
 
 def _exists(ref: str) -> bool:
@@ -65,6 +67,56 @@ def host_debian_mirror() -> str:
         candidates += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s", text, re.M)
         candidates += re.findall(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M)
     return candidates[0] if candidates else DEFAULT_MIRROR
+
+
+def host_security_mirror() -> str:
+    """Where `<suite>-security` lives: $PGHA_DEBIAN_SECURITY_MIRROR, the host's apt sources, else
+    the main mirror's sibling `.../debian-security` (the layout of every Debian mirror)."""
+    if env := os.environ.get("PGHA_DEBIAN_SECURITY_MIRROR"):
+        return env
+    apt = Path("/etc/apt")
+    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))] if apt.exists() else []
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        found = re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian-security)/?\s", text, re.M)
+        found += re.findall(r"^URIs:\s*(\S+/debian-security)/?\s*$", text, re.M)
+        if found:
+            return found[0]
+    return host_debian_mirror().rstrip("/") + "-security"
+
+
+def security_base_dockerfile(base: str, suite: str, mirror: str) -> str:
+    """A one-layer base on top of `base` whose apt also reads `<suite>-security`.
+
+    The node image's own build files stay the same; only its base differs, so the security
+    build differs from the plain one by exactly the packages the security suite updates.
+    """
+    line = f"deb {mirror} {suite}-security main"
+    return (f"FROM {base}\n"
+            f"RUN echo '{line}' > /etc/apt/sources.list.d/pgha-security.list\n"
+            'LABEL pgha.image="base" pgha.updates="security"\n')
+
+
+def security_base_tag(base: str, suite: str) -> str:
+    """One security base per plain base (a spec's base_image gets its own)."""
+    return f"{BASE_REPO}:{suite}-security-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
+
+
+def _ensure_security_base(base: str, suite: str, log: list[str]) -> str:
+    tag = security_base_tag(base, suite)
+    if _exists(tag):
+        return tag
+    mirror = host_security_mirror()
+    log.append(f"building {tag} FROM {base} with {suite}-security from {mirror}")
+    text = security_base_dockerfile(base, suite, mirror)
+    try:
+        client().images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True, forcerm=True)
+    except (docker.errors.BuildError, docker.errors.APIError) as exc:
+        raise ImageError(f"building {tag} failed: {str(exc)[:300]}") from None
+    return tag
 
 
 def _debootstrap(suite: str, tag: str, log: list[str]) -> None:
@@ -118,26 +170,46 @@ def ensure_base(spec: ClusterSpec, log: list[str]) -> str:
     return own
 
 
-def resolve_image(spec: ClusterSpec) -> str | None:
+def _check_updates(updates: str) -> None:
+    if updates not in UPDATES:
+        raise ImageError(f"unknown image updates '{updates}'; choose one of {', '.join(UPDATES)}")
+
+
+def resolve_image(spec: ClusterSpec, updates: str = "none") -> str | None:
     """The tag the spec runs on if it is already present, else None (no build)."""
-    if spec.image:
+    _check_updates(updates)
+    if spec.image and updates == "none":
         return spec.image if _exists(spec.image) else None
     for base in (spec.base_image,) if spec.base_image else (f"debian:{spec.suite}-slim", f"{BASE_REPO}:{spec.suite}"):
-        if base and _exists(base) and _exists(image_tag(spec, base)):
+        if not base or not _exists(base):
+            continue
+        if updates == "security":
+            sec = security_base_tag(base, spec.suite)
+            if _exists(sec) and _exists(image_tag(spec, sec)):
+                return image_tag(spec, sec)
+            continue
+        if _exists(image_tag(spec, base)):
             return image_tag(spec, base)
     return None
 
 
-def ensure_image(spec: ClusterSpec) -> tuple[str, list[str]]:
-    """The node image for this spec, built if missing. Returns (tag, what was done)."""
+def ensure_image(spec: ClusterSpec, updates: str = "none") -> tuple[str, list[str]]:
+    """The node image for this spec, built if missing. Returns (tag, what was done).
+
+    `updates="security"` builds the same build files on a base whose apt also reads the
+    suite's security archive (e.g. bookworm main has PostgreSQL 15.18, bookworm-security 15.20).
+    """
     log: list[str] = []
-    if spec.image:
+    _check_updates(updates)
+    if spec.image and updates == "none":
         if not _exists(spec.image):
             raise ImageError(f"image {spec.image} (spec key image) does not exist locally")
         return spec.image, log
-    if (found := resolve_image(spec)) is not None:
+    if (found := resolve_image(spec, updates)) is not None:
         return found, log
     base = ensure_base(spec, log)
+    if updates == "security":
+        base = _ensure_security_base(base, spec.suite, log)
     tag = image_tag(spec, base)
     if _exists(tag):
         return tag, log
