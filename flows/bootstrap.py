@@ -48,6 +48,25 @@ def preflight(spec: ClusterSpec) -> None:
             raise StateError(f"port {port} (ports.{key}) is already in use on 127.0.0.1; choose another in the spec")
 
 
+def refuse_image_swap(spec: ClusterSpec, node_image: str) -> None:
+    """Refuse to move existing Patroni nodes to another image: `up` would restart them all at once.
+
+    That is a rolling change (`pgha upgrade`), which keeps a primary and replicas serving; a
+    spec that merely lacks the `upgrade.node_image` an earlier upgrade recorded must not
+    silently downgrade the cluster either.
+    """
+    for member in spec.node_names():
+        ct = de.find_container(spec.container(member))
+        if ct is None:
+            continue
+        current = str(ct.attrs.get("Config", {}).get("Image", ""))
+        if current and current != node_image:
+            raise StateError(
+                f"{member} runs image {current} but this spec asks for {node_image}; `pgha up` never swaps the "
+                f"image of existing nodes (all would restart at once): run `pgha upgrade --image {node_image}` "
+                f"for a rolling change, or set upgrade.node_image: {current} in the spec")
+
+
 @task(name="ensure-image", **ONCE)
 def ensure_image(spec: ClusterSpec) -> str:
     """The node image, built when missing (a build failure is not retried)."""
@@ -114,6 +133,7 @@ def _bootstrap(spec: ClusterSpec) -> dict[str, Any]:
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     image = ensure_image(spec)
+    refuse_image_swap(spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)
     ensure_volumes(spec)
     outcomes: dict[str, str] = {}

@@ -192,6 +192,13 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
     assert res.returncode == 0, res.stderr[-2000:]
     assert "nothing changed" in res.stdout
     assert {m: engine.containers.get(cluster.container(m)).id for m in ids} == ids
+    # The original spec file (no upgrade.node_image) would put every node back on 15.18 at
+    # once: `up` refuses that and points at `pgha upgrade`.
+    res = pgha(cluster.env, "up", "--spec", str(cluster.spec_file))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "never swaps the image" in res.stderr and "pgha upgrade --image" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert {m: engine.containers.get(cluster.container(m)).id for m in ids} == ids
 
 
 def test_interrupted_upgrade_resumes_without_touching_done_nodes(engine: docker.DockerClient, cluster: Cluster,
