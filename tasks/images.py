@@ -56,7 +56,13 @@ def host_debian_mirror() -> str:
     """The Debian mirror the host's apt already uses (so offline machines keep working)."""
     if env := os.environ.get("PGHA_DEBIAN_MIRROR"):
         return env
-    candidates: list[str] = []
+    candidates = apt_source_uris("debian")
+    return candidates[0] if candidates else DEFAULT_MIRROR
+
+
+def apt_source_uris(path_end: str) -> list[str]:
+    """Mirror URIs ending in /<path_end> in the host's apt sources (one-line and deb822 formats)."""
+    found: list[str] = []
     apt = Path("/etc/apt")
     files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))] if apt.exists() else []
     for f in files:
@@ -64,9 +70,9 @@ def host_debian_mirror() -> str:
             text = f.read_text()
         except OSError:
             continue
-        candidates += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s", text, re.M)
-        candidates += re.findall(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M)
-    return candidates[0] if candidates else DEFAULT_MIRROR
+        found += re.findall(rf"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/{path_end})/?\s", text, re.M)
+        found += re.findall(rf"^URIs:\s*(\S+/{path_end})/?\s*$", text, re.M)
+    return found
 
 
 def host_security_mirror() -> str:
@@ -74,17 +80,8 @@ def host_security_mirror() -> str:
     the main mirror's sibling `.../debian-security` (the layout of every Debian mirror)."""
     if env := os.environ.get("PGHA_DEBIAN_SECURITY_MIRROR"):
         return env
-    apt = Path("/etc/apt")
-    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))] if apt.exists() else []
-    for f in files:
-        try:
-            text = f.read_text()
-        except OSError:
-            continue
-        found = re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian-security)/?\s", text, re.M)
-        found += re.findall(r"^URIs:\s*(\S+/debian-security)/?\s*$", text, re.M)
-        if found:
-            return found[0]
+    if found := apt_source_uris("debian-security"):
+        return found[0]
     return host_debian_mirror().rstrip("/") + "-security"
 
 
