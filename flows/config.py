@@ -25,13 +25,12 @@ from stack.state import secrets_file
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import patroni
-from tasks import patroni_admin as pa
 from tasks._prefect import ONCE
 
 
 def validate(spec: ClusterSpec, leader: str, params: dict[str, str]) -> dict[str, bool]:
     """Refuse what cannot be set (UsageError, one line); return {name: needs restart}."""
-    found = pa.settings(spec, leader, list(params))
+    found = patroni.settings(spec, leader, list(params))
     problems = [p for name, value in params.items() if (p := check_parameter(name, value, found.get(name)))]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -45,7 +44,7 @@ def restart_member(ctx: Ctx, member: str, is_leader: bool) -> None:
     spec = ctx.spec
     take_out(ctx, member, is_leader)
     since = time.time()
-    pa.restart_member(spec, member)
+    patroni.restart_member(spec, member)
     wait_for(f"{member} restarted and caught up", lambda: caught_up(spec, member, since,
                                                                     spec.upgrade.caught_up_lag_bytes, is_leader),
              lambda why: why == "", timeout=ctx.timeout, interval=0.5, describe=lambda why: why,
@@ -93,7 +92,7 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
     assert lead is not None  # healthy means exactly one
     needs = validate(spec, lead.name, params)
     started = time.monotonic()
-    pa.edit_parameters(spec, lead.name, params)
+    patroni.edit_parameters(spec, lead.name, params)
     patched_at = time.monotonic()
     new_params = {**spec.postgres_parameters, **params}
     _store_spec(spec.model_copy(update={"postgres_parameters": new_params}))
@@ -114,12 +113,12 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
         ctx.note("no parameter needs a restart; reloaded by Patroni")
     # Every member runs the new values: ask each one.
     def values() -> dict[str, dict[str, str]]:
-        return {m: {k: pa.show(spec, m, k) for k in params} for m in spec.node_names()}
+        return {m: {k: patroni.show(spec, m, k) for k in params} for m in spec.node_names()}
 
     settle = spec.timing.loop_wait * 2 + 2
 
     def applied(v: dict[str, dict[str, str]]) -> bool:
-        if restart and any(pa.pending_restart(spec, m) for m in v):
+        if restart and any(patroni.pending_restart(spec, m) for m in v):
             return False
         if not restart and any(needs.values()):
             return True  # restart-requiring values take effect at the next restart
@@ -133,7 +132,7 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
 
     seen = wait_for("every member to run the new values", values, applied,
                     timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
-    rows = [{"member": m, **vals, "pending_restart": str(pa.pending_restart(spec, m))} for m, vals in seen.items()]
+    rows = [{"member": m, **vals, "pending_restart": str(patroni.pending_restart(spec, m))} for m, vals in seen.items()]
     create_table_artifact(key=f"{spec.scope}-config-set", table=rows,
                           description=", ".join(f"{k}={v}" for k, v in params.items()))
     return {"parameters": params, "needs_restart": needs, "restarted": restarted, "values": seen,
@@ -150,12 +149,12 @@ def _rolling_restart(ctx: Ctx) -> list[str]:
         ctx.note(f"restarting replica {m.name}")
         restart_member(ctx, m.name, False)
         done.append(m.name)
-    if not pa.pending_restart(spec, lead.name):
+    if not patroni.pending_restart(spec, lead.name):
         return done
     if spec.upgrade.primary == RestartPolicy.SWITCHOVER and spec.nodes > 1:
         cand = _switch_to_restarted(ctx, lead.name)
         ctx.note(f"switched over {lead.name} -> {cand}")
-        if pa.pending_restart(spec, lead.name):
+        if patroni.pending_restart(spec, lead.name):
             ctx.note(f"restarting {lead.name} (now a replica)")
             restart_member(ctx, lead.name, False)
     else:

@@ -42,7 +42,6 @@ from stack.state import cluster_dir, secrets_file, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import haproxy, patroni
-from tasks import patroni_admin as pa
 from tasks._prefect import ONCE, READ_ONLY
 
 
@@ -102,7 +101,7 @@ def versions(spec: ClusterSpec) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for m in spec.node_names():
         try:
-            out[m] = pa.server_version(spec, m)
+            out[m] = patroni.server_version(spec, m)
         except PghaError:
             out[m] = None
     return out
@@ -114,9 +113,9 @@ def versions(spec: ClusterSpec) -> dict[str, int | None]:
 def take_out(ctx: Ctx, member: str, is_leader: bool) -> None:
     """Tags nofailover/noloadbalance/nosync, then wait until Patroni and HAProxy act on them."""
     spec = ctx.spec
-    pa.write_and_reload(spec, member, pa.patroni_text(spec, member, ctx.subnet, ctx.secrets, out_of_service=True))
-    wait_for(f"{member} to run with its out-of-service tags", lambda: pa.member_tags(spec, member),
-             pa.out_of_service, timeout=30, interval=0.3)
+    patroni.write_and_reload(spec, member, patroni.patroni_text(spec, member, ctx.subnet, ctx.secrets, out_of_service=True))
+    wait_for(f"{member} to run with its out-of-service tags", lambda: patroni.member_tags(spec, member),
+             patroni.out_of_service, timeout=30, interval=0.3)
     if is_leader or spec.nodes == 1:
         return
 
@@ -132,9 +131,9 @@ def take_out(ctx: Ctx, member: str, is_leader: bool) -> None:
 def put_back(ctx: Ctx, member: str) -> None:
     """Clear the tags; wait until the node serves reads again (when it is a replica)."""
     spec = ctx.spec
-    pa.write_and_reload(spec, member, pa.patroni_text(spec, member, ctx.subnet, ctx.secrets, out_of_service=False))
-    wait_for(f"{member} to run without out-of-service tags", lambda: pa.member_tags(spec, member),
-             lambda t: not any(t.get(k) for k in pa.OUT_TAGS), timeout=30, interval=0.3)
+    patroni.write_and_reload(spec, member, patroni.patroni_text(spec, member, ctx.subnet, ctx.secrets, out_of_service=False))
+    wait_for(f"{member} to run without out-of-service tags", lambda: patroni.member_tags(spec, member),
+             lambda t: not any(t.get(k) for k in patroni.OUT_TAGS), timeout=30, interval=0.3)
     view = patroni.cluster_view(spec)
     lead = view.leader()
     if spec.nodes > 1 and lead is not None and lead.name != member:
@@ -170,7 +169,7 @@ def recreate(ctx: Ctx, member: str, image: str, as_leader: bool) -> None:
     """
     spec = ctx.spec
     name = spec.container(member)
-    planned = pa.planned_node(spec, member, image, ctx.subnet, ctx.secrets)
+    planned = patroni.planned_node(spec, member, image, ctx.subnet, ctx.secrets)
     since = time.time()
     if de.find_container(name) is not None:
         de.stop(name, timeout=60)
@@ -194,7 +193,7 @@ def roll_node(ctx: Ctx, member: str, image: str, as_leader: bool = False, rescue
             raise
         ctx.note(f"{member}: could not take it out cleanly ({str(exc).splitlines()[0]}); recreating anyway")
     try:
-        pa.checkpoint(ctx.spec, member)
+        patroni.checkpoint(ctx.spec, member)
     except PghaError as exc:  # a node that cannot checkpoint still restarts; it replays more WAL
         ctx.note(f"{member}: CHECKPOINT failed ({exc}); recreating anyway")
     recreate(ctx, member, image, as_leader)
@@ -239,7 +238,7 @@ def gather_facts(spec: ClusterSpec, target: str) -> UpgradeFacts:
         lag = None if any(x is None for x in lags) else max([0, *[x for x in lags if x is not None]])
         lead = view.leader()
         if lead is not None:
-            xact = pa.oldest_transaction_s(spec, lead.name)
+            xact = patroni.oldest_transaction_s(spec, lead.name)
     except PghaError:
         pass
     return UpgradeFacts(current_major=spec.postgres_version, target_image=target, target_exists=exists,
@@ -270,10 +269,10 @@ def _finish_leftovers(ctx: Ctx) -> None:
     """Nodes left with out-of-service tags by an interrupted run are put back."""
     for m in ctx.spec.node_names():
         try:
-            tags = pa.member_tags(ctx.spec, m)
+            tags = patroni.member_tags(ctx.spec, m)
         except PghaError:
             continue
-        if any(tags.get(k) for k in pa.OUT_TAGS):
+        if any(tags.get(k) for k in patroni.OUT_TAGS):
             ctx.note(f"resuming: {m} still had its out-of-service tags; putting it back")
             put_back(ctx, m)
 
@@ -407,7 +406,7 @@ def _run_step(ctx: Ctx, step: Step, target: str, state: dict[str, Any], pf: Path
     roll_node(ctx, step.member, target, as_leader=me.is_leader)
     state["member"] = ""
     write_private(pf, json.dumps(state))
-    ctx.note(f"{step.member} on {target}: PostgreSQL {version_text(pa.server_version(spec, step.member))}")
+    ctx.note(f"{step.member} on {target}: PostgreSQL {version_text(patroni.server_version(spec, step.member))}")
 
 
 @task(name="wait-healthy", **READ_ONLY)
