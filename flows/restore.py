@@ -172,6 +172,8 @@ def adopt_and_grow(spec: ClusterSpec) -> dict[str, Any]:
 def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSpec | None = None,  # noqa: B008
             in_place: bool = False) -> dict[str, Any]:
     if in_place:
+        if into is not None:
+            raise UsageError("--in-place and --into/--into-spec exclude each other")
         return _in_place(spec, target)
     if into is None:
         raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes")
