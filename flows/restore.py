@@ -83,7 +83,9 @@ def discarded_note(spec: ClusterSpec, when: dt.datetime) -> str:
 
 def down_message(spec: ClusterSpec, target: str, exc: BaseException) -> str:
     """The one line a failed in-place restore ends with: the cluster is down; how to recover."""
-    return (f"in-place restore of {spec.scope} failed after the cluster was stopped: {exc}. "
+    # One line: the CLI prints only the first, and the recovery advice must survive.
+    cause = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    return (f"in-place restore of {spec.scope} failed after the cluster was stopped: {cause}. "
             f"The cluster is DOWN; its repository volume {bk.repo_volume(spec)} was not touched. "
             f"Retry `pgha restore --scope {spec.scope} --to '{target}' --in-place --yes`, or restore into a new "
             f"scope with `--into SCOPE`")
@@ -203,19 +205,28 @@ def _in_place(spec: ClusterSpec, target: str) -> dict[str, Any]:
     with mutating(spec.scope, holder_name("restore")):
         when, base = preflight(spec, target, None, True)
         log.warning(discarded_note(spec, when))
+        steps = {"preflight_s": round(time.monotonic() - started, 1)}
         try:
+            mark = time.monotonic()
             removed = stop_nodes(spec)
             log.info("removed %s; keys of %s cleared from etcd", ", ".join(removed) or "nothing", spec.scope)
+            steps["stop_s"] = round(time.monotonic() - mark, 1)
+            mark = time.monotonic()
             first = spec.node_names()[0]
             restore_s = restore_volume(spec, spec.scope, spec.volume(first), when, base)
+            steps["restore_and_replay_s"] = round(time.monotonic() - mark, 1)
             log.info("restored %s to %s from %s in %.1fs; rebuilding the cluster", spec.scope, when, base.label, restore_s)
+            mark = time.monotonic()
             result = adopt_and_grow(spec)
+            steps["rebuild_s"] = round(time.monotonic() - mark, 1)
         except Exception as exc:  # noqa: BLE001 - every failure here leaves the cluster down: say so
             raise RestoreFailed(down_message(spec, target, exc)) from exc
+        mark = time.monotonic()
         timeline, archived = _after_restore(spec)
+        steps["archive_check_s"] = round(time.monotonic() - mark, 1)
     r = {"source": spec.scope, "into": spec.scope, "in_place": True, "target": when.isoformat(" "),
          "from_set": base.label, "restore_s": round(restore_s, 1), "timeline": timeline,
-         "history_archived": archived, "duration_s": round(time.monotonic() - started, 1),
+         "history_archived": archived, **steps, "duration_s": round(time.monotonic() - started, 1),
          "discarded": f"everything written after {when.isoformat(' ')}", "status": result.get("status")}
     _artifact(r)
     return r

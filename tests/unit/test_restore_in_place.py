@@ -38,6 +38,9 @@ def test_failure_message_says_the_cluster_is_down_and_how_to_recover() -> None:
     assert "\n" not in msg
     assert "is DOWN" in msg and "pgha-unit-ip-pgbackrest was not touched" in msg
     assert "--in-place --yes" in msg and "--into SCOPE" in msg and "pgbackrest restore failed" in msg
+    # A cause with log lines (WaitTimeout) keeps the message on one line, advice included.
+    msg = down_message(spec(), "2026-11-25 21:03:00+00", RuntimeError("timed out\nlog line 1\nlog line 2"))
+    assert "\n" not in msg and "timed out" in msg and "log line" not in msg and "--into SCOPE" in msg
 
 
 def test_discarded_note_names_the_target() -> None:
