@@ -411,9 +411,18 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
         client()
         new_spec = None if in_place else target_spec(spec, into, load_spec(into_spec) if into_spec else None)
         preflight(spec, to, new_spec, in_place)
+        if in_place:
+            # Said before anything changes: the user asked for it with --yes, but should see it.
+            sys.stderr.write(f"pgha: {spec.scope} will be stopped and rebuilt; everything written after "
+                             f"{target.isoformat(' ')} is discarded\n")
         r = restore_flow(spec, target.isoformat(), new_spec, in_place=in_place)
         if as_json:
             sys.stdout.write(json.dumps(r, indent=2, default=str) + "\n")
+            return
+        if in_place:
+            out.print(f"restored {spec.scope} in place to {r['target']} (backup {r['from_set']}) in {r['duration_s']} s; "
+                      f"now on timeline {r['timeline']}; everything written after {r['target']} was discarded",
+                      highlight=False)
             return
         out.print(f"restored {spec.scope} to {r['target']} into {r['into']} (backup {r['from_set']}) "
                   f"in {r['duration_s']} s", highlight=False)

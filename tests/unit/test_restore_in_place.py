@@ -1,0 +1,77 @@
+"""In-place restore decisions: when the live cluster may be rebuilt, and what a failure says."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from flows.restore import discarded_note, down_message, in_place_problem
+from stack.spec import ClusterSpec, parse_spec
+
+
+def spec(**kw: object) -> ClusterSpec:
+    return parse_spec({"scope": "pgha-unit-ip", "nodes": 2, "etcd_members": 3, **kw}, "(unit)")
+
+
+@pytest.mark.parametrize(("etcd_running", "nodes_running", "needle"), [
+    (3, 2, None),
+    (2, 1, None),  # quorum of 3 and one node to read the repository through
+    (1, 2, "no quorum"),
+    (0, 2, "no quorum"),
+    (3, 0, "no node of the cluster runs"),
+])
+def test_in_place_needs_etcd_quorum_and_a_running_node(etcd_running: int, nodes_running: int,
+                                                       needle: str | None) -> None:
+    problem = in_place_problem(spec(), etcd_running, nodes_running)
+    assert (problem is None) if needle is None else (problem is not None and needle in problem), problem
+
+
+def test_in_place_refused_with_an_s3_repository() -> None:
+    s3 = spec(backup={"s3": {"bucket": "bkt", "endpoint": "s3.example.com", "region": "eu-1"}})
+    problem = in_place_problem(s3, 3, 2)
+    assert problem is not None and "--into" in problem
+
+
+def test_failure_message_says_the_cluster_is_down_and_how_to_recover() -> None:
+    msg = down_message(spec(), "2026-11-25 21:03:00+00", RuntimeError("pgbackrest restore failed (exit 1)"))
+    assert "\n" not in msg
+    assert "is DOWN" in msg and "pgha-unit-ip-pgbackrest was not touched" in msg
+    assert "--in-place --yes" in msg and "--into SCOPE" in msg and "pgbackrest restore failed" in msg
+    # A cause with log lines (WaitTimeout) keeps the message on one line, advice included.
+    msg = down_message(spec(), "2026-11-25 21:03:00+00", RuntimeError("timed out\nlog line 1\nlog line 2"))
+    assert "\n" not in msg and "timed out" in msg and "log line" not in msg and "--into SCOPE" in msg
+
+
+def test_discarded_note_names_the_target() -> None:
+    when = dt.datetime(2026, 11, 25, 21, 3, tzinfo=dt.UTC)
+    assert "after 2026-11-25 21:03:00+00:00 is discarded" in discarded_note(spec(), when)
+
+
+def test_a_failure_after_the_stop_raises_restore_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything failing once the containers are gone ends in one line saying the cluster is down."""
+    import contextlib
+    import logging
+
+    from flows import restore as rs
+    from stack import backup as bk
+    from stack.errors import DockerError
+
+    when = dt.datetime(2026, 11, 25, 21, 3, tzinfo=dt.UTC)
+    base = bk.BackupSet("20261125-210000F", "full", when, when, 1, 1, "", "", False)
+    calls: list[str] = []
+    monkeypatch.setattr(rs, "get_run_logger", lambda: logging.getLogger("unit"))
+    monkeypatch.setattr(rs, "mutating", lambda scope, holder: contextlib.nullcontext(calls.append(f"lock {scope}")))
+    monkeypatch.setattr(rs, "holder_name", lambda op: op)
+    monkeypatch.setattr(rs, "preflight", lambda *a: (when, base))
+    monkeypatch.setattr(rs, "stop_nodes", lambda s: calls.append("stopped") or [])
+
+    def broken(*a: object) -> float:
+        raise DockerError("cannot create scratch container")
+
+    monkeypatch.setattr(rs, "restore_volume", broken)
+    with pytest.raises(rs.RestoreFailed) as exc:
+        rs._in_place(spec(), "2026-11-25 21:03:00+00")  # noqa: SLF001
+    assert calls == ["lock pgha-unit-ip", "stopped"]
+    assert "is DOWN" in str(exc.value) and "cannot create scratch container" in str(exc.value)
+    assert exc.value.exit_code == 4
