@@ -21,7 +21,7 @@ from tests.integration.conftest import Cluster, pgha, running_cluster
 from tests.integration.test_backup import ok, refused, sql
 
 SCOPE = "pgha-it-bk3"
-SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25510, "ro": 25511, "stats": 28510}}
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25516, "ro": 25517, "stats": 28516}}
 
 
 @pytest.fixture(scope="module")
