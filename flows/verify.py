@@ -99,7 +99,8 @@ def _verify(spec: ClusterSpec, label: str | None, log: Any) -> dict[str, Any]:
         if state != "in production":
             raise pbr.BackupError(f"restored copy is not consistent: cluster state '{state}'")
         t = time.monotonic()
-        result["amcheck"] = pbr.amcheck(scratch, jobs=spec.backup.process_max)
+        result["amcheck"] = pbr.amcheck(scratch, jobs=spec.backup.process_max,
+                                            heapallindexed=spec.backup.verify_heapallindexed)
         steps["amcheck_s"] = time.monotonic() - t
         token, want = chosen.annotation.get(bk.ANN_TOKEN), chosen.annotation.get(bk.ANN_COUNT)
         if token is None or want is None:

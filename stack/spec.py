@@ -145,6 +145,9 @@ class BackupSpec(_Strict):
     process_max: int = Field(2, ge=1, le=32, description="parallel processes for backup and restore")
     allow_primary: bool = Field(False, description="back up from the primary when no replica is healthy")
     verify_after_backup: bool = Field(True, description="restore each backup into a scratch container and check it")
+    verify_heapallindexed: bool = Field(
+        False, description="pg_amcheck --heapallindexed in the verification: also prove every heap tuple has its "
+                           "index entries (about 3x slower); the default checks every heap page and B-tree structure")
     s3: S3Repo | None = None
 
 
