@@ -140,13 +140,14 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> None:
         spec = load_spec(spec_file or (Path(os.environ["PGHA_SPEC"]) if os.environ.get("PGHA_SPEC") else None))
         warmup = warm_prefect_api()
         try:
-            from flows.bootstrap import bootstrap, preflight
+            from flows.bootstrap import bootstrap, preflight, refuse_image_swap
             from tasks.images import ensure_image
 
             preflight(spec)
             tag, log = ensure_image(spec)
             for line in log:
                 err.print(f"pgha: {line}", highlight=False)
+            refuse_image_swap(spec, spec.upgrade.node_image or tag)  # the flow checks again (deployments)
         finally:
             # Never exit while the API process is half-started (it would be orphaned).
             if warmup is not None:
