@@ -1,0 +1,234 @@
+"""What each flow returns: one pydantic model per operation.
+
+Prefect stores them as the flow run's result, the CLI renders them as tables and `--json`
+dumps them (`model_dump(mode="json", by_alias=True)`), so the field names are the JSON keys
+users and scripts read. Pure data: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Result(BaseModel):
+    """Base of every flow result: JSON-serialisable, aliases kept on dump."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# ---- status ----
+
+
+class MemberRow(Result):
+    """One container of the cluster as status shows it (Patroni columns only for nodes)."""
+
+    member: str
+    role: str  # the component: etcd | patroni | haproxy
+    container: str
+    container_state: str
+    health: str
+    pg_role: str = ""
+    pg_state: str = ""
+    timeline: int | None = None
+    lag_bytes: int | None = None
+
+
+class ClusterStatus(Result):
+    scope: str
+    members: list[MemberRow] = Field(default_factory=list)
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    readiness: str = ""
+    healthy: bool = False
+    problems: list[str] = Field(default_factory=list)
+
+
+# ---- bootstrap / teardown ----
+
+
+class BootstrapResult(Result):
+    scope: str
+    image: str
+    outcomes: dict[str, str]  # member -> created | recreated | started | unchanged
+    elapsed_s: float
+    status: ClusterStatus
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted(k for k, v in self.outcomes.items() if v != "unchanged")
+
+
+class TeardownResult(Result):
+    scope: str
+    containers: list[str] = Field(default_factory=list)
+    networks: list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+    state_removed: bool = False
+
+
+# ---- drills ----
+
+
+class DrillResult(Result):
+    kind: str
+    target: str
+    old_leader: str
+    new_leader: str
+    timeline_before: int | None
+    timeline_after: int | None
+    write_gap_s: float
+    read_gap_s: float
+    writes_acked: int
+    write_errors: int
+    lost_writes: list[int]
+    recovered_s: float | None = None  # fault -> writes flowing again on a leader
+    whole_s: float | None = None  # fault -> every member back, replicas streaming
+    healed: bool = False
+    rejoin: str = ""  # how the faulted node came back (pg_rewind, reinit, restart, …)
+    chart_png: str = ""
+    notes: list[str] = Field(default_factory=list)
+    write_errors_seen: list[str] = Field(default_factory=list)  # "+1.23s message", first few
+    timeline: str = ""  # the text chart
+
+
+# ---- backups ----
+
+
+class VerifyResult(Result):
+    scope: str
+    label: str | None
+    ok: bool = False
+    type: str = ""
+    error: str = ""
+    amcheck: str = ""
+    canary: str = ""
+    databases: str = ""
+    removed: list[str] = Field(default_factory=list)
+    duration_s: float = 0.0
+    verify_s: float | None = None
+    restore_s: float | None = None
+    recovery_s: float | None = None
+    amcheck_s: float | None = None
+
+
+class BackupResult(Result):
+    label: str
+    type: str
+    source: str
+    from_standby: bool
+    size_mb: float
+    stored_mb: float
+    duration_s: float
+    mb_per_s: float
+    wal_start: str
+    wal_stop: str
+    expired: str  # comma-separated labels expired by retention
+    canary: str
+    canary_count: int
+    sets: list[str]
+    verification: VerifyResult | None = None
+
+
+class DumpFile(Result):
+    database: str
+    file: str
+    size_mb: float
+    duration_s: float
+
+
+class DumpResult(Result):
+    set: str
+    dir: str
+    source: str
+    files: list[DumpFile]
+    removed: list[str]
+
+
+class RestoreResult(Result):
+    source: str
+    into: str
+    target: str
+    from_set: str
+    restore_s: float
+    duration_s: float
+    in_place: bool = False
+    timeline: int | None = None
+    history_archived: str = ""
+    discarded: str = ""
+    # In place only: how long each step took.
+    preflight_s: float | None = None
+    stop_s: float | None = None
+    restore_and_replay_s: float | None = None
+    rebuild_s: float | None = None
+    archive_check_s: float | None = None
+    status: ClusterStatus | None = None
+
+
+# ---- audit ----
+
+
+class FindingRow(Result):
+    check: str
+    target: str
+    status: str  # ok | warn | critical
+    observed: str
+    threshold: str = ""
+    hint: str = ""
+
+
+class AuditReport(Result):
+    scope: str
+    status: str  # ok | warn | critical
+    message: str
+    elapsed_s: float
+    findings: list[FindingRow]
+
+
+# ---- rolling changes ----
+
+
+class UpgradeRow(Result):
+    node: str
+    image_before: str = Field(alias="image before")
+    version_before: str = Field(alias="version before")
+    version_after: str = Field(alias="version after")
+    image_after: str = Field(alias="image after")
+
+
+class UpgradeResult(Result):
+    target: str
+    steps: list[str]
+    already: list[str]
+    before: dict[str, int | None]
+    after: dict[str, int | None]
+    rows: list[UpgradeRow]
+    elapsed_s: float
+    events: list[str]
+
+
+class ConfigSetResult(Result):
+    parameters: dict[str, str]
+    needs_restart: dict[str, bool]
+    restarted: list[str]
+    values: dict[str, dict[str, str]]
+    events: list[str]
+    elapsed_s: float
+
+
+class ScaleResult(Result):
+    plan: str
+    nodes: int
+    events: list[str]
+    elapsed_s: float
+
+
+class EtcdReplaceResult(Result):
+    member: str
+    old_id: str
+    new_id: str
+    events: list[str]
+    elapsed_s: float
