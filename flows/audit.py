@@ -21,13 +21,14 @@ from prefect.states import Completed, Failed, State
 
 from stack import audit as A
 from stack.errors import PghaError
-from stack.render import DATA_MOUNT
-from stack.secrets import Secrets, load_or_create
+from stack.layout import DATA_MOUNT
+from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, secrets_file, write_private
 from tasks import docker_engine as de
 from tasks import etcd, haproxy, patroni, postgres
 from tasks._prefect import READ_ONLY
+from tasks.host.secrets import load_or_create
+from tasks.host.state import cluster_dir, secrets_file, write_private
 
 T = TypeVar("T")
 Gathered = tuple[Any, str]  # (observation or None, error message)

@@ -17,13 +17,13 @@ from flows import backup as backup_mod
 from flows import status as status_mod
 from stack import topology
 from stack.errors import StateError
-from stack.lock import WaitSeconds, holder_name, mutating
-from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, config_dir, secrets_file, write_private
 from tasks import docker_engine as de
 from tasks import etcd, images, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.host.lock import WaitSeconds, holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
 
 def preflight(spec: ClusterSpec) -> None:

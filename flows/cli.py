@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 
 from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
 from stack.spec import ClusterSpec, load_spec  # noqa: E402
-from stack.state import cluster_dir  # noqa: E402
+from tasks.host.state import cluster_dir  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run a PostgreSQL HA cluster (etcd + Patroni + HAProxy) on Docker with Prefect flows.")
@@ -42,7 +42,7 @@ WaitOpt = typer.Option(0.0, "--wait", metavar="SECONDS",
 
 
 def check_wait(wait: float) -> float:
-    from stack.lock import MAX_WAIT_SECONDS
+    from tasks.host.lock import MAX_WAIT_SECONDS
 
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise UsageError(f"--wait must be between 0 and {MAX_WAIT_SECONDS} seconds, not {wait:g}")
@@ -215,8 +215,8 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     def go() -> None:
         spec = resolve_spec(spec_file, scope)
         from stack.errors import StateError
-        from stack.secrets import load_or_create
-        from stack.state import secrets_file
+        from tasks.host.secrets import load_or_create
+        from tasks.host.state import secrets_file
         from tasks.postgres import dsn as make_dsn
 
         password = None

@@ -17,15 +17,15 @@ from prefect.artifacts import create_table_artifact
 from flows import status as status_mod
 from flows.upgrade import Ctx, _store_spec, caught_up, put_back, take_out
 from stack.errors import StateError, UsageError
-from stack.lock import holder_name, mutating
 from stack.rolling import check_parameter
-from stack.secrets import load_or_create
 from stack.spec import ClusterSpec, RestartPolicy
-from stack.state import secrets_file
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import patroni
 from tasks._prefect import ONCE
+from tasks.host.lock import holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import secrets_file
 
 
 def validate(spec: ClusterSpec, leader: str, params: dict[str, str]) -> dict[str, bool]:

@@ -20,7 +20,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import status as status_mod
-from stack.chart import save_drill_chart
 from stack.drill import (
     DrillKind,
     DrillResult,
@@ -33,14 +32,15 @@ from stack.drill import (
     verdict,
 )
 from stack.errors import PghaError, StateError, UsageError
-from stack.lock import WaitSeconds, holder_name, mutating
-from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, secrets_file, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import etcd, patroni
 from tasks._prefect import ONCE, READ_ONLY, SIDE_EFFECT
+from tasks.host.chart import save_drill_chart
+from tasks.host.lock import WaitSeconds, holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import cluster_dir, secrets_file, write_private
 from tasks.postgres_probe import Probe, ensure_table, present_ids
 
 

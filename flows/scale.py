@@ -21,17 +21,17 @@ import docker.errors
 from prefect import flow, get_run_logger, task
 
 from flows.upgrade import Ctx, _store_spec, take_out
-from stack import render, topology
+from stack import layout, render, topology
 from stack.errors import EtcdError, HaproxyError, StateError, UsageError
-from stack.lock import holder_name, mutating
 from stack.rolling import etcd_replace_refusal, plan_scale
-from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
-from stack.state import config_dir, secrets_file, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import etcd, haproxy, patroni
 from tasks._prefect import ONCE
+from tasks.host.lock import holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import config_dir, secrets_file, write_private
 
 
 def _image_of(name: str) -> str:
@@ -151,7 +151,7 @@ def _scale(spec: ClusterSpec, nodes: int) -> dict[str, Any]:
 
 
 def _etcdctl(spec: ClusterSpec, via: str, endpoints: list[str], args: list[str]) -> str:
-    eps = ",".join(f"http://{spec.container(m)}:{render.ETCD_CLIENT_PORT}" for m in endpoints)
+    eps = ",".join(f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in endpoints)
     code, out, err = de.exec_in(spec.container(via), ["etcdctl", f"--endpoints={eps}", "--command-timeout=5s", *args],
                                 timeout=20)
     if code != 0:
@@ -163,7 +163,7 @@ def _member_ids(spec: ClusterSpec, via: str, endpoints: list[str]) -> dict[str, 
     """etcd member IDs by member name. A member added but never started has no name yet
     (an interrupted replacement): it is recognised by its peer URL."""
     rows = json.loads(_etcdctl(spec, via, endpoints, ["member", "list", "-w", "json"]))
-    by_peer = {f"http://{spec.container(m)}:{render.ETCD_PEER_PORT}": m for m in spec.etcd_names()}
+    by_peer = {f"http://{spec.container(m)}:{layout.ETCD_PEER_PORT}": m for m in spec.etcd_names()}
     out: dict[str, int] = {}
     for m in rows.get("members", []):
         name = str(m.get("name") or "") or next((by_peer[u] for u in m.get("peerURLs", []) if u in by_peer), "")
@@ -226,7 +226,7 @@ def _etcd_replace(spec: ClusterSpec, member: str) -> dict[str, Any]:
     except docker.errors.NotFound:
         pass
     de.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
-    peer = f"http://{name}:{render.ETCD_PEER_PORT}"
+    peer = f"http://{name}:{layout.ETCD_PEER_PORT}"
 
     def add() -> bool:
         # etcd refuses a new voting member until its leader has seen a quorum of members
@@ -238,7 +238,7 @@ def _etcd_replace(spec: ClusterSpec, member: str) -> dict[str, Any]:
         return True
 
     wait_for(f"etcd to accept {member} as a new member", add, bool, timeout=60, interval=1)
-    initial = ",".join(f"{m}=http://{spec.container(m)}:{render.ETCD_PEER_PORT}" for m in members)
+    initial = ",".join(f"{m}=http://{spec.container(m)}:{layout.ETCD_PEER_PORT}" for m in members)
     note(f"{member} added back as a new member (fresh data)")
     planned = topology.etcd_member(spec, member, image)
     cmd = [a for a in planned.container.command

@@ -6,11 +6,11 @@ import shutil
 
 from prefect import flow, get_run_logger, task
 
-from stack.lock import WaitSeconds, holder_name, mutating
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir
 from tasks import docker_engine as de
 from tasks._prefect import SIDE_EFFECT
+from tasks.host.lock import WaitSeconds, holder_name, mutating
+from tasks.host.state import cluster_dir
 
 
 @task(name="remove-resources", **SIDE_EFFECT)

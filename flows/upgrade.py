@@ -24,7 +24,6 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows import status as status_mod
 from stack.errors import PghaError, StateError, UsageError
-from stack.lock import holder_name, mutating
 from stack.rolling import (
     NodeFacts,
     Step,
@@ -36,13 +35,15 @@ from stack.rolling import (
     switchover_candidate,
     version_text,
 )
-from stack.secrets import Secrets, load_or_create
+from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, secrets_file, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import haproxy, patroni
 from tasks._prefect import ONCE, READ_ONLY
+from tasks.host.lock import holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import cluster_dir, secrets_file, write_private
 
 
 class UpgradeFailed(PghaError):

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from prefect import task
 
 from stack.audit import EtcdMember
+from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import etcd_hosts
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks._prefect import READ_ONLY
-
-
-@dataclass(frozen=True)
-class EndpointHealth:
-    endpoint: str
-    healthy: bool
-    error: str = ""
 
 
 def endpoints(spec: ClusterSpec) -> str:
@@ -43,10 +36,6 @@ def health(spec: ClusterSpec) -> list[EndpointHealth]:
     except ValueError:
         raise EtcdError(f"etcdctl gave no health report: {(err or out).strip()[:200]}") from None
     return [EndpointHealth(str(r.get("endpoint")), bool(r.get("health")), str(r.get("error") or "")) for r in rows]
-
-
-def quorum(rows: list[EndpointHealth], members: int) -> bool:
-    return sum(r.healthy for r in rows) > members // 2
 
 
 def _describe(rows: list[EndpointHealth]) -> str:

@@ -7,63 +7,21 @@ Host-side code never reaches a node's address; it asks a node to query its own A
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 import yaml
 from prefect import task
 
 from stack import render, topology
+from stack.cluster import ClusterView, Member, MemberRole, assess
 from stack.errors import PatroniError, PostgresError
-from stack.render import PATRONI_API_PORT
+from stack.layout import PATRONI_API_PORT
 from stack.rolling import Setting
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from stack.state import config_dir, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks._prefect import READ_ONLY
-
-
-class MemberRole(StrEnum):
-    LEADER = "leader"
-    SYNC_STANDBY = "sync_standby"
-    REPLICA = "replica"
-    STANDBY_LEADER = "standby_leader"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    role: MemberRole
-    state: str
-    timeline: int | None = None
-    lag: int | None = None  # bytes behind the leader; None when unknown
-    pending_restart: bool = False
-
-    @property
-    def is_leader(self) -> bool:
-        return self.role == MemberRole.LEADER
-
-    @property
-    def streaming(self) -> bool:
-        # Patroni >= 3.0.4 reports "streaming"; older ones report "running" with a known lag
-        # and timeline (a replica that cannot read its own timeline is not replicating).
-        if self.is_leader:
-            return False
-        return self.state == "streaming" or (
-            self.state == "running" and self.lag is not None and self.timeline is not None)
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    members: list[Member] = field(default_factory=list)
-    paused: bool = False
-
-    def leader(self) -> Member | None:
-        leaders = [m for m in self.members if m.is_leader]
-        return leaders[0] if len(leaders) == 1 else None
+from tasks.host.state import config_dir, write_private
 
 
 def parse_cluster(payload: dict[str, object]) -> ClusterView:
@@ -103,38 +61,6 @@ def _get(spec: ClusterSpec, path: str) -> tuple[str, dict[str, object]]:
 
 def cluster_view(spec: ClusterSpec) -> ClusterView:
     return parse_cluster(_get(spec, "/cluster")[1])
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ok: bool
-    reason: str
-
-
-def assess(view: ClusterView, spec: ClusterSpec) -> Readiness:
-    """Is the cluster whole: every expected member present, one leader, replicas streaming?"""
-    expected = set(spec.node_names())
-    seen = {m.name for m in view.members}
-    if missing := sorted(expected - seen):
-        return Readiness(False, f"members not registered yet: {', '.join(missing)}")
-    leaders = [m for m in view.members if m.is_leader]
-    if len(leaders) != 1:
-        return Readiness(False, f"{len(leaders)} leaders (expected exactly one)")
-    leader = leaders[0]
-    if leader.state != "running":
-        return Readiness(False, f"leader {leader.name} is {leader.state}")
-    for m in view.members:
-        if m is not leader and not m.streaming:
-            return Readiness(False, f"{m.name} is {m.state}, not streaming")
-        if m is not leader and m.timeline is None:
-            return Readiness(False, f"{m.name} reports no timeline")
-        if m.timeline is not None and leader.timeline is not None and m.timeline != leader.timeline:
-            return Readiness(False, f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
-    if spec.timing.synchronous_mode and spec.nodes > 1:
-        if not any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
-            return Readiness(False, "synchronous mode on but no synchronous standby yet")
-    replicas = len(view.members) - 1
-    return Readiness(True, f"leader {leader.name}, {replicas} replica{'s' if replicas != 1 else ''} streaming")
 
 
 @task(name="wait-patroni-whole", **READ_ONLY)

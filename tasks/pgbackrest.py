@@ -21,12 +21,13 @@ import docker.errors
 from docker.types import Mount
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import DockerError, PghaError, StateError
-from stack.render import DATA_MOUNT, PGDATA
+from stack.layout import DATA_MOUNT, PGDATA
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, config_dir, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
+from tasks.host.state import cluster_dir, config_dir, write_private
 
 
 class BackupError(PghaError):
@@ -60,7 +61,7 @@ def s3_credentials(spec: ClusterSpec) -> dict[str, str] | None:
 
 def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
     """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
-    host_dir = config_dir(spec.scope, member) / bk.HOST_SUBDIR
+    host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
     files = dict(certificates(spec))
     creds = s3_credentials(spec)
     files["node.conf"] = bk.render_node_conf(spec, creds)
@@ -68,12 +69,12 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
     for name, text in files.items():
         write_private(host_dir / name, text)
     script = (
-        f"install -d -o postgres -g postgres -m 0700 {bk.RUN_DIR} && "
-        f"for f in /etc/pgha/{bk.HOST_SUBDIR}/*; do install -o postgres -g postgres -m 0600 \"$f\" {bk.RUN_DIR}/; done"
+        f"install -d -o postgres -g postgres -m 0700 {layout.PGBACKREST_RUN_DIR} && "
+        f"for f in /etc/pgha/{layout.PGBACKREST_HOST_SUBDIR}/*; do install -o postgres -g postgres -m 0600 \"$f\" {layout.PGBACKREST_RUN_DIR}/; done"
     )
     if spec.backup.s3 is None:
         # A fresh named volume is root-owned: the repository belongs to postgres.
-        script += f" && chown postgres:postgres {bk.REPO_MOUNT} && chmod 0750 {bk.REPO_MOUNT}"
+        script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
     code, out, err = de.exec_in(spec.container(member), ["sh", "-c", script], user="root", timeout=20)
     if code != 0:
         raise BackupError(f"cannot install pgBackRest files in {member}: {_last_lines(out + err)}")
@@ -97,21 +98,21 @@ def ensure_server(spec: ClusterSpec, member: str) -> bool:
     if ct is None:
         raise DockerError(f"container {spec.container(member)} does not exist")
     try:
-        ct.exec_run(["pgbackrest", f"--config={bk.NODE_CONF}", "server"], user="postgres", detach=True)
+        ct.exec_run(["pgbackrest", f"--config={layout.NODE_CONF}", "server"], user="postgres", detach=True)
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot start pgBackRest's TLS server in {member}: {exc.explanation or exc}") from None
     wait_for(f"pgBackRest TLS server in {member}", lambda: server_running(spec, member), bool, timeout=15, interval=0.3)
     return True
 
 
-def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = bk.BACKUP_CONF,
+def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = layout.BACKUP_CONF,
                timeout: int = 120) -> tuple[int, str, str]:
     """Run one pgBackRest command in a node as postgres."""
     return de.exec_in(spec.container(member), ["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
                       user="postgres", timeout=timeout)
 
 
-def run_ok(spec: ClusterSpec, member: str, args: list[str], what: str, conf: str = bk.BACKUP_CONF,
+def run_ok(spec: ClusterSpec, member: str, args: list[str], what: str, conf: str = layout.BACKUP_CONF,
            timeout: int = 120) -> str:
     code, out, err = pgbackrest(spec, member, args, conf=conf, timeout=timeout)
     if code != 0:
@@ -163,7 +164,7 @@ def verify_repo_in(s: Scratch, stanza: str, label: str | None) -> str:
 def verify_set_in_node(spec: ClusterSpec, member: str, label: str) -> str:
     """`pgbackrest verify --set` run in a live node (its repository mount), before a restore."""
     return _verified(*pgbackrest(spec, member, ["verify", "--output=text", "--verbose", f"--set={label}"],
-                                 conf=bk.NODE_CONF, timeout=1800))
+                                 conf=layout.NODE_CONF, timeout=1800))
 
 
 def _verified(code: int, out: str, err: str) -> str:
@@ -249,7 +250,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
         ct = c.containers.create(
             image, entrypoint=["sleep", "infinity"], name=name, hostname=name, labels=labels, network=net,
             mounts=[Mount(target=DATA_MOUNT, source=vol, type="volume"),
-                    Mount(target=bk.REPO_MOUNT, source=repo_volume, type="volume", read_only=True)],
+                    Mount(target=layout.REPO_MOUNT, source=repo_volume, type="volume", read_only=True)],
             detach=True,
         )
         ct.start()
@@ -304,7 +305,7 @@ def scratch_restore(s: Scratch, stanza: str, restore_args: list[str], process_ma
     """Restore into the scratch volume's PGDATA; returns seconds taken."""
     _put_file(s.container, SCRATCH_CONF, bk.render_scratch_conf(stanza, process_max=process_max), 0o644)
     code, out, err = scratch_exec(s, ["sh", "-c", f"install -d -o postgres -g postgres -m 0700 {DATA_MOUNT} "
-                                                  f"&& install -d -o postgres -g postgres -m 2775 {bk.SOCKET_DIR}"], user="root")
+                                                  f"&& install -d -o postgres -g postgres -m 2775 {layout.SOCKET_DIR}"], user="root")
     if code != 0:
         raise BackupError(f"cannot prepare the scratch data directory: {_last_lines(out + err)}")
     started = time.monotonic()
@@ -318,7 +319,7 @@ def scratch_start(s: Scratch, extra: list[str] | None = None, timeout: int = 900
     """Start PostgreSQL in the scratch container: socket only, no archiving, no replication ties."""
     _put_file(s.container, "/etc/pgha-scratch-hba.conf", bk.scratch_hba(), 0o644)
     opts = [
-        "-c listen_addresses=''", f"-c unix_socket_directories={bk.SOCKET_DIR}", "-c port=5432",
+        "-c listen_addresses=''", f"-c unix_socket_directories={layout.SOCKET_DIR}", "-c port=5432",
         "-c archive_mode=off", "-c hba_file=/etc/pgha-scratch-hba.conf", "-c synchronous_standby_names=''",
         "-c primary_conninfo=''", "-c primary_slot_name=''",
         "-c shared_buffers=128MB", "-c logging_collector=off", *(extra or []),
@@ -334,7 +335,7 @@ def scratch_start(s: Scratch, extra: list[str] | None = None, timeout: int = 900
 
 
 def scratch_sql(s: Scratch, sql: str, db: str = "postgres", timeout: int = 60) -> str:
-    code, out, err = scratch_exec(s, ["psql", "-h", bk.SOCKET_DIR, "-U", "postgres", "-d", db, "-XAtq",
+    code, out, err = scratch_exec(s, ["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", db, "-XAtq",
                                       "-v", "ON_ERROR_STOP=1", "-c", sql], timeout=timeout)
     if code != 0:
         raise BackupError(f"query on the restored copy failed: {_last_lines(err or out)}")
@@ -354,7 +355,7 @@ def amcheck(s: Scratch, jobs: int = 1, heapallindexed: bool = False, timeout: in
     `heapallindexed` also fingerprints every heap tuple and looks it up in each index: it finds
     missing index entries, but triples the time on a large table, so it is opt-in.
     """
-    args = ["pg_amcheck", "-h", bk.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
+    args = ["pg_amcheck", "-h", layout.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
             "--install-missing", "--no-strict-names"] + (["--heapallindexed"] if heapallindexed else [])
     code, out, err = scratch_exec(s, args, timeout=timeout)
     if code != 0:

@@ -10,7 +10,7 @@ from prefect import task
 
 from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
-from stack.render import SUPERUSER
+from stack.layout import SUPERUSER
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for

@@ -13,7 +13,7 @@ import time
 import psycopg
 
 from stack.drill import ProbeLog
-from stack.render import SUPERUSER
+from stack.layout import SUPERUSER
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stack import alerts as alerts_mod
 from stack.errors import PghaError, StateError, UsageError
-from stack.state import state_root
+from tasks.host.state import state_root
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "pgha"
