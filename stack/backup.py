@@ -345,3 +345,11 @@ def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))
     return ordered[:-keep] if len(ordered) > keep else []
+
+
+def archive_config_differs(dynamic: dict[str, Any], spec: ClusterSpec) -> dict[str, str]:
+    """Archive parameters whose value in Patroni's dynamic config differs from the spec's."""
+    params = (dynamic.get("postgresql") or {}).get("parameters") or {}
+    want = archive_parameters(spec)
+    norm = {True: "on", False: "off"}
+    return {k: v for k, v in want.items() if norm.get(params.get(k), str(params.get(k))) != v}  # type: ignore[call-overload]

@@ -28,6 +28,12 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks.host.state import cluster_dir, config_dir, write_private
+from tasks.node_exec import NodeExec
+
+
+def _exec(container: str, cmd: list[str], user: str | None = None, timeout: int = 10) -> tuple[int, str, str]:
+    r = NodeExec(de.local_engine(), container).run(cmd, user=user, timeout=timeout)
+    return r.code, r.out, r.err
 
 
 class BackupError(PghaError):
@@ -75,13 +81,13 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
     if spec.backup.s3 is None:
         # A fresh named volume is root-owned: the repository belongs to postgres.
         script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
-    code, out, err = de.exec_in(spec.container(member), ["sh", "-c", script], user="root", timeout=20)
+    code, out, err = _exec(spec.container(member), ["sh", "-c", script], user="root", timeout=20)
     if code != 0:
         raise BackupError(f"cannot install pgBackRest files in {member}: {_last_lines(out + err)}")
 
 
 def server_running(spec: ClusterSpec, member: str) -> bool:
-    code, out, _ = de.exec_in(spec.container(member), ["pgrep", "-u", "postgres", "-f", "pgbackrest .*server"], timeout=5)
+    code, out, _ = _exec(spec.container(member), ["pgrep", "-u", "postgres", "-f", "pgbackrest .*server"], timeout=5)
     return code == 0 and bool(out.strip())
 
 
@@ -94,7 +100,7 @@ def ensure_server(spec: ClusterSpec, member: str) -> bool:
     """
     if server_running(spec, member):
         return False
-    ct = de.find_container(spec.container(member))
+    ct = de.local_engine().find_container(spec.container(member))
     if ct is None:
         raise DockerError(f"container {spec.container(member)} does not exist")
     try:
@@ -108,7 +114,7 @@ def ensure_server(spec: ClusterSpec, member: str) -> bool:
 def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = layout.BACKUP_CONF,
                timeout: int = 120) -> tuple[int, str, str]:
     """Run one pgBackRest command in a node as postgres."""
-    return de.exec_in(spec.container(member), ["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
+    return _exec(spec.container(member), ["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
                       user="postgres", timeout=timeout)
 
 
@@ -209,7 +215,7 @@ class Scratch:
 
 
 def _put_file(container: str, path: str, text: str, mode: int = 0o600) -> None:
-    ct = de.find_container(container)
+    ct = de.local_engine().find_container(container)
     if ct is None:
         raise DockerError(f"container {container} does not exist")
     buf = io.BytesIO()
@@ -233,7 +239,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
     Everything carries `pgha.cluster=<scope_label>` and `pgha.role=<role>`, so cleanup by
     label works even after a killed run; it never joins the live cluster's network.
     """
-    c = de.client()
+    c = de.local_engine().client
     net = network or f"{name}-net"
     vol = data_volume or f"{name}-data"
     labels = de.labels(scope_label, role, name)
@@ -244,7 +250,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
             c.volumes.get(vol)
         except docker.errors.NotFound:
             c.volumes.create(vol, labels=labels)
-        old = de.find_container(name)
+        old = de.local_engine().find_container(name)
         if old is not None:
             old.remove(force=True)
         ct = c.containers.create(
@@ -261,9 +267,9 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
 
 def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
     """Remove the scratch container, its network and (unless kept) its volume."""
-    c = de.client()
+    c = de.local_engine().client
     removed: list[str] = []
-    ct = de.find_container(s.container)
+    ct = de.local_engine().find_container(s.container)
     if ct is not None:
         ct.remove(force=True)
         removed.append(s.container)
@@ -282,7 +288,7 @@ def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
 
 def remove_leftover_scratch(scope_label: str, role: str) -> list[str]:
     """Remove what a killed earlier run left behind (by label)."""
-    c = de.client()
+    c = de.local_engine().client
     flt = {"label": [f"{de.LABEL_CLUSTER}={scope_label}", f"{de.LABEL_ROLE}={role}"]}
     removed = []
     for ct in c.containers.list(all=True, filters=flt):
@@ -298,7 +304,7 @@ def remove_leftover_scratch(scope_label: str, role: str) -> list[str]:
 
 
 def scratch_exec(s: Scratch, cmd: list[str], user: str = "postgres", timeout: int = 60) -> tuple[int, str, str]:
-    return de.exec_in(s.container, cmd, user=user, timeout=timeout)
+    return _exec(s.container, cmd, user=user, timeout=timeout)
 
 
 def scratch_restore(s: Scratch, stanza: str, restore_args: list[str], process_max: int, timeout: int = 1800) -> float:
@@ -373,7 +379,7 @@ def new_token() -> str:
 
 def repo_volume_exists(spec: ClusterSpec) -> bool:
     try:
-        de.client().volumes.get(bk.repo_volume(spec))
+        de.local_engine().client.volumes.get(bk.repo_volume(spec))
         return True
     except docker.errors.NotFound:
         return False
