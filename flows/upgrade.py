@@ -147,7 +147,7 @@ def _rollback(ctx: NodeCtx, previous: dict[str, str]) -> list[str]:
             back = [x.name for x in facts if not x.is_leader and x.image == old]
             if back:
                 lead_now = next(x.name for x in facts if x.is_leader)
-                cand = switchover_candidate(facts, old)
+                cand = switchover_candidate(facts, old, spec.timing.synchronous_mode)
                 if cand:
                     note(f"rollback: switchover {lead_now} -> {cand} (on {old})")
                     switchover(spec, lead_now, cand, ctx.timeout)
@@ -165,8 +165,9 @@ def _run_step(ctx: NodeCtx, step: Step, target: str, state: dict[str, Any], pf: 
         if lead is None or lead.name != step.member:
             note(f"{step.member} no longer leads; no switchover needed")
             return
+        sync = spec.timing.synchronous_mode and spec.nodes > 1
         cand = wait_for("an upgraded replica to hand the leadership to",
-                        lambda: switchover_candidate(node_facts(spec), target) or "", bool, timeout=30, interval=0.5)
+                        lambda: switchover_candidate(node_facts(spec), target, sync) or "", bool, timeout=30, interval=0.5)
         switchover(spec, step.member, cand, ctx.timeout)
         note(f"switched over {step.member} -> {cand}")
         return
