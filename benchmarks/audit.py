@@ -36,7 +36,7 @@ from flows.audit import audit  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from tasks import images  # noqa: E402
-from tasks.docker_engine import local_engine  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-au1", "nodes": 3, "etcd_members": 3,
                    "ports": {"rw": 25480, "ro": 25481, "stats": 28480}})

@@ -29,7 +29,7 @@ from stack.cluster import assess  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
 from tasks import etcd, images, patroni, postgres  # noqa: E402
-from tasks.docker_engine import local_engine  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import load_or_create  # noqa: E402
 from tasks.host.state import (  # noqa: E402
     config_dir,  # noqa: E402

@@ -31,7 +31,7 @@ from flows.drill import drill  # noqa: E402
 from stack.drill import DrillKind  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from tasks import images  # noqa: E402
-from tasks.docker_engine import local_engine  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 
 PROFILES = {
     "fast": parse_spec({"scope": "pgha-bench-fast", "ports": {"rw": 35442, "ro": 35443, "stats": 38414}}),

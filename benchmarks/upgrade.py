@@ -39,7 +39,7 @@ from stack import topology  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
 from tasks import images, patroni  # noqa: E402
-from tasks.docker_engine import local_engine  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import load_or_create  # noqa: E402
 from tasks.host.state import config_dir, secrets_file  # noqa: E402
 from tasks.traffic import Traffic, measured  # noqa: E402

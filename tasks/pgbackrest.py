@@ -27,12 +27,13 @@ from stack.layout import DATA_MOUNT, PGDATA
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine as de
+from tasks.docker_hosts import local_engine
 from tasks.host.state import cluster_dir, config_dir, write_private
 from tasks.node_exec import NodeExec
 
 
 def _exec(container: str, cmd: list[str], user: str | None = None, timeout: int = 10) -> tuple[int, str, str]:
-    r = NodeExec(de.local_engine(), container).run(cmd, user=user, timeout=timeout)
+    r = NodeExec(local_engine(), container).run(cmd, user=user, timeout=timeout)
     return r.code, r.out, r.err
 
 
@@ -100,7 +101,7 @@ def ensure_server(spec: ClusterSpec, member: str) -> bool:
     """
     if server_running(spec, member):
         return False
-    ct = de.local_engine().find_container(spec.container(member))
+    ct = local_engine().find_container(spec.container(member))
     if ct is None:
         raise DockerError(f"container {spec.container(member)} does not exist")
     try:
@@ -215,7 +216,7 @@ class Scratch:
 
 
 def _put_file(container: str, path: str, text: str, mode: int = 0o600) -> None:
-    ct = de.local_engine().find_container(container)
+    ct = local_engine().find_container(container)
     if ct is None:
         raise DockerError(f"container {container} does not exist")
     buf = io.BytesIO()
@@ -239,7 +240,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
     Everything carries `pgha.cluster=<scope_label>` and `pgha.role=<role>`, so cleanup by
     label works even after a killed run; it never joins the live cluster's network.
     """
-    c = de.local_engine().client
+    c = local_engine().client
     net = network or f"{name}-net"
     vol = data_volume or f"{name}-data"
     labels = de.labels(scope_label, role, name)
@@ -250,7 +251,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
             c.volumes.get(vol)
         except docker.errors.NotFound:
             c.volumes.create(vol, labels=labels)
-        old = de.local_engine().find_container(name)
+        old = local_engine().find_container(name)
         if old is not None:
             old.remove(force=True)
         ct = c.containers.create(
@@ -267,9 +268,9 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
 
 def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
     """Remove the scratch container, its network and (unless kept) its volume."""
-    c = de.local_engine().client
+    c = local_engine().client
     removed: list[str] = []
-    ct = de.local_engine().find_container(s.container)
+    ct = local_engine().find_container(s.container)
     if ct is not None:
         ct.remove(force=True)
         removed.append(s.container)
@@ -288,7 +289,7 @@ def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
 
 def remove_leftover_scratch(scope_label: str, role: str) -> list[str]:
     """Remove what a killed earlier run left behind (by label)."""
-    c = de.local_engine().client
+    c = local_engine().client
     flt = {"label": [f"{de.LABEL_CLUSTER}={scope_label}", f"{de.LABEL_ROLE}={role}"]}
     removed = []
     for ct in c.containers.list(all=True, filters=flt):
@@ -379,7 +380,7 @@ def new_token() -> str:
 
 def repo_volume_exists(spec: ClusterSpec) -> bool:
     try:
-        de.local_engine().client.volumes.get(bk.repo_volume(spec))
+        local_engine().client.volumes.get(bk.repo_volume(spec))
         return True
     except docker.errors.NotFound:
         return False
