@@ -65,7 +65,7 @@ def audit_flow() -> tuple[float, int]:
 def audit_cli(api_url: str | None = None) -> float:
     env = dict(os.environ, **({"PREFECT_API_URL": api_url} if api_url else {}))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
                        env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
     if r.returncode != 0:
