@@ -140,6 +140,8 @@ class EphemeralApi:
 
     def _stop_locked(self) -> None:
         if self._proc is not None:
+            if self._ready:
+                _drain_prefect_workers()
             self._kill(self._proc)
             self._proc = None
         self._ready = False
@@ -196,6 +198,18 @@ class EphemeralApi:
         from prefect.settings import PREFECT_HOME
 
         return Path(PREFECT_HOME.value()) / "pgha-ephemeral-api.log"
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events Prefect still queues while their server is up (it would drain them at exit, too late)."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
+    except Exception:  # noqa: BLE001, S110 - best effort: losing a late log line must not fail the verb
+        pass
 
 
 def _configured_api_url() -> str:
