@@ -38,11 +38,11 @@ from flows.bootstrap import bootstrap  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
 from stack.backup import REPO_MOUNT, SOCKET_DIR, BackupType  # noqa: E402
 from stack.render import REPLICATION_USER  # noqa: E402
-from stack.secrets import load_or_create  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
-from stack.state import secrets_file  # noqa: E402
 from tasks import docker_engine as de  # noqa: E402
 from tasks import images, patroni  # noqa: E402
+from tasks.host.secrets import load_or_create  # noqa: E402
+from tasks.host.state import secrets_file  # noqa: E402
 
 SCOPE = "pgha-bench-bk1"
 

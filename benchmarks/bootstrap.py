@@ -25,12 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stack import topology  # noqa: E402
-from stack.secrets import load_or_create  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
-from stack.state import secrets_file, write_private  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
 from tasks import docker_engine as de  # noqa: E402
 from tasks import etcd, images, patroni, postgres  # noqa: E402
+from tasks.host.secrets import load_or_create  # noqa: E402
+from tasks.host.state import (  # noqa: E402
+    config_dir,  # noqa: E402
+    secrets_file,
+    write_private,
+)
 
 SPEC = parse_spec({"scope": "pgha-bench", "nodes": 3, "etcd_members": 3,
                    "ports": {"rw": 35432, "ro": 35433, "stats": 38404}})
@@ -72,7 +76,7 @@ def run_raw(image: str) -> float:
     wait_for("etcd", lambda: etcd.health(SPEC), lambda r: len(r) == SPEC.etcd_members and all(x.healthy for x in r),
              timeout=60, interval=0.3)
     for m in SPEC.node_names():
-        p = topology.patroni_node(SPEC, m, image, subnet, secrets)
+        p = topology.patroni_node(SPEC, m, image, subnet, secrets, str(config_dir(SPEC.scope, m)))
         cfg = Path(p.container.config_dir or "")
         write_private(cfg / "patroni.yml", p.files["patroni.yml"])
         sh("docker", "run", "-d", *lab, "--name", p.container.name, "--hostname", p.container.name,
@@ -80,7 +84,7 @@ def run_raw(image: str) -> float:
            "-v", f"{cfg}:/etc/pgha:ro", image, "patroni")
     wait_for("patroni", lambda: patroni.cluster_view(SPEC), lambda v: patroni.assess(v, SPEC).ok,
              timeout=180, interval=0.5)
-    h = topology.haproxy(SPEC, image)
+    h = topology.haproxy(SPEC, image, str(config_dir(SPEC.scope, SPEC.haproxy_member)))
     hcfg = Path(h.container.config_dir or "")
     write_private(hcfg / "haproxy.cfg", h.files["haproxy.cfg"])
     ports = [a for cp, hp in h.container.ports.items() for a in ("-p", f"127.0.0.1:{hp}:{cp}")]

@@ -36,12 +36,12 @@ os.environ.pop("PREFECT_API_URL", None)
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.upgrade import upgrade  # noqa: E402
 from stack import topology  # noqa: E402
-from stack.secrets import load_or_create  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
-from stack.state import secrets_file  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
 from tasks import docker_engine as de  # noqa: E402
 from tasks import images, patroni  # noqa: E402
+from tasks.host.secrets import load_or_create  # noqa: E402
+from tasks.host.state import config_dir, secrets_file  # noqa: E402
 from tasks.traffic import Traffic, measured  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-up", "nodes": 3, "etcd_members": 1, "postgres_version": 15,
@@ -54,7 +54,7 @@ def naive_restart_all(spec: ClusterSpec, image: str) -> None:
     subnet, _ = de.ensure_network(spec.scope, spec.network)
 
     def one(member: str) -> None:
-        planned = topology.patroni_node(spec, member, image, subnet, secrets)
+        planned = topology.patroni_node(spec, member, image, subnet, secrets, str(config_dir(spec.scope, member)))
         de.stop(spec.container(member), timeout=60)
         de.ensure_container(planned.container)
 

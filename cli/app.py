@@ -32,9 +32,9 @@ except ImportError:  # pragma: no cover - older Typer on Click
 
 from cli.api import API  # noqa: E402
 from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
-from stack.lock import MAX_WAIT_SECONDS  # noqa: E402
 from stack.spec import ClusterSpec, load_spec  # noqa: E402
-from stack.state import cluster_dir  # noqa: E402
+from tasks.host.lock import MAX_WAIT_SECONDS  # noqa: E402
+from tasks.host.state import cluster_dir  # noqa: E402
 
 P = ParamSpec("P")
 R = TypeVar("R")

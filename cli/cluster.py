@@ -50,11 +50,12 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[Bootstra
     """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs."""
     spec = load_spec(spec_or_env(spec_file))
     warm()
-    from flows.bootstrap import bootstrap, preflight, refuse_image_swap
+    from flows.bootstrap import bootstrap
+    from flows.steps.converge import bootstrap_preflight, refuse_image_swap
     from tasks.images import ensure_image
 
     with checks() as check:
-        check(preflight, spec)
+        check(bootstrap_preflight, spec)
         tag, log = ensure_image(spec)
         for line in log:
             stderr_line(f"pgha: {line}")
@@ -86,9 +87,9 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
            as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> Done[ClusterStatus]:
     """Members with role, state, timeline and lag; endpoints; container health. Exit 1 if unhealthy."""
     spec = resolve_spec(spec_file, scope)
-    from flows.status import collect  # not a flow: it answers in about a second
+    from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
 
-    return Done(as_model(ClusterStatus, collect(spec)), spec)
+    return Done(as_model(ClusterStatus, cluster_status(spec)), spec)
 
 
 @app.command()
@@ -99,8 +100,8 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     """Print the connection URI of the R/W (or --ro) endpoint."""
     spec = resolve_spec(spec_file, scope)
     from stack.errors import StateError
-    from stack.secrets import load_or_create
-    from stack.state import secrets_file
+    from tasks.host.secrets import load_or_create
+    from tasks.host.state import secrets_file
     from tasks.postgres import dsn as make_dsn
 
     password = None

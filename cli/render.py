@@ -28,7 +28,7 @@ from stack.results import (
     VerifyResult,
 )
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir
+from tasks.host.state import cluster_dir
 
 LEVEL_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
 

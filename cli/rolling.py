@@ -22,9 +22,9 @@ from cli.app import (
     stderr_line,
     warm,
 )
-from stack.errors import StateError, UsageError
+from stack.errors import UsageError
 from stack.results import ConfigSetResult, EtcdReplaceResult, ScaleResult, UpgradeResult
-from stack.state import cluster_dir
+from tasks.host.state import cluster_dir
 
 config_app = typer.Typer(no_args_is_help=True, help="Change PostgreSQL parameters with a rolling restart.")
 app.add_typer(config_app, name="config")
@@ -55,9 +55,8 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         raise UsageError("--image must name an image tag")
     spec = resolve_spec(spec_file, scope)
     warm()
-    from flows.upgrade import gather_facts
     from flows.upgrade import upgrade as upgrade_flow
-    from stack.rolling import precheck
+    from flows.upgrade import upgrade_preflight
     from tasks.docker_engine import client
 
     client()
@@ -72,9 +71,7 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         # Refuse before paying the flow's start-up when the pre-check already says no. An
         # interrupted upgrade is resumed first by the flow, which judges the cluster after that.
         if not (cluster_dir(spec.scope) / "upgrade-pending.json").exists():
-            facts = check(gather_facts, spec, target)
-            if (why := precheck(facts, spec.upgrade.max_lag_bytes, spec.upgrade.max_transaction_age_s)) is not None:
-                raise StateError(f"upgrade refused: {why}")
+            check(upgrade_preflight, spec, target)
         result = run_flow(upgrade_flow, spec, image=target, node_timeout_s=node_timeout)
     return Done(as_model(UpgradeResult, result), spec)
 
@@ -102,8 +99,9 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
     client()
     with checks() as check:
         # Refuse a parameter before paying the flow's start-up.
-        if (lead := cluster_view(spec).leader()) is not None:
-            check(validate, spec, lead.name, params)
+        # Without a leader the flow's own health check says what is wrong.
+        if cluster_view(spec).leader() is not None:
+            check(validate, spec, params)
         result = run_flow(config_flow, spec, parameters=params, restart=not no_restart)
     return Done(as_model(ConfigSetResult, result), spec)
 
@@ -134,7 +132,7 @@ def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace,
         raise UsageError(f"'{member}' is not an etcd member of {spec.scope}; choose one of "
                          f"{', '.join(spec.etcd_names())}")
     warm()
-    from flows.scale import etcd_replace as replace_flow
+    from flows.etcd_replace import etcd_replace as replace_flow
     from tasks.docker_engine import client
 
     client()

@@ -22,17 +22,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import StateError, UsageError
-from stack.lock import holder_name, mutating
 from stack.render import dcs_config
-from stack.secrets import load_or_create
 from stack.spec import ClusterSpec
-from stack.state import secrets_file
 from stack.wait import wait_for
 from tasks import docker_engine as de
 from tasks import patroni, postgres
 from tasks import pgbackrest as pbr
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.host.lock import holder_name, mutating
+from tasks.host.secrets import load_or_create
+from tasks.host.state import secrets_file
 
 
 def _members(spec: ClusterSpec) -> list[tuple[str, str, str, int | None]]:
@@ -55,7 +56,7 @@ def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
 
 
 def _show(spec: ClusterSpec, member: str, setting: str) -> str:
-    code, out, _ = de.exec_in(spec.container(member), ["psql", "-h", bk.SOCKET_DIR, "-XAtq", "-c", f"show {setting}"],
+    code, out, _ = de.exec_in(spec.container(member), ["psql", "-h", layout.SOCKET_DIR, "-XAtq", "-c", f"show {setting}"],
                               user="postgres", timeout=10)
     return out.strip() if code == 0 else ""
 
@@ -244,7 +245,7 @@ def dump(spec: ClusterSpec = ClusterSpec()) -> dict[str, Any]:  # noqa: B008 - p
     name = spec.container(source.runner)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = f"{bk.dump_dir(spec)}/{stamp}"
-    code, out, err = de.exec_in(name, ["psql", "-h", bk.SOCKET_DIR, "-XAtq", "-c",
+    code, out, err = de.exec_in(name, ["psql", "-h", layout.SOCKET_DIR, "-XAtq", "-c",
                                        "select datname from pg_database where datallowconn and not datistemplate order by 1"],
                                 user="postgres", timeout=30)
     if code != 0:
@@ -255,7 +256,7 @@ def dump(spec: ClusterSpec = ClusterSpec()) -> dict[str, Any]:  # noqa: B008 - p
     for db in dbs:
         path = f"{target}/{db}.dump"
         t0 = time.monotonic()
-        code, out, err = de.exec_in(name, ["pg_dump", "-h", bk.SOCKET_DIR, "-Fc", "-d", db, "-f", path],
+        code, out, err = de.exec_in(name, ["pg_dump", "-h", layout.SOCKET_DIR, "-Fc", "-d", db, "-f", path],
                                     user="postgres", timeout=6 * 3600)
         if code != 0:
             de.exec_in(name, ["rm", "-rf", target], user="postgres")

@@ -30,13 +30,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import PghaError, StateError, UsageError
-from stack.lock import holder_name, mutating
 from stack.spec import ClusterSpec, parse_spec
-from stack.state import secrets_file
 from tasks import docker_engine as de
 from tasks import etcd
 from tasks import pgbackrest as pbr
+from tasks.host.lock import holder_name, mutating
+from tasks.host.state import secrets_file
 
 PORT_OFFSET = 10  # --into SCOPE without a spec file: the source's ports + 10
 PATRONI_NAMESPACE = "/service"  # Patroni's default etcd namespace (render.py sets none)
@@ -275,8 +276,8 @@ def _after_restore(spec: ClusterSpec) -> tuple[int | None, str]:
     if tl and tl > 1:
         hist = f"{tl:08X}.history"
         code, out, err = de.exec_in(spec.container(leader.name), [
-            "pgbackrest", f"--config={bk.NODE_CONF}", f"--stanza={spec.scope}", "archive-push",
-            f"{bk.PGDATA}/pg_wal/{hist}"], user="postgres", timeout=60)
+            "pgbackrest", f"--config={layout.NODE_CONF}", f"--stanza={spec.scope}", "archive-push",
+            f"{layout.PGDATA}/pg_wal/{hist}"], user="postgres", timeout=60)
         if code != 0:
             raise StateError(f"cannot archive {hist} after the restore: {(err or out).strip()[-200:]}")
         archived = hist

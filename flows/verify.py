@@ -18,12 +18,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import UsageError
-from stack.lock import holder_name, mutating
 from stack.spec import ClusterSpec
 from tasks import docker_engine as de
 from tasks import images
 from tasks import pgbackrest as pbr
+from tasks.host.lock import holder_name, mutating
 
 
 def node_image(spec: ClusterSpec) -> str:
@@ -43,7 +44,7 @@ def preflight(spec: ClusterSpec, label: str | None) -> None:
     for m in spec.node_names():
         if not de.running(spec.container(m)):
             continue
-        code, out, _ = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=bk.NODE_CONF, timeout=60)
+        code, out, _ = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=layout.NODE_CONF, timeout=60)
         if code != 0:
             continue  # files not installed yet in this node: the flow checks in its scratch container
         chosen = bk.pick_set(bk.parse_info(json.loads(out), spec.scope)[0], label)

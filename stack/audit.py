@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from stack.render import ETCD_QUOTA_BYTES
+from stack.cluster import Member
+from stack.layout import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
 
 XID_WRAPAROUND = 2**31
@@ -74,18 +75,8 @@ class EtcdMember:
 
 
 @dataclass(frozen=True)
-class PatroniMember:
-    name: str
-    role: str  # leader | sync_standby | replica | ...
-    state: str
-    timeline: int | None
-    lag_bytes: int | None
-    pending_restart: bool = False
-
-
-@dataclass(frozen=True)
 class PatroniObs:
-    members: list[PatroniMember]
+    members: list[Member]
     paused: bool
     liveness: dict[str, int | None]  # member -> HTTP code of /liveness (None: no answer)
     readiness: dict[str, int | None]

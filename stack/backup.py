@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from stack.render import PG_PORT, PGDATA
+from stack.layout import (
+    NODE_CONF,
+    PG_PORT,
+    PGBACKREST_RUN_DIR,
+    PGBACKREST_TLS_PORT,
+    PGDATA,
+    REPO_MOUNT,
+    SOCKET_DIR,
+)
 from stack.spec import ClusterSpec, CompressType
 
-REPO_MOUNT = "/var/lib/pgbackrest"
-SOCKET_DIR = "/var/run/postgresql"
-TLS_PORT = 8432
-# Inside a container: postgres-owned copies of the 0600 files mounted from the host.
-RUN_DIR = "/run/pgha/pgbackrest"
-NODE_CONF = f"{RUN_DIR}/node.conf"  # archive-push/-get and the TLS server
-BACKUP_CONF = f"{RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
 CLIENT_CN = "pgha-backup"
-# Mounted from the host into each node's config dir (/etc/pgha/pgbackrest/...).
-HOST_SUBDIR = "pgbackrest"
 CERT_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
 # Annotations stored with each backup (pgBackRest --annotation) so a later verification knows
 # which canary row the backup must contain.
@@ -104,10 +103,10 @@ def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = 
     glob = _repo_options(spec, s3_credentials)
     glob.update({
         "tls-server-address": "*",
-        "tls-server-port": TLS_PORT,
-        "tls-server-ca-file": f"{RUN_DIR}/ca.crt",
-        "tls-server-cert-file": f"{RUN_DIR}/server.crt",
-        "tls-server-key-file": f"{RUN_DIR}/server.key",
+        "tls-server-port": PGBACKREST_TLS_PORT,
+        "tls-server-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
+        "tls-server-cert-file": f"{PGBACKREST_RUN_DIR}/server.crt",
+        "tls-server-key-file": f"{PGBACKREST_RUN_DIR}/server.key",
         "tls-server-auth": f"{CLIENT_CN}={spec.scope}",
     })
     stanza = {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR, "pg1-port": PG_PORT}
@@ -132,10 +131,10 @@ def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: di
         stanza.update({
             f"pg{i}-host": spec.container(member),
             f"pg{i}-host-type": "tls",
-            f"pg{i}-host-port": TLS_PORT,
-            f"pg{i}-host-ca-file": f"{RUN_DIR}/ca.crt",
-            f"pg{i}-host-cert-file": f"{RUN_DIR}/client.crt",
-            f"pg{i}-host-key-file": f"{RUN_DIR}/client.key",
+            f"pg{i}-host-port": PGBACKREST_TLS_PORT,
+            f"pg{i}-host-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
+            f"pg{i}-host-cert-file": f"{PGBACKREST_RUN_DIR}/client.crt",
+            f"pg{i}-host-key-file": f"{PGBACKREST_RUN_DIR}/client.key",
             f"pg{i}-path": PGDATA,
             f"pg{i}-socket-path": SOCKET_DIR,
             f"pg{i}-port": PG_PORT,
@@ -346,3 +345,11 @@ def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))
     return ordered[:-keep] if len(ordered) > keep else []
+
+
+def archive_config_differs(dynamic: dict[str, Any], spec: ClusterSpec) -> dict[str, str]:
+    """Archive parameters whose value in Patroni's dynamic config differs from the spec's."""
+    params = (dynamic.get("postgresql") or {}).get("parameters") or {}
+    want = archive_parameters(spec)
+    norm = {True: "on", False: "off"}
+    return {k: v for k, v in want.items() if norm.get(params.get(k), str(params.get(k))) != v}  # type: ignore[call-overload]

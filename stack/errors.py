@@ -36,6 +36,10 @@ class DockerError(PghaError):
     """The Docker engine is unreachable or refused an operation."""
 
 
+class ExecError(DockerError):
+    """A command run inside a container (docker exec) failed or timed out."""
+
+
 class ImageError(DockerError):
     """An image cannot be found or built."""
 

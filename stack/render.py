@@ -13,28 +13,26 @@ from typing import Any
 
 import yaml
 
+from stack.backup import archive_parameters
+from stack.layout import (
+    ETCD_CLIENT_PORT,
+    ETCD_MOUNT,
+    ETCD_PEER_PORT,
+    ETCD_QUOTA_BYTES,
+    HAPROXY_RO_PORT,
+    HAPROXY_RW_PORT,
+    HAPROXY_STATS_PORT,
+    PATRONI_API_PORT,
+    PG_PORT,
+    PGDATA,
+    REPLICATION_USER,
+    RESTAPI_USER,
+    REWIND_USER,
+    SOCKET_DIR,
+    SUPERUSER,
+)
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-
-PATRONI_API_PORT = 8008
-PG_PORT = 5432
-ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
-ETCD_QUOTA_BYTES = 2147483648  # etcd backend quota (2 GiB); the health audit compares the DB size with it
-HAPROXY_RW_PORT = 5432  # inside the HAProxy container; host ports come from spec.ports
-HAPROXY_RO_PORT = 5433
-HAPROXY_STATS_PORT = 8404
-
-DATA_MOUNT = "/var/lib/postgresql/data"
-PGDATA = f"{DATA_MOUNT}/pgdata"
-ETCD_MOUNT = "/var/lib/etcd"
-CONFIG_MOUNT = "/etc/pgha"
-
-# Users the cluster creates; the superuser name is the seed's (`postgres`).
-SUPERUSER = "postgres"
-REPLICATION_USER = "replicator"
-REWIND_USER = "rewind_user"
-RESTAPI_USER = "patroni"
 
 
 def etcd_hosts(spec: ClusterSpec) -> list[str]:
@@ -77,8 +75,6 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
         "password_encryption": "scram-sha-256",
         "max_connections": 100,
     }
-    from stack.backup import archive_parameters  # stack.backup imports this module's constants
-
     parameters.update(archive_parameters(spec))
     parameters.update(spec.postgres_parameters)
     return {
@@ -140,7 +136,7 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
             "use_unix_socket": True,
             "use_unix_socket_repl": False,
             "pg_hba": pg_hba(subnet),
-            "parameters": {"unix_socket_directories": "/var/run/postgresql"},
+            "parameters": {"unix_socket_directories": SOCKET_DIR},
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }

@@ -1,17 +1,17 @@
 """The cluster's containers as data: what each one runs, mounts and publishes.
 
 Pure: from a spec, an image tag, the network's subnet and the state paths it returns the
-container definitions and the config files they mount. `tasks.docker_engine` makes them real.
+container definitions and the config files they mount (the host directory that holds
+those files is passed in: where the host keeps state is `tasks.host`'s business). `tasks.docker_engine` makes them real.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stack import backup, render
+from stack import backup, layout, render
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
-from stack.state import config_dir
 
 # Fail DNS look-ups in one second, once: a node cut off from the network (a partition) must
 # notice quickly that etcd is gone and demote itself, not hang in the resolver for a minute.
@@ -48,44 +48,45 @@ def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
     return Planned(ContainerDef(
         scope=spec.scope, role=Role.ETCD.value, member=member, name=spec.container(member), image=image,
         network=spec.network, command=cmd, config_hash=render.digest(image, cmd, DNS_OPTIONS),
-        volumes={spec.volume(member): render.ETCD_MOUNT},
+        volumes={spec.volume(member): layout.ETCD_MOUNT},
         healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
     ))
 
 
-def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets) -> Planned:
+def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets, conf_dir: str) -> Planned:
+    """A Patroni node; `conf_dir` is the host directory holding its rendered files (mounted at /etc/pgha)."""
     text = render.render_patroni_yml(spec, member, subnet, secrets)
-    volumes = {spec.volume(member): render.DATA_MOUNT}
+    volumes = {spec.volume(member): layout.DATA_MOUNT}
     if spec.backup.enabled and spec.backup.s3 is None:
         # The pgBackRest repository, shared by every node (stack/backup.py explains why).
-        volumes[backup.repo_volume(spec)] = backup.REPO_MOUNT
+        volumes[backup.repo_volume(spec)] = layout.REPO_MOUNT
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[],
             config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items())),
             volumes=volumes,
-            config_dir=str(config_dir(spec.scope, member)),
-            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.PATRONI_API_PORT}/liveness"],
+            config_dir=conf_dir,
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.PATRONI_API_PORT}/liveness"],
         ),
         files={"patroni.yml": text},
     )
 
 
-def haproxy(spec: ClusterSpec, image: str) -> Planned:
+def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
     text = render.render_haproxy_cfg(spec)
     ports = {
-        render.HAPROXY_RW_PORT: spec.ports.rw,
-        render.HAPROXY_RO_PORT: spec.ports.ro,
-        render.HAPROXY_STATS_PORT: spec.ports.stats,
+        layout.HAPROXY_RW_PORT: spec.ports.rw,
+        layout.HAPROXY_RO_PORT: spec.ports.ro,
+        layout.HAPROXY_STATS_PORT: spec.ports.stats,
     }
     member = spec.haproxy_member
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
-            config_dir=str(config_dir(spec.scope, member)), ports=ports,
-            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{render.HAPROXY_STATS_PORT}/"],
+            config_dir=conf_dir, ports=ports,
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.HAPROXY_STATS_PORT}/"],
         ),
         files={"haproxy.cfg": text},
     )

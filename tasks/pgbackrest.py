@@ -21,12 +21,19 @@ import docker.errors
 from docker.types import Mount
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import DockerError, PghaError, StateError
-from stack.render import DATA_MOUNT, PGDATA
+from stack.layout import DATA_MOUNT, PGDATA
 from stack.spec import ClusterSpec
-from stack.state import cluster_dir, config_dir, write_private
 from stack.wait import wait_for
 from tasks import docker_engine as de
+from tasks.host.state import cluster_dir, config_dir, write_private
+from tasks.node_exec import NodeExec
+
+
+def _exec(container: str, cmd: list[str], user: str | None = None, timeout: int = 10) -> tuple[int, str, str]:
+    r = NodeExec(de.local_engine(), container).run(cmd, user=user, timeout=timeout)
+    return r.code, r.out, r.err
 
 
 class BackupError(PghaError):
@@ -60,7 +67,7 @@ def s3_credentials(spec: ClusterSpec) -> dict[str, str] | None:
 
 def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
     """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
-    host_dir = config_dir(spec.scope, member) / bk.HOST_SUBDIR
+    host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
     files = dict(certificates(spec))
     creds = s3_credentials(spec)
     files["node.conf"] = bk.render_node_conf(spec, creds)
@@ -68,19 +75,19 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
     for name, text in files.items():
         write_private(host_dir / name, text)
     script = (
-        f"install -d -o postgres -g postgres -m 0700 {bk.RUN_DIR} && "
-        f"for f in /etc/pgha/{bk.HOST_SUBDIR}/*; do install -o postgres -g postgres -m 0600 \"$f\" {bk.RUN_DIR}/; done"
+        f"install -d -o postgres -g postgres -m 0700 {layout.PGBACKREST_RUN_DIR} && "
+        f"for f in /etc/pgha/{layout.PGBACKREST_HOST_SUBDIR}/*; do install -o postgres -g postgres -m 0600 \"$f\" {layout.PGBACKREST_RUN_DIR}/; done"
     )
     if spec.backup.s3 is None:
         # A fresh named volume is root-owned: the repository belongs to postgres.
-        script += f" && chown postgres:postgres {bk.REPO_MOUNT} && chmod 0750 {bk.REPO_MOUNT}"
-    code, out, err = de.exec_in(spec.container(member), ["sh", "-c", script], user="root", timeout=20)
+        script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
+    code, out, err = _exec(spec.container(member), ["sh", "-c", script], user="root", timeout=20)
     if code != 0:
         raise BackupError(f"cannot install pgBackRest files in {member}: {_last_lines(out + err)}")
 
 
 def server_running(spec: ClusterSpec, member: str) -> bool:
-    code, out, _ = de.exec_in(spec.container(member), ["pgrep", "-u", "postgres", "-f", "pgbackrest .*server"], timeout=5)
+    code, out, _ = _exec(spec.container(member), ["pgrep", "-u", "postgres", "-f", "pgbackrest .*server"], timeout=5)
     return code == 0 and bool(out.strip())
 
 
@@ -93,25 +100,25 @@ def ensure_server(spec: ClusterSpec, member: str) -> bool:
     """
     if server_running(spec, member):
         return False
-    ct = de.find_container(spec.container(member))
+    ct = de.local_engine().find_container(spec.container(member))
     if ct is None:
         raise DockerError(f"container {spec.container(member)} does not exist")
     try:
-        ct.exec_run(["pgbackrest", f"--config={bk.NODE_CONF}", "server"], user="postgres", detach=True)
+        ct.exec_run(["pgbackrest", f"--config={layout.NODE_CONF}", "server"], user="postgres", detach=True)
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot start pgBackRest's TLS server in {member}: {exc.explanation or exc}") from None
     wait_for(f"pgBackRest TLS server in {member}", lambda: server_running(spec, member), bool, timeout=15, interval=0.3)
     return True
 
 
-def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = bk.BACKUP_CONF,
+def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = layout.BACKUP_CONF,
                timeout: int = 120) -> tuple[int, str, str]:
     """Run one pgBackRest command in a node as postgres."""
-    return de.exec_in(spec.container(member), ["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
+    return _exec(spec.container(member), ["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
                       user="postgres", timeout=timeout)
 
 
-def run_ok(spec: ClusterSpec, member: str, args: list[str], what: str, conf: str = bk.BACKUP_CONF,
+def run_ok(spec: ClusterSpec, member: str, args: list[str], what: str, conf: str = layout.BACKUP_CONF,
            timeout: int = 120) -> str:
     code, out, err = pgbackrest(spec, member, args, conf=conf, timeout=timeout)
     if code != 0:
@@ -163,7 +170,7 @@ def verify_repo_in(s: Scratch, stanza: str, label: str | None) -> str:
 def verify_set_in_node(spec: ClusterSpec, member: str, label: str) -> str:
     """`pgbackrest verify --set` run in a live node (its repository mount), before a restore."""
     return _verified(*pgbackrest(spec, member, ["verify", "--output=text", "--verbose", f"--set={label}"],
-                                 conf=bk.NODE_CONF, timeout=1800))
+                                 conf=layout.NODE_CONF, timeout=1800))
 
 
 def _verified(code: int, out: str, err: str) -> str:
@@ -208,7 +215,7 @@ class Scratch:
 
 
 def _put_file(container: str, path: str, text: str, mode: int = 0o600) -> None:
-    ct = de.find_container(container)
+    ct = de.local_engine().find_container(container)
     if ct is None:
         raise DockerError(f"container {container} does not exist")
     buf = io.BytesIO()
@@ -232,7 +239,7 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
     Everything carries `pgha.cluster=<scope_label>` and `pgha.role=<role>`, so cleanup by
     label works even after a killed run; it never joins the live cluster's network.
     """
-    c = de.client()
+    c = de.local_engine().client
     net = network or f"{name}-net"
     vol = data_volume or f"{name}-data"
     labels = de.labels(scope_label, role, name)
@@ -243,13 +250,13 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
             c.volumes.get(vol)
         except docker.errors.NotFound:
             c.volumes.create(vol, labels=labels)
-        old = de.find_container(name)
+        old = de.local_engine().find_container(name)
         if old is not None:
             old.remove(force=True)
         ct = c.containers.create(
             image, entrypoint=["sleep", "infinity"], name=name, hostname=name, labels=labels, network=net,
             mounts=[Mount(target=DATA_MOUNT, source=vol, type="volume"),
-                    Mount(target=bk.REPO_MOUNT, source=repo_volume, type="volume", read_only=True)],
+                    Mount(target=layout.REPO_MOUNT, source=repo_volume, type="volume", read_only=True)],
             detach=True,
         )
         ct.start()
@@ -260,9 +267,9 @@ def create_scratch(scope_label: str, name: str, image: str, repo_volume: str, ro
 
 def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
     """Remove the scratch container, its network and (unless kept) its volume."""
-    c = de.client()
+    c = de.local_engine().client
     removed: list[str] = []
-    ct = de.find_container(s.container)
+    ct = de.local_engine().find_container(s.container)
     if ct is not None:
         ct.remove(force=True)
         removed.append(s.container)
@@ -281,7 +288,7 @@ def remove_scratch(s: Scratch, keep_volume: bool = False) -> list[str]:
 
 def remove_leftover_scratch(scope_label: str, role: str) -> list[str]:
     """Remove what a killed earlier run left behind (by label)."""
-    c = de.client()
+    c = de.local_engine().client
     flt = {"label": [f"{de.LABEL_CLUSTER}={scope_label}", f"{de.LABEL_ROLE}={role}"]}
     removed = []
     for ct in c.containers.list(all=True, filters=flt):
@@ -297,14 +304,14 @@ def remove_leftover_scratch(scope_label: str, role: str) -> list[str]:
 
 
 def scratch_exec(s: Scratch, cmd: list[str], user: str = "postgres", timeout: int = 60) -> tuple[int, str, str]:
-    return de.exec_in(s.container, cmd, user=user, timeout=timeout)
+    return _exec(s.container, cmd, user=user, timeout=timeout)
 
 
 def scratch_restore(s: Scratch, stanza: str, restore_args: list[str], process_max: int, timeout: int = 1800) -> float:
     """Restore into the scratch volume's PGDATA; returns seconds taken."""
     _put_file(s.container, SCRATCH_CONF, bk.render_scratch_conf(stanza, process_max=process_max), 0o644)
     code, out, err = scratch_exec(s, ["sh", "-c", f"install -d -o postgres -g postgres -m 0700 {DATA_MOUNT} "
-                                                  f"&& install -d -o postgres -g postgres -m 2775 {bk.SOCKET_DIR}"], user="root")
+                                                  f"&& install -d -o postgres -g postgres -m 2775 {layout.SOCKET_DIR}"], user="root")
     if code != 0:
         raise BackupError(f"cannot prepare the scratch data directory: {_last_lines(out + err)}")
     started = time.monotonic()
@@ -318,7 +325,7 @@ def scratch_start(s: Scratch, extra: list[str] | None = None, timeout: int = 900
     """Start PostgreSQL in the scratch container: socket only, no archiving, no replication ties."""
     _put_file(s.container, "/etc/pgha-scratch-hba.conf", bk.scratch_hba(), 0o644)
     opts = [
-        "-c listen_addresses=''", f"-c unix_socket_directories={bk.SOCKET_DIR}", "-c port=5432",
+        "-c listen_addresses=''", f"-c unix_socket_directories={layout.SOCKET_DIR}", "-c port=5432",
         "-c archive_mode=off", "-c hba_file=/etc/pgha-scratch-hba.conf", "-c synchronous_standby_names=''",
         "-c primary_conninfo=''", "-c primary_slot_name=''",
         "-c shared_buffers=128MB", "-c logging_collector=off", *(extra or []),
@@ -334,7 +341,7 @@ def scratch_start(s: Scratch, extra: list[str] | None = None, timeout: int = 900
 
 
 def scratch_sql(s: Scratch, sql: str, db: str = "postgres", timeout: int = 60) -> str:
-    code, out, err = scratch_exec(s, ["psql", "-h", bk.SOCKET_DIR, "-U", "postgres", "-d", db, "-XAtq",
+    code, out, err = scratch_exec(s, ["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", db, "-XAtq",
                                       "-v", "ON_ERROR_STOP=1", "-c", sql], timeout=timeout)
     if code != 0:
         raise BackupError(f"query on the restored copy failed: {_last_lines(err or out)}")
@@ -354,7 +361,7 @@ def amcheck(s: Scratch, jobs: int = 1, heapallindexed: bool = False, timeout: in
     `heapallindexed` also fingerprints every heap tuple and looks it up in each index: it finds
     missing index entries, but triples the time on a large table, so it is opt-in.
     """
-    args = ["pg_amcheck", "-h", bk.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
+    args = ["pg_amcheck", "-h", layout.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
             "--install-missing", "--no-strict-names"] + (["--heapallindexed"] if heapallindexed else [])
     code, out, err = scratch_exec(s, args, timeout=timeout)
     if code != 0:
@@ -372,7 +379,7 @@ def new_token() -> str:
 
 def repo_volume_exists(spec: ClusterSpec) -> bool:
     try:
-        de.client().volumes.get(bk.repo_volume(spec))
+        de.local_engine().client.volumes.get(bk.repo_volume(spec))
         return True
     except docker.errors.NotFound:
         return False

@@ -16,8 +16,8 @@ import docker
 import psycopg
 import pytest
 
-from stack.secrets import load_or_create
 from stack.spec import parse_spec
+from tasks.host.secrets import load_or_create
 from tasks.traffic import measured
 from tests.integration.conftest import Cluster, pgha
 from tests.integration.test_upgrade import quick_cluster

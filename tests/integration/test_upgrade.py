@@ -24,8 +24,8 @@ import docker
 import psycopg
 import pytest
 
-from stack.secrets import load_or_create
 from stack.spec import parse_spec
+from tasks.host.secrets import load_or_create
 from tasks.traffic import Traffic, measured
 from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
 

@@ -6,6 +6,7 @@ import pytest
 
 from stack import audit as A
 from stack.audit import Level
+from stack.cluster import Member, MemberRole
 from stack.errors import SpecError
 from stack.spec import AuditThresholds, ClusterSpec, parse_spec
 
@@ -73,9 +74,9 @@ def test_etcd_db_size_vs_quota(pct: float, expected: Level) -> None:
 # ---- Patroni ----
 
 def patroni(**over: object) -> A.PatroniObs:
-    members = [A.PatroniMember("pg-1", "leader", "running", 2, None),
-               A.PatroniMember("pg-2", "sync_standby", "streaming", 2, 0),
-               A.PatroniMember("pg-3", "replica", "streaming", 2, 0)]
+    members = [Member("pg-1", MemberRole("leader"), "running", 2, None),
+               Member("pg-2", MemberRole("sync_standby"), "streaming", 2, 0),
+               Member("pg-3", MemberRole("replica"), "streaming", 2, 0)]
     base: dict[str, object] = {"members": members, "paused": False,
                                "liveness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")},
                                "readiness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")}}
@@ -88,9 +89,9 @@ def test_patroni_healthy() -> None:
 
 
 def test_patroni_two_leaders_timeline_pause_and_pending_restart() -> None:
-    members = [A.PatroniMember("pg-1", "leader", "running", 2, None),
-               A.PatroniMember("pg-2", "leader", "running", 3, None, pending_restart=True),
-               A.PatroniMember("pg-3", "replica", "streaming", 1, 0)]
+    members = [Member("pg-1", MemberRole("leader"), "running", 2, None),
+               Member("pg-2", MemberRole("leader"), "running", 3, None, pending_restart=True),
+               Member("pg-3", MemberRole("replica"), "streaming", 1, 0)]
     fs = A.check_patroni(patroni(members=members, paused=True), SPEC)
     assert by(fs, "patroni.leader").status == Level.CRITICAL
     assert by(fs, "patroni.paused").status == Level.WARN
@@ -98,9 +99,9 @@ def test_patroni_two_leaders_timeline_pause_and_pending_restart() -> None:
 
 
 def test_patroni_replica_on_another_timeline_is_critical() -> None:
-    members = [A.PatroniMember("pg-1", "leader", "running", 3, None),
-               A.PatroniMember("pg-2", "sync_standby", "streaming", 3, 0),
-               A.PatroniMember("pg-3", "replica", "streaming", 2, 0)]
+    members = [Member("pg-1", MemberRole("leader"), "running", 3, None),
+               Member("pg-2", MemberRole("sync_standby"), "streaming", 3, 0),
+               Member("pg-3", MemberRole("replica"), "streaming", 2, 0)]
     fs = A.check_patroni(patroni(members=members), SPEC)
     assert by(fs, "patroni.timeline", "pg-3").status == Level.CRITICAL
 
@@ -369,7 +370,7 @@ def test_decide_on_a_healthy_cluster() -> None:
 
 def test_single_node_cluster_needs_no_replicas() -> None:
     spec = parse_spec({"scope": "solo", "nodes": 1, "etcd_members": 1})
-    view = patroni(members=[A.PatroniMember("pg-1", "leader", "running", 1, None)],
+    view = patroni(members=[Member("pg-1", MemberRole("leader"), "running", 1, None)],
                    liveness={"pg-1": 200}, readiness={"pg-1": 200})
     fs = A.check_patroni(view, spec) + A.check_replication("pg-1", [], spec, spec.audit)
     obs = A.HaproxyObs(primary={"pg-1": A.Backend("UP", 0)}, replicas={"pg-1": A.Backend("DOWN", 1)},

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from stack import backup as bk
+from stack import layout
 from stack.errors import SpecError
 from stack.render import dcs_config
 from stack.secrets import Secrets
@@ -42,14 +43,14 @@ def test_archiving_in_patroni_dynamic_config_and_repo_volume_in_every_node() -> 
     s = spec()
     params = dcs_config(s)["postgresql"]["parameters"]
     assert params["archive_mode"] == "on"
-    assert params["archive_command"] == f"pgbackrest --config={bk.NODE_CONF} --stanza=pgha-unit archive-push %p"
+    assert params["archive_command"] == f"pgbackrest --config={layout.NODE_CONF} --stanza=pgha-unit archive-push %p"
     sec = Secrets("a" * 10, "b" * 10, "c" * 10, "d" * 10)
     for m in s.node_names():
-        vols = patroni_node(s, m, "img", "10.0.0.0/24", sec).container.volumes
-        assert vols["pgha-unit-pgbackrest"] == bk.REPO_MOUNT
+        vols = patroni_node(s, m, "img", "10.0.0.0/24", sec, "/state/conf").container.volumes
+        assert vols["pgha-unit-pgbackrest"] == layout.REPO_MOUNT
     off = spec(backup={"enabled": False})
     assert "archive_mode" not in dcs_config(off)["postgresql"]["parameters"]
-    assert "pgha-unit-pgbackrest" not in patroni_node(off, "pg-1", "img", "10.0.0.0/24", sec).container.volumes
+    assert "pgha-unit-pgbackrest" not in patroni_node(off, "pg-1", "img", "10.0.0.0/24", sec, "/state/conf").container.volumes
 
 
 def test_backup_conf_names_every_node_over_tls_with_retention() -> None:

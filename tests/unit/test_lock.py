@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stack.errors import StateError
-from stack.lock import mutating
+from tasks.host.lock import mutating
 
 
 def hold(state: str, ready: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event) -> None:
@@ -72,7 +72,7 @@ def test_holder_name_outside_and_inside_a_flow_run(monkeypatch: pytest.MonkeyPat
     import prefect.runtime.flow_run as fr
     from prefect.settings import PREFECT_UI_URL, temporary_settings
 
-    from stack.lock import holder_name
+    from tasks.host.lock import holder_name
 
     assert holder_name("drill") == "drill"  # no flow run: just the operation
     monkeypatch.setattr(fr, "name", "brave-otter", raising=False)

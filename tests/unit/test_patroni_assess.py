@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from stack.cluster import assess
 from stack.spec import ClusterSpec, parse_spec
-from tasks.patroni import assess, parse_cluster
+from tasks.patroni import parse_cluster
 
 
 def payload(*members: dict[str, object]) -> dict[str, object]:

@@ -76,9 +76,9 @@ def test_etcd_flags() -> None:
 
 def test_topology_keeps_passwords_out_of_container_definitions() -> None:
     spec = ClusterSpec()
-    planned = [topology.patroni_node(spec, m, "img:1", SUBNET, SECRETS) for m in spec.node_names()]
+    planned = [topology.patroni_node(spec, m, "img:1", SUBNET, SECRETS, "/state/conf") for m in spec.node_names()]
     planned += [topology.etcd_member(spec, m, "img:1") for m in spec.etcd_names()]
-    planned.append(topology.haproxy(spec, "img:1"))
+    planned.append(topology.haproxy(spec, "img:1", "/state/conf"))
     for p in planned:
         text = repr(p.container)
         for pw in SECRETS.values():
@@ -91,9 +91,9 @@ def test_topology_keeps_passwords_out_of_container_definitions() -> None:
 
 def test_config_hash_follows_definition_not_passwords() -> None:
     spec = ClusterSpec()
-    a = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, SECRETS).container.config_hash
-    b = topology.patroni_node(spec, "pg-1", "img:2", SUBNET, SECRETS).container.config_hash
+    a = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, SECRETS, "/state/conf").container.config_hash
+    b = topology.patroni_node(spec, "pg-1", "img:2", SUBNET, SECRETS, "/state/conf").container.config_hash
     other = Secrets("other-su-pw", "other-repl-pw", "other-rw-pw", "other-api-pw")
-    c = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, other).container.config_hash
+    c = topology.patroni_node(spec, "pg-1", "img:1", SUBNET, other, "/state/conf").container.config_hash
     assert a != b
     assert a == c  # the label is computed with passwords redacted

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stack.errors import StateError
-from stack.secrets import load_or_create
+from tasks.host.secrets import load_or_create
 
 
 def test_generated_once_and_kept(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import Field
 
 from stack.errors import StateError
-from stack.state import cluster_dir
+from tasks.host.state import cluster_dir
 
 # A flow parameter: how long a mutating flow waits for the lock (0: refuse at once).
 WaitSeconds = Annotated[float, Field(ge=0, le=86400, description="seconds to wait for another mutating flow on this cluster (0: refuse at once)")]

@@ -1,8 +1,4 @@
-"""Shared sequences every flow uses through public names: checks, waits, rolling steps.
-
-Flows sequence these and decide; none of them touches an external system itself (that is
-`tasks/`). This module is the only one in `flows/` that other flow modules import from.
-"""
+"""Preflight once: a check the CLI ran is not run again by the flow in the same process."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# ---- preflight once ----
 # The CLI runs a flow's preflight before the flow starts (a refusal then costs no Prefect
 # start-up and prints no flow-run traceback); the flow runs the same preflight as its first
 # step, because a deployment run has no CLI in front of it. Within one process the second

@@ -1,0 +1,43 @@
+"""Where things are inside the cluster's containers: ports, paths and role names.
+
+Constants only, imported by the renderers (`stack.render`, `stack.backup`) and the adapters,
+so no renderer needs another for a port or a path.
+"""
+
+from __future__ import annotations
+
+# Ports inside the containers; host ports come from spec.ports.
+PATRONI_API_PORT = 8008
+PG_PORT = 5432
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+HAPROXY_RW_PORT = 5432
+HAPROXY_RO_PORT = 5433
+HAPROXY_STATS_PORT = 8404
+PGBACKREST_TLS_PORT = 8432
+
+ETCD_QUOTA_BYTES = 2147483648  # etcd backend quota (2 GiB); the health audit compares the DB size with it
+# Patroni's etcd namespace (patroni.yml sets none, so Patroni's default): keys live under
+# <namespace>/<scope>/ (leader, members/<name>, config, initialize, history, …).
+PATRONI_NAMESPACE = "/service"
+
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"
+ETCD_MOUNT = "/var/lib/etcd"
+CONFIG_MOUNT = "/etc/pgha"  # the member's host config dir, bind-mounted read-only
+RUN_DIR = "/run/pgha"  # private copies of the mounted 0600 files, owned by the service user
+PATRONI_YML = f"{RUN_DIR}/patroni.yml"
+SOCKET_DIR = "/var/run/postgresql"
+
+# pgBackRest: the repository volume and the postgres-owned copies of its 0600 files.
+REPO_MOUNT = "/var/lib/pgbackrest"
+PGBACKREST_RUN_DIR = f"{RUN_DIR}/pgbackrest"
+NODE_CONF = f"{PGBACKREST_RUN_DIR}/node.conf"  # archive-push/-get and the TLS server
+BACKUP_CONF = f"{PGBACKREST_RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
+PGBACKREST_HOST_SUBDIR = "pgbackrest"  # in the member's config dir (/etc/pgha/pgbackrest/...)
+
+# Users the cluster creates; the superuser name is the seed's (`postgres`).
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+REWIND_USER = "rewind_user"
+RESTAPI_USER = "patroni"

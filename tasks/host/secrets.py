@@ -1,0 +1,61 @@
+"""The cluster's password file: taken from POSTGRES_PASSWORD or generated once, kept 0600."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _random
+from pathlib import Path
+
+from stack.errors import StateError
+from stack.secrets import ENV_SUPERUSER, Secrets
+from tasks.host.state import secrets_file
+
+
+def _generate() -> str:
+    return _random.token_urlsafe(24)
+
+
+def load_or_create(path: Path, env: dict[str, str] | None = None) -> Secrets:
+    """Return the cluster's passwords, creating the 0600 file on first use.
+
+    POSTGRES_PASSWORD sets the superuser password on the first `up`. Later it must match the
+    stored one: PostgreSQL keeps the password it was created with, so a different value
+    would only lock clients out.
+    """
+    env = dict(os.environ) if env is None else env
+    wanted = env.get(ENV_SUPERUSER) or None
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            stored = Secrets(**{k: str(data[k]) for k in ("superuser", "replication", "rewind", "restapi")})
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StateError(f"password file {path} is unreadable or damaged; restore it from a backup") from None
+        if wanted is not None and wanted != stored.superuser:
+            raise StateError(
+                f"{ENV_SUPERUSER} differs from the password this cluster was created with (kept in {path}); "
+                f"unset {ENV_SUPERUSER} or change the role's password in PostgreSQL and in that file"
+            )
+        return stored
+    created = Secrets(
+        superuser=wanted or _generate(),
+        replication=_generate(),
+        rewind=_generate(),
+        restapi=_generate(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(
+            {"superuser": created.superuser, "replication": created.replication,
+             "rewind": created.rewind, "restapi": created.restapi},
+            fh,
+        )
+    os.replace(tmp, path)
+    return created
+
+
+def cluster_secrets(scope: str) -> Secrets:
+    """The passwords of a cluster (created on first use)."""
+    return load_or_create(secrets_file(scope))
