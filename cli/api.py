@@ -163,6 +163,8 @@ class EphemeralApi:
     def _publish(self, values: dict[str, str] | None) -> None:
         """Point this process's Prefect at the server (or back to what it was before)."""
         if values is None:
+            if not self._published:
+                return  # nothing of ours to take back
             for key, old in self._published.items():
                 if old is None:
                     os.environ.pop(key, None)
@@ -213,7 +215,9 @@ def _drain_prefect_workers() -> None:
 
 
 def _configured_api_url() -> str:
-    """The API URL from the environment or the Prefect profile ('' when unset)."""
+    """The API URL from the environment, else from the Prefect profile ('' when unset)."""
+    if "PREFECT_API_URL" in os.environ:  # Prefect's settings keep what the environment said at import
+        return os.environ["PREFECT_API_URL"]
     from prefect.settings import PREFECT_API_URL
 
     return str(PREFECT_API_URL.value() or "")

@@ -81,7 +81,7 @@ class PghaGroup(TyperGroup):
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             sys.stderr.write(f"pgha: error: {usage_message(exc)}{hint}\n")
             sys.exit(exc.exit_code)
-        except (click_errors.Abort, typer.Abort):
+        except typer.Abort:
             sys.stderr.write("pgha: interrupted\n")
             sys.exit(130)
         # Non-standalone Click returns a deliberate exit code (typer.Exit, --help) as the value.
