@@ -131,6 +131,13 @@ class Done(Generic[R]):
     spec: ClusterSpec | None = None
 
 
+def require_engines(spec: ClusterSpec) -> None:
+    """Every Docker engine the cluster uses answers (one line naming the host otherwise)."""
+    from tasks import docker_engine
+
+    docker_engine.engines(spec).check()
+
+
 def warm() -> None:
     """Start the ephemeral Prefect API now (unless PREFECT_API_URL is set): it gets ready while the checks run.
 

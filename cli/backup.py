@@ -8,7 +8,20 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.app import Done, JsonOpt, ScopeOpt, SpecOpt, app, as_model, checks, command, resolve_spec, run_flow, warm
+from cli.app import (
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    app,
+    as_model,
+    checks,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
 from stack.backup import BackupType
 from stack.errors import UsageError
 from stack.results import BackupResult, DumpResult, RestoreResult, VerifyResult
@@ -28,9 +41,8 @@ def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     warm()
     from flows.backup import backup as backup_flow
     from flows.backup import preflight
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     with checks() as check:
         check(preflight, spec)
         result = run_flow(backup_flow, spec, backup_type, verify=False if no_verify else None)
@@ -44,9 +56,8 @@ def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.backup import dump as dump_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     return Done(as_model(DumpResult, run_flow(dump_flow, spec)), spec)
 
 
@@ -60,9 +71,8 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
     warm()
     from flows.verify import preflight
     from flows.verify import verify_restore as verify_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     with checks() as check:
         check(preflight, spec, label)
         result = run_flow(verify_flow, spec, label=label)
@@ -94,9 +104,8 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
     warm()
     from flows.restore import preflight, target_spec
     from flows.restore import restore as restore_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     new_spec = None if in_place else target_spec(spec, into, load_spec(into_spec) if into_spec else None)
     when = target.isoformat()  # what the flow gets, so its preflight call is the same one
     with checks() as check:

@@ -19,6 +19,7 @@ from cli.app import (
     as_model,
     checks,
     command,
+    require_engines,
     resolve_spec,
     run_flow,
     stderr_line,
@@ -74,9 +75,8 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.teardown import teardown
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait)
     return Done(as_model(TeardownResult, result, scope=spec.scope, state_removed=volumes), spec)
 
@@ -119,10 +119,9 @@ def images_build(spec_file: Path | None = SpecOpt,
                                                  help="none | security: also take packages from <suite>-security")) -> None:
     """Build the node image for the spec if it is missing (debootstrap base when no registry)."""
     spec = load_spec(spec_file)
-    from tasks.docker_engine import client
     from tasks.images import ensure_image
 
-    client()
+    require_engines(spec)
     tag, log = ensure_image(spec, updates.value)
     for line in log:
         stderr_line(f"pgha: {line}")

@@ -10,7 +10,20 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.app import Done, JsonOpt, ScopeOpt, SpecOpt, WaitOpt, app, as_model, command, resolve_spec, run_flow, warm
+from cli.app import (
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    as_model,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
 from stack.drill import DrillKind
 from stack.errors import PghaError
 from stack.results import AuditReport, DrillResult
@@ -28,9 +41,8 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.drill import drill as drill_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     result = run_flow(drill_flow, spec, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
                       wait_seconds=wait, tags=("pgha", "health"))
     return Done(as_model(DrillResult, result), spec)
@@ -44,9 +56,8 @@ def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.audit import audit as audit_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     # The flow ends Failed on a critical finding (that is what alerts) and still returns its report.
     state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
     report = state.result(raise_on_failure=False)

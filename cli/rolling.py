@@ -17,6 +17,7 @@ from cli.app import (
     as_model,
     checks,
     command,
+    require_engines,
     resolve_spec,
     run_flow,
     stderr_line,
@@ -57,9 +58,8 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
     warm()
     from flows.upgrade import upgrade as upgrade_flow
     from flows.upgrade import upgrade_preflight
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     target = image or ""
     if updates is not None:
         from tasks.images import ensure_image
@@ -93,10 +93,9 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
     warm()
     from flows.config import config_set as config_flow
     from flows.config import validate
-    from tasks.docker_engine import client
     from tasks.patroni import cluster_view
 
-    client()
+    require_engines(spec)
     with checks() as check:
         # Refuse a parameter before paying the flow's start-up.
         # Without a leader the flow's own health check says what is wrong.
@@ -115,9 +114,8 @@ def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number o
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.scale import scale as scale_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     return Done(as_model(ScaleResult, run_flow(scale_flow, spec, nodes=nodes), nodes=nodes), spec)
 
 
@@ -133,7 +131,6 @@ def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace,
                          f"{', '.join(spec.etcd_names())}")
     warm()
     from flows.etcd_replace import etcd_replace as replace_flow
-    from tasks.docker_engine import client
 
-    client()
+    require_engines(spec)
     return Done(as_model(EtcdReplaceResult, run_flow(replace_flow, spec, member=member), member=member), spec)
