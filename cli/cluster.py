@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.app import (
+from cli.core import (
     Done,
     ScopeOpt,
     SpecOpt,

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cli.app import Done, out
+from cli.core import Done, out
 from stack.results import (
     AuditReport,
     BackupResult,

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from cli import render
-from cli.app import Done, app, command
+from cli.core import Done, app, command
 
 server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server, work pool, deployments and worker.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert automations defined in deployments/alerts.yaml.")

@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.steps.backups import ensure_archiving
+from flows.steps.preflight import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
 from stack import topology
 from stack.backup import repo_volume
@@ -123,7 +124,7 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     store_spec(spec)
 
     image = ensure_image(spec)
-    refuse_image_swap(spec, spec.upgrade.node_image or image)
+    preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)
     ensure_volumes(spec)
     outcomes: dict[str, str] = {}

@@ -10,8 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import cli.app as cli_app
-from cli.app import Done, app, command
+import cli.core as cli_app
+from cli.app import app
+from cli.core import Done, command
 from stack.errors import StateError, WaitTimeout
 from stack.results import ScaleResult
 
