@@ -80,6 +80,18 @@ def test_haproxy_cfg_is_byte_for_byte_the_captured_rendering(name: str, raw: dic
     assert render.render_haproxy_cfg(parse_spec(raw)) == (HAPROXY_DATA / name).read_text()
 
 
+def test_haproxy_sections_are_data() -> None:
+    sections = render.haproxy_sections(parse_spec({"scope": "lab", "nodes": 2}))
+    assert [s.header for s in sections] == ["global", "resolvers docker", "defaults", "frontend stats",
+                                            "listen primary", "listen replicas"]
+    by_header = {s.header: s.directives for s in sections}
+    for listen in ("listen primary", "listen replicas"):
+        assert [d for d in by_header[listen] if d.startswith("server ")] == [
+            "server pg-1 lab-pg-1:5432", "server pg-2 lab-pg-2:5432"]
+    assert render.serialize_haproxy([render.CfgSection("a", ["x 1"]), render.CfgSection("b", [])]) == (
+        f"{render.HAPROXY_BANNER}\na\n    x 1\n\nb\n")
+
+
 def test_etcd_flags() -> None:
     spec = parse_spec({"scope": "lab", "etcd_members": 3})
     flags = render.etcd_command(spec, "etcd-2")
