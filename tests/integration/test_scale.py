@@ -18,9 +18,9 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tasks.traffic import measured
 from tests.integration.conftest import Cluster, pgha
 from tests.integration.test_upgrade import quick_cluster
+from tests.support.traffic import measured
 
 SCOPE = "pgha-it-up2"
 # Asynchronous replication: lets the test put the leadership on the node scale-in removes.

@@ -26,8 +26,8 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tasks.traffic import Traffic, measured
 from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
+from tests.support.traffic import Traffic, measured
 
 SCOPE = "pgha-it-up1"
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "postgres_version": 15,
