@@ -37,6 +37,22 @@ def status(c: Cluster) -> tuple[int, dict[str, object]]:
     return res.returncode, json.loads(res.stdout)
 
 
+def wait_healthy(c: Cluster, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while (st := status(c))[0] != 0:
+        assert time.monotonic() < deadline, f"cluster not healthy after {timeout:.0f} s: {st[1].get('problems')}"
+        time.sleep(1)
+
+
+@pytest.fixture
+def healthy_d(cluster_d: Cluster) -> Cluster:
+    """The drills' cluster, healthy before each test whatever the previous one left (`up` converges it)."""
+    if status(cluster_d)[0] != 0:
+        up(cluster_d)
+        wait_healthy(cluster_d)
+    return cluster_d
+
+
 def probe_rows(c: Cluster, port: str) -> int:
     """Rows of the drills' probe table, counted by the test itself (0 before the first drill)."""
     with psycopg.connect(host="127.0.0.1", port=c.port(port), user="postgres", password=c.secrets["superuser"],
@@ -54,7 +70,8 @@ def patroni_roles(st: dict[str, object]) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("kind", ["switchover", "graceful-stop", "hard-kill", "partition", "replica-kill",
                                   "etcd-member-loss", "haproxy-restart"])
-def test_drill_loses_nothing_and_heals(cluster_d: Cluster, kind: str) -> None:
+def test_drill_loses_nothing_and_heals(healthy_d: Cluster, kind: str) -> None:
+    cluster_d = healthy_d
     before = probe_rows(cluster_d, "rw")
     res = pgha(cluster_d.env, "drill", kind, "--scope", cluster_d.scope, "--json")
     assert res.returncode == 0, f"{kind} drill failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
@@ -85,8 +102,9 @@ def test_drill_loses_nothing_and_heals(cluster_d: Cluster, kind: str) -> None:
         assert roles[r["target"]][1] == "streaming"
 
 
-def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(cluster_d: Cluster,
+def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(healthy_d: Cluster,
                                                                   engine: docker.DockerClient) -> None:
+    cluster_d = healthy_d
     _, st = status(cluster_d)
     roles = patroni_roles(st)
     leader = next(m for m, (role, _) in roles.items() if role == "leader")
@@ -99,14 +117,12 @@ def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(cluster_d: Cl
     assert engine.containers.get(cluster_d.container(replica)).status == "exited"
     # `pgha up` converges: it starts what is stopped.
     up(cluster_d)
-    deadline = time.monotonic() + 90
-    while status(cluster_d)[0] != 0:
-        assert time.monotonic() < deadline, "cluster not healthy after pgha up"
-        time.sleep(1)
+    wait_healthy(cluster_d)
 
 
-def test_drill_killed_half_way_is_shown_by_status_and_healed_by_a_rerun(cluster_d: Cluster,
+def test_drill_killed_half_way_is_shown_by_status_and_healed_by_a_rerun(healthy_d: Cluster,
                                                                        engine: docker.DockerClient) -> None:
+    cluster_d = healthy_d
     _, st = status(cluster_d)
     leader = next(m for m, (role, _) in patroni_roles(st).items() if role == "leader")
     proc = subprocess.Popen([sys.executable, "-m", "cli", "drill", "hard-kill", "--scope", cluster_d.scope],
