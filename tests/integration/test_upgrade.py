@@ -146,6 +146,7 @@ def settle(engine: docker.DockerClient, c: Cluster, images: dict[str, str], allo
     When an earlier test (or a failed one) left it otherwise, the cluster is made afresh from
     its spec (nodes on the main image), so no test depends on what ran before it.
     """
+    assert "main" in allowed  # a fresh cluster runs the main image
     on = set(node_images(engine, c).values())
     pending = (Path(c.env["PGHA_STATE_DIR"]) / c.scope / "upgrade-pending.json").exists()
     key = next((k for k in allowed if on == {images[k]}), None)
@@ -155,7 +156,6 @@ def settle(engine: docker.DockerClient, c: Cluster, images: dict[str, str], allo
     shutil.rmtree(Path(c.env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
     up(c)
     assert set(node_images(engine, c).values()) == {images["main"]}
-    assert "main" in allowed
     return "main"
 
 
