@@ -14,9 +14,10 @@ import pytest
 
 from stack import backup as bk
 from stack import render
-from stack.errors import EtcdError
+from stack.cluster import MemberRole, assess, back_since, quorum
 from stack.spec import ClusterSpec, parse_spec
 from tasks import etcd, haproxy, patroni
+from tasks.node_exec import ExecResult
 from tasks.pgbackrest import verify_problems
 
 DATA = Path(__file__).parent / "data"
@@ -39,13 +40,13 @@ def test_cluster_healthy_with_a_sync_standby() -> None:
     view = patroni.parse_cluster(payload("patroni/cluster-healthy.json"))
     roles = {m.name: (m.role, m.state, m.timeline, m.lag) for m in view.members}
     assert roles == {
-        "pg-1": (patroni.MemberRole.REPLICA, "streaming", 1, 0),
-        "pg-2": (patroni.MemberRole.LEADER, "running", 1, None),  # a leader reports no lag
-        "pg-3": (patroni.MemberRole.SYNC_STANDBY, "streaming", 1, 0),
+        "pg-1": (MemberRole.REPLICA, "streaming", 1, 0),
+        "pg-2": (MemberRole.LEADER, "running", 1, None),  # a leader reports no lag
+        "pg-3": (MemberRole.SYNC_STANDBY, "streaming", 1, 0),
     }
     leader = view.leader()
     assert leader is not None and leader.name == "pg-2"
-    r = patroni.assess(view, REC)
+    r = assess(view, REC)
     assert r.ok and r.reason == "leader pg-2, 2 replicas streaming"
 
 
@@ -53,9 +54,9 @@ def test_cluster_with_a_stopped_replica() -> None:
     view = patroni.parse_cluster(payload("patroni/cluster-replica-stopped.json"))
     pg1 = next(m for m in view.members if m.name == "pg-1")
     # A stopped member keeps its key for a while: state "stopped", lag the string "unknown", no timeline.
-    assert (pg1.role, pg1.state, pg1.lag, pg1.timeline) == (patroni.MemberRole.REPLICA, "stopped", None, None)
+    assert (pg1.role, pg1.state, pg1.lag, pg1.timeline) == (MemberRole.REPLICA, "stopped", None, None)
     assert not pg1.streaming
-    r = patroni.assess(view, REC)
+    r = assess(view, REC)
     assert not r.ok and r.reason == "pg-1 is stopped, not streaming"
 
 
@@ -63,8 +64,8 @@ def test_member_status_of_a_node() -> None:
     st = payload("patroni/patroni-node.json")
     assert st["role"] == "primary" and st["server_version"] == 170012
     started = dt.datetime.fromisoformat(str(st["postmaster_start_time"])).timestamp()
-    assert patroni.back_since(st, started - 60)
-    assert not patroni.back_since(st, started + 60)
+    assert back_since(st, started - 60)
+    assert not back_since(st, started + 60)
     # Patroni omits `tags` when none is set: such a member is in service.
     assert not patroni.out_of_service(dict(st.get("tags") or {}))  # type: ignore[call-overload]
 
@@ -83,9 +84,7 @@ def test_etcd_health_healthy_and_with_a_member_stopped() -> None:
     rows = etcd.parse_health(text("etcd/endpoint-health-member-stopped.json"))
     down = [r for r in rows if not r.healthy]
     assert [(r.endpoint, r.error) for r in down] == [("http://pgha-rec-etcd-2:2379", "context deadline exceeded")]
-    assert etcd.quorum(rows, 3)
-    with pytest.raises(EtcdError, match="no health report"):
-        etcd.parse_health("Error: context deadline exceeded")
+    assert quorum(rows, 3)
 
 
 def test_etcd_status_healthy_and_with_a_member_stopped() -> None:
@@ -97,7 +96,7 @@ def test_etcd_status_healthy_and_with_a_member_stopped() -> None:
     # A member that does not answer has no row at all.
     assert sorted(etcd.parse_status(text("etcd/endpoint-status-member-stopped.json"))) == [
         "pgha-rec-etcd-1", "pgha-rec-etcd-3"]
-    assert etcd.parse_status("") == {} and etcd.parse_status("not json") == {}
+    assert etcd.parse_status("") == {}
 
 
 def test_etcd_member_list_ids_are_exact_and_match_status() -> None:
@@ -107,26 +106,25 @@ def test_etcd_member_list_ids_are_exact_and_match_status() -> None:
     assert max(ids) > 2**63  # uint64: a float or int64 would lose it
     status = etcd.parse_status(text("etcd/endpoint-status-healthy.json"))
     assert ids == {st["header"]["member_id"] for st in status.values()}  # type: ignore[index]
-    with pytest.raises(EtcdError, match="no member list"):
-        etcd.parse_member_list("")
 
 
-def _recorded_etcdctl(stopped: bool):  # noqa: ANN202 - a fake of tasks.etcd._exec_etcdctl
+def _recorded_etcdctl(stopped: bool):  # noqa: ANN202 - a fake of tasks.etcd.etcdctl
     kind = "member-stopped" if stopped else "healthy"
 
-    def fake(spec: ClusterSpec, args: list[str]) -> tuple[int, str, str]:
+    def fake(spec: ClusterSpec, args: list[str], *rest: object, **kw: object) -> ExecResult:
         what = "health" if args[:2] == ["endpoint", "health"] else "status"
-        return (1 if stopped else 0), text(f"etcd/endpoint-{what}-{kind}.json"), ""
+        # etcdctl exits 1 with a member down, yet prints the rows of the others on stdout.
+        return ExecResult(1 if stopped else 0, text(f"etcd/endpoint-{what}-{kind}.json"), "")
     return fake
 
 
 def test_etcd_audit_members_and_leader_from_recorded_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(etcd, "_exec_etcdctl", _recorded_etcdctl(stopped=False))
+    monkeypatch.setattr(etcd, "etcdctl", _recorded_etcdctl(stopped=False))
     members = {m.member: m for m in etcd.audit_members(REC)}
     assert all(m.healthy and m.db_size == 40960 for m in members.values())
     assert [m.member for m in members.values() if m.is_leader] == ["etcd-3"]
     assert etcd.leader_member(REC) == "etcd-3"
-    monkeypatch.setattr(etcd, "_exec_etcdctl", _recorded_etcdctl(stopped=True))
+    monkeypatch.setattr(etcd, "etcdctl", _recorded_etcdctl(stopped=True))
     members = {m.member: m for m in etcd.audit_members(REC)}
     assert (members["etcd-2"].healthy, members["etcd-2"].error, members["etcd-2"].db_size) == (
         False, "context deadline exceeded", None)
