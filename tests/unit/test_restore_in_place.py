@@ -46,32 +46,3 @@ def test_failure_message_says_the_cluster_is_down_and_how_to_recover() -> None:
 def test_discarded_note_names_the_target() -> None:
     when = dt.datetime(2026, 11, 25, 21, 3, tzinfo=dt.UTC)
     assert "after 2026-11-25 21:03:00+00:00 is discarded" in discarded_note(spec(), when)
-
-
-def test_a_failure_after_the_stop_raises_restore_failed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anything failing once the containers are gone ends in one line saying the cluster is down."""
-    import contextlib
-    import logging
-
-    from flows import restore as rs
-    from stack import backup as bk
-    from stack.errors import DockerError
-
-    when = dt.datetime(2026, 11, 25, 21, 3, tzinfo=dt.UTC)
-    base = bk.BackupSet("20261125-210000F", "full", when, when, 1, 1, "", "", False)
-    calls: list[str] = []
-    monkeypatch.setattr(rs, "get_run_logger", lambda: logging.getLogger("unit"))
-    monkeypatch.setattr(rs, "mutating", lambda scope, holder: contextlib.nullcontext(calls.append(f"lock {scope}")))
-    monkeypatch.setattr(rs, "holder_name", lambda op: op)
-    monkeypatch.setattr(rs, "preflight", lambda *a: (when, base))
-    monkeypatch.setattr(rs, "stop_nodes", lambda s: calls.append("stopped") or [])
-
-    def broken(*a: object) -> float:
-        raise DockerError("cannot create scratch container")
-
-    monkeypatch.setattr(rs, "restore_volume", broken)
-    with pytest.raises(rs.RestoreFailed) as exc:
-        rs._in_place(spec(), "2026-11-25 21:03:00+00")  # noqa: SLF001
-    assert calls == ["lock pgha-unit-ip", "stopped"]
-    assert "is DOWN" in str(exc.value) and "cannot create scratch container" in str(exc.value)
-    assert exc.value.exit_code == 4
