@@ -332,15 +332,6 @@ def check_target(target: dt.datetime, sets: list[BackupSet], now: dt.datetime) -
     return None
 
 
-def retention_keeps(sets: list[BackupSet], retention_full: int) -> set[str]:
-    """Labels that full-backup retention must keep: the newest N fulls and everything after the oldest of them."""
-    fulls = [s for s in sets if s.type == "full" and not s.error]
-    if len(fulls) <= retention_full:
-        return {s.label for s in sets}
-    oldest_kept = fulls[-retention_full]
-    return {s.label for s in sets if s.start >= oldest_kept.start}
-
-
 def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))

@@ -129,10 +129,7 @@ def test_parse_target_time(text: str, ok: bool) -> None:
         assert v.tzinfo is not None  # type: ignore[union-attr]
 
 
-def test_retention_and_dump_pruning() -> None:
-    sets = [_set("F1", "full", 1), _set("F1_D", "diff", 2), _set("F2", "full", 3), _set("F3", "full", 4)]
-    assert bk.retention_keeps(sets, 2) == {"F2", "F3"}
-    assert bk.retention_keeps(sets, 3) == {"F1", "F1_D", "F2", "F3"}
+def test_dump_pruning() -> None:
     names = ["20261125T010000Z", "20261124T010000Z", "20261126T010000Z", "junk"]
     assert bk.dump_sets_to_remove(names, 2) == ["20261124T010000Z"]
     assert bk.dump_sets_to_remove(names, 5) == []
