@@ -13,8 +13,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows import backup as backup_mod
 from flows import status as status_mod
+from flows.steps import ensure_archiving
+from stack import backup as bk
 from stack import topology
 from stack.errors import StateError
 from stack.spec import ClusterSpec
@@ -91,7 +92,7 @@ def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
     for member in spec.node_names():
         out[spec.volume(member)] = de.ensure_volume(spec.scope, "patroni", member, spec.volume(member)).value
     if spec.backup.enabled and spec.backup.s3 is None:
-        repo = backup_mod.bk.repo_volume(spec)
+        repo = bk.repo_volume(spec)
         out[repo] = de.ensure_volume(spec.scope, "pgbackrest", "repo", repo).value
     return out
 
@@ -151,7 +152,7 @@ def _bootstrap(spec: ClusterSpec) -> dict[str, Any]:
     view = patroni.wait_whole(spec)
     outcomes[spec.haproxy_member] = haproxy_run.result()
     wait_endpoints(spec)
-    backup_mod.ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
+    ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
 
     st = status_mod.collect(spec)
     elapsed = round(time.monotonic() - started, 1)
