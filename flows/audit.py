@@ -22,13 +22,14 @@ from prefect.states import Completed, Failed, State
 from stack import audit as A
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT
+from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_engine as de
-from tasks import etcd, haproxy, patroni, postgres
+from tasks import docker_engine, etcd, haproxy, patroni, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
+from tasks.node_exec import node
 
 T = TypeVar("T")
 Gathered = tuple[Any, str]  # (observation or None, error message)
@@ -53,8 +54,10 @@ def _secrets(spec: ClusterSpec) -> Secrets:
 
 @task(name="audit-containers", **READ_ONLY)
 def gather_containers(spec: ClusterSpec) -> Gathered:
-    rows, err = _safe(lambda: de.audit_containers(spec.scope))
-    return ([A.ContainerObs(**r) for r in rows] if rows is not None else None), err
+    def go() -> list[A.ContainerObs]:
+        return [A.ContainerObs(**r) for e in docker_engine.engines(spec).all() for r in e.audit_containers(spec.scope)]
+
+    return _safe(go)
 
 
 @task(name="audit-etcd", **READ_ONLY)
@@ -71,8 +74,7 @@ def gather_patroni(spec: ClusterSpec) -> Gathered:
             live = {m: pool.submit(patroni.probe_code, spec, m, "/liveness") for m in nodes}
             ready = {m: pool.submit(patroni.probe_code, spec, m, "/readiness") for m in nodes}
             return A.PatroniObs(
-                members=[A.PatroniMember(m.name, m.role.value, m.state, m.timeline, m.lag, m.pending_restart)
-                         for m in view.members],
+                members=list(view.members),
                 paused=view.paused,
                 liveness={m: _safe(f.result)[0] for m, f in live.items()},
                 readiness={m: _safe(f.result)[0] for m, f in ready.items()},
@@ -90,7 +92,7 @@ def gather_replication(spec: ClusterSpec) -> Gathered:
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
-        ips = de.container_ips(spec.network)
+        ips = docker_engine.engines(spec).of(spec.haproxy_member).container_ips(spec.network)
         prefix = spec.scope + "-"
 
         def member(ip: str | None) -> str | None:
@@ -117,7 +119,7 @@ def gather_postgres(spec: ClusterSpec) -> Gathered:
 def gather_disks(spec: ClusterSpec) -> Gathered:
     def go() -> dict[str, float | None]:
         with ThreadPoolExecutor(max_workers=len(spec.node_names())) as pool:
-            futures = {m: pool.submit(de.disk_used_pct, spec.container(m), DATA_MOUNT) for m in spec.node_names()}
+            futures = {m: pool.submit(node(spec, m).disk_used_pct, DATA_MOUNT) for m in spec.node_names()}
             return {m: _safe(f.result)[0] for m, f in futures.items()}
 
     return _safe(go)
@@ -166,7 +168,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     return findings
 
 
-def run_audit(spec: ClusterSpec) -> dict[str, Any]:
+def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
     t0 = time.monotonic()
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
@@ -183,21 +185,23 @@ def run_audit(spec: ClusterSpec) -> dict[str, Any]:
     except OSError as exc:  # e.g. two audits at once: the next audit just compares with an older baseline
         get_run_logger().warning("audit baseline not saved: %s", exc)
     v = A.verdict(spec.scope, findings)
-    return {"scope": spec.scope, "status": v.level.value, "message": v.message,
-            "elapsed_s": round(time.monotonic() - t0, 2), "findings": [f.to_dict() for f in findings]}
+    return AuditReport(scope=spec.scope, status=v.level.value, message=v.message,
+                       elapsed_s=round(time.monotonic() - t0, 2),
+                       findings=[FindingRow(**f.to_dict()) for f in findings])
 
 
-def _artifacts(report: dict[str, Any]) -> None:
-    scope = report["scope"]
-    create_table_artifact(key=f"{scope}-audit", table=report["findings"], description=report["message"][:500])
-    bad = [f for f in report["findings"] if f["status"] != "ok"]
-    md = [f"# Health audit of `{scope}`: {report['status'].upper()}", "", report["message"], "",
-          f"{len(report['findings'])} checks in {report['elapsed_s']} s; {len(bad)} not ok.", ""]
+def _artifacts(report: AuditReport) -> None:
+    scope = report.scope
+    findings = [f.to_json() for f in report.findings]
+    create_table_artifact(key=f"{scope}-audit", table=findings, description=report.message[:500])
+    bad = [f for f in findings if f["status"] != "ok"]
+    md = [f"# Health audit of `{scope}`: {report.status.upper()}", "", report.message, "",
+          f"{len(findings)} checks in {report.elapsed_s} s; {len(bad)} not ok.", ""]
     if bad:
         md += ["| check | target | status | observed | threshold | hint |", "|---|---|---|---|---|---|"]
         md += [f"| {f['check']} | {f['target']} | {f['status']} | {f['observed']} | {f['threshold']} | {f['hint']} |"
                for f in bad]
-    create_markdown_artifact(key=f"{scope}-audit-summary", markdown="\n".join(md), description=report["message"][:500])
+    create_markdown_artifact(key=f"{scope}-audit-summary", markdown="\n".join(md), description=report.message[:500])
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
@@ -205,8 +209,8 @@ def audit(spec: ClusterSpec = ClusterSpec()) -> State:  # noqa: B008 - pydantic 
     report = run_audit(spec)
     _artifacts(report)
     log = get_run_logger()
-    if report["status"] == A.Level.CRITICAL.value:
-        log.error(report["message"])
-        return Failed(message=report["message"], data=report)
-    log.info("%s (%s s)", report["message"], report["elapsed_s"])
-    return Completed(message=report["message"], data=report)
+    if report.status == A.Level.CRITICAL.value:
+        log.error(report.message)
+        return Failed(message=report.message, data=report)
+    log.info("%s (%s s)", report.message, report.elapsed_s)
+    return Completed(message=report.message, data=report)

@@ -9,28 +9,32 @@ stored spec's `postgres_parameters` follow the change, so the spec stays the sou
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows import status as status_mod
-from flows.upgrade import Ctx, _store_spec, caught_up, put_back, take_out
+from flows.steps import preflight_once
+from flows.steps.cluster import require_healthy, store_spec, switchover
+from flows.steps.nodes import NodeCtx, node_ctx, restart_node
+from flows.steps.ops import current, mutating_flow, note
+from stack.cluster import MemberRole
 from stack.errors import StateError, UsageError
+from stack.results import ConfigSetResult
 from stack.rolling import check_parameter
 from stack.spec import ClusterSpec, RestartPolicy
 from stack.wait import wait_for
-from tasks import docker_engine as de
-from tasks import patroni
-from tasks._prefect import ONCE
-from tasks.host.lock import holder_name, mutating
-from tasks.host.secrets import load_or_create
-from tasks.host.state import secrets_file
+from tasks import patroni, postgres
 
 
-def validate(spec: ClusterSpec, leader: str, params: dict[str, str]) -> dict[str, bool]:
-    """Refuse what cannot be set (UsageError, one line); return {name: needs restart}."""
-    found = patroni.settings(spec, leader, list(params))
+def validate(spec: ClusterSpec, params: dict[str, str]) -> dict[str, bool]:
+    """Refuse what cannot be set (UsageError, one line); return {name: needs restart}.
+
+    The leader's pg_settings say what each parameter is (context, type, bounds).
+    """
+    lead = patroni.cluster_view(spec).leader()
+    if lead is None:
+        raise StateError(f"cluster {spec.scope} has no leader to check the parameters against (see `pgha status`)")
+    found = postgres.settings(spec, lead.name, list(params))
     problems = [p for name, value in params.items() if (p := check_parameter(name, value, found.get(name)))]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -38,82 +42,47 @@ def validate(spec: ClusterSpec, leader: str, params: dict[str, str]) -> dict[str
     return {n: bool(found.get(n) and found[n].needs_restart) for n in params}
 
 
-@task(name="restart-member", **ONCE)
-def restart_member(ctx: Ctx, member: str, is_leader: bool) -> None:
-    """Drain (tags), restart PostgreSQL through Patroni, wait until caught up, put back."""
+def _restarted_candidate(spec: ClusterSpec) -> str:
+    """A streaming replica already restarted (the sync standby in synchronous mode); '' if none yet."""
+    view = patroni.cluster_view(spec)
+    reps = [m for m in view.replicas() if m.streaming and not m.pending_restart]
+    if any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
+        return next((m.name for m in reps if m.role == MemberRole.SYNC_STANDBY), "")
+    return reps[0].name if reps else ""
+
+
+def _rolling_restart(ctx: NodeCtx) -> list[str]:
     spec = ctx.spec
-    take_out(ctx, member, is_leader)
-    since = time.time()
-    patroni.restart_member(spec, member)
-    wait_for(f"{member} restarted and caught up", lambda: caught_up(spec, member, since,
-                                                                    spec.upgrade.caught_up_lag_bytes, is_leader),
-             lambda why: why == "", timeout=ctx.timeout, interval=0.5, describe=lambda why: why,
-             logs=lambda: de.logs(spec.container(member), tail=12))
-    put_back(ctx, member)
-
-
-def _switch_to_restarted(ctx: Ctx, leader: str) -> str:
-    spec = ctx.spec
-
-    def candidate() -> str:
-        view = patroni.cluster_view(spec)
-        reps = [m for m in view.members if not m.is_leader and m.streaming and not m.pending_restart]
-        sync = [m.name for m in reps if m.role == patroni.MemberRole.SYNC_STANDBY]
-        if any(m.role == patroni.MemberRole.SYNC_STANDBY for m in view.members):
-            return sync[0] if sync else ""
-        return reps[0].name if reps else ""
-
-    cand = wait_for("a restarted replica to hand the leadership to", candidate, bool, timeout=30, interval=0.5)
-    patroni.switchover(spec, leader, cand)
-    wait_for(f"{cand} to lead and {leader} to replicate", lambda: patroni.cluster_view(spec),
-             lambda v: bool(v.leader() and v.leader().name == cand and patroni.assess(v, spec).ok),  # type: ignore[union-attr]
-             timeout=ctx.timeout, interval=0.5, describe=lambda v: patroni.assess(v, spec).reason)
-    return cand
-
-
-@flow(name="config-set", description="Change PostgreSQL parameters (Patroni dynamic config) with a rolling restart.")
-def config_set(spec: ClusterSpec = ClusterSpec(), parameters: dict[str, str] | None = None,  # noqa: B008
-               restart: bool = True) -> dict[str, Any]:
-    """Set `parameters`; restart members with pending_restart one at a time unless restart=False."""
-    if not parameters:
-        raise UsageError("give at least one KEY=VALUE")
-    with mutating(spec.scope, holder_name("config-set")):
-        return _config_set(spec, dict(parameters), restart)
-
-
-def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dict[str, Any]:
-    log = get_run_logger()
-    de.client()
-    st = status_mod.collect(spec)
-    if not st.healthy:
-        raise StateError(f"cluster {spec.scope} is not healthy, refusing the change: {st.problems[0]} (see `pgha status`)")
+    done: list[str] = []
     view = patroni.cluster_view(spec)
     lead = view.leader()
-    assert lead is not None  # healthy means exactly one
-    needs = validate(spec, lead.name, params)
-    started = time.monotonic()
-    patroni.edit_parameters(spec, lead.name, params)
-    patched_at = time.monotonic()
-    new_params = {**spec.postgres_parameters, **params}
-    _store_spec(spec.model_copy(update={"postgres_parameters": new_params}))
-    log.info("dynamic configuration patched: %s", ", ".join(f"{k}={v}" for k, v in params.items()))
-    subnet, _ = de.ensure_network(spec.scope, spec.network)
-    ctx = Ctx(spec=spec, secrets=load_or_create(secrets_file(spec.scope)), subnet=subnet,
-              timeout=spec.upgrade.node_timeout_s)
-    restarted: list[str] = []
-    if any(needs.values()):
-        # Patroni notices the new configuration on its next loop and flags pending_restart.
-        wait_for("every member to see the change (pending_restart)",
-                 lambda: [m.name for m in patroni.cluster_view(spec).members if not m.pending_restart],
-                 lambda left: not left, timeout=spec.timing.loop_wait * 3 + 20, interval=0.5,
-                 describe=lambda left: "not yet: " + ", ".join(left))
-        if restart:
-            restarted = _rolling_restart(ctx)
+    assert lead is not None
+    for m in sorted((m for m in view.replicas() if m.pending_restart), key=lambda m: m.name):
+        note(f"restarting replica {m.name}")
+        restart_node(ctx, m.name, False)
+        done.append(m.name)
+    if not patroni.pending_restart(spec, lead.name):
+        return done
+    if spec.upgrade.primary == RestartPolicy.SWITCHOVER and spec.nodes > 1:
+        cand = wait_for("a restarted replica to hand the leadership to", lambda: _restarted_candidate(spec), bool,
+                        timeout=30, interval=0.5)
+        switchover(spec, lead.name, cand, ctx.timeout)
+        note(f"switched over {lead.name} -> {cand}")
+        if patroni.pending_restart(spec, lead.name):
+            note(f"restarting {lead.name} (now a replica)")
+            restart_node(ctx, lead.name, False)
     else:
-        ctx.note("no parameter needs a restart; reloaded by Patroni")
-    # Every member runs the new values: ask each one.
+        note(f"restarting primary {lead.name} in place")
+        restart_node(ctx, lead.name, True)
+    done.append(lead.name)
+    return done
+
+
+def _wait_applied(spec: ClusterSpec, params: dict[str, str], needs: dict[str, bool], restart: bool,
+                  patched_at: float) -> dict[str, dict[str, str]]:
+    """Every member runs the new values (asked of each one)."""
     def values() -> dict[str, dict[str, str]]:
-        return {m: {k: patroni.show(spec, m, k) for k in params} for m in spec.node_names()}
+        return {m: {k: postgres.show(spec, m, k) for k in params} for m in spec.node_names()}
 
     settle = spec.timing.loop_wait * 2 + 2
 
@@ -130,35 +99,39 @@ def _config_set(spec: ClusterSpec, params: dict[str, str], restart: bool) -> dic
                 return False
         return True
 
-    seen = wait_for("every member to run the new values", values, applied,
+    return wait_for("every member to run the new values", values, applied,
                     timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
+
+
+@flow(name="config-set", description="Change PostgreSQL parameters (Patroni dynamic config) with a rolling restart.")
+@mutating_flow("config-set")
+def config_set(spec: ClusterSpec = ClusterSpec(), parameters: dict[str, str] | None = None,  # noqa: B008
+               restart: bool = True) -> ConfigSetResult:
+    """Set `parameters`; restart members with pending_restart one at a time unless restart=False."""
+    if not parameters:
+        raise UsageError("give at least one KEY=VALUE")
+    params = dict(parameters)
+    require_healthy(spec, "the change")
+    needs = preflight_once(validate, spec, params)
+    patroni.edit_parameters(spec, params)
+    patched_at = time.monotonic()
+    store_spec(spec.model_copy(update={"postgres_parameters": {**spec.postgres_parameters, **params}}))
+    note("dynamic configuration patched: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    restarted: list[str] = []
+    if any(needs.values()):
+        # Patroni notices the new configuration on its next loop and flags pending_restart.
+        wait_for("every member to see the change (pending_restart)",
+                 lambda: [m.name for m in patroni.cluster_view(spec).members if not m.pending_restart],
+                 lambda left: not left, timeout=spec.timing.loop_wait * 3 + 20, interval=0.5,
+                 describe=lambda left: "not yet: " + ", ".join(left))
+        if restart:
+            restarted = _rolling_restart(node_ctx(spec, spec.upgrade.node_timeout_s))
+    else:
+        note("no parameter needs a restart; reloaded by Patroni")
+    seen = _wait_applied(spec, params, needs, restart, patched_at)
     rows = [{"member": m, **vals, "pending_restart": str(patroni.pending_restart(spec, m))} for m, vals in seen.items()]
     create_table_artifact(key=f"{spec.scope}-config-set", table=rows,
                           description=", ".join(f"{k}={v}" for k, v in params.items()))
-    return {"parameters": params, "needs_restart": needs, "restarted": restarted, "values": seen,
-            "events": ctx.events, "elapsed_s": round(time.monotonic() - started, 1)}
-
-
-def _rolling_restart(ctx: Ctx) -> list[str]:
-    spec = ctx.spec
-    done: list[str] = []
-    view = patroni.cluster_view(spec)
-    lead = view.leader()
-    assert lead is not None
-    for m in sorted((m for m in view.members if not m.is_leader and m.pending_restart), key=lambda m: m.name):
-        ctx.note(f"restarting replica {m.name}")
-        restart_member(ctx, m.name, False)
-        done.append(m.name)
-    if not patroni.pending_restart(spec, lead.name):
-        return done
-    if spec.upgrade.primary == RestartPolicy.SWITCHOVER and spec.nodes > 1:
-        cand = _switch_to_restarted(ctx, lead.name)
-        ctx.note(f"switched over {lead.name} -> {cand}")
-        if patroni.pending_restart(spec, lead.name):
-            ctx.note(f"restarting {lead.name} (now a replica)")
-            restart_member(ctx, lead.name, False)
-    else:
-        ctx.note(f"restarting primary {lead.name} in place")
-        restart_member(ctx, lead.name, True)
-    done.append(lead.name)
-    return done
+    op = current()
+    return ConfigSetResult(parameters=params, needs_restart=needs, restarted=restarted, values=seen,
+                           events=op.events, elapsed_s=op.elapsed())

@@ -12,36 +12,27 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import status as status_mod
-from stack.drill import (
-    DrillKind,
-    DrillResult,
-    Target,
-    choose_target,
-    error_digest,
-    longest_gap,
-    lost_writes,
-    timeline,
-    verdict,
-)
-from stack.errors import PghaError, StateError, UsageError
+from flows.steps.cluster import require_healthy, wait_healthy
+from flows.steps.ops import mutating_flow
+from stack.cluster import ClusterView, back_since
+from stack.drill import DrillKind, Target, choose_target, error_digest, longest_gap, lost_writes, timeline, verdict
+from stack.errors import PghaError, UsageError
+from stack.results import DrillResult
+from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine as de
-from tasks import etcd, patroni
-from tasks._prefect import ONCE, READ_ONLY, SIDE_EFFECT
+from tasks import docker_engine, etcd, patroni, postgres
+from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.chart import save_drill_chart
-from tasks.host.lock import WaitSeconds, holder_name, mutating
-from tasks.host.secrets import load_or_create
-from tasks.host.state import cluster_dir, secrets_file, write_private
-from tasks.postgres_probe import Probe, ensure_table, present_ids
+from tasks.host.lock import WaitSeconds
+from tasks.host.secrets import cluster_secrets
+from tasks.host.state import cluster_dir, write_private
+from tasks.postgres_probe import Probe
 
 
 class DrillFailed(PghaError):
@@ -55,13 +46,21 @@ def _pending_file(spec: ClusterSpec) -> Path:
 @task(name="heal", **SIDE_EFFECT)
 def heal(spec: ClusterSpec, member: str) -> str:
     """Undo any drill fault on a member: reattach its network, start its container."""
+    engine = docker_engine.engines(spec).of(member)
     name = spec.container(member)
     done = []
-    if de.connect(name, spec.network):
+    if engine.connect(name, spec.network):
         done.append("network reattached")
-    if de.start(name):
+    if engine.start(name):
         done.append("started")
     return ", ".join(done) or "nothing to undo"
+
+
+def wait_back(spec: ClusterSpec, member: str, since_unix: float, timeout: float) -> None:
+    """Wait until the node itself says its PostgreSQL restarted after `since_unix` and replicates or leads."""
+    wait_for(f"{member} back and replicating", lambda: patroni.member_status(spec, member),
+             lambda st: back_since(st, since_unix), timeout=timeout, interval=0.5,
+             describe=lambda st: f"state {st.get('state')}, started {st.get('postmaster_start_time')}")
 
 
 def heal_leftovers(spec: ClusterSpec) -> str | None:
@@ -74,7 +73,7 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
     what = heal(spec, member)
     if member in spec.node_names():
         wait_back(spec, member, float(pending.get("since", 0)), 180)
-    wait_whole(spec, 180)
+    wait_healthy(spec, 180, stable_s=1.0)
     path.unlink(missing_ok=True)
     return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
 
@@ -82,48 +81,27 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
 @task(name="inject-fault", **ONCE)
 def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
     """The fault itself; never retried (a retried fault is a different drill)."""
+    engine = docker_engine.engines(spec).of(target.member)
     name = spec.container(target.member)
     if kind == DrillKind.SWITCHOVER:
         patroni.switchover(spec, target.member, target.candidate)
     elif kind in (DrillKind.GRACEFUL_STOP, DrillKind.ETCD_MEMBER_LOSS):
-        de.stop(name, timeout=30)
+        engine.stop(name, timeout=30)
     elif kind in (DrillKind.HARD_KILL, DrillKind.REPLICA_KILL):
-        de.kill(name)
+        engine.kill(name)
     elif kind == DrillKind.PARTITION:
-        de.disconnect(name, spec.network)
+        engine.disconnect(name, spec.network)
     elif kind == DrillKind.HAPROXY_RESTART:
-        de.restart(name, timeout=5)
+        engine.restart(name, timeout=5)
 
 
-@task(name="wait-whole", **READ_ONLY)
-def wait_whole(spec: ClusterSpec, timeout: float) -> status_mod.ClusterStatus:
-    """Every container running, etcd healthy, one leader, replicas streaming, HAProxy routing.
-
-    Healthy twice in a row, a second apart: right after a restart /cluster can still show a
-    member's stale entry for a moment.
-    """
-    streak: list[float] = []
-
-    def stable(st: status_mod.ClusterStatus) -> bool:
-        if not st.healthy:
-            streak.clear()
-            return False
-        streak.append(time.monotonic())
-        return streak[-1] - streak[0] >= 1.0
-
-    return wait_for("the cluster to be whole again", lambda: status_mod.collect(spec), stable,
-                    timeout=timeout, interval=0.5, describe=lambda s: "; ".join(s.problems[:3]))
-
-
-def wait_back(spec: ClusterSpec, member: str, since_unix: float, timeout: float) -> None:
-    """Wait until the node itself says its PostgreSQL restarted after `since_unix` and replicates or leads."""
-    wait_for(f"{member} back and replicating", lambda: patroni.member_status(spec, member),
-             lambda st: patroni.back_since(st, since_unix), timeout=timeout, interval=0.5,
-             describe=lambda st: f"state {st.get('state')}, started {st.get('postmaster_start_time')}")
-
-
-def _members(view: patroni.ClusterView) -> dict[str, tuple[str, int | None]]:
-    return {m.name: (m.role.value, m.lag) for m in view.members if not m.is_leader}
+def _old_side(spec: ClusterSpec, member: str) -> str:
+    """What a cut-off leader says of itself (asked inside its container: no network needed)."""
+    try:
+        st = patroni.member_status(spec, member)
+    except PghaError:
+        return "API unreachable"
+    return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
 
 
 def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: Probe, reader: Probe,
@@ -132,8 +110,7 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
     notes: list[str] = []
 
     def leader_now() -> str:
-        v = patroni.cluster_view(spec)
-        lead = v.leader()
+        lead = patroni.cluster_view(spec).leader()
         return lead.name if lead else ""
 
     if kind.moves_leader:
@@ -143,17 +120,9 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
         wait_for("writes acknowledged by the new leader", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
                  lambda t: t > t_new, timeout=30, interval=0.1)
         if kind == DrillKind.PARTITION:
-            # No split brain: the cut-off leader must stop being a writable primary by itself.
-            def old_side() -> str:
-                code, out, _ = de.exec_in(spec.container(old_leader),
-                                          ["curl", "-s", "--max-time", "2", "http://localhost:8008/patroni"])
-                if code != 0 or not out.strip():
-                    return "API unreachable"
-                st = json.loads(out)
-                return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
-
-            # Writable only while Patroni still runs it as a primary: role primary AND running.
-            seen = wait_for("the partitioned leader to stop accepting writes", old_side,
+            # No split brain: the cut-off leader must stop being a writable primary by itself
+            # (writable only while Patroni still runs it as a primary: role primary AND running).
+            seen = wait_for("the partitioned leader to stop accepting writes", lambda: _old_side(spec, old_leader),
                             lambda r: r != "role primary, PostgreSQL running", timeout=timeout, interval=0.5)
             notes.append(f"no split brain: when {new} had taken over, the cut-off {old_leader} had stopped "
                          f"accepting writes by itself ({seen}; checked {time.monotonic() - t_fault:.1f}s after the cut)")
@@ -164,114 +133,120 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
     return old_leader, notes
 
 
+def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None) -> Target:
+    lead = view.leader()
+    assert lead is not None  # a healthy cluster has exactly one
+    etcd_leader = etcd.leader_member(spec) if kind == DrillKind.ETCD_MEMBER_LOSS else ""
+    replicas = {m.name: (m.role.value, m.lag) for m in view.replicas()}
+    try:
+        return choose_target(kind, lead.name, replicas, spec.nodes, spec.etcd_members, etcd_leader, to)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 @flow(name="drill", description="Failover/fault drill under write load: measure RTO/RPO and always heal.")
+@mutating_flow("drill")
 def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
           to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180,
-          wait_seconds: WaitSeconds = 0) -> dict[str, Any]:
+          wait_seconds: WaitSeconds = 0) -> DrillResult:
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
-    with mutating(spec.scope, holder_name("drill"), wait_seconds=wait_seconds):
-        if (healed := heal_leftovers(spec)) is not None:
-            log.warning(healed)
-        st = status_mod.collect(spec)
-        if not st.healthy:
-            raise StateError(f"cluster {spec.scope} is not healthy, refusing the drill: {st.problems[0]} "
-                             "(see `pgha status`)")
-        view = patroni.cluster_view(spec)
-        lead = view.leader()
-        assert lead is not None  # a healthy cluster has exactly one
-        etcd_leader = etcd.leader_member(spec) if kind == DrillKind.ETCD_MEMBER_LOSS else ""
+    if (healed := heal_leftovers(spec)) is not None:
+        log.warning(healed)
+    view = require_healthy(spec, "the drill")
+    lead = view.leader()
+    assert lead is not None
+    target = _target(spec, kind, view, to)
+    secrets = cluster_secrets(spec.scope)
+    postgres.ensure_probe_table(spec, secrets)
+    run_id = uuid.uuid4().hex[:12]
+    interval = probe_interval_ms / 1000
+    bound = spec.timing.ttl + 60 + heal_timeout_s  # probes stop by themselves after this
+    writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60)
+    reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=bound + 60)
+    writer.start()
+    reader.start()
+    healed_ok, whole_at, t_fault, t_heal = False, None, time.monotonic(), time.monotonic()
+    notes: list[str] = []
+    new_leader = lead.name
+    wall_fault = time.time()
+    try:
+        wait_for("the probes to warm up", lambda: (len(writer.log.ok), len(reader.log.ok)),
+                 lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
+        wall_fault = time.time()
+        write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member, "since": wall_fault}))
+        t_fault = time.monotonic()
+        log.info("%s: fault on %s%s", kind.value, target.member, f" (candidate {target.candidate})" if target.candidate else "")
         try:
-            target = choose_target(kind, lead.name, _members(view), spec.nodes, spec.etcd_members, etcd_leader, to)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        secrets = load_or_create(secrets_file(spec.scope))
-        ensure_table(spec, secrets)
-        run_id = uuid.uuid4().hex[:12]
-        interval = probe_interval_ms / 1000
-        bound = spec.timing.ttl + 60 + heal_timeout_s  # probes stop by themselves after this
-        writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60)
-        reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=bound + 60)
-        writer.start()
-        reader.start()
-        healed_ok, whole_at, t_fault = False, None, time.monotonic()
-        notes: list[str] = []
-        new_leader = lead.name
-        try:
-            wait_for("the probes to warm up", lambda: (len(writer.log.ok), len(reader.log.ok)),
-                     lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
-            wall_fault = time.time()
-            write_private(_pending_file(spec),
-                          json.dumps({"kind": kind.value, "member": target.member, "since": wall_fault}))
-            t_fault = time.monotonic()
-            log.info("%s: fault on %s%s", kind.value, target.member,
-                     f" (candidate {target.candidate})" if target.candidate else "")
-            try:
-                inject(spec, kind, target)
-                new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
-                                                   timeout=spec.timing.ttl + 60)
-                notes += more
-            finally:
-                t_heal = time.monotonic()
-                log.info("healing %s: %s", target.member, heal(spec, target.member))
-                try:
-                    if target.member in spec.node_names():
-                        # /cluster can show a member's stale entry; ask the node itself that its
-                        # PostgreSQL came back after the fault and replicates (or leads).
-                        wait_back(spec, target.member, wall_fault, heal_timeout_s)
-                    wait_whole(spec, heal_timeout_s)
-                    whole_at = time.monotonic()
-                    healed_ok = True
-                    _pending_file(spec).unlink(missing_ok=True)
-                except PghaError as exc:
-                    notes.append(f"not whole after {heal_timeout_s}s: {str(exc).splitlines()[0]}")
-            # A little steady traffic after healing, so the chart shows the cluster serving again.
-            if healed_ok:
-                wait_for("steady writes after healing", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
-                         lambda t: t > time.monotonic() - 0.2 and t > (whole_at or t_heal) + 1.0,
-                         timeout=30, interval=0.1)
+            inject(spec, kind, target)
+            new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
+                                               timeout=spec.timing.ttl + 60)
+            notes += more
         finally:
-            writer.stop()
-            reader.stop()
-            writer.join(10)
-            reader.join(10)
-        t_end = time.monotonic()
-        present = present_ids(spec, secrets, run_id)
-        view_after = patroni.cluster_view(spec)
-        rejoin = patroni.rejoin_method(spec, target.member, wall_fault) if target.member.startswith("pg-") else "restart"
-        lead_after = view_after.leader()
-        window_start = t_fault - 1.0
-        result = DrillResult(
-            kind=kind.value, target=target.member, old_leader=lead.name,
-            new_leader=lead_after.name if lead_after else new_leader,
-            timeline_before=lead.timeline, timeline_after=lead_after.timeline if lead_after else None,
-            write_gap_s=round(longest_gap(writer.log.ok, window_start, t_end), 3),
-            read_gap_s=round(longest_gap(reader.log.ok, window_start, t_end), 3) if spec.nodes > 1 else 0.0,
-            writes_acked=len(writer.log.acked_ids), write_errors=len(writer.log.errors),
-            lost_writes=lost_writes(writer.log.acked_ids, present),
-            recovered_s=None, whole_s=round(whole_at - t_fault, 2) if whole_at else None,
-            healed=healed_ok, rejoin=rejoin, notes=notes,
-            write_errors_seen=error_digest(writer.log, t_fault),
-        )
-        marks = {"heal": t_heal} | ({"whole": whole_at} if whole_at else {})
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_fault))
-        chart = save_drill_chart(cluster_dir(spec.scope) / "drills" / f"{stamp}-{kind.value}.png",
-                                 f"{spec.scope}: {kind.value} drill on {target.member}", writer.log, reader.log,
-                                 t_fault, {"fault": t_fault, **marks})
-        result.chart_png = str(chart)
-        text = timeline(writer.log, reader.log, t_fault - 2.0, t_end, t_fault, marks)
-        result.timeline = text
-        ok, message = verdict(result)
-        _report(spec, result, text, ok, message)
-        if not ok:
-            raise DrillFailed(f"{kind.value} drill failed: {message}")
-        log.info(message)
-        return asdict(result)
+            t_heal = time.monotonic()
+            log.info("healing %s: %s", target.member, heal(spec, target.member))
+            try:
+                if target.member in spec.node_names():
+                    # /cluster can show a member's stale entry; ask the node itself that its
+                    # PostgreSQL came back after the fault and replicates (or leads).
+                    wait_back(spec, target.member, wall_fault, heal_timeout_s)
+                wait_healthy(spec, heal_timeout_s, stable_s=1.0)
+                whole_at = time.monotonic()
+                healed_ok = True
+                _pending_file(spec).unlink(missing_ok=True)
+            except PghaError as exc:
+                notes.append(f"not whole after {heal_timeout_s}s: {str(exc).splitlines()[0]}")
+        # A little steady traffic after healing, so the chart shows the cluster serving again.
+        if healed_ok:
+            wait_for("steady writes after healing", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
+                     lambda t: t > time.monotonic() - 0.2 and t > (whole_at or t_heal) + 1.0,
+                     timeout=30, interval=0.1)
+    finally:
+        for p in (writer, reader):
+            p.stop()
+        for p in (writer, reader):
+            p.join(10)
+    result = _measure(spec, kind, target, lead.name, lead.timeline, new_leader, writer, reader, secrets, run_id,
+                      t_fault, wall_fault, whole_at, healed_ok, notes)
+    marks = {"heal": t_heal} | ({"whole": whole_at} if whole_at else {})
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_fault))
+    result.chart_png = str(save_drill_chart(cluster_dir(spec.scope) / "drills" / f"{stamp}-{kind.value}.png",
+                                            f"{spec.scope}: {kind.value} drill on {target.member}", writer.log,
+                                            reader.log, t_fault, {"fault": t_fault, **marks}))
+    result.timeline = timeline(writer.log, reader.log, t_fault - 2.0, time.monotonic(), t_fault, marks)
+    ok, message = verdict(result)
+    _report(spec, result, ok, message)
+    if not ok:
+        raise DrillFailed(f"{kind.value} drill failed: {message}")
+    log.info(message)
+    return result
 
 
-def _report(spec: ClusterSpec, r: DrillResult, text: str, ok: bool, message: str) -> None:
-    rows = [{"metric": k, "value": str(v)} for k, v in asdict(r).items() if k not in ("notes", "timeline")]
+def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str, timeline_before: int | None,
+             new_leader: str, writer: Probe, reader: Probe, secrets: Secrets, run_id: str, t_fault: float,
+             wall_fault: float, whole_at: float | None, healed_ok: bool, notes: list[str]) -> DrillResult:
+    """What the probes saw and the healed cluster holds, as the drill's result."""
+    t_end = time.monotonic()
+    present = postgres.probe_ids(spec, secrets, run_id)
+    lead_after = patroni.cluster_view(spec).leader()
+    rejoin = patroni.rejoin_method(spec, target.member, wall_fault) if target.member in spec.node_names() else "restart"
+    window_start = t_fault - 1.0
+    return DrillResult(
+        kind=kind.value, target=target.member, old_leader=old_leader,
+        new_leader=lead_after.name if lead_after else new_leader,
+        timeline_before=timeline_before, timeline_after=lead_after.timeline if lead_after else None,
+        write_gap_s=round(longest_gap(writer.log.ok, window_start, t_end), 3),
+        read_gap_s=round(longest_gap(reader.log.ok, window_start, t_end), 3) if spec.nodes > 1 else 0.0,
+        writes_acked=len(writer.log.acked_ids), write_errors=len(writer.log.errors),
+        lost_writes=lost_writes(writer.log.acked_ids, present),
+        recovered_s=None, whole_s=round(whole_at - t_fault, 2) if whole_at else None,
+        healed=healed_ok, rejoin=rejoin, notes=notes, write_errors_seen=error_digest(writer.log, t_fault),
+    )
+
+
+def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
+    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
     key = f"{spec.scope}-drill-{r.kind}"
     create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
     md = "\n".join([
@@ -285,7 +260,7 @@ def _report(spec: ClusterSpec, r: DrillResult, text: str, ok: bool, message: str
         f"{r.timeline_before} → {r.timeline_after} | {r.whole_s} s | {r.rejoin} |",
         "",
         "```",
-        text,
+        r.timeline,
         "```",
         "",
         f"Chart: `{r.chart_png}`",

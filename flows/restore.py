@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 
-from flows import steps
 from flows.steps import preflight_once
+from flows.steps.converge import bootstrap_preflight, converge
+from flows.steps.ops import mutating_flow
 from stack import backup as bk
 from stack.errors import PghaError, StateError, UsageError
 from stack.results import ClusterStatus, RestoreResult
@@ -36,7 +37,6 @@ from tasks import patroni
 from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
 from tasks.docker_engine import engines
-from tasks.host.lock import holder_name, mutating
 from tasks.host.state import secrets_file
 
 PORT_OFFSET = 10  # --into SCOPE without a spec file: the source's ports + 10
@@ -114,7 +114,7 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
                              f"(or remove it with `pgha down --volumes --scope {into.scope}`)")
         if secrets_file(into.scope).exists():
             raise StateError(f"scope {into.scope} already has a password file; restore into a new scope")
-        steps.bootstrap_preflight(into)
+        bootstrap_preflight(into)
     base = max((s for s in sets if not s.error and s.stop <= when), key=lambda s: s.stop)
     try:
         pbr.verify_set_in_node(spec, pbr.running_nodes(spec)[0], base.label)
@@ -144,15 +144,23 @@ def restore_volume(source: ClusterSpec, spec: ClusterSpec, member: str, image: s
 def adopt_and_grow(spec: ClusterSpec) -> ClusterStatus:
     """Bootstrap with one node (Patroni adopts the restored data directory), then grow to the spec's size."""
     one = parse_spec({**spec.model_dump(mode="json"), "nodes": 1}, "(restore, first node)")
-    result = steps.converge(one)
+    result = converge(one)
     if spec.nodes > 1:
-        result = steps.converge(spec)
+        result = converge(spec)
     return result.status
 
 
+def _lock_scope(args: dict[str, Any]) -> str:
+    """Restore into a new scope locks that scope; in place, the cluster's own."""
+    into: ClusterSpec | None = args["into"]
+    return into.scope if into is not None and not args["in_place"] else args["spec"].scope
+
+
 @flow(name="restore", description="Point-in-time restore of a cluster's backups into a new cluster or in place.")
+@mutating_flow("restore", lock=_lock_scope)
 def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSpec | None = None,  # noqa: B008
             in_place: bool = False) -> RestoreResult:
+    """Into a new scope (`into`) or, with `in_place`, the live cluster rebuilt; the lock is taken first."""
     if in_place:
         if into is not None:
             raise UsageError("--in-place and --into/--into-spec exclude each other")
@@ -166,54 +174,48 @@ def restore_into_new(spec: ClusterSpec, target: str, into: ClusterSpec) -> Resto
     """Restore into a new scope: its first node's volume, then a cluster adopted and grown from it."""
     log = get_run_logger()
     started = time.monotonic()
-    with mutating(into.scope, holder_name("restore")):
-        when, base = preflight_once(preflight, spec, target, into, False)
-        pr.copy_password_file(spec, into)
-        first = into.node_names()[0]
-        pr.ensure_node_volume(into, first)
-        restore_s = restore_volume(spec, into, first, pr.node_image(spec), when, base)
-        log.info("restored %s to %s from %s in %.1fs; starting cluster %s", spec.scope, when, base.label, restore_s,
-                 into.scope)
-        status = adopt_and_grow(into)
-    r = RestoreResult(source=spec.scope, into=into.scope, target=when.isoformat(" "), from_set=base.label,
-                      restore_s=round(restore_s, 1), duration_s=round(time.monotonic() - started, 1), status=status)
-    artifact(r)
-    return r
+    when, base = preflight_once(preflight, spec, target, into, False)
+    pr.copy_password_file(spec, into)
+    first = into.node_names()[0]
+    pr.ensure_node_volume(into, first)
+    restore_s = restore_volume(spec, into, first, pr.node_image(spec), when, base)
+    log.info("restored %s to %s from %s in %.1fs; starting cluster %s", spec.scope, when, base.label, restore_s,
+             into.scope)
+    status = adopt_and_grow(into)
+    return RestoreResult(source=spec.scope, into=into.scope, target=when.isoformat(" "), from_set=base.label,
+                         restore_s=round(restore_s, 1), duration_s=round(time.monotonic() - started, 1),
+                         status=status)
 
 
 def restore_in_place(spec: ClusterSpec, target: str) -> RestoreResult:
     """Rebuild the live cluster from a restore; any failure after the stop ends in RestoreFailed."""
     log = get_run_logger()
     started = time.monotonic()
-    with mutating(spec.scope, holder_name("restore")):
-        when, base = preflight_once(preflight, spec, target, None, True)
-        log.warning(discarded_note(spec, when))
-        took = {"preflight_s": round(time.monotonic() - started, 1)}
-        image = pr.node_image(spec)  # before the nodes go: the image they ran
-        try:
-            mark = time.monotonic()
-            removed = pr.clear_nodes(spec)
-            log.info("removed %s; keys of %s cleared from etcd", ", ".join(removed) or "nothing", spec.scope)
-            took["stop_s"] = round(time.monotonic() - mark, 1)
-            mark = time.monotonic()
-            restore_s = restore_volume(spec, spec, spec.node_names()[0], image, when, base)
-            took["restore_and_replay_s"] = round(time.monotonic() - mark, 1)
-            log.info("restored %s to %s from %s in %.1fs; rebuilding the cluster", spec.scope, when, base.label,
-                     restore_s)
-            mark = time.monotonic()
-            status = adopt_and_grow(spec)
-            took["rebuild_s"] = round(time.monotonic() - mark, 1)
-        except Exception as exc:  # noqa: BLE001 - every failure here leaves the cluster down: say so
-            raise RestoreFailed(down_message(spec, target, exc)) from exc
+    when, base = preflight_once(preflight, spec, target, None, True)
+    log.warning(discarded_note(spec, when))
+    took = {"preflight_s": round(time.monotonic() - started, 1)}
+    image = pr.node_image(spec)  # before the nodes go: the image they ran
+    try:
         mark = time.monotonic()
-        timeline, archived = archive_new_timeline(spec)
-        took["archive_check_s"] = round(time.monotonic() - mark, 1)
-    r = RestoreResult(source=spec.scope, into=spec.scope, in_place=True, target=when.isoformat(" "),
-                      from_set=base.label, restore_s=round(restore_s, 1), timeline=timeline,
-                      history_archived=archived, **took, duration_s=round(time.monotonic() - started, 1),
-                      discarded=f"everything written after {when.isoformat(' ')}", status=status)
-    artifact(r)
-    return r
+        removed = pr.clear_nodes(spec)
+        log.info("removed %s; keys of %s cleared from etcd", ", ".join(removed) or "nothing", spec.scope)
+        took["stop_s"] = round(time.monotonic() - mark, 1)
+        mark = time.monotonic()
+        restore_s = restore_volume(spec, spec, spec.node_names()[0], image, when, base)
+        took["restore_and_replay_s"] = round(time.monotonic() - mark, 1)
+        log.info("restored %s to %s from %s in %.1fs; rebuilding the cluster", spec.scope, when, base.label, restore_s)
+        mark = time.monotonic()
+        status = adopt_and_grow(spec)
+        took["rebuild_s"] = round(time.monotonic() - mark, 1)
+    except Exception as exc:  # noqa: BLE001 - every failure here leaves the cluster down: say so
+        raise RestoreFailed(down_message(spec, target, exc)) from exc
+    mark = time.monotonic()
+    timeline, archived = archive_new_timeline(spec)
+    took["archive_check_s"] = round(time.monotonic() - mark, 1)
+    return RestoreResult(source=spec.scope, into=spec.scope, in_place=True, target=when.isoformat(" "),
+                         from_set=base.label, restore_s=round(restore_s, 1), timeline=timeline,
+                         history_archived=archived, **took, duration_s=round(time.monotonic() - started, 1),
+                         discarded=f"everything written after {when.isoformat(' ')}", status=status)
 
 
 def archive_new_timeline(spec: ClusterSpec) -> tuple[int | None, str]:
@@ -231,10 +233,3 @@ def archive_new_timeline(spec: ClusterSpec) -> tuple[int | None, str]:
         archived = pbr.archive_history(spec, leader.name, tl)
     pbr.check_archiving(spec, leader.name)
     return tl, archived
-
-
-def artifact(r: RestoreResult) -> None:
-    shown = r.model_dump(mode="json", exclude={"status"}, exclude_defaults=True)
-    rows = [{"field": k, "value": str(v)} for k, v in shown.items()]
-    create_table_artifact(key=f"{r.into}-restore", table=rows,
-                          description=f"restore of {r.source} to {r.target} into {r.into}")

@@ -410,3 +410,4 @@ def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))
     return ordered[:-keep] if len(ordered) > keep else []
+

@@ -124,3 +124,16 @@ class EndpointHealth:
 
 def quorum(rows: list[EndpointHealth], members: int) -> bool:
     return sum(r.healthy for r in rows) > members // 2
+
+
+def back_since(status: dict[str, object], since_unix: float) -> bool:
+    """From a member's /patroni answer: was its PostgreSQL (re)started after `since_unix`, and
+    does it replicate or lead?"""
+    from datetime import datetime
+
+    started = str(status.get("postmaster_start_time") or "")
+    try:
+        ts = datetime.fromisoformat(started).timestamp()
+    except ValueError:
+        return False
+    return ts >= since_unix and str(status.get("state")) in ("streaming", "running")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from stack.results import DrillResult
+
 
 class DrillKind(StrEnum):
     SWITCHOVER = "switchover"
@@ -80,29 +82,6 @@ def timeline(writes: ProbeLog, reads: ProbeLog, start: float, end: float, fault:
         f"       {marker_row()}",
         legend + (f", {extra}" if extra else ""),
     ])
-
-
-@dataclass
-class DrillResult:
-    kind: str
-    target: str
-    old_leader: str
-    new_leader: str
-    timeline_before: int | None
-    timeline_after: int | None
-    write_gap_s: float
-    read_gap_s: float
-    writes_acked: int
-    write_errors: int
-    lost_writes: list[int]
-    recovered_s: float | None  # fault -> writes flowing again on a leader
-    whole_s: float | None  # fault -> every member back, replicas streaming
-    healed: bool
-    rejoin: str = ""  # how the faulted node came back (pg_rewind, reinit, restart, …)
-    chart_png: str = ""
-    notes: list[str] = field(default_factory=list)
-    write_errors_seen: list[str] = field(default_factory=list)  # "+1.23s message", first few
-    timeline: str = ""  # the text chart
 
 
 def error_digest(log: ProbeLog, t_fault: float, limit: int = 8) -> list[str]:

@@ -1,41 +1,96 @@
-"""etcd: health and quorum of the cluster's consensus store, read through etcdctl in a member."""
+"""etcd: the cluster's consensus store, through etcdctl inside one of its members.
+
+The only place etcd is touched: health, status and membership (parsed here, once), raft
+leadership moves, member replacement, and Patroni's keys (their namespace is
+`stack.layout.PATRONI_NAMESPACE`, defined once).
+"""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from prefect import task
 
+from stack import layout
 from stack.audit import EtcdMember
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import etcd_hosts
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine as de
 from tasks._prefect import READ_ONLY
+from tasks.node_exec import ExecResult, first_running, node
 
 
-def endpoints(spec: ClusterSpec) -> str:
-    return ",".join(f"http://{h}" for h in etcd_hosts(spec))
+def endpoints(spec: ClusterSpec, members: list[str] | None = None) -> str:
+    if members is None:
+        return ",".join(f"http://{h}" for h in etcd_hosts(spec))
+    return ",".join(f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
 
 
-def _exec_etcdctl(spec: ClusterSpec, args: list[str]) -> tuple[int, str, str]:
-    for member in spec.etcd_names():
-        name = spec.container(member)
-        if de.running(name):
-            return de.exec_in(name, ["etcdctl", f"--endpoints={endpoints(spec)}", "--command-timeout=2s", *args])
-    raise EtcdError("no etcd member container is running")
+def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members: list[str] | None = None,
+            command_timeout: str = "2s", timeout: int = 10) -> ExecResult:
+    """Run etcdctl in `via` (default: the first running member) against `members` (default: all)."""
+    n = node(spec, via) if via else first_running(spec, spec.etcd_names())
+    if n is None:
+        raise EtcdError("no etcd member container is running")
+    return n.run(["etcdctl", f"--endpoints={endpoints(spec, members)}", f"--command-timeout={command_timeout}",
+                  *args], timeout=timeout)
+
+
+def _ok(r: ExecResult, what: str) -> str:
+    if not r.ok:
+        raise EtcdError(f"etcdctl {what}: {r.tail(1)}")
+    return r.out
+
+
+# ---- parsing (what etcdctl prints, read once) ----
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.removeprefix("http://").removeprefix("https://").split(":")[0]
+
+
+def parse_health(text: str) -> list[EndpointHealth]:
+    """`etcdctl endpoint health -w json`."""
+    rows = json.loads(text)
+    return [EndpointHealth(str(r.get("endpoint")), bool(r.get("health")), str(r.get("error") or "")) for r in rows]
+
+
+def parse_status(text: str) -> dict[str, dict[str, Any]]:
+    """`etcdctl endpoint status -w json` as host -> Status (unreachable members are absent)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in json.loads(text) if text.strip() else []:
+        out[_host(str(r.get("Endpoint", "")))] = dict(r.get("Status") or {})
+    return out
+
+
+def parse_member_list(text: str) -> list[dict[str, Any]]:
+    """`etcdctl member list -w json`: the members with ID, name (empty before first start) and peerURLs."""
+    return [dict(m) for m in json.loads(text).get("members", [])]
+
+
+def _leads(status: dict[str, Any]) -> bool:
+    header = status.get("header") if isinstance(status.get("header"), dict) else {}
+    return bool(status.get("leader")) and status.get("leader") == header.get("member_id")  # type: ignore[union-attr]
+
+
+# ---- reading ----
 
 
 def health(spec: ClusterSpec) -> list[EndpointHealth]:
-    _, out, err = _exec_etcdctl(spec, ["endpoint", "health", "-w", "json"])
+    r = etcdctl(spec, ["endpoint", "health", "-w", "json"])
     try:
-        rows = json.loads(out)
-    except ValueError:
-        raise EtcdError(f"etcdctl gave no health report: {(err or out).strip()[:200]}") from None
-    return [EndpointHealth(str(r.get("endpoint")), bool(r.get("health")), str(r.get("error") or "")) for r in rows]
+        return parse_health(r.out)
+    except (ValueError, AttributeError):
+        raise EtcdError(f"etcdctl gave no health report: {r.tail(1)}") from None
+
+
+def healthy_by_member(spec: ClusterSpec) -> dict[str, bool]:
+    rows = {_host(r.endpoint): r.healthy for r in health(spec)}
+    return {m: rows.get(spec.container(m), False) for m in spec.etcd_names()}
 
 
 def _describe(rows: list[EndpointHealth]) -> str:
@@ -52,24 +107,20 @@ def wait_healthy(spec: ClusterSpec, timeout: float = 60) -> list[EndpointHealth]
         timeout=timeout,
         interval=0.3,
         describe=_describe,
-        logs=lambda: de.logs(spec.container(spec.etcd_names()[0]), tail=15),
+        logs=lambda: node(spec, spec.etcd_names()[0]).logs(tail=15),
     )
 
 
 def leader_member(spec: ClusterSpec) -> str:
     """The etcd member currently leading the raft group."""
-    _, out, err = _exec_etcdctl(spec, ["endpoint", "status", "-w", "json"])
+    r = etcdctl(spec, ["endpoint", "status", "-w", "json"])
     try:
-        rows = json.loads(out)
-    except ValueError:
-        raise EtcdError(f"etcdctl gave no status: {(err or out).strip()[:200]}") from None
-    for r in rows:
-        status = r.get("Status", {})
-        if status.get("leader") and status.get("leader") == status.get("header", {}).get("member_id"):
-            host = str(r.get("Endpoint", "")).removeprefix("http://").split(":")[0]
-            for m in spec.etcd_names():
-                if spec.container(m) == host:
-                    return m
+        status = parse_status(r.out)
+    except (ValueError, AttributeError):
+        raise EtcdError(f"etcdctl gave no status: {r.tail(1)}") from None
+    for m in spec.etcd_names():
+        if _leads(status.get(spec.container(m), {})):
+            return m
     raise EtcdError("no etcd leader found")
 
 
@@ -77,25 +128,74 @@ def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
     """Every member's health, leadership and DB size (for the health audit)."""
     # Both calls wait out the command timeout on a dead member: ask them at once.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        status_call = pool.submit(_exec_etcdctl, spec, ["endpoint", "status", "-w", "json"])
-        rows = {r.endpoint.removeprefix("http://").split(":")[0]: r for r in health(spec)}
-        _, out, _ = status_call.result()
-    status: dict[str, dict[str, object]] = {}
+        status_call = pool.submit(etcdctl, spec, ["endpoint", "status", "-w", "json"])
+        rows = {_host(r.endpoint): r for r in health(spec)}
+        out = status_call.result().out
     try:
-        for r in json.loads(out) if out.strip() else []:
-            status[str(r.get("Endpoint", "")).removeprefix("http://").split(":")[0]] = dict(r.get("Status", {}))
+        status = parse_status(out)
     except (ValueError, AttributeError):
-        pass  # unreachable members are reported by the health rows
+        status = {}  # unreachable members are reported by the health rows
     members: list[EtcdMember] = []
     for m in spec.etcd_names():
         host = spec.container(m)
         h, st = rows.get(host), status.get(host, {})
-        header = st.get("header") if isinstance(st.get("header"), dict) else {}
-        leader = st.get("leader")
         db = st.get("dbSize")
         members.append(EtcdMember(
             member=m, healthy=bool(h and h.healthy), error=(h.error if h else "no answer")[:160],
-            is_leader=bool(leader) and leader == header.get("member_id"),  # type: ignore[union-attr]
-            db_size=int(db) if isinstance(db, int) else None,
+            is_leader=_leads(st), db_size=int(db) if isinstance(db, int) else None,
         ))
     return members
+
+
+def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int]:
+    """etcd member IDs by member name. A member added but never started has no name yet
+    (an interrupted replacement): it is recognised by its peer URL."""
+    rows = parse_member_list(_ok(etcdctl(spec, ["member", "list", "-w", "json"], via=via, members=members,
+                                         command_timeout="5s", timeout=20), "member list"))
+    by_peer = {peer_url(spec, m): m for m in spec.etcd_names()}
+    out: dict[str, int] = {}
+    for m in rows:
+        name = str(m.get("name") or "") or next((by_peer[u] for u in m.get("peerURLs", []) if u in by_peer), "")
+        if name:
+            out[name] = int(m["ID"])
+    return out
+
+
+def peer_url(spec: ClusterSpec, member: str) -> str:
+    return f"http://{spec.container(member)}:{layout.ETCD_PEER_PORT}"
+
+
+# ---- membership ----
+
+
+def move_leader(spec: ClusterSpec, leader: str, to_id: int) -> None:
+    """Hand the raft leadership from `leader` to the member with `to_id` (no election gap)."""
+    _ok(etcdctl(spec, ["move-leader", f"{to_id:x}"], via=leader, members=[leader], command_timeout="5s",
+                timeout=20), "move-leader")
+
+
+def remove_member(spec: ClusterSpec, via: str, others: list[str], member_id: int) -> None:
+    _ok(etcdctl(spec, ["member", "remove", f"{member_id:x}"], via=via, members=others, command_timeout="5s",
+                timeout=20), "member remove")
+
+
+def add_member(spec: ClusterSpec, via: str, others: list[str], member: str) -> None:
+    _ok(etcdctl(spec, ["member", "add", member, f"--peer-urls={peer_url(spec, member)}"], via=via, members=others,
+                command_timeout="5s", timeout=20), "member add")
+
+
+# ---- Patroni's keys ----
+
+
+def scope_prefix(spec: ClusterSpec) -> str:
+    return f"{layout.PATRONI_NAMESPACE}/{spec.scope}/"
+
+
+def delete_member_key(spec: ClusterSpec, member: str) -> None:
+    """Remove a stopped node's member key at once instead of waiting out its TTL."""
+    _ok(etcdctl(spec, ["del", f"{scope_prefix(spec)}members/{member}"]), "del member key")
+
+
+def delete_scope_keys(spec: ClusterSpec) -> None:
+    """Delete every Patroni key of the scope (leader, members, config, initialize, history…)."""
+    _ok(etcdctl(spec, ["del", "--prefix", scope_prefix(spec)], timeout=20), f"del {scope_prefix(spec)}")

@@ -9,7 +9,9 @@ import urllib.request
 
 from stack.audit import Backend
 from stack.errors import HaproxyError
+from stack.layout import CONFIG_MOUNT
 from stack.spec import ClusterSpec
+from tasks.node_exec import node
 
 
 def stats_rows(spec: ClusterSpec) -> list[dict[str, str]]:
@@ -42,3 +44,18 @@ def audit_backends(spec: ClusterSpec) -> tuple[dict[str, Backend], dict[str, Bac
             chk = row.get("chkdown") or "0"
             found[px][sv] = Backend(status=row.get("status", ""), chkdown=int(chk) if chk.isdigit() else 0)
     return found["primary"], found["replicas"]
+
+
+def reload(spec: ClusterSpec) -> None:
+    """Check the mounted haproxy.cfg, then reload HAProxy in place (no session dropped).
+
+    HAProxy runs in master-worker mode (`-W`): SIGUSR2 makes the master start new workers on
+    the new file while old workers serve their existing connections until they close.
+    """
+    n = node(spec, spec.haproxy_member)
+    r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
+    if not r.ok:
+        raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
+    r = n.run(["kill", "-USR2", "1"], user="root")
+    if not r.ok:
+        raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")

@@ -20,7 +20,7 @@ import docker.errors
 
 from stack.errors import ImageError
 from stack.spec import ClusterSpec
-from tasks.docker_engine import client
+from tasks.docker_engine import Engine, local_engine
 
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "stack" / "image"
 REPO = "pgha/node"
@@ -29,9 +29,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 UPDATES = ("none", "security")  # which extra apt suites a build takes its packages from
 
 
-def _exists(ref: str) -> bool:
+def _exists(ref: str, engine: Engine) -> bool:
     try:
-        client().images.get(ref)
+        engine.client.images.get(ref)
         return True
     except docker.errors.ImageNotFound:
         return False
@@ -102,15 +102,15 @@ def security_base_tag(base: str, suite: str) -> str:
     return f"{BASE_REPO}:{suite}-security-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
 
 
-def _ensure_security_base(base: str, suite: str, log: list[str]) -> str:
+def _ensure_security_base(base: str, suite: str, log: list[str], engine: Engine) -> str:
     tag = security_base_tag(base, suite)
-    if _exists(tag):
+    if _exists(tag, engine):
         return tag
     mirror = host_security_mirror()
     log.append(f"building {tag} FROM {base} with {suite}-security from {mirror}")
     text = security_base_dockerfile(base, suite, mirror)
     try:
-        client().images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True, forcerm=True)
+        engine.client.images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True, forcerm=True)
     except (docker.errors.BuildError, docker.errors.APIError) as exc:
         raise ImageError(f"building {tag} failed: {str(exc)[:300]}") from None
     return tag
@@ -142,23 +142,23 @@ def _debootstrap(suite: str, tag: str, log: list[str]) -> None:
             raise ImageError(f"docker import of the {suite} rootfs failed: {imp.stderr.strip()[:200]}")
 
 
-def ensure_base(spec: ClusterSpec, log: list[str]) -> str:
+def ensure_base(spec: ClusterSpec, log: list[str], engine: Engine) -> str:
     """A Debian base image for the spec's suite: given, local, pulled, or built offline."""
     if spec.base_image:
-        if _exists(spec.base_image):
+        if _exists(spec.base_image, engine):
             return spec.base_image
         try:
-            client().images.pull(spec.base_image)
+            engine.client.images.pull(spec.base_image)
             return spec.base_image
         except docker.errors.APIError:
             raise ImageError(f"base image {spec.base_image} is neither present nor pullable") from None
     official = f"debian:{spec.suite}-slim"
     own = f"{BASE_REPO}:{spec.suite}"
     for ref in (official, own):
-        if _exists(ref):
+        if _exists(ref, engine):
             return ref
     try:
-        client().images.pull(official)
+        engine.client.images.pull(official)
         log.append(f"pulled {official}")
         return official
     except docker.errors.APIError:
@@ -172,25 +172,26 @@ def _check_updates(updates: str) -> None:
         raise ImageError(f"unknown image updates '{updates}'; choose one of {', '.join(UPDATES)}")
 
 
-def resolve_image(spec: ClusterSpec, updates: str = "none") -> str | None:
-    """The tag the spec runs on if it is already present, else None (no build)."""
+def resolve_image(spec: ClusterSpec, updates: str = "none", engine: Engine | None = None) -> str | None:
+    """The tag the spec runs on if it is already present on `engine` (default: local), else None (no build)."""
     _check_updates(updates)
+    engine = engine or local_engine()
     if spec.image and updates == "none":
-        return spec.image if _exists(spec.image) else None
+        return spec.image if _exists(spec.image, engine) else None
     for base in (spec.base_image,) if spec.base_image else (f"debian:{spec.suite}-slim", f"{BASE_REPO}:{spec.suite}"):
-        if not base or not _exists(base):
+        if not base or not _exists(base, engine):
             continue
         if updates == "security":
             sec = security_base_tag(base, spec.suite)
-            if _exists(sec) and _exists(image_tag(spec, sec)):
+            if _exists(sec, engine) and _exists(image_tag(spec, sec), engine):
                 return image_tag(spec, sec)
             continue
-        if _exists(image_tag(spec, base)):
+        if _exists(image_tag(spec, base), engine):
             return image_tag(spec, base)
     return None
 
 
-def ensure_image(spec: ClusterSpec, updates: str = "none") -> tuple[str, list[str]]:
+def ensure_image(spec: ClusterSpec, updates: str = "none", engine: Engine | None = None) -> tuple[str, list[str]]:
     """The node image for this spec, built if missing. Returns (tag, what was done).
 
     `updates="security"` builds the same build files on a base whose apt also reads the
@@ -198,22 +199,23 @@ def ensure_image(spec: ClusterSpec, updates: str = "none") -> tuple[str, list[st
     """
     log: list[str] = []
     _check_updates(updates)
+    engine = engine or local_engine()
     if spec.image and updates == "none":
-        if not _exists(spec.image):
+        if not _exists(spec.image, engine):
             raise ImageError(f"image {spec.image} (spec key image) does not exist locally")
         return spec.image, log
-    if (found := resolve_image(spec, updates)) is not None:
+    if (found := resolve_image(spec, updates, engine)) is not None:
         return found, log
-    base = ensure_base(spec, log)
+    base = ensure_base(spec, log, engine)
     if updates == "security":
-        base = _ensure_security_base(base, spec.suite, log)
+        base = _ensure_security_base(base, spec.suite, log, engine)
     tag = image_tag(spec, base)
-    if _exists(tag):
+    if _exists(tag, engine):
         return tag, log
     log.append(f"building {tag} FROM {base}")
     try:
         lines: list[str] = []
-        for chunk in client().api.build(path=str(IMAGE_DIR), tag=tag, rm=True, forcerm=True, decode=True,
+        for chunk in engine.client.api.build(path=str(IMAGE_DIR), tag=tag, rm=True, forcerm=True, decode=True,
                                         buildargs={"BASE": base, "PG_MAJOR": str(spec.postgres_version)},
                                         labels={"pgha.image": "node", "pgha.base": base}):
             if "stream" in chunk:

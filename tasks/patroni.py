@@ -1,30 +1,54 @@
-"""Patroni: the cluster view from its REST API (/cluster), read with curl inside a node.
+"""Patroni: its REST API (GET/PATCH/POST returning status and parsed JSON), the only place it is touched.
 
-Host-side code never reaches a node's address; it asks a node to query its own API.
-`assess` is the pure decision "is the cluster whole?" and returns a readable reason.
+Host-side code never reaches a node's address: it asks a node to call its own API on
+localhost with curl (`NodeExec`). Unsafe methods need the REST credentials; curl reads them
+from `/etc/pgha/patroni.curl`, a 0600 file in the member's bind-mounted config directory, so
+no password is ever on a command line. What Patroni answers is parsed once here into
+`stack.cluster` models.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 from prefect import task
 
-from stack import render, topology
+from stack import layout, render
 from stack.cluster import ClusterView, Member, MemberRole, assess
-from stack.errors import PatroniError, PostgresError
-from stack.layout import PATRONI_API_PORT
-from stack.rolling import Setting
+from stack.errors import PatroniError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine as de
 from tasks._prefect import READ_ONLY
+from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
+from tasks.node_exec import NodeExec, node
+
+AUTH_FILE = "patroni.curl"  # in the member's config dir, seen at /etc/pgha/patroni.curl
+OUT_TAGS = {"nofailover": True, "noloadbalance": True, "nosync": True}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One REST answer: HTTP status and the body (parsed JSON when it is JSON, else text)."""
+
+    status: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def message(self) -> str:
+        text = self.body if isinstance(self.body, str) else json.dumps(self.body)
+        return text.strip().splitlines()[-1][:200] if text.strip() else f"HTTP {self.status}"
 
 
 def parse_cluster(payload: dict[str, object]) -> ClusterView:
+    """Patroni's /cluster JSON as a ClusterView (members sorted by name)."""
     members: list[Member] = []
     for raw in payload.get("members", []) or []:  # type: ignore[union-attr]
         m = dict(raw)  # type: ignore[call-overload]
@@ -44,23 +68,145 @@ def parse_cluster(payload: dict[str, object]) -> ClusterView:
     return ClusterView(members=sorted(members, key=lambda x: x.name), paused=bool(payload.get("pause", False)))
 
 
-def _get(spec: ClusterSpec, path: str) -> tuple[str, dict[str, object]]:
-    """GET a Patroni endpoint through the first running node; returns (node, JSON)."""
+def _parse_reply(out: str) -> Reply:
+    body, _, code = out.rpartition("\n")
+    status = int(code) if code.strip().isdigit() else 0
+    try:
+        return Reply(status, json.loads(body))
+    except ValueError:
+        return Reply(status, body)
+
+
+def _ensure_auth(spec: ClusterSpec, member: str, secrets: Secrets | None = None) -> None:
+    s = secrets or cluster_secrets(spec.scope)
+    # curl's config syntax: the value quoted, backslash and quote escaped.
+    value = f"{layout.RESTAPI_USER}:{s.restapi}".replace("\\", "\\\\").replace('"', '\\"')
+    write_private(config_dir(spec.scope, member) / AUTH_FILE, f'user = "{value}"\n')
+
+
+def request(spec: ClusterSpec, member: str, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout: int = 5) -> Reply:
+    """One call to `member`'s own REST API; raises PatroniError only when it cannot be asked."""
+    n = node(spec, member)
+    cmd = ["curl", "-sS", "--max-time", str(timeout), "-X", method, "-w", "\n%{http_code}"]
+    if method != "GET":
+        _ensure_auth(spec, member)
+        cmd += ["-K", f"{layout.CONFIG_MOUNT}/{AUTH_FILE}", "-H", "Content-Type: application/json",
+                "--data-binary", json.dumps(body or {})]
+    r = n.run([*cmd, f"http://localhost:{layout.PATRONI_API_PORT}{path}"], timeout=timeout + 5)
+    if not r.ok:
+        raise PatroniError(f"{member}'s Patroni API does not answer {method} {path}: {r.tail(1)}")
+    return _parse_reply(r.out)
+
+
+def get_json(spec: ClusterSpec, member: str, path: str, timeout: int = 3) -> dict[str, Any]:
+    reply = request(spec, member, "GET", path, timeout=timeout)
+    if not isinstance(reply.body, dict):
+        raise PatroniError(f"{member}'s Patroni API gave no JSON for {path} (HTTP {reply.status})")
+    return reply.body
+
+
+def _any_get(spec: ClusterSpec, path: str) -> tuple[str, dict[str, Any]]:
+    """GET a cluster-wide endpoint through the first running node that answers; (member, JSON)."""
     for member in spec.node_names():
-        name = spec.container(member)
-        if not de.running(name):
+        if not node(spec, member).running():
             continue
-        code, out, _ = de.exec_in(name, ["curl", "-sS", "--max-time", "3", f"http://localhost:{PATRONI_API_PORT}{path}"])
-        if code == 0 and out.strip():
-            try:
-                return member, dict(json.loads(out))
-            except ValueError:
-                continue
+        try:
+            return member, get_json(spec, member, path)
+        except PatroniError:
+            continue
     raise PatroniError(f"no Patroni node answers {path}")
 
 
+# ---- reading ----
+
+
 def cluster_view(spec: ClusterSpec) -> ClusterView:
-    return parse_cluster(_get(spec, "/cluster")[1])
+    return parse_cluster(_any_get(spec, "/cluster")[1])
+
+
+def member_status(spec: ClusterSpec, member: str) -> dict[str, Any]:
+    """The member's own view (/patroni): state, role, postmaster_start_time, tags, pending_restart."""
+    return get_json(spec, member, "/patroni", timeout=2)
+
+
+def member_tags(spec: ClusterSpec, member: str) -> dict[str, object]:
+    """The tags the member itself runs with."""
+    return dict(member_status(spec, member).get("tags") or {})
+
+
+def out_of_service(tags: dict[str, object]) -> bool:
+    return all(bool(tags.get(k)) for k in OUT_TAGS)
+
+
+def server_version(spec: ClusterSpec, member: str) -> int | None:
+    v = member_status(spec, member).get("server_version")
+    return int(v) if isinstance(v, int) else None
+
+
+def pending_restart(spec: ClusterSpec, member: str) -> bool:
+    return bool(member_status(spec, member).get("pending_restart", False))
+
+
+def dynamic_config(spec: ClusterSpec) -> dict[str, Any]:
+    """Patroni's dynamic configuration as stored in etcd ({} when there is none yet).
+
+    Patroni answers 502 with no body when the DCS holds no configuration (a cluster that
+    adopted a restored data directory).
+    """
+    for member in spec.node_names():
+        if not node(spec, member).running():
+            continue
+        try:
+            reply = request(spec, member, "GET", "/config", timeout=3)
+        except PatroniError:
+            continue
+        if isinstance(reply.body, dict) and reply.ok:
+            return reply.body
+        if reply.status == 502:
+            return {}
+    raise PatroniError("no Patroni node answers /config")
+
+
+def _answering(spec: ClusterSpec) -> str:
+    """A member whose API answers (for calls any member can take)."""
+    return _any_get(spec, "/patroni")[0]
+
+
+def dynamic_parameters(spec: ClusterSpec) -> dict[str, object]:
+    pg = dynamic_config(spec).get("postgresql") or {}
+    return dict(pg.get("parameters") or {})
+
+
+def probe_code(spec: ClusterSpec, member: str, path: str, attempts: int = 2) -> int | None:
+    """HTTP code of one of a member's own endpoints (/liveness, /readiness); None if silent.
+
+    A silent answer is asked once more: on a loaded host Patroni's API can miss one 3 s deadline,
+    and an audit must not call a node dead for that.
+    """
+    for _ in range(attempts):
+        if not node(spec, member).running():
+            return None
+        try:
+            reply = request(spec, member, "GET", path, timeout=3)
+        except PatroniError:
+            continue
+        if reply.status:
+            return reply.status
+    return None
+
+
+def rejoin_method(spec: ClusterSpec, member: str, since_unix: float) -> str:
+    """How a node came back, read from its Patroni log: pg_rewind, reinitialized or plain restart."""
+    n = node(spec, member)
+    if n.engine.find_container(n.container) is None:
+        return "unknown"
+    text = n.logs(since=since_unix)
+    if "running pg_rewind" in text:
+        return "pg_rewind"
+    if "reinitializ" in text or "removing data directory" in text:
+        return "reinitialized"
+    return "restart (no rewind needed)"
 
 
 @task(name="wait-patroni-whole", **READ_ONLY)
@@ -73,90 +219,65 @@ def wait_whole(spec: ClusterSpec, timeout: float = 180) -> ClusterView:
         timeout=timeout,
         interval=0.5,
         describe=lambda v: assess(v, spec).reason,
-        logs=lambda: "\n".join(de.logs(spec.container(m), tail=8) for m in spec.node_names()),
+        logs=lambda: "\n".join(node(spec, m).logs(tail=8) for m in spec.node_names()),
     )
+
+
+# ---- acting ----
+
+
+def _require(reply: Reply, what: str) -> Reply:
+    if not reply.ok:
+        raise PatroniError(f"{what} refused by Patroni (HTTP {reply.status}): {reply.message()}")
+    return reply
 
 
 def switchover(spec: ClusterSpec, leader: str, candidate: str) -> str:
-    """Planned switchover through Patroni (patronictl in the leader; REST auth from its config)."""
-    code, out, err = de.exec_in(
-        spec.container(leader),
-        ["patronictl", "-c", "/run/pgha/patroni.yml", "switchover", "--leader", leader,
-         "--candidate", candidate, "--force", spec.scope],
-        timeout=60,
-    )
-    text = (out + err).strip()
-    if code != 0 or "Switchover failed" in text or "Error" in text:
-        last = text.splitlines()[-1] if text else f"exit {code}"
-        raise PatroniError(f"switchover {leader} -> {candidate} refused: {last[:200]}")
-    return text.splitlines()[-1] if text else ""
+    """Planned switchover (POST /switchover to the leader); Patroni answers once it is done."""
+    reply = request(spec, leader, "POST", "/switchover", {"leader": leader, "candidate": candidate}, timeout=60)
+    return _require(reply, f"switchover {leader} -> {candidate}").message()
 
 
-def rejoin_method(spec: ClusterSpec, member: str, since_unix: float) -> str:
-    """How a node came back, read from its Patroni log: pg_rewind, reinitialized or plain restart."""
-    ct = de.find_container(spec.container(member))
-    if ct is None:
-        return "unknown"
-    text = ct.logs(since=int(since_unix)).decode(errors="replace")
-    if "running pg_rewind" in text:
-        return "pg_rewind"
-    if "reinitializ" in text or "removing data directory" in text:
-        return "reinitialized"
-    return "restart (no rewind needed)"
+def patch_config(spec: ClusterSpec, patch: dict[str, Any]) -> dict[str, Any]:
+    """PATCH the dynamic configuration (a JSON merge patch); returns the new configuration."""
+    reply = _require(request(spec, _answering(spec), "PATCH", "/config", patch, timeout=15), "changing the dynamic configuration")
+    return reply.body if isinstance(reply.body, dict) else {}
 
 
-def member_status(spec: ClusterSpec, member: str) -> dict[str, object]:
-    """The member's own view (/patroni), asked inside its container."""
-    code, out, _ = de.exec_in(spec.container(member),
-                              ["curl", "-sS", "--max-time", "2", f"http://localhost:{PATRONI_API_PORT}/patroni"])
-    if code != 0 or not out.strip():
-        raise PatroniError(f"{member}'s Patroni API does not answer")
-    try:
-        return dict(json.loads(out))
-    except ValueError:
-        raise PatroniError(f"{member}'s Patroni API gave no JSON") from None
+def edit_parameters(spec: ClusterSpec, params: dict[str, str]) -> dict[str, Any]:
+    """Set PostgreSQL parameters in the dynamic configuration."""
+    return patch_config(spec, {"postgresql": {"parameters": params}})
 
 
-def back_since(status: dict[str, object], since_unix: float) -> bool:
-    """Has this member's PostgreSQL been (re)started after `since_unix` and is it replicating or leading?"""
-    from datetime import datetime
-
-    started = str(status.get("postmaster_start_time") or "")
-    try:
-        ts = datetime.fromisoformat(started).timestamp()
-    except ValueError:
-        return False
-    return ts >= since_unix and str(status.get("state")) in ("streaming", "running")
+def replace_config(spec: ClusterSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Write a whole dynamic configuration (PUT /config), for a cluster that has none."""
+    reply = _require(request(spec, _answering(spec), "PUT", "/config", config, timeout=15), "writing the dynamic configuration")
+    return reply.body if isinstance(reply.body, dict) else {}
 
 
-def probe_code(spec: ClusterSpec, member: str, path: str, attempts: int = 2) -> int | None:
-    """HTTP code of one of a member's own Patroni endpoints (/liveness, /readiness); None if silent.
-
-    A silent answer is asked once more: on a loaded host Patroni's API can miss one 3 s deadline,
-    and an audit must not call a node dead for that.
-    """
-    name = spec.container(member)
-    for _ in range(attempts):
-        if not de.running(name):
-            return None
-        code, out, _ = de.exec_in(name, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
-                                         f"http://localhost:{PATRONI_API_PORT}{path}"], timeout=8)
-        text = out.strip()
-        if text.isdigit() and text != "000":
-            return int(text)
-    return None
+def restart_member(spec: ClusterSpec, member: str, only_if_pending: bool = False) -> str:
+    """Restart one member's PostgreSQL through Patroni (it stays in the cluster); returns Patroni's words."""
+    body = {"restart_pending": True} if only_if_pending else {}
+    reply = request(spec, member, "POST", "/restart", body, timeout=180)
+    return _require(reply, f"restart of {member}").message()
 
 
-# ---- administration for rolling changes: member tags, dynamic config, restarts, versions ----
-# Through the node itself (docker exec: curl / patronictl / psql on the Unix socket):
-# patronictl takes the REST credentials from the node's own patroni.yml, so no password
-# crosses the host boundary or a command line.
-PATRONI_YML = "/run/pgha/patroni.yml"
-OUT_TAGS = {"nofailover": True, "noloadbalance": True, "nosync": True}
+def restart_pending(spec: ClusterSpec) -> list[str]:
+    """Restart every member that reports pending_restart (replicas first); the members restarted."""
+    view = cluster_view(spec)
+    todo = sorted((m for m in view.members if m.pending_restart), key=lambda m: (m.is_leader, m.name))
+    for m in todo:
+        restart_member(spec, m.name, only_if_pending=True)
+    return [m.name for m in todo]
 
 
-def raw_cluster(spec: ClusterSpec) -> dict[str, object]:
-    return _get(spec, "/cluster")[1]
+def reinitialize(spec: ClusterSpec, member: str) -> str:
+    """Wipe a replica's data and clone it again from the leader (POST /reinitialize)."""
+    reply = request(spec, member, "POST", "/reinitialize", {"force": True}, timeout=30)
+    return _require(reply, f"reinitialize of {member}").message()
+
+
+# ---- the node's own configuration file ----
 
 
 def patroni_text(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets, out_of_service: bool) -> str:
@@ -175,100 +296,10 @@ def write_and_reload(spec: ClusterSpec, member: str, text: str) -> None:
     refreshed before the reload.
     """
     write_private(config_dir(spec.scope, member) / "patroni.yml", text)
-    name = spec.container(member)
-    if not de.running(name):
+    n: NodeExec = node(spec, member)
+    if not n.running():
         return
-    code, out, err = de.exec_in(name, ["sh", "-c", f"install -o postgres -g postgres -m 0600 /etc/pgha/patroni.yml "
-                                       f"{PATRONI_YML} && kill -HUP 1"], user="root")
-    if code != 0:
-        raise PatroniError(f"reloading {member}'s Patroni configuration failed: {(err or out).strip()[:200]}")
-
-
-def member_tags(spec: ClusterSpec, member: str) -> dict[str, object]:
-    """The tags the member itself runs with (/patroni)."""
-    return dict(member_status(spec, member).get("tags") or {})  # type: ignore[call-overload]
-
-
-def out_of_service(tags: dict[str, object]) -> bool:
-    return all(bool(tags.get(k)) for k in OUT_TAGS)
-
-
-def server_version(spec: ClusterSpec, member: str) -> int | None:
-    v = member_status(spec, member).get("server_version")
-    return int(v) if isinstance(v, int) else None
-
-
-def patronictl(spec: ClusterSpec, member: str, args: list[str], timeout: int = 90) -> str:
-    code, out, err = de.exec_in(spec.container(member), ["patronictl", "-c", PATRONI_YML, *args], timeout=timeout)
-    text = (out + err).strip()
-    if code != 0 or "Error:" in text or "failed" in text.lower():
-        last = text.splitlines()[-1] if text else f"exit {code}"
-        raise PatroniError(f"patronictl {args[0]} on {member}: {last[:200]}")
-    return text
-
-
-def edit_parameters(spec: ClusterSpec, via: str, params: dict[str, str]) -> None:
-    """PATCH the dynamic configuration's postgresql.parameters (patronictl edit-config)."""
-    args = ["edit-config", "--force", "--quiet"]
-    for k, v in params.items():
-        args += ["--pg", f"{k}={v}"]
-    patronictl(spec, via, [*args, spec.scope])
-
-
-def dynamic_parameters(spec: ClusterSpec) -> dict[str, object]:
-    cfg = _get(spec, "/config")[1]
-    pg = cfg.get("postgresql") or {}
-    return dict(pg.get("parameters") or {})  # type: ignore[union-attr]
-
-
-def restart_member(spec: ClusterSpec, member: str) -> str:
-    """Restart one member's PostgreSQL through Patroni (it stays in the cluster)."""
-    return patronictl(spec, member, ["restart", "--force", spec.scope, member], timeout=180)
-
-
-def psql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15) -> str:
-    """Run SQL as postgres over the node's Unix socket (peer auth); returns unaligned output."""
-    code, out, err = de.exec_in(spec.container(member),
-                                ["psql", "-X", "-q", "-A", "-t", "-h", "/var/run/postgresql", "-d", "postgres",
-                                 "-v", "ON_ERROR_STOP=1", "-c", sql], user="postgres", timeout=timeout)
-    if code != 0:
-        raise PostgresError(f"{member}: {(err or out).strip().splitlines()[-1][:200] if (err or out).strip() else code}")
-    return out.strip()
-
-
-def checkpoint(spec: ClusterSpec, member: str) -> None:
-    """CHECKPOINT (a restartpoint on a replica): less WAL to replay when it starts again."""
-    psql(spec, member, "CHECKPOINT", timeout=120)
-
-
-def oldest_transaction_s(spec: ClusterSpec, leader: str) -> float:
-    out = psql(spec, leader, "select coalesce(max(extract(epoch from now() - xact_start)), 0) from pg_stat_activity "
-                             "where xact_start is not null and pid <> pg_backend_pid() "
-                             "and backend_type = 'client backend'")
-    return float(out or 0)
-
-
-def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Setting]:
-    if not names:
-        return {}
-    # Names passed parse_assignments' [a-z_][a-z0-9_.]* check; quotes doubled all the same.
-    lst = ",".join("'" + n.replace("'", "''") + "'" for n in names)
-    cols = ("coalesce(json_agg(json_build_object('name', name, 'context', context, 'vartype', vartype, "
-            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), '[]')")
-    sql = f"select {cols} from pg_settings where name in ({lst})"  # noqa: S608
-    out = psql(spec, member, sql)
-    rows = json.loads(out or "[]")
-    return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
-                               max_val=r["max_val"], enumvals=list(r["enumvals"] or [])) for r in rows}
-
-
-def show(spec: ClusterSpec, member: str, name: str) -> str:
-    return psql(spec, member, f"select current_setting('{name.replace(chr(39), '')}')")
-
-
-def pending_restart(spec: ClusterSpec, member: str) -> bool:
-    return bool(member_status(spec, member).get("pending_restart", False))
-
-
-def planned_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets) -> topology.Planned:
-    return topology.patroni_node(spec, member, image, subnet, secrets)
+    r = n.run(["sh", "-c", f"install -o postgres -g postgres -m 0600 {layout.CONFIG_MOUNT}/patroni.yml "
+                           f"{layout.PATRONI_YML} && kill -HUP 1"], user="root")
+    if not r.ok:
+        raise PatroniError(f"reloading {member}'s Patroni configuration failed: {r.tail(1)}")

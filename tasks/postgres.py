@@ -1,7 +1,14 @@
-"""PostgreSQL: client connections through HAProxy's ports on 127.0.0.1 (psycopg)."""
+"""PostgreSQL: the only place SQL is run.
+
+Two ways, each for what it can do: psycopg connections through HAProxy's ports on
+127.0.0.1 (parameterised statements, the cluster as clients see it), and psql on a node's
+Unix socket as the postgres OS user (peer authentication, no password) for statements aimed
+at one particular member — a member has no port published on the host.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -10,11 +17,13 @@ from prefect import task
 
 from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
-from stack.layout import SUPERUSER
+from stack.layout import SOCKET_DIR, SUPERUSER
+from stack.rolling import Setting
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks._prefect import READ_ONLY
+from tasks.node_exec import node
 
 
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres") -> str:
@@ -25,12 +34,19 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
 
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
-            dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+            dbname: str = "postgres", autocommit: bool = True, application_name: str = "pgha",
+            keepalives: bool = False) -> psycopg.Connection:
+    """A connection through HAProxy's R/W (or R/O) port; one-line PostgresError when refused.
+
+    `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
+    """
     port = spec.ports.ro if read_only else spec.ports.rw
+    extra: dict[str, int] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
+                              "keepalives_count": 2} if keepalives else {})
     try:
         return psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
-                               application_name="pgha")
+                               application_name=application_name, **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -116,3 +132,70 @@ def audit_stats(spec: ClusterSpec, secrets: Secrets) -> PostgresObs:
                        oldest_idle_in_xact_s=None if one[3] is None else float(one[3]),
                        inactive_slots={str(s[0]): int(s[1]) for s in slots},
                        max_xid_age=int(one[4] or 0), data_checksums=bool(one[5]))
+
+
+# ---- SQL on one member, over its Unix socket ----
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (quotes doubled) for the few statements psql cannot parameterise."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15) -> str:
+    """Run SQL as postgres on `member`'s socket (peer auth); returns unaligned, tuples-only output."""
+    r = node(spec, member).run(["psql", "-X", "-q", "-A", "-t", "-h", SOCKET_DIR, "-d", "postgres",
+                                "-v", "ON_ERROR_STOP=1", "-c", sql], user="postgres", timeout=timeout)
+    if not r.ok:
+        raise PostgresError(f"{member}: {r.tail(1)}")
+    return r.out.strip()
+
+
+def checkpoint(spec: ClusterSpec, member: str) -> None:
+    """CHECKPOINT (a restartpoint on a replica): less WAL to replay when it starts again."""
+    node_sql(spec, member, "CHECKPOINT", timeout=120)
+
+
+def oldest_transaction_s(spec: ClusterSpec, member: str) -> float:
+    out = node_sql(spec, member, "select coalesce(max(extract(epoch from now() - xact_start)), 0) "
+                                 "from pg_stat_activity where xact_start is not null and pid <> pg_backend_pid() "
+                                 "and backend_type = 'client backend'")
+    return float(out or 0)
+
+
+def show(spec: ClusterSpec, member: str, name: str) -> str:
+    """A setting's current value on `member` ('' when the node does not answer)."""
+    try:
+        return node_sql(spec, member, f"select current_setting({literal(name)})")
+    except PostgresError:
+        return ""
+
+
+def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Setting]:
+    """pg_settings rows of `names` (context, type, bounds) as the member knows them."""
+    if not names:
+        return {}
+    cols = ("coalesce(json_agg(json_build_object('name', name, 'context', context, 'vartype', vartype, "
+            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), '[]')")
+    lst = ",".join(literal(n) for n in names)
+    rows = json.loads(node_sql(spec, member, f"select {cols} from pg_settings where name in ({lst})") or "[]")  # noqa: S608
+    return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
+                               max_val=r["max_val"], enumvals=list(r["enumvals"] or [])) for r in rows}
+
+
+# ---- the drill probes' table ----
+
+PROBE_TABLE = "pgha_drill_probe"
+
+
+def ensure_probe_table(spec: ClusterSpec, secrets: Secrets) -> None:
+    with connect(spec, secrets) as conn:
+        conn.execute(f"create table if not exists {PROBE_TABLE} (run text not null, id bigint not null, "  # noqa: S608
+                     "at timestamptz not null default now(), primary key (run, id))")
+
+
+def probe_ids(spec: ClusterSpec, secrets: Secrets, run: str) -> set[int]:
+    """Ids the probe of `run` finds committed in the cluster now."""
+    with connect(spec, secrets) as conn:
+        rows = conn.execute(f"select id from {PROBE_TABLE} where run = %s", (run,)).fetchall()  # noqa: S608
+    return {int(r[0]) for r in rows}

@@ -1,0 +1,127 @@
+"""The cluster as a whole: its status, "wait until whole", "switch over and wait", the spec kept."""
+
+from __future__ import annotations
+
+import time
+
+import yaml
+from prefect import task
+
+from stack.cluster import ClusterView, assess, led_by, quorum
+from stack.errors import PghaError
+from stack.results import ClusterStatus, MemberRow
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import docker_engine, etcd, haproxy, patroni, postgres
+from tasks._prefect import ONCE, READ_ONLY
+from tasks.host.state import cluster_dir, write_private
+
+
+def cluster_status(spec: ClusterSpec) -> ClusterStatus:
+    """What Docker, etcd, Patroni and HAProxy say, as one status; never raises for a sick cluster.
+
+    Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API).
+    """
+    st = ClusterStatus(scope=spec.scope)
+    eng = docker_engine.engines(spec)
+    containers = {c.name: c for e in eng.all() for c in e.cluster_containers(spec.scope)}
+    view: ClusterView | None = None
+    try:
+        view = patroni.cluster_view(spec)
+    except PghaError as exc:
+        st.problems.append(str(exc))
+    by_name = {m.name: m for m in view.members} if view else {}
+
+    expected = [(m, "etcd") for m in spec.etcd_names()] + [(m, "patroni") for m in spec.node_names()]
+    expected.append((spec.haproxy_member, "haproxy"))
+    for member, role in expected:
+        name = spec.container(member)
+        ct = containers.get(name)
+        state = ct.status if ct else "missing"
+        ms = MemberRow(member=member, role=role, container=name, container_state=state,
+                       health=(docker_engine.health_of(ct) if ct else "") or "-")
+        if role == "patroni" and member in by_name:
+            pm = by_name[member]
+            ms.pg_role, ms.pg_state, ms.timeline, ms.lag_bytes = pm.role.value, pm.state, pm.timeline, pm.lag
+        elif role == "patroni":
+            ms.pg_state = "not registered"
+        if state != "running":
+            st.problems.append(f"{name} is {state}")
+        st.members.append(ms)
+
+    try:
+        rows = etcd.health(spec)
+        for r in rows:
+            if not r.healthy:
+                st.problems.append(f"etcd {r.endpoint} unhealthy: {r.error or 'down'}")
+        if not quorum(rows, spec.etcd_members):
+            st.problems.append("etcd has no quorum")
+    except PghaError as exc:
+        st.problems.append(str(exc))
+
+    if view is not None:
+        verdict = assess(view, spec)
+        st.readiness = verdict.reason
+        if not verdict.ok:
+            st.problems.append(verdict.reason)
+    st.endpoints = {"rw": postgres.dsn(spec), "ro": postgres.dsn(spec, read_only=True)}
+    try:
+        backends = haproxy.backend_states(spec)
+        up_primary = [s for s, v in backends["primary"].items() if v.startswith("UP")]
+        up_replicas = [s for s, v in backends["replicas"].items() if v.startswith("UP")]
+        st.endpoints |= {"rw_backends": ",".join(up_primary) or "none", "ro_backends": ",".join(up_replicas) or "none"}
+        if len(up_primary) != 1:
+            st.problems.append(f"HAProxy R/W port has {len(up_primary)} primaries up (expected 1)")
+        if spec.nodes > 1 and not up_replicas:
+            st.problems.append("HAProxy R/O port has no replica up")
+    except PghaError as exc:
+        st.problems.append(str(exc))
+    st.healthy = not st.problems
+    return st
+
+
+@task(name="wait-healthy", **READ_ONLY)
+def wait_healthy(spec: ClusterSpec, timeout: float, stable_s: float = 0.0) -> ClusterStatus:
+    """Wait until the status is healthy (for `stable_s` seconds in a row when given).
+
+    Right after a restart /cluster can still show a member's stale entry for a moment, so the
+    drills ask for healthy twice, a second apart.
+    """
+    streak: list[float] = []
+
+    def stable(st: ClusterStatus) -> bool:
+        if not st.healthy:
+            streak.clear()
+            return False
+        streak.append(time.monotonic())
+        return streak[-1] - streak[0] >= stable_s
+
+    return wait_for("the cluster to be healthy" if not stable_s else "the cluster to be whole again",
+                    lambda: cluster_status(spec), stable, timeout=timeout, interval=0.5,
+                    describe=lambda s: "; ".join(s.problems[:3]))
+
+
+def require_healthy(spec: ClusterSpec, doing: str) -> ClusterView:
+    """Refuse `doing` on a cluster that is not healthy (StateError, one line); its Patroni view."""
+    from stack.errors import StateError
+
+    st = cluster_status(spec)
+    if not st.healthy:
+        raise StateError(f"cluster {spec.scope} is not healthy, refusing {doing}: {st.problems[0]} "
+                         "(see `pgha status`)")
+    return patroni.cluster_view(spec)
+
+
+@task(name="switchover", **ONCE)
+def switchover(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> str:
+    """Hand the leadership to `candidate` and wait until it leads and the cluster is whole again."""
+    patroni.switchover(spec, leader, candidate)
+    wait_for(f"{candidate} to lead and {leader} to replicate", lambda: patroni.cluster_view(spec),
+             lambda v: led_by(v, spec, candidate), timeout=timeout, interval=0.5,
+             describe=lambda v: assess(v, spec).reason)
+    return candidate
+
+
+def store_spec(spec: ClusterSpec) -> None:
+    """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
+    write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))

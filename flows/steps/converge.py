@@ -1,0 +1,160 @@
+"""Converge: from nothing (or a stopped or partial cluster) to a whole, routed cluster.
+
+The bootstrap flow runs it under the cluster's lock; restore runs it to adopt a restored data
+directory and grow the cluster. Every step is an idempotent task: a re-run on a healthy
+cluster recreates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from flows.steps.backups import ensure_archiving
+from flows.steps.cluster import cluster_status, store_spec
+from stack import topology
+from stack.backup import repo_volume
+from stack.cluster import assess
+from stack.errors import StateError
+from stack.results import BootstrapResult
+from stack.spec import ClusterSpec
+from tasks import docker_engine, etcd, images, patroni, postgres
+from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.host.secrets import cluster_secrets, load_or_create
+from tasks.host.state import config_dir, secrets_file, write_private
+
+
+def bootstrap_preflight(spec: ClusterSpec) -> None:
+    """Refuse a spec that cannot run here, before anything is created.
+
+    Checks every engine, POSTGRES_PASSWORD against the stored passwords, and the host ports
+    (free, or already held by this very cluster). The image is checked by `ensure_image`.
+    """
+    eng = docker_engine.engines(spec)
+    eng.check()
+    if os.environ.get("POSTGRES_PASSWORD") == "" and "POSTGRES_PASSWORD" in os.environ:
+        raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
+    if secrets_file(spec.scope).exists():
+        load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
+    engine = eng.of(spec.haproxy_member)
+    own = engine.host_ports_of(spec.scope)
+    for key in ("rw", "ro", "stats"):
+        port = int(getattr(spec.ports, key))
+        if port in own:
+            continue
+        if (owner := engine.port_owner(port)) is not None:
+            raise StateError(f"port {port} (ports.{key}) is already published by pgha cluster '{owner}'; choose another")
+        if not docker_engine.port_is_free(port):
+            raise StateError(f"port {port} (ports.{key}) is already in use on 127.0.0.1; choose another in the spec")
+
+
+def refuse_image_swap(spec: ClusterSpec, node_image: str) -> None:
+    """Refuse to move existing Patroni nodes to another image: `up` would restart them all at once.
+
+    That is a rolling change (`pgha upgrade`), which keeps a primary and replicas serving; a
+    spec that merely lacks the `upgrade.node_image` an earlier upgrade recorded must not
+    silently downgrade the cluster either.
+    """
+    eng = docker_engine.engines(spec)
+    for member in spec.node_names():
+        current = eng.of(member).image_of(spec.container(member))
+        if current and current != node_image:
+            raise StateError(
+                f"{member} runs image {current} but this spec asks for {node_image}; `pgha up` never swaps the "
+                f"image of existing nodes (all would restart at once): run `pgha upgrade --image {node_image}` "
+                f"for a rolling change, or set upgrade.node_image: {current} in the spec")
+
+
+@task(name="ensure-image", **ONCE)
+def ensure_image(spec: ClusterSpec) -> str:
+    """The node image, built when missing (a build failure is not retried)."""
+    tag, log = images.ensure_image(spec)
+    for line in log:
+        get_run_logger().info(line)
+    return tag
+
+
+@task(name="ensure-network", **SIDE_EFFECT)
+def ensure_network(spec: ClusterSpec) -> str:
+    subnet, outcome = docker_engine.engines(spec).default.ensure_network(spec.scope, spec.network)
+    get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
+    return subnet
+
+
+@task(name="ensure-volumes", **SIDE_EFFECT)
+def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
+    eng = docker_engine.engines(spec)
+    out: dict[str, str] = {}
+    for role, members in (("etcd", spec.etcd_names()), ("patroni", spec.node_names())):
+        for member in members:
+            out[spec.volume(member)] = eng.of(member).ensure_volume(spec.scope, role, member, spec.volume(member)).value
+    if spec.backup.enabled and spec.backup.s3 is None:
+        repo = repo_volume(spec)
+        out[repo] = eng.default.ensure_volume(spec.scope, "pgbackrest", "repo", repo).value
+    return out
+
+
+@task(name="ensure-member", **SIDE_EFFECT)
+def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
+    """Render the member's config files (0600, passwords inside) and make its container run."""
+    conf = str(config_dir(spec.scope, member))
+    if role == "etcd":
+        planned = topology.etcd_member(spec, member, image)
+    elif role == "patroni":
+        planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
+    else:
+        planned = topology.haproxy(spec, image, conf)
+    for fname, text in planned.files.items():
+        write_private(config_dir(spec.scope, member) / fname, text)
+    outcome = docker_engine.engines(spec).of(member).ensure_container(planned.container)
+    get_run_logger().info("%s %s: %s", role, planned.container.name, outcome.value)
+    return outcome.value
+
+
+def converge(spec: ClusterSpec) -> BootstrapResult:
+    """Make the cluster of `spec` exist, run and route; the caller holds the cluster's lock."""
+    log = get_run_logger()
+    started = time.monotonic()
+    bootstrap_preflight(spec)
+    cluster_secrets(spec.scope)
+    store_spec(spec)
+
+    image = ensure_image(spec)
+    refuse_image_swap(spec, spec.upgrade.node_image or image)
+    subnet = ensure_network(spec)
+    ensure_volumes(spec)
+    outcomes: dict[str, str] = {}
+    # Members of one role are independent: create them concurrently (thread task runner).
+    etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
+    outcomes.update({m: f.result() for m, f in etcd_runs.items()})
+    etcd.wait_healthy(spec)
+    # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
+    node_image = spec.upgrade.node_image or image
+    node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
+    outcomes.update({m: f.result() for m, f in node_runs.items()})
+    # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
+    # a node only once that node's health check passes, so nothing is routed early.
+    haproxy_run = ensure_member.submit(spec, "haproxy", spec.haproxy_member, image, subnet)
+    view = patroni.wait_whole(spec)
+    outcomes[spec.haproxy_member] = haproxy_run.result()
+    postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
+    ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
+
+    st = cluster_status(spec)
+    elapsed = round(time.monotonic() - started, 1)
+    rows = [
+        {"member": m.member, "component": m.role, "container": m.container, "action": outcomes.get(m.member, ""),
+         "state": m.container_state, "pg_role": m.pg_role, "pg_state": m.pg_state,
+         "timeline": m.timeline if m.timeline is not None else "",
+         "lag_bytes": m.lag_bytes if m.lag_bytes is not None else ""}
+        for m in st.members
+    ]
+    create_table_artifact(key=f"{spec.scope}-members", table=rows,
+                          description=f"pgha cluster {spec.scope}: {assess(view, spec).reason}; {elapsed}s")
+    result = BootstrapResult(scope=spec.scope, image=image, outcomes=outcomes, elapsed_s=elapsed, status=st)
+    log.info("cluster %s ready in %ss (%s)", spec.scope, elapsed,
+             "changed: " + ", ".join(result.changed) if result.changed else "nothing changed")
+    return result

@@ -1,0 +1,95 @@
+"""The operation wrapper every mutating flow shares: the cluster's lock, timing, events and
+a result artifact, around a function that returns a typed result."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from stack.results import Result
+from stack.spec import ClusterSpec
+from tasks.host.lock import holder_name, mutating
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=Result)
+
+
+@dataclass
+class Op:
+    """One running operation: its name, start and the events it noted (returned in its result)."""
+
+    name: str
+    scope: str
+    started: float = field(default_factory=time.monotonic)
+    events: list[str] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
+_current: ContextVar[Op | None] = ContextVar("pgha_op", default=None)
+
+
+def current() -> Op:
+    """The operation this code runs in (a bare one outside any, e.g. in a unit test)."""
+    op = _current.get()
+    return op if op is not None else Op(name="(none)", scope="")
+
+
+def note(text: str) -> None:
+    """Record an event of the current operation (returned in its result) and log it."""
+    current().events.append(f"{time.strftime('%H:%M:%S')} {text}")
+    try:
+        get_run_logger().info(text)
+    except Exception:  # noqa: BLE001, S110 - outside a flow run there is no run logger
+        pass
+
+
+def result_artifact(scope: str, operation: str, result: Result) -> None:
+    """A table of the result's top-level scalar fields, key `<scope>-<operation>-result`."""
+    rows = [{"field": k, "value": str(v)} for k, v in result.to_json().items()
+            if not isinstance(v, (dict, list)) and v is not None]
+    create_table_artifact(key=f"{scope}-{operation}-result".lower(), table=rows,
+                          description=f"{operation} of {scope}")
+
+
+def mutating_flow(operation: str, lock: Callable[[dict[str, Any]], str] | None = None,
+                  default_wait: float = 0) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the wrapped flow body under the cluster's mutating lock, timed, with its result artifact.
+
+    The lock's scope is the `spec` argument's scope unless `lock` computes another from the
+    bound arguments (restore into a new scope locks that one). A `wait_seconds` argument, when
+    the flow has one, is how long to wait for the lock.
+    """
+
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            spec: ClusterSpec = bound.arguments["spec"]
+            scope = lock(bound.arguments) if lock else spec.scope
+            wait = float(bound.arguments.get("wait_seconds", default_wait) or default_wait)
+            op = Op(name=operation, scope=spec.scope)
+            with mutating(scope, holder_name(operation), wait_seconds=wait):
+                token = _current.set(op)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    _current.reset(token)
+            result_artifact(spec.scope, operation, result)
+            return result
+
+        return wrapper
+
+    return deco
