@@ -18,7 +18,7 @@ status: venv
 test: lint unit integration   ## everything the CI runs
 
 lint: venv
-	$(VENV)/bin/ruff check flows tasks stack tests benchmarks
+	$(VENV)/bin/ruff check cli flows tasks stack tests benchmarks
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit -q

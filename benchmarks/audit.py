@@ -35,8 +35,8 @@ os.environ.pop("PREFECT_API_URL", None)
 from flows.audit import audit  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
-from tasks import docker_engine as de  # noqa: E402
 from tasks import images  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-au1", "nodes": 3, "etcd_members": 3,
                    "ports": {"rw": 25480, "ro": 25481, "stats": 28480}})
@@ -65,7 +65,7 @@ def audit_flow() -> tuple[float, int]:
 def audit_cli(api_url: str | None = None) -> float:
     env = dict(os.environ, **({"PREFECT_API_URL": api_url} if api_url else {}))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "cli", "audit", "--scope", SPEC.scope, "--json"], cwd=ROOT,
                        env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
     if r.returncode != 0:
@@ -91,7 +91,7 @@ def main() -> None:
         print(prefect_server.start_server(), flush=True)
         api_url = prefect_server.api_url()
     try:
-        de.remove_cluster(SPEC.scope, volumes=True)
+        local_engine().remove_labelled(SPEC.scope, volumes=True)
         images.ensure_image(SPEC)
         bootstrap(SPEC)
         audit_flow()  # warm-up: starts the ephemeral API and takes the first baseline
@@ -107,7 +107,7 @@ def main() -> None:
             print(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()), flush=True)
     finally:
         if not args.keep:
-            de.remove_cluster(SPEC.scope, volumes=True)
+            local_engine().remove_labelled(SPEC.scope, volumes=True)
         if api_url:
             from tasks import prefect_server
 

@@ -38,7 +38,7 @@ from stack.backup import BackupType  # noqa: E402
 from stack.layout import REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import images, patroni  # noqa: E402
-from tasks.docker_engine import local_engine  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
 from tasks.node_exec import node  # noqa: E402
 

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stack import topology  # noqa: E402
+from stack.cluster import assess  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
-from tasks import docker_engine as de  # noqa: E402
 from tasks import etcd, images, patroni, postgres  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import load_or_create  # noqa: E402
 from tasks.host.state import (  # noqa: E402
     config_dir,  # noqa: E402
@@ -45,7 +46,7 @@ def sh(*args: str) -> None:
 
 
 def clean(state: Path) -> None:
-    de.remove_cluster(SPEC.scope, volumes=True)
+    local_engine().remove_labelled(SPEC.scope, volumes=True)
     shutil.rmtree(state / SPEC.scope, ignore_errors=True)
 
 
@@ -82,7 +83,7 @@ def run_raw(image: str) -> float:
         sh("docker", "run", "-d", *lab, "--name", p.container.name, "--hostname", p.container.name,
            "--network", SPEC.network, "-v", f"{SPEC.volume(m)}:/var/lib/postgresql/data",
            "-v", f"{cfg}:/etc/pgha:ro", image, "patroni")
-    wait_for("patroni", lambda: patroni.cluster_view(SPEC), lambda v: patroni.assess(v, SPEC).ok,
+    wait_for("patroni", lambda: patroni.cluster_view(SPEC), lambda v: assess(v, SPEC).ok,
              timeout=180, interval=0.5)
     h = topology.haproxy(SPEC, image, str(config_dir(SPEC.scope, SPEC.haproxy_member)))
     hcfg = Path(h.container.config_dir or "")
@@ -90,7 +91,7 @@ def run_raw(image: str) -> float:
     ports = [a for cp, hp in h.container.ports.items() for a in ("-p", f"127.0.0.1:{hp}:{cp}")]
     sh("docker", "run", "-d", *lab, "--name", h.container.name, "--hostname", h.container.name,
        "--network", SPEC.network, *ports, "-v", f"{hcfg}:/etc/pgha:ro", image, "haproxy")
-    postgres.wait_endpoints.fn(SPEC, secrets)
+    postgres.wait_endpoints(SPEC, secrets)
     return time.monotonic() - t0
 
 

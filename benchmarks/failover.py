@@ -30,8 +30,8 @@ from flows.bootstrap import bootstrap  # noqa: E402
 from flows.drill import drill  # noqa: E402
 from stack.drill import DrillKind  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
-from tasks import docker_engine as de  # noqa: E402
 from tasks import images  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 
 PROFILES = {
     "fast": parse_spec({"scope": "pgha-bench-fast", "ports": {"rw": 35442, "ro": 35443, "stats": 38414}}),
@@ -50,7 +50,7 @@ def main() -> None:
     lost: dict[tuple[str, str], int] = {}
     try:
         for spec in PROFILES.values():
-            de.remove_cluster(spec.scope, volumes=True)
+            local_engine().remove_labelled(spec.scope, volumes=True)
             images.ensure_image(spec)
             bootstrap(spec)
         for i in range(args.runs):
@@ -64,7 +64,7 @@ def main() -> None:
                           f"whole after {r['whole_s']} s", flush=True)
     finally:
         for spec in PROFILES.values():
-            de.remove_cluster(spec.scope, volumes=True)
+            local_engine().remove_labelled(spec.scope, volumes=True)
     print()
     print("| drill | fast: median write gap | Patroni defaults: median write gap | ratio fast/defaults "
           "| lost writes (all runs) | runs |")

@@ -38,8 +38,8 @@ from flows.upgrade import upgrade  # noqa: E402
 from stack import topology  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
-from tasks import docker_engine as de  # noqa: E402
 from tasks import images, patroni  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import load_or_create  # noqa: E402
 from tasks.host.state import config_dir, secrets_file  # noqa: E402
 from tasks.traffic import Traffic, measured  # noqa: E402
@@ -51,19 +51,19 @@ SPEC = parse_spec({"scope": "pgha-bench-up", "nodes": 3, "etcd_members": 1, "pos
 def naive_restart_all(spec: ClusterSpec, image: str) -> None:
     """Every node stopped and recreated on `image` at the same time; wait until whole again."""
     secrets = load_or_create(secrets_file(spec.scope))
-    subnet, _ = de.ensure_network(spec.scope, spec.network)
+    subnet, _ = local_engine().ensure_network(spec.scope, spec.network)
 
     def one(member: str) -> None:
         planned = topology.patroni_node(spec, member, image, subnet, secrets, str(config_dir(spec.scope, member)))
-        de.stop(spec.container(member), timeout=60)
-        de.ensure_container(planned.container)
+        local_engine().stop(spec.container(member), timeout=60)
+        local_engine().ensure_container(planned.container)
 
     with ThreadPoolExecutor(len(spec.node_names())) as pool:
         list(pool.map(one, spec.node_names()))
-    patroni.wait_whole.fn(spec, timeout=300)
-    from flows import status as status_mod
+    patroni.wait_whole.fn(spec, timeout=300)  # raw baseline: no Prefect task run
+    from flows.steps.cluster import cluster_status
 
-    wait_for("healthy", lambda: status_mod.collect(spec), lambda s: s.healthy, timeout=120, interval=0.5)
+    wait_for("healthy", lambda: cluster_status(spec), lambda s: s.healthy, timeout=120, interval=0.5)
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     print(f"images: {old} (bookworm main) -> {new} (bookworm-security)", flush=True)
     results: dict[str, list[Traffic]] = {"rolling": [], "naive": []}
     try:
-        de.remove_cluster(SPEC.scope, volumes=True)
+        local_engine().remove_labelled(SPEC.scope, volumes=True)
         bootstrap(SPEC)
         secrets = load_or_create(secrets_file(SPEC.scope))
         for i in range(args.runs):
@@ -91,7 +91,7 @@ def main() -> None:
             print(f"run {i + 1} naive  : {t}", flush=True)
             upgrade(SPEC, image=old)
     finally:
-        de.remove_cluster(SPEC.scope, volumes=True)
+        local_engine().remove_labelled(SPEC.scope, volumes=True)
     print("\nmedians over", args.runs, "runs (shared 2-core machine; indicative):")
     print(f"{'':10}{'write gap s':>12}{'read gap s':>12}{'min R/O up':>12}{'lost':>6}{'duration s':>12}")
     med: dict[str, float] = {}

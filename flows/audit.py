@@ -25,7 +25,7 @@ from stack.layout import DATA_MOUNT
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_engine, etcd, haproxy, patroni, postgres
+from tasks import docker_hosts, etcd, haproxy, patroni, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -55,7 +55,7 @@ def _secrets(spec: ClusterSpec) -> Secrets:
 @task(name="audit-containers", **READ_ONLY)
 def gather_containers(spec: ClusterSpec) -> Gathered:
     def go() -> list[A.ContainerObs]:
-        return [A.ContainerObs(**r) for e in docker_engine.engines(spec).all() for r in e.audit_containers(spec.scope)]
+        return [A.ContainerObs(**r) for e in docker_hosts.engines(spec).all() for r in e.audit_containers(spec.scope)]
 
     return _safe(go)
 
@@ -92,7 +92,7 @@ def gather_replication(spec: ClusterSpec) -> Gathered:
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
-        ips = docker_engine.engines(spec).of(spec.haproxy_member).container_ips(spec.network)
+        ips = docker_hosts.engines(spec).of(spec.haproxy_member).container_ips(spec.network)
         prefix = spec.scope + "-"
 
         def member(ip: str | None) -> str | None:

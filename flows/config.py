@@ -46,7 +46,8 @@ def _restarted_candidate(spec: ClusterSpec) -> str:
     """A streaming replica already restarted (the sync standby in synchronous mode); '' if none yet."""
     view = patroni.cluster_view(spec)
     reps = [m for m in view.replicas() if m.streaming and not m.pending_restart]
-    if any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
+    if spec.timing.synchronous_mode or any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
+        # Patroni refuses any candidate but the sync standby (also while it has none yet).
         return next((m.name for m in reps if m.role == MemberRole.SYNC_STANDBY), "")
     return reps[0].name if reps else ""
 

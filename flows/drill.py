@@ -26,7 +26,7 @@ from stack.results import DrillResult
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, etcd, patroni, postgres
+from tasks import docker_hosts, etcd, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
@@ -46,7 +46,7 @@ def _pending_file(spec: ClusterSpec) -> Path:
 @task(name="heal", **SIDE_EFFECT)
 def heal(spec: ClusterSpec, member: str) -> str:
     """Undo any drill fault on a member: reattach its network, start its container."""
-    engine = docker_engine.engines(spec).of(member)
+    engine = docker_hosts.engines(spec).of(member)
     name = spec.container(member)
     done = []
     if engine.connect(name, spec.network):
@@ -81,7 +81,7 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
 @task(name="inject-fault", **ONCE)
 def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
     """The fault itself; never retried (a retried fault is a different drill)."""
-    engine = docker_engine.engines(spec).of(target.member)
+    engine = docker_hosts.engines(spec).of(target.member)
     name = spec.container(target.member)
     if kind == DrillKind.SWITCHOVER:
         patroni.switchover(spec, target.member, target.candidate)

@@ -18,14 +18,14 @@ from stack.results import EtcdReplaceResult
 from stack.rolling import etcd_replace_refusal
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, etcd
+from tasks import docker_hosts, etcd
 from tasks._prefect import ONCE
 
 
 @task(name="etcd-recreate-member", **ONCE)
 def recreate_member(spec: ClusterSpec, member: str, image: str) -> None:
     """A fresh volume and a container that joins the existing raft group."""
-    engine = docker_engine.engines(spec).of(member)
+    engine = docker_hosts.engines(spec).of(member)
     engine.remove_container(spec.container(member))
     engine.remove_volume(spec.volume(member))
     engine.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
@@ -47,7 +47,7 @@ def etcd_replace(spec: ClusterSpec = ClusterSpec(), member: str = "etcd-1") -> E
     others = [m for m in members if m != member]
     via = others[0]
     ids = etcd.member_ids(spec, via, others)
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     # An interrupted replacement may have removed the container already: any member's image will do.
     image = eng.of(member).image_of(spec.container(member)) or eng.of(via).image_of(spec.container(via))
     if not image:

@@ -36,7 +36,7 @@ from stack.spec import ClusterSpec, parse_spec
 from tasks import patroni
 from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
-from tasks.docker_engine import engines
+from tasks.docker_hosts import engines
 from tasks.host.state import secrets_file
 
 PORT_OFFSET = 10  # --into SCOPE without a spec file: the source's ports + 10

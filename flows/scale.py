@@ -22,7 +22,7 @@ from stack.results import ScaleResult
 from stack.rolling import plan_scale
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, etcd, haproxy, patroni
+from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni
 from tasks._prefect import ONCE
 from tasks.host.state import config_dir, write_private
 
@@ -44,7 +44,7 @@ def reload_haproxy(spec: ClusterSpec) -> None:
 @task(name="remove-node", **ONCE)
 def remove_node(spec: ClusterSpec, member: str) -> None:
     """Stop a node that is out of service, delete its container, data volume, config and member key."""
-    engine = docker_engine.engines(spec).of(member)
+    engine = docker_hosts.engines(spec).of(member)
     name = spec.container(member)
     if engine.find_container(name) is not None:
         engine.stop(name, timeout=60)
@@ -57,7 +57,7 @@ def remove_node(spec: ClusterSpec, member: str) -> None:
 def running_nodes(spec: ClusterSpec) -> list[str]:
     """The Patroni members whose containers exist (the containers say how many nodes there are)."""
     found = sorted({ct.labels.get(docker_engine.LABEL_MEMBER, "")
-                    for e in docker_engine.engines(spec).all() for ct in e.cluster_containers(spec.scope, "patroni")})
+                    for e in docker_hosts.engines(spec).all() for ct in e.cluster_containers(spec.scope, "patroni")})
     if not found:
         raise StateError(f"cluster {spec.scope} has no Patroni node; run `pgha up` first")
     if found != sorted(f"pg-{i}" for i in range(1, len(found) + 1)):
@@ -83,7 +83,7 @@ def scale(spec: ClusterSpec = ClusterSpec(), nodes: int = 3) -> ScaleResult:  # 
     timeout = spec.upgrade.node_timeout_s
     ctx = node_ctx(spec, timeout)
     new_spec = spec.model_copy(update={"nodes": nodes})
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     image = eng.of(spec.node_names()[0]).image_of(spec.container(spec.node_names()[0]))
     if plan.add:
         for m in plan.add:

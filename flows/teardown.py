@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from flows.steps.ops import mutating_flow
 from stack.results import TeardownResult
 from stack.spec import ClusterSpec
-from tasks import docker_engine
+from tasks import docker_hosts
 from tasks._prefect import SIDE_EFFECT
 from tasks.host.lock import WaitSeconds
 from tasks.host.state import cluster_dir
@@ -19,7 +19,7 @@ from tasks.host.state import cluster_dir
 def remove_resources(spec: ClusterSpec, volumes: bool) -> dict[str, list[str]]:
     """Every container and network of the scope (and its volumes when asked), on every engine."""
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
-    for engine in docker_engine.engines(spec).all():
+    for engine in docker_hosts.engines(spec).all():
         for kind, names in engine.remove_labelled(spec.scope, volumes=volumes).items():
             removed[kind] += names
     return removed

@@ -38,7 +38,7 @@ from stack.rolling import (
 )
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, patroni, postgres
+from tasks import docker_hosts, patroni, postgres
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -52,7 +52,7 @@ def pending_file(spec: ClusterSpec) -> Path:
 
 def node_images(spec: ClusterSpec) -> dict[str, str]:
     """The image tag each Patroni node's container was created from ('' when missing)."""
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     return {m: eng.of(m).image_of(spec.container(m)) for m in spec.node_names()}
 
 
@@ -79,7 +79,7 @@ def versions(spec: ClusterSpec) -> dict[str, int | None]:
 
 def gather_facts(spec: ClusterSpec, target: str) -> UpgradeFacts:
     """What the pre-check judges: health, lag, the oldest transaction, the target image."""
-    env = docker_engine.engines(spec).default.image_env(target)
+    env = docker_hosts.engines(spec).default.image_env(target)
     st = cluster_status(spec)
     lag: int | None = 0
     paused = False
@@ -119,7 +119,7 @@ def _resume_in_flight(ctx: NodeCtx, pending: dict[str, Any]) -> None:
     member = str(pending.get("member") or "")
     if not member or member not in ctx.spec.node_names():
         return
-    if not docker_engine.engines(ctx.spec).of(member).running(ctx.spec.container(member)):
+    if not docker_hosts.engines(ctx.spec).of(member).running(ctx.spec.container(member)):
         image = str(pending.get("image") or pending["target"])
         note(f"resuming: {member} was left stopped by an interrupted run; recreating it on {image}")
         recreate(ctx, member, image, as_leader=False)
@@ -131,7 +131,7 @@ def _resume_in_flight(ctx: NodeCtx, pending: dict[str, Any]) -> None:
 def _rollback(ctx: NodeCtx, previous: dict[str, str]) -> list[str]:
     """Every node this run moved to the target goes back to its previous image (replicas first)."""
     spec = ctx.spec
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     done: list[str] = []
     for m in spec.node_names():
         # A failure between stopping a node and recreating it leaves it stopped on its old image.
@@ -147,7 +147,7 @@ def _rollback(ctx: NodeCtx, previous: dict[str, str]) -> list[str]:
             back = [x.name for x in facts if not x.is_leader and x.image == old]
             if back:
                 lead_now = next(x.name for x in facts if x.is_leader)
-                cand = switchover_candidate(facts, old)
+                cand = switchover_candidate(facts, old, spec.timing.synchronous_mode)
                 if cand:
                     note(f"rollback: switchover {lead_now} -> {cand} (on {old})")
                     switchover(spec, lead_now, cand, ctx.timeout)
@@ -165,8 +165,9 @@ def _run_step(ctx: NodeCtx, step: Step, target: str, state: dict[str, Any], pf: 
         if lead is None or lead.name != step.member:
             note(f"{step.member} no longer leads; no switchover needed")
             return
+        sync = spec.timing.synchronous_mode and spec.nodes > 1
         cand = wait_for("an upgraded replica to hand the leadership to",
-                        lambda: switchover_candidate(node_facts(spec), target) or "", bool, timeout=30, interval=0.5)
+                        lambda: switchover_candidate(node_facts(spec), target, sync) or "", bool, timeout=30, interval=0.5)
         switchover(spec, step.member, cand, ctx.timeout)
         note(f"switched over {step.member} -> {cand}")
         return
@@ -195,7 +196,7 @@ def upgrade(spec: ClusterSpec = ClusterSpec(), image: str = "", node_timeout_s: 
     if pending and pending.get("target") != target:
         raise StateError(f"an interrupted upgrade to {pending.get('target')} is pending; run it again with "
                          f"--image {pending.get('target')} to finish it first")
-    if pending and docker_engine.engines(spec).default.image_env(target) is not None:
+    if pending and docker_hosts.engines(spec).default.image_env(target) is not None:
         _resume_in_flight(ctx, pending)
         finish_leftovers(ctx)
         # Right after a node is put back, Patroni may take a loop to pick a synchronous

@@ -21,7 +21,7 @@ from stack.results import VerifyResult
 from stack.spec import ClusterSpec
 from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
-from tasks.docker_engine import engines
+from tasks.docker_hosts import engines
 from tasks.host.lock import holder_name, mutating
 
 

@@ -75,13 +75,17 @@ def plan_upgrade(nodes: list[NodeFacts], target: str, primary_policy: str = "swi
     return UpgradePlan(steps=steps, already=done)
 
 
-def switchover_candidate(nodes: list[NodeFacts], target: str) -> str | None:
-    """An upgraded replica to hand the leadership to: the synchronous standby if upgraded."""
+def switchover_candidate(nodes: list[NodeFacts], target: str, synchronous: bool = False) -> str | None:
+    """An upgraded replica to hand the leadership to: the synchronous standby if upgraded.
+
+    `synchronous`: the cluster runs in synchronous mode, where Patroni refuses any candidate
+    but the sync standby — also for the moment after a restart when it has none yet.
+    """
     upgraded = [n for n in nodes if not n.is_leader and n.image == target]
     for n in upgraded:
         if n.is_sync:
             return n.name
-    if any(n.is_sync for n in nodes):
+    if synchronous or any(n.is_sync for n in nodes):
         # Synchronous mode: Patroni refuses a candidate that is not the sync standby; wait for it.
         return None
     return sorted((n.name for n in upgraded), key=_num)[0] if upgraded else None

@@ -5,19 +5,18 @@ An `Engine` wraps one prefect-docker `DockerHost` (today: the local engine, from
 networks, volumes, containers, images, logs. Every resource carries `pgha.cluster`,
 `pgha.role` and `pgha.member`; nothing is found by name pattern. `ensure_*` methods look
 first and act only when needed, so a retried task or a re-run flow converges. Running a
-command inside a container is `tasks.node_exec`.
+command inside a container is `tasks.node_exec`; which engine runs which member is
+`tasks.docker_hosts`.
 """
 
 from __future__ import annotations
 
 import io
-import socket
 import tarfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from docker.types import Healthcheck, Mount
 from prefect_docker import DockerHost
 
 from stack.errors import DockerError, StateError
-from stack.spec import ClusterSpec
 from stack.topology import ContainerDef
 
 LABEL_CLUSTER = "pgha.cluster"
@@ -407,53 +405,3 @@ def _published(ct: Container) -> set[int]:
             if b.get("HostPort"):
                 out.add(int(b["HostPort"]))
     return out
-
-
-def port_is_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:`port` of this machine."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR: a closed connection in TIME_WAIT is not "in use"; a listener is.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@lru_cache(maxsize=1)
-def local_engine() -> Engine:
-    """The engine of this machine (DOCKER_HOST or the default socket), one handle per process."""
-    return Engine("local")
-
-
-class ClusterEngines:
-    """Which engine runs which member of a cluster.
-
-    Today every member of every cluster runs on the local engine; the many-hosts spec fills
-    this map from its `hosts` and `placement`.
-    """
-
-    def __init__(self, spec: ClusterSpec, default: Engine) -> None:
-        self.spec = spec
-        self.default = default
-        self._by_member: dict[str, Engine] = {}
-
-    def of(self, member: str) -> Engine:
-        return self._by_member.get(member, self.default)
-
-    def all(self) -> list[Engine]:
-        """Every distinct engine the cluster uses."""
-        seen: dict[int, Engine] = {id(self.default): self.default}
-        for e in self._by_member.values():
-            seen.setdefault(id(e), e)
-        return list(seen.values())
-
-    def check(self) -> None:
-        """Every engine answers (one line naming the host otherwise)."""
-        for e in self.all():
-            e.check()
-
-
-def engines(spec: ClusterSpec) -> ClusterEngines:
-    return ClusterEngines(spec, local_engine())

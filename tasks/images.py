@@ -20,7 +20,8 @@ import docker.errors
 
 from stack.errors import ImageError
 from stack.spec import ClusterSpec
-from tasks.docker_engine import Engine, local_engine
+from tasks.docker_engine import Engine
+from tasks.docker_hosts import local_engine
 
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "stack" / "image"
 REPO = "pgha/node"

@@ -14,7 +14,8 @@ import docker.errors
 
 from stack.errors import DockerError, ExecError
 from stack.spec import ClusterSpec
-from tasks.docker_engine import Engine, engines
+from tasks.docker_engine import Engine
+from tasks.docker_hosts import engines
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.docker_engine import engines
+from tasks.docker_hosts import engines
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, write_private
 from tasks.node_exec import ExecResult, last_lines, node

@@ -25,7 +25,8 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import etcd, images
 from tasks._prefect import ONCE
-from tasks.docker_engine import Engine, engines
+from tasks.docker_engine import Engine
+from tasks.docker_hosts import engines
 from tasks.host.state import secrets_file, write_private
 from tasks.node_exec import ExecResult, NodeExec, last_lines
 from tasks.pgbackrest import BackupError, parse_info_json, verified

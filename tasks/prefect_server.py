@@ -174,7 +174,7 @@ def start_server() -> str:
     if healthy():
         raise StateError(f"a Prefect server that pgha did not start answers on {ui_url()}; stop it or set {PORT_ENV}")
     SERVER.stop()
-    from tasks.docker_engine import port_is_free  # the host's loopback, not an engine
+    from tasks.docker_hosts import port_is_free  # the host's loopback, not an engine
 
     if not port_is_free(port()):
         raise StateError(f"port {port()} is in use on 127.0.0.1; set {PORT_ENV} to a free port")

@@ -12,7 +12,7 @@ from stack.errors import PghaError
 from stack.results import ClusterStatus, MemberRow
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, etcd, haproxy, patroni, postgres
+from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, postgres
 from tasks._prefect import ONCE, READ_ONLY
 from tasks.host.state import cluster_dir, write_private
 
@@ -23,7 +23,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API).
     """
     st = ClusterStatus(scope=spec.scope)
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     containers = {c.name: c for e in eng.all() for c in e.cluster_containers(spec.scope)}
     view: ClusterView | None = None
     try:

@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.steps.backups import ensure_archiving
+from flows.steps.preflight import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
 from stack import topology
 from stack.backup import repo_volume
@@ -21,7 +22,7 @@ from stack.cluster import assess
 from stack.errors import StateError
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
-from tasks import docker_engine, etcd, images, patroni, postgres
+from tasks import docker_hosts, etcd, images, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import config_dir, secrets_file, write_private
@@ -33,7 +34,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
     Checks every engine, POSTGRES_PASSWORD against the stored passwords, and the host ports
     (free, or already held by this very cluster). The image is checked by `ensure_image`.
     """
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     eng.check()
     if os.environ.get("POSTGRES_PASSWORD") == "" and "POSTGRES_PASSWORD" in os.environ:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
@@ -47,7 +48,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
             continue
         if (owner := engine.port_owner(port)) is not None:
             raise StateError(f"port {port} (ports.{key}) is already published by pgha cluster '{owner}'; choose another")
-        if not docker_engine.port_is_free(port):
+        if not docker_hosts.port_is_free(port):
             raise StateError(f"port {port} (ports.{key}) is already in use on 127.0.0.1; choose another in the spec")
 
 
@@ -58,7 +59,7 @@ def refuse_image_swap(spec: ClusterSpec, node_image: str) -> None:
     spec that merely lacks the `upgrade.node_image` an earlier upgrade recorded must not
     silently downgrade the cluster either.
     """
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     for member in spec.node_names():
         current = eng.of(member).image_of(spec.container(member))
         if current and current != node_image:
@@ -79,14 +80,14 @@ def ensure_image(spec: ClusterSpec) -> str:
 
 @task(name="ensure-network", **SIDE_EFFECT)
 def ensure_network(spec: ClusterSpec) -> str:
-    subnet, outcome = docker_engine.engines(spec).default.ensure_network(spec.scope, spec.network)
+    subnet, outcome = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
     get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
     return subnet
 
 
 @task(name="ensure-volumes", **SIDE_EFFECT)
 def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
-    eng = docker_engine.engines(spec)
+    eng = docker_hosts.engines(spec)
     out: dict[str, str] = {}
     for role, members in (("etcd", spec.etcd_names()), ("patroni", spec.node_names())):
         for member in members:
@@ -109,7 +110,7 @@ def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet:
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
         write_private(config_dir(spec.scope, member) / fname, text)
-    outcome = docker_engine.engines(spec).of(member).ensure_container(planned.container)
+    outcome = docker_hosts.engines(spec).of(member).ensure_container(planned.container)
     get_run_logger().info("%s %s: %s", role, planned.container.name, outcome.value)
     return outcome.value
 
@@ -123,7 +124,7 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     store_spec(spec)
 
     image = ensure_image(spec)
-    refuse_image_swap(spec, spec.upgrade.node_image or image)
+    preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)
     ensure_volumes(spec)
     outcomes: dict[str, str] = {}

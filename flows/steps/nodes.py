@@ -15,7 +15,7 @@ from stack.errors import PghaError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, haproxy, patroni, postgres
+from tasks import docker_hosts, haproxy, patroni, postgres
 from tasks._prefect import ONCE
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir
@@ -33,7 +33,7 @@ class NodeCtx:
 
 
 def node_ctx(spec: ClusterSpec, timeout: float) -> NodeCtx:
-    subnet, _ = docker_engine.engines(spec).default.ensure_network(spec.scope, spec.network)
+    subnet, _ = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
     return NodeCtx(spec=spec, secrets=cluster_secrets(spec.scope), subnet=subnet, timeout=timeout)
 
 
@@ -108,7 +108,7 @@ def recreate(ctx: NodeCtx, member: str, image: str, as_leader: bool) -> None:
     them), so neither HAProxy nor Patroni use it before it has caught up.
     """
     spec = ctx.spec
-    engine = docker_engine.engines(spec).of(member)
+    engine = docker_hosts.engines(spec).of(member)
     name = spec.container(member)
     planned = planned_node(ctx, member, image)
     since = time.time()

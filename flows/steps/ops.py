@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
+import typing
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -90,6 +91,12 @@ def mutating_flow(operation: str, lock: Callable[[dict[str, Any]], str] | None =
             result_artifact(spec.scope, operation, result)
             return result
 
+        # Prefect reads the parameters' types from the signature; resolve the flow module's
+        # string annotations here, where this module's globals would not know its names.
+        hints = typing.get_type_hints(fn, include_extras=True)
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()],
+            return_annotation=hints.get("return", sig.return_annotation))
         return wrapper
 
     return deco

@@ -56,7 +56,7 @@ def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def pgha(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a user would (a separate process, its own Prefect API)."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 

@@ -174,7 +174,7 @@ def test_healthy_audit_deployment_completes_with_artifacts(cluster: Cluster) -> 
 def test_second_mutating_flow_is_refused_naming_the_holder(cluster: Cluster, engine: docker.DockerClient) -> None:
     before = {c.name: c.id for c in engine.containers.list(all=True, filters={"label": f"pgha.cluster={SCOPE}"})}
     lock = Path(cluster.env["PGHA_STATE_DIR"]) / SCOPE / "mutating.lock"
-    drill = subprocess.Popen([sys.executable, "-m", "flows.cli", "drill", "switchover", "--scope", SCOPE, "--json"],
+    drill = subprocess.Popen([sys.executable, "-m", "cli", "drill", "switchover", "--scope", SCOPE, "--json"],
                              cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -89,7 +89,7 @@ def test_drill_killed_half_way_is_shown_by_status_and_healed_by_a_rerun(cluster_
                                                                        engine: docker.DockerClient) -> None:
     _, st = status(cluster_d)
     leader = next(m for m, (role, _) in patroni_roles(st).items() if role == "leader")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "drill", "hard-kill", "--scope", cluster_d.scope],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "drill", "hard-kill", "--scope", cluster_d.scope],
                             cwd=ROOT, env=cluster_d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

@@ -204,7 +204,7 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
 def test_interrupted_upgrade_resumes_without_touching_done_nodes(engine: docker.DockerClient, cluster: Cluster,
                                                                  images: dict[str, str]) -> None:
     target = images["main"]  # back to 15.18: same major, a minor change like any other
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "upgrade", "--scope", cluster.scope, "--image", target],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "upgrade", "--scope", cluster.scope, "--image", target],
                             cwd=ROOT, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     first: str | None = None

@@ -170,7 +170,7 @@ def test_verify_output_parsing() -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["backup", "--type", "weekly"], "unknown backup type 'weekly'"),
+    (["backup", "--type", "weekly"], "'weekly' is not one of 'full', 'diff', 'incr'"),
     (["restore", "--to", "soon", "--into", "x2"], "cannot read 'soon'"),
     (["restore", "--to", "2026-11-25 21:03:00", "--into", "x2"], "has no time zone"),
     (["restore", "--to", "2026-11-25 21:03:00+00"], "say where to restore"),
@@ -180,7 +180,7 @@ def test_verify_output_parsing() -> None:
 def test_cli_refuses_bad_arguments_in_one_line(args: list[str], needle: str) -> None:
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.app import app
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
 from stack.rolling import (
     NodeFacts,
     Setting,
@@ -192,9 +192,9 @@ def test_upgrade_policy_defaults_keep_old_specs_valid() -> None:
     (["scale", "--nodes", "0"], "between 1 and 9"),
     (["upgrade", "--image", " "], "--image must name"),
     (["upgrade"], "exactly one of"),
-    (["upgrade", "--updates", "nightly"], "--updates must be security"),
-    (["upgrade", "--image", NEW, "--node-timeout", "5"], "--node-timeout"),
-    (["images", "build", "--updates", "nightly"], "--updates must be one of"),
+    (["upgrade", "--updates", "nightly"], "'nightly' is not one of 'security'"),
+    (["upgrade", "--image", NEW, "--node-timeout", "5"], "--node-timeout must be between 10 and 3600, not 5"),
+    (["images", "build", "--updates", "nightly"], "'nightly' is not one of 'none', 'security'"),
 ])
 def test_cli_refuses_bad_arguments_in_one_line(args: list[str], needle: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:

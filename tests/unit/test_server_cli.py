@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
 from tasks import prefect_server as ps
 
 
@@ -25,7 +25,7 @@ def test_bad_wait_is_refused(runner: CliRunner, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
-    assert res.output.strip().startswith("pgha: error: --wait must be between 0 and 86400 seconds")
+    assert res.output.strip().startswith("pgha: error: --wait must be between 0 and 86400, not ")
 
 
 @pytest.mark.parametrize("value", ["80", "abc", "70000"])

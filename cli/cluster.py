@@ -1,0 +1,129 @@
+"""Cluster verbs: up, down, status, dsn, images build."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from cli import render
+from cli.core import (
+    Done,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    as_model,
+    checks,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    stderr_line,
+    warm,
+)
+from stack.results import BootstrapResult, ClusterStatus, TeardownResult
+from stack.spec import load_spec
+
+images_app = typer.Typer(no_args_is_help=True, help="Build or show the node image.")
+app.add_typer(images_app, name="images")
+
+
+class Updates(StrEnum):
+    """Which extra apt suites an image build takes its packages from (`tasks.images.UPDATES`)."""
+
+    NONE = "none"
+    SECURITY = "security"
+
+
+def spec_or_env(spec_file: Path | None) -> Path | None:
+    if spec_file is None and os.environ.get("PGHA_SPEC"):
+        return Path(os.environ["PGHA_SPEC"])
+    return spec_file
+
+
+@app.command()
+@command(render.up, flows=True)
+def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[BootstrapResult]:
+    """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs."""
+    spec = load_spec(spec_or_env(spec_file))
+    warm()
+    from flows.bootstrap import bootstrap
+    from flows.steps.converge import bootstrap_preflight, refuse_image_swap
+    from tasks.images import ensure_image
+
+    with checks() as check:
+        check(bootstrap_preflight, spec)
+        tag, log = ensure_image(spec)
+        for line in log:
+            stderr_line(f"pgha: {line}")
+        # Before the flow starts: a refusal is one line, not a failed flow run.
+        check(refuse_image_swap, spec, spec.upgrade.node_image or tag)
+        result = run_flow(bootstrap, spec, wait_seconds=wait)
+    return Done(as_model(BootstrapResult, result), spec)
+
+
+@app.command()
+@command(render.down, flows=True)
+def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes and passwords (data is lost)"),
+         wait: float = WaitOpt) -> Done[TeardownResult]:
+    """Remove the cluster's containers and network; data volumes stay unless --volumes."""
+    spec = resolve_spec(spec_file, scope)
+    warm()
+    from flows.teardown import teardown
+
+    require_engines(spec)
+    result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait)
+    return Done(as_model(TeardownResult, result, scope=spec.scope, state_removed=volumes), spec)
+
+
+@app.command()
+@command(render.status, failed=lambda st: not st.healthy)
+def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> Done[ClusterStatus]:
+    """Members with role, state, timeline and lag; endpoints; container health. Exit 1 if unhealthy."""
+    spec = resolve_spec(spec_file, scope)
+    from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
+
+    return Done(as_model(ClusterStatus, cluster_status(spec)), spec)
+
+
+@app.command()
+@command()
+def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+        ro: bool = typer.Option(False, "--ro", help="the read-only (replicas) endpoint"),
+        show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI")) -> None:
+    """Print the connection URI of the R/W (or --ro) endpoint."""
+    spec = resolve_spec(spec_file, scope)
+    from stack.errors import StateError
+    from tasks.host.secrets import load_or_create
+    from tasks.host.state import secrets_file
+    from tasks.postgres import dsn as make_dsn
+
+    password = None
+    if show_password:
+        if not secrets_file(spec.scope).exists():
+            raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
+        password = load_or_create(secrets_file(spec.scope)).superuser
+    sys.stdout.write(make_dsn(spec, read_only=ro, password=password) + "\n")
+
+
+@images_app.command("build")
+@command()
+def images_build(spec_file: Path | None = SpecOpt,
+                 updates: Updates = typer.Option(Updates.NONE, "--updates",
+                                                 help="none | security: also take packages from <suite>-security")) -> None:
+    """Build the node image for the spec if it is missing (debootstrap base when no registry)."""
+    spec = load_spec(spec_file)
+    from tasks.images import ensure_image
+
+    require_engines(spec)
+    tag, log = ensure_image(spec, updates.value)
+    for line in log:
+        stderr_line(f"pgha: {line}")
+    sys.stdout.write(tag + "\n")
+

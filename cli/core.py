@@ -1,0 +1,257 @@
+"""The Typer app, the options every verb shares, and the one decorator that runs a verb.
+
+A verb validates its input (Typer: enums and ranges; pgha: the spec and the cluster's state),
+runs its flow in-process and returns the flow's result model; `@command` renders it (a table,
+or `--json`), turns every `PghaError` into one line on stderr and its exit code, and stops the
+ephemeral Prefect API it started. Flows use that ephemeral API when PREFECT_API_URL is unset,
+and that server when it is set. PGHA_DEBUG=1 shows the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+try:  # Typer >= 0.2x carries its own copy of Click
+    from typer._click import exceptions as click_errors  # noqa: E402
+except ImportError:  # pragma: no cover - older Typer on Click
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: E402
+
+from cli.api import API  # noqa: E402
+from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
+from stack.spec import ClusterSpec, load_spec  # noqa: E402
+from tasks.host.lock import MAX_WAIT_SECONDS  # noqa: E402
+from tasks.host.state import cluster_dir  # noqa: E402
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def usage_message(exc: Exception) -> str:
+    """Click's message for a bad argument, as one sentence that names the allowed range."""
+    param = getattr(exc, "param", None)
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if isinstance(exc, click_errors.BadParameter) and param is not None and (low, high) != (None, None):
+        name = param.opts[0] if getattr(param, "opts", None) else str(param.name)
+        allowed = (f"between {low} and {high}" if low is not None and high is not None
+                   else f"at least {low}" if low is not None else f"at most {high}")
+        errors = getattr(exc.__cause__, "errors", None)  # the pydantic check Typer ran
+        first = errors()[0] if callable(errors) else {}
+        if first.get("type") in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            return f"{name} must be {allowed}, not {first.get('input')}"
+    text = one_line(getattr(exc, "format_message", lambda: str(exc))())
+    text = text.replace("Value error, ", "")  # pydantic's prefix on a refused enum value
+    return text[:1].lower() + text[1:]
+
+
+class PghaGroup(TyperGroup):
+    """Click's usage errors (bad enum value, out of range, unknown option) as one `pgha: error:` line, exit 2.
+
+    Typer would print a framed box (rich) or four lines (plain); a user mistake is one line here.
+    """
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # `pgha` alone: the help text, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            sys.stderr.write(f"pgha: error: {usage_message(exc)}{hint}\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write("pgha: interrupted\n")
+            sys.exit(130)
+        # Non-standalone Click returns a deliberate exit code (typer.Exit, --help) as the value.
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=PghaGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run a PostgreSQL HA cluster (etcd + Patroni + HAProxy) on Docker with Prefect flows.")
+
+# Wide enough for the members table when output goes to a pipe or a CI log.
+out = Console(width=None if sys.stdout.isatty() else 140, soft_wrap=True)
+
+SpecOpt = typer.Option(None, "--spec", "-s", help="cluster spec YAML (default: $PGHA_SPEC, else the stored spec of --scope, else defaults)")
+ScopeOpt = typer.Option(None, "--scope", help="cluster scope (default: hy-home-db)")
+WaitOpt = typer.Option(0.0, "--wait", metavar="SECONDS", min=0, max=MAX_WAIT_SECONDS,
+                       help="wait up to SECONDS for another mutating flow on the cluster to end (default: refuse at once)")
+JsonOpt = typer.Option(False, "--json", help="machine-readable result")
+
+
+def stderr_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def resolve_spec(spec_file: Path | None, scope: str | None) -> ClusterSpec:
+    """--spec, else $PGHA_SPEC, else the spec stored by the last `up` of --scope, else defaults."""
+    if spec_file is None and os.environ.get("PGHA_SPEC"):
+        spec_file = Path(os.environ["PGHA_SPEC"])
+    if spec_file is not None:
+        spec = load_spec(spec_file)
+        if scope and scope != spec.scope:
+            raise UsageError(f"--scope {scope} contradicts the spec's scope {spec.scope}")
+        return spec
+    name = scope or ClusterSpec().scope
+    stored = cluster_dir(name) / "spec.yaml"
+    if stored.exists():
+        return load_spec(stored)
+    if scope is not None and scope != ClusterSpec().scope:
+        raise UsageError(f"no cluster '{scope}' was brought up from this machine; pass --spec FILE")
+    return ClusterSpec()
+
+
+@dataclass(frozen=True)
+class Done(Generic[R]):
+    """What a verb hands `@command`: the flow's result and the spec its renderer names (scope, ports)."""
+
+    result: R
+    spec: ClusterSpec | None = None
+
+
+def require_engines(spec: ClusterSpec) -> None:
+    """Every Docker engine the cluster uses answers (one line naming the host otherwise)."""
+    from tasks import docker_hosts
+
+    docker_hosts.engines(spec).check()
+
+
+def warm() -> None:
+    """Start the ephemeral Prefect API now (unless PREFECT_API_URL is set): it gets ready while the checks run.
+
+    Verbs call it once their arguments and spec are valid, so a plain mistake spawns nothing.
+    """
+    API.start()
+
+
+def run_flow(flow: Callable[..., R], *args: Any, tags: Sequence[str] = (), **kwargs: Any) -> R:
+    """Call a flow in-process once the ephemeral API (if pgha runs one) answers."""
+    API.start()
+    API.wait_ready()
+    if not tags:
+        return flow(*args, **kwargs)
+    from prefect import tags as prefect_tags
+
+    with prefect_tags(*tags):
+        return flow(*args, **kwargs)
+
+
+def as_model(model: type[R], value: Any, **defaults: Any) -> R:
+    """The flow's result as `model`; a flow not yet converted returns the fields as a dict (`defaults` fill gaps)."""
+    if isinstance(value, model):
+        return value
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return model.model_validate({**defaults, **value})  # type: ignore[attr-defined, no-any-return]
+
+
+@contextmanager
+def checks() -> Iterator[Callable[..., Any]]:
+    """`check(fn, *args)`: a flow's preflight run once (`flows.steps.preflight_once`), before the flow.
+
+    Call it with exactly the arguments the flow passes, so the flow's own call reuses the
+    result. Whatever the flow did not consume (it failed earlier, or the verb stopped) is
+    forgotten on the way out, so nothing stale is reused later in this process.
+    """
+    from flows.steps import forget_preflight, preflight_once
+
+    ran: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def check(fn: Callable[..., R], *args: Any) -> R:
+        ran.append((fn, args))
+        return preflight_once(fn, *args)
+
+    try:
+        yield check
+    finally:
+        for fn, args in ran:
+            forget_preflight(fn, *args)
+
+
+def to_json(value: Any) -> Any:
+    return value.to_json() if hasattr(value, "to_json") else value
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """One line on stderr and the exit code for anything a verb raised."""
+    if isinstance(exc, PghaError):
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        stderr_line(f"pgha: error: {first}")
+        if isinstance(exc, WaitTimeout) and exc.logs:
+            stderr_line(exc.logs.rstrip())
+        raise typer.Exit(exc.exit_code) from None
+    if isinstance(exc, KeyboardInterrupt):
+        stderr_line("pgha: interrupted")
+        raise typer.Exit(130) from None
+    if os.environ.get("PGHA_DEBUG"):
+        raise exc
+    line = str(exc).splitlines()[0] if str(exc) else ""
+    stderr_line(f"pgha: internal error: {type(exc).__name__}: {line} (PGHA_DEBUG=1 shows the traceback)")
+    raise typer.Exit(1) from None
+
+
+def command(render: Callable[[Done[Any]], None] | None = None, *, flows: bool = False,
+            failed: Callable[[Any], bool] | None = None) -> Callable[[Callable[P, Any]], Callable[P, None]]:
+    """Wrap a verb: errors as one line + exit code, the result rendered (or `--json`), the API stopped.
+
+    The verb returns a `Done` (or a bare result, or None when it printed everything itself).
+    `flows`: the verb runs flows; the ephemeral Prefect API it starts (`warm`, `run_flow`) is
+    stopped on every way out.
+    `failed(result)`: exit 1 after rendering (an unhealthy status, a critical audit).
+    """
+
+    def wrap(fn: Callable[P, Any]) -> Callable[P, None]:
+        @functools.wraps(fn)
+        def verb(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                with ephemeral_api() if flows else nullcontext():
+                    done = fn(*args, **kwargs)
+                if done is None:
+                    return
+                if not isinstance(done, Done):
+                    done = Done(done)
+                if kwargs.get("as_json"):
+                    sys.stdout.write(json.dumps(to_json(done.result), indent=2, default=str) + "\n")
+                elif render is not None:
+                    render(done)
+            except (typer.Exit, SystemExit):
+                raise  # a deliberate exit code, not an error
+            except BaseException as exc:  # noqa: BLE001 - every way out becomes one line
+                _fail(exc)
+            if failed is not None and failed(done.result):
+                raise typer.Exit(1)
+
+        return verb
+
+    return wrap
+
+
+@contextmanager
+def ephemeral_api() -> Iterator[None]:
+    """Whatever ephemeral Prefect API the verb started is stopped on every way out."""
+    try:
+        yield
+    finally:
+        API.stop()

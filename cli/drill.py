@@ -1,0 +1,66 @@
+"""Health verbs: drill (break the cluster on purpose under load, measure, heal) and audit.
+
+Both run their flows tagged `pgha`, `health`: the alert automations match those tags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli import render
+from cli.core import (
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    as_model,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
+from stack.drill import DrillKind
+from stack.errors import PghaError
+from stack.results import AuditReport, DrillResult
+
+
+@app.command()
+@command(render.drill, flows=True)
+def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
+          spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+          to: str | None = typer.Option(None, "--to", help="switchover candidate / replica to kill"),
+          interval_ms: int = typer.Option(50, "--interval-ms", min=10, max=5000, help="probe interval"),
+          heal_timeout: int = typer.Option(180, "--heal-timeout", help="seconds the cluster may take to be whole again"),
+          as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
+    """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
+    spec = resolve_spec(spec_file, scope)
+    warm()
+    from flows.drill import drill as drill_flow
+
+    require_engines(spec)
+    result = run_flow(drill_flow, spec, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
+                      wait_seconds=wait, tags=("pgha", "health"))
+    return Done(as_model(DrillResult, result), spec)
+
+
+@app.command("audit")
+@command(render.audit, flows=True, failed=lambda report: report.status == "critical")
+def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+          as_json: bool = typer.Option(False, "--json", help="machine-readable report")) -> Done[AuditReport]:
+    """Run the health-audit flow: every check as a row; exit 1 when any finding is critical."""
+    spec = resolve_spec(spec_file, scope)
+    warm()
+    from flows.audit import audit as audit_flow
+
+    require_engines(spec)
+    # The flow ends Failed on a critical finding (that is what alerts) and still returns its report.
+    state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, AuditReport | dict):
+        raise PghaError(f"the audit flow ended {state.name}: {state.message or report}")
+    return Done(as_model(AuditReport, report), spec)

@@ -1,0 +1,199 @@
+"""What each verb prints without `--json`: rich tables and lines from the flows' result models.
+
+Pure presentation: every function takes a `Done` (the result, and the spec when the text
+names the scope or its ports) and prints to stdout. The wording is what users and the
+README rely on; change it only on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from cli.core import Done, out
+from stack.results import (
+    AuditReport,
+    BackupResult,
+    BootstrapResult,
+    ClusterStatus,
+    ConfigSetResult,
+    DrillResult,
+    DumpResult,
+    EtcdReplaceResult,
+    RestoreResult,
+    ScaleResult,
+    TeardownResult,
+    UpgradeResult,
+    VerifyResult,
+)
+from stack.spec import ClusterSpec
+from tasks.host.state import cluster_dir
+
+LEVEL_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red"}
+
+
+def line(text: str) -> None:
+    """One plain line: no rich markup or highlighting (names and values may contain brackets)."""
+    out.print(text, highlight=False, markup=False)
+
+
+def _spec(done: Done[Any]) -> ClusterSpec:
+    assert done.spec is not None, "this renderer needs the spec the verb ran on"
+    return done.spec
+
+
+# ---- cluster ----
+
+
+def members_table(status: ClusterStatus) -> Table:
+    t = Table(title=f"pgha cluster {status.scope}", title_justify="left")
+    for col in ("member", "component", "container", "state", "health", "role", "pg state", "TL", "lag (bytes)"):
+        t.add_column(col)
+    for m in status.members:
+        t.add_row(m.member, m.role, m.container, m.container_state, m.health, m.pg_role, m.pg_state,
+                  "" if m.timeline is None else str(m.timeline), "" if m.lag_bytes is None else str(m.lag_bytes))
+    return t
+
+
+def endpoints(spec: ClusterSpec) -> None:
+    from tasks.postgres import dsn
+
+    default = spec.scope == ClusterSpec().scope
+    line(f"read/write: {dsn(spec)}")
+    line(f"read-only : {dsn(spec, read_only=True)}")
+    line(f"password  : pgha dsn --show-password{'' if default else ' --scope ' + spec.scope}"
+         f"  (kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
+
+
+def up(done: Done[BootstrapResult]) -> None:
+    r, spec = done.result, _spec(done)
+    out.print(members_table(r.status))
+    changed = [k for k, v in r.outcomes.items() if v != "unchanged"]
+    line(f"{spec.scope} is ready in {r.elapsed_s}s on {r.image}; "
+         + (f"changed: {', '.join(changed)}" if changed else "nothing changed"))
+    endpoints(spec)
+
+
+def down(done: Done[TeardownResult]) -> None:
+    r = done.result
+    line(f"{r.scope}: removed {len(r.containers)} containers, {len(r.networks)} networks, {len(r.volumes)} volumes"
+         + ("" if r.state_removed else " (data volumes kept; `pgha up` brings it back)"))
+
+
+def status(done: Done[ClusterStatus]) -> None:
+    st = done.result
+    out.print(members_table(st))
+    for k, v in st.endpoints.items():
+        line(f"{k:12}: {v}")
+    line("healthy" if st.healthy else "UNHEALTHY: " + "; ".join(st.problems))
+
+
+# ---- drills ----
+
+
+def drill(done: Done[DrillResult]) -> None:
+    r, spec = done.result, _spec(done)
+    t = Table(title=f"{r.kind} drill on {spec.scope}", title_justify="left")
+    for col in ("target", "write gap", "read gap", "lost writes", "leader", "timeline", "whole after", "rejoin"):
+        t.add_column(col)
+    t.add_row(r.target, f"{r.write_gap_s:.2f} s", f"{r.read_gap_s:.2f} s", str(len(r.lost_writes)),
+              f"{r.old_leader} -> {r.new_leader}", f"{r.timeline_before} -> {r.timeline_after}", f"{r.whole_s} s",
+              r.rejoin)
+    out.print(t)
+    line(r.timeline)
+    for n in r.notes:
+        line(f"- {n}")
+    line(f"chart: {r.chart_png}")
+
+
+# ---- backups ----
+
+
+def backup(done: Done[BackupResult]) -> None:
+    r, spec = done.result, _spec(done)
+    line(f"{r.type} backup {r.label} of {spec.scope} from {r.source}: {r.size_mb} MB ({r.stored_mb} MB stored) "
+         f"in {r.duration_s} s; WAL {r.wal_start}..{r.wal_stop}" + (f"; expired {r.expired}" if r.expired else ""))
+    if (v := r.verification) is not None:
+        line(f"verified restore: passed in {v.duration_s} s ({v.canary}; pg_amcheck: {v.amcheck})")
+
+
+def dump(done: Done[DumpResult]) -> None:
+    for f in done.result.files:
+        line(f"{f.database}: {f.file} ({f.size_mb} MB, {f.duration_s} s)")
+
+
+def verify_restore(done: Done[VerifyResult]) -> None:
+    r, spec = done.result, _spec(done)
+    line(f"backup {r.label} of {spec.scope}: restore verified in {r.duration_s} s ({r.canary}; pg_amcheck: {r.amcheck})")
+
+
+def restore(done: Done[RestoreResult]) -> None:
+    """`done.spec` is the new cluster's spec (None in place)."""
+    r = done.result
+    if r.in_place:
+        line(f"restored {r.source} in place to {r.target} (backup {r.from_set}) in {r.duration_s} s; "
+             f"now on timeline {r.timeline}; everything written after {r.target} was discarded")
+        return
+    line(f"restored {r.source} to {r.target} into {r.into} (backup {r.from_set}) in {r.duration_s} s")
+    if done.spec is not None:
+        endpoints(done.spec)
+
+
+# ---- audit, server ----
+
+
+def audit(done: Done[AuditReport]) -> None:
+    r = done.result
+    t = Table(title=f"health audit of {r.scope} ({r.elapsed_s} s)", title_justify="left")
+    for col in ("check", "target", "status", "observed", "threshold", "hint"):
+        t.add_column(col)
+    for f in r.findings:
+        t.add_row(f.check, f.target, f"[{LEVEL_STYLE.get(f.status, '')}]{f.status}[/]", f.observed, f.threshold, f.hint)
+    out.print(t)
+    line(r.message)
+
+
+def server_status(done: Done[dict[str, Any]]) -> None:
+    for k, v in done.result.items():
+        line(f"{k:15}: {v}")
+
+
+# ---- rolling changes ----
+
+
+def events(items: list[str]) -> None:
+    for e in items:
+        line(f"- {e}")
+
+
+def upgrade(done: Done[UpgradeResult]) -> None:
+    r, spec = done.result, _spec(done)
+    t = Table(title=f"upgrade of {spec.scope} to {r.target}", title_justify="left")
+    for col in ("node", "version before", "version after", "image after"):
+        t.add_column(col)
+    for row in r.rows:
+        t.add_row(row.node, row.version_before, row.version_after, row.image_after)
+    out.print(t)
+    events(r.events)
+    line(f"done in {r.elapsed_s}s")
+
+
+def config_set(done: Done[ConfigSetResult]) -> None:
+    r = done.result
+    for member, vals in r.values.items():
+        line(f"{member}: " + ", ".join(f"{k}={v}" for k, v in vals.items()))
+    events(r.events)
+    line(f"restarted: {', '.join(r.restarted) or 'none'}; {r.elapsed_s}s")
+
+
+def scale(done: Done[ScaleResult]) -> None:
+    r, spec = done.result, _spec(done)
+    events(r.events)
+    line(f"{spec.scope}: {r.plan}; now {r.nodes} nodes ({r.elapsed_s}s)")
+
+
+def etcd_replace(done: Done[EtcdReplaceResult]) -> None:
+    r = done.result
+    events(r.events)
+    line(f"{r.member} replaced (member id {r.old_id} -> {r.new_id}) in {r.elapsed_s}s")

@@ -1,0 +1,59 @@
+"""The local Prefect server (start, stop, status) and its alert automations (alerts apply)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli import render
+from cli.core import Done, app, command
+
+server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server, work pool, deployments and worker.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert automations defined in deployments/alerts.yaml.")
+app.add_typer(server_app, name="server")
+app.add_typer(alerts_app, name="alerts")
+
+
+def progress(lines: list[str]) -> None:
+    for line in lines:
+        render.line(f"pgha: {line}")
+
+
+@server_app.command("start")
+@command()
+def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="apply deployments/alerts.yaml")) -> None:
+    """Start (or keep) the server, work pool, deployments, alerts and worker; idempotent."""
+    from tasks import prefect_server as ps
+
+    progress(ps.start_all(with_alerts=alerts))
+    render.line(f"UI: {ps.ui_url()}   use it from a shell: export PREFECT_API_URL={ps.api_url()}")
+
+
+@server_app.command("stop")
+@command()
+def server_stop() -> None:
+    """Stop the worker and the server that `pgha server start` started (nothing else)."""
+    from tasks import prefect_server as ps
+
+    progress(ps.stop_all())
+
+
+@server_app.command("status")
+@command(render.server_status, failed=lambda st: not st["server_healthy"])
+def server_status(as_json: bool = typer.Option(False, "--json")) -> Done[dict[str, Any]]:
+    """Pids, health and URLs of the server and worker; exit 1 when the server does not answer."""
+    from tasks import prefect_server as ps
+
+    return Done(ps.status())
+
+
+@alerts_app.command("apply")
+@command()
+def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts file (default deployments/alerts.yaml)")) -> None:
+    """Create or update the alert automations and their webhook block; re-applying never duplicates."""
+    from stack.alerts import ALERTS_FILE
+    from tasks import prefect_server as ps
+
+    progress(ps.apply_alerts(file or ALERTS_FILE))

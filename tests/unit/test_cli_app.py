@@ -1,0 +1,167 @@
+"""The CLI's one decorator and its usage errors: one line, the right exit code, the API always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import cli.core as cli_app
+from cli.app import app
+from cli.core import Done, command
+from stack.errors import StateError, WaitTimeout
+from stack.results import ScaleResult
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def wait_ready(self) -> None:
+        self.calls.append("ready")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi()
+    monkeypatch.setattr(cli_app, "API", fake)
+    return fake
+
+
+def verb_app(behaviour: BaseException | None) -> typer.Typer:
+    """A one-verb app whose verb runs a 'flow' and then raises `behaviour` (or returns a result)."""
+    t = typer.Typer(cls=cli_app.PghaGroup)
+
+    def shown(done: Done[ScaleResult]) -> None:
+        print(f"plan: {done.result.plan}")
+
+    @t.command()
+    @command(shown, flows=True)
+    def go(as_json: bool = typer.Option(False, "--json")) -> Done[ScaleResult]:
+        cli_app.warm()
+        cli_app.run_flow(lambda: None)
+        if behaviour is not None:
+            raise behaviour
+        return Done(ScaleResult(plan="add pg-4", nodes=4, events=["pg-4 streaming"], elapsed_s=9.5))
+
+    @t.command()
+    def other() -> None:  # a second verb, so `go` is a subcommand as in pgha
+        pass
+
+    return t
+
+
+@pytest.mark.parametrize(("exc", "code", "line"), [
+    (StateError("cluster x is busy"), 3, "pgha: error: cluster x is busy"),
+    (KeyboardInterrupt(), 130, "pgha: interrupted"),
+    (RuntimeError("boom\nsecond line"), 1, "pgha: internal error: RuntimeError: boom (PGHA_DEBUG=1 shows the traceback)"),
+])
+def test_errors_are_one_line_with_their_exit_code_and_the_api_stops(api: FakeApi, exc: BaseException, code: int,
+                                                                     line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGHA_DEBUG", raising=False)
+    res = CliRunner().invoke(verb_app(exc), ["go"])
+    assert res.exit_code == code
+    assert res.output.strip().splitlines() == [line]
+    assert api.calls == ["start", "start", "ready", "stop"]
+
+
+def test_wait_timeout_also_prints_its_logs(api: FakeApi) -> None:
+    res = CliRunner().invoke(verb_app(WaitTimeout("pg-1 to stream", 30, "starting", logs="FATAL: no pg_hba entry")), ["go"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        "pgha: error: timed out after 30s waiting for pg-1 to stream; last seen: starting", "FATAL: no pg_hba entry"]
+
+
+def test_internal_error_traceback_only_with_pgha_debug(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_DEBUG", "1")
+    res = CliRunner().invoke(verb_app(RuntimeError("boom")), ["go"])
+    assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
+    assert api.calls[-1] == "stop"
+
+
+def test_result_rendered_or_dumped_as_json(api: FakeApi) -> None:
+    res = CliRunner().invoke(verb_app(None), ["go"])
+    assert res.exit_code == 0 and res.output == "plan: add pg-4\n"
+    res = CliRunner().invoke(verb_app(None), ["go", "--json"])
+    assert res.exit_code == 0
+    assert json.loads(res.output) == {"plan": "add pg-4", "nodes": 4, "events": ["pg-4 streaming"], "elapsed_s": 9.5}
+    assert api.calls.count("stop") == 2
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["scale", "--nodes", "0"], "pgha: error: --nodes must be between 1 and 9, not 0 (see `root scale --help`)"),
+    (["scale", "--nodes", "10"], "pgha: error: --nodes must be between 1 and 9, not 10 (see `root scale --help`)"),
+    (["up", "--wait", "86401"], "pgha: error: --wait must be between 0 and 86400, not 86401 (see `root up --help`)"),
+    (["drill", "switchover", "--interval-ms", "5"],
+     "pgha: error: --interval-ms must be between 10 and 5000, not 5 (see `root drill --help`)"),
+    (["upgrade", "--image", "x", "--node-timeout", "3601"],
+     "pgha: error: --node-timeout must be between 10 and 3600, not 3601 (see `root upgrade --help`)"),
+    (["drill", "meteor"], "pgha: error: invalid value for 'kind': 'meteor' is not one of 'switchover', 'graceful-stop', "
+                          "'hard-kill', 'partition', 'replica-kill', 'etcd-member-loss', 'haproxy-restart'. "
+                          "(see `root drill --help`)"),
+    (["backup", "--type", "weekly"],
+     "pgha: error: invalid value for '--type': 'weekly' is not one of 'full', 'diff', 'incr'. (see `root backup --help`)"),
+    (["status", "--colour"], "pgha: error: no such option: --colour (see `root status --help`)"),
+    (["restore"], "pgha: error: missing option '--to'. (see `root restore --help`)"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], line: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, api: FakeApi) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [line]
+    assert api.calls == []  # refused before anything started
+
+
+def test_updates_enum_matches_the_image_builder() -> None:
+    from cli.cluster import Updates
+    from tasks.images import UPDATES
+
+    assert tuple(u.value for u in Updates) == UPDATES
+
+
+def test_ephemeral_api_is_not_started_when_a_server_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.api import EphemeralApi
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    api = EphemeralApi()
+    try:
+        api.start()
+        api.wait_ready()
+        assert not api.running
+    finally:
+        api.stop()
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+
+
+def test_ephemeral_api_starts_once_publishes_its_url_and_stops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from cli.api import EphemeralApi
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    with temporary_settings(updates={PREFECT_HOME: tmp_path}):
+        api = EphemeralApi()
+        try:
+            api.start()
+            proc = api._proc
+            api.start()  # idempotent: still the one process
+            assert proc is not None and api._proc is proc
+            assert os.environ["PREFECT_API_URL"] == api.url and os.environ["PREFECT_UI_URL"] == ""
+            api.wait_ready()
+        finally:
+            api.stop()
+        assert proc.poll() is not None  # ended, and reaped
+        assert "PREFECT_API_URL" not in os.environ and "PREFECT_UI_URL" not in os.environ
+        assert not PREFECT_API_URL.value()
