@@ -52,10 +52,17 @@ def apply_archive_parameters(spec: ClusterSpec, leader: str) -> list[str]:
                              timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
     if not pending:
         return []
-    restarted = patroni.restart_pending(spec)
-    wait_for("archive_mode on in the leader after its restart", lambda: postgres.show(spec, leader, "archive_mode"),
-             lambda v: v == "on", timeout=120, interval=0.5)
-    return restarted
+    restarted: list[str] = []
+
+    def restart_flagged() -> dict[str, str]:
+        # Each node applies the new config in its own loop, so one may be flagged a loop
+        # after another: restart whoever is flagged, until every node archives.
+        restarted.extend(patroni.restart_pending(spec))
+        return {m: postgres.show(spec, m, "archive_mode") for m in pbr.running_nodes(spec)}
+
+    wait_for("archive_mode on in every node after their restart", restart_flagged,
+             lambda v: all(x == "on" for x in v.values()), timeout=spec.timing.loop_wait * 3 + 120, interval=1)
+    return sorted(set(restarted))
 
 
 def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:

@@ -117,7 +117,7 @@ def test_bad_input_refused_and_nothing_changed(cluster_bk: BackupCluster, engine
     # Asked by the fixture while the repository was empty (no test had backed up yet).
     refused(c.empty_repo["verify"], "no backup yet")
     refused(c.empty_repo["restore"], "no backup to restore from")
-    refused(pgha(c.env, "backup", "--scope", c.scope, "--type", "weekly"), "unknown backup type")
+    refused(pgha(c.env, "backup", "--scope", c.scope, "--type", "weekly"), "'weekly' is not one of 'full', 'diff', 'incr'")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "yesterday", "--into", INTO), "cannot read")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00", "--into", INTO), "no time zone")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00+00", "--in-place"), "--yes")
