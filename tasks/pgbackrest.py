@@ -22,6 +22,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from stack import backup as bk
 from stack import layout
+from stack.backup_tls import make_certificates
 from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -44,7 +45,7 @@ def certificates(spec: ClusterSpec) -> dict[str, str]:
     d = cluster_dir(spec.scope) / "pgbackrest"
     if all((d / f).exists() for f in bk.CERT_FILES):
         return {f: (d / f).read_text() for f in bk.CERT_FILES}
-    certs = bk.make_certificates(spec)
+    certs = make_certificates(spec)
     for f, text in certs.items():
         write_private(d / f, text)
     return certs

@@ -8,6 +8,7 @@ import pytest
 
 from stack import backup as bk
 from stack import layout
+from stack.backup_tls import make_certificates
 from stack.cluster import Member, MemberRole
 from stack.errors import SpecError
 from stack.render import dcs_config
@@ -79,7 +80,7 @@ def test_s3_repository_rendered_with_credentials_only_from_the_side_file() -> No
 def test_certificates_cover_every_possible_node() -> None:
     from cryptography import x509
 
-    certs = bk.make_certificates(spec())
+    certs = make_certificates(spec())
     server = x509.load_pem_x509_certificate(certs["server.crt"].encode())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "pgha-unit-pg-1" in names and "pgha-unit-pg-9" in names
