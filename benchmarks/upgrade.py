@@ -42,7 +42,7 @@ from tasks import images, patroni  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import load_or_create  # noqa: E402
 from tasks.host.state import config_dir, secrets_file  # noqa: E402
-from tasks.traffic import Traffic, measured  # noqa: E402
+from tests.support.traffic import Traffic, measured  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-up", "nodes": 3, "etcd_members": 1, "postgres_version": 15,
                    "ports": {"rw": 25540, "ro": 25541, "stats": 28540}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -146,74 +147,86 @@ def render_patroni_yml(spec: ClusterSpec, member: str, subnet: str, secrets: Sec
     return yaml.safe_dump(patroni_config(spec, member, subnet, secrets), sort_keys=False)
 
 
-def render_haproxy_cfg(spec: ClusterSpec) -> str:
+@dataclass(frozen=True)
+class CfgSection:
+    """One section of haproxy.cfg: its header line (`listen primary`) and its directives in order."""
+
+    header: str
+    directives: list[str]
+
+
+HAPROXY_BANNER = "# Rendered by pgha from the ClusterSpec; do not edit by hand."
+
+
+def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
     """HAProxy: R/W → the member whose /primary answers 200, R/O → members whose /replica does.
 
     Servers are resolved through Docker's DNS at run time (`init-addr none`), so HAProxy
     starts before the nodes and follows a recreated container's new address.
     """
     t = spec.timing
-    servers = [(m, spec.container(m)) for m in spec.node_names()]
     default_server = (
-        f"    default-server inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
+        f"default-server inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
         f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
-        f"resolvers docker init-addr last,libc,none check port {PATRONI_API_PORT}\n"
+        f"resolvers docker init-addr last,libc,none check port {PATRONI_API_PORT}"
     )
+    servers = [f"server {m} {spec.container(m)}:{PG_PORT}" for m in spec.node_names()]
+    return [
+        CfgSection("global", ["maxconn 2000", "log stdout format raw local0 warning"]),
+        CfgSection("resolvers docker", [
+            "nameserver dns 127.0.0.11:53",
+            *(f"hold {state} 1s" for state in ("valid", "other", "refused", "nx", "timeout")),
+            "timeout resolve 1s",
+        ]),
+        CfgSection("defaults", [
+            "mode tcp",
+            "log global",
+            # A stopped node's address blackholes packets for a while: short connect and check
+            # timeouts mark it down in about a second instead of several.
+            "timeout connect 1s",
+            "timeout client 30m",
+            "timeout server 30m",
+            f"timeout check {t.check_timeout_ms}ms",
+            # retries 0: a refused connection goes straight back to the client, which reconnects
+            # at once, instead of waiting HAProxy's 1 s turn-around on a node that is demoting.
+            f"retries {t.retries}",
+        ]),
+        CfgSection("frontend stats", [
+            "mode http",
+            f"bind :{HAPROXY_STATS_PORT}",
+            "http-request use-service prometheus-exporter if { path /metrics }",
+            "stats enable",
+            "stats uri /",
+            "stats refresh 5s",
+        ]),
+        CfgSection("listen primary", [
+            f"bind :{HAPROXY_RW_PORT}",
+            "option httpchk GET /primary",
+            "http-check expect status 200",
+            default_server,
+            *servers,
+        ]),
+        CfgSection("listen replicas", [
+            f"bind :{HAPROXY_RO_PORT}",
+            "balance roundrobin",
+            "option httpchk GET /replica",
+            "http-check expect status 200",
+            default_server,
+            *servers,
+        ]),
+    ]
 
-    def server_lines() -> str:
-        return "".join(f"    server {m} {h}:{PG_PORT}\n" for m, h in servers)
 
-    return (
-        "# Rendered by pgha from the ClusterSpec; do not edit by hand.\n"
-        "global\n"
-        "    maxconn 2000\n"
-        "    log stdout format raw local0 warning\n"
-        "\n"
-        "resolvers docker\n"
-        "    nameserver dns 127.0.0.11:53\n"
-        "    hold valid 1s\n"
-        "    hold other 1s\n"
-        "    hold refused 1s\n"
-        "    hold nx 1s\n"
-        "    hold timeout 1s\n"
-        "    timeout resolve 1s\n"
-        "\n"
-        "defaults\n"
-        "    mode tcp\n"
-        "    log global\n"
-        # A stopped node's address blackholes packets for a while: short connect and check
-        # timeouts mark it down in about a second instead of several.
-        "    timeout connect 1s\n"
-        "    timeout client 30m\n"
-        "    timeout server 30m\n"
-        f"    timeout check {t.check_timeout_ms}ms\n"
-        # retries 0: a refused connection goes straight back to the client, which reconnects
-        # at once, instead of waiting HAProxy's 1 s turn-around on a node that is demoting.
-        f"    retries {t.retries}\n"
-        "\n"
-        "frontend stats\n"
-        "    mode http\n"
-        f"    bind :{HAPROXY_STATS_PORT}\n"
-        "    http-request use-service prometheus-exporter if { path /metrics }\n"
-        "    stats enable\n"
-        "    stats uri /\n"
-        "    stats refresh 5s\n"
-        "\n"
-        "listen primary\n"
-        f"    bind :{HAPROXY_RW_PORT}\n"
-        "    option httpchk GET /primary\n"
-        "    http-check expect status 200\n"
-        + default_server
-        + server_lines()
-        + "\n"
-        "listen replicas\n"
-        f"    bind :{HAPROXY_RO_PORT}\n"
-        "    balance roundrobin\n"
-        "    option httpchk GET /replica\n"
-        "    http-check expect status 200\n"
-        + default_server
-        + server_lines()
-    )
+def serialize_haproxy(sections: list[CfgSection]) -> str:
+    """haproxy.cfg text: the banner, then each section's header and its indented directives,
+    sections separated by one blank line."""
+    blocks = [f"{sec.header}\n" + "".join(f"    {d}\n" for d in sec.directives) for sec in sections]
+    return f"{HAPROXY_BANNER}\n" + "\n".join(blocks)
+
+
+def render_haproxy_cfg(spec: ClusterSpec) -> str:
+    """haproxy.cfg for the spec (the structure is `haproxy_sections`)."""
+    return serialize_haproxy(haproxy_sections(spec))
 
 
 def digest(*parts: object) -> str:

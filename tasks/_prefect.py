@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 
-from stack.errors import DockerError, EtcdError, ImageError, PatroniError, PostgresError
+from stack.errors import DockerError, EtcdError, ExecError, ImageError, PatroniError, PostgresError
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -15,7 +15,7 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
         exc = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001 - a state without a result is not worth a retry
         return False
-    if isinstance(exc, ImageError):
+    if isinstance(exc, (ImageError, ExecError)):  # a build, or a command that ran and failed
         return False
     return isinstance(exc, (DockerError, EtcdError, PatroniError, PostgresError, ConnectionError))
 

@@ -27,6 +27,7 @@ IMAGE_DIR = Path(__file__).resolve().parent.parent / "stack" / "image"
 REPO = "pgha/node"
 BASE_REPO = "pgha/base"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_DIR = Path("/etc/apt")  # where the host's apt sources are read (a module name so tests can point it elsewhere)
 UPDATES = ("none", "security")  # which extra apt suites a build takes its packages from
 
 
@@ -64,7 +65,7 @@ def host_debian_mirror() -> str:
 def apt_source_uris(path_end: str) -> list[str]:
     """Mirror URIs ending in /<path_end> in the host's apt sources (one-line and deb822 formats)."""
     found: list[str] = []
-    apt = Path("/etc/apt")
+    apt = APT_DIR
     files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))] if apt.exists() else []
     for f in files:
         try:

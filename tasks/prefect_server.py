@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from stack import alerts as alerts_mod
 from stack.errors import PghaError, StateError, UsageError
@@ -78,9 +78,9 @@ def env() -> dict[str, str]:
 
 def healthy(timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{api_url()}/health", timeout=timeout) as resp:  # noqa: S310 - loopback URL
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
+        # trust_env=False: the server is on loopback; an environment proxy must not intercept it.
+        return httpx.get(f"{api_url()}/health", timeout=timeout, trust_env=False).status_code == 200
+    except (httpx.HTTPError, httpx.InvalidURL):
         return False
 
 

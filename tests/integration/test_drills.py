@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import docker
+import psycopg
 import pytest
 
 from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, up
@@ -36,19 +37,55 @@ def status(c: Cluster) -> tuple[int, dict[str, object]]:
     return res.returncode, json.loads(res.stdout)
 
 
+def wait_healthy(c: Cluster, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while (st := status(c))[0] != 0:
+        assert time.monotonic() < deadline, f"cluster not healthy after {timeout:.0f} s: {st[1].get('problems')}"
+        time.sleep(1)
+
+
+@pytest.fixture
+def healthy_d(cluster_d: Cluster) -> Cluster:
+    """The drills' cluster, healthy before each test whatever the previous one left (`up` converges it)."""
+    if status(cluster_d)[0] != 0:
+        up(cluster_d)
+        wait_healthy(cluster_d)
+    return cluster_d
+
+
+def probe_rows(c: Cluster, port: str) -> int:
+    """Rows of the drills' probe table, counted by the test itself (0 before the first drill)."""
+    with psycopg.connect(host="127.0.0.1", port=c.port(port), user="postgres", password=c.secrets["superuser"],
+                         dbname="postgres", connect_timeout=5, autocommit=True) as conn:
+        row = conn.execute("select count(*) from pg_tables where tablename = 'pgha_drill_probe'").fetchone()
+        if not row or not row[0]:
+            return 0
+        counted = conn.execute("select count(*) from pgha_drill_probe").fetchone()
+        return int(counted[0]) if counted else 0
+
+
 def patroni_roles(st: dict[str, object]) -> dict[str, tuple[str, str]]:
     return {m["member"]: (m["pg_role"], m["pg_state"]) for m in st["members"] if m["role"] == "patroni"}  # type: ignore[index,union-attr]
 
 
 @pytest.mark.parametrize("kind", ["switchover", "graceful-stop", "hard-kill", "partition", "replica-kill",
                                   "etcd-member-loss", "haproxy-restart"])
-def test_drill_loses_nothing_and_heals(cluster_d: Cluster, kind: str) -> None:
+def test_drill_loses_nothing_and_heals(healthy_d: Cluster, kind: str) -> None:
+    cluster_d = healthy_d
+    before = probe_rows(cluster_d, "rw")
     res = pgha(cluster_d.env, "drill", kind, "--scope", cluster_d.scope, "--json")
     assert res.returncode == 0, f"{kind} drill failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     r = json.loads(res.stdout)
     assert r["lost_writes"] == [], f"{kind}: acknowledged writes lost: {r['lost_writes'][:10]}"
     assert r["healed"] is True and r["whole_s"] is not None
-    assert r["writes_acked"] > 20
+    # The flow's own count, checked from outside: every acknowledged write is a row (an attempt
+    # that failed may have committed too, hence >=), and a replica behind the R/O port has them all.
+    after = probe_rows(cluster_d, "rw")
+    assert after - before >= r["writes_acked"], (before, after, r["writes_acked"])
+    deadline = time.monotonic() + 30
+    while (on_replica := probe_rows(cluster_d, "ro")) < after:
+        assert time.monotonic() < deadline, f"{kind}: a replica has {on_replica} of {after} probe rows after 30 s"
+        time.sleep(0.5)
     assert r["write_gap_s"] < CEILING_S and r["read_gap_s"] < CEILING_S
     assert os.path.exists(r["chart_png"])
     if kind in ("switchover", "graceful-stop", "hard-kill", "partition"):
@@ -65,8 +102,9 @@ def test_drill_loses_nothing_and_heals(cluster_d: Cluster, kind: str) -> None:
         assert roles[r["target"]][1] == "streaming"
 
 
-def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(cluster_d: Cluster,
+def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(healthy_d: Cluster,
                                                                   engine: docker.DockerClient) -> None:
+    cluster_d = healthy_d
     _, st = status(cluster_d)
     roles = patroni_roles(st)
     leader = next(m for m, (role, _) in roles.items() if role == "leader")
@@ -79,14 +117,12 @@ def test_drill_on_unhealthy_cluster_is_refused_and_changes_nothing(cluster_d: Cl
     assert engine.containers.get(cluster_d.container(replica)).status == "exited"
     # `pgha up` converges: it starts what is stopped.
     up(cluster_d)
-    deadline = time.monotonic() + 90
-    while status(cluster_d)[0] != 0:
-        assert time.monotonic() < deadline, "cluster not healthy after pgha up"
-        time.sleep(1)
+    wait_healthy(cluster_d)
 
 
-def test_drill_killed_half_way_is_shown_by_status_and_healed_by_a_rerun(cluster_d: Cluster,
+def test_drill_killed_half_way_is_shown_by_status_and_healed_by_a_rerun(healthy_d: Cluster,
                                                                        engine: docker.DockerClient) -> None:
+    cluster_d = healthy_d
     _, st = status(cluster_d)
     leader = next(m for m, (role, _) in patroni_roles(st).items() if role == "leader")
     proc = subprocess.Popen([sys.executable, "-m", "cli", "drill", "hard-kill", "--scope", cluster_d.scope],

@@ -21,6 +21,7 @@ from tests.integration.conftest import Cluster, pgha, running_cluster
 from tests.integration.test_backup import ok, refused, sql
 
 SCOPE = "pgha-it-bk3"
+SPEC_NODES = ("pg-1", "pg-2")
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25516, "ro": 25517, "stats": 28516}}
 
 
@@ -86,9 +87,11 @@ def test_in_place_restore(cluster_ip: Cluster, engine: docker.DockerClient) -> N
     # Rebuilt: new containers, both members up, the replica streaming on a new timeline.
     assert set(node_ids(engine, c).values()).isdisjoint(before.values())
     ms = members(c)
-    assert sorted(str(m["pg_role"]) for m in ms.values())[0] == "leader", ms
-    replica = next(m for m in ms.values() if m["pg_role"] in ("replica", "sync_standby"))
-    assert replica["pg_state"] == "streaming", ms
+    leaders = [name for name, m in ms.items() if m["pg_role"] == "leader"]
+    assert len(leaders) == 1, ms
+    others = {name: (m["pg_role"], m["pg_state"]) for name, m in ms.items() if name != leaders[0]}
+    assert sorted(others) == sorted(set(SPEC_NODES) - set(leaders)), ms
+    assert all(role in ("replica", "sync_standby") and state == "streaming" for role, state in others.values()), ms
     assert int(r["timeline"]) > timeline_before, (r, timeline_before)  # type: ignore[call-overload]
     assert {int(m["timeline"]) for m in ms.values()} == {int(r["timeline"])}, ms  # type: ignore[call-overload]
     assert timeline(c) == r["timeline"]

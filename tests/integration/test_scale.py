@@ -7,6 +7,7 @@ leader is never removed without a switchover first, and etcd keeps its quorum th
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tasks.traffic import measured
-from tests.integration.conftest import Cluster, pgha
+from tests.integration.conftest import Cluster, pgha, remove_scope
 from tests.integration.test_upgrade import quick_cluster
+from tests.support.traffic import measured
 
 SCOPE = "pgha-it-up2"
 # Asynchronous replication: lets the test put the leadership on the node scale-in removes.
@@ -34,10 +35,35 @@ ROWS = 500
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with quick_cluster(engine, base_env, tmp_path_factory.mktemp("up2"), SPEC) as c:
-        with connect(c) as conn:
-            conn.execute("create table scale_probe (id int primary key, v text)")
-            conn.execute("insert into scale_probe select g, md5(g::text) from generate_series(1, %s) g", (ROWS,))
+        seed(c)
         yield c
+
+
+def seed(c: Cluster) -> None:
+    with connect(c) as conn:
+        conn.execute("create table scale_probe (id int primary key, v text)")
+        conn.execute("insert into scale_probe select g, md5(g::text) from generate_series(1, %s) g", (ROWS,))
+
+
+@pytest.fixture
+def four_nodes(engine: docker.DockerClient, cluster: Cluster) -> Cluster:
+    """The cluster healthy with 4 nodes and the seeded rows, whatever ran before.
+
+    After test_scale_out it already is; otherwise (run alone, or after a failure) it is made
+    afresh with 4 nodes by `up`, not by the `scale` flow under test.
+    """
+    res = pgha(cluster.env, "status", "--json", "--scope", cluster.scope)
+    patroni = [m for m in json.loads(res.stdout or "{}").get("members", []) if m["role"] == "patroni"]
+    if res.returncode == 0 and len(patroni) == 4:
+        return cluster
+    remove_scope(engine, cluster.scope)
+    shutil.rmtree(Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope, ignore_errors=True)
+    four = cluster.spec_file.with_name("four.yaml")
+    four.write_text(json.dumps({**SPEC, "nodes": 4}))
+    res = pgha(cluster.env, "up", "--spec", str(four))
+    assert res.returncode == 0, res.stderr[-3000:]
+    seed(cluster)
+    return cluster
 
 
 def connect(c: Cluster, ro: bool = False) -> psycopg.Connection:
@@ -103,7 +129,8 @@ def test_scale_out_keeps_sessions_and_routes_to_the_new_node(engine: docker.Dock
     assert "nodes: 4" in (Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "spec.yaml").read_text()
 
 
-def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, cluster: Cluster) -> None:
+def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, four_nodes: Cluster) -> None:
+    cluster = four_nodes
     old_leader = leader_of(healthy(cluster))
     if old_leader != "pg-4":
         r = engine.containers.get(cluster.container(old_leader)).exec_run(

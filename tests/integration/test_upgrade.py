@@ -1,9 +1,11 @@
-"""Rolling changes on one live 3-node PostgreSQL 15 cluster: a real minor upgrade 15.18 -> 15.20
-under a write probe, refusals, a failing upgrade rolled back, an interrupted upgrade resumed,
-and `config set` of a restart-requiring parameter.
+"""Rolling changes on one live 3-node PostgreSQL 15 cluster: a real minor upgrade (bookworm's
+main image -> its security image) under a write probe, refusals, a failing upgrade rolled back,
+an interrupted upgrade resumed, and `config set` of a restart-requiring parameter.
 
 The two images are built from the same build files by the CLI (`pgha images build`, with
-`--updates security` for the second), so a fresh machine builds them too.
+`--updates security` for the second), so a fresh machine builds them too. Their PostgreSQL
+versions are read from the images themselves, so the next Debian point release changes nothing
+here. Each test starts from the state it needs (`settle`), whatever ran before it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,8 +29,8 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tasks.traffic import Traffic, measured
 from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
+from tests.support.traffic import Traffic, measured
 
 SCOPE = "pgha-it-up1"
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "postgres_version": 15,
@@ -68,6 +71,28 @@ def images(engine: docker.DockerClient, base_env: dict[str, str],
             engine.images.remove(tag, force=True)
         except docker.errors.APIError:
             pass
+
+
+def image_version(engine: docker.DockerClient, tag: str) -> int:
+    """server_version_num of the PostgreSQL 15 an image carries (`postgres --version`)."""
+    out = engine.containers.run(tag, entrypoint=["/usr/lib/postgresql/15/bin/postgres"], command=["--version"],
+                                user="postgres", remove=True).decode()
+    found = re.search(r"\(PostgreSQL\) (\d+)\.(\d+)", out)
+    assert found, out
+    return int(found.group(1)) * 10000 + int(found.group(2))
+
+
+def dotted(num: int) -> str:
+    return f"{num // 10000}.{num % 10000}"
+
+
+@pytest.fixture(scope="module")
+def versions(engine: docker.DockerClient, images: dict[str, str]) -> dict[str, int]:
+    """PostgreSQL versions of the main and security images: same major, the security one newer."""
+    v = {k: image_version(engine, images[k]) for k in ("main", "security")}
+    assert v["main"] // 10000 == v["security"] // 10000 == 15, v
+    assert v["security"] > v["main"], f"the security image is not newer than the main one: {v}"
+    return v
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +140,38 @@ def traffic(c: Cluster):  # noqa: ANN201 - a context manager yielding Traffic
     return measured(parse_spec(c.spec), secrets)
 
 
+def settle(engine: docker.DockerClient, c: Cluster, images: dict[str, str], allowed: tuple[str, ...]) -> str:
+    """Make the cluster healthy with every node on one of the `allowed` images; return which.
+
+    When an earlier test (or a failed one) left it otherwise, the cluster is made afresh from
+    its spec (nodes on the main image), so no test depends on what ran before it.
+    """
+    assert "main" in allowed  # a fresh cluster runs the main image
+    on = set(node_images(engine, c).values())
+    pending = (Path(c.env["PGHA_STATE_DIR"]) / c.scope / "upgrade-pending.json").exists()
+    key = next((k for k in allowed if on == {images[k]}), None)
+    if key is not None and not pending and status(c)[0] == 0:
+        return key
+    remove_scope(engine, c.scope)
+    shutil.rmtree(Path(c.env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
+    up(c)
+    assert set(node_images(engine, c).values()) == {images["main"]}
+    return "main"
+
+
+@pytest.fixture
+def on_main(engine: docker.DockerClient, cluster: Cluster, images: dict[str, str]) -> Cluster:
+    """The cluster healthy, every node on the main image."""
+    settle(engine, cluster, images, ("main",))
+    return cluster
+
+
+@pytest.fixture
+def settled(engine: docker.DockerClient, cluster: Cluster, images: dict[str, str]) -> str:
+    """The cluster healthy, every node on the same one of the two images; returns which ("main"/"security")."""
+    return settle(engine, cluster, images, ("main", "security"))
+
+
 def check_traffic(t: Traffic) -> None:
     assert t.lost == [], f"acknowledged writes lost: {t.lost[:10]}"
     assert t.writes_acked > 50
@@ -122,7 +179,8 @@ def check_traffic(t: Traffic) -> None:
     assert t.min_ro_up >= 1, f"the R/O port lost every replica at some point: {t}"
 
 
-def test_refusals_change_nothing(engine: docker.DockerClient, cluster: Cluster, images: dict[str, str]) -> None:
+def test_refusals_change_nothing(engine: docker.DockerClient, on_main: Cluster, images: dict[str, str]) -> None:
+    cluster = on_main
     before = node_images(engine, cluster)
     res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--image", "pgha/node:does-not-exist")
     assert res.returncode == 3 and "does not exist locally" in res.stderr.strip().splitlines()[-1]
@@ -151,8 +209,10 @@ def test_refusals_change_nothing(engine: docker.DockerClient, cluster: Cluster, 
     assert node_images(engine, cluster) == before
 
 
-def test_failing_upgrade_is_rolled_back_and_cluster_stays_healthy(engine: docker.DockerClient, cluster: Cluster,
-                                                                 images: dict[str, str]) -> None:
+def test_failing_upgrade_is_rolled_back_and_cluster_stays_healthy(engine: docker.DockerClient, on_main: Cluster,
+                                                                 images: dict[str, str],
+                                                                 versions: dict[str, int]) -> None:
+    cluster = on_main
     with traffic(cluster) as t:
         res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--image", images["broken"],
                    "--node-timeout", "20")
@@ -161,15 +221,16 @@ def test_failing_upgrade_is_rolled_back_and_cluster_stays_healthy(engine: docker
     assert "rolled back" in last and images["broken"] in last, last
     check_traffic(t)
     assert set(node_images(engine, cluster).values()) == {images["main"]}
-    assert set(server_versions(engine, cluster).values()) == {150018}
+    assert set(server_versions(engine, cluster).values()) == {versions["main"]}
     code, st = status(cluster)
     assert code == 0, st["problems"]
     assert not (Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "upgrade-pending.json").exists()
 
 
-def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluster: Cluster,
-                                             images: dict[str, str]) -> None:
-    assert set(server_versions(engine, cluster).values()) == {150018}
+def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, on_main: Cluster,
+                                             images: dict[str, str], versions: dict[str, int]) -> None:
+    cluster = on_main
+    assert set(server_versions(engine, cluster).values()) == {versions["main"]}
     with traffic(cluster) as t:
         # --updates security: the CLI resolves (or builds) the spec's security image itself.
         res = pgha(cluster.env, "upgrade", "--scope", cluster.scope, "--updates", "security", "--json")
@@ -177,10 +238,12 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
     r = json.loads(res.stdout)
     assert r["target"] == images["security"]
     check_traffic(t)
-    assert set(server_versions(engine, cluster).values()) == {150020}
+    after = server_versions(engine, cluster)
+    assert set(after.values()) == {versions["security"]}
+    assert all(v > versions["main"] for v in after.values()), after  # newer than before, on every node
     assert set(node_images(engine, cluster).values()) == {images["security"]}
-    assert {row["version before"] for row in r["rows"]} == {"15.18"}
-    assert {row["version after"] for row in r["rows"]} == {"15.20"}
+    assert {row["version before"] for row in r["rows"]} == {dotted(versions["main"])}
+    assert {row["version after"] for row in r["rows"]} == {dotted(versions["security"])}
     assert any("switchover" in s for s in r["steps"])
     code, st = status(cluster)
     assert code == 0, st["problems"]
@@ -192,7 +255,7 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
     assert res.returncode == 0, res.stderr[-2000:]
     assert "nothing changed" in res.stdout
     assert {m: engine.containers.get(cluster.container(m)).id for m in ids} == ids
-    # The original spec file (no upgrade.node_image) would put every node back on 15.18 at
+    # The original spec file (no upgrade.node_image) would put every node back on the main image at
     # once: `up` refuses that and points at `pgha upgrade`.
     res = pgha(cluster.env, "up", "--spec", str(cluster.spec_file))
     assert res.returncode == 3, res.stdout + res.stderr
@@ -202,8 +265,11 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, cluste
 
 
 def test_interrupted_upgrade_resumes_without_touching_done_nodes(engine: docker.DockerClient, cluster: Cluster,
-                                                                 images: dict[str, str]) -> None:
-    target = images["main"]  # back to 15.18: same major, a minor change like any other
+                                                                 images: dict[str, str], versions: dict[str, int],
+                                                                 settled: str) -> None:
+    # From whichever image the nodes run to the other one: a minor change either way.
+    target_key = "security" if settled == "main" else "main"
+    target = images[target_key]
     proc = subprocess.Popen([sys.executable, "-m", "cli", "upgrade", "--scope", cluster.scope, "--image", target],
                             cwd=ROOT, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -227,11 +293,13 @@ def test_interrupted_upgrade_resumes_without_touching_done_nodes(engine: docker.
     check_traffic(t)
     assert first in r["already"], r
     assert engine.containers.get(cluster.container(first)).id == first_id, "a done node was upgraded twice"
-    assert set(server_versions(engine, cluster).values()) == {150018}
+    assert set(node_images(engine, cluster).values()) == {target}
+    assert set(server_versions(engine, cluster).values()) == {versions[target_key]}
     code, st = status(cluster)
     assert code == 0, st["problems"]
 
 
+@pytest.mark.usefixtures("settled")
 def test_config_set_restart_parameter_rolls_through_every_member(engine: docker.DockerClient,
                                                                  cluster: Cluster) -> None:
     with traffic(cluster) as t:

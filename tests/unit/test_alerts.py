@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from jinja2.sandbox import SandboxedEnvironment
 
 from stack import alerts as al
 from stack.errors import SpecError, UsageError
@@ -31,16 +30,28 @@ def test_trigger_matches_failed_or_crashed_runs_with_the_tag() -> None:
 
 
 def render(template: str, params: dict[str, object]) -> str:
-    class State:
-        name, message = "Failed", "health audit of lab: 1 critical: container.running pg-2: exited"
+    """Render as the Prefect server does when the automation fires: its sandbox, filters and models."""
+    import uuid
 
-    class Run:
-        name, id, state, parameters = "brave-otter", "1234", State(), params
+    from prefect.server.events.actions import SendNotification
+    from prefect.server.schemas.core import Flow
+    from prefect.server.schemas.responses import FlowRunResponse
+    from prefect.server.schemas.states import State, StateType
+    from prefect.server.utilities.user_templates import render_user_template_sync
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
 
-    env = SandboxedEnvironment()
-    env.filters["ui_url"] = lambda r: f"http://127.0.0.1:4200/runs/flow-run/{r.id}"
-    return env.from_string(template).render(flow_run=Run(), flow=type("F", (), {"name": "health-audit"})(),
-                                            deployment=None)
+    # Building the action validates the template against the server's sandbox and registers
+    # the server's filters (`ui_url`) in the environment render_user_template_sync uses.
+    SendNotification(block_document_id=uuid.uuid4(), subject=al.DEFAULT_SUBJECT, body=template)
+    flow = Flow(id=uuid.uuid4(), name="health-audit")
+    run = FlowRunResponse(
+        id=uuid.UUID("00000000-0000-0000-0000-000000001234"), name="brave-otter", flow_id=flow.id,
+        parameters=params,
+        state=State(type=StateType.FAILED, name="Failed",
+                    message="health audit of lab: 1 critical: container.running pg-2: exited"),
+    )
+    with temporary_settings({PREFECT_UI_URL: "http://127.0.0.1:4200"}):
+        return render_user_template_sync(template, {"flow_run": run, "flow": flow, "deployment": None})
 
 
 @pytest.mark.parametrize(("params", "cluster"), [
@@ -50,7 +61,7 @@ def test_message_names_cluster_failing_checks_and_link(params: dict[str, object]
     body = render(al.DEFAULT_BODY, params)
     assert f"cluster: {cluster}\n" in body
     assert "failing checks: health audit of lab: 1 critical: container.running pg-2: exited" in body
-    assert "link: http://127.0.0.1:4200/runs/flow-run/1234" in body
+    assert "link: http://127.0.0.1:4200/runs/flow-run/00000000-0000-0000-0000-000000001234" in body
     assert render(al.DEFAULT_SUBJECT, params) == f"pgha: health-audit failed on cluster {cluster}"
 
 

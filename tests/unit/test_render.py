@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import yaml
 
 from stack import render, topology
@@ -10,6 +13,7 @@ from stack.spec import ClusterSpec, Profile, parse_spec
 
 SECRETS = Secrets(superuser="su-pw-123", replication="repl-pw-456", rewind="rw-pw-789", restapi="api-pw-000")
 SUBNET = "172.30.0.0/16"
+HAPROXY_DATA = Path(__file__).parent / "data" / "haproxy"
 
 
 def test_patroni_yml_default_spec() -> None:
@@ -60,6 +64,32 @@ def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
 def test_haproxy_cfg_patroni_defaults_profile() -> None:
     cfg = render.render_haproxy_cfg(ClusterSpec(profile=Profile.PATRONI_DEFAULTS))
     assert "inter 1000ms" in cfg and "rise 2" in cfg and "timeout check 2000ms" in cfg and "retries 3" in cfg
+
+
+# Captured from the string-building renderer before haproxy.cfg was built from a structure:
+# the config a running HAProxy holds must not change with the way it is rendered.
+@pytest.mark.parametrize(("name", "raw"), [
+    ("default.cfg", {}),
+    ("lab-4-nodes-patroni-defaults.cfg", {"scope": "lab", "nodes": 4, "profile": "patroni-defaults"}),
+    ("one-node-overrides.cfg", {"scope": "solo", "nodes": 1, "etcd_members": 1,
+                                "ports": {"rw": 26432, "ro": 26433, "stats": 26404},
+                                "haproxy": {"inter_ms": 250, "check_timeout_ms": 300, "retries": 2,
+                                            "fall": 3, "rise": 2}}),
+])
+def test_haproxy_cfg_is_byte_for_byte_the_captured_rendering(name: str, raw: dict[str, object]) -> None:
+    assert render.render_haproxy_cfg(parse_spec(raw)) == (HAPROXY_DATA / name).read_text()
+
+
+def test_haproxy_sections_are_data() -> None:
+    sections = render.haproxy_sections(parse_spec({"scope": "lab", "nodes": 2}))
+    assert [s.header for s in sections] == ["global", "resolvers docker", "defaults", "frontend stats",
+                                            "listen primary", "listen replicas"]
+    by_header = {s.header: s.directives for s in sections}
+    for listen in ("listen primary", "listen replicas"):
+        assert [d for d in by_header[listen] if d.startswith("server ")] == [
+            "server pg-1 lab-pg-1:5432", "server pg-2 lab-pg-2:5432"]
+    assert render.serialize_haproxy([render.CfgSection("a", ["x 1"]), render.CfgSection("b", [])]) == (
+        f"{render.HAPROXY_BANNER}\na\n    x 1\n\nb\n")
 
 
 def test_etcd_flags() -> None:

@@ -20,7 +20,8 @@ from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import haproxy
-from tasks.postgres_probe import Probe, ensure_table, present_ids
+from tasks.postgres import ensure_probe_table, probe_ids
+from tasks.postgres_probe import Probe
 
 
 @dataclass
@@ -62,7 +63,7 @@ class _PoolWatch(threading.Thread):
 def measured(spec: ClusterSpec, secrets: Secrets, interval: float = 0.05,
              max_seconds: float = 1800) -> Iterator[Traffic]:
     """Run probes for the duration of the block; the yielded Traffic is filled in at its end."""
-    ensure_table(spec, secrets)
+    ensure_probe_table(spec, secrets)
     run_id = "up-" + uuid.uuid4().hex[:10]
     writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=max_seconds)
     reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=max_seconds)
@@ -87,6 +88,6 @@ def measured(spec: ClusterSpec, secrets: Secrets, interval: float = 0.05,
         result.writes_acked = len(writer.log.acked_ids)
         result.write_errors = len(writer.log.errors)
         result.read_errors = len(reader.log.errors)
-        result.lost = lost_writes(writer.log.acked_ids, present_ids(spec, secrets, run_id))
+        result.lost = lost_writes(writer.log.acked_ids, probe_ids(spec, secrets, run_id))
         result.min_ro_up = min(pool.counts) if pool.counts else -1
         result.ro_samples = len(pool.counts)
