@@ -14,8 +14,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.steps.backups import ensure_archiving
-from flows.steps.preflight import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
+from flows.steps.preflight import preflight_once
 from stack import topology
 from stack.backup import repo_volume
 from stack.cluster import assess
