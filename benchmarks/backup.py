@@ -15,11 +15,9 @@ The machine may be shared: figures printed are what this run saw, noisy by natur
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,22 +34,22 @@ os.environ.pop("PREFECT_API_URL", None)
 from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
-from stack.backup import REPO_MOUNT, SOCKET_DIR, BackupType  # noqa: E402
-from stack.render import REPLICATION_USER  # noqa: E402
+from stack.backup import BackupType  # noqa: E402
+from stack.layout import REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
-from tasks import docker_engine as de  # noqa: E402
 from tasks import images, patroni  # noqa: E402
-from tasks.host.secrets import load_or_create  # noqa: E402
-from tasks.host.state import secrets_file  # noqa: E402
+from tasks.docker_hosts import local_engine  # noqa: E402
+from tasks.host.secrets import cluster_secrets  # noqa: E402
+from tasks.node_exec import node  # noqa: E402
 
 SCOPE = "pgha-bench-bk1"
 
 
-def sh(container: str, cmd: list[str], user: str = "postgres", timeout: int = 3600) -> str:
-    code, out, err = de.exec_in(container, cmd, user=user, timeout=timeout)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)[:80]} failed in {container}: {(out + err).strip()[-400:]}")
-    return out
+def sh(spec: ClusterSpec, member: str, cmd: list[str], user: str = "postgres", timeout: int = 3600) -> str:
+    r = node(spec, member).run(cmd, user=user, timeout=timeout)
+    if not r.ok:
+        raise SystemExit(f"{' '.join(cmd)[:80]} failed in {member}: {(r.out + r.err).strip()[-400:]}")
+    return r.out
 
 
 def replica(spec: ClusterSpec) -> str:
@@ -59,33 +57,24 @@ def replica(spec: ClusterSpec) -> str:
     return next(m.name for m in view.members if not m.is_leader)
 
 
-def put_pgpass(container: str, spec: ClusterSpec) -> str:
+def put_pgpass(spec: ClusterSpec, member: str) -> str:
     """A 0600 pgpass for the replication user inside the replica (never in env or argv)."""
-    pw = load_or_create(secrets_file(spec.scope)).replication
-    data = f"*:*:*:{REPLICATION_USER}:{pw}\n".encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        ti = tarfile.TarInfo("bench-pgpass")
-        ti.size, ti.mode = len(data), 0o600
-        tar.addfile(ti, io.BytesIO(data))
-    ct = de.find_container(container)
-    assert ct is not None
-    ct.put_archive("/run/pgha", buf.getvalue())
-    sh(container, ["chown", "postgres:postgres", "/run/pgha/bench-pgpass"], user="root")
+    pw = cluster_secrets(spec.scope).replication
+    node(spec, member).put_file("/run/pgha/bench-pgpass", f"*:*:*:{REPLICATION_USER}:{pw}\n", 0o600)
+    sh(spec, member, ["chown", "postgres:postgres", "/run/pgha/bench-pgpass"], user="root")
     return "/run/pgha/bench-pgpass"
 
 
 def basebackup(spec: ClusterSpec, member: str, process_max: int) -> float:
-    name = spec.container(member)
     target = f"{REPO_MOUNT}/bench-basebackup"
-    pgpass = put_pgpass(name, spec)
-    sh(name, ["rm", "-rf", target])
+    pgpass = put_pgpass(spec, member)
+    sh(spec, member, ["rm", "-rf", target])
     t0 = time.monotonic()
-    sh(name, ["env", f"PGPASSFILE={pgpass}", "pg_basebackup", "-h", "127.0.0.1", "-U", REPLICATION_USER,
+    sh(spec, member, ["env", f"PGPASSFILE={pgpass}", "pg_basebackup", "-h", "127.0.0.1", "-U", REPLICATION_USER,
               "-D", target, "-Ft", "-X", "stream", "-c", "fast", "--no-manifest",
               f"--compress=server-zstd:level=3,workers={process_max}"])
     elapsed = time.monotonic() - t0
-    sh(name, ["rm", "-rf", target, pgpass])
+    sh(spec, member, ["rm", "-rf", target, pgpass])
     return elapsed
 
 
@@ -103,20 +92,20 @@ def main() -> None:
     raw_s: list[float] = []
     size_mb = 0.0
     try:
-        de.remove_cluster(spec.scope, volumes=True)
+        local_engine().remove_labelled(spec.scope, volumes=True)
         images.ensure_image(spec)
         bootstrap(spec)
         leader = next(m.name for m in patroni.cluster_view(spec).members if m.is_leader)
         t0 = time.monotonic()
-        sh(spec.container(leader), ["pgbench", "-h", SOCKET_DIR, "-i", "-q", "-s", str(args.scale), "postgres"])
+        sh(spec, leader, ["pgbench", "-h", SOCKET_DIR, "-i", "-q", "-s", str(args.scale), "postgres"])
         print(f"pgbench -i -s {args.scale}: {time.monotonic() - t0:.0f} s", flush=True)
-        patroni.wait_whole.fn(spec, timeout=600)
+        patroni.wait_whole(spec, timeout=600)
         for i in range(args.runs):
             r = backup(spec, BackupType.FULL, verify=False)
-            size_mb = float(r["size_mb"])
-            pgha_s.append(float(r["duration_s"]))
+            size_mb = r.size_mb
+            pgha_s.append(r.duration_s)
             raw_s.append(basebackup(spec, replica(spec), args.process_max))
-            print(f"run {i + 1}: pgha full {pgha_s[-1]:.1f} s ({r['stored_mb']} MB stored), "
+            print(f"run {i + 1}: pgha full {pgha_s[-1]:.1f} s ({r.stored_mb} MB stored), "
                   f"pg_basebackup {raw_s[-1]:.1f} s, database {size_mb:.0f} MB", flush=True)
         v = verify_restore(spec)
         pm, rm = statistics.median(pgha_s), statistics.median(raw_s)
@@ -127,14 +116,14 @@ def main() -> None:
         print(f"raw pg_basebackup (same replica, server-zstd-3, workers {args.process_max}):       "
               f"{rm:.1f} s = {size_mb / rm:.1f} MB/s")
         print(f"throughput ratio pgha / raw: {rm / pm:.2f}x")
-        restore_total = float(v["restore_s"]) + float(v["recovery_s"])
-        print(f"verified restore of {v['label']}: {v['duration_s']} s in all (restore {v['restore_s']} s, "
-              f"recovery {v['recovery_s']} s, pg_amcheck {v['amcheck_s']} s, verify {v['verify_s']} s)")
-        print(f"verified-restore / backup time: {float(v['duration_s']) / pm:.2f}x "
+        restore_total = (v.restore_s or 0) + (v.recovery_s or 0)
+        print(f"verified restore of {v.label}: {v.duration_s} s in all (restore {v.restore_s} s, "
+              f"recovery {v.recovery_s} s, pg_amcheck {v.amcheck_s} s, verify {v.verify_s} s)")
+        print(f"verified-restore / backup time: {v.duration_s / pm:.2f}x "
               f"(restore + recovery alone: {restore_total / pm:.2f}x)")
     finally:
         if not args.keep:
-            de.remove_cluster(spec.scope, volumes=True)
+            local_engine().remove_labelled(spec.scope, volumes=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ replica, which acts as pgBackRest's "repository host": it reaches every node (it
 included) through the pgBackRest TLS server each node runs on port 8432, so `backup-standby`
 can start/stop the backup on the primary and copy files from the standby.
 
-Nothing here does I/O except `make_certificates` (CPU only); tasks/pgbackrest.py applies it.
+Nothing here does I/O (the TLS material is `stack.backup_tls`); tasks/pgbackrest.py applies it,
+and the decisions (source, target time, in-place restore, verify output, canary) are tested
+without Docker.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stack.cluster import Member, MemberRole
 from stack.layout import (
     NODE_CONF,
     PG_PORT,
@@ -154,50 +157,6 @@ def scratch_hba() -> str:
     return "local all postgres peer\n"
 
 
-# ---- certificates (one CA per cluster, generated once, kept 0600 in the state dir) ----
-
-def make_certificates(spec: ClusterSpec, days: int = 3650) -> dict[str, str]:
-    """CA, a server certificate valid for every possible node name, and the backup client's."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def pem_key(k: ec.EllipticCurvePrivateKey) -> str:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption()).decode()
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name(f"pgha {spec.scope} backup CA"))
-          .issuer_name(name(f"pgha {spec.scope} backup CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-
-    def leaf(cn: str, sans: list[str]) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key(key)
-
-    nodes = [spec.container(f"pg-{i}") for i in range(1, MAX_NODES + 1)]
-    server_crt, server_key = leaf(f"{spec.scope}-pgbackrest", nodes)
-    client_crt, client_key = leaf(CLIENT_CN, [])
-    return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "server.crt": server_crt,
-            "server.key": server_key, "client.crt": client_crt, "client.key": client_key}
-
-
 # ---- decisions ----
 
 class BackupType(StrEnum):
@@ -215,23 +174,45 @@ class Source:
     reason: str
 
 
-def choose_source(members: list[tuple[str, str, str, int | None]], allow_primary: bool) -> Source:
-    """Pick the replica to back up from: members are (name, role, state, lag bytes).
+def choose_source(members: list[Member], allow_primary: bool) -> Source:
+    """Pick the replica to back up from.
 
     A streaming replica with the least lag wins. Without one, the primary only when the
     spec allows it; otherwise runner None and the reason to refuse.
     """
-    replicas = sorted(((lag if lag is not None else 1 << 62), name) for name, role, state, lag in members
-                      if role in ("replica", "sync_standby") and state in ("streaming", "running") and lag is not None)
+    replicas = sorted((m.lag, m.name) for m in members
+                      if m.role in (MemberRole.REPLICA, MemberRole.SYNC_STANDBY)
+                      and m.state in ("streaming", "running") and m.lag is not None)
     if replicas:
         return Source(replicas[0][1], True, f"from replica {replicas[0][1]} (lag {replicas[0][0]} bytes)")
-    leaders = [name for name, role, state, _ in members if role == "leader" and state == "running"]
+    leaders = [m.name for m in members if m.is_leader and m.state == "running"]
     if not leaders:
         return Source(None, False, "the cluster has no running primary")
     if allow_primary:
         return Source(leaders[0], False, f"from primary {leaders[0]}: no healthy replica (backup.allow_primary)")
     return Source(None, False, "the cluster has no healthy streaming replica to back up from; "
                                "heal it, or set backup.allow_primary: true to back up from the primary")
+
+
+def archive_config_differs(cfg: dict[str, Any], spec: ClusterSpec) -> dict[str, str]:
+    """Archive parameters whose value in Patroni's dynamic config differs from the spec's."""
+    params = (cfg.get("postgresql") or {}).get("parameters") or {}
+    norm = {True: "on", False: "off"}
+
+    def shown(v: Any) -> str:
+        return norm[v] if isinstance(v, bool) else str(v)
+
+    return {k: v for k, v in archive_parameters(spec).items() if shown(params.get(k)) != v}
+
+
+@dataclass(frozen=True)
+class Archiving:
+    """What converging WAL archiving did (an old cluster gets its settings and a restart)."""
+
+    nodes: dict[str, str] = field(default_factory=dict)  # member -> "server started" | "server running"
+    changed: list[str] = field(default_factory=list)  # archive parameters set in Patroni's config
+    restarted: list[str] = field(default_factory=list)  # members restarted for archive_mode
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -294,6 +275,43 @@ def pick_set(sets: list[BackupSet], label: str | None) -> BackupSet | str:
     return f"no backup set {label} in the repository (newest: {known})"
 
 
+def verify_problems(text: str) -> list[str]:
+    """Lines of `pgbackrest verify --output=text --verbose` that report a damaged or missing file.
+
+    A clean repository says `status: ok` per stanza, `status: valid` per backup, and zero
+    for every counter (`missing: 0, checksum invalid: 0, size invalid: 0, other: 0`).
+    """
+    bad = []
+    for ln in text.splitlines():
+        status = re.search(r"status: (\w+)", ln)
+        counts = re.findall(r"(missing|checksum invalid|size invalid|other): ([1-9]\d*)", ln)
+        if (status and status.group(1) not in ("ok", "valid")) or counts:
+            bad.append(ln.strip())
+    return bad
+
+
+def canary_of(s: BackupSet) -> tuple[str, int] | None | str:
+    """The canary (token, row count) a set was annotated with; None: none recorded; str: malformed.
+
+    The token is formatted into SQL by the verification, so only 16 hex digits pass.
+    """
+    token, count = s.annotation.get(ANN_TOKEN), s.annotation.get(ANN_COUNT)
+    if token is None or count is None:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{16}", token) or not count.isdigit():
+        return f"backup set {s.label} carries a malformed canary annotation"
+    return token, int(count)
+
+
+def canary_problem(s: BackupSet, token: str, want: int, present: int, total: int) -> str | None:
+    """What is wrong with the restored copy's canary table (None: as when backed up)."""
+    if present != 1:
+        return f"canary row {token} written just before backup {s.label} is missing from the restored copy"
+    if total != want:
+        return f"canary table has {total} rows in the restored copy, {want} when backed up"
+    return None
+
+
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
@@ -332,15 +350,20 @@ def check_target(target: dt.datetime, sets: list[BackupSet], now: dt.datetime) -
     return None
 
 
+def in_place_problem(spec: ClusterSpec, etcd_running: int, nodes_running: int) -> str | None:
+    """Why the live cluster cannot be rebuilt in place now (None: it can)."""
+    if spec.backup.s3 is not None:
+        return "in-place restore needs the local repository volume; with an S3 repository restore --into a new scope"
+    if etcd_running < spec.etcd_members // 2 + 1:
+        return (f"only {etcd_running} of {spec.etcd_members} etcd members run (no quorum): the restored node "
+                f"could not take the leader key; `pgha up` the cluster first")
+    if nodes_running == 0:
+        return "no node of the cluster runs; `pgha up` it first (the repository is read through a node)"
+    return None
+
+
 def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))
     return ordered[:-keep] if len(ordered) > keep else []
 
-
-def archive_config_differs(dynamic: dict[str, Any], spec: ClusterSpec) -> dict[str, str]:
-    """Archive parameters whose value in Patroni's dynamic config differs from the spec's."""
-    params = (dynamic.get("postgresql") or {}).get("parameters") or {}
-    want = archive_parameters(spec)
-    norm = {True: "on", False: "off"}
-    return {k: v for k, v in want.items() if norm.get(params.get(k), str(params.get(k))) != v}  # type: ignore[call-overload]

@@ -1,8 +1,11 @@
-"""WAL archiving and the pgBackRest stanza, converged (used by bootstrap and the backup flows)."""
+"""WAL archiving and the pgBackRest stanza, converged (used by bootstrap and the backup flows).
+
+Owned by the backup flows. `ensure_archiving` is a sequence of tasks, so it runs inside
+whichever flow calls it: `converge` on every `pgha up` (an older cluster gets archiving) and
+so also restore's rebuild of an adopted data directory.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import get_run_logger, task
 
@@ -13,66 +16,74 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import patroni, postgres
 from tasks import pgbackrest as pbr
-from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.node_exec import node
+from tasks._prefect import ONCE
 
 
-def running_nodes(spec: ClusterSpec) -> list[str]:
-    return [m for m in spec.node_names() if node(spec, m).running()]
+def _archive_state(spec: ClusterSpec, leader: str) -> tuple[str, str, bool]:
+    """(archive_mode, archive_command) in the leader, and whether any member waits for a restart."""
+    pending = any(m.pending_restart for m in patroni.cluster_view(spec).members)
+    return postgres.show(spec, leader, "archive_mode"), postgres.show(spec, leader, "archive_command"), pending
 
 
-@task(name="pgbackrest-nodes", **SIDE_EFFECT)
-def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str]:
-    """pgBackRest files and a running TLS server in every running node."""
-    out: dict[str, str] = {}
-    for member in running_nodes(spec):
-        pbr.install_files(spec, member, from_standby)
-        out[member] = "server started" if pbr.ensure_server(spec, member) else "server running"
-    return out
+@task(name="archive-parameters", **ONCE)
+def set_archive_parameters(spec: ClusterSpec) -> list[str]:
+    """Put the spec's archive parameters in Patroni's dynamic config; the names that changed.
 
-
-@task(name="ensure-archiving", **ONCE)
-def ensure_archiving(spec: ClusterSpec) -> dict[str, Any]:
-    """Converge WAL archiving and the stanza (idempotent); called by bootstrap after the cluster is whole."""
-    log = get_run_logger()
-    if not spec.backup.enabled:
-        return {"archiving": "disabled in the spec"}
-    nodes = prepare_nodes(spec)
-    lead = patroni.cluster_view(spec).leader()
-    if lead is None:
-        raise StateError(f"cluster {spec.scope} has no leader; cannot configure WAL archiving")
-    leader = lead.name
+    A cluster whose data directory Patroni adopted (restore --into) may have no dynamic
+    config at all: it gets the spec's whole one.
+    """
     cfg = patroni.dynamic_config(spec)
     changed = bk.archive_config_differs(cfg, spec)
-    restarted = False
+    if changed and not cfg:
+        patroni.replace_config(spec, dcs_config(spec))
+    elif changed:
+        patroni.edit_parameters(spec, changed)
+    return sorted(changed)
+
+
+@task(name="archive-mode-restart", **ONCE)
+def apply_archive_parameters(spec: ClusterSpec, leader: str) -> list[str]:
+    """Wait until Patroni applied the new settings; restart the members that need it; those restarted."""
+    want = bk.archive_command(spec)
+    # Applied means: already archiving with the new command, or (archive_mode needs a
+    # restart; the command shows "(disabled)" until then) Patroni flags pending_restart.
+    _, _, pending = wait_for("Patroni to apply the archive settings", lambda: _archive_state(spec, leader),
+                             lambda v: v[2] or (v[0] == "on" and v[1] == want),
+                             timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
+    if not pending:
+        return []
+    restarted: list[str] = []
+
+    def restart_flagged() -> dict[str, str]:
+        # Each node applies the new config in its own loop, so one may be flagged a loop
+        # after another: restart whoever is flagged, until every node archives.
+        restarted.extend(patroni.restart_pending(spec))
+        return {m: postgres.show(spec, m, "archive_mode") for m in pbr.running_nodes(spec)}
+
+    wait_for("archive_mode on in every node after their restart", restart_flagged,
+             lambda v: all(x == "on" for x in v.values()), timeout=spec.timing.loop_wait * 3 + 120, interval=1)
+    return sorted(set(restarted))
+
+
+def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
+    """Converge WAL archiving and the stanza (idempotent), once the cluster is whole.
+
+    Repository files and TLS servers in the nodes, archive settings in Patroni's dynamic
+    config (with a restart of the nodes that need one), the stanza.
+    """
+    if not spec.backup.enabled:
+        return bk.Archiving(note="disabled in the spec")
+    log = get_run_logger()
+    nodes = pbr.prepare_nodes(spec)
+    leader = patroni.cluster_view(spec).leader()
+    if leader is None:
+        raise StateError(f"cluster {spec.scope} has no leader; cannot configure WAL archiving")
+    changed = set_archive_parameters(spec)
+    restarted: list[str] = []
     if changed:
-        # A cluster bootstrapped before backups existed: set the parameters in the DCS, then
-        # restart the nodes that need it (archive_mode needs a restart). A cluster whose
-        # data directory Patroni adopted (restore --into) has no dynamic config at all: it
-        # gets the spec's whole one.
-        if cfg:
-            patroni.edit_parameters(spec, changed)
-        else:
-            patroni.replace_config(spec, dcs_config(spec))
         log.info("archive parameters set in Patroni's dynamic config: %s", ", ".join(changed))
-        want = bk.archive_command(spec)
-
-        def applied() -> tuple[str, str, bool]:
-            pending = any(m.pending_restart for m in patroni.cluster_view(spec).members)
-            return postgres.show(spec, leader, "archive_mode"), postgres.show(spec, leader, "archive_command"), pending
-
-        # Applied means: already archiving with the new command, or (archive_mode needs a
-        # restart; the command shows "(disabled)" until then) Patroni flags pending_restart.
-        state = wait_for("Patroni to apply the archive settings", applied,
-                         lambda v: v[2] or (v[0] == "on" and v[1] == want),
-                         timeout=spec.timing.loop_wait * 3 + 30, interval=0.5)
-        if state[2]:
-            patroni.restart_pending(spec)
-            wait_for("archive_mode on in the leader after its restart",
-                     lambda: postgres.show(spec, leader, "archive_mode"),
-                     lambda v: v == "on", timeout=120, interval=0.5)
-            restarted = True
+        restarted = apply_archive_parameters(spec, leader.name)
         patroni.wait_whole(spec)
-    pbr.stanza_create(spec, running_nodes(spec)[0])
+    pbr.create_stanza(spec)
     log.info("WAL archiving and stanza %s ready (%s)", spec.scope, ", ".join(f"{k}: {v}" for k, v in nodes.items()))
-    return {"nodes": nodes, "changed": sorted(changed), "restarted": restarted}
+    return bk.Archiving(nodes=nodes, changed=changed, restarted=restarted)

@@ -1,15 +1,19 @@
 """Backups on a live cluster: PITR across a switchover, verified restores, retention, dumps, bad input.
 
-One 2-node / 1-etcd cluster is shared by every test (run in file order: the corruption test
-damages the repository, so it comes last). The PITR test restores into a second scope.
+One 2-node / 1-etcd cluster is shared by every test; no test relies on another having run
+before it. The cluster fixture records what the CLI says while the repository is still
+empty; `full_backup` makes sure a full set exists; the corruption test damages a set of its
+own and puts the bytes back afterwards. The PITR test restores into a second scope.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -26,22 +30,56 @@ SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25500, "r
 INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502}}
 
 
+@dataclass
+class BackupCluster(Cluster):
+    """The shared cluster, and the CLI's answers observed before its first backup."""
+
+    empty_repo: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+
+
 @pytest.fixture(scope="module")
 def cluster_bk(engine: docker.DockerClient, base_env: dict[str, str],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Brought up WITHOUT backups first, then converged by `pgha up` with them (an older cluster)."""
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupCluster]:
+    """Brought up WITHOUT backups first, then converged by `pgha up` with them (an older cluster).
+
+    Before yielding, it asks the CLI what only an empty repository answers ("no backup
+    yet"), so the test of those refusals does not depend on running first.
+    """
     remove_scope(engine, INTO)
     old = {**SPEC, "backup": {"enabled": False}}
-    with running_cluster(engine, base_env, tmp_path_factory.mktemp("bk"), old) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("bk"), old) as plain:
+        c = BackupCluster(plain.scope, plain.spec_file, plain.env, SPEC)
         c.spec_file.write_text(yaml.safe_dump(SPEC))
-        c.spec = SPEC
         up(c)
         for m in ("pg-1", "pg-2"):
             res = engine.containers.get(c.container(m)).exec_run(
                 ["psql", "-h", "/var/run/postgresql", "-XAtc", "show archive_mode"], user="postgres")
             assert res.output.decode().strip() == "on", f"{m}: {res.output.decode()}"
+        c.empty_repo = {
+            "verify": pgha(c.env, "verify-restore", "--scope", c.scope),
+            "restore": pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00+00", "--into", INTO),
+        }
         yield c
     remove_scope(engine, INTO)
+
+
+def repo_sets(engine: docker.DockerClient, c: Cluster) -> list[dict[str, object]]:
+    """The stanza's backup sets as `pgbackrest info` reports them (read in pg-1, oldest first)."""
+    res = engine.containers.get(c.container("pg-1")).exec_run(
+        ["pgbackrest", "--config=/run/pgha/pgbackrest/node.conf", f"--stanza={c.scope}", "info", "--output=json"],
+        user="postgres")
+    assert res.exit_code == 0, res.output.decode()
+    return list(json.loads(res.output.decode())[0].get("backup") or [])
+
+
+@pytest.fixture
+def full_backup(cluster_bk: BackupCluster, engine: docker.DockerClient) -> str:
+    """The label of a good full backup set, taken now if the repository holds none."""
+    fulls = [b for b in repo_sets(engine, cluster_bk) if b["type"] == "full" and not b.get("error")]
+    if fulls:
+        return str(fulls[-1]["label"])
+    r = ok(pgha(cluster_bk.env, "backup", "--scope", cluster_bk.scope, "--type", "full", "--no-verify", "--json"))
+    return str(r["label"])
 
 
 def sql(c: Cluster, query: str, port: int | None = None, password: str | None = None) -> list[tuple[object, ...]]:
@@ -74,21 +112,27 @@ def scratch_leftovers(engine: docker.DockerClient, scope: str) -> list[str]:
             + [str(v.name) for v in engine.volumes.list(filters=flt)])
 
 
-def test_bad_input_refused_and_nothing_changed(cluster_bk: Cluster, engine: docker.DockerClient) -> None:
+def test_bad_input_refused_and_nothing_changed(cluster_bk: BackupCluster, engine: docker.DockerClient) -> None:
     c = cluster_bk
-    refused(pgha(c.env, "verify-restore", "--scope", c.scope), "no backup yet")
-    refused(pgha(c.env, "backup", "--scope", c.scope, "--type", "weekly"), "unknown backup type")
+    # Asked by the fixture while the repository was empty (no test had backed up yet).
+    refused(c.empty_repo["verify"], "no backup yet")
+    refused(c.empty_repo["restore"], "no backup to restore from")
+    refused(pgha(c.env, "backup", "--scope", c.scope, "--type", "weekly"), "'weekly' is not one of 'full', 'diff', 'incr'")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "yesterday", "--into", INTO), "cannot read")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00", "--into", INTO), "no time zone")
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00+00", "--in-place"), "--yes")
-    # No backup yet: any time is outside the recoverable range.
+    # Before the oldest backup (or before any): outside the recoverable range, nothing created.
     refused(pgha(c.env, "restore", "--scope", c.scope, "--to", "2026-01-01 00:00:00+00", "--into", INTO),
-            "no backup to restore from")
+            "no backup to restore from" if not repo_sets(engine, c) else "outside the recoverable range")
     assert scratch_leftovers(engine, c.scope) == []
     assert engine.containers.list(all=True, filters={"label": f"pgha.cluster={INTO}"}) == []
     assert engine.volumes.list(filters={"label": f"pgha.cluster={INTO}"}) == []
 
-    # No healthy replica and backup.allow_primary false: refused, the repository untouched.
+
+def test_backup_refused_without_a_healthy_replica(cluster_bk: BackupCluster, engine: docker.DockerClient) -> None:
+    """backup.allow_primary false and the replica stopped: refused, the repository untouched."""
+    c = cluster_bk
+    sets_before = [b["label"] for b in repo_sets(engine, c)]
     replica = next(m for m, role in patroni_roles(c).items() if role != "leader")
     engine.containers.get(c.container(replica)).stop(timeout=30)
     try:
@@ -99,7 +143,7 @@ def test_bad_input_refused_and_nothing_changed(cluster_bk: Cluster, engine: dock
         while pgha(c.env, "status", "--scope", c.scope).returncode != 0:
             assert time.monotonic() < deadline, "cluster not whole again after restarting the replica"
             time.sleep(2)
-    refused(pgha(c.env, "verify-restore", "--scope", c.scope), "no backup yet")
+    assert [b["label"] for b in repo_sets(engine, c)] == sets_before
 
 
 def patroni_roles(c: Cluster) -> dict[str, str]:
@@ -107,9 +151,10 @@ def patroni_roles(c: Cluster) -> dict[str, str]:
     return {m["member"]: m["pg_role"] for m in st["members"] if m["role"] == "patroni"}
 
 
-def test_pitr_into_new_scope_across_switchover(cluster_bk: Cluster, engine: docker.DockerClient,
+def test_pitr_into_new_scope_across_switchover(cluster_bk: BackupCluster, engine: docker.DockerClient,
                                                tmp_path: Path) -> None:
     c = cluster_bk
+    sql(c, "drop table if exists pitr")
     sql(c, "create table pitr (tag text not null, at timestamptz default clock_timestamp())")
     sql(c, "insert into pitr (tag) values ('t1')")
     r = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
@@ -168,13 +213,14 @@ def test_pitr_into_new_scope_across_switchover(cluster_bk: Cluster, engine: dock
         remove_scope(engine, INTO)
 
 
-def test_diff_incr_and_retention(cluster_bk: Cluster) -> None:
+def test_diff_incr_and_retention(cluster_bk: BackupCluster, full_backup: str) -> None:
     c = cluster_bk
     d = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "diff", "--no-verify", "--json"))
     i = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "incr", "--no-verify", "--json"))
     assert d["type"] == "diff" and str(d["label"]).endswith("D")
     assert i["type"] == "incr" and str(i["label"]).endswith("I")
     first_full = str(d["label"]).split("_")[0]
+    assert first_full == full_backup  # a diff builds on the newest full
     f2 = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--no-verify", "--json"))
     # retention_full 2: the first full and its diff/incr are still kept.
     assert {first_full, d["label"], i["label"], f2["label"]} <= set(f2["sets"])  # type: ignore[arg-type]
@@ -185,28 +231,46 @@ def test_diff_incr_and_retention(cluster_bk: Cluster) -> None:
     refused(pgha(c.env, "verify-restore", "--scope", c.scope, "--set", first_full), "no backup set")
 
 
-def test_dump_is_readable_by_pg_restore(cluster_bk: Cluster, engine: docker.DockerClient) -> None:
+def test_dump_is_readable_by_pg_restore(cluster_bk: BackupCluster, engine: docker.DockerClient) -> None:
     c = cluster_bk
+    sql(c, "create table if not exists dumped (id int primary key)")
     r = ok(pgha(c.env, "dump", "--scope", c.scope, "--json"))
     files = {f["database"]: f["file"] for f in r["files"]}  # type: ignore[attr-defined]
     assert "postgres" in files
     res = engine.containers.get(c.container(str(r["source"]))).exec_run(
         ["pg_restore", "--list", files["postgres"]], user="postgres")
     assert res.exit_code == 0, res.output.decode()
-    assert "TABLE public pitr" in res.output.decode()
+    assert "TABLE public dumped" in res.output.decode()
 
 
-def test_corrupt_repository_fails_verification(cluster_bk: Cluster, engine: docker.DockerClient) -> None:
+@pytest.fixture
+def damaged_set(cluster_bk: BackupCluster, engine: docker.DockerClient) -> Iterator[str]:
+    """A full set of its own with one stored relation file damaged; its bytes are put back afterwards.
+
+    So the repository the other tests share is whole again whatever this test does.
+    """
     c = cluster_bk
     r = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--no-verify", "--json"))
     label = str(r["label"])
     node = engine.containers.get(c.container("pg-1"))
-    # Damage one stored relation file of that set (same size, different bytes).
     find = node.exec_run(["sh", "-c", f"ls -S /var/lib/pgbackrest/backup/{c.scope}/{label}/pg_data/base/5/* | head -1"])
     victim = find.output.decode().strip()
     assert find.exit_code == 0 and victim, find.output.decode()
-    dd = node.exec_run(["sh", "-c", f"printf 'pgha-corruption-test' | dd of={victim} bs=1 seek=40 conv=notrunc"])
-    assert dd.exit_code == 0, dd.output.decode()
+    keep = node.exec_run(["cp", "-p", victim, "/tmp/pgha-test-undamaged"])
+    assert keep.exit_code == 0, keep.output.decode()
+    try:
+        # Same size, different bytes.
+        dd = node.exec_run(["sh", "-c", f"printf 'pgha-corruption-test' | dd of={victim} bs=1 seek=40 conv=notrunc"])
+        assert dd.exit_code == 0, dd.output.decode()
+        yield label
+    finally:
+        back = node.exec_run(["sh", "-c", f"cat /tmp/pgha-test-undamaged > {victim} && rm /tmp/pgha-test-undamaged"])
+        assert back.exit_code == 0, back.output.decode()
+
+
+def test_corrupt_repository_fails_verification(cluster_bk: BackupCluster, engine: docker.DockerClient,
+                                               damaged_set: str) -> None:
+    c, label = cluster_bk, damaged_set
     res = pgha(c.env, "verify-restore", "--scope", c.scope, "--set", label)
     # Not a user mistake but a failed check inside the flow: the run ends Failed (Prefect logs
     # its traceback) and the CLI's last line says what was found.

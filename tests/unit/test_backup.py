@@ -8,12 +8,13 @@ import pytest
 
 from stack import backup as bk
 from stack import layout
+from stack.backup_tls import make_certificates
+from stack.cluster import Member, MemberRole
 from stack.errors import SpecError
 from stack.render import dcs_config
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, parse_spec
 from stack.topology import patroni_node
-from tasks.pgbackrest import verify_problems
 
 UTC = dt.UTC
 
@@ -79,7 +80,7 @@ def test_s3_repository_rendered_with_credentials_only_from_the_side_file() -> No
 def test_certificates_cover_every_possible_node() -> None:
     from cryptography import x509
 
-    certs = bk.make_certificates(spec())
+    certs = make_certificates(spec())
     server = x509.load_pem_x509_certificate(certs["server.crt"].encode())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "pgha-unit-pg-1" in names and "pgha-unit-pg-9" in names
@@ -88,15 +89,28 @@ def test_certificates_cover_every_possible_node() -> None:
 
 
 def test_choose_source_prefers_least_lagging_replica_and_refuses_without_one() -> None:
-    members = [("pg-1", "leader", "running", 0), ("pg-2", "replica", "streaming", 500),
-               ("pg-3", "sync_standby", "streaming", 10)]
+    L, R, S = MemberRole.LEADER, MemberRole.REPLICA, MemberRole.SYNC_STANDBY
+    members = [Member("pg-1", L, "running", 1, 0), Member("pg-2", R, "streaming", 1, 500),
+               Member("pg-3", S, "streaming", 1, 10)]
     assert bk.choose_source(members, False) == bk.Source("pg-3", True, "from replica pg-3 (lag 10 bytes)")
-    alone = [("pg-1", "leader", "running", 0), ("pg-2", "replica", "stopped", None)]
+    alone = [Member("pg-1", L, "running", 1, 0), Member("pg-2", R, "stopped", None, None)]
     refused = bk.choose_source(alone, False)
     assert refused.runner is None and "allow_primary" in refused.reason
     fallback = bk.choose_source(alone, True)
     assert fallback.runner == "pg-1" and fallback.from_standby is False
     assert bk.choose_source([], True).runner is None
+
+
+def test_archive_config_differs_names_only_what_patroni_lacks() -> None:
+    s = spec()
+    want = bk.archive_parameters(s)
+    assert set(bk.archive_config_differs({}, s)) == set(want)
+    # Patroni's YAML may hold archive_mode as a boolean: `on` and True are the same setting.
+    same = {"postgresql": {"parameters": {**want, "archive_mode": True}}}
+    assert bk.archive_config_differs(same, s) == {}
+    other = {"postgresql": {"parameters": {**want, "archive_command": "/bin/true"}}}
+    assert bk.archive_config_differs(other, s) == {"archive_command": want["archive_command"]}
+    assert bk.archive_config_differs({}, spec(backup={"enabled": False})) == {}
 
 
 def _set(label: str, typ: str, start: int, error: bool = False) -> bk.BackupSet:
@@ -150,10 +164,10 @@ def test_parse_info_reads_sets_annotations_and_archive_range() -> None:
 def test_verify_output_parsing() -> None:
     clean = ("status: ok\n  backup: 1F, status: valid, total files checked: 9, total valid files: 9\n"
              "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n")
-    assert verify_problems(clean) == []
+    assert bk.verify_problems(clean) == []
     damaged = ("status: error\n  backup: 1F, status: invalid, total files checked: 9, total valid files: 8\n"
                "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n")
-    assert len(verify_problems(damaged)) == 3
+    assert len(bk.verify_problems(damaged)) == 3
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -186,3 +200,24 @@ def test_into_spec_derived_from_source_with_ports_moved() -> None:
         target_spec(src, "pgha-unit", None)
     with pytest.raises(UsageError, match="contradicts"):
         target_spec(src, "other-one", parse_spec({"scope": "third-one"}))
+
+
+def _annotated(token: str | None, count: str | None) -> bk.BackupSet:
+    ann = {k: v for k, v in ((bk.ANN_TOKEN, token), (bk.ANN_COUNT, count)) if v is not None}
+    t = dt.datetime.fromtimestamp(1000, UTC)
+    return bk.BackupSet("L1F", "full", t, t, 1, 1, "", "", False, ann)
+
+
+def test_canary_annotation_read_and_checked_before_it_reaches_sql() -> None:
+    assert bk.canary_of(_annotated("0123456789abcdef", "42")) == ("0123456789abcdef", 42)
+    assert bk.canary_of(_annotated(None, None)) is None
+    assert bk.canary_of(_annotated("0123456789abcdef", None)) is None
+    assert "malformed" in str(bk.canary_of(_annotated("x' or '1'='1", "42")))
+    assert "malformed" in str(bk.canary_of(_annotated("0123456789abcdef", "-1")))
+
+
+def test_canary_problem_in_the_restored_copy() -> None:
+    s = _annotated("0123456789abcdef", "42")
+    assert bk.canary_problem(s, "0123456789abcdef", 42, 1, 42) is None
+    assert "is missing from the restored copy" in str(bk.canary_problem(s, "0123456789abcdef", 42, 0, 41))
+    assert "41 rows in the restored copy, 42 when backed up" in str(bk.canary_problem(s, "0123456789abcdef", 42, 1, 41))

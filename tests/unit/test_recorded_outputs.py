@@ -14,11 +14,11 @@ import pytest
 
 from stack import backup as bk
 from stack import render
+from stack.backup import verify_problems
 from stack.cluster import MemberRole, assess, back_since, quorum
 from stack.spec import ClusterSpec, parse_spec
 from tasks import etcd, haproxy, patroni
 from tasks.node_exec import ExecResult
-from tasks.pgbackrest import verify_problems
 
 DATA = Path(__file__).parent / "data"
 # The spec the recordings were made with (scope pgha-rec, 3 nodes, 3 etcd members, defaults otherwise).

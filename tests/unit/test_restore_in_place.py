@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from flows.restore import discarded_note, down_message, in_place_problem
+from flows.restore import discarded_note, down_message
+from stack.backup import in_place_problem
 from stack.spec import ClusterSpec, parse_spec
 
 

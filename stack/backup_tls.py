@@ -1,0 +1,54 @@
+"""TLS material for pgBackRest's servers: one CA per cluster, a server and a client certificate.
+
+Pure (CPU only): tasks/pgbackrest.py generates it once and keeps it 0600 in the cluster's
+state directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from stack.backup import CLIENT_CN, MAX_NODES
+from stack.spec import ClusterSpec
+
+
+def make_certificates(spec: ClusterSpec, days: int = 3650) -> dict[str, str]:
+    """CA, a server certificate valid for every possible node name, and the backup client's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> str:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()).decode()
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name(f"pgha {spec.scope} backup CA"))
+          .issuer_name(name(f"pgha {spec.scope} backup CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, sans: list[str]) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key(key)
+
+    nodes = [spec.container(f"pg-{i}") for i in range(1, MAX_NODES + 1)]
+    server_crt, server_key = leaf(f"{spec.scope}-pgbackrest", nodes)
+    client_crt, client_key = leaf(CLIENT_CN, [])
+    return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "server.crt": server_crt,
+            "server.key": server_key, "client.crt": client_crt, "client.key": client_key}

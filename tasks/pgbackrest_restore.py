@@ -1,0 +1,250 @@
+"""Restores with pgBackRest: scratch containers, the restore into a volume, the checks of the copy.
+
+A scratch container sleeps on its own internal network with a data volume and the
+repository volume mounted read-only; it never joins a live cluster's network. It needs no
+password: PostgreSQL listens on its socket only and admits the postgres OS user by peer
+authentication. `scratch()` is a context manager: it removes what a killed earlier run left
+(by label), and everything it made when the block ends, whatever happens. The in-place
+restore's teardown of the live nodes and the password file of a restored copy are here too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from docker.types import Mount
+from prefect import task
+
+from stack import backup as bk
+from stack import layout
+from stack.layout import DATA_MOUNT, PGDATA
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import etcd, images
+from tasks._prefect import ONCE
+from tasks.docker_engine import Engine
+from tasks.docker_hosts import engines
+from tasks.host.state import secrets_file, write_private
+from tasks.node_exec import ExecResult, NodeExec, last_lines
+from tasks.pgbackrest import BackupError, parse_info_json, verified
+
+ROLE_VERIFY = "verify"
+ROLE_RESTORE = "restore"
+# pgBackRest's fallback default path (the Debian package has no /etc/pgbackrest/): the
+# restore_command it writes then needs no --config.
+SCRATCH_CONF = "/etc/pgbackrest.conf"
+SCRATCH_HBA = "/etc/pgha-scratch-hba.conf"
+SCRATCH_LOG = f"{DATA_MOUNT}/postgresql.log"  # on the scratch volume, outside PGDATA
+
+
+@dataclass
+class Scratch:
+    """A sleeping helper container and what it was made with."""
+
+    node: NodeExec
+    scope: str  # label pgha.cluster of everything it creates
+    network: str
+    volume: str
+    role: str
+    removed: list[str] = field(default_factory=list)  # filled when the block ends
+
+    def run(self, cmd: list[str], user: str = "postgres", timeout: int = 60) -> ExecResult:
+        return self.node.run(cmd, user=user, timeout=timeout)
+
+
+def node_image(spec: ClusterSpec) -> str:
+    """The live nodes' image (same pgBackRest and PostgreSQL), else the spec's own build."""
+    for m in spec.node_names():
+        if tag := engines(spec).of(m).image_of(spec.container(m)):
+            return tag
+    return images.ensure_image(spec)[0]
+
+
+@contextmanager
+def scratch(spec: ClusterSpec, engine: Engine, name: str, image: str, role: str, label_scope: str | None = None,
+            data_volume: str | None = None) -> Iterator[Scratch]:
+    """A scratch container with `spec`'s repository read-only; removed (network, own volume) on exit.
+
+    Everything carries `pgha.cluster=<label_scope or spec.scope>` and `pgha.role=<role>`. A
+    given `data_volume` (a node's, for a restore) is used and kept; otherwise the container
+    gets its own volume, removed with it.
+    """
+    scope = label_scope or spec.scope
+    engine.remove_labelled(scope, role, volumes=True)  # what a killed earlier run left
+    net, vol = f"{name}-net", data_volume or f"{name}-data"
+    s = Scratch(NodeExec(engine, name), scope, net, vol, role)
+    try:
+        engine.ensure_network(scope, net, internal=True)
+        if data_volume is None:
+            engine.ensure_volume(scope, role, name, vol)
+        engine.run_scratch(name, image, scope, role, net, [
+            Mount(target=DATA_MOUNT, source=vol, type="volume"),
+            Mount(target=layout.REPO_MOUNT, source=bk.repo_volume(spec), type="volume", read_only=True),
+        ])
+        yield s
+    finally:
+        if engine.remove_container(name):
+            s.removed.append(name)
+        if engine.remove_network(net):
+            s.removed.append(net)
+        if data_volume is None and engine.remove_volume(vol):
+            s.removed.append(vol)
+
+
+# ---- inside a scratch container ----
+
+def put_conf(s: Scratch, stanza: str, process_max: int) -> None:
+    s.node.put_file(SCRATCH_CONF, bk.render_scratch_conf(stanza, process_max=process_max), 0o644)
+
+
+def repository_sets(s: Scratch, stanza: str) -> list[bk.BackupSet]:
+    r = s.run(["pgbackrest", f"--stanza={stanza}", "info", "--output=json"])
+    if not r.ok:
+        raise BackupError(f"cannot read the repository: {r.tail()}")
+    return parse_info_json(r.out, stanza)[0]
+
+
+def sql(s: Scratch, query: str, timeout: int = 60) -> str:
+    """One statement on the restored copy, over its socket as postgres (peer); unaligned output."""
+    r = s.run(["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1",
+               "-c", query], timeout=timeout)
+    if not r.ok:
+        raise BackupError(f"query on the restored copy failed: {r.tail()}")
+    return r.out.strip()
+
+
+def _log_tail(s: Scratch, n: int = 15) -> str:
+    return s.run(["tail", "-n", str(n), SCRATCH_LOG]).out
+
+
+@task(name="scratch-verify-repository", **ONCE)
+def verify_repository(s: Scratch, stanza: str, label: str | None) -> float:
+    """`pgbackrest verify` (of one set when given): checksums of every file; seconds taken."""
+    args = ["pgbackrest", f"--stanza={stanza}", "verify", "--output=text", "--verbose"]
+    if label:
+        args.append(f"--set={label}")
+    started = time.monotonic()
+    verified(s.run(args, timeout=1800))
+    return time.monotonic() - started
+
+
+@task(name="scratch-restore", **ONCE)
+def restore_into(s: Scratch, stanza: str, restore_args: list[str], process_max: int, timeout: int = 1800) -> float:
+    """`pgbackrest restore` into the scratch volume's PGDATA; seconds taken."""
+    put_conf(s, stanza, process_max)
+    r = s.run(["sh", "-c", f"install -d -o postgres -g postgres -m 0700 {DATA_MOUNT} "
+                           f"&& install -d -o postgres -g postgres -m 2775 {layout.SOCKET_DIR}"], user="root")
+    if not r.ok:
+        raise BackupError(f"cannot prepare the scratch data directory: {last_lines(r.out + r.err)}")
+    started = time.monotonic()
+    r = s.run(["pgbackrest", f"--stanza={stanza}", "restore", *restore_args], timeout=timeout)
+    if not r.ok:
+        raise BackupError(f"pgbackrest restore failed (exit {r.code}): {r.tail()}")
+    return time.monotonic() - started
+
+
+@task(name="scratch-start-and-recover", **ONCE)
+def start_and_recover(s: Scratch, timeout: int = 900) -> float:
+    """Start the restored PostgreSQL (socket only, no archiving) and wait until it promoted; seconds."""
+    s.node.put_file(SCRATCH_HBA, bk.scratch_hba(), 0o644)
+    opts = [
+        "-c listen_addresses=''", f"-c unix_socket_directories={layout.SOCKET_DIR}", "-c port=5432",
+        "-c archive_mode=off", f"-c hba_file={SCRATCH_HBA}", "-c synchronous_standby_names=''",
+        "-c primary_conninfo=''", "-c primary_slot_name=''", "-c shared_buffers=128MB", "-c logging_collector=off",
+    ]
+    started = time.monotonic()
+    r = s.run(["pg_ctl", "-D", PGDATA, "-w", "-t", str(timeout), "-l", SCRATCH_LOG, "-o", " ".join(opts), "start"],
+              timeout=timeout + 30)
+    if not r.ok:
+        log = _log_tail(s, 30)
+        fatal = [ln for ln in log.splitlines() if "FATAL" in ln or "DETAIL" in ln] or log.splitlines()[-3:]
+        raise BackupError(f"restored PostgreSQL did not start: {last_lines(chr(10).join(fatal), 3)}")
+    # Recovery is over and the copy accepts writes: it reached its target and promoted.
+    wait_for("the restored copy to finish recovery", lambda: sql(s, "select pg_is_in_recovery()"),
+             lambda v: v == "f", timeout=timeout, interval=0.5, logs=lambda: _log_tail(s))
+    return time.monotonic() - started
+
+
+@task(name="scratch-check-consistency", **ONCE)
+def check_consistency(s: Scratch, jobs: int = 1, heapallindexed: bool = False, timeout: int = 1800) -> str:
+    """The copy is "in production" (pg_controldata) and pg_amcheck finds no corruption; its verdict.
+
+    pg_amcheck reads every heap page and B-tree index of every database; `heapallindexed` also
+    looks every heap tuple up in each index (finds missing entries, triples the time on a
+    large table), so it is opt-in.
+    """
+    state = s.run(["sh", "-c", "pg_controldata \"$0\" | sed -n 's/^Database cluster state: *//p'", PGDATA]).out.strip()
+    if state != "in production":
+        raise BackupError(f"restored copy is not consistent: cluster state '{state}'")
+    args = ["pg_amcheck", "-h", layout.SOCKET_DIR, "-U", "postgres", "--all", f"--jobs={jobs}",
+            "--install-missing", "--no-strict-names"] + (["--heapallindexed"] if heapallindexed else [])
+    r = s.run(args, timeout=timeout)
+    if not r.ok:
+        raise BackupError(f"pg_amcheck found corruption in the restored copy: {last_lines(r.out + r.err)}")
+    return "no corruption (heap, B-tree and heap-all-indexed)" if heapallindexed else "no corruption (heap and B-tree)"
+
+
+@task(name="scratch-canary", **ONCE)
+def canary_counts(s: Scratch, token: str) -> tuple[int, int]:
+    """(rows with the token, rows in all) of the canary table in the restored copy."""
+    # The token passed stack.backup.canary_of (16 hex digits): formatting it in is safe.
+    present = sql(s, f"select count(*) from {bk.CANARY_TABLE} where token = '{token}'")  # noqa: S608
+    total = sql(s, f"select count(*) from {bk.CANARY_TABLE}")  # noqa: S608
+    return int(present or 0), int(total or 0)
+
+
+def database_count(s: Scratch) -> str:
+    return sql(s, "select count(*) from pg_database where not datistemplate")
+
+
+@task(name="scratch-stop", **ONCE)
+def stop_postgres(s: Scratch, reset_settings: bool = False) -> None:
+    """Stop the restored PostgreSQL cleanly; first reset what pgBackRest wrote, when Patroni adopts it.
+
+    Patroni owns the configuration of the node that adopts the data directory, so the
+    recovery settings pgBackRest's restore wrote are reset and a checkpoint taken.
+    """
+    if reset_settings:
+        sql(s, "alter system reset all")
+        sql(s, "checkpoint")
+    r = s.run(["pg_ctl", "-D", PGDATA, "-m", "fast", "-w", "-t", "120", "stop"], timeout=150)
+    if not r.ok:
+        raise BackupError(f"the restored PostgreSQL did not stop: {r.tail()}")
+
+
+# ---- restore into a cluster ----
+
+@task(name="restore-password-file", **ONCE)
+def copy_password_file(source: ClusterSpec, into: ClusterSpec) -> None:
+    """The restored catalog holds the source's roles and passwords: the new scope gets a copy (0600)."""
+    write_private(secrets_file(into.scope), secrets_file(source.scope).read_text())
+
+
+@task(name="restore-node-volume", **ONCE)
+def ensure_node_volume(spec: ClusterSpec, member: str) -> None:
+    engines(spec).of(member).ensure_volume(spec.scope, "patroni", member, spec.volume(member))
+
+
+@task(name="restore-clear-nodes", **ONCE)
+def clear_nodes(spec: ClusterSpec) -> list[str]:
+    """Remove the Patroni and HAProxy containers, clear the scope's Patroni keys, empty the node volumes.
+
+    etcd, the network, the repository volume and the state directory (passwords,
+    certificates) stay. Without the old keys (initialize, leader, config, history) the
+    restored node bootstraps as a new cluster's leader, and the emptied replica volumes make
+    Patroni re-clone them from it.
+    """
+    eng = engines(spec)
+    removed: list[str] = []
+    for m in [*spec.node_names(), spec.haproxy_member]:
+        if eng.of(m).remove_container(spec.container(m)):
+            removed.append(spec.container(m))
+    etcd.delete_scope_keys(spec)
+    for m in spec.node_names():
+        if eng.of(m).remove_volume(spec.volume(m)):
+            removed.append(spec.volume(m))
+        eng.of(m).ensure_volume(spec.scope, "patroni", m, spec.volume(m))
+    return removed
