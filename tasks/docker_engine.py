@@ -96,8 +96,9 @@ class Engine:
 
     # ---- networks and volumes ----
 
-    def ensure_network(self, scope: str, name: str, internal: bool = False) -> tuple[str, Outcome]:
-        """Create the cluster's bridge network if missing; return its subnet."""
+    def ensure_network(self, scope: str, name: str, internal: bool = False,
+                       role: str = "network") -> tuple[str, Outcome]:
+        """Create the bridge network if missing (labelled scope and role); return its subnet."""
         c = self.client
         with _engine_call(f"network {name}"):
             nets = [n for n in c.networks.list(names=[name]) if n.name == name]
@@ -109,7 +110,7 @@ class Engine:
                 outcome = Outcome.UNCHANGED
             else:
                 net = c.networks.create(name, driver="bridge", internal=internal,
-                                        labels=labels(scope, "network", name), check_duplicate=True)
+                                        labels=labels(scope, role, name), check_duplicate=True)
                 net.reload()
                 outcome = Outcome.CREATED
         configs = net.attrs.get("IPAM", {}).get("Config") or []

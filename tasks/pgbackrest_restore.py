@@ -1,6 +1,6 @@
 """Restores with pgBackRest: scratch containers, the restore into a volume, the checks of the copy.
 
-A scratch container sleeps on its own internal network with a data volume and the
+A scratch box (`tasks.docker_scratch`) sleeps on its own internal network with a data volume and the
 repository volume mounted read-only; it never joins a live cluster's network. It needs no
 password: PostgreSQL listens on its socket only and admits the postgres OS user by peer
 authentication. `scratch()` is a context manager: it removes what a killed earlier run left
@@ -13,9 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-from docker.types import Mount
 from prefect import task
 
 from stack import backup as bk
@@ -23,12 +21,13 @@ from stack import layout
 from stack.layout import DATA_MOUNT, PGDATA
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import etcd, images
+from tasks import docker_scratch, etcd, images
 from tasks._prefect import ONCE
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import engines
+from tasks.docker_scratch import Scratch
 from tasks.host.state import secrets_file, write_private
-from tasks.node_exec import ExecResult, NodeExec, last_lines
+from tasks.node_exec import last_lines
 from tasks.pgbackrest import BackupError, parse_info_json, verified
 
 ROLE_VERIFY = "verify"
@@ -38,21 +37,6 @@ ROLE_RESTORE = "restore"
 SCRATCH_CONF = "/etc/pgbackrest.conf"
 SCRATCH_HBA = "/etc/pgha-scratch-hba.conf"
 SCRATCH_LOG = f"{DATA_MOUNT}/postgresql.log"  # on the scratch volume, outside PGDATA
-
-
-@dataclass
-class Scratch:
-    """A sleeping helper container and what it was made with."""
-
-    node: NodeExec
-    scope: str  # label pgha.cluster of everything it creates
-    network: str
-    volume: str
-    role: str
-    removed: list[str] = field(default_factory=list)  # filled when the block ends
-
-    def run(self, cmd: list[str], user: str = "postgres", timeout: int = 60) -> ExecResult:
-        return self.node.run(cmd, user=user, timeout=timeout)
 
 
 def node_image(spec: ClusterSpec) -> str:
@@ -66,32 +50,10 @@ def node_image(spec: ClusterSpec) -> str:
 @contextmanager
 def scratch(spec: ClusterSpec, engine: Engine, name: str, image: str, role: str, label_scope: str | None = None,
             data_volume: str | None = None) -> Iterator[Scratch]:
-    """A scratch container with `spec`'s repository read-only; removed (network, own volume) on exit.
-
-    Everything carries `pgha.cluster=<label_scope or spec.scope>` and `pgha.role=<role>`. A
-    given `data_volume` (a node's, for a restore) is used and kept; otherwise the container
-    gets its own volume, removed with it.
-    """
-    scope = label_scope or spec.scope
-    engine.remove_labelled(scope, role, volumes=True)  # what a killed earlier run left
-    net, vol = f"{name}-net", data_volume or f"{name}-data"
-    s = Scratch(NodeExec(engine, name), scope, net, vol, role)
-    try:
-        engine.ensure_network(scope, net, internal=True)
-        if data_volume is None:
-            engine.ensure_volume(scope, role, name, vol)
-        engine.run_scratch(name, image, scope, role, net, [
-            Mount(target=DATA_MOUNT, source=vol, type="volume"),
-            Mount(target=layout.REPO_MOUNT, source=bk.repo_volume(spec), type="volume", read_only=True),
-        ])
+    """A scratch box (`tasks.docker_scratch`) with `spec`'s repository mounted read-only."""
+    with docker_scratch.scratch(engine, label_scope or spec.scope, role, name, image, DATA_MOUNT, data_volume,
+                                read_only={bk.repo_volume(spec): layout.REPO_MOUNT}) as s:
         yield s
-    finally:
-        if engine.remove_container(name):
-            s.removed.append(name)
-        if engine.remove_network(net):
-            s.removed.append(net)
-        if data_volume is None and engine.remove_volume(vol):
-            s.removed.append(vol)
 
 
 # ---- inside a scratch container ----
