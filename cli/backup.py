@@ -14,7 +14,6 @@ from cli.core import (
     ScopeOpt,
     SpecOpt,
     app,
-    as_model,
     checks,
     command,
     require_engines,
@@ -46,7 +45,7 @@ def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     with checks() as check:
         check(preflight, spec)
         result = run_flow(backup_flow, spec, backup_type, verify=False if no_verify else None)
-    return Done(as_model(BackupResult, result), spec)
+    return Done(result, spec)
 
 
 @app.command()
@@ -58,7 +57,7 @@ def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json
     from flows.backup import dump as dump_flow
 
     require_engines(spec)
-    return Done(as_model(DumpResult, run_flow(dump_flow, spec)), spec)
+    return Done(run_flow(dump_flow, spec), spec)
 
 
 @app.command("verify-restore")
@@ -76,7 +75,7 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
     with checks() as check:
         check(preflight, spec, label)
         result = run_flow(verify_flow, spec, label=label)
-    return Done(as_model(VerifyResult, result, scope=spec.scope), spec)
+    return Done(result, spec)
 
 
 @app.command()
@@ -115,4 +114,4 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
             sys.stderr.write(f"pgha: {spec.scope} will be stopped and rebuilt; everything written after "
                              f"{target.isoformat(' ')} is discarded\n")
         result = run_flow(restore_flow, spec, when, new_spec, in_place=in_place)
-    return Done(as_model(RestoreResult, result), new_spec)
+    return Done(result, new_spec)

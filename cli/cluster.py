@@ -16,7 +16,6 @@ from cli.core import (
     SpecOpt,
     WaitOpt,
     app,
-    as_model,
     checks,
     command,
     require_engines,
@@ -63,7 +62,7 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[Bootstra
         # Before the flow starts: a refusal is one line, not a failed flow run.
         check(refuse_image_swap, spec, spec.upgrade.node_image or tag)
         result = run_flow(bootstrap, spec, wait_seconds=wait)
-    return Done(as_model(BootstrapResult, result), spec)
+    return Done(result, spec)
 
 
 @app.command()
@@ -78,7 +77,7 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     require_engines(spec)
     result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait)
-    return Done(as_model(TeardownResult, result, scope=spec.scope, state_removed=volumes), spec)
+    return Done(result, spec)
 
 
 @app.command()
@@ -89,7 +88,7 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     spec = resolve_spec(spec_file, scope)
     from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
 
-    return Done(as_model(ClusterStatus, cluster_status(spec)), spec)
+    return Done(cluster_status(spec), spec)
 
 
 @app.command()

@@ -158,15 +158,6 @@ def run_flow(flow: Callable[..., R], *args: Any, tags: Sequence[str] = (), **kwa
         return flow(*args, **kwargs)
 
 
-def as_model(model: type[R], value: Any, **defaults: Any) -> R:
-    """The flow's result as `model`; a flow not yet converted returns the fields as a dict (`defaults` fill gaps)."""
-    if isinstance(value, model):
-        return value
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    return model.model_validate({**defaults, **value})  # type: ignore[attr-defined, no-any-return]
-
-
 @contextmanager
 def checks() -> Iterator[Callable[..., Any]]:
     """`check(fn, *args)`: a flow's preflight run once (`flows.steps.preflight_once`), before the flow.

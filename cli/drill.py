@@ -17,7 +17,6 @@ from cli.core import (
     SpecOpt,
     WaitOpt,
     app,
-    as_model,
     command,
     require_engines,
     resolve_spec,
@@ -45,7 +44,7 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
     require_engines(spec)
     result = run_flow(drill_flow, spec, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
                       wait_seconds=wait, tags=("pgha", "health"))
-    return Done(as_model(DrillResult, result), spec)
+    return Done(result, spec)
 
 
 @app.command("audit")
@@ -61,6 +60,6 @@ def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     # The flow ends Failed on a critical finding (that is what alerts) and still returns its report.
     state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
     report = state.result(raise_on_failure=False)
-    if not isinstance(report, AuditReport | dict):
+    if not isinstance(report, AuditReport):
         raise PghaError(f"the audit flow ended {state.name}: {state.message or report}")
-    return Done(as_model(AuditReport, report), spec)
+    return Done(report, spec)

@@ -14,7 +14,6 @@ from cli.core import (
     ScopeOpt,
     SpecOpt,
     app,
-    as_model,
     checks,
     command,
     require_engines,
@@ -73,7 +72,7 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         if not (cluster_dir(spec.scope) / "upgrade-pending.json").exists():
             check(upgrade_preflight, spec, target)
         result = run_flow(upgrade_flow, spec, image=target, node_timeout_s=node_timeout)
-    return Done(as_model(UpgradeResult, result), spec)
+    return Done(result, spec)
 
 
 @config_app.command("set")
@@ -102,7 +101,7 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
         if cluster_view(spec).leader() is not None:
             check(validate, spec, params)
         result = run_flow(config_flow, spec, parameters=params, restart=not no_restart)
-    return Done(as_model(ConfigSetResult, result), spec)
+    return Done(result, spec)
 
 
 @app.command()
@@ -116,7 +115,7 @@ def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number o
     from flows.scale import scale as scale_flow
 
     require_engines(spec)
-    return Done(as_model(ScaleResult, run_flow(scale_flow, spec, nodes=nodes), nodes=nodes), spec)
+    return Done(run_flow(scale_flow, spec, nodes=nodes), spec)
 
 
 @etcd_app.command("replace")
@@ -133,4 +132,4 @@ def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace,
     from flows.etcd_replace import etcd_replace as replace_flow
 
     require_engines(spec)
-    return Done(as_model(EtcdReplaceResult, run_flow(replace_flow, spec, member=member), member=member), spec)
+    return Done(run_flow(replace_flow, spec, member=member), spec)
