@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
+from flows.steps.ops import operation, result_artifact
 from flows.verify import verify_restore
 from stack import backup as bk
 from stack.errors import StateError, UsageError
@@ -22,7 +23,6 @@ from stack.results import BackupResult, DumpResult
 from stack.spec import ClusterSpec
 from tasks import patroni, pgdump
 from tasks import pgbackrest as pbr
-from tasks.host.lock import holder_name, mutating
 
 
 def preflight(spec: ClusterSpec) -> bk.Source:
@@ -40,10 +40,11 @@ def preflight(spec: ClusterSpec) -> bk.Source:
 def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002, B008
            verify: bool | None = None) -> BackupResult:
     """Back up (full, diff or incr) and, unless disabled, verify the new set by restoring it."""
-    with mutating(spec.scope, holder_name("backup")):
+    with operation("backup", spec):
         result = take_backup(spec, bk.BackupType(type))
     if verify if verify is not None else spec.backup.verify_after_backup:
         result.verification = verify_restore(spec, label=result.label)
+    result_artifact(spec.scope, "backup", result)
     return result
 
 

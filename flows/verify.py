@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
+from flows.steps.ops import operation
 from stack import backup as bk
 from stack import layout
 from stack.errors import UsageError
@@ -22,7 +23,6 @@ from stack.spec import ClusterSpec
 from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
 from tasks.docker_hosts import engines
-from tasks.host.lock import holder_name, mutating
 
 
 def preflight(spec: ClusterSpec, label: str | None) -> None:
@@ -46,7 +46,7 @@ def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) 
     preflight_once(preflight, spec, label)
     # One verification per cluster at a time (the scratch container has a fixed name); a
     # second one waits. Its own lock, not the cluster's: verifying changes nothing live.
-    with mutating(f"{spec.scope}/verify", holder_name("verify-restore"), wait_seconds=3600):
+    with operation("verify-restore", spec, lock_scope=f"{spec.scope}/verify", wait_seconds=3600):
         return verify_in_scratch(spec, label)
 
 

@@ -7,7 +7,8 @@ import functools
 import inspect
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -62,7 +63,23 @@ def result_artifact(scope: str, operation: str, result: Result) -> None:
                           description=f"{operation} of {scope}")
 
 
-def mutating_flow(operation: str, lock: Callable[[dict[str, Any]], str] | None = None,
+@contextmanager
+def operation(name: str, spec: ClusterSpec, lock_scope: str | None = None, wait_seconds: float = 0) -> Iterator[Op]:
+    """Hold the cluster's mutating lock (refuse at once, or wait `wait_seconds`) and time the operation.
+
+    The context form of `mutating_flow`, for a flow that does more after releasing the lock
+    (the backup flow verifies its new set under another lock).
+    """
+    op = Op(name=name, scope=spec.scope)
+    with mutating(lock_scope or spec.scope, holder_name(name), wait_seconds=wait_seconds):
+        token = _current.set(op)
+        try:
+            yield op
+        finally:
+            _current.reset(token)
+
+
+def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | None = None,
                   default_wait: float = 0) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run the wrapped flow body under the cluster's mutating lock, timed, with its result artifact.
 
@@ -81,14 +98,9 @@ def mutating_flow(operation: str, lock: Callable[[dict[str, Any]], str] | None =
             spec: ClusterSpec = bound.arguments["spec"]
             scope = lock(bound.arguments) if lock else spec.scope
             wait = float(bound.arguments.get("wait_seconds", default_wait) or default_wait)
-            op = Op(name=operation, scope=spec.scope)
-            with mutating(scope, holder_name(operation), wait_seconds=wait):
-                token = _current.set(op)
-                try:
-                    result = fn(*args, **kwargs)
-                finally:
-                    _current.reset(token)
-            result_artifact(spec.scope, operation, result)
+            with operation(operation_name, spec, scope, wait):
+                result = fn(*args, **kwargs)
+            result_artifact(spec.scope, operation_name, result)
             return result
 
         # Prefect reads the parameters' types from the signature; resolve the flow module's
