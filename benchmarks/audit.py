@@ -34,6 +34,7 @@ os.environ.pop("PREFECT_API_URL", None)
 
 from flows.audit import audit  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
+from stack.results import AuditReport  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from tasks import images  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
@@ -57,9 +58,9 @@ def audit_flow() -> tuple[float, int]:
     state = audit(SPEC, return_state=True)
     took = time.perf_counter() - t0
     report = state.result(raise_on_failure=False)
-    if not isinstance(report, dict) or report["status"] == "critical":
+    if not isinstance(report, AuditReport) or report.status == "critical":
         raise SystemExit(f"audit of a healthy cluster was not ok: {getattr(state, 'message', report)}")
-    return took, len(report["findings"])
+    return took, len(report.findings)
 
 
 def audit_cli(api_url: str | None = None) -> float:

@@ -57,11 +57,11 @@ def main() -> None:
             for kind in kinds:
                 for name, spec in PROFILES.items():
                     r = drill(spec, kind)
-                    gaps.setdefault((kind.value, name), []).append(float(r["write_gap_s"]))
-                    lost[(kind.value, name)] = lost.get((kind.value, name), 0) + len(r["lost_writes"])
-                    print(f"run {i + 1} {kind.value:14} {name:17} write gap {r['write_gap_s']:6.2f} s  "
-                          f"read gap {r['read_gap_s']:5.2f} s  lost {len(r['lost_writes'])}  "
-                          f"whole after {r['whole_s']} s", flush=True)
+                    gaps.setdefault((kind.value, name), []).append(r.write_gap_s)
+                    lost[(kind.value, name)] = lost.get((kind.value, name), 0) + len(r.lost_writes)
+                    print(f"run {i + 1} {kind.value:14} {name:17} write gap {r.write_gap_s:6.2f} s  "
+                          f"read gap {r.read_gap_s:5.2f} s  lost {len(r.lost_writes)}  "
+                          f"whole after {r.whole_s} s", flush=True)
     finally:
         for spec in PROFILES.values():
             local_engine().remove_labelled(spec.scope, volumes=True)
