@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration test-images lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -23,8 +23,14 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
-integration: venv engine
-	$(VENV)/bin/pytest tests/integration -q -m integration
+IT_WORKERS ?= 2
+integration: venv engine test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
+	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadgroup --durations=25
+
+test-images: venv engine  ## every image the integration suite uses, built once before the workers start
+	$(PGHA) images build --spec tests/integration/specs/pg17.yaml
+	$(PGHA) images build --spec tests/integration/specs/pg15.yaml
+	$(PGHA) images build --spec tests/integration/specs/pg15.yaml --updates security
 
 venv: $(VENV)/.installed
 
