@@ -232,3 +232,25 @@ class EtcdReplaceResult(Result):
     new_id: str
     events: list[str]
     elapsed_s: float
+
+
+# ---- switchover ----
+
+
+class SwitchoverTimes(Result):
+    """How one planned switchover went (seconds from its start unless said otherwise)."""
+
+    leader: str
+    candidate: str
+    pooled: bool = False  # the pooler was paused around it
+    paused_s: float | None = None  # time PAUSE took (in-flight transactions finishing)
+    routed_s: float | None = None  # from the Patroni request to HAProxy routing the candidate
+    resumed_s: float = 0.0  # the pooler's clients waited at most about this long
+    whole_s: float = 0.0  # until the old leader replicates again
+
+
+class SwitchoverResult(Result):
+    scope: str
+    times: SwitchoverTimes
+    status: ClusterStatus
+    elapsed_s: float

@@ -26,9 +26,10 @@ from tasks._prefect import READ_ONLY
 from tasks.node_exec import node
 
 
-def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres") -> str:
-    """Connection URI; the password appears only when explicitly passed."""
-    port = spec.ports.ro if read_only else spec.ports.rw
+def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
+        pooled: bool = False) -> str:
+    """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed."""
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}"
 
@@ -149,6 +150,20 @@ def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15) -> str
     if not r.ok:
         raise PostgresError(f"{member}: {r.tail(1)}")
     return r.out.strip()
+
+
+def scram_secrets(spec: ClusterSpec, member: str, roles: tuple[str, ...]) -> dict[str, str]:
+    """The SCRAM secrets pg_authid stores for `roles` (those that have one), read on `member`.
+
+    They go only into the pooler's 0600 auth_file; never logged, never in a message.
+    """
+    names = ",".join(literal(r) for r in roles)
+    where = f"rolname in ({names}) and rolcanlogin and rolpassword like 'SCRAM-SHA-256$%'"
+    out = node_sql(spec, member, f"select rolname || ' ' || rolpassword from pg_authid where {where}")  # noqa: S608
+    found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    if not found:
+        raise PostgresError(f"{member}: none of {', '.join(roles)} has a SCRAM secret for the pooler")
+    return found
 
 
 def checkpoint(spec: ClusterSpec, member: str) -> None:
