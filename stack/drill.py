@@ -33,6 +33,7 @@ class ProbeLog:
     ok: list[float] = field(default_factory=list)
     errors: list[tuple[float, str]] = field(default_factory=list)
     acked_ids: list[int] = field(default_factory=list)  # write probe only
+    stalls: list[float] = field(default_factory=list)  # seconds from sending each successful attempt to its commit
 
 
 def longest_gap(ok: list[float], start: float, end: float) -> float:

@@ -78,11 +78,13 @@ def reload(spec: ClusterSpec) -> None:
         raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
 
 
-# Inside HAProxy's container: poll the candidate's /primary every 50 ms (as HAProxy's own check
-# does, but without waiting for `rise` checks), and the moment it answers 200 send one line of
-# runtime-API commands. $1 candidate host, $2 attempts, $3 the commands.
+# Inside HAProxy's container: poll the candidate's Patroni /leader every 50 ms and, the moment
+# it answers 200 (it holds the leader lock: the old leader has demoted and released it), send
+# one line of runtime-API commands. Not /primary: Patroni turns that to 200 only after its
+# once-a-second check of pg_controldata, up to a second after the promotion.
+# $1 candidate host, $2 attempts, $3 the commands.
 _ROUTE_SCRIPT = (
-    f'i=0; until curl -fsS -o /dev/null --max-time 0.3 "http://$1:{PATRONI_API_PORT}/primary" 2>/dev/null; do '
+    f'i=0; until curl -fsS -o /dev/null --max-time 0.3 "http://$1:{PATRONI_API_PORT}/leader" 2>/dev/null; do '
     'i=$((i+1)); [ "$i" -ge "$2" ] && exit 3; sleep 0.05; done; '
     f'printf "%s\\n" "$3" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"'
 )
@@ -114,7 +116,10 @@ def route_commands(primary: str, others: list[str]) -> list[str]:
 
 def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout: float,
                   give_up: Callable[[], bool] = lambda: False) -> float:
-    """Route R/W to `candidate` the moment its Patroni says it is the primary; seconds waited.
+    """Route R/W to `candidate` the moment its Patroni holds the leader lock; seconds waited.
+
+    PostgreSQL may still be finishing its promotion then: the caller waits until the R/W
+    port answers writable (`tasks.postgres.wait_writable`) before it lets the pooler go.
 
     The wait runs in HAProxy's container in slices of about a second, so `give_up` (the
     switchover request failed) is looked at between slices. Health checks keep running: if

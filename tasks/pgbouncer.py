@@ -63,14 +63,16 @@ class Admin:
     def pause(self, timeout_s: float) -> None:
         """PAUSE: wait until every in-flight transaction has finished and its server connection is closed.
 
-        New transactions queue meanwhile. Past `timeout_s` (a transaction that does not end)
-        the pause is undone with RESUME on a second session and PoolerError raised.
+        New transactions queue meanwhile. PAUSE blocks its session until done, so it runs on a
+        second session in a thread while this one stays free for RESUME: past `timeout_s` (a
+        transaction that does not end) the pause is undone here and PoolerError raised.
         """
+        pauser = Admin(self.spec, self.secrets)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                self.conn.execute("PAUSE")
+                pauser.conn.execute("PAUSE")
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 failure.append(exc)
 
@@ -78,18 +80,15 @@ class Admin:
         t.start()
         t.join(timeout_s)
         if t.is_alive():
-            other = Admin(self.spec, self.secrets)
-            try:
-                other.command("RESUME")
-            finally:
-                other.close()
-            t.join(5)
+            self.resume()
+            t.join(2)
+            if not t.is_alive():
+                pauser.close()  # else left to the daemon thread: closing a busy session could block
             raise PoolerError(f"the pooler could not pause within {timeout_s:g}s (a transaction kept running); "
                               "it was resumed and nothing else was changed")
+        pauser.close()
         if failure:
-            exc = failure[0]
-            raise PoolerError(f"pooler PAUSE on 127.0.0.1:{self.port}: "
-                              f"{_first_line(exc)}") from None
+            raise PoolerError(f"pooler PAUSE on 127.0.0.1:{self.port}: {_first_line(failure[0])}") from None
 
     def resume(self) -> None:
         """RESUME; a pooler that is not paused is left as it is."""

@@ -9,6 +9,7 @@ at one particular member — a member has no port published on the host.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -36,12 +37,12 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
             dbname: str = "postgres", autocommit: bool = True, application_name: str = "pgha",
-            keepalives: bool = False) -> psycopg.Connection:
-    """A connection through HAProxy's R/W (or R/O) port; one-line PostgresError when refused.
+            keepalives: bool = False, pooled: bool = False) -> psycopg.Connection:
+    """A connection through HAProxy's R/W (or R/O) port, or the pooler's; one-line PostgresError when refused.
 
     `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
     """
-    port = spec.ports.ro if read_only else spec.ports.rw
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     extra: dict[str, int] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
                               "keepalives_count": 2} if keepalives else {})
     try:
@@ -64,6 +65,24 @@ def probe(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> EndpointProbe
     with connect(spec, secrets, read_only=read_only) as conn:
         row = conn.execute("select pg_is_in_recovery()").fetchone()
     return EndpointProbe(spec.ports.ro if read_only else spec.ports.rw, bool(row and row[0]))
+
+
+def wait_writable(spec: ClusterSpec, secrets: Secrets, timeout: float) -> float:
+    """Wait until a new connection on the R/W port reaches a primary out of recovery; seconds waited.
+
+    Polled every 50 ms with a fresh connection each time (what a pooler's new server
+    connection or a reconnecting client gets), so it ends as soon as writes can succeed.
+    """
+    started = time.monotonic()
+
+    def attempt() -> EndpointProbe:
+        with connect(spec, secrets, timeout=1) as conn:
+            row = conn.execute("select pg_is_in_recovery()").fetchone()
+        return EndpointProbe(spec.ports.rw, bool(row and row[0]))
+
+    wait_for(f"R/W port {spec.ports.rw} to reach a writable primary", attempt, lambda p: not p.in_recovery,
+             timeout=timeout, interval=0.05)
+    return time.monotonic() - started
 
 
 @task(name="wait-endpoints", **READ_ONLY)

@@ -17,6 +17,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, READ_ONLY
+from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -128,10 +129,11 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
        queue in PgBouncer, every server connection to the old primary is closed.
     2. Ask Patroni (on the leader) for the switchover, in a thread: its reply comes up to a
        second after the fact (Patroni polls its outcome once a second).
-    3. Meanwhile HAProxy's container polls the candidate's /primary every 50 ms and, the
-       moment it answers 200, the runtime API marks it up and the others down in the R/W
-       backend (instead of `fall x inter` of health checks; those keep running and stay the
-       truth for an unplanned failover).
+    3. Meanwhile HAProxy's container polls the candidate's /leader every 50 ms and, the
+       moment it holds the leader lock, the runtime API marks it up and the others down in
+       the R/W backend (instead of `fall x inter` of health checks; those keep running and
+       stay the truth for an unplanned failover). Then new connections on the R/W port are
+       tried every 50 ms until one is out of recovery (the promotion has finished).
     4. RESUME — always, even when 2 or 3 failed: queued clients then run on the new primary.
     """
     t0 = time.monotonic()
@@ -150,6 +152,7 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
                 if refused is not None:
                     raise refused from None  # Patroni's own reason says more than "never routed"
                 raise
+            postgres.wait_writable(spec, cluster_secrets(spec.scope), timeout)
             times.routed_s = round(time.monotonic() - asked, 3)
         times.resumed_s = round(time.monotonic() - t0, 3)
         try:
