@@ -2,8 +2,8 @@
 
 Real clients: pgbench (it gives up on a client at its first error) with 20 clients through
 the pooler while `pgha switchover` runs must finish every client with 0 failed transactions
-and 0 lost writes; the direct R/W port loses sessions but its write gap stays under a
-generous ceiling; 500 connections at once through the pooler are served by a PostgreSQL
+and 0 lost writes; in the same switchover a write probe on the direct R/W port loses
+sessions but no acknowledged write, and its write gap stays under a generous ceiling; 500 connections at once through the pooler are served by a PostgreSQL
 with max_connections 100; bad input is refused in one line with nothing changed, and the
 pooler resumes even when the switchover fails.
 
@@ -150,15 +150,21 @@ def figure(text: str, pattern: str) -> int:
     return int(m.group(1))
 
 
-def test_pooled_switchover_clients_see_a_pause_never_an_error(cluster: Cluster) -> None:
+def test_switchover_under_load_pooled_clients_see_a_pause_direct_ones_a_short_gap(cluster: Cluster) -> None:
+    """One switchover, two kinds of clients at once: pgbench (20 clients, 30 s) through the pooler
+    and a write probe (a commit every 50 ms, reconnecting on error) on the direct R/W port."""
+    spec = parse_spec(cluster.spec)
+    secrets = load_or_create(Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "secrets.json")
     with connect(cluster) as conn:
         conn.execute("truncate pgbench_history")
     old = leader(cluster)
-    res, sw, _ = switchover_under(cluster, "pool", [])
+    with measured(spec, secrets) as direct:
+        res, sw, _ = switchover_under(cluster, "pool", [])
     assert sw.returncode == 0, sw.stderr[-2000:]
     times = json.loads(sw.stdout)["times"]
     assert times["leader"] == old and times["candidate"] != old and times["pooled"]
-    # Every client finished: pgbench exits non-zero and prints "aborted" when one gives up.
+    new = times["candidate"]
+    # Pooled: every client finished (pgbench exits non-zero and says "aborted" when one gives up).
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "aborted" not in res.stdout + res.stderr
     assert figure(res.stdout, r"number of clients: (\d+)") == CLIENTS
@@ -169,34 +175,16 @@ def test_pooled_switchover_clients_see_a_pause_never_an_error(cluster: Cluster) 
     with connect(cluster) as conn:
         row = conn.execute("select count(*), pg_is_in_recovery() from pgbench_history").fetchone()
     assert row == (done, False)
-    assert leader(cluster) == times["candidate"]
-    # The pause clients saw is bounded (generous: a shared, loaded CI machine).
+    # The pause the pooler's clients saw is bounded (generous: a shared, loaded CI machine).
     assert times["resumed_s"] < 15
-
-
-def test_direct_switchover_write_gap_under_ceiling_and_new_primary_serves(cluster: Cluster) -> None:
-    spec = parse_spec(cluster.spec)
-    secrets = load_or_create(Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "secrets.json")
-    old = leader(cluster)
-    with measured(spec, secrets) as traffic, held_lock(cluster) as lock:
-        sw = subprocess.Popen([sys.executable, "-m", "cli", "switchover", "--json", "--wait", "600",
-                               "--scope", cluster.scope], cwd=ROOT, env=cluster.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while not has_open(sw.pid, lock):
-            assert sw.poll() is None and time.monotonic() < deadline, "pgha switchover never reached its flow"
-            time.sleep(0.2)
-    stdout, stderr = sw.communicate(timeout=300)
-    assert sw.returncode == 0, stderr[-2000:]
-    new = json.loads(stdout)["times"]["candidate"]
-    assert new != old and leader(cluster) == new
-    assert traffic.lost == []
-    assert traffic.writes_acked > 0
-    assert traffic.write_gap_s < 10, f"direct write gap {traffic.write_gap_s}s"
+    # Direct: sessions were cut, but no acknowledged write is lost, the gap is under the
+    # ceiling, and the new primary serves writes on the R/W port.
+    assert direct.lost == [] and direct.writes_acked > 0
+    assert direct.write_gap_s < 10, f"direct write gap {direct.write_gap_s}s"
+    assert leader(cluster) == new
     with connect(cluster) as conn:
-        row = conn.execute("select pg_is_in_recovery(), current_setting('cluster_name', true)").fetchone()
         conn.execute("insert into pgbench_history (tid, bid, aid, delta, mtime) values (1, 1, 1, 0, now())")
-    assert row is not None and row[0] is False
+        assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
 
 
 def test_500_connections_at_once_through_the_pooler(cluster: Cluster) -> None:
@@ -245,9 +233,10 @@ def test_pooler_resumes_when_the_switchover_fails(cluster: Cluster) -> None:
         stuck.autocommit = False
         stuck.execute("select 1")  # a transaction open on a server connection, held
         res = pgha(cluster.env, "switchover", "--scope", cluster.scope)
+        # It failed inside the flow (Prefect logs the failed run first): the last line says why.
         assert res.returncode != 0
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and "could not pause" in lines[0], res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith("pgha: error: the pooler could not pause"), \
+            res.stderr[-1500:]
         stuck.rollback()
     with psycopg.connect(host="127.0.0.1", port=cluster.port("pool"), user="postgres", autocommit=True,
                          password=cluster.secrets["superuser"], dbname="pgbouncer",
