@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from stack.audit import Finding, Level, grade
 from stack.layout import HAPROXY_RW_PORT, PGBOUNCER_PORT, PGBOUNCER_USERLIST, RUN_DIR, SOCKET_DIR, SUPERUSER
 from stack.spec import ClusterSpec
 
@@ -146,4 +147,38 @@ def pooler_problems(obs: PoolerObs, spec: ClusterSpec, wait_warn_s: float = 5.0)
     total = sum(p.cl_active + p.cl_waiting for p in obs.pools)
     if total >= 0.9 * spec.pooler.max_client_conn:
         out.append(f"pooler: {total} client connections, near max_client_conn {spec.pooler.max_client_conn}")
+    return out
+
+
+WAIT_WARN_S = 5.0  # a client queued this long: the pool is too small or transactions too long
+WAIT_CRITICAL_S = 30.0
+
+
+def check_pooler(obs: PoolerObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
+    """The audit's pooler rows: reachable, not left paused, clients waiting, client and server connections."""
+    if obs is None or not obs.reachable:
+        why = error or (obs.error if obs else "not observed")
+        return [Finding("pooler.reachable", spec.pooler_member, Level.CRITICAL, why, "answers",
+                        f"docker logs {spec.container(spec.pooler_member)}; `pgha up` recreates it")]
+    th = spec.audit
+    out = [Finding("pooler.reachable", spec.pooler_member, Level.OK, obs.summary(), "answers")]
+    out.append(Finding("pooler.paused", spec.pooler_member, Level.CRITICAL if obs.paused else Level.OK,
+                       "paused" if obs.paused else "serving", "serving",
+                       "a switchover killed half-way left it paused: run RESUME on its admin console "
+                       f"(database {ADMIN_DB} on 127.0.0.1:{spec.ports.pool})" if obs.paused else ""))
+    lvl = grade(obs.max_wait_s, WAIT_WARN_S, WAIT_CRITICAL_S) if obs.clients_waiting else Level.OK
+    out.append(Finding("pooler.waiting", spec.pooler_member, lvl,
+                       f"{obs.clients_waiting} waiting, oldest {obs.max_wait_s:.1f}s",
+                       f"warn {WAIT_WARN_S:g}s, critical {WAIT_CRITICAL_S:g}s",
+                       "" if lvl == Level.OK else f"raise pooler.default_pool_size ({spec.pooler.default_pool_size}) "
+                                                  "or look for long transactions"))
+    clients = sum(p.cl_active + p.cl_waiting for p in obs.pools)
+    pct = 100.0 * clients / spec.pooler.max_client_conn
+    lvl = grade(pct, th.connections_warn_pct, th.connections_critical_pct)
+    out.append(Finding("pooler.client_connections", spec.pooler_member, lvl,
+                       f"{clients} of {spec.pooler.max_client_conn} ({pct:.0f}%)",
+                       f"warn {th.connections_warn_pct:g}%, critical {th.connections_critical_pct:g}%",
+                       "" if lvl == Level.OK else "raise pooler.max_client_conn"))
+    out.append(Finding("pooler.server_connections", spec.pooler_member, Level.OK,
+                       f"{obs.server_connections} (pool size {spec.pooler.default_pool_size} per database and user)"))
     return out

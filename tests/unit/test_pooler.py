@@ -129,3 +129,20 @@ def test_lagging_or_stopped_candidates_are_refused() -> None:
         plan_switchover(lagging, spec, None)
     with pytest.raises(StateError, match="no single leader"):
         plan_switchover(view(("pg-2", MemberRole.REPLICA, "streaming", 0)), spec, None)
+
+
+def test_audit_rows_for_the_pooler() -> None:
+    from stack.audit import Level
+    from stack.pooler import check_pooler
+
+    rows = check_pooler(None, SPEC, "connection refused")
+    assert [(f.check, f.status) for f in rows] == [("pooler.reachable", Level.CRITICAL)]
+    ok = PoolerObs(reachable=True, pools=[PoolRow(database="postgres", user="postgres", cl_active=3, sv_idle=2)])
+    assert {f.check: f.status for f in check_pooler(ok, SPEC)} == {
+        "pooler.reachable": Level.OK, "pooler.paused": Level.OK, "pooler.waiting": Level.OK,
+        "pooler.client_connections": Level.OK, "pooler.server_connections": Level.OK}
+    stuck = PoolerObs(reachable=True, paused=True,
+                      pools=[PoolRow(database="postgres", user="postgres", cl_waiting=4, maxwait_s=31)])
+    by = {f.check: f for f in check_pooler(stuck, SPEC)}
+    assert by["pooler.paused"].status == Level.CRITICAL and "RESUME" in by["pooler.paused"].hint
+    assert by["pooler.waiting"].status == Level.CRITICAL
