@@ -93,6 +93,7 @@ class DrillResult(Result):
     notes: list[str] = Field(default_factory=list)
     write_errors_seen: list[str] = Field(default_factory=list)  # "+1.23s message", first few
     timeline: str = ""  # the text chart
+    longest_stall_s: float | None = None  # switchover-pooled: longest send-to-commit time through the pooler
 
 
 # ---- backups ----

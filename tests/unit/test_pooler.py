@@ -146,3 +146,20 @@ def test_audit_rows_for_the_pooler() -> None:
     by = {f.check: f for f in check_pooler(stuck, SPEC)}
     assert by["pooler.paused"].status == Level.CRITICAL and "RESUME" in by["pooler.paused"].hint
     assert by["pooler.waiting"].status == Level.CRITICAL
+
+
+def test_switchover_pooled_drill_kind() -> None:
+    from stack.drill import DrillKind, Target, choose_target, verdict
+    from stack.results import DrillResult
+
+    kind = DrillKind("switchover-pooled")
+    assert kind.moves_leader and kind.is_switchover
+    replicas = {"pg-2": ("sync_standby", 0), "pg-3": ("replica", 0)}
+    assert choose_target(kind, "pg-1", replicas, 3, 3) == Target("pg-1", "pg-2")
+    base = {"kind": kind.value, "target": "pg-1", "old_leader": "pg-1", "new_leader": "pg-2", "timeline_before": 1,
+            "timeline_after": 2, "write_gap_s": 1.5, "read_gap_s": 0.1, "writes_acked": 90, "lost_writes": [],
+            "healed": True, "whole_s": 9.0, "longest_stall_s": 1.6}
+    ok, message = verdict(DrillResult(**base, write_errors=0))
+    assert ok and "longest stall 1.60s through the pooler, 0 failed transactions" in message
+    ok, message = verdict(DrillResult(**base, write_errors=2))
+    assert not ok and "2 transactions failed through the pooler" in message
