@@ -248,6 +248,7 @@ class SwitchoverTimes(Result):
     routed_s: float | None = None  # from the Patroni request to HAProxy routing the candidate
     resumed_s: float = 0.0  # the pooler's clients waited at most about this long
     whole_s: float = 0.0  # until the old leader replicates again
+    note: str = ""  # why the runtime API did not route (the health checks did), if it did not
 
 
 class SwitchoverResult(Result):

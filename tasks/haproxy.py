@@ -127,7 +127,12 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
     """
     started = time.monotonic()
     n = node(spec, spec.haproxy_member)
-    cmds = ";".join(route_commands(candidate, others))
+    # Only servers HAProxy has (a scale in progress may differ from the spec): the runtime API
+    # would answer "No such server." for the others.
+    known = set(backend_states(spec)["primary"])
+    if candidate not in known:
+        raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
+    cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
     while True:
         r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "15", cmds], user="root", timeout=10)
         if r.ok:

@@ -10,7 +10,7 @@ import yaml
 from prefect import task
 
 from stack.cluster import ClusterView, assess, led_by, quorum
-from stack.errors import PatroniError, PghaError
+from stack.errors import HaproxyError, PatroniError, PghaError
 from stack.pooler import pooler_problems
 from stack.results import ClusterStatus, MemberRow, SwitchoverTimes
 from stack.spec import ClusterSpec
@@ -147,11 +147,13 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
             request = pool.submit(patroni.switchover, spec, leader, candidate)
             try:
                 haproxy.route_primary(spec, candidate, others, timeout, give_up=request.done)
-            except PghaError:
+            except HaproxyError as exc:
                 refused = request.exception() if request.done() else None
                 if refused is not None:
                     raise refused from None  # Patroni's own reason says more than "never routed"
-                raise
+                # Routing is left to the health checks; the wait below still holds the pooler
+                # until the R/W port reaches a writable primary.
+                times.note = str(exc)
             postgres.wait_writable(spec, cluster_secrets(spec.scope), timeout)
             times.routed_s = round(time.monotonic() - asked, 3)
         times.resumed_s = round(time.monotonic() - t0, 3)
