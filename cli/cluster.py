@@ -95,10 +95,16 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 @command()
 def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         ro: bool = typer.Option(False, "--ro", help="the read-only (replicas) endpoint"),
+        pool: bool = typer.Option(False, "--pool", help="the pooler's (PgBouncer) read/write endpoint"),
         show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI")) -> None:
-    """Print the connection URI of the R/W (or --ro) endpoint."""
+    """Print the connection URI of the R/W (or --ro, or --pool) endpoint."""
     spec = resolve_spec(spec_file, scope)
-    from stack.errors import StateError
+    from stack.errors import StateError, UsageError
+
+    if pool and ro:
+        raise UsageError("--pool and --ro exclude each other (the pooler serves the read/write path)")
+    if pool and not spec.pooler.enabled:
+        raise StateError(f"cluster {spec.scope} runs no pooler (set pooler.enabled: true in its spec and `pgha up`)")
     from tasks.host.secrets import load_or_create
     from tasks.host.state import secrets_file
     from tasks.postgres import dsn as make_dsn
@@ -108,7 +114,7 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         if not secrets_file(spec.scope).exists():
             raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
         password = load_or_create(secrets_file(spec.scope)).superuser
-    sys.stdout.write(make_dsn(spec, read_only=ro, password=password) + "\n")
+    sys.stdout.write(make_dsn(spec, read_only=ro, password=password, pooled=pool) + "\n")
 
 
 @images_app.command("build")

@@ -23,6 +23,7 @@ from stack.results import (
     EtcdReplaceResult,
     RestoreResult,
     ScaleResult,
+    SwitchoverResult,
     TeardownResult,
     UpgradeResult,
     VerifyResult,
@@ -62,6 +63,8 @@ def endpoints(spec: ClusterSpec) -> None:
     default = spec.scope == ClusterSpec().scope
     line(f"read/write: {dsn(spec)}")
     line(f"read-only : {dsn(spec, read_only=True)}")
+    if spec.pooler.enabled:
+        line(f"pooled r/w: {dsn(spec, pooled=True)}")
     line(f"password  : pgha dsn --show-password{'' if default else ' --scope ' + spec.scope}"
          f"  (kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
 
@@ -197,3 +200,12 @@ def etcd_replace(done: Done[EtcdReplaceResult]) -> None:
     r = done.result
     events(r.events)
     line(f"{r.member} replaced (member id {r.old_id} -> {r.new_id}) in {r.elapsed_s}s")
+
+
+def switchover(done: Done[SwitchoverResult]) -> None:
+    r = done.result
+    t = r.times
+    paused = f"pooler paused {t.resumed_s:.2f}s in all" if t.pooled else "no pooler"
+    line(f"{r.scope}: {t.leader} -> {t.candidate}; new primary routed {t.routed_s:.2f}s after the request, "
+         f"{paused}; whole again after {t.whole_s:.1f}s ({r.elapsed_s}s)")
+    line("healthy" if r.status.healthy else "UNHEALTHY: " + "; ".join(r.status.problems))

@@ -22,10 +22,11 @@ from prefect.states import Completed, Failed, State
 from stack import audit as A
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT
+from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, haproxy, patroni, postgres
+from tasks import docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -115,6 +116,11 @@ def gather_postgres(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.audit_stats(spec, _secrets(spec)))
 
 
+@task(name="audit-pooler", **READ_ONLY)
+def gather_pooler(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
+
+
 @task(name="audit-disks", **READ_ONLY)
 def gather_disks(spec: ClusterSpec) -> Gathered:
     def go() -> dict[str, float | None]:
@@ -165,6 +171,9 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     findings += A.check_postgres(pg_obs, spec, th, pg_err)
     disks, _ = got["disks"]
     findings += A.check_disks(disks or {}, spec, th)
+    if spec.pooler.enabled and "pooler" in got:
+        pooler_obs, pool_err = got["pooler"]
+        findings += check_pooler(pooler_obs, spec, pool_err)
     return findings
 
 
@@ -173,7 +182,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     t0 = time.monotonic()
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
-                 "disks": gather_disks}
+                 "disks": gather_disks, "pooler": gather_pooler}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

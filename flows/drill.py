@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.steps.cluster import require_healthy, wait_healthy
+from flows.steps.cluster import hand_over, require_healthy, wait_healthy
 from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
 from stack.drill import DrillKind, Target, choose_target, error_digest, longest_gap, lost_writes, timeline, verdict
@@ -83,8 +83,9 @@ def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
     """The fault itself; never retried (a retried fault is a different drill)."""
     engine = docker_hosts.engines(spec).of(target.member)
     name = spec.container(target.member)
-    if kind == DrillKind.SWITCHOVER:
-        patroni.switchover(spec, target.member, target.candidate)
+    if kind.is_switchover:
+        # The same pooler-aware switchover as `pgha switchover` and the rolling changes.
+        hand_over(spec, target.member, target.candidate, spec.upgrade.node_timeout_s)
     elif kind in (DrillKind.GRACEFUL_STOP, DrillKind.ETCD_MEMBER_LOSS):
         engine.stop(name, timeout=30)
     elif kind in (DrillKind.HARD_KILL, DrillKind.REPLICA_KILL):
@@ -152,6 +153,8 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
+    if kind == DrillKind.SWITCHOVER_POOLED and not spec.pooler.enabled:
+        raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled)")
     if (healed := heal_leftovers(spec)) is not None:
         log.warning(healed)
     view = require_healthy(spec, "the drill")
@@ -163,7 +166,8 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     run_id = uuid.uuid4().hex[:12]
     interval = probe_interval_ms / 1000
     bound = spec.timing.ttl + 60 + heal_timeout_s  # probes stop by themselves after this
-    writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60)
+    writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60,
+                   pooled=kind == DrillKind.SWITCHOVER_POOLED)
     reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=bound + 60)
     writer.start()
     reader.start()
@@ -232,6 +236,10 @@ def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str
     lead_after = patroni.cluster_view(spec).leader()
     rejoin = patroni.rejoin_method(spec, target.member, wall_fault) if target.member in spec.node_names() else "restart"
     window_start = t_fault - 1.0
+    stall = None
+    if kind == DrillKind.SWITCHOVER_POOLED:
+        in_window = [d for t, d in zip(writer.log.ok, writer.log.stalls, strict=False) if t >= window_start]
+        stall = round(max([longest_gap(writer.log.ok, window_start, t_end), *in_window]), 3)
     return DrillResult(
         kind=kind.value, target=target.member, old_leader=old_leader,
         new_leader=lead_after.name if lead_after else new_leader,
@@ -242,6 +250,7 @@ def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str
         lost_writes=lost_writes(writer.log.acked_ids, present),
         recovered_s=None, whole_s=round(whole_at - t_fault, 2) if whole_at else None,
         healed=healed_ok, rejoin=rejoin, notes=notes, write_errors_seen=error_digest(writer.log, t_fault),
+        longest_stall_s=stall,
     )
 
 

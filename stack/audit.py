@@ -355,6 +355,8 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
     out: list[Finding] = []
     by_member = {c.member: c for c in containers}
     expected = [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]
+    if spec.pooler.enabled:
+        expected.append(spec.pooler_member)
     for member in expected:
         c = by_member.get(member)
         name = spec.container(member)

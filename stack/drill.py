@@ -14,6 +14,7 @@ from stack.results import DrillResult
 
 class DrillKind(StrEnum):
     SWITCHOVER = "switchover"
+    SWITCHOVER_POOLED = "switchover-pooled"  # the write probe goes through the pooler
     GRACEFUL_STOP = "graceful-stop"
     HARD_KILL = "hard-kill"
     PARTITION = "partition"
@@ -23,7 +24,12 @@ class DrillKind(StrEnum):
 
     @property
     def moves_leader(self) -> bool:
-        return self in (DrillKind.SWITCHOVER, DrillKind.GRACEFUL_STOP, DrillKind.HARD_KILL, DrillKind.PARTITION)
+        return self in (DrillKind.SWITCHOVER, DrillKind.SWITCHOVER_POOLED, DrillKind.GRACEFUL_STOP,
+                        DrillKind.HARD_KILL, DrillKind.PARTITION)
+
+    @property
+    def is_switchover(self) -> bool:
+        return self in (DrillKind.SWITCHOVER, DrillKind.SWITCHOVER_POOLED)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ProbeLog:
     ok: list[float] = field(default_factory=list)
     errors: list[tuple[float, str]] = field(default_factory=list)
     acked_ids: list[int] = field(default_factory=list)  # write probe only
+    stalls: list[float] = field(default_factory=list)  # seconds from sending each successful attempt to its commit
 
 
 def longest_gap(ok: list[float], start: float, end: float) -> float:
@@ -95,6 +102,11 @@ def verdict(r: DrillResult) -> tuple[bool, str]:
         return False, f"{len(r.lost_writes)} acknowledged writes lost (first ids {r.lost_writes[:5]})"
     if not r.healed:
         return False, "the cluster did not become whole again within the bound"
+    if r.kind == DrillKind.SWITCHOVER_POOLED and r.write_errors:
+        return False, f"{r.write_errors} transactions failed through the pooler (its clients must only wait)"
+    if r.longest_stall_s is not None:
+        return True, (f"{r.kind}: longest stall {r.longest_stall_s:.2f}s through the pooler, 0 failed transactions, "
+                      f"0 of {r.writes_acked} acknowledged writes lost, whole after {r.whole_s or 0:.1f}s")
     return True, (f"{r.kind}: write gap {r.write_gap_s:.2f}s, read gap {r.read_gap_s:.2f}s, "
                   f"0 of {r.writes_acked} acknowledged writes lost, whole after {r.whole_s or 0:.1f}s")
 
@@ -114,11 +126,11 @@ def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, i
     """
     if kind.moves_leader and nodes < 2:
         raise ValueError(f"{kind} needs at least 2 nodes: a single node has nothing to fail over to")
-    if to is not None and kind not in (DrillKind.SWITCHOVER, DrillKind.REPLICA_KILL):
+    if to is not None and not kind.is_switchover and kind != DrillKind.REPLICA_KILL:
         raise ValueError(f"--to only applies to switchover and replica-kill, not {kind}")
     if to is not None and to not in replicas:
         raise ValueError(f"--to {to} is not a replica of this cluster (replicas: {', '.join(sorted(replicas)) or 'none'})")
-    if kind == DrillKind.SWITCHOVER:
+    if kind.is_switchover:
         if to is not None:
             return Target(leader, to)
         sync = sorted(m for m, (role, _) in replicas.items() if role == "sync_standby")

@@ -60,6 +60,10 @@ class PostgresError(PghaError):
     """PostgreSQL refused a connection or a query."""
 
 
+class PoolerError(PghaError):
+    """PgBouncer's admin console refused a command or cannot be reached."""
+
+
 class WaitTimeout(PghaError):
     """A named wait ran out of time; carries the last state observed."""
 

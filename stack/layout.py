@@ -15,6 +15,10 @@ HAPROXY_RW_PORT = 5432
 HAPROXY_RO_PORT = 5433
 HAPROXY_STATS_PORT = 8404
 PGBACKREST_TLS_PORT = 8432
+PGBOUNCER_PORT = 6432
+HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"  # HAProxy's runtime API (level admin), inside its container
+PGBOUNCER_INI = "pgbouncer.ini"  # in the pooler's config dir, copied to RUN_DIR by the entrypoint
+PGBOUNCER_USERLIST = "userlist.txt"  # SCRAM secrets (never passwords) of the roles that log in through it
 
 ETCD_QUOTA_BYTES = 2147483648  # etcd backend quota (2 GiB); the health audit compares the DB size with it
 # Patroni's etcd namespace (patroni.yml sets none, so Patroni's default): keys live under

@@ -20,6 +20,7 @@ from stack.layout import (
     ETCD_MOUNT,
     ETCD_PEER_PORT,
     ETCD_QUOTA_BYTES,
+    HAPROXY_ADMIN_SOCKET,
     HAPROXY_RO_PORT,
     HAPROXY_RW_PORT,
     HAPROXY_STATS_PORT,
@@ -172,7 +173,13 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
     )
     servers = [f"server {m} {spec.container(m)}:{PG_PORT}" for m in spec.node_names()]
     return [
-        CfgSection("global", ["maxconn 2000", "log stdout format raw local0 warning"]),
+        CfgSection("global", [
+            "maxconn 2000",
+            "log stdout format raw local0 warning",
+            # The runtime API: a switchover routes the new primary the moment Patroni confirms
+            # it (`set server ... health up`) instead of after fall x inter (tasks/haproxy.py).
+            f"stats socket {HAPROXY_ADMIN_SOCKET} mode 600 level admin",
+        ]),
         CfgSection("resolvers docker", [
             "nameserver dns 127.0.0.11:53",
             *(f"hold {state} 1s" for state in ("valid", "other", "refused", "nx", "timeout")),

@@ -93,6 +93,7 @@ class DrillResult(Result):
     notes: list[str] = Field(default_factory=list)
     write_errors_seen: list[str] = Field(default_factory=list)  # "+1.23s message", first few
     timeline: str = ""  # the text chart
+    longest_stall_s: float | None = None  # switchover-pooled: longest send-to-commit time through the pooler
 
 
 # ---- backups ----
@@ -231,4 +232,27 @@ class EtcdReplaceResult(Result):
     old_id: str
     new_id: str
     events: list[str]
+    elapsed_s: float
+
+
+# ---- switchover ----
+
+
+class SwitchoverTimes(Result):
+    """How one planned switchover went (seconds from its start unless said otherwise)."""
+
+    leader: str
+    candidate: str
+    pooled: bool = False  # the pooler was paused around it
+    paused_s: float | None = None  # time PAUSE took (in-flight transactions finishing)
+    routed_s: float | None = None  # from the Patroni request to HAProxy routing the candidate
+    resumed_s: float = 0.0  # the pooler's clients waited at most about this long
+    whole_s: float = 0.0  # until the old leader replicates again
+    note: str = ""  # why the runtime API did not route (the health checks did), if it did not
+
+
+class SwitchoverResult(Result):
+    scope: str
+    times: SwitchoverTimes
+    status: ClusterStatus
     elapsed_s: float

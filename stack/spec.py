@@ -27,6 +27,7 @@ class Role(StrEnum):
     ETCD = "etcd"
     PATRONI = "patroni"
     HAPROXY = "haproxy"
+    POOLER = "pooler"
 
 
 class Profile(StrEnum):
@@ -46,11 +47,12 @@ class Ports(_Strict):
     rw: int = Field(5432, ge=1024, le=65535, description="read/write port (primary)")
     ro: int = Field(5433, ge=1024, le=65535, description="read-only port (replicas)")
     stats: int = Field(8404, ge=1024, le=65535, description="HAProxy stats and /metrics")
+    pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when pooler.enabled")
 
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
         seen: dict[int, str] = {}
-        for name in ("rw", "ro", "stats"):
+        for name in ("rw", "ro", "stats", "pool"):
             port = getattr(self, name)
             if port in seen:
                 raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}; they must differ")
@@ -151,6 +153,30 @@ class BackupSpec(_Strict):
     s3: S3Repo | None = None
 
 
+class PoolMode(StrEnum):
+    """PgBouncer's pool_mode: when a server connection goes back to the pool."""
+
+    TRANSACTION = "transaction"  # after each transaction: many clients share few server connections
+    SESSION = "session"  # when the client disconnects (session state such as SET or temp tables kept)
+
+
+class PoolerSpec(_Strict):
+    """PgBouncer in front of the R/W path (`ports.pool`), next to HAProxy, connecting through it.
+
+    Off by default: a pooler publishes one more host port, and a spec written before it must
+    not collide on 6432 with another cluster on the same host. Switchovers pause it, so its
+    clients see a pause instead of an error (README "The pooler").
+    """
+
+    enabled: bool = Field(False, description="run PgBouncer on the host that runs HAProxy")
+    pool_mode: PoolMode = PoolMode.TRANSACTION
+    max_client_conn: int = Field(1000, ge=10, le=100000, description="client connections PgBouncer accepts")
+    default_pool_size: int = Field(20, ge=1, le=1000, description="server connections per database and user")
+    pause_timeout_s: float = Field(
+        10, gt=0, le=300, description="longest wait for in-flight transactions when a switchover pauses the pooler; "
+                                      "past it the switchover is refused and the pooler resumed")
+
+
 class EffectiveTiming(BaseModel):
     """The resolved timing: profile defaults with the spec's overrides applied."""
 
@@ -216,6 +242,7 @@ class ClusterSpec(_Strict):
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
     upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
     audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
+    pooler: PoolerSpec = Field(default_factory=PoolerSpec)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod
@@ -285,6 +312,11 @@ class ClusterSpec(_Strict):
     @property
     def haproxy_member(self) -> str:
         return "haproxy"
+
+    @property
+    def pooler_member(self) -> str:
+        """PgBouncer's member name; it runs on the engine (host) that runs HAProxy."""
+        return "pooler"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

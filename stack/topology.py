@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stack import backup, layout, render
+from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
 
@@ -89,4 +90,26 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.HAPROXY_STATS_PORT}/"],
         ),
         files={"haproxy.cfg": text},
+    )
+
+
+def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str, str]) -> Planned:
+    """PgBouncer on `ports.pool`, on the host that runs HAProxy, reaching the primary through it.
+
+    `scram_secrets` (role -> pg_authid SCRAM secret) become its auth_file; the config hash
+    covers them (hashed, never shown), so a changed password recreates the pooler.
+    """
+    ini = pgbouncer.render_pgbouncer_ini(spec)
+    users = pgbouncer.render_userlist(scram_secrets)
+    ports = {layout.PGBOUNCER_PORT: spec.ports.pool}
+    member = spec.pooler_member
+    return Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.POOLER.value, member=member, name=spec.container(member), image=image,
+            network=spec.network, command=[],
+            config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS),
+            config_dir=conf_dir, ports=ports,
+            healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
+        ),
+        files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users},
     )

@@ -361,10 +361,16 @@ class Engine:
         return ports
 
     def port_owner(self, port: int) -> str | None:
-        """The pgha cluster publishing `port`, if any."""
-        for ct in self.client.containers.list(filters={"label": LABEL_CLUSTER}):
-            if port in _published(ct):
-                return str(ct.labels.get(LABEL_CLUSTER))
+        """The pgha cluster publishing `port`, if any.
+
+        One listing call (not a list then one inspect per container): another cluster's
+        container removed meanwhile must not fail the check with "No such container".
+        """
+        with _engine_call("listing containers"):
+            rows = self.client.api.containers(all=False, filters={"label": LABEL_CLUSTER})
+        for row in rows:
+            if any(p.get("PublicPort") == port for p in row.get("Ports") or []):
+                return str((row.get("Labels") or {}).get(LABEL_CLUSTER))
         return None
 
     # ---- observations (audit) ----

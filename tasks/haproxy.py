@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+from collections.abc import Callable
 
 import httpx
 
 from stack.audit import Backend
 from stack.errors import HaproxyError
-from stack.layout import CONFIG_MOUNT
+from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
 from stack.spec import ClusterSpec
 from tasks.node_exec import node
 
@@ -74,3 +76,72 @@ def reload(spec: ClusterSpec) -> None:
     r = n.run(["kill", "-USR2", "1"], user="root")
     if not r.ok:
         raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
+
+
+# Inside HAProxy's container: poll the candidate's Patroni /leader every 50 ms and, the moment
+# it answers 200 (it holds the leader lock: the old leader has demoted and released it), send
+# one line of runtime-API commands. Not /primary: Patroni turns that to 200 only after its
+# once-a-second check of pg_controldata, up to a second after the promotion.
+# $1 candidate host, $2 attempts, $3 the commands.
+_ROUTE_SCRIPT = (
+    f'i=0; until curl -fsS -o /dev/null --max-time 0.3 "http://$1:{PATRONI_API_PORT}/leader" 2>/dev/null; do '
+    'i=$((i+1)); [ "$i" -ge "$2" ] && exit 3; sleep 0.05; done; '
+    f'printf "%s\\n" "$3" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"'
+)
+
+
+def runtime(spec: ClusterSpec, commands: list[str]) -> str:
+    """Send runtime-API commands (one line, `;`-separated) to HAProxy's admin socket; its answer."""
+    line = ";".join(commands)
+    r = node(spec, spec.haproxy_member).run(
+        ["sh", "-c", f'printf "%s\\n" "$1" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"', "sh", line],
+        user="root", timeout=5)
+    if not r.ok:
+        raise HaproxyError(f"HAProxy runtime API: {r.tail(1)}")
+    _check_answer(r.out)
+    return r.out
+
+
+def _check_answer(out: str) -> None:
+    bad = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    if bad:  # a successful `set server` prints nothing
+        raise HaproxyError(f"HAProxy runtime API refused: {bad[0][:200]}")
+
+
+def route_commands(primary: str, others: list[str]) -> list[str]:
+    """Runtime-API commands that make `primary` the only server up in the R/W backend."""
+    return [f"set server primary/{primary} health up",
+            *(f"set server primary/{m} health down" for m in others)]
+
+
+def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout: float,
+                  give_up: Callable[[], bool] = lambda: False) -> float:
+    """Route R/W to `candidate` the moment its Patroni holds the leader lock; seconds waited.
+
+    PostgreSQL may still be finishing its promotion then: the caller waits until the R/W
+    port answers writable (`tasks.postgres.wait_writable`) before it lets the pooler go.
+
+    The wait runs in HAProxy's container in slices of about a second, so `give_up` (the
+    switchover request failed) is looked at between slices. Health checks keep running: if
+    the candidate were not the primary after all, the next check would take it out again.
+    """
+    started = time.monotonic()
+    n = node(spec, spec.haproxy_member)
+    # Only servers HAProxy has (a scale in progress may differ from the spec): the runtime API
+    # would answer "No such server." for the others.
+    known = set(backend_states(spec)["primary"])
+    if candidate not in known:
+        raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
+    cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
+    while True:
+        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "15", cmds], user="root", timeout=10)
+        if r.ok:
+            _check_answer(r.out)
+            return time.monotonic() - started
+        if r.code != 3:
+            raise HaproxyError(f"routing {candidate} through HAProxy's runtime API failed: {r.tail(1)}")
+        if give_up():
+            raise HaproxyError(f"{candidate} never became the primary; R/W routing left to the health checks")
+        if time.monotonic() - started > timeout:
+            raise HaproxyError(f"{candidate} did not answer as the primary within {timeout:g}s; "
+                               "R/W routing left to the health checks")

@@ -9,6 +9,7 @@ at one particular member — a member has no port published on the host.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -26,21 +27,22 @@ from tasks._prefect import READ_ONLY
 from tasks.node_exec import node
 
 
-def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres") -> str:
-    """Connection URI; the password appears only when explicitly passed."""
-    port = spec.ports.ro if read_only else spec.ports.rw
+def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
+        pooled: bool = False) -> str:
+    """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed."""
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}"
 
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
             dbname: str = "postgres", autocommit: bool = True, application_name: str = "pgha",
-            keepalives: bool = False) -> psycopg.Connection:
-    """A connection through HAProxy's R/W (or R/O) port; one-line PostgresError when refused.
+            keepalives: bool = False, pooled: bool = False) -> psycopg.Connection:
+    """A connection through HAProxy's R/W (or R/O) port, or the pooler's; one-line PostgresError when refused.
 
     `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
     """
-    port = spec.ports.ro if read_only else spec.ports.rw
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     extra: dict[str, int] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
                               "keepalives_count": 2} if keepalives else {})
     try:
@@ -63,6 +65,24 @@ def probe(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> EndpointProbe
     with connect(spec, secrets, read_only=read_only) as conn:
         row = conn.execute("select pg_is_in_recovery()").fetchone()
     return EndpointProbe(spec.ports.ro if read_only else spec.ports.rw, bool(row and row[0]))
+
+
+def wait_writable(spec: ClusterSpec, secrets: Secrets, timeout: float) -> float:
+    """Wait until a new connection on the R/W port reaches a primary out of recovery; seconds waited.
+
+    Polled every 50 ms with a fresh connection each time (what a pooler's new server
+    connection or a reconnecting client gets), so it ends as soon as writes can succeed.
+    """
+    started = time.monotonic()
+
+    def attempt() -> EndpointProbe:
+        with connect(spec, secrets, timeout=1) as conn:
+            row = conn.execute("select pg_is_in_recovery()").fetchone()
+        return EndpointProbe(spec.ports.rw, bool(row and row[0]))
+
+    wait_for(f"R/W port {spec.ports.rw} to reach a writable primary", attempt, lambda p: not p.in_recovery,
+             timeout=timeout, interval=0.05)
+    return time.monotonic() - started
 
 
 @task(name="wait-endpoints", **READ_ONLY)
@@ -149,6 +169,20 @@ def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15) -> str
     if not r.ok:
         raise PostgresError(f"{member}: {r.tail(1)}")
     return r.out.strip()
+
+
+def scram_secrets(spec: ClusterSpec, member: str, roles: tuple[str, ...]) -> dict[str, str]:
+    """The SCRAM secrets pg_authid stores for `roles` (those that have one), read on `member`.
+
+    They go only into the pooler's 0600 auth_file; never logged, never in a message.
+    """
+    names = ",".join(literal(r) for r in roles)
+    where = f"rolname in ({names}) and rolcanlogin and rolpassword like 'SCRAM-SHA-256$%'"
+    out = node_sql(spec, member, f"select rolname || ' ' || rolpassword from pg_authid where {where}")  # noqa: S608
+    found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    if not found:
+        raise PostgresError(f"{member}: none of {', '.join(roles)} has a SCRAM secret for the pooler")
+    return found
 
 
 def checkpoint(spec: ClusterSpec, member: str) -> None:

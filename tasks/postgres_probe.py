@@ -22,9 +22,10 @@ from tasks.postgres import PROBE_TABLE, connect
 
 class Probe(threading.Thread):
     def __init__(self, spec: ClusterSpec, secrets: Secrets, run: str, write: bool,
-                 interval: float = 0.05, max_seconds: float = 600) -> None:
+                 interval: float = 0.05, max_seconds: float = 600, pooled: bool = False) -> None:
         super().__init__(name=f"pgha-{'write' if write else 'read'}-probe", daemon=True)
         self.spec, self.secrets, self.run_id, self.write = spec, secrets, run, write
+        self.pooled = pooled  # through the pooler's port instead of HAProxy's R/W port
         self.interval, self.max_seconds = interval, max_seconds
         self.log = ProbeLog()
         self._stop_evt = threading.Event()
@@ -36,7 +37,7 @@ class Probe(threading.Thread):
         # Never statement_timeout on writes: a cancelled wait for synchronous replication
         # reports success for a local-only commit.
         return connect(self.spec, self.secrets, read_only=not self.write, timeout=2,
-                       application_name="pgha-probe", keepalives=True)
+                       application_name="pgha-probe", keepalives=True, pooled=self.pooled)
 
     def run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -56,6 +57,7 @@ class Probe(threading.Thread):
                     if not (row and row[0]):
                         raise psycopg.OperationalError("R/O port reached a primary")
                 self.log.ok.append(time.monotonic())
+                self.log.stalls.append(self.log.ok[-1] - began)
             except (psycopg.Error, PostgresError) as exc:
                 self.log.errors.append((time.monotonic(), (str(exc).strip().splitlines() or ["error"])[0][:120]))
                 if conn is not None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import yaml
 from prefect import task
 
 from stack.cluster import ClusterView, assess, led_by, quorum
-from stack.errors import PghaError
-from stack.results import ClusterStatus, MemberRow
+from stack.errors import HaproxyError, PatroniError, PghaError
+from stack.pooler import pooler_problems
+from stack.results import ClusterStatus, MemberRow, SwitchoverTimes
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, postgres
+from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, READ_ONLY
+from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -34,6 +38,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
 
     expected = [(m, "etcd") for m in spec.etcd_names()] + [(m, "patroni") for m in spec.node_names()]
     expected.append((spec.haproxy_member, "haproxy"))
+    if spec.pooler.enabled:
+        expected.append((spec.pooler_member, "pooler"))
     for member, role in expected:
         name = spec.container(member)
         ct = containers.get(name)
@@ -76,6 +82,10 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             st.problems.append("HAProxy R/O port has no replica up")
     except PghaError as exc:
         st.problems.append(str(exc))
+    if spec.pooler.enabled:
+        obs = pgbouncer.observe(spec)
+        st.endpoints |= {"pool": postgres.dsn(spec, pooled=True), "pooler": obs.summary()}
+        st.problems += pooler_problems(obs, spec)
     st.healthy = not st.problems
     return st
 
@@ -112,14 +122,67 @@ def require_healthy(spec: ClusterSpec, doing: str) -> ClusterView:
     return patroni.cluster_view(spec)
 
 
+def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> SwitchoverTimes:
+    """The pooler-aware switchover: PAUSE → Patroni switchover → route at once → RESUME.
+
+    1. PAUSE the pooler (when the spec runs one): in-flight transactions finish, new ones
+       queue in PgBouncer, every server connection to the old primary is closed.
+    2. Ask Patroni (on the leader) for the switchover, in a thread: its reply comes up to a
+       second after the fact (Patroni polls its outcome once a second).
+    3. Meanwhile HAProxy's container polls the candidate's /leader every 50 ms and, the
+       moment it holds the leader lock, the runtime API marks it up and the others down in
+       the R/W backend (instead of `fall x inter` of health checks; those keep running and
+       stay the truth for an unplanned failover). Then new connections on the R/W port are
+       tried every 50 ms until one is out of recovery (the promotion has finished).
+    4. RESUME — always, even when 2 or 3 failed: queued clients then run on the new primary.
+    """
+    t0 = time.monotonic()
+    others = [m for m in spec.node_names() if m != candidate]
+    times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.pooler.enabled)
+    pool_ctx = pgbouncer.paused(spec) if spec.pooler.enabled else nullcontext()
+    with ThreadPoolExecutor(1, thread_name_prefix="switchover") as pool:
+        with pool_ctx:
+            times.paused_s = round(time.monotonic() - t0, 3) if spec.pooler.enabled else None
+            asked = time.monotonic()
+            request = pool.submit(patroni.switchover, spec, leader, candidate)
+            try:
+                haproxy.route_primary(spec, candidate, others, timeout, give_up=request.done)
+            except HaproxyError as exc:
+                refused = request.exception() if request.done() else None
+                if refused is not None:
+                    raise refused from None  # Patroni's own reason says more than "never routed"
+                # Routing is left to the health checks; the wait below still holds the pooler
+                # until the R/W port reaches a writable primary.
+                times.note = str(exc)
+            postgres.wait_writable(spec, cluster_secrets(spec.scope), timeout)
+            times.routed_s = round(time.monotonic() - asked, 3)
+        times.resumed_s = round(time.monotonic() - t0, 3)
+        try:
+            request.result()
+        except PatroniError:
+            # Patroni's own poll can give up while the switchover in fact happened: the
+            # cluster decides (the wait below), not the reply.
+            lead = patroni.cluster_view(spec).leader()
+            if lead is None or lead.name != candidate:
+                raise
+    return times
+
+
 @task(name="switchover", **ONCE)
 def switchover(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> str:
-    """Hand the leadership to `candidate` and wait until it leads and the cluster is whole again."""
-    patroni.switchover(spec, leader, candidate)
+    """Hand the leadership to `candidate` (`hand_over`) and wait until it leads and the cluster is whole again."""
+    switchover_and_wait(spec, leader, candidate, timeout)
+    return candidate
+
+
+def switchover_and_wait(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> SwitchoverTimes:
+    times = hand_over(spec, leader, candidate, timeout)
+    started = time.monotonic()
     wait_for(f"{candidate} to lead and {leader} to replicate", lambda: patroni.cluster_view(spec),
              lambda v: led_by(v, spec, candidate), timeout=timeout, interval=0.5,
              describe=lambda v: assess(v, spec).reason)
-    return candidate
+    times.whole_s = round(times.resumed_s + time.monotonic() - started, 3)
+    return times
 
 
 def store_spec(spec: ClusterSpec) -> None:

@@ -20,9 +20,11 @@ from stack import topology
 from stack.backup import repo_volume
 from stack.cluster import assess
 from stack.errors import StateError
+from stack.pooler import POOLED_ROLES
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, images, patroni, postgres
+from stack.wait import wait_for
+from tasks import docker_hosts, etcd, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import config_dir, secrets_file, write_private
@@ -42,7 +44,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
-    for key in ("rw", "ro", "stats"):
+    for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):
         port = int(getattr(spec.ports, key))
         if port in own:
             continue
@@ -115,6 +117,28 @@ def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet:
     return outcome.value
 
 
+@task(name="ensure-pooler", **SIDE_EFFECT)
+def ensure_pooler(spec: ClusterSpec, image: str) -> str:
+    """PgBouncer next to HAProxy with the SCRAM secrets of pg_authid; removed when the spec turns it off."""
+    engine = docker_hosts.engines(spec).of(spec.haproxy_member)  # "on the host that runs HAProxy"
+    name = spec.container(spec.pooler_member)
+    if not spec.pooler.enabled:
+        return "removed" if engine.remove_container(name) else "absent"
+    lead = patroni.cluster_view(spec).leader()
+    if lead is None:
+        raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
+    secrets = postgres.scram_secrets(spec, lead.name, POOLED_ROLES)
+    planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
+    for fname, text in planned.files.items():
+        write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)
+    outcome = engine.ensure_container(planned.container)
+    wait_for(f"the pooler on 127.0.0.1:{spec.ports.pool} to answer", lambda: pgbouncer.observe(spec),
+             lambda o: o.reachable, timeout=30, interval=0.3, describe=lambda o: o.error,
+             logs=lambda: engine.logs(name, tail=20))
+    get_run_logger().info("pooler %s: %s", name, outcome.value)
+    return outcome.value
+
+
 def converge(spec: ClusterSpec) -> BootstrapResult:
     """Make the cluster of `spec` exist, run and route; the caller holds the cluster's lock."""
     log = get_run_logger()
@@ -143,6 +167,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     outcomes[spec.haproxy_member] = haproxy_run.result()
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
+    if (pooler := ensure_pooler(spec, image)) != "absent":
+        outcomes[spec.pooler_member] = pooler
 
     st = cluster_status(spec)
     elapsed = round(time.monotonic() - started, 1)

@@ -25,10 +25,22 @@ case "$role" in
     exec setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql patroni /run/pgha/patroni.yml
     ;;
   haproxy)
+    # The runtime API socket (`stats socket` in haproxy.cfg) lives here.
+    install -d -m 0700 /run/haproxy
     exec haproxy -W -db -f /etc/pgha/haproxy.cfg
     ;;
+  pooler)
+    # PgBouncer as postgres: its config and the SCRAM secrets file (0600, root) are copied
+    # into a directory only postgres reads; the admin console's Unix socket lets `docker exec
+    # -u postgres psql` in without a password (same UID as the running process).
+    install -d -o postgres -g postgres -m 0700 /run/pgha
+    install -o postgres -g postgres -m 0600 /etc/pgha/pgbouncer.ini /run/pgha/pgbouncer.ini
+    install -o postgres -g postgres -m 0600 /etc/pgha/userlist.txt /run/pgha/userlist.txt
+    install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+    exec setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql pgbouncer /run/pgha/pgbouncer.ini
+    ;;
   *)
-    echo "pgha-entrypoint: unknown role '$role' (expected etcd, patroni or haproxy)" >&2
+    echo "pgha-entrypoint: unknown role '$role' (expected etcd, patroni, haproxy or pooler)" >&2
     exit 64
     ;;
 esac

@@ -106,7 +106,7 @@ def test_result_rendered_or_dumped_as_json(api: FakeApi) -> None:
      "pgha: error: --interval-ms must be between 10 and 5000, not 5 (see `root drill --help`)"),
     (["upgrade", "--image", "x", "--node-timeout", "3601"],
      "pgha: error: --node-timeout must be between 10 and 3600, not 3601 (see `root upgrade --help`)"),
-    (["drill", "meteor"], "pgha: error: invalid value for 'kind': 'meteor' is not one of 'switchover', 'graceful-stop', "
+    (["drill", "meteor"], "pgha: error: invalid value for 'kind': 'meteor' is not one of 'switchover', 'switchover-pooled', 'graceful-stop', "
                           "'hard-kill', 'partition', 'replica-kill', 'etcd-member-loss', 'haproxy-restart'. "
                           "(see `root drill --help`)"),
     (["backup", "--type", "weekly"],

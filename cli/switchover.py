@@ -1,0 +1,41 @@
+"""`pgha switchover`: the planned switchover as an operator verb (pooler-aware)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli import render
+from cli.core import (
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    checks,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
+from stack.results import SwitchoverResult
+
+
+@app.command()
+@command(render.switchover, flows=True)
+def switchover(to: str | None = typer.Option(None, "--to", help="the replica to hand over to (default: the sync standby)"),
+               spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+               as_json: bool = JsonOpt) -> Done[SwitchoverResult]:
+    """Hand the leadership to a replica: pooler paused (clients wait, never fail), routed at once, resumed."""
+    spec = resolve_spec(spec_file, scope)
+    from flows.switchover import preflight
+    from flows.switchover import switchover as switchover_flow
+
+    require_engines(spec)
+    with checks() as check:
+        check(preflight, spec, to)  # refusals are one line, before the flow starts
+        warm()
+        return Done(run_flow(switchover_flow, spec, to=to, wait_seconds=wait), spec)

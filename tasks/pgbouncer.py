@@ -1,0 +1,147 @@
+"""PgBouncer: its admin console, the only place the pooler is touched.
+
+The console is reached on the pooler's published port (127.0.0.1:`ports.pool`, database
+`pgbouncer`) as the superuser, an `admin_users` entry: one psycopg connection, opened before a
+switchover, carries PAUSE and RESUME, so resuming costs a round trip and not a `docker exec`
+(about 0.1 s) while clients wait. The console speaks only the simple query protocol, hence
+`ClientCursor`. Failures raise `PoolerError` with one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from stack.errors import PoolerError
+from stack.layout import SUPERUSER
+from stack.pooler import ADMIN_DB, PoolerObs, parse_pools
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec
+from tasks.host.secrets import cluster_secrets
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Admin:
+    """One admin-console session of the pooler on 127.0.0.1:`ports.pool`."""
+
+    def __init__(self, spec: ClusterSpec, secrets: Secrets | None = None, timeout: int = 3) -> None:
+        self.spec, self.port = spec, spec.ports.pool
+        s = self.secrets = secrets or cluster_secrets(spec.scope)
+        try:
+            # The password goes to libpq as a keyword, never into a URI, an argv or a message.
+            self.conn = psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, password=s.superuser,
+                                        dbname=ADMIN_DB, connect_timeout=timeout, autocommit=True,
+                                        cursor_factory=psycopg.ClientCursor)
+        except psycopg.Error as exc:
+            raise PoolerError(f"pooler admin console on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def command(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except psycopg.Error as exc:
+            raise PoolerError(f"pooler {sql.split()[0]} on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
+
+    def show(self, what: str) -> list[dict[str, object]]:
+        """SHOW <what> as one dict per row (column name -> value)."""
+        try:
+            cur = self.conn.execute(f"SHOW {what}")
+            cols = [d.name for d in cur.description or []]
+            return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
+        except psycopg.Error as exc:
+            raise PoolerError(f"pooler SHOW {what} on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
+
+    def pause(self, timeout_s: float) -> None:
+        """PAUSE: wait until every in-flight transaction has finished and its server connection is closed.
+
+        New transactions queue meanwhile. PAUSE blocks its session until done, so it runs on a
+        second session in a thread while this one stays free for RESUME: past `timeout_s` (a
+        transaction that does not end) the pause is undone here and PoolerError raised.
+        """
+        pauser = Admin(self.spec, self.secrets)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                pauser.conn.execute("PAUSE")
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                failure.append(exc)
+
+        t = threading.Thread(target=run, name="pgbouncer-pause", daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if t.is_alive():
+            self.resume()
+            t.join(2)
+            if not t.is_alive():
+                pauser.close()  # else left to the daemon thread: closing a busy session could block
+            raise PoolerError(f"the pooler could not pause within {timeout_s:g}s (a transaction kept running); "
+                              "it was resumed and nothing else was changed")
+        pauser.close()
+        if failure:
+            raise PoolerError(f"pooler PAUSE on 127.0.0.1:{self.port}: {_first_line(failure[0])}") from None
+
+    def resume(self) -> None:
+        """RESUME; a pooler that is not paused is left as it is."""
+        try:
+            self.conn.execute("RESUME")
+        except psycopg.Error as exc:
+            if "not paused" in str(exc).lower():
+                return
+            raise PoolerError(f"pooler RESUME on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
+
+
+@contextmanager
+def admin(spec: ClusterSpec, secrets: Secrets | None = None) -> Iterator[Admin]:
+    a = Admin(spec, secrets)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@contextmanager
+def paused(spec: ClusterSpec, secrets: Secrets | None = None) -> Iterator[Admin]:
+    """The pooler paused for the block (its clients queue), and ALWAYS resumed after it.
+
+    The RESUME goes through the session that paused; should that session have died, a new
+    one is opened to resume, and only if that fails too is the error raised.
+    """
+    a = Admin(spec, secrets)
+    try:
+        a.pause(spec.pooler.pause_timeout_s)
+        yield a
+    finally:
+        try:
+            a.resume()
+        except PoolerError:
+            with admin(spec, secrets) as b:
+                b.resume()
+        finally:
+            a.close()
+
+
+def observe(spec: ClusterSpec, secrets: Secrets | None = None) -> PoolerObs:
+    """Pools, waiting clients and server connections; never raises (unreachable is an observation)."""
+    try:
+        with admin(spec, secrets) as a:
+            pools = parse_pools(a.show("POOLS"))
+            paused_now = any(str(r.get("paused", "0")) == "1" for r in a.show("DATABASES"))
+    except PoolerError as exc:
+        return PoolerObs(reachable=False, error=str(exc))
+    return PoolerObs(reachable=True, pools=pools, paused=paused_now)
+
+
+def stats(spec: ClusterSpec, secrets: Secrets | None = None) -> list[dict[str, object]]:
+    """SHOW STATS rows (per database: transactions, queries, bytes, wait and transaction times)."""
+    with admin(spec, secrets) as a:
+        return a.show("STATS")
