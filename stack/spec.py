@@ -27,6 +27,7 @@ class Role(StrEnum):
     ETCD = "etcd"
     PATRONI = "patroni"
     HAPROXY = "haproxy"
+    FENCER = "fencer"
 
 
 class Profile(StrEnum):
@@ -216,6 +217,10 @@ class ClusterSpec(_Strict):
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
     upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
     audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
+    fencing: bool = Field(True, description="run the fencing watcher: a leader the engine confirms dead loses "
+                                            "its leader key at once instead of after Patroni's ttl")
+    failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
+                                                  "quorum as long as it reaches every member's REST API")
 
     @field_validator("scope")
     @classmethod
@@ -285,6 +290,10 @@ class ClusterSpec(_Strict):
     @property
     def haproxy_member(self) -> str:
         return "haproxy"
+
+    @property
+    def fencer_member(self) -> str:
+        return "fencer"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -34,6 +34,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
 
     expected = [(m, "etcd") for m in spec.etcd_names()] + [(m, "patroni") for m in spec.node_names()]
     expected.append((spec.haproxy_member, "haproxy"))
+    if spec.fencing:
+        expected.append((spec.fencer_member, "fencer"))
     for member, role in expected:
         name = spec.container(member)
         ct = containers.get(name)
