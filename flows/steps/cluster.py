@@ -47,7 +47,9 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             ms.pg_role, ms.pg_state, ms.timeline, ms.lag_bytes = pm.role.value, pm.state, pm.timeline, pm.lag
         elif role == "patroni":
             ms.pg_state = "not registered"
-        if state != "running":
+        # Without the fencing watcher failover still works (by ttl): shown, and warned by the
+        # audit, but not a reason to call the cluster unhealthy (and refuse drills or changes).
+        if state != "running" and role != "fencer":
             st.problems.append(f"{name} is {state}")
         st.members.append(ms)
 
