@@ -249,7 +249,7 @@ class Engine:
 
     def cluster_containers(self, scope: str, role: str | None = None) -> list[Container]:
         flt: list[str] = [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
-        return list(self.client.containers.list(all=True, filters={"label": flt}))
+        return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
 
     def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False) -> dict[str, list[str]]:
         """Remove every container and network (and volumes if asked) with these labels."""
@@ -378,7 +378,7 @@ class Engine:
 
     def port_owner(self, port: int) -> str | None:
         """The pgha cluster publishing `port`, if any."""
-        for ct in self.client.containers.list(filters={"label": LABEL_CLUSTER}):
+        for ct in self.client.containers.list(filters={"label": LABEL_CLUSTER}, ignore_removed=True):
             if port in _published(ct):
                 return str(ct.labels.get(LABEL_CLUSTER))
         return None
