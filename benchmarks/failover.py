@@ -6,6 +6,14 @@ alternating. Prints every run, then medians of the write gap, the ratio fast/def
 the acknowledged writes lost (which must be 0).
 
     .venv/bin/python benchmarks/failover.py [--runs 3] [--kinds switchover,graceful-stop,hard-kill]
+
+`--suite fencing` measures the limits instead, on one 3-node / 3-etcd cluster: hard-kill with
+the fencing watcher vs without it (the fencer container stopped), alternating, `--runs` each;
+`freeze` of the leader for ttl + 5 s (`--freeze-runs`); and `etcd-quorum-loss` of
+`--outage` seconds with failsafe_mode on vs off (`--quorum-runs` each). Prints every run and
+min / median / max of the write gap, the ratio fenced/unfenced, and the writes lost.
+
+    .venv/bin/python benchmarks/failover.py --suite fencing [--runs 5] [--freeze-runs 3] [--quorum-runs 1] [--outage 60]
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ os.environ.pop("PREFECT_API_URL", None)
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.drill import drill  # noqa: E402
 from stack.drill import DrillKind  # noqa: E402
+from stack.results import DrillResult  # noqa: E402
 from stack.spec import parse_spec  # noqa: E402
 from tasks import images  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
@@ -40,11 +49,72 @@ PROFILES = {
 }
 
 
+FENCE = parse_spec({"scope": "pgha-bench-fence", "ports": {"rw": 26050, "ro": 26051, "stats": 26052}})
+
+
+def _dist(xs: list[float]) -> str:
+    return f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f} s" if xs else "-"
+
+
+def fencing_suite(runs: int, freeze_runs: int, quorum_runs: int, outage: int) -> None:
+    """Hard-kill fenced vs unfenced, freeze, etcd-quorum-loss failsafe on vs off, on one cluster."""
+    eng = local_engine()
+    fencer = FENCE.container(FENCE.fencer_member)
+    gaps: dict[str, list[float]] = {}
+    lost: dict[str, int] = {}
+
+    def record(name: str, r: DrillResult, i: int) -> None:
+        gaps.setdefault(name, []).append(r.write_gap_s)
+        lost[name] = lost.get(name, 0) + len(r.lost_writes)
+        print(f"run {i + 1} {name:32} write gap {r.write_gap_s:6.2f} s  lost {len(r.lost_writes)}  "
+              f"acked {r.writes_acked}  whole after {r.whole_s} s", flush=True)
+
+    try:
+        eng.remove_labelled(FENCE.scope, volumes=True)
+        images.ensure_image(FENCE)
+        bootstrap(FENCE)
+        for i in range(runs):
+            record("hard-kill, fenced", drill(FENCE, DrillKind.HARD_KILL), i)
+            eng.stop(fencer, timeout=5)
+            try:
+                record("hard-kill, unfenced (ttl)", drill(FENCE, DrillKind.HARD_KILL), i)
+            finally:
+                eng.start(fencer)
+        for i in range(freeze_runs):
+            record(f"freeze {FENCE.timing.ttl + 5}s", drill(FENCE, DrillKind.FREEZE), i)
+        off = FENCE.model_copy(update={"failsafe_mode": False})
+        for i in range(quorum_runs):
+            record(f"etcd-quorum-loss {outage}s, failsafe on", drill(FENCE, DrillKind.ETCD_QUORUM_LOSS, seconds=outage), i)
+            bootstrap(off)
+            try:
+                record(f"etcd-quorum-loss {outage}s, failsafe off",
+                       drill(off, DrillKind.ETCD_QUORUM_LOSS, seconds=outage), i)
+            finally:
+                bootstrap(FENCE)
+    finally:
+        eng.remove_labelled(FENCE.scope, volumes=True)
+    print()
+    print("| drill | write gap min / median / max | runs | lost writes (all runs) |")
+    print("|---|---|---|---|")
+    for name, xs in gaps.items():
+        print(f"| {name} | {_dist(xs)} | {len(xs)} | {lost[name]} |")
+    f, u = gaps.get("hard-kill, fenced"), gaps.get("hard-kill, unfenced (ttl)")
+    if f and u:
+        print(f"\nratio fenced/unfenced (medians): {statistics.median(f) / statistics.median(u):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kinds", default="switchover,graceful-stop,hard-kill")
+    ap.add_argument("--suite", choices=["profiles", "fencing"], default="profiles")
+    ap.add_argument("--freeze-runs", type=int, default=3)
+    ap.add_argument("--quorum-runs", type=int, default=1)
+    ap.add_argument("--outage", type=int, default=60, help="etcd-quorum-loss seconds")
     args = ap.parse_args()
+    if args.suite == "fencing":
+        fencing_suite(args.runs, args.freeze_runs, args.quorum_runs, args.outage)
+        return
     kinds = [DrillKind(k) for k in args.kinds.split(",")]
     gaps: dict[tuple[str, str], list[float]] = {}
     lost: dict[tuple[str, str], int] = {}

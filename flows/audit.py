@@ -26,7 +26,7 @@ from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
+from tasks import docker_hosts, etcd, fencer, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -131,6 +131,25 @@ def gather_disks(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
+@task(name="audit-fencing", **READ_ONLY)
+def gather_fencing(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: fencer.stats(spec) if spec.fencing else {})
+
+
+@task(name="audit-failsafe", **READ_ONLY)
+def gather_failsafe(spec: ClusterSpec) -> Gathered:
+    """(failsafe_mode in the dynamic config, nodes whose Patroni runs on failsafe now)."""
+    def go() -> tuple[bool, list[str]]:
+        active = []
+        for m in spec.node_names():
+            st, _ = _safe(lambda m=m: patroni.member_status(spec, m))
+            if st and st.get("failsafe_mode_is_active"):
+                active.append(m)
+        return bool(patroni.dynamic_config(spec).get("failsafe_mode", False)), active
+
+    return _safe(go)
+
+
 def _baseline_file(spec: ClusterSpec) -> Any:
     return cluster_dir(spec.scope) / "audit-baseline.json"
 
@@ -174,6 +193,12 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if spec.pooler.enabled and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
+    if "fencing" in got:
+        stats, f_err = got["fencing"]
+        findings += A.check_fencing(stats, spec, time.time(), f_err)
+    if "failsafe" in got:
+        fs, fs_err = got["failsafe"]
+        findings += A.check_failsafe(fs[0] if fs else None, fs[1] if fs else [], spec, fs_err)
     return findings
 
 
@@ -182,7 +207,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     t0 = time.monotonic()
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
-                 "disks": gather_disks, "pooler": gather_pooler}
+                 "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
+                 "failsafe": gather_failsafe}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

@@ -20,7 +20,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.steps.cluster import hand_over, require_healthy, wait_healthy
 from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
-from stack.drill import DrillKind, Target, choose_target, error_digest, longest_gap, lost_writes, timeline, verdict
+from stack.drill import (
+    DrillKind,
+    Target,
+    choose_target,
+    error_digest,
+    fault_seconds,
+    longest_gap,
+    lost_writes,
+    timeline,
+    verdict,
+)
 from stack.errors import PghaError, UsageError
 from stack.results import DrillResult
 from stack.secrets import Secrets
@@ -49,6 +59,8 @@ def heal(spec: ClusterSpec, member: str) -> str:
     engine = docker_hosts.engines(spec).of(member)
     name = spec.container(member)
     done = []
+    if engine.find_container(name) is not None and engine.unpause(name):
+        done.append("unpaused")
     if engine.connect(name, spec.network):
         done.append("network reattached")
     if engine.start(name):
@@ -70,7 +82,7 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
         return None
     pending = json.loads(path.read_text())
     member = str(pending["member"])
-    what = heal(spec, member)
+    what = "; ".join(heal(spec, m) for m in [member, *pending.get("also", [])])
     if member in spec.node_names():
         wait_back(spec, member, float(pending.get("since", 0)), 180)
     wait_healthy(spec, 180, stable_s=1.0)
@@ -94,6 +106,11 @@ def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
         engine.disconnect(name, spec.network)
     elif kind == DrillKind.HAPROXY_RESTART:
         engine.restart(name, timeout=5)
+    elif kind == DrillKind.FREEZE:
+        engine.pause(name)
+    elif kind == DrillKind.ETCD_QUORUM_LOSS:
+        for member in target.members:
+            docker_hosts.engines(spec).of(member).stop(spec.container(member), timeout=10)
 
 
 def _old_side(spec: ClusterSpec, member: str) -> str:
@@ -105,8 +122,57 @@ def _old_side(spec: ClusterSpec, member: str) -> str:
     return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
 
 
+def _primaries(spec: ClusterSpec) -> list[str]:
+    """Nodes whose own Patroni says they run a writable primary (asked one by one: etcd may be gone)."""
+    out = []
+    for m in spec.node_names():
+        try:
+            st = patroni.member_status(spec, m)
+        except PghaError:
+            continue
+        if st.get("role") in ("primary", "master") and st.get("state") == "running":
+            out.append(m + (" (failsafe)" if st.get("failsafe_mode_is_active") else ""))
+    return out
+
+
+def _await_window(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: Probe, t_fault: float,
+                  seconds: int) -> tuple[str, list[str]]:
+    """A timed fault: watch the cluster until its window ends (the caller then undoes the fault).
+
+    Samples which nodes run a writable primary every few seconds: more than one at any time
+    would be a split brain, and is noted as such.
+    """
+    notes: list[str] = []
+    end = t_fault + seconds
+    seen: list[tuple[float, list[str]]] = []
+
+    def sample() -> float:
+        now = time.monotonic()
+        if not seen or now - seen[-1][0] >= 3:
+            seen.append((now, _primaries(spec)))
+        return now
+
+    wait_for(f"the {kind.value} window of {seconds}s", sample, lambda now: now >= end, timeout=seconds + 60,
+             interval=0.5)
+    split = [(round(t - t_fault, 1), p) for t, p in seen if len(p) > 1]
+    counts = sorted({len(p) for _, p in seen})
+    notes.append(f"{len(seen)} samples during the {seconds}s fault: writable primaries per sample {counts}"
+                 + (f"; SPLIT BRAIN at {split[:3]}" if split else "; never more than one"))
+    if seen:
+        notes.append(f"primary at the end of the fault: {', '.join(seen[-1][1]) or 'none (read-only)'}")
+    acked = [t for t in writer.log.ok if t_fault <= t <= end]
+    notes.append(f"{len(acked)} writes acknowledged while the fault lasted")
+    if kind == DrillKind.FREEZE:
+        try:
+            lead = patroni.cluster_view(spec).leader()
+            return (lead.name if lead else old_leader), notes
+        except PghaError:
+            return old_leader, notes
+    return old_leader, notes
+
+
 def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: Probe, reader: Probe,
-                    t_fault: float, timeout: float) -> tuple[str, list[str]]:
+                    t_fault: float, timeout: float, seconds: int = 0) -> tuple[str, list[str]]:
     """Wait until clients are served again after the fault; returns (leader, notes)."""
     notes: list[str] = []
 
@@ -114,6 +180,8 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
         lead = patroni.cluster_view(spec).leader()
         return lead.name if lead else ""
 
+    if kind.timed:
+        return _await_window(spec, kind, old_leader, writer, t_fault, seconds)
     if kind.moves_leader:
         new = wait_for("a new Patroni leader", leader_now, lambda n: bool(n) and n != old_leader,
                        timeout=timeout, interval=0.2)
@@ -137,10 +205,11 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
 def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None) -> Target:
     lead = view.leader()
     assert lead is not None  # a healthy cluster has exactly one
-    etcd_leader = etcd.leader_member(spec) if kind == DrillKind.ETCD_MEMBER_LOSS else ""
+    etcd_leader = etcd.leader_member(spec) if kind in (DrillKind.ETCD_MEMBER_LOSS, DrillKind.ETCD_QUORUM_LOSS) else ""
     replicas = {m.name: (m.role.value, m.lag) for m in view.replicas()}
     try:
-        return choose_target(kind, lead.name, replicas, spec.nodes, spec.etcd_members, etcd_leader, to)
+        return choose_target(kind, lead.name, replicas, spec.nodes, spec.etcd_members, etcd_leader, to,
+                             etcd_names=spec.etcd_names())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -149,12 +218,16 @@ def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | Non
 @mutating_flow("drill")
 def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
           to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180,
-          wait_seconds: WaitSeconds = 0) -> DrillResult:
+          wait_seconds: WaitSeconds = 0, seconds: int | None = None) -> DrillResult:
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
     if kind == DrillKind.SWITCHOVER_POOLED and not spec.pooler.enabled:
         raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled)")
+    try:
+        window = fault_seconds(kind, spec.timing.ttl, seconds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if (healed := heal_leftovers(spec)) is not None:
         log.warning(healed)
     view = require_healthy(spec, "the drill")
@@ -165,7 +238,7 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     postgres.ensure_probe_table(spec, secrets)
     run_id = uuid.uuid4().hex[:12]
     interval = probe_interval_ms / 1000
-    bound = spec.timing.ttl + 60 + heal_timeout_s  # probes stop by themselves after this
+    bound = spec.timing.ttl + 60 + heal_timeout_s + window  # probes stop by themselves after this
     writer = Probe(spec, secrets, run_id, write=True, interval=interval, max_seconds=bound + 60,
                    pooled=kind == DrillKind.SWITCHOVER_POOLED)
     reader = Probe(spec, secrets, run_id, write=False, interval=interval, max_seconds=bound + 60)
@@ -179,19 +252,23 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
         wait_for("the probes to warm up", lambda: (len(writer.log.ok), len(reader.log.ok)),
                  lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
         wall_fault = time.time()
-        write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member, "since": wall_fault}))
+        write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member,
+                                                       "also": list(target.also), "since": wall_fault}))
         t_fault = time.monotonic()
-        log.info("%s: fault on %s%s", kind.value, target.member, f" (candidate {target.candidate})" if target.candidate else "")
+        log.info("%s: fault on %s%s%s", kind.value, ", ".join(target.members),
+                 f" (candidate {target.candidate})" if target.candidate else "", f" for {window}s" if window else "")
         try:
             inject(spec, kind, target)
             new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
-                                               timeout=spec.timing.ttl + 60)
+                                               timeout=spec.timing.ttl + 60, seconds=window)
             notes += more
         finally:
             t_heal = time.monotonic()
-            log.info("healing %s: %s", target.member, heal(spec, target.member))
+            for member in target.members:
+                log.info("healing %s: %s", member, heal(spec, member))
             try:
-                if target.member in spec.node_names():
+                if target.member in spec.node_names() and not (kind == DrillKind.FREEZE and new_leader == lead.name):
+                    # (A freeze shorter than the ttl leaves the leader in place: nothing restarts.)
                     # /cluster can show a member's stale entry; ask the node itself that its
                     # PostgreSQL came back after the fault and replicates (or leads).
                     wait_back(spec, target.member, wall_fault, heal_timeout_s)

@@ -357,9 +357,17 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
     expected = [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]
     if spec.pooler.enabled:
         expected.append(spec.pooler_member)
+    if spec.fencing:
+        expected.append(spec.fencer_member)
     for member in expected:
         c = by_member.get(member)
         name = spec.container(member)
+        if member == spec.fencer_member and (c is None or c.status != "running"):
+            # Without the watcher failover still works, by Patroni's ttl: a warning, not critical.
+            out.append(Finding("container.running", member, Level.WARN, "missing" if c is None else c.status,
+                               "running", f"fencing is off until `pgha up` starts {name}: a dead leader is "
+                                          "replaced only after Patroni's ttl"))
+            continue
         if c is None or c.status != "running":
             out.append(Finding("container.running", member, Level.CRITICAL, "missing" if c is None else c.status,
                                "running", f"`pgha up` starts {name} again; docker logs {name}"))
@@ -375,6 +383,48 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                            f"{delta} since last audit" if prev else f"{c.restart_count} (first audit)",
                            f"warn {th.restarts_warn}, critical {th.restarts_critical}",
                            "" if lvl == Level.OK else f"{name} keeps restarting: docker logs {name}"))
+    return out
+
+
+FENCER_STALE_S = 30.0  # the watcher writes its counters at least every 10 s
+
+
+def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, error: str = "") -> list[Finding]:
+    """The fencing watcher: alive (fresh heartbeat) and what it decided so far, by outcome."""
+    if not spec.fencing:
+        return [Finding("fencing.watcher", spec.scope, Level.OK, "off (spec.fencing: false)", "",
+                        "a dead leader is replaced after Patroni's ttl")]
+    if stats is None:
+        return [Finding("fencing.watcher", spec.scope, Level.WARN, f"missing: {error or 'no counters'}", "running",
+                        "failover of a dead leader falls back to Patroni's ttl; `pgha up` restarts the fencer")]
+    age = now - float(stats.get("heartbeat_at") or 0)
+    by = dict(stats.get("by_outcome") or {})
+    fenced = int(by.get("fenced", 0))
+    skipped = ", ".join(f"{k.removeprefix('skipped: ')} {v}" for k, v in sorted(by.items()) if k != "fenced")
+    observed = (f"heartbeat {age:.0f} s ago; {int(stats.get('events') or 0)} events, fenced {fenced}"
+                + (f", skipped: {skipped}" if skipped else ""))
+    lvl = Level.OK if age < FENCER_STALE_S else Level.WARN
+    out = [Finding("fencing.watcher", spec.scope, lvl, observed, f"heartbeat < {FENCER_STALE_S:.0f} s",
+                   "" if lvl == Level.OK else "the watcher is stuck: docker logs of the fencer")]
+    unreachable = int(by.get("skipped: etcd unreachable", 0)) + int(by.get("skipped: engine did not confirm", 0))
+    if unreachable:
+        out.append(Finding("fencing.unconfirmed", spec.scope, Level.WARN,
+                           f"{unreachable} deaths not fenced: etcd or the engine did not answer", "0",
+                           "those failovers waited for Patroni's ttl"))
+    return out
+
+
+def check_failsafe(configured: bool | None, active: list[str], spec: ClusterSpec, error: str = "") -> list[Finding]:
+    """Patroni's failsafe_mode: set as the spec says, and whether a node runs on it now (etcd lost)."""
+    if configured is None:
+        return [Finding("patroni.failsafe_mode", spec.scope, Level.WARN, f"unknown: {error or 'no answer'}",
+                        str(spec.failsafe_mode).lower())]
+    lvl = Level.OK if configured == spec.failsafe_mode else Level.WARN
+    out = [Finding("patroni.failsafe_mode", spec.scope, lvl, "on" if configured else "off",
+                   "on" if spec.failsafe_mode else "off", "" if lvl == Level.OK else "`pgha up` sets it as the spec says")]
+    out.append(Finding("patroni.failsafe_active", spec.scope, Level.WARN if active else Level.OK,
+                       f"running on failsafe: {', '.join(active)}" if active else "not active", "not active",
+                       "etcd has no quorum: the primary is kept only while it reaches every member" if active else ""))
     return out
 
 

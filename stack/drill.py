@@ -21,6 +21,8 @@ class DrillKind(StrEnum):
     REPLICA_KILL = "replica-kill"
     ETCD_MEMBER_LOSS = "etcd-member-loss"
     HAPROXY_RESTART = "haproxy-restart"
+    FREEZE = "freeze"  # docker pause of the leader for a while, then unpause
+    ETCD_QUORUM_LOSS = "etcd-quorum-loss"  # stop a majority of etcd members for a while, then start them
 
     @property
     def moves_leader(self) -> bool:
@@ -30,6 +32,25 @@ class DrillKind(StrEnum):
     @property
     def is_switchover(self) -> bool:
         return self in (DrillKind.SWITCHOVER, DrillKind.SWITCHOVER_POOLED)
+
+    @property
+    def timed(self) -> bool:
+        """The fault lasts a given time (`--seconds`), then the drill undoes it."""
+        return self in (DrillKind.FREEZE, DrillKind.ETCD_QUORUM_LOSS)
+
+
+def fault_seconds(kind: DrillKind, ttl: int, seconds: int | None) -> int:
+    """How long a timed fault lasts: the given seconds, else ttl + 5 (freeze) or 60 (etcd-quorum-loss).
+
+    Raises ValueError for `seconds` on a kind that is not timed or out of 1..900.
+    """
+    if seconds is not None and not kind.timed:
+        raise ValueError(f"--seconds only applies to freeze and etcd-quorum-loss, not {kind}")
+    if seconds is not None and not 1 <= seconds <= 900:
+        raise ValueError(f"--seconds must be between 1 and 900, not {seconds}")
+    if seconds is not None:
+        return seconds
+    return ttl + 5 if kind == DrillKind.FREEZE else 60 if kind == DrillKind.ETCD_QUORUM_LOSS else 0
 
 
 @dataclass
@@ -115,10 +136,16 @@ def verdict(r: DrillResult) -> tuple[bool, str]:
 class Target:
     member: str  # the member the fault hits
     candidate: str = ""  # switchover: the member that should take over
+    also: tuple[str, ...] = ()  # further members the same fault hits (etcd-quorum-loss: the majority)
+
+    @property
+    def members(self) -> list[str]:
+        return [self.member, *self.also]
 
 
 def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, int | None]], nodes: int,
-                  etcd_members: int, etcd_leader: str = "", to: str | None = None) -> Target:
+                  etcd_members: int, etcd_leader: str = "", to: str | None = None,
+                  etcd_names: list[str] | None = None) -> Target:
     """Pick what a drill hits; raise ValueError with a readable reason when it cannot run.
 
     `replicas` maps member -> (Patroni role, lag bytes). In synchronous mode Patroni promotes
@@ -140,6 +167,18 @@ def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, i
         return Target(leader, best[0])
     if kind in (DrillKind.GRACEFUL_STOP, DrillKind.HARD_KILL, DrillKind.PARTITION):
         return Target(leader)
+    if kind == DrillKind.FREEZE:
+        if nodes < 2:
+            raise ValueError("freeze needs at least 2 nodes: a frozen single node has nothing to fail over to")
+        return Target(leader)
+    if kind == DrillKind.ETCD_QUORUM_LOSS:
+        if etcd_members < 3:
+            raise ValueError("etcd-quorum-loss needs at least 3 etcd members (with 1 the cluster simply has no etcd)")
+        majority = etcd_members // 2 + 1
+        names = etcd_names or [f"etcd-{i}" for i in range(1, etcd_members + 1)]
+        # The etcd leader among the stopped ones, so that no leader remains in the minority either.
+        order = sorted(names, key=lambda n: (n != etcd_leader, n))[:majority]
+        return Target(order[0], also=tuple(order[1:]))
     if kind == DrillKind.REPLICA_KILL:
         if nodes < 2:
             raise ValueError("replica-kill needs at least 2 nodes")

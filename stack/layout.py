@@ -40,6 +40,13 @@ NODE_CONF = f"{PGBACKREST_RUN_DIR}/node.conf"  # archive-push/-get and the TLS s
 BACKUP_CONF = f"{PGBACKREST_RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
 PGBACKREST_HOST_SUBDIR = "pgbackrest"  # in the member's config dir (/etc/pgha/pgbackrest/...)
 
+# The fencing watcher: the engine's socket (mounted read-only, reached only through an HAProxy
+# inside the fencer that lets GET /_ping, /events and /containers/<id>/json through), the
+# proxy's loopback address, and the agent's counters (read by the audit).
+DOCKER_SOCKET = "/var/run/docker.sock"
+FENCER_PROXY = "127.0.0.1:2375"
+FENCER_STATS = f"{RUN_DIR}/fencer-stats.json"
+
 # Users the cluster creates; the superuser name is the seed's (`postgres`).
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"

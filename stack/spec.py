@@ -28,6 +28,7 @@ class Role(StrEnum):
     PATRONI = "patroni"
     HAPROXY = "haproxy"
     POOLER = "pooler"
+    FENCER = "fencer"
 
 
 class Profile(StrEnum):
@@ -113,6 +114,8 @@ class AuditThresholds(_Strict):
                 if crit in type(self).model_fields and getattr(self, crit) < getattr(self, name):
                     raise ValueError(f"{crit} ({getattr(self, crit)}) is below {name} ({getattr(self, name)})")
         return self
+
+
 class CompressType(StrEnum):
     ZST = "zst"
     LZ4 = "lz4"
@@ -243,6 +246,10 @@ class ClusterSpec(_Strict):
     upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
     audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
     pooler: PoolerSpec = Field(default_factory=PoolerSpec)  # type: ignore[arg-type]
+    fencing: bool = Field(True, description="run the fencing watcher: a leader the engine confirms dead loses "
+                                            "its leader key at once instead of after Patroni's ttl")
+    failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
+                                                  "quorum as long as it reaches every member's REST API")
 
     @field_validator("scope")
     @classmethod
@@ -317,6 +324,10 @@ class ClusterSpec(_Strict):
     def pooler_member(self) -> str:
         """PgBouncer's member name; it runs on the engine (host) that runs HAProxy."""
         return "pooler"
+
+    @property
+    def fencer_member(self) -> str:
+        return "fencer"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stack import backup, layout, render
+from stack import backup, fencing, layout, render
 from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
@@ -36,6 +36,8 @@ class ContainerDef:
     ports: dict[int, int] = field(default_factory=dict)  # container port -> 127.0.0.1 host port
     healthcheck: list[str] | None = None
     dns_options: list[str] = field(default_factory=lambda: list(DNS_OPTIONS))
+    entrypoint: list[str] | None = None  # None: the image's pgha-entrypoint with `role` as first argument
+    binds: dict[str, str] = field(default_factory=dict)  # host path -> container path, read-only
 
 
 @dataclass(frozen=True)
@@ -112,4 +114,80 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
             healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
         ),
         files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users},
+    )
+
+
+def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
+    """The fencing agent's configuration; the one place its etcd URLs and credentials are built.
+
+    Plain http today. When etcd gets client certificates (the hardening issue), this returns
+    https URLs and `etcd_tls` with the mounted CA/cert/key paths; the agent already uses them.
+    """
+    return fencing.FencerConfig(
+        scope=spec.scope,
+        leader_key=fencing.leader_key(layout.PATRONI_NAMESPACE, spec.scope),
+        etcd_urls=[f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in spec.etcd_names()],
+        docker_url=f"http://{layout.FENCER_PROXY}",
+        stats_file=layout.FENCER_STATS,
+        etcd_tls=None,
+    )
+
+
+def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET) -> str:
+    """HAProxy in front of the engine's socket: only GET of /_ping, /events and /containers/<id>/json.
+
+    Everything else (POST, DELETE, exec, create, kill, other paths) gets 403 before it reaches
+    the engine. It listens on the fencer's loopback only.
+    """
+    allowed = r"^(/v[0-9.]+)?/(_ping|events|containers/[A-Za-z0-9_.-]+/json)$"
+    return "\n".join([
+        render.HAPROXY_BANNER,
+        "global",
+        "    maxconn 64",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+        "frontend engine",
+        f"    bind {layout.FENCER_PROXY}",
+        f"    http-request deny deny_status 403 unless {{ method GET }} {{ path_reg {allowed} }}",
+        "    default_backend socket",
+        "backend socket",
+        f"    server engine {docker_socket}",
+        "",
+    ])
+
+
+FENCER_START = """#!/bin/sh
+# The fencer: the socket proxy runs as root (it alone opens the engine's socket); the agent runs
+# as nobody, which cannot open the socket (root:docker 0660) and reaches the engine only
+# through the proxy's GET-only filter.
+set -eu
+install -d -o nobody -g nogroup -m 0700 /run/pgha
+for f in fencer.py fencing.py fencer.json; do
+  install -o nobody -g nogroup -m 0600 "/etc/pgha/$f" "/run/pgha/$f"
+done
+haproxy -D -f /etc/pgha/sockproxy.cfg
+exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
+"""
+
+
+def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, str]) -> Planned:
+    """The fencing watcher of one engine: pgha's image, the engine's socket read-only behind a proxy.
+
+    `agent_files` are the agent's sources (fencer.py, fencing.py), read by the caller.
+    """
+    files = {**agent_files, "fencer.json": fencer_config(spec).to_json(), "sockproxy.cfg": render_socket_proxy(),
+             "fencer.sh": FENCER_START}
+    binds = {layout.DOCKER_SOCKET: layout.DOCKER_SOCKET}
+    member = spec.fencer_member
+    return Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
+            network=spec.network, command=[], config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds),
+            config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
+            healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
+        ),
+        files=files,
     )

@@ -178,6 +178,7 @@ class Engine:
         mounts = [Mount(target=path, source=vol, type="volume") for vol, path in d.volumes.items()]
         if d.config_dir:
             mounts.append(Mount(target="/etc/pgha", source=d.config_dir, type="bind", read_only=True))
+        mounts += [Mount(target=path, source=src, type="bind", read_only=True) for src, path in d.binds.items()]
         hc = None
         if d.healthcheck:
             sec = 1_000_000_000
@@ -186,7 +187,8 @@ class Engine:
         all_labels = {**labels(d.scope, d.role, d.member), LABEL_CONFIG: d.config_hash}
         return self.client.containers.create(
             d.image,
-            command=[d.role, *d.command],
+            command=[d.role, *d.command] if d.entrypoint is None else d.command,
+            entrypoint=d.entrypoint,
             name=d.name,
             hostname=d.name,
             labels=all_labels,
@@ -247,7 +249,7 @@ class Engine:
 
     def cluster_containers(self, scope: str, role: str | None = None) -> list[Container]:
         flt: list[str] = [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
-        return list(self.client.containers.list(all=True, filters={"label": flt}))
+        return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
 
     def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False) -> dict[str, list[str]]:
         """Remove every container and network (and volumes if asked) with these labels."""
@@ -329,6 +331,20 @@ class Engine:
             return False
         with _engine_call(f"start {name}"):
             ct.start()
+        return True
+
+    def pause(self, name: str) -> None:
+        """Freeze every process of the container (cgroup freezer): alive, but silent."""
+        with _engine_call(f"pause {name}"):
+            self._get(name).pause()
+
+    def unpause(self, name: str) -> bool:
+        """Thaw a paused container; True when it was paused."""
+        ct = self._get(name)
+        if ct.status != "paused":
+            return False
+        with _engine_call(f"unpause {name}"):
+            ct.unpause()
         return True
 
     def restart(self, name: str, timeout: int = 10) -> None:

@@ -24,7 +24,7 @@ from stack.pooler import POOLED_ROLES
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, etcd, images, patroni, pgbouncer, postgres
+from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import config_dir, secrets_file, write_private
@@ -103,11 +103,18 @@ def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
 @task(name="ensure-member", **SIDE_EFFECT)
 def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
     """Render the member's config files (0600, passwords inside) and make its container run."""
+    return place_member(spec, role, member, image, subnet)
+
+
+def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
+    """`ensure_member`'s body, for tasks that place a member as one step of their own."""
     conf = str(config_dir(spec.scope, member))
     if role == "etcd":
         planned = topology.etcd_member(spec, member, image)
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
+    elif role == "fencer":
+        planned = topology.fencer(spec, image, conf, fencer.agent_files())
     else:
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
@@ -139,6 +146,26 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     return outcome.value
 
 
+@task(name="ensure-fencer", **SIDE_EFFECT)
+def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> str:
+    """The fencing watcher runs when `spec.fencing`, else is removed (one per engine once members span hosts)."""
+    if spec.fencing:
+        return place_member(spec, "fencer", spec.fencer_member, image, subnet)
+    gone = [e.remove_container(spec.container(spec.fencer_member)) for e in docker_hosts.engines(spec).all()]
+    return "removed" if any(gone) else "unchanged"
+
+
+@task(name="ensure-failsafe", **SIDE_EFFECT)
+def ensure_failsafe(spec: ClusterSpec) -> str:
+    """Patroni's failsafe_mode in the dynamic configuration as the spec says (a no-op when it already is)."""
+    current = bool(patroni.dynamic_config(spec).get("failsafe_mode", False))
+    if current == spec.failsafe_mode:
+        return "unchanged"
+    patroni.patch_config(spec, {"failsafe_mode": spec.failsafe_mode})
+    get_run_logger().info("failsafe_mode set to %s", spec.failsafe_mode)
+    return "changed"
+
+
 def converge(spec: ClusterSpec) -> BootstrapResult:
     """Make the cluster of `spec` exist, run and route; the caller holds the cluster's lock."""
     log = get_run_logger()
@@ -163,8 +190,11 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
     # a node only once that node's health check passes, so nothing is routed early.
     haproxy_run = ensure_member.submit(spec, "haproxy", spec.haproxy_member, image, subnet)
+    fencer_run = ensure_fencer.submit(spec, image, subnet)
     view = patroni.wait_whole(spec)
     outcomes[spec.haproxy_member] = haproxy_run.result()
+    outcomes[spec.fencer_member] = fencer_run.result()
+    outcomes["failsafe_mode"] = ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
     if (pooler := ensure_pooler(spec, image)) != "absent":

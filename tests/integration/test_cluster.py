@@ -92,7 +92,7 @@ def test_second_up_changes_no_container(cluster_a: Cluster, engine: docker.Docke
         return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in cts}
 
     before = snapshot()
-    assert len(before) == 7
+    assert len(before) == 8  # 3 etcd, 3 nodes, HAProxy, the fencing watcher
     res = pgha(cluster_a.env, "up", "--spec", str(cluster_a.spec_file))
     assert res.returncode == 0, res.stderr
     assert "nothing changed" in res.stdout
@@ -102,9 +102,9 @@ def test_second_up_changes_no_container(cluster_a: Cluster, engine: docker.Docke
 def test_every_resource_labelled_and_ports_on_loopback_only(cluster_a: Cluster, engine: docker.DockerClient) -> None:
     flt = {"label": f"pgha.cluster={cluster_a.scope}"}
     cts = engine.containers.list(all=True, filters=flt)
-    assert sorted(c.labels["pgha.role"] for c in cts) == ["etcd"] * 3 + ["haproxy"] + ["patroni"] * 3
+    assert sorted(c.labels["pgha.role"] for c in cts) == ["etcd"] * 3 + ["fencer", "haproxy"] + ["patroni"] * 3
     assert sorted(c.labels["pgha.member"] for c in cts) == [
-        "etcd-1", "etcd-2", "etcd-3", "haproxy", "pg-1", "pg-2", "pg-3"]
+        "etcd-1", "etcd-2", "etcd-3", "fencer", "haproxy", "pg-1", "pg-2", "pg-3"]
     assert len(engine.volumes.list(filters=flt)) == 7  # 3 etcd + 3 nodes + the pgBackRest repository
     assert len(engine.networks.list(filters=flt)) == 1
     published = []

@@ -276,7 +276,7 @@ def test_disk_boundaries(pct: float, expected: Level) -> None:
 
 
 def containers(**over: A.ContainerObs) -> list[A.ContainerObs]:
-    members = [*SPEC.etcd_names(), *SPEC.node_names(), SPEC.haproxy_member]
+    members = [*SPEC.etcd_names(), *SPEC.node_names(), SPEC.haproxy_member, SPEC.fencer_member]
     cs = {m: A.ContainerObs(SPEC.container(m), m, "running", "healthy", f"id-{m}", 0) for m in members}
     cs.update(over)
     return list(cs.values())
@@ -378,3 +378,33 @@ def test_single_node_cluster_needs_no_replicas() -> None:
     fs += A.check_haproxy(obs, "pg-1", set(), spec, spec.audit, A.Baseline())
     assert A.worst(fs) == Level.OK, [f for f in fs if f.status != Level.OK]
     assert not [f for f in fs if f.check in ("haproxy.ro_port", "replication.sync_standby")]
+
+
+def test_fencing_watcher_missing_is_a_warning_not_critical() -> None:
+    fs = A.check_containers([c for c in containers() if c.member != "fencer"], SPEC, TH, A.Baseline())
+    assert by(fs, "container.running", "fencer").status == Level.WARN
+    assert A.worst(fs) == Level.WARN
+    fs = A.check_fencing(None, SPEC, 1000.0, "the fencer lab-fencer is not running")
+    assert fs[0].status == Level.WARN and "ttl" in fs[0].hint
+    off = ClusterSpec(scope="lab", fencing=False)
+    assert A.check_fencing(None, off, 1000.0)[0].status == Level.OK
+    assert not [f for f in A.check_containers([c for c in containers() if c.member != "fencer"], off, TH,
+                                               A.Baseline()) if f.target == "fencer"]
+
+
+def test_fencing_counters_and_stale_heartbeat() -> None:
+    stats = {"heartbeat_at": 995.0, "events": 3, "by_outcome": {"fenced": 1, "skipped: not leader": 2}}
+    f = A.check_fencing(stats, SPEC, 1000.0)
+    assert f[0].status == Level.OK and "fenced 1" in f[0].observed and "not leader 2" in f[0].observed
+    assert A.check_fencing(stats, SPEC, 1100.0)[0].status == Level.WARN
+    stats["by_outcome"] = {"skipped: etcd unreachable": 1}
+    assert by(A.check_fencing(stats, SPEC, 1000.0), "fencing.unconfirmed", "lab").status == Level.WARN
+
+
+def test_failsafe_mode_and_running_on_it() -> None:
+    fs = A.check_failsafe(True, [], SPEC)
+    assert A.worst(fs) == Level.OK and by(fs, "patroni.failsafe_mode", "lab").observed == "on"
+    assert by(A.check_failsafe(False, [], SPEC), "patroni.failsafe_mode", "lab").status == Level.WARN
+    active = by(A.check_failsafe(True, ["pg-1"], SPEC), "patroni.failsafe_active", "lab")
+    assert active.status == Level.WARN and "pg-1" in active.observed
+    assert A.check_failsafe(None, [], SPEC, "no node answers")[0].status == Level.WARN

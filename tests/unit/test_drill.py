@@ -98,3 +98,24 @@ def test_verdict() -> None:
 def test_error_digest() -> None:
     log = ProbeLog(errors=[(10.5, "terminating connection"), (11.0, "timeout")])
     assert error_digest(log, 10.0) == ["+0.50s terminating connection", "+1.00s timeout"]
+
+
+def test_timed_drills_targets_and_durations() -> None:
+    from stack.drill import fault_seconds
+
+    replicas = {"pg-2": ("sync_standby", 0), "pg-3": ("replica", 0)}
+    assert choose_target(DrillKind.FREEZE, "pg-1", replicas, 3, 3) == Target("pg-1")
+    t = choose_target(DrillKind.ETCD_QUORUM_LOSS, "pg-1", replicas, 3, 3, etcd_leader="etcd-3")
+    assert t.members == ["etcd-3", "etcd-1"]  # a majority, the etcd leader among them
+    assert len(choose_target(DrillKind.ETCD_QUORUM_LOSS, "pg-1", replicas, 3, 5).members) == 3
+    with pytest.raises(ValueError, match="at least 3 etcd"):
+        choose_target(DrillKind.ETCD_QUORUM_LOSS, "pg-1", replicas, 3, 1)
+    with pytest.raises(ValueError, match="at least 2 nodes"):
+        choose_target(DrillKind.FREEZE, "pg-1", {}, 1, 3)
+    assert fault_seconds(DrillKind.FREEZE, 20, None) == 25
+    assert fault_seconds(DrillKind.ETCD_QUORUM_LOSS, 20, None) == 60
+    assert fault_seconds(DrillKind.FREEZE, 20, 7) == 7
+    with pytest.raises(ValueError, match="only applies"):
+        fault_seconds(DrillKind.HARD_KILL, 20, 5)
+    with pytest.raises(ValueError, match="between 1 and 900"):
+        fault_seconds(DrillKind.FREEZE, 20, 0)

@@ -1,0 +1,189 @@
+"""Fencing decisions, pure: may the watcher delete the leader key of a member the engine says died?
+
+The fencer (tasks/fencer_agent.py, running in the cluster's `fencer` container) feeds these
+functions what the Docker engine and etcd answered and does what they decide. The rule is
+correctness first: the key is deleted only when the engine confirms the container is not
+running (state and pid) AND, in one etcd transaction, the key still holds that member's name
+at the revision just read. Anything else - still running, paused, no answer, key gone or
+changed, etcd unreachable - leaves the key to Patroni's ttl.
+
+Standard library only: this file is shipped into the fencer container next to the agent
+(which has no pgha installed), so it must not import pydantic or other pgha modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+EVENTS = ("die", "kill", "oom", "pause")  # engine events that may mean a member died (pause: logged why not)
+
+
+class Outcome(str, Enum):  # noqa: UP042 - plain str Enum: the agent may run on an older Python
+    FENCED = "fenced"
+    NOT_LEADER = "skipped: not leader"
+    STILL_RUNNING = "skipped: still running"
+    KEY_CHANGED = "skipped: key changed"
+    ETCD_UNREACHABLE = "skipped: etcd unreachable"
+    ENGINE_UNREACHABLE = "skipped: engine did not confirm"
+
+
+@dataclass(frozen=True)
+class EngineVerdict:
+    """What the engine's inspection of a container says about its death."""
+
+    dead: bool
+    reason: str
+
+
+def engine_verdict(inspect: dict[str, Any] | None) -> EngineVerdict:
+    """Dead only when the engine reports the container not running, not paused, not restarting, pid 0.
+
+    `inspect` is the engine's `GET /containers/<id>/json` answer (None: no answer). A paused
+    (frozen) container is alive: it resumes with its leader key and must not be fenced.
+    """
+    if inspect is None:
+        return EngineVerdict(False, "engine did not answer the inspection")
+    state = inspect.get("State")
+    if not isinstance(state, dict):
+        return EngineVerdict(False, "inspection has no State")
+    pid = state.get("Pid")
+    if state.get("Paused"):
+        return EngineVerdict(False, f"paused (frozen, pid {pid})")
+    if state.get("Running") or state.get("Restarting"):
+        return EngineVerdict(False, f"{state.get('Status', 'running')} (pid {pid})")
+    if pid not in (0, None):
+        return EngineVerdict(False, f"not running but pid {pid}")
+    return EngineVerdict(True, f"{state.get('Status', 'exited')}, exit code {state.get('ExitCode')}, "
+                               f"oom {bool(state.get('OOMKilled'))}")
+
+
+def leader_key(namespace: str, scope: str) -> str:
+    """Patroni's leader key: <namespace>/<scope>/leader."""
+    return f"{namespace.rstrip('/')}/{scope}/leader"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text.encode()).decode(errors="replace")
+
+
+def range_request(key: str) -> dict[str, Any]:
+    """Body of etcd's v3 JSON gateway `POST /v3/kv/range` for one key (linearizable read)."""
+    return {"key": _b64(key)}
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """The leader key as read: its holder (None when absent) and its mod_revision."""
+
+    holder: str | None
+    mod_revision: int = 0
+
+
+def parse_range(response: dict[str, Any]) -> KeyState:
+    """The leader key from a `/v3/kv/range` answer (no `kvs`: the key does not exist)."""
+    kvs = response.get("kvs") or []
+    if not kvs:
+        return KeyState(None)
+    kv = kvs[0]
+    return KeyState(_unb64(str(kv.get("value", ""))), int(kv.get("mod_revision", 0)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do after reading the key: a transaction to send, or an outcome already."""
+
+    txn: dict[str, Any] | None
+    outcome: Outcome | None
+    detail: str
+
+
+def plan(member: str, key: str, read: KeyState | None) -> Plan:
+    """The compare-and-delete to send when `member` holds the key; otherwise why not.
+
+    `read` None: etcd did not answer the read. The transaction compares BOTH the value (the
+    member's name) and the mod_revision just read, so a key that another member took, or that
+    Patroni rewrote in between, is never deleted.
+    """
+    if read is None:
+        return Plan(None, Outcome.ETCD_UNREACHABLE, "no etcd member answered the read")
+    if read.holder is None:
+        return Plan(None, Outcome.NOT_LEADER, "no leader key")
+    if read.holder != member:
+        return Plan(None, Outcome.NOT_LEADER, f"leader key names {read.holder}")
+    k = _b64(key)
+    txn = {
+        "compare": [
+            {"target": "VALUE", "key": k, "result": "EQUAL", "value": _b64(member)},
+            {"target": "MOD", "key": k, "result": "EQUAL", "mod_revision": str(read.mod_revision)},
+        ],
+        "success": [{"request_delete_range": {"key": k}}],
+        "failure": [],
+    }
+    return Plan(txn, None, f"leader key names {member} at revision {read.mod_revision}")
+
+
+def txn_outcome(response: dict[str, Any] | None) -> tuple[Outcome, str]:
+    """Outcome of the compare-and-delete from etcd's `/v3/kv/txn` answer (None: no answer).
+
+    The JSON gateway leaves `succeeded` out when it is false.
+    """
+    if response is None:
+        return Outcome.ETCD_UNREACHABLE, "no etcd member answered the transaction"
+    if response.get("succeeded"):
+        deleted = 0
+        for r in response.get("responses") or []:
+            deleted += int((r.get("response_delete_range") or {}).get("deleted", 0))
+        return Outcome.FENCED, f"leader key deleted ({deleted} key) at revision {response.get('header', {}).get('revision')}"
+    return Outcome.KEY_CHANGED, "the key changed between read and delete (value or revision)"
+
+
+@dataclass
+class Counters:
+    """What the watcher did, by outcome; written to its stats file for the audit."""
+
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    events: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, decision: dict[str, Any]) -> None:
+        key = str(decision["outcome"])
+        self.by_outcome[key] = self.by_outcome.get(key, 0) + 1
+        self.last = decision
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class FencerConfig:
+    """The agent's configuration, rendered from the spec (a JSON file mounted into the container).
+
+    `etcd_urls` and `etcd_tls` are built in one place (`stack.topology.fencer_config`): when the
+    hardening issue gives etcd client certificates, `etcd_tls` carries their paths and the URLs
+    become https, without the agent changing.
+    """
+
+    scope: str
+    leader_key: str
+    etcd_urls: list[str]
+    docker_url: str
+    stats_file: str
+    etcd_tls: dict[str, str] | None = None
+    timeout_s: float = 1.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FencerConfig:
+        return cls(**json.loads(text))

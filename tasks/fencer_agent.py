@@ -1,0 +1,178 @@
+"""The fencing agent: runs inside the cluster's `fencer` container (standard library only).
+
+Not imported by pgha: `tasks.fencer` ships this file and `stack/fencing.py` (as fencing.py)
+into the fencer's config directory. It follows the engine's events for the cluster's Patroni
+containers through the fencer's GET-only socket proxy; on a `die`, `kill`, `oom` or `pause`
+it asks the engine whether the container is really dead and, only then, deletes the scope's
+leader key in one etcd transaction that compares the key's value and revision. Every decision
+is one JSON line on stdout (the container's log) and a count in the stats file the audit reads.
+
+    python3 fencer.py fencer.json
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.parse
+from typing import Any
+
+try:  # in the container: fencing.py next to this file
+    import fencing as F  # type: ignore[import-not-found]
+except ImportError:  # in the repository (tests, linters)
+    from stack import fencing as F
+
+STREAM_IDLE_S = 10.0  # the event stream times out after this much silence: heartbeat, then reconnect
+GIVE_UP_S = 60.0  # no engine answer for this long: exit, the restart policy starts a fresh fencer
+
+
+def log(**fields: Any) -> None:
+    print(json.dumps({"t": round(time.time(), 3), **fields}, sort_keys=True), flush=True)
+
+
+def _conn(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> tuple[http.client.HTTPConnection, str]:
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        return http.client.HTTPSConnection(u.hostname or "", u.port or 443, timeout=timeout, context=tls), u.path
+    return http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout), u.path
+
+
+def etcd_tls(cfg: F.FencerConfig) -> ssl.SSLContext | None:
+    """Client certificates for etcd, when the configuration names them (the hardening issue's)."""
+    if not cfg.etcd_tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.etcd_tls.get("ca"))
+    if cfg.etcd_tls.get("cert"):
+        ctx.load_cert_chain(cfg.etcd_tls["cert"], cfg.etcd_tls.get("key"))
+    return ctx
+
+
+def get_json(base: str, path: str, timeout: float) -> dict[str, Any] | None:
+    """GET a JSON document from the engine (through the proxy); None when it does not answer 200."""
+    try:
+        conn, prefix = _conn(base, timeout)
+        conn.request("GET", prefix + path)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        return json.loads(body) if resp.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+def etcd_post(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """POST to etcd's v3 JSON gateway, each member in turn; None when none answers 200.
+
+    Reads are linearizable and the transaction needs a quorum, so a member cut off from the
+    majority cannot answer either: no quorum means no fencing.
+    """
+    data = json.dumps(body).encode()
+    for url in cfg.etcd_urls:
+        try:
+            conn, prefix = _conn(url, cfg.timeout_s, tls)
+            conn.request("POST", prefix + path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            conn.close()
+            if resp.status == 200:
+                return json.loads(raw)
+        except (OSError, ValueError, http.client.HTTPException):
+            continue
+    return None
+
+
+def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any]) -> dict[str, Any]:
+    """One event in, one decision out (already acted upon)."""
+    t0 = time.monotonic()
+    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+    member = str(attrs.get("pgha.member", ""))
+    name = str(attrs.get("name", ""))
+    action = str(event.get("Action") or event.get("status") or "")
+    seen_ms = round((time.time_ns() - int(event.get("timeNano") or time.time_ns())) / 1e6, 1)
+    decision: dict[str, Any] = {"event": action, "member": member, "container": name, "event_age_ms": seen_ms}
+    # By name, not id: the container that holds this member's name now must be the dead one.
+    verdict = F.engine_verdict(get_json(cfg.docker_url, f"/containers/{name}/json", 2.0))
+    decision["inspect_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    decision["engine"] = verdict.reason
+    if not verdict.dead:
+        unreachable = verdict.reason.startswith("engine did not answer")
+        decision["outcome"] = (F.Outcome.ENGINE_UNREACHABLE if unreachable else F.Outcome.STILL_RUNNING).value
+    else:
+        reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
+        p = F.plan(member, cfg.leader_key, F.parse_range(reply) if reply is not None else None)
+        decision["key"] = p.detail
+        if p.txn is None:
+            decision["outcome"] = p.outcome.value if p.outcome else ""
+        else:
+            outcome, detail = F.txn_outcome(etcd_post(cfg, tls, "/v3/kv/txn", p.txn))
+            decision["outcome"], decision["txn"] = outcome.value, detail
+    decision["total_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    return decision
+
+
+def _events_path(cfg: F.FencerConfig, since: float) -> str:
+    filters = {"type": ["container"], "event": list(F.EVENTS),
+               "label": [f"pgha.cluster={cfg.scope}", "pgha.role=patroni"]}
+    return "/events?" + urllib.parse.urlencode({"filters": json.dumps(filters), "since": f"{since:.9f}"})
+
+
+def write_stats(cfg: F.FencerConfig, counters: F.Counters) -> None:
+    counters.heartbeat_at = round(time.time(), 3)
+    tmp = cfg.stats_file + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(counters.to_json())
+    os.replace(tmp, cfg.stats_file)
+
+
+def run(cfg: F.FencerConfig) -> None:
+    tls = etcd_tls(cfg)
+    counters = F.Counters(started_at=round(time.time(), 3))
+    since = time.time()
+    seen: set[str] = set()
+    last_ok = time.monotonic()
+    log(msg="fencer started", scope=cfg.scope, leader_key=cfg.leader_key, events=list(F.EVENTS))
+    while True:
+        write_stats(cfg, counters)
+        try:
+            conn, prefix = _conn(cfg.docker_url, STREAM_IDLE_S)
+            conn.request("GET", prefix + _events_path(cfg, since))
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise OSError(f"engine events answered HTTP {resp.status}")
+            last_ok = time.monotonic()
+            while True:
+                line = resp.readline()
+                if not line:
+                    break
+                event = json.loads(line)
+                key = f"{event.get('id')}/{event.get('Action')}/{event.get('timeNano')}"
+                since = max(since, int(event.get("timeNano") or 0) / 1e9)
+                if key in seen:  # replayed after a reconnect
+                    continue
+                seen.add(key)
+                counters.events += 1
+                decision = decide(cfg, tls, event)
+                log(**decision)
+                counters.count(decision)
+                write_stats(cfg, counters)
+                last_ok = time.monotonic()
+        except TimeoutError:
+            last_ok = time.monotonic()  # the engine answered; nothing happened for a while
+            since = max(since, time.time() - 2)  # replays of the last 2 s are dropped as seen
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            log(msg="event stream lost", error=str(exc)[:200])
+            if time.monotonic() - last_ok > GIVE_UP_S:
+                log(msg="no engine answer for a minute: exiting (the restart policy starts a fresh fencer)")
+                sys.exit(1)
+            time.sleep(1)
+        if len(seen) > 10000:
+            seen.clear()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as fh:
+        run(F.FencerConfig.from_json(fh.read()))

@@ -1,0 +1,171 @@
+"""Failover at the limits on a live 3-node / 3-etcd cluster: engine-confirmed fencing, a frozen
+leader, a stopped watcher, a restart racing the watcher, and etcd losing its quorum.
+
+One cluster for the whole module (every drill leaves it whole; a fixture converges it with
+`pgha up` before each test when the previous one did not). Ceilings are generous; the
+figures are measured by benchmarks/failover.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from stack.spec import parse_spec
+from tasks.host.secrets import load_or_create
+from tests.integration.conftest import Cluster, pgha, running_cluster, up
+from tests.support.traffic import measured
+
+HARD_KILL_CEILING_S = 8.0  # fenced: measured ~2-3.5 s; unfenced it is the ttl (20 s)
+QUORUM_LOSS_CEILING_S = 5.0  # failsafe on: writes go on through a 60 s etcd outage
+
+
+@pytest.fixture(scope="module")
+def cluster_f(engine: docker.DockerClient, base_env: dict[str, str],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    spec = {"scope": "pgha-it-fence", "nodes": 3, "etcd_members": 3,
+            "ports": {"rw": 26000, "ro": 26001, "stats": 26002}}
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("fence"), spec) as c:
+        yield c
+
+
+def status(c: Cluster) -> tuple[int, dict[str, Any]]:
+    res = pgha(c.env, "status", "--json", "--scope", c.scope)
+    return res.returncode, json.loads(res.stdout)
+
+
+def wait_healthy(c: Cluster, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (st := status(c))[0] != 0:
+        assert time.monotonic() < deadline, f"cluster not healthy after {timeout:.0f} s: {st[1].get('problems')}"
+        time.sleep(1)
+    return st[1]
+
+
+def roles(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {m["member"]: (m["pg_role"], m["pg_state"]) for m in st["members"] if m["role"] == "patroni"}
+
+
+@pytest.fixture
+def healthy_f(cluster_f: Cluster) -> Cluster:
+    """The module's cluster, whole (fencer running, failsafe on) whatever the previous test left."""
+    code, st = status(cluster_f)
+    fencer = next((m for m in st["members"] if m["member"] == "fencer"), None)
+    if code != 0 or fencer is None or fencer["container_state"] != "running":
+        up(cluster_f)
+        wait_healthy(cluster_f)
+    return cluster_f
+
+
+def drill(c: Cluster, *args: str) -> dict[str, Any]:
+    res = pgha(c.env, "drill", *args, "--scope", c.scope, "--json")
+    assert res.returncode == 0, f"drill {args} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return dict(json.loads(res.stdout))
+
+
+def decisions(engine: docker.DockerClient, c: Cluster, since: float) -> list[dict[str, Any]]:
+    """The fencer's decisions logged since `since` (unix time), as it wrote them."""
+    text = engine.containers.get(c.container("fencer")).logs(since=int(since)).decode(errors="replace")
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [r for r in rows if "outcome" in r and r["t"] >= since]
+
+
+def assert_rejoined(c: Cluster, member: str) -> None:
+    st = wait_healthy(c)
+    assert roles(st)[member][0] in ("replica", "sync_standby") and roles(st)[member][1] == "streaming", roles(st)
+    assert sum(1 for r, _ in roles(st).values() if r == "leader") == 1
+
+
+def test_hard_kill_is_fenced_by_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
+    t0 = time.time()
+    r = drill(healthy_f, "hard-kill")
+    assert r["lost_writes"] == [] and r["healed"]
+    assert r["new_leader"] != r["old_leader"]
+    assert r["write_gap_s"] < HARD_KILL_CEILING_S, r["timeline"]
+    mine = [d for d in decisions(engine, healthy_f, t0) if d["member"] == r["old_leader"]]
+    assert any(d["outcome"] == "fenced" for d in mine), mine
+    fenced = next(d for d in mine if d["outcome"] == "fenced")
+    assert "exit code 137" in fenced["engine"] and f"names {r['old_leader']}" in fenced["key"]
+    assert_rejoined(healthy_f, r["old_leader"])
+
+
+def test_frozen_leader_is_not_fenced_and_loses_nothing(healthy_f: Cluster, engine: docker.DockerClient) -> None:
+    t0 = time.time()
+    r = drill(healthy_f, "freeze", "--seconds", "24")  # ttl 20: the key expires while frozen
+    assert r["lost_writes"] == [] and r["healed"]
+    assert r["new_leader"] != r["old_leader"], "no leader elected by ttl during the freeze"
+    mine = [d for d in decisions(engine, healthy_f, t0) if d["member"] == r["old_leader"]]
+    assert mine and all(d["outcome"] != "fenced" for d in mine), mine
+    assert any(d["event"] == "pause" and d["engine"].startswith("paused") for d in mine), mine
+    assert any("never more than one" in n for n in r["notes"]), r["notes"]
+    assert_rejoined(healthy_f, r["old_leader"])
+
+
+def test_watcher_stopped_failover_by_ttl_and_audit_warns(healthy_f: Cluster, engine: docker.DockerClient) -> None:
+    engine.containers.get(healthy_f.container("fencer")).stop(timeout=5)
+    res = pgha(healthy_f.env, "audit", "--json", "--scope", healthy_f.scope)
+    findings = {(f["check"], f["target"]): f for f in json.loads(res.stdout)["findings"]}
+    assert findings[("container.running", "fencer")]["status"] == "warn"
+    assert findings[("fencing.watcher", healthy_f.scope)]["status"] == "warn"
+    assert findings[("patroni.failsafe_mode", healthy_f.scope)]["observed"] == "on"
+    r = drill(healthy_f, "hard-kill")
+    assert r["lost_writes"] == [] and r["healed"] and r["new_leader"] != r["old_leader"]
+    # Nobody fenced: the replicas waited for the leader key's ttl (20 s, minus the last refresh).
+    assert r["write_gap_s"] > HARD_KILL_CEILING_S, r["timeline"]
+    assert_rejoined(healthy_f, r["old_leader"])
+    up(healthy_f)  # `pgha up` heals the watcher
+    assert engine.containers.get(healthy_f.container("fencer")).status == "running"
+
+
+def test_restart_policy_racing_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
+    """The leader's process dies (as in a crash or OOM): Docker's restart policy brings the
+    container back at once while the watcher looks at it. Still one leader, nothing lost."""
+    leader = next(m for m, (r, _) in roles(status(healthy_f)[1]).items() if r == "leader")
+    ct = engine.containers.get(healthy_f.container(leader))
+    restarts = int(ct.attrs["RestartCount"])
+    secrets = load_or_create(Path(healthy_f.env["PGHA_STATE_DIR"]) / healthy_f.scope / "secrets.json", env={})
+    t0 = time.time()
+    with measured(parse_spec(healthy_f.spec), secrets) as traffic:
+        os.kill(int(ct.attrs["State"]["Pid"]), signal.SIGKILL)  # not `docker kill`: the policy applies
+        deadline = time.monotonic() + 30
+        while int(engine.containers.get(ct.id).attrs["RestartCount"]) == restarts:
+            assert time.monotonic() < deadline, "Docker did not restart the leader's container"
+            time.sleep(0.2)
+        st = wait_healthy(healthy_f)
+    assert traffic.lost == [], traffic.lost[:10]
+    assert sum(1 for r, _ in roles(st).values() if r == "leader") == 1, roles(st)
+    mine = [d for d in decisions(engine, healthy_f, t0) if d["member"] == leader]
+    assert mine, "the watcher logged nothing for the crashed leader"
+    assert traffic.write_gap_s < 60
+
+
+def test_etcd_quorum_loss_with_failsafe_keeps_writing(healthy_f: Cluster) -> None:
+    r = drill(healthy_f, "etcd-quorum-loss", "--seconds", "60")
+    assert r["lost_writes"] == [] and r["healed"]
+    assert r["write_gap_s"] < QUORUM_LOSS_CEILING_S, r["timeline"]
+    assert r["new_leader"] == r["old_leader"]
+    assert any("never more than one" in n for n in r["notes"]), r["notes"]
+    assert any("(failsafe)" in n for n in r["notes"]), r["notes"]
+
+
+def test_etcd_quorum_loss_without_failsafe_goes_read_only_then_resumes(healthy_f: Cluster, tmp_path: Path) -> None:
+    off = tmp_path / "failsafe-off.yaml"
+    off.write_text(yaml.safe_dump({**healthy_f.spec, "failsafe_mode": False}))
+    res = pgha(healthy_f.env, "up", "--spec", str(off))
+    assert res.returncode == 0, res.stderr[-2000:]
+    try:
+        r = drill(healthy_f, "etcd-quorum-loss", "--seconds", "10")  # > retry_timeout (5 s)
+        assert r["lost_writes"] == [] and r["healed"]  # writes resumed by themselves once etcd was back
+        assert any("none (read-only)" in n for n in r["notes"]), r["notes"]
+        assert any("never more than one" in n for n in r["notes"]), r["notes"]
+    finally:
+        up(healthy_f)  # failsafe back on, as the module's spec says
