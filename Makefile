@@ -6,11 +6,16 @@ SPEC   ?=
 
 .PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
 
-up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
+# `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
+# runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
+# `make up` with nothing changed only checks.
+up: venv engine          ## server (unless PGHA_NO_SERVER=1) + build what is missing + bring the cluster up (SPEC=file.yaml optional)
+	$(if $(filter-out 0,$(PGHA_NO_SERVER)),,$(PGHA) server start)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
 
-down: venv               ## remove the containers (data volumes kept)
+down: venv               ## remove the containers (data volumes kept); the server stays unless STOP_SERVER=1
 	$(PGHA) down $(if $(SPEC),--spec $(SPEC))
+	$(if $(filter 1,$(STOP_SERVER)),$(PGHA) server stop)
 
 status: venv
 	$(PGHA) status $(if $(SPEC),--spec $(SPEC))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import psycopg
-from prefect import task
 
 from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
@@ -22,7 +21,7 @@ from stack.rolling import Setting
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import READ_ONLY
+from tasks._prefect import task
 from tasks.node_exec import node
 
 
@@ -65,7 +64,7 @@ def probe(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> EndpointProbe
     return EndpointProbe(spec.ports.ro if read_only else spec.ports.rw, bool(row and row[0]))
 
 
-@task(name="wait-endpoints", **READ_ONLY)
+@task(name="wait-endpoints")
 def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> tuple[EndpointProbe, EndpointProbe | None]:
     """Wait until the R/W port reaches a writable primary and the R/O port a replica."""
     rw = wait_for(f"R/W port {spec.ports.rw} to reach a writable primary",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import yaml
-from prefect import task
 
 from stack.cluster import ClusterView, assess, led_by, quorum
 from stack.errors import PghaError
@@ -13,7 +12,7 @@ from stack.results import ClusterStatus, MemberRow
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, postgres
-from tasks._prefect import ONCE, READ_ONLY
+from tasks._prefect import task
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -80,7 +79,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     return st
 
 
-@task(name="wait-healthy", **READ_ONLY)
+@task(name="wait-healthy")
 def wait_healthy(spec: ClusterSpec, timeout: float, stable_s: float = 0.0) -> ClusterStatus:
     """Wait until the status is healthy (for `stable_s` seconds in a row when given).
 
@@ -112,7 +111,7 @@ def require_healthy(spec: ClusterSpec, doing: str) -> ClusterView:
     return patroni.cluster_view(spec)
 
 
-@task(name="switchover", **ONCE)
+@task(name="switchover")
 def switchover(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> str:
     """Hand the leadership to `candidate` and wait until it leads and the cluster is whole again."""
     patroni.switchover(spec, leader, candidate)
