@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from flows.steps.cluster import stored_spec
 from stack import audit as A
 from stack import operator
 from stack.errors import PghaError
@@ -235,7 +236,11 @@ def _artifacts(report: AuditReport) -> None:
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
-def audit(spec: ClusterSpec = ClusterSpec()) -> State:  # noqa: B008 - pydantic default is immutable
+def audit(spec: ClusterSpec = ClusterSpec(), scope: str | None = None) -> State:  # noqa: B008 - pydantic default is immutable
+    """`scope`: audit the cluster of that scope as its last `pgha up` stored it, instead of `spec`
+    (what the leader-change automation passes)."""
+    if scope:
+        spec = stored_spec(scope)
     report = run_audit(spec)
     _artifacts(report)
     leader_changed(spec)

@@ -5,7 +5,7 @@ Every event's resource is the cluster: `prefect.resource.id = pgha.cluster.<scop
 
 | event | when | payload |
 |---|---|---|
-| `pgha.leader.changed` | an audit sees another leader or timeline than the last audit | old_leader, new_leader, old_timeline, new_timeline |
+| `pgha.leader.changed` | an audit sees another leader or timeline than the last audit | scope, old_leader, new_leader, old_timeline, new_timeline |
 | `pgha.<operation>.completed` / `.failed` | a mutating operation ends (backup, verify-restore, drill, restart, reinit, pause, resume, upgrade, ...) | operation, outcome, elapsed_s, and the operation's detail (a verified set's label, ...) |
 
 Best effort: an event that cannot be sent (no API) is logged by Prefect and never fails the
@@ -35,7 +35,7 @@ def emit(event: str, scope: str, payload: dict[str, Any]) -> None:
 
 
 def leader_changed(scope: str, change: LeaderChange) -> None:
-    emit(LEADER_CHANGED, scope, {"old_leader": change.old_leader, "new_leader": change.new_leader,
+    emit(LEADER_CHANGED, scope, {"scope": scope, "old_leader": change.old_leader, "new_leader": change.new_leader,
                                  "old_timeline": change.old_timeline, "new_timeline": change.new_timeline})
 
 

@@ -281,6 +281,43 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
     return done
 
 
+FOLLOW_UP = "pgha: audit after a leader change"
+AUDIT_DEPLOYMENT = "health-audit/default"
+
+
+def apply_follow_up() -> str:
+    """The automation that runs the health-audit deployment for a cluster whose leader changed
+    (event `pgha.leader.changed`, emitted by the audit); created or updated by name."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url()}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(AUDIT_DEPLOYMENT)
+        wanted = Automation(
+            name=FOLLOW_UP,
+            description="When an audit sees another leader than the last audit (a switchover or a failover), "
+                        "audit that cluster again at once through the health-audit deployment, so the run and "
+                        "its artifacts show how the cluster is after the change.",
+            trigger=EventTrigger(expect={"pgha.leader.changed"}, match={"prefect.resource.id": "pgha.cluster.*"},
+                                 posture=Posture.Reactive, threshold=1),
+            actions=[RunDeployment(source="selected", deployment_id=dep.id,
+                                   parameters={"scope": {"__prefect_kind": "jinja",
+                                                         "template": "{{ event.payload.scope }}"}})],
+        )
+        existing = client.read_automations_by_name(FOLLOW_UP)
+        if existing:
+            wanted.id = existing[0].id
+            wanted.update()
+            for extra in existing[1:]:
+                client.delete_automation(extra.id)
+            return f"automation '{FOLLOW_UP}' updated"
+        wanted.create()
+        return f"automation '{FOLLOW_UP}' created"
+
+
 def fingerprint(with_alerts: bool) -> str:
     """What the pool, deployments and alerts were made from: the server's pid, prefect.yaml, the
     flows' code (their parameter forms), the alerts file and its settings (hashed, never stored)."""
@@ -309,7 +346,7 @@ def start_all(with_alerts: bool = True) -> list[str]:
             return [f"server (pid {SERVER.pid()}), work pool, deployments, alerts and worker (pid {WORKER.pid()}) "
                     f"already up on {ui_url()}; nothing changed"]
     stamp.unlink(missing_ok=True)
-    steps = [start_server(), ensure_pool(), deploy()]
+    steps = [start_server(), ensure_pool(), deploy(), apply_follow_up()]
     if with_alerts:
         try:
             steps += apply_alerts()

@@ -124,3 +124,14 @@ def switchover(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+
+def stored_spec(scope: str) -> ClusterSpec:
+    """The spec the last `pgha up` of `scope` stored (StateError when there is none)."""
+    from stack.errors import StateError
+    from stack.spec import load_spec
+
+    path = cluster_dir(scope) / "spec.yaml"
+    if not path.exists():
+        raise StateError(f"no cluster '{scope}' was brought up from this machine (no {path})")
+    return load_spec(path)
