@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
 
 # `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
 # runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
@@ -28,7 +28,7 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
-integration: venv engine
+integration: venv engine browser
 	$(VENV)/bin/pytest tests/integration -q -m integration
 
 venv: $(VENV)/.installed
@@ -38,6 +38,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+browser:                 ## make sure /usr/bin/chromium is there for the UI test (installs Debian's package as root)
+	bash stack/ensure-browser.sh
 
 engine:                  ## make sure a Docker engine answers (installs/starts it on Debian as root)
 	bash stack/ensure-engine.sh
@@ -59,6 +62,9 @@ server-stop: venv        ## stop the worker and server that `make server` starte
 
 audit: venv              ## health audit of the cluster (exit 1 on a critical finding)
 	$(PGHA) audit $(if $(SPEC),--spec $(SPEC))
+
+bench-cli: venv engine   ## pgha status / audit / no-op up vs `patronictl list` (server and ephemeral)
+	$(VENV)/bin/python benchmarks/cli.py
 
 bench-audit: venv engine ## audit time vs `patronictl list`
 	$(VENV)/bin/python benchmarks/audit.py
