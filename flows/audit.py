@@ -236,7 +236,7 @@ def _artifacts(report: AuditReport) -> None:
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
-def audit(spec: ClusterSpec = ClusterSpec(), scope: str | None = None) -> State:  # noqa: B008 - pydantic default is immutable
+def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa: B008 - pydantic default is immutable
     """`scope`: audit the cluster of that scope as its last `pgha up` stored it, instead of `spec`
     (what the leader-change automation passes)."""
     if scope:

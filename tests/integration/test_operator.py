@@ -233,43 +233,60 @@ def test_cli_runs_land_on_the_server_and_a_leader_change_triggers_an_audit(clust
 
 
 def test_the_ui_in_a_real_browser_runs_the_audit(cluster: Cluster) -> None:
-    """Headless Chromium: deployments page, the audit's run form, Run, Completed, its artifact."""
-    playwright = pytest.importorskip("playwright.sync_api")
+    """Headless Chromium: deployments page, the audit's run form, Submit, Completed, its artifact."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
     chromium = Path("/usr/bin/chromium")
     assert chromium.exists(), "Chromium is missing: run `make browser` (apt-get install -y chromium)"
     ARTIFACTS.mkdir(exist_ok=True)
+    audit_dep = next(d for d in api("/deployments/filter", {})  # type: ignore[union-attr]
+                     if d["name"] == "default" and d["entrypoint"].startswith("flows/audit.py"))
     before = {r["id"] for r in flow_runs("health-audit")}
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(f"{UI}/deployments")
-        page.get_by_text("rolling-restart").first.wait_for()
-        page.get_by_text("reinit-replica").first.wait_for()
-        page.get_by_role("link", name="health-audit").first.wait_for()
-        deployments = {d["name"]: d for d in api("/deployments/filter", {})  # type: ignore[union-attr]
-                       if d["name"] == "default" and d["entrypoint"].startswith("flows/audit.py")}
-        page.goto(f"{UI}/deployments/deployment/{deployments['default']['id']}/run")
-        page.get_by_text("scope").first.wait_for()  # the run form shows the flow's parameters
-        # The form's defaults audit the default cluster; this test's cluster is named by `scope`.
-        field = page.locator("input").filter(has=page.locator("xpath=.")).nth(0)
-        scope_box = page.get_by_label("scope", exact=False)
-        box = scope_box.first if scope_box.count() else field
-        box.fill(cluster.scope)
-        page.get_by_role("button", name="Submit").click()
-        page.wait_for_url("**/runs/flow-run/**")
-        run_url = page.url
-        run_id = run_url.rstrip("/").split("/")[-1]
-        assert run_id not in before
-        page.get_by_text("Completed").first.wait_for(timeout=180_000)
-        page.screenshot(path=str(ARTIFACTS / "ui-audit-run.png"), full_page=True)
-        page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text(f"{cluster.scope}-audit").first.wait_for()
-        page.get_by_text(f"{cluster.scope}-audit").first.click()
-        page.get_by_text("etcd.quorum").first.wait_for()
-        page.screenshot(path=str(ARTIFACTS / "ui-audit-artifact.png"), full_page=True)
-        body = page.content()
-        browser.close()
-    assert "≥" in body or "&ge;" in body  # thresholds as written, not as a Markdown quote
-    run = api(f"/flow_runs/{run_id}") if False else None  # noqa: F841 - state checked through the UI above
-    assert (ARTIFACTS / "ui-audit-run.png").stat().st_size > 10_000
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            # The deployments page lists pgha's deployments, the day-two ones included.
+            page.goto(f"{UI}/deployments")
+            page.get_by_placeholder("Search deployments").fill("restart")
+            page.get_by_text("rolling-restart").first.wait_for()
+            page.get_by_placeholder("Search deployments").fill("health")
+            page.get_by_text("health-audit").first.wait_for()
+            page.locator(f"a[href='/deployments/deployment/{audit_dep['id']}']").first.click()
+            page.wait_for_url(f"**/deployments/deployment/{audit_dep['id']}**")
+            # Its run form: the ClusterSpec as fields, and `scope` for a cluster `pgha up` stored.
+            page.goto(f"{UI}/deployments/deployment/{audit_dep['id']}/run")
+            label = page.locator("span.schema-form-property__label", has_text=re.compile(r"^scope \(Optional\)$"))
+            label.wait_for()
+            page.get_by_text("Etcd Members").first.wait_for()
+            prop = page.locator("div.schema-form-property").filter(has=label).last
+            prop.locator("textarea, input").last.fill(cluster.scope)
+            page.get_by_role("button", name="Submit").click()  # the UI's own button starts the run
+            page.wait_for_url("**tab=Runs**")
+            new = [r for r in flow_runs("health-audit") if r["id"] not in before]
+            assert len(new) == 1 and new[0]["parameters"]["scope"] == cluster.scope, new  # type: ignore[index]
+            page.get_by_role("link", name=str(new[0]["name"])).first.click()
+            page.wait_for_url(f"**/runs/flow-run/{new[0]['id']}**")
+            deadline = time.monotonic() + 180
+            while api("/flow_runs/filter", {"flow_runs": {"id": {"any_": [new[0]["id"]]}}})[0][  # type: ignore[index]
+                    "state_type"] not in ("COMPLETED", "FAILED", "CRASHED") and time.monotonic() < deadline:
+                time.sleep(2)
+            page.reload()
+            page.get_by_text("Completed").first.wait_for()
+            page.get_by_text("Artifacts", exact=True).first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "ui-audit-run.png"), full_page=True)
+            page.get_by_text("Artifacts", exact=True).first.click()
+            page.get_by_text(f"{cluster.scope}-audit", exact=True).first.click()
+            page.wait_for_url("**/artifacts/artifact/**")
+            page.get_by_text("etcd.quorum").first.wait_for()
+            summary = page.get_by_text(re.compile(rf"^{cluster.scope}: 0 critical")).first
+            summary.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "ui-audit-artifact.png"), full_page=True)
+            body = page.inner_text("body")
+        finally:
+            browser.close()
+    assert "≥ 1" in body and ">=" not in body  # the quorum threshold as written, not a Markdown quote
+    assert (ARTIFACTS / "ui-audit-artifact.png").stat().st_size > 10_000
