@@ -81,7 +81,7 @@ class EphemeralApi:
         before the first flow.
         """
         with self._lock:
-            if self._proc is not None or self._published or "PREFECT_API_URL" in os.environ:
+            if self._proc is not None or self._published or os.environ.get("PREFECT_API_URL"):
                 return
             if found := running_server():
                 self._publish({"PREFECT_API_URL": f"{found}/api", "PREFECT_UI_URL": found})

@@ -52,6 +52,7 @@ def restart(member: str | None = typer.Argument(None, help="the Patroni member t
     from flows.restart import check
 
     check(spec, member)
+    _not_busy(spec, wait, "restart")
     warm()
     from flows.restart import restart as restart_flow
 
@@ -73,6 +74,7 @@ def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)
     if not yes:
         raise UsageError(f"reinit wipes {member}'s data directory and clones it again from the leader; "
                          "add --yes to confirm")
+    _not_busy(spec, wait, "reinit")
     warm()
     from flows.reinit import reinit as reinit_flow
 
@@ -87,6 +89,7 @@ def pause(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: 
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     _answers(spec)
+    _not_busy(spec, wait, "pause")
     warm()
     from flows.maintenance import pause as pause_flow
 
@@ -101,10 +104,25 @@ def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait:
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     _answers(spec)
+    _not_busy(spec, wait, "resume")
     warm()
     from flows.maintenance import resume as resume_flow
 
     return Done(run_flow(resume_flow, spec, wait_seconds=wait), spec)
+
+
+def _not_busy(spec: ClusterSpec, wait: float, verb: str) -> None:
+    """Refuse at once (one line, before any flow run) when another mutating flow holds the cluster.
+
+    The flow takes the lock itself; this only spares the user a failed flow run. With --wait
+    the flow waits for the lock instead.
+    """
+    if wait > 0:
+        return
+    from tasks.host.lock import mutating
+
+    with mutating(spec.scope, f"pgha {verb} (pre-check)", wait_seconds=0):
+        pass
 
 
 def _answers(spec: ClusterSpec) -> None:
