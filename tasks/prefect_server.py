@@ -341,10 +341,14 @@ def start_all(with_alerts: bool = True) -> list[str]:
             current = stamp.read_text().strip() == fingerprint(with_alerts)
         except OSError:
             current = False
-        if current:
-            (server_dir() / URL_FILE).write_text(ui_url() + "\n")
-            return [f"server (pid {SERVER.pid()}), work pool, deployments, alerts and worker (pid {WORKER.pid()}) "
-                    f"already up on {ui_url()}; nothing changed"]
+        if current:  # the slow steps (pool, `prefect deploy`) are skipped; alerts re-applied (quick)
+            steps = [start_server(), "work pool, deployments and automation as deployed: nothing changed"]
+            if with_alerts:
+                try:
+                    steps += apply_alerts()
+                except UsageError as exc:
+                    steps.append(f"alerts not applied: {exc}")
+            return [*steps, start_worker()]
     stamp.unlink(missing_ok=True)
     steps = [start_server(), ensure_pool(), deploy(), apply_follow_up()]
     if with_alerts:
