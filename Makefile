@@ -4,13 +4,18 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration test-images lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
 
-up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
+# `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
+# runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
+# `make up` with nothing changed only checks.
+up: venv engine          ## server (unless PGHA_NO_SERVER=1) + build what is missing + bring the cluster up (SPEC=file.yaml optional)
+	$(if $(filter-out 0,$(PGHA_NO_SERVER)),,$(PGHA) server start)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
 
-down: venv               ## remove the containers (data volumes kept)
+down: venv               ## remove the containers (data volumes kept); the server stays unless STOP_SERVER=1
 	$(PGHA) down $(if $(SPEC),--spec $(SPEC))
+	$(if $(filter 1,$(STOP_SERVER)),$(PGHA) server stop)
 
 status: venv
 	$(PGHA) status $(if $(SPEC),--spec $(SPEC))
@@ -24,7 +29,7 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
 IT_WORKERS ?= 2
-integration: venv engine test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
+integration: venv engine browser test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
 	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadgroup --durations=25
 
 test-images: venv engine  ## every image the integration suite uses, built once before the workers start
@@ -39,6 +44,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+browser:                 ## make sure /usr/bin/chromium is there for the UI test (installs Debian's package as root)
+	bash stack/ensure-browser.sh
 
 engine:                  ## make sure a Docker engine answers (installs/starts it on Debian as root)
 	bash stack/ensure-engine.sh
@@ -60,6 +68,9 @@ server-stop: venv        ## stop the worker and server that `make server` starte
 
 audit: venv              ## health audit of the cluster (exit 1 on a critical finding)
 	$(PGHA) audit $(if $(SPEC),--spec $(SPEC))
+
+bench-cli: venv engine   ## pgha status / audit / no-op up vs `patronictl list` (server and ephemeral)
+	$(VENV)/bin/python benchmarks/cli.py
 
 bench-audit: venv engine ## audit time vs `patronictl list`
 	$(VENV)/bin/python benchmarks/audit.py

@@ -1,4 +1,12 @@
-"""Prefect's ephemeral API for one pgha process: started at most once, always stopped.
+"""Which Prefect API a pgha process uses: the running pgha server, else an ephemeral one.
+
+When `PREFECT_API_URL` is unset and `pgha server start` (`make up`, `make server`) left a
+server running for this state directory (`<state>/server/server.url`, its pid alive, /health
+answering), every flow-running verb publishes that server's API and UI URLs and runs there:
+its runs, logs and artifacts show in the UI, and no ephemeral API is started (seconds saved
+per command). `PGHA_NO_SERVER=1` ignores it.
+
+Otherwise: Prefect's ephemeral API, started at most once, always stopped.
 
 Without `PREFECT_API_URL`, Prefect starts a private API server (uvicorn in a subprocess)
 the first time anything needs it, through `SubprocessASGIServer().start()`. That method is
@@ -67,13 +75,18 @@ class EphemeralApi:
         return f"http://127.0.0.1:{self._port}/api"
 
     def start(self) -> None:
-        """Spawn the server unless PREFECT_API_URL is set or it runs already; returns at once.
+        """Use the running pgha server, else spawn an API unless PREFECT_API_URL is set; returns at once.
 
-        It becomes ready while the caller runs its preflight checks; `wait_ready()` before the
-        first flow.
+        A spawned API becomes ready while the caller runs its preflight checks; `wait_ready()`
+        before the first flow.
         """
         with self._lock:
-            if self._proc is not None or _configured_api_url():
+            if self._proc is not None or self._published or os.environ.get("PREFECT_API_URL"):
+                return
+            if found := running_server():
+                self._publish({"PREFECT_API_URL": f"{found}/api", "PREFECT_UI_URL": found})
+                return
+            if _configured_api_url():
                 return
             self._spawn()
 
@@ -221,6 +234,15 @@ def _configured_api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
     return str(PREFECT_API_URL.value() or "")
+
+
+def running_server() -> str | None:
+    """The UI URL of the Prefect server `pgha server start` runs for this state directory, if it answers."""
+    if os.environ.get("PGHA_NO_SERVER", "") not in ("", "0"):
+        return None
+    from tasks import prefect_server
+
+    return prefect_server.recorded_url()
 
 
 def _free_port() -> int:

@@ -15,12 +15,18 @@ from cli.core import Done, out
 from stack.results import (
     AuditReport,
     BackupResult,
+    BackupsResult,
     BootstrapResult,
     ClusterStatus,
     ConfigSetResult,
     DrillResult,
     DumpResult,
     EtcdReplaceResult,
+    HistoryResult,
+    PauseResult,
+    ReinitResult,
+    ReportResult,
+    RestartResult,
     RestoreResult,
     ScaleResult,
     SwitchoverResult,
@@ -148,6 +154,8 @@ def restore(done: Done[RestoreResult]) -> None:
 
 def audit(done: Done[AuditReport]) -> None:
     r = done.result
+    if r.summary:
+        line(r.summary)
     t = Table(title=f"health audit of {r.scope} ({r.elapsed_s} s)", title_justify="left")
     for col in ("check", "target", "status", "observed", "threshold", "hint"):
         t.add_column(col)
@@ -209,3 +217,59 @@ def switchover(done: Done[SwitchoverResult]) -> None:
     line(f"{r.scope}: {t.leader} -> {t.candidate}; new primary routed {t.routed_s:.2f}s after the request, "
          f"{paused}; whole again after {t.whole_s:.1f}s ({r.elapsed_s}s)")
     line("healthy" if r.status.healthy else "UNHEALTHY: " + "; ".join(r.status.problems))
+# ---- the operator's verbs ----
+
+
+def restart(done: Done[RestartResult]) -> None:
+    r = done.result
+    line(f"restarted {', '.join(r.restarted) or 'nothing'} in {r.elapsed_s}s"
+         + (f"; switchover {r.switchover}" if r.switchover else "") + f"; leader {r.leader}")
+    events(r.events)
+
+
+def reinit(done: Done[ReinitResult]) -> None:
+    r = done.result
+    line(f"{r.member} rebuilt from {r.leader} in {r.elapsed_s}s and streaming")
+    events(r.events)
+
+
+def pause(done: Done[PauseResult]) -> None:
+    r = done.result
+    state = "paused (maintenance mode: no automatic failover)" if r.paused else "resumed (Patroni manages failover)"
+    line(f"{r.scope} {state}" + ("" if r.changed else "; it already was"))
+
+
+def backups(done: Done[BackupsResult]) -> None:
+    r = done.result
+    t = Table(title=f"backups of {r.scope}", title_justify="left")
+    for col in ("label", "type", "stopped", "size MB", "stored MB", "WAL start", "WAL stop", "verified"):
+        t.add_column(col)
+    for s in r.sets:
+        t.add_row(s.label, s.type, s.stopped[:19], _mb(s.size_bytes), _mb(s.repo_bytes), s.wal_start, s.wal_stop, s.verified)
+    out.print(t)
+    if r.recoverable_from:
+        line(f"recoverable window (PITR): {r.recoverable_from[:19]} .. {r.recoverable_to[:19]} UTC "
+             f"(WAL archived {r.archive_min} .. {r.archive_max})")
+    else:
+        line("no good backup: nothing is recoverable yet (run `pgha backup`)")
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.1f}" if n is not None else ""
+
+
+def history(done: Done[HistoryResult]) -> None:
+    r = done.result
+    t = Table(title=f"history of {r.scope}: leader {r.leader or 'none'} on timeline {r.timeline}", title_justify="left")
+    for col in ("timeline", "since", "leader", "cause", "detail"):
+        t.add_column(col)
+    for h in r.rows:
+        t.add_row(str(h.timeline), h.time[:19], h.new_leader, h.cause, h.detail)
+    out.print(t)
+    if not r.rows:
+        line("no leader change since the cluster was created (timeline 1)")
+
+
+def report(done: Done[ReportResult]) -> None:
+    r = done.result
+    line(f"{r.path} ({r.bytes} bytes, {len(r.files)} files); checked for {r.secrets_checked} secrets: none found")

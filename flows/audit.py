@@ -19,14 +19,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from flows.steps.cluster import stored_spec
 from stack import audit as A
+from stack import operator
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT
 from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, fencer, haproxy, patroni, pgbouncer, postgres
+from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -220,17 +222,46 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     except OSError as exc:  # e.g. two audits at once: the next audit just compares with an older baseline
         get_run_logger().warning("audit baseline not saved: %s", exc)
     v = A.verdict(spec.scope, findings)
+    rows = operator.ordered([FindingRow(**f.to_dict()) for f in findings])  # criticals, warnings, ok
+    p_obs = got["patroni"][0]
     return AuditReport(scope=spec.scope, status=v.level.value, message=v.message,
-                       elapsed_s=round(time.monotonic() - t0, 2),
-                       findings=[FindingRow(**f.to_dict()) for f in findings])
+                       summary=operator.summary_line(spec.scope, rows, paused=bool(p_obs and p_obs.paused)),
+                       elapsed_s=round(time.monotonic() - t0, 2), findings=rows)
+
+
+def leader_changed(spec: ClusterSpec) -> operator.LeaderChange | None:
+    """Compare the leader and timeline with the last audit's (kept in the state directory); emit
+    `pgha.leader.changed` when they differ. The first audit only records them."""
+    path = cluster_dir(spec.scope) / "audit-leader.json"
+    try:
+        view = patroni.cluster_view(spec)
+    except PghaError:
+        return None  # no leader to compare: the audit's findings say why
+    lead = view.leader()
+    if lead is None:
+        return None
+    try:
+        previous = dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        previous = None
+    change = operator.leader_change(previous, lead.name, lead.timeline)
+    try:
+        write_private(path, json.dumps({"leader": lead.name, "timeline": lead.timeline}))
+    except OSError:
+        pass
+    if change is not None:
+        events.leader_changed(spec.scope, change)
+    return change
 
 
 def _artifacts(report: AuditReport) -> None:
     scope = report.scope
     findings = [f.to_json() for f in report.findings]
-    create_table_artifact(key=f"{scope}-audit", table=findings, description=report.message[:500])
+    # Cells as the UI shows them: ">= 2" would render as a Markdown quote.
+    findings = [{k: operator.md_cell(v) for k, v in f.items()} for f in findings]
+    create_table_artifact(key=f"{scope}-audit", table=findings, description=(report.summary or report.message)[:500])
     bad = [f for f in findings if f["status"] != "ok"]
-    md = [f"# Health audit of `{scope}`: {report.status.upper()}", "", report.message, "",
+    md = [f"# Health audit of `{scope}`: {report.status.upper()}", "", f"**{report.summary}**", "", report.message, "",
           f"{len(findings)} checks in {report.elapsed_s} s; {len(bad)} not ok.", ""]
     if bad:
         md += ["| check | target | status | observed | threshold | hint |", "|---|---|---|---|---|---|"]
@@ -240,9 +271,14 @@ def _artifacts(report: AuditReport) -> None:
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
-def audit(spec: ClusterSpec = ClusterSpec()) -> State:  # noqa: B008 - pydantic default is immutable
+def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa: B008 - pydantic default is immutable
+    """`scope`: audit the cluster of that scope as its last `pgha up` stored it, instead of `spec`
+    (what the leader-change automation passes)."""
+    if scope:
+        spec = stored_spec(scope)
     report = run_audit(spec)
     _artifacts(report)
+    leader_changed(spec)
     log = get_run_logger()
     if report.status == A.Level.CRITICAL.value:
         log.error(report.message)

@@ -46,11 +46,13 @@ def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) 
     preflight_once(preflight, spec, label)
     # One verification per cluster at a time (the scratch container has a fixed name); a
     # second one waits. Its own lock, not the cluster's: verifying changes nothing live.
-    with operation("verify-restore", spec, lock_scope=f"{spec.scope}/verify", wait_seconds=3600):
-        return verify_in_scratch(spec, label)
+    with operation("verify-restore", spec, lock_scope=f"{spec.scope}/verify", wait_seconds=3600) as op:
+        op.detail["label"] = label  # the set asked for; the set checked once it is known
+        result = verify_in_scratch(spec, label, op.detail)
+        return result
 
 
-def verify_in_scratch(spec: ClusterSpec, label: str | None) -> VerifyResult:
+def verify_in_scratch(spec: ClusterSpec, label: str | None, detail: dict[str, object] | None = None) -> VerifyResult:
     """The verification itself (the caller holds the verify lock); the result, also as an artifact."""
     log = get_run_logger()
     started = time.monotonic()
@@ -67,6 +69,8 @@ def verify_in_scratch(spec: ClusterSpec, label: str | None) -> VerifyResult:
         raise
     finally:
         result.duration_s = round(time.monotonic() - started, 1)
+        if detail is not None:  # the journal line `pgha backups` reads: last verification of each set
+            detail.update(label=result.label, verified=result.ok, error=result.error)
         create_table_artifact(
             key=f"{spec.scope}-verify-restore",
             table=[result.model_dump(mode="json", exclude={"removed"})],

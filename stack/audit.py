@@ -196,7 +196,7 @@ def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") ->
                        "" if len(leaders) == 1 else "no writable primary: see `pgha status` and Patroni logs"))
     out.append(Finding("patroni.paused", spec.scope, Level.WARN if obs.paused else Level.OK,
                        "paused" if obs.paused else "not paused", "not paused",
-                       "maintenance mode: no automatic failover until `patronictl resume`" if obs.paused else ""))
+                       "maintenance mode: no automatic failover until `pgha resume`" if obs.paused else ""))
     lead_tl = leaders[0].timeline if len(leaders) == 1 else None
     for name in spec.node_names():
         m = by_name.get(name)

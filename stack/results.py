@@ -185,6 +185,7 @@ class AuditReport(Result):
     scope: str
     status: str  # ok | warn | critical
     message: str
+    summary: str = ""  # one line: counts, paused, the first critical or warning
     elapsed_s: float
     findings: list[FindingRow]
 
@@ -256,3 +257,72 @@ class SwitchoverResult(Result):
     times: SwitchoverTimes
     status: ClusterStatus
     elapsed_s: float
+# ---- the operator's verbs ----
+
+
+class RestartResult(Result):
+    scope: str
+    restarted: list[str]
+    switchover: str = ""  # "pg-1 -> pg-2" when the leader's turn moved the leadership
+    leader: str = ""
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class ReinitResult(Result):
+    scope: str
+    member: str
+    leader: str
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class PauseResult(Result):
+    scope: str
+    paused: bool
+    changed: bool
+    elapsed_s: float = 0.0
+
+
+class HistoryRow(Result):
+    timeline: int
+    time: str
+    new_leader: str
+    cause: str
+    detail: str
+
+
+class HistoryResult(Result):
+    scope: str
+    leader: str
+    timeline: int | None
+    rows: list[HistoryRow]
+
+
+class BackupRow(Result):
+    label: str
+    type: str
+    started: str
+    stopped: str
+    size_bytes: int | None = None
+    repo_bytes: int | None = None
+    wal_start: str = ""
+    wal_stop: str = ""
+    verified: str = ""  # passed | FAILED: why | never
+
+
+class BackupsResult(Result):
+    scope: str
+    sets: list[BackupRow]
+    recoverable_from: str = ""
+    recoverable_to: str = ""
+    archive_min: str = ""
+    archive_max: str = ""
+
+
+class ReportResult(Result):
+    scope: str
+    path: str
+    files: list[str]
+    bytes: int
+    secrets_checked: int

@@ -1,12 +1,24 @@
-"""Shared Prefect task settings: no caching of side effects, retries only when transient."""
+"""Shared Prefect task settings, and `task`: a Prefect task created on first use.
+
+Importing Prefect costs 1.5-3 s; read-only verbs (`pgha status`, `logs`, `history`, ...) run
+adapter code outside any flow and must not pay it. So the adapters on those paths declare
+their tasks with this module's `task`, which builds the real `prefect.task` only when the task
+is first called (or `.submit`ted, `.map`ped, ...) — that is, inside a flow, where Prefect is
+loaded anyway. Its default cache policy is NO_CACHE (never cache a side effect or a read).
+`SIDE_EFFECT`, `ONCE` and `READ_ONLY` stay importable for modules that use `prefect.task`
+directly; they load Prefect when first read.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect.cache_policies import NO_CACHE
+import functools
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from stack.errors import DockerError, EtcdError, ExecError, ImageError, PatroniError, PostgresError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -20,12 +32,51 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(exc, (DockerError, EtcdError, PatroniError, PostgresError, ConnectionError))
 
 
-SIDE_EFFECT: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_condition_fn": transient,
-}
-# A side effect that must not be retried (a fault, a build failure) or a read: never cached.
-ONCE: dict[str, Any] = {"cache_policy": NO_CACHE}
-READ_ONLY = ONCE
+# What SIDE_EFFECT adds to the default (no cache), without loading Prefect: `@task(name=..., **RETRY_TRANSIENT)`.
+RETRY_TRANSIENT: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [1, 4], "retry_condition_fn": transient}
+
+
+class LazyTask(Generic[P, R]):
+    """A Prefect task built from `fn` and `options` the first time it is used."""
+
+    def __init__(self, fn: Callable[P, R], options: dict[str, Any]) -> None:
+        self.fn = fn
+        self._options = options
+        self._task: Any = None
+        functools.update_wrapper(self, fn)
+
+    def real(self) -> Any:
+        """The `prefect.Task` (Prefect is imported here, once)."""
+        if self._task is None:
+            from prefect import task as prefect_task
+            from prefect.cache_policies import NO_CACHE
+
+            self._task = prefect_task(**{"cache_policy": NO_CACHE, **self._options})(self.fn)
+        return self._task
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.real()(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # submit, map, with_options, name, ...
+        if name.startswith("__") or name in ("fn", "_options", "_task"):
+            raise AttributeError(name)
+        return getattr(self.real(), name)
+
+
+def task(**options: Any) -> Callable[[Callable[P, R]], LazyTask[P, R]]:
+    """`prefect.task(**options)`, created on first use; cache_policy defaults to NO_CACHE."""
+
+    def deco(fn: Callable[P, R]) -> LazyTask[P, R]:
+        return LazyTask(fn, options)
+
+    return deco
+
+
+def __getattr__(name: str) -> dict[str, Any]:
+    """SIDE_EFFECT / ONCE / READ_ONLY for `prefect.task(**PRESET)` users (loads Prefect)."""
+    if name not in ("SIDE_EFFECT", "ONCE", "READ_ONLY"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from prefect.cache_policies import NO_CACHE
+
+    # A side effect that must not be retried (a fault, a build failure) or a read: never cached.
+    return {"cache_policy": NO_CACHE, **(RETRY_TRANSIENT if name == "SIDE_EFFECT" else {})}

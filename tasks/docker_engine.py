@@ -18,16 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.types import Healthcheck, Mount
-from prefect_docker import DockerHost
 
 from stack.errors import DockerError, StateError
 from stack.topology import ContainerDef
+
+if TYPE_CHECKING:
+    from prefect_docker import DockerHost
 
 LABEL_CLUSTER = "pgha.cluster"
 LABEL_ROLE = "pgha.role"
@@ -66,12 +68,32 @@ class Engine:
 
     def __init__(self, name: str = "local", host: DockerHost | None = None) -> None:
         self.name = name
-        self.host = host or DockerHost(timeout=DOCKER_TIMEOUT)
+        self._host = host
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Engine({self.name}, {self.host.base_url or 'from DOCKER_HOST'})"
+        return f"Engine({self.name}, {self.base_url or 'from DOCKER_HOST'})"
+
+    @property
+    def host(self) -> DockerHost:
+        """The prefect-docker block (created on first use: importing it loads Prefect)."""
+        if self._host is None:
+            from prefect_docker import DockerHost
+
+            self._host = DockerHost(timeout=DOCKER_TIMEOUT)
+        return self._host
+
+    @property
+    def base_url(self) -> str | None:
+        return self._host.base_url if self._host is not None else None
+
+    def _connect(self) -> docker.DockerClient:
+        # The local engine from DOCKER_HOST, exactly what DockerHost(timeout=...).get_client()
+        # does, without loading Prefect for read-only verbs.
+        if self._host is None:
+            return docker.from_env(timeout=DOCKER_TIMEOUT)
+        return self._host.get_client()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -79,10 +101,10 @@ class Engine:
         with self._lock:
             if self._client is None:
                 try:
-                    c = self.host.get_client()
+                    c = self._connect()
                     c.ping()
                 except (docker.errors.DockerException, OSError) as exc:
-                    where = self.host.base_url or "the local engine"
+                    where = self.base_url or "the local engine"
                     raise DockerError(
                         f"no Docker engine answers at {where} (host {self.name}: "
                         + str(exc).splitlines()[0][:120] + "); run `make engine` (Debian, as root) or start dockerd"
@@ -282,6 +304,20 @@ class Engine:
             return str(ct.logs(**kw).decode(errors="replace"))
         except docker.errors.APIError:
             return f"(no logs for {name})"
+
+    def stream_logs(self, name: str, follow: bool = False, since: float | None = None,
+                    tail: int | None = None) -> Iterator[bytes]:
+        """A container's log as it comes (stdout and stderr, with timestamps); `follow` waits for more."""
+        ct = self.find_container(name)
+        if ct is None:
+            raise StateError(f"container {name} does not exist")
+        kw: dict[str, Any] = {"stream": True, "follow": follow, "timestamps": True}
+        if since is not None:
+            kw["since"] = int(since)
+        if tail is not None:
+            kw["tail"] = tail
+        with _engine_call(f"logs of {name}"):
+            yield from ct.logs(**kw)
 
     def image_of(self, name: str) -> str:
         """The image tag a container was created from ('' when it does not exist)."""

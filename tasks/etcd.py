@@ -11,8 +11,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import task
-
 from stack import layout
 from stack.audit import EtcdMember
 from stack.cluster import EndpointHealth
@@ -20,7 +18,7 @@ from stack.errors import EtcdError
 from stack.render import etcd_hosts
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import READ_ONLY
+from tasks._prefect import task
 from tasks.node_exec import ExecResult, first_running, node
 
 
@@ -97,7 +95,7 @@ def _describe(rows: list[EndpointHealth]) -> str:
     return ", ".join(f"{r.endpoint}={'ok' if r.healthy else r.error or 'down'}" for r in rows)
 
 
-@task(name="wait-etcd-healthy", **READ_ONLY)
+@task(name="wait-etcd-healthy")
 def wait_healthy(spec: ClusterSpec, timeout: float = 60) -> list[EndpointHealth]:
     """Wait until every etcd member reports healthy (quorum alone is not enough at bootstrap)."""
     return wait_for(

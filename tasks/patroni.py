@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from prefect import task
 
 from stack import layout, render
 from stack.cluster import ClusterView, Member, MemberRole, assess
@@ -22,7 +21,7 @@ from stack.errors import PatroniError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import READ_ONLY
+from tasks._prefect import task
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
 from tasks.node_exec import NodeExec, node
@@ -209,7 +208,7 @@ def rejoin_method(spec: ClusterSpec, member: str, since_unix: float) -> str:
     return "restart (no rewind needed)"
 
 
-@task(name="wait-patroni-whole", **READ_ONLY)
+@task(name="wait-patroni-whole")
 def wait_whole(spec: ClusterSpec, timeout: float = 180) -> ClusterView:
     """Wait for one leader and every replica streaming (and a sync standby in sync mode)."""
     return wait_for(
@@ -303,3 +302,37 @@ def write_and_reload(spec: ClusterSpec, member: str, text: str) -> None:
                            f"{layout.PATRONI_YML} && kill -HUP 1"], user="root")
     if not r.ok:
         raise PatroniError(f"reloading {member}'s Patroni configuration failed: {r.tail(1)}")
+
+
+# ---- maintenance mode and history (the operator's verbs) ----
+
+
+def set_paused(spec: ClusterSpec, paused: bool) -> None:
+    """Patroni's maintenance mode on or off (PATCH /config {"pause": ...}, as `patronictl pause` does)."""
+    patch_config(spec, {"pause": paused})
+
+
+def history(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """The cluster's timeline switches (GET /history): timeline, lsn, reason, time, new leader, oldest first."""
+    _, rows = _any_get_list(spec, "/history")
+    out = []
+    for r in rows:
+        if not isinstance(r, list) or len(r) < 3:
+            continue
+        out.append({"timeline": int(r[0]), "lsn": int(r[1]), "reason": str(r[2]),
+                    "time": str(r[3]) if len(r) > 3 and r[3] else "", "new_leader": str(r[4]) if len(r) > 4 and r[4] else ""})
+    return out
+
+
+def _any_get_list(spec: ClusterSpec, path: str) -> tuple[str, list[Any]]:
+    """GET an endpoint that answers a JSON list, through the first running node that answers."""
+    for member in spec.node_names():
+        if not node(spec, member).running():
+            continue
+        try:
+            reply = request(spec, member, "GET", path, timeout=3)
+        except PatroniError:
+            continue
+        if isinstance(reply.body, list):
+            return member, reply.body
+    raise PatroniError(f"no Patroni node answers {path}")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import psycopg
-from prefect import task
 
 from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
@@ -23,7 +22,7 @@ from stack.rolling import Setting
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import READ_ONLY
+from tasks._prefect import task
 from tasks.node_exec import node
 
 
@@ -85,7 +84,7 @@ def wait_writable(spec: ClusterSpec, secrets: Secrets, timeout: float) -> float:
     return time.monotonic() - started
 
 
-@task(name="wait-endpoints", **READ_ONLY)
+@task(name="wait-endpoints")
 def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> tuple[EndpointProbe, EndpointProbe | None]:
     """Wait until the R/W port reaches a writable primary and the R/O port a replica."""
     rw = wait_for(f"R/W port {spec.ports.rw} to reach a writable primary",

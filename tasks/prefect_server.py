@@ -168,8 +168,31 @@ def _prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
                           timeout=timeout, check=False)
 
 
+URL_FILE = "server.url"
+
+
+def recorded_url() -> str | None:
+    """The UI URL of the server `start_server` started for this state directory, when it runs and answers.
+
+    What every `pgha` verb uses to find the server by itself (no PREFECT_API_URL to export).
+    """
+    path = state_root() / "server" / URL_FILE
+    try:
+        url = path.read_text().strip()
+    except OSError:
+        return None
+    if SERVER.pid() is None:
+        return None
+    try:
+        ok = httpx.get(f"{url}/api/health", timeout=2, trust_env=False).status_code == 200
+    except (httpx.HTTPError, httpx.InvalidURL):
+        return None
+    return url if ok else None
+
+
 def start_server() -> str:
     if SERVER.pid() is not None and healthy():
+        (server_dir() / URL_FILE).write_text(ui_url() + "\n")
         return f"server already running (pid {SERVER.pid()}) on {ui_url()}"
     if healthy():
         raise StateError(f"a Prefect server that pgha did not start answers on {ui_url()}; stop it or set {PORT_ENV}")
@@ -192,6 +215,7 @@ def start_server() -> str:
                 f"did not answer within {START_TIMEOUT:.0f}s"
             raise ServerError(f"the Prefect server {what}: {' | '.join(tail)[:300]} (log {SERVER.log_file})")
         time.sleep(0.5)
+    (server_dir() / URL_FILE).write_text(ui_url() + "\n")
     return f"server started (pid {proc.pid}) on {ui_url()}"
 
 
@@ -257,18 +281,88 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
     return done
 
 
+FOLLOW_UP = "pgha: audit after a leader change"
+AUDIT_DEPLOYMENT = "health-audit/default"
+
+
+def apply_follow_up() -> str:
+    """The automation that runs the health-audit deployment for a cluster whose leader changed
+    (event `pgha.leader.changed`, emitted by the audit); created or updated by name."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url()}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(AUDIT_DEPLOYMENT)
+        wanted = Automation(
+            name=FOLLOW_UP,
+            description="When an audit sees another leader than the last audit (a switchover or a failover), "
+                        "audit that cluster again at once through the health-audit deployment, so the run and "
+                        "its artifacts show how the cluster is after the change.",
+            trigger=EventTrigger(expect={"pgha.leader.changed"}, match={"prefect.resource.id": "pgha.cluster.*"},
+                                 posture=Posture.Reactive, threshold=1),
+            actions=[RunDeployment(source="selected", deployment_id=dep.id,
+                                   parameters={"scope": {"__prefect_kind": "jinja",
+                                                         "template": "{{ event.payload.scope }}"}})],
+        )
+        existing = client.read_automations_by_name(FOLLOW_UP)
+        if existing:
+            wanted.id = existing[0].id
+            wanted.update()
+            for extra in existing[1:]:
+                client.delete_automation(extra.id)
+            return f"automation '{FOLLOW_UP}' updated"
+        wanted.create()
+        return f"automation '{FOLLOW_UP}' created"
+
+
+def fingerprint(with_alerts: bool) -> str:
+    """What the pool, deployments and alerts were made from: the server's pid, prefect.yaml, the
+    flows' code (their parameter forms), the alerts file and its settings (hashed, never stored)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{SERVER.pid()}|{port()}|{with_alerts}|{ROOT}".encode())
+    files = [ROOT / "prefect.yaml", alerts_mod.ALERTS_FILE, *sorted((ROOT / "flows").rglob("*.py")),
+             *sorted((ROOT / "stack").glob("*.py"))]
+    for f in files:
+        h.update(f.read_bytes() if f.exists() else b"-")
+    for key in sorted(k for k in os.environ if k.startswith("PGHA_ALERT_")):
+        h.update(f"{key}={os.environ[key]}".encode())
+    return h.hexdigest()
+
+
 def start_all(with_alerts: bool = True) -> list[str]:
-    steps = [start_server(), ensure_pool(), deploy()]
+    """Everything up; a second call with nothing changed only checks (about a second: `make up` runs it each time)."""
+    stamp = server_dir() / "deployed.sha256"
+    if SERVER.pid() is not None and WORKER.pid() is not None and healthy():
+        try:
+            current = stamp.read_text().strip() == fingerprint(with_alerts)
+        except OSError:
+            current = False
+        if current:  # the slow steps (pool, `prefect deploy`) are skipped; alerts re-applied (quick)
+            steps = [start_server(), "work pool, deployments and automation as deployed: nothing changed"]
+            if with_alerts:
+                try:
+                    steps += apply_alerts()
+                except UsageError as exc:
+                    steps.append(f"alerts not applied: {exc}")
+            return [*steps, start_worker()]
+    stamp.unlink(missing_ok=True)
+    steps = [start_server(), ensure_pool(), deploy(), apply_follow_up()]
     if with_alerts:
         try:
             steps += apply_alerts()
         except UsageError as exc:
             steps.append(f"alerts not applied: {exc}")
     steps.append(start_worker())
+    stamp.write_text(fingerprint(with_alerts) + "\n")
     return steps
 
 
 def stop_all() -> list[str]:
+    (server_dir() / URL_FILE).unlink(missing_ok=True)
     out = []
     for p in (WORKER, SERVER):
         out.append(f"{p.name} stopped" if p.stop() else f"{p.name} was not running")

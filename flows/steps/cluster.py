@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import yaml
-from prefect import task
 
 from stack.cluster import ClusterView, assess, led_by, quorum
 from stack.errors import HaproxyError, PatroniError, PghaError
@@ -16,7 +15,7 @@ from stack.results import ClusterStatus, MemberRow, SwitchoverTimes
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
-from tasks._prefect import ONCE, READ_ONLY
+from tasks._prefect import task
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 
@@ -94,7 +93,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     return st
 
 
-@task(name="wait-healthy", **READ_ONLY)
+@task(name="wait-healthy")
 def wait_healthy(spec: ClusterSpec, timeout: float, stable_s: float = 0.0) -> ClusterStatus:
     """Wait until the status is healthy (for `stable_s` seconds in a row when given).
 
@@ -172,7 +171,7 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
     return times
 
 
-@task(name="switchover", **ONCE)
+@task(name="switchover")
 def switchover(spec: ClusterSpec, leader: str, candidate: str, timeout: float) -> str:
     """Hand the leadership to `candidate` (`hand_over`) and wait until it leads and the cluster is whole again."""
     switchover_and_wait(spec, leader, candidate, timeout)
@@ -192,3 +191,14 @@ def switchover_and_wait(spec: ClusterSpec, leader: str, candidate: str, timeout:
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+
+def stored_spec(scope: str) -> ClusterSpec:
+    """The spec the last `pgha up` of `scope` stored (StateError when there is none)."""
+    from stack.errors import StateError
+    from stack.spec import load_spec
+
+    path = cluster_dir(scope) / "spec.yaml"
+    if not path.exists():
+        raise StateError(f"no cluster '{scope}' was brought up from this machine (no {path})")
+    return load_spec(path)

@@ -18,6 +18,8 @@ from prefect.artifacts import create_table_artifact
 
 from stack.results import Result
 from stack.spec import ClusterSpec
+from tasks import events
+from tasks.host import journal
 from tasks.host.lock import holder_name, mutating
 
 P = ParamSpec("P")
@@ -32,6 +34,7 @@ class Op:
     scope: str
     started: float = field(default_factory=time.monotonic)
     events: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)  # extra journal fields (a drill's kind, a verified set)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 1)
@@ -73,10 +76,16 @@ def operation(name: str, spec: ClusterSpec, lock_scope: str | None = None, wait_
     op = Op(name=name, scope=spec.scope)
     with mutating(lock_scope or spec.scope, holder_name(name), wait_seconds=wait_seconds):
         token = _current.set(op)
+        started, outcome = time.time(), "failed"
         try:
             yield op
+            outcome = "completed"
         finally:
             _current.reset(token)
+            # The journal `pgha history` reads to name the cause of a leader change.
+            journal.record(spec.scope, {"operation": name, "started": round(started, 3), "outcome": outcome,
+                                        "run": journal.run_id(), **op.detail})
+            events.operation_ended(spec.scope, name, outcome, op.elapsed(), op.detail)
 
 
 def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | None = None,

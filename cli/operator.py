@@ -1,0 +1,307 @@
+"""The operator's day-two verbs: restart, reinit, pause, resume, logs, psql, backups, history, report.
+
+Verbs that change the cluster run a flow (`flows/restart.py`, `reinit.py`, `maintenance.py`)
+after the same pre-check the flow makes, so a bad member or a paused cluster is one line
+before anything starts. The read-only ones (logs, psql, backups, history, report) are not
+flows: they answer without loading Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+from cli import render
+from cli.core import (
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
+from stack.errors import StateError, UsageError
+from stack.results import BackupsResult, HistoryResult, PauseResult, ReinitResult, ReportResult, RestartResult
+from stack.spec import ClusterSpec
+
+
+@app.command()
+@command(render.restart, flows=True)
+def restart(member: str | None = typer.Argument(None, help="the Patroni member to restart (pg-N)"),
+            all_members: bool = typer.Option(False, "--all", help="every member: replicas first, then the leader after a switchover"),
+            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+            as_json: bool = JsonOpt) -> Done[RestartResult]:
+    """Rolling restart of PostgreSQL on MEMBER or --all (replicas first; the leader after a switchover)."""
+    if (member is None) == (not all_members):
+        raise UsageError("give exactly one of MEMBER or --all")
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.restart import check
+
+    check(spec, member)
+    _not_busy(spec, wait, "restart")
+    warm()
+    from flows.restart import restart as restart_flow
+
+    return Done(run_flow(restart_flow, spec, member=member, wait_seconds=wait), spec)
+
+
+@app.command()
+@command(render.reinit, flows=True)
+def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)"),
+           yes: bool = typer.Option(False, "--yes", help="confirm: MEMBER's data directory is wiped and cloned again"),
+           spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+           as_json: bool = JsonOpt) -> Done[ReinitResult]:
+    """Rebuild the replica MEMBER from the leader (its data is wiped and cloned again; needs --yes)."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.reinit import check
+
+    check(spec, member)
+    if not yes:
+        raise UsageError(f"reinit wipes {member}'s data directory and clones it again from the leader; "
+                         "add --yes to confirm")
+    _not_busy(spec, wait, "reinit")
+    warm()
+    from flows.reinit import reinit as reinit_flow
+
+    return Done(run_flow(reinit_flow, spec, member=member, wait_seconds=wait), spec)
+
+
+@app.command()
+@command(render.pause, flows=True)
+def pause(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+          as_json: bool = JsonOpt) -> Done[PauseResult]:
+    """Maintenance mode on: Patroni stops failing over and restarting PostgreSQL (the audit warns)."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    _answers(spec)
+    _not_busy(spec, wait, "pause")
+    warm()
+    from flows.maintenance import pause as pause_flow
+
+    return Done(run_flow(pause_flow, spec, wait_seconds=wait), spec)
+
+
+@app.command()
+@command(render.pause, flows=True)
+def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+           as_json: bool = JsonOpt) -> Done[PauseResult]:
+    """Maintenance mode off: Patroni manages the cluster again."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    _answers(spec)
+    _not_busy(spec, wait, "resume")
+    warm()
+    from flows.maintenance import resume as resume_flow
+
+    return Done(run_flow(resume_flow, spec, wait_seconds=wait), spec)
+
+
+def _not_busy(spec: ClusterSpec, wait: float, verb: str) -> None:
+    """Refuse at once (one line, before any flow run) when another mutating flow holds the cluster.
+
+    The flow takes the lock itself; this only spares the user a failed flow run. With --wait
+    the flow waits for the lock instead.
+    """
+    if wait > 0:
+        return
+    from tasks.host.lock import mutating
+
+    with mutating(spec.scope, f"pgha {verb} (pre-check)", wait_seconds=0):
+        pass
+
+
+def _answers(spec: ClusterSpec) -> None:
+    from tasks import patroni
+
+    patroni.cluster_view(spec)  # PatroniError (one line) when no node answers
+
+
+def _members(spec: ClusterSpec) -> list[str]:
+    return [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]
+
+
+SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_since(text: str) -> float:
+    """`30s`, `10m`, `2h`, `1d` → a Unix time that long ago."""
+    m = SINCE.match(text.strip())
+    if not m:
+        raise UsageError(f"--since must look like 30s, 10m, 2h or 1d, not {text!r}")
+    return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@app.command()
+@command()
+def logs(member: str = typer.Argument(..., help="etcd-N, pg-N or haproxy"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines (Ctrl-C ends)"),
+         since: str | None = typer.Option(None, "--since", help="only lines newer than this: 30s, 10m, 2h, 1d"),
+         tail: int = typer.Option(200, "--tail", min=1, max=100000, help="last N lines (without --since)"),
+         spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt) -> None:
+    """A member's container log (Patroni and PostgreSQL, etcd or HAProxy), with timestamps."""
+    spec = resolve_spec(spec_file, scope)
+    if member not in _members(spec):
+        raise UsageError(f"unknown member {member}; members are {', '.join(_members(spec))}")
+    start = parse_since(since) if since else None
+    from tasks import docker_hosts
+
+    engine = docker_hosts.engines(spec).of(member)
+    try:
+        for chunk in engine.stream_logs(spec.container(member), follow=follow, since=start,
+                                        tail=None if start is not None else tail):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    except BrokenPipeError:  # `pgha logs pg-1 | head`
+        return
+
+
+@app.command()
+@command()
+def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a replica, through HAProxy)"),
+         pool: bool = typer.Option(False, "--pool", help="through the connection pooler (when the spec has one)"),
+         sql: str | None = typer.Option(None, "-c", "--command", help="run this SQL and exit"),
+         dbname: str = typer.Option("postgres", "--dbname", "-d"),
+         spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt) -> None:
+    """psql on the cluster's R/W (or --ro) endpoint; the password goes through a 0600 passfile, never argv or env."""
+    if ro and pool:
+        raise UsageError("give at most one of --ro and --pool")
+    spec = resolve_spec(spec_file, scope)
+    if pool and getattr(spec, "pooler", None) is None:
+        raise UsageError(f"cluster {spec.scope} has no connection pooler in its spec; drop --pool")
+    from tasks.host.state import secrets_file
+
+    if not secrets_file(spec.scope).exists():
+        raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
+    port = spec.ports.ro if ro else spec.ports.rw
+    if pool:
+        port = spec.pooler.port  # type: ignore[attr-defined]
+    code = _host_psql(spec, port, dbname, sql) if shutil.which("psql") else _node_psql(spec, ro, dbname, sql)
+    raise typer.Exit(code)
+
+
+def _host_psql(spec: ClusterSpec, port: int, dbname: str, sql: str | None) -> int:
+    """The host's psql; the password in a private passfile (PGPASSFILE names the file, not the password)."""
+    from tasks.host.secrets import load_or_create
+    from tasks.host.state import secrets_file
+
+    password = load_or_create(secrets_file(spec.scope)).superuser
+    esc = password.replace("\\", "\\\\").replace(":", "\\:")
+    with tempfile.TemporaryDirectory(prefix="pgha-psql-") as d:
+        passfile = Path(d) / "pgpass"
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"127.0.0.1:{port}:*:postgres:{esc}\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGPASSFILE=str(passfile), PGCONNECT_TIMEOUT="5", PGAPPNAME="pgha psql")
+        cmd = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", dbname]
+        if sql is not None:
+            cmd += ["-v", "ON_ERROR_STOP=1", "-c", sql]
+        return subprocess.call(cmd, env=env)
+
+
+def _node_psql(spec: ClusterSpec, ro: bool, dbname: str, sql: str | None) -> int:
+    """No psql on the host: psql inside the leader (or a replica for --ro) over its local socket (peer auth)."""
+    from tasks import patroni
+
+    view = patroni.cluster_view(spec)
+    lead = view.leader()
+    target = next((m.name for m in view.replicas() if m.streaming), None) if ro else (lead.name if lead else None)
+    if target is None:
+        raise StateError(f"no {'streaming replica' if ro else 'leader'} to connect to (see `pgha status`)")
+    tty = ["-it"] if sql is None and sys.stdin.isatty() else ["-i"]
+    cmd = ["docker", "exec", *tty, "-u", "postgres", spec.container(target), "psql", "-d", dbname]
+    if sql is not None:
+        cmd += ["-v", "ON_ERROR_STOP=1", "-c", sql]
+    return subprocess.call(cmd)
+
+
+@app.command()
+@command(render.backups)
+def backups(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[BackupsResult]:
+    """Backup sets (type, size, WAL range, last verification) and the window a PITR restore can reach."""
+    spec = resolve_spec(spec_file, scope)
+    if not spec.backup.enabled:
+        raise UsageError(f"backups are disabled in {spec.scope}'s spec (backup.enabled: false)")
+    import datetime as dt
+
+    from stack import backup as bk
+    from tasks import pgbackrest
+    from tasks.host import journal
+
+    nodes = pgbackrest.running_nodes(spec)
+    if not nodes:
+        raise StateError(f"no Patroni node of {spec.scope} runs; the repository is read through one")
+    sets, wal_min, wal_max = pgbackrest.info(spec, nodes[0])
+    checked: dict[str, str] = {}
+    for e in journal.entries(spec.scope):
+        if e.get("operation") == "verify-restore" and e.get("label"):
+            checked[str(e["label"])] = "passed" if e.get("verified") else f"FAILED: {e.get('error') or e.get('outcome')}"
+    rows = [_backup_row(s, checked.get(s.label, "never")) for s in reversed(sets)]  # newest first
+    window = bk.recoverable_range(sets, dt.datetime.now(dt.UTC))
+    return Done(BackupsResult(scope=spec.scope, sets=rows, recoverable_from=window[0].isoformat() if window else "",
+                              recoverable_to=window[1].isoformat() if window else "",
+                              archive_min=wal_min or "", archive_max=wal_max or ""), spec)
+
+
+def _backup_row(s: object, verified: str) -> object:
+    from stack.results import BackupRow
+
+    return BackupRow(label=s.label, type=s.type, started=s.start.isoformat(), stopped=s.stop.isoformat(),  # type: ignore[attr-defined]
+                     size_bytes=s.size, repo_bytes=s.repo_size, wal_start=s.wal_start, wal_stop=s.wal_stop,  # type: ignore[attr-defined]
+                     verified="FAILED: pgBackRest marks it in error" if s.error else verified)  # type: ignore[attr-defined]
+
+
+@app.command()
+@command(render.history)
+def history(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[HistoryResult]:
+    """Timelines and leader changes, with times and causes (switchover, failover, drill, upgrade, ...)."""
+    spec = resolve_spec(spec_file, scope)
+    from stack.operator import history_events
+    from stack.results import HistoryRow
+    from tasks import patroni
+    from tasks.host import journal
+
+    view = patroni.cluster_view(spec)
+    lead = view.leader()
+    events = history_events(patroni.history(spec), journal.entries(spec.scope))
+    rows = [HistoryRow(timeline=e.timeline, time=e.time, new_leader=e.new_leader, cause=e.cause, detail=e.detail)
+            for e in events]
+    return Done(HistoryResult(scope=spec.scope, leader=lead.name if lead else "", timeline=lead.timeline if lead else None,
+                              rows=rows), spec)
+
+
+@app.command()
+@command(render.report, flows=True)
+def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarball path (default ./pgha-report-<scope>-<time>.tar.gz)"),
+           audit: bool = typer.Option(True, "--audit/--no-audit", help="include a health audit (runs the flow)"),
+           spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[ReportResult]:
+    """A tarball for support: spec and configs (secrets redacted), status, audit, history, recent logs of every member."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from tasks import support_report
+
+    path = output or Path(f"pgha-report-{spec.scope}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
+    audit_json = None
+    if audit:
+        warm()
+        from flows.audit import audit as audit_flow
+
+        state = run_flow(audit_flow, spec, return_state=True)
+        audit_json = state.result(raise_on_failure=False)
+        audit_json = audit_json.to_json() if hasattr(audit_json, "to_json") else {"error": str(audit_json)}
+    return Done(support_report.build(spec, path, audit_json), spec)
