@@ -197,6 +197,15 @@ class UpgradePolicy(_Strict):
     node_image: str | None = Field(None, description="image the Patroni nodes run (set by `pgha upgrade`)")
 
 
+class MajorUpgradePolicy(_Strict):
+    """Blue/green major upgrades (`pgha upgrade --major`)."""
+
+    green_port_offset: int = Field(10, ge=1, le=10000, description="green's own ports = blue's + this")
+    cutover_lag_bytes: int = Field(1048576, ge=0, description="start the cutover once green lags less than this")
+    catchup_timeout_s: int = Field(900, ge=10, le=86400, description="time green may take to copy and catch up")
+    cutover_timeout_s: int = Field(30, ge=2, le=600, description="longest write gap before returning to blue")
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -216,6 +225,7 @@ class ClusterSpec(_Strict):
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
     upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
     audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
+    major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod
