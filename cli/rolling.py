@@ -59,6 +59,10 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
     """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader.
 
     With --major: blue/green upgrade to a new PostgreSQL major (--rollback, --finish --yes)."""
+    if major in ("--rollback", "--finish"):
+        # Click hands an option with an optional value the next word even when it is a flag:
+        # `--major --rollback` reads as intended.
+        rollback, finish, major = rollback or major == "--rollback", finish or major == "--finish", "latest"
     if major is not None or rollback or finish:
         if image is not None or updates is not None:
             raise UsageError("--major is a blue/green upgrade; it takes no --image or --updates")

@@ -151,6 +151,14 @@ def swap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
         eng.connect(blue.container(m), green.network)
 
 
+def unswap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
+    """Back to blue: blue's nodes leave green's network, so the clients' HAProxy reaches them on blue's."""
+    eng = docker_hosts.engines(blue).default
+    for m in blue.node_names():
+        if eng.attached(blue.container(m), green.network):
+            eng.disconnect(blue.container(m), green.network)
+
+
 def fence_and_catch_up(src: ClusterSpec, dst: ClusterSpec, dbs: list[str]) -> None:
     """`src` read-only with no client session; wait until `dst` applied everything `src` committed."""
     s_lead, d_lead = leader(src), leader(dst)
@@ -261,6 +269,12 @@ def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
     st.routed = "fenced"
     if st.reverse:
         fence_and_catch_up(green, blue, st.databases)
+        b_lead = leader(blue)
+        for db in st.databases:  # green goes away: its slots with it
+            pg_logical.detach_subscription(blue, b_lead, db, major.REVERSE_SUB)
+        st.reverse = False
+        save_state(blue, st)
+    unswap_networks(blue, green)
     pg_logical.set_read_only(blue, leader(blue), st.databases, False)
     route(blue, blue)
     st.routed = "blue"
@@ -268,7 +282,6 @@ def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
     gap = round(wait_writable_on(blue, st.source, blue.major.cutover_timeout_s) - t0, 2)
     st.rollback_gap_s = gap
     note(f"clients back on blue (PostgreSQL {st.source}); write gap {gap}s")
-    drop_reverse(blue, st)
     st.phase = Phase.ON_BLUE
     save_state(blue, st)
     return gap

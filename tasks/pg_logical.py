@@ -171,6 +171,17 @@ def drop_subscription(spec: ClusterSpec, member: str, db: str, sub: str) -> None
         sql(spec, member, [f"drop subscription {sub}"], db, timeout=60)
 
 
+def detach_subscription(spec: ClusterSpec, member: str, db: str, sub: str) -> None:
+    """Drop the subscription here without touching its slot on the publisher (which is going away).
+
+    Local only, one round trip: used inside a write gap, where the publisher's answer is not awaited.
+    """
+    sql(spec, member, [f"do $$ begin if exists (select 1 from pg_subscription where subname = {literal(sub)} "  # noqa: S608
+                       "and subdbid = (select oid from pg_database where datname = current_database())) then "
+                       f"alter subscription {sub} disable; alter subscription {sub} set (slot_name = none); "
+                       f"drop subscription {sub}; end if; end $$"], db)
+
+
 def drop_slots(spec: ClusterSpec, member: str, prefix: str) -> int:
     """Drop the inactive logical slots a removed subscriber left (they would keep WAL forever)."""
     out = sql(spec, member, ["select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "  # noqa: S608
