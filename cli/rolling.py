@@ -9,6 +9,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    OPTIONAL_VALUES,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -32,6 +33,9 @@ etcd_app = typer.Typer(no_args_is_help=True, help="etcd member maintenance.")
 app.add_typer(etcd_app, name="etcd")
 
 
+OPTIONAL_VALUES["--major"] = "latest"  # `pgha upgrade --major` alone: the newest major pgha packages
+
+
 class SecurityUpdates(StrEnum):
     """`upgrade --updates`: the only build an upgrade rolls out by itself."""
 
@@ -47,7 +51,7 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
             node_timeout: int | None = typer.Option(None, "--node-timeout", min=10, max=3600,
                                                     help="seconds one node may take to come back (default: spec)"),
-            major: str | None = typer.Option(None, "--major", is_flag=False, flag_value="latest",
+            major: str | None = typer.Option(None, "--major", metavar="[MAJOR]",
                                              help="blue/green major upgrade to this PostgreSQL major (default: "
                                                   "the newest pgha packages) through logical replication"),
             rollback: bool = typer.Option(False, "--rollback", help="with --major: clients back to the old cluster"),
@@ -59,10 +63,6 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
     """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader.
 
     With --major: blue/green upgrade to a new PostgreSQL major (--rollback, --finish --yes)."""
-    if major in ("--rollback", "--finish"):
-        # Click hands an option with an optional value the next word even when it is a flag:
-        # `--major --rollback` reads as intended.
-        rollback, finish, major = rollback or major == "--rollback", finish or major == "--finish", "latest"
     if major is not None or rollback or finish:
         if image is not None or updates is not None:
             raise UsageError("--major is a blue/green upgrade; it takes no --image or --updates")

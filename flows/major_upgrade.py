@@ -159,19 +159,14 @@ def unswap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
             eng.disconnect(blue.container(m), green.network)
 
 
-def fence_and_catch_up(src: ClusterSpec, dst: ClusterSpec, dbs: list[str]) -> None:
+def fence_and_catch_up(src: ClusterSpec, dst: ClusterSpec, dbs: list[str], s_lead: str, d_lead: str) -> None:
     """`src` read-only with no client session; wait until `dst` applied everything `src` committed."""
-    s_lead, d_lead = leader(src), leader(dst)
-    pg_logical.set_read_only(src, s_lead, dbs, True)
-    ended = pg_logical.terminate_clients(src, s_lead)
     token = uuid.uuid4().hex
-    for db in dbs:
-        pg_logical.write_marker(src, s_lead, db, token)
-    wait_for(f"{dst.scope} to apply everything {src.scope} committed", lambda: {
-        db: pg_logical.has_marker(dst, d_lead, db, token) for db in dbs}, major.caught_up,
-        timeout=src.major.cutover_timeout_s, interval=0.05)
-    for db in dbs:
-        pg_logical.set_sequences(dst, d_lead, db, pg_logical.sequence_values(src, s_lead, db))
+    ended = pg_logical.fence(src, s_lead, dbs, token)
+    wait_for(f"{dst.scope} to apply everything {src.scope} committed",
+             lambda: pg_logical.markers_seen(dst, d_lead, dbs, token), major.caught_up,
+             timeout=src.major.cutover_timeout_s, interval=0.05)
+    pg_logical.set_sequences(dst, d_lead, pg_logical.sequence_values(src, s_lead, dbs))
     note(f"{src.scope} fenced ({ended} session(s) ended); {dst.scope} caught up; sequences copied")
 
 
@@ -208,10 +203,10 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
     note(f"roles and schema of {len(st.databases)} database(s) copied ({took['schema_s']}s)")
 
     t = time.monotonic()
-    secrets = cluster_secrets(blue.scope)
-    for i, db in enumerate(st.databases):
-        pg_logical.create_subscription(green, g_lead, db, major.FORWARD_SUB, pg_logical.slot_name(major.FORWARD_SUB, i),
-                                       blue, secrets, copy_data=True)
+    for db in st.databases:
+        pg_logical.ensure_publication(green, g_lead, db)  # for the way back; unused until the cutover
+    pg_logical.create_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB, blue, cluster_secrets(blue.scope),
+                                    copy_data=True)
     progress = create_progress_artifact(0.0, key=f"{blue.scope}-major-copy", description="green copying blue")
 
     def copied() -> tuple[int, int, int | None]:
@@ -236,20 +231,16 @@ def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
     """Blue fenced, green caught up, reverse replication, clients on green; the write gap in seconds."""
     st.phase, st.routed = Phase.CUTOVER, "fenced"
     save_state(blue, st)
+    g_lead, b_lead = leader(green), leader(blue)  # asked before the gap: each question is a round trip
     t0 = time.monotonic()
     route(blue, None)
-    fence_and_catch_up(blue, green, st.databases)
-    g_lead, b_lead = leader(green), leader(blue)
-    secrets = cluster_secrets(blue.scope)
-    for db in st.databases:
-        pg_logical.drop_subscription(green, g_lead, db, major.FORWARD_SUB)
-        pg_logical.ensure_publication(green, g_lead, db)
+    fence_and_catch_up(blue, green, st.databases, b_lead, g_lead)
+    pg_logical.drop_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB)
     swap_networks(blue, green)
     st.reverse = True  # from here on green may take writes that only the reverse way brings back
     save_state(blue, st)
-    for i, db in enumerate(st.databases):
-        pg_logical.create_subscription(blue, b_lead, db, major.REVERSE_SUB, pg_logical.slot_name(major.REVERSE_SUB, i),
-                                       green, secrets, copy_data=False)
+    pg_logical.create_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB, green, cluster_secrets(blue.scope),
+                                    copy_data=False)
     route(blue, green)
     st.routed = "green"
     save_state(blue, st)
@@ -264,18 +255,19 @@ def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
     """Green fenced, blue caught up through the reverse replication, clients on blue; the write gap."""
     st.phase = Phase.ROLLING_BACK
     save_state(blue, st)
+    b_lead = leader(blue)
+    g_lead = leader(green) if st.reverse else ""
     t0 = time.monotonic()
     route(blue, None)
     st.routed = "fenced"
     if st.reverse:
-        fence_and_catch_up(green, blue, st.databases)
-        b_lead = leader(blue)
-        for db in st.databases:  # green goes away: its slots with it
-            pg_logical.detach_subscription(blue, b_lead, db, major.REVERSE_SUB)
+        fence_and_catch_up(green, blue, st.databases, g_lead, b_lead)
+        # Green goes away, its slots with it: drop blue's side only.
+        pg_logical.detach_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB)
         st.reverse = False
         save_state(blue, st)
     unswap_networks(blue, green)
-    pg_logical.set_read_only(blue, leader(blue), st.databases, False)
+    pg_logical.set_read_only(blue, b_lead, st.databases, False)
     route(blue, blue)
     st.routed = "blue"
     save_state(blue, st)
@@ -300,13 +292,12 @@ def discard_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState | None) 
     dbs = st.databases if st else []
     try:
         b_lead = leader(blue)
-        for db in dbs:
-            pg_logical.drop_subscription(blue, b_lead, db, major.REVERSE_SUB)
+        pg_logical.detach_subscriptions(blue, b_lead, dbs, major.REVERSE_SUB)
         if eng.running(green.container(green.node_names()[0])):
-            g_lead = leader(green)
-            for db in dbs:
-                pg_logical.drop_subscription(green, g_lead, db, major.FORWARD_SUB)
-        pg_logical.drop_slots(blue, b_lead, major.FORWARD_SUB)
+            pg_logical.detach_subscriptions(green, leader(green), dbs, major.FORWARD_SUB)
+        wait_for("the upgrade's replication slots on blue to be dropped",
+                 lambda: pg_logical.drop_slots(blue, b_lead, major.FORWARD_SUB), lambda left: left == 0,
+                 timeout=30, interval=0.5)
         for db in dbs:
             pg_logical.drop_publication(blue, b_lead, db)
     except PghaError as exc:

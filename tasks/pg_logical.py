@@ -35,19 +35,40 @@ def sql(spec: ClusterSpec, member: str, statements: list[str], db: str = "postgr
 
 def run_file(spec: ClusterSpec, member: str, text: str, db: str = "postgres", stop_on_error: bool = True,
              timeout: int = 300) -> str:
-    """Run a SQL script on `member` from a private file (it may carry passwords); the file is removed."""
+    """Run a SQL script on `member` from a private file (it may carry passwords); the file is removed.
+
+    Two engine calls: the copy, then one exec (as root) that hands the file to postgres, runs
+    psql as postgres and removes the file whatever psql did.
+    """
     n = node(spec, member)
     path = f"/tmp/pgha-{uuid.uuid4().hex}.sql"  # noqa: S108 - inside the container, 0600, removed below
     n.put_file(path, text, 0o600)
-    try:
-        n.check(["chown", "postgres", path], "chown of a SQL file", user="root")
-        r = n.run(["psql", "-X", "-q", "-h", SOCKET_DIR, "-d", db, "-v", f"ON_ERROR_STOP={int(stop_on_error)}",
-                   "-c", WRITABLE, "-f", path], user="postgres", timeout=timeout)
-    finally:
-        n.run(["rm", "-f", path], user="root")
+    psql = ["psql", "-X", "-q", "-h", SOCKET_DIR, "-d", db, "-v", f"ON_ERROR_STOP={int(stop_on_error)}",
+            "-c", WRITABLE, "-f", path]
+    r = n.run(["sh", "-c", 'chown postgres "$1" && shift && runuser -u postgres -- "$@"; rc=$?; rm -f "$0"; exit $rc',
+               path, path, *psql], user="root", timeout=timeout)
     if not r.ok:
         raise PostgresError(f"{spec.container(member)} ({db}): {r.tail(1)}")
     return r.out
+
+
+def across(spec: ClusterSpec, member: str, steps: list[tuple[str, str]], timeout: int = 30) -> list[str]:
+    """Run (database, statement) steps in order in ONE psql session (one engine call); output lines.
+
+    The session reconnects (`\\connect`) when the database changes; inside a write gap every
+    round trip counts.
+    """
+    cmd = ["psql", "-X", "-q", "-A", "-t", "-h", SOCKET_DIR, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", WRITABLE]
+    at = "postgres"
+    for db, stmt in steps:
+        if db != at:
+            cmd += ["-c", f"\\connect {quote_ident(db)}", "-c", WRITABLE]
+            at = db
+        cmd += ["-c", stmt]
+    r = node(spec, member).run(cmd, user="postgres", timeout=timeout)
+    if not r.ok:
+        raise PostgresError(f"{spec.container(member)}: {r.tail(1)}")
+    return [ln for ln in r.out.splitlines() if ln.strip()]
 
 
 def databases(spec: ClusterSpec, member: str) -> list[str]:
@@ -155,38 +176,31 @@ def has_subscription(spec: ClusterSpec, member: str, db: str, sub: str) -> bool:
                                    f"where s.subname = {literal(sub)} and d.datname = current_database()"], db))
 
 
-def create_subscription(spec: ClusterSpec, member: str, db: str, sub: str, slot: str, publisher: ClusterSpec,
-                        secrets: Secrets, copy_data: bool) -> None:
-    """Subscribe `member`'s `db` to the publisher's publication (idempotent)."""
-    if has_subscription(spec, member, db, sub):
-        return
-    text = (f"create subscription {sub} connection {literal(conninfo(publisher, db, secrets))} "
-            f"publication {major.PUBLICATION} with (copy_data = {str(copy_data).lower()}, slot_name = {literal(slot)});\n")
-    run_file(spec, member, text, db, timeout=120)
-
-
 def drop_subscription(spec: ClusterSpec, member: str, db: str, sub: str) -> None:
     """Drop the subscription and its slot on the publisher (the publisher must answer)."""
     if has_subscription(spec, member, db, sub):
         sql(spec, member, [f"drop subscription {sub}"], db, timeout=60)
 
 
-def detach_subscription(spec: ClusterSpec, member: str, db: str, sub: str) -> None:
-    """Drop the subscription here without touching its slot on the publisher (which is going away).
+def detach_subscriptions(spec: ClusterSpec, member: str, dbs: list[str], sub: str) -> None:
+    """Drop `sub` in each database without touching its slot on the publisher (which is going away).
 
-    Local only, one round trip: used inside a write gap, where the publisher's answer is not awaited.
+    Local only, one round trip: used inside a write gap and when the publisher may be gone.
     """
-    sql(spec, member, [f"do $$ begin if exists (select 1 from pg_subscription where subname = {literal(sub)} "  # noqa: S608
-                       "and subdbid = (select oid from pg_database where datname = current_database())) then "
-                       f"alter subscription {sub} disable; alter subscription {sub} set (slot_name = none); "
-                       f"drop subscription {sub}; end if; end $$"], db)
+    across(spec, member, [(db, f"do $$ begin if exists (select 1 from pg_subscription where subname = {literal(sub)} "  # noqa: S608
+                               "and subdbid = (select oid from pg_database where datname = current_database())) then "
+                               f"alter subscription {sub} disable; alter subscription {sub} set (slot_name = none); "
+                               f"drop subscription {sub}; end if; end $$") for db in dbs])
 
 
 def drop_slots(spec: ClusterSpec, member: str, prefix: str) -> int:
-    """Drop the inactive logical slots a removed subscriber left (they would keep WAL forever)."""
-    out = sql(spec, member, ["select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "  # noqa: S608
-                             f"where slot_name like {literal(prefix + '%')} and not active"])
-    return int(out or 0)
+    """Drop the inactive logical slots a removed subscriber left (they would keep WAL forever);
+    how many with that prefix remain (still held by a walsender that is ending)."""
+    like = literal(prefix + "%")
+    out = sql(spec, member, [f"select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "  # noqa: S608
+                             f"where slot_name like {like} and not active",
+                             f"select count(*) from pg_replication_slots where slot_name like {like}"])  # noqa: S608
+    return int(out.splitlines()[-1] or 0)
 
 
 def sync_progress(spec: ClusterSpec, member: str, db: str) -> tuple[int, int]:
@@ -210,15 +224,29 @@ def database_bytes(spec: ClusterSpec, member: str, dbs: list[str]) -> int:
                                   f"where datname in ({lst})"]) or 0)
 
 
-# ---- cutover ----
+# ---- cutover (each call one engine round trip: they run inside the write gap) ----
 
 
 def set_read_only(spec: ClusterSpec, member: str, dbs: list[str], on: bool) -> None:
     """New sessions of every database start read-only (or no longer). Logical apply is not affected."""
-    for db in dbs:
-        stmt = (f"alter database {quote_ident(db)} set default_transaction_read_only = on" if on
-                else f"alter database {quote_ident(db)} reset default_transaction_read_only")
-        sql(spec, member, [stmt])
+    across(spec, member, [("postgres", _read_only_stmt(db, on)) for db in dbs])
+
+
+def _read_only_stmt(db: str, on: bool) -> str:
+    return (f"alter database {quote_ident(db)} set default_transaction_read_only = on" if on
+            else f"alter database {quote_ident(db)} reset default_transaction_read_only")
+
+
+def fence(spec: ClusterSpec, member: str, dbs: list[str], token: str) -> int:
+    """Every database read-only for new sessions, every client session ended, then a marker row
+    in each database (committed after everything clients committed); the sessions ended."""
+    steps = [("postgres", _read_only_stmt(db, True)) for db in dbs]
+    steps.append(("postgres", "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                              "where backend_type = 'client backend' and pid <> pg_backend_pid()"))
+    steps += [(db, f"insert into public.{major.MARKER_TABLE} (token) values ({literal(token)}) "  # noqa: S608
+                   "on conflict do nothing") for db in dbs]
+    out = across(spec, member, steps)
+    return int(out[0]) if out else 0
 
 
 def terminate_clients(spec: ClusterSpec, member: str) -> int:
@@ -228,26 +256,54 @@ def terminate_clients(spec: ClusterSpec, member: str) -> int:
     return int(out or 0)
 
 
-def write_marker(spec: ClusterSpec, member: str, db: str, token: str) -> None:
-    sql(spec, member, [f"insert into public.{major.MARKER_TABLE} (token) values ({literal(token)}) "  # noqa: S608
-                       "on conflict do nothing"], db)
+def markers_seen(spec: ClusterSpec, member: str, dbs: list[str], token: str) -> dict[str, bool]:
+    out = across(spec, member, [(db, f"select count(*) from public.{major.MARKER_TABLE} where token = "  # noqa: S608
+                                     f"{literal(token)}") for db in dbs])
+    return {db: v == "1" for db, v in zip(dbs, out, strict=False)}
 
 
-def has_marker(spec: ClusterSpec, member: str, db: str, token: str) -> bool:
-    return bool(sql(spec, member, [f"select 1 from public.{major.MARKER_TABLE} where token = {literal(token)}"], db))  # noqa: S608
+def sequence_values(spec: ClusterSpec, member: str, dbs: list[str]) -> dict[str, dict[str, int]]:
+    """db -> `schema.name` (quoted) -> last value of every sequence that has handed one out."""
+    out = across(spec, member, [(db, "select coalesce(json_object_agg(format('%I.%I', schemaname, sequencename), "
+                                     "last_value), '{}') from pg_sequences where last_value is not null")
+                                for db in dbs])
+    return {db: {k: int(v) for k, v in json.loads(line).items()} for db, line in zip(dbs, out, strict=False)}
 
 
-def sequence_values(spec: ClusterSpec, member: str, db: str) -> dict[str, int]:
-    """`schema.name` (quoted) -> last value of every sequence that has handed one out."""
-    out = sql(spec, member, ["select coalesce(json_object_agg(format('%I.%I', schemaname, sequencename), last_value), "
-                             "'{}') from pg_sequences where last_value is not null"], db)
-    return {k: int(v) for k, v in json.loads(out or "{}").items()}
+def set_sequences(spec: ClusterSpec, member: str, values: dict[str, dict[str, int]]) -> None:
+    lines: list[str] = []
+    for db, vals in values.items():
+        if vals:
+            lines += [f"\\connect {quote_ident(db)}", WRITABLE + ";", *(s + ";" for s in major.setval_statements(vals))]
+    if lines:
+        run_file(spec, member, "\n".join(lines) + "\n", timeout=120)
 
 
-def set_sequences(spec: ClusterSpec, member: str, db: str, values: dict[str, int]) -> None:
-    stmts = major.setval_statements(values)
-    if stmts:
-        run_file(spec, member, ";\n".join(stmts) + ";\n", db, timeout=120)
+def subscriptions(spec: ClusterSpec, member: str, sub: str) -> set[str]:
+    """Databases of `member` that have the subscription `sub` (pg_subscription is shared)."""
+    return set(sql(spec, member, [f"select d.datname from pg_subscription s join pg_database d on d.oid = s.subdbid "  # noqa: S608
+                                  f"where s.subname = {literal(sub)}"]).splitlines()) - {""}
+
+
+def drop_subscriptions(spec: ClusterSpec, member: str, dbs: list[str], sub: str) -> None:
+    """Drop `sub` in each database (and its slot on the publisher, which must answer)."""
+    across(spec, member, [(db, f"drop subscription if exists {sub}") for db in dbs], timeout=60)
+
+
+def create_subscriptions(spec: ClusterSpec, member: str, dbs: list[str], sub: str, publisher: ClusterSpec,
+                         secrets: Secrets, copy_data: bool) -> None:
+    """Subscribe each database (that has not yet) to the publisher's; slot names `<sub>_<index>`."""
+    have = subscriptions(spec, member, sub)
+    lines: list[str] = []
+    for i, db in enumerate(dbs):
+        if db in have:
+            continue
+        lines += [f"\\connect {quote_ident(db)}", WRITABLE + ";",
+                  f"create subscription {sub} connection {literal(conninfo(publisher, db, secrets))} "
+                  f"publication {major.PUBLICATION} with (copy_data = {str(copy_data).lower()}, "
+                  f"slot_name = {literal(slot_name(sub, i))});"]
+    if lines:
+        run_file(spec, member, "\n".join(lines) + "\n", timeout=120)
 
 
 def drop_marker_table(spec: ClusterSpec, member: str, db: str) -> None:
