@@ -88,6 +88,10 @@ def status(done: Done[ClusterStatus]) -> None:
     for k, v in st.endpoints.items():
         line(f"{k:12}: {v}")
     line("healthy" if st.healthy else "UNHEALTHY: " + "; ".join(st.problems))
+    for other in st.companions:
+        line("")
+        line(f"major upgrade in progress: green cluster {other.scope}")
+        status(Done(other))
 
 
 # ---- drills ----

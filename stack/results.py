@@ -45,6 +45,8 @@ class ClusterStatus(Result):
     readiness: str = ""
     healthy: bool = False
     problems: list[str] = Field(default_factory=list)
+    # Clusters shown with this one: the green of a major upgrade in progress (`<scope>-green`).
+    companions: list[ClusterStatus] = Field(default_factory=list)
 
 
 # ---- bootstrap / teardown ----
