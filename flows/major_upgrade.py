@@ -370,8 +370,9 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
     elif a == Action.FINISH:
         assert st is not None
         finish(blue, green, st)
-        state_file(blue).unlink(missing_ok=True)
-        res.version_after, res.phase = _versions(green), "finished"
+        st.phase = Phase.FINISHED  # kept: `pgha up` of blue is refused, `status` shows green
+        save_state(blue, st)
+        res.version_after, res.phase = _versions(green), st.phase.value
     op = current()
     res.events, res.elapsed_s = op.events, op.elapsed()
     create_table_artifact(key=f"{blue.scope}-major-upgrade", table=[

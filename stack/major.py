@@ -35,6 +35,7 @@ class Phase(StrEnum):
     ON_GREEN = "on-green"  # clients on green; green -> blue replication keeps blue current
     ROLLING_BACK = "rolling-back"  # green fenced; clients about to move back to blue
     ON_BLUE = "on-blue"  # rolled back: clients on blue; green kept until the next upgrade or --finish
+    FINISHED = "finished"  # blue's nodes removed: the cluster is green, reached through blue's HAProxy
 
 
 class Request(StrEnum):
@@ -98,6 +99,9 @@ def next_action(state: MajorState | None, request: Request) -> Decision:
                                                             "could take writes: rolling back to blue")
         return Decision(action=Action.REOPEN_BLUE, reason="an earlier run stopped during the cutover before green "
                                                           "took clients: routing back to blue, green removed")
+    if p == Phase.FINISHED:
+        return Decision(action=Action.NOTHING, reason=f"the upgrade to PostgreSQL {state.target} was finished: the "
+                                                      f"cluster is {state.green_scope}, on the same client ports")
     if p == Phase.ON_GREEN:
         if request == Request.ROLLBACK:
             return Decision(action=Action.ROLL_BACK, reason="clients go back to blue")

@@ -45,9 +45,10 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
     try:
         yield c
     finally:
-        remove_scope(engine, GREEN)
+        # Blue first: after --finish its HAProxy (still blue's) is attached to green's network.
         pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
+        remove_scope(engine, GREEN)
 
 
 def psql(engine: docker.DockerClient, container: str, sql: str, db: str = "bench") -> str:
@@ -110,8 +111,8 @@ def blue15(engine: docker.DockerClient, cluster: Cluster) -> Cluster:
     """A healthy PostgreSQL 15 blue with the bench data and no upgrade in progress (made afresh if needed)."""
     healthy = pgha(cluster.env, "status", "--spec", str(cluster.spec_file)).returncode == 0
     if not healthy or state_file(cluster).exists() or green_containers(engine):
-        remove_scope(engine, GREEN)
         remove_scope(engine, cluster.scope)
+        remove_scope(engine, GREEN)
         for scope in (cluster.scope, GREEN):
             shutil.rmtree(Path(cluster.env["PGHA_STATE_DIR"]) / scope, ignore_errors=True)
         healthy = False
@@ -203,6 +204,8 @@ def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cl
     res = pgha(c.env, "upgrade", "--major", "--finish", "--yes", "--scope", SCOPE, "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["phase"] == "finished"
+    res = pgha(c.env, "up", "--spec", str(c.spec_file))  # would start an empty blue behind the clients' ports
+    assert res.returncode == 3 and "major upgrade" in res.stderr, res.stderr[-1000:]
     left = {str(x.labels.get("pgha.role")) for x in engine.containers.list(
         all=True, filters={"label": f"pgha.cluster={SCOPE}"})}
     assert left == {"haproxy"}, left  # blue's nodes and etcd are gone; its HAProxy serves the clients' ports

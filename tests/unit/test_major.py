@@ -118,6 +118,13 @@ def test_an_interrupted_rollback_is_resumed_whatever_is_asked() -> None:
         assert next_action(st, r).action == Action.ROLL_BACK
 
 
+def test_finished_is_final() -> None:
+    st = state(Phase.FINISHED)
+    for r in Request:
+        d = next_action(st, r)
+        assert d.action == Action.NOTHING and "shop-green" in d.reason
+
+
 def test_rolled_back() -> None:
     st = state(Phase.ON_BLUE)
     assert next_action(st, Request.UPGRADE).action == Action.RESTART
