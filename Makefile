@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration lint venv engine images bench bench-failover bench-upgrade bench-major bench-backup clean server server-stop audit bench-audit
 
 up: venv engine          ## build what is missing and bring the cluster up (SPEC=file.yaml optional)
 	$(PGHA) up $(if $(SPEC),--spec $(SPEC))
@@ -60,6 +60,9 @@ bench-audit: venv engine ## audit time vs `patronictl list`
 
 bench-upgrade: venv engine  ## rolling minor upgrade 15.18 -> 15.20 vs a naive restart-all (write gap, R/O pool)
 	$(VENV)/bin/python benchmarks/upgrade.py
+
+bench-major: venv engine    ## blue/green major upgrade 15 -> 17: cutover/rollback write gaps vs offline dump/restore (SCALE=50)
+	$(VENV)/bin/python benchmarks/major_upgrade.py --scale $(or $(SCALE),50) --runs 3
 
 bench-backup: venv engine   ## pgha full backup vs raw pg_basebackup (MB/s), verified-restore time (SCALE=1000)
 	$(VENV)/bin/python benchmarks/backup.py --scale $(or $(SCALE),1000) --runs 3
