@@ -215,8 +215,9 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
             d, n = pg_logical.sync_progress(green, g_lead, db)
             done, total = done + d, total + n
         lag = pg_logical.slot_lag_bytes(blue, b_lead, major.FORWARD_SUB)
+        size = pg_logical.database_bytes(green, g_lead, st.databases)
         update_progress_artifact(progress, 100.0 * done / max(total, 1),
-                                 description=f"{done}/{total} tables copied, lag {lag} bytes")
+                                 description=f"{done}/{total} tables copied, {size} bytes on green, lag {lag} bytes")
         return done, total, lag
 
     done, total, lag = wait_for("green to copy every table and catch up", copied,
