@@ -317,6 +317,7 @@ def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> None:
     g_lead = leader(green)
     for db in st.databases:
         pg_logical.drop_publication(green, g_lead, db)
+        pg_logical.drop_marker_table(green, g_lead, db)  # nothing left of the upgrade in the clients' schema
     pg_logical.set_read_only(green, g_lead, st.databases, False)
     eng = docker_hosts.engines(blue).default
     for role in ("patroni", "etcd", "pgbackrest"):

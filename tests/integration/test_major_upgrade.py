@@ -214,4 +214,5 @@ def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cl
         assert conn.execute("show server_version_num").fetchone()[0].startswith("17")
         assert conn.execute("select count(*) from items where v = 'written on 17'").fetchone() == (1,)
         conn.execute("insert into items (v) values ('after finish')")
+        assert conn.execute("select to_regclass('public.pgha_major_marker')").fetchone() == (None,)
     print(f"lifecycle test took {time.monotonic() - started:.0f}s")  # noqa: T201
