@@ -301,6 +301,7 @@ def discard_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState | None) 
                  timeout=30, interval=0.5)
         for db in dbs:
             pg_logical.drop_publication(blue, b_lead, db)
+            pg_logical.drop_marker_table(blue, b_lead, db)
     except PghaError as exc:
         note(f"cleanup on blue incomplete: {str(exc).splitlines()[0]}")
     for m in [*blue.node_names(), blue.haproxy_member]:

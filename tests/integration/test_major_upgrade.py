@@ -196,6 +196,8 @@ def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cl
         assert conn.execute("select v from items where id = %s", (new_id,)).fetchone() == ("written on 17",)
         assert conn.execute("select nextval('items_id_seq')").fetchone()[0] > new_id
     assert not green_containers(engine) and not state_file(c).exists()
+    assert psql(engine, primary(engine, SCOPE), "select count(*) from pg_replication_slots") == "1"  # the replica's
+    assert psql(engine, primary(engine, SCOPE), "select to_regclass('public.pgha_major_marker')") == ""
 
     res = pgha(c.env, "upgrade", "--major", "--scope", SCOPE, "--replica-identity-full")
     assert res.returncode == 0, res.stderr[-3000:]
