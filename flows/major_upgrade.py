@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from flows.steps.cluster import cluster_status, require_healthy, wait_healthy
@@ -32,7 +32,6 @@ from stack.results import MajorUpgradeResult
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, haproxy, patroni, pg_logical, postgres
-from tasks._prefect import ONCE
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
@@ -104,9 +103,12 @@ def major_preflight(blue: ClusterSpec, target: int, replica_identity_full: bool)
 # ---- routing the clients' HAProxy ----
 
 
-@task(name="route-clients", **ONCE)
 def route(blue: ClusterSpec, to: ClusterSpec | None) -> None:
-    """Point the clients' HAProxy (blue's container, the clients' ports) at `to`'s nodes; None fences writes."""
+    """Point the clients' HAProxy (blue's container, the clients' ports) at `to`'s nodes; None fences writes.
+
+    A plain function, not a Prefect task: it runs inside the write gap, where a task run's
+    bookkeeping (a few hundred ms on a busy machine) is time clients cannot write.
+    """
     text = major.routed_haproxy_cfg(blue, to)
     write_private(config_dir(blue.scope, blue.haproxy_member) / "haproxy.cfg", text)
     haproxy.reload(blue)
@@ -228,28 +230,48 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
     return took
 
 
-def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
-    """Blue fenced, green caught up, reverse replication, clients on green; the write gap in seconds."""
+class Laps:
+    """Seconds each step of a write gap took, from its start (reported in the result's durations)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.t = prefix, time.monotonic()
+        self.took: dict[str, float] = {}
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        self.took[f"{self.prefix}_{step}_s"] = round(now - self.t, 2)
+        self.t = now
+
+
+def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[float, dict[str, float]]:
+    """Blue fenced, green caught up, reverse replication, clients on green; the write gap and its steps."""
     st.phase, st.routed = Phase.CUTOVER, "fenced"
     save_state(blue, st)
     g_lead, b_lead = leader(green), leader(blue)  # asked before the gap: each question is a round trip
+    secrets = cluster_secrets(blue.scope)
     t0 = time.monotonic()
+    lap = Laps("cutover")
     route(blue, None)
+    lap("fence_haproxy")
     fence_and_catch_up(blue, green, st.databases, b_lead, g_lead)
+    lap("fence_catch_up_sequences")
     pg_logical.drop_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB)
     swap_networks(blue, green)
     st.reverse = True  # from here on green may take writes that only the reverse way brings back
     save_state(blue, st)
-    pg_logical.create_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB, green, cluster_secrets(blue.scope),
-                                    copy_data=False)
+    lap("networks")
+    pg_logical.create_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB, green, secrets, copy_data=False)
+    lap("reverse_replication")
     route(blue, green)
     st.routed = "green"
     save_state(blue, st)
+    lap("route_green")
     gap = round(wait_writable_on(blue, green.postgres_version, blue.major.cutover_timeout_s) - t0, 2)
+    lap("first_write")
     st.phase, st.gap_s = Phase.ON_GREEN, gap
     save_state(blue, st)
     note(f"clients on green (PostgreSQL {green.postgres_version}); write gap {gap}s")
-    return gap
+    return gap, lap.took
 
 
 def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
@@ -404,7 +426,8 @@ def _upgrade(blue: ClusterSpec, green: ClusterSpec, target: int, replica_identit
                                  "and serving") from None
     t = time.monotonic()
     try:
-        res.write_gap_s = cut_over(blue, green, st)
+        res.write_gap_s, laps = cut_over(blue, green, st)
+        res.durations.update(laps)
     except PghaError as exc:
         why = str(exc).splitlines()[0]
         note(f"FAILED during cutover: {why}; returning to blue")
