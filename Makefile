@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup clean server server-stop audit bench-audit
 
 # `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
 # runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
@@ -77,6 +77,9 @@ bench-audit: venv engine ## audit time vs `patronictl list`
 
 bench-upgrade: venv engine  ## rolling minor upgrade 15.18 -> 15.20 vs a naive restart-all (write gap, R/O pool)
 	$(VENV)/bin/python benchmarks/upgrade.py
+
+bench-major: venv engine    ## blue/green major upgrade 15 -> 17: cutover/rollback write gaps vs offline dump/restore (SCALE=50)
+	$(VENV)/bin/python benchmarks/major_upgrade.py --scale $(or $(SCALE),50) --runs 3
 
 bench-backup: venv engine   ## pgha full backup vs raw pg_basebackup (MB/s), verified-restore time (SCALE=1000)
 	$(VENV)/bin/python benchmarks/backup.py --scale $(or $(SCALE),1000) --runs 3

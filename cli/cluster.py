@@ -25,7 +25,7 @@ from cli.core import (
     warm,
 )
 from stack.results import BootstrapResult, ClusterStatus, TeardownResult
-from stack.spec import load_spec
+from stack.spec import ClusterSpec, load_spec
 
 images_app = typer.Typer(no_args_is_help=True, help="Build or show the node image.")
 app.add_typer(images_app, name="images")
@@ -80,6 +80,15 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     return Done(result, spec)
 
 
+def _green_in_progress(spec: ClusterSpec) -> ClusterSpec | None:
+    """Green's spec while a major upgrade of `spec` is recorded (its state file; no flow import: status stays quick)."""
+    from stack.major import MajorState, green_spec
+    from tasks.host.state import cluster_dir
+
+    f = cluster_dir(spec.scope) / "major-upgrade.json"
+    return green_spec(spec, MajorState.model_validate_json(f.read_text()).target) if f.exists() else None
+
+
 @app.command()
 @command(render.status, failed=lambda st: not st.healthy)
 def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
@@ -88,7 +97,10 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     spec = resolve_spec(spec_file, scope)
     from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
 
-    return Done(cluster_status(spec), spec)
+    st = cluster_status(spec)
+    if (green := _green_in_progress(spec)) is not None:
+        st.companions.append(cluster_status(green))  # its health is shown, blue's decides the exit code
+    return Done(st, spec)
 
 
 @app.command()

@@ -61,6 +61,21 @@ def usage_message(exc: Exception) -> str:
     return text[:1].lower() + text[1:]
 
 
+# Options whose value may be left out (`pgha upgrade --major` = `--major latest`): Typer cannot
+# declare one, so the word is supplied before Click parses. Verb modules register theirs.
+OPTIONAL_VALUES: dict[str, str] = {}
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Insert the default after an optional-value option that is last or followed by another option."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[a])
+    return out
+
+
 class PghaGroup(TyperGroup):
     """Click's usage errors (bad enum value, out of range, unknown option) as one `pgha: error:` line, exit 2.
 
@@ -69,6 +84,7 @@ class PghaGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        args = fill_optional_values(list(sys.argv[1:] if args is None else args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -23,6 +23,7 @@ from stack.results import (
     DumpResult,
     EtcdReplaceResult,
     HistoryResult,
+    MajorUpgradeResult,
     PauseResult,
     ReinitResult,
     ReportResult,
@@ -96,6 +97,10 @@ def status(done: Done[ClusterStatus]) -> None:
     for k, v in st.endpoints.items():
         line(f"{k:12}: {v}")
     line("healthy" if st.healthy else "UNHEALTHY: " + "; ".join(st.problems))
+    for other in st.companions:
+        line("")
+        line(f"major upgrade in progress: green cluster {other.scope}")
+        status(Done(other))
 
 
 # ---- drills ----
@@ -188,6 +193,27 @@ def upgrade(done: Done[UpgradeResult]) -> None:
     out.print(t)
     events(r.events)
     line(f"done in {r.elapsed_s}s")
+
+
+def major_upgrade(done: Done[MajorUpgradeResult]) -> None:
+    r = done.result
+    for n in r.notes:
+        line(f"note: {n}")
+    events(r.events)
+    t = Table(title=f"major upgrade of {r.blue_scope}: {r.action}", title_justify="left")
+    for col in ("version before", "version after", "write gap (s)", "bytes copied", "phase", "elapsed (s)"):
+        t.add_column(col)
+    t.add_row(str(r.version_before or ""), str(r.version_after or ""), "" if r.write_gap_s is None else str(r.write_gap_s),
+              "" if r.bytes_copied is None else str(r.bytes_copied), r.phase or "-", str(r.elapsed_s))
+    out.print(t)
+
+
+def any_upgrade(done: Done[Any]) -> None:
+    """`pgha upgrade` renders a rolling (minor) or a blue/green (major) result."""
+    if isinstance(done.result, MajorUpgradeResult):
+        major_upgrade(done)
+    else:
+        upgrade(done)
 
 
 def config_set(done: Done[ConfigSetResult]) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    OPTIONAL_VALUES,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -23,13 +24,16 @@ from cli.core import (
     warm,
 )
 from stack.errors import UsageError
-from stack.results import ConfigSetResult, EtcdReplaceResult, ScaleResult, UpgradeResult
+from stack.results import ConfigSetResult, EtcdReplaceResult, MajorUpgradeResult, ScaleResult, UpgradeResult
 from tasks.host.state import cluster_dir
 
 config_app = typer.Typer(no_args_is_help=True, help="Change PostgreSQL parameters with a rolling restart.")
 app.add_typer(config_app, name="config")
 etcd_app = typer.Typer(no_args_is_help=True, help="etcd member maintenance.")
 app.add_typer(etcd_app, name="etcd")
+
+
+OPTIONAL_VALUES["--major"] = "latest"  # `pgha upgrade --major` alone: the newest major pgha packages
 
 
 class SecurityUpdates(StrEnum):
@@ -39,7 +43,7 @@ class SecurityUpdates(StrEnum):
 
 
 @app.command()
-@command(render.upgrade, flows=True)
+@command(render.any_upgrade, flows=True)
 def upgrade(image: str | None = typer.Option(None, "--image", help="target node image tag (same PostgreSQL major)"),
             updates: SecurityUpdates | None = typer.Option(
                 None, "--updates", help="security: build (if missing) and roll out the spec's image "
@@ -47,8 +51,24 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
             node_timeout: int | None = typer.Option(None, "--node-timeout", min=10, max=3600,
                                                     help="seconds one node may take to come back (default: spec)"),
-            as_json: bool = JsonOpt) -> Done[UpgradeResult]:
-    """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader."""
+            major: str | None = typer.Option(None, "--major", metavar="[MAJOR]",
+                                             help="blue/green major upgrade to this PostgreSQL major (default: "
+                                                  "the newest pgha packages) through logical replication"),
+            rollback: bool = typer.Option(False, "--rollback", help="with --major: clients back to the old cluster"),
+            finish: bool = typer.Option(False, "--finish", help="with --major: drop the old cluster (needs --yes)"),
+            yes: bool = typer.Option(False, "--yes", help="confirm --finish (the old cluster's data is deleted)"),
+            replica_identity_full: bool = typer.Option(
+                False, "--replica-identity-full", help="with --major: set REPLICA IDENTITY FULL on tables without a key"),
+            as_json: bool = JsonOpt) -> Done[UpgradeResult] | Done[MajorUpgradeResult]:
+    """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader.
+
+    With --major: blue/green upgrade to a new PostgreSQL major (--rollback, --finish --yes)."""
+    if major is not None or rollback or finish:
+        if image is not None or updates is not None:
+            raise UsageError("--major is a blue/green upgrade; it takes no --image or --updates")
+        return _major(major, rollback, finish, yes, replica_identity_full, spec_file, scope)
+    if replica_identity_full or yes:
+        raise UsageError("--replica-identity-full and --yes go with --major")
     if (image is None) == (updates is None):
         raise UsageError("give exactly one of --image TAG or --updates security")
     if image is not None and not image.strip():
@@ -72,6 +92,40 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         if not (cluster_dir(spec.scope) / "upgrade-pending.json").exists():
             check(upgrade_preflight, spec, target)
         result = run_flow(upgrade_flow, spec, image=target, node_timeout_s=node_timeout)
+    return Done(result, spec)
+
+
+def _major(major: str | None, rollback: bool, finish: bool, yes: bool, replica_identity_full: bool,
+           spec_file: Path | None, scope: str | None) -> Done[MajorUpgradeResult]:
+    """`upgrade --major`: pre-check (and wal_level=logical by a rolling restart), then the major-upgrade flow."""
+    from stack.major import Request
+    from stack.spec import SUITE_FOR_MAJOR
+
+    if rollback and finish:
+        raise UsageError("give one of --rollback or --finish")
+    if finish and not yes:
+        raise UsageError("--finish deletes the old cluster's nodes and data; add --yes to confirm")
+    target = max(SUITE_FOR_MAJOR)
+    if major not in (None, "latest"):
+        if not major.isdigit():
+            raise UsageError(f"--major takes a PostgreSQL major version such as {target}, not '{major}'")
+        target = int(major)
+    request = Request.ROLLBACK if rollback else Request.FINISH if finish else Request.UPGRADE
+    spec = resolve_spec(spec_file, scope)
+    warm()
+    from flows.config import config_set as config_flow
+    from flows.major_upgrade import major_preflight, state_file
+    from flows.major_upgrade import major_upgrade as major_flow
+
+    require_engines(spec)
+    if request == Request.UPGRADE and not state_file(spec).exists():
+        verdict = major_preflight(spec, target, replica_identity_full)
+        for n in verdict.notes:
+            stderr_line(f"pgha: {n}")
+        if any(n.startswith("wal_level") for n in verdict.notes):
+            run_flow(config_flow, spec, parameters={"wal_level": "logical"}, restart=True)
+            spec = resolve_spec(None, spec.scope) if spec_file is None else spec
+    result = run_flow(major_flow, spec, target=target, request=request, replica_identity_full=replica_identity_full)
     return Done(result, spec)
 
 

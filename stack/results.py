@@ -45,6 +45,8 @@ class ClusterStatus(Result):
     readiness: str = ""
     healthy: bool = False
     problems: list[str] = Field(default_factory=list)
+    # Clusters shown with this one: the green of a major upgrade in progress (`<scope>-green`).
+    companions: list[ClusterStatus] = Field(default_factory=list)
 
 
 # ---- bootstrap / teardown ----
@@ -326,3 +328,25 @@ class ReportResult(Result):
     files: list[str]
     bytes: int
     secrets_checked: int
+
+
+# ---- major upgrade (blue/green) ----
+
+
+class MajorUpgradeResult(Result):
+    """What `pgha upgrade --major` did: the action taken, versions, the write gap and the copy."""
+
+    action: str  # stack.major.Action
+    reason: str
+    phase: str  # where the upgrade stands now ('' when no upgrade is in progress any more)
+    blue_scope: str
+    green_scope: str
+    version_before: int | None = None
+    version_after: int | None = None
+    write_gap_s: float | None = None
+    bytes_copied: int | None = None
+    tables: int | None = None
+    durations: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0

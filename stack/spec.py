@@ -53,7 +53,7 @@ class Ports(_Strict):
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
         seen: dict[int, str] = {}
-        for name in ("rw", "ro", "stats", "pool"):
+        for name in ("rw", "ro", "stats"):  # ports.pool: checked by ClusterSpec, only when the pooler runs
             port = getattr(self, name)
             if port in seen:
                 raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}; they must differ")
@@ -226,6 +226,15 @@ class UpgradePolicy(_Strict):
     node_image: str | None = Field(None, description="image the Patroni nodes run (set by `pgha upgrade`)")
 
 
+class MajorUpgradePolicy(_Strict):
+    """Blue/green major upgrades (`pgha upgrade --major`)."""
+
+    green_port_offset: int = Field(10, ge=1, le=10000, description="green's own ports = blue's + this")
+    cutover_lag_bytes: int = Field(1048576, ge=0, description="start the cutover once green lags less than this")
+    catchup_timeout_s: int = Field(900, ge=10, le=86400, description="time green may take to copy and catch up")
+    cutover_timeout_s: int = Field(30, ge=2, le=600, description="longest write gap before returning to blue")
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -250,6 +259,7 @@ class ClusterSpec(_Strict):
                                             "its leader key at once instead of after Patroni's ttl")
     failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
                                                   "quorum as long as it reaches every member's REST API")
+    major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod
@@ -284,6 +294,15 @@ class ClusterSpec(_Strict):
                 f"patroni timing breaks Patroni's rule loop_wait + 2*retry_timeout <= ttl "
                 f"({t.loop_wait} + 2*{t.retry_timeout} > {t.ttl})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pool_port(self) -> ClusterSpec:
+        """ports.pool is published only when the pooler runs; a spec without one may use 6432 otherwise."""
+        if self.pooler.enabled:
+            for name in ("rw", "ro", "stats"):
+                if getattr(self.ports, name) == self.ports.pool:
+                    raise ValueError(f"ports.pool and ports.{name} are both {self.ports.pool}; they must differ")
         return self
 
     # ---- derived values (the only place names are made) ----

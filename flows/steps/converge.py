@@ -27,7 +27,7 @@ from stack.wait import wait_for
 from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.secrets import cluster_secrets, load_or_create
-from tasks.host.state import config_dir, secrets_file, write_private
+from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
 
 def bootstrap_preflight(spec: ClusterSpec) -> None:
@@ -42,6 +42,11 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
     if secrets_file(spec.scope).exists():
         load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
+    if (cluster_dir(spec.scope) / "major-upgrade.json").exists():
+        # Its HAProxy routes the clients to green: converging blue would re-render it for blue.
+        raise StateError(f"a major upgrade of {spec.scope} is in progress or finished (see `pgha status`): finish "
+                         "or roll it back first (`pgha upgrade --major --finish --yes | --rollback`); after "
+                         f"--finish the cluster is {spec.scope}-green")
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
     for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):

@@ -21,7 +21,8 @@ def test_pooler_is_off_by_default_and_its_port_must_differ() -> None:
     assert parse_spec({}).pooler.enabled is False
     assert parse_spec({}).ports.pool == 6432
     with pytest.raises(SpecError, match="ports.pool and ports.rw are both 7000"):
-        parse_spec({"ports": {"rw": 7000, "pool": 7000}})
+        parse_spec({"ports": {"rw": 7000, "pool": 7000}, "pooler": {"enabled": True}})
+    assert parse_spec({"ports": {"rw": 6432, "ro": 6433}}).ports.rw == 6432  # no pooler: 6432 is free to use
     with pytest.raises(SpecError, match="pooler.pool_mode"):
         parse_spec({"pooler": {"pool_mode": "statement"}})
 

@@ -1,0 +1,447 @@
+"""major-upgrade: blue/green to a new PostgreSQL major through logical replication, with a way back.
+
+Blue is the running cluster. Green (`<scope>-green`) is a new Patroni cluster of the same
+shape on the target major, bootstrapped by the same converge sequence as `pgha up`, with blue's
+passwords. Roles and schema are copied, then a subscription per database copies the data and
+streams changes. At cutover the clients' HAProxy (blue's, on the clients' ports) stops routing
+writes, blue turns read-only and ends its sessions, a marker row proves green applied
+everything, sequences are copied, green -> blue replication is set up, and HAProxy is pointed
+at green's nodes (same ports). Rollback is the same move the other way; finish removes blue.
+
+The phase is recorded in `<state>/<scope>/major-upgrade.json` before each step that changes
+it; the decisions are `stack.major` (pure, unit-tested).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from flows.steps.cluster import cluster_status, require_healthy, wait_healthy
+from flows.steps.converge import converge
+from flows.steps.ops import current, mutating_flow, note, operation
+from stack import major
+from stack.errors import PghaError, StateError
+from stack.major import Action, MajorFacts, MajorState, Phase, Request
+from stack.results import MajorUpgradeResult
+from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
+from stack.wait import wait_for
+from tasks import docker_hosts, haproxy, patroni, pg_logical, postgres
+from tasks.host.secrets import cluster_secrets
+from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
+
+
+class MajorUpgradeFailed(PghaError):
+    """The upgrade failed; the message says which side serves the clients now."""
+
+
+def state_file(spec: ClusterSpec) -> Path:
+    return cluster_dir(spec.scope) / "major-upgrade.json"
+
+
+def load_state(spec: ClusterSpec) -> MajorState | None:
+    f = state_file(spec)
+    return MajorState.model_validate_json(f.read_text()) if f.exists() else None
+
+
+def save_state(spec: ClusterSpec, st: MajorState) -> None:
+    write_private(state_file(spec), st.model_dump_json(indent=1))
+
+
+def leader(spec: ClusterSpec) -> str:
+    lead = patroni.cluster_view(spec).leader()
+    if lead is None:
+        raise StateError(f"cluster {spec.scope} has no leader (see `pgha status --scope {spec.scope}`)")
+    return lead.name
+
+
+def gather_facts(blue: ClusterSpec, target: int) -> MajorFacts:
+    """What the pre-check judges; read-only."""
+    st = cluster_status(blue)
+    facts = MajorFacts(healthy=st.healthy, problem=st.problems[0] if st.problems else "",
+                       current_major=blue.postgres_version, target_major=target)
+    if not st.healthy or target not in SUITE_FOR_MAJOR or target <= blue.postgres_version:
+        return facts
+    lead = leader(blue)
+    dbs = pg_logical.databases(blue, lead)
+    facts.current_major = pg_logical.server_major(blue, lead)
+    facts.tables_without_key = pg_logical.tables_without_key(blue, lead, dbs)
+    facts.large_objects = pg_logical.large_objects(blue, lead, dbs)
+    facts.data_bytes = pg_logical.data_bytes(blue, lead)
+    facts.free_bytes = pg_logical.free_bytes(blue, lead)
+    facts.wal_level = pg_logical.wal_level(blue, lead)
+    try:
+        green = major.green_spec(blue, target)
+    except PghaError as exc:
+        facts.ports_problem = str(exc)
+        return facts
+    eng = docker_hosts.engines(green).default
+    facts.green_scope_free = not eng.scope_has_resources(green.scope) or state_file(blue).exists()
+    if not eng.host_ports_of(green.scope):
+        busy = [p for p in (green.ports.rw, green.ports.ro, green.ports.stats) if not docker_hosts.port_is_free(p)]
+        if busy:
+            facts.ports_problem = (f"port(s) {', '.join(map(str, busy))} (blue's + major.green_port_offset "
+                                   f"{blue.major.green_port_offset}) are in use; change the offset in the spec")
+    # The image: pgha builds its own when missing (converge's ensure_image); a build failure
+    # happens before the cutover and removes green, leaving blue untouched.
+    return facts
+
+
+def major_preflight(blue: ClusterSpec, target: int, replica_identity_full: bool) -> major.Precheck:
+    """Refuse (StateError, one line) before anything changes; the pre-check's notes otherwise."""
+    verdict = major.precheck(gather_facts(blue, target), replica_identity_full)
+    if not verdict.ok:
+        raise StateError(f"major upgrade refused: {verdict.refusal}")
+    return verdict
+
+
+# ---- routing the clients' HAProxy ----
+
+
+def route(blue: ClusterSpec, to: ClusterSpec | None) -> None:
+    """Point the clients' HAProxy (blue's container, the clients' ports) at `to`'s nodes; None fences writes.
+
+    A plain function, not a Prefect task: it runs inside the write gap, where a task run's
+    bookkeeping (a few hundred ms on a busy machine) is time clients cannot write.
+    """
+    text = major.routed_haproxy_cfg(blue, to)
+    write_private(config_dir(blue.scope, blue.haproxy_member) / "haproxy.cfg", text)
+    haproxy.reload(blue)
+
+
+def wait_writable_on(blue: ClusterSpec, want_major: int, timeout: float) -> float:
+    """Wait until the clients' R/W port reaches a writable primary of `want_major`; when it did (monotonic)."""
+    secrets = cluster_secrets(blue.scope)
+
+    def probe() -> tuple[int, bool]:
+        with postgres.connect(blue, secrets, timeout=2) as conn:
+            row = conn.execute("select current_setting('server_version_num')::int / 10000, "
+                               "pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'").fetchone()
+        assert row is not None
+        return int(row[0]), bool(row[1])
+
+    wait_for(f"the R/W port {blue.ports.rw} to reach a writable PostgreSQL {want_major}", probe,
+             lambda v: v == (want_major, False), timeout=timeout, interval=0.05)
+    return time.monotonic()
+
+
+def connect_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
+    """While green copies: green's nodes join blue's network, the clients' HAProxy joins green's.
+
+    Each cluster's pg_hba admits only its own subnet, and Docker's DNS answers with an address
+    on a network both containers share: so exactly one side's nodes may be on both networks at
+    a time (green's now, for green -> blue; blue's after the cutover, `swap_networks`).
+    """
+    eng = docker_hosts.engines(blue).default
+    eng.connect(blue.container(blue.haproxy_member), green.network)
+    for m in green.node_names():
+        eng.connect(green.container(m), blue.network)
+
+
+def swap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
+    """At the cutover, once green no longer subscribes to blue: blue's nodes reach green (reverse way)."""
+    eng = docker_hosts.engines(blue).default
+    for m in green.node_names():
+        if eng.attached(green.container(m), blue.network):
+            eng.disconnect(green.container(m), blue.network)
+    for m in blue.node_names():
+        eng.connect(blue.container(m), green.network)
+
+
+def unswap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
+    """Back to blue: blue's nodes leave green's network, so the clients' HAProxy reaches them on blue's."""
+    eng = docker_hosts.engines(blue).default
+    for m in blue.node_names():
+        if eng.attached(blue.container(m), green.network):
+            eng.disconnect(blue.container(m), green.network)
+
+
+def fence_and_catch_up(src: ClusterSpec, dst: ClusterSpec, dbs: list[str], s_lead: str, d_lead: str) -> None:
+    """`src` read-only with no client session; wait until `dst` applied everything `src` committed."""
+    token = uuid.uuid4().hex
+    ended = pg_logical.fence(src, s_lead, dbs, token)
+    wait_for(f"{dst.scope} to apply everything {src.scope} committed",
+             lambda: pg_logical.markers_seen(dst, d_lead, dbs, token), major.caught_up,
+             timeout=src.major.cutover_timeout_s, interval=0.05)
+    pg_logical.set_sequences(dst, d_lead, pg_logical.sequence_values(src, s_lead, dbs))
+    note(f"{src.scope} fenced ({ended} session(s) ended); {dst.scope} caught up; sequences copied")
+
+
+# ---- the moves ----
+
+
+def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_identity: list[str]) -> dict[str, float]:
+    """Green bootstrapped, roles and schema copied, subscriptions streaming with little lag."""
+    took: dict[str, float] = {}
+    t = time.monotonic()
+    b_lead = leader(blue)
+    if replica_identity:
+        pg_logical.set_replica_identity_full(blue, b_lead, replica_identity)
+        note("REPLICA IDENTITY FULL on " + ", ".join(replica_identity))
+    if not secrets_file(green.scope).exists():
+        # Green answers the clients with blue's passwords.
+        write_private(secrets_file(green.scope), secrets_file(blue.scope).read_text())
+    with operation("major-upgrade", green):
+        converge(green)
+    connect_networks(blue, green)
+    took["green_bootstrap_s"] = round(time.monotonic() - t, 1)
+    note(f"green {green.scope} up on PostgreSQL {green.postgres_version} ({took['green_bootstrap_s']}s)")
+
+    t = time.monotonic()
+    g_lead = leader(green)
+    for db in st.databases:
+        pg_logical.ensure_marker_table(blue, b_lead, db)
+        pg_logical.ensure_publication(blue, b_lead, db)
+    pg_logical.run_file(green, g_lead, pg_logical.roles_dump(blue, b_lead), stop_on_error=False)
+    for db in st.databases:
+        pg_logical.ensure_database(green, g_lead, db)
+        pg_logical.run_file(green, g_lead, pg_logical.schema_dump(blue, b_lead, db), db)
+    took["schema_s"] = round(time.monotonic() - t, 1)
+    note(f"roles and schema of {len(st.databases)} database(s) copied ({took['schema_s']}s)")
+
+    t = time.monotonic()
+    for db in st.databases:
+        pg_logical.ensure_publication(green, g_lead, db)  # for the way back; unused until the cutover
+    pg_logical.create_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB, blue, cluster_secrets(blue.scope),
+                                    copy_data=True)
+    progress = create_progress_artifact(0.0, key=f"{blue.scope}-major-copy", description="green copying blue")
+
+    def copied() -> tuple[int, int, int | None]:
+        done = total = 0
+        for db in st.databases:
+            d, n = pg_logical.sync_progress(green, g_lead, db)
+            done, total = done + d, total + n
+        lag = pg_logical.slot_lag_bytes(blue, b_lead, major.FORWARD_SUB)
+        size = pg_logical.database_bytes(green, g_lead, st.databases)
+        update_progress_artifact(progress, 100.0 * done / max(total, 1),
+                                 description=f"{done}/{total} tables copied, {size} bytes on green, lag {lag} bytes")
+        return done, total, lag
+
+    done, total, lag = wait_for("green to copy every table and catch up", copied,
+                                lambda v: v[0] == v[1] and v[2] is not None and v[2] <= blue.major.cutover_lag_bytes,
+                                timeout=blue.major.catchup_timeout_s, interval=0.5)
+    took["copy_s"] = round(time.monotonic() - t, 1)
+    note(f"{done}/{total} tables copied, lag {lag} bytes ({took['copy_s']}s)")
+    return took
+
+
+class Laps:
+    """Seconds each step of a write gap took, from its start (reported in the result's durations)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.t = prefix, time.monotonic()
+        self.took: dict[str, float] = {}
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        self.took[f"{self.prefix}_{step}_s"] = round(now - self.t, 2)
+        self.t = now
+
+
+def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[float, dict[str, float]]:
+    """Blue fenced, green caught up, reverse replication, clients on green; the write gap and its steps."""
+    st.phase, st.routed = Phase.CUTOVER, "fenced"
+    save_state(blue, st)
+    g_lead, b_lead = leader(green), leader(blue)  # asked before the gap: each question is a round trip
+    secrets = cluster_secrets(blue.scope)
+    t0 = time.monotonic()
+    lap = Laps("cutover")
+    route(blue, None)
+    lap("fence_haproxy")
+    fence_and_catch_up(blue, green, st.databases, b_lead, g_lead)
+    lap("fence_catch_up_sequences")
+    pg_logical.drop_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB)
+    swap_networks(blue, green)
+    st.reverse = True  # from here on green may take writes that only the reverse way brings back
+    save_state(blue, st)
+    lap("networks")
+    pg_logical.create_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB, green, secrets, copy_data=False)
+    lap("reverse_replication")
+    route(blue, green)
+    st.routed = "green"
+    save_state(blue, st)
+    lap("route_green")
+    gap = round(wait_writable_on(blue, green.postgres_version, blue.major.cutover_timeout_s) - t0, 2)
+    lap("first_write")
+    st.phase, st.gap_s = Phase.ON_GREEN, gap
+    save_state(blue, st)
+    note(f"clients on green (PostgreSQL {green.postgres_version}); write gap {gap}s")
+    return gap, lap.took
+
+
+def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
+    """Green fenced, blue caught up through the reverse replication, clients on blue; the write gap."""
+    st.phase = Phase.ROLLING_BACK
+    save_state(blue, st)
+    b_lead = leader(blue)
+    g_lead = leader(green) if st.reverse else ""
+    t0 = time.monotonic()
+    route(blue, None)
+    st.routed = "fenced"
+    if st.reverse:
+        fence_and_catch_up(green, blue, st.databases, g_lead, b_lead)
+        # Green goes away, its slots with it: drop blue's side only.
+        pg_logical.detach_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB)
+        st.reverse = False
+        save_state(blue, st)
+    unswap_networks(blue, green)
+    pg_logical.set_read_only(blue, b_lead, st.databases, False)
+    route(blue, blue)
+    st.routed = "blue"
+    save_state(blue, st)
+    gap = round(wait_writable_on(blue, st.source, blue.major.cutover_timeout_s) - t0, 2)
+    st.rollback_gap_s = gap
+    note(f"clients back on blue (PostgreSQL {st.source}); write gap {gap}s")
+    st.phase = Phase.ON_BLUE
+    save_state(blue, st)
+    return gap
+
+
+def drop_reverse(blue: ClusterSpec, st: MajorState) -> None:
+    b_lead = leader(blue)
+    for db in st.databases:
+        pg_logical.drop_subscription(blue, b_lead, db, major.REVERSE_SUB)
+    st.reverse = False
+
+
+def discard_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState | None) -> None:
+    """Remove green and what it left on blue (subscriptions, slots, the extra networks); blue keeps serving."""
+    eng = docker_hosts.engines(blue).default
+    dbs = st.databases if st else []
+    try:
+        b_lead = leader(blue)
+        pg_logical.detach_subscriptions(blue, b_lead, dbs, major.REVERSE_SUB)
+        if eng.running(green.container(green.node_names()[0])):
+            pg_logical.detach_subscriptions(green, leader(green), dbs, major.FORWARD_SUB)
+        wait_for("the upgrade's replication slots on blue to be dropped",
+                 lambda: pg_logical.drop_slots(blue, b_lead, major.FORWARD_SUB), lambda left: left == 0,
+                 timeout=30, interval=0.5)
+        for db in dbs:
+            pg_logical.drop_publication(blue, b_lead, db)
+            pg_logical.drop_marker_table(blue, b_lead, db)
+    except PghaError as exc:
+        note(f"cleanup on blue incomplete: {str(exc).splitlines()[0]}")
+    for m in [*blue.node_names(), blue.haproxy_member]:
+        if eng.find_container(blue.container(m)) is not None and eng.attached(blue.container(m), green.network):
+            eng.disconnect(blue.container(m), green.network)
+    eng.remove_labelled(green.scope, volumes=True)
+    shutil.rmtree(cluster_dir(green.scope), ignore_errors=True)
+    note(f"green {green.scope} removed; blue untouched")
+
+
+def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> None:
+    """Drop the reverse replication and remove blue's nodes and etcd; the clients' HAProxy stays (on green)."""
+    drop_reverse(blue, st)
+    g_lead = leader(green)
+    for db in st.databases:
+        pg_logical.drop_publication(green, g_lead, db)
+        pg_logical.drop_marker_table(green, g_lead, db)  # nothing left of the upgrade in the clients' schema
+    pg_logical.set_read_only(green, g_lead, st.databases, False)
+    eng = docker_hosts.engines(blue).default
+    for role in ("patroni", "etcd", "pgbackrest"):
+        eng.remove_labelled(blue.scope, role=role, volumes=True)
+    note(f"blue's nodes and etcd removed; the clients' ports stay on {green.scope}")
+
+
+def _versions(spec: ClusterSpec) -> int | None:
+    try:
+        return pg_logical.server_major(spec, leader(spec))
+    except PghaError:
+        return None
+
+
+@flow(name="major-upgrade", description="Blue/green major upgrade through logical replication, with a way back.")
+@mutating_flow("major-upgrade")
+def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: B008
+                  request: Request = Request.UPGRADE, replica_identity_full: bool = False) -> MajorUpgradeResult:
+    """Upgrade to `target` (request upgrade), go back (rollback) or drop blue (finish); resumes a killed run."""
+    blue = spec
+    st = load_state(blue)
+    decision = major.next_action(st, request)
+    if st is not None:
+        target = st.target
+    green = major.green_spec(blue, target)
+    note(f"{decision.action.value}: {decision.reason}")
+    res = MajorUpgradeResult(action=decision.action.value, reason=decision.reason, phase=st.phase.value if st else "",
+                             blue_scope=blue.scope, green_scope=green.scope)
+    a = decision.action
+    if a == Action.NOTHING and st is None and request != Request.UPGRADE:
+        raise StateError(decision.reason)
+    if a == Action.NOTHING:
+        pass
+    elif a in (Action.DISCARD_GREEN, Action.RESTART, Action.REOPEN_BLUE):
+        if a == Action.REOPEN_BLUE:
+            route(blue, None)
+            pg_logical.set_read_only(blue, leader(blue), st.databases if st else [], False)
+            route(blue, blue)
+        discard_green(blue, green, st)
+        state_file(blue).unlink(missing_ok=True)
+        st = None
+        res.phase = ""
+    if a in (Action.START, Action.RESTART):
+        st, res = _upgrade(blue, green, target, replica_identity_full, res)
+    elif a == Action.ROLL_BACK:
+        assert st is not None
+        res.version_before = _versions(green)
+        res.write_gap_s = roll_back(blue, green, st)
+        discard_green(blue, green, st)
+        state_file(blue).unlink(missing_ok=True)
+        res.version_after, res.phase = _versions(blue), ""
+    elif a == Action.FINISH:
+        assert st is not None
+        finish(blue, green, st)
+        st.phase = Phase.FINISHED  # kept: `pgha up` of blue is refused, `status` shows green
+        save_state(blue, st)
+        res.version_after, res.phase = _versions(green), st.phase.value
+    op = current()
+    res.events, res.elapsed_s = op.events, op.elapsed()
+    create_table_artifact(key=f"{blue.scope}-major-upgrade", table=[
+        {"field": k, "value": str(v)} for k, v in res.to_json().items() if not isinstance(v, (list, dict))],
+        description=f"major upgrade of {blue.scope}: {a.value}")
+    return res
+
+
+def _upgrade(blue: ClusterSpec, green: ClusterSpec, target: int, replica_identity_full: bool,
+             res: MajorUpgradeResult) -> tuple[MajorState, MajorUpgradeResult]:
+    verdict = major_preflight(blue, target, replica_identity_full)
+    require_healthy(blue, "the major upgrade")
+    res.notes = verdict.notes
+    res.version_before = _versions(blue)
+    st = MajorState(phase=Phase.GREEN, target=target, source=res.version_before or blue.postgres_version,
+                    green_scope=green.scope, databases=pg_logical.databases(blue, leader(blue)))
+    save_state(blue, st)
+    try:
+        res.durations = build_green(blue, green, st, verdict.set_replica_identity)
+    except PghaError as exc:
+        why = str(exc).splitlines()[0]
+        note(f"FAILED before cutover: {why}")
+        discard_green(blue, green, st)
+        state_file(blue).unlink(missing_ok=True)
+        raise MajorUpgradeFailed(f"major upgrade failed before cutover ({why}); green removed, blue untouched "
+                                 "and serving") from None
+    t = time.monotonic()
+    try:
+        res.write_gap_s, laps = cut_over(blue, green, st)
+        res.durations.update(laps)
+    except PghaError as exc:
+        why = str(exc).splitlines()[0]
+        note(f"FAILED during cutover: {why}; returning to blue")
+        try:
+            roll_back(blue, green, st)
+            discard_green(blue, green, st)
+            state_file(blue).unlink(missing_ok=True)
+        except PghaError as exc2:
+            raise MajorUpgradeFailed(f"cutover failed ({why}) and the return to blue failed too: "
+                                     f"{str(exc2).splitlines()[0]}; run `pgha upgrade --major --rollback`") from None
+        raise MajorUpgradeFailed(f"cutover failed ({why}); clients back on blue, green removed") from None
+    res.durations["cutover_s"] = round(time.monotonic() - t, 1)
+    wait_healthy(green, 120)
+    g_lead = leader(green)
+    res.bytes_copied = pg_logical.database_bytes(green, g_lead, st.databases)
+    res.version_after, res.phase = _versions(green), st.phase.value
+    return st, res
