@@ -206,6 +206,11 @@ def major_upgrade(done: Done[MajorUpgradeResult]) -> None:
     t.add_row(str(r.version_before or ""), str(r.version_after or ""), "" if r.write_gap_s is None else str(r.write_gap_s),
               "" if r.bytes_copied is None else str(r.bytes_copied), r.phase or "-", str(r.elapsed_s))
     out.print(t)
+    if r.backup_label:
+        line(f"{r.green_scope}'s first backup {r.backup_label}: restore "
+             + ("verified" if r.backup_verified else "NOT verified"))
+    if r.audit:
+        line(f"audit of {r.green_scope}: {r.audit}")
 
 
 def any_upgrade(done: Done[Any]) -> None:

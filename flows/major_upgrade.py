@@ -22,10 +22,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from flows.audit import run_audit
+from flows.backup import backup
 from flows.steps.cluster import cluster_status, require_healthy, wait_healthy
 from flows.steps.converge import converge
 from flows.steps.ops import current, mutating_flow, note, operation
 from stack import major
+from stack.backup import BackupType
 from stack.errors import PghaError, StateError
 from stack.major import Action, MajorFacts, MajorState, Phase, Request
 from stack.results import MajorUpgradeResult
@@ -343,7 +346,7 @@ def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> None:
         pg_logical.drop_marker_table(green, g_lead, db)  # nothing left of the upgrade in the clients' schema
     pg_logical.set_read_only(green, g_lead, st.databases, False)
     eng = docker_hosts.engines(blue).default
-    for role in ("patroni", "etcd", "pgbackrest"):
+    for role in ("patroni", "etcd", "pgbackrest", "fencer"):  # green has its own fencing watcher
         eng.remove_labelled(blue.scope, role=role, volumes=True)
     note(f"blue's nodes and etcd removed; the clients' ports stay on {green.scope}")
 
@@ -444,4 +447,34 @@ def _upgrade(blue: ClusterSpec, green: ClusterSpec, target: int, replica_identit
     g_lead = leader(green)
     res.bytes_copied = pg_logical.database_bytes(green, g_lead, st.databases)
     res.version_after, res.phase = _versions(green), st.phase.value
+    after_cutover(green, res)
     return st, res
+
+
+def after_cutover(green: ClusterSpec, res: MajorUpgradeResult) -> None:
+    """Green's own first full backup and its verified restore (green has its own stanza), then its audit.
+
+    The clients are on green by now: a failure here does not undo the upgrade (the reverse
+    replication still allows `--rollback`); it fails the run loudly, saying where things stand.
+    """
+    where = f"clients are on {green.scope} (PostgreSQL {res.version_after})"
+    if green.backup.enabled:
+        t = time.monotonic()
+        try:
+            b = backup(green, type=BackupType.FULL, verify=True)
+        except PghaError as exc:
+            raise MajorUpgradeFailed(f"{where}, but its first backup failed: {str(exc).splitlines()[0]}; "
+                                     f"run `pgha backup --scope {green.scope}`") from None
+        res.backup_label = b.label
+        res.backup_verified = bool(b.verification and b.verification.ok)
+        res.durations["backup_s"] = round(time.monotonic() - t, 1)
+        if not res.backup_verified:
+            why = b.verification.error if b.verification else "no verification ran"
+            raise MajorUpgradeFailed(f"{where}, but the restore of its first backup {b.label} did not verify: "
+                                     f"{why}; run `pgha backup --scope {green.scope}`")
+        note(f"green's first backup {b.label} taken and its restore verified")
+    else:
+        note(f"green's backup skipped: backup.enabled is false in the spec of {green.scope}")
+    report = run_audit(green)
+    res.audit = f"{report.status}: {report.summary or report.message}"
+    note(f"audit of {green.scope}: {res.audit}")

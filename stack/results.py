@@ -346,6 +346,9 @@ class MajorUpgradeResult(Result):
     write_gap_s: float | None = None
     bytes_copied: int | None = None
     tables: int | None = None
+    backup_label: str = ""  # green's first full backup (its own stanza), taken after the cutover
+    backup_verified: bool | None = None  # its restore verified (None: backups off in the spec)
+    audit: str = ""  # green's health audit after the cutover: "<status>: <summary>"
     durations: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)

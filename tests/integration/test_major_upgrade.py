@@ -31,7 +31,7 @@ from tests.support.traffic import Traffic, measured
 
 SCOPE = "pgha-it-mu1"
 GREEN = f"{SCOPE}-green"
-SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15, "backup": {"enabled": False},
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15,
         "ports": {"rw": 26100, "ro": 26101, "stats": 26102}}  # green: +10 (major.green_port_offset)
 GAP_CEILING_S = 20.0  # generous: the cutover measures ~3-4 s here (benchmarks/major_upgrade.py)
 BENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "nokey", "items"]
@@ -173,6 +173,9 @@ def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cl
     out = json.loads(res.stdout)
     assert (out["version_before"], out["version_after"], out["phase"]) == (15, 17, "on-green")
     assert out["write_gap_s"] < GAP_CEILING_S and out["bytes_copied"] > 0
+    # Afterwards: green's own first full backup, its restore verified, and green's audit.
+    assert out["backup_label"].endswith("F") and out["backup_verified"] is True, out
+    assert out["audit"].split(":")[0] in ("ok", "warn"), out["audit"]
     for m in ("pg-1", "pg-2"):
         assert psql(engine, f"{GREEN}-{m}", "show server_version_num", "postgres").startswith("17")
     lead17 = primary(engine, GREEN)
