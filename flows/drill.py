@@ -154,6 +154,7 @@ def _await_window(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: P
 
     wait_for(f"the {kind.value} window of {seconds}s", sample, lambda now: now >= end, timeout=seconds + 60,
              interval=0.5)
+    seen.append((time.monotonic(), _primaries(spec)))  # the state the fault ends in, whatever the sampling
     split = [(round(t - t_fault, 1), p) for t, p in seen if len(p) > 1]
     counts = sorted({len(p) for _, p in seen})
     notes.append(f"{len(seen)} samples during the {seconds}s fault: writable primaries per sample {counts}"
