@@ -96,8 +96,9 @@ def one_switchover(spec: ClusterSpec, way: str) -> dict[str, float]:
              timeout=30, interval=0.1)
     plan = plan_switchover(patroni.cluster_view(spec), spec, None)
     start = time.monotonic()
+    times = None
     if way == "pgha":
-        hand_over(spec, plan.leader, plan.candidate, spec.upgrade.node_timeout_s)
+        times = hand_over(spec, plan.leader, plan.candidate, spec.upgrade.node_timeout_s)
     else:
         plain_switchover(spec, plan.leader, plan.candidate)
     wait_for("both probes to commit on the new primary", lambda: min(pooled.log.ok[-1], direct.log.ok[-1]),
@@ -116,6 +117,9 @@ def one_switchover(spec: ClusterSpec, way: str) -> dict[str, float]:
         "pooled_failed": float(sum(1 for t, _ in pooled.log.errors if start <= t <= end)),
         "direct_gap": longest_gap(direct.log.ok, start, end),
         "direct_failed": float(sum(1 for t, _ in direct.log.errors if start <= t <= end)),
+        # pgha only: PAUSE's own time, and request -> writable primary routed (Patroni's demote + promote)
+        "paused": times.paused_s or 0.0 if times else float("nan"),
+        "routed": times.routed_s or 0.0 if times else float("nan"),
     }
 
 
@@ -144,7 +148,9 @@ def main() -> None:
                 sw[way].append(r)
                 print(f"run {i + 1} switchover {way:8}  pooled: longest stall {r['pooled_stall']:.2f}s, "
                       f"{r['pooled_failed']:.0f} failed   direct: write gap {r['direct_gap']:.2f}s, "
-                      f"{r['direct_failed']:.0f} failed", flush=True)
+                      f"{r['direct_failed']:.0f} failed"
+                      + (f"   (PAUSE {r['paused']:.2f}s, request->routed {r['routed']:.2f}s)" if way == "pgha" else ""),
+                      flush=True)
             for name, pooled, extra in (("persistent direct", False, ()), ("persistent pooled", True, ()),
                                         ("per-transaction direct", False, ("-C",)),
                                         ("per-transaction pooled", True, ("-C",))):

@@ -121,8 +121,9 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
     PostgreSQL may still be finishing its promotion then: the caller waits until the R/W
     port answers writable (`tasks.postgres.wait_writable`) before it lets the pooler go.
 
-    The wait runs in HAProxy's container in slices of about a second, so `give_up` (the
-    switchover request failed) is looked at between slices. Health checks keep running: if
+    The wait runs in HAProxy's container in slices of about 5 s (one `docker exec` each:
+    starting one can be slow on a busy host), and `give_up` (the switchover request failed)
+    is looked at between slices. Health checks keep running: if
     the candidate were not the primary after all, the next check would take it out again.
     """
     started = time.monotonic()
@@ -134,7 +135,7 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
         raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
     cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
     while True:
-        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "15", cmds], user="root", timeout=10)
+        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "100", cmds], user="root", timeout=20)
         if r.ok:
             _check_answer(r.out)
             return time.monotonic() - started

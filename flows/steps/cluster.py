@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 
 import yaml
@@ -132,7 +132,7 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
        queue in PgBouncer, every server connection to the old primary is closed.
     2. Ask Patroni (on the leader) for the switchover, in a thread: its reply comes up to a
        second after the fact (Patroni polls its outcome once a second).
-    3. Meanwhile HAProxy's container polls the candidate's /leader every 50 ms and, the
+    3. Meanwhile (started just before 2) HAProxy's container polls the candidate's /leader every 50 ms and, the
        moment it holds the leader lock, the runtime API marks it up and the others down in
        the R/W backend (instead of `fall x inter` of health checks; those keep running and
        stay the truth for an unplanned failover). Then new connections on the R/W port are
@@ -143,17 +143,25 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
     others = [m for m in spec.node_names() if m != candidate]
     times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.pooler.enabled)
     pool_ctx = pgbouncer.paused(spec) if spec.pooler.enabled else nullcontext()
-    with ThreadPoolExecutor(1, thread_name_prefix="switchover") as pool:
+    requested: list[Future[str]] = []
+
+    def refused() -> bool:
+        return bool(requested) and requested[0].done() and requested[0].exception() is not None
+
+    with ThreadPoolExecutor(2, thread_name_prefix="switchover") as pool:
         with pool_ctx:
             times.paused_s = round(time.monotonic() - t0, 3) if spec.pooler.enabled else None
             asked = time.monotonic()
+            # The watcher first: starting a `docker exec` can take a while on a busy host, and
+            # it must already be polling when the candidate takes the lock.
+            route = pool.submit(haproxy.route_primary, spec, candidate, others, timeout, refused)
             request = pool.submit(patroni.switchover, spec, leader, candidate)
+            requested.append(request)
             try:
-                haproxy.route_primary(spec, candidate, others, timeout, give_up=request.done)
+                route.result()
             except HaproxyError as exc:
-                refused = request.exception() if request.done() else None
-                if refused is not None:
-                    raise refused from None  # Patroni's own reason says more than "never routed"
+                if refused():
+                    raise request.exception() from None  # type: ignore[misc]  # Patroni's reason says more
                 # Routing is left to the health checks; the wait below still holds the pooler
                 # until the R/W port reaches a writable primary.
                 times.note = str(exc)
