@@ -34,7 +34,7 @@ from stack.major import Action, MajorFacts, MajorState, Phase, Request
 from stack.results import MajorUpgradeResult
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, haproxy, patroni, pg_logical, postgres
+from tasks import docker_hosts, haproxy, patroni, pg_logical, pgbackrest, postgres
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
@@ -183,6 +183,10 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
     took: dict[str, float] = {}
     t = time.monotonic()
     b_lead = leader(blue)
+    if blue.backup.enabled:
+        # Green's first backup writes its canary row: the table must exist on both sides
+        # (logical replication copies no DDL), or the reverse replication would stop there.
+        pgbackrest.ensure_canary_table(blue)
     if replica_identity:
         pg_logical.set_replica_identity_full(blue, b_lead, replica_identity)
         note("REPLICA IDENTITY FULL on " + ", ".join(replica_identity))

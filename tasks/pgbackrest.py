@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -222,6 +223,18 @@ def check_archiving(spec: ClusterSpec, member: str) -> str:
 
 
 @task(name="backup-canary", **ONCE)
+def _create_canary_table(conn: Any) -> None:  # a psycopg connection (tasks.postgres.connect)
+    conn.execute(f"create table if not exists {bk.CANARY_TABLE} (id bigserial primary key, token text not null, "
+                 "written_at timestamptz not null default now())")  # noqa: S608 - constant table name
+
+
+def ensure_canary_table(spec: ClusterSpec) -> None:
+    """The canary table, empty if new (the major upgrade makes it on blue before copying the schema,
+    so a backup of green later writes to a table blue has too and the reverse replication goes on)."""
+    with postgres.connect(spec, cluster_secrets(spec.scope), timeout=5) as conn:
+        _create_canary_table(conn)
+
+
 def write_canary(spec: ClusterSpec, token: str) -> int:
     """Insert the canary row through the R/W port; return the table's row count afterwards.
 
@@ -229,8 +242,7 @@ def write_canary(spec: ClusterSpec, token: str) -> int:
     the backup holds what was committed just before it started.
     """
     with postgres.connect(spec, cluster_secrets(spec.scope), timeout=5) as conn:
-        conn.execute(f"create table if not exists {bk.CANARY_TABLE} (id bigserial primary key, token text not null, "
-                     "written_at timestamptz not null default now())")  # noqa: S608 - constant table name
+        _create_canary_table(conn)
         conn.execute(f"insert into {bk.CANARY_TABLE} (token) values (%s)", (token,))  # noqa: S608 - constant name
         row = conn.execute(f"select count(*) from {bk.CANARY_TABLE}").fetchone()  # noqa: S608 - constant name
     return int(row[0]) if row else 0
