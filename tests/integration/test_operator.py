@@ -230,7 +230,11 @@ def test_cli_runs_land_on_the_server_and_a_leader_change_triggers_an_audit(clust
             break
         time.sleep(2)
     assert follow, "the automation did not run the follow-up audit within 120 s"
-    assert follow["parameters"] == {"scope": cluster.scope} and follow["state_type"] == "COMPLETED", follow
+    # The follow-up audits this cluster (its scope from the event). Its verdict is not the point
+    # here: seconds after a switchover a replica may still be rejoining (seen once here: the
+    # follow-up found pg-1 restarting and ended Failed, which is what it is for).
+    assert follow["parameters"] == {"scope": cluster.scope}, follow
+    assert follow["state_type"] in ("COMPLETED", "FAILED"), follow
 
 
 def test_the_ui_in_a_real_browser_runs_the_audit(cluster: Cluster) -> None:
