@@ -217,9 +217,13 @@ def test_cli_runs_land_on_the_server_and_a_leader_change_triggers_an_audit(clust
     old = leader(cluster)
     assert ok_json(cluster, "restart", old)["switchover"].startswith(old)  # type: ignore[union-attr]
     assert run(cluster, "audit").returncode == 0  # sees the new leader: emits pgha.leader.changed
-    events = api("/events/filter", {"filter": {"event": {"name": ["pgha.leader.changed"]}}, "limit": 5})
-    ev = [e for e in events["events"] if e["payload"].get("scope") == cluster.scope]  # type: ignore[index]
-    assert ev and ev[0]["payload"]["old_leader"] == old, events
+    ev: list[dict[str, object]] = []
+    deadline = time.monotonic() + 60  # the server stores events asynchronously
+    while not ev and time.monotonic() < deadline:
+        events = api("/events/filter", {"filter": {"event": {"name": ["pgha.leader.changed"]}}, "limit": 5})
+        ev = [e for e in events["events"] if e["payload"].get("scope") == cluster.scope]  # type: ignore[index]
+        time.sleep(1)
+    assert ev and ev[0]["payload"]["old_leader"] == old, ev  # type: ignore[index]
     deadline = time.monotonic() + 120
     follow: dict[str, object] = {}
     while time.monotonic() < deadline:
