@@ -11,6 +11,7 @@ import time
 
 from prefect import flow
 
+from flows.steps.cluster import wait_healthy
 from flows.steps.nodes import node_ctx, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
 from stack.errors import UsageError
@@ -41,6 +42,7 @@ def reinit(spec: ClusterSpec = ClusterSpec(), member: str = "pg-2",  # noqa: B00
     since = time.time()
     note(f"reinitializing {member} from {leader}: {patroni.reinitialize(spec, member)}")
     wait_caught_up(ctx, member, since, False, f"{member} cloned again and streaming")
-    note(f"{member} streams again")
+    wait_healthy(spec, ctx.timeout, stable_s=1.0)  # the sync standby chosen again, HAProxy routing to it
+    note(f"{member} streams again; the cluster is whole")
     op = current()
     return ReinitResult(scope=spec.scope, member=member, leader=leader, events=op.events, elapsed_s=op.elapsed())

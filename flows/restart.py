@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.steps.cluster import require_healthy, switchover
+from flows.steps.cluster import require_healthy, switchover, wait_healthy
 from flows.steps.nodes import node_ctx, restart_node
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
@@ -64,6 +64,9 @@ def restart(spec: ClusterSpec = ClusterSpec(), member: str | None = None,  # noq
             note(f"restarting {'primary ' if step.leader else 'replica '}{step.member}")
             restart_node(ctx, step.member, step.leader)
         done.append(step.member)
+    # Whole again before it returns: Patroni picks the synchronous standby a loop after the
+    # old leader rejoins, and HAProxy needs its checks to pass.
+    wait_healthy(spec, ctx.timeout, stable_s=1.0)
     lead = patroni.cluster_view(spec).leader()
     op = current()
     return RestartResult(scope=spec.scope, restarted=done, switchover=moved, leader=lead.name if lead else "",
