@@ -30,7 +30,7 @@ unit: venv
 
 IT_WORKERS ?= 2
 integration: venv engine browser test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
-	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadgroup --durations=25
+	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --durations=25
 
 test-images: venv engine  ## every image the integration suite uses, built once before the workers start
 	$(PGHA) images build --spec tests/integration/specs/pg17.yaml

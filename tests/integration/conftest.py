@@ -23,25 +23,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SHARED_SESSION_CLUSTERS = ("cluster_a",)  # session fixtures: every file using one runs on one worker
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark integration tests, and group them for pytest-xdist (`--dist loadgroup`).
+    """Mark integration tests.
 
-    One group per file, so a module fixture's cluster is made by one worker only; files that
-    use a shared session cluster are put in that cluster's group, so it is made once too.
-    Files never share scopes or ports, so groups can run side by side.
+    They run one file per pytest-xdist worker at a time (`--dist loadfile`), so a module
+    fixture's cluster is made by one worker only; the session cluster `cluster_a` is used by
+    test_cluster.py alone for the same reason. Files never share scopes or ports.
     """
-    ours = [i for i in items if "tests/integration" in str(i.fspath)]
-    shared: dict[str, str] = {}
-    for item in ours:
-        for name in SHARED_SESSION_CLUSTERS:
-            if name in getattr(item, "fixturenames", ()):
-                shared.setdefault(str(item.fspath), name)
-    for item in ours:
-        item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group(shared.get(str(item.fspath), Path(str(item.fspath)).stem)))
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import docker
 import pytest
 import yaml
 
-from tests.integration.conftest import Cluster, pgha, remove_scope
+from tests.integration.conftest import pgha, remove_scope
 
 SCOPE = "pgha-it-bad"
 PORTS = {"rw": 25452, "ro": 25453, "stats": 28424}
@@ -64,12 +64,6 @@ def test_port_in_use_on_host_creates_nothing(busy_port: int, base_env: dict[str,
                                              engine: docker.DockerClient) -> None:
     spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "ro": busy_port}}
     assert_refused(base_env, tmp_path, engine, spec, f"port {busy_port} (ports.ro) is already in use")
-
-
-def test_port_of_another_cluster_creates_nothing(cluster_a: Cluster, base_env: dict[str, str], tmp_path: Path,
-                                                 engine: docker.DockerClient) -> None:
-    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "rw": cluster_a.port("rw")}}
-    assert_refused(base_env, tmp_path, engine, spec, f"already published by pgha cluster '{cluster_a.scope}'")
 
 
 def test_missing_spec_file(base_env: dict[str, str], tmp_path: Path) -> None:

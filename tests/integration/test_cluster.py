@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import docker
 import psycopg
 import pytest
 
 from tests.integration.conftest import Cluster, pgha
+from tests.integration.test_bad_input import assert_refused
 
 
 def connect(c: Cluster, port_name: str, password: str | None = None) -> psycopg.Connection:
@@ -137,3 +139,12 @@ def test_haproxy_metrics_on_stats_port(cluster_a: Cluster) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster_a.port('stats')}/metrics", timeout=5) as r:  # noqa: S310
         text = r.read().decode()
     assert 'haproxy_server_status{proxy="primary",server="pg-' in text
+
+
+def test_port_of_another_cluster_creates_nothing(cluster_a: Cluster, base_env: dict[str, str], tmp_path: Path,
+                                                 engine: docker.DockerClient) -> None:
+    """Here, not in test_bad_input.py: every test of the shared cluster_a lives in one file (one xdist worker)."""
+    spec = {"scope": "pgha-it-bad2", "nodes": 1, "etcd_members": 1,
+            "ports": {"rw": cluster_a.port("rw"), "ro": 25463, "stats": 28434}}
+    assert_refused(base_env, tmp_path, engine, spec, f"already published by pgha cluster '{cluster_a.scope}'",
+                   scope="pgha-it-bad2")
