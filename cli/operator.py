@@ -181,15 +181,17 @@ def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a 
     if ro and pool:
         raise UsageError("give at most one of --ro and --pool")
     spec = resolve_spec(spec_file, scope)
-    if pool and getattr(spec, "pooler", None) is None:
-        raise UsageError(f"cluster {spec.scope} has no connection pooler in its spec; drop --pool")
+    if pool and not spec.pooler.enabled:
+        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled is false); drop --pool")
     from tasks.host.state import secrets_file
 
     if not secrets_file(spec.scope).exists():
         raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
     port = spec.ports.ro if ro else spec.ports.rw
     if pool:
-        port = spec.pooler.port  # type: ignore[attr-defined]
+        port = spec.ports.pool
+        if not shutil.which("psql"):
+            raise UsageError("--pool needs psql on this machine (Debian: apt-get install postgresql-client)")
     code = _host_psql(spec, port, dbname, sql) if shutil.which("psql") else _node_psql(spec, ro, dbname, sql)
     raise typer.Exit(code)
 

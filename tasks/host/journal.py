@@ -21,10 +21,15 @@ KEEP_BYTES = 1_000_000  # the file is cut to its newest half beyond this
 
 
 def record(scope: str, entry: dict[str, Any]) -> None:
-    """Append one entry (best effort: a full disk must not fail the operation it describes)."""
+    """Append one entry (best effort: a full disk must not fail the operation it describes).
+
+    Never creates the cluster's state directory: `down --volumes` removes it on purpose, and
+    its own journal line must not bring it back.
+    """
     path = cluster_dir(scope) / FILE
+    if not path.parent.is_dir():
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(json.dumps({"at": round(time.time(), 3), **entry}, default=str) + "\n")

@@ -229,6 +229,13 @@ def test_diff_incr_and_retention(cluster_bk: BackupCluster, full_backup: str) ->
     assert first_full in str(f3["expired"]) and str(d["label"]) in str(f3["expired"])
     # An expired set cannot be verified: refused with one line.
     refused(pgha(c.env, "verify-restore", "--scope", c.scope, "--set", first_full), "no backup set")
+    # `pgha backups` lists what the repository holds, newest first, and the window PITR reaches.
+    b = ok(pgha(c.env, "backups", "--scope", c.scope, "--json"))
+    rows = {str(s["label"]): s for s in b["sets"]}  # type: ignore[union-attr]
+    assert str(b["sets"][0]["label"]) == f3["label"] and f2["label"] in rows, b  # type: ignore[index]
+    assert first_full not in rows and rows[str(f3["label"])]["type"] == "full", b
+    assert rows[str(f3["label"])]["wal_start"] and rows[str(f3["label"])]["verified"] == "never", b
+    assert "" < str(b["recoverable_from"]) < str(b["recoverable_to"]), b
 
 
 def test_dump_is_readable_by_pg_restore(cluster_bk: BackupCluster, engine: docker.DockerClient) -> None:

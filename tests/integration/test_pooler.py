@@ -207,6 +207,13 @@ def test_500_connections_at_once_through_the_pooler(cluster: Cluster) -> None:
     assert figure(res.stdout, r"number of failed transactions: (\d+)") == 0
 
 
+def test_psql_through_the_pooler(cluster: Cluster) -> None:
+    """`pgha psql --pool` reaches the primary through PgBouncer (its own port, no password in argv)."""
+    res = pgha(cluster.env, "psql", "--pool", "--scope", cluster.scope, "-c", "select pg_is_in_recovery()")
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert [ln.strip() for ln in res.stdout.splitlines()][2] == "f", res.stdout  # header, rule, the row
+
+
 def test_switchover_bad_input_is_refused_and_changes_nothing(cluster: Cluster) -> None:
     old = leader(cluster)
     for args, expect in ((["--to", "pg-9"], "is not a member"), (["--to", old], "already leads")):
