@@ -33,6 +33,7 @@ from stack.layout import (
     SOCKET_DIR,
     SUPERUSER,
 )
+from stack.resources import derive_memory_parameters
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 
@@ -77,6 +78,8 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
         "password_encryption": "scram-sha-256",
         "max_connections": 100,
     }
+    # Memory settings from the node's limit (stack/resources.py); the spec's own values win.
+    parameters.update(derive_memory_parameters(spec.resources.patroni.memory_mib, _max_connections(spec)))
     parameters.update(archive_parameters(spec))
     parameters.update(spec.postgres_parameters)
     return {
@@ -91,6 +94,11 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
             "parameters": parameters,
         },
     }
+
+
+def _max_connections(spec: ClusterSpec) -> int:
+    raw = str(spec.postgres_parameters.get("max_connections", 100))
+    return int(raw) if raw.isdigit() else 100
 
 
 def pg_hba(subnet: str) -> list[str]:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from stack.resources import check_memory, owned_reason
+
 # ---- rolling upgrade ----
 
 
@@ -208,10 +210,18 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     return out
 
 
-def check_parameter(name: str, value: str, setting: Setting | None) -> str | None:
-    """None when Patroni may set `name=value` dynamically, else why not."""
+def check_parameter(name: str, value: str, setting: Setting | None, limit_mib: int | None = None) -> str | None:
+    """None when Patroni may set `name=value` dynamically, else why not.
+
+    `limit_mib`: the Patroni node's memory limit; memory settings above their share of it
+    are refused (`stack.resources.check_memory`).
+    """
     if name in PATRONI_OWNED:
         return f"{name} cannot be changed with `pgha config set`: {PATRONI_OWNED[name]}"
+    if (owned := owned_reason(name)) is not None:
+        return f"{name} cannot be changed with `pgha config set`: {owned}"
+    if (mem := check_memory(name, value, limit_mib)) is not None:
+        return mem
     if setting is None:
         if "." in name:
             return None  # a custom (extension) parameter: PostgreSQL accepts any value

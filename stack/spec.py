@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stack.errors import SpecError
+from stack.resources import check_memory, owned_reason
+from stack.rolling import PATRONI_OWNED
 
 SCOPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 
@@ -180,6 +182,45 @@ class PoolerSpec(_Strict):
                                       "past it the switchover is refused and the pooler resumed")
 
 
+# ---- container budgets (hardening) ----
+
+
+class RoleResources(_Strict):
+    """One role's container limits: CPUs (NanoCpus) and memory (hard limit, no swap beyond it)."""
+
+    cpus: float = Field(..., gt=0, le=256, description="CPUs (fractions allowed: 0.5 = half a core)")
+    memory_mib: int = Field(..., ge=64, le=4194304, description="memory limit, MiB")
+
+
+class ResourcesSpec(_Strict):
+    """Per-role limits; the seed's budgets by default (README "Hardening").
+
+    The Patroni node's memory limit also gives PostgreSQL's memory parameters
+    (`stack.resources.derive_memory_parameters`) unless `postgres_parameters` sets them.
+    """
+
+    patroni: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=2048))
+    etcd: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=512))
+    haproxy: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=256))
+    # PgBouncer is single-threaded and on every pooled transaction's path: half a core, and
+    # 256 MiB for 1000 clients' buffers with room to spare.
+    pooler: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=256))
+    # The fencer idles on an event stream (Python ~30 MiB + a tiny HAProxy); a reaction needs
+    # milliseconds of CPU, which 0.2 CPU's CFS quota grants within one 100 ms period.
+    fencer: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128))
+    shm_mib: int = Field(256, ge=64, le=65536, description="size of a Patroni node's shared-memory tmpfs (parallel query, DSM)")
+
+    @model_validator(mode="after")
+    def _shm(self) -> ResourcesSpec:
+        if self.shm_mib > self.patroni.memory_mib // 2:
+            raise ValueError(f"shm_mib ({self.shm_mib}) is more than half of resources.patroni.memory_mib "
+                             f"({self.patroni.memory_mib}); /dev/shm counts against the node's memory")
+        return self
+
+    def of(self, role: str) -> RoleResources:
+        return getattr(self, role)  # type: ignore[no-any-return]
+
+
 class EffectiveTiming(BaseModel):
     """The resolved timing: profile defaults with the spec's overrides applied."""
 
@@ -260,6 +301,7 @@ class ClusterSpec(_Strict):
     failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
                                                   "quorum as long as it reaches every member's REST API")
     major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod
@@ -303,6 +345,17 @@ class ClusterSpec(_Strict):
             for name in ("rw", "ro", "stats"):
                 if getattr(self.ports, name) == self.ports.pool:
                     raise ValueError(f"ports.pool and ports.{name} are both {self.ports.pool}; they must differ")
+        return self
+
+    @model_validator(mode="after")
+    def _parameters(self) -> ClusterSpec:
+        """postgres_parameters may not set what pgha owns, nor memory the node cannot hold."""
+        for name, value in self.postgres_parameters.items():
+            why = owned_reason(name) or PATRONI_OWNED.get(name.lower())
+            if why:
+                raise ValueError(f"{name} cannot be set here: {why}")
+            if err := check_memory(name, str(value), self.resources.patroni.memory_mib):
+                raise ValueError(err)
         return self
 
     # ---- derived values (the only place names are made) ----

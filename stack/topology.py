@@ -7,7 +7,7 @@ those files is passed in: where the host keeps state is `tasks.host`'s business)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stack import backup, fencing, layout, render
 from stack import pooler as pgbouncer
@@ -17,6 +17,76 @@ from stack.spec import ClusterSpec, Role
 # Fail DNS look-ups in one second, once: a node cut off from the network (a partition) must
 # notice quickly that etcd is gone and demote itself, not hang in the resolver for a minute.
 DNS_OPTIONS = ["timeout:1", "attempts:1"]
+
+
+# ---- hardening: limits, capabilities, read-only roots, tmpfs for secrets ----
+
+MIB = 1024 * 1024
+
+# What each role's entrypoint needs as root before it drops to its service user (measured:
+# README "Hardening"): CHOWN/FOWNER/FSETID for `install -o ... -m 2775` of its private
+# directories (install chowns, then chmods a file it no longer owns), SETUID/SETGID for `setpriv --reuid`. The Patroni node also gets DAC_OVERRIDE
+# and KILL because pgha's root `docker exec`s refresh the postgres-owned 0600 copies under
+# /run/pgha and send SIGHUP to Patroni (tasks/patroni.py, tasks/pgbackrest.py). No role binds
+# a port below 1024 inside its container, so none needs NET_BIND_SERVICE.
+_DROP_TO_USER = ("CHOWN", "FOWNER", "SETGID", "SETUID")
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    Role.PATRONI.value: ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"),
+    Role.ETCD.value: _DROP_TO_USER,
+    Role.HAPROXY.value: _DROP_TO_USER,
+    Role.POOLER.value: (*_DROP_TO_USER, "FSETID"),
+    Role.FENCER.value: _DROP_TO_USER,
+}
+# Roles whose root filesystem is read-only: everything they write is a volume or a tmpfs.
+# Not the Patroni node: PostgreSQL, Patroni, pgBackRest (lock and spool files, logs), pg_dump
+# and the major-upgrade tools write in many places of the image; a tmpfs for each is a
+# change of its own (README "Hardening").
+READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value}
+# tmpfs mounts: /run/pgha holds the private copies of the 0600 files (passwords, pgpass, keys),
+# so no secret is ever written to the container's writable layer (`docker diff` shows none).
+_RUN = (layout.RUN_DIR, "rw,nosuid,nodev,noexec,size=16m,mode=0700")
+_TMP = ("/tmp", "rw,nosuid,nodev,size=16m,mode=1777")  # noqa: S108 - a tmpfs inside the container
+TMPFS: dict[str, tuple[tuple[str, str], ...]] = {
+    Role.PATRONI.value: (_RUN,),
+    Role.ETCD.value: (_TMP,),
+    Role.HAPROXY.value: (_RUN, _TMP, ("/run/haproxy", "rw,nosuid,nodev,noexec,size=1m,mode=0700")),
+    Role.POOLER.value: (_RUN, _TMP, (layout.SOCKET_DIR, "rw,nosuid,nodev,noexec,size=1m,mode=2775")),
+    Role.FENCER.value: (_RUN, _TMP),
+}
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """A container's limits and privileges, as the engine takes them."""
+
+    nano_cpus: int
+    memory_bytes: int
+    shm_bytes: int | None
+    cap_add: tuple[str, ...]
+    cap_drop: tuple[str, ...] = ("ALL",)
+    security_opt: tuple[str, ...] = ("no-new-privileges:true",)
+    read_only: bool = False
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
+
+
+def hardening(spec: ClusterSpec, role: str) -> Hardening:
+    """The role's limits (spec.resources), dropped capabilities and tmpfs mounts."""
+    res = spec.resources.of(role)
+    return Hardening(
+        nano_cpus=int(res.cpus * 1_000_000_000),
+        memory_bytes=res.memory_mib * MIB,
+        shm_bytes=spec.resources.shm_mib * MIB if role == Role.PATRONI.value else None,
+        cap_add=CAPABILITIES[role],
+        read_only=role in READ_ONLY_ROOT,
+        tmpfs=TMPFS[role],
+    )
+
+
+def harden(spec: ClusterSpec, planned: Planned) -> Planned:
+    """`planned` with its role's hardening; the config hash covers it, so a changed limit recreates it."""
+    c = planned.container
+    h = hardening(spec, c.role)
+    return replace(planned, container=replace(c, hardening=h, config_hash=render.digest(c.config_hash, h)))
 
 
 @dataclass(frozen=True)
@@ -38,6 +108,7 @@ class ContainerDef:
     dns_options: list[str] = field(default_factory=lambda: list(DNS_OPTIONS))
     entrypoint: list[str] | None = None  # None: the image's pgha-entrypoint with `role` as first argument
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path, read-only
+    hardening: Hardening | None = None  # limits, capabilities, tmpfs (`harden`); None: the engine's defaults
 
 
 @dataclass(frozen=True)
@@ -48,12 +119,12 @@ class Planned:
 
 def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
     cmd = render.etcd_command(spec, member)
-    return Planned(ContainerDef(
+    return harden(spec, Planned(ContainerDef(
         scope=spec.scope, role=Role.ETCD.value, member=member, name=spec.container(member), image=image,
         network=spec.network, command=cmd, config_hash=render.digest(image, cmd, DNS_OPTIONS),
         volumes={spec.volume(member): layout.ETCD_MOUNT},
         healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
-    ))
+    )))
 
 
 def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets, conf_dir: str) -> Planned:
@@ -63,7 +134,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
     if spec.backup.enabled and spec.backup.s3 is None:
         # The pgBackRest repository, shared by every node (stack/backup.py explains why).
         volumes[backup.repo_volume(spec)] = layout.REPO_MOUNT
-    return Planned(
+    return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[],
@@ -73,7 +144,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.PATRONI_API_PORT}/liveness"],
         ),
         files={"patroni.yml": text},
-    )
+    ))
 
 
 def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
@@ -84,7 +155,7 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
         layout.HAPROXY_STATS_PORT: spec.ports.stats,
     }
     member = spec.haproxy_member
-    return Planned(
+    return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
@@ -92,7 +163,7 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.HAPROXY_STATS_PORT}/"],
         ),
         files={"haproxy.cfg": text},
-    )
+    ))
 
 
 def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str, str]) -> Planned:
@@ -105,7 +176,7 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
     users = pgbouncer.render_userlist(scram_secrets)
     ports = {layout.PGBOUNCER_PORT: spec.ports.pool}
     member = spec.pooler_member
-    return Planned(
+    return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.POOLER.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[],
@@ -114,7 +185,7 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
             healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
         ),
         files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users},
-    )
+    ))
 
 
 def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
@@ -163,11 +234,14 @@ FENCER_START = """#!/bin/sh
 # The fencer: the socket proxy runs as root (it alone opens the engine's socket); the agent runs
 # as nobody, which cannot open the socket (root:docker 0660) and reaches the engine only
 # through the proxy's GET-only filter.
+# /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
+# before copying, and hands it to nobody after.
 set -eu
-install -d -o nobody -g nogroup -m 0700 /run/pgha
+chown root:root /run/pgha && chmod 0700 /run/pgha
 for f in fencer.py fencing.py fencer.json; do
   install -o nobody -g nogroup -m 0600 "/etc/pgha/$f" "/run/pgha/$f"
 done
+chown nobody:nogroup /run/pgha
 haproxy -D -f /etc/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
 """
@@ -182,7 +256,7 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
              "fencer.sh": FENCER_START}
     binds = {layout.DOCKER_SOCKET: layout.DOCKER_SOCKET}
     member = spec.fencer_member
-    return Planned(
+    return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds),
@@ -190,4 +264,4 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
         ),
         files=files,
-    )
+    ))

@@ -222,6 +222,7 @@ class Engine:
             dns_opt=d.dns_options,
             stop_signal="SIGTERM",
             detach=True,
+            **_hardening_kwargs(d),  # limits, capabilities, read-only root, tmpfs
         )
 
     def ensure_container(self, d: ContainerDef) -> Outcome:
@@ -450,6 +451,21 @@ class Engine:
             if ip:
                 out[ip] = str(info.get("Name", ""))
         return out
+
+
+def _hardening_kwargs(d: ContainerDef) -> dict[str, Any]:
+    """docker-py's create() arguments for the definition's hardening (none: the engine's defaults)."""
+    h = d.hardening
+    if h is None:
+        return {}
+    kw: dict[str, Any] = {
+        "nano_cpus": h.nano_cpus, "mem_limit": h.memory_bytes, "memswap_limit": h.memory_bytes,
+        "cap_drop": list(h.cap_drop), "cap_add": list(h.cap_add), "security_opt": list(h.security_opt),
+        "read_only": h.read_only, "tmpfs": dict(h.tmpfs),
+    }
+    if h.shm_bytes:
+        kw["shm_size"] = h.shm_bytes
+    return kw
 
 
 def health_of(ct: Container) -> str:

@@ -15,6 +15,8 @@ from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
 from stack.spec import ClusterSpec
 from tasks.node_exec import node
 
+HAPROXY_USER = "haproxy"  # HAProxy's own user: it owns the admin socket and process 1
+RUN_CFG = "/run/pgha/haproxy.cfg"  # the copy HAProxy runs with (stack/image/entrypoint.sh)
 BACKENDS = ("primary", "replicas")  # the `listen` sections of haproxy.cfg (stack/render.py)
 
 
@@ -73,7 +75,12 @@ def reload(spec: ClusterSpec) -> None:
     r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
     if not r.ok:
         raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
-    r = n.run(["kill", "-USR2", "1"], user="root")
+    # HAProxy (the haproxy user) reads its private copy (stack/image/entrypoint.sh): refresh it.
+    r = n.run(["install", "-o", "haproxy", "-g", "haproxy", "-m", "0600", f"{CONFIG_MOUNT}/haproxy.cfg",
+               RUN_CFG], user="root")
+    if not r.ok:
+        raise HaproxyError(f"copying the new haproxy.cfg failed: {r.tail(1)}")
+    r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER)
     if not r.ok:
         raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
 
@@ -95,7 +102,7 @@ def runtime(spec: ClusterSpec, commands: list[str]) -> str:
     line = ";".join(commands)
     r = node(spec, spec.haproxy_member).run(
         ["sh", "-c", f'printf "%s\\n" "$1" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"', "sh", line],
-        user="root", timeout=5)
+        user=HAPROXY_USER, timeout=5)
     if not r.ok:
         raise HaproxyError(f"HAProxy runtime API: {r.tail(1)}")
     _check_answer(r.out)
@@ -135,7 +142,7 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
         raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
     cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
     while True:
-        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "100", cmds], user="root", timeout=20)
+        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "100", cmds], user=HAPROXY_USER, timeout=20)
         if r.ok:
             _check_answer(r.out)
             return time.monotonic() - started

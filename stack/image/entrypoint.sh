@@ -11,8 +11,10 @@ role="${1:-}"
 
 case "$role" in
   etcd)
-    install -d -o etcd -g etcd -m 0700 /var/lib/etcd/data
+    # The package's /var/lib/etcd is etcd's 0700: root without DAC_OVERRIDE (dropped) cannot
+    # look inside, so it only takes the directory over and etcd makes its data dir itself.
     chown etcd:etcd /var/lib/etcd
+    setpriv --reuid=etcd --regid=etcd --init-groups install -d -m 0700 /var/lib/etcd/data
     exec setpriv --reuid=etcd --regid=etcd --init-groups etcd "$@"
     ;;
   patroni)
@@ -25,9 +27,14 @@ case "$role" in
     exec setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql patroni /run/pgha/patroni.yml
     ;;
   haproxy)
-    # The runtime API socket (`stats socket` in haproxy.cfg) lives here.
-    install -d -m 0700 /run/haproxy
-    exec haproxy -W -db -f /etc/pgha/haproxy.cfg
+    # HAProxy runs as the haproxy user (every port it binds is above 1024, so it needs no
+    # capability). The runtime API socket (`stats socket` in haproxy.cfg) lives in
+    # /run/haproxy; the config is copied into /run/pgha (a tmpfs, root's, 0711) as a file
+    # haproxy reads, and `tasks/haproxy.py` refreshes that copy before a reload (SIGUSR2).
+    install -d -o haproxy -g haproxy -m 0700 /run/haproxy
+    install -d -m 0711 /run/pgha
+    install -o haproxy -g haproxy -m 0600 /etc/pgha/haproxy.cfg /run/pgha/haproxy.cfg
+    exec setpriv --reuid=haproxy --regid=haproxy --init-groups haproxy -W -db -f /run/pgha/haproxy.cfg
     ;;
   pooler)
     # PgBouncer as postgres: its config and the SCRAM secrets file (0600, root) are copied
