@@ -78,8 +78,8 @@ def main() -> None:
             print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items() if len(v) > 0), flush=True)
     finally:
         if not args.keep:
-            subprocess.run([*pgha, "down", "--volumes", "--spec", str(spec_file)], cwd=ROOT, env=env,
-                           capture_output=True, check=False)
+            subprocess.run([*pgha, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(spec_file)],
+                           cwd=ROOT, env=env, capture_output=True, check=False)
             subprocess.run([*pgha, "server", "stop"], cwd=ROOT, env=env, capture_output=True, check=False)
     base = statistics.median(rows["patronictl list"])
     print(f"\nmedians over {args.runs} runs (ephemeral every {args.ephemeral_every}); load average "

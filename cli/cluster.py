@@ -24,6 +24,7 @@ from cli.core import (
     stderr_line,
     warm,
 )
+from stack.errors import UsageError
 from stack.results import BootstrapResult, ClusterStatus, TeardownResult
 from stack.spec import ClusterSpec, load_spec
 
@@ -68,15 +69,26 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[Bootstra
 @app.command()
 @command(render.down, flows=True)
 def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
-         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes and passwords (data is lost)"),
+         volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes (data is lost; "
+                                                                  "needs --yes)"),
+         purge_backups: bool = typer.Option(False, "--purge-backups",
+                                            help="with --volumes: also delete the backup repository and the "
+                                                 "secrets it needs (kept aside otherwise)"),
+         yes: bool = typer.Option(False, "--yes", help="confirm that data is to be destroyed"),
          wait: float = WaitOpt) -> Done[TeardownResult]:
-    """Remove the cluster's containers and network; data volumes stay unless --volumes."""
+    """Remove the cluster's containers and network; data volumes stay unless --volumes --yes."""
+    from stack.teardown import confirm_refusal
+
     spec = resolve_spec(spec_file, scope)
+    confirm = spec.scope if yes else ""
+    if (why := confirm_refusal(spec.scope, volumes, purge_backups, confirm)) is not None:
+        raise UsageError(why)  # before any flow or engine call: nothing changes
     warm()
     from flows.teardown import teardown
 
     require_engines(spec)
-    result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait)
+    result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait, purge_backups=purge_backups,
+                      confirm=confirm)
     return Done(result, spec)
 
 
@@ -111,7 +123,7 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI")) -> None:
     """Print the connection URI of the R/W (or --ro, or --pool) endpoint."""
     spec = resolve_spec(spec_file, scope)
-    from stack.errors import StateError, UsageError
+    from stack.errors import StateError
 
     if pool and ro:
         raise UsageError("--pool and --ro exclude each other (the pooler serves the read/write path)")

@@ -89,6 +89,10 @@ def down(done: Done[TeardownResult]) -> None:
     r = done.result
     line(f"{r.scope}: removed {len(r.containers)} containers, {len(r.networks)} networks, {len(r.volumes)} volumes"
          + ("" if r.state_removed else " (data volumes kept; `pgha up` brings it back)"))
+    if r.kept:
+        line(f"kept: {', '.join(r.kept)} (backup repository; `--purge-backups --yes` deletes it)")
+    if r.state_moved_to:
+        line(f"secrets the repository needs moved to {r.state_moved_to}")
 
 
 def status(done: Done[ClusterStatus]) -> None:

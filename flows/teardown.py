@@ -1,50 +1,93 @@
-"""teardown: remove a cluster's containers and network; its volumes only when asked."""
+"""teardown: remove a cluster's containers and network; its volumes only when asked and confirmed.
+
+Destroying data needs an explicit confirmation: `volumes=true` runs only with `confirm` equal
+to the scope (the CLI's `--yes` sets it; a deployment run must type it). Even then the backup
+repository volume and the secrets it needs (passwords, CA and keys in the state directory)
+are kept unless `purge_backups`: the state directory is moved aside to
+`<state root>/<scope>.removed-<UTC time>/`, never deleted while a repository that needs it
+exists (`stack.teardown` decides).
+"""
 
 from __future__ import annotations
 
 import shutil
+import time
 
 from prefect import flow, get_run_logger, task
 
 from flows.steps.ops import mutating_flow
+from stack.backup import repo_volume
+from stack.errors import UsageError
 from stack.results import TeardownResult
 from stack.spec import ClusterSpec
+from stack.teardown import StateFate, confirm_refusal, state_fate
 from tasks import docker_hosts
 from tasks._prefect import SIDE_EFFECT
 from tasks.host.lock import WaitSeconds
-from tasks.host.state import cluster_dir
+from tasks.host.state import cluster_dir, removed_dir, removed_dirs
 
 
 @task(name="remove-resources", **SIDE_EFFECT)
-def remove_resources(spec: ClusterSpec, volumes: bool) -> dict[str, list[str]]:
-    """Every container and network of the scope (and its volumes when asked), on every engine."""
+def remove_resources(spec: ClusterSpec, volumes: bool, keep: list[str]) -> dict[str, list[str]]:
+    """Every container and network of the scope (and its volumes but `keep` when asked), on every engine."""
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
     for engine in docker_hosts.engines(spec).all():
-        for kind, names in engine.remove_labelled(spec.scope, volumes=volumes).items():
+        for kind, names in engine.remove_labelled(spec.scope, volumes=volumes, keep_volumes=set(keep)).items():
             removed[kind] += names
     return removed
 
 
 @task(name="remove-state", **SIDE_EFFECT)
 def remove_state(spec: ClusterSpec) -> bool:
-    """The state directory (passwords, configs) goes with the data it belonged to."""
+    """The state directory (passwords, configs) goes with the data and repository it belonged to."""
     path = cluster_dir(spec.scope)
     existed = path.exists()
     shutil.rmtree(path, ignore_errors=True)
+    for old in removed_dirs(spec.scope):
+        shutil.rmtree(old, ignore_errors=True)  # earlier incarnations' secrets: their repository is gone too
     return existed
 
 
-@flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true.")
+@task(name="move-state-aside", **SIDE_EFFECT)
+def move_state_aside(spec: ClusterSpec) -> str:
+    """Move the state directory to `<scope>.removed-<UTC time>` (kept, 0700); its new path ('' if none)."""
+    path = cluster_dir(spec.scope)
+    if not path.exists():
+        return ""
+    target = removed_dir(spec.scope, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    path.rename(target)
+    return str(target)
+
+
+def repository_kept(spec: ClusterSpec) -> bool:
+    """A backup repository that outlives this teardown (the volume on any engine, or S3)."""
+    if spec.backup.s3 is not None:
+        return True
+    return any(e.volume_exists(repo_volume(spec)) for e in docker_hosts.engines(spec).all())
+
+
+@flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true with "
+                                   "confirm=<scope>; the backup repository and its secrets stay unless "
+                                   "purge_backups=true.")
 @mutating_flow("teardown")
 def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: B008
-             wait_seconds: WaitSeconds = 0) -> TeardownResult:
-    removed = remove_resources(spec, volumes)
+             wait_seconds: WaitSeconds = 0, purge_backups: bool = False, confirm: str = "") -> TeardownResult:
+    if (why := confirm_refusal(spec.scope, volumes, purge_backups, confirm)) is not None:
+        raise UsageError(why)
+    keep = [] if purge_backups else [repo_volume(spec)]
+    removed = remove_resources(spec, volumes, keep)
     result = TeardownResult(scope=spec.scope, **removed)
-    if volumes:
-        # The data is gone, so are the passwords and configs that belonged to it (the lock
-        # file goes too: unlinking it while held is harmless, the lock is on the open file).
+    fate = state_fate(volumes, purge_backups, repository_kept(spec) if volumes else True)
+    if fate == StateFate.DELETE:
+        # The data and the repository are gone, so are the passwords and configs that
+        # belonged to them (the lock file goes too: unlinking it while held is harmless).
         result.state_removed = remove_state(spec)
+    elif fate == StateFate.MOVE_ASIDE:
+        result.kept = [v for v in keep if any(e.volume_exists(v) for e in docker_hosts.engines(spec).all())]
+        if spec.backup.s3 is not None:
+            result.kept.append(f"s3://{spec.backup.s3.bucket}{spec.backup.s3.path}")
+        result.state_moved_to = move_state_aside(spec)
+        result.state_removed = bool(result.state_moved_to)
     get_run_logger().info("removed %d containers, %d networks, %d volumes of %s", len(result.containers),
                           len(result.networks), len(result.volumes), spec.scope)
     return result
-

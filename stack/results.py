@@ -70,6 +70,8 @@ class TeardownResult(Result):
     networks: list[str] = Field(default_factory=list)
     volumes: list[str] = Field(default_factory=list)
     state_removed: bool = False
+    kept: list[str] = Field(default_factory=list)  # backup repository kept by `down --volumes` (no purge)
+    state_moved_to: str = ""  # where the secrets it needs were moved ('' when deleted or kept in place)
 
 
 # ---- drills ----

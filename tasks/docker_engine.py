@@ -274,7 +274,8 @@ class Engine:
         flt: list[str] = [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
         return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
 
-    def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False) -> dict[str, list[str]]:
+    def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False,
+                        keep_volumes: set[str] | None = None) -> dict[str, list[str]]:
         """Remove every container and network (and volumes if asked) with these labels."""
         c = self.client
         flt = {"label": [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])}
@@ -288,6 +289,8 @@ class Engine:
                 removed["networks"].append(str(net.name))
             if volumes:
                 for vol in c.volumes.list(filters=flt):
+                    if vol.name in (keep_volumes or set()):
+                        continue  # the backup repository `down --volumes` keeps
                     vol.remove(force=True)
                     removed["volumes"].append(str(vol.name))
         return removed

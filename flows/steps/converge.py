@@ -23,11 +23,12 @@ from stack.errors import StateError
 from stack.pooler import POOLED_ROLES
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
+from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
 from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.secrets import cluster_secrets, load_or_create
-from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
+from tasks.host.state import cluster_dir, config_dir, removed_dirs, secrets_file, write_private
 
 
 def bootstrap_preflight(spec: ClusterSpec) -> None:
@@ -42,6 +43,10 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
     if secrets_file(spec.scope).exists():
         load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
+    elif spec.backup.enabled and spec.backup.s3 is None and eng.default.volume_exists(repo_volume(spec)):
+        # A repository kept by `down --volumes` (hardening): never archive a new cluster into it.
+        aside = removed_dirs(spec.scope)
+        raise StateError(kept_repository_refusal(spec.scope, repo_volume(spec), str(aside[-1]) if aside else ""))
     if (cluster_dir(spec.scope) / "major-upgrade.json").exists():
         # Its HAProxy routes the clients to green: converging blue would re-render it for blue.
         raise StateError(f"a major upgrade of {spec.scope} is in progress or finished (see `pgha status`): finish "

@@ -18,6 +18,17 @@ def cluster_dir(scope: str) -> Path:
     return state_root() / scope
 
 
+def removed_dir(scope: str, stamp: str) -> Path:
+    """Where `down --volumes` moves a cluster's state while its backup repository is kept."""
+    return state_root() / f"{scope}.removed-{stamp}"
+
+
+def removed_dirs(scope: str) -> list[Path]:
+    """The moved-aside state directories of `scope`, oldest first."""
+    root = state_root()
+    return sorted(root.glob(f"{scope}.removed-*")) if root.is_dir() else []
+
+
 def secrets_file(scope: str) -> Path:
     return cluster_dir(scope) / "secrets.json"
 

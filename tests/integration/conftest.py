@@ -117,7 +117,7 @@ def running_cluster(engine: docker.DockerClient, env: dict[str, str], tmp: Path,
         up(c)
         yield c
     finally:
-        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
+        pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
 
 

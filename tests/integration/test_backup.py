@@ -209,7 +209,7 @@ def test_pitr_into_new_scope_across_switchover(cluster_bk: BackupCluster, engine
         refused(pgha(c.env, "restore", "--scope", c.scope, "--to", noted.isoformat(), "--into-spec", str(into_file)),
                 "already has")
     finally:
-        pgha(c.env, "down", "--volumes", "--spec", str(into_file))
+        pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(into_file))
         remove_scope(engine, INTO)
 
 

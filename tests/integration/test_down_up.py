@@ -61,7 +61,7 @@ def test_down_then_up_keeps_data_and_down_volumes_removes_it(cluster_b: Cluster,
     status = pgha(cluster_b.env, "status", "--scope", cluster_b.scope)
     assert status.returncode == 0, status.stdout
 
-    res = pgha(cluster_b.env, "down", "--volumes", "--scope", cluster_b.scope)
+    res = pgha(cluster_b.env, "down", "--volumes", "--yes", "--purge-backups", "--scope", cluster_b.scope)
     assert res.returncode == 0, res.stderr
     assert engine.volumes.list(filters=flt) == []
     assert not (Path(cluster_b.env["PGHA_STATE_DIR"]) / cluster_b.scope).exists()

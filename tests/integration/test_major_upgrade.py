@@ -46,7 +46,7 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
         yield c
     finally:
         # Blue first: after --finish its HAProxy (still blue's) is attached to green's network.
-        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
+        pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
         remove_scope(engine, GREEN)
 

@@ -109,7 +109,7 @@ def test_commands_leave_no_process_and_close_their_pipes(env: dict[str, str], tm
         assert_nothing_left(home, "a second `pgha up`")
         assert code == 0 and "nothing changed" in out, f"{out[-2000:]}\n{err[-2000:]}"
     finally:
-        code, out, err = run(env, "down", "--volumes", "--spec", str(spec))
+        code, out, err = run(env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(spec))
         remove_scope(engine, SCOPE)
     assert_nothing_left(home, "`pgha down --volumes`")
     assert code == 0, f"{out[-2000:]}\n{err[-2000:]}"
