@@ -63,6 +63,16 @@ def gather_containers(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
+@task(name="audit-resources", **READ_ONLY)
+def gather_resources(spec: ClusterSpec) -> Gathered:
+    """Memory use vs limit and OOM kills of every container (hardening)."""
+    def go() -> list[A.PressureObs]:
+        since = time.time() - A.OOM_WINDOW_S
+        return [A.PressureObs(**r) for e in docker_hosts.engines(spec).all() for r in e.memory_pressure(spec.scope, since)]
+
+    return _safe(go)
+
+
 @task(name="audit-etcd", **READ_ONLY)
 def gather_etcd(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: etcd.audit_members(spec))
@@ -179,6 +189,10 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
         findings.append(A.Finding("container.list", spec.scope, A.Level.CRITICAL, c_err, "", "is the engine up?"))
     else:
         findings += A.check_containers(containers, spec, th, baseline)
+    if "resources" in got:
+        pressure, res_err = got["resources"]
+        findings += A.check_resources(pressure or [], spec, th) if pressure is not None else [
+            A.Finding("resource.memory", spec.scope, A.Level.WARN, res_err, "", "the engine's stats did not answer")]
     etcd_obs, e_err = got["etcd"]
     findings += A.check_etcd(etcd_obs or [], spec, th) if etcd_obs is not None else [
         A.Finding("etcd.api", spec.scope, A.Level.CRITICAL, e_err, "answers", "no etcd member answers")]
@@ -210,7 +224,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
-                 "failsafe": gather_failsafe}
+                 "failsafe": gather_failsafe, "resources": gather_resources}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

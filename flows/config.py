@@ -2,23 +2,28 @@
 restart of the members that report `pending_restart` (replicas first, then the primary by
 switchover or in-place restart as `upgrade.primary` says).
 
-Parameters Patroni owns or PostgreSQL cannot take are refused before anything changes. The
-stored spec's `postgres_parameters` follow the change, so the spec stays the source of truth.
+Parameters Patroni or pgha own, memory settings the node's limit cannot hold, and values
+PostgreSQL cannot take are refused before anything changes. The stored spec's
+`postgres_parameters` follow the change only once every member runs it, so the spec stays the
+source of truth. When a restarted member does not come back (a library that does not exist in
+`shared_preload_libraries`), the change is rolled back: the dynamic configuration reverted, the
+members touched restarted on the old values, the cluster healthy again, the spec unchanged.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
-from flows.steps.cluster import require_healthy, store_spec, switchover
-from flows.steps.nodes import NodeCtx, node_ctx, restart_node
+from flows.steps.cluster import cluster_status, require_healthy, store_spec, switchover
+from flows.steps.nodes import NodeCtx, node_ctx, put_back, restart_node, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
-from stack.errors import StateError, UsageError
+from stack.errors import PghaError, RolledBack, StateError, UsageError
 from stack.results import ConfigSetResult
 from stack.rolling import check_parameter
 from stack.spec import ClusterSpec, RestartPolicy
@@ -35,7 +40,8 @@ def validate(spec: ClusterSpec, params: dict[str, str]) -> dict[str, bool]:
     if lead is None:
         raise StateError(f"cluster {spec.scope} has no leader to check the parameters against (see `pgha status`)")
     found = postgres.settings(spec, lead.name, list(params))
-    problems = [p for name, value in params.items() if (p := check_parameter(name, value, found.get(name)))]
+    limit = spec.resources.patroni.memory_mib
+    problems = [p for name, value in params.items() if (p := check_parameter(name, value, found.get(name), limit))]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(problems[0] + more)
@@ -52,7 +58,9 @@ def _restarted_candidate(spec: ClusterSpec) -> str:
     return reps[0].name if reps else ""
 
 
-def _rolling_restart(ctx: NodeCtx) -> list[str]:
+def _rolling_restart(ctx: NodeCtx, touched: list[str]) -> list[str]:
+    """Restart the pending members one at a time; each is added to `touched` before its restart
+    (so a rollback knows which members run, or failed to run, the new values)."""
     spec = ctx.spec
     done: list[str] = []
     view = patroni.cluster_view(spec)
@@ -60,6 +68,7 @@ def _rolling_restart(ctx: NodeCtx) -> list[str]:
     assert lead is not None
     for m in sorted((m for m in view.replicas() if m.pending_restart), key=lambda m: m.name):
         note(f"restarting replica {m.name}")
+        touched.append(m.name)
         restart_node(ctx, m.name, False)
         done.append(m.name)
     if not patroni.pending_restart(spec, lead.name):
@@ -71,12 +80,53 @@ def _rolling_restart(ctx: NodeCtx) -> list[str]:
         note(f"switched over {lead.name} -> {cand}")
         if patroni.pending_restart(spec, lead.name):
             note(f"restarting {lead.name} (now a replica)")
+            touched.append(lead.name)
             restart_node(ctx, lead.name, False)
     else:
         note(f"restarting primary {lead.name} in place")
+        touched.append(lead.name)
         restart_node(ctx, lead.name, True)
     done.append(lead.name)
     return done
+
+
+def _previous(spec: ClusterSpec, params: dict[str, str]) -> dict[str, Any]:
+    """The values of `params` to go back to: the dynamic configuration's, else what the leader runs.
+
+    Not "remove the key" for one the dynamic configuration did not hold: PostgreSQL keeps a
+    server-start parameter removed from postgresql.conf flagged pending_restart until the next
+    restart, so every member would be left asking for one; the explicit running value clears it.
+    """
+    current = (patroni.dynamic_config(spec).get("postgresql") or {}).get("parameters") or {}
+    lead = patroni.cluster_view(spec).leader()
+    assert lead is not None  # require_healthy passed
+    return {k: current[k] if k in current else postgres.show(spec, lead.name, k) for k in params}
+
+
+def _roll_back(ctx: NodeCtx, before: dict[str, Any], touched: list[str], why: PghaError) -> str:
+    """Revert the dynamic configuration, restart the members touched on the old values, wait until
+    the cluster is healthy; the one line the flow fails with."""
+    spec = ctx.spec
+    first = str(why).splitlines()[0]
+    note(f"rolling back: {first}")
+    patroni.edit_parameters(spec, before)
+    for member in reversed(touched):
+        since = time.time()
+        try:
+            note(f"restarting {member} on the previous values")
+            patroni.restart_member(spec, member)
+        except PghaError as exc:  # Patroni may already be starting it on the reverted configuration
+            note(f"{member}: {str(exc).splitlines()[0]}; waiting for Patroni to start it")
+        wait_caught_up(ctx, member, since, True, f"{member} back on the previous values")
+        put_back(ctx, member)
+    wait_for("the cluster healthy again after the rollback", lambda: cluster_status(spec),
+             lambda st: st.healthy, timeout=ctx.timeout, interval=1,
+             describe=lambda st: "; ".join(st.problems) or "healthy")
+    wait_for("no member with a pending restart", lambda: [m.name for m in patroni.cluster_view(spec).members
+                                                          if m.pending_restart],
+             lambda left: not left, timeout=spec.timing.loop_wait * 3 + 20, interval=0.5)
+    return (f"rolled back: {first}; the previous values are back on every member, the cluster is healthy "
+            "and the spec unchanged")
 
 
 def _wait_applied(spec: ClusterSpec, params: dict[str, str], needs: dict[str, bool], restart: bool,
@@ -114,22 +164,29 @@ def config_set(spec: ClusterSpec = ClusterSpec(), parameters: dict[str, str] | N
     params = dict(parameters)
     require_healthy(spec, "the change")
     needs = preflight_once(validate, spec, params)
+    before = _previous(spec, params)
     patroni.edit_parameters(spec, params)
     patched_at = time.monotonic()
-    store_spec(spec.model_copy(update={"postgres_parameters": {**spec.postgres_parameters, **params}}))
     note("dynamic configuration patched: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     restarted: list[str] = []
-    if any(needs.values()):
-        # Patroni notices the new configuration on its next loop and flags pending_restart.
-        wait_for("every member to see the change (pending_restart)",
-                 lambda: [m.name for m in patroni.cluster_view(spec).members if not m.pending_restart],
-                 lambda left: not left, timeout=spec.timing.loop_wait * 3 + 20, interval=0.5,
-                 describe=lambda left: "not yet: " + ", ".join(left))
-        if restart:
-            restarted = _rolling_restart(node_ctx(spec, spec.upgrade.node_timeout_s))
-    else:
-        note("no parameter needs a restart; reloaded by Patroni")
-    seen = _wait_applied(spec, params, needs, restart, patched_at)
+    touched: list[str] = []
+    ctx = node_ctx(spec, spec.upgrade.node_timeout_s)
+    try:
+        if any(needs.values()):
+            # Patroni notices the new configuration on its next loop and flags pending_restart.
+            wait_for("every member to see the change (pending_restart)",
+                     lambda: [m.name for m in patroni.cluster_view(spec).members if not m.pending_restart],
+                     lambda left: not left, timeout=spec.timing.loop_wait * 3 + 20, interval=0.5,
+                     describe=lambda left: "not yet: " + ", ".join(left))
+            if restart:
+                restarted = _rolling_restart(ctx, touched)
+        else:
+            note("no parameter needs a restart; reloaded by Patroni")
+        seen = _wait_applied(spec, params, needs, restart, patched_at)
+    except PghaError as exc:
+        raise RolledBack(_roll_back(ctx, before, touched, exc)) from None
+    # Only now, with every member running the new values, does the spec follow.
+    store_spec(spec.model_copy(update={"postgres_parameters": {**spec.postgres_parameters, **params}}))
     rows = [{"member": m, **vals, "pending_restart": str(patroni.pending_restart(spec, m))} for m, vals in seen.items()]
     create_table_artifact(key=f"{spec.scope}-config-set", table=rows,
                           description=", ".join(f"{k}={v}" for k, v in params.items()))

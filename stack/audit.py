@@ -131,6 +131,17 @@ class ContainerObs:
     restart_count: int = 0
 
 
+@dataclass(frozen=True)
+class PressureObs:
+    """One container's memory against its limit (the engine's stats) and OOM kills."""
+
+    member: str
+    used_bytes: int | None  # page cache the kernel can drop excluded (inactive file pages)
+    limit_bytes: int | None  # None or 0: no limit
+    oom_killed: bool = False  # State.OOMKilled: its last exit was an OOM kill
+    oom_events: int = 0  # `oom` events of the engine in the audit's look-back window
+
+
 @dataclass
 class Baseline:
     """What the previous audit saw (kept in the state dir): restart counts and HAProxy flaps."""
@@ -384,6 +395,43 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                            f"warn {th.restarts_warn}, critical {th.restarts_critical}",
                            "" if lvl == Level.OK else f"{name} keeps restarting: docker logs {name}"))
     return out
+
+
+OOM_WINDOW_S = 3600.0  # how far back the audit looks for `oom` events
+
+
+def check_resources(obs: list[PressureObs], spec: ClusterSpec, th: AuditThresholds) -> list[Finding]:
+    """Memory use against each container's limit, and OOM kills (hardening: the limits are real)."""
+    out: list[Finding] = []
+    for o in sorted(obs, key=lambda o: o.member):
+        name = spec.container(o.member)
+        if o.used_bytes is None or not o.limit_bytes:
+            out.append(Finding("resource.memory", o.member, Level.WARN, "no limit" if not o.limit_bytes else "no stats",
+                               "a memory limit (resources:)", f"`pgha up` recreates {name} with its limit"))
+        else:
+            pct = 100.0 * o.used_bytes / o.limit_bytes
+            lvl = grade(pct, th.memory_warn_pct, th.memory_critical_pct)
+            out.append(Finding("resource.memory", o.member, lvl,
+                               f"{_mib(o.used_bytes)} of {_mib(o.limit_bytes)} ({pct:.0f}%)",
+                               f"warn {th.memory_warn_pct:g}%, critical {th.memory_critical_pct:g}%",
+                               "" if lvl == Level.OK else f"raise resources.{_role(spec, o.member)}.memory_mib "
+                                                          "or lower the memory settings"))
+        killed = o.oom_killed or o.oom_events > 0
+        observed = ("last exit was an OOM kill" if o.oom_killed else "") + (
+            f"{'; ' if o.oom_killed else ''}{o.oom_events} OOM kill(s) in the last hour" if o.oom_events else "")
+        out.append(Finding("resource.oom", o.member, Level.CRITICAL if killed else Level.OK,
+                           observed or "none in the last hour", "none",
+                           f"{name} ran out of memory: raise its limit or lower its memory settings" if killed else ""))
+    return out
+
+
+def _role(spec: ClusterSpec, member: str) -> str:
+    if member in spec.etcd_names():
+        return "etcd"
+    if member in spec.node_names():
+        return "patroni"
+    return {spec.haproxy_member: "haproxy", spec.pooler_member: "pooler", spec.fencer_member: "fencer"}.get(member,
+                                                                                                         "patroni")
 
 
 FENCER_STALE_S = 30.0  # the watcher writes its counters at least every 10 s

@@ -64,6 +64,12 @@ class PoolerError(PghaError):
     """PgBouncer's admin console refused a command or cannot be reached."""
 
 
+class RolledBack(PghaError):
+    """A change failed part-way and was undone: the cluster runs as before (`config set`)."""
+
+    exit_code = 4
+
+
 class WaitTimeout(PghaError):
     """A named wait ran out of time; carries the last state observed."""
 

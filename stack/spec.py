@@ -107,6 +107,8 @@ class AuditThresholds(_Strict):
     restarts_warn: int = Field(1, ge=1, description="container restarts since the last audit")
     restarts_critical: int = Field(5, ge=1)
     flaps_warn: int = Field(4, ge=1, description="HAProxy backend UP->DOWN transitions since the last audit")
+    memory_warn_pct: float = Field(85, gt=0, le=100, description="container memory use, % of its limit")
+    memory_critical_pct: float = Field(95, gt=0, le=100)
 
     @model_validator(mode="after")
     def _ordered(self) -> AuditThresholds:
@@ -353,9 +355,9 @@ class ClusterSpec(_Strict):
         for name, value in self.postgres_parameters.items():
             why = owned_reason(name) or PATRONI_OWNED.get(name.lower())
             if why:
-                raise ValueError(f"{name} cannot be set here: {why}")
+                raise ValueError(f"postgres_parameters.{name} cannot be set here: {why}")
             if err := check_memory(name, str(value), self.resources.patroni.memory_mib):
-                raise ValueError(err)
+                raise ValueError(f"postgres_parameters.{err}")
         return self
 
     # ---- derived values (the only place names are made) ----

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -440,6 +441,34 @@ class Engine:
                 "health": health_of(ct), "container_id": ct.id or "",
                 "restart_count": int(ct.attrs.get("RestartCount") or 0),
             })
+        return rows
+
+    def memory_pressure(self, scope: str, since: float) -> list[dict[str, Any]]:
+        """Each running cluster container's memory use (inactive page cache excluded), limit,
+        last-exit OOM kill, and the engine's `oom` events since `since` (unix time)."""
+        ooms: dict[str, int] = {}
+        with _engine_call(f"events of {scope}"):
+            for ev in self.client.events(since=int(since), until=int(time.time()), decode=True,
+                                         filters={"label": f"{LABEL_CLUSTER}={scope}", "event": "oom"}):
+                member = ((ev.get("Actor") or {}).get("Attributes") or {}).get(LABEL_MEMBER, "")
+                ooms[member] = ooms.get(member, 0) + 1
+        rows: list[dict[str, Any]] = []
+        for ct in self.cluster_containers(scope):
+            member = ct.labels.get(LABEL_MEMBER, "")
+            used: int | None = None
+            limit: int | None = int(ct.attrs.get("HostConfig", {}).get("Memory") or 0)
+            if ct.status == "running":
+                try:
+                    mem = ct.stats(stream=False, one_shot=True).get("memory_stats") or {}
+                except docker.errors.APIError:
+                    mem = {}
+                if "usage" in mem:
+                    st = mem.get("stats") or {}
+                    inactive = st.get("inactive_file", st.get("total_inactive_file", 0))
+                    used = int(mem["usage"]) - int(inactive or 0)
+            rows.append({"member": member, "used_bytes": used, "limit_bytes": limit,
+                         "oom_killed": bool((ct.attrs.get("State") or {}).get("OOMKilled")),
+                         "oom_events": ooms.get(member, 0)})
         return rows
 
     def container_ips(self, network: str) -> dict[str, str]:
