@@ -72,8 +72,8 @@ def endpoints(spec: ClusterSpec) -> None:
     line(f"read-only : {dsn(spec, read_only=True)}")
     if spec.pooler.enabled:
         line(f"pooled r/w: {dsn(spec, pooled=True)}")
-    line(f"password  : pgha dsn --show-password{'' if default else ' --scope ' + spec.scope}"
-         f"  (kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
+    line(f"password  : psql \"$(pgha dsn --pgpass{'' if default else ' --scope ' + spec.scope})\""
+         f"  (a 0600 pgpass file; passwords kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
 
 
 def up(done: Done[BootstrapResult]) -> None:

@@ -180,6 +180,19 @@ class PoolerSpec(_Strict):
                                       "past it the switchover is refused and the pooler resumed")
 
 
+# ---- tls (hardening issue: encryption and authentication) ----
+class TlsSpec(_Strict):
+    """TLS from the cluster's own CA for etcd (client and peer, client certificates required), Patroni's
+    REST API and PostgreSQL (hostssl only); README "Hardening: TLS"."""
+
+    enabled: bool = Field(True, description="TLS everywhere (default). The off switch exists only so "
+                                            "benchmarks/tls.py can compare against plain TCP; never turn it off "
+                                            "in production")
+    days: int = Field(365, ge=1, le=3650, description="validity of the member and client certificates, days")
+    expiry_warn_days: int = Field(30, ge=1, le=365, description="the audit warns this many days before expiry")
+# ---- end tls ----
+
+
 class EffectiveTiming(BaseModel):
     """The resolved timing: profile defaults with the spec's overrides applied."""
 
@@ -260,6 +273,7 @@ class ClusterSpec(_Strict):
     failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
                                                   "quorum as long as it reaches every member's REST API")
     major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
+    tls: TlsSpec = Field(default_factory=TlsSpec)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod

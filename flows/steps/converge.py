@@ -26,6 +26,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
@@ -114,8 +115,9 @@ def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet:
 def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
     """`ensure_member`'s body, for tasks that place a member as one step of their own."""
     conf = str(config_dir(spec.scope, member))
+    host_tls.install(spec, member)  # spec.tls: the CA and certificates in the member's config dir
     if role == "etcd":
-        planned = topology.etcd_member(spec, member, image)
+        planned = topology.etcd_member(spec, member, image, conf)
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
     elif role == "fencer":
@@ -140,6 +142,7 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     if lead is None:
         raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
     secrets = postgres.scram_secrets(spec, lead.name, POOLED_ROLES)
+    host_tls.install(spec, spec.pooler_member)  # the CA it verifies the server side with (spec.tls)
     planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
     for fname, text in planned.files.items():
         write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)
