@@ -17,6 +17,7 @@ from stack.results import (
     BackupResult,
     BackupsResult,
     BootstrapResult,
+    CertsRotateResult,
     ClusterStatus,
     ConfigSetResult,
     DrillResult,
@@ -261,6 +262,13 @@ def restart(done: Done[RestartResult]) -> None:
 def reinit(done: Done[ReinitResult]) -> None:
     r = done.result
     line(f"{r.member} rebuilt from {r.leader} in {r.elapsed_s}s and streaming")
+    events(r.events)
+
+
+def certs_rotate(done: Done[CertsRotateResult]) -> None:
+    r = done.result
+    line(f"{r.scope}: certificates renewed (valid until {r.new_not_after}, were {r.old_not_after or 'unknown'}); "
+         f"{r.endpoints} TLS endpoints serve them; {r.restarts} restarts, {r.switchovers} switchovers, {r.elapsed_s}s")
     events(r.events)
 
 

@@ -236,6 +236,11 @@ def _require(reply: Reply, what: str) -> Reply:
     return reply
 
 
+def reload_member(spec: ClusterSpec, member: str) -> None:
+    """POST /reload: Patroni re-reads its configuration and its REST API certificate (certs rotate)."""
+    _require(request(spec, member, "POST", "/reload", timeout=10), f"reloading {member}")
+
+
 def switchover(spec: ClusterSpec, leader: str, candidate: str) -> str:
     """Planned switchover (POST /switchover to the leader); Patroni answers once it is done."""
     reply = request(spec, leader, "POST", "/switchover", {"leader": leader, "candidate": candidate}, timeout=60)
