@@ -35,6 +35,7 @@ os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
 os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded shared machine
 os.environ.pop("PREFECT_API_URL", None)
 
 from flows.bootstrap import bootstrap  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 from stack import layout, tls
 from stack.errors import PghaError
 from stack.spec import ClusterSpec
+from tasks.docker_hosts import engines
 from tasks.node_exec import last_lines, node
 
 
@@ -42,3 +43,13 @@ def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None]]:
     for m in spec.node_names():
         out += [(m, layout.PATRONI_API_PORT, None), (m, layout.PG_PORT, "postgres")]
     return out
+
+
+def running_tls(spec: ClusterSpec) -> bool | None:
+    """Whether the cluster's existing etcd runs with TLS (started through the TLS wrapper); None: no etcd yet."""
+    member = spec.etcd_names()[0]
+    ct = engines(spec).of(member).find_container(spec.container(member))
+    if ct is None:
+        return None
+    entry = ct.attrs.get("Config", {}).get("Entrypoint") or []
+    return any(tls.START_FILE in str(a) for a in entry)

@@ -24,7 +24,7 @@ from stack.pooler import POOLED_ROLES
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
+from tasks import certs, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets, load_or_create
@@ -48,6 +48,14 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError(f"a major upgrade of {spec.scope} is in progress or finished (see `pgha status`): finish "
                          "or roll it back first (`pgha upgrade --major --finish --yes | --rollback`); after "
                          f"--finish the cluster is {spec.scope}-green")
+    # ---- tls: switching an existing cluster between TLS and plain would restart every member at
+    # once with a changed etcd peer scheme; refuse it rather than break the cluster.
+    if (runs_tls := certs.running_tls(spec)) is not None and runs_tls != spec.tls.enabled:
+        now, asked = ("with", "without") if runs_tls else ("without", "with")
+        raise StateError(f"cluster {spec.scope} runs {now} TLS but this spec asks for {asked} (tls.enabled: "
+                         f"{str(spec.tls.enabled).lower()}); switching needs a new cluster (restore a backup into "
+                         f"it), or set tls.enabled: {str(runs_tls).lower()} in the spec")
+    # ---- end tls ----
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
     for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):

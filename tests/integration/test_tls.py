@@ -156,6 +156,18 @@ def test_certs_rotate_refuses_an_unknown_cluster(cluster: Cluster) -> None:
     assert len((res.stdout + res.stderr).strip().splitlines()) == 1
 
 
+def test_up_refuses_to_switch_a_running_cluster_to_plain(engine: docker.DockerClient, cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    before = {ct.name: ct.id for ct in engine.containers.list(filters={"label": f"pgha.cluster={SCOPE}"})}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(json.dumps({**SPEC, "tls": {"enabled": False}}))
+    res = pgha(cluster.env, "up", "--spec", str(plain))
+    assert res.returncode != 0 and "runs with TLS" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+        res.stdout[-1500:] + res.stderr[-1500:]
+    after = {ct.name: ct.id for ct in engine.containers.list(filters={"label": f"pgha.cluster={SCOPE}"})}
+    assert after == before  # nothing recreated
+
+
 def served_pg_serial(c: Cluster, member: str) -> str:
     r = subprocess.run(["docker", "exec", c.container(member), "sh", "-c",
                         "openssl s_client -starttls postgres -connect localhost:5432 </dev/null 2>/dev/null "
