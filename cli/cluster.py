@@ -120,8 +120,11 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         ro: bool = typer.Option(False, "--ro", help="the read-only (replicas) endpoint"),
         pool: bool = typer.Option(False, "--pool", help="the pooler's (PgBouncer) read/write endpoint"),
-        show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI")) -> None:
-    """Print the connection URI of the R/W (or --ro, or --pool) endpoint."""
+        show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI"),
+        pgpass: bool = typer.Option(False, "--pgpass", help="write the password to a 0600 pgpass file in the state "
+                                                            "directory; the URI names it (passfile=), no password")
+        ) -> None:
+    """Print the connection URI of the R/W (or --ro, or --pool) endpoint (TLS verified against the cluster CA)."""
     spec = resolve_spec(spec_file, scope)
     from stack.errors import StateError
 
@@ -133,12 +136,23 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     from tasks.host.state import secrets_file
     from tasks.postgres import dsn as make_dsn
 
+    if show_password and pgpass:
+        raise UsageError("--show-password and --pgpass exclude each other (--pgpass keeps the password in a file)")
     password = None
-    if show_password:
+    passfile = None
+    if show_password or pgpass:
         if not secrets_file(spec.scope).exists():
             raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
         password = load_or_create(secrets_file(spec.scope)).superuser
-    sys.stdout.write(make_dsn(spec, read_only=ro, password=password, pooled=pool) + "\n")
+    if pgpass and password is not None:
+        from tasks.host.state import cluster_dir, write_private
+        from tasks.postgres import pgpass_line
+
+        path = cluster_dir(spec.scope) / "pgpass"
+        write_private(path, "".join(pgpass_line(spec, password, read_only=r, pooled=p)
+                                    for r, p in ((False, False), (True, False), (False, True))))
+        passfile, password = str(path), None
+    sys.stdout.write(make_dsn(spec, read_only=ro, password=password, pooled=pool, passfile=passfile) + "\n")
 
 
 @images_app.command("build")

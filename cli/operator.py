@@ -34,7 +34,15 @@ from cli.core import (
     warm,
 )
 from stack.errors import StateError, UsageError
-from stack.results import BackupsResult, HistoryResult, PauseResult, ReinitResult, ReportResult, RestartResult
+from stack.results import (
+    BackupsResult,
+    CertsRotateResult,
+    HistoryResult,
+    PauseResult,
+    ReinitResult,
+    ReportResult,
+    RestartResult,
+)
 from stack.spec import ClusterSpec
 
 
@@ -109,6 +117,30 @@ def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait:
     from flows.maintenance import resume as resume_flow
 
     return Done(run_flow(resume_flow, spec, wait_seconds=wait), spec)
+
+
+# ---- tls: pgha certs rotate ----
+certs_app = typer.Typer(help="The cluster's TLS certificates (README 'Hardening: TLS').", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("rotate")
+@command(render.certs_rotate, flows=True)
+def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                 as_json: bool = JsonOpt) -> Done[CertsRotateResult]:
+    """New member and client certificates from the cluster CA, rolled out with reloads (no restart, no switchover)."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.certs import check
+
+    check(spec)
+    _answers(spec)
+    _not_busy(spec, wait, "certs rotate")
+    warm()
+    from flows.certs import certs_rotate as rotate_flow
+
+    return Done(run_flow(rotate_flow, spec, wait_seconds=wait), spec)
+# ---- end tls ----
 
 
 def _not_busy(spec: ClusterSpec, wait: float, verb: str) -> None:

@@ -17,6 +17,7 @@ from stack.results import (
     BackupResult,
     BackupsResult,
     BootstrapResult,
+    CertsRotateResult,
     ClusterStatus,
     ConfigSetResult,
     DrillResult,
@@ -72,8 +73,8 @@ def endpoints(spec: ClusterSpec) -> None:
     line(f"read-only : {dsn(spec, read_only=True)}")
     if spec.pooler.enabled:
         line(f"pooled r/w: {dsn(spec, pooled=True)}")
-    line(f"password  : pgha dsn --show-password{'' if default else ' --scope ' + spec.scope}"
-         f"  (kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
+    line(f"password  : psql \"$(pgha dsn --pgpass{'' if default else ' --scope ' + spec.scope})\""
+         f"  (a 0600 pgpass file; passwords kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")
 
 
 def up(done: Done[BootstrapResult]) -> None:
@@ -265,6 +266,13 @@ def restart(done: Done[RestartResult]) -> None:
 def reinit(done: Done[ReinitResult]) -> None:
     r = done.result
     line(f"{r.member} rebuilt from {r.leader} in {r.elapsed_s}s and streaming")
+    events(r.events)
+
+
+def certs_rotate(done: Done[CertsRotateResult]) -> None:
+    r = done.result
+    line(f"{r.scope}: certificates renewed (valid until {r.new_not_after}, were {r.old_not_after or 'unknown'}); "
+         f"{r.endpoints} TLS endpoints serve them; {r.restarts} restarts, {r.switchovers} switchovers, {r.elapsed_s}s")
     events(r.events)
 
 

@@ -9,6 +9,7 @@ decisions are the pure functions of `stack.audit`. Artifacts `<scope>-audit` (ta
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
+from tasks.host import tls as host_tls
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
 from tasks.node_exec import node
@@ -162,6 +164,12 @@ def gather_failsafe(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
+@task(name="audit-tls", **READ_ONLY)
+def gather_tls(spec: ClusterSpec) -> Gathered:
+    """The cluster's certificates (state directory: what `up` and `certs rotate` installed)."""
+    return _safe(lambda: host_tls.certificates(spec))
+
+
 def _baseline_file(spec: ClusterSpec) -> Any:
     return cluster_dir(spec.scope) / "audit-baseline.json"
 
@@ -215,6 +223,9 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if "failsafe" in got:
         fs, fs_err = got["failsafe"]
         findings += A.check_failsafe(fs[0] if fs else None, fs[1] if fs else [], spec, fs_err)
+    if "tls" in got:
+        certs, t_err = got["tls"]
+        findings += A.check_tls(certs, spec, dt.datetime.now(dt.UTC), t_err)
     return findings
 
 
@@ -224,7 +235,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
-                 "failsafe": gather_failsafe, "resources": gather_resources}
+                 "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

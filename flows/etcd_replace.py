@@ -20,6 +20,8 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, etcd
 from tasks._prefect import ONCE
+from tasks.host import tls as host_tls
+from tasks.host.state import config_dir
 
 
 @task(name="etcd-recreate-member", **ONCE)
@@ -30,7 +32,8 @@ def recreate_member(spec: ClusterSpec, member: str, image: str) -> None:
     engine.remove_volume(spec.volume(member))
     engine.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
     initial = ",".join(f"{m}={etcd.peer_url(spec, m)}" for m in spec.etcd_names())
-    planned = topology.etcd_member(spec, member, image)
+    host_tls.install(spec, member)
+    planned = topology.etcd_member(spec, member, image, str(config_dir(spec.scope, member)))
     cmd = [a for a in planned.container.command if not a.startswith(("--initial-cluster=", "--initial-cluster-state="))]
     cmd += [f"--initial-cluster={initial}", "--initial-cluster-state=existing"]
     # The label keeps the rendered definition's hash: with a data dir present etcd ignores the

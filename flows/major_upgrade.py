@@ -35,6 +35,7 @@ from stack.results import MajorUpgradeResult
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, haproxy, patroni, pg_logical, pgbackrest, postgres
+from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
@@ -193,6 +194,7 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
     if not secrets_file(green.scope).exists():
         # Green answers the clients with blue's passwords.
         write_private(secrets_file(green.scope), secrets_file(blue.scope).read_text())
+    host_tls.share_ca(blue, green)  # blue's HAProxy checks green's Patroni: one CA for both
     with operation("major-upgrade", green):
         converge(green)
     connect_networks(blue, green)

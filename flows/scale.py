@@ -24,6 +24,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni
 from tasks._prefect import ONCE
+from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
 
 
@@ -90,6 +91,7 @@ def scale(spec: ClusterSpec = ClusterSpec(), nodes: int = 3) -> ScaleResult:  # 
             engine = eng.of(m)
             engine.ensure_volume(spec.scope, "patroni", m, new_spec.volume(m))
             planned = planned_node(ctx, m, image, new_spec)
+            host_tls.install(new_spec, m)  # spec.tls: CA and certificates in its config dir
             for fname, text in planned.files.items():
                 write_private(config_dir(spec.scope, m) / fname, text)
             note(f"{m}: {engine.ensure_container(planned.container).value} on {image}; Patroni clones it")

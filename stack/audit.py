@@ -7,6 +7,7 @@ at or above a `*_warn` threshold is a warning, at or above `*_critical` critical
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from stack.cluster import Member
 from stack.layout import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
+from stack.tls import CertInfo, expiry_outcome
 
 XID_WRAPAROUND = 2**31
 
@@ -503,3 +505,18 @@ def verdict(scope: str, findings: list[Finding]) -> Verdict:
         return Verdict(Level.WARN, f"health audit of {scope}: ok with {len(warn)} warning(s): "
                        + "; ".join(f.line() for f in warn))
     return Verdict(Level.OK, f"health audit of {scope}: all {len(findings)} checks ok")
+
+
+# ---- tls: certificate expiry (hardening issue) ----
+def check_tls(infos: list[CertInfo] | None, spec: ClusterSpec, now: dt.datetime, error: str = "") -> list[Finding]:
+    """One row: the cluster certificate nearest to expiry; warning `tls.expiry_warn_days` before, critical after."""
+    if not spec.tls.enabled:
+        return []
+    if infos is None:
+        return [Finding("tls.cert_expiry", spec.scope, Level.CRITICAL, error or "cannot read the certificates",
+                        "", "run `pgha up` to create them")]
+    outcome, detail = expiry_outcome(infos, now, spec.tls.expiry_warn_days)
+    level = {"ok": Level.OK, "warning": Level.WARN}.get(outcome, Level.CRITICAL)
+    return [Finding("tls.cert_expiry", spec.scope, level, detail, f"warn {spec.tls.expiry_warn_days} days before",
+                    "" if level == Level.OK else "pgha certs rotate")]
+# ---- end tls ----

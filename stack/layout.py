@@ -39,6 +39,7 @@ PGBACKREST_RUN_DIR = f"{RUN_DIR}/pgbackrest"
 NODE_CONF = f"{PGBACKREST_RUN_DIR}/node.conf"  # archive-push/-get and the TLS server
 BACKUP_CONF = f"{PGBACKREST_RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
 PGBACKREST_HOST_SUBDIR = "pgbackrest"  # in the member's config dir (/etc/pgha/pgbackrest/...)
+TLS_SUBDIR = "tls"  # the cluster TLS files: <state>/<scope>/tls on the host, /etc/pgha/tls and /run/pgha/tls in a member
 
 # The fencing watcher: the engine's socket (mounted read-only, reached only through an HAProxy
 # inside the fencer that lets GET /_ping, /events and /containers/<id>/json through), the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from stack import tls
 from stack.audit import Finding, Level, grade
 from stack.layout import HAPROXY_RW_PORT, PGBOUNCER_PORT, PGBOUNCER_USERLIST, RUN_DIR, SOCKET_DIR, SUPERUSER
 from stack.spec import ClusterSpec
@@ -58,6 +59,9 @@ def render_pgbouncer_ini(spec: ClusterSpec) -> str:
         "syslog = 0",
         "log_connections = 0",
         "log_disconnections = 0",
+        # spec.tls: PostgreSQL takes TLS only; PgBouncer verifies the server (through HAProxy) with the CA.
+        *(["server_tls_sslmode = verify-full", f"server_tls_ca_file = {tls.CA}",
+           "server_tls_protocols = secure"] if spec.tls.enabled else []),
         "",
     ]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from stack import tls
 from stack.backup import archive_parameters
 from stack.layout import (
     ETCD_CLIENT_PORT,
@@ -42,17 +43,32 @@ def etcd_hosts(spec: ClusterSpec) -> list[str]:
     return [f"{spec.container(m)}:{ETCD_CLIENT_PORT}" for m in spec.etcd_names()]
 
 
+def scheme(spec: ClusterSpec) -> str:
+    """http or https for etcd's and Patroni's URLs (spec.tls)."""
+    return "https" if spec.tls.enabled else "http"
+
+
+def etcd_tls_flags() -> list[str]:
+    """Client and peer TLS, both requiring a certificate signed by the cluster CA."""
+    return [
+        f"--cert-file={tls.CERT}", f"--key-file={tls.KEY}", f"--trusted-ca-file={tls.CA}", "--client-cert-auth",
+        f"--peer-cert-file={tls.CERT}", f"--peer-key-file={tls.KEY}", f"--peer-trusted-ca-file={tls.CA}",
+        "--peer-client-cert-auth",
+    ]
+
+
 def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
     """etcd's flags for one member. The initial-cluster flags only matter on first start."""
     host = spec.container(member)
-    initial = ",".join(f"{m}=http://{spec.container(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
+    sch = scheme(spec)
+    initial = ",".join(f"{m}={sch}://{spec.container(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
     return [
         f"--name={member}",
         f"--data-dir={ETCD_MOUNT}/data",
-        f"--listen-client-urls=http://0.0.0.0:{ETCD_CLIENT_PORT}",
-        f"--advertise-client-urls=http://{host}:{ETCD_CLIENT_PORT}",
-        f"--listen-peer-urls=http://0.0.0.0:{ETCD_PEER_PORT}",
-        f"--initial-advertise-peer-urls=http://{host}:{ETCD_PEER_PORT}",
+        f"--listen-client-urls={sch}://0.0.0.0:{ETCD_CLIENT_PORT}",
+        f"--advertise-client-urls={sch}://{host}:{ETCD_CLIENT_PORT}",
+        f"--listen-peer-urls={sch}://0.0.0.0:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls={sch}://{host}:{ETCD_PEER_PORT}",
         f"--initial-cluster={initial}",
         "--initial-cluster-state=new",
         f"--initial-cluster-token={spec.scope}",
@@ -62,6 +78,7 @@ def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=1h",
         f"--quota-backend-bytes={ETCD_QUOTA_BYTES}",
+        *(etcd_tls_flags() if spec.tls.enabled else []),
     ]
 
 
@@ -101,22 +118,46 @@ def _max_connections(spec: ClusterSpec) -> int:
     return int(raw) if raw.isdigit() else 100
 
 
-def pg_hba(subnet: str) -> list[str]:
-    """Only the cluster's own Docker network may connect over TCP, and only with SCRAM."""
+def pg_hba(subnet: str, ssl: bool = True) -> list[str]:
+    """Only the cluster's own Docker network may connect over TCP, only with SCRAM, and (TLS on) only
+    over TLS: `hostssl` lines and no `host` line, so a plain TCP connection finds no entry and is refused."""
+    host = "hostssl" if ssl else "host"
     return [
         "local all postgres peer",
         "local all all scram-sha-256",
-        "host all all 127.0.0.1/32 scram-sha-256",
+        f"{host} all all 127.0.0.1/32 scram-sha-256",
         # Patroni checks its own timeline over a local replication connection.
-        f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
-        f"host replication {REPLICATION_USER} {subnet} scram-sha-256",
-        f"host all all {subnet} scram-sha-256",
+        f"{host} replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
+        f"{host} replication {REPLICATION_USER} {subnet} scram-sha-256",
+        f"{host} all all {subnet} scram-sha-256",
     ]
+
+
+# libpq options of Patroni's replication and rewind connections (primary_conninfo, pg_rewind).
+PG_CLIENT_TLS = {"sslmode": "verify-full", "sslrootcert": tls.CA}
+# The node's own server settings (patroni.yml, local: `config set` cannot change them).
+PG_SERVER_TLS = {"ssl": "on", "ssl_cert_file": tls.CERT, "ssl_key_file": tls.KEY, "ssl_ca_file": tls.CA,
+                 "ssl_min_protocol_version": "TLSv1.2"}
+
+
+def _tls_patroni(spec: ClusterSpec, conf: dict[str, Any]) -> dict[str, Any]:
+    """patroni.yml with TLS for etcd, the REST API and PostgreSQL (spec.tls.enabled)."""
+    conf["etcd3"].update({"protocol": "https", "cacert": tls.CA, "cert": tls.CERT, "key": tls.KEY})
+    # HTTPS; unsafe endpoints need the basic-auth credentials AND a client certificate from the CA
+    # (verify_client optional: GETs for HAProxy's health checks need none).
+    conf["restapi"].update({"certfile": tls.CERT, "keyfile": tls.KEY, "cafile": tls.CA, "verify_client": "optional"})
+    # Patroni's calls to other members (failsafe, failover checks) and patronictl: CA + client cert.
+    conf["ctl"].update({"insecure": False, "cacert": tls.CA, "certfile": tls.CERT, "keyfile": tls.KEY})
+    pg = conf["postgresql"]
+    for user in ("replication", "rewind"):
+        pg["authentication"][user].update(PG_CLIENT_TLS)
+    pg["parameters"].update(PG_SERVER_TLS)
+    return conf
 
 
 def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> dict[str, Any]:
     host = spec.container(member)
-    return {
+    conf: dict[str, Any] = {
         "scope": spec.scope,
         "name": member,
         "restapi": {
@@ -145,11 +186,12 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
             # Patroni's own connections go through the socket (peer auth for postgres).
             "use_unix_socket": True,
             "use_unix_socket_repl": False,
-            "pg_hba": pg_hba(subnet),
+            "pg_hba": pg_hba(subnet, spec.tls.enabled),
             "parameters": {"unix_socket_directories": SOCKET_DIR},
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
+    return _tls_patroni(spec, conf) if spec.tls.enabled else conf
 
 
 def render_patroni_yml(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> str:
@@ -178,6 +220,8 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
         f"default-server inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
         f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
         f"resolvers docker init-addr last,libc,none check port {PATRONI_API_PORT}"
+        # Patroni's API over TLS, its certificate verified against the cluster CA.
+        + (f" check-ssl verify required ca-file {tls.CA}" if spec.tls.enabled else "")
     )
     servers = [f"server {m} {spec.container(m)}:{PG_PORT}" for m in spec.node_names()]
     return [

@@ -355,3 +355,15 @@ class MajorUpgradeResult(Result):
     notes: list[str] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
     elapsed_s: float = 0.0
+
+
+# ---- tls ----
+class CertsRotateResult(Result):
+    scope: str
+    old_not_after: str
+    new_not_after: str
+    endpoints: int  # TLS endpoints checked to serve the new certificate
+    restarts: int = 0  # PostgreSQL/Patroni/etcd restarts (the rotation reloads only)
+    switchovers: int = 0
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0

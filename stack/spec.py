@@ -221,6 +221,17 @@ class ResourcesSpec(_Strict):
 
     def of(self, role: str) -> RoleResources:
         return getattr(self, role)  # type: ignore[no-any-return]
+# ---- tls (hardening issue: encryption and authentication) ----
+class TlsSpec(_Strict):
+    """TLS from the cluster's own CA for etcd (client and peer, client certificates required), Patroni's
+    REST API and PostgreSQL (hostssl only); README "Hardening: TLS"."""
+
+    enabled: bool = Field(True, description="TLS everywhere (default). The off switch exists only so "
+                                            "benchmarks/tls.py can compare against plain TCP; never turn it off "
+                                            "in production")
+    days: int = Field(365, ge=1, le=3650, description="validity of the member and client certificates, days")
+    expiry_warn_days: int = Field(30, ge=1, le=365, description="the audit warns this many days before expiry")
+# ---- end tls ----
 
 
 class EffectiveTiming(BaseModel):
@@ -304,6 +315,7 @@ class ClusterSpec(_Strict):
                                                   "quorum as long as it reaches every member's REST API")
     major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
+    tls: TlsSpec = Field(default_factory=TlsSpec)  # type: ignore[arg-type]
 
     @field_validator("scope")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from stack import backup, fencing, layout, render
+from stack import backup, fencing, layout, render, tls
 from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
@@ -48,7 +48,7 @@ _RUN = (layout.RUN_DIR, "rw,nosuid,nodev,noexec,size=16m,mode=0700")
 _TMP = ("/tmp", "rw,nosuid,nodev,size=16m,mode=1777")  # noqa: S108 - a tmpfs inside the container
 TMPFS: dict[str, tuple[tuple[str, str], ...]] = {
     Role.PATRONI.value: (_RUN,),
-    Role.ETCD.value: (_TMP,),
+    Role.ETCD.value: (_RUN, _TMP),  # /run/pgha: etcd's copies of its TLS files (tls_start)
     Role.HAPROXY.value: (_RUN, _TMP, ("/run/haproxy", "rw,nosuid,nodev,noexec,size=1m,mode=0700")),
     Role.POOLER.value: (_RUN, _TMP, (layout.SOCKET_DIR, "rw,nosuid,nodev,noexec,size=1m,mode=2775")),
     Role.FENCER.value: (_RUN, _TMP),
@@ -117,14 +117,42 @@ class Planned:
     files: dict[str, str] = field(default_factory=dict, repr=False)  # file name -> content
 
 
-def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
+# ---- tls: the members that present the cluster's certificates start through tls.START_SCRIPT ----
+def tls_start(spec: ClusterSpec, user: str, role: str, cmd: list[str]) -> dict[str, object]:
+    """ContainerDef fields of a member started through the TLS wrapper (it copies /etc/pgha/tls
+    to /run/pgha/tls for `user`, then runs pgha-entrypoint), or the image's entrypoint (TLS off)."""
+    if not spec.tls.enabled:
+        return {"command": cmd}
+    return {"entrypoint": ["/bin/sh", f"{layout.CONFIG_MOUNT}/{tls.START_FILE}", user], "command": [role, *cmd]}
+
+
+def tls_files(spec: ClusterSpec) -> dict[str, str]:
+    return {tls.START_FILE: tls.START_SCRIPT} if spec.tls.enabled else {}
+
+
+def etcdctl_tls(spec: ClusterSpec) -> list[str]:
+    """etcdctl's flags as root in an etcd container (the mounted files): the CA and pgha's client certificate."""
+    if not spec.tls.enabled:
+        return []
+    return [f"--cacert={tls.ROOT_CA}", f"--cert={tls.ROOT_CLIENT_CERT}", f"--key={tls.ROOT_CLIENT_KEY}"]
+# ---- end tls ----
+
+
+def etcd_member(spec: ClusterSpec, member: str, image: str, conf_dir: str | None = None) -> Planned:
+    """An etcd member; `conf_dir` holds its TLS files (mounted at /etc/pgha; needed when spec.tls is on)."""
     cmd = render.etcd_command(spec, member)
+    start = tls_start(spec, "etcd", Role.ETCD.value, cmd)
+    health = ["etcdctl", "--command-timeout=2s", *etcdctl_tls(spec)]
+    if spec.tls.enabled:
+        health.append(f"--endpoints=https://localhost:{layout.ETCD_CLIENT_PORT}")
     return harden(spec, Planned(ContainerDef(
         scope=spec.scope, role=Role.ETCD.value, member=member, name=spec.container(member), image=image,
-        network=spec.network, command=cmd, config_hash=render.digest(image, cmd, DNS_OPTIONS),
+        network=spec.network, config_hash=render.digest(image, cmd, DNS_OPTIONS, start),
         volumes={spec.volume(member): layout.ETCD_MOUNT},
-        healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
-    )))
+        config_dir=conf_dir if spec.tls.enabled else None,
+        healthcheck=[*health, "endpoint", "health"],
+        **start,  # type: ignore[arg-type]
+    ), files=tls_files(spec)))
 
 
 def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets, conf_dir: str) -> Planned:
@@ -134,16 +162,21 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
     if spec.backup.enabled and spec.backup.s3 is None:
         # The pgBackRest repository, shared by every node (stack/backup.py explains why).
         volumes[backup.repo_volume(spec)] = layout.REPO_MOUNT
+    start = tls_start(spec, "postgres", Role.PATRONI.value, [])
+    api = f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}/liveness"
+    ca = ["--cacert", tls.ROOT_CA] if spec.tls.enabled else []
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[],
-            config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items())),
+            network=spec.network,
+            config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items()),
+                                      *([start] if spec.tls.enabled else [])),
             volumes=volumes,
             config_dir=conf_dir,
-            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.PATRONI_API_PORT}/liveness"],
+            healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
+            **start,  # type: ignore[arg-type]
         ),
-        files={"patroni.yml": text},
+        files={"patroni.yml": text, **tls_files(spec)},
     ))
 
 
@@ -176,31 +209,34 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
     users = pgbouncer.render_userlist(scram_secrets)
     ports = {layout.PGBOUNCER_PORT: spec.ports.pool}
     member = spec.pooler_member
+    start = tls_start(spec, "postgres", Role.POOLER.value, [])
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.POOLER.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[],
-            config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS),
+            network=spec.network,
+            config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS,
+                                      *([start] if spec.tls.enabled else [])),
             config_dir=conf_dir, ports=ports,
             healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
+            **start,  # type: ignore[arg-type]
         ),
-        files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users},
+        files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users, **tls_files(spec)},
     ))
 
 
 def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
     """The fencing agent's configuration; the one place its etcd URLs and credentials are built.
 
-    Plain http today. When etcd gets client certificates (the hardening issue), this returns
-    https URLs and `etcd_tls` with the mounted CA/cert/key paths; the agent already uses them.
+    With spec.tls, https URLs and the CA plus pgha's client certificate, copied by FENCER_START
+    to /run/pgha/tls for the agent's user.
     """
     return fencing.FencerConfig(
         scope=spec.scope,
         leader_key=fencing.leader_key(layout.PATRONI_NAMESPACE, spec.scope),
-        etcd_urls=[f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in spec.etcd_names()],
+        etcd_urls=[f"{render.scheme(spec)}://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in spec.etcd_names()],
         docker_url=f"http://{layout.FENCER_PROXY}",
         stats_file=layout.FENCER_STATS,
-        etcd_tls=None,
+        etcd_tls={"ca": tls.CA, "cert": tls.CLIENT_CERT, "key": tls.CLIENT_KEY} if spec.tls.enabled else None,
     )
 
 
@@ -241,6 +277,10 @@ chown root:root /run/pgha && chmod 0700 /run/pgha
 for f in fencer.py fencing.py fencer.json; do
   install -o nobody -g nogroup -m 0600 "/etc/pgha/$f" "/run/pgha/$f"
 done
+if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and pgha's etcd client certificate
+  install -d -o nobody -g nogroup -m 0700 /run/pgha/tls
+  for f in ca.crt client.crt client.key; do install -o nobody -g nogroup -m 0600 "/etc/pgha/tls/$f" /run/pgha/tls/; done
+fi
 chown nobody:nogroup /run/pgha
 haproxy -D -f /etc/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json

@@ -15,17 +15,19 @@ from stack import layout
 from stack.audit import EtcdMember
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
-from stack.render import etcd_hosts
+from stack.render import etcd_hosts, scheme
 from stack.spec import ClusterSpec
+from stack.topology import etcdctl_tls
 from stack.wait import wait_for
 from tasks._prefect import task
 from tasks.node_exec import ExecResult, first_running, node
 
 
 def endpoints(spec: ClusterSpec, members: list[str] | None = None) -> str:
+    sch = scheme(spec)
     if members is None:
-        return ",".join(f"http://{h}" for h in etcd_hosts(spec))
-    return ",".join(f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
+        return ",".join(f"{sch}://{h}" for h in etcd_hosts(spec))
+    return ",".join(f"{sch}://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
 
 
 def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members: list[str] | None = None,
@@ -34,8 +36,9 @@ def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members:
     n = node(spec, via) if via else first_running(spec, spec.etcd_names())
     if n is None:
         raise EtcdError("no etcd member container is running")
+    # spec.tls: the CA and pgha's client certificate, the files mounted in every etcd member.
     return n.run(["etcdctl", f"--endpoints={endpoints(spec, members)}", f"--command-timeout={command_timeout}",
-                  *args], timeout=timeout)
+                  *etcdctl_tls(spec), *args], timeout=timeout)
 
 
 def _ok(r: ExecResult, what: str) -> str:
@@ -160,7 +163,7 @@ def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int
 
 
 def peer_url(spec: ClusterSpec, member: str) -> str:
-    return f"http://{spec.container(member)}:{layout.ETCD_PEER_PORT}"
+    return f"{scheme(spec)}://{spec.container(member)}:{layout.ETCD_PEER_PORT}"
 
 
 # ---- membership ----

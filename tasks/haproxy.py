@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 import httpx
 
+from stack import tls
 from stack.audit import Backend
 from stack.errors import HaproxyError
 from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
+from stack.render import scheme
 from stack.spec import ClusterSpec
 from tasks.node_exec import node
 
@@ -90,11 +92,14 @@ def reload(spec: ClusterSpec) -> None:
 # one line of runtime-API commands. Not /primary: Patroni turns that to 200 only after its
 # once-a-second check of pg_controldata, up to a second after the promotion.
 # $1 candidate host, $2 attempts, $3 the commands.
-_ROUTE_SCRIPT = (
-    f'i=0; until curl -fsS -o /dev/null --max-time 0.3 "http://$1:{PATRONI_API_PORT}/leader" 2>/dev/null; do '
-    'i=$((i+1)); [ "$i" -ge "$2" ] && exit 3; sleep 0.05; done; '
-    f'printf "%s\\n" "$3" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"'
-)
+def _route_script(spec: ClusterSpec) -> str:
+    # spec.tls: Patroni's API over https, verified with the cluster CA (HAProxy's user's copy, entrypoint.sh).
+    ca = f"--cacert {tls.CA} " if spec.tls.enabled else ""
+    return (
+        f'i=0; until curl -fsS {ca}-o /dev/null --max-time 0.3 "{scheme(spec)}://$1:{PATRONI_API_PORT}/leader" '
+        '2>/dev/null; do i=$((i+1)); [ "$i" -ge "$2" ] && exit 3; sleep 0.05; done; '
+        f'printf "%s\\n" "$3" | socat -t 2 stdio "unix-connect:{HAPROXY_ADMIN_SOCKET}"'
+    )
 
 
 def runtime(spec: ClusterSpec, commands: list[str]) -> str:
@@ -142,7 +147,8 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
         raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
     cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
     while True:
-        r = n.run(["sh", "-c", _ROUTE_SCRIPT, "sh", spec.container(candidate), "100", cmds], user=HAPROXY_USER, timeout=20)
+        r = n.run(["sh", "-c", _route_script(spec), "sh", spec.container(candidate), "100", cmds], user=HAPROXY_USER,
+                  timeout=20)
         if r.ok:
             _check_answer(r.out)
             return time.monotonic() - started

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from stack import layout, render
+from stack import layout, render, tls
 from stack.cluster import ClusterView, Member, MemberRole, assess
 from stack.errors import PatroniError
 from stack.secrets import Secrets
@@ -80,7 +80,10 @@ def _ensure_auth(spec: ClusterSpec, member: str, secrets: Secrets | None = None)
     s = secrets or cluster_secrets(spec.scope)
     # curl's config syntax: the value quoted, backslash and quote escaped.
     value = f"{layout.RESTAPI_USER}:{s.restapi}".replace("\\", "\\\\").replace('"', '\\"')
-    write_private(config_dir(spec.scope, member) / AUTH_FILE, f'user = "{value}"\n')
+    text = f'user = "{value}"\n'
+    if spec.tls.enabled:  # unsafe endpoints also need a client certificate from the cluster CA
+        text += f'cert = "{tls.ROOT_CLIENT_CERT}"\nkey = "{tls.ROOT_CLIENT_KEY}"\n'
+    write_private(config_dir(spec.scope, member) / AUTH_FILE, text)
 
 
 def request(spec: ClusterSpec, member: str, method: str, path: str, body: dict[str, Any] | None = None,
@@ -88,11 +91,13 @@ def request(spec: ClusterSpec, member: str, method: str, path: str, body: dict[s
     """One call to `member`'s own REST API; raises PatroniError only when it cannot be asked."""
     n = node(spec, member)
     cmd = ["curl", "-sS", "--max-time", str(timeout), "-X", method, "-w", "\n%{http_code}"]
+    if spec.tls.enabled:
+        cmd += ["--cacert", tls.ROOT_CA]
     if method != "GET":
         _ensure_auth(spec, member)
         cmd += ["-K", f"{layout.CONFIG_MOUNT}/{AUTH_FILE}", "-H", "Content-Type: application/json",
                 "--data-binary", json.dumps(body or {})]
-    r = n.run([*cmd, f"http://localhost:{layout.PATRONI_API_PORT}{path}"], timeout=timeout + 5)
+    r = n.run([*cmd, f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}{path}"], timeout=timeout + 5)
     if not r.ok:
         raise PatroniError(f"{member}'s Patroni API does not answer {method} {path}: {r.tail(1)}")
     return _parse_reply(r.out)
@@ -229,6 +234,11 @@ def _require(reply: Reply, what: str) -> Reply:
     if not reply.ok:
         raise PatroniError(f"{what} refused by Patroni (HTTP {reply.status}): {reply.message()}")
     return reply
+
+
+def reload_member(spec: ClusterSpec, member: str) -> None:
+    """POST /reload: Patroni re-reads its configuration and its REST API certificate (certs rotate)."""
+    _require(request(spec, member, "POST", "/reload", timeout=10), f"reloading {member}")
 
 
 def switchover(spec: ClusterSpec, leader: str, candidate: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from stack import major
+from stack import major, tls
 from stack.errors import PostgresError
 from stack.layout import DATA_MOUNT, PG_PORT, SOCKET_DIR, SUPERUSER
 from stack.secrets import Secrets
@@ -155,7 +155,9 @@ def conninfo(publisher: ClusterSpec, db: str, secrets: Secrets) -> str:
     """Any of the publisher's nodes, whichever is primary (libpq tries them in turn)."""
     hosts = ",".join(publisher.container(m) for m in publisher.node_names())
     return (f"host={hosts} port={PG_PORT} dbname={db} user={SUPERUSER} password={secrets.superuser} "
-            "target_session_attrs=primary connect_timeout=5")
+            "target_session_attrs=primary connect_timeout=5"
+            # spec.tls: blue and green share one CA (tasks.host.tls.share_ca); the subscriber's node has it.
+            + (f" sslmode=verify-full sslrootcert={tls.CA}" if publisher.tls.enabled else ""))
 
 
 def ensure_publication(spec: ClusterSpec, member: str, db: str) -> None:

@@ -23,15 +23,39 @@ from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks._prefect import task
+from tasks.host import tls as host_tls
 from tasks.node_exec import node
 
 
+def tls_params(spec: ClusterSpec) -> dict[str, str]:
+    """libpq TLS options for a connection from the host: verify-full against the cluster CA
+    (the member certificate names 127.0.0.1; HAProxy passes TLS through untouched)."""
+    if not spec.tls.enabled:
+        return {}
+    return {"sslmode": "verify-full", "sslrootcert": str(host_tls.ca_path(spec.scope))}
+
+
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
-        pooled: bool = False) -> str:
-    """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed."""
+        pooled: bool = False, passfile: str | None = None) -> str:
+    """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
+
+    Through HAProxy the URI asks for TLS verified against the CA (spec.tls); the pooler's client
+    side is plain TCP on 127.0.0.1 (it reaches PostgreSQL over TLS itself).
+    """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
-    return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}"
+    params = {} if pooled else tls_params(spec)
+    if passfile:
+        params["passfile"] = passfile
+    query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
+    return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}" + (f"?{query}" if query else "")
+
+
+def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False) -> str:
+    """One ~/.pgpass line for the endpoint (`:` and `\\` escaped as libpq wants)."""
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
+    pw = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"127.0.0.1:{port}:*:{SUPERUSER}:{pw}\n"
 
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
@@ -47,7 +71,7 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     try:
         return psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
-                               application_name=application_name, **extra)
+                               application_name=application_name, **({} if pooled else tls_params(spec)), **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

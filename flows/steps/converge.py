@@ -25,8 +25,9 @@ from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
-from tasks import docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
+from tasks import certs, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import cluster_dir, config_dir, removed_dirs, secrets_file, write_private
 
@@ -52,6 +53,14 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError(f"a major upgrade of {spec.scope} is in progress or finished (see `pgha status`): finish "
                          "or roll it back first (`pgha upgrade --major --finish --yes | --rollback`); after "
                          f"--finish the cluster is {spec.scope}-green")
+    # ---- tls: switching an existing cluster between TLS and plain would restart every member at
+    # once with a changed etcd peer scheme; refuse it rather than break the cluster.
+    if (runs_tls := certs.running_tls(spec)) is not None and runs_tls != spec.tls.enabled:
+        now, asked = ("with", "without") if runs_tls else ("without", "with")
+        raise StateError(f"cluster {spec.scope} runs {now} TLS but this spec asks for {asked} (tls.enabled: "
+                         f"{str(spec.tls.enabled).lower()}); switching needs a new cluster (restore a backup into "
+                         f"it), or set tls.enabled: {str(runs_tls).lower()} in the spec")
+    # ---- end tls ----
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
     for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):
@@ -119,8 +128,9 @@ def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet:
 def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
     """`ensure_member`'s body, for tasks that place a member as one step of their own."""
     conf = str(config_dir(spec.scope, member))
+    host_tls.install(spec, member)  # spec.tls: the CA and certificates in the member's config dir
     if role == "etcd":
-        planned = topology.etcd_member(spec, member, image)
+        planned = topology.etcd_member(spec, member, image, conf)
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
     elif role == "fencer":
@@ -145,6 +155,7 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     if lead is None:
         raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
     secrets = postgres.scram_secrets(spec, lead.name, POOLED_ROLES)
+    host_tls.install(spec, spec.pooler_member)  # the CA it verifies the server side with (spec.tls)
     planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
     for fname, text in planned.files.items():
         write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)

@@ -57,6 +57,9 @@ def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_LOGGING_LEVEL="WARNING",
     )
+    # In-process helpers (write probes, psycopg through tasks.postgres) find the cluster's CA
+    # (TLS, sslmode=verify-full) in the same state directory as the CLI they test.
+    os.environ["PGHA_STATE_DIR"] = env["PGHA_STATE_DIR"]
     return env
 
 

@@ -36,8 +36,9 @@ def test_dsn_hides_password_by_default(runner: CliRunner, tmp_path: Path, monkey
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     res = runner.invoke(app, ["dsn"])
     assert res.exit_code == 0
-    assert res.output.strip() == "postgresql://postgres@127.0.0.1:5432/postgres"
+    ca = f"sslmode=verify-full&sslrootcert={tmp_path}/hy-home-db/tls/ca.crt"
+    assert res.output.strip() == f"postgresql://postgres@127.0.0.1:5432/postgres?{ca}"
     res = runner.invoke(app, ["dsn", "--ro"])
-    assert res.output.strip() == "postgresql://postgres@127.0.0.1:5433/postgres"
+    assert res.output.strip() == f"postgresql://postgres@127.0.0.1:5433/postgres?{ca}"
     res = runner.invoke(app, ["dsn", "--show-password"])
     assert res.exit_code == 3 and "run `pgha up` first" in res.output

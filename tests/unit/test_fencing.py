@@ -83,7 +83,10 @@ def test_counters_and_config_round_trip() -> None:
     cfg = topology.fencer_config(ClusterSpec(scope="lab"))
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
     assert cfg.leader_key == "/service/lab/leader"
-    assert cfg.etcd_urls == [f"http://lab-etcd-{i}:2379" for i in (1, 2, 3)] and cfg.etcd_tls is None
+    assert cfg.etcd_urls == [f"https://lab-etcd-{i}:2379" for i in (1, 2, 3)]
+    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/client.crt", "key": "/run/pgha/tls/client.key"}
+    plain = topology.fencer_config(ClusterSpec(scope="lab", tls={"enabled": False}))  # type: ignore[arg-type]
+    assert plain.etcd_urls[0] == "http://lab-etcd-1:2379" and plain.etcd_tls is None
 
 
 @pytest.mark.parametrize(("path", "allowed"), [

@@ -29,7 +29,8 @@ def test_patroni_yml_default_spec() -> None:
     assert cfg["postgresql"]["bin_dir"] == "/usr/lib/postgresql/17/bin"
     assert cfg["postgresql"]["authentication"]["superuser"]["password"] == "su-pw-123"
     hba = cfg["postgresql"]["pg_hba"]
-    assert f"host all all {SUBNET} scram-sha-256" in hba
+    assert f"hostssl all all {SUBNET} scram-sha-256" in hba
+    assert not any(line.startswith("host ") for line in hba)  # TLS on by default: plain TCP finds no entry
     assert not any("0.0.0.0/0" in line or " trust" in line or " md5" in line for line in hba)
 
 
@@ -77,7 +78,8 @@ def test_haproxy_cfg_patroni_defaults_profile() -> None:
                                             "fall": 3, "rise": 2}}),
 ])
 def test_haproxy_cfg_is_byte_for_byte_the_captured_rendering(name: str, raw: dict[str, object]) -> None:
-    assert render.render_haproxy_cfg(parse_spec(raw)) == (HAPROXY_DATA / name).read_text()
+    # Captured before TLS existed: with tls off the rendering is unchanged.
+    assert render.render_haproxy_cfg(parse_spec({**raw, "tls": {"enabled": False}})) == (HAPROXY_DATA / name).read_text()
 
 
 def test_haproxy_sections_are_data() -> None:
@@ -93,15 +95,16 @@ def test_haproxy_sections_are_data() -> None:
 
 
 def test_etcd_flags() -> None:
-    spec = parse_spec({"scope": "lab", "etcd_members": 3})
+    spec = parse_spec({"scope": "lab", "etcd_members": 3, "tls": {"enabled": False}})
     flags = render.etcd_command(spec, "etcd-2")
     assert "--name=etcd-2" in flags
     assert "--advertise-client-urls=http://lab-etcd-2:2379" in flags
     assert ("--initial-cluster=etcd-1=http://lab-etcd-1:2380,etcd-2=http://lab-etcd-2:2380,"
             "etcd-3=http://lab-etcd-3:2380") in flags
     assert "--initial-cluster-token=lab" in flags
-    one = render.etcd_command(parse_spec({"etcd_members": 1}), "etcd-1")
+    one = render.etcd_command(parse_spec({"etcd_members": 1, "tls": {"enabled": False}}), "etcd-1")
     assert "--initial-cluster=etcd-1=http://hy-home-db-etcd-1:2380" in one
+    assert not any("cert" in f for f in one)
 
 
 def test_topology_keeps_passwords_out_of_container_definitions() -> None:

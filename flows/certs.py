@@ -1,0 +1,74 @@
+"""certs rotate: new member and client certificates from the cluster's CA, installed with reloads.
+
+No restart and no switchover: etcd reads its certificate files on every new TLS connection,
+Patroni reloads its REST API certificate on `POST /reload`, PostgreSQL its SSL files on
+`pg_reload_conf()`. Clients trust the CA, which does not change, so connections made before,
+during and after the rotation all verify. The fencer, whose agent loads its etcd client
+certificate once, is restarted (it only watches; fencing pauses for a second or two).
+Each member in turn; afterwards every TLS endpoint must serve the new certificate.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.steps.cluster import require_healthy
+from flows.steps.ops import current, mutating_flow, note
+from stack import tls
+from stack.errors import StateError
+from stack.results import CertsRotateResult
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import certs, docker_hosts, patroni, postgres
+from tasks.host import tls as host_tls
+from tasks.host.lock import WaitSeconds
+
+
+def check(spec: ClusterSpec) -> None:
+    """Refusals before anything changes."""
+    if not spec.tls.enabled:
+        raise StateError(f"cluster {spec.scope} runs without TLS (tls.enabled: false): there is nothing to rotate")
+    if not host_tls.ca_path(spec.scope).exists():
+        raise StateError(f"cluster {spec.scope} has no CA in its state directory; run `pgha up` first")
+
+
+@flow(name="certs-rotate", description="New certificates from the cluster CA, rolled out with reloads (no restart).")
+@mutating_flow("certs-rotate")
+def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 0) -> CertsRotateResult:  # noqa: B008
+    check(spec)
+    require_healthy(spec, "a certificate rotation")
+    old = {i.name: i for i in host_tls.certificates(spec)}
+    leaves = host_tls.renew(spec)
+    new = tls.cert_info("member.crt", leaves["member.crt"])
+    note(f"new certificates issued by the cluster CA, valid until {new.not_after:%Y-%m-%d}")
+    for m in spec.etcd_names():
+        host_tls.install(spec, m)
+        certs.reinstall(spec, m, "etcd")  # etcd loads them on its next TLS handshake
+        note(f"{m}: installed")
+    for m in spec.node_names():
+        host_tls.install(spec, m)
+        certs.reinstall(spec, m, "postgres")
+        patroni.reload_member(spec, m)
+        postgres.node_sql(spec, m, "select pg_reload_conf()")
+        note(f"{m}: installed, Patroni and PostgreSQL reloaded")
+    for m in (spec.haproxy_member, *((spec.pooler_member,) if spec.pooler.enabled else ())):
+        host_tls.install(spec, m)  # the CA they verify with is unchanged: nothing to reload
+        if m == spec.pooler_member:
+            certs.reinstall(spec, m, "postgres")
+    if spec.fencing:
+        host_tls.install(spec, spec.fencer_member)
+        eng = docker_hosts.engines(spec).of(spec.fencer_member)
+        eng.restart(spec.container(spec.fencer_member), timeout=1)  # the agent holds no state worth a graceful stop
+        note("fencer restarted with the new client certificate")
+
+    def stale() -> list[str]:
+        return [f"{m}:{port}" for m, port, st in certs.endpoints(spec) if certs.served_serial(spec, m, port, st) != new.serial]
+
+    wait_for("every TLS endpoint to serve the new certificate", stale, lambda s: not s, timeout=30, interval=1,
+             describe=lambda s: "still old: " + ", ".join(s))
+    require_healthy(spec, "finishing the certificate rotation")
+    note(f"{len(certs.endpoints(spec))} TLS endpoints serve the new certificate")
+    before = old.get("member.crt")
+    return CertsRotateResult(scope=spec.scope, old_not_after=f"{before.not_after:%Y-%m-%d}" if before else "",
+                             new_not_after=f"{new.not_after:%Y-%m-%d}", endpoints=len(certs.endpoints(spec)),
+                             restarts=0, switchovers=0, events=list(current().events), elapsed_s=current().elapsed())

@@ -1,0 +1,157 @@
+"""The cluster's TLS: one CA per cluster and the certificates etcd, Patroni and PostgreSQL present.
+
+Pure (CPU only): `tasks.host.tls` generates the material once and keeps it 0600 in the cluster's
+state directory; the renderers (`stack.render`, `stack.topology`) only name the paths.
+
+One CA per cluster (10 years, its key kept 0600 so `pgha certs rotate` can issue new leaves from
+it: clients that trust the CA keep working across a rotation). Leaves are valid `spec.tls.days`
+(one year by default):
+- `member`: every etcd member, Patroni REST API and PostgreSQL server of the cluster presents it
+  (server and client auth: etcd peers and Patroni-to-etcd use it as their client certificate).
+  Its SANs name every container a cluster can have, `localhost` and 127.0.0.1 (the host reaches
+  PostgreSQL through HAProxy's ports on 127.0.0.1), so `sslmode=verify-full` works from both.
+- `client`: pgha's own client certificate (etcdctl from the host-side tasks, Patroni REST calls).
+pgBackRest's TLS keeps its own CA (`stack.backup_tls`), which predates this one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+
+from stack import layout
+from stack.spec import ClusterSpec
+
+CA_DAYS = 3650
+MAX_MEMBERS = 9  # ClusterSpec.nodes' bound; etcd has at most 7
+CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
+LEAF_FILES = ("member.crt", "member.key", "client.crt", "client.key")
+MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
+
+# In a container: the mounted (root 0600) copies and the service user's private copies.
+MOUNT_DIR = f"{layout.CONFIG_MOUNT}/{layout.TLS_SUBDIR}"
+RUN_DIR = f"{layout.RUN_DIR}/{layout.TLS_SUBDIR}"
+CA = f"{RUN_DIR}/ca.crt"
+CERT = f"{RUN_DIR}/member.crt"
+KEY = f"{RUN_DIR}/member.key"
+CLIENT_CERT = f"{RUN_DIR}/client.crt"
+CLIENT_KEY = f"{RUN_DIR}/client.key"
+# Root (docker exec, health checks, HAProxy) reads the mounted copies directly.
+ROOT_CA = f"{MOUNT_DIR}/ca.crt"
+ROOT_CLIENT_CERT = f"{MOUNT_DIR}/client.crt"
+ROOT_CLIENT_KEY = f"{MOUNT_DIR}/client.key"
+
+
+def member_names(spec: ClusterSpec) -> list[str]:
+    """DNS names a member certificate covers: every possible container of the scope, and localhost."""
+    members = [f"pg-{i}" for i in range(1, MAX_MEMBERS + 1)] + [f"etcd-{i}" for i in range(1, MAX_MEMBERS + 1)]
+    members += [spec.haproxy_member, spec.pooler_member]
+    return [spec.container(m) for m in members] + ["localhost"]
+
+
+def _pem_key(key: object) -> str:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+                             serialization.NoEncryption()).decode()
+
+
+def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pgha {spec.scope} cluster CA")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(key, hashes.SHA256()))
+    return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "ca.key": _pem_key(key)}
+
+
+def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """New member and client certificates signed by the cluster CA, valid `spec.tls.days`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(ca_files["ca.crt"].encode())
+    ca_key = serialization.load_pem_private_key(ca_files["ca.key"].encode(), None)
+    now = dt.datetime.now(dt.UTC)
+
+    def leaf(cn: str, dns: list[str], ips: list[str]) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=spec.tls.days))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             # Python 3.13's default contexts (Patroni's) verify strictly (VERIFY_X509_STRICT): key identifiers.
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)  # type: ignore[arg-type]
+             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                          crl_sign=False, content_commitment=False, data_encipherment=False,
+                                          key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
+
+    member_crt, member_key = leaf(f"{spec.scope} member", member_names(spec), ["127.0.0.1", "::1"])
+    client_crt, client_key = leaf(f"{spec.scope} pgha client", [], [])
+    return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key}
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    name: str
+    not_after: dt.datetime
+    serial: int
+
+    def days_left(self, now: dt.datetime) -> float:
+        return (self.not_after - now).total_seconds() / 86400
+
+
+def cert_info(name: str, pem: str) -> CertInfo:
+    from cryptography import x509
+    c = x509.load_pem_x509_certificate(pem.encode())
+    return CertInfo(name, c.not_valid_after_utc, c.serial_number)
+
+
+def expiry_outcome(infos: list[CertInfo], now: dt.datetime, warn_days: int) -> tuple[str, str]:
+    """("ok"|"warning"|"critical", detail) for the certificates nearest to expiry."""
+    if not infos:
+        return "critical", "no certificates found in the state directory"
+    first = min(infos, key=lambda i: i.not_after)
+    left = first.days_left(now)
+    detail = f"{first.name} expires {first.not_after:%Y-%m-%d} ({left:.0f} days)"
+    if left <= 0:
+        return "critical", detail + ": expired, run `pgha certs rotate`"
+    if left <= warn_days:
+        return "warning", detail + f": within {warn_days} days, run `pgha certs rotate`"
+    return "ok", detail
+
+
+START_SCRIPT = f"""#!/bin/sh
+# Copy the mounted TLS files (root 0600) into the service user's private directory, then start the role.
+set -eu
+user="$1"; shift
+install -d -o "$user" -g "$user" -m 0700 {layout.RUN_DIR} {RUN_DIR}
+for f in {MOUNT_DIR}/*; do install -o "$user" -g "$user" -m 0600 "$f" {RUN_DIR}/; done
+exec /usr/local/bin/pgha-entrypoint "$@"
+"""
+START_FILE = "tls-start.sh"
+# Installs fresh copies in a running container (rotation); the service reloads them.
+REINSTALL = f'for f in {MOUNT_DIR}/*; do install -o "$0" -g "$0" -m 0600 "$f" {RUN_DIR}/; done'

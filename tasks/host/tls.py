@@ -1,0 +1,91 @@
+"""The cluster's TLS material on the host: generated once, kept 0600 in the state directory.
+
+`<state>/<scope>/tls/` holds the CA (its key never leaves this directory) and the current
+member and client certificates; `install` copies the mounted subset into a member's config
+directory (`<state>/<scope>/config/<member>/tls`, bind-mounted read-only at /etc/pgha/tls).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from stack import layout, tls
+from stack.spec import ClusterSpec
+from tasks.host.state import cluster_dir, config_dir, write_private
+
+
+def tls_dir(scope: str) -> Path:
+    return cluster_dir(scope) / layout.TLS_SUBDIR
+
+
+def ca_path(scope: str) -> Path:
+    """The CA certificate clients verify the cluster with (`pgha dsn`'s sslrootcert)."""
+    return tls_dir(scope) / "ca.crt"
+
+
+def client_files(scope: str) -> tuple[Path, Path]:
+    return tls_dir(scope) / "client.crt", tls_dir(scope) / "client.key"
+
+
+def _read(d: Path, names: tuple[str, ...]) -> dict[str, str] | None:
+    if all((d / f).exists() for f in names):
+        return {f: (d / f).read_text() for f in names}
+    return None
+
+
+def material(spec: ClusterSpec) -> dict[str, str]:
+    """CA and leaves, created on first use (and leaves re-issued when missing)."""
+    d = tls_dir(spec.scope)
+    ca = _read(d, tls.CA_FILES)
+    if ca is None:
+        ca = tls.make_ca(spec)
+        for f, text in ca.items():
+            write_private(d / f, text)
+    leaves = _read(d, tls.LEAF_FILES)
+    if leaves is None:
+        leaves = tls.make_leaves(spec, ca)
+        for f, text in leaves.items():
+            write_private(d / f, text)
+    return {**ca, **leaves}
+
+
+def renew(spec: ClusterSpec) -> dict[str, str]:
+    """New member and client certificates from the same CA (the old ones are replaced)."""
+    ca = material(spec)
+    leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
+    for f, text in leaves.items():
+        write_private(tls_dir(spec.scope) / f, text)
+    return leaves
+
+
+def install(spec: ClusterSpec, member: str) -> bool:
+    """Write the mounted TLS files into the member's config dir; True when one changed. No-op with TLS off."""
+    if not spec.tls.enabled:
+        return False
+    files = material(spec)
+    changed = False
+    for f in tls.MOUNTED_FILES:
+        changed |= write_private(config_dir(spec.scope, member) / layout.TLS_SUBDIR / f, files[f])
+    return changed
+
+
+def certificates(spec: ClusterSpec) -> list[tls.CertInfo]:
+    """What the state directory holds now (the CA and the leaves), for the audit's expiry row."""
+    d = tls_dir(spec.scope)
+    return [tls.cert_info(f, (d / f).read_text()) for f in ("ca.crt", "member.crt", "client.crt") if (d / f).exists()]
+
+
+def expiry(spec: ClusterSpec, now: dt.datetime | None = None) -> tuple[str, str]:
+    return tls.expiry_outcome(certificates(spec), now or dt.datetime.now(dt.UTC), spec.tls.expiry_warn_days)
+
+
+def share_ca(blue: ClusterSpec, green: ClusterSpec) -> None:
+    """Green (a major upgrade's new cluster) issues its certificates from blue's CA: blue's HAProxy,
+    which routes the clients to green after the cutover, verifies green's Patroni with blue's CA."""
+    if not blue.tls.enabled:
+        return
+    src = material(blue)
+    if _read(tls_dir(green.scope), tls.CA_FILES) is None:
+        for f in tls.CA_FILES:
+            write_private(tls_dir(green.scope) / f, src[f])

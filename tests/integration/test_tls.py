@@ -1,0 +1,195 @@
+"""TLS and authentication (hardening issue): one 2-node / 1-etcd cluster shared by the read-only
+checks; the rotation runs last.
+
+Real parts only: a scratch container on the cluster's network plays the stranger that reaches
+etcd and Patroni without a certificate or credentials; psycopg and the host's psql play the
+clients; `pgha certs rotate` runs under the drill's write probe.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import psycopg
+import pytest
+
+from stack.secrets import Secrets
+from stack.spec import parse_spec
+from tasks.docker_engine import Engine
+from tasks.host.secrets import load_or_create
+from tasks.node_exec import NodeExec
+from tests.integration.conftest import Cluster, pgha
+from tests.integration.test_upgrade import quick_cluster
+from tests.support.traffic import measured
+
+SCOPE = "pgha-it-tls"
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
+        "ports": {"rw": 26632, "ro": 26633, "stats": 26604},
+        "backup": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def cluster(engine: docker.DockerClient, base_env: dict[str, str],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("tls"), SPEC) as c:
+        yield c
+
+
+def state(c: Cluster) -> Path:
+    return Path(c.env["PGHA_STATE_DIR"]) / c.scope
+
+
+@pytest.fixture(scope="module")
+def stranger(engine: docker.DockerClient, cluster: Cluster) -> Iterator[NodeExec]:
+    """A scratch container on the cluster network, pgha's image, no certificate and no password."""
+    eng = Engine()
+    name = f"{SCOPE}-stranger"
+    image = engine.containers.get(cluster.container("pg-1")).attrs["Config"]["Image"]
+    eng.run_scratch(name, image, SCOPE, "stranger", f"{SCOPE}-net", [])
+    try:
+        yield NodeExec(eng, name)
+    finally:
+        eng.remove_container(name)
+
+
+def test_etcd_refuses_a_client_without_a_certificate(engine: docker.DockerClient, cluster: Cluster,
+                                                     stranger: NodeExec) -> None:
+    host = f"https://{cluster.container('etcd-1')}:2379"
+    since = int(time.time()) - 1
+    ca = (state(cluster) / "tls" / "ca.crt").read_text()
+    stranger.put_file("/tmp/ca.crt", ca, 0o644)
+    # No client certificate (the server is verified with the CA): refused in the TLS handshake.
+    r = stranger.run(["etcdctl", f"--endpoints={host}", "--cacert=/tmp/ca.crt", "--command-timeout=3s",
+                      "get", "/service", "--prefix", "--keys-only"], user="root", timeout=15)
+    assert not r.ok, r.out + r.err
+    # etcd says why: the TLS handshake lacked a client certificate.
+    logs = engine.containers.get(cluster.container("etcd-1")).logs(since=since).decode(errors="replace")
+    assert "rejected connection" in logs and "certificate" in logs, logs[-1500:]
+    # Plain HTTP: nothing answers.
+    r = stranger.run(["etcdctl", f"--endpoints=http://{cluster.container('etcd-1')}:2379", "--command-timeout=3s",
+                      "put", "/service/x", "y"], user="root", timeout=15)
+    assert not r.ok
+    # The control: with pgha's client certificate the same call works (the refusal was the certificate).
+    for f in ("client.crt", "client.key"):
+        stranger.put_file(f"/tmp/{f}", (state(cluster) / "tls" / f).read_text(), 0o600)
+    r = stranger.run(["etcdctl", f"--endpoints={host}", "--cacert=/tmp/ca.crt", "--cert=/tmp/client.crt",
+                      "--key=/tmp/client.key", "--command-timeout=3s", "endpoint", "health"], user="root", timeout=15)
+    assert r.ok and "is healthy" in r.out + r.err, r.out + r.err
+    stranger.run(["rm", "-f", "/tmp/client.crt", "/tmp/client.key"], user="root")
+
+
+def test_patroni_unsafe_endpoint_needs_credentials_and_tls(cluster: Cluster, stranger: NodeExec) -> None:
+    api = f"{cluster.container('pg-1')}:8008"
+    stranger.put_file("/tmp/ca.crt", (state(cluster) / "tls" / "ca.crt").read_text(), 0o644)
+
+    def curl(*args: str) -> str:
+        r = stranger.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", *args],
+                         user="root", timeout=15)
+        return r.out.strip()
+
+    assert curl("--cacert", "/tmp/ca.crt", f"https://{api}/health") == "200"  # reads stay open (HAProxy checks)
+    # No credentials, no client certificate: refused, nothing restarted.
+    code = curl("--cacert", "/tmp/ca.crt", "-X", "POST", f"https://{api}/restart")
+    assert code in ("401", "403"), code
+    # With the password but no client certificate: still refused.
+    cred = cluster.secrets["restapi"]
+    stranger.put_file("/tmp/auth", f'user = "patroni:{cred}"\n', 0o600)
+    code = curl("--cacert", "/tmp/ca.crt", "-K", "/tmp/auth", "-X", "POST", f"https://{api}/restart")
+    assert code in ("401", "403"), code
+    stranger.run(["rm", "-f", "/tmp/auth"], user="root")
+    # Plain HTTP: the API speaks TLS only (curl gets no HTTP answer).
+    assert curl(f"http://{api}/health") in ("000", "400")
+
+
+def test_postgres_refuses_plain_tcp_and_dsn_verifies(cluster: Cluster) -> None:
+    pw = cluster.secrets["superuser"]
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(host="127.0.0.1", port=cluster.port("rw"), user="postgres", password=pw,
+                        dbname="postgres", sslmode="disable", connect_timeout=5)
+    res = pgha(cluster.env, "dsn", "--scope", SCOPE)
+    assert res.returncode == 0, res.stdout + res.stderr
+    uri = res.stdout.strip()
+    assert "sslmode=verify-full" in uri and f"sslrootcert={state(cluster)}/tls/ca.crt" in uri and pw not in uri
+    with psycopg.connect(uri, password=pw, connect_timeout=5) as conn:
+        row = conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+        assert row == (True,)
+        # replication between the nodes is TLS too
+        rows = conn.execute("select s.ssl from pg_stat_replication r join pg_stat_ssl s using (pid)").fetchall()
+        assert rows and all(r[0] for r in rows)
+
+
+def test_pgpass_file_is_private_and_works(cluster: Cluster) -> None:
+    res = pgha(cluster.env, "dsn", "--pgpass", "--ro", "--scope", SCOPE)
+    assert res.returncode == 0, res.stdout + res.stderr
+    uri = res.stdout.strip()
+    pgpass = state(cluster) / "pgpass"
+    assert cluster.secrets["superuser"] not in uri and f"passfile={pgpass}" in uri
+    assert stat.S_IMODE(pgpass.stat().st_mode) == 0o600
+    psql = shutil.which("psql")
+    assert psql, "this test needs psql on the host (Debian: postgresql-client)"
+    out = subprocess.run([psql, uri, "-XAtc", "select pg_is_in_recovery()"], capture_output=True, text=True,
+                         timeout=20, env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr
+    res = pgha(cluster.env, "dsn", "--pgpass", "--show-password", "--scope", SCOPE)
+    assert res.returncode != 0 and res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_audit_reports_certificate_expiry(cluster: Cluster) -> None:
+    res = pgha(cluster.env, "audit", "--json", "--scope", SCOPE, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = {r["check"]: r for r in json.loads(res.stdout)["findings"]}
+    assert rows["tls.cert_expiry"]["status"] == "ok" and "member.crt expires" in rows["tls.cert_expiry"]["observed"]
+    # Patroni, HAProxy and the fencer all reach their peers over TLS.
+    assert rows["fencing.watcher"]["status"] == "ok" and rows["haproxy.primary_backend"]["status"] == "ok"
+
+
+def test_certs_rotate_refuses_an_unknown_cluster(cluster: Cluster) -> None:
+    res = pgha(cluster.env, "certs", "rotate", "--scope", "pgha-it-tls-nothing")
+    assert res.returncode != 0 and "Traceback" not in res.stdout + res.stderr
+    assert len((res.stdout + res.stderr).strip().splitlines()) == 1
+
+
+def test_up_refuses_to_switch_a_running_cluster_to_plain(engine: docker.DockerClient, cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    before = {ct.name: ct.id for ct in engine.containers.list(filters={"label": f"pgha.cluster={SCOPE}"})}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(json.dumps({**SPEC, "tls": {"enabled": False}}))
+    res = pgha(cluster.env, "up", "--spec", str(plain))
+    assert res.returncode != 0 and "runs with TLS" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+        res.stdout[-1500:] + res.stderr[-1500:]
+    after = {ct.name: ct.id for ct in engine.containers.list(filters={"label": f"pgha.cluster={SCOPE}"})}
+    assert after == before  # nothing recreated
+
+
+def served_pg_serial(c: Cluster, member: str) -> str:
+    r = subprocess.run(["docker", "exec", c.container(member), "sh", "-c",
+                        "openssl s_client -starttls postgres -connect localhost:5432 </dev/null 2>/dev/null "
+                        "| openssl x509 -noout -serial"], capture_output=True, text=True, timeout=20, check=False)
+    return r.stdout.strip()
+
+
+def test_z_certs_rotate_under_the_write_probe_loses_nothing(cluster: Cluster) -> None:
+    """Last: it changes the certificates every other test reads."""
+    spec = parse_spec(cluster.spec)
+    secrets: Secrets = load_or_create(state(cluster) / "secrets.json")
+    before = {m: served_pg_serial(cluster, m) for m in ("pg-1", "pg-2")}
+    leader_before = json.loads(pgha(cluster.env, "status", "--json", "--scope", SCOPE).stdout)
+    with measured(spec, secrets) as traffic:
+        res = pgha(cluster.env, "certs", "rotate", "--json", "--scope", SCOPE, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["restarts"] == 0 and out["switchovers"] == 0 and out["endpoints"] == 5
+    after = {m: served_pg_serial(cluster, m) for m in ("pg-1", "pg-2")}
+    assert all(after[m].startswith("serial=") and after[m] != before[m] for m in after), (before, after)
+    assert traffic.lost == [] and traffic.writes_acked > 0
+    assert traffic.write_gap_s < 5, traffic  # reloads only: no switchover, a generous ceiling
+    leader_after = json.loads(pgha(cluster.env, "status", "--json", "--scope", SCOPE).stdout)
+    lead = [[m["member"] for m in s["members"] if m["pg_role"] == "leader"] for s in (leader_before, leader_after)]
+    assert lead[0] == lead[1]

@@ -1,0 +1,78 @@
+"""The cluster TLS material and its rendering (no Docker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import yaml
+from cryptography import x509
+
+from stack import render, tls, topology
+from stack.pooler import render_pgbouncer_ini
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec, parse_spec
+
+SUBNET = "172.30.0.0/16"
+SECRETS = Secrets(superuser="su", replication="re", rewind="rw", restapi="ra")
+
+
+def test_leaves_signed_by_the_ca_cover_every_name_and_127_0_0_1() -> None:
+    spec = parse_spec({"scope": "lab", "tls": {"days": 365}})
+    ca = tls.make_ca(spec)
+    leaves = tls.make_leaves(spec, ca)
+    ca_cert = x509.load_pem_x509_certificate(ca["ca.crt"].encode())
+    member = x509.load_pem_x509_certificate(leaves["member.crt"].encode())
+    member.verify_directly_issued_by(ca_cert)
+    sans = member.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = sans.get_values_for_type(x509.DNSName)
+    assert {"lab-pg-1", "lab-pg-9", "lab-etcd-1", "lab-haproxy", "lab-pooler", "localhost"} <= set(dns)
+    assert "127.0.0.1" in {str(i) for i in sans.get_values_for_type(x509.IPAddress)}
+    days = (member.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
+    assert 363 <= days <= 365
+    # a rotation issues new leaves from the same CA
+    again = tls.make_leaves(spec, ca)
+    assert again["member.crt"] != leaves["member.crt"]
+    x509.load_pem_x509_certificate(again["member.crt"].encode()).verify_directly_issued_by(ca_cert)
+
+
+def test_expiry_outcome_warns_30_days_before() -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    far = tls.CertInfo("member.crt", now + dt.timedelta(days=200), 1)
+    near = tls.CertInfo("client.crt", now + dt.timedelta(days=20), 2)
+    gone = tls.CertInfo("client.crt", now - dt.timedelta(days=1), 3)
+    assert tls.expiry_outcome([far], now, 30)[0] == "ok"
+    level, detail = tls.expiry_outcome([far, near], now, 30)
+    assert level == "warning" and "client.crt" in detail and "pgha certs rotate" in detail
+    assert tls.expiry_outcome([far, gone], now, 30)[0] == "critical"
+    assert tls.expiry_outcome([], now, 30)[0] == "critical"
+
+
+def test_tls_rendering_etcd_patroni_haproxy_pooler() -> None:
+    spec = parse_spec({"scope": "lab", "nodes": 2, "etcd_members": 1, "pooler": {"enabled": True}})
+    flags = render.etcd_command(spec, "etcd-1")
+    assert "--client-cert-auth" in flags and "--peer-client-cert-auth" in flags
+    assert "--listen-client-urls=https://0.0.0.0:2379" in flags and f"--trusted-ca-file={tls.CA}" in flags
+    cfg = yaml.safe_load(render.render_patroni_yml(spec, "pg-1", SUBNET, SECRETS))
+    assert cfg["etcd3"]["protocol"] == "https" and cfg["etcd3"]["cert"] == tls.CERT
+    assert cfg["restapi"]["certfile"] == tls.CERT and cfg["restapi"]["verify_client"] == "optional"
+    assert cfg["restapi"]["authentication"]["username"] == "patroni"
+    assert cfg["postgresql"]["parameters"]["ssl"] == "on"
+    assert cfg["postgresql"]["authentication"]["replication"]["sslmode"] == "verify-full"
+    assert all(not line.startswith("host ") for line in cfg["postgresql"]["pg_hba"])
+    assert "check-ssl verify required ca-file /run/pgha/tls/ca.crt" in render.render_haproxy_cfg(spec)
+    assert "server_tls_sslmode = verify-full" in render_pgbouncer_ini(spec)
+    node = topology.patroni_node(spec, "pg-1", "img", SUBNET, SECRETS, "/c")
+    assert node.container.entrypoint == ["/bin/sh", "/etc/pgha/tls-start.sh", "postgres"]
+    assert node.container.command == ["patroni"] and tls.START_FILE in node.files
+    assert any(a.startswith("https://") for a in node.container.healthcheck or [])
+    # the TLS files never go into a definition: only paths
+    assert "BEGIN" not in repr(node.container)
+
+
+def test_tls_off_renders_the_plain_cluster() -> None:
+    spec = ClusterSpec(scope="lab", tls={"enabled": False})  # type: ignore[arg-type]
+    cfg = yaml.safe_load(render.render_patroni_yml(spec, "pg-1", SUBNET, SECRETS))
+    assert "protocol" not in cfg["etcd3"] and "certfile" not in cfg["restapi"]
+    assert f"host all all {SUBNET} scram-sha-256" in cfg["postgresql"]["pg_hba"]
+    node = topology.patroni_node(spec, "pg-1", "img", SUBNET, SECRETS, "/c")
+    assert node.container.entrypoint is None and node.container.command == []
