@@ -9,6 +9,7 @@ decisions are the pure functions of `stack.audit`. Artifacts `<scope>-audit` (ta
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from prefect.states import Completed, Failed, State
 
 from flows.steps.cluster import stored_spec
 from stack import audit as A
+from stack import audit_backup as AB
 from stack import operator
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT
@@ -28,7 +30,7 @@ from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbouncer, postgres
+from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbackrest, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -152,6 +154,17 @@ def gather_failsafe(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
+# ---- b-backup: WAL archiving, backup ages, encryption (stack.audit_backup) ----
+@task(name="audit-archiving", **READ_ONLY)
+def gather_archiving(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: postgres.archiver_stats(spec, _secrets(spec)) if spec.backup.enabled else None)
+
+
+@task(name="audit-backups", **READ_ONLY)
+def gather_backups(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: pgbackrest.repo_obs(spec) if spec.backup.enabled else None)
+
+
 def _baseline_file(spec: ClusterSpec) -> Any:
     return cluster_dir(spec.scope) / "audit-baseline.json"
 
@@ -201,6 +214,10 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if "failsafe" in got:
         fs, fs_err = got["failsafe"]
         findings += A.check_failsafe(fs[0] if fs else None, fs[1] if fs else [], spec, fs_err)
+    if "archiving" in got:  # b-backup
+        findings += AB.check_archiving(got["archiving"][0], spec, got["archiving"][1])
+    if "backups" in got:
+        findings += AB.check_backup_ages(got["backups"][0], spec, dt.datetime.now(dt.UTC), got["backups"][1])
     return findings
 
 
@@ -210,7 +227,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
-                 "failsafe": gather_failsafe}
+                 "failsafe": gather_failsafe, "archiving": gather_archiving, "backups": gather_backups}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

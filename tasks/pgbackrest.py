@@ -25,6 +25,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from stack import backup as bk
 from stack import layout
+from stack.audit_backup import RepoObs
 from stack.backup_tls import make_certificates
 from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
@@ -191,6 +192,19 @@ def repo_cipher(spec: ClusterSpec, member: str) -> str:
         return bk.parse_cipher(json.loads(text), spec.scope)
     except ValueError as exc:
         raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+
+
+def repo_obs(spec: ClusterSpec) -> RepoObs:
+    """Sets and cipher of the repository, read with `pgbackrest info` in the first running node (read-only)."""
+    nodes = running_nodes(spec)
+    if not nodes:
+        raise BackupError(f"no node of {spec.scope} runs to read its repository")
+    text = run_ok(spec, nodes[0], ["info", "--output=json"], "pgbackrest info", timeout=60)
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+    return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
 
 
 def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bk.BackupSet], str | None, str | None]:
