@@ -99,6 +99,15 @@ def running_nodes(spec: ClusterSpec) -> list[str]:
 def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
     """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
     host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
+    s3 = spec.backup.s3
+    if s3 is not None and s3.network and s3.network != spec.network:
+        # The S3 endpoint's route (a private S3 server in a container); a recreated container
+        # gets it back the next time a flow installs these files (bootstrap and every backup).
+        eng = engines(spec).of(member)
+        if not eng.network_exists(s3.network):
+            raise StateError(f"backup.s3.network {s3.network} does not exist; create it (the S3 endpoint's network) "
+                             "or remove the key")
+        eng.connect(spec.container(member), s3.network)
     pw = passphrase(spec)  # before certificates(): a first run decides encryption
     files = dict(certificates(spec))
     creds = s3_credentials(spec)
