@@ -397,7 +397,7 @@ class Engine:
 
     def network_exists(self, network: str) -> bool:
         with _engine_call(f"look up network {network}"):
-            return bool(self.client.networks.list(names=[network]))
+            return any(n.name == network for n in self.client.networks.list(names=[network]))
 
     def connect(self, name: str, network: str) -> bool:
         """Attach the container to the network if it is not; True when it had to be attached."""
