@@ -27,8 +27,6 @@ from tasks.docker_hosts import engines
 
 def preflight(spec: ClusterSpec, label: str | None) -> None:
     """Refuse a missing set before any container is made (read through a running node, if any)."""
-    if spec.backup.s3 is not None:
-        raise UsageError("verify-restore reads the repository volume; an S3 repository is not supported by it yet")
     pbr.require_repo(spec)
     for m in pbr.running_nodes(spec):
         r = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=layout.NODE_CONF, timeout=60)

@@ -81,7 +81,7 @@ def test_encrypted_repository_backup_and_verify(bh: Cluster, engine: docker.Dock
     head = engine.containers.get(c.container("pg-1")).exec_run(["head", "-c", "8", seg], user="root").output
     assert head == b"Salted__", head  # pgBackRest's aes-256-cbc file header, not zstd's magic
     b = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
-    assert b["verify"] and b["verify"]["ok"] is True, b  # type: ignore[index]
+    assert b["verification"] and b["verification"]["ok"] is True, b  # type: ignore[index]
     assert_secret_nowhere(engine, c, passphrase)
     rows = ok(pgha(c.env, "audit", "--scope", c.scope, "--json"))["findings"]
     got = {r["check"]: r for r in rows}  # type: ignore[union-attr]
@@ -269,7 +269,7 @@ def test_s3_over_tls_backup_and_verify(s3_cluster: Cluster, engine: docker.Docke
     sql(c, "create table s3t (x int)")
     sql(c, "insert into s3t select generate_series(1, 1000)")
     b = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
-    assert b["verify"] and b["verify"]["ok"] is True, b  # type: ignore[index]
+    assert b["verification"] and b["verification"]["ok"] is True, b  # type: ignore[index]
     # The objects are in the bucket (through moto's own S3 API), not in a local volume.
     ls = ("import boto3; c = boto3.client('s3', endpoint_url='https://localhost', verify='/certs/ca.crt', "
           "aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1'); "
