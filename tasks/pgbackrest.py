@@ -58,12 +58,14 @@ def certificates(spec: ClusterSpec) -> dict[str, str]:
 def cipher(spec: ClusterSpec) -> tuple[bk.Cipher, str | None]:
     """The repository's encryption and its passphrase (generated once, 0600 in the state dir).
 
-    Decided before `certificates()` makes the cluster's pgBackRest state: a cluster whose state
-    already exists without a passphrase made its repository unencrypted, and it stays so.
+    Decided before the first node config is written: a cluster whose nodes already had a
+    pgBackRest config (`config/<member>/pgbackrest/node.conf`) and no passphrase made its
+    repository unencrypted, and it stays so. (Not the CA's presence: other TLS work may make
+    the cluster's CA before any backup exists.)
     """
-    d = cluster_dir(spec.scope) / "pgbackrest"
-    path = d / bk.CIPHER_FILE
-    state = bk.cipher_state(spec.backup.encrypt, path.exists(), (d / "ca.crt").exists())
+    path = cluster_dir(spec.scope) / "pgbackrest" / bk.CIPHER_FILE
+    configured = any((cluster_dir(spec.scope) / "config").glob(f"*/{layout.PGBACKREST_HOST_SUBDIR}/node.conf"))
+    state = bk.cipher_state(spec.backup.encrypt, path.exists(), configured)
     if state == bk.Cipher.NEW:
         write_private(path, secrets.token_urlsafe(48))
         state = bk.Cipher.ENCRYPTED
