@@ -22,6 +22,7 @@ from prefect.states import Completed, Failed, State
 
 from flows.steps.cluster import stored_spec
 from stack import audit as A
+from stack import audit_backup as AB
 from stack import operator
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT
@@ -29,7 +30,7 @@ from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbouncer, postgres
+from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbackrest, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host import tls as host_tls
 from tasks.host.secrets import load_or_create
@@ -170,6 +171,17 @@ def gather_tls(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: host_tls.certificates(spec))
 
 
+# ---- b-backup: WAL archiving, backup ages, encryption (stack.audit_backup) ----
+@task(name="audit-archiving", **READ_ONLY)
+def gather_archiving(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: postgres.archiver_stats(spec, _secrets(spec)) if spec.backup.enabled else None)
+
+
+@task(name="audit-backups", **READ_ONLY)
+def gather_backups(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: pgbackrest.repo_obs(spec) if spec.backup.enabled else None)
+
+
 def _baseline_file(spec: ClusterSpec) -> Any:
     return cluster_dir(spec.scope) / "audit-baseline.json"
 
@@ -226,6 +238,10 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if "tls" in got:
         certs, t_err = got["tls"]
         findings += A.check_tls(certs, spec, dt.datetime.now(dt.UTC), t_err)
+    if "archiving" in got:  # b-backup
+        findings += AB.check_archiving(got["archiving"][0], spec, got["archiving"][1])
+    if "backups" in got:
+        findings += AB.check_backup_ages(got["backups"][0], spec, dt.datetime.now(dt.UTC), got["backups"][1])
     return findings
 
 
@@ -235,7 +251,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
-                 "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls}
+                 "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
+                 "archiving": gather_archiving, "backups": gather_backups}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)

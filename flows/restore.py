@@ -8,14 +8,18 @@ cluster is bootstrapped with one node (Patroni adopts the existing data director
 grown to the spec's size so the other nodes clone from it. The restored databases contain
 the source's roles, so the new scope gets a copy of the source's password file.
 
-In place (`--in-place --yes`): the same refusals for the time and the base set; then, under
-the cluster's mutating lock, the Patroni and HAProxy containers are removed (etcd, the
-repository volume and the password file stay), the scope's Patroni keys are deleted from
-etcd so the restored node bootstraps as a new leader, the node volumes are recreated empty,
-pg-1's is filled by the same one-shot restore, and the cluster is bootstrapped with one node
-and grown (the replicas re-clone). Everything written after the target time is discarded.
-The repository is only ever read, so a failed in-place restore can be retried, or restored
-into a new scope.
+In place (`--in-place --yes`): the same refusals for the time and the base set; then, while
+the cluster still serves, the backup is restored BESIDE pg-1's live data directory (in its
+volume, `pgdata.restored`) and PostgreSQL replays it to the target in a one-shot container.
+A restore that cannot reach its target (missing WAL, a broken set) fails here: the copy is
+dropped and the cluster, never touched, keeps serving — one line, exit 4. Only then, under the
+cluster's lock: the leadership moves to pg-1 (so pg-1's data is the newest to fall back to),
+the Patroni and HAProxy containers are removed, the scope's Patroni keys deleted, every node's
+data directory renamed to `pgdata.pre-restore` (one generation) and the restored copy renamed
+into pg-1's place; the cluster is bootstrapped with one node and grown (the replicas
+re-clone). When the rebuilt cluster is healthy the kept directories are removed; when it is
+not, the swap is undone and the old cluster started again as it was (its data intact). Everything
+written after the target time is discarded. The repository is only ever read.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.steps import preflight_once
+from flows.steps.cluster import switchover
 from flows.steps.converge import bootstrap_preflight, converge
 from flows.steps.ops import mutating_flow
 from stack import backup as bk
@@ -43,7 +48,7 @@ PORT_OFFSET = 10  # --into SCOPE without a spec file: the source's ports + 10
 
 
 class RestoreFailed(PghaError):
-    """An in-place restore failed after the cluster was stopped: the message says how to recover."""
+    """An in-place restore failed; the message says in which state it left the cluster."""
 
     exit_code = 4
 
@@ -69,14 +74,29 @@ def discarded_note(spec: ClusterSpec, when: dt.datetime) -> str:
             "replicas are re-cloned from the restored node")
 
 
+def _cause(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def untouched_message(spec: ClusterSpec, exc: BaseException) -> str:
+    """The one line of a restore that failed before the cluster was touched."""
+    return (f"in-place restore of {spec.scope} failed before the cluster was touched: {_cause(exc)}. "
+            "The cluster still serves, its data as it was; nothing was changed")
+
+
+def rolled_back_message(spec: ClusterSpec, exc: BaseException) -> str:
+    """The one line of a restore whose rebuilt cluster failed, after the old one came back."""
+    return (f"in-place restore of {spec.scope} failed after the swap: {_cause(exc)}. The old data directories "
+            "were put back and the old cluster started again (its data as before the restore)")
+
+
 def down_message(spec: ClusterSpec, target: str, exc: BaseException) -> str:
-    """The one line a failed in-place restore ends with: the cluster is down; how to recover."""
+    """The one line when even the way back failed: the cluster is down; how to recover."""
     # One line: the CLI prints only the first, and the recovery advice must survive.
-    cause = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-    return (f"in-place restore of {spec.scope} failed after the cluster was stopped: {cause}. "
-            f"The cluster is DOWN; its repository volume {bk.repo_volume(spec)} was not touched. "
-            f"Retry `pgha restore --scope {spec.scope} --to '{target}' --in-place --yes`, or restore into a new "
-            f"scope with `--into SCOPE`")
+    return (f"in-place restore of {spec.scope} failed and so did putting the old cluster back: {_cause(exc)}. "
+            f"The cluster is DOWN; the old data is in each node volume's pgdata.pre-restore and the "
+            f"repository volume {bk.repo_volume(spec)} was not touched. Retry `pgha restore --scope {spec.scope} "
+            f"--to '{target}' --in-place --yes`, or restore into a new scope with `--into SCOPE`")
 
 
 def repo_sets(spec: ClusterSpec) -> list[bk.BackupSet]:
@@ -124,20 +144,20 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
 
 
 def restore_volume(source: ClusterSpec, spec: ClusterSpec, member: str, image: str, when: dt.datetime,
-                   base: bk.BackupSet) -> float:
+                   base: bk.BackupSet, pgdata: str = pr.PGDATA) -> float:
     """Restore `source`'s repository to `when` into `member`'s volume of `spec`; seconds of pgBackRest restore.
 
-    A one-shot scratch container (labelled with `spec`'s scope) restores, lets PostgreSQL
-    replay to the target and promote there, resets the recovery settings and stops it.
+    A one-shot scratch container (labelled with `spec`'s scope) restores into `pgdata`, lets
+    PostgreSQL replay to the target and promote there, resets the recovery settings and stops it.
     """
     engine = engines(spec).of(member)
     with pr.scratch(source, engine, f"{spec.scope}-restore", image, pr.ROLE_RESTORE, label_scope=spec.scope,
                     data_volume=spec.volume(member)) as s:
-        restore_s = pr.restore_into(s, source.scope, ["--type=time", f"--target={when.isoformat(' ')}",
-                                                       "--target-action=promote", f"--set={base.label}"],
-                                    source.backup.process_max)
-        pr.start_and_recover(s)
-        pr.stop_postgres(s, reset_settings=True)
+        restore_s = pr.restore_into(s, source, ["--type=time", f"--target={when.isoformat(' ')}",
+                                                "--target-action=promote", f"--set={base.label}"],
+                                    source.backup.process_max, pgdata=pgdata)
+        pr.start_and_recover(s, pgdata=pgdata)
+        pr.stop_postgres(s, reset_settings=True, pgdata=pgdata)
     return restore_s
 
 
@@ -188,27 +208,52 @@ def restore_into_new(spec: ClusterSpec, target: str, into: ClusterSpec) -> Resto
 
 
 def restore_in_place(spec: ClusterSpec, target: str) -> RestoreResult:
-    """Rebuild the live cluster from a restore; any failure after the stop ends in RestoreFailed."""
+    """Restore beside the live data, then swap it in; any failure leaves the old cluster serving (or says why not)."""
     log = get_run_logger()
     started = time.monotonic()
     when, base = preflight_once(preflight, spec, target, None, True)
-    log.warning(discarded_note(spec, when))
     took = {"preflight_s": round(time.monotonic() - started, 1)}
     image = pr.node_image(spec)  # before the nodes go: the image they ran
+    first = spec.node_names()[0]
+    mark = time.monotonic()
     try:
-        mark = time.monotonic()
-        removed = pr.clear_nodes(spec)
-        log.info("removed %s; keys of %s cleared from etcd", ", ".join(removed) or "nothing", spec.scope)
-        took["stop_s"] = round(time.monotonic() - mark, 1)
-        mark = time.monotonic()
-        restore_s = restore_volume(spec, spec, spec.node_names()[0], image, when, base)
-        took["restore_and_replay_s"] = round(time.monotonic() - mark, 1)
-        log.info("restored %s to %s from %s in %.1fs; rebuilding the cluster", spec.scope, when, base.label, restore_s)
-        mark = time.monotonic()
+        restore_s = restore_volume(spec, spec, first, image, when, base, pgdata=pr.STAGED)
+    except Exception as exc:  # noqa: BLE001 - nothing live was touched: drop the copy, say so
+        try:
+            pr.drop_staged(spec, image)
+        except Exception as drop_exc:  # noqa: BLE001 - the live data is intact either way
+            log.warning("could not remove the staged copy: %s", drop_exc)
+        raise RestoreFailed(untouched_message(spec, exc)) from exc
+    took["restore_and_replay_s"] = round(time.monotonic() - mark, 1)
+    log.warning(discarded_note(spec, when))
+    log.info("restored %s to %s from %s in %.1fs beside the live data; swapping it in", spec.scope, when,
+             base.label, restore_s)
+    mark = time.monotonic()
+    leader = patroni.cluster_view(spec).leader()
+    if leader is not None and leader.name != first and spec.nodes > 1:
+        # The way back starts pg-1 alone: its data must be the newest of the old cluster.
+        switchover(spec, leader.name, first, timeout=60)
+    removed = pr.stop_nodes(spec)
+    log.info("removed %s; keys of %s cleared from etcd", ", ".join(removed) or "nothing", spec.scope)
+    took["stop_s"] = round(time.monotonic() - mark, 1)
+    mark = time.monotonic()
+    try:
+        pr.swap_in(spec, image)
         status = adopt_and_grow(spec)
-        took["rebuild_s"] = round(time.monotonic() - mark, 1)
-    except Exception as exc:  # noqa: BLE001 - every failure here leaves the cluster down: say so
-        raise RestoreFailed(down_message(spec, target, exc)) from exc
+        if not status.healthy:
+            raise StateError(f"the restored cluster is not healthy: {'; '.join(status.problems)[:200]}")
+    except Exception as exc:  # noqa: BLE001 - the old cluster must come back
+        log.error("the restored cluster failed (%s); putting the old data back", _cause(exc))
+        try:
+            pr.stop_nodes(spec)
+            pr.swap_back(spec, image)
+            adopt_and_grow(spec)
+        except Exception as back_exc:  # noqa: BLE001 - say the cluster is down, and how to recover
+            raise RestoreFailed(down_message(spec, target, back_exc)) from exc
+        raise RestoreFailed(rolled_back_message(spec, exc)) from exc
+    took["rebuild_s"] = round(time.monotonic() - mark, 1)
+    kept_removed = pr.drop_kept(spec)
+    log.info("old data directories removed from %s", ", ".join(kept_removed) or "no node")
     mark = time.monotonic()
     timeline, archived = archive_new_timeline(spec)
     took["archive_check_s"] = round(time.monotonic() - mark, 1)

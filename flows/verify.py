@@ -27,8 +27,6 @@ from tasks.docker_hosts import engines
 
 def preflight(spec: ClusterSpec, label: str | None) -> None:
     """Refuse a missing set before any container is made (read through a running node, if any)."""
-    if spec.backup.s3 is not None:
-        raise UsageError("verify-restore reads the repository volume; an S3 repository is not supported by it yet")
     pbr.require_repo(spec)
     for m in pbr.running_nodes(spec):
         r = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=layout.NODE_CONF, timeout=60)
@@ -84,13 +82,13 @@ def verify_in_scratch(spec: ClusterSpec, label: str | None, detail: dict[str, ob
 
 def check_copy(spec: ClusterSpec, s: pr.Scratch, label: str | None, result: VerifyResult) -> None:
     """Pick the set, verify its files, restore, recover, check consistency and the canary; fills `result`."""
-    pr.put_conf(s, spec.scope, spec.backup.process_max)
+    pr.put_conf(s, spec, spec.backup.process_max)
     chosen = bk.pick_set(pr.repository_sets(s, spec.scope), label)
     if isinstance(chosen, str):
         raise UsageError(chosen)
     result.label, result.type = chosen.label, chosen.type
     result.verify_s = round(pr.verify_repository(s, spec.scope, chosen.label), 1)
-    result.restore_s = round(pr.restore_into(s, spec.scope, [f"--set={chosen.label}", "--type=immediate",
+    result.restore_s = round(pr.restore_into(s, spec, [f"--set={chosen.label}", "--type=immediate",
                                                               "--target-action=promote"], spec.backup.process_max), 1)
     result.recovery_s = round(pr.start_and_recover(s), 1)
     t = time.monotonic()

@@ -72,11 +72,60 @@ def _ini(sections: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None) -> dict[str, Any]:
+# ---- repository encryption and the S3 repository's TLS (issue 12 / 11) ----
+CIPHER_TYPE = "aes-256-cbc"
+CIPHER_FILE = "cipher.pass"  # in the cluster's state dir (pgbackrest/), 0600; never in env/argv/labels
+S3_CA_FILE = "s3-ca.crt"  # the S3 endpoint's CA, copied next to the node's configs
+
+
+class Cipher(StrEnum):
+    """What a cluster's repository is, as decided once when its pgBackRest state is first made."""
+
+    ENCRYPTED = "encrypted"  # a passphrase exists: every config carries it
+    NEW = "new"  # no pgBackRest state yet and backup.encrypt: generate the passphrase now
+    PLAIN = "plain"  # backup.encrypt is false (and no passphrase was ever made)
+    PLAIN_EXISTING = "plain-existing"  # made before encryption existed: stays unencrypted
+
+
+def cipher_state(encrypt: bool, has_passphrase: bool, state_exists: bool) -> Cipher:
+    """Encryption cannot be switched on an existing repository (pgBackRest encrypts at stanza-create).
+
+    A stored passphrase always wins (the repository cannot be read without it, whatever the
+    spec says now); a repository made before encryption keeps running unencrypted, and the
+    audit says so.
+    """
+    if has_passphrase:
+        return Cipher.ENCRYPTED
+    if not encrypt:
+        return Cipher.PLAIN
+    return Cipher.PLAIN_EXISTING if state_exists else Cipher.NEW
+
+
+def cipher_note(state: Cipher, encrypt: bool) -> str:
+    """The audit's words for the repository's encryption."""
+    if state == Cipher.ENCRYPTED:
+        return CIPHER_TYPE + ("" if encrypt else " (the spec says encrypt: false; an existing encrypted "
+                                                   "repository stays encrypted)")
+    if state == Cipher.PLAIN_EXISTING:
+        return ("none: this repository was created before encryption and cannot be switched in place; "
+                "restore --into a new scope (encrypted) or create a new stanza")
+    return "none (backup.encrypt: false)"
+
+
+def _cipher_options(passphrase: str | None) -> dict[str, Any]:
+    return {"repo1-cipher-type": CIPHER_TYPE, "repo1-cipher-pass": passphrase} if passphrase else {}
+
+
+def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None, passphrase: str | None = None,
+                  conf_dir: str = PGBACKREST_RUN_DIR) -> dict[str, Any]:
     b = spec.backup
     opts: dict[str, Any] = {}
     if b.s3 is not None:
         creds = s3_credentials or {}
+        if b.s3.ca_file:
+            opts["repo1-storage-ca-file"] = f"{conf_dir}/{S3_CA_FILE}"
+        if b.s3.port != 443:
+            opts["repo1-storage-port"] = b.s3.port
         opts.update({
             "repo1-type": "s3",
             "repo1-path": b.s3.path,
@@ -90,6 +139,7 @@ def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None) -> d
         })
     else:
         opts["repo1-path"] = REPO_MOUNT
+    opts.update(_cipher_options(passphrase))
     opts.update({
         "compress-type": b.compress_type.value,
         "log-level-console": "warn",
@@ -101,9 +151,10 @@ def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None) -> d
     return opts
 
 
-def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None) -> str:
+def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None,
+                     passphrase: str | None = None) -> str:
     """Config for every node: archive-push/-get of its own PostgreSQL and its TLS server."""
-    glob = _repo_options(spec, s3_credentials)
+    glob = _repo_options(spec, s3_credentials, passphrase)
     glob.update({
         "tls-server-address": "*",
         "tls-server-port": PGBACKREST_TLS_PORT,
@@ -116,10 +167,11 @@ def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = 
     return _ini([("global", glob), (spec.scope, stanza)])
 
 
-def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None = None) -> str:
+def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None = None,
+                       passphrase: str | None = None) -> str:
     """Config of the backup runner: every node as a TLS remote (pgBackRest finds the primary)."""
     b = spec.backup
-    glob = _repo_options(spec, s3_credentials)
+    glob = _repo_options(spec, s3_credentials, passphrase)
     glob.update({
         "repo1-retention-full": b.retention_full,
         "repo1-retention-diff": b.retention_diff,
@@ -145,11 +197,17 @@ def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: di
     return _ini([("global", glob), (spec.scope, stanza)])
 
 
-def render_scratch_conf(stanza: str, repo_path: str = REPO_MOUNT, process_max: int = 2) -> str:
-    """Config inside a scratch/restore container: a read-only repository, local PGDATA only."""
-    glob = {"repo1-path": repo_path, "process-max": process_max, "log-level-console": "warn",
-            "log-level-stderr": "warn", "log-level-file": "off", "archive-mode": "off"}
-    return _ini([("global", glob), (stanza, {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR})])
+def render_scratch_conf(spec: ClusterSpec, process_max: int = 2, s3_credentials: dict[str, str] | None = None,
+                        passphrase: str | None = None, conf_dir: str = "/etc", pgdata: str = PGDATA) -> str:
+    """Config inside a scratch/restore container: `spec`'s repository read-only, a local PGDATA only.
+
+    The same repository options as the nodes' (path or S3, the cipher), so a scratch box reads
+    an encrypted or S3 repository exactly as the cluster writes it.
+    """
+    glob = _repo_options(spec, s3_credentials, passphrase, conf_dir)
+    glob.update({"process-max": process_max, "log-level-console": "warn", "archive-mode": "off"})
+    glob.pop("compress-level", None)
+    return _ini([("global", glob), (spec.scope, {"pg1-path": pgdata, "pg1-socket-path": SOCKET_DIR})])
 
 
 def scratch_hba() -> str:
@@ -261,6 +319,15 @@ def parse_info(payload: Any, stanza: str) -> tuple[list[BackupSet], str | None, 
         maxs = [a.get("max") for a in st.get("archive", []) or [] if a.get("max")]
         return sorted(sets, key=lambda s: s.start), (min(mins) if mins else None), (max(maxs) if maxs else None)
     return [], None, None
+
+
+def parse_cipher(payload: Any, stanza: str) -> str:
+    """The cipher of one stanza's repository in `pgbackrest info --output=json` ("none" if absent)."""
+    for st in payload if isinstance(payload, list) else []:
+        if st.get("name") == stanza:
+            repos = [r for r in st.get("repo", []) or [] if isinstance(r, dict)]
+            return str((repos[0].get("cipher") if repos else None) or st.get("cipher") or "none")
+    return "none"
 
 
 def pick_set(sets: list[BackupSet], label: str | None) -> BackupSet | str:

@@ -128,10 +128,12 @@ class CompressType(StrEnum):
 
 
 class S3Repo(_Strict):
-    """An S3-compatible pgBackRest repository instead of the Docker volume (documented, untested here).
+    """An S3-compatible pgBackRest repository instead of the Docker volume.
 
     The access key and secret are never in the spec: put them in the cluster's state directory
-    as `s3-credentials.json` ({"key": ..., "secret": ...}, mode 0600).
+    as `s3-credentials.json` ({"key": ..., "secret": ...}, mode 0600); pgha writes them into the
+    nodes' 0600 pgBackRest configs only (never env, argv or labels). Tested against a local
+    S3 server over TLS (tests/integration/test_backup_hardening.py).
     """
 
     bucket: str = Field(..., min_length=3)
@@ -140,6 +142,13 @@ class S3Repo(_Strict):
     path: str = Field("/pgha", description="repository path inside the bucket")
     uri_style: str = Field("host", pattern="^(host|path)$")
     verify_tls: bool = True
+    # --- b-backup: TLS to a private S3 endpoint ---
+    port: int = Field(443, ge=1, le=65535, description="the endpoint's HTTPS port")
+    ca_file: str | None = Field(None, description="host path of a PEM CA that signed the endpoint's certificate "
+                                                 "(copied into the nodes as repo1-storage-ca-file)")
+    network: str | None = Field(None, description="an existing Docker network through which the endpoint is "
+                                                 "reached (a private S3 server in a container); nodes and restore "
+                                                 "boxes join it. Absent: the default route")
 
 
 class BackupSpec(_Strict):
@@ -158,6 +167,13 @@ class BackupSpec(_Strict):
         False, description="pg_amcheck --heapallindexed in the verification: also prove every heap tuple has its "
                            "index entries (about 3x slower); the default checks every heap page and B-tree structure")
     s3: S3Repo | None = None
+    # --- b-backup: repository encryption, backup-age thresholds ---
+    encrypt: bool = Field(True, description="encrypt the repository (pgBackRest aes-256-cbc, a generated passphrase "
+                                            "kept 0600 in the state directory) when it is created; an existing "
+                                            "unencrypted repository stays as it is (the audit says so)")
+    full_every_h: float = Field(168, gt=0, description="how often a full backup is scheduled (deployments: weekly); "
+                                                       "the audit warns at 1.5x this age, critical at 2x")
+    diff_every_h: float = Field(24, gt=0, description="how often a diff backup is scheduled (deployments: daily)")
 
 
 class PoolMode(StrEnum):

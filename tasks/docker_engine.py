@@ -400,6 +400,10 @@ class Engine:
         with _engine_call(f"disconnect {name} from {network}"):
             self.client.networks.get(network).disconnect(name, force=True)
 
+    def network_exists(self, network: str) -> bool:
+        with _engine_call(f"look up network {network}"):
+            return any(n.name == network for n in self.client.networks.list(names=[network]))
+
     def connect(self, name: str, network: str) -> bool:
         """Attach the container to the network if it is not; True when it had to be attached."""
         if self.attached(name, network):

@@ -35,18 +35,22 @@ class Scratch:
 
 @contextmanager
 def scratch(engine: Engine, scope: str, role: str, name: str, image: str, data_target: str,
-            data_volume: str | None = None, read_only: dict[str, str] | None = None) -> Iterator[Scratch]:
+            data_volume: str | None = None, read_only: dict[str, str] | None = None,
+            network: str | None = None, internal: bool = True) -> Iterator[Scratch]:
     """A scratch container `name` with a data volume at `data_target` and `read_only` volumes
     (volume -> path); its network (internal) and own volume are removed on exit.
 
     A given `data_volume` (a live node's, for a restore) is used and kept; otherwise the
-    container gets its own volume, removed with it.
+    container gets its own volume, removed with it. A given `network` (an S3 repository's
+    route) is joined and kept; `internal=False` gives the box's own network a default route
+    (an S3 repository reached through it).
     """
     engine.remove_labelled(scope, role, volumes=True)  # what a killed earlier run left
-    net, vol = f"{name}-net", data_volume or f"{name}-data"
+    net, vol = network or f"{name}-net", data_volume or f"{name}-data"
     s = Scratch(NodeExec(engine, name), scope, net, vol, role)
     try:
-        engine.ensure_network(scope, net, internal=True, role=role)
+        if network is None:
+            engine.ensure_network(scope, net, internal=internal, role=role)
         if data_volume is None:
             engine.ensure_volume(scope, role, name, vol)
         mounts = [Mount(target=data_target, source=vol, type="volume")]
@@ -56,7 +60,7 @@ def scratch(engine: Engine, scope: str, role: str, name: str, image: str, data_t
     finally:
         if engine.remove_container(name):
             s.removed.append(name)
-        if engine.remove_network(net):
+        if network is None and engine.remove_network(net):
             s.removed.append(net)
         if data_volume is None and engine.remove_volume(vol):
             s.removed.append(vol)

@@ -12,10 +12,12 @@ the `@task`s are the steps flows call.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -23,6 +25,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from stack import backup as bk
 from stack import layout
+from stack.audit_backup import RepoObs
 from stack.backup_tls import make_certificates
 from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
@@ -52,6 +55,38 @@ def certificates(spec: ClusterSpec) -> dict[str, str]:
     return certs
 
 
+def cipher(spec: ClusterSpec) -> tuple[bk.Cipher, str | None]:
+    """The repository's encryption and its passphrase (generated once, 0600 in the state dir).
+
+    Decided before the first node config is written: a cluster whose nodes already had a
+    pgBackRest config (`config/<member>/pgbackrest/node.conf`) and no passphrase made its
+    repository unencrypted, and it stays so. (Not the CA's presence: other TLS work may make
+    the cluster's CA before any backup exists.)
+    """
+    path = cluster_dir(spec.scope) / "pgbackrest" / bk.CIPHER_FILE
+    configured = any((cluster_dir(spec.scope) / "config").glob(f"*/{layout.PGBACKREST_HOST_SUBDIR}/node.conf"))
+    state = bk.cipher_state(spec.backup.encrypt, path.exists(), configured)
+    if state == bk.Cipher.NEW:
+        write_private(path, secrets.token_urlsafe(48))
+        state = bk.Cipher.ENCRYPTED
+    return state, (path.read_text().strip() if state == bk.Cipher.ENCRYPTED else None)
+
+
+def passphrase(spec: ClusterSpec) -> str | None:
+    return cipher(spec)[1]
+
+
+def s3_ca(spec: ClusterSpec) -> str | None:
+    """The S3 endpoint's CA certificate text (spec.backup.s3.ca_file, a host path), if any."""
+    s3 = spec.backup.s3
+    if s3 is None or not s3.ca_file:
+        return None
+    try:
+        return Path(s3.ca_file).read_text()
+    except OSError as exc:
+        raise StateError(f"backup.s3.ca_file {s3.ca_file} cannot be read: {exc.strerror}") from None
+
+
 def s3_credentials(spec: ClusterSpec) -> dict[str, str] | None:
     path = cluster_dir(spec.scope) / "s3-credentials.json"
     if spec.backup.s3 is None or not path.exists():
@@ -66,10 +101,22 @@ def running_nodes(spec: ClusterSpec) -> list[str]:
 def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
     """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
     host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
+    s3 = spec.backup.s3
+    if s3 is not None and s3.network and s3.network != spec.network:
+        # The S3 endpoint's route (a private S3 server in a container); a recreated container
+        # gets it back the next time a flow installs these files (bootstrap and every backup).
+        eng = engines(spec).of(member)
+        if not eng.network_exists(s3.network):
+            raise StateError(f"backup.s3.network {s3.network} does not exist; create it (the S3 endpoint's network) "
+                             "or remove the key")
+        eng.connect(spec.container(member), s3.network)
+    pw = passphrase(spec)  # before certificates(): a first run decides encryption
     files = dict(certificates(spec))
     creds = s3_credentials(spec)
-    files["node.conf"] = bk.render_node_conf(spec, creds)
-    files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds)
+    if (ca := s3_ca(spec)) is not None:
+        files[bk.S3_CA_FILE] = ca
+    files["node.conf"] = bk.render_node_conf(spec, creds, pw)
+    files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds, pw)
     for name, text in files.items():
         write_private(host_dir / name, text)
     script = (
@@ -147,6 +194,28 @@ def parse_info_json(text: str, stanza: str) -> tuple[list[bk.BackupSet], str | N
         return bk.parse_info(json.loads(text), stanza)
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+
+
+def repo_cipher(spec: ClusterSpec, member: str) -> str:
+    """The cipher `pgbackrest info` reports for the stanza's repository ("none" when unencrypted)."""
+    text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", timeout=60)
+    try:
+        return bk.parse_cipher(json.loads(text), spec.scope)
+    except ValueError as exc:
+        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+
+
+def repo_obs(spec: ClusterSpec) -> RepoObs:
+    """Sets and cipher of the repository, read with `pgbackrest info` in the first running node (read-only)."""
+    nodes = running_nodes(spec)
+    if not nodes:
+        raise BackupError(f"no node of {spec.scope} runs to read its repository")
+    text = run_ok(spec, nodes[0], ["info", "--output=json"], "pgbackrest info", timeout=60)
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+    return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
 
 
 def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bk.BackupSet], str | None, str | None]:

@@ -27,11 +27,17 @@ from tasks.docker_engine import Engine
 from tasks.docker_hosts import engines
 from tasks.docker_scratch import Scratch
 from tasks.host.state import secrets_file, write_private
-from tasks.node_exec import last_lines
-from tasks.pgbackrest import BackupError, parse_info_json, verified
+from tasks.node_exec import last_lines, node
+from tasks.pgbackrest import BackupError, parse_info_json, passphrase, s3_ca, s3_credentials, verified
 
 ROLE_VERIFY = "verify"
 ROLE_RESTORE = "restore"
+ROLE_SWAP = "restore-swap"
+# In-place restore: the restored copy is made BESIDE the live data directory in pg-1's volume
+# while the cluster serves, then swapped in by renames (Docker volumes cannot be renamed, and a
+# rename inside the volume costs nothing where a copy to a new volume costs the database's size).
+STAGED = f"{DATA_MOUNT}/pgdata.restored"
+KEPT = f"{DATA_MOUNT}/pgdata.pre-restore"  # the old data, kept until the restored cluster is healthy
 # pgBackRest's fallback default path (the Debian package has no /etc/pgbackrest/): the
 # restore_command it writes then needs no --config.
 SCRATCH_CONF = "/etc/pgbackrest.conf"
@@ -50,16 +56,32 @@ def node_image(spec: ClusterSpec) -> str:
 @contextmanager
 def scratch(spec: ClusterSpec, engine: Engine, name: str, image: str, role: str, label_scope: str | None = None,
             data_volume: str | None = None) -> Iterator[Scratch]:
-    """A scratch box (`tasks.docker_scratch`) with `spec`'s repository mounted read-only."""
+    """A scratch box (`tasks.docker_scratch`) with `spec`'s repository mounted read-only.
+
+    With an S3 repository there is no volume to mount: the box reaches the endpoint through
+    `backup.s3.network` when the spec names one (a private S3 server in a container), else
+    through its own network with a default route. Its PostgreSQL listens on no TCP address either way.
+    """
+    s3 = spec.backup.s3
+    read_only = {bk.repo_volume(spec): layout.REPO_MOUNT} if s3 is None else {}
     with docker_scratch.scratch(engine, label_scope or spec.scope, role, name, image, DATA_MOUNT, data_volume,
-                                read_only={bk.repo_volume(spec): layout.REPO_MOUNT}) as s:
+                                read_only=read_only, network=s3.network if s3 is not None else None,
+                                internal=s3 is None) as s:
         yield s
 
 
 # ---- inside a scratch container ----
 
-def put_conf(s: Scratch, stanza: str, process_max: int) -> None:
-    s.node.put_file(SCRATCH_CONF, bk.render_scratch_conf(stanza, process_max=process_max), 0o644)
+def put_conf(s: Scratch, spec: ClusterSpec, process_max: int, pgdata: str = PGDATA) -> None:
+    """The scratch box's pgBackRest config (0600, postgres's: it may carry the cipher passphrase
+    and S3 keys); at pgBackRest's default path, so the restore_command it writes needs no --config."""
+    if (ca := s3_ca(spec)) is not None:
+        s.node.put_file(f"/etc/{bk.S3_CA_FILE}", ca, 0o644)
+    text = bk.render_scratch_conf(spec, process_max, s3_credentials(spec), passphrase(spec), "/etc", pgdata)
+    s.node.put_file(SCRATCH_CONF, text, 0o600)
+    r = s.run(["chown", "postgres:postgres", SCRATCH_CONF], user="root")
+    if not r.ok:
+        raise BackupError(f"cannot hand the scratch pgBackRest config to postgres: {r.tail()}")
 
 
 def repository_sets(s: Scratch, stanza: str) -> list[bk.BackupSet]:
@@ -94,11 +116,15 @@ def verify_repository(s: Scratch, stanza: str, label: str | None) -> float:
 
 
 @task(name="scratch-restore", **ONCE)
-def restore_into(s: Scratch, stanza: str, restore_args: list[str], process_max: int, timeout: int = 1800) -> float:
-    """`pgbackrest restore` into the scratch volume's PGDATA; seconds taken."""
-    put_conf(s, stanza, process_max)
+def restore_into(s: Scratch, spec: ClusterSpec, restore_args: list[str], process_max: int, timeout: int = 1800,
+                 pgdata: str = PGDATA) -> float:
+    """`pgbackrest restore` of `spec`'s repository into `pgdata` (empty or absent); seconds taken."""
+    put_conf(s, spec, process_max, pgdata)
+    stanza = spec.scope
+    # A staged copy beside live data (in-place restore) starts from nothing: a killed run's leftovers go.
+    fresh = f" && rm -rf {pgdata}" if pgdata != PGDATA else ""
     r = s.run(["sh", "-c", f"install -d -o postgres -g postgres -m 0700 {DATA_MOUNT} "
-                           f"&& install -d -o postgres -g postgres -m 2775 {layout.SOCKET_DIR}"], user="root")
+                           f"&& install -d -o postgres -g postgres -m 2775 {layout.SOCKET_DIR}{fresh}"], user="root")
     if not r.ok:
         raise BackupError(f"cannot prepare the scratch data directory: {last_lines(r.out + r.err)}")
     started = time.monotonic()
@@ -109,7 +135,7 @@ def restore_into(s: Scratch, stanza: str, restore_args: list[str], process_max: 
 
 
 @task(name="scratch-start-and-recover", **ONCE)
-def start_and_recover(s: Scratch, timeout: int = 900) -> float:
+def start_and_recover(s: Scratch, timeout: int = 900, pgdata: str = PGDATA) -> float:
     """Start the restored PostgreSQL (socket only, no archiving) and wait until it promoted; seconds."""
     s.node.put_file(SCRATCH_HBA, bk.scratch_hba(), 0o644)
     opts = [
@@ -118,7 +144,7 @@ def start_and_recover(s: Scratch, timeout: int = 900) -> float:
         "-c primary_conninfo=''", "-c primary_slot_name=''", "-c shared_buffers=128MB", "-c logging_collector=off",
     ]
     started = time.monotonic()
-    r = s.run(["pg_ctl", "-D", PGDATA, "-w", "-t", str(timeout), "-l", SCRATCH_LOG, "-o", " ".join(opts), "start"],
+    r = s.run(["pg_ctl", "-D", pgdata, "-w", "-t", str(timeout), "-l", SCRATCH_LOG, "-o", " ".join(opts), "start"],
               timeout=timeout + 30)
     if not r.ok:
         log = _log_tail(s, 30)
@@ -163,7 +189,7 @@ def database_count(s: Scratch) -> str:
 
 
 @task(name="scratch-stop", **ONCE)
-def stop_postgres(s: Scratch, reset_settings: bool = False) -> None:
+def stop_postgres(s: Scratch, reset_settings: bool = False, pgdata: str = PGDATA) -> None:
     """Stop the restored PostgreSQL cleanly; first reset what pgBackRest wrote, when Patroni adopts it.
 
     Patroni owns the configuration of the node that adopts the data directory, so the
@@ -172,7 +198,7 @@ def stop_postgres(s: Scratch, reset_settings: bool = False) -> None:
     if reset_settings:
         sql(s, "alter system reset all")
         sql(s, "checkpoint")
-    r = s.run(["pg_ctl", "-D", PGDATA, "-m", "fast", "-w", "-t", "120", "stop"], timeout=150)
+    r = s.run(["pg_ctl", "-D", pgdata, "-m", "fast", "-w", "-t", "120", "stop"], timeout=150)
     if not r.ok:
         raise BackupError(f"the restored PostgreSQL did not stop: {r.tail()}")
 
@@ -188,6 +214,68 @@ def copy_password_file(source: ClusterSpec, into: ClusterSpec) -> None:
 @task(name="restore-node-volume", **ONCE)
 def ensure_node_volume(spec: ClusterSpec, member: str) -> None:
     engines(spec).of(member).ensure_volume(spec.scope, "patroni", member, spec.volume(member))
+
+
+@task(name="restore-stop-nodes", **ONCE)
+def stop_nodes(spec: ClusterSpec) -> list[str]:
+    """Remove the Patroni and HAProxy containers and clear the scope's Patroni keys; volumes stay as they are.
+
+    etcd, the network, the repository and the state directory stay. Without the old keys the
+    node started first bootstraps as a new cluster's leader from the data directory it finds.
+    """
+    eng = engines(spec)
+    removed = [spec.container(m) for m in [*spec.node_names(), spec.haproxy_member]
+               if eng.of(m).remove_container(spec.container(m))]
+    etcd.delete_scope_keys(spec)
+    return removed
+
+
+def _in_volume(spec: ClusterSpec, member: str, image: str, script: str, what: str) -> None:
+    """Run `script` as root in a scratch box holding `member`'s data volume at DATA_MOUNT."""
+    engine = engines(spec).of(member)
+    with docker_scratch.scratch(engine, spec.scope, ROLE_SWAP, f"{spec.scope}-{member}-swap", image, DATA_MOUNT,
+                                data_volume=spec.volume(member)) as s:
+        r = s.run(["sh", "-ec", script], user="root", timeout=300)
+        if not r.ok:
+            raise BackupError(f"{what} in {spec.volume(member)} failed: {r.tail()}")
+
+
+@task(name="restore-swap-in", **ONCE)
+def swap_in(spec: ClusterSpec, image: str) -> None:
+    """Every node's data directory moved aside (one generation kept); pg-1 gets the restored copy.
+
+    The replicas' volumes are left without a data directory, so Patroni re-clones them.
+    """
+    for i, m in enumerate(spec.node_names()):
+        script = f"rm -rf {KEPT}; if [ -d {PGDATA} ]; then mv {PGDATA} {KEPT}; fi"
+        if i == 0:
+            script += f"; mv {STAGED} {PGDATA}"
+        _in_volume(spec, m, image, script, "moving the data directory aside")
+
+
+@task(name="restore-swap-back", **ONCE)
+def swap_back(spec: ClusterSpec, image: str) -> None:
+    """Undo `swap_in`: the kept data directories back in place, the restored copy dropped."""
+    for m in spec.node_names():
+        _in_volume(spec, m, image, f"if [ -d {KEPT} ]; then rm -rf {PGDATA} && mv {KEPT} {PGDATA}; fi; rm -rf {STAGED}",
+                   "putting the old data directory back")
+
+
+@task(name="restore-drop-staged", **ONCE)
+def drop_staged(spec: ClusterSpec, image: str) -> None:
+    """Remove a half-made restored copy beside pg-1's live data (the live data is not touched)."""
+    _in_volume(spec, spec.node_names()[0], image, f"rm -rf {STAGED}", "removing the staged copy")
+
+
+@task(name="restore-drop-kept", **ONCE)
+def drop_kept(spec: ClusterSpec) -> list[str]:
+    """After success: the old data directories removed from the running nodes' volumes."""
+    done = []
+    for m in spec.node_names():
+        r = node(spec, m).run(["rm", "-rf", KEPT], user="root", timeout=300)
+        if r.ok:
+            done.append(m)
+    return done
 
 
 @task(name="restore-clear-nodes", **ONCE)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import psycopg
 
 from stack.audit import PostgresObs, ReplicationRow
+from stack.audit_backup import ArchiverObs
 from stack.errors import PostgresError
 from stack.layout import SOCKET_DIR, SUPERUSER
 from stack.rolling import Setting
@@ -178,6 +179,16 @@ def audit_stats(spec: ClusterSpec, secrets: Secrets) -> PostgresObs:
 
 
 # ---- SQL on one member, over its Unix socket ----
+
+
+def archiver_stats(spec: ClusterSpec, secrets: Secrets) -> ArchiverObs:
+    """pg_stat_archiver of the primary (through the R/W port)."""
+    with _audit_connect(spec, secrets) as conn:
+        row = conn.execute("select archived_count, failed_count, last_archived_wal, last_archived_time, "
+                           "last_failed_wal, last_failed_time from pg_stat_archiver").fetchone()
+    if row is None:
+        raise PostgresError("pg_stat_archiver returned no row")
+    return ArchiverObs(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5])
 
 
 def literal(value: str) -> str:

@@ -3,7 +3,10 @@
 One 2-node / 1-etcd cluster: write t1, full backup, write t2, note the time, write t3; a
 target outside the range is refused with nothing changed; then the in-place restore to the
 noted time keeps t1 and t2, drops t3, re-clones the replica, opens a new timeline, and
-archiving (and a later backup) works on it.
+archiving (and a later backup) works on it. The restored copy was made beside the live data
+and swapped in; once the rebuilt cluster is healthy neither the staged copy nor the old data
+directories remain in the volumes. (A restore that fails before the swap, with missing WAL:
+tests/integration/test_backup_hardening.py.)
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ def test_in_place_restore(cluster_ip: Cluster, engine: docker.DockerClient) -> N
     assert timeline(c) == r["timeline"]
     print("in-place restore:", {k: v for k, v in r.items() if k.endswith("_s")})  # noqa: T201
     assert str(r["history_archived"]).endswith(".history"), r
+    for m in SPEC_NODES:  # the swap's leftovers are gone once the rebuilt cluster is healthy
+        left = engine.containers.get(c.container(m)).exec_run(["ls", "-a", "/var/lib/postgresql/data"]).output.decode()
+        assert "pgdata.restored" not in left and "pgdata.pre-restore" not in left, (m, left)
     # The restored cluster takes writes and its archiving works: a new backup (from the
     # re-cloned replica, on the new timeline) succeeds.
     sql(c, "insert into pitr (tag) values ('t4')")
