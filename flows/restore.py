@@ -27,6 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.steps import preflight_once
+from flows.steps.approval import require_approval
 from flows.steps.converge import bootstrap_preflight, converge
 from flows.steps.ops import mutating_flow
 from stack import backup as bk
@@ -194,6 +195,7 @@ def restore_in_place(spec: ClusterSpec, target: str) -> RestoreResult:
     when, base = preflight_once(preflight, spec, target, None, True)
     log.warning(discarded_note(spec, when))
     took = {"preflight_s": round(time.monotonic() - started, 1)}
+    require_approval(spec, "in-place restore")  # a deployment run pauses for the typed scope
     image = pr.node_image(spec)  # before the nodes go: the image they ran
     try:
         mark = time.monotonic()

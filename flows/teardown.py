@@ -6,6 +6,7 @@ import shutil
 
 from prefect import flow, get_run_logger, task
 
+from flows.steps.approval import require_approval
 from flows.steps.ops import mutating_flow
 from stack.results import TeardownResult
 from stack.spec import ClusterSpec
@@ -38,6 +39,8 @@ def remove_state(spec: ClusterSpec) -> bool:
 @mutating_flow("teardown")
 def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: B008
              wait_seconds: WaitSeconds = 0) -> TeardownResult:
+    if volumes:
+        require_approval(spec, "teardown with volumes")  # a deployment run pauses for the typed scope
     removed = remove_resources(spec, volumes)
     result = TeardownResult(scope=spec.scope, **removed)
     if volumes:
