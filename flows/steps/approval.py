@@ -32,9 +32,9 @@ class DestructiveApproval(RunInput):
 
 def in_deployment_run() -> bool:
     try:
-        from prefect.runtime import flow_run
+        from prefect.runtime import deployment
 
-        return bool(flow_run.deployment_id)
+        return bool(deployment.id)
     except Exception:  # noqa: BLE001 - outside Prefect: not a deployment run
         return False
 
