@@ -81,14 +81,26 @@ class EphemeralApi:
         before the first flow.
         """
         with self._lock:
-            if self._proc is not None or self._published or os.environ.get("PREFECT_API_URL"):
+            if self._proc is not None or self._published:
+                return
+            if os.environ.get("PREFECT_API_URL"):
+                self._authenticate(os.environ["PREFECT_API_URL"])
                 return
             if found := running_server():
-                self._publish({"PREFECT_API_URL": f"{found}/api", "PREFECT_UI_URL": found})
+                self._publish({"PREFECT_API_URL": f"{found}/api", "PREFECT_UI_URL": found, **_server_auth()})
                 return
             if _configured_api_url():
                 return
             self._spawn()
+
+    def _authenticate(self, url: str) -> None:
+        """PREFECT_API_URL names pgha's own server (this state directory's): use its credentials
+        unless PREFECT_API_AUTH_STRING is given."""
+        if os.environ.get("PREFECT_API_AUTH_STRING"):
+            return
+        found = running_server()
+        if found and url.rstrip("/") == f"{found}/api" and (auth := _server_auth()):
+            self._publish(auth)
 
     def wait_ready(self) -> None:
         """Block until the server answers /health; no-op when pgha did not start one."""
@@ -147,6 +159,9 @@ class EphemeralApi:
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
         self._ready = False
         self._publish({"PREFECT_API_URL": self.url,
+                       # One process, nothing to exclude across machines: mutating flows keep to
+                       # the host flock (tasks/cluster_limit.py skips the global limit).
+                       "PGHA_EPHEMERAL_API": "1",
                        # The UI URL would otherwise be inferred from the API URL: a link to a
                        # server that has no UI and is gone when pgha exits.
                        "PREFECT_UI_URL": os.environ.get("PREFECT_UI_URL", "")})
@@ -243,6 +258,16 @@ def running_server() -> str | None:
     from tasks import prefect_server
 
     return prefect_server.recorded_url()
+
+
+def _server_auth() -> dict[str, str]:
+    """PREFECT_API_AUTH_STRING for pgha's server, from its 0600 file in the state directory (empty without)."""
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        return {}
+    from tasks import prefect_server
+
+    auth = prefect_server.auth_string()
+    return {"PREFECT_API_AUTH_STRING": auth} if auth else {}
 
 
 def _free_port() -> int:

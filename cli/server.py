@@ -28,7 +28,8 @@ def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help=
     from tasks import prefect_server as ps
 
     progress(ps.start_all(with_alerts=alerts))
-    render.line(f"UI: {ps.ui_url()}   use it from a shell: export PREFECT_API_URL={ps.api_url()}")
+    render.line(f"UI: {ps.ui_url()} (login: the contents of {ps.auth_file()})")
+    render.line(f"from a shell: export PREFECT_API_URL={ps.api_url()} PREFECT_API_AUTH_STRING=\"$(cat {ps.auth_file()})\"")
 
 
 @server_app.command("stop")
@@ -51,9 +52,42 @@ def server_status(as_json: bool = typer.Option(False, "--json")) -> Done[dict[st
 
 @alerts_app.command("apply")
 @command()
-def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts file (default deployments/alerts.yaml)")) -> None:
+def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts file (default deployments/alerts.yaml)"),
+                 scope: list[str] = typer.Option([], "--scope", help="clusters watched by the proactive alerts "  # noqa: B008
+                                                 "(repeatable; default: every cluster brought up from here)")) -> None:
     """Create or update the alert automations and their webhook block; re-applying never duplicates."""
     from stack.alerts import ALERTS_FILE
+    from stack.spec import parse_spec
     from tasks import prefect_server as ps
 
-    progress(ps.apply_alerts(file or ALERTS_FILE))
+    for s in scope:  # the spec's own rule for a scope, before anything is applied
+        parse_spec({"scope": s}, "--scope")
+    progress(ps.apply_alerts(file or ALERTS_FILE, scopes=list(scope) or None))
+
+
+worker_app = typer.Typer(no_args_is_help=True, help="More workers in the `pgha` work pool (on this or other machines).")
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("start")
+@command()
+def worker_start(
+    name: str = typer.Option(..., "--name", help="this worker's name (its pid and log under <state>/server/)"),
+    api_url: str | None = typer.Option(None, "--api-url", help="a remote server's API (http://HOST:PORT/api); "
+                                       "default: this state directory's server"),
+    auth_file: Path | None = typer.Option(None, "--auth-file", help="a 0600 copy of the server's api-auth file "
+                                          "(never the secret itself on the command line)"),
+) -> None:
+    """Start a worker in the `pgha` pool; idempotent. Runs go to whichever worker polls first."""
+    from tasks import prefect_server as ps
+
+    progress([ps.start_extra_worker(name, api_url, auth_file)])
+
+
+@worker_app.command("stop")
+@command()
+def worker_stop(name: str = typer.Option(..., "--name")) -> None:
+    """Stop the worker `pgha worker start --name` started (nothing else)."""
+    from tasks import prefect_server as ps
+
+    progress([ps.stop_extra_worker(name)])

@@ -31,6 +31,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.steps import preflight_once
+from flows.steps.approval import require_approval
 from flows.steps.cluster import switchover
 from flows.steps.converge import bootstrap_preflight, converge
 from flows.steps.ops import mutating_flow
@@ -213,6 +214,7 @@ def restore_in_place(spec: ClusterSpec, target: str) -> RestoreResult:
     started = time.monotonic()
     when, base = preflight_once(preflight, spec, target, None, True)
     took = {"preflight_s": round(time.monotonic() - started, 1)}
+    require_approval(spec, "in-place restore")  # a deployment run pauses for the typed scope
     image = pr.node_image(spec)  # before the nodes go: the image they ran
     first = spec.node_names()[0]
     mark = time.monotonic()

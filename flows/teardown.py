@@ -15,6 +15,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 
+from flows.steps.approval import in_deployment_run, require_approval
 from flows.steps.ops import mutating_flow
 from stack.backup import repo_volume
 from stack.errors import UsageError
@@ -72,6 +73,11 @@ def repository_kept(spec: ClusterSpec) -> bool:
 @mutating_flow("teardown")
 def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: B008
              wait_seconds: WaitSeconds = 0, purge_backups: bool = False, confirm: str = "") -> TeardownResult:
+    if volumes and in_deployment_run():
+        # A deployment run (UI, schedule, automation): the scope typed in the paused run's form is
+        # the confirmation; it is asked before anything changes.
+        require_approval(spec, "teardown with volumes")
+        confirm = spec.scope
     if (why := confirm_refusal(spec.scope, volumes, purge_backups, confirm)) is not None:
         raise UsageError(why)
     keep = [] if purge_backups else [repo_volume(spec)]

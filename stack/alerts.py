@@ -71,9 +71,22 @@ class Alert(_Strict):
         return v
 
 
+class Silence(_Strict):
+    """Proactive alerts: silence is a failure too (issue 12). One automation per cluster and kind."""
+
+    enabled: bool = True
+    audit_within_s: int = Field(3600, ge=10, le=7 * 86400,
+                                description="alert when no health audit of a cluster completed within this")
+    backup_within_s: int = Field(26 * 3600, ge=10, le=30 * 86400,
+                                 description="alert when no backup of a cluster completed within this")
+    unhealthy_after_failure: bool = Field(True, description="alert when a mutating flow failed and left the "
+                                                            "cluster unhealthy")
+
+
 class AlertsFile(_Strict):
     notification: Notification = Field(default_factory=Notification)  # type: ignore[arg-type]
     alerts: list[Alert] = Field(min_length=1)
+    silence: Silence = Field(default_factory=Silence)  # type: ignore[arg-type]
 
     @field_validator("alerts")
     @classmethod
@@ -148,3 +161,72 @@ def trigger(alert: Alert) -> dict[str, Any]:
 
 
 WEBHOOK_JSON = {"subject": "{{subject}}", "body": "{{body}}", "source": "pgha"}
+
+
+# ---- event alerts: proactive (silence) and the unhealthy-after-failure one ----------------------
+# Their templates read the event (`event.resource`, `event.payload`), not a flow run.
+AUDIT_EVENT = "pgha.audit.completed"  # tasks/events.py emits it at the end of every audit
+BACKUP_EVENT = "pgha.backup.completed"  # the backup operation's end (flows/steps/ops.operation)
+UNHEALTHY_EVENT = "pgha.cluster.unhealthy-after-failure"
+SILENCE_PREFIX = "pgha-silence-"
+UNHEALTHY_ALERT = "pgha-unhealthy-after-failure"
+
+
+class EventAlert(_Strict):
+    """One automation on pgha events: its name, trigger (EventTrigger fields) and notification text."""
+
+    name: str
+    description: str
+    trigger: dict[str, Any]
+    subject: str
+    body: str
+
+
+def _human(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def silence_alerts(cfg: AlertsFile, scopes: list[str]) -> list[EventAlert]:
+    """Per cluster: no `pgha.audit.completed` within the audit window, no backup within the backup window.
+
+    A Proactive trigger without `for_each` opens its window when the automation is (re)applied
+    and fires when the window closes without the expected event; then the next window opens, so
+    a silent cluster is reported once per window until its audits (backups) come back.
+    """
+    if not cfg.silence.enabled:
+        return []
+    out = []
+    for scope in sorted(set(scopes)):
+        for kind, event, within in (("audit", AUDIT_EVENT, cfg.silence.audit_within_s),
+                                    ("backup", BACKUP_EVENT, cfg.silence.backup_within_s)):
+            what = "health audit" if kind == "audit" else "backup"
+            out.append(EventAlert(
+                name=f"{SILENCE_PREFIX}{kind}-{scope}",
+                description=f"No {what} of cluster {scope} completed within {_human(within)} "
+                            f"(expects {event} for pgha.cluster.{scope}).",
+                trigger={"type": "event", "posture": "Proactive", "expect": [event],
+                         "match": {"prefect.resource.id": f"pgha.cluster.{scope}"}, "threshold": 1,
+                         "within": within},
+                subject=f"pgha: no {what} of cluster {scope} within {_human(within)}",
+                body=(f"cluster: {scope}\nno {what} completed within {_human(within)}: its deployment did not run, "
+                      f"its worker is down, or the run never ended.\nexpected event: {event}\n"),
+            ))
+    return out
+
+
+def unhealthy_alert(cfg: AlertsFile) -> list[EventAlert]:
+    if not cfg.silence.unhealthy_after_failure:
+        return []
+    return [EventAlert(
+        name=UNHEALTHY_ALERT,
+        description="A mutating flow failed (not a refused input) and the cluster was not healthy afterwards.",
+        trigger={"type": "event", "posture": "Reactive", "expect": [UNHEALTHY_EVENT],
+                 "match": {"prefect.resource.id": "pgha.cluster.*"}, "threshold": 1, "within": 0},
+        subject="pgha: {{ event.payload.operation }} failed and left cluster {{ event.payload.scope }} unhealthy",
+        body=("cluster: {{ event.payload.scope }}\noperation: {{ event.payload.operation }}\n"
+              "error: {{ event.payload.error }}\nproblems: {{ event.payload.problems }}\n"),
+    )]

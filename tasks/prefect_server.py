@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,9 +62,47 @@ def prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+# ---- API authentication (issue 12): Prefect 3's self-hosted basic auth -------------------------
+AUTH_FILE = "api-auth"  # "pgha:<token>", 0600 in the state directory's server/ dir
+AUTH_USER = "pgha"
+
+
+def auth_file() -> Path:
+    return server_dir() / AUTH_FILE
+
+
+def auth_string(create: bool = False) -> str | None:
+    """The server's basic-auth string ("pgha:<token>") from its 0600 file; made once when `create`.
+
+    The file is the only place it is stored. It reaches the server, the CLI's `prefect` calls
+    and the worker (hence its flow runs) as PREFECT_SERVER_API_AUTH_STRING /
+    PREFECT_API_AUTH_STRING in their environment, never in argv: /proc/<pid>/environ is
+    readable by the same user (and root) only, the same people who can read the file.
+    """
+    path = auth_file()
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    if text.startswith(f"{AUTH_USER}:") and len(text) > len(AUTH_USER) + 20:
+        path.chmod(0o600)
+        return text
+    if not create:
+        return None
+    import secrets
+
+    from tasks.host.state import write_private
+
+    text = f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
+    write_private(path, text + "\n")
+    return text
+
+
 def env() -> dict[str, str]:
     """What the server, the CLI calls and the worker (hence every flow run) see."""
     e = dict(os.environ)
+    if (auth := auth_string()) is not None:
+        e["PREFECT_API_AUTH_STRING"] = auth  # the client side; the server's own is added in Proc.start
     e.update(
         PREFECT_API_URL=api_url(),
         PREFECT_UI_URL=ui_url(),
@@ -110,11 +149,15 @@ class Proc:
                 time.sleep(0.05)
         except (OSError, ValueError, IndexError):
             return None
-        return pid if b"prefect" in cmdline else None
+        # An argument naming the prefect script (not a directory that merely contains "prefect").
+        return pid if any(Path(arg.decode(errors="replace")).name.startswith("prefect") for arg in cmdline.split(b"\0")) else None
 
-    def start(self, args: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, args: list[str], environ: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        e = environ if environ is not None else env()
+        if self.name == "server" and "PREFECT_API_AUTH_STRING" in e:
+            e["PREFECT_SERVER_API_AUTH_STRING"] = e["PREFECT_API_AUTH_STRING"]
         with open(self.log_file, "ab") as log:
-            p = subprocess.Popen([prefect_bin(), *args], cwd=ROOT, env=env(), stdin=subprocess.DEVNULL,
+            p = subprocess.Popen([prefect_bin(), *args], cwd=ROOT, env=e, stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_file.write_text(f"{p.pid}\n")
         return p
@@ -201,6 +244,7 @@ def start_server() -> str:
 
     if not port_is_free(port()):
         raise StateError(f"port {port()} is in use on 127.0.0.1; set {PORT_ENV} to a free port")
+    auth_string(create=True)  # before the server starts: it reads it from its environment
     proc = SERVER.start(["server", "start", "--host", "127.0.0.1", "--port", str(port())])
     deadline = time.monotonic() + START_TIMEOUT
     while not healthy():
@@ -245,8 +289,79 @@ def start_worker() -> str:
     return f"worker started (pid {proc.pid}), log {WORKER.log_file}"
 
 
-def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
-    """Create or update the notification block and one automation per alert (matched by name)."""
+# ---- workers on other machines (issue 11) --------------------------------------------------------
+WORKER_NAME_RE = r"^[a-z0-9][a-z0-9-]{0,40}$"
+
+
+def _worker_proc(name: str) -> Proc:
+    import re
+
+    if not re.match(WORKER_NAME_RE, name):
+        raise UsageError(f"worker name must be 1-41 lowercase letters, digits and dashes, not {name!r}")
+    return Proc(f"worker-{name}")
+
+
+def read_auth_file(path: Path) -> str:
+    """A copy of the server's `api-auth` file: must be private (0600) and hold `user:password`."""
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the auth file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise UsageError(f"the auth file {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+    if ":" not in text or len(text) < 8:
+        raise UsageError(f"the auth file {path} does not hold user:password (copy {AUTH_FILE} from the server's "
+                         "state directory)")
+    return text
+
+
+def start_extra_worker(name: str, api: str | None, auth_path: Path | None) -> str:
+    """One more worker in the `pgha` pool: on this machine for the local server, or for a remote one
+    (`api`, with a copy of its auth file). Workers share the pool: a run goes to whichever polls first,
+    so runs scheduled while one worker's machine is down are picked up by another."""
+    proc = _worker_proc(name)
+    if (pid := proc.pid()) is not None:
+        return f"worker {name} already running (pid {pid})"
+    e = env()
+    if api:
+        if not api.startswith(("http://", "https://")) or not api.rstrip("/").endswith("/api"):
+            raise UsageError(f"--api-url must be the server's API URL (http[s]://HOST:PORT/api), not {api[:60]!r}")
+        e.update(PREFECT_API_URL=api.rstrip("/"), PREFECT_UI_URL=api.rstrip("/").removesuffix("/api"))
+        e.pop("PREFECT_API_AUTH_STRING", None)
+    if auth_path is not None:
+        e["PREFECT_API_AUTH_STRING"] = read_auth_file(auth_path)
+    try:
+        headers = {}
+        if auth := e.get("PREFECT_API_AUTH_STRING"):
+            import base64
+
+            headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        r = httpx.post(f"{e['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", json={}, headers=headers,
+                       timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ServerError(f"the Prefect API {e['PREFECT_API_URL']} does not answer: {type(exc).__name__}") from None
+    if r.status_code == 401:
+        raise UsageError(f"the Prefect API {e['PREFECT_API_URL']} refused the credentials (401): pass --auth-file "
+                         f"with a copy of the server's {AUTH_FILE}")
+    if r.status_code == 404:
+        raise StateError(f"work pool {POOL} does not exist on {e['PREFECT_API_URL']}; run `pgha server start` there")
+    p = proc.start(["worker", "start", "--pool", POOL, "--type", "process", "--name", f"pgha-{name}"], environ=e)
+    return f"worker {name} started (pid {p.pid}) for {e['PREFECT_API_URL']}, log {proc.log_file}"
+
+
+def stop_extra_worker(name: str) -> str:
+    proc = _worker_proc(name)
+    return f"worker {name} stopped" if proc.stop() else f"worker {name} was not running"
+
+
+def apply_alerts(path: Path = alerts_mod.ALERTS_FILE, scopes: list[str] | None = None) -> list[str]:
+    """Create or update the notification block and one automation per alert (matched by name).
+
+    Also the event alerts: per cluster (`scopes`, default every cluster with a stored spec in
+    this state directory), no audit / no backup within its window (proactive), and a mutating
+    flow that failed and left its cluster unhealthy.
+    """
     cfg = alerts_mod.load_alerts(path)
     block, target = alerts_mod.notification_block(cfg)
     from prefect.automations import Automation
@@ -258,7 +373,7 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
     if not healthy():
         raise StateError(f"no Prefect server answers on {ui_url()}; run `make server` first")
     done: list[str] = []
-    with temporary_settings(updates={PREFECT_API_URL: api_url(), PREFECT_UI_URL: ui_url()}):
+    with temporary_settings(updates={PREFECT_API_URL: api_url(), PREFECT_UI_URL: ui_url(), **_auth_setting()}):
         block_id = block.save(cfg.notification.block, overwrite=True)
         done.append(f"notification block {cfg.notification.block} -> {target}")
         with get_client(sync_client=True) as client:
@@ -278,7 +393,69 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE) -> list[str]:
                 else:
                     wanted.create()
                     done.append(f"alert {a.name} created")
+            done += _apply_event_alerts(client, cfg, block_id, scopes)
     return done
+
+
+def known_scopes() -> list[str]:
+    """Clusters brought up from this state directory (those with a stored spec)."""
+    root = state_root()
+    return sorted(d.name for d in root.iterdir() if (d / "spec.yaml").is_file()) if root.is_dir() else []
+
+
+def _apply_event_alerts(client: Any, cfg: alerts_mod.AlertsFile, block_id: Any, scopes: list[str] | None) -> list[str]:
+    """The proactive (silence) and unhealthy-after-failure automations; unchanged ones are left alone,
+    so re-applying (every `make up`) does not restart a proactive window."""
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger
+
+    from_state = scopes is None
+    wanted_alerts = alerts_mod.silence_alerts(cfg, known_scopes() if scopes is None else scopes) + \
+        alerts_mod.unhealthy_alert(cfg)
+    done = []
+    for a in wanted_alerts:
+        wanted = Automation(name=a.name, description=a.description, enabled=True, trigger=EventTrigger(**a.trigger),
+                            actions=[SendNotification(block_document_id=block_id, subject=a.subject, body=a.body)])
+        existing = client.read_automations_by_name(a.name)
+        for extra in existing[1:]:
+            client.delete_automation(extra.id)
+        if existing and _same(existing[0], wanted):
+            done.append(f"alert {a.name} unchanged")
+        elif existing:
+            wanted.id = existing[0].id
+            wanted.update()
+            done.append(f"alert {a.name} updated")
+        else:
+            wanted.create()
+            done.append(f"alert {a.name} created")
+    if from_state:  # clusters gone from this state directory: their silence is expected
+        names = {a.name for a in wanted_alerts}
+        for auto in client.read_automations():
+            if auto.name.startswith(alerts_mod.SILENCE_PREFIX) and auto.name not in names:
+                client.delete_automation(auto.id)
+                done.append(f"alert {auto.name} removed (no such cluster here)")
+    return done
+
+
+def _same(existing: Any, wanted: Any) -> bool:
+    def shape(a: Any) -> Any:
+        trig = a.trigger.model_dump(mode="json", exclude={"id"})
+        acts = [x.model_dump(mode="json") for x in a.actions]
+        return (a.description, a.enabled, trig, acts)
+
+    try:
+        return bool(shape(existing) == shape(wanted))
+    except Exception:  # noqa: BLE001 - a shape we cannot compare: update it
+        return False
+
+
+def _auth_setting() -> dict[Any, Any]:
+    """The client setting that authenticates this process's API calls to pgha's server (none without auth)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    auth = auth_string()
+    return {PREFECT_API_AUTH_STRING: auth} if auth else {}
 
 
 FOLLOW_UP = "pgha: audit after a leader change"
@@ -294,7 +471,8 @@ def apply_follow_up() -> str:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url()}), get_client(sync_client=True) as client:
+    with temporary_settings(updates={PREFECT_API_URL: api_url(), **_auth_setting()}), \
+            get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(AUDIT_DEPLOYMENT)
         wanted = Automation(
             name=FOLLOW_UP,

@@ -16,9 +16,11 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from stack.errors import SpecError, UsageError
 from stack.results import Result
 from stack.spec import ClusterSpec
 from tasks import events
+from tasks.cluster_limit import cluster_limit
 from tasks.host import journal
 from tasks.host.lock import holder_name, mutating
 
@@ -74,18 +76,44 @@ def operation(name: str, spec: ClusterSpec, lock_scope: str | None = None, wait_
     (the backup flow verifies its new set under another lock).
     """
     op = Op(name=name, scope=spec.scope)
-    with mutating(lock_scope or spec.scope, holder_name(name), wait_seconds=wait_seconds):
+    holder = holder_name(name)
+    # With a Prefect server: its global concurrency limit `pgha-<scope>` excludes runs on every
+    # worker's machine (refused at once, or after wait_seconds); the host flock stays under it,
+    # and is the whole guard with the ephemeral API (issue 11).
+    with cluster_limit(lock_scope or spec.scope, holder, wait_seconds=wait_seconds), \
+            mutating(lock_scope or spec.scope, holder, wait_seconds=wait_seconds):
         token = _current.set(op)
         started, outcome = time.time(), "failed"
         try:
             yield op
             outcome = "completed"
+        except (UsageError, SpecError):
+            raise  # refused input: nothing was changed
+        except Exception as exc:
+            alert_if_left_unhealthy(spec, name, exc)
+            raise
         finally:
             _current.reset(token)
             # The journal `pgha history` reads to name the cause of a leader change.
             journal.record(spec.scope, {"operation": name, "started": round(started, 3), "outcome": outcome,
                                         "run": journal.run_id(), **op.detail})
             events.operation_ended(spec.scope, name, outcome, op.elapsed(), op.detail)
+
+
+def alert_if_left_unhealthy(spec: ClusterSpec, operation_name: str, exc: BaseException) -> None:
+    """A failed mutating operation that could not leave a healthy cluster emits the event the
+    `pgha-unhealthy-after-failure` alert automation notifies on (best effort, never masks `exc`)."""
+    try:
+        from flows.steps.cluster import cluster_status
+
+        st = cluster_status(spec)
+        if st.healthy:
+            return
+        error = (str(exc).splitlines() or [type(exc).__name__])[0]
+        events.unhealthy_after_failure(spec.scope, operation_name, error, st.problems)
+        note(f"{operation_name} failed and {spec.scope} is not healthy: alert sent")
+    except Exception:  # noqa: BLE001, S110 - the operation's own error is what the caller must see
+        pass
 
 
 def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | None = None,

@@ -7,6 +7,7 @@ healthy audit → lock refusal → stopped replica (Failed + alert) → healed �
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ API = f"http://127.0.0.1:{SERVER_PORT}/api"
 UI_RUN = f"http://127.0.0.1:{SERVER_PORT}/runs/flow-run/"
 SCOPE = "pgha-it-au1"
 ALERT_WITHIN_S = 60
+AUTH: dict[str, str] = {}  # the Authorization header, set once the server started
 
 
 class Receiver:
@@ -89,6 +91,10 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         res = pgha(env, "server", "start", timeout=600)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "alert pgha-health-flow-failed created" in res.stdout
+        # The server requires its basic-auth secret (kept 0600 in the state dir): `prefect` and
+        # the direct API calls here use it, from the environment.
+        env["PREFECT_API_AUTH_STRING"] = (Path(env["PGHA_STATE_DIR"]) / "server" / "api-auth").read_text().strip()
+        AUTH["Authorization"] = "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
         yield env
     finally:
         stop = pgha(env, "server", "stop", timeout=120)
@@ -118,7 +124,7 @@ def run_audit_deployment(c: Cluster) -> subprocess.CompletedProcess[str]:
 
 def api_post(path: str, body: dict[str, Any]) -> Any:
     req = urllib.request.Request(f"{API}{path}", data=json.dumps(body).encode(), method="POST",  # noqa: S310
-                                 headers={"content-type": "application/json"})
+                                 headers={"content-type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the test's own loopback server
         return json.loads(resp.read())
 

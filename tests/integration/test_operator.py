@@ -30,6 +30,7 @@ SERVER_PORT = 26390
 UI = f"http://127.0.0.1:{SERVER_PORT}"
 SCOPE = "pgha-it-op1"
 ARTIFACTS = ROOT / "test-artifacts"
+AUTH: dict[str, str] = {}  # the server's basic-auth secret, read once it started
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         assert "automation 'pgha: audit after a leader change'" in res.stdout
         again = pgha(env, "server", "start", "--no-alerts", timeout=120)  # `make up` runs it every time
         assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout + again.stderr
+        AUTH["secret"] = (work / "state" / "server" / "api-auth").read_text().strip()  # basic auth (0600 file)
         yield env
     finally:
         stop = pgha(env, "server", "stop", timeout=120)
@@ -87,7 +89,7 @@ def refused(res: subprocess.CompletedProcess[str], code: int, *needles: str) -> 
 def api(path: str, body: dict[str, object] | None = None) -> object:
     import httpx
 
-    r = httpx.post(f"{UI}/api{path}", json=body or {}, timeout=10, trust_env=False)
+    r = httpx.post(f"{UI}/api{path}", json=body or {}, timeout=10, trust_env=False, auth=tuple(AUTH["secret"].split(":", 1)))
     r.raise_for_status()
     return r.json()
 
@@ -261,6 +263,11 @@ def test_the_ui_in_a_real_browser_runs_the_audit(cluster: Cluster) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
+            # The server requires basic auth: the UI's login page takes the whole "user:password".
+            page.goto(f"{UI}/dashboard")
+            page.get_by_placeholder("admin:pass").fill(AUTH["secret"])
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_url(re.compile(r"^(?!.*login).*$"))
             # The deployments page lists pgha's deployments, the day-two ones included.
             page.goto(f"{UI}/deployments")
             page.get_by_placeholder("Search deployments").fill("restart")
