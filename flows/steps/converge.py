@@ -177,6 +177,9 @@ def ensure_failsafe(spec: ClusterSpec) -> str:
     return "changed"
 
 
+ROLLED = "recreated (rolling)"
+
+
 def _redefined(spec: ClusterSpec, node_image: str, subnet: str) -> list[str]:
     """Running Patroni nodes whose definition changed (a limit, a mount): `up` would recreate them."""
     eng = docker_hosts.engines(spec)
@@ -194,7 +197,7 @@ def _redefined(spec: ClusterSpec, node_image: str, subnet: str) -> list[str]:
 
 def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[str, str]:
     """Recreate changed nodes of a live cluster one at a time (`roll_node`: replicas first, the
-    leader after a switchover), instead of all at once; {member: "rolled"}.
+    leader after a switchover), instead of all at once; {member: "recreated (rolling)"}.
 
     Only when the cluster is healthy: a cluster being bootstrapped or repaired is converged as
     before (all nodes at once), where there is no service to keep.
@@ -212,7 +215,7 @@ def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[
     out: dict[str, str] = {}
     for m in sorted(m for m in changed if m != lead.name):
         roll_node(ctx, m, node_image)
-        out[m] = "rolled"
+        out[m] = ROLLED
     if lead.name in changed:
         if spec.nodes > 1:
             def candidate() -> str:
@@ -226,7 +229,7 @@ def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[
             cand = wait_for("a replica to hand the leadership to", candidate, bool, timeout=60, interval=0.5)
             switchover(spec, lead.name, cand, ctx.timeout)
         roll_node(ctx, lead.name, node_image, as_leader=spec.nodes == 1)
-        out[lead.name] = "rolled"
+        out[lead.name] = ROLLED
     return out
 
 
@@ -256,9 +259,9 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     etcd.wait_healthy(spec)
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
-    outcomes.update(roll_changed_nodes(spec, node_image, subnet))
+    rolled = roll_changed_nodes(spec, node_image, subnet)
     node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
-    outcomes.update({m: f.result() for m, f in node_runs.items()})
+    outcomes.update({m: rolled.get(m) or f.result() for m, f in node_runs.items()})
     # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
     # a node only once that node's health check passes, so nothing is routed early.
     haproxy_run = ensure_member.submit(spec, "haproxy", spec.haproxy_member, image, subnet)
