@@ -271,7 +271,8 @@ FENCER_START = """#!/bin/sh
 # as nobody, which cannot open the socket (root:docker 0660) and reaches the engine only
 # through the proxy's GET-only filter.
 # /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
-# before copying, and hands it to nobody after.
+# before copying, and hands it to nobody after; 0711 lets the health check (root) stat the
+# agent's counters without listing or reading anything.
 set -eu
 chown root:root /run/pgha && chmod 0700 /run/pgha
 for f in fencer.py fencing.py fencer.json; do
@@ -281,7 +282,7 @@ if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and pgha's etcd client certifi
   install -d -o nobody -g nogroup -m 0700 /run/pgha/tls
   for f in ca.crt client.crt client.key; do install -o nobody -g nogroup -m 0600 "/etc/pgha/tls/$f" /run/pgha/tls/; done
 fi
-chown nobody:nogroup /run/pgha
+chown nobody:nogroup /run/pgha && chmod 0711 /run/pgha
 haproxy -D -f /etc/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
 """

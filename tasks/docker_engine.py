@@ -262,6 +262,11 @@ class Engine:
             ct.start()
         return ct
 
+    def config_label(self, name: str) -> str | None:
+        """The definition hash a container was created with (None when it does not exist)."""
+        ct = self.find_container(name)
+        return None if ct is None else ct.labels.get(LABEL_CONFIG, "")
+
     def remove_container(self, name: str) -> bool:
         """Remove the container (running or not); False when there was none."""
         ct = self.find_container(name)

@@ -14,7 +14,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.steps.backups import ensure_archiving
-from flows.steps.cluster import cluster_status, store_spec
+from flows.steps.cluster import cluster_status, store_spec, switchover
+from flows.steps.nodes import node_ctx, roll_node
 from flows.steps.preflight import preflight_once
 from stack import topology
 from stack.backup import repo_volume
@@ -187,6 +188,62 @@ def ensure_failsafe(spec: ClusterSpec) -> str:
     return "changed"
 
 
+ROLLED = "recreated (rolling)"
+
+
+def _redefined(spec: ClusterSpec, node_image: str, subnet: str) -> list[str]:
+    """Running Patroni nodes whose definition changed (a limit, a mount): `up` would recreate them."""
+    eng = docker_hosts.engines(spec)
+    secrets = cluster_secrets(spec.scope)
+    out = []
+    for m in spec.node_names():
+        label = eng.of(m).config_label(spec.container(m))
+        if label is None:
+            continue
+        planned = topology.patroni_node(spec, m, node_image, subnet, secrets, str(config_dir(spec.scope, m)))
+        if label != planned.container.config_hash:
+            out.append(m)
+    return out
+
+
+def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[str, str]:
+    """Recreate changed nodes of a live cluster one at a time (`roll_node`: replicas first, the
+    leader after a switchover), instead of all at once; {member: "recreated (rolling)"}.
+
+    Only when the cluster is healthy: a cluster being bootstrapped or repaired is converged as
+    before (all nodes at once), where there is no service to keep.
+    """
+    changed = _redefined(spec, node_image, subnet)
+    if not changed:
+        return {}
+    view = patroni.cluster_view(spec)
+    lead = view.leader()
+    if lead is None or not assess(view, spec).ok:
+        get_run_logger().warning("nodes %s changed but the cluster is not healthy: recreated together",
+                                 ", ".join(changed))
+        return {}
+    ctx = node_ctx(spec, spec.upgrade.node_timeout_s)
+    out: dict[str, str] = {}
+    for m in sorted(m for m in changed if m != lead.name):
+        roll_node(ctx, m, node_image)
+        out[m] = ROLLED
+    if lead.name in changed:
+        if spec.nodes > 1:
+            def candidate() -> str:
+                v = patroni.cluster_view(spec)
+                reps = [r for r in v.replicas() if r.streaming and r.name != lead.name]
+                sync = [r.name for r in reps if r.role.value == "sync_standby"]
+                if spec.timing.synchronous_mode:
+                    return sync[0] if sync else ""
+                return sync[0] if sync else (reps[0].name if reps else "")
+
+            cand = wait_for("a replica to hand the leadership to", candidate, bool, timeout=60, interval=0.5)
+            switchover(spec, lead.name, cand, ctx.timeout)
+        roll_node(ctx, lead.name, node_image, as_leader=spec.nodes == 1)
+        out[lead.name] = ROLLED
+    return out
+
+
 def converge(spec: ClusterSpec) -> BootstrapResult:
     """Make the cluster of `spec` exist, run and route; the caller holds the cluster's lock."""
     log = get_run_logger()
@@ -199,15 +256,23 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)
     ensure_volumes(spec)
+    eng = docker_hosts.engines(spec)
     outcomes: dict[str, str] = {}
     # Members of one role are independent: create them concurrently (thread task runner).
-    etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
-    outcomes.update({m: f.result() for m, f in etcd_runs.items()})
+    if any(eng.of(m).find_container(spec.container(m)) is not None for m in spec.etcd_names()):
+        # A live etcd cluster (a changed limit recreates members): one member at a time, quorum kept.
+        for m in spec.etcd_names():
+            outcomes[m] = ensure_member(spec, "etcd", m, image, subnet)
+            etcd.wait_healthy(spec)
+    else:
+        etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
+        outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
+    rolled = roll_changed_nodes(spec, node_image, subnet)
     node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
-    outcomes.update({m: f.result() for m, f in node_runs.items()})
+    outcomes.update({m: rolled.get(m) or f.result() for m, f in node_runs.items()})
     # HAProxy starts while Patroni bootstraps: it resolves servers at run time and routes to
     # a node only once that node's health check passes, so nothing is routed early.
     haproxy_run = ensure_member.submit(spec, "haproxy", spec.haproxy_member, image, subnet)

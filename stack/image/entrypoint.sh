@@ -44,9 +44,12 @@ case "$role" in
     # PgBouncer as postgres: its config and the SCRAM secrets file (0600, root) are copied
     # into a directory only postgres reads; the admin console's Unix socket lets `docker exec
     # -u postgres psql` in without a password (same UID as the running process).
-    install -d -o postgres -g postgres -m 0700 /run/pgha
+    # /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
+    # while it copies, then hands it to postgres.
+    chown root:root /run/pgha && chmod 0700 /run/pgha
     install -o postgres -g postgres -m 0600 /etc/pgha/pgbouncer.ini /run/pgha/pgbouncer.ini
     install -o postgres -g postgres -m 0600 /etc/pgha/userlist.txt /run/pgha/userlist.txt
+    chown postgres:postgres /run/pgha
     install -d -o postgres -g postgres -m 2775 /var/run/postgresql
     exec setpriv --reuid=postgres --regid=postgres --init-groups env HOME=/var/lib/postgresql pgbouncer /run/pgha/pgbouncer.ini
     ;;
