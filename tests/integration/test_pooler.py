@@ -88,7 +88,8 @@ def leader(c: Cluster) -> str:
         ct = client.containers.get(c.container(member))
         if ct.status != "running":
             continue
-        r = ct.exec_run(["curl", "-fsS", "--max-time", "3", "http://localhost:8008/cluster"])
+        r = ct.exec_run(["curl", "-fsS", "--max-time", "3", "--cacert", "/etc/pgha/tls/ca.crt",
+                             "https://localhost:8008/cluster"])  # Patroni's API is HTTPS (tls on)
         if r.exit_code == 0:
             members = json.loads(r.output)["members"]
             return next(m["name"] for m in members if m["role"] == "leader")

@@ -23,6 +23,9 @@ from tests.integration.conftest import Cluster, pgha, remove_scope
 from tests.integration.test_upgrade import quick_cluster
 from tests.support.traffic import measured
 
+# etcd requires client certificates (tls on): pgha's, mounted in every etcd member.
+ETCD_TLS = ["--cacert=/etc/pgha/tls/ca.crt", "--cert=/etc/pgha/tls/client.crt", "--key=/etc/pgha/tls/client.key"]
+
 SCOPE = "pgha-it-up2"
 # Asynchronous replication: lets the test put the leadership on the node scale-in removes.
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 3, "postgres_version": 15,
@@ -140,7 +143,7 @@ def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, f
         deadline = time.monotonic() + 60
         while True:
             view = json.loads(engine.containers.get(cluster.container("pg-1")).exec_run(
-                ["curl", "-s", "localhost:8008/cluster"]).output or b"{}")
+                ["curl", "-s", "--cacert", "/etc/pgha/tls/ca.crt", "https://localhost:8008/cluster"]).output or b"{}")
             states = {m["name"]: (m["role"], m["state"]) for m in view.get("members", [])}
             lines = {m.get("timeline") for m in view.get("members", [])}
             replicating = all(isinstance(m.get("lag"), int) for m in view.get("members", []) if m["role"] != "leader")
@@ -175,14 +178,14 @@ def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, f
 def test_etcd_member_replaced_with_quorum_kept(engine: docker.DockerClient, cluster: Cluster) -> None:
     # Replace the raft leader: the hardest case (an election right after its removal).
     names = ["etcd-1", "etcd-2", "etcd-3"]
-    all_eps = ",".join(f"http://{cluster.container(m)}:2379" for m in names)
+    all_eps = ",".join(f"https://{cluster.container(m)}:2379" for m in names)
     rows = json.loads(engine.containers.get(cluster.container("etcd-1")).exec_run(
-        ["etcdctl", f"--endpoints={all_eps}", "endpoint", "status", "-w", "json"]).output)
+        ["etcdctl", *ETCD_TLS, f"--endpoints={all_eps}", "endpoint", "status", "-w", "json"]).output)
     leader_ep = next(r["Endpoint"] for r in rows if r["Status"]["leader"] == r["Status"]["header"]["member_id"])
     target = next(m for m in names if cluster.container(m) in leader_ep)
     others = [m for m in names if m != target]
     watcher = engine.containers.get(cluster.container(others[0]))
-    eps = ",".join(f"http://{cluster.container(m)}:2379" for m in others)
+    eps = ",".join(f"https://{cluster.container(m)}:2379" for m in others)
     failures: list[str] = []
     puts = [0]
     stop = threading.Event()
@@ -190,14 +193,15 @@ def test_etcd_member_replaced_with_quorum_kept(engine: docker.DockerClient, clus
     def watch() -> None:
         # A write through the surviving members needs a raft quorum: every one must succeed.
         while not stop.is_set():
-            r = watcher.exec_run(["etcdctl", f"--endpoints={eps}", "--command-timeout=2s", "put", "pgha-it-quorum",
-                                  str(puts[0])])
+            r = watcher.exec_run(["etcdctl", *ETCD_TLS, f"--endpoints={eps}", "--command-timeout=2s", "put",
+                                  "pgha-it-quorum", str(puts[0])])
             puts[0] += 1
             if r.exit_code != 0:
                 failures.append(r.output.decode(errors="replace").strip()[:200])
             stop.wait(0.3)
 
-    before = json.loads(watcher.exec_run(["etcdctl", "member", "list", "-w", "json"]).output)
+    before = json.loads(watcher.exec_run(["etcdctl", *ETCD_TLS, "--endpoints=https://localhost:2379", "member", "list",
+                                                 "-w", "json"]).output)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
@@ -211,6 +215,7 @@ def test_etcd_member_replaced_with_quorum_kept(engine: docker.DockerClient, clus
     r = json.loads(res.stdout)
     old_ids = {m["name"]: m["ID"] for m in before["members"]}
     assert r["old_id"] == f"{old_ids[target]:x}" and r["new_id"] and r["new_id"] != r["old_id"]
-    after = json.loads(watcher.exec_run(["etcdctl", "member", "list", "-w", "json"]).output)
+    after = json.loads(watcher.exec_run(["etcdctl", *ETCD_TLS, "--endpoints=https://localhost:2379", "member", "list",
+                                                 "-w", "json"]).output)
     assert sorted(m["name"] for m in after["members"]) == ["etcd-1", "etcd-2", "etcd-3"]
     healthy(cluster)

@@ -316,7 +316,8 @@ def test_config_set_restart_parameter_rolls_through_every_member(engine: docker.
                            "select current_setting('max_connections') || ' ' || current_setting('work_mem')"],
                           user="postgres").output.decode().strip()
         assert out == "150 8MB", (m, out)
-        st = json.loads(ct.exec_run(["curl", "-s", "localhost:8008/patroni"]).output)
+        st = json.loads(ct.exec_run(["curl", "-s", "--cacert", "/etc/pgha/tls/ca.crt",
+                                     "https://localhost:8008/patroni"]).output)
         assert not st.get("pending_restart"), (m, st)
     stored = (Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "spec.yaml").read_text()
     assert "max_connections: '150'" in stored
