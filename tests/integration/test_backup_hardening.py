@@ -236,8 +236,10 @@ def put_certs(ct: docker.models.containers.Container, files: dict[str, bytes]) -
 def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("bh3")
-    remove_scope(engine, S3_SCOPE)
     certs = make_test_ca(tmp)
+    spec = {**S3_SPEC, "backup": {"s3": {"bucket": "pgha-bh", "endpoint": S3_HOST, "uri_style": "path",
+                                         "path": "/repo", "ca_file": str(certs["ca"]), "network": S3_NET}}}
+    c = make_cluster(engine, base_env, tmp, spec)  # removes what an earlier run left (by label) first
     labels = {"pgha.cluster": S3_SCOPE, "pgha.role": "s3-test"}
     engine.networks.create(S3_NET, driver="bridge", labels=labels)
     ct = engine.containers.create(moto_image(engine), name=S3_HOST, labels=labels, network=S3_NET,
@@ -253,9 +255,6 @@ def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
     while (r := ct.exec_run(["python3", "-c", create])).exit_code != 0:
         assert time.monotonic() < deadline, r.output.decode()[-1500:]
         time.sleep(1)
-    spec = {**S3_SPEC, "backup": {"s3": {"bucket": "pgha-bh", "endpoint": S3_HOST, "uri_style": "path",
-                                         "path": "/repo", "ca_file": str(certs["ca"]), "network": S3_NET}}}
-    c = make_cluster(engine, base_env, tmp, spec)
     state = Path(base_env["PGHA_STATE_DIR"]) / S3_SCOPE
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state / "s3-credentials.json").write_text(json.dumps(creds))
