@@ -7,7 +7,7 @@ Two 2-node / 1-etcd clusters:
   restore whose WAL is missing fails before the cluster is touched: same containers, data
   intact, writes accepted, one line, exit != 0.
 - `pgha-it-bh3` with an S3 repository on a local S3 server (Debian's moto in a container,
-  HTTPS with a certificate from a test CA; the CA given as backup.s3.ca_file, the keys in the
+  HTTPS by HAProxy in front of it with a certificate from a test CA; the CA given as backup.s3.ca_file, the keys in the
   state directory's 0600 s3-credentials.json): backup + verified restore, encrypted too.
 """
 
@@ -35,7 +35,21 @@ S3_SCOPE = "pgha-it-bh3"
 S3_NET = f"{S3_SCOPE}-s3net"
 S3_HOST = f"{S3_SCOPE}-s3"
 S3_SPEC = {"scope": S3_SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26810, "ro": 26811, "stats": 26812}}
-MOTO_APT = "python3-moto python3-flask python3-flask-cors"
+MOTO_APT = "python3-moto python3-flask python3-flask-cors haproxy"
+# moto's own TLS (werkzeug) ends a connection after a PUT without TLS close_notify, which
+# pgBackRest (OpenSSL 3) rejects ("unexpected eof while reading"): HAProxy terminates TLS in
+# front of moto's plain HTTP, as a load balancer would in front of a real S3-compatible store.
+HAPROXY_CFG = """defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+frontend s3
+  bind :443 ssl crt /certs/s3.pem
+  default_backend moto
+backend moto
+  server moto 127.0.0.1:5000
+"""
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +216,7 @@ def make_test_ca(tmp: Path) -> dict[str, Path]:
 
 
 def moto_image(engine: docker.DockerClient) -> str:
-    """Debian's moto (server mode) on pgha's base image; a content-hashed tag, built once."""
+    """Debian's moto (server mode) and HAProxy on pgha's base image; a content-hashed tag, built once."""
     base = "pgha/base:trixie"
     try:
         engine.images.get(base)
@@ -236,14 +250,17 @@ def put_certs(ct: docker.models.containers.Container, files: dict[str, bytes]) -
 def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("bh3")
-    remove_scope(engine, S3_SCOPE)
     certs = make_test_ca(tmp)
+    spec = {**S3_SPEC, "backup": {"s3": {"bucket": "pgha-bh", "endpoint": S3_HOST, "uri_style": "path",
+                                         "path": "/repo", "ca_file": str(certs["ca"]), "network": S3_NET}}}
+    c = make_cluster(engine, base_env, tmp, spec)  # removes what an earlier run left (by label) first
     labels = {"pgha.cluster": S3_SCOPE, "pgha.role": "s3-test"}
     engine.networks.create(S3_NET, driver="bridge", labels=labels)
     ct = engine.containers.create(moto_image(engine), name=S3_HOST, labels=labels, network=S3_NET,
-                                  command=["moto_server", "-H", "0.0.0.0", "-p", "443", "-c", "/certs/s3.crt",  # noqa: S104 - in its own network
-                                           "-k", "/certs/s3.key"])
-    put_certs(ct, {certs[f].name: certs[f].read_bytes() for f in ("crt", "key", "ca")})
+                                  command=["sh", "-c", "moto_server -H 127.0.0.1 -p 5000 >/tmp/moto.log 2>&1 & "
+                                                       "exec haproxy -db -f /certs/haproxy.cfg"])
+    put_certs(ct, {"ca.crt": certs["ca"].read_bytes(), "haproxy.cfg": HAPROXY_CFG.encode(),
+                   "s3.pem": certs["crt"].read_bytes() + certs["key"].read_bytes()})
     ct.start()
     creds = {"key": "AKIATESTPGHA", "secret": "pgha-test-s3-secret-0123456789"}
     create = ("import boto3; boto3.client('s3', endpoint_url='https://localhost', verify='/certs/ca.crt', "
@@ -253,9 +270,6 @@ def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
     while (r := ct.exec_run(["python3", "-c", create])).exit_code != 0:
         assert time.monotonic() < deadline, r.output.decode()[-1500:]
         time.sleep(1)
-    spec = {**S3_SPEC, "backup": {"s3": {"bucket": "pgha-bh", "endpoint": S3_HOST, "uri_style": "path",
-                                         "path": "/repo", "ca_file": str(certs["ca"]), "network": S3_NET}}}
-    c = make_cluster(engine, base_env, tmp, spec)
     state = Path(base_env["PGHA_STATE_DIR"]) / S3_SCOPE
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state / "s3-credentials.json").write_text(json.dumps(creds))
