@@ -163,7 +163,7 @@ def test_api_needs_credentials_and_the_cli_brings_them(server_env: dict[str, str
 
 
 def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_worker(
-        cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient) -> None:
+        cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient, receiver: Receiver) -> None:
     before = resources(engine)
     assert before[1], "the cluster has volumes"
     run_id = start_deployment(server_env, "teardown/default-teardown", {"spec": cluster.spec, "volumes": True})
@@ -209,6 +209,14 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     gcl = api(server_env, "GET", f"/v2/concurrency_limits/{LIMIT}").json()
     assert gcl["limit"] == 1 and gcl["active_slots"] == 0, gcl
     assert pgha(server_env, "status", "--scope", SCOPE).returncode == 0
+
+    # A mutating flow that fails and leaves its cluster unhealthy alerts: pg-1 stopped, then the
+    # rolling-restart deployment (no CLI check before it: the flow itself fails on the sick cluster).
+    engine.containers.get(cluster.container("pg-1")).stop(timeout=10)
+    failing = start_deployment(server_env, "restart/rolling-restart", {"spec": cluster.spec, "member": "pg-1"})
+    assert wait_state(server_env, failing, {"FAILED", "CRASHED", "COMPLETED"}, timeout=150)["state_type"] != "COMPLETED"
+    alert = receiver.wait_for(f"restart failed and left cluster {SCOPE} unhealthy", timeout=60)
+    assert "operation: restart" in alert["body"], alert
 
     # The CLI path needs no UI approval: the same teardown with volumes, from the CLI, just runs.
     t0 = time.monotonic()
