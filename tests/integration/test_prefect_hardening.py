@@ -78,7 +78,12 @@ def api(env: dict[str, str], method: str, path: str, body: Any = None, auth: str
     secret = auth_of(env) if auth == "" else auth
     if secret is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
-    return httpx.request(method, f"{API}{path}", json=body, headers=headers, timeout=10, trust_env=False)
+    for _ in range(5):  # SQLite busy under a loaded machine answers 503 now and then: retry those only
+        r = httpx.request(method, f"{API}{path}", json=body, headers=headers, timeout=30, trust_env=False)
+        if r.status_code != 503:
+            return r
+        time.sleep(2)
+    return r
 
 
 def prefect(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
