@@ -78,7 +78,12 @@ def api(env: dict[str, str], method: str, path: str, body: Any = None, auth: str
     secret = auth_of(env) if auth == "" else auth
     if secret is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
-    return httpx.request(method, f"{API}{path}", json=body, headers=headers, timeout=10, trust_env=False)
+    for _ in range(5):  # SQLite busy under a loaded machine answers 503 now and then: retry those only
+        r = httpx.request(method, f"{API}{path}", json=body, headers=headers, timeout=30, trust_env=False)
+        if r.status_code != 503:
+            return r
+        time.sleep(2)
+    return r
 
 
 def prefect(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -163,7 +168,7 @@ def test_api_needs_credentials_and_the_cli_brings_them(server_env: dict[str, str
 
 
 def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_worker(
-        cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient) -> None:
+        cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient, receiver: Receiver) -> None:
     before = resources(engine)
     assert before[1], "the cluster has volumes"
     run_id = start_deployment(server_env, "teardown/default-teardown", {"spec": cluster.spec, "volumes": True})
@@ -209,6 +214,14 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     gcl = api(server_env, "GET", f"/v2/concurrency_limits/{LIMIT}").json()
     assert gcl["limit"] == 1 and gcl["active_slots"] == 0, gcl
     assert pgha(server_env, "status", "--scope", SCOPE).returncode == 0
+
+    # A mutating flow that fails and leaves its cluster unhealthy alerts: pg-1 stopped, then the
+    # rolling-restart deployment (no CLI check before it: the flow itself fails on the sick cluster).
+    engine.containers.get(cluster.container("pg-1")).stop(timeout=10)
+    failing = start_deployment(server_env, "restart/rolling-restart", {"spec": cluster.spec, "member": "pg-1"})
+    assert wait_state(server_env, failing, {"FAILED", "CRASHED", "COMPLETED"}, timeout=150)["state_type"] != "COMPLETED"
+    alert = receiver.wait_for(f"restart failed and left cluster {SCOPE} unhealthy", timeout=60)
+    assert "operation: restart" in alert["body"], alert
 
     # The CLI path needs no UI approval: the same teardown with volumes, from the CLI, just runs.
     t0 = time.monotonic()
