@@ -61,7 +61,7 @@ def heal(spec: ClusterSpec, member: str) -> str:
     done = []
     if engine.find_container(name) is not None and engine.unpause(name):
         done.append("unpaused")
-    if engine.connect(name, spec.network):
+    if not spec.multi_host and engine.connect(name, spec.network):
         done.append("network reattached")
     if engine.start(name):
         done.append("started")

@@ -38,6 +38,7 @@ class ContainerDef:
     dns_options: list[str] = field(default_factory=lambda: list(DNS_OPTIONS))
     entrypoint: list[str] | None = None  # None: the image's pgha-entrypoint with `role` as first argument
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path, read-only
+    host_network: bool = False  # many hosts: the host's network namespace (stack/hosts.py says why)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def etcd_member(spec: ClusterSpec, member: str, image: str) -> Planned:
         network=spec.network, command=cmd, config_hash=render.digest(image, cmd, DNS_OPTIONS),
         volumes={spec.volume(member): layout.ETCD_MOUNT},
         healthcheck=["etcdctl", "--command-timeout=2s", "endpoint", "health"],
+        host_network=spec.multi_host,
     ))
 
 
@@ -71,6 +73,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             volumes=volumes,
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.PATRONI_API_PORT}/liveness"],
+            host_network=spec.multi_host,
         ),
         files={"patroni.yml": text},
     )
@@ -84,12 +87,16 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
         layout.HAPROXY_STATS_PORT: spec.ports.stats,
     }
     member = spec.haproxy_member
+    stats = layout.HAPROXY_STATS_PORT
+    if spec.multi_host:  # host networking: HAProxy binds the client ports itself, nothing is published
+        ports, stats = {}, spec.ports.stats
     return Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
             config_dir=conf_dir, ports=ports,
-            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.HAPROXY_STATS_PORT}/"],
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{stats}/"],
+            host_network=spec.multi_host,
         ),
         files={"haproxy.cfg": text},
     )

@@ -25,7 +25,7 @@ from tasks.node_exec import ExecResult, first_running, node
 def endpoints(spec: ClusterSpec, members: list[str] | None = None) -> str:
     if members is None:
         return ",".join(f"http://{h}" for h in etcd_hosts(spec))
-    return ",".join(f"http://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
+    return ",".join(f"http://{spec.address(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
 
 
 def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members: list[str] | None = None,
@@ -88,7 +88,7 @@ def health(spec: ClusterSpec) -> list[EndpointHealth]:
 
 def healthy_by_member(spec: ClusterSpec) -> dict[str, bool]:
     rows = {_host(r.endpoint): r.healthy for r in health(spec)}
-    return {m: rows.get(spec.container(m), False) for m in spec.etcd_names()}
+    return {m: rows.get(spec.address(m), False) for m in spec.etcd_names()}
 
 
 def _describe(rows: list[EndpointHealth]) -> str:
@@ -117,7 +117,7 @@ def leader_member(spec: ClusterSpec) -> str:
     except (ValueError, AttributeError):
         raise EtcdError(f"etcdctl gave no status: {r.tail(1)}") from None
     for m in spec.etcd_names():
-        if _leads(status.get(spec.container(m), {})):
+        if _leads(status.get(spec.address(m), {})):
             return m
     raise EtcdError("no etcd leader found")
 
@@ -135,7 +135,7 @@ def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
         status = {}  # unreachable members are reported by the health rows
     members: list[EtcdMember] = []
     for m in spec.etcd_names():
-        host = spec.container(m)
+        host = spec.address(m)
         h, st = rows.get(host), status.get(host, {})
         db = st.get("dbSize")
         members.append(EtcdMember(
@@ -160,7 +160,7 @@ def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int
 
 
 def peer_url(spec: ClusterSpec, member: str) -> str:
-    return f"http://{spec.container(member)}:{layout.ETCD_PEER_PORT}"
+    return f"http://{spec.address(member)}:{layout.ETCD_PEER_PORT}"
 
 
 # ---- membership ----

@@ -19,6 +19,7 @@ from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
 from stack.layout import SOCKET_DIR, SUPERUSER
 from stack.rolling import Setting
+from stack.hosts import multi_host_uri
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -29,8 +30,12 @@ from tasks.node_exec import node
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
         pooled: bool = False) -> str:
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed."""
-    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
+    if spec.multi_host and not pooled:
+        # Every host's HAProxy: a client keeps being served when the host it used is lost.
+        return multi_host_uri(SUPERUSER, spec.client_endpoints(read_only), dbname, read_only,
+                              f":{quote(password, safe='')}" if password else "")
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}"
 
 
@@ -42,16 +47,23 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    extra: dict[str, int] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
-                              "keepalives_count": 2} if keepalives else {})
+    extra: dict[str, int | str] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
+                                    "keepalives_count": 2} if keepalives else {})
+    host, ports, where = "127.0.0.1", str(port), f"127.0.0.1:{port}"
+    if spec.multi_host and not pooled:
+        # Many hosts: libpq tries every host's HAProxy in turn (the multi-host URI `pgha dsn` prints).
+        ends = spec.client_endpoints(read_only)
+        host, ports = ",".join(h for h, _ in ends), ",".join(str(p) for _, p in ends)
+        where = ",".join(f"{h}:{p}" for h, p in ends)
+        extra["target_session_attrs"] = "prefer-standby" if read_only else "read-write"
     try:
-        return psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, password=secrets.superuser,
+        return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
                                application_name=application_name, **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PostgresError(f"127.0.0.1:{port}: {first}") from None
+        raise PostgresError(f"{where}: {first}") from None
 
 
 @dataclass(frozen=True)
