@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import Healthcheck, Mount
 
@@ -191,6 +192,9 @@ class Engine:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+        except requests.exceptions.RequestException as exc:
+            # Many hosts: a host that died took its engine with it (a drill, or a real loss).
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
 
     def _get(self, name: str) -> Container:
         ct = self.find_container(name)
@@ -299,7 +303,10 @@ class Engine:
         return removed
 
     def running(self, name: str) -> bool:
-        ct = self.find_container(name)
+        try:
+            ct = self.find_container(name)
+        except DockerError:
+            return False  # its host's engine is gone: nothing of it runs
         return ct is not None and ct.status == "running"
 
     def logs(self, name: str, tail: int = 30, since: float | None = None) -> str:

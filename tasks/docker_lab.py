@@ -257,7 +257,7 @@ def lab_host_of(docker_url: str) -> tuple[str, plan.LabHost] | None:
     return None
 
 
-def kill_host(container: str) -> None:
+def _kill_container(container: str) -> None:
     """`docker kill` of a lab host: the machine dies with its engine and everything in it."""
     try:
         local_engine().client.containers.get(container).kill()
@@ -295,3 +295,32 @@ def partition(name: str, host: plan.LabHost, cut: bool) -> None:
             net.connect(host.container, ipv4_address=host.address)
     except docker.errors.APIError as exc:
         raise DockerError(f"{'disconnect' if cut else 'connect'} lab host {host.name}: {exc.explanation or exc}") from None
+
+
+def kill_host(spec: ClusterSpec, host: str) -> str:
+    """host-loss: a lab host's container is killed (the machine dies with its engine); on a real
+    host, every container of the cluster there is killed at once. Returns what was done."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is not None:
+        _kill_container(found[1].container)
+        return f"lab host {found[1].container} killed"
+    from tasks.docker_hosts import engines
+
+    engine = engines(spec).on_host(host)
+    names = [str(ct.name) for ct in engine.cluster_containers(spec.scope) if ct.status == "running"]
+    for n in names:
+        engine.kill(n)
+    return f"killed {', '.join(names) or 'nothing'} on {host}"
+
+
+def boot_host(spec: ClusterSpec, host: str) -> str:
+    """Undo host-loss: boot the lab host again (its engine restarts the members), or start the
+    cluster's containers on a real host. Returns what was done."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is not None:
+        return "lab host booted" if start_host(found[1]) else "lab host was running"
+    from tasks.docker_hosts import engines
+
+    engine = engines(spec).on_host(host)
+    started = [str(ct.name) for ct in engine.cluster_containers(spec.scope) if engine.start(str(ct.name))]
+    return f"started {', '.join(started) or 'nothing'} on {host}"
