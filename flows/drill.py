@@ -22,11 +22,11 @@ from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
 from stack.drill import (
     DrillKind,
-    host_target,
     Target,
     choose_target,
     error_digest,
     fault_seconds,
+    host_target,
     longest_gap,
     lost_writes,
     timeline,

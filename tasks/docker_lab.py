@@ -117,7 +117,7 @@ def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str,
     hc = c.api.create_host_config(
         cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        tmpfs={"/run": "", "/tmp": ""},
+        tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
         mounts=[Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
                 Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
                 Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind"),

@@ -17,9 +17,9 @@ import psycopg
 
 from stack.audit import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
+from stack.hosts import multi_host_uri
 from stack.layout import SOCKET_DIR, SUPERUSER
 from stack.rolling import Setting
-from stack.hosts import multi_host_uri
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
