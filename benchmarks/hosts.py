@@ -103,8 +103,8 @@ def main() -> None:
         busy = [_mib(h.container) for h in st.hosts]
     finally:
         if not args.keep:
-            teardown(SINGLE, volumes=True)
             docker_lab.down(LAB)
+            local_engine().remove_labelled(SINGLE.scope, volumes=True)
     base = statistics.median(gaps["single: hard-kill (baseline)"])
     print(f"\nmedians of {args.runs} runs (write gap; ratio to the single-engine hard-kill):")
     for name, xs in gaps.items():

@@ -85,6 +85,7 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
     member = str(pending["member"])
     if pending.get("host"):
         boot_host(spec, str(pending["host"]))
+        reconnect_host(spec, str(pending["host"]))
     what = "; ".join(heal(spec, m) for m in [member, *pending.get("also", [])])
     if member in spec.node_names():
         wait_back(spec, member, float(pending.get("since", 0)), 180)
@@ -101,6 +102,18 @@ def kill_host(spec: ClusterSpec, host: str) -> str:
 @task(name="boot-host", **SIDE_EFFECT)
 def boot_host(spec: ClusterSpec, host: str) -> str:
     return docker_lab.boot_host(spec, host)
+
+
+@task(name="cut-host", **ONCE)
+def cut_host(spec: ClusterSpec, host: str) -> str:
+    return docker_lab.partition_host(spec, host, cut=True)
+
+
+@task(name="reconnect-host", **SIDE_EFFECT)
+def reconnect_host(spec: ClusterSpec, host: str) -> str:
+    if not docker_lab.is_lab_host(spec, host):
+        return "not a lab host"
+    return docker_lab.partition_host(spec, host, cut=False)
 
 
 @task(name="inject-fault", **ONCE)
@@ -197,13 +210,13 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
 
     if kind.timed:
         return _await_window(spec, kind, old_leader, writer, t_fault, seconds)
-    if kind.moves_leader or (kind == DrillKind.HOST_LOSS and old_leader in (host_members or [])):
+    if kind.moves_leader or (kind.whole_host and old_leader in (host_members or [])):
         new = wait_for("a new Patroni leader", leader_now, lambda n: bool(n) and n != old_leader,
                        timeout=timeout, interval=0.2)
         t_new = time.monotonic()
         wait_for("writes acknowledged by the new leader", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
                  lambda t: t > t_new, timeout=30, interval=0.1)
-        if kind == DrillKind.PARTITION:
+        if kind in (DrillKind.PARTITION, DrillKind.HOST_PARTITION):
             # No split brain: the cut-off leader must stop being a writable primary by itself
             # (writable only while Patroni still runs it as a primary: role primary AND running).
             seen = wait_for("the partitioned leader to stop accepting writes", lambda: _old_side(spec, old_leader),
@@ -224,11 +237,14 @@ def _on_host(spec: ClusterSpec, host: str) -> list[str]:
 def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None, host: str | None = None) -> Target:
     lead = view.leader()
     assert lead is not None  # a healthy cluster has exactly one
-    if kind == DrillKind.HOST_LOSS or host is not None:
-        if kind != DrillKind.HOST_LOSS:
-            raise UsageError(f"--host only applies to host-loss, not {kind.value}")
+    if kind.whole_host or host is not None:
+        if not kind.whole_host:
+            raise UsageError(f"--host only applies to host-loss and host-partition, not {kind.value}")
         if host is None:
-            raise UsageError("host-loss needs --host (one of the spec's hosts)")
+            raise UsageError(f"{kind.value} needs --host (one of the spec's hosts)")
+        if kind == DrillKind.HOST_PARTITION and spec.multi_host and host in [h.name for h in spec.hosts or []] \
+                and not docker_lab.is_lab_host(spec, host):
+            raise UsageError(f"host-partition runs in a lab only; {host} is a real host (use host-loss)")
         try:
             return host_target(host, [h.name for h in spec.hosts or []], _on_host(spec, host) if spec.multi_host
                                else [], spec.node_names())
@@ -283,13 +299,15 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
         wall_fault = time.time()
         write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member,
                                                        "also": list(target.also), "since": wall_fault,
-                                                       "host": host if kind == DrillKind.HOST_LOSS else None}))
+                                                       "host": host if kind.whole_host else None}))
         t_fault = time.monotonic()
         log.info("%s: fault on %s%s%s", kind.value, ", ".join(target.members),
                  f" (candidate {target.candidate})" if target.candidate else "", f" for {window}s" if window else "")
         try:
             if kind == DrillKind.HOST_LOSS:
                 notes.append(kill_host(spec, str(host)))
+            elif kind == DrillKind.HOST_PARTITION:
+                notes.append(cut_host(spec, str(host)))
             else:
                 inject(spec, kind, target)
             new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
@@ -300,6 +318,8 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
             t_heal = time.monotonic()
             if kind == DrillKind.HOST_LOSS:
                 log.info("booting %s: %s", host, boot_host(spec, str(host)))
+            elif kind == DrillKind.HOST_PARTITION:
+                log.info("reconnecting %s: %s", host, reconnect_host(spec, str(host)))
             for member in target.members:
                 log.info("healing %s: %s", member, heal(spec, member))
             try:

@@ -24,6 +24,12 @@ class DrillKind(StrEnum):
     FREEZE = "freeze"  # docker pause of the leader for a while, then unpause
     ETCD_QUORUM_LOSS = "etcd-quorum-loss"  # stop a majority of etcd members for a while, then start them
     HOST_LOSS = "host-loss"  # many hosts: a whole host dies (lab: docker kill of the lab host), then boots again
+    HOST_PARTITION = "host-partition"  # lab: the lab host cut off the lab network while it runs, then reconnected
+
+    @property
+    def whole_host(self) -> bool:
+        """The fault hits every member of one host (`--host`)."""
+        return self in (DrillKind.HOST_LOSS, DrillKind.HOST_PARTITION)
 
     @property
     def moves_leader(self) -> bool:
@@ -195,9 +201,9 @@ def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, i
 
 
 def host_target(host: str, hosts: list[str], on_host: list[str], node_names: list[str]) -> Target:
-    """host-loss: every member on `host` is hit; the Patroni node there (if any) is the one watched."""
+    """host-loss, host-partition: every member on `host` is hit; the Patroni node there (if any) is the one watched."""
     if not hosts:
-        raise ValueError("host-loss needs a spec with hosts (a cluster over several engines)")
+        raise ValueError("host drills need a spec with hosts (a cluster over several engines)")
     if host not in hosts:
         raise ValueError(f"--host {host} is not one of the spec's hosts ({', '.join(hosts)})")
     if not on_host:

@@ -324,3 +324,23 @@ def boot_host(spec: ClusterSpec, host: str) -> str:
     engine = engines(spec).on_host(host)
     started = [str(ct.name) for ct in engine.cluster_containers(spec.scope) if engine.start(str(ct.name))]
     return f"started {', '.join(started) or 'nothing'} on {host}"
+
+
+def partition_host(spec: ClusterSpec, host: str, cut: bool) -> str:
+    """host-partition (lab only): the lab host cut off the lab network, or reconnected with its address."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is None:
+        raise StateError(f"host-partition needs a lab host; {host} is a real host (use host-loss)")
+    lab, h = found
+    if cut:
+        partition(lab, h, True)
+        return f"lab host {h.container} cut off {plan.network_name(lab)}"
+    ct = local_engine().client.containers.get(h.container)
+    if plan.network_name(lab) in (ct.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+        return "lab host was connected"
+    partition(lab, h, False)
+    return f"lab host {h.container} reconnected as {h.address}"
+
+
+def is_lab_host(spec: ClusterSpec, host: str) -> bool:
+    return lab_host_of(spec.host_named(host).docker) is not None

@@ -118,7 +118,7 @@ def test_host_target() -> None:
     assert t.member == "pg-2" and t.also == ("etcd-2",)
     with pytest.raises(ValueError, match="not one of the spec's hosts"):
         host_target("h9", ["h1"], [], [])
-    with pytest.raises(ValueError, match="needs a spec with hosts"):
+    with pytest.raises(ValueError, match="host drills need a spec with hosts"):
         host_target("h1", [], [], [])
 
 
