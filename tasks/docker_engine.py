@@ -282,7 +282,10 @@ class Engine:
 
     def cluster_containers(self, scope: str, role: str | None = None) -> list[Container]:
         flt: list[str] = [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
-        return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
+        try:
+            return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
 
     def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False) -> dict[str, list[str]]:
         """Remove every container and network (and volumes if asked) with these labels."""

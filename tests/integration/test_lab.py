@@ -161,3 +161,18 @@ def test_bad_hosts_refused_before_anything_is_created(lab: dict[str, object], ba
     assert expect in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     _nothing_created(lab, engine)
+
+
+def test_host_partition_of_the_leaders_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    spec = str(lab["spec"])
+    host = _leader_host(base_env, spec)
+    r = pgha(base_env, "drill", "host-partition", "--host", host, "--spec", spec, "--json", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["lost_writes"] == [] and res["healed"] is True and res["new_leader"] != res["old_leader"]
+    assert any("no split brain" in n for n in res["notes"]), res["notes"]
+    r = pgha(base_env, "lab", "status", "--name", LAB, "--json")
+    hosts = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+    # Reconnected with its address: its HAProxy answers on its own published port again.
+    with _connect(base_env, hosts[host]["rw_port"]) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
