@@ -37,6 +37,7 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
           heal_timeout: int = typer.Option(180, "--heal-timeout", help="seconds the cluster may take to be whole again"),
           seconds: int | None = typer.Option(None, "--seconds", help="how long freeze / etcd-quorum-loss last "
                                              "(default ttl+5 / 60)"),
+          host: str | None = typer.Option(None, "--host", help="host-loss: the host (of the spec's hosts) that dies"),
           as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
     """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
     spec = resolve_spec(spec_file, scope)
@@ -45,7 +46,7 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
 
     require_engines(spec)
     result = run_flow(drill_flow, spec, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
-                      wait_seconds=wait, seconds=seconds, tags=("pgha", "health"))
+                      wait_seconds=wait, seconds=seconds, host=host, tags=("pgha", "health"))
     return Done(result, spec)
 
 

@@ -26,6 +26,7 @@ from stack.drill import (
     choose_target,
     error_digest,
     fault_seconds,
+    host_target,
     longest_gap,
     lost_writes,
     timeline,
@@ -36,7 +37,7 @@ from stack.results import DrillResult
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, etcd, patroni, postgres
+from tasks import docker_hosts, docker_lab, etcd, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
@@ -61,7 +62,7 @@ def heal(spec: ClusterSpec, member: str) -> str:
     done = []
     if engine.find_container(name) is not None and engine.unpause(name):
         done.append("unpaused")
-    if engine.connect(name, spec.network):
+    if not spec.multi_host and engine.connect(name, spec.network):
         done.append("network reattached")
     if engine.start(name):
         done.append("started")
@@ -82,12 +83,37 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
         return None
     pending = json.loads(path.read_text())
     member = str(pending["member"])
+    if pending.get("host"):
+        boot_host(spec, str(pending["host"]))
+        reconnect_host(spec, str(pending["host"]))
     what = "; ".join(heal(spec, m) for m in [member, *pending.get("also", [])])
     if member in spec.node_names():
         wait_back(spec, member, float(pending.get("since", 0)), 180)
     wait_healthy(spec, 180, stable_s=1.0)
     path.unlink(missing_ok=True)
     return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
+
+
+@task(name="kill-host", **ONCE)
+def kill_host(spec: ClusterSpec, host: str) -> str:
+    return docker_lab.kill_host(spec, host)
+
+
+@task(name="boot-host", **SIDE_EFFECT)
+def boot_host(spec: ClusterSpec, host: str) -> str:
+    return docker_lab.boot_host(spec, host)
+
+
+@task(name="cut-host", **ONCE)
+def cut_host(spec: ClusterSpec, host: str) -> str:
+    return docker_lab.partition_host(spec, host, cut=True)
+
+
+@task(name="reconnect-host", **SIDE_EFFECT)
+def reconnect_host(spec: ClusterSpec, host: str) -> str:
+    if not docker_lab.is_lab_host(spec, host):
+        return "not a lab host"
+    return docker_lab.partition_host(spec, host, cut=False)
 
 
 @task(name="inject-fault", **ONCE)
@@ -173,7 +199,8 @@ def _await_window(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: P
 
 
 def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer: Probe, reader: Probe,
-                    t_fault: float, timeout: float, seconds: int = 0) -> tuple[str, list[str]]:
+                    t_fault: float, timeout: float, seconds: int = 0,
+                    host_members: list[str] | None = None) -> tuple[str, list[str]]:
     """Wait until clients are served again after the fault; returns (leader, notes)."""
     notes: list[str] = []
 
@@ -183,13 +210,13 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
 
     if kind.timed:
         return _await_window(spec, kind, old_leader, writer, t_fault, seconds)
-    if kind.moves_leader:
+    if kind.moves_leader or (kind.whole_host and old_leader in (host_members or [])):
         new = wait_for("a new Patroni leader", leader_now, lambda n: bool(n) and n != old_leader,
                        timeout=timeout, interval=0.2)
         t_new = time.monotonic()
         wait_for("writes acknowledged by the new leader", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
                  lambda t: t > t_new, timeout=30, interval=0.1)
-        if kind == DrillKind.PARTITION:
+        if kind in (DrillKind.PARTITION, DrillKind.HOST_PARTITION):
             # No split brain: the cut-off leader must stop being a writable primary by itself
             # (writable only while Patroni still runs it as a primary: role primary AND running).
             seen = wait_for("the partitioned leader to stop accepting writes", lambda: _old_side(spec, old_leader),
@@ -203,9 +230,26 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
     return old_leader, notes
 
 
-def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None) -> Target:
+def _on_host(spec: ClusterSpec, host: str) -> list[str]:
+    return [m for m in [*spec.node_names(), *spec.etcd_names()] if spec.host_of(m) == host]
+
+
+def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None, host: str | None = None) -> Target:
     lead = view.leader()
     assert lead is not None  # a healthy cluster has exactly one
+    if kind.whole_host or host is not None:
+        if not kind.whole_host:
+            raise UsageError(f"--host only applies to host-loss and host-partition, not {kind.value}")
+        if host is None:
+            raise UsageError(f"{kind.value} needs --host (one of the spec's hosts)")
+        if kind == DrillKind.HOST_PARTITION and spec.multi_host and host in [h.name for h in spec.hosts or []] \
+                and not docker_lab.is_lab_host(spec, host):
+            raise UsageError(f"host-partition runs in a lab only; {host} is a real host (use host-loss)")
+        try:
+            return host_target(host, [h.name for h in spec.hosts or []], _on_host(spec, host) if spec.multi_host
+                               else [], spec.node_names())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     etcd_leader = etcd.leader_member(spec) if kind in (DrillKind.ETCD_MEMBER_LOSS, DrillKind.ETCD_QUORUM_LOSS) else ""
     replicas = {m.name: (m.role.value, m.lag) for m in view.replicas()}
     try:
@@ -219,7 +263,7 @@ def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | Non
 @mutating_flow("drill")
 def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
           to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180,
-          wait_seconds: WaitSeconds = 0, seconds: int | None = None) -> DrillResult:
+          wait_seconds: WaitSeconds = 0, seconds: int | None = None, host: str | None = None) -> DrillResult:
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
@@ -234,7 +278,7 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     view = require_healthy(spec, "the drill")
     lead = view.leader()
     assert lead is not None
-    target = _target(spec, kind, view, to)
+    target = _target(spec, kind, view, to, host)
     secrets = cluster_secrets(spec.scope)
     postgres.ensure_probe_table(spec, secrets)
     run_id = uuid.uuid4().hex[:12]
@@ -254,17 +298,28 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
                  lambda n: n[0] >= 20 and (n[1] >= 20 or spec.nodes == 1), timeout=30, interval=0.1)
         wall_fault = time.time()
         write_private(_pending_file(spec), json.dumps({"kind": kind.value, "member": target.member,
-                                                       "also": list(target.also), "since": wall_fault}))
+                                                       "also": list(target.also), "since": wall_fault,
+                                                       "host": host if kind.whole_host else None}))
         t_fault = time.monotonic()
         log.info("%s: fault on %s%s%s", kind.value, ", ".join(target.members),
                  f" (candidate {target.candidate})" if target.candidate else "", f" for {window}s" if window else "")
         try:
-            inject(spec, kind, target)
+            if kind == DrillKind.HOST_LOSS:
+                notes.append(kill_host(spec, str(host)))
+            elif kind == DrillKind.HOST_PARTITION:
+                notes.append(cut_host(spec, str(host)))
+            else:
+                inject(spec, kind, target)
             new_leader, more = _await_recovery(spec, kind, lead.name, writer, reader, t_fault,
-                                               timeout=spec.timing.ttl + 60, seconds=window)
+                                               timeout=spec.timing.ttl + 60, seconds=window,
+                                               host_members=target.members)
             notes += more
         finally:
             t_heal = time.monotonic()
+            if kind == DrillKind.HOST_LOSS:
+                log.info("booting %s: %s", host, boot_host(spec, str(host)))
+            elif kind == DrillKind.HOST_PARTITION:
+                log.info("reconnecting %s: %s", host, reconnect_host(spec, str(host)))
             for member in target.members:
                 log.info("healing %s: %s", member, heal(spec, member))
             try:

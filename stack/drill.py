@@ -23,6 +23,13 @@ class DrillKind(StrEnum):
     HAPROXY_RESTART = "haproxy-restart"
     FREEZE = "freeze"  # docker pause of the leader for a while, then unpause
     ETCD_QUORUM_LOSS = "etcd-quorum-loss"  # stop a majority of etcd members for a while, then start them
+    HOST_LOSS = "host-loss"  # many hosts: a whole host dies (lab: docker kill of the lab host), then boots again
+    HOST_PARTITION = "host-partition"  # lab: the lab host cut off the lab network while it runs, then reconnected
+
+    @property
+    def whole_host(self) -> bool:
+        """The fault hits every member of one host (`--host`)."""
+        return self in (DrillKind.HOST_LOSS, DrillKind.HOST_PARTITION)
 
     @property
     def moves_leader(self) -> bool:
@@ -191,3 +198,16 @@ def choose_target(kind: DrillKind, leader: str, replicas: dict[str, tuple[str, i
             raise ValueError("etcd-member-loss needs at least 3 etcd members so that quorum holds")
         return Target(etcd_leader or "etcd-1")
     return Target("haproxy")
+
+
+def host_target(host: str, hosts: list[str], on_host: list[str], node_names: list[str]) -> Target:
+    """host-loss, host-partition: every member on `host` is hit; the Patroni node there (if any) is the one watched."""
+    if not hosts:
+        raise ValueError("host drills need a spec with hosts (a cluster over several engines)")
+    if host not in hosts:
+        raise ValueError(f"--host {host} is not one of the spec's hosts ({', '.join(hosts)})")
+    if not on_host:
+        raise ValueError(f"host {host} runs no member of the cluster but HAProxy")
+    nodes = [m for m in on_host if m in node_names]
+    first = nodes[0] if nodes else on_host[0]
+    return Target(member=first, also=tuple(m for m in on_host if m != first))

@@ -40,7 +40,7 @@ from stack.spec import ClusterSpec
 
 
 def etcd_hosts(spec: ClusterSpec) -> list[str]:
-    return [f"{spec.container(m)}:{ETCD_CLIENT_PORT}" for m in spec.etcd_names()]
+    return [f"{spec.address(m)}:{ETCD_CLIENT_PORT}" for m in spec.etcd_names()]
 
 
 def scheme(spec: ClusterSpec) -> str:
@@ -59,9 +59,9 @@ def etcd_tls_flags() -> list[str]:
 
 def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
     """etcd's flags for one member. The initial-cluster flags only matter on first start."""
-    host = spec.container(member)
+    host = spec.address(member)  # many hosts: the host's address (host networking)
     sch = scheme(spec)
-    initial = ",".join(f"{m}={sch}://{spec.container(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
+    initial = ",".join(f"{m}={sch}://{spec.address(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
     return [
         f"--name={member}",
         f"--data-dir={ETCD_MOUNT}/data",
@@ -133,6 +133,17 @@ def pg_hba(subnet: str, ssl: bool = True) -> list[str]:
     ]
 
 
+def hosts_pg_hba(spec: ClusterSpec) -> list[str]:
+    """Many hosts: the hosts' own addresses (each one /32), instead of the cluster network's subnet."""
+    ssl = spec.tls.enabled
+    host = "hostssl" if ssl else "host"
+    rules = pg_hba("127.0.0.1/32", ssl)[:4]
+    for h in spec.hosts or []:
+        rules += [f"{host} replication {REPLICATION_USER} {h.address}/32 scram-sha-256",
+                  f"{host} all all {h.address}/32 scram-sha-256"]
+    return rules
+
+
 # libpq options of Patroni's replication and rewind connections (primary_conninfo, pg_rewind).
 PG_CLIENT_TLS = {"sslmode": "verify-full", "sslrootcert": tls.CA}
 # The node's own server settings (patroni.yml, local: `config set` cannot change them).
@@ -156,7 +167,7 @@ def _tls_patroni(spec: ClusterSpec, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> dict[str, Any]:
-    host = spec.container(member)
+    host = spec.address(member)
     conf: dict[str, Any] = {
         "scope": spec.scope,
         "name": member,
@@ -186,7 +197,7 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
             # Patroni's own connections go through the socket (peer auth for postgres).
             "use_unix_socket": True,
             "use_unix_socket_repl": False,
-            "pg_hba": pg_hba(subnet, spec.tls.enabled),
+            "pg_hba": pg_hba(subnet, spec.tls.enabled) if not spec.multi_host else hosts_pg_hba(spec),
             "parameters": {"unix_socket_directories": SOCKET_DIR},
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
@@ -224,6 +235,20 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
         + (f" check-ssl verify required ca-file {tls.CA}" if spec.tls.enabled else "")
     )
     servers = [f"server {m} {spec.container(m)}:{PG_PORT}" for m in spec.node_names()]
+    resolvers: list[CfgSection] = []
+    rw_bind, ro_bind, stats_bind = f":{HAPROXY_RW_PORT}", f":{HAPROXY_RO_PORT}", f":{HAPROXY_STATS_PORT}"
+    if spec.multi_host:
+        # Many hosts (host networking): fixed host addresses, no Docker DNS; HAProxy binds the
+        # cluster's client ports on its own host.
+        default_server = default_server.replace("resolvers docker init-addr last,libc,none ", "")
+        servers = [f"server {m} {spec.address(m)}:{PG_PORT}" for m in spec.node_names()]
+        rw_bind, ro_bind, stats_bind = f":{spec.ports.rw}", f":{spec.ports.ro}", f":{spec.ports.stats}"
+    else:
+        resolvers = [CfgSection("resolvers docker", [
+            "nameserver dns 127.0.0.11:53",
+            *(f"hold {state} 1s" for state in ("valid", "other", "refused", "nx", "timeout")),
+            "timeout resolve 1s",
+        ])]
     return [
         CfgSection("global", [
             "maxconn 2000",
@@ -232,11 +257,7 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
             # it (`set server ... health up`) instead of after fall x inter (tasks/haproxy.py).
             f"stats socket {HAPROXY_ADMIN_SOCKET} mode 600 level admin",
         ]),
-        CfgSection("resolvers docker", [
-            "nameserver dns 127.0.0.11:53",
-            *(f"hold {state} 1s" for state in ("valid", "other", "refused", "nx", "timeout")),
-            "timeout resolve 1s",
-        ]),
+        *resolvers,
         CfgSection("defaults", [
             "mode tcp",
             "log global",
@@ -252,21 +273,21 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
         ]),
         CfgSection("frontend stats", [
             "mode http",
-            f"bind :{HAPROXY_STATS_PORT}",
+            f"bind {stats_bind}",
             "http-request use-service prometheus-exporter if { path /metrics }",
             "stats enable",
             "stats uri /",
             "stats refresh 5s",
         ]),
         CfgSection("listen primary", [
-            f"bind :{HAPROXY_RW_PORT}",
+            f"bind {rw_bind}",
             "option httpchk GET /primary",
             "http-check expect status 200",
             default_server,
             *servers,
         ]),
         CfgSection("listen replicas", [
-            f"bind :{HAPROXY_RO_PORT}",
+            f"bind {ro_bind}",
             "balance roundrobin",
             "option httpchk GET /replica",
             "http-check expect status 200",

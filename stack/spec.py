@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stack import hosts as hostplan
 from stack.errors import SpecError
 from stack.resources import check_memory, owned_reason
 from stack.rolling import PATRONI_OWNED
@@ -333,6 +334,14 @@ class ClusterSpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
     tls: TlsSpec = Field(default_factory=TlsSpec)  # type: ignore[arg-type]
 
+    # ---- many hosts (README "Several machines"); absent: today's single local engine ----
+    hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
+                                                                    "the local engine only")
+    placement: hostplan.Placement = Field(default_factory=hostplan.Placement)  # type: ignore[arg-type]
+    allow_unsafe_placement: bool = Field(False, description="accept a placement where losing one host stops "
+                                                            "the cluster")
+    # ---- end many hosts ----
+
     @field_validator("scope")
     @classmethod
     def _scope(cls, v: str) -> str:
@@ -388,7 +397,72 @@ class ClusterSpec(_Strict):
                 raise ValueError(f"postgres_parameters.{err}")
         return self
 
+    @model_validator(mode="after")
+    def _hosts(self) -> ClusterSpec:
+        """Many hosts: distinct hosts, a placement that survives the loss of any one (or says it accepts not)."""
+        if self.hosts is None:
+            return self
+        if not self.hosts:
+            raise ValueError("hosts is empty; leave it out for the local engine, or name at least one host")
+        if (dup := hostplan.duplicate(self.hosts)) is not None:
+            raise ValueError(dup)
+        names = [h.name for h in self.hosts]
+        etcd_on = hostplan.place(self.etcd_names(), names, self.placement.etcd, "etcd")
+        nodes_on = hostplan.place(self.node_names(), names, self.placement.patroni, "patroni")
+        if (why := hostplan.unsafe_reason(etcd_on, nodes_on, names)) and not self.allow_unsafe_placement:
+            raise ValueError(f"unsafe placement: {why}; add hosts or set allow_unsafe_placement: true")
+        for on, role in ((etcd_on, "etcd member"), (nodes_on, "Patroni node")):
+            if (why := hostplan.crowded(on, role)) is not None:
+                raise ValueError(why)
+        for key in ("rw", "ro", "stats"):
+            port = getattr(self.ports, key)
+            if port in hostplan.MEMBER_PORTS:
+                raise ValueError(f"ports.{key} {port} is {hostplan.MEMBER_PORTS[port]}'s port on every host "
+                                 "(host networking); choose another, e.g. 5000/5001/7000")
+        if self.backup.enabled and self.backup.s3 is None:
+            raise ValueError("backup over several hosts needs backup.s3 (the volume repository lives on one "
+                             "engine); set backup.s3 or backup.enabled: false")
+        if self.pooler.enabled:
+            raise ValueError("pooler.enabled is not supported with hosts yet")
+        if self.fencing:
+            raise ValueError("fencing watches one engine; with hosts set fencing: false (a lost host takes its "
+                             "engine with it: Patroni's ttl is the floor)")
+        return self
+
     # ---- derived values (the only place names are made) ----
+
+    @property
+    def multi_host(self) -> bool:
+        return self.hosts is not None
+
+    def host_named(self, name: str) -> hostplan.HostSpec:
+        for h in self.hosts or []:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def host_of(self, member: str) -> str | None:
+        """The host that runs `member` (None: single engine; HAProxy: the first host, it runs on all)."""
+        if self.hosts is None:
+            return None
+        names = [h.name for h in self.hosts]
+        if member in self.etcd_names():
+            return hostplan.place(self.etcd_names(), names, self.placement.etcd, "etcd")[member]
+        if member in self.node_names():
+            return hostplan.place(self.node_names(), names, self.placement.patroni, "patroni")[member]
+        return names[0]
+
+    def address(self, member: str) -> str:
+        """How other members reach `member`: its host's address, or its container name on the cluster network."""
+        host = self.host_of(member)
+        return self.host_named(host).address if host is not None else self.container(member)
+
+    def client_endpoints(self, read_only: bool = False) -> list[tuple[str, int]]:
+        """(host, port) of every HAProxy clients use, in host order (one: 127.0.0.1 of the local engine)."""
+        if self.hosts is None:
+            return [("127.0.0.1", self.ports.ro if read_only else self.ports.rw)]
+        return [(h.client_address or h.address,
+                 (h.ro_port or self.ports.ro) if read_only else (h.rw_port or self.ports.rw)) for h in self.hosts]
 
     @property
     def timing(self) -> EffectiveTiming:

@@ -109,7 +109,14 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
         cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
-    member_crt, member_key = leaf(f"{spec.scope} member", member_names(spec), ["127.0.0.1", "::1"])
+    ips, dns = ["127.0.0.1", "::1"], member_names(spec)
+    for h in spec.hosts or []:  # many hosts: members are reached at their host's address
+        try:
+            ipaddress.ip_address(h.address)
+            ips.append(h.address)
+        except ValueError:
+            dns.append(h.address)
+    member_crt, member_key = leaf(f"{spec.scope} member", dns, ips)
     client_crt, client_key = leaf(f"{spec.scope} pgha client", [], [])
     return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key}
 

@@ -109,6 +109,7 @@ class ContainerDef:
     entrypoint: list[str] | None = None  # None: the image's pgha-entrypoint with `role` as first argument
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path, read-only
     hardening: Hardening | None = None  # limits, capabilities, tmpfs (`harden`); None: the engine's defaults
+    host_network: bool = False  # many hosts: the host's network namespace (stack/hosts.py says why)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def etcd_member(spec: ClusterSpec, member: str, image: str, conf_dir: str | None
         volumes={spec.volume(member): layout.ETCD_MOUNT},
         config_dir=conf_dir if spec.tls.enabled else None,
         healthcheck=[*health, "endpoint", "health"],
+        host_network=spec.multi_host,
         **start,  # type: ignore[arg-type]
     ), files=tls_files(spec)))
 
@@ -174,6 +176,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             volumes=volumes,
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
+            host_network=spec.multi_host,
             **start,  # type: ignore[arg-type]
         ),
         files={"patroni.yml": text, **tls_files(spec)},
@@ -188,12 +191,16 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
         layout.HAPROXY_STATS_PORT: spec.ports.stats,
     }
     member = spec.haproxy_member
+    stats = layout.HAPROXY_STATS_PORT
+    if spec.multi_host:  # host networking: HAProxy binds the client ports itself, nothing is published
+        ports, stats = {}, spec.ports.stats
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
             config_dir=conf_dir, ports=ports,
-            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.HAPROXY_STATS_PORT}/"],
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{stats}/"],
+            host_network=spec.multi_host,
         ),
         files={"haproxy.cfg": text},
     ))

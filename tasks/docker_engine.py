@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import Healthcheck, Mount
 
@@ -106,9 +107,11 @@ class Engine:
                     c.ping()
                 except (docker.errors.DockerException, OSError) as exc:
                     where = self.base_url or "the local engine"
+                    hint = ("; run `make engine` (Debian, as root) or start dockerd" if self.base_url is None
+                            else "; check the host's engine and how pgha reaches it (hosts[].docker)")
                     raise DockerError(
                         f"no Docker engine answers at {where} (host {self.name}: "
-                        + str(exc).splitlines()[0][:120] + "); run `make engine` (Debian, as root) or start dockerd"
+                        + (str(exc).splitlines() or ["no answer"])[0][:120] + ")" + hint
                     ) from None
                 self._client = c
             return self._client
@@ -190,6 +193,9 @@ class Engine:
             return self.client.containers.get(name)
         except docker.errors.NotFound:
             return None
+        except requests.exceptions.RequestException as exc:
+            # Many hosts: a host that died took its engine with it (a drill, or a real loss).
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
 
     def _get(self, name: str) -> Container:
         ct = self.find_container(name)
@@ -208,6 +214,11 @@ class Engine:
             hc = Healthcheck(test=["CMD", *d.healthcheck], interval=5 * sec, timeout=3 * sec, retries=3,
                              start_period=30 * sec)
         all_labels = {**labels(d.scope, d.role, d.member), LABEL_CONFIG: d.config_hash}
+        if d.host_network:  # many hosts: the host's network namespace (no hostname, nothing to publish)
+            return self.client.containers.create(
+                d.image, command=[d.role, *d.command] if d.entrypoint is None else d.command,
+                entrypoint=d.entrypoint, name=d.name, labels=all_labels, mounts=mounts, network_mode="host",
+                healthcheck=hc, restart_policy={"Name": "unless-stopped"}, stop_signal="SIGTERM", detach=True)
         return self.client.containers.create(
             d.image,
             command=[d.role, *d.command] if d.entrypoint is None else d.command,
@@ -236,7 +247,7 @@ class Engine:
                     raise StateError(f"container {d.name} exists but does not belong to pgha cluster {d.scope}")
                 if lab.get(LABEL_CONFIG) == d.config_hash and current.image.tags and d.image in current.image.tags:
                     # Heal what an interrupted drill may have left: a detached network, a stopped container.
-                    reattached = self.connect(d.name, d.network)
+                    reattached = False if d.host_network else self.connect(d.name, d.network)
                     if current.status == "running" and not reattached:
                         return Outcome.UNCHANGED
                     if current.status != "running":
@@ -278,7 +289,10 @@ class Engine:
 
     def cluster_containers(self, scope: str, role: str | None = None) -> list[Container]:
         flt: list[str] = [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
-        return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
+        try:
+            return list(self.client.containers.list(all=True, filters={"label": flt}, ignore_removed=True))
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
 
     def remove_labelled(self, scope: str, role: str | None = None, volumes: bool = False,
                         keep_volumes: set[str] | None = None) -> dict[str, list[str]]:
@@ -302,7 +316,10 @@ class Engine:
         return removed
 
     def running(self, name: str) -> bool:
-        ct = self.find_container(name)
+        try:
+            ct = self.find_container(name)
+        except DockerError:
+            return False  # its host's engine is gone: nothing of it runs
         return ct is not None and ct.status == "running"
 
     def logs(self, name: str, tail: int = 30, since: float | None = None) -> str:
@@ -343,6 +360,21 @@ class Engine:
         except docker.errors.APIError as exc:
             raise StateError(f"cannot inspect image {tag}: {_why(exc)}") from None
         return list(img.attrs.get("Config", {}).get("Env") or [])
+
+    def has_image(self, tag: str) -> bool:
+        try:
+            self.client.images.get(tag)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def copy_image_to(self, other: Engine, tag: str) -> bool:
+        """`docker save | docker load` of `tag` from this engine into `other` (many hosts); False when there already."""
+        if other.has_image(tag):
+            return False
+        with _engine_call(f"copy image {tag} to host {other.name}"):
+            other.client.images.load(self.client.images.get(tag).save(named=True))
+        return True
 
     def put_file(self, name: str, path: str, text: str, mode: int = 0o600) -> None:
         """Copy `text` into a container as a root-owned file (for files no mount carries)."""

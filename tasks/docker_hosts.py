@@ -1,7 +1,9 @@
 """Which Docker engine runs which member: the cluster's map member -> `Engine`.
 
-Today every member of every cluster runs on the local engine (DOCKER_HOST or the default
-socket); the many-hosts spec fills this map from its `hosts` and `placement`.
+Without `hosts` every member runs on the local engine (DOCKER_HOST or the default socket).
+With `hosts` (stack/hosts.py), each host is one `Engine` (one prefect-docker `DockerHost`:
+unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client), and
+`placement` says which member runs where; HAProxy runs on every host.
 """
 
 from __future__ import annotations
@@ -9,14 +11,36 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 
+from stack.hosts import HostSpec
 from stack.spec import ClusterSpec
-from tasks.docker_engine import Engine
+from tasks.docker_engine import DOCKER_TIMEOUT, Engine
 
 
 @lru_cache(maxsize=1)
 def local_engine() -> Engine:
     """The engine of this machine (DOCKER_HOST or the default socket), one handle per process."""
     return Engine("local")
+
+
+@lru_cache(maxsize=64)
+def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str | None) -> Engine:
+    """One handle per host and process (an ssh:// client is costly to open)."""
+    from prefect_docker import DockerHost
+
+    kwargs: dict[str, object] = {}
+    if url.startswith("ssh://"):
+        kwargs["use_ssh_client"] = True  # the system's ssh (keys, agent, known_hosts), no paramiko
+    if ca and cert and key:
+        from docker.tls import TLSConfig
+
+        kwargs["tls"] = TLSConfig(client_cert=(cert, key), ca_cert=ca, verify=True)
+    return Engine(name, DockerHost(base_url=url.replace("tcp://", "https://") if kwargs.get("tls") else url,
+                                   timeout=DOCKER_TIMEOUT, client_kwargs=kwargs))
+
+
+def host_engine(host: HostSpec) -> Engine:
+    t = host.tls
+    return _host_engine(host.name, host.docker, t.ca if t else None, t.cert if t else None, t.key if t else None)
 
 
 class ClusterEngines:
@@ -26,14 +50,29 @@ class ClusterEngines:
         self.spec = spec
         self.default = default
         self._by_member: dict[str, Engine] = {}
+        self.by_host: dict[str, Engine] = {}
+        if spec.hosts is not None:
+            self.by_host = {h.name: host_engine(h) for h in spec.hosts}
+            self.default = self.by_host[spec.hosts[0].name]
+            for m in [*spec.etcd_names(), *spec.node_names()]:
+                self._by_member[m] = self.by_host[str(spec.host_of(m))]
 
     def of(self, member: str) -> Engine:
         return self._by_member.get(member, self.default)
 
+    def placed(self, member: str) -> list[Engine]:
+        """Every engine running `member`: HAProxy runs on every host, anything else on one."""
+        if member == self.spec.haproxy_member and self.by_host:
+            return list(self.by_host.values())
+        return [self.of(member)]
+
+    def on_host(self, host: str) -> Engine:
+        return self.by_host[host]
+
     def all(self) -> list[Engine]:
         """Every distinct engine the cluster uses."""
         seen: dict[int, Engine] = {id(self.default): self.default}
-        for e in self._by_member.values():
+        for e in [*self.by_host.values(), *self._by_member.values()]:
             seen.setdefault(id(e), e)
         return list(seen.values())
 

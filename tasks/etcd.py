@@ -27,7 +27,7 @@ def endpoints(spec: ClusterSpec, members: list[str] | None = None) -> str:
     sch = scheme(spec)
     if members is None:
         return ",".join(f"{sch}://{h}" for h in etcd_hosts(spec))
-    return ",".join(f"{sch}://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
+    return ",".join(f"{sch}://{spec.address(m)}:{layout.ETCD_CLIENT_PORT}" for m in members)
 
 
 def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members: list[str] | None = None,
@@ -91,7 +91,7 @@ def health(spec: ClusterSpec) -> list[EndpointHealth]:
 
 def healthy_by_member(spec: ClusterSpec) -> dict[str, bool]:
     rows = {_host(r.endpoint): r.healthy for r in health(spec)}
-    return {m: rows.get(spec.container(m), False) for m in spec.etcd_names()}
+    return {m: rows.get(spec.address(m), False) for m in spec.etcd_names()}
 
 
 def _describe(rows: list[EndpointHealth]) -> str:
@@ -120,7 +120,7 @@ def leader_member(spec: ClusterSpec) -> str:
     except (ValueError, AttributeError):
         raise EtcdError(f"etcdctl gave no status: {r.tail(1)}") from None
     for m in spec.etcd_names():
-        if _leads(status.get(spec.container(m), {})):
+        if _leads(status.get(spec.address(m), {})):
             return m
     raise EtcdError("no etcd leader found")
 
@@ -138,7 +138,7 @@ def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
         status = {}  # unreachable members are reported by the health rows
     members: list[EtcdMember] = []
     for m in spec.etcd_names():
-        host = spec.container(m)
+        host = spec.address(m)
         h, st = rows.get(host), status.get(host, {})
         db = st.get("dbSize")
         members.append(EtcdMember(
@@ -163,7 +163,7 @@ def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int
 
 
 def peer_url(spec: ClusterSpec, member: str) -> str:
-    return f"{scheme(spec)}://{spec.container(member)}:{layout.ETCD_PEER_PORT}"
+    return f"{scheme(spec)}://{spec.address(member)}:{layout.ETCD_PEER_PORT}"
 
 
 # ---- membership ----

@@ -33,7 +33,23 @@ def parse_stats(text: str) -> list[dict[str, str]]:
 
 
 def stats_rows(spec: ClusterSpec) -> list[dict[str, str]]:
-    """HAProxy's stats CSV (127.0.0.1:<stats>), one dict per proxy/server row."""
+    """HAProxy's stats CSV (127.0.0.1:<stats>), one dict per proxy/server row.
+
+    Many hosts: the stats port is on the hosts, not this machine's loopback; the first HAProxy
+    whose host answers is asked from inside its container.
+    """
+    if spec.multi_host:
+        from tasks.docker_hosts import engines
+        from tasks.node_exec import NodeExec
+
+        for engine in engines(spec).placed(spec.haproxy_member):
+            n = NodeExec(engine, spec.container(spec.haproxy_member))
+            if not n.running():
+                continue
+            r = n.run(["curl", "-fsS", "--max-time", "3", f"http://localhost:{spec.ports.stats}/;csv"], timeout=5)
+            if r.ok:
+                return parse_stats(r.out)
+        raise HaproxyError("no HAProxy of the cluster's hosts answers its stats port")
     url = f"http://127.0.0.1:{spec.ports.stats}/;csv"
     try:
         # trust_env=False: a proxy set in the environment must never carry a loopback call.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import docker.errors
+import requests
 
 from stack.errors import DockerError, ExecError
 from stack.spec import ClusterSpec
@@ -60,6 +61,9 @@ class NodeExec:
             res = ct.exec_run(["timeout", str(timeout), *cmd], user=user or "", demux=True)
         except docker.errors.APIError as exc:
             raise DockerError(f"exec in {self.container}: {exc.explanation or exc}") from None
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"exec in {self.container}: its host's engine does not answer "
+                              f"({type(exc).__name__})") from None
         out, err = res.output if res.output else (None, None)
         return ExecResult(int(res.exit_code or 0), out.decode(errors="replace") if out else "",
                           err.decode(errors="replace") if err else "")

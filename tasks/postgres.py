@@ -18,6 +18,7 @@ import psycopg
 from stack.audit import PostgresObs, ReplicationRow
 from stack.audit_backup import ArchiverObs
 from stack.errors import PostgresError
+from stack.hosts import multi_host_uri
 from stack.layout import SOCKET_DIR, SUPERUSER
 from stack.rolling import Setting
 from stack.secrets import Secrets
@@ -41,7 +42,8 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
 
     Through HAProxy the URI asks for TLS verified against the CA (spec.tls); the pooler's client
-    side is plain TCP on 127.0.0.1 (it reaches PostgreSQL over TLS itself).
+    side is plain TCP on 127.0.0.1 (it reaches PostgreSQL over TLS itself). Over many hosts it is
+    libpq's multi-host URI: every host's HAProxy, so a client survives the loss of the one it used.
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
@@ -49,13 +51,19 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     if passfile:
         params["passfile"] = passfile
     query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
+    if spec.multi_host and not pooled:
+        uri = multi_host_uri(SUPERUSER, spec.client_endpoints(read_only), dbname, read_only,
+                             f":{quote(password, safe='')}" if password else "")
+        return uri + (f"&{query}" if query else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}" + (f"?{query}" if query else "")
 
 
 def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False) -> str:
-    """One ~/.pgpass line for the endpoint (`:` and `\\` escaped as libpq wants)."""
-    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
+    """~/.pgpass line(s) for the endpoint (`:` and `\\` escaped as libpq wants); every host's over many hosts."""
     pw = password.replace("\\", "\\\\").replace(":", "\\:")
+    if spec.multi_host and not pooled:
+        return "".join(f"{h}:{p}:*:{SUPERUSER}:{pw}\n" for h, p in spec.client_endpoints(read_only))
+    port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     return f"127.0.0.1:{port}:*:{SUPERUSER}:{pw}\n"
 
 
@@ -67,16 +75,23 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    extra: dict[str, int] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
-                              "keepalives_count": 2} if keepalives else {})
+    extra: dict[str, int | str] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
+                                    "keepalives_count": 2} if keepalives else {})
+    host, ports, where = "127.0.0.1", str(port), f"127.0.0.1:{port}"
+    if spec.multi_host and not pooled:
+        # Many hosts: libpq tries every host's HAProxy in turn (the multi-host URI `pgha dsn` prints).
+        ends = spec.client_endpoints(read_only)
+        host, ports = ",".join(h for h, _ in ends), ",".join(str(p) for _, p in ends)
+        where = ",".join(f"{h}:{p}" for h, p in ends)
+        extra["target_session_attrs"] = "prefer-standby" if read_only else "read-write"
     try:
-        return psycopg.connect(host="127.0.0.1", port=port, user=SUPERUSER, password=secrets.superuser,
+        return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
                                application_name=application_name, **({} if pooled else tls_params(spec)), **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PostgresError(f"127.0.0.1:{port}: {first}") from None
+        raise PostgresError(f"{where}: {first}") from None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,12 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         f_view = pool.submit(patroni.cluster_view, spec)
         f_etcd = pool.submit(etcd.health, spec)
         f_haproxy = pool.submit(haproxy.backend_states, spec)
-        containers = {c.name: c for e in eng.all() for c in e.cluster_containers(spec.scope)}
+        containers = {}
+        for e in eng.all():
+            try:
+                containers |= {c.name: c for c in e.cluster_containers(spec.scope)}
+            except PghaError as exc:  # many hosts: a lost host's engine; its members show as missing
+                st.problems.append(str(exc))
     view: ClusterView | None = None
     try:
         view = f_view.result()

@@ -62,6 +62,8 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
                          f"{str(spec.tls.enabled).lower()}); switching needs a new cluster (restore a backup into "
                          f"it), or set tls.enabled: {str(runs_tls).lower()} in the spec")
     # ---- end tls ----
+    if spec.multi_host:
+        return  # many hosts: the client ports are on the hosts' addresses, not this machine's loopback
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
     for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):
@@ -100,8 +102,20 @@ def ensure_image(spec: ClusterSpec) -> str:
     return tag
 
 
+@task(name="ensure-image-on-hosts", **SIDE_EFFECT)
+def ensure_image_on_hosts(spec: ClusterSpec, image: str) -> dict[str, str]:
+    """Many hosts: the node image, built on this machine, loaded into every host's engine that lacks it."""
+    out = {}
+    for name, engine in docker_hosts.engines(spec).by_host.items():
+        out[name] = "loaded" if docker_hosts.local_engine().copy_image_to(engine, image) else "present"
+        get_run_logger().info("image %s on host %s: %s", image, name, out[name])
+    return out
+
+
 @task(name="ensure-network", **SIDE_EFFECT)
 def ensure_network(spec: ClusterSpec) -> str:
+    if spec.multi_host:
+        return ""  # many hosts: host networking, no cluster network (stack/hosts.py)
     subnet, outcome = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
     get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
     return subnet
@@ -140,7 +154,9 @@ def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: 
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
         write_private(config_dir(spec.scope, member) / fname, text)
-    outcome = docker_hosts.engines(spec).of(member).ensure_container(planned.container)
+    # HAProxy runs on every host of a many-hosts cluster; every other member on one engine.
+    outcomes = [e.ensure_container(planned.container) for e in docker_hosts.engines(spec).placed(member)]
+    outcome = next((o for o in outcomes if o.value != "unchanged"), outcomes[0])
     get_run_logger().info("%s %s: %s", role, planned.container.name, outcome.value)
     return outcome.value
 
@@ -254,6 +270,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
 
     image = ensure_image(spec)
     preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)
+    if spec.multi_host:
+        ensure_image_on_hosts(spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)
     ensure_volumes(spec)
     eng = docker_hosts.engines(spec)

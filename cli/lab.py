@@ -1,0 +1,70 @@
+"""`pgha lab`: several simulated hosts on this machine (Docker in Docker), like `kind` for Kubernetes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from cli.core import Done, JsonOpt, app, command
+from stack.lab import LabStatus
+
+lab_app = typer.Typer(no_args_is_help=True, help="Simulated hosts on this machine for a many-hosts cluster.")
+app.add_typer(lab_app, name="lab")
+
+NameOpt = typer.Option("lab", "--name", help="the lab's name (label pgha.lab=<name>)")
+
+
+def _json(st: LabStatus) -> dict[str, Any]:
+    return {"name": st.name, "network": st.network, "spec": st.spec,
+            "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
+                       "rw_port": h.rw_port, "ro_port": h.ro_port, "state": h.state} for h in st.hosts]}
+
+
+class _Json(LabStatus):
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+
+def _render(done: Done[Any]) -> None:
+    st: LabStatus = done.result
+    for h in st.hosts:
+        sys.stdout.write(f"{h.name}  {h.container}  {h.state or '?'}  address {h.address}  "
+                         f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  engine {h.docker}\n")
+    sys.stdout.write(f"spec: {st.spec}\n(start the cluster with `pgha up --spec {st.spec}`)\n")
+
+
+@lab_app.command("up")
+@command(_render)
+def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated hosts"), name: str = NameOpt,
+           port_base: int = typer.Option(25400, "--port-base", min=1024, max=65000,
+                                         help="first 127.0.0.1 port: host i gets R/W base+2(i-1), R/O the next"),
+           scope: str | None = typer.Option(None, "--scope", help="the cluster's scope in the written spec "
+                                                                  "(default: the lab's name)"),
+           as_json: bool = JsonOpt) -> Done[_Json]:
+    """Create N lab hosts (each its own dockerd), load the node image, write a ready spec."""
+    from tasks import docker_lab
+
+    st = docker_lab.up(name, hosts, port_base, scope or name)
+    return Done(_Json.model_validate(st.model_dump()))
+
+
+@lab_app.command("status")
+@command(_render)
+def lab_status(name: str = NameOpt, as_json: bool = JsonOpt) -> Done[_Json]:
+    """Each lab host: container, engine URL, R/W and R/O ports on 127.0.0.1; the spec's path."""
+    from tasks import docker_lab
+
+    return Done(_Json.model_validate(docker_lab.status(name).model_dump()))
+
+
+@lab_app.command("down")
+@command()
+def lab_down(name: str = NameOpt) -> None:
+    """Remove every resource labelled pgha.lab=<name> (the lab hosts and everything inside them)."""
+    from tasks import docker_lab
+
+    removed = docker_lab.down(name)
+    sys.stdout.write(f"lab {name}: removed {len(removed['containers'])} hosts, {len(removed['volumes'])} volumes, "
+                     f"{len(removed['networks'])} network(s)\n")

@@ -1,0 +1,161 @@
+"""Many hosts: the spec's `hosts:` and `placement:`, and which host runs which member (pure).
+
+A cluster over several Docker engines runs every member with **host networking** on its host:
+one etcd member and one Patroni node per host at most, each listening on the host's own
+`address` (2379/2380 etcd, 5432 PostgreSQL, 8008 Patroni REST), so Patroni's
+`connect_address`, etcd's peer/client URLs and HAProxy's backends are plain host addresses,
+with no port mapping to keep consistent between hosts. HAProxy runs on every host and binds
+`ports.rw`/`ports.ro`/`ports.stats` on that host's address. Why host networking: a member's
+address is then the one address the other hosts can reach, with nothing to publish per member
+and no overlay network to run; the price is that two members of one role cannot share a host
+(they would want the same ports), which quorum-safe placement forbids anyway.
+
+Placement is checked here, before anything is created: losing any one host must leave etcd
+a majority and Patroni a node to promote, or the spec says `allow_unsafe_placement: true`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
+
+# Ports a member listens on in its host's network namespace (host networking): the cluster's
+# client ports (ports.rw/ro/stats, HAProxy's) must not collide with them.
+MEMBER_PORTS = {5432: "PostgreSQL", 8008: "Patroni's REST API", 2379: "etcd clients", 2380: "etcd peers",
+                8432: "pgBackRest's TLS server"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineTLS(_Strict):
+    """Client certificate for a tcp:// engine (file paths, never inline keys)."""
+
+    ca: str = Field(..., min_length=1, description="CA certificate file that signed the engine's certificate")
+    cert: str = Field(..., min_length=1, description="client certificate file")
+    key: str = Field(..., min_length=1, description="client key file (0600)")
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if "-----BEGIN" in v:
+            raise ValueError("give the path of a file, never the key or certificate itself")
+        return v
+
+
+class HostSpec(_Strict):
+    """One machine with a Docker engine."""
+
+    name: str = Field(..., description="short name (h1, db-a...)")
+    docker: str = Field(..., description="how pgha reaches its engine: unix:///path, tcp://host:2376 (with tls), "
+                                         "ssh://user@host")
+    address: str = Field(..., min_length=1, description="how the other hosts reach services on this one")
+    tls: EngineTLS | None = None
+    client_address: str | None = Field(None, description="where pgha and clients reach this host's HAProxy "
+                                                         "(default: address)")
+    rw_port: int | None = Field(None, ge=1024, le=65535, description="this host's R/W port as clients reach it "
+                                                                     "(default ports.rw)")
+    ro_port: int | None = Field(None, ge=1024, le=65535, description="this host's R/O port as clients reach it "
+                                                                     "(default ports.ro)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not HOST_NAME_RE.match(v):
+            raise ValueError(f"host name '{v}' must be lowercase letters, digits and dashes, starting with a letter")
+        return v
+
+    @field_validator("docker")
+    @classmethod
+    def _docker(cls, v: str) -> str:
+        if not v.startswith(ENGINE_SCHEMES):
+            raise ValueError(f"docker '{v}' must start with one of {', '.join(ENGINE_SCHEMES)}")
+        return v
+
+
+class Spread(StrEnum):
+    SPREAD = "spread"  # member i on host i (round robin)
+
+
+class HaproxyPlacement(StrEnum):
+    EVERY_HOST = "every-host"
+
+
+class Placement(_Strict):
+    """Which host runs what: `spread` (one per host, in order) or an explicit map member -> host."""
+
+    etcd: Spread | dict[str, str] = Spread.SPREAD
+    patroni: Spread | dict[str, str] = Spread.SPREAD
+    haproxy: HaproxyPlacement = HaproxyPlacement.EVERY_HOST
+
+
+def place(members: list[str], hosts: list[str], rule: Spread | dict[str, str], role: str) -> dict[str, str]:
+    """member -> host name for one role; ValueError (one line) on a map that does not fit."""
+    if isinstance(rule, dict):
+        missing = [m for m in members if m not in rule]
+        extra = [m for m in rule if m not in members]
+        bad = [h for h in rule.values() if h not in hosts]
+        if missing or extra:
+            raise ValueError(f"placement.{role} must name exactly {', '.join(members)} "
+                             f"({'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)})")
+        if bad:
+            raise ValueError(f"placement.{role} names unknown host {bad[0]} (hosts: {', '.join(hosts)})")
+        return {m: rule[m] for m in members}
+    return {m: hosts[i % len(hosts)] for i, m in enumerate(members)}
+
+
+def unsafe_reason(etcd_on: dict[str, str], nodes_on: dict[str, str], hosts: list[str]) -> str | None:
+    """Why losing one host would stop the cluster (None: any one host may be lost)."""
+    n_etcd = len(etcd_on)
+    need = n_etcd // 2 + 1
+    for h in hosts:
+        held = sum(1 for v in etcd_on.values() if v == h)
+        if n_etcd - held < need:
+            return (f"losing host {h} (it holds {held} of {n_etcd} etcd members) leaves {n_etcd - held}, "
+                    f"below etcd's quorum of {need}")
+    for h in hosts:
+        held = sum(1 for v in nodes_on.values() if v == h)
+        if held == len(nodes_on):
+            return f"losing host {h} loses every Patroni node ({held} of {len(nodes_on)})"
+    return None
+
+
+def crowded(on: dict[str, str], role: str) -> str | None:
+    """Two members of one role on one host: with host networking they would want the same ports."""
+    seen: dict[str, str] = {}
+    for m, h in on.items():
+        if h in seen:
+            return (f"{seen[h]} and {m} are both on host {h}: with hosts, each host runs at most one {role} "
+                    f"(members use host networking and the same ports)")
+        seen[h] = m
+    return None
+
+
+def duplicate(hosts: list[HostSpec]) -> str | None:
+    """Two hosts with the same name, engine URL or address."""
+    for key in ("name", "docker", "address"):
+        seen: set[str] = set()
+        for h in hosts:
+            v = getattr(h, key)
+            if v in seen:
+                return f"two hosts have the same {key} '{v}'; each host needs its own"
+            seen.add(v)
+    return None
+
+
+def multi_host_uri(user: str, endpoints: list[tuple[str, int]], dbname: str, read_only: bool,
+                   auth: str = "") -> str:
+    """libpq multi-host URI: clients try each host's HAProxy in turn and keep the one that fits.
+
+    R/W: `target_session_attrs=read-write` (any host's R/W port reaches the primary; the
+    attribute also refuses a demoted node). R/O: the R/O ports, `prefer-standby`.
+    """
+    where = ",".join(f"{h}:{p}" for h, p in endpoints)
+    attrs = "prefer-standby" if read_only else "read-write"
+    return f"postgresql://{user}{auth}@{where}/{dbname}?target_session_attrs={attrs}"

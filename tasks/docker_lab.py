@@ -1,0 +1,346 @@
+"""The lab's hosts on the local engine: Docker-in-Docker containers pgha makes and removes.
+
+The engine adapter for `pgha lab` (tasks.docker_engine stays the adapter for a cluster's own
+members): the lab image, the lab network, one container per simulated host running its own
+`dockerd`, the node image loaded into each, and the lab's record (`labs/<name>/lab.json`
+and the ready spec) in the state directory. Every resource carries `pgha.lab=<name>` and
+`lab down` removes exactly those. Host-side code reaches a lab host only through its engine's
+socket (a file under the state directory) and the ports it publishes on 127.0.0.1.
+
+`--privileged` fails on these machines (no CAP_SYS_RESOURCE in the bounding set); the flags
+below are the ones measured to work (FIELD-NOTES, 2026-11-26).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import docker.errors
+import yaml
+from docker.types import IPAMConfig, IPAMPool, Mount
+
+from stack import lab as plan
+from stack.errors import DockerError, StateError
+from stack.spec import ClusterSpec, parse_spec
+from stack.wait import wait_for
+from tasks import images
+from tasks.docker_engine import Engine
+from tasks.docker_hosts import local_engine, port_is_free
+from tasks.host.state import state_root, write_private
+
+LABEL_LAB = "pgha.lab"
+LAB_FILES = Path(__file__).resolve().parent.parent / "stack" / "lab"
+LAB_REPO = "pgha/lab"
+SOCKET_IN_HOST = "/run/lab"
+
+
+def lab_dir(name: str) -> Path:
+    return state_root() / "labs" / name
+
+
+def _socket_dir(name: str, host: str) -> Path:
+    return lab_dir(name) / host
+
+
+def lab_image_tag(base: str) -> str:
+    h = hashlib.sha256(base.encode())
+    for p in sorted(LAB_FILES.iterdir()):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return f"{LAB_REPO}:{h.hexdigest()[:12]}"
+
+
+def ensure_lab_image(engine: Engine, log: list[str]) -> str:
+    """pgha's Debian base plus Debian's docker.io, built once per content hash."""
+    base = images.ensure_base(ClusterSpec(), log, engine)
+    tag = lab_image_tag(base)
+    try:
+        engine.client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    log.append(f"building {tag} FROM {base}")
+    try:
+        engine.client.images.build(path=str(LAB_FILES), tag=tag, rm=True, forcerm=True, buildargs={"BASE": base},
+                                   labels={"pgha.image": "lab"})
+    except (docker.errors.BuildError, docker.errors.APIError) as exc:
+        raise DockerError(f"building the lab image {tag} failed: {str(exc).splitlines()[0][:300]}") from None
+    return tag
+
+
+def _flt(name: str) -> dict[str, str]:
+    return {"label": f"{LABEL_LAB}={name}"}
+
+
+def exists(name: str) -> bool:
+    c = local_engine().client
+    return bool(c.containers.list(all=True, filters=_flt(name)) or c.networks.list(filters=_flt(name)))
+
+
+def _ensure_network(c: docker.DockerClient, name: str) -> str:
+    net_name = plan.network_name(name)
+    for n in c.networks.list(names=[net_name]):
+        if n.name == net_name:
+            if (n.attrs.get("Labels") or {}).get(LABEL_LAB) != name:
+                raise StateError(f"network {net_name} exists but is not lab {name}'s")
+            return str(c.networks.get(n.id).attrs["IPAM"]["Config"][0]["Subnet"])
+    last = ""
+    for subnet in plan.subnet_candidates(name):
+        try:
+            c.networks.create(net_name, driver="bridge", labels={LABEL_LAB: name},
+                              ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]), check_duplicate=True)
+            return subnet
+        except docker.errors.APIError as exc:
+            last = str(exc.explanation or exc)  # overlapping pool: try the next /24
+    raise DockerError(f"no free /24 for the lab network under 10.213.0.0/16 ({last[:200]})")
+
+
+def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str, subnet: str) -> None:
+    sock = _socket_dir(name, host.name)
+    sock.mkdir(parents=True, exist_ok=True)
+    if c.containers.list(all=True, filters={"name": f"^{host.container}$"}):
+        ct = c.containers.get(host.container)
+        if ct.labels.get(LABEL_LAB) != name:
+            raise StateError(f"container {host.container} exists but is not lab {name}'s")
+        if ct.status != "running":
+            ct.start()
+        return
+    try:
+        c.volumes.get(plan.volume_name(name, host.name))
+    except docker.errors.NotFound:
+        c.volumes.create(plan.volume_name(name, host.name), labels={LABEL_LAB: name})
+    net = plan.network_name(name)
+    hc = c.api.create_host_config(
+        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
+        mounts=[Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
+                Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
+                Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind"),
+                # Members bind-mount their rendered config dirs from pgha's state directory: the lab
+                # hosts see it at the same path, as real hosts would through a shared mount.
+                Mount(target=str(state_root()), source=str(state_root()), type="bind", read_only=True)],
+        port_bindings={plan.INNER_RW: ("127.0.0.1", host.rw_port), plan.INNER_RO: ("127.0.0.1", host.ro_port)},
+    )
+    # `--security-opt systempaths=unconfined` is the CLI's name for "no masked or read-only /proc paths".
+    hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []
+    created = c.api.create_container(
+        image, name=host.container, hostname=host.name, labels={LABEL_LAB: name, "pgha.lab.host": host.name},
+        ports=[plan.INNER_RW, plan.INNER_RO], host_config=hc,
+        networking_config=c.api.create_networking_config({net: c.api.create_endpoint_config(ipv4_address=host.address)}),
+    )
+    c.api.start(created["Id"])
+
+
+def _write_record(status: plan.LabStatus) -> None:
+    write_private(lab_dir(status.name) / "lab.json", status.model_dump_json(indent=2))
+
+
+def up(name: str, n_hosts: int, port_base: int, scope: str) -> plan.LabStatus:
+    """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
+    try:
+        return _up(name, n_hosts, port_base, scope)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"lab {name}: {str(exc.explanation or exc).splitlines()[0][:300]}") from None
+
+
+def _up(name: str, n_hosts: int, port_base: int, scope: str) -> plan.LabStatus:
+    """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
+    for why in (plan.check_name(name), plan.check_hosts(n_hosts)):
+        if why:
+            raise StateError(why)
+    engine = local_engine()
+    c = engine.client
+    spec_path = lab_dir(name) / "spec.yaml"
+    record = status(name) if (lab_dir(name) / "lab.json").exists() else None
+    if record is not None and len(record.hosts) != n_hosts:
+        raise StateError(f"lab {name} exists with {len(record.hosts)} hosts; `pgha lab down --name {name}` first")
+    ports = plan.client_ports(port_base, n_hosts)
+    if record is None:
+        for rw, ro in ports:
+            for p in (rw, ro):
+                if p > 65535 or not port_is_free(p):
+                    raise StateError(f"port {p} on 127.0.0.1 is in use (or invalid); choose another --port-base")
+        parse_spec({"scope": scope}, "(--scope)")  # a valid scope, before anything is made
+    log: list[str] = []
+    node_image, more = images.ensure_image(ClusterSpec())
+    log += more
+    lab_image = ensure_lab_image(engine, log)
+    subnet = _ensure_network(c, name)
+    hosts = [plan.LabHost(name=h, container=plan.container_name(name, h),
+                          docker=f"unix://{_socket_dir(name, h) / 'docker.sock'}", address=plan.host_address(subnet, i),
+                          rw_port=ports[i][0], ro_port=ports[i][1])
+             for i, h in enumerate(plan.host_names(n_hosts))]
+    for h in hosts:
+        _run_host(c, name, h, lab_image, subnet)
+    result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path), hosts=hosts)
+    _write_record(result)
+    spec_data = plan.spec_data(scope, hosts)
+    parse_spec(spec_data, str(spec_path))
+    write_private(spec_path, "# Written by `pgha lab up`: a cluster over the lab's hosts.\n"
+                  + yaml.safe_dump(spec_data, sort_keys=False))
+    with ThreadPoolExecutor(max_workers=n_hosts) as pool:
+        list(pool.map(lambda h: _prepare(h, node_image), hosts))
+    return status(name)
+
+
+def _prepare(host: plan.LabHost, node_image: str) -> None:
+    """Wait for the lab host's engine, then load the node image into it (docker save | docker load)."""
+    sock = host.docker.removeprefix("unix://")
+
+    def ping() -> bool:
+        try:
+            return bool(docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping())
+        except (docker.errors.DockerException, OSError):
+            return False
+
+    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=60, interval=0.5,
+             logs=lambda: local_engine().logs(host.container, tail=10))
+    target = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+    try:
+        target.images.get(node_image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    stream = local_engine().client.images.get(node_image).save(named=True)
+    try:
+        target.images.load(stream)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"loading {node_image} into lab host {host.name}: {exc.explanation or exc}") from None
+
+
+def status(name: str) -> plan.LabStatus:
+    path = lab_dir(name) / "lab.json"
+    if not path.exists():
+        raise StateError(f"no lab named {name} (run `pgha lab up --name {name}`)")
+    st = plan.LabStatus.model_validate(json.loads(path.read_text()))
+    c = local_engine().client
+    states = {str(ct.name): str(ct.status) for ct in c.containers.list(all=True, filters=_flt(name))}
+    for h in st.hosts:
+        h.state = states.get(h.container, "absent")
+    return st
+
+
+def down(name: str) -> dict[str, list[str]]:
+    """Remove every resource labelled pgha.lab=<name> and the lab's record."""
+    if why := plan.check_name(name):
+        raise StateError(why)
+    c = local_engine().client
+    removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
+    for ct in c.containers.list(all=True, filters=_flt(name)):
+        ct.remove(force=True, v=True)
+        removed["containers"].append(str(ct.name))
+    for net in c.networks.list(filters=_flt(name)):
+        net.remove()
+        removed["networks"].append(str(net.name))
+    for vol in c.volumes.list(filters=_flt(name)):
+        vol.remove(force=True)
+        removed["volumes"].append(str(vol.name))
+    shutil.rmtree(lab_dir(name), ignore_errors=True)
+    return removed
+
+
+def lab_host_of(docker_url: str) -> tuple[str, plan.LabHost] | None:
+    """(lab name, lab host) whose engine is `docker_url`, if it is a lab host (drills kill the container)."""
+    root = state_root() / "labs"
+    if not root.is_dir():
+        return None
+    for rec in sorted(root.glob("*/lab.json")):
+        st = plan.LabStatus.model_validate(json.loads(rec.read_text()))
+        for h in st.hosts:
+            if h.docker == docker_url:
+                return st.name, h
+    return None
+
+
+def _kill_container(container: str) -> None:
+    """`docker kill` of a lab host: the machine dies with its engine and everything in it."""
+    try:
+        local_engine().client.containers.get(container).kill()
+    except docker.errors.APIError as exc:
+        raise DockerError(f"kill lab host {container}: {exc.explanation or exc}") from None
+
+
+def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
+    """Boot a lab host again and wait for its engine; True when it had to be started."""
+    ct = local_engine().client.containers.get(host.container)
+    started = False
+    if ct.status != "running":
+        ct.start()
+        started = True
+    sock = host.docker.removeprefix("unix://")
+
+    def ping() -> bool:
+        try:
+            return bool(docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping())
+        except (docker.errors.DockerException, OSError):
+            return False
+
+    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=timeout, interval=0.5)
+    return started
+
+
+def partition(name: str, host: plan.LabHost, cut: bool) -> None:
+    """Cut the lab host off the lab network (or reconnect it with its address)."""
+    c = local_engine().client
+    net = c.networks.get(plan.network_name(name))
+    try:
+        if cut:
+            net.disconnect(host.container, force=True)
+        else:
+            net.connect(host.container, ipv4_address=host.address)
+    except docker.errors.APIError as exc:
+        raise DockerError(f"{'disconnect' if cut else 'connect'} lab host {host.name}: {exc.explanation or exc}") from None
+
+
+def kill_host(spec: ClusterSpec, host: str) -> str:
+    """host-loss: a lab host's container is killed (the machine dies with its engine); on a real
+    host, every container of the cluster there is killed at once. Returns what was done."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is not None:
+        _kill_container(found[1].container)
+        return f"lab host {found[1].container} killed"
+    from tasks.docker_hosts import engines
+
+    engine = engines(spec).on_host(host)
+    names = [str(ct.name) for ct in engine.cluster_containers(spec.scope) if ct.status == "running"]
+    for n in names:
+        engine.kill(n)
+    return f"killed {', '.join(names) or 'nothing'} on {host}"
+
+
+def boot_host(spec: ClusterSpec, host: str) -> str:
+    """Undo host-loss: boot the lab host again (its engine restarts the members), or start the
+    cluster's containers on a real host. Returns what was done."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is not None:
+        return "lab host booted" if start_host(found[1]) else "lab host was running"
+    from tasks.docker_hosts import engines
+
+    engine = engines(spec).on_host(host)
+    started = [str(ct.name) for ct in engine.cluster_containers(spec.scope) if engine.start(str(ct.name))]
+    return f"started {', '.join(started) or 'nothing'} on {host}"
+
+
+def partition_host(spec: ClusterSpec, host: str, cut: bool) -> str:
+    """host-partition (lab only): the lab host cut off the lab network, or reconnected with its address."""
+    found = lab_host_of(spec.host_named(host).docker)
+    if found is None:
+        raise StateError(f"host-partition needs a lab host; {host} is a real host (use host-loss)")
+    lab, h = found
+    if cut:
+        partition(lab, h, True)
+        return f"lab host {h.container} cut off {plan.network_name(lab)}"
+    ct = local_engine().client.containers.get(h.container)
+    if plan.network_name(lab) in (ct.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+        return "lab host was connected"
+    partition(lab, h, False)
+    return f"lab host {h.container} reconnected as {h.address}"
+
+
+def is_lab_host(spec: ClusterSpec, host: str) -> bool:
+    return lab_host_of(spec.host_named(host).docker) is not None

@@ -1,0 +1,178 @@
+"""Many hosts, in a lab: 3 simulated hosts (Docker in Docker), one etcd member and one Patroni
+node per host, HAProxy on every host. One lab and one cluster for the whole file (a lab host
+loads slowly); the host-loss test heals what it breaks, and the bad-input tests create nothing.
+
+Ports: 26400-26499 (lab hosts' R/W and R/O on 127.0.0.1); lab `itlab`, scope `pgha-it-lab`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import psycopg
+import pytest
+import yaml
+
+from tests.integration.conftest import pgha
+
+LAB, SCOPE, PORT_BASE = "itlab", "pgha-it-lab", 26400
+
+
+def _lab_down(engine: docker.DockerClient) -> None:
+    flt = {"label": f"pgha.lab={LAB}"}
+    for c in engine.containers.list(all=True, filters=flt):
+        c.remove(force=True, v=True)
+    for n in engine.networks.list(filters=flt):
+        n.remove()
+    for v in engine.volumes.list(filters=flt):
+        v.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
+    _lab_down(engine)
+    r = pgha(base_env, "lab", "up", "--hosts", "3", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
+             "--json", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    try:
+        r = pgha(base_env, "up", "--spec", st["spec"], timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield st
+    finally:
+        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
+        _lab_down(engine)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _password(env: dict[str, str]) -> str:
+    state = Path(env["PGHA_STATE_DIR"]) / SCOPE / "secrets.json"
+    return str(json.loads(state.read_text())["superuser"])
+
+
+def _connect(env: dict[str, str], port: int) -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=_password(env), dbname="postgres",
+                           connect_timeout=5, autocommit=True)
+
+
+def test_lab_status_lists_each_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    r = pgha(base_env, "lab", "status", "--name", LAB, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    hosts = st["hosts"]
+    assert [h["name"] for h in hosts] == ["h1", "h2", "h3"]
+    assert len({h["rw_port"] for h in hosts} | {h["ro_port"] for h in hosts}) == 6
+    assert all(h["docker"].startswith("unix://") and h["state"] == "running" for h in hosts)
+    assert all(h["container"] == f"pgha-lab-{LAB}-{h['name']}" for h in hosts)
+    assert Path(st["spec"]).exists()
+
+
+def test_members_spread_one_per_host(lab: dict[str, object]) -> None:
+    hosts = lab["hosts"]
+    assert isinstance(hosts, list)
+    for i, h in enumerate(hosts, start=1):
+        inner = docker.DockerClient(base_url=h["docker"], timeout=30)
+        names = sorted(str(c.name) for c in inner.containers.list(filters={"label": f"pgha.cluster={SCOPE}"}))
+        assert names == sorted([f"{SCOPE}-etcd-{i}", f"{SCOPE}-pg-{i}", f"{SCOPE}-haproxy"]), (h["name"], names)
+
+
+def test_write_on_host1_read_on_host2(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    hosts = lab["hosts"]
+    assert isinstance(hosts, list)
+    with _connect(base_env, hosts[0]["rw_port"]) as c:
+        c.execute("create table if not exists lab_t (v text)")
+        c.execute("insert into lab_t values ('from host 1')")
+    with _connect(base_env, hosts[1]["ro_port"]) as c:
+        row = c.execute("select pg_is_in_recovery(), count(*) from lab_t where v = 'from host 1'").fetchone()
+    assert row == (True, 1)
+
+
+def test_dsn_is_a_multi_host_uri_that_connects(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    r = pgha(base_env, "dsn", "--spec", str(lab["spec"]), "--show-password")
+    assert r.returncode == 0, r.stderr
+    uri = r.stdout.strip()
+    assert "target_session_attrs=read-write" in uri and uri.count("127.0.0.1:") == 3
+    with psycopg.connect(uri, connect_timeout=5) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+    r = pgha(base_env, "dsn", "--spec", str(lab["spec"]), "--ro")
+    assert "target_session_attrs=prefer-standby" in r.stdout
+
+
+def _leader_host(base_env: dict[str, str], spec: str) -> str:
+    r = pgha(base_env, "status", "--spec", spec, "--json")
+    st = json.loads(r.stdout)
+    lead = next(m["member"] for m in st["members"] if m.get("pg_role") == "leader")
+    return f"h{lead.split('-')[1]}"
+
+
+def test_host_loss_of_the_leaders_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    spec = str(lab["spec"])
+    host = _leader_host(base_env, spec)
+    r = pgha(base_env, "drill", "host-loss", "--host", host, "--spec", spec, "--json", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["lost_writes"] == [] and res["writes_acked"] > 0
+    assert res["new_leader"] != res["old_leader"] and res["healed"] is True
+    assert res["write_gap_s"] < 60  # generous: ttl 20 + detection on a shared CPU
+    assert _leader_host(base_env, spec) != host
+    # The multi-host URI serves writes again, and the lost host is back and whole.
+    r = pgha(base_env, "status", "--spec", spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = pgha(base_env, "dsn", "--spec", spec, "--show-password")
+    with psycopg.connect(r.stdout.strip(), connect_timeout=5) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+
+
+def _spec_with(lab: dict[str, object], tmp_path: Path, **change: object) -> Path:
+    data = yaml.safe_load(Path(str(lab["spec"])).read_text())
+    data["scope"] = "pgha-it-lbad"
+    data.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _nothing_created(lab: dict[str, object], engine: docker.DockerClient) -> None:
+    flt = {"label": "pgha.cluster=pgha-it-lbad"}
+    assert not engine.containers.list(all=True, filters=flt)
+    for h in lab["hosts"]:  # type: ignore[attr-defined]
+        inner = docker.DockerClient(base_url=h["docker"], timeout=30)
+        assert not inner.containers.list(all=True, filters=flt) and not inner.volumes.list(filters=flt)
+
+
+@pytest.mark.parametrize("case", ["unreachable", "duplicate", "unsafe"])
+def test_bad_hosts_refused_before_anything_is_created(lab: dict[str, object], base_env: dict[str, str],
+                                                       engine: docker.DockerClient, tmp_path: Path, case: str) -> None:
+    hosts = [dict(h) for h in yaml.safe_load(Path(str(lab["spec"])).read_text())["hosts"]]
+    if case == "unreachable":
+        hosts[2]["docker"] = "unix:///nonexistent/pgha-lab.sock"
+        expect = "no Docker engine answers at unix:///nonexistent/pgha-lab.sock (host h3"
+    elif case == "duplicate":
+        hosts[2]["name"] = "h1"
+        expect = "two hosts have the same name 'h1'"
+    else:
+        hosts = hosts[:2]
+        expect = "unsafe placement: losing host h1 (it holds 2 of 3 etcd members)"
+    r = pgha(base_env, "up", "--spec", str(_spec_with(lab, tmp_path, hosts=hosts)), timeout=300)
+    assert r.returncode != 0
+    assert expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    _nothing_created(lab, engine)
+
+
+def test_host_partition_of_the_leaders_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    spec = str(lab["spec"])
+    host = _leader_host(base_env, spec)
+    r = pgha(base_env, "drill", "host-partition", "--host", host, "--spec", spec, "--json", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["lost_writes"] == [] and res["healed"] is True and res["new_leader"] != res["old_leader"]
+    assert any("no split brain" in n for n in res["notes"]), res["notes"]
+    r = pgha(base_env, "lab", "status", "--name", LAB, "--json")
+    hosts = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+    # Reconnected with its address: its HAProxy answers on its own published port again.
+    with _connect(base_env, hosts[host]["rw_port"]) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
