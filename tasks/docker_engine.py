@@ -218,7 +218,8 @@ class Engine:
             return self.client.containers.create(
                 d.image, command=[d.role, *d.command] if d.entrypoint is None else d.command,
                 entrypoint=d.entrypoint, name=d.name, labels=all_labels, mounts=mounts, network_mode="host",
-                healthcheck=hc, restart_policy={"Name": "unless-stopped"}, stop_signal="SIGTERM", detach=True)
+                healthcheck=hc, restart_policy={"Name": "unless-stopped"}, stop_signal="SIGTERM", detach=True,
+                **_hardening_kwargs(d))
         return self.client.containers.create(
             d.image,
             command=[d.role, *d.command] if d.entrypoint is None else d.command,

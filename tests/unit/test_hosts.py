@@ -48,8 +48,8 @@ def test_spread_puts_one_member_per_host_and_haproxy_on_the_first() -> None:
 def test_configs_use_host_addresses() -> None:
     s = spec()
     cmd = etcd_command(s, "etcd-1")
-    assert "--initial-advertise-peer-urls=http://10.0.0.11:2380" in cmd
-    assert "--initial-cluster=etcd-1=http://10.0.0.11:2380,etcd-2=http://10.0.0.12:2380,etcd-3=http://10.0.0.13:2380" in cmd
+    assert "--initial-advertise-peer-urls=https://10.0.0.11:2380" in cmd
+    assert "--initial-cluster=etcd-1=https://10.0.0.11:2380,etcd-2=https://10.0.0.12:2380,etcd-3=https://10.0.0.13:2380" in cmd
     cfg = patroni_config(s, "pg-2", "", SECRETS)
     assert cfg["postgresql"]["connect_address"] == "10.0.0.12:5432"
     assert cfg["restapi"]["connect_address"] == "10.0.0.12:8008"
