@@ -54,7 +54,7 @@ def test_configs_use_host_addresses() -> None:
     assert cfg["postgresql"]["connect_address"] == "10.0.0.12:5432"
     assert cfg["restapi"]["connect_address"] == "10.0.0.12:8008"
     assert cfg["etcd3"]["hosts"] == ["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]
-    assert "host all all 10.0.0.13/32 scram-sha-256" in cfg["postgresql"]["pg_hba"]
+    assert "hostssl all all 10.0.0.13/32 scram-sha-256" in cfg["postgresql"]["pg_hba"]
     text = render_haproxy_cfg(s)
     assert "server pg-3 10.0.0.13:5432" in text and "resolvers" not in text and "bind :5000" in text
 
