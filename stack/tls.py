@@ -152,10 +152,14 @@ def expiry_outcome(infos: list[CertInfo], now: dt.datetime, warn_days: int) -> t
 
 
 START_SCRIPT = f"""#!/bin/sh
-# Copy the mounted TLS files (root 0600) into the service user's private directory, then start the role.
+# Copy the mounted TLS files (root 0600) into the service user's own 0600 files, then start the role.
+# Root keeps the directories (0711: traversable, not listable) and writes only into directories it
+# owns: no step needs DAC_OVERRIDE, which the hardened roles do not have (stack/topology.py).
 set -eu
 user="$1"; shift
-install -d -o "$user" -g "$user" -m 0700 {layout.RUN_DIR} {RUN_DIR}
+[ "$(stat -c %U {layout.RUN_DIR})" = root ] || chown root:root {layout.RUN_DIR}  # a restart: the tmpfs stays
+chmod 0711 {layout.RUN_DIR}
+install -d -m 0711 {RUN_DIR}
 for f in {MOUNT_DIR}/*; do install -o "$user" -g "$user" -m 0600 "$f" {RUN_DIR}/; done
 exec /usr/local/bin/pgha-entrypoint "$@"
 """
