@@ -140,7 +140,8 @@ def start_and_recover(s: Scratch, timeout: int = 900, pgdata: str = PGDATA) -> f
     s.node.put_file(SCRATCH_HBA, bk.scratch_hba(), 0o644)
     opts = [
         "-c listen_addresses=''", f"-c unix_socket_directories={layout.SOCKET_DIR}", "-c port=5432",
-        "-c archive_mode=off", f"-c hba_file={SCRATCH_HBA}", "-c synchronous_standby_names=''",
+        # ssl=off: the copy listens on its socket only, and the cluster's certificates are not in the box.
+        "-c archive_mode=off", "-c ssl=off", f"-c hba_file={SCRATCH_HBA}", "-c synchronous_standby_names=''",
         "-c primary_conninfo=''", "-c primary_slot_name=''", "-c shared_buffers=128MB", "-c logging_collector=off",
     ]
     started = time.monotonic()
