@@ -285,11 +285,13 @@ def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
 def test_s3_over_tls_backup_and_verify(s3_cluster: Cluster, engine: docker.DockerClient) -> None:
     c = s3_cluster
     (stanza,) = [s for s in info_json(engine, c) if s["name"] == c.scope]
-    assert stanza["cipher"] == "aes-256-cbc" and stanza["status"]["code"] == 0, stanza  # type: ignore[index]
+    assert stanza["cipher"] == "aes-256-cbc", stanza
     sql(c, "create table s3t (x int)")
     sql(c, "insert into s3t select generate_series(1, 1000)")
     b = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
     assert b["verification"] and b["verification"]["ok"] is True, b  # type: ignore[index]
+    (stanza,) = [s for s in info_json(engine, c) if s["name"] == c.scope]
+    assert stanza["status"]["code"] == 0 and [x["label"] for x in stanza["backup"]] == [b["label"]], stanza  # type: ignore[index, union-attr]
     # The objects are in the bucket (through moto's own S3 API), not in a local volume.
     ls = ("import boto3; c = boto3.client('s3', endpoint_url='https://localhost', verify='/certs/ca.crt', "
           "aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1'); "
