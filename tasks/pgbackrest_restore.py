@@ -250,7 +250,7 @@ def swap_in(spec: ClusterSpec, image: str) -> None:
     for i, m in enumerate(spec.node_names()):
         script = f"rm -rf {KEPT}; if [ -d {PGDATA} ]; then mv {PGDATA} {KEPT}; fi"
         if i == 0:
-            script += f"; mv {STAGED} {PGDATA}"
+            script += f"; mv {STAGED} {PGDATA}; rm -f {SCRATCH_LOG}"
         _in_volume(spec, m, image, script, "moving the data directory aside")
 
 
@@ -265,7 +265,7 @@ def swap_back(spec: ClusterSpec, image: str) -> None:
 @task(name="restore-drop-staged", **ONCE)
 def drop_staged(spec: ClusterSpec, image: str) -> None:
     """Remove a half-made restored copy beside pg-1's live data (the live data is not touched)."""
-    _in_volume(spec, spec.node_names()[0], image, f"rm -rf {STAGED}", "removing the staged copy")
+    _in_volume(spec, spec.node_names()[0], image, f"rm -rf {STAGED} {SCRATCH_LOG}", "removing the staged copy")
 
 
 @task(name="restore-drop-kept", **ONCE)

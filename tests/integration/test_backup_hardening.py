@@ -97,11 +97,6 @@ def test_encrypted_repository_backup_and_verify(bh: Cluster, engine: docker.Dock
     b = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
     assert b["verification"] and b["verification"]["ok"] is True, b  # type: ignore[index]
     assert_secret_nowhere(engine, c, passphrase)
-    rows = ok(pgha(c.env, "audit", "--scope", c.scope, "--json"))["findings"]
-    got = {r["check"]: r for r in rows}  # type: ignore[union-attr]
-    assert got["backup.encryption"]["status"] == "ok" and got["backup.encryption"]["observed"] == "aes-256-cbc"
-    assert got["backup.full_age"]["status"] == "ok", got["backup.full_age"]
-    assert got["backup.archiving"]["status"] == "ok", got["backup.archiving"]
 
 
 def archiver(c: Cluster) -> tuple[int, object, object]:
@@ -136,11 +131,15 @@ def test_archiving_failure_is_a_critical_audit_row_until_healed(bh: Cluster, eng
         assert row["status"] == "critical" and row["observed"].startswith("failing"), row
     finally:
         node_sh(engine, c, "pg-1", f"find {archive} -type d -exec chmod 0750 {{}} +")
+    sql(c, "insert into bh_arch values (2)")  # new WAL, so the switch makes a segment and wakes the archiver
     sql(c, "select pg_switch_wal()")
     wait_until("archiving to succeed again", lambda: (lambda a: a[2] is not None and (a[1] is None or a[2] > a[1]))(
         archiver(c)), timeout=120)
     rows = {r["check"]: r for r in ok(pgha(c.env, "audit", "--scope", c.scope, "--json"))["findings"]}  # type: ignore[union-attr]
     assert rows["backup.archiving"]["status"] == "ok" and "since recovered" in rows["backup.archiving"]["observed"]
+    # The audit's other backup rows, from the same run (ages: tests/unit/test_backup_hardening.py).
+    assert rows["backup.encryption"]["status"] == "ok" and rows["backup.encryption"]["observed"] == "aes-256-cbc"
+    assert rows["backup.full_age"]["status"] in ("ok", "warn"), rows["backup.full_age"]  # warn: no full yet
 
 
 def test_in_place_restore_with_missing_wal_leaves_the_cluster_serving(bh: Cluster, engine: docker.DockerClient) -> None:
@@ -285,11 +284,13 @@ def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
 def test_s3_over_tls_backup_and_verify(s3_cluster: Cluster, engine: docker.DockerClient) -> None:
     c = s3_cluster
     (stanza,) = [s for s in info_json(engine, c) if s["name"] == c.scope]
-    assert stanza["cipher"] == "aes-256-cbc" and stanza["status"]["code"] == 0, stanza  # type: ignore[index]
+    assert stanza["cipher"] == "aes-256-cbc", stanza
     sql(c, "create table s3t (x int)")
     sql(c, "insert into s3t select generate_series(1, 1000)")
     b = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "full", "--json"))
     assert b["verification"] and b["verification"]["ok"] is True, b  # type: ignore[index]
+    (stanza,) = [s for s in info_json(engine, c) if s["name"] == c.scope]
+    assert stanza["status"]["code"] == 0 and [x["label"] for x in stanza["backup"]] == [b["label"]], stanza  # type: ignore[index, union-attr]
     # The objects are in the bucket (through moto's own S3 API), not in a local volume.
     ls = ("import boto3; c = boto3.client('s3', endpoint_url='https://localhost', verify='/certs/ca.crt', "
           "aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1'); "
@@ -303,4 +304,4 @@ def test_s3_over_tls_backup_and_verify(s3_cluster: Cluster, engine: docker.Docke
     r = engine.containers.get(c.container("pg-1")).exec_run(
         ["pgbackrest", f"--config={layout.BACKUP_CONF}", f"--stanza={c.scope}", "--repo1-storage-ca-file=/etc/ssl/certs/ca-certificates.crt",
          "info"], user="postgres")
-    assert r.exit_code != 0, r.output.decode()[-800:]
+    assert "unable to verify certificate presented by" in r.output.decode(), r.output.decode()[-800:]

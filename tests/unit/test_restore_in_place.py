@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from flows.restore import discarded_note, down_message
+from flows.restore import discarded_note, down_message, rolled_back_message, untouched_message
 from stack.backup import in_place_problem
 from stack.spec import ClusterSpec, parse_spec
 
@@ -47,3 +47,16 @@ def test_failure_message_says_the_cluster_is_down_and_how_to_recover() -> None:
 def test_discarded_note_names_the_target() -> None:
     when = dt.datetime(2026, 11, 25, 21, 3, tzinfo=dt.UTC)
     assert "after 2026-11-25 21:03:00+00:00 is discarded" in discarded_note(spec(), when)
+
+
+def test_a_failure_before_the_swap_says_the_cluster_still_serves() -> None:
+    msg = untouched_message(spec(), RuntimeError("restored PostgreSQL did not start: FATAL: recovery ended before "
+                                                 "configured recovery target was reached\nmore"))
+    assert "\n" not in msg and "before the cluster was touched" in msg and "still serves" in msg
+    assert "recovery target was reached" in msg and "DOWN" not in msg
+
+
+def test_a_failure_after_the_swap_says_the_old_cluster_came_back() -> None:
+    msg = rolled_back_message(spec(), RuntimeError("the restored cluster is not healthy: pg-2 not streaming"))
+    assert "\n" not in msg and "after the swap" in msg and "old cluster started again" in msg and "DOWN" not in msg
+    assert "pgdata.pre-restore" in down_message(spec(), "2026-11-25 21:03:00+00", RuntimeError("x"))
