@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from stack.errors import StateError
 
@@ -105,14 +106,24 @@ def cluster_limit(scope: str, holder: str, wait_seconds: float = 0) -> Iterator[
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(scope)
-    ensure_limit(scope)
-    # A lease renewal that fails once (a server restart) must not abort a flow mid-switchover:
-    # raise_on_lease_renewal_failure=False; the flock still guards this machine meanwhile.
-    cm = concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False,
-                     timeout_seconds=wait_seconds if wait_seconds > 0 else None,
-                     max_retries=None if wait_seconds > 0 else 0)
-    try:
+
+    def acquire() -> Any:
+        # A lease renewal that fails once (a server restart) must not abort a flow mid-switchover:
+        # raise_on_lease_renewal_failure=False; the flock still guards this machine meanwhile.
+        cm = concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False,
+                         timeout_seconds=wait_seconds if wait_seconds > 0 else None,
+                         max_retries=None if wait_seconds > 0 else 0)
         cm.__enter__()
+        return cm
+
+    try:
+        try:
+            cm = acquire()
+        except ConcurrencySlotAcquisitionError as exc:
+            if "must be created" not in str(exc):
+                raise
+            ensure_limit(scope)  # the cluster's first mutating flow on this server: create it, once
+            cm = acquire()
     except TimeoutError:
         raise StateError(f"cluster {scope} is still busy after {wait_seconds:.0f}s: {_busy(scope)}") from None
     except ConcurrencySlotAcquisitionError as exc:
