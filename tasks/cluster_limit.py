@@ -15,6 +15,7 @@ wherever it runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -90,6 +91,22 @@ def _set_holder(scope: str, text: str | None) -> None:
         pass
 
 
+class _DropSlotServiceFailures(logging.Filter):
+    """A refused acquire (423) is our answer, not an error: Prefect's slot service would also log it
+    at ERROR ("Service ... failed to process item") in the run's log next to our one line. Its
+    failure always reaches the caller through the future it raises; only that log line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Service %r failed to process item %r" and record.args
+                    and "ConcurrencySlotAcquisition" in str(record.args[0]))
+
+
+def _quiet_refusals() -> None:
+    log = logging.getLogger("prefect._internal.concurrency")
+    if not any(isinstance(f, _DropSlotServiceFailures) for f in log.filters):
+        log.addFilter(_DropSlotServiceFailures())
+
+
 def _busy(scope: str) -> str:
     return (f"{_holder_text(scope) or 'another mutating flow run'} holds its Prefect concurrency limit "
             f"{limit_name(scope)}; retry when it ends")
@@ -106,6 +123,7 @@ def cluster_limit(scope: str, holder: str, wait_seconds: float = 0) -> Iterator[
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(scope)
+    _quiet_refusals()
 
     def acquire() -> Any:
         # A lease renewal that fails once (a server restart) must not abort a flow mid-switchover:
