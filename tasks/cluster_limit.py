@@ -15,10 +15,12 @@ wherever it runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from stack.errors import StateError
 
@@ -89,6 +91,22 @@ def _set_holder(scope: str, text: str | None) -> None:
         pass
 
 
+class _DropSlotServiceFailures(logging.Filter):
+    """A refused acquire (423) is our answer, not an error: Prefect's slot service would also log it
+    at ERROR ("Service ... failed to process item") in the run's log next to our one line. Its
+    failure always reaches the caller through the future it raises; only that log line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Service %r failed to process item %r" and record.args
+                    and "ConcurrencySlotAcquisition" in str(record.args[0]))
+
+
+def _quiet_refusals() -> None:
+    log = logging.getLogger("prefect._internal.concurrency")
+    if not any(isinstance(f, _DropSlotServiceFailures) for f in log.filters):
+        log.addFilter(_DropSlotServiceFailures())
+
+
 def _busy(scope: str) -> str:
     return (f"{_holder_text(scope) or 'another mutating flow run'} holds its Prefect concurrency limit "
             f"{limit_name(scope)}; retry when it ends")
@@ -105,14 +123,25 @@ def cluster_limit(scope: str, holder: str, wait_seconds: float = 0) -> Iterator[
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(scope)
-    ensure_limit(scope)
-    # A lease renewal that fails once (a server restart) must not abort a flow mid-switchover:
-    # raise_on_lease_renewal_failure=False; the flock still guards this machine meanwhile.
-    cm = concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False,
-                     timeout_seconds=wait_seconds if wait_seconds > 0 else None,
-                     max_retries=None if wait_seconds > 0 else 0)
-    try:
+    _quiet_refusals()
+
+    def acquire() -> Any:
+        # A lease renewal that fails once (a server restart) must not abort a flow mid-switchover:
+        # raise_on_lease_renewal_failure=False; the flock still guards this machine meanwhile.
+        cm = concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S, raise_on_lease_renewal_failure=False,
+                         timeout_seconds=wait_seconds if wait_seconds > 0 else None,
+                         max_retries=None if wait_seconds > 0 else 0)
         cm.__enter__()
+        return cm
+
+    try:
+        try:
+            cm = acquire()
+        except ConcurrencySlotAcquisitionError as exc:
+            if "must be created" not in str(exc):
+                raise
+            ensure_limit(scope)  # the cluster's first mutating flow on this server: create it, once
+            cm = acquire()
     except TimeoutError:
         raise StateError(f"cluster {scope} is still busy after {wait_seconds:.0f}s: {_busy(scope)}") from None
     except ConcurrencySlotAcquisitionError as exc:

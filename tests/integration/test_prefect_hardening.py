@@ -171,7 +171,12 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
         cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient, receiver: Receiver) -> None:
     before = resources(engine)
     assert before[1], "the cluster has volumes"
-    run_id = start_deployment(server_env, "teardown/default-teardown", {"spec": cluster.spec, "volumes": True})
+    dep = api(server_env, "GET", "/deployments/name/teardown/default-teardown").json()
+    props = dep["parameter_openapi_schema"].get("properties", {})
+    # A confirmation parameter, where the teardown flow has one, is given: the approval is still asked.
+    confirm = {k: True for k in ("confirm", "yes") if k in props}
+    run_id = start_deployment(server_env, "teardown/default-teardown",
+                              {"spec": cluster.spec, "volumes": True, **confirm})
     paused = wait_state(server_env, run_id, {"PAUSED"}, timeout=120)
     assert paused["state"]["state_details"].get("run_input_keyset"), paused["state"]  # a form waits in the UI
     assert resources(engine) == before
