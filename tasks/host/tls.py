@@ -8,6 +8,7 @@ directory (`<state>/<scope>/config/<member>/tls`, bind-mounted read-only at /etc
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 from stack import layout, tls
@@ -34,8 +35,19 @@ def _read(d: Path, names: tuple[str, ...]) -> dict[str, str] | None:
     return None
 
 
+# Members are created concurrently (thread task runner): the first use must make ONE CA and ONE
+# set of leaves, not one per thread (a member with another CA could not join). The cluster's
+# mutating lock already keeps other processes out.
+_MATERIAL_LOCK = threading.Lock()
+
+
 def material(spec: ClusterSpec) -> dict[str, str]:
     """CA and leaves, created on first use (and leaves re-issued when missing)."""
+    with _MATERIAL_LOCK:
+        return _material(spec)
+
+
+def _material(spec: ClusterSpec) -> dict[str, str]:
     d = tls_dir(spec.scope)
     ca = _read(d, tls.CA_FILES)
     if ca is None:
