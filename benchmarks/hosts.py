@@ -102,7 +102,7 @@ def main() -> None:
     try:
         for i in range(args.runs):
             for name, spec in (("single engine", SINGLE), ("lab, 3 hosts", lab_spec)):
-                teardown(spec, volumes=True)
+                teardown(spec, volumes=True, confirm=spec.scope, purge_backups=True)
                 t = time.monotonic()
                 bootstrap(spec)
                 boot.setdefault(name, []).append(time.monotonic() - t)

@@ -277,7 +277,7 @@ def s3_cluster(engine: docker.DockerClient, base_env: dict[str, str],
         up(c)
         yield c
     finally:
-        pgha(c.env, "down", "--volumes", "--spec", str(c.spec_file))
+        pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(c.spec_file))
         remove_scope(engine, S3_SCOPE)
 
 

@@ -172,11 +172,10 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     before = resources(engine)
     assert before[1], "the cluster has volumes"
     dep = api(server_env, "GET", "/deployments/name/teardown/default-teardown").json()
-    props = dep["parameter_openapi_schema"].get("properties", {})
-    # A confirmation parameter, where the teardown flow has one, is given: the approval is still asked.
-    confirm = {k: True for k in ("confirm", "yes") if k in props}
-    run_id = start_deployment(server_env, "teardown/default-teardown",
-                              {"spec": cluster.spec, "volumes": True, **confirm})
+    assert "confirm" in dep["parameter_openapi_schema"].get("properties", {})
+    # A deployment run needs no `confirm` parameter: the scope typed into the paused run's form is the
+    # confirmation (flows/teardown.py), and nothing changes before it.
+    run_id = start_deployment(server_env, "teardown/default-teardown", {"spec": cluster.spec, "volumes": True})
     paused = wait_state(server_env, run_id, {"PAUSED"}, timeout=120)
     assert paused["state"]["state_details"].get("run_input_keyset"), paused["state"]  # a form waits in the UI
     assert resources(engine) == before
@@ -230,8 +229,7 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
 
     # The CLI path needs no UI approval: the same teardown with volumes, from the CLI, just runs.
     t0 = time.monotonic()
-    down = pgha(server_env, "down", "--volumes", "--scope", SCOPE,
-                *(["--yes"] if "--yes" in pgha(server_env, "down", "--help").stdout else []), timeout=180)
+    down = pgha(server_env, "down", "--volumes", "--yes", "--purge-backups", "--scope", SCOPE, timeout=180)
     assert down.returncode == 0, down.stderr[-2000:]
     assert resources(engine) == ({}, []) and time.monotonic() - t0 < 120
 
