@@ -35,7 +35,8 @@ case "$role" in
     install -d -m 0711 /run/pgha
     install -o haproxy -g haproxy -m 0600 /etc/pgha/haproxy.cfg /run/pgha/haproxy.cfg
     if [ -f /etc/pgha/tls/ca.crt ]; then  # spec.tls: the CA its health checks verify Patroni's API with
-      install -d -o haproxy -g haproxy -m 0700 /run/pgha/tls
+      # root keeps the directory (no DAC_OVERRIDE: it could not write into haproxy's own)
+      install -d -m 0711 /run/pgha/tls
       install -o haproxy -g haproxy -m 0600 /etc/pgha/tls/ca.crt /run/pgha/tls/ca.crt
     fi
     exec setpriv --reuid=haproxy --regid=haproxy --init-groups haproxy -W -db -f /run/pgha/haproxy.cfg
