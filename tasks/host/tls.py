@@ -8,6 +8,7 @@ directory (`<state>/<scope>/config/<member>/tls`, bind-mounted read-only at /etc
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 from stack import layout, tls
@@ -34,8 +35,17 @@ def _read(d: Path, names: tuple[str, ...]) -> dict[str, str] | None:
     return None
 
 
+# Members of one role are placed concurrently (threads): one CA must come out, not one per thread.
+_LOCK = threading.Lock()
+
+
 def material(spec: ClusterSpec) -> dict[str, str]:
     """CA and leaves, created on first use (and leaves re-issued when missing)."""
+    with _LOCK:
+        return _material(spec)
+
+
+def _material(spec: ClusterSpec) -> dict[str, str]:
     d = tls_dir(spec.scope)
     ca = _read(d, tls.CA_FILES)
     if ca is None:
@@ -52,11 +62,12 @@ def material(spec: ClusterSpec) -> dict[str, str]:
 
 def renew(spec: ClusterSpec) -> dict[str, str]:
     """New member and client certificates from the same CA (the old ones are replaced)."""
-    ca = material(spec)
-    leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
-    for f, text in leaves.items():
-        write_private(tls_dir(spec.scope) / f, text)
-    return leaves
+    with _LOCK:
+        ca = _material(spec)
+        leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
+        for f, text in leaves.items():
+            write_private(tls_dir(spec.scope) / f, text)
+        return leaves
 
 
 def install(spec: ClusterSpec, member: str) -> bool:
