@@ -270,6 +270,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
 
     image = ensure_image(spec)
     preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)
+    if spec.tls.enabled:
+        host_tls.material(spec)  # the CA and certificates, once, before members are placed concurrently
     if spec.multi_host:
         ensure_image_on_hosts(spec, spec.upgrade.node_image or image)
     subnet = ensure_network(spec)

@@ -35,15 +35,13 @@ def _read(d: Path, names: tuple[str, ...]) -> dict[str, str] | None:
     return None
 
 
-# Members are created concurrently (thread task runner): the first use must make ONE CA and ONE
-# set of leaves, not one per thread (a member with another CA could not join). The cluster's
-# mutating lock already keeps other processes out.
-_MATERIAL_LOCK = threading.Lock()
+# Members of one role are placed concurrently (threads): one CA must come out, not one per thread.
+_LOCK = threading.Lock()
 
 
 def material(spec: ClusterSpec) -> dict[str, str]:
     """CA and leaves, created on first use (and leaves re-issued when missing)."""
-    with _MATERIAL_LOCK:
+    with _LOCK:
         return _material(spec)
 
 
@@ -64,11 +62,12 @@ def _material(spec: ClusterSpec) -> dict[str, str]:
 
 def renew(spec: ClusterSpec) -> dict[str, str]:
     """New member and client certificates from the same CA (the old ones are replaced)."""
-    ca = material(spec)
-    leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
-    for f, text in leaves.items():
-        write_private(tls_dir(spec.scope) / f, text)
-    return leaves
+    with _LOCK:
+        ca = _material(spec)
+        leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
+        for f, text in leaves.items():
+            write_private(tls_dir(spec.scope) / f, text)
+        return leaves
 
 
 def install(spec: ClusterSpec, member: str) -> bool:
