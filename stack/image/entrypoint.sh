@@ -37,7 +37,8 @@ case "$role" in
     if [ -f /etc/pgha/tls/ca.crt ]; then  # spec.tls: the CA its health checks verify Patroni's API with
       # root keeps the directory (no DAC_OVERRIDE: it could not write into haproxy's own)
       install -d -m 0711 /run/pgha/tls
-      install -o haproxy -g haproxy -m 0600 /etc/pgha/tls/ca.crt /run/pgha/tls/ca.crt
+      # 0644: a CA certificate is public; root's `haproxy -c` (tasks/haproxy.py) reads it too
+      install -o haproxy -g haproxy -m 0644 /etc/pgha/tls/ca.crt /run/pgha/tls/ca.crt
     fi
     exec setpriv --reuid=haproxy --regid=haproxy --init-groups haproxy -W -db -f /run/pgha/haproxy.cfg
     ;;
