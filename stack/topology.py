@@ -286,7 +286,7 @@ for f in fencer.py fencing.py fencer.json; do
   install -o nobody -g nogroup -m 0600 "/etc/pgha/$f" "/run/pgha/$f"
 done
 if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and pgha's etcd client certificate
-  install -d -o nobody -g nogroup -m 0700 /run/pgha/tls
+  install -d -m 0711 /run/pgha/tls  # root's: it writes into it without DAC_OVERRIDE; the files are nobody's
   for f in ca.crt client.crt client.key; do install -o nobody -g nogroup -m 0600 "/etc/pgha/tls/$f" /run/pgha/tls/; done
 fi
 chown nobody:nogroup /run/pgha && chmod 0711 /run/pgha

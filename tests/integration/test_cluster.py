@@ -76,7 +76,8 @@ def test_status_json_is_healthy(cluster_a: Cluster) -> None:
     assert st["healthy"] is True and st["problems"] == []
     pg = [m for m in st["members"] if m["role"] == "patroni"]
     assert sorted(m["pg_role"] for m in pg) == ["leader", "replica", "sync_standby"]
-    assert st["endpoints"]["rw"] == f"postgresql://postgres@127.0.0.1:{cluster_a.port('rw')}/postgres"
+    assert st["endpoints"]["rw"].startswith(f"postgresql://postgres@127.0.0.1:{cluster_a.port('rw')}/postgres?")
+    assert "sslmode=verify-full" in st["endpoints"]["rw"]  # TLS by default (README "Hardening: TLS")
 
 
 def test_dsn_password_only_on_request(cluster_a: Cluster) -> None:
