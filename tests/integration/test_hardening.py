@@ -80,7 +80,7 @@ def sh(engine: docker.DockerClient, c: Cluster, member: str, cmd: str, user: str
 
 
 def dcs_parameters(engine: docker.DockerClient, c: Cluster) -> dict[str, str]:
-    return dict(json.loads(sh(engine, c, "pg-1", "curl -sS http://localhost:8008/config"))["postgresql"]["parameters"])
+    return dict(json.loads(sh(engine, c, "pg-1", "curl -sS --cacert /run/pgha/tls/ca.crt https://localhost:8008/config"))["postgresql"]["parameters"])
 
 
 def stored_parameters(c: Cluster) -> dict[str, str]:
