@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from stack import audit_backup
 from stack import backup as bk
 from stack.errors import StateError
 from stack.render import dcs_config
@@ -17,6 +18,7 @@ from stack.wait import wait_for
 from tasks import patroni, postgres
 from tasks import pgbackrest as pbr
 from tasks._prefect import ONCE
+from tasks.host.secrets import cluster_secrets
 
 
 def _archive_state(spec: ClusterSpec, leader: str) -> tuple[str, str, bool]:
@@ -85,5 +87,10 @@ def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
         restarted = apply_archive_parameters(spec, leader.name)
         patroni.wait_whole(spec)
     pbr.create_stanza(spec)
+    # The first segments fail to archive until the stanza exists, and the archiver then backs off
+    # for a minute: prove archiving works now (`pgbackrest check` switches WAL and waits for it),
+    # so its last success is newer than those failures (the audit's backup.archiving row).
+    if audit_backup.archiving_failing(postgres.archiver_stats(spec, cluster_secrets(spec.scope))):
+        pbr.check(spec, leader.name)
     log.info("WAL archiving and stanza %s ready (%s)", spec.scope, ", ".join(f"{k}: {v}" for k, v in nodes.items()))
     return bk.Archiving(nodes=nodes, changed=changed, restarted=restarted)
