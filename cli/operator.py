@@ -219,12 +219,11 @@ def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a 
 
     if not secrets_file(spec.scope).exists():
         raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
-    port = spec.ports.ro if ro else spec.ports.rw
-    if pool:
-        port = spec.ports.pool
-        if not shutil.which("psql"):
-            raise UsageError("--pool needs psql on this machine (Debian: apt-get install postgresql-client)")
-    code = _host_psql(spec, port, dbname, sql) if shutil.which("psql") else _node_psql(spec, ro, dbname, sql)
+    port = spec.ports.pool if pool else spec.ports.ro if ro else spec.ports.rw
+    host_psql = shutil.which("psql") is not None
+    if pool and not host_psql:
+        raise UsageError("--pool needs psql on this machine (Debian: apt-get install postgresql-client)")
+    code = _host_psql(spec, port, dbname, sql) if host_psql else _node_psql(spec, ro, dbname, sql)
     raise typer.Exit(code)
 
 

@@ -132,3 +132,21 @@ def cluster_a(engine: docker.DockerClient, base_env: dict[str, str],
             "ports": {"rw": 25432, "ro": 25433, "stats": 28404}}
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("a"), spec) as c:
         yield c
+
+
+def assert_refused(env: dict[str, str], tmp_path: Path, engine: docker.DockerClient, spec: dict[str, object],
+                   fragment: str, scope: str = "pgha-it-bad") -> None:
+    remove_scope(engine, scope)
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    res = pgha(env, "up", "--spec", str(f))
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("pgha: error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in res.stdout + res.stderr
+    flt = {"label": f"pgha.cluster={scope}"}
+    assert engine.containers.list(all=True, filters=flt) == []
+    assert engine.volumes.list(filters=flt) == []
+    assert engine.networks.list(filters=flt) == []
+    assert not (Path(env["PGHA_STATE_DIR"]) / scope / "secrets.json").exists()

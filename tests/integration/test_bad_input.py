@@ -8,9 +8,8 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
-from tests.integration.conftest import pgha, remove_scope
+from tests.integration.conftest import assert_refused, pgha
 
 SCOPE = "pgha-it-bad"
 PORTS = {"rw": 25452, "ro": 25453, "stats": 28424}
@@ -22,24 +21,6 @@ def busy_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         yield int(s.getsockname()[1])
-
-
-def assert_refused(env: dict[str, str], tmp_path: Path, engine: docker.DockerClient, spec: dict[str, object],
-                   fragment: str, scope: str = SCOPE) -> None:
-    remove_scope(engine, scope)
-    f = tmp_path / "bad.yaml"
-    f.write_text(yaml.safe_dump(spec))
-    res = pgha(env, "up", "--spec", str(f))
-    assert res.returncode != 0
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("pgha: error: ") and fragment in lines[0], lines[0]
-    assert "Traceback" not in res.stdout + res.stderr
-    flt = {"label": f"pgha.cluster={scope}"}
-    assert engine.containers.list(all=True, filters=flt) == []
-    assert engine.volumes.list(filters=flt) == []
-    assert engine.networks.list(filters=flt) == []
-    assert not (Path(env["PGHA_STATE_DIR"]) / scope / "secrets.json").exists()
 
 
 @pytest.mark.parametrize(

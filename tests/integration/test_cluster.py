@@ -10,8 +10,7 @@ import docker
 import psycopg
 import pytest
 
-from tests.integration.conftest import Cluster, pgha
-from tests.integration.test_bad_input import assert_refused
+from tests.integration.conftest import Cluster, assert_refused, pgha
 
 
 def connect(c: Cluster, port_name: str, password: str | None = None) -> psycopg.Connection:
