@@ -36,6 +36,7 @@ test-images: venv engine  ## every image the integration suite uses, built once 
 	$(PGHA) images build --spec tests/integration/specs/pg17.yaml
 	$(PGHA) images build --spec tests/integration/specs/pg15.yaml
 	$(PGHA) images build --spec tests/integration/specs/pg15.yaml --updates security
+	$(PGHA) lab image
 
 venv: $(VENV)/.installed
 

@@ -50,6 +50,18 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
     return Done(_Json.model_validate(st.model_dump()))
 
 
+@lab_app.command("image")
+@command()
+def lab_image() -> None:
+    """Build the lab host image (and the node image it loads) if missing; prints their tags."""
+    from tasks import docker_lab
+
+    node, lab, *log = docker_lab.build_images()
+    for line in log:
+        sys.stdout.write(f"{line}\n")
+    sys.stdout.write(f"lab image {lab}, node image {node}\n")
+
+
 @lab_app.command("status")
 @command(_render)
 def lab_status(name: str = NameOpt, as_json: bool = JsonOpt) -> Done[_Json]:

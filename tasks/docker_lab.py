@@ -72,6 +72,14 @@ def ensure_lab_image(engine: Engine, log: list[str]) -> str:
     return tag
 
 
+def build_images() -> list[str]:
+    """The lab host image and the node image it loads, built if missing (`make test-images`, before workers start)."""
+    log: list[str] = []
+    node_image, more = images.ensure_image(ClusterSpec())
+    log += more
+    return [node_image, ensure_lab_image(local_engine(), log), *log]
+
+
 def _flt(name: str) -> dict[str, str]:
     return {"label": f"{LABEL_LAB}={name}"}
 
