@@ -277,7 +277,7 @@ FENCER_START = """#!/bin/sh
 # The fencer: the socket proxy runs as root (it alone opens the engine's socket); the agent runs
 # as nobody, which cannot open the socket (root:docker 0660) and reaches the engine only
 # through the proxy's GET-only filter.
-# /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
+# /run/pgha is a tmpfs (empty after every restart): root (without DAC_OVERRIDE) owns it
 # before copying, and hands it to nobody after; 0711 lets the health check (root) stat the
 # agent's counters without listing or reading anything.
 set -eu

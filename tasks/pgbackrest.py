@@ -188,21 +188,32 @@ def check(spec: ClusterSpec, member: str) -> str:
     return run_ok(spec, member, ["check"], "pgbackrest check (is WAL archiving working?)", timeout=180)
 
 
+def info_payload(text: str) -> Any:
+    """The JSON of `pgbackrest info --output=json`; console log lines (`P00   WARN: ...`, printed on
+    stdout before the JSON) are skipped, and a text with no JSON is reported with its first line."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("[", "{"))), None)
+    try:
+        if start is None:
+            raise ValueError("no JSON in its output")
+        return json.loads("\n".join(lines[start:]))
+    except ValueError as exc:
+        first = text.strip().splitlines()[0][:200] if text.strip() else "(no output)"
+        raise BackupError(f"pgbackrest info gave unreadable JSON ({exc}): {first}") from None
+
+
 def parse_info_json(text: str, stanza: str) -> tuple[list[bk.BackupSet], str | None, str | None]:
     """`pgbackrest info --output=json` read once, here: sets (oldest first) and the archived WAL range."""
     try:
-        return bk.parse_info(json.loads(text), stanza)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+        return bk.parse_info(info_payload(text), stanza)
+    except (KeyError, TypeError) as exc:
+        raise BackupError(f"pgbackrest info gave unexpected JSON: {exc}") from None
 
 
 def repo_cipher(spec: ClusterSpec, member: str) -> str:
     """The cipher `pgbackrest info` reports for the stanza's repository ("none" when unencrypted)."""
     text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", timeout=60)
-    try:
-        return bk.parse_cipher(json.loads(text), spec.scope)
-    except ValueError as exc:
-        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+    return bk.parse_cipher(info_payload(text), spec.scope)
 
 
 def repo_obs(spec: ClusterSpec) -> RepoObs:
@@ -210,11 +221,7 @@ def repo_obs(spec: ClusterSpec) -> RepoObs:
     nodes = running_nodes(spec)
     if not nodes:
         raise BackupError(f"no node of {spec.scope} runs to read its repository")
-    text = run_ok(spec, nodes[0], ["info", "--output=json"], "pgbackrest info", timeout=60)
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise BackupError(f"pgbackrest info gave unreadable JSON: {exc}") from None
+    payload = info_payload(run_ok(spec, nodes[0], ["info", "--output=json"], "pgbackrest info", timeout=60))
     return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
 
 

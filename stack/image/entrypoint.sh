@@ -20,6 +20,15 @@ case "$role" in
   patroni)
     install -d -o postgres -g postgres -m 0700 /run/pgha
     install -o postgres -g postgres -m 0600 /etc/pgha/patroni.yml /run/pgha/patroni.yml
+    # /run/pgha is a tmpfs, empty again after every stop/start: pgBackRest's files (written by
+    # tasks/pgbackrest.py once backups are set up) come back here, or archive-push would fail
+    # until the next backup reinstalled them.
+    if [ -d /etc/pgha/pgbackrest ]; then
+      install -d -o postgres -g postgres -m 0700 /run/pgha/pgbackrest
+      for f in /etc/pgha/pgbackrest/*; do
+        if [ -f "$f" ]; then install -o postgres -g postgres -m 0600 "$f" /run/pgha/pgbackrest/; fi
+      done
+    fi
     chown postgres:postgres /var/lib/postgresql/data
     chmod 0700 /var/lib/postgresql/data
     install -d -o postgres -g postgres -m 2775 /var/run/postgresql
@@ -46,7 +55,7 @@ case "$role" in
     # PgBouncer as postgres: its config and the SCRAM secrets file (0600, root) are copied
     # into a directory only postgres reads; the admin console's Unix socket lets `docker exec
     # -u postgres psql` in without a password (same UID as the running process).
-    # /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
+    # /run/pgha is a tmpfs (empty after every restart): root (without DAC_OVERRIDE) owns it
     # while it copies, then hands it to postgres.
     chown root:root /run/pgha && chmod 0700 /run/pgha
     install -o postgres -g postgres -m 0600 /etc/pgha/pgbouncer.ini /run/pgha/pgbouncer.ini

@@ -221,3 +221,14 @@ def test_canary_problem_in_the_restored_copy() -> None:
     assert bk.canary_problem(s, "0123456789abcdef", 42, 1, 42) is None
     assert "is missing from the restored copy" in str(bk.canary_problem(s, "0123456789abcdef", 42, 0, 41))
     assert "41 rows in the restored copy, 42 when backed up" in str(bk.canary_problem(s, "0123456789abcdef", 42, 1, 41))
+
+
+def test_info_payload_skips_console_warnings_and_names_what_it_got() -> None:
+    from tasks.pgbackrest import BackupError, info_payload
+
+    text = 'P00   WARN: configuration file contains invalid option \'x\'\n[{"name": "s", "repo": []}]\n'
+    assert info_payload(text) == [{"name": "s", "repo": []}]
+    with pytest.raises(BackupError, match=r"unreadable JSON .*: P00   ERROR: \[055\]"):
+        info_payload("P00   ERROR: [055]: unable to open missing file\n")
+    with pytest.raises(BackupError, match=r"\(no output\)"):
+        info_payload("")
