@@ -268,9 +268,12 @@ class EffectiveTiming(BaseModel):
 
 PROFILES: dict[Profile, EffectiveTiming] = {
     # loop_wait + 2*retry_timeout = 12 <= ttl 20 (Patroni's rule); ttl 20 is Patroni's floor.
+    # check_timeout 1000 ms: a check is a TLS handshake with Patroni's REST API; at 500 ms two slow
+    # answers in a row on a busy machine marked a healthy primary down (and cut its sessions). A dead
+    # node refuses at once, so the timeout only matters for a silent one, where Patroni's ttl rules.
     Profile.FAST: EffectiveTiming(
         ttl=20, loop_wait=2, retry_timeout=5, synchronous_mode=True,
-        maximum_lag_on_failover=1048576, inter_ms=500, check_timeout_ms=500, retries=0, fall=2, rise=1,
+        maximum_lag_on_failover=1048576, inter_ms=500, check_timeout_ms=1000, retries=0, fall=2, rise=1,
     ),
     Profile.PATRONI_DEFAULTS: EffectiveTiming(
         ttl=30, loop_wait=10, retry_timeout=10, synchronous_mode=False,

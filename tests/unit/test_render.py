@@ -59,7 +59,7 @@ def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
             "pg-1", "pg-2", "pg-3", "pg-4"]
         assert "lab-pg-4:5432" in part
     assert "prometheus-exporter" in cfg
-    assert "timeout check 500ms" in cfg and "retries 0" in cfg
+    assert "timeout check 1000ms" in cfg and "retries 0" in cfg
 
 
 def test_haproxy_cfg_patroni_defaults_profile() -> None:
