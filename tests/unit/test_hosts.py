@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from stack import lab
-from stack.drill import host_target
+from stack.drill import DrillKind, host_target, members_on_host, spec_host_target
 from stack.errors import SpecError
 from stack.hosts import multi_host_uri, place, unsafe_reason
 from stack.render import etcd_command, patroni_config, render_haproxy_cfg
@@ -120,6 +120,26 @@ def test_host_target() -> None:
         host_target("h9", ["h1"], [], [])
     with pytest.raises(ValueError, match="host drills need a spec with hosts"):
         host_target("h1", [], [], [])
+
+
+def test_spec_host_target_from_the_spec_alone() -> None:
+    s = spec()
+    t = spec_host_target(s, DrillKind.HOST_LOSS, "h3")
+    assert t is not None and t.member == "pg-3" and t.also == ("etcd-3",)
+    assert spec_host_target(s, DrillKind.HARD_KILL, None) is None
+    with pytest.raises(ValueError, match="--host only applies to host-loss and host-partition, not hard-kill"):
+        spec_host_target(s, DrillKind.HARD_KILL, "h1")
+    with pytest.raises(ValueError, match="host-partition needs --host"):
+        spec_host_target(s, DrillKind.HOST_PARTITION, None)
+    with pytest.raises(ValueError, match=r"--host h9 is not one of the spec's hosts \(h1, h2, h3\)"):
+        spec_host_target(s, DrillKind.HOST_LOSS, "h9")
+    # A 4th host holds only HAProxy (3 nodes and 3 etcd members spread over h1..h3).
+    four = spec(hosts=[*HOSTS, {"name": "h4", "docker": "ssh://ops@h4", "address": "10.0.0.14"}])
+    assert members_on_host(four, "h4") == [] and members_on_host(four, "h1") == ["pg-1", "etcd-1"]
+    with pytest.raises(ValueError, match="host h4 runs no member of the cluster but HAProxy"):
+        spec_host_target(four, DrillKind.HOST_LOSS, "h4")
+    with pytest.raises(ValueError, match="host drills need a spec with hosts"):
+        spec_host_target(parse_spec({"scope": "one"}), DrillKind.HOST_LOSS, "h1")
 
 
 def test_lab_plan_writes_a_valid_spec() -> None:
