@@ -267,7 +267,7 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
         raise UsageError(str(exc)) from None
     if (healed := heal_leftovers(spec)) is not None:
         log.warning(healed)
-    view = require_healthy(spec, "the drill")
+    view = require_healthy(spec, "the drill", settle_s=10)
     lead = view.leader()
     assert lead is not None
     target = _target(spec, kind, view, to, host)

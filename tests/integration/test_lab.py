@@ -1,13 +1,15 @@
 """Many hosts, in a lab: 3 simulated hosts (Docker in Docker), one etcd member and one Patroni
 node per host, HAProxy on every host. One lab and one cluster for the whole file (a lab host
-loads slowly); the host-loss test heals what it breaks, and the bad-input tests create nothing.
+loads slowly): each host drill (loss of the leader's, a replica's and the sync standby's host,
+a partition of the leader's host) heals what it breaks, and the bad-input tests create nothing.
 
-Ports: 26400-26499 (lab hosts' R/W and R/O on 127.0.0.1); lab `itlab`, scope `pgha-it-lab`.
+Ports: 26900-26999 (lab hosts' R/W and R/O on 127.0.0.1); lab `ithost`, scope `pgha-it-host`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import yaml
 
 from tests.integration.conftest import pgha
 
-LAB, SCOPE, PORT_BASE = "itlab", "pgha-it-lab", 26400
+LAB, SCOPE, PORT_BASE = "ithost", "pgha-it-host", 26900
 
 
 def _lab_down(engine: docker.DockerClient) -> None:
@@ -101,9 +103,15 @@ def test_dsn_is_a_multi_host_uri_that_connects(lab: dict[str, object], base_env:
     assert "target_session_attrs=prefer-standby" in r.stdout
 
 
-def _roles(base_env: dict[str, str], spec: str) -> dict[str, str]:
-    """host -> the Patroni role of the node on it, from `pgha status --json` (exit 0: the cluster is healthy)."""
-    r = pgha(base_env, "status", "--spec", spec, "--json")
+def _roles(base_env: dict[str, str], spec: str, within_s: float = 30) -> dict[str, str]:
+    """host -> the Patroni role of the node on it, once `pgha status` says healthy (exit 0) within `within_s`.
+
+    Asked again rather than once: on a busy machine an HAProxy check (500 ms timeout, over TLS)
+    can time out twice and show the primary down for a second.
+    """
+    deadline = time.monotonic() + within_s
+    while (r := pgha(base_env, "status", "--spec", spec, "--json")).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(1)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     members = json.loads(r.stdout)["members"]
     return {f"h{m['member'].split('-')[1]}": m["pg_role"] for m in members if m["role"] == "patroni"}
@@ -191,7 +199,7 @@ def test_host_drill_refuses_a_bad_host_in_one_line(lab: dict[str, object], base_
 
 def _spec_with(lab: dict[str, object], tmp_path: Path, **change: object) -> Path:
     data = yaml.safe_load(Path(str(lab["spec"])).read_text())
-    data["scope"] = "pgha-it-lbad"
+    data["scope"] = "pgha-it-hbad"
     data.update(change)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -199,7 +207,7 @@ def _spec_with(lab: dict[str, object], tmp_path: Path, **change: object) -> Path
 
 
 def _nothing_created(lab: dict[str, object], engine: docker.DockerClient) -> None:
-    flt = {"label": "pgha.cluster=pgha-it-lbad"}
+    flt = {"label": "pgha.cluster=pgha-it-hbad"}
     assert not engine.containers.list(all=True, filters=flt)
     for h in lab["hosts"]:  # type: ignore[attr-defined]
         inner = docker.DockerClient(base_url=h["docker"], timeout=30)
