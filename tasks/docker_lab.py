@@ -13,11 +13,12 @@ below are the ones measured to work (FIELD-NOTES, 2026-11-26).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -212,20 +213,16 @@ def _has_image(client: docker.DockerClient, image: str) -> bool:
         return False
 
 
-def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
-    """Load the node image into every lab host that lacks it, from ONE `docker save` stream.
+def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],
+            depth: int = 16) -> list[BaseException | None]:
+    """Feed one stream of chunks to every sink at once; [the source's error, then each sink's error].
 
-    The export is fanned out chunk by chunk to one `docker load` per host running at once
-    (bounded queues: the slowest load sets the pace), instead of one export per host: the
-    real engine tars the 800 MB image once.
+    Each sink runs in its own thread and reads its own bounded queue (`depth` chunks), so the
+    slowest sink sets the pace and memory stays bounded. A sink that fails is fed no more and
+    its queue is drained, so the others go on; a source that fails ends every sink's stream early.
     """
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        clients = list(pool.map(_engine_up, hosts))
-    need = [(h, cl) for h, cl in zip(hosts, clients, strict=True) if not _has_image(cl, node_image)]
-    if not need:
-        return
-    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=16) for _ in need]
-    gone = [False] * len(need)  # a load that failed is fed no more (its queue may stay full)
+    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in sinks]
+    gone = [False] * len(sinks)
 
     def put(i: int, item: bytes | None) -> None:
         while not gone[i]:
@@ -235,40 +232,56 @@ def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
             except queue.Full:
                 continue
 
-    def export() -> None:
+    def produce() -> None:
         try:
-            for chunk in local_engine().client.images.get(node_image).save(named=True):
-                for i in range(len(need)):
+            for chunk in source():
+                for i in range(len(sinks)):
                     put(i, chunk)
         finally:
-            for i in range(len(need)):
+            for i in range(len(sinks)):
                 put(i, None)
 
-    def load(i: int) -> None:
-        host, client = need[i]
-
+    def consume(i: int) -> None:
         def chunks() -> Iterator[bytes]:
             while (chunk := queues[i].get()) is not None:
                 yield chunk
 
         try:
-            client.images.load(chunks())
-        except docker.errors.APIError as exc:
-            raise DockerError(f"loading {node_image} into lab host {host.name}: {exc.explanation or exc}") from None
-        except docker.errors.DockerException as exc:
-            raise DockerError(f"loading {node_image} into lab host {host.name}: {str(exc)[:300]}") from None
+            sinks[i](chunks())
         finally:
             gone[i] = True
-            while not queues[i].empty():  # unblock the export if this load ended early
-                queues[i].get_nowait()
+            with contextlib.suppress(queue.Empty):
+                while True:  # unblock the producer if this sink ended early
+                    queues[i].get_nowait()
 
-    with ThreadPoolExecutor(max_workers=len(need) + 1) as pool:
-        saving = pool.submit(export)
-        loads = [pool.submit(load, i) for i in range(len(need))]
-    if (exc := saving.exception()) is not None:  # a failed export explains the loads' failures
-        raise DockerError(f"docker save {node_image}: {str(exc).splitlines()[0][:300]}") from None
-    for f in loads:
-        f.result()
+    with ThreadPoolExecutor(max_workers=len(sinks) + 1) as pool:
+        futures = [pool.submit(produce), *(pool.submit(consume, i) for i in range(len(sinks)))]
+    return [f.exception() for f in futures]
+
+
+def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
+    """Load the node image into every lab host that lacks it, from ONE `docker save` stream.
+
+    One export fanned out to a `docker load` per host running at once, instead of one export
+    per host: the real engine tars the 800 MB image once.
+    """
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        clients = list(pool.map(_engine_up, hosts))
+    need = [(h, cl) for h, cl in zip(hosts, clients, strict=True) if not _has_image(cl, node_image)]
+    if not need:
+        return
+
+    def loader(client: docker.DockerClient) -> Callable[[Iterator[bytes]], None]:
+        return lambda chunks: client.images.load(chunks)
+
+    errors = fan_out(lambda: local_engine().client.images.get(node_image).save(named=True),
+                     [loader(cl) for _, cl in need])
+    if errors[0] is not None:  # a failed export explains the loads' failures
+        raise DockerError(f"docker save {node_image}: {str(errors[0]).splitlines()[0][:300]}")
+    for (host, _), exc in zip(need, errors[1:], strict=True):
+        if exc is not None:
+            why = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
+            raise DockerError(f"loading {node_image} into lab host {host.name}: {str(why)[:300]}")
     missing = [h.name for h, cl in need if not _has_image(cl, node_image)]
     if missing:
         raise DockerError(f"{node_image} is not in lab host(s) {', '.join(missing)} after loading it")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -153,3 +154,39 @@ def test_lab_plan_writes_a_valid_spec() -> None:
     two = parse_spec(lab.spec_data("pgha-it-lab", hosts[:2]))
     assert two.etcd_members == 1 and two.allow_unsafe_placement
     assert lab.check_name("Bad_Name") and lab.check_hosts(0) and lab.check_name("itlab") is None
+
+
+def test_lab_fan_out_feeds_every_sink_the_same_stream() -> None:
+    from tasks.docker_lab import fan_out
+
+    data = [bytes([i]) * 10 for i in range(200)]  # far more chunks than a queue holds
+    got: list[list[bytes]] = [[], [], []]
+
+    def sink(i: int) -> Callable[[Iterator[bytes]], None]:
+        return lambda chunks: got[i].extend(chunks)
+
+    assert fan_out(lambda: iter(data), [sink(i) for i in range(3)], depth=4) == [None, None, None, None]
+    assert got == [data, data, data]
+
+
+def test_lab_fan_out_a_failed_sink_or_source_blocks_nothing() -> None:
+    from tasks.docker_lab import fan_out
+
+    data = [b"x"] * 100
+    got: list[bytes] = []
+
+    def broken(chunks: Iterator[bytes]) -> None:
+        next(chunks)
+        raise RuntimeError("load refused")
+
+    errors = fan_out(lambda: iter(data), [broken, got.extend], depth=2)
+    assert errors[0] is None and isinstance(errors[1], RuntimeError) and errors[2] is None
+    assert got == data  # the healthy sink got everything although the broken one stopped reading
+
+    def failing_source() -> Iterator[bytes]:
+        yield b"a"
+        raise OSError("save failed")
+
+    seen: list[bytes] = []
+    errors = fan_out(failing_source, [seen.extend], depth=2)
+    assert isinstance(errors[0], OSError) and errors[1] is None and seen == [b"a"]
