@@ -23,8 +23,8 @@ from cli.core import (
     run_flow,
     warm,
 )
-from stack.drill import DrillKind
-from stack.errors import PghaError
+from stack.drill import DrillKind, spec_host_target
+from stack.errors import PghaError, UsageError
 from stack.results import AuditReport, DrillResult
 
 
@@ -41,6 +41,10 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
           as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
     """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
     spec = resolve_spec(spec_file, scope)
+    try:
+        spec_host_target(spec, kind, host)  # a bad --host: one line, before any API or engine is asked
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     warm()
     from flows.drill import drill as drill_flow
 

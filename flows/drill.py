@@ -26,9 +26,9 @@ from stack.drill import (
     choose_target,
     error_digest,
     fault_seconds,
-    host_target,
     longest_gap,
     lost_writes,
+    spec_host_target,
     timeline,
     verdict,
 )
@@ -230,26 +230,17 @@ def _await_recovery(spec: ClusterSpec, kind: DrillKind, old_leader: str, writer:
     return old_leader, notes
 
 
-def _on_host(spec: ClusterSpec, host: str) -> list[str]:
-    return [m for m in [*spec.node_names(), *spec.etcd_names()] if spec.host_of(m) == host]
-
-
 def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | None, host: str | None = None) -> Target:
     lead = view.leader()
     assert lead is not None  # a healthy cluster has exactly one
-    if kind.whole_host or host is not None:
-        if not kind.whole_host:
-            raise UsageError(f"--host only applies to host-loss and host-partition, not {kind.value}")
-        if host is None:
-            raise UsageError(f"{kind.value} needs --host (one of the spec's hosts)")
-        if kind == DrillKind.HOST_PARTITION and spec.multi_host and host in [h.name for h in spec.hosts or []] \
-                and not docker_lab.is_lab_host(spec, host):
+    try:
+        on_host = spec_host_target(spec, kind, host)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if on_host is not None:
+        if kind == DrillKind.HOST_PARTITION and not docker_lab.is_lab_host(spec, str(host)):
             raise UsageError(f"host-partition runs in a lab only; {host} is a real host (use host-loss)")
-        try:
-            return host_target(host, [h.name for h in spec.hosts or []], _on_host(spec, host) if spec.multi_host
-                               else [], spec.node_names())
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        return on_host
     etcd_leader = etcd.leader_member(spec) if kind in (DrillKind.ETCD_MEMBER_LOSS, DrillKind.ETCD_QUORUM_LOSS) else ""
     replicas = {m.name: (m.role.value, m.lag) for m in view.replicas()}
     try:
@@ -271,11 +262,12 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
         raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled)")
     try:
         window = fault_seconds(kind, spec.timing.ttl, seconds)
+        spec_host_target(spec, kind, host)  # a bad --host is refused before anything is asked or healed
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if (healed := heal_leftovers(spec)) is not None:
         log.warning(healed)
-    view = require_healthy(spec, "the drill")
+    view = require_healthy(spec, "the drill", settle_s=10)
     lead = view.leader()
     assert lead is not None
     target = _target(spec, kind, view, to, host)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from stack.results import DrillResult
+from stack.spec import ClusterSpec
 
 
 class DrillKind(StrEnum):
@@ -211,3 +212,26 @@ def host_target(host: str, hosts: list[str], on_host: list[str], node_names: lis
     nodes = [m for m in on_host if m in node_names]
     first = nodes[0] if nodes else on_host[0]
     return Target(member=first, also=tuple(m for m in on_host if m != first))
+
+
+def members_on_host(spec: ClusterSpec, host: str) -> list[str]:
+    """The Patroni nodes and etcd members the spec places on `host` (HAProxy runs on every host)."""
+    if not spec.multi_host:
+        return []
+    return [m for m in [*spec.node_names(), *spec.etcd_names()] if spec.host_of(m) == host]
+
+
+def spec_host_target(spec: ClusterSpec, kind: DrillKind, host: str | None) -> Target | None:
+    """The members a host drill hits, from the spec alone (None for a drill that is not per host).
+
+    Checked before anything runs (the CLI refuses in one line before it starts an API or asks
+    an engine): `--host` with a drill that is not per host, a host drill without `--host`, a
+    host the spec does not name, a host that holds no member.
+    """
+    if host is not None and not kind.whole_host:
+        raise ValueError(f"--host only applies to host-loss and host-partition, not {kind.value}")
+    if not kind.whole_host:
+        return None
+    if host is None:
+        raise ValueError(f"{kind.value} needs --host (one of the spec's hosts)")
+    return host_target(host, [h.name for h in spec.hosts or []], members_on_host(spec, host), spec.node_names())

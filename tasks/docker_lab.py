@@ -13,9 +13,12 @@ below are the ones measured to work (FIELD-NOTES, 2026-11-26).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -183,21 +186,20 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str) -> plan.LabStatus:
                           docker=f"unix://{_socket_dir(name, h) / 'docker.sock'}", address=plan.host_address(subnet, i),
                           rw_port=ports[i][0], ro_port=ports[i][1])
              for i, h in enumerate(plan.host_names(n_hosts))]
-    for h in hosts:
-        _run_host(c, name, h, lab_image, subnet)
+    with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
+        list(pool.map(lambda h: _run_host(c, name, h, lab_image, subnet), hosts))
     result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path), hosts=hosts)
     _write_record(result)
     spec_data = plan.spec_data(scope, hosts)
     parse_spec(spec_data, str(spec_path))
     write_private(spec_path, "# Written by `pgha lab up`: a cluster over the lab's hosts.\n"
                   + yaml.safe_dump(spec_data, sort_keys=False))
-    with ThreadPoolExecutor(max_workers=n_hosts) as pool:
-        list(pool.map(lambda h: _prepare(h, node_image), hosts))
+    _load_node_image(hosts, node_image)
     return status(name)
 
 
-def _prepare(host: plan.LabHost, node_image: str) -> None:
-    """Wait for the lab host's engine, then load the node image into it (docker save | docker load)."""
+def _engine_up(host: plan.LabHost, timeout: float = 60) -> docker.DockerClient:
+    """Wait for the lab host's engine to answer on its socket; a client for it (long timeout: image loads)."""
     sock = host.docker.removeprefix("unix://")
 
     def ping() -> bool:
@@ -206,19 +208,91 @@ def _prepare(host: plan.LabHost, node_image: str) -> None:
         except (docker.errors.DockerException, OSError):
             return False
 
-    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=60, interval=0.5,
+    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=timeout, interval=0.5,
              logs=lambda: local_engine().logs(host.container, tail=10))
-    target = docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+    return docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
+
+
+def _has_image(client: docker.DockerClient, image: str) -> bool:
     try:
-        target.images.get(node_image)
-        return
+        client.images.get(image)
+        return True
     except docker.errors.ImageNotFound:
-        pass
-    stream = local_engine().client.images.get(node_image).save(named=True)
-    try:
-        target.images.load(stream)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"loading {node_image} into lab host {host.name}: {exc.explanation or exc}") from None
+        return False
+
+
+def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],
+            depth: int = 16) -> list[BaseException | None]:
+    """Feed one stream of chunks to every sink at once; [the source's error, then each sink's error].
+
+    Each sink runs in its own thread and reads its own bounded queue (`depth` chunks), so the
+    slowest sink sets the pace and memory stays bounded. A sink that fails is fed no more and
+    its queue is drained, so the others go on; a source that fails ends every sink's stream early.
+    """
+    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in sinks]
+    gone = [False] * len(sinks)
+
+    def put(i: int, item: bytes | None) -> None:
+        while not gone[i]:
+            try:
+                queues[i].put(item, timeout=1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for chunk in source():
+                for i in range(len(sinks)):
+                    put(i, chunk)
+        finally:
+            for i in range(len(sinks)):
+                put(i, None)
+
+    def consume(i: int) -> None:
+        def chunks() -> Iterator[bytes]:
+            while (chunk := queues[i].get()) is not None:
+                yield chunk
+
+        try:
+            sinks[i](chunks())
+        finally:
+            gone[i] = True
+            with contextlib.suppress(queue.Empty):
+                while True:  # unblock the producer if this sink ended early
+                    queues[i].get_nowait()
+
+    with ThreadPoolExecutor(max_workers=len(sinks) + 1) as pool:
+        futures = [pool.submit(produce), *(pool.submit(consume, i) for i in range(len(sinks)))]
+    return [f.exception() for f in futures]
+
+
+def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
+    """Load the node image into every lab host that lacks it, from ONE `docker save` stream.
+
+    One export fanned out to a `docker load` per host running at once, instead of one export
+    per host: the real engine tars the 800 MB image once.
+    """
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        clients = list(pool.map(_engine_up, hosts))
+    need = [(h, cl) for h, cl in zip(hosts, clients, strict=True) if not _has_image(cl, node_image)]
+    if not need:
+        return
+
+    def loader(client: docker.DockerClient) -> Callable[[Iterator[bytes]], None]:
+        return lambda chunks: client.images.load(chunks)
+
+    errors = fan_out(lambda: local_engine().client.images.get(node_image).save(named=True),
+                     [loader(cl) for _, cl in need])
+    if errors[0] is not None:  # a failed export explains the loads' failures
+        raise DockerError(f"docker save {node_image}: {str(errors[0]).splitlines()[0][:300]}")
+    for (host, _), exc in zip(need, errors[1:], strict=True):
+        if exc is not None:
+            why = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
+            raise DockerError(f"loading {node_image} into lab host {host.name}: {str(why)[:300]}")
+    missing = [h.name for h, cl in need if not _has_image(cl, node_image)]
+    if missing:
+        raise DockerError(f"{node_image} is not in lab host(s) {', '.join(missing)} after loading it")
 
 
 def status(name: str) -> plan.LabStatus:
@@ -239,15 +313,17 @@ def down(name: str) -> dict[str, list[str]]:
         raise StateError(why)
     c = local_engine().client
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
-    for ct in c.containers.list(all=True, filters=_flt(name)):
-        ct.remove(force=True, v=True)
-        removed["containers"].append(str(ct.name))
-    for net in c.networks.list(filters=_flt(name)):
-        net.remove()
-        removed["networks"].append(str(net.name))
-    for vol in c.volumes.list(filters=_flt(name)):
-        vol.remove(force=True)
-        removed["volumes"].append(str(vol.name))
+    # The lab hosts and then their /var/lib/docker volumes (an image and a cluster each) go at once.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        cts = c.containers.list(all=True, filters=_flt(name))
+        list(pool.map(lambda ct: ct.remove(force=True, v=True), cts))
+        removed["containers"] = [str(ct.name) for ct in cts]
+        for net in c.networks.list(filters=_flt(name)):
+            net.remove()
+            removed["networks"].append(str(net.name))
+        vols = c.volumes.list(filters=_flt(name))
+        list(pool.map(lambda v: v.remove(force=True), vols))
+        removed["volumes"] = [str(v.name) for v in vols]
     shutil.rmtree(lab_dir(name), ignore_errors=True)
     return removed
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 
 import yaml
 
 from stack.cluster import ClusterView, assess, led_by, quorum
-from stack.errors import HaproxyError, PatroniError, PghaError
+from stack.errors import HaproxyError, PatroniError, PghaError, WaitTimeout
 from stack.pooler import pooler_problems
 from stack.results import ClusterStatus, MemberRow, SwitchoverTimes
 from stack.spec import ClusterSpec
@@ -124,11 +124,25 @@ def wait_healthy(spec: ClusterSpec, timeout: float, stable_s: float = 0.0) -> Cl
                     describe=lambda s: "; ".join(s.problems[:3]))
 
 
-def require_healthy(spec: ClusterSpec, doing: str) -> ClusterView:
-    """Refuse `doing` on a cluster that is not healthy (StateError, one line); its Patroni view."""
+def require_healthy(spec: ClusterSpec, doing: str, settle_s: float = 0.0) -> ClusterView:
+    """Refuse `doing` on a cluster that is not healthy (StateError, one line); its Patroni view.
+
+    `settle_s`: a cluster that becomes healthy within that many seconds is accepted (a drill
+    on a busy machine: one HAProxy check of 500 ms timing out twice marks the primary down for
+    a second, and a single look would refuse a healthy cluster).
+    """
     from stack.errors import StateError
 
-    st = cluster_status(spec)
+    seen: list[ClusterStatus] = []
+
+    def look() -> ClusterStatus:
+        seen.append(cluster_status(spec))
+        return seen[-1]
+
+    with suppress(WaitTimeout):
+        wait_for(f"the cluster to be healthy before {doing}", look, lambda s: s.healthy, timeout=settle_s,
+                 interval=0.5)
+    st = seen[-1] if seen else cluster_status(spec)
     if not st.healthy:
         raise StateError(f"cluster {spec.scope} is not healthy, refusing {doing}: {st.problems[0]} "
                          "(see `pgha status`)")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from stack import lab
-from stack.drill import host_target
+from stack.drill import DrillKind, host_target, members_on_host, spec_host_target
 from stack.errors import SpecError
 from stack.hosts import multi_host_uri, place, unsafe_reason
 from stack.render import etcd_command, patroni_config, render_haproxy_cfg
@@ -122,6 +123,26 @@ def test_host_target() -> None:
         host_target("h1", [], [], [])
 
 
+def test_spec_host_target_from_the_spec_alone() -> None:
+    s = spec()
+    t = spec_host_target(s, DrillKind.HOST_LOSS, "h3")
+    assert t is not None and t.member == "pg-3" and t.also == ("etcd-3",)
+    assert spec_host_target(s, DrillKind.HARD_KILL, None) is None
+    with pytest.raises(ValueError, match="--host only applies to host-loss and host-partition, not hard-kill"):
+        spec_host_target(s, DrillKind.HARD_KILL, "h1")
+    with pytest.raises(ValueError, match="host-partition needs --host"):
+        spec_host_target(s, DrillKind.HOST_PARTITION, None)
+    with pytest.raises(ValueError, match=r"--host h9 is not one of the spec's hosts \(h1, h2, h3\)"):
+        spec_host_target(s, DrillKind.HOST_LOSS, "h9")
+    # A 4th host holds only HAProxy (3 nodes and 3 etcd members spread over h1..h3).
+    four = spec(hosts=[*HOSTS, {"name": "h4", "docker": "ssh://ops@h4", "address": "10.0.0.14"}])
+    assert members_on_host(four, "h4") == [] and members_on_host(four, "h1") == ["pg-1", "etcd-1"]
+    with pytest.raises(ValueError, match="host h4 runs no member of the cluster but HAProxy"):
+        spec_host_target(four, DrillKind.HOST_LOSS, "h4")
+    with pytest.raises(ValueError, match="host drills need a spec with hosts"):
+        spec_host_target(parse_spec({"scope": "one"}), DrillKind.HOST_LOSS, "h1")
+
+
 def test_lab_plan_writes_a_valid_spec() -> None:
     hosts = [lab.LabHost(name=n, container=lab.container_name("x", n), docker=f"unix:///s/{n}.sock",
                          address=lab.host_address("10.213.5.0/24", i), rw_port=rw, ro_port=ro)
@@ -133,3 +154,39 @@ def test_lab_plan_writes_a_valid_spec() -> None:
     two = parse_spec(lab.spec_data("pgha-it-lab", hosts[:2]))
     assert two.etcd_members == 1 and two.allow_unsafe_placement
     assert lab.check_name("Bad_Name") and lab.check_hosts(0) and lab.check_name("itlab") is None
+
+
+def test_lab_fan_out_feeds_every_sink_the_same_stream() -> None:
+    from tasks.docker_lab import fan_out
+
+    data = [bytes([i]) * 10 for i in range(200)]  # far more chunks than a queue holds
+    got: list[list[bytes]] = [[], [], []]
+
+    def sink(i: int) -> Callable[[Iterator[bytes]], None]:
+        return lambda chunks: got[i].extend(chunks)
+
+    assert fan_out(lambda: iter(data), [sink(i) for i in range(3)], depth=4) == [None, None, None, None]
+    assert got == [data, data, data]
+
+
+def test_lab_fan_out_a_failed_sink_or_source_blocks_nothing() -> None:
+    from tasks.docker_lab import fan_out
+
+    data = [b"x"] * 100
+    got: list[bytes] = []
+
+    def broken(chunks: Iterator[bytes]) -> None:
+        next(chunks)
+        raise RuntimeError("load refused")
+
+    errors = fan_out(lambda: iter(data), [broken, got.extend], depth=2)
+    assert errors[0] is None and isinstance(errors[1], RuntimeError) and errors[2] is None
+    assert got == data  # the healthy sink got everything although the broken one stopped reading
+
+    def failing_source() -> Iterator[bytes]:
+        yield b"a"
+        raise OSError("save failed")
+
+    seen: list[bytes] = []
+    errors = fan_out(failing_source, [seen.extend], depth=2)
+    assert isinstance(errors[0], OSError) and errors[1] is None and seen == [b"a"]
