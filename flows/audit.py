@@ -108,12 +108,16 @@ def gather_replication(spec: ClusterSpec) -> Gathered:
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
-        ips = docker_hosts.engines(spec).of(spec.haproxy_member).container_ips(spec.network)
-        prefix = spec.scope + "-"
+        if spec.multi_host:
+            # Host networking: a node answers on its host's address (one Patroni node per host).
+            names = {spec.address(m): m for m in spec.node_names()}
+        else:
+            prefix = spec.scope + "-"
+            names = {ip: name.removeprefix(prefix) for ip, name in
+                     docker_hosts.engines(spec).of(spec.haproxy_member).container_ips(spec.network).items()}
 
         def member(ip: str | None) -> str | None:
-            name = ips.get(ip or "")
-            return name.removeprefix(prefix) if name else None
+            return names.get(ip or "")
 
         secrets = _secrets(spec)
         rw, rw_err = _safe(lambda: postgres.endpoint_node(spec, secrets, read_only=False))

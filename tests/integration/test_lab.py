@@ -92,6 +92,15 @@ def test_write_on_host1_read_on_host2(lab: dict[str, object], base_env: dict[str
     assert row == (True, 1)
 
 
+def test_audit_over_the_hosts_is_clean(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    """The health audit reads every host: which node each HAProxy port reached (host addresses), etcd, Patroni."""
+    r = pgha(base_env, "audit", "--spec", str(lab["spec"]), "--json", timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = {f"{f['check']} {f['target']}": f["status"] for f in json.loads(r.stdout)["findings"]}
+    assert rows["haproxy.rw_port 5000"] == "ok" and rows["haproxy.ro_port 5001"] == "ok", rows
+    assert "critical" not in rows.values(), rows
+
+
 def test_dsn_is_a_multi_host_uri_that_connects(lab: dict[str, object], base_env: dict[str, str]) -> None:
     r = pgha(base_env, "dsn", "--spec", str(lab["spec"]), "--show-password")
     assert r.returncode == 0, r.stderr
