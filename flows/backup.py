@@ -92,6 +92,9 @@ def dump_preflight(spec: ClusterSpec) -> bk.Source:
     """Refuse a dump that cannot run (no repository volume, no healthy replica) before anything happens."""
     if not spec.backup.enabled or spec.backup.s3 is not None:
         raise UsageError("pgha dump writes into the repository volume: it needs backup.enabled and no backup.s3")
+    if bk.uses_repo_host(spec):
+        raise UsageError("pgha dump writes into the repository volume the nodes mount; with backup.repo_host they "
+                         "mount none (not built yet)")
     pbr.require_repo(spec)
     source = bk.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
     if source.runner is None:
