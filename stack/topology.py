@@ -347,7 +347,7 @@ def repo_host(spec: ClusterSpec, image: str, conf_dir: str, conf: str, certs: di
     files[layout.REPO_START] = REPO_START
     shown = conf.replace(passphrase, "<redacted>") if passphrase else conf
     volumes = {backup.repo_volume(spec): layout.REPO_MOUNT}
-    ping = ["pgbackrest", "--log-level-file=off", "--log-level-console=error", "--tls-server-address=localhost",
+    ping = ["pgbackrest", "--config=/dev/null", "--log-level-file=off", "--log-level-console=error", "--tls-server-address=localhost",
             f"--tls-server-port={layout.PGBACKREST_REPO_PORT}", "server-ping"]
     member = spec.repo_member
     return harden(spec, Planned(
