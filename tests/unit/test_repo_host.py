@@ -123,3 +123,28 @@ def test_repo_container_is_hardened_host_networked_and_hides_the_passphrase() ->
     assert other.container.config_hash == c.config_hash  # the passphrase is redacted before hashing
     changed = repo_host(s, "img:2", "/d", conf, certs, "secret-pass-phrase")
     assert changed.container.config_hash != c.config_hash
+
+
+def test_repository_engine_and_where_repository_commands_run() -> None:
+    from tasks import pgbackrest as pbr
+    from tasks.docker_hosts import engines
+
+    s = spec()
+    eng = engines(s)
+    assert eng.repository() is eng.on_host("h2") and eng.of(s.repo_member) is eng.on_host("h2")
+    assert eng.of("pg-1") is eng.on_host("h1")
+    assert pbr.runner_for(s, "pg-2") == "repo" and pbr.reader(s) == "repo"
+    single = ClusterSpec(scope="solo")
+    assert pbr.runner_for(single, "pg-2") == "pg-2"
+    assert engines(single).repository() is engines(single).default
+
+
+def test_restore_and_dump_refuse_a_repository_host_before_any_io() -> None:
+    from flows.backup import dump_preflight
+    from flows.restore import preflight as restore_preflight
+    from stack.errors import UsageError
+
+    with pytest.raises(UsageError, match="point-in-time restore from a repository host"):
+        restore_preflight(spec(), "2026-11-25 21:03:00+00", None, True)
+    with pytest.raises(UsageError, match="with backup.repo_host they mount none"):
+        dump_preflight(spec())
