@@ -163,8 +163,9 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
     """A Patroni node; `conf_dir` is the host directory holding its rendered files (mounted at /etc/pgha)."""
     text = render.render_patroni_yml(spec, member, subnet, secrets)
     volumes = {spec.volume(member): layout.DATA_MOUNT}
-    if spec.backup.enabled and spec.backup.s3 is None:
-        # The pgBackRest repository, shared by every node (stack/backup.py explains why).
+    if spec.backup.enabled and spec.backup.s3 is None and spec.backup.repo_host is None:
+        # The pgBackRest repository, shared by every node (stack/backup.py explains why);
+        # with a repository host the nodes mount none (they archive to it over TLS).
         volumes[backup.repo_volume(spec)] = layout.REPO_MOUNT
     start = tls_start(spec, "postgres", Role.PATRONI.value, [])
     api = f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}/liveness"

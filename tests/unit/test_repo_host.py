@@ -148,3 +148,14 @@ def test_restore_and_dump_refuse_a_repository_host_before_any_io() -> None:
         restore_preflight(spec(), "2026-11-25 21:03:00+00", None, True)
     with pytest.raises(UsageError, match="with backup.repo_host they mount none"):
         dump_preflight(spec())
+
+
+def test_nodes_mount_no_repository_with_a_repository_host() -> None:
+    from stack.secrets import Secrets
+    from stack.topology import patroni_node
+
+    secrets = Secrets(superuser="s1", replication="s2", rewind="s3", restapi="s4")
+    node = patroni_node(spec(), "pg-1", "img", "", secrets, "/conf").container
+    assert layout.REPO_MOUNT not in node.volumes.values() and list(node.volumes) == ["rh-pg-1-data"]
+    one = patroni_node(parse_spec({"scope": "one"}), "pg-1", "img", "10.1.0.0/24", secrets, "/conf").container
+    assert one.volumes["one-pgbackrest"] == layout.REPO_MOUNT
