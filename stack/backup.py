@@ -168,12 +168,14 @@ def _tls_server(spec: ClusterSpec, port: int) -> dict[str, Any]:
     }
 
 
-def _remote_repo_options(spec: ClusterSpec) -> dict[str, Any]:
+def _remote_repo_options(spec: ClusterSpec, passphrase: str | None) -> dict[str, Any]:
     """A node's repository as the repository host's TLS server (pgBackRest's "repo host" layout).
 
-    No repo1-path and no cipher here: the repository host holds both and encrypts what the
-    nodes push (pgBackRest configures the cipher on the repository host only). Compression
-    stays on the node's side of archive-push, so WAL crosses the network compressed.
+    No repo1-path: the repository host holds the repository. The cipher, though, is needed
+    here too: over the TLS protocol the repository host's server only stores and reads bytes,
+    and the command (archive-push, archive-get, info) encrypts and decrypts on its own side —
+    without the passphrase a node reads `Salted__…` where it expects `backup.info` (seen here).
+    Compression also stays on the node's side, so WAL crosses the network compressed.
     """
     b = spec.backup
     opts: dict[str, Any] = {
@@ -183,6 +185,7 @@ def _remote_repo_options(spec: ClusterSpec) -> dict[str, Any]:
         "repo1-host-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
         "repo1-host-cert-file": f"{PGBACKREST_RUN_DIR}/client.crt",
         "repo1-host-key-file": f"{PGBACKREST_RUN_DIR}/client.key",
+        **_cipher_options(passphrase),
         "compress-type": b.compress_type.value,
         "log-level-console": "warn",
         "log-level-stderr": "warn",
@@ -196,7 +199,8 @@ def _remote_repo_options(spec: ClusterSpec) -> dict[str, Any]:
 def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None,
                      passphrase: str | None = None) -> str:
     """Config for every node: archive-push/-get of its own PostgreSQL and its TLS server."""
-    glob = _remote_repo_options(spec) if uses_repo_host(spec) else _repo_options(spec, s3_credentials, passphrase)
+    glob = (_remote_repo_options(spec, passphrase) if uses_repo_host(spec)
+            else _repo_options(spec, s3_credentials, passphrase))
     glob.update(_tls_server(spec, PGBACKREST_TLS_PORT))
     stanza = {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR, "pg1-port": PG_PORT}
     return _ini([("global", glob), (spec.scope, stanza)])

@@ -59,13 +59,16 @@ def test_repo_host_placement_and_address() -> None:
     assert plain.host_of(plain.repo_member) == "h1"
 
 
-def test_node_conf_points_at_the_repository_host_over_tls_without_path_or_cipher() -> None:
+def test_node_conf_points_at_the_repository_host_over_tls_with_the_cipher_and_no_path() -> None:
     c = ini(bk.render_node_conf(spec(), None, "secret-pass-phrase"))
     g = c["global"]
     assert g["repo1-host"] == "10.0.0.12" and g["repo1-host-type"] == "tls"
     assert g["repo1-host-port"] == str(layout.PGBACKREST_REPO_PORT) == "8433"
     assert g["repo1-host-cert-file"].endswith("/client.crt") and g["repo1-host-ca-file"].endswith("/ca.crt")
-    assert "repo1-path" not in g and "repo1-cipher-pass" not in g and "repo1-cipher-type" not in g
+    assert "repo1-path" not in g
+    # The command encrypts/decrypts on its own side of the TLS protocol: the node needs the passphrase.
+    assert g["repo1-cipher-type"] == bk.CIPHER_TYPE and g["repo1-cipher-pass"] == "secret-pass-phrase"
+    assert "cipher" not in bk.render_node_conf(spec(), None, None)
     assert g["tls-server-port"] == "8432"  # the node's own server, for the backups the repository host runs
     assert c["rh"]["pg1-path"] == layout.PGDATA
 
