@@ -322,8 +322,8 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
 REPO_START = """#!/bin/sh
 # The repository host: the repository volume and pgBackRest's files belong to postgres, and
 # `pgbackrest server` runs as postgres as the container's main process (the engine restarts it).
-# /run/pgha is a tmpfs that outlives a restart: root (without DAC_OVERRIDE) takes it back
-# before copying, and opens it to postgres (0711: search only) after.
+# /run/pgha is a tmpfs (empty after every restart, so this runs in full each start): root
+# (without DAC_OVERRIDE) owns it while copying, and opens it to postgres (0711: search only) after.
 set -eu
 chown root:root /run/pgha && chmod 0700 /run/pgha
 install -d -m 0711 /run/pgha/pgbackrest  # root's: root writes into it without DAC_OVERRIDE
