@@ -68,3 +68,17 @@ def make_certificates(spec: ClusterSpec, days: int = 3650) -> dict[str, str]:
     client_crt, client_key = leaf(CLIENT_CN, [])
     return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "server.crt": server_crt,
             "server.key": server_key, "client.crt": client_crt, "client.key": client_key}
+
+
+def missing_names(server_crt: str, names: list[str]) -> list[str]:
+    """Of `names`, those the server certificate does not name (an IP compared as an IP SAN)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(server_crt.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return list(names)
+    dns = set(san.get_values_for_type(x509.DNSName))
+    ips = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    return [n for n in names if n not in dns and n not in ips]

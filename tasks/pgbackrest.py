@@ -26,7 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from stack import backup as bk
 from stack import layout
 from stack.audit_backup import RepoObs
-from stack.backup_tls import make_certificates
+from stack.backup_tls import make_certificates, missing_names
 from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -397,9 +397,18 @@ def archive_history(spec: ClusterSpec, member: str, timeline: int) -> str:
 # ---- the repository host (backup.repo_host) ----
 
 def repo_host_files(spec: ClusterSpec) -> tuple[str, dict[str, str], str | None]:
-    """The repository host's config text, the cluster's TLS material and the passphrase (or None)."""
+    """The repository host's config text, the cluster's TLS material and the passphrase (or None).
+
+    Certificates made before the repository host existed do not name it nor the hosts'
+    addresses: refused in one line rather than failing later in a TLS handshake.
+    """
     pw = passphrase(spec)
-    return bk.render_repo_conf(spec, pw), certificates(spec), pw
+    certs = certificates(spec)
+    need = [spec.container(spec.repo_member), *(h.address for h in spec.hosts or [])]
+    if missing := missing_names(certs["server.crt"], need):
+        raise StateError(f"the pgBackRest certificates of {spec.scope} predate backup.repo_host (they do not name "
+                         f"{', '.join(missing)}); a repository host needs a new cluster (restore into it) for now")
+    return bk.render_repo_conf(spec, pw), certs, pw
 
 
 def repo_server_answers(spec: ClusterSpec) -> bool:

@@ -162,3 +162,13 @@ def test_nodes_mount_no_repository_with_a_repository_host() -> None:
     assert layout.REPO_MOUNT not in node.volumes.values() and list(node.volumes) == ["rh-pg-1-data"]
     one = patroni_node(parse_spec({"scope": "one"}), "pg-1", "img", "10.1.0.0/24", secrets, "/conf").container
     assert one.volumes["one-pgbackrest"] == layout.REPO_MOUNT
+
+
+def test_missing_names_of_an_older_certificate() -> None:
+    from stack.backup_tls import missing_names
+
+    s = spec()
+    new = make_certificates(s)["server.crt"]
+    assert missing_names(new, ["rh-repo", "10.0.0.11", "10.0.0.12"]) == []
+    old = make_certificates(parse_spec({"scope": "rh"}))["server.crt"]  # single engine: names no address
+    assert missing_names(old, ["rh-repo", "10.0.0.11"]) == ["10.0.0.11"]
