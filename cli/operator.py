@@ -280,10 +280,13 @@ def backups(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
     from tasks import pgbackrest
     from tasks.host import journal
 
-    nodes = pgbackrest.running_nodes(spec)
-    if not nodes:
-        raise StateError(f"no Patroni node of {spec.scope} runs; the repository is read through one")
-    sets, wal_min, wal_max = pgbackrest.info(spec, nodes[0])
+    if bk.uses_repo_host(spec):
+        sets, wal_min, wal_max = pgbackrest.info(spec, spec.repo_member)  # read in the repository host
+    else:
+        nodes = pgbackrest.running_nodes(spec)
+        if not nodes:
+            raise StateError(f"no Patroni node of {spec.scope} runs; the repository is read through one")
+        sets, wal_min, wal_max = pgbackrest.info(spec, nodes[0])
     checked: dict[str, str] = {}
     for e in journal.entries(spec.scope):
         if e.get("operation") == "verify-restore" and e.get("label"):

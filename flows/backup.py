@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
+from flows.steps.backups import ensure_repo_host
 from flows.steps.ops import operation, result_artifact
 from flows.verify import verify_restore
 from stack import backup as bk
@@ -52,15 +53,18 @@ def take_backup(spec: ClusterSpec, btype: bk.BackupType) -> BackupResult:
     """The backup itself (the caller holds the lock): canary, pgBackRest, the new set found in `info`."""
     log = get_run_logger()
     source = preflight_once(preflight, spec)
-    runner = source.runner
-    assert runner is not None  # preflight refuses otherwise
-    log.info("backing up %s %s", spec.scope, source.reason)
+    assert source.runner is not None  # preflight refuses otherwise
+    runner = pbr.runner_for(spec, source.runner)  # the replica, or the repository host
+    log.info("backing up %s %s%s", spec.scope, source.reason,
+             f", run in the repository host {spec.container(runner)}" if runner != source.runner else "")
+    if bk.uses_repo_host(spec):
+        ensure_repo_host(spec)
     pbr.prepare_nodes(spec, source.from_standby)
     pbr.check_archiving(spec, runner)
     before, _, _ = pbr.info(spec, runner)
     token = pbr.new_token()
     count = pbr.write_canary(spec, token)
-    run = pbr.run_backup(spec, runner, btype, token, count)
+    run = pbr.run_backup(spec, runner, btype, token, count, from_standby=source.from_standby)
     after, wal_min, wal_max = pbr.info(spec, runner)
     known = {s.label for s in before}
     new = [s for s in after if s.label not in known and s.annotation.get(bk.ANN_TOKEN) == token]
@@ -70,7 +74,7 @@ def take_backup(spec: ClusterSpec, btype: bk.BackupType) -> BackupResult:
     expired = sorted(known - {x.label for x in after})
     elapsed = run.elapsed_s
     result = BackupResult(
-        label=s.label, type=s.type, source=runner, from_standby=source.from_standby,
+        label=s.label, type=s.type, source=source.runner, from_standby=source.from_standby,
         size_mb=round(s.size / 1e6, 1), stored_mb=round(s.repo_size / 1e6, 1), duration_s=round(elapsed, 1),
         mb_per_s=round(s.size / 1e6 / elapsed, 1) if elapsed else 0, wal_start=s.wal_start, wal_stop=s.wal_stop,
         expired=", ".join(expired), canary=token, canary_count=count, sets=[x.label for x in after])
@@ -88,6 +92,9 @@ def dump_preflight(spec: ClusterSpec) -> bk.Source:
     """Refuse a dump that cannot run (no repository volume, no healthy replica) before anything happens."""
     if not spec.backup.enabled or spec.backup.s3 is not None:
         raise UsageError("pgha dump writes into the repository volume: it needs backup.enabled and no backup.s3")
+    if bk.uses_repo_host(spec):
+        raise UsageError("pgha dump writes into the repository volume the nodes mount; with backup.repo_host they "
+                         "mount none (not built yet)")
     pbr.require_repo(spec)
     source = bk.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
     if source.runner is None:

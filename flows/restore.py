@@ -120,6 +120,9 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
         raise UsageError(when)
     if in_place == (into is not None):
         raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes, not both")
+    if bk.uses_repo_host(spec):
+        raise UsageError("point-in-time restore from a repository host (backup.repo_host) is not built yet; "
+                         "`pgha backup` and `pgha verify-restore` work with it")
     pbr.require_repo(spec)
     if in_place:
         eng = engines(spec)

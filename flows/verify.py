@@ -28,8 +28,11 @@ from tasks.docker_hosts import engines
 def preflight(spec: ClusterSpec, label: str | None) -> None:
     """Refuse a missing set before any container is made (read through a running node, if any)."""
     pbr.require_repo(spec)
-    for m in pbr.running_nodes(spec):
-        r = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=layout.NODE_CONF, timeout=60)
+    # With a repository host, its container reads the repository; else a node's own config does.
+    readers = [spec.repo_member] if bk.uses_repo_host(spec) else pbr.running_nodes(spec)
+    conf = layout.BACKUP_CONF if bk.uses_repo_host(spec) else layout.NODE_CONF
+    for m in readers:
+        r = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=conf, timeout=60)
         if not r.ok:
             continue  # files not installed yet in this node: the flow checks in its scratch container
         chosen = bk.pick_set(pbr.parse_info_json(r.out, spec.scope)[0], label)
@@ -55,7 +58,7 @@ def verify_in_scratch(spec: ClusterSpec, label: str | None, detail: dict[str, ob
     log = get_run_logger()
     started = time.monotonic()
     result = VerifyResult(scope=spec.scope, label=label)
-    engine = engines(spec).of(spec.node_names()[0])  # the engine holding the repository volume
+    engine = engines(spec).repository()  # the engine holding the repository volume (the repository host's)
     try:
         with pr.scratch(spec, engine, f"{spec.scope}-verify", pr.node_image(spec), pr.ROLE_VERIFY) as s:
             try:

@@ -24,6 +24,7 @@ from stack.cluster import Member, MemberRole
 from stack.layout import (
     NODE_CONF,
     PG_PORT,
+    PGBACKREST_REPO_PORT,
     PGBACKREST_RUN_DIR,
     PGBACKREST_TLS_PORT,
     PGDATA,
@@ -151,25 +152,62 @@ def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None, pass
     return opts
 
 
-def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None,
-                     passphrase: str | None = None) -> str:
-    """Config for every node: archive-push/-get of its own PostgreSQL and its TLS server."""
-    glob = _repo_options(spec, s3_credentials, passphrase)
-    glob.update({
+def uses_repo_host(spec: ClusterSpec) -> bool:
+    """The repository is on a repository host (backup.repo_host), not in the nodes' volume or S3."""
+    return spec.backup.enabled and spec.backup.repo_host is not None
+
+
+def _tls_server(spec: ClusterSpec, port: int) -> dict[str, Any]:
+    return {
         "tls-server-address": "*",
-        "tls-server-port": PGBACKREST_TLS_PORT,
+        "tls-server-port": port,
         "tls-server-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
         "tls-server-cert-file": f"{PGBACKREST_RUN_DIR}/server.crt",
         "tls-server-key-file": f"{PGBACKREST_RUN_DIR}/server.key",
         "tls-server-auth": f"{CLIENT_CN}={spec.scope}",
-    })
+    }
+
+
+def _remote_repo_options(spec: ClusterSpec, passphrase: str | None) -> dict[str, Any]:
+    """A node's repository as the repository host's TLS server (pgBackRest's "repo host" layout).
+
+    No repo1-path: the repository host holds the repository. The cipher, though, is needed
+    here too: over the TLS protocol the repository host's server only stores and reads bytes,
+    and the command (archive-push, archive-get, info) encrypts and decrypts on its own side —
+    without the passphrase a node reads `Salted__…` where it expects `backup.info` (seen here).
+    Compression also stays on the node's side, so WAL crosses the network compressed.
+    """
+    b = spec.backup
+    opts: dict[str, Any] = {
+        "repo1-host": spec.address(spec.repo_member),
+        "repo1-host-type": "tls",
+        "repo1-host-port": PGBACKREST_REPO_PORT,
+        "repo1-host-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
+        "repo1-host-cert-file": f"{PGBACKREST_RUN_DIR}/client.crt",
+        "repo1-host-key-file": f"{PGBACKREST_RUN_DIR}/client.key",
+        **_cipher_options(passphrase),
+        "compress-type": b.compress_type.value,
+        "log-level-console": "warn",
+        "log-level-stderr": "warn",
+        "log-level-file": "off",
+    }
+    if b.compress_type != CompressType.NONE:
+        opts["compress-level"] = b.compress_level
+    return opts
+
+
+def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = None,
+                     passphrase: str | None = None) -> str:
+    """Config for every node: archive-push/-get of its own PostgreSQL and its TLS server."""
+    glob = (_remote_repo_options(spec, passphrase) if uses_repo_host(spec)
+            else _repo_options(spec, s3_credentials, passphrase))
+    glob.update(_tls_server(spec, PGBACKREST_TLS_PORT))
     stanza = {"pg1-path": PGDATA, "pg1-socket-path": SOCKET_DIR, "pg1-port": PG_PORT}
     return _ini([("global", glob), (spec.scope, stanza)])
 
 
-def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None = None,
-                       passphrase: str | None = None) -> str:
-    """Config of the backup runner: every node as a TLS remote (pgBackRest finds the primary)."""
+def _backup_sections(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None,
+                     passphrase: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     b = spec.backup
     glob = _repo_options(spec, s3_credentials, passphrase)
     glob.update({
@@ -184,7 +222,9 @@ def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: di
     stanza: dict[str, Any] = {}
     for i, member in enumerate(spec.node_names(), start=1):
         stanza.update({
-            f"pg{i}-host": spec.container(member),
+            # The node's address: its container name on the cluster network, its host's
+            # address across hosts (host networking; the server certificate names both).
+            f"pg{i}-host": spec.address(member),
             f"pg{i}-host-type": "tls",
             f"pg{i}-host-port": PGBACKREST_TLS_PORT,
             f"pg{i}-host-ca-file": f"{PGBACKREST_RUN_DIR}/ca.crt",
@@ -194,7 +234,30 @@ def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: di
             f"pg{i}-socket-path": SOCKET_DIR,
             f"pg{i}-port": PG_PORT,
         })
+    return glob, stanza
+
+
+def render_backup_conf(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None = None,
+                       passphrase: str | None = None) -> str:
+    """Config of the backup runner: every node as a TLS remote (pgBackRest finds the primary)."""
+    glob, stanza = _backup_sections(spec, from_standby, s3_credentials, passphrase)
     return _ini([("global", glob), (spec.scope, stanza)])
+
+
+def render_repo_conf(spec: ClusterSpec, passphrase: str | None) -> str:
+    """The repository host's one config: the repository (volume, cipher, retention), its TLS
+    server on PGBACKREST_REPO_PORT for the nodes' archive-push/-get, and every node as a TLS
+    remote for the backups it runs. Where a backup comes from is the backup command's
+    `--backup-standby` (the flow decides it per run), so this file never changes between backups.
+    """
+    glob, stanza = _backup_sections(spec, True, None, passphrase)
+    glob.update(_tls_server(spec, PGBACKREST_REPO_PORT))
+    return _ini([("global", glob), (spec.scope, stanza)])
+
+
+def backup_standby_args(spec: ClusterSpec, from_standby: bool) -> list[str]:
+    """Command-line choice of the backup's source on a repository host (its config is fixed)."""
+    return [f"--backup-standby={'y' if from_standby else 'n'}"] if uses_repo_host(spec) else []
 
 
 def render_scratch_conf(spec: ClusterSpec, process_max: int = 2, s3_credentials: dict[str, str] | None = None,

@@ -27,7 +27,7 @@ ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
 # Ports a member listens on in its host's network namespace (host networking): the cluster's
 # client ports (ports.rw/ro/stats, HAProxy's) must not collide with them.
 MEMBER_PORTS = {5432: "PostgreSQL", 8008: "Patroni's REST API", 2379: "etcd clients", 2380: "etcd peers",
-                8432: "pgBackRest's TLS server"}
+                8432: "pgBackRest's TLS server", 8433: "the pgBackRest repository host's server"}
 
 
 class _Strict(BaseModel):

@@ -15,6 +15,9 @@ HAPROXY_RW_PORT = 5432
 HAPROXY_RO_PORT = 5433
 HAPROXY_STATS_PORT = 8404
 PGBACKREST_TLS_PORT = 8432
+# The repository host's `pgbackrest server` (backup.repo_host): its own port, since with host
+# networking a Patroni node on the same host already listens on 8432.
+PGBACKREST_REPO_PORT = 8433
 PGBOUNCER_PORT = 6432
 HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"  # HAProxy's runtime API (level admin), inside its container
 PGBOUNCER_INI = "pgbouncer.ini"  # in the pooler's config dir, copied to RUN_DIR by the entrypoint
@@ -38,6 +41,7 @@ REPO_MOUNT = "/var/lib/pgbackrest"
 PGBACKREST_RUN_DIR = f"{RUN_DIR}/pgbackrest"
 NODE_CONF = f"{PGBACKREST_RUN_DIR}/node.conf"  # archive-push/-get and the TLS server
 BACKUP_CONF = f"{PGBACKREST_RUN_DIR}/backup.conf"  # backup/expire/check/info on the runner (repository host)
+REPO_START = "repo.sh"  # the repository host's start script, in its config dir
 PGBACKREST_HOST_SUBDIR = "pgbackrest"  # in the member's config dir (/etc/pgha/pgbackrest/...)
 TLS_SUBDIR = "tls"  # the cluster TLS files: <state>/<scope>/tls on the host, /etc/pgha/tls and /run/pgha/tls in a member
 

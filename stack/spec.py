@@ -32,6 +32,7 @@ class Role(StrEnum):
     HAPROXY = "haproxy"
     POOLER = "pooler"
     FENCER = "fencer"
+    REPO = "repo"  # the pgBackRest repository host (backup.repo_host)
 
 
 class Profile(StrEnum):
@@ -175,6 +176,10 @@ class BackupSpec(_Strict):
     full_every_h: float = Field(168, gt=0, description="how often a full backup is scheduled (deployments: weekly); "
                                                        "the audit warns at 1.5x this age, critical at 2x")
     diff_every_h: float = Field(24, gt=0, description="how often a diff backup is scheduled (deployments: daily)")
+    # --- r-repo: a pgBackRest repository host (issue 11) ---
+    repo_host: str | None = Field(None, description="with hosts: the host whose `<scope>-repo` container holds the "
+                                                    "repository and runs `pgbackrest server` (TLS); nodes archive "
+                                                    "to it and backups run in it")
 
 
 class PoolMode(StrEnum):
@@ -227,6 +232,9 @@ class ResourcesSpec(_Strict):
     # The fencer idles on an event stream (Python ~30 MiB + a tiny HAProxy); a reaction needs
     # milliseconds of CPU, which 0.2 CPU's CFS quota grants within one 100 ms period.
     fencer: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128))
+    # The repository host: pgBackRest's server and the backups it runs (compression, process_max
+    # workers of ~20 MiB each); a backup is bounded by the network and the replica, not this box.
+    repo: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=512))
     shm_mib: int = Field(256, ge=64, le=65536, description="size of a Patroni node's shared-memory tmpfs (parallel query, DSM)")
 
     @model_validator(mode="after")
@@ -422,14 +430,32 @@ class ClusterSpec(_Strict):
             if port in hostplan.MEMBER_PORTS:
                 raise ValueError(f"ports.{key} {port} is {hostplan.MEMBER_PORTS[port]}'s port on every host "
                                  "(host networking); choose another, e.g. 5000/5001/7000")
-        if self.backup.enabled and self.backup.s3 is None:
-            raise ValueError("backup over several hosts needs backup.s3 (the volume repository lives on one "
-                             "engine); set backup.s3 or backup.enabled: false")
+        if self.backup.enabled and self.backup.s3 is None and self.backup.repo_host is None:
+            raise ValueError("backup over several hosts needs backup.s3 or backup.repo_host (a repository host; "
+                             "the volume repository lives on one engine); set one, or backup.enabled: false")
         if self.pooler.enabled:
             raise ValueError("pooler.enabled is not supported with hosts yet")
         if self.fencing:
             raise ValueError("fencing watches one engine; with hosts set fencing: false (a lost host takes its "
                              "engine with it: Patroni's ttl is the floor)")
+        return self
+
+    @model_validator(mode="after")
+    def _repo_host(self) -> ClusterSpec:
+        """backup.repo_host names one of `hosts:`, and is not an S3 repository as well."""
+        host = self.backup.repo_host
+        if host is None:
+            return self
+        if self.hosts is None:
+            raise ValueError(f"backup.repo_host '{host}' needs hosts: (without them the repository is the local "
+                             "volume); remove backup.repo_host or list the hosts")
+        if host not in [h.name for h in self.hosts]:
+            raise ValueError(f"backup.repo_host names unknown host '{host}' (hosts: "
+                             f"{', '.join(h.name for h in self.hosts)})")
+        if self.backup.s3 is not None:
+            raise ValueError("backup.repo_host and backup.s3 are two repositories; choose one")
+        if not self.backup.enabled:
+            raise ValueError("backup.repo_host is set but backup.enabled is false; remove one of them")
         return self
 
     # ---- derived values (the only place names are made) ----
@@ -453,6 +479,8 @@ class ClusterSpec(_Strict):
             return hostplan.place(self.etcd_names(), names, self.placement.etcd, "etcd")[member]
         if member in self.node_names():
             return hostplan.place(self.node_names(), names, self.placement.patroni, "patroni")[member]
+        if member == self.repo_member and self.backup.repo_host is not None:
+            return self.backup.repo_host
         return names[0]
 
     def address(self, member: str) -> str:
@@ -507,6 +535,11 @@ class ClusterSpec(_Strict):
     @property
     def fencer_member(self) -> str:
         return "fencer"
+
+    @property
+    def repo_member(self) -> str:
+        """The pgBackRest repository host's member name (`<scope>-repo`, on backup.repo_host)."""
+        return "repo"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

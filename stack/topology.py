@@ -36,12 +36,13 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     Role.HAPROXY.value: _DROP_TO_USER,
     Role.POOLER.value: (*_DROP_TO_USER, "FSETID"),
     Role.FENCER.value: _DROP_TO_USER,
+    Role.REPO.value: _DROP_TO_USER,  # REPO_START: chown/chmod of the repository, setpriv to postgres
 }
 # Roles whose root filesystem is read-only: everything they write is a volume or a tmpfs.
 # Not the Patroni node: PostgreSQL, Patroni, pgBackRest (lock and spool files, logs), pg_dump
 # and the major-upgrade tools write in many places of the image; a tmpfs for each is a
 # change of its own (README "Hardening").
-READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value}
+READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value, Role.REPO.value}
 # tmpfs mounts: /run/pgha holds the private copies of the 0600 files (passwords, pgpass, keys),
 # so no secret is ever written to the container's writable layer (`docker diff` shows none).
 _RUN = (layout.RUN_DIR, "rw,nosuid,nodev,noexec,size=16m,mode=0700")
@@ -52,6 +53,7 @@ TMPFS: dict[str, tuple[tuple[str, str], ...]] = {
     Role.HAPROXY.value: (_RUN, _TMP, ("/run/haproxy", "rw,nosuid,nodev,noexec,size=1m,mode=0700")),
     Role.POOLER.value: (_RUN, _TMP, (layout.SOCKET_DIR, "rw,nosuid,nodev,noexec,size=1m,mode=2775")),
     Role.FENCER.value: (_RUN, _TMP),
+    Role.REPO.value: (_RUN, _TMP),  # /tmp: pgBackRest's lock files (lock-path)
 }
 
 
@@ -161,8 +163,9 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
     """A Patroni node; `conf_dir` is the host directory holding its rendered files (mounted at /etc/pgha)."""
     text = render.render_patroni_yml(spec, member, subnet, secrets)
     volumes = {spec.volume(member): layout.DATA_MOUNT}
-    if spec.backup.enabled and spec.backup.s3 is None:
-        # The pgBackRest repository, shared by every node (stack/backup.py explains why).
+    if spec.backup.enabled and spec.backup.s3 is None and spec.backup.repo_host is None:
+        # The pgBackRest repository, shared by every node (stack/backup.py explains why);
+        # with a repository host the nodes mount none (they archive to it over TLS).
         volumes[backup.repo_volume(spec)] = layout.REPO_MOUNT
     start = tls_start(spec, "postgres", Role.PATRONI.value, [])
     api = f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}/liveness"
@@ -310,6 +313,54 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
             network=spec.network, command=[], config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds),
             config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
+        ),
+        files=files,
+    ))
+
+
+# ---- r-repo: the pgBackRest repository host (backup.repo_host) ----
+REPO_START = """#!/bin/sh
+# The repository host: the repository volume and pgBackRest's files belong to postgres, and
+# `pgbackrest server` runs as postgres as the container's main process (the engine restarts it).
+# /run/pgha is a tmpfs (empty after every restart, so this runs in full each start): root
+# (without DAC_OVERRIDE) owns it while copying, and opens it to postgres (0711: search only) after.
+set -eu
+chown root:root /run/pgha && chmod 0700 /run/pgha
+install -d -m 0711 /run/pgha/pgbackrest  # root's: root writes into it without DAC_OVERRIDE
+for f in /etc/pgha/pgbackrest/*; do install -o postgres -g postgres -m 0600 "$f" /run/pgha/pgbackrest/; done
+chmod 0711 /run/pgha
+chmod 0750 /var/lib/pgbackrest && chown postgres:postgres /var/lib/pgbackrest
+exec setpriv --reuid=postgres --regid=postgres --clear-groups pgbackrest --config=/run/pgha/pgbackrest/backup.conf server
+"""
+
+
+def repo_host(spec: ClusterSpec, image: str, conf_dir: str, conf: str, certs: dict[str, str],
+              passphrase: str | None) -> Planned:
+    """The repository host's container on backup.repo_host: the repository volume, `pgbackrest server`.
+
+    `conf` is `stack.backup.render_repo_conf`'s text (it carries the cipher passphrase:
+    the definition hash covers it with the passphrase redacted); `certs` the cluster's
+    pgBackRest TLS material. Host networking like every member across hosts, on its own
+    port (PGBACKREST_REPO_PORT), so it may share a host with a Patroni node.
+    """
+    files = {f"{layout.PGBACKREST_HOST_SUBDIR}/{n}": t for n, t in certs.items()}
+    files[f"{layout.PGBACKREST_HOST_SUBDIR}/backup.conf"] = conf
+    files[layout.REPO_START] = REPO_START
+    shown = conf.replace(passphrase, "<redacted>") if passphrase else conf
+    volumes = {backup.repo_volume(spec): layout.REPO_MOUNT}
+    ping = ["pgbackrest", "--config=/dev/null", "--log-level-file=off", "--log-level-console=error", "--tls-server-address=localhost",
+            f"--tls-server-port={layout.PGBACKREST_REPO_PORT}", "server-ping"]
+    member = spec.repo_member
+    return harden(spec, Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.REPO.value, member=member, name=spec.container(member), image=image,
+            network=spec.network, command=[],
+            config_hash=render.digest(image, shown, REPO_START, sorted(volumes.items()),
+                                      render.digest(sorted(certs.items()))),
+            volumes=volumes, config_dir=conf_dir,
+            entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/{layout.REPO_START}"],
+            healthcheck=ping,
+            host_network=spec.multi_host,
         ),
         files=files,
     ))

@@ -56,9 +56,15 @@ class ClusterEngines:
             self.default = self.by_host[spec.hosts[0].name]
             for m in [*spec.etcd_names(), *spec.node_names()]:
                 self._by_member[m] = self.by_host[str(spec.host_of(m))]
+            if spec.backup.repo_host is not None:
+                self._by_member[spec.repo_member] = self.by_host[spec.backup.repo_host]
 
     def of(self, member: str) -> Engine:
         return self._by_member.get(member, self.default)
+
+    def repository(self) -> Engine:
+        """The engine holding the repository volume: the repository host's, else the default's."""
+        return self.of(self.spec.repo_member) if self.spec.backup.repo_host is not None else self.default
 
     def placed(self, member: str) -> list[Engine]:
         """Every engine running `member`: HAProxy runs on every host, anything else on one."""

@@ -26,7 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from stack import backup as bk
 from stack import layout
 from stack.audit_backup import RepoObs
-from stack.backup_tls import make_certificates
+from stack.backup_tls import make_certificates, missing_names
 from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -98,6 +98,22 @@ def running_nodes(spec: ClusterSpec) -> list[str]:
     return [m for m in spec.node_names() if node(spec, m).running()]
 
 
+def runner_for(spec: ClusterSpec, member: str) -> str:
+    """Where repository commands (stanza-create, check, backup, info, expire) run: the repository
+    host's container with backup.repo_host, else `member` (a node with the repository volume or S3)."""
+    return spec.repo_member if bk.uses_repo_host(spec) else member
+
+
+def reader(spec: ClusterSpec) -> str:
+    """The member whose container reads the repository (`info`): the repository host, else the first running node."""
+    if bk.uses_repo_host(spec):
+        return spec.repo_member
+    nodes = running_nodes(spec)
+    if not nodes:
+        raise BackupError(f"no node of {spec.scope} runs to read its repository")
+    return nodes[0]
+
+
 def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
     """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
     host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
@@ -116,7 +132,11 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
     if (ca := s3_ca(spec)) is not None:
         files[bk.S3_CA_FILE] = ca
     files["node.conf"] = bk.render_node_conf(spec, creds, pw)
-    files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds, pw)
+    if bk.uses_repo_host(spec):
+        # Backups run in the repository host; a node holds no repository, cipher or backup config.
+        (host_dir / "backup.conf").unlink(missing_ok=True)
+    else:
+        files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds, pw)
     for name, text in files.items():
         write_private(host_dir / name, text)
     script = (
@@ -124,7 +144,7 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
         f"for f in {layout.CONFIG_MOUNT}/{layout.PGBACKREST_HOST_SUBDIR}/*; do "
         f"install -o postgres -g postgres -m 0600 \"$f\" {layout.PGBACKREST_RUN_DIR}/; done"
     )
-    if spec.backup.s3 is None:
+    if spec.backup.s3 is None and not bk.uses_repo_host(spec):
         # A fresh named volume is root-owned: the repository belongs to postgres.
         script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
     r = node(spec, member).run(["sh", "-c", script], user="root", timeout=20)
@@ -217,11 +237,9 @@ def repo_cipher(spec: ClusterSpec, member: str) -> str:
 
 
 def repo_obs(spec: ClusterSpec) -> RepoObs:
-    """Sets and cipher of the repository, read with `pgbackrest info` in the first running node (read-only)."""
-    nodes = running_nodes(spec)
-    if not nodes:
-        raise BackupError(f"no node of {spec.scope} runs to read its repository")
-    payload = info_payload(run_ok(spec, nodes[0], ["info", "--output=json"], "pgbackrest info", timeout=60))
+    """Sets and cipher of the repository, read with `pgbackrest info` in the first running node
+    or the repository host (read-only)."""
+    payload = info_payload(run_ok(spec, reader(spec), ["info", "--output=json"], "pgbackrest info", timeout=60))
     return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
 
 
@@ -262,7 +280,7 @@ def verify_set_in_node(spec: ClusterSpec, member: str, label: str) -> str:
 
 
 def repo_volume_exists(spec: ClusterSpec) -> bool:
-    return engines(spec).of(spec.node_names()[0]).volume_exists(bk.repo_volume(spec))
+    return engines(spec).repository().volume_exists(bk.repo_volume(spec))
 
 
 def require_repo(spec: ClusterSpec) -> None:
@@ -285,11 +303,11 @@ def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
 
 @task(name="pgbackrest-stanza", **ONCE)
 def create_stanza(spec: ClusterSpec) -> str:
-    """The stanza, created (or confirmed) through the first running node."""
+    """The stanza, created (or confirmed) through the first running node (or the repository host)."""
     nodes = running_nodes(spec)
     if not nodes:
         raise StateError(f"no node of {spec.scope} runs to create the pgBackRest stanza in")
-    return stanza_create(spec, nodes[0])
+    return stanza_create(spec, runner_for(spec, nodes[0]))
 
 
 @task(name="pgbackrest-check", **ONCE)
@@ -332,10 +350,10 @@ class BackupRun:
 
 @task(name="pgbackrest-backup", **ONCE)
 def run_backup(spec: ClusterSpec, runner: str, btype: bk.BackupType, token: str, count: int,
-               timeout: int = 6 * 3600) -> BackupRun:
+               timeout: int = 6 * 3600, from_standby: bool = True) -> BackupRun:
     """`pgbackrest backup` in the runner, annotated with the canary; a progress artifact follows it."""
     args = ["backup", f"--type={btype.value}", f"--annotation={bk.ANN_TOKEN}={token}",
-            f"--annotation={bk.ANN_COUNT}={count}"]
+            f"--annotation={bk.ANN_COUNT}={count}", *bk.backup_standby_args(spec, from_standby)]
     result: dict[str, ExecResult] = {}
 
     def go() -> None:
@@ -374,3 +392,35 @@ def archive_history(spec: ClusterSpec, member: str, timeline: int) -> str:
     run_ok(spec, member, ["archive-push", f"{layout.PGDATA}/pg_wal/{hist}"], f"archive-push of {hist}",
            conf=layout.NODE_CONF, timeout=60)
     return hist
+
+
+# ---- the repository host (backup.repo_host) ----
+
+def repo_host_files(spec: ClusterSpec) -> tuple[str, dict[str, str], str | None]:
+    """The repository host's config text, the cluster's TLS material and the passphrase (or None).
+
+    Certificates made before the repository host existed do not name it nor the hosts'
+    addresses: refused in one line rather than failing later in a TLS handshake.
+    """
+    pw = passphrase(spec)
+    certs = certificates(spec)
+    need = [spec.container(spec.repo_member), *(h.address for h in spec.hosts or [])]
+    if missing := missing_names(certs["server.crt"], need):
+        raise StateError(f"the pgBackRest certificates of {spec.scope} predate backup.repo_host (they do not name "
+                         f"{', '.join(missing)}); a repository host needs a new cluster (restore into it) for now")
+    return bk.render_repo_conf(spec, pw), certs, pw
+
+
+def repo_server_answers(spec: ClusterSpec) -> bool:
+    """The repository host's `pgbackrest server` accepts connections (server-ping inside its container)."""
+    n = node(spec, spec.repo_member)
+    if not n.running():
+        return False
+    r = n.run(["pgbackrest", "--log-level-file=off", "--log-level-console=error", "--tls-server-address=localhost",
+               f"--tls-server-port={layout.PGBACKREST_REPO_PORT}", "server-ping"], user="postgres", timeout=10)
+    return r.ok
+
+
+def wait_repo_server(spec: ClusterSpec, timeout: float = 30) -> None:
+    wait_for(f"pgBackRest server in {spec.container(spec.repo_member)}", lambda: repo_server_answers(spec), bool,
+             timeout=timeout, interval=0.5, logs=lambda: node(spec, spec.repo_member).logs(tail=15))

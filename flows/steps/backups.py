@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from stack import audit_backup
+from stack import audit_backup, topology
 from stack import backup as bk
 from stack.errors import StateError
 from stack.render import dcs_config
@@ -17,8 +17,11 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import patroni, postgres
 from tasks import pgbackrest as pbr
-from tasks._prefect import ONCE
+from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.docker_hosts import engines
 from tasks.host.secrets import cluster_secrets
+from tasks.host.state import config_dir, write_private
+from tasks.pgbackrest_restore import node_image
 
 
 def _archive_state(spec: ClusterSpec, leader: str) -> tuple[str, str, bool]:
@@ -67,6 +70,27 @@ def apply_archive_parameters(spec: ClusterSpec, leader: str) -> list[str]:
     return sorted(set(restarted))
 
 
+@task(name="ensure-repo-host", **SIDE_EFFECT)
+def ensure_repo_host(spec: ClusterSpec) -> str:
+    """The repository host's container (backup.repo_host) runs and its `pgbackrest server` answers.
+
+    From the nodes' image (the same pgBackRest); its files (config with the passphrase, the
+    TLS material) 0600 in its config directory, copied to postgres by its start script. A
+    changed definition recreates it (the repository volume is kept).
+    """
+    member = spec.repo_member
+    conf, certs, pw = pbr.repo_host_files(spec)
+    conf_dir = config_dir(spec.scope, member)
+    planned = topology.repo_host(spec, node_image(spec), str(conf_dir), conf, certs, pw)
+    for fname, text in planned.files.items():
+        write_private(conf_dir / fname, text)
+    outcome = engines(spec).of(member).ensure_container(planned.container)
+    pbr.wait_repo_server(spec)
+    get_run_logger().info("repository host %s on %s: %s", planned.container.name, spec.backup.repo_host,
+                          outcome.value)
+    return outcome.value
+
+
 def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
     """Converge WAL archiving and the stanza (idempotent), once the cluster is whole.
 
@@ -76,6 +100,8 @@ def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
     if not spec.backup.enabled:
         return bk.Archiving(note="disabled in the spec")
     log = get_run_logger()
+    if bk.uses_repo_host(spec):
+        ensure_repo_host(spec)  # before the nodes archive into it
     nodes = pbr.prepare_nodes(spec)
     leader = patroni.cluster_view(spec).leader()
     if leader is None:
@@ -91,6 +117,6 @@ def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
     # for a minute: prove archiving works now (`pgbackrest check` switches WAL and waits for it),
     # so its last success is newer than those failures (the audit's backup.archiving row).
     if audit_backup.archiving_failing(postgres.archiver_stats(spec, cluster_secrets(spec.scope))):
-        pbr.check(spec, leader.name)
+        pbr.check(spec, pbr.runner_for(spec, leader.name))
     log.info("WAL archiving and stanza %s ready (%s)", spec.scope, ", ".join(f"{k}: {v}" for k, v in nodes.items()))
     return bk.Archiving(nodes=nodes, changed=changed, restarted=restarted)

@@ -51,6 +51,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         expected.append((spec.pooler_member, "pooler"))
     if spec.fencing:
         expected.append((spec.fencer_member, "fencer"))
+    if spec.backup.enabled and spec.backup.repo_host is not None:
+        expected.append((spec.repo_member, "repo"))
     for member, role in expected:
         name = spec.container(member)
         ct = containers.get(name)
@@ -64,7 +66,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             ms.pg_state = "not registered"
         # Without the fencing watcher failover still works (by ttl): shown, and warned by the
         # audit, but not a reason to call the cluster unhealthy (and refuse drills or changes).
-        if state != "running" and role != "fencer":
+        # Nor the repository host: failover does not need it (the audit's archiving row says so).
+        if state != "running" and role not in ("fencer", "repo"):
             st.problems.append(f"{name} is {state}")
         st.members.append(ms)
 

@@ -45,7 +45,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
     if secrets_file(spec.scope).exists():
         load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
-    elif spec.backup.enabled and spec.backup.s3 is None and eng.default.volume_exists(repo_volume(spec)):
+    elif spec.backup.enabled and spec.backup.s3 is None and eng.repository().volume_exists(repo_volume(spec)):
         # A repository kept by `down --volumes` (hardening): never archive a new cluster into it.
         aside = removed_dirs(spec.scope)
         raise StateError(kept_repository_refusal(spec.scope, repo_volume(spec), str(aside[-1]) if aside else ""))
@@ -130,7 +130,7 @@ def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
             out[spec.volume(member)] = eng.of(member).ensure_volume(spec.scope, role, member, spec.volume(member)).value
     if spec.backup.enabled and spec.backup.s3 is None:
         repo = repo_volume(spec)
-        out[repo] = eng.default.ensure_volume(spec.scope, "pgbackrest", "repo", repo).value
+        out[repo] = eng.repository().ensure_volume(spec.scope, "pgbackrest", "repo", repo).value
     return out
 
 
