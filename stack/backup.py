@@ -31,7 +31,7 @@ from stack.layout import (
     REPO_MOUNT,
     SOCKET_DIR,
 )
-from stack.spec import ClusterSpec, CompressType
+from stack.spec import BackupSpec, ClusterSpec, CompressType
 
 CLIENT_CN = "pgha-backup"
 CERT_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
@@ -141,12 +141,14 @@ def _repo_options(spec: ClusterSpec, s3_credentials: dict[str, str] | None, pass
     else:
         opts["repo1-path"] = REPO_MOUNT
     opts.update(_cipher_options(passphrase))
-    opts.update({
-        "compress-type": b.compress_type.value,
-        "log-level-console": "warn",
-        "log-level-stderr": "warn",
-        "log-level-file": "off",
-    })
+    opts.update(_compress_and_log_options(b))
+    return opts
+
+
+def _compress_and_log_options(b: BackupSpec) -> dict[str, Any]:
+    """Compression from the spec, console warnings only, no log files (every pgBackRest config pgha writes)."""
+    opts: dict[str, Any] = {"compress-type": b.compress_type.value, "log-level-console": "warn",
+                            "log-level-stderr": "warn", "log-level-file": "off"}
     if b.compress_type != CompressType.NONE:
         opts["compress-level"] = b.compress_level
     return opts
@@ -186,13 +188,8 @@ def _remote_repo_options(spec: ClusterSpec, passphrase: str | None) -> dict[str,
         "repo1-host-cert-file": f"{PGBACKREST_RUN_DIR}/client.crt",
         "repo1-host-key-file": f"{PGBACKREST_RUN_DIR}/client.key",
         **_cipher_options(passphrase),
-        "compress-type": b.compress_type.value,
-        "log-level-console": "warn",
-        "log-level-stderr": "warn",
-        "log-level-file": "off",
+        **_compress_and_log_options(b),
     }
-    if b.compress_type != CompressType.NONE:
-        opts["compress-level"] = b.compress_level
     return opts
 
 

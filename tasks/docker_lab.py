@@ -356,15 +356,7 @@ def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
     if ct.status != "running":
         ct.start()
         started = True
-    sock = host.docker.removeprefix("unix://")
-
-    def ping() -> bool:
-        try:
-            return bool(docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping())
-        except (docker.errors.DockerException, OSError):
-            return False
-
-    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=timeout, interval=0.5)
+    _engine_up(host, timeout)
     return started
 
 

@@ -150,3 +150,14 @@ def assert_refused(env: dict[str, str], tmp_path: Path, engine: docker.DockerCli
     assert engine.volumes.list(filters=flt) == []
     assert engine.networks.list(filters=flt) == []
     assert not (Path(env["PGHA_STATE_DIR"]) / scope / "secrets.json").exists()
+
+
+def remove_lab(engine: docker.DockerClient, lab: str) -> None:
+    """Remove everything labelled pgha.lab=<lab> on the real engine (a lab test's leftovers), without the CLI."""
+    flt = {"label": f"pgha.lab={lab}"}
+    for c in engine.containers.list(all=True, filters=flt):
+        c.remove(force=True, v=True)
+    for n in engine.networks.list(filters=flt):
+        n.remove()
+    for v in engine.volumes.list(filters=flt):
+        v.remove(force=True)

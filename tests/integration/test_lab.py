@@ -18,24 +18,14 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import pgha
+from tests.integration.conftest import pgha, remove_lab
 
 LAB, SCOPE, PORT_BASE = "ithost", "pgha-it-host", 26900
 
 
-def _lab_down(engine: docker.DockerClient) -> None:
-    flt = {"label": f"pgha.lab={LAB}"}
-    for c in engine.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for n in engine.networks.list(filters=flt):
-        n.remove()
-    for v in engine.volumes.list(filters=flt):
-        v.remove(force=True)
-
-
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
-    _lab_down(engine)
+    remove_lab(engine, LAB)
     r = pgha(base_env, "lab", "up", "--hosts", "3", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
              "--json", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -46,7 +36,7 @@ def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[
         yield st
     finally:
         r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        _lab_down(engine)
+        remove_lab(engine, LAB)
         assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -22,22 +22,12 @@ import pytest
 import yaml
 
 from stack.backup import CANARY_TABLE
-from tests.integration.conftest import pgha
+from tests.integration.conftest import pgha, remove_lab
 
 LAB, SCOPE, PORT_BASE = "itrepo", "pgha-it-repo", 26800
 REPO = f"{SCOPE}-repo"
 REPO_VOLUME = f"{SCOPE}-pgbackrest"
 MARKERS = 5
-
-
-def _lab_down(engine: docker.DockerClient) -> None:
-    flt = {"label": f"pgha.lab={LAB}"}
-    for c in engine.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for n in engine.networks.list(filters=flt):
-        n.remove()
-    for v in engine.volumes.list(filters=flt):
-        v.remove(force=True)
 
 
 def _inner(host: dict[str, object]) -> docker.DockerClient:
@@ -57,7 +47,7 @@ def _teardown_keeps_then_purges_the_repository(env: dict[str, str], spec: str, h
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    _lab_down(engine)
+    remove_lab(engine, LAB)
     r = pgha(base_env, "lab", "up", "--hosts", "2", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
              "--json", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -77,7 +67,7 @@ def lab(engine: docker.DockerClient, base_env: dict[str, str],
         torn_down = True
     finally:
         r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        _lab_down(engine)
+        remove_lab(engine, LAB)
         assert r.returncode == 0 or not torn_down, r.stdout + r.stderr
 
 
