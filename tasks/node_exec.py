@@ -8,6 +8,7 @@ password: secrets reach containers only as mounted 0600 files).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import docker.errors
@@ -39,6 +40,24 @@ def last_lines(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:])[:600] if lines else "(no output)"
 
 
+EXIT_UNKNOWN = 255  # the engine never recorded the command's exit: a failure, not a success
+
+
+def _exit_code(api: docker.APIClient, exec_id: str, wait_s: float = 5.0) -> int:
+    """The exit code of a finished exec. docker-py's `exec_run` inspects once, right after the
+    output stream closes, and on a busy engine the exit is not recorded yet: its `None` read as
+    0 made an exec with no output look like a success (an empty `pgbackrest info`, an empty
+    etcd health report). Asked again until the engine has it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = api.exec_inspect(exec_id)
+        if not info.get("Running") and info.get("ExitCode") is not None:
+            return int(info["ExitCode"])
+        if time.monotonic() > deadline:
+            return EXIT_UNKNOWN
+        time.sleep(0.05)
+
+
 class NodeExec:
     """Commands in one container of one engine."""
 
@@ -57,15 +76,17 @@ class NodeExec:
         ct = self.engine.find_container(self.container)
         if ct is None:
             raise DockerError(f"container {self.container} does not exist")
+        api = ct.client.api
         try:
-            res = ct.exec_run(["timeout", str(timeout), *cmd], user=user or "", demux=True)
+            ex = api.exec_create(ct.id, ["timeout", str(timeout), *cmd], user=user or "")
+            out, err = api.exec_start(ex["Id"], demux=True) or (None, None)
+            code = _exit_code(api, ex["Id"])
         except docker.errors.APIError as exc:
             raise DockerError(f"exec in {self.container}: {exc.explanation or exc}") from None
         except requests.exceptions.RequestException as exc:
             raise DockerError(f"exec in {self.container}: its host's engine does not answer "
                               f"({type(exc).__name__})") from None
-        out, err = res.output if res.output else (None, None)
-        return ExecResult(int(res.exit_code or 0), out.decode(errors="replace") if out else "",
+        return ExecResult(code, out.decode(errors="replace") if out else "",
                           err.decode(errors="replace") if err else "")
 
     def check(self, cmd: list[str], what: str, user: str | None = None, timeout: int = 10) -> str:

@@ -232,20 +232,27 @@ def parse_info_json(text: str, stanza: str) -> tuple[list[bk.BackupSet], str | N
 
 def repo_cipher(spec: ClusterSpec, member: str) -> str:
     """The cipher `pgbackrest info` reports for the stanza's repository ("none" when unencrypted)."""
-    text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", timeout=60)
-    return bk.parse_cipher(info_payload(text), spec.scope)
+    return bk.parse_cipher(info_payload(info_text(spec, member)), spec.scope)
 
 
 def repo_obs(spec: ClusterSpec) -> RepoObs:
     """Sets and cipher of the repository, read with `pgbackrest info` in the first running node
     or the repository host (read-only)."""
-    payload = info_payload(run_ok(spec, reader(spec), ["info", "--output=json"], "pgbackrest info", timeout=60))
+    payload = info_payload(info_text(spec, reader(spec)))
     return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
 
 
+def info_text(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> str:
+    """`pgbackrest info --output=json`, asked once more when it printed nothing: it always prints
+    at least `[]`, and a busy engine can lose a short exec's output (docker/docker-py#2042)."""
+    text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", conf=conf, timeout=60)
+    if not text.strip():
+        text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", conf=conf, timeout=60)
+    return text
+
+
 def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bk.BackupSet], str | None, str | None]:
-    return parse_info_json(run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", conf=conf, timeout=60),
-                           spec.scope)
+    return parse_info_json(info_text(spec, member, conf), spec.scope)
 
 
 def info_progress(spec: ClusterSpec, member: str) -> float | None:
