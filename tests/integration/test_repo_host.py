@@ -7,7 +7,7 @@ checks). The repository host is on h2, so h1's node archives across hosts over T
 one cluster for the file; the teardown checks (`down --volumes --yes` keeps the repository,
 `--purge-backups` removes it) run in the fixture's end, where the cluster goes anyway.
 
-Ports: 26800-26899 (lab hosts' R/W and R/O on 127.0.0.1).
+Ports: 27000-27099 (lab hosts' R/W and R/O on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from stack.backup import CANARY_TABLE
 from tests.integration.conftest import pgha, remove_lab
 
-LAB, SCOPE, PORT_BASE = "itrepo", "pgha-it-repo", 26800
+LAB, SCOPE, PORT_BASE = "itrepo", "pgha-it-repo", 27000
 REPO = f"{SCOPE}-repo"
 REPO_VOLUME = f"{SCOPE}-pgbackrest"
 MARKERS = 5

@@ -1,0 +1,42 @@
+"""Integration files run side by side (pytest-xdist, --dist loadfile): no two may use the same port.
+
+Two files that publish the same 127.0.0.1 port fail each other at random, depending on which
+worker gets there first (a CI run lost test_repo_host.py to test_backup_hardening.py this way).
+Every port number an integration file writes down (20000-29999), and every lab's client port
+range (`PORT_BASE` and two ports per host), must belong to that file alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+IT = Path(__file__).resolve().parents[1] / "integration"
+LOW, HIGH = 20000, 30000
+
+
+def _ports_of(path: Path) -> set[int]:
+    text = path.read_text()
+    found = {node.value for node in ast.walk(ast.parse(text))
+             if isinstance(node, ast.Constant) and type(node.value) is int and LOW <= node.value < HIGH}
+    base = re.search(r"^[A-Z_, ]*PORT_BASE = .*?(\d+)$", text, re.M)  # LAB, SCOPE, PORT_BASE = "x", "y", 26900
+    if base is not None:
+        hosts = max((int(n) for n in re.findall(r'"--hosts", "(\d+)"', text)), default=3)
+        found |= set(range(int(base.group(1)), int(base.group(1)) + 2 * hosts))
+    return found
+
+
+def test_no_port_is_used_by_two_integration_files() -> None:
+    users: dict[int, set[str]] = defaultdict(set)
+    for path in sorted(IT.glob("*.py")):
+        for port in _ports_of(path):
+            users[port].add(path.name)
+    shared = {port: sorted(files) for port, files in sorted(users.items()) if len(files) > 1}
+    assert not shared, f"ports used by more than one integration file: {shared}"
+
+
+def test_the_scan_sees_lab_ranges() -> None:
+    lab = _ports_of(IT / "test_lab.py")
+    assert {26900, 26901, 26904, 26905} <= lab
