@@ -148,13 +148,36 @@ def start_and_recover(s: Scratch, timeout: int = 900, pgdata: str = PGDATA) -> f
     r = s.run(["pg_ctl", "-D", pgdata, "-w", "-t", str(timeout), "-l", SCRATCH_LOG, "-o", " ".join(opts), "start"],
               timeout=timeout + 30)
     if not r.ok:
-        log = _log_tail(s, 30)
-        fatal = [ln for ln in log.splitlines() if "FATAL" in ln or "DETAIL" in ln] or log.splitlines()[-3:]
-        raise BackupError(f"restored PostgreSQL did not start: {last_lines(chr(10).join(fatal), 3)}")
+        raise BackupError(f"restored PostgreSQL did not start: {_fatal_lines(s)}")
+    # pg_ctl -w also returns once a hot standby is consistent: replay may still end in a FATAL
+    # (the target lies past the last archived WAL), so a stopped server ends the wait at once.
+    state = wait_for("the restored copy to finish recovery", lambda: _recovery_state(s, pgdata),
+                     lambda v: v in ("f", STOPPED), timeout=timeout, interval=0.5, logs=lambda: _log_tail(s))
+    if state == STOPPED:
+        raise BackupError(f"restored PostgreSQL stopped during recovery: {_fatal_lines(s)}")
     # Recovery is over and the copy accepts writes: it reached its target and promoted.
-    wait_for("the restored copy to finish recovery", lambda: sql(s, "select pg_is_in_recovery()"),
-             lambda v: v == "f", timeout=timeout, interval=0.5, logs=lambda: _log_tail(s))
     return time.monotonic() - started
+
+
+STOPPED = "stopped"
+
+
+def _recovery_state(s: Scratch, pgdata: str) -> str:
+    """pg_is_in_recovery() of the copy ('t'/'f'), or STOPPED when its postmaster is gone."""
+    r = s.run(["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1",
+               "-c", "select pg_is_in_recovery()"], timeout=60)
+    if r.ok:
+        return r.out.strip()
+    if s.run(["pg_ctl", "-D", pgdata, "status"]).code == 3:  # 3: no server running
+        return STOPPED
+    raise BackupError(f"query on the restored copy failed: {r.tail()}")
+
+
+def _fatal_lines(s: Scratch) -> str:
+    """The FATAL/DETAIL lines of the copy's log (else its last lines), at most three."""
+    log = _log_tail(s, 30)
+    fatal = [ln for ln in log.splitlines() if "FATAL" in ln or "DETAIL" in ln] or log.splitlines()[-3:]
+    return last_lines("\n".join(fatal), 3)
 
 
 @task(name="scratch-check-consistency", **ONCE)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
 from flows.restore import discarded_note, down_message, rolled_back_message, untouched_message
 from stack.backup import in_place_problem
 from stack.spec import ClusterSpec, parse_spec
+from tasks import pgbackrest_restore as pr
+from tasks.node_exec import ExecResult
+from tasks.pgbackrest import BackupError
 
 
 def spec(**kw: object) -> ClusterSpec:
@@ -60,3 +64,30 @@ def test_a_failure_after_the_swap_says_the_old_cluster_came_back() -> None:
     msg = rolled_back_message(spec(), RuntimeError("the restored cluster is not healthy: pg-2 not streaming"))
     assert "\n" not in msg and "after the swap" in msg and "old cluster started again" in msg and "DOWN" not in msg
     assert "pgdata.pre-restore" in down_message(spec(), "2026-11-25 21:03:00+00", RuntimeError("x"))
+
+
+class _FakeCopy:
+    """A scratch box whose PostgreSQL started (pg_ctl -w saw a consistent hot standby), then died in replay."""
+
+    def __init__(self) -> None:
+        self.node = self
+        self.calls: list[str] = []
+
+    def put_file(self, *_: object) -> None:
+        pass
+
+    def run(self, cmd: list[str], **_: object) -> ExecResult:
+        self.calls.append(cmd[0])
+        if cmd[0] == "pg_ctl":
+            return ExecResult(3 if "status" in cmd else 0, "", "")
+        if cmd[0] == "tail":
+            return ExecResult(0, "LOG:  redo done\nFATAL:  recovery ended before configured recovery target was reached\n", "")
+        return ExecResult(2, "", "psql: error: connection to server on socket failed")
+
+
+def test_a_copy_that_dies_after_pg_ctl_returned_fails_at_once() -> None:
+    """The CI hang: pg_ctl -w returned at consistency, replay then hit the missing WAL; the wait ran 900 s."""
+    started = time.monotonic()
+    with pytest.raises(BackupError, match="stopped during recovery: .*recovery ended before configured recovery target"):
+        pr.start_and_recover.fn(_FakeCopy(), timeout=900)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
