@@ -218,9 +218,20 @@ def switchover_and_wait(spec: ClusterSpec, leader: str, candidate: str, timeout:
     started = time.monotonic()
     wait_for(f"{candidate} to lead and {leader} to replicate", lambda: patroni.cluster_view(spec),
              lambda v: led_by(v, spec, candidate), timeout=timeout, interval=0.5,
-             describe=lambda v: assess(v, spec).reason)
+             describe=lambda v: assess(v, spec).reason, logs=lambda: _member_logs(spec, (leader, candidate)))
     times.whole_s = round(times.resumed_s + time.monotonic() - started, 3)
     return times
+
+
+def _member_logs(spec: ClusterSpec, members: tuple[str, ...], tail: int = 12) -> str:
+    """The last log lines of `members` (Patroni's and PostgreSQL's), for a wait that timed out."""
+    out = []
+    for m in members:
+        try:
+            out.append(f"[{m}]\n{docker_hosts.engines(spec).of(m).logs(spec.container(m), tail=tail)}")
+        except PghaError as exc:
+            out.append(f"[{m}] logs unavailable: {exc}")
+    return "\n".join(out)
 
 
 def store_spec(spec: ClusterSpec) -> None:
