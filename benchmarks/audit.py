@@ -19,18 +19,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="pgha-audit-bench-"))
-os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
-os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.pop("PREFECT_API_URL", None)
+from _env import ROOT, private_env  # first: sets the env before pgha is imported
+
+WORK = private_env("audit")
 
 from flows.audit import audit  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402

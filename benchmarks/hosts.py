@@ -16,21 +16,13 @@ engine with it), so the hard-kill baseline is Patroni's ttl floor on both.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="pgha-hosts-bench-"))
-os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
-os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.pop("PREFECT_API_URL", None)
+from _env import private_env  # first: sets the env before pgha is imported
+
+WORK = private_env("hosts")
 
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.drill import drill  # noqa: E402

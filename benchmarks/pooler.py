@@ -28,20 +28,12 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="pgha-pooler-bench-"))
-os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
-os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.pop("PREFECT_API_URL", None)
+from _env import private_env  # first: sets the env before pgha is imported
+
+WORK = private_env("pooler")
 # A loaded machine starts the ephemeral API slowly; the default 20 s is not always enough.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 

@@ -19,21 +19,13 @@ and the archiver's own 1 s wake-up bound the latency from below on both sides.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = Path(tempfile.mkdtemp(prefix="pgha-repo-bench-"))
-os.environ["PGHA_STATE_DIR"] = str(WORK / "state")
-os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect"))
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.pop("PREFECT_API_URL", None)
+from _env import private_env  # first: sets the env before pgha is imported
+
+WORK = private_env("repo")
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
