@@ -15,6 +15,7 @@ from stack.errors import HaproxyError
 from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
 from stack.render import scheme
 from stack.spec import ClusterSpec
+from tasks.docker_hosts import sync_config
 from tasks.node_exec import node
 
 HAPROXY_USER = "haproxy"  # HAProxy's own user: it owns the admin socket and process 1
@@ -89,6 +90,7 @@ def reload(spec: ClusterSpec) -> None:
     HAProxy runs in master-worker mode (`-W`): SIGUSR2 makes the master start new workers on
     the new file while old workers serve their existing connections until they close.
     """
+    sync_config(spec, spec.haproxy_member)  # many hosts: the new file into every HAProxy's config volume
     n = node(spec, spec.haproxy_member)
     r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
     if not r.ok:

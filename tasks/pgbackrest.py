@@ -32,7 +32,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.docker_hosts import engines
+from tasks.docker_hosts import engines, sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, write_private
 from tasks.node_exec import ExecResult, last_lines, node
@@ -139,6 +139,7 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
         files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds, pw)
     for name, text in files.items():
         write_private(host_dir / name, text)
+    sync_config(spec, member)  # many hosts: the member's config volume (a removed backup.conf goes too)
     script = (
         f"install -d -o postgres -g postgres -m 0700 {layout.PGBACKREST_RUN_DIR} && "
         f"for f in {layout.CONFIG_MOUNT}/{layout.PGBACKREST_HOST_SUBDIR}/*; do "
