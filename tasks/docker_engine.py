@@ -337,6 +337,8 @@ class Engine:
             return None
         except docker.errors.APIError as exc:
             raise DockerError(f"read {path} in {ct.name}: {_why(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
         return config_volume.read_member(data, Path(path).name)
 
     def run_scratch(self, name: str, image: str, scope: str, role: str, network: str,
