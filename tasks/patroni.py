@@ -2,7 +2,8 @@
 
 Host-side code never reaches a node's address: it asks a node to call its own API on
 localhost with curl (`NodeExec`). Unsafe methods need the REST credentials; curl reads them
-from `/etc/pgha/patroni.curl`, a 0600 file in the member's bind-mounted config directory, so
+from `/etc/pgha/patroni.curl`, a 0600 file in the member's config directory (bind-mounted, or pushed into the member's
+config volume on a host's engine), so
 no password is ever on a command line. What Patroni answers is parsed once here into
 `stack.cluster` models.
 """

@@ -4,7 +4,8 @@ The only code that runs pgBackRest in a cluster's nodes (scratch containers for 
 and restores are `tasks.pgbackrest_restore`). Every command runs through `NodeExec` as the
 postgres OS user, which reaches PostgreSQL through the local socket with peer authentication:
 no password is ever used or passed. Files with keys are written 0600 on the host,
-bind-mounted read-only at /etc/pgha, and copied to a postgres-owned 0700 directory inside the
+mounted read-only at /etc/pgha (bind-mounted, or pushed into a config volume on a host's engine:
+`tasks.docker_hosts.sync_config`), and copied to a postgres-owned 0700 directory inside the
 container (as patroni.yml is). Plain functions are what preflights call (outside any flow);
 the `@task`s are the steps flows call.
 """
