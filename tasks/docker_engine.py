@@ -388,10 +388,10 @@ class Engine:
             for net in c.networks.list(filters=flt):
                 net.remove()
                 removed["networks"].append(str(net.name))
-            # Config volumes (many hosts) hold no data, only copies of the state directory's
-            # files: they always go with their containers.
+            # Config volumes (an engine of `hosts:`) hold no data, only copies of the state
+            # directory's files: they always go with their containers.
             etc = {"label": [*flt["label"], config_volume.LABEL_ETC]}
-            for vol in c.volumes.list(filters=flt if volumes else etc):
+            for vol in (c.volumes.list(filters=flt if volumes else etc) if volumes or self.config_volumes else []):
                 if vol.name in (keep_volumes or set()):
                     continue  # the backup repository `down --volumes` keeps
                 vol.remove(force=True)

@@ -292,8 +292,13 @@ def test_down_removes_config_volumes_even_without_volumes() -> None:
                 seen.append(filters)
                 return []
 
-    e = Engine("h1")
+    e = Engine("h1", config_volumes=True)
     e._client = C()  # type: ignore[assignment]
     e.remove_labelled("many", volumes=False)
     e.remove_labelled("many", volumes=True)
     assert seen == [{"label": ["pgha.cluster=many", cv.LABEL_ETC]}, {"label": ["pgha.cluster=many"]}]
+    seen.clear()
+    local = Engine("local")
+    local._client = C()  # type: ignore[assignment]
+    local.remove_labelled("many", volumes=False)  # the single-engine path: no volume is even listed
+    assert seen == []
