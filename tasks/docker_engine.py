@@ -311,7 +311,7 @@ class Engine:
         with _engine_call(f"fill config volume {vol}"):
             old = self.find_container(helper)
             if old is not None:
-                old.remove(force=True)  # a push killed midway
+                old.remove(force=True, v=True)  # a push killed midway
             ct = self.client.containers.create(
                 image, entrypoint=["rm", "-f", "--"], command=[f"{CONFIG_MOUNT}/{r}" for r in remove],
                 name=helper, user="0:0", network_mode="none", detach=True,
@@ -326,7 +326,7 @@ class Engine:
                 if not ct.put_archive(CONFIG_MOUNT, tar):
                     raise DockerError(f"cannot copy the config files into {vol}")
             finally:
-                ct.remove(force=True)
+                ct.remove(force=True, v=True)  # v: an anonymous volume an image might declare; never a named one
 
     def read_file(self, ct: Container, path: str) -> bytes | None:
         """A small file's bytes from a container (running or not; None when it is absent)."""

@@ -124,7 +124,7 @@ class FakeContainer:
     def wait(self, timeout: int) -> dict[str, int]:
         return {"StatusCode": 0}
 
-    def remove(self, force: bool = False) -> None:
+    def remove(self, force: bool = False, v: bool = False) -> None:
         self.removed = True
 
 
