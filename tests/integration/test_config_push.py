@@ -1,11 +1,13 @@
-"""Many hosts' config push on the real engine, without a lab: the local engine handled as a host's
-(`Engine(config_volumes=True)`), one hardened sleeping container standing in for a member.
+"""Many hosts' config push on the real engine, without a lab: a one-host spec whose host is this
+machine's engine socket (so its `Engine` is a host's: `config_volumes`), one hardened sleeping
+container standing in for its node pg-1.
 
 What the lab files prove end to end (a cluster over hosts whose members get their files only
 this way), this file proves at the level of the engine: the files land root-owned 0600 in a
 volume mounted read-only, an unchanged push creates no helper, a changed one reaches the running
 container and removes what was removed, no helper container is left, and `down` (without
---volumes) removes the config volume. Scope `pgha-it-push`, no port.
+--volumes) removes the config volume. `sync_config(spec, member)` is the entry point used, as
+the flows use it. Scope `pgha-it-push`, ports 27100-27102 (in the spec, never bound).
 """
 
 from __future__ import annotations
@@ -17,24 +19,31 @@ from pathlib import Path
 import docker
 import pytest
 
-from stack.spec import ClusterSpec
+from stack.spec import ClusterSpec, parse_spec
 from stack.topology import ContainerDef, hardening
 from tasks import config_volume as cv
 from tasks import images
 from tasks.docker_engine import Engine, Outcome
-from tasks.host.state import write_private
+from tasks.docker_hosts import engines, sync_config
+from tasks.host.state import config_dir, write_private
 from tests.integration.conftest import remove_scope
 
 SCOPE = "pgha-it-push"
 NAME = f"{SCOPE}-pg-1"
 SECRET = "pw-" + "x" * 20
+SPEC = parse_spec({"scope": SCOPE, "nodes": 1, "etcd_members": 1, "allow_unsafe_placement": True,
+                   "backup": {"enabled": False}, "fencing": False, "ports": {"rw": 27100, "ro": 27101, "stats": 27102},
+                   "hosts": [{"name": "h1", "docker": "unix:///var/run/docker.sock", "address": "127.0.0.1"}]},
+                  "test_config_push")
 
 
 @pytest.fixture(scope="module")
-def host(engine: docker.DockerClient) -> Iterator[Engine]:
+def host(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[Engine]:
     remove_scope(engine, SCOPE)
     try:
-        yield Engine("push-test", config_volumes=True)  # the local engine, treated as another host's
+        e = engines(SPEC).of("pg-1")
+        assert e.config_volumes and e.name == "h1"
+        yield e
     finally:
         remove_scope(engine, SCOPE)
 
@@ -57,10 +66,10 @@ def _helpers_created(engine: docker.DockerClient, since: float) -> int:
     return sum(1 for _ in evs)
 
 
-def test_files_are_pushed_into_a_read_only_volume_and_synced(host: Engine, engine: docker.DockerClient,
-                                                            tmp_path: Path) -> None:
+def test_files_are_pushed_into_a_read_only_volume_and_synced(host: Engine, engine: docker.DockerClient) -> None:
     image, _ = images.ensure_image(ClusterSpec())
-    conf = tmp_path / "config" / "pg-1"
+    conf = config_dir(SCOPE, "pg-1")
+    assert NAME == SPEC.container("pg-1")
     write_private(conf / "patroni.yml", f"password: {SECRET}\n")
     write_private(conf / "tls" / "ca.crt", "CA\n")
     write_private(conf / "pgbackrest" / "backup.conf", "[global]\n")
@@ -90,14 +99,14 @@ def test_files_are_pushed_into_a_read_only_volume_and_synced(host: Engine, engin
     # Unchanged: read the manifest through the member's mount, no helper.
     t1 = time.time()
     assert host.ensure_container(d) == Outcome.UNCHANGED
-    assert not host.push_config(SCOPE, "patroni", "pg-1", NAME, image, str(conf))
+    assert sync_config(SPEC, "pg-1") == []
     assert _helpers_created(engine, t1) == 0
 
     # A changed file reaches the running member, a removed one goes from the volume.
     write_private(conf / "patroni.yml", "password: rotated\n")
     (conf / "pgbackrest" / "backup.conf").unlink()
     t2 = time.time()
-    assert host.push_config(SCOPE, "patroni", "pg-1", NAME, image, str(conf))
+    assert sync_config(SPEC, "pg-1") == ["h1"]
     code, out = _sh(engine, "cat /etc/pgha/patroni.yml; ls /etc/pgha/pgbackrest")
     assert (code, out) == (0, "password: rotated\n"), out
     assert _helpers_created(engine, t2) == 1
@@ -109,3 +118,4 @@ def test_files_are_pushed_into_a_read_only_volume_and_synced(host: Engine, engin
     removed = host.remove_labelled(SCOPE)
     assert removed["containers"] == [NAME] and removed["volumes"] == [cv.volume_name(NAME)]
     assert [v.name for v in engine.volumes.list(filters={"label": f"pgha.cluster={SCOPE}"})] == [f"{SCOPE}-data"]
+    assert sync_config(SPEC, "pg-1") == []  # no container: nothing to sync (ensure_container fills it)
