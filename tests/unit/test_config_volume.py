@@ -349,3 +349,22 @@ def test_lab_hosts_share_nothing_of_the_state_dir_but_their_socket(monkeypatch: 
     binds = {m["Target"]: m["Source"] for m in made["mounts"] if m["Type"] == "bind"}
     state = str(tmp_path / "state")
     assert binds == {"/sys/fs/cgroup": "/sys/fs/cgroup", docker_lab.SOCKET_IN_HOST: f"{state}/labs/t/h1"}
+
+
+def test_haproxy_reload_syncs_then_reloads_every_hosts_haproxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import haproxy
+    from tasks.node_exec import ExecResult, NodeExec
+
+    order: list[str] = []
+    monkeypatch.setattr(haproxy, "sync_config", lambda spec, member: order.append(f"sync {member}") or [])
+
+    def run(self: NodeExec, cmd: list[str], user: str | None = None, timeout: int = 10) -> ExecResult:
+        order.append(f"{self.engine.name}: {cmd[0]}")
+        return ExecResult(0, "", "")
+
+    monkeypatch.setattr(NodeExec, "run", run)
+    haproxy.reload(parse_spec({**BASE, "hosts": HOSTS}))
+    assert order == ["sync haproxy", *(f"h{i}: {c}" for i in (1, 2, 3) for c in ("haproxy", "install", "kill"))]
+    order.clear()
+    haproxy.reload(ClusterSpec(scope="solo"))  # one engine: one HAProxy, as before
+    assert order == ["sync haproxy", "local: haproxy", "local: install", "local: kill"]
