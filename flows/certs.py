@@ -43,20 +43,24 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
     note(f"new certificates issued by the cluster CA, valid until {new.not_after:%Y-%m-%d}")
     for m in spec.etcd_names():
         host_tls.install(spec, m)
+        docker_hosts.sync_config(spec, m)  # many hosts: into its config volume
         certs.reinstall(spec, m, "etcd")  # etcd loads them on its next TLS handshake
         note(f"{m}: installed")
     for m in spec.node_names():
         host_tls.install(spec, m)
+        docker_hosts.sync_config(spec, m)  # many hosts: into its config volume
         certs.reinstall(spec, m, "postgres")
         patroni.reload_member(spec, m)
         postgres.node_sql(spec, m, "select pg_reload_conf()")
         note(f"{m}: installed, Patroni and PostgreSQL reloaded")
     for m in (spec.haproxy_member, *((spec.pooler_member,) if spec.pooler.enabled else ())):
         host_tls.install(spec, m)  # the CA they verify with is unchanged: nothing to reload
+        docker_hosts.sync_config(spec, m)
         if m == spec.pooler_member:
             certs.reinstall(spec, m, "postgres")
     if spec.fencing:
         host_tls.install(spec, spec.fencer_member)
+        docker_hosts.sync_config(spec, spec.fencer_member)
         eng = docker_hosts.engines(spec).of(spec.fencer_member)
         eng.restart(spec.container(spec.fencer_member), timeout=1)  # the agent holds no state worth a graceful stop
         note("fencer restarted with the new client certificate")

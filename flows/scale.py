@@ -22,7 +22,7 @@ from stack.results import ScaleResult
 from stack.rolling import plan_scale
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni
+from tasks import config_volume, docker_engine, docker_hosts, etcd, haproxy, patroni
 from tasks._prefect import ONCE
 from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
@@ -51,6 +51,7 @@ def remove_node(spec: ClusterSpec, member: str) -> None:
         engine.stop(name, timeout=60)
         engine.remove_container(name)
     engine.remove_volume(spec.volume(member))
+    engine.remove_volume(config_volume.volume_name(name))  # many hosts: its config volume (none otherwise)
     shutil.rmtree(config_dir(spec.scope, member), ignore_errors=True)
     etcd.delete_member_key(spec, member)  # at once, instead of waiting out its TTL
 

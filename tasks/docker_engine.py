@@ -28,7 +28,9 @@ from docker.models.containers import Container
 from docker.types import Healthcheck, Mount
 
 from stack.errors import DockerError, StateError
+from stack.layout import CONFIG_MOUNT
 from stack.topology import ContainerDef
+from tasks import config_volume
 
 if TYPE_CHECKING:
     from prefect_docker import DockerHost
@@ -68,11 +70,15 @@ def _engine_call(what: str) -> Iterator[None]:
 class Engine:
     """One Docker engine (one host), reached through a prefect-docker `DockerHost`."""
 
-    def __init__(self, name: str = "local", host: DockerHost | None = None) -> None:
+    def __init__(self, name: str = "local", host: DockerHost | None = None, config_volumes: bool = False) -> None:
         self.name = name
         self._host = host
+        # An engine of `hosts:` (another machine): members mount a config volume filled through
+        # the API (`push_config`), not a directory of this machine (tasks/config_volume.py).
+        self.config_volumes = config_volumes
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+        self._push_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
         return f"Engine({self.name}, {self.base_url or 'from DOCKER_HOST'})"
@@ -152,13 +158,14 @@ class Engine:
                     return True
         return False
 
-    def ensure_volume(self, scope: str, role: str, member: str, name: str) -> Outcome:
+    def ensure_volume(self, scope: str, role: str, member: str, name: str,
+                      extra_labels: dict[str, str] | None = None) -> Outcome:
         c = self.client
         try:
             vol = c.volumes.get(name)
         except docker.errors.NotFound:
             with _engine_call(f"create volume {name}"):
-                c.volumes.create(name, labels=labels(scope, role, member))
+                c.volumes.create(name, labels={**labels(scope, role, member), **(extra_labels or {})})
             return Outcome.CREATED
         if (vol.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != scope:
             raise StateError(f"volume {name} exists but does not belong to pgha cluster {scope}")
@@ -205,7 +212,10 @@ class Engine:
 
     def _create(self, d: ContainerDef) -> Container:
         mounts = [Mount(target=path, source=vol, type="volume") for vol, path in d.volumes.items()]
-        if d.config_dir:
+        if d.config_dir and self.config_volumes:
+            mounts.append(Mount(target=CONFIG_MOUNT, source=config_volume.volume_name(d.name), type="volume",
+                                read_only=True))
+        elif d.config_dir:
             mounts.append(Mount(target="/etc/pgha", source=d.config_dir, type="bind", read_only=True))
         mounts += [Mount(target=path, source=src, type="bind", read_only=True) for src, path in d.binds.items()]
         hc = None
@@ -246,7 +256,12 @@ class Engine:
                 lab = current.labels
                 if lab.get(LABEL_CLUSTER) != d.scope:
                     raise StateError(f"container {d.name} exists but does not belong to pgha cluster {d.scope}")
-                if lab.get(LABEL_CONFIG) == d.config_hash and current.image.tags and d.image in current.image.tags:
+            pushed = self.config_volumes and d.config_dir
+            if pushed:  # the files first: a new container starts with them, a running one sees them
+                self.push_config(d.scope, d.role, d.member, d.name, d.image, str(d.config_dir), current)
+            if current is not None:
+                if (current.labels.get(LABEL_CONFIG) == d.config_hash and current.image.tags
+                        and d.image in current.image.tags and (not pushed or _mounts_config_volume(current))):
                     # Heal what an interrupted drill may have left: a detached network, a stopped container.
                     reattached = False if d.host_network else self.connect(d.name, d.network)
                     if current.status == "running" and not reattached:
@@ -260,6 +275,71 @@ class Engine:
                 return Outcome.RECREATED
             self._create(d).start()
             return Outcome.CREATED
+
+    def push_config(self, scope: str, role: str, member: str, name: str, image: str, local_dir: str,
+                    current: Container | None = None) -> bool:
+        """Make container `name`'s config volume hold `local_dir`'s files; True when it had to be written.
+
+        THE one function that writes a member's config volume (engines of `hosts:`; callers:
+        `ensure_container`, and `tasks.docker_hosts.sync_config` after a write to a running
+        member's config dir). Skipped when the manifest the running container sees through its
+        mount says the volume already holds these files. Otherwise a helper container (the member's
+        image, no network, the volume mounted read-write, never started unless stale files must be
+        removed) receives the tar through `put_archive` and is removed: nothing of the files passes
+        through an argument, the environment, a label or a log.
+        """
+        vol = config_volume.volume_name(name)
+        with self._lock:
+            lock = self._push_locks.setdefault(vol, threading.Lock())
+        with lock:
+            snap = config_volume.snapshot(Path(local_dir))
+            manifest = None
+            if current is None:
+                current = self.find_container(name)
+            if current is not None and _mounts_config_volume(current):
+                manifest = self.read_file(current, f"{CONFIG_MOUNT}/{config_volume.MANIFEST}")
+            decided = config_volume.plan(snap, manifest)
+            if not decided.push:
+                return False
+            self.ensure_volume(scope, role, member, vol, extra_labels={config_volume.LABEL_ETC: name})
+            self._fill_volume(scope, member, name, image, snap.tar, list(decided.remove))
+            return True
+
+    def _fill_volume(self, scope: str, member: str, name: str, image: str, tar: bytes, remove: list[str]) -> None:
+        vol = config_volume.volume_name(name)
+        helper = config_volume.helper_name(name)
+        with _engine_call(f"fill config volume {vol}"):
+            old = self.find_container(helper)
+            if old is not None:
+                old.remove(force=True, v=True)  # a push killed midway
+            ct = self.client.containers.create(
+                image, entrypoint=["rm", "-f", "--"], command=[f"{CONFIG_MOUNT}/{r}" for r in remove],
+                name=helper, user="0:0", network_mode="none", detach=True,
+                labels={**labels(scope, "config-push", member), config_volume.LABEL_ETC: name},
+                mounts=[Mount(target=CONFIG_MOUNT, source=vol, type="volume")])
+            try:
+                if remove:  # files gone from the state directory go from the volume too
+                    ct.start()
+                    code = int(ct.wait(timeout=60).get("StatusCode", 1))
+                    if code != 0:
+                        raise DockerError(f"removing stale files from {vol} failed (exit {code})")
+                if not ct.put_archive(CONFIG_MOUNT, tar):
+                    raise DockerError(f"cannot copy the config files into {vol}")
+            finally:
+                ct.remove(force=True, v=True)  # v: an anonymous volume an image might declare; never a named one
+
+    def read_file(self, ct: Container, path: str) -> bytes | None:
+        """A small file's bytes from a container (running or not; None when it is absent)."""
+        try:
+            stream, _ = ct.get_archive(path)
+            data = b"".join(stream)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"read {path} in {ct.name}: {_why(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"host {self.name}'s engine does not answer ({type(exc).__name__})") from None
+        return config_volume.read_member(data, Path(path).name)
 
     def run_scratch(self, name: str, image: str, scope: str, role: str, network: str,
                     mounts: list[Mount]) -> Container:
@@ -308,12 +388,14 @@ class Engine:
             for net in c.networks.list(filters=flt):
                 net.remove()
                 removed["networks"].append(str(net.name))
-            if volumes:
-                for vol in c.volumes.list(filters=flt):
-                    if vol.name in (keep_volumes or set()):
-                        continue  # the backup repository `down --volumes` keeps
-                    vol.remove(force=True)
-                    removed["volumes"].append(str(vol.name))
+            # Config volumes (an engine of `hosts:`) hold no data, only copies of the state
+            # directory's files: they always go with their containers.
+            etc = {"label": [*flt["label"], config_volume.LABEL_ETC]}
+            for vol in (c.volumes.list(filters=flt if volumes else etc) if volumes or self.config_volumes else []):
+                if vol.name in (keep_volumes or set()):
+                    continue  # the backup repository `down --volumes` keeps
+                vol.remove(force=True)
+                removed["volumes"].append(str(vol.name))
         return removed
 
     def running(self, name: str) -> bool:
@@ -540,6 +622,13 @@ def _hardening_kwargs(d: ContainerDef) -> dict[str, Any]:
     if h.shm_bytes:
         kw["shm_size"] = h.shm_bytes
     return kw
+
+
+def _mounts_config_volume(ct: Container) -> bool:
+    """The container mounts its config volume at /etc/pgha (not a directory of this machine)."""
+    want = config_volume.volume_name(str(ct.name))
+    return any(m.get("Destination") == CONFIG_MOUNT and m.get("Type") == "volume" and m.get("Name") == want
+               for m in ct.attrs.get("Mounts") or [])
 
 
 def health_of(ct: Container) -> str:

@@ -4,6 +4,12 @@ Without `hosts` every member runs on the local engine (DOCKER_HOST or the defaul
 With `hosts` (stack/hosts.py), each host is one `Engine` (one prefect-docker `DockerHost`:
 unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client), and
 `placement` says which member runs where; HAProxy runs on every host.
+
+Every engine of `hosts:` gets its members' config files through the engine API (a config
+volume per member, tasks/config_volume.py), whatever its URL: an engine named in `hosts:` is a
+machine of its own (a unix:// socket may be a forwarded remote socket, or a lab host's daemon)
+whose filesystem pgha cannot assume to share. Without `hosts`, members bind-mount the state
+directory as before. `sync_config` is what code that changes a running member's files calls.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from functools import lru_cache
 
 from stack.hosts import HostSpec
 from stack.spec import ClusterSpec
-from tasks.docker_engine import DOCKER_TIMEOUT, Engine
+from tasks.docker_engine import DOCKER_TIMEOUT, LABEL_ROLE, Engine
+from tasks.host.state import config_dir
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +42,7 @@ def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str
 
         kwargs["tls"] = TLSConfig(client_cert=(cert, key), ca_cert=ca, verify=True)
     return Engine(name, DockerHost(base_url=url.replace("tcp://", "https://") if kwargs.get("tls") else url,
-                                   timeout=DOCKER_TIMEOUT, client_kwargs=kwargs))
+                                   timeout=DOCKER_TIMEOUT, client_kwargs=kwargs), config_volumes=True)
 
 
 def host_engine(host: HostSpec) -> Engine:
@@ -90,6 +97,30 @@ class ClusterEngines:
 
 def engines(spec: ClusterSpec) -> ClusterEngines:
     return ClusterEngines(spec, local_engine())
+
+
+def sync_config(spec: ClusterSpec, member: str) -> list[str]:
+    """After a write to `member`'s config dir: push it to the member's config volume on every
+    engine where its container exists; the hosts pushed to.
+
+    No-op without `hosts` (the member bind-mounts the directory itself). A member whose
+    container does not exist yet gets its files when `ensure_container` creates it.
+    """
+    if spec.hosts is None:
+        return []
+    name = spec.container(member)
+    pushed: list[str] = []
+    for e in engines(spec).placed(member):
+        if not e.config_volumes:
+            continue
+        ct = e.find_container(name)
+        if ct is None:
+            continue
+        image = str(ct.attrs.get("Config", {}).get("Image", ""))
+        role = ct.labels.get(LABEL_ROLE, member)
+        if e.push_config(spec.scope, role, member, name, image, str(config_dir(spec.scope, member)), ct):
+            pushed.append(e.name)
+    return pushed
 
 
 def port_is_free(port: int) -> bool:

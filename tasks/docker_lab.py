@@ -131,10 +131,9 @@ def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str,
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
         mounts=[Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
                 Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
-                Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind"),
-                # Members bind-mount their rendered config dirs from pgha's state directory: the lab
-                # hosts see it at the same path, as real hosts would through a shared mount.
-                Mount(target=str(state_root()), source=str(state_root()), type="bind", read_only=True)],
+                # Nothing of pgha's state directory but the engine's socket: members get their config
+                # files pushed through the engine API into volumes, as on real hosts (tasks/config_volume.py).
+                Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind")],
         port_bindings={plan.INNER_RW: ("127.0.0.1", host.rw_port), plan.INNER_RO: ("127.0.0.1", host.ro_port)},
     )
     # `--security-opt systempaths=unconfined` is the CLI's name for "no masked or read-only /proc paths".

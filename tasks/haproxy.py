@@ -15,7 +15,8 @@ from stack.errors import HaproxyError
 from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
 from stack.render import scheme
 from stack.spec import ClusterSpec
-from tasks.node_exec import node
+from tasks.docker_hosts import engines, sync_config
+from tasks.node_exec import NodeExec, node
 
 HAPROXY_USER = "haproxy"  # HAProxy's own user: it owns the admin socket and process 1
 RUN_CFG = "/run/pgha/haproxy.cfg"  # the copy HAProxy runs with (stack/image/entrypoint.sh)
@@ -89,18 +90,20 @@ def reload(spec: ClusterSpec) -> None:
     HAProxy runs in master-worker mode (`-W`): SIGUSR2 makes the master start new workers on
     the new file while old workers serve their existing connections until they close.
     """
-    n = node(spec, spec.haproxy_member)
-    r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
-    if not r.ok:
-        raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
-    # HAProxy (the haproxy user) reads its private copy (stack/image/entrypoint.sh): refresh it.
-    r = n.run(["install", "-o", "haproxy", "-g", "haproxy", "-m", "0600", f"{CONFIG_MOUNT}/haproxy.cfg",
-               RUN_CFG], user="root")
-    if not r.ok:
-        raise HaproxyError(f"copying the new haproxy.cfg failed: {r.tail(1)}")
-    r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER)
-    if not r.ok:
-        raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
+    sync_config(spec, spec.haproxy_member)  # many hosts: the new file into every HAProxy's config volume
+    # One HAProxy, or (many hosts) the one on every host: each sees the file just pushed.
+    for n in [NodeExec(e, spec.container(spec.haproxy_member)) for e in engines(spec).placed(spec.haproxy_member)]:
+        r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
+        if not r.ok:
+            raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
+        # HAProxy (the haproxy user) reads its private copy (stack/image/entrypoint.sh): refresh it.
+        r = n.run(["install", "-o", "haproxy", "-g", "haproxy", "-m", "0600", f"{CONFIG_MOUNT}/haproxy.cfg",
+                   RUN_CFG], user="root")
+        if not r.ok:
+            raise HaproxyError(f"copying the new haproxy.cfg failed: {r.tail(1)}")
+        r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER)
+        if not r.ok:
+            raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
 
 
 # Inside HAProxy's container: poll the candidate's Patroni /leader every 50 ms and, the moment

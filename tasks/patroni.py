@@ -2,7 +2,8 @@
 
 Host-side code never reaches a node's address: it asks a node to call its own API on
 localhost with curl (`NodeExec`). Unsafe methods need the REST credentials; curl reads them
-from `/etc/pgha/patroni.curl`, a 0600 file in the member's bind-mounted config directory, so
+from `/etc/pgha/patroni.curl`, a 0600 file in the member's config directory (bind-mounted, or pushed into the member's
+config volume on a host's engine), so
 no password is ever on a command line. What Patroni answers is parsed once here into
 `stack.cluster` models.
 """
@@ -22,6 +23,7 @@ from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks._prefect import task
+from tasks.docker_hosts import sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
 from tasks.node_exec import NodeExec, node
@@ -84,6 +86,7 @@ def _ensure_auth(spec: ClusterSpec, member: str, secrets: Secrets | None = None)
     if spec.tls.enabled:  # unsafe endpoints also need a client certificate from the cluster CA
         text += f'cert = "{tls.ROOT_CLIENT_CERT}"\nkey = "{tls.ROOT_CLIENT_KEY}"\n'
     write_private(config_dir(spec.scope, member) / AUTH_FILE, text)
+    sync_config(spec, member)  # many hosts: curl reads it through the member's config volume
 
 
 def request(spec: ClusterSpec, member: str, method: str, path: str, body: dict[str, Any] | None = None,
@@ -305,6 +308,7 @@ def write_and_reload(spec: ClusterSpec, member: str, text: str) -> None:
     refreshed before the reload.
     """
     write_private(config_dir(spec.scope, member) / "patroni.yml", text)
+    sync_config(spec, member)  # many hosts: into the member's config volume (a stopped container's too)
     n: NodeExec = node(spec, member)
     if not n.running():
         return

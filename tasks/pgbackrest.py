@@ -4,7 +4,8 @@ The only code that runs pgBackRest in a cluster's nodes (scratch containers for 
 and restores are `tasks.pgbackrest_restore`). Every command runs through `NodeExec` as the
 postgres OS user, which reaches PostgreSQL through the local socket with peer authentication:
 no password is ever used or passed. Files with keys are written 0600 on the host,
-bind-mounted read-only at /etc/pgha, and copied to a postgres-owned 0700 directory inside the
+mounted read-only at /etc/pgha (bind-mounted, or pushed into a config volume on a host's engine:
+`tasks.docker_hosts.sync_config`), and copied to a postgres-owned 0700 directory inside the
 container (as patroni.yml is). Plain functions are what preflights call (outside any flow);
 the `@task`s are the steps flows call.
 """
@@ -32,7 +33,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.docker_hosts import engines
+from tasks.docker_hosts import engines, sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, write_private
 from tasks.node_exec import ExecResult, last_lines, node
@@ -139,6 +140,7 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
         files["backup.conf"] = bk.render_backup_conf(spec, from_standby, creds, pw)
     for name, text in files.items():
         write_private(host_dir / name, text)
+    sync_config(spec, member)  # many hosts: the member's config volume (a removed backup.conf goes too)
     script = (
         f"install -d -o postgres -g postgres -m 0700 {layout.PGBACKREST_RUN_DIR} && "
         f"for f in {layout.CONFIG_MOUNT}/{layout.PGBACKREST_HOST_SUBDIR}/*; do "

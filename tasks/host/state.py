@@ -34,7 +34,8 @@ def secrets_file(scope: str) -> Path:
 
 
 def config_dir(scope: str, member: str) -> Path:
-    """Directory bind-mounted read-only at /etc/pgha in a member's container."""
+    """The member's rendered files, mounted read-only at /etc/pgha in its container (bind-mounted on
+    the local engine; on an engine of `hosts:` pushed into a volume, tasks/config_volume.py)."""
     return cluster_dir(scope) / "config" / member
 
 

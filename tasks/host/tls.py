@@ -2,7 +2,8 @@
 
 `<state>/<scope>/tls/` holds the CA (its key never leaves this directory) and the current
 member and client certificates; `install` copies the mounted subset into a member's config
-directory (`<state>/<scope>/config/<member>/tls`, bind-mounted read-only at /etc/pgha/tls).
+directory (`<state>/<scope>/config/<member>/tls`, mounted read-only at /etc/pgha/tls: bind-mounted, or
+pushed into the member's config volume on a host's engine by `tasks.docker_hosts.sync_config`).
 """
 
 from __future__ import annotations

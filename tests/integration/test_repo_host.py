@@ -80,7 +80,9 @@ def test_repository_lives_in_the_repo_host_container_on_h2(lab: dict[str, object
     repo = h2.containers.get(REPO)
     assert repo.status == "running" and repo.labels["pgha.role"] == "repo"
     assert repo.attrs["HostConfig"]["NetworkMode"] == "host" and repo.attrs["HostConfig"]["ReadonlyRootfs"]
-    assert [m["Name"] for m in repo.attrs["Mounts"] if m["Type"] == "volume"] == [REPO_VOLUME]
+    # Its volumes: the repository, and (many hosts) its config files pushed to h2, read-only at /etc/pgha.
+    assert sorted((m["Name"], m["Destination"], m["RW"]) for m in repo.attrs["Mounts"] if m["Type"] == "volume") == sorted([
+        (f"{REPO}-etc", "/etc/pgha", False), (REPO_VOLUME, "/var/lib/pgbackrest", True)])
     assert not h1.volumes.list(filters={"name": REPO_VOLUME})
     # The nodes mount no repository: archive-push crosses to the repository host over TLS.
     for client, member in ((h1, "pg-1"), (h2, "pg-2")):
