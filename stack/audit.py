@@ -367,12 +367,7 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                      baseline: Baseline) -> list[Finding]:
     out: list[Finding] = []
     by_member = {c.member: c for c in containers}
-    expected = [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]
-    if spec.pooler.enabled:
-        expected.append(spec.pooler_member)
-    if spec.fencing:
-        expected.append(spec.fencer_member)
-    for member in expected:
+    for member, _ in spec.expected_members():
         c = by_member.get(member)
         name = spec.container(member)
         if member == spec.fencer_member and (c is None or c.status != "running"):

@@ -516,6 +516,19 @@ class ClusterSpec(_Strict):
     def node_names(self) -> list[str]:
         return [f"pg-{i}" for i in range(1, self.nodes + 1)]
 
+    def expected_members(self) -> list[tuple[str, str]]:
+        """(member, role) of every container the spec runs: etcd, Patroni nodes, HAProxy, and the
+        pooler, the fencing watcher and the repository host when the spec has them."""
+        out = [(m, "etcd") for m in self.etcd_names()] + [(m, "patroni") for m in self.node_names()]
+        out.append((self.haproxy_member, "haproxy"))
+        if self.pooler.enabled:
+            out.append((self.pooler_member, "pooler"))
+        if self.fencing:
+            out.append((self.fencer_member, "fencer"))
+        if self.backup.enabled and self.backup.repo_host is not None:
+            out.append((self.repo_member, "repo"))
+        return out
+
     def container(self, member: str) -> str:
         """Container name (and DNS name on the cluster network) of a member."""
         return f"{self.scope}-{member}"

@@ -71,7 +71,7 @@ def build(spec: ClusterSpec, path: Path, audit: dict[str, Any] | None) -> Report
         files["history.json"] = json.dumps({"error": str(exc)})
     files["operations.jsonl"] = "\n".join(json.dumps(e) for e in journal.entries(spec.scope))
     eng = docker_hosts.engines(spec)
-    for member in [*spec.etcd_names(), *spec.node_names(), spec.haproxy_member]:
+    for member, _ in spec.expected_members():
         files[f"logs/{member}.log"] = eng.of(member).logs(spec.container(member), tail=LOG_LINES)
     files["README.txt"] = (f"pgha support report of cluster {spec.scope}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.\n"
                            "Secrets are redacted; password files and private keys are not included.\n")

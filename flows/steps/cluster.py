@@ -45,15 +45,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         st.problems.append(str(exc))
     by_name = {m.name: m for m in view.members} if view else {}
 
-    expected = [(m, "etcd") for m in spec.etcd_names()] + [(m, "patroni") for m in spec.node_names()]
-    expected.append((spec.haproxy_member, "haproxy"))
-    if spec.pooler.enabled:
-        expected.append((spec.pooler_member, "pooler"))
-    if spec.fencing:
-        expected.append((spec.fencer_member, "fencer"))
-    if spec.backup.enabled and spec.backup.repo_host is not None:
-        expected.append((spec.repo_member, "repo"))
-    for member, role in expected:
+    for member, role in spec.expected_members():
         name = spec.container(member)
         ct = containers.get(name)
         state = ct.status if ct else "missing"

@@ -83,3 +83,12 @@ def test_profiles_and_overrides() -> None:
     assert (default.ttl, default.loop_wait, default.retry_timeout, default.synchronous_mode) == (30, 10, 10, False)
     tuned = parse_spec({"patroni": {"ttl": 25, "synchronous_mode": False}, "haproxy": {"rise": 2}}).timing
     assert (tuned.ttl, tuned.loop_wait, tuned.synchronous_mode, tuned.rise) == (25, 2, False, 2)
+
+
+def test_expected_members_follow_the_spec() -> None:
+    base = parse_spec({"scope": "pgha-unit-em", "nodes": 2, "etcd_members": 1, "fencing": False}, "(unit)")
+    assert base.expected_members() == [("etcd-1", "etcd"), ("pg-1", "patroni"), ("pg-2", "patroni"),
+                                       ("haproxy", "haproxy")]
+    full = parse_spec({"scope": "pgha-unit-em", "nodes": 2, "etcd_members": 1, "fencing": True,
+                       "pooler": {"enabled": True}}, "(unit)")
+    assert [r for _, r in full.expected_members()][-2:] == ["pooler", "fencer"]
