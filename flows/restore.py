@@ -107,7 +107,7 @@ def repo_sets(spec: ClusterSpec) -> list[bk.BackupSet]:
         raise StateError(f"no node of {spec.scope} is running to read its repository; `pgha up` it first")
     pbr.install_nodes(spec, True)
     leader = patroni.cluster_view(spec).leader()
-    reader = leader.name if leader is not None else nodes[0]
+    reader = pbr.runner_for(spec, leader.name if leader is not None else nodes[0])  # or the repository host
     # check forces a WAL switch and waits until it is archived: WAL up to now is restorable.
     pbr.check(spec, reader)
     return pbr.info(spec, reader)[0]
@@ -120,9 +120,11 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
         raise UsageError(when)
     if in_place == (into is not None):
         raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes, not both")
-    if bk.uses_repo_host(spec):
-        raise UsageError("point-in-time restore from a repository host (backup.repo_host) is not built yet; "
-                         "`pgha backup` and `pgha verify-restore` work with it")
+    if bk.uses_repo_host(spec) and into is not None:
+        # A cluster over hosts binds PostgreSQL's and Patroni's ports on its hosts: a second one
+        # cannot run beside it there.
+        raise UsageError("a cluster with a repository host (backup.repo_host) restores in place only "
+                         "(`--in-place --yes`): a new cluster could not bind its hosts' ports beside it")
     pbr.require_repo(spec)
     if in_place:
         eng = engines(spec)

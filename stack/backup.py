@@ -261,10 +261,13 @@ def render_scratch_conf(spec: ClusterSpec, process_max: int = 2, s3_credentials:
                         passphrase: str | None = None, conf_dir: str = "/etc", pgdata: str = PGDATA) -> str:
     """Config inside a scratch/restore container: `spec`'s repository read-only, a local PGDATA only.
 
-    The same repository options as the nodes' (path or S3, the cipher), so a scratch box reads
-    an encrypted or S3 repository exactly as the cluster writes it.
+    The same repository options as the nodes' (path, S3 or the repository host, the cipher), so a
+    scratch box reads an encrypted, S3 or remote repository exactly as the cluster writes it.
     """
-    glob = _repo_options(spec, s3_credentials, passphrase, conf_dir)
+    # With a repository host the box is one more TLS client of it (its certificates installed at
+    # the nodes' paths by tasks.pgbackrest_restore.put_conf); the repository itself is never mounted.
+    glob = (_remote_repo_options(spec, passphrase) if uses_repo_host(spec)
+            else _repo_options(spec, s3_credentials, passphrase, conf_dir))
     glob.update({"process-max": process_max, "log-level-console": "warn", "archive-mode": "off"})
     glob.pop("compress-level", None)
     return _ini([("global", glob), (spec.scope, {"pg1-path": pgdata, "pg1-socket-path": SOCKET_DIR})])

@@ -348,9 +348,11 @@ class Engine:
             old = self.find_container(name)
             if old is not None:
                 old.remove(force=True)
-            ct = self.client.containers.create(image, entrypoint=["sleep", "infinity"], name=name, hostname=name,
-                                               labels=labels(scope, role, name), network=network, mounts=mounts,
-                                               detach=True)
+            # network "host": the engine host's namespace (no hostname of its own there).
+            net: dict[str, Any] = {"network_mode": "host"} if network == "host" else {"hostname": name,
+                                                                                     "network": network}
+            ct = self.client.containers.create(image, entrypoint=["sleep", "infinity"], name=name,
+                                               labels=labels(scope, role, name), mounts=mounts, detach=True, **net)
             ct.start()
         return ct
 

@@ -17,6 +17,8 @@ from docker.types import Mount
 from tasks.docker_engine import Engine
 from tasks.node_exec import ExecResult, NodeExec
 
+HOST_NETWORK = "host"  # `network=HOST_NETWORK`: the box shares its engine host's network (many hosts)
+
 
 @dataclass
 class Scratch:

@@ -283,9 +283,10 @@ def verified(r: ExecResult) -> str:
 
 
 def verify_set_in_node(spec: ClusterSpec, member: str, label: str) -> str:
-    """`pgbackrest verify --set` run in a live node (its repository mount), before a restore."""
-    return verified(pgbackrest(spec, member, ["verify", "--output=text", "--verbose", f"--set={label}"],
-                               conf=layout.NODE_CONF, timeout=1800))
+    """`pgbackrest verify --set` run in a live node (its repository mount) or the repository host, before a restore."""
+    conf = layout.BACKUP_CONF if bk.uses_repo_host(spec) else layout.NODE_CONF
+    return verified(pgbackrest(spec, runner_for(spec, member), ["verify", "--output=text", "--verbose",
+                                                                f"--set={label}"], conf=conf, timeout=1800))
 
 
 def repo_volume_exists(spec: ClusterSpec) -> bool:
@@ -321,8 +322,8 @@ def create_stanza(spec: ClusterSpec) -> str:
 
 @task(name="pgbackrest-check", **ONCE)
 def check_archiving(spec: ClusterSpec, member: str) -> str:
-    """`pgbackrest check` in `member`: a WAL switch reaches the repository."""
-    return check(spec, member)
+    """`pgbackrest check` in `member` (or the repository host): a WAL switch reaches the repository."""
+    return check(spec, runner_for(spec, member))
 
 
 @task(name="backup-canary", **ONCE)

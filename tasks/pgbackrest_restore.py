@@ -28,7 +28,7 @@ from tasks.docker_hosts import engines
 from tasks.docker_scratch import Scratch
 from tasks.host.state import secrets_file, write_private
 from tasks.node_exec import last_lines, node
-from tasks.pgbackrest import BackupError, parse_info_json, passphrase, s3_ca, s3_credentials, verified
+from tasks.pgbackrest import BackupError, certificates, parse_info_json, passphrase, s3_ca, s3_credentials, verified
 
 ROLE_VERIFY = "verify"
 ROLE_RESTORE = "restore"
@@ -60,13 +60,15 @@ def scratch(spec: ClusterSpec, engine: Engine, name: str, image: str, role: str,
 
     With an S3 repository there is no volume to mount: the box reaches the endpoint through
     `backup.s3.network` when the spec names one (a private S3 server in a container), else
-    through its own network with a default route. Its PostgreSQL listens on no TCP address either way.
+    through its own network with a default route. With a repository host (a cluster over hosts,
+    host networking) the box shares its host's network, as the nodes do, to reach the repository
+    host's TLS server on that host's address. Its PostgreSQL listens on no TCP address either way.
     """
-    s3 = spec.backup.s3
-    read_only = {bk.repo_volume(spec): layout.REPO_MOUNT} if s3 is None else {}
+    s3, remote = spec.backup.s3, bk.uses_repo_host(spec)
+    read_only = {bk.repo_volume(spec): layout.REPO_MOUNT} if s3 is None and not remote else {}
+    network = s3.network if s3 is not None else (docker_scratch.HOST_NETWORK if remote else None)
     with docker_scratch.scratch(engine, label_scope or spec.scope, role, name, image, DATA_MOUNT, data_volume,
-                                read_only=read_only, network=s3.network if s3 is not None else None,
-                                internal=s3 is None) as s:
+                                read_only=read_only, network=network, internal=s3 is None and not remote) as s:
         yield s
 
 
@@ -77,6 +79,15 @@ def put_conf(s: Scratch, spec: ClusterSpec, process_max: int, pgdata: str = PGDA
     and S3 keys); at pgBackRest's default path, so the restore_command it writes needs no --config."""
     if (ca := s3_ca(spec)) is not None:
         s.node.put_file(f"/etc/{bk.S3_CA_FILE}", ca, 0o644)
+    if bk.uses_repo_host(spec):  # a TLS client of the repository host, with the nodes' client certificate
+        certs = certificates(spec)
+        r = s.run(["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", layout.PGBACKREST_RUN_DIR],
+                  user="root")
+        for f in ("ca.crt", "client.crt", "client.key"):
+            s.node.put_file(f"{layout.PGBACKREST_RUN_DIR}/{f}", certs[f], 0o600)
+        r = s.run(["chown", "-R", "postgres:postgres", layout.PGBACKREST_RUN_DIR], user="root") if r.ok else r
+        if not r.ok:
+            raise BackupError(f"cannot install the repository host's client certificate: {r.tail()}")
     text = bk.render_scratch_conf(spec, process_max, s3_credentials(spec), passphrase(spec), "/etc", pgdata)
     s.node.put_file(SCRATCH_CONF, text, 0o600)
     r = s.run(["chown", "postgres:postgres", SCRATCH_CONF], user="root")
@@ -249,7 +260,7 @@ def stop_nodes(spec: ClusterSpec) -> list[str]:
     """
     eng = engines(spec)
     removed = [spec.container(m) for m in [*spec.node_names(), spec.haproxy_member]
-               if eng.of(m).remove_container(spec.container(m))]
+               for e in eng.placed(m) if e.remove_container(spec.container(m))]  # HAProxy: on every host
     etcd.delete_scope_keys(spec)
     return removed
 

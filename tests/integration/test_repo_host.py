@@ -12,7 +12,9 @@ Ports: 27000-27099 (lab hosts' R/W and R/O on 127.0.0.1).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +133,43 @@ def test_backup_to_the_repo_host_and_verified_restore(lab: dict[str, object], ba
     assert not [f for f in rows.values() if f["status"] == "critical"], rows
     assert rows["backup.archiving"]["status"] == "ok" and rows["backup.full_age"]["status"] == "ok", rows
     assert rows["backup.encryption"]["status"] == "ok", rows
+
+
+def test_in_place_restore_reads_the_repo_host_over_tls(lab: dict[str, object], base_env: dict[str, str]) -> None:
+    """Point in time, in place: the restore box on h1 reads the repository host on h2 over TLS."""
+    spec = str(lab["repo_spec"])
+    h1, h2 = lab["hosts"]  # type: ignore[misc]
+
+    def q(sql: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(host="127.0.0.1", port=h1["rw_port"], user="postgres", password=_password(base_env),
+                             dbname="postgres", connect_timeout=5, autocommit=True) as c:
+            cur = c.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+    q("create table if not exists rh_pitr (tag text)")
+    q("delete from rh_pitr")
+    r = pgha(base_env, "backup", "--spec", spec, "--type", "full", "--no-verify", "--json", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    q("insert into rh_pitr values ('kept')")
+    time.sleep(1.5)
+    noted = dt.datetime.now(dt.UTC)
+    time.sleep(1.5)
+    q("insert into rh_pitr values ('discarded')")
+    repo_id = _inner(h2).containers.get(REPO).id
+    r = pgha(base_env, "restore", "--spec", spec, "--to", noted.strftime("%Y-%m-%d %H:%M:%S.%f+00"), "--in-place",
+             "--yes", "--json", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    assert res["in_place"] is True and res["timeline"] and res["timeline"] > 1, res
+    assert q("select tag from rh_pitr") == [("kept",)]
+    # The repository host was only read; h1 never got a repository volume of its own.
+    assert _inner(h2).containers.get(REPO).id == repo_id
+    assert not _inner(h1).volumes.list(filters={"name": REPO_VOLUME})
+    # --into a new scope is refused in one line: a second cluster could not bind these hosts' ports.
+    r = pgha(base_env, "restore", "--spec", spec, "--to", noted.strftime("%Y-%m-%d %H:%M:%S.%f+00"),
+             "--into", "pgha-it-repo2", timeout=120)
+    assert r.returncode != 0 and "restores in place only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr
 
 
 def test_repo_host_naming_an_unknown_host_creates_nothing(lab: dict[str, object], base_env: dict[str, str],

@@ -142,15 +142,24 @@ def test_repository_engine_and_where_repository_commands_run() -> None:
     assert engines(single).repository() is engines(single).default
 
 
-def test_restore_and_dump_refuse_a_repository_host_before_any_io() -> None:
+def test_restore_into_a_new_scope_and_dump_refuse_a_repository_host_before_any_io() -> None:
     from flows.backup import dump_preflight
     from flows.restore import preflight as restore_preflight
     from stack.errors import UsageError
 
-    with pytest.raises(UsageError, match="point-in-time restore from a repository host"):
-        restore_preflight(spec(), "2026-11-25 21:03:00+00", None, True)
+    into = parse_spec({**BASE, "scope": "rh2", "hosts": HOSTS, "backup": {"repo_host": "h2"}})
+    with pytest.raises(UsageError, match="restores in place only"):
+        restore_preflight(spec(), "2026-11-25 21:03:00+00", into, False)
     with pytest.raises(UsageError, match="with backup.repo_host they mount none"):
         dump_preflight(spec())
+
+
+def test_a_restore_box_reads_the_repository_host_over_tls_and_mounts_no_repository() -> None:
+    """The in-place restore's scratch box is one more TLS client of the repository host."""
+    g = ini(bk.render_scratch_conf(spec(), 2, None, "secret-pass-phrase", "/etc", "/d/pgdata.restored"))["global"]
+    assert g["repo1-host"] == "10.0.0.12" and g["repo1-host-type"] == "tls" and "repo1-path" not in g
+    assert g["repo1-host-key-file"] == f"{layout.PGBACKREST_RUN_DIR}/client.key"
+    assert g["repo1-cipher-pass"] == "secret-pass-phrase" and g["archive-mode"] == "off"
 
 
 def test_nodes_mount_no_repository_with_a_repository_host() -> None:
