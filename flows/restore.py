@@ -167,9 +167,19 @@ def restore_volume(source: ClusterSpec, spec: ClusterSpec, member: str, image: s
     return restore_s
 
 
+def first_node_spec(spec: ClusterSpec) -> ClusterSpec:
+    """The spec with its first node only: the state a restored cluster starts from.
+
+    Over hosts one node is an unsafe placement by design (the spec's check would refuse it, after
+    the live nodes were gone): it lasts until the same flow grows the cluster back.
+    """
+    return parse_spec({**spec.model_dump(mode="json"), "nodes": 1, "allow_unsafe_placement": True},
+                      "(restore, first node)")
+
+
 def adopt_and_grow(spec: ClusterSpec) -> ClusterStatus:
     """Bootstrap with one node (Patroni adopts the restored data directory), then grow to the spec's size."""
-    one = parse_spec({**spec.model_dump(mode="json"), "nodes": 1}, "(restore, first node)")
+    one = first_node_spec(spec)
     result = converge(one)
     if spec.nodes > 1:
         result = converge(spec)

@@ -91,3 +91,15 @@ def test_a_copy_that_dies_after_pg_ctl_returned_fails_at_once() -> None:
     with pytest.raises(BackupError, match="stopped during recovery: .*recovery ended before configured recovery target"):
         pr.start_and_recover.fn(_FakeCopy(), timeout=900)  # type: ignore[arg-type]
     assert time.monotonic() - started < 5
+
+
+def test_the_first_node_spec_of_a_safe_cluster_over_hosts_parses() -> None:
+    """A restored cluster over 3 hosts starts from one node: refused as unsafe, it left the cluster down."""
+    from flows.restore import first_node_spec
+
+    hosts = [{"name": f"h{i}", "docker": f"unix:///run/h{i}.sock", "address": f"10.0.0.{i}"} for i in (1, 2, 3)]
+    full = parse_spec({"scope": "pgha-unit-ip", "hosts": hosts, "fencing": False, "backup": {"repo_host": "h2"},
+                       "ports": {"rw": 5000, "ro": 5001, "stats": 7000}}, "(unit)")
+    one = first_node_spec(full)
+    assert one.nodes == 1 and one.host_of("pg-1") == full.host_of("pg-1") == "h1"
+    assert one.etcd_names() == full.etcd_names()
