@@ -67,6 +67,8 @@ def target_spec(source: ClusterSpec, into: str | None, given: ClusterSpec | None
         new = parse_spec(data, f"(derived from {source.scope} for --into)")
     if new.scope == source.scope:
         raise UsageError("--into must name another scope; restoring in place needs --in-place --yes")
+    if problem := bk.shared_hosts_problem(source, new):
+        raise UsageError(problem)
     return new
 
 

@@ -492,6 +492,19 @@ def in_place_problem(spec: ClusterSpec, etcd_running: int, nodes_running: int) -
     return None
 
 
+def shared_hosts_problem(source: ClusterSpec, into: ClusterSpec) -> str | None:
+    """Why `into` cannot run beside `source` (None: it can): over hosts a cluster binds PostgreSQL's
+    and Patroni's fixed ports on each of its hosts (host networking), so two cannot share a host."""
+    if source.hosts is None or into.hosts is None:
+        return None
+    shared = sorted({h.address for h in source.hosts} & {h.address for h in into.hosts})
+    if not shared:
+        return None
+    return (f"{into.scope} would run on the hosts of {source.scope} ({', '.join(shared)}), where {source.scope} "
+            "already binds PostgreSQL's and Patroni's ports; restore --into a cluster on other hosts "
+            "(--into-spec), or in place (--in-place --yes)")
+
+
 def dump_sets_to_remove(names: list[str], keep: int) -> list[str]:
     """Dump set directories (named by UTC timestamp, so they sort in time) beyond the newest `keep`."""
     ordered = sorted(n for n in names if re.fullmatch(r"\d{8}T\d{6}Z", n))

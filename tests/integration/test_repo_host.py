@@ -168,7 +168,7 @@ def test_in_place_restore_reads_the_repo_host_over_tls(lab: dict[str, object], b
     # --into a new scope is refused in one line: a second cluster could not bind these hosts' ports.
     r = pgha(base_env, "restore", "--spec", spec, "--to", noted.strftime("%Y-%m-%d %H:%M:%S.%f+00"),
              "--into", "pgha-it-repo2", timeout=120)
-    assert r.returncode != 0 and "restores in place only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+    assert r.returncode != 0 and "(--in-place --yes)" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         r.stderr
 
 

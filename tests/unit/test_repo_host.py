@@ -181,3 +181,17 @@ def test_missing_names_of_an_older_certificate() -> None:
     assert missing_names(new, ["rh-repo", "10.0.0.11", "10.0.0.12"]) == []
     old = make_certificates(parse_spec({"scope": "rh"}))["server.crt"]  # single engine: names no address
     assert missing_names(old, ["rh-repo", "10.0.0.11"]) == ["10.0.0.11"]
+
+
+def test_restore_into_a_cluster_on_the_same_hosts_is_refused() -> None:
+    from flows.restore import target_spec
+    from stack.errors import UsageError
+
+    s3 = {"s3": {"bucket": "bkt", "endpoint": "s3.local"}}
+    source = parse_spec({**BASE, "hosts": HOSTS, "backup": s3})
+    with pytest.raises(UsageError, match=r"would run on the hosts of rh \(10.0.0.11, 10.0.0.12\).*--in-place --yes"):
+        target_spec(source, "rh2", None)
+    elsewhere = [{**h, "name": f"o{i}", "address": f"10.0.1.{i}"} for i, h in enumerate(HOSTS, start=1)]
+    other = parse_spec({**BASE, "scope": "rh2", "hosts": elsewhere, "backup": s3})
+    assert target_spec(source, None, other).scope == "rh2"
+    assert bk.shared_hosts_problem(ClusterSpec(scope="solo"), ClusterSpec(scope="solo2")) is None
