@@ -20,6 +20,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.steps import preflight_once
 from flows.steps.cluster import cluster_status, store_spec, switchover, wait_healthy
+from flows.steps.converge import ensure_image_on_hosts
 from flows.steps.nodes import NodeCtx, finish_leftovers, node_ctx, recreate, roll_node, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
@@ -79,7 +80,8 @@ def versions(spec: ClusterSpec) -> dict[str, int | None]:
 
 def gather_facts(spec: ClusterSpec, target: str) -> UpgradeFacts:
     """What the pre-check judges: health, lag, the oldest transaction, the target image."""
-    env = docker_hosts.engines(spec).default.image_env(target)
+    # Where `pgha images build` puts it: this machine's engine (over hosts, the flow loads it into each).
+    env = docker_hosts.local_engine().image_env(target)
     st = cluster_status(spec)
     lag: int | None = 0
     paused = False
@@ -196,7 +198,9 @@ def upgrade(spec: ClusterSpec = ClusterSpec(), image: str = "", node_timeout_s: 
     if pending and pending.get("target") != target:
         raise StateError(f"an interrupted upgrade to {pending.get('target')} is pending; run it again with "
                          f"--image {pending.get('target')} to finish it first")
-    if pending and docker_hosts.engines(spec).default.image_env(target) is not None:
+    if pending and docker_hosts.local_engine().image_env(target) is not None:
+        if spec.hosts is not None:
+            ensure_image_on_hosts(spec, target)
         _resume_in_flight(ctx, pending)
         finish_leftovers(ctx)
         # Right after a node is put back, Patroni may take a loop to pick a synchronous
@@ -210,6 +214,8 @@ def upgrade(spec: ClusterSpec = ClusterSpec(), image: str = "", node_timeout_s: 
     else:
         preflight_once(upgrade_preflight, spec, target)
 
+    if spec.hosts is not None:
+        ensure_image_on_hosts(spec, target)  # many hosts: the target image loaded where a host lacks it
     nodes = node_facts(spec)
     previous: dict[str, str] = dict(pending.get("previous") or {}) or {n.name: n.image for n in nodes}
     before = versions(spec)
