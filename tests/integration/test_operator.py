@@ -12,6 +12,7 @@ automation are in the same module because they share the server.
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -217,12 +218,15 @@ def test_cli_runs_land_on_the_server_and_a_leader_change_triggers_an_audit(clust
     deployments = {d["name"]: d["id"] for d in api("/deployments/filter", {})}  # type: ignore[union-attr]
     audits_before = {r["id"] for r in flow_runs("health-audit") if r["deployment_id"] == deployments["default"]}
     old = leader(cluster)
+    # Only events from here on: other tests of this file change the shared cluster's leader too.
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat()
     assert ok_json(cluster, "restart", old)["switchover"].startswith(old)  # type: ignore[union-attr]
     assert run(cluster, "audit").returncode == 0  # sees the new leader: emits pgha.leader.changed
     ev: list[dict[str, object]] = []
     deadline = time.monotonic() + 60  # the server stores events asynchronously
     while not ev and time.monotonic() < deadline:
-        events = api("/events/filter", {"filter": {"event": {"name": ["pgha.leader.changed"]}}, "limit": 5})
+        events = api("/events/filter", {"filter": {"event": {"name": ["pgha.leader.changed"]},
+                                                   "occurred": {"since": since}}, "limit": 5})
         ev = [e for e in events["events"] if e["payload"].get("scope") == cluster.scope]  # type: ignore[index]
         time.sleep(1)
     assert ev and ev[0]["payload"]["old_leader"] == old, ev  # type: ignore[index]
