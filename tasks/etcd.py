@@ -37,8 +37,9 @@ def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members:
     if n is None:
         raise EtcdError("no etcd member container is running")
     # spec.tls: the CA and pgha's client certificate, the files mounted in every etcd member.
+    read = args[0] in ("endpoint", "get") or args[:2] == ["member", "list"]  # may run again if its output is cut
     return n.run(["etcdctl", f"--endpoints={endpoints(spec, members)}", f"--command-timeout={command_timeout}",
-                  *etcdctl_tls(spec), *args], timeout=timeout)
+                  *etcdctl_tls(spec), *args], timeout=timeout, retries_if_lost=2 if read else 0)
 
 
 def _ok(r: ExecResult, what: str) -> str:

@@ -4,6 +4,12 @@ Every command is bounded by `timeout` seconds inside the container (coreutils `t
 so a hung tool never hangs a flow; a failure raises `ExecError` with the command's name and
 the last lines it printed (never its arguments, which may name files but never carry a
 password: secrets reach containers only as mounted 0600 files).
+
+A busy engine can lose the end of an exec's output stream (seen here: `pgbackrest info` and
+`etcdctl endpoint health` answering nothing, exit 0, twice in a row). So every command runs
+under a small `sh` wrapper that writes its exit code last on stderr (`EXIT_MARK`): a stream
+without the mark was cut, and the result says so (`lost`, exit `EXIT_LOST`) instead of passing
+for an empty success. Reads ask again (`retries_if_lost`); a command with effects never is.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ class ExecResult:
     code: int
     out: str
     err: str
+    lost: bool = False  # the output stream ended before the command's exit mark: its output is incomplete
 
     @property
     def ok(self) -> bool:
-        return self.code == 0
+        return self.code == 0 and not self.lost
 
     def tail(self, n: int = 3) -> str:
         """The last `n` non-empty lines of stderr (else stdout), joined on one line."""
@@ -41,6 +48,22 @@ def last_lines(text: str, n: int = 3) -> str:
 
 
 EXIT_UNKNOWN = 255  # the engine never recorded the command's exit: a failure, not a success
+EXIT_LOST = 254  # the command's output was cut before its exit mark: a failure, whatever it did
+EXIT_MARK = "pgha-exec-exit:"
+# $0 names the wrapper, $1 is the timeout, the rest the command: nothing is re-quoted.
+_WRAPPER = f'n=$1; shift; timeout "$n" "$@"; rc=$?; printf "\\n{EXIT_MARK}%d\\n" "$rc" >&2; exit "$rc"'
+
+
+def split_mark(err: str) -> tuple[str, int | None]:
+    """stderr without the wrapper's exit mark, and the code the mark carries (None: no mark, cut)."""
+    at = err.rfind(f"\n{EXIT_MARK}")
+    if at < 0:
+        return err, None
+    try:
+        code = int(err[at + 1 + len(EXIT_MARK):].strip())
+    except ValueError:
+        return err, None
+    return err[:at], code
 
 
 def _exit_code(api: docker.APIClient, exec_id: str, wait_s: float = 5.0) -> int:
@@ -71,14 +94,27 @@ class NodeExec:
     def running(self) -> bool:
         return self.engine.running(self.container)
 
-    def run(self, cmd: list[str], user: str | None = None, timeout: int = 10) -> ExecResult:
-        """Run `cmd`; returns its exit code and output (a non-zero exit is not an error here)."""
+    def run(self, cmd: list[str], user: str | None = None, timeout: int = 10, retries_if_lost: int = 0) -> ExecResult:
+        """Run `cmd`; returns its exit code and output (a non-zero exit is not an error here).
+
+        `retries_if_lost`: how many times a command whose output was cut is run again — only for
+        reads, which may run twice; the last result (lost or not) is returned.
+        """
+        r = self._run_once(cmd, user, timeout)
+        for _ in range(retries_if_lost):
+            if not r.lost:
+                break
+            time.sleep(0.2)
+            r = self._run_once(cmd, user, timeout)
+        return r
+
+    def _run_once(self, cmd: list[str], user: str | None, timeout: int) -> ExecResult:
         ct = self.engine.find_container(self.container)
         if ct is None:
             raise DockerError(f"container {self.container} does not exist")
         api = ct.client.api
         try:
-            ex = api.exec_create(ct.id, ["timeout", str(timeout), *cmd], user=user or "")
+            ex = api.exec_create(ct.id, ["sh", "-c", _WRAPPER, "pgha-exec", str(timeout), *cmd], user=user or "")
             out, err = api.exec_start(ex["Id"], demux=True) or (None, None)
             code = _exit_code(api, ex["Id"])
         except docker.errors.APIError as exc:
@@ -86,8 +122,13 @@ class NodeExec:
         except requests.exceptions.RequestException as exc:
             raise DockerError(f"exec in {self.container}: its host's engine does not answer "
                               f"({type(exc).__name__})") from None
-        return ExecResult(code, out.decode(errors="replace") if out else "",
-                          err.decode(errors="replace") if err else "")
+        stdout = out.decode(errors="replace") if out else ""
+        stderr, marked = split_mark(err.decode(errors="replace") if err else "")
+        if marked is None:  # the stream ended before the mark: what came is not all there was
+            return ExecResult(code if code != 0 else EXIT_LOST, stdout,
+                              stderr + ("\n" if stderr else "") + "(the engine cut this command's output short)",
+                              lost=True)
+        return ExecResult(code, stdout, stderr)
 
     def check(self, cmd: list[str], what: str, user: str | None = None, timeout: int = 10) -> str:
         """Run `cmd` and return its stdout; raise ExecError naming `what` when it fails."""

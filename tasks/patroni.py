@@ -100,7 +100,8 @@ def request(spec: ClusterSpec, member: str, method: str, path: str, body: dict[s
         _ensure_auth(spec, member)
         cmd += ["-K", f"{layout.CONFIG_MOUNT}/{AUTH_FILE}", "-H", "Content-Type: application/json",
                 "--data-binary", json.dumps(body or {})]
-    r = n.run([*cmd, f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}{path}"], timeout=timeout + 5)
+    r = n.run([*cmd, f"{render.scheme(spec)}://localhost:{layout.PATRONI_API_PORT}{path}"], timeout=timeout + 5,
+              retries_if_lost=2 if method == "GET" else 0)  # a read may be asked again
     if not r.ok:
         raise PatroniError(f"{member}'s Patroni API does not answer {method} {path}: {r.tail(1)}")
     return _parse_reply(r.out)

@@ -185,11 +185,14 @@ def install_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
 
 # ---- commands ----
 
+READS = ("info", "check", "verify")  # commands that may run again when the engine cut their output
+
+
 def pgbackrest(spec: ClusterSpec, member: str, args: list[str], conf: str = layout.BACKUP_CONF,
                timeout: int = 120) -> ExecResult:
     """Run one pgBackRest command in a node as postgres (a non-zero exit is returned, not raised)."""
     return node(spec, member).run(["pgbackrest", f"--config={conf}", f"--stanza={spec.scope}", *args],
-                                  user="postgres", timeout=timeout)
+                                  user="postgres", timeout=timeout, retries_if_lost=2 if args[0] in READS else 0)
 
 
 def run_ok(spec: ClusterSpec, member: str, args: list[str], what: str, conf: str = layout.BACKUP_CONF,
