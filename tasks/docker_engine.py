@@ -458,7 +458,10 @@ class Engine:
         if other.has_image(tag):
             return False
         with _engine_call(f"copy image {tag} to host {other.name}"):
-            other.client.images.load(self.client.images.get(tag).save(named=True))
+            # named=tag: `named=True` names the tarball after the image's FIRST tag, which for an image with
+            # several tags (a re-tag of a running image) is not the one the host needs.
+            img = self.client.images.get(tag)
+            other.client.images.load(img.save(named=tag if tag in img.tags else True))
         return True
 
     def put_file(self, name: str, path: str, text: str, mode: int = 0o600) -> None:

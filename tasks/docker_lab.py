@@ -281,7 +281,7 @@ def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
     def loader(client: docker.DockerClient) -> Callable[[Iterator[bytes]], None]:
         return lambda chunks: client.images.load(chunks)
 
-    errors = fan_out(lambda: local_engine().client.images.get(node_image).save(named=True),
+    errors = fan_out(lambda: local_engine().client.images.get(node_image).save(named=node_image),  # this tag, not the first
                      [loader(cl) for _, cl in need])
     if errors[0] is not None:  # a failed export explains the loads' failures
         raise DockerError(f"docker save {node_image}: {str(errors[0]).splitlines()[0][:300]}")
