@@ -29,8 +29,13 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit -q
 
 IT_WORKERS ?= 2
+# A failed integration test runs once more (its module's cluster as it is) and the run lists it
+# under "rerun test summary info": these tests time real failovers and restores on a 2-core
+# machine running two files at once; a test that fails twice fails the suite.
+IT_RERUNS ?= 1
 integration: venv engine browser test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
-	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --durations=25
+	$(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --durations=25 \
+		--reruns $(IT_RERUNS) --reruns-delay 5 -rfER
 
 test-images: venv engine  ## every image the integration suite uses, built once before the workers start
 	$(PGHA) images build --spec tests/integration/specs/pg17.yaml
