@@ -11,11 +11,14 @@ command inside a container is `tasks.node_exec`; which engine runs which member 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import queue
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +55,52 @@ class Outcome(StrEnum):
 
 def labels(scope: str, role: str, member: str) -> dict[str, str]:
     return {LABEL_CLUSTER: scope, LABEL_ROLE: role, LABEL_MEMBER: member}
+
+
+def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],
+            depth: int = 16) -> list[BaseException | None]:
+    """Feed one stream of chunks to every sink at once; [the source's error, then each sink's error].
+
+    Each sink runs in its own thread and reads its own bounded queue (`depth` chunks), so the
+    slowest sink sets the pace and memory stays bounded. A sink that fails is fed no more and
+    its queue is drained, so the others go on; a source that fails ends every sink's stream early.
+    """
+    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in sinks]
+    gone = [False] * len(sinks)
+
+    def put(i: int, item: bytes | None) -> None:
+        while not gone[i]:
+            try:
+                queues[i].put(item, timeout=1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for chunk in source():
+                for i in range(len(sinks)):
+                    put(i, chunk)
+        finally:
+            for i in range(len(sinks)):
+                put(i, None)
+
+    def consume(i: int) -> None:
+        def chunks() -> Iterator[bytes]:
+            while (chunk := queues[i].get()) is not None:
+                yield chunk
+
+        try:
+            sinks[i](chunks())
+        finally:
+            gone[i] = True
+            with contextlib.suppress(queue.Empty):
+                while True:  # unblock the producer if this sink ended early
+                    queues[i].get_nowait()
+
+    with ThreadPoolExecutor(max_workers=len(sinks) + 1) as pool:
+        futures = [pool.submit(produce), *(pool.submit(consume, i) for i in range(len(sinks)))]
+    return [f.exception() for f in futures]
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -453,16 +502,24 @@ class Engine:
         except docker.errors.ImageNotFound:
             return False
 
-    def copy_image_to(self, other: Engine, tag: str) -> bool:
-        """`docker save | docker load` of `tag` from this engine into `other` (many hosts); False when there already."""
-        if other.has_image(tag):
-            return False
-        with _engine_call(f"copy image {tag} to host {other.name}"):
-            # named=tag: `named=True` names the tarball after the image's FIRST tag, which for an image with
-            # several tags (a re-tag of a running image) is not the one the host needs.
-            img = self.client.images.get(tag)
-            other.client.images.load(img.save(named=tag if tag in img.tags else True))
-        return True
+    def copy_image_to(self, others: list[Engine], tag: str) -> dict[str, bool]:
+        """`docker save | docker load` of `tag` from this engine into every engine of `others` that
+        lacks it (many hosts), from ONE export fanned out to the loads at once; {engine: loaded}."""
+        need = [o for o in others if not o.has_image(tag)]
+        if need:
+            with _engine_call(f"copy image {tag} to {', '.join(o.name for o in need)}"):
+                img = self.client.images.get(tag)
+                # named=tag: `named=True` names the tarball after the image's FIRST tag, which for an image
+                # with several tags (a re-tag of a running image) is not the one the hosts need.
+                errors = fan_out(lambda: img.save(named=tag if tag in img.tags else True),
+                                 [o.client.images.load for o in need])
+            if errors[0] is not None:
+                raise DockerError(f"docker save {tag}: {str(errors[0]).splitlines()[0][:300]}")
+            for o, exc in zip(need, errors[1:], strict=True):
+                if exc is not None or not o.has_image(tag):
+                    why = (exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)) if exc else "absent after the load"
+                    raise DockerError(f"copy image {tag} to host {o.name}: {str(why)[:300]}")
+        return {o.name: o in need for o in others}
 
     def put_file(self, name: str, path: str, text: str, mode: int = 0o600) -> None:
         """Copy `text` into a container as a root-owned file (for files no mount carries)."""

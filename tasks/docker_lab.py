@@ -13,12 +13,10 @@ below are the ones measured to work (FIELD-NOTES, 2026-11-26).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import queue
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from stack.errors import DockerError, StateError
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine
+from tasks.docker_engine import Engine, fan_out
 from tasks.docker_hosts import local_engine, port_is_free
 from tasks.host.state import state_root, write_private
 
@@ -218,52 +216,6 @@ def _has_image(client: docker.DockerClient, image: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
-
-
-def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],
-            depth: int = 16) -> list[BaseException | None]:
-    """Feed one stream of chunks to every sink at once; [the source's error, then each sink's error].
-
-    Each sink runs in its own thread and reads its own bounded queue (`depth` chunks), so the
-    slowest sink sets the pace and memory stays bounded. A sink that fails is fed no more and
-    its queue is drained, so the others go on; a source that fails ends every sink's stream early.
-    """
-    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in sinks]
-    gone = [False] * len(sinks)
-
-    def put(i: int, item: bytes | None) -> None:
-        while not gone[i]:
-            try:
-                queues[i].put(item, timeout=1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            for chunk in source():
-                for i in range(len(sinks)):
-                    put(i, chunk)
-        finally:
-            for i in range(len(sinks)):
-                put(i, None)
-
-    def consume(i: int) -> None:
-        def chunks() -> Iterator[bytes]:
-            while (chunk := queues[i].get()) is not None:
-                yield chunk
-
-        try:
-            sinks[i](chunks())
-        finally:
-            gone[i] = True
-            with contextlib.suppress(queue.Empty):
-                while True:  # unblock the producer if this sink ended early
-                    queues[i].get_nowait()
-
-    with ThreadPoolExecutor(max_workers=len(sinks) + 1) as pool:
-        futures = [pool.submit(produce), *(pool.submit(consume, i) for i in range(len(sinks)))]
-    return [f.exception() for f in futures]
 
 
 def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:

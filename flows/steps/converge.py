@@ -105,10 +105,11 @@ def ensure_image(spec: ClusterSpec) -> str:
 @task(name="ensure-image-on-hosts", **SIDE_EFFECT)
 def ensure_image_on_hosts(spec: ClusterSpec, image: str) -> dict[str, str]:
     """Many hosts: the node image, built on this machine, loaded into every host's engine that lacks it."""
-    out = {}
-    for name, engine in docker_hosts.engines(spec).by_host.items():
-        out[name] = "loaded" if docker_hosts.local_engine().copy_image_to(engine, image) else "present"
-        get_run_logger().info("image %s on host %s: %s", image, name, out[name])
+    hosts = docker_hosts.engines(spec).by_host
+    loaded = docker_hosts.local_engine().copy_image_to(list(hosts.values()), image)
+    out = {name: "loaded" if loaded[e.name] else "present" for name, e in hosts.items()}
+    for name, how in out.items():
+        get_run_logger().info("image %s on host %s: %s", image, name, how)
     return out
 
 

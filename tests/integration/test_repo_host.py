@@ -191,7 +191,7 @@ def test_rolling_upgrade_over_the_hosts(lab: dict[str, object], base_env: dict[s
         r = pgha(base_env, "upgrade", "--spec", spec, "--image", target, "--json", timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         res = json.loads(r.stdout)
-        assert sorted(row["node"] for row in res["rows"] if row["image_after"] == target) == ["pg-1", "pg-2"], res
+        assert sorted(row["node"] for row in res["rows"] if row["image after"] == target) == ["pg-1", "pg-2"], res
         for client, member in ((h1, "pg-1"), (h2, "pg-2")):
             assert client.containers.get(f"{SCOPE}-{member}").attrs["Config"]["Image"] == target, member
         host1, host2 = lab["hosts"]  # type: ignore[misc]
