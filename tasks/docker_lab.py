@@ -209,8 +209,8 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     for why in (plan.check_name(name), plan.check_hosts(n_hosts)):
         if why:
             raise StateError(why)
-    engine = local_engine()
-    c = engine.client
+    local = local_engine()
+    c = local.client
     spec_path = lab_dir(name) / "spec.yaml"
     record = status(name) if (lab_dir(name) / "lab.json").exists() else None
     if record is not None and len(record.hosts) != n_hosts:
@@ -230,7 +230,7 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     log: list[str] = []
     node_image, more = images.ensure_image(ClusterSpec())
     log += more
-    lab_image = ensure_lab_image(engine, log)
+    lab_image = ensure_lab_image(local, log)
     subnet = _ensure_network(c, name)
     hosts = []
     for i, h in enumerate(plan.host_names(n_hosts)):
