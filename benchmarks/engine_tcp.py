@@ -28,6 +28,7 @@ import yaml  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import load_spec, parse_spec  # noqa: E402
 from tasks import docker_lab, patroni  # noqa: E402
+from tasks.docker_engine import tls_client  # noqa: E402
 from tasks.docker_hosts import tls_config  # noqa: E402
 
 LAB, LAB_SCOPE, PORT_BASE = "benchtcp", "pgha-bench-tcp", 26490  # 26490-26495
@@ -56,8 +57,7 @@ def main() -> None:
         assert h1.tls is not None
         clients = {
             "unix": docker.DockerClient(base_url=h1.socket_url, timeout=30),
-            "tcp+tls": docker.DockerClient(base_url=h1.docker.replace("tcp://", "https://"),
-                                           tls=tls_config(h1.tls, h1.name), timeout=30),
+            "tcp+tls": tls_client(h1.docker.replace("tcp://", "https://"), tls_config(h1.tls, h1.name), timeout=30),
         }
         pg = f"{LAB_SCOPE}-pg-1"
         flt = {"label": f"pgha.cluster={LAB_SCOPE}"}

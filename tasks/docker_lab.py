@@ -34,7 +34,7 @@ from stack.hosts import EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine
+from tasks.docker_engine import Engine, tls_client
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.host.state import state_root, write_private
 
@@ -267,7 +267,7 @@ def _tcp_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
     def ping() -> str:
         """"ok", or why not (the wait's last state seen)."""
         try:
-            client = docker.DockerClient(base_url=url, tls=tls, timeout=5)
+            client = tls_client(url, tls, timeout=5)
             try:
                 client.ping()
             finally:
