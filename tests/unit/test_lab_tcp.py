@@ -184,3 +184,75 @@ def test_bad_engine_is_refused_before_docker() -> None:
 
     with pytest.raises(UsageError, match="--engine must be one of unix, tcp"):
         docker_lab.up("x", 2, 27200, "x", "ssh")
+
+
+class _FakeEngine:
+    """An HTTPS server on 127.0.0.1 that answers /version and /_ping like dockerd --tlsverify (client cert required)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import http.server
+        import threading
+
+        ca = lab.engine_ca("fake")
+        self.files = _files(tmp, {**lab.engine_server("fake", "h1", "10.213.5.11", ca), **lab.engine_client("fake", ca)})
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = b'{"ApiVersion": "1.41", "Version": "fake"}' if self.path.endswith("/version") else b"OK"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json" if body != b"OK" else "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.files["server.crt"], self.files["server.key"])
+        ctx.load_verify_locations(self.files["ca.crt"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tls_client_verifies_with_the_given_ca_even_with_requests_ca_bundle_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests lets REQUESTS_CA_BUNDLE replace docker-py's CA file (psf/requests#3829): pgha's client must not."""
+    import docker
+    from docker.tls import TLSConfig
+
+    from tasks.docker_engine import tls_client
+
+    engine = _FakeEngine(tmp_path)
+    try:
+        f = engine.files
+        cfg = TLSConfig(client_cert=(f["client.crt"], f["client.key"]), ca_cert=f["ca.crt"], verify=True)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi_or_system())
+        monkeypatch.setenv("CURL_CA_BUNDLE", certifi_or_system())
+        with pytest.raises(docker.errors.DockerException, match="CERTIFICATE_VERIFY_FAILED"):
+            docker.DockerClient(base_url=engine.url, tls=cfg, timeout=5)  # plain docker-py: the env's bundle wins
+        client = tls_client(engine.url, cfg, timeout=5)
+        assert client.ping() is True and client.api.api_version == "1.41"
+        client.close()
+        with pytest.raises(docker.errors.DockerException, match="(?i)certificate required|alert|reset|EOF"):
+            tls_client(engine.url, TLSConfig(ca_cert=f["ca.crt"], verify=True), timeout=5).ping()
+    finally:
+        engine.close()
+
+
+def certifi_or_system() -> str:
+    """A CA bundle that does not hold the lab CA (the system's, else certifi's)."""
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    if system.is_file():
+        return str(system)
+    import certifi
+
+    return str(certifi.where())
