@@ -17,9 +17,11 @@ NameOpt = typer.Option("lab", "--name", help="the lab's name (label pgha.lab=<na
 
 
 def _json(st: LabStatus) -> dict[str, Any]:
-    return {"name": st.name, "network": st.network, "spec": st.spec,
+    """`docker` is the engine URL the cluster's spec uses (tcp:// with `tls` files under --engine tcp)."""
+    return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine,
             "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
-                       "rw_port": h.rw_port, "ro_port": h.ro_port, "state": h.state} for h in st.hosts]}
+                       "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_port": h.engine_port,
+                       "tls": h.tls.model_dump() if h.tls else None, "state": h.state} for h in st.hosts]}
 
 
 class _Json(LabStatus):
@@ -42,11 +44,14 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
                                          help="first 127.0.0.1 port: host i gets R/W base+2(i-1), R/O the next"),
            scope: str | None = typer.Option(None, "--scope", help="the cluster's scope in the written spec "
                                                                   "(default: the lab's name)"),
+           engine: str = typer.Option("unix", "--engine",
+                                      help="how the cluster reaches each lab host's engine: unix (a socket) or tcp "
+                                           "(tcp:// + mutual TLS on 127.0.0.1, port base+2N+(i-1))"),
            as_json: bool = JsonOpt) -> Done[_Json]:
     """Create N lab hosts (each its own dockerd), load the node image, write a ready spec."""
     from tasks import docker_lab
 
-    st = docker_lab.up(name, hosts, port_base, scope or name)
+    st = docker_lab.up(name, hosts, port_base, scope or name, engine)
     return Done(_Json.model_validate(st.model_dump()))
 
 

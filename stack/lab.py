@@ -5,6 +5,13 @@ on a lab network pgha makes; the cluster's members run inside those engines with
 networking, so each lab host's address on the lab network is that "machine's" address. Each
 lab host publishes its HAProxy R/W and R/O ports on 127.0.0.1 of the real machine (distinct
 ports per host), so host-side code and tests use loopback only.
+
+How pgha reaches a lab host's engine (`--engine`): `unix` (the default) through a socket the
+lab host's dockerd makes in a directory of the real machine; `tcp` as it would a remote machine,
+over `tcp://` with mutual TLS: the lab host's dockerd also listens on 2376 with `--tlsverify`
+(a lab CA, one server certificate per lab host, one client certificate for pgha), published
+on 127.0.0.1 only at a port of its own after the R/W and R/O ports. The lab itself keeps the
+socket (image loads, waits); the cluster's spec names the tcp:// engines and the TLS files.
 """
 
 from __future__ import annotations
@@ -14,12 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stack import tls
+from stack.hosts import EngineTLS
+
 LAB_RE = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
 MAX_HOSTS = 7
 # Inside every lab host (host networking): HAProxy's R/W, R/O and stats ports. 5432 is
 # PostgreSQL's own on each host, so HAProxy takes Patroni's classic 5000/5001/7000.
 INNER_RW, INNER_RO, INNER_STATS = 5000, 5001, 7000
 FIRST_HOST_OCTET = 11  # lab host i gets <subnet>.(10+i)
+ENGINES = ("unix", "tcp")
+INNER_ENGINE = 2376  # dockerd's TLS port inside a lab host (--engine tcp)
+# In a lab host (--engine tcp): the server's TLS files, bind-mounted read-only from the lab's state dir.
+ENGINE_TLS_IN_HOST = "/etc/pgha-lab/tls"
+ENGINE_CA_DAYS = 3650
+ENGINE_LEAF_DAYS = 825
 
 
 class LabHost(BaseModel):
@@ -30,6 +46,15 @@ class LabHost(BaseModel):
     rw_port: int
     ro_port: int
     state: str = ""
+    # The lab's own way in (image loads, waits): the engine's unix socket. Empty in records
+    # written before --engine existed, where `docker` is that socket.
+    socket: str = ""
+    engine_port: int | None = None  # --engine tcp: the engine's TLS port on 127.0.0.1
+    tls: EngineTLS | None = None  # --engine tcp: pgha's client certificate for it
+
+    @property
+    def socket_url(self) -> str:
+        return self.socket or self.docker
 
 
 class LabStatus(BaseModel):
@@ -38,6 +63,7 @@ class LabStatus(BaseModel):
     subnet: str
     spec: str
     hosts: list[LabHost]
+    engine: str = "unix"
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -74,9 +100,67 @@ def network_name(lab: str) -> str:
     return f"pgha-lab-{lab}"
 
 
+def check_engine(engine: str) -> str | None:
+    if engine not in ENGINES:
+        return f"--engine must be one of {', '.join(ENGINES)}, not '{engine}'"
+    return None
+
+
 def client_ports(port_base: int, n: int) -> list[tuple[int, int]]:
     """(rw, ro) on 127.0.0.1 of the real machine for each lab host: base, base+1, base+2, ..."""
     return [(port_base + 2 * i, port_base + 2 * i + 1) for i in range(n)]
+
+
+def engine_ports(port_base: int, n: int) -> list[int]:
+    """Each lab host's engine TLS port on 127.0.0.1 (--engine tcp): after every R/W and R/O port."""
+    return [port_base + 2 * n + i for i in range(n)]
+
+
+def lab_ports(port_base: int, n: int, engine: str) -> list[int]:
+    """Every 127.0.0.1 port a lab publishes (checked free before anything is made)."""
+    ports = [p for pair in client_ports(port_base, n) for p in pair]
+    return ports + (engine_ports(port_base, n) if engine == "tcp" else [])
+
+
+def engine_url(engine: str, socket: str, engine_port: int | None) -> str:
+    """The engine URL the cluster's spec names: the socket, or tcp:// on 127.0.0.1."""
+    return f"tcp://127.0.0.1:{engine_port}" if engine == "tcp" else socket
+
+
+def dockerd_args(engine: str) -> list[str]:
+    """Extra dockerd flags for a lab host (after its unix socket, which the lab always keeps).
+
+    File paths only: the key stays in a mounted 0600 file, never in argv or the environment.
+    """
+    if engine != "tcp":
+        return []
+    d = ENGINE_TLS_IN_HOST
+    return ["-H", f"tcp://0.0.0.0:{INNER_ENGINE}", "--tlsverify", f"--tlscacert={d}/ca.crt",
+            f"--tlscert={d}/server.crt", f"--tlskey={d}/server.key"]
+
+
+def engine_server_names(address: str) -> tuple[list[str], list[str]]:
+    """(DNS, IP) names a lab host's engine certificate covers: loopback (pgha, through the
+    published port) and the host's lab address (the other lab hosts)."""
+    dns, ips = tls.split_names([address])
+    return ["localhost", *dns], ["127.0.0.1", *ips]
+
+
+def engine_ca(lab: str) -> dict[str, str]:
+    return tls.new_ca(f"pgha lab {lab} engine CA", ENGINE_CA_DAYS)
+
+
+def engine_client(lab: str, ca: dict[str, str]) -> dict[str, str]:
+    """pgha's one client certificate for every engine of the lab."""
+    crt, key = tls.issue(ca, f"pgha lab {lab} client", [], [], ENGINE_LEAF_DAYS)
+    return {"client.crt": crt, "client.key": key}
+
+
+def engine_server(lab: str, host: str, address: str, ca: dict[str, str]) -> dict[str, str]:
+    """A lab host's engine files (mounted in it): the CA that signs clients, its certificate and key."""
+    dns, ips = engine_server_names(address)
+    crt, key = tls.issue(ca, f"pgha lab {lab} {host} engine", dns, ips, ENGINE_LEAF_DAYS)
+    return {"ca.crt": ca["ca.crt"], "server.crt": crt, "server.key": key}
 
 
 def host_address(subnet: str, index: int) -> str:
@@ -108,9 +192,16 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
         "ports": {"rw": INNER_RW, "ro": INNER_RO, "stats": INNER_STATS},
         "backup": {"enabled": False},
         "fencing": False,
-        "hosts": [{"name": h.name, "docker": h.docker, "address": h.address, "client_address": "127.0.0.1",
-                   "rw_port": h.rw_port, "ro_port": h.ro_port} for h in hosts],
+        "hosts": [_host_entry(h) for h in hosts],
     }
     if n < 3:
         data["allow_unsafe_placement"] = True
     return data
+
+
+def _host_entry(h: LabHost) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": h.name, "docker": h.docker, "address": h.address, "client_address": "127.0.0.1",
+                             "rw_port": h.rw_port, "ro_port": h.ro_port}
+    if h.tls is not None:
+        entry["tls"] = h.tls.model_dump()
+    return entry

@@ -56,7 +56,8 @@ def _pem_key(key: object) -> str:
                              serialization.NoEncryption()).decode()
 
 
-def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
+def new_ca(common_name: str, days: int = CA_DAYS) -> dict[str, str]:
+    """A self-signed CA: {"ca.crt", "ca.key"} (PEM). The cluster's CA and a lab's engine CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,7 +65,7 @@ def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
 
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pgha {spec.scope} cluster CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
           .not_valid_after(now + dt.timedelta(days=days))
@@ -77,8 +78,15 @@ def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
     return {"ca.crt": ca.public_bytes(serialization.Encoding.PEM).decode(), "ca.key": _pem_key(key)}
 
 
-def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
-    """New member and client certificates signed by the cluster CA, valid `spec.tls.days`."""
+def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
+    return new_ca(f"pgha {spec.scope} cluster CA", days)
+
+
+def issue(ca_files: dict[str, str], cn: str, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
+    """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth.
+
+    Subject alternative names: `dns` as DNS names, `ips` as IP addresses (none: no SAN).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -87,37 +95,47 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
     ca = x509.load_pem_x509_certificate(ca_files["ca.crt"].encode())
     ca_key = serialization.load_pem_private_key(ca_files["ca.key"].encode(), None)
     now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+         .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         # Python 3.13's default contexts (Patroni's) verify strictly (VERIFY_X509_STRICT): key identifiers.
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)  # type: ignore[arg-type]
+         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                      crl_sign=False, content_commitment=False, data_encipherment=False,
+                                      key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
-    def leaf(cn: str, dns: list[str], ips: list[str]) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=spec.tls.days))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             # Python 3.13's default contexts (Patroni's) verify strictly (VERIFY_X509_STRICT): key identifiers.
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)  # type: ignore[arg-type]
-             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                          crl_sign=False, content_commitment=False, data_encipherment=False,
-                                          key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-        return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
-    ips, dns = ["127.0.0.1", "::1"], member_names(spec)
-    for h in spec.hosts or []:  # many hosts: members are reached at their host's address
+def split_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of `names`: an address that parses as an IP is an IP SAN."""
+    dns: list[str] = []
+    ips: list[str] = []
+    for n in names:
         try:
-            ipaddress.ip_address(h.address)
-            ips.append(h.address)
+            ipaddress.ip_address(n)
+            ips.append(n)
         except ValueError:
-            dns.append(h.address)
-    member_crt, member_key = leaf(f"{spec.scope} member", dns, ips)
-    client_crt, client_key = leaf(f"{spec.scope} pgha client", [], [])
+            dns.append(n)
+    return dns, ips
+
+
+def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """New member and client certificates signed by the cluster CA, valid `spec.tls.days`."""
+    # many hosts: members are reached at their host's address
+    host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
+    member_crt, member_key = issue(ca_files, f"{spec.scope} member", member_names(spec) + host_dns,
+                                   ["127.0.0.1", "::1", *host_ips], spec.tls.days)
+    client_crt, client_key = issue(ca_files, f"{spec.scope} pgha client", [], [], spec.tls.days)
     return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key}
 
 

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 import requests
+from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.models.containers import Container
+from docker.tls import TLSConfig
 from docker.types import Healthcheck, Mount
 
 from stack.errors import DockerError, StateError
@@ -103,6 +105,33 @@ def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterato
     return [f.exception() for f in futures]
 
 
+def tls_client(base_url: str, tls: TLSConfig, timeout: int = DOCKER_TIMEOUT) -> docker.DockerClient:
+    """A docker-py client for an engine over TLS that verifies it with `tls`'s CA, and only that.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own CA file on every
+    request (psf/requests#3829; set on many machines, this one included), so docker-py's
+    `TLSConfig(ca_cert=...)` would verify a private engine CA against the system bundle and
+    fail. The client is made with the environment off (`trust_env`; also no HTTP(S)_PROXY for
+    the engine). docker-py asks the engine's API version while the client is built, before that
+    can be set: so a first client with a placeholder version asks (`/version` is unversioned),
+    then the real one is built with the answer.
+    """
+
+    def build(version: str) -> docker.DockerClient:
+        c = docker.DockerClient(base_url=base_url, tls=tls, timeout=timeout, version=version)
+        c.api.trust_env = False
+        return c
+
+    probe = build(MINIMUM_DOCKER_API_VERSION)
+    try:
+        version = str(probe.api.version(api_version=False)["ApiVersion"])
+    except requests.exceptions.RequestException as exc:
+        raise docker.errors.DockerException(f"Error while fetching server API version: {exc}") from None
+    finally:
+        probe.close()
+    return build(version)
+
+
 def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc).splitlines()[0][:300]
 
@@ -150,6 +179,9 @@ class Engine:
         # does, without loading Prefect for read-only verbs.
         if self._host is None:
             return docker.from_env(timeout=DOCKER_TIMEOUT)
+        tls = self._host.client_kwargs.get("tls")
+        if tls is not None and self._host.base_url is not None:
+            return tls_client(self._host.base_url, tls, int(self._host.timeout or DOCKER_TIMEOUT))
         return self._host.get_client()
 
     @property

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import socket
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stack.hosts import HostSpec
+from stack.errors import SpecError
+from stack.hosts import EngineTLS, HostSpec
 from stack.spec import ClusterSpec
 from tasks.docker_engine import DOCKER_TIMEOUT, LABEL_ROLE, Engine
 from tasks.host.state import config_dir
+
+if TYPE_CHECKING:
+    from docker.tls import TLSConfig
 
 
 @lru_cache(maxsize=1)
@@ -38,14 +44,30 @@ def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str
     if url.startswith("ssh://"):
         kwargs["use_ssh_client"] = True  # the system's ssh (keys, agent, known_hosts), no paramiko
     if ca and cert and key:
-        from docker.tls import TLSConfig
-
-        kwargs["tls"] = TLSConfig(client_cert=(cert, key), ca_cert=ca, verify=True)
+        kwargs["tls"] = tls_config(EngineTLS(ca=ca, cert=cert, key=key), name)
     return Engine(name, DockerHost(base_url=url.replace("tcp://", "https://") if kwargs.get("tls") else url,
                                    timeout=DOCKER_TIMEOUT, client_kwargs=kwargs), config_volumes=True)
 
 
+def tls_config(t: EngineTLS, host: str) -> TLSConfig:
+    """docker-py's mutual TLS for a tcp:// engine: the CA verifies the engine, the client
+    certificate identifies pgha. A file that is missing or unreadable is a spec error (one line)."""
+    from docker.tls import TLSConfig
+
+    for field in ("ca", "cert", "key"):
+        path = Path(getattr(t, field)).expanduser()
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise SpecError(f"host {host}: tls.{field} {path}: {exc.strerror or 'cannot be read'}") from None
+    return TLSConfig(client_cert=(str(Path(t.cert).expanduser()), str(Path(t.key).expanduser())),
+                     ca_cert=str(Path(t.ca).expanduser()), verify=True)
+
+
 def host_engine(host: HostSpec) -> Engine:
+    if host.tls is not None:
+        tls_config(host.tls, host.name)  # a missing file is refused at every call, not only the first
     t = host.tls
     return _host_engine(host.name, host.docker, t.ca if t else None, t.cert if t else None, t.key if t else None)
 

@@ -5,7 +5,8 @@ members): the lab image, the lab network, one container per simulated host runni
 `dockerd`, the node image loaded into each, and the lab's record (`labs/<name>/lab.json`
 and the ready spec) in the state directory. Every resource carries `pgha.lab=<name>` and
 `lab down` removes exactly those. Host-side code reaches a lab host only through its engine's
-socket (a file under the state directory) and the ports it publishes on 127.0.0.1.
+socket (a file under the state directory) and the ports it publishes on 127.0.0.1: with
+`--engine tcp`, also its engine's TLS port there (the cluster's way in; the lab keeps the socket).
 
 `--privileged` fails on these machines (no CAP_SYS_RESOURCE in the bounding set); the flags
 below are the ones measured to work (FIELD-NOTES, 2026-11-26).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,18 +27,20 @@ import yaml
 from docker.types import IPAMConfig, IPAMPool, Mount
 
 from stack import lab as plan
-from stack.errors import DockerError, StateError
+from stack.errors import DockerError, StateError, UsageError
+from stack.hosts import EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine, fan_out
-from tasks.docker_hosts import local_engine, port_is_free
+from tasks.docker_engine import Engine, fan_out, tls_client
+from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.host.state import state_root, write_private
 
 LABEL_LAB = "pgha.lab"
 LAB_FILES = Path(__file__).resolve().parent.parent / "stack" / "lab"
 LAB_REPO = "pgha/lab"
 SOCKET_IN_HOST = "/run/lab"
+ENGINE_TLS = "engine-tls"  # lab_dir/engine-tls: the lab CA (its key never mounted), pgha's client files
 
 
 def lab_dir(name: str) -> Path:
@@ -46,6 +49,40 @@ def lab_dir(name: str) -> Path:
 
 def _socket_dir(name: str, host: str) -> Path:
     return lab_dir(name) / host
+
+
+def _engine_tls_dir(name: str) -> Path:
+    return lab_dir(name) / ENGINE_TLS
+
+
+def _server_tls_dir(name: str, host: str) -> Path:
+    """One lab host's engine files (CA, server certificate and key), mounted read-only in it."""
+    return _engine_tls_dir(name) / host
+
+
+def _read(d: Path, files: Iterable[str]) -> dict[str, str] | None:
+    if all((d / f).is_file() for f in files):
+        return {f: (d / f).read_text() for f in files}
+    return None
+
+
+def ensure_engine_tls(name: str, hosts: list[plan.LabHost]) -> EngineTLS:
+    """The lab's engine TLS, made once, 0600 under the lab's state dir: a lab CA, a server
+    certificate per lab host and pgha's client certificate. Returns the client's file paths."""
+    d = _engine_tls_dir(name)
+    ca = _read(d, ("ca.crt", "ca.key"))
+    if ca is None:
+        ca = plan.engine_ca(name)
+        for f, text in ca.items():
+            write_private(d / f, text)
+    if _read(d, ("client.crt", "client.key")) is None:
+        for f, text in plan.engine_client(name, ca).items():
+            write_private(d / f, text)
+    for h in hosts:
+        if _read(_server_tls_dir(name, h.name), ("ca.crt", "server.crt", "server.key")) is None:
+            for f, text in plan.engine_server(name, h.name, h.address, ca).items():
+                write_private(_server_tls_dir(name, h.name) / f, text)
+    return EngineTLS(ca=str(d / "ca.crt"), cert=str(d / "client.crt"), key=str(d / "client.key"))
 
 
 def lab_image_tag(base: str) -> str:
@@ -108,7 +145,7 @@ def _ensure_network(c: docker.DockerClient, name: str) -> str:
     raise DockerError(f"no free /24 for the lab network under 10.213.0.0/16 ({last[:200]})")
 
 
-def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str, subnet: str) -> None:
+def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str, engine: str) -> None:
     sock = _socket_dir(name, host.name)
     sock.mkdir(parents=True, exist_ok=True)
     if c.containers.list(all=True, filters={"name": f"^{host.container}$"}):
@@ -123,22 +160,29 @@ def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str,
     except docker.errors.NotFound:
         c.volumes.create(plan.volume_name(name, host.name), labels={LABEL_LAB: name})
     net = plan.network_name(name)
+    mounts = [Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
+              Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
+              # Nothing of pgha's state directory but the engine's socket: members get their config
+              # files pushed through the engine API into volumes, as on real hosts (tasks/config_volume.py).
+              Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind")]
+    bindings: dict[int, tuple[str, int]] = {plan.INNER_RW: ("127.0.0.1", host.rw_port),
+                                            plan.INNER_RO: ("127.0.0.1", host.ro_port)}
+    if engine == "tcp" and host.engine_port is not None:
+        # The engine's own TLS files (not the lab CA's key), read-only; dockerd gets their paths.
+        mounts.append(Mount(target=plan.ENGINE_TLS_IN_HOST, source=str(_server_tls_dir(name, host.name)),
+                            type="bind", read_only=True))
+        bindings[plan.INNER_ENGINE] = ("127.0.0.1", host.engine_port)
     hc = c.api.create_host_config(
         cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
-        mounts=[Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
-                Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
-                # Nothing of pgha's state directory but the engine's socket: members get their config
-                # files pushed through the engine API into volumes, as on real hosts (tasks/config_volume.py).
-                Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind")],
-        port_bindings={plan.INNER_RW: ("127.0.0.1", host.rw_port), plan.INNER_RO: ("127.0.0.1", host.ro_port)},
+        mounts=mounts, port_bindings=bindings,
     )
     # `--security-opt systempaths=unconfined` is the CLI's name for "no masked or read-only /proc paths".
     hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []
     created = c.api.create_container(
         image, name=host.container, hostname=host.name, labels={LABEL_LAB: name, "pgha.lab.host": host.name},
-        ports=[plan.INNER_RW, plan.INNER_RO], host_config=hc,
+        ports=list(bindings), host_config=hc, command=plan.dockerd_args(engine) or None,
         networking_config=c.api.create_networking_config({net: c.api.create_endpoint_config(ipv4_address=host.address)}),
     )
     c.api.start(created["Id"])
@@ -148,56 +192,95 @@ def _write_record(status: plan.LabStatus) -> None:
     write_private(lab_dir(status.name) / "lab.json", status.model_dump_json(indent=2))
 
 
-def up(name: str, n_hosts: int, port_base: int, scope: str) -> plan.LabStatus:
+def up(name: str, n_hosts: int, port_base: int, scope: str, engine: str = "unix") -> plan.LabStatus:
     """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
+    if why := plan.check_engine(engine):
+        raise UsageError(why)
     try:
-        return _up(name, n_hosts, port_base, scope)
+        return _up(name, n_hosts, port_base, scope, engine)
     except docker.errors.APIError as exc:
         raise DockerError(f"lab {name}: {str(exc.explanation or exc).splitlines()[0][:300]}") from None
 
 
-def _up(name: str, n_hosts: int, port_base: int, scope: str) -> plan.LabStatus:
+def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> plan.LabStatus:
     """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
     for why in (plan.check_name(name), plan.check_hosts(n_hosts)):
         if why:
             raise StateError(why)
-    engine = local_engine()
-    c = engine.client
+    local = local_engine()
+    c = local.client
     spec_path = lab_dir(name) / "spec.yaml"
     record = status(name) if (lab_dir(name) / "lab.json").exists() else None
     if record is not None and len(record.hosts) != n_hosts:
         raise StateError(f"lab {name} exists with {len(record.hosts)} hosts; `pgha lab down --name {name}` first")
+    if record is not None and record.engine != engine:
+        raise StateError(f"lab {name} exists with --engine {record.engine}; `pgha lab down --name {name}` first")
     ports = plan.client_ports(port_base, n_hosts)
-    if record is None:
-        for rw, ro in ports:
-            for p in (rw, ro):
-                if p > 65535 or not port_is_free(p):
-                    raise StateError(f"port {p} on 127.0.0.1 is in use (or invalid); choose another --port-base")
+    engine_ports = plan.engine_ports(port_base, n_hosts)
+    if record is not None:  # completing a lab: the ports it was made with
+        ports = [(h.rw_port, h.ro_port) for h in record.hosts]
+        engine_ports = [h.engine_port or 0 for h in record.hosts]
+    else:
+        for p in plan.lab_ports(port_base, n_hosts, engine):
+            if p > 65535 or not port_is_free(p):
+                raise StateError(f"port {p} on 127.0.0.1 is in use (or invalid); choose another --port-base")
         parse_spec({"scope": scope}, "(--scope)")  # a valid scope, before anything is made
     log: list[str] = []
     node_image, more = images.ensure_image(ClusterSpec())
     log += more
-    lab_image = ensure_lab_image(engine, log)
+    lab_image = ensure_lab_image(local, log)
     subnet = _ensure_network(c, name)
-    hosts = [plan.LabHost(name=h, container=plan.container_name(name, h),
-                          docker=f"unix://{_socket_dir(name, h) / 'docker.sock'}", address=plan.host_address(subnet, i),
-                          rw_port=ports[i][0], ro_port=ports[i][1])
-             for i, h in enumerate(plan.host_names(n_hosts))]
+    hosts = []
+    for i, h in enumerate(plan.host_names(n_hosts)):
+        sock = f"unix://{_socket_dir(name, h) / 'docker.sock'}"
+        port = engine_ports[i] if engine == "tcp" else None
+        hosts.append(plan.LabHost(name=h, container=plan.container_name(name, h), socket=sock,
+                                  docker=plan.engine_url(engine, sock, port), address=plan.host_address(subnet, i),
+                                  rw_port=ports[i][0], ro_port=ports[i][1], engine_port=port))
+    if engine == "tcp":
+        client = ensure_engine_tls(name, hosts)
+        hosts = [h.model_copy(update={"tls": client}) for h in hosts]
     with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
-        list(pool.map(lambda h: _run_host(c, name, h, lab_image, subnet), hosts))
-    result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path), hosts=hosts)
+        list(pool.map(lambda h: _run_host(c, name, h, lab_image, engine), hosts))
+    result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path),
+                            hosts=hosts, engine=engine)
     _write_record(result)
     spec_data = plan.spec_data(scope, hosts)
     parse_spec(spec_data, str(spec_path))
     write_private(spec_path, "# Written by `pgha lab up`: a cluster over the lab's hosts.\n"
                   + yaml.safe_dump(spec_data, sort_keys=False))
     _load_node_image(hosts, node_image)
+    for h in hosts:  # the cluster's way in: the spec is handed out once it answers
+        _tcp_engine_up(h)
     return status(name)
+
+
+def _tcp_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
+    """--engine tcp: wait for the engine to answer over tcp+TLS with pgha's client certificate."""
+    if host.tls is None:
+        return
+    tls = tls_config(host.tls, host.name)
+    url = host.docker.replace("tcp://", "https://")
+
+    def ping() -> str:
+        """"ok", or why not (the wait's last state seen)."""
+        try:
+            client = tls_client(url, tls, timeout=5)
+            try:
+                client.ping()
+            finally:
+                client.close()
+            return "ok"
+        except (docker.errors.DockerException, OSError) as exc:
+            return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+    wait_for(f"lab host {host.name}'s engine at {host.docker} (TLS)", ping, lambda v: v == "ok", timeout=timeout,
+             interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
 
 
 def _engine_up(host: plan.LabHost, timeout: float = 60) -> docker.DockerClient:
     """Wait for the lab host's engine to answer on its socket; a client for it (long timeout: image loads)."""
-    sock = host.docker.removeprefix("unix://")
+    sock = host.socket_url.removeprefix("unix://")
 
     def ping() -> bool:
         try:
@@ -308,6 +391,7 @@ def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
         ct.start()
         started = True
     _engine_up(host, timeout)
+    _tcp_engine_up(host, timeout)
     return started
 
 

@@ -2,8 +2,9 @@
 
 Two files that publish the same 127.0.0.1 port fail each other at random, depending on which
 worker gets there first (a CI run lost test_repo_host.py to test_backup_hardening.py this way).
-Every port number an integration file writes down (20000-29999), and every lab's client port
-range (`PORT_BASE` and two ports per host), must belong to that file alone.
+Every port number an integration file writes down (20000-29999), and every lab's port range
+(`PORT_BASE` and two client ports per host, three with `--engine tcp`: its engines' TLS ports
+follow), must belong to that file alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def _ports_of(path: Path) -> set[int]:
     base = re.search(r"^[A-Z_, ]*PORT_BASE = .*?(\d+)$", text, re.M)  # LAB, SCOPE, PORT_BASE = "x", "y", 26900
     if base is not None:
         hosts = max((int(n) for n in re.findall(r'"--hosts", "(\d+)"', text)), default=3)
-        found |= set(range(int(base.group(1)), int(base.group(1)) + 2 * hosts))
+        per_host = 3 if '"--engine", "tcp"' in text else 2
+        found |= set(range(int(base.group(1)), int(base.group(1)) + per_host * hosts))
     return found
 
 
@@ -40,3 +42,8 @@ def test_no_port_is_used_by_two_integration_files() -> None:
 def test_the_scan_sees_lab_ranges() -> None:
     lab = _ports_of(IT / "test_lab.py")
     assert {26900, 26901, 26904, 26905} <= lab
+
+
+def test_the_scan_sees_a_tcp_lab_engine_ports() -> None:
+    tcp = _ports_of(IT / "test_lab_tcp.py")
+    assert {27200, 27203, 27204, 27205} <= tcp
