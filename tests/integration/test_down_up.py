@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def test_other_postgres_password_is_refused(cluster_b: Cluster) -> None:
 def test_down_then_up_keeps_data_and_down_volumes_removes_it(cluster_b: Cluster, engine: docker.DockerClient) -> None:
     flt = {"label": f"pgha.cluster={cluster_b.scope}"}
     with rw(cluster_b) as conn:
-        conn.execute("create table kept (v text)")
+        conn.execute("create table if not exists kept (v text)")  # a rerun finds the first attempt's
+        conn.execute("delete from kept")
         conn.execute("insert into kept values ('survives down/up')")
 
     res = pgha(cluster_b.env, "down", "--spec", str(cluster_b.spec_file))
@@ -58,8 +60,12 @@ def test_down_then_up_keeps_data_and_down_volumes_removes_it(cluster_b: Cluster,
     up(cluster_b)
     with rw(cluster_b) as conn:
         assert conn.execute("select v from kept").fetchall() == [("survives down/up",)]
-    status = pgha(cluster_b.env, "status", "--scope", cluster_b.scope)
-    assert status.returncode == 0, status.stdout
+    # `up` returns once the cluster is whole; seconds later Patroni may still be choosing the
+    # synchronous standby again, which `status` reports (exit 1): it must be healthy within 60 s.
+    deadline = time.monotonic() + 60
+    while (status := pgha(cluster_b.env, "status", "--scope", cluster_b.scope)).returncode != 0:
+        assert time.monotonic() < deadline, status.stdout[-2000:] + status.stderr[-1000:]
+        time.sleep(2)
 
     res = pgha(cluster_b.env, "down", "--volumes", "--yes", "--purge-backups", "--scope", cluster_b.scope)
     assert res.returncode == 0, res.stderr
