@@ -67,10 +67,10 @@ def split_mark(err: str) -> tuple[str, int | None]:
 
 
 def _exit_code(api: docker.APIClient, exec_id: str, wait_s: float = 5.0) -> int:
-    """The exit code of a finished exec. docker-py's `exec_run` inspects once, right after the
-    output stream closes, and on a busy engine the exit is not recorded yet: its `None` read as
-    0 made an exec with no output look like a success (an empty `pgbackrest info`, an empty
-    etcd health report). Asked again until the engine has it."""
+    """The exit code of an exec whose stream lost the wrapper's mark, from the engine. docker-py's
+    `exec_run` inspects once, right after the output stream closes, and on a busy engine the exit
+    is not recorded yet: its `None` read as 0 made an exec with no output look like a success.
+    Asked again until the engine has it."""
     deadline = time.monotonic() + wait_s
     while True:
         info = api.exec_inspect(exec_id)
@@ -116,19 +116,20 @@ class NodeExec:
         try:
             ex = api.exec_create(ct.id, ["sh", "-c", _WRAPPER, "pgha-exec", str(timeout), *cmd], user=user or "")
             out, err = api.exec_start(ex["Id"], demux=True) or (None, None)
+            stdout = out.decode(errors="replace") if out else ""
+            stderr, marked = split_mark(err.decode(errors="replace") if err else "")
+            if marked is not None:  # the mark carries the exit code: the engine need not be asked
+                return ExecResult(marked, stdout, stderr)
             code = _exit_code(api, ex["Id"])
         except docker.errors.APIError as exc:
             raise DockerError(f"exec in {self.container}: {exc.explanation or exc}") from None
         except requests.exceptions.RequestException as exc:
             raise DockerError(f"exec in {self.container}: its host's engine does not answer "
                               f"({type(exc).__name__})") from None
-        stdout = out.decode(errors="replace") if out else ""
-        stderr, marked = split_mark(err.decode(errors="replace") if err else "")
-        if marked is None:  # the stream ended before the mark: what came is not all there was
-            return ExecResult(code if code != 0 else EXIT_LOST, stdout,
-                              stderr + ("\n" if stderr else "") + "(the engine cut this command's output short)",
-                              lost=True)
-        return ExecResult(code, stdout, stderr)
+        # The stream ended before the mark: what came is not all there was.
+        return ExecResult(code if code != 0 else EXIT_LOST, stdout,
+                          stderr + ("\n" if stderr else "") + "(the engine cut this command's output short)",
+                          lost=True)
 
     def check(self, cmd: list[str], what: str, user: str | None = None, timeout: int = 10) -> str:
         """Run `cmd` and return its stdout; raise ExecError naming `what` when it fails."""

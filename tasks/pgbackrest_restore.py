@@ -27,7 +27,7 @@ from tasks.docker_engine import Engine
 from tasks.docker_hosts import engines
 from tasks.docker_scratch import Scratch
 from tasks.host.state import secrets_file, write_private
-from tasks.node_exec import last_lines, node
+from tasks.node_exec import ExecResult, last_lines, node
 from tasks.pgbackrest import BackupError, certificates, parse_info_json, passphrase, s3_ca, s3_credentials, verified
 
 ROLE_VERIFY = "verify"
@@ -102,10 +102,15 @@ def repository_sets(s: Scratch, stanza: str) -> list[bk.BackupSet]:
     return parse_info_json(r.out, stanza)[0]
 
 
-def sql(s: Scratch, query: str, timeout: int = 60) -> str:
+def _psql(s: Scratch, query: str, timeout: int = 60) -> ExecResult:
     """One statement on the restored copy, over its socket as postgres (peer); unaligned output."""
-    r = s.run(["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1",
-               "-c", query], timeout=timeout)
+    return s.run(["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1",
+                  "-c", query], timeout=timeout)
+
+
+def sql(s: Scratch, query: str, timeout: int = 60) -> str:
+    """One statement on the restored copy; its output, stripped (BackupError when it fails)."""
+    r = _psql(s, query, timeout)
     if not r.ok:
         raise BackupError(f"query on the restored copy failed: {r.tail()}")
     return r.out.strip()
@@ -175,8 +180,7 @@ STOPPED = "stopped"
 
 def _recovery_state(s: Scratch, pgdata: str) -> str:
     """pg_is_in_recovery() of the copy ('t'/'f'), or STOPPED when its postmaster is gone."""
-    r = s.run(["psql", "-h", layout.SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1",
-               "-c", "select pg_is_in_recovery()"], timeout=60)
+    r = _psql(s, "select pg_is_in_recovery()")
     if r.ok:
         return r.out.strip()
     if s.run(["pg_ctl", "-D", pgdata, "status"]).code == 3:  # 3: no server running

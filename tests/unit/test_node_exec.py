@@ -19,6 +19,7 @@ class _Api:
     def __init__(self, streams: list[tuple[bytes | None, bytes | None]]) -> None:
         self.streams = streams
         self.created: list[list[str]] = []
+        self.inspected = 0
 
     def exec_create(self, _cid: str, cmd: list[str], user: str = "") -> dict[str, str]:
         self.created.append(cmd)
@@ -28,6 +29,7 @@ class _Api:
         return self.streams[len(self.created) - 1]
 
     def exec_inspect(self, _eid: str) -> dict[str, Any]:
+        self.inspected += 1
         return {"Running": False, "ExitCode": 0}
 
 
@@ -56,3 +58,9 @@ def test_a_command_with_effects_is_not_run_again() -> None:
     r = NodeExec(_Engine(api), "x").run(["curl", "-X", "POST", "x"])  # type: ignore[arg-type]
     assert not r.ok and r.lost and r.code == EXIT_LOST and "cut this command's output short" in r.err
     assert len(api.created) == 1
+
+
+def test_the_marks_code_is_the_exit_code_and_the_engine_is_not_asked() -> None:
+    api = _Api([(b"", f"bad\n\n{EXIT_MARK}3\n".encode())])
+    r = NodeExec(_Engine(api), "x").run(["false"])  # type: ignore[arg-type]
+    assert (r.code, r.err, r.lost) == (3, "bad\n", False) and api.inspected == 0
