@@ -130,7 +130,29 @@ def _any_get(spec: ClusterSpec, path: str) -> tuple[str, dict[str, Any]]:
 
 
 def cluster_view(spec: ClusterSpec) -> ClusterView:
-    return parse_cluster(_any_get(spec, "/cluster")[1])
+    """The cluster as Patroni sees it: the first running node's /cluster, or, when that view
+    lacks an expected member, the most complete view among the running nodes.
+
+    Each node answers from its own cache of the DCS, and one node's cache can lag behind (a
+    CI run saw the demoted leader's view lack the new leader for minutes): a view missing a
+    member is checked against the others before anyone waits on it.
+    """
+    expected = set(spec.node_names())
+    best: ClusterView | None = None
+    for member in spec.node_names():
+        if not node(spec, member).running():
+            continue
+        try:
+            view = parse_cluster(get_json(spec, member, "/cluster"))
+        except PatroniError:
+            continue
+        if expected <= {m.name for m in view.members}:
+            return view
+        if best is None or len(view.members) > len(best.members):
+            best = view
+    if best is None:
+        raise PatroniError("no Patroni node answers /cluster")
+    return best
 
 
 def member_status(spec: ClusterSpec, member: str) -> dict[str, Any]:

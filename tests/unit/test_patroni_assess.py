@@ -66,3 +66,32 @@ def test_replica_without_timeline_is_not_whole() -> None:
     broken = {"name": "pg-3", "role": "replica", "state": "running", "lag": 0}
     r = assess(parse_cluster(payload(LEADER, SYNC, broken)), ClusterSpec())
     assert not r.ok and r.reason == "pg-3 is running, not streaming"
+
+
+def test_a_view_lacking_a_member_is_checked_against_the_other_nodes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """pg-1's DCS cache lags (no pg-2); pg-2's view is whole and wins; a stopped node is not asked."""
+    import tasks.patroni as patroni
+
+    views = {"pg-1": payload(LEADER, REPL), "pg-2": payload(LEADER, SYNC, REPL), "pg-3": payload(LEADER)}
+    asked: list[str] = []
+
+    class _Node:
+        def __init__(self, member: str) -> None:
+            self.member = member
+
+        def running(self) -> bool:
+            return self.member != "pg-3"
+
+    def get_json(_spec: ClusterSpec, member: str, path: str) -> dict[str, object]:
+        asked.append(member)
+        return views[member]
+
+    monkeypatch.setattr(patroni, "node", lambda _spec, m: _Node(m))
+    monkeypatch.setattr(patroni, "get_json", get_json)
+    view = patroni.cluster_view(ClusterSpec())
+    assert [m.name for m in view.members] == ["pg-1", "pg-2", "pg-3"] and asked == ["pg-1", "pg-2"]
+    # Every view lacks a member (a node really is gone): the most complete one, all running nodes asked.
+    views["pg-2"] = payload(LEADER)
+    asked.clear()
+    view = patroni.cluster_view(ClusterSpec())
+    assert [m.name for m in view.members] == ["pg-1", "pg-3"] and asked == ["pg-1", "pg-2"]
