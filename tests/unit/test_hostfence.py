@@ -152,3 +152,60 @@ def test_agent_reaches_the_engine_through_a_unix_socket(unix_engine: str) -> Non
     assert got is not None and got["path"] == "/containers/many-pg-1/json"
     assert F.engine_verdict(got).dead
     assert fencer_agent.get_json("unix:///nonexistent/proxy.sock", "/_ping", 1.0) is None
+
+
+class _Ct:
+    def __init__(self, name: str, member: str) -> None:
+        self.name, self.labels = name, {"pgha.member": member, "pgha.role": "fencer"}
+
+
+class _Eng:
+    def __init__(self, cts: list[_Ct]) -> None:
+        self.cts = cts
+        self.removed: list[str] = []
+
+    def cluster_containers(self, scope: str, role: str | None = None) -> list[_Ct]:
+        assert role == "fencer"
+        return self.cts
+
+    def remove_container(self, name: str) -> bool:
+        self.removed.append(name)
+        return True
+
+
+def _ensure(monkeypatch: pytest.MonkeyPatch, s: ClusterSpec, engines: list[_Eng]) -> tuple[dict[str, str], list[str]]:
+    from flows.steps import converge
+
+    placed: list[str] = []
+
+    def place(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
+        assert role == "fencer"
+        placed.append(member)
+        return "created"
+
+    class _All:
+        def all(self) -> list[_Eng]:
+            return engines
+
+    monkeypatch.setattr(converge, "place_member", place)
+    monkeypatch.setattr(converge.docker_hosts, "engines", lambda spec: _All())
+    return converge.ensure_fencer.fn(s, "img:1", ""), placed
+
+
+def test_ensure_fencer_places_one_per_host_and_removes_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = spec(nodes=2, placement={"patroni": {"pg-1": "h1", "pg-2": "h2"}})
+    h1 = _Eng([_Ct("many-fencer-h1", "fencer-h1")])
+    h3 = _Eng([_Ct("many-fencer-h3", "fencer-h3")])  # h3 held a node before: its watcher goes
+    out, placed = _ensure(monkeypatch, s, [h1, _Eng([]), h3])
+    assert placed == ["fencer-h1", "fencer-h2"]
+    assert out == {"fencer-h1": "created", "fencer-h2": "created", "fencers removed": "removed"}
+    assert h1.removed == [] and h3.removed == ["many-fencer-h3"]
+
+
+def test_ensure_fencer_with_fencing_off_removes_every_watcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    engines = [_Eng([_Ct("many-fencer-h1", "fencer-h1")]), _Eng([_Ct("many-fencer-h2", "fencer-h2")])]
+    out, placed = _ensure(monkeypatch, spec(fencing=False), engines)
+    assert placed == [] and out == {"fencer": "removed"}
+    assert [e.removed for e in engines] == [["many-fencer-h1"], ["many-fencer-h2"]]
+    out, _ = _ensure(monkeypatch, ClusterSpec(scope="lab", fencing=False), [_Eng([])])
+    assert out == {"fencer": "unchanged"}  # the single engine's outcome row, as before
