@@ -26,7 +26,7 @@ from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
-from tasks import certs, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
+from tasks import certs, config_volume, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.docker_engine import LABEL_MEMBER
 from tasks.host import tls as host_tls
@@ -193,8 +193,14 @@ def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> dict[str, str]:
     without a node any more), found by label on every engine; {member: outcome}."""
     wanted = spec.fencer_members()
     out = {m: place_member(spec, "fencer", m, image, subnet) for m in wanted}
-    gone = [e.remove_container(str(ct.name)) for e in docker_hosts.engines(spec).all()
-            for ct in e.cluster_containers(spec.scope, "fencer") if ct.labels.get(LABEL_MEMBER) not in wanted]
+    gone: list[bool] = []
+    for e in docker_hosts.engines(spec).all():
+        for ct in e.cluster_containers(spec.scope, "fencer"):
+            if ct.labels.get(LABEL_MEMBER) in wanted:
+                continue
+            gone.append(e.remove_container(str(ct.name)))
+            if e.config_volumes:  # a host's copy of its files (pgha's etcd client key among them) goes too
+                e.remove_volume(config_volume.volume_name(str(ct.name)))
     if not wanted or any(gone):
         out[spec.fencer_member if not wanted else "fencers removed"] = "removed" if any(gone) else "unchanged"
     return out

@@ -157,6 +157,9 @@ def test_fencing_off_removes_every_watcher(fenced: dict[str, Any], base_env: dic
         try:
             left = inner.containers.list(all=True, filters={"label": [f"pgha.cluster={SCOPE}", "pgha.role=fencer"]})
             assert left == [], (host, [c.name for c in left])
+            vols = [v.name for v in inner.volumes.list(filters={"label": f"pgha.cluster={SCOPE}"})]
+            assert f"{SCOPE}-fencer-{host}-etc" not in vols, vols  # its files (the etcd client key) gone too
+            assert f"{SCOPE}-pg-{host[1]}-etc" in vols, vols  # the nodes' are not touched
         finally:
             inner.close()
     st = _status(base_env, str(fenced["spec"]))

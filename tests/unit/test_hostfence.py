@@ -160,8 +160,8 @@ class _Ct:
 
 
 class _Eng:
-    def __init__(self, cts: list[_Ct]) -> None:
-        self.cts = cts
+    def __init__(self, cts: list[_Ct], config_volumes: bool = True) -> None:
+        self.cts, self.config_volumes = cts, config_volumes
         self.removed: list[str] = []
 
     def cluster_containers(self, scope: str, role: str | None = None) -> list[_Ct]:
@@ -169,6 +169,10 @@ class _Eng:
         return self.cts
 
     def remove_container(self, name: str) -> bool:
+        self.removed.append(name)
+        return True
+
+    def remove_volume(self, name: str) -> bool:
         self.removed.append(name)
         return True
 
@@ -199,13 +203,17 @@ def test_ensure_fencer_places_one_per_host_and_removes_the_others(monkeypatch: p
     out, placed = _ensure(monkeypatch, s, [h1, _Eng([]), h3])
     assert placed == ["fencer-h1", "fencer-h2"]
     assert out == {"fencer-h1": "created", "fencer-h2": "created", "fencers removed": "removed"}
-    assert h1.removed == [] and h3.removed == ["many-fencer-h3"]
+    assert h1.removed == [] and h3.removed == ["many-fencer-h3", "many-fencer-h3-etc"]  # its files too
 
 
 def test_ensure_fencer_with_fencing_off_removes_every_watcher(monkeypatch: pytest.MonkeyPatch) -> None:
     engines = [_Eng([_Ct("many-fencer-h1", "fencer-h1")]), _Eng([_Ct("many-fencer-h2", "fencer-h2")])]
     out, placed = _ensure(monkeypatch, spec(fencing=False), engines)
     assert placed == [] and out == {"fencer": "removed"}
-    assert [e.removed for e in engines] == [["many-fencer-h1"], ["many-fencer-h2"]]
+    assert [e.removed for e in engines] == [["many-fencer-h1", "many-fencer-h1-etc"],
+                                            ["many-fencer-h2", "many-fencer-h2-etc"]]
+    local = _Eng([_Ct("lab-fencer", "fencer")], config_volumes=False)  # bind-mounts the state dir: no volume
+    out, _ = _ensure(monkeypatch, ClusterSpec(scope="lab", fencing=False), [local])
+    assert out == {"fencer": "removed"} and local.removed == ["lab-fencer"]
     out, _ = _ensure(monkeypatch, ClusterSpec(scope="lab", fencing=False), [_Eng([])])
     assert out == {"fencer": "unchanged"}  # the single engine's outcome row, as before
