@@ -123,6 +123,8 @@ def test_hard_kill_is_fenced_by_the_leaders_host_watcher(fenced: dict[str, Any],
     assert d["new_leader"] != d["old_leader"], d
     assert d["write_gap_s"] < HARD_KILL_CEILING_S, d["timeline"]
     host = parse_spec(fenced["data"]).host_of(d["old_leader"])
+    print(f"hard-kill of {d['old_leader']} on {host}, fenced: write gap {d['write_gap_s']:.2f} s, "
+          f"read gap {d['read_gap_s']:.2f} s, {d['writes_acked']} acked, 0 lost, whole after {d['whole_s']} s")
     inner = _inner(fenced, str(host))
     try:
         text = inner.containers.get(f"{SCOPE}-fencer-{host}").logs(since=int(t0)).decode(errors="replace")
@@ -133,6 +135,8 @@ def test_hard_kill_is_fenced_by_the_leaders_host_watcher(fenced: dict[str, Any],
     fenced_rows = [x for x in mine if x["outcome"] == "fenced"]
     assert fenced_rows, mine
     assert "exit code 137" in fenced_rows[0]["engine"] and f"names {d['old_leader']}" in fenced_rows[0]["key"]
+    print(f"the watcher on {host}: event {fenced_rows[0]['event']} seen {fenced_rows[0]['event_age_ms']} ms "
+          f"after the engine stamped it, fenced in {fenced_rows[0]['total_ms']} ms")
     # The old leader is back, as a streaming replica on its host; one leader.
     st = _status(base_env, spec)
     roles = {m["member"]: (m["pg_role"], m["pg_state"]) for m in st["members"] if m["role"] == "patroni"}
