@@ -2,13 +2,16 @@
 
 Per run: bootstrap both from nothing (timed), then on the lab cluster `host-loss` of the
 leader's host, of the synchronous standby's host and of the other replica's host, and a
-leader `hard-kill`; on the single-engine cluster a leader `hard-kill` (the baseline). Prints
+leader `hard-kill`; on the single-engine cluster a leader `hard-kill` (the baseline); last,
+the lab cluster converged with `fencing: true` (a watcher per host) and a leader `hard-kill`
+again (fenced vs unfenced over the same hosts; `--no-fenced` leaves it out). Prints
 every run, then medians of the write gap and the ratio to the baseline, the acknowledged
 writes lost (must be 0), the bootstrap ratio lab/single, and what the lab costs (time to
 create it, memory per lab host idle and with the cluster).
 
-Both clusters run without the fencing watcher (it watches one engine; a lost host takes its
-engine with it), so the hard-kill baseline is Patroni's ttl floor on both.
+Both clusters run without the fencing watcher until that last case, so the hard-kill
+baseline is Patroni's ttl floor on both (and a lost host takes its engine, and its watcher,
+with it: host-loss is the ttl floor either way).
 
     .venv/bin/python benchmarks/hosts.py [--runs 3] [--keep]
 """
@@ -70,6 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="leave the lab and clusters up at the end")
+    ap.add_argument("--no-fenced", action="store_true", help="skip the lab's fenced hard-kill")
     args = ap.parse_args()
     gaps: dict[str, list[float]] = {}
     lost: dict[str, int] = {}
@@ -89,6 +93,7 @@ def main() -> None:
     lab_create = time.monotonic() - t0
     idle = [_mib(h.container) for h in st.hosts]
     lab_spec = load_spec(Path(st.spec))
+    lab_fenced = parse_spec({**lab_spec.model_dump(mode="json", exclude_none=True), "fencing": True}, "(lab, fenced)")
     busy: list[float] = []
     members: list[float] = []
     try:
@@ -111,6 +116,9 @@ def main() -> None:
                    drill(lab_spec, DrillKind.HOST_LOSS, host=_host_of_role(lab_spec, "sync_standby")), i)
             record("lab: host-loss, replica's host",
                    drill(lab_spec, DrillKind.HOST_LOSS, host=_host_of_role(lab_spec, "replica")), i)
+            if not args.no_fenced:
+                bootstrap(lab_fenced)  # the same cluster, plus one fencing watcher per host
+                record("lab: hard-kill, fenced", drill(lab_fenced, DrillKind.HARD_KILL), i)
     finally:
         if not args.keep:
             docker_lab.down(LAB)

@@ -152,7 +152,8 @@ def gather_disks(spec: ClusterSpec) -> Gathered:
 
 @task(name="audit-fencing", **READ_ONLY)
 def gather_fencing(spec: ClusterSpec) -> Gathered:
-    return _safe(lambda: fencer.stats(spec) if spec.fencing else {})
+    """Every watcher's counters (with hosts: one per node's host), each read from its own container."""
+    return _safe(lambda: fencer.all_stats(spec))
 
 
 @task(name="audit-failsafe", **READ_ONLY)
@@ -234,8 +235,8 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
     if "fencing" in got:
-        stats, f_err = got["fencing"]
-        findings += A.check_fencing(stats, spec, time.time(), f_err)
+        per_member, f_err = got["fencing"]
+        findings += A.check_fencers(per_member or {}, spec, time.time(), f_err)
     if "failsafe" in got:
         fs, fs_err = got["failsafe"]
         findings += A.check_failsafe(fs[0] if fs else None, fs[1] if fs else [], spec, fs_err)

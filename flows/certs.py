@@ -58,12 +58,12 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
         docker_hosts.sync_config(spec, m)
         if m == spec.pooler_member:
             certs.reinstall(spec, m, "postgres")
-    if spec.fencing:
-        host_tls.install(spec, spec.fencer_member)
-        docker_hosts.sync_config(spec, spec.fencer_member)
-        eng = docker_hosts.engines(spec).of(spec.fencer_member)
-        eng.restart(spec.container(spec.fencer_member), timeout=1)  # the agent holds no state worth a graceful stop
-        note("fencer restarted with the new client certificate")
+    for m in spec.fencer_members():  # with hosts, one watcher per node's host
+        host_tls.install(spec, m)
+        docker_hosts.sync_config(spec, m)
+        eng = docker_hosts.engines(spec).of(m)
+        eng.restart(spec.container(m), timeout=1)  # the agent holds no state worth a graceful stop
+        note(f"{m} restarted with the new client certificate")
 
     def stale() -> list[str]:
         return [f"{m}:{port}" for m, port, st in certs.endpoints(spec) if certs.served_serial(spec, m, port, st) != new.serial]

@@ -370,7 +370,7 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
     for member, _ in spec.expected_members():
         c = by_member.get(member)
         name = spec.container(member)
-        if member == spec.fencer_member and (c is None or c.status != "running"):
+        if member in spec.fencer_members() and (c is None or c.status != "running"):
             # Without the watcher failover still works, by Patroni's ttl: a warning, not critical.
             out.append(Finding("container.running", member, Level.WARN, "missing" if c is None else c.status,
                                "running", f"fencing is off until `pgha up` starts {name}: a dead leader is "
@@ -427,20 +427,27 @@ def _role(spec: ClusterSpec, member: str) -> str:
         return "etcd"
     if member in spec.node_names():
         return "patroni"
-    return {spec.haproxy_member: "haproxy", spec.pooler_member: "pooler", spec.fencer_member: "fencer"}.get(member,
-                                                                                                         "patroni")
+    if member == spec.fencer_member or member in spec.fencer_members():
+        return "fencer"
+    return {spec.haproxy_member: "haproxy", spec.pooler_member: "pooler"}.get(member, "patroni")
 
 
 FENCER_STALE_S = 30.0  # the watcher writes its counters at least every 10 s
 
 
-def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, error: str = "") -> list[Finding]:
-    """The fencing watcher: alive (fresh heartbeat) and what it decided so far, by outcome."""
+def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, error: str = "",
+                  target: str | None = None) -> list[Finding]:
+    """A fencing watcher: alive (fresh heartbeat) and what it decided so far, by outcome.
+
+    `target`: the row's subject, the scope for the one watcher of a single engine, the watcher's
+    member (`fencer-<host>`) with `hosts` (`check_fencers`).
+    """
+    subject = target or spec.scope
     if not spec.fencing:
         return [Finding("fencing.watcher", spec.scope, Level.OK, "off (spec.fencing: false)", "",
                         "a dead leader is replaced after Patroni's ttl")]
     if stats is None:
-        return [Finding("fencing.watcher", spec.scope, Level.WARN, f"missing: {error or 'no counters'}", "running",
+        return [Finding("fencing.watcher", subject, Level.WARN, f"missing: {error or 'no counters'}", "running",
                         "failover of a dead leader falls back to Patroni's ttl; `pgha up` restarts the fencer")]
     age = now - float(stats.get("heartbeat_at") or 0)
     by = dict(stats.get("by_outcome") or {})
@@ -449,13 +456,27 @@ def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, e
     observed = (f"heartbeat {age:.0f} s ago; {int(stats.get('events') or 0)} events, fenced {fenced}"
                 + (f", skipped: {skipped}" if skipped else ""))
     lvl = Level.OK if age < FENCER_STALE_S else Level.WARN
-    out = [Finding("fencing.watcher", spec.scope, lvl, observed, f"heartbeat < {FENCER_STALE_S:.0f} s",
+    out = [Finding("fencing.watcher", subject, lvl, observed, f"heartbeat < {FENCER_STALE_S:.0f} s",
                    "" if lvl == Level.OK else "the watcher is stuck: docker logs of the fencer")]
     unreachable = int(by.get("skipped: etcd unreachable", 0)) + int(by.get("skipped: engine did not confirm", 0))
     if unreachable:
-        out.append(Finding("fencing.unconfirmed", spec.scope, Level.WARN,
+        out.append(Finding("fencing.unconfirmed", subject, Level.WARN,
                            f"{unreachable} deaths not fenced: etcd or the engine did not answer", "0",
                            "those failovers waited for Patroni's ttl"))
+    return out
+
+
+def check_fencers(per_member: dict[str, tuple[dict[str, Any] | None, str]], spec: ClusterSpec, now: float,
+                  error: str = "") -> list[Finding]:
+    """Every watcher's rows: one for the single engine's (subject: the scope), one per watched host
+    with `hosts` (subject: `fencer-<host>`). `per_member` maps member -> (counters or None, why none);
+    a watcher missing from it is reported missing with `error` (the gathering failed as a whole)."""
+    if not spec.fencing:
+        return check_fencing(None, spec, now)
+    out: list[Finding] = []
+    for m in spec.fencer_members():
+        stats, why = per_member.get(m, (None, error))
+        out += check_fencing(stats, spec, now, why, target=m if spec.multi_host else None)
     return out
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
+ENGINE_SOCKET = "/var/run/docker.sock"  # where a machine's Docker engine listens, unless `engine_socket` says
 
 # Ports a member listens on in its host's network namespace (host networking): the cluster's
 # client ports (ports.rw/ro/stats, HAProxy's) must not collide with them.
@@ -63,12 +64,21 @@ class HostSpec(_Strict):
                                                                      "(default ports.rw)")
     ro_port: int | None = Field(None, ge=1024, le=65535, description="this host's R/O port as clients reach it "
                                                                      "(default ports.ro)")
+    engine_socket: str = Field(ENGINE_SOCKET, description="the engine's unix socket on this machine (the fencing "
+                                                          "watcher mounts it read-only behind its GET-only proxy)")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not HOST_NAME_RE.match(v):
             raise ValueError(f"host name '{v}' must be lowercase letters, digits and dashes, starting with a letter")
+        return v
+
+    @field_validator("engine_socket")
+    @classmethod
+    def _socket(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError(f"engine_socket '{v}' must be an absolute path on the host (e.g. {ENGINE_SOCKET})")
         return v
 
     @field_validator("docker")
@@ -108,6 +118,16 @@ def place(members: list[str], hosts: list[str], rule: Spread | dict[str, str], r
             raise ValueError(f"placement.{role} names unknown host {bad[0]} (hosts: {', '.join(hosts)})")
         return {m: rule[m] for m in members}
     return {m: hosts[i % len(hosts)] for i, m in enumerate(members)}
+
+
+def watched_hosts(nodes_on: dict[str, str], hosts: list[str]) -> list[str]:
+    """The hosts that get a fencing watcher: every host running a Patroni node, in host order.
+
+    A watcher follows its own engine's events only (the engine that saw the container die is
+    the one that can confirm it dead), so a host without a node has nothing to watch.
+    """
+    held = set(nodes_on.values())
+    return [h for h in hosts if h in held]
 
 
 def unsafe_reason(etcd_on: dict[str, str], nodes_on: dict[str, str], hosts: list[str]) -> str | None:

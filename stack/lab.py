@@ -34,6 +34,8 @@ ENGINES = ("unix", "tcp")
 INNER_ENGINE = 2376  # dockerd's TLS port inside a lab host (--engine tcp)
 # In a lab host (--engine tcp): the server's TLS files, bind-mounted read-only from the lab's state dir.
 ENGINE_TLS_IN_HOST = "/etc/pgha-lab/tls"
+# In a lab host: its dockerd's socket (lab-entry.sh), the engine_socket a fencing watcher mounts.
+ENGINE_SOCKET_IN_HOST = "/run/lab/docker.sock"
 ENGINE_CA_DAYS = 3650
 ENGINE_LEAF_DAYS = 825
 
@@ -180,8 +182,10 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
 
     One Patroni node and one etcd member per host (an even host count leaves one host without
     etcd: etcd wants an odd membership); fewer than 3 hosts cannot survive losing one, which
-    the spec then says it accepts. Backups need S3 across hosts, and fencing watches one
-    engine: both off here.
+    the spec then says it accepts. Backups need S3 or a repository host across hosts: off here.
+    Fencing (one watcher per node's host) is off here too, so the lab's cluster holds only the
+    members the lab tests count; a spec that turns it on finds each host's `engine_socket` (the
+    lab host's dockerd socket) already set.
     """
     n = len(hosts)
     data: dict[str, Any] = {
@@ -201,7 +205,7 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
 
 def _host_entry(h: LabHost) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": h.name, "docker": h.docker, "address": h.address, "client_address": "127.0.0.1",
-                             "rw_port": h.rw_port, "ro_port": h.ro_port}
+                             "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_socket": ENGINE_SOCKET_IN_HOST}
     if h.tls is not None:
         entry["tls"] = h.tls.model_dump()
     return entry

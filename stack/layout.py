@@ -47,9 +47,14 @@ TLS_SUBDIR = "tls"  # the cluster TLS files: <state>/<scope>/tls on the host, /e
 
 # The fencing watcher: the engine's socket (mounted read-only, reached only through an HAProxy
 # inside the fencer that lets GET /_ping, /events and /containers/<id>/json through), the
-# proxy's loopback address, and the agent's counters (read by the audit).
+# proxy's loopback address, and the agent's counters (read by the audit). With `hosts` the
+# fencer shares its host's network namespace, whose loopback is the machine's: there the proxy
+# listens on a unix socket in the fencer's private tmpfs instead (nothing else on the host
+# reaches it, and no port can collide).
 DOCKER_SOCKET = "/var/run/docker.sock"
 FENCER_PROXY = "127.0.0.1:2375"
+FENCER_PROXY_DIR = f"{RUN_DIR}/engine"
+FENCER_PROXY_SOCKET = f"{FENCER_PROXY_DIR}/proxy.sock"
 FENCER_STATS = f"{RUN_DIR}/fencer-stats.json"
 
 # Users the cluster creates; the superuser name is the seed's (`postgres`).

@@ -435,9 +435,6 @@ class ClusterSpec(_Strict):
                              "the volume repository lives on one engine); set one, or backup.enabled: false")
         if self.pooler.enabled:
             raise ValueError("pooler.enabled is not supported with hosts yet")
-        if self.fencing:
-            raise ValueError("fencing watches one engine; with hosts set fencing: false (a lost host takes its "
-                             "engine with it: Patroni's ttl is the floor)")
         return self
 
     @model_validator(mode="after")
@@ -481,6 +478,8 @@ class ClusterSpec(_Strict):
             return hostplan.place(self.node_names(), names, self.placement.patroni, "patroni")[member]
         if member == self.repo_member and self.backup.repo_host is not None:
             return self.backup.repo_host
+        if (watched := self.fencer_hosts().get(member)) is not None:
+            return watched
         return names[0]
 
     def address(self, member: str) -> str:
@@ -523,8 +522,7 @@ class ClusterSpec(_Strict):
         out.append((self.haproxy_member, "haproxy"))
         if self.pooler.enabled:
             out.append((self.pooler_member, "pooler"))
-        if self.fencing:
-            out.append((self.fencer_member, "fencer"))
+        out += [(m, "fencer") for m in self.fencer_members()]
         if self.backup.enabled and self.backup.repo_host is not None:
             out.append((self.repo_member, "repo"))
         return out
@@ -547,7 +545,24 @@ class ClusterSpec(_Strict):
 
     @property
     def fencer_member(self) -> str:
+        """The fencing watcher of the local engine (without `hosts`); see `fencer_members`."""
         return "fencer"
+
+    def fencer_hosts(self) -> dict[str, str]:
+        """Many hosts: fencing watcher member -> the host it watches (`fencer-<host>`, one per host
+        running a Patroni node). Empty without hosts or with fencing off."""
+        if self.hosts is None or not self.fencing:
+            return {}
+        names = [h.name for h in self.hosts]
+        nodes_on = hostplan.place(self.node_names(), names, self.placement.patroni, "patroni")
+        return {f"{self.fencer_member}-{h}": h for h in hostplan.watched_hosts(nodes_on, names)}
+
+    def fencer_members(self) -> list[str]:
+        """Every fencing watcher the spec runs: `fencer` on the local engine, one per node's host
+        with `hosts`, none with fencing off."""
+        if not self.fencing:
+            return []
+        return list(self.fencer_hosts()) if self.hosts is not None else [self.fencer_member]
 
     @property
     def repo_member(self) -> str:

@@ -237,26 +237,33 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
 def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
     """The fencing agent's configuration; the one place its etcd URLs and credentials are built.
 
-    With spec.tls, https URLs and the CA plus pgha's client certificate, copied by FENCER_START
-    to /run/pgha/tls for the agent's user.
+    etcd is reached as Patroni reaches it (`render.etcd_hosts`: the members' container names on
+    the cluster network, or with `hosts` their hosts' addresses). With spec.tls, https URLs and
+    the CA plus pgha's client certificate, copied by FENCER_START to /run/pgha/tls for the
+    agent's user. The engine: the fencer's own socket proxy (a unix socket with `hosts`, see
+    `stack.layout`). Every watcher of a cluster has the same configuration: each follows the
+    engine whose socket its host mounted into it.
     """
+    docker_url = f"unix://{layout.FENCER_PROXY_SOCKET}" if spec.multi_host else f"http://{layout.FENCER_PROXY}"
     return fencing.FencerConfig(
         scope=spec.scope,
         leader_key=fencing.leader_key(layout.PATRONI_NAMESPACE, spec.scope),
-        etcd_urls=[f"{render.scheme(spec)}://{spec.container(m)}:{layout.ETCD_CLIENT_PORT}" for m in spec.etcd_names()],
-        docker_url=f"http://{layout.FENCER_PROXY}",
+        etcd_urls=[f"{render.scheme(spec)}://{h}" for h in render.etcd_hosts(spec)],
+        docker_url=docker_url,
         stats_file=layout.FENCER_STATS,
         etcd_tls={"ca": tls.CA, "cert": tls.CLIENT_CERT, "key": tls.CLIENT_KEY} if spec.tls.enabled else None,
     )
 
 
-def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET) -> str:
+def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET, unix: bool = False) -> str:
     """HAProxy in front of the engine's socket: only GET of /_ping, /events and /containers/<id>/json.
 
     Everything else (POST, DELETE, exec, create, kill, other paths) gets 403 before it reaches
-    the engine. It listens on the fencer's loopback only.
+    the engine. It listens on the fencer's loopback only, or (`unix`, the host-network fencer
+    of `hosts`) on a socket in the fencer's private /run/pgha that only the agent's user opens.
     """
     allowed = r"^(/v[0-9.]+)?/(_ping|events|containers/[A-Za-z0-9_.-]+/json)$"
+    bind = f"{layout.FENCER_PROXY_SOCKET} mode 600 user nobody" if unix else layout.FENCER_PROXY
     return "\n".join([
         render.HAPROXY_BANNER,
         "global",
@@ -267,7 +274,7 @@ def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET) -> str:
         "    timeout client 1h",
         "    timeout server 1h",
         "frontend engine",
-        f"    bind {layout.FENCER_PROXY}",
+        f"    bind {bind}",
         f"    http-request deny deny_status 403 unless {{ method GET }} {{ path_reg {allowed} }}",
         "    default_backend socket",
         "backend socket",
@@ -292,27 +299,35 @@ if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and pgha's etcd client certifi
   install -d -m 0711 /run/pgha/tls  # root's: it writes into it without DAC_OVERRIDE; the files are nobody's
   for f in ca.crt client.crt client.key; do install -o nobody -g nogroup -m 0600 "/etc/pgha/tls/$f" /run/pgha/tls/; done
 fi
+install -d -m 0711 /run/pgha/engine  # root's: the proxy's unix socket (hosts), nobody's by its bind
 chown nobody:nogroup /run/pgha && chmod 0711 /run/pgha
 haproxy -D -f /etc/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
 """
 
 
-def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, str]) -> Planned:
+def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, str],
+           member: str | None = None) -> Planned:
     """The fencing watcher of one engine: pgha's image, the engine's socket read-only behind a proxy.
 
-    `agent_files` are the agent's sources (fencer.py, fencing.py), read by the caller.
+    `agent_files` are the agent's sources (fencer.py, fencing.py), read by the caller. With
+    `hosts`, `member` is one of `spec.fencer_members()` (`fencer-<host>`): host networking like
+    every member there (it reaches etcd at the hosts' addresses), the socket that host's
+    `engine_socket` names, and the proxy on a unix socket (`stack.layout` says why).
     """
-    files = {**agent_files, "fencer.json": fencer_config(spec).to_json(), "sockproxy.cfg": render_socket_proxy(),
-             "fencer.sh": FENCER_START}
-    binds = {layout.DOCKER_SOCKET: layout.DOCKER_SOCKET}
-    member = spec.fencer_member
+    member = member or spec.fencer_member
+    host = spec.fencer_hosts().get(member)
+    socket = spec.host_named(host).engine_socket if host is not None else layout.DOCKER_SOCKET
+    files = {**agent_files, "fencer.json": fencer_config(spec).to_json(),
+             "sockproxy.cfg": render_socket_proxy(unix=spec.multi_host), "fencer.sh": FENCER_START}
+    binds = {socket: layout.DOCKER_SOCKET}
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[], config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds),
             config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
+            host_network=spec.multi_host,
         ),
         files=files,
     ))

@@ -87,6 +87,8 @@ class ClusterEngines:
                 self._by_member[m] = self.by_host[str(spec.host_of(m))]
             if spec.backup.repo_host is not None:
                 self._by_member[spec.repo_member] = self.by_host[spec.backup.repo_host]
+            for m, h in spec.fencer_hosts().items():  # one fencing watcher per node's host
+                self._by_member[m] = self.by_host[h]
 
     def of(self, member: str) -> Engine:
         return self._by_member.get(member, self.default)

@@ -23,9 +23,13 @@ def agent_files() -> dict[str, str]:
     return {"fencer.py": Path(fencer_agent.__file__).read_text(), "fencing.py": Path(fencing.__file__).read_text()}
 
 
-def stats(spec: ClusterSpec) -> dict[str, Any]:
-    """The running fencer's counters (heartbeat, events, decisions by outcome); raises when it has none."""
-    n = node(spec, spec.fencer_member)
+def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
+    """A running fencer's counters (heartbeat, events, decisions by outcome); raises when it has none.
+
+    `member`: one of `spec.fencer_members()` (with `hosts`, one watcher per node's host); default
+    the local engine's `fencer`.
+    """
+    n = node(spec, member or spec.fencer_member)
     if not n.running():
         raise PghaError(f"the fencer {n.container} is not running")
     r = n.run(["cat", layout.FENCER_STATS], timeout=5)
@@ -37,9 +41,20 @@ def stats(spec: ClusterSpec) -> dict[str, Any]:
         raise PghaError("the fencer's counters are not JSON") from None
 
 
-def decisions(spec: ClusterSpec, since: float | None = None) -> list[dict[str, Any]]:
-    """The decisions the fencer logged (one JSON object per event), oldest first."""
-    text = node(spec, spec.fencer_member).logs(tail=500, since=since)
+def all_stats(spec: ClusterSpec) -> dict[str, tuple[dict[str, Any] | None, str]]:
+    """Every watcher's counters, or why there are none: {member: (stats, error)} (the audit's rows)."""
+    out: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    for m in spec.fencer_members():
+        try:
+            out[m] = (stats(spec, m), "")
+        except PghaError as exc:
+            out[m] = (None, str(exc).splitlines()[0])
+    return out
+
+
+def decisions(spec: ClusterSpec, since: float | None = None, member: str | None = None) -> list[dict[str, Any]]:
+    """The decisions a fencer logged (one JSON object per event), oldest first."""
+    text = node(spec, member or spec.fencer_member).logs(tail=500, since=since)
     out: list[dict[str, Any]] = []
     for line in text.splitlines():
         line = line.strip()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -34,8 +35,29 @@ def log(**fields: Any) -> None:
     print(json.dumps({"t": round(time.time(), 3), **fields}, sort_keys=True), flush=True)
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: the socket proxy of a host-network fencer (`hosts`)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.unix_path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
 def _conn(url: str, timeout: float, tls: ssl.SSLContext | None = None) -> tuple[http.client.HTTPConnection, str]:
+    """A connection and the path prefix for `url`: http(s)://host:port/prefix or unix:///path/to.sock."""
     u = urllib.parse.urlsplit(url)
+    if u.scheme == "unix":
+        return UnixHTTPConnection(u.path, timeout), ""
     if u.scheme == "https":
         return http.client.HTTPSConnection(u.hostname or "", u.port or 443, timeout=timeout, context=tls), u.path
     return http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout), u.path

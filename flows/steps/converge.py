@@ -26,8 +26,9 @@ from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
-from tasks import certs, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
+from tasks import certs, config_volume, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.docker_engine import LABEL_MEMBER
 from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import cluster_dir, config_dir, removed_dirs, secrets_file, write_private
@@ -150,7 +151,7 @@ def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: 
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
     elif role == "fencer":
-        planned = topology.fencer(spec, image, conf, fencer.agent_files())
+        planned = topology.fencer(spec, image, conf, fencer.agent_files(), member)
     else:
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
@@ -186,12 +187,23 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
 
 
 @task(name="ensure-fencer", **SIDE_EFFECT)
-def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> str:
-    """The fencing watcher runs when `spec.fencing`, else is removed (one per engine once members span hosts)."""
-    if spec.fencing:
-        return place_member(spec, "fencer", spec.fencer_member, image, subnet)
-    gone = [e.remove_container(spec.container(spec.fencer_member)) for e in docker_hosts.engines(spec).all()]
-    return "removed" if any(gone) else "unchanged"
+def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> dict[str, str]:
+    """The fencing watchers run when `spec.fencing` (one per engine: with `hosts`, one on every host
+    running a Patroni node), and any other fencer of the cluster is removed (fencing off, a host
+    without a node any more), found by label on every engine; {member: outcome}."""
+    wanted = spec.fencer_members()
+    out = {m: place_member(spec, "fencer", m, image, subnet) for m in wanted}
+    gone: list[bool] = []
+    for e in docker_hosts.engines(spec).all():
+        for ct in e.cluster_containers(spec.scope, "fencer"):
+            if ct.labels.get(LABEL_MEMBER) in wanted:
+                continue
+            gone.append(e.remove_container(str(ct.name)))
+            if e.config_volumes:  # a host's copy of its files (pgha's etcd client key among them) goes too
+                e.remove_volume(config_volume.volume_name(str(ct.name)))
+    if not wanted or any(gone):
+        out[spec.fencer_member if not wanted else "fencers removed"] = "removed" if any(gone) else "unchanged"
+    return out
 
 
 @task(name="ensure-failsafe", **SIDE_EFFECT)
@@ -300,7 +312,7 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     fencer_run = ensure_fencer.submit(spec, image, subnet)
     view = patroni.wait_whole(spec)
     outcomes[spec.haproxy_member] = haproxy_run.result()
-    outcomes[spec.fencer_member] = fencer_run.result()
+    outcomes.update(fencer_run.result())
     outcomes["failsafe_mode"] = ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)

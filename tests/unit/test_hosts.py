@@ -76,7 +76,7 @@ def test_members_use_host_networking_and_haproxy_publishes_nothing() -> None:
     ({"hosts": HOSTS[:2], "allow_unsafe_placement": True}, "etcd-1 and etcd-3 are both on host h1"),
     ({"hosts": HOSTS, "ports": {"rw": 5432, "ro": 5001, "stats": 7000}}, "ports.rw 5432 is PostgreSQL's port"),
     ({"hosts": HOSTS, "backup": {"enabled": True}}, "backup over several hosts needs backup.s3"),
-    ({"hosts": HOSTS, "fencing": True}, "fencing watches one engine"),
+    ({"hosts": [{**HOSTS[0], "engine_socket": "run/docker.sock"}, *HOSTS[1:]]}, "must be an absolute path"),
     ({"hosts": [{**HOSTS[0], "docker": "http://h1:2375"}]}, "must start with one of unix://, tcp://, ssh://"),
     ({"hosts": HOSTS, "placement": {"etcd": {"etcd-1": "h1", "etcd-2": "h9", "etcd-3": "h3"}}}, "unknown host h9"),
     ({"hosts": [{**HOSTS[0], "tls": {"ca": "a", "cert": "b", "key": "-----BEGIN PRIVATE KEY-----"}}, *HOSTS[1:]]},
