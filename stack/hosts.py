@@ -92,29 +92,33 @@ def _ssh_quote(value: str) -> str:
     return '"' + value.replace("%", "%%") + '"'
 
 
-def ssh_control_path(directory: str, url: str, ssh: EngineSSH) -> str | None:
+def ssh_control_path(directory: str, url: str, ssh: EngineSSH | None) -> str | None:
     """The ControlMaster socket for one engine URL *and* credentials: a spec naming another key or
     known_hosts never rides a master authenticated with different ones. None when too long."""
-    digest = hashlib.sha256("\0".join((url, ssh.key, ssh.known_hosts)).encode()).hexdigest()[:16]
+    creds = (ssh.key, ssh.known_hosts) if ssh is not None else ("(ssh setup)", "")
+    digest = hashlib.sha256("\0".join((url, *creds)).encode()).hexdigest()[:16]
     path = f"{directory.rstrip('/')}/{digest}"
     return path if len(path.encode()) <= SSH_CONTROL_PATH_MAX else None
 
 
-def ssh_argv(url: str, ssh: EngineSSH, command: list[str], control_path: str | None = None) -> list[str]:
+def ssh_argv(url: str, ssh: EngineSSH | None, command: list[str], control_path: str | None = None) -> list[str]:
     """The system ssh's argv for an ssh:// engine: only the spec's key, only its known_hosts,
     host key checked strictly, never a prompt (BatchMode), no ~/.ssh/config (`-F none`).
 
+    Without an `ssh:` block (`ssh` None) the user's own ssh setup decides the key and the
+    known_hosts (config, agent), still never prompting and never accepting an unknown host key.
     With `control_path`, connections share one master (ControlMaster=auto, ControlPersist
     bounded); without, every connection is a full ssh login.
     """
     user, host, port = ssh_target(url)
-    argv = ["ssh", "-F", "none", "-i", ssh.key.replace("%", "%%"),
-            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={_ssh_quote(ssh.known_hosts)}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
-            "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
-            "-o", "LogLevel=ERROR"]
+    argv = ["ssh"]
+    if ssh is not None:
+        argv += ["-F", "none", "-i", ssh.key.replace("%", "%%"), "-o", "IdentitiesOnly=yes",
+                 "-o", "IdentityAgent=none", "-o", f"UserKnownHostsFile={_ssh_quote(ssh.known_hosts)}",
+                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no"]
+    argv += ["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no", "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
+             "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
     if control_path:
         argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_ssh_quote(control_path)}",
                  "-o", f"ControlPersist={SSH_CONTROL_PERSIST}"]

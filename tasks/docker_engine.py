@@ -168,7 +168,7 @@ def ssh_control_dir() -> Path:
     return d
 
 
-def ssh_command(url: str, ssh: EngineSSH, command: list[str], multiplex: bool = True) -> list[str]:
+def ssh_command(url: str, ssh: EngineSSH | None, command: list[str], multiplex: bool = True) -> list[str]:
     """The system ssh's argv to run `command` on an ssh:// engine's host (see stack.hosts.ssh_argv)."""
     control = ssh_control_path(str(ssh_control_dir()), url, ssh) if multiplex else None
     return ssh_argv(url, ssh, command, control)
@@ -324,7 +324,7 @@ def _close_ssh_adapters() -> None:
             adapter.close()
 
 
-def ssh_probe(url: str, ssh: EngineSSH, host: str, multiplex: bool = True) -> str:
+def ssh_probe(url: str, ssh: EngineSSH | None, host: str, multiplex: bool = True) -> str:
     """The engine's API version, asked over ssh (`docker version` on the host); else one line
     naming the host, the URL, the key and known_hosts tried and ssh's own reason."""
     argv = ssh_command(url, ssh, ["docker", "version", "--format", "'{{.Server.APIVersion}}'"], multiplex)
@@ -341,11 +341,12 @@ def ssh_probe(url: str, ssh: EngineSSH, host: str, multiplex: bool = True) -> st
             return version
         lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
         reason = (lines[-1] if lines else f"ssh exited {r.returncode}")[:200]
-    raise DockerError(f"no Docker engine answers at {url} (host {host}): ssh with key {ssh.key} and known_hosts "
-                      f"{ssh.known_hosts}: {reason}")
+    tried = (f"ssh with key {ssh.key} and known_hosts {ssh.known_hosts}" if ssh is not None
+             else "ssh with the user's ssh setup (no ssh: block)")
+    raise DockerError(f"no Docker engine answers at {url} (host {host}): {tried}: {reason}")
 
 
-def ssh_client(url: str, ssh: EngineSSH, host: str, timeout: int = DOCKER_TIMEOUT, multiplex: bool = True,
+def ssh_client(url: str, ssh: EngineSSH | None, host: str, timeout: int = DOCKER_TIMEOUT, multiplex: bool = True,
                keep: bool = True) -> docker.DockerClient:
     """A docker-py client for an ssh:// engine through the system ssh with pgha's argv.
 
@@ -368,7 +369,7 @@ def ssh_transport_client(argv: list[str], timeout: int, version: str, keep: bool
     return client
 
 
-def ssh_end_master(url: str, ssh: EngineSSH) -> bool:
+def ssh_end_master(url: str, ssh: EngineSSH | None) -> bool:
     """End the ControlPersist master for this engine and these credentials, if one runs (`lab down`)."""
     control = ssh_control_path(str(ssh_control_dir()), url, ssh)
     if control is None or not Path(control).exists():
@@ -400,7 +401,7 @@ class Engine:
                  ssh: EngineSSH | None = None) -> None:
         self.name = name
         self._host = host
-        self.ssh = ssh  # an ssh:// engine's key and known_hosts (the spec's `ssh:` block)
+        self.ssh = ssh  # an ssh:// engine's key and known_hosts (the spec's `ssh:` block; None: the user's)
         # An engine of `hosts:` (another machine): members mount a config volume filled through
         # the API (`push_config`), not a directory of this machine (tasks/config_volume.py).
         self.config_volumes = config_volumes
@@ -429,7 +430,7 @@ class Engine:
         # does, without loading Prefect for read-only verbs.
         if self._host is None:
             return docker.from_env(timeout=DOCKER_TIMEOUT)
-        if self.ssh is not None and self._host.base_url is not None:
+        if self._host.base_url is not None and self._host.base_url.startswith("ssh://"):
             return ssh_client(self._host.base_url, self.ssh, self.name, int(self._host.timeout or DOCKER_TIMEOUT))
         tls = self._host.client_kwargs.get("tls")
         if tls is not None and self._host.base_url is not None:

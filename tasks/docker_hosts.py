@@ -2,7 +2,8 @@
 
 Without `hosts` every member runs on the local engine (DOCKER_HOST or the default socket).
 With `hosts` (stack/hosts.py), each host is one `Engine` (one prefect-docker `DockerHost`:
-unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client), and
+unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client with the
+spec's key and known_hosts), and
 `placement` says which member runs where; HAProxy runs on every host.
 
 Every engine of `hosts:` gets its members' config files through the engine API (a config
@@ -42,10 +43,8 @@ def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str
     from prefect_docker import DockerHost
 
     kwargs: dict[str, object] = {}
-    if url.startswith("ssh://"):
-        # The system's ssh, no paramiko: with the spec's `ssh:` files through pgha's own argv
-        # (tasks.docker_engine.ssh_client), else the user's ssh setup as docker-py runs it.
-        kwargs["use_ssh_client"] = True
+    # ssh://: the system's ssh through pgha's own transport (tasks.docker_engine.ssh_client), with
+    # the spec's `ssh:` files, else the user's ssh setup; never docker-py's (it needs paramiko).
     if ca and cert and key:
         kwargs["tls"] = tls_config(EngineTLS(ca=ca, cert=cert, key=key), name)
     return Engine(name, DockerHost(base_url=url.replace("tcp://", "https://") if kwargs.get("tls") else url,

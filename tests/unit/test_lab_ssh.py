@@ -227,3 +227,34 @@ def test_a_dead_ssh_process_is_replaced_and_closed_ones_are_reaped(tmp_path: Pat
     live = [c.sock.proc for c in pool.pool.queue if c is not None and c.sock is not None]
     client.close()
     assert live and all(p.poll() is not None for p in live)  # reaped, no zombie left behind
+
+
+def test_without_an_ssh_block_the_users_setup_decides_but_never_a_prompt_or_an_unknown_host() -> None:
+    argv = ssh_argv("ssh://ops@db-a", None, ["docker", "system", "dial-stdio"])
+    assert "-F" not in argv and "-i" not in argv and "IdentitiesOnly=yes" not in argv
+    assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
+    assert argv[-6:] == ["-l", "ops", "--", "db-a", "docker", "system", "dial-stdio"][-6:]
+
+
+@pytest.mark.parametrize("multiplex", [False, True])
+def test_an_engine_nobody_answers_is_one_line_naming_host_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    multiplex: bool) -> None:
+    """The real ssh client (no sshd needed): it accepts every option pgha gives, and its own
+    reason ends the one line (27399: this file's integration port range, nothing listens)."""
+    from stack.errors import DockerError
+    from tasks.docker_engine import ssh_probe
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path / "state"))
+    key, kh = tmp_path / "id", tmp_path / "known_hosts"
+    key.write_text(lab.ssh_keypair("t")[0])
+    key.chmod(0o600)
+    kh.write_text("")
+    url = "ssh://root@127.0.0.1:27399"
+    with pytest.raises(DockerError) as exc:
+        ssh_probe(url, EngineSSH(key=str(key), known_hosts=str(kh)), "h9", multiplex=multiplex)
+    msg = str(exc.value)
+    assert msg.startswith(f"no Docker engine answers at {url} (host h9): ssh with key {key} and known_hosts {kh}: ")
+    assert msg.endswith("Connection refused") and "\n" not in msg, msg
+    if multiplex:
+        control = tmp_path / "state" / "ssh"
+        assert stat.S_IMODE(control.stat().st_mode) == 0o700 and list(control.iterdir()) == []
