@@ -39,7 +39,7 @@ import yaml  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import load_spec, parse_spec  # noqa: E402
 from tasks import docker_lab, patroni  # noqa: E402
-from tasks.docker_engine import SSH_DIAL, ssh_client, ssh_command, ssh_end_master, ssh_probe, ssh_transport_client  # noqa: E402, E501
+from tasks.docker_engine import SSH_DIAL, ssh_client, ssh_command, ssh_probe, ssh_transport_client  # noqa: E402, E501
 
 LAB, LAB_SCOPE, PORT_BASE = "benchssh", "pgha-bench-ssh", 26480  # 26480-26485
 
@@ -139,10 +139,7 @@ def main() -> None:
             print(f"  {what:28}{ms:24.1f}")
     finally:
         if not args.keep:
-            for h in st.hosts:
-                if h.ssh is not None:
-                    ssh_end_master(h.docker, h.ssh)
-            docker_lab.down(LAB)
+            docker_lab.down(LAB)  # ends the ssh masters too
 
 
 if __name__ == "__main__":

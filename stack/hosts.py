@@ -87,7 +87,7 @@ def ssh_target(url: str) -> tuple[str | None, str, int | None]:
     return m["user"], m["host"].strip("[]"), port
 
 
-def _ssh_quote(value: str) -> str:
+def ssh_quote(value: str) -> str:
     """A path as one `-o Key=value` value: quoted (spaces), `%` escaped (ssh expands %-tokens)."""
     return '"' + value.replace("%", "%%") + '"'
 
@@ -96,9 +96,16 @@ def ssh_control_path(directory: str, url: str, ssh: EngineSSH | None) -> str | N
     """The ControlMaster socket for one engine URL *and* credentials: a spec naming another key or
     known_hosts never rides a master authenticated with different ones. None when too long."""
     creds = (ssh.key, ssh.known_hosts) if ssh is not None else ("(ssh setup)", "")
-    digest = hashlib.sha256("\0".join((url, *creds)).encode()).hexdigest()[:16]
-    path = f"{directory.rstrip('/')}/{digest}"
+    digest = hashlib.sha256("\0".join((url, *creds)).encode()).hexdigest()[:12]
+    path = f"{directory.rstrip('/')}/{ssh_control_prefix(url)}{digest}"
     return path if len(path.encode()) <= SSH_CONTROL_PATH_MAX else None
+
+
+def ssh_control_prefix(url: str) -> str:
+    """The readable start of an engine's control socket names (`<host>-<port>-`): whoever ends
+    the engine (`lab down`) finds every master for it, whatever credentials opened them."""
+    _, host, port = ssh_target(url)
+    return f"{re.sub(r'[^A-Za-z0-9.-]', '_', host)}-{port or 22}-"
 
 
 def ssh_argv(url: str, ssh: EngineSSH | None, command: list[str], control_path: str | None = None) -> list[str]:
@@ -114,13 +121,13 @@ def ssh_argv(url: str, ssh: EngineSSH | None, command: list[str], control_path: 
     argv = ["ssh"]
     if ssh is not None:
         argv += ["-F", "none", "-i", ssh.key.replace("%", "%%"), "-o", "IdentitiesOnly=yes",
-                 "-o", "IdentityAgent=none", "-o", f"UserKnownHostsFile={_ssh_quote(ssh.known_hosts)}",
+                 "-o", "IdentityAgent=none", "-o", f"UserKnownHostsFile={ssh_quote(ssh.known_hosts)}",
                  "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no"]
     argv += ["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no", "-o", "BatchMode=yes",
              "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
              "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
     if control_path:
-        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_ssh_quote(control_path)}",
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={ssh_quote(control_path)}",
                  "-o", f"ControlPersist={SSH_CONTROL_PERSIST}"]
     else:
         argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]

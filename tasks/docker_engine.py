@@ -42,7 +42,7 @@ from docker.transport.basehttpadapter import BaseHTTPAdapter
 from docker.types import Healthcheck, Mount
 
 from stack.errors import DockerError, StateError
-from stack.hosts import EngineSSH, ssh_argv, ssh_control_path
+from stack.hosts import EngineSSH, ssh_argv, ssh_control_path, ssh_control_prefix, ssh_quote, ssh_target
 from stack.layout import CONFIG_MOUNT
 from stack.topology import ContainerDef
 from tasks import config_volume
@@ -369,16 +369,18 @@ def ssh_transport_client(argv: list[str], timeout: int, version: str, keep: bool
     return client
 
 
-def ssh_end_master(url: str, ssh: EngineSSH | None) -> bool:
-    """End the ControlPersist master for this engine and these credentials, if one runs (`lab down`)."""
-    control = ssh_control_path(str(ssh_control_dir()), url, ssh)
-    if control is None or not Path(control).exists():
-        return False
-    argv = ssh_command(url, ssh, [], multiplex=True)
-    argv[argv.index("--"):argv.index("--")] = ["-O", "exit"]
-    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
-    return True
+def ssh_end_masters(url: str) -> int:
+    """End every ControlPersist master pgha keeps for this engine, whatever key opened it
+    (`lab down`: the host goes away); how many were running."""
+    ended = 0
+    for sock in sorted(ssh_control_dir().glob(ssh_control_prefix(url) + "*")):
+        _, host, _ = ssh_target(url)
+        argv = ["ssh", "-F", "none", "-o", f"ControlPath={ssh_quote(str(sock))}", "-O", "exit", "--", host]
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
+            ended += r.returncode == 0
+        sock.unlink(missing_ok=True)
+    return ended
 
 
 def _why(exc: docker.errors.APIError) -> str:

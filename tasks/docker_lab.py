@@ -33,7 +33,7 @@ from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine, fan_out, ssh_end_master, ssh_probe, tls_client
+from tasks.docker_engine import Engine, fan_out, ssh_end_masters, ssh_probe, tls_client
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.host.state import state_root, write_private
 
@@ -427,8 +427,8 @@ def _end_ssh_masters(name: str) -> None:
     if not path.exists():
         return
     for h in plan.LabStatus.model_validate(json.loads(path.read_text())).hosts:
-        if h.ssh is not None:
-            ssh_end_master(h.docker, h.ssh)
+        if h.docker.startswith("ssh://"):
+            ssh_end_masters(h.docker)
 
 
 def lab_host_of(docker_url: str) -> tuple[str, plan.LabHost] | None:

@@ -67,8 +67,9 @@ def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[
         remove_lab(engine, LAB)
         assert r.returncode == 0, r.stdout + r.stderr
         assert not _lab_dir(base_env).exists()  # keys and known_hosts too
-        # `lab down` ended the ControlPersist masters: no ssh of pgha's for this lab is left.
-        assert _ssh_processes(key) == []
+        # `lab down` ended the ControlPersist masters (titled `ssh: <control path> [mux]`): no ssh
+        # of pgha's for this lab is left.
+        assert _ssh_processes(key) == [] and _ssh_processes(str(Path(base_env["PGHA_STATE_DIR"]) / "ssh")) == []
 
 
 def _hosts(lab: dict[str, object]) -> list[dict[str, object]]:

@@ -82,7 +82,7 @@ def test_the_ssh_argv_uses_only_the_spec_files_and_checks_the_host_key_strictly(
 def test_a_control_master_is_per_engine_and_per_credentials() -> None:
     s = EngineSSH(**SSH)
     path = ssh_control_path("/st/ssh", URL, s)
-    assert path is not None and path.startswith("/st/ssh/")
+    assert path is not None and path.startswith("/st/ssh/127.0.0.1-27304-")  # findable by engine
     argv = ssh_argv(URL, s, ["docker", "system", "dial-stdio"], path)
     assert "ControlMaster=auto" in argv and f'ControlPath="{path}"' in argv and "ControlPersist=30" in argv
     # Another key or another known_hosts never rides a master authenticated with these.
@@ -258,3 +258,16 @@ def test_an_engine_nobody_answers_is_one_line_naming_host_and_files(tmp_path: Pa
     if multiplex:
         control = tmp_path / "state" / "ssh"
         assert stat.S_IMODE(control.stat().st_mode) == 0o700 and list(control.iterdir()) == []
+
+
+def test_ending_an_engines_masters_touches_no_other_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.docker_engine import ssh_control_dir, ssh_end_masters
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    d = ssh_control_dir()
+    stale = d / "127.0.0.1-27304-0123456789ab"  # a master that is gone: its socket file is removed
+    other = d / "127.0.0.1-27305-0123456789ab"
+    stale.write_text("")
+    other.write_text("")
+    assert ssh_end_masters(URL) == 0
+    assert not stale.exists() and other.exists()
