@@ -4,11 +4,12 @@ One 2-host lab made with `--engine ssh` (each lab host's dockerd answers on its 
 `docker system dial-stdio` run through its sshd reaches the same dockerd), one cluster
 bootstrapped through the ssh engines. Then, interleaved call by call on the same engine (h1):
 ping, listing the cluster's containers, `docker exec true` in a node, through the socket (the
-baseline) and three ssh transports:
+baseline) and four ssh transports:
 
 - `ssh (docker-py way)`: a new ssh login per request, no master (what docker-py's shell-out does);
 - `ssh + master`: a new ssh process per request over one ControlMaster (no login per request);
-- `ssh (pgha)`: pgha's transport: kept connections over one ControlMaster.
+- `ssh (pgha)`: pgha's transport: kept connections, each its own login (the default);
+- `ssh (pgha) + master`: the same over one ControlMaster (`ssh.multiplex: true`).
 
 Also: opening a client (pgha's probe `docker version` over ssh, cold and with a master), pgha's
 cluster view (Patroni's /cluster via `docker exec` in a node) from the ssh spec and the same spec
@@ -83,8 +84,10 @@ def main() -> None:
             "unix": docker.DockerClient(base_url=h1.socket_url, timeout=30),
             "ssh (docker-py way)": ssh_transport_client(ssh_command(h1.docker, login, SSH_DIAL, multiplex=False),
                                                         30, version, keep=False),
-            "ssh + master": ssh_transport_client(ssh_command(h1.docker, login, SSH_DIAL), 30, version, keep=False),
+            "ssh + master": ssh_transport_client(ssh_command(h1.docker, login, SSH_DIAL, multiplex=True), 30, version,
+                                                 keep=False),
             "ssh (pgha)": ssh_client(h1.docker, login, h1.name, timeout=30),
+            "ssh (pgha) + master": ssh_client(h1.docker, login, h1.name, timeout=30, multiplex=True),
         }
         pg = f"{LAB_SCOPE}-pg-1"
         flt = {"label": f"pgha.cluster={LAB_SCOPE}"}
@@ -102,7 +105,7 @@ def main() -> None:
                     times.setdefault((op, way), []).append((time.perf_counter() - t) * 1000)
         opening = {
             "open: probe, no master": _median_ms(lambda: ssh_probe(h1.docker, login, h1.name, multiplex=False), 5),
-            "open: probe, master up": _median_ms(lambda: ssh_probe(h1.docker, login, h1.name), 5),
+            "open: probe, master up": _median_ms(lambda: ssh_probe(h1.docker, login, h1.name, multiplex=True), 5),
         }
         for c in clients.values():
             c.close()

@@ -67,6 +67,10 @@ class EngineSSH(_Strict):
     key: str = Field(..., min_length=1, description="private key file (0600) the host's authorized_keys accepts")
     known_hosts: str = Field(..., min_length=1, description="known_hosts file with the host's key "
                                                             "([host]:port form for a port other than 22)")
+    multiplex: bool = Field(False, description="share one ssh login per engine (ControlMaster, ended "
+                                               f"{SSH_CONTROL_PERSIST} s after its last use): saves the key exchange "
+                                               "per new connection, worth it over a long round trip; no gain measured "
+                                               "over loopback")
 
     @field_validator("key", "known_hosts")
     @classmethod

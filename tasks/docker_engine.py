@@ -168,7 +168,7 @@ def ssh_control_dir() -> Path:
     return d
 
 
-def ssh_command(url: str, ssh: EngineSSH | None, command: list[str], multiplex: bool = True) -> list[str]:
+def ssh_command(url: str, ssh: EngineSSH | None, command: list[str], multiplex: bool = False) -> list[str]:
     """The system ssh's argv to run `command` on an ssh:// engine's host (see stack.hosts.ssh_argv)."""
     control = ssh_control_path(str(ssh_control_dir()), url, ssh) if multiplex else None
     return ssh_argv(url, ssh, command, control)
@@ -324,7 +324,7 @@ def _close_ssh_adapters() -> None:
             adapter.close()
 
 
-def ssh_probe(url: str, ssh: EngineSSH | None, host: str, multiplex: bool = True) -> str:
+def ssh_probe(url: str, ssh: EngineSSH | None, host: str, multiplex: bool = False) -> str:
     """The engine's API version, asked over ssh (`docker version` on the host); else one line
     naming the host, the URL, the key and known_hosts tried and ssh's own reason."""
     argv = ssh_command(url, ssh, ["docker", "version", "--format", "'{{.Server.APIVersion}}'"], multiplex)
@@ -346,13 +346,16 @@ def ssh_probe(url: str, ssh: EngineSSH | None, host: str, multiplex: bool = True
     raise DockerError(f"no Docker engine answers at {url} (host {host}): {tried}: {reason}")
 
 
-def ssh_client(url: str, ssh: EngineSSH | None, host: str, timeout: int = DOCKER_TIMEOUT, multiplex: bool = True,
-               keep: bool = True) -> docker.DockerClient:
+def ssh_client(url: str, ssh: EngineSSH | None, host: str, timeout: int = DOCKER_TIMEOUT,
+               multiplex: bool | None = None, keep: bool = True) -> docker.DockerClient:
     """A docker-py client for an ssh:// engine through the system ssh with pgha's argv.
 
     The probe comes first (a refused key, an unknown host key, a closed port: one line, before
     any API call); its answer is the client's API version, so building the client asks nothing.
+    `multiplex` (default: the spec's `ssh.multiplex`) shares one ssh login among the connections.
     """
+    if multiplex is None:
+        multiplex = ssh is not None and ssh.multiplex
     version = ssh_probe(url, ssh, host, multiplex)
     return ssh_transport_client(ssh_command(url, ssh, SSH_DIAL, multiplex), timeout, version, keep)
 

@@ -38,6 +38,9 @@ def _refused(hosts: list[dict[str, Any]]) -> str:
 def test_an_ssh_block_names_files_for_an_ssh_engine() -> None:
     s = parse_spec({**BASE, "hosts": _hosts()})
     assert s.hosts is not None and s.hosts[0].ssh == EngineSSH(**SSH)
+    assert s.hosts[0].ssh is not None and s.hosts[0].ssh.multiplex is False  # one login per connection unless asked
+    shared = parse_spec({**BASE, "hosts": _hosts(ssh={**SSH, "multiplex": True})})
+    assert shared.hosts is not None and shared.hosts[0].ssh is not None and shared.hosts[0].ssh.multiplex
     assert parse_spec({**BASE, "hosts": [{k: v for k, v in h.items() if k != "ssh"} for h in _hosts()]})
 
 
