@@ -103,7 +103,8 @@ def test_status_and_spec_name_ssh_engines_with_private_key_files(lab: dict[str, 
     assert all(h["state"] == "running" for h in hosts)
     spec_hosts = yaml.safe_load(Path(st["spec"]).read_text())["hosts"]
     assert [(h["docker"], h["ssh"]) for h in spec_hosts] == [(h["docker"], h["ssh"]) for h in hosts]
-    for path in hosts[0]["ssh"].values():
+    assert hosts[0]["ssh"]["multiplex"] is False  # one ssh login per connection (kept), no master
+    for path in (hosts[0]["ssh"]["key"], hosts[0]["ssh"]["known_hosts"]):
         assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600, path
     pinned = Path(hosts[0]["ssh"]["known_hosts"]).read_text().splitlines()
     assert [ln.split()[0] for ln in pinned] == [f"[127.0.0.1]:{first + i}" for i in range(N_HOSTS)]
