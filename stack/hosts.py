@@ -119,7 +119,7 @@ def ssh_argv(url: str, ssh: EngineSSH | None, command: list[str], control_path: 
     Without an `ssh:` block (`ssh` None) the user's own ssh setup decides the key and the
     known_hosts (config, agent), still never prompting and never accepting an unknown host key.
     With `control_path`, connections share one master (ControlMaster=auto, ControlPersist
-    bounded); without, every connection is a full ssh login.
+    bounded; the spec's `ssh.multiplex`); without, every connection is a full ssh login.
     """
     user, host, port = ssh_target(url)
     argv = ["ssh"]

@@ -152,7 +152,7 @@ def tls_client(base_url: str, tls: TLSConfig, timeout: int = DOCKER_TIMEOUT) -> 
 # (not installed here: ssh:// could not even start). So this small transport: a urllib3 pool of
 # kept connections, each one ssh process running `docker system dial-stdio` with pgha's argv
 # (stack.hosts.ssh_argv: the spec's key, its known_hosts, StrictHostKeyChecking yes, BatchMode,
-# `-F none`, a bounded ControlMaster), mounted on a docker-py client. Nothing else in pgha knows
+# `-F none`; a bounded ControlMaster on request), mounted on a docker-py client. Nothing else in pgha knows
 # ssh is involved.
 
 SSH_DIAL = ["docker", "system", "dial-stdio"]
