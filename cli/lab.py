@@ -17,11 +17,13 @@ NameOpt = typer.Option("lab", "--name", help="the lab's name (label pgha.lab=<na
 
 
 def _json(st: LabStatus) -> dict[str, Any]:
-    """`docker` is the engine URL the cluster's spec uses (tcp:// with `tls` files under --engine tcp)."""
+    """`docker` is the engine URL the cluster's spec uses (tcp:// with `tls` files under --engine tcp,
+    ssh:// with `ssh` files under --engine ssh)."""
     return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine,
             "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
                        "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_port": h.engine_port,
-                       "tls": h.tls.model_dump() if h.tls else None, "state": h.state} for h in st.hosts]}
+                       "tls": h.tls.model_dump() if h.tls else None,
+                       "ssh": h.ssh.model_dump() if h.ssh else None, "state": h.state} for h in st.hosts]}
 
 
 class _Json(LabStatus):
@@ -45,8 +47,9 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
            scope: str | None = typer.Option(None, "--scope", help="the cluster's scope in the written spec "
                                                                   "(default: the lab's name)"),
            engine: str = typer.Option("unix", "--engine",
-                                      help="how the cluster reaches each lab host's engine: unix (a socket) or tcp "
-                                           "(tcp:// + mutual TLS on 127.0.0.1, port base+2N+(i-1))"),
+                                      help="how the cluster reaches each lab host's engine: unix (a socket), tcp "
+                                           "(tcp:// + mutual TLS on 127.0.0.1, port base+2N+(i-1)) or ssh "
+                                           "(ssh:// to the host's sshd, same port, a key made for the lab)"),
            as_json: bool = JsonOpt) -> Done[_Json]:
     """Create N lab hosts (each its own dockerd), load the node image, write a ready spec."""
     from tasks import docker_lab

@@ -12,6 +12,7 @@ say() { echo "pgha: $*" >&2; }
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)  # ssh:// engines (the lab's --engine ssh)
 if ((${#need_pkgs[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_pkgs[*]} from Debian"

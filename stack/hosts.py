@@ -16,10 +16,11 @@ a majority and Patroni a node to promote, or the spec says `allow_unsafe_placeme
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
@@ -50,6 +51,98 @@ class EngineTLS(_Strict):
         return v
 
 
+SSH_TARGET_RE = re.compile(r"^ssh://(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
+                           r"(?::(?P<port>[0-9]{1,5}))?$")
+# A ControlPersist master (one per engine URL, key and known_hosts) lives this long after its
+# last use, then exits by itself: bounded even when pgha is killed (`lab down` ends it at once).
+SSH_CONTROL_PERSIST = 30
+# sun_path holds 108 bytes and ssh adds a ".XXXXXXXXXXXXXXXX" suffix while it binds: longer
+# control paths are not used (no multiplexing rather than an ssh error).
+SSH_CONTROL_PATH_MAX = 88
+
+
+class EngineSSH(_Strict):
+    """How pgha logs in to an ssh:// engine: a private key file and a known_hosts file pinning the
+    host's key (file paths; the user's ~/.ssh, ssh config and agent are not consulted)."""
+
+    key: str = Field(..., min_length=1, description="private key file (0600) the host's authorized_keys accepts")
+    known_hosts: str = Field(..., min_length=1, description="known_hosts file with the host's key "
+                                                            "([host]:port form for a port other than 22)")
+    multiplex: bool = Field(False, description="share one ssh login per engine (ControlMaster, ended "
+                                               f"{SSH_CONTROL_PERSIST} s after its last use): saves the key exchange "
+                                               "per new connection, worth it over a long round trip; no gain measured "
+                                               "over loopback")
+
+    @field_validator("key", "known_hosts")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if "-----BEGIN" in v or v.startswith(("ssh-", "ecdsa-")) or "\n" in v:
+            raise ValueError("give the path of a file, never the key itself")
+        return v
+
+
+def ssh_target(url: str) -> tuple[str | None, str, int | None]:
+    """(user, host, port) of `ssh://[user@]host[:port]`; ValueError (one line) otherwise."""
+    m = SSH_TARGET_RE.match(url)
+    if m is None:
+        raise ValueError(f"docker '{url}' must be ssh://[user@]host[:port] (no path)")
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"docker '{url}': port {port} is not 1-65535")
+    return m["user"], m["host"].strip("[]"), port
+
+
+def ssh_quote(value: str) -> str:
+    """A path as one `-o Key=value` value: quoted (spaces), `%` escaped (ssh expands %-tokens)."""
+    return '"' + value.replace("%", "%%") + '"'
+
+
+def ssh_control_path(directory: str, url: str, ssh: EngineSSH | None) -> str | None:
+    """The ControlMaster socket for one engine URL *and* credentials: a spec naming another key or
+    known_hosts never rides a master authenticated with different ones. None when too long."""
+    creds = (ssh.key, ssh.known_hosts) if ssh is not None else ("(ssh setup)", "")
+    digest = hashlib.sha256("\0".join((url, *creds)).encode()).hexdigest()[:12]
+    path = f"{directory.rstrip('/')}/{ssh_control_prefix(url)}{digest}"
+    return path if len(path.encode()) <= SSH_CONTROL_PATH_MAX else None
+
+
+def ssh_control_prefix(url: str) -> str:
+    """The readable start of an engine's control socket names (`<host>-<port>-`): whoever ends
+    the engine (`lab down`) finds every master for it, whatever credentials opened them."""
+    _, host, port = ssh_target(url)
+    return f"{re.sub(r'[^A-Za-z0-9.-]', '_', host)}-{port or 22}-"
+
+
+def ssh_argv(url: str, ssh: EngineSSH | None, command: list[str], control_path: str | None = None) -> list[str]:
+    """The system ssh's argv for an ssh:// engine: only the spec's key, only its known_hosts,
+    host key checked strictly, never a prompt (BatchMode), no ~/.ssh/config (`-F none`).
+
+    Without an `ssh:` block (`ssh` None) the user's own ssh setup decides the key and the
+    known_hosts (config, agent), still never prompting and never accepting an unknown host key.
+    With `control_path`, connections share one master (ControlMaster=auto, ControlPersist
+    bounded; the spec's `ssh.multiplex`); without, every connection is a full ssh login.
+    """
+    user, host, port = ssh_target(url)
+    argv = ["ssh"]
+    if ssh is not None:
+        argv += ["-F", "none", "-i", ssh.key.replace("%", "%%"), "-o", "IdentitiesOnly=yes",
+                 "-o", "IdentityAgent=none", "-o", f"UserKnownHostsFile={ssh_quote(ssh.known_hosts)}",
+                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no"]
+    argv += ["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no", "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10",
+             "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+    if control_path:
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={ssh_quote(control_path)}",
+                 "-o", f"ControlPersist={SSH_CONTROL_PERSIST}"]
+    else:
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    if user:
+        argv += ["-l", user]
+    if port:
+        argv += ["-p", str(port)]
+    return [*argv, "--", host, *command]
+
+
 class HostSpec(_Strict):
     """One machine with a Docker engine."""
 
@@ -58,6 +151,8 @@ class HostSpec(_Strict):
                                          "ssh://user@host")
     address: str = Field(..., min_length=1, description="how the other hosts reach services on this one")
     tls: EngineTLS | None = None
+    ssh: EngineSSH | None = Field(None, description="ssh:// engines: the key and known_hosts files pgha uses "
+                                                    "(default: the user's own ssh setup)")
     client_address: str | None = Field(None, description="where pgha and clients reach this host's HAProxy "
                                                          "(default: address)")
     rw_port: int | None = Field(None, ge=1024, le=65535, description="this host's R/W port as clients reach it "
@@ -86,7 +181,15 @@ class HostSpec(_Strict):
     def _docker(cls, v: str) -> str:
         if not v.startswith(ENGINE_SCHEMES):
             raise ValueError(f"docker '{v}' must start with one of {', '.join(ENGINE_SCHEMES)}")
+        if v.startswith("ssh://"):
+            ssh_target(v)
         return v
+
+    @model_validator(mode="after")
+    def _ssh_only_for_ssh(self) -> HostSpec:
+        if self.ssh is not None and not self.docker.startswith("ssh://"):
+            raise ValueError(f"host {self.name}: ssh (key, known_hosts) goes with an ssh:// engine, not {self.docker}")
+        return self
 
 
 class Spread(StrEnum):

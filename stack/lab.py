@@ -10,8 +10,12 @@ How pgha reaches a lab host's engine (`--engine`): `unix` (the default) through 
 lab host's dockerd makes in a directory of the real machine; `tcp` as it would a remote machine,
 over `tcp://` with mutual TLS: the lab host's dockerd also listens on 2376 with `--tlsverify`
 (a lab CA, one server certificate per lab host, one client certificate for pgha), published
-on 127.0.0.1 only at a port of its own after the R/W and R/O ports. The lab itself keeps the
-socket (image loads, waits); the cluster's spec names the tcp:// engines and the TLS files.
+on 127.0.0.1 only at a port of its own after the R/W and R/O ports; `ssh` as it would a remote
+machine over ssh://: the lab host also runs sshd (key-only, root), published on 127.0.0.1 at that
+same port, and pgha logs in with a key pair made for the lab, checking a host key it made and
+pinned in the lab's known_hosts (`docker system dial-stdio` on the lab host reaches its engine).
+The lab itself keeps the socket (image loads, waits); the cluster's spec names the tcp:// or
+ssh:// engines and the TLS or ssh files.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stack import tls
-from stack.hosts import EngineTLS
+from stack.hosts import EngineSSH, EngineTLS
 
 LAB_RE = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
 MAX_HOSTS = 7
@@ -30,8 +34,16 @@ MAX_HOSTS = 7
 # PostgreSQL's own on each host, so HAProxy takes Patroni's classic 5000/5001/7000.
 INNER_RW, INNER_RO, INNER_STATS = 5000, 5001, 7000
 FIRST_HOST_OCTET = 11  # lab host i gets <subnet>.(10+i)
-ENGINES = ("unix", "tcp")
+ENGINES = ("unix", "tcp", "ssh")
 INNER_ENGINE = 2376  # dockerd's TLS port inside a lab host (--engine tcp)
+INNER_SSH = 22  # sshd's port inside a lab host (--engine ssh)
+# root: the engine's socket is root's, and a user in the docker group is root-equivalent anyway
+# (it can start a container mounting /); a second account would add a name, not a boundary.
+SSH_USER = "root"
+# In a lab host (--engine ssh): its host key and the lab's authorized_keys, bind-mounted read-only
+# from the lab's state dir; the entry script installs them for sshd (root-owned, 0600).
+ENGINE_SSH_IN_HOST = "/etc/pgha-lab/ssh"
+SSH_HOST_KEY = "ssh_host_ed25519_key"
 # In a lab host (--engine tcp): the server's TLS files, bind-mounted read-only from the lab's state dir.
 ENGINE_TLS_IN_HOST = "/etc/pgha-lab/tls"
 # In a lab host: its dockerd's socket (lab-entry.sh), the engine_socket a fencing watcher mounts.
@@ -53,6 +65,7 @@ class LabHost(BaseModel):
     socket: str = ""
     engine_port: int | None = None  # --engine tcp: the engine's TLS port on 127.0.0.1
     tls: EngineTLS | None = None  # --engine tcp: pgha's client certificate for it
+    ssh: EngineSSH | None = None  # --engine ssh: pgha's key and the lab's known_hosts
 
     @property
     def socket_url(self) -> str:
@@ -114,19 +127,42 @@ def client_ports(port_base: int, n: int) -> list[tuple[int, int]]:
 
 
 def engine_ports(port_base: int, n: int) -> list[int]:
-    """Each lab host's engine TLS port on 127.0.0.1 (--engine tcp): after every R/W and R/O port."""
+    """Each lab host's engine port on 127.0.0.1 (--engine tcp: TLS, --engine ssh: sshd): after
+    every R/W and R/O port."""
     return [port_base + 2 * n + i for i in range(n)]
 
 
 def lab_ports(port_base: int, n: int, engine: str) -> list[int]:
     """Every 127.0.0.1 port a lab publishes (checked free before anything is made)."""
     ports = [p for pair in client_ports(port_base, n) for p in pair]
-    return ports + (engine_ports(port_base, n) if engine == "tcp" else [])
+    return ports + (engine_ports(port_base, n) if engine in ("tcp", "ssh") else [])
 
 
 def engine_url(engine: str, socket: str, engine_port: int | None) -> str:
-    """The engine URL the cluster's spec names: the socket, or tcp:// on 127.0.0.1."""
-    return f"tcp://127.0.0.1:{engine_port}" if engine == "tcp" else socket
+    """The engine URL the cluster's spec names: the socket, tcp:// or ssh:// on 127.0.0.1."""
+    if engine == "tcp":
+        return f"tcp://127.0.0.1:{engine_port}"
+    if engine == "ssh":
+        return f"ssh://{SSH_USER}@127.0.0.1:{engine_port}"
+    return socket
+
+
+def ssh_keypair(comment: str) -> tuple[str, str]:
+    """A new ed25519 key pair: (private key in OpenSSH format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, f"{public.decode()} {comment}\n"
+
+
+def known_hosts_line(port: int, host_public: str) -> str:
+    """The pinned host key of a lab host's sshd as pgha reaches it: `[127.0.0.1]:port <type> <key>`."""
+    kind, blob = host_public.split()[:2]
+    return f"[127.0.0.1]:{port} {kind} {blob}\n"
 
 
 def dockerd_args(engine: str) -> list[str]:
@@ -208,4 +244,6 @@ def _host_entry(h: LabHost) -> dict[str, Any]:
                              "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_socket": ENGINE_SOCKET_IN_HOST}
     if h.tls is not None:
         entry["tls"] = h.tls.model_dump()
+    if h.ssh is not None:
+        entry["ssh"] = h.ssh.model_dump()
     return entry

@@ -2,7 +2,8 @@
 
 Without `hosts` every member runs on the local engine (DOCKER_HOST or the default socket).
 With `hosts` (stack/hosts.py), each host is one `Engine` (one prefect-docker `DockerHost`:
-unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client), and
+unix://, tcp:// with the spec's TLS files, or ssh:// through the system's ssh client with the
+spec's key and known_hosts), and
 `placement` says which member runs where; HAProxy runs on every host.
 
 Every engine of `hosts:` gets its members' config files through the engine API (a config
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stack.errors import SpecError
-from stack.hosts import EngineTLS, HostSpec
+from stack.hosts import EngineSSH, EngineTLS, HostSpec
 from stack.spec import ClusterSpec
 from tasks.docker_engine import DOCKER_TIMEOUT, LABEL_ROLE, Engine
 from tasks.host.state import config_dir
@@ -36,17 +37,18 @@ def local_engine() -> Engine:
 
 
 @lru_cache(maxsize=64)
-def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str | None) -> Engine:
+def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str | None,
+                 ssh: EngineSSH | None = None) -> Engine:
     """One handle per host and process (an ssh:// client is costly to open)."""
     from prefect_docker import DockerHost
 
     kwargs: dict[str, object] = {}
-    if url.startswith("ssh://"):
-        kwargs["use_ssh_client"] = True  # the system's ssh (keys, agent, known_hosts), no paramiko
+    # ssh://: the system's ssh through pgha's own transport (tasks.docker_engine.ssh_client), with
+    # the spec's `ssh:` files, else the user's ssh setup; never docker-py's (it needs paramiko).
     if ca and cert and key:
         kwargs["tls"] = tls_config(EngineTLS(ca=ca, cert=cert, key=key), name)
     return Engine(name, DockerHost(base_url=url.replace("tcp://", "https://") if kwargs.get("tls") else url,
-                                   timeout=DOCKER_TIMEOUT, client_kwargs=kwargs), config_volumes=True)
+                                   timeout=DOCKER_TIMEOUT, client_kwargs=kwargs), config_volumes=True, ssh=ssh)
 
 
 def tls_config(t: EngineTLS, host: str) -> TLSConfig:
@@ -65,11 +67,27 @@ def tls_config(t: EngineTLS, host: str) -> TLSConfig:
                      ca_cert=str(Path(t.ca).expanduser()), verify=True)
 
 
+def ssh_files(s: EngineSSH, host: str) -> EngineSSH:
+    """An ssh:// engine's key and known_hosts as absolute paths; a file that is missing or
+    unreadable is a spec error (one line), as ssh's own "no such identity" would be a warning."""
+    out = {}
+    for field in ("key", "known_hosts"):
+        path = Path(getattr(s, field)).expanduser()
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise SpecError(f"host {host}: ssh.{field} {path}: {exc.strerror or 'cannot be read'}") from None
+        out[field] = str(path.resolve())
+    return EngineSSH(**out)
+
+
 def host_engine(host: HostSpec) -> Engine:
     if host.tls is not None:
         tls_config(host.tls, host.name)  # a missing file is refused at every call, not only the first
+    ssh = ssh_files(host.ssh, host.name) if host.ssh is not None else None
     t = host.tls
-    return _host_engine(host.name, host.docker, t.ca if t else None, t.cert if t else None, t.key if t else None)
+    return _host_engine(host.name, host.docker, t.ca if t else None, t.cert if t else None, t.key if t else None, ssh)
 
 
 class ClusterEngines:

@@ -6,7 +6,8 @@ members): the lab image, the lab network, one container per simulated host runni
 and the ready spec) in the state directory. Every resource carries `pgha.lab=<name>` and
 `lab down` removes exactly those. Host-side code reaches a lab host only through its engine's
 socket (a file under the state directory) and the ports it publishes on 127.0.0.1: with
-`--engine tcp`, also its engine's TLS port there (the cluster's way in; the lab keeps the socket).
+`--engine tcp`, also its engine's TLS port there, with `--engine ssh` its sshd's port (the
+cluster's way in; the lab keeps the socket).
 
 `--privileged` fails on these machines (no CAP_SYS_RESOURCE in the bounding set); the flags
 below are the ones measured to work (FIELD-NOTES, 2026-11-26).
@@ -28,11 +29,11 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 
 from stack import lab as plan
 from stack.errors import DockerError, StateError, UsageError
-from stack.hosts import EngineTLS
+from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine, fan_out, tls_client
+from tasks.docker_engine import Engine, fan_out, ssh_end_masters, ssh_probe, tls_client
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.host.state import state_root, write_private
 
@@ -41,6 +42,7 @@ LAB_FILES = Path(__file__).resolve().parent.parent / "stack" / "lab"
 LAB_REPO = "pgha/lab"
 SOCKET_IN_HOST = "/run/lab"
 ENGINE_TLS = "engine-tls"  # lab_dir/engine-tls: the lab CA (its key never mounted), pgha's client files
+ENGINE_SSH = "ssh"  # lab_dir/ssh: pgha's key pair and known_hosts; <host>/: its host key and authorized_keys
 
 
 def lab_dir(name: str) -> Path:
@@ -83,6 +85,34 @@ def ensure_engine_tls(name: str, hosts: list[plan.LabHost]) -> EngineTLS:
             for f, text in plan.engine_server(name, h.name, h.address, ca).items():
                 write_private(_server_tls_dir(name, h.name) / f, text)
     return EngineTLS(ca=str(d / "ca.crt"), cert=str(d / "client.crt"), key=str(d / "client.key"))
+
+
+def _ssh_dir(name: str) -> Path:
+    return lab_dir(name) / ENGINE_SSH
+
+
+def ensure_engine_ssh(name: str, hosts: list[plan.LabHost]) -> EngineSSH:
+    """The lab's ssh files, made once, 0600 under the lab's state dir: pgha's ed25519 key pair,
+    a host key per lab host (mounted in it with the authorized public key) and the known_hosts
+    pinning every host key at its 127.0.0.1 port. Returns the key's and known_hosts' paths."""
+    d = _ssh_dir(name)
+    if _read(d, ("id_ed25519", "id_ed25519.pub")) is None:
+        private, public = plan.ssh_keypair(f"pgha-lab-{name}")
+        write_private(d / "id_ed25519", private)
+        write_private(d / "id_ed25519.pub", public)
+    public = (d / "id_ed25519.pub").read_text()
+    pinned = []
+    for h in hosts:
+        hd = d / h.name
+        if _read(hd, (plan.SSH_HOST_KEY, plan.SSH_HOST_KEY + ".pub")) is None:
+            private, host_public = plan.ssh_keypair(f"pgha-lab-{name}-{h.name}")
+            write_private(hd / plan.SSH_HOST_KEY, private)
+            write_private(hd / (plan.SSH_HOST_KEY + ".pub"), host_public)
+        write_private(hd / "authorized_keys", public)
+        assert h.engine_port is not None
+        pinned.append(plan.known_hosts_line(h.engine_port, (hd / (plan.SSH_HOST_KEY + ".pub")).read_text()))
+    write_private(d / "known_hosts", "".join(pinned))
+    return EngineSSH(key=str(d / "id_ed25519"), known_hosts=str(d / "known_hosts"))
 
 
 def lab_image_tag(base: str) -> str:
@@ -172,6 +202,11 @@ def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str,
         mounts.append(Mount(target=plan.ENGINE_TLS_IN_HOST, source=str(_server_tls_dir(name, host.name)),
                             type="bind", read_only=True))
         bindings[plan.INNER_ENGINE] = ("127.0.0.1", host.engine_port)
+    if engine == "ssh" and host.engine_port is not None:
+        # Its host key and the authorized public key, read-only (never pgha's private key).
+        mounts.append(Mount(target=plan.ENGINE_SSH_IN_HOST, source=str(_ssh_dir(name) / host.name),
+                            type="bind", read_only=True))
+        bindings[plan.INNER_SSH] = ("127.0.0.1", host.engine_port)
     hc = c.api.create_host_config(
         cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
@@ -233,13 +268,16 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     hosts = []
     for i, h in enumerate(plan.host_names(n_hosts)):
         sock = f"unix://{_socket_dir(name, h) / 'docker.sock'}"
-        port = engine_ports[i] if engine == "tcp" else None
+        port = engine_ports[i] if engine in ("tcp", "ssh") else None
         hosts.append(plan.LabHost(name=h, container=plan.container_name(name, h), socket=sock,
                                   docker=plan.engine_url(engine, sock, port), address=plan.host_address(subnet, i),
                                   rw_port=ports[i][0], ro_port=ports[i][1], engine_port=port))
     if engine == "tcp":
         client = ensure_engine_tls(name, hosts)
         hosts = [h.model_copy(update={"tls": client}) for h in hosts]
+    if engine == "ssh":
+        login = ensure_engine_ssh(name, hosts)
+        hosts = [h.model_copy(update={"ssh": login}) for h in hosts]
     with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
         list(pool.map(lambda h: _run_host(c, name, h, lab_image, engine), hosts))
     result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path),
@@ -252,7 +290,26 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     _load_node_image(hosts, node_image)
     for h in hosts:  # the cluster's way in: the spec is handed out once it answers
         _tcp_engine_up(h)
+        _ssh_engine_up(h)
     return status(name)
+
+
+def _ssh_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
+    """--engine ssh: wait for the engine to answer over ssh with pgha's key and the pinned host key."""
+    if host.ssh is None:
+        return
+    login = host.ssh
+
+    def probe() -> str:
+        """"ok", or why not (the wait's last state seen)."""
+        try:
+            ssh_probe(host.docker, login, host.name, multiplex=False)
+            return "ok"
+        except DockerError as exc:
+            return str(exc)[-200:]
+
+    wait_for(f"lab host {host.name}'s engine at {host.docker} (ssh)", probe, lambda v: v == "ok", timeout=timeout,
+             interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
 
 
 def _tcp_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
@@ -346,6 +403,7 @@ def down(name: str) -> dict[str, list[str]]:
     if why := plan.check_name(name):
         raise StateError(why)
     c = local_engine().client
+    _end_ssh_masters(name)
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
     # The lab hosts and then their /var/lib/docker volumes (an image and a cluster each) go at once.
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -360,6 +418,17 @@ def down(name: str) -> dict[str, list[str]]:
         removed["volumes"] = [str(v.name) for v in vols]
     shutil.rmtree(lab_dir(name), ignore_errors=True)
     return removed
+
+
+def _end_ssh_masters(name: str) -> None:
+    """--engine ssh: end the ControlPersist masters pgha left for the lab's engines (they would
+    exit by themselves SSH_CONTROL_PERSIST seconds after their last use, or with the lab host)."""
+    path = lab_dir(name) / "lab.json"
+    if not path.exists():
+        return
+    for h in plan.LabStatus.model_validate(json.loads(path.read_text())).hosts:
+        if h.docker.startswith("ssh://"):
+            ssh_end_masters(h.docker)
 
 
 def lab_host_of(docker_url: str) -> tuple[str, plan.LabHost] | None:
@@ -392,6 +461,7 @@ def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
         started = True
     _engine_up(host, timeout)
     _tcp_engine_up(host, timeout)
+    _ssh_engine_up(host, timeout)
     return started
 
 

@@ -37,7 +37,7 @@ def test_engine_ports_come_after_the_client_ports_and_only_with_tcp() -> None:
     tcp = lab.lab_ports(27200, 3, "tcp")
     assert tcp == list(range(27200, 27209)) and len(set(tcp)) == 9
     assert lab.check_engine("tcp") is None and lab.check_engine("unix") is None
-    assert "--engine must be one of unix, tcp" in str(lab.check_engine("ssh"))
+    assert "--engine must be one of unix, tcp, ssh" in str(lab.check_engine("http"))
 
 
 def test_tcp_lab_spec_names_tcp_engines_and_the_client_files() -> None:
@@ -182,8 +182,8 @@ def test_missing_tls_file_is_a_one_line_spec_error(tmp_path: Path) -> None:
 def test_bad_engine_is_refused_before_docker() -> None:
     from tasks import docker_lab
 
-    with pytest.raises(UsageError, match="--engine must be one of unix, tcp"):
-        docker_lab.up("x", 2, 27200, "x", "ssh")
+    with pytest.raises(UsageError, match="--engine must be one of unix, tcp, ssh"):
+        docker_lab.up("x", 2, 27200, "x", "http")
 
 
 class _FakeEngine:
