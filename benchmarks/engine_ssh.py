@@ -40,7 +40,7 @@ import yaml  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import load_spec, parse_spec  # noqa: E402
 from tasks import docker_lab, patroni  # noqa: E402
-from tasks.docker_engine import SSH_DIAL, ssh_client, ssh_command, ssh_probe, ssh_transport_client  # noqa: E402, E501
+from tasks.docker_ssh import SSH_DIAL, ssh_client, ssh_command, ssh_probe, ssh_transport_client  # noqa: E402
 
 LAB, LAB_SCOPE, PORT_BASE = "benchssh", "pgha-bench-ssh", 26480  # 26480-26485
 

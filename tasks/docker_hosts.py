@@ -43,7 +43,7 @@ def _host_engine(name: str, url: str, ca: str | None, cert: str | None, key: str
     from prefect_docker import DockerHost
 
     kwargs: dict[str, object] = {}
-    # ssh://: the system's ssh through pgha's own transport (tasks.docker_engine.ssh_client), with
+    # ssh://: the system's ssh through pgha's own transport (tasks.docker_ssh.ssh_client), with
     # the spec's `ssh:` files, else the user's ssh setup; never docker-py's (it needs paramiko).
     if ca and cert and key:
         kwargs["tls"] = tls_config(EngineTLS(ca=ca, cert=cert, key=key), name)

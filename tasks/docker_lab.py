@@ -33,8 +33,9 @@ from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine, fan_out, ssh_end_masters, ssh_probe, tls_client
+from tasks.docker_engine import Engine, fan_out, tls_client
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
+from tasks.docker_ssh import ssh_end_masters, ssh_probe
 from tasks.host.state import state_root, write_private
 
 LABEL_LAB = "pgha.lab"

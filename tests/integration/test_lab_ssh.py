@@ -24,7 +24,7 @@ import yaml
 
 from stack import lab as plan
 from stack.hosts import EngineSSH
-from tasks.docker_engine import ssh_client
+from tasks.docker_ssh import ssh_client
 from tests.integration.conftest import pgha, remove_lab
 
 LAB, SCOPE, PORT_BASE = "itssh", "pgha-it-ssh", 27300

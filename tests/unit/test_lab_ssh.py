@@ -190,7 +190,7 @@ FAKE_DIAL = textwrap.dedent("""
 
 
 def _fake_client(tmp_path: Path, keep: bool) -> tuple[docker.DockerClient, Path]:
-    from tasks.docker_engine import ssh_transport_client
+    from tasks.docker_ssh import ssh_transport_client
 
     script, log = tmp_path / "dial.py", tmp_path / "starts.log"
     script.write_text(FAKE_DIAL)
@@ -214,7 +214,7 @@ def test_without_keeping_every_request_is_a_new_ssh_process(tmp_path: Path) -> N
 
 
 def test_a_dead_ssh_process_is_replaced_and_closed_ones_are_reaped(tmp_path: Path) -> None:
-    from tasks.docker_engine import _SSHSocket
+    from tasks.docker_ssh import _SSHSocket
 
     client, log = _fake_client(tmp_path, keep=True)
     assert client.ping() is True
@@ -245,7 +245,7 @@ def test_an_engine_nobody_answers_is_one_line_naming_host_and_files(tmp_path: Pa
     """The real ssh client (no sshd needed): it accepts every option pgha gives, and its own
     reason ends the one line (27399: this file's integration port range, nothing listens)."""
     from stack.errors import DockerError
-    from tasks.docker_engine import ssh_probe
+    from tasks.docker_ssh import ssh_probe
 
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path / "state"))
     key, kh = tmp_path / "id", tmp_path / "known_hosts"
@@ -264,7 +264,7 @@ def test_an_engine_nobody_answers_is_one_line_naming_host_and_files(tmp_path: Pa
 
 
 def test_ending_an_engines_masters_touches_no_other_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.docker_engine import ssh_control_dir, ssh_end_masters
+    from tasks.docker_ssh import ssh_control_dir, ssh_end_masters
 
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     d = ssh_control_dir()
