@@ -159,3 +159,20 @@ def test_route_primary_fails_when_one_host_cannot_route(monkeypatch: pytest.Monk
     proxies = [_FakeHaproxy("h1", [0]), _FakeHaproxy("h2", [1]), _FakeHaproxy("h3", [0])]
     with pytest.raises(HaproxyError, match="routing pg-2 through HAProxy's runtime API failed"):
         _route(monkeypatch, s, proxies)
+
+
+def test_backend_states_each_asks_every_hosts_haproxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    csv_text = ("# pxname,svname,status,\nprimary,FRONTEND,OPEN,\nprimary,pg-1,UP,\nprimary,pg-2,DOWN,\n"
+                "replicas,pg-2,UP,\nreplicas,BACKEND,UP,\n")
+
+    class _Stats(_FakeHaproxy):
+        def run(self, cmd: list[str], user: str | None = None, timeout: int = 10,
+                retries_if_lost: int = 0) -> ExecResult:
+            self.ran.append(cmd)
+            return ExecResult(code=self.codes[0], out=csv_text if self.codes[0] == 0 else "", err="")
+
+    proxies = [_Stats("h1", [0]), _Stats("h2", [7])]
+    monkeypatch.setattr(haproxy, "_haproxies", lambda _spec: proxies)
+    got = haproxy.backend_states_each(spec())
+    assert got == {"h1": {"primary": {"pg-1": "UP", "pg-2": "DOWN"}, "replicas": {"pg-2": "UP"}}, "h2": {}}
+    assert proxies[0].ran[0][-1] == "http://localhost:7000/;csv"
