@@ -98,16 +98,19 @@ def reload(spec: ClusterSpec) -> None:
     """
     sync_config(spec, spec.haproxy_member)  # many hosts: the new file into every HAProxy's config volume
     # One HAProxy, or (many hosts) the one on every host: each sees the file just pushed.
+    # Each step may run again when a busy engine cuts its output short (seen in the lab while a
+    # new node was cloning on the same host): checking and copying the file are idempotent, and
+    # a second SIGUSR2 is one more reload of the same file, which keeps the old workers' sessions.
     for n in _haproxies(spec):
-        r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
+        r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"], retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
         # HAProxy (the haproxy user) reads its private copy (stack/image/entrypoint.sh): refresh it.
         r = n.run(["install", "-o", "haproxy", "-g", "haproxy", "-m", "0600", f"{CONFIG_MOUNT}/haproxy.cfg",
-                   RUN_CFG], user="root")
+                   RUN_CFG], user="root", retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"copying the new haproxy.cfg failed: {r.tail(1)}")
-        r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER)
+        r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER, retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
 
