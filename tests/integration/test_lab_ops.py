@@ -72,9 +72,12 @@ def _connect(env: dict[str, str], port: int) -> psycopg.Connection:
 
 
 def _status(env: dict[str, str], spec: str, within_s: float = 60) -> dict[str, Any]:
-    """`pgha status --json` once it says healthy (exit 0), asked again for up to `within_s`."""
+    """`pgha status --json` once it says healthy (exit 0), asked again for up to `within_s`.
+
+    By scope: the stored spec (what `up`, `scale` and `config set` leave), not the file (2 nodes).
+    """
     deadline = time.monotonic() + within_s
-    while (r := pgha(env, "status", "--spec", spec, "--json")).returncode != 0 and time.monotonic() < deadline:
+    while (r := pgha(env, "status", "--scope", SCOPE, "--json")).returncode != 0 and time.monotonic() < deadline:
         time.sleep(1)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return dict(json.loads(r.stdout))
