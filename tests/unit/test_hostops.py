@@ -176,3 +176,22 @@ def test_backend_states_each_asks_every_hosts_haproxy(monkeypatch: pytest.Monkey
     got = haproxy.backend_states_each(spec())
     assert got == {"h1": {"primary": {"pg-1": "UP", "pg-2": "DOWN"}, "replicas": {"pg-2": "UP"}}, "h2": {}}
     assert proxies[0].ran[0][-1] == "http://localhost:7000/;csv"
+
+
+def test_haproxy_reload_sends_the_signal_again_when_the_engine_cut_its_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy host's engine may cut an exec's output (no exit mark): the reload asks again instead of failing."""
+    from tasks.node_exec import NodeExec
+
+    ran: list[str] = []
+    monkeypatch.setattr(haproxy, "sync_config", lambda _spec, _member: [])
+    monkeypatch.setattr(haproxy, "engines", lambda _spec: type("E", (), {"placed": lambda self, m: [_FakeEngine("h1")]})())
+
+    def once(self: NodeExec, cmd: list[str], user: str | None, timeout: int) -> ExecResult:
+        ran.append(cmd[0])
+        if cmd[0] == "kill" and ran.count("kill") == 1:
+            return ExecResult(254, "", "(the engine cut this command's output short)", lost=True)
+        return ExecResult(0, "", "")
+
+    monkeypatch.setattr(NodeExec, "_run_once", once)
+    haproxy.reload(spec())
+    assert ran == ["haproxy", "install", "kill", "kill"]
