@@ -112,6 +112,10 @@ def _major(major: str | None, rollback: bool, finish: bool, yes: bool, replica_i
         target = int(major)
     request = Request.ROLLBACK if rollback else Request.FINISH if finish else Request.UPGRADE
     spec = resolve_spec(spec_file, scope)
+    from stack.major import hosts_refusal
+
+    if (why := hosts_refusal(spec)) is not None:
+        raise UsageError(why)
     warm()
     from flows.config import config_set as config_flow
     from flows.major_upgrade import major_preflight, state_file
@@ -164,7 +168,10 @@ def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number o
           spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
           as_json: bool = JsonOpt) -> Done[ScaleResult]:
     """Add or remove Patroni nodes; HAProxy is reloaded without dropping sessions."""
+    from stack.scale import scaled_spec
+
     spec = resolve_spec(spec_file, scope)
+    scaled_spec(spec, nodes)  # over hosts: a count the hosts cannot hold is refused before any start-up
     warm()
     from flows.scale import scale as scale_flow
 

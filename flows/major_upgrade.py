@@ -29,7 +29,7 @@ from flows.steps.converge import converge
 from flows.steps.ops import current, mutating_flow, note, operation
 from stack import major
 from stack.backup import BackupType
-from stack.errors import PghaError, StateError
+from stack.errors import PghaError, StateError, UsageError
 from stack.major import Action, MajorFacts, MajorState, Phase, Request
 from stack.results import MajorUpgradeResult
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
@@ -370,6 +370,8 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
                   request: Request = Request.UPGRADE, replica_identity_full: bool = False) -> MajorUpgradeResult:
     """Upgrade to `target` (request upgrade), go back (rollback) or drop blue (finish); resumes a killed run."""
     blue = spec
+    if (why := major.hosts_refusal(blue)) is not None:  # a deployment run meets the CLI's refusal too
+        raise UsageError(why)
     st = load_state(blue)
     decision = major.next_action(st, request)
     if st is not None:

@@ -14,12 +14,14 @@ import shutil
 from prefect import flow, get_run_logger, task
 
 from flows.steps.cluster import require_healthy, store_spec, switchover, wait_healthy
+from flows.steps.converge import ensure_image_on_hosts
 from flows.steps.nodes import node_ctx, planned_node, take_out
 from flows.steps.ops import current, mutating_flow, note
 from stack import render
-from stack.errors import StateError, UsageError
+from stack.errors import StateError
 from stack.results import ScaleResult
 from stack.rolling import plan_scale
+from stack.scale import scaled_spec
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import config_volume, docker_engine, docker_hosts, etcd, haproxy, patroni
@@ -38,8 +40,11 @@ def reload_haproxy(spec: ClusterSpec) -> None:
     write_private(config_dir(spec.scope, spec.haproxy_member) / "haproxy.cfg", render.render_haproxy_cfg(spec))
     haproxy.reload(spec)
     want = set(spec.node_names())
-    wait_for("HAProxy to serve the new server list", lambda: set(haproxy.backend_states(spec)["primary"]),
-             lambda got: got == want, timeout=30, interval=0.3)
+    # Many hosts: every host's HAProxy (clients may use any of them), not the first that answers.
+    wait_for("every HAProxy to serve the new server list",
+             lambda: {host: set(st.get("primary", {})) for host, st in haproxy.backend_states_each(spec).items()},
+             lambda got: all(servers == want for servers in got.values()), timeout=30, interval=0.3,
+             describe=lambda got: "; ".join(f"{h}: {', '.join(sorted(s)) or 'no answer'}" for h, s in got.items()))
 
 
 @task(name="remove-node", **ONCE)
@@ -71,8 +76,7 @@ def running_nodes(spec: ClusterSpec) -> list[str]:
 @flow(name="scale", description="Add or remove Patroni nodes; HAProxy reloaded without dropping sessions.")
 @mutating_flow("scale")
 def scale(spec: ClusterSpec = ClusterSpec(), nodes: int = 3) -> ScaleResult:  # noqa: B008
-    if not 1 <= nodes <= 9:
-        raise UsageError(f"nodes must be between 1 and 9, not {nodes}")
+    scaled_spec(spec, nodes)  # a node count the spec refuses (range, placement over hosts) changes nothing
     found = running_nodes(spec)
     if len(found) != spec.nodes:
         # A hand-written spec file may be stale: scale from what runs.
@@ -84,18 +88,23 @@ def scale(spec: ClusterSpec = ClusterSpec(), nodes: int = 3) -> ScaleResult:  # 
     plan = plan_scale(spec.node_names(), nodes, lead.name, [m.name for m in view.replicas() if m.is_sync])
     timeout = spec.upgrade.node_timeout_s
     ctx = node_ctx(spec, timeout)
-    new_spec = spec.model_copy(update={"nodes": nodes})
-    eng = docker_hosts.engines(spec)
-    image = eng.of(spec.node_names()[0]).image_of(spec.container(spec.node_names()[0]))
+    # Validated, not a bare copy: over hosts the validators place the new nodes (and refuse a
+    # count the hosts cannot hold), and the engine map must come from the spec that has them.
+    new_spec = scaled_spec(spec, nodes)
+    new_eng = docker_hosts.engines(new_spec)
+    image = new_eng.of(spec.node_names()[0]).image_of(spec.container(spec.node_names()[0]))
     if plan.add:
+        if new_spec.multi_host:
+            ensure_image_on_hosts(new_spec, image)  # a host that never ran a node may lack the image
         for m in plan.add:
-            engine = eng.of(m)
+            engine = new_eng.of(m)
             engine.ensure_volume(spec.scope, "patroni", m, new_spec.volume(m))
             planned = planned_node(ctx, m, image, new_spec)
             host_tls.install(new_spec, m)  # spec.tls: CA and certificates in its config dir
             for fname, text in planned.files.items():
                 write_private(config_dir(spec.scope, m) / fname, text)
-            note(f"{m}: {engine.ensure_container(planned.container).value} on {image}; Patroni clones it")
+            where = f" on host {new_spec.host_of(m)}" if new_spec.multi_host else ""
+            note(f"{m}{where}: {engine.ensure_container(planned.container).value} on {image}; Patroni clones it")
         patroni.wait_whole(new_spec, timeout=timeout)
         reload_haproxy(new_spec)
         note(f"HAProxy reloaded with {nodes} servers")

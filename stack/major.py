@@ -151,6 +151,17 @@ class Precheck(BaseModel):
         return not self.refusal
 
 
+def hosts_refusal(blue: ClusterSpec) -> str | None:
+    """Why a blue/green upgrade cannot run on `blue` (None: it may). Over several hosts it is not built:
+    members use host networking, so green's members would need ports of their own on every host
+    (blue's hold PostgreSQL's, Patroni's and etcd's), and the flow drives one engine only."""
+    if blue.hosts is None:
+        return None
+    return ("the major upgrade is not built for a cluster over several hosts (hosts:): green's members would need "
+            "ports of their own on every host, where blue's members hold 5432, 8008, 2379 and 2380 (host "
+            "networking); see README 'Known limits'")
+
+
 def precheck(f: MajorFacts, replica_identity_full: bool) -> Precheck:
     """Refuse (one line naming the fix) or let go with notes, in the order a user fixes things."""
     if f.target_major not in SUITE_FOR_MAJOR:

@@ -6,6 +6,7 @@ import csv
 import io
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -84,6 +85,11 @@ def audit_backends(spec: ClusterSpec) -> tuple[dict[str, Backend], dict[str, Bac
     return found["primary"], found["replicas"]
 
 
+def _haproxies(spec: ClusterSpec) -> list[NodeExec]:
+    """Every HAProxy of the cluster: the one container, or (many hosts) the one on each host."""
+    return [NodeExec(e, spec.container(spec.haproxy_member)) for e in engines(spec).placed(spec.haproxy_member)]
+
+
 def reload(spec: ClusterSpec) -> None:
     """Check the mounted haproxy.cfg, then reload HAProxy in place (no session dropped).
 
@@ -92,16 +98,19 @@ def reload(spec: ClusterSpec) -> None:
     """
     sync_config(spec, spec.haproxy_member)  # many hosts: the new file into every HAProxy's config volume
     # One HAProxy, or (many hosts) the one on every host: each sees the file just pushed.
-    for n in [NodeExec(e, spec.container(spec.haproxy_member)) for e in engines(spec).placed(spec.haproxy_member)]:
-        r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"])
+    # Each step may run again when a busy engine cuts its output short (seen in the lab while a
+    # new node was cloning on the same host): checking and copying the file are idempotent, and
+    # a second SIGUSR2 is one more reload of the same file, which keeps the old workers' sessions.
+    for n in _haproxies(spec):
+        r = n.run(["haproxy", "-c", "-q", "-f", f"{CONFIG_MOUNT}/haproxy.cfg"], retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"the new haproxy.cfg does not validate: {r.tail(2)}")
         # HAProxy (the haproxy user) reads its private copy (stack/image/entrypoint.sh): refresh it.
         r = n.run(["install", "-o", "haproxy", "-g", "haproxy", "-m", "0600", f"{CONFIG_MOUNT}/haproxy.cfg",
-                   RUN_CFG], user="root")
+                   RUN_CFG], user="root", retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"copying the new haproxy.cfg failed: {r.tail(1)}")
-        r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER)
+        r = n.run(["kill", "-USR2", "1"], user=HAPROXY_USER, retries_if_lost=2)
         if not r.ok:
             raise HaproxyError(f"reloading HAProxy failed: {r.tail(1)}")
 
@@ -145,6 +154,22 @@ def route_commands(primary: str, others: list[str]) -> list[str]:
             *(f"set server primary/{m} health down" for m in others)]
 
 
+def backend_states_each(spec: ClusterSpec) -> dict[str, dict[str, dict[str, str]]]:
+    """backend_states as each HAProxy sees it, by engine (host) name; many hosts: every host's
+    HAProxy is asked from inside its container ({} for one that does not answer)."""
+    if not spec.multi_host:
+        return {"local": backend_states(spec)}
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for n in _haproxies(spec):
+        r = n.run(["curl", "-fsS", "--max-time", "3", f"http://localhost:{spec.ports.stats}/;csv"], timeout=5)
+        states: dict[str, dict[str, str]] = {px: {} for px in BACKENDS}
+        if r.ok:
+            for px, sv, row in _servers(parse_stats(r.out)):
+                states[px][sv] = row.get("status", "")
+        out[n.engine.name] = states if r.ok else {}
+    return out
+
+
 def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout: float,
                   give_up: Callable[[], bool] = lambda: False) -> float:
     """Route R/W to `candidate` the moment its Patroni holds the leader lock; seconds waited.
@@ -156,21 +181,37 @@ def route_primary(spec: ClusterSpec, candidate: str, others: list[str], timeout:
     starting one can be slow on a busy host), and `give_up` (the switchover request failed)
     is looked at between slices. Health checks keep running: if
     the candidate were not the primary after all, the next check would take it out again.
+    Many hosts: every host's HAProxy polls and routes at once (one thread each), reaching the
+    candidate's Patroni at its host's address (a container name resolves on one engine only).
     """
     started = time.monotonic()
-    n = node(spec, spec.haproxy_member)
     # Only servers HAProxy has (a scale in progress may differ from the spec): the runtime API
     # would answer "No such server." for the others.
     known = set(backend_states(spec)["primary"])
     if candidate not in known:
         raise HaproxyError(f"HAProxy's R/W backend has no server {candidate}; routing left to the health checks")
     cmds = ";".join(route_commands(candidate, [m for m in others if m in known]))
+    proxies = _haproxies(spec)
+    if len(proxies) == 1:
+        _route_one(spec, proxies[0], candidate, cmds, started, timeout, give_up)
+    else:
+        with ThreadPoolExecutor(len(proxies), thread_name_prefix="route") as pool:
+            futures = [pool.submit(_route_one, spec, n, candidate, cmds, started, timeout, give_up) for n in proxies]
+            errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            raise errors[0]
+    return time.monotonic() - started
+
+
+def _route_one(spec: ClusterSpec, n: NodeExec, candidate: str, cmds: str, started: float, timeout: float,
+               give_up: Callable[[], bool]) -> None:
+    """One HAProxy: poll the candidate's /leader from its container, then send the runtime commands."""
     while True:
-        r = n.run(["sh", "-c", _route_script(spec), "sh", spec.container(candidate), "100", cmds], user=HAPROXY_USER,
+        r = n.run(["sh", "-c", _route_script(spec), "sh", spec.address(candidate), "100", cmds], user=HAPROXY_USER,
                   timeout=20)
         if r.ok:
             _check_answer(r.out)
-            return time.monotonic() - started
+            return
         if r.code != 3:
             raise HaproxyError(f"routing {candidate} through HAProxy's runtime API failed: {r.tail(1)}")
         if give_up():

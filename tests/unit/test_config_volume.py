@@ -358,7 +358,8 @@ def test_haproxy_reload_syncs_then_reloads_every_hosts_haproxy(monkeypatch: pyte
     order: list[str] = []
     monkeypatch.setattr(haproxy, "sync_config", lambda spec, member: order.append(f"sync {member}") or [])
 
-    def run(self: NodeExec, cmd: list[str], user: str | None = None, timeout: int = 10) -> ExecResult:
+    def run(self: NodeExec, cmd: list[str], user: str | None = None, timeout: int = 10,
+            retries_if_lost: int = 0) -> ExecResult:
         order.append(f"{self.engine.name}: {cmd[0]}")
         return ExecResult(0, "", "")
 
