@@ -11,10 +11,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -161,3 +162,36 @@ def remove_lab(engine: docker.DockerClient, lab: str) -> None:
         n.remove()
     for v in engine.volumes.list(filters=flt):
         v.remove(force=True)
+
+
+@contextmanager
+def lab_cluster(engine: docker.DockerClient, env: dict[str, str], lab: str, scope: str, port_base: int, hosts: int,
+                lab_engine: str = "unix", edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                spec_path: Path | None = None) -> Iterator[dict[str, Any]]:
+    """A lab (`pgha lab up`) and a cluster on it (`pgha up`): the lab's status JSON, with the spec
+    the cluster runs under "cluster_spec" (the lab's own, or `edit`ed and written to `spec_path`).
+
+    Afterwards `lab down` and a sweep by label; `lab down` must succeed when the body ended
+    normally (a body that failed keeps its own error, not a teardown's)."""
+    remove_lab(engine, lab)
+    finished = False
+    try:
+        r = pgha(env, "lab", "up", "--hosts", str(hosts), "--engine", lab_engine, "--name", lab,
+                 "--port-base", str(port_base), "--scope", scope, "--json", timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        st: dict[str, Any] = json.loads(r.stdout)
+        spec = st["spec"]
+        if edit is not None:
+            assert spec_path is not None, "an edited spec needs a path"
+            spec_path.write_text(yaml.safe_dump(edit(yaml.safe_load(Path(spec).read_text()))))
+            spec = str(spec_path)
+        st["cluster_spec"] = spec
+        r = pgha(env, "up", "--spec", spec, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        yield st
+        finished = True
+    finally:
+        r = pgha(env, "lab", "down", "--name", lab, timeout=300)
+        remove_lab(engine, lab)
+        if finished:
+            assert r.returncode == 0, r.stdout + r.stderr

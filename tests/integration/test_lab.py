@@ -18,26 +18,15 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "ithost", "pgha-it-host", 26900
 
 
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "3", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
-             "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    try:
-        r = pgha(base_env, "up", "--spec", st["spec"], timeout=600)
-        assert r.returncode == 0, r.stdout + r.stderr
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 3) as st:
         yield st
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _password(env: dict[str, str]) -> str:

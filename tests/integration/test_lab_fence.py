@@ -15,15 +15,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-import yaml
 
 from stack.spec import parse_spec
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "itfence", "pgha-it-hostfence", 27500
 HARD_KILL_CEILING_S = 8.0  # fenced: a few seconds; unfenced it is the ttl (20 s)
@@ -33,24 +31,17 @@ WATCHERS = ["fencer-h1", "fencer-h2"]
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "2", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
-             "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    data = yaml.safe_load(Path(st["spec"]).read_text())
-    assert data["fencing"] is False  # the lab's own spec: fencing off
-    spec = tmp_path_factory.mktemp("hostfence") / "spec.yaml"
-    spec.write_text(yaml.safe_dump({**data, "fencing": True}))
-    st["fenced_spec"], st["data"] = str(spec), data
-    try:
-        r = pgha(base_env, "up", "--spec", str(spec), timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lab_spec: dict[str, Any] = {}
+
+    def fenced(data: dict[str, Any]) -> dict[str, Any]:
+        assert data["fencing"] is False  # the lab's own spec: fencing off
+        lab_spec.update(data)
+        return {**data, "fencing": True}
+
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 2, edit=fenced,
+                     spec_path=tmp_path_factory.mktemp("hostfence") / "spec.yaml") as st:
+        st["fenced_spec"], st["data"] = st["cluster_spec"], lab_spec
         yield st
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _inner(lab: dict[str, Any], host: str) -> docker.DockerClient:

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "itops", "pgha-it-ops", 27400
 # etcd requires client certificates (tls on): pgha's, in every etcd member's /etc/pgha (its config volume).
@@ -37,25 +37,14 @@ STATS = 7000  # HAProxy's stats port inside each lab host (stack/lab.py INNER_ST
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "3", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
-             "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    data = yaml.safe_load(Path(st["spec"]).read_text())
-    assert data["etcd_members"] == 3 and data["fencing"] is False and data["backup"] == {"enabled": False}
-    data["nodes"] = 2  # h3 holds no node: scale puts pg-3 there
-    spec = tmp_path_factory.mktemp("ops") / "spec.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    st["ops_spec"] = str(spec)
-    try:
-        r = pgha(base_env, "up", "--spec", str(spec), timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    def two_nodes(data: dict[str, Any]) -> dict[str, Any]:
+        assert data["etcd_members"] == 3 and data["fencing"] is False and data["backup"] == {"enabled": False}
+        return {**data, "nodes": 2}  # h3 holds no node: scale puts pg-3 there
+
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 3, edit=two_nodes,
+                     spec_path=tmp_path_factory.mktemp("ops") / "spec.yaml") as st:
+        st["ops_spec"] = st["cluster_spec"]
         yield st
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _inner(host: dict[str, Any]) -> docker.DockerClient:

@@ -25,7 +25,7 @@ import yaml
 from stack import lab as plan
 from stack.hosts import EngineSSH
 from tasks.docker_ssh import ssh_client
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "itssh", "pgha-it-ssh", 27300
 BAD_SCOPE = "pgha-it-sshbad"
@@ -52,24 +52,13 @@ def _ssh_processes(needle: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "2", "--engine", "ssh", "--name", LAB, "--port-base", str(PORT_BASE),
-             "--scope", SCOPE, "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    key = str(st["hosts"][0]["ssh"]["key"])
-    try:
-        r = pgha(base_env, "up", "--spec", st["spec"], timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, N_HOSTS, lab_engine="ssh") as st:
+        key = str(st["hosts"][0]["ssh"]["key"])
         yield st
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert not _lab_dir(base_env).exists()  # keys and known_hosts too
-        # `lab down` ended the ControlPersist masters (titled `ssh: <control path> [mux]`): no ssh
-        # of pgha's for this lab is left.
-        assert _ssh_processes(key) == [] and _ssh_processes(str(Path(base_env["PGHA_STATE_DIR"]) / "ssh")) == []
+    assert not _lab_dir(base_env).exists()  # keys and known_hosts too
+    # `lab down` ended the ControlPersist masters (titled `ssh: <control path> [mux]`): no ssh
+    # of pgha's for this lab is left.
+    assert _ssh_processes(key) == [] and _ssh_processes(str(Path(base_env["PGHA_STATE_DIR"]) / "ssh")) == []
 
 
 def _hosts(lab: dict[str, object]) -> list[dict[str, object]]:

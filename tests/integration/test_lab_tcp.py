@@ -25,7 +25,7 @@ import yaml
 from docker.tls import TLSConfig
 
 from tasks.docker_engine import tls_client
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "ittcp", "pgha-it-tcp", 27200
 BAD_SCOPE = "pgha-it-tcpbad"
@@ -34,20 +34,9 @@ N_HOSTS = 2
 
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "2", "--engine", "tcp", "--name", LAB, "--port-base", str(PORT_BASE),
-             "--scope", SCOPE, "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    try:
-        r = pgha(base_env, "up", "--spec", st["spec"], timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, N_HOSTS, lab_engine="tcp") as st:
         yield st
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert not (Path(base_env["PGHA_STATE_DIR"]) / "labs" / LAB).exists()  # certificates and keys too
+    assert not (Path(base_env["PGHA_STATE_DIR"]) / "labs" / LAB).exists()  # certificates and keys too
 
 
 def _hosts(lab: dict[str, object]) -> list[dict[str, object]]:

@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import psycopg
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 from stack.backup import CANARY_TABLE
-from tests.integration.conftest import pgha, remove_lab
+from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "itrepo", "pgha-it-repo", 27000
 REPO = f"{SCOPE}-repo"
@@ -51,28 +52,15 @@ def _teardown_keeps_then_purges_the_repository(env: dict[str, str], spec: str, h
 @pytest.fixture(scope="module")
 def lab(engine: docker.DockerClient, base_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    remove_lab(engine, LAB)
-    r = pgha(base_env, "lab", "up", "--hosts", "2", "--name", LAB, "--port-base", str(PORT_BASE), "--scope", SCOPE,
-             "--json", timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
-    data = yaml.safe_load(Path(st["spec"]).read_text())
-    assert data["nodes"] == 2 and data["etcd_members"] == 1 and data["allow_unsafe_placement"] is True
-    data["backup"] = {"enabled": True, "repo_host": "h2"}
-    spec = tmp_path_factory.mktemp("repo") / "spec.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    st["repo_spec"] = str(spec)
-    torn_down = False
-    try:
-        r = pgha(base_env, "up", "--spec", str(spec), timeout=600)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    def with_repo_host(data: dict[str, Any]) -> dict[str, Any]:
+        assert data["nodes"] == 2 and data["etcd_members"] == 1 and data["allow_unsafe_placement"] is True
+        return {**data, "backup": {"enabled": True, "repo_host": "h2"}}
+
+    with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 2, edit=with_repo_host,
+                     spec_path=tmp_path_factory.mktemp("repo") / "spec.yaml") as st:
+        st["repo_spec"] = st["cluster_spec"]
         yield st
-        _teardown_keeps_then_purges_the_repository(base_env, str(spec), _inner(st["hosts"][1]))
-        torn_down = True
-    finally:
-        r = pgha(base_env, "lab", "down", "--name", LAB, timeout=300)
-        remove_lab(engine, LAB)
-        assert r.returncode == 0 or not torn_down, r.stdout + r.stderr
+        _teardown_keeps_then_purges_the_repository(base_env, st["repo_spec"], _inner(st["hosts"][1]))
 
 
 def _password(env: dict[str, str]) -> str:
