@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psycopg
 import pytest
 import yaml
 
@@ -195,3 +196,11 @@ def lab_cluster(engine: docker.DockerClient, env: dict[str, str], lab: str, scop
         remove_lab(engine, lab)
         if finished:
             assert r.returncode == 0, r.stdout + r.stderr
+
+
+def lab_connect(env: dict[str, str], scope: str, port: object) -> psycopg.Connection:
+    """The superuser on 127.0.0.1:`port` (a lab host's published R/W or R/O port; the cluster
+    accepts TLS only), the password read from the state dir (never argv)."""
+    password = json.loads((Path(env["PGHA_STATE_DIR"]) / scope / "secrets.json").read_text())["superuser"]
+    return psycopg.connect(host="127.0.0.1", port=int(str(port)), user="postgres", password=str(password),
+                           dbname="postgres", connect_timeout=5, autocommit=True)

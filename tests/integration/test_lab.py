@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import lab_cluster, pgha
+from tests.integration.conftest import lab_cluster, lab_connect, pgha
 
 LAB, SCOPE, PORT_BASE = "ithost", "pgha-it-host", 26900
 
@@ -27,16 +27,6 @@ LAB, SCOPE, PORT_BASE = "ithost", "pgha-it-host", 26900
 def lab(engine: docker.DockerClient, base_env: dict[str, str]) -> Iterator[dict[str, object]]:
     with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 3) as st:
         yield st
-
-
-def _password(env: dict[str, str]) -> str:
-    state = Path(env["PGHA_STATE_DIR"]) / SCOPE / "secrets.json"
-    return str(json.loads(state.read_text())["superuser"])
-
-
-def _connect(env: dict[str, str], port: int) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=_password(env), dbname="postgres",
-                           connect_timeout=5, autocommit=True)
 
 
 def test_lab_status_lists_each_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
@@ -63,10 +53,10 @@ def test_members_spread_one_per_host(lab: dict[str, object]) -> None:
 def test_write_on_host1_read_on_host2(lab: dict[str, object], base_env: dict[str, str]) -> None:
     hosts = lab["hosts"]
     assert isinstance(hosts, list)
-    with _connect(base_env, hosts[0]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[0]["rw_port"]) as c:
         c.execute("create table if not exists lab_t (v text)")
         c.execute("insert into lab_t values ('from host 1')")
-    with _connect(base_env, hosts[1]["ro_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[1]["ro_port"]) as c:
         row = c.execute("select pg_is_in_recovery(), count(*) from lab_t where v = 'from host 1'").fetchone()
     assert row == (True, 1)
 
@@ -233,5 +223,5 @@ def test_host_partition_of_the_leaders_host(lab: dict[str, object], base_env: di
     r = pgha(base_env, "lab", "status", "--name", LAB, "--json")
     hosts = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
     # Reconnected with its address: its HAProxy answers on its own published port again.
-    with _connect(base_env, hosts[host]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[host]["rw_port"]) as c:
         assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import lab_cluster, pgha
+from tests.integration.conftest import lab_cluster, lab_connect, pgha
 
 LAB, SCOPE, PORT_BASE = "itops", "pgha-it-ops", 27400
 # etcd requires client certificates (tls on): pgha's, in every etcd member's /etc/pgha (its config volume).
@@ -49,15 +49,6 @@ def lab(engine: docker.DockerClient, base_env: dict[str, str],
 
 def _inner(host: dict[str, Any]) -> docker.DockerClient:
     return docker.DockerClient(base_url=str(host["docker"]), timeout=60)
-
-
-def _password(env: dict[str, str]) -> str:
-    return str(json.loads((Path(env["PGHA_STATE_DIR"]) / SCOPE / "secrets.json").read_text())["superuser"])
-
-
-def _connect(env: dict[str, str], port: int) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=_password(env), dbname="postgres",
-                           connect_timeout=5, autocommit=True)
 
 
 def _status(env: dict[str, str], spec: str, within_s: float = 60) -> dict[str, Any]:
@@ -119,7 +110,7 @@ def two_nodes(lab: dict[str, Any], base_env: dict[str, str]) -> dict[str, Any]:
 
 def test_config_set_restarts_every_member_on_its_host(two_nodes: dict[str, Any], base_env: dict[str, str]) -> None:
     spec, hosts = str(two_nodes["ops_spec"]), two_nodes["hosts"]
-    with _connect(base_env, hosts[0]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[0]["rw_port"]) as c:
         before = int(str(c.execute("show max_connections").fetchone()[0]))  # type: ignore[index]
     want = str(before + 10 if before < 200 else before - 10)
     ids = {f"pg-{i}": _inner(hosts[i - 1]).containers.get(f"{SCOPE}-pg-{i}").id for i in (1, 2)}
@@ -137,14 +128,14 @@ def test_config_set_restarts_every_member_on_its_host(two_nodes: dict[str, Any],
     # Every host's ports reach a member running the new value; a write on h3 reads back on h1's R/O.
     for h in hosts:
         for port in (h["rw_port"], h["ro_port"]):
-            with _connect(base_env, port) as c:
+            with lab_connect(base_env, SCOPE, port) as c:
                 assert c.execute("show max_connections").fetchone() == (want,), (h["name"], port)
-    with _connect(base_env, hosts[2]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[2]["rw_port"]) as c:
         c.execute("create table if not exists ops_t (v text)")
         c.execute("insert into ops_t values (%s)", (f"max_connections={want}",))
 
     def read_back() -> bool:
-        with _connect(base_env, hosts[0]["ro_port"]) as c:
+        with lab_connect(base_env, SCOPE, hosts[0]["ro_port"]) as c:
             row = c.execute("select pg_is_in_recovery(), count(*) from ops_t where v = %s",
                             (f"max_connections={want}",)).fetchone()
         return row == (True, 1)
@@ -155,7 +146,7 @@ def test_config_set_restarts_every_member_on_its_host(two_nodes: dict[str, Any],
 def test_config_set_of_a_missing_library_is_rolled_back(two_nodes: dict[str, Any], base_env: dict[str, str]) -> None:
     spec, hosts = str(two_nodes["ops_spec"]), two_nodes["hosts"]
     stored = _stored_parameters(base_env)
-    with _connect(base_env, hosts[0]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[0]["rw_port"]) as c:
         preload = c.execute("show shared_preload_libraries").fetchone()
     r = pgha(base_env, "config", "set", "shared_preload_libraries=does_not_exist", "--spec", spec, timeout=600)
     err = (r.stderr.strip().splitlines() or [""])[-1]
@@ -165,9 +156,9 @@ def test_config_set_of_a_missing_library_is_rolled_back(two_nodes: dict[str, Any
     assert _stored_parameters(base_env) == stored
     for h in hosts:
         for port in (h["rw_port"], h["ro_port"]):
-            with _connect(base_env, port) as c:
+            with lab_connect(base_env, SCOPE, port) as c:
                 assert c.execute("show shared_preload_libraries").fetchone() == preload, (h["name"], port)
-    with _connect(base_env, hosts[1]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[1]["rw_port"]) as c:
         c.execute("create table if not exists ops_t (v text)")
         c.execute("insert into ops_t values ('after the rollback')")
 
@@ -202,13 +193,13 @@ def test_scale_up_onto_the_third_host_and_back_down(two_nodes: dict[str, Any], b
                               lambda h=h: (s := _haproxy_servers(h))["replicas"].get("pg-3", "").startswith("UP")
                               and s)
         assert set(servers["primary"]) == {"pg-1", "pg-2", "pg-3"}, (h["name"], servers)
-    with _connect(base_env, hosts[0]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[0]["rw_port"]) as c:
         c.execute("create table if not exists ops_t (v text)")
         c.execute("insert into ops_t values ('for pg-3')")
     for h in hosts:
         def served_by_pg3(h: dict[str, Any] = h) -> bool:
             # Round robin over the replicas: new connections reach pg-3 (h3's address) soon.
-            with _connect(base_env, h["ro_port"]) as c:
+            with lab_connect(base_env, SCOPE, h["ro_port"]) as c:
                 row = c.execute("select host(inet_server_addr()), count(*) from ops_t where v = 'for pg-3'").fetchone()
             return row == (hosts[2]["address"], 1)
 
@@ -223,7 +214,7 @@ def test_scale_up_onto_the_third_host_and_back_down(two_nodes: dict[str, Any], b
     for h in hosts:
         assert set(_haproxy_servers(h)["primary"]) == {"pg-1", "pg-2"}, h["name"]
     assert set(_nodes(_status(base_env, spec))) == {"pg-1", "pg-2"}
-    with _connect(base_env, hosts[2]["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, hosts[2]["rw_port"]) as c:
         assert c.execute("select count(*) from ops_t where v = 'for pg-3'").fetchone() == (1,)
 
 

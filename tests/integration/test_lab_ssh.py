@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
-import psycopg
 import pytest
 import yaml
 
 from stack import lab as plan
 from stack.hosts import EngineSSH
 from tasks.docker_ssh import ssh_client
-from tests.integration.conftest import lab_cluster, pgha
+from tests.integration.conftest import lab_cluster, lab_connect, pgha
 
 LAB, SCOPE, PORT_BASE = "itssh", "pgha-it-ssh", 27300
 BAD_SCOPE = "pgha-it-sshbad"
@@ -71,15 +70,6 @@ def _ssh(host: dict[str, object]) -> EngineSSH:
     return EngineSSH.model_validate(host["ssh"])
 
 
-def _password(env: dict[str, str]) -> str:
-    return str(json.loads((Path(env["PGHA_STATE_DIR"]) / SCOPE / "secrets.json").read_text())["superuser"])
-
-
-def _connect(env: dict[str, str], port: object) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=int(str(port)), user="postgres", password=_password(env),
-                           dbname="postgres", connect_timeout=5, autocommit=True)
-
-
 def test_status_and_spec_name_ssh_engines_with_private_key_files(lab: dict[str, object], base_env: dict[str, str],
                                                                  engine: docker.DockerClient) -> None:
     r = pgha(base_env, "lab", "status", "--name", LAB, "--json")
@@ -118,10 +108,10 @@ def test_status_and_spec_name_ssh_engines_with_private_key_files(lab: dict[str, 
 
 def test_write_on_host1_rw_read_back_on_host2_ro(lab: dict[str, object], base_env: dict[str, str]) -> None:
     h1, h2 = _hosts(lab)
-    with _connect(base_env, h1["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, h1["rw_port"]) as c:
         c.execute("create table if not exists ssh_t (v text)")
         c.execute("insert into ssh_t values ('through ssh engines')")
-    with _connect(base_env, h2["ro_port"]) as c:
+    with lab_connect(base_env, SCOPE, h2["ro_port"]) as c:
         row = c.execute("select pg_is_in_recovery(), count(*) from ssh_t where v = 'through ssh engines'").fetchone()
     assert row == (True, 1)
 

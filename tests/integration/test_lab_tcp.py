@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
-import psycopg
 import pytest
 import requests
 import yaml
 from docker.tls import TLSConfig
 
 from tasks.docker_engine import tls_client
-from tests.integration.conftest import lab_cluster, pgha
+from tests.integration.conftest import lab_cluster, lab_connect, pgha
 
 LAB, SCOPE, PORT_BASE = "ittcp", "pgha-it-tcp", 27200
 BAD_SCOPE = "pgha-it-tcpbad"
@@ -52,15 +51,6 @@ def _tcp_client(host: dict[str, object], with_cert: bool = True) -> docker.Docke
     cfg = (TLSConfig(client_cert=(tls["cert"], tls["key"]), ca_cert=tls["ca"], verify=True) if with_cert
            else TLSConfig(ca_cert=tls["ca"], verify=True))
     return tls_client(str(host["docker"]).replace("tcp://", "https://"), cfg, timeout=30)
-
-
-def _password(env: dict[str, str]) -> str:
-    return str(json.loads((Path(env["PGHA_STATE_DIR"]) / SCOPE / "secrets.json").read_text())["superuser"])
-
-
-def _connect(env: dict[str, str], port: object) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=int(str(port)), user="postgres", password=_password(env),
-                           dbname="postgres", connect_timeout=5, autocommit=True)
 
 
 def test_status_and_spec_name_tcp_engines_with_private_tls_files(lab: dict[str, object], base_env: dict[str, str],
@@ -93,10 +83,10 @@ def test_status_and_spec_name_tcp_engines_with_private_tls_files(lab: dict[str, 
 
 def test_write_on_host1_rw_read_back_on_host2_ro(lab: dict[str, object], base_env: dict[str, str]) -> None:
     h1, h2 = _hosts(lab)
-    with _connect(base_env, h1["rw_port"]) as c:
+    with lab_connect(base_env, SCOPE, h1["rw_port"]) as c:
         c.execute("create table if not exists tcp_t (v text)")
         c.execute("insert into tcp_t values ('through tcp+tls engines')")
-    with _connect(base_env, h2["ro_port"]) as c:
+    with lab_connect(base_env, SCOPE, h2["ro_port"]) as c:
         row = c.execute("select pg_is_in_recovery(), count(*) from tcp_t where v = 'through tcp+tls engines'").fetchone()
     assert row == (True, 1)
 
