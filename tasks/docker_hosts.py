@@ -57,12 +57,7 @@ def tls_config(t: EngineTLS, host: str) -> TLSConfig:
     from docker.tls import TLSConfig
 
     for field in ("ca", "cert", "key"):
-        path = Path(getattr(t, field)).expanduser()
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise SpecError(f"host {host}: tls.{field} {path}: {exc.strerror or 'cannot be read'}") from None
+        _readable(getattr(t, field), f"host {host}: tls.{field}")
     return TLSConfig(client_cert=(str(Path(t.cert).expanduser()), str(Path(t.key).expanduser())),
                      ca_cert=str(Path(t.ca).expanduser()), verify=True)
 
@@ -70,16 +65,19 @@ def tls_config(t: EngineTLS, host: str) -> TLSConfig:
 def ssh_files(s: EngineSSH, host: str) -> EngineSSH:
     """An ssh:// engine's key and known_hosts as absolute paths; a file that is missing or
     unreadable is a spec error (one line), as ssh's own "no such identity" would be a warning."""
-    out = {}
-    for field in ("key", "known_hosts"):
-        path = Path(getattr(s, field)).expanduser()
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise SpecError(f"host {host}: ssh.{field} {path}: {exc.strerror or 'cannot be read'}") from None
-        out[field] = str(path.resolve())
-    return EngineSSH(**out)
+    return s.model_copy(update={field: str(_readable(getattr(s, field), f"host {host}: ssh.{field}").resolve())
+                                for field in ("key", "known_hosts")})
+
+
+def _readable(name: str, what: str) -> Path:
+    """The file `name` (~ expanded) when it can be opened; else SpecError, one line naming `what`."""
+    path = Path(name).expanduser()
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise SpecError(f"{what} {path}: {exc.strerror or 'cannot be read'}") from None
+    return path
 
 
 def host_engine(host: HostSpec) -> Engine:

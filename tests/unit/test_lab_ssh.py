@@ -274,3 +274,16 @@ def test_ending_an_engines_masters_touches_no_other_engine(tmp_path: Path, monke
     other.write_text("")
     assert ssh_end_masters(URL) == 0
     assert not stale.exists() and other.exists()
+
+
+def test_ssh_files_resolve_the_paths_and_keep_multiplex(tmp_path: Path) -> None:
+    from tasks.docker_hosts import ssh_files
+
+    key, kh = tmp_path / "k", tmp_path / "kh"
+    key.write_text("x")
+    kh.write_text("y")
+    got = ssh_files(EngineSSH(key=str(key), known_hosts=str(kh), multiplex=True), "h1")
+    assert (got.key, got.known_hosts, got.multiplex) == (str(key.resolve()), str(kh.resolve()), True)
+    kh.unlink()
+    with pytest.raises(SpecError, match=r"^host h1: ssh.known_hosts .*kh: No such file or directory$"):
+        ssh_files(EngineSSH(key=str(key), known_hosts=str(kh)), "h1")
