@@ -37,6 +37,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+_RERUN_TAIL = 60  # lines of each first failure kept
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A test that failed and is run again (`--reruns`): its first failure is kept, so a flake has a
+    cause to read (the rerun plugin prints only "RERUN"); written to test-artifacts/reruns.log and
+    shown at the end of the run."""
+    if report.outcome != "rerun":
+        return
+    text = "\n".join(str(report.longreprtext).splitlines()[-_RERUN_TAIL:])
+    entry = f"==== first failure of {report.nodeid} ({report.when}) ====\n{text}\n"
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    with (out / "reruns.log").open("a") as f:
+        f.write(entry)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reruns = [r for r in terminalreporter.stats.get("rerun", []) if getattr(r, "longreprtext", "")]
+    if reruns:
+        terminalreporter.section("first failures of the tests run again")
+        for r in reruns:
+            terminalreporter.write_line(f"---- {r.nodeid} ({r.when})")
+            for line in str(r.longreprtext).splitlines()[-_RERUN_TAIL:]:
+                terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     try:
