@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup clean server server-stop audit bench-audit
+.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup clean server server-stop audit bench-audit docs docs-build
 
 # `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
 # runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
@@ -20,13 +20,21 @@ down: venv               ## remove the containers (data volumes kept); the serve
 status: venv
 	$(PGHA) status $(if $(SPEC),--spec $(SPEC))
 
-test: lint unit integration   ## everything the CI runs
+test: lint unit docs-build integration   ## everything the CI runs
 
 lint: venv
 	$(VENV)/bin/ruff check cli flows tasks stack tests benchmarks
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit -q
+
+# The documentation site (MkDocs + Material): references are generated from the code at build
+# time (docs/hooks/generate.py); --strict turns a broken link, anchor or missing page into a failure.
+docs-build: venv         ## build the docs site into build/site (strict: fails on any warning)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
+docs: venv               ## build and serve the docs on http://127.0.0.1:$${PGHA_DOCS_PORT:-8000}
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict -a 127.0.0.1:$${PGHA_DOCS_PORT:-8000}
 
 IT_WORKERS ?= 2
 # A failed integration test runs once more (its module's cluster as it is) and the run lists it
