@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.steps.cluster import stored_spec
+from stack import alerts as alerts_mod
 from stack import audit as A
 from stack import audit_backup as AB
 from stack import operator
@@ -30,7 +31,7 @@ from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, events, fencer, haproxy, patroni, pgbackrest, pgbouncer, postgres
+from tasks import docker_hosts, etcd, events, fencer, haproxy, heartbeat, patroni, pgbackrest, pgbouncer, postgres
 from tasks._prefect import READ_ONLY
 from tasks.host import tls as host_tls
 from tasks.host.secrets import load_or_create
@@ -317,10 +318,44 @@ def _artifacts(report: AuditReport) -> None:
     create_markdown_artifact(key=f"{scope}-audit-summary", markdown="\n".join(md), description=report.message[:500])
 
 
+def _heartbeat() -> alerts_mod.Heartbeat | None:
+    """The dead man's switch to ping (deployments/alerts.yaml `heartbeat`, $PGHA_HEARTBEAT_URL), or None.
+    Read at every run, so a changed file needs no restart of the worker."""
+    try:
+        cfg = alerts_mod.load_alerts() if alerts_mod.ALERTS_FILE.exists() else None
+        return alerts_mod.heartbeat(cfg)
+    except PghaError as exc:  # a broken alerts file must not stop the audit: it says so, and pings nothing
+        get_run_logger().warning("heartbeat not pinged: %s", exc)
+        return None
+
+
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
 def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa: B008 - pydantic default is immutable
     """`scope`: audit the cluster of that scope as its last `pgha up` stored it, instead of `spec`
-    (what the leader-change automation passes)."""
+    (what the leader-change automation passes). With a heartbeat configured, the run pings it when
+    it starts, when it succeeds and, with the reason, when it fails or breaks."""
+    log = get_run_logger()
+    hb = _heartbeat()
+    name = scope or spec.scope
+    with ThreadPoolExecutor(max_workers=1) as pinger:  # the start ping runs beside the gathering
+        started = pinger.submit(heartbeat.ping, hb, name, "start") if hb else None
+        try:
+            state = _audit(spec, scope)
+        except BaseException as exc:
+            if hb:
+                if started is not None:
+                    started.result()  # the start ping first: the service orders them by arrival
+                end = heartbeat.ping(hb, name, "fail", f"health audit of {name} broke: {type(exc).__name__}")
+                log.info("heartbeat %s", end)
+            raise
+        if hb and started is not None:
+            log.info("heartbeat %s", started.result())
+            outcome = "fail" if state.is_failed() else "success"
+            log.info("heartbeat %s", heartbeat.ping(hb, name, outcome, state.message or ""))
+    return state
+
+
+def _audit(spec: ClusterSpec, scope: str) -> State:
     if scope:
         spec = stored_spec(scope)
     report = run_audit(spec)

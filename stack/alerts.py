@@ -21,6 +21,7 @@ ALERTS_FILE = ROOT / "deployments" / "alerts.yaml"
 WEBHOOK_ENV = "PGHA_ALERT_WEBHOOK_URL"
 SLACK_ENV = "PGHA_ALERT_SLACK_URL"  # a Slack incoming-webhook URL is a secret: never in the file
 SENDGRID_ENV = "PGHA_ALERT_SENDGRID_API_KEY"
+HEARTBEAT_ENV = "PGHA_HEARTBEAT_URL"  # overrides heartbeat.url (a ping URL is a credential: anyone with it can ping)
 STATES = ("Failed", "Crashed", "TimedOut", "Cancelled")
 
 # The notification text. Jinja, rendered by the Prefect server when the automation fires:
@@ -83,10 +84,39 @@ class Silence(_Strict):
                                                             "cluster unhealthy")
 
 
+HeartbeatStyle = Literal["healthchecks", "uptime-kuma"]
+HeartbeatEvent = Literal["start", "success", "fail"]
+
+
+def _check_heartbeat_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) < len("http://x"):
+        raise ValueError(f"must be an http:// or https:// URL, not {url[:12]!r}...")  # never the whole (secret) URL
+    return url
+
+
+class Heartbeat(_Strict):
+    """A dead man's switch outside this host: every health audit pings it when it starts, when it
+    succeeds, and with a failure when it fails, so the service alerts when the pings stop (the host,
+    the server or the worker is gone) as well as when an audit fails."""
+
+    url: str | None = Field(None, description="the check's ping URL (healthchecks.io, Uptime Kuma push); "
+                                              "`{scope}` is replaced by the cluster's scope; "
+                                              f"${HEARTBEAT_ENV} overrides it")
+    style: HeartbeatStyle = Field("healthchecks", description="healthchecks: URL/start, URL, URL/fail; uptime-kuma: "
+                                                              "URL?status=up|down&msg=... (no start ping)")
+    timeout_s: float = Field(5.0, gt=0, le=30, description="per ping; a ping that fails is logged, never fails the audit")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_heartbeat_url(v)
+
+
 class AlertsFile(_Strict):
     notification: Notification = Field(default_factory=Notification)  # type: ignore[arg-type]
     alerts: list[Alert] = Field(min_length=1)
     silence: Silence = Field(default_factory=Silence)  # type: ignore[arg-type]
+    heartbeat: Heartbeat = Field(default_factory=Heartbeat)  # type: ignore[arg-type]
 
     @field_validator("alerts")
     @classmethod
@@ -122,6 +152,20 @@ def webhook_url(cfg: AlertsFile, env: dict[str, str] | None = None) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"alert webhook URL must start with http:// or https://, not {url[:40]!r}")
     return url
+
+
+def heartbeat(cfg: AlertsFile | None, env: dict[str, str] | None = None) -> Heartbeat | None:
+    """The heartbeat to ping, or None: $PGHA_HEARTBEAT_URL (validated like the file's) over `heartbeat.url`."""
+    env = dict(os.environ) if env is None else env
+    hb = cfg.heartbeat if cfg is not None else Heartbeat()
+    url = env.get(HEARTBEAT_ENV) or hb.url
+    if not url:
+        return None
+    try:
+        _check_heartbeat_url(url)
+    except ValueError as exc:
+        raise UsageError(f"{HEARTBEAT_ENV}: {exc}") from None
+    return hb.model_copy(update={"url": url})
 
 
 def notification_block(cfg: AlertsFile, env: dict[str, str] | None = None) -> tuple[Any, str]:

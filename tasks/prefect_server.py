@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from stack import alerts as alerts_mod
+from stack import server as server_mod
 from stack.errors import PghaError, StateError, UsageError
 from tasks.host.state import state_root
 
@@ -98,9 +99,19 @@ def auth_string(create: bool = False) -> str | None:
     return text
 
 
+def history_days() -> int:
+    """Days of run history the server keeps ($PGHA_HISTORY_RETENTION_DAYS, default 30), checked
+    against prefect.yaml's schedules: a bad value is refused in one line before anything starts."""
+    return server_mod.retention_days(os.environ.get(server_mod.RETENTION_ENV),
+                                     server_mod.schedule_crons((ROOT / "prefect.yaml").read_text()))
+
+
 def env() -> dict[str, str]:
     """What the server, the CLI calls and the worker (hence every flow run) see."""
     e = dict(os.environ)
+    # Bounded history: the server's vacuum deletes flow runs (task runs, states, logs, artifacts)
+    # older than the retention; Prefect's own default keeps them forever.
+    e.update(server_mod.vacuum_settings(history_days()))
     if (auth := auth_string()) is not None:
         e["PREFECT_API_AUTH_STRING"] = auth  # the client side; the server's own is added in Proc.start
     e.update(
@@ -121,6 +132,19 @@ def healthy(timeout: float = 2.0) -> bool:
         return httpx.get(f"{api_url()}/health", timeout=timeout, trust_env=False).status_code == 200
     except (httpx.HTTPError, httpx.InvalidURL):
         return False
+
+
+def served_history_days() -> float | None:
+    """Days of flow-run history the running server keeps (its effective settings, read from
+    /api/admin/settings); None when it keeps them forever (flow-run vacuum off) or does not answer."""
+    auth = auth_string()
+    try:
+        r = httpx.get(f"{api_url()}/admin/settings", timeout=5, trust_env=False,
+                      auth=tuple(auth.split(":", 1)) if auth else None)  # type: ignore[arg-type]
+        vac = r.json()["server"]["services"]["db_vacuum"]
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError):
+        return None
+    return server_mod.served_retention_days(vac)
 
 
 @dataclass(frozen=True)
@@ -364,6 +388,7 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE, scopes: list[str] | None =
     """
     cfg = alerts_mod.load_alerts(path)
     block, target = alerts_mod.notification_block(cfg)
+    hb = alerts_mod.heartbeat(cfg)  # a bad $PGHA_HEARTBEAT_URL is refused here, before anything is applied
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
     from prefect.events.actions import SendNotification
@@ -394,6 +419,9 @@ def apply_alerts(path: Path = alerts_mod.ALERTS_FILE, scopes: list[str] | None =
                     wanted.create()
                     done.append(f"alert {a.name} created")
             done += _apply_event_alerts(client, cfg, block_id, scopes)
+    # The heartbeat needs nothing on the server: every audit reads the file (or the variable) when it runs.
+    done.append(f"heartbeat: every health audit pings it ({hb.style} style)" if hb else
+                f"heartbeat: none (set heartbeat.url in {path.name} or ${alerts_mod.HEARTBEAT_ENV})")
     return done
 
 
@@ -513,7 +541,15 @@ def fingerprint(with_alerts: bool) -> str:
 
 def start_all(with_alerts: bool = True) -> list[str]:
     """Everything up; a second call with nothing changed only checks (about a second: `make up` runs it each time)."""
+    wanted = history_days()  # a bad retention is refused before anything starts
     stamp = server_dir() / "deployed.sha256"
+    if SERVER.pid() is not None and healthy() and served_history_days() != wanted:
+        # The vacuum's settings are read when the server starts: say so rather than restart it here
+        # (a restart would cut every run in flight).
+        note = [f"history: the running server keeps {server_mod.describe_days(served_history_days())}; "
+                f"{wanted} days apply after `pgha server stop` and `pgha server start`"]
+    else:
+        note = []
     if SERVER.pid() is not None and WORKER.pid() is not None and healthy():
         try:
             current = stamp.read_text().strip() == fingerprint(with_alerts)
@@ -526,7 +562,7 @@ def start_all(with_alerts: bool = True) -> list[str]:
                     steps += apply_alerts()
                 except UsageError as exc:
                     steps.append(f"alerts not applied: {exc}")
-            return [*steps, start_worker()]
+            return [*steps, start_worker(), *note]
     stamp.unlink(missing_ok=True)
     steps = [start_server(), ensure_pool(), deploy(), apply_follow_up()]
     if with_alerts:
@@ -536,7 +572,7 @@ def start_all(with_alerts: bool = True) -> list[str]:
             steps.append(f"alerts not applied: {exc}")
     steps.append(start_worker())
     stamp.write_text(fingerprint(with_alerts) + "\n")
-    return steps
+    return [*steps, *note] if note else [*steps, f"history: flow runs older than {wanted} days are deleted"]
 
 
 def stop_all() -> list[str]:
@@ -549,4 +585,6 @@ def stop_all() -> list[str]:
 
 def status() -> dict[str, object]:
     return {"ui": ui_url(), "api": api_url(), "server_pid": SERVER.pid(), "server_healthy": healthy(),
-            "worker_pid": WORKER.pid(), "logs": str(server_dir())}
+            "worker_pid": WORKER.pid(), "logs": str(server_dir()),
+            "history": server_mod.describe_days(served_history_days()) if healthy() else
+            f"{history_days()} days once started"}

@@ -8,6 +8,7 @@ healthy audit → lock refusal → stopped replica (Failed + alert) → healed �
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -38,11 +39,17 @@ class Receiver:
 
     def __init__(self, port: int) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.pings: list[tuple[str, str]] = []  # (path, body) of every heartbeat ping (paths under /hb/)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.path.startswith("/hb/"):
+                    outer.pings.append((self.path, raw.decode(errors="replace")))
+                    self.send_response(200)
+                    self.end_headers()
+                    return
                 try:
                     outer.bodies.append(dict(json.loads(raw)))
                 except ValueError:
@@ -67,6 +74,16 @@ class Receiver:
             time.sleep(0.5)
         raise AssertionError(f"no alert containing {needles} within {timeout}s; got {self.bodies}")
 
+    def wait_ping(self, path: str, after: int = 0, timeout: float = 30) -> str:
+        """The body of the first heartbeat ping to `path` among the pings from index `after` on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p, body in self.pings[after:]:
+                if p == path:
+                    return body
+            time.sleep(0.2)
+        raise AssertionError(f"no heartbeat ping to {path} within {timeout}s; got {self.pings[after:]}")
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -86,11 +103,19 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     home = tmp_path_factory.mktemp("prefect-au")
     env = dict(base_env, PGHA_SERVER_PORT=str(SERVER_PORT), PREFECT_HOME=str(home),
                PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"), PREFECT_API_URL=API,
-               PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook")
+               PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook",
+               # the dead man's switch: the worker (so deployment runs) and the CLI ping it
+               PGHA_HEARTBEAT_URL=f"http://127.0.0.1:{HOOK_PORT}/hb/{{scope}}",
+               # bounded history: the shortest retention the weekly schedules allow, and a vacuum
+               # that runs every few seconds instead of hourly so the test sees it work
+               PGHA_HISTORY_RETENTION_DAYS="8", PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS="3")
     try:
         res = pgha(env, "server", "start", timeout=600)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "alert pgha-health-flow-failed created" in res.stdout
+        assert "heartbeat: every health audit pings it (healthchecks style)" in res.stdout
+        assert "history: flow runs older than 8 days are deleted" in res.stdout
+        assert "/hb/" not in res.stdout + res.stderr  # a ping URL is a credential: never printed
         # The server requires its basic-auth secret (kept 0600 in the state dir): `prefect` and
         # the direct API calls here use it, from the environment.
         env["PREFECT_API_AUTH_STRING"] = (Path(env["PGHA_STATE_DIR"]) / "server" / "api-auth").read_text().strip()
@@ -219,9 +244,15 @@ def test_stopped_replica_fails_the_audit_and_alerts(cluster: Cluster, engine: do
     engine.containers.get(cluster.container(replica)).stop(timeout=30)
     try:
         t0 = time.monotonic()
+        seen = len(receiver.pings)
         res = run_audit_deployment(cluster)
         assert res.returncode == 1, res.stdout[-3000:]  # --watch's exit code follows the outcome
         assert "Failed" in res.stdout
+        # The heartbeat saw the run start, then fail with its verdict (healthchecks.io's convention).
+        receiver.wait_ping(f"/hb/{SCOPE}/start", after=seen)
+        assert replica in receiver.wait_ping(f"/hb/{SCOPE}/fail", after=seen)
+        assert [p for p, _ in receiver.pings[seen:]].index(f"/hb/{SCOPE}/start") < \
+            [p for p, _ in receiver.pings[seen:]].index(f"/hb/{SCOPE}/fail")
         body = receiver.wait_for(f"health-audit failed on cluster {SCOPE}", f"container.running {replica}",
                                  timeout=ALERT_WITHIN_S)
         assert UI_RUN in body["body"], body
@@ -236,8 +267,10 @@ def test_stopped_replica_fails_the_audit_and_alerts(cluster: Cluster, engine: do
     finally:
         engine.containers.get(cluster.container(replica)).start()
     wait_healthy(cluster)
+    seen = len(receiver.pings)
     res = run_audit_deployment(cluster)
     assert res.returncode == 0, res.stdout[-3000:]
+    receiver.wait_ping(f"/hb/{SCOPE}", after=seen)  # success: the bare URL
     table = pgha(cluster.env, "audit", "--scope", SCOPE)
     assert table.returncode == 0, table.stdout[-3000:]
     assert "patroni.leader" in table.stdout and f"health audit of {SCOPE}:" in table.stdout
@@ -253,3 +286,43 @@ def test_crashed_health_flow_alerts(server_env: dict[str, str], receiver: Receiv
     assert res.returncode == 1 and "Crashed" in res.stdout, res.stdout[-2000:]
     body = receiver.wait_for("pgha-test-crash crashed on cluster pgha-it-au-crash", "status code")
     assert UI_RUN in body["body"]
+
+
+def test_history_older_than_the_retention_is_deleted(server_env: dict[str, str]) -> None:
+    """Two finished runs with a log each; one is made 9 days old (its end_time, in the server's own
+    database: the API stamps states with the current time). The vacuum, with pgha's 8-day retention,
+    deletes that run and its log and keeps the recent one."""
+    import sqlite3
+
+    status = pgha(server_env, "server", "status", "--json", timeout=60)
+    assert json.loads(status.stdout)["history"] == "flow runs for 8 days", status.stdout
+    flow_id = api_post("/flows/", {"name": "pgha-test-retention"})["id"]
+    runs = {}
+    for name in ("old-run", "recent-run"):
+        run = api_post("/flow_runs/", {"flow_id": flow_id, "name": name, "state": {"type": "COMPLETED"}})
+        api_post("/logs/", [{"name": "pgha.test", "level": 20, "message": f"log of {name}", "flow_run_id": run["id"],
+                             "timestamp": dt.datetime.now(dt.UTC).isoformat()}])  # type: ignore[list-item]
+        runs[name] = run["id"]
+    db = sqlite3.connect(Path(server_env["PREFECT_HOME"]) / "prefect.db", timeout=30)
+    try:
+        (end,) = db.execute("SELECT end_time FROM flow_run WHERE id = ?", (runs["old-run"],)).fetchone()
+        assert end, "a COMPLETED run has an end_time"
+        old = (dt.datetime.fromisoformat(str(end)) - dt.timedelta(days=9)).isoformat(sep=" ")
+        db.execute("UPDATE flow_run SET end_time = ? WHERE id = ?", (old, runs["old-run"]))
+        db.commit()
+    finally:
+        db.close()
+
+    def logs_of(run_id: str) -> list[Any]:
+        return list(api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}}))
+
+    assert logs_of(runs["old-run"]), "the old run's log is there before the vacuum"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = api_post("/flow_runs/filter", {"flow_runs": {"id": {"any_": list(runs.values())}}})
+        if [r["name"] for r in found] == ["recent-run"]:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the 9-day-old run was not vacuumed within 60 s: {[r['name'] for r in found]}")
+    assert logs_of(runs["old-run"]) == [] and logs_of(runs["recent-run"]), "logs go with their run, and only theirs"

@@ -112,3 +112,60 @@ def test_notification_block_per_kind(tmp_path: Path) -> None:
     block, target = al.notification_block(al.load_alerts(f), env={al.SENDGRID_ENV: "SG.key"})
     assert isinstance(block, SendgridEmail) and target == "e-mail to dba@example.org"
     assert "SG.key" not in repr(block)  # the key is a SecretStr
+
+
+# ---- the heartbeat (dead man's switch) ----
+
+def _hb(tmp_path: Path, body: str) -> al.Heartbeat | None:
+    f = tmp_path / "alerts.yaml"
+    f.write_text("alerts: [{name: abc}]\n" + body)
+    return al.heartbeat(al.load_alerts(f), env={})
+
+
+def test_heartbeat_is_off_by_default_and_the_env_overrides_the_file(tmp_path: Path) -> None:
+    assert al.heartbeat(al.load_alerts(), env={}) is None  # the shipped file pings nothing
+    hb = _hb(tmp_path, "heartbeat: {url: 'https://hc-ping.com/k/{scope}'}\n")
+    assert hb is not None and hb.url == "https://hc-ping.com/k/{scope}" and hb.style == "healthchecks"
+    over = al.heartbeat(al.load_alerts(), env={al.HEARTBEAT_ENV: "http://127.0.0.1:9/hb"})
+    assert over is not None and over.url == "http://127.0.0.1:9/hb"
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y", "hc-ping.com/uuid", "javascript:alert(1)", "http://"])
+def test_heartbeat_url_must_be_http(tmp_path: Path, url: str) -> None:
+    f = tmp_path / "alerts.yaml"
+    f.write_text(f"alerts: [{{name: abc}}]\nheartbeat: {{url: '{url}'}}\n")
+    with pytest.raises(SpecError, match="heartbeat.url: must be an http:// or https:// URL"):
+        al.load_alerts(f)
+    with pytest.raises(UsageError, match=f"{al.HEARTBEAT_ENV}: must be an http"):
+        al.heartbeat(al.load_alerts(), env={al.HEARTBEAT_ENV: url})
+
+
+def test_heartbeat_refusal_never_echoes_the_whole_url(tmp_path: Path) -> None:
+    secret = "ftp://hc-ping.com/0f1e2d3c-secret-ping-key"
+    with pytest.raises(UsageError) as exc:
+        al.heartbeat(None, env={al.HEARTBEAT_ENV: secret})
+    assert "secret-ping-key" not in str(exc.value)
+
+
+def test_heartbeat_pings_in_each_services_convention(tmp_path: Path) -> None:
+    from tasks.heartbeat import heartbeat_ping
+
+    hc = al.Heartbeat(url="https://hc-ping.com/key/{scope}")
+    assert heartbeat_ping(hc, "lab-1", "start") == ("POST", "https://hc-ping.com/key/lab-1/start")
+    assert heartbeat_ping(hc, "lab-1", "success") == ("POST", "https://hc-ping.com/key/lab-1")
+    assert heartbeat_ping(hc, "lab-1", "fail") == ("POST", "https://hc-ping.com/key/lab-1/fail")
+    uuid = al.Heartbeat(url="https://hc-ping.com/0f1e2d3c/")  # a trailing slash is not doubled
+    assert heartbeat_ping(uuid, "x", "fail") == ("POST", "https://hc-ping.com/0f1e2d3c/fail")
+    kuma = al.Heartbeat(url="https://kuma.example/api/push/T0k3n?ping=", style="uptime-kuma")
+    assert heartbeat_ping(kuma, "x", "start") is None  # push monitors know up and down only
+    assert heartbeat_ping(kuma, "x", "success", "ok") == ("GET", "https://kuma.example/api/push/T0k3n?ping=&status=up&msg=ok")
+    method, url = heartbeat_ping(kuma, "x", "fail", "2 critical: pg-2 down") or ("", "")
+    assert method == "GET" and url.endswith("&status=down&msg=2%20critical%3A%20pg-2%20down")
+
+
+def test_heartbeat_ping_never_raises_nor_names_the_url() -> None:
+    from tasks.heartbeat import ping
+
+    hb = al.Heartbeat(url="http://127.0.0.1:9/secret-key", timeout_s=1)  # port 9: nothing listens
+    out = ping(hb, "x", "start")
+    assert out.startswith("start: ") and "secret-key" not in out
