@@ -31,17 +31,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     They run one file per pytest-xdist worker at a time (`--dist loadfile`), so a module
     fixture's cluster is made by one worker only; the session cluster `cluster_a` is used by
     test_cluster.py alone for the same reason. Files never share scopes or ports.
+
+    A test that must pass every time runs once. Only a test marked `timing_sensitive` (it asserts
+    a ceiling on a time a shared 2-core machine can stretch: a write gap, an alert's delay) is run
+    again after a failure, $IT_RERUNS times (default 1), and its first failure is printed.
     """
+    reruns = int(os.environ.get("IT_RERUNS", "1"))
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if reruns and item.get_closest_marker("timing_sensitive") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=reruns, reruns_delay=5))
 
 
 _RERUN_TAIL = 60  # lines of each first failure kept
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """A test that failed and is run again (`--reruns`): its first failure is kept, so a flake has a
+    """A timing-sensitive test that failed and is run again: its first failure is kept, so a flake has a
     cause to read (the rerun plugin prints only "RERUN"); written to test-artifacts/reruns.log and
     shown at the end of the run."""
     if report.outcome != "rerun":

@@ -237,6 +237,7 @@ def test_second_mutating_flow_is_refused_naming_the_holder(cluster: Cluster, eng
     assert bad.returncode == 2 and "--wait must be between 0 and" in bad.stderr
 
 
+@pytest.mark.timing_sensitive
 def test_stopped_replica_fails_the_audit_and_alerts(cluster: Cluster, engine: docker.DockerClient,
                                                     receiver: Receiver) -> None:
     wait_healthy(cluster)

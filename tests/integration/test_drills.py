@@ -70,6 +70,7 @@ def patroni_roles(st: dict[str, object]) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("kind", ["switchover", "graceful-stop", "hard-kill", "partition", "replica-kill",
                                   "etcd-member-loss", "haproxy-restart"])
+@pytest.mark.timing_sensitive
 def test_drill_loses_nothing_and_heals(healthy_d: Cluster, kind: str) -> None:
     cluster_d = healthy_d
     before = probe_rows(cluster_d, "rw")

@@ -85,6 +85,7 @@ def assert_rejoined(c: Cluster, member: str) -> None:
     assert sum(1 for r, _ in roles(st).values() if r == "leader") == 1
 
 
+@pytest.mark.timing_sensitive
 def test_hard_kill_is_fenced_by_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
     t0 = time.time()
     r = drill(healthy_f, "hard-kill")
@@ -110,6 +111,7 @@ def test_frozen_leader_is_not_fenced_and_loses_nothing(healthy_f: Cluster, engin
     assert_rejoined(healthy_f, r["old_leader"])
 
 
+@pytest.mark.timing_sensitive
 def test_watcher_stopped_failover_by_ttl_and_audit_warns(healthy_f: Cluster, engine: docker.DockerClient) -> None:
     engine.containers.get(healthy_f.container("fencer")).stop(timeout=5)
     res = pgha(healthy_f.env, "audit", "--json", "--scope", healthy_f.scope)
@@ -126,6 +128,7 @@ def test_watcher_stopped_failover_by_ttl_and_audit_warns(healthy_f: Cluster, eng
     assert engine.containers.get(healthy_f.container("fencer")).status == "running"
 
 
+@pytest.mark.timing_sensitive
 def test_restart_policy_racing_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
     """The leader's process dies (as in a crash or OOM): Docker's restart policy brings the
     container back at once while the watcher looks at it. Still one leader, nothing lost."""
@@ -148,6 +151,7 @@ def test_restart_policy_racing_the_watcher(healthy_f: Cluster, engine: docker.Do
     assert traffic.write_gap_s < 60
 
 
+@pytest.mark.timing_sensitive
 def test_etcd_quorum_loss_with_failsafe_keeps_writing(healthy_f: Cluster) -> None:
     r = drill(healthy_f, "etcd-quorum-loss", "--seconds", "60")
     assert r["lost_writes"] == [] and r["healed"]

@@ -99,6 +99,7 @@ def _host_with(roles: dict[str, str], role: str) -> str:
     return next(h for h, r in roles.items() if r == role)
 
 
+@pytest.mark.timing_sensitive
 def test_host_loss_of_the_leaders_host(lab: dict[str, object], base_env: dict[str, str]) -> None:
     spec = str(lab["spec"])
     host = _host_with(_roles(base_env, spec), "leader")
@@ -120,6 +121,7 @@ def test_host_loss_of_the_leaders_host(lab: dict[str, object], base_env: dict[st
 # standby, the other asynchronous. Losing the async replica's host, the writes barely stop;
 # losing the sync standby's host, commits wait until Patroni names the other replica (the
 # benchmark's medians: 0.32 s and 1.61 s). The ceilings are generous for a shared CPU.
+@pytest.mark.timing_sensitive
 @pytest.mark.parametrize(("role", "ceiling_s"), [("replica", 5.0), ("sync_standby", 15.0)])
 def test_host_loss_of_a_standbys_host(lab: dict[str, object], base_env: dict[str, str], role: str,
                                       ceiling_s: float) -> None:

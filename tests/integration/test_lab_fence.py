@@ -72,6 +72,7 @@ def fenced(lab: dict[str, Any], base_env: dict[str, str]) -> dict[str, Any]:
     return lab
 
 
+@pytest.mark.timing_sensitive
 def test_a_watcher_on_each_host_watching_its_own_engine(fenced: dict[str, Any], base_env: dict[str, str]) -> None:
     st = _status(base_env, str(fenced["fenced_spec"]))
     assert _fencers(st) == dict.fromkeys(WATCHERS, "running"), st["members"]
@@ -104,6 +105,7 @@ def test_a_watcher_on_each_host_watching_its_own_engine(fenced: dict[str, Any], 
             inner.close()
 
 
+@pytest.mark.timing_sensitive
 def test_hard_kill_is_fenced_by_the_leaders_host_watcher(fenced: dict[str, Any], base_env: dict[str, str]) -> None:
     spec = str(fenced["fenced_spec"])
     t0 = time.time()

@@ -158,6 +158,7 @@ def test_refusal_then_a_failure_before_cutover_leaves_blue_serving(engine: docke
         conn.execute("insert into items (v) values ('after the failure')")
 
 
+@pytest.mark.timing_sensitive
 def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cluster) -> None:
     c = blue15
     started = time.monotonic()

@@ -159,6 +159,7 @@ def figure(text: str, pattern: str) -> int:
     return int(m.group(1))
 
 
+@pytest.mark.timing_sensitive
 def test_switchover_under_load_pooled_clients_see_a_pause_direct_ones_a_short_gap(cluster: Cluster) -> None:
     """One switchover, two kinds of clients at once: pgbench (20 clients, 30 s) through the pooler
     and a write probe (a commit every 50 ms, reconnecting on error) on the direct R/W port."""

@@ -167,6 +167,7 @@ def test_api_needs_credentials_and_the_cli_brings_them(server_env: dict[str, str
 # ---- approval, the global limit, a second worker ----
 
 
+@pytest.mark.timing_sensitive
 def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_worker(
         cluster: Cluster, server_env: dict[str, str], engine: docker.DockerClient, receiver: Receiver) -> None:
     before = resources(engine)
@@ -237,6 +238,7 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
 # ---- proactive alerts ----
 
 
+@pytest.mark.timing_sensitive
 def test_silence_alert_reaches_the_webhook_when_no_audit_runs(server_env: dict[str, str], receiver: Receiver,
                                                               tmp_path: Path) -> None:
     alerts = tmp_path / "alerts.yaml"

@@ -132,6 +132,7 @@ def test_scale_out_keeps_sessions_and_routes_to_the_new_node(engine: docker.Dock
     assert "nodes: 4" in (Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "spec.yaml").read_text()
 
 
+@pytest.mark.timing_sensitive
 def test_scale_in_hands_over_the_leadership_first(engine: docker.DockerClient, four_nodes: Cluster) -> None:
     cluster = four_nodes
     old_leader = leader_of(healthy(cluster))

@@ -175,6 +175,7 @@ def served_pg_serial(c: Cluster, member: str) -> str:
     return r.stdout.strip()
 
 
+@pytest.mark.timing_sensitive
 def test_z_certs_rotate_under_the_write_probe_loses_nothing(cluster: Cluster) -> None:
     """Last: it changes the certificates every other test reads."""
     spec = parse_spec(cluster.spec)

@@ -264,6 +264,7 @@ def test_real_minor_upgrade_without_downtime(engine: docker.DockerClient, on_mai
     assert {m: engine.containers.get(cluster.container(m)).id for m in ids} == ids
 
 
+@pytest.mark.timing_sensitive
 def test_interrupted_upgrade_resumes_without_touching_done_nodes(engine: docker.DockerClient, cluster: Cluster,
                                                                  images: dict[str, str], versions: dict[str, int],
                                                                  settled: str) -> None:
