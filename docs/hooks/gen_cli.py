@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
+from mdtext import md
+
 HELP_OPTION = "help"
 EXAMPLE = "Example:"
 # A reference example is not run by the docs test: the guides run these verbs against a cluster.
@@ -70,25 +72,6 @@ def example(cmd: Any) -> str | None:
         if p.startswith(EXAMPLE):
             return p.removeprefix(EXAMPLE).strip()
     return None
-
-
-_CODE = re.compile(r"(`[^`]*`)")
-_SPECIAL = re.compile(r"([\\*_\[\]<>|#])")
-# An option (--volumes, -c) or an environment variable ($PGHA_SPEC) named in a help text.
-_LITERAL = re.compile(r"(?<![\w`/.=-])(--?[a-z][a-z-]*[a-z]|-[a-z]|\$[A-Z][A-Z0-9_]+)(?![\w-])")
-
-
-def md(text: str) -> str:
-    """Help text as markdown: `code spans` kept, options and variables as code, the rest literal."""
-    out = []
-    for i, part in enumerate(_CODE.split(text)):
-        if i % 2:  # a code span already
-            out.append(part)
-            continue
-        for j, piece in enumerate(_LITERAL.split(part)):
-            out.append(f"`{piece}`" if j % 2 else
-                       _SPECIAL.sub(r"\\\1", piece).replace("\\<", "&lt;").replace("\\>", "&gt;"))
-    return "".join(out)
 
 
 def arg_name(p: Any) -> str:
