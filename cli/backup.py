@@ -9,6 +9,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    BACKUPS,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -29,13 +30,16 @@ from stack.spec import load_spec
 IntoSpecOpt = typer.Option(None, "--into-spec", help="spec file of the new cluster (default: the source's, ports + 10)")
 
 
-@app.command()
+@app.command(rich_help_panel=BACKUPS)
 @command(render.backup, flows=True)
 def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
            backup_type: BackupType = typer.Option(BackupType.FULL, "--type", help="full | diff | incr"),
            no_verify: bool = typer.Option(False, "--no-verify", help="skip the verified restore after the backup"),
            as_json: bool = JsonOpt) -> Done[BackupResult]:
-    """pgBackRest backup from a replica, then restore it into a scratch container and check it."""
+    """pgBackRest backup from a replica, then restore it into a scratch container and check it.
+
+    Example: pgha backup --type diff
+    """
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.backup import backup as backup_flow
@@ -48,10 +52,13 @@ def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     return Done(result, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=BACKUPS)
 @command(render.dump, flows=True)
 def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[DumpResult]:
-    """pg_dump -Fc of every database from a replica into the repository volume (own retention)."""
+    """pg_dump -Fc of every database from a replica into the repository volume (own retention).
+
+    Example: pgha dump --json
+    """
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.backup import dump as dump_flow
@@ -60,12 +67,15 @@ def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json
     return Done(run_flow(dump_flow, spec), spec)
 
 
-@app.command("verify-restore")
+@app.command("verify-restore", rich_help_panel=BACKUPS)
 @command(render.verify_restore, flows=True)
 def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
                    label: str | None = typer.Option(None, "--set", help="backup set label (default: the newest)"),
                    as_json: bool = JsonOpt) -> Done[VerifyResult]:
-    """Restore a backup set into a scratch container, check it, remove it. Exit non-zero on any failure."""
+    """Restore a backup set into a scratch container, check it, remove it. Exit non-zero on any failure.
+
+    Example: pgha verify-restore --set 20260301-020000F
+    """
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.verify import preflight
@@ -78,7 +88,7 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
     return Done(result, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=BACKUPS)
 @command(render.restore, flows=True)
 def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g. '2026-11-25 21:03:00+00'"),
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
@@ -87,7 +97,10 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
             in_place: bool = typer.Option(False, "--in-place", help="rebuild the live cluster from the restore"),
             yes: bool = typer.Option(False, "--yes", help="confirm --in-place"),
             as_json: bool = JsonOpt) -> Done[RestoreResult]:
-    """Point-in-time restore into a new cluster (safe default), or in place with --in-place --yes."""
+    """Point-in-time restore into a new cluster (safe default), or in place with --in-place --yes.
+
+    Example: pgha restore --to '2026-03-01 09:30:00+00' --into restored
+    """
     from stack.backup import parse_target_time
 
     target = parse_target_time(to)

@@ -11,6 +11,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    CLUSTER,
     Done,
     ScopeOpt,
     SpecOpt,
@@ -29,7 +30,7 @@ from stack.results import BootstrapResult, ClusterStatus, TeardownResult
 from stack.spec import ClusterSpec, load_spec
 
 images_app = typer.Typer(no_args_is_help=True, help="Build or show the node image.")
-app.add_typer(images_app, name="images")
+app.add_typer(images_app, name="images", rich_help_panel=CLUSTER)
 
 
 class Updates(StrEnum):
@@ -45,10 +46,13 @@ def spec_or_env(spec_file: Path | None) -> Path | None:
     return spec_file
 
 
-@app.command()
+@app.command(rich_help_panel=CLUSTER)
 @command(render.up, flows=True)
 def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[BootstrapResult]:
-    """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs."""
+    """Create or converge the cluster: images, etcd, Patroni, HAProxy; then print members and DSNs.
+
+    Example: pgha up --spec cluster.yaml
+    """
     spec = load_spec(spec_or_env(spec_file))
     warm()
     from flows.bootstrap import bootstrap
@@ -66,7 +70,7 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[Bootstra
     return Done(result, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=CLUSTER)
 @command(render.down, flows=True)
 def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
          volumes: bool = typer.Option(False, "--volumes", help="also delete the data volumes (data is lost; "
@@ -76,7 +80,10 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
                                                  "secrets it needs (kept aside otherwise)"),
          yes: bool = typer.Option(False, "--yes", help="confirm that data is to be destroyed"),
          wait: float = WaitOpt) -> Done[TeardownResult]:
-    """Remove the cluster's containers and network; data volumes stay unless --volumes --yes."""
+    """Remove the cluster's containers and network; data volumes stay unless --volumes --yes.
+
+    Example: pgha down --volumes --yes
+    """
     from stack.teardown import confirm_refusal
 
     spec = resolve_spec(spec_file, scope)
@@ -101,11 +108,14 @@ def _green_in_progress(spec: ClusterSpec) -> ClusterSpec | None:
     return green_spec(spec, MajorState.model_validate_json(f.read_text()).target) if f.exists() else None
 
 
-@app.command()
+@app.command(rich_help_panel=CLUSTER)
 @command(render.status, failed=lambda st: not st.healthy)
 def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
            as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> Done[ClusterStatus]:
-    """Members with role, state, timeline and lag; endpoints; container health. Exit 1 if unhealthy."""
+    """Members with role, state, timeline and lag; endpoints; container health. Exit 1 if unhealthy.
+
+    Example: pgha status --json
+    """
     spec = resolve_spec(spec_file, scope)
     from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
 
@@ -115,7 +125,7 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     return Done(st, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=CLUSTER)
 @command()
 def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         ro: bool = typer.Option(False, "--ro", help="the read-only (replicas) endpoint"),
@@ -124,7 +134,10 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         pgpass: bool = typer.Option(False, "--pgpass", help="write the password to a 0600 pgpass file in the state "
                                                             "directory; the URI names it (passfile=), no password")
         ) -> None:
-    """Print the connection URI of the R/W (or --ro, or --pool) endpoint (TLS verified against the cluster CA)."""
+    """Print the connection URI of the R/W (or --ro, or --pool) endpoint (TLS verified against the cluster CA).
+
+    Example: pgha dsn --ro --pgpass
+    """
     spec = resolve_spec(spec_file, scope)
     from stack.errors import StateError
 
@@ -160,7 +173,10 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 def images_build(spec_file: Path | None = SpecOpt,
                  updates: Updates = typer.Option(Updates.NONE, "--updates",
                                                  help="none | security: also take packages from <suite>-security")) -> None:
-    """Build the node image for the spec if it is missing (debootstrap base when no registry)."""
+    """Build the node image for the spec if it is missing (debootstrap base when no registry).
+
+    Example: pgha images build --updates security
+    """
     spec = load_spec(spec_file)
     from tasks.images import ensure_image
 

@@ -61,6 +61,19 @@ def usage_message(exc: Exception) -> str:
     return text[:1].lower() + text[1:]
 
 
+# `pgha --help` lists the verbs in these panels (Typer's rich_help_panel), in this order; the CLI
+# reference of the docs (docs/hooks/gen_cli.py) uses the same grouping.
+CLUSTER = "Cluster"
+DAY_TWO = "Day two"
+BACKUPS = "Backups and restore"
+HEALTH = "Drills and audits"
+CHANGES = "Upgrades and changes"
+SUPPORT = "Logs and support"
+SERVER = "Server and alerts"
+LAB = "Lab"
+PANELS = (CLUSTER, DAY_TWO, BACKUPS, HEALTH, CHANGES, SUPPORT, SERVER, LAB)
+
+
 # Options whose value may be left out (`pgha upgrade --major` = `--major latest`): Typer cannot
 # declare one, so the word is supplied before Click parses. Verb modules register theirs.
 OPTIONAL_VALUES: dict[str, str] = {}
@@ -81,6 +94,14 @@ class PghaGroup(TyperGroup):
 
     Typer would print a framed box (rich) or four lines (plain); a user mistake is one line here.
     """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The verbs panel by panel (`PANELS` order), each panel in the order its verbs were registered."""
+        def rank(name: str) -> int:
+            panel = getattr(self.commands[name], "rich_help_panel", None)
+            return PANELS.index(panel) if panel in PANELS else len(PANELS)
+
+        return sorted(super().list_commands(ctx), key=rank)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:

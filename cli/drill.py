@@ -11,6 +11,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    HEALTH,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -28,7 +29,7 @@ from stack.errors import PghaError, UsageError
 from stack.results import AuditReport, DrillResult
 
 
-@app.command()
+@app.command(rich_help_panel=HEALTH)
 @command(render.drill, flows=True)
 def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
           spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
@@ -39,7 +40,10 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
                                              "(default ttl+5 / 60)"),
           host: str | None = typer.Option(None, "--host", help="host-loss: the host (of the spec's hosts) that dies"),
           as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
-    """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it."""
+    """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it.
+
+    Example: pgha drill hard-kill --heal-timeout 300
+    """
     spec = resolve_spec(spec_file, scope)
     try:
         spec_host_target(spec, kind, host)  # a bad --host: one line, before any API or engine is asked
@@ -54,11 +58,14 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
     return Done(result, spec)
 
 
-@app.command("audit")
+@app.command("audit", rich_help_panel=HEALTH)
 @command(render.audit, flows=True, failed=lambda report: report.status == "critical")
 def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
           as_json: bool = typer.Option(False, "--json", help="machine-readable report")) -> Done[AuditReport]:
-    """Run the health-audit flow: every check as a row; exit 1 when any finding is critical."""
+    """Run the health-audit flow: every check as a row; exit 1 when any finding is critical.
+
+    Example: pgha audit --json
+    """
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.audit import audit as audit_flow

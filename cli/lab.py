@@ -7,11 +7,11 @@ from typing import Any
 
 import typer
 
-from cli.core import Done, JsonOpt, app, command
+from cli.core import LAB, Done, JsonOpt, app, command
 from stack.lab import LabStatus
 
 lab_app = typer.Typer(no_args_is_help=True, help="Simulated hosts on this machine for a many-hosts cluster.")
-app.add_typer(lab_app, name="lab")
+app.add_typer(lab_app, name="lab", rich_help_panel=LAB)
 
 NameOpt = typer.Option("lab", "--name", help="the lab's name (label pgha.lab=<name>)")
 
@@ -51,7 +51,10 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
                                            "(tcp:// + mutual TLS on 127.0.0.1, port base+2N+(i-1)) or ssh "
                                            "(ssh:// to the host's sshd, same port, a key made for the lab)"),
            as_json: bool = JsonOpt) -> Done[_Json]:
-    """Create N lab hosts (each its own dockerd), load the node image, write a ready spec."""
+    """Create N lab hosts (each its own dockerd), load the node image, write a ready spec.
+
+    Example: pgha lab up --hosts 3 --engine tcp
+    """
     from tasks import docker_lab
 
     st = docker_lab.up(name, hosts, port_base, scope or name, engine)
@@ -61,7 +64,10 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
 @lab_app.command("image")
 @command()
 def lab_image() -> None:
-    """Build the lab host image (and the node image it loads) if missing; prints their tags."""
+    """Build the lab host image (and the node image it loads) if missing; prints their tags.
+
+    Example: pgha lab image
+    """
     from tasks import docker_lab
 
     node, lab, *log = docker_lab.build_images()
@@ -73,7 +79,10 @@ def lab_image() -> None:
 @lab_app.command("status")
 @command(_render)
 def lab_status(name: str = NameOpt, as_json: bool = JsonOpt) -> Done[_Json]:
-    """Each lab host: container, engine URL, R/W and R/O ports on 127.0.0.1; the spec's path."""
+    """Each lab host: container, engine URL, R/W and R/O ports on 127.0.0.1; the spec's path.
+
+    Example: pgha lab status --name lab --json
+    """
     from tasks import docker_lab
 
     return Done(_Json.model_validate(docker_lab.status(name).model_dump()))
@@ -82,7 +91,10 @@ def lab_status(name: str = NameOpt, as_json: bool = JsonOpt) -> Done[_Json]:
 @lab_app.command("down")
 @command()
 def lab_down(name: str = NameOpt) -> None:
-    """Remove every resource labelled pgha.lab=<name> (the lab hosts and everything inside them)."""
+    """Remove every resource labelled pgha.lab=<name> (the lab hosts and everything inside them).
+
+    Example: pgha lab down --name lab
+    """
     from tasks import docker_lab
 
     removed = docker_lab.down(name)

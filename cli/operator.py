@@ -21,6 +21,10 @@ import typer
 
 from cli import render
 from cli.core import (
+    BACKUPS,
+    CLUSTER,
+    DAY_TWO,
+    SUPPORT,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -46,13 +50,16 @@ from stack.results import (
 from stack.spec import ClusterSpec
 
 
-@app.command()
+@app.command(rich_help_panel=DAY_TWO)
 @command(render.restart, flows=True)
 def restart(member: str | None = typer.Argument(None, help="the Patroni member to restart (pg-N)"),
             all_members: bool = typer.Option(False, "--all", help="every member: replicas first, then the leader after a switchover"),
             spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
             as_json: bool = JsonOpt) -> Done[RestartResult]:
-    """Rolling restart of PostgreSQL on MEMBER or --all (replicas first; the leader after a switchover)."""
+    """Rolling restart of PostgreSQL on MEMBER or --all (replicas first; the leader after a switchover).
+
+    Example: pgha restart --all
+    """
     if (member is None) == (not all_members):
         raise UsageError("give exactly one of MEMBER or --all")
     spec = resolve_spec(spec_file, scope)
@@ -67,13 +74,16 @@ def restart(member: str | None = typer.Argument(None, help="the Patroni member t
     return Done(run_flow(restart_flow, spec, member=member, wait_seconds=wait), spec)
 
 
-@app.command()
+@app.command(rich_help_panel=DAY_TWO)
 @command(render.reinit, flows=True)
 def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)"),
            yes: bool = typer.Option(False, "--yes", help="confirm: MEMBER's data directory is wiped and cloned again"),
            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
            as_json: bool = JsonOpt) -> Done[ReinitResult]:
-    """Rebuild the replica MEMBER from the leader (its data is wiped and cloned again; needs --yes)."""
+    """Rebuild the replica MEMBER from the leader (its data is wiped and cloned again; needs --yes).
+
+    Example: pgha reinit pg-3 --yes
+    """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     from flows.reinit import check
@@ -89,11 +99,14 @@ def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)
     return Done(run_flow(reinit_flow, spec, member=member, wait_seconds=wait), spec)
 
 
-@app.command()
+@app.command(rich_help_panel=DAY_TWO)
 @command(render.pause, flows=True)
 def pause(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
           as_json: bool = JsonOpt) -> Done[PauseResult]:
-    """Maintenance mode on: Patroni stops failing over and restarting PostgreSQL (the audit warns)."""
+    """Maintenance mode on: Patroni stops failing over and restarting PostgreSQL (the audit warns).
+
+    Example: pgha pause --wait 60
+    """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     _answers(spec)
@@ -104,11 +117,14 @@ def pause(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: 
     return Done(run_flow(pause_flow, spec, wait_seconds=wait), spec)
 
 
-@app.command()
+@app.command(rich_help_panel=DAY_TWO)
 @command(render.pause, flows=True)
 def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
            as_json: bool = JsonOpt) -> Done[PauseResult]:
-    """Maintenance mode off: Patroni manages the cluster again."""
+    """Maintenance mode off: Patroni manages the cluster again.
+
+    Example: pgha resume
+    """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     _answers(spec)
@@ -120,15 +136,18 @@ def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait:
 
 
 # ---- tls: pgha certs rotate ----
-certs_app = typer.Typer(help="The cluster's TLS certificates (README 'Hardening: TLS').", no_args_is_help=True)
-app.add_typer(certs_app, name="certs")
+certs_app = typer.Typer(help="The cluster's TLS certificates, issued by its own CA.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs", rich_help_panel=DAY_TWO)
 
 
 @certs_app.command("rotate")
 @command(render.certs_rotate, flows=True)
 def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
                  as_json: bool = JsonOpt) -> Done[CertsRotateResult]:
-    """New member and client certificates from the cluster CA, rolled out with reloads (no restart, no switchover)."""
+    """New member and client certificates from the cluster CA, rolled out with reloads (no restart, no switchover).
+
+    Example: pgha certs rotate
+    """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     from flows.certs import check
@@ -178,14 +197,17 @@ def parse_since(text: str) -> float:
     return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-@app.command()
+@app.command(rich_help_panel=SUPPORT)
 @command()
 def logs(member: str = typer.Argument(..., help="etcd-N, pg-N or haproxy"),
          follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines (Ctrl-C ends)"),
          since: str | None = typer.Option(None, "--since", help="only lines newer than this: 30s, 10m, 2h, 1d"),
          tail: int = typer.Option(200, "--tail", min=1, max=100000, help="last N lines (without --since)"),
          spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt) -> None:
-    """A member's container log (Patroni and PostgreSQL, etcd or HAProxy), with timestamps."""
+    """A member's container log (Patroni and PostgreSQL, etcd or HAProxy), with timestamps.
+
+    Example: pgha logs pg-1 --since 10m
+    """
     spec = resolve_spec(spec_file, scope)
     if member not in _members(spec):
         raise UsageError(f"unknown member {member}; members are {', '.join(_members(spec))}")
@@ -202,14 +224,17 @@ def logs(member: str = typer.Argument(..., help="etcd-N, pg-N or haproxy"),
         return
 
 
-@app.command()
+@app.command(rich_help_panel=CLUSTER)
 @command()
 def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a replica, through HAProxy)"),
          pool: bool = typer.Option(False, "--pool", help="through the connection pooler (when the spec has one)"),
          sql: str | None = typer.Option(None, "-c", "--command", help="run this SQL and exit"),
-         dbname: str = typer.Option("postgres", "--dbname", "-d"),
+         dbname: str = typer.Option("postgres", "--dbname", "-d", help="the database to connect to"),
          spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt) -> None:
-    """psql on the cluster's R/W (or --ro) endpoint; the password goes through a 0600 passfile, never argv or env."""
+    """psql on the cluster's R/W (or --ro) endpoint; the password goes through a 0600 passfile, never argv or env.
+
+    Example: pgha psql -c 'select pg_is_in_recovery()'
+    """
     if ro and pool:
         raise UsageError("give at most one of --ro and --pool")
     spec = resolve_spec(spec_file, scope)
@@ -267,10 +292,13 @@ def _node_psql(spec: ClusterSpec, ro: bool, dbname: str, sql: str | None) -> int
     return subprocess.call(cmd)
 
 
-@app.command()
+@app.command(rich_help_panel=BACKUPS)
 @command(render.backups)
 def backups(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[BackupsResult]:
-    """Backup sets (type, size, WAL range, last verification) and the window a PITR restore can reach."""
+    """Backup sets (type, size, WAL range, last verification) and the window a PITR restore can reach.
+
+    Example: pgha backups --json
+    """
     spec = resolve_spec(spec_file, scope)
     if not spec.backup.enabled:
         raise UsageError(f"backups are disabled in {spec.scope}'s spec (backup.enabled: false)")
@@ -306,10 +334,13 @@ def _backup_row(s: object, verified: str) -> object:
                      verified="FAILED: pgBackRest marks it in error" if s.error else verified)  # type: ignore[attr-defined]
 
 
-@app.command()
+@app.command(rich_help_panel=SUPPORT)
 @command(render.history)
 def history(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[HistoryResult]:
-    """Timelines and leader changes, with times and causes (switchover, failover, drill, upgrade, ...)."""
+    """Timelines and leader changes, with times and causes (switchover, failover, drill, upgrade, ...).
+
+    Example: pgha history --json
+    """
     spec = resolve_spec(spec_file, scope)
     from stack.operator import history_events
     from stack.results import HistoryRow
@@ -325,12 +356,15 @@ def history(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
                               rows=rows), spec)
 
 
-@app.command()
+@app.command(rich_help_panel=SUPPORT)
 @command(render.report, flows=True)
 def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarball path (default ./pgha-report-<scope>-<time>.tar.gz)"),
            audit: bool = typer.Option(True, "--audit/--no-audit", help="include a health audit (runs the flow)"),
            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[ReportResult]:
-    """A tarball for support: spec and configs (secrets redacted), status, audit, history, recent logs of every member."""
+    """A tarball for support: spec and configs (secrets redacted), status, audit, history, recent logs of every member.
+
+    Example: pgha report --output /tmp/pgha-report.tar.gz
+    """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     from tasks import support_report

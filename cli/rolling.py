@@ -9,6 +9,8 @@ import typer
 
 from cli import render
 from cli.core import (
+    CHANGES,
+    DAY_TWO,
     OPTIONAL_VALUES,
     Done,
     JsonOpt,
@@ -28,9 +30,9 @@ from stack.results import ConfigSetResult, EtcdReplaceResult, MajorUpgradeResult
 from tasks.host.state import cluster_dir
 
 config_app = typer.Typer(no_args_is_help=True, help="Change PostgreSQL parameters with a rolling restart.")
-app.add_typer(config_app, name="config")
+app.add_typer(config_app, name="config", rich_help_panel=CHANGES)
 etcd_app = typer.Typer(no_args_is_help=True, help="etcd member maintenance.")
-app.add_typer(etcd_app, name="etcd")
+app.add_typer(etcd_app, name="etcd", rich_help_panel=DAY_TWO)
 
 
 OPTIONAL_VALUES["--major"] = "latest"  # `pgha upgrade --major` alone: the newest major pgha packages
@@ -42,7 +44,7 @@ class SecurityUpdates(StrEnum):
     SECURITY = "security"
 
 
-@app.command()
+@app.command(rich_help_panel=CHANGES)
 @command(render.any_upgrade, flows=True)
 def upgrade(image: str | None = typer.Option(None, "--image", help="target node image tag (same PostgreSQL major)"),
             updates: SecurityUpdates | None = typer.Option(
@@ -62,7 +64,10 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
             as_json: bool = JsonOpt) -> Done[UpgradeResult] | Done[MajorUpgradeResult]:
     """Rolling minor upgrade of the Patroni nodes to IMAGE: replicas first, switchover, then the old leader.
 
-    With --major: blue/green upgrade to a new PostgreSQL major (--rollback, --finish --yes)."""
+    With --major: blue/green upgrade to a new PostgreSQL major (--rollback, --finish --yes).
+
+    Example: pgha upgrade --updates security
+    """
     if major is not None or rollback or finish:
         if image is not None or updates is not None:
             raise UsageError("--major is a blue/green upgrade; it takes no --image or --updates")
@@ -139,7 +144,10 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
                spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
                no_restart: bool = typer.Option(False, "--no-restart", help="leave members with pending_restart"),
                as_json: bool = JsonOpt) -> Done[ConfigSetResult]:
-    """Set PostgreSQL parameters through Patroni; restart members that need it, one at a time."""
+    """Set PostgreSQL parameters through Patroni; restart members that need it, one at a time.
+
+    Example: pgha config set work_mem=64MB max_connections=200
+    """
     from stack.rolling import parse_assignments
 
     try:
@@ -162,12 +170,15 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
     return Done(result, spec)
 
 
-@app.command()
+@app.command(rich_help_panel=CHANGES)
 @command(render.scale, flows=True)
 def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number of Patroni nodes wanted (1-9)"),
           spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
           as_json: bool = JsonOpt) -> Done[ScaleResult]:
-    """Add or remove Patroni nodes; HAProxy is reloaded without dropping sessions."""
+    """Add or remove Patroni nodes; HAProxy is reloaded without dropping sessions.
+
+    Example: pgha scale --nodes 5
+    """
     from stack.scale import scaled_spec
 
     spec = resolve_spec(spec_file, scope)
@@ -184,7 +195,10 @@ def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number o
 def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace, e.g. etcd-2"),
                  spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
                  as_json: bool = JsonOpt) -> Done[EtcdReplaceResult]:
-    """Replace one etcd member (remove, fresh data, add back), keeping quorum throughout."""
+    """Replace one etcd member (remove, fresh data, add back), keeping quorum throughout.
+
+    Example: pgha etcd replace etcd-2
+    """
     spec = resolve_spec(spec_file, scope)
     if member not in spec.etcd_names():
         raise UsageError(f"'{member}' is not an etcd member of {spec.scope}; choose one of "

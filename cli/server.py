@@ -8,12 +8,12 @@ from typing import Any
 import typer
 
 from cli import render
-from cli.core import Done, app, command
+from cli.core import SERVER, Done, app, command
 
 server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server, work pool, deployments and worker.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert automations defined in deployments/alerts.yaml.")
-app.add_typer(server_app, name="server")
-app.add_typer(alerts_app, name="alerts")
+app.add_typer(server_app, name="server", rich_help_panel=SERVER)
+app.add_typer(alerts_app, name="alerts", rich_help_panel=SERVER)
 
 
 def progress(lines: list[str]) -> None:
@@ -24,7 +24,10 @@ def progress(lines: list[str]) -> None:
 @server_app.command("start")
 @command()
 def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="apply deployments/alerts.yaml")) -> None:
-    """Start (or keep) the server, work pool, deployments, alerts and worker; idempotent."""
+    """Start (or keep) the server, work pool, deployments, alerts and worker; idempotent.
+
+    Example: pgha server start --no-alerts
+    """
     from tasks import prefect_server as ps
 
     progress(ps.start_all(with_alerts=alerts))
@@ -35,7 +38,10 @@ def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help=
 @server_app.command("stop")
 @command()
 def server_stop() -> None:
-    """Stop the worker and the server that `pgha server start` started (nothing else)."""
+    """Stop the worker and the server that `pgha server start` started (nothing else).
+
+    Example: pgha server stop
+    """
     from tasks import prefect_server as ps
 
     progress(ps.stop_all())
@@ -43,8 +49,11 @@ def server_stop() -> None:
 
 @server_app.command("status")
 @command(render.server_status, failed=lambda st: not st["server_healthy"])
-def server_status(as_json: bool = typer.Option(False, "--json")) -> Done[dict[str, Any]]:
-    """Pids, health and URLs of the server and worker; exit 1 when the server does not answer."""
+def server_status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> Done[dict[str, Any]]:
+    """Pids, health and URLs of the server and worker; exit 1 when the server does not answer.
+
+    Example: pgha server status --json
+    """
     from tasks import prefect_server as ps
 
     return Done(ps.status())
@@ -55,7 +64,10 @@ def server_status(as_json: bool = typer.Option(False, "--json")) -> Done[dict[st
 def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts file (default deployments/alerts.yaml)"),
                  scope: list[str] = typer.Option([], "--scope", help="clusters watched by the proactive alerts "  # noqa: B008
                                                  "(repeatable; default: every cluster brought up from here)")) -> None:
-    """Create or update the alert automations and their webhook block; re-applying never duplicates."""
+    """Create or update the alert automations and their webhook block; re-applying never duplicates.
+
+    Example: pgha alerts apply --scope hy-home-db
+    """
     from stack.alerts import ALERTS_FILE
     from stack.spec import parse_spec
     from tasks import prefect_server as ps
@@ -66,7 +78,7 @@ def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts f
 
 
 worker_app = typer.Typer(no_args_is_help=True, help="More workers in the `pgha` work pool (on this or other machines).")
-app.add_typer(worker_app, name="worker")
+app.add_typer(worker_app, name="worker", rich_help_panel=SERVER)
 
 
 @worker_app.command("start")
@@ -78,7 +90,10 @@ def worker_start(
     auth_file: Path | None = typer.Option(None, "--auth-file", help="a 0600 copy of the server's api-auth file "
                                           "(never the secret itself on the command line)"),
 ) -> None:
-    """Start a worker in the `pgha` pool; idempotent. Runs go to whichever worker polls first."""
+    """Start a worker in the `pgha` pool; idempotent. Runs go to whichever worker polls first.
+
+    Example: pgha worker start --name ci-1 --api-url http://db-admin:4200/api --auth-file ~/.pgha-api-auth
+    """
     from tasks import prefect_server as ps
 
     progress([ps.start_extra_worker(name, api_url, auth_file)])
@@ -86,8 +101,11 @@ def worker_start(
 
 @worker_app.command("stop")
 @command()
-def worker_stop(name: str = typer.Option(..., "--name")) -> None:
-    """Stop the worker `pgha worker start --name` started (nothing else)."""
+def worker_stop(name: str = typer.Option(..., "--name", help="the name the worker was started with")) -> None:
+    """Stop the worker `pgha worker start --name` started (nothing else).
+
+    Example: pgha worker stop --name ci-1
+    """
     from tasks import prefect_server as ps
 
     progress([ps.stop_extra_worker(name)])

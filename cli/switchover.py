@@ -8,6 +8,7 @@ import typer
 
 from cli import render
 from cli.core import (
+    DAY_TWO,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -24,12 +25,15 @@ from cli.core import (
 from stack.results import SwitchoverResult
 
 
-@app.command()
+@app.command(rich_help_panel=DAY_TWO)
 @command(render.switchover, flows=True)
 def switchover(to: str | None = typer.Option(None, "--to", help="the replica to hand over to (default: the sync standby)"),
                spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
                as_json: bool = JsonOpt) -> Done[SwitchoverResult]:
-    """Hand the leadership to a replica: pooler paused (clients wait, never fail), routed at once, resumed."""
+    """Hand the leadership to a replica: pooler paused (clients wait, never fail), routed at once, resumed.
+
+    Example: pgha switchover --to pg-2
+    """
     spec = resolve_spec(spec_file, scope)
     from flows.switchover import preflight
     from flows.switchover import switchover as switchover_flow

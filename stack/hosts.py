@@ -150,7 +150,7 @@ class HostSpec(_Strict):
     docker: str = Field(..., description="how pgha reaches its engine: unix:///path, tcp://host:2376 (with tls), "
                                          "ssh://user@host")
     address: str = Field(..., min_length=1, description="how the other hosts reach services on this one")
-    tls: EngineTLS | None = None
+    tls: EngineTLS | None = Field(None, description="tcp:// engines: the client certificate files for mutual TLS")
     ssh: EngineSSH | None = Field(None, description="ssh:// engines: the key and known_hosts files pgha uses "
                                                     "(default: the user's own ssh setup)")
     client_address: str | None = Field(None, description="where pgha and clients reach this host's HAProxy "
@@ -203,9 +203,12 @@ class HaproxyPlacement(StrEnum):
 class Placement(_Strict):
     """Which host runs what: `spread` (one per host, in order) or an explicit map member -> host."""
 
-    etcd: Spread | dict[str, str] = Spread.SPREAD
-    patroni: Spread | dict[str, str] = Spread.SPREAD
-    haproxy: HaproxyPlacement = HaproxyPlacement.EVERY_HOST
+    etcd: Spread | dict[str, str] = Field(Spread.SPREAD, description="spread: etcd-i on the i-th host (round "
+                                                                      "robin); or a map etcd-N: host naming every member")
+    patroni: Spread | dict[str, str] = Field(Spread.SPREAD, description="spread: pg-i on the i-th host (round "
+                                                                         "robin); or a map pg-N: host naming every node")
+    haproxy: HaproxyPlacement = Field(HaproxyPlacement.EVERY_HOST, description="every-host: an HAProxy on each host "
+                                                                                 "(the only placement)")
 
 
 def place(members: list[str], hosts: list[str], rule: Spread | dict[str, str], role: str) -> dict[str, str]:

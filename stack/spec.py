@@ -70,47 +70,56 @@ class PatroniTiming(_Strict):
 
     ttl: int | None = Field(None, ge=20, description="leader lock TTL, seconds")
     loop_wait: int | None = Field(None, ge=1, description="seconds between HA loops")
-    retry_timeout: int | None = Field(None, ge=3, description="DCS and PostgreSQL retry timeout")
-    synchronous_mode: bool | None = None
-    maximum_lag_on_failover: int | None = Field(None, ge=0, description="bytes")
+    retry_timeout: int | None = Field(None, ge=3, description="DCS and PostgreSQL retry timeout, seconds")
+    synchronous_mode: bool | None = Field(None, description="Patroni synchronous_mode: a commit waits for one "
+                                                       "synchronous standby, so a failover loses no committed write")
+    maximum_lag_on_failover: int | None = Field(None, ge=0, description="a replica lagging more than this many bytes "
+                                                                         "is not promoted by a failover")
 
 
 class HaproxyChecks(_Strict):
     """Overrides of the profile's HAProxy health-check settings."""
 
-    inter_ms: int | None = Field(None, ge=100, le=60000)
-    check_timeout_ms: int | None = Field(None, ge=100, le=60000)
+    inter_ms: int | None = Field(None, ge=100, le=60000, description="milliseconds between two health checks of a "
+                                                                    "node (inter, fastinter and downinter)")
+    check_timeout_ms: int | None = Field(None, ge=100, le=60000, description="how long one health check may take, "
+                                                                            "milliseconds (timeout check)")
     retries: int | None = Field(None, ge=0, le=10, description="connection retries to a failed server")
-    fall: int | None = Field(None, ge=1, le=10)
-    rise: int | None = Field(None, ge=1, le=10)
+    fall: int | None = Field(None, ge=1, le=10, description="failed checks in a row before a node is marked down "
+                                                           "(its sessions are then cut)")
+    rise: int | None = Field(None, ge=1, le=10, description="passed checks in a row before a node is marked up")
 
 
 class AuditThresholds(_Strict):
     """Health-audit thresholds: a value at or above `*_warn` is a warning, at or above `*_critical` critical."""
 
     etcd_db_warn_pct: float = Field(70, gt=0, le=100, description="etcd DB size, % of its 2 GiB quota")
-    etcd_db_critical_pct: float = Field(90, gt=0, le=100)
+    etcd_db_critical_pct: float = Field(90, gt=0, le=100, description="etcd DB size, % of its quota: critical")
     lag_warn_bytes: int = Field(1048576, ge=0, description="replica replay lag, bytes")
-    lag_critical_bytes: int = Field(67108864, ge=0)
+    lag_critical_bytes: int = Field(67108864, ge=0, description="replica replay lag, bytes: critical")
     lag_warn_s: float = Field(10, ge=0, description="replica replay lag, seconds")
-    lag_critical_s: float = Field(60, ge=0)
+    lag_critical_s: float = Field(60, ge=0, description="replica replay lag, seconds: critical")
     connections_warn_pct: float = Field(80, gt=0, le=100, description="connections, % of max_connections")
-    connections_critical_pct: float = Field(95, gt=0, le=100)
+    connections_critical_pct: float = Field(95, gt=0, le=100, description="connections, % of max_connections: "
+                                                                           "critical")
     transaction_warn_s: float = Field(300, gt=0, description="oldest open transaction, seconds")
-    transaction_critical_s: float = Field(3600, gt=0)
+    transaction_critical_s: float = Field(3600, gt=0, description="oldest open transaction, seconds: critical")
     idle_in_transaction_warn_s: float = Field(60, gt=0, description="oldest idle-in-transaction session, seconds")
-    idle_in_transaction_critical_s: float = Field(600, gt=0)
-    slot_retained_warn_bytes: int = Field(1073741824, ge=0, description="WAL kept by an inactive replication slot")
-    slot_retained_critical_bytes: int = Field(8589934592, ge=0)
+    idle_in_transaction_critical_s: float = Field(600, gt=0, description="oldest idle-in-transaction session, "
+                                                                        "seconds: critical")
+    slot_retained_warn_bytes: int = Field(1073741824, ge=0, description="WAL kept by an inactive replication slot, bytes")
+    slot_retained_critical_bytes: int = Field(8589934592, ge=0, description="WAL kept by an inactive replication "
+                                                                           "slot, bytes: critical")
     xid_age_warn: int = Field(500_000_000, gt=0, description="oldest database's transaction-ID age (wraparound at ~2.1e9)")
-    xid_age_critical: int = Field(1_500_000_000, gt=0)
+    xid_age_critical: int = Field(1_500_000_000, gt=0, description="oldest database's transaction-ID age: critical")
     disk_warn_pct: float = Field(80, gt=0, le=100, description="data volume use, %")
-    disk_critical_pct: float = Field(90, gt=0, le=100)
+    disk_critical_pct: float = Field(90, gt=0, le=100, description="data volume use, %: critical")
     restarts_warn: int = Field(1, ge=1, description="container restarts since the last audit")
-    restarts_critical: int = Field(5, ge=1)
-    flaps_warn: int = Field(4, ge=1, description="HAProxy backend UP->DOWN transitions since the last audit")
+    restarts_critical: int = Field(5, ge=1, description="container restarts since the last audit: critical")
+    flaps_warn: int = Field(4, ge=1, description="HAProxy backend UP->DOWN transitions since the last audit "
+                                                   "(a warning only)")
     memory_warn_pct: float = Field(85, gt=0, le=100, description="container memory use, % of its limit")
-    memory_critical_pct: float = Field(95, gt=0, le=100)
+    memory_critical_pct: float = Field(95, gt=0, le=100, description="container memory use, % of its limit: critical")
 
     @model_validator(mode="after")
     def _ordered(self) -> AuditThresholds:
@@ -134,16 +143,16 @@ class S3Repo(_Strict):
 
     The access key and secret are never in the spec: put them in the cluster's state directory
     as `s3-credentials.json` ({"key": ..., "secret": ...}, mode 0600); pgha writes them into the
-    nodes' 0600 pgBackRest configs only (never env, argv or labels). Tested against a local
-    S3 server over TLS (tests/integration/test_backup_hardening.py).
+    nodes' 0600 pgBackRest configs only (never env, argv or labels).
     """
 
-    bucket: str = Field(..., min_length=3)
+    bucket: str = Field(..., min_length=3, description="the bucket that holds the repository")
     endpoint: str = Field(..., min_length=3, description="e.g. s3.eu-west-1.amazonaws.com or minio.local:9000")
-    region: str = "us-east-1"
+    region: str = Field("us-east-1", description="the bucket's region (any value for most self-hosted S3 servers)")
     path: str = Field("/pgha", description="repository path inside the bucket")
-    uri_style: str = Field("host", pattern="^(host|path)$")
-    verify_tls: bool = True
+    uri_style: str = Field("host", pattern="^(host|path)$", description="host: bucket.endpoint (AWS); path: "
+                                                                       "endpoint/bucket (most self-hosted servers)")
+    verify_tls: bool = Field(True, description="verify the endpoint's TLS certificate (see ca_file for a private CA)")
     # --- b-backup: TLS to a private S3 endpoint ---
     port: int = Field(443, ge=1, le=65535, description="the endpoint's HTTPS port")
     ca_file: str | None = Field(None, description="host path of a PEM CA that signed the endpoint's certificate "
@@ -160,7 +169,7 @@ class BackupSpec(_Strict):
     retention_full: int = Field(2, ge=1, le=100, description="full backups kept (with their diffs/incrs and WAL)")
     retention_diff: int = Field(7, ge=1, le=1000, description="differential backups kept")
     dump_retention: int = Field(3, ge=1, le=100, description="logical dump sets (pgha dump) kept")
-    compress_type: CompressType = CompressType.ZST
+    compress_type: CompressType = Field(CompressType.ZST, description="compression of backups and archived WAL")
     compress_level: int = Field(3, ge=0, le=19, description="compression level (zst 1-19, gz 0-9, lz4 0-12)")
     process_max: int = Field(2, ge=1, le=32, description="parallel processes for backup and restore")
     allow_primary: bool = Field(False, description="back up from the primary when no replica is healthy")
@@ -168,7 +177,8 @@ class BackupSpec(_Strict):
     verify_heapallindexed: bool = Field(
         False, description="pg_amcheck --heapallindexed in the verification: also prove every heap tuple has its "
                            "index entries (about 3x slower); the default checks every heap page and B-tree structure")
-    s3: S3Repo | None = None
+    s3: S3Repo | None = Field(None, description="an S3-compatible repository; absent: a Docker volume on the engine "
+                                                "(or the repository host, see repo_host)")
     # --- b-backup: repository encryption, backup-age thresholds ---
     encrypt: bool = Field(True, description="encrypt the repository (pgBackRest aes-256-cbc, a generated passphrase "
                                             "kept 0600 in the state directory) when it is created; an existing "
@@ -194,11 +204,13 @@ class PoolerSpec(_Strict):
 
     Off by default: a pooler publishes one more host port, and a spec written before it must
     not collide on 6432 with another cluster on the same host. Switchovers pause it, so its
-    clients see a pause instead of an error (README "The pooler").
+    clients see a pause instead of an error.
     """
 
     enabled: bool = Field(False, description="run PgBouncer on the host that runs HAProxy")
-    pool_mode: PoolMode = PoolMode.TRANSACTION
+    pool_mode: PoolMode = Field(PoolMode.TRANSACTION, description="when a server connection goes back to the pool: "
+                                                                  "after each transaction, or when the client "
+                                                                  "disconnects (session state kept)")
     max_client_conn: int = Field(1000, ge=10, le=100000, description="client connections PgBouncer accepts")
     default_pool_size: int = Field(20, ge=1, le=1000, description="server connections per database and user")
     pause_timeout_s: float = Field(
@@ -217,24 +229,32 @@ class RoleResources(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Per-role limits; the seed's budgets by default (README "Hardening").
+    """Per-role container limits (CPU and memory).
 
-    The Patroni node's memory limit also gives PostgreSQL's memory parameters
-    (`stack.resources.derive_memory_parameters`) unless `postgres_parameters` sets them.
+    The Patroni node's memory limit also sizes PostgreSQL's memory parameters (shared_buffers,
+    effective_cache_size, work_mem, maintenance_work_mem; `stack.resources.derive_memory_parameters`)
+    unless `postgres_parameters` sets them.
     """
 
-    patroni: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=2048))
-    etcd: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=512))
-    haproxy: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=256))
+    patroni: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=2048),
+                                   description="each Patroni/PostgreSQL node (its memory also sizes PostgreSQL's "
+                                               "memory parameters)")
+    etcd: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=512),
+                                description="each etcd member")
+    haproxy: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=256),
+                                   description="HAProxy (one per host with hosts)")
     # PgBouncer is single-threaded and on every pooled transaction's path: half a core, and
     # 256 MiB for 1000 clients' buffers with room to spare.
-    pooler: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=256))
+    pooler: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=256),
+                                  description="PgBouncer, when pooler.enabled")
     # The fencer idles on an event stream (Python ~30 MiB + a tiny HAProxy); a reaction needs
     # milliseconds of CPU, which 0.2 CPU's CFS quota grants within one 100 ms period.
-    fencer: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128))
+    fencer: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128),
+                                  description="each fencing watcher, when fencing is on")
     # The repository host: pgBackRest's server and the backups it runs (compression, process_max
     # workers of ~20 MiB each); a backup is bounded by the network and the replica, not this box.
-    repo: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=512))
+    repo: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=512),
+                                description="the pgBackRest repository host, when backup.repo_host is set")
     shm_mib: int = Field(256, ge=64, le=65536, description="size of a Patroni node's shared-memory tmpfs (parallel query, DSM)")
 
     @model_validator(mode="after")
@@ -249,7 +269,7 @@ class ResourcesSpec(_Strict):
 # ---- tls (hardening issue: encryption and authentication) ----
 class TlsSpec(_Strict):
     """TLS from the cluster's own CA for etcd (client and peer, client certificates required), Patroni's
-    REST API and PostgreSQL (hostssl only); README "Hardening: TLS"."""
+    REST API and PostgreSQL (hostssl only)."""
 
     enabled: bool = Field(True, description="TLS everywhere (default). The off switch exists only so "
                                             "benchmarks/tls.py can compare against plain TCP; never turn it off "
@@ -304,7 +324,10 @@ class UpgradePolicy(_Strict):
     max_transaction_age_s: int = Field(300, ge=1, description="refuse to start while a transaction is older than this")
     caught_up_lag_bytes: int = Field(65536, ge=0, description="a restarted replica counts as caught up at this lag")
     node_timeout_s: int = Field(180, ge=10, le=3600, description="time one node may take to come back; else roll back")
-    primary: RestartPolicy = Field(RestartPolicy.SWITCHOVER, description="what to do with the primary")
+    primary: RestartPolicy = Field(RestartPolicy.SWITCHOVER,
+                                   description="what to do with the primary once every replica is done: switchover "
+                                               "(hand over to a done replica, then treat the old leader as one) or "
+                                               "restart (in place: a write gap of one PostgreSQL restart)")
     node_image: str | None = Field(None, description="image the Patroni nodes run (set by `pgha upgrade`)")
 
 
@@ -323,32 +346,45 @@ class ClusterSpec(_Strict):
     scope: str = Field("hy-home-db", description="cluster name: Patroni scope, Docker name prefix and label")
     nodes: int = Field(3, ge=1, le=9, description="Patroni/PostgreSQL nodes")
     etcd_members: int = Field(3, ge=1, le=7, description="etcd members (odd)")
-    ports: Ports = Field(default_factory=Ports)  # type: ignore[arg-type]
+    ports: Ports = Field(default_factory=Ports, description="host ports of the cluster's endpoints")  # type: ignore[arg-type]
     postgres_version: int = Field(17, description="PostgreSQL major version")
-    profile: Profile = Profile.FAST
-    patroni: PatroniTiming = Field(default_factory=PatroniTiming)  # type: ignore[arg-type]
-    haproxy: HaproxyChecks = Field(default_factory=HaproxyChecks)  # type: ignore[arg-type]
-    backup: BackupSpec = Field(default_factory=BackupSpec)  # type: ignore[arg-type]
+    profile: Profile = Field(Profile.FAST, description="timing of Patroni and HAProxy checks: fast (short gaps, "
+                                                       "synchronous replication) or patroni-defaults; patroni and "
+                                                       "haproxy override single values")
+    patroni: PatroniTiming = Field(default_factory=PatroniTiming,  # type: ignore[arg-type]
+                                   description="overrides of the profile's Patroni timing")
+    haproxy: HaproxyChecks = Field(default_factory=HaproxyChecks,  # type: ignore[arg-type]
+                                   description="overrides of the profile's HAProxy health checks")
+    backup: BackupSpec = Field(default_factory=BackupSpec,  # type: ignore[arg-type]
+                               description="pgBackRest backups, WAL archiving, dumps and restore verification")
     postgres_parameters: dict[str, str] = Field(
         default_factory=dict, description="extra PostgreSQL parameters (Patroni dynamic config)"
     )
     image: str | None = Field(None, description="use this image tag instead of building pgha's own")
     base_image: str | None = Field(None, description="base for the image build (default debian:<suite>-slim)")
-    upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)  # type: ignore[arg-type]
-    audit: AuditThresholds = Field(default_factory=AuditThresholds)  # type: ignore[arg-type]
-    pooler: PoolerSpec = Field(default_factory=PoolerSpec)  # type: ignore[arg-type]
+    upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy,  # type: ignore[arg-type]
+                                   description="thresholds and policy of rolling changes (upgrade, config set, "
+                                               "scale, restart)")
+    audit: AuditThresholds = Field(default_factory=AuditThresholds,  # type: ignore[arg-type]
+                                   description="thresholds of the health audit's warnings and critical findings")
+    pooler: PoolerSpec = Field(default_factory=PoolerSpec,  # type: ignore[arg-type]
+                               description="PgBouncer in front of the read/write endpoint (off by default)")
     fencing: bool = Field(True, description="run the fencing watcher: a leader the engine confirms dead loses "
                                             "its leader key at once instead of after Patroni's ttl")
     failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
                                                   "quorum as long as it reaches every member's REST API")
-    major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy)  # type: ignore[arg-type]
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
-    tls: TlsSpec = Field(default_factory=TlsSpec)  # type: ignore[arg-type]
+    major: MajorUpgradePolicy = Field(default_factory=MajorUpgradePolicy,  # type: ignore[arg-type]
+                                      description="blue/green major upgrades (`pgha upgrade --major`)")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec,  # type: ignore[arg-type]
+                                     description="CPU and memory limits of each role's containers")
+    tls: TlsSpec = Field(default_factory=TlsSpec,  # type: ignore[arg-type]
+                         description="TLS from the cluster's own CA for etcd, Patroni's REST API and PostgreSQL")
 
     # ---- many hosts (README "Several machines"); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
                                                                     "the local engine only")
-    placement: hostplan.Placement = Field(default_factory=hostplan.Placement)  # type: ignore[arg-type]
+    placement: hostplan.Placement = Field(default_factory=hostplan.Placement,  # type: ignore[arg-type]
+                                          description="with hosts: which host runs which etcd member and node")
     allow_unsafe_placement: bool = Field(False, description="accept a placement where losing one host stops "
                                                             "the cluster")
     # ---- end many hosts ----
