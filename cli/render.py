@@ -2,7 +2,7 @@
 
 Pure presentation: every function takes a `Done` (the result, and the spec when the text
 names the scope or its ports) and prints to stdout. The wording is what users and the
-README rely on; change it only on purpose.
+docs (whose examples a test runs) rely on; change it only on purpose.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def reload_haproxy(spec: ClusterSpec) -> None:
     """Write haproxy.cfg for `spec`, reload HAProxy in place and wait until it serves the new servers.
 
     The container is not recreated, so its pgha.config label keeps the old hash; the next
-    `pgha up` recreates HAProxy once to match (see README).
+    `pgha up` recreates HAProxy once to match (docs/known-limits.md).
     """
     write_private(config_dir(spec.scope, spec.haproxy_member) / "haproxy.cfg", render.render_haproxy_cfg(spec))
     haproxy.reload(spec)

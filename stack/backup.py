@@ -1,6 +1,6 @@
 """pgBackRest for a cluster, as pure functions: config files, certificates, decisions.
 
-Topology (see README "Backups"): one named Docker volume `<scope>-pgbackrest` is the
+Topology (docs/howto/backups.md): one named Docker volume `<scope>-pgbackrest` is the
 repository, mounted at /var/lib/pgbackrest in every Patroni node. The primary's
 `archive-push` therefore writes locally, whichever node is primary. A backup runs on a
 replica, which acts as pgBackRest's "repository host": it reaches every node (itself

@@ -159,7 +159,7 @@ def hosts_refusal(blue: ClusterSpec) -> str | None:
         return None
     return ("the major upgrade is not built for a cluster over several hosts (hosts:): green's members would need "
             "ports of their own on every host, where blue's members hold 5432, 8008, 2379 and 2380 (host "
-            "networking); see README 'Known limits'")
+            "networking); see docs/known-limits.md")
 
 
 def precheck(f: MajorFacts, replica_identity_full: bool) -> Precheck:

@@ -380,7 +380,7 @@ class ClusterSpec(_Strict):
     tls: TlsSpec = Field(default_factory=TlsSpec,  # type: ignore[arg-type]
                          description="TLS from the cluster's own CA for etcd, Patroni's REST API and PostgreSQL")
 
-    # ---- many hosts (README "Several machines"); absent: today's single local engine ----
+    # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
                                                                     "the local engine only")
     placement: hostplan.Placement = Field(default_factory=hostplan.Placement,  # type: ignore[arg-type]
@@ -612,7 +612,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "spec"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key (check spelling; see README 'The spec')"
+        msg = "unknown key (check spelling; every field is in docs/reference/spec.md)"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid spec {source}: {loc}: {msg}{extra}"
 

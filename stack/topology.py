@@ -24,7 +24,7 @@ DNS_OPTIONS = ["timeout:1", "attempts:1"]
 MIB = 1024 * 1024
 
 # What each role's entrypoint needs as root before it drops to its service user (measured:
-# README "Hardening"): CHOWN/FOWNER/FSETID for `install -o ... -m 2775` of its private
+# docs/concepts/security.md): CHOWN/FOWNER/FSETID for `install -o ... -m 2775` of its private
 # directories (install chowns, then chmods a file it no longer owns), SETUID/SETGID for `setpriv --reuid`. The Patroni node also gets DAC_OVERRIDE
 # and KILL because pgha's root `docker exec`s refresh the postgres-owned 0600 copies under
 # /run/pgha and send SIGHUP to Patroni (tasks/patroni.py, tasks/pgbackrest.py). No role binds
@@ -41,7 +41,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 # Roles whose root filesystem is read-only: everything they write is a volume or a tmpfs.
 # Not the Patroni node: PostgreSQL, Patroni, pgBackRest (lock and spool files, logs), pg_dump
 # and the major-upgrade tools write in many places of the image; a tmpfs for each is a
-# change of its own (README "Hardening").
+# change of its own (docs/concepts/security.md).
 READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value, Role.REPO.value}
 # tmpfs mounts: /run/pgha holds the private copies of the 0600 files (passwords, pgpass, keys),
 # so no secret is ever written to the container's writable layer (`docker diff` shows none).

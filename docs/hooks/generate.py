@@ -3,7 +3,7 @@
 The CLI, spec, deployments and audit-check references (and the runbooks) are rendered at build
 time from the Typer app, the ClusterSpec's JSON schema, prefect.yaml and the audit's table of
 checks, so they cannot drift from the code. Each generator is a `render() -> str` function in a
-`gen_*.py` module beside this file; `tests/unit/test_docs.py` calls the same functions.
+`gen_*.py` module beside this file; `tests/unit/test_docs_reference.py` and `tests/unit/test_audit_checks.py` call the same functions.
 """
 
 from __future__ import annotations
