@@ -61,7 +61,7 @@ class Finding:
         if self.status == Level.OK:
             return
         ref = runbook_ref(self.check)
-        if not self.hint.endswith(ref):  # a row rebuilt from another (dataclasses.replace) keeps one
+        if ref not in self.hint:  # a row rebuilt from another (dataclasses.replace) keeps its one
             object.__setattr__(self, "hint", f"{self.hint} ({ref})" if self.hint else ref)
 
     def to_dict(self) -> dict[str, str]:
