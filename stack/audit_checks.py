@@ -315,8 +315,10 @@ CHECKS: tuple[Check, ...] = (
         means="Patroni on this node is stuck or down: it neither manages its PostgreSQL nor takes part "
               "in failover.",
         steps=("`pgha logs pg-N --since 10m`.",
-               "A stopped container: `pgha up`. A stuck Patroni: `docker restart <scope>-pg-N` "
-               "(on the leader, `pgha switchover` first)."),
+               "A stopped container: `pgha up`.",
+               "A Patroni that runs but does not answer: `docker restart <scope>-pg-N`. On the leader "
+               "that is a failover; while its API still answers, `pgha switchover` first hands the "
+               "leadership over cleanly."),
         fixes=("pgha up", "pgha switchover"),
     ),
     Check(
@@ -631,8 +633,8 @@ CHECKS: tuple[Check, ...] = (
         steps=("Checksums can be turned on only offline (`pg_checksums --enable` on a stopped data "
                "directory, each node in turn); pgha has no verb for that, and a restored copy keeps "
                "the setting.",
-               "A major upgrade (`pgha upgrade --major`) copies the data logically into a new cluster that "
-               "pgha initialises with checksums."),
+               "The next major upgrade (`pgha upgrade --major`) copies the data logically into a new "
+               "cluster that pgha initialises with checksums: after it, the row is ok."),
         fixes=("pgha upgrade",),
     ),
     # ---- disk ----
@@ -719,7 +721,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         name="fencing.watcher",
         component="fencing",
-        target="the scope (one engine), or each watcher `fencer-<host>` with `hosts:`",
+        target="each fencing watcher (the scope with one engine; `fencer-<host>` with `hosts:`)",
         checks=f"that the fencing watcher runs: a heartbeat in its counters newer than {FENCER_STALE_S:g} s; "
                "the observed column also counts what it fenced or skipped",
         warn=f"the watcher is missing or its counters unreadable; or its heartbeat is {FENCER_STALE_S:g} s old or older",
@@ -733,7 +735,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         name="fencing.unconfirmed",
         component="fencing",
-        target="like `fencing.watcher`",
+        target="each fencing watcher (the scope with one engine; `fencer-<host>` with `hosts:`)",
         checks="deaths the watcher saw but did not fence, because etcd or the engine did not answer",
         warn="any",
         thresholds=("fencing",),

@@ -92,10 +92,10 @@ def render_checks() -> str:
 
 def _entry(c: Check) -> list[str]:
     out = [f"### `{c.name}` {{ #{c.anchor} }}", ""]
-    out.append(f"**Checks** {c.checks}. **One row for** {_target(c)}.")
-    out.append("")
+    out.append(f"- **Checks:** {c.checks}")
+    out.append(f"- **One row for:** {_target(c)}")
     if c.informational:
-        out += [f"This row is always ok. {c.means}", ""]
+        out += ["", f"This row is always ok. {c.means}", ""]
         return out
     out.append("- **Warning:** " + (c.warn or "never"))
     out.append("- **Critical:** " + (c.critical or "never"))
