@@ -29,9 +29,26 @@ class Level(StrEnum):
 _RANK = {Level.OK: 0, Level.WARN: 1, Level.CRITICAL: 2}
 
 
+RUNBOOK_PAGE = "runbooks.md"  # the runbooks page of the documentation site (docs/runbooks.md)
+
+
+def runbook_anchor(check: str) -> str:
+    """The anchor of a check's runbook entry: `patroni.pending_restart` -> `patroni-pending-restart`."""
+    return check.replace(".", "-").replace("_", "-")
+
+
+def runbook_ref(check: str) -> str:
+    """How a hint names its runbook entry: `runbook: runbooks.md#patroni-member`."""
+    return f"runbook: {RUNBOOK_PAGE}#{runbook_anchor(check)}"
+
+
 @dataclass(frozen=True)
 class Finding:
-    """One row of the audit table."""
+    """One row of the audit table.
+
+    A row that is not ok has its runbook entry appended to its hint, here, for every check at
+    once: the entries are `stack.audit_checks.CHECKS`, rendered into docs/runbooks.md.
+    """
 
     check: str
     target: str
@@ -39,6 +56,13 @@ class Finding:
     observed: str
     threshold: str = ""
     hint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status == Level.OK:
+            return
+        ref = runbook_ref(self.check)
+        if ref not in self.hint:  # a row rebuilt from another (dataclasses.replace) keeps its one
+            object.__setattr__(self, "hint", f"{self.hint} ({ref})" if self.hint else ref)
 
     def to_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -174,7 +198,7 @@ def check_etcd(members: list[EtcdMember], spec: ClusterSpec, th: AuditThresholds
         if m is None or not m.healthy:
             why = "no answer" if m is None else (m.error or "unhealthy")
             out.append(Finding("etcd.member", name, Level.CRITICAL, why, "healthy",
-                               f"docker logs {spec.container(name)}; `pgha up` restarts a stopped member"))
+                               f"`pgha logs {name}`; `pgha up` restarts a stopped member"))
         else:
             out.append(Finding("etcd.member", name, Level.OK, "healthy", "healthy"))
     healthy = sum(1 for n in spec.etcd_names() if n in seen and seen[n].healthy)
@@ -219,13 +243,13 @@ def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") ->
             continue
         good = m.state == "running" if m.role == "leader" else m.state in ("streaming", "running")
         out.append(Finding("patroni.member", name, Level.OK if good else Level.CRITICAL, f"{m.role} {m.state}",
-                           "running/streaming", "" if good else f"docker logs {spec.container(name)}"))
+                           "running/streaming", "" if good else f"`pgha logs {name}`"))
         if lead_tl is not None and m.timeline is not None and m.timeline != lead_tl:
             out.append(Finding("patroni.timeline", name, Level.CRITICAL, f"timeline {m.timeline}",
-                               f"leader's {lead_tl}", "the member diverged: `patronictl reinit`"))
+                               f"leader's {lead_tl}", f"the member diverged: `pgha reinit {name} --yes`"))
         if m.pending_restart:
             out.append(Finding("patroni.pending_restart", name, Level.WARN, "pending restart", "none",
-                               "a changed parameter needs a restart: `patronictl restart`"))
+                               f"a changed parameter needs a restart: `pgha restart {name}`"))
         for probe, codes in (("liveness", obs.liveness), ("readiness", obs.readiness)):
             code = codes.get(name)
             ok = code == 200
@@ -249,7 +273,7 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
         if r is None or r.state != "streaming":
             out.append(Finding("replication.streaming", name, Level.CRITICAL,
                                "absent from pg_stat_replication" if r is None else r.state, "streaming",
-                               f"replica {name} does not replicate: `pgha status`, docker logs {spec.container(name)}"))
+                               f"replica {name} does not replicate: `pgha status`, `pgha logs {name}`"))
             continue
         out.append(Finding("replication.streaming", name, Level.OK, f"streaming ({r.sync_state})", "streaming"))
         if r.lag_bytes is not None:
@@ -274,8 +298,8 @@ def check_haproxy(obs: HaproxyObs | None, leader: str | None, streaming: set[str
                   th: AuditThresholds, baseline: Baseline, error: str = "") -> list[Finding]:
     if obs is None:
         return [Finding("haproxy.stats", spec.scope, Level.CRITICAL, error or "unreachable", "answers",
-                        f"HAProxy stats on 127.0.0.1:{spec.ports.stats} do not answer: docker logs "
-                        f"{spec.container(spec.haproxy_member)}")]
+                        f"HAProxy stats on 127.0.0.1:{spec.ports.stats} do not answer: "
+                        f"`pgha logs {spec.haproxy_member}`")]
     out: list[Finding] = []
     rw_ok = obs.rw_writable and obs.rw_member is not None and obs.rw_member == leader
     out.append(Finding("haproxy.rw_port", str(spec.ports.rw), Level.OK if rw_ok else Level.CRITICAL,
