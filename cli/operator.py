@@ -40,6 +40,7 @@ from cli.core import (
 from stack.errors import StateError, UsageError
 from stack.results import (
     BackupsResult,
+    CertsRenewResult,
     CertsRotateResult,
     HistoryResult,
     PauseResult,
@@ -159,6 +160,30 @@ def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     from flows.certs import certs_rotate as rotate_flow
 
     return Done(run_flow(rotate_flow, spec, wait_seconds=wait), spec)
+
+
+@certs_app.command("renew")
+@command(render.certs_renew, flows=True)
+def certs_renew(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                within_days: int | None = typer.Option(None, "--within-days", min=1, max=3650,
+                                                       help="renew when fewer days than this remain "
+                                                            "(default: the spec's tls.renew_within_days, 45)"),
+                as_json: bool = JsonOpt) -> Done[CertsRenewResult]:
+    """Renew the member and client certificates if they expire soon (what the daily deployment runs); else nothing.
+
+    Example: pgha certs renew --within-days 60
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.certs import check
+
+    check(spec)
+    _answers(spec)
+    _not_busy(spec, wait, "certs renew")
+    warm()
+    from flows.certs import certs_renew as renew_flow
+
+    return Done(run_flow(renew_flow, spec, within_days=within_days, wait_seconds=wait), spec)
 # ---- end tls ----
 
 

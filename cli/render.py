@@ -17,6 +17,7 @@ from stack.results import (
     BackupResult,
     BackupsResult,
     BootstrapResult,
+    CertsRenewResult,
     CertsRotateResult,
     ClusterStatus,
     ConfigSetResult,
@@ -274,6 +275,13 @@ def certs_rotate(done: Done[CertsRotateResult]) -> None:
     line(f"{r.scope}: certificates renewed (valid until {r.new_not_after}, were {r.old_not_after or 'unknown'}); "
          f"{r.endpoints} TLS endpoints serve them; {r.restarts} restarts, {r.switchovers} switchovers, {r.elapsed_s}s")
     events(r.events)
+
+
+def certs_renew(done: Done[CertsRenewResult]) -> None:
+    r = done.result
+    line(f"{r.scope}: {r.detail}")
+    if r.rotation is not None:
+        certs_rotate(Done(r.rotation, done.spec))
 
 
 def pause(done: Done[PauseResult]) -> None:

@@ -1,4 +1,5 @@
-"""certs rotate: new member and client certificates from the cluster's CA, installed with reloads.
+"""certs rotate: new member and client certificates from the cluster's CA, installed with reloads;
+certs renew: the same, only when they are due (the `certs-renew/daily` deployment).
 
 No restart and no switchover: etcd reads its certificate files on every new TLS connection,
 Patroni reloads its REST API certificate on `POST /reload`, PostgreSQL its SSL files on
@@ -16,7 +17,7 @@ from flows.steps.cluster import require_healthy
 from flows.steps.ops import current, mutating_flow, note
 from stack import tls
 from stack.errors import StateError
-from stack.results import CertsRotateResult
+from stack.results import CertsRenewResult, CertsRotateResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import certs, docker_hosts, patroni, postgres
@@ -76,3 +77,20 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
     return CertsRotateResult(scope=spec.scope, old_not_after=f"{before.not_after:%Y-%m-%d}" if before else "",
                              new_not_after=f"{new.not_after:%Y-%m-%d}", endpoints=len(certs.endpoints(spec)),
                              restarts=0, switchovers=0, events=list(current().events), elapsed_s=current().elapsed())
+
+
+@flow(name="certs-renew", description="Renew the member and client certificates when fewer than "
+                                      "tls.renew_within_days days remain (a rotation); otherwise nothing.")
+def certs_renew(spec: ClusterSpec = ClusterSpec(), within_days: int | None = None,  # noqa: B008
+                wait_seconds: WaitSeconds = 0) -> CertsRenewResult:
+    """`within_days`: renew when fewer days than this remain (default the spec's
+    `tls.renew_within_days`). Read-only unless they are due; then a `certs-rotate` subflow."""
+    import datetime as dt
+
+    check(spec)
+    due, detail = tls.renewal_due(host_tls.certificates(spec), dt.datetime.now(dt.UTC),
+                                  within_days or spec.tls.renew_within_days)
+    if not due:
+        return CertsRenewResult(scope=spec.scope, renewed=False, detail=detail)
+    rotation = certs_rotate(spec, wait_seconds=wait_seconds)
+    return CertsRenewResult(scope=spec.scope, renewed=True, detail=detail, rotation=rotation)

@@ -15,7 +15,7 @@ from typing import Any
 from stack.cluster import Member
 from stack.layout import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
-from stack.tls import CertInfo, expiry_outcome
+from stack.tls import CA_CRITICAL_DAYS, CA_WARN_DAYS, CertInfo, ca_outcome, expiry_outcome
 
 XID_WRAPAROUND = 2**31
 
@@ -549,7 +549,8 @@ def verdict(scope: str, findings: list[Finding]) -> Verdict:
 
 # ---- tls: certificate expiry (hardening issue) ----
 def check_tls(infos: list[CertInfo] | None, spec: ClusterSpec, now: dt.datetime, error: str = "") -> list[Finding]:
-    """One row: the cluster certificate nearest to expiry; warning `tls.expiry_warn_days` before, critical after."""
+    """Two rows: the member or client certificate nearest to expiry (warning `tls.expiry_warn_days`
+    before, critical after), and the CA (warned a year ahead: replacing it is a new cluster)."""
     if not spec.tls.enabled:
         return []
     if infos is None:
@@ -557,6 +558,11 @@ def check_tls(infos: list[CertInfo] | None, spec: ClusterSpec, now: dt.datetime,
                         "", "run `pgha up` to create them")]
     outcome, detail = expiry_outcome(infos, now, spec.tls.expiry_warn_days)
     level = {"ok": Level.OK, "warning": Level.WARN}.get(outcome, Level.CRITICAL)
+    ca_state, ca_detail = ca_outcome(infos, now)
+    ca_level = {"ok": Level.OK, "warning": Level.WARN}.get(ca_state, Level.CRITICAL)
     return [Finding("tls.cert_expiry", spec.scope, level, detail, f"warn {spec.tls.expiry_warn_days} days before",
-                    "" if level == Level.OK else "pgha certs rotate")]
+                    "" if level == Level.OK else "pgha certs renew"),
+            Finding("tls.ca_expiry", spec.scope, ca_level, ca_detail,
+                    f"warn {CA_WARN_DAYS} days before, critical {CA_CRITICAL_DAYS}",
+                    "" if ca_level == Level.OK else "a new cluster: pgha restore --into NEW-SCOPE")]
 # ---- end tls ----

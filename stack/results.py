@@ -358,6 +358,13 @@ class MajorUpgradeResult(Result):
 
 
 # ---- tls ----
+class CertsRenewResult(Result):
+    scope: str
+    renewed: bool
+    detail: str  # which certificate expires when, and what was decided
+    rotation: CertsRotateResult | None = None  # the rotation that renewed them
+
+
 class CertsRotateResult(Result):
     scope: str
     old_not_after: str

@@ -275,7 +275,21 @@ class TlsSpec(_Strict):
                                             "benchmarks/tls.py can compare against plain TCP; never turn it off "
                                             "in production")
     days: int = Field(365, ge=1, le=3650, description="validity of the member and client certificates, days")
-    expiry_warn_days: int = Field(30, ge=1, le=365, description="the audit warns this many days before expiry")
+    expiry_warn_days: int = Field(30, ge=1, le=365, description="the audit warns this many days before a member or "
+                                                                "client certificate expires")
+    renew_within_days: int = Field(45, ge=2, le=3650, description="the scheduled `certs-renew/daily` deployment (and "
+                                                                  "`pgha certs renew`) renews the member and client "
+                                                                  "certificates once fewer days than this remain; more "
+                                                                  "than `expiry_warn_days`, so the audit never warns "
+                                                                  "while renewal works")
+
+    @model_validator(mode="after")
+    def _renew_before_the_warning(self) -> TlsSpec:
+        if self.renew_within_days <= self.expiry_warn_days:
+            raise ValueError(f"renew_within_days ({self.renew_within_days}) must be more than expiry_warn_days "
+                             f"({self.expiry_warn_days}): the audit would warn about certificates before the "
+                             "scheduled renewal renews them")
+        return self
 # ---- end tls ----
 
 

@@ -155,17 +155,52 @@ def cert_info(name: str, pem: str) -> CertInfo:
     return CertInfo(name, c.not_valid_after_utc, c.serial_number)
 
 
+LEAVES = ("member.crt", "client.crt")
+CA_WARN_DAYS = 365  # a new CA means new trust for every client: warn a year ahead
+CA_CRITICAL_DAYS = 30
+
+
+def renewal_due(infos: list[CertInfo], now: dt.datetime, within_days: int) -> tuple[bool, str]:
+    """(due, detail) for the member and client certificates: due when the one nearest to expiry has
+    fewer than `within_days` days left (the CA is not renewed: see `ca_outcome`)."""
+    leaves = [i for i in infos if i.name in LEAVES]
+    if not leaves:
+        return True, "no member or client certificate in the state directory"
+    first = min(leaves, key=lambda i: i.not_after)
+    left = first.days_left(now)
+    detail = f"{first.name} expires {first.not_after:%Y-%m-%d} ({left:.1f} days left)"
+    if left < within_days:
+        return True, detail + f": fewer than {within_days} days, renewing"
+    return False, detail + f": not within {within_days} days, nothing to do"
+
+
+def ca_outcome(infos: list[CertInfo], now: dt.datetime) -> tuple[str, str]:
+    """("ok"|"warning"|"critical", detail) for the cluster CA: warned a year ahead, because replacing
+    it is not a reload but a new cluster's trust (clients hold the CA in sslrootcert)."""
+    ca = next((i for i in infos if i.name == "ca.crt"), None)
+    if ca is None:
+        return "critical", "no CA (ca.crt) in the state directory"
+    left = ca.days_left(now)
+    detail = f"the cluster CA expires {ca.not_after:%Y-%m-%d} ({left:.0f} days)"
+    if left <= CA_CRITICAL_DAYS:
+        return "critical", detail
+    if left <= CA_WARN_DAYS:
+        return "warning", detail
+    return "ok", detail
+
+
 def expiry_outcome(infos: list[CertInfo], now: dt.datetime, warn_days: int) -> tuple[str, str]:
-    """("ok"|"warning"|"critical", detail) for the certificates nearest to expiry."""
+    """("ok"|"warning"|"critical", detail) for the member or client certificate nearest to expiry."""
+    infos = [i for i in infos if i.name in LEAVES]
     if not infos:
-        return "critical", "no certificates found in the state directory"
+        return "critical", "no member or client certificate found in the state directory"
     first = min(infos, key=lambda i: i.not_after)
     left = first.days_left(now)
     detail = f"{first.name} expires {first.not_after:%Y-%m-%d} ({left:.0f} days)"
     if left <= 0:
         return "critical", detail + ": expired, run `pgha certs rotate`"
     if left <= warn_days:
-        return "warning", detail + f": within {warn_days} days, run `pgha certs rotate`"
+        return "warning", detail + f": within {warn_days} days, run `pgha certs renew`"
     return "ok", detail
 
 

@@ -194,3 +194,38 @@ def test_z_certs_rotate_under_the_write_probe_loses_nothing(cluster: Cluster) ->
     leader_after = json.loads(pgha(cluster.env, "status", "--json", "--scope", SCOPE).stdout)
     lead = [[m["member"] for m in s["members"] if m["pg_role"] == "leader"] for s in (leader_before, leader_after)]
     assert lead[0] == lead[1]
+
+
+def test_zz_certs_renew_a_leaf_that_expires_in_two_days(cluster: Cluster, tmp_path: Path) -> None:
+    """What the daily `certs-renew` deployment runs: nothing while the leaves are far from expiry;
+    a rotation (reloads only) once fewer than tls.renew_within_days remain. Last: it changes the
+    certificates every other test reads."""
+    import yaml
+
+    short = tmp_path / "two-days.yaml"
+    short.write_text(yaml.safe_dump({**cluster.spec, "tls": {"days": 2, "expiry_warn_days": 1,
+                                                               "renew_within_days": 2}}))
+    res = pgha(cluster.env, "certs", "rotate", "--json", "--spec", str(short), timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert json.loads(res.stdout)["new_not_after"] < time.strftime("%Y-%m-%d", time.gmtime(time.time() + 3 * 86400))
+    audit = json.loads(pgha(cluster.env, "audit", "--json", "--scope", SCOPE, timeout=300).stdout)
+    row = next(f for f in audit["findings"] if f["check"] == "tls.cert_expiry")
+    assert row["status"] == "warn" and "pgha certs renew" in row["hint"] and "runbooks.md#tls-cert-expiry" in row["hint"]
+    assert next(f for f in audit["findings"] if f["check"] == "tls.ca_expiry")["status"] == "ok"
+
+    not_yet = pgha(cluster.env, "certs", "renew", "--within-days", "1", "--json", "--scope", SCOPE, timeout=300)
+    assert not_yet.returncode == 0, not_yet.stderr[-2000:]
+    out = json.loads(not_yet.stdout)
+    assert out["renewed"] is False and "nothing to do" in out["detail"] and out["rotation"] is None
+
+    before = {m: served_pg_serial(cluster, m) for m in ("pg-1", "pg-2")}
+    renew = pgha(cluster.env, "certs", "renew", "--json", "--scope", SCOPE, timeout=300)  # the stored spec: 45 days
+    assert renew.returncode == 0, renew.stdout[-2000:] + renew.stderr[-2000:]
+    out = json.loads(renew.stdout)
+    assert out["renewed"] is True and "fewer than 45 days, renewing" in out["detail"], out
+    assert out["rotation"]["restarts"] == 0 and out["rotation"]["switchovers"] == 0
+    assert out["rotation"]["new_not_after"] > time.strftime("%Y-%m-%d", time.gmtime(time.time() + 300 * 86400))
+    after = {m: served_pg_serial(cluster, m) for m in ("pg-1", "pg-2")}
+    assert all(after[m] != before[m] for m in after), (before, after)
+    audit = json.loads(pgha(cluster.env, "audit", "--json", "--scope", SCOPE, timeout=300).stdout)
+    assert next(f for f in audit["findings"] if f["check"] == "tls.cert_expiry")["status"] == "ok"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 import yaml
 from cryptography import x509
 
 from stack import render, tls, topology
+from stack.errors import SpecError
 from stack.pooler import render_pgbouncer_ini
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, parse_spec
@@ -42,9 +44,39 @@ def test_expiry_outcome_warns_30_days_before() -> None:
     gone = tls.CertInfo("client.crt", now - dt.timedelta(days=1), 3)
     assert tls.expiry_outcome([far], now, 30)[0] == "ok"
     level, detail = tls.expiry_outcome([far, near], now, 30)
-    assert level == "warning" and "client.crt" in detail and "pgha certs rotate" in detail
+    assert level == "warning" and "client.crt" in detail and "pgha certs renew" in detail
     assert tls.expiry_outcome([far, gone], now, 30)[0] == "critical"
     assert tls.expiry_outcome([], now, 30)[0] == "critical"
+    ca_soon = tls.CertInfo("ca.crt", now + dt.timedelta(days=10), 4)
+    assert tls.expiry_outcome([far, ca_soon], now, 30)[0] == "ok"  # the CA has its own row
+
+
+def test_renewal_is_due_for_the_leaves_within_the_window() -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    ca = tls.CertInfo("ca.crt", now + dt.timedelta(days=3), 9)  # never renewed: not what decides
+    two_days = tls.CertInfo("member.crt", now + dt.timedelta(days=2), 1)
+    year = tls.CertInfo("client.crt", now + dt.timedelta(days=365), 2)
+    due, detail = tls.renewal_due([ca, two_days, year], now, 45)
+    assert due and detail.startswith("member.crt expires 2030-01-03 (2.0 days left): fewer than 45 days")
+    due, detail = tls.renewal_due([ca, year], now, 45)
+    assert not due and "nothing to do" in detail
+    assert tls.renewal_due([ca], now, 45)[0]  # no leaves at all: renew (the flow refuses without a CA)
+
+
+def test_the_ca_is_reported_a_year_ahead() -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    def ca(days: int) -> list[tls.CertInfo]:
+        return [tls.CertInfo("ca.crt", now + dt.timedelta(days=days), 1)]
+    assert tls.ca_outcome(ca(3650), now)[0] == "ok"
+    assert tls.ca_outcome(ca(365), now) == ("warning", "the cluster CA expires 2031-01-01 (365 days)")
+    assert tls.ca_outcome(ca(30), now)[0] == "critical"
+    assert tls.ca_outcome([], now)[0] == "critical"
+
+
+def test_renewal_must_come_before_the_audit_warns() -> None:
+    assert parse_spec({"scope": "lab"}).tls.renew_within_days == 45
+    with pytest.raises(SpecError, match=r"tls: renew_within_days \(30\) must be more than expiry_warn_days \(30\)"):
+        parse_spec({"scope": "lab", "tls": {"renew_within_days": 30}})
 
 
 def test_tls_rendering_etcd_patroni_haproxy_pooler() -> None:
