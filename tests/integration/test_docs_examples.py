@@ -125,8 +125,11 @@ class Shell:
             script.write_text(block.code)
         assert self.proc.stdin is not None
         # stdin from /dev/null: a command that reads stdin must not eat the next blocks.
-        self.proc.stdin.write(f'source "{script}" < /dev/null\necho "{self.token} $?"\n')
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f'source "{script}" < /dev/null\necho "{self.token} $?"\n')
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the shell is gone already
+            return "", self.proc.wait()
         out: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
