@@ -777,7 +777,7 @@ CHECKS: tuple[Check, ...] = (
         means=f"The CA is made for {tls.CA_DAYS // 365} years by the first `pgha up`, and neither a rotation nor "
               "the renewal replaces it: when it expires no certificate it signed verifies. It is reported a year "
               "ahead because replacing it changes what every client must trust.",
-        steps=("Plan a new cluster: `pgha restore --into NEW-SCOPE` (or a blue/green major upgrade) creates "
+        steps=("Plan a new cluster: `pgha restore --into NEW-SCOPE` creates "
                "a cluster with a new CA from the same data; point clients at it with its `pgha dsn`.",
                "Then take the old cluster down."),
         fixes=("pgha restore", "pgha down"),
