@@ -177,7 +177,7 @@ def images_build(spec_file: Path | None = SpecOpt,
 
     Example: pgha images build --updates security
     """
-    spec = load_spec(spec_file)
+    spec = resolve_spec(spec_file, None)  # --spec, else $PGHA_SPEC, else the stored default, else defaults
     from tasks.images import ensure_image
 
     require_engines(spec)

@@ -166,3 +166,13 @@ def test_ephemeral_api_starts_once_publishes_its_url_and_stops(monkeypatch: pyte
         assert proc.poll() is not None  # ended, and reaped
         assert "PREFECT_API_URL" not in os.environ and "PREFECT_UI_URL" not in os.environ
         assert not PREFECT_API_URL.value()
+
+
+def test_images_build_reads_pgha_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like every verb: without --spec, $PGHA_SPEC names the spec (a bad one is refused in one line)."""
+    bad = tmp_path / "env-spec.yaml"
+    bad.write_text("scope: env-lab\netcd_members: 2\n")
+    monkeypatch.setenv("PGHA_SPEC", str(bad))
+    res = CliRunner().invoke(app, ["images", "build"])
+    assert res.exit_code == 2, res.output
+    assert "env-spec.yaml" in res.output and "etcd_members" in res.output and "Traceback" not in res.output
