@@ -141,6 +141,19 @@ certs_app = typer.Typer(help="The cluster's TLS certificates, issued by its own 
 app.add_typer(certs_app, name="certs", rich_help_panel=DAY_TWO)
 
 
+def _certs_ready(spec_file: Path | None, scope: str | None, wait: float, verb: str) -> ClusterSpec:
+    """The checks `certs rotate` and `certs renew` share, before any flow starts."""
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.certs import check
+
+    check(spec)
+    _answers(spec)
+    _not_busy(spec, wait, verb)
+    warm()
+    return spec
+
+
 @certs_app.command("rotate")
 @command(render.certs_rotate, flows=True)
 def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
@@ -149,14 +162,7 @@ def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     Example: pgha certs rotate
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
-    from flows.certs import check
-
-    check(spec)
-    _answers(spec)
-    _not_busy(spec, wait, "certs rotate")
-    warm()
+    spec = _certs_ready(spec_file, scope, wait, "certs rotate")
     from flows.certs import certs_rotate as rotate_flow
 
     return Done(run_flow(rotate_flow, spec, wait_seconds=wait), spec)
@@ -173,14 +179,7 @@ def certs_renew(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, 
 
     Example: pgha certs renew --within-days 60
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
-    from flows.certs import check
-
-    check(spec)
-    _answers(spec)
-    _not_busy(spec, wait, "certs renew")
-    warm()
+    spec = _certs_ready(spec_file, scope, wait, "certs renew")
     from flows.certs import certs_renew as renew_flow
 
     return Done(run_flow(renew_flow, spec, within_days=within_days, wait_seconds=wait), spec)
