@@ -665,13 +665,15 @@ class Engine:
     # ---- observations (audit) ----
 
     def audit_containers(self, scope: str) -> list[dict[str, Any]]:
-        """Each cluster container's member, state, health, id and restart count."""
+        """Each cluster container's member, state, health, id, restart count and log options."""
         rows: list[dict[str, Any]] = []
         for ct in self.cluster_containers(scope):
+            log = ct.attrs.get("HostConfig", {}).get("LogConfig") or {}
             rows.append({
                 "name": ct.name, "member": ct.labels.get(LABEL_MEMBER, ""), "status": ct.status,
                 "health": health_of(ct), "container_id": ct.id or "",
                 "restart_count": int(ct.attrs.get("RestartCount") or 0),
+                "log_driver": str(log.get("Type") or ""), "log_options": dict(log.get("Config") or {}),
             })
         return rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stack import audit as A
 from stack import render, topology
 from stack.errors import SpecError
 from stack.secrets import Secrets
@@ -76,3 +77,21 @@ def test_haproxy_checks_ask_for_the_status_line_only() -> None:
     cfg = render.render_haproxy_cfg(ClusterSpec())
     assert "option httpchk OPTIONS /primary" in cfg and "option httpchk OPTIONS /replica" in cfg
     assert "httpchk GET" not in cfg
+
+
+def test_the_audit_warns_of_a_container_without_the_specs_cap() -> None:
+    spec = parse_spec({"nodes": 2, "etcd_members": 1})
+    capped = {"max-size": "20m", "max-file": "5"}
+    cs = [A.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}", 0, "json-file", capped)
+          for m, _ in spec.expected_members()]
+    fs = A.check_log_caps(cs, spec)
+    assert len(fs) == len(spec.expected_members()) and A.worst(fs) == A.Level.OK
+    assert fs[0].observed == "20m x 5 files (json-file)" == fs[0].threshold
+    cs[0] = A.ContainerObs(cs[0].name, cs[0].member, "running", "healthy", "id", 0, "json-file", {})  # an older pgha's
+    cs[1] = A.ContainerObs(cs[1].name, cs[1].member, "running", "healthy", "id", 0, "json-file",
+                           {"max-size": "10m", "max-file": "3"})
+    fs = A.check_log_caps(cs, spec)
+    assert [(f.status, f.observed) for f in fs[:2]] == [(A.Level.WARN, "no cap (json-file driver)"),
+                                                        (A.Level.WARN, "10m x 3 files (json-file)")]
+    assert "`pgha up` recreates" in fs[0].hint
+    assert len(A.check_log_caps(cs[1:], spec)) == len(cs) - 1  # a missing container: container.running says so
