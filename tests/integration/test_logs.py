@@ -13,6 +13,7 @@ import docker
 import psycopg
 import pytest
 
+from stack.layout import SOCKET_DIR
 from tests.integration.conftest import Cluster, pgha, running_cluster
 
 SCOPE = "pgha-it-logs"
@@ -45,15 +46,20 @@ def test_every_container_has_the_specs_cap(cluster: Cluster, engine: docker.Dock
 
 def test_a_container_writing_past_its_cap_keeps_a_bounded_log(cluster: Cluster, engine: docker.DockerClient) -> None:
     ct = engine.containers.get(cluster.container("pg-2"))
-    # 6 MiB of 200-byte lines into the log of the container's PID 1 (Patroni, as postgres: the
-    # same user may open its stdout), three times the cap.
-    flood = "head -c 6291456 /dev/zero | tr '\\000' x | fold -w 199 > /proc/1/fd/1"
-    code, out = ct.exec_run(["sh", "-c", flood], user="postgres")
+    # About 6 MiB, three times the cap, through PostgreSQL's own log (stderr, like every line
+    # Patroni and PostgreSQL write): RAISE LOG reaches the server log at log_min_messages=warning.
+    # (A `docker exec` cannot write to PID 1's stdout: Patroni was started through setpriv and
+    # /proc/1/fd is closed to the exec, whatever its user.)
+    flood = ("DO $$ BEGIN FOR i IN 1..15000 LOOP RAISE LOG 'pgha log flood %: %', i, repeat('x', 300); "
+             "END LOOP; END $$;")
+    code, out = ct.exec_run(["psql", "-h", SOCKET_DIR, "-qAtc", flood], user="postgres")
     assert code == 0, out
     time.sleep(1)  # the engine's log copier drains the pipe
     ct.reload()
-    kept = len(ct.logs(stdout=True, stderr=True))
-    assert 0 < kept <= MAX_FILES * MIB, f"docker logs holds {kept} bytes, over the {MAX_FILES} x {MAX_SIZE} cap"
+    log = ct.logs(stdout=True, stderr=True)
+    assert 0 < len(log) <= MAX_FILES * MIB, f"docker logs holds {len(log)} bytes, over the {MAX_FILES} x {MAX_SIZE} cap"
+    # the newest lines are kept, the oldest were rotated away
+    assert b"pgha log flood 15000: " in log and b"pgha log flood 1: " not in log
     path = str(ct.attrs.get("LogPath") or "")
     if path and os.access(Path(path).parent, os.R_OK):  # the engine's files (root on most machines)
         files = glob.glob(path + "*")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
 from stack import audit as A
 from stack import render, topology
 from stack.errors import SpecError
@@ -95,3 +99,15 @@ def test_the_audit_warns_of_a_container_without_the_specs_cap() -> None:
                                                         (A.Level.WARN, "10m x 3 files (json-file)")]
     assert "`pgha up` recreates" in fs[0].hint
     assert len(A.check_log_caps(cs[1:], spec)) == len(cs) - 1  # a missing container: container.running says so
+
+
+def test_up_refuses_a_cap_too_small_in_one_line_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path / "state"))
+    f = tmp_path / "small.yaml"
+    f.write_text("scope: tiny-logs\nlogs:\n  max_size: 512k\n")
+    res = CliRunner().invoke(app, ["up", "--spec", str(f)])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert lines == [f"pgha: error: invalid spec {f}: logs.max_size: 512k is below the 1m floor: one log file must "
+                     "hold a burst of Patroni lines (a failover, a traceback) or the rotation drops the cause"]
+    assert not (tmp_path / "state").exists()  # refused before anything is written
