@@ -215,6 +215,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
         findings.append(A.Finding("container.list", spec.scope, A.Level.CRITICAL, c_err, "", "is the engine up?"))
     else:
         findings += A.check_containers(containers, spec, th, baseline)
+        findings += A.check_log_caps(containers, spec)
     if "resources" in got:
         pressure, res_err = got["resources"]
         findings += A.check_resources(pressure or [], spec, th) if pressure is not None else [

@@ -155,6 +155,8 @@ class ContainerObs:
     health: str  # healthy, unhealthy, starting, "" (no health check)
     container_id: str = ""
     restart_count: int = 0
+    log_driver: str = ""  # HostConfig.LogConfig: the driver and its options (max-size, max-file)
+    log_options: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -415,6 +417,32 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                            f"{delta} since last audit" if prev else f"{c.restart_count} (first audit)",
                            f"warn {th.restarts_warn}, critical {th.restarts_critical}",
                            "" if lvl == Level.OK else f"{name} keeps restarting: docker logs {name}"))
+    return out
+
+
+def _cap(driver: str, options: dict[str, str] | None) -> str:
+    opts = options or {}
+    if "max-size" not in opts:
+        return f"no cap ({driver or 'unknown'} driver)"
+    return f"{opts['max-size']} x {opts.get('max-file', '1')} files ({driver})"
+
+
+def check_log_caps(containers: list[ContainerObs], spec: ClusterSpec) -> list[Finding]:
+    """Each member's log is capped as the spec's `logs:` says. A container created by an older pgha
+    (no cap) or under another `logs:` keeps its log options until it is recreated: a warning."""
+    want = spec.logs.driver_options()
+    expected = _cap("json-file", want)
+    out: list[Finding] = []
+    by_member = {c.member: c for c in containers}
+    for member, _ in spec.expected_members():
+        c = by_member.get(member)
+        if c is None or not c.log_driver:
+            continue  # a missing container is container.running's finding
+        ok = c.log_driver == "json-file" and c.log_options == want
+        out.append(Finding("container.log_cap", member, Level.OK if ok else Level.WARN,
+                           _cap(c.log_driver, c.log_options), expected,
+                           "" if ok else f"`pgha up` recreates {spec.container(member)} with the spec's cap "
+                                         "(Patroni nodes one at a time)"))
     return out
 
 

@@ -119,6 +119,25 @@ CHECKS: tuple[Check, ...] = (
         fixes=("pgha up",),
     ),
     Check(
+        name="container.log_cap",
+        component="containers",
+        target="each container the spec runs",
+        checks="the container's log driver and options (`HostConfig.LogConfig`) against the spec's `logs:`: "
+               "`json-file`, rotated at `logs.max_size`, `logs.max_files` files kept",
+        warn="the container's log has no cap (it was created by a pgha without log caps), or a cap other "
+             "than the spec's",
+        thresholds=("logs.max_size", "logs.max_files"),
+        means="Docker sets a container's log options only when it creates the container, so a container "
+              "made before the spec's cap (or before pgha capped logs at all) keeps its old options: its "
+              "log may grow without bound until the disk is full.",
+        steps=("`pgha up` recreates each container whose cap differs: etcd members one at a time, Patroni "
+               "nodes one at a time (replicas first, the leader after a switchover), then HAProxy, the "
+               "pooler and the fencing watchers. Recreating HAProxy closes the client connections open "
+               "through it.",
+               "Audit again: every row is ok once each container carries the spec's cap."),
+        fixes=("pgha up",),
+    ),
+    Check(
         name="resource.memory",
         component="resources",
         target="each container (the scope when the engine's stats do not answer)",

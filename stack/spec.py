@@ -266,6 +266,52 @@ class ResourcesSpec(_Strict):
 
     def of(self, role: str) -> RoleResources:
         return getattr(self, role)  # type: ignore[no-any-return]
+# ---- logs: every container's log capped (Docker's json-file driver, rotated) ----
+LOG_SIZE_RE = re.compile(r"^([1-9][0-9]{0,5})([kmg])$")
+LOG_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}  # Docker's units (go-units RAMInBytes): binary
+# One log file holds at least this: a failover or an etcd outage writes bursts of hundreds of
+# lines (a Patroni traceback alone is ~3 KB), and a file smaller than the burst would rotate the
+# cause away before anyone reads it.
+LOG_FILE_MIN = 1024**2
+
+
+class LogsSpec(_Strict):
+    """The log of every container pgha creates: Docker's json-file driver, rotated at `max_size`,
+    at most `max_files` files kept, so one container never holds more than their product."""
+
+    max_size: str = Field("20m", description="size at which a container's log file is rotated: a whole number "
+                                             "and k, m or g (binary units, as Docker reads them); at least 1m")
+    max_files: int = Field(5, ge=1, le=100, description="log files kept per container, the current one "
+                                                        "included; the oldest is deleted at each rotation")
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> object:
+        text = str(v).strip().lower().removesuffix("b") if isinstance(v, str | int) else v
+        if not isinstance(text, str) or not (m := LOG_SIZE_RE.match(text)):
+            raise ValueError(f"'{v}' is not a size: write a whole number and k, m or g (e.g. 20m)")
+        if int(m.group(1)) * LOG_UNITS[m.group(2)] < LOG_FILE_MIN:
+            raise ValueError(f"{v} is below the 1m floor: one log file must hold a burst of Patroni lines "
+                             "(a failover, a traceback) or the rotation drops the cause")
+        return text
+
+    @property
+    def file_bytes(self) -> int:
+        m = LOG_SIZE_RE.match(self.max_size)
+        assert m is not None  # validated
+        return int(m.group(1)) * LOG_UNITS[m.group(2)]
+
+    @property
+    def cap_bytes(self) -> int:
+        """The most one container's log holds on disk (every file full)."""
+        return self.file_bytes * self.max_files
+
+    def driver_options(self) -> dict[str, str]:
+        """The json-file driver's options, as `docker run --log-opt` takes them."""
+        return {"max-size": self.max_size, "max-file": str(self.max_files)}
+# ---- end logs ----
+
+
 # ---- tls (hardening issue: encryption and authentication) ----
 class TlsSpec(_Strict):
     """TLS from the cluster's own CA for etcd (client and peer, client certificates required), Patroni's
@@ -393,6 +439,8 @@ class ClusterSpec(_Strict):
                                      description="CPU and memory limits of each role's containers")
     tls: TlsSpec = Field(default_factory=TlsSpec,  # type: ignore[arg-type]
                          description="TLS from the cluster's own CA for etcd, Patroni's REST API and PostgreSQL")
+    logs: LogsSpec = Field(default_factory=LogsSpec,  # type: ignore[arg-type]
+                           description="every container's log capped: the size of a file and the files kept")
 
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "

@@ -85,10 +85,13 @@ def hardening(spec: ClusterSpec, role: str) -> Hardening:
 
 
 def harden(spec: ClusterSpec, planned: Planned) -> Planned:
-    """`planned` with its role's hardening; the config hash covers it, so a changed limit recreates it."""
+    """`planned` with its role's hardening and the spec's log cap; the config hash covers both, so a
+    changed limit or cap recreates it."""
     c = planned.container
     h = hardening(spec, c.role)
-    return replace(planned, container=replace(c, hardening=h, config_hash=render.digest(c.config_hash, h)))
+    logs = spec.logs.driver_options()
+    return replace(planned, container=replace(c, hardening=h, log_options=logs,
+                                              config_hash=render.digest(c.config_hash, h, logs)))
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class ContainerDef:
     binds: dict[str, str] = field(default_factory=dict)  # host path -> container path, read-only
     hardening: Hardening | None = None  # limits, capabilities, tmpfs (`harden`); None: the engine's defaults
     host_network: bool = False  # many hosts: the host's network namespace (stack/hosts.py says why)
+    log_options: dict[str, str] | None = None  # json-file max-size / max-file (`harden`); None: the engine's default
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ import requests
 from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.models.containers import Container
 from docker.tls import TLSConfig
-from docker.types import Healthcheck, Mount
+from docker.types import Healthcheck, LogConfig, Mount
 
 from stack.errors import DockerError, StateError
 from stack.hosts import EngineSSH
 from stack.layout import CONFIG_MOUNT
+from stack.spec import LogsSpec
 from stack.topology import ContainerDef
 from tasks import config_volume
 from tasks.docker_ssh import ssh_client
@@ -46,6 +47,10 @@ LABEL_CLUSTER = "pgha.cluster"
 LABEL_ROLE = "pgha.role"
 LABEL_MEMBER = "pgha.member"
 LABEL_CONFIG = "pgha.config"  # hash of the container's definition, passwords redacted
+LOG_DRIVER = "json-file"  # `docker logs` reads it; rotated and capped by the spec's `logs:` options
+# The cap of helpers that belong to no member (scratch boxes, config pushes, lab hosts) and are
+# created without a spec's `logs:`: pgha's default.
+DEFAULT_LOG_OPTIONS = LogsSpec().driver_options()
 
 DOCKER_TIMEOUT = 60  # seconds for one engine API call
 
@@ -316,7 +321,7 @@ class Engine:
                 d.image, command=[d.role, *d.command] if d.entrypoint is None else d.command,
                 entrypoint=d.entrypoint, name=d.name, labels=all_labels, mounts=mounts, network_mode="host",
                 healthcheck=hc, restart_policy={"Name": "unless-stopped"}, stop_signal="SIGTERM", detach=True,
-                **_hardening_kwargs(d))
+                log_config=log_config(d.log_options), **_hardening_kwargs(d))
         return self.client.containers.create(
             d.image,
             command=[d.role, *d.command] if d.entrypoint is None else d.command,
@@ -332,6 +337,7 @@ class Engine:
             dns_opt=d.dns_options,
             stop_signal="SIGTERM",
             detach=True,
+            log_config=log_config(d.log_options),
             **_hardening_kwargs(d),  # limits, capabilities, read-only root, tmpfs
         )
 
@@ -401,7 +407,7 @@ class Engine:
                 old.remove(force=True, v=True)  # a push killed midway
             ct = self.client.containers.create(
                 image, entrypoint=["rm", "-f", "--"], command=[f"{CONFIG_MOUNT}/{r}" for r in remove],
-                name=helper, user="0:0", network_mode="none", detach=True,
+                name=helper, user="0:0", network_mode="none", detach=True, log_config=log_config(None),
                 labels={**labels(scope, "config-push", member), config_volume.LABEL_ETC: name},
                 mounts=[Mount(target=CONFIG_MOUNT, source=vol, type="volume")])
             try:
@@ -429,8 +435,9 @@ class Engine:
         return config_volume.read_member(data, Path(path).name)
 
     def run_scratch(self, name: str, image: str, scope: str, role: str, network: str,
-                    mounts: list[Mount]) -> Container:
-        """Start a sleeping helper container (replacing a leftover of the same name)."""
+                    mounts: list[Mount], log_options: dict[str, str] | None = None) -> Container:
+        """Start a sleeping helper container (replacing a leftover of the same name); its log capped
+        by `log_options` (the spec's `logs:`; None: pgha's default cap)."""
         with _engine_call(f"scratch container {name}"):
             old = self.find_container(name)
             if old is not None:
@@ -439,7 +446,8 @@ class Engine:
             net: dict[str, Any] = {"network_mode": "host"} if network == "host" else {"hostname": name,
                                                                                      "network": network}
             ct = self.client.containers.create(image, entrypoint=["sleep", "infinity"], name=name,
-                                               labels=labels(scope, role, name), mounts=mounts, detach=True, **net)
+                                               labels=labels(scope, role, name), mounts=mounts, detach=True,
+                                               log_config=log_config(log_options), **net)
             ct.start()
         return ct
 
@@ -657,13 +665,15 @@ class Engine:
     # ---- observations (audit) ----
 
     def audit_containers(self, scope: str) -> list[dict[str, Any]]:
-        """Each cluster container's member, state, health, id and restart count."""
+        """Each cluster container's member, state, health, id, restart count and log options."""
         rows: list[dict[str, Any]] = []
         for ct in self.cluster_containers(scope):
+            log = ct.attrs.get("HostConfig", {}).get("LogConfig") or {}
             rows.append({
                 "name": ct.name, "member": ct.labels.get(LABEL_MEMBER, ""), "status": ct.status,
                 "health": health_of(ct), "container_id": ct.id or "",
                 "restart_count": int(ct.attrs.get("RestartCount") or 0),
+                "log_driver": str(log.get("Type") or ""), "log_options": dict(log.get("Config") or {}),
             })
         return rows
 
@@ -707,6 +717,11 @@ class Engine:
             if ip:
                 out[ip] = str(info.get("Name", ""))
         return out
+
+
+def log_config(options: dict[str, str] | None) -> LogConfig:
+    """The json-file driver with `options` (max-size, max-file); pgha's default cap when None."""
+    return LogConfig(type=LOG_DRIVER, config=dict(options or DEFAULT_LOG_OPTIONS))
 
 
 def _hardening_kwargs(d: ContainerDef) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import images
-from tasks.docker_engine import Engine, fan_out, tls_client
+from tasks.docker_engine import Engine, fan_out, log_config, tls_client
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.docker_ssh import ssh_end_masters, ssh_probe
 from tasks.host.state import state_root, write_private
@@ -213,6 +213,7 @@ def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str,
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
         mounts=mounts, port_bindings=bindings,
+        log_config=log_config(None),  # dockerd's own log; the cluster's containers inside are capped by the spec
     )
     # `--security-opt systempaths=unconfined` is the CLI's name for "no masked or read-only /proc paths".
     hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []

@@ -38,9 +38,11 @@ class Scratch:
 @contextmanager
 def scratch(engine: Engine, scope: str, role: str, name: str, image: str, data_target: str,
             data_volume: str | None = None, read_only: dict[str, str] | None = None,
-            network: str | None = None, internal: bool = True) -> Iterator[Scratch]:
+            network: str | None = None, internal: bool = True,
+            log_options: dict[str, str] | None = None) -> Iterator[Scratch]:
     """A scratch container `name` with a data volume at `data_target` and `read_only` volumes
-    (volume -> path); its network (internal) and own volume are removed on exit.
+    (volume -> path); its network (internal) and own volume are removed on exit. Its log is
+    capped by `log_options` (the spec's `logs:`; None: pgha's default cap).
 
     A given `data_volume` (a live node's, for a restore) is used and kept; otherwise the
     container gets its own volume, removed with it. A given `network` (an S3 repository's
@@ -57,7 +59,7 @@ def scratch(engine: Engine, scope: str, role: str, name: str, image: str, data_t
             engine.ensure_volume(scope, role, name, vol)
         mounts = [Mount(target=data_target, source=vol, type="volume")]
         mounts += [Mount(target=path, source=v, type="volume", read_only=True) for v, path in (read_only or {}).items()]
-        engine.run_scratch(name, image, scope, role, net, mounts)
+        engine.run_scratch(name, image, scope, role, net, mounts, log_options)
         yield s
     finally:
         if engine.remove_container(name):

@@ -68,7 +68,8 @@ def scratch(spec: ClusterSpec, engine: Engine, name: str, image: str, role: str,
     read_only = {bk.repo_volume(spec): layout.REPO_MOUNT} if s3 is None and not remote else {}
     network = s3.network if s3 is not None else (docker_scratch.HOST_NETWORK if remote else None)
     with docker_scratch.scratch(engine, label_scope or spec.scope, role, name, image, DATA_MOUNT, data_volume,
-                                read_only=read_only, network=network, internal=s3 is None and not remote) as s:
+                                read_only=read_only, network=network, internal=s3 is None and not remote,
+                                log_options=spec.logs.driver_options()) as s:
         yield s
 
 
@@ -273,7 +274,7 @@ def _in_volume(spec: ClusterSpec, member: str, image: str, script: str, what: st
     """Run `script` as root in a scratch box holding `member`'s data volume at DATA_MOUNT."""
     engine = engines(spec).of(member)
     with docker_scratch.scratch(engine, spec.scope, ROLE_SWAP, f"{spec.scope}-{member}-swap", image, DATA_MOUNT,
-                                data_volume=spec.volume(member)) as s:
+                                data_volume=spec.volume(member), log_options=spec.logs.driver_options()) as s:
         r = s.run(["sh", "-ec", script], user="root", timeout=300)
         if not r.ok:
             raise BackupError(f"{what} in {spec.volume(member)} failed: {r.tail()}")

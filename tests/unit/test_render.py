@@ -49,8 +49,8 @@ def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
     spec = parse_spec({"scope": "lab", "nodes": 4})
     cfg = render.render_haproxy_cfg(spec)
     primary, replicas = cfg.split("listen primary")[1].split("listen replicas")
-    assert "option httpchk GET /primary" in primary and "bind :5432" in primary
-    assert "option httpchk GET /replica" in replicas and "bind :5433" in replicas
+    assert "option httpchk OPTIONS /primary" in primary and "bind :5432" in primary
+    assert "option httpchk OPTIONS /replica" in replicas and "bind :5433" in replicas
     for part in (primary, replicas):
         assert "on-marked-down shutdown-sessions" in part
         assert "inter 500ms" in part and "rise 1" in part and "fall 2" in part
