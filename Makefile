@@ -31,7 +31,7 @@ unit: venv
 # The documentation site (MkDocs + Material): references are generated from the code at build
 # time (docs/hooks/generate.py); --strict turns a broken link, anchor or missing page into a failure.
 docs-build: venv         ## build the docs site into build/site (strict: fails on any warning)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not -q: it hides the warnings strict counts, and passes
 
 docs: venv               ## build and serve the docs on http://127.0.0.1:$${PGHA_DOCS_PORT:-8000}
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict -a 127.0.0.1:$${PGHA_DOCS_PORT:-8000}
