@@ -1,8 +1,8 @@
 """The control plane's containers: the Prefect server and the worker, supervised by the Docker engine.
 
 The only module that creates, inspects or removes them. One control plane per state directory
-(its `key`, a hash of the directory's path, names and labels everything), so two state
-directories on two ports share one engine without touching each other's containers.
+and port (its `key`, a hash of both, names and labels everything), so two state directories on two
+ports share one engine without touching each other's containers.
 
 - `restart_policy=unless-stopped`: the engine starts them again after a crash, a SIGKILL, an OOM
   kill, its own restart or a reboot, as it does the cluster's containers; a container someone
@@ -37,14 +37,14 @@ from stack.errors import DockerError
 from tasks.docker_engine import DEFAULT_LOG_OPTIONS, LABEL_CONFIG, LABEL_ROLE, LOG_DRIVER
 from tasks.docker_hosts import local_engine
 
-LABEL_CONTROL = "pgha.control"  # the control plane's key (one per state directory)
+LABEL_CONTROL = "pgha.control"  # the control plane's key (one per state directory and port)
 LABEL_STATE_DIR = "pgha.state-dir"
 LABEL_PORT = "pgha.server-port"
 SERVER_ROLE, WORKER_ROLE = "prefect-server", "prefect-worker"
 RESTART_POLICY = "unless-stopped"
 AUTH_IN_CONTAINER = "/run/pgha/api-auth"
 DB_IN_CONTAINER = "/var/lib/prefect"  # the server's PREFECT_HOME: prefect.db lives here
-DOCKER_SOCKET = "/var/run/docker.sock"
+DOCKER_SOCKET = "/var/run/docker.sock"  # where the worker's flows find the engine (docker-py's default)
 NS = 1_000_000_000
 # Passed from `pgha server start`'s environment to the worker (hence to every flow run), when set.
 # Alert webhooks are not: they live in the server's notification block, applied by the CLI.
@@ -52,8 +52,15 @@ WORKER_PASSTHROUGH = ("PGHA_HEARTBEAT_URL", "PGHA_DEBIAN_MIRROR", "PGHA_DEBIAN_S
                       "PGHA_NO_GLOBAL_LIMIT", "PGHA_DEBUG")
 
 
-def key(state_dir: Path) -> str:
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+def engine_socket() -> str:
+    """The engine's socket on this machine: $DOCKER_HOST's unix path, else Docker's default."""
+    url = os.environ.get("DOCKER_HOST", "")
+    return url.removeprefix("unix://") if url.startswith("unix://") else DOCKER_SOCKET
+
+
+def key(state_dir: Path, port: int) -> str:
+    """One control plane per state directory and port: two of them never share a container or a volume."""
+    return hashlib.sha256(f"{state_dir.resolve()}|{port}".encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class ControlPlane:
 
     @property
     def key(self) -> str:
-        return key(self.state_dir)
+        return key(self.state_dir, self.port)
 
     @property
     def server_name(self) -> str:
@@ -121,7 +128,7 @@ class ControlPlane:
             "command": ["worker", "worker", "start", "--pool", self.pool, "--type", "process",
                         "--name", self.worker_name],
             "environment": env,
-            "mounts": [("bind", DOCKER_SOCKET, DOCKER_SOCKET, False),
+            "mounts": [("bind", engine_socket(), DOCKER_SOCKET, False),
                        ("bind", str(self.state_dir), str(self.state_dir), False),
                        ("bind", str(self.home), str(self.home), False),
                        ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
@@ -236,5 +243,16 @@ def logs_hint(plane: ControlPlane) -> str:
     return f"docker logs {plane.server_name} / docker logs {plane.worker_container}"
 
 
-def environ_passthrough() -> dict[str, str]:
-    return {k: os.environ[k] for k in WORKER_PASSTHROUGH if os.environ.get(k)}
+SERVER_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_SERVICES_")  # the server's own tuning, from the caller
+WORKER_PREFIXES = ("PREFECT_WORKER_",)
+NEVER = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_HOST",
+         "PREFECT_SERVER_API_PORT")
+
+
+def environ_passthrough(role: str) -> dict[str, str]:
+    """What the caller's environment gives the server (its PREFECT_SERVER_* settings) or the worker
+    (PGHA_HEARTBEAT_URL and a few more, PREFECT_WORKER_*); never an auth string."""
+    if role == SERVER_ROLE:
+        return {k: v for k, v in os.environ.items() if k.startswith(SERVER_PREFIXES) and k not in NEVER}
+    return {k: v for k, v in os.environ.items()
+            if (k in WORKER_PASSTHROUGH or k.startswith(WORKER_PREFIXES)) and v and k not in NEVER}

@@ -14,7 +14,7 @@ from stack import alerts as alerts_mod
 from stack.errors import StateError
 from tasks.host.state import state_root
 from tasks.prefect_auth import auth_string
-from tasks.prefect_server import api_url, healthy, ui_url
+from tasks.prefect_endpoint import api_url, healthy, ui_url
 
 
 def apply_alerts(path: Path = alerts_mod.ALERTS_FILE, scopes: list[str] | None = None) -> list[str]:

@@ -22,34 +22,22 @@ import httpx
 
 from stack import alerts as alerts_mod
 from stack import server as server_mod
-from stack.errors import PghaError, StateError, UsageError
+from stack.errors import StateError, UsageError
 from tasks.host.state import state_root
 from tasks.prefect_auth import auth_file, auth_string, server_dir
+from tasks.prefect_endpoint import (  # noqa: F401 - re-exported: the server's address is part of this API
+    DEFAULT_PORT,
+    PORT_ENV,
+    ServerError,
+    api_url,
+    healthy,
+    port,
+    ui_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "pgha"
-PORT_ENV = "PGHA_SERVER_PORT"
-DEFAULT_PORT = 4200
 START_TIMEOUT = 180.0  # a fresh database's migrations take a minute on a loaded 2-core machine
-
-
-class ServerError(PghaError):
-    """The Prefect server or worker could not be started, reached or configured."""
-
-
-def port() -> int:
-    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT))
-    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
-        raise UsageError(f"{PORT_ENV} must be a port number 1024-65535, not {raw!r}")
-    return int(raw)
-
-
-def ui_url() -> str:
-    return f"http://127.0.0.1:{port()}"
-
-
-def api_url() -> str:
-    return f"{ui_url()}/api"
 
 
 def prefect_bin() -> str:
@@ -78,14 +66,6 @@ def env() -> dict[str, str]:
     return e
 
 
-def healthy(timeout: float = 2.0) -> bool:
-    try:
-        # trust_env=False: the server is on loopback; an environment proxy must not intercept it.
-        return httpx.get(f"{api_url()}/health", timeout=timeout, trust_env=False).status_code == 200
-    except (httpx.HTTPError, httpx.InvalidURL):
-        return False
-
-
 def served_history_days() -> float | None:
     """Days of flow-run history the running server keeps (its effective settings, read from
     /api/admin/settings); None when it keeps them forever (flow-run vacuum off) or does not answer."""
@@ -106,8 +86,9 @@ def plane(image: str = "") -> Any:
     return cp.ControlPlane(
         state_dir=state_root().resolve(), home=ROOT, port=port(), image=image, auth_file=auth_file(), pool=POOL,
         worker_name=f"pgha-{os.uname().nodename}",
-        server_env=server_mod.vacuum_settings(history_days()),  # bounded history: Prefect keeps runs forever
-        worker_env=cp.environ_passthrough(),
+        # bounded history (Prefect keeps runs forever by default), after the caller's own server settings
+        server_env={**cp.environ_passthrough(cp.SERVER_ROLE), **server_mod.vacuum_settings(history_days())},
+        worker_env=cp.environ_passthrough(cp.WORKER_ROLE),
     )
 
 

@@ -60,7 +60,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         yield env
     finally:
         pgha(dict(env, PGHA_STATE_DIR=str(work / "b-state")), "worker", "stop", "--name", "b", timeout=60)
-        stop = pgha(env, "server", "stop", timeout=120)
+        stop = pgha(env, "server", "stop", "--volumes", timeout=120)
         assert stop.returncode == 0, stop.stderr
 
 
