@@ -11,7 +11,6 @@ tasks/prefect_auth.py; more workers as processes, on this machine or others, tas
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -92,15 +91,6 @@ def plane(image: str = "") -> Any:
     )
 
 
-def _port_is_free(p: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            return False
-    return True
-
-
 def _prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([prefect_bin(), *args], cwd=ROOT, env=env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -134,7 +124,9 @@ def start_server(image: str) -> str:
     if not cp.running(pl, cp.SERVER_ROLE):
         if healthy():
             raise StateError(f"a Prefect server that pgha did not start answers on {ui_url()}; stop it or set {PORT_ENV}")
-        if not _port_is_free(port()):
+        from tasks.docker_hosts import port_is_free  # the host's loopback, not an engine
+
+        if not port_is_free(port()):
             raise StateError(f"port {port()} is in use on 127.0.0.1; set {PORT_ENV} to a free port")
     auth_string(create=True)  # before the server starts: its entrypoint reads the mounted file
     what, c = cp.ensure(pl, cp.SERVER_ROLE)
