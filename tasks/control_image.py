@@ -151,7 +151,8 @@ def ensure_control_image(engine: Engine | None = None) -> tuple[str, list[str]]:
     py = full.rsplit(".", 1)[0]
     dists, missing = closure()
     pins = _pins(dists, missing)
-    found = [t for ref in (f"debian:{suite}-slim", f"{BASE_REPO}:{suite}") if _exists(ref, engine)
+    # The image alone is enough (an engine it was loaded into need not hold its base).
+    found = [t for ref in (f"debian:{suite}-slim", f"{BASE_REPO}:{suite}")
              for t in [control_tag(ref, pins)] if _exists(t, engine)]
     if found:
         return found[0], log
