@@ -200,6 +200,18 @@ def _alerts() -> list[str]:
         return [f"alerts not applied: {exc}"]
 
 
+def _stop_legacy_processes() -> list[str]:
+    """A server and worker an older pgha started as processes (`server.pid`, `worker.pid`) hold the port
+    and would run schedules twice: end them (only if the recorded pid is still a prefect process)."""
+    from tasks.prefect_workers import Proc
+
+    done = []
+    for name in ("worker", "server"):
+        if Proc(name).stop():
+            done.append(f"{name} process started by an older pgha stopped (now a container)")
+    return done
+
+
 def start_all(with_alerts: bool = True) -> list[str]:
     """Everything up; a second call with nothing changed only checks (seconds: `make up` runs it each time)."""
     from tasks import control_plane as cp
@@ -215,7 +227,7 @@ def start_all(with_alerts: bool = True) -> list[str]:
         note = [f"history: the running server keeps {server_mod.describe_days(served)}; "
                 f"{wanted} days apply after `pgha server stop` and `pgha server start`"]
     stamp = server_dir() / "deployed.sha256"
-    steps = [*built, start_server(image)]
+    steps = [*built, *_stop_legacy_processes(), start_server(image)]
     try:
         current = stamp.read_text().strip() == fingerprint(with_alerts)
     except OSError:
