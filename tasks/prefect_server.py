@@ -203,7 +203,7 @@ def _alerts() -> list[str]:
 def _stop_legacy_processes() -> list[str]:
     """A server and worker an older pgha started as processes (`server.pid`, `worker.pid`) hold the port
     and would run schedules twice: end them (only if the recorded pid is still a prefect process)."""
-    from tasks.prefect_workers import Proc
+    from tasks.prefect_processes import Proc
 
     done = []
     for name in ("worker", "server"):
