@@ -162,11 +162,14 @@ def roles(c: Cluster) -> dict[str, str]:
 
 def wait_healthy(c: Cluster, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
+    res = None
     while time.monotonic() < deadline:
-        if pgha(c.env, "status", "--scope", c.scope).returncode == 0:
+        res = pgha(c.env, "status", "--scope", c.scope)
+        if res.returncode == 0:
             return
         time.sleep(2)
-    raise AssertionError(f"{c.scope} not healthy within {timeout}s")
+    last = (res.stdout[-1500:] + res.stderr[-500:]) if res is not None else ""
+    raise AssertionError(f"{c.scope} not healthy within {timeout}s; last status:\n{last}")
 
 
 def test_server_start_is_idempotent(server_env: dict[str, str]) -> None:
