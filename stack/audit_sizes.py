@@ -67,6 +67,28 @@ class ServerDbObs:
     note: str = ""  # why it cannot be read
 
 
+DU_MARK = "pgha-du"  # separates `df -Pk` from each `du -sk` in one exec's output
+
+
+def parse_df_du(out: str, n: int) -> tuple[int, int, list[int | None]] | None:
+    """(used, available) bytes from `df -Pk`, then the bytes of each of `n` `du -sk` after a `DU_MARK`
+    line (None: that du printed nothing); None when df's line is missing or unreadable."""
+    parts = out.split(DU_MARK)
+    lines = parts[0].strip().splitlines()
+    if len(lines) < 2:
+        return None
+    fields = lines[-1].split()
+    try:
+        used, avail = int(fields[2]) * 1024, int(fields[3]) * 1024
+    except (IndexError, ValueError):
+        return None
+    sizes: list[int | None] = []
+    for part in parts[1:1 + n]:
+        words = part.split()
+        sizes.append(int(words[0]) * 1024 if words and words[0].isdigit() else None)
+    return used, avail, sizes + [None] * (n - len(sizes))
+
+
 def pg_size_bytes(value: str | int, default_unit: str = "mb") -> int | None:
     """A PostgreSQL size setting in bytes ('1GB', '128MB', '2048' in `default_unit`); None if unparsable."""
     m = _PG_SIZE_RE.match(str(value))

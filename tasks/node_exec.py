@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import docker.errors
 import requests
 
+from stack.audit_sizes import DU_MARK, parse_df_du
 from stack.errors import DockerError, ExecError
 from stack.spec import ClusterSpec
 from tasks.docker_engine import Engine
@@ -162,23 +163,9 @@ class NodeExec:
         if not self.running():
             return None
         script = f"df -Pk {shlex.quote(path)}" + "".join(
-            f"; echo pgha-du; du -sk {shlex.quote(p.rstrip('/') + '/')} 2>/dev/null" for p in sizes)
+            f"; echo {DU_MARK}; du -sk {shlex.quote(p.rstrip('/') + '/')} 2>/dev/null" for p in sizes)
         r = self.run(["sh", "-c", script], timeout=30, retries_if_lost=1)
-        parts = r.out.split("pgha-du")
-        lines = parts[0].strip().splitlines()
-        if len(lines) < 2:
-            return None
-        fields = lines[-1].split()
-        try:
-            used, avail = int(fields[2]) * 1024, int(fields[3]) * 1024
-        except (IndexError, ValueError):
-            return None
-        out: list[int | None] = []
-        for part in parts[1:1 + len(sizes)]:
-            words = part.split()
-            out.append(int(words[0]) * 1024 if words and words[0].isdigit() else None)
-        out += [None] * (len(sizes) - len(out))
-        return used, avail, out
+        return parse_df_du(r.out, len(sizes))
 
 
 def node(spec: ClusterSpec, member: str) -> NodeExec:
