@@ -25,6 +25,7 @@ import httpx
 from stack import alerts as alerts_mod
 from stack import server as server_mod
 from stack.errors import PghaError, StateError, UsageError
+from tasks.host.prune import rotate_log
 from tasks.host.state import state_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +181,7 @@ class Proc:
         e = environ if environ is not None else env()
         if self.name == "server" and "PREFECT_API_AUTH_STRING" in e:
             e["PREFECT_SERVER_API_AUTH_STRING"] = e["PREFECT_API_AUTH_STRING"]
+        rotate_log(self.log_file)  # bounded: one older copy past 10 MiB (health audits rotate it too)
         with open(self.log_file, "ab") as log:
             p = subprocess.Popen([prefect_bin(), *args], cwd=ROOT, env=e, stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
