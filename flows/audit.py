@@ -24,16 +24,31 @@ from flows.steps.cluster import stored_spec
 from stack import alerts as alerts_mod
 from stack import audit as A
 from stack import audit_backup as AB
-from stack import operator
+from stack import audit_sizes as AS
+from stack import operator, render
 from stack.errors import PghaError
-from stack.layout import DATA_MOUNT
+from stack.housekeeping import SERVER_LOG_BYTES
+from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT
 from stack.pooler import check_pooler
 from stack.results import AuditReport, FindingRow
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, events, fencer, haproxy, heartbeat, patroni, pgbackrest, pgbouncer, postgres
+from tasks import (
+    docker_hosts,
+    etcd,
+    events,
+    fencer,
+    haproxy,
+    heartbeat,
+    patroni,
+    pgbackrest,
+    pgbouncer,
+    postgres,
+    server_db,
+)
 from tasks._prefect import READ_ONLY
 from tasks.host import tls as host_tls
+from tasks.host.prune import rotate_server_logs
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
 from tasks.node_exec import node
@@ -143,12 +158,37 @@ def gather_pooler(spec: ClusterSpec) -> Gathered:
 
 @task(name="audit-disks", **READ_ONLY)
 def gather_disks(spec: ClusterSpec) -> Gathered:
-    def go() -> dict[str, float | None]:
+    """Each node's data volume (df) and its pg_wal (du), one exec per node."""
+    def one(member: str) -> AS.DiskObs | None:
+        got = node(spec, member).disk_usage(DATA_MOUNT, (f"{PGDATA}/pg_wal",))
+        return AS.DiskObs(got[0], got[1], got[2][0]) if got else None
+
+    def go() -> dict[str, AS.DiskObs | None]:
         with ThreadPoolExecutor(max_workers=len(spec.node_names())) as pool:
-            futures = {m: pool.submit(node(spec, m).disk_used_pct, DATA_MOUNT) for m in spec.node_names()}
+            futures = {m: pool.submit(one, m) for m in spec.node_names()}
             return {m: _safe(f.result)[0] for m, f in futures.items()}
 
     return _safe(go)
+
+
+@task(name="audit-repository-size", **READ_ONLY)
+def gather_repo_size(spec: ClusterSpec) -> Gathered:
+    """The repository volume's bytes (du) and its filesystem (df), where it is mounted (S3: None)."""
+    def go() -> AS.RepoSizeObs | None:
+        if not spec.backup.enabled or spec.backup.s3 is not None:
+            return None
+        got = node(spec, pgbackrest.reader(spec)).disk_usage(REPO_MOUNT, (REPO_MOUNT,))
+        if got is None or got[2][0] is None:
+            raise PghaError(f"du of {REPO_MOUNT} gave no size")
+        return AS.RepoSizeObs(repo_bytes=got[2][0], used_bytes=got[0], avail_bytes=got[1])
+
+    return _safe(go)
+
+
+@task(name="audit-server-database", **READ_ONLY)
+def gather_server_db(spec: ClusterSpec) -> Gathered:
+    """The Prefect server's database file on this host (a stat, no query)."""
+    return _safe(server_db.observe)
 
 
 @task(name="audit-fencing", **READ_ONLY)
@@ -232,7 +272,8 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     pg_obs, pg_err = got["postgres"]
     findings += A.check_postgres(pg_obs, spec, th, pg_err)
     disks, _ = got["disks"]
-    findings += A.check_disks(disks or {}, spec, th)
+    findings += A.check_disks({m: d.used_pct if d else None for m, d in (disks or {}).items()}, spec, th)
+    findings += AS.check_wal(disks or {}, spec, th, render.dcs_config(spec)["postgresql"]["parameters"])
     if spec.pooler.enabled and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
@@ -249,6 +290,12 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
         findings += AB.check_archiving(got["archiving"][0], spec, got["archiving"][1])
     if "backups" in got:
         findings += AB.check_backup_ages(got["backups"][0], spec, dt.datetime.now(dt.UTC), got["backups"][1])
+    if "repo_size" in got:
+        repo = got["backups"][0] if "backups" in got else None
+        findings += AS.check_repository_size(got["repo_size"][0], repo.sets if repo else None, spec, th,
+                                             got["repo_size"][1])
+    if "server_db" in got:
+        findings += AS.check_server_db(got["server_db"][0], th, got["server_db"][1])
     return findings
 
 
@@ -259,7 +306,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
-                 "archiving": gather_archiving, "backups": gather_backups}
+                 "archiving": gather_archiving, "backups": gather_backups, "repo_size": gather_repo_size,
+                 "server_db": gather_server_db}
     futures = {k: g.submit(spec) for k, g in gatherers.items()}
     got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
     baseline = load_baseline(spec)
@@ -364,6 +412,10 @@ def _audit(spec: ClusterSpec, scope: str) -> State:
     leader_changed(spec)
     events.audit_completed(spec.scope, report.status, report.message)  # silence is what the proactive alert watches
     log = get_run_logger()
+    # The server's and workers' logs grow while they run for months: the audit, every 15 minutes on
+    # this host, keeps them bounded (stack.housekeeping).
+    for name in rotate_server_logs():
+        log.info("rotated %s (past %d MiB)", name, SERVER_LOG_BYTES // 2**20)
     if report.status == A.Level.CRITICAL.value:
         log.error(report.message)
         return Failed(message=report.message, data=report)

@@ -41,6 +41,7 @@ from tasks import docker_hosts, docker_lab, etcd, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
+from tasks.host.prune import drills_dir, prune_drill_charts
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 from tasks.postgres_probe import Probe
@@ -340,9 +341,10 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
                       t_fault, wall_fault, whole_at, healed_ok, notes)
     marks = {"heal": t_heal} | ({"whole": whole_at} if whole_at else {})
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_fault))
-    result.chart_png = str(save_drill_chart(cluster_dir(spec.scope) / "drills" / f"{stamp}-{kind.value}.png",
+    result.chart_png = str(save_drill_chart(drills_dir(spec.scope) / f"{stamp}-{kind.value}.png",
                                             f"{spec.scope}: {kind.value} drill on {target.member}", writer.log,
                                             reader.log, t_fault, {"fault": t_fault, **marks}))
+    prune_drill_charts(spec.scope, spec.state.drill_charts)
     result.timeline = timeline(writer.log, reader.log, t_fault - 2.0, time.monotonic(), t_fault, marks)
     ok, message = verdict(result)
     _report(spec, result, ok, message)

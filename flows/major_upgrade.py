@@ -191,9 +191,11 @@ def build_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState, replica_i
     if replica_identity:
         pg_logical.set_replica_identity_full(blue, b_lead, replica_identity)
         note("REPLICA IDENTITY FULL on " + ", ".join(replica_identity))
-    if not secrets_file(green.scope).exists():
-        # Green answers the clients with blue's passwords.
-        write_private(secrets_file(green.scope), secrets_file(blue.scope).read_text())
+    blue_secrets = secrets_file(blue.scope).read_text()
+    if not secrets_file(green.scope).exists() or secrets_file(green.scope).read_text() != blue_secrets:
+        # Green answers the clients with blue's passwords (also over a file an earlier cluster of
+        # the same scope left in `<scope>-green`'s state directory).
+        write_private(secrets_file(green.scope), blue_secrets)
     host_tls.share_ca(blue, green)  # blue's HAProxy checks green's Patroni: one CA for both
     with operation("major-upgrade", green):
         converge(green)

@@ -5,7 +5,8 @@ to the scope (the CLI's `--yes` sets it; a deployment run must type it). Even th
 repository volume and the secrets it needs (passwords, CA and keys in the state directory)
 are kept unless `purge_backups`: the state directory is moved aside to
 `<state root>/<scope>.removed-<UTC time>/`, never deleted while a repository that needs it
-exists (`stack.teardown` decides).
+exists (`stack.teardown` decides). An earlier incarnation's moved-aside directory is deleted
+once its repository is gone (`stack.housekeeping.obsolete_removed_dirs`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from stack.teardown import StateFate, confirm_refusal, state_fate
 from tasks import docker_hosts
 from tasks._prefect import SIDE_EFFECT
 from tasks.host.lock import WaitSeconds
+from tasks.host.prune import prune_removed_dirs
 from tasks.host.state import cluster_dir, removed_dir, removed_dirs
 
 
@@ -58,6 +60,16 @@ def move_state_aside(spec: ClusterSpec) -> str:
     target = removed_dir(spec.scope, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     path.rename(target)
     return str(target)
+
+
+@task(name="prune-removed-state", **SIDE_EFFECT)
+def prune_removed_state(spec: ClusterSpec) -> list[str]:
+    """Delete the moved-aside state directories of earlier incarnations whose repository is gone."""
+    created = None
+    if spec.backup.s3 is None:
+        created = next((c for e in docker_hosts.engines(spec).all()
+                        if (c := e.volume_created(repo_volume(spec))) is not None), None)
+    return prune_removed_dirs(spec.scope, spec.backup.s3 is not None, created)
 
 
 def repository_kept(spec: ClusterSpec) -> bool:
@@ -94,6 +106,12 @@ def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: 
             result.kept.append(f"s3://{spec.backup.s3.bucket}{spec.backup.s3.path}")
         result.state_moved_to = move_state_aside(spec)
         result.state_removed = bool(result.state_moved_to)
+    if fate != StateFate.DELETE:  # DELETE removed them all already
+        try:
+            for gone in prune_removed_state(spec):
+                get_run_logger().info("deleted %s: the backup repository it belonged to is gone", gone)
+        except Exception as exc:  # noqa: BLE001 - best effort: the teardown itself is done; the next one prunes
+            get_run_logger().warning("moved-aside state directories not pruned: %s", exc)
     get_run_logger().info("removed %d containers, %d networks, %d volumes of %s", len(result.containers),
                           len(result.networks), len(result.volumes), spec.scope)
     return result

@@ -673,6 +673,27 @@ CHECKS: tuple[Check, ...] = (
                "from pg_database\"`.",
                "Free space on the Docker host's volume storage, or move the data to a larger one."),
     ),
+    Check(
+        name="disk.wal",
+        component="disk",
+        target="each running Patroni node",
+        checks="the size of `pg_wal` on the node's data volume (`du`), against what checkpoints keep: "
+               "`max_wal_size` + `wal_keep_size` as the spec sets them (PostgreSQL's 1 GB `max_wal_size` "
+               "unless `postgres_parameters` changes it), and the volume's free space",
+        warn="≥ `audit.wal_warn_ratio` × that size, or the volume has less free space than that size",
+        critical="≥ `audit.wal_critical_ratio` × that size",
+        thresholds=("audit.wal_warn_ratio", "audit.wal_critical_ratio", "postgres_parameters"),
+        means="PostgreSQL keeps WAL it would normally recycle: an inactive replication slot holds it, "
+              "archiving fails (every segment waits for `archive-push`), or checkpoints cannot finish. "
+              "`pg_wal` grows until the data volume is full and PostgreSQL stops on that node.",
+        steps=("Look at the same audit's `postgres.inactive_slot` and `backup.archiving` rows: they name "
+               "the usual cause, and their runbooks fix it.",
+               "On a replica, WAL waits for replay: its `replication.lag_bytes` row.",
+               "The node's log names a checkpoint that does not finish: `pgha logs pg-N`.",
+               "A volume with less free space than `max_wal_size`: free space on the Docker host, or set a "
+               "smaller `max_wal_size` in `postgres_parameters`."),
+        fixes=("pgha backup", "pgha config"),
+    ),
     # ---- pooler ----
     Check(
         name="pooler.reachable",
@@ -833,6 +854,27 @@ CHECKS: tuple[Check, ...] = (
         fixes=(),
     ),
     Check(
+        name="backup.repository_size",
+        component="backup",
+        target="the repository",
+        checks="the repository's size (`du` of the repository volume where it is mounted) and the use of "
+               "its filesystem, against the newest full backup's stored size; with S3, the sum of the "
+               "backup sets' stored sizes (report only)",
+        warn="filesystem ≥ `audit.repo_warn_pct` used, or less free space than two full backups",
+        critical="filesystem ≥ `audit.repo_critical_pct` used, or less free space than one full backup",
+        thresholds=("audit.repo_warn_pct", "audit.repo_critical_pct", "backup.retention_full"),
+        only_when="`backup.enabled`",
+        means="The repository's filesystem (the Docker host's volume storage, or the repository host's) "
+              "fills up: the next full backup, then WAL archiving, fail, and archiving failures make "
+              "`pg_wal` grow on the primary.",
+        steps=("How much each set holds: `pgha backups` (the repo column).",
+               "Keep fewer full backups: lower `backup.retention_full` and run `pgha backup` (pgBackRest "
+               "expires the older sets after a backup).",
+               "Free space on the filesystem that holds the repository volume, or move the repository to "
+               "a larger disk or to S3 (`backup.s3`)."),
+        fixes=("pgha backup",),
+    ),
+    Check(
         name="backup.full_age",
         component="backup",
         target="the repository",
@@ -877,6 +919,28 @@ CHECKS: tuple[Check, ...] = (
         steps=("Restore into a new scope, whose repository is created encrypted: "
                "`pgha restore --to TIME --into NEWSCOPE`; move the clients to it.",),
         fixes=("pgha restore",),
+    ),
+    # ---- the Prefect server ----
+    Check(
+        name="server.database",
+        component="server",
+        target="the Prefect server of this machine",
+        checks="the size of the Prefect server's SQLite database with its `-wal` file "
+               "(`$PREFECT_HOME/prefect.db` unless `PREFECT_SERVER_DATABASE_CONNECTION_URL` says otherwise), "
+               "read on the machine the audit runs on, and its filesystem's free space; a database this "
+               "machine cannot read (a server elsewhere, or one on PostgreSQL) is an ok row that says so",
+        warn="≥ `audit.server_db_warn_mb` MiB, or its filesystem has less free space than the database",
+        critical="≥ `audit.server_db_critical_mb` MiB",
+        thresholds=("audit.server_db_warn_mb", "audit.server_db_critical_mb"),
+        means="The server keeps more run history than its retention should allow, or its disk is nearly "
+              "full. A server whose disk is full stops scheduling, and with it every audit, backup and "
+              "alert.",
+        steps=("`pgha server status` shows how many days of flow runs the server keeps; "
+               "`PGHA_HISTORY_RETENTION_DAYS` sets it (restart the server to apply).",
+               "SQLite reuses the space of deleted runs but does not give it back to the filesystem: "
+               "after lowering the retention the file stops growing rather than shrinks.",
+               "Free space on the filesystem of `$PREFECT_HOME`."),
+        fixes=("pgha server stop", "pgha server start"),
     ),
 )
 

@@ -109,11 +109,20 @@ def cause_of(when: float | None, journal: Iterable[dict[str, Any]]) -> tuple[str
 
 
 def history_events(history: list[dict[str, Any]], journal: list[dict[str, Any]]) -> list[HistoryEvent]:
-    """Patroni's timeline switches, newest last, each with its cause from the operations journal."""
+    """Patroni's timeline switches, newest last, each with its cause from the operations journal.
+
+    A switch older than what a trimmed journal still holds (`stack.housekeeping.trim_journal`)
+    and matching no kept operation is "unknown", not a failover: its operation may have been cut.
+    """
+    from stack.housekeeping import trimmed_before
+
+    cut = trimmed_before(journal)
     out = []
     for h in history:
         when = parse_time(str(h.get("time", "")))
         cause, detail = cause_of(when, journal)
+        if cause == "failover" and when is not None and cut is not None and when <= cut + SLACK_S:
+            cause, detail = "unknown", "older than the operations journal keeps (state.journal_kib)"
         out.append(HistoryEvent(timeline=int(h["timeline"]) + 1, time=str(h.get("time", "")),
                                 new_leader=str(h.get("new_leader", "")), cause=cause, detail=detail))
     return out

@@ -120,6 +120,20 @@ class AuditThresholds(_Strict):
                                                    "(a warning only)")
     memory_warn_pct: float = Field(85, gt=0, le=100, description="container memory use, % of its limit")
     memory_critical_pct: float = Field(95, gt=0, le=100, description="container memory use, % of its limit: critical")
+    wal_warn_ratio: float = Field(2, gt=0, description="pg_wal size as a multiple of max_wal_size + wal_keep_size "
+                                                       "(what checkpoints keep): WAL held back by a slot, failing "
+                                                       "archiving or stalled checkpoints")
+    wal_critical_ratio: float = Field(4, gt=0, description="pg_wal size as a multiple of max_wal_size + "
+                                                           "wal_keep_size: critical")
+    repo_warn_pct: float = Field(80, gt=0, le=100, description="use of the filesystem holding the backup repository "
+                                                               "volume, % (a warning too when it has less free space "
+                                                               "than two full backups)")
+    repo_critical_pct: float = Field(90, gt=0, le=100, description="use of the repository volume's filesystem, %: "
+                                                                   "critical (critical too below one full backup free)")
+    server_db_warn_mb: float = Field(2048, gt=0, description="the Prefect server's SQLite database with its WAL file, "
+                                                             "MiB (with 30 days of history a cluster on the shipped "
+                                                             "schedules stays well below)")
+    server_db_critical_mb: float = Field(8192, gt=0, description="the Prefect server's database, MiB: critical")
 
     @model_validator(mode="after")
     def _ordered(self) -> AuditThresholds:
@@ -400,6 +414,18 @@ class MajorUpgradePolicy(_Strict):
     cutover_timeout_s: int = Field(30, ge=2, le=600, description="longest write gap before returning to blue")
 
 
+class StateLimits(_Strict):
+    """What the cluster's state directory keeps of its history (`stack.housekeeping`): bounded by the
+    code that writes it, so the directory does not grow with the cluster's age."""
+
+    journal_kib: int = Field(1024, ge=64, le=1_048_576, description="size of the operations journal "
+                                                                     "(operations.jsonl) at which it is cut to its "
+                                                                     "newest half, KiB; `pgha history` names the "
+                                                                     "cause of leader changes it still covers")
+    drill_charts: int = Field(50, ge=1, le=10_000, description="drill charts (drills/*.png) kept, the newest; an "
+                                                               "older one is deleted when a drill writes a new one")
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -441,6 +467,9 @@ class ClusterSpec(_Strict):
                          description="TLS from the cluster's own CA for etcd, Patroni's REST API and PostgreSQL")
     logs: LogsSpec = Field(default_factory=LogsSpec,  # type: ignore[arg-type]
                            description="every container's log capped: the size of a file and the files kept")
+    state: StateLimits = Field(default_factory=StateLimits,  # type: ignore[arg-type]
+                               description="how much of the cluster's history its state directory keeps "
+                                           "(operations journal, drill charts)")
 
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "

@@ -44,6 +44,7 @@ SERVER_ROLE, WORKER_ROLE = "prefect-server", "prefect-worker"
 RESTART_POLICY = "unless-stopped"
 AUTH_IN_CONTAINER = "/run/pgha/api-auth"
 DB_IN_CONTAINER = "/var/lib/prefect"  # the server's PREFECT_HOME: prefect.db lives here
+DB_IN_WORKER = "/var/lib/pgha-server-db"  # the same volume, read-only in the worker
 DOCKER_SOCKET = "/var/run/docker.sock"  # where the worker's flows find the engine (docker-py's default)
 NS = 1_000_000_000
 # Passed from `pgha server start`'s environment to the worker (hence to every flow run), when set.
@@ -121,6 +122,7 @@ class ControlPlane:
         env = {**self._common(), **self.worker_env, "PGHA_HOME": str(self.home), "PYTHONPATH": str(self.home),
                "PGHA_STATE_DIR": str(self.state_dir), "PGHA_SERVER_PORT": str(self.port),
                "PGHA_WORKER_NAME": self.worker_name, "PGHA_POOL": self.pool,
+               "PGHA_SERVER_DB": f"{DB_IN_WORKER}/prefect.db",
                # Flow runs' own Prefect home (results of failed runs, local storage) in the state dir.
                "PREFECT_HOME": str(self.state_dir / "server" / "worker-home")}
         return {
@@ -131,7 +133,9 @@ class ControlPlane:
             "mounts": [("bind", engine_socket(), DOCKER_SOCKET, False),
                        ("bind", str(self.state_dir), str(self.state_dir), False),
                        ("bind", str(self.home), str(self.home), False),
-                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
+                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True),
+                       # read-only: the audit's server.database row sizes the file (tasks/server_db.py)
+                       ("volume", self.volume, DB_IN_WORKER, True)],
             "health": ["CMD", "pgha-control-health", "worker"],
             "working_dir": str(self.home),
         }

@@ -12,6 +12,7 @@ command inside a container is `tasks.node_exec`; which engine runs which member 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import queue
 import tarfile
@@ -269,6 +270,17 @@ class Engine:
             return True
         except docker.errors.NotFound:
             return False
+
+    def volume_created(self, name: str) -> dt.datetime | None:
+        """When the volume was created (None: no such volume, or the engine does not say)."""
+        try:
+            raw = str(self.client.volumes.get(name).attrs.get("CreatedAt") or "")
+        except docker.errors.NotFound:
+            return None
+        try:
+            return dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return None
 
     def remove_volume(self, name: str) -> bool:
         """Delete a volume and its data; False when there was none."""

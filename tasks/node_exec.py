@@ -14,12 +14,14 @@ for an empty success. Reads ask again (`retries_if_lost`); a command with effect
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 
 import docker.errors
 import requests
 
+from stack.audit_sizes import DU_MARK, parse_df_du
 from stack.errors import DockerError, ExecError
 from stack.spec import ClusterSpec
 from tasks.docker_engine import Engine
@@ -155,21 +157,15 @@ class NodeExec:
     def logs(self, tail: int = 30, since: float | None = None) -> str:
         return self.engine.logs(self.container, tail=tail, since=since)
 
-    def disk_used_pct(self, path: str) -> float | None:
-        """Use of the filesystem holding `path`, in percent (None: not running or unreadable)."""
+    def disk_usage(self, path: str, sizes: tuple[str, ...] = ()) -> tuple[int, int, list[int | None]] | None:
+        """(used, available) bytes of the filesystem holding `path`, and the size on disk of each of
+        `sizes` (None: unreadable), in one exec; None when not running or `df` is unreadable."""
         if not self.running():
             return None
-        r = self.run(["df", "-P", path], timeout=5)
-        lines = r.out.strip().splitlines()
-        if not r.ok or len(lines) < 2:
-            return None
-        fields = lines[-1].split()
-        try:
-            used, avail = int(fields[2]), int(fields[3])
-        except (IndexError, ValueError):
-            return None
-        # df's own percentage rounds up and counts reserved blocks; used/(used+avail) is what fills up.
-        return 100.0 * used / max(used + avail, 1)
+        script = f"df -Pk {shlex.quote(path)}" + "".join(
+            f"; echo {DU_MARK}; du -sk {shlex.quote(p.rstrip('/') + '/')} 2>/dev/null" for p in sizes)
+        r = self.run(["sh", "-c", script], timeout=30, retries_if_lost=1)
+        return parse_df_du(r.out, len(sizes))
 
 
 def node(spec: ClusterSpec, member: str) -> NodeExec:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.host.prune import rotate_log
 from tasks.prefect_auth import server_dir
 
 
@@ -53,6 +54,7 @@ class Proc:
 
     def start(self, args: list[str], environ: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         e = environ
+        rotate_log(self.log_file)  # bounded: one older copy past 10 MiB (health audits rotate it too)
         with open(self.log_file, "ab") as log:
             p = subprocess.Popen([prefect_bin(), *args], cwd=cwd, env=e, stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

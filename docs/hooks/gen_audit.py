@@ -28,6 +28,7 @@ GROUPS: dict[str, str] = {
     "fencing": "Fencing",
     "TLS": "Certificates",
     "backup": "Backups",
+    "server": "Prefect server",
 }
 
 

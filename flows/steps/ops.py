@@ -96,7 +96,8 @@ def operation(name: str, spec: ClusterSpec, lock_scope: str | None = None, wait_
             _current.reset(token)
             # The journal `pgha history` reads to name the cause of a leader change.
             journal.record(spec.scope, {"operation": name, "started": round(started, 3), "outcome": outcome,
-                                        "run": journal.run_id(), **op.detail})
+                                        "run": journal.run_id(), **op.detail},
+                           max_bytes=spec.state.journal_kib * 1024)
             events.operation_ended(spec.scope, name, outcome, op.elapsed(), op.detail)
 
 

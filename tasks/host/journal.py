@@ -4,7 +4,8 @@
 the Prefect run when there is one); verify-restore adds the set it checked. `pgha history`
 reads it to say which operation caused a leader change (a switchover inside a drill, an
 upgrade, a restart), and `pgha backups` the last verification of each set. Append-only,
-0600, never a secret (operation names, times, labels).
+0600, never a secret (operation names, times, labels). Bounded: past `max_bytes` it is cut to
+its newest half (`stack.housekeeping.trim_journal` decides what is kept).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
-from tasks.host.state import cluster_dir
+from stack.housekeeping import trim_journal
+from tasks.host.state import cluster_dir, write_private
 
 FILE = "operations.jsonl"
-KEEP_BYTES = 1_000_000  # the file is cut to its newest half beyond this
+KEEP_BYTES = 1024 * 1024  # spec state.journal_kib's default
 
 
-def record(scope: str, entry: dict[str, Any]) -> None:
+def record(scope: str, entry: dict[str, Any], max_bytes: int = KEEP_BYTES) -> None:
     """Append one entry (best effort: a full disk must not fail the operation it describes).
 
     Never creates the cluster's state directory: `down --volumes` removes it on purpose, and
@@ -33,11 +36,20 @@ def record(scope: str, entry: dict[str, Any]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(json.dumps({"at": round(time.time(), 3), **entry}, default=str) + "\n")
-        if path.stat().st_size > KEEP_BYTES:
-            lines = path.read_text().splitlines()[-KEEP_BYTES // 400:]
-            path.write_text("\n".join(lines) + "\n")
+        if path.stat().st_size > max_bytes:
+            trim(path, max_bytes)
     except OSError:
         pass
+
+
+def trim(path: Path, max_bytes: int) -> bool:
+    """Cut the journal at `path` to its newest half when it passes `max_bytes` (atomically: a
+    reader sees the old or the new file); True when it was cut."""
+    kept = trim_journal(path.read_text(errors="replace").splitlines(), max_bytes, time.time())
+    if kept is None:
+        return False
+    write_private(path, "\n".join(kept) + "\n")
+    return True
 
 
 def entries(scope: str) -> list[dict[str, Any]]:

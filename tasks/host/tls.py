@@ -94,10 +94,20 @@ def expiry(spec: ClusterSpec, now: dt.datetime | None = None) -> tuple[str, str]
 
 def share_ca(blue: ClusterSpec, green: ClusterSpec) -> None:
     """Green (a major upgrade's new cluster) issues its certificates from blue's CA: blue's HAProxy,
-    which routes the clients to green after the cutover, verifies green's Patroni with blue's CA."""
+    which routes the clients to green after the cutover, verifies green's Patroni with blue's CA.
+
+    A green state directory left by an earlier upgrade of another cluster with the same scope
+    (down --volumes removed that cluster, not `<scope>-green`'s files) holds another CA: it is
+    replaced by blue's and its leaves re-issued, or green's members would serve certificates blue
+    cannot verify (`certificate verify failed` when green subscribes to blue)."""
     if not blue.tls.enabled:
         return
     src = material(blue)
-    if _read(tls_dir(green.scope), tls.CA_FILES) is None:
+    d = tls_dir(green.scope)
+    with _LOCK:
+        if _read(d, tls.CA_FILES) == {f: src[f] for f in tls.CA_FILES}:
+            return
+        for f in tls.LEAF_FILES:  # signed by the other CA: re-issued from blue's by `material`
+            (d / f).unlink(missing_ok=True)
         for f in tls.CA_FILES:
-            write_private(tls_dir(green.scope) / f, src[f])
+            write_private(d / f, src[f])

@@ -6,6 +6,7 @@ import pytest
 
 from stack import audit as A
 from stack.audit import Level
+from stack.audit_sizes import DiskObs
 from stack.cluster import Member, MemberRole
 from stack.errors import SpecError
 from stack.spec import AuditThresholds, ClusterSpec, parse_spec
@@ -363,9 +364,11 @@ def test_decide_on_a_healthy_cluster() -> None:
 
     got = {"containers": (containers(), ""), "etcd": (etcd_members(), ""), "patroni": (patroni(), ""),
            "replication": (rows(), ""), "haproxy": (haproxy(), ""), "postgres": (pg(), ""),
-           "disks": ({"pg-1": 20.0, "pg-2": 20.0, "pg-3": 20.0}, "")}
+           "disks": ({m: DiskObs(20 * 2**30, 80 * 2**30, 300 * 2**20) for m in ("pg-1", "pg-2", "pg-3")}, "")}
     fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
     assert A.worst(fs) == Level.OK and len(fs) > 40
+    assert by(fs, "disk.data_volume", "pg-1").observed == "20% used"
+    assert by(fs, "disk.wal", "pg-2").status == Level.OK
 
 
 def test_single_node_cluster_needs_no_replicas() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,3 +109,32 @@ def test_tls_off_renders_the_plain_cluster() -> None:
     assert f"host all all {SUBNET} scram-sha-256" in cfg["postgresql"]["pg_hba"]
     node = topology.patroni_node(spec, "pg-1", "img", SUBNET, SECRETS, "/c")
     assert node.container.entrypoint is None and node.container.command == []
+
+
+def test_green_shares_blues_ca_even_over_a_stale_green_directory(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `<scope>-green` state directory left by an earlier upgrade of another cluster of the same
+    scope holds another CA: green must come out with blue's CA and leaves that CA signed."""
+    from tasks.host import tls as host_tls
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    old_blue = parse_spec({"scope": "life", "nodes": 2, "etcd_members": 1})
+    green = parse_spec({"scope": "life-green", "nodes": 2, "etcd_members": 1})
+    host_tls.share_ca(old_blue, green)
+    stale = host_tls.material(green)
+    for f in ("ca.crt", "ca.key"):  # the first cluster is taken down; a new one of the same scope is made
+        (tmp_path / "life" / "tls" / f).unlink()
+    blue = old_blue
+    new_ca = host_tls.material(blue)
+    assert new_ca["ca.crt"] != stale["ca.crt"]
+
+    host_tls.share_ca(blue, green)
+    got = host_tls.material(green)
+    assert got["ca.crt"] == new_ca["ca.crt"] and got["member.crt"] != stale["member.crt"]
+    member = x509.load_pem_x509_certificate(got["member.crt"].encode())
+    member.verify_directly_issued_by(x509.load_pem_x509_certificate(new_ca["ca.crt"].encode()))  # raises if not
+    with pytest.raises(Exception):  # noqa: B017 - the stale CA's signature no longer verifies it
+        member.verify_directly_issued_by(x509.load_pem_x509_certificate(stale["ca.crt"].encode()))
+    again = dict(got)
+    host_tls.share_ca(blue, green)  # a resumed upgrade: nothing re-issued
+    assert host_tls.material(green) == again
