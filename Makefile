@@ -50,6 +50,7 @@ test-images: venv engine  ## every image the integration suite uses, built once 
 	$(PGHA) images build --spec tests/integration/specs/pg15.yaml
 	$(PGHA) images build --spec tests/integration/specs/pg15.yaml --updates security
 	$(PGHA) lab image
+	$(VENV)/bin/python -c 'from tasks.control_image import ensure_control_image as e; print(*e()[1] or ["control image present"])'
 
 venv: $(VENV)/.installed
 
@@ -74,10 +75,10 @@ bench: venv engine       ## bootstrap benchmark: pgha up vs a raw docker run seq
 bench-failover: venv engine  ## switchover/graceful-stop/hard-kill drills, fast vs Patroni defaults
 	$(VENV)/bin/python benchmarks/failover.py
 
-server: venv engine      ## Prefect server + work pool + deployments + alerts + worker (UI 127.0.0.1:$${PGHA_SERVER_PORT:-4200})
+server: venv engine      ## Prefect server + worker as supervised containers, work pool, deployments, alerts (UI 127.0.0.1:$${PGHA_SERVER_PORT:-4200})
 	$(PGHA) server start
 
-server-stop: venv        ## stop the worker and server that `make server` started
+server-stop: venv        ## stop and remove the server's and worker's containers (their database volume is kept)
 	$(PGHA) server stop
 
 audit: venv              ## health audit of the cluster (exit 1 on a critical finding)

@@ -81,8 +81,9 @@ def main() -> None:
     if args.server_port:
         os.environ["PGHA_SERVER_PORT"] = str(args.server_port)
         from tasks import prefect_server
+        from tasks.control_image import ensure_control_image
 
-        print(prefect_server.start_server(), flush=True)
+        print(prefect_server.start_server(ensure_control_image()[0]), flush=True)
         api_url = prefect_server.api_url()
     try:
         local_engine().remove_labelled(SPEC.scope, volumes=True)
@@ -105,7 +106,7 @@ def main() -> None:
         if api_url:
             from tasks import prefect_server
 
-            prefect_server.SERVER.stop()
+            prefect_server.stop_all()
     base = statistics.median(times["patronictl list"])
     print(f"\nhealthy 3-node / 3-etcd cluster, {rows} audit findings, medians of {args.runs} "
           f"(CLI: {len(times['pgha audit (CLI, ephemeral API)'])}), shared 2-core machine:\n")

@@ -264,9 +264,9 @@ def _server_auth() -> dict[str, str]:
     """PREFECT_API_AUTH_STRING for pgha's server, from its 0600 file in the state directory (empty without)."""
     if os.environ.get("PREFECT_API_AUTH_STRING"):
         return {}
-    from tasks import prefect_server
+    from tasks.prefect_auth import auth_string
 
-    auth = prefect_server.auth_string()
+    auth = auth_string()
     return {"PREFECT_API_AUTH_STRING": auth} if auth else {}
 
 

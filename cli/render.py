@@ -178,6 +178,13 @@ def audit(done: Done[AuditReport]) -> None:
 
 def server_status(done: Done[dict[str, Any]]) -> None:
     for k, v in done.result.items():
+        if k in ("server", "worker") and isinstance(v, dict):
+            v = (f"{v['container']} {v['state']}, health {v['health'] or '-'}, restart {v['restart_policy']} "
+                 f"(restarted {v['restart_count']}x), started {v['started_at']}, pid {v['pid']}")
+        elif k in ("server", "worker"):
+            v = "no container"
+        elif k == "database" and isinstance(v, dict):
+            v = f"volume {v['volume']} ({v['path'] or 'absent'})"
         line(f"{k:15}: {v}")
 
 

@@ -24,33 +24,39 @@ def progress(lines: list[str]) -> None:
 @server_app.command("start")
 @command()
 def server_start(alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="apply deployments/alerts.yaml")) -> None:
-    """Start (or keep) the server, work pool, deployments, alerts and worker; idempotent.
+    """Start (or keep) the server and worker containers, work pool, deployments and alerts; idempotent.
+
+    The server and the worker run as containers on the local Docker engine (restart unless-stopped,
+    health-checked), so a crash, an OOM kill or a reboot brings them back by itself.
 
     Example: pgha server start --no-alerts
     """
     from tasks import prefect_server as ps
+    from tasks.prefect_auth import auth_file
 
     progress(ps.start_all(with_alerts=alerts))
-    render.line(f"UI: {ps.ui_url()} (login: the contents of {ps.auth_file()})")
-    render.line(f"from a shell: export PREFECT_API_URL={ps.api_url()} PREFECT_API_AUTH_STRING=\"$(cat {ps.auth_file()})\"")
+    render.line(f"UI: {ps.ui_url()} (login: the contents of {auth_file()})")
+    render.line(f"from a shell: export PREFECT_API_URL={ps.api_url()} PREFECT_API_AUTH_STRING=\"$(cat {auth_file()})\"")
 
 
 @server_app.command("stop")
 @command()
-def server_stop() -> None:
-    """Stop the worker and the server that `pgha server start` started (nothing else).
+def server_stop(volumes: bool = typer.Option(False, "--volumes", help="also delete the server's database "
+                                             "volume (every run's history, deployments and alerts)")) -> None:
+    """Stop and remove the worker's and the server's containers (nothing else); the database is kept.
 
     Example: pgha server stop
     """
     from tasks import prefect_server as ps
 
-    progress(ps.stop_all())
+    progress(ps.stop_all(volume=volumes))
 
 
 @server_app.command("status")
 @command(render.server_status, failed=lambda st: not st["server_healthy"])
 def server_status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> Done[dict[str, Any]]:
-    """Pids, health and URLs of the server and worker; exit 1 when the server does not answer.
+    """How the server and worker are supervised (containers, restart policy and count, health, started
+    at), URLs, database and history; exit 1 when the server does not answer.
 
     Example: pgha server status --json
     """
@@ -70,11 +76,11 @@ def alerts_apply(file: Path | None = typer.Option(None, "--file", help="alerts f
     """
     from stack.alerts import ALERTS_FILE
     from stack.spec import parse_spec
-    from tasks import prefect_server as ps
+    from tasks.prefect_alerts import apply_alerts
 
     for s in scope:  # the spec's own rule for a scope, before anything is applied
         parse_spec({"scope": s}, "--scope")
-    progress(ps.apply_alerts(file or ALERTS_FILE, scopes=list(scope) or None))
+    progress(apply_alerts(file or ALERTS_FILE, scopes=list(scope) or None))
 
 
 worker_app = typer.Typer(no_args_is_help=True, help="More workers in the `pgha` work pool (on this or other machines).")
@@ -90,13 +96,16 @@ def worker_start(
     auth_file: Path | None = typer.Option(None, "--auth-file", help="a 0600 copy of the server's api-auth file "
                                           "(never the secret itself on the command line)"),
 ) -> None:
-    """Start a worker in the `pgha` pool; idempotent. Runs go to whichever worker polls first.
+    """Start a worker process in the `pgha` pool; idempotent. Runs go to whichever worker polls first.
+
+    Unlike `pgha server start`'s worker (a container), this is a plain process: run it under the
+    machine's own supervisor if it must survive a reboot.
 
     Example: pgha worker start --name ci-1 --api-url http://db-admin:4200/api --auth-file ~/.pgha-api-auth
     """
-    from tasks import prefect_server as ps
+    from tasks import prefect_workers as pw
 
-    progress([ps.start_extra_worker(name, api_url, auth_file)])
+    progress([pw.start_extra_worker(name, api_url, auth_file)])
 
 
 @worker_app.command("stop")
@@ -106,6 +115,6 @@ def worker_stop(name: str = typer.Option(..., "--name", help="the name the worke
 
     Example: pgha worker stop --name ci-1
     """
-    from tasks import prefect_server as ps
+    from tasks import prefect_workers as pw
 
-    progress([ps.stop_extra_worker(name)])
+    progress([pw.stop_extra_worker(name)])

@@ -1,6 +1,6 @@
 """Alerts as code: `deployments/alerts.yaml` read and validated into automation definitions.
 
-Pure (no server): `tasks.prefect_server.apply_alerts` turns these into a notification block
+Pure (no server): `tasks.prefect_alerts.apply_alerts` turns these into a notification block
 and Prefect automations. An alert fires when a flow run carrying one of its tags (`health`:
 the audit, the drills, the backups) ends in one of its states (Failed, Crashed).
 """

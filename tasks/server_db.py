@@ -1,9 +1,10 @@
 """The Prefect server's database, as a file on this host: where it is and how big (for the audit).
 
-Prefect keeps its server's state in SQLite at `$PREFECT_HOME/prefect.db` unless
-`PREFECT_SERVER_DATABASE_CONNECTION_URL` points elsewhere. The server, the worker and the CLI
-of one state directory share one environment (`tasks.prefect_server.env`), so a flow run
-resolves the same file the server writes. Nothing here opens the database: a stat of the
+pgha's server (a container, tasks/control_plane.py) keeps its SQLite file on its volume: the
+worker's container mounts that volume read-only and names the file in $PGHA_SERVER_DB; on the
+host, the file is found under the volume's mountpoint. A server pgha did not start: Prefect's
+settings (`$PREFECT_HOME/prefect.db` unless `PREFECT_SERVER_DATABASE_CONNECTION_URL` points
+elsewhere). Nothing here opens the database: a stat of the
 file, its `-wal` and `-shm` companions, and of its filesystem.
 """
 
@@ -17,8 +18,21 @@ from stack.audit_sizes import ServerDbObs
 SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
 
 
+DB_ENV = "PGHA_SERVER_DB"
+
+
 def database_path() -> Path | None:
-    """The SQLite file of the server's connection URL (None: not SQLite, e.g. PostgreSQL)."""
+    """The SQLite file of pgha's server, else of Prefect's connection URL (None: not SQLite, e.g. PostgreSQL)."""
+    if os.environ.get(DB_ENV):
+        return Path(os.environ[DB_ENV])
+    try:
+        from tasks import control_plane as cp
+        from tasks import prefect_server as ps
+
+        if (mount := cp.volume_path(ps.plane())) is not None:
+            return Path(mount) / "prefect.db"
+    except Exception:  # noqa: BLE001, S110 - no engine or no control plane: Prefect's own settings below
+        pass
     from prefect.settings import get_current_settings
 
     url = get_current_settings().server.database.connection_url
@@ -31,9 +45,13 @@ def database_path() -> Path | None:
 
 
 def observe() -> ServerDbObs:
-    from tasks.prefect_server import SERVER
+    from tasks import control_plane as cp
+    from tasks import prefect_server as ps
 
-    running = SERVER.pid() is not None
+    try:
+        running = cp.running(ps.plane(), cp.SERVER_ROLE)
+    except Exception:  # noqa: BLE001 - no engine answering: not a server pgha runs
+        running = False
     path = database_path()
     if path is None:
         return ServerDbObs("", server_running=running, note="the server's database is not a SQLite file on this host")

@@ -122,7 +122,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         AUTH["Authorization"] = "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
         yield env
     finally:
-        stop = pgha(env, "server", "stop", timeout=120)
+        stop = pgha(env, "server", "stop", "--volumes", timeout=120)
         assert stop.returncode == 0, stop.stderr
         st = pgha(env, "server", "status", "--json", timeout=60)
         assert st.returncode == 1 and json.loads(st.stdout)["server_pid"] is None
@@ -162,11 +162,14 @@ def roles(c: Cluster) -> dict[str, str]:
 
 def wait_healthy(c: Cluster, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
+    res = None
     while time.monotonic() < deadline:
-        if pgha(c.env, "status", "--scope", c.scope).returncode == 0:
+        res = pgha(c.env, "status", "--scope", c.scope)
+        if res.returncode == 0:
             return
         time.sleep(2)
-    raise AssertionError(f"{c.scope} not healthy within {timeout}s")
+    last = (res.stdout[-1500:] + res.stderr[-500:]) if res is not None else ""
+    raise AssertionError(f"{c.scope} not healthy within {timeout}s; last status:\n{last}")
 
 
 def test_server_start_is_idempotent(server_env: dict[str, str]) -> None:
@@ -304,7 +307,8 @@ def test_history_older_than_the_retention_is_deleted(server_env: dict[str, str])
         api_post("/logs/", [{"name": "pgha.test", "level": 20, "message": f"log of {name}", "flow_run_id": run["id"],
                              "timestamp": dt.datetime.now(dt.UTC).isoformat()}])  # type: ignore[list-item]
         runs[name] = run["id"]
-    db = sqlite3.connect(Path(server_env["PREFECT_HOME"]) / "prefect.db", timeout=30)
+    # The server's database is on its volume (the server runs in a container): read it where the engine keeps it.
+    db = sqlite3.connect(Path(json.loads(status.stdout)["database"]["path"]) / "prefect.db", timeout=30)
     try:
         (end,) = db.execute("SELECT end_time FROM flow_run WHERE id = ?", (runs["old-run"],)).fetchone()
         assert end, "a COMPLETED run has an end_time"

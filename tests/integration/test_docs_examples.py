@@ -83,7 +83,7 @@ def docs_env(engine: docker.DockerClient, base_env: dict[str, str],
     finally:
         pgha(env, "down", "--volumes", "--yes", "--purge-backups", timeout=600)
         _cleanup(engine, state)
-        pgha(env, "server", "stop", timeout=120)
+        pgha(env, "server", "stop", "--volumes", timeout=120)
 
 
 def _wait_healthy(env: dict[str, str], page: str) -> None:

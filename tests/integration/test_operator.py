@@ -51,7 +51,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         AUTH["secret"] = (work / "state" / "server" / "api-auth").read_text().strip()  # basic auth (0600 file)
         yield env
     finally:
-        stop = pgha(env, "server", "stop", timeout=120)
+        stop = pgha(env, "server", "stop", "--volumes", timeout=120)
         assert stop.returncode == 0, stop.stderr
 
 

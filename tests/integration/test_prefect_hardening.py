@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -60,7 +58,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         yield env
     finally:
         pgha(dict(env, PGHA_STATE_DIR=str(work / "b-state")), "worker", "stop", "--name", "b", timeout=60)
-        stop = pgha(env, "server", "stop", timeout=120)
+        stop = pgha(env, "server", "stop", "--volumes", timeout=120)
         assert stop.returncode == 0, stop.stderr
 
 
@@ -105,7 +103,8 @@ def wait_state(env: dict[str, str], run_id: str, states: set[str], timeout: floa
         if run["state_type"] in states or run["state_name"] in states:
             return run
         time.sleep(1)
-    raise AssertionError(f"run {run_id} not in {states} within {timeout}s: {run.get('state_name')}")
+    raise AssertionError(f"run {run_id} not in {states} within {timeout}s: {run.get('state_name')} "
+                         f"({((run.get('state') or {}).get('message') or '')[:500]})")
 
 
 def start_deployment(env: dict[str, str], name: str, params: dict[str, Any]) -> str:
@@ -190,14 +189,15 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     b_env = dict(server_env, PGHA_STATE_DIR=str(b_state))
     res = pgha(b_env, "worker", "start", "--name", "b", "--api-url", API, "--auth-file", str(b_auth), timeout=120)
     assert res.returncode == 0 and "worker b started" in res.stdout, res.stdout + res.stderr
-    # Worker a's machine "goes down" (SIGSTOP: it polls no more; the paused teardown it runs lives on).
-    worker_a = int((Path(server_env["PGHA_STATE_DIR"]) / "server" / "worker.pid").read_text())
-    os.kill(worker_a, signal.SIGSTOP)
+    # Worker a's machine "goes down" (its container frozen: it polls no more; the paused teardown it
+    # runs lives on).
+    worker_a = engine.containers.get(json.loads(pgha(server_env, "server", "status", "--json").stdout)["worker"]["container"])
+    worker_a.pause()
     try:
         second = start_deployment(server_env, "pause/pause", {"spec": cluster.spec})
         done = wait_state(server_env, second, {"FAILED", "COMPLETED", "CRASHED"}, timeout=150)
     finally:
-        os.kill(worker_a, signal.SIGCONT)
+        worker_a.unpause()
     msg = done["state"]["message"] or ""
     assert done["state_type"] == "FAILED", done["state"]
     assert f"cluster {SCOPE} is busy: teardown flow run '{paused['name']}'" in msg, msg

@@ -11,7 +11,9 @@ from stack import alerts as al
 from stack.errors import UsageError
 from stack.spec import ClusterSpec
 from tasks import cluster_limit as cl
+from tasks import prefect_auth as pa
 from tasks import prefect_server as ps
+from tasks import prefect_workers as pw
 
 
 def test_only_the_exact_scope_approves() -> None:
@@ -78,10 +80,10 @@ def test_silence_window_below_prefects_minimum_is_refused(tmp_path: Path) -> Non
 
 def test_the_auth_secret_is_made_once_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
-    assert ps.auth_string() is None
-    made = ps.auth_string(create=True)
-    assert made is not None and made.startswith("pgha:") and ps.auth_string(create=True) == made
-    assert ps.auth_file().stat().st_mode & 0o777 == 0o600
+    assert pa.auth_string() is None
+    made = pa.auth_string(create=True)
+    assert made is not None and made.startswith("pgha:") and pa.auth_string(create=True) == made
+    assert pa.auth_file().stat().st_mode & 0o777 == 0o600
     assert ps.env()["PREFECT_API_AUTH_STRING"] == made  # the client side; the server's own only in its process
 
 
@@ -90,13 +92,13 @@ def test_a_worker_auth_file_must_be_private_and_well_formed(tmp_path: Path) -> N
     f.write_text("pgha:" + "x" * 30 + "\n")
     f.chmod(0o644)
     with pytest.raises(UsageError, match="chmod 600"):
-        ps.read_auth_file(f)
+        pa.read_auth_file(f)
     f.chmod(0o600)
-    assert ps.read_auth_file(f) == "pgha:" + "x" * 30
+    assert pa.read_auth_file(f) == "pgha:" + "x" * 30
     f.write_text("no-colon-here\n")
     with pytest.raises(UsageError, match="user:password"):
-        ps.read_auth_file(f)
+        pa.read_auth_file(f)
     with pytest.raises(UsageError, match="cannot read"):
-        ps.read_auth_file(tmp_path / "missing")
+        pa.read_auth_file(tmp_path / "missing")
     with pytest.raises(UsageError, match="worker name"):
-        ps.start_extra_worker("Bad_Name", None, None)
+        pw.start_extra_worker("Bad_Name", None, None)

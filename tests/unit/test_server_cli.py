@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from tasks import prefect_server as ps
+from tasks import prefect_workers as pw
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_server_urls_follow_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stale_or_foreign_pid_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
-    p = ps.Proc("worker")
+    p = pw.Proc("worker")
     assert p.pid() is None and p.stop() is False
     p.pid_file.write_text("999999999\n")  # no such process
     assert p.pid() is None
@@ -74,7 +75,7 @@ def test_stop_ends_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                       "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
                       "time.sleep(60)\n")
     leader = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
-    p = ps.Proc("server")
+    p = pw.Proc("server")
     p.pid_file.write_text(f"{leader.pid}\n")
     try:
         deadline = time.monotonic() + 10  # until the child has exec'd (its cmdline names the script)
@@ -83,7 +84,7 @@ def test_stop_ends_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert p.pid() == leader.pid
         assert p.stop(timeout=10) is True
         leader.wait(5)
-        assert not ps._group_alive(leader.pid)
+        assert not pw._group_alive(leader.pid)
     finally:
         if leader.poll() is None:
             os.killpg(leader.pid, 9)

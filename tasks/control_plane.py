@@ -1,0 +1,262 @@
+"""The control plane's containers: the Prefect server and the worker, supervised by the Docker engine.
+
+The only module that creates, inspects or removes them. One control plane per state directory
+and port (its `key`, a hash of both, names and labels everything), so two state directories on two
+ports share one engine without touching each other's containers.
+
+- `restart_policy=unless-stopped`: the engine starts them again after a crash, a SIGKILL, an OOM
+  kill, its own restart or a reboot, as it does the cluster's containers; a container someone
+  stopped on purpose (`docker stop`) stays stopped across an engine restart (`always` would start
+  it again). `pgha server stop` removes them.
+- Health checks (`pgha-control-health`): the server answers /api/health; the worker has
+  heartbeated to the server within 90 s (it polls).
+- Host networking: the server listens on 127.0.0.1:$PGHA_SERVER_PORT as before, and the worker
+  reaches it and the clusters' ports published on 127.0.0.1.
+- The server's SQLite database lives on a named volume (`pgha-prefect-db-<key>`), kept by
+  `pgha server stop`.
+- The worker gets the engine's socket, and the state directory and the checkout at the same
+  paths as on the host: the flows it runs see the same clusters and files as the CLI.
+- The API auth secret is a read-only mount of `<state>/server/api-auth` that the image's entrypoint
+  exports into the process's environment; it is never in a container's env, labels or command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Healthcheck, LogConfig, Mount
+
+from stack.errors import DockerError
+from tasks.docker_engine import DEFAULT_LOG_OPTIONS, LABEL_CONFIG, LABEL_ROLE, LOG_DRIVER
+from tasks.docker_hosts import local_engine
+
+LABEL_CONTROL = "pgha.control"  # the control plane's key (one per state directory and port)
+LABEL_STATE_DIR = "pgha.state-dir"
+LABEL_PORT = "pgha.server-port"
+SERVER_ROLE, WORKER_ROLE = "prefect-server", "prefect-worker"
+RESTART_POLICY = "unless-stopped"
+AUTH_IN_CONTAINER = "/run/pgha/api-auth"
+DB_IN_CONTAINER = "/var/lib/prefect"  # the server's PREFECT_HOME: prefect.db lives here
+DB_IN_WORKER = "/var/lib/pgha-server-db"  # the same volume, read-only in the worker
+DOCKER_SOCKET = "/var/run/docker.sock"  # where the worker's flows find the engine (docker-py's default)
+NS = 1_000_000_000
+# Passed from `pgha server start`'s environment to the worker (hence to every flow run), when set.
+# Alert webhooks are not: they live in the server's notification block, applied by the CLI.
+WORKER_PASSTHROUGH = ("PGHA_HEARTBEAT_URL", "PGHA_DEBIAN_MIRROR", "PGHA_DEBIAN_SECURITY_MIRROR",
+                      "PGHA_NO_GLOBAL_LIMIT", "PGHA_DEBUG")
+
+
+def engine_socket() -> str:
+    """The engine's socket on this machine: $DOCKER_HOST's unix path, else Docker's default."""
+    url = os.environ.get("DOCKER_HOST", "")
+    return url.removeprefix("unix://") if url.startswith("unix://") else DOCKER_SOCKET
+
+
+def key(state_dir: Path, port: int) -> str:
+    """One control plane per state directory and port: two of them never share a container or a volume."""
+    return hashlib.sha256(f"{state_dir.resolve()}|{port}".encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """What the control plane of one state directory is made of (pure: no engine call)."""
+
+    state_dir: Path
+    home: Path  # the checkout (PGHA_HOME)
+    port: int
+    image: str
+    auth_file: Path
+    pool: str
+    worker_name: str
+    server_env: dict[str, str]  # vacuum settings and the like; never a secret
+    worker_env: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return key(self.state_dir, self.port)
+
+    @property
+    def server_name(self) -> str:
+        return f"pgha-prefect-server-{self.key}"
+
+    @property
+    def worker_container(self) -> str:
+        return f"pgha-prefect-worker-{self.key}"
+
+    @property
+    def volume(self) -> str:
+        return f"pgha-prefect-db-{self.key}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def labels(self, role: str) -> dict[str, str]:
+        return {LABEL_CONTROL: self.key, LABEL_ROLE: role, LABEL_STATE_DIR: str(self.state_dir),
+                LABEL_PORT: str(self.port)}
+
+    def _common(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_UI_URL": self.api_url.removesuffix("/api"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def server_def(self) -> dict[str, Any]:
+        env = {**self._common(), **self.server_env, "PREFECT_HOME": DB_IN_CONTAINER,
+               "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.port)}
+        return {
+            "name": self.server_name, "image": self.image, "role": SERVER_ROLE,
+            "command": ["server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            "environment": env,
+            "mounts": [("volume", self.volume, DB_IN_CONTAINER, False),
+                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
+            "health": ["CMD", "pgha-control-health", "server"],
+        }
+
+    def worker_def(self) -> dict[str, Any]:
+        env = {**self._common(), **self.worker_env, "PGHA_HOME": str(self.home), "PYTHONPATH": str(self.home),
+               "PGHA_STATE_DIR": str(self.state_dir), "PGHA_SERVER_PORT": str(self.port),
+               "PGHA_WORKER_NAME": self.worker_name, "PGHA_POOL": self.pool,
+               "PGHA_SERVER_DB": f"{DB_IN_WORKER}/prefect.db",
+               # Flow runs' own Prefect home (results of failed runs, local storage) in the state dir.
+               "PREFECT_HOME": str(self.state_dir / "server" / "worker-home")}
+        return {
+            "name": self.worker_container, "image": self.image, "role": WORKER_ROLE,
+            "command": ["worker", "worker", "start", "--pool", self.pool, "--type", "process",
+                        "--name", self.worker_name],
+            "environment": env,
+            "mounts": [("bind", engine_socket(), DOCKER_SOCKET, False),
+                       ("bind", str(self.state_dir), str(self.state_dir), False),
+                       ("bind", str(self.home), str(self.home), False),
+                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True),
+                       # read-only: the audit's server.database row sizes the file (tasks/server_db.py)
+                       ("volume", self.volume, DB_IN_WORKER, True)],
+            "health": ["CMD", "pgha-control-health", "worker"],
+            "working_dir": str(self.home),
+        }
+
+
+def config_hash(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _client() -> Any:
+    return local_engine().client
+
+
+def _find(plane: ControlPlane, role: str) -> Container | None:
+    found = _client().containers.list(all=True, filters={"label": [f"{LABEL_CONTROL}={plane.key}",
+                                                                   f"{LABEL_ROLE}={role}"]})
+    return found[0] if found else None
+
+
+def _run(plane: ControlPlane, d: dict[str, Any]) -> Container:
+    mounts = [Mount(target=target, source=source, type=kind, read_only=ro) for kind, source, target, ro in d["mounts"]]
+    labels = {**plane.labels(d["role"]), LABEL_CONFIG: config_hash(d)}
+    try:
+        return _client().containers.run(
+            d["image"], d["command"], name=d["name"], detach=True, labels=labels, environment=d["environment"],
+            mounts=mounts, network_mode="host", init=True, working_dir=d.get("working_dir"),
+            restart_policy={"Name": RESTART_POLICY},
+            healthcheck=Healthcheck(test=d["health"], interval=10 * NS, timeout=8 * NS, retries=3,
+                                    start_period=90 * NS),
+            log_config=LogConfig(type=LOG_DRIVER, config=DEFAULT_LOG_OPTIONS),
+        )
+    except docker.errors.APIError as exc:
+        raise DockerError(f"cannot start {d['name']}: {exc.explanation or exc}") from None
+
+
+def ensure(plane: ControlPlane, role: str) -> tuple[str, Container]:
+    """The container of `role` running; look first and act only when needed.
+
+    A running container whose definition differs from the wanted one is kept (recreating the
+    server or the worker would cut every run in flight): the caller says so.
+    """
+    d = plane.server_def() if role == SERVER_ROLE else plane.worker_def()
+    if role == SERVER_ROLE:
+        try:
+            _client().volumes.get(plane.volume)
+        except docker.errors.NotFound:
+            _client().volumes.create(plane.volume, labels=plane.labels(SERVER_ROLE))
+    c = _find(plane, role)
+    if c is not None and c.status in ("running", "restarting"):
+        same = c.labels.get(LABEL_CONFIG) == config_hash(d)
+        return ("running" if same else "running (definition changed: applies after `pgha server stop` and "
+                "`pgha server start`)"), c
+    if c is not None:  # stopped by hand, or created and never started: start the current definition
+        c.remove(force=True)
+    return "started", _run(plane, d)
+
+
+def remove(plane: ControlPlane, volume: bool = False) -> list[str]:
+    """Stop and remove the containers (worker first); the database volume only when asked."""
+    done = []
+    for role in (WORKER_ROLE, SERVER_ROLE):
+        c = _find(plane, role)
+        if c is None:
+            done.append(f"{role.removeprefix('prefect-')} was not running")
+            continue
+        try:
+            c.stop(timeout=30)
+        except docker.errors.APIError:
+            pass
+        c.remove(force=True)
+        done.append(f"{role.removeprefix('prefect-')} stopped and removed ({c.name})")
+    if volume:
+        try:
+            _client().volumes.get(plane.volume).remove(force=True)
+            done.append(f"database volume {plane.volume} removed")
+        except docker.errors.NotFound:
+            pass
+    return done
+
+
+def describe(plane: ControlPlane, role: str) -> dict[str, Any] | None:
+    """How one container is supervised: name, state, health, restart policy and count, started at, pid."""
+    c = _find(plane, role)
+    if c is None:
+        return None
+    c.reload()
+    st = c.attrs.get("State", {})
+    return {"container": c.name, "image": c.attrs.get("Config", {}).get("Image"), "state": st.get("Status"),
+            "health": (st.get("Health") or {}).get("Status"),
+            "restart_policy": c.attrs.get("HostConfig", {}).get("RestartPolicy", {}).get("Name"),
+            "restart_count": c.attrs.get("RestartCount", 0), "started_at": st.get("StartedAt"),
+            "pid": st.get("Pid") or None}
+
+
+def running(plane: ControlPlane, role: str) -> bool:
+    c = _find(plane, role)
+    return c is not None and c.status == "running"
+
+
+def volume_path(plane: ControlPlane) -> str | None:
+    """Where the database volume lives on the engine's host (its Mountpoint), if it exists."""
+    try:
+        return str(_client().volumes.get(plane.volume).attrs.get("Mountpoint"))
+    except docker.errors.NotFound:
+        return None
+
+
+def logs_hint(plane: ControlPlane) -> str:
+    return f"docker logs {plane.server_name} / docker logs {plane.worker_container}"
+
+
+SERVER_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_SERVICES_")  # the server's own tuning, from the caller
+WORKER_PREFIXES = ("PREFECT_WORKER_",)
+NEVER = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_HOST",
+         "PREFECT_SERVER_API_PORT")
+
+
+def environ_passthrough(role: str) -> dict[str, str]:
+    """What the caller's environment gives the server (its PREFECT_SERVER_* settings) or the worker
+    (PGHA_HEARTBEAT_URL and a few more, PREFECT_WORKER_*); never an auth string."""
+    if role == SERVER_ROLE:
+        return {k: v for k, v in os.environ.items() if k.startswith(SERVER_PREFIXES) and k not in NEVER}
+    return {k: v for k, v in os.environ.items()
+            if (k in WORKER_PASSTHROUGH or k.startswith(WORKER_PREFIXES)) and v and k not in NEVER}
