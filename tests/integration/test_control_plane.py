@@ -210,6 +210,31 @@ BOOT_WORKER_WITHIN_S = 150  # engine start -> the worker's container reports hea
 BOOT_RUN_WITHIN_S = 240  # engine start -> a scheduled run (1-minute interval) completed
 
 
+# The private engine's own bridge. Not `--bridge none`: a dockerd started with it deletes the
+# host's default bridge `docker0` (moby's removeDefaultBridgeInterface), which the shared engine
+# every other test uses needs (image builds, default-network containers). An address no Docker
+# address pool hands out.
+PRIVATE_BRIDGE = "pgha-cpdrill0"
+PRIVATE_BRIDGE_CIDR = "10.254.77.1/24"
+
+
+def ensure_private_bridge() -> None:
+    import subprocess
+
+    if subprocess.run(["ip", "link", "show", PRIVATE_BRIDGE], capture_output=True, check=False).returncode == 0:
+        return
+    for cmd in (["ip", "link", "add", "name", PRIVATE_BRIDGE, "type", "bridge"],
+                ["ip", "addr", "add", PRIVATE_BRIDGE_CIDR, "dev", PRIVATE_BRIDGE],
+                ["ip", "link", "set", PRIVATE_BRIDGE, "up"]):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+def remove_private_bridge() -> None:
+    import subprocess
+
+    subprocess.run(["ip", "link", "delete", PRIVATE_BRIDGE], check=False, capture_output=True, timeout=30)
+
+
 class PrivateEngine:
     """A dockerd this test starts (and ends, by pid) with everything under `root`."""
 
@@ -220,12 +245,13 @@ class PrivateEngine:
 
     def argv(self) -> list[str]:
         return ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "-H", f"unix://{self.sock}", "--pidfile", str(self.root / "docker.pid"), "--bridge", "none",
+                "-H", f"unix://{self.sock}", "--pidfile", str(self.root / "docker.pid"), "--bridge", PRIVATE_BRIDGE,
                 "--iptables=false", "--ip-masq=false", "--storage-driver", "overlay2"]
 
     def start(self) -> float:
         import subprocess
 
+        ensure_private_bridge()
         t0 = time.monotonic()
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - the daemon's log for as long as it runs
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -306,6 +332,7 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
 
     work = tmp_path_factory.mktemp("cp-drill")
     private = PrivateEngine(Path(f"/tmp/pgha-drill-{os.getpid()}"))  # short: a unix socket path has 108 bytes
+    had_docker0 = Path("/sys/class/net/docker0").exists()
     private.root.mkdir(parents=True, exist_ok=True)
     env = dict(base_env, PGHA_SERVER_PORT=str(DRILL_PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), DOCKER_HOST=f"unix://{private.sock}")
@@ -335,6 +362,8 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
         time.sleep(5)
         boot = time.monotonic()
         engine_s = private.start()  # the boot: only the engine is started
+        # The shared engine's default bridge is untouched by the private one (see PRIVATE_BRIDGE).
+        assert Path("/sys/class/net/docker0").exists() or not had_docker0, "the private dockerd removed docker0"
         server_s = worker_s = None
         client = private.client()
         while time.monotonic() - boot < BOOT_WORKER_WITHIN_S and worker_s is None:
@@ -364,6 +393,7 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
             pgha(env, "server", "stop", "--volumes", timeout=180)
             private.stop()
         private.unmount()  # what the killed dockerd left mounted (its data root, the netns file)
+        remove_private_bridge()
         subprocess.run(["rm", "-rf", str(private.root)], check=False, timeout=300)
 
 
