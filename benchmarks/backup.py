@@ -32,11 +32,12 @@ from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
 from stack.backup import BackupType  # noqa: E402
-from stack.layout import REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
+from stack.layout import CONFIG_MOUNT, REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import images, patroni  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
+from tasks.host.state import config_dir, write_private  # noqa: E402
 from tasks.node_exec import node  # noqa: E402
 
 SCOPE = "pgha-bench-bk1"
@@ -55,10 +56,14 @@ def replica(spec: ClusterSpec) -> str:
 
 
 def put_pgpass(spec: ClusterSpec, member: str) -> str:
-    """A 0600 pgpass for the replication user inside the replica (never in env or argv)."""
+    """A 0600 pgpass for the replication user inside the replica (never in env or argv).
+
+    Written to the member's config directory (mounted read-only at CONFIG_MOUNT) and installed
+    into /run/pgha, a tmpfs that `docker cp` cannot write into."""
     pw = cluster_secrets(spec.scope).replication
-    node(spec, member).put_file("/run/pgha/bench-pgpass", f"*:*:*:{REPLICATION_USER}:{pw}\n", 0o600)
-    sh(spec, member, ["chown", "postgres:postgres", "/run/pgha/bench-pgpass"], user="root")
+    write_private(config_dir(spec.scope, member) / "bench-pgpass", f"*:*:*:{REPLICATION_USER}:{pw}\n")
+    sh(spec, member, ["install", "-o", "postgres", "-g", "postgres", "-m", "0600", f"{CONFIG_MOUNT}/bench-pgpass",
+                      "/run/pgha/bench-pgpass"], user="root")
     return "/run/pgha/bench-pgpass"
 
 
@@ -72,6 +77,7 @@ def basebackup(spec: ClusterSpec, member: str, process_max: int) -> float:
               f"--compress=server-zstd:level=3,workers={process_max}"])
     elapsed = time.monotonic() - t0
     sh(spec, member, ["rm", "-rf", target, pgpass])
+    (config_dir(spec.scope, member) / "bench-pgpass").unlink(missing_ok=True)
     return elapsed
 
 
