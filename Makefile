@@ -43,7 +43,7 @@ IT_WORKERS ?= 2
 # their first failure printed at the end (tests/integration/conftest.py).
 IT_RERUNS ?= 1
 integration: venv engine browser test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
-	IT_RERUNS=$(IT_RERUNS) $(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --durations=25 -rfER
+	IT_RERUNS=$(IT_RERUNS) $(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 -rfER
 
 test-images: venv engine  ## every image the integration suite uses, built once before the workers start
 	$(PGHA) images build --spec tests/integration/specs/pg17.yaml

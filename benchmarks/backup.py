@@ -7,6 +7,12 @@ repository volume. Both throughputs use the same numerator (the database size pg
 reports). Then the newest backup is restored and verified in a scratch container
 (verify-restore) and its time is compared with the backup's.
 
+The nightly backup against the full (backup.block_incremental, on by default): after each
+full, 1 % of pgbench_accounts' rows (a contiguous range of aid, about 1 % of its pages) is
+updated and a diff backup (the nightly schedule's type) is taken; its time and stored bytes are
+compared with the full's, and the verified restore of the last diff (the chain: the full's
+blocks and the diff's) with the last full's.
+
     .venv/bin/python benchmarks/backup.py [--scale 150] [--runs 3] [--process-max 2]
 
 The machine may be shared: figures printed are what this run saw, noisy by nature.
@@ -26,11 +32,12 @@ from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
 from stack.backup import BackupType  # noqa: E402
-from stack.layout import REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
+from stack.layout import CONFIG_MOUNT, REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import images, patroni  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
+from tasks.host.state import config_dir, write_private  # noqa: E402
 from tasks.node_exec import node  # noqa: E402
 
 SCOPE = "pgha-bench-bk1"
@@ -49,10 +56,14 @@ def replica(spec: ClusterSpec) -> str:
 
 
 def put_pgpass(spec: ClusterSpec, member: str) -> str:
-    """A 0600 pgpass for the replication user inside the replica (never in env or argv)."""
+    """A 0600 pgpass for the replication user inside the replica (never in env or argv).
+
+    Written to the member's config directory (mounted read-only at CONFIG_MOUNT) and installed
+    into /run/pgha, a tmpfs that `docker cp` cannot write into."""
     pw = cluster_secrets(spec.scope).replication
-    node(spec, member).put_file("/run/pgha/bench-pgpass", f"*:*:*:{REPLICATION_USER}:{pw}\n", 0o600)
-    sh(spec, member, ["chown", "postgres:postgres", "/run/pgha/bench-pgpass"], user="root")
+    write_private(config_dir(spec.scope, member) / "bench-pgpass", f"*:*:*:{REPLICATION_USER}:{pw}\n")
+    sh(spec, member, ["install", "-o", "postgres", "-g", "postgres", "-m", "0600", f"{CONFIG_MOUNT}/bench-pgpass",
+                      "/run/pgha/bench-pgpass"], user="root")
     return "/run/pgha/bench-pgpass"
 
 
@@ -66,6 +77,7 @@ def basebackup(spec: ClusterSpec, member: str, process_max: int) -> float:
               f"--compress=server-zstd:level=3,workers={process_max}"])
     elapsed = time.monotonic() - t0
     sh(spec, member, ["rm", "-rf", target, pgpass])
+    (config_dir(spec.scope, member) / "bench-pgpass").unlink(missing_ok=True)
     return elapsed
 
 
@@ -81,6 +93,9 @@ def main() -> None:
                        "backup": {"process_max": args.process_max, "retention_full": 2}})
     pgha_s: list[float] = []
     raw_s: list[float] = []
+    full_mb: list[float] = []
+    diff_s: list[float] = []
+    diff_mb: list[float] = []
     size_mb = 0.0
     try:
         local_engine().remove_labelled(spec.scope, volumes=True)
@@ -91,14 +106,26 @@ def main() -> None:
         sh(spec, leader, ["pgbench", "-h", SOCKET_DIR, "-i", "-q", "-s", str(args.scale), "postgres"])
         print(f"pgbench -i -s {args.scale}: {time.monotonic() - t0:.0f} s", flush=True)
         patroni.wait_whole(spec, timeout=600)
+        rows = args.scale * 100000
+        full_label = diff_label = ""
         for i in range(args.runs):
             r = backup(spec, BackupType.FULL, verify=False)
-            size_mb = r.size_mb
+            size_mb, full_label = r.size_mb, r.label
             pgha_s.append(r.duration_s)
+            full_mb.append(r.stored_mb)
             raw_s.append(basebackup(spec, replica(spec), args.process_max))
+            lo = 1 + (i * rows // args.runs) % (rows - rows // 100)
+            change = f"update pgbench_accounts set abalance = abalance + 1 where aid between {lo} and {lo + rows // 100 - 1}"  # noqa: E501, S608 - integers
+            sh(spec, leader, ["psql", "-h", SOCKET_DIR, "-XAtqc", change])
+            d = backup(spec, BackupType.DIFF, verify=False)
+            diff_s.append(d.duration_s)
+            diff_mb.append(d.stored_mb)
+            diff_label = d.label
             print(f"run {i + 1}: pgha full {pgha_s[-1]:.1f} s ({r.stored_mb} MB stored), "
-                  f"pg_basebackup {raw_s[-1]:.1f} s, database {size_mb:.0f} MB", flush=True)
-        v = verify_restore(spec)
+                  f"pg_basebackup {raw_s[-1]:.1f} s, database {size_mb:.0f} MB; after 1 % of the rows: "
+                  f"diff {d.duration_s:.1f} s ({d.stored_mb} MB stored)", flush=True)
+        vd = verify_restore(spec, diff_label)
+        v = verify_restore(spec, full_label)
         pm, rm = statistics.median(pgha_s), statistics.median(raw_s)
         print(f"\ndatabase {size_mb:.0f} MB (pgbench scale {args.scale}), {args.runs} runs, medians; "
               f"2 shared CPU cores, other work running on the machine")
@@ -112,6 +139,13 @@ def main() -> None:
               f"recovery {v.recovery_s} s, pg_amcheck {v.amcheck_s} s, verify {v.verify_s} s)")
         print(f"verified-restore / backup time: {v.duration_s / pm:.2f}x "
               f"(restore + recovery alone: {restore_total / pm:.2f}x)")
+        dm, dmb, fmb = statistics.median(diff_s), statistics.median(diff_mb), statistics.median(full_mb)
+        print(f"nightly diff after 1 % of pgbench_accounts' rows changed (block incremental "
+              f"{'on' if spec.backup.block_incremental else 'off'}): {dm:.1f} s, {dmb} MB stored")
+        print(f"diff / full: time {dm / pm:.3f}x (goal <= 0.10), stored bytes {dmb / fmb:.3f}x (goal <= 0.10)")
+        print(f"verified restore of the chain {vd.label}: {vd.duration_s} s (restore {vd.restore_s} s); "
+              f"of the full {v.label}: {v.duration_s} s; chain / full: {vd.duration_s / v.duration_s:.2f}x "
+              f"(goal <= 1.20)")
     finally:
         if not args.keep:
             local_engine().remove_labelled(spec.scope, volumes=True)

@@ -216,6 +216,10 @@ def _backup_sections(spec: ClusterSpec, from_standby: bool, s3_credentials: dict
         "archive-timeout": 120,
         "log-level-console": "info",
     })
+    if b.block_incremental:
+        # Bundling packs small files into a few repository files; block incremental (needs bundling)
+        # stores a changed file's changed blocks only, against the block map its last backup wrote.
+        glob.update({"repo1-bundle": True, "repo1-block": True})
     stanza: dict[str, Any] = {}
     for i, member in enumerate(spec.node_names(), start=1):
         stanza.update({
@@ -345,7 +349,7 @@ class BackupSet:
     start: dt.datetime
     stop: dt.datetime
     size: int  # database size, bytes
-    repo_size: int  # stored (compressed) size, bytes
+    repo_size: int  # what this set added to the repository (compressed; pgBackRest's "delta"), bytes
     wal_start: str
     wal_stop: str
     error: bool
@@ -372,7 +376,7 @@ def parse_info(payload: Any, stanza: str) -> tuple[list[BackupSet], str | None, 
             sets.append(BackupSet(
                 label=str(b.get("label")), type=str(b.get("type")),
                 start=_ts(b["timestamp"]["start"]), stop=_ts(b["timestamp"]["stop"]),
-                size=int(info.get("size") or 0), repo_size=int(repo.get("size") or repo.get("delta") or 0),
+                size=int(info.get("size") or 0), repo_size=int(repo.get("delta") or repo.get("size") or 0),
                 wal_start=str(arch.get("start") or ""), wal_stop=str(arch.get("stop") or ""),
                 error=bool(b.get("error", False)),
                 annotation={str(k): str(v) for k, v in (b.get("annotation") or {}).items()},

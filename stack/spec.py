@@ -187,6 +187,10 @@ class BackupSpec(_Strict):
     compress_level: int = Field(3, ge=0, le=19, description="compression level (zst 1-19, gz 0-9, lz4 0-12)")
     process_max: int = Field(2, ge=1, le=32, description="parallel processes for backup and restore")
     allow_primary: bool = Field(False, description="back up from the primary when no replica is healthy")
+    block_incremental: bool = Field(
+        True, description="bundle small files and store only the changed blocks of a file in diff/incr backups "
+                          "(pgBackRest repo-bundle + repo-block); a full backup taken with it on starts the block "
+                          "maps that later backups build on")
     verify_after_backup: bool = Field(True, description="restore each backup into a scratch container and check it")
     verify_heapallindexed: bool = Field(
         False, description="pg_amcheck --heapallindexed in the verification: also prove every heap tuple has its "

@@ -149,7 +149,9 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
     if spec.backup.s3 is None and not bk.uses_repo_host(spec):
         # A fresh named volume is root-owned: the repository belongs to postgres.
         script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
-    r = node(spec, member).run(["sh", "-c", script], user="root", timeout=20)
+    # Idempotent (install, chown, chmod of the same files): run again when a busy engine cut its
+    # output short, rather than fail a nightly backup that has no second try.
+    r = node(spec, member).run(["sh", "-c", script], user="root", timeout=20, retries_if_lost=2)
     if not r.ok:
         raise BackupError(f"cannot install pgBackRest files in {member}: {last_lines(r.out + r.err)}")
 

@@ -37,6 +37,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     again after a failure, $IT_RERUNS times (default 1), and its first failure is printed.
     """
     reruns = int(os.environ.get("IT_RERUNS", "1"))
+    # Longest files first (the Makefile passes --no-loadscope-reorder, so xdist keeps this order):
+    # two workers then end together instead of one running a long file alone at the end.
+    weights = json.loads(FILE_WEIGHTS.read_text())
+    items.sort(key=lambda item: -weights.get(Path(str(item.fspath)).name, UNKNOWN_WEIGHT))
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
@@ -45,12 +49,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 _RERUN_TAIL = 60  # lines of each first failure kept
+# Seconds each file took in a full run (setup + call + teardown of its tests), to order them.
+# Refresh it from test-artifacts/file-durations.json after a full run; a new file counts as long.
+FILE_WEIGHTS = Path(__file__).with_name("file_weights.json")
+UNKNOWN_WEIGHT = 400
+_FILE_SECONDS: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A timing-sensitive test that failed and is run again: its first failure is kept, so a flake has a
     cause to read (the rerun plugin prints only "RERUN"); written to test-artifacts/reruns.log and
-    shown at the end of the run."""
+    shown at the end of the run. Every report's duration is added to its file's total."""
+    name = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    _FILE_SECONDS[name] = _FILE_SECONDS.get(name, 0.0) + float(report.duration or 0.0)
     if report.outcome != "rerun":
         return
     text = "\n".join(str(report.longreprtext).splitlines()[-_RERUN_TAIL:])
@@ -62,6 +73,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FILE_SECONDS and not hasattr(terminalreporter.config, "workerinput"):
+        ranked = dict(sorted(((k, round(v)) for k, v in _FILE_SECONDS.items()), key=lambda kv: -kv[1]))
+        out = ROOT / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        (out / "file-durations.json").write_text(json.dumps(ranked, indent=1) + "\n")
+        terminalreporter.write_line("seconds per file: " + ", ".join(f"{k} {v}" for k, v in ranked.items()))
     reruns = [r for r in terminalreporter.stats.get("rerun", []) if getattr(r, "longreprtext", "")]
     if reruns:
         terminalreporter.section("first failures of the tests run again")

@@ -232,3 +232,24 @@ def test_info_payload_skips_console_warnings_and_names_what_it_got() -> None:
         info_payload("P00   ERROR: [055]: unable to open missing file\n")
     with pytest.raises(BackupError, match=r"\(no output\)"):
         info_payload("")
+
+
+def test_block_incremental_is_on_by_default_for_the_backups_that_write_the_repository() -> None:
+    on = bk.render_backup_conf(spec(), from_standby=True)
+    assert "repo1-bundle=y\n" in on and "repo1-block=y\n" in on
+    assert "repo1-block=y\n" in bk.render_repo_conf(spec(), None)  # the repository host runs the backups too
+    off = bk.render_backup_conf(spec(backup={"block_incremental": False}), from_standby=True)
+    assert "repo1-bundle" not in off and "repo1-block" not in off
+    # archive-push and restores read whatever the manifest says: the nodes' and scratch configs do not need it
+    assert "repo1-block" not in bk.render_node_conf(spec()) and "repo1-block" not in bk.render_scratch_conf(spec())
+
+
+def test_a_sets_stored_size_is_what_it_added_to_the_repository() -> None:
+    """pgBackRest's `delta` (this set's own files), not `size` (with what it references)."""
+    payload = [{"name": "s", "backup": [
+        {"label": "F", "type": "full", "timestamp": {"start": 1, "stop": 2},
+         "info": {"size": 9000, "repository": {"size": 900, "delta": 900}}},
+        {"label": "F_I", "type": "incr", "timestamp": {"start": 3, "stop": 4},
+         "info": {"size": 9000, "repository": {"size": 905, "delta": 12}}}]}]
+    sets, _, _ = bk.parse_info(payload, "s")
+    assert [s.repo_size for s in sets] == [900, 12]
