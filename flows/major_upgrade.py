@@ -355,13 +355,14 @@ def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[Clust
     local repository: green took and verified its own first full backup after the cutover), and
     the base's pointer names green (`tasks.host.generations`).
     """
-    drop_reverse(blue, st)
+    eng = docker_hosts.engines(blue).default
+    if any(eng.running(blue.container(m)) for m in blue.node_names()):  # a killed finish may have removed them
+        drop_reverse(blue, st)
     g_lead = leader(green)
     for db in st.databases:
         pg_logical.drop_publication(green, g_lead, db)
         pg_logical.drop_marker_table(green, g_lead, db)  # nothing left of the upgrade in the clients' schema
     pg_logical.set_read_only(green, g_lead, st.databases, False)
-    eng = docker_hosts.engines(blue).default
     for role in ("patroni", "etcd", "pgbackrest", "fencer"):  # green has its own fencing watcher
         eng.remove_labelled(blue.scope, role=role, volumes=True)
     serving = generation_spec(green, green.scope, green.postgres_version, blue.ports.model_dump())
