@@ -36,7 +36,9 @@ def _building(pointer: gen.Serving) -> tuple[str, int] | None:
 
 def serving(spec: ClusterSpec) -> ClusterSpec:
     """The spec of the generation serving `spec`'s clients (`spec` itself before any finished major upgrade)."""
-    pointer = read_pointer(spec.scope)
+    # By the base's pointer: a spec naming an older generation (a deployment's parameter
+    # written after the first upgrade) follows the cluster to the generation serving now.
+    pointer = read_pointer(gen.base_of(spec.scope))
     if pointer is None:
         return spec
     return gen.serving_spec(spec, pointer, _building(pointer))
@@ -44,7 +46,7 @@ def serving(spec: ClusterSpec) -> ClusterSpec:
 
 def stored_spec_file(scope: str) -> Path:
     """The spec `up` stored for `scope`: the serving generation's when `scope` names a cluster that has one."""
-    pointer = read_pointer(scope)
+    pointer = read_pointer(gen.base_of(scope))
     if pointer is not None and (cluster_dir(pointer.generation) / "spec.yaml").exists():
         return cluster_dir(pointer.generation) / "spec.yaml"
     return cluster_dir(scope) / "spec.yaml"

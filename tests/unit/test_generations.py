@@ -95,3 +95,14 @@ def test_clearing_a_generation_keeps_the_pointer(state: Path) -> None:
     (state / "life-green" / "secrets.json").write_text("x")
     host_gen.clear_generation_dir("life-green")
     assert not (state / "life-green").exists()
+
+
+def test_a_spec_of_an_older_generation_follows_the_cluster(state: Path) -> None:
+    first = gen.serving_spec(USER, gen.Serving(generation="life-green", postgres_version=17))
+    host_gen.write_pointer("life", parse_spec({**first.model_dump(mode="json"), "scope": "life",
+                                               "postgres_version": 17}, "unit"))
+    # A deployment's parameter written while life-green served; `life` serves since the second finish.
+    s = host_gen.serving(first)
+    assert (s.scope, s.postgres_version, s.ports) == ("life", 17, USER.ports)
+    (state / "life" / "spec.yaml").write_text(yaml.safe_dump(s.model_dump(mode="json")))
+    assert host_gen.stored_spec_file("life-green") == state / "life" / "spec.yaml"
