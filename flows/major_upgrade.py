@@ -342,7 +342,8 @@ def discard_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState | None) 
         if eng.find_container(blue.container(m)) is not None and eng.attached(blue.container(m), green.network):
             eng.disconnect(blue.container(m), green.network)
     eng.remove_labelled(green.scope, volumes=True)
-    clear_generation_dir(green.scope)  # when green is `<base>` again, the base's pointer stays
+    # When green is `<base>` again, the base's pointer stays, and the cluster's CA (older DSNs name it).
+    clear_generation_dir(green.scope, keep=("tls",) if green.scope == base_of(green.scope) else ())
     note(f"green {green.scope} removed; blue untouched")
 
 

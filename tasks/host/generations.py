@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from stack import generations as gen
+from stack import layout, tls
 from stack.major import MajorState
 from stack.spec import ClusterSpec
 from tasks.host.state import cluster_dir, write_private
@@ -53,7 +54,8 @@ def stored_spec_file(scope: str) -> Path:
 
 
 def clear_generation_dir(scope: str, keep: tuple[str, ...] = ()) -> None:
-    """Delete a generation's state (secrets, TLS, configs, records), but the base's pointer (and `keep`)."""
+    """Delete a generation's state (secrets, TLS, configs, records), but the base's pointer (and `keep`;
+    a kept `tls` keeps the cluster's CA, not the old members' certificates)."""
     d = cluster_dir(scope)
     if not d.is_dir():
         return
@@ -64,5 +66,8 @@ def clear_generation_dir(scope: str, keep: tuple[str, ...] = ()) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    if "tls" in keep:  # the CA only: the next generation of this name is issued its own leaves
+        for f in tls.LEAF_FILES:
+            (d / layout.TLS_SUBDIR / f).unlink(missing_ok=True)
     if not any(d.iterdir()):
         d.rmdir()

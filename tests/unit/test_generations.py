@@ -86,11 +86,12 @@ def test_host_resolver_reads_the_pointer_and_the_serving_stored_spec(state: Path
 
 def test_clearing_a_generation_keeps_the_pointer(state: Path) -> None:
     host_gen.write_pointer("life", USER)
-    for f in ("secrets.json", "major-upgrade.json", "tls/ca.crt", "config/pg-1/patroni.yml"):
+    for f in ("secrets.json", "major-upgrade.json", "tls/ca.crt", "tls/member.crt", "config/pg-1/patroni.yml"):
         (state / "life" / f).parent.mkdir(parents=True, exist_ok=True)
         (state / "life" / f).write_text("x")
     host_gen.clear_generation_dir("life", keep=("tls",))
     assert sorted(p.name for p in (state / "life").iterdir()) == ["serving.json", "tls"]
+    assert sorted(p.name for p in (state / "life" / "tls").iterdir()) == ["ca.crt"]
     (state / "life-green").mkdir()
     (state / "life-green" / "secrets.json").write_text("x")
     host_gen.clear_generation_dir("life-green")
