@@ -53,7 +53,9 @@ def up(spec_file: Path | None = SpecOpt, wait: float = WaitOpt) -> Done[Bootstra
 
     Example: pgha up --spec cluster.yaml
     """
-    spec = load_spec(spec_or_env(spec_file))
+    from tasks.host.generations import serving
+
+    spec = serving(load_spec(spec_or_env(spec_file)))  # after a major upgrade: the serving generation
     warm()
     from flows.bootstrap import bootstrap
     from flows.steps.converge import bootstrap_preflight, refuse_image_swap
@@ -118,8 +120,11 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     """
     spec = resolve_spec(spec_file, scope)
     from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
+    from stack.generations import base_of, describe
 
     st = cluster_status(spec)
+    if spec.scope != base_of(spec.scope):
+        st.cluster = describe(base_of(spec.scope), spec)
     if (green := _green_in_progress(spec)) is not None:
         st.companions.append(cluster_status(green))  # its health is shown, blue's decides the exit code
     return Done(st, spec)

@@ -34,7 +34,6 @@ from cli.api import API  # noqa: E402
 from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
 from stack.spec import ClusterSpec, load_spec  # noqa: E402
 from tasks.host.lock import MAX_WAIT_SECONDS  # noqa: E402
-from tasks.host.state import cluster_dir  # noqa: E402
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,18 +142,21 @@ def stderr_line(text: str) -> None:
 
 
 def resolve_spec(spec_file: Path | None, scope: str | None) -> ClusterSpec:
-    """--spec, else $PGHA_SPEC, else the spec stored by the last `up` of --scope, else defaults."""
+    """--spec, else $PGHA_SPEC, else the spec stored by the last `up` of --scope, else defaults;
+    then the serving generation's spec (after a finished major upgrade, `tasks.host.generations`)."""
+    from tasks.host.generations import serving, stored_spec_file
+
     if spec_file is None and os.environ.get("PGHA_SPEC"):
         spec_file = Path(os.environ["PGHA_SPEC"])
     if spec_file is not None:
         spec = load_spec(spec_file)
         if scope and scope != spec.scope:
             raise UsageError(f"--scope {scope} contradicts the spec's scope {spec.scope}")
-        return spec
+        return serving(spec)
     name = scope or ClusterSpec().scope
-    stored = cluster_dir(name) / "spec.yaml"
+    stored = stored_spec_file(name)
     if stored.exists():
-        return load_spec(stored)
+        return serving(load_spec(stored))
     if scope is not None and scope != ClusterSpec().scope:
         raise UsageError(f"no cluster '{scope}' was brought up from this machine; pass --spec FILE")
     return ClusterSpec()

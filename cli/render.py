@@ -99,6 +99,8 @@ def down(done: Done[TeardownResult]) -> None:
 
 def status(done: Done[ClusterStatus]) -> None:
     st = done.result
+    if st.cluster:
+        line(st.cluster)
     out.print(members_table(st))
     for k, v in st.endpoints.items():
         line(f"{k:12}: {v}")
@@ -224,6 +226,8 @@ def major_upgrade(done: Done[MajorUpgradeResult]) -> None:
              + ("verified" if r.backup_verified else "NOT verified"))
     if r.audit:
         line(f"audit of {r.green_scope}: {r.audit}")
+    if r.handover_gap_s is not None:
+        line(f"the clients' ports moved to {r.green_scope}'s own HAProxy; refused for {r.handover_gap_s}s")
 
 
 def any_upgrade(done: Done[Any]) -> None:

@@ -48,6 +48,7 @@ from tasks import (
 )
 from tasks._prefect import READ_ONLY
 from tasks.host import tls as host_tls
+from tasks.host.generations import serving
 from tasks.host.prune import rotate_server_logs
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -405,8 +406,7 @@ def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa:
 
 
 def _audit(spec: ClusterSpec, scope: str) -> State:
-    if scope:
-        spec = stored_spec(scope)
+    spec = stored_spec(scope) if scope else serving(spec)  # the serving generation of a cluster's name
     report = run_audit(spec)
     _artifacts(report)
     leader_changed(spec)

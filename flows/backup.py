@@ -24,6 +24,7 @@ from stack.results import BackupResult, DumpResult
 from stack.spec import ClusterSpec
 from tasks import patroni, pgdump
 from tasks import pgbackrest as pbr
+from tasks.host.generations import serving
 
 
 def preflight(spec: ClusterSpec) -> bk.Source:
@@ -41,6 +42,7 @@ def preflight(spec: ClusterSpec) -> bk.Source:
 def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002, B008
            verify: bool | None = None) -> BackupResult:
     """Back up (full, diff or incr) and, unless disabled, verify the new set by restoring it."""
+    spec = serving(spec)  # a deployment's spec names the cluster; its serving generation is backed up
     with operation("backup", spec):
         result = take_backup(spec, bk.BackupType(type))
     if verify if verify is not None else spec.backup.verify_after_backup:
@@ -105,6 +107,7 @@ def dump_preflight(spec: ClusterSpec) -> bk.Source:
 @flow(name="dump", description="pg_dump -Fc of every database from a replica into the repository volume.")
 def dump(spec: ClusterSpec = ClusterSpec()) -> DumpResult:  # noqa: B008 - pydantic default is immutable
     """Logical dumps, read-only for the cluster (no lock); old dump sets beyond the retention are removed."""
+    spec = serving(spec)
     log = get_run_logger()
     source = preflight_once(dump_preflight, spec)
     runner = source.runner

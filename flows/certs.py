@@ -22,6 +22,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import certs, docker_hosts, patroni, postgres
 from tasks.host import tls as host_tls
+from tasks.host.generations import serving
 from tasks.host.lock import WaitSeconds
 
 
@@ -85,6 +86,7 @@ def certs_renew(spec: ClusterSpec = ClusterSpec(), within_days: int | None = Non
                 wait_seconds: WaitSeconds = 0) -> CertsRenewResult:
     """`within_days`: renew when fewer days than this remain (default the spec's
     `tls.renew_within_days`). Read-only unless they are due; then a `certs-rotate` subflow."""
+    spec = serving(spec)
     import datetime as dt
 
     check(spec)

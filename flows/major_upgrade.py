@@ -14,7 +14,6 @@ it; the decisions are `stack.major` (pure, unit-tested).
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -24,18 +23,20 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.audit import run_audit
 from flows.backup import backup
-from flows.steps.cluster import cluster_status, require_healthy, wait_healthy
-from flows.steps.converge import converge
+from flows.steps.cluster import cluster_status, require_healthy, store_spec, wait_healthy
+from flows.steps.converge import converge, ensure_image, ensure_pooler, place_member
 from flows.steps.ops import current, mutating_flow, note, operation
 from stack import major
 from stack.backup import BackupType
 from stack.errors import PghaError, StateError, UsageError
+from stack.generations import base_of, generation_spec
 from stack.major import Action, MajorFacts, MajorState, Phase, Request
 from stack.results import MajorUpgradeResult
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, haproxy, patroni, pg_logical, pgbackrest, postgres
 from tasks.host import tls as host_tls
+from tasks.host.generations import clear_generation_dir, write_pointer
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
 
@@ -341,22 +342,56 @@ def discard_green(blue: ClusterSpec, green: ClusterSpec, st: MajorState | None) 
         if eng.find_container(blue.container(m)) is not None and eng.attached(blue.container(m), green.network):
             eng.disconnect(blue.container(m), green.network)
     eng.remove_labelled(green.scope, volumes=True)
-    shutil.rmtree(cluster_dir(green.scope), ignore_errors=True)
+    # When green is `<base>` again, the base's pointer stays, and the cluster's CA (older DSNs name it).
+    clear_generation_dir(green.scope, keep=("tls",) if green.scope == base_of(green.scope) else ())
     note(f"green {green.scope} removed; blue untouched")
 
 
-def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> None:
-    """Drop the reverse replication and remove blue's nodes and etcd; the clients' HAProxy stays (on green)."""
-    drop_reverse(blue, st)
+def finish(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[ClusterSpec, float]:
+    """Drop the reverse replication, remove blue, hand the clients' ports to green's own HAProxy.
+
+    Returns the serving spec (green on the clients' ports) and the handover gap: from blue's
+    HAProxy removed (the ports freed) until the clients' R/W port reaches a writable green.
+    Blue's whole generation goes (nodes, etcd, HAProxy, pooler, fencer, network, volumes, its
+    local repository: green took and verified its own first full backup after the cutover), and
+    the base's pointer names green (`tasks.host.generations`).
+    """
+    eng = docker_hosts.engines(blue).default
+    if any(eng.running(blue.container(m)) for m in blue.node_names()):  # a killed finish may have removed them
+        drop_reverse(blue, st)
     g_lead = leader(green)
     for db in st.databases:
         pg_logical.drop_publication(green, g_lead, db)
         pg_logical.drop_marker_table(green, g_lead, db)  # nothing left of the upgrade in the clients' schema
     pg_logical.set_read_only(green, g_lead, st.databases, False)
-    eng = docker_hosts.engines(blue).default
     for role in ("patroni", "etcd", "pgbackrest", "fencer"):  # green has its own fencing watcher
         eng.remove_labelled(blue.scope, role=role, volumes=True)
-    note(f"blue's nodes and etcd removed; the clients' ports stay on {green.scope}")
+    serving = generation_spec(green, green.scope, green.postgres_version, blue.ports.model_dump())
+    gap = handover(blue, green, serving)
+    eng.remove_labelled(blue.scope, volumes=True)  # what is left: its network, repository volume
+    store_spec(serving)  # `--scope <base>` and `--scope <green>` read green on the clients' ports
+    write_pointer(base_of(blue.scope), serving)
+    # The CA stays: every generation of a cluster shares it (`share_ca`), and clients' DSNs name it.
+    clear_generation_dir(blue.scope, keep=("tls",))
+    note(f"blue {blue.scope} removed; {serving.scope} serves the clients' ports (handover gap {gap}s)")
+    return serving, gap
+
+
+def handover(blue: ClusterSpec, green: ClusterSpec, serving: ClusterSpec) -> float:
+    """The clients' ports, from blue's HAProxy (routed to green) to green's own, recreated on them."""
+    eng = docker_hosts.engines(blue).default
+    image = ensure_image(serving)
+    subnet = eng.ensure_network(serving.scope, serving.network)[0]
+    t0 = time.monotonic()
+    for role in ("pooler", "haproxy"):
+        eng.remove_labelled(blue.scope, role=role)
+    place_member(serving, "haproxy", serving.haproxy_member, image, subnet)
+    gap = round(wait_writable_on(serving, serving.postgres_version, serving.major.cutover_timeout_s) - t0, 2)
+    if serving.pooler.enabled:
+        ensure_pooler(serving, image)
+    else:
+        eng.remove_container(green.container(green.pooler_member))
+    return gap
 
 
 def _versions(spec: ClusterSpec) -> int | None:
@@ -407,10 +442,9 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
         res.version_after, res.phase = _versions(blue), ""
     elif a == Action.FINISH:
         assert st is not None
-        finish(blue, green, st)
-        st.phase = Phase.FINISHED  # kept: `pgha up` of blue is refused, `status` shows green
-        save_state(blue, st)
-        res.version_after, res.phase = _versions(green), st.phase.value
+        serving, res.handover_gap_s = finish(blue, green, st)
+        state_file(blue).unlink(missing_ok=True)  # the pointer says who serves now; nothing is in progress
+        res.version_after, res.phase = _versions(serving), Phase.FINISHED.value
     op = current()
     res.events, res.elapsed_s = op.events, op.elapsed()
     create_table_artifact(key=f"{blue.scope}-major-upgrade", table=[

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.steps.approval import in_deployment_run, require_approval
 from flows.steps.ops import mutating_flow
+from stack import generations
 from stack.backup import repo_volume
 from stack.errors import UsageError
 from stack.results import TeardownResult
@@ -32,32 +33,38 @@ from tasks.host.state import cluster_dir, removed_dir, removed_dirs
 
 @task(name="remove-resources", **SIDE_EFFECT)
 def remove_resources(spec: ClusterSpec, volumes: bool, keep: list[str]) -> dict[str, list[str]]:
-    """Every container and network of the scope (and its volumes but `keep` when asked), on every engine."""
+    """Everything of every generation of the cluster (`stack.generations.teardown_steps`: the client-facing
+    containers first, then the rest, then networks and volumes but `keep` when asked), on every engine."""
     removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
     for engine in docker_hosts.engines(spec).all():
-        for kind, names in engine.remove_labelled(spec.scope, volumes=volumes, keep_volumes=set(keep)).items():
-            removed[kind] += names
+        for scope, role in generations.teardown_steps(spec.scope):
+            for ct in engine.cluster_containers(scope, role):
+                if engine.remove_container(str(ct.name)):
+                    removed["containers"].append(str(ct.name))
+        for scope in generations.generations(spec.scope):
+            for kind, names in engine.remove_labelled(scope, volumes=volumes, keep_volumes=set(keep)).items():
+                removed[kind] += names
     return removed
 
 
 @task(name="remove-state", **SIDE_EFFECT)
-def remove_state(spec: ClusterSpec) -> bool:
-    """The state directory (passwords, configs) goes with the data and repository it belonged to."""
-    path = cluster_dir(spec.scope)
+def remove_state(scope: str) -> bool:
+    """A generation's state directory (passwords, configs) goes with the data and repository it belonged to."""
+    path = cluster_dir(scope)
     existed = path.exists()
     shutil.rmtree(path, ignore_errors=True)
-    for old in removed_dirs(spec.scope):
+    for old in removed_dirs(scope):
         shutil.rmtree(old, ignore_errors=True)  # earlier incarnations' secrets: their repository is gone too
     return existed
 
 
 @task(name="move-state-aside", **SIDE_EFFECT)
-def move_state_aside(spec: ClusterSpec) -> str:
+def move_state_aside(scope: str) -> str:
     """Move the state directory to `<scope>.removed-<UTC time>` (kept, 0700); its new path ('' if none)."""
-    path = cluster_dir(spec.scope)
+    path = cluster_dir(scope)
     if not path.exists():
         return ""
-    target = removed_dir(spec.scope, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    target = removed_dir(scope, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     path.rename(target)
     return str(target)
 
@@ -79,6 +86,11 @@ def repository_kept(spec: ClusterSpec) -> bool:
     return any(e.volume_exists(repo_volume(spec)) for e in docker_hosts.engines(spec).all())
 
 
+def of_generation(spec: ClusterSpec, scope: str) -> ClusterSpec:
+    """`spec` as generation `scope` (repository names and S3 paths are per scope)."""
+    return spec if scope == spec.scope else spec.model_copy(update={"scope": scope})
+
+
 @flow(name="teardown", description="Remove a pgha cluster; data volumes stay unless volumes=true with "
                                    "confirm=<scope>; the backup repository and its secrets stay unless "
                                    "purge_backups=true.")
@@ -90,28 +102,36 @@ def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: 
         # the confirmation; it is asked before anything changes.
         require_approval(spec, "teardown with volumes")
         confirm = spec.scope
+    if confirm == generations.base_of(spec.scope):
+        confirm = spec.scope  # the cluster's own name confirms the teardown of its serving generation
     if (why := confirm_refusal(spec.scope, volumes, purge_backups, confirm)) is not None:
         raise UsageError(why)
-    keep = [] if purge_backups else [repo_volume(spec)]
+    gens = [of_generation(spec, g) for g in generations.generations(spec.scope)]
+    keep = [] if purge_backups else [repo_volume(g) for g in gens]
     removed = remove_resources(spec, volumes, keep)
     result = TeardownResult(scope=spec.scope, **removed)
-    fate = state_fate(volumes, purge_backups, repository_kept(spec) if volumes else True)
-    if fate == StateFate.DELETE:
-        # The data and the repository are gone, so are the passwords and configs that
-        # belonged to them (the lock file goes too: unlinking it while held is harmless).
-        result.state_removed = remove_state(spec)
-    elif fate == StateFate.MOVE_ASIDE:
-        result.kept = [v for v in keep if any(e.volume_exists(v) for e in docker_hosts.engines(spec).all())]
-        if spec.backup.s3 is not None:
-            result.kept.append(f"s3://{spec.backup.s3.bucket}{spec.backup.s3.path}")
-        result.state_moved_to = move_state_aside(spec)
-        result.state_removed = bool(result.state_moved_to)
-    if fate != StateFate.DELETE:  # DELETE removed them all already
-        try:
-            for gone in prune_removed_state(spec):
-                get_run_logger().info("deleted %s: the backup repository it belonged to is gone", gone)
-        except Exception as exc:  # noqa: BLE001 - best effort: the teardown itself is done; the next one prunes
-            get_run_logger().warning("moved-aside state directories not pruned: %s", exc)
+    # Each generation's state directory by its own repository: the base's pointer goes with the base's.
+    # The serving generation last: its fate is the one the result reports.
+    for g in sorted(gens, key=lambda g: g.scope == spec.scope):
+        fate = state_fate(volumes, purge_backups, repository_kept(g) if volumes else True)
+        if fate == StateFate.DELETE:
+            # The data and the repository are gone, so are the passwords and configs that
+            # belonged to them (the lock file goes too: unlinking it while held is harmless).
+            result.state_removed = remove_state(g.scope) or result.state_removed
+        elif fate == StateFate.MOVE_ASIDE:
+            result.kept += [v for v in [repo_volume(g)] if any(e.volume_exists(v) for e in docker_hosts.engines(g).all())]
+            if g.backup.s3 is not None and g.scope == spec.scope:
+                result.kept.append(f"s3://{g.backup.s3.bucket}{g.backup.s3.path}")
+            moved = move_state_aside(g.scope)
+            if g.scope == spec.scope or moved:
+                result.state_moved_to = moved or result.state_moved_to
+            result.state_removed = bool(moved) or result.state_removed
+        if fate != StateFate.DELETE:  # DELETE removed them all already
+            try:
+                for gone in prune_removed_state(g):
+                    get_run_logger().info("deleted %s: the backup repository it belonged to is gone", gone)
+            except Exception as exc:  # noqa: BLE001 - best effort: the teardown itself is done; the next one prunes
+                get_run_logger().warning("moved-aside state directories not pruned: %s", exc)
     get_run_logger().info("removed %d containers, %d networks, %d volumes of %s", len(result.containers),
                           len(result.networks), len(result.volumes), spec.scope)
     return result

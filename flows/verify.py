@@ -23,6 +23,7 @@ from stack.spec import ClusterSpec
 from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
 from tasks.docker_hosts import engines
+from tasks.host.generations import serving
 
 
 def preflight(spec: ClusterSpec, label: str | None) -> None:
@@ -44,6 +45,7 @@ def preflight(spec: ClusterSpec, label: str | None) -> None:
 @flow(name="verify-restore", description="Restore a backup set into a scratch container and check it.")
 def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) -> VerifyResult:  # noqa: B008
     """Restore `label` (default: the newest set) and check consistency, pg_amcheck and the canary."""
+    spec = serving(spec)
     preflight_once(preflight, spec, label)
     # One verification per cluster at a time (the scratch container has a fixed name); a
     # second one waits. Its own lock, not the cluster's: verifying changes nothing live.

@@ -17,10 +17,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from stack.generations import generation_spec, other_generation
 from stack.render import CfgSection, haproxy_sections, serialize_haproxy
-from stack.spec import SUITE_FOR_MAJOR, ClusterSpec, parse_spec
+from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 
-GREEN_SUFFIX = "-green"
 PUBLICATION = "pgha_major"  # blue -> green (forward) and green -> blue (reverse), one per database
 FORWARD_SUB = "pgha_major_fwd"
 REVERSE_SUB = "pgha_major_rev"
@@ -35,7 +35,7 @@ class Phase(StrEnum):
     ON_GREEN = "on-green"  # clients on green; green -> blue replication keeps blue current
     ROLLING_BACK = "rolling-back"  # green fenced; clients about to move back to blue
     ON_BLUE = "on-blue"  # rolled back: clients on blue; green kept until the next upgrade or --finish
-    FINISHED = "finished"  # blue's nodes removed: the cluster is green, reached through blue's HAProxy
+    FINISHED = "finished"  # blue removed, green serves on the clients' ports (a finish's record is then deleted)
 
 
 class Request(StrEnum):
@@ -100,8 +100,8 @@ def next_action(state: MajorState | None, request: Request) -> Decision:
         return Decision(action=Action.REOPEN_BLUE, reason="an earlier run stopped during the cutover before green "
                                                           "took clients: routing back to blue, green removed")
     if p == Phase.FINISHED:
-        return Decision(action=Action.NOTHING, reason=f"the upgrade to PostgreSQL {state.target} was finished: the "
-                                                      f"cluster is {state.green_scope}, on the same client ports")
+        return Decision(action=Action.NOTHING, reason=f"the upgrade to PostgreSQL {state.target} was finished: "
+                                                      f"{state.green_scope} serves the same client ports")
     if p == Phase.ON_GREEN:
         if request == Request.ROLLBACK:
             return Decision(action=Action.ROLL_BACK, reason="clients go back to blue")
@@ -202,20 +202,15 @@ def precheck(f: MajorFacts, replica_identity_full: bool) -> Precheck:
 
 
 def green_spec(blue: ClusterSpec, target: int) -> ClusterSpec:
-    """Green: blue's shape on the target major, its own scope and ports, logical WAL (for the reverse way)."""
+    """Green: blue's shape on the target major, the other generation's scope (`<base>` <-> `<base>-green`),
+    ports offset by `major.green_port_offset` while both run, logical WAL (for the reverse way)."""
     off = blue.major.green_port_offset
-    ports = blue.ports.model_copy(update={"rw": blue.ports.rw + off, "ro": blue.ports.ro + off,
-                                          "stats": blue.ports.stats + off,
-                                          "pool": blue.ports.pool + off})
-    params = {**blue.postgres_parameters, "wal_level": "logical"}
-    data = blue.model_dump(mode="json")
-    data.update(scope=green_scope(blue), postgres_version=target, ports=ports.model_dump(), image=None,
-                postgres_parameters=params, upgrade={**data["upgrade"], "node_image": None})
-    return parse_spec(data, "(green, derived from the cluster's spec)")  # validated: the scope may grow too long
+    ports = {k: getattr(blue.ports, k) + off for k in ("rw", "ro", "stats", "pool")}
+    return generation_spec(blue, green_scope(blue), target, ports)  # validated: the scope may grow too long
 
 
 def green_scope(blue: ClusterSpec) -> str:
-    return f"{blue.scope}{GREEN_SUFFIX}"
+    return other_generation(blue.scope)
 
 
 def routed_haproxy_cfg(clients: ClusterSpec, target: ClusterSpec | None) -> str:

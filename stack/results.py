@@ -40,6 +40,8 @@ class MemberRow(Result):
 
 class ClusterStatus(Result):
     scope: str
+    # How a user names it: `cluster life (generation life-green, PostgreSQL 17)` (stack.generations).
+    cluster: str = ""
     members: list[MemberRow] = Field(default_factory=list)
     endpoints: dict[str, str] = Field(default_factory=dict)
     readiness: str = ""
@@ -346,6 +348,8 @@ class MajorUpgradeResult(Result):
     version_before: int | None = None
     version_after: int | None = None
     write_gap_s: float | None = None
+    # --finish: the clients' ports handed from blue's HAProxy to green's own; how long they refused.
+    handover_gap_s: float | None = None
     bytes_copied: int | None = None
     tables: int | None = None
     backup_label: str = ""  # green's first full backup (its own stanza), taken after the cutover

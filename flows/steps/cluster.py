@@ -235,8 +235,9 @@ def stored_spec(scope: str) -> ClusterSpec:
     """The spec the last `pgha up` of `scope` stored (StateError when there is none)."""
     from stack.errors import StateError
     from stack.spec import load_spec
+    from tasks.host.generations import serving, stored_spec_file
 
-    path = cluster_dir(scope) / "spec.yaml"
+    path = stored_spec_file(scope)  # after a major upgrade: the serving generation's
     if not path.exists():
         raise StateError(f"no cluster '{scope}' was brought up from this machine (no {path})")
-    return load_spec(path)
+    return serving(load_spec(path))

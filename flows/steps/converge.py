@@ -21,6 +21,7 @@ from stack import topology
 from stack.backup import repo_volume
 from stack.cluster import assess
 from stack.errors import StateError
+from stack.generations import base_of, generations
 from stack.pooler import POOLED_ROLES
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
@@ -30,6 +31,7 @@ from tasks import certs, config_volume, docker_hosts, etcd, fencer, images, patr
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.docker_engine import LABEL_MEMBER
 from tasks.host import tls as host_tls
+from tasks.host.generations import read_pointer
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import cluster_dir, config_dir, removed_dirs, secrets_file, write_private
 
@@ -46,15 +48,19 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
     if secrets_file(spec.scope).exists():
         load_or_create(secrets_file(spec.scope))  # raises if POSTGRES_PASSWORD disagrees
-    elif spec.backup.enabled and spec.backup.s3 is None and eng.repository().volume_exists(repo_volume(spec)):
-        # A repository kept by `down --volumes` (hardening): never archive a new cluster into it.
-        aside = removed_dirs(spec.scope)
-        raise StateError(kept_repository_refusal(spec.scope, repo_volume(spec), str(aside[-1]) if aside else ""))
+    elif spec.backup.enabled and spec.backup.s3 is None and read_pointer(base_of(spec.scope)) is None:
+        # A repository kept by `down --volumes` (hardening): never archive a new cluster into it,
+        # nor let a new cluster meet it later as its other generation's (a major upgrade).
+        for g in generations(spec.scope):
+            kept = repo_volume(spec.model_copy(update={"scope": g}))
+            if eng.repository().volume_exists(kept):
+                aside = removed_dirs(g)
+                raise StateError(kept_repository_refusal(g, kept, str(aside[-1]) if aside else ""))
     if (cluster_dir(spec.scope) / "major-upgrade.json").exists():
         # Its HAProxy routes the clients to green: converging blue would re-render it for blue.
-        raise StateError(f"a major upgrade of {spec.scope} is in progress or finished (see `pgha status`): finish "
-                         "or roll it back first (`pgha upgrade --major --finish --yes | --rollback`); after "
-                         f"--finish the cluster is {spec.scope}-green")
+        raise StateError(f"a major upgrade of {base_of(spec.scope)} is in progress or rolled back (see `pgha "
+                         "status`): finish or roll it back first (`pgha upgrade --major --finish --yes | "
+                         "--rollback`)")
     # ---- tls: switching an existing cluster between TLS and plain would restart every member at
     # once with a changed etcd peer scheme; refuse it rather than break the cluster.
     if (runs_tls := certs.running_tls(spec)) is not None and runs_tls != spec.tls.enabled:

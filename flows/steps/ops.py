@@ -22,6 +22,7 @@ from stack.spec import ClusterSpec
 from tasks import events
 from tasks.cluster_limit import cluster_limit
 from tasks.host import journal
+from tasks.host.generations import serving
 from tasks.host.lock import holder_name, mutating
 
 P = ParamSpec("P")
@@ -133,7 +134,11 @@ def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | N
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
-            spec: ClusterSpec = bound.arguments["spec"]
+            # After a finished major upgrade the user's spec (a deployment's parameter) names the
+            # cluster; the flow runs on its serving generation (idempotent: a resolved spec stays).
+            spec: ClusterSpec = serving(bound.arguments["spec"])
+            bound.arguments["spec"] = spec
+            args, kwargs = bound.args, bound.kwargs  # type: ignore[assignment]
             scope = lock(bound.arguments) if lock else spec.scope
             wait = float(bound.arguments.get("wait_seconds", default_wait) or default_wait)
             with operation(operation_name, spec, scope, wait):

@@ -45,7 +45,6 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
     try:
         yield c
     finally:
-        # Blue first: after --finish its HAProxy (still blue's) is attached to green's network.
         pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
         remove_scope(engine, GREEN)
@@ -159,7 +158,7 @@ def test_refusal_then_a_failure_before_cutover_leaves_blue_serving(engine: docke
 
 
 @pytest.mark.timing_sensitive
-def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cluster) -> None:
+def test_upgrade_then_rollback(engine: docker.DockerClient, blue15: Cluster) -> None:
     c = blue15
     started = time.monotonic()
     lead15 = primary(engine, SCOPE)
@@ -203,22 +202,6 @@ def test_upgrade_rollback_upgrade_finish(engine: docker.DockerClient, blue15: Cl
     assert psql(engine, primary(engine, SCOPE), "select count(*) from pg_replication_slots") == "1"  # the replica's
     assert psql(engine, primary(engine, SCOPE), "select to_regclass('public.pgha_major_marker')") == ""
 
-    res = pgha(c.env, "upgrade", "--major", "--scope", SCOPE, "--replica-identity-full")
-    assert res.returncode == 0, res.stderr[-3000:]
-    res = pgha(c.env, "upgrade", "--major", "--finish", "--scope", SCOPE)
-    assert res.returncode == 2 and "--yes" in res.stderr
-    res = pgha(c.env, "upgrade", "--major", "--finish", "--yes", "--scope", SCOPE, "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout)["phase"] == "finished"
-    res = pgha(c.env, "up", "--spec", str(c.spec_file))  # would start an empty blue behind the clients' ports
-    assert res.returncode == 3 and "major upgrade" in res.stderr, res.stderr[-1000:]
-    left = {str(x.labels.get("pgha.role")) for x in engine.containers.list(
-        all=True, filters={"label": f"pgha.cluster={SCOPE}"})}
-    assert left == {"haproxy"}, left  # blue's nodes and etcd are gone; its HAProxy serves the clients' ports
-    assert not engine.volumes.list(filters={"label": [f"pgha.cluster={SCOPE}", "pgha.role=patroni"]})
-    with connect(c) as conn:
-        assert conn.execute("show server_version_num").fetchone()[0].startswith("17")
-        assert conn.execute("select count(*) from items where v = 'written on 17'").fetchone() == (1,)
-        conn.execute("insert into items (v) values ('after finish')")
-        assert conn.execute("select to_regclass('public.pgha_major_marker')").fetchone() == (None,)
+    res = pgha(c.env, "upgrade", "--major", "--finish", "--yes", "--scope", SCOPE)
+    assert res.returncode != 0 and "nothing to finish" in res.stderr, res.stderr[-1000:]
     print(f"lifecycle test took {time.monotonic() - started:.0f}s")  # noqa: T201

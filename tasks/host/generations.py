@@ -1,0 +1,73 @@
+"""The serving-generation pointer on the host: `<state>/<base>/serving.json` (`stack.generations`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from stack import generations as gen
+from stack import layout, tls
+from stack.major import MajorState
+from stack.spec import ClusterSpec
+from tasks.host.state import cluster_dir, write_private
+
+
+def pointer_file(base: str) -> Path:
+    return cluster_dir(base) / gen.POINTER
+
+
+def read_pointer(base: str) -> gen.Serving | None:
+    f = pointer_file(base)
+    return gen.Serving.model_validate_json(f.read_text()) if f.exists() else None
+
+
+def write_pointer(base: str, serving: ClusterSpec) -> None:
+    pointer = gen.Serving(generation=serving.scope, postgres_version=serving.postgres_version)
+    write_private(pointer_file(base), pointer.model_dump_json(indent=1))
+
+
+def _building(pointer: gen.Serving) -> tuple[str, int] | None:
+    """The green a major upgrade of the serving generation is building (scope, major), if one is recorded."""
+    f = cluster_dir(pointer.generation) / "major-upgrade.json"
+    if not f.exists():
+        return None
+    st = MajorState.model_validate_json(f.read_text())
+    return st.green_scope, st.target
+
+
+def serving(spec: ClusterSpec) -> ClusterSpec:
+    """The spec of the generation serving `spec`'s clients (`spec` itself before any finished major upgrade)."""
+    # By the base's pointer: a spec naming an older generation (a deployment's parameter
+    # written after the first upgrade) follows the cluster to the generation serving now.
+    pointer = read_pointer(gen.base_of(spec.scope))
+    if pointer is None:
+        return spec
+    return gen.serving_spec(spec, pointer, _building(pointer))
+
+
+def stored_spec_file(scope: str) -> Path:
+    """The spec `up` stored for `scope`: the serving generation's when `scope` names a cluster that has one."""
+    pointer = read_pointer(gen.base_of(scope))
+    if pointer is not None and (cluster_dir(pointer.generation) / "spec.yaml").exists():
+        return cluster_dir(pointer.generation) / "spec.yaml"
+    return cluster_dir(scope) / "spec.yaml"
+
+
+def clear_generation_dir(scope: str, keep: tuple[str, ...] = ()) -> None:
+    """Delete a generation's state (secrets, TLS, configs, records), but the base's pointer (and `keep`;
+    a kept `tls` keeps the cluster's CA, not the old members' certificates)."""
+    d = cluster_dir(scope)
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.name in (gen.POINTER, *keep):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if "tls" in keep:  # the CA only: the next generation of this name is issued its own leaves
+        for f in tls.LEAF_FILES:
+            (d / layout.TLS_SUBDIR / f).unlink(missing_ok=True)
+    if not any(d.iterdir()):
+        d.rmdir()
