@@ -203,6 +203,17 @@ def render_node_conf(spec: ClusterSpec, s3_credentials: dict[str, str] | None = 
     return _ini([("global", glob), (spec.scope, stanza)])
 
 
+# The pgBackRest each image suite's Debian packages ship. Block incremental is stable from 2.46
+# (a beta behind `--beta` in 2.45): bookworm's backups go without it.
+PGBACKREST_OF_SUITE: dict[str, tuple[int, int]] = {"bookworm": (2, 45), "trixie": (2, 55)}
+BLOCK_INCREMENTAL_SINCE = (2, 46)
+
+
+def block_incremental(spec: ClusterSpec) -> bool:
+    """Backups bundle files and store changed blocks: asked in the spec and the image's pgBackRest has it."""
+    return spec.backup.block_incremental and PGBACKREST_OF_SUITE.get(spec.suite, (0, 0)) >= BLOCK_INCREMENTAL_SINCE
+
+
 def _backup_sections(spec: ClusterSpec, from_standby: bool, s3_credentials: dict[str, str] | None,
                      passphrase: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     b = spec.backup
@@ -216,7 +227,7 @@ def _backup_sections(spec: ClusterSpec, from_standby: bool, s3_credentials: dict
         "archive-timeout": 120,
         "log-level-console": "info",
     })
-    if b.block_incremental:
+    if block_incremental(spec):
         # Bundling packs small files into a few repository files; block incremental (needs bundling)
         # stores a changed file's changed blocks only, against the block map its last backup wrote.
         glob.update({"repo1-bundle": True, "repo1-block": True})

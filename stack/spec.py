@@ -190,7 +190,8 @@ class BackupSpec(_Strict):
     block_incremental: bool = Field(
         True, description="bundle small files and store only the changed blocks of a file in diff/incr backups "
                           "(pgBackRest repo-bundle + repo-block); a full backup taken with it on starts the block "
-                          "maps that later backups build on")
+                          "maps that later backups build on. Images with pgBackRest older than 2.46 (bookworm: "
+                          "PostgreSQL 15) back up without it")
     verify_after_backup: bool = Field(True, description="restore each backup into a scratch container and check it")
     verify_heapallindexed: bool = Field(
         False, description="pg_amcheck --heapallindexed in the verification: also prove every heap tuple has its "

@@ -240,6 +240,9 @@ def test_block_incremental_is_on_by_default_for_the_backups_that_write_the_repos
     assert "repo1-block=y\n" in bk.render_repo_conf(spec(), None)  # the repository host runs the backups too
     off = bk.render_backup_conf(spec(backup={"block_incremental": False}), from_standby=True)
     assert "repo1-bundle" not in off and "repo1-block" not in off
+    # bookworm's pgBackRest 2.45 has it only as a beta: PostgreSQL 15's backups go without it
+    old = bk.render_backup_conf(spec(postgres_version=15), from_standby=True)
+    assert "repo1-bundle" not in old and "repo1-block" not in old
     # archive-push and restores read whatever the manifest says: the nodes' and scratch configs do not need it
     assert "repo1-block" not in bk.render_node_conf(spec()) and "repo1-block" not in bk.render_scratch_conf(spec())
 
