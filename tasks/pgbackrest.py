@@ -251,8 +251,15 @@ def repo_obs(spec: ClusterSpec) -> RepoObs:
 
 def info_text(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> str:
     """`pgbackrest info --output=json` (it always prints at least `[]`; an output the engine cut
-    short is asked again by NodeExec, info being a read)."""
-    return run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", conf=conf, timeout=60)
+    short is asked again by NodeExec, info being a read). An empty output with exit 0 was lost
+    on the way too (seen once on a busy engine: the exit mark came, the JSON did not): asked again."""
+    text = ""
+    for attempt in range(3):
+        text = run_ok(spec, member, ["info", "--output=json"], "pgbackrest info", conf=conf, timeout=60)
+        if text.strip():
+            break
+        time.sleep(0.5 * (attempt + 1))
+    return text
 
 
 def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bk.BackupSet], str | None, str | None]:

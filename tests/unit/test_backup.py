@@ -256,3 +256,13 @@ def test_a_sets_stored_size_is_what_it_added_to_the_repository() -> None:
          "info": {"size": 9000, "repository": {"size": 905, "delta": 12}}}]}]
     sets, _, _ = bk.parse_info(payload, "s")
     assert [s.repo_size for s in sets] == [900, 12]
+
+
+def test_an_empty_info_output_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pgbackrest info` always prints JSON: an empty output with exit 0 was lost on the way."""
+    from tasks import pgbackrest as pbr
+
+    answers = iter(["", "[]"])
+    monkeypatch.setattr(pbr, "run_ok", lambda *a, **k: next(answers))
+    monkeypatch.setattr(pbr.time, "sleep", lambda s: None)
+    assert pbr.info_text(spec(), "pg-1") == "[]"
