@@ -227,27 +227,26 @@ BOOT_WORKER_WITHIN_S = 150  # engine start -> the worker's container reports hea
 BOOT_CLUSTER_WITHIN_S = 120  # engine start -> leader, streaming replica and a write through the R/W port
 BOOT_AUDIT_WITHIN_S = 300  # engine start -> a scheduled audit succeeded and its heartbeat ping arrived
 ALERT_WITHIN_S = AUDIT_INTERVAL_S + 180  # replica stopped -> the failed scheduled audit's alert at the webhook
-# Prefect's triggers order a flow run's state events: an event that follows one its server has not
-# seen waits up to 15 minutes (PRECEDING_EVENT_LOOKBACK) for it, and a state change within 5 minutes
-# of the previous one follows it. The scheduler created the audit's runs when it was deployed, by
-# the server the cut killed (its in-memory record of seen events is gone), so the alert of a run
-# that came due within 5 minutes of the deployment would wait 15 minutes. The replica is stopped
-# once that window has passed: a run created long before it comes due (the shipped 15-minute and
-# nightly schedules) alerts at once after a restart.
-TIGHT_S = 5 * 60 + 15
+# Prefect's triggers take a flow run's state events in order: a state change less than 5 minutes
+# after the previous state "follows" it, and an event that follows one the triggers have not seen
+# waits up to 15 minutes for it (PRECEDING_EVENT_LOOKBACK). The scheduler creates runs in bulk,
+# emitting no event for their Scheduled state: a run that comes due less than 5 minutes after the
+# scheduler created it alerts only 15 minutes later. Seen here: the runs of a 1-minute schedule are
+# created when it is deployed, and those due in its first 5 minutes failed without an alert. So the
+# replica is stopped only once the next runs are older than that (the shipped schedules' runs are
+# created an hour or more ahead and alert at once).
+TIGHT_S = 5 * 60 + 30  # the 5 minutes, the worker's 10-second prefetch and a margin
 
 
 def _wait_untight(env: dict[str, str], dep_id: str) -> None:
-    """Until none of the audit's next runs was scheduled within TIGHT_S of now (see TIGHT_S)."""
-    while True:
-        now = dt.datetime.now(dt.UTC)
-        runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}, "limit": 200})
-        soon = [ts(r["state"]["timestamp"]) for r in runs if r["state_type"] == "SCHEDULED"
-                and now < (ts(r["expected_start_time"]) or now) < now + dt.timedelta(seconds=3 * AUDIT_INTERVAL_S)]
-        ready = max((t for t in soon if t is not None), default=now) + dt.timedelta(seconds=TIGHT_S)
-        if ready <= now:
-            return
-        time.sleep(min(30.0, (ready - now).total_seconds()))
+    """Until the audit's next run is the first that alerts at once (see TIGHT_S): that run comes due
+    TIGHT_S or more after the scheduler created it, and within AUDIT_INTERVAL_S of the return."""
+    now = dt.datetime.now(dt.UTC)
+    runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}, "limit": 200})
+    due = min((d for r in runs if r["state_type"] == "SCHEDULED"
+               and (d := ts(r["expected_start_time"])) is not None and d > now
+               and (d - (ts(r["state"]["timestamp"]) or d)).total_seconds() > TIGHT_S), default=now)
+    time.sleep(max(0.0, (due - now).total_seconds() - AUDIT_INTERVAL_S + 5))
 
 
 # The private engine's own bridge. Not `--bridge none`: a dockerd started with it deletes the
@@ -555,8 +554,8 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
         env.update(PREFECT_API_URL=DRILL_API,
                    PREFECT_API_AUTH_STRING=(work / "state" / "server" / "api-auth").read_text().strip())
         # The scheduled audit of this cluster: every AUDIT_INTERVAL_S, tagged `health` (alerts on failure).
-        # Deployed first, so that its runs are older (see TIGHT_S); until `up` is done they fail (no such
-        # cluster yet), which changes nothing below.
+        # Deployed first, so that its runs are older when the replica is stopped (see TIGHT_S); until `up`
+        # is done they fail (no such cluster yet), which changes nothing below.
         dep = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy",
                               "flows/audit.py:audit", "-n", "reboot-drill", "-p", "pgha", "-t", "health",
                               "--interval", str(AUDIT_INTERVAL_S), "--param", f"scope={DRILL_SCOPE}"],
