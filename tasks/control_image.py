@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 from stack.errors import ImageError
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import local_engine
-from tasks.images import BASE_REPO, _debootstrap, _exists
+from tasks.images import BASE_REPO, _debootstrap, _exists, build_image
 
 CONTROL_DIR = Path(__file__).resolve().parent.parent / "stack" / "control"
 REPO = "pgha/control"
@@ -168,16 +168,6 @@ def ensure_control_image(engine: Engine | None = None) -> tuple[str, list[str]]:
         (ctx / "pins.txt").write_text(pins + "\n")
         log.append(f"building {tag} FROM {base}: python {full}, {len(dists)} distributions ({n} files) "
                    f"from this venv{', fetched ' + ', '.join(missing) if missing else ''}")
-        lines: list[str] = []
-        try:
-            for chunk in engine.client.api.build(path=str(ctx), tag=tag, rm=True, forcerm=True, decode=True,
-                                                 buildargs={"BASE": base, "PY": py},
-                                                 labels={"pgha.image": "control", "pgha.base": base}):
-                if "stream" in chunk:
-                    lines.append(str(chunk["stream"]).rstrip())
-                if "error" in chunk:
-                    tail = " | ".join(x for x in lines[-4:] if x)
-                    raise ImageError(f"building {tag} failed: {str(chunk['error']).strip()[:300]} ({tail[:300]})")
-        except docker.errors.APIError as exc:
-            raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
+        build_image(engine, ctx, tag, buildargs={"BASE": base, "PY": py},
+                    labels={"pgha.image": "control", "pgha.base": base})
     return tag, log

@@ -215,11 +215,18 @@ def ensure_image(spec: ClusterSpec, updates: str = "none", engine: Engine | None
     if _exists(tag, engine):
         return tag, log
     log.append(f"building {tag} FROM {base}")
+    build_image(engine, IMAGE_DIR, tag, buildargs={"BASE": base, "PG_MAJOR": str(spec.postgres_version)},
+                labels={"pgha.image": "node", "pgha.base": base})
+    return tag, log
+
+
+def build_image(engine: Engine, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> None:
+    """`docker build` of the directory `context` as `tag` on `engine`; a failure is one ImageError
+    line with the build's last output lines (the node image and the control image both build here)."""
+    lines: list[str] = []
     try:
-        lines: list[str] = []
-        for chunk in engine.client.api.build(path=str(IMAGE_DIR), tag=tag, rm=True, forcerm=True, decode=True,
-                                        buildargs={"BASE": base, "PG_MAJOR": str(spec.postgres_version)},
-                                        labels={"pgha.image": "node", "pgha.base": base}):
+        for chunk in engine.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
+                                             buildargs=buildargs, labels=labels):
             if "stream" in chunk:
                 lines.append(str(chunk["stream"]).rstrip())
             if "error" in chunk:
@@ -227,4 +234,3 @@ def ensure_image(spec: ClusterSpec, updates: str = "none", engine: Engine | None
                 raise ImageError(f"building {tag} failed: {str(chunk['error']).strip()[:300]} ({tail[:300]})")
     except docker.errors.APIError as exc:
         raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
-    return tag, log

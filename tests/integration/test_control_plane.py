@@ -15,15 +15,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
+import psycopg
 import pytest
+from docker.types import IPAMConfig, IPAMPool
 
 from tests.integration.conftest import ROOT, pgha
 
@@ -199,15 +204,49 @@ def test_runs_due_while_the_worker_is_down_run_late_once(plane_env: dict[str, st
 # ---- the reboot drill ---------------------------------------------------------------------------
 # A power cut stops every process at once, the engine included; then the machine boots and starts
 # only the engine. The suite's engine is shared by two test workers, so the drill runs a private
-# engine of its own (its own data root, exec root and socket, no bridge: the control plane uses the
-# host's network) with the control image loaded into it. The "power cut" SIGKILLs every process of
-# that engine (dockerd, its containerd, the shims and every container's processes); the "boot"
-# starts that dockerd again, and nothing else.
+# engine of its own (its own data root, exec root, socket and bridge) holding a control plane (the
+# server and worker, host networking) and a cluster (1 etcd, 2 nodes, HAProxy, the fencer; TLS as
+# by default; backup disabled: its repository and stanza add a minute and nothing to what a reboot
+# tests) with the two images loaded into it. A writer commits through the R/W port until the cut
+# and records every acknowledged id. The "power cut" SIGKILLs every process of that engine
+# (dockerd, its containerd, the shims, every container's processes, the port proxies); the "boot"
+# starts that dockerd again, and nothing else. Then, within the bounds below: the server answers,
+# the worker polls, the cluster is healthy (a leader, a streaming replica, a write through HAProxy's
+# R/W port), every acknowledged write is there, a scheduled audit succeeds and pings the
+# heartbeat, and (a replica stopped) the next scheduled audit fails and its alert reaches the
+# webhook receiver on 127.0.0.1.
 DRILL_PORT = 28720
 DRILL_API = f"http://127.0.0.1:{DRILL_PORT}/api"
+DRILL_SCOPE = "pgha-it-rb"
+DRILL_PORTS = {"rw": 28730, "ro": 28731, "stats": 28732, "pool": 28733}
+HOOK_PORT = 28735  # the alert webhook and the heartbeat, one receiver
+AUDIT_INTERVAL_S = INTERVAL_S  # the drill's audit deployment (an audit takes 10-60 s on a loaded 2-core machine)
+OFF_S = 5  # the machine stays off this long
 BOOT_SERVER_WITHIN_S = 90  # engine start -> the server answers
 BOOT_WORKER_WITHIN_S = 150  # engine start -> the worker's container reports healthy (it heartbeated)
-BOOT_RUN_WITHIN_S = 240  # engine start -> a scheduled run (1-minute interval) completed
+BOOT_CLUSTER_WITHIN_S = 120  # engine start -> leader, streaming replica and a write through the R/W port
+BOOT_AUDIT_WITHIN_S = 300  # engine start -> a scheduled audit succeeded and its heartbeat ping arrived
+ALERT_WITHIN_S = AUDIT_INTERVAL_S + 180  # replica stopped -> the failed scheduled audit's alert at the webhook
+# Prefect's triggers take a flow run's state events in order: a state change less than 5 minutes
+# after the previous state "follows" it, and an event that follows one the triggers have not seen
+# waits up to 15 minutes for it (PRECEDING_EVENT_LOOKBACK). The scheduler creates runs in bulk,
+# emitting no event for their Scheduled state: a run that comes due less than 5 minutes after the
+# scheduler created it alerts only 15 minutes later. Seen here: the runs of a 1-minute schedule are
+# created when it is deployed, and those due in its first 5 minutes failed without an alert. So the
+# replica is stopped only once the next runs are older than that (the shipped schedules' runs are
+# created an hour or more ahead and alert at once).
+TIGHT_S = 5 * 60 + 30  # the 5 minutes, the worker's 10-second prefetch and a margin
+
+
+def _wait_untight(env: dict[str, str], dep_id: str) -> None:
+    """Until the audit's next run is the first that alerts at once (see TIGHT_S): that run comes due
+    TIGHT_S or more after the scheduler created it, and within AUDIT_INTERVAL_S of the return."""
+    now = dt.datetime.now(dt.UTC)
+    runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}, "limit": 200})
+    due = min((d for r in runs if r["state_type"] == "SCHEDULED"
+               and (d := ts(r["expected_start_time"])) is not None and d > now
+               and (d - (ts(r["state"]["timestamp"]) or d)).total_seconds() > TIGHT_S), default=now)
+    time.sleep(max(0.0, (due - now).total_seconds() - AUDIT_INTERVAL_S + 5))
 
 
 # The private engine's own bridge. Not `--bridge none`: a dockerd started with it deletes the
@@ -216,6 +255,18 @@ BOOT_RUN_WITHIN_S = 240  # engine start -> a scheduled run (1-minute interval) c
 # address pool hands out.
 PRIVATE_BRIDGE = "pgha-cpdrill0"
 PRIVATE_BRIDGE_CIDR = "10.254.77.1/24"
+# The cluster's network on the private engine: made by the test, with pgha's labels, on this
+# subnet, before `pgha up` (which then finds it its own). Left to itself the private engine would
+# pick 172.17.0.0/16 or another subnet the shared engine already uses (two engines do not see each
+# other's allocations). Not `--default-address-pool`: a dockerd started with one after an unclean
+# stop deletes the host's `docker0` too (moby's initNetworkController, "Clear stale bridge network").
+PRIVATE_POOL = "10.254.78.0/24"
+# The private engine runs with --iptables=false (its chains would fight the shared engine's), and
+# this host filters bridged traffic (bridge-nf-call-iptables = 1) with FORWARD's policy DROP: the
+# cluster's containers reach each other only with this rule, what the engine's own rules do on a
+# machine with one engine. Inserted for the drill and deleted after it.
+FORWARD_RULE = ["FORWARD", "-s", PRIVATE_POOL, "-d", PRIVATE_POOL, "-m", "comment", "--comment",
+                "pgha-cpdrill", "-j", "ACCEPT"]
 
 
 def ensure_private_bridge() -> None:
@@ -235,6 +286,21 @@ def remove_private_bridge() -> None:
     subprocess.run(["ip", "link", "delete", PRIVATE_BRIDGE], check=False, capture_output=True, timeout=30)
 
 
+def allow_forward() -> None:
+    import subprocess
+
+    if subprocess.run(["iptables", "-C", *FORWARD_RULE], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["iptables", "-I", *FORWARD_RULE], check=True, capture_output=True, timeout=30)
+
+
+def remove_forward() -> None:
+    import subprocess
+
+    while subprocess.run(["iptables", "-D", *FORWARD_RULE], capture_output=True, check=False,
+                         timeout=30).returncode == 0:
+        pass
+
+
 class PrivateEngine:
     """A dockerd this test starts (and ends, by pid) with everything under `root`."""
 
@@ -242,6 +308,7 @@ class PrivateEngine:
         self.root = root
         self.sock = root / "docker.sock"
         self.proc: Any = None
+        self.bridges: set[str] = set()  # the bridges of its networks (the kernel keeps them after a kill)
 
     def argv(self) -> list[str]:
         return ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
@@ -266,6 +333,25 @@ class PrivateEngine:
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=f"unix://{self.sock}", timeout=120)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def note_bridges(self) -> None:
+        for n in self.client().networks.list():
+            if n.attrs.get("Driver") == "bridge" and n.name != "bridge":
+                opts = n.attrs.get("Options") or {}
+                self.bridges.add(opts.get("com.docker.network.bridge.name") or f"br-{n.id[:12]}")
+
+    def load(self, image: str) -> None:
+        """`docker save` from the suite's engine into this one."""
+        import subprocess
+
+        saved = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        load = subprocess.run(["docker", "-H", f"unix://{self.sock}", "load", "-q"], stdin=saved.stdout,
+                              capture_output=True, text=True, timeout=600, check=False)
+        saved.wait(60)
+        assert load.returncode == 0 and saved.returncode == 0, f"loading {image}: {load.stderr}"
 
     def pids(self) -> list[int]:
         """dockerd and every process below it (containerd, the shims, the containers' processes)."""
@@ -298,6 +384,18 @@ class PrivateEngine:
         self.proc.wait(30)
         return len(pids)
 
+    def clear(self) -> None:
+        """Every container, network and volume of this engine removed (a killed container leaves none
+        of its cgroups, and a removed network its bridge)."""
+        c = self.client()
+        for ct in c.containers.list(all=True):
+            ct.remove(force=True, v=True)
+        for n in c.networks.list():
+            if n.name not in ("bridge", "host", "none"):
+                n.remove()
+        for v in c.volumes.list():
+            v.remove(force=True)
+
     def unmount(self) -> None:
         import subprocess
 
@@ -307,12 +405,24 @@ class PrivateEngine:
             subprocess.run(["umount", "-l", m], check=False, timeout=60)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
             self.proc.terminate()
             try:
                 self.proc.wait(60)
             except Exception:  # noqa: BLE001 - then as a power cut
                 self.power_cut()
+
+    def leftovers(self) -> list[str]:
+        """What this engine left on the host: processes, mounts, bridges, iptables rules."""
+        import subprocess
+
+        out = [f"process {e.name}" for e in Path("/proc").iterdir() if e.name.isdigit() and str(self.root) in _cmdline(e)]
+        out += [f"mount {line.split()[1]}" for line in Path("/proc/self/mounts").read_text().splitlines()
+                if line.split()[1].startswith(f"{self.root}/")]
+        out += [f"bridge {b}" for b in sorted(self.bridges | {PRIVATE_BRIDGE}) if Path(f"/sys/class/net/{b}").exists()]
+        if subprocess.run(["iptables", "-C", *FORWARD_RULE], capture_output=True, check=False).returncode == 0:
+            out.append("iptables rule " + " ".join(FORWARD_RULE))
+        return out
 
 
 def _cmdline(entry: Path) -> str:
@@ -322,79 +432,259 @@ def _cmdline(entry: Path) -> str:
         return ""
 
 
+class Writer(threading.Thread):
+    """Commits one new id after another through the R/W port; `acked` holds every id whose COMMIT
+    returned. A failed statement (its id unacknowledged) is retried with a new connection and id."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+        super().__init__(daemon=True)
+        self.connect = connect
+        self.acked: list[int] = []
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        n = 0
+        while not self.halt.is_set():
+            n += 1
+            try:
+                if conn is None:
+                    conn = self.connect()
+                conn.execute("INSERT INTO reboot_writes (id) VALUES (%s)", (n,))
+                self.acked.append(n)
+            except psycopg.Error:
+                self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.2)
+        if conn is not None:
+            conn.close()
+
+
+def _drill_spec(image: str | None = None) -> dict[str, Any]:
+    spec = {"scope": DRILL_SCOPE, "nodes": 2, "etcd_members": 1, "ports": DRILL_PORTS, "backup": {"enabled": False}}
+    return {**spec, "image": image} if image else spec
+
+
+def _wait_alert(receiver: Any, after: int, timeout: float, *needles: str) -> dict[str, Any]:
+    """The first webhook body from index `after` on that contains every needle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for b in receiver.bodies[after:]:
+            if all(n in json.dumps(b) for n in needles):
+                return b  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise AssertionError(f"no alert containing {needles} within {timeout:.0f}s; got {receiver.bodies[after:]}")
+
+
+def _cluster_check(env: dict[str, str], connect: Callable[[], psycopg.Connection]) -> str:
+    """"" when the cluster is healthy: status healthy with a leader and a streaming replica, and a write
+    through the R/W port commits on a primary; else what is missing."""
+    res = pgha(env, "status", "--json", "--scope", DRILL_SCOPE, timeout=60)
+    try:
+        st = json.loads(res.stdout)
+    except ValueError:
+        return f"status: {(res.stdout + res.stderr)[-300:]}"
+    nodes = [m for m in st["members"] if m["role"] == "patroni"]
+    leaders = [m for m in nodes if m["pg_role"] == "leader"]
+    streaming = [m for m in nodes if m["pg_role"] in ("replica", "sync_standby") and m["pg_state"] == "streaming"]
+    if not (st["healthy"] and len(leaders) == 1 and len(streaming) == 1):
+        return f"status: {[(m['member'], m['pg_role'], m['pg_state']) for m in nodes]} {st['problems']}"
+    try:
+        with connect() as conn:
+            (recovery,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()  # type: ignore[misc]
+            conn.execute("INSERT INTO reboot_writes (id) VALUES (-1) ON CONFLICT DO NOTHING")
+    except psycopg.Error as exc:
+        return f"R/W port: {str(exc).strip()[:200]}"
+    return "" if recovery is False else "R/W port: in recovery"
+
+
 @pytest.mark.timing_sensitive
 def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
                       tmp_path_factory: pytest.TempPathFactory) -> None:
     import subprocess
     import sys
 
+    import yaml
+
+    from stack.spec import ClusterSpec
     from tasks.control_image import ensure_control_image
+    from tasks.docker_engine import labels
+    from tasks.images import ensure_image
+    from tests.integration.test_audit_server import Receiver
 
     work = tmp_path_factory.mktemp("cp-drill")
     private = PrivateEngine(Path(f"/tmp/pgha-drill-{os.getpid()}"))  # short: a unix socket path has 108 bytes
     had_docker0 = Path("/sys/class/net/docker0").exists()
     private.root.mkdir(parents=True, exist_ok=True)
     env = dict(base_env, PGHA_SERVER_PORT=str(DRILL_PORT), PGHA_STATE_DIR=str(work / "state"),
-               PREFECT_HOME=str(work / "prefect"), DOCKER_HOST=f"unix://{private.sock}")
+               PREFECT_HOME=str(work / "prefect"), DOCKER_HOST=f"unix://{private.sock}",
+               PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook",
+               PGHA_HEARTBEAT_URL=f"http://127.0.0.1:{HOOK_PORT}/hb/{{scope}}")
     for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PGHA_NO_SERVER"):
         env.pop(k, None)
+    receiver = Receiver(HOOK_PORT)
+    writer: Writer | None = None
+    t_start = time.monotonic()
+    stages: list[str] = []
+
+    def mark(what: str) -> None:
+        stages.append(f"{time.monotonic() - t_start:.0f}s {what}")
+
     try:
+        # On the suite's engine (built there if missing), then loaded into the private one.
+        node_image, _ = ensure_image(ClusterSpec.model_validate(_drill_spec()))
+        control_image, _ = ensure_control_image()
         private.start()
-        image, _ = ensure_control_image()  # on the suite's engine: built there, loaded into the private one
-        saved = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        load = subprocess.run(["docker", "-H", f"unix://{private.sock}", "load", "-q"], stdin=saved.stdout,
-                              capture_output=True, text=True, timeout=600, check=False)
-        saved.wait(60)
-        assert load.returncode == 0, load.stderr
-        res = pgha(env, "server", "start", "--no-alerts", timeout=900)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(private.load, [control_image, node_image]))
+        allow_forward()
+        mark("images loaded")
+        spec_file = work / "drill.yaml"
+        spec_file.write_text(yaml.safe_dump(_drill_spec(node_image)))
+        net = ClusterSpec.model_validate(_drill_spec(node_image)).network
+        private.client().networks.create(net, driver="bridge", labels=labels(DRILL_SCOPE, "network", net),
+                                         ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=PRIVATE_POOL)]))
+        private.note_bridges()
+        res = pgha(env, "server", "start", timeout=900)
         assert res.returncode == 0, res.stdout + res.stderr
+        assert "alert pgha-health-flow-failed created" in res.stdout, res.stdout
         env.update(PREFECT_API_URL=DRILL_API,
                    PREFECT_API_AUTH_STRING=(work / "state" / "server" / "api-auth").read_text().strip())
+        # The scheduled audit of this cluster: every AUDIT_INTERVAL_S, tagged `health` (alerts on failure).
+        # Deployed first, so that its runs are older when the replica is stopped (see TIGHT_S); until `up`
+        # is done they fail (no such cluster yet), which changes nothing below.
         dep = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy",
-                              "tests/integration/tick_flow.py:tick", "-n", "drill", "-p", "pgha", "--interval",
-                              str(INTERVAL_S)], cwd=ROOT, env=dict(env, PGHA_HOME=str(ROOT)), capture_output=True,
+                              "flows/audit.py:audit", "-n", "reboot-drill", "-p", "pgha", "-t", "health",
+                              "--interval", str(AUDIT_INTERVAL_S), "--param", f"scope={DRILL_SCOPE}"],
+                             cwd=ROOT, env=dict(env, PGHA_HOME=str(ROOT)), capture_output=True,
                              text=True, timeout=300, check=False)
         assert dep.returncode == 0, dep.stdout[-1500:] + dep.stderr[-1500:]
+        dep_id = str(api_at(env, DRILL_API, "/deployments/name/health-audit/reboot-drill")["id"])
+        up = pgha(env, "up", "--spec", str(spec_file), timeout=900)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        mark("server started, cluster up")
+        password = json.loads((work / "state" / DRILL_SCOPE / "secrets.json").read_text())["superuser"]
 
+        def connect() -> psycopg.Connection:
+            return psycopg.connect(host="127.0.0.1", port=DRILL_PORTS["rw"], user="postgres", password=password,
+                                   dbname="postgres", connect_timeout=5, autocommit=True)
+
+        with connect() as conn:
+            conn.execute("CREATE TABLE reboot_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        writer = Writer(connect)
+        writer.start()
+        deadline = time.monotonic() + 60
+        while len(writer.acked) < 100:
+            assert time.monotonic() < deadline and writer.is_alive(), f"the writer: {len(writer.acked)} commits"
+            time.sleep(0.5)
+
+        mark("writer running")
+        # ---- the power cut ----
         killed = private.power_cut()
+        cut_t, cut = time.monotonic(), dt.datetime.now(dt.UTC)
+        writer.halt.set()
+        writer.join(30)
+        acked = list(writer.acked)
         assert not answers_at(DRILL_API), "the server still answers after the power cut"
-        cut = dt.datetime.now(dt.UTC)
-        time.sleep(5)
-        boot = time.monotonic()
-        engine_s = private.start()  # the boot: only the engine is started
+        pings_at_cut = len(receiver.pings)
+        time.sleep(OFF_S)
+        # ---- the boot: only the engine is started ----
+        boot_t, boot = time.monotonic(), dt.datetime.now(dt.UTC)
+        engine_s = private.start()
         # The shared engine's default bridge is untouched by the private one (see PRIVATE_BRIDGE).
         assert Path("/sys/class/net/docker0").exists() or not had_docker0, "the private dockerd removed docker0"
-        server_s = worker_s = None
+        server_s = worker_s = cluster_s = None
+        last = ""
         client = private.client()
-        while time.monotonic() - boot < BOOT_WORKER_WITHIN_S and worker_s is None:
+        while time.monotonic() - boot_t < max(BOOT_WORKER_WITHIN_S, BOOT_CLUSTER_WITHIN_S) and None in (
+                server_s, worker_s, cluster_s):
             if server_s is None and answers_at(DRILL_API):
-                server_s = time.monotonic() - boot
+                server_s = time.monotonic() - boot_t
             workers = client.containers.list(filters={"label": "pgha.role=prefect-worker"})
-            if workers and (workers[0].attrs["State"].get("Health") or {}).get("Status") == "healthy":
-                worker_s = time.monotonic() - boot
+            if worker_s is None and workers and (workers[0].attrs["State"].get("Health") or {}).get("Status") == "healthy":
+                worker_s = time.monotonic() - boot_t
+            if cluster_s is None and not (last := _cluster_check(env, connect)):
+                cluster_s = time.monotonic() - boot_t
             time.sleep(1)
         assert server_s is not None and server_s < BOOT_SERVER_WITHIN_S, f"server not back: {server_s}"
         assert worker_s is not None, f"the worker did not report healthy within {BOOT_WORKER_WITHIN_S}s"
-        dep_id = str(api_at(env, DRILL_API, "/deployments/name/pgha-test-tick/drill")["id"])
-        run_s = None
-        while time.monotonic() - boot < BOOT_RUN_WITHIN_S and run_s is None:
+        assert cluster_s is not None, f"the cluster was not healthy within {BOOT_CLUSTER_WITHIN_S}s: {last}"
+        with connect() as conn:
+            present = {r[0] for r in conn.execute("SELECT id FROM reboot_writes")}
+        mark("booted: server, worker and cluster back")
+        lost = sorted(set(acked) - present)
+        assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost: {lost[:20]}"
+
+        # The scheduled audits: the first to end after the boot (whatever its verdict: it may have
+        # come due while the cluster was still starting), and a successful one with its heartbeat ping.
+        first_audit_s = ok_audit_s = None
+        while time.monotonic() - boot_t < BOOT_AUDIT_WITHIN_S and ok_audit_s is None:
             runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}})
-            if any(r["state_type"] == "COMPLETED" and (ts(r["end_time"]) or cut) > cut for r in runs):
-                run_s = time.monotonic() - boot
-            time.sleep(3)
-        print(f"\nreboot drill: {killed} processes killed; engine {engine_s:.1f}s, server answers {server_s:.1f}s, "
-              f"worker healthy {worker_s:.1f}s, a scheduled run completed {run_s}s after the engine started")
-        assert run_s is not None, f"no scheduled run completed within {BOOT_RUN_WITHIN_S}s of the boot"
+            if first_audit_s is None and any(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
+                                             and (ts(r["end_time"]) or cut) > boot for r in runs):
+                first_audit_s = time.monotonic() - boot_t
+            if any(p == f"/hb/{DRILL_SCOPE}" for p, _ in receiver.pings[pings_at_cut:]):
+                ok_audit_s = time.monotonic() - boot_t
+            time.sleep(2)
+        assert first_audit_s is not None, f"no scheduled audit ended within {BOOT_AUDIT_WITHIN_S}s of the boot"
+        assert ok_audit_s is not None, (f"no scheduled audit succeeded (heartbeat ping) within {BOOT_AUDIT_WITHIN_S}s "
+                                        f"of the boot: {receiver.pings[pings_at_cut:]}")
+
+        mark("a scheduled audit succeeded")
+        # A replica stopped: the next scheduled audit fails, alerts through the webhook and pings /fail.
+        _wait_untight(env, dep_id)
+        st = json.loads(pgha(env, "status", "--json", "--scope", DRILL_SCOPE, timeout=60).stdout)
+        replica = next(m["member"] for m in st["members"] if m["role"] == "patroni" and m["pg_role"] != "leader")
+        bodies, pings = len(receiver.bodies), len(receiver.pings)
+        stop_t = time.monotonic()
+        client.containers.get(f"{DRILL_SCOPE}-{replica}").stop(timeout=10)
+        try:
+            body = _wait_alert(receiver, bodies, ALERT_WITHIN_S, f"health-audit failed on cluster {DRILL_SCOPE}",
+                               replica)
+        except AssertionError as exc:
+            runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}})
+            server = client.containers.list(filters={"label": "pgha.role=prefect-server"})[0]
+            raise AssertionError(
+                f"{exc}\nruns: {[(r['name'], r['state_name'], r['expected_start_time'], r['end_time']) for r in runs]}"
+                f"\npings since the stop: {[p for p, _ in receiver.pings[pings:]]}\nserver log: "
+                f"{server.logs(tail=40).decode(errors='replace')[-4000:]}") from None
+        alert_s = time.monotonic() - stop_t
+        run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", body["body"])
+        assert run_id, body
+        assert api_at(env, DRILL_API, f"/flow_runs/{run_id[1]}")["deployment_id"] == dep_id, "not the scheduled audit"
+        assert replica in receiver.wait_ping(f"/hb/{DRILL_SCOPE}/fail", after=pings, timeout=60)
         runs = api_at(env, DRILL_API, "/flow_runs/filter", {"deployments": {"id": {"any_": [dep_id]}}})
         starts = [r["expected_start_time"] for r in runs]
         assert len(starts) == len(set(starts)), "a scheduled time ran twice"
+        off = boot_t - cut_t
+        print(f"\nreboot drill: {killed} processes killed, {len(acked)} acknowledged writes, none lost; off {off:.1f}s; "
+              f"after the cut: engine {off + engine_s:.1f}s, server answers {off + server_s:.1f}s, worker healthy "
+              f"{off + worker_s:.1f}s, cluster healthy {off + cluster_s:.1f}s, first scheduled audit ended "
+              f"{off + first_audit_s:.1f}s, a scheduled audit succeeded (heartbeat) {off + ok_audit_s:.1f}s; "
+              f"replica stopped -> the failed audit's alert {alert_s:.1f}s")
+        mark("the failed audit alerted")
     finally:
-        if private.proc is not None and private.proc.poll() is None:
-            pgha(env, "server", "stop", "--volumes", timeout=180)
-            private.stop()
-        private.unmount()  # what the killed dockerd left mounted (its data root, the netns file)
+        print(f"\nreboot drill stages: {'; '.join(stages)}")
+        if writer is not None:
+            writer.halt.set()
+        receiver.close()
+        if private.running():
+            try:
+                private.note_bridges()
+                private.clear()
+            finally:
+                private.stop()
+        private.unmount()  # what the killed dockerd left mounted (its data root, the netns files)
+        for bridge in private.bridges:
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True, timeout=30)
         remove_private_bridge()
+        remove_forward()
         subprocess.run(["rm", "-rf", str(private.root)], check=False, timeout=300)
+    assert private.leftovers() == [], private.leftovers()
+    assert Path("/sys/class/net/docker0").exists() or not had_docker0, "the private dockerd removed docker0"
 
 
 def answers_at(api_url: str) -> bool:
