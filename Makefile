@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup clean server server-stop audit bench-audit docs docs-build
+.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup bench-soak clean server server-stop audit bench-audit docs docs-build
 
 # `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
 # runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
@@ -98,6 +98,9 @@ bench-major: venv engine    ## blue/green major upgrade 15 -> 17: cutover/rollba
 
 bench-backup: venv engine   ## pgha full backup vs raw pg_basebackup (MB/s), verified-restore time (SCALE=1000)
 	$(VENV)/bin/python benchmarks/backup.py --scale $(or $(SCALE),1000) --runs 3
+
+bench-soak: venv engine     ## a month of schedules in an hour: growth per simulated day, failed runs, lost writes (MINUTES=60)
+	$(VENV)/bin/python benchmarks/soak.py --minutes $(or $(MINUTES),60)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
