@@ -292,12 +292,15 @@ def test_s3_over_tls_backup_and_verify(s3_cluster: Cluster, engine: docker.Docke
     (stanza,) = [s for s in info_json(engine, c) if s["name"] == c.scope]
     assert stanza["status"]["code"] == 0 and [x["label"] for x in stanza["backup"]] == [b["label"]], stanza  # type: ignore[index, union-attr]
     # The objects are in the bucket (through moto's own S3 API), not in a local volume.
+    # Bundled (backup.block_incremental): a handful of objects, the set's manifest and bundles among them.
     ls = ("import boto3; c = boto3.client('s3', endpoint_url='https://localhost', verify='/certs/ca.crt', "
           "aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1'); "
-          "print(sum(1 for p in c.get_paginator('list_objects_v2').paginate(Bucket='pgha-bh', Prefix='repo/backup/')"
-          " for _ in p.get('Contents', [])))")
-    n = int(engine.containers.get(S3_HOST).exec_run(["python3", "-c", ls]).output.decode().strip().splitlines()[-1])
-    assert n > 10, n
+          "print(' '.join(o['Key'] for p in c.get_paginator('list_objects_v2').paginate(Bucket='pgha-bh', "
+          "Prefix='repo/backup/') for o in p.get('Contents', [])))")
+    keys = engine.containers.get(S3_HOST).exec_run(["python3", "-c", ls]).output.decode().strip().splitlines()[-1].split()
+    in_set = [k for k in keys if k.startswith(f"repo/backup/{c.scope}/{b['label']}/")]
+    assert f"repo/backup/{c.scope}/{b['label']}/backup.manifest" in in_set, keys
+    assert len(in_set) >= 3, keys  # the manifest, its copy and the stored files (bundles or relation files)
     secret = json.loads((Path(c.env["PGHA_STATE_DIR"]) / c.scope / "s3-credentials.json").read_text())["secret"]
     assert_secret_nowhere(engine, c, secret)
     # Without the CA, the nodes' pgBackRest refuses the endpoint's certificate (TLS is really checked).
