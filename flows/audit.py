@@ -1,7 +1,7 @@
 """health-audit: inspect the whole cluster, one finding row per check, Failed when any is critical.
 
 Read-only: it never takes the cluster's mutating lock and never changes a container. The
-gatherers run concurrently as tasks (each returns its observation or the error that stopped
+gatherers run side by side in threads of one task (each returns its observation or the error that stopped
 it, so one dead component becomes a critical finding rather than a crashed audit); the
 decisions are the pure functions of `stack.audit`. Artifacts `<scope>-audit` (table) and
 `<scope>-audit-summary` (markdown) keep the history per cluster in the UI.
@@ -75,7 +75,6 @@ def _secrets(spec: ClusterSpec) -> Secrets:
     return load_or_create(path, env={})
 
 
-@task(name="audit-containers", **READ_ONLY)
 def gather_containers(spec: ClusterSpec) -> Gathered:
     def go() -> list[A.ContainerObs]:
         return [A.ContainerObs(**r) for e in docker_hosts.engines(spec).all() for r in e.audit_containers(spec.scope)]
@@ -83,7 +82,6 @@ def gather_containers(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-resources", **READ_ONLY)
 def gather_resources(spec: ClusterSpec) -> Gathered:
     """Memory use vs limit and OOM kills of every container (hardening)."""
     def go() -> list[A.PressureObs]:
@@ -93,12 +91,10 @@ def gather_resources(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-etcd", **READ_ONLY)
 def gather_etcd(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: etcd.audit_members(spec))
 
 
-@task(name="audit-patroni", **READ_ONLY)
 def gather_patroni(spec: ClusterSpec) -> Gathered:
     def go() -> A.PatroniObs:
         view = patroni.cluster_view(spec)
@@ -116,12 +112,10 @@ def gather_patroni(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-replication", **READ_ONLY)
 def gather_replication(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.replication_rows(spec, _secrets(spec)))
 
 
-@task(name="audit-haproxy", **READ_ONLY)
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
@@ -147,17 +141,14 @@ def gather_haproxy(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-postgres", **READ_ONLY)
 def gather_postgres(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.audit_stats(spec, _secrets(spec)))
 
 
-@task(name="audit-pooler", **READ_ONLY)
 def gather_pooler(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
 
 
-@task(name="audit-disks", **READ_ONLY)
 def gather_disks(spec: ClusterSpec) -> Gathered:
     """Each node's data volume (df) and its pg_wal (du), one exec per node."""
     def one(member: str) -> AS.DiskObs | None:
@@ -172,7 +163,6 @@ def gather_disks(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-repository-size", **READ_ONLY)
 def gather_repo_size(spec: ClusterSpec) -> Gathered:
     """The repository volume's bytes (du) and its filesystem (df), where it is mounted (S3: None)."""
     def go() -> AS.RepoSizeObs | None:
@@ -186,19 +176,16 @@ def gather_repo_size(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-server-database", **READ_ONLY)
 def gather_server_db(spec: ClusterSpec) -> Gathered:
     """The Prefect server's database file on this host (a stat, no query)."""
     return _safe(server_db.observe)
 
 
-@task(name="audit-fencing", **READ_ONLY)
 def gather_fencing(spec: ClusterSpec) -> Gathered:
     """Every watcher's counters (with hosts: one per node's host), each read from its own container."""
     return _safe(lambda: fencer.all_stats(spec))
 
 
-@task(name="audit-failsafe", **READ_ONLY)
 def gather_failsafe(spec: ClusterSpec) -> Gathered:
     """(failsafe_mode in the dynamic config, nodes whose Patroni runs on failsafe now)."""
     def go() -> tuple[bool, list[str]]:
@@ -212,19 +199,16 @@ def gather_failsafe(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-tls", **READ_ONLY)
 def gather_tls(spec: ClusterSpec) -> Gathered:
     """The cluster's certificates (state directory: what `up` and `certs rotate` installed)."""
     return _safe(lambda: host_tls.certificates(spec))
 
 
 # ---- b-backup: WAL archiving, backup ages, encryption (stack.audit_backup) ----
-@task(name="audit-archiving", **READ_ONLY)
 def gather_archiving(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.archiver_stats(spec, _secrets(spec)) if spec.backup.enabled else None)
 
 
-@task(name="audit-backups", **READ_ONLY)
 def gather_backups(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: pgbackrest.repo_obs(spec) if spec.backup.enabled else None)
 
@@ -300,6 +284,15 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     return findings
 
 
+@task(name="audit-gather", **READ_ONLY)
+def gather(spec: ClusterSpec, gatherers: dict[str, Callable[[ClusterSpec], Gathered]]) -> dict[str, Gathered]:
+    """Every gatherer side by side in threads, in one task: each asks its own system, and a task
+    run per gatherer cost the audit more in the API's bookkeeping than the asking itself."""
+    with ThreadPoolExecutor(max_workers=len(gatherers)) as pool:
+        futures = {k: pool.submit(g, spec) for k, g in gatherers.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
 def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
     t0 = time.monotonic()
@@ -309,8 +302,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
                  "archiving": gather_archiving, "backups": gather_backups, "repo_size": gather_repo_size,
                  "server_db": gather_server_db}
-    futures = {k: g.submit(spec) for k, g in gatherers.items()}
-    got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
+    got = gather(spec, gatherers)
     baseline = load_baseline(spec)
     findings = decide(spec, got, baseline)
     containers = got["containers"][0] or []
