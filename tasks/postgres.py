@@ -255,15 +255,40 @@ def show(spec: ClusterSpec, member: str, name: str) -> str:
 
 
 def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Setting]:
-    """pg_settings rows of `names` (context, type, bounds) as the member knows them."""
+    """pg_settings rows of `names` (context, type, bounds, category, value) as the member knows them."""
     if not names:
         return {}
     cols = ("coalesce(json_agg(json_build_object('name', name, 'context', context, 'vartype', vartype, "
-            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), '[]')")
+            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals, 'category', category, "
+            "'setting', setting)), '[]')")
     lst = ",".join(literal(n) for n in names)
     rows = json.loads(node_sql(spec, member, f"select {cols} from pg_settings where name in ({lst})") or "[]")  # noqa: S608
     return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
-                               max_val=r["max_val"], enumvals=list(r["enumvals"] or [])) for r in rows}
+                               max_val=r["max_val"], enumvals=list(r["enumvals"] or []),
+                               category=r["category"] or "", setting=r["setting"] or "") for r in rows}
+
+
+def libraries(spec: ClusterSpec, member: str) -> set[str]:
+    """The loadable libraries `member`'s server carries: "name" for $libdir/name.so, "plugins/name"
+    for $libdir/plugins/name.so (what a preload list may name)."""
+    sql = ("with d as (select setting as dir from pg_config where name = 'PKGLIBDIR') "
+           "select f from d, pg_ls_dir(d.dir, true, false) f union all "
+           "select 'plugins/' || f from d, pg_ls_dir(d.dir || '/plugins', true, false) f")
+    out = node_sql(spec, member, sql)
+    return {line.removesuffix(".so") for line in out.splitlines() if line.endswith(".so")}
+
+
+def session_opens(spec: ClusterSpec, secrets: Secrets, timeout: int = 3) -> str | None:
+    """None when a new session through the R/W port opens and answers, else the one-line reason."""
+    try:
+        with connect(spec, secrets, timeout=timeout, application_name="pgha-session-check") as conn:
+            conn.execute("select 1").fetchone()
+    except PostgresError as exc:
+        return str(exc)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"127.0.0.1:{spec.ports.rw}: {first}"
+    return None
 
 
 # ---- the drill probes' table ----
