@@ -1,0 +1,29 @@
+"""A deployment run's spec: the one stored on this host for the scope it names (`stack.deployed`)."""
+
+from __future__ import annotations
+
+from flows.steps.approval import in_deployment_run
+from stack.deployed import deployment_spec, restore_target_refusal
+from stack.errors import UsageError
+from stack.spec import ClusterSpec
+
+
+def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
+    """In a deployment run, the stored spec of `spec.scope` (UsageError when `spec` says more than
+    its scope); outside one (the CLI, which resolved the spec on the host itself), `spec`."""
+    if not in_deployment_run():
+        return spec
+    from flows.steps.cluster import stored_spec
+    from tasks.host.generations import stored_spec_file
+
+    stored = stored_spec(spec.scope) if stored_spec_file(spec.scope).exists() else None
+    try:
+        return deployment_spec(spec, stored)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_restore_target(into: ClusterSpec, source: ClusterSpec) -> None:
+    """In a deployment run, `into` may change only the scope and ports of the source's stored spec."""
+    if in_deployment_run() and (why := restore_target_refusal(into, source)) is not None:
+        raise UsageError(why)
