@@ -37,6 +37,21 @@ def tls_params(spec: ClusterSpec) -> dict[str, str]:
     return {"sslmode": "verify-full", "sslrootcert": str(host_tls.ca_path(spec.scope))}
 
 
+# libpq >= 16: refuse a server that does not prove it knows the password's SCRAM verifier (one
+# that asks for a cleartext or md5 password, or for none, is refused before anything is sent).
+REQUIRE_SCRAM = {"require_auth": "scram-sha-256"}
+
+
+def server_auth_params(spec: ClusterSpec, pooled: bool = False) -> dict[str, str]:
+    """How pgha's own connections authenticate the server before sending credentials: TLS
+    verify-full against the cluster CA through HAProxy when TLS is on; else (and to the pooler,
+    whose client side is plain TCP on 127.0.0.1) SCRAM required, whose server signature a
+    process that merely bound the port cannot forge."""
+    if not pooled and spec.tls.enabled:
+        return {**tls_params(spec), **REQUIRE_SCRAM}
+    return dict(REQUIRE_SCRAM)
+
+
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
         pooled: bool = False, passfile: str | None = None) -> str:
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
@@ -87,7 +102,7 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     try:
         return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
-                               application_name=application_name, **({} if pooled else tls_params(spec)), **extra)
+                               application_name=application_name, **server_auth_params(spec, pooled), **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

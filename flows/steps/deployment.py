@@ -8,10 +8,24 @@ from stack.errors import UsageError
 from stack.spec import ClusterSpec
 
 
-def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
-    """In a deployment run, the stored spec of `spec.scope` (UsageError when `spec` says more than
-    its scope); outside one (the CLI, which resolved the spec on the host itself), `spec`."""
+def deployment_entry() -> bool:
+    """True in the flow a deployment started (its parameters came from whoever started the run);
+    False outside a deployment and in its subflows, whose specs the flow itself derived (a major
+    upgrade's green, a restore's new cluster)."""
     if not in_deployment_run():
+        return False
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = getattr(ctx, "flow_run", None)
+    return run is None or run.parent_task_run_id is None
+
+
+def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
+    """In the flow a deployment started, the stored spec of `spec.scope` (UsageError when `spec`
+    says more than its scope); elsewhere (the CLI, which resolved the spec on the host itself; a
+    subflow), `spec`."""
+    if not deployment_entry():
         return spec
     from flows.steps.cluster import stored_spec
     from tasks.host.generations import stored_spec_file
@@ -25,5 +39,5 @@ def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
 
 def check_restore_target(into: ClusterSpec, source: ClusterSpec) -> None:
     """In a deployment run, `into` may change only the scope and ports of the source's stored spec."""
-    if in_deployment_run() and (why := restore_target_refusal(into, source)) is not None:
+    if deployment_entry() and (why := restore_target_refusal(into, source)) is not None:
         raise UsageError(why)

@@ -16,8 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.steps.approval import in_deployment_run
-from flows.steps.deployment import pinned_spec
+from flows.steps.deployment import deployment_entry, pinned_spec
 from stack.errors import SpecError, UsageError
 from stack.results import Result
 from stack.spec import ClusterSpec
@@ -148,7 +147,7 @@ def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | N
                 # A deployment run: the spec stored on this host for the scope, never the
                 # parameter's own (refused when it says more); checked under the lock, so a
                 # run meeting a busy cluster is told that first.
-                if in_deployment_run():
+                if deployment_entry():
                     bound.arguments["spec"] = spec = serving(pinned_spec(given))
                     args, kwargs = bound.args, bound.kwargs  # type: ignore[assignment]
                 result = fn(*args, **kwargs)
