@@ -5,8 +5,9 @@ switchover or in-place restart as `upgrade.primary` says).
 Parameters Patroni or pgha own, memory settings the node's limit cannot hold, and values
 PostgreSQL cannot take are refused before anything changes. The stored spec's
 `postgres_parameters` follow the change only once every member runs it, so the spec stays the
-source of truth. When a restarted member does not come back (a library that does not exist in
-`shared_preload_libraries`), the change is rolled back: the dynamic configuration reverted, the
+source of truth. When a restarted member does not come back (`superuser_reserved_connections` above
+`max_connections`: the postmaster refuses to start), or a new session through the R/W port does
+not open after the change, the change is rolled back: the dynamic configuration reverted, the
 members touched restarted on the old values, the cluster healthy again, the spec unchanged.
 """
 
