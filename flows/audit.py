@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.steps.cluster import stored_spec
+from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
 from stack import audit as A
 from stack import audit_backup as AB
@@ -398,7 +399,8 @@ def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa:
 
 
 def _audit(spec: ClusterSpec, scope: str) -> State:
-    spec = stored_spec(scope) if scope else serving(spec)  # the serving generation of a cluster's name
+    # The serving generation of a cluster's name; in a deployment run, the spec stored for it.
+    spec = stored_spec(scope) if scope else serving(pinned_spec(spec))
     report = run_audit(spec)
     _artifacts(report)
     leader_changed(spec)
