@@ -116,7 +116,7 @@ def test_drift_is_reported_by_the_audit_and_restored_by_up_and_nothing_is_droppe
         conn.execute("drop extension pgcrypto")
     res = pgha(cluster.env, "audit", "--json", "--scope", SCOPE)
     rows = [f for f in json.loads(res.stdout)["findings"] if f["check"] == "apps.drift"]
-    assert len(rows) == 1 and rows[0]["status"] == "warning", rows
+    assert len(rows) == 1 and rows[0]["status"] == "warn", rows
     assert "alter role app" in rows[0]["observed"] and "pgcrypto" in rows[0]["observed"], rows
     # `up` with a spec that no longer declares the `reports` database (prune: false).
     pwfile = Path(str(yaml.safe_load(cluster.spec_file.read_text())["roles"][1]["password"]["file"]))
