@@ -33,16 +33,18 @@ RESERVED_ROLES = frozenset({"postgres", "replicator", "rewind_user", "patroni", 
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1", "pgbouncer"})
 RESERVED_PREFIXES = ("pg_", "pgha")
 # Extensions pgha's node images carry (PostgreSQL's contrib modules in Debian's postgresql-15 and
-# -17 packages). One that is not here is refused before anything is changed.
+# -17 packages, and pgAudit from postgresql-N-pgaudit). One that is not here is refused before
+# anything is changed.
 IMAGE_EXTENSIONS = frozenset("""
 amcheck autoinc bloom btree_gin btree_gist citext cube dblink dict_int dict_xsyn earthdistance file_fdw
 fuzzystrmatch hstore insert_username intagg intarray isn lo ltree moddatetime pageinspect pg_buffercache
 pg_freespacemap pg_prewarm pg_stat_statements pg_surgery pg_trgm pg_visibility pg_walinspect pgcrypto
 pgrowlocks pgstattuple plpgsql postgres_fdw refint seg sslinfo tablefunc tcn tsm_system_rows
-tsm_system_time unaccent uuid-ossp xml2
+tsm_system_time unaccent uuid-ossp xml2 pgaudit
 """.split())
 # Extensions that work only once their library is preloaded (shared_preload_libraries).
-PRELOADED = ("pg_stat_statements",)
+PRELOADED = ("pg_stat_statements", "pgaudit")
+AUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none")
 SCRAM_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
 
 
@@ -122,6 +124,23 @@ class AppDatabase(_Strict):
             if e not in IMAGE_EXTENSIONS:
                 raise ValueError(f"extension '{e}' is not in pgha's image; it carries: "
                                  f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        return v
+
+
+class AuditLogging(_Strict):
+    """pgAudit's session audit logging: one `AUDIT:` line in PostgreSQL's log per audited statement."""
+
+    enabled: bool = Field(False, description="preload pgAudit, set pgaudit.log and create the pgaudit extension in "
+                                             "every declared database")
+    log: str = Field("ddl,role", description="pgaudit.log: statement classes audited (read, write, function, role, "
+                                             "ddl, misc, misc_set, all, none; -class excludes one)")
+
+    @field_validator("log")
+    @classmethod
+    def _classes(cls, v: str) -> str:
+        for part in (p.strip() for p in v.split(",")):
+            if part.removeprefix("-") not in AUDIT_CLASSES:
+                raise ValueError(f"'{part}' is not a pgaudit.log class ({', '.join(AUDIT_CLASSES)})")
         return v
 
 
@@ -263,11 +282,12 @@ def _role_options(r: AppRole) -> str:
 
 
 def plan(roles: list[AppRole], databases: list[AppDatabase], cat: Catalog, passwords: dict[str, str],
-         prune: bool = False) -> list[Action]:
+         prune: bool = False, audit: bool = False) -> list[Action]:
     """The statements that make the catalog what the spec declares, in order; empty: nothing to do.
 
     `passwords`: role -> the password pgha keeps for it (generated or read from its file); a role
-    absent from it has no password to set or compare.
+    absent from it has no password to set or compare. `audit`: pgAudit is on, its extension
+    belongs in every declared database.
     """
     out: list[Action] = []
     comment_role = "COMMENT ON ROLE {} IS " + _literal(MANAGED)
@@ -311,7 +331,7 @@ def plan(roles: list[AppRole], databases: list[AppDatabase], cat: Catalog, passw
             out.append(Action(f"alter database {d.name}: owner {db.owner} -> {d.owner}",
                               (f"ALTER DATABASE {q} OWNER TO {owner}",), drift=True))
         have_ext = set(db.extensions or []) if db else set()
-        for e in d.extensions:
+        for e in [*d.extensions, *(["pgaudit"] if audit and "pgaudit" not in d.extensions else [])]:
             if e not in have_ext:
                 out.append(Action(f"create extension {e} in {d.name}",
                                   (f"CREATE EXTENSION IF NOT EXISTS {quote_ident(e)}",), database=d.name,
@@ -339,9 +359,10 @@ def plan(roles: list[AppRole], databases: list[AppDatabase], cat: Catalog, passw
     return out
 
 
-def drift(roles: list[AppRole], databases: list[AppDatabase], cat: Catalog, passwords: dict[str, str]) -> list[str]:
+def drift(roles: list[AppRole], databases: list[AppDatabase], cat: Catalog, passwords: dict[str, str],
+          audit: bool = False) -> list[str]:
     """What differs from the spec (what the next `up` would do), one line each; empty: in sync."""
-    return [a.what for a in plan(roles, databases, cat, passwords) if not a.prune]
+    return [a.what for a in plan(roles, databases, cat, passwords, audit=audit) if not a.prune]
 
 
 def quiet_session() -> tuple[str, ...]:
@@ -351,7 +372,16 @@ def quiet_session() -> tuple[str, ...]:
             "SET log_min_error_statement = 'panic'", "SET log_duration = off", "SET pgaudit.log = 'none'")
 
 
-def preload_libraries(databases: list[AppDatabase]) -> list[str]:
-    """The preloaded libraries the declared extensions need (shared_preload_libraries)."""
-    wanted = {e for d in databases for e in d.extensions}
+def preload_libraries(databases: list[AppDatabase], audit: bool = False) -> list[str]:
+    """The preloaded libraries the declared extensions and audit logging need (shared_preload_libraries)."""
+    wanted = {e for d in databases for e in d.extensions} | ({"pgaudit"} if audit else set())
     return [e for e in PRELOADED if e in wanted]
+
+
+def audit_parameters(a: AuditLogging) -> dict[str, str]:
+    """PostgreSQL parameters of pgAudit's session logging (none when it is off)."""
+    if not a.enabled:
+        return {}
+    # Catalog queries (psql's \d, drivers' introspection) would drown the log; one line per statement.
+    return {"pgaudit.log": a.log, "pgaudit.log_catalog": "off", "pgaudit.log_relation": "off",
+            "pgaudit.log_parameter": "off"}

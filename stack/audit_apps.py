@@ -15,7 +15,7 @@ def check_apps(cat: appdb.Catalog | None, spec: ClusterSpec, passwords: dict[str
     if cat is None:
         return [Finding("apps.drift", target, Level.WARN, f"not observed: {error}", "as declared",
                         "the primary did not answer the catalog query")]
-    lines = appdb.drift(spec.roles, spec.databases, cat, passwords)
+    lines = appdb.drift(spec.roles, spec.databases, cat, passwords, audit=spec.audit_logging.enabled)
     if not lines:
         return [Finding("apps.drift", target, Level.OK, "as declared", "as declared")]
     shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")

@@ -485,6 +485,9 @@ class ClusterSpec(_Strict):
                                                                                  "creates and keeps as declared")
     prune: bool = Field(False, description="drop roles and databases pgha created that are no longer declared "
                                            "(off: never drop anything)")
+    audit_logging: appdb.AuditLogging = Field(default_factory=appdb.AuditLogging,  # type: ignore[arg-type]
+                                              description="pgAudit's session audit logging to PostgreSQL's log "
+                                                          "(off by default)")
     # ---- end application's side ----
 
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----

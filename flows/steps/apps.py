@@ -31,7 +31,7 @@ def ensure_app_objects(spec: ClusterSpec) -> list[str]:
     secrets = cluster_secrets(spec.scope)
     pw = app_passwords.passwords(spec)
     cat = pg_apps.observe(spec, secrets)
-    actions = appdb.plan(spec.roles, spec.databases, cat, pw, prune=spec.prune)
+    actions = appdb.plan(spec.roles, spec.databases, cat, pw, prune=spec.prune, audit=spec.audit_logging.enabled)
     done = pg_apps.apply(spec, secrets, actions)
     log = get_run_logger()
     for what in done:

@@ -1,6 +1,6 @@
 """The declared roles' passwords on this machine: generated ones kept 0600, file ones read.
 
-`app-passwords.json` in the cluster's state directory holds the passwords pgha generated for
+`app-passwords.json` in the cluster's state directory (the base generation's) holds the passwords pgha generated for
 roles whose spec says `password: generated` (created on first use, never rotated by itself);
 a role with `password: {file: PATH}` reads the first line of that file, refused when others
 can read it. Never written to argv, env, a log or a message.
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import secrets as _random
+from pathlib import Path
 
 from stack import appdb
 from stack.errors import StateError
+from stack.generations import base_of
 from stack.spec import ClusterSpec
 from tasks.host.state import cluster_dir, write_private
 
@@ -27,8 +29,14 @@ def refusal(spec: ClusterSpec) -> str | None:
     return None
 
 
+def _file(scope: str) -> Path:
+    """One file for both generations of a cluster (`<scope>` and `<scope>-green` of a major upgrade),
+    so the green one sets the same passwords the clients have."""
+    return cluster_dir(base_of(scope)) / FILE
+
+
 def _stored(scope: str) -> dict[str, str]:
-    path = cluster_dir(scope) / FILE
+    path = _file(scope)
     if not path.exists():
         return {}
     try:
@@ -55,7 +63,7 @@ def passwords(spec: ClusterSpec, create: bool = True) -> dict[str, str]:
         elif isinstance(r.password, appdb.PasswordFile):
             out[r.name] = appdb.read_password_file(r.password.file)
     if changed:
-        write_private(cluster_dir(spec.scope) / FILE, json.dumps(stored, sort_keys=True))
+        write_private(_file(spec.scope), json.dumps(stored, sort_keys=True))
     return out
 
 

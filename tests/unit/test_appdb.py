@@ -166,3 +166,33 @@ def test_declared_login_roles_are_pooled_with_their_database_pool_size() -> None
 def test_pg_stat_statements_declared_is_preloaded() -> None:
     assert dcs_config(_spec())["postgresql"]["parameters"]["shared_preload_libraries"] == "pg_stat_statements"
     assert "shared_preload_libraries" not in dcs_config(parse_spec({}))["postgresql"]["parameters"]
+
+
+def test_audit_logging_preloads_pgaudit_sets_its_classes_and_creates_its_extension() -> None:
+    spec = parse_spec({**BASE, "audit_logging": {"enabled": True, "log": "ddl,role,-misc"}})
+    params = dcs_config(spec)["postgresql"]["parameters"]
+    assert params["shared_preload_libraries"] == "pg_stat_statements,pgaudit"
+    assert params["pgaudit.log"] == "ddl,role,-misc" and params["pgaudit.log_catalog"] == "off"
+    acts = [a.what for a in appdb.plan(spec.roles, spec.databases, appdb.Catalog(), {}, audit=True)]
+    assert "create extension pgaudit in app" in acts
+    off = dcs_config(_spec())["postgresql"]["parameters"]
+    assert "pgaudit.log" not in off and "pgaudit" not in off["shared_preload_libraries"]
+    with pytest.raises(SpecError, match="'writes' is not a pgaudit.log class"):
+        parse_spec({"audit_logging": {"enabled": True, "log": "ddl,writes"}})
+
+
+def test_generated_passwords_are_kept_0600_once_for_both_generations(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.host import app_passwords
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    blue = parse_spec({**BASE, "scope": "shop"})
+    first = app_passwords.passwords(blue)
+    assert set(first) == {"app", "ro"} and app_passwords.passwords(blue) == first
+    path = tmp_path / "shop" / "app-passwords.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    green = parse_spec({**BASE, "scope": "shop-green"})
+    assert app_passwords.passwords(green) == first and not (tmp_path / "shop-green").exists()
+    assert app_passwords.password_of(green, "app") == first["app"]
+    with pytest.raises(Exception, match="not declared"):
+        app_passwords.password_of(blue, "nobody")
