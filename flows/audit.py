@@ -23,10 +23,11 @@ from prefect.states import Completed, Failed, State
 from flows.steps.cluster import stored_spec
 from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
+from stack import appdb, operator, render
 from stack import audit as A
 from stack import audit_backup as AB
 from stack import audit_sizes as AS
-from stack import operator, render
+from stack.audit_apps import check_apps
 from stack.errors import PghaError
 from stack.housekeeping import SERVER_LOG_BYTES
 from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT
@@ -42,12 +43,14 @@ from tasks import (
     haproxy,
     heartbeat,
     patroni,
+    pg_apps,
     pgbackrest,
     pgbouncer,
     postgres,
     server_db,
 )
 from tasks._prefect import READ_ONLY
+from tasks.host import app_passwords
 from tasks.host import tls as host_tls
 from tasks.host.generations import serving
 from tasks.host.prune import rotate_server_logs
@@ -148,6 +151,14 @@ def gather_postgres(spec: ClusterSpec) -> Gathered:
 
 def gather_pooler(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
+
+
+def gather_apps(spec: ClusterSpec) -> Gathered:
+    """The catalog of the declared roles and databases, with the passwords pgha keeps (to compare verifiers)."""
+    def go() -> tuple[appdb.Catalog, dict[str, str]]:
+        return pg_apps.observe(spec, _secrets(spec)), app_passwords.passwords(spec, create=False)
+
+    return _safe(go) if spec.roles or spec.databases else (None, "")
 
 
 def gather_disks(spec: ClusterSpec) -> Gathered:
@@ -263,6 +274,9 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if spec.pooler.enabled and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
+    if "apps" in got and (spec.roles or spec.databases):
+        apps, a_err = got["apps"]
+        findings += check_apps(apps[0] if apps else None, spec, apps[1] if apps else {}, a_err)
     if "fencing" in got:
         per_member, f_err = got["fencing"]
         findings += A.check_fencers(per_member or {}, spec, time.time(), f_err)
@@ -302,7 +316,7 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
                  "archiving": gather_archiving, "backups": gather_backups, "repo_size": gather_repo_size,
-                 "server_db": gather_server_db}
+                 "server_db": gather_server_db, "apps": gather_apps}
     got = gather(spec, gatherers)
     baseline = load_baseline(spec)
     findings = decide(spec, got, baseline)

@@ -53,7 +53,7 @@ def server_auth_params(spec: ClusterSpec, pooled: bool = False) -> dict[str, str
 
 
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
-        pooled: bool = False, passfile: str | None = None) -> str:
+        pooled: bool = False, passfile: str | None = None, user: str = SUPERUSER) -> str:
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
 
     Through HAProxy the URI asks for TLS verified against the CA (spec.tls); the pooler's client
@@ -61,25 +61,26 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     libpq's multi-host URI: every host's HAProxy, so a client survives the loss of the one it used.
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
+    auth = user + (f":{quote(password, safe='')}" if password else "")
     params = {} if pooled else tls_params(spec)
     if passfile:
         params["passfile"] = passfile
     query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
     if spec.multi_host and not pooled:
-        uri = multi_host_uri(SUPERUSER, spec.client_endpoints(read_only), dbname, read_only,
+        uri = multi_host_uri(user, spec.client_endpoints(read_only), dbname, read_only,
                              f":{quote(password, safe='')}" if password else "")
         return uri + (f"&{query}" if query else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}" + (f"?{query}" if query else "")
 
 
-def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False) -> str:
+def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False,
+                user: str = SUPERUSER) -> str:
     """~/.pgpass line(s) for the endpoint (`:` and `\\` escaped as libpq wants); every host's over many hosts."""
     pw = password.replace("\\", "\\\\").replace(":", "\\:")
     if spec.multi_host and not pooled:
-        return "".join(f"{h}:{p}:*:{SUPERUSER}:{pw}\n" for h, p in spec.client_endpoints(read_only))
+        return "".join(f"{h}:{p}:*:{user}:{pw}\n" for h, p in spec.client_endpoints(read_only))
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    return f"127.0.0.1:{port}:*:{SUPERUSER}:{pw}\n"
+    return f"127.0.0.1:{port}:*:{user}:{pw}\n"
 
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
