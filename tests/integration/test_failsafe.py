@@ -69,6 +69,13 @@ def test_patroni_takes_an_etcd_without_quorum_for_an_unreachable_dcs(
     assert r["outcome"] == "dcs unreachable", f"Patroni {r['patroni']} in {image}: {r['outcome']}"
 
 
+def test_an_answer_that_decides_still_loses_the_lock(engine: docker.DockerClient, base_env: dict[str, str]) -> None:
+    """The patch is narrow: an etcd that says the lease is gone still costs the lock (Patroni's own rule)."""
+    image, _ = images.ensure_image(parse_spec({"scope": SCOPE}))
+    r = probe(engine, image, {"status": 404, "body": {"error": "etcdserver: requested lease not found", "code": 5}})
+    assert r["outcome"] == "lock lost", r
+
+
 @pytest.fixture(scope="module")
 def cluster_fs(engine: docker.DockerClient, base_env: dict[str, str],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
