@@ -156,6 +156,8 @@ def test_quorum_loss_with_patronis_member_surviving_keeps_writing(cluster_fs: Cl
         for m in stopped:
             engine.containers.get(cluster_fs.container(m)).start()
         after = wait_healthy(cluster_fs)
+    print(f"\nfailsafe: {leader}'s etcd member {survivor} left alone for {OUTAGE_S:.0f} s: write gap "
+          f"{traffic.write_gap_s} s, {traffic.writes_acked} writes acknowledged, {len(traffic.lost)} lost")
     assert traffic.lost == [], traffic.lost[:10]
     assert traffic.write_gap_s < WRITE_GAP_CEILING_S, (
         f"writes stopped {traffic.write_gap_s} s with {leader}'s etcd member {survivor} up without quorum")
