@@ -33,6 +33,7 @@ from stack.layout import (
     SOCKET_DIR,
 )
 from stack.spec import BackupSpec, ClusterSpec, CompressType
+from stack.typed import control_character
 
 CLIENT_CN = "pgha-backup"
 CERT_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
@@ -77,11 +78,11 @@ def _ini(sections: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def _ini_value(text: str, what: str) -> str:
-    if any(c in text for c in "\n\r\0") or any(0xD800 <= ord(c) <= 0xDFFF for c in text) or text != text.strip() \
+    if control_character(text) is not None or text != text.strip() \
             or (what in ("section", "option") and not re.fullmatch(r"[A-Za-z0-9._-]+", text)):
         # Never the value itself in the message: it may be a key or the passphrase.
         raise SpecError(f"{what if what in ('section', 'option') else 'the value of ' + what} cannot be written "
-                        "into a pgBackRest config (a line break, a NUL, or spaces at either end)")
+                        "into a pgBackRest config (a control character or spaces at either end)")
     return text
 
 
