@@ -76,7 +76,7 @@ def test_planted_secrets_never_reach_the_report(cluster: Cluster, engine: docker
     engine.containers.get(cluster.container("pg-1")).exec_run(["sh", "-c", f"echo 'leak: {said}' > /proc/1/fd/1"])
 
     out = tmp_path / "report.tar.gz"
-    res = pgha(cluster.env, "report", "--output", str(out), "--json")
+    res = pgha(cluster.env, "report", "--spec", str(cluster.spec_file), "--output", str(out), "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert (out.stat().st_mode & 0o777) == 0o600
     names, blob = _blob(out)
