@@ -34,7 +34,8 @@ UNKNOWN_SUBNET = "<the cluster network's subnet>"
 SECRET_JSON = ("secrets.json", "s3-credentials.json")
 SECRET_TEXT_SUFFIXES = (".pass", ".key", ".token")
 SECRET_TEXT_NAMES = ("api-auth",)
-PRIVATE_KEY_MARK = "PRIVATE KEY-----"
+PRIVATE_KEY_RE = re.compile(r"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\s*$(.*?)^-----END [A-Z0-9 ]*PRIVATE KEY-----",
+                            re.M | re.S)
 
 
 # ---- the allowlist: what the report holds, rendered from the spec ----
@@ -93,10 +94,10 @@ def secrets_in_file(name: str, text: str) -> list[str]:
             fields = re.split(r"(?<!\\):", line)
             if len(fields) >= 5:
                 found.append(":".join(fields[4:]).replace("\\:", ":").replace("\\\\", "\\"))
-    elif PRIVATE_KEY_MARK in text:
-        body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("-----")
-                and ":" not in ln]
-        found += body + ["".join(body)]
+    elif keys := PRIVATE_KEY_RE.findall(text):
+        for block in keys:  # each key's body lines (not its armour nor PEM headers such as Proc-Type:)
+            body = [ln.strip() for ln in block.splitlines() if ln.strip() and ":" not in ln]
+            found += body + ["".join(body)]
     elif base.endswith(".curl"):
         for m in re.finditer(r'^\s*user\s*=\s*"[^":]*:(.*)"\s*$', text, re.M):
             found.append(m.group(1))
