@@ -502,13 +502,13 @@ class ClusterSpec(_Strict):
                                           description="with hosts: which host runs which etcd member and node")
     allow_unsafe_placement: bool = Field(False, description="accept a placement where losing one host stops "
                                                             "the cluster")
+    # ---- end many hosts ----
     insecure: list[Insecure] = Field(default_factory=list, description="insecure combinations this spec accepts, "
                                      "each named: plaintext-between-hosts (tls.enabled false with hosts: etcd, "
                                      "Patroni's REST API and PostgreSQL unencrypted between machines), "
                                      "plaintext-engine-api (a tcp:// engine without tls: the Docker API, root on that "
                                      "host, unauthenticated and unencrypted). Without the entry such a spec is refused; "
                                      "an entry the spec does not need is refused too")
-    # ---- end many hosts ----
 
     _images = field_validator("image", "base_image")(typed.image_ref)
 
