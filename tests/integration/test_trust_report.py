@@ -75,7 +75,12 @@ def test_planted_secrets_never_reach_the_report(cluster: Cluster, engine: docker
         ours += [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
     # Every value, as written and base64-encoded, in pg-1's log (what a careless script would print).
     said = " ".join(f"{v} {base64.b64encode(v.encode()).decode()}" for v in [*planted.values(), cipher])
-    engine.containers.get(cluster.container("pg-1")).exec_run(["sh", "-c", f"echo 'leak: {said}' > /proc/1/fd/1"])
+    pg1 = engine.containers.get(cluster.container("pg-1"))
+    wrote = pg1.exec_run(["sh", "-c", f"echo 'leak: {said}' > /proc/1/fd/1"], user="root")
+    # PostgreSQL's own log (its stderr is the container's): the same line through RAISE LOG.
+    said_sql = pg1.exec_run(["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-qAtc",
+                             f"do $$ begin raise log 'leak: {said}'; end $$"], user="postgres")
+    assert wrote.exit_code == 0 or said_sql.exit_code == 0, (wrote.output, said_sql.output)
 
     out = tmp_path / "report.tar.gz"
     res = pgha(cluster.env, "report", "--no-audit", "--spec", str(cluster.spec_file), "--output", str(out), "--json")
@@ -88,7 +93,7 @@ def test_planted_secrets_never_reach_the_report(cluster: Cluster, engine: docker
         assert any(n.endswith(want) for n in names), f"{want} missing from {names}"
     assert not any("extra" in n or n.endswith(("secrets.json", ".key", "pgpass", "api-auth")) for n in names)
     assert b"repo1-cipher-pass=[REDACTED]" in blob  # the cipher is on, its passphrase is not there
-    assert b"leak: [REDACTED]" in blob  # the log line is kept, its values are not
+    assert b"leak: [REDACTED]" in blob, (wrote.output, said_sql.output)  # the log line is kept, its values are not
     for v in ours:
         assert v.encode() not in blob, "the support report holds a secret"
         assert base64.b64encode(v.encode()).rstrip(b"=")[:-2] not in blob, "the report holds a secret in base64"
