@@ -70,11 +70,13 @@ def test_planted_secrets_never_reach_the_report(cluster: Cluster, engine: docker
     # A config file the old report copied (every .conf of the state directory) with the passphrase.
     (d / "config" / "pg-1" / "extra.conf").write_text(f"repo1-cipher-pass={cipher}\n")
 
-    ours = [*planted.values(), planted["s3"][::-1], key_line, cipher, *sec.values()]
+    # What each place holds (the key file holds key_line, not the token it was made from).
+    held = [planted["secrets"], key_line, planted["s3"], planted["s3"][::-1], planted["pgpass"], planted["prefect"]]
+    ours = [*held, cipher, *sec.values()]
     for key in d.rglob("*.key"):
         ours += [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
     # Every value, as written and base64-encoded, in pg-1's log (what a careless script would print).
-    said = " ".join(f"{v} {base64.b64encode(v.encode()).decode()}" for v in [*planted.values(), cipher])
+    said = " ".join(f"{v} {base64.b64encode(v.encode()).decode()}" for v in [*held, cipher])
     pg1 = engine.containers.get(cluster.container("pg-1"))
     wrote = pg1.exec_run(["sh", "-c", f"echo 'leak: {said}' > /proc/1/fd/1"], user="root")
     # PostgreSQL's own log (its stderr is the container's): the same line through RAISE LOG.
