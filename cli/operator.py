@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -37,7 +38,7 @@ from cli.core import (
     run_flow,
     warm,
 )
-from stack.errors import StateError, UsageError
+from stack.errors import PghaError, StateError, UsageError
 from stack.results import (
     BackupsResult,
     CertsRenewResult,
@@ -385,13 +386,16 @@ def history(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
 def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarball path (default ./pgha-report-<scope>-<time>.tar.gz)"),
            audit: bool = typer.Option(True, "--audit/--no-audit", help="include a health audit (runs the flow)"),
            spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json: bool = JsonOpt) -> Done[ReportResult]:
-    """A tarball for support: spec and configs (secrets redacted), status, audit, history, recent logs of every member.
+    """A tarball for support: spec and configs (rendered without credentials), status, audit, history, recent logs.
+
+    Every member of the tarball is scanned for every secret pgha holds; a hit means no report.
 
     Example: pgha report --output /tmp/pgha-report.tar.gz
     """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
-    from tasks import support_report
+    from flows.steps.cluster import cluster_status
+    from tasks import patroni, support_report
 
     path = output or Path(f"pgha-report-{spec.scope}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
     audit_json = None
@@ -402,4 +406,10 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
         state = run_flow(audit_flow, spec, return_state=True)
         audit_json = state.result(raise_on_failure=False)
         audit_json = audit_json.to_json() if hasattr(audit_json, "to_json") else {"error": str(audit_json)}
-    return Done(support_report.build(spec, path, audit_json), spec)
+    history: list[dict[str, Any]] | dict[str, Any]
+    try:
+        history = patroni.history(spec)
+    except PghaError as exc:
+        history = {"error": str(exc)}
+    status = cluster_status(spec).to_json()
+    return Done(support_report.build(spec, path, status, audit_json, history), spec)

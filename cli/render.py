@@ -336,4 +336,5 @@ def history(done: Done[HistoryResult]) -> None:
 
 def report(done: Done[ReportResult]) -> None:
     r = done.result
-    line(f"{r.path} ({r.bytes} bytes, {len(r.files)} files); checked for {r.secrets_checked} secrets: none found")
+    line(f"{r.path} ({r.bytes} bytes, {len(r.files)} files); searched for {r.secrets_checked} forms of the "
+         "cluster's secrets (as written and base64): none found")

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from stack.cluster import Member, MemberRole
+from stack.errors import SpecError
 from stack.layout import (
     NODE_CONF,
     PG_PORT,
@@ -32,6 +33,7 @@ from stack.layout import (
     SOCKET_DIR,
 )
 from stack.spec import BackupSpec, ClusterSpec, CompressType
+from stack.typed import control_character
 
 CLIENT_CN = "pgha-backup"
 CERT_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
@@ -63,14 +65,25 @@ def archive_parameters(spec: ClusterSpec) -> dict[str, str]:
 
 
 def _ini(sections: list[tuple[str, dict[str, Any]]]) -> str:
+    """pgBackRest's ini text. A value that would start another line or section, or change where the
+    value starts or ends (pgBackRest trims spaces), is refused: it could add any option."""
     out = ["# Rendered by pgha from the ClusterSpec; do not edit by hand."]
     for name, opts in sections:
-        out.append(f"\n[{name}]")
+        out.append(f"\n[{_ini_value(name, 'section')}]")
         for k, v in opts.items():
             if isinstance(v, bool):
                 v = "y" if v else "n"
-            out.append(f"{k}={v}")
+            out.append(f"{_ini_value(k, 'option')}={_ini_value(str(v), k)}")
     return "\n".join(out) + "\n"
+
+
+def _ini_value(text: str, what: str) -> str:
+    if control_character(text) is not None or text != text.strip() \
+            or (what in ("section", "option") and not re.fullmatch(r"[A-Za-z0-9._-]+", text)):
+        # Never the value itself in the message: it may be a key or the passphrase.
+        raise SpecError(f"{what if what in ('section', 'option') else 'the value of ' + what} cannot be written "
+                        "into a pgBackRest config (a control character or spaces at either end)")
+    return text
 
 
 # ---- repository encryption and the S3 repository's TLS (issue 12 / 11) ----

@@ -20,7 +20,9 @@ import hashlib
 import re
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from stack import typed
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
@@ -32,8 +34,8 @@ MEMBER_PORTS = {5432: "PostgreSQL", 8008: "Patroni's REST API", 2379: "etcd clie
                 8432: "pgBackRest's TLS server", 8433: "the pgBackRest repository host's server"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(typed.Strict):
+    """Unknown keys refused, frozen, no control character in any string (`stack.typed`)."""
 
 
 class EngineTLS(_Strict):
@@ -46,6 +48,7 @@ class EngineTLS(_Strict):
     @field_validator("ca", "cert", "key")
     @classmethod
     def _path(cls, v: str) -> str:
+        typed.host_path(v)
         if "-----BEGIN" in v:
             raise ValueError("give the path of a file, never the key or certificate itself")
         return v
@@ -172,9 +175,15 @@ class HostSpec(_Strict):
     @field_validator("engine_socket")
     @classmethod
     def _socket(cls, v: str) -> str:
-        if not v.startswith("/") or ".." in v.split("/"):
-            raise ValueError(f"engine_socket '{v}' must be an absolute path on the host (e.g. {ENGINE_SOCKET})")
+        if not typed.SAFE_PATH_RE.match(v) or ".." in v.split("/"):
+            raise ValueError(f"engine_socket '{v}' must be an absolute path on the host of letters, digits and "
+                             f". _ @ + - / (e.g. {ENGINE_SOCKET})")
         return v
+
+    @field_validator("address", "client_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else typed.host_address(v)
 
     @field_validator("docker")
     @classmethod
@@ -183,6 +192,10 @@ class HostSpec(_Strict):
             raise ValueError(f"docker '{v}' must start with one of {', '.join(ENGINE_SCHEMES)}")
         if v.startswith("ssh://"):
             ssh_target(v)
+        elif v.startswith("tcp://"):
+            typed.endpoint(v.removeprefix("tcp://"))
+        elif not typed.SAFE_PATH_RE.match(v.removeprefix("unix://")):
+            raise ValueError(f"docker '{v}' must be unix:// and an absolute path of letters, digits and . _ @ + - /")
         return v
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The operator's verbs, decided: restart order, history causes, audit order, leader changes, redaction.
+"""The operator's verbs, decided: restart order, history causes, audit order, leader changes.
 
 Pure: the flows and the CLI gather the facts (Patroni's view and /history, the operations
 journal, the audit findings) and these functions decide; unit-tested without Docker.
@@ -180,14 +180,3 @@ def md_cell(text: str) -> str:
     elif text.startswith("<"):
         text = "less than " + text[1:].lstrip()
     return text
-
-
-# ---- redaction (the support report) ----
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Every secret value replaced by `[REDACTED]`, and key=value / key: value lines of password-ish keys."""
-    for s in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(s, "[REDACTED]")
-    return re.sub(r"(?im)^(\s*[\w.-]*(password|passwd|secret|token|api[_-]?key|private)[\w.-]*\s*[:=]\s*).+$",
-                  r"\1[REDACTED]", text)

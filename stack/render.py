@@ -8,7 +8,9 @@ read-only into the node), never in a command line, env var or label.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ import yaml
 
 from stack import appdb, tls
 from stack.backup import archive_parameters
+from stack.errors import SpecError
 from stack.layout import (
     ETCD_CLIENT_PORT,
     ETCD_MOUNT,
@@ -38,6 +41,10 @@ from stack.resources import derive_memory_parameters
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 
+# pg_hba host names: dot-separated labels (no space, `#`, quote, `/` or `,`).
+HBA_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+CONFIG_TOKEN_RE = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
+
 
 def etcd_hosts(spec: ClusterSpec) -> list[str]:
     return [f"{spec.address(m)}:{ETCD_CLIENT_PORT}" for m in spec.etcd_names()]
@@ -59,9 +66,10 @@ def etcd_tls_flags() -> list[str]:
 
 def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
     """etcd's flags for one member. The initial-cluster flags only matter on first start."""
-    host = spec.address(member)  # many hosts: the host's address (host networking)
+    host = config_token(spec.address(member), "address")  # many hosts: the host's address (host networking)
     sch = scheme(spec)
-    initial = ",".join(f"{m}={sch}://{spec.address(m)}:{ETCD_PEER_PORT}" for m in spec.etcd_names())
+    initial = ",".join(f"{m}={sch}://{config_token(spec.address(m), 'address')}:{ETCD_PEER_PORT}"
+                       for m in spec.etcd_names())
     return [
         f"--name={member}",
         f"--data-dir={ETCD_MOUNT}/data",
@@ -143,9 +151,32 @@ def hosts_pg_hba(spec: ClusterSpec) -> list[str]:
     host = "hostssl" if ssl else "host"
     rules = pg_hba("127.0.0.1/32", ssl)[:4]
     for h in spec.hosts or []:
-        rules += [f"{host} replication {REPLICATION_USER} {h.address}/32 scram-sha-256",
-                  f"{host} all all {h.address}/32 scram-sha-256"]
+        addr = hba_address(h.address)
+        rules += [f"{host} replication {REPLICATION_USER} {addr} scram-sha-256",
+                  f"{host} all all {addr} scram-sha-256"]
     return rules
+
+
+def hba_address(address: str) -> str:
+    """One host as a pg_hba address field: an IPv4 address as /32, a host name as itself.
+
+    Anything else (a space, `#`, a quote, a mask of its own) would change what the line means,
+    so it is refused here too, whatever the spec's validation let through.
+    """
+    try:
+        return f"{ipaddress.IPv4Address(address)}/32"
+    except ValueError:
+        pass
+    if not HBA_NAME_RE.match(address):
+        raise SpecError(f"host address '{address}' cannot be written into pg_hba.conf (an IPv4 address or a host name)")
+    return address
+
+
+def config_token(value: str, what: str) -> str:
+    """A value written unquoted into haproxy.cfg or etcd's flags: refused when it could split or end a line."""
+    if not CONFIG_TOKEN_RE.match(value):
+        raise SpecError(f"{what} '{value}' cannot be written into a config file (letters, digits and . _ : / @ + - only)")
+    return value
 
 
 # libpq options of Patroni's replication and rewind connections (primary_conninfo, pg_rewind).
@@ -248,7 +279,7 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
         # Many hosts (host networking): fixed host addresses, no Docker DNS; HAProxy binds the
         # cluster's client ports on its own host.
         default_server = default_server.replace("resolvers docker init-addr last,libc,none ", "")
-        servers = [f"server {m} {spec.address(m)}:{PG_PORT}" for m in spec.node_names()]
+        servers = [f"server {m} {config_token(spec.address(m), 'address')}:{PG_PORT}" for m in spec.node_names()]
         rw_bind, ro_bind, stats_bind = f":{spec.ports.rw}", f":{spec.ports.ro}", f":{spec.ports.stats}"
     else:
         resolvers = [CfgSection("resolvers docker", [

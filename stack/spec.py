@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from stack import appdb
 from stack import hosts as hostplan
+from stack import typed
 from stack.errors import SpecError
 from stack.resources import check_memory, owned_reason
 from stack.rolling import PATRONI_OWNED
@@ -36,6 +37,15 @@ class Role(StrEnum):
     REPO = "repo"  # the pgBackRest repository host (backup.repo_host)
 
 
+class Insecure(StrEnum):
+    """Combinations pgha refuses unless the spec's `insecure:` lists them (each exposes something)."""
+
+    # tls.enabled false with hosts: etcd, Patroni's REST API and PostgreSQL in plain text between machines
+    PLAINTEXT_BETWEEN_HOSTS = "plaintext-between-hosts"
+    # a tcp:// engine without a tls block: the Docker API (root on that host) unauthenticated and in plain text
+    PLAINTEXT_ENGINE_API = "plaintext-engine-api"
+
+
 class Profile(StrEnum):
     """Timing profile for Patroni and HAProxy checks."""
 
@@ -43,8 +53,8 @@ class Profile(StrEnum):
     PATRONI_DEFAULTS = "patroni-defaults"  # Patroni's and a typical HAProxy's own defaults
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(typed.Strict):
+    """Unknown keys refused, frozen, no control character in any string (`stack.typed`)."""
 
 
 class Ports(_Strict):
@@ -175,6 +185,13 @@ class S3Repo(_Strict):
     network: str | None = Field(None, description="an existing Docker network through which the endpoint is "
                                                  "reached (a private S3 server in a container); nodes and restore "
                                                  "boxes join it. Absent: the default route")
+
+    _bucket = field_validator("bucket")(typed.s3_bucket)
+    _endpoint = field_validator("endpoint")(typed.endpoint)
+    _region = field_validator("region")(typed.s3_region)
+    _path = field_validator("path")(typed.safe_path)
+    _ca_file = field_validator("ca_file")(typed.host_path)
+    _network = field_validator("network")(typed.docker_name)
 
 
 class BackupSpec(_Strict):
@@ -410,6 +427,8 @@ class UpgradePolicy(_Strict):
                                                "restart (in place: a write gap of one PostgreSQL restart)")
     node_image: str | None = Field(None, description="image the Patroni nodes run (set by `pgha upgrade`)")
 
+    _image = field_validator("node_image")(typed.image_ref)
+
 
 class MajorUpgradePolicy(_Strict):
     """Blue/green major upgrades (`pgha upgrade --major`)."""
@@ -498,6 +517,21 @@ class ClusterSpec(_Strict):
     allow_unsafe_placement: bool = Field(False, description="accept a placement where losing one host stops "
                                                             "the cluster")
     # ---- end many hosts ----
+    insecure: list[Insecure] = Field(default_factory=list, description="insecure combinations this spec accepts, "
+                                     "each named: plaintext-between-hosts (tls.enabled false with hosts: etcd, "
+                                     "Patroni's REST API and PostgreSQL unencrypted between machines), "
+                                     "plaintext-engine-api (a tcp:// engine without tls: the Docker API, root on that "
+                                     "host, unauthenticated and unencrypted). Without the entry such a spec is refused; "
+                                     "an entry the spec does not need is refused too")
+
+    _images = field_validator("image", "base_image")(typed.image_ref)
+
+    @field_validator("postgres_parameters")
+    @classmethod
+    def _parameter_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            typed.parameter_name(name)
+        return v
 
     @field_validator("scope")
     @classmethod
@@ -590,6 +624,18 @@ class ClusterSpec(_Strict):
                              "the volume repository lives on one engine); set one, or backup.enabled: false")
         if self.pooler.enabled:
             raise ValueError("pooler.enabled is not supported with hosts yet")
+        return self
+
+    @model_validator(mode="after")
+    def _insecure(self) -> ClusterSpec:
+        """An insecure combination only when `insecure:` names it; every entry must name one the spec has."""
+        found = insecure_combinations(self)
+        for kind, why in found.items():
+            if kind not in self.insecure:
+                raise ValueError(f"{why}; fix it, or add '{kind}' to insecure: to accept that")
+        for kind in self.insecure:
+            if kind not in found:
+                raise ValueError(f"insecure lists '{kind}' but the spec has no such combination; remove it")
         return self
 
     @model_validator(mode="after")
@@ -723,6 +769,21 @@ class ClusterSpec(_Strict):
     def repo_member(self) -> str:
         """The pgBackRest repository host's member name (`<scope>-repo`, on backup.repo_host)."""
         return "repo"
+
+
+def insecure_combinations(spec: ClusterSpec) -> dict[Insecure, str]:
+    """Each insecure combination of the spec with one line saying what it exposes."""
+    found: dict[Insecure, str] = {}
+    if spec.hosts is not None and not spec.tls.enabled:
+        found[Insecure.PLAINTEXT_BETWEEN_HOSTS] = (
+            "tls.enabled: false with hosts sends etcd's data (the cluster's state, writable by anyone who reaches it), "
+            "Patroni's REST API and PostgreSQL sessions (passwords included) unencrypted over the hosts' network")
+    plain = [h for h in spec.hosts or [] if h.docker.startswith("tcp://") and h.tls is None]
+    if plain:
+        found[Insecure.PLAINTEXT_ENGINE_API] = (
+            f"host {plain[0].name}'s engine {plain[0].docker} has no tls: its Docker API (root on that machine) would "
+            "take any caller and carry every secret pgha pushes in plain text; give the host tls: {ca, cert, key}")
+    return found
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

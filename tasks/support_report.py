@@ -1,103 +1,130 @@
-"""`pgha report`: a tarball for support, built from the host's state and the engine's logs.
+"""`pgha report`: a tarball for support, built from an allowlist and scanned for every secret before it is kept.
 
-Holds the spec and every rendered config (patroni.yml, haproxy.cfg, pgbackrest.conf) with
-secrets redacted, the status, the audit, the history and operations journal, and the recent
-log of every member (redacted too). Never copied: password files, private keys,
-certificates, curl/pgpass auth files. Before it is handed over, the finished tarball is read
-back and searched for every secret of the cluster (passwords, S3 keys, private keys); a hit
-deletes it and fails loudly.
+What goes in (and nothing else): the spec and the configs pgha renders from it with
+`[REDACTED]` in place of every credential (`stack.report.support_files`: patroni.yml, the
+pgBackRest configs, haproxy.cfg, etcd's flags, the fencer's configuration) — no file of the
+state directory is copied, so no secret is loaded to build them; a listing of the state
+directory (names, modes, sizes); the status, the audit, Patroni's history, the operations
+journal; the recent log of every member, with every secret pgha holds redacted.
+
+Then the scan: the finished tarball is read back and every member searched for every secret
+the host holds for the cluster (`held_secrets`: the password and S3 credential files, the
+repository's cipher passphrase, every private key, pgpass and auth files, the Prefect API's
+auth string), as written and base64-encoded. A hit deletes the tarball and fails with one line
+naming the member: a report either holds no secret or does not exist.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
+from stack import report as rp
 from stack.errors import PghaError
-from stack.operator import redact
 from stack.results import ReportResult
 from stack.spec import ClusterSpec
 from tasks import docker_hosts
 from tasks.host import journal
-from tasks.host.state import cluster_dir
+from tasks.host.state import cluster_dir, state_root
 
 LOG_LINES = 500
-SKIP_SUFFIXES = (".key", ".crt", ".pem", ".curl", ".json", ".lock", ".tmp")
-SKIP_NAMES = ("pgpass", "secrets.json", "s3-credentials.json")
-TEXT_SUFFIXES = (".yml", ".yaml", ".cfg", ".conf", ".sh")
+MAX_SECRET_FILE = 1 << 20  # a secret file is small; a bigger one is not read whole
 
 
-def secret_values(spec: ClusterSpec) -> list[str]:
-    """Every secret of the cluster the report must not hold."""
-    from tasks.host.secrets import cluster_secrets
+def held_secrets(scope: str) -> list[str]:
+    """Every secret the host holds for `scope`: what the scan must never find in the report.
 
+    Walks the whole state directory of the cluster and the server's directory (the Prefect
+    API's auth file and keys), deciding by name and content (`stack.report.secrets_in_file`),
+    and adds the auth string in this process's environment.
+    """
     found: list[str] = []
-    try:
-        found += cluster_secrets(spec.scope).values()
-    except (PghaError, OSError, ValueError):
-        pass
-    d = cluster_dir(spec.scope)
-    creds = d / "s3-credentials.json"
-    if creds.exists():
-        found += [str(v) for v in json.loads(creds.read_text()).values()]
-    for key in d.rglob("*.key"):
-        # Any line of a private key's body is a secret on its own.
-        found += [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
-    return [s for s in found if len(s) >= 8]
-
-
-def build(spec: ClusterSpec, path: Path, audit: dict[str, Any] | None) -> ReportResult:
-    from flows.steps.cluster import cluster_status
-    from tasks import patroni
-
-    secrets = secret_values(spec)
-    files: dict[str, str] = {}
-    d = cluster_dir(spec.scope)
-    for f in sorted(p for p in d.rglob("*") if p.is_file()):
-        rel = f.relative_to(d)
-        if f.name in SKIP_NAMES or f.suffix in SKIP_SUFFIXES or f.suffix not in TEXT_SUFFIXES:
+    for root in (cluster_dir(scope), state_root() / "server"):
+        if not root.is_dir():
             continue
-        files[f"state/{rel}"] = f.read_text(errors="replace")
-    files["status.json"] = json.dumps(cluster_status(spec).to_json(), indent=2)
+        for f in root.rglob("*"):
+            if not f.is_file() or f.is_symlink() or f.stat().st_size > MAX_SECRET_FILE:
+                continue
+            try:
+                text = f.read_text(errors="replace")
+            except OSError:
+                continue
+            found += rp.secrets_in_file(str(f.relative_to(root)), text)
+    if auth := os.environ.get("PREFECT_API_AUTH_STRING"):
+        found += [auth, auth.split(":", 1)[-1]]
+    return [s for s in dict.fromkeys(found) if len(s) >= rp.MIN_SECRET]
+
+
+def _subnet(spec: ClusterSpec) -> str | None:
+    """The cluster network's subnet, looked up (never created); None with hosts or when it is gone."""
+    if spec.multi_host:
+        return "127.0.0.1/32"
+    try:
+        client = docker_hosts.engines(spec).default.client
+        for net in client.networks.list(names=[spec.network]):
+            if net.name == spec.network:
+                cfg = (client.networks.get(net.id).attrs.get("IPAM") or {}).get("Config") or []
+                return next((str(c["Subnet"]) for c in cfg if ":" not in str(c.get("Subnet", ":"))), None)
+    except Exception:  # noqa: BLE001 - the subnet is a nicety of the report, never a reason to fail it
+        return None
+    return None
+
+
+def _state_listing(scope: str) -> str:
+    d = cluster_dir(scope)
+    entries = [(str(f.relative_to(d)), f.stat().st_mode & 0o7777, f.stat().st_size)
+               for f in d.rglob("*") if f.is_file()] if d.is_dir() else []
+    return rp.listing(entries)
+
+
+def build(spec: ClusterSpec, path: Path, status: dict[str, Any], audit: dict[str, Any] | None,
+          history: list[dict[str, Any]] | dict[str, Any]) -> ReportResult:
+    """Write the report of `spec`'s cluster to `path` (0600) or raise PghaError naming the member that leaked."""
+    forms = rp.secret_forms(held_secrets(spec.scope))
+    encrypted = (cluster_dir(spec.scope) / "pgbackrest" / "cipher.pass").exists()  # existence only, never read
+    files = {f"state/{k}": v for k, v in rp.support_files(spec, _subnet(spec), encrypted).items()}
+    files["state/files.txt"] = _state_listing(spec.scope)
+    files["status.json"] = json.dumps(status, indent=2, default=str)
     if audit is not None:
         files["audit.json"] = json.dumps(audit, indent=2, default=str)
-    try:
-        files["history.json"] = json.dumps(patroni.history(spec), indent=2)
-    except PghaError as exc:
-        files["history.json"] = json.dumps({"error": str(exc)})
-    files["operations.jsonl"] = "\n".join(json.dumps(e) for e in journal.entries(spec.scope))
+    files["history.json"] = json.dumps(history, indent=2, default=str)
+    files["operations.jsonl"] = rp.redact("\n".join(json.dumps(e) for e in journal.entries(spec.scope)), forms)
     eng = docker_hosts.engines(spec)
     for member, _ in spec.expected_members():
-        files[f"logs/{member}.log"] = eng.of(member).logs(spec.container(member), tail=LOG_LINES)
+        try:
+            text = eng.of(member).logs(spec.container(member), tail=LOG_LINES)
+        except PghaError as exc:
+            text = f"(no log: {exc})\n"
+        files[f"logs/{member}.log"] = rp.redact(text, forms)
     files["README.txt"] = (f"pgha support report of cluster {spec.scope}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.\n"
-                           "Secrets are redacted; password files and private keys are not included.\n")
+                           "Configs are rendered from the spec with [REDACTED] credentials; no password file, "
+                           "private key or passphrase is included, and every member was scanned for them.\n")
+    members = {f"pgha-report-{spec.scope}/{name}": text.encode() for name, text in files.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = redact(text, secrets).encode()
-            info = tarfile.TarInfo(f"pgha-report-{spec.scope}/{name}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
             tar.addfile(info, io.BytesIO(data))
-    path.chmod(0o600)
-    leaked = find_secrets(path, secrets)
+    leaked = rp.leaks(read_members(path), forms)
     if leaked:
         path.unlink(missing_ok=True)
         raise PghaError(f"the report would hold a secret of {spec.scope} in {leaked[0]}; not written")
     return ReportResult(scope=spec.scope, path=str(path.resolve()), files=sorted(files), bytes=path.stat().st_size,
-                        secrets_checked=len(secrets))
+                        secrets_checked=len(forms))
 
 
-def find_secrets(path: Path, secrets: list[str]) -> list[str]:
-    """Members of the tarball that contain any of `secrets`."""
-    hits = []
+def read_members(path: Path) -> dict[str, bytes]:
+    """The finished tarball as it will be handed over: member name -> bytes (read back, not from memory)."""
+    out: dict[str, bytes] = {}
     with tarfile.open(path, "r:gz") as tar:
         for m in tar.getmembers():
             fh = tar.extractfile(m)
-            data = fh.read().decode(errors="replace") if fh else ""
-            if any(s in data for s in secrets):
-                hits.append(m.name)
-    return hits
+            out[m.name] = fh.read() if fh else b""
+    return out

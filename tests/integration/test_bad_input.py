@@ -33,6 +33,11 @@ def busy_port() -> Iterator[int]:
         ({"scope": "Not_A_Name"}, "is not a valid scope"),
         ({"replicas": 2}, "replicas: unknown key"),
         ({"image": "pgha/does-not-exist:0"}, "image pgha/does-not-exist:0 (spec key image) does not exist"),
+        ({"backup": {"s3": {"bucket": "b-1", "endpoint": "minio:9000\nrepo1-cipher-type=none"}}},
+         "backup.s3.endpoint holds the control character U+000A"),
+        ({"hosts": [{"name": f"h{i}", "docker": f"ssh://ops@h{i}", "address": f"10.0.0.1{i}"} for i in (1, 2, 3)],
+          "nodes": 3, "etcd_members": 3, "backup": {"enabled": False}, "tls": {"enabled": False}},
+         "add 'plaintext-between-hosts' to insecure:"),
     ],
 )
 def test_bad_spec_creates_nothing(patch: dict[str, object], fragment: str, base_env: dict[str, str],

@@ -57,7 +57,7 @@ def test_fencer_config_over_hosts_reaches_etcd_at_the_hosts_addresses_over_tls()
                             "key": "/run/pgha/tls/client.key"}
     assert cfg.docker_url == "unix:///run/pgha/engine/proxy.sock"
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
-    plain = topology.fencer_config(spec(tls={"enabled": False}))
+    plain = topology.fencer_config(spec(tls={"enabled": False}, insecure=["plaintext-between-hosts"]))
     assert plain.etcd_urls[0] == "http://10.0.0.11:2379" and plain.etcd_tls is None
     # the single engine is unchanged: container names on the cluster network, the loopback proxy
     one = topology.fencer_config(ClusterSpec(scope="lab"))

@@ -1,5 +1,5 @@
 """The operator's verbs decided without Docker: restart order, history causes, leader change,
-audit order and cells, redaction; and the read-only paths that must not load Prefect."""
+audit order and cells; and the read-only paths that must not load Prefect."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from stack.operator import (
     leader_change,
     md_cell,
     ordered,
-    redact,
     reinit_problem,
     restart_plan,
     summary_line,
@@ -102,13 +101,6 @@ def test_threshold_cells_do_not_start_with_a_quote_marker() -> None:
     assert md_cell("<= 10 s") == "≤ 10 s"
     assert md_cell("> 5") == "more than 5"
     assert md_cell("a|b") == "a\\|b"
-
-
-def test_redact_values_and_password_lines() -> None:
-    text = "superuser:\n  password: hunter2-long\nurl: postgres://u:s3cretvalue@h\napi_key = abc\nplain: fine\n"
-    out = redact(text, ["s3cretvalue"])
-    assert "hunter2-long" not in out and "s3cretvalue" not in out and "abc" not in out
-    assert "plain: fine" in out and out.count("[REDACTED]") == 3
 
 
 def test_read_only_verbs_do_not_import_prefect() -> None:
