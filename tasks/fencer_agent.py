@@ -4,8 +4,11 @@ Not imported by pgha: `tasks.fencer` ships this file and `stack/fencing.py` (as 
 into the fencer's config directory. It follows the engine's events for the cluster's Patroni
 containers through the fencer's GET-only socket proxy; on a `die`, `kill`, `oom` or `pause`
 it asks the engine whether the container is really dead and, only then, deletes the scope's
-leader key in one etcd transaction that compares the key's value and revision. Every decision
-is one JSON line on stdout (the container's log) and a count in the stats file the audit reads.
+leader key in one etcd transaction that compares the key's value and revision. A confirmed
+death also marks the member down in HAProxy through its runtime-API socket, and a thread then
+watches the leader key and routes R/W to the member that takes it the moment it does. Every
+decision is one JSON line on stdout (the container's log) and a count in the stats file the
+audit reads.
 
     python3 fencer.py fencer.json
 """
@@ -18,6 +21,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -107,6 +111,56 @@ def etcd_post(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: 
     return None
 
 
+def haproxy_api(path: str, commands: list[str], timeout: float) -> str | None:
+    """Send one line of runtime-API commands to an HAProxy socket; its answer (None: no answer)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(F.api_line(commands))
+            chunks = []
+            while True:  # HAProxy closes the connection after the line's answers (non-interactive)
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def tell_haproxy(cfg: F.FencerConfig, commands: list[str]) -> str:
+    """The commands to every HAProxy the agent reaches; "ok", or what went wrong with which."""
+    problems = []
+    for path in cfg.haproxy_sockets:
+        answer = haproxy_api(path, commands, cfg.timeout_s)
+        if answer is None:
+            problems.append(f"{path}: no answer")
+        elif refused := F.api_refusals(answer):
+            problems.append(f"{path}: {refused[0][:120]}")
+    return "; ".join(problems) or "ok"
+
+
+def route_leader(cfg: F.FencerConfig, tls: ssl.SSLContext | None, dead: str) -> None:
+    """Watch the leader key after `dead` died; route R/W to the member that takes it, at once.
+
+    Polls every 50 ms for `route_wait_s` (a linearizable read, like the fencing's). The new
+    leader may still be finishing its promotion: clients that reach it then are refused and
+    reconnect; HAProxy's health checks stay the judge of everything after.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < cfg.route_wait_s:
+        reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
+        leader = F.new_leader(dead, F.parse_range(reply) if reply is not None else None)
+        if leader is not None:
+            result = tell_haproxy(cfg, F.route_commands(leader))
+            log(msg="routed the leader", dead=dead, leader=leader, haproxy=result,
+                wait_ms=round((time.monotonic() - t0) * 1000, 1))
+            return
+        time.sleep(0.05)
+    log(msg="no other leader to route", dead=dead, waited_s=cfg.route_wait_s)
+
+
 def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any]) -> dict[str, Any]:
     """One event in, one decision out (already acted upon)."""
     t0 = time.monotonic()
@@ -124,6 +178,9 @@ def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any
         unreachable = verdict.reason.startswith("engine did not answer")
         decision["outcome"] = (F.Outcome.ENGINE_UNREACHABLE if unreachable else F.Outcome.STILL_RUNNING).value
     else:
+        if cfg.haproxy_sockets and member:  # first: a local socket, independent of etcd's answers
+            decision["haproxy"] = tell_haproxy(cfg, F.takeout_commands(member))
+            decision["haproxy_ms"] = round((time.monotonic() - t0) * 1000, 1)
         reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
         p = F.plan(member, cfg.leader_key, F.parse_range(reply) if reply is not None else None)
         decision["key"] = p.detail
@@ -179,6 +236,8 @@ def run(cfg: F.FencerConfig) -> None:
                 counters.events += 1
                 decision = decide(cfg, tls, event)
                 log(**decision)
+                if "haproxy" in decision:  # a confirmed death: route whoever takes the lock
+                    threading.Thread(target=route_leader, args=(cfg, tls, decision["member"]), daemon=True).start()
                 counters.count(decision)
                 write_stats(cfg, counters)
                 last_ok = time.monotonic()

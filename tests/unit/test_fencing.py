@@ -112,3 +112,67 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
     assert "setpriv --reuid=nobody" in p.files["fencer.sh"]  # the agent cannot open the socket itself
     other = topology.fencer(spec, "img:1", "/conf", {"fencer.py": "agent v2", "fencing.py": "pure"})
     assert other.container.config_hash != p.container.config_hash  # a new agent recreates the fencer
+
+
+# ---- HAProxy's runtime API: a confirmed death out at once, the new leader routed ----
+
+def test_takeout_marks_the_member_down_in_every_backend_and_route_marks_the_leader_up() -> None:
+    # `health down`, not maint: the checks keep running and take the member back when it returns.
+    assert F.takeout_commands("pg-1") == ["set server primary/pg-1 health down", "set server replicas/pg-1 health down"]
+    assert F.route_commands("pg-2") == ["set server primary/pg-2 health up"]
+    assert F.api_line(F.takeout_commands("pg-1")) == (
+        b"set server primary/pg-1 health down;set server replicas/pg-1 health down\n")
+    assert F.api_refusals("\n\n") == []
+    assert F.api_refusals("No such server.\n\n") == ["No such server."]
+
+
+def test_new_leader_is_only_another_member_holding_the_key() -> None:
+    assert F.new_leader("pg-1", F.parse_range(rec("range_holder_pg2"))) == "pg-2"
+    assert F.new_leader("pg-1", F.parse_range(rec("range_holder_pg1"))) is None  # still the dead one's
+    assert F.new_leader("pg-1", F.parse_range(rec("range_absent"))) is None  # nobody promoted yet
+    assert F.new_leader("pg-1", None) is None  # etcd did not answer
+
+
+def test_agent_sends_one_line_to_each_socket_and_reports_refusals(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from tasks import fencer_agent
+
+    path = str(tmp_path / "api.sock")
+    got: list[bytes] = []
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(2)
+
+    def serve(answers: list[bytes]) -> None:
+        for answer in answers:
+            conn, _ = srv.accept()
+            with conn:
+                got.append(conn.recv(4096))
+                conn.sendall(answer)
+
+    t = threading.Thread(target=serve, args=([b"\n", b"No such server.\n\n"],), daemon=True)
+    t.start()
+    cfg = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                         haproxy_sockets=[path])
+    assert fencer_agent.tell_haproxy(cfg, F.takeout_commands("pg-1")) == "ok"
+    assert fencer_agent.tell_haproxy(cfg, F.route_commands("pg-9")).endswith("No such server.")
+    t.join(5)
+    srv.close()
+    assert got[0] == F.api_line(F.takeout_commands("pg-1"))
+    missing = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                             haproxy_sockets=[str(tmp_path / "none.sock")], timeout_s=0.2)
+    assert fencer_agent.tell_haproxy(missing, ["x"]).endswith("no answer")
+
+
+def test_haproxy_and_the_fencer_share_the_runtime_api_volume_on_one_engine() -> None:
+    spec = ClusterSpec()
+    hap = topology.haproxy(spec, "img", "/conf").container
+    fen = topology.fencer(spec, "img", "/conf", {"fencer.py": "", "fencing.py": ""}).container
+    assert hap.tmpfs_volumes == fen.tmpfs_volumes == {spec.haproxy_api_volume: "/run/haproxy-fence"}
+    assert not hap.volumes.get(spec.haproxy_api_volume)  # not a data volume
+    cfg = topology.fencer_config(spec)
+    assert cfg.haproxy_sockets == ["/run/haproxy-fence/api.sock"] and cfg.route_wait_s == spec.timing.ttl
+    assert "stats socket /run/haproxy-fence/api.sock mode 666 level admin" in topology.haproxy(spec, "i", "/c").files[
+        "haproxy.cfg"]
