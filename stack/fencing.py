@@ -154,14 +154,40 @@ def txn_outcome(response: dict[str, Any] | None) -> tuple[Outcome, str]:
 BACKENDS = ("primary", "replicas")  # the `listen` sections of haproxy.cfg (stack/render.py)
 
 
-def takeout_commands(member: str) -> list[str]:
-    """Runtime-API commands that mark a member the engine confirmed dead down in every backend.
+SERVERS_STATE = "show servers state"  # the runtime-API command whose answer `parse_servers_state` reads
+
+
+def parse_servers_state(text: str) -> list[dict[str, str]]:
+    """`show servers state`'s answer: a version line, a `# be_id be_name ...` header, one line per server."""
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split()
+        elif header and line.strip():
+            rows.append(dict(zip(header, line.split(), strict=False)))
+    return rows
+
+
+def servers_of(rows: list[dict[str, str]], container: str) -> list[tuple[str, str]]:
+    """(backend, server) of pgha's backends whose server HAProxy resolves by `container`'s name.
+
+    By the name HAProxy resolves (`srv_fqdn`), not the member's name alone: a server that now
+    points elsewhere (blue's HAProxy routed to green's nodes during a major upgrade) is never
+    taken out for a container of the same member name that died.
+    """
+    return [(r["be_name"], r["srv_name"]) for r in rows
+            if r.get("be_name") in BACKENDS and r.get("srv_fqdn") == container and r.get("srv_name")]
+
+
+def takeout_commands(servers: list[tuple[str, str]]) -> list[str]:
+    """Runtime-API commands that mark the servers of a container the engine confirmed dead down.
 
     `health down`, not `state maint`: health checks keep running on the server, so when the
     member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo;
     `on-marked-down shutdown-sessions` closes the sessions still open to it at once.
     """
-    return [f"set server {backend}/{member} health down" for backend in BACKENDS]
+    return [f"set server {backend}/{server} health down" for backend, server in servers]
 
 
 def route_commands(leader: str) -> list[str]:

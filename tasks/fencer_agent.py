@@ -129,11 +129,19 @@ def haproxy_api(path: str, commands: list[str], timeout: float) -> str | None:
         return None
 
 
-def tell_haproxy(cfg: F.FencerConfig, commands: list[str]) -> str:
-    """The commands to every HAProxy the agent reaches; "ok", or what went wrong with which."""
+def take_out(cfg: F.FencerConfig, container: str) -> str:
+    """Mark every HAProxy server that resolves to `container` down; "ok", or what went wrong."""
     problems = []
     for path in cfg.haproxy_sockets:
-        answer = haproxy_api(path, commands, cfg.timeout_s)
+        state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
+        if state is None:
+            problems.append(f"{path}: no answer")
+            continue
+        servers = F.servers_of(F.parse_servers_state(state), container)
+        if not servers:
+            problems.append(f"{path}: no server resolves to {container}")
+            continue
+        answer = haproxy_api(path, F.takeout_commands(servers), cfg.timeout_s)
         if answer is None:
             problems.append(f"{path}: no answer")
         elif refused := F.api_refusals(answer):
@@ -153,12 +161,29 @@ def route_leader(cfg: F.FencerConfig, tls: ssl.SSLContext | None, dead: str) -> 
         reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
         leader = F.new_leader(dead, F.parse_range(reply) if reply is not None else None)
         if leader is not None:
-            result = tell_haproxy(cfg, F.route_commands(leader))
+            result = route(cfg, leader)
             log(msg="routed the leader", dead=dead, leader=leader, haproxy=result,
                 wait_ms=round((time.monotonic() - t0) * 1000, 1))
             return
         time.sleep(0.05)
     log(msg="no other leader to route", dead=dead, waited_s=cfg.route_wait_s)
+
+
+def route(cfg: F.FencerConfig, leader: str) -> str:
+    """Route R/W to `leader` in every HAProxy whose `primary/<leader>` resolves to its container."""
+    container = f"{cfg.scope}-{leader}"  # the spec's container name (ClusterSpec.container)
+    problems = []
+    for path in cfg.haproxy_sockets:
+        state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
+        if state is None:
+            problems.append(f"{path}: no answer")
+        elif ("primary", leader) not in F.servers_of(F.parse_servers_state(state), container):
+            problems.append(f"{path}: primary/{leader} does not resolve to {container}")
+        elif (answer := haproxy_api(path, F.route_commands(leader), cfg.timeout_s)) is None:
+            problems.append(f"{path}: no answer")
+        elif refused := F.api_refusals(answer):
+            problems.append(f"{path}: {refused[0][:120]}")
+    return "; ".join(problems) or "ok"
 
 
 def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any]) -> dict[str, Any]:
@@ -178,8 +203,8 @@ def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any
         unreachable = verdict.reason.startswith("engine did not answer")
         decision["outcome"] = (F.Outcome.ENGINE_UNREACHABLE if unreachable else F.Outcome.STILL_RUNNING).value
     else:
-        if cfg.haproxy_sockets and member:  # first: a local socket, independent of etcd's answers
-            decision["haproxy"] = tell_haproxy(cfg, F.takeout_commands(member))
+        if cfg.haproxy_sockets and name:  # first: a local socket, independent of etcd's answers
+            decision["haproxy"] = take_out(cfg, name)
             decision["haproxy_ms"] = round((time.monotonic() - t0) * 1000, 1)
         reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
         p = F.plan(member, cfg.leader_key, F.parse_range(reply) if reply is not None else None)

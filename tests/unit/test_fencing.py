@@ -116,14 +116,27 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
 
 # ---- HAProxy's runtime API: a confirmed death out at once, the new leader routed ----
 
-def test_takeout_marks_the_member_down_in_every_backend_and_route_marks_the_leader_up() -> None:
+STATE = (DATA / "haproxy_servers_state.txt").read_text()  # `show servers state`, HAProxy 3.0 (pgha-it-fk)
+
+
+def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_marks_the_leader_up() -> None:
+    rows = F.parse_servers_state(STATE)
+    assert len(rows) == 6 and rows[0]["srv_fqdn"] == "pgha-it-fk-pg-1"
+    servers = F.servers_of(rows, "pgha-it-fk-pg-1")
+    assert servers == [("primary", "pg-1"), ("replicas", "pg-1")]
     # `health down`, not maint: the checks keep running and take the member back when it returns.
-    assert F.takeout_commands("pg-1") == ["set server primary/pg-1 health down", "set server replicas/pg-1 health down"]
+    assert F.takeout_commands(servers) == ["set server primary/pg-1 health down", "set server replicas/pg-1 health down"]
     assert F.route_commands("pg-2") == ["set server primary/pg-2 health up"]
-    assert F.api_line(F.takeout_commands("pg-1")) == (
-        b"set server primary/pg-1 health down;set server replicas/pg-1 health down\n")
+    assert F.api_line(F.route_commands("pg-2")) == b"set server primary/pg-2 health up\n"
     assert F.api_refusals("\n\n") == []
     assert F.api_refusals("No such server.\n\n") == ["No such server."]
+
+
+def test_a_server_that_resolves_elsewhere_is_never_taken_out() -> None:
+    # blue's HAProxy routed to green's nodes (a major upgrade): blue's pg-1 dying is not green's pg-1
+    rows = F.parse_servers_state(STATE.replace("pgha-it-fk-pg-1", "pgha-it-fk-green-pg-1"))
+    assert F.servers_of(rows, "pgha-it-fk-pg-1") == []
+    assert F.servers_of(F.parse_servers_state(""), "pgha-it-fk-pg-1") == []  # no answer, no servers
 
 
 def test_new_leader_is_only_another_member_holding_the_key() -> None:
@@ -133,37 +146,54 @@ def test_new_leader_is_only_another_member_holding_the_key() -> None:
     assert F.new_leader("pg-1", None) is None  # etcd did not answer
 
 
-def test_agent_sends_one_line_to_each_socket_and_reports_refusals(tmp_path: Path) -> None:
-    import socket
-    import threading
+class FakeHAProxy:
+    """A unix socket that answers `show servers state` with a recording and records every other line."""
 
+    def __init__(self, path: str, state: str) -> None:
+        import socket
+        import threading
+
+        self.lines: list[str] = []
+        self.state = state
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(4)
+        self.srv.settimeout(5)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with conn:
+                line = conn.recv(4096).decode()
+                if line.startswith(F.SERVERS_STATE):
+                    conn.sendall(self.state.encode())
+                else:
+                    self.lines.append(line)
+                    conn.sendall(b"No such server.\n\n" if "pg-9" in line else b"\n")
+
+
+def test_agent_takes_out_the_dead_container_s_servers_and_routes_the_leader(tmp_path: Path) -> None:
     from tasks import fencer_agent
 
     path = str(tmp_path / "api.sock")
-    got: list[bytes] = []
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(2)
-
-    def serve(answers: list[bytes]) -> None:
-        for answer in answers:
-            conn, _ = srv.accept()
-            with conn:
-                got.append(conn.recv(4096))
-                conn.sendall(answer)
-
-    t = threading.Thread(target=serve, args=([b"\n", b"No such server.\n\n"],), daemon=True)
-    t.start()
-    cfg = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+    fake = FakeHAProxy(path, STATE)
+    cfg = F.FencerConfig(scope="pgha-it-fk", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                          haproxy_sockets=[path])
-    assert fencer_agent.tell_haproxy(cfg, F.takeout_commands("pg-1")) == "ok"
-    assert fencer_agent.tell_haproxy(cfg, F.route_commands("pg-9")).endswith("No such server.")
-    t.join(5)
-    srv.close()
-    assert got[0] == F.api_line(F.takeout_commands("pg-1"))
+    assert fencer_agent.take_out(cfg, "pgha-it-fk-pg-1") == "ok"
+    assert fake.lines == ["set server primary/pg-1 health down;set server replicas/pg-1 health down\n"]
+    assert fencer_agent.take_out(cfg, "other-pg-1").endswith("no server resolves to other-pg-1")
+    assert fencer_agent.route(cfg, "pg-2") == "ok"
+    assert fake.lines[-1] == "set server primary/pg-2 health up\n"
+    assert fencer_agent.route(cfg, "pg-9").endswith("primary/pg-9 does not resolve to pgha-it-fk-pg-9")
+    assert len(fake.lines) == 2  # nothing sent for what does not resolve
+    fake.srv.close()
     missing = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                              haproxy_sockets=[str(tmp_path / "none.sock")], timeout_s=0.2)
-    assert fencer_agent.tell_haproxy(missing, ["x"]).endswith("no answer")
+    assert fencer_agent.take_out(missing, "s-pg-1").endswith("no answer")
 
 
 def test_haproxy_and_the_fencer_share_the_runtime_api_volume_on_one_engine() -> None:
