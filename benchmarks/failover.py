@@ -51,9 +51,9 @@ def fence_spec(scope: str = "pgha-bench-fence", port_base: int = 26050) -> Clust
     return parse_spec({"scope": scope, "ports": {"rw": port_base, "ro": port_base + 1, "stats": port_base + 2}})
 
 
-def fencer_timing(spec: ClusterSpec, fencer: str, since: float) -> str:
+def fencer_timing(spec: ClusterSpec, since: float) -> str:
     """When the watcher acted after the death: HAProxy take-out and leader routing (its JSON log)."""
-    text = node(spec, fencer).logs(tail=200, since=since)
+    text = node(spec, spec.fencer_member).logs(tail=200, since=since)
     rows = [json.loads(ln) for ln in text.splitlines() if ln.strip().startswith("{")]
     fenced = next((r for r in rows if r.get("outcome") == "fenced"), None)
     if fenced is None:
@@ -94,7 +94,7 @@ def fencing_suite(runs: int, freeze_runs: int, quorum_runs: int, outage: int, pl
         for i in range(runs):
             since = time.time()
             record("hard-kill, fenced", drill(FENCE, DrillKind.HARD_KILL), i)
-            print(f"      watcher: {fencer_timing(FENCE, fencer, since)}", flush=True)
+            print(f"      watcher: {fencer_timing(FENCE, since)}", flush=True)
             eng.stop(fencer, timeout=5)
             try:
                 record("hard-kill, unfenced (ttl)", drill(FENCE, DrillKind.HARD_KILL), i)

@@ -116,13 +116,13 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
 
 # ---- HAProxy's runtime API: a confirmed death out at once, the new leader routed ----
 
-STATE = (DATA / "haproxy_servers_state.txt").read_text()  # `show servers state`, HAProxy 3.0 (pgha-it-fk)
+STATE = (DATA / "haproxy_servers_state.txt").read_text()  # `show servers state`, HAProxy 3.0 (pgha-it-fk-bench)
 
 
 def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_marks_the_leader_up() -> None:
     rows = F.parse_servers_state(STATE)
-    assert len(rows) == 6 and rows[0]["srv_fqdn"] == "pgha-it-fk-pg-1"
-    servers = F.servers_of(rows, "pgha-it-fk-pg-1")
+    assert len(rows) == 6 and rows[0]["srv_fqdn"] == "pgha-it-fk-bench-pg-1"
+    servers = F.servers_of(rows, "pgha-it-fk-bench-pg-1")
     assert servers == [("primary", "pg-1"), ("replicas", "pg-1")]
     # `health down`, not maint: the checks keep running and take the member back when it returns.
     assert F.takeout_commands(servers) == ["set server primary/pg-1 health down", "set server replicas/pg-1 health down"]
@@ -134,9 +134,9 @@ def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_m
 
 def test_a_server_that_resolves_elsewhere_is_never_taken_out() -> None:
     # blue's HAProxy routed to green's nodes (a major upgrade): blue's pg-1 dying is not green's pg-1
-    rows = F.parse_servers_state(STATE.replace("pgha-it-fk-pg-1", "pgha-it-fk-green-pg-1"))
-    assert F.servers_of(rows, "pgha-it-fk-pg-1") == []
-    assert F.servers_of(F.parse_servers_state(""), "pgha-it-fk-pg-1") == []  # no answer, no servers
+    rows = F.parse_servers_state(STATE.replace("pgha-it-fk-bench-pg-1", "pgha-it-fk-bench-green-pg-1"))
+    assert F.servers_of(rows, "pgha-it-fk-bench-pg-1") == []
+    assert F.servers_of(F.parse_servers_state(""), "pgha-it-fk-bench-pg-1") == []  # no answer, no servers
 
 
 def test_new_leader_is_only_another_member_holding_the_key() -> None:
@@ -181,14 +181,14 @@ def test_agent_takes_out_the_dead_container_s_servers_and_routes_the_leader(tmp_
 
     path = str(tmp_path / "api.sock")
     fake = FakeHAProxy(path, STATE)
-    cfg = F.FencerConfig(scope="pgha-it-fk", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+    cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                          haproxy_sockets=[path])
-    assert fencer_agent.take_out(cfg, "pgha-it-fk-pg-1") == "ok"
+    assert fencer_agent.take_out(cfg, "pgha-it-fk-bench-pg-1") == "ok"
     assert fake.lines == ["set server primary/pg-1 health down;set server replicas/pg-1 health down\n"]
     assert fencer_agent.take_out(cfg, "other-pg-1").endswith("no server resolves to other-pg-1")
     assert fencer_agent.route(cfg, "pg-2") == "ok"
     assert fake.lines[-1] == "set server primary/pg-2 health up\n"
-    assert fencer_agent.route(cfg, "pg-9").endswith("primary/pg-9 does not resolve to pgha-it-fk-pg-9")
+    assert fencer_agent.route(cfg, "pg-9").endswith("primary/pg-9 does not resolve to pgha-it-fk-bench-pg-9")
     assert len(fake.lines) == 2  # nothing sent for what does not resolve
     fake.srv.close()
     missing = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
