@@ -199,6 +199,12 @@ def route_commands(leader: str) -> list[str]:
     return [f"set server primary/{leader} health up"]
 
 
+def server_up(rows: list[dict[str, str]], backend: str, server: str) -> bool | None:
+    """Whether HAProxy has the server running (`srv_op_state` 2); None when it has no such server."""
+    row = next((r for r in rows if r.get("be_name") == backend and r.get("srv_name") == server), None)
+    return None if row is None else row.get("srv_op_state") == "2"
+
+
 def api_line(commands: list[str]) -> bytes:
     """One line for the runtime API: commands separated by `;`, newline-terminated."""
     return (";".join(commands) + "\n").encode()
@@ -254,6 +260,10 @@ class FencerConfig:
     # HAProxy's runtime-API sockets the agent reaches ([]: none, health checks alone route).
     haproxy_sockets: list[str] = field(default_factory=list)
     route_wait_s: float = 30.0  # how long to watch for a new leader to route after a death
+    # How long the route is held: Patroni answers /primary only from its next loop after the
+    # promotion (up to loop_wait later), and until then HAProxy's checks would take the new
+    # leader out again. While the key still names it, it is marked up again when they do.
+    route_hold_s: float = 4.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -268,6 +268,7 @@ def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
         etcd_tls={"ca": tls.CA, "cert": tls.CLIENT_CERT, "key": tls.CLIENT_KEY} if spec.tls.enabled else None,
         haproxy_sockets=[layout.HAPROXY_FENCE_SOCKET] if fence_api_volumes(spec) else [],
         route_wait_s=float(spec.timing.ttl),
+        route_hold_s=float(spec.timing.loop_wait + 2),
     )
 
 

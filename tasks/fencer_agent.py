@@ -164,9 +164,36 @@ def route_leader(cfg: F.FencerConfig, tls: ssl.SSLContext | None, dead: str) -> 
             result = route(cfg, leader)
             log(msg="routed the leader", dead=dead, leader=leader, haproxy=result,
                 wait_ms=round((time.monotonic() - t0) * 1000, 1))
+            if result == "ok":
+                hold(cfg, tls, leader)
             return
         time.sleep(0.05)
     log(msg="no other leader to route", dead=dead, waited_s=cfg.route_wait_s)
+
+
+def hold(cfg: F.FencerConfig, tls: ssl.SSLContext | None, leader: str) -> None:
+    """Keep `leader` routed for `route_hold_s` while the leader key still names it.
+
+    Patroni's /primary answers 200 only from its first loop after the promotion; until then
+    HAProxy's checks fail and, after `fall` of them, take the new leader out again. The lock
+    holder is the primary by Patroni's own rule, so it is marked up again when that happens.
+    The checks keep running: once the hold ends (or the key names someone else, or etcd does
+    not answer) they alone decide, as before.
+    """
+    t0 = time.monotonic()
+    again = 0
+    while time.monotonic() - t0 < cfg.route_hold_s:
+        time.sleep(0.1)
+        reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
+        if reply is None or F.parse_range(reply).holder != leader:
+            break
+        for path in cfg.haproxy_sockets:
+            state = haproxy_api(path, [F.SERVERS_STATE + " primary"], cfg.timeout_s)
+            if state is not None and F.server_up(F.parse_servers_state(state), "primary", leader) is False:
+                haproxy_api(path, F.route_commands(leader), cfg.timeout_s)
+                again += 1
+    log(msg="held the route", leader=leader, marked_up_again=again,
+        held_ms=round((time.monotonic() - t0) * 1000, 1))
 
 
 def route(cfg: F.FencerConfig, leader: str) -> str:
@@ -237,6 +264,7 @@ def run(cfg: F.FencerConfig) -> None:
     counters = F.Counters(started_at=round(time.time(), 3))
     since = time.time()
     seen: set[str] = set()
+    routing: dict[str, threading.Thread] = {}  # member -> the thread routing the leader after its death
     last_ok = time.monotonic()
     log(msg="fencer started", scope=cfg.scope, leader_key=cfg.leader_key, events=list(F.EVENTS))
     while True:
@@ -261,8 +289,11 @@ def run(cfg: F.FencerConfig) -> None:
                 counters.events += 1
                 decision = decide(cfg, tls, event)
                 log(**decision)
-                if "haproxy" in decision:  # a confirmed death: route whoever takes the lock
-                    threading.Thread(target=route_leader, args=(cfg, tls, decision["member"]), daemon=True).start()
+                dead = decision["member"]
+                if "haproxy" in decision and not (dead in routing and routing[dead].is_alive()):
+                    # a confirmed death (its `kill` and its `die` alike): route whoever takes the lock, once
+                    routing[dead] = threading.Thread(target=route_leader, args=(cfg, tls, dead), daemon=True)
+                    routing[dead].start()
                 counters.count(decision)
                 write_stats(cfg, counters)
                 last_ok = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,29 @@ def test_haproxy_and_the_fencer_share_the_runtime_api_volume_on_one_engine() -> 
     assert cfg.haproxy_sockets == ["/run/haproxy-fence/api.sock"] and cfg.route_wait_s == spec.timing.ttl
     assert "stats socket /run/haproxy-fence/api.sock mode 666 level admin" in topology.haproxy(spec, "i", "/c").files[
         "haproxy.cfg"]
+
+
+def test_server_up_reads_the_operational_state() -> None:
+    rows = F.parse_servers_state(STATE)
+    assert F.server_up(rows, "primary", "pg-1") is True
+    assert F.server_up(rows, "primary", "pg-2") is False
+    assert F.server_up(rows, "primary", "pg-9") is None
+
+
+def test_hold_marks_the_lock_holder_up_again_while_the_key_names_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patroni's /primary lags the promotion: HAProxy's checks take pg-2 down, the hold puts it back."""
+    from tasks import fencer_agent
+
+    path = str(tmp_path / "api.sock")
+    fake = FakeHAProxy(path, STATE)  # pg-2 is down in `primary` there
+    holders = iter(["pg-2", "pg-2", "pg-3"])  # then the key names someone else: the hold stops
+    monkeypatch.setattr(fencer_agent, "etcd_post", lambda *_a: rec("range_holder_pg2") if next(holders) == "pg-2"
+                        else {"kvs": []})
+    cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                         haproxy_sockets=[path], route_hold_s=5.0)
+    t0 = time.monotonic()
+    fencer_agent.hold(cfg, None, "pg-2")
+    assert time.monotonic() - t0 < 2.0  # stopped when the key moved, not after 5 s
+    assert fake.lines == ["set server primary/pg-2 health up\n"] * 2
+    fake.srv.close()
