@@ -29,7 +29,7 @@ from tests.integration.conftest import Cluster, pgha, running_cluster, up
 from tests.support.traffic import measured
 
 HARD_KILL_CEILING_S = 8.0  # fenced: measured ~2-3.5 s; unfenced it is the ttl (20 s)
-HAPROXY_DOWN_CEILING_S = 1.0  # fenced: the dead node is DOWN in HAProxy's backends this soon after its death
+HAPROXY_DOWN_CEILING_S = 1.5  # fenced: DOWN in HAProxy this soon after the death (checks alone: about 2 s)
 QUORUM_LOSS_CEILING_S = 5.0  # failsafe on: writes go on through a 60 s etcd outage
 
 
