@@ -93,8 +93,10 @@ def fencing_suite(runs: int, freeze_runs: int, quorum_runs: int, outage: int, pl
         bootstrap(FENCE)
         for i in range(runs):
             since = time.time()
-            record("hard-kill, fenced", drill(FENCE, DrillKind.HARD_KILL), i)
+            r = drill(FENCE, DrillKind.HARD_KILL)
+            record("hard-kill, fenced", r, i)
             print(f"      watcher: {fencer_timing(FENCE, since)}", flush=True)
+            print("      " + next((ln for ln in r.timeline.splitlines() if ln.startswith("writes")), ""), flush=True)
             eng.stop(fencer, timeout=5)
             try:
                 record("hard-kill, unfenced (ttl)", drill(FENCE, DrillKind.HARD_KILL), i)

@@ -185,9 +185,13 @@ def takeout_commands(servers: list[tuple[str, str]]) -> list[str]:
 
     `health down`, not `state maint`: health checks keep running on the server, so when the
     member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo;
-    `on-marked-down shutdown-sessions` closes the sessions still open to it at once.
+    `on-marked-down shutdown-sessions` closes the sessions still open to it at once. The
+    explicit `shutdown sessions` also ends those still connecting to it: a client that
+    reconnected between the death and now would otherwise wait out `timeout connect` against
+    an address that drops packets.
     """
-    return [f"set server {backend}/{server} health down" for backend, server in servers]
+    return [cmd for backend, server in servers
+            for cmd in (f"set server {backend}/{server} health down", f"shutdown sessions server {backend}/{server}")]
 
 
 def route_commands(leader: str) -> list[str]:
