@@ -21,13 +21,17 @@ server of its own. The server process:
 - never holds the caller's pipes (its output goes to a log file under PREFECT_HOME);
 - is stopped by `stop()` on every exit path of a command (the CLI calls it in a `finally`),
   and at interpreter exit as a backstop;
-- dies with pgha even when pgha is SIGKILLed (Linux parent-death signal).
+- dies with pgha even when pgha is SIGKILLed (Linux parent-death signal);
+- asks for an auth string made for this process only (basic auth, `PREFECT_SERVER_API_AUTH_STRING`
+  in its environment, `PREFECT_API_AUTH_STRING` in this process's): nobody else on the host can
+  use the API while it runs.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -64,6 +68,7 @@ class EphemeralApi:
         self._port = 0
         self._ready = False
         self._published: dict[str, str | None] = {}
+        self._auth = f"pgha:{secrets.token_urlsafe(32)}"  # the spawned API's basic auth (see _spawn)
         atexit.register(self.stop)
 
     @property
@@ -144,6 +149,10 @@ class EphemeralApi:
         for key in self._published:
             env.pop(key, None)
         env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        # Its own auth string, made for this process and never written down: another local user
+        # who finds the port cannot start, read or pause this process's runs (the server answers
+        # 401 to every call but /health without it). Given in the environment, never argv.
+        env["PREFECT_SERVER_API_AUTH_STRING"] = self._auth
         self._port = _free_port()
         import prefect
 
@@ -159,6 +168,7 @@ class EphemeralApi:
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
         self._ready = False
         self._publish({"PREFECT_API_URL": self.url,
+                       "PREFECT_API_AUTH_STRING": self._auth,
                        # One process, nothing to exclude across machines: mutating flows keep to
                        # the host flock (tasks/cluster_limit.py skips the global limit).
                        "PGHA_EPHEMERAL_API": "1",

@@ -137,11 +137,14 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
         pool: bool = typer.Option(False, "--pool", help="the pooler's (PgBouncer) read/write endpoint"),
         show_password: bool = typer.Option(False, "--show-password", help="include the password in the URI"),
         pgpass: bool = typer.Option(False, "--pgpass", help="write the password to a 0600 pgpass file in the state "
-                                                            "directory; the URI names it (passfile=), no password")
+                                                            "directory; the URI names it (passfile=), no password"),
+        user: str | None = typer.Option(None, "--user", help="a role declared in the spec's roles: (default: the "
+                                                             "superuser)"),
+        db: str = typer.Option("postgres", "--db", help="the database the URI names")
         ) -> None:
     """Print the connection URI of the R/W (or --ro, or --pool) endpoint (TLS verified against the cluster CA).
 
-    Example: pgha dsn --ro --pgpass
+    Example: pgha dsn --ro --pgpass; pgha dsn --user app --db app --pool --pgpass
     """
     spec = resolve_spec(spec_file, scope)
     from stack.errors import StateError
@@ -156,21 +159,34 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     if show_password and pgpass:
         raise UsageError("--show-password and --pgpass exclude each other (--pgpass keeps the password in a file)")
+    from stack.layout import SUPERUSER
+
+    role = user or SUPERUSER
+    if role != SUPERUSER and role not in {r.name for r in spec.roles}:
+        raise StateError(f"role '{role}' is not declared in the roles: of cluster {spec.scope}'s spec")
+    if db != "postgres" and db not in {d.name for d in spec.databases}:
+        raise StateError(f"database '{db}' is not declared in the databases: of cluster {spec.scope}'s spec")
     password = None
     passfile = None
     if show_password or pgpass:
         if not secrets_file(spec.scope).exists():
             raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
-        password = load_or_create(secrets_file(spec.scope)).superuser
+        if role == SUPERUSER:
+            password = load_or_create(secrets_file(spec.scope)).superuser
+        else:
+            from tasks.host.app_passwords import password_of
+
+            password = password_of(spec, role)
     if pgpass and password is not None:
         from tasks.host.state import cluster_dir, write_private
         from tasks.postgres import pgpass_line
 
-        path = cluster_dir(spec.scope) / "pgpass"
-        write_private(path, "".join(pgpass_line(spec, password, read_only=r, pooled=p)
+        path = cluster_dir(spec.scope) / ("pgpass" if role == SUPERUSER else f"pgpass-{role}")
+        write_private(path, "".join(pgpass_line(spec, password, read_only=r, pooled=p, user=role)
                                     for r, p in ((False, False), (True, False), (False, True))))
         passfile, password = str(path), None
-    sys.stdout.write(make_dsn(spec, read_only=ro, password=password, pooled=pool, passfile=passfile) + "\n")
+    sys.stdout.write(make_dsn(spec, read_only=ro, password=password, pooled=pool, passfile=passfile, user=role,
+                              dbname=db) + "\n")
 
 
 @images_app.command("build")

@@ -243,6 +243,8 @@ def config_set(done: Done[ConfigSetResult]) -> None:
     for member, vals in r.values.items():
         line(f"{member}: " + ", ".join(f"{k}={v}" for k, v in vals.items()))
     events(r.events)
+    if resets := [k for k, v in r.parameters.items() if v == ""]:
+        line(f"reset: {', '.join(resets)}")
     line(f"restarted: {', '.join(r.restarted) or 'none'}; {r.elapsed_s}s")
 
 

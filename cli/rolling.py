@@ -140,11 +140,15 @@ def _major(major: str | None, rollback: bool, finish: bool, yes: bool, replica_i
 
 @config_app.command("set")
 @command(render.config_set, flows=True)
-def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE PostgreSQL parameters"),  # noqa: B008
+def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE PostgreSQL parameters (KEY= resets KEY)"),  # noqa: B008
                spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
                no_restart: bool = typer.Option(False, "--no-restart", help="leave members with pending_restart"),
                as_json: bool = JsonOpt) -> Done[ConfigSetResult]:
     """Set PostgreSQL parameters through Patroni; restart members that need it, one at a time.
+
+    Only parameters pgha allows (by their pg_settings context and category) are accepted; a
+    preload list may name only libraries the image carries. When a new session through the R/W
+    port does not open after the change, it is rolled back (exit 4). `KEY=` resets KEY.
 
     Example: pgha config set work_mem=64MB max_connections=200
     """
@@ -154,6 +158,32 @@ def config_set(assignments: list[str] = typer.Argument(..., help="KEY=VALUE Post
         params = parse_assignments(assignments)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return _run_config(params, spec_file, scope, no_restart)
+
+
+@config_app.command("reset")
+@command(render.config_set, flows=True)
+def config_reset(keys: list[str] = typer.Argument(..., help="PostgreSQL parameters to reset"),  # noqa: B008
+                 spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+                 no_restart: bool = typer.Option(False, "--no-restart", help="leave members with pending_restart"),
+                 as_json: bool = JsonOpt) -> Done[ConfigSetResult]:
+    """Reset PostgreSQL parameters: back to pgha's value, or PostgreSQL's default; always allowed.
+
+    Also accepted on a cluster that no new session can enter (what a reset repairs).
+
+    Example: pgha config reset work_mem
+    """
+    from stack.rolling import parse_assignments
+
+    try:
+        params = parse_assignments([f"{k}=" for k in keys])
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("KEY=VALUE", "KEY")) from None
+    return _run_config(params, spec_file, scope, no_restart)
+
+
+def _run_config(params: dict[str, str], spec_file: Path | None, scope: str | None,
+                no_restart: bool) -> Done[ConfigSetResult]:
     spec = resolve_spec(spec_file, scope)
     warm()
     from flows.config import config_set as config_flow

@@ -1,7 +1,7 @@
 """health-audit: inspect the whole cluster, one finding row per check, Failed when any is critical.
 
 Read-only: it never takes the cluster's mutating lock and never changes a container. The
-gatherers run concurrently as tasks (each returns its observation or the error that stopped
+gatherers run side by side in threads of one task (each returns its observation or the error that stopped
 it, so one dead component becomes a critical finding rather than a crashed audit); the
 decisions are the pure functions of `stack.audit`. Artifacts `<scope>-audit` (table) and
 `<scope>-audit-summary` (markdown) keep the history per cluster in the UI.
@@ -21,11 +21,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.steps.cluster import stored_spec
+from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
+from stack import appdb, operator, render
 from stack import audit as A
 from stack import audit_backup as AB
 from stack import audit_sizes as AS
-from stack import operator, render
+from stack.audit_apps import check_apps
 from stack.errors import PghaError
 from stack.housekeeping import SERVER_LOG_BYTES
 from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT
@@ -41,12 +43,14 @@ from tasks import (
     haproxy,
     heartbeat,
     patroni,
+    pg_apps,
     pgbackrest,
     pgbouncer,
     postgres,
     server_db,
 )
 from tasks._prefect import READ_ONLY
+from tasks.host import app_passwords
 from tasks.host import tls as host_tls
 from tasks.host.generations import serving
 from tasks.host.prune import rotate_server_logs
@@ -75,7 +79,6 @@ def _secrets(spec: ClusterSpec) -> Secrets:
     return load_or_create(path, env={})
 
 
-@task(name="audit-containers", **READ_ONLY)
 def gather_containers(spec: ClusterSpec) -> Gathered:
     def go() -> list[A.ContainerObs]:
         return [A.ContainerObs(**r) for e in docker_hosts.engines(spec).all() for r in e.audit_containers(spec.scope)]
@@ -83,7 +86,6 @@ def gather_containers(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-resources", **READ_ONLY)
 def gather_resources(spec: ClusterSpec) -> Gathered:
     """Memory use vs limit and OOM kills of every container (hardening)."""
     def go() -> list[A.PressureObs]:
@@ -93,12 +95,10 @@ def gather_resources(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-etcd", **READ_ONLY)
 def gather_etcd(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: etcd.audit_members(spec))
 
 
-@task(name="audit-patroni", **READ_ONLY)
 def gather_patroni(spec: ClusterSpec) -> Gathered:
     def go() -> A.PatroniObs:
         view = patroni.cluster_view(spec)
@@ -116,12 +116,10 @@ def gather_patroni(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-replication", **READ_ONLY)
 def gather_replication(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.replication_rows(spec, _secrets(spec)))
 
 
-@task(name="audit-haproxy", **READ_ONLY)
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
@@ -147,17 +145,22 @@ def gather_haproxy(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-postgres", **READ_ONLY)
 def gather_postgres(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.audit_stats(spec, _secrets(spec)))
 
 
-@task(name="audit-pooler", **READ_ONLY)
 def gather_pooler(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
 
 
-@task(name="audit-disks", **READ_ONLY)
+def gather_apps(spec: ClusterSpec) -> Gathered:
+    """The catalog of the declared roles and databases, with the passwords pgha keeps (to compare verifiers)."""
+    def go() -> tuple[appdb.Catalog, dict[str, str]]:
+        return pg_apps.observe(spec, _secrets(spec)), app_passwords.passwords(spec, create=False)
+
+    return _safe(go) if spec.roles or spec.databases else (None, "")
+
+
 def gather_disks(spec: ClusterSpec) -> Gathered:
     """Each node's data volume (df) and its pg_wal (du), one exec per node."""
     def one(member: str) -> AS.DiskObs | None:
@@ -172,7 +175,6 @@ def gather_disks(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-repository-size", **READ_ONLY)
 def gather_repo_size(spec: ClusterSpec) -> Gathered:
     """The repository volume's bytes (du) and its filesystem (df), where it is mounted (S3: None)."""
     def go() -> AS.RepoSizeObs | None:
@@ -186,19 +188,16 @@ def gather_repo_size(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-server-database", **READ_ONLY)
 def gather_server_db(spec: ClusterSpec) -> Gathered:
     """The Prefect server's database file on this host (a stat, no query)."""
     return _safe(server_db.observe)
 
 
-@task(name="audit-fencing", **READ_ONLY)
 def gather_fencing(spec: ClusterSpec) -> Gathered:
     """Every watcher's counters (with hosts: one per node's host), each read from its own container."""
     return _safe(lambda: fencer.all_stats(spec))
 
 
-@task(name="audit-failsafe", **READ_ONLY)
 def gather_failsafe(spec: ClusterSpec) -> Gathered:
     """(failsafe_mode in the dynamic config, nodes whose Patroni runs on failsafe now)."""
     def go() -> tuple[bool, list[str]]:
@@ -212,19 +211,16 @@ def gather_failsafe(spec: ClusterSpec) -> Gathered:
     return _safe(go)
 
 
-@task(name="audit-tls", **READ_ONLY)
 def gather_tls(spec: ClusterSpec) -> Gathered:
     """The cluster's certificates (state directory: what `up` and `certs rotate` installed)."""
     return _safe(lambda: host_tls.certificates(spec))
 
 
 # ---- b-backup: WAL archiving, backup ages, encryption (stack.audit_backup) ----
-@task(name="audit-archiving", **READ_ONLY)
 def gather_archiving(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.archiver_stats(spec, _secrets(spec)) if spec.backup.enabled else None)
 
 
-@task(name="audit-backups", **READ_ONLY)
 def gather_backups(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: pgbackrest.repo_obs(spec) if spec.backup.enabled else None)
 
@@ -278,6 +274,9 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     if spec.pooler.enabled and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
+    if "apps" in got and (spec.roles or spec.databases):
+        apps, a_err = got["apps"]
+        findings += check_apps(apps[0] if apps else None, spec, apps[1] if apps else {}, a_err)
     if "fencing" in got:
         per_member, f_err = got["fencing"]
         findings += A.check_fencers(per_member or {}, spec, time.time(), f_err)
@@ -300,6 +299,15 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     return findings
 
 
+@task(name="audit-gather", **READ_ONLY)
+def gather(spec: ClusterSpec, gatherers: dict[str, Callable[[ClusterSpec], Gathered]]) -> dict[str, Gathered]:
+    """Every gatherer side by side in threads, in one task: each asks its own system, and a task
+    run per gatherer cost the audit more in the API's bookkeeping than the asking itself."""
+    with ThreadPoolExecutor(max_workers=len(gatherers)) as pool:
+        futures = {k: pool.submit(g, spec) for k, g in gatherers.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
 def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
     t0 = time.monotonic()
@@ -308,9 +316,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
                  "archiving": gather_archiving, "backups": gather_backups, "repo_size": gather_repo_size,
-                 "server_db": gather_server_db}
-    futures = {k: g.submit(spec) for k, g in gatherers.items()}
-    got: dict[str, Gathered] = {k: f.result() for k, f in futures.items()}
+                 "server_db": gather_server_db, "apps": gather_apps}
+    got = gather(spec, gatherers)
     baseline = load_baseline(spec)
     findings = decide(spec, got, baseline)
     containers = got["containers"][0] or []
@@ -406,7 +413,8 @@ def audit(spec: ClusterSpec = ClusterSpec(), scope: str = "") -> State:  # noqa:
 
 
 def _audit(spec: ClusterSpec, scope: str) -> State:
-    spec = stored_spec(scope) if scope else serving(spec)  # the serving generation of a cluster's name
+    # The serving generation of a cluster's name; in a deployment run, the spec stored for it.
+    spec = stored_spec(scope) if scope else serving(pinned_spec(spec))
     report = run_audit(spec)
     _artifacts(report)
     leader_changed(spec)

@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.steps import forget_preflight, preflight_once
 from flows.steps.backups import ensure_repo_host
+from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation, result_artifact
 from flows.verify import verify_restore
 from stack import backup as bk
@@ -45,7 +46,7 @@ def preflight(spec: ClusterSpec) -> bk.Source:
 def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002, B008
            verify: bool | None = None) -> BackupResult:
     """Back up (full, diff or incr) and, unless disabled, verify the new set by restoring it."""
-    spec = serving(spec)  # a deployment's spec names the cluster; its serving generation is backed up
+    spec = serving(pinned_spec(spec))  # a deployment's spec names the cluster; its serving generation is backed up
     log = get_run_logger()
 
     def again(attempt: int, exc: BaseException, delay: float) -> None:
@@ -119,7 +120,7 @@ def dump_preflight(spec: ClusterSpec) -> bk.Source:
 @flow(name="dump", description="pg_dump -Fc of every database from a replica into the repository volume.")
 def dump(spec: ClusterSpec = ClusterSpec()) -> DumpResult:  # noqa: B008 - pydantic default is immutable
     """Logical dumps, read-only for the cluster (no lock); old dump sets beyond the retention are removed."""
-    spec = serving(spec)
+    spec = serving(pinned_spec(spec))
     log = get_run_logger()
     source = preflight_once(dump_preflight, spec)
     runner = source.runner

@@ -14,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.steps.cluster import require_healthy
+from flows.steps.deployment import pinned_spec
 from flows.steps.ops import current, mutating_flow, note
 from stack import tls
 from stack.errors import StateError
@@ -86,7 +87,7 @@ def certs_renew(spec: ClusterSpec = ClusterSpec(), within_days: int | None = Non
                 wait_seconds: WaitSeconds = 0) -> CertsRenewResult:
     """`within_days`: renew when fewer days than this remain (default the spec's
     `tls.renew_within_days`). Read-only unless they are due; then a `certs-rotate` subflow."""
-    spec = serving(spec)
+    spec = serving(pinned_spec(spec))
     import datetime as dt
 
     check(spec)

@@ -5,8 +5,9 @@ switchover or in-place restart as `upgrade.primary` says).
 Parameters Patroni or pgha own, memory settings the node's limit cannot hold, and values
 PostgreSQL cannot take are refused before anything changes. The stored spec's
 `postgres_parameters` follow the change only once every member runs it, so the spec stays the
-source of truth. When a restarted member does not come back (a library that does not exist in
-`shared_preload_libraries`), the change is rolled back: the dynamic configuration reverted, the
+source of truth. When a restarted member does not come back (`superuser_reserved_connections` above
+`max_connections`: the postmaster refuses to start), or a new session through the R/W port does
+not open after the change, the change is rolled back: the dynamic configuration reverted, the
 members touched restarted on the old values, the cluster healthy again, the spec unchanged.
 """
 
@@ -23,29 +24,71 @@ from flows.steps.cluster import cluster_status, require_healthy, store_spec, swi
 from flows.steps.nodes import NodeCtx, node_ctx, put_back, restart_node, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
-from stack.errors import PghaError, RolledBack, StateError, UsageError
+from stack.errors import PghaError, PostgresError, RolledBack, StateError, UsageError
+from stack.parameters import LIBRARY_PARAMS, library_list
+from stack.render import dcs_config
 from stack.results import ConfigSetResult
 from stack.rolling import check_parameter
 from stack.spec import ClusterSpec, RestartPolicy
 from stack.wait import wait_for
 from tasks import patroni, postgres
+from tasks.host.secrets import cluster_secrets
+
+PRELOADS = ("shared_preload_libraries", "session_preload_libraries")
 
 
 def validate(spec: ClusterSpec, params: dict[str, str]) -> dict[str, bool]:
     """Refuse what cannot be set (UsageError, one line); return {name: needs restart}.
 
-    The leader's pg_settings say what each parameter is (context, type, bounds).
+    The leader's pg_settings say what each parameter is (context, category, type, bounds): the
+    allowlist of `stack.parameters`. An empty value resets the parameter and is always allowed;
+    it is not checked against a server that may no longer let sessions in.
     """
+    setting = {k: v for k, v in params.items() if v != ""}
     lead = patroni.cluster_view(spec).leader()
     if lead is None:
+        if not setting:
+            return dict.fromkeys(params, False)
         raise StateError(f"cluster {spec.scope} has no leader to check the parameters against (see `pgha status`)")
-    found = postgres.settings(spec, lead.name, list(params))
+    try:
+        found = postgres.settings(spec, lead.name, sorted(set(params) | set(PRELOADS)))
+    except PostgresError:
+        if setting:
+            raise
+        return dict.fromkeys(params, False)  # resets only: the server may no longer let sessions in
+    preloaded = [lib for p in PRELOADS for lib in library_list(setting.get(p, found[p].setting if p in found else ""))]
+    libs = postgres.libraries(spec, lead.name) if set(setting) & set(LIBRARY_PARAMS) else set()
     limit = spec.resources.patroni.memory_mib
-    problems = [p for name, value in params.items() if (p := check_parameter(name, value, found.get(name), limit))]
+    problems = [p for name, value in setting.items()
+                if (p := check_parameter(name, value, found.get(name), limit, libs, preloaded))]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(problems[0] + more)
     return {n: bool(found.get(n) and found[n].needs_restart) for n in params}
+
+
+def reset_values(spec: ClusterSpec, params: dict[str, str]) -> dict[str, Any]:
+    """The dynamic configuration's values for `params`: a reset ("") goes back to what pgha renders
+    for the spec without the user's value, or out of the configuration (PostgreSQL's default)."""
+    names = {k for k, v in params.items() if v == ""}
+    base = spec.model_copy(update={"postgres_parameters": {k: v for k, v in spec.postgres_parameters.items()
+                                                           if k not in names}})
+    rendered = dcs_config(base)["postgresql"]["parameters"]
+    return {k: (rendered.get(k) if v == "" else v) for k, v in params.items()}
+
+
+def check_session(spec: ClusterSpec, timeout: float = 15) -> None:
+    """A new session through the R/W port opens (retried briefly: HAProxy may be re-routing after a
+    restart); PostgresError with the server's words when it does not."""
+    secrets = cluster_secrets(spec.scope)
+    deadline = time.monotonic() + timeout
+    while (why := postgres.session_opens(spec, secrets)) is not None:
+        # The server's own refusal (FATAL) is final; a refused or reset connection may be HAProxy
+        # re-routing after a restart.
+        final = "FATAL" in why and not any(s in why for s in ("starting up", "shutting down", "recovery mode"))
+        if final or time.monotonic() >= deadline:
+            raise PostgresError(f"a new session through the R/W port does not open after the change: {why}")
+        time.sleep(1)
 
 
 def _restarted_candidate(spec: ClusterSpec) -> str:
@@ -129,24 +172,32 @@ def _roll_back(ctx: NodeCtx, before: dict[str, Any], touched: list[str], why: Pg
             "and the spec unchanged")
 
 
-def _wait_applied(spec: ClusterSpec, params: dict[str, str], needs: dict[str, bool], restart: bool,
+def _wait_applied(spec: ClusterSpec, params: dict[str, Any], needs: dict[str, bool], restart: bool,
                   patched_at: float) -> dict[str, dict[str, str]]:
-    """Every member runs the new values (asked of each one)."""
+    """Every member runs the new values (asked of each one); None: a reset to PostgreSQL's default."""
     def values() -> dict[str, dict[str, str]]:
         return {m: {k: postgres.show(spec, m, k) for k in params} for m in spec.node_names()}
 
     settle = spec.timing.loop_wait * 2 + 2
+    reloaded = spec.timing.loop_wait + 2  # Patroni's loop has run (and reloaded) at least once
 
     def applied(v: dict[str, dict[str, str]]) -> bool:
         if restart and any(patroni.pending_restart(spec, m) for m in v):
             return False
         if not restart and any(needs.values()):
             return True  # restart-requiring values take effect at the next restart
+        waited = time.monotonic() - patched_at
+        if waited > reloaded and all(vals[k] == "" for vals in v.values() for k in params):
+            return True  # reloaded, and no member lets a session in: the session check says why
         # PostgreSQL shows values normalised (8192kB -> 8MB): equal to what was asked, or the
-        # same on every member once Patroni has had two loops to reload them.
+        # same on every member once Patroni has had two loops to reload them. A reset to
+        # PostgreSQL's default (None): the same on every member once Patroni has reloaded.
         for k, want in params.items():
             shown = {vals[k] for vals in v.values()}
-            if shown != {want} and not (len(shown) == 1 and time.monotonic() - patched_at > settle):
+            if want is None:
+                if not (len(shown) == 1 and waited > reloaded):
+                    return False
+            elif shown != {str(want)} and not (len(shown) == 1 and waited > settle):
                 return False
         return True
 
@@ -158,16 +209,21 @@ def _wait_applied(spec: ClusterSpec, params: dict[str, str], needs: dict[str, bo
 @mutating_flow("config-set")
 def config_set(spec: ClusterSpec = ClusterSpec(), parameters: dict[str, str] | None = None,  # noqa: B008
                restart: bool = True) -> ConfigSetResult:
-    """Set `parameters`; restart members with pending_restart one at a time unless restart=False."""
+    """Set `parameters` (an empty value resets one); restart members with pending_restart one at a
+    time unless restart=False; roll back when a member does not come back or a new session
+    through the R/W port does not open."""
     if not parameters:
         raise UsageError("give at least one KEY=VALUE")
     params = dict(parameters)
-    require_healthy(spec, "the change")
+    # A reset is what repairs a cluster no session can enter: it is not refused for that.
+    require_healthy(spec, "the change", sessions_optional=all(v == "" for v in params.values()))
     needs = preflight_once(validate, spec, params)
     before = _previous(spec, params)
-    patroni.edit_parameters(spec, params)
+    target = reset_values(spec, params)
+    patroni.edit_parameters(spec, target)
     patched_at = time.monotonic()
-    note("dynamic configuration patched: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    note("dynamic configuration patched: " + ", ".join(f"{k}={v}" if v != "" else f"{k} reset"
+                                                       for k, v in params.items()))
     restarted: list[str] = []
     touched: list[str] = []
     ctx = node_ctx(spec, spec.upgrade.node_timeout_s)
@@ -182,11 +238,14 @@ def config_set(spec: ClusterSpec = ClusterSpec(), parameters: dict[str, str] | N
                 restarted = _rolling_restart(ctx, touched)
         else:
             note("no parameter needs a restart; reloaded by Patroni")
-        seen = _wait_applied(spec, params, needs, restart, patched_at)
+        seen = _wait_applied(spec, target, needs, restart, patched_at)
+        check_session(spec)
+        note("a new session through the R/W port opens")
     except PghaError as exc:
         raise RolledBack(_roll_back(ctx, before, touched, exc)) from None
     # Only now, with every member running the new values, does the spec follow.
-    store_spec(spec.model_copy(update={"postgres_parameters": {**spec.postgres_parameters, **params}}))
+    kept = {k: v for k, v in spec.postgres_parameters.items() if params.get(k) != ""}
+    store_spec(spec.model_copy(update={"postgres_parameters": {**kept, **{k: v for k, v in params.items() if v != ""}}}))
     rows = [{"member": m, **vals, "pending_restart": str(patroni.pending_restart(spec, m))} for m, vals in seen.items()]
     create_table_artifact(key=f"{spec.scope}-config-set", table=rows,
                           description=", ".join(f"{k}={v}" for k, v in params.items()))

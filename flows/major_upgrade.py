@@ -23,6 +23,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.audit import run_audit
 from flows.backup import backup
+from flows.steps.approval import require_approval
 from flows.steps.cluster import cluster_status, require_healthy, store_spec, wait_healthy
 from flows.steps.converge import converge, ensure_image, ensure_pooler, place_member
 from flows.steps.ops import current, mutating_flow, note, operation
@@ -442,6 +443,8 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
         res.version_after, res.phase = _versions(blue), ""
     elif a == Action.FINISH:
         assert st is not None
+        # Finishing drops blue, the way back: a deployment run pauses for the typed scope.
+        require_approval(blue, "major-upgrade finish (the old cluster and its data are removed)")
         serving, res.handover_gap_s = finish(blue, green, st)
         state_file(blue).unlink(missing_ok=True)  # the pointer says who serves now; nothing is in progress
         res.version_after, res.phase = _versions(serving), Phase.FINISHED.value

@@ -2,7 +2,9 @@
 wiped and cloned again), then wait until it streams caught up.
 
 Refused before anything changes for an unknown member, the leader, a cluster without a
-leader, or while another mutating flow holds the cluster's lock.
+leader, or while another mutating flow holds the cluster's lock. A deployment run pauses for
+approval (the cluster's scope typed in its Resume form) before the member is wiped; the CLI
+asks for `--yes` instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 
 from prefect import flow
 
+from flows.steps.approval import require_approval
 from flows.steps.cluster import wait_healthy
 from flows.steps.nodes import node_ctx, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
@@ -38,6 +41,7 @@ def reinit(spec: ClusterSpec = ClusterSpec(), member: str = "pg-2",  # noqa: B00
            wait_seconds: WaitSeconds = 0) -> ReinitResult:
     """Wipe `member`'s data and clone it again from the leader; wait until it streams caught up."""
     leader = check(spec, member)
+    require_approval(spec, f"reinit of {member}")  # a deployment run pauses for the typed scope
     ctx = node_ctx(spec, spec.upgrade.node_timeout_s)
     since = time.time()
     note(f"reinitializing {member} from {leader}: {patroni.reinitialize(spec, member)}")

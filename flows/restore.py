@@ -34,6 +34,7 @@ from flows.steps import preflight_once
 from flows.steps.approval import require_approval
 from flows.steps.cluster import switchover
 from flows.steps.converge import bootstrap_preflight, converge
+from flows.steps.deployment import check_restore_target
 from flows.steps.ops import mutating_flow
 from stack import backup as bk
 from stack.errors import PghaError, StateError, UsageError
@@ -205,6 +206,7 @@ def restore(spec: ClusterSpec = ClusterSpec(), target: str = "", into: ClusterSp
         return restore_in_place(spec, target)
     if into is None:
         raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes")
+    check_restore_target(into, spec)  # a deployment run: the stored spec with another scope and ports only
     return restore_into_new(spec, target, into)
 
 

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
+from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation
 from stack import backup as bk
 from stack import layout
@@ -45,7 +46,7 @@ def preflight(spec: ClusterSpec, label: str | None) -> None:
 @flow(name="verify-restore", description="Restore a backup set into a scratch container and check it.")
 def verify_restore(spec: ClusterSpec = ClusterSpec(), label: str | None = None) -> VerifyResult:  # noqa: B008
     """Restore `label` (default: the newest set) and check consistency, pg_amcheck and the canary."""
-    spec = serving(spec)
+    spec = serving(pinned_spec(spec))
     preflight_once(preflight, spec, label)
     # One verification per cluster at a time (the scratch container has a fixed name); a
     # second one waits. Its own lock, not the cluster's: verifying changes nothing live.

@@ -24,6 +24,11 @@ ADMIN_DB = "pgbouncer"  # PgBouncer's admin console database
 POOLED_ROLES = (SUPERUSER,)
 
 
+def pooled_roles(spec: ClusterSpec) -> tuple[str, ...]:
+    """The superuser and every declared login role with a password (`roles:` in the spec)."""
+    return POOLED_ROLES + tuple(r.name for r in spec.roles if r.login and r.password is not None)
+
+
 def render_pgbouncer_ini(spec: ClusterSpec) -> str:
     """pgbouncer.ini: every database through HAProxy's R/W port, SCRAM for clients and servers."""
     p = spec.pooler
@@ -31,6 +36,9 @@ def render_pgbouncer_ini(spec: ClusterSpec) -> str:
     lines = [
         "; Rendered by pgha from the ClusterSpec; do not edit by hand.",
         "[databases]",
+        # Declared databases with their own pool size (`databases[].pool_size`).
+        *(f"{d.name} = host={haproxy} port={HAPROXY_RW_PORT} dbname={d.name} pool_size={d.pool_size}"
+          for d in spec.databases if d.pool_size is not None),
         # Any database name: PgBouncer connects to the same name on the primary, through HAProxy.
         f"* = host={haproxy} port={HAPROXY_RW_PORT}",
         "",

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from stack import tls
+from stack import appdb, tls
 from stack.backup import archive_parameters
 from stack.layout import (
     ETCD_CLIENT_PORT,
@@ -99,6 +99,10 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
     # Memory settings from the node's limit (stack/resources.py); the spec's own values win.
     parameters.update(derive_memory_parameters(spec.resources.patroni.memory_mib, _max_connections(spec)))
     parameters.update(archive_parameters(spec))
+    # e.g. pg_stat_statements declared in `databases:`, pgaudit with audit_logging
+    if libs := appdb.preload_libraries(spec.databases, spec.audit_logging.enabled):
+        parameters["shared_preload_libraries"] = ",".join(libs)
+    parameters.update(appdb.audit_parameters(spec.audit_logging))
     parameters.update(spec.postgres_parameters)
     return {
         "ttl": t.ttl,

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from stack.parameters import LIBRARY_PARAMS, REFUSED_NAMES, category_refusal, custom_refusal, library_refusal
 from stack.resources import check_memory, owned_reason
 
 # ---- rolling upgrade ----
@@ -176,7 +177,7 @@ _BOOL = {"on", "off", "true", "false", "yes", "no", "1", "0"}
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of pg_settings (name, context, vartype, min_val, max_val, enumvals)."""
+    """One row of pg_settings (name, context, vartype, min_val, max_val, enumvals, category, setting)."""
 
     name: str
     context: str
@@ -184,6 +185,8 @@ class Setting:
     min_val: str | None = None
     max_val: str | None = None
     enumvals: list[str] = field(default_factory=list)
+    category: str = ""
+    setting: str = ""
 
     @property
     def needs_restart(self) -> bool:
@@ -191,7 +194,10 @@ class Setting:
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
-    """["a=1", "b = x"] -> {"a": "1", "b": "x"}; raises ValueError with one readable line."""
+    """["a=1", "b = x", "c="] -> {"a": "1", "b": "x", "c": ""}; raises ValueError with one readable line.
+
+    An empty value ("c=") resets the parameter (`pgha config reset c`).
+    """
     if not items:
         raise ValueError("give at least one KEY=VALUE")
     out: dict[str, str] = {}
@@ -202,32 +208,42 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
             raise ValueError(f"'{item}' is not KEY=VALUE")
         if not re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
             raise ValueError(f"'{key}' is not a PostgreSQL parameter name")
-        if value == "":
-            raise ValueError(f"{key}: empty value")
         if key in out and out[key] != value:
             raise ValueError(f"{key} is given twice with different values")
         out[key] = value
     return out
 
 
-def check_parameter(name: str, value: str, setting: Setting | None, limit_mib: int | None = None) -> str | None:
-    """None when Patroni may set `name=value` dynamically, else why not.
+def check_parameter(name: str, value: str, setting: Setting | None, limit_mib: int | None = None,
+                    libraries: set[str] | None = None, preloaded: list[str] | None = None) -> str | None:
+    """None when Patroni may set `name=value` dynamically, else why not (the allowlist of
+    `stack.parameters`: the parameter's pg_settings context and category, what its value loads).
 
     `limit_mib`: the Patroni node's memory limit; memory settings above their share of it
-    are refused (`stack.resources.check_memory`).
+    are refused (`stack.resources.check_memory`). `libraries`: the library files the server
+    has (`tasks.postgres.libraries`); `preloaded`: the libraries it preloads (for dotted names).
     """
+    refused = f"{name} cannot be changed with `pgha config set`: "
     if name in PATRONI_OWNED:
-        return f"{name} cannot be changed with `pgha config set`: {PATRONI_OWNED[name]}"
+        return refused + PATRONI_OWNED[name]
     if (owned := owned_reason(name)) is not None:
-        return f"{name} cannot be changed with `pgha config set`: {owned}"
+        return refused + owned
+    if name in REFUSED_NAMES:
+        return refused + REFUSED_NAMES[name]
     if (mem := check_memory(name, value, limit_mib)) is not None:
         return mem
     if setting is None:
         if "." in name:
-            return None  # a custom (extension) parameter: PostgreSQL accepts any value
+            return refused + (custom_refusal(name, preloaded or []) or "no library defines it on this server")
         return f"{name} is not a PostgreSQL parameter on this server"
+    if "." in name and (why := custom_refusal(name, preloaded or [])) is not None:
+        return refused + why
     if setting.context == "internal":
         return f"{name} is fixed when PostgreSQL is compiled or initialised; it cannot be set"
+    if (why := category_refusal(name, setting.context, setting.category)) is not None:
+        return refused + why
+    if name in LIBRARY_PARAMS and (why := library_refusal(name, value, libraries or set())) is not None:
+        return f"{name}={value} refused: {why}"
     t = setting.vartype
     if t == "bool" and value.lower() not in _BOOL:
         return f"{name} is a boolean: use on or off, not '{value}'"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stack import appdb
 from stack import hosts as hostplan
 from stack.errors import SpecError
 from stack.resources import check_memory, owned_reason
@@ -476,6 +477,19 @@ class ClusterSpec(_Strict):
                                description="how much of the cluster's history its state directory keeps "
                                            "(operations journal, drill charts)")
 
+    # ---- the application's side: declared roles and databases (stack/appdb.py) ----
+    roles: list[appdb.AppRole] = Field(default_factory=list, description="application roles `pgha up` creates "
+                                                                         "and keeps as declared (see "
+                                                                         "docs/howto/app-database.md)")
+    databases: list[appdb.AppDatabase] = Field(default_factory=list, description="application databases `pgha up` "
+                                                                                 "creates and keeps as declared")
+    prune: bool = Field(False, description="drop roles and databases pgha created that are no longer declared "
+                                           "(off: never drop anything)")
+    audit_logging: appdb.AuditLogging = Field(default_factory=appdb.AuditLogging,  # type: ignore[arg-type]
+                                              description="pgAudit's session audit logging to PostgreSQL's log "
+                                                          "(off by default)")
+    # ---- end application's side ----
+
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
                                                                     "the local engine only")
@@ -538,6 +552,15 @@ class ClusterSpec(_Strict):
                 raise ValueError(f"postgres_parameters.{name} cannot be set here: {why}")
             if err := check_memory(name, str(value), self.resources.patroni.memory_mib):
                 raise ValueError(f"postgres_parameters.{err}")
+        return self
+
+    @model_validator(mode="after")
+    def _app(self) -> ClusterSpec:
+        """Declared roles and databases: owners and memberships declared, pool sizes PostgreSQL can serve."""
+        raw = str(self.postgres_parameters.get("max_connections", 100))
+        max_conn = int(raw) if raw.isdigit() else 100
+        if why := appdb.spec_problem(self.roles, self.databases, max_conn, self.pooler.default_pool_size):
+            raise ValueError(why)
         return self
 
     @model_validator(mode="after")

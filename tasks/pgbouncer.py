@@ -35,10 +35,11 @@ class Admin:
         self.spec, self.port = spec, spec.ports.pool
         s = self.secrets = secrets or cluster_secrets(spec.scope)
         try:
-            # The password goes to libpq as a keyword, never into a URI, an argv or a message.
+            # The password goes to libpq as a keyword, never into a URI, an argv or a message;
+            # only to a pooler that proves it holds the SCRAM verifier (require_auth).
             self.conn = psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, password=s.superuser,
                                         dbname=ADMIN_DB, connect_timeout=timeout, autocommit=True,
-                                        cursor_factory=psycopg.ClientCursor)
+                                        cursor_factory=psycopg.ClientCursor, require_auth="scram-sha-256")
         except psycopg.Error as exc:
             raise PoolerError(f"pooler admin console on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
 

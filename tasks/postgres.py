@@ -37,8 +37,23 @@ def tls_params(spec: ClusterSpec) -> dict[str, str]:
     return {"sslmode": "verify-full", "sslrootcert": str(host_tls.ca_path(spec.scope))}
 
 
+# libpq >= 16: refuse a server that does not prove it knows the password's SCRAM verifier (one
+# that asks for a cleartext or md5 password, or for none, is refused before anything is sent).
+REQUIRE_SCRAM = {"require_auth": "scram-sha-256"}
+
+
+def server_auth_params(spec: ClusterSpec, pooled: bool = False) -> dict[str, str]:
+    """How pgha's own connections authenticate the server before sending credentials: TLS
+    verify-full against the cluster CA through HAProxy when TLS is on; else (and to the pooler,
+    whose client side is plain TCP on 127.0.0.1) SCRAM required, whose server signature a
+    process that merely bound the port cannot forge."""
+    if not pooled and spec.tls.enabled:
+        return {**tls_params(spec), **REQUIRE_SCRAM}
+    return dict(REQUIRE_SCRAM)
+
+
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
-        pooled: bool = False, passfile: str | None = None) -> str:
+        pooled: bool = False, passfile: str | None = None, user: str = SUPERUSER) -> str:
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
 
     Through HAProxy the URI asks for TLS verified against the CA (spec.tls); the pooler's client
@@ -46,25 +61,26 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     libpq's multi-host URI: every host's HAProxy, so a client survives the loss of the one it used.
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    auth = SUPERUSER + (f":{quote(password, safe='')}" if password else "")
+    auth = user + (f":{quote(password, safe='')}" if password else "")
     params = {} if pooled else tls_params(spec)
     if passfile:
         params["passfile"] = passfile
     query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
     if spec.multi_host and not pooled:
-        uri = multi_host_uri(SUPERUSER, spec.client_endpoints(read_only), dbname, read_only,
+        uri = multi_host_uri(user, spec.client_endpoints(read_only), dbname, read_only,
                              f":{quote(password, safe='')}" if password else "")
         return uri + (f"&{query}" if query else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}" + (f"?{query}" if query else "")
 
 
-def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False) -> str:
+def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, pooled: bool = False,
+                user: str = SUPERUSER) -> str:
     """~/.pgpass line(s) for the endpoint (`:` and `\\` escaped as libpq wants); every host's over many hosts."""
     pw = password.replace("\\", "\\\\").replace(":", "\\:")
     if spec.multi_host and not pooled:
-        return "".join(f"{h}:{p}:*:{SUPERUSER}:{pw}\n" for h, p in spec.client_endpoints(read_only))
+        return "".join(f"{h}:{p}:*:{user}:{pw}\n" for h, p in spec.client_endpoints(read_only))
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
-    return f"127.0.0.1:{port}:*:{SUPERUSER}:{pw}\n"
+    return f"127.0.0.1:{port}:*:{user}:{pw}\n"
 
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
@@ -87,7 +103,7 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     try:
         return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
-                               application_name=application_name, **({} if pooled else tls_params(spec)), **extra)
+                               application_name=application_name, **server_auth_params(spec, pooled), **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -255,15 +271,40 @@ def show(spec: ClusterSpec, member: str, name: str) -> str:
 
 
 def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Setting]:
-    """pg_settings rows of `names` (context, type, bounds) as the member knows them."""
+    """pg_settings rows of `names` (context, type, bounds, category, value) as the member knows them."""
     if not names:
         return {}
     cols = ("coalesce(json_agg(json_build_object('name', name, 'context', context, 'vartype', vartype, "
-            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals)), '[]')")
+            "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals, 'category', category, "
+            "'setting', setting)), '[]')")
     lst = ",".join(literal(n) for n in names)
     rows = json.loads(node_sql(spec, member, f"select {cols} from pg_settings where name in ({lst})") or "[]")  # noqa: S608
     return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
-                               max_val=r["max_val"], enumvals=list(r["enumvals"] or [])) for r in rows}
+                               max_val=r["max_val"], enumvals=list(r["enumvals"] or []),
+                               category=r["category"] or "", setting=r["setting"] or "") for r in rows}
+
+
+def libraries(spec: ClusterSpec, member: str) -> set[str]:
+    """The loadable libraries `member`'s server carries: "name" for $libdir/name.so, "plugins/name"
+    for $libdir/plugins/name.so (what a preload list may name)."""
+    sql = ("with d as (select setting as dir from pg_config where name = 'PKGLIBDIR') "
+           "select f from d, pg_ls_dir(d.dir, true, false) f union all "
+           "select 'plugins/' || f from d, pg_ls_dir(d.dir || '/plugins', true, false) f")
+    out = node_sql(spec, member, sql)
+    return {line.removesuffix(".so") for line in out.splitlines() if line.endswith(".so")}
+
+
+def session_opens(spec: ClusterSpec, secrets: Secrets, timeout: int = 3) -> str | None:
+    """None when a new session through the R/W port opens and answers, else the one-line reason."""
+    try:
+        with connect(spec, secrets, timeout=timeout, application_name="pgha-session-check") as conn:
+            conn.execute("select 1").fetchone()
+    except PostgresError as exc:
+        return str(exc)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"127.0.0.1:{spec.ports.rw}: {first}"
+    return None
 
 
 # ---- the drill probes' table ----

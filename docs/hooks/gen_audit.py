@@ -25,6 +25,7 @@ GROUPS: dict[str, str] = {
     "PostgreSQL": "PostgreSQL",
     "disk": "Disk",
     "pooler": "Connection pooler",
+    "roles and databases": "Roles and databases",
     "fencing": "Fencing",
     "TLS": "Certificates",
     "backup": "Backups",

@@ -17,21 +17,35 @@ from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import task
 from tasks.host.secrets import cluster_secrets
-from tasks.host.state import cluster_dir, write_private
+from tasks.host.state import cluster_dir, secrets_file, write_private
+
+SESSION_PROBLEM = "no new session opens through the R/W port"
+
+
+def _session_problem(spec: ClusterSpec) -> str | None:
+    """Why a new client session through the R/W port does not open; None when it does (or when
+    this machine holds no password for the cluster: nothing to log in with, nothing to judge)."""
+    if not secrets_file(spec.scope).exists():
+        return None
+    why = postgres.session_opens(spec, cluster_secrets(spec.scope))
+    return f"{SESSION_PROBLEM}: {why}" if why else None
 
 
 def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     """What Docker, etcd, Patroni and HAProxy say, as one status; never raises for a sick cluster.
 
-    Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API).
+    Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API). A new
+    session is opened through the R/W port as a client would: a cluster whose members all run
+    but that no client can enter (a preload library that fails in every session) is not healthy.
     """
     st = ClusterStatus(scope=spec.scope)
     eng = docker_hosts.engines(spec)
-    # The four systems are asked at once: status answers in the time of the slowest, not the sum.
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    # The systems are asked at once: status answers in the time of the slowest, not the sum.
+    with ThreadPoolExecutor(max_workers=4) as pool:
         f_view = pool.submit(patroni.cluster_view, spec)
         f_etcd = pool.submit(etcd.health, spec)
         f_haproxy = pool.submit(haproxy.backend_states, spec)
+        f_session = pool.submit(_session_problem, spec)
         containers = {}
         for e in eng.all():
             try:
@@ -88,6 +102,9 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             st.problems.append(f"HAProxy R/W port has {len(up_primary)} primaries up (expected 1)")
         if spec.nodes > 1 and not up_replicas:
             st.problems.append("HAProxy R/O port has no replica up")
+        # Only judged while HAProxy routes to one primary: otherwise that is the problem to show.
+        if len(up_primary) == 1 and (session := f_session.result()) is not None:
+            st.problems.append(session)
     except PghaError as exc:
         st.problems.append(str(exc))
     if spec.pooler.enabled:
@@ -119,25 +136,31 @@ def wait_healthy(spec: ClusterSpec, timeout: float, stable_s: float = 0.0) -> Cl
                     describe=lambda s: "; ".join(s.problems[:3]))
 
 
-def require_healthy(spec: ClusterSpec, doing: str, settle_s: float = 0.0) -> ClusterView:
+def require_healthy(spec: ClusterSpec, doing: str, settle_s: float = 0.0,
+                    sessions_optional: bool = False) -> ClusterView:
     """Refuse `doing` on a cluster that is not healthy (StateError, one line); its Patroni view.
 
     `settle_s`: a cluster that becomes healthy within that many seconds is accepted (a drill
     on a busy machine: one HAProxy check of 500 ms timing out twice marks the primary down for
-    a second, and a single look would refuse a healthy cluster).
+    a second, and a single look would refuse a healthy cluster). `sessions_optional`: a cluster
+    healthy but for new sessions not opening is accepted (what `config reset` repairs).
     """
     from stack.errors import StateError
 
     seen: list[ClusterStatus] = []
 
     def look() -> ClusterStatus:
-        seen.append(cluster_status(spec))
-        return seen[-1]
+        st = cluster_status(spec)
+        if sessions_optional:
+            st.problems = [p for p in st.problems if not p.startswith(SESSION_PROBLEM)]
+            st.healthy = not st.problems
+        seen.append(st)
+        return st
 
     with suppress(WaitTimeout):
         wait_for(f"the cluster to be healthy before {doing}", look, lambda s: s.healthy, timeout=settle_s,
                  interval=0.5)
-    st = seen[-1] if seen else cluster_status(spec)
+    st = seen[-1] if seen else look()
     if not st.healthy:
         raise StateError(f"cluster {spec.scope} is not healthy, refusing {doing}: {st.problems[0]} "
                          "(see `pgha status`)")

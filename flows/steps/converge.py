@@ -13,6 +13,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from flows.steps import ops
+from flows.steps.apps import apps_preflight, ensure_app_objects
 from flows.steps.backups import ensure_archiving
 from flows.steps.cluster import cluster_status, store_spec, switchover
 from flows.steps.nodes import node_ctx, roll_node
@@ -22,7 +24,7 @@ from stack.backup import repo_volume
 from stack.cluster import assess
 from stack.errors import StateError
 from stack.generations import base_of, generations
-from stack.pooler import POOLED_ROLES
+from stack.pooler import pooled_roles
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
@@ -44,6 +46,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
     """
     eng = docker_hosts.engines(spec)
     eng.check()
+    apps_preflight(spec)  # declared roles' password files
     if os.environ.get("POSTGRES_PASSWORD") == "" and "POSTGRES_PASSWORD" in os.environ:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
     if secrets_file(spec.scope).exists():
@@ -179,7 +182,7 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     lead = patroni.cluster_view(spec).leader()
     if lead is None:
         raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
-    secrets = postgres.scram_secrets(spec, lead.name, POOLED_ROLES)
+    secrets = postgres.scram_secrets(spec, lead.name, pooled_roles(spec))
     host_tls.install(spec, spec.pooler_member)  # the CA it verifies the server side with (spec.tls)
     planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
     for fname, text in planned.files.items():
@@ -322,6 +325,11 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     outcomes["failsafe_mode"] = ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
+    if spec.roles or spec.databases or spec.prune:  # before the pooler reads the declared roles' secrets
+        apps = ensure_app_objects(spec)
+        ops.current().detail["apps"] = apps or ["nothing changed"]  # the operations journal's line
+        if apps:
+            outcomes["roles and databases"] = f"{len(apps)} changes"
     if (pooler := ensure_pooler(spec, image)) != "absent":
         outcomes[spec.pooler_member] = pooler
 

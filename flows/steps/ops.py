@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from flows.steps.deployment import deployment_entry, pinned_spec
 from stack.errors import SpecError, UsageError
 from stack.results import Result
 from stack.spec import ClusterSpec
@@ -136,12 +137,19 @@ def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | N
             bound.apply_defaults()
             # After a finished major upgrade the user's spec (a deployment's parameter) names the
             # cluster; the flow runs on its serving generation (idempotent: a resolved spec stays).
-            spec: ClusterSpec = serving(bound.arguments["spec"])
+            given: ClusterSpec = bound.arguments["spec"]
+            spec: ClusterSpec = serving(given)
             bound.arguments["spec"] = spec
             args, kwargs = bound.args, bound.kwargs  # type: ignore[assignment]
             scope = lock(bound.arguments) if lock else spec.scope
             wait = float(bound.arguments.get("wait_seconds", default_wait) or default_wait)
             with operation(operation_name, spec, scope, wait):
+                # A deployment run: the spec stored on this host for the scope, never the
+                # parameter's own (refused when it says more); checked under the lock, so a
+                # run meeting a busy cluster is told that first.
+                if deployment_entry():
+                    bound.arguments["spec"] = spec = serving(pinned_spec(given))
+                    args, kwargs = bound.args, bound.kwargs  # type: ignore[assignment]
                 result = fn(*args, **kwargs)
             result_artifact(spec.scope, operation_name, result)
             return result

@@ -176,3 +176,40 @@ def test_images_build_reads_pgha_spec(tmp_path: Path, monkeypatch: pytest.Monkey
     res = CliRunner().invoke(app, ["images", "build"])
     assert res.exit_code == 2, res.output
     assert "env-spec.yaml" in res.output and "etcd_members" in res.output and "Traceback" not in res.output
+
+
+def test_the_ephemeral_api_asks_for_an_auth_string_made_for_this_process(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """The spawned API gets PREFECT_SERVER_API_AUTH_STRING in its environment (never argv); this
+    process's Prefect client gets the same string as PREFECT_API_AUTH_STRING, taken back on stop."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    import cli.api as api_mod
+
+    seen: dict[str, object] = {}
+
+    class FakeProc:
+        def __init__(self, argv: list[str], env: dict[str, str], **_: object) -> None:
+            seen["argv"], seen["env"] = argv, env
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    monkeypatch.setenv("PGHA_NO_SERVER", "1")
+    monkeypatch.setattr(api_mod.subprocess, "Popen", FakeProc)
+    with temporary_settings(updates={PREFECT_HOME: tmp_path}):
+        api = api_mod.EphemeralApi()
+        try:
+            api.start()
+            env = seen["env"]
+            assert isinstance(env, dict)
+            token = env["PREFECT_SERVER_API_AUTH_STRING"]
+            assert token.startswith("pgha:") and len(token) > 40
+            assert os.environ["PREFECT_API_AUTH_STRING"] == token
+            assert not any(token in str(a) for a in seen["argv"])  # type: ignore[attr-defined]
+            assert api_mod.EphemeralApi()._auth != token  # one per process (per API), never shared
+        finally:
+            api.stop()
+        assert "PREFECT_API_AUTH_STRING" not in os.environ

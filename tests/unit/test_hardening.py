@@ -74,8 +74,10 @@ def test_owned_parameters_are_refused_with_the_reason(name: str) -> None:
 
 def test_free_parameters_pass() -> None:
     assert owned_reason("work_mem") is None and owned_reason("shared_preload_libraries") is None
-    assert check_parameter("shared_buffers", "200GB", Setting("shared_buffers", "postmaster", "integer"), 2048)
-    assert check_parameter("shared_buffers", "600MB", Setting("shared_buffers", "postmaster", "integer"), 2048) is None
+    assert check_parameter("shared_buffers", "200GB", Setting("shared_buffers", "postmaster", "integer",
+                                                                          category="Resource Usage / Memory"), 2048)
+    assert check_parameter("shared_buffers", "600MB", Setting("shared_buffers", "postmaster", "integer",
+                                                                          category="Resource Usage / Memory"), 2048) is None
     with pytest.raises(SpecError, match="postgres_parameters.shared_buffers=200GB is more than 50%"):
         parse_spec({"postgres_parameters": {"shared_buffers": "200GB"}})
     parse_spec({"postgres_parameters": {"wal_level": "logical"}})  # the major upgrade's green sets it

@@ -102,19 +102,26 @@ def test_pg_major_and_version_text() -> None:
     assert version_text(150020) == "15.20" and version_text(170012) == "17.12" and version_text(None) == "?"
 
 
+def test_parse_assignments_empty_value_is_a_reset() -> None:
+    assert parse_assignments(["local_preload_libraries=", "work_mem = "]) == {"local_preload_libraries": "",
+                                                                             "work_mem": ""}
+
+
 def test_parse_assignments() -> None:
     assert parse_assignments(["max_connections=200", " work_mem = 8MB "]) == {"max_connections": "200",
                                                                              "work_mem": "8MB"}
     for bad, needle in ((["nope"], "KEY=VALUE"), (["=1"], "KEY=VALUE"), (["a b=1"], "not a PostgreSQL parameter name"),
-                        (["work_mem="], "empty value"), (["a=1", "a=2"], "twice"), ([], "at least one")):
+                        (["a=1", "a=2"], "twice"), ([], "at least one")):
         with pytest.raises(ValueError, match=needle):
             parse_assignments(bad)
 
 
-INT = Setting("max_connections", "postmaster", "integer", "1", "262143")
-ENUM = Setting("wal_level", "postmaster", "enum", enumvals=["minimal", "replica", "logical"])
-BOOL = Setting("fsync", "sighup", "bool")
-REAL = Setting("random_page_cost", "user", "real", "0", "1.79769e+308")
+INT = Setting("max_connections", "postmaster", "integer", "1", "262143",
+              category="Connections and Authentication / Connection Settings")
+ENUM = Setting("wal_level", "postmaster", "enum", enumvals=["minimal", "replica", "logical"],
+               category="Write-Ahead Log / Settings")
+BOOL = Setting("fsync", "sighup", "bool", category="Write-Ahead Log / Settings")
+REAL = Setting("random_page_cost", "user", "real", "0", "1.79769e+308", category="Query Tuning / Planner Cost Constants")
 
 
 def test_check_parameter() -> None:
@@ -131,7 +138,7 @@ def test_check_parameter() -> None:
     assert "Patroni" in (check_parameter("port", "5433", None) or "")
     assert "hba" in (check_parameter("hba_file", "/x", None) or "")
     assert "not a PostgreSQL parameter" in (check_parameter("no_such", "1", None) or "")
-    assert check_parameter("myext.setting", "x", None) is None
+    assert "no library the server preloads" in (check_parameter("myext.setting", "x", None) or "")
     assert "compiled" in (check_parameter("block_size", "8192", Setting("block_size", "internal", "integer")) or "")
 
 
