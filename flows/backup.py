@@ -14,7 +14,7 @@ import datetime as dt
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.steps import preflight_once
+from flows.steps import forget_preflight, preflight_once
 from flows.steps.backups import ensure_repo_host
 from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation, result_artifact
@@ -22,10 +22,13 @@ from flows.verify import verify_restore
 from stack import backup as bk
 from stack.errors import StateError, UsageError
 from stack.results import BackupResult, DumpResult
+from stack.retry import with_retries
 from stack.spec import ClusterSpec
 from tasks import patroni, pgdump
 from tasks import pgbackrest as pbr
 from tasks.host.generations import serving
+
+RETRY_DELAYS_S = (10.0, 30.0)  # a backup that failed transiently runs again after these (three tries in all)
 
 
 def preflight(spec: ClusterSpec) -> bk.Source:
@@ -44,8 +47,17 @@ def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupTyp
            verify: bool | None = None) -> BackupResult:
     """Back up (full, diff or incr) and, unless disabled, verify the new set by restoring it."""
     spec = serving(pinned_spec(spec))  # a deployment's spec names the cluster; its serving generation is backed up
+    log = get_run_logger()
+
+    def again(attempt: int, exc: BaseException, delay: float) -> None:
+        log.warning("backup attempt %d of %s failed on a transient engine error (%s); trying again in %.0fs",
+                    attempt, spec.scope, str(exc).splitlines()[0][:300], delay)
+        forget_preflight(preflight, spec)  # the next try chooses its source again
+
     with operation("backup", spec):
-        result = take_backup(spec, bk.BackupType(type))
+        # A scheduled run has no second run: a transient failure (cut exec output, a reset
+        # connection) runs the steps again; every step is idempotent, a new canary row is harmless.
+        result = with_retries(lambda: take_backup(spec, bk.BackupType(type)), RETRY_DELAYS_S, again)
     if verify if verify is not None else spec.backup.verify_after_backup:
         result.verification = verify_restore(spec, label=result.label)
     result_artifact(spec.scope, "backup", result)

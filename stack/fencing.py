@@ -1,4 +1,5 @@
 """Fencing decisions, pure: may the watcher delete the leader key of a member the engine says died?
+And what does it tell HAProxy then?
 
 The fencer (tasks/fencer_agent.py, running in the cluster's `fencer` container) feeds these
 functions what the Docker engine and etcd answered and does what they decide. The rule is
@@ -6,6 +7,10 @@ correctness first: the key is deleted only when the engine confirms the containe
 running (state and pid) AND, in one etcd transaction, the key still holds that member's name
 at the revision just read. Anything else - still running, paused, no answer, key gone or
 changed, etcd unreachable - leaves the key to Patroni's ttl.
+
+A confirmed death also takes the member out of HAProxy's backends through the runtime API, and
+once the leader key names another member that member is routed for R/W at once; anything not
+confirmed by the engine is left to HAProxy's health checks.
 
 Standard library only: this file is shipped into the fencer container next to the agent
 (which has no pgha installed), so it must not import pydantic or other pgha modules.
@@ -145,6 +150,82 @@ def txn_outcome(response: dict[str, Any] | None) -> tuple[Outcome, str]:
     return Outcome.KEY_CHANGED, "the key changed between read and delete (value or revision)"
 
 
+# ---- HAProxy's runtime API: what the watcher tells HAProxy (tasks/fencer_agent.py sends it) ----
+BACKENDS = ("primary", "replicas")  # the `listen` sections of haproxy.cfg (stack/render.py)
+
+
+SERVERS_STATE = "show servers state"  # the runtime-API command whose answer `parse_servers_state` reads
+
+
+def parse_servers_state(text: str) -> list[dict[str, str]]:
+    """`show servers state`'s answer: a version line, a `# be_id be_name ...` header, one line per server."""
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split()
+        elif header and line.strip():
+            rows.append(dict(zip(header, line.split(), strict=False)))
+    return rows
+
+
+def servers_of(rows: list[dict[str, str]], container: str) -> list[tuple[str, str]]:
+    """(backend, server) of pgha's backends whose server HAProxy resolves by `container`'s name.
+
+    By the name HAProxy resolves (`srv_fqdn`), not the member's name alone: a server that now
+    points elsewhere (blue's HAProxy routed to green's nodes during a major upgrade) is never
+    taken out for a container of the same member name that died.
+    """
+    return [(r["be_name"], r["srv_name"]) for r in rows
+            if r.get("be_name") in BACKENDS and r.get("srv_fqdn") == container and r.get("srv_name")]
+
+
+def takeout_commands(servers: list[tuple[str, str]]) -> list[str]:
+    """Runtime-API commands that mark the servers of a container the engine confirmed dead down.
+
+    `health down`, not `state maint`: health checks keep running on the server, so when the
+    member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo;
+    `on-marked-down shutdown-sessions` closes the sessions still open to it at once. The
+    explicit `shutdown sessions` also ends those still connecting to it: a client that
+    reconnected between the death and now would otherwise wait out `timeout connect` against
+    an address that drops packets.
+    """
+    return [cmd for backend, server in servers
+            for cmd in (f"set server {backend}/{server} health down", f"shutdown sessions server {backend}/{server}")]
+
+
+def route_commands(leader: str) -> list[str]:
+    """Runtime-API commands that route R/W to the member that now holds the leader lock.
+
+    The health checks stay the judge: a server that does not answer /primary is taken out
+    again after `fall` failed checks.
+    """
+    return [f"set server primary/{leader} health up"]
+
+
+def server_up(rows: list[dict[str, str]], backend: str, server: str) -> bool | None:
+    """Whether HAProxy has the server running (`srv_op_state` 2); None when it has no such server."""
+    row = next((r for r in rows if r.get("be_name") == backend and r.get("srv_name") == server), None)
+    return None if row is None else row.get("srv_op_state") == "2"
+
+
+def api_line(commands: list[str]) -> bytes:
+    """One line for the runtime API: commands separated by `;`, newline-terminated."""
+    return (";".join(commands) + "\n").encode()
+
+
+def api_refusals(answer: str) -> list[str]:
+    """What HAProxy refused in its answer (a successful `set server` prints nothing)."""
+    return [ln.strip() for ln in answer.splitlines() if ln.strip()]
+
+
+def new_leader(dead: str, read: KeyState | None) -> str | None:
+    """The member to route once the leader key names someone other than the dead member."""
+    if read is None or read.holder is None or read.holder == dead:
+        return None
+    return read.holder
+
+
 @dataclass
 class Counters:
     """What the watcher did, by outcome; written to its stats file for the audit."""
@@ -180,6 +261,13 @@ class FencerConfig:
     stats_file: str
     etcd_tls: dict[str, str] | None = None
     timeout_s: float = 1.0
+    # HAProxy's runtime-API sockets the agent reaches ([]: none, health checks alone route).
+    haproxy_sockets: list[str] = field(default_factory=list)
+    route_wait_s: float = 30.0  # how long to watch for a new leader to route after a death
+    # How long the route is held: Patroni answers /primary only from its next loop after the
+    # promotion (up to loop_wait later), and until then HAProxy's checks would take the new
+    # leader out again. While the key still names it, it is marked up again when they do.
+    route_hold_s: float = 4.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -56,6 +56,15 @@ FENCER_PROXY = "127.0.0.1:2375"
 FENCER_PROXY_DIR = f"{RUN_DIR}/engine"
 FENCER_PROXY_SOCKET = f"{FENCER_PROXY_DIR}/proxy.sock"
 FENCER_STATS = f"{RUN_DIR}/fencer-stats.json"
+# HAProxy's runtime API for the fencer: a second admin socket in a tmpfs-backed volume that only
+# HAProxy and the fencer of the same engine mount (no port, no file on disk). When the engine
+# confirms a member dead, the fencer marks it down in HAProxy at once and routes the new leader
+# the moment it holds the lock, instead of waiting for `fall` failed health checks.
+HAPROXY_FENCE_DIR = "/run/haproxy-fence"
+HAPROXY_FENCE_SOCKET = f"{HAPROXY_FENCE_DIR}/api.sock"
+# The volume's tmpfs: the directory is writable and searchable but not listable by the two
+# containers' users (HAProxy's user creates the socket, the agent's user connects), sticky.
+HAPROXY_FENCE_TMPFS = "size=64k,mode=1733,nosuid,nodev,noexec"
 
 # Users the cluster creates; the superuser name is the seed's (`postgres`).
 SUPERUSER = "postgres"

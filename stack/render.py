@@ -25,6 +25,7 @@ from stack.layout import (
     ETCD_PEER_PORT,
     ETCD_QUOTA_BYTES,
     HAPROXY_ADMIN_SOCKET,
+    HAPROXY_FENCE_SOCKET,
     HAPROXY_RO_PORT,
     HAPROXY_RW_PORT,
     HAPROXY_STATS_PORT,
@@ -294,6 +295,10 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
             # The runtime API: a switchover routes the new primary the moment Patroni confirms
             # it (`set server ... health up`) instead of after fall x inter (tasks/haproxy.py).
             f"stats socket {HAPROXY_ADMIN_SOCKET} mode 600 level admin",
+            # The fencer's: it marks a member the engine confirmed dead down at once and routes
+            # the new leader when it takes the lock (stack/layout.py, tasks/fencer_agent.py).
+            # Not with `hosts`: a fencer there sees its own host's engine only.
+            *([] if spec.multi_host else [f"stats socket {HAPROXY_FENCE_SOCKET} mode 666 level admin"]),
         ]),
         *resolvers,
         CfgSection("defaults", [

@@ -736,6 +736,11 @@ class ClusterSpec(_Strict):
         return f"{self.scope}-{member}-data"
 
     @property
+    def haproxy_api_volume(self) -> str:
+        """The tmpfs-backed volume that holds HAProxy's runtime-API socket for the fencer."""
+        return f"{self.scope}-haproxy-api"
+
+    @property
     def haproxy_member(self) -> str:
         return "haproxy"
 

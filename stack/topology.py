@@ -116,6 +116,9 @@ class ContainerDef:
     hardening: Hardening | None = None  # limits, capabilities, tmpfs (`harden`); None: the engine's defaults
     host_network: bool = False  # many hosts: the host's network namespace (stack/hosts.py says why)
     log_options: dict[str, str] | None = None  # json-file max-size / max-file (`harden`); None: the engine's default
+    # volume name -> container path: a tmpfs-backed volume that containers of one engine share
+    # (layout.HAPROXY_FENCE_TMPFS); it holds no data and goes with the containers.
+    tmpfs_volumes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,11 +204,12 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
     stats = layout.HAPROXY_STATS_PORT
     if spec.multi_host:  # host networking: HAProxy binds the client ports itself, nothing is published
         ports, stats = {}, spec.ports.stats
+    api = fence_api_volumes(spec)
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
-            config_dir=conf_dir, ports=ports,
+            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS, *api.items()),
+            config_dir=conf_dir, ports=ports, tmpfs_volumes=api,
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{stats}/"],
             host_network=spec.multi_host,
         ),
@@ -238,6 +242,12 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
     ))
 
 
+def fence_api_volumes(spec: ClusterSpec) -> dict[str, str]:
+    """The volume HAProxy and the fencer share for HAProxy's runtime-API socket ({} with `hosts`,
+    where each host's fencer sees its own engine only and HAProxy's health checks decide)."""
+    return {} if spec.multi_host else {spec.haproxy_api_volume: layout.HAPROXY_FENCE_DIR}
+
+
 def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
     """The fencing agent's configuration; the one place its etcd URLs and credentials are built.
 
@@ -256,6 +266,9 @@ def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
         docker_url=docker_url,
         stats_file=layout.FENCER_STATS,
         etcd_tls={"ca": tls.CA, "cert": tls.CLIENT_CERT, "key": tls.CLIENT_KEY} if spec.tls.enabled else None,
+        haproxy_sockets=[layout.HAPROXY_FENCE_SOCKET] if fence_api_volumes(spec) else [],
+        route_wait_s=float(spec.timing.ttl),
+        route_hold_s=float(spec.timing.loop_wait + 2),
     )
 
 
@@ -325,11 +338,14 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
     files = {**agent_files, "fencer.json": fencer_config(spec).to_json(),
              "sockproxy.cfg": render_socket_proxy(unix=spec.multi_host), "fencer.sh": FENCER_START}
     binds = {socket: layout.DOCKER_SOCKET}
+    api = fence_api_volumes(spec)
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds),
+            network=spec.network, command=[],
+            config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds, *api.items()),
             config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
+            tmpfs_volumes=api,
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
             host_network=spec.multi_host,
         ),

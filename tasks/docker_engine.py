@@ -31,11 +31,11 @@ import requests
 from docker.constants import MINIMUM_DOCKER_API_VERSION
 from docker.models.containers import Container
 from docker.tls import TLSConfig
-from docker.types import Healthcheck, LogConfig, Mount
+from docker.types import DriverConfig, Healthcheck, LogConfig, Mount
 
 from stack.errors import DockerError, StateError
 from stack.hosts import EngineSSH
-from stack.layout import CONFIG_MOUNT
+from stack.layout import CONFIG_MOUNT, HAPROXY_FENCE_TMPFS
 from stack.spec import LogsSpec
 from stack.topology import ContainerDef
 from tasks import config_volume
@@ -48,6 +48,7 @@ LABEL_CLUSTER = "pgha.cluster"
 LABEL_ROLE = "pgha.role"
 LABEL_MEMBER = "pgha.member"
 LABEL_CONFIG = "pgha.config"  # hash of the container's definition, passwords redacted
+LABEL_EPHEMERAL = "pgha.ephemeral"  # a tmpfs-backed volume: no data, removed with the containers
 LOG_DRIVER = "json-file"  # `docker logs` reads it; rotated and capped by the spec's `logs:` options
 # The cap of helpers that belong to no member (scratch boxes, config pushes, lab hosts) and are
 # created without a spec's `logs:`: pgha's default.
@@ -316,6 +317,12 @@ class Engine:
 
     def _create(self, d: ContainerDef) -> Container:
         mounts = [Mount(target=path, source=vol, type="volume") for vol, path in d.volumes.items()]
+        # Created by the first container that mounts it, as a tmpfs both containers share.
+        mounts += [Mount(target=path, source=vol, type="volume", labels={**labels(d.scope, d.role, d.member),
+                                                                       LABEL_EPHEMERAL: "true"},
+                         driver_config=DriverConfig("local", {"type": "tmpfs", "device": "tmpfs",
+                                                              "o": HAPROXY_FENCE_TMPFS}))
+                   for vol, path in d.tmpfs_volumes.items()]
         if d.config_dir and self.config_volumes:
             mounts.append(Mount(target=CONFIG_MOUNT, source=config_volume.volume_name(d.name), type="volume",
                                 read_only=True))
@@ -498,12 +505,24 @@ class Engine:
                 net.remove()
                 removed["networks"].append(str(net.name))
             # Config volumes (an engine of `hosts:`) hold no data, only copies of the state
-            # directory's files: they always go with their containers.
+            # directory's files: they always go with their containers; so do tmpfs volumes.
             etc = {"label": [*flt["label"], config_volume.LABEL_ETC]}
-            for vol in (c.volumes.list(filters=flt if volumes else etc) if volumes or self.config_volumes else []):
+            ephemeral = {"label": [*flt["label"], LABEL_EPHEMERAL]}
+            found = c.volumes.list(filters=flt if volumes else etc) if volumes or self.config_volumes else []
+            if not volumes and role is None:
+                found += c.volumes.list(filters=ephemeral)
+            for vol in found:
                 if vol.name in (keep_volumes or set()):
                     continue  # the backup repository `down --volumes` keeps
-                vol.remove(force=True)
+                if (vol.attrs.get("Labels") or {}).get(LABEL_EPHEMERAL):
+                    if role is not None:
+                        continue  # shared by several roles: it goes when the last of them does
+                    try:
+                        vol.remove(force=True)
+                    except docker.errors.APIError:
+                        continue  # still mounted by a container of another engine's run: harmless
+                else:
+                    vol.remove(force=True)
                 removed["volumes"].append(str(vol.name))
         return removed
 

@@ -4,8 +4,11 @@ Not imported by pgha: `tasks.fencer` ships this file and `stack/fencing.py` (as 
 into the fencer's config directory. It follows the engine's events for the cluster's Patroni
 containers through the fencer's GET-only socket proxy; on a `die`, `kill`, `oom` or `pause`
 it asks the engine whether the container is really dead and, only then, deletes the scope's
-leader key in one etcd transaction that compares the key's value and revision. Every decision
-is one JSON line on stdout (the container's log) and a count in the stats file the audit reads.
+leader key in one etcd transaction that compares the key's value and revision. A confirmed
+death also marks the member down in HAProxy through its runtime-API socket, and a thread then
+watches the leader key and routes R/W to the member that takes it the moment it does. Every
+decision is one JSON line on stdout (the container's log) and a count in the stats file the
+audit reads.
 
     python3 fencer.py fencer.json
 """
@@ -18,6 +21,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -107,6 +111,108 @@ def etcd_post(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: 
     return None
 
 
+def haproxy_api(path: str, commands: list[str], timeout: float) -> str | None:
+    """Send one line of runtime-API commands to an HAProxy socket; its answer (None: no answer)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(F.api_line(commands))
+            chunks = []
+            while True:  # HAProxy closes the connection after the line's answers (non-interactive)
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def take_out(cfg: F.FencerConfig, container: str) -> str:
+    """Mark every HAProxy server that resolves to `container` down; "ok", or what went wrong."""
+    problems = []
+    for path in cfg.haproxy_sockets:
+        state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
+        if state is None:
+            problems.append(f"{path}: no answer")
+            continue
+        servers = F.servers_of(F.parse_servers_state(state), container)
+        if not servers:
+            problems.append(f"{path}: no server resolves to {container}")
+            continue
+        answer = haproxy_api(path, F.takeout_commands(servers), cfg.timeout_s)
+        if answer is None:
+            problems.append(f"{path}: no answer")
+        elif refused := F.api_refusals(answer):
+            problems.append(f"{path}: {refused[0][:120]}")
+    return "; ".join(problems) or "ok"
+
+
+def route_leader(cfg: F.FencerConfig, tls: ssl.SSLContext | None, dead: str) -> None:
+    """Watch the leader key after `dead` died; route R/W to the member that takes it, at once.
+
+    Polls every 50 ms for `route_wait_s` (a linearizable read, like the fencing's). The new
+    leader may still be finishing its promotion: clients that reach it then are refused and
+    reconnect; HAProxy's health checks stay the judge of everything after.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < cfg.route_wait_s:
+        reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
+        leader = F.new_leader(dead, F.parse_range(reply) if reply is not None else None)
+        if leader is not None:
+            result = route(cfg, leader)
+            log(msg="routed the leader", dead=dead, leader=leader, haproxy=result,
+                wait_ms=round((time.monotonic() - t0) * 1000, 1))
+            if result == "ok":
+                hold(cfg, tls, leader)
+            return
+        time.sleep(0.05)
+    log(msg="no other leader to route", dead=dead, waited_s=cfg.route_wait_s)
+
+
+def hold(cfg: F.FencerConfig, tls: ssl.SSLContext | None, leader: str) -> None:
+    """Keep `leader` routed for `route_hold_s` while the leader key still names it.
+
+    Patroni's /primary answers 200 only from its first loop after the promotion; until then
+    HAProxy's checks fail and, after `fall` of them, take the new leader out again. The lock
+    holder is the primary by Patroni's own rule, so it is marked up again when that happens.
+    The checks keep running: once the hold ends (or the key names someone else, or etcd does
+    not answer) they alone decide, as before.
+    """
+    t0 = time.monotonic()
+    again = 0
+    while time.monotonic() - t0 < cfg.route_hold_s:
+        time.sleep(0.1)
+        reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
+        if reply is None or F.parse_range(reply).holder != leader:
+            break
+        for path in cfg.haproxy_sockets:
+            state = haproxy_api(path, [F.SERVERS_STATE + " primary"], cfg.timeout_s)
+            if state is not None and F.server_up(F.parse_servers_state(state), "primary", leader) is False:
+                haproxy_api(path, F.route_commands(leader), cfg.timeout_s)
+                again += 1
+    log(msg="held the route", leader=leader, marked_up_again=again,
+        held_ms=round((time.monotonic() - t0) * 1000, 1))
+
+
+def route(cfg: F.FencerConfig, leader: str) -> str:
+    """Route R/W to `leader` in every HAProxy whose `primary/<leader>` resolves to its container."""
+    container = f"{cfg.scope}-{leader}"  # the spec's container name (ClusterSpec.container)
+    problems = []
+    for path in cfg.haproxy_sockets:
+        state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
+        if state is None:
+            problems.append(f"{path}: no answer")
+        elif ("primary", leader) not in F.servers_of(F.parse_servers_state(state), container):
+            problems.append(f"{path}: primary/{leader} does not resolve to {container}")
+        elif (answer := haproxy_api(path, F.route_commands(leader), cfg.timeout_s)) is None:
+            problems.append(f"{path}: no answer")
+        elif refused := F.api_refusals(answer):
+            problems.append(f"{path}: {refused[0][:120]}")
+    return "; ".join(problems) or "ok"
+
+
 def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any]) -> dict[str, Any]:
     """One event in, one decision out (already acted upon)."""
     t0 = time.monotonic()
@@ -124,6 +230,9 @@ def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any
         unreachable = verdict.reason.startswith("engine did not answer")
         decision["outcome"] = (F.Outcome.ENGINE_UNREACHABLE if unreachable else F.Outcome.STILL_RUNNING).value
     else:
+        if cfg.haproxy_sockets and name:  # first: a local socket, independent of etcd's answers
+            decision["haproxy"] = take_out(cfg, name)
+            decision["haproxy_ms"] = round((time.monotonic() - t0) * 1000, 1)
         reply = etcd_post(cfg, tls, "/v3/kv/range", F.range_request(cfg.leader_key))
         p = F.plan(member, cfg.leader_key, F.parse_range(reply) if reply is not None else None)
         decision["key"] = p.detail
@@ -155,6 +264,7 @@ def run(cfg: F.FencerConfig) -> None:
     counters = F.Counters(started_at=round(time.time(), 3))
     since = time.time()
     seen: set[str] = set()
+    routing: dict[str, threading.Thread] = {}  # member -> the thread routing the leader after its death
     last_ok = time.monotonic()
     log(msg="fencer started", scope=cfg.scope, leader_key=cfg.leader_key, events=list(F.EVENTS))
     while True:
@@ -179,6 +289,11 @@ def run(cfg: F.FencerConfig) -> None:
                 counters.events += 1
                 decision = decide(cfg, tls, event)
                 log(**decision)
+                dead = decision["member"]
+                if "haproxy" in decision and not (dead in routing and routing[dead].is_alive()):
+                    # a confirmed death (its `kill` and its `die` alike): route whoever takes the lock, once
+                    routing[dead] = threading.Thread(target=route_leader, args=(cfg, tls, dead), daemon=True)
+                    routing[dead].start()
                 counters.count(decision)
                 write_stats(cfg, counters)
                 last_ok = time.monotonic()

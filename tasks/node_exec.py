@@ -23,6 +23,7 @@ import requests
 
 from stack.audit_sizes import DU_MARK, parse_df_du
 from stack.errors import DockerError, ExecError
+from stack.retry import OUTPUT_CUT
 from stack.spec import ClusterSpec
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import engines
@@ -130,7 +131,7 @@ class NodeExec:
                               f"({type(exc).__name__})") from None
         # The stream ended before the mark: what came is not all there was.
         return ExecResult(code if code != 0 else EXIT_LOST, stdout,
-                          stderr + ("\n" if stderr else "") + "(the engine cut this command's output short)",
+                          stderr + ("\n" if stderr else "") + f"({OUTPUT_CUT})",
                           lost=True)
 
     def check(self, cmd: list[str], what: str, user: str | None = None, timeout: int = 10) -> str:

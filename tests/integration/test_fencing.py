@@ -11,21 +11,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 import yaml
 
 from stack.spec import parse_spec
+from tasks.haproxy import parse_stats
 from tasks.host.secrets import load_or_create
 from tests.integration.conftest import Cluster, pgha, running_cluster, up
 from tests.support.traffic import measured
 
 HARD_KILL_CEILING_S = 8.0  # fenced: measured ~2-3.5 s; unfenced it is the ttl (20 s)
+HAPROXY_DOWN_CEILING_S = 1.5  # fenced: DOWN in HAProxy this soon after the death (checks alone: about 2 s)
 QUORUM_LOSS_CEILING_S = 5.0  # failsafe on: writes go on through a 60 s etcd outage
 
 
@@ -85,18 +89,79 @@ def assert_rejoined(c: Cluster, member: str) -> None:
     assert sum(1 for r, _ in roles(st).values() if r == "leader") == 1
 
 
+class StatsWatch:
+    """HAProxy's backend states, sampled every 50 ms from its stats port while a drill runs."""
+
+    def __init__(self, stats_port: int) -> None:
+        self.url = f"http://127.0.0.1:{stats_port}/;csv"
+        self.samples: list[tuple[float, dict[str, dict[str, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rows = parse_stats(httpx.get(self.url, timeout=1.0, trust_env=False).text)
+                states: dict[str, dict[str, str]] = {"primary": {}, "replicas": {}}
+                for row in rows:
+                    if row.get("pxname") in states and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                        states[row["pxname"]][row["svname"]] = row.get("status", "")
+                self.samples.append((time.time(), states))
+            except httpx.HTTPError:
+                pass
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> StatsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def first(self, since: float, ok: Callable[[dict[str, dict[str, str]]], bool]) -> float | None:
+        """Seconds after `since` of the first sample for which `ok` holds (None: never)."""
+        return next((round(t - since, 3) for t, s in self.samples if t >= since and ok(s)), None)
+
+
+def in_rotation(stats_port: int, backend: str, member: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = parse_stats(httpx.get(f"http://127.0.0.1:{stats_port}/;csv", timeout=3.0, trust_env=False).text)
+        status = next((r.get("status", "") for r in rows if r.get("pxname") == backend and r.get("svname") == member), "")
+        if status.startswith("UP"):
+            return
+        assert time.monotonic() < deadline, f"{member} not back in HAProxy's {backend} backend: {status}"
+        time.sleep(0.5)
+
+
 @pytest.mark.timing_sensitive
 def test_hard_kill_is_fenced_by_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
+    """The watcher deletes the dead leader's key, marks it down in HAProxy at once (runtime API),
+    and routes the new leader when it takes the lock; the old leader comes back as a replica."""
     t0 = time.time()
-    r = drill(healthy_f, "hard-kill")
+    port = int(healthy_f.spec["ports"]["stats"])
+    with StatsWatch(port) as watch:
+        r = drill(healthy_f, "hard-kill")
     assert r["lost_writes"] == [] and r["healed"]
     assert r["new_leader"] != r["old_leader"]
     assert r["write_gap_s"] < HARD_KILL_CEILING_S, r["timeline"]
-    mine = [d for d in decisions(engine, healthy_f, t0) if d["member"] == r["old_leader"]]
+    old, new = r["old_leader"], r["new_leader"]
+    mine = [d for d in decisions(engine, healthy_f, t0) if d["member"] == old]
     assert any(d["outcome"] == "fenced" for d in mine), mine
     fenced = next(d for d in mine if d["outcome"] == "fenced")
-    assert "exit code 137" in fenced["engine"] and f"names {r['old_leader']}" in fenced["key"]
-    assert_rejoined(healthy_f, r["old_leader"])
+    assert "exit code 137" in fenced["engine"] and f"names {old}" in fenced["key"]
+    assert fenced["haproxy"] == "ok", fenced  # HAProxy accepted the take-out
+    # The engine's death event: the decision's log time less its age and the time it took.
+    died = fenced["t"] - (fenced["event_age_ms"] + fenced["total_ms"]) / 1000
+    down = watch.first(died, lambda s: s["primary"].get(old, "").startswith("DOWN")
+                       and s["replicas"].get(old, "").startswith("DOWN"))
+    # Health checks alone take fall x inter plus a check timeout (1.5-2 s with the fast profile).
+    assert down is not None and down < HAPROXY_DOWN_CEILING_S, (down, fenced)
+    routed = watch.first(died, lambda s: s["primary"].get(new, "").startswith("UP"))
+    assert routed is not None, "HAProxy never routed the new leader while the drill ran"
+    assert_rejoined(healthy_f, old)
+    in_rotation(port, "replicas", old)  # back as a replica, and back in HAProxy's R/O rotation
 
 
 def test_frozen_leader_is_not_fenced_and_loses_nothing(healthy_f: Cluster, engine: docker.DockerClient) -> None:

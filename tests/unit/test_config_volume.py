@@ -296,12 +296,13 @@ def test_down_removes_config_volumes_even_without_volumes() -> None:
     e._client = C()  # type: ignore[assignment]
     e.remove_labelled("many", volumes=False)
     e.remove_labelled("many", volumes=True)
-    assert seen == [{"label": ["pgha.cluster=many", cv.LABEL_ETC]}, {"label": ["pgha.cluster=many"]}]
+    ephemeral = {"label": ["pgha.cluster=many", "pgha.ephemeral"]}  # tmpfs volumes go with the containers
+    assert seen == [{"label": ["pgha.cluster=many", cv.LABEL_ETC]}, ephemeral, {"label": ["pgha.cluster=many"]}]
     seen.clear()
     local = Engine("local")
     local._client = C()  # type: ignore[assignment]
-    local.remove_labelled("many", volumes=False)  # the single-engine path: no volume is even listed
-    assert seen == []
+    local.remove_labelled("many", volumes=False)  # the single-engine path: no data volume is even listed
+    assert seen == [ephemeral]
 
 
 def test_lab_hosts_share_nothing_of_the_state_dir_but_their_socket(monkeypatch: pytest.MonkeyPatch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,126 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
     assert "setpriv --reuid=nobody" in p.files["fencer.sh"]  # the agent cannot open the socket itself
     other = topology.fencer(spec, "img:1", "/conf", {"fencer.py": "agent v2", "fencing.py": "pure"})
     assert other.container.config_hash != p.container.config_hash  # a new agent recreates the fencer
+
+
+# ---- HAProxy's runtime API: a confirmed death out at once, the new leader routed ----
+
+STATE = (DATA / "haproxy_servers_state.txt").read_text()  # `show servers state`, HAProxy 3.0 (pgha-it-fk-bench)
+
+
+def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_marks_the_leader_up() -> None:
+    rows = F.parse_servers_state(STATE)
+    assert len(rows) == 6 and rows[0]["srv_fqdn"] == "pgha-it-fk-bench-pg-1"
+    servers = F.servers_of(rows, "pgha-it-fk-bench-pg-1")
+    assert servers == [("primary", "pg-1"), ("replicas", "pg-1")]
+    # `health down`, not maint: the checks keep running and take the member back when it returns.
+    assert F.takeout_commands(servers) == [
+        "set server primary/pg-1 health down", "shutdown sessions server primary/pg-1",
+        "set server replicas/pg-1 health down", "shutdown sessions server replicas/pg-1"]
+    assert F.route_commands("pg-2") == ["set server primary/pg-2 health up"]
+    assert F.api_line(F.route_commands("pg-2")) == b"set server primary/pg-2 health up\n"
+    assert F.api_refusals("\n\n") == []
+    assert F.api_refusals("No such server.\n\n") == ["No such server."]
+
+
+def test_a_server_that_resolves_elsewhere_is_never_taken_out() -> None:
+    # blue's HAProxy routed to green's nodes (a major upgrade): blue's pg-1 dying is not green's pg-1
+    rows = F.parse_servers_state(STATE.replace("pgha-it-fk-bench-pg-1", "pgha-it-fk-bench-green-pg-1"))
+    assert F.servers_of(rows, "pgha-it-fk-bench-pg-1") == []
+    assert F.servers_of(F.parse_servers_state(""), "pgha-it-fk-bench-pg-1") == []  # no answer, no servers
+
+
+def test_new_leader_is_only_another_member_holding_the_key() -> None:
+    assert F.new_leader("pg-1", F.parse_range(rec("range_holder_pg2"))) == "pg-2"
+    assert F.new_leader("pg-1", F.parse_range(rec("range_holder_pg1"))) is None  # still the dead one's
+    assert F.new_leader("pg-1", F.parse_range(rec("range_absent"))) is None  # nobody promoted yet
+    assert F.new_leader("pg-1", None) is None  # etcd did not answer
+
+
+class FakeHAProxy:
+    """A unix socket that answers `show servers state` with a recording and records every other line."""
+
+    def __init__(self, path: str, state: str) -> None:
+        import socket
+        import threading
+
+        self.lines: list[str] = []
+        self.state = state
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(4)
+        self.srv.settimeout(5)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with conn:
+                line = conn.recv(4096).decode()
+                if line.startswith(F.SERVERS_STATE):
+                    conn.sendall(self.state.encode())
+                else:
+                    self.lines.append(line)
+                    conn.sendall(b"No such server.\n\n" if "pg-9" in line else b"\n")
+
+
+def test_agent_takes_out_the_dead_container_s_servers_and_routes_the_leader(tmp_path: Path) -> None:
+    from tasks import fencer_agent
+
+    path = str(tmp_path / "api.sock")
+    fake = FakeHAProxy(path, STATE)
+    cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                         haproxy_sockets=[path])
+    assert fencer_agent.take_out(cfg, "pgha-it-fk-bench-pg-1") == "ok"
+    assert fake.lines == ["set server primary/pg-1 health down;shutdown sessions server primary/pg-1;"
+                          "set server replicas/pg-1 health down;shutdown sessions server replicas/pg-1\n"]
+    assert fencer_agent.take_out(cfg, "other-pg-1").endswith("no server resolves to other-pg-1")
+    assert fencer_agent.route(cfg, "pg-2") == "ok"
+    assert fake.lines[-1] == "set server primary/pg-2 health up\n"
+    assert fencer_agent.route(cfg, "pg-9").endswith("primary/pg-9 does not resolve to pgha-it-fk-bench-pg-9")
+    assert len(fake.lines) == 2  # nothing sent for what does not resolve
+    fake.srv.close()
+    missing = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                             haproxy_sockets=[str(tmp_path / "none.sock")], timeout_s=0.2)
+    assert fencer_agent.take_out(missing, "s-pg-1").endswith("no answer")
+
+
+def test_haproxy_and_the_fencer_share_the_runtime_api_volume_on_one_engine() -> None:
+    spec = ClusterSpec()
+    hap = topology.haproxy(spec, "img", "/conf").container
+    fen = topology.fencer(spec, "img", "/conf", {"fencer.py": "", "fencing.py": ""}).container
+    assert hap.tmpfs_volumes == fen.tmpfs_volumes == {spec.haproxy_api_volume: "/run/haproxy-fence"}
+    assert not hap.volumes.get(spec.haproxy_api_volume)  # not a data volume
+    cfg = topology.fencer_config(spec)
+    assert cfg.haproxy_sockets == ["/run/haproxy-fence/api.sock"] and cfg.route_wait_s == spec.timing.ttl
+    assert "stats socket /run/haproxy-fence/api.sock mode 666 level admin" in topology.haproxy(spec, "i", "/c").files[
+        "haproxy.cfg"]
+
+
+def test_server_up_reads_the_operational_state() -> None:
+    rows = F.parse_servers_state(STATE)
+    assert F.server_up(rows, "primary", "pg-1") is True
+    assert F.server_up(rows, "primary", "pg-2") is False
+    assert F.server_up(rows, "primary", "pg-9") is None
+
+
+def test_hold_marks_the_lock_holder_up_again_while_the_key_names_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patroni's /primary lags the promotion: HAProxy's checks take pg-2 down, the hold puts it back."""
+    from tasks import fencer_agent
+
+    path = str(tmp_path / "api.sock")
+    fake = FakeHAProxy(path, STATE)  # pg-2 is down in `primary` there
+    holders = iter(["pg-2", "pg-2", "pg-3"])  # then the key names someone else: the hold stops
+    monkeypatch.setattr(fencer_agent, "etcd_post", lambda *_a: rec("range_holder_pg2") if next(holders) == "pg-2"
+                        else {"kvs": []})
+    cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                         haproxy_sockets=[path], route_hold_s=5.0)
+    t0 = time.monotonic()
+    fencer_agent.hold(cfg, None, "pg-2")
+    assert time.monotonic() - t0 < 2.0  # stopped when the key moved, not after 5 s
+    assert fake.lines == ["set server primary/pg-2 health up\n"] * 2
+    fake.srv.close()

@@ -59,6 +59,9 @@ def test_fencer_config_over_hosts_reaches_etcd_at_the_hosts_addresses_over_tls()
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
     plain = topology.fencer_config(spec(tls={"enabled": False}, insecure=["plaintext-between-hosts"]))
     assert plain.etcd_urls[0] == "http://10.0.0.11:2379" and plain.etcd_tls is None
+    # no runtime-API socket over hosts: each watcher sees its own engine, HAProxy's checks decide
+    assert cfg.haproxy_sockets == [] and topology.fence_api_volumes(spec()) == {}
+    assert "haproxy-fence" not in topology.haproxy(spec(), "img", "/c").files["haproxy.cfg"]
     # the single engine is unchanged: container names on the cluster network, the loopback proxy
     one = topology.fencer_config(ClusterSpec(scope="lab"))
     assert one.etcd_urls[0] == "https://lab-etcd-1:2379" and one.docker_url == "http://127.0.0.1:2375"
