@@ -66,6 +66,20 @@ def leader_key(namespace: str, scope: str) -> str:
     return f"{namespace.rstrip('/')}/{scope}/leader"
 
 
+def events_query(scope: str) -> str:
+    """The one `GET /events` filter the agent sends (urlencoded), and the only one its socket proxy
+    lets through: container events of this cluster's Patroni nodes."""
+    import urllib.parse
+    filters = {"type": ["container"], "event": list(EVENTS),
+               "label": [f"pgha.cluster={scope}", "pgha.role=patroni"]}
+    return urllib.parse.urlencode({"filters": json.dumps(filters)})
+
+
+def auth_request(user: str, password: str) -> dict[str, Any]:
+    """Body of the gateway's `POST /v3/auth/authenticate`."""
+    return {"name": user, "password": password}
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -180,6 +194,8 @@ class FencerConfig:
     stats_file: str
     etcd_tls: dict[str, str] | None = None
     timeout_s: float = 1.0
+    etcd_user: str | None = None  # etcd auth (stack/etcd_auth.py): the agent's user, its password in a file
+    etcd_password_file: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

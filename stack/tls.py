@@ -10,7 +10,12 @@ it: clients that trust the CA keep working across a rotation). Leaves are valid 
   (server and client auth: etcd peers and Patroni-to-etcd use it as their client certificate).
   Its SANs name every container a cluster can have, `localhost` and 127.0.0.1 (the host reaches
   PostgreSQL through HAProxy's ports on 127.0.0.1), so `sslmode=verify-full` works from both.
-- `client`: pgha's own client certificate (etcdctl from the host-side tasks, Patroni REST calls).
+- `client`: pgha's own client certificate (etcdctl from the host-side tasks). With etcd auth on
+  (`stack.etcd_auth`) its common name is an etcd user with the root role: only the etcd members,
+  where pgha runs etcdctl, hold it.
+- `fencer`: the fencing agent's client certificate (etcd requires one from the CA); its common
+  name is no etcd user, so it grants nothing by itself: the agent authenticates with a password.
+Each role receives only the files it uses (`ROLE_FILES`).
 pgBackRest's TLS keeps its own CA (`stack.backup_tls`), which predates this one.
 """
 
@@ -26,8 +31,19 @@ from stack.spec import ClusterSpec
 CA_DAYS = 3650
 MAX_MEMBERS = 9  # ClusterSpec.nodes' bound; etcd has at most 7
 CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
-LEAF_FILES = ("member.crt", "member.key", "client.crt", "client.key")
+BASE_LEAVES = ("member.crt", "member.key", "client.crt", "client.key")
+FENCER_LEAVES = ("fencer.crt", "fencer.key")
+LEAF_FILES = (*BASE_LEAVES, *FENCER_LEAVES)
 MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
+# What each role's config directory receives (and nothing else: a file of another role found
+# there is removed by `tasks.host.tls.install`). HAProxy and the pooler only verify servers.
+ROLE_FILES: dict[str, tuple[str, ...]] = {
+    "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key"),  # pgha's etcdctl runs there
+    "patroni": ("ca.crt", "member.crt", "member.key"),
+    "haproxy": ("ca.crt",),
+    "pooler": ("ca.crt",),
+    "fencer": ("ca.crt", *FENCER_LEAVES),
+}
 
 # In a container: the mounted (root 0600) copies and the service user's private copies.
 MOUNT_DIR = f"{layout.CONFIG_MOUNT}/{layout.TLS_SUBDIR}"
@@ -37,10 +53,19 @@ CERT = f"{RUN_DIR}/member.crt"
 KEY = f"{RUN_DIR}/member.key"
 CLIENT_CERT = f"{RUN_DIR}/client.crt"
 CLIENT_KEY = f"{RUN_DIR}/client.key"
+FENCER_CERT = f"{RUN_DIR}/fencer.crt"
+FENCER_KEY = f"{RUN_DIR}/fencer.key"
 # Root (docker exec, health checks, HAProxy) reads the mounted copies directly.
 ROOT_CA = f"{MOUNT_DIR}/ca.crt"
 ROOT_CLIENT_CERT = f"{MOUNT_DIR}/client.crt"
 ROOT_CLIENT_KEY = f"{MOUNT_DIR}/client.key"
+ROOT_MEMBER_CERT = f"{MOUNT_DIR}/member.crt"  # pgha's REST calls inside a Patroni node (any CA certificate)
+ROOT_MEMBER_KEY = f"{MOUNT_DIR}/member.key"
+
+
+def client_cn(scope: str) -> str:
+    """The common name of pgha's client certificate: its etcd user name (CN-based auth)."""
+    return f"{scope} pgha client"
 
 
 def member_names(spec: ClusterSpec) -> list[str]:
@@ -135,8 +160,15 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
     host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
     member_crt, member_key = issue(ca_files, f"{spec.scope} member", member_names(spec) + host_dns,
                                    ["127.0.0.1", "::1", *host_ips], spec.tls.days)
-    client_crt, client_key = issue(ca_files, f"{spec.scope} pgha client", [], [], spec.tls.days)
-    return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key}
+    client_crt, client_key = issue(ca_files, client_cn(spec.scope), [], [], spec.tls.days)
+    return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key,
+            **make_fencer_leaf(spec, ca_files)}
+
+
+def make_fencer_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """The fencing agent's client certificate (its common name is no etcd user)."""
+    crt, key = issue(ca_files, f"{spec.scope} fencer", [], [], spec.tls.days)
+    return {"fencer.crt": crt, "fencer.key": key}
 
 
 @dataclass(frozen=True)

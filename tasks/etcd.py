@@ -11,15 +11,18 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stack import layout
+from stack import etcd_auth, layout
 from stack.audit import EtcdMember
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import etcd_hosts, scheme
+from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.topology import etcdctl_tls
 from stack.wait import wait_for
+from tasks import docker_hosts
 from tasks._prefect import task
+from tasks.host.state import config_dir, write_private
 from tasks.node_exec import ExecResult, first_running, node
 
 
@@ -216,3 +219,64 @@ def delete_member_key(spec: ClusterSpec, member: str) -> None:
 def delete_scope_keys(spec: ClusterSpec) -> None:
     """Delete every Patroni key of the scope (leader, members, config, initialize, history…)."""
     _ok(etcdctl(spec, ["del", "--prefix", scope_prefix(spec)], timeout=20), f"del {scope_prefix(spec)}")
+
+
+# ---- users, roles and auth (stack/etcd_auth.py says who may do what) ----
+
+AUTH_SUBDIR = "etcd-auth"  # in an etcd member's config dir: the passwords etcdctl reads on stdin, while it runs
+
+
+def _running_member(spec: ClusterSpec) -> str:
+    for m in spec.etcd_names():
+        if node(spec, m).running():
+            return m
+    raise EtcdError("no etcd member container is running")
+
+
+def _names(r: ExecResult) -> set[str]:
+    return {line.strip() for line in r.out.splitlines() if line.strip()}
+
+
+@task(name="ensure-etcd-users")
+def ensure_users(spec: ClusterSpec, secrets: Secrets) -> int:
+    """Create or update every etcd user and role of `stack.etcd_auth` (auth on or off); the number
+    of etcdctl calls. Passwords reach etcdctl on stdin from a 0600 file in the member's config
+    directory (never argv or env), removed when done. No-op with TLS off (auth stays off)."""
+    if not etcd_auth.enabled(spec):
+        return 0
+    via = _running_member(spec)
+    existing_users = _names(etcdctl(spec, ["user", "list"], via=via, command_timeout="5s", timeout=20))
+    existing_roles = _names(etcdctl(spec, ["role", "list"], via=via, command_timeout="5s", timeout=20))
+    steps = etcd_auth.setup_steps(spec, existing_users, existing_roles)
+    d = config_dir(spec.scope, via) / AUTH_SUBDIR
+    try:
+        for u in etcd_auth.users(spec):
+            if (pw := u.password(secrets)) is not None:
+                write_private(d / u.name, pw + "\n")
+        docker_hosts.sync_config(spec, via)
+        for step in steps:
+            cmd = step.args
+            if step.password_of is not None:  # etcdctl reads the password on stdin
+                pw_file = f"{layout.CONFIG_MOUNT}/{AUTH_SUBDIR}/{step.password_of}"
+                r = node(spec, via).run(["sh", "-c", 'f="$1"; shift; exec "$@" < "$f"', "etcdctl-stdin", pw_file,
+                                         "etcdctl", f"--endpoints={endpoints(spec)}", "--command-timeout=5s",
+                                         *etcdctl_tls(spec), *cmd], timeout=20)
+            else:
+                r = etcdctl(spec, cmd, via=via, command_timeout="5s", timeout=20)
+            _ok(r, " ".join(cmd[:2]))
+    finally:
+        for f in d.glob("*") if d.is_dir() else []:
+            f.unlink(missing_ok=True)
+        docker_hosts.sync_config(spec, via)
+    return len(steps)
+
+
+@task(name="enable-etcd-auth")
+def enable_auth(spec: ClusterSpec) -> bool:
+    """Turn etcd's authentication on (idempotent: pgha's certificate has the root role). Call it
+    only once every client has its credentials (`ensure_users`, then the Patroni nodes and the
+    fencer placed with theirs): a client without one loses etcd the moment auth is on."""
+    if not etcd_auth.enabled(spec):
+        return False
+    _ok(etcdctl(spec, ["auth", "enable"], command_timeout="5s", timeout=20), "auth enable")
+    return True
