@@ -137,6 +137,13 @@ def tls_files(spec: ClusterSpec) -> dict[str, str]:
     return {tls.START_FILE: tls.START_SCRIPT} if spec.tls.enabled else {}
 
 
+def tls_hash(spec: ClusterSpec, role: Role) -> list[object]:
+    """The TLS file names a role receives, for its definition hash: a role whose set shrank (a
+    cluster made when every role held every key) is recreated, so no private copy outlives the
+    file removed from its config directory."""
+    return [list(tls.ROLE_FILES[role.value])] if spec.tls.enabled else []
+
+
 def etcdctl_tls(spec: ClusterSpec) -> list[str]:
     """etcdctl's flags as root in an etcd container (the mounted files): the CA and pgha's client certificate."""
     if not spec.tls.enabled:
@@ -204,7 +211,7 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS),
+            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS, *tls_hash(spec, Role.HAPROXY)),
             config_dir=conf_dir, ports=ports,
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{stats}/"],
             host_network=spec.multi_host,
@@ -229,7 +236,7 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
             scope=spec.scope, role=Role.POOLER.value, member=member, name=spec.container(member), image=image,
             network=spec.network,
             config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS,
-                                      *([start] if spec.tls.enabled else [])),
+                                      *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.POOLER)),
             config_dir=conf_dir, ports=ports,
             healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
             **start,  # type: ignore[arg-type]
@@ -329,9 +336,9 @@ if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and the fencer's etcd client c
 fi
 gid=$(stat -c %g {layout.DOCKER_SOCKET})
 install -d -o {PROXY_USER} -g nogroup -m 0711 /run/pgha/engine  # the proxy's unix socket (hosts)
-install -o {PROXY_USER} -g nogroup -m 0600 /etc/pgha/sockproxy.cfg /run/pgha/engine/sockproxy.cfg
+install -o {PROXY_USER} -g nogroup -m 0600 /etc/pgha/sockproxy.cfg /run/pgha/sockproxy.cfg
 chown nobody:nogroup /run/pgha && chmod 0711 /run/pgha
-setpriv --reuid={PROXY_USER} --regid="$gid" --clear-groups haproxy -D -f /run/pgha/engine/sockproxy.cfg
+setpriv --reuid={PROXY_USER} --regid="$gid" --clear-groups haproxy -D -f /run/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
 """
 
@@ -359,7 +366,8 @@ def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, 
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, shown, DNS_OPTIONS, binds),
+            network=spec.network, command=[],
+            config_hash=render.digest(image, shown, DNS_OPTIONS, binds, *tls_hash(spec, Role.FENCER)),
             config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],
             host_network=spec.multi_host,

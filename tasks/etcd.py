@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from typing import Any
 
 from stack import etcd_auth, layout
@@ -22,7 +23,8 @@ from stack.topology import etcdctl_tls
 from stack.wait import wait_for
 from tasks import docker_hosts
 from tasks._prefect import task
-from tasks.host.state import config_dir, write_private
+from tasks.host.secrets import etcd_auth_marker, load_or_create
+from tasks.host.state import config_dir, secrets_file, write_private
 from tasks.node_exec import ExecResult, first_running, node
 
 
@@ -237,7 +239,6 @@ def _names(r: ExecResult) -> set[str]:
     return {line.strip() for line in r.out.splitlines() if line.strip()}
 
 
-@task(name="ensure-etcd-users")
 def ensure_users(spec: ClusterSpec, secrets: Secrets) -> int:
     """Create or update every etcd user and role of `stack.etcd_auth` (auth on or off); the number
     of etcdctl calls. Passwords reach etcdctl on stdin from a 0600 file in the member's config
@@ -271,12 +272,39 @@ def ensure_users(spec: ClusterSpec, secrets: Secrets) -> int:
     return len(steps)
 
 
-@task(name="enable-etcd-auth")
-def enable_auth(spec: ClusterSpec) -> bool:
-    """Turn etcd's authentication on (idempotent: pgha's certificate has the root role). Call it
-    only once every client has its credentials (`ensure_users`, then the Patroni nodes and the
-    fencer placed with theirs): a client without one loses etcd the moment auth is on."""
+def scope_is_empty(spec: ClusterSpec) -> bool:
+    """No Patroni key of the scope exists yet: no Patroni node has ever used this etcd."""
+    r = etcdctl(spec, ["get", scope_prefix(spec), "--prefix", "--keys-only", "--limit=1"], command_timeout="5s",
+                timeout=20)
+    return not _ok(r, "get").strip()
+
+
+class AuthOutcome(StrEnum):
+    OFF = "off: TLS is off"
+    ENABLED = "enabled: users created, auth switched on"
+    KEPT = "on: users and passwords checked"
+    LEGACY = "off: a cluster made without etcd auth keeps running without it"
+
+
+@task(name="ensure-etcd-auth")
+def ensure_auth(spec: ClusterSpec) -> AuthOutcome:
+    """etcd's users, roles and authentication (`stack.etcd_auth`), before any Patroni node is placed.
+
+    A new cluster (no Patroni key yet): users and roles, then auth on, then the marker that
+    gives Patroni and the fencer their passwords (`cluster_secrets`). A cluster with auth on:
+    users, passwords and auth made to match the state directory. A cluster whose Patroni nodes already
+    run without etcd credentials (made by an older pgha) is left as it is: switching auth on
+    under them would cut every node from etcd at once (see docs/threat-model.md).
+    """
     if not etcd_auth.enabled(spec):
-        return False
+        return AuthOutcome.OFF
+    marker = etcd_auth_marker(spec.scope)
+    if not marker.exists() and not scope_is_empty(spec):
+        return AuthOutcome.LEGACY
+    ensure_users(spec, load_or_create(secrets_file(spec.scope)))
+    # Idempotent (pgha's certificate has the root role); run every time, so an etcd recreated
+    # empty (`down --volumes`, then `up`) gets it back.
     _ok(etcdctl(spec, ["auth", "enable"], command_timeout="5s", timeout=20), "auth enable")
-    return True
+    existed = marker.exists()
+    write_private(marker, "etcd authentication switched on by pgha\n")
+    return AuthOutcome.KEPT if existed else AuthOutcome.ENABLED

@@ -308,9 +308,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
         etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
         outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
-    # etcd's users and roles before any client is given its credentials; auth goes on below,
-    # once every client has them (a cluster made by an older pgha is migrated the same way).
-    etcd.ensure_users(spec, cluster_secrets(spec.scope))
+    # etcd's users, roles and authentication before any Patroni node is placed with its password.
+    outcomes["etcd_auth"] = etcd.ensure_auth(spec).value
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
     rolled = roll_changed_nodes(spec, node_image, subnet)
@@ -323,7 +322,6 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     view = patroni.wait_whole(spec)
     outcomes[spec.haproxy_member] = haproxy_run.result()
     outcomes.update(fencer_run.result())
-    etcd.enable_auth(spec)
     outcomes["failsafe_mode"] = ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)

@@ -69,5 +69,19 @@ def _write(path: Path, s: Secrets) -> None:
 
 
 def cluster_secrets(scope: str) -> Secrets:
-    """The passwords of a cluster (created on first use)."""
-    return load_or_create(secrets_file(scope))
+    """The passwords of a cluster (created on first use), as its clients are to be given them.
+
+    etcd's users' passwords are left out while pgha has not switched etcd's authentication on
+    for this cluster (`etcd_auth_marker`): a Patroni node given a password while etcd's auth is
+    off cannot start (Patroni 4.0 reads etcd 3.5's "authentication is not enabled" answer as an
+    error), so a cluster made by an older pgha keeps running without them.
+    """
+    s = load_or_create(secrets_file(scope))
+    if not etcd_auth_marker(scope).exists():
+        return dataclasses.replace(s, **dict.fromkeys(ETCD_KEYS, ""))
+    return s
+
+
+def etcd_auth_marker(scope: str) -> Path:
+    """Present once pgha has switched etcd's authentication on for the cluster (`tasks.etcd`)."""
+    return secrets_file(scope).with_name("etcd-auth-on")
