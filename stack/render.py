@@ -154,8 +154,10 @@ PG_SERVER_TLS = {"ssl": "on", "ssl_cert_file": tls.CERT, "ssl_key_file": tls.KEY
 def _tls_patroni(spec: ClusterSpec, conf: dict[str, Any], secrets: Secrets) -> dict[str, Any]:
     """patroni.yml with TLS for etcd, the REST API and PostgreSQL (spec.tls.enabled)."""
     conf["etcd3"].update({"protocol": "https", "cacert": tls.CA, "cert": tls.CERT, "key": tls.KEY})
-    if secrets.etcd_patroni:  # etcd's `patroni` user (stack/etcd_auth.py): the scope's prefix only
-        conf["etcd3"].update({"username": etcd_auth.PATRONI_USER, "password": secrets.etcd_patroni})
+    if secrets.etcd_patroni:  # etcd's `patroni` user (stack/etcd_auth.py): the scope's prefix only,
+        # with the gateway certificate (no common name: etcd's gateway refuses one with auth on)
+        conf["etcd3"].update({"username": etcd_auth.PATRONI_USER, "password": secrets.etcd_patroni,
+                              "cert": tls.GATEWAY_CERT, "key": tls.GATEWAY_KEY})
     # HTTPS; unsafe endpoints need the basic-auth credentials AND a client certificate from the CA
     # (verify_client optional: GETs for HAProxy's health checks need none).
     conf["restapi"].update({"certfile": tls.CERT, "keyfile": tls.KEY, "cafile": tls.CA, "verify_client": "optional"})

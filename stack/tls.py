@@ -13,8 +13,10 @@ it: clients that trust the CA keep working across a rotation). Leaves are valid 
 - `client`: pgha's own client certificate (etcdctl from the host-side tasks). With etcd auth on
   (`stack.etcd_auth`) its common name is an etcd user with the root role: only the etcd members,
   where pgha runs etcdctl, hold it.
-- `fencer`: the fencing agent's client certificate (etcd requires one from the CA); its common
-  name is no etcd user, so it grants nothing by itself: the agent authenticates with a password.
+- `gateway`: the client certificate of etcd's JSON-gateway clients, the Patroni nodes and the
+  fencing agent (etcd requires one from the CA). It has no common name at all: with auth on,
+  etcd's gateway refuses a client certificate that has one (it cannot map it to a user), and
+  these clients authenticate with a password instead. By itself it grants nothing.
 Each role receives only the files it uses (`ROLE_FILES`).
 pgBackRest's TLS keeps its own CA (`stack.backup_tls`), which predates this one.
 """
@@ -32,17 +34,17 @@ CA_DAYS = 3650
 MAX_MEMBERS = 9  # ClusterSpec.nodes' bound; etcd has at most 7
 CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
 BASE_LEAVES = ("member.crt", "member.key", "client.crt", "client.key")
-FENCER_LEAVES = ("fencer.crt", "fencer.key")
-LEAF_FILES = (*BASE_LEAVES, *FENCER_LEAVES)
+GATEWAY_LEAVES = ("gateway.crt", "gateway.key")
+LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES)
 MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
 # What each role's config directory receives (and nothing else: a file of another role found
 # there is removed by `tasks.host.tls.install`). HAProxy and the pooler only verify servers.
 ROLE_FILES: dict[str, tuple[str, ...]] = {
     "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key"),  # pgha's etcdctl runs there
-    "patroni": ("ca.crt", "member.crt", "member.key"),
+    "patroni": ("ca.crt", "member.crt", "member.key", *GATEWAY_LEAVES),
     "haproxy": ("ca.crt",),
     "pooler": ("ca.crt",),
-    "fencer": ("ca.crt", *FENCER_LEAVES),
+    "fencer": ("ca.crt", *GATEWAY_LEAVES),
 }
 
 # In a container: the mounted (root 0600) copies and the service user's private copies.
@@ -53,8 +55,8 @@ CERT = f"{RUN_DIR}/member.crt"
 KEY = f"{RUN_DIR}/member.key"
 CLIENT_CERT = f"{RUN_DIR}/client.crt"
 CLIENT_KEY = f"{RUN_DIR}/client.key"
-FENCER_CERT = f"{RUN_DIR}/fencer.crt"
-FENCER_KEY = f"{RUN_DIR}/fencer.key"
+GATEWAY_CERT = f"{RUN_DIR}/gateway.crt"
+GATEWAY_KEY = f"{RUN_DIR}/gateway.key"
 # Root (docker exec, health checks, HAProxy) reads the mounted copies directly.
 ROOT_CA = f"{MOUNT_DIR}/ca.crt"
 ROOT_CLIENT_CERT = f"{MOUNT_DIR}/client.crt"
@@ -107,8 +109,9 @@ def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
     return new_ca(f"pgha {spec.scope} cluster CA", days)
 
 
-def issue(ca_files: dict[str, str], cn: str, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
-    """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth.
+def issue(ca_files: dict[str, str], cn: str | None, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
+    """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth
+    (`cn` None: an empty subject).
 
     Subject alternative names: `dns` as DNS names, `ips` as IP addresses (none: no SAN).
     """
@@ -121,7 +124,8 @@ def issue(ca_files: dict[str, str], cn: str, dns: list[str], ips: list[str], day
     ca_key = serialization.load_pem_private_key(ca_files["ca.key"].encode(), None)
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn is not None else [])
+    b = (x509.CertificateBuilder().subject_name(subject)
          .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -162,13 +166,13 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
                                    ["127.0.0.1", "::1", *host_ips], spec.tls.days)
     client_crt, client_key = issue(ca_files, client_cn(spec.scope), [], [], spec.tls.days)
     return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key,
-            **make_fencer_leaf(spec, ca_files)}
+            **make_gateway_leaf(spec, ca_files)}
 
 
-def make_fencer_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
-    """The fencing agent's client certificate (its common name is no etcd user)."""
-    crt, key = issue(ca_files, f"{spec.scope} fencer", [], [], spec.tls.days)
-    return {"fencer.crt": crt, "fencer.key": key}
+def make_gateway_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """The gateway clients' certificate: no common name (etcd's gateway refuses one with auth on)."""
+    crt, key = issue(ca_files, None, [], [], spec.tls.days)
+    return {"gateway.crt": crt, "gateway.key": key}
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
         etcd_urls=[f"{render.scheme(spec)}://{h}" for h in render.etcd_hosts(spec)],
         docker_url=docker_url,
         stats_file=layout.FENCER_STATS,
-        etcd_tls={"ca": tls.CA, "cert": tls.FENCER_CERT, "key": tls.FENCER_KEY} if spec.tls.enabled else None,
+        etcd_tls={"ca": tls.CA, "cert": tls.GATEWAY_CERT, "key": tls.GATEWAY_KEY} if spec.tls.enabled else None,
         etcd_user=etcd_auth.FENCER_USER if auth else None,
         etcd_password_file=f"{layout.RUN_DIR}/{FENCER_PASSWORD_FILE}" if auth else None,
     )
@@ -330,7 +330,7 @@ done
 if [ -f /etc/pgha/{FENCER_PASSWORD_FILE} ]; then  # etcd auth: the agent's password
   install -o nobody -g nogroup -m 0600 /etc/pgha/{FENCER_PASSWORD_FILE} /run/pgha/{FENCER_PASSWORD_FILE}
 fi
-if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and the fencer's etcd client certificate
+if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and the gateway client certificate
   install -d -m 0711 /run/pgha/tls  # root's: it writes into it without DAC_OVERRIDE; the files are nobody's
   for f in /etc/pgha/tls/*; do install -o nobody -g nogroup -m 0600 "$f" /run/pgha/tls/; done
 fi

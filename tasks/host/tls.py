@@ -56,11 +56,11 @@ def _material(spec: ClusterSpec) -> dict[str, str]:
     leaves = _read(d, tls.LEAF_FILES)
     if leaves is None:
         base = _read(d, tls.BASE_LEAVES)
-        # A cluster made before the fencer had its own certificate: issue that one alone (new
+        # A cluster made before the gateway certificate existed: issue that one alone (new
         # member and client certificates would mean a rotation).
-        leaves = {**base, **tls.make_fencer_leaf(spec, ca)} if base is not None else tls.make_leaves(spec, ca)
+        leaves = {**base, **tls.make_gateway_leaf(spec, ca)} if base is not None else tls.make_leaves(spec, ca)
         for f, text in leaves.items():
-            if base is None or f in tls.FENCER_LEAVES:
+            if base is None or f in tls.GATEWAY_LEAVES:
                 write_private(d / f, text)
     return {**ca, **leaves}
 

@@ -95,9 +95,9 @@ def tls_files(engine: docker.DockerClient, c: Cluster, member: str) -> set[str]:
 def test_each_role_holds_only_the_keys_it_uses(engine: docker.DockerClient, cluster: Cluster) -> None:
     assert tls_files(engine, cluster, "haproxy") == {"ca.crt"}
     assert tls_files(engine, cluster, "pooler") == {"ca.crt"}
-    assert tls_files(engine, cluster, "fencer") == {"ca.crt", "fencer.crt", "fencer.key"}
+    assert tls_files(engine, cluster, "fencer") == {"ca.crt", "gateway.crt", "gateway.key"}
     for m in ("pg-1", "pg-2"):
-        assert tls_files(engine, cluster, m) == {"ca.crt", "member.crt", "member.key"}
+        assert tls_files(engine, cluster, m) == {"ca.crt", "member.crt", "member.key", "gateway.crt", "gateway.key"}
     assert tls_files(engine, cluster, "etcd-1") == {"ca.crt", "member.crt", "member.key", "client.crt", "client.key"}
     code, out = run(engine, cluster, "etcd-1", ["ls", "/etc/pgha"])
     assert "etcd-auth" not in out or run(engine, cluster, "etcd-1", ["ls", "/etc/pgha/etcd-auth"])[1].strip() == ""
@@ -108,25 +108,25 @@ def test_only_patroni_and_pgha_may_write_the_clusters_keys(engine: docker.Docker
     for m in ("haproxy", "pooler"):
         r = probe(engine, cluster, m)
         assert r["txn"] == 0 and r["other_scope"] == 0, (m, r)
-    # The fencer: its certificate and etcd's `fencer` user (the leader key alone, for its
+    # The fencer: the gateway certificate and etcd's `fencer` user (the leader key alone, for its
     # compare-and-delete): the config key is refused, and so is any key outside its grant.
-    fencer = probe(engine, cluster, "fencer", cert="/etc/pgha/tls/fencer.crt", key="/etc/pgha/tls/fencer.key",
+    fencer = probe(engine, cluster, "fencer", cert="/etc/pgha/tls/gateway.crt", key="/etc/pgha/tls/gateway.key",
                    user="fencer", password_from="/etc/pgha/etcd-password")
     assert fencer["auth"] == 200 and fencer["txn"] == 403 and fencer["other_scope"] == 403, fencer
-    # Its certificate's common name is no etcd user: gRPC (etcdctl) with it is refused too.
+    # The gateway certificate has no common name: over gRPC (etcdctl) it is no user at all.
     code, out = run(engine, cluster, "fencer", [
         "etcdctl", f"--endpoints=https://{cluster.container('etcd-1')}:2379", "--cacert=/etc/pgha/tls/ca.crt",
-        "--cert=/etc/pgha/tls/fencer.crt", "--key=/etc/pgha/tls/fencer.key", "--command-timeout=5s",
+        "--cert=/etc/pgha/tls/gateway.crt", "--key=/etc/pgha/tls/gateway.key", "--command-timeout=5s",
         "put", CONFIG_KEY, "x"])
     assert code != 0 and ("permission denied" in out or "user name" in out), out
     # A Patroni node: its member certificate and etcd's `patroni` user: allowed (the probe's
     # transaction applies nothing), but only under its own scope's prefix.
     for m in ("pg-1", "pg-2"):
-        node = probe(engine, cluster, m, cert="/etc/pgha/tls/member.crt", key="/etc/pgha/tls/member.key",
+        node = probe(engine, cluster, m, cert="/etc/pgha/tls/gateway.crt", key="/etc/pgha/tls/gateway.key",
                      user="patroni", password_from="/etc/pgha/patroni.yml")
         assert node["auth"] == 200 and node["txn"] == 200 and node["detail"] == {"succeeded": False}, node
         assert node["other_scope"] == 403, node
-        # Without the password, its certificate alone (gRPC) grants nothing.
+        # Without the password, its member certificate alone (gRPC) grants nothing.
         code, out = run(engine, cluster, m, [
             "etcdctl", f"--endpoints=https://{cluster.container('etcd-1')}:2379", "--cacert=/etc/pgha/tls/ca.crt",
             "--cert=/etc/pgha/tls/member.crt", "--key=/etc/pgha/tls/member.key", "--command-timeout=5s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stack import etcd_auth, render, tls, topology
@@ -27,7 +28,7 @@ def test_each_user_gets_only_its_grants() -> None:
     assert users["root"].secret is None and users["root"].grants == ()
     assert users["lab pgha client"].name == tls.client_cn("lab")
     # No user is named after the member or fencer certificate (the gateway presents the member one).
-    assert not {"lab member", "lab fencer"} & set(users)
+    assert "lab member" not in users
 
 
 def test_setup_steps_are_idempotent_and_never_carry_a_password() -> None:
@@ -53,7 +54,7 @@ def test_patroni_authenticates_to_etcd_with_its_user_only_with_tls() -> None:
     spec = ClusterSpec(scope="lab")
     conf = yaml.safe_load(render.render_patroni_yml(spec, "pg-1", "10.0.0.0/24", SECRETS))
     assert conf["etcd3"]["username"] == "patroni" and conf["etcd3"]["password"] == "etcd-pat"
-    assert conf["etcd3"]["cert"] == tls.CERT  # the member certificate: its CN is no etcd user
+    assert conf["etcd3"]["cert"] == tls.GATEWAY_CERT and conf["etcd3"]["key"] == tls.GATEWAY_KEY  # no CN
     assert "etcd-pat" not in render.redact(render.render_patroni_yml(spec, "pg-1", "10.0.0.0/24", SECRETS), SECRETS)
     plain = ClusterSpec(scope="lab", tls={"enabled": False})  # type: ignore[arg-type]
     assert "username" not in yaml.safe_load(render.render_patroni_yml(plain, "pg-1", "10.0.0.0/24", SECRETS))["etcd3"]
@@ -63,7 +64,7 @@ def test_patroni_authenticates_to_etcd_with_its_user_only_with_tls() -> None:
 def test_no_role_receives_a_key_it_does_not_use() -> None:
     assert tls.ROLE_FILES["haproxy"] == ("ca.crt",) and tls.ROLE_FILES["pooler"] == ("ca.crt",)
     assert "client.key" not in tls.ROLE_FILES["patroni"] and "client.key" not in tls.ROLE_FILES["fencer"]
-    assert "member.key" not in tls.ROLE_FILES["fencer"]
+    assert "member.key" not in tls.ROLE_FILES["fencer"] and tls.ROLE_FILES["fencer"] == ("ca.crt", "gateway.crt", "gateway.key")
     # pgha's client key lives where pgha runs etcdctl, and nowhere else.
     assert [r for r, files in tls.ROLE_FILES.items() if "client.key" in files] == ["etcd"]
 
@@ -76,14 +77,15 @@ def test_a_shrunken_file_set_recreates_the_role() -> None:
     assert topology.haproxy(plain, "img", "/c").container.config_hash != h
 
 
-def test_fencer_leaf_has_its_own_common_name() -> None:
+def test_gateway_leaf_has_no_common_name() -> None:
     from cryptography import x509
 
     spec = ClusterSpec(scope="lab")
     leaves = tls.make_leaves(spec, tls.make_ca(spec))
     cn = {f: x509.load_pem_x509_certificate(leaves[f].encode()).subject.rfc4514_string()
-          for f in ("member.crt", "client.crt", "fencer.crt")}
-    assert cn == {"member.crt": "CN=lab member", "client.crt": "CN=lab pgha client", "fencer.crt": "CN=lab fencer"}
+          for f in ("member.crt", "client.crt", "gateway.crt")}
+    # etcd's gateway refuses a client certificate with a common name once auth is on
+    assert cn == {"member.crt": "CN=lab member", "client.crt": "CN=lab pgha client", "gateway.crt": ""}
 
 
 def test_an_older_password_file_gets_the_etcd_passwords_once(tmp_path: Path) -> None:
@@ -95,3 +97,17 @@ def test_an_older_password_file_gets_the_etcd_passwords_once(tmp_path: Path) -> 
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert "etcd_patroni" in json.loads(path.read_text())
     assert s.etcd_patroni in s.values() and "" not in Secrets("a", "b", "c", "d").values()
+
+
+def test_clients_get_etcd_passwords_only_once_pgha_switched_auth_on(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.host.secrets import cluster_secrets, etcd_auth_marker
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    before = cluster_secrets("lab")
+    assert before.etcd_patroni == "" and before.etcd_fencer == "" and before.restapi
+    # the file holds them all the same (ensure_users reads it directly)
+    assert json.loads((tmp_path / "lab" / "secrets.json").read_text())["etcd_patroni"]
+    etcd_auth_marker("lab").write_text("on\n")
+    after = cluster_secrets("lab")
+    assert after.etcd_patroni and after.etcd_fencer and after.superuser == before.superuser

@@ -85,7 +85,7 @@ def test_counters_and_config_round_trip() -> None:
     assert cfg.leader_key == "/service/lab/leader"
     assert cfg.etcd_urls == [f"https://lab-etcd-{i}:2379" for i in (1, 2, 3)]
     # the fencer's own certificate (its common name is no etcd user) and etcd's `fencer` user
-    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/fencer.crt", "key": "/run/pgha/tls/fencer.key"}
+    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/gateway.crt", "key": "/run/pgha/tls/gateway.key"}
     assert cfg.etcd_user == "fencer" and cfg.etcd_password_file == "/run/pgha/etcd-password"
     plain = topology.fencer_config(ClusterSpec(scope="lab", tls={"enabled": False}))  # type: ignore[arg-type]
     assert plain.etcd_urls[0] == "http://lab-etcd-1:2379" and plain.etcd_tls is None and plain.etcd_user is None

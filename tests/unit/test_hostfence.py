@@ -53,8 +53,8 @@ def test_fencing_off_and_the_single_engine() -> None:
 def test_fencer_config_over_hosts_reaches_etcd_at_the_hosts_addresses_over_tls() -> None:
     cfg = topology.fencer_config(spec())
     assert cfg.etcd_urls == ["https://10.0.0.11:2379", "https://10.0.0.12:2379", "https://10.0.0.13:2379"]
-    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/fencer.crt",
-                            "key": "/run/pgha/tls/fencer.key"}
+    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/gateway.crt",
+                            "key": "/run/pgha/tls/gateway.key"}
     assert cfg.docker_url == "unix:///run/pgha/engine/proxy.sock"
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
     plain = topology.fencer_config(spec(tls={"enabled": False}))
