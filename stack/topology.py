@@ -186,7 +186,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
             network=spec.network,
             config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items()),
-                                      *([start] if spec.tls.enabled else [])),
+                                      *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.PATRONI)),
             volumes=volumes,
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
