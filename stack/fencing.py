@@ -69,10 +69,18 @@ def leader_key(namespace: str, scope: str) -> str:
 def events_query(scope: str) -> str:
     """The one `GET /events` filter the agent sends (urlencoded), and the only one its socket proxy
     lets through: container events of this cluster's Patroni nodes."""
-    import urllib.parse
     filters = {"type": ["container"], "event": list(EVENTS),
                "label": [f"pgha.cluster={scope}", "pgha.role=patroni"]}
-    return urllib.parse.urlencode({"filters": json.dumps(filters)})
+    return "filters=" + _quote_plus(json.dumps(filters))
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _quote_plus(text: str) -> str:
+    """Form encoding, as urllib.parse.quote_plus (stack modules do not import urllib)."""
+    return "".join(c if c in _UNRESERVED else "+" if c == " " else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in text)
 
 
 def auth_request(user: str, password: str) -> dict[str, Any]:
