@@ -309,7 +309,9 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
         outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
     # etcd's users, roles and authentication before any Patroni node is placed with its password.
-    outcomes["etcd_auth"] = etcd.ensure_auth(spec).value
+    auth = etcd.ensure_auth(spec)
+    log.info("etcd authentication: %s", auth.value)
+    outcomes["etcd_auth"] = "enabled" if auth == etcd.AuthOutcome.ENABLED else "unchanged"
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
     rolled = roll_changed_nodes(spec, node_image, subnet)
