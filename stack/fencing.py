@@ -71,6 +71,28 @@ def leader_key(namespace: str, scope: str) -> str:
     return f"{namespace.rstrip('/')}/{scope}/leader"
 
 
+def events_query(scope: str) -> str:
+    """The one `GET /events` filter the agent sends (urlencoded), and the only one its socket proxy
+    lets through: container events of this cluster's Patroni nodes."""
+    filters = {"type": ["container"], "event": list(EVENTS),
+               "label": [f"pgha.cluster={scope}", "pgha.role=patroni"]}
+    return "filters=" + _quote_plus(json.dumps(filters))
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _quote_plus(text: str) -> str:
+    """Form encoding, as urllib.parse.quote_plus (stack modules do not import urllib)."""
+    return "".join(c if c in _UNRESERVED else "+" if c == " " else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in text)
+
+
+def auth_request(user: str, password: str) -> dict[str, Any]:
+    """Body of the gateway's `POST /v3/auth/authenticate`."""
+    return {"name": user, "password": password}
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -268,6 +290,8 @@ class FencerConfig:
     # promotion (up to loop_wait later), and until then HAProxy's checks would take the new
     # leader out again. While the key still names it, it is marked up again when they do.
     route_hold_s: float = 4.0
+    etcd_user: str | None = None  # etcd auth (stack/etcd_auth.py): the agent's user, its password in a file
+    etcd_password_file: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from stack import appdb, tls
+from stack import appdb, etcd_auth, tls
 from stack.backup import archive_parameters
 from stack.errors import SpecError
 from stack.layout import (
@@ -187,9 +187,13 @@ PG_SERVER_TLS = {"ssl": "on", "ssl_cert_file": tls.CERT, "ssl_key_file": tls.KEY
                  "ssl_min_protocol_version": "TLSv1.2"}
 
 
-def _tls_patroni(spec: ClusterSpec, conf: dict[str, Any]) -> dict[str, Any]:
+def _tls_patroni(spec: ClusterSpec, conf: dict[str, Any], secrets: Secrets) -> dict[str, Any]:
     """patroni.yml with TLS for etcd, the REST API and PostgreSQL (spec.tls.enabled)."""
     conf["etcd3"].update({"protocol": "https", "cacert": tls.CA, "cert": tls.CERT, "key": tls.KEY})
+    if secrets.etcd_patroni:  # etcd's `patroni` user (stack/etcd_auth.py): the scope's prefix only,
+        # with the gateway certificate (no common name: etcd's gateway refuses one with auth on)
+        conf["etcd3"].update({"username": etcd_auth.PATRONI_USER, "password": secrets.etcd_patroni,
+                              "cert": tls.GATEWAY_CERT, "key": tls.GATEWAY_KEY})
     # HTTPS; unsafe endpoints need the basic-auth credentials AND a client certificate from the CA
     # (verify_client optional: GETs for HAProxy's health checks need none).
     conf["restapi"].update({"certfile": tls.CERT, "keyfile": tls.KEY, "cafile": tls.CA, "verify_client": "optional"})
@@ -238,7 +242,7 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
-    return _tls_patroni(spec, conf) if spec.tls.enabled else conf
+    return _tls_patroni(spec, conf, secrets) if spec.tls.enabled else conf
 
 
 def render_patroni_yml(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> str:

@@ -31,9 +31,9 @@ UNKNOWN_SUBNET = "<the cluster network's subnet>"
 
 # Files of the state directory whose every value is a secret (by name), besides private keys
 # (found by content) and pgpass files (by name, the password field).
-SECRET_JSON = ("secrets.json", "s3-credentials.json")
+SECRET_JSON = ("secrets.json", "s3-credentials.json", "app-passwords.json")  # the last: declared roles'
 SECRET_TEXT_SUFFIXES = (".pass", ".key", ".token")
-SECRET_TEXT_NAMES = ("api-auth",)
+SECRET_TEXT_NAMES = ("api-auth", "etcd-password")  # the last: the fencer's etcd user
 PRIVATE_KEY_RE = re.compile(r"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\s*$(.*?)^-----END [A-Z0-9 ]*PRIVATE KEY-----",
                             re.M | re.S)
 

@@ -18,9 +18,14 @@ class Secrets:
     replication: str = field(repr=False)
     rewind: str = field(repr=False)
     restapi: str = field(repr=False)
+    # etcd users' passwords (stack/etcd_auth.py); empty in a file written by an older pgha until
+    # `tasks.host.secrets` adds them.
+    etcd_patroni: str = field(repr=False, default="")
+    etcd_fencer: str = field(repr=False, default="")
 
     def __str__(self) -> str:
         return "Secrets(<hidden>)"
 
     def values(self) -> list[str]:
-        return [self.superuser, self.replication, self.rewind, self.restapi]
+        every = [self.superuser, self.replication, self.rewind, self.restapi, self.etcd_patroni, self.etcd_fencer]
+        return [v for v in every if v]

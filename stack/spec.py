@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from stack import appdb
+from stack import appdb, typed
 from stack import hosts as hostplan
-from stack import typed
 from stack.errors import SpecError
 from stack.resources import check_memory, owned_reason
 from stack.rolling import PATRONI_OWNED

@@ -10,7 +10,14 @@ it: clients that trust the CA keep working across a rotation). Leaves are valid 
   (server and client auth: etcd peers and Patroni-to-etcd use it as their client certificate).
   Its SANs name every container a cluster can have, `localhost` and 127.0.0.1 (the host reaches
   PostgreSQL through HAProxy's ports on 127.0.0.1), so `sslmode=verify-full` works from both.
-- `client`: pgha's own client certificate (etcdctl from the host-side tasks, Patroni REST calls).
+- `client`: pgha's own client certificate (etcdctl from the host-side tasks). With etcd auth on
+  (`stack.etcd_auth`) its common name is an etcd user with the root role: only the etcd members,
+  where pgha runs etcdctl, hold it.
+- `gateway`: the client certificate of etcd's JSON-gateway clients, the Patroni nodes and the
+  fencing agent (etcd requires one from the CA). It has no common name at all: with auth on,
+  etcd's gateway refuses a client certificate that has one (it cannot map it to a user), and
+  these clients authenticate with a password instead. By itself it grants nothing.
+Each role receives only the files it uses (`ROLE_FILES`).
 pgBackRest's TLS keeps its own CA (`stack.backup_tls`), which predates this one.
 """
 
@@ -26,8 +33,19 @@ from stack.spec import ClusterSpec
 CA_DAYS = 3650
 MAX_MEMBERS = 9  # ClusterSpec.nodes' bound; etcd has at most 7
 CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
-LEAF_FILES = ("member.crt", "member.key", "client.crt", "client.key")
+BASE_LEAVES = ("member.crt", "member.key", "client.crt", "client.key")
+GATEWAY_LEAVES = ("gateway.crt", "gateway.key")
+LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES)
 MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
+# What each role's config directory receives (and nothing else: a file of another role found
+# there is removed by `tasks.host.tls.install`). HAProxy and the pooler only verify servers.
+ROLE_FILES: dict[str, tuple[str, ...]] = {
+    "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key"),  # pgha's etcdctl runs there
+    "patroni": ("ca.crt", "member.crt", "member.key", *GATEWAY_LEAVES),
+    "haproxy": ("ca.crt",),
+    "pooler": ("ca.crt",),
+    "fencer": ("ca.crt", *GATEWAY_LEAVES),
+}
 
 # In a container: the mounted (root 0600) copies and the service user's private copies.
 MOUNT_DIR = f"{layout.CONFIG_MOUNT}/{layout.TLS_SUBDIR}"
@@ -37,10 +55,19 @@ CERT = f"{RUN_DIR}/member.crt"
 KEY = f"{RUN_DIR}/member.key"
 CLIENT_CERT = f"{RUN_DIR}/client.crt"
 CLIENT_KEY = f"{RUN_DIR}/client.key"
+GATEWAY_CERT = f"{RUN_DIR}/gateway.crt"
+GATEWAY_KEY = f"{RUN_DIR}/gateway.key"
 # Root (docker exec, health checks, HAProxy) reads the mounted copies directly.
 ROOT_CA = f"{MOUNT_DIR}/ca.crt"
 ROOT_CLIENT_CERT = f"{MOUNT_DIR}/client.crt"
 ROOT_CLIENT_KEY = f"{MOUNT_DIR}/client.key"
+ROOT_MEMBER_CERT = f"{MOUNT_DIR}/member.crt"  # pgha's REST calls inside a Patroni node (any CA certificate)
+ROOT_MEMBER_KEY = f"{MOUNT_DIR}/member.key"
+
+
+def client_cn(scope: str) -> str:
+    """The common name of pgha's client certificate: its etcd user name (CN-based auth)."""
+    return f"{scope} pgha client"
 
 
 def member_names(spec: ClusterSpec) -> list[str]:
@@ -82,8 +109,9 @@ def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
     return new_ca(f"pgha {spec.scope} cluster CA", days)
 
 
-def issue(ca_files: dict[str, str], cn: str, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
-    """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth.
+def issue(ca_files: dict[str, str], cn: str | None, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
+    """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth
+    (`cn` None: an empty subject).
 
     Subject alternative names: `dns` as DNS names, `ips` as IP addresses (none: no SAN).
     """
@@ -96,7 +124,8 @@ def issue(ca_files: dict[str, str], cn: str, dns: list[str], ips: list[str], day
     ca_key = serialization.load_pem_private_key(ca_files["ca.key"].encode(), None)
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn is not None else [])
+    b = (x509.CertificateBuilder().subject_name(subject)
          .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -135,8 +164,15 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
     host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
     member_crt, member_key = issue(ca_files, f"{spec.scope} member", member_names(spec) + host_dns,
                                    ["127.0.0.1", "::1", *host_ips], spec.tls.days)
-    client_crt, client_key = issue(ca_files, f"{spec.scope} pgha client", [], [], spec.tls.days)
-    return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key}
+    client_crt, client_key = issue(ca_files, client_cn(spec.scope), [], [], spec.tls.days)
+    return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key,
+            **make_gateway_leaf(spec, ca_files)}
+
+
+def make_gateway_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """The gateway clients' certificate: no common name (etcd's gateway refuses one with auth on)."""
+    crt, key = issue(ca_files, None, [], [], spec.tls.days)
+    return {"gateway.crt": crt, "gateway.key": key}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from stack import backup, fencing, layout, render, tls
+from stack import backup, etcd_auth, fencing, layout, render, tls
 from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
@@ -140,6 +140,13 @@ def tls_files(spec: ClusterSpec) -> dict[str, str]:
     return {tls.START_FILE: tls.START_SCRIPT} if spec.tls.enabled else {}
 
 
+def tls_hash(spec: ClusterSpec, role: Role) -> list[object]:
+    """The TLS file names a role receives, for its definition hash: a role whose set shrank (a
+    cluster made when every role held every key) is recreated, so no private copy outlives the
+    file removed from its config directory."""
+    return [list(tls.ROLE_FILES[role.value])] if spec.tls.enabled else []
+
+
 def etcdctl_tls(spec: ClusterSpec) -> list[str]:
     """etcdctl's flags as root in an etcd container (the mounted files): the CA and pgha's client certificate."""
     if not spec.tls.enabled:
@@ -182,7 +189,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
             network=spec.network,
             config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items()),
-                                      *([start] if spec.tls.enabled else [])),
+                                      *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.PATRONI)),
             volumes=volumes,
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
@@ -208,7 +215,8 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.HAPROXY.value, member=member, name=spec.container(member), image=image,
-            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS, *api.items()),
+            network=spec.network, command=[], config_hash=render.digest(image, text, ports, DNS_OPTIONS,
+                                                                        *tls_hash(spec, Role.HAPROXY), *api.items()),
             config_dir=conf_dir, ports=ports, tmpfs_volumes=api,
             healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{stats}/"],
             host_network=spec.multi_host,
@@ -233,7 +241,7 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
             scope=spec.scope, role=Role.POOLER.value, member=member, name=spec.container(member), image=image,
             network=spec.network,
             config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS,
-                                      *([start] if spec.tls.enabled else [])),
+                                      *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.POOLER)),
             config_dir=conf_dir, ports=ports,
             healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
             **start,  # type: ignore[arg-type]
@@ -252,35 +260,54 @@ def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
     """The fencing agent's configuration; the one place its etcd URLs and credentials are built.
 
     etcd is reached as Patroni reaches it (`render.etcd_hosts`: the members' container names on
-    the cluster network, or with `hosts` their hosts' addresses). With spec.tls, https URLs and
-    the CA plus pgha's client certificate, copied by FENCER_START to /run/pgha/tls for the
-    agent's user. The engine: the fencer's own socket proxy (a unix socket with `hosts`, see
-    `stack.layout`). Every watcher of a cluster has the same configuration: each follows the
-    engine whose socket its host mounted into it.
+    the cluster network, or with `hosts` their hosts' addresses). With spec.tls, https URLs, the
+    CA and the fencer's own client certificate, copied by FENCER_START to /run/pgha/tls for the
+    agent's user, and etcd's `fencer` user (its password in FENCER_PASSWORD_FILE). The engine:
+    the fencer's own socket proxy (a unix socket with `hosts`, see `stack.layout`). Every watcher
+    of a cluster has the same configuration: each follows the engine whose socket its host
+    mounted into it.
     """
     docker_url = f"unix://{layout.FENCER_PROXY_SOCKET}" if spec.multi_host else f"http://{layout.FENCER_PROXY}"
+    auth = etcd_auth.enabled(spec)
     return fencing.FencerConfig(
         scope=spec.scope,
         leader_key=fencing.leader_key(layout.PATRONI_NAMESPACE, spec.scope),
         etcd_urls=[f"{render.scheme(spec)}://{h}" for h in render.etcd_hosts(spec)],
         docker_url=docker_url,
         stats_file=layout.FENCER_STATS,
-        etcd_tls={"ca": tls.CA, "cert": tls.CLIENT_CERT, "key": tls.CLIENT_KEY} if spec.tls.enabled else None,
+        etcd_tls={"ca": tls.CA, "cert": tls.GATEWAY_CERT, "key": tls.GATEWAY_KEY} if spec.tls.enabled else None,
+        etcd_user=etcd_auth.FENCER_USER if auth else None,
+        etcd_password_file=f"{layout.RUN_DIR}/{FENCER_PASSWORD_FILE}" if auth else None,
         haproxy_sockets=[layout.HAPROXY_FENCE_SOCKET] if fence_api_volumes(spec) else [],
         route_wait_s=float(spec.timing.ttl),
         route_hold_s=float(spec.timing.loop_wait + 2),
     )
 
 
-def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET, unix: bool = False) -> str:
-    """HAProxy in front of the engine's socket: only GET of /_ping, /events and /containers/<id>/json.
+FENCER_PASSWORD_FILE = "etcd-password"  # noqa: S105 - a file name; in the fencer's config dir: etcd's `fencer` user's password
+PROXY_USER = "haproxy"  # the socket proxy's user: not root, and not the agent's (nobody)
 
-    Everything else (POST, DELETE, exec, create, kill, other paths) gets 403 before it reaches
-    the engine. It listens on the fencer's loopback only, or (`unix`, the host-network fencer
-    of `hosts`) on a socket in the fencer's private /run/pgha that only the agent's user opens.
+
+def _literal(text: str) -> str:
+    """`text` as a regex that matches it alone: every character outside [A-Za-z0-9_-] in a
+    bracket (no backslash, which HAProxy's config parser would take for its own escape)."""
+    return "".join(c if c.isalnum() or c in "_-" else f"[{c}]" for c in text)
+
+
+def render_socket_proxy(scope: str, docker_socket: str = layout.DOCKER_SOCKET, unix: bool = False) -> str:
+    """HAProxy in front of the engine's socket: only GET of /_ping, of the cluster's Patroni
+    containers' /containers/<name>/json, and of /events with the one filter the agent sends
+    (`fencing.events_query`: this cluster's Patroni containers).
+
+    Everything else (POST, DELETE, exec, create, kill, another container's inspection - its
+    environment -, unfiltered events, other paths) gets 403 before it reaches the engine. It
+    listens on the fencer's loopback only, or (`unix`, the host-network fencer of `hosts`) on a
+    socket in the fencer's private /run/pgha (a tmpfs no other process on the host sees).
     """
-    allowed = r"^(/v[0-9.]+)?/(_ping|events|containers/[A-Za-z0-9_.-]+/json)$"
-    bind = f"{layout.FENCER_PROXY_SOCKET} mode 600 user nobody" if unix else layout.FENCER_PROXY
+    version = "^(/v[0-9.]+)?"
+    inspect = f"{version}/(_ping|containers/{_literal(scope)}-pg-[0-9]+/json)$"
+    events = f"{version}/events[?]{_literal(fencing.events_query(scope))}&since=[0-9]+([.][0-9]+)?$"
+    bind = f"{layout.FENCER_PROXY_SOCKET} mode 666" if unix else layout.FENCER_PROXY
     return "\n".join([
         render.HAPROXY_BANNER,
         "global",
@@ -292,7 +319,9 @@ def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET, unix: bool = 
         "    timeout server 1h",
         "frontend engine",
         f"    bind {bind}",
-        f"    http-request deny deny_status 403 unless {{ method GET }} {{ path_reg {allowed} }}",
+        f"    acl allowed_path path_reg {inspect}",
+        f"    acl allowed_events url_reg {events}",
+        "    http-request deny deny_status 403 unless METH_GET allowed_path or METH_GET allowed_events",
         "    default_backend socket",
         "backend socket",
         f"    server engine {docker_socket}",
@@ -300,10 +329,10 @@ def render_socket_proxy(docker_socket: str = layout.DOCKER_SOCKET, unix: bool = 
     ])
 
 
-FENCER_START = """#!/bin/sh
-# The fencer: the socket proxy runs as root (it alone opens the engine's socket); the agent runs
-# as nobody, which cannot open the socket (root:docker 0660) and reaches the engine only
-# through the proxy's GET-only filter.
+FENCER_START = f"""#!/bin/sh
+# The fencer: the socket proxy runs as {PROXY_USER} with the engine socket's group (the one
+# identity that can open it), without root and without capabilities; the agent runs as nobody,
+# which cannot open the socket (0660) and reaches the engine only through the proxy's filter.
 # /run/pgha is a tmpfs (empty after every restart): root (without DAC_OVERRIDE) owns it
 # before copying, and hands it to nobody after; 0711 lets the health check (root) stat the
 # agent's counters without listing or reading anything.
@@ -312,38 +341,48 @@ chown root:root /run/pgha && chmod 0700 /run/pgha
 for f in fencer.py fencing.py fencer.json; do
   install -o nobody -g nogroup -m 0600 "/etc/pgha/$f" "/run/pgha/$f"
 done
-if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and pgha's etcd client certificate
-  install -d -m 0711 /run/pgha/tls  # root's: it writes into it without DAC_OVERRIDE; the files are nobody's
-  for f in ca.crt client.crt client.key; do install -o nobody -g nogroup -m 0600 "/etc/pgha/tls/$f" /run/pgha/tls/; done
+if [ -f /etc/pgha/{FENCER_PASSWORD_FILE} ]; then  # etcd auth: the agent's password
+  install -o nobody -g nogroup -m 0600 /etc/pgha/{FENCER_PASSWORD_FILE} /run/pgha/{FENCER_PASSWORD_FILE}
 fi
-install -d -m 0711 /run/pgha/engine  # root's: the proxy's unix socket (hosts), nobody's by its bind
+if [ -d /etc/pgha/tls ]; then  # spec.tls: the CA and the gateway client certificate
+  install -d -m 0711 /run/pgha/tls  # root's: it writes into it without DAC_OVERRIDE; the files are nobody's
+  for f in /etc/pgha/tls/*; do install -o nobody -g nogroup -m 0600 "$f" /run/pgha/tls/; done
+fi
+gid=$(stat -c %g {layout.DOCKER_SOCKET})
+install -d -o {PROXY_USER} -g nogroup -m 0711 /run/pgha/engine  # the proxy's unix socket (hosts)
+install -o {PROXY_USER} -g nogroup -m 0600 /etc/pgha/sockproxy.cfg /run/pgha/sockproxy.cfg
 chown nobody:nogroup /run/pgha && chmod 0711 /run/pgha
-haproxy -D -f /etc/pgha/sockproxy.cfg
+setpriv --reuid={PROXY_USER} --regid="$gid" --clear-groups haproxy -D -f /run/pgha/sockproxy.cfg
 exec setpriv --reuid=nobody --regid=nogroup --clear-groups python3 -u /run/pgha/fencer.py /run/pgha/fencer.json
 """
 
 
 def fencer(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, str],
-           member: str | None = None) -> Planned:
+           member: str | None = None, etcd_password: str | None = None) -> Planned:
     """The fencing watcher of one engine: pgha's image, the engine's socket read-only behind a proxy.
 
     `agent_files` are the agent's sources (fencer.py, fencing.py), read by the caller. With
     `hosts`, `member` is one of `spec.fencer_members()` (`fencer-<host>`): host networking like
     every member there (it reaches etcd at the hosts' addresses), the socket that host's
     `engine_socket` names, and the proxy on a unix socket (`stack.layout` says why).
+    `etcd_password`: etcd's `fencer` user's password (with etcd auth, spec.tls).
     """
     member = member or spec.fencer_member
     host = spec.fencer_hosts().get(member)
     socket = spec.host_named(host).engine_socket if host is not None else layout.DOCKER_SOCKET
     files = {**agent_files, "fencer.json": fencer_config(spec).to_json(),
-             "sockproxy.cfg": render_socket_proxy(unix=spec.multi_host), "fencer.sh": FENCER_START}
+             "sockproxy.cfg": render_socket_proxy(spec.scope, unix=spec.multi_host), "fencer.sh": FENCER_START}
+    shown = sorted(files.items())
+    if etcd_password is not None and etcd_auth.enabled(spec):
+        files[FENCER_PASSWORD_FILE] = etcd_password
+        shown.append((FENCER_PASSWORD_FILE, render.digest(etcd_password)))  # hashed, never shown
     binds = {socket: layout.DOCKER_SOCKET}
     api = fence_api_volumes(spec)
     return harden(spec, Planned(
         ContainerDef(
             scope=spec.scope, role=Role.FENCER.value, member=member, name=spec.container(member), image=image,
             network=spec.network, command=[],
-            config_hash=render.digest(image, sorted(files.items()), DNS_OPTIONS, binds, *api.items()),
+            config_hash=render.digest(image, shown, DNS_OPTIONS, binds, *tls_hash(spec, Role.FENCER), *api.items()),
             config_dir=conf_dir, entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/fencer.sh"], binds=binds,
             tmpfs_volumes=api,
             healthcheck=["sh", "-c", f"test $(( $(date +%s) - $(stat -c %Y {layout.FENCER_STATS}) )) -lt 30"],

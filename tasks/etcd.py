@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from typing import Any
 
-from stack import layout
+from stack import etcd_auth, layout
 from stack.audit import EtcdMember
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import etcd_hosts, scheme
+from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.topology import etcdctl_tls
 from stack.wait import wait_for
+from tasks import docker_hosts
 from tasks._prefect import task
+from tasks.host.secrets import etcd_auth_marker, load_or_create
+from tasks.host.state import config_dir, secrets_file, write_private
 from tasks.node_exec import ExecResult, first_running, node
 
 
@@ -216,3 +221,90 @@ def delete_member_key(spec: ClusterSpec, member: str) -> None:
 def delete_scope_keys(spec: ClusterSpec) -> None:
     """Delete every Patroni key of the scope (leader, members, config, initialize, history…)."""
     _ok(etcdctl(spec, ["del", "--prefix", scope_prefix(spec)], timeout=20), f"del {scope_prefix(spec)}")
+
+
+# ---- users, roles and auth (stack/etcd_auth.py says who may do what) ----
+
+AUTH_SUBDIR = "etcd-auth"  # in an etcd member's config dir: the passwords etcdctl reads on stdin, while it runs
+
+
+def _running_member(spec: ClusterSpec) -> str:
+    for m in spec.etcd_names():
+        if node(spec, m).running():
+            return m
+    raise EtcdError("no etcd member container is running")
+
+
+def _names(r: ExecResult) -> set[str]:
+    return {line.strip() for line in r.out.splitlines() if line.strip()}
+
+
+def ensure_users(spec: ClusterSpec, secrets: Secrets) -> int:
+    """Create or update every etcd user and role of `stack.etcd_auth` (auth on or off); the number
+    of etcdctl calls. Passwords reach etcdctl on stdin from a 0600 file in the member's config
+    directory (never argv or env), removed when done. No-op with TLS off (auth stays off)."""
+    if not etcd_auth.enabled(spec):
+        return 0
+    via = _running_member(spec)
+    existing_users = _names(etcdctl(spec, ["user", "list"], via=via, command_timeout="5s", timeout=20))
+    existing_roles = _names(etcdctl(spec, ["role", "list"], via=via, command_timeout="5s", timeout=20))
+    steps = etcd_auth.setup_steps(spec, existing_users, existing_roles)
+    d = config_dir(spec.scope, via) / AUTH_SUBDIR
+    try:
+        for u in etcd_auth.users(spec):
+            if (pw := u.password(secrets)) is not None:
+                write_private(d / u.name, pw + "\n")
+        docker_hosts.sync_config(spec, via)
+        for step in steps:
+            cmd = step.args
+            if step.password_of is not None:  # etcdctl reads the password on stdin
+                pw_file = f"{layout.CONFIG_MOUNT}/{AUTH_SUBDIR}/{step.password_of}"
+                r = node(spec, via).run(["sh", "-c", 'f="$1"; shift; exec "$@" < "$f"', "etcdctl-stdin", pw_file,
+                                         "etcdctl", f"--endpoints={endpoints(spec)}", "--command-timeout=5s",
+                                         *etcdctl_tls(spec), *cmd], timeout=20)
+            else:
+                r = etcdctl(spec, cmd, via=via, command_timeout="5s", timeout=20)
+            _ok(r, " ".join(cmd[:2]))
+    finally:
+        for f in d.glob("*") if d.is_dir() else []:
+            f.unlink(missing_ok=True)
+        docker_hosts.sync_config(spec, via)
+    return len(steps)
+
+
+def scope_is_empty(spec: ClusterSpec) -> bool:
+    """No Patroni key of the scope exists yet: no Patroni node has ever used this etcd."""
+    r = etcdctl(spec, ["get", scope_prefix(spec), "--prefix", "--keys-only", "--limit=1"], command_timeout="5s",
+                timeout=20)
+    return not _ok(r, "get").strip()
+
+
+class AuthOutcome(StrEnum):
+    OFF = "off: TLS is off"
+    ENABLED = "enabled: users created, auth switched on"
+    KEPT = "on: users and passwords checked"
+    LEGACY = "off: a cluster made without etcd auth keeps running without it"
+
+
+@task(name="ensure-etcd-auth")
+def ensure_auth(spec: ClusterSpec) -> AuthOutcome:
+    """etcd's users, roles and authentication (`stack.etcd_auth`), before any Patroni node is placed.
+
+    A new cluster (no Patroni key yet): users and roles, then auth on, then the marker that
+    gives Patroni and the fencer their passwords (`cluster_secrets`). A cluster with auth on:
+    users, passwords and auth made to match the state directory. A cluster whose Patroni nodes already
+    run without etcd credentials (made by an older pgha) is left as it is: switching auth on
+    under them would cut every node from etcd at once (see docs/threat-model.md).
+    """
+    if not etcd_auth.enabled(spec):
+        return AuthOutcome.OFF
+    marker = etcd_auth_marker(spec.scope)
+    if not marker.exists() and not scope_is_empty(spec):
+        return AuthOutcome.LEGACY
+    ensure_users(spec, load_or_create(secrets_file(spec.scope)))
+    # Idempotent (pgha's certificate has the root role); run every time, so an etcd recreated
+    # empty (`down --volumes`, then `up`) gets it back.
+    _ok(etcdctl(spec, ["auth", "enable"], command_timeout="5s", timeout=20), "auth enable")
+    existed = marker.exists()
+    write_private(marker, "etcd authentication switched on by pgha\n")
+    return AuthOutcome.KEPT if existed else AuthOutcome.ENABLED

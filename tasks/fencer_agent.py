@@ -90,25 +90,58 @@ def get_json(base: str, path: str, timeout: float) -> dict[str, Any] | None:
         return None
 
 
-def etcd_post(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    """POST to etcd's v3 JSON gateway, each member in turn; None when none answers 200.
+_TOKEN: dict[str, str] = {}  # etcd's auth token, kept until etcd refuses it
 
-    Reads are linearizable and the transaction needs a quorum, so a member cut off from the
-    majority cannot answer either: no quorum means no fencing.
-    """
+
+def _post_once(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: dict[str, Any],
+               token: str | None) -> tuple[int, dict[str, Any] | None]:
+    """(HTTP status of the first member that answered, its JSON on 200); (0, None) when none did."""
     data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     for url in cfg.etcd_urls:
         try:
             conn, prefix = _conn(url, cfg.timeout_s, tls)
-            conn.request("POST", prefix + path, body=data, headers={"Content-Type": "application/json"})
+            conn.request("POST", prefix + path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
             conn.close()
             if resp.status == 200:
-                return json.loads(raw)
+                return 200, json.loads(raw)
+            if resp.status in (400, 401, 403):  # refused (auth): another member would say the same
+                return resp.status, None
         except (OSError, ValueError, http.client.HTTPException):
             continue
-    return None
+    return 0, None
+
+
+def authenticate(cfg: F.FencerConfig, tls: ssl.SSLContext | None) -> str | None:
+    """A fresh etcd token for the agent's user (None: no user configured, or etcd's auth is off)."""
+    _TOKEN.pop("token", None)
+    if not cfg.etcd_user or not cfg.etcd_password_file:
+        return None
+    try:
+        with open(cfg.etcd_password_file) as fh:
+            password = fh.read().strip()
+    except OSError:
+        return None
+    status, reply = _post_once(cfg, tls, "/v3/auth/authenticate", F.auth_request(cfg.etcd_user, password), None)
+    if status == 200 and reply and reply.get("token"):
+        _TOKEN["token"] = str(reply["token"])
+    return _TOKEN.get("token")
+
+
+def etcd_post(cfg: F.FencerConfig, tls: ssl.SSLContext | None, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """POST to etcd's v3 JSON gateway, each member in turn; None when none answers 200.
+
+    Reads are linearizable and the transaction needs a quorum, so a member cut off from the
+    majority cannot answer either: no quorum means no fencing. With etcd auth on, the agent's
+    token goes along; a refused call authenticates again once (tokens expire) and is repeated.
+    """
+    token = _TOKEN.get("token")
+    status, reply = _post_once(cfg, tls, path, body, token)
+    if status in (400, 401, 403) and cfg.etcd_user:
+        status, reply = _post_once(cfg, tls, path, body, authenticate(cfg, tls))
+    return reply if status == 200 else None
 
 
 def haproxy_api(path: str, commands: list[str], timeout: float) -> str | None:
@@ -246,9 +279,8 @@ def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any
 
 
 def _events_path(cfg: F.FencerConfig, since: float) -> str:
-    filters = {"type": ["container"], "event": list(F.EVENTS),
-               "label": [f"pgha.cluster={cfg.scope}", "pgha.role=patroni"]}
-    return "/events?" + urllib.parse.urlencode({"filters": json.dumps(filters), "since": f"{since:.9f}"})
+    """The events of the cluster's Patroni nodes since `since` (the socket proxy lets no other query through)."""
+    return f"/events?{F.events_query(cfg.scope)}&since={since:.9f}"
 
 
 def write_stats(cfg: F.FencerConfig, counters: F.Counters) -> None:
@@ -261,6 +293,7 @@ def write_stats(cfg: F.FencerConfig, counters: F.Counters) -> None:
 
 def run(cfg: F.FencerConfig) -> None:
     tls = etcd_tls(cfg)
+    authenticate(cfg, tls)
     counters = F.Counters(started_at=round(time.time(), 3))
     since = time.time()
     seen: set[str] = set()

@@ -84,7 +84,7 @@ def _ensure_auth(spec: ClusterSpec, member: str, secrets: Secrets | None = None)
     value = f"{layout.RESTAPI_USER}:{s.restapi}".replace("\\", "\\\\").replace('"', '\\"')
     text = f'user = "{value}"\n'
     if spec.tls.enabled:  # unsafe endpoints also need a client certificate from the cluster CA
-        text += f'cert = "{tls.ROOT_CLIENT_CERT}"\nkey = "{tls.ROOT_CLIENT_KEY}"\n'
+        text += f'cert = "{tls.ROOT_MEMBER_CERT}"\nkey = "{tls.ROOT_MEMBER_KEY}"\n'
     write_private(config_dir(spec.scope, member) / AUTH_FILE, text)
     sync_config(spec, member)  # many hosts: curl reads it through the member's config volume
 

@@ -160,7 +160,8 @@ def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: 
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
     elif role == "fencer":
-        planned = topology.fencer(spec, image, conf, fencer.agent_files(), member)
+        planned = topology.fencer(spec, image, conf, fencer.agent_files(), member,
+                                  etcd_password=cluster_secrets(spec.scope).etcd_fencer)
     else:
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
@@ -310,6 +311,10 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
         etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
         outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
+    # etcd's users, roles and authentication before any Patroni node is placed with its password.
+    auth = etcd.ensure_auth(spec)
+    log.info("etcd authentication: %s", auth.value)
+    outcomes["etcd_auth"] = "enabled" if auth == etcd.AuthOutcome.ENABLED else "unchanged"
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
     rolled = roll_changed_nodes(spec, node_image, subnet)

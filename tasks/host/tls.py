@@ -55,9 +55,13 @@ def _material(spec: ClusterSpec) -> dict[str, str]:
             write_private(d / f, text)
     leaves = _read(d, tls.LEAF_FILES)
     if leaves is None:
-        leaves = tls.make_leaves(spec, ca)
+        base = _read(d, tls.BASE_LEAVES)
+        # A cluster made before the gateway certificate existed: issue that one alone (new
+        # member and client certificates would mean a rotation).
+        leaves = {**base, **tls.make_gateway_leaf(spec, ca)} if base is not None else tls.make_leaves(spec, ca)
         for f, text in leaves.items():
-            write_private(d / f, text)
+            if base is None or f in tls.GATEWAY_LEAVES:
+                write_private(d / f, text)
     return {**ca, **leaves}
 
 
@@ -71,14 +75,33 @@ def renew(spec: ClusterSpec) -> dict[str, str]:
         return leaves
 
 
+def member_role(spec: ClusterSpec, member: str) -> str:
+    """The role of a member by its name (`fencer-<host>` with hosts is a fencer)."""
+    if member in spec.etcd_names():
+        return "etcd"
+    if member == spec.haproxy_member or member == spec.pooler_member:
+        return member
+    if member == spec.fencer_member or member.startswith(f"{spec.fencer_member}-"):
+        return "fencer"
+    return "patroni"
+
+
 def install(spec: ClusterSpec, member: str) -> bool:
-    """Write the mounted TLS files into the member's config dir; True when one changed. No-op with TLS off."""
+    """Write the TLS files the member's role uses (`tls.ROLE_FILES`) into its config dir and remove
+    any other (a cluster made by an older pgha gave every role every key); True when one changed.
+    No-op with TLS off."""
     if not spec.tls.enabled:
         return False
     files = material(spec)
+    wanted = tls.ROLE_FILES[member_role(spec, member)]
+    d = config_dir(spec.scope, member) / layout.TLS_SUBDIR
     changed = False
     for f in tls.MOUNTED_FILES:
-        changed |= write_private(config_dir(spec.scope, member) / layout.TLS_SUBDIR / f, files[f])
+        if f in wanted:
+            changed |= write_private(d / f, files[f])
+        elif (d / f).exists():
+            (d / f).unlink()
+            changed = True
     return changed
 
 

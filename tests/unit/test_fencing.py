@@ -85,24 +85,54 @@ def test_counters_and_config_round_trip() -> None:
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
     assert cfg.leader_key == "/service/lab/leader"
     assert cfg.etcd_urls == [f"https://lab-etcd-{i}:2379" for i in (1, 2, 3)]
-    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/client.crt", "key": "/run/pgha/tls/client.key"}
+    # the fencer's own certificate (its common name is no etcd user) and etcd's `fencer` user
+    assert cfg.etcd_tls == {"ca": "/run/pgha/tls/ca.crt", "cert": "/run/pgha/tls/gateway.crt", "key": "/run/pgha/tls/gateway.key"}
+    assert cfg.etcd_user == "fencer" and cfg.etcd_password_file == "/run/pgha/etcd-password"
     plain = topology.fencer_config(ClusterSpec(scope="lab", tls={"enabled": False}))  # type: ignore[arg-type]
-    assert plain.etcd_urls[0] == "http://lab-etcd-1:2379" and plain.etcd_tls is None
+    assert plain.etcd_urls[0] == "http://lab-etcd-1:2379" and plain.etcd_tls is None and plain.etcd_user is None
+
+
+def _proxy_allows(cfg: str, url: str) -> bool:
+    """What the rendered proxy lets through for a GET of `url` (its two ACLs, as Python regexes)."""
+    import re
+
+    acls = {line.split()[1]: line.split(None, 3)[3] for line in cfg.splitlines() if line.strip().startswith("acl ")}
+    path = url.split("?", 1)[0]
+    return bool(re.match(acls["allowed_path"], path)) or bool(re.match(acls["allowed_events"], url))
+
+
+_EVENTS = f"/events?{F.events_query('lab')}&since=1765060000.123456789"
 
 
 @pytest.mark.parametrize(("path", "allowed"), [
-    ("/_ping", True), ("/v1.41/events", True), ("/containers/lab-pg-1/json", True),
-    ("/v1.41/containers/abc123/json", True), ("/containers/json", False), ("/containers/lab-pg-1/kill", False),
+    ("/_ping", True), (_EVENTS, True), ("/v1.41" + _EVENTS, True), ("/containers/lab-pg-1/json", True),
+    ("/v1.41/containers/lab-pg-12/json", True),
+    # another container's inspection (its environment) or another cluster's, and unfiltered events
+    ("/v1.41/containers/abc123/json", False), ("/containers/other-pg-1/json", False),
+    ("/containers/lab-etcd-1/json", False), ("/containers/lab-pg-1x/json", False), ("/v1.41/events", False),
+    (f"/events?{F.events_query('other')}&since=1", False), (_EVENTS + "&until=2", False),
+    ("/containers/json", False), ("/containers/lab-pg-1/kill", False),
     ("/containers/lab-pg-1/exec", False), ("/images/json", False), ("/v1.41/containers/create", False),
 ])
-def test_socket_proxy_lets_through_only_events_and_inspection(path: str, allowed: bool) -> None:
-    import re
-
-    cfg = topology.render_socket_proxy()
+def test_socket_proxy_lets_through_only_the_clusters_events_and_inspection(path: str, allowed: bool) -> None:
+    cfg = topology.render_socket_proxy("lab")
     rule = next(line for line in cfg.splitlines() if "http-request deny" in line)
-    assert "{ method GET }" in rule  # every other method is denied
-    pattern = rule.split("path_reg ", 1)[1].rsplit(" }", 1)[0]
-    assert bool(re.match(pattern, path)) is allowed
+    assert rule.split("unless ", 1)[1] == "METH_GET allowed_path or METH_GET allowed_events"  # GET only
+    assert _proxy_allows(cfg, path) is allowed
+
+
+def test_agent_asks_exactly_what_its_proxy_lets_through() -> None:
+    from tasks import fencer_agent
+
+    cfg = topology.fencer_config(ClusterSpec(scope="lab"))
+    assert _proxy_allows(topology.render_socket_proxy("lab"), fencer_agent._events_path(cfg, 1765060000.5))
+
+
+def test_socket_proxy_runs_without_root_and_the_agent_as_nobody() -> None:
+    script = topology.FENCER_START
+    assert 'setpriv --reuid=haproxy --regid="$gid" --clear-groups haproxy' in script
+    assert "\nhaproxy " not in script  # never started as root
+    assert "setpriv --reuid=nobody" in script
 
 
 def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> None:
@@ -110,6 +140,8 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
     p = topology.fencer(spec, "img:1", "/conf", {"fencer.py": "agent", "fencing.py": "pure"})
     assert p.container.role == "fencer" and p.container.binds == {"/var/run/docker.sock": "/var/run/docker.sock"}
     assert set(p.files) == {"fencer.py", "fencing.py", "fencer.json", "sockproxy.cfg", "fencer.sh"}
+    with_pw = topology.fencer(spec, "img:1", "/conf", {"fencer.py": "agent", "fencing.py": "pure"}, etcd_password="s3cret")
+    assert with_pw.files["etcd-password"] == "s3cret" and "s3cret" not in with_pw.container.config_hash
     assert "setpriv --reuid=nobody" in p.files["fencer.sh"]  # the agent cannot open the socket itself
     other = topology.fencer(spec, "img:1", "/conf", {"fencer.py": "agent v2", "fencing.py": "pure"})
     assert other.container.config_hash != p.container.config_hash  # a new agent recreates the fencer

@@ -15,7 +15,7 @@ def test_generated_once_and_kept(tmp_path: Path) -> None:
     f = tmp_path / "c" / "secrets.json"
     a = load_or_create(f, env={})
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
-    assert len(set(a.values())) == 4 and all(len(v) >= 30 for v in a.values())
+    assert len(set(a.values())) == 6 and all(len(v) >= 30 for v in a.values())
     assert load_or_create(f, env={}) == a
 
 
