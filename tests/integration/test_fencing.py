@@ -216,7 +216,6 @@ def test_restart_policy_racing_the_watcher(healthy_f: Cluster, engine: docker.Do
     assert traffic.write_gap_s < 60
 
 
-@pytest.mark.timing_sensitive
 def test_etcd_quorum_loss_with_failsafe_keeps_writing(healthy_f: Cluster) -> None:
     r = drill(healthy_f, "etcd-quorum-loss", "--seconds", "60")
     assert r["lost_writes"] == [] and r["healed"]
