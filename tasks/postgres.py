@@ -227,10 +227,12 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15) -> str:
-    """Run SQL as postgres on `member`'s socket (peer auth); returns unaligned, tuples-only output."""
+def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15, read: bool = False) -> str:
+    """Run SQL as postgres on `member`'s socket (peer auth); returns unaligned, tuples-only output.
+    `read`: a query without effects, asked again when the engine cut its output short."""
     r = node(spec, member).run(["psql", "-X", "-q", "-A", "-t", "-h", SOCKET_DIR, "-d", "postgres",
-                                "-v", "ON_ERROR_STOP=1", "-c", sql], user="postgres", timeout=timeout)
+                                "-v", "ON_ERROR_STOP=1", "-c", sql], user="postgres", timeout=timeout,
+                               retries_if_lost=2 if read else 0)
     if not r.ok:
         raise PostgresError(f"{member}: {r.tail(1)}")
     return r.out.strip()
@@ -243,7 +245,7 @@ def scram_secrets(spec: ClusterSpec, member: str, roles: tuple[str, ...]) -> dic
     """
     names = ",".join(literal(r) for r in roles)
     where = f"rolname in ({names}) and rolcanlogin and rolpassword like 'SCRAM-SHA-256$%'"
-    out = node_sql(spec, member, f"select rolname || ' ' || rolpassword from pg_authid where {where}")  # noqa: S608
+    out = node_sql(spec, member, f"select rolname || ' ' || rolpassword from pg_authid where {where}", read=True)  # noqa: S608
     found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     if not found:
         raise PostgresError(f"{member}: none of {', '.join(roles)} has a SCRAM secret for the pooler")
@@ -258,14 +260,14 @@ def checkpoint(spec: ClusterSpec, member: str) -> None:
 def oldest_transaction_s(spec: ClusterSpec, member: str) -> float:
     out = node_sql(spec, member, "select coalesce(max(extract(epoch from now() - xact_start)), 0) "
                                  "from pg_stat_activity where xact_start is not null and pid <> pg_backend_pid() "
-                                 "and backend_type = 'client backend'")
+                                 "and backend_type = 'client backend'", read=True)
     return float(out or 0)
 
 
 def show(spec: ClusterSpec, member: str, name: str) -> str:
     """A setting's current value on `member` ('' when the node does not answer)."""
     try:
-        return node_sql(spec, member, f"select current_setting({literal(name)})")
+        return node_sql(spec, member, f"select current_setting({literal(name)})", read=True)
     except PostgresError:
         return ""
 
@@ -278,7 +280,7 @@ def settings(spec: ClusterSpec, member: str, names: list[str]) -> dict[str, Sett
             "'min_val', min_val, 'max_val', max_val, 'enumvals', enumvals, 'category', category, "
             "'setting', setting)), '[]')")
     lst = ",".join(literal(n) for n in names)
-    rows = json.loads(node_sql(spec, member, f"select {cols} from pg_settings where name in ({lst})") or "[]")  # noqa: S608
+    rows = json.loads(node_sql(spec, member, f"select {cols} from pg_settings where name in ({lst})", read=True) or "[]")  # noqa: S608
     return {r["name"]: Setting(name=r["name"], context=r["context"], vartype=r["vartype"], min_val=r["min_val"],
                                max_val=r["max_val"], enumvals=list(r["enumvals"] or []),
                                category=r["category"] or "", setting=r["setting"] or "") for r in rows}
@@ -290,7 +292,7 @@ def libraries(spec: ClusterSpec, member: str) -> set[str]:
     sql = ("with d as (select setting as dir from pg_config where name = 'PKGLIBDIR') "
            "select f from d, pg_ls_dir(d.dir, true, false) f union all "
            "select 'plugins/' || f from d, pg_ls_dir(d.dir || '/plugins', true, false) f")
-    out = node_sql(spec, member, sql)
+    out = node_sql(spec, member, sql, read=True)
     return {line.removesuffix(".so") for line in out.splitlines() if line.endswith(".so")}
 
 

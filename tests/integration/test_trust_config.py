@@ -124,5 +124,7 @@ def test_pgha_s_connections_require_the_server_to_prove_scram(cluster: Cluster) 
 
 
 def test_reinit_without_yes_changes_nothing(cluster: Cluster) -> None:
-    code, out, err = _cli(cluster, "reinit", "pg-2")
+    view = patroni.cluster_view(load_spec(cluster.spec_file))  # a replica: earlier tests may have moved the leader
+    replica = next(m.name for m in view.members if m.name != (view.leader().name if view.leader() else None))
+    code, out, err = _cli(cluster, "reinit", replica)
     assert code == 2 and "add --yes" in err, out + err
