@@ -125,11 +125,7 @@ def wait_writable_on(blue: ClusterSpec, want_major: int, timeout: float) -> floa
     secrets = cluster_secrets(blue.scope)
 
     def probe() -> tuple[int, bool]:
-        with postgres.connect(blue, secrets, timeout=2) as conn:
-            row = conn.execute("select current_setting('server_version_num')::int / 10000, "
-                               "pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'").fetchone()
-        assert row is not None
-        return int(row[0]), bool(row[1])
+        return postgres.major_and_read_only(blue, secrets)
 
     wait_for(f"the R/W port {blue.ports.rw} to reach a writable PostgreSQL {want_major}", probe,
              lambda v: v == (want_major, False), timeout=timeout, interval=0.05)

@@ -222,6 +222,21 @@ def archiver_stats(spec: ClusterSpec, secrets: Secrets) -> ArchiverObs:
     return ArchiverObs(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5])
 
 
+def major_and_read_only(spec: ClusterSpec, secrets: Secrets, timeout: int = 2) -> tuple[int, bool]:
+    """Through the R/W port: the server's major version and whether it takes no writes. A session
+    HAProxy closes under the query (a server going or coming) is a PostgresError, as a refused
+    connection is: a caller waiting for the port counts it as not there yet."""
+    try:
+        with connect(spec, secrets, timeout=timeout) as conn:
+            row = conn.execute("select current_setting('server_version_num')::int / 10000, "
+                               "pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'").fetchone()
+    except psycopg.Error as exc:
+        raise PostgresError(f"the R/W port {spec.ports.rw}: {(str(exc).splitlines() or [''])[0]}") from None
+    if row is None:
+        raise PostgresError(f"the R/W port {spec.ports.rw}: no answer to the version query")
+    return int(row[0]), bool(row[1])
+
+
 def literal(value: str) -> str:
     """A SQL string literal (quotes doubled) for the few statements psql cannot parameterise."""
     return "'" + value.replace("'", "''") + "'"
