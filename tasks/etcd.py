@@ -22,7 +22,7 @@ from stack.spec import ClusterSpec
 from stack.topology import etcdctl_tls
 from stack.wait import wait_for
 from tasks import docker_hosts
-from tasks._prefect import task
+from tasks._prefect import RETRY_TRANSIENT, task
 from tasks.host.secrets import etcd_auth_marker, load_or_create
 from tasks.host.state import config_dir, secrets_file, write_private
 from tasks.node_exec import ExecResult, first_running, node
@@ -286,7 +286,7 @@ class AuthOutcome(StrEnum):
     LEGACY = "off: a cluster made without etcd auth keeps running without it"
 
 
-@task(name="ensure-etcd-auth")
+@task(name="ensure-etcd-auth", **RETRY_TRANSIENT)  # idempotent: it lists what exists first
 def ensure_auth(spec: ClusterSpec) -> AuthOutcome:
     """etcd's users, roles and authentication (`stack.etcd_auth`), before any Patroni node is placed.
 
