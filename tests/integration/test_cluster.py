@@ -107,7 +107,12 @@ def test_every_resource_labelled_and_ports_on_loopback_only(cluster_a: Cluster, 
     assert sorted(c.labels["pgha.role"] for c in cts) == ["etcd"] * 3 + ["fencer", "haproxy"] + ["patroni"] * 3
     assert sorted(c.labels["pgha.member"] for c in cts) == [
         "etcd-1", "etcd-2", "etcd-3", "fencer", "haproxy", "pg-1", "pg-2", "pg-3"]
-    assert len(engine.volumes.list(filters=flt)) == 7  # 3 etcd + 3 nodes + the pgBackRest repository
+    vols = engine.volumes.list(filters=flt)
+    # 3 etcd + 3 nodes + the pgBackRest repository + the tmpfs volume of HAProxy's runtime-API socket
+    # (HAProxy and the fencing watcher share it)
+    assert len(vols) == 8, sorted(v.name for v in vols)
+    api = engine.volumes.get(f"{cluster_a.scope}-haproxy-api")
+    assert (api.attrs.get("Options") or {}).get("type") == "tmpfs", api.attrs
     assert len(engine.networks.list(filters=flt)) == 1
     published = []
     for c in cts:
