@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from docker.types import IPAMConfig, IPAMPool
 
-from tests.integration.conftest import ROOT, pgha
+from tests.integration.conftest import ROOT, pgha, without_shared_api
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ BACK_WITHIN_S = 60  # a SIGKILLed server answers again (the engine restarts it a
 @pytest.fixture(scope="module")
 def plane_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("cp")
-    env = dict(base_env, PGHA_SERVER_PORT=str(PORT), PGHA_STATE_DIR=str(work / "state"),
+    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"))
     for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PGHA_NO_SERVER"):
         env.pop(k, None)
@@ -519,7 +519,7 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
     private = PrivateEngine(Path(f"/tmp/pgha-drill-{os.getpid()}"))  # short: a unix socket path has 108 bytes
     had_docker0 = Path("/sys/class/net/docker0").exists()
     private.root.mkdir(parents=True, exist_ok=True)
-    env = dict(base_env, PGHA_SERVER_PORT=str(DRILL_PORT), PGHA_STATE_DIR=str(work / "state"),
+    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(DRILL_PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), DOCKER_HOST=f"unix://{private.sock}",
                PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook",
                PGHA_HEARTBEAT_URL=f"http://127.0.0.1:{HOOK_PORT}/hb/{{scope}}")
