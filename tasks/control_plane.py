@@ -235,6 +235,53 @@ def running(plane: ControlPlane, role: str) -> bool:
     return c is not None and c.status == "running"
 
 
+# Run inside the server's container (host networking: /proc/net/tcp is the host's): is the
+# listening socket on 127.0.0.1:PORT held by a process of this container? Exit 0 yes, 3 no.
+_HOLDS_PORT = r"""
+import os, sys
+want = {"0100007F:%04X" % int(sys.argv[1]), "00000000:%04X" % int(sys.argv[1])}
+inodes = set()
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    f = line.split()
+    if f[1] in want and f[3] == "0A":
+        inodes.add("socket:[%s]" % f[9])
+for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+    try:
+        fds = os.listdir("/proc/%s/fd" % pid)
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            if os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes:
+                print("held")
+                sys.exit(0)
+        except OSError:
+            pass
+print("not held")
+sys.exit(3)
+"""
+
+
+def server_holds_port(plane: ControlPlane) -> bool:
+    """Whether 127.0.0.1:<port> is held by this control plane's server container, asked of the engine
+    (pgha's proof that the server it is about to send credentials to is the one it started: a
+    process another user runs can take the port only while the server is not bound to it)."""
+    c = _find(plane, SERVER_ROLE)
+    if c is None or c.status != "running":
+        return False
+    for _ in range(3):  # a busy engine may cut an exec's output short: asked again
+        try:
+            r = c.exec_run(["python", "-c", _HOLDS_PORT, str(plane.port)], user="root")
+        except docker.errors.APIError:
+            return False
+        out = (r.output or b"").decode(errors="replace").strip()
+        if r.exit_code == 0 and out == "held":
+            return True
+        if r.exit_code == 3 and out == "not held":
+            return False
+    return False
+
+
 def volume_path(plane: ControlPlane) -> str | None:
     """Where the database volume lives on the engine's host (its Mountpoint), if it exists."""
     try:

@@ -32,7 +32,7 @@ def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
     n = node(spec, member or spec.fencer_member)
     if not n.running():
         raise PghaError(f"the fencer {n.container} is not running")
-    r = n.run(["cat", layout.FENCER_STATS], timeout=5)
+    r = n.run(["cat", layout.FENCER_STATS], timeout=5, retries_if_lost=2)  # a read: asked again if cut short
     if not r.ok:
         raise PghaError(f"the fencer has written no counters yet ({r.tail(1)})")
     try:

@@ -26,6 +26,7 @@ from tasks._prefect import ONCE
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import engines
 from tasks.docker_scratch import Scratch
+from tasks.host import app_passwords
 from tasks.host.state import secrets_file, write_private
 from tasks.node_exec import ExecResult, last_lines, node
 from tasks.pgbackrest import BackupError, certificates, parse_info_json, passphrase, s3_ca, s3_credentials, verified
@@ -247,8 +248,10 @@ def stop_postgres(s: Scratch, reset_settings: bool = False, pgdata: str = PGDATA
 
 @task(name="restore-password-file", **ONCE)
 def copy_password_file(source: ClusterSpec, into: ClusterSpec) -> None:
-    """The restored catalog holds the source's roles and passwords: the new scope gets a copy (0600)."""
+    """The restored catalog holds the source's roles and passwords: the new scope gets a copy (0600) of
+    pgha's own and of the declared roles' generated ones."""
     write_private(secrets_file(into.scope), secrets_file(source.scope).read_text())
+    app_passwords.copy(source.scope, into.scope)
 
 
 @task(name="restore-node-volume", **ONCE)

@@ -103,6 +103,8 @@ def recorded_url() -> str | None:
     """The UI URL of the server `start_server` started for this state directory, when it answers.
 
     What every `pgha` verb uses to find the server by itself (no PREFECT_API_URL to export).
+    Before any credential is sent to it, the engine is asked whether the server's container holds
+    that port (`control_plane.server_holds_port`); when something else answers there, refused.
     """
     path = state_root() / "server" / URL_FILE
     try:
@@ -113,7 +115,15 @@ def recorded_url() -> str | None:
         ok = httpx.get(f"{url}/api/health", timeout=2, trust_env=False).status_code == 200
     except (httpx.HTTPError, httpx.InvalidURL):
         return None
-    return url if ok else None
+    if not ok:
+        return None
+    from tasks import control_plane as cp
+
+    if not cp.server_holds_port(plane()):
+        raise StateError(f"something answers on {url} but it is not the Prefect server pgha started (its "
+                         f"container does not hold the port): pgha sends it no credentials; stop what listens "
+                         f"there and run `pgha server start`, or set PGHA_NO_SERVER=1")
+    return url
 
 
 def start_server(image: str) -> str:

@@ -67,6 +67,14 @@ def passwords(spec: ClusterSpec, create: bool = True) -> dict[str, str]:
     return out
 
 
+def copy(source_scope: str, into_scope: str) -> None:
+    """A restore into a new scope: its catalog holds the source's declared roles with their passwords,
+    so the new scope keeps the same ones (0600) rather than generating others and altering the roles."""
+    src, dst = _file(source_scope), _file(into_scope)
+    if src.exists() and not dst.exists():
+        write_private(dst, src.read_text())
+
+
 def password_of(spec: ClusterSpec, role: str) -> str:
     """The password of one declared role, for `pgha dsn --user`."""
     declared = {r.name: r for r in spec.roles}

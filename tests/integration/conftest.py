@@ -98,11 +98,86 @@ def engine() -> docker.DockerClient:
     return client
 
 
+# The Prefect API every `pgha` call of a test worker shares (see `base_env`); a test that runs its
+# own server (or needs the CLI's own ephemeral API) drops these keys: `without_shared_api(env)`.
+SHARED_API_KEYS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PGHA_EPHEMERAL_API", "PREFECT_UI_URL")
+
+
+def without_shared_api(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the worker's shared Prefect API: the CLI then finds a server or starts its own."""
+    return {k: v for k, v in env.items() if k not in SHARED_API_KEYS}
+
+
+class SharedApi:
+    """One Prefect API per test worker, started the way the CLI starts its ephemeral one (cli/api.py:
+    the same uvicorn app, ephemeral services, an auth string, dies with its parent), so that each
+    `pgha` call skips that start and stop (about 4-7 s each on this machine, a few hundred calls a run).
+    The CLI's own ephemeral start is covered by the files that drop it (test_no_leftovers, test_trust_report)."""
+
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        import importlib.util
+        import secrets
+        import socket
+
+        from cli.api import _CHILD
+
+        self.auth = f"pgha:{secrets.token_urlsafe(32)}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        origin = importlib.util.find_spec("prefect").origin  # type: ignore[union-attr]
+        assert origin
+        home.mkdir(parents=True, exist_ok=True)
+        self.log_path = home / "shared-api.log"
+        server_env = {k: v for k, v in env.items() if k not in SHARED_API_KEYS}
+        server_env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
+                          PREFECT_SERVER_API_AUTH_STRING=self.auth)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(os.getpid()), "--app-dir", str(Path(origin).parent.parent),
+                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env=server_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True)
+
+    @property
+    def published(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": f"http://127.0.0.1:{self.port}/api", "PREFECT_API_AUTH_STRING": self.auth,
+                "PGHA_EPHEMERAL_API": "1", "PREFECT_UI_URL": ""}
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the shared Prefect API exited ({self.proc.returncode}): "
+                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=2, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the shared Prefect API did not answer within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 @pytest.fixture(scope="session")
-def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def base_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("pgha")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "POSTGRES_PASSWORD", "PGHA_SPEC", "PGHA_DEBUG")}
+           if k not in ("PREFECT_API_URL", "POSTGRES_PASSWORD", "PGHA_SPEC", "PGHA_DEBUG", *SHARED_API_KEYS)}
     env.update(
         PGHA_STATE_DIR=str(work / "state"),
         PREFECT_HOME=str(work / "prefect"),
@@ -113,7 +188,13 @@ def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # In-process helpers (write probes, psycopg through tasks.postgres) find the cluster's CA
     # (TLS, sslmode=verify-full) in the same state directory as the CLI they test.
     os.environ["PGHA_STATE_DIR"] = env["PGHA_STATE_DIR"]
-    return env
+    api = SharedApi(env, work / "prefect")
+    try:
+        api.wait_ready()
+        env.update(api.published)
+        yield env
+    finally:
+        api.stop()
 
 
 def pgha(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:

@@ -25,9 +25,11 @@ from tests.integration.conftest import Cluster, pgha, remove_scope, running_clus
 
 SCOPE = "pgha-it-bk1"
 INTO = "pgha-it-bk2"
+# A declared role and database (generated password, an extension): a PITR into a new scope keeps them.
+APPS = {"roles": [{"name": "app"}], "databases": [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements"]}]}
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25500, "ro": 25501, "stats": 28500},
-        "backup": {"retention_full": 2}}
-INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502}}
+        "backup": {"retention_full": 2}, **APPS}
+INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502}, **APPS}
 CHAIN = "pgha-it-bk3"  # the block-incremental chain's PITR target: one node is enough to read it back
 CHAIN_SPEC = {"scope": CHAIN, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25506, "ro": 25507, "stats": 28506}}
 
@@ -205,6 +207,11 @@ def test_pitr_into_new_scope_across_switchover(cluster_bk: BackupCluster, engine
         tags = [row[0] for row in sql(c, "select tag from pitr order by at", port=25502,
                                       password=into_secrets["superuser"])]
         assert tags == ["t1", "t2"], tags
+        # The declared role keeps its password (the source's generated one) and its database its extension.
+        app_pw = json.loads((Path(c.env["PGHA_STATE_DIR"]) / SCOPE / "app-passwords.json").read_text())["app"]
+        with psycopg.connect(host="127.0.0.1", port=25502, user="app", password=app_pw, dbname="app",
+                             connect_timeout=5) as conn:
+            assert conn.execute("select count(*) from pg_extension where extname = 'pg_stat_statements'").fetchone() == (1,)
         # The live cluster still has everything, on its new primary.
         assert [row[0] for row in sql(c, "select tag from pitr order by at")] == ["t1", "t2", "t3", "t4"]
         # Restoring again into the (now existing) scope is refused.

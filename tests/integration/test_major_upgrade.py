@@ -32,7 +32,10 @@ from tests.support.traffic import Traffic, measured
 SCOPE = "pgha-it-mu1"
 GREEN = f"{SCOPE}-green"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15,
-        "ports": {"rw": 26100, "ro": 26101, "stats": 26102}}  # green: +10 (major.green_port_offset)
+        "ports": {"rw": 26100, "ro": 26101, "stats": 26102},  # green: +10 (major.green_port_offset)
+        # A declared role (generated password) and its database with an extension: green keeps them.
+        "roles": [{"name": "app"}],
+        "databases": [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements"]}]}
 GAP_CEILING_S = 20.0  # generous: the cutover measures ~3-4 s here (benchmarks/major_upgrade.py)
 BENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "nokey", "items"]
 
@@ -188,6 +191,12 @@ def test_upgrade_then_rollback(engine: docker.DockerClient, blue15: Cluster) -> 
         assert new_id > seq_before["items_id_seq"]
     status = pgha(c.env, "status", "--scope", SCOPE)
     assert GREEN in status.stdout, status.stdout
+    # The declared role logs in on 17 with the password it had on 15; its database has its extension.
+    app_pw = json.loads((Path(c.env["PGHA_STATE_DIR"]) / SCOPE / "app-passwords.json").read_text())["app"]
+    with psycopg.connect(host="127.0.0.1", port=c.port("rw"), user="app", password=app_pw, dbname="app",
+                         connect_timeout=5) as conn:
+        assert conn.execute("show server_version_num").fetchone()[0].startswith("17")
+        assert conn.execute("select count(*) from pg_extension where extname = 'pg_stat_statements'").fetchone() == (1,)
 
     with traffic(c) as t:
         res = pgha(c.env, "upgrade", "--major", "--rollback", "--scope", SCOPE, "--json")

@@ -22,7 +22,7 @@ import docker
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, remove_scope
+from tests.integration.conftest import ROOT, remove_scope, without_shared_api
 
 SCOPE = "pgha-it-nl"
 SPEC = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25600, "ro": 25601, "stats": 28600}}
@@ -76,7 +76,7 @@ def assert_nothing_left(home: str, what: str) -> None:
 @pytest.fixture
 def env(base_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
     home = tmp_path / "prefect-home-nl"
-    yield {**base_env, "PREFECT_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+    yield {**without_shared_api(base_env), "PREFECT_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
            "PGHA_STATE_DIR": str(tmp_path / "state")}
     # A failed run must not leave its orphans either: only processes naming this test's own home.
     for row in processes_naming(str(home)):

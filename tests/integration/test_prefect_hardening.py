@@ -21,7 +21,7 @@ import docker
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster
+from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, without_shared_api
 from tests.integration.test_audit_server import Receiver
 
 SERVER_PORT = 26500
@@ -45,7 +45,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
     The env has no PREFECT_API_AUTH_STRING: the pgha CLI finds the credentials itself."""
     work = tmp_path_factory.mktemp("pa-server")
-    env = dict(base_env, PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
+    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"),
                PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook")
     env.pop("PREFECT_API_URL", None)
@@ -291,3 +291,47 @@ def test_the_ui_asks_for_the_login(server_env: dict[str, str]) -> None:
             page.get_by_text("default-teardown").first.wait_for()
         finally:
             browser.close()
+
+
+def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str, str], cluster: Cluster,
+                                                          engine: docker.DockerClient) -> None:
+    """The control plane stopped and another process answering on the server's port (as a local user
+    could bind it): a flow-running verb refuses in one line and that process receives no credential;
+    then `pgha server start` brings the server back (last in the file: the other tests need it
+    running). The worker is stopped too: a worker polling a stopped server does send its
+    credentials to whatever answers there (docs/threat-model.md)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Impostor(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.headers.get("Authorization") or "")
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    plane = {c.labels["pgha.role"]: c for c in engine.containers.list(filters={"label": f"pgha.server-port={SERVER_PORT}"})}
+    assert {"prefect-server", "prefect-worker"} <= set(plane), list(plane)
+    plane["prefect-worker"].stop(timeout=30)
+    plane["prefect-server"].stop(timeout=30)
+    httpd = ThreadingHTTPServer(("127.0.0.1", SERVER_PORT), Impostor)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        res = pgha(server_env, "audit", "--scope", SCOPE, timeout=300)
+        assert res.returncode != 0 and "not the Prefect server pgha started" in res.stderr, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert seen and not any(seen), seen  # asked /health, and never given the credentials
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        back = pgha(server_env, "server", "start", timeout=600)
+        assert back.returncode == 0, back.stdout + back.stderr
+    assert api(server_env, "POST", "/flows/filter", {}).status_code == 200

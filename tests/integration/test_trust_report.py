@@ -21,7 +21,7 @@ import docker
 import pytest
 import yaml
 
-from tests.integration.conftest import Cluster, pgha, running_cluster
+from tests.integration.conftest import Cluster, pgha, running_cluster, without_shared_api
 
 SCOPE = "pgha-it-ts1"
 PORTS = {"rw": 29032, "ro": 29033, "stats": 29004}
@@ -34,7 +34,7 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             "backup": {"enabled": True, "encrypt": True, "verify_after_backup": False}}
     # The ephemeral API gets 180 s to start (pgha waits 60 s at least): on a shared 2-core machine at load 30-70
     # it did not answer within 60 s in three runs of this file; nothing here measures its start.
-    env = dict(base_env, PGHA_NO_SERVER="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    env = dict(without_shared_api(base_env), PGHA_NO_SERVER="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     with running_cluster(engine, env, tmp_path_factory.mktemp("ts"), spec) as c:
         yield c
 

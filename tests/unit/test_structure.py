@@ -62,6 +62,22 @@ def test_no_import_cycle_in_shipped_packages() -> None:
             visit(m, [])
 
 
+# The floors, lowest first: a module imports only from its own floor or below, lazy imports
+# (inside functions) included: stack (pure) < tasks (adapters, retryable tasks) < flows < cli.
+FLOORS = {"stack": 0, "tasks": 1, "flows": 2, "cli": 3}
+
+
+def test_no_module_imports_from_a_floor_above_it() -> None:
+    upward = []
+    for pkg, floor in FLOORS.items():
+        for p in (ROOT / pkg).rglob("*.py"):
+            for module, _ in _imports(p):
+                top = module.split(".")[0]
+                if FLOORS.get(top, -1) > floor:
+                    upward.append(f"{p.relative_to(ROOT)} imports {module}")
+    assert not upward, "an import runs upward: " + "; ".join(upward)
+
+
 def test_stack_is_pure() -> None:
     for p in (ROOT / "stack").rglob("*.py"):
         if p.parent.name == "control":  # the control image's build files: they run in its containers
