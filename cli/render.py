@@ -61,7 +61,8 @@ def members_table(status: ClusterStatus) -> Table:
     for col in ("member", "component", "container", "state", "health", "role", "pg state", "TL", "lag (bytes)"):
         t.add_column(col)
     for m in status.members:
-        t.add_row(m.member, m.role, m.container, m.container_state, m.health, m.pg_role, m.pg_state,
+        role = f"{m.pg_role} (delayed {m.delay})" if m.delay else m.pg_role
+        t.add_row(m.member, m.role, m.container, m.container_state, m.health, role, m.pg_state,
                   "" if m.timeline is None else str(m.timeline), "" if m.lag_bytes is None else str(m.lag_bytes))
     return t
 

@@ -36,6 +36,7 @@ class MemberRow(Result):
     pg_state: str = ""
     timeline: int | None = None
     lag_bytes: int | None = None
+    delay: str = ""  # a delayed replica's `delayed:` delay (e.g. 1h); "" = replays at once
 
 
 class ClusterStatus(Result):
