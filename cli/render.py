@@ -27,6 +27,7 @@ from stack.results import (
     HistoryResult,
     MajorUpgradeResult,
     PauseResult,
+    RecoverDelayedResult,
     ReinitResult,
     ReportResult,
     RestartResult,
@@ -281,6 +282,13 @@ def restart(done: Done[RestartResult]) -> None:
 def reinit(done: Done[ReinitResult]) -> None:
     r = done.result
     line(f"{r.member} rebuilt from {r.leader} in {r.elapsed_s}s and streaming")
+    events(r.events)
+
+
+def recover_from_delayed(done: Done[RecoverDelayedResult]) -> None:
+    r = done.result
+    line(f"{r.table} ({r.database}) back on {r.primary} from delayed replica {r.source}: {r.rows} rows in "
+         f"{r.elapsed_s}s (replay paused {r.replay_paused_s}s, then resumed)")
     events(r.events)
 
 

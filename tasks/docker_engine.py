@@ -598,6 +598,16 @@ class Engine:
                     raise DockerError(f"copy image {tag} to host {o.name}: {str(why)[:300]}")
         return {o.name: o in need for o in others}
 
+    def copy_path(self, name: str, path: str, other: Engine, other_name: str, into: str) -> None:
+        """Copy `path` of container `name` into directory `into` of `other_name` on `other` (owner and
+        mode kept), streamed through the host as the engines' tar archive, never read whole into memory."""
+        src, dst = self._get(name), other._get(other_name)
+        with _engine_call(f"copy {path} from {name} to {other_name}"):
+            stream, _ = src.get_archive(path)
+            ok = dst.put_archive(into, stream)
+        if not ok:
+            raise DockerError(f"cannot copy {path} from {name} to {other_name}")
+
     def put_file(self, name: str, path: str, text: str, mode: int = 0o600) -> None:
         """Copy `text` into a container as a root-owned file (for files no mount carries)."""
         ct = self._get(name)
