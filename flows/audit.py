@@ -268,7 +268,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     h_obs, h_err = got["haproxy"]
     findings += A.check_haproxy(h_obs, leader, streaming, spec, th, baseline, h_err)
     if spec.delayed:
-        findings += A.check_delayed(rows or [], h_obs, spec, th)
+        findings += A.check_delayed(leader, rows or [], h_obs, spec, th)
     pg_obs, pg_err = got["postgres"]
     findings += A.check_postgres(pg_obs, spec, th, pg_err)
     disks, _ = got["disks"]

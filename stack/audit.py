@@ -298,7 +298,7 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
     return out
 
 
-def check_delayed(rows: list[ReplicationRow], obs: HaproxyObs | None, spec: ClusterSpec,
+def check_delayed(leader: str | None, rows: list[ReplicationRow], obs: HaproxyObs | None, spec: ClusterSpec,
                   th: AuditThresholds) -> list[Finding]:
     """Each delayed replica replays within its delay (plus the lag thresholds) and is out of R/O routing.
 
@@ -310,6 +310,10 @@ def check_delayed(rows: list[ReplicationRow], obs: HaproxyObs | None, spec: Clus
     by_name = {r.name: r for r in rows}
     for d in spec.delayed:
         want = f"replays within {d.delay} + {th.lag_warn_s:g} s; out of R/O routing"
+        if d.name == leader:  # declared delayed while it led: its tags keep it from being promoted, not from leading
+            out.append(Finding("delayed.within", d.name, Level.CRITICAL, "the primary", want,
+                               "a delayed node leads: `pgha switchover` to another node, then it replays late"))
+            continue
         backend = obs.replicas.get(d.name) if obs is not None else None
         if backend is not None and backend.status.startswith("UP"):
             out.append(Finding("delayed.within", d.name, Level.CRITICAL, "in R/O routing (HAProxy replicas UP)",

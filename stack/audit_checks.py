@@ -441,7 +441,8 @@ CHECKS: tuple[Check, ...] = (
         checks="`replay_lag` of the delayed replica in `pg_stat_replication` against its delay, and that "
                "HAProxy's replicas backend does not route reads to it",
         warn="replays later than its delay + `audit.lag_warn_s`",
-        critical="later than its delay + `audit.lag_critical_s`, or in R/O routing",
+        critical="later than its delay + `audit.lag_critical_s`, in R/O routing, or the primary (declared "
+                 "delayed while it led)",
         thresholds=("delayed", "audit.lag_warn_s", "audit.lag_critical_s"),
         only_when="the spec has `delayed:` nodes (their `replication.lag_*` rows are left out: they lag on purpose)",
         means="The delayed replica no longer keeps the window it promises (replay paused and forgotten, a "
@@ -451,8 +452,9 @@ CHECKS: tuple[Check, ...] = (
                "pg_last_xact_replay_timestamp()\"`.",
                "Replay left paused (an interrupted `pgha recover-from-delayed`): "
                "`docker exec -u postgres <scope>-pg-N psql -c \"select pg_wal_replay_resume()\"`.",
-               "In R/O routing: its patroni.yml lost its tags; `pgha up` renders them again."),
-        fixes=("pgha up",),
+               "In R/O routing: its patroni.yml lost its tags; `pgha up` renders them again.",
+               "The primary: `pgha switchover` to another node; it then follows as a delayed replica."),
+        fixes=("pgha up", "pgha switchover"),
     ),
     Check(
         name="replication.sync_standby",

@@ -119,13 +119,18 @@ def _row(name: str, lag_s: float | None) -> A.ReplicationRow:
                                               (3610.0, Level.WARN), (3660.0, Level.CRITICAL)])
 def test_delayed_within_grades_the_lag_beyond_the_delay(lag_s: float | None, level: Level) -> None:
     th = SPEC.audit  # lag_warn_s 10, lag_critical_s 60
-    (f,) = A.check_delayed([_row("pg-2", 0.1), _row("pg-3", lag_s)], _haproxy(("pg-2",)), SPEC, th)
+    (f,) = A.check_delayed("pg-1", [_row("pg-2", 0.1), _row("pg-3", lag_s)], _haproxy(("pg-2",)), SPEC, th)
     assert (f.check, f.target, f.status) == ("delayed.within", "pg-3", level)
 
 
 def test_delayed_within_is_critical_in_ro_routing() -> None:
-    (f,) = A.check_delayed([_row("pg-3", 1.0)], _haproxy(("pg-2", "pg-3")), SPEC, SPEC.audit)
+    (f,) = A.check_delayed("pg-1", [_row("pg-3", 1.0)], _haproxy(("pg-2", "pg-3")), SPEC, SPEC.audit)
     assert f.status == Level.CRITICAL and "R/O routing" in f.observed
+
+
+def test_delayed_within_is_critical_when_the_delayed_node_leads() -> None:
+    (f,) = A.check_delayed("pg-3", [], _haproxy(("pg-2",)), SPEC, SPEC.audit)
+    assert f.status == Level.CRITICAL and f.observed == "the primary" and "pgha switchover" in f.hint
 
 
 def test_the_delayed_node_gets_no_lag_rows() -> None:
