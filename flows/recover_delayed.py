@@ -65,8 +65,8 @@ def recover_from_delayed(spec: ClusterSpec = ClusterSpec(), table: str = "public
     paused_at = time.monotonic()
     dump = ""
     try:
-        postgres.replay_pause(spec, member)
-        note(f"replay paused on {member} (delay {delayed.delay})")
+        state = postgres.replay_pause(spec, member)
+        note(f"replay {state} on {member} (delay {delayed.delay})")
         on_delayed = postgres.table_exists(spec, member, database, ref.qualified)
         if why := restore_problem(False, on_delayed, ref, member, delayed.delay):
             raise StateError(why)
