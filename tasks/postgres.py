@@ -368,14 +368,14 @@ def replay_pause(spec: ClusterSpec, member: str, timeout: float = 30) -> str:
     applied but the one record being applied at that instant, if any. So either state will do;
     the caller checks what it needs (the table) after this returns.
     """
-    node_sql(spec, member, "select pg_wal_replay_pause()")
+    node_sql(spec, member, "select pg_wal_replay_pause()", read=True)  # idempotent: asked again if cut short
     return wait_for(f"WAL replay to pause on {member}",
                     lambda: node_sql(spec, member, "select pg_get_wal_replay_pause_state()", read=True),
                     lambda state: state in ("paused", "pause requested"), timeout=timeout, interval=0.2)
 
 
 def replay_resume(spec: ClusterSpec, member: str) -> None:
-    node_sql(spec, member, "select pg_wal_replay_resume()")
+    node_sql(spec, member, "select pg_wal_replay_resume()", read=True)  # idempotent: asked again if cut short
 
 
 def replay_paused(spec: ClusterSpec, member: str) -> bool:
