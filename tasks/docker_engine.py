@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import queue
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -600,11 +601,20 @@ class Engine:
 
     def copy_path(self, name: str, path: str, other: Engine, other_name: str, into: str) -> None:
         """Copy `path` of container `name` into directory `into` of `other_name` on `other` (owner and
-        mode kept), streamed through the host as the engines' tar archive, never read whole into memory."""
+        mode kept), through a host temporary file holding the engines' tar archive (never whole in
+        memory; the read ends before the write starts, so a slow engine on one side cannot time
+        out the other's connection)."""
         src, dst = self._get(name), other._get(other_name)
-        with _engine_call(f"copy {path} from {name} to {other_name}"):
-            stream, _ = src.get_archive(path)
-            ok = dst.put_archive(into, stream)
+        try:
+            with _engine_call(f"copy {path} from {name} to {other_name}"), tempfile.TemporaryFile() as buf:
+                stream, _ = src.get_archive(path)
+                for chunk in stream:
+                    buf.write(chunk)
+                buf.seek(0)
+                ok = dst.put_archive(into, buf)
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"copy {path} from {name} to {other_name}: the engine does not answer "
+                              f"({type(exc).__name__})") from None
         if not ok:
             raise DockerError(f"cannot copy {path} from {name} to {other_name}")
 

@@ -15,7 +15,7 @@ from stack import backup as bk
 from stack import layout
 from stack.results import DumpFile
 from stack.spec import ClusterSpec
-from tasks._prefect import ONCE
+from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.node_exec import node
 from tasks.pgbackrest import BackupError
 
@@ -67,7 +67,7 @@ def prune(spec: ClusterSpec, member: str, keep: int) -> list[str]:
 RECOVER_DIR = f"{layout.DATA_MOUNT}/pgha-recover"  # the data volume, outside PGDATA (the root is read-only)
 
 
-@task(name="pg-dump-table", **ONCE)
+@task(name="pg-dump-table", **SIDE_EFFECT)  # rewrites the same file: safe to run again
 def dump_table(spec: ClusterSpec, member: str, dbname: str, qualified: str, name: str) -> str:
     """`pg_dump -Fc -t` of one table (with its indexes, constraints and owned sequences) on `member`;
     the dump's path there."""
@@ -82,7 +82,7 @@ def dump_table(spec: ClusterSpec, member: str, dbname: str, qualified: str, name
     return path
 
 
-@task(name="copy-dump", **ONCE)
+@task(name="copy-dump", **SIDE_EFFECT)  # overwrites the same file: safe to run again
 def copy_dump(spec: ClusterSpec, source: str, target: str, path: str) -> None:
     """The dump file from `source` into the same directory of `target`."""
     t = node(spec, target)
