@@ -119,14 +119,13 @@ def recover_from_delayed(table: str = typer.Option(..., "--table", help="the dro
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
     from flows.recover_delayed import preflight
+    from flows.recover_delayed import recover_from_delayed as recover_flow
 
     with checks() as check:
         check(preflight, spec, table, db, source)  # refusals are one line, before the flow starts
-    _not_busy(spec, wait, "recover-from-delayed")
-    warm()
-    from flows.recover_delayed import recover_from_delayed as recover_flow
-
-    return Done(run_flow(recover_flow, spec, table=table, database=db, source=source, wait_seconds=wait), spec)
+        _not_busy(spec, wait, "recover-from-delayed")
+        warm()
+        return Done(run_flow(recover_flow, spec, table=table, database=db, source=source, wait_seconds=wait), spec)
 
 
 @app.command(rich_help_panel=DAY_TWO)

@@ -16,6 +16,7 @@ import time
 
 from prefect import flow
 
+from flows.steps import preflight_once
 from flows.steps.cluster import require_healthy
 from flows.steps.ops import current, mutating_flow, note
 from stack.delayed import check_database, choose_source, parse_table, restore_problem
@@ -54,7 +55,7 @@ def _set_maintenance(spec: ClusterSpec, on: bool) -> None:
 def recover_from_delayed(spec: ClusterSpec = ClusterSpec(), table: str = "public.t",  # noqa: B008
                          database: str = "postgres", source: str | None = None,
                          wait_seconds: WaitSeconds = 0) -> RecoverDelayedResult:
-    member, primary = preflight(spec, table, database, source)
+    member, primary = preflight_once(preflight, spec, table, database, source)
     ref = parse_table(table)
     delayed = spec.delay_of(member)
     assert delayed is not None  # choose_source returns a delayed node
