@@ -173,3 +173,12 @@ def test_restore_refusals() -> None:
 def test_the_delay_is_not_a_cluster_wide_parameter() -> None:
     with pytest.raises(SpecError, match="declared per node in the spec's `delayed:`"):
         parse_spec({"postgres_parameters": {"recovery_min_apply_delay": "1h"}})
+
+
+def test_scaling_below_the_delayed_node_or_its_candidates_is_refused() -> None:
+    from stack.scale import scaled_spec
+
+    with pytest.raises(UsageError, match="cannot scale pgha-it-x to 2 nodes: delayed names unknown node 'pg-3'"):
+        scaled_spec(SPEC.model_copy(update={"scope": "pgha-it-x"}), 2)
+    four = parse_spec({"nodes": 4, "delayed": [{"name": "pg-3", "delay": "1h"}]})
+    assert scaled_spec(four, 3).delay_of("pg-3") is not None
