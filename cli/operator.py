@@ -32,6 +32,7 @@ from cli.core import (
     SpecOpt,
     WaitOpt,
     app,
+    checks,
     command,
     require_engines,
     resolve_spec,
@@ -45,6 +46,7 @@ from stack.results import (
     CertsRotateResult,
     HistoryResult,
     PauseResult,
+    RecoverDelayedResult,
     ReinitResult,
     ReportResult,
     RestartResult,
@@ -99,6 +101,31 @@ def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)
     from flows.reinit import reinit as reinit_flow
 
     return Done(run_flow(reinit_flow, spec, member=member, wait_seconds=wait), spec)
+
+
+@app.command(name="recover-from-delayed", rich_help_panel=DAY_TWO)
+@command(render.recover_from_delayed, flows=True)
+def recover_from_delayed(table: str = typer.Option(..., "--table", help="the dropped table, SCHEMA.TABLE "
+                                                                        "(plain lowercase identifiers)"),
+                         db: str = typer.Option("postgres", "--db", help="the database that held it"),
+                         source: str | None = typer.Option(None, "--from", help="the delayed replica to take it "
+                                                                                "from (default: the spec's first)"),
+                         spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                         as_json: bool = JsonOpt) -> Done[RecoverDelayedResult]:
+    """Bring a dropped table back from a delayed replica: replay paused there, pg_dump -t, restored into the primary.
+
+    Example: pgha recover-from-delayed --table public.orders --db shop
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.recover_delayed import preflight
+    from flows.recover_delayed import recover_from_delayed as recover_flow
+
+    with checks() as check:
+        check(preflight, spec, table, db, source)  # refusals are one line, before the flow starts
+        _not_busy(spec, wait, "recover-from-delayed")
+        warm()
+        return Done(run_flow(recover_flow, spec, table=table, database=db, source=source, wait_seconds=wait), spec)
 
 
 @app.command(rich_help_panel=DAY_TWO)

@@ -27,6 +27,7 @@ from stack.results import (
     HistoryResult,
     MajorUpgradeResult,
     PauseResult,
+    RecoverDelayedResult,
     ReinitResult,
     ReportResult,
     RestartResult,
@@ -61,7 +62,8 @@ def members_table(status: ClusterStatus) -> Table:
     for col in ("member", "component", "container", "state", "health", "role", "pg state", "TL", "lag (bytes)"):
         t.add_column(col)
     for m in status.members:
-        t.add_row(m.member, m.role, m.container, m.container_state, m.health, m.pg_role, m.pg_state,
+        role = f"{m.pg_role} (delayed {m.delay})" if m.delay else m.pg_role
+        t.add_row(m.member, m.role, m.container, m.container_state, m.health, role, m.pg_state,
                   "" if m.timeline is None else str(m.timeline), "" if m.lag_bytes is None else str(m.lag_bytes))
     return t
 
@@ -280,6 +282,13 @@ def restart(done: Done[RestartResult]) -> None:
 def reinit(done: Done[ReinitResult]) -> None:
     r = done.result
     line(f"{r.member} rebuilt from {r.leader} in {r.elapsed_s}s and streaming")
+    events(r.events)
+
+
+def recover_from_delayed(done: Done[RecoverDelayedResult]) -> None:
+    r = done.result
+    line(f"{r.table} ({r.database}) back on {r.primary} from delayed replica {r.source}: {r.rows} rows in "
+         f"{r.elapsed_s}s (replay paused {r.replay_paused_s}s, then resumed)")
     events(r.events)
 
 

@@ -247,6 +247,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
         leaders = [m.name for m in patroni_obs.members if m.role == "leader"]
         leader = leaders[0] if len(leaders) == 1 else None
         streaming = {m.name for m in patroni_obs.members if m.role != "leader" and m.state in ("streaming", "running")}
+        streaming -= set(spec.delayed_names())  # never in R/O routing (their noloadbalance tag)
     findings: list[A.Finding] = []
     if containers is None:
         findings.append(A.Finding("container.list", spec.scope, A.Level.CRITICAL, c_err, "", "is the engine up?"))
@@ -266,6 +267,8 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
                                     r_err or p_err or "no leader")
     h_obs, h_err = got["haproxy"]
     findings += A.check_haproxy(h_obs, leader, streaming, spec, th, baseline, h_err)
+    if spec.delayed:
+        findings += A.check_delayed(leader, rows or [], h_obs, spec, th)
     pg_obs, pg_err = got["postgres"]
     findings += A.check_postgres(pg_obs, spec, th, pg_err)
     disks, _ = got["disks"]

@@ -244,6 +244,11 @@ def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | Non
         return on_host
     etcd_leader = etcd.leader_member(spec) if kind in (DrillKind.ETCD_MEMBER_LOSS, DrillKind.ETCD_QUORUM_LOSS) else ""
     replicas = {m.name: (m.role.value, m.lag) for m in view.replicas()}
+    if kind.is_switchover:  # a delayed replica is never a candidate (stack.render.node_tags: nofailover)
+        if to is not None and (delayed := spec.delay_of(to)) is not None:
+            raise UsageError(f"--to {to} is a delayed replica (replays {delayed.delay} late) and never a "
+                             "switchover candidate; choose another node")
+        replicas = {k: v for k, v in replicas.items() if spec.delay_of(k) is None}
     try:
         return choose_target(kind, lead.name, replicas, spec.nodes, spec.etcd_members, etcd_leader, to,
                              etcd_names=spec.etcd_names())

@@ -278,6 +278,8 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
                                f"replica {name} does not replicate: `pgha status`, `pgha logs {name}`"))
             continue
         out.append(Finding("replication.streaming", name, Level.OK, f"streaming ({r.sync_state})", "streaming"))
+        if spec.delay_of(name) is not None:
+            continue  # it replays late on purpose: its `delayed.within` row judges its lag
         if r.lag_bytes is not None:
             lvl = grade(r.lag_bytes, th.lag_warn_bytes, th.lag_critical_bytes)
             out.append(Finding("replication.lag_bytes", name, lvl, f"{r.lag_bytes} B",
@@ -293,6 +295,40 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
         out.append(Finding("replication.sync_standby", spec.scope, Level.OK if sync else Level.CRITICAL,
                            ", ".join(sync) or "none", "one (synchronous_mode)",
                            "" if sync else "commits wait for or lose their second copy: a replica must stream"))
+    return out
+
+
+def check_delayed(leader: str | None, rows: list[ReplicationRow], obs: HaproxyObs | None, spec: ClusterSpec,
+                  th: AuditThresholds) -> list[Finding]:
+    """Each delayed replica replays within its delay (plus the lag thresholds) and is out of R/O routing.
+
+    Its lag is `replay_lag` from pg_stat_replication: about the delay while writes arrive, none once
+    it has replayed everything (an idle primary). A delayed node HAProxy routes reads to would
+    serve data `delay` old as if current: critical.
+    """
+    out: list[Finding] = []
+    by_name = {r.name: r for r in rows}
+    for d in spec.delayed:
+        want = f"replays within {d.delay} + {th.lag_warn_s:g} s; out of R/O routing"
+        if d.name == leader:  # declared delayed while it led: its tags keep it from being promoted, not from leading
+            out.append(Finding("delayed.within", d.name, Level.CRITICAL, "the primary", want,
+                               "a delayed node leads: `pgha switchover` to another node, then it replays late"))
+            continue
+        backend = obs.replicas.get(d.name) if obs is not None else None
+        if backend is not None and backend.status.startswith("UP"):
+            out.append(Finding("delayed.within", d.name, Level.CRITICAL, "in R/O routing (HAProxy replicas UP)",
+                               want, "reads could be served from a node replaying late: its noloadbalance tag "
+                               f"is not in effect; `pgha up` renders it again, `pgha logs {d.name}`"))
+            continue
+        r = by_name.get(d.name)
+        if r is None or r.lag_s is None:
+            observed = "no replication row" if r is None else "caught up (nothing waits for replay)"
+            out.append(Finding("delayed.within", d.name, Level.OK, observed, want))
+            continue
+        lvl = grade(r.lag_s - d.seconds, th.lag_warn_s, th.lag_critical_s)
+        out.append(Finding("delayed.within", d.name, lvl, f"replays {r.lag_s:.1f} s late (delay {d.seconds} s)", want,
+                           "" if lvl == Level.OK else "the delayed replica falls behind its delay: replay "
+                           "paused (a recovery left it paused?), disk or CPU of the node"))
     return out
 
 

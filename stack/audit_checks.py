@@ -435,6 +435,28 @@ CHECKS: tuple[Check, ...] = (
         fixes=("pgha reinit",),
     ),
     Check(
+        name="delayed.within",
+        component="replication",
+        target="each delayed replica (`delayed:`)",
+        checks="`replay_lag` of the delayed replica in `pg_stat_replication` against its delay, and that "
+               "HAProxy's replicas backend does not route reads to it",
+        warn="replays later than its delay + `audit.lag_warn_s`",
+        critical="later than its delay + `audit.lag_critical_s`, in R/O routing, or the primary (declared "
+                 "delayed while it led)",
+        thresholds=("delayed", "audit.lag_warn_s", "audit.lag_critical_s"),
+        only_when="the spec has `delayed:` nodes (their `replication.lag_*` rows are left out: they lag on purpose)",
+        means="The delayed replica no longer keeps the window it promises (replay paused and forgotten, a "
+              "node too slow to replay), or reads from the R/O port may land on data a delay old.",
+        steps=("`pgha status` shows the node as `replica (delayed …)`; its replay: "
+               "`docker exec -u postgres <scope>-pg-N psql -c \"select pg_is_wal_replay_paused(), now() - "
+               "pg_last_xact_replay_timestamp()\"`.",
+               "Replay left paused (an interrupted `pgha recover-from-delayed`): "
+               "`docker exec -u postgres <scope>-pg-N psql -c \"select pg_wal_replay_resume()\"`.",
+               "In R/O routing: its patroni.yml lost its tags; `pgha up` renders them again.",
+               "The primary: `pgha switchover` to another node; it then follows as a delayed replica."),
+        fixes=("pgha up", "pgha switchover"),
+    ),
+    Check(
         name="replication.sync_standby",
         component="replication",
         target="the cluster (its scope)",

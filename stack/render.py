@@ -240,9 +240,26 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
             "pg_hba": pg_hba(subnet, spec.tls.enabled) if not spec.multi_host else hosts_pg_hba(spec),
             "parameters": {"unix_socket_directories": SOCKET_DIR},
         },
-        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+        "tags": node_tags(spec, member),
     }
+    if (delayed := spec.delay_of(member)) is not None:
+        # Local `postgresql.parameters` win over the DCS's (Patroni merges the local ones last), so
+        # `config set` and the dynamic config never undo one node's delay; Patroni moves the
+        # parameter into its recovery settings (standby.signal + postgresql.conf, PG >= 12).
+        conf["postgresql"]["parameters"][DELAY_PARAMETER] = f"{delayed.seconds}s"
     return _tls_patroni(spec, conf, secrets) if spec.tls.enabled else conf
+
+
+DELAY_PARAMETER = "recovery_min_apply_delay"
+
+
+def node_tags(spec: ClusterSpec, member: str) -> dict[str, bool]:
+    """Patroni's tags of one node. A delayed node is never promoted (nofailover), never in R/O routing
+    (noloadbalance: its /replica answers 503, so HAProxy's replicas backend marks it down) and never
+    the synchronous standby (nosync: in synchronous mode Patroni promotes only that one)."""
+    delayed = spec.delay_of(member) is not None
+    return {"nofailover": delayed, "noloadbalance": delayed, "clonefrom": False,
+            "nosync": delayed and spec.timing.synchronous_mode}
 
 
 def render_patroni_yml(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets) -> str:

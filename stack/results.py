@@ -36,6 +36,7 @@ class MemberRow(Result):
     pg_state: str = ""
     timeline: int | None = None
     lag_bytes: int | None = None
+    delay: str = ""  # a delayed replica's `delayed:` delay (e.g. 1h); "" = replays at once
 
 
 class ClusterStatus(Result):
@@ -279,6 +280,21 @@ class ReinitResult(Result):
     scope: str
     member: str
     leader: str
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class RecoverDelayedResult(Result):
+    """A table brought back from a delayed replica into the primary."""
+
+    scope: str
+    table: str  # schema.table
+    database: str
+    source: str  # the delayed replica it was dumped from
+    primary: str  # where it was restored
+    rows: int  # rows of the restored table on the primary
+    replay_paused_s: float  # how long replay stood still on the source
+    maintenance: bool  # whether Patroni's maintenance mode was switched on (and off again) for it
     events: list[str] = Field(default_factory=list)
     elapsed_s: float = 0.0
 

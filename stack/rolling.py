@@ -167,6 +167,8 @@ PATRONI_OWNED: dict[str, str] = {
     "primary_slot_name": "Patroni manages replication slots",
     "recovery_target": "recovery settings are not part of the running configuration",
     "restore_command": "set it through pgha's backup configuration, not as a plain parameter",
+    "recovery_min_apply_delay": "a delayed replica is declared per node in the spec's `delayed:`; for the whole "
+                                "cluster it would delay every replica, the failover candidates too",
     "unix_socket_directories": "Patroni and the image depend on /var/run/postgresql",
 }
 

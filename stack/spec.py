@@ -450,6 +450,49 @@ class StateLimits(_Strict):
                                                                "older one is deleted when a drill writes a new one")
 
 
+# ---- delayed replicas: a node that replays WAL late, to undo a human error (docs/howto/delayed-replica.md) ----
+DELAY_RE = re.compile(r"^([1-9][0-9]{0,6})\s*(s|m|h|d)?$")
+DELAY_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Past a week the delayed node's pg_wal holds a week of the cluster's WAL, and the "minutes to undo
+# a mistake" promise is gone: such a spec is a typo (`7d` for `7h`), refused.
+DELAY_MAX_S = 7 * 86400
+
+
+def delay_seconds(text: str) -> int:
+    """`30s`, `10m`, `1h`, `2d` or a bare number of seconds as seconds; ValueError with one line."""
+    m = DELAY_RE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"'{text}' is not a delay: write a whole number and s, m, h or d (e.g. 1h, 30m, 90s)")
+    return int(m.group(1)) * DELAY_UNITS[m.group(2) or "s"]
+
+
+class DelayedNode(_Strict):
+    """One node that applies WAL `delay` after the primary committed it: never a failover or switchover
+    candidate, never in R/O routing, never the synchronous standby."""
+
+    name: str = Field(..., description="the node (pg-N, one of the cluster's nodes)")
+    delay: str = Field(..., description="how late it replays: a whole number and s, m, h or d (e.g. 1h); "
+                                        "1s to 7d")
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: object) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError(f"'{v}' is not a delay: write a whole number and s, m, h or d (e.g. 1h)")
+        text = str(v).strip().lower()
+        if text.lstrip("-").rstrip("smhd ").isdigit() and (text.startswith("-") or int(text.rstrip("smhd ")) == 0):
+            raise ValueError(f"delay {v} is not positive: a delayed node replays at least 1s late")
+        secs = delay_seconds(text)
+        if secs > DELAY_MAX_S:
+            raise ValueError(f"delay {v} is more than 7d: the node's pg_wal would hold that much WAL and a "
+                             "mistake would stay unrecoverable for that long; use at most 7d")
+        return text.replace(" ", "")
+
+    @property
+    def seconds(self) -> int:
+        return delay_seconds(self.delay)
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -508,6 +551,9 @@ class ClusterSpec(_Strict):
                                                           "(off by default)")
     # ---- end application's side ----
 
+    delayed: list[DelayedNode] = Field(default_factory=list, description="nodes that replay WAL late (e.g. "
+                                       "`[{name: pg-3, delay: 1h}]`): never a failover candidate, not in R/O "
+                                       "routing; `pgha recover-from-delayed` brings a dropped table back from one")
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
                                                                     "the local engine only")
@@ -655,6 +701,22 @@ class ClusterSpec(_Strict):
             raise ValueError("backup.repo_host is set but backup.enabled is false; remove one of them")
         return self
 
+    @model_validator(mode="after")
+    def _delayed(self) -> ClusterSpec:
+        """Delayed nodes are nodes of this cluster, each once, and leave at least one failover candidate."""
+        names = [d.name for d in self.delayed]
+        for name in names:
+            if name not in self.node_names():
+                raise ValueError(f"delayed names unknown node '{name}' (nodes: {', '.join(self.node_names())})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"delayed lists node '{next(n for n in names if names.count(n) > 1)}' twice")
+        if names and len(names) >= self.nodes:
+            raise ValueError("every node is delayed: no node could be the primary; leave at least two undelayed")
+        if names and self.nodes - len(names) < 2:
+            raise ValueError(f"with {len(names)} of {self.nodes} nodes delayed no failover candidate is left "
+                             "(the primary needs an undelayed replica); add a node or delay fewer")
+        return self
+
     # ---- derived values (the only place names are made) ----
 
     @property
@@ -714,6 +776,13 @@ class ClusterSpec(_Strict):
 
     def node_names(self) -> list[str]:
         return [f"pg-{i}" for i in range(1, self.nodes + 1)]
+
+    def delay_of(self, member: str) -> DelayedNode | None:
+        """The delayed-node entry of `member` (None: it replays at once)."""
+        return next((d for d in self.delayed if d.name == member), None)
+
+    def delayed_names(self) -> list[str]:
+        return [d.name for d in self.delayed]
 
     def expected_members(self) -> list[tuple[str, str]]:
         """(member, role) of every container the spec runs: etcd, Patroni nodes, HAProxy, and the

@@ -33,6 +33,9 @@ def plan_switchover(view: ClusterView, spec: ClusterSpec, to: str | None) -> Swi
                          f"(members: {', '.join(spec.node_names())})")
     if to == lead.name:
         raise UsageError(f"--to {to} already leads cluster {spec.scope}")
+    if to is not None and (delayed := spec.delay_of(to)) is not None:
+        raise UsageError(f"--to {to} is a delayed replica (replays {delayed.delay} late) and never a switchover "
+                         "or failover candidate; choose another node")
     max_lag = spec.timing.maximum_lag_on_failover
     if to is not None:
         m = view.member(to)
@@ -46,7 +49,8 @@ def plan_switchover(view: ClusterView, spec: ClusterSpec, to: str | None) -> Swi
             raise StateError(f"--to {to} is not the synchronous standby; in synchronous mode Patroni "
                              "promotes only that one")
         return SwitchoverPlan(lead.name, to)
-    ready = [m for m in view.replicas() if m.streaming and m.lag is not None and m.lag <= max_lag]
+    ready = [m for m in view.replicas() if m.streaming and m.lag is not None and m.lag <= max_lag
+             and spec.delay_of(m.name) is None]
     if spec.timing.synchronous_mode:
         ready = [m for m in ready if m.is_sync]
     if not ready:

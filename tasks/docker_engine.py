@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import queue
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -597,6 +598,25 @@ class Engine:
                     why = (exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)) if exc else "absent after the load"
                     raise DockerError(f"copy image {tag} to host {o.name}: {str(why)[:300]}")
         return {o.name: o in need for o in others}
+
+    def copy_path(self, name: str, path: str, other: Engine, other_name: str, into: str) -> None:
+        """Copy `path` of container `name` into directory `into` of `other_name` on `other` (owner and
+        mode kept), through a host temporary file holding the engines' tar archive (never whole in
+        memory; the read ends before the write starts, so a slow engine on one side cannot time
+        out the other's connection)."""
+        src, dst = self._get(name), other._get(other_name)
+        try:
+            with _engine_call(f"copy {path} from {name} to {other_name}"), tempfile.TemporaryFile() as buf:
+                stream, _ = src.get_archive(path)
+                for chunk in stream:
+                    buf.write(chunk)
+                buf.seek(0)
+                ok = dst.put_archive(into, buf)
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(f"copy {path} from {name} to {other_name}: the engine does not answer "
+                              f"({type(exc).__name__})") from None
+        if not ok:
+            raise DockerError(f"cannot copy {path} from {name} to {other_name}")
 
     def put_file(self, name: str, path: str, text: str, mode: int = 0o600) -> None:
         """Copy `text` into a container as a root-owned file (for files no mount carries)."""

@@ -155,6 +155,10 @@ class NodeExec:
     def put_file(self, path: str, text: str, mode: int = 0o600) -> None:
         self.engine.put_file(self.container, path, text, mode)
 
+    def copy_to(self, other: NodeExec, path: str, into: str) -> None:
+        """Copy the file `path` of this container into directory `into` of `other` (across engines too)."""
+        self.engine.copy_path(self.container, path, other.engine, other.container, into)
+
     def logs(self, tail: int = 30, since: float | None = None) -> str:
         return self.engine.logs(self.container, tail=tail, since=since)
 

@@ -15,7 +15,7 @@ from stack import backup as bk
 from stack import layout
 from stack.results import DumpFile
 from stack.spec import ClusterSpec
-from tasks._prefect import ONCE
+from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.node_exec import node
 from tasks.pgbackrest import BackupError
 
@@ -60,3 +60,45 @@ def prune(spec: ClusterSpec, member: str, keep: int) -> list[str]:
     for old in removed:
         n.check(["rm", "-rf", f"{bk.dump_dir(spec)}/{old}"], f"removing dump set {old}", user="postgres", timeout=300)
     return removed
+
+
+# ---- one table, from a delayed replica into the primary (flows/recover_delayed.py) ----
+
+RECOVER_DIR = f"{layout.DATA_MOUNT}/pgha-recover"  # the data volume, outside PGDATA (the root is read-only)
+
+
+@task(name="pg-dump-table", **SIDE_EFFECT)  # rewrites the same file: safe to run again
+def dump_table(spec: ClusterSpec, member: str, dbname: str, qualified: str, name: str) -> str:
+    """`pg_dump -Fc -t` of one table (with its indexes, constraints and owned sequences) on `member`;
+    the dump's path there."""
+    n = node(spec, member)
+    n.check(["install", "-d", "-m", "0700", RECOVER_DIR], "creating the recovery directory", user="postgres")
+    path = f"{RECOVER_DIR}/{name}"
+    r = n.run(["pg_dump", "-h", layout.SOCKET_DIR, "-Fc", "-d", dbname, "-t", qualified, "-f", path],
+              user="postgres", timeout=6 * 3600)
+    if not r.ok:
+        n.run(["rm", "-f", path], user="postgres", timeout=60)
+        raise BackupError(f"pg_dump of {qualified} on {member} failed: {r.tail()}")
+    return path
+
+
+@task(name="copy-dump", **SIDE_EFFECT)  # overwrites the same file: safe to run again
+def copy_dump(spec: ClusterSpec, source: str, target: str, path: str) -> None:
+    """The dump file from `source` into the same directory of `target`."""
+    t = node(spec, target)
+    t.check(["install", "-d", "-m", "0700", RECOVER_DIR], "creating the recovery directory", user="postgres")
+    node(spec, source).copy_to(t, path, RECOVER_DIR)
+
+
+@task(name="pg-restore-table", **ONCE)
+def restore_table(spec: ClusterSpec, member: str, dbname: str, path: str) -> None:
+    """`pg_restore` of a table dump into `dbname` on `member`, in one transaction: all of it or nothing."""
+    r = node(spec, member).run(["pg_restore", "-h", layout.SOCKET_DIR, "-d", dbname, "--single-transaction",
+                                "--exit-on-error", path], user="postgres", timeout=6 * 3600)
+    if not r.ok:
+        raise BackupError(f"pg_restore into {dbname} on {member} failed (nothing restored): {r.tail()}")
+
+
+def remove_dump(spec: ClusterSpec, member: str, path: str) -> None:
+    """Best effort: a dump left behind is only disk space, named in the result."""
+    node(spec, member).run(["rm", "-f", path], user="postgres", timeout=60)

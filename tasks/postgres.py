@@ -242,10 +242,11 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15, read: bool = False) -> str:
+def node_sql(spec: ClusterSpec, member: str, sql: str, timeout: int = 15, read: bool = False,
+             dbname: str = "postgres") -> str:
     """Run SQL as postgres on `member`'s socket (peer auth); returns unaligned, tuples-only output.
     `read`: a query without effects, asked again when the engine cut its output short."""
-    r = node(spec, member).run(["psql", "-X", "-q", "-A", "-t", "-h", SOCKET_DIR, "-d", "postgres",
+    r = node(spec, member).run(["psql", "-X", "-q", "-A", "-t", "-h", SOCKET_DIR, "-d", dbname,
                                 "-v", "ON_ERROR_STOP=1", "-c", sql], user="postgres", timeout=timeout,
                                retries_if_lost=2 if read else 0)
     if not r.ok:
@@ -340,3 +341,42 @@ def probe_ids(spec: ClusterSpec, secrets: Secrets, run: str) -> set[int]:
     with connect(spec, secrets) as conn:
         rows = conn.execute(f"select id from {PROBE_TABLE} where run = %s", (run,)).fetchall()  # noqa: S608
     return {int(r[0]) for r in rows}
+
+
+# ---- delayed replicas: replay pause and resume, a table's presence (stack/delayed.py) ----
+
+
+def table_exists(spec: ClusterSpec, member: str, dbname: str, qualified: str) -> bool:
+    """Whether `schema.table` exists in `dbname` on `member` (as that member has replayed it)."""
+    sql = f"select to_regclass({literal(qualified)}) is not null"
+    return node_sql(spec, member, sql, read=True, dbname=dbname) == "t"
+
+
+def row_count(spec: ClusterSpec, member: str, dbname: str, qualified: str) -> int:
+    """Rows of `schema.table` (a validated, plain qualified name) in `dbname` on `member`."""
+    name = ".".join('"' + part.replace('"', '""') + '"' for part in qualified.split(".", 1))
+    sql = f"select count(*) from {name}"  # noqa: S608 - each part a quoted identifier (and validated by stack.delayed)
+    return int(node_sql(spec, member, sql, timeout=300, read=True, dbname=dbname))
+
+
+def replay_pause(spec: ClusterSpec, member: str, timeout: float = 30) -> str:
+    """Pause WAL replay on the standby `member`; its pause state once replay applies nothing more.
+
+    A delayed standby waiting out `recovery_min_apply_delay` before a commit reports `pause
+    requested` until that wait ends (an hour, with a 1h delay): PostgreSQL tests the pause again
+    after the wait and before it applies the commit, so from the request on nothing more is
+    applied but the one record being applied at that instant, if any. So either state will do;
+    the caller checks what it needs (the table) after this returns.
+    """
+    node_sql(spec, member, "select pg_wal_replay_pause()", read=True)  # idempotent: asked again if cut short
+    return wait_for(f"WAL replay to pause on {member}",
+                    lambda: node_sql(spec, member, "select pg_get_wal_replay_pause_state()", read=True),
+                    lambda state: state in ("paused", "pause requested"), timeout=timeout, interval=0.2)
+
+
+def replay_resume(spec: ClusterSpec, member: str) -> None:
+    node_sql(spec, member, "select pg_wal_replay_resume()", read=True)  # idempotent: asked again if cut short
+
+
+def replay_paused(spec: ClusterSpec, member: str) -> bool:
+    return node_sql(spec, member, "select pg_is_wal_replay_paused()", read=True) == "t"

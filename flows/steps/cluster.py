@@ -68,6 +68,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         if role == "patroni" and member in by_name:
             pm = by_name[member]
             ms.pg_role, ms.pg_state, ms.timeline, ms.lag_bytes = pm.role.value, pm.state, pm.timeline, pm.lag
+        if role == "patroni" and (delayed := spec.delay_of(member)) is not None:
+            ms.delay = delayed.delay
         elif role == "patroni":
             ms.pg_state = "not registered"
         # Without the fencing watcher failover still works (by ttl): shown, and warned by the

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from prefect import task
 
 from flows.steps.ops import note
-from stack import topology
+from stack import render, topology
 from stack.cluster import MemberRole
 from stack.errors import PghaError
 from stack.secrets import Secrets
@@ -56,13 +56,15 @@ def take_out(ctx: NodeCtx, member: str, is_leader: bool) -> None:
 
 
 def put_back(ctx: NodeCtx, member: str) -> None:
-    """Clear the tags; wait until the node serves reads again (when it is a replica)."""
+    """Back to the node's own tags; wait until the node serves reads again (when it is a replica that
+    serves reads: a delayed node keeps its tags and stays out of R/O routing)."""
     spec = ctx.spec
+    own = render.node_tags(spec, member)
     patroni.write_and_reload(spec, member, patroni.patroni_text(spec, member, ctx.subnet, ctx.secrets, False))
-    wait_for(f"{member} to run without out-of-service tags", lambda: patroni.member_tags(spec, member),
-             lambda t: not any(t.get(k) for k in patroni.OUT_TAGS), timeout=30, interval=0.3)
+    wait_for(f"{member} to run with its own tags", lambda: patroni.member_tags(spec, member),
+             lambda t: all(bool(t.get(k)) == own[k] for k in patroni.OUT_TAGS), timeout=30, interval=0.3)
     lead = patroni.cluster_view(spec).leader()
-    if spec.nodes > 1 and lead is not None and lead.name != member:
+    if spec.nodes > 1 and lead is not None and lead.name != member and spec.delay_of(member) is None:
         wait_for(f"HAProxy to route reads to {member} again",
                  lambda: haproxy.backend_states(spec)["replicas"].get(member, ""),
                  lambda s: s.startswith("UP"), timeout=30, interval=0.3)
