@@ -14,6 +14,7 @@ and newlines; a sample without a value (unknown) is left out rather than written
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,56 @@ def audit_sample(taken_at: float, findings: list[tuple[str, str, str]], last_bac
                for m, s in sorted((fencers or {}).items()))
     return AuditSample(taken_at, tuple(CheckSample(c, t, s) for c, t, s in findings),
                        last_backup_at, last_verified_at, fs)
+
+
+def last_verified(journal: list[dict[str, Any]]) -> float | None:
+    """When the last completed restore verification started (the operations journal's entries)."""
+    times = [float(e["started"]) for e in journal
+             if e.get("operation") == "verify-restore" and e.get("outcome") == "completed"
+             and isinstance(e.get("started"), int | float)]
+    return max(times, default=None)
+
+
+def audit_to_json(a: AuditSample) -> str:
+    """The audit's sample as the exporter reads it from its config directory (no secret in it)."""
+    return json.dumps({"taken_at": a.taken_at, "checks": [[c.check, c.target, c.status] for c in a.checks],
+                       "last_backup_at": a.last_backup_at, "last_verified_at": a.last_verified_at,
+                       "fencers": {f.member: {"events": f.events, "by_outcome": dict(f.by_outcome)}
+                                   for f in a.fencers}}, sort_keys=True)
+
+
+def audit_from_json(text: str) -> AuditSample | None:
+    """`audit_to_json`'s text back, or None when it is not one (a half-written or foreign file)."""
+    try:
+        d = json.loads(text)
+        return audit_sample(float(d["taken_at"]), [(str(c), str(t), str(s)) for c, t, s in d.get("checks") or []],
+                            d.get("last_backup_at"), d.get("last_verified_at"), d.get("fencers") or {})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """The exporter container's configuration (exporter.json in its config directory)."""
+
+    scope: str
+    nodes: tuple[tuple[str, str], ...]  # (member, base URL of its REST API)
+    interval_s: float
+    port: int
+    ca_file: str | None = None  # spec.tls: the cluster's CA, to verify the nodes' REST certificates
+    audit_file: str | None = None  # the last audit's sample, written by `pgha audit`
+    timeout_s: float = 2.0
+
+    def to_json(self) -> str:
+        return json.dumps({"scope": self.scope, "nodes": [list(n) for n in self.nodes], "interval_s": self.interval_s,
+                           "port": self.port, "ca_file": self.ca_file, "audit_file": self.audit_file,
+                           "timeout_s": self.timeout_s}, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExporterConfig:
+        d = json.loads(text)
+        return cls(d["scope"], tuple((str(m), str(u)) for m, u in d["nodes"]), float(d["interval_s"]),
+                   int(d["port"]), d.get("ca_file"), d.get("audit_file"), float(d.get("timeout_s", 2.0)))
 
 
 # ---- the text exposition format ----
