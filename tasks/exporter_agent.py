@@ -47,13 +47,12 @@ def get(url: str, path: str, timeout: float, ctx: ssl.SSLContext | None) -> tupl
         conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Accept": "application/json"})
-        resp = conn.getresponse()
-        body = resp.read()
         not_after = None
-        if isinstance(conn.sock, ssl.SSLSocket):
+        if isinstance(conn.sock, ssl.SSLSocket):  # now: a reply that closes the connection drops the socket
             cert = conn.sock.getpeercert() or {}
             if cert.get("notAfter"):
                 not_after = float(ssl.cert_time_to_seconds(str(cert["notAfter"])))
+        body = conn.getresponse().read()
         # Patroni answers /patroni with 503 on a node that is not running: the body still says why.
         return json.loads(body or b"null"), not_after
     finally:

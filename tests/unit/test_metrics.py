@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack import metrics as M
@@ -115,3 +116,83 @@ def test_promtool_accepts_the_exposition() -> None:
     """promtool's linter too: HELP on every family, base units, counters named _total."""
     r = promtool("check", "metrics", stdin=M.render(_snapshot(), NOW))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- the exporter's container and its agent ----
+
+def test_exporter_container_is_supervised_unprivileged_and_holds_no_secret() -> None:
+    from stack import topology
+    from stack.spec import parse_spec
+
+    spec = parse_spec({"scope": "demo", "nodes": 2, "etcd_members": 1, "metrics": {"enabled": True},
+                       "ports": {"metrics": 9300}}, "unit")
+    p = topology.metrics_exporter(spec, "pgha/node:x", "/state/demo/config/metrics", {"exporter.py": "", "metrics.py": ""})
+    c = p.container
+    assert c.role == "metrics" and c.name == "demo-metrics" and c.ports == {9188: 9300}
+    assert c.hardening is not None and c.hardening.cap_add == () and c.hardening.read_only
+    assert c.log_options and "max-size" in c.log_options
+    cfg = M.ExporterConfig.from_json(p.files["exporter.json"])
+    assert cfg.nodes == (("pg-1", "https://demo-pg-1:8008"), ("pg-2", "https://demo-pg-2:8008"))
+    assert cfg.ca_file == "/etc/pgha/tls/ca.crt" and cfg.audit_file == "/etc/pgha/audit.json"
+    assert ("metrics", "metrics") in spec.expected_members()
+    assert "metrics" not in [m for m, _ in parse_spec({"scope": "demo"}, "unit").expected_members()]
+
+
+def test_the_metrics_port_must_differ_and_hosts_are_refused() -> None:
+    from stack.errors import SpecError
+    from stack.spec import parse_spec
+
+    with pytest.raises(SpecError, match="ports.metrics and ports.stats are both 8404"):
+        parse_spec({"metrics": {"enabled": True}, "ports": {"metrics": 8404}}, "unit")
+    parse_spec({"metrics": {"enabled": False}, "ports": {"metrics": 8404}}, "unit")  # unused: not checked
+
+
+def test_the_agent_observes_fake_nodes_and_serves_their_metrics() -> None:
+    """The agent against two fake Patroni REST APIs (http.server): one leader, one down."""
+    import json
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tasks import exporter_agent
+
+    replies = {"/patroni": {"state": "running", "role": "primary", "timeline": 4},
+               "/cluster": {"members": [{"name": "pg-1", "role": "leader", "state": "running", "timeline": 4}]}}
+
+    class Fake(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(replies[self.path]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    try:
+        cfg = M.ExporterConfig("demo", (("pg-1", f"http://127.0.0.1:{fake.server_address[1]}"),
+                                        ("pg-2", "http://127.0.0.1:9")), 1.0, 0, timeout_s=1.0)
+        ex = exporter_agent.Exporter(cfg)
+        assert not ex.fresh()
+        snap = ex.observe()
+        assert [(m.name, m.up, m.role, m.timeline) for m in snap.members] == [("pg-1", True, "leader", 4),
+                                                                               ("pg-2", False, "", None)]
+        assert snap.errors and snap.errors[0].startswith("pg-2: ")
+        ex.snapshot = snap
+        assert ex.fresh()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), exporter_agent.handler(ex))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:  # noqa: S310
+                text = r.read().decode()
+                assert r.headers["Content-Type"] == M.CONTENT_TYPE
+            assert 'pgha_member_up{scope="demo",member="pg-2"} 0' in text
+            assert "pgha_check_status" not in text  # no audit yet: absent, not zero
+        finally:
+            server.shutdown()
+    finally:
+        fake.shutdown()
