@@ -196,3 +196,12 @@ def test_the_agent_observes_fake_nodes_and_serves_their_metrics() -> None:
             server.shutdown()
     finally:
         fake.shutdown()
+
+
+def test_green_exporter_gets_its_own_port_during_a_major_upgrade() -> None:
+    from stack import major
+    from stack.spec import parse_spec
+
+    blue = parse_spec({"scope": "demo", "postgres_version": 15, "metrics": {"enabled": True}}, "unit")
+    green = major.green_spec(blue, 17)
+    assert green.ports.metrics == blue.ports.metrics + blue.major.green_port_offset and green.metrics.enabled
