@@ -20,6 +20,7 @@ import docker
 import psycopg
 import pytest
 
+from stack import metrics as M
 from stack.secrets import Secrets
 from stack.spec import parse_spec
 from tasks.docker_engine import Engine
@@ -152,6 +153,11 @@ def test_audit_reports_certificate_expiry(cluster: Cluster) -> None:
     assert rows["tls.cert_expiry"]["status"] == "ok" and "member.crt expires" in rows["tls.cert_expiry"]["observed"]
     # Patroni, HAProxy and the fencer all reach their peers over TLS.
     assert rows["fencing.watcher"]["status"] == "ok" and rows["haproxy.primary_backend"]["status"] == "ok"
+    # The audit's sample, beside the exporter's files (metrics.enabled), for it to serve.
+    sample = M.audit_from_json((state(cluster) / "config" / "metrics" / "audit.json").read_text())
+    assert sample is not None and ("tls.cert_expiry", SCOPE, "ok") in {(c.check, c.target, c.status)
+                                                                      for c in sample.checks}
+    assert {f.member for f in sample.fencers} == {"fencer"}
 
 
 def test_prometheus_scrapes_the_exporter(engine: docker.DockerClient, cluster: Cluster, tmp_path: Path) -> None:
@@ -166,8 +172,9 @@ def test_prometheus_scrapes_the_exporter(engine: docker.DockerClient, cluster: C
     assert not [s for s in secrets if s in shown]
     assert host["PortBindings"] == {"9188/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23100"}]}
 
-    res = pgha(cluster.env, "audit", "--json", "--scope", SCOPE, timeout=300)  # publishes the audit's sample
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    # What `pgha audit` writes there (test_audit_reports_certificate_expiry checks that it does).
+    audit = M.audit_sample(time.time(), [("tls.cert_expiry", SCOPE, "ok")], fencers={"fencer": {"events": 3}})
+    (state(cluster) / "config" / "metrics" / "audit.json").write_text(M.audit_to_json(audit))
     rules = Path(__file__).resolve().parents[2] / "deployments" / "prometheus" / "pgha-rules.yml"
     targets = {"pgha": ["127.0.0.1:23100"], "haproxy": [f"127.0.0.1:{cluster.port('stats')}"]}
     with prometheus.running(PROMETHEUS_PORT, tmp_path / "prometheus", targets, [rules]) as prom:
@@ -179,6 +186,7 @@ def test_prometheus_scrapes_the_exporter(engine: docker.DockerClient, cluster: C
         certs = prom.query("pgha_certificate_expiry_seconds > 86400")
         assert {r["metric"]["member"] for r in certs} == {"pg-1", "pg-2"}
         assert prom.query('pgha_check_status{check="tls.cert_expiry"} == 0')
+        assert prom.query('pgha_fencer_events_total{fencer="fencer"} == 3')
         assert prom.query('pgha_snapshot_age_seconds{source="live"} < 10')
         prom.wait("HAProxy's own /metrics scraped", lambda: prom.query('up{job="haproxy"} == 1'))
         assert prom.query('haproxy_process_uptime_seconds')  # HAProxy's exporter, not pgha's
