@@ -205,3 +205,15 @@ def test_green_exporter_gets_its_own_port_during_a_major_upgrade() -> None:
     blue = parse_spec({"scope": "demo", "postgres_version": 15, "metrics": {"enabled": True}}, "unit")
     green = major.green_spec(blue, 17)
     assert green.ports.metrics == blue.ports.metrics + blue.major.green_port_offset and green.metrics.enabled
+
+
+def test_a_missing_exporter_is_a_warning_not_critical() -> None:
+    from stack import audit as A
+    from stack.spec import ClusterSpec
+
+    spec = ClusterSpec(scope="lab", metrics={"enabled": True})  # type: ignore[arg-type]
+    running = [A.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}")
+               for m, _ in spec.expected_members() if m != "metrics"]
+    rows = [f for f in A.check_containers(running, spec, spec.audit, A.Baseline()) if f.target == "metrics"]
+    assert [(f.check, f.status, f.observed) for f in rows] == [("container.running", A.Level.WARN, "missing")]
+    assert A.worst(A.check_containers(running, spec, spec.audit, A.Baseline())) == A.Level.WARN
