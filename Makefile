@@ -4,7 +4,7 @@ PYTHON ?= python3
 PGHA   := $(VENV)/bin/pgha
 SPEC   ?=
 
-.PHONY: up down status test unit integration test-images lint venv engine browser bench-cli images bench bench-failover bench-upgrade bench-major bench-backup bench-soak clean server server-stop audit bench-audit docs docs-build
+.PHONY: up down status test unit integration test-images lint venv engine browser prometheus bench-cli images bench bench-failover bench-upgrade bench-major bench-backup bench-soak clean server server-stop audit bench-audit docs docs-build
 
 # `make up` also starts (or keeps) the Prefect server, work pool, deployments and worker, so CLI
 # runs show in the UI; PGHA_NO_SERVER=1 keeps the ephemeral API instead. Idempotent: a second
@@ -25,7 +25,7 @@ test: lint unit docs-build integration   ## everything the CI runs
 lint: venv
 	$(VENV)/bin/ruff check cli flows tasks stack tests benchmarks
 
-unit: venv
+unit: venv prometheus
 	$(VENV)/bin/pytest tests/unit -q
 
 # The documentation site (MkDocs + Material): references are generated from the code at build
@@ -42,7 +42,7 @@ IT_WORKERS ?= 2
 # run once more after a failure (IT_RERUNS times), listed under "rerun test summary info" with
 # their first failure printed at the end (tests/integration/conftest.py).
 IT_RERUNS ?= 1
-integration: venv engine browser test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
+integration: venv engine browser prometheus test-images  ## files run side by side on $(IT_WORKERS) workers (scopes and ports never shared)
 	IT_RERUNS=$(IT_RERUNS) $(VENV)/bin/pytest tests/integration -q -m integration -n $(IT_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 -rfER
 
 test-images: venv engine  ## every image the integration suite uses, built once before the workers start
@@ -62,6 +62,9 @@ $(VENV)/.installed: pyproject.toml
 
 browser:                 ## make sure /usr/bin/chromium is there for the UI test (installs Debian's package as root)
 	bash stack/ensure-browser.sh
+
+prometheus:              ## make sure promtool and prometheus are there (rules tests, the scrape test; Debian's package as root)
+	bash stack/ensure-prometheus.sh
 
 engine:                  ## make sure a Docker engine answers (installs/starts it on Debian as root)
 	bash stack/ensure-engine.sh

@@ -27,6 +27,7 @@ from stack import appdb, operator, render
 from stack import audit as A
 from stack import audit_backup as AB
 from stack import audit_sizes as AS
+from stack import metrics as M
 from stack.audit_apps import check_apps
 from stack.errors import PghaError
 from stack.housekeeping import SERVER_LOG_BYTES
@@ -42,6 +43,7 @@ from tasks import (
     fencer,
     haproxy,
     heartbeat,
+    metrics_exporter,
     patroni,
     pg_apps,
     pgbackrest,
@@ -50,7 +52,7 @@ from tasks import (
     server_db,
 )
 from tasks._prefect import READ_ONLY
-from tasks.host import app_passwords
+from tasks.host import app_passwords, journal
 from tasks.host import tls as host_tls
 from tasks.host.generations import serving
 from tasks.host.prune import rotate_server_logs
@@ -311,6 +313,17 @@ def gather(spec: ClusterSpec, gatherers: dict[str, Callable[[ClusterSpec], Gathe
         return {k: f.result() for k, f in futures.items()}
 
 
+def metrics_sample(spec: ClusterSpec, got: dict[str, Gathered], findings: list[A.Finding]) -> M.AuditSample:
+    """The audit as the exporter serves it: every row's level, the last good backup, the last
+    completed restore verification, the fencers' counters."""
+    repo = got["backups"][0] if "backups" in got else None
+    stops = [s.stop.timestamp() for s in repo.sets if not s.error] if repo is not None else []
+    per_member = (got["fencing"][0] if "fencing" in got else None) or {}
+    fencers = {m: stats for m, (stats, _) in per_member.items() if stats is not None}
+    return M.audit_sample(time.time(), [(f.check, f.target, f.status.value) for f in findings],
+                          max(stops, default=None), M.last_verified(journal.entries(spec.scope)), fencers)
+
+
 def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
     t0 = time.monotonic()
@@ -329,6 +342,11 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                       json.dumps(A.next_baseline(containers, got["haproxy"][0], baseline).to_dict()))
     except OSError as exc:  # e.g. two audits at once: the next audit just compares with an older baseline
         get_run_logger().warning("audit baseline not saved: %s", exc)
+    if spec.metrics.enabled:
+        try:
+            metrics_exporter.publish_audit(spec, metrics_sample(spec, got, findings))
+        except OSError as exc:  # the exporter keeps the previous sample; its age says how old
+            get_run_logger().warning("audit metrics not published: %s", exc)
     v = A.verdict(spec.scope, findings)
     rows = operator.ordered([FindingRow(**f.to_dict()) for f in findings])  # criticals, warnings, ok
     p_obs = got["patroni"][0]

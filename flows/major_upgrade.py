@@ -388,6 +388,8 @@ def handover(blue: ClusterSpec, green: ClusterSpec, serving: ClusterSpec) -> flo
         ensure_pooler(serving, image)
     else:
         eng.remove_container(green.container(green.pooler_member))
+    if serving.metrics.enabled:  # green's exporter moves from its offset port to the clients' one
+        place_member(serving, "metrics", serving.metrics_member, image, subnet)
     return gap
 
 

@@ -438,6 +438,11 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                                "running", f"fencing is off until `pgha up` starts {name}: a dead leader is "
                                           "replaced only after Patroni's ttl"))
             continue
+        if member == spec.metrics_member and spec.metrics.enabled and (c is None or c.status != "running"):
+            # The exporter only reports: its absence shows as a failed scrape, the cluster is unaffected.
+            out.append(Finding("container.running", member, Level.WARN, "missing" if c is None else c.status,
+                               "running", f"metrics are not served until `pgha up` starts {name}"))
+            continue
         if c is None or c.status != "running":
             out.append(Finding("container.running", member, Level.CRITICAL, "missing" if c is None else c.status,
                                "running", f"`pgha up` starts {name} again; docker logs {name}"))

@@ -19,6 +19,8 @@ PGBACKREST_TLS_PORT = 8432
 # networking a Patroni node on the same host already listens on 8432.
 PGBACKREST_REPO_PORT = 8433
 PGBOUNCER_PORT = 6432
+METRICS_PORT = 9188  # pgha's exporter inside its container (published on ports.metrics)
+METRICS_AUDIT = "audit.json"  # in the exporter's config dir: the last audit's sample (`pgha audit` writes it)
 HAPROXY_ADMIN_SOCKET = "/run/haproxy/admin.sock"  # HAProxy's runtime API (level admin), inside its container
 PGBOUNCER_INI = "pgbouncer.ini"  # in the pooler's config dir, copied to RUN_DIR by the entrypoint
 PGBOUNCER_USERLIST = "userlist.txt"  # SCRAM secrets (never passwords) of the roles that log in through it

@@ -205,7 +205,7 @@ def green_spec(blue: ClusterSpec, target: int) -> ClusterSpec:
     """Green: blue's shape on the target major, the other generation's scope (`<base>` <-> `<base>-green`),
     ports offset by `major.green_port_offset` while both run, logical WAL (for the reverse way)."""
     off = blue.major.green_port_offset
-    ports = {k: getattr(blue.ports, k) + off for k in ("rw", "ro", "stats", "pool")}
+    ports = {k: getattr(blue.ports, k) + off for k in ("rw", "ro", "stats", "pool", "metrics")}
     return generation_spec(blue, green_scope(blue), target, ports)  # validated: the scope may grow too long
 
 

@@ -34,6 +34,7 @@ class Role(StrEnum):
     POOLER = "pooler"
     FENCER = "fencer"
     REPO = "repo"  # the pgBackRest repository host (backup.repo_host)
+    METRICS = "metrics"  # pgha's Prometheus exporter (metrics.enabled)
 
 
 class Insecure(StrEnum):
@@ -63,6 +64,9 @@ class Ports(_Strict):
     ro: int = Field(5433, ge=1024, le=65535, description="read-only port (replicas)")
     stats: int = Field(8404, ge=1024, le=65535, description="HAProxy stats and /metrics")
     pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when pooler.enabled")
+    # Not 9187 (postgres_exporter's) nor 9127 (pgbouncer_exporter's): either may run beside pgha.
+    metrics: int = Field(9188, ge=1024, le=65535, description="pgha's Prometheus metrics (GET /metrics), "
+                                                              "when metrics.enabled")
 
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
@@ -254,6 +258,19 @@ class PoolerSpec(_Strict):
                                       "past it the switchover is refused and the pooler resumed")
 
 
+class MetricsSpec(_Strict):
+    """pgha's Prometheus exporter: a container that asks every Patroni node's REST API each
+    `interval_s` and serves the result on 127.0.0.1:`ports.metrics` (docs: how-to/metrics).
+
+    Off by default: it publishes one more host port, which a spec written before it must not
+    find taken by another cluster on the same host.
+    """
+
+    enabled: bool = Field(False, description="run the exporter (one container, on the local engine)")
+    interval_s: float = Field(5, ge=1, le=300, description="seconds between two snapshots of the cluster; a "
+                                                           "scrape serves the latest (pgha_snapshot_age_seconds)")
+
+
 # ---- container budgets (hardening) ----
 
 
@@ -291,6 +308,9 @@ class ResourcesSpec(_Strict):
     # workers of ~20 MiB each); a backup is bounded by the network and the replica, not this box.
     repo: RoleResources = Field(default_factory=lambda: RoleResources(cpus=1, memory_mib=512),
                                 description="the pgBackRest repository host, when backup.repo_host is set")
+    # The exporter: Python (~25 MiB) asking a few REST endpoints every few seconds.
+    metrics: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128),
+                                   description="pgha's Prometheus exporter, when metrics.enabled")
     shm_mib: int = Field(256, ge=64, le=65536, description="size of a Patroni node's shared-memory tmpfs (parallel query, DSM)")
 
     @model_validator(mode="after")
@@ -522,6 +542,8 @@ class ClusterSpec(_Strict):
                                    description="thresholds of the health audit's warnings and critical findings")
     pooler: PoolerSpec = Field(default_factory=PoolerSpec,  # type: ignore[arg-type]
                                description="PgBouncer in front of the read/write endpoint (off by default)")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec,  # type: ignore[arg-type]
+                                 description="pgha's Prometheus exporter on ports.metrics (off by default)")
     fencing: bool = Field(True, description="run the fencing watcher: a leader the engine confirms dead loses "
                                             "its leader key at once instead of after Patroni's ttl")
     failsafe_mode: bool = Field(True, description="Patroni failsafe_mode: keep the primary while etcd has no "
@@ -623,6 +645,15 @@ class ClusterSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _metrics_port(self) -> ClusterSpec:
+        """ports.metrics is published only when the exporter runs."""
+        if self.metrics.enabled:
+            for name in ("rw", "ro", "stats", *(("pool",) if self.pooler.enabled else ())):
+                if getattr(self.ports, name) == self.ports.metrics:
+                    raise ValueError(f"ports.metrics and ports.{name} are both {self.ports.metrics}; they must differ")
+        return self
+
+    @model_validator(mode="after")
     def _parameters(self) -> ClusterSpec:
         """postgres_parameters may not set what pgha owns, nor memory the node cannot hold."""
         for name, value in self.postgres_parameters.items():
@@ -669,6 +700,8 @@ class ClusterSpec(_Strict):
                              "the volume repository lives on one engine); set one, or backup.enabled: false")
         if self.pooler.enabled:
             raise ValueError("pooler.enabled is not supported with hosts yet")
+        if self.metrics.enabled:
+            raise ValueError("metrics.enabled is not supported with hosts yet; scrape Patroni's /metrics on each host")
         return self
 
     @model_validator(mode="after")
@@ -794,6 +827,8 @@ class ClusterSpec(_Strict):
         out += [(m, "fencer") for m in self.fencer_members()]
         if self.backup.enabled and self.backup.repo_host is not None:
             out.append((self.repo_member, "repo"))
+        if self.metrics.enabled:
+            out.append((self.metrics_member, "metrics"))
         return out
 
     def container(self, member: str) -> str:
@@ -816,6 +851,11 @@ class ClusterSpec(_Strict):
     def pooler_member(self) -> str:
         """PgBouncer's member name; it runs on the engine (host) that runs HAProxy."""
         return "pooler"
+
+    @property
+    def metrics_member(self) -> str:
+        """pgha's Prometheus exporter (metrics.enabled), on the local engine."""
+        return "metrics"
 
     @property
     def fencer_member(self) -> str:

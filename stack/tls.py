@@ -45,6 +45,7 @@ ROLE_FILES: dict[str, tuple[str, ...]] = {
     "haproxy": ("ca.crt",),
     "pooler": ("ca.crt",),
     "fencer": ("ca.crt", *GATEWAY_LEAVES),
+    "metrics": ("ca.crt",),  # Patroni's REST API verifies clients optionally: GETs need no certificate
 }
 
 # In a container: the mounted (root 0600) copies and the service user's private copies.

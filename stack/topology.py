@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from stack import backup, etcd_auth, fencing, layout, render, tls
+from stack import backup, etcd_auth, fencing, layout, metrics, render, tls
 from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
@@ -37,12 +37,15 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     Role.POOLER.value: (*_DROP_TO_USER, "FSETID"),
     Role.FENCER.value: _DROP_TO_USER,
     Role.REPO.value: _DROP_TO_USER,  # REPO_START: chown/chmod of the repository, setpriv to postgres
+    # The exporter reads its mounted files as their owner and binds an unprivileged port: none.
+    Role.METRICS.value: (),
 }
 # Roles whose root filesystem is read-only: everything they write is a volume or a tmpfs.
 # Not the Patroni node: PostgreSQL, Patroni, pgBackRest (lock and spool files, logs), pg_dump
 # and the major-upgrade tools write in many places of the image; a tmpfs for each is a
 # change of its own (docs/concepts/security.md).
-READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value, Role.REPO.value}
+READ_ONLY_ROOT = {Role.ETCD.value, Role.HAPROXY.value, Role.POOLER.value, Role.FENCER.value, Role.REPO.value,
+                  Role.METRICS.value}
 # tmpfs mounts: /run/pgha holds the private copies of the 0600 files (passwords, pgpass, keys),
 # so no secret is ever written to the container's writable layer (`docker diff` shows none).
 _RUN = (layout.RUN_DIR, "rw,nosuid,nodev,noexec,size=16m,mode=0700")
@@ -54,6 +57,7 @@ TMPFS: dict[str, tuple[tuple[str, str], ...]] = {
     Role.POOLER.value: (_RUN, _TMP, (layout.SOCKET_DIR, "rw,nosuid,nodev,noexec,size=1m,mode=2775")),
     Role.FENCER.value: (_RUN, _TMP),
     Role.REPO.value: (_RUN, _TMP),  # /tmp: pgBackRest's lock files (lock-path)
+    Role.METRICS.value: (_TMP,),
 }
 
 
@@ -435,6 +439,39 @@ def repo_host(spec: ClusterSpec, image: str, conf_dir: str, conf: str, certs: di
             entrypoint=["/bin/sh", f"{layout.CONFIG_MOUNT}/{layout.REPO_START}"],
             healthcheck=ping,
             host_network=spec.multi_host,
+        ),
+        files=files,
+    ))
+
+
+# ---- metrics: pgha's Prometheus exporter (metrics.enabled) ----
+def exporter_config(spec: ClusterSpec) -> metrics.ExporterConfig:
+    """The exporter's configuration: every node's REST API on the cluster network (https with
+    spec.tls, verified with the cluster's CA), the audit's sample beside it in /etc/pgha."""
+    nodes = tuple((m, f"{render.scheme(spec)}://{spec.address(m)}:{layout.PATRONI_API_PORT}") for m in spec.node_names())
+    return metrics.ExporterConfig(
+        scope=spec.scope, nodes=nodes, interval_s=spec.metrics.interval_s, port=layout.METRICS_PORT,
+        ca_file=f"{tls.MOUNT_DIR}/ca.crt" if spec.tls.enabled else None,
+        audit_file=f"{layout.CONFIG_MOUNT}/{layout.METRICS_AUDIT}")
+
+
+def metrics_exporter(spec: ClusterSpec, image: str, conf_dir: str, agent_files: dict[str, str]) -> Planned:
+    """The exporter: pgha's node image (its python3), the agent's sources and configuration in
+    /etc/pgha, 127.0.0.1:`ports.metrics`. No capability, a read-only root, no secret: it asks only
+    the REST API's open GET endpoints. Its health check: the latest snapshot is fresh."""
+    files = {**agent_files, "exporter.json": exporter_config(spec).to_json()}
+    ports = {layout.METRICS_PORT: spec.ports.metrics}
+    mount = layout.CONFIG_MOUNT
+    return harden(spec, Planned(
+        ContainerDef(
+            scope=spec.scope, role=Role.METRICS.value, member=spec.metrics_member,
+            name=spec.container(spec.metrics_member), image=image, network=spec.network, command=[],
+            config_hash=render.digest(image, sorted(files.items()), ports, DNS_OPTIONS,
+                                      *tls_hash(spec, Role.METRICS)),
+            config_dir=conf_dir, ports=ports,
+            # -B: no bytecode written next to the read-only sources
+            entrypoint=["python3", "-u", "-B", f"{mount}/exporter.py", f"{mount}/exporter.json"],
+            healthcheck=["curl", "-fsS", "-o", "/dev/null", f"http://localhost:{layout.METRICS_PORT}/healthz"],
         ),
         files=files,
     ))

@@ -75,7 +75,8 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         # Without the fencing watcher failover still works (by ttl): shown, and warned by the
         # audit, but not a reason to call the cluster unhealthy (and refuse drills or changes).
         # Nor the repository host: failover does not need it (the audit's archiving row says so).
-        if state != "running" and role not in ("fencer", "repo"):
+        # Nor the exporter: it only reports.
+        if state != "running" and role not in ("fencer", "repo", "metrics"):
             st.problems.append(f"{name} is {state}")
         st.members.append(ms)
 

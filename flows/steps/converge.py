@@ -29,7 +29,18 @@ from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
-from tasks import certs, config_volume, docker_hosts, etcd, fencer, images, patroni, pgbouncer, postgres
+from tasks import (
+    certs,
+    config_volume,
+    docker_hosts,
+    etcd,
+    fencer,
+    images,
+    metrics_exporter,
+    patroni,
+    pgbouncer,
+    postgres,
+)
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.docker_engine import LABEL_MEMBER
 from tasks.host import tls as host_tls
@@ -162,6 +173,8 @@ def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: 
     elif role == "fencer":
         planned = topology.fencer(spec, image, conf, fencer.agent_files(), member,
                                   etcd_password=cluster_secrets(spec.scope).etcd_fencer)
+    elif role == "metrics":
+        planned = topology.metrics_exporter(spec, image, conf, metrics_exporter.agent_files())
     else:
         planned = topology.haproxy(spec, image, conf)
     for fname, text in planned.files.items():
@@ -214,6 +227,15 @@ def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> dict[str, str]:
     if not wanted or any(gone):
         out[spec.fencer_member if not wanted else "fencers removed"] = "removed" if any(gone) else "unchanged"
     return out
+
+
+@task(name="ensure-metrics", **SIDE_EFFECT)
+def ensure_metrics(spec: ClusterSpec, image: str, subnet: str) -> str:
+    """pgha's Prometheus exporter runs when `spec.metrics.enabled`, and is removed when it is off."""
+    if spec.metrics.enabled:
+        return place_member(spec, "metrics", spec.metrics_member, image, subnet)
+    removed = docker_hosts.engines(spec).default.remove_container(spec.container(spec.metrics_member))
+    return "removed" if removed else "absent"
 
 
 @task(name="ensure-failsafe", **SIDE_EFFECT)
@@ -327,6 +349,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     view = patroni.wait_whole(spec)
     outcomes[spec.haproxy_member] = haproxy_run.result()
     outcomes.update(fencer_run.result())
+    if (exporter := ensure_metrics(spec, image, subnet)) != "absent":
+        outcomes[spec.metrics_member] = exporter
     outcomes["failsafe_mode"] = ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)

@@ -79,7 +79,7 @@ def member_role(spec: ClusterSpec, member: str) -> str:
     """The role of a member by its name (`fencer-<host>` with hosts is a fencer)."""
     if member in spec.etcd_names():
         return "etcd"
-    if member == spec.haproxy_member or member == spec.pooler_member:
+    if member in (spec.haproxy_member, spec.pooler_member, spec.metrics_member):
         return member
     if member == spec.fencer_member or member.startswith(f"{spec.fencer_member}-"):
         return "fencer"

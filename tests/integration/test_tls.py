@@ -20,6 +20,7 @@ import docker
 import psycopg
 import pytest
 
+from stack import metrics as M
 from stack.secrets import Secrets
 from stack.spec import parse_spec
 from tasks.docker_engine import Engine
@@ -27,12 +28,16 @@ from tasks.host.secrets import load_or_create
 from tasks.node_exec import NodeExec
 from tests.integration.conftest import Cluster, pgha
 from tests.integration.test_upgrade import quick_cluster
+from tests.support import prometheus
 from tests.support.traffic import measured
 
 SCOPE = "pgha-it-tls"
+# pgha's exporter rides along (metrics.enabled): its scrape test needs a live cluster, and this one's
+# TLS is the case worth scraping (https to every node, the certificates' expiry).
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
-        "ports": {"rw": 26632, "ro": 26633, "stats": 26604},
-        "backup": {"enabled": False}}
+        "ports": {"rw": 26632, "ro": 26633, "stats": 26604, "metrics": 23100},
+        "backup": {"enabled": False}, "metrics": {"enabled": True, "interval_s": 2}}
+PROMETHEUS_PORT = 23101
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,47 @@ def test_audit_reports_certificate_expiry(cluster: Cluster) -> None:
     assert rows["tls.cert_expiry"]["status"] == "ok" and "member.crt expires" in rows["tls.cert_expiry"]["observed"]
     # Patroni, HAProxy and the fencer all reach their peers over TLS.
     assert rows["fencing.watcher"]["status"] == "ok" and rows["haproxy.primary_backend"]["status"] == "ok"
+    # The audit's sample, beside the exporter's files (metrics.enabled), for it to serve.
+    sample = M.audit_from_json((state(cluster) / "config" / "metrics" / "audit.json").read_text())
+    assert sample is not None and ("tls.cert_expiry", SCOPE, "ok") in {(c.check, c.target, c.status)
+                                                                      for c in sample.checks}
+    assert {f.member for f in sample.fencers} == {"fencer"}
+
+
+def test_prometheus_scrapes_the_exporter(engine: docker.DockerClient, cluster: Cluster, tmp_path: Path) -> None:
+    """A real Prometheus scrapes pgha's exporter and HAProxy's own /metrics, with the shipped rules
+    loaded: both members up, one leader, the certificates' expiry, the audit's rows, no alert."""
+    ct = engine.containers.get(cluster.container("metrics"))
+    cfg, host = ct.attrs["Config"], ct.attrs["HostConfig"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped" and host["ReadonlyRootfs"] and not host["CapAdd"]
+    assert host["LogConfig"]["Config"].get("max-size") and cfg["Labels"]["pgha.role"] == "metrics"
+    secrets = [v for v in cluster.secrets.values() if isinstance(v, str) and len(v) >= 8]
+    shown = json.dumps([cfg.get("Env"), cfg.get("Cmd"), cfg.get("Entrypoint"), cfg.get("Labels")])
+    assert not [s for s in secrets if s in shown]
+    assert host["PortBindings"] == {"9188/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23100"}]}
+
+    # What `pgha audit` writes there (test_audit_reports_certificate_expiry checks that it does).
+    audit = M.audit_sample(time.time(), [("tls.cert_expiry", SCOPE, "ok")], fencers={"fencer": {"events": 3}})
+    (state(cluster) / "config" / "metrics" / "audit.json").write_text(M.audit_to_json(audit))
+    rules = Path(__file__).resolve().parents[2] / "deployments" / "prometheus" / "pgha-rules.yml"
+    targets = {"pgha": ["127.0.0.1:23100"], "haproxy": [f"127.0.0.1:{cluster.port('stats')}"]}
+    with prometheus.running(PROMETHEUS_PORT, tmp_path / "prometheus", targets, [rules]) as prom:
+        up = prom.wait("Prometheus to see both members up",
+                       lambda: {r["metric"]["member"] for r in prom.query("pgha_member_up == 1")} == {"pg-1", "pg-2"})
+        assert up
+        assert len(prom.query('pgha_member_role{role="leader"} == 1')) == 1
+        assert len(prom.query('pgha_member_role{role=~"sync_standby|replica"} == 1')) == 1
+        certs = prom.query("pgha_certificate_expiry_seconds > 86400")
+        assert {r["metric"]["member"] for r in certs} == {"pg-1", "pg-2"}
+        assert prom.query('pgha_check_status{check="tls.cert_expiry"} == 0')
+        assert prom.query('pgha_fencer_events_total{fencer="fencer"} == 3')
+        assert prom.query('pgha_snapshot_age_seconds{source="live"} < 10')
+        prom.wait("HAProxy's own /metrics scraped", lambda: prom.query('up{job="haproxy"} == 1'))
+        assert prom.query('haproxy_process_uptime_seconds')  # HAProxy's exporter, not pgha's
+        groups = prom.get("/api/v1/rules")["data"]["groups"]
+        assert groups and groups[0]["name"] == "pgha" and len(groups[0]["rules"]) >= 10
+        firing = [a["labels"]["alertname"] for a in prom.get("/api/v1/alerts")["data"]["alerts"]]
+        assert not [a for a in firing if a in ("PghaNoLeader", "PghaMemberDown", "PghaExporterDown")], firing
 
 
 def test_certs_rotate_refuses_an_unknown_cluster(cluster: Cluster) -> None:
