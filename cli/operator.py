@@ -263,8 +263,8 @@ def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a 
     if ro and pool:
         raise UsageError("give at most one of --ro and --pool")
     spec = resolve_spec(spec_file, scope)
-    if pool and not spec.pooler.enabled:
-        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled is false); drop --pool")
+    if pool and not spec.runs_pooler:
+        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled: false, or hosts); drop --pool")
     from tasks.host.state import secrets_file
 
     if not secrets_file(spec.scope).exists():

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from flows.steps.cluster import stored_spec
+from flows.steps.cluster import deployed, stored_spec
 from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
 from stack import appdb, operator, render
@@ -150,7 +150,7 @@ def gather_postgres(spec: ClusterSpec) -> Gathered:
 
 
 def gather_pooler(spec: ClusterSpec) -> Gathered:
-    return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
+    return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.runs_pooler else None)
 
 
 def gather_apps(spec: ClusterSpec) -> Gathered:
@@ -271,7 +271,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     disks, _ = got["disks"]
     findings += A.check_disks({m: d.used_pct if d else None for m, d in (disks or {}).items()}, spec, th)
     findings += AS.check_wal(disks or {}, spec, th, render.dcs_config(spec)["postgresql"]["parameters"])
-    if spec.pooler.enabled and "pooler" in got:
+    if spec.runs_pooler and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
     if "apps" in got and (spec.roles or spec.databases):
@@ -310,6 +310,7 @@ def gather(spec: ClusterSpec, gatherers: dict[str, Callable[[ClusterSpec], Gathe
 
 def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
+    spec = deployed(spec)  # a pooler on only by default that `pgha up` has not added yet is not judged
     t0 = time.monotonic()
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,

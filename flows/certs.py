@@ -56,7 +56,7 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
         patroni.reload_member(spec, m)
         postgres.node_sql(spec, m, "select pg_reload_conf()")
         note(f"{m}: installed, Patroni and PostgreSQL reloaded")
-    for m in (spec.haproxy_member, *((spec.pooler_member,) if spec.pooler.enabled else ())):
+    for m in (spec.haproxy_member, *((spec.pooler_member,) if spec.runs_pooler else ())):
         host_tls.install(spec, m)  # the CA they verify with is unchanged: nothing to reload
         docker_hosts.sync_config(spec, m)
         if m == spec.pooler_member:

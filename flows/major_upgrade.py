@@ -384,7 +384,7 @@ def handover(blue: ClusterSpec, green: ClusterSpec, serving: ClusterSpec) -> flo
         eng.remove_labelled(blue.scope, role=role)
     place_member(serving, "haproxy", serving.haproxy_member, image, subnet)
     gap = round(wait_writable_on(serving, serving.postgres_version, serving.major.cutover_timeout_s) - t0, 2)
-    if serving.pooler.enabled:
+    if serving.runs_pooler:
         ensure_pooler(serving, image)
     else:
         eng.remove_container(green.container(green.pooler_member))

@@ -38,6 +38,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     session is opened through the R/W port as a client would: a cluster whose members all run
     but that no client can enter (a preload library that fails in every session) is not healthy.
     """
+    spec = deployed(spec)
     st = ClusterStatus(scope=spec.scope)
     eng = docker_hosts.engines(spec)
     # The systems are asked at once: status answers in the time of the slowest, not the sum.
@@ -107,7 +108,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             st.problems.append(session)
     except PghaError as exc:
         st.problems.append(str(exc))
-    if spec.pooler.enabled:
+    if spec.runs_pooler:
         obs = pgbouncer.observe(spec)
         st.endpoints |= {"pool": postgres.dsn(spec, pooled=True), "pooler": obs.summary()}
         st.problems += pooler_problems(obs, spec)
@@ -183,8 +184,8 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
     """
     t0 = time.monotonic()
     others = [m for m in spec.node_names() if m != candidate]
-    times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.pooler.enabled)
-    pool_ctx = pgbouncer.paused(spec) if spec.pooler.enabled else nullcontext()
+    times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.runs_pooler)
+    pool_ctx = pgbouncer.paused(spec) if spec.runs_pooler else nullcontext()
     requested: list[Future[str]] = []
 
     def refused() -> bool:
@@ -192,7 +193,7 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
 
     with ThreadPoolExecutor(2, thread_name_prefix="switchover") as pool:
         with pool_ctx:
-            times.paused_s = round(time.monotonic() - t0, 3) if spec.pooler.enabled else None
+            times.paused_s = round(time.monotonic() - t0, 3) if spec.runs_pooler else None
             asked = time.monotonic()
             # The watcher first: starting a `docker exec` can take a while on a busy host, and
             # it must already be polling when the candidate takes the lock.
@@ -252,6 +253,22 @@ def _member_logs(spec: ClusterSpec, members: tuple[str, ...], tail: int = 12) ->
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+
+
+def deployed(spec: ClusterSpec) -> ClusterSpec:
+    """`spec` as the cluster runs it: a pooler on only by default that the last `pgha up` did not
+    run is not expected (`stack.spec.as_deployed`) until the next `pgha up` adds it."""
+    from stack.spec import as_deployed
+    from tasks.host.generations import stored_spec_file
+
+    if spec.pooler.enabled is not None or not spec.runs_pooler:
+        return spec
+    path = stored_spec_file(spec.scope)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        return spec
+    return as_deployed(spec, raw)
 
 
 def stored_spec(scope: str) -> ClusterSpec:

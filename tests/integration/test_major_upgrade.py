@@ -32,7 +32,7 @@ from tests.support.traffic import Traffic, measured
 SCOPE = "pgha-it-mu1"
 GREEN = f"{SCOPE}-green"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15,
-        "ports": {"rw": 26100, "ro": 26101, "stats": 26102}}  # green: +10 (major.green_port_offset)
+        "ports": {"rw": 26100, "ro": 26101, "stats": 26102}, "pooler": {"enabled": False}}  # green: +10 (major.green_port_offset)
 GAP_CEILING_S = 20.0  # generous: the cutover measures ~3-4 s here (benchmarks/major_upgrade.py)
 BENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "nokey", "items"]
 

@@ -44,8 +44,9 @@ SCOPE = "pgha-it-pool"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
         "ports": {"rw": 26232, "ro": 26233, "stats": 26204, "pool": 26264},
         "backup": {"enabled": False},
+        # `pooler.enabled` left out: the pooler runs by default (this file proves it).
         # A short pause bound, so the test of a pause that cannot complete stays short.
-        "pooler": {"enabled": True, "pause_timeout_s": 3}}
+        "pooler": {"pause_timeout_s": 3}}
 PGBENCH = shutil.which("pgbench")
 BENCH_S = 30
 CLIENTS = 20
@@ -272,7 +273,7 @@ def test_pooler_port_in_use_is_refused_before_anything_is_created(engine: docker
     scope = "pgha-it-pool-busy"
     remove_scope(engine, scope)
     spec = {"scope": scope, "nodes": 1, "etcd_members": 1, "backup": {"enabled": False},
-            "ports": {"rw": 26242, "ro": 26243, "stats": 26244, "pool": 26245}, "pooler": {"enabled": True}}
+            "ports": {"rw": 26242, "ro": 26243, "stats": 26244, "pool": 26245}}  # the pooler by default
     spec_file = tmp_path / "busy.yaml"
     spec_file.write_text(json.dumps(spec))
     with socket.socket() as s:

@@ -32,7 +32,7 @@ from tests.support.traffic import measured
 SCOPE = "pgha-it-tls"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
         "ports": {"rw": 26632, "ro": 26633, "stats": 26604},
-        "backup": {"enabled": False}}
+        "backup": {"enabled": False}, "pooler": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")
