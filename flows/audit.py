@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from flows.steps.cluster import deployed, stored_spec
+from flows.steps.cluster import stored_spec
 from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
 from stack import appdb, operator, render
@@ -52,7 +52,7 @@ from tasks import (
 from tasks._prefect import READ_ONLY
 from tasks.host import app_passwords
 from tasks.host import tls as host_tls
-from tasks.host.generations import serving
+from tasks.host.generations import deployed, serving
 from tasks.host.prune import rotate_server_logs
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private

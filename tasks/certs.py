@@ -37,11 +37,14 @@ def served_serial(spec: ClusterSpec, member: str, port: int, starttls: str | Non
     return int(out.removeprefix("serial="), 16)
 
 
-def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None]]:
-    """(member, port, starttls) of every TLS server of the cluster."""
-    out: list[tuple[str, int, str | None]] = [(m, layout.ETCD_CLIENT_PORT, None) for m in spec.etcd_names()]
+def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None, str]]:
+    """(member, port, starttls, the certificate file it serves) of every TLS server of the cluster."""
+    out: list[tuple[str, int, str | None, str]] = [(m, layout.ETCD_CLIENT_PORT, None, "member.crt")
+                                                    for m in spec.etcd_names()]
     for m in spec.node_names():
-        out += [(m, layout.PATRONI_API_PORT, None), (m, layout.PG_PORT, "postgres")]
+        out += [(m, layout.PATRONI_API_PORT, None, "member.crt"), (m, layout.PG_PORT, "postgres", "member.crt")]
+    if spec.runs_pooler:
+        out.append((spec.pooler_member, layout.PGBOUNCER_PORT, "postgres", "pooler.crt"))
     return out
 
 

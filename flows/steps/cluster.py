@@ -16,6 +16,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import task
+from tasks.host.generations import deployed
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, secrets_file, write_private
 
@@ -253,22 +254,6 @@ def _member_logs(spec: ClusterSpec, members: tuple[str, ...], tail: int = 12) ->
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-
-
-def deployed(spec: ClusterSpec) -> ClusterSpec:
-    """`spec` as the cluster runs it: a pooler on only by default that the last `pgha up` did not
-    run is not expected (`stack.spec.as_deployed`) until the next `pgha up` adds it."""
-    from stack.spec import as_deployed
-    from tasks.host.generations import stored_spec_file
-
-    if spec.pooler.enabled is not None or not spec.runs_pooler:
-        return spec
-    path = stored_spec_file(spec.scope)
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.exists() else None
-    except (OSError, yaml.YAMLError):
-        return spec
-    return as_deployed(spec, raw)
 
 
 def stored_spec(scope: str) -> ClusterSpec:
