@@ -805,7 +805,7 @@ CHECKS: tuple[Check, ...] = (
         name="tls.cert_expiry",
         component="TLS",
         target="the cluster (its scope)",
-        checks="the member or client certificate nearest to expiry (in the state directory)",
+        checks="the member, client or pooler certificate nearest to expiry (in the state directory)",
         warn="it expires within `tls.expiry_warn_days`",
         critical="it has expired, or the certificates cannot be read",
         thresholds=("tls.expiry_warn_days", "tls.renew_within_days", "tls.days"),
@@ -814,7 +814,7 @@ CHECKS: tuple[Check, ...] = (
               "`certs-renew/daily` deployment renews them `tls.renew_within_days` before expiry, earlier than "
               "this warning: a warning means that renewal did not run or failed.",
         steps=("`pgha certs renew` renews them now if they are due (`pgha certs rotate` renews them whatever "
-               "their age): new member and client certificates from the cluster's CA, installed with reloads "
+               "their age): new member, client and pooler certificates from the cluster's CA, installed with reloads "
                "(no restart, no switchover).",
                "Then find out why the scheduled renewal did not: `pgha server status` (is the worker running?), "
                "and the `certs-renew` runs in the Prefect UI.",

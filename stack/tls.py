@@ -169,7 +169,7 @@ def split_names(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
-    """New member and client certificates signed by the cluster CA, valid `spec.tls.days`."""
+    """New member, client, gateway and pooler certificates signed by the cluster CA, valid `spec.tls.days`."""
     # many hosts: members are reached at their host's address
     host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
     member_crt, member_key = issue(ca_files, f"{spec.scope} member", member_names(spec) + host_dns,
@@ -221,7 +221,7 @@ CA_CRITICAL_DAYS = 30
 
 
 def renewal_due(infos: list[CertInfo], now: dt.datetime, within_days: int) -> tuple[bool, str]:
-    """(due, detail) for the member and client certificates: due when the one nearest to expiry has
+    """(due, detail) for the member, client and pooler certificates: due when the one nearest to expiry has
     fewer than `within_days` days left (the CA is not renewed: see `ca_outcome`)."""
     leaves = [i for i in infos if i.name in LEAVES]
     if not leaves:
@@ -250,7 +250,7 @@ def ca_outcome(infos: list[CertInfo], now: dt.datetime) -> tuple[str, str]:
 
 
 def expiry_outcome(infos: list[CertInfo], now: dt.datetime, warn_days: int) -> tuple[str, str]:
-    """("ok"|"warning"|"critical", detail) for the member or client certificate nearest to expiry."""
+    """("ok"|"warning"|"critical", detail) for the member, client or pooler certificate nearest to expiry."""
     infos = [i for i in infos if i.name in LEAVES]
     if not infos:
         return "critical", "no member or client certificate found in the state directory"
