@@ -279,3 +279,8 @@ exec /usr/local/bin/pgha-entrypoint "$@"
 START_FILE = "tls-start.sh"
 # Installs fresh copies in a running container (rotation); the service reloads them.
 REINSTALL = f'for f in {MOUNT_DIR}/*; do install -o "$0" -g "$0" -m 0600 "$f" {RUN_DIR}/; done'
+# The pooler's entrypoint hands /run/pgha to postgres (0700) once it has copied its files, and
+# root there has no DAC_OVERRIDE: root takes the directory back for the copy, as the entrypoint
+# does, and returns it (PgBouncer reads nothing there until the RELOAD that follows).
+POOLER_REINSTALL = (f'chown root:root {layout.RUN_DIR} && ({REINSTALL}); rc=$?; '
+                    f'chown "$0":"$0" {layout.RUN_DIR}; exit $rc')

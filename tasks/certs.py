@@ -20,7 +20,8 @@ class CertError(PghaError):
 
 def reinstall(spec: ClusterSpec, member: str, user: str) -> None:
     """Copy the member's mounted TLS files (already renewed on the host) into its service user's copy."""
-    r = node(spec, member).run(["sh", "-c", tls.REINSTALL, user], user="root", timeout=15)
+    script = tls.POOLER_REINSTALL if member == spec.pooler_member else tls.REINSTALL
+    r = node(spec, member).run(["sh", "-c", script, user], user="root", timeout=15)
     if not r.ok:
         raise CertError(f"cannot install the renewed certificates in {member}: {last_lines(r.out + r.err)}")
 
