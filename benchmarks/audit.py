@@ -33,7 +33,7 @@ from tasks import images  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-au1", "nodes": 3, "etcd_members": 3,
-                   "ports": {"rw": 25480, "ro": 25481, "stats": 28480}})
+                   "ports": {"rw": 25480, "ro": 25481, "stats": 28480}, "pooler": {"enabled": False}})
 
 
 def patronictl_list() -> float:

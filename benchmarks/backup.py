@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     spec = parse_spec({"scope": SCOPE, "nodes": 2, "etcd_members": 1,
                        "ports": {"rw": 25510, "ro": 25511, "stats": 28510},
-                       "backup": {"process_max": args.process_max, "retention_full": 2}})
+                       "backup": {"process_max": args.process_max, "retention_full": 2}, "pooler": {"enabled": False}})
     pgha_s: list[float] = []
     raw_s: list[float] = []
     full_mb: list[float] = []

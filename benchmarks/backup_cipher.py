@@ -35,7 +35,7 @@ from tasks.node_exec import node  # noqa: E402
 def make(scope: str, port: int, encrypt: bool) -> ClusterSpec:
     return parse_spec({"scope": scope, "nodes": 2, "etcd_members": 1,
                        "ports": {"rw": port, "ro": port + 1, "stats": port + 2},
-                       "backup": {"encrypt": encrypt, "retention_full": 1}})
+                       "backup": {"encrypt": encrypt, "retention_full": 1}, "pooler": {"enabled": False}})
 
 
 def main() -> None:

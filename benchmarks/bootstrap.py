@@ -38,7 +38,7 @@ from tasks.host.state import (  # noqa: E402
 )
 
 SPEC = parse_spec({"scope": "pgha-bench", "nodes": 3, "etcd_members": 3,
-                   "ports": {"rw": 35432, "ro": 35433, "stats": 38404}})
+                   "ports": {"rw": 35432, "ro": 35433, "stats": 38404}, "pooler": {"enabled": False}})
 
 
 def sh(*args: str) -> None:

@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCOPE = "pgha-bench-op"
-SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26380, "ro": 26381, "stats": 26382}}
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26380, "ro": 26381, "stats": 26382}, "pooler": {"enabled": False}}
 
 
 def timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:

@@ -41,14 +41,14 @@ from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.node_exec import node  # noqa: E402
 
 PROFILES = {
-    "fast": parse_spec({"scope": "pgha-bench-fast", "ports": {"rw": 35442, "ro": 35443, "stats": 38414}}),
+    "fast": parse_spec({"scope": "pgha-bench-fast", "ports": {"rw": 35442, "ro": 35443, "stats": 38414}, "pooler": {"enabled": False}}),
     "patroni-defaults": parse_spec({"scope": "pgha-bench-dflt", "profile": "patroni-defaults",
-                                    "ports": {"rw": 35452, "ro": 35453, "stats": 38424}}),
+                                    "ports": {"rw": 35452, "ro": 35453, "stats": 38424}, "pooler": {"enabled": False}}),
 }
 
 
 def fence_spec(scope: str = "pgha-bench-fence", port_base: int = 26050) -> ClusterSpec:
-    return parse_spec({"scope": scope, "ports": {"rw": port_base, "ro": port_base + 1, "stats": port_base + 2}})
+    return parse_spec({"scope": scope, "ports": {"rw": port_base, "ro": port_base + 1, "stats": port_base + 2}, "pooler": {"enabled": False}})
 
 
 def fencer_timing(spec: ClusterSpec, since: float) -> str:

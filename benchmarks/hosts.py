@@ -38,7 +38,7 @@ from tasks.docker_hosts import local_engine  # noqa: E402
 
 LAB, LAB_SCOPE, PORT_BASE = "benchlab", "pgha-bench-lab", 26440
 SINGLE = parse_spec({"scope": "pgha-bench-lsingle", "fencing": False,
-                     "ports": {"rw": 26460, "ro": 26461, "stats": 26462}})
+                     "ports": {"rw": 26460, "ro": 26461, "stats": 26462}, "pooler": {"enabled": False}})
 
 
 def _mib(container: str) -> float:

@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="leave both clusters running")
     args = ap.parse_args()
     specs = {name: parse_spec({"scope": f"pgha-bench-logs-{name}", "nodes": args.nodes,
-                               "etcd_members": args.etcd, "ports": ports})
+                               "etcd_members": args.etcd, "ports": ports, "pooler": {"enabled": False}})
              for name, ports in PORTS.items()}
     client = docker.from_env(timeout=120)
     try:

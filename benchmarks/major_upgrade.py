@@ -36,9 +36,9 @@ from tests.support.traffic import Traffic, measured  # noqa: E402
 
 BLUE = parse_spec({"scope": "pgha-bench-mu", "nodes": 2, "etcd_members": 1, "postgres_version": 15,
                    "backup": {"enabled": False}, "postgres_parameters": {"wal_level": "logical"},
-                   "ports": {"rw": 26150, "ro": 26151, "stats": 26152}})  # green: 26160-26162
+                   "ports": {"rw": 26150, "ro": 26151, "stats": 26152}, "pooler": {"enabled": False}})  # green: 26160-26162
 NAIVE = parse_spec({"scope": "pgha-bench-mu-naive", "nodes": 2, "etcd_members": 1, "postgres_version": 17,
-                    "backup": {"enabled": False}, "ports": {"rw": 26140, "ro": 26141, "stats": 26142}})
+                    "backup": {"enabled": False}, "ports": {"rw": 26140, "ro": 26141, "stats": 26142}, "pooler": {"enabled": False}})
 
 
 def leader_container(spec: object) -> str:

@@ -42,7 +42,7 @@ from tasks.host.secrets import cluster_secrets  # noqa: E402
 
 LAB, LAB_SCOPE, PORT_BASE = "itrepobench", "pgha-it-rbench-lab", 26850
 SINGLE = parse_spec({"scope": "pgha-it-rbench-one", "nodes": 2, "etcd_members": 1, "fencing": False,
-                     "ports": {"rw": 26860, "ro": 26861, "stats": 26862}})
+                     "ports": {"rw": 26860, "ro": 26861, "stats": 26862}, "pooler": {"enabled": False}})
 
 
 def _connect(spec: ClusterSpec) -> psycopg.Connection:

@@ -84,7 +84,7 @@ from tasks.postgres_probe import Probe  # noqa: E402
 SCOPE = "pgha-soak"
 SPEC_IN: dict[str, Any] = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
                            "ports": {"rw": 29100, "ro": 29101, "stats": 29102},
-                           "backup": {"retention_full": 1, "retention_diff": 3}}
+                           "backup": {"retention_full": 1, "retention_diff": 3}, "pooler": {"enabled": False}}
 SIM_DAY_MIN = 96  # real minutes per simulated day: 96 audits, a shipped day's worth at 15 minutes
 # (name, flow entrypoint, parameters, interval s, offset s from the anchor, tags)
 SCHEDULES: list[tuple[str, str, dict[str, Any], int, int, list[str]]] = [

@@ -50,9 +50,9 @@ from tasks.host.tls import ca_path  # noqa: E402
 
 BASE = {"nodes": 2, "etcd_members": 1, "backup": {"enabled": False}}
 CLUSTERS = {
-    "tls": parse_spec({**BASE, "scope": "pgha-bench-tls", "ports": {"rw": 26640, "ro": 26641, "stats": 26642}}),
+    "tls": parse_spec({**BASE, "scope": "pgha-bench-tls", "ports": {"rw": 26640, "ro": 26641, "stats": 26642}, "pooler": {"enabled": False}}),
     "plain": parse_spec({**BASE, "scope": "pgha-bench-tplain", "tls": {"enabled": False},
-                         "ports": {"rw": 26650, "ro": 26651, "stats": 26652}}),
+                         "ports": {"rw": 26650, "ro": 26651, "stats": 26652}, "pooler": {"enabled": False}}),
 }
 PGBENCH = shutil.which("pgbench")
 

@@ -36,7 +36,7 @@ from tasks.host.state import config_dir, secrets_file  # noqa: E402
 from tests.support.traffic import Traffic, measured  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-up", "nodes": 3, "etcd_members": 1, "postgres_version": 15,
-                   "ports": {"rw": 25540, "ro": 25541, "stats": 28540}})
+                   "ports": {"rw": 25540, "ro": 25541, "stats": 28540}, "pooler": {"enabled": False}})
 
 
 def naive_restart_all(spec: ClusterSpec, image: str) -> None:

@@ -143,7 +143,14 @@ def stderr_line(text: str) -> None:
 
 def resolve_spec(spec_file: Path | None, scope: str | None) -> ClusterSpec:
     """--spec, else $PGHA_SPEC, else the spec stored by the last `up` of --scope, else defaults;
-    then the serving generation's spec (after a finished major upgrade, `tasks.host.generations`)."""
+    then the serving generation's spec (after a finished major upgrade, `tasks.host.generations`),
+    as the cluster runs it (a pooler on by default that `pgha up` has not added yet: none)."""
+    from tasks.host.generations import deployed
+
+    return deployed(_resolve_spec(spec_file, scope))
+
+
+def _resolve_spec(spec_file: Path | None, scope: str | None) -> ClusterSpec:
     from tasks.host.generations import serving, stored_spec_file
 
     if spec_file is None and os.environ.get("PGHA_SPEC"):

@@ -290,8 +290,8 @@ def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a 
     if ro and pool:
         raise UsageError("give at most one of --ro and --pool")
     spec = resolve_spec(spec_file, scope)
-    if pool and not spec.pooler.enabled:
-        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled is false); drop --pool")
+    if pool and not spec.runs_pooler:
+        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled: false, or hosts); drop --pool")
     from tasks.host.state import secrets_file
 
     if not secrets_file(spec.scope).exists():
@@ -318,10 +318,9 @@ def _host_psql(spec: ClusterSpec, port: int, dbname: str, sql: str | None) -> in
             fh.write(f"127.0.0.1:{port}:*:postgres:{esc}\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(PGPASSFILE=str(passfile), PGCONNECT_TIMEOUT="5", PGAPPNAME="pgha psql")
-        if port != spec.ports.pool:  # spec.tls: verified against the cluster CA (the pooler's client side is plain)
-            from tasks.postgres import tls_params
+        from tasks.postgres import tls_params  # spec.tls: verified against the cluster CA (the pooler too)
 
-            env.update({f"PG{k.upper()}": v for k, v in tls_params(spec).items()})  # PGSSLMODE, PGSSLROOTCERT
+        env.update({f"PG{k.upper()}": v for k, v in tls_params(spec).items()})  # PGSSLMODE, PGSSLROOTCERT
         cmd = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", dbname]
         if sql is not None:
             cmd += ["-v", "ON_ERROR_STOP=1", "-c", sql]

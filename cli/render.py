@@ -74,7 +74,7 @@ def endpoints(spec: ClusterSpec) -> None:
     default = spec.scope == ClusterSpec().scope
     line(f"read/write: {dsn(spec)}")
     line(f"read-only : {dsn(spec, read_only=True)}")
-    if spec.pooler.enabled:
+    if spec.runs_pooler:
         line(f"pooled r/w: {dsn(spec, pooled=True)}")
     line(f"password  : psql \"$(pgha dsn --pgpass{'' if default else ' --scope ' + spec.scope})\""
          f"  (a 0600 pgpass file; passwords kept in {cluster_dir(spec.scope) / 'secrets.json'}, mode 0600)")

@@ -54,7 +54,7 @@ from tasks import (
 from tasks._prefect import READ_ONLY
 from tasks.host import app_passwords, journal
 from tasks.host import tls as host_tls
-from tasks.host.generations import serving
+from tasks.host.generations import deployed, serving
 from tasks.host.prune import rotate_server_logs
 from tasks.host.secrets import load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
@@ -152,7 +152,7 @@ def gather_postgres(spec: ClusterSpec) -> Gathered:
 
 
 def gather_pooler(spec: ClusterSpec) -> Gathered:
-    return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.pooler.enabled else None)
+    return _safe(lambda: pgbouncer.observe(spec, _secrets(spec)) if spec.runs_pooler else None)
 
 
 def gather_apps(spec: ClusterSpec) -> Gathered:
@@ -276,7 +276,7 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     disks, _ = got["disks"]
     findings += A.check_disks({m: d.used_pct if d else None for m, d in (disks or {}).items()}, spec, th)
     findings += AS.check_wal(disks or {}, spec, th, render.dcs_config(spec)["postgresql"]["parameters"])
-    if spec.pooler.enabled and "pooler" in got:
+    if spec.runs_pooler and "pooler" in got:
         pooler_obs, pool_err = got["pooler"]
         findings += check_pooler(pooler_obs, spec, pool_err)
     if "apps" in got and (spec.roles or spec.databases):
@@ -326,6 +326,7 @@ def metrics_sample(spec: ClusterSpec, got: dict[str, Gathered], findings: list[A
 
 def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
+    spec = deployed(spec)  # a pooler on only by default that `pgha up` has not added yet is not judged
     t0 = time.monotonic()
     gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,

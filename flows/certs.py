@@ -21,9 +21,9 @@ from stack.errors import StateError
 from stack.results import CertsRenewResult, CertsRotateResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import certs, docker_hosts, patroni, postgres
+from tasks import certs, docker_hosts, patroni, pgbouncer, postgres
 from tasks.host import tls as host_tls
-from tasks.host.generations import serving
+from tasks.host.generations import deployed, serving
 from tasks.host.lock import WaitSeconds
 
 
@@ -38,6 +38,7 @@ def check(spec: ClusterSpec) -> None:
 @flow(name="certs-rotate", description="New certificates from the cluster CA, rolled out with reloads (no restart).")
 @mutating_flow("certs-rotate")
 def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 0) -> CertsRotateResult:  # noqa: B008
+    spec = deployed(spec)  # a pooler on by default that `pgha up` has not added yet: none to rotate
     check(spec)
     require_healthy(spec, "a certificate rotation")
     old = {i.name: i for i in host_tls.certificates(spec)}
@@ -56,12 +57,17 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
         patroni.reload_member(spec, m)
         postgres.node_sql(spec, m, "select pg_reload_conf()")
         note(f"{m}: installed, Patroni and PostgreSQL reloaded")
-    for m in (spec.haproxy_member, *((spec.pooler_member,) if spec.pooler.enabled else ()),
-              *((spec.metrics_member,) if spec.metrics.enabled else ())):
-        host_tls.install(spec, m)  # the CA they verify with is unchanged: nothing to reload
-        docker_hosts.sync_config(spec, m)
-        if m == spec.pooler_member:
-            certs.reinstall(spec, m, "postgres")
+    host_tls.install(spec, spec.haproxy_member)  # the CA it verifies with is unchanged: nothing to reload
+    docker_hosts.sync_config(spec, spec.haproxy_member)
+    if spec.runs_pooler:
+        host_tls.install(spec, spec.pooler_member)
+        docker_hosts.sync_config(spec, spec.pooler_member)
+        certs.reinstall(spec, spec.pooler_member, "postgres")
+        pgbouncer.reload(spec)  # RELOAD re-reads its certificate; its clients stay connected
+        note(f"{spec.pooler_member}: installed, PgBouncer reloaded")
+    if spec.metrics.enabled:
+        host_tls.install(spec, spec.metrics_member)  # the CA it verifies the REST API with: read per request
+        docker_hosts.sync_config(spec, spec.metrics_member)
     for m in spec.fencer_members():  # with hosts, one watcher per node's host
         host_tls.install(spec, m)
         docker_hosts.sync_config(spec, m)
@@ -69,8 +75,11 @@ def certs_rotate(spec: ClusterSpec = ClusterSpec(), wait_seconds: WaitSeconds = 
         eng.restart(spec.container(m), timeout=1)  # the agent holds no state worth a graceful stop
         note(f"{m} restarted with the new client certificate")
 
+    serials = {f: tls.cert_info(f, leaves[f]).serial for f in tls.LEAVES}
+
     def stale() -> list[str]:
-        return [f"{m}:{port}" for m, port, st in certs.endpoints(spec) if certs.served_serial(spec, m, port, st) != new.serial]
+        return [f"{m}:{port}" for m, port, st, f in certs.endpoints(spec)
+                if certs.served_serial(spec, m, port, st) != serials[f]]
 
     wait_for("every TLS endpoint to serve the new certificate", stale, lambda s: not s, timeout=30, interval=1,
              describe=lambda s: "still old: " + ", ".join(s))

@@ -264,8 +264,8 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
-    if kind == DrillKind.SWITCHOVER_POOLED and not spec.pooler.enabled:
-        raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled)")
+    if kind == DrillKind.SWITCHOVER_POOLED and not spec.runs_pooler:
+        raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled: false, or hosts)")
     try:
         window = fault_seconds(kind, spec.timing.ttl, seconds)
         spec_host_target(spec, kind, host)  # a bad --host is refused before anything is asked or healed

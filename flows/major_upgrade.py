@@ -89,7 +89,8 @@ def gather_facts(blue: ClusterSpec, target: int) -> MajorFacts:
     eng = docker_hosts.engines(green).default
     facts.green_scope_free = not eng.scope_has_resources(green.scope) or state_file(blue).exists()
     if not eng.host_ports_of(green.scope):
-        busy = [p for p in (green.ports.rw, green.ports.ro, green.ports.stats) if not docker_hosts.port_is_free(p)]
+        ports = (green.ports.rw, green.ports.ro, green.ports.stats, *((green.ports.pool,) if green.runs_pooler else ()))
+        busy = [p for p in ports if not docker_hosts.port_is_free(p)]
         if busy:
             facts.ports_problem = (f"port(s) {', '.join(map(str, busy))} (blue's + major.green_port_offset "
                                    f"{blue.major.green_port_offset}) are in use; change the offset in the spec")
@@ -384,7 +385,7 @@ def handover(blue: ClusterSpec, green: ClusterSpec, serving: ClusterSpec) -> flo
         eng.remove_labelled(blue.scope, role=role)
     place_member(serving, "haproxy", serving.haproxy_member, image, subnet)
     gap = round(wait_writable_on(serving, serving.postgres_version, serving.major.cutover_timeout_s) - t0, 2)
-    if serving.pooler.enabled:
+    if serving.runs_pooler:
         ensure_pooler(serving, image)
     else:
         eng.remove_container(green.container(green.pooler_member))

@@ -22,7 +22,7 @@ def preflight(spec: ClusterSpec, to: str | None) -> SwitchoverPlan:
     """Refuse (one line, nothing changed) a bad `--to`, an unhealthy cluster, a pooler that cannot pause."""
     view = require_healthy(spec, "a switchover")
     plan = plan_switchover(view, spec, to)
-    if spec.pooler.enabled:
+    if spec.runs_pooler:
         obs = pgbouncer.observe(spec)
         if not obs.reachable:
             from stack.errors import StateError
@@ -36,7 +36,7 @@ def preflight(spec: ClusterSpec, to: str | None) -> SwitchoverPlan:
 def switchover(spec: ClusterSpec = ClusterSpec(), to: str | None = None,  # noqa: B008
                wait_seconds: float = 0) -> SwitchoverResult:
     plan = preflight_once(preflight, spec, to)
-    note(plan.describe() + (" (pooler paused around it)" if spec.pooler.enabled else ""))
+    note(plan.describe() + (" (pooler paused around it)" if spec.runs_pooler else ""))
     timeout = float(spec.upgrade.node_timeout_s)
     times = switchover_and_wait(spec, plan.leader, plan.candidate, timeout)
     note(f"routed {times.routed_s}s after the request; pooler resumed after {times.resumed_s}s")

@@ -586,7 +586,7 @@ CHECKS: tuple[Check, ...] = (
         means="New connections will soon be refused (`too many clients`).",
         steps=("Who holds them: `pgha psql -c \"select usename, application_name, state, count(*) from "
                "pg_stat_activity group by 1, 2, 3 order by 4 desc\"`.",
-               "Put clients behind the pooler (`pooler.enabled: true`, `pgha up`, clients on `pgha dsn --pool`).",
+               "Put clients behind the pooler (on by default without `hosts`; clients on `pgha dsn --pool`).",
                "Or raise the limit: `pgha config set max_connections=200` (a rolling restart)."),
         fixes=("pgha config set", "pgha up"),
     ),
@@ -724,7 +724,7 @@ CHECKS: tuple[Check, ...] = (
         checks="that PgBouncer's admin console answers on `ports.pool`",
         critical="it does not answer",
         thresholds=("pooler.enabled", "ports.pool"),
-        only_when="`pooler.enabled`",
+        only_when="the pooler runs (`pooler.enabled`; on by default without `hosts`)",
         means="Clients of the pooler cannot connect (the R/W and R/O ports still work).",
         steps=("`docker logs --since 30m <scope>-pooler`.",
                "`pgha up` recreates it."),
@@ -736,7 +736,7 @@ CHECKS: tuple[Check, ...] = (
         target="the pooler",
         checks="that PgBouncer is not left paused",
         critical="paused",
-        only_when="`pooler.enabled`",
+        only_when="the pooler runs (`pooler.enabled`; on by default without `hosts`)",
         means="A switchover pauses the pooler and resumes it; one killed half-way left it paused: "
               "its clients wait and never get an answer.",
         steps=(f"`pgha psql --pool -d {ADMIN_DB} -c RESUME` (the admin console; psql on this machine).",),
@@ -750,7 +750,7 @@ CHECKS: tuple[Check, ...] = (
         warn=f"clients wait and the oldest has waited ≥ {WAIT_WARN_S:g} s",
         critical=f"≥ {WAIT_CRITICAL_S:g} s",
         thresholds=("pooler.default_pool_size",),
-        only_when="`pooler.enabled`",
+        only_when="the pooler runs (`pooler.enabled`; on by default without `hosts`)",
         means="The pool is too small for the load, or transactions hold their server connections too long.",
         steps=("Long transactions: the `postgres.oldest_transaction` and `postgres.idle_in_transaction` rows.",
                "Raise `pooler.default_pool_size` in the spec and run `pgha up` (mind `max_connections`)."),
@@ -764,7 +764,7 @@ CHECKS: tuple[Check, ...] = (
         warn="≥ `audit.connections_warn_pct` of `pooler.max_client_conn`",
         critical="≥ `audit.connections_critical_pct`",
         thresholds=("audit.connections_warn_pct", "audit.connections_critical_pct", "pooler.max_client_conn"),
-        only_when="`pooler.enabled`",
+        only_when="the pooler runs (`pooler.enabled`; on by default without `hosts`)",
         means="The pooler will soon refuse new clients.",
         steps=("Raise `pooler.max_client_conn` in the spec and run `pgha up`; or find the client that "
                "opens connections without closing them.",),
@@ -775,7 +775,7 @@ CHECKS: tuple[Check, ...] = (
         component="pooler",
         target="the pooler",
         checks="PgBouncer's server connections to PostgreSQL",
-        only_when="`pooler.enabled`",
+        only_when="the pooler runs (`pooler.enabled`; on by default without `hosts`)",
         means="Informational: how many server connections the pool holds "
               "(`pooler.default_pool_size` per database and user).",
     ),
@@ -827,7 +827,7 @@ CHECKS: tuple[Check, ...] = (
         name="tls.cert_expiry",
         component="TLS",
         target="the cluster (its scope)",
-        checks="the member or client certificate nearest to expiry (in the state directory)",
+        checks="the member, client or pooler certificate nearest to expiry (in the state directory)",
         warn="it expires within `tls.expiry_warn_days`",
         critical="it has expired, or the certificates cannot be read",
         thresholds=("tls.expiry_warn_days", "tls.renew_within_days", "tls.days"),
@@ -836,7 +836,7 @@ CHECKS: tuple[Check, ...] = (
               "`certs-renew/daily` deployment renews them `tls.renew_within_days` before expiry, earlier than "
               "this warning: a warning means that renewal did not run or failed.",
         steps=("`pgha certs renew` renews them now if they are due (`pgha certs rotate` renews them whatever "
-               "their age): new member and client certificates from the cluster's CA, installed with reloads "
+               "their age): new member, client and pooler certificates from the cluster's CA, installed with reloads "
                "(no restart, no switchover).",
                "Then find out why the scheduled renewal did not: `pgha server status` (is the worker running?), "
                "and the `certs-renew` runs in the Prefect UI.",

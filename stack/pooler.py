@@ -70,6 +70,12 @@ def render_pgbouncer_ini(spec: ClusterSpec) -> str:
         # spec.tls: PostgreSQL takes TLS only; PgBouncer verifies the server (through HAProxy) with the CA.
         *(["server_tls_sslmode = verify-full", f"server_tls_ca_file = {tls.CA}",
            "server_tls_protocols = secure"] if spec.tls.enabled else []),
+        # ... and its clients speak TLS too: a plaintext client is refused (TCP; the admin socket
+        # inside the container is not TCP), and clients verify the pooler's certificate, issued
+        # by the cluster CA for 127.0.0.1 (sslmode=verify-full, as on HAProxy's path).
+        *(["client_tls_sslmode = require", f"client_tls_cert_file = {tls.POOLER_CERT}",
+           f"client_tls_key_file = {tls.POOLER_KEY}", f"client_tls_ca_file = {tls.CA}",
+           "client_tls_protocols = secure"] if spec.tls.enabled else []),
         "",
     ]
     return "\n".join(lines)

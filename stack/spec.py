@@ -63,7 +63,7 @@ class Ports(_Strict):
     rw: int = Field(5432, ge=1024, le=65535, description="read/write port (primary)")
     ro: int = Field(5433, ge=1024, le=65535, description="read-only port (replicas)")
     stats: int = Field(8404, ge=1024, le=65535, description="HAProxy stats and /metrics")
-    pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when pooler.enabled")
+    pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when the pooler runs (the default without hosts)")
     # Not 9187 (postgres_exporter's) nor 9127 (pgbouncer_exporter's): either may run beside pgha.
     metrics: int = Field(9188, ge=1024, le=65535, description="pgha's Prometheus metrics (GET /metrics), "
                                                               "when metrics.enabled")
@@ -242,12 +242,15 @@ class PoolMode(StrEnum):
 class PoolerSpec(_Strict):
     """PgBouncer in front of the R/W path (`ports.pool`), next to HAProxy, connecting through it.
 
-    Off by default: a pooler publishes one more host port, and a spec written before it must
-    not collide on 6432 with another cluster on the same host. Switchovers pause it, so its
-    clients see a pause instead of an error.
+    On by default on one engine (`enabled` left out: on unless the spec has `hosts`, where it is
+    not supported yet); `enabled: false` turns it off, `enabled: true` asks for it (refused with
+    `hosts`). `ClusterSpec.runs_pooler` is the resolved answer. Switchovers pause it, so its
+    clients see a pause instead of an error. A cluster brought up before this default has
+    `enabled: false` in its stored spec and keeps running without one until a spec says otherwise.
     """
 
-    enabled: bool = Field(False, description="run PgBouncer on the host that runs HAProxy")
+    enabled: bool | None = Field(None, description="run PgBouncer on the host that runs HAProxy; left out: on "
+                                                   "unless the spec has hosts (not supported there yet)")
     pool_mode: PoolMode = Field(PoolMode.TRANSACTION, description="when a server connection goes back to the pool: "
                                                                   "after each transaction, or when the client "
                                                                   "disconnects (session state kept)")
@@ -299,7 +302,7 @@ class ResourcesSpec(_Strict):
     # PgBouncer is single-threaded and on every pooled transaction's path: half a core, and
     # 256 MiB for 1000 clients' buffers with room to spare.
     pooler: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.5, memory_mib=256),
-                                  description="PgBouncer, when pooler.enabled")
+                                  description="PgBouncer, when the pooler runs")
     # The fencer idles on an event stream (Python ~30 MiB + a tiny HAProxy); a reaction needs
     # milliseconds of CPU, which 0.2 CPU's CFS quota grants within one 100 ms period.
     fencer: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0.2, memory_mib=128),
@@ -541,7 +544,7 @@ class ClusterSpec(_Strict):
     audit: AuditThresholds = Field(default_factory=AuditThresholds,  # type: ignore[arg-type]
                                    description="thresholds of the health audit's warnings and critical findings")
     pooler: PoolerSpec = Field(default_factory=PoolerSpec,  # type: ignore[arg-type]
-                               description="PgBouncer in front of the read/write endpoint (off by default)")
+                               description="PgBouncer in front of the read/write endpoint (on by default without hosts)")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec,  # type: ignore[arg-type]
                                  description="pgha's Prometheus exporter on ports.metrics (off by default)")
     fencing: bool = Field(True, description="run the fencing watcher: a leader the engine confirms dead loses "
@@ -638,17 +641,18 @@ class ClusterSpec(_Strict):
     @model_validator(mode="after")
     def _pool_port(self) -> ClusterSpec:
         """ports.pool is published only when the pooler runs; a spec without one may use 6432 otherwise."""
-        if self.pooler.enabled:
+        if self.runs_pooler:
             for name in ("rw", "ro", "stats"):
                 if getattr(self.ports, name) == self.ports.pool:
-                    raise ValueError(f"ports.pool and ports.{name} are both {self.ports.pool}; they must differ")
+                    raise ValueError(f"ports.pool and ports.{name} are both {self.ports.pool}; they must differ "
+                                     "(the pooler is on by default: set ports.pool, or pooler.enabled: false)")
         return self
 
     @model_validator(mode="after")
     def _metrics_port(self) -> ClusterSpec:
         """ports.metrics is published only when the exporter runs."""
         if self.metrics.enabled:
-            for name in ("rw", "ro", "stats", *(("pool",) if self.pooler.enabled else ())):
+            for name in ("rw", "ro", "stats", *(("pool",) if self.runs_pooler else ())):
                 if getattr(self.ports, name) == self.ports.metrics:
                     raise ValueError(f"ports.metrics and ports.{name} are both {self.ports.metrics}; they must differ")
         return self
@@ -698,8 +702,8 @@ class ClusterSpec(_Strict):
         if self.backup.enabled and self.backup.s3 is None and self.backup.repo_host is None:
             raise ValueError("backup over several hosts needs backup.s3 or backup.repo_host (a repository host; "
                              "the volume repository lives on one engine); set one, or backup.enabled: false")
-        if self.pooler.enabled:
-            raise ValueError("pooler.enabled is not supported with hosts yet")
+        if self.pooler.enabled is True:
+            raise ValueError("pooler.enabled is not supported with hosts yet; leave it out (off with hosts)")
         if self.metrics.enabled:
             raise ValueError("metrics.enabled is not supported with hosts yet; scrape Patroni's /metrics on each host")
         return self
@@ -822,7 +826,7 @@ class ClusterSpec(_Strict):
         pooler, the fencing watcher and the repository host when the spec has them."""
         out = [(m, "etcd") for m in self.etcd_names()] + [(m, "patroni") for m in self.node_names()]
         out.append((self.haproxy_member, "haproxy"))
-        if self.pooler.enabled:
+        if self.runs_pooler:
             out.append((self.pooler_member, "pooler"))
         out += [(m, "fencer") for m in self.fencer_members()]
         if self.backup.enabled and self.backup.repo_host is not None:
@@ -846,6 +850,11 @@ class ClusterSpec(_Strict):
     @property
     def haproxy_member(self) -> str:
         return "haproxy"
+
+    @property
+    def runs_pooler(self) -> bool:
+        """Whether the cluster runs PgBouncer: `pooler.enabled` when the spec says, else on without hosts."""
+        return self.pooler.enabled if self.pooler.enabled is not None else self.hosts is None
 
     @property
     def pooler_member(self) -> str:
@@ -920,6 +929,23 @@ def parse_spec(data: Any, source: str = "") -> ClusterSpec:
         return ClusterSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source)) from None
+
+
+def as_deployed(spec: ClusterSpec, stored: object) -> ClusterSpec:
+    """`spec` without the pooler when it is on only by default and the last `pgha up` did not run one.
+
+    `stored` is the cluster's stored spec as read from YAML (None: never brought up). A cluster
+    brought up before the pooler was on by default stored `pooler.enabled: false` (or, older
+    still, no pooler at all): reading and judging it (status, audit) must not call its absent
+    pooler broken. The next `pgha up` with a spec that leaves `pooler.enabled` out adds it.
+    """
+    if spec.pooler.enabled is not None or not spec.runs_pooler or not isinstance(stored, dict):
+        return spec
+    pooler = stored.get("pooler")
+    enabled = pooler.get("enabled", False) if isinstance(pooler, dict) else False
+    if enabled is True or (enabled is None and stored.get("hosts") is None):
+        return spec
+    return spec.model_copy(update={"pooler": spec.pooler.model_copy(update={"enabled": False})})
 
 
 def load_spec(path: Path | None) -> ClusterSpec:

@@ -17,6 +17,10 @@ it: clients that trust the CA keep working across a rotation). Leaves are valid 
   fencing agent (etcd requires one from the CA). It has no common name at all: with auth on,
   etcd's gateway refuses a client certificate that has one (it cannot map it to a user), and
   these clients authenticate with a password instead. By itself it grants nothing.
+- `pooler`: the certificate PgBouncer presents to its clients (127.0.0.1, localhost and its
+  container's name), so they verify it as they verify HAProxy's path (`sslmode=verify-full`).
+  Server auth only and no common name: as a client certificate etcd refuses it. Issued and
+  rotated with the member and client certificates.
 Each role receives only the files it uses (`ROLE_FILES`).
 pgBackRest's TLS keeps its own CA (`stack.backup_tls`), which predates this one.
 """
@@ -35,15 +39,17 @@ MAX_MEMBERS = 9  # ClusterSpec.nodes' bound; etcd has at most 7
 CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
 BASE_LEAVES = ("member.crt", "member.key", "client.crt", "client.key")
 GATEWAY_LEAVES = ("gateway.crt", "gateway.key")
-LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES)
+POOLER_LEAVES = ("pooler.crt", "pooler.key")
+LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES, *POOLER_LEAVES)
 MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
 # What each role's config directory receives (and nothing else: a file of another role found
-# there is removed by `tasks.host.tls.install`). HAProxy and the pooler only verify servers.
+# there is removed by `tasks.host.tls.install`). HAProxy only verifies servers; the pooler verifies
+# its server (through HAProxy) and presents its own certificate to its clients.
 ROLE_FILES: dict[str, tuple[str, ...]] = {
     "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key"),  # pgha's etcdctl runs there
     "patroni": ("ca.crt", "member.crt", "member.key", *GATEWAY_LEAVES),
     "haproxy": ("ca.crt",),
-    "pooler": ("ca.crt",),
+    "pooler": ("ca.crt", *POOLER_LEAVES),
     "fencer": ("ca.crt", *GATEWAY_LEAVES),
     "metrics": ("ca.crt",),  # Patroni's REST API verifies clients optionally: GETs need no certificate
 }
@@ -58,6 +64,8 @@ CLIENT_CERT = f"{RUN_DIR}/client.crt"
 CLIENT_KEY = f"{RUN_DIR}/client.key"
 GATEWAY_CERT = f"{RUN_DIR}/gateway.crt"
 GATEWAY_KEY = f"{RUN_DIR}/gateway.key"
+POOLER_CERT = f"{RUN_DIR}/pooler.crt"
+POOLER_KEY = f"{RUN_DIR}/pooler.key"
 # Root (docker exec, health checks, HAProxy) reads the mounted copies directly.
 ROOT_CA = f"{MOUNT_DIR}/ca.crt"
 ROOT_CLIENT_CERT = f"{MOUNT_DIR}/client.crt"
@@ -110,9 +118,10 @@ def make_ca(spec: ClusterSpec, days: int = CA_DAYS) -> dict[str, str]:
     return new_ca(f"pgha {spec.scope} cluster CA", days)
 
 
-def issue(ca_files: dict[str, str], cn: str | None, dns: list[str], ips: list[str], days: int) -> tuple[str, str]:
+def issue(ca_files: dict[str, str], cn: str | None, dns: list[str], ips: list[str], days: int,
+          client_auth: bool = True) -> tuple[str, str]:
     """(certificate, key) PEM signed by `ca_files`, valid `days`, for server and client auth
-    (`cn` None: an empty subject).
+    (`cn` None: an empty subject; `client_auth` False: server auth only).
 
     Subject alternative names: `dns` as DNS names, `ips` as IP addresses (none: no SAN).
     """
@@ -137,7 +146,8 @@ def issue(ca_files: dict[str, str], cn: str | None, dns: list[str], ips: list[st
                                       crl_sign=False, content_commitment=False, data_encipherment=False,
                                       key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+                                               *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]),
+                        critical=False))
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     if sans:
@@ -160,20 +170,34 @@ def split_names(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
-    """New member and client certificates signed by the cluster CA, valid `spec.tls.days`."""
+    """New member, client, gateway and pooler certificates signed by the cluster CA, valid `spec.tls.days`."""
     # many hosts: members are reached at their host's address
     host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
     member_crt, member_key = issue(ca_files, f"{spec.scope} member", member_names(spec) + host_dns,
                                    ["127.0.0.1", "::1", *host_ips], spec.tls.days)
     client_crt, client_key = issue(ca_files, client_cn(spec.scope), [], [], spec.tls.days)
     return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key,
-            **make_gateway_leaf(spec, ca_files)}
+            **make_gateway_leaf(spec, ca_files), **make_pooler_leaf(spec, ca_files)}
 
 
 def make_gateway_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
     """The gateway clients' certificate: no common name (etcd's gateway refuses one with auth on)."""
     crt, key = issue(ca_files, None, [], [], spec.tls.days)
     return {"gateway.crt": crt, "gateway.key": key}
+
+
+def make_pooler_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """The pooler's server certificate for its clients: 127.0.0.1 (its published port), localhost,
+    its container's name. Server auth only, and no common name: etcd (which requires a client
+    certificate of the same CA) refuses it in the handshake, and would map it to no user."""
+    crt, key = issue(ca_files, None, [spec.container(spec.pooler_member), "localhost"], ["127.0.0.1", "::1"],
+                     spec.tls.days, client_auth=False)
+    return {"pooler.crt": crt, "pooler.key": key}
+
+
+# Leaves added after the first clusters were made: issued alone for such a cluster (`tasks.host.tls`),
+# since new member and client certificates would mean a rotation.
+LATER_LEAVES = {GATEWAY_LEAVES: make_gateway_leaf, POOLER_LEAVES: make_pooler_leaf}
 
 
 @dataclass(frozen=True)
@@ -192,13 +216,13 @@ def cert_info(name: str, pem: str) -> CertInfo:
     return CertInfo(name, c.not_valid_after_utc, c.serial_number)
 
 
-LEAVES = ("member.crt", "client.crt")
+LEAVES = ("member.crt", "client.crt", "pooler.crt")
 CA_WARN_DAYS = 365  # a new CA means new trust for every client: warn a year ahead
 CA_CRITICAL_DAYS = 30
 
 
 def renewal_due(infos: list[CertInfo], now: dt.datetime, within_days: int) -> tuple[bool, str]:
-    """(due, detail) for the member and client certificates: due when the one nearest to expiry has
+    """(due, detail) for the member, client and pooler certificates: due when the one nearest to expiry has
     fewer than `within_days` days left (the CA is not renewed: see `ca_outcome`)."""
     leaves = [i for i in infos if i.name in LEAVES]
     if not leaves:
@@ -227,7 +251,7 @@ def ca_outcome(infos: list[CertInfo], now: dt.datetime) -> tuple[str, str]:
 
 
 def expiry_outcome(infos: list[CertInfo], now: dt.datetime, warn_days: int) -> tuple[str, str]:
-    """("ok"|"warning"|"critical", detail) for the member or client certificate nearest to expiry."""
+    """("ok"|"warning"|"critical", detail) for the member, client or pooler certificate nearest to expiry."""
     infos = [i for i in infos if i.name in LEAVES]
     if not infos:
         return "critical", "no member or client certificate found in the state directory"
@@ -256,3 +280,8 @@ exec /usr/local/bin/pgha-entrypoint "$@"
 START_FILE = "tls-start.sh"
 # Installs fresh copies in a running container (rotation); the service reloads them.
 REINSTALL = f'for f in {MOUNT_DIR}/*; do install -o "$0" -g "$0" -m 0600 "$f" {RUN_DIR}/; done'
+# The pooler's entrypoint hands /run/pgha to postgres (0700) once it has copied its files, and
+# root there has no DAC_OVERRIDE: root takes the directory back for the copy, as the entrypoint
+# does, and returns it (PgBouncer reads nothing there until the RELOAD that follows).
+POOLER_REINSTALL = (f'chown root:root {layout.RUN_DIR} && ({REINSTALL}); rc=$?; '
+                    f'chown "$0":"$0" {layout.RUN_DIR}; exit $rc')

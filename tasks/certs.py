@@ -20,7 +20,8 @@ class CertError(PghaError):
 
 def reinstall(spec: ClusterSpec, member: str, user: str) -> None:
     """Copy the member's mounted TLS files (already renewed on the host) into its service user's copy."""
-    r = node(spec, member).run(["sh", "-c", tls.REINSTALL, user], user="root", timeout=15)
+    script = tls.POOLER_REINSTALL if member == spec.pooler_member else tls.REINSTALL
+    r = node(spec, member).run(["sh", "-c", script, user], user="root", timeout=15)
     if not r.ok:
         raise CertError(f"cannot install the renewed certificates in {member}: {last_lines(r.out + r.err)}")
 
@@ -37,11 +38,14 @@ def served_serial(spec: ClusterSpec, member: str, port: int, starttls: str | Non
     return int(out.removeprefix("serial="), 16)
 
 
-def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None]]:
-    """(member, port, starttls) of every TLS server of the cluster."""
-    out: list[tuple[str, int, str | None]] = [(m, layout.ETCD_CLIENT_PORT, None) for m in spec.etcd_names()]
+def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None, str]]:
+    """(member, port, starttls, the certificate file it serves) of every TLS server of the cluster."""
+    out: list[tuple[str, int, str | None, str]] = [(m, layout.ETCD_CLIENT_PORT, None, "member.crt")
+                                                    for m in spec.etcd_names()]
     for m in spec.node_names():
-        out += [(m, layout.PATRONI_API_PORT, None), (m, layout.PG_PORT, "postgres")]
+        out += [(m, layout.PATRONI_API_PORT, None, "member.crt"), (m, layout.PG_PORT, "postgres", "member.crt")]
+    if spec.runs_pooler:
+        out.append((spec.pooler_member, layout.PGBOUNCER_PORT, "postgres", "pooler.crt"))
     return out
 
 

@@ -21,6 +21,7 @@ from stack.pooler import ADMIN_DB, PoolerObs, parse_pools
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from tasks.host.secrets import cluster_secrets
+from tasks.postgres import server_auth_params
 
 
 def _first_line(exc: BaseException) -> str:
@@ -36,10 +37,11 @@ class Admin:
         s = self.secrets = secrets or cluster_secrets(spec.scope)
         try:
             # The password goes to libpq as a keyword, never into a URI, an argv or a message;
-            # only to a pooler that proves it holds the SCRAM verifier (require_auth).
+            # only to a pooler that proves it is the cluster's: its certificate verified against
+            # the cluster CA (spec.tls) and its knowledge of the SCRAM verifier (require_auth).
             self.conn = psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, password=s.superuser,
                                         dbname=ADMIN_DB, connect_timeout=timeout, autocommit=True,
-                                        cursor_factory=psycopg.ClientCursor, require_auth="scram-sha-256")
+                                        cursor_factory=psycopg.ClientCursor, **server_auth_params(spec))
         except psycopg.Error as exc:
             raise PoolerError(f"pooler admin console on 127.0.0.1:{self.port}: {_first_line(exc)}") from None
 
@@ -140,6 +142,12 @@ def observe(spec: ClusterSpec, secrets: Secrets | None = None) -> PoolerObs:
     except PoolerError as exc:
         return PoolerObs(reachable=False, error=str(exc))
     return PoolerObs(reachable=True, pools=pools, paused=paused_now)
+
+
+def reload(spec: ClusterSpec, secrets: Secrets | None = None) -> None:
+    """RELOAD: PgBouncer re-reads its configuration and TLS files (a rotated certificate)."""
+    with admin(spec, secrets) as a:
+        a.command("RELOAD")
 
 
 def stats(spec: ClusterSpec, secrets: Secrets | None = None) -> list[dict[str, object]]:

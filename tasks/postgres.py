@@ -42,27 +42,24 @@ def tls_params(spec: ClusterSpec) -> dict[str, str]:
 REQUIRE_SCRAM = {"require_auth": "scram-sha-256"}
 
 
-def server_auth_params(spec: ClusterSpec, pooled: bool = False) -> dict[str, str]:
+def server_auth_params(spec: ClusterSpec) -> dict[str, str]:
     """How pgha's own connections authenticate the server before sending credentials: TLS
-    verify-full against the cluster CA through HAProxy when TLS is on; else (and to the pooler,
-    whose client side is plain TCP on 127.0.0.1) SCRAM required, whose server signature a
-    process that merely bound the port cannot forge."""
-    if not pooled and spec.tls.enabled:
-        return {**tls_params(spec), **REQUIRE_SCRAM}
-    return dict(REQUIRE_SCRAM)
+    verify-full against the cluster CA when TLS is on (through HAProxy and to the pooler alike),
+    and SCRAM required, whose server signature a process that merely bound the port cannot forge."""
+    return {**tls_params(spec), **REQUIRE_SCRAM}
 
 
 def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None, dbname: str = "postgres",
         pooled: bool = False, passfile: str | None = None, user: str = SUPERUSER) -> str:
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
 
-    Through HAProxy the URI asks for TLS verified against the CA (spec.tls); the pooler's client
-    side is plain TCP on 127.0.0.1 (it reaches PostgreSQL over TLS itself). Over many hosts it is
+    The URI asks for TLS verified against the CA (spec.tls), through HAProxy and to the pooler
+    alike (the pooler presents a certificate of the cluster CA for 127.0.0.1). Over many hosts it is
     libpq's multi-host URI: every host's HAProxy, so a client survives the loss of the one it used.
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = user + (f":{quote(password, safe='')}" if password else "")
-    params = {} if pooled else tls_params(spec)
+    params = tls_params(spec)
     if passfile:
         params["passfile"] = passfile
     query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
@@ -103,7 +100,7 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     try:
         return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
-                               application_name=application_name, **server_auth_params(spec, pooled), **extra)
+                               application_name=application_name, **server_auth_params(spec), **extra)
     except psycopg.Error as exc:
         # psycopg's message names host/port/user, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -16,6 +16,7 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import task
+from tasks.host.generations import deployed
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, secrets_file, write_private
 
@@ -38,6 +39,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     session is opened through the R/W port as a client would: a cluster whose members all run
     but that no client can enter (a preload library that fails in every session) is not healthy.
     """
+    spec = deployed(spec)
     st = ClusterStatus(scope=spec.scope)
     eng = docker_hosts.engines(spec)
     # The systems are asked at once: status answers in the time of the slowest, not the sum.
@@ -110,7 +112,7 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
             st.problems.append(session)
     except PghaError as exc:
         st.problems.append(str(exc))
-    if spec.pooler.enabled:
+    if spec.runs_pooler:
         obs = pgbouncer.observe(spec)
         st.endpoints |= {"pool": postgres.dsn(spec, pooled=True), "pooler": obs.summary()}
         st.problems += pooler_problems(obs, spec)
@@ -186,8 +188,8 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
     """
     t0 = time.monotonic()
     others = [m for m in spec.node_names() if m != candidate]
-    times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.pooler.enabled)
-    pool_ctx = pgbouncer.paused(spec) if spec.pooler.enabled else nullcontext()
+    times = SwitchoverTimes(leader=leader, candidate=candidate, pooled=spec.runs_pooler)
+    pool_ctx = pgbouncer.paused(spec) if spec.runs_pooler else nullcontext()
     requested: list[Future[str]] = []
 
     def refused() -> bool:
@@ -195,7 +197,7 @@ def hand_over(spec: ClusterSpec, leader: str, candidate: str, timeout: float) ->
 
     with ThreadPoolExecutor(2, thread_name_prefix="switchover") as pool:
         with pool_ctx:
-            times.paused_s = round(time.monotonic() - t0, 3) if spec.pooler.enabled else None
+            times.paused_s = round(time.monotonic() - t0, 3) if spec.runs_pooler else None
             asked = time.monotonic()
             # The watcher first: starting a `docker exec` can take a while on a busy host, and
             # it must already be polling when the candidate takes the lock.

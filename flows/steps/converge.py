@@ -87,7 +87,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
         return  # many hosts: the client ports are on the hosts' addresses, not this machine's loopback
     engine = eng.of(spec.haproxy_member)
     own = engine.host_ports_of(spec.scope)
-    for key in ("rw", "ro", "stats", *(("pool",) if spec.pooler.enabled else ())):
+    for key in ("rw", "ro", "stats", *(("pool",) if spec.runs_pooler else ())):
         port = int(getattr(spec.ports, key))
         if port in own:
             continue
@@ -191,7 +191,7 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     """PgBouncer next to HAProxy with the SCRAM secrets of pg_authid; removed when the spec turns it off."""
     engine = docker_hosts.engines(spec).of(spec.haproxy_member)  # "on the host that runs HAProxy"
     name = spec.container(spec.pooler_member)
-    if not spec.pooler.enabled:
+    if not spec.runs_pooler:
         return "removed" if engine.remove_container(name) else "absent"
     lead = patroni.cluster_view(spec).leader()
     if lead is None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from stack import generations as gen
 from stack import layout, tls
 from stack.major import MajorState
-from stack.spec import ClusterSpec
+from stack.spec import ClusterSpec, as_deployed
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -51,6 +53,19 @@ def stored_spec_file(scope: str) -> Path:
     if pointer is not None and (cluster_dir(pointer.generation) / "spec.yaml").exists():
         return cluster_dir(pointer.generation) / "spec.yaml"
     return cluster_dir(scope) / "spec.yaml"
+
+
+def deployed(spec: ClusterSpec) -> ClusterSpec:
+    """`spec` as the cluster runs it: a pooler on only by default that the last `pgha up` did not
+    run is not expected (`stack.spec.as_deployed`) until the next `pgha up` adds it."""
+    if spec.pooler.enabled is not None or not spec.runs_pooler:
+        return spec
+    path = stored_spec_file(spec.scope)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        return spec
+    return as_deployed(spec, raw)
 
 
 def clear_generation_dir(scope: str, keep: tuple[str, ...] = ()) -> None:

@@ -56,17 +56,26 @@ def _material(spec: ClusterSpec) -> dict[str, str]:
     leaves = _read(d, tls.LEAF_FILES)
     if leaves is None:
         base = _read(d, tls.BASE_LEAVES)
-        # A cluster made before the gateway certificate existed: issue that one alone (new
-        # member and client certificates would mean a rotation).
-        leaves = {**base, **tls.make_gateway_leaf(spec, ca)} if base is not None else tls.make_leaves(spec, ca)
-        for f, text in leaves.items():
-            if base is None or f in tls.GATEWAY_LEAVES:
+        if base is None:
+            leaves = tls.make_leaves(spec, ca)
+            for f, text in leaves.items():
                 write_private(d / f, text)
+        else:
+            # A cluster made before the gateway or the pooler certificate existed: issue the
+            # missing one alone (new member and client certificates would mean a rotation).
+            leaves = dict(base)
+            for names, make in tls.LATER_LEAVES.items():
+                have = _read(d, names)
+                if have is None:
+                    have = make(spec, ca)
+                    for f, text in have.items():
+                        write_private(d / f, text)
+                leaves |= have
     return {**ca, **leaves}
 
 
 def renew(spec: ClusterSpec) -> dict[str, str]:
-    """New member and client certificates from the same CA (the old ones are replaced)."""
+    """New member, client, gateway and pooler certificates from the same CA (the old ones are replaced)."""
     with _LOCK:
         ca = _material(spec)
         leaves = tls.make_leaves(spec, {f: ca[f] for f in tls.CA_FILES})
@@ -108,7 +117,7 @@ def install(spec: ClusterSpec, member: str) -> bool:
 def certificates(spec: ClusterSpec) -> list[tls.CertInfo]:
     """What the state directory holds now (the CA and the leaves), for the audit's expiry row."""
     d = tls_dir(spec.scope)
-    return [tls.cert_info(f, (d / f).read_text()) for f in ("ca.crt", "member.crt", "client.crt") if (d / f).exists()]
+    return [tls.cert_info(f, (d / f).read_text()) for f in ("ca.crt", *tls.LEAVES) if (d / f).exists()]
 
 
 def expiry(spec: ClusterSpec, now: dt.datetime | None = None) -> tuple[str, str]:

@@ -263,7 +263,8 @@ def cluster_a(engine: docker.DockerClient, base_env: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A default-shaped 3 etcd / 3 node cluster, shared by tests that only read."""
     spec = {"scope": "pgha-it-a", "nodes": 3, "etcd_members": 3,
-            "ports": {"rw": 25432, "ro": 25433, "stats": 28404}}
+            "ports": {"rw": 25432, "ro": 25433, "stats": 28404},
+            "pooler": {"enabled": False}}  # on by default: test_pooler.py proves it; not the point here
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("a"), spec) as c:
         yield c
 

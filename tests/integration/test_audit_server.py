@@ -131,7 +131,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, server_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    spec = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "ports": {"rw": 25472, "ro": 25473, "stats": 28472}}
+    spec = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "ports": {"rw": 25472, "ro": 25473, "stats": 28472}, "pooler": {"enabled": False}}
     with running_cluster(engine, server_env, tmp_path_factory.mktemp("au1"), spec) as c:
         yield c
 

@@ -28,10 +28,11 @@ INTO = "pgha-it-bk2"
 # A declared role and database (generated password, an extension): a PITR into a new scope keeps them.
 APPS = {"roles": [{"name": "app"}], "databases": [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements"]}]}
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25500, "ro": 25501, "stats": 28500},
-        "backup": {"retention_full": 2}, **APPS}
-INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502}, **APPS}
+        "backup": {"retention_full": 2}, "pooler": {"enabled": False}, **APPS}
+INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502},
+             "pooler": {"enabled": False}, **APPS}
 CHAIN = "pgha-it-bk3"  # the block-incremental chain's PITR target: one node is enough to read it back
-CHAIN_SPEC = {"scope": CHAIN, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25506, "ro": 25507, "stats": 28506}}
+CHAIN_SPEC = {"scope": CHAIN, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25506, "ro": 25507, "stats": 28506}, "pooler": {"enabled": False}}
 
 
 @dataclass

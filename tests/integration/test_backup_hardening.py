@@ -30,11 +30,11 @@ from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope
 from tests.integration.test_backup import ok, sql
 
 SCOPE = "pgha-it-bh"
-SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26800, "ro": 26801, "stats": 26802}}
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26800, "ro": 26801, "stats": 26802}, "pooler": {"enabled": False}}
 S3_SCOPE = "pgha-it-bh3"
 S3_NET = f"{S3_SCOPE}-s3net"
 S3_HOST = f"{S3_SCOPE}-s3"
-S3_SPEC = {"scope": S3_SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26810, "ro": 26811, "stats": 26812}}
+S3_SPEC = {"scope": S3_SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26810, "ro": 26811, "stats": 26812}, "pooler": {"enabled": False}}
 MOTO_APT = "python3-moto python3-flask python3-flask-cors haproxy"
 # moto's own TLS (werkzeug) ends a connection after a PUT without TLS close_notify, which
 # pgBackRest (OpenSSL 3) rejects ("unexpected eof while reading"): HAProxy terminates TLS in

@@ -42,13 +42,13 @@ def busy_port() -> Iterator[int]:
 )
 def test_bad_spec_creates_nothing(patch: dict[str, object], fragment: str, base_env: dict[str, str],
                                   tmp_path: Path, engine: docker.DockerClient) -> None:
-    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": PORTS, **patch}
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": PORTS, **patch, "pooler": {"enabled": False}}
     assert_refused(base_env, tmp_path, engine, spec, fragment)
 
 
 def test_port_in_use_on_host_creates_nothing(busy_port: int, base_env: dict[str, str], tmp_path: Path,
                                              engine: docker.DockerClient) -> None:
-    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "ro": busy_port}}
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {**PORTS, "ro": busy_port}, "pooler": {"enabled": False}}
     assert_refused(base_env, tmp_path, engine, spec, f"port {busy_port} (ports.ro) is already in use")
 
 

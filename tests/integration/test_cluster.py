@@ -150,6 +150,6 @@ def test_port_of_another_cluster_creates_nothing(cluster_a: Cluster, base_env: d
                                                  engine: docker.DockerClient) -> None:
     """Here, not in test_bad_input.py: every test of the shared cluster_a lives in one file (one xdist worker)."""
     spec = {"scope": "pgha-it-bad2", "nodes": 1, "etcd_members": 1,
-            "ports": {"rw": cluster_a.port("rw"), "ro": 25466, "stats": 28436}}
+            "ports": {"rw": cluster_a.port("rw"), "ro": 25466, "stats": 28436}, "pooler": {"enabled": False}}
     assert_refused(base_env, tmp_path, engine, spec, f"already published by pgha cluster '{cluster_a.scope}'",
                    scope="pgha-it-bad2")

@@ -455,7 +455,7 @@ class Writer(threading.Thread):
 
 
 def _drill_spec(image: str | None = None) -> dict[str, Any]:
-    spec = {"scope": DRILL_SCOPE, "nodes": 2, "etcd_members": 1, "ports": DRILL_PORTS, "backup": {"enabled": False}}
+    spec = {"scope": DRILL_SCOPE, "nodes": 2, "etcd_members": 1, "ports": DRILL_PORTS, "backup": {"enabled": False}, "pooler": {"enabled": False}}
     return {**spec, "image": image} if image else spec
 
 

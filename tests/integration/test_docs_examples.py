@@ -38,7 +38,7 @@ PAGES = [DOCS / "getting-started.md", *sorted((DOCS / "howto").glob("*.md"))]
 
 SCOPE = "pgha-it-docs"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 17,
-        "ports": {"rw": 27600, "ro": 27601, "stats": 27602, "pool": 27603}}
+        "ports": {"rw": 27600, "ro": 27601, "stats": 27602, "pool": 27603}, "pooler": {"enabled": False}}
 SERVER_PORT = 27609
 # A `pgha restore --into NEW` in a page gives the new cluster the source's ports + 10: kept free for it.
 RESTORE_INTO_PORTS = (27610, 27611, 27612, 27613)

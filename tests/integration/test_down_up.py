@@ -19,7 +19,7 @@ SEED_PASSWORD = "seed-Password-for-it-b"  # the seed stack's POSTGRES_PASSWORD, 
 def cluster_b(engine: docker.DockerClient, base_env: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": "pgha-it-b", "nodes": 2, "etcd_members": 1,
-            "ports": {"rw": 25442, "ro": 25443, "stats": 28414}}
+            "ports": {"rw": 25442, "ro": 25443, "stats": 28414}, "pooler": {"enabled": False}}
     env = {**base_env, "POSTGRES_PASSWORD": SEED_PASSWORD}
     with running_cluster(engine, env, tmp_path_factory.mktemp("b"), spec) as c:
         yield c

@@ -27,7 +27,7 @@ def cluster_d(engine: docker.DockerClient, base_env: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A cluster of its own: drills are destructive."""
     spec = {"scope": "pgha-it-d", "nodes": 3, "etcd_members": 3,
-            "ports": {"rw": 25462, "ro": 25463, "stats": 28434}}
+            "ports": {"rw": 25462, "ro": 25463, "stats": 28434}, "pooler": {"enabled": False}}
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("d"), spec) as c:
         yield c
 

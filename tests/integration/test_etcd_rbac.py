@@ -94,7 +94,7 @@ def tls_files(engine: docker.DockerClient, c: Cluster, member: str) -> set[str]:
 
 def test_each_role_holds_only_the_keys_it_uses(engine: docker.DockerClient, cluster: Cluster) -> None:
     assert tls_files(engine, cluster, "haproxy") == {"ca.crt"}
-    assert tls_files(engine, cluster, "pooler") == {"ca.crt"}
+    assert tls_files(engine, cluster, "pooler") == {"ca.crt", "pooler.crt", "pooler.key"}  # its clients' TLS
     assert tls_files(engine, cluster, "fencer") == {"ca.crt", "gateway.crt", "gateway.key"}
     for m in ("pg-1", "pg-2"):
         assert tls_files(engine, cluster, m) == {"ca.crt", "member.crt", "member.key", "gateway.crt", "gateway.key"}
@@ -108,6 +108,12 @@ def test_only_patroni_and_pgha_may_write_the_clusters_keys(engine: docker.Docker
     for m in ("haproxy", "pooler"):
         r = probe(engine, cluster, m)
         assert r["txn"] == 0 and r["other_scope"] == 0, (m, r)
+    # The pooler's own certificate (its clients' TLS) is for server auth only: etcd refuses it.
+    code, out = run(engine, cluster, "pooler", [
+        "etcdctl", f"--endpoints=https://{cluster.container('etcd-1')}:2379", "--cacert=/etc/pgha/tls/ca.crt",
+        "--cert=/etc/pgha/tls/pooler.crt", "--key=/etc/pgha/tls/pooler.key", "--command-timeout=5s",
+        "put", CONFIG_KEY, "x"])
+    assert code != 0 and "executable file not found" not in out, out
     # The fencer: the gateway certificate and etcd's `fencer` user (the leader key alone, for its
     # compare-and-delete): the config key is refused, and so is any key outside its grant.
     fencer = probe(engine, cluster, "fencer", cert="/etc/pgha/tls/gateway.crt", key="/etc/pgha/tls/gateway.key",

@@ -37,7 +37,7 @@ QUORUM_LOSS_CEILING_S = 5.0  # failsafe on: writes go on through a 60 s etcd out
 def cluster_f(engine: docker.DockerClient, base_env: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": "pgha-it-fence", "nodes": 3, "etcd_members": 3,
-            "ports": {"rw": 26000, "ro": 26001, "stats": 26002}}
+            "ports": {"rw": 26000, "ro": 26001, "stats": 26002}, "pooler": {"enabled": False}}
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("fence"), spec) as c:
         yield c
 

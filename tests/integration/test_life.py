@@ -34,9 +34,9 @@ SCOPE = "pgha-it-life"
 GREEN = f"{SCOPE}-green"
 INTO = "pgha-it-life-pitr"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15,
-        "ports": {"rw": 27800, "ro": 27801, "stats": 27802, "pool": 27803}}  # green while both run: +10
+        "ports": {"rw": 27800, "ro": 27801, "stats": 27802, "pool": 27803}, "pooler": {"enabled": False}}  # green while both run: +10
 INTO_SPEC = {"scope": INTO, "nodes": 1, "etcd_members": 1, "postgres_version": 17,
-             "ports": {"rw": 27820, "ro": 27821, "stats": 27822, "pool": 27823}}
+             "ports": {"rw": 27820, "ro": 27821, "stats": 27822, "pool": 27823}, "pooler": {"enabled": False}}
 HANDOVER_CEILING_S = 15.0  # generous: the handover measures ~1-3 s here (recreate one HAProxy)
 
 

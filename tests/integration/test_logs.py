@@ -26,7 +26,7 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "backup": {"enabled": False},
             "ports": {"rw": 26720, "ro": 26721, "stats": 26722},
-            "logs": {"max_size": MAX_SIZE, "max_files": MAX_FILES}}
+            "logs": {"max_size": MAX_SIZE, "max_files": MAX_FILES}, "pooler": {"enabled": False}}
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("logs"), spec) as c:
         yield c
 

@@ -33,6 +33,7 @@ SCOPE = "pgha-it-mu1"
 GREEN = f"{SCOPE}-green"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "postgres_version": 15,
         "ports": {"rw": 26100, "ro": 26101, "stats": 26102},  # green: +10 (major.green_port_offset)
+        "pooler": {"enabled": False},
         # A declared role (generated password) and its database with an extension: green keeps them.
         "roles": [{"name": "app"}],
         "databases": [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements"]}]}

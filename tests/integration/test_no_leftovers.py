@@ -25,7 +25,7 @@ import yaml
 from tests.integration.conftest import ROOT, remove_scope, without_shared_api
 
 SCOPE = "pgha-it-nl"
-SPEC = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25600, "ro": 25601, "stats": 28600}}
+SPEC = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25600, "ro": 25601, "stats": 28600}, "pooler": {"enabled": False}}
 PIPE_GRACE_S = 10  # after the command exits, its pipes must close within this
 
 

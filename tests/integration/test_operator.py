@@ -58,7 +58,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, server_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    spec = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26301, "ro": 26302, "stats": 26303}}
+    spec = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26301, "ro": 26302, "stats": 26303}, "pooler": {"enabled": False}}
     with running_cluster(engine, server_env, tmp_path_factory.mktemp("op1"), spec) as c:
         yield c
 

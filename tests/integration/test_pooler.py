@@ -44,8 +44,9 @@ SCOPE = "pgha-it-pool"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
         "ports": {"rw": 26232, "ro": 26233, "stats": 26204, "pool": 26264},
         "backup": {"enabled": False},
+        # `pooler.enabled` left out: the pooler runs by default (this file proves it).
         # A short pause bound, so the test of a pause that cannot complete stays short.
-        "pooler": {"enabled": True, "pause_timeout_s": 3}}
+        "pooler": {"pause_timeout_s": 3}}
 PGBENCH = shutil.which("pgbench")
 BENCH_S = 30
 CLIENTS = 20
@@ -272,7 +273,7 @@ def test_pooler_port_in_use_is_refused_before_anything_is_created(engine: docker
     scope = "pgha-it-pool-busy"
     remove_scope(engine, scope)
     spec = {"scope": scope, "nodes": 1, "etcd_members": 1, "backup": {"enabled": False},
-            "ports": {"rw": 26242, "ro": 26243, "stats": 26244, "pool": 26245}, "pooler": {"enabled": True}}
+            "ports": {"rw": 26242, "ro": 26243, "stats": 26244, "pool": 26245}}  # the pooler by default
     spec_file = tmp_path / "busy.yaml"
     spec_file.write_text(json.dumps(spec))
     with socket.socket() as s:
@@ -285,3 +286,35 @@ def test_pooler_port_in_use_is_refused_before_anything_is_created(engine: docker
     assert engine.containers.list(all=True, filters={"label": f"pgha.cluster={scope}"}) == []
     assert engine.volumes.list(filters={"label": f"pgha.cluster={scope}"}) == []
     shutil.rmtree(Path(base_env["PGHA_STATE_DIR"]) / scope, ignore_errors=True)
+
+
+def test_the_pooler_speaks_tls_only_and_pgha_dsn_verifies_it(cluster: Cluster) -> None:
+    """TLS on (the default): a plaintext client is refused; the URI `pgha dsn --pool` hands out
+    (sslmode=verify-full against the cluster CA) connects, over TLS, to the primary."""
+    with pytest.raises(psycopg.OperationalError, match="SSL required"):
+        psycopg.connect(host="127.0.0.1", port=cluster.port("pool"), user="postgres",
+                        password=cluster.secrets["superuser"], dbname="postgres", connect_timeout=5,
+                        sslmode="disable")
+    res = pgha(cluster.env, "dsn", "--pool", "--pgpass", "--scope", cluster.scope)
+    assert res.returncode == 0, res.stderr
+    uri = res.stdout.strip()
+    assert f"127.0.0.1:{cluster.port('pool')}/" in uri and "sslmode=verify-full" in uri and "sslrootcert=" in uri
+    with psycopg.connect(uri, connect_timeout=5, autocommit=True) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
+
+
+def test_z_certs_rotate_reissues_the_pooler_certificate(cluster: Cluster) -> None:
+    """Last: a rotation re-issues the pooler's certificate too and waits until the pooler serves
+    it (its endpoint is among those the flow checks); a pooled session stays open through it."""
+    tls_dir = Path(cluster.env["PGHA_STATE_DIR"]) / cluster.scope / "tls"
+    before = (tls_dir / "pooler.crt").read_text()
+    uri = pgha(cluster.env, "dsn", "--pool", "--pgpass", "--scope", cluster.scope).stdout.strip()
+    with psycopg.connect(uri, connect_timeout=5, autocommit=True) as kept:
+        res = pgha(cluster.env, "certs", "rotate", "--json", "--scope", cluster.scope, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert json.loads(res.stdout)["endpoints"] == 6  # etcd-1, 2 x (Patroni, PostgreSQL), the pooler
+        assert kept.execute("select 1").fetchone() == (1,)  # RELOAD, not a restart
+    assert (tls_dir / "pooler.crt").read_text() != before
+    with psycopg.connect(uri, connect_timeout=5, autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)

@@ -118,7 +118,7 @@ def start_deployment(env: dict[str, str], name: str, params: dict[str, Any]) -> 
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, server_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {"rw": 26501, "ro": 26502, "stats": 26503}}
+    spec = {"scope": SCOPE, "nodes": 1, "etcd_members": 1, "ports": {"rw": 26501, "ro": 26502, "stats": 26503}, "pooler": {"enabled": False}}
     with running_cluster(engine, server_env, tmp_path_factory.mktemp("pa1"), spec) as c:
         yield c
 

@@ -25,7 +25,7 @@ from tests.integration.test_backup import ok, refused, sql
 
 SCOPE = "pgha-it-bk3"
 SPEC_NODES = ("pg-1", "pg-2")
-SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25516, "ro": 25517, "stats": 28516}}
+SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25516, "ro": 25517, "stats": 28516}, "pooler": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")

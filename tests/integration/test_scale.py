@@ -30,7 +30,7 @@ SCOPE = "pgha-it-up2"
 # Asynchronous replication: lets the test put the leadership on the node scale-in removes.
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 3, "postgres_version": 15,
         "patroni": {"synchronous_mode": False},
-        "ports": {"rw": 25524, "ro": 25525, "stats": 28524}}
+        "ports": {"rw": 25524, "ro": 25525, "stats": 28524}, "pooler": {"enabled": False}}
 ROWS = 500
 
 

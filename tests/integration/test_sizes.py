@@ -21,7 +21,7 @@ SCOPE = "pgha-it-sizes"
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
-            "ports": {"rw": 26760, "ro": 26761, "stats": 26762}}
+            "ports": {"rw": 26760, "ro": 26761, "stats": 26762}, "pooler": {"enabled": False}}
     with running_cluster(engine, base_env, tmp_path_factory.mktemp("sizes"), spec) as c:
         yield c
 

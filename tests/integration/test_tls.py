@@ -36,7 +36,7 @@ SCOPE = "pgha-it-tls"
 # TLS is the case worth scraping (https to every node, the certificates' expiry).
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1,
         "ports": {"rw": 26632, "ro": 26633, "stats": 26604, "metrics": 23100},
-        "backup": {"enabled": False}, "metrics": {"enabled": True, "interval_s": 2}}
+        "backup": {"enabled": False}, "pooler": {"enabled": False}, "metrics": {"enabled": True, "interval_s": 2}}
 PROMETHEUS_PORT = 23101
 
 

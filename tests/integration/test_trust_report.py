@@ -31,7 +31,7 @@ PORTS = {"rw": 29032, "ro": 29033, "stats": 29004}
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     spec = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": PORTS, "fencing": False,
-            "backup": {"enabled": True, "encrypt": True, "verify_after_backup": False}}
+            "backup": {"enabled": True, "encrypt": True, "verify_after_backup": False}, "pooler": {"enabled": False}}
     # The ephemeral API gets 180 s to start (pgha waits 60 s at least): on a shared 2-core machine at load 30-70
     # it did not answer within 60 s in three runs of this file; nothing here measures its start.
     env = dict(without_shared_api(base_env), PGHA_NO_SERVER="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")

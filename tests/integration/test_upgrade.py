@@ -34,7 +34,7 @@ from tests.support.traffic import Traffic, measured
 
 SCOPE = "pgha-it-up1"
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 1, "postgres_version": 15,
-        "ports": {"rw": 25520, "ro": 25521, "stats": 28520}}
+        "ports": {"rw": 25520, "ro": 25521, "stats": 28520}, "pooler": {"enabled": False}}
 CEILING_S = 15.0  # generous: a switchover measures ~1-2 s here (benchmarks/upgrade.py)
 TEST_REPO = "pgha-it-up/node"
 

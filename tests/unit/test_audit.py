@@ -277,7 +277,7 @@ def test_disk_boundaries(pct: float, expected: Level) -> None:
 
 
 def containers(**over: A.ContainerObs) -> list[A.ContainerObs]:
-    members = [*SPEC.etcd_names(), *SPEC.node_names(), SPEC.haproxy_member, SPEC.fencer_member]
+    members = [m for m, _ in SPEC.expected_members()]  # the pooler too: on by default
     cs = {m: A.ContainerObs(SPEC.container(m), m, "running", "healthy", f"id-{m}", 0) for m in members}
     cs.update(over)
     return list(cs.values())

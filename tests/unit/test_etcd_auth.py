@@ -62,7 +62,9 @@ def test_patroni_authenticates_to_etcd_with_its_user_only_with_tls() -> None:
 
 
 def test_no_role_receives_a_key_it_does_not_use() -> None:
-    assert tls.ROLE_FILES["haproxy"] == ("ca.crt",) and tls.ROLE_FILES["pooler"] == ("ca.crt",)
+    assert tls.ROLE_FILES["haproxy"] == ("ca.crt",)
+    # The pooler: the CA and its own server certificate for its clients, which names no etcd user.
+    assert tls.ROLE_FILES["pooler"] == ("ca.crt", "pooler.crt", "pooler.key")
     assert "client.key" not in tls.ROLE_FILES["patroni"] and "client.key" not in tls.ROLE_FILES["fencer"]
     assert "member.key" not in tls.ROLE_FILES["fencer"] and tls.ROLE_FILES["fencer"] == ("ca.crt", "gateway.crt", "gateway.key")
     # pgha's client key lives where pgha runs etcdctl, and nowhere else.

@@ -47,3 +47,28 @@ def test_the_scan_sees_lab_ranges() -> None:
 def test_the_scan_sees_a_tcp_lab_engine_ports() -> None:
     tcp = _ports_of(IT / "test_lab_tcp.py")
     assert {27200, 27203, 27204, 27205} <= tcp
+
+
+def _unpooled_specs(path: Path) -> list[int]:
+    """Lines of spec literals (a dict with "scope" and "nodes" or "ports") that would run the default
+    pooler on 127.0.0.1:6432: neither `pooler` nor a `ports.pool` of their own, and no `hosts`."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Dict):
+            continue
+        keys = {k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)}
+        if "scope" not in keys or not ({"nodes", "ports"} & keys.keys()) or {"pooler", "hosts"} & keys.keys():
+            continue
+        ports = keys.get("ports")
+        if isinstance(ports, ast.Dict) and "pool" in {k.value for k in ports.keys if isinstance(k, ast.Constant)}:
+            continue
+        out.append(node.lineno)
+    return out
+
+
+def test_no_integration_spec_runs_the_default_pooler_on_6432() -> None:
+    """The pooler is on by default on 6432: a spec that leaves it out collides with every other
+    such spec. Say `pooler: {enabled: false}` where the pooler is not the point, or give it a
+    `ports.pool` of the file's own."""
+    found = {p.name: lines for p in sorted(IT.glob("*.py")) if (lines := _unpooled_specs(p))}
+    assert not found, f"integration specs that would run the pooler on 6432 (file: lines): {found}"

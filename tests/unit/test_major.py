@@ -12,7 +12,7 @@ from stack.major import Action, MajorFacts, MajorState, Phase, Request, next_act
 from stack.spec import parse_spec
 
 BLUE = parse_spec({"scope": "shop", "nodes": 2, "etcd_members": 1, "postgres_version": 15,
-                   "ports": {"rw": 6432, "ro": 6433, "stats": 9404}}, "unit")
+                   "ports": {"rw": 6432, "ro": 6433, "stats": 9404, "pool": 6434}}, "unit")
 
 
 def facts(**kw: object) -> MajorFacts:

@@ -9,7 +9,7 @@ from stack import render, topology
 from stack.cluster import ClusterView, Member, MemberRole
 from stack.errors import SpecError, StateError, UsageError
 from stack.pooler import PoolerObs, PoolRow, parse_pools, pooler_problems, render_pgbouncer_ini, render_userlist
-from stack.spec import parse_spec
+from stack.spec import as_deployed, parse_spec
 from stack.switchover import plan_switchover
 from tasks.haproxy import route_commands
 
@@ -17,14 +17,46 @@ SECRET = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
 SPEC = parse_spec({"scope": "lab", "nodes": 3, "pooler": {"enabled": True, "default_pool_size": 7}})
 
 
-def test_pooler_is_off_by_default_and_its_port_must_differ() -> None:
-    assert parse_spec({}).pooler.enabled is False
-    assert parse_spec({}).ports.pool == 6432
+def test_pooler_is_on_by_default_without_hosts_and_its_port_must_differ() -> None:
+    default = parse_spec({})
+    assert default.pooler.enabled is None and default.runs_pooler and default.ports.pool == 6432
+    assert ("pooler", "pooler") in default.expected_members()
+    assert not parse_spec({"pooler": {"enabled": False}}).runs_pooler
     with pytest.raises(SpecError, match="ports.pool and ports.rw are both 7000"):
         parse_spec({"ports": {"rw": 7000, "pool": 7000}, "pooler": {"enabled": True}})
-    assert parse_spec({"ports": {"rw": 6432, "ro": 6433}}).ports.rw == 6432  # no pooler: 6432 is free to use
+    with pytest.raises(SpecError, match="the pooler is on by default"):
+        parse_spec({"ports": {"rw": 6432, "ro": 6433}})  # the default pooler's port
+    off = parse_spec({"ports": {"rw": 6432, "ro": 6433}, "pooler": {"enabled": False}})
+    assert off.ports.rw == 6432  # no pooler: 6432 is free to use
     with pytest.raises(SpecError, match="pooler.pool_mode"):
         parse_spec({"pooler": {"pool_mode": "statement"}})
+
+
+HOSTS = [{"name": f"h{i}", "docker": f"ssh://pgha@10.0.0.{i}", "address": f"10.0.0.{i}"} for i in (1, 2, 3)]
+MANY = {"nodes": 3, "etcd_members": 3, "hosts": HOSTS, "ports": {"rw": 5000, "ro": 5001, "stats": 7000},
+        "backup": {"enabled": False}}
+
+
+def test_with_hosts_the_pooler_is_off_unless_asked_and_asking_is_refused() -> None:
+    spec = parse_spec(MANY)
+    assert spec.pooler.enabled is None and not spec.runs_pooler
+    assert "pooler" not in [m for m, _ in spec.expected_members()]
+    with pytest.raises(SpecError, match="pooler.enabled is not supported with hosts"):
+        parse_spec({**MANY, "pooler": {"enabled": True}})
+    assert not parse_spec({**MANY, "pooler": {"enabled": False}}).runs_pooler
+
+
+def test_a_cluster_brought_up_before_the_default_is_judged_without_a_pooler() -> None:
+    spec = parse_spec({})
+    assert as_deployed(spec, None) is spec  # never brought up: the spec as it is
+    for stored in ({"pooler": {"enabled": False}}, {"scope": "x"}, {"pooler": {}}):
+        assert not as_deployed(spec, stored).runs_pooler, stored  # off, or older than the pooler
+    for stored in ({"pooler": {"enabled": True}}, {"pooler": {"enabled": None}}):
+        assert as_deployed(spec, stored).runs_pooler, stored
+    explicit = parse_spec({"pooler": {"enabled": True}})
+    assert as_deployed(explicit, {"pooler": {"enabled": False}}) is explicit  # the spec asks: expected
+    off = parse_spec({"pooler": {"enabled": False}})
+    assert not as_deployed(off, {"pooler": {"enabled": True}}).runs_pooler
 
 
 def test_pgbouncer_ini_goes_through_haproxy_with_scram_and_the_spec_sizes() -> None:

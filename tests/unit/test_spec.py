@@ -86,7 +86,8 @@ def test_profiles_and_overrides() -> None:
 
 
 def test_expected_members_follow_the_spec() -> None:
-    base = parse_spec({"scope": "pgha-unit-em", "nodes": 2, "etcd_members": 1, "fencing": False}, "(unit)")
+    base = parse_spec({"scope": "pgha-unit-em", "nodes": 2, "etcd_members": 1, "fencing": False,
+                       "pooler": {"enabled": False}}, "(unit)")
     assert base.expected_members() == [("etcd-1", "etcd"), ("pg-1", "patroni"), ("pg-2", "patroni"),
                                        ("haproxy", "haproxy")]
     full = parse_spec({"scope": "pgha-unit-em", "nodes": 2, "etcd_members": 1, "fencing": True,

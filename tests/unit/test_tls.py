@@ -138,3 +138,53 @@ def test_green_shares_blues_ca_even_over_a_stale_green_directory(tmp_path: Path,
     again = dict(got)
     host_tls.share_ca(blue, green)  # a resumed upgrade: nothing re-issued
     assert host_tls.material(green) == again
+
+
+def test_the_pooler_presents_its_own_certificate_to_its_clients() -> None:
+    spec = parse_spec({"scope": "lab", "nodes": 2, "etcd_members": 1})
+    ca = tls.make_ca(spec)
+    leaves = tls.make_leaves(spec, ca)
+    pooler = x509.load_pem_x509_certificate(leaves["pooler.crt"].encode())
+    pooler.verify_directly_issued_by(x509.load_pem_x509_certificate(ca["ca.crt"].encode()))
+    sans = pooler.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"lab-pooler", "localhost"}
+    assert "127.0.0.1" in {str(i) for i in sans.get_values_for_type(x509.IPAddress)}  # its published port
+    assert list(pooler.subject) == []  # no common name: etcd maps it to no user
+    eku = pooler.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]  # not a client certificate (etcd refuses it)
+    ini = render_pgbouncer_ini(spec)
+    assert "client_tls_sslmode = require" in ini and f"client_tls_cert_file = {tls.POOLER_CERT}" in ini
+    assert f"client_tls_key_file = {tls.POOLER_KEY}" in ini and f"client_tls_ca_file = {tls.CA}" in ini
+    assert "pooler.crt" in tls.LEAVES  # renewal and the audit's expiry row cover it
+    plain = parse_spec({"scope": "lab", "tls": {"enabled": False}})
+    assert "client_tls" not in render_pgbouncer_ini(plain)
+
+
+def test_pgha_verifies_the_pooler_like_the_rw_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.postgres import dsn, server_auth_params
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    spec = parse_spec({"scope": "lab"})
+    pooled = dsn(spec, pooled=True)
+    assert pooled.startswith("postgresql://postgres@127.0.0.1:6432/postgres?sslmode=verify-full&sslrootcert=")
+    assert pooled.endswith("/lab/tls/ca.crt")
+    assert server_auth_params(spec)["sslmode"] == "verify-full"
+    assert server_auth_params(spec)["require_auth"] == "scram-sha-256"
+    plain = parse_spec({"scope": "lab", "tls": {"enabled": False}})
+    assert dsn(plain, pooled=True) == "postgresql://postgres@127.0.0.1:6432/postgres"
+
+
+def test_a_cluster_older_than_the_pooler_certificate_gets_it_alone(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.host import tls as host_tls
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    spec = parse_spec({"scope": "old"})
+    first = host_tls.material(spec)
+    for f in tls.POOLER_LEAVES:
+        (tmp_path / "old" / "tls" / f).unlink()
+    again = host_tls.material(spec)
+    assert {f: again[f] for f in tls.BASE_LEAVES + tls.GATEWAY_LEAVES} == \
+        {f: first[f] for f in tls.BASE_LEAVES + tls.GATEWAY_LEAVES}  # no rotation
+    assert again["pooler.crt"] != first["pooler.crt"] and (tmp_path / "old" / "tls" / "pooler.key").exists()
+    assert "pooler.crt" in {i.name for i in host_tls.certificates(spec)}
