@@ -38,7 +38,7 @@ from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
 
 BASE = {"scope": "pgha-it-dbench", "nodes": 3, "etcd_members": 1, "fencing": False,
-        "backup": {"enabled": False}, "ports": {"rw": 23410, "ro": 23411, "stats": 23412}}
+        "backup": {"enabled": False}, "pooler": {"enabled": False}, "ports": {"rw": 23410, "ro": 23411, "stats": 23412}}
 
 
 def _connect(spec: ClusterSpec, dbname: str = "postgres") -> psycopg.Connection:

@@ -25,7 +25,7 @@ DELAY_S = 60
 ROWS = 500
 SPEC = {"scope": SCOPE, "nodes": 3, "etcd_members": 1,
         "ports": {"rw": 23400, "ro": 23401, "stats": 23402},
-        "backup": {"enabled": False},
+        "backup": {"enabled": False}, "pooler": {"enabled": False},
         "delayed": [{"name": "pg-3", "delay": f"{DELAY_S}s"}]}
 
 
