@@ -293,8 +293,8 @@ def test_the_ui_asks_for_the_login(server_env: dict[str, str]) -> None:
             browser.close()
 
 
-def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str, str], cluster: Cluster,
-                                                          engine: docker.DockerClient) -> None:
+def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str, str], engine: docker.DockerClient,
+                                                          tmp_path: Path) -> None:
     """The control plane stopped and another process answering on the server's port (as a local user
     could bind it): a flow-running verb refuses in one line and that process receives no credential;
     then `pgha server start` brings the server back (last in the file: the other tests need it
@@ -325,11 +325,20 @@ def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str,
     httpd = ThreadingHTTPServer(("127.0.0.1", SERVER_PORT), Impostor)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        res = pgha(server_env, "audit", "--scope", SCOPE, timeout=300)
+        # `up` of a cluster that does not exist yet: the verb looks for its Prefect API first, so a
+        # refusal leaves nothing behind (the module's cluster may be gone: the teardown test).
+        spec = tmp_path / "impostor.yaml"
+        spec.write_text(json.dumps({"scope": "pgha-it-pa2", "nodes": 1, "etcd_members": 1,
+                                    "ports": {"rw": 26504, "ro": 26505, "stats": 26506},
+                                    "pooler": {"enabled": False}, "backup": {"enabled": False}}))
+        res = pgha(server_env, "up", "--spec", str(spec), timeout=300)
         assert res.returncode != 0 and "not the Prefect server pgha started" in res.stderr, res.stdout + res.stderr
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert seen and not any(seen), seen  # asked /health, and never given the credentials
+        assert not engine.containers.list(all=True, filters={"label": "pgha.cluster=pgha-it-pa2"})
     finally:
+        for c in engine.containers.list(all=True, filters={"label": "pgha.cluster=pgha-it-pa2"}):
+            c.remove(force=True)
         httpd.shutdown()
         httpd.server_close()
         back = pgha(server_env, "server", "start", timeout=600)
