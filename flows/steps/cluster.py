@@ -70,10 +70,10 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
         if role == "patroni" and member in by_name:
             pm = by_name[member]
             ms.pg_role, ms.pg_state, ms.timeline, ms.lag_bytes = pm.role.value, pm.state, pm.timeline, pm.lag
-        if role == "patroni" and (delayed := spec.delay_of(member)) is not None:
-            ms.delay = delayed.delay
         elif role == "patroni":
             ms.pg_state = "not registered"
+        if role == "patroni" and (delayed := spec.delay_of(member)) is not None:
+            ms.delay = delayed.delay
         # Without the fencing watcher failover still works (by ttl): shown, and warned by the
         # audit, but not a reason to call the cluster unhealthy (and refuse drills or changes).
         # Nor the repository host: failover does not need it (the audit's archiving row says so).

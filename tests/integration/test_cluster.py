@@ -75,6 +75,7 @@ def test_status_json_is_healthy(cluster_a: Cluster) -> None:
     assert st["healthy"] is True and st["problems"] == []
     pg = [m for m in st["members"] if m["role"] == "patroni"]
     assert sorted(m["pg_role"] for m in pg) == ["leader", "replica", "sync_standby"]
+    assert sorted(m["pg_state"] for m in pg) == ["running", "streaming", "streaming"], pg
     assert st["endpoints"]["rw"].startswith(f"postgresql://postgres@127.0.0.1:{cluster_a.port('rw')}/postgres?")
     assert "sslmode=verify-full" in st["endpoints"]["rw"]  # TLS by default (README "Hardening: TLS")
 
