@@ -204,6 +204,10 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     assert f"concurrency limit {LIMIT}" in msg and "retry when it ends" in msg, msg
     b_log = (b_state / "server" / "worker-b.log").read_text(errors="replace")
     assert f"Flow run '{done['name']}'" in b_log, b_log[-2000:]  # worker b ran it: a's machine was down
+    # Worker b's machine goes away again: the runs below are this machine's (b has no stored spec of
+    # the cluster, so a run it picked would be refused before the step this test looks at).
+    stop_b = pgha(b_env, "worker", "stop", "--name", "b", timeout=60)
+    assert stop_b.returncode == 0, stop_b.stdout + stop_b.stderr
 
     # The wrong scope typed: refused, nothing changed; the limit is free again.
     from prefect.flow_runs import resume_flow_run
