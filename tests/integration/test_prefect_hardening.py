@@ -187,6 +187,7 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     b_auth.write_text(auth_of(server_env) + "\n")
     b_auth.chmod(0o600)
     b_env = dict(server_env, PGHA_STATE_DIR=str(b_state))
+    pgha(b_env, "worker", "stop", "--name", "b", timeout=60)  # a first try that failed may have left it running
     res = pgha(b_env, "worker", "start", "--name", "b", "--api-url", API, "--auth-file", str(b_auth), timeout=120)
     assert res.returncode == 0 and "worker b started" in res.stdout, res.stdout + res.stderr
     # Worker a's machine "goes down" (its container frozen: it polls no more; the paused teardown it
