@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import time
 import uuid
 
@@ -36,6 +34,8 @@ from _env import private_env  # first: sets the env before pgha is imported
 WORK = private_env("pooler")
 # A loaded machine starts the ephemeral API slowly; the default 20 s is not always enough.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+import _pgbench  # noqa: E402
 
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.steps.cluster import hand_over, wait_healthy  # noqa: E402
@@ -53,23 +53,12 @@ from tasks.postgres_probe import Probe  # noqa: E402
 SPEC = parse_spec({"scope": "pgha-bench-pool", "nodes": 2, "etcd_members": 1, "backup": {"enabled": False},
                    "ports": {"rw": 26272, "ro": 26273, "stats": 26274, "pool": 26275},
                    "pooler": {"enabled": True}})
-PGBENCH = shutil.which("pgbench")
+PGBENCH = _pgbench.PGBENCH
 
 
 def pgbench(spec: ClusterSpec, pooled: bool, seconds: int, *extra: str) -> float:
     """TPS of one pgbench run (20 clients, 2 threads) on the pooler's or the direct R/W port."""
-    passfile = WORK / "pgpass"
-    if not passfile.exists():
-        passfile.write_text(f"127.0.0.1:*:*:postgres:{cluster_secrets(spec.scope).superuser}\n")
-        passfile.chmod(0o600)
-    port = spec.ports.pool if pooled else spec.ports.rw
-    res = subprocess.run([PGBENCH or "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *extra,
-                          "postgres"], env={**os.environ, "PGPASSFILE": str(passfile)}, capture_output=True,
-                         text=True, timeout=seconds + 120, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"pgbench failed: {res.stderr[-500:]}")
-    m = re.search(r"tps = ([0-9.]+)", res.stdout)
-    return float(m.group(1)) if m else 0.0
+    return _pgbench.tps(spec, WORK, pooled, seconds, *extra)
 
 
 def plain_switchover(spec: ClusterSpec, leader: str, candidate: str) -> None:

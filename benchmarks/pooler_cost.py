@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 
@@ -32,34 +30,22 @@ from _env import private_env  # first: sets the env before pgha is imported
 WORK = private_env("poolcost")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
+import _pgbench  # noqa: E402
+
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import images  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
-from tasks.host.secrets import cluster_secrets  # noqa: E402
-from tasks.host.tls import ca_path  # noqa: E402
 
 # `pooler` left out: the default (on, without hosts).
 SPEC = parse_spec({"scope": "pgha-bench-poolcost", "nodes": 2, "etcd_members": 1, "backup": {"enabled": False},
                    "ports": {"rw": 23200, "ro": 23201, "stats": 23202, "pool": 23203}})
-PGBENCH = shutil.which("pgbench")
+PGBENCH = _pgbench.PGBENCH
 
 
 def pgbench(spec: ClusterSpec, pooled: bool, seconds: int, *extra: str) -> float:
     """TPS of one pgbench run on the pooler's or the direct R/W port, TLS verify-full on both."""
-    passfile = WORK / "pgpass"
-    if not passfile.exists():
-        passfile.write_text(f"127.0.0.1:*:*:postgres:{cluster_secrets(spec.scope).superuser}\n")
-        passfile.chmod(0o600)
-    port = spec.ports.pool if pooled else spec.ports.rw
-    env = {**os.environ, "PGPASSFILE": str(passfile), "PGSSLMODE": "verify-full",
-           "PGSSLROOTCERT": str(ca_path(spec.scope))}
-    res = subprocess.run([PGBENCH or "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *extra,
-                          "postgres"], env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"pgbench failed: {res.stderr[-500:]}")
-    m = re.search(r"tps = ([0-9.]+)", res.stdout)
-    return float(m.group(1)) if m else 0.0
+    return _pgbench.tps(spec, WORK, pooled, seconds, *extra, verify_full=True)
 
 
 def sample(container: str) -> tuple[float, float]:
