@@ -6,9 +6,8 @@ With TLS on, etcd runs with authentication on and one user per kind of client:
   (Patroni's etcd3 client speaks HTTP to the gateway, where etcd ignores the certificate's
   common name). Read and write the scope's prefix only: `/service/<scope>/`.
 - `fencer`: the fencing agent, by password over the gateway. Read and write the scope's leader
-  key (it reads it and deletes it in a compare-and-delete transaction; etcd has no delete-only
-  permission) and each member's own key, by exact name (it deletes a dead leader's member key, so
-  that Patroni's leader race does not wait 2 s for an answer from the dead member's address).
+  key only (it reads it and deletes it in a compare-and-delete transaction; etcd has no
+  delete-only permission).
 - `<scope> pgha client`: pgha's own etcdctl, authenticated by its client certificate's common
   name (etcdctl speaks gRPC, where etcd maps the common name to a user). The root role:
   membership changes, the auth setup itself, deleting the scope's keys at teardown.
@@ -81,10 +80,7 @@ def users(spec: ClusterSpec) -> list[EtcdUser]:
         EtcdUser(tls.client_cn(spec.scope), ROOT),
         EtcdUser(PATRONI_USER, PATRONI_USER, (Grant(scope_prefix(spec), Permission.READWRITE, prefix=True),),
                  "etcd_patroni"),
-        EtcdUser(FENCER_USER, FENCER_USER,
-                 (Grant(leader, Permission.READWRITE),
-                  *(Grant(fencing.member_key(leader, n), Permission.READWRITE) for n in spec.node_names())),
-                 "etcd_fencer"),
+        EtcdUser(FENCER_USER, FENCER_USER, (Grant(leader, Permission.READWRITE),), "etcd_fencer"),
     ]
 
 

@@ -101,23 +101,6 @@ def _unb64(text: str) -> str:
     return base64.b64decode(text.encode()).decode(errors="replace")
 
 
-def member_key(leader_key: str, member: str) -> str:
-    """Patroni's member key beside the leader key: <namespace>/<scope>/members/<member>."""
-    return f"{leader_key.rsplit('/', 1)[0]}/members/{member}"
-
-
-def delete_request(key: str) -> dict[str, Any]:
-    """Body of etcd's v3 JSON gateway `POST /v3/kv/deleterange` for one key."""
-    return {"key": _b64(key)}
-
-
-def member_key_outcome(response: dict[str, Any] | None) -> str:
-    """What the deletion of a dead leader's member key did (it is best effort: fencing goes on)."""
-    if response is None:
-        return "kept: etcd refused or did not answer (older role without the grant: `pgha up` adds it)"
-    return "deleted" if int(response.get("deleted", 0)) else "absent"
-
-
 def range_request(key: str) -> dict[str, Any]:
     """Body of etcd's v3 JSON gateway `POST /v3/kv/range` for one key (linearizable read)."""
     return {"key": _b64(key)}

@@ -272,12 +272,6 @@ def decide(cfg: F.FencerConfig, tls: ssl.SSLContext | None, event: dict[str, Any
         if p.txn is None:
             decision["outcome"] = p.outcome.value if p.outcome else ""
         else:
-            # The dead leader's member key first: Patroni's leader race asks every member in
-            # the DCS for its status with a 2 s timeout, and a killed container's address does
-            # not refuse, it never answers. Gone from the DCS, it is not asked (Patroni's own
-            # loop writes the key again when the member comes back).
-            gone = etcd_post(cfg, tls, "/v3/kv/deleterange", F.delete_request(F.member_key(cfg.leader_key, member)))
-            decision["member_key"] = F.member_key_outcome(gone)
             outcome, detail = F.txn_outcome(etcd_post(cfg, tls, "/v3/kv/txn", p.txn))
             decision["outcome"], decision["txn"] = outcome.value, detail
     decision["total_ms"] = round((time.monotonic() - t0) * 1000, 1)

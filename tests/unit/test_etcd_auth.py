@@ -22,12 +22,7 @@ def test_each_user_gets_only_its_grants() -> None:
     users = {u.name: u for u in etcd_auth.users(spec)}
     assert set(users) == {"root", "lab pgha client", "patroni", "fencer"}
     assert users["patroni"].grants == (etcd_auth.Grant("/service/lab/", etcd_auth.Permission.READWRITE, prefix=True),)
-    # The fencer: the leader key and each member's own key (exact keys, no prefix): it deletes a
-    # dead leader's member key so that Patroni's leader race does not wait 2 s on its address.
-    rw = etcd_auth.Permission.READWRITE
-    assert users["fencer"].grants == (etcd_auth.Grant("/service/lab/leader", rw),
-                                      *(etcd_auth.Grant(f"/service/lab/members/{n}", rw) for n in spec.node_names()))
-    assert not any(g.prefix for g in users["fencer"].grants)
+    assert users["fencer"].grants == (etcd_auth.Grant("/service/lab/leader", etcd_auth.Permission.READWRITE),)
     # pgha: its certificate's common name, the root role, no password; root has none either.
     assert users["lab pgha client"].role == "root" and users["lab pgha client"].secret is None
     assert users["root"].secret is None and users["root"].grants == ()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from pathlib import Path
@@ -269,12 +268,3 @@ def test_hold_marks_the_lock_holder_up_again_while_the_key_names_it(tmp_path: Pa
     assert time.monotonic() - t0 < 2.0  # stopped when the key moved, not after 5 s
     assert fake.lines == ["set server primary/pg-2 health up\n"] * 2
     fake.srv.close()
-
-
-def test_a_dead_leaders_member_key_is_named_beside_its_leader_key() -> None:
-    key = F.leader_key("/service", "lab")
-    assert F.member_key(key, "pg-2") == "/service/lab/members/pg-2"
-    assert F.delete_request(F.member_key(key, "pg-2")) == {"key": base64.b64encode(b"/service/lab/members/pg-2").decode()}
-    assert F.member_key_outcome({"deleted": "1"}) == "deleted"
-    assert F.member_key_outcome({"header": {}}) == "absent"  # the gateway leaves a zero count out
-    assert F.member_key_outcome(None).startswith("kept:")
