@@ -58,6 +58,26 @@ _PORT_IN_USE = 3  # uvicorn's exit code when it cannot bind
 MIN_START_TIMEOUT_S = 60.0  # Prefect's default (20 s) is short on a loaded 2-core machine
 
 
+def spawn_api(server_env: dict[str, str], port: int, auth: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Prefect's API app on 127.0.0.1:`port` (uvicorn, ephemeral services, UI off, basic auth
+    `auth` given in the environment, never argv), dying with this process (`_CHILD`).
+
+    `server_env`: the server's environment without the client's PREFECT_API_* (the server must
+    not see them). The CLI's ephemeral API and the integration suite's shared one both start here.
+    """
+    import importlib.util
+
+    origin = importlib.util.find_spec("prefect").origin  # type: ignore[union-attr]
+    assert origin is not None
+    env = {**server_env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_API_AUTH_STRING": auth}
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(os.getpid()), "--app-dir", str(Path(origin).parent.parent),
+         "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True)
+
+
 class EphemeralApi:
     """One ephemeral Prefect API server for this process; `start` and `stop` are idempotent."""
 
@@ -148,24 +168,15 @@ class EphemeralApi:
         env.update(get_current_settings().to_environment_variables(exclude_unset=True))
         for key in self._published:
             env.pop(key, None)
-        env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
-        # Its own auth string, made for this process and never written down: another local user
-        # who finds the port cannot start, read or pause this process's runs (the server answers
-        # 401 to every call but /health without it). Given in the environment, never argv.
-        env["PREFECT_SERVER_API_AUTH_STRING"] = self._auth
         self._port = _free_port()
-        import prefect
-
         if self._log is None:
             path = self._log_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             self._log = path.open("ab")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(os.getpid()),
-             "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self._port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, close_fds=True)
+        # Its own auth string, made for this process and never written down: another local user
+        # who finds the port cannot start, read or pause this process's runs (the server answers
+        # 401 to every call but /health without it). Given in the environment, never argv.
+        self._proc = spawn_api(env, self._port, self._auth, self._log)
         self._ready = False
         self._publish({"PREFECT_API_URL": self.url,
                        "PREFECT_API_AUTH_STRING": self._auth,

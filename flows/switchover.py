@@ -7,26 +7,49 @@ use the same one. This flow adds the refusals (`preflight`) and the result.
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from prefect import flow
 
 from flows.steps import preflight_once
 from flows.steps.cluster import require_healthy, switchover_and_wait, wait_healthy
 from flows.steps.ops import current, mutating_flow, note
+from stack.errors import StateError
 from stack.results import SwitchoverResult
 from stack.spec import ClusterSpec
-from stack.switchover import SwitchoverPlan, plan_switchover
-from tasks import pgbouncer
+from stack.switchover import SwitchoverPlan, catch_up_window, plan_switchover
+from stack.wait import WaitTimeout, wait_for
+from tasks import patroni, pgbouncer
 
 
 def preflight(spec: ClusterSpec, to: str | None) -> SwitchoverPlan:
     """Refuse (one line, nothing changed) a bad `--to`, an unhealthy cluster, a pooler that cannot pause."""
     view = require_healthy(spec, "a switchover")
-    plan = plan_switchover(view, spec, to)
+    try:
+        plan = plan_switchover(view, spec, to)
+    except StateError:
+        # A replica that streams but lags right after a burst of writes gets a bounded catch-up.
+        window = catch_up_window(view, spec, to)
+        if not window:
+            raise
+        seen: list[StateError | SwitchoverPlan] = []
+
+        def attempt() -> StateError | SwitchoverPlan:
+            try:
+                seen.append(plan_switchover(patroni.cluster_view(spec), spec, to))
+            except StateError as err:
+                seen.append(err)
+            return seen[-1]
+
+        with suppress(WaitTimeout):
+            wait_for("a switchover candidate to catch up", attempt, lambda r: isinstance(r, SwitchoverPlan),
+                     timeout=window, interval=1.0)
+        if isinstance(seen[-1], StateError):
+            raise seen[-1] from None
+        plan = seen[-1]
     if spec.runs_pooler:
         obs = pgbouncer.observe(spec)
         if not obs.reachable:
-            from stack.errors import StateError
-
             raise StateError(f"the pooler cannot be paused, refusing the switchover: {obs.error}")
     return plan
 

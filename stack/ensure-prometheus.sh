@@ -9,6 +9,9 @@ if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1;
   exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # `make test` runs the host's package installs side by side with the image builds: one apt at a time.
+  exec 9>/var/lock/pgha-apt.lock
+  flock 9
   echo "pgha: installing prometheus from Debian (promtool and the scrape test use it)" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null

@@ -57,3 +57,18 @@ def plan_switchover(view: ClusterView, spec: ClusterSpec, to: str | None) -> Swi
         raise StateError(f"cluster {spec.scope} has no streaming replica fit to take over; refusing the switchover")
     best = min(ready, key=lambda m: (not m.is_sync, m.lag or 0, m.name))
     return SwitchoverPlan(lead.name, best.name)
+
+
+def catch_up_window(view: ClusterView, spec: ClusterSpec, to: str | None) -> float:
+    """Seconds worth waiting for a lagging candidate before refusing (0: refusing now is right).
+
+    Patroni publishes a replica's replay position once per HA loop, so right after a burst of
+    writes (a bulk load, `pgbench -i`) a healthy streaming replica shows a large lag for up to
+    `loop_wait` seconds. A candidate that streams but lags, or whose lag is not known yet, gets two
+    loops and a few seconds to catch up; a cluster with no streaming replica is refused at once.
+    """
+    names = [to] if to is not None else [m.name for m in view.replicas() if spec.delay_of(m.name) is None]
+    members = [m for n in names if (m := view.member(n)) is not None]
+    if not any(m.streaming or m.state == "running" for m in members):
+        return 0.0
+    return 2.0 * spec.timing.loop_wait + 5.0

@@ -228,6 +228,7 @@ def start_all(with_alerts: bool = True) -> list[str]:
     from tasks.control_image import ensure_control_image
 
     wanted = history_days()  # a bad retention is refused before anything starts
+    port()  # so is a bad PGHA_SERVER_PORT, before the engine is asked anything
     image, built = ensure_control_image()
     pl = plane(image)
     note = []

@@ -115,29 +115,20 @@ class SharedApi:
     The CLI's own ephemeral start is covered by the files that drop it (test_no_leftovers, test_trust_report)."""
 
     def __init__(self, env: dict[str, str], home: Path) -> None:
-        import importlib.util
         import secrets
         import socket
 
-        from cli.api import _CHILD
+        from cli.api import spawn_api
 
         self.auth = f"pgha:{secrets.token_urlsafe(32)}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        origin = importlib.util.find_spec("prefect").origin  # type: ignore[union-attr]
-        assert origin
         home.mkdir(parents=True, exist_ok=True)
         self.log_path = home / "shared-api.log"
         server_env = {k: v for k, v in env.items() if k not in SHARED_API_KEYS}
-        server_env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
-                          PREFECT_SERVER_API_AUTH_STRING=self.auth)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(os.getpid()), "--app-dir", str(Path(origin).parent.parent),
-                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env=server_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True)
+            self.proc = spawn_api(server_env, self.port, self.auth, log)
 
     @property
     def published(self) -> dict[str, str]:

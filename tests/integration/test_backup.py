@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Cluster, pgha, remove_scope, running_cluster, up
+from tests.support.engine_proxy import EngineRelay
 
 SCOPE = "pgha-it-bk1"
 INTO = "pgha-it-bk2"
@@ -31,6 +33,7 @@ SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25500, "r
         "backup": {"retention_full": 2}, "pooler": {"enabled": False}, **APPS}
 INTO_SPEC = {"scope": INTO, "nodes": 2, "etcd_members": 1, "ports": {"rw": 25502, "ro": 25503, "stats": 28502},
              "pooler": {"enabled": False}, **APPS}
+INSTALL_MARK = b"install -o postgres -g postgres -m 0600"  # the pgBackRest file installation's command
 CHAIN = "pgha-it-bk3"  # the block-incremental chain's PITR target: one node is enough to read it back
 CHAIN_SPEC = {"scope": CHAIN, "nodes": 1, "etcd_members": 1, "ports": {"rw": 25506, "ro": 25507, "stats": 28506}, "pooler": {"enabled": False}}
 
@@ -223,10 +226,22 @@ def test_pitr_into_new_scope_across_switchover(cluster_bk: BackupCluster, engine
         remove_scope(engine, INTO)
 
 
-def test_diff_incr_and_retention(cluster_bk: BackupCluster, full_backup: str) -> None:
+def test_diff_incr_and_retention(cluster_bk: BackupCluster, full_backup: str, tmp_path: Path) -> None:
     c = cluster_bk
     d = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "diff", "--no-verify", "--json"))
-    i = ok(pgha(c.env, "backup", "--scope", c.scope, "--type", "incr", "--no-verify", "--json"))
+    # The incremental goes through a relay in front of the engine that cuts the output of the
+    # pgBackRest file installation three times in a row (what a busy engine did in CI once): the
+    # node-level retries are used up, the flow runs its steps again after its first delay, and the
+    # night's backup exists.
+    with EngineRelay(tmp_path / "engine.sock") as relay:
+        relay.cut_exec_output(INSTALL_MARK, 3)
+        res = pgha({**c.env, "DOCKER_HOST": relay.url}, "backup", "--scope", c.scope, "--type", "incr",
+                   "--no-verify", "--json")
+        i = ok(res)
+        assert relay.cut == 3, relay.cut
+    assert re.search(rf"backup attempt 1 of {c.scope} failed on a transient engine error \(cannot install pgBackRest "
+                     r"files in pg-\d: .*the engine cut this command's output short", res.stdout + res.stderr), \
+        res.stderr[-3000:]
     assert d["type"] == "diff" and str(d["label"]).endswith("D")
     assert i["type"] == "incr" and str(i["label"]).endswith("I")
     first_full = str(d["label"]).split("_")[0]

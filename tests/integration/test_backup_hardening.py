@@ -14,7 +14,6 @@ Two 2-node / 1-etcd clusters:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import tarfile
@@ -28,6 +27,7 @@ import pytest
 from stack import layout
 from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope, running_cluster, up
 from tests.integration.test_backup import ok, sql
+from tests.support.s3_image import moto_image
 
 SCOPE = "pgha-it-bh"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26800, "ro": 26801, "stats": 26802}, "pooler": {"enabled": False}}
@@ -35,7 +35,6 @@ S3_SCOPE = "pgha-it-bh3"
 S3_NET = f"{S3_SCOPE}-s3net"
 S3_HOST = f"{S3_SCOPE}-s3"
 S3_SPEC = {"scope": S3_SCOPE, "nodes": 2, "etcd_members": 1, "ports": {"rw": 26810, "ro": 26811, "stats": 26812}, "pooler": {"enabled": False}}
-MOTO_APT = "python3-moto python3-flask python3-flask-cors haproxy"
 # moto's own TLS (werkzeug) ends a connection after a PUT without TLS close_notify, which
 # pgBackRest (OpenSSL 3) rejects ("unexpected eof while reading"): HAProxy terminates TLS in
 # front of moto's plain HTTP, as a load balancer would in front of a real S3-compatible store.
@@ -212,23 +211,6 @@ def make_test_ca(tmp: Path) -> dict[str, Path]:
     out["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
     return out
-
-
-def moto_image(engine: docker.DockerClient) -> str:
-    """Debian's moto (server mode) and HAProxy on pgha's base image; a content-hashed tag, built once."""
-    base = "pgha/base:trixie"
-    try:
-        engine.images.get(base)
-    except docker.errors.ImageNotFound:
-        base = "debian:trixie-slim"
-    dockerfile = (f"FROM {base}\nRUN apt-get update && apt-get install -y --no-install-recommends {MOTO_APT} "
-                  "&& rm -rf /var/lib/apt/lists/*\n")
-    tag = f"pgha-test/s3:{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}"
-    try:
-        engine.images.get(tag)
-    except docker.errors.ImageNotFound:
-        engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
-    return tag
 
 
 def put_certs(ct: docker.models.containers.Container, files: dict[str, bytes]) -> None:

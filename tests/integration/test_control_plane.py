@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 PORT = 28710
 API = f"http://127.0.0.1:{PORT}/api"
-INTERVAL_S = 60
+INTERVAL_S = 30  # the tick deployment: a run due every 30 s (each test waits for one or two of them)
 BACK_WITHIN_S = 60  # a SIGKILLed server answers again (the engine restarts it at once; the app starts in ~5-20 s)
 
 
@@ -89,7 +89,7 @@ def ts(value: str | None) -> dt.datetime | None:
 
 @pytest.fixture(scope="module")
 def tick(plane_env: dict[str, str]) -> str:
-    """A deployment of a do-nothing flow on a 1-minute interval schedule, run by the pool's worker."""
+    """A deployment of a do-nothing flow on a 30-second interval schedule, run by the pool's worker."""
     env = dict(plane_env, PGHA_HOME=str(ROOT))
     import subprocess
     import sys
@@ -220,7 +220,7 @@ DRILL_API = f"http://127.0.0.1:{DRILL_PORT}/api"
 DRILL_SCOPE = "pgha-it-rb"
 DRILL_PORTS = {"rw": 28730, "ro": 28731, "stats": 28732, "pool": 28733}
 HOOK_PORT = 28735  # the alert webhook and the heartbeat, one receiver
-AUDIT_INTERVAL_S = INTERVAL_S  # the drill's audit deployment (an audit takes 10-60 s on a loaded 2-core machine)
+AUDIT_INTERVAL_S = 60  # the drill's audit deployment (an audit takes 10-60 s on a loaded 2-core machine)
 OFF_S = 5  # the machine stays off this long
 BOOT_SERVER_WITHIN_S = 90  # engine start -> the server answers
 BOOT_WORKER_WITHIN_S = 150  # engine start -> the worker's container reports healthy (it heartbeated)

@@ -120,6 +120,11 @@ def test_deliberate_exit_code_is_not_an_internal_error(runner: CliRunner, tmp_pa
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("PGHA_SERVER_PORT", "24208")  # nothing listens there
+    from tasks import control_plane as cp
+
+    # No engine needed: no container of the server or worker, no database volume yet.
+    monkeypatch.setattr(cp, "describe", lambda plane, role: None)
+    monkeypatch.setattr(cp, "volume_path", lambda plane: None)
     res = runner.invoke(app, ["server", "status"])
     assert res.exit_code == 1
     assert "internal error" not in res.output and "server_healthy : False" in res.output
