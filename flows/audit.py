@@ -149,8 +149,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
 def audit_snapshot(spec: ClusterSpec) -> tuple[AuditReport, ClusterSnapshot]:
     """`run_audit`, and the snapshot it judged (the leader-change check reads the same one)."""
     spec = deployed(spec)  # a pooler on only by default that `pgha up` has not added yet is not judged
-    t0 = time.monotonic()
     snap = gather(spec)
+    t0 = time.monotonic()
     baseline = load_baseline(spec)
     findings = decide(spec, snap, baseline)
     cts = snap.containers.value
@@ -170,7 +170,7 @@ def audit_snapshot(spec: ClusterSpec) -> tuple[AuditReport, ClusterSnapshot]:
     p_state = snap.patroni.value
     report = AuditReport(scope=spec.scope, status=v.level.value, message=v.message,
                          summary=operator.summary_line(spec.scope, rows, paused=bool(p_state and p_state.view.paused)),
-                         elapsed_s=round(time.monotonic() - t0, 2), findings=rows)
+                         elapsed_s=round(snap.elapsed_s + time.monotonic() - t0, 2), findings=rows)
     return report, snap
 
 

@@ -90,6 +90,7 @@ class ClusterSnapshot:
     scope: str
     taken_at: float = 0.0  # unix time the gathering started
     elapsed_s: float = 0.0  # how long the gathering took
+    took_s: dict[str, float] = field(default_factory=dict)  # part -> seconds it took (where the time goes)
     containers: Observed[ContainersObs] = Observed()
     resources: Observed[list[PressureObs]] = Observed()
     etcd: Observed[EtcdObs] = Observed()
@@ -112,7 +113,7 @@ class ClusterSnapshot:
 
     @classmethod
     def parts(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name not in ("scope", "taken_at", "elapsed_s"))
+        return tuple(f.name for f in fields(cls) if isinstance(f.default, Observed))
 
     def leader(self) -> str | None:
         """The one member Patroni calls leader (None: none, several, or Patroni not seen)."""

@@ -12,9 +12,10 @@ about the time of the slowest part (the engine's memory stats, about a second), 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from stack import audit as A
@@ -224,21 +225,69 @@ GATHERERS: dict[str, Callable[[ClusterSpec, bool], Any]] = {
 }
 
 
-def _observed(fn: Callable[[ClusterSpec, bool], Any], spec: ClusterSpec, deep: bool) -> Observed[Any]:
+def _observed(fn: Callable[[ClusterSpec, bool], Any], spec: ClusterSpec, deep: bool) -> tuple[Observed[Any], float]:
+    t0 = time.monotonic()
     try:
-        return Observed(fn(spec, deep), "", asked=True)
+        got: Observed[Any] = Observed(fn(spec, deep), "", asked=True)
     except Exception as exc:  # noqa: BLE001 - a part that fails is observed as failed
-        return Observed(None, _brief(exc), asked=True)
+        got = Observed(None, _brief(exc), asked=True)
+    return got, round(time.monotonic() - t0, 3)
+
+
+# A snapshot started ahead (`prefetch`): (spec, parts, deep, its future), by scope.
+_AHEAD: dict[str, tuple[ClusterSpec, tuple[str, ...], bool, Future[ClusterSnapshot]]] = {}
+_AHEAD_LOCK = threading.Lock()
+AHEAD_MAX_AGE_S = 30.0  # older than this when asked for, it is taken again
+
+
+def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> None:
+    """Start taking the snapshot now, in a background thread, for the next `observe` of the same
+    spec and parts in this process.
+
+    `pgha audit` calls it before it imports the flow and starts its run: the systems are asked
+    (mostly waiting on the engine and the network) while the interpreter is busy importing and
+    the API records the run, and the flow's gathering task takes the result instead of asking
+    again. A snapshot that is not claimed is simply dropped with the process. Call it once
+    Prefect is imported when the parts need it (the audit's do): its first import from two
+    threads at once fails.
+    """
+    wanted = tuple(dict.fromkeys(parts))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-ahead")
+    future = pool.submit(_take, spec, wanted, deep)
+    pool.shutdown(wait=False)
+    with _AHEAD_LOCK:
+        _AHEAD[spec.scope] = (spec, wanted, deep, future)
+
+
+def _claim(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnapshot | None:
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop(spec.scope, None)
+    if ahead is None or ahead[0] != spec or ahead[1] != parts or ahead[2] != deep:
+        return None
+    snap = ahead[3].result()
+    return snap if time.time() - snap.taken_at <= AHEAD_MAX_AGE_S else None
 
 
 def observe(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> ClusterSnapshot:
-    """Ask every system of `parts` once, all at once; the snapshot (never raises for a sick cluster)."""
-    wanted = list(dict.fromkeys(parts))
+    """Ask every system of `parts` once, all at once; the snapshot (never raises for a sick cluster).
+
+    A snapshot of the same spec and parts started ahead in this process (`prefetch`) is taken
+    instead, when it is recent."""
+    wanted = tuple(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in GATHERERS]
     if unknown:
         raise ValueError(f"unknown snapshot part(s): {', '.join(unknown)}")
+    return _claim(spec, wanted, deep) or _take(spec, wanted, deep)
+
+
+def _take(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnapshot:
+    if {"backups", "repo_size"} & set(parts):
+        # Imported here, before the parts' threads: it imports Prefect, whose first import from
+        # two threads at once fails ("partially initialized module 'prefect.context'").
+        import tasks.pgbackrest  # noqa: F401
     taken_at, t0 = time.time(), time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="observe") as pool:
-        futures = {p: pool.submit(_observed, GATHERERS[p], spec, deep) for p in wanted}
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="observe") as pool:
+        futures = {p: pool.submit(_observed, GATHERERS[p], spec, deep) for p in parts}
         got = {p: f.result() for p, f in futures.items()}
-    return ClusterSnapshot(scope=spec.scope, taken_at=taken_at, elapsed_s=round(time.monotonic() - t0, 3), **got)
+    return ClusterSnapshot(scope=spec.scope, taken_at=taken_at, elapsed_s=round(time.monotonic() - t0, 3),
+                           took_s={p: t for p, (_, t) in got.items()}, **{p: o for p, (o, _) in got.items()})
