@@ -36,6 +36,8 @@ from tasks.node_exec import node
 STATUS_PARTS = ("containers", "patroni", "etcd", "backends", "session", "pooler")
 AUDIT_PARTS = ("containers", "resources", "etcd", "patroni", "failsafe", "replication", "haproxy", "postgres",
                "disks", "pooler", "apps", "fencing", "tls", "archiving", "backups", "repo_size", "server_db")
+# `pgha report`: the audit and the status from one snapshot.
+REPORT_PARTS = (*AUDIT_PARTS, "backends", "session")
 
 
 def _brief(exc: BaseException) -> str:
@@ -240,9 +242,9 @@ _AHEAD_LOCK = threading.Lock()
 AHEAD_MAX_AGE_S = 30.0  # older than this when asked for, it is taken again
 
 
-def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> None:
+def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> Future[ClusterSnapshot]:
     """Start taking the snapshot now, in a background thread, for the next `observe` of the same
-    spec and parts in this process.
+    spec and of these parts or fewer in this process; the future of that snapshot.
 
     `pgha audit` calls it before it imports the flow and starts its run: the systems are asked
     (mostly waiting on the engine and the network) while the interpreter is busy importing and
@@ -257,12 +259,13 @@ def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool =
     pool.shutdown(wait=False)
     with _AHEAD_LOCK:
         _AHEAD[spec.scope] = (spec, wanted, deep, future)
+    return future
 
 
 def _claim(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnapshot | None:
     with _AHEAD_LOCK:
         ahead = _AHEAD.pop(spec.scope, None)
-    if ahead is None or ahead[0] != spec or ahead[1] != parts or ahead[2] != deep:
+    if ahead is None or ahead[0] != spec or not set(parts) <= set(ahead[1]) or ahead[2] != deep:
         return None
     snap = ahead[3].result()
     return snap if time.time() - snap.taken_at <= AHEAD_MAX_AGE_S else None
@@ -271,7 +274,7 @@ def _claim(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnap
 def observe(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> ClusterSnapshot:
     """Ask every system of `parts` once, all at once; the snapshot (never raises for a sick cluster).
 
-    A snapshot of the same spec and parts started ahead in this process (`prefetch`) is taken
+    A snapshot of the same spec and of these parts (or more) started ahead in this process (`prefetch`) is taken
     instead, when it is recent."""
     wanted = tuple(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in GATHERERS]

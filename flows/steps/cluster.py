@@ -11,6 +11,7 @@ import yaml
 from stack.cluster import ClusterView, assess, led_by
 from stack.errors import HaproxyError, PatroniError, PghaError, WaitTimeout
 from stack.results import ClusterStatus, SwitchoverTimes
+from stack.snapshot import ClusterSnapshot
 from stack.spec import ClusterSpec
 from stack.status import SESSION_PROBLEM, judge
 from stack.wait import wait_for
@@ -32,7 +33,11 @@ def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     client can enter (a preload library that fails in every session) is not healthy.
     """
     spec = deployed(spec)
-    snap = observe(spec, STATUS_PARTS, deep=False)
+    return status_of(spec, observe(spec, STATUS_PARTS, deep=False))
+
+
+def status_of(spec: ClusterSpec, snap: ClusterSnapshot) -> ClusterStatus:
+    """The status `snap` shows (any snapshot holding `STATUS_PARTS`: the audit's in `pgha report`)."""
     endpoints = {"rw": postgres.dsn(spec), "ro": postgres.dsn(spec, read_only=True)}
     if spec.runs_pooler:
         endpoints["pool"] = postgres.dsn(spec, pooled=True)
