@@ -11,7 +11,11 @@ then prints every round, the medians and their ratio to `patronictl list`, and w
 snapshot's time goes (each part of one in-process `tasks.observe.observe`).
 Removes what it brought up.
 
+`--compare DIR` also times `pgha audit` (server running) from another checkout, e.g. the main
+branch's, in the same rounds: a before/after on the same machine at the same load.
+
     .venv/bin/python benchmarks/audit_time.py [--runs 5] [--server-port 23620] [--ephemeral] [--scope S]
+                                              [--compare DIR]
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ pooler: {{enabled: false}}
 """
 
 
-def timed(cmd: list[str], env: dict[str, str], ok: str = "") -> float:
+def timed(cmd: list[str], env: dict[str, str], ok: str = "", cwd: Path = ROOT) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
     if r.returncode != 0 or ok not in r.stdout:
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--server-port", type=int, default=23620, help="Prefect server port (0: no server)")
     ap.add_argument("--ephemeral", action="store_true", help="also time `pgha audit` without a server")
     ap.add_argument("--scope", default="", help="a cluster already up from this PGHA_STATE_DIR (not removed)")
+    ap.add_argument("--compare", type=Path, default=None, help="another checkout whose `pgha audit` is timed too")
     args = ap.parse_args()
     if args.scope:
         scope = args.scope  # the caller's state directory and Prefect home: keep the environment as it is
@@ -97,6 +102,8 @@ def main() -> None:
             home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect")
             server = start_server(args.server_port, env, home / "bench-server.log")
             times["pgha audit (server running)"] = []
+            if args.compare:
+                times[f"pgha audit (server), {args.compare.name}"] = []
         if args.ephemeral or not args.server_port:
             times["pgha audit (no server)"] = []
         server_env = dict(env, PREFECT_API_URL=f"http://127.0.0.1:{args.server_port}/api")
@@ -108,6 +115,9 @@ def main() -> None:
                    "pgha status": timed([*cli, "status", "--scope", scope], env)}
             if server:
                 now["pgha audit (server running)"] = timed([*cli, "audit", "--scope", scope, "--json"], server_env)
+                if args.compare:
+                    now[f"pgha audit (server), {args.compare.name}"] = timed(
+                        [*cli, "audit", "--scope", scope, "--json"], server_env, cwd=args.compare.resolve())
             if "pgha audit (no server)" in times:
                 now["pgha audit (no server)"] = timed([*cli, "audit", "--scope", scope, "--json"], env)
             for k, v in now.items():
@@ -128,12 +138,12 @@ def main() -> None:
     base = statistics.median(times["patronictl list"])
     print(f"\n{scope}: 1 etcd, 2 nodes, pooler off; medians of {args.runs} runs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
-    print(f"| {'what':28} | median | min-max | ratio to patronictl list |")
-    print(f"|{'-' * 30}|--------|---------|--------------------------|")
+    print(f"| {'what':32} | median | min-max | ratio to patronictl list |")
+    print(f"|{'-' * 34}|--------|---------|--------------------------|")
     for k, v in times.items():
         if v:
             med = statistics.median(v)
-            print(f"| {k:28} | {med:5.2f} s | {min(v):.2f}-{max(v):.2f} | {med / base:24.1f} |")
+            print(f"| {k:32} | {med:5.2f} s | {min(v):.2f}-{max(v):.2f} | {med / base:24.1f} |")
     for name, snap in (("audit", audit_snap), ("status", status_snap)):
         parts = ", ".join(f"{p} {t:.2f}" for p, t in sorted(snap.took_s.items(), key=lambda x: -x[1]))
         print(f"\n{name} snapshot, in-process: {snap.elapsed_s:.2f} s (parts side by side, slowest first: {parts})")
