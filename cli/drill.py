@@ -69,8 +69,6 @@ def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     spec = resolve_spec(spec_file, scope)
     warm()
     require_engines(spec)
-    import prefect  # noqa: F401 - first, in this thread alone: its import is not safe from two threads at once
-
     from tasks.host.generations import deployed, serving
     from tasks.observe import prefetch
 

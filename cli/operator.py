@@ -428,8 +428,6 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
     seen = ahead = None
     if audit:
         warm()
-        import prefect  # noqa: F401 - first, in this thread alone: its import is not safe from two threads at once
-
         from tasks.host.generations import deployed, serving
         from tasks.observe import REPORT_PARTS, prefetch
 

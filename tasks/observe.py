@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from stack import audit as A
@@ -25,7 +26,7 @@ from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT
 from stack.secrets import Secrets
 from stack.snapshot import ClusterSnapshot, ContainersObs, Observed, PatroniState
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, etcd, fencer, haproxy, patroni, pg_apps, pgbouncer, postgres, server_db
+from tasks import docker_hosts, etcd, fencer, haproxy, patroni, pg_apps, pgbackrest, pgbouncer, postgres, server_db
 from tasks.host import app_passwords
 from tasks.host import tls as host_tls
 from tasks.host.secrets import cluster_secrets, load_or_create
@@ -38,6 +39,9 @@ AUDIT_PARTS = ("containers", "resources", "etcd", "patroni", "failsafe", "replic
                "disks", "pooler", "apps", "fencing", "tls", "archiving", "backups", "repo_size", "server_db")
 # `pgha report`: the audit and the status from one snapshot.
 REPORT_PARTS = (*AUDIT_PARTS, "backends", "session")
+# Parts that may import Prefect (the server's database settings): never taken ahead, where the
+# main thread may be importing it at the same moment (a first import from two threads fails).
+NOT_AHEAD = ("server_db",)
 
 
 def _brief(exc: BaseException) -> str:
@@ -185,8 +189,6 @@ def repo_size(spec: ClusterSpec, deep: bool) -> AS.RepoSizeObs | None:
     """The repository volume's bytes (du) and its filesystem (df), where it is mounted (S3: None)."""
     if not spec.backup.enabled or spec.backup.s3 is not None:
         return None
-    from tasks import pgbackrest  # the audit's parts only: status stays clear of Prefect's import
-
     got = node(spec, pgbackrest.reader(spec)).disk_usage(REPO_MOUNT, (REPO_MOUNT,))
     if got is None or got[2][0] is None:
         raise PghaError(f"du of {REPO_MOUNT} gave no size")
@@ -213,8 +215,6 @@ def archiving(spec: ClusterSpec, deep: bool) -> Any:
 
 
 def backups(spec: ClusterSpec, deep: bool) -> Any:
-    from tasks import pgbackrest
-
     return pgbackrest.repo_obs(spec) if spec.backup.enabled else None
 
 
@@ -244,16 +244,15 @@ AHEAD_MAX_AGE_S = 30.0  # older than this when asked for, it is taken again
 
 def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> Future[ClusterSnapshot]:
     """Start taking the snapshot now, in a background thread, for the next `observe` of the same
-    spec and of these parts or fewer in this process; the future of that snapshot.
+    spec in this process (which asks only for the parts it lacks); the future of that snapshot.
 
     `pgha audit` calls it before it imports the flow and starts its run: the systems are asked
     (mostly waiting on the engine and the network) while the interpreter is busy importing and
     the API records the run, and the flow's gathering task takes the result instead of asking
-    again. A snapshot that is not claimed is simply dropped with the process. Call it once
-    Prefect is imported when the parts need it (the audit's do): its first import from two
-    threads at once fails.
+    again. A snapshot that is not claimed is simply dropped with the process. The parts that may
+    import Prefect (`NOT_AHEAD`) are left to the flow: its first import from two threads at once fails.
     """
-    wanted = tuple(dict.fromkeys(parts))
+    wanted = tuple(p for p in dict.fromkeys(parts) if p not in NOT_AHEAD)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-ahead")
     future = pool.submit(_take, spec, wanted, deep)
     pool.shutdown(wait=False)
@@ -262,10 +261,10 @@ def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool =
     return future
 
 
-def _claim(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnapshot | None:
+def _claim(spec: ClusterSpec, deep: bool) -> ClusterSnapshot | None:
     with _AHEAD_LOCK:
         ahead = _AHEAD.pop(spec.scope, None)
-    if ahead is None or ahead[0] != spec or not set(parts) <= set(ahead[1]) or ahead[2] != deep:
+    if ahead is None or ahead[0] != spec or ahead[2] != deep:
         return None
     snap = ahead[3].result()
     return snap if time.time() - snap.taken_at <= AHEAD_MAX_AGE_S else None
@@ -274,20 +273,24 @@ def _claim(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnap
 def observe(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool = True) -> ClusterSnapshot:
     """Ask every system of `parts` once, all at once; the snapshot (never raises for a sick cluster).
 
-    A snapshot of the same spec and of these parts (or more) started ahead in this process (`prefetch`) is taken
-    instead, when it is recent."""
+    A snapshot of the same spec started ahead in this process (`prefetch`) is taken instead, when
+    it is recent: only the parts it lacks are asked now."""
     wanted = tuple(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in GATHERERS]
     if unknown:
         raise ValueError(f"unknown snapshot part(s): {', '.join(unknown)}")
-    return _claim(spec, wanted, deep) or _take(spec, wanted, deep)
+    ahead = _claim(spec, deep)
+    if ahead is None:
+        return _take(spec, wanted, deep)
+    missing = tuple(p for p in wanted if not getattr(ahead, p).asked)
+    if not missing:
+        return ahead
+    rest = _take(spec, missing, deep)
+    return replace(ahead, elapsed_s=round(ahead.elapsed_s + rest.elapsed_s, 3), took_s={**ahead.took_s, **rest.took_s},
+                   **{p: getattr(rest, p) for p in missing})
 
 
 def _take(spec: ClusterSpec, parts: tuple[str, ...], deep: bool) -> ClusterSnapshot:
-    if {"backups", "repo_size"} & set(parts):
-        # Imported here, before the parts' threads: it imports Prefect, whose first import from
-        # two threads at once fails ("partially initialized module 'prefect.context'").
-        import tasks.pgbackrest  # noqa: F401
     taken_at, t0 = time.time(), time.monotonic()
     with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="observe") as pool:
         futures = {p: pool.submit(_observed, GATHERERS[p], spec, deep) for p in parts}

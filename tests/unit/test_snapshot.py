@@ -118,7 +118,7 @@ def parts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         return gather
 
     monkeypatch.setattr(O, "GATHERERS", {"etcd": fake("etcd"), "patroni": fake("patroni"),
-                                         "session": fake("session", fail=True)})
+                                         "session": fake("session", fail=True), "server_db": fake("server_db")})
     return calls
 
 
@@ -140,12 +140,24 @@ def test_a_snapshot_started_ahead_is_taken_once(parts: list[tuple[str, str]]) ->
     from tasks.observe import observe, prefetch
 
     ahead = prefetch(SPEC, ("etcd", "patroni"))
-    snap = observe(SPEC, ("etcd",))  # fewer parts of the same spec: the one started ahead
+    snap = observe(SPEC, ("etcd",))  # the same spec: the one started ahead
     assert snap is ahead.result() and len(parts) == 2
     observe(SPEC, ("etcd",))  # claimed once: asked again
     assert len(parts) == 3
     other = prefetch(SPEC, ("etcd",))
     observe(parse_spec({"scope": "lab", "nodes": 3}), ("etcd",))  # another spec: not that one
     other.result()
-    observe(SPEC, ("etcd", "patroni"))  # more parts than were started ahead: asked again
-    assert len(parts) == 3 + 1 + 1 + 2
+    assert len(parts) == 5
+    prefetch(SPEC, ("etcd",)).result()
+    snap = observe(SPEC, ("etcd", "patroni"))  # only the part the snapshot lacks is asked now
+    assert [p for p, _ in parts[5:]] == ["etcd", "patroni"]
+    assert snap.etcd.value == "etcd" and snap.patroni.value == "patroni" and set(snap.took_s) == {"etcd", "patroni"}
+
+
+def test_a_part_that_may_import_prefect_is_never_taken_ahead(parts: list[tuple[str, str]]) -> None:
+    from tasks.observe import observe, prefetch
+
+    prefetch(SPEC, ("etcd", "server_db")).result()
+    assert [p for p, _ in parts] == ["etcd"]
+    snap = observe(SPEC, ("etcd", "server_db"))
+    assert [p for p, _ in parts] == ["etcd", "server_db"] and snap.server_db.value == "server_db"
