@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,10 +40,17 @@ pooler: {{enabled: false}}
 """
 
 
-def timed(cmd: list[str], env: dict[str, str], ok: str = "", cwd: Path = ROOT) -> float:
+CPU: dict[str, list[float]] = {}  # what -> CPU seconds (user + system) of each run: steadier than wall time on a shared machine
+
+
+def timed(cmd: list[str], env: dict[str, str], ok: str = "", cwd: Path = ROOT, what: str = "") -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if what:
+        CPU.setdefault(what, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if r.returncode != 0 or ok not in r.stdout:
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
     return took
@@ -112,14 +120,17 @@ def main() -> None:
         for i in range(args.runs):
             now = {"patronictl list": timed(["docker", "exec", spec.container("pg-1"), "patronictl", "-c",
                                              "/run/pgha/patroni.yml", "list"], env, "Leader"),
-                   "pgha status": timed([*cli, "status", "--scope", scope], env)}
+                   "pgha status": timed([*cli, "status", "--scope", scope], env, what="pgha status")}
             if server:
-                now["pgha audit (server running)"] = timed([*cli, "audit", "--scope", scope, "--json"], server_env)
+                k = "pgha audit (server running)"
+                now[k] = timed([*cli, "audit", "--scope", scope, "--json"], server_env, what=k)
                 if args.compare:
-                    now[f"pgha audit (server), {args.compare.name}"] = timed(
-                        [*cli, "audit", "--scope", scope, "--json"], server_env, cwd=args.compare.resolve())
+                    k = f"pgha audit (server), {args.compare.name}"
+                    now[k] = timed([*cli, "audit", "--scope", scope, "--json"], server_env, cwd=args.compare.resolve(),
+                                   what=k)
             if "pgha audit (no server)" in times:
-                now["pgha audit (no server)"] = timed([*cli, "audit", "--scope", scope, "--json"], env)
+                k = "pgha audit (no server)"
+                now[k] = timed([*cli, "audit", "--scope", scope, "--json"], env, what=k)
             for k, v in now.items():
                 times[k].append(v)
             print(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in now.items()), flush=True)
@@ -138,12 +149,13 @@ def main() -> None:
     base = statistics.median(times["patronictl list"])
     print(f"\n{scope}: 1 etcd, 2 nodes, pooler off; medians of {args.runs} runs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
-    print(f"| {'what':32} | median | min-max | ratio to patronictl list |")
-    print(f"|{'-' * 34}|--------|---------|--------------------------|")
+    print(f"| {'what':32} | median | min-max | ratio to patronictl list | CPU (user+sys), median |")
+    print(f"|{'-' * 34}|--------|---------|--------------------------|------------------------|")
     for k, v in times.items():
         if v:
             med = statistics.median(v)
-            print(f"| {k:32} | {med:5.2f} s | {min(v):.2f}-{max(v):.2f} | {med / base:24.1f} |")
+            cpu = f"{statistics.median(CPU[k]):.2f} s" if CPU.get(k) else ""
+            print(f"| {k:32} | {med:5.2f} s | {min(v):.2f}-{max(v):.2f} | {med / base:24.1f} | {cpu:>22} |")
     for name, snap in (("audit", audit_snap), ("status", status_snap)):
         parts = ", ".join(f"{p} {t:.2f}" for p, t in sorted(snap.took_s.items(), key=lambda x: -x[1]))
         print(f"\n{name} snapshot, in-process: {snap.elapsed_s:.2f} s (parts side by side, slowest first: {parts})")
