@@ -68,9 +68,15 @@ def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     """
     spec = resolve_spec(spec_file, scope)
     warm()
+    require_engines(spec)
+    from tasks.host.generations import deployed, serving
+    from tasks.observe import prefetch
+
+    # The cluster is observed while the flow is imported and its run created (mostly time spent
+    # waiting on the engine and the network): the flow's gathering takes this snapshot.
+    prefetch(deployed(serving(spec)))
     from flows.audit import audit as audit_flow
 
-    require_engines(spec)
     # The flow ends Failed on a critical finding (that is what alerts) and still returns its report.
     state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
     report = state.result(raise_on_failure=False)

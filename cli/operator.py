@@ -420,13 +420,20 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
     """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
-    from flows.steps.cluster import cluster_status
+    from flows.steps.cluster import cluster_status, status_of
     from tasks import patroni, support_report
 
     path = output or Path(f"pgha-report-{spec.scope}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
     audit_json = None
+    seen = ahead = None
     if audit:
         warm()
+        from tasks.host.generations import deployed, serving
+        from tasks.observe import REPORT_PARTS, prefetch
+
+        # One observation for the audit and the status: the audit's flow takes this snapshot.
+        seen = deployed(serving(spec))
+        ahead = prefetch(seen, REPORT_PARTS) if seen == deployed(spec) else None
         from flows.audit import audit as audit_flow
 
         state = run_flow(audit_flow, spec, return_state=True)
@@ -437,5 +444,5 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
         history = patroni.history(spec)
     except PghaError as exc:
         history = {"error": str(exc)}
-    status = cluster_status(spec).to_json()
+    status = (status_of(seen, ahead.result()) if seen and ahead else cluster_status(spec)).to_json()
     return Done(support_report.build(spec, path, status, audit_json, history), spec)

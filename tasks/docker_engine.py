@@ -773,6 +773,15 @@ class Engine:
                 out[ip] = str(info.get("Name", ""))
         return out
 
+    def network_subnet(self, network: str) -> str | None:
+        """The IPv4 subnet of a network, looked up (never created); None when it is gone or has none."""
+        with _engine_call(f"inspect network {network}"):
+            for net in self.client.networks.list(names=[network]):
+                if net.name == network:
+                    cfg = (self.client.networks.get(net.id).attrs.get("IPAM") or {}).get("Config") or []
+                    return next((str(c["Subnet"]) for c in cfg if ":" not in str(c.get("Subnet", ":"))), None)
+        return None
+
 
 def log_config(options: dict[str, str] | None) -> LogConfig:
     """The json-file driver with `options` (max-size, max-file); pgha's default cap when None."""

@@ -18,6 +18,7 @@ from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import etcd_hosts, scheme
 from stack.secrets import Secrets
+from stack.snapshot import EtcdObs
 from stack.spec import ClusterSpec
 from stack.topology import etcdctl_tls
 from stack.wait import wait_for
@@ -152,21 +153,29 @@ def _status(spec: ClusterSpec) -> dict[str, dict[str, Any]]:
 
 def audit_members(spec: ClusterSpec) -> list[EtcdMember]:
     """Every member's health, leadership and DB size (for the health audit)."""
+    return observe(spec, members=True).members or []
+
+
+def observe(spec: ClusterSpec, members: bool = False) -> EtcdObs:
+    """The endpoints' health and, with `members`, each member's leadership and DB size (the audit)."""
+    if not members:
+        return EtcdObs(health=health(spec))
     # Both calls wait out the command timeout on a dead member: ask them at once.
     with ThreadPoolExecutor(max_workers=2) as pool:
         status_call = pool.submit(_status, spec)
-        rows = {_host(r.endpoint): r for r in health(spec)}
+        health_rows = health(spec)
         status = status_call.result()
-    members: list[EtcdMember] = []
+    rows = {_host(r.endpoint): r for r in health_rows}
+    found: list[EtcdMember] = []
     for m in spec.etcd_names():
         host = spec.address(m)
         h, st = rows.get(host), status.get(host, {})
         db = st.get("dbSize")
-        members.append(EtcdMember(
+        found.append(EtcdMember(
             member=m, healthy=bool(h and h.healthy), error=(h.error if h else "no answer")[:160],
             is_leader=_leads(st), db_size=int(db) if isinstance(db, int) else None,
         ))
-    return members
+    return EtcdObs(health=health_rows, members=found)
 
 
 def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int]:

@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
 from stack import backup as bk
 from stack import layout
 from stack.audit_backup import RepoObs
@@ -32,7 +29,7 @@ from stack.errors import PghaError, StateError
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import postgres
-from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks._prefect import RETRY_TRANSIENT, task
 from tasks.docker_hosts import engines, sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, config_dir, write_private
@@ -314,13 +311,13 @@ def new_token() -> str:
 
 # ---- flow steps ----
 
-@task(name="pgbackrest-nodes", **SIDE_EFFECT)
+@task(name="pgbackrest-nodes", **RETRY_TRANSIENT)
 def prepare_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str]:
     """pgBackRest files and a running TLS server in every running node."""
     return install_nodes(spec, from_standby)
 
 
-@task(name="pgbackrest-stanza", **ONCE)
+@task(name="pgbackrest-stanza")
 def create_stanza(spec: ClusterSpec) -> str:
     """The stanza, created (or confirmed) through the first running node (or the repository host)."""
     nodes = running_nodes(spec)
@@ -329,13 +326,13 @@ def create_stanza(spec: ClusterSpec) -> str:
     return stanza_create(spec, runner_for(spec, nodes[0]))
 
 
-@task(name="pgbackrest-check", **ONCE)
+@task(name="pgbackrest-check")
 def check_archiving(spec: ClusterSpec, member: str) -> str:
     """`pgbackrest check` in `member` (or the repository host): a WAL switch reaches the repository."""
     return check(spec, runner_for(spec, member))
 
 
-@task(name="backup-canary", **ONCE)
+@task(name="backup-canary")
 def _create_canary_table(conn: Any) -> None:  # a psycopg connection (tasks.postgres.connect)
     conn.execute(f"create table if not exists {bk.CANARY_TABLE} (id bigserial primary key, token text not null, "
                  "written_at timestamptz not null default now())")  # noqa: S608 - constant table name
@@ -367,10 +364,12 @@ class BackupRun:
     output: str
 
 
-@task(name="pgbackrest-backup", **ONCE)
+@task(name="pgbackrest-backup")
 def run_backup(spec: ClusterSpec, runner: str, btype: bk.BackupType, token: str, count: int,
                timeout: int = 6 * 3600, from_standby: bool = True) -> BackupRun:
     """`pgbackrest backup` in the runner, annotated with the canary; a progress artifact follows it."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact  # in a flow: loaded already
+
     args = ["backup", f"--type={btype.value}", f"--annotation={bk.ANN_TOKEN}={token}",
             f"--annotation={bk.ANN_COUNT}={count}", *bk.backup_standby_args(spec, from_standby)]
     result: dict[str, ExecResult] = {}
@@ -404,7 +403,7 @@ def run_backup(spec: ClusterSpec, runner: str, btype: bk.BackupType, token: str,
     return BackupRun(elapsed, r.out)
 
 
-@task(name="pgbackrest-archive-history", **ONCE)
+@task(name="pgbackrest-archive-history")
 def archive_history(spec: ClusterSpec, member: str, timeline: int) -> str:
     """Push the timeline's history file to the archive (a restored copy promoted with archiving off)."""
     hist = f"{timeline:08X}.history"

@@ -65,14 +65,9 @@ def _subnet(spec: ClusterSpec) -> str | None:
     if spec.multi_host:
         return "127.0.0.1/32"
     try:
-        client = docker_hosts.engines(spec).default.client
-        for net in client.networks.list(names=[spec.network]):
-            if net.name == spec.network:
-                cfg = (client.networks.get(net.id).attrs.get("IPAM") or {}).get("Config") or []
-                return next((str(c["Subnet"]) for c in cfg if ":" not in str(c.get("Subnet", ":"))), None)
+        return docker_hosts.engines(spec).default.network_subnet(spec.network)
     except Exception:  # noqa: BLE001 - the subnet is a nicety of the report, never a reason to fail it
         return None
-    return None
 
 
 def _state_listing(scope: str) -> str:

@@ -8,116 +8,40 @@ from contextlib import nullcontext, suppress
 
 import yaml
 
-from stack.cluster import ClusterView, assess, led_by, quorum
+from stack.cluster import ClusterView, assess, led_by
 from stack.errors import HaproxyError, PatroniError, PghaError, WaitTimeout
-from stack.pooler import pooler_problems
-from stack.results import ClusterStatus, MemberRow, SwitchoverTimes
+from stack.results import ClusterStatus, SwitchoverTimes
+from stack.snapshot import ClusterSnapshot
 from stack.spec import ClusterSpec
+from stack.status import SESSION_PROBLEM, judge
 from stack.wait import wait_for
-from tasks import docker_engine, docker_hosts, etcd, haproxy, patroni, pgbouncer, postgres
+from tasks import docker_hosts, haproxy, patroni, pgbouncer, postgres
 from tasks._prefect import task
 from tasks.host.generations import deployed
 from tasks.host.secrets import cluster_secrets
-from tasks.host.state import cluster_dir, secrets_file, write_private
-
-SESSION_PROBLEM = "no new session opens through the R/W port"
-
-
-def _session_problem(spec: ClusterSpec) -> str | None:
-    """Why a new client session through the R/W port does not open; None when it does (or when
-    this machine holds no password for the cluster: nothing to log in with, nothing to judge)."""
-    if not secrets_file(spec.scope).exists():
-        return None
-    why = postgres.session_opens(spec, cluster_secrets(spec.scope))
-    return f"{SESSION_PROBLEM}: {why}" if why else None
+from tasks.host.state import cluster_dir, write_private
+from tasks.observe import STATUS_PARTS, observe
 
 
 def cluster_status(spec: ClusterSpec) -> ClusterStatus:
     """What Docker, etcd, Patroni and HAProxy say, as one status; never raises for a sick cluster.
 
-    Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API). A new
-    session is opened through the R/W port as a client would: a cluster whose members all run
-    but that no client can enter (a preload library that fails in every session) is not healthy.
+    Read-only and quick: the CLI's `status` calls it directly (no flow, no Prefect API). The
+    snapshot's status parts are asked at once (`tasks.observe`), so status answers in the time
+    of the slowest system, not the sum; the judgement is `stack.status.judge`. A new session is
+    opened through the R/W port as a client would: a cluster whose members all run but that no
+    client can enter (a preload library that fails in every session) is not healthy.
     """
     spec = deployed(spec)
-    st = ClusterStatus(scope=spec.scope)
-    eng = docker_hosts.engines(spec)
-    # The systems are asked at once: status answers in the time of the slowest, not the sum.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        f_view = pool.submit(patroni.cluster_view, spec)
-        f_etcd = pool.submit(etcd.health, spec)
-        f_haproxy = pool.submit(haproxy.backend_states, spec)
-        f_session = pool.submit(_session_problem, spec)
-        containers = {}
-        for e in eng.all():
-            try:
-                containers |= {c.name: c for c in e.cluster_containers(spec.scope)}
-            except PghaError as exc:  # many hosts: a lost host's engine; its members show as missing
-                st.problems.append(str(exc))
-    view: ClusterView | None = None
-    try:
-        view = f_view.result()
-    except PghaError as exc:
-        st.problems.append(str(exc))
-    by_name = {m.name: m for m in view.members} if view else {}
+    return status_of(spec, observe(spec, STATUS_PARTS, deep=False))
 
-    for member, role in spec.expected_members():
-        name = spec.container(member)
-        ct = containers.get(name)
-        state = ct.status if ct else "missing"
-        ms = MemberRow(member=member, role=role, container=name, container_state=state,
-                       health=(docker_engine.health_of(ct) if ct else "") or "-")
-        if role == "patroni" and member in by_name:
-            pm = by_name[member]
-            ms.pg_role, ms.pg_state, ms.timeline, ms.lag_bytes = pm.role.value, pm.state, pm.timeline, pm.lag
-        elif role == "patroni":
-            ms.pg_state = "not registered"
-        if role == "patroni" and (delayed := spec.delay_of(member)) is not None:
-            ms.delay = delayed.delay
-        # Without the fencing watcher failover still works (by ttl): shown, and warned by the
-        # audit, but not a reason to call the cluster unhealthy (and refuse drills or changes).
-        # Nor the repository host: failover does not need it (the audit's archiving row says so).
-        # Nor the exporter: it only reports.
-        if state != "running" and role not in ("fencer", "repo", "metrics"):
-            st.problems.append(f"{name} is {state}")
-        st.members.append(ms)
 
-    try:
-        rows = f_etcd.result()
-        for r in rows:
-            if not r.healthy:
-                st.problems.append(f"etcd {r.endpoint} unhealthy: {r.error or 'down'}")
-        if not quorum(rows, spec.etcd_members):
-            st.problems.append("etcd has no quorum")
-    except PghaError as exc:
-        st.problems.append(str(exc))
-
-    if view is not None:
-        verdict = assess(view, spec)
-        st.readiness = verdict.reason
-        if not verdict.ok:
-            st.problems.append(verdict.reason)
-    st.endpoints = {"rw": postgres.dsn(spec), "ro": postgres.dsn(spec, read_only=True)}
-    try:
-        backends = f_haproxy.result()
-        up_primary = [s for s, v in backends["primary"].items() if v.startswith("UP")]
-        up_replicas = [s for s, v in backends["replicas"].items() if v.startswith("UP")]
-        st.endpoints |= {"rw_backends": ",".join(up_primary) or "none", "ro_backends": ",".join(up_replicas) or "none"}
-        if len(up_primary) != 1:
-            st.problems.append(f"HAProxy R/W port has {len(up_primary)} primaries up (expected 1)")
-        if spec.nodes > 1 and not up_replicas:
-            st.problems.append("HAProxy R/O port has no replica up")
-        # Only judged while HAProxy routes to one primary: otherwise that is the problem to show.
-        if len(up_primary) == 1 and (session := f_session.result()) is not None:
-            st.problems.append(session)
-    except PghaError as exc:
-        st.problems.append(str(exc))
+def status_of(spec: ClusterSpec, snap: ClusterSnapshot) -> ClusterStatus:
+    """The status `snap` shows (any snapshot holding `STATUS_PARTS`: the audit's in `pgha report`)."""
+    endpoints = {"rw": postgres.dsn(spec), "ro": postgres.dsn(spec, read_only=True)}
     if spec.runs_pooler:
-        obs = pgbouncer.observe(spec)
-        st.endpoints |= {"pool": postgres.dsn(spec, pooled=True), "pooler": obs.summary()}
-        st.problems += pooler_problems(obs, spec)
-    st.healthy = not st.problems
-    return st
+        endpoints["pool"] = postgres.dsn(spec, pooled=True)
+    return judge(spec, snap, endpoints)
 
 
 @task(name="wait-healthy")

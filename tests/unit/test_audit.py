@@ -7,8 +7,9 @@ import pytest
 from stack import audit as A
 from stack.audit import Level
 from stack.audit_sizes import DiskObs
-from stack.cluster import Member, MemberRole
+from stack.cluster import ClusterView, Member, MemberRole
 from stack.errors import SpecError
+from stack.snapshot import ClusterSnapshot, ContainersObs, EtcdObs, Observed, PatroniState
 from stack.spec import AuditThresholds, ClusterSpec, parse_spec
 
 SPEC = ClusterSpec(scope="lab")  # 3 etcd, 3 nodes, synchronous mode (profile fast)
@@ -350,9 +351,9 @@ def test_bad_thresholds_are_refused(audit: dict[str, object], message: str) -> N
 def test_every_gatherer_failing_gives_critical_rows_not_a_crash() -> None:
     from flows.audit import decide
 
-    got = {k: (None, f"{k} unreachable") for k in
+    got = {k: Observed(None, f"{k} unreachable", asked=True) for k in
            ("containers", "etcd", "patroni", "replication", "haproxy", "postgres", "disks")}
-    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    fs = decide(SPEC, ClusterSnapshot(scope="lab", **got), A.Baseline())  # type: ignore[arg-type]
     assert A.worst(fs) == Level.CRITICAL
     checks = {f.check for f in fs if f.status == Level.CRITICAL}
     assert {"container.list", "etcd.api", "patroni.api", "replication", "haproxy.stats", "postgres.connect"} <= checks
@@ -362,10 +363,13 @@ def test_every_gatherer_failing_gives_critical_rows_not_a_crash() -> None:
 def test_decide_on_a_healthy_cluster() -> None:
     from flows.audit import decide
 
-    got = {"containers": (containers(), ""), "etcd": (etcd_members(), ""), "patroni": (patroni(), ""),
-           "replication": (rows(), ""), "haproxy": (haproxy(), ""), "postgres": (pg(), ""),
-           "disks": ({m: DiskObs(20 * 2**30, 80 * 2**30, 300 * 2**20) for m in ("pg-1", "pg-2", "pg-3")}, "")}
-    fs = decide(SPEC, got, A.Baseline())  # type: ignore[arg-type]
+    p = patroni()
+    got = {"containers": ContainersObs(containers()), "etcd": EtcdObs(health=[], members=etcd_members()),
+           "patroni": PatroniState(ClusterView(p.members, p.paused), p.liveness, p.readiness),
+           "replication": rows(), "haproxy": haproxy(), "postgres": pg(),
+           "disks": {m: DiskObs(20 * 2**30, 80 * 2**30, 300 * 2**20) for m in ("pg-1", "pg-2", "pg-3")}}
+    snap = ClusterSnapshot(scope="lab", **{k: Observed(v, "", asked=True) for k, v in got.items()})  # type: ignore[arg-type]
+    fs = decide(SPEC, snap, A.Baseline())
     assert A.worst(fs) == Level.OK and len(fs) > 40
     assert by(fs, "disk.data_volume", "pg-1").observed == "20% used"
     assert by(fs, "disk.wal", "pg-2").status == Level.OK

@@ -106,7 +106,7 @@ def test_threshold_cells_do_not_start_with_a_quote_marker() -> None:
 def test_read_only_verbs_do_not_import_prefect() -> None:
     """`pgha status`, logs, history... must not pay Prefect's import (1.5-3 s)."""
     code = ("import sys, cli.app, cli.cluster, cli.operator, flows.steps.cluster, tasks.patroni, tasks.etcd, "
-            "tasks.postgres, tasks.docker_hosts, tasks.support_report, tasks.host.journal\n"
+            "tasks.postgres, tasks.docker_hosts, tasks.support_report, tasks.host.journal, tasks.observe, tasks.pgbackrest\n"
             "tasks.docker_hosts.local_engine()\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'prefect_docker'))\n"
             "assert not bad, bad[:5]\n")

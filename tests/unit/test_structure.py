@@ -138,3 +138,21 @@ def test_back_since() -> None:
     assert back_since(st, 0) and not back_since(st, 4_000_000_000)
     assert not back_since({"state": "starting", "postmaster_start_time": "2026-11-26 17:00:00+00:00"}, 0)
     assert not back_since({"state": "streaming"}, 0)
+
+
+# docker-py belongs to the Docker adapter (the engine, its ssh transport, the exec transport,
+# which engine runs which member). The other modules listed still call it directly and are to move
+# behind tasks/docker_engine.py; no module may join them (lazy imports included).
+DOCKER_ADAPTER = {"tasks/docker_engine.py", "tasks/docker_ssh.py", "tasks/node_exec.py", "tasks/docker_hosts.py"}
+DOCKER_PY_TO_MOVE = {"tasks/images.py", "tasks/docker_lab.py", "tasks/docker_scratch.py", "tasks/control_image.py",
+                     "tasks/control_plane.py"}
+
+
+def test_docker_py_only_in_the_docker_adapter() -> None:
+    users = set()
+    for pkg in ("cli", "flows", "tasks", "stack"):
+        for p in (ROOT / pkg).rglob("*.py"):
+            if any(module.split(".")[0] == "docker" for module, _ in _imports(p)):
+                users.add(str(p.relative_to(ROOT)))
+    assert users - DOCKER_ADAPTER - DOCKER_PY_TO_MOVE == set(), "docker-py outside the Docker adapter"
+    assert DOCKER_PY_TO_MOVE <= users, f"moved behind the adapter, take it off the list: {DOCKER_PY_TO_MOVE - users}"
