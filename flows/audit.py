@@ -56,7 +56,7 @@ from tasks.host import app_passwords, journal
 from tasks.host import tls as host_tls
 from tasks.host.generations import deployed, serving
 from tasks.host.prune import rotate_server_logs
-from tasks.host.secrets import load_or_create
+from tasks.host.secrets import etcd_auth_marker, load_or_create
 from tasks.host.state import cluster_dir, secrets_file, write_private
 from tasks.node_exec import node
 
@@ -99,6 +99,18 @@ def gather_resources(spec: ClusterSpec) -> Gathered:
 
 def gather_etcd(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: etcd.audit_members(spec))
+
+
+def gather_etcd_auth(spec: ClusterSpec) -> Gathered:
+    """Whether etcd's authentication is on, and whether pgha switched it on (with TLS only)."""
+    if not spec.tls.enabled:
+        return None, ""
+    return _safe(lambda: A.EtcdAuthObs(enabled=etcd.auth_enabled(spec),
+                                       switched_on_by_pgha=etcd_auth_marker(spec.scope).exists()))
+
+
+def gather_leader_key(spec: ClusterSpec) -> Gathered:
+    return _safe(lambda: etcd.leader_key(spec))
 
 
 def gather_patroni(spec: ClusterSpec) -> Gathered:
@@ -263,6 +275,10 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     etcd_obs, e_err = got["etcd"]
     findings += A.check_etcd(etcd_obs or [], spec, th) if etcd_obs is not None else [
         A.Finding("etcd.api", spec.scope, A.Level.CRITICAL, e_err, "answers", "no etcd member answers")]
+    if "leader_key" in got:
+        findings += A.check_leader_key(got["leader_key"][0], spec, got["leader_key"][1])
+    if "etcd_auth" in got:
+        findings += A.check_etcd_auth(got["etcd_auth"][0], spec, got["etcd_auth"][1])
     findings += A.check_patroni(patroni_obs, spec, p_err)
     rows, r_err = got["replication"]
     findings += A.check_replication(leader if rows is not None else None, rows or [], spec, th,
@@ -328,7 +344,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
     """Gather concurrently, decide, keep the new baseline; returns the report (no artifacts)."""
     spec = deployed(spec)  # a pooler on only by default that `pgha up` has not added yet is not judged
     t0 = time.monotonic()
-    gatherers = {"containers": gather_containers, "etcd": gather_etcd, "patroni": gather_patroni,
+    gatherers = {"containers": gather_containers, "etcd": gather_etcd, "etcd_auth": gather_etcd_auth,
+                 "leader_key": gather_leader_key, "patroni": gather_patroni,
                  "replication": gather_replication, "haproxy": gather_haproxy, "postgres": gather_postgres,
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
