@@ -283,10 +283,11 @@ if len(sys.argv) > 2:
         old = open(sys.argv[2]).read().strip()
     except OSError:
         old = ""
-    if old != held:
-        with open(sys.argv[2] + ".tmp", "w") as out:
+    if old != held:  # a file per writer (the health check and a verb's check may run at once)
+        tmp = "%s.%d" % (sys.argv[2], os.getpid())
+        with open(tmp, "w") as out:
             out.write(held + "\n")
-        os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+        os.replace(tmp, sys.argv[2])
 if len(sys.argv) > 3:
     os.execvp(sys.argv[3], sys.argv[3:])
 print("held")

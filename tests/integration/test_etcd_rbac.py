@@ -11,6 +11,7 @@ certificate, held by the etcd members where pgha runs etcdctl) are allowed.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,12 +223,14 @@ def test_audit_reports_etcd_auth_and_what_a_cluster_without_it_should_do(engine:
         assert code == 0, out
 
 
-# Run with python3 in the fencer's container, with its credentials: a transaction whose comparison
-# is false (the leader key's version is never 0) holding one put of the leader key, with or without
-# a lease: etcd checks its permissions (200 allowed, 403 refused) and applies nothing.
+# Run with python3 in the fencer's container, with its credentials. "txn": a transaction whose
+# comparison is false (the leader key's version is never 0) holding one put of the leader key, with
+# or without a lease: etcd checks its permissions and applies nothing. "put": a plain put of the
+# leader key with its current value and lease (no change even if allowed). Prints the HTTP status
+# (200 allowed, 403 refused).
 FENCER_PUT = r"""
 import base64, json, ssl, sys, urllib.error, urllib.request
-url, key, lease = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, key, lease, value, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 b64 = lambda s: base64.b64encode(s.encode()).decode()
 ctx = ssl.create_default_context(cafile="/etc/pgha/tls/ca.crt")
 ctx.load_cert_chain("/etc/pgha/tls/gateway.crt", "/etc/pgha/tls/gateway.key")
@@ -235,32 +238,37 @@ def call(path, body, token=None):
     h = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=h)
     try:
-        return urllib.request.urlopen(req, context=ctx, timeout=5).status, b""
+        r = urllib.request.urlopen(req, context=ctx, timeout=5)
+        return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read()[:200]
+        return e.code, e.read()
 pw = open("/etc/pgha/etcd-password").read().strip()
-req = urllib.request.Request(url + "/v3/auth/authenticate", headers={"Content-Type": "application/json"},
-                             data=json.dumps({"name": "fencer", "password": pw}).encode())
-token = json.loads(urllib.request.urlopen(req, context=ctx, timeout=5).read())["token"]
-put = {"key": b64(key), "value": b64("pg-2"), **({"lease": str(lease)} if lease else {})}
-txn = {"compare": [{"target": "VERSION", "key": b64(key), "result": "EQUAL", "version": "0"}],
-       "success": [{"request_put": put}], "failure": []}
-print(json.dumps(call("/v3/kv/txn", txn, token)[0]))
+token = json.loads(call("/v3/auth/authenticate", {"name": "fencer", "password": pw})[1])["token"]
+put = {"key": b64(key), "value": b64(value), **({"lease": str(lease)} if lease else {})}
+if mode == "put":
+    print(call("/v3/kv/put", put, token)[0])
+else:
+    txn = {"compare": [{"target": "VERSION", "key": b64(key), "result": "EQUAL", "version": "0"}],
+           "success": [{"request_put": put}], "failure": []}
+    print(call("/v3/kv/txn", txn, token)[0])
 """
 
 
 def test_what_the_fencer_may_still_write(engine: docker.DockerClient, cluster: Cluster) -> None:
     """What remains of the fencer's write (etcd has no delete-only permission), pinned so the docs
-    stay true: inside a transaction it may put the leader key without a lease, and also with the
-    leader's own session (lease): etcd checks a lease's other keys on a plain put only. The
-    audit's `etcd.leader_key` row therefore catches a rewrite that does not carry the named
-    member's session, not one that does (docs/threat-model.md)."""
+    stay true: a plain put attaching the leader's session (lease) is refused (etcd checks the
+    lease's other keys: the leader's member key), but inside a transaction it may put the leader
+    key without a lease and with that session alike. The audit's `etcd.leader_key` row therefore
+    catches a rewrite that does not carry the named member's session, not one that does
+    (docs/threat-model.md)."""
     etcdctl = ["etcdctl", "--endpoints=https://localhost:2379", "--cacert=/etc/pgha/tls/ca.crt",
                "--cert=/etc/pgha/tls/client.crt", "--key=/etc/pgha/tls/client.key", "--command-timeout=5s"]
     code, out = run(engine, cluster, "etcd-1", [*etcdctl, "get", LEADER_KEY, "-w", "json"])
     assert code == 0, out
-    lease = int(json.loads(out)["kvs"][0]["lease"])
+    kv = json.loads(out)["kvs"][0]
+    lease, holder = int(kv["lease"]), base64.b64decode(kv["value"]).decode()
     url = f"https://{cluster.container('etcd-1')}:2379"
-    for with_lease in (0, lease):
-        code, out = run(engine, cluster, "fencer", ["python3", "-c", FENCER_PUT, url, LEADER_KEY, str(with_lease)])
-        assert code == 0 and out.strip().splitlines()[-1] == "200", (with_lease, out)
+    for with_lease, mode, expected in ((lease, "put", "403"), (0, "txn", "200"), (lease, "txn", "200")):
+        code, out = run(engine, cluster, "fencer", ["python3", "-c", FENCER_PUT, url, LEADER_KEY, str(with_lease),
+                                                    holder, mode])
+        assert code == 0 and out.strip().splitlines()[-1] == expected, (with_lease, mode, out)
