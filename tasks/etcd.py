@@ -324,7 +324,8 @@ class AuthOutcome(StrEnum):
     OFF = "off: TLS is off"
     ENABLED = "enabled: users created, auth switched on"
     KEPT = "on: users and passwords checked"
-    LEGACY = "off: a cluster made without etcd auth keeps running without it"
+    LEGACY = ("off: a cluster made without etcd auth keeps running without it (no rolling path; the audit's "
+              "etcd.auth row warns; a rebuild moves it: pgha restore --into NEW-SCOPE)")
 
 
 @task(name="ensure-etcd-auth", **RETRY_TRANSIENT)  # idempotent: it lists what exists first
