@@ -82,6 +82,12 @@ def decide(spec: ClusterSpec, snap: ClusterSnapshot, baseline: A.Baseline) -> li
     etcd_obs = snap.etcd.value.members if snap.etcd.value is not None else None
     findings += A.check_etcd(etcd_obs or [], spec, th) if etcd_obs is not None else [
         A.Finding("etcd.api", spec.scope, A.Level.CRITICAL, snap.etcd.brief, "answers", "no etcd member answers")]
+    if snap.leader_key.asked:
+        lk, lk_err = snap.leader_key.pair()
+        findings += A.check_leader_key(lk, spec, lk_err)
+    if snap.etcd_auth.asked:
+        obs, err = snap.etcd_auth.pair()
+        findings += A.check_etcd_auth(obs, spec, err)
     findings += A.check_patroni(patroni_obs, spec, p_err)
     rows, r_err = snap.replication.pair()
     findings += A.check_replication(leader if rows is not None else None, rows or [], spec, th,

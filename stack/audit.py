@@ -223,6 +223,69 @@ def check_etcd(members: list[EtcdMember], spec: ClusterSpec, th: AuditThresholds
     return out
 
 
+@dataclass(frozen=True)
+class LeaderKeyObs:
+    """Patroni's leader key and the lease (session) of the member key of the member it names."""
+
+    holder: str | None  # None: no leader key
+    lease: int = 0  # 0: none
+    holder_member_lease: int | None = None  # None: that member has no member key
+
+
+def leader_key_verdict(obs: LeaderKeyObs) -> str:
+    """"" when the leader key is one Patroni wrote (or there is none), else why it is not. Patroni
+    writes its leader key and its own member key with the same lease (its session); the fencer,
+    the only other etcd user that may write the leader key, may write no member key. (A write
+    that carries the named member's own lease is not told apart: docs/threat-model.md.)"""
+    if obs.holder is None:
+        return ""
+    if not obs.lease:
+        return f"the leader key names {obs.holder} with no lease"
+    if obs.holder_member_lease is None:
+        return f"the leader key names {obs.holder}, which has no member key"
+    if obs.holder_member_lease != obs.lease:
+        return f"the leader key's lease is not {obs.holder}'s session"
+    return ""
+
+
+def check_leader_key(obs: LeaderKeyObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
+    if obs is None:
+        return [Finding("etcd.leader_key", spec.scope, Level.WARN, error or "etcd did not answer",
+                        "written by Patroni", "the `etcd.*` rows say why")]
+    why = leader_key_verdict(obs)
+    if why:
+        return [Finding("etcd.leader_key", spec.scope, Level.CRITICAL, why + ": not written by Patroni",
+                        "written by Patroni", "Patroni acts on a leader it did not elect: delete the key "
+                        "(the members elect a leader again) and find out who wrote it")]
+    observed = f"{obs.holder}, with its session" if obs.holder else "no leader key (an election)"
+    return [Finding("etcd.leader_key", spec.scope, Level.OK, observed, "written by Patroni")]
+
+
+@dataclass(frozen=True)
+class EtcdAuthObs:
+    enabled: bool  # etcd says its authentication is on
+    switched_on_by_pgha: bool  # pgha's marker: it switched authentication on at creation
+
+
+def check_etcd_auth(obs: EtcdAuthObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
+    """etcd's authentication: on (ok); off on a cluster made before pgha switched it on (warning:
+    no rolling path, a rebuild moves it); off although pgha had switched it on (critical: `up`
+    switches it on again). Not judged with TLS off (auth needs it)."""
+    if not spec.tls.enabled:
+        return []
+    if obs is None:
+        return [Finding("etcd.auth", spec.scope, Level.WARN, error or "etcd did not answer", "on",
+                        "the `etcd.*` rows say why")]
+    if obs.enabled:
+        return [Finding("etcd.auth", spec.scope, Level.OK, "on", "on")]
+    if obs.switched_on_by_pgha:
+        return [Finding("etcd.auth", spec.scope, Level.CRITICAL, "off (pgha had switched it on)", "on",
+                        "every certificate holder can write the cluster's keys: `pgha up` switches it on again")]
+    return [Finding("etcd.auth", spec.scope, Level.WARN, "off: a cluster made before etcd authentication", "on",
+                    "any holder of a certificate from the cluster's CA can write its keys; rebuild the cluster "
+                    "(`pgha restore --into NEW-SCOPE`, or `pgha upgrade --major`) to move it to etcd authentication")]
+
+
 def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
     if obs is None:
         return [Finding("patroni.api", spec.scope, Level.CRITICAL, error or "no node answers /cluster", "answers",

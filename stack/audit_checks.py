@@ -186,6 +186,51 @@ CHECKS: tuple[Check, ...] = (
         fixes=("pgha up", "pgha etcd replace"),
     ),
     Check(
+        name="etcd.auth",
+        component="etcd",
+        target="the cluster (its scope)",
+        checks="`etcdctl auth status` (pgha's client certificate), and whether pgha switched etcd's "
+               "authentication on when it made the cluster (`<state>/<scope>/etcd-auth-on`)",
+        warn="authentication is off on a cluster made before pgha switched it on at creation, "
+             "or etcd did not answer",
+        critical="authentication is off although pgha had switched it on",
+        only_when="`tls.enabled`",
+        means="With authentication off, every holder of a certificate from the cluster's CA (the Patroni nodes "
+              "and the fencer among them) can write every key of the cluster: the DCS configuration (with it "
+              "`archive_command`, a shell on the primary) and the leader key. A cluster made before etcd "
+              "authentication has no rolling path to it: Patroni cannot be given its etcd password while "
+              "authentication is off, and switching it on first cuts every node from etcd at once.",
+        steps=("Critical (pgha had switched it on: someone or something switched it off, or etcd was recreated "
+               "empty by hand): `pgha up` switches it on again and sets the users' passwords from the state "
+               "directory.",
+               "Warning, a cluster made before etcd authentication: move it by rebuilding it, either "
+               "`pgha restore --into NEW-SCOPE` (a new cluster, with etcd authentication, from the last "
+               "backup; point clients at its `pgha dsn`, then `pgha down` the old one) or `pgha upgrade "
+               "--major` (its green cluster is new). Until then keep the CA's certificates where only the "
+               "cluster's containers read them."),
+        fixes=("pgha up", "pgha restore", "pgha upgrade"),
+    ),
+    Check(
+        name="etcd.leader_key",
+        component="etcd",
+        target="the cluster (its scope)",
+        checks="Patroni's leader key in etcd: the lease it carries against the session (lease) of the member "
+               "key of the member it names. Patroni writes both with its own session; the fencer, the only other "
+               "etcd user allowed to write the leader key, may write no member key",
+        warn="etcd did not answer",
+        critical="the leader key has no lease, names a member without a member key, or carries another lease "
+                 "than that member's (read again for two of Patroni's loops before it is reported)",
+        means="Something other than Patroni wrote the leader key (a fencer's credentials misused, or a hand "
+              "with pgha's client certificate): the members act on a leader Patroni did not elect. A key "
+              "without a lease never expires: no election happens while it stays.",
+        steps=("Delete the key (the members elect a leader again within a loop): "
+               "`docker exec <scope>-etcd-1 etcdctl --endpoints=https://localhost:2379 --cacert=/etc/pgha/tls/ca.crt "
+               "--cert=/etc/pgha/tls/client.crt --key=/etc/pgha/tls/client.key del /service/<scope>/leader`.",
+               "Find out who wrote it: the fencer's log (`pgha logs fencer --since 1h`) and the etcd members' "
+               "logs (`pgha logs etcd-1 --since 1h`)."),
+        fixes=("pgha logs",),
+    ),
+    Check(
         name="etcd.member",
         component="etcd",
         target="each etcd member",

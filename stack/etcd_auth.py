@@ -113,3 +113,12 @@ def setup_steps(spec: ClusterSpec, existing_users: set[str], existing_roles: set
             steps.append(Step(["user", "passwd", u.name, "--interactive=false"], password_of=u.name))
         steps.append(Step(["user", "grant-role", u.name, u.role]))
     return steps
+
+
+def auth_status_on(out: str) -> bool | None:
+    """What `etcdctl auth status` says ("Authentication Status: true"); None: not that answer."""
+    for line in out.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "authentication status":
+            return value.strip().lower() == "true"
+    return None

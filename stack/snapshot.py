@@ -17,8 +17,10 @@ from stack.appdb import Catalog
 from stack.audit import (
     Backend,
     ContainerObs,
+    EtcdAuthObs,
     EtcdMember,
     HaproxyObs,
+    LeaderKeyObs,
     PatroniObs,
     PostgresObs,
     PressureObs,
@@ -94,6 +96,8 @@ class ClusterSnapshot:
     containers: Observed[ContainersObs] = Observed()
     resources: Observed[list[PressureObs]] = Observed()
     etcd: Observed[EtcdObs] = Observed()
+    etcd_auth: Observed[EtcdAuthObs] = Observed()  # with TLS only (authentication needs it)
+    leader_key: Observed[LeaderKeyObs] = Observed()
     patroni: Observed[PatroniState] = Observed()
     failsafe: Observed[tuple[bool, list[str]]] = Observed()  # (failsafe_mode configured, members on it now)
     replication: Observed[list[ReplicationRow]] = Observed()

@@ -11,7 +11,10 @@ ports share one engine without touching each other's containers.
 - Health checks (`pgha-control-health`): the server answers /api/health; the worker has
   heartbeated to the server within 90 s (it polls).
 - Host networking: the server listens on 127.0.0.1:$PGHA_SERVER_PORT as before, and the worker
-  reaches it and the clusters' ports published on 127.0.0.1.
+  reaches it and the clusters' ports published on 127.0.0.1. Before each connection to the
+  server's port the worker's processes check that the socket listening there is the one the
+  server's container published (`LISTENER_FILE`; stack/control/site/sitecustomize.py): its
+  credentials never go to another process bound to that port.
 - The server's SQLite database lives on a named volume (`pgha-prefect-db-<key>`), kept by
   `pgha server stop`.
 - The worker gets the engine's socket, and the state directory and the checkout at the same
@@ -45,6 +48,10 @@ RESTART_POLICY = "unless-stopped"
 AUTH_IN_CONTAINER = "/run/pgha/api-auth"
 DB_IN_CONTAINER = "/var/lib/prefect"  # the server's PREFECT_HOME: prefect.db lives here
 DB_IN_WORKER = "/var/lib/pgha-server-db"  # the same volume, read-only in the worker
+# The inode of the server's listening socket, written by the server's container on its volume
+# (`_HOLDS_PORT`), read by the worker's guard (stack/control/site/sitecustomize.py) before it connects.
+LISTENER_FILE = "pgha-listener"
+GUARD_DIR = Path("stack") / "control" / "site"  # in the checkout: on the worker's PYTHONPATH
 DOCKER_SOCKET = "/var/run/docker.sock"  # where the worker's flows find the engine (docker-py's default)
 NS = 1_000_000_000
 # Passed from `pgha server start`'s environment to the worker (hence to every flow run), when set.
@@ -115,11 +122,18 @@ class ControlPlane:
             "environment": env,
             "mounts": [("volume", self.volume, DB_IN_CONTAINER, False),
                        ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
-            "health": ["CMD", "pgha-control-health", "server"],
+            # The health check publishes the listening socket's inode (for the worker's guard) and
+            # asks the server only once the socket is proven this container's own.
+            "health": ["CMD", "python", "-c", _HOLDS_PORT, str(self.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}",
+                       "pgha-control-health", "server"],
         }
 
     def worker_def(self) -> dict[str, Any]:
-        env = {**self._common(), **self.worker_env, "PGHA_HOME": str(self.home), "PYTHONPATH": str(self.home),
+        env = {**self._common(), **self.worker_env, "PGHA_HOME": str(self.home),
+               # the guard: every Python process here connects to the server's port only after
+               # checking the socket listening there is the server's (stack/control/site)
+               "PYTHONPATH": f"{self.home}:{self.home / GUARD_DIR}",
+               "PGHA_SERVER_LISTENER": f"{DB_IN_WORKER}/{LISTENER_FILE}",
                "PGHA_STATE_DIR": str(self.state_dir), "PGHA_SERVER_PORT": str(self.port),
                "PGHA_WORKER_NAME": self.worker_name, "PGHA_POOL": self.pool,
                "PGHA_SERVER_DB": f"{DB_IN_WORKER}/prefect.db",
@@ -237,6 +251,9 @@ def running(plane: ControlPlane, role: str) -> bool:
 
 # Run inside the server's container (host networking: /proc/net/tcp is the host's): is the
 # listening socket on 127.0.0.1:PORT held by a process of this container? Exit 0 yes, 3 no.
+# With a second argument, the socket's inode is written there (the worker's guard compares it with
+# the socket listening on the port before it connects); with more, they are then run (the health
+# check: the server is asked, with the credentials, only once its socket is proven; exit 1 if not).
 _HOLDS_PORT = r"""
 import os, sys
 want = {"0100007F:%04X" % int(sys.argv[1]), "00000000:%04X" % int(sys.argv[1])}
@@ -244,7 +261,8 @@ inodes = set()
 for line in open("/proc/net/tcp").read().splitlines()[1:]:
     f = line.split()
     if f[1] in want and f[3] == "0A":
-        inodes.add("socket:[%s]" % f[9])
+        inodes.add(f[9])
+held = None
 for pid in (p for p in os.listdir("/proc") if p.isdigit()):
     try:
         fds = os.listdir("/proc/%s/fd" % pid)
@@ -252,13 +270,28 @@ for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         continue
     for fd in fds:
         try:
-            if os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes:
-                print("held")
-                sys.exit(0)
+            link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
         except OSError:
-            pass
-print("not held")
-sys.exit(3)
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            held = link[8:-1]
+if held is None or len(inodes) != 1:
+    print("not held")
+    sys.exit(1 if len(sys.argv) > 3 else 3)
+if len(sys.argv) > 2:
+    try:
+        old = open(sys.argv[2]).read().strip()
+    except OSError:
+        old = ""
+    if old != held:  # a file per writer (the health check and a verb's check may run at once)
+        tmp = "%s.%d" % (sys.argv[2], os.getpid())
+        with open(tmp, "w") as out:
+            out.write(held + "\n")
+        os.replace(tmp, sys.argv[2])
+if len(sys.argv) > 3:
+    os.execvp(sys.argv[3], sys.argv[3:])
+print("held")
+sys.exit(0)
 """
 
 
@@ -271,7 +304,8 @@ def server_holds_port(plane: ControlPlane) -> bool:
         return False
     for _ in range(3):  # a busy engine may cut an exec's output short: asked again
         try:
-            r = c.exec_run(["python", "-c", _HOLDS_PORT, str(plane.port)], user="root")
+            r = c.exec_run(["python", "-c", _HOLDS_PORT, str(plane.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}"],
+                           user="root")
         except docker.errors.APIError:
             return False
         out = (r.output or b"").decode(errors="replace").strip()

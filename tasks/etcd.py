@@ -7,16 +7,18 @@ leadership moves, member replacement, and Patroni's keys (their namespace is
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
 from stack import etcd_auth, layout
-from stack.audit import EtcdMember
+from stack.audit import EtcdMember, LeaderKeyObs, leader_key_verdict
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
-from stack.render import etcd_hosts, scheme
+from stack.render import dcs_config, etcd_hosts, scheme
 from stack.secrets import Secrets
 from stack.snapshot import EtcdObs
 from stack.spec import ClusterSpec
@@ -288,11 +290,51 @@ def scope_is_empty(spec: ClusterSpec) -> bool:
     return not _ok(r, "get").strip()
 
 
+def parse_leader_key(out: str, prefix: str) -> LeaderKeyObs:
+    """`etcdctl get --prefix <scope prefix> -w json`: the leader key, its lease, its holder's member key's lease."""
+    keys: dict[str, tuple[str, int]] = {}
+    for kv in json.loads(out or "{}").get("kvs") or []:
+        k = base64.b64decode(kv["key"]).decode(errors="replace")
+        keys[k.removeprefix(prefix)] = (base64.b64decode(kv.get("value", "")).decode(errors="replace"),
+                                        int(kv.get("lease") or 0))
+    if "leader" not in keys:
+        return LeaderKeyObs(holder=None)
+    holder, lease = keys["leader"]
+    member = keys.get(f"members/{holder}")
+    return LeaderKeyObs(holder=holder, lease=lease, holder_member_lease=member[1] if member else None)
+
+
+def leader_key(spec: ClusterSpec) -> LeaderKeyObs:
+    """Patroni's leader key as etcd holds it (for the audit's `etcd.leader_key` row). Read again for
+    up to two of Patroni's loops when it looks wrong: Patroni moves its keys to a new session one
+    after the other."""
+    def read() -> LeaderKeyObs:
+        r = etcdctl(spec, ["get", "--prefix", scope_prefix(spec), "-w", "json"], command_timeout="5s", timeout=20)
+        return parse_leader_key(_ok(r, "get"), scope_prefix(spec))
+
+    obs = read()
+    deadline = time.monotonic() + 2 * int(dcs_config(spec).get("loop_wait") or 10) + 2
+    while leader_key_verdict(obs) and time.monotonic() < deadline:
+        time.sleep(1)
+        obs = read()
+    return obs
+
+
+def auth_enabled(spec: ClusterSpec) -> bool:
+    """Whether etcd's authentication is on (`etcdctl auth status`, pgha's client certificate)."""
+    out = _ok(etcdctl(spec, ["auth", "status"], command_timeout="5s", timeout=20), "auth status")
+    on = etcd_auth.auth_status_on(out)
+    if on is None:
+        raise EtcdError(f"etcdctl auth status: unexpected answer {out.strip()[:120]!r}")
+    return on
+
+
 class AuthOutcome(StrEnum):
     OFF = "off: TLS is off"
     ENABLED = "enabled: users created, auth switched on"
     KEPT = "on: users and passwords checked"
-    LEGACY = "off: a cluster made without etcd auth keeps running without it"
+    LEGACY = ("off: a cluster made without etcd auth keeps running without it (no rolling path; the audit's "
+              "etcd.auth row warns; a rebuild moves it: pgha restore --into NEW-SCOPE)")
 
 
 @task(name="ensure-etcd-auth", **RETRY_TRANSIENT)  # idempotent: it lists what exists first

@@ -29,13 +29,13 @@ from stack.spec import ClusterSpec
 from tasks import docker_hosts, etcd, fencer, haproxy, patroni, pg_apps, pgbackrest, pgbouncer, postgres, server_db
 from tasks.host import app_passwords
 from tasks.host import tls as host_tls
-from tasks.host.secrets import cluster_secrets, load_or_create
+from tasks.host.secrets import cluster_secrets, etcd_auth_marker, load_or_create
 from tasks.host.state import secrets_file
 from tasks.node_exec import node
 
 # What `pgha status` judges; the audit asks for every part but the status-only ones.
 STATUS_PARTS = ("containers", "patroni", "etcd", "backends", "session", "pooler")
-AUDIT_PARTS = ("containers", "resources", "etcd", "patroni", "failsafe", "replication", "haproxy", "postgres",
+AUDIT_PARTS = ("containers", "resources", "etcd", "etcd_auth", "leader_key", "patroni", "failsafe", "replication", "haproxy", "postgres",
                "disks", "pooler", "apps", "fencing", "tls", "archiving", "backups", "repo_size", "server_db")
 # `pgha report`: the audit and the status from one snapshot.
 REPORT_PARTS = (*AUDIT_PARTS, "backends", "session")
@@ -86,6 +86,18 @@ def resources(spec: ClusterSpec, deep: bool) -> list[A.PressureObs]:
 
 def etcd_part(spec: ClusterSpec, deep: bool) -> Any:
     return etcd.observe(spec, members=deep)
+
+
+def etcd_auth(spec: ClusterSpec, deep: bool) -> A.EtcdAuthObs | None:
+    """Whether etcd's authentication is on, and whether pgha switched it on (with TLS only)."""
+    if not spec.tls.enabled:
+        return None
+    return A.EtcdAuthObs(enabled=etcd.auth_enabled(spec), switched_on_by_pgha=etcd_auth_marker(spec.scope).exists())
+
+
+def leader_key(spec: ClusterSpec, deep: bool) -> A.LeaderKeyObs:
+    """Patroni's leader key as etcd holds it (its lease against the holder's member key)."""
+    return etcd.leader_key(spec)
 
 
 def patroni_part(spec: ClusterSpec, deep: bool) -> PatroniState:
@@ -219,7 +231,8 @@ def backups(spec: ClusterSpec, deep: bool) -> Any:
 
 
 GATHERERS: dict[str, Callable[[ClusterSpec, bool], Any]] = {
-    "containers": containers, "resources": resources, "etcd": etcd_part, "patroni": patroni_part,
+    "containers": containers, "resources": resources, "etcd": etcd_part, "etcd_auth": etcd_auth,
+    "leader_key": leader_key, "patroni": patroni_part,
     "failsafe": failsafe, "replication": replication, "backends": backends, "haproxy": haproxy_part,
     "session": session, "postgres": postgres_part, "disks": disks, "pooler": pooler, "apps": apps,
     "fencing": fencing, "tls": tls, "archiving": archiving, "backups": backups, "repo_size": repo_size,

@@ -148,6 +148,9 @@ def start_server(image: str) -> str:
             cp.remove(pl)
             raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT:.0f}s: {tail[:300]}")
         time.sleep(1)
+    # Publishes the listening socket's inode now (the health check does so every 10 s): the worker's
+    # guard connects only to that socket.
+    cp.server_holds_port(pl)
     (server_dir() / URL_FILE).write_text(ui_url() + "\n")
     if what == "started":
         return f"server started (container {c.name}, restart {cp.RESTART_POLICY}) on {ui_url()}"

@@ -9,6 +9,7 @@ server's URL and a 0600 copy of the auth file) joins the same pool.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -303,8 +304,9 @@ def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str,
     """The control plane stopped and another process answering on the server's port (as a local user
     could bind it): a flow-running verb refuses in one line and that process receives no credential;
     then `pgha server start` brings the server back (last in the file: the other tests need it
-    running). The worker is stopped too: a worker polling a stopped server does send its
-    credentials to whatever answers there (docs/threat-model.md)."""
+    running). The worker keeps running and polling all along: its guard refuses every connection
+    to the impostor's socket (the worker's log and its health check say so) and the impostor
+    receives nothing from it; once the server is back the worker heartbeats to it again."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -325,11 +327,28 @@ def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str,
 
     plane = {c.labels["pgha.role"]: c for c in engine.containers.list(filters={"label": f"pgha.server-port={SERVER_PORT}"})}
     assert {"prefect-server", "prefect-worker"} <= set(plane), list(plane)
-    plane["prefect-worker"].stop(timeout=30)
+    worker = plane["prefect-worker"]
     plane["prefect-server"].stop(timeout=30)
     httpd = ThreadingHTTPServer(("127.0.0.1", SERVER_PORT), Impostor)
+    since = int(time.time())
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
+        # The worker polls (every 10 s) and its health check runs (every 10 s): both are refused by
+        # the guard before they connect. Waited on, not slept: up to 120 s on a loaded machine.
+        deadline, log, health = time.monotonic() + 120, "", ""
+        while time.monotonic() < deadline:
+            log = worker.logs(since=since).decode(errors="replace")
+            worker.reload()
+            health = " ".join(h.get("Output", "") for h in (worker.attrs["State"].get("Health") or {}).get("Log", [])
+                              if h.get("Start", "") >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since)))
+            if "is not held by the Prefect server pgha started" in log and "nothing sent" in health:
+                break
+            time.sleep(2)
+        assert "is not held by the Prefect server pgha started; nothing sent" in log, log[-2000:]
+        assert "nothing sent" in health, health
+        assert worker.status == "running"
+        assert not seen, seen  # the worker never connected: not even a request without credentials
+
         # `up` of a cluster that does not exist yet: the verb looks for its Prefect API first, so a
         # refusal leaves nothing behind (the module's cluster may be gone: the teardown test).
         spec = tmp_path / "impostor.yaml"
@@ -349,3 +368,14 @@ def test_zz_credentials_go_only_to_the_server_pgha_started(server_env: dict[str,
         back = pgha(server_env, "server", "start", timeout=600)
         assert back.returncode == 0, back.stdout + back.stderr
     assert api(server_env, "POST", "/flows/filter", {}).status_code == 200
+    # The same worker (never restarted) reaches the new server: the guard lets it through to the
+    # socket the new server's container published.
+    restarted = time.time()
+    name = next(e.split("=", 1)[1] for e in worker.attrs["Config"]["Env"] if e.startswith("PGHA_WORKER_NAME="))
+    deadline, beat = time.monotonic() + 120, 0.0
+    while time.monotonic() < deadline and beat <= restarted:
+        for w in api(server_env, "POST", "/work_pools/pgha/workers/filter", {}).json():
+            if w.get("name") == name and w.get("last_heartbeat_time"):
+                beat = max(beat, dt.datetime.fromisoformat(w["last_heartbeat_time"].replace("Z", "+00:00")).timestamp())
+        time.sleep(2)
+    assert beat > restarted, "the worker did not heartbeat to the restarted server within 120 s"
