@@ -246,9 +246,10 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
     leader = None
     streaming: set[str] = set()
     if patroni_obs is not None:
-        leaders = [m.name for m in patroni_obs.members if m.role == "leader"]
+        role = A.leader_role(spec)  # a standby cluster's: its standby leader
+        leaders = [m.name for m in patroni_obs.members if m.role == role]
         leader = leaders[0] if len(leaders) == 1 else None
-        streaming = {m.name for m in patroni_obs.members if m.role != "leader" and m.state in ("streaming", "running")}
+        streaming = {m.name for m in patroni_obs.members if m.role != role and m.state in ("streaming", "running")}
         streaming -= set(spec.delayed_names())  # never in R/O routing (their noloadbalance tag)
     findings: list[A.Finding] = []
     if containers is None:

@@ -245,6 +245,15 @@ class Engine:
             raise DockerError(f"network {name} has no IPv4 subnet")
         return str(configs[0]["Subnet"]), outcome
 
+    def network_subnet(self, name: str) -> str | None:
+        """The IPv4 subnet of an existing network (None: no such network); never creates one."""
+        with _engine_call(f"look up network {name}"):
+            nets = [n for n in self.client.networks.list(names=[name]) if n.name == name]
+            if not nets:
+                return None
+            configs = self.client.networks.get(nets[0].id).attrs.get("IPAM", {}).get("Config") or []
+        return str(configs[0]["Subnet"]) if configs and "Subnet" in configs[0] else None
+
     def remove_network(self, name: str) -> bool:
         with _engine_call(f"remove network {name}"):
             for n in self.client.networks.list(names=[name]):
@@ -377,6 +386,7 @@ class Engine:
                         and d.image in current.image.tags and (not pushed or _mounts_config_volume(current))):
                     # Heal what an interrupted drill may have left: a detached network, a stopped container.
                     reattached = False if d.host_network else self.connect(d.name, d.network)
+                    reattached = any([self.connect(d.name, n) for n in d.extra_networks]) or reattached
                     if current.status == "running" and not reattached:
                         return Outcome.UNCHANGED
                     if current.status != "running":
@@ -384,10 +394,17 @@ class Engine:
                     return Outcome.STARTED
                 # Definition changed: replace the container, keep its volumes.
                 current.remove(force=True)
-                self._create(d).start()
+                self._start_new(d)
                 return Outcome.RECREATED
-            self._create(d).start()
+            self._start_new(d)
             return Outcome.CREATED
+
+    def _start_new(self, d: ContainerDef) -> None:
+        """Create the container, join its extra networks, then start it (it starts reaching them)."""
+        ct = self._create(d)
+        for net in d.extra_networks:
+            self.client.networks.get(net).connect(ct)
+        ct.start()
 
     def push_config(self, scope: str, role: str, member: str, name: str, image: str, local_dir: str,
                     current: Container | None = None) -> bool:
