@@ -67,7 +67,8 @@ def secrets_problem(primary: dict[str, str], standby: dict[str, str] | None, pri
         return None
     differ = [k for k in CATALOG_SECRETS if standby.get(k) != primary.get(k)]
     if differ:
-        return (f"this cluster's stored {', '.join(differ)} password{'s' if len(differ) > 1 else ''} differ from "
+        many = len(differ) > 1
+        return (f"this cluster's stored {', '.join(differ)} password{'s differ' if many else ' differs'} from "
                 f"the primary site {primary_scope}'s: a standby cluster is a physical copy and uses the primary's; "
                 "bring it up under a new scope (pgha copies the primary's passwords) or remove its state directory")
     return None

@@ -106,7 +106,7 @@ def test_site_status_shows_the_lag(sites: tuple[Cluster, Cluster]) -> None:
 def test_bad_standby_specs_are_refused(sites: tuple[Cluster, Cluster], engine: docker.DockerClient,
                                        tmp_path: Path, change: dict[str, object], fragment: str) -> None:
     a, _ = sites
-    spec = {**SPEC_B, "scope": BAD, "ports": BAD_PORTS, **change}
+    spec = {**SPEC_B, "scope": BAD, "ports": BAD_PORTS, "pooler": {"enabled": False}, **change}
     assert_refused(a.env, tmp_path, engine, spec, fragment, scope=BAD)
 
 
@@ -114,7 +114,7 @@ def test_a_standby_with_another_password_is_refused(sites: tuple[Cluster, Cluste
                                                     tmp_path: Path) -> None:
     a, _ = sites
     env = {**a.env, "POSTGRES_PASSWORD": "not-the-primary-sites-password"}
-    assert_refused(env, tmp_path, engine, {**SPEC_B, "scope": BAD, "ports": BAD_PORTS},
+    assert_refused(env, tmp_path, engine, {**SPEC_B, "scope": BAD, "ports": BAD_PORTS, "pooler": {"enabled": False}},
                    "differs from the primary site", scope=BAD)
 
 
