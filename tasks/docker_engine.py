@@ -520,6 +520,11 @@ class Engine:
                 ct.remove(force=True)
                 removed["containers"].append(str(ct.name))
             for net in c.networks.list(filters=flt):
+                # A standby cluster's nodes (another scope, stack/site.py) may still sit on this
+                # network: they lose their link to this site, and the network goes.
+                net.reload()
+                for cid in net.attrs.get("Containers") or {}:
+                    net.disconnect(cid, force=True)
                 net.remove()
                 removed["networks"].append(str(net.name))
             # Config volumes (an engine of `hosts:`) hold no data, only copies of the state

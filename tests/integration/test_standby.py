@@ -138,3 +138,7 @@ def test_promote_after_site_a_is_lost(sites: tuple[Cluster, Cluster], engine: do
     res = pgha(b.env, "site", "status", "--json", "--scope", SCOPE_B)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [(s["scope"], s["role"]) for s in json.loads(res.stdout)["sites"]] == [(SCOPE_B, "primary")]
+    # The lost site is cleared away; B's nodes, still attached to its network, lose that link only.
+    res = pgha(a.env, "down", "--volumes", "--yes", "--scope", SCOPE_A)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert one(b, "select count(*) from site_rows") == 3
