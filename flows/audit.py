@@ -122,6 +122,24 @@ def gather_replication(spec: ClusterSpec) -> Gathered:
     return _safe(lambda: postgres.replication_rows(spec, _secrets(spec)))
 
 
+def gather_site(spec: ClusterSpec) -> Gathered:
+    """A standby cluster's link: its standby leader's position against its primary site's."""
+    def go() -> A.StandbyObs:
+        from flows.steps.standby import primary_of
+        from stack.site import standby_lag
+
+        mine = postgres.wal_position(spec, _secrets(spec))
+        primary = primary_of(spec)
+        try:
+            theirs: str | None = postgres.wal_position(primary, _secrets(primary)).current_lsn
+        except PghaError:
+            theirs = None  # the primary site is down: the receiver says so
+        lag_b, lag_s = standby_lag(theirs, mine.replay_lsn, mine.since_replay_s)
+        return A.StandbyObs(receiver=mine.receiver, lag_bytes=lag_b, lag_s=lag_s)
+
+    return _safe(go)
+
+
 def gather_haproxy(spec: ClusterSpec) -> Gathered:
     def go() -> A.HaproxyObs:
         primary, replicas = haproxy.audit_backends(spec)
@@ -302,6 +320,8 @@ def decide(spec: ClusterSpec, got: dict[str, Gathered], baseline: A.Baseline) ->
                                              got["repo_size"][1])
     if "server_db" in got:
         findings += AS.check_server_db(got["server_db"][0], th, got["server_db"][1])
+    if "site" in got:  # a standby cluster: its link to the primary site
+        findings += A.check_standby(got["site"][0], spec, th, got["site"][1])
     return findings
 
 
@@ -334,7 +354,8 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
                  "disks": gather_disks, "pooler": gather_pooler, "fencing": gather_fencing,
                  "failsafe": gather_failsafe, "resources": gather_resources, "tls": gather_tls,
                  "archiving": gather_archiving, "backups": gather_backups, "repo_size": gather_repo_size,
-                 "server_db": gather_server_db, "apps": gather_apps}
+                 "server_db": gather_server_db, "apps": gather_apps,
+                 **({"site": gather_site} if spec.standby_of is not None else {})}
     got = gather(spec, gatherers)
     baseline = load_baseline(spec)
     findings = decide(spec, got, baseline)

@@ -309,6 +309,37 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
     return out
 
 
+@dataclass(frozen=True)
+class StandbyObs:
+    """A standby cluster's link to its primary site (`standby_of:`), as `pgha site status` sees it."""
+
+    receiver: str | None  # the standby leader's WAL receiver status (None: no receiver)
+    lag_bytes: int | None  # the primary site's current LSN - the standby's replayed LSN (None: unknown)
+    lag_s: float | None  # 0 when caught up, else the age of the last replayed transaction
+
+
+def check_standby(obs: StandbyObs | None, spec: ClusterSpec, th: AuditThresholds, error: str = "") -> list[Finding]:
+    """A standby site streams from its primary site and replays within the lag thresholds."""
+    if spec.standby_of is None:
+        return []
+    primary = spec.standby_of.scope
+    want = (f"streaming from {primary}; lag warn {th.lag_warn_bytes} B / {th.lag_warn_s:g} s, "
+            f"critical {th.lag_critical_bytes} B / {th.lag_critical_s:g} s")
+    if obs is None:
+        return [Finding("site.standby", spec.scope, Level.CRITICAL, error or "no answer", want,
+                        f"neither the standby leader's position nor {primary}'s can be read: `pgha site status`")]
+    if obs.receiver != "streaming":
+        return [Finding("site.standby", spec.scope, Level.CRITICAL, f"not streaming (receiver: {obs.receiver or 'none'})",
+                        want, f"{primary} down or unreachable? `pgha site status --scope {spec.scope}`")]
+    by_bytes = Level.OK if obs.lag_bytes is None else grade(obs.lag_bytes, th.lag_warn_bytes, th.lag_critical_bytes)
+    by_s = Level.OK if obs.lag_s is None else grade(obs.lag_s, th.lag_warn_s, th.lag_critical_s)
+    lvl = max(by_bytes, by_s, key=[Level.OK, Level.WARN, Level.CRITICAL].index)
+    observed = (f"streaming, {'?' if obs.lag_bytes is None else obs.lag_bytes} B / "
+                f"{'?' if obs.lag_s is None else f'{obs.lag_s:g}'} s behind {primary}")
+    return [Finding("site.standby", spec.scope, lvl, observed, want,
+                    "" if lvl == Level.OK else f"the standby site falls behind {primary}")]
+
+
 def check_delayed(leader: str | None, rows: list[ReplicationRow], obs: HaproxyObs | None, spec: ClusterSpec,
                   th: AuditThresholds) -> list[Finding]:
     """Each delayed replica replays within its delay (plus the lag thresholds) and is out of R/O routing.

@@ -108,3 +108,16 @@ def test_the_audit_expects_a_standby_leader_and_a_read_only_rw_port_on_a_standby
     assert plain[("patroni.leader", "site-b")].status == A.Level.CRITICAL
     assert [f.check for f in A.check_replication("pg-1", [], STANDBY, STANDBY.audit)
             if f.check == "replication.sync_standby"] == []
+
+
+@pytest.mark.parametrize(("obs", "level", "fragment"), [
+    (A.StandbyObs(receiver="streaming", lag_bytes=0, lag_s=0.0), A.Level.OK, "streaming, 0 B / 0 s behind site-a"),
+    (A.StandbyObs(receiver="streaming", lag_bytes=2 * 1048576, lag_s=1.0), A.Level.WARN, "2097152 B"),
+    (A.StandbyObs(receiver="streaming", lag_bytes=100, lag_s=120.0), A.Level.CRITICAL, "120 s"),
+    (A.StandbyObs(receiver=None, lag_bytes=None, lag_s=None), A.Level.CRITICAL, "not streaming (receiver: none)"),
+    (None, A.Level.CRITICAL, "no answer"),
+])
+def test_the_audit_row_of_the_standby_link(obs: A.StandbyObs | None, level: A.Level, fragment: str) -> None:
+    [f] = A.check_standby(obs, STANDBY, STANDBY.audit)
+    assert f.check == "site.standby" and f.status == level and fragment in f.observed, f
+    assert A.check_standby(obs, ClusterSpec(), ClusterSpec().audit) == []
