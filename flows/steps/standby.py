@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 
 from flows.steps.cluster import stored_spec
 from stack import site
-from stack.errors import StateError
+from stack.errors import PghaError, StateError
 from stack.secrets import ENV_SUPERUSER
 from stack.spec import ClusterSpec
 from tasks import docker_hosts, patroni
@@ -45,8 +45,20 @@ def primary_of(spec: ClusterSpec) -> ClusterSpec:
     return primary
 
 
+def promoted(spec: ClusterSpec) -> bool:
+    """This cluster runs, led by a primary rather than a standby leader (after `pgha site promote`)."""
+    try:
+        config = patroni.dynamic_config(spec)
+    except PghaError:
+        return False  # no node answers: a new cluster, or one being brought back
+    return bool(config) and not config.get("standby_cluster")
+
+
 def preflight(spec: ClusterSpec) -> ClusterSpec:
     """Everything a standby cluster needs from its primary site, checked before anything is created."""
+    if promoted(spec):
+        raise StateError(f"cluster {spec.scope} was promoted to a primary site (its dynamic configuration has no "
+                         "standby_cluster): remove standby_of from this spec")
     primary = primary_of(spec)
     for problem in (site.version_problem(spec, primary), site.tls_problem(spec, primary)):
         if problem:

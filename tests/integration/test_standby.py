@@ -138,6 +138,9 @@ def test_promote_after_site_a_is_lost(sites: tuple[Cluster, Cluster], engine: do
     with connect(b) as conn:
         conn.execute("insert into site_rows values (3, 'written on B after the promotion')")
         assert conn.execute("select count(*) from site_rows").fetchone() == (3,)
+    res = pgha(b.env, "up", "--spec", str(b.spec_file))  # the spec file still says standby_of
+    assert res.returncode != 0 and "was promoted" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+        res.stderr[-2000:]
     # The lost site is cleared away; B's nodes, still attached to its network, lose that link only.
     res = pgha(a.env, "down", "--volumes", "--yes", "--scope", SCOPE_A)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
