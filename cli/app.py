@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli import backup, cluster, drill, lab, operator, rolling, server, switchover  # noqa: F401 - importing registers the verbs
+from cli import backup, cluster, drill, lab, operator, rolling, server, site, switchover  # noqa: F401 - importing registers the verbs
 from cli.core import app
 
 

@@ -33,6 +33,8 @@ from stack.results import (
     RestartResult,
     RestoreResult,
     ScaleResult,
+    SitePromoteResult,
+    SiteStatusResult,
     SwitchoverResult,
     TeardownResult,
     UpgradeResult,
@@ -347,3 +349,26 @@ def report(done: Done[ReportResult]) -> None:
     r = done.result
     line(f"{r.path} ({r.bytes} bytes, {len(r.files)} files); searched for {r.secrets_checked} forms of the "
          "cluster's secrets (as written and base64): none found")
+
+
+# ---- a second site ----
+
+
+def site_status(done: Done[SiteStatusResult]) -> None:
+    r = done.result
+    t = Table(title=f"sites of {r.scope}", title_justify="left")
+    for col in ("site", "role", "leader", "follows", "streaming", "received", "replayed", "lag (bytes)", "lag (s)"):
+        t.add_column(col)
+    for s in r.sites:
+        t.add_row(s.scope, s.role.value, s.leader or "", s.follows or "",
+                  "" if s.streaming is None else "yes" if s.streaming else "NO", s.receive_lsn or "",
+                  s.replay_lsn or "", "" if s.lag_bytes is None else str(s.lag_bytes),
+                  "" if s.lag_s is None else f"{s.lag_s:g}")
+    out.print(t)
+
+
+def site_promote(done: Done[SitePromoteResult]) -> None:
+    r = done.result
+    line(f"{r.scope} is a primary site: {r.leader} accepts writes {r.writable_after_s}s after the promotion "
+         f"(it followed {r.primary_site}); {r.elapsed_s}s in all")
+    events(r.events)

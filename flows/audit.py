@@ -65,9 +65,10 @@ def decide(spec: ClusterSpec, snap: ClusterSnapshot, baseline: A.Baseline) -> li
     leader = None
     streaming: set[str] = set()
     if patroni_obs is not None:
-        leaders = [m.name for m in patroni_obs.members if m.role == "leader"]
+        role = A.leader_role(spec)  # a standby cluster's: its standby leader
+        leaders = [m.name for m in patroni_obs.members if m.role == role]
         leader = leaders[0] if len(leaders) == 1 else None
-        streaming = {m.name for m in patroni_obs.members if m.role != "leader" and m.state in ("streaming", "running")}
+        streaming = {m.name for m in patroni_obs.members if m.role != role and m.state in ("streaming", "running")}
         streaming -= set(spec.delayed_names())  # never in R/O routing (their noloadbalance tag)
     findings: list[A.Finding] = []
     if containers is None:
@@ -126,6 +127,9 @@ def decide(spec: ClusterSpec, snap: ClusterSnapshot, baseline: A.Baseline) -> li
                                              snap.repo_size.brief)
     if snap.server_db.asked:
         findings += AS.check_server_db(snap.server_db.value, th, snap.server_db.brief)
+    if snap.site.asked and spec.standby_of is not None:  # a standby cluster: its link to the primary site
+        site_obs, site_err = snap.site.pair()
+        findings += A.check_standby(site_obs, spec, th, site_err)
     return findings
 
 

@@ -284,6 +284,9 @@ def check_etcd_auth(obs: EtcdAuthObs | None, spec: ClusterSpec, error: str = "")
     return [Finding("etcd.auth", spec.scope, Level.WARN, "off: a cluster made before etcd authentication", "on",
                     "any holder of a certificate from the cluster's CA can write its keys; rebuild the cluster "
                     "(`pgha restore --into NEW-SCOPE`, or `pgha upgrade --major`) to move it to etcd authentication")]
+def leader_role(spec: ClusterSpec) -> str:
+    """The role Patroni reports for the cluster's leader: a standby cluster's is `standby_leader`."""
+    return "standby_leader" if spec.standby_of is not None else "leader"
 
 
 def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
@@ -292,10 +295,15 @@ def check_patroni(obs: PatroniObs | None, spec: ClusterSpec, error: str = "") ->
                         "every Patroni node is down or unreachable: `pgha status`")]
     out: list[Finding] = []
     by_name = {m.name: m for m in obs.members}
-    leaders = [m for m in obs.members if m.role == "leader"]
+    # A standby cluster (second site) is led by a standby leader that follows the primary site.
+    role = leader_role(spec)
+    leaders = [m for m in obs.members if m.role == role]
     out.append(Finding("patroni.leader", spec.scope, Level.OK if len(leaders) == 1 else Level.CRITICAL,
-                       ", ".join(m.name for m in leaders) or "none", "exactly one",
-                       "" if len(leaders) == 1 else "no writable primary: see `pgha status` and Patroni logs"))
+                       ", ".join(m.name for m in leaders) or "none",
+                       "exactly one" if role == "leader" else "exactly one standby leader",
+                       "" if len(leaders) == 1 else "no writable primary: see `pgha status` and Patroni logs"
+                       if role == "leader" else f"no standby leader following {spec.standby_of.scope if spec.standby_of else ''}: "
+                       "see `pgha site status` and Patroni logs"))
     out.append(Finding("patroni.paused", spec.scope, Level.WARN if obs.paused else Level.OK,
                        "paused" if obs.paused else "not paused", "not paused",
                        "maintenance mode: no automatic failover until `pgha resume`" if obs.paused else ""))
@@ -353,12 +361,44 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
             out.append(Finding("replication.lag_seconds", name, lvl, f"{r.lag_s:.1f} s",
                                f"warn {th.lag_warn_s:g}, critical {th.lag_critical_s:g}",
                                "" if lvl == Level.OK else "replica replays late"))
-    if spec.timing.synchronous_mode and spec.nodes > 1:
+    # A standby cluster's leader has no synchronous standby (Patroni applies synchronous_mode to a primary).
+    if spec.timing.synchronous_mode and spec.nodes > 1 and spec.standby_of is None:
         sync = [r.name for r in rows if r.sync_state in ("sync", "quorum")]
         out.append(Finding("replication.sync_standby", spec.scope, Level.OK if sync else Level.CRITICAL,
                            ", ".join(sync) or "none", "one (synchronous_mode)",
                            "" if sync else "commits wait for or lose their second copy: a replica must stream"))
     return out
+
+
+@dataclass(frozen=True)
+class StandbyObs:
+    """A standby cluster's link to its primary site (`standby_of:`), as `pgha site status` sees it."""
+
+    receiver: str | None  # the standby leader's WAL receiver status (None: no receiver)
+    lag_bytes: int | None  # the primary site's current LSN - the standby's replayed LSN (None: unknown)
+    lag_s: float | None  # 0 when caught up, else the age of the last replayed transaction
+
+
+def check_standby(obs: StandbyObs | None, spec: ClusterSpec, th: AuditThresholds, error: str = "") -> list[Finding]:
+    """A standby site streams from its primary site and replays within the lag thresholds."""
+    if spec.standby_of is None:
+        return []
+    primary = spec.standby_of.scope
+    want = (f"streaming from {primary}; lag warn {th.lag_warn_bytes} B / {th.lag_warn_s:g} s, "
+            f"critical {th.lag_critical_bytes} B / {th.lag_critical_s:g} s")
+    if obs is None:
+        return [Finding("site.standby", spec.scope, Level.CRITICAL, error or "no answer", want,
+                        f"neither the standby leader's position nor {primary}'s can be read: `pgha site status`")]
+    if obs.receiver != "streaming":
+        return [Finding("site.standby", spec.scope, Level.CRITICAL, f"not streaming (receiver: {obs.receiver or 'none'})",
+                        want, f"{primary} down or unreachable? `pgha site status --scope {spec.scope}`")]
+    by_bytes = Level.OK if obs.lag_bytes is None else grade(obs.lag_bytes, th.lag_warn_bytes, th.lag_critical_bytes)
+    by_s = Level.OK if obs.lag_s is None else grade(obs.lag_s, th.lag_warn_s, th.lag_critical_s)
+    lvl = max(by_bytes, by_s, key=[Level.OK, Level.WARN, Level.CRITICAL].index)
+    observed = (f"streaming, {'?' if obs.lag_bytes is None else obs.lag_bytes} B / "
+                f"{'?' if obs.lag_s is None else f'{obs.lag_s:g}'} s behind {primary}")
+    return [Finding("site.standby", spec.scope, lvl, observed, want,
+                    "" if lvl == Level.OK else f"the standby site falls behind {primary}")]
 
 
 def check_delayed(leader: str | None, rows: list[ReplicationRow], obs: HaproxyObs | None, spec: ClusterSpec,
@@ -402,11 +442,13 @@ def check_haproxy(obs: HaproxyObs | None, leader: str | None, streaming: set[str
                         f"HAProxy stats on 127.0.0.1:{spec.ports.stats} do not answer: "
                         f"`pgha logs {spec.haproxy_member}`")]
     out: list[Finding] = []
-    rw_ok = obs.rw_writable and obs.rw_member is not None and obs.rw_member == leader
+    # A standby cluster's R/W port reaches its standby leader, read-only until `pgha site promote`.
+    standby = spec.standby_of is not None
+    rw_ok = obs.rw_writable != standby and obs.rw_member is not None and obs.rw_member == leader
     out.append(Finding("haproxy.rw_port", str(spec.ports.rw), Level.OK if rw_ok else Level.CRITICAL,
                        (f"{obs.rw_member or '?'} " + ("writable" if obs.rw_writable else "read-only"))
                        if obs.rw_member or obs.rw_writable else (obs.error or "no connection"),
-                       f"writable leader {leader or '?'}",
+                       f"{'read-only standby' if standby else 'writable'} leader {leader or '?'}",
                        "" if rw_ok else "writes do not reach the primary: HAProxy backends, `pgha status`"))
     if spec.nodes > 1:
         ro_ok = obs.ro_in_recovery is True

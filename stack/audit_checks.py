@@ -502,6 +502,28 @@ CHECKS: tuple[Check, ...] = (
         fixes=("pgha up", "pgha switchover"),
     ),
     Check(
+        name="site.standby",
+        component="replication",
+        target="the standby cluster (`standby_of:`)",
+        checks="the standby leader's WAL receiver, and how far it replays behind the primary site: bytes from "
+               "the primary site's current LSN, seconds as the age of the last replayed transaction (0 when "
+               "caught up)",
+        warn="lag at or above `audit.lag_warn_bytes` or `audit.lag_warn_s`",
+        critical="not streaming from the primary site, or lag at or above `audit.lag_critical_bytes` or "
+                 "`audit.lag_critical_s`",
+        thresholds=("standby_of", "audit.lag_warn_bytes", "audit.lag_critical_bytes", "audit.lag_warn_s",
+                    "audit.lag_critical_s"),
+        only_when="the spec has `standby_of:` (a second site)",
+        means="The standby site no longer follows the primary site closely: a site failover now would lose "
+              "what it has not replayed.",
+        steps=("`pgha site status --scope <standby>`: each site's role, whether the standby streams, its lag.",
+               "Not streaming: is the primary site up (`pgha status --scope <primary>`)? Its HAProxy and "
+               "network must run; the standby's Patroni logs (`pgha logs pg-N --scope <standby>`) say why.",
+               "The primary site is lost: `pgha site promote --scope <standby> --yes` (docs/howto/standby-"
+               "cluster.md)."),
+        fixes=("pgha site promote",),
+    ),
+    Check(
         name="replication.sync_standby",
         component="replication",
         target="the cluster (its scope)",

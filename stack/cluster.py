@@ -34,7 +34,12 @@ class Member:
 
     @property
     def is_leader(self) -> bool:
-        return self.role == MemberRole.LEADER
+        """The member holding the leader lock: the primary, or a standby cluster's standby leader."""
+        return self.role in (MemberRole.LEADER, MemberRole.STANDBY_LEADER)
+
+    @property
+    def is_standby_leader(self) -> bool:
+        return self.role == MemberRole.STANDBY_LEADER
 
     @property
     def is_sync(self) -> bool:
@@ -88,8 +93,12 @@ def assess(view: ClusterView, spec: ClusterSpec) -> Readiness:
     if len(leaders) != 1:
         return Readiness(False, f"{len(leaders)} leaders (expected exactly one)")
     leader = leaders[0]
-    if leader.state != "running":
+    # A standby leader streams from the primary site: Patroni reports it "streaming" (or "running").
+    if leader.state != "running" and not (leader.is_standby_leader and leader.state == "streaming"):
         return Readiness(False, f"leader {leader.name} is {leader.state}")
+    if spec.standby_of is not None and not leader.is_standby_leader:
+        return Readiness(False, f"leader {leader.name} is a primary, not a standby leader following "
+                                f"{spec.standby_of.scope} (promoted? remove standby_of from the spec)")
     for m in view.members:
         if m is not leader and not m.streaming:
             return Readiness(False, f"{m.name} is {m.state}, not streaming")
@@ -97,10 +106,15 @@ def assess(view: ClusterView, spec: ClusterSpec) -> Readiness:
             return Readiness(False, f"{m.name} reports no timeline")
         if m.timeline is not None and leader.timeline is not None and m.timeline != leader.timeline:
             return Readiness(False, f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
-    if spec.timing.synchronous_mode and spec.nodes > 1:
+    # A standby leader has no synchronous standby (Patroni: synchronous replication applies to a primary).
+    if spec.timing.synchronous_mode and spec.nodes > 1 and not leader.is_standby_leader:
         if not any(m.role == MemberRole.SYNC_STANDBY for m in view.members):
             return Readiness(False, "synchronous mode on but no synchronous standby yet")
     replicas = len(view.members) - 1
+    if leader.is_standby_leader:
+        site = spec.standby_of.scope if spec.standby_of else "another site"
+        return Readiness(True, f"standby leader {leader.name} following {site}, "
+                               f"{replicas} replica{'s' if replicas != 1 else ''} streaming")
     return Readiness(True, f"leader {leader.name}, {replicas} replica{'s' if replicas != 1 else ''} streaming")
 
 

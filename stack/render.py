@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from stack import appdb, etcd_auth, tls
+from stack import appdb, etcd_auth, site, tls
 from stack.backup import archive_parameters
 from stack.errors import SpecError
 from stack.layout import (
@@ -112,7 +112,9 @@ def dcs_config(spec: ClusterSpec) -> dict[str, Any]:
         parameters["shared_preload_libraries"] = ",".join(libs)
     parameters.update(appdb.audit_parameters(spec.audit_logging))
     parameters.update(spec.postgres_parameters)
+    standby = {"standby_cluster": site.standby_cluster(spec)} if spec.standby_of is not None else {}
     return {
+        **standby,
         "ttl": t.ttl,
         "loop_wait": t.loop_wait,
         "retry_timeout": t.retry_timeout,
@@ -135,14 +137,16 @@ def pg_hba(subnet: str, ssl: bool = True) -> list[str]:
     """Only the cluster's own Docker network may connect over TCP, only with SCRAM, and (TLS on) only
     over TLS: `hostssl` lines and no `host` line, so a plain TCP connection finds no entry and is refused."""
     host = "hostssl" if ssl else "host"
+    # `subnet` may name several, comma-separated (a standby cluster: its own and the primary site's network)
+    nets = [n for n in subnet.split(",") if n] or [subnet]
     return [
         "local all postgres peer",
         "local all all scram-sha-256",
         f"{host} all all 127.0.0.1/32 scram-sha-256",
         # Patroni checks its own timeline over a local replication connection.
         f"{host} replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
-        f"{host} replication {REPLICATION_USER} {subnet} scram-sha-256",
-        f"{host} all all {subnet} scram-sha-256",
+        *[f"{host} replication {REPLICATION_USER} {n} scram-sha-256" for n in nets],
+        *[f"{host} all all {n} scram-sha-256" for n in nets],
     ]
 
 
@@ -353,7 +357,9 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
             # headers and a JSON body, and HAProxy, done once it has read the status, closes the
             # check with a reset while Patroni still writes: Patroni 4.0 logs each as a WARNING
             # and a 20-line ConnectionResetError traceback (about 0.5 GB a day per node).
-            f"option httpchk {CHECK_METHOD} /primary",
+            # A standby cluster's leader is its standby leader (read-only until `pgha site promote`):
+            # /leader answers 200 for either, so the R/W port reaches the promoted leader unchanged.
+            f"option httpchk {CHECK_METHOD} {'/leader' if spec.standby_of is not None else '/primary'}",
             "http-check expect status 200",
             default_server,
             *servers,

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stack.site import SiteRow
+
 
 class Result(BaseModel):
     """Base of every flow result: JSON-serialisable, aliases kept on dump."""
@@ -392,5 +394,26 @@ class CertsRotateResult(Result):
     endpoints: int  # TLS endpoints checked to serve the new certificate
     restarts: int = 0  # PostgreSQL/Patroni/etcd restarts (the rotation reloads only)
     switchovers: int = 0
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class SiteStatusResult(Result):
+    """`pgha site status`: each site's role and, for a standby site, how far behind it replays."""
+
+    scope: str
+    sites: list[SiteRow] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class SitePromoteResult(Result):
+    """`pgha site promote`: a standby site made a primary site."""
+
+    scope: str
+    primary_site: str  # the site it followed
+    leader: str  # the promoted leader
+    primary_was_writable: bool  # the old primary site still accepted writes (the operator allowed it)
+    slot: str  # the standby's slot on the old primary site: removed, absent, or why not
+    writable_after_s: float  # from the DCS change to the first write accepted on the R/W port
     events: list[str] = Field(default_factory=list)
     elapsed_s: float = 0.0

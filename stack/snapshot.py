@@ -25,6 +25,7 @@ from stack.audit import (
     PostgresObs,
     PressureObs,
     ReplicationRow,
+    StandbyObs,
 )
 from stack.audit_backup import ArchiverObs, RepoObs
 from stack.audit_sizes import DiskObs, RepoSizeObs, ServerDbObs
@@ -114,6 +115,7 @@ class ClusterSnapshot:
     backups: Observed[RepoObs] = Observed()
     repo_size: Observed[RepoSizeObs] = Observed()
     server_db: Observed[ServerDbObs] = Observed()
+    site: Observed[StandbyObs] = Observed()  # a standby cluster's link to its primary site
 
     @classmethod
     def parts(cls) -> tuple[str, ...]:

@@ -516,6 +516,30 @@ class DelayedNode(_Strict):
         return delay_seconds(self.delay)
 
 
+# ---- a second site: a standby cluster following a primary site (docs/howto/standby-cluster.md) ----
+class StandbyOf(_Strict):
+    """The primary site a standby cluster follows (Patroni `standby_cluster`).
+
+    The primary site is another pgha cluster on the same Docker engine: the standby's Patroni
+    nodes join the primary site's network and stream from its R/W endpoint (its HAProxy, which
+    always routes to the primary site's current primary), through a replication slot pgha keeps
+    on the primary site, with TLS verified against the primary site's CA.
+    """
+
+    scope: str = Field(..., description="the primary site's cluster (its scope, brought up with `pgha up` "
+                                        "from this machine, on the same engine)")
+    slot: bool = Field(True, description="a permanent replication slot on the primary site for this standby "
+                                         "(the primary keeps the WAL the standby has not received; the audit's "
+                                         "slot rows watch it)")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        if not SCOPE_RE.match(v):
+            raise ValueError(f"standby_of.scope '{v}' is not a valid scope")
+        return v
+
+
 class ClusterSpec(_Strict):
     """One pgha cluster. Defaults describe the seed stack (scope hy-home-db, 5432/5433)."""
 
@@ -579,6 +603,9 @@ class ClusterSpec(_Strict):
     delayed: list[DelayedNode] = Field(default_factory=list, description="nodes that replay WAL late (e.g. "
                                        "`[{name: pg-3, delay: 1h}]`): never a failover candidate, not in R/O "
                                        "routing; `pgha recover-from-delayed` brings a dropped table back from one")
+    standby_of: StandbyOf | None = Field(None, description="a standby cluster (second site): `{scope: <primary "
+                                         "site>}`; its standby leader follows that cluster, its replicas follow "
+                                         "the standby leader; `pgha site promote` makes it a primary site")
     # ---- many hosts (docs/howto/many-hosts.md); absent: today's single local engine ----
     hosts: list[hostplan.HostSpec] | None = Field(None, description="machines with a Docker engine; absent = "
                                                                     "the local engine only")
@@ -752,6 +779,25 @@ class ClusterSpec(_Strict):
         if names and self.nodes - len(names) < 2:
             raise ValueError(f"with {len(names)} of {self.nodes} nodes delayed no failover candidate is left "
                              "(the primary needs an undelayed replica); add a node or delay fewer")
+        return self
+
+    @model_validator(mode="after")
+    def _standby(self) -> ClusterSpec:
+        """A standby cluster follows another scope, on this engine, and writes nothing of its own."""
+        if self.standby_of is None:
+            return self
+        if self.standby_of.scope == self.scope:
+            raise ValueError(f"standby_of.scope is this cluster's own scope ({self.scope}): a standby cluster "
+                             "follows another cluster")
+        if self.hosts is not None:
+            raise ValueError("standby_of with hosts: is not supported yet: the primary and the standby site must "
+                             "run on the same Docker engine")
+        if self.backup.enabled:
+            raise ValueError("a standby cluster takes no backups of its own (the primary site's cover the data); "
+                             "set backup: {enabled: false}")
+        if self.roles or self.databases or self.prune:
+            raise ValueError("a standby cluster is a physical copy of its primary site: its roles and databases are "
+                             "the primary's; remove roles:, databases: and prune: from this spec")
         return self
 
     # ---- derived values (the only place names are made) ----

@@ -377,6 +377,7 @@ class Engine:
                         and d.image in current.image.tags and (not pushed or _mounts_config_volume(current))):
                     # Heal what an interrupted drill may have left: a detached network, a stopped container.
                     reattached = False if d.host_network else self.connect(d.name, d.network)
+                    reattached = any([self.connect(d.name, n) for n in d.extra_networks]) or reattached
                     if current.status == "running" and not reattached:
                         return Outcome.UNCHANGED
                     if current.status != "running":
@@ -384,10 +385,17 @@ class Engine:
                     return Outcome.STARTED
                 # Definition changed: replace the container, keep its volumes.
                 current.remove(force=True)
-                self._create(d).start()
+                self._start_new(d)
                 return Outcome.RECREATED
-            self._create(d).start()
+            self._start_new(d)
             return Outcome.CREATED
+
+    def _start_new(self, d: ContainerDef) -> None:
+        """Create the container, join its extra networks, then start it (it starts reaching them)."""
+        ct = self._create(d)
+        for net in d.extra_networks:
+            self.client.networks.get(net).connect(ct)
+        ct.start()
 
     def push_config(self, scope: str, role: str, member: str, name: str, image: str, local_dir: str,
                     current: Container | None = None) -> bool:
@@ -503,6 +511,11 @@ class Engine:
                 ct.remove(force=True)
                 removed["containers"].append(str(ct.name))
             for net in c.networks.list(filters=flt):
+                # A standby cluster's nodes (another scope, stack/site.py) may still sit on this
+                # network: they lose their link to this site, and the network goes.
+                net.reload()
+                for cid in net.attrs.get("Containers") or {}:
+                    net.disconnect(cid, force=True)
                 net.remove()
                 removed["networks"].append(str(net.name))
             # Config volumes (an engine of `hosts:`) hold no data, only copies of the state

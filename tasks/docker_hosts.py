@@ -139,6 +139,20 @@ def engines(spec: ClusterSpec) -> ClusterEngines:
     return ClusterEngines(spec, local_engine())
 
 
+def node_subnets(spec: ClusterSpec) -> str:
+    """The subnets the nodes' pg_hba admits, comma-separated: the cluster network's (created when
+    missing); a standby cluster's nodes also sit on the primary site's network (stack/site.py), and
+    reach one another there too, so its subnet is admitted as well."""
+    eng = engines(spec).default
+    own = eng.ensure_network(spec.scope, spec.network)[0]
+    if spec.standby_of is None:
+        return own
+    from stack.site import primary_network
+
+    other = eng.network_subnet(primary_network(spec))
+    return f"{own},{other}" if other else own
+
+
 def sync_config(spec: ClusterSpec, member: str) -> list[str]:
     """After a write to `member`'s config dir: push it to the member's config volume on every
     engine where its container exists; the hosts pushed to.

@@ -35,7 +35,7 @@ from tasks.node_exec import node
 
 # What `pgha status` judges; the audit asks for every part but the status-only ones.
 STATUS_PARTS = ("containers", "patroni", "etcd", "backends", "session", "pooler")
-AUDIT_PARTS = ("containers", "resources", "etcd", "etcd_auth", "leader_key", "patroni", "failsafe", "replication", "haproxy", "postgres",
+AUDIT_PARTS = ("containers", "resources", "etcd", "etcd_auth", "leader_key", "site", "patroni", "failsafe", "replication", "haproxy", "postgres",
                "disks", "pooler", "apps", "fencing", "tls", "archiving", "backups", "repo_size", "server_db")
 # `pgha report`: the audit and the status from one snapshot.
 REPORT_PARTS = (*AUDIT_PARTS, "backends", "session")
@@ -98,6 +98,24 @@ def etcd_auth(spec: ClusterSpec, deep: bool) -> A.EtcdAuthObs | None:
 def leader_key(spec: ClusterSpec, deep: bool) -> A.LeaderKeyObs:
     """Patroni's leader key as etcd holds it (its lease against the holder's member key)."""
     return etcd.leader_key(spec)
+
+
+def site_part(spec: ClusterSpec, deep: bool) -> A.StandbyObs | None:
+    """A standby cluster's link: its standby leader's position against its primary site's (None: not a standby)."""
+    if spec.standby_of is None:
+        return None
+    from stack import site
+    from stack.spec import load_spec
+    from tasks.host.generations import serving, stored_spec_file
+
+    mine = postgres.wal_position(spec, _secrets(spec))
+    primary = serving(load_spec(stored_spec_file(site.primary_scope(spec))))
+    try:
+        theirs: str | None = postgres.wal_position(primary, _secrets(primary)).current_lsn
+    except PghaError:
+        theirs = None  # the primary site is down: the receiver says so
+    lag_b, lag_s = site.standby_lag(theirs, mine.replay_lsn, mine.since_replay_s)
+    return A.StandbyObs(receiver=mine.receiver, lag_bytes=lag_b, lag_s=lag_s)
 
 
 def patroni_part(spec: ClusterSpec, deep: bool) -> PatroniState:
@@ -232,7 +250,7 @@ def backups(spec: ClusterSpec, deep: bool) -> Any:
 
 GATHERERS: dict[str, Callable[[ClusterSpec, bool], Any]] = {
     "containers": containers, "resources": resources, "etcd": etcd_part, "etcd_auth": etcd_auth,
-    "leader_key": leader_key, "patroni": patroni_part,
+    "leader_key": leader_key, "site": site_part, "patroni": patroni_part,
     "failsafe": failsafe, "replication": replication, "backends": backends, "haproxy": haproxy_part,
     "session": session, "postgres": postgres_part, "disks": disks, "pooler": pooler, "apps": apps,
     "fencing": fencing, "tls": tls, "archiving": archiving, "backups": backups, "repo_size": repo_size,

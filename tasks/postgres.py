@@ -139,9 +139,11 @@ def wait_writable(spec: ClusterSpec, secrets: Secrets, timeout: float) -> float:
 
 @task(name="wait-endpoints")
 def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> tuple[EndpointProbe, EndpointProbe | None]:
-    """Wait until the R/W port reaches a writable primary and the R/O port a replica."""
-    rw = wait_for(f"R/W port {spec.ports.rw} to reach a writable primary",
-                  lambda: probe(spec, secrets, read_only=False), lambda p: not p.in_recovery,
+    """Wait until the R/W port reaches a writable primary (a standby cluster's: its standby leader,
+    read-only until `pgha site promote`) and the R/O port a replica."""
+    standby = spec.standby_of is not None
+    rw = wait_for(f"R/W port {spec.ports.rw} to reach {'the standby leader' if standby else 'a writable primary'}",
+                  lambda: probe(spec, secrets, read_only=False), lambda p: p.in_recovery == standby,
                   timeout=timeout, interval=0.3)
     ro = None
     if spec.nodes > 1:
@@ -171,11 +173,17 @@ def endpoint_node(spec: ClusterSpec, secrets: Secrets, read_only: bool) -> tuple
         return _where(conn)
 
 
+# The newest WAL position of the node: a standby cluster's leader (second site) is in recovery,
+# where pg_current_wal_lsn() fails; its newest is what it received from the primary site.
+CURRENT_LSN = ("(case when pg_is_in_recovery() then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
+               "else pg_current_wal_lsn() end)")
+
+
 def replication_rows(spec: ClusterSpec, secrets: Secrets) -> list[ReplicationRow]:
     """pg_stat_replication on the primary (through the R/W port)."""
-    sql = ("select application_name, state, sync_state, "
-           "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, extract(epoch from replay_lag)::float8 "
-           "from pg_stat_replication")
+    sql = ("select application_name, state, sync_state, "  # noqa: S608 - CURRENT_LSN is a constant
+           f"pg_wal_lsn_diff({CURRENT_LSN}, replay_lsn)::bigint, extract(epoch from replay_lag)::float8 "
+           "from pg_stat_replication")  # noqa: S608 - a constant, no input
     with _audit_connect(spec, secrets) as conn:
         rows = conn.execute(sql).fetchall()
     return [ReplicationRow(name=str(r[0]), state=str(r[1]), sync_state=str(r[2]),
@@ -196,8 +204,8 @@ def audit_stats(spec: ClusterSpec, secrets: Secrets) -> PostgresObs:
             " (select max(age(datfrozenxid)) from pg_database),"
             " current_setting('data_checksums') = 'on'").fetchone()
         slots = conn.execute(
-            "select slot_name, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint"
-            " from pg_replication_slots where not active").fetchall()
+            f"select slot_name, coalesce(pg_wal_lsn_diff({CURRENT_LSN}, restart_lsn), 0)::bigint"  # noqa: S608
+            " from pg_replication_slots where not active").fetchall()  # noqa: S608 - a constant
     assert one is not None
     return PostgresObs(connections=int(one[0]), max_connections=int(one[1]),
                        oldest_xact_s=None if one[2] is None else float(one[2]),
@@ -377,3 +385,32 @@ def replay_resume(spec: ClusterSpec, member: str) -> None:
 
 def replay_paused(spec: ClusterSpec, member: str) -> bool:
     return node_sql(spec, member, "select pg_is_wal_replay_paused()", read=True) == "t"
+
+
+# ---- a second site: the positions `pgha site status` compares (stack/site.py) ----
+
+
+@dataclass(frozen=True)
+class WalPosition:
+    """Where the node behind a cluster's R/W port stands in the WAL."""
+
+    in_recovery: bool
+    current_lsn: str | None  # a primary's pg_current_wal_lsn()
+    receive_lsn: str | None  # a standby's last WAL received
+    replay_lsn: str | None  # a standby's last WAL replayed
+    since_replay_s: float | None  # now - the last replayed transaction's commit time
+    receiver: str | None  # the standby's WAL receiver status (streaming, ...), None without one
+
+
+def wal_position(spec: ClusterSpec, secrets: Secrets) -> WalPosition:
+    """The WAL position of the node the cluster's R/W port reaches (its primary or standby leader)."""
+    sql = ("select pg_is_in_recovery(),"
+           " case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end,"
+           " pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+           " extract(epoch from now() - pg_last_xact_replay_timestamp())::float8,"
+           " (select status from pg_stat_wal_receiver limit 1)")
+    with _audit_connect(spec, secrets) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return WalPosition(in_recovery=bool(row[0]), current_lsn=row[1], receive_lsn=row[2], replay_lsn=row[3],
+                       since_replay_s=None if row[4] is None else float(row[4]), receiver=row[5])

@@ -13,7 +13,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.steps import ops
+from flows.steps import ops, standby
 from flows.steps.apps import apps_preflight, ensure_app_objects
 from flows.steps.backups import ensure_archiving
 from flows.steps.cluster import cluster_status, store_spec, switchover
@@ -57,6 +57,8 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
     """
     eng = docker_hosts.engines(spec)
     eng.check()
+    if spec.standby_of is not None:  # a second site: its primary site runs and matches (stack/site.py)
+        standby.preflight(spec)
     apps_preflight(spec)  # declared roles' password files
     if os.environ.get("POSTGRES_PASSWORD") == "" and "POSTGRES_PASSWORD" in os.environ:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")
@@ -140,7 +142,7 @@ def ensure_network(spec: ClusterSpec) -> str:
         return ""  # many hosts: host networking, no cluster network (stack/hosts.py)
     subnet, outcome = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
     get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
-    return subnet
+    return docker_hosts.node_subnets(spec) if spec.standby_of is not None else subnet
 
 
 @task(name="ensure-volumes", **SIDE_EFFECT)
@@ -310,6 +312,10 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     log = get_run_logger()
     started = time.monotonic()
     bootstrap_preflight(spec)
+    primary = standby.preflight(spec) if spec.standby_of is not None else None
+    if primary is not None:  # the primary site's passwords and CA, before this cluster makes its own
+        if copied := standby.adopt_primary(spec, primary):
+            log.info("copied from the primary site %s: %s", primary.scope, ", ".join(copied))
     cluster_secrets(spec.scope)
     store_spec(spec)
 
@@ -339,6 +345,8 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     outcomes["etcd_auth"] = "enabled" if auth == etcd.AuthOutcome.ENABLED else "unchanged"
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
+    if primary is not None:
+        outcomes["primary_slot"] = standby.ensure_primary_slot(spec, primary)
     rolled = roll_changed_nodes(spec, node_image, subnet)
     node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
     outcomes.update({m: rolled.get(m) or f.result() for m, f in node_runs.items()})

@@ -1,0 +1,69 @@
+"""`pgha site`: a second site (a standby cluster, `standby_of:` in its spec): its status and its promotion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli import render
+from cli.core import (
+    DAY_TWO,
+    Done,
+    JsonOpt,
+    ScopeOpt,
+    SpecOpt,
+    WaitOpt,
+    app,
+    checks,
+    command,
+    require_engines,
+    resolve_spec,
+    run_flow,
+    warm,
+)
+from stack.results import SitePromoteResult, SiteStatusResult
+
+site_app = typer.Typer(no_args_is_help=True, help="A second site: a standby cluster following a primary site.")
+app.add_typer(site_app, name="site", rich_help_panel=DAY_TWO)
+
+
+@site_app.command("status")
+@command(render.site_status, flows=True)
+def site_status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
+                as_json: bool = JsonOpt) -> Done[SiteStatusResult]:
+    """Each site's role; a standby site's lag in bytes and seconds and the last WAL it replayed.
+
+    Example: pgha site status --scope site-b
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    warm()
+    from flows.site import site_status as status_flow
+
+    return Done(run_flow(status_flow, spec), spec)
+
+
+@site_app.command("promote")
+@command(render.site_promote, flows=True)
+def site_promote(yes: bool = typer.Option(False, "--yes", help="confirm: the standby site becomes a primary site "
+                                                                "that accepts writes, independent of the other"),
+                 primary_writable_ok: bool = typer.Option(False, "--primary-writable-ok",
+                                                          help="promote even though the primary site still accepts "
+                                                               "writes (two writable sites diverge)"),
+                 spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                 as_json: bool = JsonOpt) -> Done[SitePromoteResult]:
+    """Site failover: the standby site's standby leader promoted (Patroni's standby_cluster removed); needs --yes.
+
+    Example: pgha site promote --scope site-b --yes
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.site import promote_preflight
+    from flows.site import site_promote as promote_flow
+
+    with checks() as check:
+        check(promote_preflight, spec, yes, primary_writable_ok)  # refusals are one line, before the flow starts
+        warm()
+        return Done(run_flow(promote_flow, spec, yes=yes, primary_writable_ok=primary_writable_ok,
+                             wait_seconds=wait), spec)

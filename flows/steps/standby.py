@@ -1,0 +1,132 @@
+"""A standby cluster's own steps of `pgha up`: checks against its primary site, the primary's
+passwords and CA adopted, the replication slot kept on the primary site (stack/site.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _random
+
+from prefect import get_run_logger, task
+
+from flows.steps.cluster import stored_spec
+from stack import site
+from stack.errors import PghaError, StateError
+from stack.secrets import ENV_SUPERUSER
+from stack.spec import ClusterSpec
+from tasks import docker_hosts, patroni
+from tasks._prefect import SIDE_EFFECT
+from tasks.host import app_passwords
+from tasks.host.secrets import ETCD_KEYS
+from tasks.host.state import secrets_file, write_private
+from tasks.host.tls import tls_dir
+
+
+def _read_json(path: os.PathLike[str]) -> dict[str, str] | None:
+    try:
+        return {k: str(v) for k, v in json.loads(open(path).read()).items()}  # noqa: SIM115, PTH123
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        raise StateError(f"password file {path} is unreadable or damaged; restore it from a backup") from None
+
+
+def primary_of(spec: ClusterSpec) -> ClusterSpec:
+    """The primary site's stored spec, refused (one line, nothing changed) when it cannot be followed."""
+    name = site.primary_scope(spec)
+    try:
+        primary = stored_spec(name)
+    except StateError:
+        raise StateError(f"standby_of.scope {name}: no cluster '{name}' was brought up from this machine; bring the "
+                         "primary site up first (`pgha up --spec` of its spec)") from None
+    if primary.standby_of is not None:
+        raise StateError(f"standby_of.scope {name} is itself a standby cluster (of {primary.standby_of.scope}): "
+                         "follow the primary site directly")
+    return primary
+
+
+def promoted(spec: ClusterSpec) -> bool:
+    """This cluster runs, led by a primary rather than a standby leader (after `pgha site promote`)."""
+    try:
+        config = patroni.dynamic_config(spec)
+    except PghaError:
+        return False  # no node answers: a new cluster, or one being brought back
+    return bool(config) and not config.get("standby_cluster")
+
+
+def preflight(spec: ClusterSpec) -> ClusterSpec:
+    """Everything a standby cluster needs from its primary site, checked before anything is created."""
+    if promoted(spec):
+        raise StateError(f"cluster {spec.scope} was promoted to a primary site (its dynamic configuration has no "
+                         "standby_cluster): remove standby_of from this spec")
+    primary = primary_of(spec)
+    for problem in (site.version_problem(spec, primary), site.tls_problem(spec, primary)):
+        if problem:
+            raise StateError(problem)
+    eng = docker_hosts.engines(primary).of(primary.haproxy_member)
+    if not eng.network_exists(site.primary_network(spec)) or not eng.running(primary.container(primary.haproxy_member)):
+        raise StateError(f"the primary site {primary.scope} is not running (no {primary.container('haproxy')} on "
+                         f"network {site.primary_network(spec)}): `pgha up` it first")
+    theirs = _read_json(secrets_file(primary.scope))
+    if theirs is None:
+        raise StateError(f"the primary site {primary.scope} has no password file ({secrets_file(primary.scope)})")
+    if problem := site.secrets_problem(theirs, _read_json(secrets_file(spec.scope)), primary.scope):
+        raise StateError(problem)
+    wanted = os.environ.get(ENV_SUPERUSER)
+    if wanted and wanted != theirs.get("superuser"):
+        raise StateError(f"{ENV_SUPERUSER} differs from the primary site {primary.scope}'s superuser password: a "
+                         f"standby cluster is a physical copy and has the primary's; unset {ENV_SUPERUSER}")
+    if spec.tls.enabled:
+        mine, ca = tls_dir(spec.scope) / "ca.crt", tls_dir(primary.scope) / "ca.crt"
+        if mine.exists() and ca.exists() and mine.read_text() != ca.read_text():
+            raise StateError(f"cluster {spec.scope} has a CA of its own but a standby cluster issues its certificates "
+                             f"from the primary site {primary.scope}'s CA; bring it up under a new scope")
+    return primary
+
+
+def adopt_primary(spec: ClusterSpec, primary: ClusterSpec) -> list[str]:
+    """The primary site's catalog passwords (its own REST API and etcd passwords stay this cluster's),
+    its declared roles' passwords and its CA, copied once (0600); what was copied."""
+    copied: list[str] = []
+    mine = secrets_file(spec.scope)
+    if not mine.exists():
+        theirs = _read_json(secrets_file(primary.scope)) or {}
+        own = {k: theirs[k] for k in site.CATALOG_SECRETS}
+        own.update({k: _random.token_urlsafe(24) for k in ("restapi", *ETCD_KEYS)})
+        mine.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(mine, json.dumps(own))
+        copied.append("passwords")
+    app_passwords.copy(primary.scope, spec.scope)
+    if spec.tls.enabled:
+        for name in ("ca.crt", "ca.key"):
+            src, dst = tls_dir(primary.scope) / name, tls_dir(spec.scope) / name
+            if src.exists() and not dst.exists():
+                write_private(dst, src.read_text())
+                copied.append(name)
+    return copied
+
+
+@task(name="ensure-primary-slot", **SIDE_EFFECT)
+def ensure_primary_slot(spec: ClusterSpec, primary: ClusterSpec) -> str:
+    """A permanent physical slot for this standby on the primary site (Patroni's `slots`), so the
+    primary keeps the WAL it has not received; "unchanged" when it is there."""
+    if spec.standby_of is None or not spec.standby_of.slot:
+        return "none"
+    name = site.slot_name(spec)
+    slots = patroni.dynamic_config(primary).get("slots") or {}
+    if name in slots:
+        return "unchanged"
+    patroni.patch_config(primary, {"slots": {name: {"type": "physical"}}})
+    get_run_logger().info("replication slot %s kept on the primary site %s", name, primary.scope)
+    return "created"
+
+
+def drop_primary_slot(spec: ClusterSpec, primary: ClusterSpec) -> str:
+    """Remove the standby's permanent slot from the primary site's configuration (after a promotion:
+    nothing streams through it any more, and it would keep WAL for ever)."""
+    name = site.slot_name(spec)
+    slots = patroni.dynamic_config(primary).get("slots") or {}
+    if name not in slots:
+        return "absent"
+    patroni.patch_config(primary, {"slots": {name: None}})
+    return "removed"

@@ -1,0 +1,152 @@
+"""A second site: a standby cluster that follows a primary site (Patroni `standby_cluster`).
+
+Pure: the standby's `standby_cluster` block, the slot it streams through, how it reaches the
+primary site, and the decisions of `pgha site status` / `pgha site promote`. Patroni does the
+following and the promotion; pgha renders and orchestrates (`flows/site.py`).
+
+Reachability on one engine: the standby's Patroni nodes are attached to the primary site's
+Docker network (a second network of theirs) and stream from the primary site's HAProxy R/W
+port by its container name, which the primary site's member certificate names, so
+`sslmode=verify-full` holds. The standby cluster issues its certificates from the primary
+site's CA (one trust domain for the two sites) and carries the primary's PostgreSQL passwords:
+it is a physical copy, its catalog holds the primary's roles.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from stack.layout import HAPROXY_RW_PORT
+from stack.spec import ClusterSpec
+
+# The passwords that live in the catalog (a physical copy has the primary's): they must match.
+CATALOG_SECRETS = ("superuser", "replication", "rewind")
+
+
+class SiteRole(StrEnum):
+    PRIMARY = "primary"  # a cluster with a writable leader
+    STANDBY = "standby"  # a standby cluster: its standby leader follows another site
+    DOWN = "down"  # no leader answers
+    UNKNOWN = "unknown"
+
+
+def primary_scope(spec: ClusterSpec) -> str:
+    assert spec.standby_of is not None
+    return spec.standby_of.scope
+
+
+def primary_network(spec: ClusterSpec) -> str:
+    """The primary site's Docker network, which the standby's nodes join (`<primary>-net`)."""
+    return f"{primary_scope(spec)}-net"
+
+
+def primary_endpoint(spec: ClusterSpec) -> tuple[str, int]:
+    """(host, port) the standby leader streams from: the primary site's HAProxy R/W port, inside its network."""
+    return f"{primary_scope(spec)}-haproxy", HAPROXY_RW_PORT
+
+
+def slot_name(spec: ClusterSpec) -> str:
+    """The permanent physical slot on the primary site for this standby (Patroni: [a-z0-9_])."""
+    return "standby_" + spec.scope.replace("-", "_")
+
+
+def standby_cluster(spec: ClusterSpec) -> dict[str, object]:
+    """Patroni's `standby_cluster` block (bootstrap DCS): clone from and stream from the primary site."""
+    host, port = primary_endpoint(spec)
+    block: dict[str, object] = {"host": host, "port": port, "create_replica_methods": ["basebackup"]}
+    if spec.standby_of is not None and spec.standby_of.slot:
+        block["primary_slot_name"] = slot_name(spec)
+    return block
+
+
+def secrets_problem(primary: dict[str, str], standby: dict[str, str] | None, primary_scope: str) -> str | None:
+    """A standby whose stored catalog passwords differ from the primary site's: it could never connect."""
+    if standby is None:
+        return None
+    differ = [k for k in CATALOG_SECRETS if standby.get(k) != primary.get(k)]
+    if differ:
+        many = len(differ) > 1
+        return (f"this cluster's stored {', '.join(differ)} password{'s differ' if many else ' differs'} from "
+                f"the primary site {primary_scope}'s: a standby cluster is a physical copy and uses the primary's; "
+                "bring it up under a new scope (pgha copies the primary's passwords) or remove its state directory")
+    return None
+
+
+def version_problem(spec: ClusterSpec, primary: ClusterSpec) -> str | None:
+    if spec.postgres_version != primary.postgres_version:
+        return (f"the primary site {primary.scope} runs PostgreSQL {primary.postgres_version} but this spec asks for "
+                f"{spec.postgres_version}: a standby cluster is a physical copy and needs the same major version")
+    return None
+
+
+def tls_problem(spec: ClusterSpec, primary: ClusterSpec) -> str | None:
+    if spec.tls.enabled != primary.tls.enabled:
+        return (f"the primary site {primary.scope} runs {'with' if primary.tls.enabled else 'without'} TLS but this "
+                f"spec asks for tls.enabled: {str(spec.tls.enabled).lower()}; both sites must agree")
+    return None
+
+
+class SiteRow(BaseModel):
+    """One site as `pgha site status` shows it."""
+
+    scope: str
+    role: SiteRole
+    leader: str | None = None
+    follows: str | None = None  # the site a standby follows
+    receive_lsn: str | None = None  # last WAL received (standby) / current WAL position (primary)
+    replay_lsn: str | None = None  # last WAL replayed (standby)
+    lag_bytes: int | None = None  # primary's current LSN - standby's replayed LSN
+    lag_s: float | None = None  # now - the last replayed transaction's commit time (0 when caught up)
+    streaming: bool | None = None  # the standby leader's WAL receiver is streaming
+
+
+class PromoteDecision(StrEnum):
+    PROCEED = "proceed"
+    NOT_STANDBY = "not a standby"
+    NEEDS_YES = "needs --yes"
+    PRIMARY_WRITABLE = "primary site writable"
+
+
+def promote_decision(is_standby: bool, yes: bool, primary_writable: bool, allow_writable: bool) -> PromoteDecision:
+    """May `pgha site promote` go on? Two writable sites is a split brain the operator must choose knowingly."""
+    if not is_standby:
+        return PromoteDecision.NOT_STANDBY
+    if not yes:
+        return PromoteDecision.NEEDS_YES
+    if primary_writable and not allow_writable:
+        return PromoteDecision.PRIMARY_WRITABLE
+    return PromoteDecision.PROCEED
+
+
+def promote_refusal(decision: PromoteDecision, scope: str, primary: str) -> str | None:
+    """The one line a refused promotion prints (None: go on)."""
+    if decision == PromoteDecision.NOT_STANDBY:
+        return f"cluster {scope} is not a standby cluster (its DCS has no standby_cluster): nothing to promote"
+    if decision == PromoteDecision.NEEDS_YES:
+        return (f"site promote makes {scope} a primary site that accepts writes, independent of {primary}; "
+                "add --yes to confirm")
+    if decision == PromoteDecision.PRIMARY_WRITABLE:
+        return (f"the primary site {primary} still accepts writes: promoting {scope} now makes two writable sites "
+                f"that diverge. Stop {primary}'s clients and its cluster first (`pgha down --scope {primary}`), "
+                "or add --primary-writable-ok if you accept that")
+    return None
+
+
+def lsn_bytes(lsn: str) -> int:
+    """A PostgreSQL LSN (`16/B374D848`) as a byte position."""
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def standby_lag(primary_lsn: str | None, replay_lsn: str | None,
+                since_replay_s: float | None) -> tuple[int | None, float | None]:
+    """(bytes, seconds) the standby replays behind the primary site: bytes from the primary's current
+    LSN; seconds 0 when it has replayed everything, else the age of its last replayed commit."""
+    if primary_lsn is None or replay_lsn is None:
+        return None, None
+    behind = max(0, lsn_bytes(primary_lsn) - lsn_bytes(replay_lsn))
+    if behind == 0:
+        return 0, 0.0
+    return behind, None if since_replay_s is None else round(max(0.0, since_replay_s), 3)

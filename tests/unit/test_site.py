@@ -1,0 +1,123 @@
+"""A second site (`standby_of:`): spec refusals, the rendered standby_cluster, the decisions of
+`pgha site status` / `site promote`, and status and audit accepting a standby leader."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from stack import audit as A
+from stack import render, site
+from stack.cluster import ClusterView, Member, MemberRole, assess
+from stack.errors import SpecError
+from stack.secrets import Secrets
+from stack.spec import ClusterSpec, parse_spec
+
+SECRETS = Secrets(superuser="s", replication="r", rewind="w", restapi="a")
+STANDBY = parse_spec({"scope": "site-b", "nodes": 2, "backup": {"enabled": False}, "standby_of": {"scope": "site-a"}})
+
+
+@pytest.mark.parametrize(("spec", "fragment"), [
+    ({"scope": "site-a", "backup": {"enabled": False}, "standby_of": {"scope": "site-a"}}, "own scope"),
+    ({"standby_of": {"scope": "site-a"}}, "set backup: {enabled: false}"),
+    ({"backup": {"enabled": False}, "standby_of": {"scope": "Site A"}}, "not a valid scope"),
+    ({"backup": {"enabled": False}, "standby_of": {}}, "standby_of.scope: Field required"),
+    ({"backup": {"enabled": False}, "standby_of": {"scope": "site-a"},
+      "roles": [{"name": "app"}]}, "physical copy of its primary site"),
+])
+def test_bad_standby_specs_are_one_line(spec: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_spec(spec)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_standby_cluster_streams_from_the_primary_sites_haproxy_through_its_slot() -> None:
+    cfg = yaml.safe_load(render.render_patroni_yml(STANDBY, "pg-1", "172.30.0.0/16,172.31.0.0/16", SECRETS))
+    assert cfg["bootstrap"]["dcs"]["standby_cluster"] == {
+        "host": "site-a-haproxy", "port": 5432, "create_replica_methods": ["basebackup"],
+        "primary_slot_name": "standby_site_b"}
+    # verify-full against the primary site's CA (adopted): its member certificate names its HAProxy
+    assert cfg["postgresql"]["authentication"]["replication"]["sslmode"] == "verify-full"
+    hba = cfg["postgresql"]["pg_hba"]
+    assert "hostssl replication replicator 172.31.0.0/16 scram-sha-256" in hba
+    assert "hostssl all all 172.30.0.0/16 scram-sha-256" in hba
+    no_slot = STANDBY.model_copy(update={"standby_of": STANDBY.standby_of.model_copy(update={"slot": False})})  # type: ignore[union-attr]
+    assert "primary_slot_name" not in render.dcs_config(no_slot)["standby_cluster"]
+    assert "standby_cluster" not in render.dcs_config(ClusterSpec())
+
+
+def test_the_rw_port_routes_to_the_leader_lock_holder_on_a_standby_site() -> None:
+    assert "OPTIONS /leader" in render.render_haproxy_cfg(STANDBY)
+    assert "OPTIONS /primary" in render.render_haproxy_cfg(ClusterSpec())
+
+
+def test_lag_from_the_lsns() -> None:
+    assert site.lsn_bytes("1/0") == 1 << 32
+    assert site.standby_lag("0/5000100", "0/5000000", 3.5) == (256, 3.5)
+    assert site.standby_lag("0/5000000", "0/5000000", 300.0) == (0, 0.0)  # caught up: idle is not lag
+    assert site.standby_lag(None, "0/5000000", 1.0) == (None, None)
+
+
+def test_secrets_versions_and_tls_must_match_the_primary() -> None:
+    primary = {"superuser": "s", "replication": "r", "rewind": "w", "restapi": "x"}
+    assert site.secrets_problem(primary, None, "site-a") is None
+    assert site.secrets_problem(primary, {**primary, "restapi": "own"}, "site-a") is None
+    assert "superuser password differs" in (site.secrets_problem(primary, {**primary, "superuser": "z"}, "site-a") or "")
+    a = parse_spec({"scope": "site-a", "postgres_version": 15})
+    assert "needs the same major version" in (site.version_problem(STANDBY, a) or "")
+    assert site.version_problem(STANDBY, parse_spec({"scope": "site-a"})) is None
+    assert "both sites must agree" in (site.tls_problem(STANDBY, parse_spec({"scope": "site-a", "tls": {
+        "enabled": False}})) or "")
+
+
+@pytest.mark.parametrize(("standby", "yes", "writable", "allow", "want"), [
+    (False, True, False, False, site.PromoteDecision.NOT_STANDBY),
+    (True, False, False, False, site.PromoteDecision.NEEDS_YES),
+    (True, True, True, False, site.PromoteDecision.PRIMARY_WRITABLE),
+    (True, True, True, True, site.PromoteDecision.PROCEED),
+    (True, True, False, False, site.PromoteDecision.PROCEED),
+])
+def test_promote_decision(standby: bool, yes: bool, writable: bool, allow: bool, want: site.PromoteDecision) -> None:
+    decision = site.promote_decision(standby, yes, writable, allow)
+    assert decision == want
+    refusal = site.promote_refusal(decision, "site-b", "site-a")
+    assert (refusal is None) == (want == site.PromoteDecision.PROCEED)
+    if decision == site.PromoteDecision.PRIMARY_WRITABLE:
+        assert "pgha down --scope site-a" in (refusal or "") and "--primary-writable-ok" in (refusal or "")
+
+
+def _standby_view(leader_state: str = "streaming") -> ClusterView:
+    return ClusterView(members=[Member("pg-1", MemberRole.STANDBY_LEADER, leader_state, timeline=1),
+                                Member("pg-2", MemberRole.REPLICA, "streaming", timeline=1, lag=0)])
+
+
+def test_a_standby_leader_makes_a_whole_standby_cluster_without_a_sync_standby() -> None:
+    r = assess(_standby_view(), STANDBY)
+    assert r.ok and "standby leader pg-1 following site-a" in r.reason, r.reason
+    promoted = ClusterView(members=[Member("pg-1", MemberRole.LEADER, "running", timeline=2),
+                                    Member("pg-2", MemberRole.REPLICA, "streaming", timeline=2, lag=0)])
+    assert not assess(promoted, STANDBY).ok  # promoted: the spec still says standby_of
+
+
+def test_the_audit_expects_a_standby_leader_and_a_read_only_rw_port_on_a_standby_site() -> None:
+    obs = A.PatroniObs(members=_standby_view().members, paused=False, liveness={"pg-1": 200, "pg-2": 200}, readiness={"pg-1": 200, "pg-2": 200})
+    rows = {(f.check, f.target): f for f in A.check_patroni(obs, STANDBY)}
+    assert rows[("patroni.leader", "site-b")].status == A.Level.OK
+    assert rows[("patroni.member", "pg-1")].status == A.Level.OK
+    plain = {(f.check, f.target): f for f in A.check_patroni(obs, STANDBY.model_copy(update={"standby_of": None}))}
+    assert plain[("patroni.leader", "site-b")].status == A.Level.CRITICAL
+    assert [f.check for f in A.check_replication("pg-1", [], STANDBY, STANDBY.audit)
+            if f.check == "replication.sync_standby"] == []
+
+
+@pytest.mark.parametrize(("obs", "level", "fragment"), [
+    (A.StandbyObs(receiver="streaming", lag_bytes=0, lag_s=0.0), A.Level.OK, "streaming, 0 B / 0 s behind site-a"),
+    (A.StandbyObs(receiver="streaming", lag_bytes=2 * 1048576, lag_s=1.0), A.Level.WARN, "2097152 B"),
+    (A.StandbyObs(receiver="streaming", lag_bytes=100, lag_s=120.0), A.Level.CRITICAL, "120 s"),
+    (A.StandbyObs(receiver=None, lag_bytes=None, lag_s=None), A.Level.CRITICAL, "not streaming (receiver: none)"),
+    (None, A.Level.CRITICAL, "no answer"),
+])
+def test_the_audit_row_of_the_standby_link(obs: A.StandbyObs | None, level: A.Level, fragment: str) -> None:
+    [f] = A.check_standby(obs, STANDBY, STANDBY.audit)
+    assert f.check == "site.standby" and f.status == level and fragment in f.observed, f
+    assert A.check_standby(obs, ClusterSpec(), ClusterSpec().audit) == []
