@@ -206,14 +206,14 @@ def takeout_commands(servers: list[tuple[str, str]]) -> list[str]:
     """Runtime-API commands that mark the servers of a container the engine confirmed dead down.
 
     `health down`, not `state maint`: health checks keep running on the server, so when the
-    member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo.
-    No `shutdown sessions`: the dead node's established sessions already ended (the kernel
-    closed them with the processes), and HAProxy 3.0 leaves a stream it shuts down while it is
-    still connecting to a silent address half-closed: its client then hangs until its own
-    connect timeout (2 s in the drills' probe, forever for a client without one) instead of
-    getting the error `timeout connect` (1 s) gives it.
+    member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo;
+    `on-marked-down shutdown-sessions` closes the sessions still open to it at once (what a
+    silent node, cut off but alive, needs). Known cost (docs/benchmarks.md): HAProxy 3.0 leaves a
+    stream it cuts while it is still connecting half-closed, so a client that reconnected
+    between the death and the take-out waits out its own connect timeout.
     """
-    return [f"set server {backend}/{server} health down" for backend, server in servers]
+    return [cmd for backend, server in servers
+            for cmd in (f"set server {backend}/{server} health down", f"shutdown sessions server {backend}/{server}")]
 
 
 def route_commands(leader: str) -> list[str]:

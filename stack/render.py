@@ -291,13 +291,9 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
     starts before the nodes and follows a recreated container's new address.
     """
     t = spec.timing
-    # No `on-marked-down shutdown-sessions`: HAProxy 3.0 leaves a stream it shuts down while it
-    # still connects to a silent address half-closed, so its client hangs until its own timeout
-    # (measured: a fenced hard kill's write gap 2.1 s with it, 1.2 s without). A killed or
-    # restarted node's sessions end by themselves; a silent one's end at `timeout server`.
     default_server = (
         f"default-server inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
-        f"fall {t.fall} rise {t.rise} "
+        f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
         f"resolvers docker init-addr last,libc,none check port {PATRONI_API_PORT}"
         # Patroni's API over TLS, its certificate verified against the cluster CA.
         + (f" check-ssl verify required ca-file {tls.CA}" if spec.tls.enabled else "")

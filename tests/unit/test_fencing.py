@@ -159,7 +159,8 @@ def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_m
     assert servers == [("primary", "pg-1"), ("replicas", "pg-1")]
     # `health down`, not maint: the checks keep running and take the member back when it returns.
     assert F.takeout_commands(servers) == [
-        "set server primary/pg-1 health down", "set server replicas/pg-1 health down"]
+        "set server primary/pg-1 health down", "shutdown sessions server primary/pg-1",
+        "set server replicas/pg-1 health down", "shutdown sessions server replicas/pg-1"]
     assert F.route_commands("pg-2") == ["set server primary/pg-2 health up"]
     assert F.api_line(F.route_commands("pg-2")) == b"set server primary/pg-2 health up\n"
     assert F.api_refusals("\n\n") == []
@@ -218,7 +219,8 @@ def test_agent_takes_out_the_dead_container_s_servers_and_routes_the_leader(tmp_
     cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                          haproxy_sockets=[path])
     assert fencer_agent.take_out(cfg, "pgha-it-fk-bench-pg-1") == "ok"
-    assert fake.lines == ["set server primary/pg-1 health down;set server replicas/pg-1 health down\n"]
+    assert fake.lines == ["set server primary/pg-1 health down;shutdown sessions server primary/pg-1;"
+                          "set server replicas/pg-1 health down;shutdown sessions server replicas/pg-1\n"]
     assert fencer_agent.take_out(cfg, "other-pg-1").endswith("no server resolves to other-pg-1")
     assert fencer_agent.route(cfg, "pg-2") == "ok"
     assert fake.lines[-1] == "set server primary/pg-2 health up\n"

@@ -52,8 +52,7 @@ def test_haproxy_cfg_routes_by_patroni_endpoints() -> None:
     assert "option httpchk OPTIONS /primary" in primary and "bind :5432" in primary
     assert "option httpchk OPTIONS /replica" in replicas and "bind :5433" in replicas
     for part in (primary, replicas):
-        # Not cut at markdown: HAProxy 3.0 leaves a cut stream that was still connecting half-closed.
-        assert "on-marked-down" not in part and "timeout connect 1s" in cfg
+        assert "on-marked-down shutdown-sessions" in part
         assert "inter 500ms" in part and "rise 1" in part and "fall 2" in part
         assert "check port 8008" in part
         assert [line.split()[1] for line in part.splitlines() if line.strip().startswith("server ")] == [
