@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from stack import backup, etcd_auth, fencing, layout, metrics, render, tls
+from stack import backup, etcd_auth, fencing, layout, metrics, render, site, tls
 from stack import pooler as pgbouncer
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, Role
@@ -123,6 +123,9 @@ class ContainerDef:
     # volume name -> container path: a tmpfs-backed volume that containers of one engine share
     # (layout.HAPROXY_FENCE_TMPFS); it holds no data and goes with the containers.
     tmpfs_volumes: dict[str, str] = field(default_factory=dict)
+    # Networks joined besides `network`, before the container starts: a standby cluster's nodes
+    # join the primary site's network to stream from it (stack/site.py).
+    extra_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
             host_network=spec.multi_host,
+            extra_networks=(site.primary_network(spec),) if spec.standby_of is not None else (),
             **start,  # type: ignore[arg-type]
         ),
         files={"patroni.yml": text, **tls_files(spec)},
