@@ -103,11 +103,11 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
 def _green_in_progress(spec: ClusterSpec) -> ClusterSpec | None:
     """Green's spec while a major upgrade of `spec` is recorded (its state file; no flow import: status stays quick)."""
-    from stack.major import MajorState, green_spec
-    from tasks.host.state import cluster_dir
+    from stack.major import green_spec
+    from tasks.host.generations import load_major_state
 
-    f = cluster_dir(spec.scope) / "major-upgrade.json"
-    return green_spec(spec, MajorState.model_validate_json(f.read_text()).target) if f.exists() else None
+    st = load_major_state(spec.scope)
+    return green_spec(spec, st.target) if st is not None else None
 
 
 @app.command(rich_help_panel=CLUSTER)

@@ -123,11 +123,12 @@ def _major(major: str | None, rollback: bool, finish: bool, yes: bool, replica_i
         raise UsageError(why)
     warm()
     from flows.config import config_set as config_flow
-    from flows.major_upgrade import major_preflight, state_file
     from flows.major_upgrade import major_upgrade as major_flow
+    from flows.steps.major import major_preflight
+    from tasks.host.generations import major_state_file
 
     require_engines(spec)
-    if request == Request.UPGRADE and not state_file(spec).exists():
+    if request == Request.UPGRADE and not major_state_file(spec.scope).exists():
         verdict = major_preflight(spec, target, replica_identity_full)
         for n in verdict.notes:
             stderr_line(f"pgha: {n}")

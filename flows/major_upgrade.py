@@ -8,15 +8,15 @@ writes, blue turns read-only and ends its sessions, a marker row proves green ap
 everything, sequences are copied, green -> blue replication is set up, and HAProxy is pointed
 at green's nodes (same ports). Rollback is the same move the other way; finish removes blue.
 
-The phase is recorded in `<state>/<scope>/major-upgrade.json` before each step that changes
-it; the decisions are `stack.major` (pure, unit-tested).
+The phase is recorded in `<state>/<scope>/major-upgrade.json` (`tasks.host.generations`) before
+each step that changes it; the decisions are `stack.major` (pure, unit-tested); the mechanics
+every move uses (the pre-check's facts, the clients' routing, the networks, fencing and
+catching up) are `flows.steps.major`.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -24,155 +24,42 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from flows.audit import run_audit
 from flows.backup import backup
 from flows.steps.approval import require_approval
-from flows.steps.cluster import cluster_status, require_healthy, store_spec, wait_healthy
+from flows.steps.cluster import require_healthy, store_spec, wait_healthy
 from flows.steps.converge import converge, ensure_image, ensure_pooler, place_member
+from flows.steps.major import (
+    connect_networks,
+    fence_and_catch_up,
+    leader,
+    major_preflight,
+    route,
+    swap_networks,
+    unswap_networks,
+    wait_writable_on,
+)
 from flows.steps.ops import current, mutating_flow, note, operation
 from stack import major
 from stack.backup import BackupType
 from stack.errors import PghaError, StateError, UsageError
 from stack.generations import base_of, generation_spec
-from stack.major import Action, MajorFacts, MajorState, Phase, Request
+from stack.major import Action, MajorState, Phase, Request
 from stack.results import MajorUpgradeResult
-from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
+from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, haproxy, patroni, pg_logical, pgbackrest, postgres
+from tasks import docker_hosts, pg_logical, pgbackrest
 from tasks.host import tls as host_tls
-from tasks.host.generations import clear_generation_dir, write_pointer
+from tasks.host.generations import (
+    clear_generation_dir,
+    load_major_state,
+    major_state_file,
+    save_major_state,
+    write_pointer,
+)
 from tasks.host.secrets import cluster_secrets
-from tasks.host.state import cluster_dir, config_dir, secrets_file, write_private
+from tasks.host.state import secrets_file, write_private
 
 
 class MajorUpgradeFailed(PghaError):
     """The upgrade failed; the message says which side serves the clients now."""
-
-
-def state_file(spec: ClusterSpec) -> Path:
-    return cluster_dir(spec.scope) / "major-upgrade.json"
-
-
-def load_state(spec: ClusterSpec) -> MajorState | None:
-    f = state_file(spec)
-    return MajorState.model_validate_json(f.read_text()) if f.exists() else None
-
-
-def save_state(spec: ClusterSpec, st: MajorState) -> None:
-    write_private(state_file(spec), st.model_dump_json(indent=1))
-
-
-def leader(spec: ClusterSpec) -> str:
-    lead = patroni.cluster_view(spec).leader()
-    if lead is None:
-        raise StateError(f"cluster {spec.scope} has no leader (see `pgha status --scope {spec.scope}`)")
-    return lead.name
-
-
-def gather_facts(blue: ClusterSpec, target: int) -> MajorFacts:
-    """What the pre-check judges; read-only."""
-    st = cluster_status(blue)
-    facts = MajorFacts(healthy=st.healthy, problem=st.problems[0] if st.problems else "",
-                       current_major=blue.postgres_version, target_major=target)
-    if not st.healthy or target not in SUITE_FOR_MAJOR or target <= blue.postgres_version:
-        return facts
-    lead = leader(blue)
-    dbs = pg_logical.databases(blue, lead)
-    facts.current_major = pg_logical.server_major(blue, lead)
-    facts.tables_without_key = pg_logical.tables_without_key(blue, lead, dbs)
-    facts.large_objects = pg_logical.large_objects(blue, lead, dbs)
-    facts.data_bytes = pg_logical.data_bytes(blue, lead)
-    facts.free_bytes = pg_logical.free_bytes(blue, lead)
-    facts.wal_level = pg_logical.wal_level(blue, lead)
-    try:
-        green = major.green_spec(blue, target)
-    except PghaError as exc:
-        facts.ports_problem = str(exc)
-        return facts
-    eng = docker_hosts.engines(green).default
-    facts.green_scope_free = not eng.scope_has_resources(green.scope) or state_file(blue).exists()
-    if not eng.host_ports_of(green.scope):
-        ports = (green.ports.rw, green.ports.ro, green.ports.stats, *((green.ports.pool,) if green.runs_pooler else ()))
-        busy = [p for p in ports if not docker_hosts.port_is_free(p)]
-        if busy:
-            facts.ports_problem = (f"port(s) {', '.join(map(str, busy))} (blue's + major.green_port_offset "
-                                   f"{blue.major.green_port_offset}) are in use; change the offset in the spec")
-    # The image: pgha builds its own when missing (converge's ensure_image); a build failure
-    # happens before the cutover and removes green, leaving blue untouched.
-    return facts
-
-
-def major_preflight(blue: ClusterSpec, target: int, replica_identity_full: bool) -> major.Precheck:
-    """Refuse (StateError, one line) before anything changes; the pre-check's notes otherwise."""
-    verdict = major.precheck(gather_facts(blue, target), replica_identity_full)
-    if not verdict.ok:
-        raise StateError(f"major upgrade refused: {verdict.refusal}")
-    return verdict
-
-
-# ---- routing the clients' HAProxy ----
-
-
-def route(blue: ClusterSpec, to: ClusterSpec | None) -> None:
-    """Point the clients' HAProxy (blue's container, the clients' ports) at `to`'s nodes; None fences writes.
-
-    A plain function, not a Prefect task: it runs inside the write gap, where a task run's
-    bookkeeping (a few hundred ms on a busy machine) is time clients cannot write.
-    """
-    text = major.routed_haproxy_cfg(blue, to)
-    write_private(config_dir(blue.scope, blue.haproxy_member) / "haproxy.cfg", text)
-    haproxy.reload(blue)
-
-
-def wait_writable_on(blue: ClusterSpec, want_major: int, timeout: float) -> float:
-    """Wait until the clients' R/W port reaches a writable primary of `want_major`; when it did (monotonic)."""
-    secrets = cluster_secrets(blue.scope)
-
-    def probe() -> tuple[int, bool]:
-        return postgres.major_and_read_only(blue, secrets)
-
-    wait_for(f"the R/W port {blue.ports.rw} to reach a writable PostgreSQL {want_major}", probe,
-             lambda v: v == (want_major, False), timeout=timeout, interval=0.05)
-    return time.monotonic()
-
-
-def connect_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
-    """While green copies: green's nodes join blue's network, the clients' HAProxy joins green's.
-
-    Each cluster's pg_hba admits only its own subnet, and Docker's DNS answers with an address
-    on a network both containers share: so exactly one side's nodes may be on both networks at
-    a time (green's now, for green -> blue; blue's after the cutover, `swap_networks`).
-    """
-    eng = docker_hosts.engines(blue).default
-    eng.connect(blue.container(blue.haproxy_member), green.network)
-    for m in green.node_names():
-        eng.connect(green.container(m), blue.network)
-
-
-def swap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
-    """At the cutover, once green no longer subscribes to blue: blue's nodes reach green (reverse way)."""
-    eng = docker_hosts.engines(blue).default
-    for m in green.node_names():
-        if eng.attached(green.container(m), blue.network):
-            eng.disconnect(green.container(m), blue.network)
-    for m in blue.node_names():
-        eng.connect(blue.container(m), green.network)
-
-
-def unswap_networks(blue: ClusterSpec, green: ClusterSpec) -> None:
-    """Back to blue: blue's nodes leave green's network, so the clients' HAProxy reaches them on blue's."""
-    eng = docker_hosts.engines(blue).default
-    for m in blue.node_names():
-        if eng.attached(blue.container(m), green.network):
-            eng.disconnect(blue.container(m), green.network)
-
-
-def fence_and_catch_up(src: ClusterSpec, dst: ClusterSpec, dbs: list[str], s_lead: str, d_lead: str) -> None:
-    """`src` read-only with no client session; wait until `dst` applied everything `src` committed."""
-    token = uuid.uuid4().hex
-    ended = pg_logical.fence(src, s_lead, dbs, token)
-    wait_for(f"{dst.scope} to apply everything {src.scope} committed",
-             lambda: pg_logical.markers_seen(dst, d_lead, dbs, token), major.caught_up,
-             timeout=src.major.cutover_timeout_s, interval=0.05)
-    pg_logical.set_sequences(dst, d_lead, pg_logical.sequence_values(src, s_lead, dbs))
-    note(f"{src.scope} fenced ({ended} session(s) ended); {dst.scope} caught up; sequences copied")
 
 
 # ---- the moves ----
@@ -256,7 +143,7 @@ class Laps:
 def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[float, dict[str, float]]:
     """Blue fenced, green caught up, reverse replication, clients on green; the write gap and its steps."""
     st.phase, st.routed = Phase.CUTOVER, "fenced"
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     g_lead, b_lead = leader(green), leader(blue)  # asked before the gap: each question is a round trip
     secrets = cluster_secrets(blue.scope)
     t0 = time.monotonic()
@@ -268,18 +155,18 @@ def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[flo
     pg_logical.drop_subscriptions(green, g_lead, st.databases, major.FORWARD_SUB)
     swap_networks(blue, green)
     st.reverse = True  # from here on green may take writes that only the reverse way brings back
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     lap("networks")
     pg_logical.create_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB, green, secrets, copy_data=False)
     lap("reverse_replication")
     route(blue, green)
     st.routed = "green"
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     lap("route_green")
     gap = round(wait_writable_on(blue, green.postgres_version, blue.major.cutover_timeout_s) - t0, 2)
     lap("first_write")
     st.phase, st.gap_s = Phase.ON_GREEN, gap
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     note(f"clients on green (PostgreSQL {green.postgres_version}); write gap {gap}s")
     return gap, lap.took
 
@@ -287,7 +174,7 @@ def cut_over(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> tuple[flo
 def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
     """Green fenced, blue caught up through the reverse replication, clients on blue; the write gap."""
     st.phase = Phase.ROLLING_BACK
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     b_lead = leader(blue)
     g_lead = leader(green) if st.reverse else ""
     t0 = time.monotonic()
@@ -298,17 +185,17 @@ def roll_back(blue: ClusterSpec, green: ClusterSpec, st: MajorState) -> float:
         # Green goes away, its slots with it: drop blue's side only.
         pg_logical.detach_subscriptions(blue, b_lead, st.databases, major.REVERSE_SUB)
         st.reverse = False
-        save_state(blue, st)
+        save_major_state(blue.scope, st)
     unswap_networks(blue, green)
     pg_logical.set_read_only(blue, b_lead, st.databases, False)
     route(blue, blue)
     st.routed = "blue"
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     gap = round(wait_writable_on(blue, st.source, blue.major.cutover_timeout_s) - t0, 2)
     st.rollback_gap_s = gap
     note(f"clients back on blue (PostgreSQL {st.source}); write gap {gap}s")
     st.phase = Phase.ON_BLUE
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     return gap
 
 
@@ -409,7 +296,7 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
     blue = spec
     if (why := major.hosts_refusal(blue)) is not None:  # a deployment run meets the CLI's refusal too
         raise UsageError(why)
-    st = load_state(blue)
+    st = load_major_state(blue.scope)
     decision = major.next_action(st, request)
     if st is not None:
         target = st.target
@@ -428,7 +315,7 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
             pg_logical.set_read_only(blue, leader(blue), st.databases if st else [], False)
             route(blue, blue)
         discard_green(blue, green, st)
-        state_file(blue).unlink(missing_ok=True)
+        major_state_file(blue.scope).unlink(missing_ok=True)
         st = None
         res.phase = ""
     if a in (Action.START, Action.RESTART):
@@ -438,14 +325,14 @@ def major_upgrade(spec: ClusterSpec = ClusterSpec(), target: int = 17,  # noqa: 
         res.version_before = _versions(green)
         res.write_gap_s = roll_back(blue, green, st)
         discard_green(blue, green, st)
-        state_file(blue).unlink(missing_ok=True)
+        major_state_file(blue.scope).unlink(missing_ok=True)
         res.version_after, res.phase = _versions(blue), ""
     elif a == Action.FINISH:
         assert st is not None
         # Finishing drops blue, the way back: a deployment run pauses for the typed scope.
         require_approval(blue, "major-upgrade finish (the old cluster and its data are removed)")
         serving, res.handover_gap_s = finish(blue, green, st)
-        state_file(blue).unlink(missing_ok=True)  # the pointer says who serves now; nothing is in progress
+        major_state_file(blue.scope).unlink(missing_ok=True)  # the pointer says who serves now; nothing is in progress
         res.version_after, res.phase = _versions(serving), Phase.FINISHED.value
     op = current()
     res.events, res.elapsed_s = op.events, op.elapsed()
@@ -463,14 +350,14 @@ def _upgrade(blue: ClusterSpec, green: ClusterSpec, target: int, replica_identit
     res.version_before = _versions(blue)
     st = MajorState(phase=Phase.GREEN, target=target, source=res.version_before or blue.postgres_version,
                     green_scope=green.scope, databases=pg_logical.databases(blue, leader(blue)))
-    save_state(blue, st)
+    save_major_state(blue.scope, st)
     try:
         res.durations = build_green(blue, green, st, verdict.set_replica_identity)
     except PghaError as exc:
         why = str(exc).splitlines()[0]
         note(f"FAILED before cutover: {why}")
         discard_green(blue, green, st)
-        state_file(blue).unlink(missing_ok=True)
+        major_state_file(blue.scope).unlink(missing_ok=True)
         raise MajorUpgradeFailed(f"major upgrade failed before cutover ({why}); green removed, blue untouched "
                                  "and serving") from None
     t = time.monotonic()
@@ -483,7 +370,7 @@ def _upgrade(blue: ClusterSpec, green: ClusterSpec, target: int, replica_identit
         try:
             roll_back(blue, green, st)
             discard_green(blue, green, st)
-            state_file(blue).unlink(missing_ok=True)
+            major_state_file(blue.scope).unlink(missing_ok=True)
         except PghaError as exc2:
             raise MajorUpgradeFailed(f"cutover failed ({why}) and the return to blue failed too: "
                                      f"{str(exc2).splitlines()[0]}; run `pgha upgrade --major --rollback`") from None

@@ -21,6 +21,7 @@ from stack.generations import generation_spec, other_generation
 from stack.render import CfgSection, haproxy_sections, serialize_haproxy
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 
+STATE_FILE = "major-upgrade.json"  # in the blue scope's state directory (`tasks.host.generations.major_state_file`)
 PUBLICATION = "pgha_major"  # blue -> green (forward) and green -> blue (reverse), one per database
 FORWARD_SUB = "pgha_major_fwd"
 REVERSE_SUB = "pgha_major_rev"

@@ -44,9 +44,9 @@ from tasks import (
 from tasks._prefect import ONCE, SIDE_EFFECT
 from tasks.docker_engine import LABEL_MEMBER
 from tasks.host import tls as host_tls
-from tasks.host.generations import read_pointer
+from tasks.host.generations import major_state_file, read_pointer
 from tasks.host.secrets import cluster_secrets, load_or_create
-from tasks.host.state import cluster_dir, config_dir, removed_dirs, secrets_file, write_private
+from tasks.host.state import config_dir, removed_dirs, secrets_file, write_private
 
 
 def bootstrap_preflight(spec: ClusterSpec) -> None:
@@ -72,7 +72,7 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
             if eng.repository().volume_exists(kept):
                 aside = removed_dirs(g)
                 raise StateError(kept_repository_refusal(g, kept, str(aside[-1]) if aside else ""))
-    if (cluster_dir(spec.scope) / "major-upgrade.json").exists():
+    if major_state_file(spec.scope).exists():
         # Its HAProxy routes the clients to green: converging blue would re-render it for blue.
         raise StateError(f"a major upgrade of {base_of(spec.scope)} is in progress or rolled back (see `pgha "
                          "status`): finish or roll it back first (`pgha upgrade --major --finish --yes | "

@@ -9,7 +9,7 @@ import yaml
 
 from stack import generations as gen
 from stack import layout, tls
-from stack.major import MajorState
+from stack.major import STATE_FILE, MajorState
 from stack.spec import ClusterSpec, as_deployed
 from tasks.host.state import cluster_dir, write_private
 
@@ -28,13 +28,25 @@ def write_pointer(base: str, serving: ClusterSpec) -> None:
     write_private(pointer_file(base), pointer.model_dump_json(indent=1))
 
 
+def major_state_file(scope: str) -> Path:
+    """Where a major upgrade of the cluster `scope` (blue) records its phase (`stack.major.MajorState`)."""
+    return cluster_dir(scope) / STATE_FILE
+
+
+def load_major_state(scope: str) -> MajorState | None:
+    """The recorded major upgrade of `scope`, if one is in progress or rolled back."""
+    f = major_state_file(scope)
+    return MajorState.model_validate_json(f.read_text()) if f.exists() else None
+
+
+def save_major_state(scope: str, st: MajorState) -> None:
+    write_private(major_state_file(scope), st.model_dump_json(indent=1))
+
+
 def _building(pointer: gen.Serving) -> tuple[str, int] | None:
     """The green a major upgrade of the serving generation is building (scope, major), if one is recorded."""
-    f = cluster_dir(pointer.generation) / "major-upgrade.json"
-    if not f.exists():
-        return None
-    st = MajorState.model_validate_json(f.read_text())
-    return st.green_scope, st.target
+    st = load_major_state(pointer.generation)
+    return (st.green_scope, st.target) if st is not None else None
 
 
 def serving(spec: ClusterSpec) -> ClusterSpec:
