@@ -14,13 +14,11 @@ from cli.core import (
     JsonOpt,
     ScopeOpt,
     SpecOpt,
+    Verb,
     app,
     checks,
     command,
-    require_engines,
-    resolve_spec,
     run_flow,
-    warm,
 )
 from stack.backup import BackupType
 from stack.errors import UsageError
@@ -40,16 +38,14 @@ def backup(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     Example: pgha backup --type diff
     """
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("backup", spec_file, scope).warm()
     from flows.backup import backup as backup_flow
     from flows.backup import preflight
 
-    require_engines(spec)
+    verb.engines()
     with checks() as check:
-        check(preflight, spec)
-        result = run_flow(backup_flow, spec, backup_type, verify=False if no_verify else None)
-    return Done(result, spec)
+        check(preflight, verb.spec)
+        return verb.run(backup_flow, backup_type, verify=False if no_verify else None)
 
 
 @app.command(rich_help_panel=BACKUPS)
@@ -59,12 +55,10 @@ def dump(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_json
 
     Example: pgha dump --json
     """
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("dump", spec_file, scope).warm()
     from flows.backup import dump as dump_flow
 
-    require_engines(spec)
-    return Done(run_flow(dump_flow, spec), spec)
+    return verb.engines().run(dump_flow)
 
 
 @app.command("verify-restore", rich_help_panel=BACKUPS)
@@ -76,16 +70,14 @@ def verify_restore(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOp
 
     Example: pgha verify-restore --set 20260301-020000F
     """
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("verify-restore", spec_file, scope).warm()
     from flows.verify import preflight
     from flows.verify import verify_restore as verify_flow
 
-    require_engines(spec)
+    verb.engines()
     with checks() as check:
-        check(preflight, spec, label)
-        result = run_flow(verify_flow, spec, label=label)
-    return Done(result, spec)
+        check(preflight, verb.spec, label)
+        return verb.run(verify_flow, label=label)
 
 
 @app.command(rich_help_panel=BACKUPS)
@@ -112,12 +104,11 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
         raise UsageError("--in-place stops the live cluster and replaces its data; add --yes to confirm")
     if not in_place and not (into or into_spec):
         raise UsageError("say where to restore: --into SCOPE (a new cluster) or --in-place --yes")
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("restore", spec_file, scope).warm()
     from flows.restore import preflight, target_spec
     from flows.restore import restore as restore_flow
 
-    require_engines(spec)
+    spec = verb.engines().spec
     new_spec = None if in_place else target_spec(spec, into, load_spec(into_spec) if into_spec else None)
     when = target.isoformat()  # what the flow gets, so its preflight call is the same one
     with checks() as check:

@@ -15,6 +15,7 @@ from cli.core import (
     Done,
     ScopeOpt,
     SpecOpt,
+    Verb,
     WaitOpt,
     app,
     checks,
@@ -88,17 +89,16 @@ def down(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     """
     from stack.teardown import confirm_refusal
 
-    spec = resolve_spec(spec_file, scope)
+    verb = Verb.open("down", spec_file, scope, wait)
+    spec = verb.spec
     confirm = spec.scope if yes else ""
     if (why := confirm_refusal(spec.scope, volumes, purge_backups, confirm)) is not None:
         raise UsageError(why)  # before any flow or engine call: nothing changes
-    warm()
+    verb.warm()
     from flows.teardown import teardown
 
-    require_engines(spec)
-    result = run_flow(teardown, spec, volumes=volumes, wait_seconds=wait, purge_backups=purge_backups,
-                      confirm=confirm)
-    return Done(result, spec)
+    return verb.engines().run(teardown, volumes=volumes, wait_seconds=wait, purge_backups=purge_backups,
+                              confirm=confirm)
 
 
 def _green_in_progress(spec: ClusterSpec) -> ClusterSpec | None:

@@ -204,6 +204,58 @@ def run_flow(flow: Callable[..., R], *args: Any, tags: Sequence[str] = (), **kwa
         return flow(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class Verb:
+    """What every verb that runs a flow shares: the spec it acts on, the checks before its flow,
+    and the flow run that makes its `Done`.
+
+    `Verb.open` resolves the spec (`resolve_spec`); each check is a method returning the verb, called
+    in the order that verb needs: `warm` (start the ephemeral API now, to get ready while the rest
+    runs; a verb that should spawn nothing on a plain mistake warms after its checks), `engines`
+    (every Docker engine answers), `answers` (a Patroni node answers), `not_busy` (no other mutating
+    flow holds the cluster; skipped with --wait, where the flow waits for the lock itself).
+    """
+
+    spec: ClusterSpec
+    name: str
+    wait: float = 0.0
+
+    @classmethod
+    def open(cls, name: str, spec_file: Path | None, scope: str | None, wait: float = 0.0) -> Verb:
+        return cls(resolve_spec(spec_file, scope), name, wait)
+
+    def warm(self) -> Verb:
+        warm()
+        return self
+
+    def engines(self) -> Verb:
+        require_engines(self.spec)
+        return self
+
+    def answers(self) -> Verb:
+        from tasks import patroni
+
+        patroni.cluster_view(self.spec)  # PatroniError (one line) when no node answers
+        return self
+
+    def not_busy(self) -> Verb:
+        """Refuse at once (one line, before any flow run) when another mutating flow holds the cluster.
+
+        The flow takes the lock itself; this only spares the user a failed flow run.
+        """
+        if self.wait > 0:
+            return self
+        from tasks.host.lock import mutating
+
+        with mutating(self.spec.scope, f"pgha {self.name} (pre-check)", wait_seconds=0):
+            pass
+        return self
+
+    def run(self, flow: Callable[..., R], *args: Any, tags: Sequence[str] = (), **kwargs: Any) -> Done[R]:
+        """The flow run on this verb's spec (first argument), as the verb's `Done`."""
+        return Done(run_flow(flow, self.spec, *args, tags=tags, **kwargs), self.spec)
+
+
 @contextmanager
 def checks() -> Iterator[Callable[..., Any]]:
     """`check(fn, *args)`: a flow's preflight run once (`flows.steps.preflight_once`), before the flow.

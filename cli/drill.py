@@ -16,6 +16,7 @@ from cli.core import (
     JsonOpt,
     ScopeOpt,
     SpecOpt,
+    Verb,
     WaitOpt,
     app,
     command,
@@ -44,18 +45,16 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
 
     Example: pgha drill hard-kill --heal-timeout 300
     """
-    spec = resolve_spec(spec_file, scope)
+    verb = Verb.open("drill", spec_file, scope, wait)
     try:
-        spec_host_target(spec, kind, host)  # a bad --host: one line, before any API or engine is asked
+        spec_host_target(verb.spec, kind, host)  # a bad --host: one line, before any API or engine is asked
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    warm()
+    verb.warm()
     from flows.drill import drill as drill_flow
 
-    require_engines(spec)
-    result = run_flow(drill_flow, spec, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
-                      wait_seconds=wait, seconds=seconds, host=host, tags=("pgha", "health"))
-    return Done(result, spec)
+    return verb.engines().run(drill_flow, kind, to=to, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
+                              wait_seconds=wait, seconds=seconds, host=host, tags=("pgha", "health"))
 
 
 @app.command("audit", rich_help_panel=HEALTH)

@@ -30,6 +30,7 @@ from cli.core import (
     JsonOpt,
     ScopeOpt,
     SpecOpt,
+    Verb,
     WaitOpt,
     app,
     checks,
@@ -66,16 +67,14 @@ def restart(member: str | None = typer.Argument(None, help="the Patroni member t
     """
     if (member is None) == (not all_members):
         raise UsageError("give exactly one of MEMBER or --all")
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("restart", spec_file, scope, wait).engines()
     from flows.restart import check
 
-    check(spec, member)
-    _not_busy(spec, wait, "restart")
-    warm()
+    check(verb.spec, member)
+    verb.not_busy().warm()
     from flows.restart import restart as restart_flow
 
-    return Done(run_flow(restart_flow, spec, member=member, wait_seconds=wait), spec)
+    return verb.run(restart_flow, member=member, wait_seconds=wait)
 
 
 @app.command(rich_help_panel=DAY_TWO)
@@ -88,19 +87,17 @@ def reinit(member: str = typer.Argument(..., help="the replica to rebuild (pg-N)
 
     Example: pgha reinit pg-3 --yes
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("reinit", spec_file, scope, wait).engines()
     from flows.reinit import check
 
-    check(spec, member)
+    check(verb.spec, member)
     if not yes:
         raise UsageError(f"reinit wipes {member}'s data directory and clones it again from the leader; "
                          "add --yes to confirm")
-    _not_busy(spec, wait, "reinit")
-    warm()
+    verb.not_busy().warm()
     from flows.reinit import reinit as reinit_flow
 
-    return Done(run_flow(reinit_flow, spec, member=member, wait_seconds=wait), spec)
+    return verb.run(reinit_flow, member=member, wait_seconds=wait)
 
 
 @app.command(name="recover-from-delayed", rich_help_panel=DAY_TWO)
@@ -116,16 +113,14 @@ def recover_from_delayed(table: str = typer.Option(..., "--table", help="the dro
 
     Example: pgha recover-from-delayed --table public.orders --db shop
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("recover-from-delayed", spec_file, scope, wait).engines()
     from flows.recover_delayed import preflight
     from flows.recover_delayed import recover_from_delayed as recover_flow
 
     with checks() as check:
-        check(preflight, spec, table, db, source)  # refusals are one line, before the flow starts
-        _not_busy(spec, wait, "recover-from-delayed")
-        warm()
-        return Done(run_flow(recover_flow, spec, table=table, database=db, source=source, wait_seconds=wait), spec)
+        check(preflight, verb.spec, table, db, source)  # refusals are one line, before the flow starts
+        verb.not_busy().warm()
+        return verb.run(recover_flow, table=table, database=db, source=source, wait_seconds=wait)
 
 
 @app.command(rich_help_panel=DAY_TWO)
@@ -136,14 +131,10 @@ def pause(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: 
 
     Example: pgha pause --wait 60
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
-    _answers(spec)
-    _not_busy(spec, wait, "pause")
-    warm()
+    verb = Verb.open("pause", spec_file, scope, wait).engines().answers().not_busy().warm()
     from flows.maintenance import pause as pause_flow
 
-    return Done(run_flow(pause_flow, spec, wait_seconds=wait), spec)
+    return verb.run(pause_flow, wait_seconds=wait)
 
 
 @app.command(rich_help_panel=DAY_TWO)
@@ -154,14 +145,10 @@ def resume(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait:
 
     Example: pgha resume
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
-    _answers(spec)
-    _not_busy(spec, wait, "resume")
-    warm()
+    verb = Verb.open("resume", spec_file, scope, wait).engines().answers().not_busy().warm()
     from flows.maintenance import resume as resume_flow
 
-    return Done(run_flow(resume_flow, spec, wait_seconds=wait), spec)
+    return verb.run(resume_flow, wait_seconds=wait)
 
 
 # ---- tls: pgha certs rotate ----
@@ -169,17 +156,13 @@ certs_app = typer.Typer(help="The cluster's TLS certificates, issued by its own 
 app.add_typer(certs_app, name="certs", rich_help_panel=DAY_TWO)
 
 
-def _certs_ready(spec_file: Path | None, scope: str | None, wait: float, verb: str) -> ClusterSpec:
+def _certs_ready(spec_file: Path | None, scope: str | None, wait: float, name: str) -> Verb:
     """The checks `certs rotate` and `certs renew` share, before any flow starts."""
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open(name, spec_file, scope, wait).engines()
     from flows.certs import check
 
-    check(spec)
-    _answers(spec)
-    _not_busy(spec, wait, verb)
-    warm()
-    return spec
+    check(verb.spec)
+    return verb.answers().not_busy().warm()
 
 
 @certs_app.command("rotate")
@@ -190,10 +173,10 @@ def certs_rotate(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     Example: pgha certs rotate
     """
-    spec = _certs_ready(spec_file, scope, wait, "certs rotate")
+    verb = _certs_ready(spec_file, scope, wait, "certs rotate")
     from flows.certs import certs_rotate as rotate_flow
 
-    return Done(run_flow(rotate_flow, spec, wait_seconds=wait), spec)
+    return verb.run(rotate_flow, wait_seconds=wait)
 
 
 @certs_app.command("renew")
@@ -207,31 +190,11 @@ def certs_renew(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, 
 
     Example: pgha certs renew --within-days 60
     """
-    spec = _certs_ready(spec_file, scope, wait, "certs renew")
+    verb = _certs_ready(spec_file, scope, wait, "certs renew")
     from flows.certs import certs_renew as renew_flow
 
-    return Done(run_flow(renew_flow, spec, within_days=within_days, wait_seconds=wait), spec)
+    return verb.run(renew_flow, within_days=within_days, wait_seconds=wait)
 # ---- end tls ----
-
-
-def _not_busy(spec: ClusterSpec, wait: float, verb: str) -> None:
-    """Refuse at once (one line, before any flow run) when another mutating flow holds the cluster.
-
-    The flow takes the lock itself; this only spares the user a failed flow run. With --wait
-    the flow waits for the lock instead.
-    """
-    if wait > 0:
-        return
-    from tasks.host.lock import mutating
-
-    with mutating(spec.scope, f"pgha {verb} (pre-check)", wait_seconds=0):
-        pass
-
-
-def _answers(spec: ClusterSpec) -> None:
-    from tasks import patroni
-
-    patroni.cluster_view(spec)  # PatroniError (one line) when no node answers
 
 
 def _members(spec: ClusterSpec) -> list[str]:

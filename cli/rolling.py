@@ -16,6 +16,7 @@ from cli.core import (
     JsonOpt,
     ScopeOpt,
     SpecOpt,
+    Verb,
     app,
     checks,
     command,
@@ -78,12 +79,11 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         raise UsageError("give exactly one of --image TAG or --updates security")
     if image is not None and not image.strip():
         raise UsageError("--image must name an image tag")
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("upgrade", spec_file, scope).warm()
     from flows.upgrade import upgrade as upgrade_flow
     from flows.upgrade import upgrade_preflight
 
-    require_engines(spec)
+    spec = verb.engines().spec
     target = image or ""
     if updates is not None:
         from tasks.images import ensure_image
@@ -96,8 +96,7 @@ def upgrade(image: str | None = typer.Option(None, "--image", help="target node 
         # interrupted upgrade is resumed first by the flow, which judges the cluster after that.
         if not (cluster_dir(spec.scope) / "upgrade-pending.json").exists():
             check(upgrade_preflight, spec, target)
-        result = run_flow(upgrade_flow, spec, image=target, node_timeout_s=node_timeout)
-    return Done(result, spec)
+        return verb.run(upgrade_flow, image=target, node_timeout_s=node_timeout)
 
 
 def _major(major: str | None, rollback: bool, finish: bool, yes: bool, replica_identity_full: bool,
@@ -185,20 +184,18 @@ def config_reset(keys: list[str] = typer.Argument(..., help="PostgreSQL paramete
 
 def _run_config(params: dict[str, str], spec_file: Path | None, scope: str | None,
                 no_restart: bool) -> Done[ConfigSetResult]:
-    spec = resolve_spec(spec_file, scope)
-    warm()
+    verb = Verb.open("config set", spec_file, scope).warm()
     from flows.config import config_set as config_flow
     from flows.config import validate
     from tasks.patroni import cluster_view
 
-    require_engines(spec)
+    verb.engines()
     with checks() as check:
         # Refuse a parameter before paying the flow's start-up.
         # Without a leader the flow's own health check says what is wrong.
-        if cluster_view(spec).leader() is not None:
-            check(validate, spec, params)
-        result = run_flow(config_flow, spec, parameters=params, restart=not no_restart)
-    return Done(result, spec)
+        if cluster_view(verb.spec).leader() is not None:
+            check(validate, verb.spec, params)
+        return verb.run(config_flow, parameters=params, restart=not no_restart)
 
 
 @app.command(rich_help_panel=CHANGES)
@@ -212,13 +209,12 @@ def scale(nodes: int = typer.Option(..., "--nodes", min=1, max=9, help="number o
     """
     from stack.scale import scaled_spec
 
-    spec = resolve_spec(spec_file, scope)
-    scaled_spec(spec, nodes)  # over hosts: a count the hosts cannot hold is refused before any start-up
-    warm()
+    verb = Verb.open("scale", spec_file, scope)
+    scaled_spec(verb.spec, nodes)  # over hosts: a count the hosts cannot hold is refused before any start-up
+    verb.warm()
     from flows.scale import scale as scale_flow
 
-    require_engines(spec)
-    return Done(run_flow(scale_flow, spec, nodes=nodes), spec)
+    return verb.engines().run(scale_flow, nodes=nodes)
 
 
 @etcd_app.command("replace")
@@ -230,12 +226,11 @@ def etcd_replace(member: str = typer.Argument(..., help="etcd member to replace,
 
     Example: pgha etcd replace etcd-2
     """
-    spec = resolve_spec(spec_file, scope)
-    if member not in spec.etcd_names():
-        raise UsageError(f"'{member}' is not an etcd member of {spec.scope}; choose one of "
-                         f"{', '.join(spec.etcd_names())}")
-    warm()
+    verb = Verb.open("etcd replace", spec_file, scope)
+    if member not in verb.spec.etcd_names():
+        raise UsageError(f"'{member}' is not an etcd member of {verb.spec.scope}; choose one of "
+                         f"{', '.join(verb.spec.etcd_names())}")
+    verb.warm()
     from flows.etcd_replace import etcd_replace as replace_flow
 
-    require_engines(spec)
-    return Done(run_flow(replace_flow, spec, member=member), spec)
+    return verb.engines().run(replace_flow, member=member)

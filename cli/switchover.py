@@ -13,14 +13,11 @@ from cli.core import (
     JsonOpt,
     ScopeOpt,
     SpecOpt,
+    Verb,
     WaitOpt,
     app,
     checks,
     command,
-    require_engines,
-    resolve_spec,
-    run_flow,
-    warm,
 )
 from stack.results import SwitchoverResult
 
@@ -34,12 +31,11 @@ def switchover(to: str | None = typer.Option(None, "--to", help="the replica to 
 
     Example: pgha switchover --to pg-2
     """
-    spec = resolve_spec(spec_file, scope)
+    verb = Verb.open("switchover", spec_file, scope, wait)
     from flows.switchover import preflight
     from flows.switchover import switchover as switchover_flow
 
-    require_engines(spec)
+    verb.engines()
     with checks() as check:
-        check(preflight, spec, to)  # refusals are one line, before the flow starts
-        warm()
-        return Done(run_flow(switchover_flow, spec, to=to, wait_seconds=wait), spec)
+        check(preflight, verb.spec, to)  # refusals are one line, before the flow starts
+        return verb.warm().run(switchover_flow, to=to, wait_seconds=wait)
