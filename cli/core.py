@@ -19,21 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from typer.core import TyperGroup  # noqa: E402
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
 
 try:  # Typer >= 0.2x carries its own copy of Click
-    from typer._click import exceptions as click_errors  # noqa: E402
+    from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older Typer on Click
-    from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: E402
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from cli.api import API  # noqa: E402
-from stack.errors import PghaError, UsageError, WaitTimeout  # noqa: E402
-from stack.spec import ClusterSpec, load_spec  # noqa: E402
-from tasks.host.lock import MAX_WAIT_SECONDS  # noqa: E402
+from cli.api import API
+from stack.errors import PghaError, UsageError, WaitTimeout
+from stack.spec import ClusterSpec, load_spec
+from tasks.host.lock import MAX_WAIT_SECONDS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,8 +72,11 @@ PANELS = (CLUSTER, DAY_TWO, BACKUPS, HEALTH, CHANGES, SUPPORT, SERVER, LAB)
 
 
 # Options whose value may be left out (`pgha upgrade --major` = `--major latest`): Typer cannot
-# declare one, so the word is supplied before Click parses. Verb modules register theirs.
-OPTIONAL_VALUES: dict[str, str] = {}
+# declare one, so the word is supplied before Click parses. Declared here, not by the verb's module
+# on import: importing a module changes no shared state.
+OPTIONAL_VALUES: dict[str, str] = {
+    "--major": "latest",  # `pgha upgrade --major` alone: the newest major pgha packages
+}
 
 
 def fill_optional_values(args: list[str]) -> list[str]:

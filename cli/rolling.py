@@ -11,7 +11,6 @@ from cli import render
 from cli.core import (
     CHANGES,
     DAY_TWO,
-    OPTIONAL_VALUES,
     Done,
     JsonOpt,
     ScopeOpt,
@@ -34,9 +33,6 @@ config_app = typer.Typer(no_args_is_help=True, help="Change PostgreSQL parameter
 app.add_typer(config_app, name="config", rich_help_panel=CHANGES)
 etcd_app = typer.Typer(no_args_is_help=True, help="etcd member maintenance.")
 app.add_typer(etcd_app, name="etcd", rich_help_panel=DAY_TWO)
-
-
-OPTIONAL_VALUES["--major"] = "latest"  # `pgha upgrade --major` alone: the newest major pgha packages
 
 
 class SecurityUpdates(StrEnum):

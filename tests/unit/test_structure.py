@@ -156,3 +156,34 @@ def test_docker_py_only_in_the_docker_adapter() -> None:
                 users.add(str(p.relative_to(ROOT)))
     assert users - DOCKER_ADAPTER - DOCKER_PY_TO_MOVE == set(), "docker-py outside the Docker adapter"
     assert DOCKER_PY_TO_MOVE <= users, f"moved behind the adapter, take it off the list: {DOCKER_PY_TO_MOVE - users}"
+
+
+def _module_level_effects(path: Path) -> list[str]:
+    """Module-level statements that change state when the module is imported: a call on its own line,
+    or an assignment into another object (`x[k] = v`, `x.y = v`). Definitions, imports, plain names and
+    the Typer sub-apps a CLI module registers on the shared app are not effects."""
+    found = []
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            f = node.value.func
+            if isinstance(f, ast.Attribute) and f.attr == "add_typer" and path.parts[-2] == "cli":
+                continue
+            found.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, (ast.Subscript, ast.Attribute)) for t in targets):
+                found.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_no_import_has_side_effects() -> None:
+    """Importing a module of cli, flows, tasks or stack changes no shared state (no environment, no other
+    module's tables); what a process needs set is set by its entry point (`cli.app.main`)."""
+    effects = []
+    for pkg in ("cli", "flows", "tasks", "stack"):
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            if p.name == "__main__.py" or "control" in p.relative_to(ROOT).parts[1:-1]:
+                continue  # an entry point runs on purpose; the control image's files run in its containers
+            effects += [f"{p.relative_to(ROOT)} {e}" for e in _module_level_effects(p)]
+    assert not effects, "a module changes state on import: " + "; ".join(effects)
