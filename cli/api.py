@@ -70,7 +70,7 @@ def spawn_api(server_env: dict[str, str], port: int, auth: str, log: IO[bytes]) 
     origin = importlib.util.find_spec("prefect").origin  # type: ignore[union-attr]
     assert origin is not None
     env = {**server_env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           "PREFECT_SERVER_API_AUTH_STRING": auth}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_AUTH_STRING": auth}
     return subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(os.getpid()), "--app-dir", str(Path(origin).parent.parent),
          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),

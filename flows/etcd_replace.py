@@ -7,38 +7,16 @@ keep a quorum throughout, so Patroni never loses its DCS.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from prefect import flow, task
+from prefect import flow
 
 from flows.steps.ops import current, mutating_flow, note
-from stack import topology
 from stack.errors import StateError
 from stack.results import EtcdReplaceResult
 from stack.rolling import etcd_replace_refusal
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, etcd
-from tasks._prefect import ONCE
-from tasks.host import tls as host_tls
-from tasks.host.state import config_dir
-
-
-@task(name="etcd-recreate-member", **ONCE)
-def recreate_member(spec: ClusterSpec, member: str, image: str) -> None:
-    """A fresh volume and a container that joins the existing raft group."""
-    engine = docker_hosts.engines(spec).of(member)
-    engine.remove_container(spec.container(member))
-    engine.remove_volume(spec.volume(member))
-    engine.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
-    initial = ",".join(f"{m}={etcd.peer_url(spec, m)}" for m in spec.etcd_names())
-    host_tls.install(spec, member)
-    planned = topology.etcd_member(spec, member, image, str(config_dir(spec.scope, member)))
-    cmd = [a for a in planned.container.command if not a.startswith(("--initial-cluster=", "--initial-cluster-state="))]
-    cmd += [f"--initial-cluster={initial}", "--initial-cluster-state=existing"]
-    # The label keeps the rendered definition's hash: with a data dir present etcd ignores the
-    # initial-cluster flags, so the rendered command is equivalent and `pgha up` leaves it alone.
-    engine.ensure_container(replace(planned.container, command=cmd))
+from tasks.members import recreate_etcd_member
 
 
 @flow(name="etcd-replace", description="Replace one etcd member, keeping quorum throughout.")
@@ -79,7 +57,7 @@ def etcd_replace(spec: ClusterSpec = ClusterSpec(), member: str = "etcd-1") -> E
 
     wait_for(f"etcd to accept {member} as a new member", add, bool, timeout=60, interval=1)
     note(f"{member} added back as a new member (fresh data)")
-    recreate_member(spec, member, image)
+    recreate_etcd_member(spec, member, image)
     etcd.wait_healthy(spec, timeout=90)
     new_id = etcd.member_ids(spec, via, members).get(member)
     note(f"{member} healthy again as member {new_id:x}" if new_id is not None else f"{member} healthy again")

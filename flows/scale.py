@@ -9,56 +9,21 @@ pool and HAProxy's config before it stops.
 
 from __future__ import annotations
 
-import shutil
-
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from flows.steps.cluster import require_healthy, store_spec, switchover, wait_healthy
 from flows.steps.converge import ensure_image_on_hosts
 from flows.steps.nodes import node_ctx, planned_node, take_out
 from flows.steps.ops import current, mutating_flow, note
-from stack import render
 from stack.errors import StateError
 from stack.results import ScaleResult
 from stack.rolling import plan_scale
 from stack.scale import scaled_spec
 from stack.spec import ClusterSpec
-from stack.wait import wait_for
-from tasks import config_volume, docker_engine, docker_hosts, etcd, haproxy, patroni
-from tasks._prefect import ONCE
+from tasks import docker_engine, docker_hosts, patroni
 from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
-
-
-@task(name="reload-haproxy", **ONCE)
-def reload_haproxy(spec: ClusterSpec) -> None:
-    """Write haproxy.cfg for `spec`, reload HAProxy in place and wait until it serves the new servers.
-
-    The container is not recreated, so its pgha.config label keeps the old hash; the next
-    `pgha up` recreates HAProxy once to match (docs/known-limits.md).
-    """
-    write_private(config_dir(spec.scope, spec.haproxy_member) / "haproxy.cfg", render.render_haproxy_cfg(spec))
-    haproxy.reload(spec)
-    want = set(spec.node_names())
-    # Many hosts: every host's HAProxy (clients may use any of them), not the first that answers.
-    wait_for("every HAProxy to serve the new server list",
-             lambda: {host: set(st.get("primary", {})) for host, st in haproxy.backend_states_each(spec).items()},
-             lambda got: all(servers == want for servers in got.values()), timeout=30, interval=0.3,
-             describe=lambda got: "; ".join(f"{h}: {', '.join(sorted(s)) or 'no answer'}" for h, s in got.items()))
-
-
-@task(name="remove-node", **ONCE)
-def remove_node(spec: ClusterSpec, member: str) -> None:
-    """Stop a node that is out of service, delete its container, data volume, config and member key."""
-    engine = docker_hosts.engines(spec).of(member)
-    name = spec.container(member)
-    if engine.find_container(name) is not None:
-        engine.stop(name, timeout=60)
-        engine.remove_container(name)
-    engine.remove_volume(spec.volume(member))
-    engine.remove_volume(config_volume.volume_name(name))  # many hosts: its config volume (none otherwise)
-    shutil.rmtree(config_dir(spec.scope, member), ignore_errors=True)
-    etcd.delete_member_key(spec, member)  # at once, instead of waiting out its TTL
+from tasks.members import reload_haproxy, remove_node
 
 
 def running_nodes(spec: ClusterSpec) -> list[str]:
