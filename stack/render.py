@@ -56,16 +56,18 @@ def scheme(spec: ClusterSpec) -> str:
     return "https" if spec.tls.enabled else "http"
 
 
-def etcd_tls_flags() -> list[str]:
-    """Client and peer TLS, both requiring a certificate signed by the cluster CA."""
+def etcd_tls_flags(spec: ClusterSpec, peer_cn: bool = True) -> list[str]:
+    """Client and peer TLS, both requiring a certificate signed by the cluster CA; peers present etcd's
+    own peer certificate and, with `peer_cn`, etcd accepts no other common name from a peer (off only
+    while an older cluster's members move to the peer certificate one at a time: `tasks.host.tls`)."""
     return [
         f"--cert-file={tls.CERT}", f"--key-file={tls.KEY}", f"--trusted-ca-file={tls.CA}", "--client-cert-auth",
-        f"--peer-cert-file={tls.CERT}", f"--peer-key-file={tls.KEY}", f"--peer-trusted-ca-file={tls.CA}",
-        "--peer-client-cert-auth",
+        f"--peer-cert-file={tls.PEER_CERT}", f"--peer-key-file={tls.PEER_KEY}", f"--peer-trusted-ca-file={tls.CA}",
+        "--peer-client-cert-auth", *([f"--peer-cert-allowed-cn={tls.peer_cn(spec.scope)}"] if peer_cn else []),
     ]
 
 
-def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
+def etcd_command(spec: ClusterSpec, member: str, peer_cn: bool = True) -> list[str]:
     """etcd's flags for one member. The initial-cluster flags only matter on first start."""
     host = config_token(spec.address(member), "address")  # many hosts: the host's address (host networking)
     sch = scheme(spec)
@@ -87,7 +89,7 @@ def etcd_command(spec: ClusterSpec, member: str) -> list[str]:
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=1h",
         f"--quota-backend-bytes={ETCD_QUOTA_BYTES}",
-        *(etcd_tls_flags() if spec.tls.enabled else []),
+        *(etcd_tls_flags(spec, peer_cn) if spec.tls.enabled else []),
     ]
 
 

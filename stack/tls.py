@@ -10,6 +10,9 @@ it: clients that trust the CA keep working across a rotation). Leaves are valid 
   (server and client auth: etcd peers and Patroni-to-etcd use it as their client certificate).
   Its SANs name every container a cluster can have, `localhost` and 127.0.0.1 (the host reaches
   PostgreSQL through HAProxy's ports on 127.0.0.1), so `sslmode=verify-full` works from both.
+- `peer`: etcd's peer certificate (its members' raft connections to each other), held by the etcd
+  members only. etcd accepts a peer only with this common name (`--peer-cert-allowed-cn`), so the
+  member certificate a Patroni node holds cannot join or talk to the raft group as a peer.
 - `client`: pgha's own client certificate (etcdctl from the host-side tasks). With etcd auth on
   (`stack.etcd_auth`) its common name is an etcd user with the root role: only the etcd members,
   where pgha runs etcdctl, hold it.
@@ -40,13 +43,14 @@ CA_FILES = ("ca.crt", "ca.key")  # ca.key stays on the host, never mounted
 BASE_LEAVES = ("member.crt", "member.key", "client.crt", "client.key")
 GATEWAY_LEAVES = ("gateway.crt", "gateway.key")
 POOLER_LEAVES = ("pooler.crt", "pooler.key")
-LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES, *POOLER_LEAVES)
+PEER_LEAVES = ("peer.crt", "peer.key")
+LEAF_FILES = (*BASE_LEAVES, *GATEWAY_LEAVES, *POOLER_LEAVES, *PEER_LEAVES)
 MOUNTED_FILES = ("ca.crt", *LEAF_FILES)
 # What each role's config directory receives (and nothing else: a file of another role found
 # there is removed by `tasks.host.tls.install`). HAProxy only verifies servers; the pooler verifies
 # its server (through HAProxy) and presents its own certificate to its clients.
 ROLE_FILES: dict[str, tuple[str, ...]] = {
-    "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key"),  # pgha's etcdctl runs there
+    "etcd": ("ca.crt", "member.crt", "member.key", "client.crt", "client.key", *PEER_LEAVES),  # pgha's etcdctl runs there
     "patroni": ("ca.crt", "member.crt", "member.key", *GATEWAY_LEAVES),
     "haproxy": ("ca.crt",),
     "pooler": ("ca.crt", *POOLER_LEAVES),
@@ -62,6 +66,8 @@ CERT = f"{RUN_DIR}/member.crt"
 KEY = f"{RUN_DIR}/member.key"
 CLIENT_CERT = f"{RUN_DIR}/client.crt"
 CLIENT_KEY = f"{RUN_DIR}/client.key"
+PEER_CERT = f"{RUN_DIR}/peer.crt"
+PEER_KEY = f"{RUN_DIR}/peer.key"
 GATEWAY_CERT = f"{RUN_DIR}/gateway.crt"
 GATEWAY_KEY = f"{RUN_DIR}/gateway.key"
 POOLER_CERT = f"{RUN_DIR}/pooler.crt"
@@ -77,6 +83,11 @@ ROOT_MEMBER_KEY = f"{MOUNT_DIR}/member.key"
 def client_cn(scope: str) -> str:
     """The common name of pgha's client certificate: its etcd user name (CN-based auth)."""
     return f"{scope} pgha client"
+
+
+def peer_cn(scope: str) -> str:
+    """The common name of etcd's peer certificate: the only one etcd accepts from a peer."""
+    return f"{scope} etcd peer"
 
 
 def member_names(spec: ClusterSpec) -> list[str]:
@@ -177,7 +188,16 @@ def make_leaves(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
                                    ["127.0.0.1", "::1", *host_ips], spec.tls.days)
     client_crt, client_key = issue(ca_files, client_cn(spec.scope), [], [], spec.tls.days)
     return {"member.crt": member_crt, "member.key": member_key, "client.crt": client_crt, "client.key": client_key,
-            **make_gateway_leaf(spec, ca_files), **make_pooler_leaf(spec, ca_files)}
+            **make_gateway_leaf(spec, ca_files), **make_pooler_leaf(spec, ca_files), **make_peer_leaf(spec, ca_files)}
+
+
+def make_peer_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
+    """etcd's peer certificate (`peer_cn`): server and client auth, for every etcd container name and,
+    with hosts, every host's address (a peer URL names one of them)."""
+    host_dns, host_ips = split_names([h.address for h in spec.hosts or []])
+    names = [spec.container(f"etcd-{i}") for i in range(1, MAX_MEMBERS + 1)] + host_dns + ["localhost"]
+    crt, key = issue(ca_files, peer_cn(spec.scope), names, ["127.0.0.1", "::1", *host_ips], spec.tls.days)
+    return {"peer.crt": crt, "peer.key": key}
 
 
 def make_gateway_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
@@ -197,7 +217,7 @@ def make_pooler_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, s
 
 # Leaves added after the first clusters were made: issued alone for such a cluster (`tasks.host.tls`),
 # since new member and client certificates would mean a rotation.
-LATER_LEAVES = {GATEWAY_LEAVES: make_gateway_leaf, POOLER_LEAVES: make_pooler_leaf}
+LATER_LEAVES = {GATEWAY_LEAVES: make_gateway_leaf, POOLER_LEAVES: make_pooler_leaf, PEER_LEAVES: make_peer_leaf}
 
 
 @dataclass(frozen=True)
@@ -216,7 +236,7 @@ def cert_info(name: str, pem: str) -> CertInfo:
     return CertInfo(name, c.not_valid_after_utc, c.serial_number)
 
 
-LEAVES = ("member.crt", "client.crt", "pooler.crt")
+LEAVES = ("member.crt", "client.crt", "pooler.crt", "peer.crt")
 CA_WARN_DAYS = 365  # a new CA means new trust for every client: warn a year ahead
 CA_CRITICAL_DAYS = 30
 

@@ -162,9 +162,11 @@ def etcdctl_tls(spec: ClusterSpec) -> list[str]:
 # ---- end tls ----
 
 
-def etcd_member(spec: ClusterSpec, member: str, image: str, conf_dir: str | None = None) -> Planned:
-    """An etcd member; `conf_dir` holds its TLS files (mounted at /etc/pgha; needed when spec.tls is on)."""
-    cmd = render.etcd_command(spec, member)
+def etcd_member(spec: ClusterSpec, member: str, image: str, conf_dir: str | None = None,
+                peer_cn: bool = True) -> Planned:
+    """An etcd member; `conf_dir` holds its TLS files (mounted at /etc/pgha; needed when spec.tls is on);
+    `peer_cn`: etcd accepts only its peer certificate's common name from a peer (`render.etcd_tls_flags`)."""
+    cmd = render.etcd_command(spec, member, peer_cn)
     start = tls_start(spec, "etcd", Role.ETCD.value, cmd)
     health = ["etcdctl", "--command-timeout=2s", *etcdctl_tls(spec)]
     if spec.tls.enabled:

@@ -58,7 +58,8 @@ def recreate_etcd_member(spec: ClusterSpec, member: str, image: str) -> None:
     engine.ensure_volume(spec.scope, "etcd", member, spec.volume(member))
     initial = ",".join(f"{m}={etcd.peer_url(spec, m)}" for m in spec.etcd_names())
     host_tls.install(spec, member)
-    planned = topology.etcd_member(spec, member, image, str(config_dir(spec.scope, member)))
+    planned = topology.etcd_member(spec, member, image, str(config_dir(spec.scope, member)),
+                                   host_tls.peer_cn_enforced(spec, etcd_live=True))
     cmd = [a for a in planned.container.command if not a.startswith(("--initial-cluster=", "--initial-cluster-state="))]
     cmd += [f"--initial-cluster={initial}", "--initial-cluster-state=existing"]
     # The label keeps the rendered definition's hash: with a data dir present etcd ignores the

@@ -159,17 +159,18 @@ def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
 
 
 @task(name="ensure-member", **SIDE_EFFECT)
-def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
+def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
     """Render the member's config files (0600, passwords inside) and make its container run."""
-    return place_member(spec, role, member, image, subnet)
+    return place_member(spec, role, member, image, subnet, peer_cn)
 
 
-def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str) -> str:
-    """`ensure_member`'s body, for tasks that place a member as one step of their own."""
+def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
+    """`ensure_member`'s body, for tasks that place a member as one step of their own (`peer_cn`: etcd's
+    peer check, `tasks.host.tls.peer_cn_enforced`)."""
     conf = str(config_dir(spec.scope, member))
     host_tls.install(spec, member)  # spec.tls: the CA and certificates in the member's config dir
     if role == "etcd":
-        planned = topology.etcd_member(spec, member, image, conf)
+        planned = topology.etcd_member(spec, member, image, conf, peer_cn)
     elif role == "patroni":
         planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
     elif role == "fencer":
@@ -330,15 +331,24 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     eng = docker_hosts.engines(spec)
     outcomes: dict[str, str] = {}
     # Members of one role are independent: create them concurrently (thread task runner).
-    if any(eng.of(m).find_container(spec.container(m)) is not None for m in spec.etcd_names()):
+    live = any(eng.of(m).find_container(spec.container(m)) is not None for m in spec.etcd_names())
+    peer_cn = host_tls.peer_cn_enforced(spec, live)
+    if live:
         # A live etcd cluster (a changed limit recreates members): one member at a time, quorum kept.
-        for m in spec.etcd_names():
-            outcomes[m] = ensure_member(spec, "etcd", m, image, subnet)
-            etcd.wait_healthy(spec)
+        # An older one moves to the peer certificate first, then switches the peer check on.
+        for step in ([False, True] if not peer_cn else [True]):
+            for m in spec.etcd_names():
+                outcomes[m] = ensure_member(spec, "etcd", m, image, subnet, step)
+                etcd.wait_healthy(spec)
+            if spec.tls.enabled and not step:
+                host_tls.mark_peer_cn(spec)
+                log.info("etcd: every member presents the peer certificate; the peer check goes on member by member")
     else:
         etcd_runs = {m: ensure_member.submit(spec, "etcd", m, image, subnet) for m in spec.etcd_names()}
         outcomes.update({m: f.result() for m, f in etcd_runs.items()})
     etcd.wait_healthy(spec)
+    if spec.tls.enabled and peer_cn:
+        host_tls.mark_peer_cn(spec)
     # etcd's users, roles and authentication before any Patroni node is placed with its password.
     auth = etcd.ensure_auth(spec)
     log.info("etcd authentication: %s", auth.value)

@@ -84,6 +84,26 @@ def renew(spec: ClusterSpec) -> dict[str, str]:
         return leaves
 
 
+def peer_cn_marker(scope: str) -> Path:
+    """Present once every etcd member of the cluster presents etcd's peer certificate (`stack.tls`)."""
+    return tls_dir(scope) / "etcd-peer-cn-on"
+
+
+def peer_cn_enforced(spec: ClusterSpec, etcd_live: bool) -> bool:
+    """Whether etcd may accept only the peer certificate's common name from a peer now.
+
+    Yes for a new etcd (no member runs yet), a single member (no peer), or once the marker says every
+    member presents the peer certificate. No for the members of an older multi-member etcd that still
+    present the member certificate: each is recreated with the peer certificate first (etcd accepts
+    any certificate of the CA from a peer meanwhile), then the check is switched on member by member.
+    """
+    return not etcd_live or len(spec.etcd_names()) == 1 or peer_cn_marker(spec.scope).exists()
+
+
+def mark_peer_cn(spec: ClusterSpec) -> None:
+    write_private(peer_cn_marker(spec.scope), "every etcd member presents the peer certificate\n")
+
+
 def member_role(spec: ClusterSpec, member: str) -> str:
     """The role of a member by its name (`fencer-<host>` with hosts is a fencer)."""
     if member in spec.etcd_names():

@@ -100,9 +100,36 @@ def test_each_role_holds_only_the_keys_it_uses(engine: docker.DockerClient, clus
     assert tls_files(engine, cluster, "fencer") == {"ca.crt", "gateway.crt", "gateway.key"}
     for m in ("pg-1", "pg-2"):
         assert tls_files(engine, cluster, m) == {"ca.crt", "member.crt", "member.key", "gateway.crt", "gateway.key"}
-    assert tls_files(engine, cluster, "etcd-1") == {"ca.crt", "member.crt", "member.key", "client.crt", "client.key"}
+    assert tls_files(engine, cluster, "etcd-1") == {"ca.crt", "member.crt", "member.key", "client.crt", "client.key",
+                                                    "peer.crt", "peer.key"}
     code, out = run(engine, cluster, "etcd-1", ["ls", "/etc/pgha"])
     assert "etcd-auth" not in out or run(engine, cluster, "etcd-1", ["ls", "/etc/pgha/etcd-auth"])[1].strip() == ""
+
+
+# Run with python3 in a container: a TLS handshake with etcd's peer port (2380) presenting a client
+# certificate, then GET /version; prints the HTTP status, or the handshake's error.
+PEER_PROBE = r"""
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="/etc/pgha/tls/ca.crt")
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+try:
+    print(urllib.request.urlopen(sys.argv[1] + "/version", context=ctx, timeout=5).status)
+except Exception as e:
+    print("refused:", type(e).__name__, str(e)[:160])
+"""
+
+
+def test_only_etcd_members_can_talk_to_etcd_as_a_peer(engine: docker.DockerClient, cluster: Cluster) -> None:
+    """etcd's peer port accepts only etcd's own peer certificate: a Patroni node presenting the member
+    certificate it holds (same CA) is refused in the handshake, an etcd member presenting its peer
+    certificate is served."""
+    url = f"https://{cluster.container('etcd-1')}:2380"
+    code, out = run(engine, cluster, "pg-1", ["python3", "-c", PEER_PROBE, url, "/etc/pgha/tls/member.crt",
+                                              "/etc/pgha/tls/member.key"])
+    assert code == 0 and out.startswith("refused:"), out
+    code, out = run(engine, cluster, "etcd-1", ["python3", "-c", PEER_PROBE, url, "/etc/pgha/tls/peer.crt",
+                                                "/etc/pgha/tls/peer.key"])
+    assert code == 0 and out.strip() == "200", out
 
 
 def test_only_patroni_and_pgha_may_write_the_clusters_keys(engine: docker.DockerClient, cluster: Cluster) -> None:

@@ -188,3 +188,35 @@ def test_a_cluster_older_than_the_pooler_certificate_gets_it_alone(tmp_path: Pat
         {f: first[f] for f in tls.BASE_LEAVES + tls.GATEWAY_LEAVES}  # no rotation
     assert again["pooler.crt"] != first["pooler.crt"] and (tmp_path / "old" / "tls" / "pooler.key").exists()
     assert "pooler.crt" in {i.name for i in host_tls.certificates(spec)}
+
+
+def test_etcd_peers_present_their_own_certificate_and_accept_no_other(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd's peer certificate is its own (common name `<scope> etcd peer`, held by etcd members only);
+    etcd accepts no other common name from a peer, except while an older multi-member etcd moves to it."""
+    from tasks.host import tls as host_tls
+
+    monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
+    spec = parse_spec({"scope": "peers", "etcd_members": 3})
+    flags = render.etcd_command(spec, "etcd-2")
+    assert f"--peer-cert-file={tls.PEER_CERT}" in flags and f"--peer-key-file={tls.PEER_KEY}" in flags
+    assert "--peer-cert-allowed-cn=peers etcd peer" in flags and f"--cert-file={tls.CERT}" in flags
+    assert not any(f.startswith("--peer-cert-allowed-cn") for f in render.etcd_command(spec, "etcd-2", peer_cn=False))
+    files = host_tls.material(spec)
+    peer = x509.load_pem_x509_certificate(files["peer.crt"].encode())
+    assert peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "peers etcd peer"
+    sans = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "peers-etcd-1" in sans and "peers-pg-1" not in sans
+    assert "peer.key" in tls.ROLE_FILES["etcd"]
+    assert not [r for r, fs in tls.ROLE_FILES.items() if r != "etcd" and "peer.key" in fs]
+    # The move of an older etcd: off while members still present the member certificate, then on.
+    assert host_tls.peer_cn_enforced(spec, etcd_live=False)  # a new etcd: on from the start
+    assert not host_tls.peer_cn_enforced(spec, etcd_live=True)
+    assert host_tls.peer_cn_enforced(parse_spec({"scope": "peers", "etcd_members": 1}), etcd_live=True)  # no peer
+    host_tls.mark_peer_cn(spec)
+    assert host_tls.peer_cn_enforced(spec, etcd_live=True)
+    # A cluster made before the peer certificate gets it alone (no rotation of the others).
+    for f in tls.PEER_LEAVES:
+        (tmp_path / "peers" / "tls" / f).unlink()
+    again = host_tls.material(spec)
+    assert again["member.crt"] == files["member.crt"] and again["peer.crt"] != files["peer.crt"]
