@@ -9,9 +9,12 @@ reports). Then the newest backup is restored and verified in a scratch container
 
 The nightly backup against the full (backup.block_incremental, on by default): after each
 full, 1 % of pgbench_accounts' rows (a contiguous range of aid, about 1 % of its pages) is
-updated and a diff backup (the nightly schedule's type) is taken; its time and stored bytes are
-compared with the full's, and the verified restore of the last diff (the chain: the full's
-blocks and the diff's) with the last full's.
+updated and a diff backup (the nightly schedule's type) is taken; its time, stored bytes and the
+bytes of changed files it read (pgBackRest's `delta`) are compared with the full's. An incr with
+nothing changed since gives a backup's fixed cost; the time of a `pgbackrest check` is printed
+beside it (the backup flow ran one before every backup until its own archive check was relied
+on). Each round ends with verified restores of its diff (the chain: the full's blocks and the
+diff's) and of its full, in alternating order; the flows' whole times are printed too.
 
     .venv/bin/python benchmarks/backup.py [--scale 150] [--runs 3] [--process-max 2]
 
