@@ -112,8 +112,11 @@ def reader(spec: ClusterSpec) -> str:
     return nodes[0]
 
 
-def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> None:
-    """Write the node's pgBackRest files (0600) and copy them where postgres can read them."""
+def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> bool:
+    """Write the node's pgBackRest files (0600) and copy them where postgres can read them.
+
+    True when the node's pgBackRest TLS server already runs: the same `docker exec` looks, so a
+    backup does not pay one more round trip per node to ask."""
     host_dir = config_dir(spec.scope, member) / layout.PGBACKREST_HOST_SUBDIR
     s3 = spec.backup.s3
     if s3 is not None and s3.network and s3.network != spec.network:
@@ -148,9 +151,15 @@ def install_files(spec: ClusterSpec, member: str, from_standby: bool = True) -> 
         script += f" && chown postgres:postgres {layout.REPO_MOUNT} && chmod 0750 {layout.REPO_MOUNT}"
     # Idempotent (install, chown, chmod of the same files): run again when a busy engine cut its
     # output short, rather than fail a nightly backup that has no second try.
+    script += f" && {{ {SERVER_PGREP} >/dev/null && echo {SERVER_RUNS} || true; }}"
     r = node(spec, member).run(["sh", "-c", script], user="root", timeout=20, retries_if_lost=2)
     if not r.ok:
         raise BackupError(f"cannot install pgBackRest files in {member}: {last_lines(r.out + r.err)}")
+    return SERVER_RUNS in r.out.split()
+
+
+SERVER_PGREP = "pgrep -u postgres -f 'pgbackrest .*server'"  # the node's pgBackRest TLS server (run by postgres)
+SERVER_RUNS = "pgha-pgbackrest-server-runs"
 
 
 def server_running(spec: ClusterSpec, member: str) -> bool:
@@ -158,14 +167,14 @@ def server_running(spec: ClusterSpec, member: str) -> bool:
     return r.ok and bool(r.out.strip())
 
 
-def ensure_server(spec: ClusterSpec, member: str) -> bool:
+def ensure_server(spec: ClusterSpec, member: str, known_running: bool = False) -> bool:
     """Make the node's pgBackRest TLS server run; True when it had to be started.
 
     It is started detached in the running container rather than by the image's entrypoint,
     so clusters built before backups existed need no new image; a recreated container gets
     it back the next time a flow installs the files (bootstrap and every backup do).
     """
-    if server_running(spec, member):
+    if known_running or server_running(spec, member):
         return False
     node(spec, member).detach(["pgbackrest", f"--config={layout.NODE_CONF}", "server"], user="postgres")
     wait_for(f"pgBackRest TLS server in {member}", lambda: server_running(spec, member), bool, timeout=15,
@@ -177,8 +186,8 @@ def install_nodes(spec: ClusterSpec, from_standby: bool = True) -> dict[str, str
     """pgBackRest files and a running TLS server in every running node; member -> what was done."""
     out: dict[str, str] = {}
     for member in running_nodes(spec):
-        install_files(spec, member, from_standby)
-        out[member] = "server started" if ensure_server(spec, member) else "server running"
+        runs = install_files(spec, member, from_standby)
+        out[member] = "server started" if ensure_server(spec, member, known_running=runs) else "server running"
     return out
 
 

@@ -36,6 +36,9 @@ def test_transient_engine_and_connection_failures_are_retried(exc: BaseException
     BackupError("pgbackrest backup failed (exit 50): ERROR: [050]: unable to acquire lock on file"),
     BackupError("pgbackrest check (is WAL archiving working?) failed (pgbackrest exit 82): ERROR: [082]: WAL segment "
                 "was not archived before the 60000ms timeout"),
+    # broken archiving found by the backup's own start (the flow runs no `check` first): not retried
+    BackupError("pgbackrest backup failed (exit 82): ERROR: [082]: WAL segment 00000001000000000000000A was not "
+                "archived before the 120000ms timeout"),
     BackupError("pgbackrest reported success but the new set is not in `pgbackrest info`"),
     ExecError("psql failed in pgha-pg-1 (exit 2): FATAL: password authentication failed"),
     DockerError("container pgha-pg-2 does not exist"),
