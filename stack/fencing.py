@@ -8,9 +8,10 @@ running (state and pid) AND, in one etcd transaction, the key still holds that m
 at the revision just read. Anything else - still running, paused, no answer, key gone or
 changed, etcd unreachable - leaves the key to Patroni's ttl.
 
-A confirmed death also takes the member out of HAProxy's backends through the runtime API, and
-once the leader key names another member that member is routed for R/W at once; anything not
-confirmed by the engine is left to HAProxy's health checks.
+A confirmed death also takes the member out of HAProxy's backends through the runtime API (a
+drain, which cuts nothing; a moment later the servers are marked down and handed back to the
+health checks), and once the leader key names another member that member is routed for R/W at
+once; anything not confirmed by the engine is left to HAProxy's health checks.
 
 Standard library only: this file is shipped into the fencer container next to the agent
 (which has no pgha installed), so it must not import pydantic or other pgha modules.
@@ -203,17 +204,52 @@ def servers_of(rows: list[dict[str, str]], container: str) -> list[tuple[str, st
 
 
 def takeout_commands(servers: list[tuple[str, str]]) -> list[str]:
-    """Runtime-API commands that mark the servers of a container the engine confirmed dead down.
+    """Runtime-API commands that take the servers of a container the engine confirmed dead out
+    of rotation at once, without cutting anything.
 
-    `health down`, not `state maint`: health checks keep running on the server, so when the
-    member comes back HAProxy takes it in again after `rise` good checks, with nothing to undo;
-    `on-marked-down shutdown-sessions` closes the sessions still open to it at once (what a
-    silent node, cut off but alive, needs). Known cost (docs/benchmarks.md): HAProxy 3.0 leaves a
-    stream it cuts while it is still connecting half-closed, so a client that reconnected
-    between the death and the take-out waits out its own connect timeout.
+    `state drain` sends no new connection to them; `disable health` pauses their checks. Both
+    leave the streams open to them alone: a stream still connecting to the dead address then
+    ends with `timeout connect`, an error its client sees at once and reconnects on. Marking
+    the server down (`health down`, `state maint`, or its own checks failing) would run
+    `on-marked-down shutdown-sessions`, and HAProxy 3.0 leaves a stream it cuts while still
+    connecting half-closed: its client waits out its own connect timeout (docs/benchmarks.md).
+    `handback_commands` undoes both once no such stream can be left.
     """
     return [cmd for backend, server in servers
-            for cmd in (f"set server {backend}/{server} health down", f"shutdown sessions server {backend}/{server}")]
+            for cmd in (f"set server {backend}/{server} state drain", f"disable health {backend}/{server}")]
+
+
+def handback_commands(servers: list[tuple[str, str]]) -> list[str]:
+    """Runtime-API commands that hand the servers of a dead container back to the health checks.
+
+    Sent once HAProxy's `timeout connect` has passed since `takeout_commands`: the checks run
+    again, the server is marked down (it takes traffic again only after `rise` good checks, so
+    there is nothing to undo when the member comes back), whatever is still open to it is cut,
+    and `state ready` ends the drain.
+    """
+    return [cmd for backend, server in servers
+            for cmd in (f"enable health {backend}/{server}", f"set server {backend}/{server} health down",
+                        f"shutdown sessions server {backend}/{server}", f"set server {backend}/{server} state ready")]
+
+
+def drained_by_takeout(rows: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """(backend, server) of pgha's backends left in forced drain (`srv_admin_state` bit 0x08).
+
+    Only the watcher drains a server, so one found drained when it starts is a take-out whose
+    hand-back its previous run did not send (it stopped in between).
+    """
+    out = []
+    for r in rows:
+        try:
+            drained = int(r.get("srv_admin_state", "0")) & SRV_ADMF_FDRAIN
+        except ValueError:
+            continue
+        if r.get("be_name") in BACKENDS and r.get("srv_name") and drained:
+            out.append((r["be_name"], r["srv_name"]))
+    return out
+
+
+SRV_ADMF_FDRAIN = 0x08  # HAProxy's forced-drain admin flag (`set server ... state drain`), in `show servers state`
 
 
 def route_commands(leader: str) -> list[str]:
@@ -290,6 +326,9 @@ class FencerConfig:
     # promotion (up to loop_wait later), and until then HAProxy's checks would take the new
     # leader out again. While the key still names it, it is marked up again when they do.
     route_hold_s: float = 4.0
+    # How long after a take-out (drain) its servers are handed back to the health checks:
+    # HAProxy's `timeout connect` and a margin, so no stream is still connecting to them then.
+    handback_after_s: float = 1.5
     etcd_user: str | None = None  # etcd auth (stack/etcd_auth.py): the agent's user, its password in a file
     etcd_password_file: str | None = None
 

@@ -284,6 +284,9 @@ HAPROXY_BANNER = "# Rendered by pgha from the ClusterSpec; do not edit by hand."
 # HAProxy's health checks of Patroni's REST API (`listen primary` / `listen replicas`): Patroni
 # answers OPTIONS and HEAD with the status line only (`write_status_code_only`), GET with a body.
 CHECK_METHOD = "OPTIONS"
+# HAProxy's `timeout connect`: the fencer hands a drained dead node back to the health checks
+# only after it (stack/fencing.py, `takeout_commands`).
+HAPROXY_CONNECT_TIMEOUT_S = 1
 
 
 def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
@@ -333,7 +336,7 @@ def haproxy_sections(spec: ClusterSpec) -> list[CfgSection]:
             "log global",
             # A stopped node's address blackholes packets for a while: short connect and check
             # timeouts mark it down in about a second instead of several.
-            "timeout connect 1s",
+            f"timeout connect {HAPROXY_CONNECT_TIMEOUT_S}s",
             "timeout client 30m",
             "timeout server 30m",
             f"timeout check {t.check_timeout_ms}ms",

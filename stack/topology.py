@@ -291,9 +291,12 @@ def fencer_config(spec: ClusterSpec) -> fencing.FencerConfig:
         haproxy_sockets=[layout.HAPROXY_FENCE_SOCKET] if fence_api_volumes(spec) else [],
         route_wait_s=float(spec.timing.ttl),
         route_hold_s=float(spec.timing.loop_wait + 2),
+        # Nothing can still be connecting to a drained server once `timeout connect` has passed.
+        handback_after_s=render.HAPROXY_CONNECT_TIMEOUT_S + HANDBACK_MARGIN_S,
     )
 
 
+HANDBACK_MARGIN_S = 0.5  # beyond HAProxy's `timeout connect`, for a busy machine's timers
 FENCER_PASSWORD_FILE = "etcd-password"  # noqa: S105 - a file name; in the fencer's config dir: etcd's `fencer` user's password
 PROXY_USER = "haproxy"  # the socket proxy's user: not root, and not the agent's (nobody)
 

@@ -5,7 +5,8 @@ into the fencer's config directory. It follows the engine's events for the clust
 containers through the fencer's GET-only socket proxy; on a `die`, `kill`, `oom` or `pause`
 it asks the engine whether the container is really dead and, only then, deletes the scope's
 leader key in one etcd transaction that compares the key's value and revision. A confirmed
-death also marks the member down in HAProxy through its runtime-API socket, and a thread then
+death also drains the member in HAProxy through its runtime-API socket (marked down a moment
+later, once nothing can be left connecting to it), and a thread then
 watches the leader key and routes R/W to the member that takes it the moment it does. Every
 decision is one JSON line on stdout (the container's log) and a count in the stats file the
 audit reads.
@@ -163,7 +164,11 @@ def haproxy_api(path: str, commands: list[str], timeout: float) -> str | None:
 
 
 def take_out(cfg: F.FencerConfig, container: str) -> str:
-    """Mark every HAProxy server that resolves to `container` down; "ok", or what went wrong."""
+    """Drain every HAProxy server that resolves to `container`; "ok", or what went wrong.
+
+    Nothing is cut now (`F.takeout_commands` says why); once `handback_after_s` has passed,
+    a timer hands the drained servers back to the health checks (`hand_back`).
+    """
     problems = []
     for path in cfg.haproxy_sockets:
         state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
@@ -179,7 +184,27 @@ def take_out(cfg: F.FencerConfig, container: str) -> str:
             problems.append(f"{path}: no answer")
         elif refused := F.api_refusals(answer):
             problems.append(f"{path}: {refused[0][:120]}")
+        timer = threading.Timer(cfg.handback_after_s, hand_back, args=(cfg, path, servers, container))
+        timer.daemon = True
+        timer.start()
     return "; ".join(problems) or "ok"
+
+
+def hand_back(cfg: F.FencerConfig, path: str, servers: list[tuple[str, str]], container: str) -> None:
+    """Mark the drained servers down and end their drain: from here the health checks decide."""
+    answer = haproxy_api(path, F.handback_commands(servers), cfg.timeout_s)
+    result = "no answer" if answer is None else "; ".join(F.api_refusals(answer))[:200] or "ok"
+    log(msg="handed back to the health checks", container=container, haproxy=result,
+        servers=[f"{b}/{s}" for b, s in servers])
+
+
+def hand_back_leftovers(cfg: F.FencerConfig) -> None:
+    """At start: hand back the servers a previous run drained and did not hand back (it stopped)."""
+    for path in cfg.haproxy_sockets:
+        state = haproxy_api(path, [F.SERVERS_STATE], cfg.timeout_s)
+        servers = F.drained_by_takeout(F.parse_servers_state(state)) if state is not None else []
+        if servers:
+            hand_back(cfg, path, servers, "(left drained by a previous run)")
 
 
 def route_leader(cfg: F.FencerConfig, tls: ssl.SSLContext | None, dead: str) -> None:
@@ -294,6 +319,7 @@ def write_stats(cfg: F.FencerConfig, counters: F.Counters) -> None:
 def run(cfg: F.FencerConfig) -> None:
     tls = etcd_tls(cfg)
     authenticate(cfg, tls)
+    hand_back_leftovers(cfg)
     counters = F.Counters(started_at=round(time.time(), 3))
     since = time.time()
     seen: set[str] = set()

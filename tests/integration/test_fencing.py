@@ -29,7 +29,9 @@ from tests.integration.conftest import Cluster, pgha, running_cluster, up
 from tests.support.traffic import measured
 
 HARD_KILL_CEILING_S = 8.0  # fenced: measured ~2-3.5 s; unfenced it is the ttl (20 s)
-HAPROXY_DOWN_CEILING_S = 1.5  # fenced: DOWN in HAProxy this soon after the death (checks alone: about 2 s)
+HAPROXY_OUT_CEILING_S = 1.5  # fenced: out of rotation (drained) in HAProxy this soon after the death (checks alone: about 2 s)
+HAPROXY_DOWN_CEILING_S = 5.0  # fenced: handed back to the checks (DOWN) after timeout connect + 0.5 s, measured ~2 s
+OUT_OF_ROTATION = ("DRAIN", "DOWN", "MAINT")  # HAProxy's stats `status` of a server that takes no new connection
 QUORUM_LOSS_CEILING_S = 5.0  # failsafe on: writes go on through a 30 s etcd outage (longer than the leader key's ttl of 20 s)
 
 
@@ -76,11 +78,15 @@ def drill(c: Cluster, *args: str) -> dict[str, Any]:
     return dict(json.loads(res.stdout))
 
 
-def decisions(engine: docker.DockerClient, c: Cluster, since: float) -> list[dict[str, Any]]:
-    """The fencer's decisions logged since `since` (unix time), as it wrote them."""
+def fencer_log(engine: docker.DockerClient, c: Cluster, since: float) -> list[dict[str, Any]]:
+    """The fencer's JSON log lines since `since` (unix time), as it wrote them."""
     text = engine.containers.get(c.container("fencer")).logs(since=int(since)).decode(errors="replace")
-    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    return [r for r in rows if "outcome" in r and r["t"] >= since]
+    return [r for r in (json.loads(line) for line in text.splitlines() if line.startswith("{")) if r["t"] >= since]
+
+
+def decisions(engine: docker.DockerClient, c: Cluster, since: float) -> list[dict[str, Any]]:
+    """The fencer's decisions logged since `since` (unix time)."""
+    return [r for r in fencer_log(engine, c, since) if "outcome" in r]
 
 
 def assert_rejoined(c: Cluster, member: str) -> None:
@@ -137,8 +143,9 @@ def in_rotation(stats_port: int, backend: str, member: str, timeout: float = 60)
 
 @pytest.mark.timing_sensitive
 def test_hard_kill_is_fenced_by_the_watcher(healthy_f: Cluster, engine: docker.DockerClient) -> None:
-    """The watcher deletes the dead leader's key, marks it down in HAProxy at once (runtime API),
-    and routes the new leader when it takes the lock; the old leader comes back as a replica."""
+    """The watcher deletes the dead leader's key, takes it out of HAProxy at once (runtime API: a
+    drain, marked down a moment later), and routes the new leader when it takes the lock; the
+    old leader comes back as a replica."""
     t0 = time.time()
     port = int(healthy_f.spec["ports"]["stats"])
     with StatsWatch(port) as watch:
@@ -154,10 +161,16 @@ def test_hard_kill_is_fenced_by_the_watcher(healthy_f: Cluster, engine: docker.D
     assert fenced["haproxy"] == "ok", fenced  # HAProxy accepted the take-out
     # The engine's death event: the decision's log time less its age and the time it took.
     died = fenced["t"] - (fenced["event_age_ms"] + fenced["total_ms"]) / 1000
+    out = watch.first(died, lambda s: s["primary"].get(old, "").startswith(OUT_OF_ROTATION)
+                      and s["replicas"].get(old, "").startswith(OUT_OF_ROTATION))
+    # Health checks alone take fall x inter plus a check timeout (1.5-2 s with the fast profile).
+    assert out is not None and out < HAPROXY_OUT_CEILING_S, (out, fenced)
+    # Drained without a cut, then marked DOWN (handed back to the checks) once timeout connect has passed.
     down = watch.first(died, lambda s: s["primary"].get(old, "").startswith("DOWN")
                        and s["replicas"].get(old, "").startswith("DOWN"))
-    # Health checks alone take fall x inter plus a check timeout (1.5-2 s with the fast profile).
     assert down is not None and down < HAPROXY_DOWN_CEILING_S, (down, fenced)
+    handed = [r for r in fencer_log(engine, healthy_f, t0) if r.get("msg") == "handed back to the health checks"]
+    assert any(r["container"] == healthy_f.container(old) and r["haproxy"] == "ok" for r in handed), handed
     routed = watch.first(died, lambda s: s["primary"].get(new, "").startswith("UP"))
     assert routed is not None, "HAProxy never routed the new leader while the drill ran"
     assert_rejoined(healthy_f, old)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stack import fencing as F
-from stack import topology
+from stack import render, topology
 from stack.spec import ClusterSpec
 
 DATA = Path(__file__).parent / "data" / "fencing"
@@ -152,15 +152,21 @@ def test_fencer_container_mounts_the_socket_read_only_and_follows_the_spec() -> 
 STATE = (DATA / "haproxy_servers_state.txt").read_text()  # `show servers state`, HAProxy 3.0 (pgha-it-fk-bench)
 
 
-def test_takeout_marks_the_container_s_servers_down_in_every_backend_and_route_marks_the_leader_up() -> None:
+def test_takeout_drains_the_container_s_servers_in_every_backend_and_route_marks_the_leader_up() -> None:
     rows = F.parse_servers_state(STATE)
     assert len(rows) == 6 and rows[0]["srv_fqdn"] == "pgha-it-fk-bench-pg-1"
     servers = F.servers_of(rows, "pgha-it-fk-bench-pg-1")
     assert servers == [("primary", "pg-1"), ("replicas", "pg-1")]
-    # `health down`, not maint: the checks keep running and take the member back when it returns.
+    # A drain and paused checks: nothing marks it down yet, so `on-marked-down shutdown-sessions`
+    # cuts nothing (a stream cut while it connects hangs half-closed in HAProxy 3.0).
     assert F.takeout_commands(servers) == [
-        "set server primary/pg-1 health down", "shutdown sessions server primary/pg-1",
-        "set server replicas/pg-1 health down", "shutdown sessions server replicas/pg-1"]
+        "set server primary/pg-1 state drain", "disable health primary/pg-1",
+        "set server replicas/pg-1 state drain", "disable health replicas/pg-1"]
+    assert not any(" down" in c or "maint" in c or "shutdown" in c for c in F.takeout_commands(servers))
+    # After timeout connect: the checks again, marked down (they decide when it is back), cut, drain ended.
+    assert F.handback_commands(servers[:1]) == [
+        "enable health primary/pg-1", "set server primary/pg-1 health down",
+        "shutdown sessions server primary/pg-1", "set server primary/pg-1 state ready"]
     assert F.route_commands("pg-2") == ["set server primary/pg-2 health up"]
     assert F.api_line(F.route_commands("pg-2")) == b"set server primary/pg-2 health up\n"
     assert F.api_refusals("\n\n") == []
@@ -219,13 +225,21 @@ def test_agent_takes_out_the_dead_container_s_servers_and_routes_the_leader(tmp_
     cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                          haproxy_sockets=[path])
     assert fencer_agent.take_out(cfg, "pgha-it-fk-bench-pg-1") == "ok"
-    assert fake.lines == ["set server primary/pg-1 health down;shutdown sessions server primary/pg-1;"
-                          "set server replicas/pg-1 health down;shutdown sessions server replicas/pg-1\n"]
+    assert fake.lines == ["set server primary/pg-1 state drain;disable health primary/pg-1;"
+                          "set server replicas/pg-1 state drain;disable health replicas/pg-1\n"]
     assert fencer_agent.take_out(cfg, "other-pg-1").endswith("no server resolves to other-pg-1")
     assert fencer_agent.route(cfg, "pg-2") == "ok"
     assert fake.lines[-1] == "set server primary/pg-2 health up\n"
     assert fencer_agent.route(cfg, "pg-9").endswith("primary/pg-9 does not resolve to pgha-it-fk-bench-pg-9")
     assert len(fake.lines) == 2  # nothing sent for what does not resolve
+    # handed back to the checks after handback_after_s (1.5 s by default), by a timer
+    deadline = time.monotonic() + 5
+    while len(fake.lines) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.lines[2] == ("enable health primary/pg-1;set server primary/pg-1 health down;"
+                             "shutdown sessions server primary/pg-1;set server primary/pg-1 state ready;"
+                             "enable health replicas/pg-1;set server replicas/pg-1 health down;"
+                             "shutdown sessions server replicas/pg-1;set server replicas/pg-1 state ready\n")
     fake.srv.close()
     missing = F.FencerConfig(scope="s", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
                              haproxy_sockets=[str(tmp_path / "none.sock")], timeout_s=0.2)
@@ -242,6 +256,35 @@ def test_haproxy_and_the_fencer_share_the_runtime_api_volume_on_one_engine() -> 
     assert cfg.haproxy_sockets == ["/run/haproxy-fence/api.sock"] and cfg.route_wait_s == spec.timing.ttl
     assert "stats socket /run/haproxy-fence/api.sock mode 666 level admin" in topology.haproxy(spec, "i", "/c").files[
         "haproxy.cfg"]
+
+
+def test_a_drain_left_by_a_stopped_watcher_is_found_and_handed_back_at_start(tmp_path: Path) -> None:
+    from tasks import fencer_agent
+
+    assert F.drained_by_takeout(F.parse_servers_state(STATE)) == []  # nothing drained in the recording
+    cols = STATE.splitlines()
+    i = next(n for n, ln in enumerate(cols) if ln.startswith("3 primary 1 pg-1 "))
+    fields = cols[i].split()
+    fields[6] = "8"  # srv_admin_state: forced drain (a take-out whose hand-back never ran)
+    drained = "\n".join([*cols[:i], " ".join(fields), *cols[i + 1:]]) + "\n"
+    assert F.drained_by_takeout(F.parse_servers_state(drained)) == [("primary", "pg-1")]
+    fields[6] = "32"  # RMAINT (a name that did not resolve) is HAProxy's own, not the watcher's
+    rmaint = "\n".join([*cols[:i], " ".join(fields), *cols[i + 1:]]) + "\n"
+    assert F.drained_by_takeout(F.parse_servers_state(rmaint)) == []
+    path = str(tmp_path / "api.sock")
+    fake = FakeHAProxy(path, drained)
+    cfg = F.FencerConfig(scope="pgha-it-fk-bench", leader_key="k", etcd_urls=[], docker_url="", stats_file="",
+                         haproxy_sockets=[path])
+    fencer_agent.hand_back_leftovers(cfg)
+    assert fake.lines == [";".join(F.handback_commands([("primary", "pg-1")])) + "\n"]
+    fake.srv.close()
+
+
+def test_the_hand_back_waits_for_haproxy_s_connect_timeout() -> None:
+    cfg = topology.fencer_config(ClusterSpec(scope="lab"))
+    assert cfg.handback_after_s > render.HAPROXY_CONNECT_TIMEOUT_S
+    assert f"timeout connect {render.HAPROXY_CONNECT_TIMEOUT_S}s" in render.render_haproxy_cfg(ClusterSpec(scope="lab"))
+    assert "on-marked-down shutdown-sessions" in render.render_haproxy_cfg(ClusterSpec(scope="lab"))  # checks still cut
 
 
 def test_server_up_reads_the_operational_state() -> None:
