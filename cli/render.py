@@ -35,6 +35,7 @@ from stack.results import (
     ScaleResult,
     SiteFailoverResult,
     SitePromoteResult,
+    SiteRebuildResult,
     SiteStatusResult,
     SiteSwitchoverResult,
     SwitchoverResult,
@@ -383,6 +384,14 @@ def site_failover(done: Done[SiteFailoverResult]) -> None:
     fenced = f"{r.old_primary} fenced ({', '.join(r.fenced)} stopped)" if r.fenced else f"{r.old_primary}: nothing ran"
     line(f"{r.scope} is the primary site: {r.leader} accepts writes {r.writable_after_s}s after the promotion; "
          + (r.operator_action or fenced) + f"; {r.elapsed_s}s in all")
+    events(r.events)
+
+
+def site_rebuild(done: Done[SiteRebuildResult]) -> None:
+    r = done.result
+    line(f"{r.scope} rebuilt as a standby of {r.standby_of} "
+         + ("(streaming)" if r.streaming else f"but does not stream yet (pgha site status --scope {r.scope})")
+         + f"; {r.elapsed_s}s in all")
     events(r.events)
 
 

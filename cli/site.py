@@ -22,7 +22,13 @@ from cli.core import (
     run_flow,
     warm,
 )
-from stack.results import SiteFailoverResult, SitePromoteResult, SiteStatusResult, SiteSwitchoverResult
+from stack.results import (
+    SiteFailoverResult,
+    SitePromoteResult,
+    SiteRebuildResult,
+    SiteStatusResult,
+    SiteSwitchoverResult,
+)
 
 site_app = typer.Typer(no_args_is_help=True, help="A second site: a standby cluster following a primary site.")
 app.add_typer(site_app, name="site", rich_help_panel=DAY_TWO)
@@ -115,3 +121,29 @@ def site_failover(yes: bool = typer.Option(False, "--yes", help="confirm: this s
         check(failover_preflight, spec, yes)
         warm()
         return Done(run_flow(failover_flow, spec, yes=yes, wait_seconds=wait), spec)
+
+
+@site_app.command("rebuild")
+@command(render.site_rebuild, flows=True)
+def site_rebuild(standby_of: str = typer.Option(..., "--standby-of", help="the site that is primary now, which "
+                                                                          "this one will follow"),
+                 yes: bool = typer.Option(False, "--yes", help="confirm: this site's data is deleted and cloned "
+                                                               "afresh from the primary site"),
+                 spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                 as_json: bool = JsonOpt) -> Done[SiteRebuildResult]:
+    """The old primary site (after a site failover) cloned afresh as a standby of the new primary site; needs --yes.
+
+    Its containers and volumes are replaced; its passwords and CA stay (the new primary site has
+    the same). Refused while it still accepts writes.
+
+    Example: pgha site rebuild --scope site-a --standby-of site-b --yes
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.site import rebuild_preflight
+    from flows.site import site_rebuild as rebuild_flow
+
+    with checks() as check:
+        check(rebuild_preflight, spec, standby_of, yes)
+        warm()
+        return Done(run_flow(rebuild_flow, spec, standby_of=standby_of, yes=yes, wait_seconds=wait), spec)

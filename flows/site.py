@@ -12,7 +12,9 @@ dynamic configuration (Patroni stops its leader and restarts it as a standby lea
 standby site), the standby site replays the demoted primary's last WAL (streamed on from the
 demoted site, which serves it as a cascading standby), then is promoted; the old primary site
 follows it. Both stored specs are swapped. failover: the standby site promoted and the old
-primary site fenced (its Patroni nodes stopped) when the engine still reaches it.
+primary site fenced (its Patroni nodes stopped) when the engine still reaches it. rebuild: the
+old primary site cloned afresh from the new one as its standby (its containers and volumes
+replaced, its passwords and CA kept: they are the new primary site's too).
 """
 
 from __future__ import annotations
@@ -26,12 +28,19 @@ from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
-from flows.steps.converge import ensure_image, place_member
+from flows.steps.converge import converge, ensure_image, place_member
 from flows.steps.ops import current, mutating_flow, note
 from flows.steps.standby import drop_primary_slot, ensure_primary_slot, primary_of
 from stack import site
+from stack.backup import repo_volume
 from stack.errors import PghaError, StateError, UsageError
-from stack.results import SiteFailoverResult, SitePromoteResult, SiteStatusResult, SiteSwitchoverResult
+from stack.results import (
+    SiteFailoverResult,
+    SitePromoteResult,
+    SiteRebuildResult,
+    SiteStatusResult,
+    SiteSwitchoverResult,
+)
 from stack.site import SiteRole, SiteRow
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -323,3 +332,77 @@ def site_failover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa:
     return SiteFailoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, fenced=fenced,
                               operator_action=action, slot=slot, writable_after_s=writable_s,
                               events=current().events, elapsed_s=current().elapsed())
+
+
+# ---- site rebuild ----
+
+
+def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool) -> tuple[ClusterSpec, ClusterSpec]:
+    """Refusals before anything changes (one line); (the new primary site's spec, this one's as its standby)."""
+    from flows.steps.cluster import stored_spec
+
+    if standby_of == spec.scope:
+        raise UsageError(f"--standby-of names {spec.scope} itself: name the site that is primary now")
+    try:
+        primary = stored_spec(standby_of)
+    except StateError:
+        raise UsageError(f"--standby-of {standby_of}: no cluster '{standby_of}' was brought up from this machine") \
+            from None
+    theirs = _position(primary)
+    if primary.standby_of is not None or theirs is None or theirs.in_recovery:
+        raise StateError(f"{standby_of} is not a writable primary site: rebuild {spec.scope} as a standby of the "
+                         "site that takes the writes (`pgha site status`)")
+    try:
+        demoted = site.demoted_spec(spec.model_copy(update={"standby_of": None}), primary)
+    except ValueError as exc:
+        raise StateError(str(exc)) from None
+    mine = _position(spec)
+    if mine is not None and not mine.in_recovery:
+        raise StateError(f"{spec.scope} still accepts writes: fence it first (`pgha site failover --scope "
+                         f"{standby_of} --yes` stops its nodes), then rebuild it")
+    if not yes:
+        raise UsageError(f"site rebuild deletes {spec.scope}'s data and clones it from {standby_of} as its standby; "
+                         "add --yes to confirm")
+    return primary, demoted
+
+
+@flow(name="site-rebuild",
+      description="The old primary site cloned afresh from the new primary site as its standby cluster.")
+@mutating_flow("site-rebuild")
+def site_rebuild(spec: ClusterSpec = ClusterSpec(), standby_of: str = "", yes: bool = False,  # noqa: B008
+                 wait_seconds: WaitSeconds = 0) -> SiteRebuildResult:
+    primary, demoted = preflight_once(rebuild_preflight, spec, standby_of, yes)
+    with site_lock(primary.scope, "site-rebuild", wait_seconds):
+        removed: list[str] = []
+        for engine in docker_hosts.engines(spec).all():
+            gone = engine.remove_labelled(spec.scope, volumes=True, keep_volumes={repo_volume(spec)})
+            removed += gone["containers"] + gone["volumes"]
+        note(f"{spec.scope}'s containers and volumes removed ({len(removed)}); passwords and CA kept")
+        if spec.standby_of is not None and spec.standby_of.scope != primary.scope:
+            old = stored_spec_or_none(spec.standby_of.scope)
+            if old is not None:
+                try:
+                    note(f"slot {site.slot_name(spec)} on {old.scope}: {drop_primary_slot(spec, old)}")
+                except PghaError as exc:
+                    note(f"slot {site.slot_name(spec)} on {old.scope} not removed ({exc})")
+        store_spec(demoted)
+        note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
+        converge(demoted)
+        try:
+            pos = wait_for(f"{spec.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
+                           lambda p: p.receiver == "streaming", timeout=site.SWITCHOVER_FOLLOW_S, interval=0.5)
+            streaming = pos.receiver == "streaming"
+        except PghaError:
+            streaming = False
+        note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
+    return SiteRebuildResult(scope=spec.scope, standby_of=primary.scope, removed=removed, streaming=streaming,
+                             events=current().events, elapsed_s=current().elapsed())
+
+
+def stored_spec_or_none(scope: str) -> ClusterSpec | None:
+    from flows.steps.cluster import stored_spec
+
+    try:
+        return stored_spec(scope)
+    except StateError:
+        return None

@@ -436,6 +436,17 @@ class SiteFailoverResult(Result):
     elapsed_s: float = 0.0
 
 
+class SiteRebuildResult(Result):
+    """`pgha site rebuild`: the old primary site cloned afresh as a standby of the new one."""
+
+    scope: str
+    standby_of: str  # the primary site it follows now
+    removed: list[str] = Field(default_factory=list)  # its containers and volumes replaced
+    streaming: bool  # its standby leader streams from the primary site
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
 class SitePromoteResult(Result):
     """`pgha site promote`: a standby site made a primary site."""
 

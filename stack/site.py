@@ -214,8 +214,8 @@ def switchover_refusal(decision: SwitchoverDecision, scope: str, primary: str, d
 
 def demoted_spec(primary: ClusterSpec, standby: ClusterSpec) -> ClusterSpec:
     """The old primary site's spec after a switchover: a standby of the new primary site, through a
-    slot when the standby used one. ValueError (its one line) when that spec is not a valid standby
-    (backups on, declared roles: a standby cluster has neither)."""
+    slot when the standby used one (by default when it was none). ValueError (its one line) when
+    that spec is not a valid standby (backups on, declared roles: a standby cluster has neither)."""
     from pydantic import ValidationError
 
     slot = standby.standby_of.slot if standby.standby_of is not None else True

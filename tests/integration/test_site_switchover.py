@@ -169,6 +169,9 @@ def test_switchover_loses_no_write_and_the_old_site_follows(sites: tuple[Cluster
     critical = [f for f in findings if f["status"] == "critical"]
     assert res.returncode == 0 and critical == [], critical or res.stderr[-2000:]
     assert [f["observed"][:9] for f in findings if f["check"] == "site.standby"] == ["streaming"], findings
+    res = pgha(a.env, "up", "--spec", str(a.spec_file))  # the spec file kept from before: no standby_of
+    assert res.returncode != 0 and f"runs as a standby of {SCOPE_B}" in res.stderr \
+        and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
 
 
 def test_switch_back(sites: tuple[Cluster, Cluster]) -> None:
@@ -177,3 +180,31 @@ def test_switch_back(sites: tuple[Cluster, Cluster]) -> None:
     follows(b, a, 1_000_002)
     res = pgha(b.env, "status", "--json", "--scope", SCOPE_B)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_failover_fences_and_the_old_site_is_rebuilt(sites: tuple[Cluster, Cluster],
+                                                      engine: docker.DockerClient) -> None:
+    a, b = sites  # after the switch back: A primary, B its standby
+    res = pgha(b.env, "site", "failover", "--yes", "--json", "--scope", SCOPE_B)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["fenced"] == [a.container("pg-1")] and out["operator_action"] is None, out
+    assert engine.containers.get(a.container("pg-1")).status == "exited"
+    print(f"\nsite failover: {SCOPE_B} writable after {out['writable_after_s']} s, {out['elapsed_s']} s in all")
+    with connect(b) as conn:
+        conn.execute("insert into probe values (2000001, now())")
+    for args, fragment in ((("--standby-of", SCOPE_B), "add --yes"),
+                           (("--standby-of", SCOPE_A, "--yes"), "itself"),
+                           (("--standby-of", "pgha-it-sw-none", "--yes"), "no cluster 'pgha-it-sw-none'")):
+        res = pgha(a.env, "site", "rebuild", "--scope", SCOPE_A, *args)
+        assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+            res.stderr[-2000:]
+    res = pgha(b.env, "site", "rebuild", "--scope", SCOPE_B, "--standby-of", SCOPE_A, "--yes")
+    assert res.returncode != 0 and "not a writable primary site" in res.stderr, res.stderr[-2000:]
+    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--scope", SCOPE_A, "--standby-of", SCOPE_B)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["streaming"] is True, out
+    print(f"site rebuild: {SCOPE_A} cloned from {SCOPE_B} in {out['elapsed_s']} s")
+    assert one(a, "select count(*) from probe where id = 2000001") == 1
+    follows(a, b, 2000002)
