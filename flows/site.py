@@ -236,6 +236,38 @@ def _switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec)
     postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=60)
     slot = ensure_primary_slot.fn(demoted, spec)
     note(f"slot {site.slot_name(demoted)} for {primary.scope} on {spec.scope}: {slot}")
+    # The standby leader's WAL receiver retries its lost connection every wal_retrieve_retry_interval
+    # (5 s by default): shortened for the switchover, so it reconnects as soon as the demoted
+    # leader serves again, instead of up to 5 s later with the writes stopped.
+    before = patroni.dynamic_parameters(spec).get(site.RETRY_PARAMETER)
+    _retry_interval(spec, site.SWITCHOVER_RETRY_INTERVAL)
+    try:
+        return _demote_and_promote(spec, primary, demoted, slot)
+    finally:
+        try:
+            _retry_interval(spec, None if before is None else str(before), wait=False)
+        except PghaError as exc:
+            note(f"{site.RETRY_PARAMETER} of {spec.scope} not restored ({exc}); `pgha up --scope {spec.scope}`")
+
+
+def _retry_interval(spec: ClusterSpec, value: str | None, wait: bool = True) -> None:
+    """Set (None: remove) the cluster's wal_retrieve_retry_interval; wait until its leader runs with it."""
+    patroni.patch_config(spec, {"postgresql": {"parameters": {site.RETRY_PARAMETER: value}}})
+    if not wait or value is None:
+        return
+
+    def current() -> str:
+        lead = patroni.cluster_view(spec).leader()
+        if lead is None:
+            raise StateError(f"{spec.scope} has no leader")
+        return postgres.node_sql(spec, lead.name, f"show {site.RETRY_PARAMETER}", read=True)
+
+    wait_for(f"{spec.scope}'s leader to reload {site.RETRY_PARAMETER}", current, lambda v: v == value,
+             timeout=spec.timing.loop_wait * 3 + 20, interval=0.2)
+
+
+def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
+                        slot: str) -> SiteSwitchoverResult:
     # 2. Demote: writes stop on the primary site. 3. The standby site replays everything the
     #    primary site wrote; else the primary site is promoted back and nothing else changes.
     t0 = time.monotonic()
