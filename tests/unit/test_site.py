@@ -183,3 +183,22 @@ def test_caught_up_compares_byte_positions() -> None:
     assert site.caught_up("1/0", "0/FFFFFFFF") and site.caught_up("0/3000060", "0/3000060")
     assert not site.caught_up("0/3000060", "0/3000061")
     assert not site.caught_up(None, "0/1") and not site.caught_up("0/1", None)
+
+
+def test_up_of_a_demoted_site_from_a_spec_without_standby_of_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.steps import standby
+    from stack.errors import PatroniError, StateError
+    from tasks import patroni
+
+    primary = parse_spec({"scope": "site-a", "backup": {"enabled": False}})
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"standby_cluster": {"host": "site-b-haproxy"}})
+    with pytest.raises(StateError, match=r"runs as a standby of site-b .* add `standby_of: \{scope: site-b\}`"):
+        standby.refuse_unnamed_standby(primary)
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"loop_wait": 2})
+    standby.refuse_unnamed_standby(primary)  # a primary site: nothing to say
+
+    def down(spec: ClusterSpec) -> dict[str, object]:
+        raise PatroniError("no Patroni node answers /config")
+
+    monkeypatch.setattr(patroni, "dynamic_config", down)
+    standby.refuse_unnamed_standby(primary)  # a new cluster
