@@ -270,6 +270,7 @@ def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: Cluste
                         slot: str) -> SiteSwitchoverResult:
     # 2. Demote: writes stop on the primary site. 3. The standby site replays everything the
     #    primary site wrote; else the primary site is promoted back and nothing else changes.
+    before = _position(primary)
     t0 = time.monotonic()
     _demote(primary, demoted)
     note(f"standby_cluster set on {primary.scope}: its leader restarts as a standby leader")
@@ -278,6 +279,9 @@ def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: Cluste
         pos = wait_for(f"{primary.scope} to run as a standby leader", lambda: _standby_position(primary),
                        lambda p: p.replay_lsn is not None, timeout=primary.timing.ttl * 3 + 60, interval=0.1)
         last = pos.replay_lsn or last
+        if before is not None and not site.caught_up(last, before.current_lsn):
+            raise StateError(f"{primary.scope}'s standby leader replayed only up to {last}, before the position "
+                             f"{before.current_lsn} it had as a primary")
         note(f"{primary.scope} demoted; its last WAL ends at {last}")
         mine = wait_for(f"{spec.scope} to replay {primary.scope}'s WAL up to {last}", lambda: _standby_position(spec),
                         lambda p: site.caught_up(p.replay_lsn, last), timeout=site.SWITCHOVER_CATCHUP_S,
@@ -286,9 +290,14 @@ def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: Cluste
         patroni.patch_config(primary, {"standby_cluster": None})
         postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=120)
         note(f"{spec.scope} did not catch up: {primary.scope} promoted back")
+        try:
+            drop_primary_slot(demoted, spec)
+        except PghaError:
+            pass  # best effort: `pgha site status` and the audit's slot rows show a slot left behind
         raise StateError(f"{spec.scope} did not replay {primary.scope}'s last WAL ({last}) within "
                          f"{site.SWITCHOVER_CATCHUP_S:g}s ({str(exc).splitlines()[0]}); {primary.scope} is the "
-                         "primary site again, nothing else changed") from None
+                         f"primary site again (on a new timeline, {spec.scope} follows it), the stored specs "
+                         "unchanged") from None
     caught_s = round(time.monotonic() - t0, 2)
     note(f"{spec.scope} replayed up to {mine.replay_lsn} ({caught_s}s after the demotion)")
     # 4. Promote the standby site.
@@ -308,7 +317,7 @@ def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: Cluste
     except PghaError as exc:
         follows = False
         note(f"{primary.scope} does not follow {spec.scope} yet ({exc}); see `pgha site status --scope "
-             f"{primary.scope}`, or rebuild it (`pgha site rebuild --scope {primary.scope} --yes`)")
+             f"{primary.scope}`, or rebuild it (`pgha site rebuild --scope {primary.scope} --standby-of {spec.scope} --yes`)")
     return SiteSwitchoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, demoted_lsn=last,
                                 caught_up_s=caught_s, write_gap_s=gap, old_primary_follows=follows,
                                 slot=slot, old_slot=old_slot, events=current().events,
