@@ -234,7 +234,7 @@ def _switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec)
         note(f"{', '.join(joined)} of {primary.scope} attached to {spec.network}")
     note(f"{primary.scope}'s HAProxy routes R/W to its leader in either role: {_follow_haproxy(demoted)}")
     postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=60)
-    slot = ensure_primary_slot.fn(demoted, spec)
+    slot = ensure_primary_slot(demoted, spec)
     note(f"slot {site.slot_name(demoted)} for {primary.scope} on {spec.scope}: {slot}")
     # The standby leader's WAL receiver retries its lost connection every wal_retrieve_retry_interval
     # (5 s by default): shortened for the switchover, so it reconnects as soon as the demoted
