@@ -33,8 +33,11 @@ from stack.results import (
     RestartResult,
     RestoreResult,
     ScaleResult,
+    SiteFailoverResult,
     SitePromoteResult,
+    SiteRebuildResult,
     SiteStatusResult,
+    SiteSwitchoverResult,
     SwitchoverResult,
     TeardownResult,
     UpgradeResult,
@@ -365,6 +368,31 @@ def site_status(done: Done[SiteStatusResult]) -> None:
                   s.replay_lsn or "", "" if s.lag_bytes is None else str(s.lag_bytes),
                   "" if s.lag_s is None else f"{s.lag_s:g}")
     out.print(t)
+
+
+def site_switchover(done: Done[SiteSwitchoverResult]) -> None:
+    r = done.result
+    line(f"{r.scope} is the primary site ({r.leader} accepts writes; write gap {r.write_gap_s}s, caught up "
+         f"{r.caught_up_s}s after the demotion); {r.old_primary} is its standby"
+         + ("" if r.old_primary_follows else f" but does not stream yet (pgha site status --scope {r.old_primary})")
+         + f"; {r.elapsed_s}s in all")
+    events(r.events)
+
+
+def site_failover(done: Done[SiteFailoverResult]) -> None:
+    r = done.result
+    fenced = f"{r.old_primary} fenced ({', '.join(r.fenced)} stopped)" if r.fenced else f"{r.old_primary}: nothing ran"
+    line(f"{r.scope} is the primary site: {r.leader} accepts writes {r.writable_after_s}s after the promotion; "
+         + (r.operator_action or fenced) + f"; {r.elapsed_s}s in all")
+    events(r.events)
+
+
+def site_rebuild(done: Done[SiteRebuildResult]) -> None:
+    r = done.result
+    line(f"{r.scope} rebuilt as a standby of {r.standby_of} "
+         + ("(streaming)" if r.streaming else f"but does not stream yet (pgha site status --scope {r.scope})")
+         + f"; {r.elapsed_s}s in all")
+    events(r.events)
 
 
 def site_promote(done: Done[SitePromoteResult]) -> None:

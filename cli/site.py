@@ -22,7 +22,13 @@ from cli.core import (
     run_flow,
     warm,
 )
-from stack.results import SitePromoteResult, SiteStatusResult
+from stack.results import (
+    SiteFailoverResult,
+    SitePromoteResult,
+    SiteRebuildResult,
+    SiteStatusResult,
+    SiteSwitchoverResult,
+)
 
 site_app = typer.Typer(no_args_is_help=True, help="A second site: a standby cluster following a primary site.")
 app.add_typer(site_app, name="site", rich_help_panel=DAY_TWO)
@@ -67,3 +73,77 @@ def site_promote(yes: bool = typer.Option(False, "--yes", help="confirm: the sta
         warm()
         return Done(run_flow(promote_flow, spec, yes=yes, primary_writable_ok=primary_writable_ok,
                              wait_seconds=wait), spec)
+
+
+@site_app.command("switchover")
+@command(render.site_switchover, flows=True)
+def site_switchover(yes: bool = typer.Option(False, "--yes", help="confirm: the primary site becomes a standby of "
+                                                                "this one, writes stop for a few seconds"),
+                    spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                    as_json: bool = JsonOpt) -> Done[SiteSwitchoverResult]:
+    """Site switchover, run on the standby site: the primary site demoted, this one promoted; no write lost.
+
+    The primary site's leader restarts as a standby leader, this site replays its last WAL, is
+    promoted, and the old primary site follows it. Both stored specs are swapped. Needs --yes.
+
+    Example: pgha site switchover --scope site-b --yes
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.site import site_switchover as switchover_flow
+    from flows.site import switchover_preflight
+
+    with checks() as check:
+        check(switchover_preflight, spec, yes)
+        warm()
+        return Done(run_flow(switchover_flow, spec, yes=yes, wait_seconds=wait), spec)
+
+
+@site_app.command("failover")
+@command(render.site_failover, flows=True)
+def site_failover(yes: bool = typer.Option(False, "--yes", help="confirm: this site becomes the primary site; the "
+                                                                "other's writes not yet streamed are lost"),
+                  spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                  as_json: bool = JsonOpt) -> Done[SiteFailoverResult]:
+    """Site failover, run on the standby site: the old primary site fenced (its nodes stopped) if reachable, this one promoted.
+
+    When the engine does not reach the old primary site, the result says what the operator must
+    do. Rebuild the old site as a standby afterwards (`pgha site rebuild`). Needs --yes.
+
+    Example: pgha site failover --scope site-b --yes
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.site import failover_preflight
+    from flows.site import site_failover as failover_flow
+
+    with checks() as check:
+        check(failover_preflight, spec, yes)
+        warm()
+        return Done(run_flow(failover_flow, spec, yes=yes, wait_seconds=wait), spec)
+
+
+@site_app.command("rebuild")
+@command(render.site_rebuild, flows=True)
+def site_rebuild(standby_of: str = typer.Option(..., "--standby-of", help="the site that is primary now, which "
+                                                                          "this one will follow"),
+                 yes: bool = typer.Option(False, "--yes", help="confirm: this site's data is deleted and cloned "
+                                                               "afresh from the primary site"),
+                 spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
+                 as_json: bool = JsonOpt) -> Done[SiteRebuildResult]:
+    """The old primary site (after a site failover) cloned afresh as a standby of the new primary site; needs --yes.
+
+    Its containers and volumes are replaced; its passwords and CA stay (the new primary site has
+    the same). Refused while it still accepts writes.
+
+    Example: pgha site rebuild --scope site-a --standby-of site-b --yes
+    """
+    spec = resolve_spec(spec_file, scope)
+    require_engines(spec)
+    from flows.site import rebuild_preflight
+    from flows.site import site_rebuild as rebuild_flow
+
+    with checks() as check:
+        check(rebuild_preflight, spec, standby_of, yes)
+        warm()
+        return Done(run_flow(rebuild_flow, spec, standby_of=standby_of, yes=yes, wait_seconds=wait), spec)

@@ -1,4 +1,4 @@
-"""A second site: `pgha site status` and `pgha site promote` (stack/site.py decides; Patroni acts).
+"""A second site: `pgha site status`, `promote`, `switchover`, `failover` (stack/site.py decides; Patroni acts).
 
 status: each site's role, and for a standby site the bytes and seconds it replays behind the
 primary site and the last WAL it replayed. promote (a site failover): Patroni's `standby_cluster`
@@ -6,27 +6,47 @@ is removed from the standby site's dynamic configuration, so its standby leader 
 and its replicas follow it; refused without `--yes`, and while the primary site still accepts
 writes unless the operator says so (two writable sites diverge). The standby's slot on the old
 primary site is removed when that site answers; the stored spec drops `standby_of`.
+
+switchover (controlled, no acknowledged write lost): the primary site is demoted through its
+dynamic configuration (Patroni stops its leader and restarts it as a standby leader following the
+standby site), the standby site replays the demoted primary's last WAL (streamed on from the
+demoted site, which serves it as a cascading standby), then is promoted; the old primary site
+follows it. Both stored specs are swapped. failover: the standby site promoted and the old
+primary site fenced (its Patroni nodes stopped) when the engine still reaches it. rebuild: the
+old primary site cloned afresh from the new one as its standby (its containers and volumes
+replaced, its passwords and CA kept: they are the new primary site's too).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
-from flows.steps.cluster import store_spec
+from flows.steps.cluster import cluster_status, store_spec
+from flows.steps.converge import converge, ensure_image, place_member
 from flows.steps.ops import current, mutating_flow, note
-from flows.steps.standby import drop_primary_slot, primary_of
+from flows.steps.standby import drop_primary_slot, ensure_primary_slot, primary_of
 from stack import site
+from stack.backup import repo_volume
 from stack.errors import PghaError, StateError, UsageError
-from stack.results import SitePromoteResult, SiteStatusResult
+from stack.results import (
+    SiteFailoverResult,
+    SitePromoteResult,
+    SiteRebuildResult,
+    SiteStatusResult,
+    SiteSwitchoverResult,
+)
 from stack.site import SiteRole, SiteRow
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import patroni, postgres
-from tasks.host.lock import WaitSeconds
+from tasks import docker_hosts, patroni, postgres
+from tasks.cluster_limit import cluster_limit
+from tasks.host.lock import WaitSeconds, holder_name, mutating
 from tasks.host.secrets import cluster_secrets
 
 
@@ -100,13 +120,22 @@ def site_promote(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa: 
     primary, writable = preflight_once(promote_preflight, spec, yes, primary_writable_ok)
     if writable:
         note(f"the primary site {primary.scope} still accepts writes (allowed by --primary-writable-ok)")
+    lead, writable_s, slot = promote_site(spec, primary)
+    return SitePromoteResult(scope=spec.scope, primary_site=primary.scope, leader=lead,
+                             primary_was_writable=writable, slot=slot, writable_after_s=writable_s,
+                             events=current().events, elapsed_s=current().elapsed())
+
+
+def promote_site(spec: ClusterSpec, primary: ClusterSpec) -> tuple[str, float, str]:
+    """Promote the standby site `spec` (standby_cluster removed) and store it as a primary site;
+    (its leader, seconds until it took writes, what became of its slot on `primary`)."""
     t0 = time.monotonic()
     patroni.patch_config(spec, {"standby_cluster": None})
     note("standby_cluster removed from the dynamic configuration")
     promoted = spec.model_copy(update={"standby_of": None})
     view = wait_for("the standby leader to promote", lambda: patroni.cluster_view(spec),
                     lambda v: (lead := v.leader()) is not None and not lead.is_standby_leader,
-                    timeout=spec.timing.ttl * 3 + 30, interval=0.3)
+                    timeout=spec.timing.ttl * 3 + 30, interval=0.1)
     lead = view.leader()
     assert lead is not None
     postgres.wait_writable(spec, cluster_secrets(spec.scope), timeout=60)
@@ -119,6 +148,302 @@ def site_promote(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa: 
     except PghaError as exc:
         slot = f"not removed ({exc}); remove it from {primary.scope}'s slots when that site is back"
     note(f"slot {site.slot_name(spec)} on {primary.scope}: {slot}")
-    return SitePromoteResult(scope=spec.scope, primary_site=primary.scope, leader=lead.name,
-                             primary_was_writable=writable, slot=slot, writable_after_s=writable_s,
+    return lead.name, writable_s, slot
+
+
+@contextmanager
+def site_lock(scope: str, operation_name: str, wait_seconds: float = 0) -> Iterator[None]:
+    """The other site's mutating lock too: a site operation changes both clusters."""
+    holder = holder_name(operation_name)
+    with cluster_limit(scope, holder, wait_seconds=wait_seconds), mutating(scope, holder, wait_seconds=wait_seconds):
+        yield
+
+
+# ---- site switchover ----
+
+
+def switchover_preflight(spec: ClusterSpec, yes: bool) -> tuple[ClusterSpec, ClusterSpec]:
+    """Refusals before anything changes (one line); (the primary site's spec, its spec as a standby)."""
+    if spec.standby_of is None:
+        raise UsageError(site.switchover_refusal(site.SwitchoverDecision.NOT_STANDBY, spec.scope, "") or "")
+    primary = primary_of(spec)
+    try:
+        demoted = site.demoted_spec(primary, spec)
+    except ValueError as exc:
+        raise StateError(str(exc)) from None
+    is_standby = bool(patroni.dynamic_config(spec).get("standby_cluster"))
+    if not is_standby or not yes:
+        decision = site.switchover_decision(is_standby, yes, True, True, True, 0)
+        raise UsageError(site.switchover_refusal(decision, spec.scope, primary.scope) or "")
+    theirs, mine = _position(primary), _position(spec)
+    writable = theirs is not None and not theirs.in_recovery
+    health = cluster_status(primary) if writable else None
+    healthy = health is not None and health.healthy
+    streaming = mine is not None and mine.in_recovery and mine.receiver == "streaming"
+    lag_b, _ = site.standby_lag(theirs.current_lsn if theirs else None, mine.replay_lsn if mine else None, None)
+    decision = site.switchover_decision(True, True, writable, healthy, streaming, lag_b)
+    detail = {site.SwitchoverDecision.PRIMARY_UNHEALTHY: "; ".join(health.problems[:2]) if health else "",
+              site.SwitchoverDecision.NOT_STREAMING: f"receiver: {mine.receiver}" if mine else "it does not answer",
+              site.SwitchoverDecision.LAGGING: f"{lag_b} bytes" if lag_b is not None else ""}.get(decision, "")
+    if why := site.switchover_refusal(decision, spec.scope, primary.scope, detail):
+        raise StateError(why)
+    return primary, demoted
+
+
+def join_site_network(spec: ClusterSpec, other: ClusterSpec) -> list[str]:
+    """`spec`'s Patroni nodes attached to `other`'s network (live, no restart), so they reach its
+    HAProxy by name; the nodes that had to be attached."""
+    eng = docker_hosts.engines(spec).default
+    return [m for m in spec.node_names() if eng.connect(spec.container(m), other.network)]
+
+
+def _follow_haproxy(spec: ClusterSpec) -> str:
+    """Re-place the HAProxy of `spec` (its rendering as a standby routes R/W to whichever member
+    holds the leader lock, a primary or a standby leader); the container's outcome."""
+    return place_member(spec, "haproxy", spec.haproxy_member, ensure_image(spec), "")
+
+
+def _demote(primary: ClusterSpec, demoted: ClusterSpec) -> None:
+    """The primary site's dynamic configuration gets `standby_cluster`: Patroni stops its leader
+    and starts it again as a standby leader following the new primary site."""
+    patroni.patch_config(primary, {"standby_cluster": site.standby_cluster(demoted)})
+
+
+def _standby_position(spec: ClusterSpec) -> postgres.WalPosition:
+    pos = _position(spec)
+    if pos is None or not pos.in_recovery:
+        raise StateError(f"{spec.scope}'s R/W port reaches no standby leader yet")
+    return pos
+
+
+@flow(name="site-switchover",
+      description="Site switchover: the primary site demoted to a standby, the standby site promoted; no write lost.")
+@mutating_flow("site-switchover")
+def site_switchover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa: B008
+                    wait_seconds: WaitSeconds = 0) -> SiteSwitchoverResult:
+    primary, demoted = preflight_once(switchover_preflight, spec, yes)
+    with site_lock(primary.scope, "site-switchover", wait_seconds):
+        return _switch_sites(spec, primary, demoted)
+
+
+def _switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> SiteSwitchoverResult:
+    # 1. The primary site readied to follow: its nodes on the standby site's network, its HAProxy
+    #    routing R/W to its leader whatever its role (the standby site keeps streaming through it
+    #    after the demotion), a slot for it on the standby site.
+    if joined := join_site_network(primary, spec):
+        note(f"{', '.join(joined)} of {primary.scope} attached to {spec.network}")
+    note(f"{primary.scope}'s HAProxy routes R/W to its leader in either role: {_follow_haproxy(demoted)}")
+    postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=60)
+    slot = ensure_primary_slot(demoted, spec)
+    note(f"slot {site.slot_name(demoted)} for {primary.scope} on {spec.scope}: {slot}")
+    # The standby leader's WAL receiver retries its lost connection every wal_retrieve_retry_interval
+    # (5 s by default): shortened for the switchover, so it reconnects as soon as the demoted
+    # leader serves again, instead of up to 5 s later with the writes stopped.
+    before = patroni.dynamic_parameters(spec).get(site.RETRY_PARAMETER)
+    _retry_interval(spec, site.SWITCHOVER_RETRY_INTERVAL)
+    try:
+        return _demote_and_promote(spec, primary, demoted, slot)
+    finally:
+        try:
+            _retry_interval(spec, None if before is None else str(before), wait=False)
+        except PghaError as exc:
+            note(f"{site.RETRY_PARAMETER} of {spec.scope} not restored ({exc}); `pgha up --scope {spec.scope}`")
+
+
+def _retry_interval(spec: ClusterSpec, value: str | None, wait: bool = True) -> None:
+    """Set (None: remove) the cluster's wal_retrieve_retry_interval; wait until its leader runs with it."""
+    patroni.patch_config(spec, {"postgresql": {"parameters": {site.RETRY_PARAMETER: value}}})
+    if not wait or value is None:
+        return
+
+    def current() -> str:
+        lead = patroni.cluster_view(spec).leader()
+        if lead is None:
+            raise StateError(f"{spec.scope} has no leader")
+        return postgres.node_sql(spec, lead.name, f"show {site.RETRY_PARAMETER}", read=True)
+
+    wait_for(f"{spec.scope}'s leader to reload {site.RETRY_PARAMETER}", current, lambda v: v == value,
+             timeout=spec.timing.loop_wait * 3 + 20, interval=0.2)
+
+
+def _demote_and_promote(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
+                        slot: str) -> SiteSwitchoverResult:
+    # 2. Demote: writes stop on the primary site. 3. The standby site replays everything the
+    #    primary site wrote; else the primary site is promoted back and nothing else changes.
+    before = _position(primary)
+    t0 = time.monotonic()
+    _demote(primary, demoted)
+    note(f"standby_cluster set on {primary.scope}: its leader restarts as a standby leader")
+    last = "unknown"
+    try:
+        pos = wait_for(f"{primary.scope} to run as a standby leader", lambda: _standby_position(primary),
+                       lambda p: p.replay_lsn is not None, timeout=primary.timing.ttl * 3 + 60, interval=0.1)
+        last = pos.replay_lsn or last
+        if before is not None and not site.caught_up(last, before.current_lsn):
+            raise StateError(f"{primary.scope}'s standby leader replayed only up to {last}, before the position "
+                             f"{before.current_lsn} it had as a primary")
+        note(f"{primary.scope} demoted; its last WAL ends at {last}")
+        mine = wait_for(f"{spec.scope} to replay {primary.scope}'s WAL up to {last}", lambda: _standby_position(spec),
+                        lambda p: site.caught_up(p.replay_lsn, last), timeout=site.SWITCHOVER_CATCHUP_S,
+                        interval=0.1)
+    except PghaError as exc:
+        patroni.patch_config(primary, {"standby_cluster": None})
+        postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=120)
+        note(f"{spec.scope} did not catch up: {primary.scope} promoted back")
+        try:
+            drop_primary_slot(demoted, spec)
+        except PghaError:
+            pass  # best effort: `pgha site status` and the audit's slot rows show a slot left behind
+        raise StateError(f"{spec.scope} did not replay {primary.scope}'s last WAL ({last}) within "
+                         f"{site.SWITCHOVER_CATCHUP_S:g}s ({str(exc).splitlines()[0]}); {primary.scope} is the "
+                         f"primary site again (on a new timeline, {spec.scope} follows it), the stored specs "
+                         "unchanged") from None
+    caught_s = round(time.monotonic() - t0, 2)
+    note(f"{spec.scope} replayed up to {mine.replay_lsn} ({caught_s}s after the demotion)")
+    # 4. Promote the standby site.
+    lead, _, old_slot = promote_site(spec, primary)
+    gap = round(time.monotonic() - t0, 2)
+    store_spec(demoted)
+    note(f"stored spec of {primary.scope}: standby_of {spec.scope} (change your spec files too)")
+    # 5. The old primary site follows the new one (its standby_cluster already names it).
+    target = _position(spec.model_copy(update={"standby_of": None}))
+    target_lsn = target.current_lsn if target else None
+    try:
+        wait_for(f"{primary.scope} to stream from {spec.scope}", lambda: _standby_position(primary),
+                 lambda p: p.receiver == "streaming" and site.caught_up(p.replay_lsn, target_lsn),
+                 timeout=site.SWITCHOVER_FOLLOW_S, interval=0.2)
+        follows = True
+        note(f"{primary.scope} streams from {spec.scope}")
+    except PghaError as exc:
+        follows = False
+        note(f"{primary.scope} does not follow {spec.scope} yet ({exc}); see `pgha site status --scope "
+             f"{primary.scope}`, or rebuild it (`pgha site rebuild --scope {primary.scope} --standby-of {spec.scope} --yes`)")
+    return SiteSwitchoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, demoted_lsn=last,
+                                caught_up_s=caught_s, write_gap_s=gap, old_primary_follows=follows,
+                                slot=slot, old_slot=old_slot, events=current().events,
+                                elapsed_s=current().elapsed())
+
+
+# ---- site failover ----
+
+
+def failover_preflight(spec: ClusterSpec, yes: bool) -> ClusterSpec:
+    """Refusals before anything changes (one line); the primary site's spec."""
+    if spec.standby_of is None or not patroni.dynamic_config(spec).get("standby_cluster"):
+        raise UsageError(site.promote_refusal(site.PromoteDecision.NOT_STANDBY, spec.scope, "") or "")
+    primary = primary_of(spec)
+    if not yes:
+        raise UsageError(f"site failover makes {spec.scope} the primary site and stops {primary.scope}'s Patroni "
+                         "nodes when the engine reaches them (writes not yet streamed are lost); add --yes to confirm")
+    return primary
+
+
+def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
+    """Stop the old primary site's Patroni nodes (PostgreSQL stops with them) so it takes no more
+    writes; (the containers stopped, None or the one line the operator must act on)."""
+    try:
+        eng = docker_hosts.engines(primary).default
+        names = [primary.container(m) for m in primary.node_names()]
+        running = [n for n in names if eng.running(n)]
+        for name in running:
+            eng.stop(name, timeout=10)
+    except PghaError as exc:
+        return [], (f"{primary.scope}'s engine does not answer ({exc}): make sure its nodes are stopped (power off "
+                    f"its hosts, or `docker stop` {primary.container('pg-1')} ...) before clients write anywhere but "
+                    "the new primary site")
+    return running, None
+
+
+@flow(name="site-failover",
+      description="Site failover: the standby site promoted, the old primary site's nodes stopped when reachable.")
+@mutating_flow("site-failover")
+def site_failover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa: B008
+                  wait_seconds: WaitSeconds = 0) -> SiteFailoverResult:
+    primary = preflight_once(failover_preflight, spec, yes)
+    fenced, action = fence_site(primary)
+    if action:
+        note(action)
+    else:
+        note(f"{primary.scope} fenced: {', '.join(fenced) or 'no node was running'}")
+    theirs = _position(primary)
+    if theirs is not None and not theirs.in_recovery:  # stopped nodes answer nothing: this is a safeguard
+        raise StateError(f"{primary.scope} still accepts writes after its nodes were stopped: stop it by hand, then "
+                         "`pgha site failover` again")
+    lead, writable_s, slot = promote_site(spec, primary)
+    return SiteFailoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, fenced=fenced,
+                              operator_action=action, slot=slot, writable_after_s=writable_s,
+                              events=current().events, elapsed_s=current().elapsed())
+
+
+# ---- site rebuild ----
+
+
+def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool) -> tuple[ClusterSpec, ClusterSpec]:
+    """Refusals before anything changes (one line); (the new primary site's spec, this one's as its standby)."""
+    from flows.steps.cluster import stored_spec
+
+    if standby_of == spec.scope:
+        raise UsageError(f"--standby-of names {spec.scope} itself: name the site that is primary now")
+    try:
+        primary = stored_spec(standby_of)
+    except StateError:
+        raise UsageError(f"--standby-of {standby_of}: no cluster '{standby_of}' was brought up from this machine") \
+            from None
+    theirs = _position(primary)
+    if primary.standby_of is not None or theirs is None or theirs.in_recovery:
+        raise StateError(f"{standby_of} is not a writable primary site: rebuild {spec.scope} as a standby of the "
+                         "site that takes the writes (`pgha site status`)")
+    try:
+        demoted = site.demoted_spec(spec.model_copy(update={"standby_of": None}), primary)
+    except ValueError as exc:
+        raise StateError(str(exc)) from None
+    mine = _position(spec)
+    if mine is not None and not mine.in_recovery:
+        raise StateError(f"{spec.scope} still accepts writes: fence it first (`pgha site failover --scope "
+                         f"{standby_of} --yes` stops its nodes), then rebuild it")
+    if not yes:
+        raise UsageError(f"site rebuild deletes {spec.scope}'s data and clones it from {standby_of} as its standby; "
+                         "add --yes to confirm")
+    return primary, demoted
+
+
+@flow(name="site-rebuild",
+      description="The old primary site cloned afresh from the new primary site as its standby cluster.")
+@mutating_flow("site-rebuild")
+def site_rebuild(spec: ClusterSpec = ClusterSpec(), standby_of: str = "", yes: bool = False,  # noqa: B008
+                 wait_seconds: WaitSeconds = 0) -> SiteRebuildResult:
+    primary, demoted = preflight_once(rebuild_preflight, spec, standby_of, yes)
+    with site_lock(primary.scope, "site-rebuild", wait_seconds):
+        removed: list[str] = []
+        for engine in docker_hosts.engines(spec).all():
+            gone = engine.remove_labelled(spec.scope, volumes=True, keep_volumes={repo_volume(spec)})
+            removed += gone["containers"] + gone["volumes"]
+        note(f"{spec.scope}'s containers and volumes removed ({len(removed)}); passwords and CA kept")
+        if spec.standby_of is not None and spec.standby_of.scope != primary.scope:
+            old = stored_spec_or_none(spec.standby_of.scope)
+            if old is not None:
+                try:
+                    note(f"slot {site.slot_name(spec)} on {old.scope}: {drop_primary_slot(spec, old)}")
+                except PghaError as exc:
+                    note(f"slot {site.slot_name(spec)} on {old.scope} not removed ({exc})")
+        store_spec(demoted)
+        note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
+        converge(demoted)
+        try:
+            pos = wait_for(f"{spec.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
+                           lambda p: p.receiver == "streaming", timeout=site.SWITCHOVER_FOLLOW_S, interval=0.5)
+            streaming = pos.receiver == "streaming"
+        except PghaError:
+            streaming = False
+        note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
+    return SiteRebuildResult(scope=spec.scope, standby_of=primary.scope, removed=removed, streaming=streaming,
                              events=current().events, elapsed_s=current().elapsed())
+
+
+def stored_spec_or_none(scope: str) -> ClusterSpec | None:
+    from flows.steps.cluster import stored_spec
+
+    try:
+        return stored_spec(scope)
+    except StateError:
+        return None

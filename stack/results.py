@@ -406,6 +406,47 @@ class SiteStatusResult(Result):
     elapsed_s: float = 0.0
 
 
+class SiteSwitchoverResult(Result):
+    """`pgha site switchover`: the primary site demoted to a standby, the standby site promoted."""
+
+    scope: str  # the new primary site
+    old_primary: str  # the old primary site, now a standby of `scope`
+    leader: str  # the new primary site's leader
+    demoted_lsn: str  # the demoted primary's last WAL, replayed by `scope` before its promotion
+    caught_up_s: float  # from the demotion until `scope` had replayed it
+    write_gap_s: float  # from the demotion until `scope` accepted writes on its R/W port
+    old_primary_follows: bool  # the old primary site streams from the new one
+    slot: str  # the old primary site's slot on the new one
+    old_slot: str  # the new primary site's slot on the old one: removed, absent, or why not
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class SiteFailoverResult(Result):
+    """`pgha site failover`: the standby site promoted, the old primary site fenced when reachable."""
+
+    scope: str
+    old_primary: str
+    leader: str
+    fenced: list[str] = Field(default_factory=list)  # the old primary site's containers stopped
+    operator_action: str | None = None  # what the operator must do when the old site was not reachable
+    slot: str
+    writable_after_s: float
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class SiteRebuildResult(Result):
+    """`pgha site rebuild`: the old primary site cloned afresh as a standby of the new one."""
+
+    scope: str
+    standby_of: str  # the primary site it follows now
+    removed: list[str] = Field(default_factory=list)  # its containers and volumes replaced
+    streaming: bool  # its standby leader streams from the primary site
+    events: list[str] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
 class SitePromoteResult(Result):
     """`pgha site promote`: a standby site made a primary site."""
 

@@ -150,3 +150,89 @@ def standby_lag(primary_lsn: str | None, replay_lsn: str | None,
     if behind == 0:
         return 0, 0.0
     return behind, None if since_replay_s is None else round(max(0.0, since_replay_s), 3)
+
+
+# ---- a site switchover: the primary site demoted, the standby site promoted, no write lost ----
+
+# A standby further behind than this is refused: it would keep the sites without a writable one
+# for as long as it takes to replay the difference.
+SWITCHOVER_MAX_LAG_BYTES = 64 * 1024 * 1024
+# How long the standby site may take to replay the demoted primary site's last WAL before the
+# switchover is abandoned and the primary site promoted back.
+SWITCHOVER_CATCHUP_S = 60.0
+# How long the old primary site may take to stream from the new one before the switchover
+# reports it does not follow (the switchover itself is done by then).
+SWITCHOVER_FOLLOW_S = 90.0
+
+
+# The standby leader's retry of a lost connection during a switchover (PostgreSQL's default 5 s
+# would stop writes up to 5 s longer); restored afterwards.
+RETRY_PARAMETER = "wal_retrieve_retry_interval"
+SWITCHOVER_RETRY_INTERVAL = "200ms"
+
+
+class SwitchoverDecision(StrEnum):
+    PROCEED = "proceed"
+    NOT_STANDBY = "not a standby"
+    NEEDS_YES = "needs --yes"
+    PRIMARY_UNHEALTHY = "primary site not healthy"
+    NOT_STREAMING = "standby not streaming"
+    LAGGING = "standby lags"
+
+
+def switchover_decision(is_standby: bool, yes: bool, primary_writable: bool, primary_healthy: bool,
+                        streaming: bool, lag_bytes: int | None,
+                        max_lag: int = SWITCHOVER_MAX_LAG_BYTES) -> SwitchoverDecision:
+    """May `pgha site switchover` go on? Only between a healthy writable primary site and a standby
+    that streams from it close behind: the standby must replay the primary's last WAL in seconds."""
+    if not is_standby:
+        return SwitchoverDecision.NOT_STANDBY
+    if not yes:
+        return SwitchoverDecision.NEEDS_YES
+    if not primary_writable or not primary_healthy:
+        return SwitchoverDecision.PRIMARY_UNHEALTHY
+    if not streaming:
+        return SwitchoverDecision.NOT_STREAMING
+    if lag_bytes is None or lag_bytes > max_lag:
+        return SwitchoverDecision.LAGGING
+    return SwitchoverDecision.PROCEED
+
+
+def switchover_refusal(decision: SwitchoverDecision, scope: str, primary: str, detail: str = "") -> str | None:
+    """The one line a refused site switchover prints (None: go on)."""
+    if decision == SwitchoverDecision.NOT_STANDBY:
+        return (f"cluster {scope} is not a standby cluster (no standby_of, or its DCS has no standby_cluster): "
+                "run site switchover on the standby site")
+    if decision == SwitchoverDecision.NEEDS_YES:
+        return (f"site switchover demotes {primary} to a standby of {scope} and makes {scope} the primary site "
+                "(writes stop for a few seconds); add --yes to confirm")
+    if decision == SwitchoverDecision.PRIMARY_UNHEALTHY:
+        return (f"the primary site {primary} is not healthy ({detail or 'no writable leader'}): a switchover needs "
+                f"both sites up; use `pgha site failover --scope {scope} --yes` if {primary} is lost")
+    if decision == SwitchoverDecision.NOT_STREAMING:
+        return (f"{scope}'s standby leader does not stream from {primary} ({detail or 'no WAL receiver'}): it could "
+                "not receive the primary's last WAL; see `pgha site status`")
+    if decision == SwitchoverDecision.LAGGING:
+        return (f"{scope} replays {detail or 'an unknown amount'} behind {primary} (the bound is "
+                f"{SWITCHOVER_MAX_LAG_BYTES // (1024 * 1024)} MiB): wait until it catches up (`pgha site status`)")
+    return None
+
+
+def demoted_spec(primary: ClusterSpec, standby: ClusterSpec) -> ClusterSpec:
+    """The old primary site's spec after a switchover: a standby of the new primary site, through a
+    slot when the standby used one (by default when it was none). ValueError (its one line) when
+    that spec is not a valid standby (backups on, declared roles: a standby cluster has neither)."""
+    from pydantic import ValidationError
+
+    slot = standby.standby_of.slot if standby.standby_of is not None else True
+    data = {**primary.model_dump(mode="json"), "standby_of": {"scope": standby.scope, "slot": slot}}
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{primary.scope} cannot become a standby of {standby.scope}: {why}") from None
+
+
+def caught_up(replay_lsn: str | None, target_lsn: str | None) -> bool:
+    """The standby has replayed up to `target_lsn` (the demoted primary's last WAL)."""
+    return replay_lsn is not None and target_lsn is not None and lsn_bytes(replay_lsn) >= lsn_bytes(target_lsn)

@@ -59,6 +59,8 @@ def bootstrap_preflight(spec: ClusterSpec) -> None:
     eng.check()
     if spec.standby_of is not None:  # a second site: its primary site runs and matches (stack/site.py)
         standby.preflight(spec)
+    else:  # a site demoted by a site switchover or rebuild is converged as a standby only
+        standby.refuse_unnamed_standby(spec)
     apps_preflight(spec)  # declared roles' password files
     if os.environ.get("POSTGRES_PASSWORD") == "" and "POSTGRES_PASSWORD" in os.environ:
         raise StateError("POSTGRES_PASSWORD is set but empty; unset it to have a strong one generated")

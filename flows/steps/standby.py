@@ -54,6 +54,22 @@ def promoted(spec: ClusterSpec) -> bool:
     return bool(config) and not config.get("standby_cluster")
 
 
+def refuse_unnamed_standby(spec: ClusterSpec) -> None:
+    """A running standby cluster brought up from a spec without `standby_of` (the spec file kept from
+    before a site switchover) would lose its link: refused, naming the site it follows."""
+    if spec.multi_host:
+        return
+    try:
+        block = patroni.dynamic_config(spec).get("standby_cluster")
+    except PghaError:
+        return  # no node answers: a new cluster, or one being brought back
+    if block:
+        other = str(block.get("host", "")).removesuffix("-haproxy") or "another site"
+        raise StateError(f"cluster {spec.scope} runs as a standby of {other} (after a site switchover or rebuild) "
+                         f"but this spec has no standby_of: add `standby_of: {{scope: {other}}}` to it, or "
+                         f"`pgha up --scope {spec.scope}` (the stored spec has it)")
+
+
 def preflight(spec: ClusterSpec) -> ClusterSpec:
     """Everything a standby cluster needs from its primary site, checked before anything is created."""
     if promoted(spec):

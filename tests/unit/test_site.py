@@ -121,3 +121,84 @@ def test_the_audit_row_of_the_standby_link(obs: A.StandbyObs | None, level: A.Le
     [f] = A.check_standby(obs, STANDBY, STANDBY.audit)
     assert f.check == "site.standby" and f.status == level and fragment in f.observed, f
     assert A.check_standby(obs, ClusterSpec(), ClusterSpec().audit) == []
+
+
+# ---- site switchover ----
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    ((False, True, True, True, True, 0), site.SwitchoverDecision.NOT_STANDBY),
+    ((True, False, True, True, True, 0), site.SwitchoverDecision.NEEDS_YES),
+    ((True, True, False, True, True, 0), site.SwitchoverDecision.PRIMARY_UNHEALTHY),
+    ((True, True, True, False, True, 0), site.SwitchoverDecision.PRIMARY_UNHEALTHY),
+    ((True, True, True, True, False, 0), site.SwitchoverDecision.NOT_STREAMING),
+    ((True, True, True, True, True, None), site.SwitchoverDecision.LAGGING),
+    ((True, True, True, True, True, site.SWITCHOVER_MAX_LAG_BYTES + 1), site.SwitchoverDecision.LAGGING),
+    ((True, True, True, True, True, site.SWITCHOVER_MAX_LAG_BYTES), site.SwitchoverDecision.PROCEED),
+    ((True, True, True, True, True, 0), site.SwitchoverDecision.PROCEED),
+])
+def test_switchover_decision(args: tuple[bool, bool, bool, bool, bool, int | None],
+                             want: site.SwitchoverDecision) -> None:
+    decision = site.switchover_decision(*args)
+    assert decision == want
+    refusal = site.switchover_refusal(decision, "site-b", "site-a", "detail")
+    assert (refusal is None) == (want == site.SwitchoverDecision.PROCEED)
+    assert refusal is None or "\n" not in refusal
+    if want == site.SwitchoverDecision.NEEDS_YES:
+        assert "add --yes" in (refusal or "")
+    if want == site.SwitchoverDecision.PRIMARY_UNHEALTHY:
+        assert "pgha site failover --scope site-b --yes" in (refusal or "")
+    if want == site.SwitchoverDecision.LAGGING:
+        assert "64 MiB" in (refusal or "")
+
+
+def test_the_demoted_site_becomes_a_standby_of_the_new_primary_through_the_same_kind_of_slot() -> None:
+    primary = parse_spec({"scope": "site-a", "nodes": 2, "backup": {"enabled": False}})
+    demoted = site.demoted_spec(primary, STANDBY)
+    assert demoted.standby_of is not None and demoted.standby_of.scope == "site-b" and demoted.standby_of.slot
+    assert primary.standby_of is None  # the stored spec is replaced, the given one not changed
+    block = site.standby_cluster(demoted)
+    assert block["host"] == "site-b-haproxy" and block["primary_slot_name"] == "standby_site_a", block
+    unslotted = STANDBY.model_copy(update={"standby_of": STANDBY.standby_of.model_copy(update={"slot": False})})  # type: ignore[union-attr]
+    assert "primary_slot_name" not in site.standby_cluster(site.demoted_spec(primary, unslotted))
+    # The new primary site (no standby_of): the old one follows it through a slot, the default.
+    assert site.demoted_spec(primary, STANDBY.model_copy(update={"standby_of": None})).standby_of.slot  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"backup": {"enabled": True}}, "takes no backups of its own"),
+    ({"roles": [{"name": "app"}]}, "its roles and databases are the primary's"),
+])
+def test_a_primary_site_that_cannot_be_a_standby_is_refused_in_one_line(change: dict[str, object],
+                                                                         fragment: str) -> None:
+    primary = parse_spec({"scope": "site-a", "backup": {"enabled": False}, **change})
+    with pytest.raises(ValueError, match="site-a cannot become a standby of site-b") as exc:
+        site.demoted_spec(primary, STANDBY)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_caught_up_compares_byte_positions() -> None:
+    assert site.caught_up("1/0", "0/FFFFFFFF") and site.caught_up("0/3000060", "0/3000060")
+    assert not site.caught_up("0/3000060", "0/3000061")
+    assert not site.caught_up(None, "0/1") and not site.caught_up("0/1", None)
+
+
+def test_up_of_a_demoted_site_from_a_spec_without_standby_of_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.steps import standby
+    from stack.errors import PatroniError, StateError
+    from tasks import patroni
+
+    primary = parse_spec({"scope": "site-a", "backup": {"enabled": False}})
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"standby_cluster": {"host": "site-b-haproxy"}})
+    with pytest.raises(StateError, match=r"runs as a standby of site-b .* add `standby_of: \{scope: site-b\}`"):
+        standby.refuse_unnamed_standby(primary)
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"loop_wait": 2})
+    standby.refuse_unnamed_standby(primary)  # a primary site: nothing to say
+
+    def down(spec: ClusterSpec) -> dict[str, object]:
+        raise PatroniError("no Patroni node answers /config")
+
+    monkeypatch.setattr(patroni, "dynamic_config", down)
+    standby.refuse_unnamed_standby(primary)  # a new cluster

@@ -1,0 +1,220 @@
+"""A site switchover between two sites on one engine, under a write probe; then back.
+
+Site A: 1 etcd / 1 node, the primary site. Site B: 1 etcd / 1 node, its standby cluster.
+`pgha site switchover --scope B --yes` while a client writes every 50 ms (through A's R/W port,
+then B's): every acknowledged write is on B (0 lost), the write gap is reported; A follows B
+(a row written on B appears on A); the stored specs are swapped, so `status`, `audit` and
+`site status` treat A as B's standby; then the switchover back. Refusals: one line, nothing
+changed. Pooler and backups off: not the point.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import psycopg
+import pytest
+
+from stack.wait import wait_for
+from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope, up
+
+SCOPE_A = "pgha-it-sw-a"
+SCOPE_B = "pgha-it-sw-b"
+SPEC_A = {"scope": SCOPE_A, "nodes": 1, "etcd_members": 1, "ports": {"rw": 29630, "ro": 29631, "stats": 29632},
+          "backup": {"enabled": False}, "pooler": {"enabled": False}}
+SPEC_B = {"scope": SCOPE_B, "nodes": 1, "etcd_members": 1, "ports": {"rw": 29640, "ro": 29641, "stats": 29642},
+          "backup": {"enabled": False}, "pooler": {"enabled": False}, "standby_of": {"scope": SCOPE_A}}
+
+
+def connect(c: Cluster, timeout: int = 5) -> psycopg.Connection:
+    ca = Path(c.env["PGHA_STATE_DIR"]) / c.scope / "tls" / "ca.crt"
+    return psycopg.connect(host="127.0.0.1", port=c.port("rw"), user="postgres", password=c.secrets["superuser"],
+                           dbname="postgres", autocommit=True, connect_timeout=timeout, sslmode="verify-full",
+                           sslrootcert=str(ca))
+
+
+def one(c: Cluster, sql: str) -> object:
+    with connect(c) as conn:
+        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
+
+
+class WriteProbe:
+    """A client inserting one row every 50 ms through whichever site's R/W port takes writes;
+    the ids of the inserts acknowledged (committed without error) and when."""
+
+    def __init__(self, sites: list[Cluster]) -> None:
+        self.sites, self.acked, self.stop = sites, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        n, turn = 0, 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                if conn is None:
+                    conn = connect(self.sites[turn % len(self.sites)], timeout=1)
+                conn.execute("insert into probe values (%s, now())", (n,))
+                self.acked.append((n, time.monotonic()))
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn, turn = None, turn + 1  # the other site's R/W port next
+            self.stop.wait(0.05)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> WriteProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def gap(self) -> float:
+        times = [t for _, t in self.acked]
+        return round(max(b - a for a, b in zip(times, times[1:], strict=False)), 2) if len(times) > 1 else 0.0
+
+
+def clear(engine: docker.DockerClient) -> None:
+    """Both sites removed: each site's nodes may sit on the other's network, so every container first."""
+    for scope in (SCOPE_B, SCOPE_A):
+        for ct in engine.containers.list(all=True, filters={"label": f"pgha.cluster={scope}"}):
+            ct.remove(force=True)
+    for scope in (SCOPE_B, SCOPE_A):
+        remove_scope(engine, scope)
+
+
+@pytest.fixture(scope="module")
+def sites(engine: docker.DockerClient, base_env: dict[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Cluster]]:
+    tmp = tmp_path_factory.mktemp("switchover")
+    clear(engine)
+    a = make_cluster(engine, base_env, tmp, SPEC_A)
+    b = make_cluster(engine, base_env, tmp, SPEC_B)
+    try:
+        up(a)
+        with connect(a) as conn:
+            conn.execute("create table probe (id int primary key, at timestamptz not null)")
+        up(b)
+        yield a, b
+    finally:
+        clear(engine)
+        for c in (b, a):
+            shutil.rmtree(Path(base_env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
+
+
+def switch(new: Cluster, old: Cluster) -> dict[str, object]:
+    """`pgha site switchover --scope <new>` under the write probe: no acknowledged write lost."""
+    wait_for(f"{new.scope} to replay what {old.scope} has", lambda: pgha(new.env, "site", "status", "--json",
+                                                                         "--scope", new.scope),
+             lambda r: r.returncode == 0 and any(s["scope"] == new.scope and s["streaming"]
+                                                 for s in json.loads(r.stdout)["sites"]), timeout=60, interval=1)
+    with connect(old) as conn:
+        conn.execute("truncate probe")
+    with WriteProbe([old, new]) as probe:
+        wait_for("the probe's first writes", lambda: len(probe.acked), lambda n: n >= 10, timeout=30, interval=0.1)
+        res = pgha(new.env, "site", "switchover", "--yes", "--json", "--scope", new.scope)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        before = len(probe.acked)
+        wait_for("writes on the new primary site", lambda: len(probe.acked), lambda n: n >= before + 10,
+                 timeout=30, interval=0.1)
+    out = json.loads(res.stdout)
+    acked = {i for i, _ in probe.acked}
+    with connect(new) as conn:
+        assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
+        have = {r[0] for r in conn.execute("select id from probe").fetchall()}
+    lost = sorted(acked - have)
+    print(f"\nsite switchover to {new.scope}: {len(acked)} writes acknowledged, {len(lost)} lost, write gap "
+          f"{probe.gap()} s (flow: demotion to writable {out['write_gap_s']} s, caught up {out['caught_up_s']} s, "
+          f"{out['elapsed_s']} s in all)")
+    assert lost == [], f"acknowledged writes missing on {new.scope}: {lost[:20]}"
+    assert out["old_primary"] == old.scope and out["old_primary_follows"] is True, out
+    return out
+
+
+def follows(standby: Cluster, primary: Cluster, row: int) -> None:
+    with connect(primary) as conn:
+        conn.execute("insert into probe values (%s, now())", (row,))
+    got = wait_for(f"the row written on {primary.scope} to reach {standby.scope}",
+                   lambda: one(standby, f"select count(*) from probe where id = {row}"),  # noqa: S608 - an int
+                   lambda n: n == 1, timeout=30, interval=0.2)
+    assert got == 1 and one(standby, "select pg_is_in_recovery()") is True
+
+
+def test_refusals_change_nothing(sites: tuple[Cluster, Cluster]) -> None:
+    a, b = sites
+    for args, fragment in ((("--scope", SCOPE_B), "add --yes"), (("--yes", "--scope", SCOPE_A), "not a standby")):
+        res = pgha(b.env, "site", "switchover", *args)
+        assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+            res.stderr[-2000:]
+    res = pgha(b.env, "site", "failover", "--scope", SCOPE_B)
+    assert res.returncode != 0 and "add --yes" in res.stderr, res.stderr[-2000:]
+    assert one(b, "select pg_is_in_recovery()") is True and one(a, "select pg_is_in_recovery()") is False
+
+
+def test_switchover_loses_no_write_and_the_old_site_follows(sites: tuple[Cluster, Cluster]) -> None:
+    a, b = sites
+    switch(b, a)
+    follows(a, b, 1_000_001)
+    res = pgha(a.env, "site", "status", "--json", "--scope", SCOPE_A)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = {s["scope"]: s for s in json.loads(res.stdout)["sites"]}
+    assert rows[SCOPE_B]["role"] == "primary" and rows[SCOPE_A]["role"] == "standby", rows
+    assert rows[SCOPE_A]["follows"] == SCOPE_B and rows[SCOPE_A]["streaming"] is True, rows
+    # The audit of the new standby site passes once the switchover has settled (a point-in-time
+    # check: on a loaded machine HAProxy may still be marking its standby leader up).
+    res = wait_for(f"{SCOPE_A}'s audit to pass", lambda: pgha(a.env, "audit", "--json", "--scope", SCOPE_A),
+                   lambda r: r.returncode == 0, timeout=120, interval=2,
+                   describe=lambda r: r.stderr[-500:] + json.dumps(
+                       [f for f in json.loads(r.stdout or '{"findings": []}')["findings"] if f["status"] != "ok"]))
+    findings = json.loads(res.stdout)["findings"]
+    assert [f for f in findings if f["status"] == "critical"] == [], findings
+    assert [f["observed"][:9] for f in findings if f["check"] == "site.standby"] == ["streaming"], findings
+    res = pgha(a.env, "up", "--spec", str(a.spec_file))  # the spec file kept from before: no standby_of
+    assert res.returncode != 0 and f"runs as a standby of {SCOPE_B}" in res.stderr \
+        and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+
+
+def test_switch_back(sites: tuple[Cluster, Cluster]) -> None:
+    a, b = sites
+    switch(a, b)
+    follows(b, a, 1_000_002)
+    res = pgha(b.env, "status", "--json", "--scope", SCOPE_B)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_failover_fences_and_the_old_site_is_rebuilt(sites: tuple[Cluster, Cluster],
+                                                      engine: docker.DockerClient) -> None:
+    a, b = sites  # after the switch back: A primary, B its standby
+    res = pgha(b.env, "site", "failover", "--yes", "--json", "--scope", SCOPE_B)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["fenced"] == [a.container("pg-1")] and out["operator_action"] is None, out
+    assert engine.containers.get(a.container("pg-1")).status == "exited"
+    print(f"\nsite failover: {SCOPE_B} writable after {out['writable_after_s']} s, {out['elapsed_s']} s in all")
+    with connect(b) as conn:
+        conn.execute("insert into probe values (2000001, now())")
+    for args, fragment in ((("--standby-of", SCOPE_B), "add --yes"),
+                           (("--standby-of", SCOPE_A, "--yes"), "itself"),
+                           (("--standby-of", "pgha-it-sw-none", "--yes"), "no cluster 'pgha-it-sw-none'")):
+        res = pgha(a.env, "site", "rebuild", "--scope", SCOPE_A, *args)
+        assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+            res.stderr[-2000:]
+    res = pgha(b.env, "site", "rebuild", "--scope", SCOPE_B, "--standby-of", SCOPE_A, "--yes")
+    assert res.returncode != 0 and "not a writable primary site" in res.stderr, res.stderr[-2000:]
+    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--scope", SCOPE_A, "--standby-of", SCOPE_B)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["streaming"] is True, out
+    print(f"site rebuild: {SCOPE_A} cloned from {SCOPE_B} in {out['elapsed_s']} s")
+    assert one(a, "select count(*) from probe where id = 2000001") == 1
+    follows(a, b, 2000002)
