@@ -145,8 +145,7 @@ def test_back_since() -> None:
 # copies between engines), the lab's resources and the control plane's containers. No other module
 # may import it (lazy imports included).
 DOCKER_ADAPTER = {"tasks/docker_engine.py", "tasks/docker_ssh.py", "tasks/node_exec.py", "tasks/docker_hosts.py",
-                  "tasks/docker_images.py", "tasks/docker_lab_hosts.py"}
-DOCKER_PY_TO_MOVE = {"tasks/control_plane.py"}  # still to move behind the adapter
+                  "tasks/docker_images.py", "tasks/docker_lab_hosts.py", "tasks/docker_control.py"}
 
 
 def test_docker_py_only_in_the_docker_adapter() -> None:
@@ -155,8 +154,7 @@ def test_docker_py_only_in_the_docker_adapter() -> None:
         for p in (ROOT / pkg).rglob("*.py"):
             if any(module.split(".")[0] == "docker" for module, _ in _imports(p)):
                 users.add(str(p.relative_to(ROOT)))
-    assert users - DOCKER_ADAPTER - DOCKER_PY_TO_MOVE == set(), "docker-py outside the Docker adapter"
-    assert DOCKER_PY_TO_MOVE <= users, f"moved behind the adapter, take it off the list: {DOCKER_PY_TO_MOVE - users}"
+    assert users - DOCKER_ADAPTER == set(), "docker-py outside the Docker adapter"
 
 
 def _module_level_effects(path: Path) -> list[str]:
