@@ -95,6 +95,7 @@ def run(engine: Engine, c: Supervised) -> ContainerState:
         )
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot start {c.name}: {exc.explanation or exc}") from None
+    ct.reload()  # docker-py hands back the container as created, before it started
     return _state(ct)
 
 
