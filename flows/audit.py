@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from flows.steps.cluster import stored_spec
 from flows.steps.deployment import pinned_spec
 from stack import alerts as alerts_mod
 from stack import audit as A
@@ -37,7 +36,7 @@ from stack.spec import ClusterSpec
 from tasks import events, heartbeat, metrics_exporter
 from tasks._prefect import READ_ONLY
 from tasks.host import journal
-from tasks.host.generations import deployed, serving
+from tasks.host.generations import deployed, serving, stored_spec
 from tasks.host.prune import rotate_server_logs
 from tasks.host.state import cluster_dir, write_private
 from tasks.observe import AUDIT_PARTS, observe

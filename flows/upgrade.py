@@ -39,7 +39,7 @@ from stack.rolling import (
 )
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, patroni, postgres
+from tasks import docker_hosts, docker_images, patroni, postgres
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -81,7 +81,7 @@ def versions(spec: ClusterSpec) -> dict[str, int | None]:
 def gather_facts(spec: ClusterSpec, target: str) -> UpgradeFacts:
     """What the pre-check judges: health, lag, the oldest transaction, the target image."""
     # Where `pgha images build` puts it: this machine's engine (over hosts, the flow loads it into each).
-    env = docker_hosts.local_engine().image_env(target)
+    env = docker_images.image_env(docker_hosts.local_engine(), target)
     st = cluster_status(spec)
     lag: int | None = 0
     paused = False
@@ -198,7 +198,7 @@ def upgrade(spec: ClusterSpec = ClusterSpec(), image: str = "", node_timeout_s: 
     if pending and pending.get("target") != target:
         raise StateError(f"an interrupted upgrade to {pending.get('target')} is pending; run it again with "
                          f"--image {pending.get('target')} to finish it first")
-    if pending and docker_hosts.local_engine().image_env(target) is not None:
+    if pending and docker_images.image_env(docker_hosts.local_engine(), target) is not None:
         if spec.hosts is not None:
             ensure_image_on_hosts(spec, target)
         _resume_in_flight(ctx, pending)

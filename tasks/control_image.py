@@ -20,10 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import docker.errors
 from packaging.requirements import Requirement
 
 from stack.errors import ImageError
+from tasks import docker_images
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import local_engine
 from tasks.images import BASE_REPO, _debootstrap, _exists, build_image
@@ -114,11 +114,9 @@ def _base(suite: str, engine: Engine, log: list[str]) -> str:
     for ref in (f"debian:{suite}-slim", f"{BASE_REPO}:{suite}"):
         if _exists(ref, engine):
             return ref
-    try:
-        engine.client.images.pull(f"debian:{suite}-slim")
+    if docker_images.pull(engine, f"debian:{suite}-slim"):
         return f"debian:{suite}-slim"
-    except docker.errors.APIError:
-        log.append(f"cannot pull debian:{suite}-slim; building {BASE_REPO}:{suite} with debootstrap")
+    log.append(f"cannot pull debian:{suite}-slim; building {BASE_REPO}:{suite} with debootstrap")
     _debootstrap(suite, f"{BASE_REPO}:{suite}", log)
     return f"{BASE_REPO}:{suite}"
 

@@ -32,12 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-from docker.models.containers import Container
-from docker.types import Healthcheck, LogConfig, Mount
-
-from stack.errors import DockerError
-from tasks.docker_engine import DEFAULT_LOG_OPTIONS, LABEL_CONFIG, LABEL_ROLE, LOG_DRIVER
+from tasks import docker_control
+from tasks.docker_control import ContainerState
+from tasks.docker_engine import LABEL_CONFIG, LABEL_ROLE, MountSpec
 from tasks.docker_hosts import local_engine
 
 LABEL_CONTROL = "pgha.control"  # the control plane's key (one per state directory and port)
@@ -53,7 +50,6 @@ DB_IN_WORKER = "/var/lib/pgha-server-db"  # the same volume, read-only in the wo
 LISTENER_FILE = "pgha-listener"
 GUARD_DIR = Path("stack") / "control" / "site"  # in the checkout: on the worker's PYTHONPATH
 DOCKER_SOCKET = "/var/run/docker.sock"  # where the worker's flows find the engine (docker-py's default)
-NS = 1_000_000_000
 # Passed from `pgha server start`'s environment to the worker (hence to every flow run), when set.
 # Alert webhooks are not: they live in the server's notification block, applied by the CLI.
 WORKER_PASSTHROUGH = ("PGHA_HEARTBEAT_URL", "PGHA_DEBIAN_MIRROR", "PGHA_DEBIAN_SECURITY_MIRROR",
@@ -159,94 +155,70 @@ def config_hash(definition: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _client() -> Any:
-    return local_engine().client
+def _labels(plane: ControlPlane, role: str) -> dict[str, str]:
+    return {LABEL_CONTROL: plane.key, LABEL_ROLE: role}
 
 
-def _find(plane: ControlPlane, role: str) -> Container | None:
-    found = _client().containers.list(all=True, filters={"label": [f"{LABEL_CONTROL}={plane.key}",
-                                                                   f"{LABEL_ROLE}={role}"]})
-    return found[0] if found else None
+def _supervised(plane: ControlPlane, d: dict[str, Any]) -> docker_control.Supervised:
+    return docker_control.Supervised(
+        name=d["name"], image=d["image"], command=d["command"],
+        labels={**plane.labels(d["role"]), LABEL_CONFIG: config_hash(d)}, environment=d["environment"],
+        mounts=[MountSpec(target=target, source=source, kind=kind, read_only=ro)
+                for kind, source, target, ro in d["mounts"]],
+        health=d["health"], restart_policy=RESTART_POLICY, working_dir=d.get("working_dir"))
 
 
-def _run(plane: ControlPlane, d: dict[str, Any]) -> Container:
-    mounts = [Mount(target=target, source=source, type=kind, read_only=ro) for kind, source, target, ro in d["mounts"]]
-    labels = {**plane.labels(d["role"]), LABEL_CONFIG: config_hash(d)}
-    try:
-        return _client().containers.run(
-            d["image"], d["command"], name=d["name"], detach=True, labels=labels, environment=d["environment"],
-            mounts=mounts, network_mode="host", init=True, working_dir=d.get("working_dir"),
-            restart_policy={"Name": RESTART_POLICY},
-            healthcheck=Healthcheck(test=d["health"], interval=10 * NS, timeout=8 * NS, retries=3,
-                                    start_period=90 * NS),
-            log_config=LogConfig(type=LOG_DRIVER, config=DEFAULT_LOG_OPTIONS),
-        )
-    except docker.errors.APIError as exc:
-        raise DockerError(f"cannot start {d['name']}: {exc.explanation or exc}") from None
-
-
-def ensure(plane: ControlPlane, role: str) -> tuple[str, Container]:
+def ensure(plane: ControlPlane, role: str) -> tuple[str, ContainerState]:
     """The container of `role` running; look first and act only when needed.
 
     A running container whose definition differs from the wanted one is kept (recreating the
     server or the worker would cut every run in flight): the caller says so.
     """
     d = plane.server_def() if role == SERVER_ROLE else plane.worker_def()
+    engine = local_engine()
     if role == SERVER_ROLE:
-        try:
-            _client().volumes.get(plane.volume)
-        except docker.errors.NotFound:
-            _client().volumes.create(plane.volume, labels=plane.labels(SERVER_ROLE))
-    c = _find(plane, role)
-    if c is not None and c.status in ("running", "restarting"):
+        docker_control.ensure_volume(engine, plane.volume, plane.labels(SERVER_ROLE))
+    c = docker_control.find(engine, _labels(plane, role))
+    if c is not None and c.up:
         same = c.labels.get(LABEL_CONFIG) == config_hash(d)
         return ("running" if same else "running (definition changed: applies after `pgha server stop` and "
                 "`pgha server start`)"), c
     if c is not None:  # stopped by hand, or created and never started: start the current definition
-        c.remove(force=True)
-    return "started", _run(plane, d)
+        docker_control.remove(engine, _labels(plane, role))
+    return "started", docker_control.run(engine, _supervised(plane, d))
 
 
 def remove(plane: ControlPlane, volume: bool = False) -> list[str]:
     """Stop and remove the containers (worker first); the database volume only when asked."""
     done = []
     for role in (WORKER_ROLE, SERVER_ROLE):
-        c = _find(plane, role)
-        if c is None:
+        name = docker_control.remove(local_engine(), _labels(plane, role), stop_timeout=30)
+        if name is None:
             done.append(f"{role.removeprefix('prefect-')} was not running")
             continue
-        try:
-            c.stop(timeout=30)
-        except docker.errors.APIError:
-            pass
-        c.remove(force=True)
-        done.append(f"{role.removeprefix('prefect-')} stopped and removed ({c.name})")
-    if volume:
-        try:
-            _client().volumes.get(plane.volume).remove(force=True)
-            done.append(f"database volume {plane.volume} removed")
-        except docker.errors.NotFound:
-            pass
+        done.append(f"{role.removeprefix('prefect-')} stopped and removed ({name})")
+    if volume and docker_control.remove_volume(local_engine(), plane.volume):
+        done.append(f"database volume {plane.volume} removed")
     return done
 
 
-def describe(plane: ControlPlane, role: str) -> dict[str, Any] | None:
+def describe(plane: ControlPlane, role: str) -> ContainerState | None:
     """How one container is supervised: name, state, health, restart policy and count, started at, pid."""
-    c = _find(plane, role)
+    return docker_control.find(local_engine(), _labels(plane, role))
+
+
+def supervision(c: ContainerState | None) -> dict[str, object] | None:
+    """`describe`'s answer as `pgha server status` shows it (None: no such container)."""
     if c is None:
         return None
-    c.reload()
-    st = c.attrs.get("State", {})
-    return {"container": c.name, "image": c.attrs.get("Config", {}).get("Image"), "state": st.get("Status"),
-            "health": (st.get("Health") or {}).get("Status"),
-            "restart_policy": c.attrs.get("HostConfig", {}).get("RestartPolicy", {}).get("Name"),
-            "restart_count": c.attrs.get("RestartCount", 0), "started_at": st.get("StartedAt"),
-            "pid": st.get("Pid") or None}
+    return {"container": c.container, "image": c.image, "state": c.state, "health": c.health,
+            "restart_policy": c.restart_policy, "restart_count": c.restart_count, "started_at": c.started_at,
+            "pid": c.pid}
 
 
 def running(plane: ControlPlane, role: str) -> bool:
-    c = _find(plane, role)
-    return c is not None and c.status == "running"
+    c = describe(plane, role)
+    return c is not None and c.state == "running"
 
 
 # Run inside the server's container (host networking: /proc/net/tcp is the host's): is the
@@ -299,29 +271,25 @@ def server_holds_port(plane: ControlPlane) -> bool:
     """Whether 127.0.0.1:<port> is held by this control plane's server container, asked of the engine
     (pgha's proof that the server it is about to send credentials to is the one it started: a
     process another user runs can take the port only while the server is not bound to it)."""
-    c = _find(plane, SERVER_ROLE)
-    if c is None or c.status != "running":
-        return False
     for _ in range(3):  # a busy engine may cut an exec's output short: asked again
-        try:
-            r = c.exec_run(["python", "-c", _HOLDS_PORT, str(plane.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}"],
-                           user="root")
-        except docker.errors.APIError:
+        r = docker_control.exec_in(local_engine(), _labels(plane, SERVER_ROLE),
+                                   ["python", "-c", _HOLDS_PORT, str(plane.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}"])
+        if r is None:  # no server runs, or the engine refused
             return False
-        out = (r.output or b"").decode(errors="replace").strip()
-        if r.exit_code == 0 and out == "held":
+        if r.code == 0 and r.out == "held":
             return True
-        if r.exit_code == 3 and out == "not held":
+        if r.code == 3 and r.out == "not held":
             return False
     return False
 
 
 def volume_path(plane: ControlPlane) -> str | None:
     """Where the database volume lives on the engine's host (its Mountpoint), if it exists."""
-    try:
-        return str(_client().volumes.get(plane.volume).attrs.get("Mountpoint"))
-    except docker.errors.NotFound:
-        return None
+    return docker_control.volume_path(local_engine(), plane.volume)
+
+
+def logs_tail(container: str, tail: int) -> str:
+    return local_engine().logs(container, tail=tail)
 
 
 def logs_hint(plane: ControlPlane) -> str:

@@ -11,17 +11,16 @@ command inside a container is `tasks.node_exec`; which engine runs which member 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
-import queue
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +57,19 @@ DEFAULT_LOG_OPTIONS = LogsSpec().driver_options()
 DOCKER_TIMEOUT = 60  # seconds for one engine API call
 
 
+@dataclass(frozen=True)
+class MountSpec:
+    """One mount of a container pgha makes: a named volume (`kind="volume"`) or a host path (`"bind"`)."""
+
+    target: str
+    source: str
+    kind: str = "volume"
+    read_only: bool = False
+
+    def docker(self) -> Mount:
+        return Mount(target=self.target, source=self.source, type=self.kind, read_only=self.read_only)
+
+
 class Outcome(StrEnum):
     CREATED = "created"
     RECREATED = "recreated"
@@ -67,52 +79,6 @@ class Outcome(StrEnum):
 
 def labels(scope: str, role: str, member: str) -> dict[str, str]:
     return {LABEL_CLUSTER: scope, LABEL_ROLE: role, LABEL_MEMBER: member}
-
-
-def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],
-            depth: int = 16) -> list[BaseException | None]:
-    """Feed one stream of chunks to every sink at once; [the source's error, then each sink's error].
-
-    Each sink runs in its own thread and reads its own bounded queue (`depth` chunks), so the
-    slowest sink sets the pace and memory stays bounded. A sink that fails is fed no more and
-    its queue is drained, so the others go on; a source that fails ends every sink's stream early.
-    """
-    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in sinks]
-    gone = [False] * len(sinks)
-
-    def put(i: int, item: bytes | None) -> None:
-        while not gone[i]:
-            try:
-                queues[i].put(item, timeout=1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            for chunk in source():
-                for i in range(len(sinks)):
-                    put(i, chunk)
-        finally:
-            for i in range(len(sinks)):
-                put(i, None)
-
-    def consume(i: int) -> None:
-        def chunks() -> Iterator[bytes]:
-            while (chunk := queues[i].get()) is not None:
-                yield chunk
-
-        try:
-            sinks[i](chunks())
-        finally:
-            gone[i] = True
-            with contextlib.suppress(queue.Empty):
-                while True:  # unblock the producer if this sink ended early
-                    queues[i].get_nowait()
-
-    with ThreadPoolExecutor(max_workers=len(sinks) + 1) as pool:
-        futures = [pool.submit(produce), *(pool.submit(consume, i) for i in range(len(sinks)))]
-    return [f.exception() for f in futures]
 
 
 def tls_client(base_url: str, tls: TLSConfig, timeout: int = DOCKER_TIMEOUT) -> docker.DockerClient:
@@ -142,12 +108,27 @@ def tls_client(base_url: str, tls: TLSConfig, timeout: int = DOCKER_TIMEOUT) -> 
     return build(version)
 
 
+def engine_answers(url: str, tls: TLSConfig | None = None, timeout: int = 5) -> str:
+    """"ok" when the engine at `url` answers a ping (over TLS with `tls`'s files), else why not, in
+    one short line (a wait's last state seen)."""
+    try:
+        client = (tls_client(url.replace("tcp://", "https://"), tls, timeout=timeout) if tls is not None
+                  else docker.DockerClient(base_url=url, timeout=timeout))
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return "ok"
+    except (docker.errors.DockerException, OSError) as exc:
+        return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc).splitlines()[0][:300]
 
 
 @contextmanager
-def _engine_call(what: str) -> Iterator[None]:
+def engine_call(what: str) -> Iterator[None]:
     """Turn the engine's refusal of one operation into a one-line DockerError."""
     try:
         yield
@@ -159,9 +140,11 @@ class Engine:
     """One Docker engine (one host), reached through a prefect-docker `DockerHost`."""
 
     def __init__(self, name: str = "local", host: DockerHost | None = None, config_volumes: bool = False,
-                 ssh: EngineSSH | None = None) -> None:
+                 ssh: EngineSSH | None = None, url: str | None = None, timeout: int = DOCKER_TIMEOUT) -> None:
         self.name = name
         self._host = host
+        # Without a DockerHost: `url` (a lab host's socket) with `timeout`, else DOCKER_HOST.
+        self._url, self._timeout = url, timeout
         self.ssh = ssh  # an ssh:// engine's key and known_hosts (the spec's `ssh:` block; None: the user's)
         # An engine of `hosts:` (another machine): members mount a config volume filled through
         # the API (`push_config`), not a directory of this machine (tasks/config_volume.py).
@@ -184,12 +167,14 @@ class Engine:
 
     @property
     def base_url(self) -> str | None:
-        return self._host.base_url if self._host is not None else None
+        return self._host.base_url if self._host is not None else self._url
 
     def _connect(self) -> docker.DockerClient:
         # The local engine from DOCKER_HOST, exactly what DockerHost(timeout=...).get_client()
         # does, without loading Prefect for read-only verbs.
         if self._host is None:
+            if self._url is not None:
+                return docker.DockerClient(base_url=self._url, timeout=self._timeout)
             return docker.from_env(timeout=DOCKER_TIMEOUT)
         if self._host.base_url is not None and self._host.base_url.startswith("ssh://"):
             return ssh_client(self._host.base_url, self.ssh, self.name, int(self._host.timeout or DOCKER_TIMEOUT))
@@ -227,7 +212,7 @@ class Engine:
                        role: str = "network") -> tuple[str, Outcome]:
         """Create the bridge network if missing (labelled scope and role); return its subnet."""
         c = self.client
-        with _engine_call(f"network {name}"):
+        with engine_call(f"network {name}"):
             nets = [n for n in c.networks.list(names=[name]) if n.name == name]
             if nets:
                 net = c.networks.get(nets[0].id)
@@ -246,7 +231,7 @@ class Engine:
         return str(configs[0]["Subnet"]), outcome
 
     def remove_network(self, name: str) -> bool:
-        with _engine_call(f"remove network {name}"):
+        with engine_call(f"remove network {name}"):
             for n in self.client.networks.list(names=[name]):
                 if n.name == name:
                     n.remove()
@@ -259,7 +244,7 @@ class Engine:
         try:
             vol = c.volumes.get(name)
         except docker.errors.NotFound:
-            with _engine_call(f"create volume {name}"):
+            with engine_call(f"create volume {name}"):
                 c.volumes.create(name, labels={**labels(scope, role, member), **(extra_labels or {})})
             return Outcome.CREATED
         if (vol.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != scope:
@@ -290,7 +275,7 @@ class Engine:
             vol = self.client.volumes.get(name)
         except docker.errors.NotFound:
             return False
-        with _engine_call(f"remove volume {name}"):
+        with engine_call(f"remove volume {name}"):
             vol.remove(force=True)
         return True
 
@@ -363,7 +348,7 @@ class Engine:
 
     def ensure_container(self, d: ContainerDef) -> Outcome:
         """Make the container exist, match its definition and run; act only when needed."""
-        with _engine_call(f"container {d.name}"):
+        with engine_call(f"container {d.name}"):
             current = self.find_container(d.name)
             if current is not None:
                 lab = current.labels
@@ -429,7 +414,7 @@ class Engine:
     def _fill_volume(self, scope: str, member: str, name: str, image: str, tar: bytes, remove: list[str]) -> None:
         vol = config_volume.volume_name(name)
         helper = config_volume.helper_name(name)
-        with _engine_call(f"fill config volume {vol}"):
+        with engine_call(f"fill config volume {vol}"):
             old = self.find_container(helper)
             if old is not None:
                 old.remove(force=True, v=True)  # a push killed midway
@@ -463,10 +448,10 @@ class Engine:
         return config_volume.read_member(data, Path(path).name)
 
     def run_scratch(self, name: str, image: str, scope: str, role: str, network: str,
-                    mounts: list[Mount], log_options: dict[str, str] | None = None) -> Container:
+                    mounts: list[MountSpec], log_options: dict[str, str] | None = None) -> None:
         """Start a sleeping helper container (replacing a leftover of the same name); its log capped
         by `log_options` (the spec's `logs:`; None: pgha's default cap)."""
-        with _engine_call(f"scratch container {name}"):
+        with engine_call(f"scratch container {name}"):
             old = self.find_container(name)
             if old is not None:
                 old.remove(force=True)
@@ -474,10 +459,9 @@ class Engine:
             net: dict[str, Any] = {"network_mode": "host"} if network == "host" else {"hostname": name,
                                                                                      "network": network}
             ct = self.client.containers.create(image, entrypoint=["sleep", "infinity"], name=name,
-                                               labels=labels(scope, role, name), mounts=mounts, detach=True,
-                                               log_config=log_config(log_options), **net)
+                                               labels=labels(scope, role, name), mounts=[m.docker() for m in mounts],
+                                               detach=True, log_config=log_config(log_options), **net)
             ct.start()
-        return ct
 
     def config_label(self, name: str) -> str | None:
         """The definition hash a container was created with (None when it does not exist)."""
@@ -489,7 +473,7 @@ class Engine:
         ct = self.find_container(name)
         if ct is None:
             return False
-        with _engine_call(f"remove {name}"):
+        with engine_call(f"remove {name}"):
             ct.remove(force=True)
         return True
 
@@ -506,7 +490,7 @@ class Engine:
         c = self.client
         flt = {"label": [f"{LABEL_CLUSTER}={scope}"] + ([f"{LABEL_ROLE}={role}"] if role else [])}
         removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
-        with _engine_call(f"remove the resources of {scope}"):
+        with engine_call(f"remove the resources of {scope}"):
             for ct in c.containers.list(all=True, filters=flt):
                 ct.remove(force=True)
                 removed["containers"].append(str(ct.name))
@@ -568,49 +552,13 @@ class Engine:
             kw["since"] = int(since)
         if tail is not None:
             kw["tail"] = tail
-        with _engine_call(f"logs of {name}"):
+        with engine_call(f"logs of {name}"):
             yield from ct.logs(**kw)
 
     def image_of(self, name: str) -> str:
         """The image tag a container was created from ('' when it does not exist)."""
         ct = self.find_container(name)
         return str(ct.attrs.get("Config", {}).get("Image", "")) if ct is not None else ""
-
-    def image_env(self, tag: str) -> list[str] | None:
-        """The environment baked into a local image (None when the image does not exist)."""
-        try:
-            img = self.client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.APIError as exc:
-            raise StateError(f"cannot inspect image {tag}: {_why(exc)}") from None
-        return list(img.attrs.get("Config", {}).get("Env") or [])
-
-    def has_image(self, tag: str) -> bool:
-        try:
-            self.client.images.get(tag)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-
-    def copy_image_to(self, others: list[Engine], tag: str) -> dict[str, bool]:
-        """`docker save | docker load` of `tag` from this engine into every engine of `others` that
-        lacks it (many hosts), from ONE export fanned out to the loads at once; {engine: loaded}."""
-        need = [o for o in others if not o.has_image(tag)]
-        if need:
-            with _engine_call(f"copy image {tag} to {', '.join(o.name for o in need)}"):
-                img = self.client.images.get(tag)
-                # named=tag: `named=True` names the tarball after the image's FIRST tag, which for an image
-                # with several tags (a re-tag of a running image) is not the one the hosts need.
-                errors = fan_out(lambda: img.save(named=tag if tag in img.tags else True),
-                                 [o.client.images.load for o in need])
-            if errors[0] is not None:
-                raise DockerError(f"docker save {tag}: {str(errors[0]).splitlines()[0][:300]}")
-            for o, exc in zip(need, errors[1:], strict=True):
-                if exc is not None or not o.has_image(tag):
-                    why = (exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)) if exc else "absent after the load"
-                    raise DockerError(f"copy image {tag} to host {o.name}: {str(why)[:300]}")
-        return {o.name: o in need for o in others}
 
     def copy_path(self, name: str, path: str, other: Engine, other_name: str, into: str) -> None:
         """Copy `path` of container `name` into directory `into` of `other_name` on `other` (owner and
@@ -619,7 +567,7 @@ class Engine:
         out the other's connection)."""
         src, dst = self._get(name), other._get(other_name)
         try:
-            with _engine_call(f"copy {path} from {name} to {other_name}"), tempfile.TemporaryFile() as buf:
+            with engine_call(f"copy {path} from {name} to {other_name}"), tempfile.TemporaryFile() as buf:
                 stream, _ = src.get_archive(path)
                 for chunk in stream:
                     buf.write(chunk)
@@ -640,7 +588,7 @@ class Engine:
             ti = tarfile.TarInfo(Path(path).name)
             ti.size, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(data), mode, 0, 0, "root", "root"
             tar.addfile(ti, io.BytesIO(data))
-        with _engine_call(f"copy {path} into {name}"):
+        with engine_call(f"copy {path} into {name}"):
             ok = ct.put_archive(str(Path(path).parent), buf.getvalue())
         if not ok:
             raise DockerError(f"cannot copy {path} into {name}")
@@ -649,12 +597,12 @@ class Engine:
 
     def stop(self, name: str, timeout: int = 30) -> None:
         """Graceful stop: SIGTERM, then SIGKILL after `timeout` seconds."""
-        with _engine_call(f"stop {name}"):
+        with engine_call(f"stop {name}"):
             self._get(name).stop(timeout=timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL: the process dies without any chance to clean up."""
-        with _engine_call(f"kill {name}"):
+        with engine_call(f"kill {name}"):
             self._get(name).kill()
 
     def start(self, name: str) -> bool:
@@ -662,13 +610,13 @@ class Engine:
         ct = self._get(name)
         if ct.status == "running":
             return False
-        with _engine_call(f"start {name}"):
+        with engine_call(f"start {name}"):
             ct.start()
         return True
 
     def pause(self, name: str) -> None:
         """Freeze every process of the container (cgroup freezer): alive, but silent."""
-        with _engine_call(f"pause {name}"):
+        with engine_call(f"pause {name}"):
             self._get(name).pause()
 
     def unpause(self, name: str) -> bool:
@@ -676,12 +624,12 @@ class Engine:
         ct = self._get(name)
         if ct.status != "paused":
             return False
-        with _engine_call(f"unpause {name}"):
+        with engine_call(f"unpause {name}"):
             ct.unpause()
         return True
 
     def restart(self, name: str, timeout: int = 10) -> None:
-        with _engine_call(f"restart {name}"):
+        with engine_call(f"restart {name}"):
             self._get(name).restart(timeout=timeout)
 
     def attached(self, name: str, network: str) -> bool:
@@ -689,19 +637,20 @@ class Engine:
         return network in (ct.attrs.get("NetworkSettings", {}).get("Networks") or {})
 
     def disconnect(self, name: str, network: str) -> None:
-        with _engine_call(f"disconnect {name} from {network}"):
+        with engine_call(f"disconnect {name} from {network}"):
             self.client.networks.get(network).disconnect(name, force=True)
 
     def network_exists(self, network: str) -> bool:
-        with _engine_call(f"look up network {network}"):
+        with engine_call(f"look up network {network}"):
             return any(n.name == network for n in self.client.networks.list(names=[network]))
 
-    def connect(self, name: str, network: str) -> bool:
-        """Attach the container to the network if it is not; True when it had to be attached."""
+    def connect(self, name: str, network: str, address: str | None = None) -> bool:
+        """Attach the container to the network if it is not (at IPv4 `address` if given); True when
+        it had to be attached."""
         if self.attached(name, network):
             return False
-        with _engine_call(f"connect {name} to {network}"):
-            self.client.networks.get(network).connect(name)
+        with engine_call(f"connect {name} to {network}"):
+            self.client.networks.get(network).connect(name, **({"ipv4_address": address} if address else {}))
         return True
 
     # ---- host ports ----
@@ -719,7 +668,7 @@ class Engine:
         One listing call (not a list then one inspect per container): another cluster's
         container removed meanwhile must not fail the check with "No such container".
         """
-        with _engine_call("listing containers"):
+        with engine_call("listing containers"):
             rows = self.client.api.containers(all=False, filters={"label": LABEL_CLUSTER})
         for row in rows:
             if any(p.get("PublicPort") == port for p in row.get("Ports") or []):
@@ -745,7 +694,7 @@ class Engine:
         """Each running cluster container's memory use (inactive page cache excluded), limit,
         last-exit OOM kill, and the engine's `oom` events since `since` (unix time)."""
         ooms: dict[str, int] = {}
-        with _engine_call(f"events of {scope}"):
+        with engine_call(f"events of {scope}"):
             for ev in self.client.events(since=int(since), until=int(time.time()), decode=True,
                                          filters={"label": f"{LABEL_CLUSTER}={scope}", "event": "oom"}):
                 member = ((ev.get("Actor") or {}).get("Attributes") or {}).get(LABEL_MEMBER, "")
@@ -788,7 +737,7 @@ class Engine:
 
     def network_subnet(self, network: str) -> str | None:
         """The IPv4 subnet of a network, looked up (never created); None when it is gone or has none."""
-        with _engine_call(f"inspect network {network}"):
+        with engine_call(f"inspect network {network}"):
             for net in self.client.networks.list(names=[network]):
                 if net.name == network:
                     cfg = (self.client.networks.get(net.id).attrs.get("IPAM") or {}).get("Config") or []

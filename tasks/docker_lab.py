@@ -18,27 +18,24 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import docker
-import docker.errors
 import yaml
-from docker.types import IPAMConfig, IPAMPool, Mount
 
 from stack import lab as plan
 from stack.errors import DockerError, StateError, UsageError
 from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
-from tasks import images
-from tasks.docker_engine import Engine, fan_out, log_config, tls_client
+from tasks import docker_images, docker_lab_hosts, images
+from tasks.docker_engine import Engine, MountSpec, engine_answers
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.docker_ssh import ssh_end_masters, ssh_probe
 from tasks.host.state import state_root, write_private
 
-LABEL_LAB = "pgha.lab"
+LABEL_LAB = docker_lab_hosts.LABEL_LAB
 LAB_FILES = Path(__file__).resolve().parent.parent / "stack" / "lab"
 LAB_REPO = "pgha/lab"
 SOCKET_IN_HOST = "/run/lab"
@@ -127,17 +124,10 @@ def ensure_lab_image(engine: Engine, log: list[str]) -> str:
     """pgha's Debian base plus Debian's docker.io, built once per content hash."""
     base = images.ensure_base(ClusterSpec(), log, engine)
     tag = lab_image_tag(base)
-    try:
-        engine.client.images.get(tag)
+    if docker_images.has_image(engine, tag):
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     log.append(f"building {tag} FROM {base}")
-    try:
-        engine.client.images.build(path=str(LAB_FILES), tag=tag, rm=True, forcerm=True, buildargs={"BASE": base},
-                                   labels={"pgha.image": "lab"})
-    except (docker.errors.BuildError, docker.errors.APIError) as exc:
-        raise DockerError(f"building the lab image {tag} failed: {str(exc).splitlines()[0][:300]}") from None
+    docker_images.build(engine, LAB_FILES, tag, buildargs={"BASE": base}, labels={"pgha.image": "lab"})
     return tag
 
 
@@ -149,80 +139,40 @@ def build_images() -> list[str]:
     return [node_image, ensure_lab_image(local_engine(), log), *log]
 
 
-def _flt(name: str) -> dict[str, str]:
-    return {"label": f"{LABEL_LAB}={name}"}
-
-
 def exists(name: str) -> bool:
-    c = local_engine().client
-    return bool(c.containers.list(all=True, filters=_flt(name)) or c.networks.list(filters=_flt(name)))
+    return docker_lab_hosts.has_resources(local_engine(), name)
 
 
-def _ensure_network(c: docker.DockerClient, name: str) -> str:
-    net_name = plan.network_name(name)
-    for n in c.networks.list(names=[net_name]):
-        if n.name == net_name:
-            if (n.attrs.get("Labels") or {}).get(LABEL_LAB) != name:
-                raise StateError(f"network {net_name} exists but is not lab {name}'s")
-            return str(c.networks.get(n.id).attrs["IPAM"]["Config"][0]["Subnet"])
-    last = ""
-    for subnet in plan.subnet_candidates(name):
-        try:
-            c.networks.create(net_name, driver="bridge", labels={LABEL_LAB: name},
-                              ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]), check_duplicate=True)
-            return subnet
-        except docker.errors.APIError as exc:
-            last = str(exc.explanation or exc)  # overlapping pool: try the next /24
-    raise DockerError(f"no free /24 for the lab network under 10.213.0.0/16 ({last[:200]})")
-
-
-def _run_host(c: docker.DockerClient, name: str, host: plan.LabHost, image: str, engine: str) -> None:
-    sock = _socket_dir(name, host.name)
-    sock.mkdir(parents=True, exist_ok=True)
-    if c.containers.list(all=True, filters={"name": f"^{host.container}$"}):
-        ct = c.containers.get(host.container)
-        if ct.labels.get(LABEL_LAB) != name:
-            raise StateError(f"container {host.container} exists but is not lab {name}'s")
-        if ct.status != "running":
-            ct.start()
-        return
-    try:
-        c.volumes.get(plan.volume_name(name, host.name))
-    except docker.errors.NotFound:
-        c.volumes.create(plan.volume_name(name, host.name), labels={LABEL_LAB: name})
-    net = plan.network_name(name)
-    mounts = [Mount(target="/var/lib/docker", source=plan.volume_name(name, host.name), type="volume"),
-              Mount(target="/sys/fs/cgroup", source="/sys/fs/cgroup", type="bind"),
+def host_run(name: str, host: plan.LabHost, image: str, engine: str) -> docker_lab_hosts.LabHostRun:
+    """What lab host `host` runs as: its volume, the cgroup tree, its engine's socket directory,
+    the ports it publishes on 127.0.0.1 (with `--engine tcp`/`ssh`, its engine's files and port too)."""
+    mounts = [MountSpec(target="/var/lib/docker", source=plan.volume_name(name, host.name)),
+              MountSpec(target="/sys/fs/cgroup", source="/sys/fs/cgroup", kind="bind"),
               # Nothing of pgha's state directory but the engine's socket: members get their config
               # files pushed through the engine API into volumes, as on real hosts (tasks/config_volume.py).
-              Mount(target=SOCKET_IN_HOST, source=str(sock), type="bind")]
+              MountSpec(target=SOCKET_IN_HOST, source=str(_socket_dir(name, host.name)), kind="bind")]
     bindings: dict[int, tuple[str, int]] = {plan.INNER_RW: ("127.0.0.1", host.rw_port),
                                             plan.INNER_RO: ("127.0.0.1", host.ro_port)}
     if engine == "tcp" and host.engine_port is not None:
         # The engine's own TLS files (not the lab CA's key), read-only; dockerd gets their paths.
-        mounts.append(Mount(target=plan.ENGINE_TLS_IN_HOST, source=str(_server_tls_dir(name, host.name)),
-                            type="bind", read_only=True))
+        mounts.append(MountSpec(target=plan.ENGINE_TLS_IN_HOST, source=str(_server_tls_dir(name, host.name)),
+                                kind="bind", read_only=True))
         bindings[plan.INNER_ENGINE] = ("127.0.0.1", host.engine_port)
     if engine == "ssh" and host.engine_port is not None:
         # Its host key and the authorized public key, read-only (never pgha's private key).
-        mounts.append(Mount(target=plan.ENGINE_SSH_IN_HOST, source=str(_ssh_dir(name) / host.name),
-                            type="bind", read_only=True))
+        mounts.append(MountSpec(target=plan.ENGINE_SSH_IN_HOST, source=str(_ssh_dir(name) / host.name),
+                                kind="bind", read_only=True))
         bindings[plan.INNER_SSH] = ("127.0.0.1", host.engine_port)
-    hc = c.api.create_host_config(
-        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
-        mounts=mounts, port_bindings=bindings,
-        log_config=log_config(None),  # dockerd's own log; the cluster's containers inside are capped by the spec
-    )
-    # `--security-opt systempaths=unconfined` is the CLI's name for "no masked or read-only /proc paths".
-    hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []
-    created = c.api.create_container(
-        image, name=host.container, hostname=host.name, labels={LABEL_LAB: name, "pgha.lab.host": host.name},
-        ports=list(bindings), host_config=hc, command=plan.dockerd_args(engine) or None,
-        networking_config=c.api.create_networking_config({net: c.api.create_endpoint_config(ipv4_address=host.address)}),
-    )
-    c.api.start(created["Id"])
+    return docker_lab_hosts.LabHostRun(
+        container=host.container, hostname=host.name, image=image, network=plan.network_name(name),
+        address=host.address, labels={LABEL_LAB: name, "pgha.lab.host": host.name}, mounts=mounts,
+        ports=bindings, command=plan.dockerd_args(engine))
+
+
+def _run_host(name: str, host: plan.LabHost, image: str, engine: str) -> None:
+    _socket_dir(name, host.name).mkdir(parents=True, exist_ok=True)
+    docker_lab_hosts.ensure_host(local_engine(), name, host_run(name, host, image, engine),
+                                 plan.volume_name(name, host.name))
 
 
 def _write_record(status: plan.LabStatus) -> None:
@@ -233,10 +183,7 @@ def up(name: str, n_hosts: int, port_base: int, scope: str, engine: str = "unix"
     """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
     if why := plan.check_engine(engine):
         raise UsageError(why)
-    try:
-        return _up(name, n_hosts, port_base, scope, engine)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"lab {name}: {str(exc.explanation or exc).splitlines()[0][:300]}") from None
+    return _up(name, n_hosts, port_base, scope, engine)
 
 
 def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> plan.LabStatus:
@@ -245,7 +192,6 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
         if why:
             raise StateError(why)
     local = local_engine()
-    c = local.client
     spec_path = lab_dir(name) / "spec.yaml"
     record = status(name) if (lab_dir(name) / "lab.json").exists() else None
     if record is not None and len(record.hosts) != n_hosts:
@@ -266,7 +212,7 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     node_image, more = images.ensure_image(ClusterSpec())
     log += more
     lab_image = ensure_lab_image(local, log)
-    subnet = _ensure_network(c, name)
+    subnet = docker_lab_hosts.ensure_network(local, name, plan.network_name(name), plan.subnet_candidates(name))
     hosts = []
     for i, h in enumerate(plan.host_names(n_hosts)):
         sock = f"unix://{_socket_dir(name, h) / 'docker.sock'}"
@@ -281,7 +227,7 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
         login = ensure_engine_ssh(name, hosts)
         hosts = [h.model_copy(update={"ssh": login}) for h in hosts]
     with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
-        list(pool.map(lambda h: _run_host(c, name, h, lab_image, engine), hosts))
+        list(pool.map(lambda h: _run_host(name, h, lab_image, engine), hosts))
     result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path),
                             hosts=hosts, engine=engine)
     _write_record(result)
@@ -319,73 +265,29 @@ def _tcp_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
     if host.tls is None:
         return
     tls = tls_config(host.tls, host.name)
-    url = host.docker.replace("tcp://", "https://")
 
     def ping() -> str:
         """"ok", or why not (the wait's last state seen)."""
-        try:
-            client = tls_client(url, tls, timeout=5)
-            try:
-                client.ping()
-            finally:
-                client.close()
-            return "ok"
-        except (docker.errors.DockerException, OSError) as exc:
-            return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return engine_answers(host.docker, tls)
 
     wait_for(f"lab host {host.name}'s engine at {host.docker} (TLS)", ping, lambda v: v == "ok", timeout=timeout,
              interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
 
 
-def _engine_up(host: plan.LabHost, timeout: float = 60) -> docker.DockerClient:
-    """Wait for the lab host's engine to answer on its socket; a client for it (long timeout: image loads)."""
-    sock = host.socket_url.removeprefix("unix://")
-
-    def ping() -> bool:
-        try:
-            return bool(docker.DockerClient(base_url=f"unix://{sock}", timeout=5).ping())
-        except (docker.errors.DockerException, OSError):
-            return False
-
-    wait_for(f"lab host {host.name}'s engine", ping, bool, timeout=timeout, interval=0.5,
-             logs=lambda: local_engine().logs(host.container, tail=10))
-    return docker.DockerClient(base_url=f"unix://{sock}", timeout=600)
-
-
-def _has_image(client: docker.DockerClient, image: str) -> bool:
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+def _engine_up(host: plan.LabHost, timeout: float = 60) -> Engine:
+    """Wait for the lab host's engine to answer on its socket; a handle on it (long timeout: image loads)."""
+    url = f"unix://{host.socket_url.removeprefix('unix://')}"
+    wait_for(f"lab host {host.name}'s engine", lambda: engine_answers(url), lambda v: v == "ok", timeout=timeout,
+             interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
+    return Engine(host.name, url=url, timeout=600)
 
 
 def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
-    """Load the node image into every lab host that lacks it, from ONE `docker save` stream.
-
-    One export fanned out to a `docker load` per host running at once, instead of one export
-    per host: the real engine tars the 800 MB image once.
-    """
+    """Load the node image into every lab host that lacks it, from ONE `docker save` stream fanned
+    out to a `docker load` per host running at once (the real engine tars the 800 MB image once)."""
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        clients = list(pool.map(_engine_up, hosts))
-    need = [(h, cl) for h, cl in zip(hosts, clients, strict=True) if not _has_image(cl, node_image)]
-    if not need:
-        return
-
-    def loader(client: docker.DockerClient) -> Callable[[Iterator[bytes]], None]:
-        return lambda chunks: client.images.load(chunks)
-
-    errors = fan_out(lambda: local_engine().client.images.get(node_image).save(named=node_image),  # this tag, not the first
-                     [loader(cl) for _, cl in need])
-    if errors[0] is not None:  # a failed export explains the loads' failures
-        raise DockerError(f"docker save {node_image}: {str(errors[0]).splitlines()[0][:300]}")
-    for (host, _), exc in zip(need, errors[1:], strict=True):
-        if exc is not None:
-            why = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
-            raise DockerError(f"loading {node_image} into lab host {host.name}: {str(why)[:300]}")
-    missing = [h.name for h, cl in need if not _has_image(cl, node_image)]
-    if missing:
-        raise DockerError(f"{node_image} is not in lab host(s) {', '.join(missing)} after loading it")
+        engines = list(pool.map(_engine_up, hosts))
+    docker_images.copy_image(local_engine(), node_image, engines, what="lab host")
 
 
 def status(name: str) -> plan.LabStatus:
@@ -393,8 +295,7 @@ def status(name: str) -> plan.LabStatus:
     if not path.exists():
         raise StateError(f"no lab named {name} (run `pgha lab up --name {name}`)")
     st = plan.LabStatus.model_validate(json.loads(path.read_text()))
-    c = local_engine().client
-    states = {str(ct.name): str(ct.status) for ct in c.containers.list(all=True, filters=_flt(name))}
+    states = {ct.name: ct.status for ct in docker_lab_hosts.containers(local_engine(), name)}
     for h in st.hosts:
         h.state = states.get(h.container, "absent")
     return st
@@ -404,22 +305,10 @@ def down(name: str) -> dict[str, list[str]]:
     """Remove every resource labelled pgha.lab=<name> and the lab's record."""
     if why := plan.check_name(name):
         raise StateError(why)
-    c = local_engine().client
     _end_ssh_masters(name)
-    removed: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
-    # The lab hosts and then their /var/lib/docker volumes (an image and a cluster each) go at once.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        cts = c.containers.list(all=True, filters=_flt(name))
-        list(pool.map(lambda ct: ct.remove(force=True, v=True), cts))
-        removed["containers"] = [str(ct.name) for ct in cts]
-        for net in c.networks.list(filters=_flt(name)):
-            net.remove()
-            removed["networks"].append(str(net.name))
-        vols = c.volumes.list(filters=_flt(name))
-        list(pool.map(lambda v: v.remove(force=True), vols))
-        removed["volumes"] = [str(v.name) for v in vols]
+    removed = docker_lab_hosts.remove_all(local_engine(), name)
     shutil.rmtree(lab_dir(name), ignore_errors=True)
-    return removed
+    return {"containers": removed.containers, "networks": removed.networks, "volumes": removed.volumes}
 
 
 def _end_ssh_masters(name: str) -> None:
@@ -448,19 +337,12 @@ def lab_host_of(docker_url: str) -> tuple[str, plan.LabHost] | None:
 
 def _kill_container(container: str) -> None:
     """`docker kill` of a lab host: the machine dies with its engine and everything in it."""
-    try:
-        local_engine().client.containers.get(container).kill()
-    except docker.errors.APIError as exc:
-        raise DockerError(f"kill lab host {container}: {exc.explanation or exc}") from None
+    local_engine().kill(container)
 
 
 def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
     """Boot a lab host again and wait for its engine; True when it had to be started."""
-    ct = local_engine().client.containers.get(host.container)
-    started = False
-    if ct.status != "running":
-        ct.start()
-        started = True
+    started = local_engine().start(host.container)
     _engine_up(host, timeout)
     _tcp_engine_up(host, timeout)
     _ssh_engine_up(host, timeout)
@@ -469,15 +351,10 @@ def start_host(host: plan.LabHost, timeout: float = 60) -> bool:
 
 def partition(name: str, host: plan.LabHost, cut: bool) -> None:
     """Cut the lab host off the lab network (or reconnect it with its address)."""
-    c = local_engine().client
-    net = c.networks.get(plan.network_name(name))
-    try:
-        if cut:
-            net.disconnect(host.container, force=True)
-        else:
-            net.connect(host.container, ipv4_address=host.address)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"{'disconnect' if cut else 'connect'} lab host {host.name}: {exc.explanation or exc}") from None
+    if cut:
+        local_engine().disconnect(host.container, plan.network_name(name))
+    else:
+        local_engine().connect(host.container, plan.network_name(name), address=host.address)
 
 
 def kill_host(spec: ClusterSpec, host: str) -> str:
@@ -518,8 +395,7 @@ def partition_host(spec: ClusterSpec, host: str, cut: bool) -> str:
     if cut:
         partition(lab, h, True)
         return f"lab host {h.container} cut off {plan.network_name(lab)}"
-    ct = local_engine().client.containers.get(h.container)
-    if plan.network_name(lab) in (ct.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+    if local_engine().attached(h.container, plan.network_name(lab)):
         return "lab host was connected"
     partition(lab, h, False)
     return f"lab host {h.container} reconnected as {h.address}"

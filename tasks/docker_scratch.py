@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from docker.types import Mount
-
-from tasks.docker_engine import Engine
+from tasks.docker_engine import Engine, MountSpec
 from tasks.node_exec import ExecResult, NodeExec
 
 HOST_NETWORK = "host"  # `network=HOST_NETWORK`: the box shares its engine host's network (many hosts)
@@ -57,8 +55,8 @@ def scratch(engine: Engine, scope: str, role: str, name: str, image: str, data_t
             engine.ensure_network(scope, net, internal=internal, role=role)
         if data_volume is None:
             engine.ensure_volume(scope, role, name, vol)
-        mounts = [Mount(target=data_target, source=vol, type="volume")]
-        mounts += [Mount(target=path, source=v, type="volume", read_only=True) for v, path in (read_only or {}).items()]
+        mounts = [MountSpec(target=data_target, source=vol)]
+        mounts += [MountSpec(target=path, source=v, read_only=True) for v, path in (read_only or {}).items()]
         engine.run_scratch(name, image, scope, role, net, mounts, log_options)
         yield s
     finally:

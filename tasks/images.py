@@ -8,7 +8,6 @@ image until it is upgraded.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -16,10 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import docker.errors
-
 from stack.errors import ImageError
 from stack.spec import ClusterSpec
+from tasks import docker_images
 from tasks.docker_engine import Engine
 from tasks.docker_hosts import local_engine
 
@@ -32,13 +30,7 @@ UPDATES = ("none", "security")  # which extra apt suites a build takes its packa
 
 
 def _exists(ref: str, engine: Engine) -> bool:
-    try:
-        engine.client.images.get(ref)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.APIError as exc:
-        raise ImageError(f"cannot inspect image {ref}: {exc.explanation or exc}") from None
+    return docker_images.has_image(engine, ref)
 
 
 def build_files_digest() -> str:
@@ -110,11 +102,7 @@ def _ensure_security_base(base: str, suite: str, log: list[str], engine: Engine)
         return tag
     mirror = host_security_mirror()
     log.append(f"building {tag} FROM {base} with {suite}-security from {mirror}")
-    text = security_base_dockerfile(base, suite, mirror)
-    try:
-        engine.client.images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True, forcerm=True)
-    except (docker.errors.BuildError, docker.errors.APIError) as exc:
-        raise ImageError(f"building {tag} failed: {str(exc)[:300]}") from None
+    docker_images.build_dockerfile(engine, tag, security_base_dockerfile(base, suite, mirror))
     return tag
 
 
@@ -149,22 +137,18 @@ def ensure_base(spec: ClusterSpec, log: list[str], engine: Engine) -> str:
     if spec.base_image:
         if _exists(spec.base_image, engine):
             return spec.base_image
-        try:
-            engine.client.images.pull(spec.base_image)
+        if docker_images.pull(engine, spec.base_image):
             return spec.base_image
-        except docker.errors.APIError:
-            raise ImageError(f"base image {spec.base_image} is neither present nor pullable") from None
+        raise ImageError(f"base image {spec.base_image} is neither present nor pullable")
     official = f"debian:{spec.suite}-slim"
     own = f"{BASE_REPO}:{spec.suite}"
     for ref in (official, own):
         if _exists(ref, engine):
             return ref
-    try:
-        engine.client.images.pull(official)
+    if docker_images.pull(engine, official):
         log.append(f"pulled {official}")
         return official
-    except docker.errors.APIError:
-        log.append(f"cannot pull {official}; building {own} with debootstrap")
+    log.append(f"cannot pull {official}; building {own} with debootstrap")
     _debootstrap(spec.suite, own, log)
     return own
 
@@ -221,16 +205,5 @@ def ensure_image(spec: ClusterSpec, updates: str = "none", engine: Engine | None
 
 
 def build_image(engine: Engine, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> None:
-    """`docker build` of the directory `context` as `tag` on `engine`; a failure is one ImageError
-    line with the build's last output lines (the node image and the control image both build here)."""
-    lines: list[str] = []
-    try:
-        for chunk in engine.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                             buildargs=buildargs, labels=labels):
-            if "stream" in chunk:
-                lines.append(str(chunk["stream"]).rstrip())
-            if "error" in chunk:
-                tail = " | ".join(x for x in lines[-4:] if x)
-                raise ImageError(f"building {tag} failed: {str(chunk['error']).strip()[:300]} ({tail[:300]})")
-    except docker.errors.APIError as exc:
-        raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
+    """`docker build` of the directory `context` as `tag` on `engine` (`tasks.docker_images.build`)."""
+    docker_images.build(engine, context, tag, buildargs, labels)

@@ -105,11 +105,10 @@ def site_part(spec: ClusterSpec, deep: bool) -> A.StandbyObs | None:
     if spec.standby_of is None:
         return None
     from stack import site
-    from stack.spec import load_spec
-    from tasks.host.generations import serving, stored_spec_file
+    from tasks.host.generations import stored_spec
 
     mine = postgres.wal_position(spec, _secrets(spec))
-    primary = serving(load_spec(stored_spec_file(site.primary_scope(spec))))
+    primary = stored_spec(site.primary_scope(spec))
     try:
         theirs: str | None = postgres.wal_position(primary, _secrets(primary)).current_lsn
     except PghaError:

@@ -142,9 +142,9 @@ def start_server(image: str) -> str:
     what, c = cp.ensure(pl, cp.SERVER_ROLE)
     deadline = time.monotonic() + START_TIMEOUT
     while not healthy():
-        c.reload()
-        if c.status == "exited" and c.attrs.get("RestartCount", 0) >= 3 or time.monotonic() > deadline:
-            tail = c.logs(tail=3).decode(errors="replace").strip().replace("\n", " | ")
+        now = cp.describe(pl, cp.SERVER_ROLE)
+        if now is None or now.state == "exited" and now.restart_count >= 3 or time.monotonic() > deadline:
+            tail = cp.logs_tail(c.container, 3).strip().replace("\n", " | ")
             cp.remove(pl)
             raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT:.0f}s: {tail[:300]}")
         time.sleep(1)
@@ -153,8 +153,8 @@ def start_server(image: str) -> str:
     cp.server_holds_port(pl)
     (server_dir() / URL_FILE).write_text(ui_url() + "\n")
     if what == "started":
-        return f"server started (container {c.name}, restart {cp.RESTART_POLICY}) on {ui_url()}"
-    return f"server already {what} (container {c.name}) on {ui_url()}"
+        return f"server started (container {c.container}, restart {cp.RESTART_POLICY}) on {ui_url()}"
+    return f"server already {what} (container {c.container}) on {ui_url()}"
 
 
 def ensure_pool() -> str:
@@ -181,8 +181,8 @@ def start_worker(image: str) -> str:
 
     what, c = cp.ensure(plane(image), cp.WORKER_ROLE)
     if what == "started":
-        return f"worker started (container {c.name}, restart {cp.RESTART_POLICY})"
-    return f"worker already {what} (container {c.name})"
+        return f"worker started (container {c.container}, restart {cp.RESTART_POLICY})"
+    return f"worker already {what} (container {c.container})"
 
 
 def fingerprint(with_alerts: bool) -> str:
@@ -193,8 +193,8 @@ def fingerprint(with_alerts: bool) -> str:
 
     from tasks import control_plane as cp
 
-    server = cp.describe(plane(), cp.SERVER_ROLE) or {}
-    h = hashlib.sha256(f"{server.get('container')}|{cp.volume_path(plane())}|{port()}|{with_alerts}|{ROOT}".encode())
+    server = cp.describe(plane(), cp.SERVER_ROLE)
+    h = hashlib.sha256(f"{server.container if server else None}|{cp.volume_path(plane())}|{port()}|{with_alerts}|{ROOT}".encode())
     files = [ROOT / "prefect.yaml", alerts_mod.ALERTS_FILE, *sorted((ROOT / "flows").rglob("*.py")),
              *sorted((ROOT / "stack").glob("*.py"))]
     for f in files:
@@ -277,9 +277,9 @@ def status() -> dict[str, object]:
     server, worker = cp.describe(pl, cp.SERVER_ROLE), cp.describe(pl, cp.WORKER_ROLE)
     ok = healthy()
     return {"ui": ui_url(), "api": api_url(), "supervisor": f"docker (restart {cp.RESTART_POLICY})",
-            "server": server, "worker": worker,
-            "server_pid": server["pid"] if server else None, "server_healthy": ok,
-            "worker_pid": worker["pid"] if worker else None,
+            "server": cp.supervision(server), "worker": cp.supervision(worker),
+            "server_pid": server.pid if server else None, "server_healthy": ok,
+            "worker_pid": worker.pid if worker else None,
             "database": {"volume": pl.volume, "path": cp.volume_path(pl)},
             "logs": cp.logs_hint(pl),
             "history": server_mod.describe_days(served_history_days()) if ok else

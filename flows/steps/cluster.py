@@ -181,15 +181,3 @@ def _member_logs(spec: ClusterSpec, members: tuple[str, ...], tail: int = 12) ->
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
     write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-
-
-def stored_spec(scope: str) -> ClusterSpec:
-    """The spec the last `pgha up` of `scope` stored (StateError when there is none)."""
-    from stack.errors import StateError
-    from stack.spec import load_spec
-    from tasks.host.generations import serving, stored_spec_file
-
-    path = stored_spec_file(scope)  # after a major upgrade: the serving generation's
-    if not path.exists():
-        raise StateError(f"no cluster '{scope}' was brought up from this machine (no {path})")
-    return serving(load_spec(path))

@@ -33,6 +33,7 @@ from tasks import (
     certs,
     config_volume,
     docker_hosts,
+    docker_images,
     etcd,
     fencer,
     images,
@@ -131,7 +132,7 @@ def ensure_image(spec: ClusterSpec) -> str:
 def ensure_image_on_hosts(spec: ClusterSpec, image: str) -> dict[str, str]:
     """Many hosts: the node image, built on this machine, loaded into every host's engine that lacks it."""
     hosts = docker_hosts.engines(spec).by_host
-    loaded = docker_hosts.local_engine().copy_image_to(list(hosts.values()), image)
+    loaded = docker_images.copy_image(docker_hosts.local_engine(), image, list(hosts.values()))
     out = {name: "loaded" if loaded[e.name] else "present" for name, e in hosts.items()}
     for name, how in out.items():
         get_run_logger().info("image %s on host %s: %s", image, name, how)

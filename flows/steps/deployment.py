@@ -27,8 +27,7 @@ def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
     subflow), `spec`."""
     if not deployment_entry():
         return spec
-    from flows.steps.cluster import stored_spec
-    from tasks.host.generations import stored_spec_file
+    from tasks.host.generations import stored_spec, stored_spec_file
 
     stored = stored_spec(spec.scope) if stored_spec_file(spec.scope).exists() else None
     try:

@@ -9,7 +9,6 @@ import secrets as _random
 
 from prefect import get_run_logger, task
 
-from flows.steps.cluster import stored_spec
 from stack import site
 from stack.errors import PghaError, StateError
 from stack.secrets import ENV_SUPERUSER
@@ -17,6 +16,7 @@ from stack.spec import ClusterSpec
 from tasks import docker_hosts, patroni
 from tasks._prefect import SIDE_EFFECT
 from tasks.host import app_passwords
+from tasks.host.generations import stored_spec
 from tasks.host.secrets import ETCD_KEYS
 from tasks.host.state import secrets_file, write_private
 from tasks.host.tls import tls_dir

@@ -9,8 +9,9 @@ import yaml
 
 from stack import generations as gen
 from stack import layout, tls
+from stack.errors import StateError
 from stack.major import STATE_FILE, MajorState
-from stack.spec import ClusterSpec, as_deployed
+from stack.spec import ClusterSpec, as_deployed, load_spec
 from tasks.host.state import cluster_dir, write_private
 
 
@@ -65,6 +66,15 @@ def stored_spec_file(scope: str) -> Path:
     if pointer is not None and (cluster_dir(pointer.generation) / "spec.yaml").exists():
         return cluster_dir(pointer.generation) / "spec.yaml"
     return cluster_dir(scope) / "spec.yaml"
+
+
+def stored_spec(scope: str) -> ClusterSpec:
+    """The spec the last `pgha up` of `scope` stored, as its serving generation runs it (StateError
+    when there is none)."""
+    path = stored_spec_file(scope)  # after a major upgrade: the serving generation's
+    if not path.exists():
+        raise StateError(f"no cluster '{scope}' was brought up from this machine (no {path})")
+    return serving(load_spec(path))
 
 
 def deployed(spec: ClusterSpec) -> ClusterSpec:

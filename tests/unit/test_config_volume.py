@@ -312,42 +312,10 @@ def test_lab_hosts_share_nothing_of_the_state_dir_but_their_socket(monkeypatch: 
     from tasks import docker_lab
 
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path / "state"))
-    made: dict[str, Any] = {}
-
-    class Api:
-        def create_host_config(self, **kw: Any) -> dict[str, Any]:
-            made.update(kw)
-            return {}
-
-        def create_networking_config(self, *a: Any) -> None:
-            return None
-
-        def create_endpoint_config(self, **kw: Any) -> None:
-            return None
-
-        def create_container(self, *a: Any, **kw: Any) -> dict[str, str]:
-            return {"Id": "x"}
-
-        def start(self, cid: str) -> None:
-            return None
-
-    class Client:
-        api = Api()
-
-        class containers:  # noqa: N801
-            @staticmethod
-            def list(**kw: Any) -> list[Any]:
-                return []
-
-        class volumes:  # noqa: N801
-            @staticmethod
-            def get(name: str) -> None:
-                return None
-
     host = plan.LabHost(name="h1", container="pgha-lab-t-h1", docker="unix:///x", address="10.213.0.11",
                         rw_port=27100, ro_port=27101)
-    docker_lab._run_host(Client(), "t", host, "pgha/lab:x", "10.213.0.0/24")  # type: ignore[arg-type]
-    binds = {m["Target"]: m["Source"] for m in made["mounts"] if m["Type"] == "bind"}
+    run = docker_lab.host_run("t", host, "pgha/lab:x", "unix")
+    binds = {m.target: m.source for m in run.mounts if m.kind == "bind"}
     state = str(tmp_path / "state")
     assert binds == {"/sys/fs/cgroup": "/sys/fs/cgroup", docker_lab.SOCKET_IN_HOST: f"{state}/labs/t/h1"}
 

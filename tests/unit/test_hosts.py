@@ -157,7 +157,7 @@ def test_lab_plan_writes_a_valid_spec() -> None:
 
 
 def test_lab_fan_out_feeds_every_sink_the_same_stream() -> None:
-    from tasks.docker_engine import fan_out
+    from tasks.docker_images import fan_out
 
     data = [bytes([i]) * 10 for i in range(200)]  # far more chunks than a queue holds
     got: list[list[bytes]] = [[], [], []]
@@ -170,7 +170,7 @@ def test_lab_fan_out_feeds_every_sink_the_same_stream() -> None:
 
 
 def test_lab_fan_out_a_failed_sink_or_source_blocks_nothing() -> None:
-    from tasks.docker_engine import fan_out
+    from tasks.docker_images import fan_out
 
     data = [b"x"] * 100
     got: list[bytes] = []
