@@ -380,7 +380,7 @@ def site_failover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa:
 
 def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool) -> tuple[ClusterSpec, ClusterSpec]:
     """Refusals before anything changes (one line); (the new primary site's spec, this one's as its standby)."""
-    from flows.steps.cluster import stored_spec
+    from tasks.host.generations import stored_spec
 
     if standby_of == spec.scope:
         raise UsageError(f"--standby-of names {spec.scope} itself: name the site that is primary now")
@@ -441,7 +441,7 @@ def site_rebuild(spec: ClusterSpec = ClusterSpec(), standby_of: str = "", yes: b
 
 
 def stored_spec_or_none(scope: str) -> ClusterSpec | None:
-    from flows.steps.cluster import stored_spec
+    from tasks.host.generations import stored_spec
 
     try:
         return stored_spec(scope)
