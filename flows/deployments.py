@@ -11,8 +11,9 @@ the one `pgha up` stored for that scope on the worker's host, loaded under the o
 anything is touched, except by `bootstrap`, which creates a cluster from the code's defaults. Changing the spec stays a CLI
 operation on the host (`pgha up --spec`, `pgha config set`, `pgha scale`...).
 
-Each entry runs the operation's flow body in its own flow run (`.fn`: no subflow), under the
-operation's flow name, so deployment names (`health-audit/default`...), tags, alerts and the
+Each entry runs the operation's flow body in its own flow run (`op.fn`: a subflow would not be
+the deployment's run, and would not load the stored spec), imported when the run starts (a run
+imports one operation's modules, not all of them), under the operation's flow name, so deployment names (`health-audit/default`...), tags, alerts and the
 lock stay what they were. The flows in `flows/*.py` keep their `spec` parameter for the CLI,
 which resolves the spec on the host itself. `pgha server start` also closes each deployment's
 parameter schema (`additionalProperties: false`, `tasks.prefect_server.seal_schemas`), so the
@@ -28,26 +29,6 @@ from prefect import flow
 from prefect.states import State
 from pydantic import Field
 
-from flows.audit import audit as audit_op
-from flows.backup import backup as backup_op
-from flows.backup import dump as dump_op
-from flows.bootstrap import bootstrap as bootstrap_op
-from flows.certs import certs_renew as certs_renew_op
-from flows.config import config_set as config_set_op
-from flows.drill import drill as drill_op
-from flows.etcd_replace import etcd_replace as etcd_replace_op
-from flows.maintenance import pause as pause_op
-from flows.maintenance import resume as resume_op
-from flows.reinit import reinit as reinit_op
-from flows.restart import restart as restart_op
-from flows.restore import restore as restore_op
-from flows.restore import target_spec
-from flows.scale import scale as scale_op
-from flows.switchover import switchover as switchover_op
-from flows.teardown import teardown as teardown_op
-from flows.upgrade import upgrade as upgrade_op
-from flows.upgrade import upgrade_target
-from flows.verify import verify_restore as verify_restore_op
 from stack import backup as bk
 from stack.deployed import not_brought_up
 from stack.drill import DrillKind
@@ -73,9 +54,10 @@ from stack.results import (
 from stack.spec import SCOPE_RE, ClusterSpec
 from tasks.host.lock import WaitSeconds
 
-DEFAULT_SCOPE = ClusterSpec().scope
+DEFAULT_SCOPE = "hy-home-db"  # ClusterSpec().scope (a literal, so the docs show it)
 Scope = Annotated[str, Field(pattern=SCOPE_RE.pattern, description="the cluster: the scope `pgha up` brought up "
                                                                    "on the worker's host (its stored spec is used)")]
+IntoScope = Annotated[str, Field(description="the new cluster's scope ('' with in_place)")]
 
 
 def named(scope: str) -> ClusterSpec:
@@ -100,7 +82,9 @@ def stored(scope: str) -> ClusterSpec:
 @flow(name="bootstrap", description="Create or converge the cluster `pgha up` brought up for scope (its stored spec; "
                                     "the code's defaults for a scope never brought up).")
 def bootstrap(scope: Scope = DEFAULT_SCOPE, wait_seconds: WaitSeconds = 0) -> BootstrapResult:
-    return bootstrap_op.fn(spec=ClusterSpec(scope=scope), wait_seconds=wait_seconds)  # a new one: the defaults
+    from flows.bootstrap import bootstrap as op
+
+    return op.fn(spec=ClusterSpec(scope=scope), wait_seconds=wait_seconds)  # a new one: the defaults
 
 
 @flow(name="teardown", description="Remove the cluster; data volumes stay unless volumes=true (the run then waits "
@@ -108,7 +92,9 @@ def bootstrap(scope: Scope = DEFAULT_SCOPE, wait_seconds: WaitSeconds = 0) -> Bo
                                    "purge_backups=true.")
 def teardown(scope: Scope = DEFAULT_SCOPE, volumes: bool = False, purge_backups: bool = False,
              wait_seconds: WaitSeconds = 0) -> TeardownResult:
-    return teardown_op.fn(spec=named(scope), volumes=volumes, purge_backups=purge_backups, wait_seconds=wait_seconds)
+    from flows.teardown import teardown as op
+
+    return op.fn(spec=named(scope), volumes=volumes, purge_backups=purge_backups, wait_seconds=wait_seconds)
 
 
 @flow(name="drill", description="Failover/fault drill under write load: measure RTO/RPO and always heal.")
@@ -116,36 +102,48 @@ def drill(scope: Scope = DEFAULT_SCOPE, kind: DrillKind = DrillKind.SWITCHOVER, 
           probe_interval_ms: int = 50, heal_timeout_s: int = 180, wait_seconds: WaitSeconds = 0,
           seconds: int | None = None, host: str | None = None) -> DrillResult:
     """`host`: for the host drills, one of the stored spec's hosts by name (any other is refused)."""
-    return drill_op.fn(spec=named(scope), kind=kind, to=to, probe_interval_ms=probe_interval_ms,
+    from flows.drill import drill as op
+
+    return op.fn(spec=named(scope), kind=kind, to=to, probe_interval_ms=probe_interval_ms,
                        heal_timeout_s=heal_timeout_s, wait_seconds=wait_seconds, seconds=seconds, host=host)
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")
 def audit(scope: Scope = DEFAULT_SCOPE) -> State:
-    return audit_op.fn(spec=named(scope))
+    from flows.audit import audit as op
+
+    return op.fn(spec=named(scope))
 
 
 @flow(name="certs-renew", description="Renew the member and client certificates when fewer than "
                                       "tls.renew_within_days days remain (a rotation); otherwise nothing.")
 def certs_renew(scope: Scope = DEFAULT_SCOPE, within_days: int | None = None,
                 wait_seconds: WaitSeconds = 0) -> CertsRenewResult:
-    return certs_renew_op.fn(spec=named(scope), within_days=within_days, wait_seconds=wait_seconds)
+    from flows.certs import certs_renew as op
+
+    return op.fn(spec=named(scope), within_days=within_days, wait_seconds=wait_seconds)
 
 
 @flow(name="backup", description="pgBackRest backup from a replica, then a verified restore of it.")
 def backup(scope: Scope = DEFAULT_SCOPE, type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002 - the CLI's word
            verify: bool | None = None) -> BackupResult:
-    return backup_op.fn(spec=named(scope), type=type, verify=verify)
+    from flows.backup import backup as op
+
+    return op.fn(spec=named(scope), type=type, verify=verify)
 
 
 @flow(name="dump", description="pg_dump -Fc of every database from a replica into the repository volume.")
 def dump(scope: Scope = DEFAULT_SCOPE) -> DumpResult:
-    return dump_op.fn(spec=named(scope))
+    from flows.backup import dump as op
+
+    return op.fn(spec=named(scope))
 
 
 @flow(name="verify-restore", description="Restore a backup set into a scratch container and check it.")
 def verify_restore(scope: Scope = DEFAULT_SCOPE, label: str | None = None) -> VerifyResult:
-    return verify_restore_op.fn(spec=named(scope), label=label)
+    from flows.verify import verify_restore as op
+
+    return op.fn(spec=named(scope), label=label)
 
 
 @flow(name="upgrade", description="Rolling minor upgrade: an interrupted upgrade finished, else the stored spec's "
@@ -155,64 +153,84 @@ def upgrade(scope: Scope = DEFAULT_SCOPE, node_timeout_s: Annotated[int, Field(g
     """No image is a parameter (any image would be a container on the cluster's networks with its
     volumes): the target is the pending upgrade's, else pgha's own build of the spec's image with
     security updates (`pgha upgrade --updates security`). Any other image: `pgha upgrade --image`."""
-    return upgrade_op.fn(spec=named(scope), image=upgrade_target(stored(scope)), node_timeout_s=node_timeout_s)
+    from flows.upgrade import upgrade as op
+    from flows.upgrade import upgrade_target
+
+    return op.fn(spec=named(scope), image=upgrade_target(stored(scope)), node_timeout_s=node_timeout_s)
 
 
 @flow(name="config-set", description="Change PostgreSQL parameters (Patroni dynamic config) with a rolling restart.")
 def config_set(scope: Scope = DEFAULT_SCOPE, parameters: dict[str, str] | None = None,
                restart: bool = True) -> ConfigSetResult:
-    return config_set_op.fn(spec=named(scope), parameters=parameters, restart=restart)
+    from flows.config import config_set as op
+
+    return op.fn(spec=named(scope), parameters=parameters, restart=restart)
 
 
 @flow(name="scale", description="Add or remove Patroni nodes; HAProxy reloaded without dropping sessions.")
 def scale(scope: Scope = DEFAULT_SCOPE, nodes: int = 3) -> ScaleResult:
-    return scale_op.fn(spec=named(scope), nodes=nodes)
+    from flows.scale import scale as op
+
+    return op.fn(spec=named(scope), nodes=nodes)
 
 
 @flow(name="etcd-replace", description="Replace one etcd member, keeping quorum throughout.")
 def etcd_replace(scope: Scope = DEFAULT_SCOPE, member: str = "etcd-1") -> EtcdReplaceResult:
-    return etcd_replace_op.fn(spec=named(scope), member=member)
+    from flows.etcd_replace import etcd_replace as op
+
+    return op.fn(spec=named(scope), member=member)
 
 
 @flow(name="switchover", description="Planned switchover: pooler paused, new primary routed at once, pooler resumed.")
 def switchover(scope: Scope = DEFAULT_SCOPE, to: str | None = None, wait_seconds: WaitSeconds = 0) -> SwitchoverResult:
-    return switchover_op.fn(spec=named(scope), to=to, wait_seconds=wait_seconds)
+    from flows.switchover import switchover as op
+
+    return op.fn(spec=named(scope), to=to, wait_seconds=wait_seconds)
 
 
 @flow(name="restart", description="Rolling restart of PostgreSQL: replicas first, switchover, the leader last.")
 def restart(scope: Scope = DEFAULT_SCOPE, member: str | None = None, wait_seconds: WaitSeconds = 0) -> RestartResult:
-    return restart_op.fn(spec=named(scope), member=member, wait_seconds=wait_seconds)
+    from flows.restart import restart as op
+
+    return op.fn(spec=named(scope), member=member, wait_seconds=wait_seconds)
 
 
 @flow(name="reinit", description="Rebuild one replica from the leader (its data is wiped) after the scope is typed "
                                  "in the run's Resume form.")
 def reinit(scope: Scope = DEFAULT_SCOPE, member: str = "pg-2", wait_seconds: WaitSeconds = 0) -> ReinitResult:
-    return reinit_op.fn(spec=named(scope), member=member, wait_seconds=wait_seconds)
+    from flows.reinit import reinit as op
+
+    return op.fn(spec=named(scope), member=member, wait_seconds=wait_seconds)
 
 
 @flow(name="pause", description="Maintenance mode on: Patroni stops failing over and restarting until resume.")
 def pause(scope: Scope = DEFAULT_SCOPE, wait_seconds: WaitSeconds = 0) -> PauseResult:
-    return pause_op.fn(spec=named(scope), wait_seconds=wait_seconds)
+    from flows.maintenance import pause as op
+
+    return op.fn(spec=named(scope), wait_seconds=wait_seconds)
 
 
 @flow(name="resume", description="Maintenance mode off: Patroni manages failover again.")
 def resume(scope: Scope = DEFAULT_SCOPE, wait_seconds: WaitSeconds = 0) -> PauseResult:
-    return resume_op.fn(spec=named(scope), wait_seconds=wait_seconds)
+    from flows.maintenance import resume as op
+
+    return op.fn(spec=named(scope), wait_seconds=wait_seconds)
 
 
 @flow(name="restore", description="Point-in-time restore of a cluster's backups into a new cluster (into: its "
                                   "scope) or, after the scope is typed in the run's Resume form, in place.")
-def restore(scope: Scope = DEFAULT_SCOPE, target: str = "",
-            into: Annotated[str, Field(description="the new cluster's scope ('' with in_place)")] = "",
-            in_place: bool = False) -> RestoreResult:
+def restore(scope: Scope = DEFAULT_SCOPE, target: str = "", into: IntoScope = "", in_place: bool = False) -> RestoreResult:
     """Into a new cluster: the source's stored spec with `into` as its scope and its ports + 10
     (`pgha restore --into SCOPE`); any other spec for it: `pgha restore --into-spec` on the host."""
+    from flows.restore import restore as op
+    from flows.restore import target_spec
+
     if in_place:
         if into:
             raise UsageError("in_place and into exclude each other")
-        return restore_op.fn(spec=named(scope), target=target, in_place=True)
+        return op.fn(spec=named(scope), target=target, in_place=True)
     if not into:
         raise UsageError("say where to restore: into=<a new scope>, or in_place=true")
     if not SCOPE_RE.match(into):
         raise UsageError(f"into: '{into}' is not a valid scope")
-    return restore_op.fn(spec=named(scope), target=target, into=target_spec(stored(scope), into, None))
+    return op.fn(spec=named(scope), target=target, into=target_spec(stored(scope), into, None))

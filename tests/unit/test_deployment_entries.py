@@ -8,7 +8,11 @@ parameter; the deployment names (flow/deployment) the alerts, the docs and the t
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from prefect.utilities.schema_tools.validation import validate
 
 from flows import deployments as entries
 from stack.deployed import ENTRY_MODULE, sealed_schema
+from stack.spec import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
@@ -76,6 +81,10 @@ def test_every_deployment_enters_through_a_scope_flow(dep: dict[str, Any]) -> No
     assert params[0] == "scope", params
 
 
+def test_the_default_scope_is_the_spec_s() -> None:
+    assert entries.DEFAULT_SCOPE == ClusterSpec().scope
+
+
 def test_the_deployment_names_stay() -> None:
     loaded = load_flow_from_entrypoint(DEPLOYMENTS[0]["entrypoint"])  # as `prefect deploy` loads one
     assert loaded.name == entry(DEPLOYMENTS[0]).name and loaded.parameters == entry(DEPLOYMENTS[0]).parameters
@@ -104,12 +113,21 @@ def test_the_closed_schema_refuses_a_spec_and_a_bad_scope(dep: dict[str, Any]) -
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
 def test_an_entry_passes_on_every_option_of_its_operation(dep: dict[str, Any]) -> None:
-    # Each entry calls its operation's flow body (`<name>_op`) with the same option names: none dropped.
+    # Each entry calls its operation's flow body with the same option names: none dropped.
     func = dep["entrypoint"].partition(":")[2]
-    flow, op = getattr(entries, func), getattr(entries, f"{func}_op")
+    flow = getattr(entries, func)
+    module, name = re.findall(r"from (flows\.\w+) import (\w+) as op\n", inspect.getsource(flow.fn))[0]
+    op = getattr(importlib.import_module(module), name)
     assert flow.name == op.name
     mine = set(inspect.signature(flow.fn).parameters) - {"scope"}
     theirs = set(inspect.signature(op.fn).parameters) - set(NOT_PASSED)
     if op.name == "health-audit":
         theirs -= {"scope"}  # the entry's scope is that parameter's role
     assert mine == theirs, (op.name, mine ^ theirs)
+
+
+def test_the_entries_import_no_operation_until_they_run() -> None:
+    code = ("import sys, flows.deployments; print(sorted(m for m in sys.modules if m.startswith('flows.') "
+            "and m not in ('flows.deployments',)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
