@@ -8,7 +8,7 @@ host root. So the parameters of these flows (what Prefect renders as the run for
 server validates every run against) are `scope` and the operation's options; the cluster is
 the one `pgha up` stored for that scope on the worker's host, loaded under the operation's lock
 (`flows.steps.deployment.pinned_spec`); a scope with no stored spec is refused in one line before
-anything is touched, except by `bootstrap`, which creates a cluster from the code's defaults. Changing the spec stays a CLI
+anything changes, except by `bootstrap`, which creates a cluster from the code's defaults. Changing the spec stays a CLI
 operation on the host (`pgha up --spec`, `pgha config set`, `pgha scale`...).
 
 Each entry runs the operation's flow body in its own flow run (`op.fn`: a subflow would not be
@@ -61,10 +61,9 @@ IntoScope = Annotated[str, Field(description="the new cluster's scope ('' with i
 
 
 def named(scope: str) -> ClusterSpec:
-    """The cluster named by `scope`, refused in one line (nothing touched, no lock taken) when no
-    `pgha up` stored its spec on this host. Only its name is passed on: the operation loads the
-    stored spec under its lock (so a run that meets a busy cluster is told that first)."""
-    stored(scope)
+    """The cluster named by `scope`: only its name. The operation takes its lock, then the spec
+    stored for it on this host (`flows.steps.deployment.pinned_spec`: refused in one line when
+    there is none), so a run that meets a busy cluster is told that first, on any machine."""
     return ClusterSpec(scope=scope)
 
 
