@@ -206,7 +206,11 @@ def test_a_deployment_takes_a_scope_and_refuses_a_spec(cluster: Cluster, server_
         run_id = start_deployment(server_env, name, {"scope": SCOPE})
         done = wait_state(server_env, run_id, {"FAILED", "CRASHED", "COMPLETED"}, timeout=RUN_WITHIN_S)
         assert done["state_type"] == "COMPLETED", done["state"]
-        assert said in run_logs(server_env, run_id), run_logs(server_env, run_id)[-1500:]
+        # The run's logs reach the server in batches, possibly after its final state: wait for the line.
+        deadline = time.monotonic() + 60
+        while said not in (logs := run_logs(server_env, run_id)) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert said in logs, logs[-1500:]
     # A scope never brought up on this host: refused in one line, nothing changed.
     run_id = start_deployment(server_env, "pause/pause", {"scope": "pgha-it-pa8"})
     done = wait_state(server_env, run_id, {"FAILED", "CRASHED", "COMPLETED"}, timeout=RUN_WITHIN_S)
