@@ -13,7 +13,7 @@ from tasks.host.lock import WaitSeconds
 
 
 @flow(name="bootstrap", description="Create or converge a pgha cluster (etcd, Patroni, HAProxy) from its spec.")
-@mutating_flow("bootstrap")
+@mutating_flow("bootstrap", creates=True)
 def bootstrap(spec: ClusterSpec = ClusterSpec(),  # noqa: B008 - pydantic default is immutable
               wait_seconds: WaitSeconds = 0) -> BootstrapResult:
     """`wait_seconds`: wait that long for another mutating flow on this cluster to end (0: refuse at once)."""

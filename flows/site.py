@@ -72,7 +72,8 @@ def site_rows(spec: ClusterSpec) -> list[SiteRow]:
     if mine is None:
         rows.append(SiteRow(scope=spec.scope, role=SiteRole.DOWN, follows=primary.scope))
         return rows
-    lag_b, lag_s = site.standby_lag(theirs.current_lsn if theirs else None, mine.replay_lsn, mine.since_replay_s)
+    lag_b, lag_s = site.standby_lag(theirs.current_lsn if theirs else None, mine.replay_lsn, mine.since_replay_s,
+                                    mine.receive_lsn, mine.receiver == "streaming")
     rows.append(SiteRow(scope=spec.scope, role=SiteRole.STANDBY if mine.in_recovery else SiteRole.PRIMARY,
                         leader=_leader(spec), follows=primary.scope if mine.in_recovery else None,
                         receive_lsn=mine.receive_lsn, replay_lsn=mine.replay_lsn, lag_bytes=lag_b, lag_s=lag_s,

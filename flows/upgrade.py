@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from flows.steps import preflight_once
@@ -49,6 +49,21 @@ class UpgradeFailed(PghaError):
 
 def pending_file(spec: ClusterSpec) -> Path:
     return cluster_dir(spec.scope) / "upgrade-pending.json"
+
+
+def upgrade_target(spec: ClusterSpec) -> str:
+    """The image a deployment run upgrades to (it takes no image): the interrupted upgrade's target
+    when one is pending on this host, else pgha's own build of the spec's image with the suite's
+    security updates, built if missing (what `pgha upgrade --updates security` rolls out)."""
+    pf = pending_file(spec)
+    if pf.exists() and (target := str(json.loads(pf.read_text()).get("target") or "")):
+        return target
+    from tasks.images import ensure_image
+
+    target, log = ensure_image(spec.model_copy(update={"image": None}), "security")
+    for line in log:
+        get_run_logger().info(line)
+    return target
 
 
 def node_images(spec: ClusterSpec) -> dict[str, str]:

@@ -140,15 +140,20 @@ def lsn_bytes(lsn: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-def standby_lag(primary_lsn: str | None, replay_lsn: str | None,
-                since_replay_s: float | None) -> tuple[int | None, float | None]:
+def standby_lag(primary_lsn: str | None, replay_lsn: str | None, since_replay_s: float | None,
+                receive_lsn: str | None = None, streaming: bool = False) -> tuple[int | None, float | None]:
     """(bytes, seconds) the standby replays behind the primary site: bytes from the primary's current
-    LSN; seconds 0 when it has replayed everything, else the age of its last replayed commit."""
+    LSN; seconds 0 when it has replayed everything, or when it streams and has replayed all it
+    received (what the primary wrote since is in flight, or WAL without a transaction such as a
+    checkpoint's: the last commit's age on an idle pair is no lag); else the age of its last
+    replayed commit."""
     if primary_lsn is None or replay_lsn is None:
         return None, None
     behind = max(0, lsn_bytes(primary_lsn) - lsn_bytes(replay_lsn))
     if behind == 0:
         return 0, 0.0
+    if streaming and receive_lsn is not None and lsn_bytes(replay_lsn) >= lsn_bytes(receive_lsn):
+        return behind, 0.0
     return behind, None if since_replay_s is None else round(max(0.0, since_replay_s), 3)
 
 

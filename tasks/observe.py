@@ -113,7 +113,8 @@ def site_part(spec: ClusterSpec, deep: bool) -> A.StandbyObs | None:
         theirs: str | None = postgres.wal_position(primary, _secrets(primary)).current_lsn
     except PghaError:
         theirs = None  # the primary site is down: the receiver says so
-    lag_b, lag_s = site.standby_lag(theirs, mine.replay_lsn, mine.since_replay_s)
+    lag_b, lag_s = site.standby_lag(theirs, mine.replay_lsn, mine.since_replay_s, mine.receive_lsn,
+                                    mine.receiver == "streaming")
     return A.StandbyObs(receiver=mine.receiver, lag_bytes=lag_b, lag_s=lag_s)
 
 

@@ -173,7 +173,33 @@ def deploy() -> str:
     if r.returncode != 0:
         raise ServerError(f"prefect deploy failed: {out.strip()[-400:]}")
     n = out.count("Deployment '")
-    return f"deployed prefect.yaml ({n} deployments)"
+    return f"deployed prefect.yaml ({n} deployments, {seal_schemas()} parameter schemas closed)"
+
+
+def seal_schemas() -> int:
+    """Close the parameter schema of every deployment of pgha's entry flows (`stack.deployed.sealed_schema`):
+    the server then refuses a run with a parameter its flow does not take (a `spec` above all)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from stack.deployed import ENTRY_MODULE, sealed_schema
+
+    auth = auth_string()
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url(), **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
+    n = 0
+    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
+        for dep in client.read_deployments():
+            if not (dep.entrypoint or "").startswith(f"{ENTRY_MODULE}:"):
+                continue
+            schema = dict(dep.parameter_openapi_schema or {})
+            if schema.get("additionalProperties") is not False:
+                r = client.request("PATCH", "/deployments/{id}", path_params={"id": dep.id},  # type: ignore[arg-type]
+                                   json={"parameter_openapi_schema": sealed_schema(schema)})
+                if r.status_code >= 300:
+                    raise ServerError(f"cannot close the parameter schema of deployment {dep.name}: "
+                                      f"HTTP {r.status_code} {r.text[:200]}")
+            n += 1
+    return n
 
 
 def start_worker(image: str) -> str:

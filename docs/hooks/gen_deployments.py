@@ -18,6 +18,7 @@ from mdtext import md
 ROOT = Path(__file__).resolve().parent.parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
 PLACEHOLDER_SCOPE = "SCOPE"
+_NAMES: dict[str, dict[str, ast.expr]] = {}  # per flow file: its module-level names (filled by flow_def)
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
 
 
@@ -26,10 +27,30 @@ def deployments() -> list[dict[str, Any]]:
     return list(data.get("deployments") or [])
 
 
+def module_names(tree: ast.Module) -> dict[str, ast.expr]:
+    """The module's plain `NAME = value` assignments (type aliases, constants), to show a
+    parameter's type and default as a reader needs them rather than by their alias."""
+    return {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+def shown(expr: ast.expr, names: dict[str, ast.expr]) -> str:
+    """`Annotated[T, ...]` as T (an alias resolved first); a constant's name as its literal value."""
+    if isinstance(expr, ast.Name) and isinstance(names.get(expr.id), (ast.Constant, ast.Subscript)):
+        expr = names[expr.id]
+    if isinstance(expr, ast.Subscript) and getattr(expr.value, "id", "") == "Annotated" \
+            and isinstance(expr.slice, ast.Tuple):
+        return shown(expr.slice.elts[0], names)
+    if isinstance(expr, ast.BinOp):  # `Annotated[...] | None`
+        return f"{shown(expr.left, names)} | {shown(expr.right, names)}"
+    return ast.unparse(expr)
+
+
 def flow_def(entrypoint: str) -> tuple[str, ast.FunctionDef | None]:
     """(the flow's name, its function) for `path.py:function`: `@flow(name=...)`, else Prefect's default."""
     path, _, func = entrypoint.partition(":")
     tree = ast.parse((ROOT / path).read_text())
+    _NAMES[entrypoint.partition(":")[0]] = module_names(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == func:
             for deco in node.decorator_list:
@@ -45,14 +66,15 @@ def full_name(dep: dict[str, Any]) -> str:
     return f"{flow_def(dep['entrypoint'])[0]}/{dep['name']}"
 
 
-def flow_parameters(fn: ast.FunctionDef | None) -> list[tuple[str, str, str]]:
-    """(name, annotation, default) of each parameter of the flow function."""
+def flow_parameters(fn: ast.FunctionDef | None, names: dict[str, ast.expr] | None = None) -> list[tuple[str, str, str]]:
+    """(name, annotation, default) of each parameter of the flow function (`names`: its module's, see `shown`)."""
     if fn is None:
         return []
+    names = names or {}
     args = fn.args.args + fn.args.kwonlyargs
     defaults: list[ast.expr | None] = [None] * (len(fn.args.args) - len(fn.args.defaults))
     defaults += list(fn.args.defaults) + list(fn.args.kw_defaults)
-    return [(a.arg, ast.unparse(a.annotation) if a.annotation else "", ast.unparse(d) if d is not None else "")
+    return [(a.arg, shown(a.annotation, names) if a.annotation else "", shown(d, names) if d is not None else "")
             for a, d in zip(args, defaults, strict=True)]
 
 
@@ -142,9 +164,10 @@ def section(dep: dict[str, Any]) -> list[str]:
              ("Parameters set", ", ".join(f"`{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}`"
                                           for k, v in (dep.get("parameters") or {}).items()) or "none")]
     out += ["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in facts), ""]
-    params = flow_parameters(fn)
+    params = flow_parameters(fn, _NAMES.get(dep["entrypoint"].partition(":")[0]))
     if params:
-        out += ["The flow's parameters (a run may set any of them):", ""]
+        out += ["The flow's parameters (a run may set these and no others; `scope` names a cluster `pgha up` "
+                "brought up on the worker's host):", ""]
         out += ["| Parameter | Type | Default |", "| --- | --- | --- |"]
         out += [f"| `{n}` | `{a}` | {f'`{d}`' if d else 'required'} |" for n, a, d in params]
         out.append("")

@@ -21,9 +21,10 @@ def deployment_entry() -> bool:
     return run is None or run.parent_task_run_id is None
 
 
-def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
+def pinned_spec(spec: ClusterSpec, creates: bool = False) -> ClusterSpec:
     """In the flow a deployment started, the stored spec of `spec.scope` (UsageError when `spec`
-    says more than its scope); elsewhere (the CLI, which resolved the spec on the host itself; a
+    says more than its scope, or when none is stored unless the operation `creates` a cluster:
+    `stack.deployed.deployment_spec`); elsewhere (the CLI, which resolved the spec on the host itself; a
     subflow), `spec`."""
     if not deployment_entry():
         return spec
@@ -31,7 +32,7 @@ def pinned_spec(spec: ClusterSpec) -> ClusterSpec:
 
     stored = stored_spec(spec.scope) if stored_spec_file(spec.scope).exists() else None
     try:
-        return deployment_spec(spec, stored)
+        return deployment_spec(spec, stored, creates)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -120,12 +120,13 @@ def alert_if_left_unhealthy(spec: ClusterSpec, operation_name: str, exc: BaseExc
 
 
 def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | None = None,
-                  default_wait: float = 0) -> Callable[[Callable[P, R]], Callable[P, R]]:
+                  default_wait: float = 0, creates: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run the wrapped flow body under the cluster's mutating lock, timed, with its result artifact.
 
     The lock's scope is the `spec` argument's scope unless `lock` computes another from the
     bound arguments (restore into a new scope locks that one). A `wait_seconds` argument, when
-    the flow has one, is how long to wait for the lock.
+    the flow has one, is how long to wait for the lock. `creates`: the operation may create the
+    cluster, so a deployment run for a scope with no stored spec takes the code's defaults.
     """
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
@@ -148,7 +149,7 @@ def mutating_flow(operation_name: str, lock: Callable[[dict[str, Any]], str] | N
                 # parameter's own (refused when it says more); checked under the lock, so a
                 # run meeting a busy cluster is told that first.
                 if deployment_entry():
-                    bound.arguments["spec"] = spec = serving(pinned_spec(given))
+                    bound.arguments["spec"] = spec = serving(pinned_spec(given, creates))
                     args, kwargs = bound.args, bound.kwargs  # type: ignore[assignment]
                 result = fn(*args, **kwargs)
             result_artifact(spec.scope, operation_name, result)

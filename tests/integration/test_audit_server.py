@@ -143,7 +143,7 @@ def prefect(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.C
 
 def run_audit_deployment(c: Cluster) -> subprocess.CompletedProcess[str]:
     """What CI does: `prefect deployment run 'health-audit/default' --watch`, here for the test cluster."""
-    return prefect(c.env, "deployment", "run", "health-audit/default", "--params", json.dumps({"spec": c.spec}),
+    return prefect(c.env, "deployment", "run", "health-audit/default", "--param", f"scope={c.scope}",
                    "--watch", "--watch-timeout", "240")
 
 

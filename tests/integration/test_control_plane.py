@@ -548,7 +548,7 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
         # Deployed before `up`: until `up` is done its runs fail (no such cluster yet), which changes
         # nothing below (their alerts are held; see the note on Prefect's triggers above).
         dep = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy",
-                              "flows/audit.py:audit", "-n", "reboot-drill", "-p", "pgha", "-t", "health",
+                              "flows/deployments.py:audit", "-n", "reboot-drill", "-p", "pgha", "-t", "health",
                               "--interval", str(AUDIT_INTERVAL_S), "--param", f"scope={DRILL_SCOPE}"],
                              cwd=ROOT, env=dict(env, PGHA_HOME=str(ROOT)), capture_output=True,
                              text=True, timeout=300, check=False)

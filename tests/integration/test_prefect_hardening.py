@@ -164,6 +164,60 @@ def test_api_needs_credentials_and_the_cli_brings_them(server_env: dict[str, str
     loose.unlink()
 
 
+# ---- deployments by scope ----
+
+
+RUN_WITHIN_S = 300  # a flow run's process starts, imports pgha and ends (seconds at load 14; minutes at load 60+)
+
+
+def run_logs(env: dict[str, str], run_id: str) -> str:
+    logs = api(env, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+    return "\n".join(str(entry["message"]) for entry in logs)
+
+
+def test_a_deployment_takes_a_scope_and_refuses_a_spec(cluster: Cluster, server_env: dict[str, str]) -> None:
+    """No deployment's form takes a spec: the server refuses a run that passes one (the schema is
+    closed); a run that skips the schema fails binding it, before any step; by scope, the run
+    works on the cluster `pgha up` stored (pause, then resume, through the worker)."""
+    deps = api(server_env, "POST", "/deployments/filter", {}).json()
+    ours = [d for d in deps if d["entrypoint"].startswith("flows/deployments.py:")]
+    assert len(ours) >= 19, [d["name"] for d in deps]
+    for d in ours:
+        schema = d["parameter_openapi_schema"]
+        assert "spec" not in schema["properties"] and schema["additionalProperties"] is False, (d["name"], schema)
+        assert "ClusterSpec" not in json.dumps(schema), d["name"]
+    forged = {"scope": SCOPE, "spec": {"scope": SCOPE, "image": "attacker/root:latest"}}
+    # `prefect deployment run -p spec=...`, as a holder of the auth string would try it.
+    res = prefect(authed(server_env), "deployment", "run", "pause/pause", "--param", f"scope={SCOPE}",
+                  "--param", f"spec={json.dumps(forged['spec'])}", timeout=180)
+    assert res.returncode != 0 and "spec" in res.stdout + res.stderr, res.stdout[-1500:] + res.stderr[-1500:]
+    dep = api(server_env, "GET", "/deployments/name/pause/pause").json()
+    refused = api(server_env, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": forged})
+    assert refused.status_code == 409 and "spec" in refused.text, refused.text[:500]
+    # The run asks the server not to check its parameters: the flow cannot take them.
+    skipped = api(server_env, "POST", f"/deployments/{dep['id']}/create_flow_run",
+                  {"parameters": forged, "enforce_parameter_schema": False})
+    skipped.raise_for_status()
+    failed = wait_state(server_env, skipped.json()["id"], {"FAILED", "CRASHED", "COMPLETED"}, timeout=RUN_WITHIN_S)
+    assert failed["state_type"] != "COMPLETED", failed["state"]
+    assert "maintenance mode" not in run_logs(server_env, failed["id"])
+    # By scope: the stored spec, through the worker.
+    for name, said in (("pause/pause", "maintenance mode on"), ("resume/resume", "maintenance mode off")):
+        run_id = start_deployment(server_env, name, {"scope": SCOPE})
+        done = wait_state(server_env, run_id, {"FAILED", "CRASHED", "COMPLETED"}, timeout=RUN_WITHIN_S)
+        assert done["state_type"] == "COMPLETED", done["state"]
+        # The run's logs reach the server in batches, possibly after its final state: wait for the line.
+        deadline = time.monotonic() + 60
+        while said not in (logs := run_logs(server_env, run_id)) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert said in logs, logs[-1500:]
+    # A scope never brought up on this host: refused in one line, nothing changed.
+    run_id = start_deployment(server_env, "pause/pause", {"scope": "pgha-it-pa8"})
+    done = wait_state(server_env, run_id, {"FAILED", "CRASHED", "COMPLETED"}, timeout=RUN_WITHIN_S)
+    assert done["state_type"] == "FAILED" and "no cluster 'pgha-it-pa8' was brought up on this host" in (
+        done["state"]["message"] or ""), done["state"]
+
+
 # ---- approval, the global limit, a second worker ----
 
 
@@ -173,10 +227,10 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     before = resources(engine)
     assert before[1], "the cluster has volumes"
     dep = api(server_env, "GET", "/deployments/name/teardown/default-teardown").json()
-    assert "confirm" in dep["parameter_openapi_schema"].get("properties", {})
-    # A deployment run needs no `confirm` parameter: the scope typed into the paused run's form is the
+    assert "confirm" not in dep["parameter_openapi_schema"].get("properties", {})
+    # A deployment run takes no `confirm` parameter: the scope typed into the paused run's form is the
     # confirmation (flows/teardown.py), and nothing changes before it.
-    run_id = start_deployment(server_env, "teardown/default-teardown", {"spec": cluster.spec, "volumes": True})
+    run_id = start_deployment(server_env, "teardown/default-teardown", {"scope": SCOPE, "volumes": True})
     paused = wait_state(server_env, run_id, {"PAUSED"}, timeout=120)
     assert paused["state"]["state_details"].get("run_input_keyset"), paused["state"]  # a form waits in the UI
     assert resources(engine) == before
@@ -196,7 +250,7 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     worker_a = engine.containers.get(json.loads(pgha(server_env, "server", "status", "--json").stdout)["worker"]["container"])
     worker_a.pause()
     try:
-        second = start_deployment(server_env, "pause/pause", {"spec": cluster.spec})
+        second = start_deployment(server_env, "pause/pause", {"scope": SCOPE})
         done = wait_state(server_env, second, {"FAILED", "COMPLETED", "CRASHED"}, timeout=150)
     finally:
         worker_a.unpause()
@@ -229,7 +283,7 @@ def test_teardown_deployment_waits_for_approval_and_the_limit_refuses_another_wo
     # A mutating flow that fails and leaves its cluster unhealthy alerts: pg-1 stopped, then the
     # rolling-restart deployment (no CLI check before it: the flow itself fails on the sick cluster).
     engine.containers.get(cluster.container("pg-1")).stop(timeout=10)
-    failing = start_deployment(server_env, "restart/rolling-restart", {"spec": cluster.spec, "member": "pg-1"})
+    failing = start_deployment(server_env, "restart/rolling-restart", {"scope": SCOPE, "member": "pg-1"})
     assert wait_state(server_env, failing, {"FAILED", "CRASHED", "COMPLETED"}, timeout=150)["state_type"] != "COMPLETED"
     alert = receiver.wait_for(f"restart failed and left cluster {SCOPE} unhealthy", timeout=60)
     assert "operation: restart" in alert["body"], alert

@@ -150,71 +150,78 @@ def follows(standby: Cluster, primary: Cluster, row: int) -> None:
     assert got == 1 and one(standby, "select pg_is_in_recovery()") is True
 
 
-def test_refusals_change_nothing(sites: tuple[Cluster, Cluster]) -> None:
+def roles(sites: tuple[Cluster, Cluster]) -> tuple[Cluster, Cluster]:
+    """(the primary site, its standby) as the sites run now: each test starts from what it finds."""
     a, b = sites
-    for args, fragment in ((("--scope", SCOPE_B), "add --yes"), (("--yes", "--scope", SCOPE_A), "not a standby")):
-        res = pgha(b.env, "site", "switchover", *args)
+    return (a, b) if one(a, "select pg_is_in_recovery()") is False else (b, a)
+
+
+def test_refusals_change_nothing(sites: tuple[Cluster, Cluster]) -> None:
+    p, s = roles(sites)
+    for args, fragment in ((("--scope", s.scope), "add --yes"), (("--yes", "--scope", p.scope), "not a standby")):
+        res = pgha(s.env, "site", "switchover", *args)
         assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
             res.stderr[-2000:]
-    res = pgha(b.env, "site", "failover", "--scope", SCOPE_B)
+    res = pgha(s.env, "site", "failover", "--scope", s.scope)
     assert res.returncode != 0 and "add --yes" in res.stderr, res.stderr[-2000:]
-    assert one(b, "select pg_is_in_recovery()") is True and one(a, "select pg_is_in_recovery()") is False
+    assert one(s, "select pg_is_in_recovery()") is True and one(p, "select pg_is_in_recovery()") is False
 
 
-def test_switchover_loses_no_write_and_the_old_site_follows(sites: tuple[Cluster, Cluster]) -> None:
-    a, b = sites
-    switch(b, a)
-    follows(a, b, 1_000_001)
-    res = pgha(a.env, "site", "status", "--json", "--scope", SCOPE_A)
+def test_switchover_loses_no_write_the_old_site_follows_and_back(sites: tuple[Cluster, Cluster],
+                                                                 tmp_path: Path) -> None:
+    p, s = roles(sites)
+    switch(s, p)
+    follows(p, s, 1_000_001)
+    res = pgha(p.env, "site", "status", "--json", "--scope", p.scope)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    rows = {s["scope"]: s for s in json.loads(res.stdout)["sites"]}
-    assert rows[SCOPE_B]["role"] == "primary" and rows[SCOPE_A]["role"] == "standby", rows
-    assert rows[SCOPE_A]["follows"] == SCOPE_B and rows[SCOPE_A]["streaming"] is True, rows
+    rows = {r["scope"]: r for r in json.loads(res.stdout)["sites"]}
+    assert rows[s.scope]["role"] == "primary" and rows[p.scope]["role"] == "standby", rows
+    assert rows[p.scope]["follows"] == s.scope and rows[p.scope]["streaming"] is True, rows
     # The audit of the new standby site passes once the switchover has settled (a point-in-time
     # check: on a loaded machine HAProxy may still be marking its standby leader up).
-    res = wait_for(f"{SCOPE_A}'s audit to pass", lambda: pgha(a.env, "audit", "--json", "--scope", SCOPE_A),
+    res = wait_for(f"{p.scope}'s audit to pass", lambda: pgha(p.env, "audit", "--json", "--scope", p.scope),
                    lambda r: r.returncode == 0, timeout=120, interval=2,
                    describe=lambda r: r.stderr[-500:] + json.dumps(
                        [f for f in json.loads(r.stdout or '{"findings": []}')["findings"] if f["status"] != "ok"]))
     findings = json.loads(res.stdout)["findings"]
     assert [f for f in findings if f["status"] == "critical"] == [], findings
     assert [f["observed"][:9] for f in findings if f["check"] == "site.standby"] == ["streaming"], findings
-    res = pgha(a.env, "up", "--spec", str(a.spec_file))  # the spec file kept from before: no standby_of
-    assert res.returncode != 0 and f"runs as a standby of {SCOPE_B}" in res.stderr \
+    # Its spec as a primary site (no standby_of): `pgha up` of it is refused, naming the site it follows.
+    old = tmp_path / "old-primary.yaml"
+    old.write_text(json.dumps({k: v for k, v in p.spec.items() if k != "standby_of"}))
+    res = pgha(p.env, "up", "--spec", str(old))
+    assert res.returncode != 0 and f"runs as a standby of {s.scope}" in res.stderr \
         and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
-
-
-def test_switch_back(sites: tuple[Cluster, Cluster]) -> None:
-    a, b = sites
-    switch(a, b)
-    follows(b, a, 1_000_002)
-    res = pgha(b.env, "status", "--json", "--scope", SCOPE_B)
+    # And back: the sites as they were.
+    switch(p, s)
+    follows(s, p, 1_000_002)
+    res = pgha(s.env, "status", "--json", "--scope", s.scope)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 def test_failover_fences_and_the_old_site_is_rebuilt(sites: tuple[Cluster, Cluster],
                                                       engine: docker.DockerClient) -> None:
-    a, b = sites  # after the switch back: A primary, B its standby
-    res = pgha(b.env, "site", "failover", "--yes", "--json", "--scope", SCOPE_B)
+    a, b = roles(sites)  # a: the primary site now, b: its standby (whichever scope each is)
+    res = pgha(b.env, "site", "failover", "--yes", "--json", "--scope", b.scope)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["fenced"] == [a.container("pg-1")] and out["operator_action"] is None, out
     assert engine.containers.get(a.container("pg-1")).status == "exited"
-    print(f"\nsite failover: {SCOPE_B} writable after {out['writable_after_s']} s, {out['elapsed_s']} s in all")
+    print(f"\nsite failover: {b.scope} writable after {out['writable_after_s']} s, {out['elapsed_s']} s in all")
     with connect(b) as conn:
         conn.execute("insert into probe values (2000001, now())")
-    for args, fragment in ((("--standby-of", SCOPE_B), "add --yes"),
-                           (("--standby-of", SCOPE_A, "--yes"), "itself"),
+    for args, fragment in ((("--standby-of", b.scope), "add --yes"),
+                           (("--standby-of", a.scope, "--yes"), "itself"),
                            (("--standby-of", "pgha-it-sw-none", "--yes"), "no cluster 'pgha-it-sw-none'")):
-        res = pgha(a.env, "site", "rebuild", "--scope", SCOPE_A, *args)
+        res = pgha(a.env, "site", "rebuild", "--scope", a.scope, *args)
         assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
             res.stderr[-2000:]
-    res = pgha(b.env, "site", "rebuild", "--scope", SCOPE_B, "--standby-of", SCOPE_A, "--yes")
+    res = pgha(b.env, "site", "rebuild", "--scope", b.scope, "--standby-of", a.scope, "--yes")
     assert res.returncode != 0 and "not a writable primary site" in res.stderr, res.stderr[-2000:]
-    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--scope", SCOPE_A, "--standby-of", SCOPE_B)
+    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--scope", a.scope, "--standby-of", b.scope)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["streaming"] is True, out
-    print(f"site rebuild: {SCOPE_A} cloned from {SCOPE_B} in {out['elapsed_s']} s")
+    print(f"site rebuild: {a.scope} cloned from {b.scope} in {out['elapsed_s']} s")
     assert one(a, "select count(*) from probe where id = 2000001") == 1
     follows(a, b, 2000002)

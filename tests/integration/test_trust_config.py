@@ -6,8 +6,8 @@ through HAProxy (TLS verify-full too) and to the pooler;
 a preload library the image does not carry is refused with nothing changed; a change the
 allowlist accepts but after which no session opens (`session_preload_libraries=sepgsql`: the
 library exists, and refuses to load outside shared_preload_libraries) is rolled back; while
-sessions cannot open `pgha status` says unhealthy and `config reset` repairs it; a deployment
-run handed a forged spec is refused; `reinit` without --yes changes nothing.
+sessions cannot open `pgha status` says unhealthy and `config reset` repairs it; `reinit`
+without --yes changes nothing. (A deployment run handed a spec: `test_prefect_hardening.py`.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
 from flows.config import validate
 from flows.steps.cluster import cluster_status
@@ -99,18 +98,6 @@ def test_status_is_unhealthy_while_no_session_opens_and_reset_repairs_it(cluster
     assert cluster_status(spec).healthy
     assert "session_preload_libraries" not in load_spec(Path(cluster.env["PGHA_STATE_DIR"]) / SCOPE / "spec.yaml"
                                                         ).postgres_parameters
-
-
-def test_a_deployment_run_with_a_forged_spec_is_refused(cluster: Cluster, tmp_path: Path) -> None:
-    # A deployment run, as Prefect's runtime sees one (its deployment id set), handed a spec that
-    # differs from the stored one: the mutating flow refuses it before anything changes.
-    forged = tmp_path / "forged.yaml"
-    forged.write_text(yaml.safe_dump({**SPEC, "image": "attacker/root:latest"}))
-    env = dict(cluster.env, PREFECT__RUNTIME__DEPLOYMENT__ID="00000000-0000-4000-8000-000000000026")
-    r = pgha(env, "pause", "--spec", str(forged), timeout=300)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "its spec parameter sets image differently" in r.stderr and "nothing changed" in r.stderr, r.stderr
-    assert not patroni.dynamic_config(load_spec(cluster.spec_file)).get("pause")
 
 
 def test_pgha_s_connections_require_the_server_to_prove_scram(cluster: Cluster) -> None:

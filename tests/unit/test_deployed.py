@@ -31,10 +31,13 @@ def test_a_forged_field_is_refused_naming_it(forged: dict[str, object], field: s
         deployment_spec(given, STORED)
 
 
-def test_without_a_stored_spec_only_the_defaults_are_accepted() -> None:
-    assert deployment_spec(ClusterSpec(scope="new"), None) == ClusterSpec(scope="new")
-    with pytest.raises(ValueError, match="no cluster 'new' was brought up on this host; its spec parameter sets nodes"):
-        deployment_spec(ClusterSpec(scope="new", nodes=2), None)
+def test_without_a_stored_spec_a_run_is_refused_unless_it_creates_from_the_defaults() -> None:
+    with pytest.raises(ValueError, match="^no cluster 'new' was brought up on this host: .*nothing changed$"):
+        deployment_spec(ClusterSpec(scope="new"), None)
+    assert deployment_spec(ClusterSpec(scope="new"), None, creates=True) == ClusterSpec(scope="new")
+    for creates in (False, True):
+        with pytest.raises(ValueError, match="no cluster 'new' was brought up on this host; its spec parameter sets nodes"):
+            deployment_spec(ClusterSpec(scope="new", nodes=2), None, creates)
 
 
 def test_restore_into_may_change_the_scope_and_ports_only() -> None:

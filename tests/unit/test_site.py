@@ -56,6 +56,10 @@ def test_lag_from_the_lsns() -> None:
     assert site.standby_lag("0/5000100", "0/5000000", 3.5) == (256, 3.5)
     assert site.standby_lag("0/5000000", "0/5000000", 300.0) == (0, 0.0)  # caught up: idle is not lag
     assert site.standby_lag(None, "0/5000000", 1.0) == (None, None)
+    # Streaming, everything received replayed: the bytes in flight (or a checkpoint's WAL) are no lag in time.
+    assert site.standby_lag("0/5000100", "0/5000000", 600.0, "0/5000000", streaming=True) == (256, 0.0)
+    assert site.standby_lag("0/5000100", "0/5000000", 600.0, "0/5000080", streaming=True) == (256, 600.0)
+    assert site.standby_lag("0/5000100", "0/5000000", 600.0, "0/5000000", streaming=False) == (256, 600.0)
 
 
 def test_secrets_versions_and_tls_must_match_the_primary() -> None:
