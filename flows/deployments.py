@@ -70,8 +70,7 @@ def named(scope: str) -> ClusterSpec:
 def stored(scope: str) -> ClusterSpec:
     """The spec stored for `scope` on this host, for an entry that needs it before the operation
     starts (UsageError, one line, when there is none)."""
-    from flows.steps.cluster import stored_spec
-    from tasks.host.generations import stored_spec_file
+    from tasks.host.generations import stored_spec, stored_spec_file
 
     if not stored_spec_file(scope).exists():
         raise UsageError(not_brought_up(scope))
