@@ -356,14 +356,19 @@ def history(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
     Example: pgha history --json
     """
     spec = resolve_spec(spec_file, scope)
+    from stack.errors import PatroniError
     from stack.operator import history_events
     from stack.results import HistoryRow
-    from tasks import patroni
     from tasks.host import journal
+    from tasks.observe import HISTORY_PARTS, observe
 
-    view = patroni.cluster_view(spec)
-    lead = view.leader()
-    events = history_events(patroni.history(spec), journal.entries(spec.scope))
+    # Patroni's view and its /history, asked side by side in one snapshot (`tasks.observe`).
+    snap = observe(spec, HISTORY_PARTS, deep=False)
+    p_state, switches = snap.patroni.value, snap.history.value
+    if p_state is None or switches is None:
+        raise PatroniError(snap.patroni.error or snap.history.error)
+    lead = p_state.view.leader()
+    events = history_events(switches, journal.entries(spec.scope))
     rows = [HistoryRow(timeline=e.timeline, time=e.time, new_leader=e.new_leader, cause=e.cause, detail=e.detail)
             for e in events]
     return Done(HistoryResult(scope=spec.scope, leader=lead.name if lead else "", timeline=lead.timeline if lead else None,
@@ -403,9 +408,13 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
         audit_json = state.result(raise_on_failure=False)
         audit_json = audit_json.to_json() if hasattr(audit_json, "to_json") else {"error": str(audit_json)}
     history: list[dict[str, Any]] | dict[str, Any]
-    try:
-        history = patroni.history(spec)
-    except PghaError as exc:
-        history = {"error": str(exc)}
-    status = (status_of(seen, ahead.result()) if seen and ahead else cluster_status(spec)).to_json()
+    snap = ahead.result() if seen and ahead else None
+    if snap is not None and snap.history.asked:  # the audit's snapshot saw it
+        history = snap.history.value if snap.history.value is not None else {"error": snap.history.error}
+    else:
+        try:
+            history = patroni.history(spec)
+        except PghaError as exc:
+            history = {"error": str(exc)}
+    status = (status_of(seen, snap) if seen and snap else cluster_status(spec)).to_json()
     return Done(support_report.build(spec, path, status, audit_json, history), spec)

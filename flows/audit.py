@@ -158,7 +158,13 @@ def run_audit(spec: ClusterSpec) -> AuditReport:
 def audit_snapshot(spec: ClusterSpec) -> tuple[AuditReport, ClusterSnapshot]:
     """`run_audit`, and the snapshot it judged (the leader-change check reads the same one)."""
     spec = deployed(spec)  # a pooler on only by default that `pgha up` has not added yet is not judged
-    snap = gather(spec)
+    from prefect.context import TagsContext
+
+    # The gathering's task run without the flow run's tags (`pgha`, `health`: what the alerts match on
+    # the flow run): a tagged task run asks the API for the tags' concurrency slots first, a round trip
+    # (and a client of its own) that limits nothing here.
+    with TagsContext(current_tags=set()):
+        snap = gather(spec)
     t0 = time.monotonic()
     baseline = load_baseline(spec)
     findings = decide(spec, snap, baseline)

@@ -116,6 +116,7 @@ class ClusterSnapshot:
     repo_size: Observed[RepoSizeObs] = Observed()
     server_db: Observed[ServerDbObs] = Observed()
     site: Observed[StandbyObs] = Observed()  # a standby cluster's link to its primary site
+    history: Observed[list[dict[str, Any]]] = Observed()  # Patroni's timeline switches (GET /history), oldest first
 
     @classmethod
     def parts(cls) -> tuple[str, ...]:

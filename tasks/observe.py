@@ -37,8 +37,10 @@ from tasks.node_exec import node
 STATUS_PARTS = ("containers", "patroni", "etcd", "backends", "session", "pooler")
 AUDIT_PARTS = ("containers", "resources", "etcd", "etcd_auth", "leader_key", "site", "patroni", "failsafe", "replication", "haproxy", "postgres",
                "disks", "pooler", "apps", "fencing", "tls", "archiving", "backups", "repo_size", "server_db")
-# `pgha report`: the audit and the status from one snapshot.
-REPORT_PARTS = (*AUDIT_PARTS, "backends", "session")
+# `pgha report`: the audit, the status and the history from one snapshot.
+REPORT_PARTS = (*AUDIT_PARTS, "backends", "session", "history")
+# `pgha history`: the leader now and the timeline switches.
+HISTORY_PARTS = ("patroni", "history")
 # Parts that may import Prefect (the server's database settings): never taken ahead, where the
 # main thread may be importing it at the same moment (a first import from two threads fails).
 NOT_AHEAD = ("server_db",)
@@ -248,13 +250,17 @@ def backups(spec: ClusterSpec, deep: bool) -> Any:
     return pgbackrest.repo_obs(spec) if spec.backup.enabled else None
 
 
+def history(spec: ClusterSpec, deep: bool) -> list[dict[str, Any]]:
+    return patroni.history(spec)
+
+
 GATHERERS: dict[str, Callable[[ClusterSpec, bool], Any]] = {
     "containers": containers, "resources": resources, "etcd": etcd_part, "etcd_auth": etcd_auth,
     "leader_key": leader_key, "site": site_part, "patroni": patroni_part,
     "failsafe": failsafe, "replication": replication, "backends": backends, "haproxy": haproxy_part,
     "session": session, "postgres": postgres_part, "disks": disks, "pooler": pooler, "apps": apps,
     "fencing": fencing, "tls": tls, "archiving": archiving, "backups": backups, "repo_size": repo_size,
-    "server_db": server_db_part,
+    "server_db": server_db_part, "history": history,
 }
 
 

@@ -31,7 +31,18 @@ class DestructiveApproval(RunInput):
 
 
 def in_deployment_run() -> bool:
+    """True in a flow run a deployment started, and in its subflows.
+
+    A top-level run answers from the run it holds: Prefect's `runtime.deployment.id` would ask
+    the API for the run (a client of its own, three round trips) when the run was not started by
+    a deployment.
+    """
     try:
+        from prefect.context import FlowRunContext
+
+        run = getattr(FlowRunContext.get(), "flow_run", None)
+        if run is not None and run.parent_task_run_id is None:
+            return run.deployment_id is not None
         from prefect.runtime import deployment
 
         return bool(deployment.id)

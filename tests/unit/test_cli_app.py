@@ -213,3 +213,34 @@ def test_the_ephemeral_api_asks_for_an_auth_string_made_for_this_process(monkeyp
         finally:
             api.stop()
         assert "PREFECT_API_AUTH_STRING" not in os.environ
+
+
+def test_every_verb_is_in_the_table_of_areas() -> None:
+    """`pgha VERB` imports only VERB's area (`cli.app.VERB_AREAS`): the table names every verb's module."""
+    import typer.main
+
+    import cli.app
+
+    group = typer.main.get_command(app)
+    registered = {}
+    for info in app.registered_commands:
+        registered[info.name or typer.main.get_command_name(info.callback.__name__)] = info.callback.__module__
+    for info in app.registered_groups:
+        registered[str(info.name)] = info.typer_instance.registered_commands[0].callback.__module__
+    assert set(registered) == set(group.commands)  # type: ignore[attr-defined]
+    assert {v: f"cli.{a}" for v, a in cli.app.VERB_AREAS.items()} == registered
+
+
+def test_a_verb_run_imports_only_its_area() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['pgha', 'audit', '--help']\n"
+            "import cli.app\n"
+            "try:\n    cli.app.main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('cli.') and m not in ('cli.app', 'cli.core', 'cli.api')))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.strip().splitlines()[-1] == "['cli.drill', 'cli.render']"
+    assert "--scope" in r.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import cli.app  # noqa: F401 - registers the verbs and their options
+from cli.app import app  # noqa: F401 - registers the verbs and their options
 from cli.core import OPTIONAL_VALUES, fill_optional_values
 from stack import major
 from stack.errors import SpecError
