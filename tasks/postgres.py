@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -156,10 +158,19 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
 AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
 
 
-def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False) -> psycopg.Connection:
+@contextmanager
+def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False) -> Iterator[psycopg.Connection]:
+    """A short-lived session through the cluster's port; a query that fails inside it (the node went
+    away mid-query: a switchover, a demotion) is one PostgresError line, not psycopg's exception."""
     conn = connect(spec, secrets, read_only=read_only)
-    conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")
-    return conn
+    try:
+        with conn:
+            conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")
+            yield conn
+    except psycopg.Error as exc:
+        port = spec.ports.ro if read_only else spec.ports.rw
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PostgresError(f"the {'R/O' if read_only else 'R/W'} port {port}: {first}") from None
 
 
 def _where(conn: psycopg.Connection) -> tuple[str | None, bool]:
