@@ -73,8 +73,8 @@ from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import control_plane as cp  # noqa: E402
 from tasks import pgbackrest, server_db  # noqa: E402
 from tasks import prefect_server as ps  # noqa: E402
-from tasks.docker_engine import LABEL_MEMBER, LABEL_ROLE  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
+from tasks.engine_client import LABEL_MEMBER, LABEL_ROLE  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
 from tasks.host.state import state_root  # noqa: E402
 from tasks.node_exec import node  # noqa: E402

@@ -20,7 +20,7 @@ from stack.results import ScaleResult
 from stack.rolling import plan_scale
 from stack.scale import scaled_spec
 from stack.spec import ClusterSpec
-from tasks import docker_engine, docker_hosts, patroni
+from tasks import docker_hosts, engine_client, patroni
 from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
 from tasks.members import reload_haproxy, remove_node
@@ -28,7 +28,7 @@ from tasks.members import reload_haproxy, remove_node
 
 def running_nodes(spec: ClusterSpec) -> list[str]:
     """The Patroni members whose containers exist (the containers say how many nodes there are)."""
-    found = sorted({ct.labels.get(docker_engine.LABEL_MEMBER, "")
+    found = sorted({ct.labels.get(engine_client.LABEL_MEMBER, "")
                     for e in docker_hosts.engines(spec).all() for ct in e.cluster_containers(spec.scope, "patroni")})
     if not found:
         raise StateError(f"cluster {spec.scope} has no Patroni node; run `pgha up` first")

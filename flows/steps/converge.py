@@ -43,7 +43,7 @@ from tasks import (
     postgres,
 )
 from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.docker_engine import LABEL_MEMBER
+from tasks.engine_client import LABEL_MEMBER
 from tasks.host import tls as host_tls
 from tasks.host.generations import major_state_file, read_pointer
 from tasks.host.secrets import cluster_secrets, load_or_create

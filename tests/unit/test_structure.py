@@ -144,11 +144,14 @@ def test_back_since() -> None:
 
 
 # docker-py belongs to the Docker adapter, split by job: the engine (containers, networks, volumes),
-# its ssh transport, the exec transport, which engine runs which member, images (builds, pulls,
-# copies between engines), the lab's resources and the control plane's containers. No other module
-# may import it (lazy imports included).
-DOCKER_ADAPTER = {"tasks/docker_engine.py", "tasks/docker_ssh.py", "tasks/node_exec.py", "tasks/docker_hosts.py",
-                  "tasks/docker_images.py", "tasks/docker_lab_hosts.py", "tasks/docker_control.py"}
+# reaching it (the client, TLS), files in and out of containers, config pushes, read-only queries
+# (logs, ports, the audit's container states), its ssh transport, the exec transport, which engine
+# runs which member, images (builds, pulls, copies between engines), the lab's resources and the
+# control plane's containers. No other module may import it (lazy imports included).
+DOCKER_ADAPTER = {"tasks/docker_engine.py", "tasks/engine_client.py", "tasks/engine_files.py",
+                  "tasks/engine_config.py", "tasks/engine_inspect.py", "tasks/docker_ssh.py", "tasks/node_exec.py",
+                  "tasks/docker_hosts.py", "tasks/docker_images.py", "tasks/docker_lab_hosts.py",
+                  "tasks/docker_control.py"}
 
 
 def test_docker_py_only_in_the_docker_adapter() -> None:
