@@ -388,8 +388,8 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
     """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
-    from flows.steps.cluster import cluster_status, status_of
     from tasks import patroni, support_report
+    from tasks.cluster_health import cluster_status, status_of
 
     path = output or Path(f"pgha-report-{spec.scope}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
     audit_json = None

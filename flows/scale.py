@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.steps.cluster import require_healthy, store_spec, switchover, wait_healthy
-from flows.steps.converge import ensure_image_on_hosts
-from flows.steps.nodes import node_ctx, planned_node, take_out
+from flows.steps.cluster import require_healthy, store_spec
 from flows.steps.ops import current, mutating_flow, note
 from stack.errors import StateError
 from stack.results import ScaleResult
@@ -21,9 +19,13 @@ from stack.rolling import plan_scale
 from stack.scale import scaled_spec
 from stack.spec import ClusterSpec
 from tasks import docker_hosts, engine_client, patroni
+from tasks.cluster_health import wait_healthy
+from tasks.cluster_resources import ensure_image_on_hosts
 from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
 from tasks.members import reload_haproxy, remove_node
+from tasks.rolling import node_ctx, planned_node, take_out
+from tasks.switchover import switchover
 
 
 def running_nodes(spec: ClusterSpec) -> list[str]:

@@ -22,7 +22,7 @@ from stack.errors import PatroniError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import task
+from tasks._prefect import RETRY_TRANSIENT, task
 from tasks.docker_hosts import sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
@@ -373,3 +373,16 @@ def _any_get_list(spec: ClusterSpec, path: str) -> tuple[str, list[Any]]:
         if isinstance(reply.body, list):
             return member, reply.body
     raise PatroniError(f"no Patroni node answers {path}")
+
+
+@task(name="ensure-failsafe", **RETRY_TRANSIENT)
+def ensure_failsafe(spec: ClusterSpec) -> str:
+    """Patroni's failsafe_mode in the dynamic configuration as the spec says (a no-op when it already is)."""
+    current = bool(dynamic_config(spec).get("failsafe_mode", False))
+    if current == spec.failsafe_mode:
+        return "unchanged"
+    patch_config(spec, {"failsafe_mode": spec.failsafe_mode})
+    from prefect import get_run_logger  # inside a flow only: read-only verbs never load Prefect
+
+    get_run_logger().info("failsafe_mode set to %s", spec.failsafe_mode)
+    return "changed"
