@@ -16,6 +16,7 @@ from typing import Any
 import docker.errors
 from docker.models.containers import Container
 
+from stack.audit import ContainerObs, PressureObs
 from stack.errors import StateError
 from tasks.engine_client import LABEL_CLUSTER, LABEL_MEMBER, EngineClient, engine_call
 
@@ -71,20 +72,20 @@ class EngineInspect(EngineClient):
 
     # ---- observations (audit) ----
 
-    def audit_containers(self, scope: str) -> list[dict[str, Any]]:
+    def audit_containers(self, scope: str) -> list[ContainerObs]:
         """Each cluster container's member, state, health, id, restart count and log options."""
-        rows: list[dict[str, Any]] = []
+        rows: list[ContainerObs] = []
         for ct in self.cluster_containers(scope):
             log = ct.attrs.get("HostConfig", {}).get("LogConfig") or {}
-            rows.append({
-                "name": ct.name, "member": ct.labels.get(LABEL_MEMBER, ""), "status": ct.status,
-                "health": health_of(ct), "container_id": ct.id or "",
-                "restart_count": int(ct.attrs.get("RestartCount") or 0),
-                "log_driver": str(log.get("Type") or ""), "log_options": dict(log.get("Config") or {}),
-            })
+            rows.append(ContainerObs(
+                name=str(ct.name), member=ct.labels.get(LABEL_MEMBER, ""), status=ct.status,
+                health=health_of(ct), container_id=ct.id or "",
+                restart_count=int(ct.attrs.get("RestartCount") or 0),
+                log_driver=str(log.get("Type") or ""), log_options=dict(log.get("Config") or {}),
+            ))
         return rows
 
-    def memory_pressure(self, scope: str, since: float) -> list[dict[str, Any]]:
+    def memory_pressure(self, scope: str, since: float) -> list[PressureObs]:
         """Each running cluster container's memory use (inactive page cache excluded), limit,
         last-exit OOM kill, and the engine's `oom` events since `since` (unix time)."""
         ooms: dict[str, int] = {}
@@ -93,7 +94,7 @@ class EngineInspect(EngineClient):
                                          filters={"label": f"{LABEL_CLUSTER}={scope}", "event": "oom"}):
                 member = ((ev.get("Actor") or {}).get("Attributes") or {}).get(LABEL_MEMBER, "")
                 ooms[member] = ooms.get(member, 0) + 1
-        def row(ct: Any) -> dict[str, Any]:
+        def row(ct: Container) -> PressureObs:
             member = ct.labels.get(LABEL_MEMBER, "")
             used: int | None = None
             limit: int | None = int(ct.attrs.get("HostConfig", {}).get("Memory") or 0)
@@ -106,9 +107,9 @@ class EngineInspect(EngineClient):
                     st = mem.get("stats") or {}
                     inactive = st.get("inactive_file", st.get("total_inactive_file", 0))
                     used = int(mem["usage"]) - int(inactive or 0)
-            return {"member": member, "used_bytes": used, "limit_bytes": limit,
-                    "oom_killed": bool((ct.attrs.get("State") or {}).get("OOMKilled")),
-                    "oom_events": ooms.get(member, 0)}
+            return PressureObs(member=member, used_bytes=used, limit_bytes=limit,
+                               oom_killed=bool((ct.attrs.get("State") or {}).get("OOMKilled")),
+                               oom_events=ooms.get(member, 0))
 
         # The engine answers a stats call in about a second per container, even one-shot (its
         # collector's tick): asked side by side, the whole cluster costs that second once.

@@ -21,6 +21,7 @@ from typing import Any
 
 from stack import audit as A
 from stack import audit_sizes as AS
+from stack.cluster import TimelineSwitch
 from stack.errors import PghaError
 from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT
 from stack.secrets import Secrets
@@ -75,7 +76,7 @@ def containers(spec: ClusterSpec, deep: bool) -> ContainersObs:
     errors: list[str] = []
     for e in docker_hosts.engines(spec).all():
         try:
-            rows += [A.ContainerObs(**r) for r in e.audit_containers(spec.scope)]
+            rows += e.audit_containers(spec.scope)
         except PghaError as exc:  # many hosts: a lost host's engine; its members show as missing
             errors.append(str(exc))
     return ContainersObs(rows=rows, engine_errors=errors)
@@ -84,7 +85,7 @@ def containers(spec: ClusterSpec, deep: bool) -> ContainersObs:
 def resources(spec: ClusterSpec, deep: bool) -> list[A.PressureObs]:
     """Memory use vs limit and OOM kills of every container (hardening)."""
     since = time.time() - A.OOM_WINDOW_S
-    return [A.PressureObs(**r) for e in docker_hosts.engines(spec).all() for r in e.memory_pressure(spec.scope, since)]
+    return [r for e in docker_hosts.engines(spec).all() for r in e.memory_pressure(spec.scope, since)]
 
 
 def etcd_part(spec: ClusterSpec, deep: bool) -> Any:
@@ -251,7 +252,7 @@ def backups(spec: ClusterSpec, deep: bool) -> Any:
     return pgbackrest.repo_obs(spec) if spec.backup.enabled else None
 
 
-def history(spec: ClusterSpec, deep: bool) -> list[dict[str, Any]]:
+def history(spec: ClusterSpec, deep: bool) -> list[TimelineSwitch]:
     return patroni.history(spec)
 
 
