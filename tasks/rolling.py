@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from stack import render, topology
 from stack.cluster import MemberRole
@@ -156,6 +156,4 @@ def restart_node(ctx: NodeCtx, member: str, is_leader: bool) -> None:
 
 
 def _log(text: str) -> None:
-    from prefect import get_run_logger
-
     get_run_logger().info(text)
