@@ -145,6 +145,9 @@ def main() -> None:
     rto, kill = _med(figs.get("site loss RTO", [])), _med(figs.get("in-site hard kill gap", []))
     print(f"| site loss RTO (failover command -> first write) | {rto:.2f} s | {kill:.2f} s (unfenced `hard-kill`) | "
           f"{rto / kill:.2f} | <= 30 s | - | {len(figs.get('site loss RTO', []))} |")
+    gap = _med(figs.get("site loss write gap", []))
+    print(f"| site loss write gap (kill -> first write, failover started at once) | {gap:.2f} s | {kill:.2f} s "
+          f"(unfenced `hard-kill`) | {gap / kill:.2f} | | - | {len(figs.get('site loss write gap', []))} |")
     print(f"| site loss failover (flow: fence, promote, writable) | {_med(figs.get('site loss failover', [])):.2f} s "
           f"| | | | | |")
     print(f"| site loss RPO | {_med(figs.get('site loss RPO writes', [])):.0f} writes, "
