@@ -100,10 +100,17 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
                                       f"{restored}") from None
         # The promoted site takes the writes: wait for the probe's first, then a few more.
         t_switched = time.monotonic()
-        first_write = wait_for(f"writes acknowledged by {spec.scope}", lambda: _first_after(writer.log, t_cmd),
-                               lambda t: t is not None, timeout=60, interval=0.05)
-        wait_for("steady writes on the new primary site", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
-                 lambda t: t > max(t_switched, first_write or 0.0) + 1.0, timeout=30, interval=0.1)
+        try:
+            first_write = wait_for(f"writes acknowledged by {spec.scope}", lambda: _first_after(writer.log, t_cmd),
+                                   lambda t: t is not None, timeout=60, interval=0.05)
+            wait_for("steady writes on the new primary site", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
+                     lambda t: t > max(t_switched, first_write or 0.0) + 1.0, timeout=30, interval=0.1)
+        except PghaError as exc:
+            then = (f"; {primary.scope} is dead: `pgha site rebuild --scope {primary.scope} --standby-of "
+                    f"{spec.scope} --yes`" if kind == DrillKind.SITE_LOSS else "")
+            raise SiteDrillFailed(f"{kind.value}: {spec.scope} was promoted but the probe saw no write on it "
+                                  f"({str(exc).splitlines()[0]}); check `pgha site status --scope {spec.scope}`"
+                                  f"{then}") from None
     finally:
         writer.stop()
         writer.join(10)
