@@ -19,13 +19,14 @@ from cli.core import (
     Verb,
     WaitOpt,
     app,
+    checks,
     command,
     require_engines,
     resolve_spec,
     run_flow,
     warm,
 )
-from stack.drill import DrillKind, spec_host_target
+from stack.drill import DrillKind, site_drill_refusal, spec_host_target
 from stack.errors import PghaError, UsageError
 from stack.results import AuditReport, DrillResult
 
@@ -43,6 +44,10 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
           as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
     """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it.
 
+    site-switchover and site-loss run with --scope of a standby site (its standby_of names the
+    primary site): the site switchover under writes, or the whole primary site killed then a site
+    failover, its RPO and RTO measured, and the dead site rebuilt as a standby.
+
     Example: pgha drill hard-kill --heal-timeout 300
     """
     verb = Verb.open("drill", spec_file, scope, wait)
@@ -50,6 +55,19 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
         spec_host_target(verb.spec, kind, host)  # a bad --host: one line, before any API or engine is asked
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if why := site_drill_refusal(verb.spec, kind, to, seconds, host):
+        raise UsageError(why)
+    if kind.is_site:
+        require_engines(verb.spec)
+        from flows.site import switchover_preflight
+
+        with checks() as check:  # both sites healthy, the standby streaming: one line, before the flow
+            check(switchover_preflight, verb.spec, True)
+            verb.warm()
+            from flows.drill import drill as drill_flow
+
+            return verb.engines().run(drill_flow, kind, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
+                                      wait_seconds=wait, tags=("pgha", "health"))
     verb.warm()
     from flows.drill import drill as drill_flow
 

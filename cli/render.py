@@ -123,12 +123,28 @@ def status(done: Done[ClusterStatus]) -> None:
 
 def drill(done: Done[DrillResult]) -> None:
     r, spec = done.result, _spec(done)
+    if r.old_site is not None:
+        return site_drill(r)
     t = Table(title=f"{r.kind} drill on {spec.scope}", title_justify="left")
     for col in ("target", "write gap", "read gap", "lost writes", "leader", "timeline", "whole after", "rejoin"):
         t.add_column(col)
     t.add_row(r.target, f"{r.write_gap_s:.2f} s", f"{r.read_gap_s:.2f} s", str(len(r.lost_writes)),
               f"{r.old_leader} -> {r.new_leader}", f"{r.timeline_before} -> {r.timeline_after}", f"{r.whole_s} s",
               r.rejoin)
+    out.print(t)
+    line(r.timeline)
+    for n in r.notes:
+        line(f"- {n}")
+    line(f"chart: {r.chart_png}")
+
+
+def site_drill(r: DrillResult) -> None:
+    t = Table(title=f"{r.kind} drill: {r.old_site} -> {r.new_site}", title_justify="left")
+    for col in ("write gap", "lost writes", "RPO", "RTO", "failover", "leader", "old site"):
+        t.add_column(col)
+    t.add_row(f"{r.write_gap_s:.2f} s", str(len(r.lost_writes)), "-" if r.rpo_s is None else f"{r.rpo_s:.2f} s",
+              "-" if r.rto_s is None else f"{r.rto_s:.2f} s", "-" if r.failover_s is None else f"{r.failover_s:.2f} s",
+              r.new_leader, r.rejoin or str(r.operator_action))
     out.print(t)
     line(r.timeline)
     for n in r.notes:

@@ -7,21 +7,7 @@ from pathlib import Path
 import typer
 
 from cli import render
-from cli.core import (
-    DAY_TWO,
-    Done,
-    JsonOpt,
-    ScopeOpt,
-    SpecOpt,
-    WaitOpt,
-    app,
-    checks,
-    command,
-    require_engines,
-    resolve_spec,
-    run_flow,
-    warm,
-)
+from cli.core import DAY_TWO, Done, JsonOpt, ScopeOpt, SpecOpt, Verb, WaitOpt, app, checks, command
 from stack.results import (
     SiteFailoverResult,
     SitePromoteResult,
@@ -42,12 +28,10 @@ def site_status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
 
     Example: pgha site status --scope site-b
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
-    warm()
+    verb = Verb.open("site status", spec_file, scope).engines().warm()
     from flows.site import site_status as status_flow
 
-    return Done(run_flow(status_flow, spec), spec)
+    return verb.run(status_flow)
 
 
 @site_app.command("promote")
@@ -63,16 +47,13 @@ def site_promote(yes: bool = typer.Option(False, "--yes", help="confirm: the sta
 
     Example: pgha site promote --scope site-b --yes
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("site promote", spec_file, scope, wait).engines()
     from flows.site import promote_preflight
     from flows.site import site_promote as promote_flow
 
     with checks() as check:
-        check(promote_preflight, spec, yes, primary_writable_ok)  # refusals are one line, before the flow starts
-        warm()
-        return Done(run_flow(promote_flow, spec, yes=yes, primary_writable_ok=primary_writable_ok,
-                             wait_seconds=wait), spec)
+        check(promote_preflight, verb.spec, yes, primary_writable_ok)  # refusals: one line, before the flow starts
+        return verb.warm().run(promote_flow, yes=yes, primary_writable_ok=primary_writable_ok, wait_seconds=wait)
 
 
 @site_app.command("switchover")
@@ -88,15 +69,13 @@ def site_switchover(yes: bool = typer.Option(False, "--yes", help="confirm: the 
 
     Example: pgha site switchover --scope site-b --yes
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("site switchover", spec_file, scope, wait).engines()
     from flows.site import site_switchover as switchover_flow
     from flows.site import switchover_preflight
 
     with checks() as check:
-        check(switchover_preflight, spec, yes)
-        warm()
-        return Done(run_flow(switchover_flow, spec, yes=yes, wait_seconds=wait), spec)
+        check(switchover_preflight, verb.spec, yes)
+        return verb.warm().run(switchover_flow, yes=yes, wait_seconds=wait)
 
 
 @site_app.command("failover")
@@ -112,15 +91,13 @@ def site_failover(yes: bool = typer.Option(False, "--yes", help="confirm: this s
 
     Example: pgha site failover --scope site-b --yes
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("site failover", spec_file, scope, wait).engines()
     from flows.site import failover_preflight
     from flows.site import site_failover as failover_flow
 
     with checks() as check:
-        check(failover_preflight, spec, yes)
-        warm()
-        return Done(run_flow(failover_flow, spec, yes=yes, wait_seconds=wait), spec)
+        check(failover_preflight, verb.spec, yes)
+        return verb.warm().run(failover_flow, yes=yes, wait_seconds=wait)
 
 
 @site_app.command("rebuild")
@@ -138,12 +115,10 @@ def site_rebuild(standby_of: str = typer.Option(..., "--standby-of", help="the s
 
     Example: pgha site rebuild --scope site-a --standby-of site-b --yes
     """
-    spec = resolve_spec(spec_file, scope)
-    require_engines(spec)
+    verb = Verb.open("site rebuild", spec_file, scope, wait).engines()
     from flows.site import rebuild_preflight
     from flows.site import site_rebuild as rebuild_flow
 
     with checks() as check:
-        check(rebuild_preflight, spec, standby_of, yes)
-        warm()
-        return Done(run_flow(rebuild_flow, spec, standby_of=standby_of, yes=yes, wait_seconds=wait), spec)
+        check(rebuild_preflight, verb.spec, standby_of, yes)
+        return verb.warm().run(rebuild_flow, standby_of=standby_of, yes=yes, wait_seconds=wait)

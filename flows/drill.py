@@ -28,6 +28,7 @@ from stack.drill import (
     fault_seconds,
     longest_gap,
     lost_writes,
+    site_drill_refusal,
     spec_host_target,
     timeline,
     verdict,
@@ -264,6 +265,12 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
+    if why := site_drill_refusal(spec, kind, to, seconds, host):
+        raise UsageError(why)
+    if kind.is_site:
+        from flows.site_drill import run_site_drill
+
+        return run_site_drill(spec, kind, probe_interval_ms, heal_timeout_s, wait_seconds)
     if kind == DrillKind.SWITCHOVER_POOLED and not spec.runs_pooler:
         raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled: false, or hosts)")
     try:

@@ -224,10 +224,11 @@ def site_switchover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noq
                     wait_seconds: WaitSeconds = 0) -> SiteSwitchoverResult:
     primary, demoted = preflight_once(switchover_preflight, spec, yes)
     with site_lock(primary.scope, "site-switchover", wait_seconds):
-        return _switch_sites(spec, primary, demoted)
+        return switch_sites(spec, primary, demoted)
 
 
-def _switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> SiteSwitchoverResult:
+def switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> SiteSwitchoverResult:
+    """The site switchover's steps (the caller holds both sites' locks; `pgha drill site-switchover` too)."""
     # 1. The primary site readied to follow: its nodes on the standby site's network, its HAProxy
     #    routing R/W to its leader whatever its role (the standby site keeps streaming through it
     #    after the demotion), a slot for it on the standby site.
@@ -361,6 +362,15 @@ def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
 def site_failover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa: B008
                   wait_seconds: WaitSeconds = 0) -> SiteFailoverResult:
     primary = preflight_once(failover_preflight, spec, yes)
+    fenced, action, lead, writable_s, slot = fail_over(spec, primary)
+    return SiteFailoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, fenced=fenced,
+                              operator_action=action, slot=slot, writable_after_s=writable_s,
+                              events=current().events, elapsed_s=current().elapsed())
+
+
+def fail_over(spec: ClusterSpec, primary: ClusterSpec) -> tuple[list[str], str | None, str, float, str]:
+    """The site failover's steps: fence the old primary site, promote this one; (the containers
+    stopped, the operator's action or None, the new leader, seconds until writable, the slot)."""
     fenced, action = fence_site(primary)
     if action:
         note(action)
@@ -371,9 +381,7 @@ def site_failover(spec: ClusterSpec = ClusterSpec(), yes: bool = False,  # noqa:
         raise StateError(f"{primary.scope} still accepts writes after its nodes were stopped: stop it by hand, then "
                          "`pgha site failover` again")
     lead, writable_s, slot = promote_site(spec, primary)
-    return SiteFailoverResult(scope=spec.scope, old_primary=primary.scope, leader=lead, fenced=fenced,
-                              operator_action=action, slot=slot, writable_after_s=writable_s,
-                              events=current().events, elapsed_s=current().elapsed())
+    return fenced, action, lead, writable_s, slot
 
 
 # ---- site rebuild ----
@@ -415,30 +423,37 @@ def site_rebuild(spec: ClusterSpec = ClusterSpec(), standby_of: str = "", yes: b
                  wait_seconds: WaitSeconds = 0) -> SiteRebuildResult:
     primary, demoted = preflight_once(rebuild_preflight, spec, standby_of, yes)
     with site_lock(primary.scope, "site-rebuild", wait_seconds):
-        removed: list[str] = []
-        for engine in docker_hosts.engines(spec).all():
-            gone = engine.remove_labelled(spec.scope, volumes=True, keep_volumes={repo_volume(spec)})
-            removed += gone["containers"] + gone["volumes"]
-        note(f"{spec.scope}'s containers and volumes removed ({len(removed)}); passwords and CA kept")
-        if spec.standby_of is not None and spec.standby_of.scope != primary.scope:
-            old = stored_spec_or_none(spec.standby_of.scope)
-            if old is not None:
-                try:
-                    note(f"slot {site.slot_name(spec)} on {old.scope}: {drop_primary_slot(spec, old)}")
-                except PghaError as exc:
-                    note(f"slot {site.slot_name(spec)} on {old.scope} not removed ({exc})")
-        store_spec(demoted)
-        note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
-        converge(demoted)
-        try:
-            pos = wait_for(f"{spec.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
-                           lambda p: p.receiver == "streaming", timeout=site.SWITCHOVER_FOLLOW_S, interval=0.5)
-            streaming = pos.receiver == "streaming"
-        except PghaError:
-            streaming = False
-        note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
+        removed, streaming = rebuild_site(spec, primary, demoted)
     return SiteRebuildResult(scope=spec.scope, standby_of=primary.scope, removed=removed, streaming=streaming,
                              events=current().events, elapsed_s=current().elapsed())
+
+
+def rebuild_site(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> tuple[list[str], bool]:
+    """The site rebuild's steps (the caller holds both sites' locks): `spec`'s containers and
+    volumes replaced by a fresh clone of `primary`; (what was removed, whether it streams)."""
+    removed: list[str] = []
+    for engine in docker_hosts.engines(spec).all():
+        gone = engine.remove_labelled(spec.scope, volumes=True, keep_volumes={repo_volume(spec)})
+        removed += gone["containers"] + gone["volumes"]
+    note(f"{spec.scope}'s containers and volumes removed ({len(removed)}); passwords and CA kept")
+    if spec.standby_of is not None and spec.standby_of.scope != primary.scope:
+        old = stored_spec_or_none(spec.standby_of.scope)
+        if old is not None:
+            try:
+                note(f"slot {site.slot_name(spec)} on {old.scope}: {drop_primary_slot(spec, old)}")
+            except PghaError as exc:
+                note(f"slot {site.slot_name(spec)} on {old.scope} not removed ({exc})")
+    store_spec(demoted)
+    note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
+    converge(demoted)
+    try:
+        pos = wait_for(f"{spec.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
+                       lambda p: p.receiver == "streaming", timeout=site.SWITCHOVER_FOLLOW_S, interval=0.5)
+        streaming = pos.receiver == "streaming"
+    except PghaError:
+        streaming = False
+    note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
+    return removed, streaming
 
 
 def stored_spec_or_none(scope: str) -> ClusterSpec | None:

@@ -26,6 +26,13 @@ class DrillKind(StrEnum):
     ETCD_QUORUM_LOSS = "etcd-quorum-loss"  # stop a majority of etcd members for a while, then start them
     HOST_LOSS = "host-loss"  # many hosts: a whole host dies (lab: docker kill of the lab host), then boots again
     HOST_PARTITION = "host-partition"  # lab: the lab host cut off the lab network while it runs, then reconnected
+    SITE_SWITCHOVER = "site-switchover"  # run on a standby site: the controlled site switchover under writes
+    SITE_LOSS = "site-loss"  # run on a standby site: every container of its primary site killed, then a site failover
+
+    @property
+    def is_site(self) -> bool:
+        """A drill of two sites, run with `--scope` of the standby site (its `standby_of` names the other)."""
+        return self in (DrillKind.SITE_SWITCHOVER, DrillKind.SITE_LOSS)
 
     @property
     def whole_host(self) -> bool:
@@ -126,7 +133,25 @@ def error_digest(log: ProbeLog, t_fault: float, limit: int = 8) -> list[str]:
 
 
 def verdict(r: DrillResult) -> tuple[bool, str]:
-    """Pass only with zero acknowledged writes lost and the cluster whole again."""
+    """Pass only with zero acknowledged writes lost and the cluster whole again.
+
+    site-loss loses the writes its primary site had not yet streamed (asynchronous standby): they
+    are its RPO, reported, not a failure; it passes when the promoted site took writes and the
+    old site follows it again.
+    """
+    if r.kind == DrillKind.SITE_LOSS:
+        if not r.healed:
+            return False, f"site-loss: the old site {r.target} does not follow {r.new_leader}'s site: {r.operator_action}"
+        return True, (f"site-loss: RPO {len(r.lost_writes)} acknowledged writes ({r.rpo_s or 0:.2f}s of writes), "
+                      f"RTO {r.rto_s or 0:.2f}s from the failover to the first write on the promoted site, "
+                      f"{r.writes_acked} writes acknowledged; the old site rebuilt as its standby")
+    if r.kind == DrillKind.SITE_SWITCHOVER:
+        if r.lost_writes:
+            return False, f"{len(r.lost_writes)} acknowledged writes lost (first ids {r.lost_writes[:5]})"
+        if not r.healed:
+            return False, f"site-switchover: the old primary site {r.target} does not follow: {r.operator_action}"
+        return True, (f"site-switchover: write gap {r.write_gap_s:.2f}s, 0 of {r.writes_acked} acknowledged "
+                      f"writes lost, the old primary site follows the new one")
     if r.lost_writes:
         return False, f"{len(r.lost_writes)} acknowledged writes lost (first ids {r.lost_writes[:5]})"
     if not r.healed:
@@ -235,3 +260,41 @@ def spec_host_target(spec: ClusterSpec, kind: DrillKind, host: str | None) -> Ta
     if host is None:
         raise ValueError(f"{kind.value} needs --host (one of the spec's hosts)")
     return host_target(host, [h.name for h in spec.hosts or []], members_on_host(spec, host), spec.node_names())
+
+
+def site_drill_refusal(spec: ClusterSpec, kind: DrillKind, to: str | None, seconds: int | None,
+                       host: str | None) -> str | None:
+    """Why a drill cannot run on this spec as asked (one line), None when it can.
+
+    A site drill runs on the standby site (its `standby_of` names the primary site), one engine.
+    """
+    if not kind.is_site:
+        if spec.standby_of is not None:
+            return (f"cluster {spec.scope} is a standby site: its drills are site-switchover and site-loss "
+                    f"(the others run on the primary site {spec.standby_of.scope})")
+        return None
+    if spec.standby_of is None:
+        return (f"{kind.value} runs on a standby site (`--scope` of the cluster whose spec has standby_of); "
+                f"{spec.scope} is not one")
+    if spec.multi_host:
+        return f"{kind.value} runs on one engine only: a standby site over hosts is not supported yet"
+    extra = [o for o, v in (("--to", to), ("--seconds", seconds), ("--host", host)) if v is not None]
+    if extra:
+        return f"{', '.join(extra)} does not apply to {kind.value} (the drill hits the whole primary site)"
+    return None
+
+
+def rpo_seconds(acked: list[tuple[int, float]], present: set[int], t_fault: float) -> float:
+    """Seconds of acknowledged writes a site loss lost: from the last write before the fault that
+    the promoted site has, to the last write acknowledged before the fault (0 when none is missing).
+
+    `acked`: (id, acknowledged at) in order. With nothing present before the fault, from the
+    first acknowledged write.
+    """
+    before = [(i, t) for i, t in acked if t <= t_fault]
+    missing = [t for i, t in before if i not in present]
+    if not missing:
+        return 0.0
+    kept = [t for i, t in before if i in present and t < min(missing)]
+    start = kept[-1] if kept else before[0][1]
+    return round(max(missing) - start, 3)

@@ -103,6 +103,14 @@ class DrillResult(Result):
     write_errors_seen: list[str] = Field(default_factory=list)  # "+1.23s message", first few
     timeline: str = ""  # the text chart
     longest_stall_s: float | None = None  # switchover-pooled: longest send-to-commit time through the pooler
+    # Site drills (site-switchover, site-loss): target is the old primary site, new_leader the
+    # promoted site's leader; lost_writes of site-loss are its RPO (asynchronous standby).
+    old_site: str | None = None  # the primary site before the drill
+    new_site: str | None = None  # the primary site after it
+    rpo_s: float | None = None  # site-loss: seconds of acknowledged writes missing on the promoted site
+    rto_s: float | None = None  # site-loss: from the failover command to the first write the promoted site took
+    failover_s: float | None = None  # site-loss: the failover itself (fence, promote) until writable
+    operator_action: str | None = None  # what the operator must run when the drill could not restore both sites
 
 
 # ---- backups ----

@@ -4,6 +4,8 @@ Each runs in its own thread, one attempt every `interval` seconds, bounded by `m
 so a forgotten probe stops by itself. A write counts as acknowledged only when its commit
 returned; an attempt that failed may or may not have committed and is never counted.
 Connections come from `tasks.postgres.connect` (the one way pgha connects to PostgreSQL).
+A site drill's writer has a second site (`other`): after a failed attempt it connects to the
+other site's R/W port, so it writes wherever the primary site is, as a client of two sites would.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from tasks.postgres import PROBE_TABLE, connect
 
 class Probe(threading.Thread):
     def __init__(self, spec: ClusterSpec, secrets: Secrets, run: str, write: bool,
-                 interval: float = 0.05, max_seconds: float = 600, pooled: bool = False) -> None:
+                 interval: float = 0.05, max_seconds: float = 600, pooled: bool = False,
+                 other: ClusterSpec | None = None) -> None:
         super().__init__(name=f"pgha-{'write' if write else 'read'}-probe", daemon=True)
         self.spec, self.secrets, self.run_id, self.write = spec, secrets, run, write
+        self.sites = [spec] if other is None else [spec, other]  # tried in turn after a failure
+        self._turn = 0
         self.pooled = pooled  # through the pooler's port instead of HAProxy's R/W port
         self.interval, self.max_seconds = interval, max_seconds
         self.log = ProbeLog()
@@ -36,7 +41,7 @@ class Probe(threading.Thread):
     def _connect(self) -> psycopg.Connection:
         # Never statement_timeout on writes: a cancelled wait for synchronous replication
         # reports success for a local-only commit.
-        return connect(self.spec, self.secrets, read_only=not self.write, timeout=2,
+        return connect(self.sites[self._turn % len(self.sites)], self.secrets, read_only=not self.write, timeout=2,
                        application_name="pgha-probe", keepalives=True, pooled=self.pooled)
 
     def run(self) -> None:
@@ -66,6 +71,7 @@ class Probe(threading.Thread):
                     except psycopg.Error:
                         pass
                 conn = None
+                self._turn += 1  # a second site: its R/W port next
             finally:
                 if self.write:
                     next_id += 1

@@ -54,6 +54,11 @@ _RERUN_TAIL = 60  # lines of each first failure kept
 FILE_WEIGHTS = Path(__file__).with_name("file_weights.json")
 UNKNOWN_WEIGHT = 400
 _FILE_SECONDS: dict[str, float] = {}
+_WORKER = [False]  # an xdist worker: its reports reach the controller too, which writes reruns.log once
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _WORKER[0] = hasattr(config, "workerinput")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -62,7 +67,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     shown at the end of the run. Every report's duration is added to its file's total."""
     name = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
     _FILE_SECONDS[name] = _FILE_SECONDS.get(name, 0.0) + float(report.duration or 0.0)
-    if report.outcome != "rerun":
+    if report.outcome != "rerun" or _WORKER[0]:
         return
     text = "\n".join(str(report.longreprtext).splitlines()[-_RERUN_TAIL:])
     entry = f"==== first failure of {report.nodeid} ({report.when}) ====\n{text}\n"

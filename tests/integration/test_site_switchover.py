@@ -5,7 +5,9 @@ Site A: 1 etcd / 1 node, the primary site. Site B: 1 etcd / 1 node, its standby 
 then B's): every acknowledged write is on B (0 lost), the write gap is reported; A follows B
 (a row written on B appears on A); the stored specs are swapped, so `status`, `audit` and
 `site status` treat A as B's standby; then the switchover back. Refusals: one line, nothing
-changed. Pooler and backups off: not the point.
+changed. The site drills on the same two sites: `pgha drill site-switchover` (0 lost) and
+`pgha drill site-loss` (the primary site killed, the standby promoted, RPO and RTO reported, the
+dead site rebuilt and following). Pooler and backups off: not the point.
 """
 
 from __future__ import annotations
@@ -164,6 +166,11 @@ def test_refusals_change_nothing(sites: tuple[Cluster, Cluster]) -> None:
             res.stderr[-2000:]
     res = pgha(s.env, "site", "failover", "--scope", s.scope)
     assert res.returncode != 0 and "add --yes" in res.stderr, res.stderr[-2000:]
+    for c, kind, fragment in ((p, "site-loss", "runs on a standby site"), (s, "hard-kill", "is a standby site"),
+                              (s, "site-switchover --to pg-1", "does not apply")):
+        res = pgha(c.env, "drill", *kind.split(), "--scope", c.scope)
+        assert res.returncode != 0 and fragment in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+            res.stderr[-2000:]
     assert one(s, "select pg_is_in_recovery()") is True and one(p, "select pg_is_in_recovery()") is False
 
 
@@ -225,3 +232,36 @@ def test_failover_fences_and_the_old_site_is_rebuilt(sites: tuple[Cluster, Clust
     print(f"site rebuild: {a.scope} cloned from {b.scope} in {out['elapsed_s']} s")
     assert one(a, "select count(*) from probe where id = 2000001") == 1
     follows(a, b, 2000002)
+
+
+def drill(standby: Cluster, kind: str) -> dict[str, object]:
+    started = time.monotonic()
+    res = pgha(standby.env, "drill", kind, "--json", "--scope", standby.scope, "--heal-timeout", "300")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    print(f"\n{kind} drill to {standby.scope} in {time.monotonic() - started:.1f} s: write gap {out['write_gap_s']} s, "
+          f"{out['writes_acked']} acknowledged, {len(out['lost_writes'])} lost, RPO {out['rpo_s']} s, "
+          f"RTO {out['rto_s']} s, failover {out['failover_s']} s")
+    assert out["old_site"] != standby.scope and out["new_site"] == standby.scope and out["healed"] is True, out
+    assert Path(str(out["chart_png"])).exists(), out
+    return out
+
+
+def test_site_switchover_drill_loses_nothing(sites: tuple[Cluster, Cluster]) -> None:
+    p, s = roles(sites)
+    out = drill(s, "site-switchover")
+    assert out["lost_writes"] == [] and float(out["write_gap_s"]) < 30, out  # goal 10 s; generous on 2 shared cores
+    assert roles(sites) == (s, p)
+    follows(p, s, 3_000_001)
+
+
+def test_site_loss_drill_promotes_and_rebuilds(sites: tuple[Cluster, Cluster], engine: docker.DockerClient) -> None:
+    p, s = roles(sites)
+    out = drill(s, "site-loss")
+    # Goals: RPO <= 1 s of writes, RTO <= 30 s; the ceilings here are generous (2 shared cores).
+    assert out["rto_s"] is not None and float(out["rto_s"]) < 90, out
+    assert out["rpo_s"] is not None and float(out["rpo_s"]) < 10, out
+    assert out["rejoin"] == "rebuilt", out
+    assert roles(sites) == (s, p)
+    assert engine.containers.get(p.container("pg-1")).status == "running"
+    follows(p, s, 3_000_002)

@@ -108,7 +108,7 @@ def test_result_rendered_or_dumped_as_json(api: FakeApi) -> None:
      "pgha: error: --node-timeout must be between 10 and 3600, not 3601 (see `root upgrade --help`)"),
     (["drill", "meteor"], "pgha: error: invalid value for 'kind': 'meteor' is not one of 'switchover', 'switchover-pooled', 'graceful-stop', "
                           "'hard-kill', 'partition', 'replica-kill', 'etcd-member-loss', 'haproxy-restart', 'freeze', "
-                          "'etcd-quorum-loss', 'host-loss', 'host-partition'. "
+                          "'etcd-quorum-loss', 'host-loss', 'host-partition', 'site-switchover', 'site-loss'. "
                           "(see `root drill --help`)"),
     (["backup", "--type", "weekly"],
      "pgha: error: invalid value for '--type': 'weekly' is not one of 'full', 'diff', 'incr'. (see `root backup --help`)"),

@@ -119,3 +119,39 @@ def test_timed_drills_targets_and_durations() -> None:
         fault_seconds(DrillKind.HARD_KILL, 20, 5)
     with pytest.raises(ValueError, match="between 1 and 900"):
         fault_seconds(DrillKind.FREEZE, 20, 0)
+
+
+def test_site_drills_run_on_a_standby_site_only() -> None:
+    from stack.drill import site_drill_refusal
+    from stack.spec import parse_spec
+
+    standby = parse_spec({"scope": "site-b", "backup": {"enabled": False}, "standby_of": {"scope": "site-a"}})
+    primary = parse_spec({"scope": "site-a"})
+    assert site_drill_refusal(standby, DrillKind.SITE_LOSS, None, None, None) is None
+    assert site_drill_refusal(primary, DrillKind.HARD_KILL, None, None, None) is None
+    assert "runs on a standby site" in str(site_drill_refusal(primary, DrillKind.SITE_SWITCHOVER, None, None, None))
+    assert "is a standby site" in str(site_drill_refusal(standby, DrillKind.HARD_KILL, None, None, None))
+    assert "--to, --seconds does not apply" in str(site_drill_refusal(standby, DrillKind.SITE_LOSS, "pg-1", 5, None))
+
+
+def test_rpo_seconds_spans_the_lost_writes() -> None:
+    from stack.drill import rpo_seconds
+
+    acked = [(1, 0.0), (2, 0.05), (3, 0.10), (4, 0.15), (5, 0.20)]
+    assert rpo_seconds(acked, {1, 2, 3, 4, 5}, 0.2) == 0.0
+    assert rpo_seconds(acked, {1, 2, 3}, 0.2) == pytest.approx(0.10)  # 4, 5 lost: 0.10 .. 0.20
+    assert rpo_seconds(acked, set(), 0.2) == pytest.approx(0.20)
+    assert rpo_seconds([*acked, (9, 5.0)], {1, 2, 3, 4, 5}, 0.2) == 0.0  # after the fault: the new site's
+
+
+def test_site_loss_verdict_reports_rpo_and_fails_when_the_old_site_is_not_back() -> None:
+    base = dict(kind="site-loss", target="site-a", old_leader="pg-1", new_leader="pg-1", timeline_before=None,
+                timeline_after=None, write_gap_s=4.0, read_gap_s=0.0, writes_acked=200, write_errors=40,
+                lost_writes=[198, 199], old_site="site-a", new_site="site-b", rpo_s=0.1, rto_s=3.2)
+    ok, message = verdict(DrillResult(**base, healed=True))  # type: ignore[arg-type]
+    assert ok and "RPO 2 acknowledged writes (0.10s of writes)" in message and "RTO 3.20s" in message
+    ok, message = verdict(DrillResult(**base, healed=False, operator_action="run x"))  # type: ignore[arg-type]
+    assert not ok and "run x" in message
+    sw = {**base, "kind": "site-switchover"}
+    ok, message = verdict(DrillResult(**sw, healed=True))  # type: ignore[arg-type]
+    assert not ok and "2 acknowledged writes lost" in message

@@ -1,0 +1,225 @@
+"""Site drills, run by `pgha drill site-switchover|site-loss --scope <standby site>`.
+
+The standby site's `standby_of` names the primary site. A write probe commits every 50 ms
+through the primary site's R/W port and, once that fails, the other site's (a client that knows
+both sites' addresses), so what it saw measures the write gap, the writes lost (RPO) and, for a
+site loss, the time from the failover command to the first write the promoted site took (RTO).
+
+site-switchover: the controlled site switchover (`pgha site switchover`) under the probe; 0
+acknowledged writes lost, the old primary site following the new one, or the drill fails.
+site-loss: every container of the primary site (etcd, nodes, HAProxy, pooler) killed at once,
+then the site failover as `pgha site failover --yes` does it, then the dead site rebuilt as a
+standby of the promoted one (`pgha site rebuild`), so both sites are manageable afterwards. When
+the promotion itself fails, the killed containers are started again; either way the drill fails
+loudly with the command the operator must run.
+
+Run inside the `drill` flow (it holds the standby site's lock; this takes the primary site's).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.site import fail_over, rebuild_preflight, rebuild_site, site_lock, switch_sites, switchover_preflight
+from flows.steps import preflight_once
+from flows.steps.cluster import require_healthy
+from flows.steps.ops import current
+from stack.drill import DrillKind, ProbeLog, longest_gap, lost_writes, rpo_seconds, timeline, verdict
+from stack.errors import PghaError
+from stack.results import DrillResult
+from stack.spec import ClusterSpec
+from stack.wait import wait_for
+from tasks import docker_hosts, patroni, postgres
+from tasks.host.chart import save_drill_chart
+from tasks.host.prune import drills_dir, prune_drill_charts
+from tasks.host.secrets import cluster_secrets
+from tasks.postgres_probe import Probe
+
+
+class SiteDrillFailed(PghaError):
+    """The site drill lost acknowledged writes it must not lose, or left a site it could not restore."""
+
+
+def run_site_drill(spec: ClusterSpec, kind: DrillKind, probe_interval_ms: int, heal_timeout_s: int,
+                   wait_seconds: float) -> DrillResult:
+    """The drill on the standby site `spec` and the primary site its `standby_of` names."""
+    primary, demoted = preflight_once(switchover_preflight, spec, True)  # both sites healthy, the standby streaming close behind
+    require_healthy(primary, "the site drill", settle_s=10)
+    with site_lock(primary.scope, f"drill {kind.value}", wait_seconds):
+        return _drill(spec, primary, demoted, kind, probe_interval_ms, heal_timeout_s)
+
+
+def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: DrillKind, probe_interval_ms: int,
+           heal_timeout_s: int) -> DrillResult:
+    log = get_run_logger()
+    secrets = cluster_secrets(primary.scope)  # the standby site has the same catalog passwords
+    promoted = spec.model_copy(update={"standby_of": None})
+    lead = patroni.cluster_view(primary).leader()
+    old_leader = lead.name if lead else ""
+    postgres.ensure_probe_table(primary, secrets)
+    run_id = uuid.uuid4().hex[:12]
+    writer = Probe(primary, secrets, run_id, write=True, interval=probe_interval_ms / 1000,
+                   max_seconds=primary.timing.ttl * 3 + 2 * heal_timeout_s + 600, other=promoted)
+    writer.start()
+    notes: list[str] = []
+    healed, action = False, None
+    t_fault = t_cmd = t_end = time.monotonic()
+    wall = time.time()
+    first_write: float | None = None
+    failover_s: float | None = None
+    new_leader = ""
+    try:
+        wait_for("the write probe to warm up", lambda: len(writer.log.ok), lambda n: n >= 20, timeout=30,
+                 interval=0.1)
+        wall, t_fault = time.time(), time.monotonic()
+        if kind == DrillKind.SITE_SWITCHOVER:
+            log.info("site-switchover: %s demoted, %s promoted, under writes", primary.scope, spec.scope)
+            out = switch_sites(spec, primary, demoted)
+            new_leader, healed = out.leader, out.old_primary_follows
+            notes.append(f"site switchover: {spec.scope} writable {out.write_gap_s}s after the demotion "
+                         f"(caught up after {out.caught_up_s}s), demoted at {out.demoted_lsn}")
+            if not healed:
+                action = (f"`pgha site status --scope {primary.scope}`; if it does not stream, "
+                          f"`pgha site rebuild --scope {primary.scope} --standby-of {spec.scope} --yes`")
+            t_cmd = t_fault
+        else:
+            killed = _kill_site(primary)
+            notes.append(f"killed every container of {primary.scope}: {', '.join(killed)}")
+            t_cmd = time.monotonic()
+            log.info("site-loss: %s killed (%d containers); site failover of %s", primary.scope, len(killed),
+                     spec.scope)
+            try:
+                _, _, new_leader, failover_s, _ = fail_over(spec, primary)
+            except PghaError as exc:
+                restored = _restart_site(primary, killed)
+                raise SiteDrillFailed(f"site-loss: the site failover failed ({str(exc).splitlines()[0]}); "
+                                      f"{restored}") from None
+        # The promoted site takes the writes: wait for the probe's first, then a few more.
+        t_switched = time.monotonic()
+        try:
+            first_write = wait_for(f"writes acknowledged by {spec.scope}", lambda: _first_after(writer.log, t_cmd),
+                                   lambda t: t is not None, timeout=60, interval=0.05)
+            wait_for("steady writes on the new primary site", lambda: writer.log.ok[-1] if writer.log.ok else 0.0,
+                     lambda t: t > max(t_switched, first_write or 0.0) + 1.0, timeout=30, interval=0.1)
+        except PghaError as exc:
+            then = (f"; {primary.scope} is dead: `pgha site rebuild --scope {primary.scope} --standby-of "
+                    f"{spec.scope} --yes`" if kind == DrillKind.SITE_LOSS else "")
+            raise SiteDrillFailed(f"{kind.value}: {spec.scope} was promoted but the probe saw no write on it "
+                                  f"({str(exc).splitlines()[0]}); check `pgha site status --scope {spec.scope}`"
+                                  f"{then}") from None
+    finally:
+        writer.stop()
+        writer.join(10)
+        t_end = time.monotonic()
+    present = postgres.probe_ids(promoted, cluster_secrets(spec.scope), run_id)
+    acked = list(zip(writer.log.acked_ids, writer.log.ok, strict=False))
+    lost = lost_writes(writer.log.acked_ids, present)
+    if kind == DrillKind.SITE_LOSS:
+        healed, action = _rebuild_old_site(spec.scope, primary, heal_timeout_s)
+        notes.append(f"{primary.scope} rebuilt as a standby of {spec.scope}" if healed else f"not rebuilt: {action}")
+    result = DrillResult(
+        kind=kind.value, target=primary.scope, old_leader=old_leader or primary.scope, new_leader=new_leader,
+        timeline_before=None, timeline_after=None,
+        write_gap_s=round(longest_gap(writer.log.ok, t_fault - 1.0, t_end), 3), read_gap_s=0.0,
+        writes_acked=len(writer.log.acked_ids), write_errors=len(writer.log.errors), lost_writes=lost,
+        recovered_s=round(first_write - t_fault, 2) if first_write else None, healed=healed,
+        rejoin="rebuilt" if kind == DrillKind.SITE_LOSS and healed else "follows" if healed else "",
+        notes=notes + current().events, old_site=primary.scope, new_site=spec.scope,
+        rpo_s=rpo_seconds(acked, present, t_fault) if kind == DrillKind.SITE_LOSS else None,
+        rto_s=round(first_write - t_cmd, 2) if first_write and kind == DrillKind.SITE_LOSS else None,
+        failover_s=failover_s, operator_action=action,
+    )
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall))
+    marks = {"command": t_cmd} | ({"write": first_write} if first_write else {})
+    result.chart_png = str(save_drill_chart(drills_dir(spec.scope) / f"{stamp}-{kind.value}.png",
+                                            f"{primary.scope} -> {spec.scope}: {kind.value} drill", writer.log,
+                                            ProbeLog(), t_fault, {"fault": t_fault, **marks}))
+    prune_drill_charts(spec.scope, spec.state.drill_charts)
+    result.timeline = timeline(writer.log, ProbeLog(), t_fault - 2.0, t_end, t_fault, marks)
+    ok, message = verdict(result)
+    _report(spec, result, ok, message)
+    if not ok:
+        raise SiteDrillFailed(f"{kind.value} drill failed: {message}")
+    log.info(message)
+    return result
+
+
+def _first_after(log: ProbeLog, t: float) -> float | None:
+    return next((x for x in log.ok if x > t), None)
+
+
+def _kill_site(primary: ClusterSpec) -> list[str]:
+    """docker kill of every running container of the primary site at once (a site's power cut)."""
+    eng = docker_hosts.engines(primary).default
+    names = [ct.name for ct in eng.cluster_containers(primary.scope) if ct.status == "running"]
+    for name in names:
+        eng.kill(name)
+    return names
+
+
+def _restart_site(primary: ClusterSpec, killed: list[str]) -> str:
+    """The killed containers started again (the promotion failed: the old primary site comes back)."""
+    eng = docker_hosts.engines(primary).default
+    try:
+        for name in killed:
+            eng.start(name)
+        postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=180)
+    except PghaError as exc:
+        return (f"{primary.scope} did not come back ({str(exc).splitlines()[0]}): `pgha up --scope {primary.scope}`, "
+                "then `pgha site status`")
+    return f"{primary.scope}'s containers started again and it accepts writes; check `pgha site status`"
+
+
+def _rebuild_old_site(new_scope: str, old: ClusterSpec, heal_timeout_s: int) -> tuple[bool, str | None]:
+    """The dead site cloned afresh as a standby of the promoted one; (it streams, else what to run)."""
+    command = f"`pgha site rebuild --scope {old.scope} --standby-of {new_scope} --yes`"
+    try:
+        primary, demoted = rebuild_preflight(old, new_scope, True)
+        _, streaming = rebuild_site(old, primary, demoted)
+    except PghaError as exc:
+        return False, f"{str(exc).splitlines()[0]}; run {command}"
+    if not streaming:
+        try:
+            wait_for(f"{old.scope} to stream from {new_scope}", lambda: _streams(demoted), lambda s: s,
+                     timeout=heal_timeout_s, interval=1)
+        except PghaError:
+            return False, f"{old.scope} was rebuilt but does not stream from {new_scope}; `pgha site status`, or {command}"
+    return True, None
+
+
+def _streams(spec: ClusterSpec) -> bool:
+    try:
+        pos = postgres.wal_position(spec, cluster_secrets(spec.scope))
+    except PghaError:
+        return False
+    return pos.in_recovery and pos.receiver == "streaming"
+
+
+def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
+    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
+    key = f"{spec.scope}-drill-{r.kind}"
+    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
+    md = "\n".join([
+        f"# {r.kind} drill: `{r.old_site}` → `{r.new_site}`: {'PASS' if ok else 'FAIL'}",
+        "",
+        message,
+        "",
+        "| write gap | lost writes | RPO | RTO | failover | old site |",
+        "|---|---|---|---|---|---|",
+        f"| {r.write_gap_s:.2f} s | {len(r.lost_writes)} | {r.rpo_s if r.rpo_s is not None else '-'} s | "
+        f"{r.rto_s if r.rto_s is not None else '-'} s | {r.failover_s if r.failover_s is not None else '-'} s | "
+        f"{r.rejoin or r.operator_action} |",
+        "",
+        "```",
+        r.timeline,
+        "```",
+        "",
+        f"Chart: `{r.chart_png}`",
+        *[f"- {n}" for n in r.notes],
+    ])
+    create_markdown_artifact(key=f"{key}-timeline", markdown=md, description=message)
+
