@@ -28,8 +28,8 @@ import yaml  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from stack.spec import load_spec, parse_spec  # noqa: E402
 from tasks import docker_lab, patroni  # noqa: E402
-from tasks.docker_engine import tls_client  # noqa: E402
 from tasks.docker_hosts import tls_config  # noqa: E402
+from tasks.engine_client import tls_client  # noqa: E402
 
 LAB, LAB_SCOPE, PORT_BASE = "benchtcp", "pgha-bench-tcp", 26490  # 26490-26495
 

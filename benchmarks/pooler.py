@@ -38,17 +38,18 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import _pgbench  # noqa: E402
 
 from flows.bootstrap import bootstrap  # noqa: E402
-from flows.steps.cluster import hand_over, wait_healthy  # noqa: E402
 from stack.cluster import led_by  # noqa: E402
 from stack.drill import longest_gap  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from stack.switchover import plan_switchover  # noqa: E402
 from stack.wait import wait_for  # noqa: E402
 from tasks import images, patroni  # noqa: E402
+from tasks.cluster_health import wait_healthy  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
 from tasks.postgres import ensure_probe_table  # noqa: E402
 from tasks.postgres_probe import Probe  # noqa: E402
+from tasks.switchover import hand_over  # noqa: E402
 
 SPEC = parse_spec({"scope": "pgha-bench-pool", "nodes": 2, "etcd_members": 1, "backup": {"enabled": False},
                    "ports": {"rw": 26272, "ro": 26273, "stats": 26274, "pool": 26275},

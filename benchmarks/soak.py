@@ -66,15 +66,15 @@ import docker  # noqa: E402
 import httpx  # noqa: E402
 
 from flows.bootstrap import bootstrap  # noqa: E402
-from flows.steps.cluster import wait_healthy  # noqa: E402
 from stack.drill import lost_writes  # noqa: E402
 from stack.layout import DATA_MOUNT, PGDATA, REPO_MOUNT  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import control_plane as cp  # noqa: E402
 from tasks import pgbackrest, server_db  # noqa: E402
 from tasks import prefect_server as ps  # noqa: E402
-from tasks.docker_engine import LABEL_MEMBER, LABEL_ROLE  # noqa: E402
+from tasks.cluster_health import wait_healthy  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402
+from tasks.engine_client import LABEL_MEMBER, LABEL_ROLE  # noqa: E402
 from tasks.host.secrets import cluster_secrets  # noqa: E402
 from tasks.host.state import state_root  # noqa: E402
 from tasks.node_exec import node  # noqa: E402

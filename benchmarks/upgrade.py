@@ -52,7 +52,7 @@ def naive_restart_all(spec: ClusterSpec, image: str) -> None:
     with ThreadPoolExecutor(len(spec.node_names())) as pool:
         list(pool.map(one, spec.node_names()))
     patroni.wait_whole.fn(spec, timeout=300)  # raw baseline: no Prefect task run
-    from flows.steps.cluster import cluster_status
+    from tasks.cluster_health import cluster_status
 
     wait_for("healthy", lambda: cluster_status(spec), lambda s: s.healthy, timeout=120, interval=0.5)
 

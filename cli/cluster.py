@@ -119,8 +119,8 @@ def status(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     Example: pgha status --json
     """
     spec = resolve_spec(spec_file, scope)
-    from flows.steps.cluster import cluster_status  # not a flow: it answers in about a second
     from stack.generations import base_of, describe
+    from tasks.cluster_health import cluster_status  # not a flow: it answers in about a second
 
     st = cluster_status(spec)
     if spec.scope != base_of(spec.scope):

@@ -388,8 +388,10 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
     """
     spec = resolve_spec(spec_file, scope)
     require_engines(spec)
-    from flows.steps.cluster import cluster_status, status_of
+    from dataclasses import asdict
+
     from tasks import patroni, support_report
+    from tasks.cluster_health import cluster_status, status_of
 
     path = output or Path(f"pgha-report-{spec.scope}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
     audit_json = None
@@ -410,10 +412,11 @@ def report(output: Path | None = typer.Option(None, "--output", "-o", help="tarb
     history: list[dict[str, Any]] | dict[str, Any]
     snap = ahead.result() if seen and ahead else None
     if snap is not None and snap.history.asked:  # the audit's snapshot saw it
-        history = snap.history.value if snap.history.value is not None else {"error": snap.history.error}
+        history = ([asdict(h) for h in snap.history.value] if snap.history.value is not None
+                   else {"error": snap.history.error})
     else:
         try:
-            history = patroni.history(spec)
+            history = [asdict(h) for h in patroni.history(spec)]
         except PghaError as exc:
             history = {"error": str(exc)}
     status = (status_of(seen, snap) if seen and snap else cluster_status(spec)).to_json()

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
@@ -34,12 +34,11 @@ from stack.results import AuditReport, FindingRow
 from stack.snapshot import ClusterSnapshot
 from stack.spec import ClusterSpec
 from tasks import events, heartbeat, metrics_exporter
-from tasks._prefect import READ_ONLY
 from tasks.host import journal
 from tasks.host.generations import deployed, serving, stored_spec
 from tasks.host.prune import rotate_server_logs
 from tasks.host.state import cluster_dir, write_private
-from tasks.observe import AUDIT_PARTS, observe
+from tasks.observe import gather
 
 
 def _baseline_file(spec: ClusterSpec) -> Any:
@@ -130,13 +129,6 @@ def decide(spec: ClusterSpec, snap: ClusterSnapshot, baseline: A.Baseline) -> li
         site_obs, site_err = snap.site.pair()
         findings += A.check_standby(site_obs, spec, th, site_err)
     return findings
-
-
-@task(name="audit-gather", **READ_ONLY)
-def gather(spec: ClusterSpec) -> ClusterSnapshot:
-    """The snapshot with every part the audit judges (`tasks.observe`: each system asked once, all at
-    once, in one task: a task run per system cost the audit more in the API's bookkeeping than the asking)."""
-    return observe(spec, AUDIT_PARTS, deep=True)
 
 
 def metrics_sample(spec: ClusterSpec, snap: ClusterSnapshot, findings: list[A.Finding]) -> M.AuditSample:

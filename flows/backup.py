@@ -15,7 +15,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import forget_preflight, preflight_once
-from flows.steps.backups import ensure_repo_host
 from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation, result_artifact
 from flows.verify import verify_restore
@@ -27,6 +26,7 @@ from stack.spec import ClusterSpec
 from tasks import patroni, pgdump
 from tasks import pgbackrest as pbr
 from tasks.host.generations import serving
+from tasks.repo_host import ensure_repo_host
 
 RETRY_DELAYS_S = (10.0, 30.0)  # a backup that failed transiently runs again after these (three tries in all)
 

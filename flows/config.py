@@ -20,8 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
-from flows.steps.cluster import cluster_status, require_healthy, store_spec, switchover
-from flows.steps.nodes import NodeCtx, node_ctx, put_back, restart_node, wait_caught_up
+from flows.steps.cluster import require_healthy, store_spec
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
 from stack.errors import PghaError, PostgresError, RolledBack, StateError, UsageError
@@ -32,7 +31,10 @@ from stack.rolling import check_parameter
 from stack.spec import ClusterSpec, RestartPolicy
 from stack.wait import wait_for
 from tasks import patroni, postgres
+from tasks.cluster_health import cluster_status
 from tasks.host.secrets import cluster_secrets
+from tasks.rolling import NodeCtx, node_ctx, put_back, restart_node, wait_caught_up
+from tasks.switchover import switchover
 
 PRELOADS = ("shared_preload_libraries", "session_preload_libraries")
 

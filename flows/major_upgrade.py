@@ -24,8 +24,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from flows.audit import run_audit
 from flows.backup import backup
 from flows.steps.approval import require_approval
-from flows.steps.cluster import require_healthy, store_spec, wait_healthy
-from flows.steps.converge import converge, ensure_image, ensure_pooler, place_member
+from flows.steps.cluster import require_healthy, store_spec
+from flows.steps.converge import converge
 from flows.steps.major import (
     connect_networks,
     fence_and_catch_up,
@@ -46,6 +46,8 @@ from stack.results import MajorUpgradeResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, pg_logical, pgbackrest
+from tasks.cluster_health import wait_healthy
+from tasks.cluster_resources import ensure_image
 from tasks.host import tls as host_tls
 from tasks.host.generations import (
     clear_generation_dir,
@@ -56,6 +58,7 @@ from tasks.host.generations import (
 )
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import secrets_file, write_private
+from tasks.members import ensure_pooler, place_member
 
 
 class MajorUpgradeFailed(PghaError):

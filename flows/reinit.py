@@ -14,15 +14,15 @@ import time
 from prefect import flow
 
 from flows.steps.approval import require_approval
-from flows.steps.cluster import wait_healthy
-from flows.steps.nodes import node_ctx, wait_caught_up
 from flows.steps.ops import current, mutating_flow, note
 from stack.errors import UsageError
 from stack.operator import reinit_problem
 from stack.results import ReinitResult
 from stack.spec import ClusterSpec
 from tasks import patroni
+from tasks.cluster_health import wait_healthy
 from tasks.host.lock import WaitSeconds
+from tasks.rolling import node_ctx, wait_caught_up
 
 
 def check(spec: ClusterSpec, member: str) -> str:

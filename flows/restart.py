@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.steps.cluster import require_healthy, switchover, wait_healthy
-from flows.steps.nodes import node_ctx, restart_node
+from flows.steps.cluster import require_healthy
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
 from stack.operator import restart_plan
@@ -20,7 +19,10 @@ from stack.results import RestartResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import patroni
+from tasks.cluster_health import wait_healthy
 from tasks.host.lock import WaitSeconds
+from tasks.rolling import node_ctx, restart_node
+from tasks.switchover import switchover
 
 
 def check(spec: ClusterSpec, member: str | None) -> None:

@@ -32,7 +32,6 @@ from prefect import flow, get_run_logger
 
 from flows.steps import preflight_once
 from flows.steps.approval import require_approval
-from flows.steps.cluster import switchover
 from flows.steps.converge import bootstrap_preflight, converge
 from flows.steps.deployment import check_restore_target
 from flows.steps.ops import mutating_flow
@@ -45,6 +44,7 @@ from tasks import pgbackrest as pbr
 from tasks import pgbackrest_restore as pr
 from tasks.docker_hosts import engines
 from tasks.host.state import secrets_file
+from tasks.switchover import switchover
 
 PORT_OFFSET = 10  # --into SCOPE without a spec file: the source's ports + 10
 

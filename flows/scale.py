@@ -11,24 +11,26 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.steps.cluster import require_healthy, store_spec, switchover, wait_healthy
-from flows.steps.converge import ensure_image_on_hosts
-from flows.steps.nodes import node_ctx, planned_node, take_out
+from flows.steps.cluster import require_healthy, store_spec
 from flows.steps.ops import current, mutating_flow, note
 from stack.errors import StateError
 from stack.results import ScaleResult
 from stack.rolling import plan_scale
 from stack.scale import scaled_spec
 from stack.spec import ClusterSpec
-from tasks import docker_engine, docker_hosts, patroni
+from tasks import docker_hosts, engine_client, patroni
+from tasks.cluster_health import wait_healthy
+from tasks.cluster_resources import ensure_image_on_hosts
 from tasks.host import tls as host_tls
 from tasks.host.state import config_dir, write_private
 from tasks.members import reload_haproxy, remove_node
+from tasks.rolling import node_ctx, planned_node, take_out
+from tasks.switchover import switchover
 
 
 def running_nodes(spec: ClusterSpec) -> list[str]:
     """The Patroni members whose containers exist (the containers say how many nodes there are)."""
-    found = sorted({ct.labels.get(docker_engine.LABEL_MEMBER, "")
+    found = sorted({ct.labels.get(engine_client.LABEL_MEMBER, "")
                     for e in docker_hosts.engines(spec).all() for ct in e.cluster_containers(spec.scope, "patroni")})
     if not found:
         raise StateError(f"cluster {spec.scope} has no Patroni node; run `pgha up` first")

@@ -1,7 +1,7 @@
 """switchover: hand the leadership to a replica, invisibly to the pooler's clients.
 
 The pooler-aware sequence (PAUSE, Patroni switchover, route at once through HAProxy's runtime
-API, RESUME) is `flows.steps.cluster.hand_over`; rolling upgrades, config restarts and scale
+API, RESUME) is `tasks.switchover.hand_over`; rolling upgrades, config restarts and scale
 use the same one. This flow adds the refusals (`preflight`) and the result.
 """
 
@@ -12,7 +12,7 @@ from contextlib import suppress
 from prefect import flow
 
 from flows.steps import preflight_once
-from flows.steps.cluster import require_healthy, switchover_and_wait, wait_healthy
+from flows.steps.cluster import require_healthy
 from flows.steps.ops import current, mutating_flow, note
 from stack.errors import StateError
 from stack.results import SwitchoverResult
@@ -20,6 +20,8 @@ from stack.spec import ClusterSpec
 from stack.switchover import SwitchoverPlan, catch_up_window, plan_switchover
 from stack.wait import WaitTimeout, wait_for
 from tasks import patroni, pgbouncer
+from tasks.cluster_health import wait_healthy
+from tasks.switchover import switchover_and_wait
 
 
 def preflight(spec: ClusterSpec, to: str | None) -> SwitchoverPlan:

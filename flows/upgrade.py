@@ -19,9 +19,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from flows.steps import preflight_once
-from flows.steps.cluster import cluster_status, store_spec, switchover, wait_healthy
-from flows.steps.converge import ensure_image_on_hosts
-from flows.steps.nodes import NodeCtx, finish_leftovers, node_ctx, recreate, roll_node, wait_caught_up
+from flows.steps.cluster import store_spec
+from flows.steps.nodes import finish_leftovers
 from flows.steps.ops import current, mutating_flow, note
 from stack.cluster import MemberRole
 from stack.errors import PghaError, StateError, UsageError
@@ -40,7 +39,11 @@ from stack.rolling import (
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, docker_images, patroni, postgres
+from tasks.cluster_health import cluster_status, wait_healthy
+from tasks.cluster_resources import ensure_image_on_hosts
 from tasks.host.state import cluster_dir, write_private
+from tasks.rolling import NodeCtx, node_ctx, recreate, roll_node, wait_caught_up
+from tasks.switchover import switchover
 
 
 class UpgradeFailed(PghaError):
@@ -169,7 +172,7 @@ def _rollback(ctx: NodeCtx, previous: dict[str, str]) -> list[str]:
                     note(f"rollback: switchover {lead_now} -> {cand} (on {old})")
                     switchover(spec, lead_now, cand, ctx.timeout)
         note(f"rollback: {f.name} back to {old}")
-        roll_node(ctx, f.name, old, as_leader=f.is_leader, rescue=True)
+        roll_node(ctx, f.name, old, as_leader=f.is_leader, rescue=True, note=note)
         done.append(f.name)
     finish_leftovers(ctx)  # a node that failed while being taken out still has its tags
     return done
@@ -194,7 +197,7 @@ def _run_step(ctx: NodeCtx, step: Step, target: str, state: dict[str, Any], pf: 
         return
     state["member"], state["image"] = step.member, target
     write_private(pf, json.dumps(state))
-    roll_node(ctx, step.member, target, as_leader=me.is_leader)
+    roll_node(ctx, step.member, target, as_leader=me.is_leader, note=note)
     state["member"] = ""
     write_private(pf, json.dumps(state))
     note(f"{step.member} on {target}: PostgreSQL {version_text(patroni.server_version(spec, step.member))}")

@@ -56,6 +56,17 @@ class Member:
 
 
 @dataclass(frozen=True)
+class TimelineSwitch:
+    """One row of Patroni's /history: the timeline that ended, where, why, when and the new leader."""
+
+    timeline: int
+    lsn: int = 0
+    reason: str = ""
+    time: str = ""  # ISO 8601 ("" when Patroni did not record it)
+    new_leader: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterView:
     members: list[Member] = field(default_factory=list)
     paused: bool = False

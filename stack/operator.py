@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from stack.cluster import ClusterView
+from stack.cluster import ClusterView, TimelineSwitch
 from stack.errors import StateError, UsageError
 
 # ---- restart / reinit ----
@@ -108,7 +108,7 @@ def cause_of(when: float | None, journal: Iterable[dict[str, Any]]) -> tuple[str
     return "failover", "no pgha operation was running: Patroni promoted a replica"
 
 
-def history_events(history: list[dict[str, Any]], journal: list[dict[str, Any]]) -> list[HistoryEvent]:
+def history_events(history: list[TimelineSwitch], journal: list[dict[str, Any]]) -> list[HistoryEvent]:
     """Patroni's timeline switches, newest last, each with its cause from the operations journal.
 
     A switch older than what a trimmed journal still holds (`stack.housekeeping.trim_journal`)
@@ -119,12 +119,12 @@ def history_events(history: list[dict[str, Any]], journal: list[dict[str, Any]])
     cut = trimmed_before(journal)
     out = []
     for h in history:
-        when = parse_time(str(h.get("time", "")))
+        when = parse_time(h.time)
         cause, detail = cause_of(when, journal)
         if cause == "failover" and when is not None and cut is not None and when <= cut + SLACK_S:
             cause, detail = "unknown", "older than the operations journal keeps (state.journal_kib)"
-        out.append(HistoryEvent(timeline=int(h["timeline"]) + 1, time=str(h.get("time", "")),
-                                new_leader=str(h.get("new_leader", "")), cause=cause, detail=detail))
+        out.append(HistoryEvent(timeline=h.timeline + 1, time=h.time, new_leader=h.new_leader, cause=cause,
+                                detail=detail))
     return out
 
 

@@ -29,7 +29,7 @@ from stack.audit import (
 )
 from stack.audit_backup import ArchiverObs, RepoObs
 from stack.audit_sizes import DiskObs, RepoSizeObs, ServerDbObs
-from stack.cluster import ClusterView, EndpointHealth
+from stack.cluster import ClusterView, EndpointHealth, TimelineSwitch
 from stack.pooler import PoolerObs
 from stack.tls import CertInfo
 
@@ -116,7 +116,7 @@ class ClusterSnapshot:
     repo_size: Observed[RepoSizeObs] = Observed()
     server_db: Observed[ServerDbObs] = Observed()
     site: Observed[StandbyObs] = Observed()  # a standby cluster's link to its primary site
-    history: Observed[list[dict[str, Any]]] = Observed()  # Patroni's timeline switches (GET /history), oldest first
+    history: Observed[list[TimelineSwitch]] = Observed()  # Patroni's timeline switches (GET /history), oldest first
 
     @classmethod
     def parts(cls) -> tuple[str, ...]:

@@ -34,8 +34,9 @@ from typing import Any
 
 from tasks import docker_control
 from tasks.docker_control import ContainerState
-from tasks.docker_engine import LABEL_CONFIG, LABEL_ROLE, MountSpec
+from tasks.docker_engine import MountSpec
 from tasks.docker_hosts import local_engine
+from tasks.engine_client import LABEL_CONFIG, LABEL_ROLE
 
 LABEL_CONTROL = "pgha.control"  # the control plane's key (one per state directory and port)
 LABEL_STATE_DIR = "pgha.state-dir"

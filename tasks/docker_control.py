@@ -14,7 +14,8 @@ from docker.models.containers import Container
 from docker.types import Healthcheck
 
 from stack.errors import DockerError
-from tasks.docker_engine import Engine, MountSpec, log_config
+from tasks.docker_engine import Engine, MountSpec
+from tasks.engine_client import log_config
 
 NS = 1_000_000_000
 

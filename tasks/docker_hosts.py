@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from stack.errors import SpecError
 from stack.hosts import EngineSSH, EngineTLS, HostSpec
 from stack.spec import ClusterSpec
-from tasks.docker_engine import DOCKER_TIMEOUT, LABEL_ROLE, Engine
+from tasks.docker_engine import Engine
+from tasks.engine_client import DOCKER_TIMEOUT, LABEL_ROLE
 from tasks.host.state import config_dir
 
 if TYPE_CHECKING:

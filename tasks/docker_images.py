@@ -18,7 +18,8 @@ from pathlib import Path
 import docker.errors
 
 from stack.errors import DockerError, ImageError, StateError
-from tasks.docker_engine import Engine, engine_call
+from tasks.docker_engine import Engine
+from tasks.engine_client import engine_call
 
 
 def fan_out(source: Callable[[], Iterable[bytes]], sinks: list[Callable[[Iterator[bytes]], None]],

@@ -30,9 +30,10 @@ from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
 from tasks import docker_images, docker_lab_hosts, images
-from tasks.docker_engine import Engine, MountSpec, engine_answers
+from tasks.docker_engine import Engine, MountSpec
 from tasks.docker_hosts import local_engine, port_is_free, tls_config
 from tasks.docker_ssh import ssh_end_masters, ssh_probe
+from tasks.engine_client import engine_answers
 from tasks.host.state import state_root, write_private
 
 LABEL_LAB = docker_lab_hosts.LABEL_LAB

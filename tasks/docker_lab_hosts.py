@@ -16,7 +16,8 @@ import docker.errors
 from docker.types import IPAMConfig, IPAMPool
 
 from stack.errors import DockerError, StateError
-from tasks.docker_engine import Engine, MountSpec, engine_call, log_config
+from tasks.docker_engine import Engine, MountSpec
+from tasks.engine_client import engine_call, log_config
 
 LABEL_LAB = "pgha.lab"
 

@@ -8,7 +8,7 @@ every request, never reaps them, and its module needs paramiko even when paramik
 kept connections, each one ssh process running `docker system dial-stdio` with pgha's argv
 (stack.hosts.ssh_argv: the spec's key, its known_hosts, StrictHostKeyChecking yes, BatchMode,
 `-F none`; a bounded ControlMaster on request), mounted on a docker-py client. Only
-`tasks.docker_engine.Engine` (its client) and the lab use it; nothing else knows ssh is involved.
+`tasks.engine_client.EngineClient` (an engine's client) and the lab use it; nothing else knows ssh is involved.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from stack import etcd_auth, layout
 from stack.audit import EtcdMember, LeaderKeyObs, leader_key_verdict
@@ -69,22 +69,45 @@ def parse_health(text: str) -> list[EndpointHealth]:
     return [EndpointHealth(str(r.get("endpoint")), bool(r.get("health")), str(r.get("error") or "")) for r in rows]
 
 
-def parse_status(text: str) -> dict[str, dict[str, Any]]:
-    """`etcdctl endpoint status -w json` as host -> Status (unreachable members are absent)."""
-    out: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One member's answer to `endpoint status`: its own ID, the leader it sees, its DB size."""
+
+    member_id: int  # header.member_id (a uint64: JSON's integer, kept exact)
+    leader: int  # 0: no leader seen
+    db_size: int | None = None
+
+    @property
+    def leads(self) -> bool:
+        return bool(self.leader) and self.leader == self.member_id
+
+
+@dataclass(frozen=True)
+class ListedMember:
+    """One row of `member list`: its ID, name (empty before its first start) and peer URLs."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+
+
+def parse_status(text: str) -> dict[str, EndpointStatus]:
+    """`etcdctl endpoint status -w json` as host -> status (unreachable members are absent)."""
+    out: dict[str, EndpointStatus] = {}
     for r in json.loads(text) if text.strip() else []:
-        out[_host(str(r.get("Endpoint", "")))] = dict(r.get("Status") or {})
+        st = r.get("Status") or {}
+        header = st.get("header") if isinstance(st.get("header"), dict) else {}
+        db = st.get("dbSize")
+        out[_host(str(r.get("Endpoint", "")))] = EndpointStatus(
+            member_id=int(header.get("member_id") or 0), leader=int(st.get("leader") or 0),
+            db_size=db if isinstance(db, int) else None)
     return out
 
 
-def parse_member_list(text: str) -> list[dict[str, Any]]:
+def parse_member_list(text: str) -> list[ListedMember]:
     """`etcdctl member list -w json`: the members with ID, name (empty before first start) and peerURLs."""
-    return [dict(m) for m in json.loads(text).get("members", [])]
-
-
-def _leads(status: dict[str, Any]) -> bool:
-    header = status.get("header") if isinstance(status.get("header"), dict) else {}
-    return bool(status.get("leader")) and status.get("leader") == header.get("member_id")  # type: ignore[union-attr]
+    return [ListedMember(id=int(m["ID"]), name=str(m.get("name") or ""), peer_urls=tuple(m.get("peerURLs") or []))
+            for m in json.loads(text).get("members", [])]
 
 
 # ---- reading ----
@@ -133,22 +156,22 @@ def leader_member(spec: ClusterSpec) -> str:
     except (ValueError, AttributeError):
         raise EtcdError(f"etcdctl gave no status: {r.tail(1)}") from None
     for m in spec.etcd_names():
-        if _leads(status.get(spec.address(m), {})):
+        if (st := status.get(spec.address(m))) is not None and st.leads:
             return m
     raise EtcdError("no etcd leader found")
 
 
-def _status(spec: ClusterSpec) -> dict[str, dict[str, Any]]:
+def _status(spec: ClusterSpec) -> dict[str, EndpointStatus]:
     """`endpoint status` by member address ({} when none answered); asked once more, longer, when no
     member said it leads (TLS handshakes to 0.5-CPU members on a busy machine outlast 2 s)."""
-    status: dict[str, dict[str, Any]] = {}
+    status: dict[str, EndpointStatus] = {}
     for command_timeout, timeout in (("2s", 10), ("5s", 20)):
         try:
             status = parse_status(etcdctl(spec, ["endpoint", "status", "-w", "json"], command_timeout=command_timeout,
                                           timeout=timeout).out)
         except (ValueError, AttributeError):
             status = {}  # unreachable members are reported by the health rows
-        if any(_leads(st) for st in status.values()):
+        if any(st.leads for st in status.values()):
             break
     return status
 
@@ -171,11 +194,10 @@ def observe(spec: ClusterSpec, members: bool = False) -> EtcdObs:
     found: list[EtcdMember] = []
     for m in spec.etcd_names():
         host = spec.address(m)
-        h, st = rows.get(host), status.get(host, {})
-        db = st.get("dbSize")
+        h, st = rows.get(host), status.get(host)
         found.append(EtcdMember(
             member=m, healthy=bool(h and h.healthy), error=(h.error if h else "no answer")[:160],
-            is_leader=_leads(st), db_size=int(db) if isinstance(db, int) else None,
+            is_leader=st is not None and st.leads, db_size=st.db_size if st is not None else None,
         ))
     return EtcdObs(health=health_rows, members=found)
 
@@ -188,9 +210,9 @@ def member_ids(spec: ClusterSpec, via: str, members: list[str]) -> dict[str, int
     by_peer = {peer_url(spec, m): m for m in spec.etcd_names()}
     out: dict[str, int] = {}
     for m in rows:
-        name = str(m.get("name") or "") or next((by_peer[u] for u in m.get("peerURLs", []) if u in by_peer), "")
+        name = m.name or next((by_peer[u] for u in m.peer_urls if u in by_peer), "")
         if name:
-            out[name] = int(m["ID"])
+            out[name] = m.id
     return out
 
 

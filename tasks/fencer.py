@@ -50,20 +50,3 @@ def all_stats(spec: ClusterSpec) -> dict[str, tuple[dict[str, Any] | None, str]]
         except PghaError as exc:
             out[m] = (None, str(exc).splitlines()[0])
     return out
-
-
-def decisions(spec: ClusterSpec, since: float | None = None, member: str | None = None) -> list[dict[str, Any]]:
-    """The decisions a fencer logged (one JSON object per event), oldest first."""
-    text = node(spec, member or spec.fencer_member).logs(tail=500, since=since)
-    out: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "outcome" in row:
-            out.append(row)
-    return out

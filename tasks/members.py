@@ -1,21 +1,110 @@
-"""Members changed one at a time, outside a full converge: HAProxy reloaded with a new server
-list, a Patroni node removed (`flows.scale`), an etcd member recreated empty to rejoin its raft
-group (`flows.etcd_replace`)."""
+"""A cluster's members placed on their engines: each member's files rendered and its container made
+to match (`place_member`, the one place that does it), the pooler, the fencing watchers and the
+metrics exporter; and members changed one at a time outside a full converge: HAProxy reloaded
+with a new server list, a Patroni node removed (`flows.scale`), an etcd member recreated empty
+to rejoin its raft group (`flows.etcd_replace`)."""
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import replace
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from stack import render, topology
+from stack.errors import StateError
+from stack.pooler import pooled_roles
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import config_volume, docker_hosts, etcd, haproxy
-from tasks._prefect import ONCE
+from tasks import config_volume, docker_hosts, etcd, fencer, haproxy, metrics_exporter, patroni, pgbouncer, postgres
+from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.engine_client import LABEL_MEMBER
 from tasks.host import tls as host_tls
+from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
+
+
+@task(name="ensure-member", **SIDE_EFFECT)
+def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
+    """Render the member's config files (0600, passwords inside) and make its container run."""
+    return place_member(spec, role, member, image, subnet, peer_cn)
+
+
+def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
+    """`ensure_member`'s body, for tasks that place a member as one step of their own (`peer_cn`: etcd's
+    peer check, `tasks.host.tls.peer_cn_enforced`)."""
+    conf = str(config_dir(spec.scope, member))
+    host_tls.install(spec, member)  # spec.tls: the CA and certificates in the member's config dir
+    if role == "etcd":
+        planned = topology.etcd_member(spec, member, image, conf, peer_cn)
+    elif role == "patroni":
+        planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
+    elif role == "fencer":
+        planned = topology.fencer(spec, image, conf, fencer.agent_files(), member,
+                                  etcd_password=cluster_secrets(spec.scope).etcd_fencer)
+    elif role == "metrics":
+        planned = topology.metrics_exporter(spec, image, conf, metrics_exporter.agent_files())
+    else:
+        planned = topology.haproxy(spec, image, conf)
+    for fname, text in planned.files.items():
+        write_private(config_dir(spec.scope, member) / fname, text)
+    # HAProxy runs on every host of a many-hosts cluster; every other member on one engine.
+    outcomes = [e.ensure_container(planned.container) for e in docker_hosts.engines(spec).placed(member)]
+    outcome = next((o for o in outcomes if o.value != "unchanged"), outcomes[0])
+    get_run_logger().info("%s %s: %s", role, planned.container.name, outcome.value)
+    return outcome.value
+
+
+@task(name="ensure-pooler", **SIDE_EFFECT)
+def ensure_pooler(spec: ClusterSpec, image: str) -> str:
+    """PgBouncer next to HAProxy with the SCRAM secrets of pg_authid; removed when the spec turns it off."""
+    engine = docker_hosts.engines(spec).of(spec.haproxy_member)  # "on the host that runs HAProxy"
+    name = spec.container(spec.pooler_member)
+    if not spec.runs_pooler:
+        return "removed" if engine.remove_container(name) else "absent"
+    lead = patroni.cluster_view(spec).leader()
+    if lead is None:
+        raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
+    secrets = postgres.scram_secrets(spec, lead.name, pooled_roles(spec))
+    host_tls.install(spec, spec.pooler_member)  # the CA it verifies the server side with (spec.tls)
+    planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
+    for fname, text in planned.files.items():
+        write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)
+    outcome = engine.ensure_container(planned.container)
+    wait_for(f"the pooler on 127.0.0.1:{spec.ports.pool} to answer", lambda: pgbouncer.observe(spec),
+             lambda o: o.reachable, timeout=30, interval=0.3, describe=lambda o: o.error,
+             logs=lambda: engine.logs(name, tail=20))
+    get_run_logger().info("pooler %s: %s", name, outcome.value)
+    return outcome.value
+
+
+@task(name="ensure-fencer", **SIDE_EFFECT)
+def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> dict[str, str]:
+    """The fencing watchers run when `spec.fencing` (one per engine: with `hosts`, one on every host
+    running a Patroni node), and any other fencer of the cluster is removed (fencing off, a host
+    without a node any more), found by label on every engine; {member: outcome}."""
+    wanted = spec.fencer_members()
+    out = {m: place_member(spec, "fencer", m, image, subnet) for m in wanted}
+    gone: list[bool] = []
+    for e in docker_hosts.engines(spec).all():
+        for ct in e.cluster_containers(spec.scope, "fencer"):
+            if ct.labels.get(LABEL_MEMBER) in wanted:
+                continue
+            gone.append(e.remove_container(str(ct.name)))
+            if e.config_volumes:  # a host's copy of its files (pgha's etcd client key among them) goes too
+                e.remove_volume(config_volume.volume_name(str(ct.name)))
+    if not wanted or any(gone):
+        out[spec.fencer_member if not wanted else "fencers removed"] = "removed" if any(gone) else "unchanged"
+    return out
+
+
+@task(name="ensure-metrics", **SIDE_EFFECT)
+def ensure_metrics(spec: ClusterSpec, image: str, subnet: str) -> str:
+    """pgha's Prometheus exporter runs when `spec.metrics.enabled`, and is removed when it is off."""
+    if spec.metrics.enabled:
+        return place_member(spec, "metrics", spec.metrics_member, image, subnet)
+    removed = docker_hosts.engines(spec).default.remove_container(spec.container(spec.metrics_member))
+    return "removed" if removed else "absent"
 
 
 @task(name="reload-haproxy", **ONCE)

@@ -17,12 +17,12 @@ from typing import Any
 import yaml
 
 from stack import layout, render, tls
-from stack.cluster import ClusterView, Member, MemberRole, assess
+from stack.cluster import ClusterView, Member, MemberRole, TimelineSwitch, assess
 from stack.errors import PatroniError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks._prefect import task
+from tasks._prefect import RETRY_TRANSIENT, task
 from tasks.docker_hosts import sync_config
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private
@@ -273,21 +273,22 @@ def switchover(spec: ClusterSpec, leader: str, candidate: str) -> str:
     return _require(reply, f"switchover {leader} -> {candidate}").message()
 
 
-def patch_config(spec: ClusterSpec, patch: dict[str, Any]) -> dict[str, Any]:
-    """PATCH the dynamic configuration (a JSON merge patch); returns the new configuration."""
-    reply = _require(request(spec, _answering(spec), "PATCH", "/config", patch, timeout=15), "changing the dynamic configuration")
-    return reply.body if isinstance(reply.body, dict) else {}
+def patch_config(spec: ClusterSpec, patch: dict[str, Any]) -> None:
+    """PATCH the dynamic configuration (a JSON merge patch); raises PatroniError when refused.
+
+    The new configuration Patroni answers with is not handed back: no caller reads it, and
+    `dynamic_config` is the one reader of that shape."""
+    _require(request(spec, _answering(spec), "PATCH", "/config", patch, timeout=15), "changing the dynamic configuration")
 
 
-def edit_parameters(spec: ClusterSpec, params: dict[str, str]) -> dict[str, Any]:
+def edit_parameters(spec: ClusterSpec, params: dict[str, str]) -> None:
     """Set PostgreSQL parameters in the dynamic configuration."""
-    return patch_config(spec, {"postgresql": {"parameters": params}})
+    patch_config(spec, {"postgresql": {"parameters": params}})
 
 
-def replace_config(spec: ClusterSpec, config: dict[str, Any]) -> dict[str, Any]:
+def replace_config(spec: ClusterSpec, config: dict[str, Any]) -> None:
     """Write a whole dynamic configuration (PUT /config), for a cluster that has none."""
-    reply = _require(request(spec, _answering(spec), "PUT", "/config", config, timeout=15), "writing the dynamic configuration")
-    return reply.body if isinstance(reply.body, dict) else {}
+    _require(request(spec, _answering(spec), "PUT", "/config", config, timeout=15), "writing the dynamic configuration")
 
 
 def restart_member(spec: ClusterSpec, member: str, only_if_pending: bool = False) -> str:
@@ -349,15 +350,16 @@ def set_paused(spec: ClusterSpec, paused: bool) -> None:
     patch_config(spec, {"pause": paused})
 
 
-def history(spec: ClusterSpec) -> list[dict[str, Any]]:
+def history(spec: ClusterSpec) -> list[TimelineSwitch]:
     """The cluster's timeline switches (GET /history): timeline, lsn, reason, time, new leader, oldest first."""
     _, rows = _any_get_list(spec, "/history")
     out = []
     for r in rows:
         if not isinstance(r, list) or len(r) < 3:
             continue
-        out.append({"timeline": int(r[0]), "lsn": int(r[1]), "reason": str(r[2]),
-                    "time": str(r[3]) if len(r) > 3 and r[3] else "", "new_leader": str(r[4]) if len(r) > 4 and r[4] else ""})
+        out.append(TimelineSwitch(timeline=int(r[0]), lsn=int(r[1]), reason=str(r[2]),
+                                  time=str(r[3]) if len(r) > 3 and r[3] else "",
+                                  new_leader=str(r[4]) if len(r) > 4 and r[4] else ""))
     return out
 
 
@@ -373,3 +375,16 @@ def _any_get_list(spec: ClusterSpec, path: str) -> tuple[str, list[Any]]:
         if isinstance(reply.body, list):
             return member, reply.body
     raise PatroniError(f"no Patroni node answers {path}")
+
+
+@task(name="ensure-failsafe", **RETRY_TRANSIENT)
+def ensure_failsafe(spec: ClusterSpec) -> str:
+    """Patroni's failsafe_mode in the dynamic configuration as the spec says (a no-op when it already is)."""
+    current = bool(dynamic_config(spec).get("failsafe_mode", False))
+    if current == spec.failsafe_mode:
+        return "unchanged"
+    patch_config(spec, {"failsafe_mode": spec.failsafe_mode})
+    from prefect import get_run_logger  # inside a flow only: read-only verbs never load Prefect
+
+    get_run_logger().info("failsafe_mode set to %s", spec.failsafe_mode)
+    return "changed"

@@ -10,44 +10,42 @@ from __future__ import annotations
 import os
 import time
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.steps import ops, standby
-from flows.steps.apps import apps_preflight, ensure_app_objects
 from flows.steps.backups import ensure_archiving
-from flows.steps.cluster import cluster_status, store_spec, switchover
-from flows.steps.nodes import node_ctx, roll_node
+from flows.steps.cluster import store_spec
 from flows.steps.preflight import preflight_once
 from stack import topology
 from stack.backup import repo_volume
 from stack.cluster import assess
 from stack.errors import StateError
 from stack.generations import base_of, generations
-from stack.pooler import pooled_roles
 from stack.results import BootstrapResult
 from stack.spec import ClusterSpec
 from stack.teardown import kept_repository_refusal
 from stack.wait import wait_for
 from tasks import (
     certs,
-    config_volume,
     docker_hosts,
-    docker_images,
     etcd,
-    fencer,
-    images,
-    metrics_exporter,
     patroni,
-    pgbouncer,
     postgres,
 )
-from tasks._prefect import ONCE, SIDE_EFFECT
-from tasks.docker_engine import LABEL_MEMBER
+from tasks.app_objects import apps_preflight, ensure_app_objects
+from tasks.cluster_health import cluster_status
+from tasks.cluster_resources import ensure_image, ensure_image_on_hosts, ensure_network, ensure_volumes
 from tasks.host import tls as host_tls
 from tasks.host.generations import major_state_file, read_pointer
 from tasks.host.secrets import cluster_secrets, load_or_create
-from tasks.host.state import config_dir, removed_dirs, secrets_file, write_private
+from tasks.host.state import config_dir, removed_dirs, secrets_file
+from tasks.members import ensure_fencer, ensure_member, ensure_metrics, ensure_pooler
+
+# Re-exported (`x as x`): flows/site.py imports place_member from here (another branch's file).
+from tasks.members import place_member as place_member
+from tasks.rolling import node_ctx, roll_node
+from tasks.switchover import switchover
 
 
 def bootstrap_preflight(spec: ClusterSpec) -> None:
@@ -119,142 +117,6 @@ def refuse_image_swap(spec: ClusterSpec, node_image: str) -> None:
                 f"for a rolling change, or set upgrade.node_image: {current} in the spec")
 
 
-@task(name="ensure-image", **ONCE)
-def ensure_image(spec: ClusterSpec) -> str:
-    """The node image, built when missing (a build failure is not retried)."""
-    tag, log = images.ensure_image(spec)
-    for line in log:
-        get_run_logger().info(line)
-    return tag
-
-
-@task(name="ensure-image-on-hosts", **SIDE_EFFECT)
-def ensure_image_on_hosts(spec: ClusterSpec, image: str) -> dict[str, str]:
-    """Many hosts: the node image, built on this machine, loaded into every host's engine that lacks it."""
-    hosts = docker_hosts.engines(spec).by_host
-    loaded = docker_images.copy_image(docker_hosts.local_engine(), image, list(hosts.values()))
-    out = {name: "loaded" if loaded[e.name] else "present" for name, e in hosts.items()}
-    for name, how in out.items():
-        get_run_logger().info("image %s on host %s: %s", image, name, how)
-    return out
-
-
-@task(name="ensure-network", **SIDE_EFFECT)
-def ensure_network(spec: ClusterSpec) -> str:
-    if spec.multi_host:
-        return ""  # many hosts: host networking, no cluster network (stack/hosts.py)
-    subnet, outcome = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
-    get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
-    return docker_hosts.node_subnets(spec) if spec.standby_of is not None else subnet
-
-
-@task(name="ensure-volumes", **SIDE_EFFECT)
-def ensure_volumes(spec: ClusterSpec) -> dict[str, str]:
-    eng = docker_hosts.engines(spec)
-    out: dict[str, str] = {}
-    for role, members in (("etcd", spec.etcd_names()), ("patroni", spec.node_names())):
-        for member in members:
-            out[spec.volume(member)] = eng.of(member).ensure_volume(spec.scope, role, member, spec.volume(member)).value
-    if spec.backup.enabled and spec.backup.s3 is None:
-        repo = repo_volume(spec)
-        out[repo] = eng.repository().ensure_volume(spec.scope, "pgbackrest", "repo", repo).value
-    return out
-
-
-@task(name="ensure-member", **SIDE_EFFECT)
-def ensure_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
-    """Render the member's config files (0600, passwords inside) and make its container run."""
-    return place_member(spec, role, member, image, subnet, peer_cn)
-
-
-def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: str, peer_cn: bool = True) -> str:
-    """`ensure_member`'s body, for tasks that place a member as one step of their own (`peer_cn`: etcd's
-    peer check, `tasks.host.tls.peer_cn_enforced`)."""
-    conf = str(config_dir(spec.scope, member))
-    host_tls.install(spec, member)  # spec.tls: the CA and certificates in the member's config dir
-    if role == "etcd":
-        planned = topology.etcd_member(spec, member, image, conf, peer_cn)
-    elif role == "patroni":
-        planned = topology.patroni_node(spec, member, image, subnet, cluster_secrets(spec.scope), conf)
-    elif role == "fencer":
-        planned = topology.fencer(spec, image, conf, fencer.agent_files(), member,
-                                  etcd_password=cluster_secrets(spec.scope).etcd_fencer)
-    elif role == "metrics":
-        planned = topology.metrics_exporter(spec, image, conf, metrics_exporter.agent_files())
-    else:
-        planned = topology.haproxy(spec, image, conf)
-    for fname, text in planned.files.items():
-        write_private(config_dir(spec.scope, member) / fname, text)
-    # HAProxy runs on every host of a many-hosts cluster; every other member on one engine.
-    outcomes = [e.ensure_container(planned.container) for e in docker_hosts.engines(spec).placed(member)]
-    outcome = next((o for o in outcomes if o.value != "unchanged"), outcomes[0])
-    get_run_logger().info("%s %s: %s", role, planned.container.name, outcome.value)
-    return outcome.value
-
-
-@task(name="ensure-pooler", **SIDE_EFFECT)
-def ensure_pooler(spec: ClusterSpec, image: str) -> str:
-    """PgBouncer next to HAProxy with the SCRAM secrets of pg_authid; removed when the spec turns it off."""
-    engine = docker_hosts.engines(spec).of(spec.haproxy_member)  # "on the host that runs HAProxy"
-    name = spec.container(spec.pooler_member)
-    if not spec.runs_pooler:
-        return "removed" if engine.remove_container(name) else "absent"
-    lead = patroni.cluster_view(spec).leader()
-    if lead is None:
-        raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
-    secrets = postgres.scram_secrets(spec, lead.name, pooled_roles(spec))
-    host_tls.install(spec, spec.pooler_member)  # the CA it verifies the server side with (spec.tls)
-    planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
-    for fname, text in planned.files.items():
-        write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)
-    outcome = engine.ensure_container(planned.container)
-    wait_for(f"the pooler on 127.0.0.1:{spec.ports.pool} to answer", lambda: pgbouncer.observe(spec),
-             lambda o: o.reachable, timeout=30, interval=0.3, describe=lambda o: o.error,
-             logs=lambda: engine.logs(name, tail=20))
-    get_run_logger().info("pooler %s: %s", name, outcome.value)
-    return outcome.value
-
-
-@task(name="ensure-fencer", **SIDE_EFFECT)
-def ensure_fencer(spec: ClusterSpec, image: str, subnet: str) -> dict[str, str]:
-    """The fencing watchers run when `spec.fencing` (one per engine: with `hosts`, one on every host
-    running a Patroni node), and any other fencer of the cluster is removed (fencing off, a host
-    without a node any more), found by label on every engine; {member: outcome}."""
-    wanted = spec.fencer_members()
-    out = {m: place_member(spec, "fencer", m, image, subnet) for m in wanted}
-    gone: list[bool] = []
-    for e in docker_hosts.engines(spec).all():
-        for ct in e.cluster_containers(spec.scope, "fencer"):
-            if ct.labels.get(LABEL_MEMBER) in wanted:
-                continue
-            gone.append(e.remove_container(str(ct.name)))
-            if e.config_volumes:  # a host's copy of its files (pgha's etcd client key among them) goes too
-                e.remove_volume(config_volume.volume_name(str(ct.name)))
-    if not wanted or any(gone):
-        out[spec.fencer_member if not wanted else "fencers removed"] = "removed" if any(gone) else "unchanged"
-    return out
-
-
-@task(name="ensure-metrics", **SIDE_EFFECT)
-def ensure_metrics(spec: ClusterSpec, image: str, subnet: str) -> str:
-    """pgha's Prometheus exporter runs when `spec.metrics.enabled`, and is removed when it is off."""
-    if spec.metrics.enabled:
-        return place_member(spec, "metrics", spec.metrics_member, image, subnet)
-    removed = docker_hosts.engines(spec).default.remove_container(spec.container(spec.metrics_member))
-    return "removed" if removed else "absent"
-
-
-@task(name="ensure-failsafe", **SIDE_EFFECT)
-def ensure_failsafe(spec: ClusterSpec) -> str:
-    """Patroni's failsafe_mode in the dynamic configuration as the spec says (a no-op when it already is)."""
-    current = bool(patroni.dynamic_config(spec).get("failsafe_mode", False))
-    if current == spec.failsafe_mode:
-        return "unchanged"
-    patroni.patch_config(spec, {"failsafe_mode": spec.failsafe_mode})
-    get_run_logger().info("failsafe_mode set to %s", spec.failsafe_mode)
-    return "changed"
-
-
 ROLLED = "recreated (rolling)"
 
 
@@ -292,7 +154,7 @@ def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[
     ctx = node_ctx(spec, spec.upgrade.node_timeout_s)
     out: dict[str, str] = {}
     for m in sorted(m for m in changed if m != lead.name):
-        roll_node(ctx, m, node_image)
+        roll_node(ctx, m, node_image, note=ops.note)
         out[m] = ROLLED
     if lead.name in changed:
         if spec.nodes > 1:
@@ -306,7 +168,7 @@ def roll_changed_nodes(spec: ClusterSpec, node_image: str, subnet: str) -> dict[
 
             cand = wait_for("a replica to hand the leadership to", candidate, bool, timeout=60, interval=0.5)
             switchover(spec, lead.name, cand, ctx.timeout)
-        roll_node(ctx, lead.name, node_image, as_leader=spec.nodes == 1)
+        roll_node(ctx, lead.name, node_image, as_leader=spec.nodes == 1, note=ops.note)
         out[lead.name] = ROLLED
     return out
 
@@ -372,7 +234,7 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     outcomes.update(fencer_run.result())
     if (exporter := ensure_metrics(spec, image, subnet)) != "absent":
         outcomes[spec.metrics_member] = exporter
-    outcomes["failsafe_mode"] = ensure_failsafe(spec)
+    outcomes["failsafe_mode"] = patroni.ensure_failsafe(spec)
     postgres.wait_endpoints(spec, cluster_secrets(spec.scope))
     ensure_archiving(spec)  # WAL archiving + pgBackRest stanza (converges older clusters)
     if spec.roles or spec.databases or spec.prune:  # before the pooler reads the declared roles' secrets

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 
-from flows.steps.cluster import cluster_status
 from flows.steps.ops import note
 from stack import major
 from stack.errors import PghaError, StateError
@@ -18,6 +17,7 @@ from stack.major import MajorFacts
 from stack.spec import SUITE_FOR_MAJOR, ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, haproxy, patroni, pg_logical, postgres
+from tasks.cluster_health import cluster_status
 from tasks.host.generations import major_state_file
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import config_dir, write_private

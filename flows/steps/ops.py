@@ -107,7 +107,7 @@ def alert_if_left_unhealthy(spec: ClusterSpec, operation_name: str, exc: BaseExc
     """A failed mutating operation that could not leave a healthy cluster emits the event the
     `pgha-unhealthy-after-failure` alert automation notifies on (best effort, never masks `exc`)."""
     try:
-        from flows.steps.cluster import cluster_status
+        from tasks.cluster_health import cluster_status
 
         st = cluster_status(spec)
         if st.healthy:

@@ -502,7 +502,7 @@ def test_reboot_drill(base_env: dict[str, str], engine: docker.DockerClient,
 
     from stack.spec import ClusterSpec
     from tasks.control_image import ensure_control_image
-    from tasks.docker_engine import labels
+    from tasks.engine_client import labels
     from tasks.images import ensure_image
     from tests.integration.test_audit_server import Receiver
 

@@ -17,7 +17,7 @@ import docker
 import pytest
 import yaml
 
-from stack.audit import Level, PressureObs, check_resources
+from stack.audit import Level, check_resources
 from stack.spec import load_spec
 from tasks.docker_engine import Engine
 from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope, up
@@ -151,12 +151,12 @@ def test_memory_pressure_is_read_from_the_engine(hardened: Cluster) -> None:
     """The audit's `resource.*` rows from the real engine's stats (the adapter and the decision;
     the whole audit flow is exercised by the audit's own tests)."""
     rows = Engine().memory_pressure(SCOPE, time.time() - 3600)
-    assert {r["member"] for r in rows} == set(LIMITS)
+    assert {r.member for r in rows} == set(LIMITS)
     for r in rows:
-        assert r["limit_bytes"] == LIMITS[r["member"]][1] and 0 < r["used_bytes"] < r["limit_bytes"], r
-        assert not r["oom_killed"] and r["oom_events"] == 0
+        assert r.limit_bytes == LIMITS[r.member][1] and r.used_bytes is not None and 0 < r.used_bytes < r.limit_bytes, r
+        assert not r.oom_killed and r.oom_events == 0
     spec = load_spec(hardened.spec_file)
-    findings = check_resources([PressureObs(**r) for r in rows], spec, spec.audit)
+    findings = check_resources(rows, spec, spec.audit)
     assert {f.status for f in findings} == {Level.OK}, [f.line() for f in findings]
 
 

@@ -23,7 +23,7 @@ import requests
 import yaml
 from docker.tls import TLSConfig
 
-from tasks.docker_engine import tls_client
+from tasks.engine_client import tls_client
 from tests.integration.conftest import lab_cluster, lab_connect, pgha
 
 LAB, SCOPE, PORT_BASE = "ittcp", "pgha-it-tcp", 27200

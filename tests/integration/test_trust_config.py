@@ -19,11 +19,11 @@ import docker
 import pytest
 
 from flows.config import validate
-from flows.steps.cluster import cluster_status
 from stack.errors import UsageError
 from stack.spec import load_spec
 from stack.wait import wait_for
 from tasks import patroni, postgres
+from tasks.cluster_health import cluster_status
 from tasks.host.secrets import cluster_secrets
 from tests.integration.conftest import Cluster, pgha, running_cluster
 

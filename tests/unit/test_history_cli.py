@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 import tasks.observe as observe_mod
 from cli.app import app
-from stack.cluster import ClusterView, Member, MemberRole
+from stack.cluster import ClusterView, Member, MemberRole, TimelineSwitch
 from stack.snapshot import ClusterSnapshot, Observed, PatroniState
 
-SWITCH = {"timeline": 1, "lsn": 50331808, "reason": "no recovery target specified", "time": "2026-12-07T09:00:00+00:00",
-          "new_leader": "pg-2"}
+SWITCH = TimelineSwitch(timeline=1, lsn=50331808, reason="no recovery target specified",
+                        time="2026-12-07T09:00:00+00:00", new_leader="pg-2")
 
 
 def _snapshot(spec: Any, parts: Any, deep: bool, patroni_error: str = "") -> ClusterSnapshot:

@@ -181,7 +181,7 @@ class _Eng:
 
 
 def _ensure(monkeypatch: pytest.MonkeyPatch, s: ClusterSpec, engines: list[_Eng]) -> tuple[dict[str, str], list[str]]:
-    from flows.steps import converge
+    from tasks import members
 
     placed: list[str] = []
 
@@ -194,9 +194,9 @@ def _ensure(monkeypatch: pytest.MonkeyPatch, s: ClusterSpec, engines: list[_Eng]
         def all(self) -> list[_Eng]:
             return engines
 
-    monkeypatch.setattr(converge, "place_member", place)
-    monkeypatch.setattr(converge.docker_hosts, "engines", lambda spec: _All())
-    return converge.ensure_fencer.fn(s, "img:1", ""), placed
+    monkeypatch.setattr(members, "place_member", place)
+    monkeypatch.setattr(members.docker_hosts, "engines", lambda spec: _All())
+    return members.ensure_fencer.fn(s, "img:1", ""), placed
 
 
 def test_ensure_fencer_places_one_per_host_and_removes_the_others(monkeypatch: pytest.MonkeyPatch) -> None:

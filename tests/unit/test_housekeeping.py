@@ -24,6 +24,7 @@ from stack.audit_sizes import (
     wal_normal_bytes,
 )
 from stack.backup import BackupSet
+from stack.cluster import TimelineSwitch
 from stack.errors import SpecError
 from stack.operator import history_events
 from stack.render import dcs_config
@@ -73,9 +74,9 @@ def test_journal_trim_keeps_the_newest_half_a_mark_and_each_sets_last_verificati
 def test_history_before_the_cut_is_unknown_not_a_failover() -> None:
     journal = [{"at": 5000.0, "operation": hk.JOURNAL_MARK, "trimmed_before": 4000.0},
                {"at": 6000.0, "operation": "switchover", "started": 5990.0, "outcome": "completed"}]
-    history = [{"timeline": 1, "time": dt.datetime.fromtimestamp(3000, dt.UTC).isoformat(), "new_leader": "pg-2"},
-               {"timeline": 2, "time": dt.datetime.fromtimestamp(5995, dt.UTC).isoformat(), "new_leader": "pg-1"},
-               {"timeline": 3, "time": dt.datetime.fromtimestamp(7000, dt.UTC).isoformat(), "new_leader": "pg-3"}]
+    history = [TimelineSwitch(timeline=1, time=dt.datetime.fromtimestamp(3000, dt.UTC).isoformat(), new_leader="pg-2"),
+               TimelineSwitch(timeline=2, time=dt.datetime.fromtimestamp(5995, dt.UTC).isoformat(), new_leader="pg-1"),
+               TimelineSwitch(timeline=3, time=dt.datetime.fromtimestamp(7000, dt.UTC).isoformat(), new_leader="pg-3")]
     causes = [e.cause for e in history_events(history, journal)]
     assert causes == ["unknown", "switchover", "failover"]
     assert hk.trimmed_before(journal) == 4000.0 and hk.trimmed_before(journal[1:]) is None

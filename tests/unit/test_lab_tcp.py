@@ -229,7 +229,7 @@ def test_tls_client_verifies_with_the_given_ca_even_with_requests_ca_bundle_set(
     import docker
     from docker.tls import TLSConfig
 
-    from tasks.docker_engine import tls_client
+    from tasks.engine_client import tls_client
 
     engine = _FakeEngine(tmp_path)
     try:

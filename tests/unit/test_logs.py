@@ -13,7 +13,7 @@ from stack import render, topology
 from stack.errors import SpecError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, parse_spec
-from tasks.docker_engine import DEFAULT_LOG_OPTIONS, LOG_DRIVER, log_config
+from tasks.engine_client import DEFAULT_LOG_OPTIONS, LOG_DRIVER, log_config
 
 SECRETS = Secrets("su-secret", "repl-secret", "rew-secret", "api-secret")
 MIB = 1024 * 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.cluster import ClusterView, Member, MemberRole
+from stack.cluster import ClusterView, Member, MemberRole, TimelineSwitch
 from stack.errors import StateError, UsageError
 from stack.operator import (
     cause_of,
@@ -70,8 +70,8 @@ def test_history_causes_come_from_the_operations_journal() -> None:
 
 
 def test_history_events_number_the_new_timeline() -> None:
-    h = [{"timeline": 1, "lsn": 100, "reason": "no recovery target specified",
-          "time": "1970-01-01T00:17:10+00:00", "new_leader": "pg-2"}]
+    h = [TimelineSwitch(timeline=1, lsn=100, reason="no recovery target specified",
+                        time="1970-01-01T00:17:10+00:00", new_leader="pg-2")]
     (e,) = history_events(h, JOURNAL)
     assert (e.timeline, e.new_leader, e.cause) == (2, "pg-2", "drill")  # 00:17:10 = 1030 s
 

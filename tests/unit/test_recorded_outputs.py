@@ -90,9 +90,9 @@ def test_etcd_health_healthy_and_with_a_member_stopped() -> None:
 def test_etcd_status_healthy_and_with_a_member_stopped() -> None:
     status = etcd.parse_status(text("etcd/endpoint-status-healthy.json"))
     assert sorted(status) == ["pgha-rec-etcd-1", "pgha-rec-etcd-2", "pgha-rec-etcd-3"]
-    leaders = [h for h, st in status.items() if st["leader"] == st["header"]["member_id"]]  # type: ignore[index]
+    leaders = [h for h, st in status.items() if st.leads]
     assert leaders == ["pgha-rec-etcd-3"]
-    assert {st["dbSize"] for st in status.values()} == {40960}
+    assert {st.db_size for st in status.values()} == {40960}
     # A member that does not answer has no row at all.
     assert sorted(etcd.parse_status(text("etcd/endpoint-status-member-stopped.json"))) == [
         "pgha-rec-etcd-1", "pgha-rec-etcd-3"]
@@ -101,11 +101,11 @@ def test_etcd_status_healthy_and_with_a_member_stopped() -> None:
 
 def test_etcd_member_list_ids_are_exact_and_match_status() -> None:
     members = etcd.parse_member_list(text("etcd/member-list.json"))
-    assert sorted(str(m["name"]) for m in members) == ["etcd-1", "etcd-2", "etcd-3"]
-    ids = {int(m["ID"]) for m in members}  # type: ignore[call-overload]
+    assert sorted(m.name for m in members) == ["etcd-1", "etcd-2", "etcd-3"]
+    ids = {m.id for m in members}
     assert max(ids) > 2**63  # uint64: a float or int64 would lose it
     status = etcd.parse_status(text("etcd/endpoint-status-healthy.json"))
-    assert ids == {st["header"]["member_id"] for st in status.values()}  # type: ignore[index]
+    assert ids == {st.member_id for st in status.values()}
 
 
 def _recorded_etcdctl(stopped: bool):  # noqa: ANN202 - a fake of tasks.etcd.etcdctl

@@ -216,3 +216,26 @@ def test_cli_etcd_replace_refuses_an_unknown_member(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     res = CliRunner().invoke(app, ["etcd", "replace", "etcd-9"])
     assert res.exit_code == 2 and "not an etcd member of hy-home-db" in res.output
+
+
+def test_roll_node_tells_its_caller_what_failed_but_did_not_stop_the_roll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback's roll goes on past a node it cannot take out or checkpoint, and says so through
+    `note` (the operation's events when a flow passes `flows.steps.ops.note`)."""
+    from stack.errors import PghaError
+    from tasks import rolling
+
+    def refused(*_: object, **__: object) -> None:
+        raise PghaError("tags refused\nsecond line")
+
+    done: list[str] = []
+    monkeypatch.setattr(rolling, "take_out", refused)
+    monkeypatch.setattr(rolling.postgres, "checkpoint", refused)
+    monkeypatch.setattr(rolling, "recreate", lambda *a, **k: done.append("recreated"))
+    monkeypatch.setattr(rolling, "put_back", lambda *a, **k: done.append("put back"))
+    ctx = rolling.NodeCtx(spec=parse_spec({"nodes": 2, "etcd_members": 1}, "unit"), secrets=None,  # type: ignore[arg-type]
+                          subnet="", timeout=1)
+    rolling.roll_node.fn(ctx, "pg-1", "img", rescue=True, note=done.append)
+    assert done[0] == "pg-1: could not take it out cleanly (tags refused); recreating anyway"
+    assert done[1].startswith("pg-1: CHECKPOINT failed (tags refused") and done[2:] == ["recreated", "put back"]
+    with pytest.raises(PghaError):  # not a rollback: a node that cannot be taken out stops the roll
+        rolling.roll_node.fn(ctx, "pg-1", "img", note=done.append)

@@ -1,4 +1,5 @@
-"""The declared roles and databases made so on the primary, as one step of `pgha up`."""
+"""The declared roles and databases made so on the primary, as one step of `pgha up` (`flows.steps.converge`):
+the plan is `stack.appdb`'s, the catalog read and the statements run are `tasks.pg_apps`'."""
 
 from __future__ import annotations
 
