@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.steps.cluster import hand_over, require_healthy, wait_healthy
+from flows.steps.cluster import require_healthy
 from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
 from stack.drill import (
@@ -40,12 +40,14 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, docker_lab, etcd, patroni, postgres
 from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks.cluster_health import wait_healthy
 from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
 from tasks.host.prune import drills_dir, prune_drill_charts
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 from tasks.postgres_probe import Probe
+from tasks.switchover import hand_over
 
 
 class DrillFailed(PghaError):

@@ -28,7 +28,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.steps import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
-from flows.steps.converge import converge, ensure_image, place_member
+from flows.steps.converge import converge
 from flows.steps.ops import current, mutating_flow, note
 from flows.steps.standby import drop_primary_slot, ensure_primary_slot, primary_of
 from stack import site
@@ -46,8 +46,10 @@ from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, patroni, postgres
 from tasks.cluster_limit import cluster_limit
+from tasks.cluster_resources import ensure_image
 from tasks.host.lock import WaitSeconds, holder_name, mutating
 from tasks.host.secrets import cluster_secrets
+from tasks.members import place_member
 
 
 def _position(spec: ClusterSpec) -> postgres.WalPosition | None:

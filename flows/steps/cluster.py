@@ -18,11 +18,7 @@ from stack.status import SESSION_PROBLEM
 from stack.wait import wait_for
 from tasks import patroni
 from tasks.cluster_health import cluster_status
-
-# Re-exported (`x as x`): flows/drill.py imports wait_healthy and hand_over from here (another branch's file).
-from tasks.cluster_health import wait_healthy as wait_healthy
 from tasks.host.state import cluster_dir, write_private
-from tasks.switchover import hand_over as hand_over
 
 
 def require_healthy(spec: ClusterSpec, doing: str, settle_s: float = 0.0,

@@ -41,9 +41,6 @@ from tasks.host.generations import major_state_file, read_pointer
 from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import config_dir, removed_dirs, secrets_file
 from tasks.members import ensure_fencer, ensure_member, ensure_metrics, ensure_pooler
-
-# Re-exported (`x as x`): flows/site.py imports place_member from here (another branch's file).
-from tasks.members import place_member as place_member
 from tasks.rolling import node_ctx, roll_node
 from tasks.switchover import switchover
 
