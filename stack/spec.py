@@ -700,7 +700,8 @@ class ClusterSpec(_Strict):
         """Declared roles and databases: owners and memberships declared, pool sizes PostgreSQL can serve."""
         raw = str(self.postgres_parameters.get("max_connections", 100))
         max_conn = int(raw) if raw.isdigit() else 100
-        if why := appdb.spec_problem(self.roles, self.databases, max_conn, self.pooler.default_pool_size):
+        if why := appdb.spec_problem(self.roles, self.databases, max_conn, self.pooler.default_pool_size,
+                                       self.postgres_version):
             raise ValueError(why)
         return self
 
