@@ -22,6 +22,7 @@ def _json(st: LabStatus) -> dict[str, Any]:
     return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine,
             "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
                        "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_port": h.engine_port,
+                       "pool_port": h.pool_port,
                        "tls": h.tls.model_dump() if h.tls else None,
                        "ssh": h.ssh.model_dump() if h.ssh else None, "state": h.state} for h in st.hosts]}
 

@@ -12,7 +12,7 @@ from stack.cluster import ClusterView, assess, led_by
 from stack.errors import HaproxyError, PatroniError, PghaError, WaitTimeout
 from stack.results import ClusterStatus, SwitchoverTimes
 from stack.snapshot import ClusterSnapshot
-from stack.spec import ClusterSpec
+from stack.spec import ClusterSpec, as_stored
 from stack.status import SESSION_PROBLEM, judge
 from stack.wait import wait_for
 from tasks import docker_hosts, haproxy, patroni, pgbouncer, postgres
@@ -180,4 +180,5 @@ def _member_logs(spec: ClusterSpec, members: tuple[str, ...], tail: int = 12) ->
 
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
-    write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    stored = as_stored(spec)  # with hosts, a pooler on by default is stored as on (`stack.spec.as_stored`)
+    write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(stored.model_dump(mode="json"), sort_keys=False))
