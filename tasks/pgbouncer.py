@@ -100,7 +100,7 @@ class Admin:
             t.join(2)
             if not t.is_alive():
                 pauser.close()  # else left to the daemon thread: closing a busy session could block
-            raise PoolerError(f"the pooler on {self.where} could not pause within {timeout_s:g}s (a transaction "
+            raise PoolerError(f"the pooler could not pause within {timeout_s:g}s on {self.where} (a transaction "
                               "kept running); it was resumed and nothing else was changed")
         pauser.close()
         if failure:

@@ -224,3 +224,45 @@ def test_switchover_pooled_drill_kind() -> None:
     assert ok and "longest stall 1.60s through the pooler, 0 failed transactions" in message
     ok, message = verdict(DrillResult(**base, write_errors=2))
     assert not ok and "2 transactions failed through the pooler" in message
+
+
+def test_with_hosts_a_switchover_pauses_every_pooler_and_resumes_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paused one after the other; one that cannot pause resumes those already paused, then raises."""
+    from stack.errors import PoolerError
+    from stack.secrets import Secrets
+    from tasks import pgbouncer
+
+    calls: list[str] = []
+    refuse = {"10.0.0.2"}
+
+    class FakeAdmin:
+        def __init__(self, spec: object, secrets: object = None, timeout: int = 3,
+                     endpoint: tuple[str, int] | None = None) -> None:
+            assert endpoint is not None
+            self.host, self.port = endpoint
+
+        def pause(self, timeout_s: float) -> None:
+            calls.append(f"pause {self.host}")
+            if self.host in refuse:
+                raise PoolerError(f"the pooler could not pause on {self.host}:{self.port}")
+
+        def resume(self) -> None:
+            calls.append(f"resume {self.host}")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(pgbouncer, "Admin", FakeAdmin)
+    spec = parse_spec(MANY)
+    secrets = Secrets(superuser="s", replication="r", rewind="w", restapi="p")
+    with pytest.raises(PoolerError, match="could not pause on 10.0.0.2:6432"):
+        with pgbouncer.paused(spec, secrets):
+            calls.append("switchover")
+    assert calls == ["pause 10.0.0.1", "pause 10.0.0.2", "resume 10.0.0.1", "resume 10.0.0.2"]
+    calls.clear()
+    refuse.clear()
+    with pgbouncer.paused(spec, secrets) as held:
+        assert len(held) == 3
+        calls.append("switchover")
+    assert calls == [*(f"pause 10.0.0.{i}" for i in (1, 2, 3)), "switchover",
+                     *(f"resume 10.0.0.{i}" for i in (1, 2, 3))]
