@@ -36,7 +36,8 @@ def _render(done: Done[Any]) -> None:
     st: LabStatus = done.result
     for h in st.hosts:
         sys.stdout.write(f"{h.name}  {h.container}  {h.state or '?'}  address {h.address}  "
-                         f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  engine {h.docker}\n")
+                         f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  "
+                         + (f"pool 127.0.0.1:{h.pool_port}  " if h.pool_port else "") + f"engine {h.docker}\n")
     sys.stdout.write(f"spec: {st.spec}\n(start the cluster with `pgha up --spec {st.spec}`)\n")
 
 
