@@ -152,7 +152,7 @@ def dsn(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     if pool and ro:
         raise UsageError("--pool and --ro exclude each other (the pooler serves the read/write path)")
     if pool and not spec.runs_pooler:
-        raise StateError(f"cluster {spec.scope} runs no pooler (its spec says pooler.enabled: false, or has hosts)")
+        raise StateError(f"cluster {spec.scope} runs no pooler (its spec says pooler.enabled: false)")
     from tasks.host.secrets import load_or_create
     from tasks.host.state import secrets_file
     from tasks.postgres import dsn as make_dsn

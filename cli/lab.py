@@ -22,6 +22,7 @@ def _json(st: LabStatus) -> dict[str, Any]:
     return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine,
             "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
                        "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_port": h.engine_port,
+                       "pool_port": h.pool_port,
                        "tls": h.tls.model_dump() if h.tls else None,
                        "ssh": h.ssh.model_dump() if h.ssh else None, "state": h.state} for h in st.hosts]}
 
@@ -35,7 +36,8 @@ def _render(done: Done[Any]) -> None:
     st: LabStatus = done.result
     for h in st.hosts:
         sys.stdout.write(f"{h.name}  {h.container}  {h.state or '?'}  address {h.address}  "
-                         f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  engine {h.docker}\n")
+                         f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  "
+                         + (f"pool 127.0.0.1:{h.pool_port}  " if h.pool_port else "") + f"engine {h.docker}\n")
     sys.stdout.write(f"spec: {st.spec}\n(start the cluster with `pgha up --spec {st.spec}`)\n")
 
 

@@ -254,20 +254,23 @@ def psql(ro: bool = typer.Option(False, "--ro", help="the read-only endpoint (a 
         raise UsageError("give at most one of --ro and --pool")
     spec = resolve_spec(spec_file, scope)
     if pool and not spec.runs_pooler:
-        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled: false, or hosts); drop --pool")
+        raise UsageError(f"cluster {spec.scope} runs no connection pooler (pooler.enabled: false); drop --pool")
     from tasks.host.state import secrets_file
 
     if not secrets_file(spec.scope).exists():
         raise StateError(f"no passwords stored for '{spec.scope}'; run `pgha up` first")
     port = spec.ports.pool if pool else spec.ports.ro if ro else spec.ports.rw
+    host = "127.0.0.1"
+    if pool:  # the first pooler (with hosts, the first host's; `pgha dsn --pool` names them all)
+        host, port = spec.client_endpoints(pooled=True)[0]
     host_psql = shutil.which("psql") is not None
     if pool and not host_psql:
         raise UsageError("--pool needs psql on this machine (Debian: apt-get install postgresql-client)")
-    code = _host_psql(spec, port, dbname, sql) if host_psql else _node_psql(spec, ro, dbname, sql)
+    code = _host_psql(spec, port, dbname, sql, host) if host_psql else _node_psql(spec, ro, dbname, sql)
     raise typer.Exit(code)
 
 
-def _host_psql(spec: ClusterSpec, port: int, dbname: str, sql: str | None) -> int:
+def _host_psql(spec: ClusterSpec, port: int, dbname: str, sql: str | None, host: str = "127.0.0.1") -> int:
     """The host's psql; the password in a private passfile (PGPASSFILE names the file, not the password)."""
     from tasks.host.secrets import load_or_create
     from tasks.host.state import secrets_file
@@ -278,13 +281,13 @@ def _host_psql(spec: ClusterSpec, port: int, dbname: str, sql: str | None) -> in
         passfile = Path(d) / "pgpass"
         fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"127.0.0.1:{port}:*:postgres:{esc}\n")
+            fh.write(f"{host}:{port}:*:postgres:{esc}\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(PGPASSFILE=str(passfile), PGCONNECT_TIMEOUT="5", PGAPPNAME="pgha psql")
         from tasks.postgres import tls_params  # spec.tls: verified against the cluster CA (the pooler too)
 
         env.update({f"PG{k.upper()}": v for k, v in tls_params(spec).items()})  # PGSSLMODE, PGSSLROOTCERT
-        cmd = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", dbname]
+        cmd = ["psql", "-h", host, "-p", str(port), "-U", "postgres", "-d", dbname]
         if sql is not None:
             cmd += ["-v", "ON_ERROR_STOP=1", "-c", sql]
         return subprocess.call(cmd, env=env)

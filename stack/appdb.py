@@ -40,8 +40,11 @@ amcheck autoinc bloom btree_gin btree_gist citext cube dblink dict_int dict_xsyn
 fuzzystrmatch hstore insert_username intagg intarray isn lo ltree moddatetime pageinspect pg_buffercache
 pg_freespacemap pg_prewarm pg_stat_statements pg_surgery pg_trgm pg_visibility pg_walinspect pgcrypto
 pgrowlocks pgstattuple plpgsql postgres_fdw refint seg sslinfo tablefunc tcn tsm_system_rows
-tsm_system_time unaccent uuid-ossp xml2 pgaudit
+tsm_system_time unaccent uuid-ossp xml2 pgaudit hypopg vector
 """.split())
+# Debian packages some extensions for one suite only: pgvector is in trixie (PostgreSQL 17), not
+# in bookworm (15). An extension absent here is carried by every major's image.
+ONLY_FOR_MAJOR: dict[str, frozenset[int]] = {"vector": frozenset({17})}
 # Extensions that work only once their library is preloaded (shared_preload_libraries).
 PRELOADED = ("pg_stat_statements", "pgaudit")
 AUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none")
@@ -145,7 +148,7 @@ class AuditLogging(_Strict):
 
 
 def spec_problem(roles: list[AppRole], databases: list[AppDatabase], max_connections: int,
-                 default_pool_size: int) -> str | None:
+                 default_pool_size: int, postgres_version: int | None = None) -> str | None:
     """The first thing wrong across the declared roles and databases (None: all fine)."""
     names = [r.name for r in roles]
     if dup := sorted({n for n in names if names.count(n) > 1}):
@@ -163,6 +166,12 @@ def spec_problem(roles: list[AppRole], databases: list[AppDatabase], max_connect
     for d in databases:
         if d.owner not in names:
             return f"databases.{d.name}.owner: '{d.owner}' is not declared in roles:; declare it first"
+        for e in d.extensions:
+            majors = ONLY_FOR_MAJOR.get(e)
+            if postgres_version is not None and majors is not None and postgres_version not in majors:
+                only = ", ".join(str(m) for m in sorted(majors))
+                return (f"databases.{d.name}.extensions: '{e}' is not in pgha's PostgreSQL {postgres_version} "
+                        f"image (Debian packages it for PostgreSQL {only} only)")
         size = d.pool_size or default_pool_size
         if size > max_connections:
             return (f"databases.{d.name}.pool_size: {size} is above max_connections ({max_connections}); "

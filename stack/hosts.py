@@ -162,6 +162,8 @@ class HostSpec(_Strict):
                                                                      "(default ports.rw)")
     ro_port: int | None = Field(None, ge=1024, le=65535, description="this host's R/O port as clients reach it "
                                                                      "(default ports.ro)")
+    pool_port: int | None = Field(None, ge=1024, le=65535, description="this host's pooler port as clients reach it "
+                                                                       "(default ports.pool)")
     engine_socket: str = Field(ENGINE_SOCKET, description="the engine's unix socket on this machine (the fencing "
                                                           "watcher mounts it read-only behind its GET-only proxy)")
 

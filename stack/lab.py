@@ -33,6 +33,7 @@ MAX_HOSTS = 7
 # Inside every lab host (host networking): HAProxy's R/W, R/O and stats ports. 5432 is
 # PostgreSQL's own on each host, so HAProxy takes Patroni's classic 5000/5001/7000.
 INNER_RW, INNER_RO, INNER_STATS = 5000, 5001, 7000
+INNER_POOL = 6432  # the pooler's port inside every lab host (ports.pool), published like R/W and R/O
 FIRST_HOST_OCTET = 11  # lab host i gets <subnet>.(10+i)
 ENGINES = ("unix", "tcp", "ssh")
 INNER_ENGINE = 2376  # dockerd's TLS port inside a lab host (--engine tcp)
@@ -64,6 +65,7 @@ class LabHost(BaseModel):
     # written before --engine existed, where `docker` is that socket.
     socket: str = ""
     engine_port: int | None = None  # --engine tcp: the engine's TLS port on 127.0.0.1
+    pool_port: int | None = None  # the pooler's port on 127.0.0.1 (None: a lab made before it was published)
     tls: EngineTLS | None = None  # --engine tcp: pgha's client certificate for it
     ssh: EngineSSH | None = None  # --engine ssh: pgha's key and the lab's known_hosts
 
@@ -132,10 +134,16 @@ def engine_ports(port_base: int, n: int) -> list[int]:
     return [port_base + 2 * n + i for i in range(n)]
 
 
+def pool_ports(port_base: int, n: int) -> list[int]:
+    """Each lab host's pooler port on 127.0.0.1: after the R/W and R/O ports and the engine ports'
+    places (kept whatever the engine, so one lab's ports do not move with --engine)."""
+    return [port_base + 3 * n + i for i in range(n)]
+
+
 def lab_ports(port_base: int, n: int, engine: str) -> list[int]:
     """Every 127.0.0.1 port a lab publishes (checked free before anything is made)."""
     ports = [p for pair in client_ports(port_base, n) for p in pair]
-    return ports + (engine_ports(port_base, n) if engine in ("tcp", "ssh") else [])
+    return ports + (engine_ports(port_base, n) if engine in ("tcp", "ssh") else []) + pool_ports(port_base, n)
 
 
 def engine_url(engine: str, socket: str, engine_port: int | None) -> str:
@@ -219,7 +227,8 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
     One Patroni node and one etcd member per host (an even host count leaves one host without
     etcd: etcd wants an odd membership); fewer than 3 hosts cannot survive losing one, which
     the spec then says it accepts. Backups need S3 or a repository host across hosts: off here.
-    Fencing (one watcher per node's host) is off here too, so the lab's cluster holds only the
+    Fencing (one watcher per node's host) and the pooler (one per host) are off here too, so the
+    lab's cluster holds only the
     members the lab tests count; a spec that turns it on finds each host's `engine_socket` (the
     lab host's dockerd socket) already set.
     """
@@ -229,7 +238,8 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
         "nodes": min(n, 9),
         "etcd_members": n if n % 2 else max(n - 1, 1),
         "profile": "fast",
-        "ports": {"rw": INNER_RW, "ro": INNER_RO, "stats": INNER_STATS},
+        "ports": {"rw": INNER_RW, "ro": INNER_RO, "stats": INNER_STATS, "pool": INNER_POOL},
+        "pooler": {"enabled": False},
         "backup": {"enabled": False},
         "fencing": False,
         "hosts": [_host_entry(h) for h in hosts],
@@ -242,6 +252,8 @@ def spec_data(scope: str, hosts: list[LabHost]) -> dict[str, Any]:
 def _host_entry(h: LabHost) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": h.name, "docker": h.docker, "address": h.address, "client_address": "127.0.0.1",
                              "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_socket": ENGINE_SOCKET_IN_HOST}
+    if h.pool_port is not None:
+        entry["pool_port"] = h.pool_port
     if h.tls is not None:
         entry["tls"] = h.tls.model_dump()
     if h.ssh is not None:

@@ -29,22 +29,38 @@ def pooled_roles(spec: ClusterSpec) -> tuple[str, ...]:
     return POOLED_ROLES + tuple(r.name for r in spec.roles if r.login and r.password is not None)
 
 
+def where(spec: ClusterSpec) -> str:
+    """Every pooler's address as clients reach it (`host:port`, comma-separated over hosts)."""
+    return ",".join(f"{h}:{p}" for h, p in spec.client_endpoints(pooled=True))
+
+
+def listen_port(spec: ClusterSpec) -> int:
+    """The port PgBouncer listens on in its container: its own fixed port, published on 127.0.0.1;
+    with `hosts` (host networking, nothing published) `ports.pool` on the host itself."""
+    return spec.ports.pool if spec.multi_host else PGBOUNCER_PORT
+
+
 def render_pgbouncer_ini(spec: ClusterSpec) -> str:
-    """pgbouncer.ini: every database through HAProxy's R/W port, SCRAM for clients and servers."""
+    """pgbouncer.ini: every database through HAProxy's R/W port, SCRAM for clients and servers.
+
+    HAProxy is the one beside it: its container on the cluster network, or with `hosts` the same
+    host's HAProxy on 127.0.0.1:`ports.rw` (host networking; the member certificate names 127.0.0.1).
+    """
     p = spec.pooler
-    haproxy = spec.container(spec.haproxy_member)
+    haproxy, rw = (("127.0.0.1", spec.ports.rw) if spec.multi_host
+                   else (spec.container(spec.haproxy_member), HAPROXY_RW_PORT))
     lines = [
         "; Rendered by pgha from the ClusterSpec; do not edit by hand.",
         "[databases]",
         # Declared databases with their own pool size (`databases[].pool_size`).
-        *(f"{d.name} = host={haproxy} port={HAPROXY_RW_PORT} dbname={d.name} pool_size={d.pool_size}"
+        *(f"{d.name} = host={haproxy} port={rw} dbname={d.name} pool_size={d.pool_size}"
           for d in spec.databases if d.pool_size is not None),
         # Any database name: PgBouncer connects to the same name on the primary, through HAProxy.
-        f"* = host={haproxy} port={HAPROXY_RW_PORT}",
+        f"* = host={haproxy} port={rw}",
         "",
         "[pgbouncer]",
         "listen_addr = 0.0.0.0",
-        f"listen_port = {PGBOUNCER_PORT}",
+        f"listen_port = {listen_port(spec)}",
         # The admin console's socket: `psql -h` here as the postgres OS user logs in as the
         # `pgbouncer` admin user without a password (same UID as the running process).
         f"unix_socket_dir = {SOCKET_DIR}",
@@ -157,7 +173,7 @@ class PoolerObs(BaseModel):
 def pooler_problems(obs: PoolerObs, spec: ClusterSpec, wait_warn_s: float = 5.0) -> list[str]:
     """Problems worth a line in status and a finding in the audit (empty: the pooler is fine)."""
     if not obs.reachable:
-        return [f"pooler on 127.0.0.1:{spec.ports.pool} unreachable: {obs.error}"]
+        return [f"pooler on {where(spec)} unreachable: {obs.error}"]
     out: list[str] = []
     if obs.max_wait_s >= wait_warn_s and obs.clients_waiting:
         out.append(f"pooler: {obs.clients_waiting} clients waiting, the oldest for {obs.max_wait_s:.1f}s "
@@ -183,7 +199,7 @@ def check_pooler(obs: PoolerObs | None, spec: ClusterSpec, error: str = "") -> l
     out.append(Finding("pooler.paused", spec.pooler_member, Level.CRITICAL if obs.paused else Level.OK,
                        "paused" if obs.paused else "serving", "serving",
                        "a switchover killed half-way left it paused: run RESUME on its admin console "
-                       f"(database {ADMIN_DB} on 127.0.0.1:{spec.ports.pool})" if obs.paused else ""))
+                       f"(database {ADMIN_DB} on {where(spec)})" if obs.paused else ""))
     lvl = grade(obs.max_wait_s, WAIT_WARN_S, WAIT_CRITICAL_S) if obs.clients_waiting else Level.OK
     out.append(Finding("pooler.waiting", spec.pooler_member, lvl,
                        f"{obs.clients_waiting} waiting, oldest {obs.max_wait_s:.1f}s",

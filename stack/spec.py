@@ -63,7 +63,7 @@ class Ports(_Strict):
     rw: int = Field(5432, ge=1024, le=65535, description="read/write port (primary)")
     ro: int = Field(5433, ge=1024, le=65535, description="read-only port (replicas)")
     stats: int = Field(8404, ge=1024, le=65535, description="HAProxy stats and /metrics")
-    pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when the pooler runs (the default without hosts)")
+    pool: int = Field(6432, ge=1024, le=65535, description="PgBouncer (R/W through the pooler), when the pooler runs (the default)")
     # Not 9187 (postgres_exporter's) nor 9127 (pgbouncer_exporter's): either may run beside pgha.
     metrics: int = Field(9188, ge=1024, le=65535, description="pgha's Prometheus metrics (GET /metrics), "
                                                               "when metrics.enabled")
@@ -242,15 +242,15 @@ class PoolMode(StrEnum):
 class PoolerSpec(_Strict):
     """PgBouncer in front of the R/W path (`ports.pool`), next to HAProxy, connecting through it.
 
-    On by default on one engine (`enabled` left out: on unless the spec has `hosts`, where it is
-    not supported yet); `enabled: false` turns it off, `enabled: true` asks for it (refused with
-    `hosts`). `ClusterSpec.runs_pooler` is the resolved answer. Switchovers pause it, so its
+    On by default (`enabled` left out): one beside HAProxy on the local engine, one beside each
+    host's HAProxy with `hosts`; `enabled: false` turns it off, `enabled: true` asks for it.
+    `ClusterSpec.runs_pooler` is the resolved answer. Switchovers pause it, so its
     clients see a pause instead of an error. A cluster brought up before this default has
     `enabled: false` in its stored spec and keeps running without one until a spec says otherwise.
     """
 
-    enabled: bool | None = Field(None, description="run PgBouncer on the host that runs HAProxy; left out: on "
-                                                   "unless the spec has hosts (not supported there yet)")
+    enabled: bool | None = Field(None, description="run PgBouncer beside HAProxy (on every host with hosts); "
+                                                   "left out: on")
     pool_mode: PoolMode = Field(PoolMode.TRANSACTION, description="when a server connection goes back to the pool: "
                                                                   "after each transaction, or when the client "
                                                                   "disconnects (session state kept)")
@@ -700,7 +700,8 @@ class ClusterSpec(_Strict):
         """Declared roles and databases: owners and memberships declared, pool sizes PostgreSQL can serve."""
         raw = str(self.postgres_parameters.get("max_connections", 100))
         max_conn = int(raw) if raw.isdigit() else 100
-        if why := appdb.spec_problem(self.roles, self.databases, max_conn, self.pooler.default_pool_size):
+        if why := appdb.spec_problem(self.roles, self.databases, max_conn, self.pooler.default_pool_size,
+                                       self.postgres_version):
             raise ValueError(why)
         return self
 
@@ -721,7 +722,7 @@ class ClusterSpec(_Strict):
         for on, role in ((etcd_on, "etcd member"), (nodes_on, "Patroni node")):
             if (why := hostplan.crowded(on, role)) is not None:
                 raise ValueError(why)
-        for key in ("rw", "ro", "stats"):
+        for key in ("rw", "ro", "stats", *(("pool",) if self.runs_pooler else ())):
             port = getattr(self.ports, key)
             if port in hostplan.MEMBER_PORTS:
                 raise ValueError(f"ports.{key} {port} is {hostplan.MEMBER_PORTS[port]}'s port on every host "
@@ -729,8 +730,6 @@ class ClusterSpec(_Strict):
         if self.backup.enabled and self.backup.s3 is None and self.backup.repo_host is None:
             raise ValueError("backup over several hosts needs backup.s3 or backup.repo_host (a repository host; "
                              "the volume repository lives on one engine); set one, or backup.enabled: false")
-        if self.pooler.enabled is True:
-            raise ValueError("pooler.enabled is not supported with hosts yet; leave it out (off with hosts)")
         if self.metrics.enabled:
             raise ValueError("metrics.enabled is not supported with hosts yet; scrape Patroni's /metrics on each host")
         return self
@@ -832,10 +831,13 @@ class ClusterSpec(_Strict):
         host = self.host_of(member)
         return self.host_named(host).address if host is not None else self.container(member)
 
-    def client_endpoints(self, read_only: bool = False) -> list[tuple[str, int]]:
-        """(host, port) of every HAProxy clients use, in host order (one: 127.0.0.1 of the local engine)."""
+    def client_endpoints(self, read_only: bool = False, pooled: bool = False) -> list[tuple[str, int]]:
+        """(host, port) of every HAProxy (`pooled`: every pooler, beside each HAProxy) clients use, in
+        host order (one: 127.0.0.1 of the local engine)."""
         if self.hosts is None:
-            return [("127.0.0.1", self.ports.ro if read_only else self.ports.rw)]
+            return [("127.0.0.1", self.ports.pool if pooled else self.ports.ro if read_only else self.ports.rw)]
+        if pooled:
+            return [(h.client_address or h.address, h.pool_port or self.ports.pool) for h in self.hosts]
         return [(h.client_address or h.address,
                  (h.ro_port or self.ports.ro) if read_only else (h.rw_port or self.ports.rw)) for h in self.hosts]
 
@@ -899,12 +901,13 @@ class ClusterSpec(_Strict):
 
     @property
     def runs_pooler(self) -> bool:
-        """Whether the cluster runs PgBouncer: `pooler.enabled` when the spec says, else on without hosts."""
-        return self.pooler.enabled if self.pooler.enabled is not None else self.hosts is None
+        """Whether the cluster runs PgBouncer: `pooler.enabled` when the spec says, else on (one beside
+        each HAProxy: one on the local engine, one on every host with `hosts`)."""
+        return self.pooler.enabled if self.pooler.enabled is not None else True
 
     @property
     def pooler_member(self) -> str:
-        """PgBouncer's member name; it runs on the engine (host) that runs HAProxy."""
+        """PgBouncer's member name; it runs beside HAProxy, on every host that runs one."""
         return "pooler"
 
     @property
@@ -992,6 +995,15 @@ def as_deployed(spec: ClusterSpec, stored: object) -> ClusterSpec:
     if enabled is True or (enabled is None and stored.get("hosts") is None):
         return spec
     return spec.model_copy(update={"pooler": spec.pooler.model_copy(update={"enabled": False})})
+
+
+def as_stored(spec: ClusterSpec) -> ClusterSpec:
+    """`spec` as `pgha up` stores it: with `hosts`, a pooler on by default is stored as
+    `pooler.enabled: true`, since a stored many-hosts spec that leaves it out was stored by a pgha
+    that ran no pooler there (`as_deployed` reads it so)."""
+    if spec.hosts is None or spec.pooler.enabled is not None:
+        return spec
+    return spec.model_copy(update={"pooler": spec.pooler.model_copy(update={"enabled": spec.runs_pooler})})
 
 
 def load_spec(path: Path | None) -> ClusterSpec:

@@ -208,9 +208,13 @@ def make_gateway_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, 
 
 def make_pooler_leaf(spec: ClusterSpec, ca_files: dict[str, str]) -> dict[str, str]:
     """The pooler's server certificate for its clients: 127.0.0.1 (its published port), localhost,
-    its container's name. Server auth only, and no common name: etcd (which requires a client
-    certificate of the same CA) refuses it in the handshake, and would map it to no user."""
-    crt, key = issue(ca_files, None, [spec.container(spec.pooler_member), "localhost"], ["127.0.0.1", "::1"],
+    its container's name, and with hosts every host's address and client address (one pooler per
+    host, one certificate for them all). Server auth only, and no common name: etcd (which requires
+    a client certificate of the same CA) refuses it in the handshake, and would map it to no user."""
+    addrs = dict.fromkeys(a for h in spec.hosts or [] for a in (h.address, h.client_address) if a)
+    host_dns, host_ips = split_names(list(addrs))
+    crt, key = issue(ca_files, None, [spec.container(spec.pooler_member), "localhost", *host_dns],
+                     ["127.0.0.1", "::1", *(ip for ip in host_ips if ip not in ("127.0.0.1", "::1"))],
                      spec.tls.days, client_auth=False)
     return {"pooler.crt": crt, "pooler.key": key}
 

@@ -236,14 +236,15 @@ def haproxy(spec: ClusterSpec, image: str, conf_dir: str) -> Planned:
 
 
 def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str, str]) -> Planned:
-    """PgBouncer on `ports.pool`, on the host that runs HAProxy, reaching the primary through it.
+    """PgBouncer on `ports.pool`, beside HAProxy (on every host with `hosts`), reaching the primary through it.
 
     `scram_secrets` (role -> pg_authid SCRAM secret) become its auth_file; the config hash
     covers them (hashed, never shown), so a changed password recreates the pooler.
     """
     ini = pgbouncer.render_pgbouncer_ini(spec)
     users = pgbouncer.render_userlist(scram_secrets)
-    ports = {layout.PGBOUNCER_PORT: spec.ports.pool}
+    # Many hosts (host networking): PgBouncer binds ports.pool on its host, nothing is published.
+    ports = {} if spec.multi_host else {layout.PGBOUNCER_PORT: spec.ports.pool}
     member = spec.pooler_member
     start = tls_start(spec, "postgres", Role.POOLER.value, [])
     return harden(spec, Planned(
@@ -253,7 +254,8 @@ def pooler(spec: ClusterSpec, image: str, conf_dir: str, scram_secrets: dict[str
             config_hash=render.digest(image, ini, render.digest(users), ports, DNS_OPTIONS,
                                       *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.POOLER)),
             config_dir=conf_dir, ports=ports,
-            healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(layout.PGBOUNCER_PORT)],
+            healthcheck=["pg_isready", "-q", "-h", layout.SOCKET_DIR, "-p", str(pgbouncer.listen_port(spec))],
+            host_network=spec.multi_host,
             **start,  # type: ignore[arg-type]
         ),
         files={layout.PGBOUNCER_INI: ini, layout.PGBOUNCER_USERLIST: users, **tls_files(spec)},

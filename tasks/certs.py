@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from stack import layout, tls
 from stack.errors import PghaError
+from stack.pooler import listen_port
 from stack.spec import ClusterSpec
 from tasks.docker_hosts import engines
-from tasks.node_exec import last_lines, node
+from tasks.node_exec import NodeExec, last_lines, node
 
 
 class CertError(PghaError):
@@ -19,11 +20,13 @@ class CertError(PghaError):
 
 
 def reinstall(spec: ClusterSpec, member: str, user: str) -> None:
-    """Copy the member's mounted TLS files (already renewed on the host) into its service user's copy."""
+    """Copy the member's mounted TLS files (already renewed on the host) into its service user's copy
+    (on every host that runs it: the pooler runs beside each host's HAProxy)."""
     script = tls.POOLER_REINSTALL if member == spec.pooler_member else tls.REINSTALL
-    r = node(spec, member).run(["sh", "-c", script, user], user="root", timeout=15)
-    if not r.ok:
-        raise CertError(f"cannot install the renewed certificates in {member}: {last_lines(r.out + r.err)}")
+    for e in engines(spec).placed(member):
+        r = NodeExec(e, spec.container(member)).run(["sh", "-c", script, user], user="root", timeout=15)
+        if not r.ok:
+            raise CertError(f"cannot install the renewed certificates in {member}: {last_lines(r.out + r.err)}")
 
 
 def served_serial(spec: ClusterSpec, member: str, port: int, starttls: str | None = None) -> int | None:
@@ -45,7 +48,7 @@ def endpoints(spec: ClusterSpec) -> list[tuple[str, int, str | None, str]]:
     for m in spec.node_names():
         out += [(m, layout.PATRONI_API_PORT, None, "member.crt"), (m, layout.PG_PORT, "postgres", "member.crt")]
     if spec.runs_pooler:
-        out.append((spec.pooler_member, layout.PGBOUNCER_PORT, "postgres", "pooler.crt"))
+        out.append((spec.pooler_member, listen_port(spec), "postgres", "pooler.crt"))
     return out
 
 

@@ -115,8 +115,8 @@ class ClusterEngines:
         return self.of(self.spec.repo_member) if self.spec.backup.repo_host is not None else self.default
 
     def placed(self, member: str) -> list[Engine]:
-        """Every engine running `member`: HAProxy runs on every host, anything else on one."""
-        if member == self.spec.haproxy_member and self.by_host:
+        """Every engine running `member`: HAProxy and the pooler beside it run on every host, anything else on one."""
+        if member in (self.spec.haproxy_member, self.spec.pooler_member) and self.by_host:
             return list(self.by_host.values())
         return [self.of(member)]
 

@@ -154,6 +154,8 @@ def host_run(name: str, host: plan.LabHost, image: str, engine: str) -> docker_l
               MountSpec(target=SOCKET_IN_HOST, source=str(_socket_dir(name, host.name)), kind="bind")]
     bindings: dict[int, tuple[str, int]] = {plan.INNER_RW: ("127.0.0.1", host.rw_port),
                                             plan.INNER_RO: ("127.0.0.1", host.ro_port)}
+    if host.pool_port is not None:
+        bindings[plan.INNER_POOL] = ("127.0.0.1", host.pool_port)
     if engine == "tcp" and host.engine_port is not None:
         # The engine's own TLS files (not the lab CA's key), read-only; dockerd gets their paths.
         mounts.append(MountSpec(target=plan.ENGINE_TLS_IN_HOST, source=str(_server_tls_dir(name, host.name)),
@@ -201,9 +203,11 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
         raise StateError(f"lab {name} exists with --engine {record.engine}; `pgha lab down --name {name}` first")
     ports = plan.client_ports(port_base, n_hosts)
     engine_ports = plan.engine_ports(port_base, n_hosts)
+    pool_ports: list[int | None] = list(plan.pool_ports(port_base, n_hosts))
     if record is not None:  # completing a lab: the ports it was made with
         ports = [(h.rw_port, h.ro_port) for h in record.hosts]
         engine_ports = [h.engine_port or 0 for h in record.hosts]
+        pool_ports = [h.pool_port for h in record.hosts]
     else:
         for p in plan.lab_ports(port_base, n_hosts, engine):
             if p > 65535 or not port_is_free(p):
@@ -220,7 +224,8 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
         port = engine_ports[i] if engine in ("tcp", "ssh") else None
         hosts.append(plan.LabHost(name=h, container=plan.container_name(name, h), socket=sock,
                                   docker=plan.engine_url(engine, sock, port), address=plan.host_address(subnet, i),
-                                  rw_port=ports[i][0], ro_port=ports[i][1], engine_port=port))
+                                  rw_port=ports[i][0], ro_port=ports[i][1], engine_port=port,
+                                  pool_port=pool_ports[i]))
     if engine == "tcp":
         client = ensure_engine_tls(name, hosts)
         hosts = [h.model_copy(update={"tls": client}) for h in hosts]

@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from stack import render, topology
 from stack.errors import StateError
 from stack.pooler import pooled_roles
+from stack.pooler import where as pooler_where
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import config_volume, docker_hosts, etcd, fencer, haproxy, metrics_exporter, patroni, pgbouncer, postgres
@@ -57,11 +58,13 @@ def place_member(spec: ClusterSpec, role: str, member: str, image: str, subnet: 
 
 @task(name="ensure-pooler", **SIDE_EFFECT)
 def ensure_pooler(spec: ClusterSpec, image: str) -> str:
-    """PgBouncer next to HAProxy with the SCRAM secrets of pg_authid; removed when the spec turns it off."""
-    engine = docker_hosts.engines(spec).of(spec.haproxy_member)  # "on the host that runs HAProxy"
+    """PgBouncer next to HAProxy (every host's, with `hosts`) with the SCRAM secrets of pg_authid;
+    removed when the spec turns it off."""
+    engines = docker_hosts.engines(spec).placed(spec.pooler_member)  # beside HAProxy, wherever it runs
     name = spec.container(spec.pooler_member)
     if not spec.runs_pooler:
-        return "removed" if engine.remove_container(name) else "absent"
+        removed = [e.remove_container(name) for e in engines]
+        return "removed" if any(removed) else "absent"
     lead = patroni.cluster_view(spec).leader()
     if lead is None:
         raise StateError(f"cluster {spec.scope} has no leader to read the pooler's SCRAM secrets from")
@@ -70,10 +73,11 @@ def ensure_pooler(spec: ClusterSpec, image: str) -> str:
     planned = topology.pooler(spec, image, str(config_dir(spec.scope, spec.pooler_member)), secrets)
     for fname, text in planned.files.items():
         write_private(config_dir(spec.scope, spec.pooler_member) / fname, text)
-    outcome = engine.ensure_container(planned.container)
-    wait_for(f"the pooler on 127.0.0.1:{spec.ports.pool} to answer", lambda: pgbouncer.observe(spec),
+    outcomes = [e.ensure_container(planned.container) for e in engines]
+    outcome = next((o for o in outcomes if o.value != "unchanged"), outcomes[0])
+    wait_for(f"the pooler on {pooler_where(spec)} to answer", lambda: pgbouncer.observe(spec),
              lambda o: o.reachable, timeout=30, interval=0.3, describe=lambda o: o.error,
-             logs=lambda: engine.logs(name, tail=20))
+             logs=lambda: "\n".join(e.logs(name, tail=20) for e in engines))
     get_run_logger().info("pooler %s: %s", name, outcome.value)
     return outcome.value
 

@@ -56,8 +56,9 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     """Connection URI (R/W, R/O or the pooler's); the password appears only when explicitly passed.
 
     The URI asks for TLS verified against the CA (spec.tls), through HAProxy and to the pooler
-    alike (the pooler presents a certificate of the cluster CA for 127.0.0.1). Over many hosts it is
-    libpq's multi-host URI: every host's HAProxy, so a client survives the loss of the one it used.
+    alike (the pooler presents a certificate of the cluster CA for its addresses). Over many hosts it
+    is libpq's multi-host URI: every host's HAProxy (or pooler), so a client survives the loss of the
+    one it used.
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     auth = user + (f":{quote(password, safe='')}" if password else "")
@@ -65,8 +66,8 @@ def dsn(spec: ClusterSpec, read_only: bool = False, password: str | None = None,
     if passfile:
         params["passfile"] = passfile
     query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in params.items())
-    if spec.multi_host and not pooled:
-        uri = multi_host_uri(user, spec.client_endpoints(read_only), dbname, read_only,
+    if spec.multi_host:
+        uri = multi_host_uri(user, spec.client_endpoints(read_only, pooled), dbname, read_only,
                              f":{quote(password, safe='')}" if password else "")
         return uri + (f"&{query}" if query else "")
     return f"postgresql://{auth}@127.0.0.1:{port}/{dbname}" + (f"?{query}" if query else "")
@@ -76,8 +77,8 @@ def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, poole
                 user: str = SUPERUSER) -> str:
     """~/.pgpass line(s) for the endpoint (`:` and `\\` escaped as libpq wants); every host's over many hosts."""
     pw = password.replace("\\", "\\\\").replace(":", "\\:")
-    if spec.multi_host and not pooled:
-        return "".join(f"{h}:{p}:*:{user}:{pw}\n" for h, p in spec.client_endpoints(read_only))
+    if spec.multi_host:
+        return "".join(f"{h}:{p}:*:{user}:{pw}\n" for h, p in spec.client_endpoints(read_only, pooled))
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     return f"127.0.0.1:{port}:*:{user}:{pw}\n"
 
@@ -93,9 +94,9 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
     extra: dict[str, int | str] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
                                     "keepalives_count": 2} if keepalives else {})
     host, ports, where = "127.0.0.1", str(port), f"127.0.0.1:{port}"
-    if spec.multi_host and not pooled:
-        # Many hosts: libpq tries every host's HAProxy in turn (the multi-host URI `pgha dsn` prints).
-        ends = spec.client_endpoints(read_only)
+    if spec.multi_host:
+        # Many hosts: libpq tries every host's HAProxy (or pooler) in turn (the multi-host URI `pgha dsn` prints).
+        ends = spec.client_endpoints(read_only, pooled)
         host, ports = ",".join(h for h, _ in ends), ",".join(str(p) for _, p in ends)
         where = ",".join(f"{h}:{p}" for h, p in ends)
         extra["target_session_attrs"] = "prefer-standby" if read_only else "read-write"

@@ -13,7 +13,7 @@ import yaml
 from stack.cluster import ClusterView
 from stack.errors import WaitTimeout
 from stack.results import ClusterStatus
-from stack.spec import ClusterSpec
+from stack.spec import ClusterSpec, as_stored
 from stack.status import SESSION_PROBLEM
 from stack.wait import wait_for
 from tasks import patroni
@@ -54,4 +54,5 @@ def require_healthy(spec: ClusterSpec, doing: str, settle_s: float = 0.0,
 
 def store_spec(spec: ClusterSpec) -> None:
     """Keep the spec the cluster now runs as the stored one (`--scope` finds it)."""
-    write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    stored = as_stored(spec)  # with hosts, a pooler on by default is stored as on (`stack.spec.as_stored`)
+    write_private(cluster_dir(spec.scope) / "spec.yaml", yaml.safe_dump(stored.model_dump(mode="json"), sort_keys=False))

@@ -1,13 +1,15 @@
 """Rolling changes over several hosts, in a 3-host lab: `config set` (a restart on every host, and a
-rollback), `scale` up onto the third host and back down, `etcd replace` of the raft leader.
+rollback), `scale` up onto the third host and back down, `etcd replace` of the raft leader; and the
+pooler beside every host's HAProxy (on by default with hosts): a write through each host's pooler,
+and a `pgha switchover` that pauses and resumes them all with 0 failed pooled writes.
 
 Lab `itops` (3 simulated hosts), scope `pgha-it-ops`: 3 etcd members (one per host: a replacement
 keeps a quorum of 2 only with 3) and 2 Patroni nodes on h1 and h2, so h3 is where `scale` puts a
 third node by placement (`spread`: node i on host i). HAProxy on every host, no backups, no
-fencing. One lab and one cluster for the file (a lab costs its image loads); each test first
+fencing; the pooler left at its default (on: one per host). One lab and one cluster for the file (a lab costs its image loads); each test first
 settles the state it needs (2 nodes, healthy) instead of relying on the test before it.
 
-Ports: 27400-27499 (lab hosts' R/W and R/O on 127.0.0.1).
+Ports: 27400-27499 (lab hosts' R/W and R/O on 127.0.0.1, then their poolers').
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def lab(engine: docker.DockerClient, base_env: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     def two_nodes(data: dict[str, Any]) -> dict[str, Any]:
         assert data["etcd_members"] == 3 and data["fencing"] is False and data["backup"] == {"enabled": False}
+        assert data["pooler"] == {"enabled": False}  # the lab's own spec: no pooler
+        data = {k: v for k, v in data.items() if k != "pooler"}  # left out: on by default, one per host
         return {**data, "nodes": 2}  # h3 holds no node: scale puts pg-3 there
 
     with lab_cluster(engine, base_env, LAB, SCOPE, PORT_BASE, 3, edit=two_nodes,
@@ -272,3 +276,78 @@ def test_etcd_replace_of_the_raft_leader_keeps_quorum(two_nodes: dict[str, Any],
     r = watcher.exec_run(["etcdctl", *ETCD_TLS, f"--endpoints={ep[target]}", "endpoint", "health"])
     assert r.exit_code == 0, r.output
     assert set(_nodes(_status(base_env, spec))) == {"pg-1", "pg-2"}
+
+
+def _leader(st: dict[str, Any]) -> str:
+    return next(m for m, n in _nodes(st).items() if n["pg_role"] == "leader")
+
+
+def test_a_write_through_each_hosts_pooler_reaches_the_primary(two_nodes: dict[str, Any],
+                                                               base_env: dict[str, str]) -> None:
+    spec, hosts = str(two_nodes["ops_spec"]), two_nodes["hosts"]
+    st = _status(base_env, spec)
+    assert "pool" in st["endpoints"] and "unreachable" not in st["endpoints"]["pooler"], st["endpoints"]
+    for h in hosts:  # h3 runs no Patroni node: its pooler reaches the primary through its own HAProxy
+        assert _inner(h).containers.get(f"{SCOPE}-pooler").attrs["HostConfig"]["NetworkMode"] == "host"
+        with lab_connect(base_env, SCOPE, h["pool_port"]) as c:  # TLS and SCRAM, as the pooler requires
+            c.execute("create table if not exists pool_t (host text)")
+            c.execute("insert into pool_t values (%s)", (h["name"],))
+            assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+    # `pgha dsn --pool` names every host's pooler (libpq tries them in turn, read-write).
+    r = pgha(base_env, "dsn", "--pool", "--scope", SCOPE, "--show-password")
+    assert r.returncode == 0, r.stderr
+    uri = r.stdout.strip()
+    assert all(f"127.0.0.1:{h['pool_port']}" in uri for h in hosts) and "target_session_attrs=read-write" in uri
+    with psycopg.connect(uri, connect_timeout=5) as c:
+        got = c.execute("select host from pool_t where host = any(%s)", ([h["name"] for h in hosts],)).fetchall()
+    assert sorted(g[0] for g in got) == sorted(h["name"] for h in hosts)
+
+
+def test_switchover_pauses_and_resumes_every_pooler_with_no_failed_write(two_nodes: dict[str, Any],
+                                                                         base_env: dict[str, str]) -> None:
+    spec, hosts = str(two_nodes["ops_spec"]), two_nodes["hosts"]
+    before = _leader(_status(base_env, spec))
+    with lab_connect(base_env, SCOPE, hosts[0]["pool_port"]) as c:
+        c.execute("drop table if exists pool_sw")
+        c.execute("create table pool_sw (n int primary key)")
+    done: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write(port: int, start: int) -> None:
+        # One session each through h2's and h3's poolers; a paused pooler holds the insert, never fails it.
+        n = start
+        with lab_connect(base_env, SCOPE, port) as c:
+            while not stop.is_set():
+                try:
+                    c.execute("insert into pool_sw values (%s)", (n,))
+                    done.append(n)
+                except psycopg.Error as exc:
+                    failures.append(str(exc).strip()[:200])
+                    return
+                n += 1
+                stop.wait(0.02)
+
+    writers = [threading.Thread(target=write, args=(h["pool_port"], i * 1_000_000), daemon=True)
+               for i, h in enumerate(hosts[1:], start=1)]
+    for t in writers:
+        t.start()
+    try:
+        r = pgha(base_env, "switchover", "--scope", SCOPE, "--json", timeout=600)
+        seen = len(done)
+    finally:
+        stop.set()
+        for t in writers:
+            t.join(30)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    times = json.loads(r.stdout)["times"]
+    assert times["pooled"] and times["paused_s"] is not None and times["leader"] == before, times
+    assert failures == [], f"pooled writes failed during the switchover: {failures[:3]}"
+    assert seen > 10, seen  # the writers were writing while it ran
+    after = _leader(_status(base_env, spec))
+    assert after != before
+    with lab_connect(base_env, SCOPE, hosts[0]["rw_port"]) as c:
+        rows = {n for (n,) in c.execute("select n from pool_sw").fetchall()}
+    assert rows == set(done), f"{len(set(done) - rows)} acknowledged writes lost"
+    obs = _status(base_env, spec)["endpoints"]["pooler"]
+    assert "unreachable" not in obs, obs

@@ -34,7 +34,8 @@ BATCH_PASSWORD = "batch-Secret-0f3c9a"  # the file-password role's; searched for
 
 
 def spec_of(pwfile: Path, extra_db: bool = True) -> dict[str, object]:
-    dbs: list[dict[str, object]] = [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements", "pgcrypto"],
+    dbs: list[dict[str, object]] = [{"name": "app", "owner": "app", "extensions": ["pg_stat_statements", "pgcrypto",
+                                                                                "vector", "hypopg"],
                                      "schemas": ["billing"], "pool_size": 15}]
     if extra_db:
         dbs.append({"name": "reports", "owner": "batch"})
@@ -92,13 +93,21 @@ def test_declared_objects_exist_and_a_second_up_changes_nothing(cluster: Cluster
         ext = {r[0] for r in conn.execute("select extname from pg_extension").fetchall()}
         schema = conn.execute("select pg_get_userbyid(nspowner) from pg_namespace where nspname = 'billing'").fetchone()
         preload = conn.execute("show shared_preload_libraries").fetchone()
-    assert {"pg_stat_statements", "pgcrypto"} <= ext and schema == ("app",)
+    assert {"pg_stat_statements", "pgcrypto", "vector", "hypopg"} <= ext and schema == ("app",)
     assert preload is not None and "pg_stat_statements" in str(preload[0])
     # The role logs in with its generated password, through the pooler too, and the file role with its file's.
     dsn = pgha(cluster.env, "dsn", "--scope", SCOPE, "--user", "app", "--db", "app", "--pool", "--show-password")
     assert dsn.returncode == 0, dsn.stderr
     with psycopg.connect(dsn.stdout.strip(), connect_timeout=5) as conn:
         assert conn.execute("select current_user, current_database()").fetchone() == ("app", "app")
+        # The image's extensions work for the application: a nearest-neighbour query on a vector
+        # column (pgvector) and a hypothetical index (hypopg), no preload needed.
+        conn.execute("create temp table items (id int, emb vector(3))")
+        conn.execute("insert into items values (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')")
+        near = conn.execute("select id from items order by emb <-> '[1,0,0]' limit 2").fetchall()
+        assert near == [(1,), (3,)]
+        hypo = conn.execute("select count(*) from hypopg_create_index('create index on items (id)')").fetchone()
+        assert hypo == (1,)
     with psycopg.connect(host="127.0.0.1", port=cluster.port("pool"), user="batch", password=BATCH_PASSWORD,
                          dbname="reports", connect_timeout=5) as conn:
         assert conn.execute("select current_user").fetchone() == ("batch",)

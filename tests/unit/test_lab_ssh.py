@@ -97,7 +97,7 @@ def test_a_control_master_is_per_engine_and_per_credentials() -> None:
 
 def test_lab_ssh_ports_urls_and_spec() -> None:
     assert lab.check_engine("ssh") is None
-    assert lab.lab_ports(27300, 2, "ssh") == [27300, 27301, 27302, 27303, 27304, 27305]
+    assert lab.lab_ports(27300, 2, "ssh") == [27300, 27301, 27302, 27303, 27304, 27305, 27306, 27307]
     assert lab.engine_url("ssh", "unix:///s.sock", 27304) == "ssh://root@127.0.0.1:27304"
     login = EngineSSH(**SSH)
     hosts = [lab.LabHost(name=n, container=lab.container_name("x", n), socket=f"unix:///s/{n}.sock",

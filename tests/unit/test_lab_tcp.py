@@ -33,9 +33,11 @@ def _hosts(engine: str, port_base: int = 27200, n: int = 2) -> list[lab.LabHost]
 def test_engine_ports_come_after_the_client_ports_and_only_with_tcp() -> None:
     assert lab.client_ports(27200, 2) == [(27200, 27201), (27202, 27203)]
     assert lab.engine_ports(27200, 2) == [27204, 27205]
-    assert lab.lab_ports(27200, 2, "unix") == [27200, 27201, 27202, 27203]
+    # The pooler's ports come after the engine ports' places, whatever the engine.
+    assert lab.pool_ports(27200, 2) == [27206, 27207]
+    assert lab.lab_ports(27200, 2, "unix") == [27200, 27201, 27202, 27203, 27206, 27207]
     tcp = lab.lab_ports(27200, 3, "tcp")
-    assert tcp == list(range(27200, 27209)) and len(set(tcp)) == 9
+    assert tcp == list(range(27200, 27212)) and len(set(tcp)) == 12
     assert lab.check_engine("tcp") is None and lab.check_engine("unix") is None
     assert "--engine must be one of unix, tcp, ssh" in str(lab.check_engine("http"))
 

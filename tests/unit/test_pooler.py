@@ -9,7 +9,7 @@ from stack import render, topology
 from stack.cluster import ClusterView, Member, MemberRole
 from stack.errors import SpecError, StateError, UsageError
 from stack.pooler import PoolerObs, PoolRow, parse_pools, pooler_problems, render_pgbouncer_ini, render_userlist
-from stack.spec import as_deployed, parse_spec
+from stack.spec import as_deployed, as_stored, parse_spec
 from stack.switchover import plan_switchover
 from tasks.haproxy import route_commands
 
@@ -37,13 +37,41 @@ MANY = {"nodes": 3, "etcd_members": 3, "hosts": HOSTS, "ports": {"rw": 5000, "ro
         "backup": {"enabled": False}}
 
 
-def test_with_hosts_the_pooler_is_off_unless_asked_and_asking_is_refused() -> None:
-    spec = parse_spec(MANY)
-    assert spec.pooler.enabled is None and not spec.runs_pooler
-    assert "pooler" not in [m for m, _ in spec.expected_members()]
-    with pytest.raises(SpecError, match="pooler.enabled is not supported with hosts"):
-        parse_spec({**MANY, "pooler": {"enabled": True}})
+def test_with_hosts_a_pooler_runs_beside_every_hosts_haproxy() -> None:
+    spec = parse_spec({**MANY, "hosts": [*HOSTS[:2], {**HOSTS[2], "client_address": "db3.example", "pool_port": 16432}]})
+    assert spec.pooler.enabled is None and spec.runs_pooler
+    assert ("pooler", "pooler") in spec.expected_members()
     assert not parse_spec({**MANY, "pooler": {"enabled": False}}).runs_pooler
+    # Each host's pooler where clients reach it: its client address, its own published port if any.
+    assert spec.client_endpoints(pooled=True) == [("10.0.0.1", 6432), ("10.0.0.2", 6432), ("db3.example", 16432)]
+    # PgBouncer binds ports.pool on its host and reaches its own host's HAProxy on 127.0.0.1:ports.rw.
+    ini = render_pgbouncer_ini(spec)
+    assert "listen_port = 6432" in ini and "* = host=127.0.0.1 port=5000" in ini
+    planned = topology.pooler(spec, "img", "/conf", {"postgres": SECRET})
+    assert planned.container.host_network and planned.container.ports == {}
+    assert planned.container.healthcheck is not None and planned.container.healthcheck[-1] == "6432"
+    with pytest.raises(SpecError, match="ports.pool 5432 is PostgreSQL's port on every host"):
+        parse_spec({**MANY, "ports": {**MANY["ports"], "pool": 5432}})  # type: ignore[dict-item]
+    assert parse_spec({**MANY, "ports": {**MANY["ports"], "pool": 5432},  # type: ignore[dict-item]
+                       "pooler": {"enabled": False}}).ports.pool == 5432  # no pooler: no pool port
+
+
+def test_with_hosts_the_stored_spec_says_the_pooler_runs() -> None:
+    """A stored many-hosts spec that leaves the pooler out was stored before it ran there."""
+    spec = parse_spec(MANY)
+    stored = as_stored(spec)
+    assert stored.pooler.enabled is True and as_stored(parse_spec({})).pooler.enabled is None
+    assert not as_deployed(spec, {"hosts": HOSTS, "pooler": {"enabled": None}}).runs_pooler
+    assert as_deployed(spec, stored.model_dump(mode="json")).runs_pooler
+
+
+def test_with_hosts_dsn_pool_names_every_hosts_pooler() -> None:
+    from tasks.postgres import dsn, pgpass_line
+    spec = parse_spec({**MANY, "tls": {"enabled": False}, "insecure": ["plaintext-between-hosts"]})
+    uri = dsn(spec, pooled=True)
+    assert uri.startswith("postgresql://postgres@10.0.0.1:6432,10.0.0.2:6432,10.0.0.3:6432/postgres?"
+                          "target_session_attrs=read-write"), uri
+    assert pgpass_line(spec, "pw", pooled=True).splitlines() == [f"10.0.0.{i}:6432:*:postgres:pw" for i in (1, 2, 3)]
 
 
 def test_a_cluster_brought_up_before_the_default_is_judged_without_a_pooler() -> None:
@@ -196,3 +224,45 @@ def test_switchover_pooled_drill_kind() -> None:
     assert ok and "longest stall 1.60s through the pooler, 0 failed transactions" in message
     ok, message = verdict(DrillResult(**base, write_errors=2))
     assert not ok and "2 transactions failed through the pooler" in message
+
+
+def test_with_hosts_a_switchover_pauses_every_pooler_and_resumes_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paused one after the other; one that cannot pause resumes those already paused, then raises."""
+    from stack.errors import PoolerError
+    from stack.secrets import Secrets
+    from tasks import pgbouncer
+
+    calls: list[str] = []
+    refuse = {"10.0.0.2"}
+
+    class FakeAdmin:
+        def __init__(self, spec: object, secrets: object = None, timeout: int = 3,
+                     endpoint: tuple[str, int] | None = None) -> None:
+            assert endpoint is not None
+            self.host, self.port = endpoint
+
+        def pause(self, timeout_s: float) -> None:
+            calls.append(f"pause {self.host}")
+            if self.host in refuse:
+                raise PoolerError(f"the pooler could not pause on {self.host}:{self.port}")
+
+        def resume(self) -> None:
+            calls.append(f"resume {self.host}")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(pgbouncer, "Admin", FakeAdmin)
+    spec = parse_spec(MANY)
+    secrets = Secrets(superuser="s", replication="r", rewind="w", restapi="p")
+    with pytest.raises(PoolerError, match="could not pause on 10.0.0.2:6432"):
+        with pgbouncer.paused(spec, secrets):
+            calls.append("switchover")
+    assert calls == ["pause 10.0.0.1", "pause 10.0.0.2", "resume 10.0.0.1", "resume 10.0.0.2"]
+    calls.clear()
+    refuse.clear()
+    with pgbouncer.paused(spec, secrets) as held:
+        assert len(held) == 3
+        calls.append("switchover")
+    assert calls == [*(f"pause 10.0.0.{i}" for i in (1, 2, 3)), "switchover",
+                     *(f"resume 10.0.0.{i}" for i in (1, 2, 3))]

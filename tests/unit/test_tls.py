@@ -160,6 +160,19 @@ def test_the_pooler_presents_its_own_certificate_to_its_clients() -> None:
     assert "client_tls" not in render_pgbouncer_ini(plain)
 
 
+def test_over_hosts_the_pooler_certificate_names_every_hosts_addresses() -> None:
+    hosts = [{"name": f"h{i}", "docker": f"ssh://pgha@10.0.0.{i}", "address": f"10.0.0.{i}",
+              **({"client_address": "db3.example"} if i == 3 else {})} for i in (1, 2, 3)]
+    spec = parse_spec({"scope": "lab", "nodes": 3, "etcd_members": 3, "hosts": hosts, "backup": {"enabled": False},
+                       "ports": {"rw": 5000, "ro": 5001, "stats": 7000}})
+    leaves = tls.make_leaves(spec, tls.make_ca(spec))
+    pooler = x509.load_pem_x509_certificate(leaves["pooler.crt"].encode())
+    sans = pooler.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"lab-pooler", "localhost", "db3.example"}
+    assert {str(i) for i in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1", "10.0.0.1",
+                                                                           "10.0.0.2", "10.0.0.3"}
+
+
 def test_pgha_verifies_the_pooler_like_the_rw_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.postgres import dsn, server_auth_params
 
