@@ -61,7 +61,7 @@ def wait_back(spec: ClusterSpec, member: str, since_unix: float, timeout: float)
     """Wait until the node itself says its PostgreSQL restarted after `since_unix` and replicates or leads."""
     wait_for(f"{member} back and replicating", lambda: patroni.member_status(spec, member),
              lambda st: back_since(st, since_unix), timeout=timeout, interval=0.5,
-             describe=lambda st: f"state {st.get('state')}, started {st.get('postmaster_start_time')}")
+             describe=lambda st: f"state {st.state}, started {st.postmaster_start_time}")
 
 
 def heal_leftovers(spec: ClusterSpec) -> str | None:
@@ -88,7 +88,7 @@ def _old_side(spec: ClusterSpec, member: str) -> str:
         st = patroni.member_status(spec, member)
     except PghaError:
         return "API unreachable"
-    return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
+    return f"role {st.role}, PostgreSQL {st.state}"
 
 
 def _primaries(spec: ClusterSpec) -> list[str]:
@@ -99,8 +99,8 @@ def _primaries(spec: ClusterSpec) -> list[str]:
             st = patroni.member_status(spec, m)
         except PghaError:
             continue
-        if st.get("role") in ("primary", "master") and st.get("state") == "running":
-            out.append(m + (" (failsafe)" if st.get("failsafe_mode_is_active") else ""))
+        if st.writable_primary:
+            out.append(m + (" (failsafe)" if st.failsafe_mode_is_active else ""))
     return out
 
 
