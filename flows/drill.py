@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.steps.cluster import require_healthy
@@ -38,16 +38,15 @@ from stack.results import DrillResult
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, docker_lab, etcd, patroni, postgres
-from tasks._prefect import ONCE, SIDE_EFFECT
+from tasks import docker_lab, etcd, patroni, postgres
 from tasks.cluster_health import wait_healthy
+from tasks.faults import boot_host, cut_host, heal, inject, kill_host, reconnect_host
 from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
 from tasks.host.prune import drills_dir, prune_drill_charts
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 from tasks.postgres_probe import Probe
-from tasks.switchover import hand_over
 
 
 class DrillFailed(PghaError):
@@ -58,26 +57,11 @@ def _pending_file(spec: ClusterSpec) -> Path:
     return cluster_dir(spec.scope) / "drill-pending.json"
 
 
-@task(name="heal", **SIDE_EFFECT)
-def heal(spec: ClusterSpec, member: str) -> str:
-    """Undo any drill fault on a member: reattach its network, start its container."""
-    engine = docker_hosts.engines(spec).of(member)
-    name = spec.container(member)
-    done = []
-    if engine.find_container(name) is not None and engine.unpause(name):
-        done.append("unpaused")
-    if not spec.multi_host and engine.connect(name, spec.network):
-        done.append("network reattached")
-    if engine.start(name):
-        done.append("started")
-    return ", ".join(done) or "nothing to undo"
-
-
 def wait_back(spec: ClusterSpec, member: str, since_unix: float, timeout: float) -> None:
     """Wait until the node itself says its PostgreSQL restarted after `since_unix` and replicates or leads."""
     wait_for(f"{member} back and replicating", lambda: patroni.member_status(spec, member),
              lambda st: back_since(st, since_unix), timeout=timeout, interval=0.5,
-             describe=lambda st: f"state {st.get('state')}, started {st.get('postmaster_start_time')}")
+             describe=lambda st: f"state {st.state}, started {st.postmaster_start_time}")
 
 
 def heal_leftovers(spec: ClusterSpec) -> str | None:
@@ -98,58 +82,13 @@ def heal_leftovers(spec: ClusterSpec) -> str | None:
     return f"healed what an interrupted {pending['kind']} drill left on {pending['member']}: {what}"
 
 
-@task(name="kill-host", **ONCE)
-def kill_host(spec: ClusterSpec, host: str) -> str:
-    return docker_lab.kill_host(spec, host)
-
-
-@task(name="boot-host", **SIDE_EFFECT)
-def boot_host(spec: ClusterSpec, host: str) -> str:
-    return docker_lab.boot_host(spec, host)
-
-
-@task(name="cut-host", **ONCE)
-def cut_host(spec: ClusterSpec, host: str) -> str:
-    return docker_lab.partition_host(spec, host, cut=True)
-
-
-@task(name="reconnect-host", **SIDE_EFFECT)
-def reconnect_host(spec: ClusterSpec, host: str) -> str:
-    if not docker_lab.is_lab_host(spec, host):
-        return "not a lab host"
-    return docker_lab.partition_host(spec, host, cut=False)
-
-
-@task(name="inject-fault", **ONCE)
-def inject(spec: ClusterSpec, kind: DrillKind, target: Target) -> None:
-    """The fault itself; never retried (a retried fault is a different drill)."""
-    engine = docker_hosts.engines(spec).of(target.member)
-    name = spec.container(target.member)
-    if kind.is_switchover:
-        # The same pooler-aware switchover as `pgha switchover` and the rolling changes.
-        hand_over(spec, target.member, target.candidate, spec.upgrade.node_timeout_s)
-    elif kind in (DrillKind.GRACEFUL_STOP, DrillKind.ETCD_MEMBER_LOSS):
-        engine.stop(name, timeout=30)
-    elif kind in (DrillKind.HARD_KILL, DrillKind.REPLICA_KILL):
-        engine.kill(name)
-    elif kind == DrillKind.PARTITION:
-        engine.disconnect(name, spec.network)
-    elif kind == DrillKind.HAPROXY_RESTART:
-        engine.restart(name, timeout=5)
-    elif kind == DrillKind.FREEZE:
-        engine.pause(name)
-    elif kind == DrillKind.ETCD_QUORUM_LOSS:
-        for member in target.members:
-            docker_hosts.engines(spec).of(member).stop(spec.container(member), timeout=10)
-
-
 def _old_side(spec: ClusterSpec, member: str) -> str:
     """What a cut-off leader says of itself (asked inside its container: no network needed)."""
     try:
         st = patroni.member_status(spec, member)
     except PghaError:
         return "API unreachable"
-    return f"role {st.get('role')}, PostgreSQL {st.get('state')}"
+    return f"role {st.role}, PostgreSQL {st.state}"
 
 
 def _primaries(spec: ClusterSpec) -> list[str]:
@@ -160,8 +99,8 @@ def _primaries(spec: ClusterSpec) -> list[str]:
             st = patroni.member_status(spec, m)
         except PghaError:
             continue
-        if st.get("role") in ("primary", "master") and st.get("state") == "running":
-            out.append(m + (" (failsafe)" if st.get("failsafe_mode_is_active") else ""))
+        if st.writable_primary:
+            out.append(m + (" (failsafe)" if st.failsafe_mode_is_active else ""))
     return out
 
 

@@ -30,7 +30,7 @@ from flows.steps import preflight_once
 from flows.steps.cluster import cluster_status, store_spec
 from flows.steps.converge import converge
 from flows.steps.ops import current, mutating_flow, note
-from flows.steps.standby import drop_primary_slot, ensure_primary_slot, primary_of
+from flows.steps.standby import primary_of
 from stack import site
 from stack.backup import repo_volume
 from stack.errors import PghaError, StateError, UsageError
@@ -50,6 +50,7 @@ from tasks.cluster_resources import ensure_image
 from tasks.host.lock import WaitSeconds, holder_name, mutating
 from tasks.host.secrets import cluster_secrets
 from tasks.members import place_member
+from tasks.standby_slot import drop_primary_slot, ensure_primary_slot
 
 
 def _position(spec: ClusterSpec) -> postgres.WalPosition | None:

@@ -151,14 +151,33 @@ def quorum(rows: list[EndpointHealth], members: int) -> bool:
     return sum(r.healthy for r in rows) > members // 2
 
 
-def back_since(status: dict[str, object], since_unix: float) -> bool:
+@dataclass(frozen=True)
+class MemberStatus:
+    """One member's own view (Patroni's /patroni on the node), asked of the node itself: it
+    answers even when the DCS is gone. None where Patroni says nothing."""
+
+    state: str | None = None
+    role: str | None = None
+    postmaster_start_time: str | None = None
+    server_version: int | None = None
+    pending_restart: bool = False
+    failsafe_mode_is_active: bool = False
+    tags: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def writable_primary(self) -> bool:
+        """The node runs a primary that takes writes (Patroni < 3 says "master")."""
+        return self.role in ("primary", "master") and self.state == "running"
+
+
+def back_since(status: MemberStatus, since_unix: float) -> bool:
     """From a member's /patroni answer: was its PostgreSQL (re)started after `since_unix`, and
     does it replicate or lead?"""
     from datetime import datetime
 
-    started = str(status.get("postmaster_start_time") or "")
+    started = status.postmaster_start_time or ""
     try:
         ts = datetime.fromisoformat(started).timestamp()
     except ValueError:
         return False
-    return ts >= since_unix and str(status.get("state")) in ("streaming", "running")
+    return ts >= since_unix and status.state in ("streaming", "running")

@@ -142,7 +142,7 @@ def failsafe(spec: ClusterSpec, deep: bool) -> tuple[bool, list[str]]:
     with ThreadPoolExecutor(max_workers=len(nodes) + 1) as pool:
         config = pool.submit(patroni.dynamic_config, spec)
         status = {m: pool.submit(patroni.member_status, spec, m) for m in nodes}
-        active = [m for m, f in status.items() if (st := _safe(f.result)) and st.get("failsafe_mode_is_active")]
+        active = [m for m, f in status.items() if (st := _safe(f.result)) and st.failsafe_mode_is_active]
         return bool(config.result().get("failsafe_mode", False)), active
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from stack import layout, render, tls
-from stack.cluster import ClusterView, Member, MemberRole, TimelineSwitch, assess
+from stack.cluster import ClusterView, Member, MemberRole, MemberStatus, TimelineSwitch, assess
 from stack.errors import PatroniError
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
@@ -67,6 +67,25 @@ def parse_cluster(payload: dict[str, object]) -> ClusterView:
             pending_restart=bool(m.get("pending_restart", False)),
         ))
     return ClusterView(members=sorted(members, key=lambda x: x.name), paused=bool(payload.get("pause", False)))
+
+
+def parse_member_status(payload: dict[str, Any]) -> MemberStatus:
+    """Patroni's /patroni JSON (a member's own view) as a MemberStatus."""
+
+    def text(key: str) -> str | None:
+        v = payload.get(key)
+        return None if v is None else str(v)
+
+    v = payload.get("server_version")
+    return MemberStatus(
+        state=text("state"),
+        role=text("role"),
+        postmaster_start_time=text("postmaster_start_time"),
+        server_version=int(v) if isinstance(v, int) else None,
+        pending_restart=bool(payload.get("pending_restart", False)),
+        failsafe_mode_is_active=bool(payload.get("failsafe_mode_is_active", False)),
+        tags=dict(payload.get("tags") or {}),
+    )
 
 
 def _parse_reply(out: str) -> Reply:
@@ -155,14 +174,14 @@ def cluster_view(spec: ClusterSpec) -> ClusterView:
     return best
 
 
-def member_status(spec: ClusterSpec, member: str) -> dict[str, Any]:
+def member_status(spec: ClusterSpec, member: str) -> MemberStatus:
     """The member's own view (/patroni): state, role, postmaster_start_time, tags, pending_restart."""
-    return get_json(spec, member, "/patroni", timeout=2)
+    return parse_member_status(get_json(spec, member, "/patroni", timeout=2))
 
 
 def member_tags(spec: ClusterSpec, member: str) -> dict[str, object]:
     """The tags the member itself runs with."""
-    return dict(member_status(spec, member).get("tags") or {})
+    return dict(member_status(spec, member).tags)
 
 
 def out_of_service(tags: dict[str, object]) -> bool:
@@ -170,12 +189,11 @@ def out_of_service(tags: dict[str, object]) -> bool:
 
 
 def server_version(spec: ClusterSpec, member: str) -> int | None:
-    v = member_status(spec, member).get("server_version")
-    return int(v) if isinstance(v, int) else None
+    return member_status(spec, member).server_version
 
 
 def pending_restart(spec: ClusterSpec, member: str) -> bool:
-    return bool(member_status(spec, member).get("pending_restart", False))
+    return member_status(spec, member).pending_restart
 
 
 def dynamic_config(spec: ClusterSpec) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def caught_up(spec: ClusterSpec, member: str, since_unix: float, max_lag: int, a
 
     st = patroni.member_status(spec, member)
     if not back_since(st, since_unix):
-        return f"PostgreSQL {st.get('state')}, started {st.get('postmaster_start_time')}"
+        return f"PostgreSQL {st.state}, started {st.postmaster_start_time}"
     me = patroni.cluster_view(spec).member(member)
     if me is None:
         return "not registered in the cluster"

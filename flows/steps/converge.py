@@ -42,6 +42,7 @@ from tasks.host.secrets import cluster_secrets, load_or_create
 from tasks.host.state import config_dir, removed_dirs, secrets_file
 from tasks.members import ensure_fencer, ensure_member, ensure_metrics, ensure_pooler
 from tasks.rolling import node_ctx, roll_node
+from tasks.standby_slot import ensure_primary_slot
 from tasks.switchover import switchover
 
 
@@ -218,7 +219,7 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     # After `pgha upgrade` the nodes run the upgraded image; etcd and HAProxy keep the spec's.
     node_image = spec.upgrade.node_image or image
     if primary is not None:
-        outcomes["primary_slot"] = standby.ensure_primary_slot(spec, primary)
+        outcomes["primary_slot"] = ensure_primary_slot(spec, primary)
     rolled = roll_changed_nodes(spec, node_image, subnet)
     node_runs = {m: ensure_member.submit(spec, "patroni", m, node_image, subnet) for m in spec.node_names()}
     outcomes.update({m: rolled.get(m) or f.result() for m, f in node_runs.items()})

@@ -1,5 +1,6 @@
 """A standby cluster's own steps of `pgha up`: checks against its primary site, the primary's
-passwords and CA adopted, the replication slot kept on the primary site (stack/site.py)."""
+passwords and CA adopted (stack/site.py); its replication slot on the primary site is kept by
+tasks/standby_slot.py."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ import json
 import os
 import secrets as _random
 
-from prefect import get_run_logger, task
-
 from stack import site
 from stack.errors import PghaError, StateError
 from stack.secrets import ENV_SUPERUSER
 from stack.spec import ClusterSpec
 from tasks import docker_hosts, patroni
-from tasks._prefect import SIDE_EFFECT
 from tasks.host import app_passwords
 from tasks.host.generations import stored_spec
 from tasks.host.secrets import ETCD_KEYS
@@ -120,29 +118,3 @@ def adopt_primary(spec: ClusterSpec, primary: ClusterSpec) -> list[str]:
                 write_private(dst, src.read_text())
                 copied.append(name)
     return copied
-
-
-@task(name="ensure-primary-slot", **SIDE_EFFECT)
-def ensure_primary_slot(spec: ClusterSpec, primary: ClusterSpec) -> str:
-    """A permanent physical slot for this standby on the primary site (Patroni's `slots`), so the
-    primary keeps the WAL it has not received; "unchanged" when it is there."""
-    if spec.standby_of is None or not spec.standby_of.slot:
-        return "none"
-    name = site.slot_name(spec)
-    slots = patroni.dynamic_config(primary).get("slots") or {}
-    if name in slots:
-        return "unchanged"
-    patroni.patch_config(primary, {"slots": {name: {"type": "physical"}}})
-    get_run_logger().info("replication slot %s kept on the primary site %s", name, primary.scope)
-    return "created"
-
-
-def drop_primary_slot(spec: ClusterSpec, primary: ClusterSpec) -> str:
-    """Remove the standby's permanent slot from the primary site's configuration (after a promotion:
-    nothing streams through it any more, and it would keep WAL for ever)."""
-    name = site.slot_name(spec)
-    slots = patroni.dynamic_config(primary).get("slots") or {}
-    if name not in slots:
-        return "absent"
-    patroni.patch_config(primary, {"slots": {name: None}})
-    return "removed"

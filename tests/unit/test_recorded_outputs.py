@@ -61,13 +61,14 @@ def test_cluster_with_a_stopped_replica() -> None:
 
 
 def test_member_status_of_a_node() -> None:
-    st = payload("patroni/patroni-node.json")
-    assert st["role"] == "primary" and st["server_version"] == 170012
-    started = dt.datetime.fromisoformat(str(st["postmaster_start_time"])).timestamp()
+    st = patroni.parse_member_status(payload("patroni/patroni-node.json"))
+    assert st.role == "primary" and st.server_version == 170012 and st.state == "running"
+    assert st.writable_primary and not st.pending_restart and not st.failsafe_mode_is_active
+    started = dt.datetime.fromisoformat(str(st.postmaster_start_time)).timestamp()
     assert back_since(st, started - 60)
     assert not back_since(st, started + 60)
     # Patroni omits `tags` when none is set: such a member is in service.
-    assert not patroni.out_of_service(dict(st.get("tags") or {}))  # type: ignore[call-overload]
+    assert st.tags == {} and not patroni.out_of_service(st.tags)
 
 
 def test_config_is_what_pgha_rendered_for_the_spec() -> None:
