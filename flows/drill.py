@@ -335,18 +335,27 @@ def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str
 
 
 def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
-    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
-    key = f"{spec.scope}-drill-{r.kind}"
-    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
-    md = "\n".join([
-        f"# {r.kind} drill on `{spec.scope}`: {'PASS' if ok else 'FAIL'}",
-        "",
-        message,
-        "",
+    report_artifacts(spec, r, ok, message, f"{r.kind} drill on `{spec.scope}`", [
         "| write gap | read gap | lost writes | new leader | timeline | whole after | rejoin |",
         "|---|---|---|---|---|---|---|",
         f"| {r.write_gap_s:.2f} s | {r.read_gap_s:.2f} s | {len(r.lost_writes)} | {r.new_leader} | "
         f"{r.timeline_before} → {r.timeline_after} | {r.whole_s} s | {r.rejoin} |",
+    ])
+
+
+def report_artifacts(spec: ClusterSpec, r: DrillResult, ok: bool, message: str, title: str,
+                     table: list[str]) -> None:
+    """A drill's two artifacts: every figure as a table, and the verdict, `table` (markdown lines),
+    the text timeline, the chart and the notes."""
+    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
+    key = f"{spec.scope}-drill-{r.kind}"
+    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
+    md = "\n".join([
+        f"# {title}: {'PASS' if ok else 'FAIL'}",
+        "",
+        message,
+        "",
+        *table,
         "",
         "```",
         r.timeline,

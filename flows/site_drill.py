@@ -22,7 +22,6 @@ import time
 import uuid
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.site import fail_over, rebuild_preflight, rebuild_site, site_lock, switch_sites, switchover_preflight
 from flows.steps import preflight_once
@@ -200,26 +199,12 @@ def _streams(spec: ClusterSpec) -> bool:
 
 
 def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
-    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
-    key = f"{spec.scope}-drill-{r.kind}"
-    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
-    md = "\n".join([
-        f"# {r.kind} drill: `{r.old_site}` → `{r.new_site}`: {'PASS' if ok else 'FAIL'}",
-        "",
-        message,
-        "",
+    from flows.drill import report_artifacts  # flows.drill runs this module's drill (imported lazily there)
+
+    report_artifacts(spec, r, ok, message, f"{r.kind} drill: `{r.old_site}` → `{r.new_site}`", [
         "| write gap | lost writes | RPO | RTO | failover | old site |",
         "|---|---|---|---|---|---|",
         f"| {r.write_gap_s:.2f} s | {len(r.lost_writes)} | {r.rpo_s if r.rpo_s is not None else '-'} s | "
         f"{r.rto_s if r.rto_s is not None else '-'} s | {r.failover_s if r.failover_s is not None else '-'} s | "
         f"{r.rejoin or r.operator_action} |",
-        "",
-        "```",
-        r.timeline,
-        "```",
-        "",
-        f"Chart: `{r.chart_png}`",
-        *[f"- {n}" for n in r.notes],
     ])
-    create_markdown_artifact(key=f"{key}-timeline", markdown=md, description=message)
-
