@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.steps.cluster import require_healthy
+from flows.steps.drill_report import report_artifacts
 from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
 from stack.drill import (
@@ -341,27 +341,3 @@ def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
         f"| {r.write_gap_s:.2f} s | {r.read_gap_s:.2f} s | {len(r.lost_writes)} | {r.new_leader} | "
         f"{r.timeline_before} → {r.timeline_after} | {r.whole_s} s | {r.rejoin} |",
     ])
-
-
-def report_artifacts(spec: ClusterSpec, r: DrillResult, ok: bool, message: str, title: str,
-                     table: list[str]) -> None:
-    """A drill's two artifacts: every figure as a table, and the verdict, `table` (markdown lines),
-    the text timeline, the chart and the notes."""
-    rows = [{"metric": k, "value": str(v)} for k, v in r.to_json().items() if k not in ("notes", "timeline")]
-    key = f"{spec.scope}-drill-{r.kind}"
-    create_table_artifact(key=key, table=rows, description=f"{'PASS' if ok else 'FAIL'}: {message}")
-    md = "\n".join([
-        f"# {title}: {'PASS' if ok else 'FAIL'}",
-        "",
-        message,
-        "",
-        *table,
-        "",
-        "```",
-        r.timeline,
-        "```",
-        "",
-        f"Chart: `{r.chart_png}`",
-        *[f"- {n}" for n in r.notes],
-    ])
-    create_markdown_artifact(key=f"{key}-timeline", markdown=md, description=message)

@@ -26,6 +26,7 @@ from prefect import get_run_logger
 from flows.site import fail_over, rebuild_preflight, rebuild_site, site_lock, switch_sites, switchover_preflight
 from flows.steps import preflight_once
 from flows.steps.cluster import require_healthy
+from flows.steps.drill_report import report_artifacts
 from flows.steps.ops import current
 from stack.drill import DrillKind, ProbeLog, longest_gap, lost_writes, rpo_seconds, timeline, verdict
 from stack.errors import PghaError
@@ -199,8 +200,6 @@ def _streams(spec: ClusterSpec) -> bool:
 
 
 def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
-    from flows.drill import report_artifacts  # flows.drill runs this module's drill (imported lazily there)
-
     report_artifacts(spec, r, ok, message, f"{r.kind} drill: `{r.old_site}` → `{r.new_site}`", [
         "| write gap | lost writes | RPO | RTO | failover | old site |",
         "|---|---|---|---|---|---|",
