@@ -45,9 +45,12 @@ def etcdctl(spec: ClusterSpec, args: list[str], via: str | None = None, members:
     if n is None:
         raise EtcdError("no etcd member container is running")
     # spec.tls: the CA and pgha's client certificate, the files mounted in every etcd member.
-    read = args[0] in ("endpoint", "get") or args[:2] == ["member", "list"]  # may run again if its output is cut
+    # Run again if the engine cut its output short: reads, and deletes (pgha deletes only a stopped
+    # member's key and a whole scope's keys, nothing another process re-creates in between: a key
+    # deleted twice is deleted).
+    again = args[0] in ("endpoint", "get", "del") or args[:2] == ["member", "list"]
     return n.run(["etcdctl", f"--endpoints={endpoints(spec, members)}", f"--command-timeout={command_timeout}",
-                  *etcdctl_tls(spec), *args], timeout=timeout, retries_if_lost=2 if read else 0)
+                  *etcdctl_tls(spec), *args], timeout=timeout, retries_if_lost=2 if again else 0)
 
 
 def _ok(r: ExecResult, what: str) -> str:

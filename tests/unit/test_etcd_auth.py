@@ -161,3 +161,24 @@ def test_leader_key_is_judged_by_its_holders_session() -> None:
         row = A.check_leader_key(forged, spec)[0]
         assert row.status == A.Level.CRITICAL and why in row.observed and "not written by Patroni" in row.observed
     assert A.check_leader_key(None, spec, "no etcd member container is running")[0].status == A.Level.WARN
+
+
+def test_a_delete_whose_output_the_engine_cut_is_run_again_a_write_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`etcdctl del` (a stopped member's key, a scope's keys) is idempotent: run again when the engine
+    cut its output short, as reads are; a put is not."""
+    from tasks import etcd
+    from tasks.node_exec import ExecResult
+
+    asked: list[tuple[str, int]] = []
+
+    class Node:
+        def run(self, cmd: list[str], user: str | None = None, timeout: int = 10,
+                retries_if_lost: int = 0) -> ExecResult:
+            asked.append((next(a for a in cmd if a in ("del", "put")), retries_if_lost))
+            return ExecResult(0, "1", "")
+
+    monkeypatch.setattr(etcd, "first_running", lambda spec, names: Node())
+    spec = ClusterSpec(scope="cut-short")
+    etcd.delete_member_key(spec, "pg-2")
+    etcd.etcdctl(spec, ["put", "/x", "y"])
+    assert asked == [("del", 2), ("put", 0)]
