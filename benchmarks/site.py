@@ -99,6 +99,13 @@ def main() -> None:
         if value is not None:
             figs.setdefault(name, []).append(value)
 
+    def gap_run(i: int, label: str, r: DrillResult, extra: str = "") -> None:
+        """One drill whose figure is its write gap: recorded, its lost writes counted, a line printed."""
+        record(f"{label} gap", r.write_gap_s)
+        lost[label] = lost.get(label, 0) + len(r.lost_writes)
+        print(f"run {i + 1} {label:<20} write gap {r.write_gap_s:6.2f} s  lost {len(r.lost_writes)}  "
+              f"{extra}load {load()}", flush=True)
+
     try:
         clear()
         images.ensure_image(SITE_A)
@@ -106,24 +113,11 @@ def main() -> None:
         bootstrap(SITE_B)
         bootstrap(BASE)
         for i in range(args.runs):
-            r = drill(BASE, DrillKind.SWITCHOVER)
-            record("in-site switchover gap", r.write_gap_s)
-            lost["in-site switchover"] = lost.get("in-site switchover", 0) + len(r.lost_writes)
-            print(f"run {i + 1} in-site switchover   write gap {r.write_gap_s:6.2f} s  lost {len(r.lost_writes)}  "
-                  f"load {load()}", flush=True)
-            s = standby()
-            r = drill(s, DrillKind.SITE_SWITCHOVER)
-            record("site switchover gap", r.write_gap_s)
-            lost["site switchover"] = lost.get("site switchover", 0) + len(r.lost_writes)
-            print(f"run {i + 1} site-switchover      write gap {r.write_gap_s:6.2f} s  lost {len(r.lost_writes)}  "
-                  f"{r.old_site} -> {r.new_site}  load {load()}", flush=True)
-            r = unfenced_hard_kill()
-            record("in-site hard kill gap", r.write_gap_s)
-            lost["in-site hard kill"] = lost.get("in-site hard kill", 0) + len(r.lost_writes)
-            print(f"run {i + 1} in-site hard kill    write gap {r.write_gap_s:6.2f} s  lost {len(r.lost_writes)}  "
-                  f"(fencing watcher stopped)  load {load()}", flush=True)
-            s = standby()
-            r = drill(s, DrillKind.SITE_LOSS)
+            gap_run(i, "in-site switchover", drill(BASE, DrillKind.SWITCHOVER))
+            r = drill(standby(), DrillKind.SITE_SWITCHOVER)
+            gap_run(i, "site switchover", r, f"{r.old_site} -> {r.new_site}  ")
+            gap_run(i, "in-site hard kill", unfenced_hard_kill(), "(fencing watcher stopped)  ")
+            r = drill(standby(), DrillKind.SITE_LOSS)
             record("site loss RTO", r.rto_s)
             record("site loss failover", r.failover_s)
             record("site loss RPO s", r.rpo_s)
