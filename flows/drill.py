@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.steps.cluster import require_healthy
-from flows.steps.drill_report import report_artifacts
+from flows.steps.drill_report import finish
 from flows.steps.ops import mutating_flow
 from stack.cluster import ClusterView, back_since
 from stack.drill import (
@@ -30,8 +30,6 @@ from stack.drill import (
     lost_writes,
     site_drill_refusal,
     spec_host_target,
-    timeline,
-    verdict,
 )
 from stack.errors import PghaError, UsageError
 from stack.results import DrillResult
@@ -41,9 +39,7 @@ from stack.wait import wait_for
 from tasks import docker_lab, etcd, patroni, postgres
 from tasks.cluster_health import wait_healthy
 from tasks.faults import boot_host, cut_host, heal, inject, kill_host, reconnect_host
-from tasks.host.chart import save_drill_chart
 from tasks.host.lock import WaitSeconds
-from tasks.host.prune import drills_dir, prune_drill_charts
 from tasks.host.secrets import cluster_secrets
 from tasks.host.state import cluster_dir, write_private
 from tasks.postgres_probe import Probe
@@ -293,18 +289,9 @@ def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHO
     result = _measure(spec, kind, target, lead.name, lead.timeline, new_leader, writer, reader, secrets, run_id,
                       t_fault, wall_fault, whole_at, healed_ok, notes)
     marks = {"heal": t_heal} | ({"whole": whole_at} if whole_at else {})
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall_fault))
-    result.chart_png = str(save_drill_chart(drills_dir(spec.scope) / f"{stamp}-{kind.value}.png",
-                                            f"{spec.scope}: {kind.value} drill on {target.member}", writer.log,
-                                            reader.log, t_fault, {"fault": t_fault, **marks}))
-    prune_drill_charts(spec.scope, spec.state.drill_charts)
-    result.timeline = timeline(writer.log, reader.log, t_fault - 2.0, time.monotonic(), t_fault, marks)
-    ok, message = verdict(result)
-    _report(spec, result, ok, message)
-    if not ok:
-        raise DrillFailed(f"{kind.value} drill failed: {message}")
-    log.info(message)
-    return result
+    return finish(spec, result, writer.log, reader.log, t_fault, time.monotonic(), wall_fault, marks,
+                  f"{spec.scope}: {kind.value} drill on {target.member}", f"{result.kind} drill on `{spec.scope}`",
+                  _table(result), DrillFailed)
 
 
 def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str, timeline_before: int | None,
@@ -334,10 +321,10 @@ def _measure(spec: ClusterSpec, kind: DrillKind, target: Target, old_leader: str
     )
 
 
-def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
-    report_artifacts(spec, r, ok, message, f"{r.kind} drill on `{spec.scope}`", [
+def _table(r: DrillResult) -> list[str]:
+    return [
         "| write gap | read gap | lost writes | new leader | timeline | whole after | rejoin |",
         "|---|---|---|---|---|---|---|",
         f"| {r.write_gap_s:.2f} s | {r.read_gap_s:.2f} s | {len(r.lost_writes)} | {r.new_leader} | "
         f"{r.timeline_before} → {r.timeline_after} | {r.whole_s} s | {r.rejoin} |",
-    ])
+    ]

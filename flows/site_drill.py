@@ -26,16 +26,14 @@ from prefect import get_run_logger
 from flows.site import fail_over, rebuild_preflight, rebuild_site, site_lock, switch_sites, switchover_preflight
 from flows.steps import preflight_once
 from flows.steps.cluster import require_healthy
-from flows.steps.drill_report import report_artifacts
+from flows.steps.drill_report import finish
 from flows.steps.ops import current
-from stack.drill import DrillKind, ProbeLog, longest_gap, lost_writes, rpo_seconds, timeline, verdict
+from stack.drill import DrillKind, ProbeLog, longest_gap, lost_writes, rpo_seconds
 from stack.errors import PghaError
 from stack.results import DrillResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, patroni, postgres
-from tasks.host.chart import save_drill_chart
-from tasks.host.prune import drills_dir, prune_drill_charts
 from tasks.host.secrets import cluster_secrets
 from tasks.postgres_probe import Probe
 
@@ -133,19 +131,10 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
         rto_s=round(first_write - t_cmd, 2) if first_write and kind == DrillKind.SITE_LOSS else None,
         failover_s=failover_s, operator_action=action,
     )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(wall))
     marks = {"command": t_cmd} | ({"write": first_write} if first_write else {})
-    result.chart_png = str(save_drill_chart(drills_dir(spec.scope) / f"{stamp}-{kind.value}.png",
-                                            f"{primary.scope} -> {spec.scope}: {kind.value} drill", writer.log,
-                                            ProbeLog(), t_fault, {"fault": t_fault, **marks}))
-    prune_drill_charts(spec.scope, spec.state.drill_charts)
-    result.timeline = timeline(writer.log, ProbeLog(), t_fault - 2.0, t_end, t_fault, marks)
-    ok, message = verdict(result)
-    _report(spec, result, ok, message)
-    if not ok:
-        raise SiteDrillFailed(f"{kind.value} drill failed: {message}")
-    log.info(message)
-    return result
+    return finish(spec, result, writer.log, ProbeLog(), t_fault, t_end, wall, marks,
+                  f"{primary.scope} -> {spec.scope}: {kind.value} drill",
+                  f"{result.kind} drill: `{result.old_site}` → `{result.new_site}`", _table(result), SiteDrillFailed)
 
 
 def _first_after(log: ProbeLog, t: float) -> float | None:
@@ -199,11 +188,11 @@ def _streams(spec: ClusterSpec) -> bool:
     return pos.in_recovery and pos.receiver == "streaming"
 
 
-def _report(spec: ClusterSpec, r: DrillResult, ok: bool, message: str) -> None:
-    report_artifacts(spec, r, ok, message, f"{r.kind} drill: `{r.old_site}` → `{r.new_site}`", [
+def _table(r: DrillResult) -> list[str]:
+    return [
         "| write gap | lost writes | RPO | RTO | failover | old site |",
         "|---|---|---|---|---|---|",
         f"| {r.write_gap_s:.2f} s | {len(r.lost_writes)} | {r.rpo_s if r.rpo_s is not None else '-'} s | "
         f"{r.rto_s if r.rto_s is not None else '-'} s | {r.failover_s if r.failover_s is not None else '-'} s | "
         f"{r.rejoin or r.operator_action} |",
-    ])
+    ]
