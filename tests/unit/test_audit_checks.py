@@ -1,4 +1,4 @@
-"""The audit's table of checks (stack/audit_checks.py) against the code that emits findings.
+"""The audit's table of checks (stack/audit_checks/) against the code that emits findings.
 
 Every check name a `Finding(...)` in the sources can carry has an entry, every entry is emitted
 somewhere, and a non-ok finding's hint names its runbook entry, whose anchor the generated
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "docs" / "hooks"))
 
 import gen_audit  # noqa: E402 - docs/hooks is not a package
 
-TABLE = "stack/audit_checks.py"
+TABLE = "stack/audit_checks/"
 
 
 class Unresolved(Exception):
