@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from stack.audit import Finding, Level, grade
-from stack.backup import BackupSet
+from stack.backup_info import BackupSet
 from stack.spec import AuditThresholds, ClusterSpec
 
 PG_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}

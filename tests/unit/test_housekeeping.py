@@ -23,7 +23,7 @@ from stack.audit_sizes import (
     pg_size_bytes,
     wal_normal_bytes,
 )
-from stack.backup import BackupSet
+from stack.backup_info import BackupSet
 from stack.cluster import TimelineSwitch
 from stack.errors import SpecError
 from stack.operator import history_events
