@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from stack.appdb import Catalog
-from stack.audit import (
+from stack.audit_backup import ArchiverObs, RepoObs
+from stack.audit_obs import (
     Backend,
     ContainerObs,
     EtcdAuthObs,
@@ -27,7 +28,6 @@ from stack.audit import (
     ReplicationRow,
     StandbyObs,
 )
-from stack.audit_backup import ArchiverObs, RepoObs
 from stack.audit_sizes import DiskObs, RepoSizeObs, ServerDbObs
 from stack.cluster import ClusterView, EndpointHealth, TimelineSwitch
 from stack.pooler import PoolerObs

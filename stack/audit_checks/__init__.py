@@ -5,7 +5,7 @@ One entry per check name a `Finding` can carry (`stack.audit`, `stack.audit_back
 critical (and which spec fields set those thresholds), what it means when it fires, what to do
 and which pgha verb fixes it. The documentation renders it twice (docs/hooks/gen_audit.py): the
 reference table of checks and the runbooks page, one entry per check under the anchor that a
-non-ok finding's hint names (`stack.audit.runbook_ref`). `tests/unit/test_audit_checks.py`
+non-ok finding's hint names (`stack.findings.runbook_ref`). `tests/unit/test_audit_checks.py`
 fails when the code emits a check that has no entry here, or an entry names no emitted check.
 
 Pure data: text in Markdown (inline code in backticks), thresholds quoted from the code's

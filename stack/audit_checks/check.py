@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stack.audit import runbook_anchor
+from stack.findings import runbook_anchor
 
 
 @dataclass(frozen=True)

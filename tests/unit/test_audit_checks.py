@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from stack.audit import Finding, Level, runbook_anchor, runbook_ref
 from stack.audit_checks import BY_NAME, CHECKS
+from stack.findings import Finding, Level, runbook_anchor, runbook_ref
 from stack.spec import AuditThresholds
 
 ROOT = Path(__file__).resolve().parents[2]

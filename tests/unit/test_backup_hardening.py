@@ -10,7 +10,7 @@ from stack import audit_backup as AB
 from stack import backup as bk
 from stack import backup_decisions as bkd
 from stack import backup_info as bki
-from stack.audit import Level
+from stack.findings import Level
 from stack.layout import PGBACKREST_RUN_DIR
 from stack.spec import ClusterSpec, parse_spec
 

@@ -14,7 +14,8 @@ import pytest
 
 from stack import fencing as F
 from stack import lab, topology
-from stack.audit import Level, check_fencers
+from stack.audit import check_fencers
+from stack.findings import Level
 from stack.spec import ClusterSpec, parse_spec
 from tasks import fencer_agent
 

@@ -209,11 +209,13 @@ def test_green_exporter_gets_its_own_port_during_a_major_upgrade() -> None:
 
 def test_a_missing_exporter_is_a_warning_not_critical() -> None:
     from stack import audit as A
+    from stack import audit_obs as AO
+    from stack import findings as AF
     from stack.spec import ClusterSpec
 
     spec = ClusterSpec(scope="lab", metrics={"enabled": True})  # type: ignore[arg-type]
-    running = [A.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}")
+    running = [AO.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}")
                for m, _ in spec.expected_members() if m != "metrics"]
-    rows = [f for f in A.check_containers(running, spec, spec.audit, A.Baseline()) if f.target == "metrics"]
-    assert [(f.check, f.status, f.observed) for f in rows] == [("container.running", A.Level.WARN, "missing")]
-    assert A.worst(A.check_containers(running, spec, spec.audit, A.Baseline())) == A.Level.WARN
+    rows = [f for f in A.check_containers(running, spec, spec.audit, AO.Baseline()) if f.target == "metrics"]
+    assert [(f.check, f.status, f.observed) for f in rows] == [("container.running", AF.Level.WARN, "missing")]
+    assert AF.worst(A.check_containers(running, spec, spec.audit, AO.Baseline())) == AF.Level.WARN
