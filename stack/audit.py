@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 from stack.audit_obs import (
     Backend,  # noqa: F401 - tasks/observe.py still reads it as `stack.audit.Backend`
@@ -26,6 +25,7 @@ from stack.audit_obs import (
     ReplicationRow,
     StandbyObs,
 )
+from stack.fencing import Counters
 from stack.findings import Finding, Level, grade
 from stack.layout import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
@@ -455,7 +455,7 @@ def _role(spec: ClusterSpec, member: str) -> str:
 FENCER_STALE_S = 30.0  # the watcher writes its counters at least every 10 s
 
 
-def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, error: str = "",
+def check_fencing(stats: Counters | None, spec: ClusterSpec, now: float, error: str = "",
                   target: str | None = None) -> list[Finding]:
     """A fencing watcher: alive (fresh heartbeat) and what it decided so far, by outcome.
 
@@ -469,16 +469,16 @@ def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, e
     if stats is None:
         return [Finding("fencing.watcher", subject, Level.WARN, f"missing: {error or 'no counters'}", "running",
                         "failover of a dead leader falls back to Patroni's ttl; `pgha up` restarts the fencer")]
-    age = now - float(stats.get("heartbeat_at") or 0)
-    by = dict(stats.get("by_outcome") or {})
-    fenced = int(by.get("fenced", 0))
+    age = now - stats.heartbeat_at
+    by = stats.by_outcome
+    fenced = by.get("fenced", 0)
     skipped = ", ".join(f"{k.removeprefix('skipped: ')} {v}" for k, v in sorted(by.items()) if k != "fenced")
-    observed = (f"heartbeat {age:.0f} s ago; {int(stats.get('events') or 0)} events, fenced {fenced}"
+    observed = (f"heartbeat {age:.0f} s ago; {stats.events} events, fenced {fenced}"
                 + (f", skipped: {skipped}" if skipped else ""))
     lvl = Level.OK if age < FENCER_STALE_S else Level.WARN
     out = [Finding("fencing.watcher", subject, lvl, observed, f"heartbeat < {FENCER_STALE_S:.0f} s",
                    "" if lvl == Level.OK else "the watcher is stuck: docker logs of the fencer")]
-    unreachable = int(by.get("skipped: etcd unreachable", 0)) + int(by.get("skipped: engine did not confirm", 0))
+    unreachable = by.get("skipped: etcd unreachable", 0) + by.get("skipped: engine did not confirm", 0)
     if unreachable:
         out.append(Finding("fencing.unconfirmed", subject, Level.WARN,
                            f"{unreachable} deaths not fenced: etcd or the engine did not answer", "0",
@@ -486,7 +486,7 @@ def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, e
     return out
 
 
-def check_fencers(per_member: dict[str, tuple[dict[str, Any] | None, str]], spec: ClusterSpec, now: float,
+def check_fencers(per_member: dict[str, tuple[Counters | None, str]], spec: ClusterSpec, now: float,
                   error: str = "") -> list[Finding]:
     """Every watcher's rows: one for the single engine's (subject: the scope), one per watched host
     with `hosts` (subject: `fencer-<host>`). `per_member` maps member -> (counters or None, why none);

@@ -7,9 +7,7 @@ the running fencer what it did (its stats file and its JSON log lines).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from stack import fencing, layout
 from stack.errors import PghaError
@@ -23,7 +21,7 @@ def agent_files() -> dict[str, str]:
     return {"fencer.py": Path(fencer_agent.__file__).read_text(), "fencing.py": Path(fencing.__file__).read_text()}
 
 
-def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
+def stats(spec: ClusterSpec, member: str | None = None) -> fencing.Counters:
     """A running fencer's counters (heartbeat, events, decisions by outcome); raises when it has none.
 
     `member`: one of `spec.fencer_members()` (with `hosts`, one watcher per node's host); default
@@ -36,14 +34,14 @@ def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
     if not r.ok:
         raise PghaError(f"the fencer has written no counters yet ({r.tail(1)})")
     try:
-        return dict(json.loads(r.out))
+        return fencing.Counters.from_json(r.out)
     except ValueError:
         raise PghaError("the fencer's counters are not JSON") from None
 
 
-def all_stats(spec: ClusterSpec) -> dict[str, tuple[dict[str, Any] | None, str]]:
+def all_stats(spec: ClusterSpec) -> dict[str, tuple[fencing.Counters | None, str]]:
     """Every watcher's counters, or why there are none: {member: (stats, error)} (the audit's rows)."""
-    out: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    out: dict[str, tuple[fencing.Counters | None, str]] = {}
     for m in spec.fencer_members():
         try:
             out[m] = (stats(spec, m), "")

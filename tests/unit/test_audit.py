@@ -10,6 +10,7 @@ from stack import findings as AF
 from stack.audit_sizes import DiskObs
 from stack.cluster import ClusterView, Member, MemberRole
 from stack.errors import SpecError
+from stack.fencing import Counters
 from stack.findings import Level
 from stack.snapshot import ClusterSnapshot, ContainersObs, EtcdObs, Observed, PatroniState
 from stack.spec import AuditThresholds, ClusterSpec, parse_spec
@@ -402,11 +403,11 @@ def test_fencing_watcher_missing_is_a_warning_not_critical() -> None:
 
 
 def test_fencing_counters_and_stale_heartbeat() -> None:
-    stats = {"heartbeat_at": 995.0, "events": 3, "by_outcome": {"fenced": 1, "skipped: not leader": 2}}
+    stats = Counters(heartbeat_at=995.0, events=3, by_outcome={"fenced": 1, "skipped: not leader": 2})
     f = A.check_fencing(stats, SPEC, 1000.0)
     assert f[0].status == Level.OK and "fenced 1" in f[0].observed and "not leader 2" in f[0].observed
     assert A.check_fencing(stats, SPEC, 1100.0)[0].status == Level.WARN
-    stats["by_outcome"] = {"skipped: etcd unreachable": 1}
+    stats.by_outcome = {"skipped: etcd unreachable": 1}
     assert by(A.check_fencing(stats, SPEC, 1000.0), "fencing.unconfirmed", "lab").status == Level.WARN
 
 

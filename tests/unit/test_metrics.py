@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack import metrics as M
+from stack.fencing import Counters
 from tests.unit.test_prometheus_rules import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def _snapshot() -> M.Snapshot:
     down = M.member_sample("pg-3", None, None, NOW)
     audit = M.audit_sample(NOW - 60, [("backup.age", "demo", "ok"), ("disk.\"data\"\\x", "pg-1\nx", "critical")],
                            last_backup_at=NOW - 3600, last_verified_at=None,
-                           fencers={"fencer": {"events": 7, "by_outcome": {"fenced": 1, "skipped: not leader": 2}}})
+                           fencers={"fencer": Counters(events=7, by_outcome={"fenced": 1, "skipped: not leader": 2})})
     return M.Snapshot("demo", NOW - 2, 3, (leader, replica, down), ("pg-3: refused",), audit)
 
 
