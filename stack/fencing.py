@@ -302,20 +302,6 @@ class Counters:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> Counters:
-        """`to_json`'s text back, read once where the audit asks a watcher; ValueError when it is not one."""
-        d = json.loads(text)
-        if not isinstance(d, dict):
-            raise ValueError("the counters are not a JSON object")
-        try:
-            return cls(started_at=float(d.get("started_at") or 0), heartbeat_at=float(d.get("heartbeat_at") or 0),
-                       events=int(d.get("events") or 0),
-                       by_outcome={str(k): int(v) for k, v in dict(d.get("by_outcome") or {}).items()},
-                       last=dict(d.get("last") or {}))
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"the counters have a field of the wrong type: {exc}") from None
-
 
 @dataclass(frozen=True)
 class FencerConfig:

@@ -7,6 +7,7 @@ the running fencer what it did (its stats file and its JSON log lines).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from stack import fencing, layout
@@ -19,6 +20,24 @@ from tasks.node_exec import node
 def agent_files() -> dict[str, str]:
     """The agent's sources as the fencer runs them (fencer.py imports fencing.py beside it)."""
     return {"fencer.py": Path(fencer_agent.__file__).read_text(), "fencing.py": Path(fencing.__file__).read_text()}
+
+
+def parse_counters(text: str) -> fencing.Counters:
+    """The watcher's stats file (`Counters.to_json`) read back, once; ValueError when it is not one.
+
+    Here and not in stack/fencing.py: that file is shipped into the fencer container, and a change
+    to it recreates every cluster's fencer at its next `pgha up`."""
+    d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError("the counters are not a JSON object")
+    try:
+        return fencing.Counters(
+            started_at=float(d.get("started_at") or 0), heartbeat_at=float(d.get("heartbeat_at") or 0),
+            events=int(d.get("events") or 0),
+            by_outcome={str(k): int(v) for k, v in dict(d.get("by_outcome") or {}).items()},
+            last=dict(d.get("last") or {}))
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"the counters have a field of the wrong type: {exc}") from None
 
 
 def stats(spec: ClusterSpec, member: str | None = None) -> fencing.Counters:
@@ -34,7 +53,7 @@ def stats(spec: ClusterSpec, member: str | None = None) -> fencing.Counters:
     if not r.ok:
         raise PghaError(f"the fencer has written no counters yet ({r.tail(1)})")
     try:
-        return fencing.Counters.from_json(r.out)
+        return parse_counters(r.out)
     except ValueError:
         raise PghaError("the fencer's counters are not JSON") from None
 
