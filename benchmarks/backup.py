@@ -37,7 +37,7 @@ WORK = private_env("backup")
 from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
-from stack.backup import BackupType  # noqa: E402
+from stack.backup_decisions import BackupType  # noqa: E402
 from stack.layout import CONFIG_MOUNT, REPLICATION_USER, REPO_MOUNT, SOCKET_DIR  # noqa: E402
 from stack.results import VerifyResult  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402

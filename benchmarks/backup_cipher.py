@@ -23,7 +23,7 @@ WORK = private_env("cipher")
 
 from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
-from stack.backup import BackupType  # noqa: E402
+from stack.backup_decisions import BackupType  # noqa: E402
 from stack.layout import SOCKET_DIR  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import images, patroni  # noqa: E402

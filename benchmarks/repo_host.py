@@ -34,7 +34,7 @@ from flows.backup import backup  # noqa: E402
 from flows.bootstrap import bootstrap  # noqa: E402
 from flows.teardown import teardown  # noqa: E402
 from flows.verify import verify_restore  # noqa: E402
-from stack.backup import BackupType  # noqa: E402
+from stack.backup_decisions import BackupType  # noqa: E402
 from stack.spec import ClusterSpec, parse_spec  # noqa: E402
 from tasks import docker_lab, images  # noqa: E402
 from tasks.docker_hosts import local_engine  # noqa: E402

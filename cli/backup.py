@@ -20,7 +20,7 @@ from cli.core import (
     command,
     run_flow,
 )
-from stack.backup import BackupType
+from stack.backup_decisions import BackupType
 from stack.errors import UsageError
 from stack.results import BackupResult, DumpResult, RestoreResult, VerifyResult
 from stack.spec import load_spec
@@ -93,7 +93,7 @@ def restore(to: str = typer.Option(..., "--to", help="target time with zone, e.g
 
     Example: pgha restore --to '2026-03-01 09:30:00+00' --into restored
     """
-    from stack.backup import parse_target_time
+    from stack.backup_decisions import parse_target_time
 
     target = parse_target_time(to)
     if isinstance(target, str):

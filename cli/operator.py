@@ -322,6 +322,7 @@ def backups(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
     import datetime as dt
 
     from stack import backup as bk
+    from stack import backup_decisions as bkd
     from tasks import pgbackrest
     from tasks.host import journal
 
@@ -337,7 +338,7 @@ def backups(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, as_j
         if e.get("operation") == "verify-restore" and e.get("label"):
             checked[str(e["label"])] = "passed" if e.get("verified") else f"FAILED: {e.get('error') or e.get('outcome')}"
     rows = [_backup_row(s, checked.get(s.label, "never")) for s in reversed(sets)]  # newest first
-    window = bk.recoverable_range(sets, dt.datetime.now(dt.UTC))
+    window = bkd.recoverable_range(sets, dt.datetime.now(dt.UTC))
     return Done(BackupsResult(scope=spec.scope, sets=rows, recoverable_from=window[0].isoformat() if window else "",
                               recoverable_to=window[1].isoformat() if window else "",
                               archive_min=wal_min or "", archive_max=wal_max or ""), spec)

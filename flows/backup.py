@@ -19,6 +19,7 @@ from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation, result_artifact
 from flows.verify import verify_restore
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack.errors import StateError, UsageError
 from stack.results import BackupResult, DumpResult
 from stack.retry import with_retries
@@ -31,19 +32,19 @@ from tasks.repo_host import ensure_repo_host
 RETRY_DELAYS_S = (10.0, 30.0)  # a backup that failed transiently runs again after these (three tries in all)
 
 
-def preflight(spec: ClusterSpec) -> bk.Source:
+def preflight(spec: ClusterSpec) -> bkd.Source:
     """Refuse a backup that cannot run (disabled, no repository, no healthy replica) before anything happens."""
     if not spec.backup.enabled:
         raise UsageError(f"backups are disabled in the spec of {spec.scope} (backup.enabled: false)")
     pbr.require_repo(spec)
-    source = bk.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
+    source = bkd.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
     if source.runner is None:
         raise StateError(f"no backup of {spec.scope}: {source.reason}")
     return source
 
 
 @flow(name="backup", description="pgBackRest backup from a replica, then a verified restore of it.")
-def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002, B008
+def backup(spec: ClusterSpec = ClusterSpec(), type: bkd.BackupType = bkd.BackupType.FULL,  # noqa: A002, B008
            verify: bool | None = None) -> BackupResult:
     """Back up (full, diff or incr) and, unless disabled, verify the new set by restoring it."""
     spec = serving(pinned_spec(spec))  # a deployment's spec names the cluster; its serving generation is backed up
@@ -57,14 +58,14 @@ def backup(spec: ClusterSpec = ClusterSpec(), type: bk.BackupType = bk.BackupTyp
     with operation("backup", spec):
         # A scheduled run has no second run: a transient failure (cut exec output, a reset
         # connection) runs the steps again; every step is idempotent, a new canary row is harmless.
-        result = with_retries(lambda: take_backup(spec, bk.BackupType(type)), RETRY_DELAYS_S, again)
+        result = with_retries(lambda: take_backup(spec, bkd.BackupType(type)), RETRY_DELAYS_S, again)
     if verify if verify is not None else spec.backup.verify_after_backup:
         result.verification = verify_restore(spec, label=result.label)
     result_artifact(spec.scope, "backup", result)
     return result
 
 
-def take_backup(spec: ClusterSpec, btype: bk.BackupType) -> BackupResult:
+def take_backup(spec: ClusterSpec, btype: bkd.BackupType) -> BackupResult:
     """The backup itself (the caller holds the lock): canary, pgBackRest, the new set found in `info`."""
     log = get_run_logger()
     source = preflight_once(preflight, spec)
@@ -84,7 +85,7 @@ def take_backup(spec: ClusterSpec, btype: bk.BackupType) -> BackupResult:
     run = pbr.run_backup(spec, runner, btype, token, count, from_standby=source.from_standby)
     after, wal_min, wal_max = pbr.info(spec, runner)
     known = {s.label for s in before}
-    new = [s for s in after if s.label not in known and s.annotation.get(bk.ANN_TOKEN) == token]
+    new = [s for s in after if s.label not in known and s.annotation.get(bkd.ANN_TOKEN) == token]
     if not new:
         raise pbr.BackupError("pgbackrest reported success but the new set is not in `pgbackrest info`")
     s = new[-1]
@@ -105,7 +106,7 @@ def take_backup(spec: ClusterSpec, btype: bk.BackupType) -> BackupResult:
     return result
 
 
-def dump_preflight(spec: ClusterSpec) -> bk.Source:
+def dump_preflight(spec: ClusterSpec) -> bkd.Source:
     """Refuse a dump that cannot run (no repository volume, no healthy replica) before anything happens."""
     if not spec.backup.enabled or spec.backup.s3 is not None:
         raise UsageError("pgha dump writes into the repository volume: it needs backup.enabled and no backup.s3")
@@ -113,7 +114,7 @@ def dump_preflight(spec: ClusterSpec) -> bk.Source:
         raise UsageError("pgha dump writes into the repository volume the nodes mount; with backup.repo_host they "
                          "mount none (not built yet)")
     pbr.require_repo(spec)
-    source = bk.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
+    source = bkd.choose_source(patroni.cluster_view(spec).members, spec.backup.allow_primary)
     if source.runner is None:
         raise StateError(f"no dump of {spec.scope}: {source.reason}")
     return source

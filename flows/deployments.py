@@ -29,7 +29,7 @@ from prefect import flow
 from prefect.states import State
 from pydantic import Field
 
-from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack.deployed import not_brought_up
 from stack.drill import DrillKind
 from stack.errors import UsageError
@@ -123,7 +123,7 @@ def certs_renew(scope: Scope = DEFAULT_SCOPE, within_days: int | None = None,
 
 
 @flow(name="backup", description="pgBackRest backup from a replica, then a verified restore of it.")
-def backup(scope: Scope = DEFAULT_SCOPE, type: bk.BackupType = bk.BackupType.FULL,  # noqa: A002 - the CLI's word
+def backup(scope: Scope = DEFAULT_SCOPE, type: bkd.BackupType = bkd.BackupType.FULL,  # noqa: A002 - the CLI's word
            verify: bool | None = None) -> BackupResult:
     from flows.backup import backup as op
 

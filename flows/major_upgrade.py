@@ -38,7 +38,7 @@ from flows.steps.major import (
 )
 from flows.steps.ops import current, mutating_flow, note, operation
 from stack import major
-from stack.backup import BackupType
+from stack.backup_decisions import BackupType
 from stack.errors import PghaError, StateError, UsageError
 from stack.generations import base_of, generation_spec
 from stack.major import Action, MajorState, Phase, Request

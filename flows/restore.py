@@ -36,6 +36,8 @@ from flows.steps.converge import bootstrap_preflight, converge
 from flows.steps.deployment import check_restore_target
 from flows.steps.ops import mutating_flow
 from stack import backup as bk
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
 from stack.errors import PghaError, StateError, UsageError
 from stack.results import ClusterStatus, RestoreResult
 from stack.spec import ClusterSpec, parse_spec
@@ -68,7 +70,7 @@ def target_spec(source: ClusterSpec, into: str | None, given: ClusterSpec | None
         new = parse_spec(data, f"(derived from {source.scope} for --into)")
     if new.scope == source.scope:
         raise UsageError("--into must name another scope; restoring in place needs --in-place --yes")
-    if problem := bk.shared_hosts_problem(source, new):
+    if problem := bkd.shared_hosts_problem(source, new):
         raise UsageError(problem)
     return new
 
@@ -103,7 +105,7 @@ def down_message(spec: ClusterSpec, target: str, exc: BaseException) -> str:
             f"--to '{target}' --in-place --yes`, or restore into a new scope with `--into SCOPE`")
 
 
-def repo_sets(spec: ClusterSpec) -> list[bk.BackupSet]:
+def repo_sets(spec: ClusterSpec) -> list[bki.BackupSet]:
     """Backup sets of the source, read in a running node (after a WAL switch reaches the archive)."""
     nodes = pbr.running_nodes(spec)
     if not nodes:
@@ -116,9 +118,9 @@ def repo_sets(spec: ClusterSpec) -> list[bk.BackupSet]:
     return pbr.info(spec, reader)[0]
 
 
-def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place: bool) -> tuple[dt.datetime, bk.BackupSet]:
+def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place: bool) -> tuple[dt.datetime, bki.BackupSet]:
     """Every refusal before anything changes: time, range, target scope, ports. Returns (time, base set)."""
-    when = bk.parse_target_time(target)
+    when = bkd.parse_target_time(target)
     if isinstance(when, str):
         raise UsageError(when)
     if in_place == (into is not None):
@@ -132,10 +134,10 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
     if in_place:
         eng = engines(spec)
         running_etcd = sum(eng.of(m).running(spec.container(m)) for m in spec.etcd_names())
-        if problem := bk.in_place_problem(spec, running_etcd, len(pbr.running_nodes(spec))):
+        if problem := bkd.in_place_problem(spec, running_etcd, len(pbr.running_nodes(spec))):
             raise StateError(problem)
     sets = repo_sets(spec)
-    if problem := bk.check_target(when, sets, dt.datetime.now(dt.UTC)):
+    if problem := bkd.check_target(when, sets, dt.datetime.now(dt.UTC)):
         raise UsageError(problem)
     if into is not None:
         if any(e.scope_has_resources(into.scope) for e in engines(into).all()):
@@ -153,7 +155,7 @@ def preflight(spec: ClusterSpec, target: str, into: ClusterSpec | None, in_place
 
 
 def restore_volume(source: ClusterSpec, spec: ClusterSpec, member: str, image: str, when: dt.datetime,
-                   base: bk.BackupSet, pgdata: str = pr.PGDATA) -> float:
+                   base: bki.BackupSet, pgdata: str = pr.PGDATA) -> float:
     """Restore `source`'s repository to `when` into `member`'s volume of `spec`; seconds of pgBackRest restore.
 
     A one-shot scratch container (labelled with `spec`'s scope) restores into `pgdata`, lets

@@ -17,6 +17,7 @@ from flows.steps import preflight_once
 from flows.steps.deployment import pinned_spec
 from flows.steps.ops import operation
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack import layout
 from stack.errors import UsageError
 from stack.results import VerifyResult
@@ -37,7 +38,7 @@ def preflight(spec: ClusterSpec, label: str | None) -> None:
         r = pbr.pgbackrest(spec, m, ["info", "--output=json"], conf=conf, timeout=60)
         if not r.ok:
             continue  # files not installed yet in this node: the flow checks in its scratch container
-        chosen = bk.pick_set(pbr.parse_info_json(r.out, spec.scope)[0], label)
+        chosen = bkd.pick_set(pbr.parse_info_json(r.out, spec.scope)[0], label)
         if isinstance(chosen, str):
             raise UsageError(chosen)
         return
@@ -89,7 +90,7 @@ def verify_in_scratch(spec: ClusterSpec, label: str | None, detail: dict[str, ob
 def check_copy(spec: ClusterSpec, s: pr.Scratch, label: str | None, result: VerifyResult) -> None:
     """Pick the set, verify its files, restore, recover, check consistency and the canary; fills `result`."""
     pr.put_conf(s, spec, spec.backup.process_max)
-    chosen = bk.pick_set(pr.repository_sets(s, spec.scope), label)
+    chosen = bkd.pick_set(pr.repository_sets(s, spec.scope), label)
     if isinstance(chosen, str):
         raise UsageError(chosen)
     result.label, result.type = chosen.label, chosen.type
@@ -101,7 +102,7 @@ def check_copy(spec: ClusterSpec, s: pr.Scratch, label: str | None, result: Veri
     result.amcheck = pr.check_consistency(s, jobs=spec.backup.process_max,
                                           heapallindexed=spec.backup.verify_heapallindexed)
     result.amcheck_s = round(time.monotonic() - t, 1)
-    canary = bk.canary_of(chosen)
+    canary = bkd.canary_of(chosen)
     if canary is None:
         result.canary = "no canary recorded with this set (not taken by pgha backup)"
     elif isinstance(canary, str):
@@ -109,7 +110,7 @@ def check_copy(spec: ClusterSpec, s: pr.Scratch, label: str | None, result: Veri
     else:
         token, want = canary
         present, total = pr.canary_counts(s, token)
-        if problem := bk.canary_problem(chosen, token, want, present, total):
+        if problem := bkd.canary_problem(chosen, token, want, present, total):
             raise pbr.BackupError(problem)
         result.canary = f"row {token} present, {total} rows as when backed up"
     result.databases = pr.database_count(s)

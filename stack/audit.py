@@ -1,18 +1,32 @@
-"""Health-audit decisions: observed values in, finding rows (ok / warn / critical) out.
+"""Health-audit checks: observed values in, finding rows (ok / warn / critical) out.
 
-Pure: no Docker, no network. `flows/audit.py` gathers the observations with `tasks/*` and
-calls these functions; unit tests feed them values at the thresholds' boundaries. A value
-at or above a `*_warn` threshold is a warning, at or above `*_critical` critical.
+Pure: no Docker, no network. `flows/audit.py` gathers the observations (`stack.audit_obs`) with
+`tasks/*` and calls these functions, which return rows (`stack.findings`); unit tests feed them
+values at the thresholds' boundaries. A value at or above a `*_warn` threshold is a warning, at or
+above `*_critical` critical.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
 
-from stack.cluster import Member
+from stack.audit_obs import (
+    Backend,  # noqa: F401 - tasks/observe.py still reads it as `stack.audit.Backend`
+    Baseline,
+    ContainerObs,
+    EtcdAuthObs,
+    EtcdMember,
+    HaproxyObs,
+    LeaderKeyObs,
+    PatroniObs,
+    PostgresObs,
+    PressureObs,
+    ReplicationRow,
+    StandbyObs,
+)
+from stack.fencing import Counters
+from stack.findings import Finding, Level, grade
 from stack.layout import ETCD_QUOTA_BYTES
 from stack.spec import AuditThresholds, ClusterSpec
 from stack.tls import CA_CRITICAL_DAYS, CA_WARN_DAYS, CertInfo, ca_outcome, expiry_outcome
@@ -20,176 +34,8 @@ from stack.tls import CA_CRITICAL_DAYS, CA_WARN_DAYS, CertInfo, ca_outcome, expi
 XID_WRAPAROUND = 2**31
 
 
-class Level(StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    CRITICAL = "critical"
-
-
-_RANK = {Level.OK: 0, Level.WARN: 1, Level.CRITICAL: 2}
-
-
-RUNBOOK_PAGE = "runbooks.md"  # the runbooks page of the documentation site (docs/runbooks.md)
-
-
-def runbook_anchor(check: str) -> str:
-    """The anchor of a check's runbook entry: `patroni.pending_restart` -> `patroni-pending-restart`."""
-    return check.replace(".", "-").replace("_", "-")
-
-
-def runbook_ref(check: str) -> str:
-    """How a hint names its runbook entry: `runbook: runbooks.md#patroni-member`."""
-    return f"runbook: {RUNBOOK_PAGE}#{runbook_anchor(check)}"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One row of the audit table.
-
-    A row that is not ok has its runbook entry appended to its hint, here, for every check at
-    once: the entries are `stack.audit_checks.CHECKS`, rendered into docs/runbooks.md.
-    """
-
-    check: str
-    target: str
-    status: Level
-    observed: str
-    threshold: str = ""
-    hint: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status == Level.OK:
-            return
-        ref = runbook_ref(self.check)
-        if ref not in self.hint:  # a row rebuilt from another (dataclasses.replace) keeps its one
-            object.__setattr__(self, "hint", f"{self.hint} ({ref})" if self.hint else ref)
-
-    def to_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
-
-    def line(self) -> str:
-        return f"{self.check} {self.target}: {self.observed}" + (f" (threshold {self.threshold})" if self.threshold else "")
-
-
-def grade(value: float, warn: float, critical: float) -> Level:
-    """Higher is worse: critical at or above `critical`, warn at or above `warn`."""
-    if value >= critical:
-        return Level.CRITICAL
-    if value >= warn:
-        return Level.WARN
-    return Level.OK
-
-
-def worst(findings: list[Finding]) -> Level:
-    return max((f.status for f in findings), key=_RANK.__getitem__, default=Level.OK)
-
-
 def _mib(n: float) -> str:
     return f"{n / 1048576:.1f} MiB"
-
-
-# ---- observations (what the gatherers return) ----
-
-
-@dataclass(frozen=True)
-class EtcdMember:
-    member: str
-    healthy: bool
-    is_leader: bool = False
-    db_size: int | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class PatroniObs:
-    members: list[Member]
-    paused: bool
-    liveness: dict[str, int | None]  # member -> HTTP code of /liveness (None: no answer)
-    readiness: dict[str, int | None]
-
-
-@dataclass(frozen=True)
-class ReplicationRow:
-    """A row of pg_stat_replication on the leader."""
-
-    name: str  # application_name = Patroni member name
-    state: str
-    sync_state: str
-    lag_bytes: int | None
-    lag_s: float | None
-
-
-@dataclass(frozen=True)
-class Backend:
-    status: str  # UP, DOWN, MAINT, "UP 1/2", ...
-    chkdown: int  # UP->DOWN transitions since HAProxy started
-
-
-@dataclass(frozen=True)
-class HaproxyObs:
-    primary: dict[str, Backend]
-    replicas: dict[str, Backend]
-    rw_member: str | None  # the member the R/W port reached (None: no connection)
-    rw_writable: bool
-    ro_member: str | None
-    ro_in_recovery: bool | None  # None: R/O port not reachable
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class PostgresObs:
-    connections: int
-    max_connections: int
-    oldest_xact_s: float | None
-    oldest_idle_in_xact_s: float | None
-    inactive_slots: dict[str, int]  # slot -> retained WAL bytes
-    max_xid_age: int
-    data_checksums: bool
-
-
-@dataclass(frozen=True)
-class ContainerObs:
-    name: str
-    member: str
-    status: str  # running, exited, missing, ...
-    health: str  # healthy, unhealthy, starting, "" (no health check)
-    container_id: str = ""
-    restart_count: int = 0
-    log_driver: str = ""  # HostConfig.LogConfig: the driver and its options (max-size, max-file)
-    log_options: dict[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class PressureObs:
-    """One container's memory against its limit (the engine's stats) and OOM kills."""
-
-    member: str
-    used_bytes: int | None  # page cache the kernel can drop excluded (inactive file pages)
-    limit_bytes: int | None  # None or 0: no limit
-    oom_killed: bool = False  # State.OOMKilled: its last exit was an OOM kill
-    oom_events: int = 0  # `oom` events of the engine in the audit's look-back window
-
-
-@dataclass
-class Baseline:
-    """What the previous audit saw (kept in the state dir): restart counts and HAProxy flaps."""
-
-    restarts: dict[str, tuple[str, int]] = field(default_factory=dict)  # container -> (id, RestartCount)
-    chkdown: dict[str, int] = field(default_factory=dict)  # "<backend>/<server>" -> chkdown
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"restarts": {k: list(v) for k, v in self.restarts.items()}, "chkdown": self.chkdown}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Baseline:
-        try:
-            return cls(restarts={k: (str(v[0]), int(v[1])) for k, v in dict(data.get("restarts", {})).items()},
-                       chkdown={k: int(v) for k, v in dict(data.get("chkdown", {})).items()})
-        except (TypeError, ValueError, IndexError, AttributeError):
-            return cls()  # a damaged baseline only costs one audit's deltas
-
-
-# ---- checks ----
 
 
 def check_etcd(members: list[EtcdMember], spec: ClusterSpec, th: AuditThresholds) -> list[Finding]:
@@ -223,15 +69,6 @@ def check_etcd(members: list[EtcdMember], spec: ClusterSpec, th: AuditThresholds
     return out
 
 
-@dataclass(frozen=True)
-class LeaderKeyObs:
-    """Patroni's leader key and the lease (session) of the member key of the member it names."""
-
-    holder: str | None  # None: no leader key
-    lease: int = 0  # 0: none
-    holder_member_lease: int | None = None  # None: that member has no member key
-
-
 def leader_key_verdict(obs: LeaderKeyObs) -> str:
     """"" when the leader key is one Patroni wrote (or there is none), else why it is not. Patroni
     writes its leader key and its own member key with the same lease (its session); the fencer,
@@ -259,12 +96,6 @@ def check_leader_key(obs: LeaderKeyObs | None, spec: ClusterSpec, error: str = "
                         "(the members elect a leader again) and find out who wrote it")]
     observed = f"{obs.holder}, with its session" if obs.holder else "no leader key (an election)"
     return [Finding("etcd.leader_key", spec.scope, Level.OK, observed, "written by Patroni")]
-
-
-@dataclass(frozen=True)
-class EtcdAuthObs:
-    enabled: bool  # etcd says its authentication is on
-    switched_on_by_pgha: bool  # pgha's marker: it switched authentication on at creation
 
 
 def check_etcd_auth(obs: EtcdAuthObs | None, spec: ClusterSpec, error: str = "") -> list[Finding]:
@@ -368,15 +199,6 @@ def check_replication(leader: str | None, rows: list[ReplicationRow], spec: Clus
                            ", ".join(sync) or "none", "one (synchronous_mode)",
                            "" if sync else "commits wait for or lose their second copy: a replica must stream"))
     return out
-
-
-@dataclass(frozen=True)
-class StandbyObs:
-    """A standby cluster's link to its primary site (`standby_of:`), as `pgha site status` sees it."""
-
-    receiver: str | None  # the standby leader's WAL receiver status (None: no receiver)
-    lag_bytes: int | None  # the primary site's current LSN - the standby's replayed LSN (None: unknown)
-    lag_s: float | None  # 0 when caught up, else the age of the last replayed transaction
 
 
 def check_standby(obs: StandbyObs | None, spec: ClusterSpec, th: AuditThresholds, error: str = "") -> list[Finding]:
@@ -633,7 +455,7 @@ def _role(spec: ClusterSpec, member: str) -> str:
 FENCER_STALE_S = 30.0  # the watcher writes its counters at least every 10 s
 
 
-def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, error: str = "",
+def check_fencing(stats: Counters | None, spec: ClusterSpec, now: float, error: str = "",
                   target: str | None = None) -> list[Finding]:
     """A fencing watcher: alive (fresh heartbeat) and what it decided so far, by outcome.
 
@@ -647,16 +469,16 @@ def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, e
     if stats is None:
         return [Finding("fencing.watcher", subject, Level.WARN, f"missing: {error or 'no counters'}", "running",
                         "failover of a dead leader falls back to Patroni's ttl; `pgha up` restarts the fencer")]
-    age = now - float(stats.get("heartbeat_at") or 0)
-    by = dict(stats.get("by_outcome") or {})
-    fenced = int(by.get("fenced", 0))
+    age = now - stats.heartbeat_at
+    by = stats.by_outcome
+    fenced = by.get("fenced", 0)
     skipped = ", ".join(f"{k.removeprefix('skipped: ')} {v}" for k, v in sorted(by.items()) if k != "fenced")
-    observed = (f"heartbeat {age:.0f} s ago; {int(stats.get('events') or 0)} events, fenced {fenced}"
+    observed = (f"heartbeat {age:.0f} s ago; {stats.events} events, fenced {fenced}"
                 + (f", skipped: {skipped}" if skipped else ""))
     lvl = Level.OK if age < FENCER_STALE_S else Level.WARN
     out = [Finding("fencing.watcher", subject, lvl, observed, f"heartbeat < {FENCER_STALE_S:.0f} s",
                    "" if lvl == Level.OK else "the watcher is stuck: docker logs of the fencer")]
-    unreachable = int(by.get("skipped: etcd unreachable", 0)) + int(by.get("skipped: engine did not confirm", 0))
+    unreachable = by.get("skipped: etcd unreachable", 0) + by.get("skipped: engine did not confirm", 0)
     if unreachable:
         out.append(Finding("fencing.unconfirmed", subject, Level.WARN,
                            f"{unreachable} deaths not fenced: etcd or the engine did not answer", "0",
@@ -664,7 +486,7 @@ def check_fencing(stats: dict[str, Any] | None, spec: ClusterSpec, now: float, e
     return out
 
 
-def check_fencers(per_member: dict[str, tuple[dict[str, Any] | None, str]], spec: ClusterSpec, now: float,
+def check_fencers(per_member: dict[str, tuple[Counters | None, str]], spec: ClusterSpec, now: float,
                   error: str = "") -> list[Finding]:
     """Every watcher's rows: one for the single engine's (subject: the scope), one per watched host
     with `hosts` (subject: `fencer-<host>`). `per_member` maps member -> (counters or None, why none);
@@ -721,7 +543,6 @@ def verdict(scope: str, findings: list[Finding]) -> Verdict:
     return Verdict(Level.OK, f"health audit of {scope}: all {len(findings)} checks ok")
 
 
-# ---- tls: certificate expiry (hardening issue) ----
 def check_tls(infos: list[CertInfo] | None, spec: ClusterSpec, now: dt.datetime, error: str = "") -> list[Finding]:
     """Two rows: the member or client certificate nearest to expiry (warning `tls.expiry_warn_days`
     before, critical after), and the CA (warned a year ahead: replacing it is a new cluster)."""
@@ -739,4 +560,3 @@ def check_tls(infos: list[CertInfo] | None, spec: ClusterSpec, now: dt.datetime,
             Finding("tls.ca_expiry", spec.scope, ca_level, ca_detail,
                     f"warn {CA_WARN_DAYS} days before, critical {CA_CRITICAL_DAYS}",
                     "" if ca_level == Level.OK else "a new cluster: pgha restore --into NEW-SCOPE")]
-# ---- end tls ----

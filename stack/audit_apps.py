@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stack import appdb
-from stack.audit import Finding, Level
+from stack.findings import Finding, Level
 from stack.spec import ClusterSpec
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from stack.audit import Finding, Level
-from stack.backup import CIPHER_TYPE, BackupSet
+from stack.backup import CIPHER_TYPE
+from stack.backup_info import BackupSet
+from stack.findings import Finding, Level
 from stack.spec import ClusterSpec
 
 WARN_FACTOR = 1.5

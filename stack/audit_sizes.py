@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stack.audit import Finding, Level, grade
-from stack.backup import BackupSet
+from stack.backup_info import BackupSet
+from stack.findings import Finding, Level, grade
 from stack.spec import AuditThresholds, ClusterSpec
 
 PG_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}

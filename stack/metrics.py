@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Every role a member can hold in Patroni's /cluster; `pgha_member_role` has one series per
@@ -57,6 +58,14 @@ class FencerSample:
     member: str
     events: int
     by_outcome: tuple[tuple[str, int], ...] = ()
+
+
+class FencerCounts(Protocol):
+    """A watcher's counters as the audit read them (`stack.fencing.Counters`; not imported: the
+    exporter runs this module alone)."""
+
+    events: int
+    by_outcome: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -135,10 +144,9 @@ def member_sample(name: str, patroni: Any, row: dict[str, Any] | None, now: floa
 
 def audit_sample(taken_at: float, findings: list[tuple[str, str, str]], last_backup_at: float | None = None,
                  last_verified_at: float | None = None,
-                 fencers: dict[str, dict[str, Any]] | None = None) -> AuditSample:
+                 fencers: Mapping[str, FencerCounts] | None = None) -> AuditSample:
     """An audit's result as a sample: (check, target, status) rows, backup times, fencer counters."""
-    fs = tuple(FencerSample(m, int(s.get("events") or 0),
-                            tuple(sorted((str(k), int(v)) for k, v in dict(s.get("by_outcome") or {}).items())))
+    fs = tuple(FencerSample(m, s.events, tuple(sorted(s.by_outcome.items())))
                for m, s in sorted((fencers or {}).items()))
     return AuditSample(taken_at, tuple(CheckSample(c, t, s) for c, t, s in findings),
                        last_backup_at, last_verified_at, fs)
@@ -164,8 +172,11 @@ def audit_from_json(text: str) -> AuditSample | None:
     """`audit_to_json`'s text back, or None when it is not one (a half-written or foreign file)."""
     try:
         d = json.loads(text)
-        return audit_sample(float(d["taken_at"]), [(str(c), str(t), str(s)) for c, t, s in d.get("checks") or []],
-                            d.get("last_backup_at"), d.get("last_verified_at"), d.get("fencers") or {})
+        fencers = tuple(FencerSample(str(m), int(s.get("events") or 0),
+                                     tuple(sorted((str(k), int(v)) for k, v in dict(s.get("by_outcome") or {}).items())))
+                        for m, s in sorted(dict(d.get("fencers") or {}).items()))
+        return replace(audit_sample(float(d["taken_at"]), [(str(c), str(t), str(s)) for c, t, s in d.get("checks") or []],
+                                    d.get("last_backup_at"), d.get("last_verified_at")), fencers=fencers)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 

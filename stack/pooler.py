@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from stack import tls
-from stack.audit import Finding, Level, grade
+from stack.findings import Finding, Level, grade
 from stack.layout import HAPROXY_RW_PORT, PGBOUNCER_PORT, PGBOUNCER_USERLIST, RUN_DIR, SOCKET_DIR, SUPERUSER
 from stack.spec import ClusterSpec
 

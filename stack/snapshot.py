@@ -11,10 +11,11 @@ judges: `pgha status` does not pay for the audit's disk and memory probes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from stack.appdb import Catalog
-from stack.audit import (
+from stack.audit_backup import ArchiverObs, RepoObs
+from stack.audit_obs import (
     Backend,
     ContainerObs,
     EtcdAuthObs,
@@ -27,9 +28,9 @@ from stack.audit import (
     ReplicationRow,
     StandbyObs,
 )
-from stack.audit_backup import ArchiverObs, RepoObs
 from stack.audit_sizes import DiskObs, RepoSizeObs, ServerDbObs
 from stack.cluster import ClusterView, EndpointHealth, TimelineSwitch
+from stack.fencing import Counters
 from stack.pooler import PoolerObs
 from stack.tls import CertInfo
 
@@ -83,7 +84,7 @@ class PatroniState:
                           liveness=self.liveness, readiness=self.readiness)
 
 
-FencerStats = dict[str, tuple[dict[str, Any] | None, str]]  # member -> (counters, why none)
+FencerStats = dict[str, tuple[Counters | None, str]]  # member -> (counters, why none)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar
 
 from stack.errors import DockerError, EtcdError, ExecError, ImageError, PatroniError, PostgresError
 
@@ -32,8 +32,17 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(exc, (DockerError, EtcdError, PatroniError, PostgresError, ConnectionError))
 
 
+class TaskPreset(TypedDict, total=False):
+    """Keyword arguments of `prefect.task` that pgha presets (`@task(name=..., **SIDE_EFFECT)`)."""
+
+    cache_policy: Any  # a Prefect CachePolicy: typed loosely so this module does not load Prefect
+    retries: int
+    retry_delay_seconds: list[int]
+    retry_condition_fn: Callable[[Any, Any, Any], bool]
+
+
 # What SIDE_EFFECT adds to the default (no cache), without loading Prefect: `@task(name=..., **RETRY_TRANSIENT)`.
-RETRY_TRANSIENT: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [1, 4], "retry_condition_fn": transient}
+RETRY_TRANSIENT: TaskPreset = {"retries": 2, "retry_delay_seconds": [1, 4], "retry_condition_fn": transient}
 
 
 class LazyTask(Generic[P, R]):
@@ -72,11 +81,14 @@ def task(**options: Any) -> Callable[[Callable[P, R]], LazyTask[P, R]]:
     return deco
 
 
-def __getattr__(name: str) -> dict[str, Any]:
+def __getattr__(name: str) -> TaskPreset:
     """SIDE_EFFECT / ONCE / READ_ONLY for `prefect.task(**PRESET)` users (loads Prefect)."""
     if name not in ("SIDE_EFFECT", "ONCE", "READ_ONLY"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from prefect.cache_policies import NO_CACHE
 
     # A side effect that must not be retried (a fault, a build failure) or a read: never cached.
-    return {"cache_policy": NO_CACHE, **(RETRY_TRANSIENT if name == "SIDE_EFFECT" else {})}
+    preset: TaskPreset = {"cache_policy": NO_CACHE}
+    if name == "SIDE_EFFECT":
+        preset.update(RETRY_TRANSIENT)
+    return preset

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import task
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack.render import dcs_config
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
@@ -28,7 +29,7 @@ def set_archive_parameters(spec: ClusterSpec) -> list[str]:
     config at all: it gets the spec's whole one.
     """
     cfg = patroni.dynamic_config(spec)
-    changed = bk.archive_config_differs(cfg, spec)
+    changed = bkd.archive_config_differs(cfg, spec)
     if changed and not cfg:
         patroni.replace_config(spec, dcs_config(spec))
     elif changed:

@@ -28,9 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from tasks import docker_control
 from tasks.docker_control import ContainerState
@@ -66,6 +65,20 @@ def engine_socket() -> str:
 def key(state_dir: Path, port: int) -> str:
     """One control plane per state directory and port: two of them never share a container or a volume."""
     return hashlib.sha256(f"{state_dir.resolve()}|{port}".encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class ControlDef:
+    """The Prefect server's or worker's container as pgha wants it (its digest is the config label)."""
+
+    name: str
+    image: str
+    role: str  # SERVER_ROLE or WORKER_ROLE
+    command: list[str]
+    environment: dict[str, str]
+    mounts: list[tuple[str, str, str, bool]]  # (kind, source, target, read-only)
+    health: list[str]
+    working_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,22 +123,22 @@ class ControlPlane:
         return {"PREFECT_API_URL": self.api_url, "PREFECT_UI_URL": self.api_url.removesuffix("/api"),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
-    def server_def(self) -> dict[str, Any]:
+    def server_def(self) -> ControlDef:
         env = {**self._common(), **self.server_env, "PREFECT_HOME": DB_IN_CONTAINER,
                "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.port)}
-        return {
-            "name": self.server_name, "image": self.image, "role": SERVER_ROLE,
-            "command": ["server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            "environment": env,
-            "mounts": [("volume", self.volume, DB_IN_CONTAINER, False),
-                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
+        return ControlDef(
+            name=self.server_name, image=self.image, role=SERVER_ROLE,
+            command=["server", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            environment=env,
+            mounts=[("volume", self.volume, DB_IN_CONTAINER, False),
+                    ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True)],
             # The health check publishes the listening socket's inode (for the worker's guard) and
             # asks the server only once the socket is proven this container's own.
-            "health": ["CMD", "python", "-c", _HOLDS_PORT, str(self.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}",
-                       "pgha-control-health", "server"],
-        }
+            health=["CMD", "python", "-c", _HOLDS_PORT, str(self.port), f"{DB_IN_CONTAINER}/{LISTENER_FILE}",
+                    "pgha-control-health", "server"],
+        )
 
-    def worker_def(self) -> dict[str, Any]:
+    def worker_def(self) -> ControlDef:
         env = {**self._common(), **self.worker_env, "PGHA_HOME": str(self.home),
                # the guard: every Python process here connects to the server's port only after
                # checking the socket listening there is the server's (stack/control/site)
@@ -136,37 +149,40 @@ class ControlPlane:
                "PGHA_SERVER_DB": f"{DB_IN_WORKER}/prefect.db",
                # Flow runs' own Prefect home (results of failed runs, local storage) in the state dir.
                "PREFECT_HOME": str(self.state_dir / "server" / "worker-home")}
-        return {
-            "name": self.worker_container, "image": self.image, "role": WORKER_ROLE,
-            "command": ["worker", "worker", "start", "--pool", self.pool, "--type", "process",
-                        "--name", self.worker_name],
-            "environment": env,
-            "mounts": [("bind", engine_socket(), DOCKER_SOCKET, False),
-                       ("bind", str(self.state_dir), str(self.state_dir), False),
-                       ("bind", str(self.home), str(self.home), False),
-                       ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True),
-                       # read-only: the audit's server.database row sizes the file (tasks/server_db.py)
-                       ("volume", self.volume, DB_IN_WORKER, True)],
-            "health": ["CMD", "pgha-control-health", "worker"],
-            "working_dir": str(self.home),
-        }
+        return ControlDef(
+            name=self.worker_container, image=self.image, role=WORKER_ROLE,
+            command=["worker", "worker", "start", "--pool", self.pool, "--type", "process",
+                     "--name", self.worker_name],
+            environment=env,
+            mounts=[("bind", engine_socket(), DOCKER_SOCKET, False),
+                    ("bind", str(self.state_dir), str(self.state_dir), False),
+                    ("bind", str(self.home), str(self.home), False),
+                    ("bind", str(self.auth_file), AUTH_IN_CONTAINER, True),
+                    # read-only: the audit's server.database row sizes the file (tasks/server_db.py)
+                    ("volume", self.volume, DB_IN_WORKER, True)],
+            health=["CMD", "pgha-control-health", "worker"],
+            working_dir=str(self.home),
+        )
 
 
-def config_hash(definition: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(definition: ControlDef) -> str:
+    """The digest a container's config label carries. Taken over the definition's fields as JSON, a
+    `working_dir` it does not set left out, so a definition that did not change keeps its label."""
+    fields = {k: v for k, v in asdict(definition).items() if not (k == "working_dir" and v is None)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _labels(plane: ControlPlane, role: str) -> dict[str, str]:
     return {LABEL_CONTROL: plane.key, LABEL_ROLE: role}
 
 
-def _supervised(plane: ControlPlane, d: dict[str, Any]) -> docker_control.Supervised:
+def _supervised(plane: ControlPlane, d: ControlDef) -> docker_control.Supervised:
     return docker_control.Supervised(
-        name=d["name"], image=d["image"], command=d["command"],
-        labels={**plane.labels(d["role"]), LABEL_CONFIG: config_hash(d)}, environment=d["environment"],
+        name=d.name, image=d.image, command=d.command,
+        labels={**plane.labels(d.role), LABEL_CONFIG: config_hash(d)}, environment=d.environment,
         mounts=[MountSpec(target=target, source=source, kind=kind, read_only=ro)
-                for kind, source, target, ro in d["mounts"]],
-        health=d["health"], restart_policy=RESTART_POLICY, working_dir=d.get("working_dir"))
+                for kind, source, target, ro in d.mounts],
+        health=d.health, restart_policy=RESTART_POLICY, working_dir=d.working_dir)
 
 
 def ensure(plane: ControlPlane, role: str) -> tuple[str, ContainerState]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 import docker.errors
 from docker.models.containers import Container
@@ -368,12 +368,26 @@ class Engine(ConfigPush, EngineInspect):
         return True
 
 
-def _hardening_kwargs(d: ContainerDef) -> dict[str, Any]:
+class HardeningKwargs(TypedDict, total=False):
+    """docker-py's create()/run() arguments that carry a definition's hardening."""
+
+    nano_cpus: int
+    mem_limit: int
+    memswap_limit: int
+    cap_drop: list[str]
+    cap_add: list[str]
+    security_opt: list[str]
+    read_only: bool
+    tmpfs: dict[str, str]
+    shm_size: int
+
+
+def _hardening_kwargs(d: ContainerDef) -> HardeningKwargs:
     """docker-py's create() arguments for the definition's hardening (none: the engine's defaults)."""
     h = d.hardening
     if h is None:
         return {}
-    kw: dict[str, Any] = {
+    kw: HardeningKwargs = {
         "nano_cpus": h.nano_cpus, "mem_limit": h.memory_bytes, "memswap_limit": h.memory_bytes,
         "cap_drop": list(h.cap_drop), "cap_add": list(h.cap_add), "security_opt": list(h.security_opt),
         "read_only": h.read_only, "tmpfs": dict(h.tmpfs),

@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 from docker.models.containers import Container
 
-from stack.audit import ContainerObs, PressureObs
+from stack.audit_obs import ContainerObs, PressureObs
 from stack.errors import StateError
 from tasks.engine_client import LABEL_CLUSTER, LABEL_MEMBER, EngineClient, engine_call
 

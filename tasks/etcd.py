@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from stack import etcd_auth, layout
-from stack.audit import EtcdMember, LeaderKeyObs, leader_key_verdict
+from stack.audit import leader_key_verdict
+from stack.audit_obs import EtcdMember, LeaderKeyObs
 from stack.cluster import EndpointHealth
 from stack.errors import EtcdError
 from stack.render import dcs_config, etcd_hosts, scheme

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from stack import fencing, layout
 from stack.errors import PghaError
@@ -23,7 +22,25 @@ def agent_files() -> dict[str, str]:
     return {"fencer.py": Path(fencer_agent.__file__).read_text(), "fencing.py": Path(fencing.__file__).read_text()}
 
 
-def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
+def parse_counters(text: str) -> fencing.Counters:
+    """The watcher's stats file (`Counters.to_json`) read back, once; ValueError when it is not one.
+
+    Here and not in stack/fencing.py: that file is shipped into the fencer container, and a change
+    to it recreates every cluster's fencer at its next `pgha up`."""
+    d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError("the counters are not a JSON object")
+    try:
+        return fencing.Counters(
+            started_at=float(d.get("started_at") or 0), heartbeat_at=float(d.get("heartbeat_at") or 0),
+            events=int(d.get("events") or 0),
+            by_outcome={str(k): int(v) for k, v in dict(d.get("by_outcome") or {}).items()},
+            last=dict(d.get("last") or {}))
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"the counters have a field of the wrong type: {exc}") from None
+
+
+def stats(spec: ClusterSpec, member: str | None = None) -> fencing.Counters:
     """A running fencer's counters (heartbeat, events, decisions by outcome); raises when it has none.
 
     `member`: one of `spec.fencer_members()` (with `hosts`, one watcher per node's host); default
@@ -36,14 +53,14 @@ def stats(spec: ClusterSpec, member: str | None = None) -> dict[str, Any]:
     if not r.ok:
         raise PghaError(f"the fencer has written no counters yet ({r.tail(1)})")
     try:
-        return dict(json.loads(r.out))
+        return parse_counters(r.out)
     except ValueError:
         raise PghaError("the fencer's counters are not JSON") from None
 
 
-def all_stats(spec: ClusterSpec) -> dict[str, tuple[dict[str, Any] | None, str]]:
+def all_stats(spec: ClusterSpec) -> dict[str, tuple[fencing.Counters | None, str]]:
     """Every watcher's counters, or why there are none: {member: (stats, error)} (the audit's rows)."""
-    out: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    out: dict[str, tuple[fencing.Counters | None, str]] = {}
     for m in spec.fencer_members():
         try:
             out[m] = (stats(spec, m), "")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from stack import tls
-from stack.audit import Backend
+from stack.audit_obs import Backend
 from stack.errors import HaproxyError
 from stack.layout import CONFIG_MOUNT, HAPROXY_ADMIN_SOCKET, PATRONI_API_PORT
 from stack.render import scheme

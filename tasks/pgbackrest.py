@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
 from stack import layout
 from stack.audit_backup import RepoObs
 from stack.backup_tls import make_certificates, missing_names
@@ -53,7 +55,7 @@ def certificates(spec: ClusterSpec) -> dict[str, str]:
     return certs
 
 
-def cipher(spec: ClusterSpec) -> tuple[bk.Cipher, str | None]:
+def cipher(spec: ClusterSpec) -> tuple[bkd.Cipher, str | None]:
     """The repository's encryption and its passphrase (generated once, 0600 in the state dir).
 
     Decided before the first node config is written: a cluster whose nodes already had a
@@ -63,11 +65,11 @@ def cipher(spec: ClusterSpec) -> tuple[bk.Cipher, str | None]:
     """
     path = cluster_dir(spec.scope) / "pgbackrest" / bk.CIPHER_FILE
     configured = any((cluster_dir(spec.scope) / "config").glob(f"*/{layout.PGBACKREST_HOST_SUBDIR}/node.conf"))
-    state = bk.cipher_state(spec.backup.encrypt, path.exists(), configured)
-    if state == bk.Cipher.NEW:
+    state = bkd.cipher_state(spec.backup.encrypt, path.exists(), configured)
+    if state == bkd.Cipher.NEW:
         write_private(path, secrets.token_urlsafe(48))
-        state = bk.Cipher.ENCRYPTED
-    return state, (path.read_text().strip() if state == bk.Cipher.ENCRYPTED else None)
+        state = bkd.Cipher.ENCRYPTED
+    return state, (path.read_text().strip() if state == bkd.Cipher.ENCRYPTED else None)
 
 
 def passphrase(spec: ClusterSpec) -> str | None:
@@ -235,24 +237,24 @@ def info_payload(text: str) -> Any:
         raise BackupError(f"pgbackrest info gave unreadable JSON ({exc}): {first}") from None
 
 
-def parse_info_json(text: str, stanza: str) -> tuple[list[bk.BackupSet], str | None, str | None]:
+def parse_info_json(text: str, stanza: str) -> tuple[list[bki.BackupSet], str | None, str | None]:
     """`pgbackrest info --output=json` read once, here: sets (oldest first) and the archived WAL range."""
     try:
-        return bk.parse_info(info_payload(text), stanza)
+        return bki.parse_info(info_payload(text), stanza)
     except (KeyError, TypeError) as exc:
         raise BackupError(f"pgbackrest info gave unexpected JSON: {exc}") from None
 
 
 def repo_cipher(spec: ClusterSpec, member: str) -> str:
     """The cipher `pgbackrest info` reports for the stanza's repository ("none" when unencrypted)."""
-    return bk.parse_cipher(info_payload(info_text(spec, member)), spec.scope)
+    return bki.parse_cipher(info_payload(info_text(spec, member)), spec.scope)
 
 
 def repo_obs(spec: ClusterSpec) -> RepoObs:
     """Sets and cipher of the repository, read with `pgbackrest info` in the first running node
     or the repository host (read-only)."""
     payload = info_payload(info_text(spec, reader(spec)))
-    return RepoObs(bk.parse_info(payload, spec.scope)[0], bk.parse_cipher(payload, spec.scope))
+    return RepoObs(bki.parse_info(payload, spec.scope)[0], bki.parse_cipher(payload, spec.scope))
 
 
 def info_text(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> str:
@@ -268,7 +270,7 @@ def info_text(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) ->
     return text
 
 
-def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bk.BackupSet], str | None, str | None]:
+def info(spec: ClusterSpec, member: str, conf: str = layout.BACKUP_CONF) -> tuple[list[bki.BackupSet], str | None, str | None]:
     return parse_info_json(info_text(spec, member, conf), spec.scope)
 
 
@@ -290,7 +292,7 @@ def info_progress(spec: ClusterSpec, member: str) -> float | None:
 def verified(r: ExecResult) -> str:
     """The output of `pgbackrest verify`; raises BackupError naming the damaged files' lines."""
     text = r.out + r.err
-    problems = bk.verify_problems(text)
+    problems = bki.verify_problems(text)
     if not r.ok or problems:
         problems = problems or [r.tail()]
         raise BackupError(f"pgbackrest verify found a problem in the repository: {' | '.join(problems[:3])[:400]}")
@@ -343,7 +345,7 @@ def check_archiving(spec: ClusterSpec, member: str) -> str:
 
 @task(name="backup-canary")
 def _create_canary_table(conn: Any) -> None:  # a psycopg connection (tasks.postgres.connect)
-    conn.execute(f"create table if not exists {bk.CANARY_TABLE} (id bigserial primary key, token text not null, "
+    conn.execute(f"create table if not exists {bkd.CANARY_TABLE} (id bigserial primary key, token text not null, "
                  "written_at timestamptz not null default now())")  # noqa: S608 - constant table name
 
 
@@ -362,8 +364,8 @@ def write_canary(spec: ClusterSpec, token: str) -> int:
     """
     with postgres.connect(spec, cluster_secrets(spec.scope), timeout=5) as conn:
         _create_canary_table(conn)
-        conn.execute(f"insert into {bk.CANARY_TABLE} (token) values (%s)", (token,))  # noqa: S608 - constant name
-        row = conn.execute(f"select count(*) from {bk.CANARY_TABLE}").fetchone()  # noqa: S608 - constant name
+        conn.execute(f"insert into {bkd.CANARY_TABLE} (token) values (%s)", (token,))  # noqa: S608 - constant name
+        row = conn.execute(f"select count(*) from {bkd.CANARY_TABLE}").fetchone()  # noqa: S608 - constant name
     return int(row[0]) if row else 0
 
 
@@ -374,13 +376,13 @@ class BackupRun:
 
 
 @task(name="pgbackrest-backup")
-def run_backup(spec: ClusterSpec, runner: str, btype: bk.BackupType, token: str, count: int,
+def run_backup(spec: ClusterSpec, runner: str, btype: bkd.BackupType, token: str, count: int,
                timeout: int = 6 * 3600, from_standby: bool = True) -> BackupRun:
     """`pgbackrest backup` in the runner, annotated with the canary; a progress artifact follows it."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact  # in a flow: loaded already
 
-    args = ["backup", f"--type={btype.value}", f"--annotation={bk.ANN_TOKEN}={token}",
-            f"--annotation={bk.ANN_COUNT}={count}", *bk.backup_standby_args(spec, from_standby)]
+    args = ["backup", f"--type={btype.value}", f"--annotation={bkd.ANN_TOKEN}={token}",
+            f"--annotation={bkd.ANN_COUNT}={count}", *bk.backup_standby_args(spec, from_standby)]
     result: dict[str, ExecResult] = {}
 
     def go() -> None:

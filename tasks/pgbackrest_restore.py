@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from prefect import task
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
 from stack import layout
 from stack.layout import DATA_MOUNT, PGDATA
 from stack.spec import ClusterSpec
@@ -97,7 +99,7 @@ def put_conf(s: Scratch, spec: ClusterSpec, process_max: int, pgdata: str = PGDA
         raise BackupError(f"cannot hand the scratch pgBackRest config to postgres: {r.tail()}")
 
 
-def repository_sets(s: Scratch, stanza: str) -> list[bk.BackupSet]:
+def repository_sets(s: Scratch, stanza: str) -> list[bki.BackupSet]:
     r = s.run(["pgbackrest", f"--stanza={stanza}", "info", "--output=json"])
     if not r.ok:
         raise BackupError(f"cannot read the repository: {r.tail()}")
@@ -219,9 +221,9 @@ def check_consistency(s: Scratch, jobs: int = 1, heapallindexed: bool = False, t
 @task(name="scratch-canary", **ONCE)
 def canary_counts(s: Scratch, token: str) -> tuple[int, int]:
     """(rows with the token, rows in all) of the canary table in the restored copy."""
-    # The token passed stack.backup.canary_of (16 hex digits): formatting it in is safe.
-    present = sql(s, f"select count(*) from {bk.CANARY_TABLE} where token = '{token}'")  # noqa: S608
-    total = sql(s, f"select count(*) from {bk.CANARY_TABLE}")  # noqa: S608
+    # The token passed stack.backup_decisions.canary_of (16 hex digits): formatting it in is safe.
+    present = sql(s, f"select count(*) from {bkd.CANARY_TABLE} where token = '{token}'")  # noqa: S608
+    total = sql(s, f"select count(*) from {bkd.CANARY_TABLE}")  # noqa: S608
     return int(present or 0), int(total or 0)
 
 

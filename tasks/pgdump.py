@@ -12,6 +12,7 @@ import time
 from prefect import task
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack import layout
 from stack.results import DumpFile
 from stack.spec import ClusterSpec
@@ -56,7 +57,7 @@ def prune(spec: ClusterSpec, member: str, keep: int) -> list[str]:
     """Remove dump sets beyond the newest `keep`; the names removed."""
     n = node(spec, member)
     listing = n.run(["ls", "-1", bk.dump_dir(spec)], user="postgres").out
-    removed = bk.dump_sets_to_remove(listing.split(), keep)
+    removed = bkd.dump_sets_to_remove(listing.split(), keep)
     for old in removed:
         n.check(["rm", "-rf", f"{bk.dump_dir(spec)}/{old}"], f"removing dump set {old}", user="postgres", timeout=300)
     return removed

@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import psycopg
 
-from stack.audit import PostgresObs, ReplicationRow
 from stack.audit_backup import ArchiverObs
+from stack.audit_obs import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
 from stack.hosts import multi_host_uri
 from stack.layout import SOCKET_DIR, SUPERUSER

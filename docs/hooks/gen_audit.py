@@ -2,15 +2,15 @@
 
 Both come from the audit's own table of checks, `stack.audit_checks.CHECKS`. A runbook entry's
 anchor is the one a non-ok finding's hint names (`runbook: runbooks.md#<anchor>`,
-`stack.audit.runbook_ref`); the reference page lives one folder down and links to it.
+`stack.findings.runbook_ref`); the reference page lives one folder down and links to it.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-from stack.audit import RUNBOOK_PAGE
 from stack.audit_checks import CHECKS, Check
+from stack.findings import RUNBOOK_PAGE
 from stack.spec import ClusterSpec
 
 # Component -> the title of its group on the runbooks page. The titles' slugs must not equal a

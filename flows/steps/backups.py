@@ -11,6 +11,7 @@ from prefect import get_run_logger
 
 from stack import audit_backup
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack.errors import StateError
 from stack.spec import ClusterSpec
 from tasks import patroni, postgres
@@ -20,14 +21,14 @@ from tasks.host.secrets import cluster_secrets
 from tasks.repo_host import ensure_repo_host
 
 
-def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
+def ensure_archiving(spec: ClusterSpec) -> bkd.Archiving:
     """Converge WAL archiving and the stanza (idempotent), once the cluster is whole.
 
     Repository files and TLS servers in the nodes, archive settings in Patroni's dynamic
     config (with a restart of the nodes that need one), the stanza.
     """
     if not spec.backup.enabled:
-        return bk.Archiving(note="disabled in the spec")
+        return bkd.Archiving(note="disabled in the spec")
     log = get_run_logger()
     if bk.uses_repo_host(spec):
         ensure_repo_host(spec)  # before the nodes archive into it
@@ -48,4 +49,4 @@ def ensure_archiving(spec: ClusterSpec) -> bk.Archiving:
     if audit_backup.archiving_failing(postgres.archiver_stats(spec, cluster_secrets(spec.scope))):
         pbr.check(spec, pbr.runner_for(spec, leader.name))
     log.info("WAL archiving and stanza %s ready (%s)", spec.scope, ", ".join(f"{k}: {v}" for k, v in nodes.items()))
-    return bk.Archiving(nodes=nodes, changed=changed, restarted=restarted)
+    return bkd.Archiving(nodes=nodes, changed=changed, restarted=restarted)

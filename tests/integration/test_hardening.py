@@ -17,7 +17,8 @@ import docker
 import pytest
 import yaml
 
-from stack.audit import Level, check_resources
+from stack.audit import check_resources
+from stack.findings import Level
 from stack.spec import load_spec
 from tasks.docker_engine import Engine
 from tests.integration.conftest import Cluster, make_cluster, pgha, remove_scope, up

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from stack.backup import CANARY_TABLE
+from stack.backup_decisions import CANARY_TABLE
 from tests.integration.conftest import lab_cluster, pgha
 
 LAB, SCOPE, PORT_BASE = "itrepo", "pgha-it-repo", 27000

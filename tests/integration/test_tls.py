@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from stack import metrics as M
+from stack.fencing import Counters
 from stack.secrets import Secrets
 from stack.spec import parse_spec
 from tasks.docker_engine import Engine
@@ -173,7 +174,7 @@ def test_prometheus_scrapes_the_exporter(engine: docker.DockerClient, cluster: C
     assert host["PortBindings"] == {"9188/tcp": [{"HostIp": "127.0.0.1", "HostPort": "23100"}]}
 
     # What `pgha audit` writes there (test_audit_reports_certificate_expiry checks that it does).
-    audit = M.audit_sample(time.time(), [("tls.cert_expiry", SCOPE, "ok")], fencers={"fencer": {"events": 3}})
+    audit = M.audit_sample(time.time(), [("tls.cert_expiry", SCOPE, "ok")], fencers={"fencer": Counters(events=3)})
     (state(cluster) / "config" / "metrics" / "audit.json").write_text(M.audit_to_json(audit))
     rules = Path(__file__).resolve().parents[2] / "deployments" / "prometheus" / "pgha-rules.yml"
     targets = {"pgha": ["127.0.0.1:23100"], "haproxy": [f"127.0.0.1:{cluster.port('stats')}"]}

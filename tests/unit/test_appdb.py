@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from stack import appdb
-from stack.audit import Level
 from stack.audit_apps import check_apps
 from stack.errors import SpecError
+from stack.findings import Level
 from stack.pooler import pooled_roles, render_pgbouncer_ini
 from stack.render import dcs_config
 from stack.spec import parse_spec

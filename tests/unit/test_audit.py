@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from stack import audit as A
-from stack.audit import Level
+from stack import audit_obs as AO
+from stack import findings as AF
 from stack.audit_sizes import DiskObs
 from stack.cluster import ClusterView, Member, MemberRole
 from stack.errors import SpecError
+from stack.fencing import Counters
+from stack.findings import Level
 from stack.snapshot import ClusterSnapshot, ContainersObs, EtcdObs, Observed, PatroniState
 from stack.spec import AuditThresholds, ClusterSpec, parse_spec
 
@@ -16,7 +19,7 @@ SPEC = ClusterSpec(scope="lab")  # 3 etcd, 3 nodes, synchronous mode (profile fa
 TH = SPEC.audit
 
 
-def by(findings: list[A.Finding], check: str, target: str | None = None) -> A.Finding:
+def by(findings: list[AF.Finding], check: str, target: str | None = None) -> AF.Finding:
     hits = [f for f in findings if f.check == check and (target is None or f.target == target)]
     assert len(hits) == 1, (check, target, findings)
     return hits[0]
@@ -26,31 +29,31 @@ def by(findings: list[A.Finding], check: str, target: str | None = None) -> A.Fi
     (79.99, Level.OK), (80.0, Level.WARN), (89.99, Level.WARN), (90.0, Level.CRITICAL), (100.0, Level.CRITICAL),
 ])
 def test_grade_boundaries(value: float, expected: Level) -> None:
-    assert A.grade(value, 80, 90) == expected
+    assert AF.grade(value, 80, 90) == expected
 
 
 def test_worst_and_verdict_name_every_critical_finding() -> None:
-    fs = [A.Finding("a", "x", Level.OK, "1"), A.Finding("b", "pg-2", Level.CRITICAL, "exited", "running"),
-          A.Finding("c", "pg-3", Level.WARN, "2 s")]
-    assert A.worst(fs) == Level.CRITICAL
+    fs = [AF.Finding("a", "x", Level.OK, "1"), AF.Finding("b", "pg-2", Level.CRITICAL, "exited", "running"),
+          AF.Finding("c", "pg-3", Level.WARN, "2 s")]
+    assert AF.worst(fs) == Level.CRITICAL
     v = A.verdict("lab", fs)
     assert v.level == Level.CRITICAL
     assert v.message == "health audit of lab: 1 critical: b pg-2: exited (threshold running)"
     assert A.verdict("lab", fs[2:]).level == Level.WARN
     assert A.verdict("lab", fs[:1]).message == "health audit of lab: all 1 checks ok"
-    assert A.worst([]) == Level.OK
+    assert AF.worst([]) == Level.OK
 
 
 # ---- etcd ----
 
-def etcd_members(healthy: int = 3, leader: bool = True, db: int = 1 << 20) -> list[A.EtcdMember]:
-    return [A.EtcdMember(f"etcd-{i}", healthy=i <= healthy, is_leader=leader and i == 1 and healthy >= 1, db_size=db,
+def etcd_members(healthy: int = 3, leader: bool = True, db: int = 1 << 20) -> list[AO.EtcdMember]:
+    return [AO.EtcdMember(f"etcd-{i}", healthy=i <= healthy, is_leader=leader and i == 1 and healthy >= 1, db_size=db,
                          error="" if i <= healthy else "context deadline exceeded") for i in (1, 2, 3)]
 
 
 def test_etcd_healthy() -> None:
     fs = A.check_etcd(etcd_members(), SPEC, TH)
-    assert A.worst(fs) == Level.OK
+    assert AF.worst(fs) == Level.OK
     assert by(fs, "etcd.quorum").observed == "3/3 healthy"
 
 
@@ -75,7 +78,7 @@ def test_etcd_db_size_vs_quota(pct: float, expected: Level) -> None:
 
 # ---- Patroni ----
 
-def patroni(**over: object) -> A.PatroniObs:
+def patroni(**over: object) -> AO.PatroniObs:
     members = [Member("pg-1", MemberRole("leader"), "running", 2, None),
                Member("pg-2", MemberRole("sync_standby"), "streaming", 2, 0),
                Member("pg-3", MemberRole("replica"), "streaming", 2, 0)]
@@ -83,11 +86,11 @@ def patroni(**over: object) -> A.PatroniObs:
                                "liveness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")},
                                "readiness": {m: 200 for m in ("pg-1", "pg-2", "pg-3")}}
     base.update(over)
-    return A.PatroniObs(**base)  # type: ignore[arg-type]
+    return AO.PatroniObs(**base)  # type: ignore[arg-type]
 
 
 def test_patroni_healthy() -> None:
-    assert A.worst(A.check_patroni(patroni(), SPEC)) == Level.OK
+    assert AF.worst(A.check_patroni(patroni(), SPEC)) == Level.OK
 
 
 def test_patroni_two_leaders_timeline_pause_and_pending_restart() -> None:
@@ -123,12 +126,12 @@ def test_patroni_api_silent() -> None:
 
 # ---- replication ----
 
-def rows(lag_b: int = 0, lag_s: float = 0.0, sync: str = "sync", state: str = "streaming") -> list[A.ReplicationRow]:
-    return [A.ReplicationRow("pg-2", state, sync, lag_b, lag_s), A.ReplicationRow("pg-3", "streaming", "async", 0, 0.0)]
+def rows(lag_b: int = 0, lag_s: float = 0.0, sync: str = "sync", state: str = "streaming") -> list[AO.ReplicationRow]:
+    return [AO.ReplicationRow("pg-2", state, sync, lag_b, lag_s), AO.ReplicationRow("pg-3", "streaming", "async", 0, 0.0)]
 
 
 def test_replication_healthy() -> None:
-    assert A.worst(A.check_replication("pg-1", rows(), SPEC, TH)) == Level.OK
+    assert AF.worst(A.check_replication("pg-1", rows(), SPEC, TH)) == Level.OK
 
 
 @pytest.mark.parametrize(("lag", "expected"), [
@@ -145,7 +148,7 @@ def test_replication_lag_seconds_boundaries(lag: float, expected: Level) -> None
 
 
 def test_replica_not_streaming_or_absent_and_no_sync_standby() -> None:
-    fs = A.check_replication("pg-1", [A.ReplicationRow("pg-2", "catchup", "async", 10, 0.0)], SPEC, TH)
+    fs = A.check_replication("pg-1", [AO.ReplicationRow("pg-2", "catchup", "async", 10, 0.0)], SPEC, TH)
     assert by(fs, "replication.streaming", "pg-2").status == Level.CRITICAL
     assert by(fs, "replication.streaming", "pg-3").observed == "absent from pg_stat_replication"
     assert by(fs, "replication.sync_standby").status == Level.CRITICAL
@@ -155,7 +158,7 @@ def test_no_sync_standby_needed_in_asynchronous_mode() -> None:
     spec = parse_spec({"scope": "lab", "profile": "patroni-defaults"})
     fs = A.check_replication("pg-1", rows(sync="async"), spec, spec.audit)
     assert not [f for f in fs if f.check == "replication.sync_standby"]
-    assert A.worst(fs) == Level.OK
+    assert AF.worst(fs) == Level.OK
 
 
 def test_replication_without_leader() -> None:
@@ -165,25 +168,25 @@ def test_replication_without_leader() -> None:
 
 # ---- HAProxy ----
 
-def haproxy(primary_up: str = "pg-1", replicas_up: tuple[str, ...] = ("pg-2", "pg-3"), **over: object) -> A.HaproxyObs:
+def haproxy(primary_up: str = "pg-1", replicas_up: tuple[str, ...] = ("pg-2", "pg-3"), **over: object) -> AO.HaproxyObs:
     nodes = ("pg-1", "pg-2", "pg-3")
     base: dict[str, object] = {
-        "primary": {n: A.Backend("UP" if n == primary_up else "DOWN", 1) for n in nodes},
-        "replicas": {n: A.Backend("UP" if n in replicas_up else "DOWN", 1) for n in nodes},
+        "primary": {n: AO.Backend("UP" if n == primary_up else "DOWN", 1) for n in nodes},
+        "replicas": {n: AO.Backend("UP" if n in replicas_up else "DOWN", 1) for n in nodes},
         "rw_member": "pg-1", "rw_writable": True, "ro_member": "pg-2", "ro_in_recovery": True,
     }
     base.update(over)
-    return A.HaproxyObs(**base)  # type: ignore[arg-type]
+    return AO.HaproxyObs(**base)  # type: ignore[arg-type]
 
 
 def test_haproxy_healthy() -> None:
-    fs = A.check_haproxy(haproxy(), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
-    assert A.worst(fs) == Level.OK
+    fs = A.check_haproxy(haproxy(), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, AO.Baseline())
+    assert AF.worst(fs) == Level.OK
 
 
 def test_haproxy_rw_to_wrong_node_or_ro_to_primary() -> None:
     fs = A.check_haproxy(haproxy(rw_member="pg-2", ro_in_recovery=False), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
-                         A.Baseline())
+                         AO.Baseline())
     assert by(fs, "haproxy.rw_port").status == Level.CRITICAL
     assert by(fs, "haproxy.ro_port").status == Level.CRITICAL
     assert "PRIMARY" in by(fs, "haproxy.ro_port").observed
@@ -191,45 +194,45 @@ def test_haproxy_rw_to_wrong_node_or_ro_to_primary() -> None:
 
 def test_haproxy_backends_disagree_with_patroni() -> None:
     fs = A.check_haproxy(haproxy(primary_up="pg-2", replicas_up=("pg-3",)), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
-                         A.Baseline())
+                         AO.Baseline())
     assert by(fs, "haproxy.primary_backend").status == Level.CRITICAL
     assert by(fs, "haproxy.replica_backend").status == Level.WARN
-    fs = A.check_haproxy(haproxy(replicas_up=()), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
+    fs = A.check_haproxy(haproxy(replicas_up=()), "pg-1", {"pg-2", "pg-3"}, SPEC, TH, AO.Baseline())
     assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL
     fs = A.check_haproxy(haproxy(replicas_up=("pg-1", "pg-2", "pg-3")), "pg-1", {"pg-2", "pg-3"}, SPEC, TH,
-                         A.Baseline())
+                         AO.Baseline())
     assert by(fs, "haproxy.replica_backend").status == Level.CRITICAL  # the leader serves the R/O port
 
 
 def test_haproxy_flapping_counts_since_the_last_audit() -> None:
     obs = haproxy()
-    obs.replicas["pg-3"] = A.Backend("UP", 1 + TH.flaps_warn)
-    first = A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, A.Baseline())
+    obs.replicas["pg-3"] = AO.Backend("UP", 1 + TH.flaps_warn)
+    first = A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, AO.Baseline())
     assert not [f for f in first if f.check == "haproxy.flapping"]  # no baseline yet
-    base = A.Baseline(chkdown={"replicas/pg-3": 1})
+    base = AO.Baseline(chkdown={"replicas/pg-3": 1})
     fs = A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, base)
     assert by(fs, "haproxy.flapping", "replicas/pg-3").status == Level.WARN
-    base = A.Baseline(chkdown={"replicas/pg-3": 2})  # one flap fewer than the threshold
+    base = AO.Baseline(chkdown={"replicas/pg-3": 2})  # one flap fewer than the threshold
     assert not [f for f in A.check_haproxy(obs, "pg-1", {"pg-2", "pg-3"}, SPEC, TH, base) if f.check == "haproxy.flapping"]
 
 
 def test_haproxy_stats_unreachable() -> None:
-    fs = A.check_haproxy(None, "pg-1", set(), SPEC, TH, A.Baseline(), "connection refused")
+    fs = A.check_haproxy(None, "pg-1", set(), SPEC, TH, AO.Baseline(), "connection refused")
     assert fs[0].status == Level.CRITICAL
 
 
 # ---- PostgreSQL ----
 
-def pg(**over: object) -> A.PostgresObs:
+def pg(**over: object) -> AO.PostgresObs:
     base: dict[str, object] = {"connections": 5, "max_connections": 100, "oldest_xact_s": None,
                                "oldest_idle_in_xact_s": None, "inactive_slots": {}, "max_xid_age": 1000,
                                "data_checksums": True}
     base.update(over)
-    return A.PostgresObs(**base)  # type: ignore[arg-type]
+    return AO.PostgresObs(**base)  # type: ignore[arg-type]
 
 
 def test_postgres_healthy() -> None:
-    assert A.worst(A.check_postgres(pg(), SPEC, TH)) == Level.OK
+    assert AF.worst(A.check_postgres(pg(), SPEC, TH)) == Level.OK
 
 
 @pytest.mark.parametrize(("conns", "expected"), [(79, Level.OK), (80, Level.WARN), (94, Level.WARN), (95, Level.CRITICAL)])
@@ -277,54 +280,54 @@ def test_disk_boundaries(pct: float, expected: Level) -> None:
     assert not [f for f in fs if f.target == "pg-3"]  # a stopped node is reported elsewhere
 
 
-def containers(**over: A.ContainerObs) -> list[A.ContainerObs]:
+def containers(**over: AO.ContainerObs) -> list[AO.ContainerObs]:
     members = [m for m, _ in SPEC.expected_members()]  # the pooler too: on by default
-    cs = {m: A.ContainerObs(SPEC.container(m), m, "running", "healthy", f"id-{m}", 0) for m in members}
+    cs = {m: AO.ContainerObs(SPEC.container(m), m, "running", "healthy", f"id-{m}", 0) for m in members}
     cs.update(over)
     return list(cs.values())
 
 
 def test_containers_healthy_first_audit() -> None:
-    fs = A.check_containers(containers(), SPEC, TH, A.Baseline())
-    assert A.worst(fs) == Level.OK
+    fs = A.check_containers(containers(), SPEC, TH, AO.Baseline())
+    assert AF.worst(fs) == Level.OK
     assert by(fs, "container.restarts", "pg-1").observed == "0 (first audit)"
 
 
 def test_container_stopped_unhealthy_or_starting() -> None:
     fs = A.check_containers(containers(**{
-        "pg-2": A.ContainerObs("lab-pg-2", "pg-2", "exited", "", "id-pg-2"),
-        "pg-3": A.ContainerObs("lab-pg-3", "pg-3", "running", "unhealthy", "id-pg-3"),
-        "etcd-2": A.ContainerObs("lab-etcd-2", "etcd-2", "running", "starting", "id-etcd-2"),
-    }), SPEC, TH, A.Baseline())
+        "pg-2": AO.ContainerObs("lab-pg-2", "pg-2", "exited", "", "id-pg-2"),
+        "pg-3": AO.ContainerObs("lab-pg-3", "pg-3", "running", "unhealthy", "id-pg-3"),
+        "etcd-2": AO.ContainerObs("lab-etcd-2", "etcd-2", "running", "starting", "id-etcd-2"),
+    }), SPEC, TH, AO.Baseline())
     assert by(fs, "container.running", "pg-2").status == Level.CRITICAL
     assert by(fs, "container.running", "pg-3").status == Level.CRITICAL
     assert by(fs, "container.running", "etcd-2").status == Level.WARN
-    fs = A.check_containers([c for c in containers() if c.member != "haproxy"], SPEC, TH, A.Baseline())
+    fs = A.check_containers([c for c in containers() if c.member != "haproxy"], SPEC, TH, AO.Baseline())
     assert by(fs, "container.running", "haproxy").observed == "missing"
 
 
 @pytest.mark.parametrize(("before", "now", "expected"), [(2, 2, Level.OK), (2, 3, Level.WARN), (2, 6, Level.WARN),
                                                           (2, 7, Level.CRITICAL)])
 def test_restarts_since_last_audit(before: int, now: int, expected: Level) -> None:
-    base = A.Baseline(restarts={"lab-pg-1": ("id-pg-1", before)})
-    cs = containers(**{"pg-1": A.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "id-pg-1", now)})
+    base = AO.Baseline(restarts={"lab-pg-1": ("id-pg-1", before)})
+    cs = containers(**{"pg-1": AO.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "id-pg-1", now)})
     assert by(A.check_containers(cs, SPEC, TH, base), "container.restarts", "pg-1").status == expected
 
 
 def test_recreated_container_resets_its_restart_baseline() -> None:
-    base = A.Baseline(restarts={"lab-pg-1": ("old-id", 0)})
-    cs = containers(**{"pg-1": A.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "new-id", 9)})
+    base = AO.Baseline(restarts={"lab-pg-1": ("old-id", 0)})
+    cs = containers(**{"pg-1": AO.ContainerObs("lab-pg-1", "pg-1", "running", "healthy", "new-id", 9)})
     assert by(A.check_containers(cs, SPEC, TH, base), "container.restarts", "pg-1").status == Level.OK
 
 
 def test_baseline_round_trip_and_damage() -> None:
     obs = haproxy()
-    b = A.next_baseline(containers(), obs, A.Baseline())
-    again = A.Baseline.from_dict(b.to_dict())
+    b = A.next_baseline(containers(), obs, AO.Baseline())
+    again = AO.Baseline.from_dict(b.to_dict())
     assert again == b and again.chkdown["primary/pg-1"] == 1
     kept = A.next_baseline(containers(), None, b)  # HAProxy silent: keep the old flap counters
     assert kept.chkdown == b.chkdown
-    assert A.Baseline.from_dict({"restarts": {"x": "broken"}}) == A.Baseline()
+    assert AO.Baseline.from_dict({"restarts": {"x": "broken"}}) == AO.Baseline()
 
 
 # ---- thresholds in the spec ----
@@ -353,8 +356,8 @@ def test_every_gatherer_failing_gives_critical_rows_not_a_crash() -> None:
 
     got = {k: Observed(None, f"{k} unreachable", asked=True) for k in
            ("containers", "etcd", "patroni", "replication", "haproxy", "postgres", "disks")}
-    fs = decide(SPEC, ClusterSnapshot(scope="lab", **got), A.Baseline())  # type: ignore[arg-type]
-    assert A.worst(fs) == Level.CRITICAL
+    fs = decide(SPEC, ClusterSnapshot(scope="lab", **got), AO.Baseline())  # type: ignore[arg-type]
+    assert AF.worst(fs) == Level.CRITICAL
     checks = {f.check for f in fs if f.status == Level.CRITICAL}
     assert {"container.list", "etcd.api", "patroni.api", "replication", "haproxy.stats", "postgres.connect"} <= checks
     assert A.verdict("lab", fs).message.startswith("health audit of lab: 6 critical: container.list lab: containers")
@@ -369,8 +372,8 @@ def test_decide_on_a_healthy_cluster() -> None:
            "replication": rows(), "haproxy": haproxy(), "postgres": pg(),
            "disks": {m: DiskObs(20 * 2**30, 80 * 2**30, 300 * 2**20) for m in ("pg-1", "pg-2", "pg-3")}}
     snap = ClusterSnapshot(scope="lab", **{k: Observed(v, "", asked=True) for k, v in got.items()})  # type: ignore[arg-type]
-    fs = decide(SPEC, snap, A.Baseline())
-    assert A.worst(fs) == Level.OK and len(fs) > 40
+    fs = decide(SPEC, snap, AO.Baseline())
+    assert AF.worst(fs) == Level.OK and len(fs) > 40
     assert by(fs, "disk.data_volume", "pg-1").observed == "20% used"
     assert by(fs, "disk.wal", "pg-2").status == Level.OK
 
@@ -380,37 +383,37 @@ def test_single_node_cluster_needs_no_replicas() -> None:
     view = patroni(members=[Member("pg-1", MemberRole("leader"), "running", 1, None)],
                    liveness={"pg-1": 200}, readiness={"pg-1": 200})
     fs = A.check_patroni(view, spec) + A.check_replication("pg-1", [], spec, spec.audit)
-    obs = A.HaproxyObs(primary={"pg-1": A.Backend("UP", 0)}, replicas={"pg-1": A.Backend("DOWN", 1)},
+    obs = AO.HaproxyObs(primary={"pg-1": AO.Backend("UP", 0)}, replicas={"pg-1": AO.Backend("DOWN", 1)},
                        rw_member="pg-1", rw_writable=True, ro_member=None, ro_in_recovery=None)
-    fs += A.check_haproxy(obs, "pg-1", set(), spec, spec.audit, A.Baseline())
-    assert A.worst(fs) == Level.OK, [f for f in fs if f.status != Level.OK]
+    fs += A.check_haproxy(obs, "pg-1", set(), spec, spec.audit, AO.Baseline())
+    assert AF.worst(fs) == Level.OK, [f for f in fs if f.status != Level.OK]
     assert not [f for f in fs if f.check in ("haproxy.ro_port", "replication.sync_standby")]
 
 
 def test_fencing_watcher_missing_is_a_warning_not_critical() -> None:
-    fs = A.check_containers([c for c in containers() if c.member != "fencer"], SPEC, TH, A.Baseline())
+    fs = A.check_containers([c for c in containers() if c.member != "fencer"], SPEC, TH, AO.Baseline())
     assert by(fs, "container.running", "fencer").status == Level.WARN
-    assert A.worst(fs) == Level.WARN
+    assert AF.worst(fs) == Level.WARN
     fs = A.check_fencing(None, SPEC, 1000.0, "the fencer lab-fencer is not running")
     assert fs[0].status == Level.WARN and "ttl" in fs[0].hint
     off = ClusterSpec(scope="lab", fencing=False)
     assert A.check_fencing(None, off, 1000.0)[0].status == Level.OK
     assert not [f for f in A.check_containers([c for c in containers() if c.member != "fencer"], off, TH,
-                                               A.Baseline()) if f.target == "fencer"]
+                                               AO.Baseline()) if f.target == "fencer"]
 
 
 def test_fencing_counters_and_stale_heartbeat() -> None:
-    stats = {"heartbeat_at": 995.0, "events": 3, "by_outcome": {"fenced": 1, "skipped: not leader": 2}}
+    stats = Counters(heartbeat_at=995.0, events=3, by_outcome={"fenced": 1, "skipped: not leader": 2})
     f = A.check_fencing(stats, SPEC, 1000.0)
     assert f[0].status == Level.OK and "fenced 1" in f[0].observed and "not leader 2" in f[0].observed
     assert A.check_fencing(stats, SPEC, 1100.0)[0].status == Level.WARN
-    stats["by_outcome"] = {"skipped: etcd unreachable": 1}
+    stats.by_outcome = {"skipped: etcd unreachable": 1}
     assert by(A.check_fencing(stats, SPEC, 1000.0), "fencing.unconfirmed", "lab").status == Level.WARN
 
 
 def test_failsafe_mode_and_running_on_it() -> None:
     fs = A.check_failsafe(True, [], SPEC)
-    assert A.worst(fs) == Level.OK and by(fs, "patroni.failsafe_mode", "lab").observed == "on"
+    assert AF.worst(fs) == Level.OK and by(fs, "patroni.failsafe_mode", "lab").observed == "on"
     assert by(A.check_failsafe(False, [], SPEC), "patroni.failsafe_mode", "lab").status == Level.WARN
     active = by(A.check_failsafe(True, ["pg-1"], SPEC), "patroni.failsafe_active", "lab")
     assert active.status == Level.WARN and "pg-1" in active.observed

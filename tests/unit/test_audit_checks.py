@@ -1,4 +1,4 @@
-"""The audit's table of checks (stack/audit_checks.py) against the code that emits findings.
+"""The audit's table of checks (stack/audit_checks/) against the code that emits findings.
 
 Every check name a `Finding(...)` in the sources can carry has an entry, every entry is emitted
 somewhere, and a non-ok finding's hint names its runbook entry, whose anchor the generated
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from stack.audit import Finding, Level, runbook_anchor, runbook_ref
 from stack.audit_checks import BY_NAME, CHECKS
+from stack.findings import Finding, Level, runbook_anchor, runbook_ref
 from stack.spec import AuditThresholds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "docs" / "hooks"))
 
 import gen_audit  # noqa: E402 - docs/hooks is not a package
 
-TABLE = "stack/audit_checks.py"
+TABLE = "stack/audit_checks/"
 
 
 class Unresolved(Exception):

@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
 from stack import layout
 from stack.backup_tls import make_certificates
 from stack.cluster import Member, MemberRole
@@ -92,44 +94,44 @@ def test_choose_source_prefers_least_lagging_replica_and_refuses_without_one() -
     L, R, S = MemberRole.LEADER, MemberRole.REPLICA, MemberRole.SYNC_STANDBY
     members = [Member("pg-1", L, "running", 1, 0), Member("pg-2", R, "streaming", 1, 500),
                Member("pg-3", S, "streaming", 1, 10)]
-    assert bk.choose_source(members, False) == bk.Source("pg-3", True, "from replica pg-3 (lag 10 bytes)")
+    assert bkd.choose_source(members, False) == bkd.Source("pg-3", True, "from replica pg-3 (lag 10 bytes)")
     alone = [Member("pg-1", L, "running", 1, 0), Member("pg-2", R, "stopped", None, None)]
-    refused = bk.choose_source(alone, False)
+    refused = bkd.choose_source(alone, False)
     assert refused.runner is None and "allow_primary" in refused.reason
-    fallback = bk.choose_source(alone, True)
+    fallback = bkd.choose_source(alone, True)
     assert fallback.runner == "pg-1" and fallback.from_standby is False
-    assert bk.choose_source([], True).runner is None
+    assert bkd.choose_source([], True).runner is None
 
 
 def test_archive_config_differs_names_only_what_patroni_lacks() -> None:
     s = spec()
     want = bk.archive_parameters(s)
-    assert set(bk.archive_config_differs({}, s)) == set(want)
+    assert set(bkd.archive_config_differs({}, s)) == set(want)
     # Patroni's YAML may hold archive_mode as a boolean: `on` and True are the same setting.
     same = {"postgresql": {"parameters": {**want, "archive_mode": True}}}
-    assert bk.archive_config_differs(same, s) == {}
+    assert bkd.archive_config_differs(same, s) == {}
     other = {"postgresql": {"parameters": {**want, "archive_command": "/bin/true"}}}
-    assert bk.archive_config_differs(other, s) == {"archive_command": want["archive_command"]}
-    assert bk.archive_config_differs({}, spec(backup={"enabled": False})) == {}
+    assert bkd.archive_config_differs(other, s) == {"archive_command": want["archive_command"]}
+    assert bkd.archive_config_differs({}, spec(backup={"enabled": False})) == {}
 
 
-def _set(label: str, typ: str, start: int, error: bool = False) -> bk.BackupSet:
+def _set(label: str, typ: str, start: int, error: bool = False) -> bki.BackupSet:
     t = dt.datetime.fromtimestamp(start, UTC)
-    return bk.BackupSet(label, typ, t, t + dt.timedelta(seconds=10), 1, 1, "", "", error)
+    return bki.BackupSet(label, typ, t, t + dt.timedelta(seconds=10), 1, 1, "", "", error)
 
 
 def test_pick_set_and_target_range() -> None:
     sets = [_set("F1", "full", 1000), _set("F1_D", "diff", 2000), _set("BAD", "full", 3000, error=True)]
-    assert bk.pick_set(sets, None).label == "F1_D"  # type: ignore[union-attr]
-    assert "no backup set F9" in str(bk.pick_set(sets, "F9"))
-    assert "marked as failed" in str(bk.pick_set(sets, "BAD"))
-    assert "no backup yet" in str(bk.pick_set([], None))
+    assert bkd.pick_set(sets, None).label == "F1_D"  # type: ignore[union-attr]
+    assert "no backup set F9" in str(bkd.pick_set(sets, "F9"))
+    assert "marked as failed" in str(bkd.pick_set(sets, "BAD"))
+    assert "no backup yet" in str(bkd.pick_set([], None))
     now = dt.datetime.fromtimestamp(5000, UTC)
-    assert bk.check_target(dt.datetime.fromtimestamp(1500, UTC), sets, now) is None
-    msg = bk.check_target(dt.datetime.fromtimestamp(500, UTC), sets, now)
+    assert bkd.check_target(dt.datetime.fromtimestamp(1500, UTC), sets, now) is None
+    msg = bkd.check_target(dt.datetime.fromtimestamp(500, UTC), sets, now)
     assert msg and "outside the recoverable range" in msg and "1970-01-01 00:16:50+00" in msg
-    assert "outside" in str(bk.check_target(dt.datetime.fromtimestamp(6000, UTC), sets, now))
-    assert "no backup" in str(bk.check_target(now, [], now))
+    assert "outside" in str(bkd.check_target(dt.datetime.fromtimestamp(6000, UTC), sets, now))
+    assert "no backup" in str(bkd.check_target(now, [], now))
 
 
 @pytest.mark.parametrize(("text", "ok"), [
@@ -137,7 +139,7 @@ def test_pick_set_and_target_range() -> None:
     ("2026-11-25 21:03:00", False), ("tomorrow", False),
 ])
 def test_parse_target_time(text: str, ok: bool) -> None:
-    v = bk.parse_target_time(text)
+    v = bkd.parse_target_time(text)
     assert isinstance(v, dt.datetime) is ok
     if ok:
         assert v.tzinfo is not None  # type: ignore[union-attr]
@@ -145,8 +147,8 @@ def test_parse_target_time(text: str, ok: bool) -> None:
 
 def test_dump_pruning() -> None:
     names = ["20261125T010000Z", "20261124T010000Z", "20261126T010000Z", "junk"]
-    assert bk.dump_sets_to_remove(names, 2) == ["20261124T010000Z"]
-    assert bk.dump_sets_to_remove(names, 5) == []
+    assert bkd.dump_sets_to_remove(names, 2) == ["20261124T010000Z"]
+    assert bkd.dump_sets_to_remove(names, 5) == []
 
 
 def test_parse_info_reads_sets_annotations_and_archive_range() -> None:
@@ -154,20 +156,20 @@ def test_parse_info_reads_sets_annotations_and_archive_range() -> None:
                 "backup": [{"label": "L1", "type": "full", "timestamp": {"start": 100, "stop": 110},
                             "info": {"size": 2000, "repository": {"size": 300}},
                             "archive": {"start": "A", "stop": "B"}, "error": False,
-                            "annotation": {bk.ANN_TOKEN: "abc", bk.ANN_COUNT: "4"}}]}]
-    sets, lo, hi = bk.parse_info(payload, "s")
-    assert [s.label for s in sets] == ["L1"] and sets[0].annotation[bk.ANN_COUNT] == "4"
+                            "annotation": {bkd.ANN_TOKEN: "abc", bkd.ANN_COUNT: "4"}}]}]
+    sets, lo, hi = bki.parse_info(payload, "s")
+    assert [s.label for s in sets] == ["L1"] and sets[0].annotation[bkd.ANN_COUNT] == "4"
     assert (lo, hi) == ("000000010000000000000003", "000000020000000000000009")
-    assert bk.parse_info(payload, "other") == ([], None, None)
+    assert bki.parse_info(payload, "other") == ([], None, None)
 
 
 def test_verify_output_parsing() -> None:
     clean = ("status: ok\n  backup: 1F, status: valid, total files checked: 9, total valid files: 9\n"
              "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n")
-    assert bk.verify_problems(clean) == []
+    assert bki.verify_problems(clean) == []
     damaged = ("status: error\n  backup: 1F, status: invalid, total files checked: 9, total valid files: 8\n"
                "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n")
-    assert len(bk.verify_problems(damaged)) == 3
+    assert len(bki.verify_problems(damaged)) == 3
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -202,25 +204,25 @@ def test_into_spec_derived_from_source_with_ports_moved() -> None:
         target_spec(src, "other-one", parse_spec({"scope": "third-one"}))
 
 
-def _annotated(token: str | None, count: str | None) -> bk.BackupSet:
-    ann = {k: v for k, v in ((bk.ANN_TOKEN, token), (bk.ANN_COUNT, count)) if v is not None}
+def _annotated(token: str | None, count: str | None) -> bki.BackupSet:
+    ann = {k: v for k, v in ((bkd.ANN_TOKEN, token), (bkd.ANN_COUNT, count)) if v is not None}
     t = dt.datetime.fromtimestamp(1000, UTC)
-    return bk.BackupSet("L1F", "full", t, t, 1, 1, "", "", False, ann)
+    return bki.BackupSet("L1F", "full", t, t, 1, 1, "", "", False, ann)
 
 
 def test_canary_annotation_read_and_checked_before_it_reaches_sql() -> None:
-    assert bk.canary_of(_annotated("0123456789abcdef", "42")) == ("0123456789abcdef", 42)
-    assert bk.canary_of(_annotated(None, None)) is None
-    assert bk.canary_of(_annotated("0123456789abcdef", None)) is None
-    assert "malformed" in str(bk.canary_of(_annotated("x' or '1'='1", "42")))
-    assert "malformed" in str(bk.canary_of(_annotated("0123456789abcdef", "-1")))
+    assert bkd.canary_of(_annotated("0123456789abcdef", "42")) == ("0123456789abcdef", 42)
+    assert bkd.canary_of(_annotated(None, None)) is None
+    assert bkd.canary_of(_annotated("0123456789abcdef", None)) is None
+    assert "malformed" in str(bkd.canary_of(_annotated("x' or '1'='1", "42")))
+    assert "malformed" in str(bkd.canary_of(_annotated("0123456789abcdef", "-1")))
 
 
 def test_canary_problem_in_the_restored_copy() -> None:
     s = _annotated("0123456789abcdef", "42")
-    assert bk.canary_problem(s, "0123456789abcdef", 42, 1, 42) is None
-    assert "is missing from the restored copy" in str(bk.canary_problem(s, "0123456789abcdef", 42, 0, 41))
-    assert "41 rows in the restored copy, 42 when backed up" in str(bk.canary_problem(s, "0123456789abcdef", 42, 1, 41))
+    assert bkd.canary_problem(s, "0123456789abcdef", 42, 1, 42) is None
+    assert "is missing from the restored copy" in str(bkd.canary_problem(s, "0123456789abcdef", 42, 0, 41))
+    assert "41 rows in the restored copy, 42 when backed up" in str(bkd.canary_problem(s, "0123456789abcdef", 42, 1, 41))
 
 
 def test_info_payload_skips_console_warnings_and_names_what_it_got() -> None:
@@ -254,7 +256,7 @@ def test_a_sets_stored_size_is_what_it_added_to_the_repository() -> None:
          "info": {"size": 9000, "repository": {"size": 900, "delta": 900}}},
         {"label": "F_I", "type": "incr", "timestamp": {"start": 3, "stop": 4},
          "info": {"size": 9000, "repository": {"size": 905, "delta": 12}}}]}]
-    sets, _, _ = bk.parse_info(payload, "s")
+    sets, _, _ = bki.parse_info(payload, "s")
     assert [s.repo_size for s in sets] == [900, 12]
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from stack import audit_backup as AB
 from stack import backup as bk
-from stack.audit import Level
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
+from stack.findings import Level
 from stack.layout import PGBACKREST_RUN_DIR
 from stack.spec import ClusterSpec, parse_spec
 
@@ -21,14 +23,14 @@ def spec(**kw: object) -> ClusterSpec:
 
 
 @pytest.mark.parametrize(("encrypt", "has_pass", "state_exists", "want"), [
-    (True, False, False, bk.Cipher.NEW),  # a new cluster: encrypted
-    (True, False, True, bk.Cipher.PLAIN_EXISTING),  # made before encryption: stays plain
-    (True, True, True, bk.Cipher.ENCRYPTED),
-    (False, True, True, bk.Cipher.ENCRYPTED),  # a passphrase wins: the repository needs it
-    (False, False, False, bk.Cipher.PLAIN),
+    (True, False, False, bkd.Cipher.NEW),  # a new cluster: encrypted
+    (True, False, True, bkd.Cipher.PLAIN_EXISTING),  # made before encryption: stays plain
+    (True, True, True, bkd.Cipher.ENCRYPTED),
+    (False, True, True, bkd.Cipher.ENCRYPTED),  # a passphrase wins: the repository needs it
+    (False, False, False, bkd.Cipher.PLAIN),
 ])
-def test_cipher_state(encrypt: bool, has_pass: bool, state_exists: bool, want: bk.Cipher) -> None:
-    assert bk.cipher_state(encrypt, has_pass, state_exists) == want
+def test_cipher_state(encrypt: bool, has_pass: bool, state_exists: bool, want: bkd.Cipher) -> None:
+    assert bkd.cipher_state(encrypt, has_pass, state_exists) == want
 
 
 def test_encryption_is_on_by_default() -> None:
@@ -59,9 +61,9 @@ def test_scratch_conf_reads_the_same_s3_repository_as_the_nodes() -> None:
 def test_parse_cipher_from_info_json() -> None:
     payload = [{"name": "other", "cipher": "none"},
                {"name": "pgha-unit", "cipher": "aes-256-cbc", "repo": [{"key": 1, "cipher": "aes-256-cbc"}]}]
-    assert bk.parse_cipher(payload, "pgha-unit") == "aes-256-cbc"
-    assert bk.parse_cipher([{"name": "pgha-unit", "cipher": "none"}], "pgha-unit") == "none"
-    assert bk.parse_cipher({}, "pgha-unit") == "none"
+    assert bki.parse_cipher(payload, "pgha-unit") == "aes-256-cbc"
+    assert bki.parse_cipher([{"name": "pgha-unit", "cipher": "none"}], "pgha-unit") == "none"
+    assert bki.parse_cipher({}, "pgha-unit") == "none"
 
 
 def t(h: float) -> dt.datetime:
@@ -82,8 +84,8 @@ def test_archiving_failure_newer_than_success_is_critical() -> None:
     assert AB.check_archiving(None, spec(backup={"enabled": False})) == []
 
 
-def bset(label: str, kind: str, stop_h: float, error: bool = False) -> bk.BackupSet:
-    return bk.BackupSet(label, kind, t(stop_h + 0.1), t(stop_h), 1, 1, "", "", error)
+def bset(label: str, kind: str, stop_h: float, error: bool = False) -> bki.BackupSet:
+    return bki.BackupSet(label, kind, t(stop_h + 0.1), t(stop_h), 1, 1, "", "", error)
 
 
 @pytest.mark.parametrize(("full_h", "diff_h", "want_full", "want_diff"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,21 +29,21 @@ def plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> cp.ControlPlane:
 
 def test_no_secret_in_any_container_definition(plane: cp.ControlPlane) -> None:
     for d in (plane.server_def(), plane.worker_def()):
-        text = json.dumps(d) + json.dumps(plane.labels(d["role"]))
+        text = json.dumps(asdict(d)) + json.dumps(plane.labels(d.role))
         assert "s3cr3t" not in text and "hooks.slack.com" not in text
-        assert ("bind", str(plane.auth_file), cp.AUTH_IN_CONTAINER, True) in d["mounts"]  # read-only mount
+        assert ("bind", str(plane.auth_file), cp.AUTH_IN_CONTAINER, True) in d.mounts  # read-only mount
 
 
 def test_server_and_worker_definitions(plane: cp.ControlPlane) -> None:
     server, worker = plane.server_def(), plane.worker_def()
-    assert server["environment"]["PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS"] == "3"
-    assert server["environment"]["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
-    assert ("volume", plane.volume, cp.DB_IN_CONTAINER, False) in server["mounts"]
-    assert "--port" in server["command"] and "24999" in server["command"]
-    env = worker["environment"]
+    assert server.environment["PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS"] == "3"
+    assert server.environment["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
+    assert ("volume", plane.volume, cp.DB_IN_CONTAINER, False) in server.mounts
+    assert "--port" in server.command and "24999" in server.command
+    env = worker.environment
     assert env["PGHA_HEARTBEAT_URL"] == "https://hc-ping.com/uuid"
     assert env["PGHA_HOME"] == str(ps.ROOT) and env["PGHA_STATE_DIR"] == str(plane.state_dir)
-    targets = {m[2]: m[1] for m in worker["mounts"]}
+    targets = {m[2]: m[1] for m in worker.mounts}
     assert targets[str(plane.state_dir)] == str(plane.state_dir) and targets[str(ps.ROOT)] == str(ps.ROOT)
     assert cp.DOCKER_SOCKET in targets
     assert plane.labels(cp.SERVER_ROLE)[cp.LABEL_PORT] == "24999"
@@ -64,7 +65,7 @@ def test_engine_socket_follows_docker_host(monkeypatch: pytest.MonkeyPatch) -> N
 def test_config_hash_changes_with_the_definition(plane: cp.ControlPlane) -> None:
     d = plane.server_def()
     assert cp.config_hash(d) == cp.config_hash(plane.server_def())
-    d["environment"]["X"] = "1"
+    d.environment["X"] = "1"
     assert cp.config_hash(d) != cp.config_hash(plane.server_def())
 
 

@@ -7,11 +7,13 @@ import pytest
 import yaml
 
 from stack import audit as A
+from stack import audit_obs as AO
+from stack import findings as AF
 from stack import render
-from stack.audit import Level
 from stack.cluster import ClusterView, Member, MemberRole
 from stack.delayed import check_database, choose_source, parse_table, restore_problem
 from stack.errors import SpecError, UsageError
+from stack.findings import Level
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec, parse_spec
 from stack.switchover import plan_switchover
@@ -104,15 +106,15 @@ def test_a_delayed_node_is_never_the_default_candidate() -> None:
 # ---- audit ----
 
 
-def _haproxy(ro_up: tuple[str, ...]) -> A.HaproxyObs:
+def _haproxy(ro_up: tuple[str, ...]) -> AO.HaproxyObs:
     nodes = ("pg-1", "pg-2", "pg-3")
-    return A.HaproxyObs(primary={n: A.Backend("UP" if n == "pg-1" else "DOWN", 0) for n in nodes},
-                        replicas={n: A.Backend("UP" if n in ro_up else "DOWN", 0) for n in nodes},
+    return AO.HaproxyObs(primary={n: AO.Backend("UP" if n == "pg-1" else "DOWN", 0) for n in nodes},
+                        replicas={n: AO.Backend("UP" if n in ro_up else "DOWN", 0) for n in nodes},
                         rw_member="pg-1", rw_writable=True, ro_member="pg-2", ro_in_recovery=True)
 
 
-def _row(name: str, lag_s: float | None) -> A.ReplicationRow:
-    return A.ReplicationRow(name, "streaming", "async", 10_000_000, lag_s)
+def _row(name: str, lag_s: float | None) -> AO.ReplicationRow:
+    return AO.ReplicationRow(name, "streaming", "async", 10_000_000, lag_s)
 
 
 @pytest.mark.parametrize(("lag_s", "level"), [(None, Level.OK), (3600.0, Level.OK), (3609.0, Level.OK),
@@ -134,10 +136,10 @@ def test_delayed_within_is_critical_when_the_delayed_node_leads() -> None:
 
 
 def test_the_delayed_node_gets_no_lag_rows() -> None:
-    rows = [A.ReplicationRow("pg-2", "streaming", "sync", 0, 0.0), _row("pg-3", 3600.0)]
+    rows = [AO.ReplicationRow("pg-2", "streaming", "sync", 0, 0.0), _row("pg-3", 3600.0)]
     fs = A.check_replication("pg-1", rows, SPEC, SPEC.audit)
     assert not [f for f in fs if f.target == "pg-3" and f.check.startswith("replication.lag")]
-    assert A.worst(fs) == Level.OK
+    assert AF.worst(fs) == Level.OK
 
 
 # ---- recover-from-delayed ----

@@ -117,20 +117,22 @@ def test_clients_get_etcd_passwords_only_once_pgha_switched_auth_on(tmp_path: Pa
 
 def test_auth_status_is_read_from_etcdctl_and_judged_by_the_audit() -> None:
     from stack import audit as A
+    from stack import audit_obs as AO
+    from stack import findings as AF
     from stack.etcd_auth import auth_status_on
 
     assert auth_status_on("Authentication Status: true\nAuthRevision: 12\n") is True
     assert auth_status_on("Authentication Status: false\nAuthRevision: 1\n") is False
     assert auth_status_on("Error: context deadline exceeded") is None
     spec = ClusterSpec(scope="pgha-au")
-    on = A.check_etcd_auth(A.EtcdAuthObs(enabled=True, switched_on_by_pgha=True), spec)
-    assert [(f.check, f.status) for f in on] == [("etcd.auth", A.Level.OK)]
-    legacy = A.check_etcd_auth(A.EtcdAuthObs(enabled=False, switched_on_by_pgha=False), spec)[0]
-    assert legacy.status == A.Level.WARN and "made before etcd authentication" in legacy.observed
+    on = A.check_etcd_auth(AO.EtcdAuthObs(enabled=True, switched_on_by_pgha=True), spec)
+    assert [(f.check, f.status) for f in on] == [("etcd.auth", AF.Level.OK)]
+    legacy = A.check_etcd_auth(AO.EtcdAuthObs(enabled=False, switched_on_by_pgha=False), spec)[0]
+    assert legacy.status == AF.Level.WARN and "made before etcd authentication" in legacy.observed
     assert "pgha restore --into NEW-SCOPE" in legacy.hint
-    switched_off = A.check_etcd_auth(A.EtcdAuthObs(enabled=False, switched_on_by_pgha=True), spec)[0]
-    assert switched_off.status == A.Level.CRITICAL and "pgha up" in switched_off.hint
-    assert A.check_etcd_auth(None, spec, "no etcd member container is running")[0].status == A.Level.WARN
+    switched_off = A.check_etcd_auth(AO.EtcdAuthObs(enabled=False, switched_on_by_pgha=True), spec)[0]
+    assert switched_off.status == AF.Level.CRITICAL and "pgha up" in switched_off.hint
+    assert A.check_etcd_auth(None, spec, "no etcd member container is running")[0].status == AF.Level.WARN
     assert A.check_etcd_auth(None, ClusterSpec(scope="pgha-au", tls={"enabled": False})) == []
 
 
@@ -138,6 +140,8 @@ def test_leader_key_is_judged_by_its_holders_session() -> None:
     import base64
 
     from stack import audit as A
+    from stack import audit_obs as AO
+    from stack import findings as AF
     from tasks.etcd import parse_leader_key
 
     def kv(key: str, value: str, lease: int = 0) -> dict[str, object]:
@@ -149,18 +153,18 @@ def test_leader_key_is_judged_by_its_holders_session() -> None:
     out = json.dumps({"kvs": [kv(prefix + "config", "{}"), kv(prefix + "leader", "pg-1", 77),
                               kv(prefix + "members/pg-1", "{}", 77), kv(prefix + "members/pg-2", "{}", 78)]})
     obs = parse_leader_key(out, prefix)
-    assert obs == A.LeaderKeyObs(holder="pg-1", lease=77, holder_member_lease=77)
+    assert obs == AO.LeaderKeyObs(holder="pg-1", lease=77, holder_member_lease=77)
     spec = ClusterSpec(scope="pgha-lk")
-    assert A.check_leader_key(obs, spec)[0].status == A.Level.OK
+    assert A.check_leader_key(obs, spec)[0].status == AF.Level.OK
     assert parse_leader_key(json.dumps({"kvs": [kv(prefix + "config", "{}")]}), prefix).holder is None
-    assert A.check_leader_key(A.LeaderKeyObs(holder=None), spec)[0].status == A.Level.OK
+    assert A.check_leader_key(AO.LeaderKeyObs(holder=None), spec)[0].status == AF.Level.OK
     # What a misused fencer credential can write: the leader key alone, never a member key.
-    for forged, why in ((A.LeaderKeyObs("pg-2", 0, 78), "no lease"),
-                        (A.LeaderKeyObs("pg-2", 99, 78), "not pg-2's session"),
-                        (A.LeaderKeyObs("ghost", 99, None), "no member key")):
+    for forged, why in ((AO.LeaderKeyObs("pg-2", 0, 78), "no lease"),
+                        (AO.LeaderKeyObs("pg-2", 99, 78), "not pg-2's session"),
+                        (AO.LeaderKeyObs("ghost", 99, None), "no member key")):
         row = A.check_leader_key(forged, spec)[0]
-        assert row.status == A.Level.CRITICAL and why in row.observed and "not written by Patroni" in row.observed
-    assert A.check_leader_key(None, spec, "no etcd member container is running")[0].status == A.Level.WARN
+        assert row.status == AF.Level.CRITICAL and why in row.observed and "not written by Patroni" in row.observed
+    assert A.check_leader_key(None, spec, "no etcd member container is running")[0].status == AF.Level.WARN
 
 
 def test_a_delete_whose_output_the_engine_cut_is_run_again_a_write_is_not(monkeypatch: pytest.MonkeyPatch) -> None:

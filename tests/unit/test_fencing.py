@@ -12,6 +12,7 @@ import pytest
 from stack import fencing as F
 from stack import render, topology
 from stack.spec import ClusterSpec
+from tasks.fencer import parse_counters
 
 DATA = Path(__file__).parent / "data" / "fencing"
 KEY = "/pgha-rec/leader"  # the scratch key the recordings used
@@ -81,6 +82,11 @@ def test_counters_and_config_round_trip() -> None:
     c.count({"outcome": F.Outcome.STILL_RUNNING.value, "member": "pg-2"})
     data = json.loads(c.to_json())
     assert data["by_outcome"] == {"fenced": 1, "skipped: still running": 1} and data["last"]["member"] == "pg-2"
+    assert parse_counters(c.to_json()) == c  # what the audit reads back, typed
+    assert parse_counters('{"events": 2}') == F.Counters(events=2)
+    for bad in ("[]", '{"by_outcome": 3}', '{"events": "x"}', "not json"):
+        with pytest.raises(ValueError):
+            parse_counters(bad)
     cfg = topology.fencer_config(ClusterSpec(scope="lab"))
     assert F.FencerConfig.from_json(cfg.to_json()) == cfg
     assert cfg.leader_key == "/service/lab/leader"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from stack import topology
-from stack.audit import Level, PressureObs, check_resources
+from stack.audit import check_resources
+from stack.audit_obs import PressureObs
 from stack.errors import SpecError
+from stack.findings import Level
 from stack.render import dcs_config
 from stack.resources import check_memory, derive_memory_parameters, owned_reason, parse_memory
 from stack.rolling import Setting, check_parameter

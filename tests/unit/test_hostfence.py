@@ -14,7 +14,8 @@ import pytest
 
 from stack import fencing as F
 from stack import lab, topology
-from stack.audit import Level, check_fencers
+from stack.audit import check_fencers
+from stack.findings import Level
 from stack.spec import ClusterSpec, parse_spec
 from tasks import fencer_agent
 
@@ -106,9 +107,9 @@ def test_lab_spec_names_the_lab_hosts_engine_socket_and_keeps_fencing_off() -> N
 def test_audit_has_a_watcher_row_per_host() -> None:
     s = spec()
     now = 1000.0
-    fresh = {"heartbeat_at": 995.0, "events": 2, "by_outcome": {"fenced": 1, "skipped: not leader": 1}}
+    fresh = F.Counters(heartbeat_at=995.0, events=2, by_outcome={"fenced": 1, "skipped: not leader": 1})
     rows = check_fencers({"fencer-h1": (fresh, ""), "fencer-h2": (None, "the fencer many-fencer-h2 is not running"),
-                          "fencer-h3": ({**fresh, "by_outcome": {"skipped: etcd unreachable": 1}}, "")}, s, now)
+                          "fencer-h3": (F.Counters(heartbeat_at=995.0, events=2, by_outcome={"skipped: etcd unreachable": 1}), "")}, s, now)
     by = {(f.check, f.target): f for f in rows}
     assert by[("fencing.watcher", "fencer-h1")].status == Level.OK
     assert "fenced 1" in by[("fencing.watcher", "fencer-h1")].observed

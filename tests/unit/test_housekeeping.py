@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from stack import housekeeping as hk
-from stack.audit import Level
 from stack.audit_sizes import (
     DiskObs,
     RepoSizeObs,
@@ -23,9 +22,10 @@ from stack.audit_sizes import (
     pg_size_bytes,
     wal_normal_bytes,
 )
-from stack.backup import BackupSet
+from stack.backup_info import BackupSet
 from stack.cluster import TimelineSwitch
 from stack.errors import SpecError
+from stack.findings import Level
 from stack.operator import history_events
 from stack.render import dcs_config
 from stack.spec import ClusterSpec, parse_spec

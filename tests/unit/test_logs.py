@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from stack import audit as A
+from stack import audit_obs as AO
+from stack import findings as AF
 from stack import render, topology
 from stack.errors import SpecError
 from stack.secrets import Secrets
@@ -86,17 +88,17 @@ def test_haproxy_checks_ask_for_the_status_line_only() -> None:
 def test_the_audit_warns_of_a_container_without_the_specs_cap() -> None:
     spec = parse_spec({"nodes": 2, "etcd_members": 1})
     capped = {"max-size": "20m", "max-file": "5"}
-    cs = [A.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}", 0, "json-file", capped)
+    cs = [AO.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}", 0, "json-file", capped)
           for m, _ in spec.expected_members()]
     fs = A.check_log_caps(cs, spec)
-    assert len(fs) == len(spec.expected_members()) and A.worst(fs) == A.Level.OK
+    assert len(fs) == len(spec.expected_members()) and AF.worst(fs) == AF.Level.OK
     assert fs[0].observed == "20m x 5 files (json-file)" == fs[0].threshold
-    cs[0] = A.ContainerObs(cs[0].name, cs[0].member, "running", "healthy", "id", 0, "json-file", {})  # an older pgha's
-    cs[1] = A.ContainerObs(cs[1].name, cs[1].member, "running", "healthy", "id", 0, "json-file",
+    cs[0] = AO.ContainerObs(cs[0].name, cs[0].member, "running", "healthy", "id", 0, "json-file", {})  # an older pgha's
+    cs[1] = AO.ContainerObs(cs[1].name, cs[1].member, "running", "healthy", "id", 0, "json-file",
                            {"max-size": "10m", "max-file": "3"})
     fs = A.check_log_caps(cs, spec)
-    assert [(f.status, f.observed) for f in fs[:2]] == [(A.Level.WARN, "no cap (json-file driver)"),
-                                                        (A.Level.WARN, "10m x 3 files (json-file)")]
+    assert [(f.status, f.observed) for f in fs[:2]] == [(AF.Level.WARN, "no cap (json-file driver)"),
+                                                        (AF.Level.WARN, "10m x 3 files (json-file)")]
     assert "`pgha up` recreates" in fs[0].hint
     assert len(A.check_log_caps(cs[1:], spec)) == len(cs) - 1  # a missing container: container.running says so
 

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack import metrics as M
+from stack.fencing import Counters
 from tests.unit.test_prometheus_rules import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def _snapshot() -> M.Snapshot:
     down = M.member_sample("pg-3", None, None, NOW)
     audit = M.audit_sample(NOW - 60, [("backup.age", "demo", "ok"), ("disk.\"data\"\\x", "pg-1\nx", "critical")],
                            last_backup_at=NOW - 3600, last_verified_at=None,
-                           fencers={"fencer": {"events": 7, "by_outcome": {"fenced": 1, "skipped: not leader": 2}}})
+                           fencers={"fencer": Counters(events=7, by_outcome={"fenced": 1, "skipped: not leader": 2})})
     return M.Snapshot("demo", NOW - 2, 3, (leader, replica, down), ("pg-3: refused",), audit)
 
 
@@ -209,11 +210,13 @@ def test_green_exporter_gets_its_own_port_during_a_major_upgrade() -> None:
 
 def test_a_missing_exporter_is_a_warning_not_critical() -> None:
     from stack import audit as A
+    from stack import audit_obs as AO
+    from stack import findings as AF
     from stack.spec import ClusterSpec
 
     spec = ClusterSpec(scope="lab", metrics={"enabled": True})  # type: ignore[arg-type]
-    running = [A.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}")
+    running = [AO.ContainerObs(spec.container(m), m, "running", "healthy", f"id-{m}")
                for m, _ in spec.expected_members() if m != "metrics"]
-    rows = [f for f in A.check_containers(running, spec, spec.audit, A.Baseline()) if f.target == "metrics"]
-    assert [(f.check, f.status, f.observed) for f in rows] == [("container.running", A.Level.WARN, "missing")]
-    assert A.worst(A.check_containers(running, spec, spec.audit, A.Baseline())) == A.Level.WARN
+    rows = [f for f in A.check_containers(running, spec, spec.audit, AO.Baseline()) if f.target == "metrics"]
+    assert [(f.check, f.status, f.observed) for f in rows] == [("container.running", AF.Level.WARN, "missing")]
+    assert AF.worst(A.check_containers(running, spec, spec.audit, AO.Baseline())) == AF.Level.WARN

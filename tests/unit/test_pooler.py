@@ -193,7 +193,7 @@ def test_lagging_or_stopped_candidates_are_refused() -> None:
 
 
 def test_audit_rows_for_the_pooler() -> None:
-    from stack.audit import Level
+    from stack.findings import Level
     from stack.pooler import check_pooler
 
     rows = check_pooler(None, SPEC, "connection refused")

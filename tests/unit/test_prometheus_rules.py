@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from stack import metrics as M
+from stack.fencing import Counters
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deployments" / "prometheus"
@@ -40,7 +41,7 @@ def test_every_alert_is_tested_and_reads_only_metrics_pgha_serves() -> None:
     names = {r["alert"] for r in rules}
     assert names == tested, f"alerts without a firing test: {sorted(names - tested)}"
     rendered = M.render(M.Snapshot("x", 0, 1, (M.MemberSample("pg-1", True, "leader", "running", 1, 0, 0.0, 1.0),),
-                                   audit=M.audit_sample(0, [("c", "t", "ok")], 0, 0, {"f": {"events": 1, "by_outcome": {"fenced": 0}}})), 0)
+                                   audit=M.audit_sample(0, [("c", "t", "ok")], 0, 0, {"f": Counters(events=1, by_outcome={"fenced": 0})})), 0)
     served = {ln.split()[2] for ln in rendered.splitlines() if ln.startswith("# TYPE ")} | {"up"}
     for r in rules:
         used = {w for w in _words(r["expr"]) if w.startswith("pgha_") or w == "up"}

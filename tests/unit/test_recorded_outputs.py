@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from stack import backup as bk
+from stack import backup_decisions as bkd
+from stack import backup_info as bki
 from stack import render
-from stack.backup import verify_problems
+from stack.backup_info import verify_problems
 from stack.cluster import MemberRole, assess, back_since, quorum
 from stack.spec import ClusterSpec, parse_spec
 from tasks import etcd, haproxy, patroni
@@ -135,7 +136,7 @@ def test_etcd_audit_members_and_leader_from_recorded_outputs(monkeypatch: pytest
 # ---- pgBackRest ----
 
 def test_info_with_a_full_and_a_diff() -> None:
-    sets, wal_min, wal_max = bk.parse_info(json.loads(text("pgbackrest/info-full-diff.json")), "pgha-rec")
+    sets, wal_min, wal_max = bki.parse_info(json.loads(text("pgbackrest/info-full-diff.json")), "pgha-rec")
     assert [(s.type, s.error) for s in sets] == [("full", False), ("diff", False)]
     full, diff = sets
     assert diff.prior == full.label and diff.label.startswith(full.label + "_") and diff.label.endswith("D")
@@ -144,8 +145,8 @@ def test_info_with_a_full_and_a_diff() -> None:
     assert full.annotation.keys() == {"pgha-canary", "pgha-canary-count"}
     assert (wal_min, wal_max) == ("000000010000000000000001", "000000010000000000000009")
     assert wal_min <= full.wal_start <= diff.wal_stop <= wal_max
-    assert bk.parse_info(json.loads(text("pgbackrest/info-full-diff.json")), "other-stanza") == ([], None, None)
-    assert bk.pick_set(sets, None) == diff
+    assert bki.parse_info(json.loads(text("pgbackrest/info-full-diff.json")), "other-stanza") == ([], None, None)
+    assert bkd.pick_set(sets, None) == diff
 
 
 def test_verify_clean_and_damaged() -> None:

@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 
 from stack import backup as bk
+from stack import backup_decisions as bkd
 from stack import layout
 from stack.backup_tls import make_certificates, server_names
 from stack.errors import SpecError
@@ -194,4 +195,4 @@ def test_restore_into_a_cluster_on_the_same_hosts_is_refused() -> None:
     elsewhere = [{**h, "name": f"o{i}", "address": f"10.0.1.{i}"} for i, h in enumerate(HOSTS, start=1)]
     other = parse_spec({**BASE, "scope": "rh2", "hosts": elsewhere, "backup": s3})
     assert target_spec(source, None, other).scope == "rh2"
-    assert bk.shared_hosts_problem(ClusterSpec(scope="solo"), ClusterSpec(scope="solo2")) is None
+    assert bkd.shared_hosts_problem(ClusterSpec(scope="solo"), ClusterSpec(scope="solo2")) is None

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from flows.restore import discarded_note, down_message, rolled_back_message, untouched_message
-from stack.backup import in_place_problem
+from stack.backup_decisions import in_place_problem
 from stack.spec import ClusterSpec, parse_spec
 from tasks import pgbackrest_restore as pr
 from tasks.node_exec import ExecResult

@@ -53,7 +53,7 @@ def test_the_server_environment_carries_the_retention(monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("PGHA_STATE_DIR", str(tmp_path))
     monkeypatch.setenv(S.RETENTION_ENV, "14")
-    e = ps.plane("img").server_def()["environment"]
+    e = ps.plane("img").server_def().environment
     assert e["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == str(14 * 86400)
     monkeypatch.setenv(S.RETENTION_ENV, "3")
     with pytest.raises(UsageError, match="shorter than the longest schedule interval"):

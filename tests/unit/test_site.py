@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from stack import audit as A
+from stack import audit_obs as AO
+from stack import findings as AF
 from stack import render, site
 from stack.cluster import ClusterView, Member, MemberRole, assess
 from stack.errors import SpecError
@@ -104,24 +106,24 @@ def test_a_standby_leader_makes_a_whole_standby_cluster_without_a_sync_standby()
 
 
 def test_the_audit_expects_a_standby_leader_and_a_read_only_rw_port_on_a_standby_site() -> None:
-    obs = A.PatroniObs(members=_standby_view().members, paused=False, liveness={"pg-1": 200, "pg-2": 200}, readiness={"pg-1": 200, "pg-2": 200})
+    obs = AO.PatroniObs(members=_standby_view().members, paused=False, liveness={"pg-1": 200, "pg-2": 200}, readiness={"pg-1": 200, "pg-2": 200})
     rows = {(f.check, f.target): f for f in A.check_patroni(obs, STANDBY)}
-    assert rows[("patroni.leader", "site-b")].status == A.Level.OK
-    assert rows[("patroni.member", "pg-1")].status == A.Level.OK
+    assert rows[("patroni.leader", "site-b")].status == AF.Level.OK
+    assert rows[("patroni.member", "pg-1")].status == AF.Level.OK
     plain = {(f.check, f.target): f for f in A.check_patroni(obs, STANDBY.model_copy(update={"standby_of": None}))}
-    assert plain[("patroni.leader", "site-b")].status == A.Level.CRITICAL
+    assert plain[("patroni.leader", "site-b")].status == AF.Level.CRITICAL
     assert [f.check for f in A.check_replication("pg-1", [], STANDBY, STANDBY.audit)
             if f.check == "replication.sync_standby"] == []
 
 
 @pytest.mark.parametrize(("obs", "level", "fragment"), [
-    (A.StandbyObs(receiver="streaming", lag_bytes=0, lag_s=0.0), A.Level.OK, "streaming, 0 B / 0 s behind site-a"),
-    (A.StandbyObs(receiver="streaming", lag_bytes=2 * 1048576, lag_s=1.0), A.Level.WARN, "2097152 B"),
-    (A.StandbyObs(receiver="streaming", lag_bytes=100, lag_s=120.0), A.Level.CRITICAL, "120 s"),
-    (A.StandbyObs(receiver=None, lag_bytes=None, lag_s=None), A.Level.CRITICAL, "not streaming (receiver: none)"),
-    (None, A.Level.CRITICAL, "no answer"),
+    (AO.StandbyObs(receiver="streaming", lag_bytes=0, lag_s=0.0), AF.Level.OK, "streaming, 0 B / 0 s behind site-a"),
+    (AO.StandbyObs(receiver="streaming", lag_bytes=2 * 1048576, lag_s=1.0), AF.Level.WARN, "2097152 B"),
+    (AO.StandbyObs(receiver="streaming", lag_bytes=100, lag_s=120.0), AF.Level.CRITICAL, "120 s"),
+    (AO.StandbyObs(receiver=None, lag_bytes=None, lag_s=None), AF.Level.CRITICAL, "not streaming (receiver: none)"),
+    (None, AF.Level.CRITICAL, "no answer"),
 ])
-def test_the_audit_row_of_the_standby_link(obs: A.StandbyObs | None, level: A.Level, fragment: str) -> None:
+def test_the_audit_row_of_the_standby_link(obs: AO.StandbyObs | None, level: AF.Level, fragment: str) -> None:
     [f] = A.check_standby(obs, STANDBY, STANDBY.audit)
     assert f.check == "site.standby" and f.status == level and fragment in f.observed, f
     assert A.check_standby(obs, ClusterSpec(), ClusterSpec().audit) == []

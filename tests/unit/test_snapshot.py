@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stack import audit as A
+from stack import audit_obs as AO
 from stack.cluster import ClusterView, EndpointHealth, Member, MemberRole
 from stack.pooler import PoolerObs
 from stack.snapshot import ClusterSnapshot, ContainersObs, EtcdObs, Observed, PatroniState
@@ -28,15 +28,15 @@ def failed(error: str) -> Observed[Any]:
 
 
 def healthy(**parts: Observed[Any]) -> ClusterSnapshot:
-    cts = [A.ContainerObs(SPEC.container(m), m, "running", "healthy") for m, _ in SPEC.expected_members()]
+    cts = [AO.ContainerObs(SPEC.container(m), m, "running", "healthy") for m, _ in SPEC.expected_members()]
     view = ClusterView([Member("pg-1", MemberRole.LEADER, "running", 1, None),
                         Member("pg-2", MemberRole("sync_standby"), "streaming", 1, 0)])
     base: dict[str, Observed[Any]] = {
         "containers": ok(ContainersObs(cts)),
         "patroni": ok(PatroniState(view)),
         "etcd": ok(EtcdObs([EndpointHealth("https://10.0.0.2:2379", True)])),
-        "backends": ok(({"pg-1": A.Backend("UP", 0), "pg-2": A.Backend("DOWN", 0)},
-                        {"pg-1": A.Backend("DOWN", 0), "pg-2": A.Backend("UP", 0)})),
+        "backends": ok(({"pg-1": AO.Backend("UP", 0), "pg-2": AO.Backend("DOWN", 0)},
+                        {"pg-1": AO.Backend("DOWN", 0), "pg-2": AO.Backend("UP", 0)})),
         "session": ok(None),
     }
     base.update(parts)
@@ -67,13 +67,13 @@ def test_each_failed_part_is_a_problem_in_a_fixed_order() -> None:
 def test_the_session_is_judged_only_while_one_primary_is_routed() -> None:
     st = judge(SPEC, healthy(session=ok("FATAL: preload library")), ENDPOINTS)
     assert st.problems == [f"{SESSION_PROBLEM}: FATAL: preload library"]
-    two = ok(({"pg-1": A.Backend("UP", 0), "pg-2": A.Backend("UP", 0)}, {"pg-2": A.Backend("UP", 0)}))
+    two = ok(({"pg-1": AO.Backend("UP", 0), "pg-2": AO.Backend("UP", 0)}, {"pg-2": AO.Backend("UP", 0)}))
     st = judge(SPEC, healthy(session=ok("FATAL: preload library"), backends=two), ENDPOINTS)
     assert st.problems == ["HAProxy R/W port has 2 primaries up (expected 1)"]
 
 
 def test_a_stopped_watcher_is_shown_but_not_a_problem() -> None:
-    cts = [A.ContainerObs(SPEC.container(m), m, "exited" if r == "fencer" else "running", "")
+    cts = [AO.ContainerObs(SPEC.container(m), m, "exited" if r == "fencer" else "running", "")
            for m, r in SPEC.expected_members()]
     st = judge(SPEC, healthy(containers=ok(ContainersObs(cts))), ENDPOINTS)
     assert st.healthy
@@ -83,7 +83,7 @@ def test_a_stopped_watcher_is_shown_but_not_a_problem() -> None:
 def test_a_pooler_that_does_not_answer_is_a_problem() -> None:
     spec = parse_spec({"scope": "lab", "nodes": 2, "etcd_members": 1})
     assert spec.runs_pooler
-    cts = [A.ContainerObs(spec.container(m), m, "running", "") for m, _ in spec.expected_members()]
+    cts = [AO.ContainerObs(spec.container(m), m, "running", "") for m, _ in spec.expected_members()]
     st = judge(spec, healthy(containers=ok(ContainersObs(cts)), pooler=failed("pooler down")),
                {**ENDPOINTS, "pool": "postgresql://pool"})
     assert st.problems == ["pooler down"]

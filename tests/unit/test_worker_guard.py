@@ -87,8 +87,8 @@ print(json.dumps(out))
 def test_the_worker_loads_the_guard_and_the_server_publishes_its_socket(tmp_path: Path) -> None:
     plane = cp.ControlPlane(state_dir=tmp_path, home=ROOT, port=24999, image="img", auth_file=tmp_path / "a",
                             pool="pgha", worker_name="w", server_env={}, worker_env={})
-    env = plane.worker_def()["environment"]
+    env = plane.worker_def().environment
     assert str(GUARD.parent) in env["PYTHONPATH"].split(":")
     assert env["PGHA_SERVER_LISTENER"] == f"{cp.DB_IN_WORKER}/{cp.LISTENER_FILE}"
-    health = plane.server_def()["health"]
+    health = plane.server_def().health
     assert f"{cp.DB_IN_CONTAINER}/{cp.LISTENER_FILE}" in health and health[-2:] == ["pgha-control-health", "server"]
