@@ -196,7 +196,9 @@ def switchover_preflight(spec: ClusterSpec, yes: bool) -> tuple[ClusterSpec, Clu
 
 def join_site_network(spec: ClusterSpec, other: ClusterSpec) -> list[str]:
     """`spec`'s Patroni nodes attached to `other`'s network (live, no restart), so they reach its
-    HAProxy by name; the nodes that had to be attached."""
+    HAProxy by name; the nodes that had to be attached. Over hosts none: they reach it at its hosts' addresses."""
+    if spec.multi_host:
+        return []
     eng = docker_hosts.engines(spec).default
     return [m for m in spec.node_names() if eng.connect(spec.container(m), other.network)]
 

@@ -99,7 +99,9 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
         ends = spec.client_endpoints(read_only, pooled)
         host, ports = ",".join(h for h, _ in ends), ",".join(str(p) for _, p in ends)
         where = ",".join(f"{h}:{p}" for h, p in ends)
-        extra["target_session_attrs"] = "prefer-standby" if read_only else "read-write"
+        # A standby site's R/W port reaches its standby leader, read-only until it is promoted.
+        extra["target_session_attrs"] = ("prefer-standby" if read_only else
+                                         "any" if spec.standby_of is not None else "read-write")
     try:
         return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,

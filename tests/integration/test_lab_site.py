@@ -1,0 +1,91 @@
+"""Two sites over hosts, in a lab: one lab of 2 simulated hosts split between two specs.
+
+Site A (the primary site) runs on lab host h1 (1 etcd, 1 node, its HAProxy); site B, its standby
+cluster, on h2 (the same). B's standby leader streams from A's HAProxy R/W port at h1's lab
+address; each site's pg_hba admits the other's host. A row written on A appears on B; then
+`pgha site switchover` (A demoted, B promoted) and back, no committed row lost. Pooler,
+backups and fencing off: not the point.
+
+Ports: 20700-20709 (the lab hosts' R/W and R/O ports and their pool ports' places on
+127.0.0.1); lab `itsite`, scopes `pgha-it-lsa` / `pgha-it-lsb`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from stack.wait import wait_for
+from tests.integration.conftest import lab_cluster, lab_connect, pgha
+
+LAB, SCOPE_A, SCOPE_B, PORT_BASE = "itsite", "pgha-it-lsa", "pgha-it-lsb", 20700
+
+
+def one_host(data: dict[str, Any], index: int, scope: str) -> dict[str, Any]:
+    """The lab's spec cut down to one of its hosts: a site of 1 etcd member and 1 node."""
+    return {**data, "scope": scope, "nodes": 1, "etcd_members": 1, "hosts": [data["hosts"][index]],
+            "allow_unsafe_placement": True}
+
+
+@pytest.fixture(scope="module")
+def sites(engine: docker.DockerClient, base_env: dict[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("labsite")
+    state = Path(base_env["PGHA_STATE_DIR"])
+    for scope in (SCOPE_A, SCOPE_B):
+        shutil.rmtree(state / scope, ignore_errors=True)
+    lab_spec: dict[str, Any] = {}
+
+    def site_a(data: dict[str, Any]) -> dict[str, Any]:
+        lab_spec.update(data)
+        return one_host(data, 0, SCOPE_A)
+
+    try:
+        with lab_cluster(engine, base_env, LAB, SCOPE_A, PORT_BASE, 2, edit=site_a,
+                         spec_path=tmp / "a.yaml") as st:
+            b = {**one_host(lab_spec, 1, SCOPE_B), "standby_of": {"scope": SCOPE_A}}
+            (tmp / "b.yaml").write_text(yaml.safe_dump(b))
+            with lab_connect(base_env, SCOPE_A, st["hosts"][0]["rw_port"]) as c:
+                c.execute("create table site_t (v text)")
+            r = pgha(base_env, "up", "--spec", str(tmp / "b.yaml"), timeout=600)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            yield {**st, "a": str(tmp / "a.yaml"), "b": str(tmp / "b.yaml"),
+                   "ports": {SCOPE_A: st["hosts"][0]["rw_port"], SCOPE_B: st["hosts"][1]["rw_port"]}}
+    finally:
+        for scope in (SCOPE_A, SCOPE_B):
+            shutil.rmtree(state / scope, ignore_errors=True)
+
+
+def site_status(env: dict[str, str], scope: str) -> dict[str, Any]:
+    r = pgha(env, "site", "status", "--scope", scope, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def appears(env: dict[str, str], scope: str, port: object, value: str) -> None:
+    """`value` is in site_t on the site `scope` (through its R/W port: a standby leader serves reads)."""
+    def count() -> int:
+        with lab_connect(env, scope, port) as c:
+            row = c.execute("select count(*) from site_t where v = %s", (value,)).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_for(f"'{value}' on {scope}", count, lambda n: n == 1, timeout=60, interval=0.3)
+
+
+def test_standby_site_follows_over_hosts(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+    ports = sites["ports"]
+    with lab_connect(base_env, SCOPE_A, ports[SCOPE_A]) as c:
+        c.execute("insert into site_t values ('from site A')")
+    appears(base_env, SCOPE_B, ports[SCOPE_B], "from site A")
+    with lab_connect(base_env, SCOPE_B, ports[SCOPE_B]) as c:
+        assert c.execute("select pg_is_in_recovery()").fetchone() == (True,)
+    stored = yaml.safe_load((Path(base_env["PGHA_STATE_DIR"]) / SCOPE_B / "spec.yaml").read_text())
+    h1 = sites["hosts"][0]["address"]
+    assert stored["standby_of"]["hosts"] == [h1], stored["standby_of"]
