@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,47 @@ def test_standby_site_follows_over_hosts(sites: dict[str, Any], base_env: dict[s
     stored = yaml.safe_load((Path(base_env["PGHA_STATE_DIR"]) / SCOPE_B / "spec.yaml").read_text())
     h1 = sites["hosts"][0]["address"]
     assert stored["standby_of"]["hosts"] == [h1], stored["standby_of"]
+
+
+def roles(env: dict[str, str], ports: dict[str, object]) -> tuple[str, str]:
+    """(the primary site, its standby) as the sites run now."""
+    with lab_connect(env, SCOPE_A, ports[SCOPE_A]) as c:
+        a_standby = c.execute("select pg_is_in_recovery()").fetchone() == (True,)
+    return (SCOPE_B, SCOPE_A) if a_standby else (SCOPE_A, SCOPE_B)
+
+
+def drill(env: dict[str, str], standby: str, kind: str) -> dict[str, Any]:
+    started = time.monotonic()
+    res = pgha(env, "drill", kind, "--json", "--scope", standby, "--heal-timeout", "300", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out: dict[str, Any] = json.loads(res.stdout)
+    print(f"\n{kind} drill to {standby} over hosts in {time.monotonic() - started:.1f} s: write gap "
+          f"{out['write_gap_s']} s, {out['writes_acked']} acknowledged, {len(out['lost_writes'])} lost, "
+          f"RPO {out['rpo_s']} s, RTO {out['rto_s']} s, failover {out['failover_s']} s")
+    assert out["new_site"] == standby and out["healed"] is True, out
+    return out
+
+
+def test_site_switchover_drill_over_hosts_loses_nothing(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+    ports = sites["ports"]
+    p, s = roles(base_env, ports)
+    out = drill(base_env, s, "site-switchover")
+    assert out["lost_writes"] == [] and float(out["write_gap_s"]) < 30, out  # goal 10 s; generous on 2 shared cores
+    assert roles(base_env, ports) == (s, p)
+    with lab_connect(base_env, s, ports[s]) as c:
+        c.execute("insert into site_t values ('after the switchover')")
+    appears(base_env, p, ports[p], "after the switchover")  # the old primary site follows, over hosts
+
+
+def test_site_loss_drill_over_hosts_promotes_and_rebuilds(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+    ports = sites["ports"]
+    p, s = roles(base_env, ports)
+    out = drill(base_env, s, "site-loss")
+    # Goals: RPO <= 1 s of writes, RTO <= 30 s; the ceilings here are generous (2 shared cores).
+    assert out["rto_s"] is not None and float(out["rto_s"]) < 90, out
+    assert out["rpo_s"] is not None and float(out["rpo_s"]) < 10, out
+    assert out["rejoin"] == "rebuilt", out
+    assert roles(base_env, ports) == (s, p)
+    with lab_connect(base_env, s, ports[s]) as c:
+        c.execute("insert into site_t values ('after the site loss')")
+    appears(base_env, p, ports[p], "after the site loss")  # the rebuilt site follows, over hosts
