@@ -2,11 +2,12 @@
 
 Site A (the primary site) runs on lab host h1 (1 etcd, 1 node, its HAProxy); site B, its standby
 cluster, on h2 (the same). B's standby leader streams from A's HAProxy R/W port at h1's lab
-address; each site's pg_hba admits the other's host. A row written on A appears on B; then
-`pgha site switchover` (A demoted, B promoted) and back, no committed row lost. Pooler,
-backups and fencing off: not the point.
+address; each site's pg_hba admits the other's host. A row written on A appears on B; then the
+site drills over hosts: `drill site-switchover` (A demoted, B promoted under a write probe, 0
+lost, A follows B) and `drill site-loss` (B's containers killed on h2, A promoted, RPO and RTO
+reported, B rebuilt as A's standby and following). Pooler, backups and fencing off: not the point.
 
-Ports: 20700-20709 (the lab hosts' R/W and R/O ports and their pool ports' places on
+Ports: 20700-20707 (the lab hosts' R/W and R/O ports, and their pool ports' places, on
 127.0.0.1); lab `itsite`, scopes `pgha-it-lsa` / `pgha-it-lsb`.
 """
 
