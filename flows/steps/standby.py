@@ -55,15 +55,24 @@ def promoted(spec: ClusterSpec) -> bool:
 
 def refuse_unnamed_standby(spec: ClusterSpec) -> None:
     """A running standby cluster brought up from a spec without `standby_of` (the spec file kept from
-    before a site switchover) would lose its link: refused, naming the site it follows."""
+    before a site switchover) would lose its link: refused, naming the site it follows. Over hosts
+    the site is named by the stored spec (the link's `host` is a list of addresses), and only a
+    cluster stored as a standby is asked (no Patroni call for every other `pgha up` over hosts)."""
+    other = ""
     if spec.multi_host:
-        return
+        try:
+            stored = stored_spec(spec.scope)
+        except StateError:
+            return  # never brought up from here
+        if stored.standby_of is None:
+            return
+        other = stored.standby_of.scope
     try:
         block = patroni.dynamic_config(spec).get("standby_cluster")
     except PghaError:
         return  # no node answers: a new cluster, or one being brought back
     if block:
-        other = str(block.get("host", "")).removesuffix("-haproxy") or "another site"
+        other = other or str(block.get("host", "")).removesuffix("-haproxy") or "another site"
         raise StateError(f"cluster {spec.scope} runs as a standby of {other} (after a site switchover or rebuild) "
                          f"but this spec has no standby_of: add `standby_of: {{scope: {other}}}` to it, or "
                          f"`pgha up --scope {spec.scope}` (the stored spec has it)")

@@ -121,6 +121,10 @@ def test_site_switchover_drill_over_hosts_loses_nothing(sites: dict[str, Any], b
     with lab_connect(base_env, s, ports[s]) as c:
         c.execute("insert into site_t values ('after the switchover')")
     appears(base_env, p, ports[p], "after the switchover")  # the old primary site follows, over hosts
+    if p == SCOPE_A:  # its spec file as written, without standby_of: `pgha up` of it refused, naming B
+        res = pgha(base_env, "up", "--spec", sites["a"])
+        assert res.returncode != 0 and f"runs as a standby of {s}" in res.stderr \
+            and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
 
 
 def test_site_loss_drill_over_hosts_promotes_and_rebuilds(sites: dict[str, Any], base_env: dict[str, str]) -> None:

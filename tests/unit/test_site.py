@@ -208,6 +208,24 @@ def test_up_of_a_demoted_site_from_a_spec_without_standby_of_is_refused(monkeypa
     standby.refuse_unnamed_standby(primary)  # a new cluster
 
 
+def test_up_of_a_demoted_site_over_hosts_names_the_site_from_its_stored_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.steps import standby
+    from stack.errors import StateError
+    from tasks import patroni
+
+    a = over_hosts("site-a", "10.1.0.1")
+    demoted = site.demoted_spec(a, site.following(SITE_B, a))
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"standby_cluster": {"host": "10.2.0.1"}})
+    monkeypatch.setattr(standby, "stored_spec", lambda scope: demoted)
+    with pytest.raises(StateError, match=r"runs as a standby of site-b .* add `standby_of: \{scope: site-b\}`"):
+        standby.refuse_unnamed_standby(a)
+    asked: list[str] = []
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: asked.append(spec.scope) or {})
+    monkeypatch.setattr(standby, "stored_spec", lambda scope: a)
+    standby.refuse_unnamed_standby(a)  # stored as a primary site: Patroni not even asked
+    assert asked == []
+
+
 # ---- both sites over hosts ----
 
 PORTS = {"rw": 5000, "ro": 5001, "stats": 7000, "pool": 6432}
