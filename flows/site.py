@@ -196,7 +196,9 @@ def switchover_preflight(spec: ClusterSpec, yes: bool) -> tuple[ClusterSpec, Clu
 
 def join_site_network(spec: ClusterSpec, other: ClusterSpec) -> list[str]:
     """`spec`'s Patroni nodes attached to `other`'s network (live, no restart), so they reach its
-    HAProxy by name; the nodes that had to be attached."""
+    HAProxy by name; the nodes that had to be attached. Over hosts none: they reach it at its hosts' addresses."""
+    if spec.multi_host:
+        return []
     eng = docker_hosts.engines(spec).default
     return [m for m in spec.node_names() if eng.connect(spec.container(m), other.network)]
 
@@ -345,18 +347,28 @@ def failover_preflight(spec: ClusterSpec, yes: bool) -> ClusterSpec:
 
 def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
     """Stop the old primary site's Patroni nodes (PostgreSQL stops with them) so it takes no more
-    writes; (the containers stopped, None or the one line the operator must act on)."""
-    try:
-        eng = docker_hosts.engines(primary).default
-        names = [primary.container(m) for m in primary.node_names()]
-        running = [n for n in names if eng.running(n)]
-        for name in running:
-            eng.stop(name, timeout=10)
-    except PghaError as exc:
-        return [], (f"{primary.scope}'s engine does not answer ({exc}): make sure its nodes are stopped (power off "
-                    f"its hosts, or `docker stop` {primary.container('pg-1')} ...) before clients write anywhere but "
-                    "the new primary site")
-    return running, None
+    writes, each on its own engine (over hosts: its host's); (the containers stopped, None or the
+    one line the operator must act on, naming every node whose engine did not answer)."""
+    engines = docker_hosts.engines(primary)
+    stopped: list[str] = []
+    unreached: list[str] = []
+    why = ""
+    for m in primary.node_names():
+        name = primary.container(m)
+        try:
+            eng = engines.of(m)
+            if eng.running(name):
+                eng.stop(name, timeout=10)
+                stopped.append(name)
+        except PghaError as exc:
+            unreached.append(name)
+            why = why or str(exc).splitlines()[0]
+    if unreached:
+        where = "its hosts" if primary.multi_host else "its engine"
+        return stopped, (f"{primary.scope}'s {'engines do' if primary.multi_host else 'engine does'} not answer for "
+                         f"{', '.join(unreached)} ({why}): make sure those nodes are stopped (power off {where}, or "
+                         "`docker stop` them) before clients write anywhere but the new primary site")
+    return stopped, None
 
 
 @flow(name="site-failover",

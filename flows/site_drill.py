@@ -34,6 +34,7 @@ from stack.results import DrillResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
 from tasks import docker_hosts, patroni, postgres
+from tasks.docker_engine import Engine
 from tasks.host.secrets import cluster_secrets
 from tasks.postgres_probe import Probe
 
@@ -142,20 +143,29 @@ def _first_after(log: ProbeLog, t: float) -> float | None:
 
 
 def _kill_site(primary: ClusterSpec) -> list[str]:
-    """docker kill of every running container of the primary site at once (a site's power cut)."""
-    eng = docker_hosts.engines(primary).default
-    names = [ct.name for ct in eng.cluster_containers(primary.scope) if ct.status == "running"]
-    for name in names:
-        eng.kill(name)
-    return names
+    """docker kill of every running container of the primary site at once (a site's power cut),
+    on each of its engines (over hosts: every host's); `host/container` over hosts."""
+    killed: list[str] = []
+    for host, eng in _site_engines(primary):
+        names = [ct.name for ct in eng.cluster_containers(primary.scope) if ct.status == "running"]
+        for name in names:
+            eng.kill(name)
+        killed += [f"{host}/{n}" if host else n for n in names]
+    return killed
+
+
+def _site_engines(primary: ClusterSpec) -> list[tuple[str, Engine]]:
+    engines = docker_hosts.engines(primary)
+    return list(engines.by_host.items()) if primary.multi_host else [("", engines.default)]
 
 
 def _restart_site(primary: ClusterSpec, killed: list[str]) -> str:
     """The killed containers started again (the promotion failed: the old primary site comes back)."""
-    eng = docker_hosts.engines(primary).default
+    engines = dict(_site_engines(primary))
     try:
-        for name in killed:
-            eng.start(name)
+        for entry in killed:
+            host, _, name = entry.rpartition("/")
+            engines[host].start(name)
         postgres.wait_writable(primary, cluster_secrets(primary.scope), timeout=180)
     except PghaError as exc:
         return (f"{primary.scope} did not come back ({str(exc).splitlines()[0]}): `pgha up --scope {primary.scope}`, "

@@ -266,7 +266,8 @@ def site_drill_refusal(spec: ClusterSpec, kind: DrillKind, to: str | None, secon
                        host: str | None) -> str | None:
     """Why a drill cannot run on this spec as asked (one line), None when it can.
 
-    A site drill runs on the standby site (its `standby_of` names the primary site), one engine.
+    A site drill runs on the standby site (its `standby_of` names the primary site), on one engine
+    or over hosts.
     """
     if not kind.is_site:
         if spec.standby_of is not None:
@@ -276,8 +277,6 @@ def site_drill_refusal(spec: ClusterSpec, kind: DrillKind, to: str | None, secon
     if spec.standby_of is None:
         return (f"{kind.value} runs on a standby site (`--scope` of the cluster whose spec has standby_of); "
                 f"{spec.scope} is not one")
-    if spec.multi_host:
-        return f"{kind.value} runs on one engine only: a standby site over hosts is not supported yet"
     extra = [o for o, v in (("--to", to), ("--seconds", seconds), ("--host", host)) if v is not None]
     if extra:
         return f"{', '.join(extra)} does not apply to {kind.value} (the drill hits the whole primary site)"

@@ -152,13 +152,19 @@ def pg_hba(subnet: str, ssl: bool = True) -> list[str]:
     ]
 
 
-def hosts_pg_hba(spec: ClusterSpec) -> list[str]:
-    """Many hosts: the hosts' own addresses (each one /32), instead of the cluster network's subnet."""
+def hosts_pg_hba(spec: ClusterSpec, peers: str = "") -> list[str]:
+    """Many hosts: the hosts' own addresses (each one /32), instead of the cluster network's subnet;
+    a second site's too: the primary site's hosts (`standby_of.hosts`) and `peers`, the other site's
+    host addresses comma-separated (`docker_hosts.node_subnets`)."""
     ssl = spec.tls.enabled
     host = "hostssl" if ssl else "host"
     rules = pg_hba("127.0.0.1/32", ssl)[:4]
-    for h in spec.hosts or []:
-        addr = hba_address(h.address)
+    addresses = [h.address for h in spec.hosts or []]
+    for a in [*(spec.standby_of.hosts or [] if spec.standby_of else []), *peers.split(",")]:
+        if a and a not in addresses:
+            addresses.append(a)
+    for a in addresses:
+        addr = hba_address(a)
         rules += [f"{host} replication {REPLICATION_USER} {addr} scram-sha-256",
                   f"{host} all all {addr} scram-sha-256"]
     return rules
@@ -243,7 +249,7 @@ def patroni_config(spec: ClusterSpec, member: str, subnet: str, secrets: Secrets
             # Patroni's own connections go through the socket (peer auth for postgres).
             "use_unix_socket": True,
             "use_unix_socket_repl": False,
-            "pg_hba": pg_hba(subnet, spec.tls.enabled) if not spec.multi_host else hosts_pg_hba(spec),
+            "pg_hba": pg_hba(subnet, spec.tls.enabled) if not spec.multi_host else hosts_pg_hba(spec, subnet),
             "parameters": {"unix_socket_directories": SOCKET_DIR},
         },
         "tags": node_tags(spec, member),

@@ -53,7 +53,8 @@ def support_files(spec: ClusterSpec, subnet: str | None, encrypted: bool) -> dic
     passphrase = REDACTED if encrypted else None
     s3 = PLACEHOLDER_S3 if spec.backup.s3 is not None else None
     for m in spec.node_names():
-        files[f"config/{m}/patroni.yml"] = render.render_patroni_yml(spec, m, subnet or UNKNOWN_SUBNET, PLACEHOLDER)
+        files[f"config/{m}/patroni.yml"] = render.render_patroni_yml(
+            spec, m, "" if spec.multi_host else (subnet or UNKNOWN_SUBNET), PLACEHOLDER)
         if spec.backup.enabled and not (spec.backup.repo_host is not None):
             files[f"config/{m}/pgbackrest/node.conf"] = bk.render_node_conf(spec, s3, passphrase)
             files[f"config/{m}/pgbackrest/backup.conf"] = bk.render_backup_conf(spec, spec.nodes > 1, s3, passphrase)

@@ -43,8 +43,53 @@ def primary_network(spec: ClusterSpec) -> str:
 
 
 def primary_endpoint(spec: ClusterSpec) -> tuple[str, int]:
-    """(host, port) the standby leader streams from: the primary site's HAProxy R/W port, inside its network."""
+    """(host, port) the standby leader streams from: the primary site's HAProxy R/W port, inside its
+    network; over hosts, at the primary site's host addresses as a libpq host list (`a,b`, one port
+    for all: Patroni 4.0 writes one .pgpass line per host and libpq tries them in turn)."""
+    assert spec.standby_of is not None
+    if spec.multi_host:
+        if not spec.standby_of.hosts or spec.standby_of.port is None:
+            raise ValueError(f"{spec.scope}: standby_of over hosts without the primary site's addresses "
+                             "(pgha fills them from the primary's stored spec: `pgha up` the standby)")
+        return ",".join(spec.standby_of.hosts), spec.standby_of.port
     return f"{primary_scope(spec)}-haproxy", HAPROXY_RW_PORT
+
+
+def following(spec: ClusterSpec, primary: ClusterSpec) -> ClusterSpec:
+    """`spec` (a standby of `primary`) with where it streams from filled in: over hosts, the primary
+    site's host addresses and its HAProxy R/W port (every host runs one HAProxy)."""
+    assert spec.standby_of is not None
+    if not spec.multi_host:
+        return spec
+    follow = spec.standby_of.model_copy(update={"hosts": [h.address for h in primary.hosts or []],
+                                                "port": primary.ports.rw})
+    return spec.model_copy(update={"standby_of": follow})
+
+
+def mixed_problem(spec: ClusterSpec, primary: ClusterSpec) -> str | None:
+    """A standby over hosts of a one-engine primary site, or the reverse: not supported."""
+    if spec.multi_host != primary.multi_host:
+        return (f"{spec.scope} {'runs over hosts' if spec.multi_host else 'runs on one engine'} but its primary site "
+                f"{primary.scope} {'does' if primary.multi_host else 'does not'}: both sites must run over hosts, or "
+                "both on this machine's engine")
+    return None
+
+
+def peer_addresses(spec: ClusterSpec, others: list[ClusterSpec]) -> list[str]:
+    """Over hosts: the other site's host addresses this cluster's pg_hba admits (replication both
+    ways, so a switchover needs no new rule): the primary site's when `spec` is a standby, and those
+    of every site (among `others`, the stored specs) that is a standby of `spec`."""
+    if not spec.multi_host:
+        return []
+    out: list[str] = []
+    for o in others:
+        if o.scope == spec.scope or not o.multi_host:
+            continue
+        mine = spec.standby_of is not None and spec.standby_of.scope == o.scope
+        theirs = o.standby_of is not None and o.standby_of.scope == spec.scope
+        if mine or theirs:
+            out += [h.address for h in o.hosts or [] if h.address not in out]
+    return out
 
 
 def slot_name(spec: ClusterSpec) -> str:
@@ -232,7 +277,7 @@ def demoted_spec(primary: ClusterSpec, standby: ClusterSpec) -> ClusterSpec:
     slot = standby.standby_of.slot if standby.standby_of is not None else True
     data = {**primary.model_dump(mode="json"), "standby_of": {"scope": standby.scope, "slot": slot}}
     try:
-        return ClusterSpec.model_validate(data)
+        return following(ClusterSpec.model_validate(data), standby.model_copy(update={"standby_of": None}))
     except ValidationError as exc:
         why = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ValueError(f"{primary.scope} cannot become a standby of {standby.scope}: {why}") from None

@@ -520,10 +520,12 @@ class DelayedNode(_Strict):
 class StandbyOf(_Strict):
     """The primary site a standby cluster follows (Patroni `standby_cluster`).
 
-    The primary site is another pgha cluster on the same Docker engine: the standby's Patroni
-    nodes join the primary site's network and stream from its R/W endpoint (its HAProxy, which
-    always routes to the primary site's current primary), through a replication slot pgha keeps
-    on the primary site, with TLS verified against the primary site's CA.
+    The primary site is another pgha cluster brought up from this machine. On one Docker engine
+    the standby's Patroni nodes join the primary site's network and stream from its R/W endpoint
+    (its HAProxy, which always routes to the primary site's current primary); over hosts (both
+    sites with `hosts:`) they stream from the primary site's HAProxy R/W port at its hosts'
+    addresses. Through a replication slot pgha keeps on the primary site, with TLS verified
+    against the primary site's CA.
     """
 
     scope: str = Field(..., description="the primary site's cluster (its scope, brought up with `pgha up` "
@@ -531,6 +533,11 @@ class StandbyOf(_Strict):
     slot: bool = Field(True, description="a permanent replication slot on the primary site for this standby "
                                          "(the primary keeps the WAL the standby has not received; the audit's "
                                          "slot rows watch it)")
+    hosts: list[str] | None = Field(None, description="with hosts: the primary site's host addresses whose HAProxy "
+                                                      "R/W port the standby leader streams from (a libpq host list); "
+                                                      "pgha fills them from the primary's stored spec")
+    port: int | None = Field(None, ge=1, le=65535, description="with hosts: the primary site's HAProxy R/W port on "
+                                                              "its hosts (pgha fills it from the primary's stored spec)")
 
     @field_validator("scope")
     @classmethod
@@ -788,9 +795,9 @@ class ClusterSpec(_Strict):
         if self.standby_of.scope == self.scope:
             raise ValueError(f"standby_of.scope is this cluster's own scope ({self.scope}): a standby cluster "
                              "follows another cluster")
-        if self.hosts is not None:
-            raise ValueError("standby_of with hosts: is not supported yet: the primary and the standby site must "
-                             "run on the same Docker engine")
+        if self.hosts is None and (self.standby_of.hosts is not None or self.standby_of.port is not None):
+            raise ValueError("standby_of.hosts and standby_of.port go with hosts: only (pgha fills them from the "
+                             "primary site's stored spec); leave them out")
         if self.backup.enabled:
             raise ValueError("a standby cluster takes no backups of its own (the primary site's cover the data); "
                              "set backup: {enabled: false}")

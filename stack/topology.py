@@ -203,7 +203,9 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
             config_dir=conf_dir,
             healthcheck=["curl", "-fsS", *ca, "-o", "/dev/null", api],
             host_network=spec.multi_host,
-            extra_networks=(site.primary_network(spec),) if spec.standby_of is not None else (),
+            # one engine: a standby's nodes also sit on the primary site's network (over hosts: host networking)
+            extra_networks=((site.primary_network(spec),) if spec.standby_of is not None and not spec.multi_host
+                            else ()),
             **start,  # type: ignore[arg-type]
         ),
         files={"patroni.yml": text, **tls_files(spec)},

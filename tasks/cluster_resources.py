@@ -38,7 +38,7 @@ def ensure_image_on_hosts(spec: ClusterSpec, image: str) -> dict[str, str]:
 @task(name="ensure-network", **SIDE_EFFECT)
 def ensure_network(spec: ClusterSpec) -> str:
     if spec.multi_host:
-        return ""  # many hosts: host networking, no cluster network (stack/hosts.py)
+        return docker_hosts.node_subnets(spec)  # host networking: no network; a second site's addresses
     subnet, outcome = docker_hosts.engines(spec).default.ensure_network(spec.scope, spec.network)
     get_run_logger().info("network %s (%s): %s", spec.network, subnet, outcome.value)
     return docker_hosts.node_subnets(spec) if spec.standby_of is not None else subnet

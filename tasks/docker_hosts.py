@@ -140,10 +140,33 @@ def engines(spec: ClusterSpec) -> ClusterEngines:
     return ClusterEngines(spec, local_engine())
 
 
+def site_peers(spec: ClusterSpec) -> str:
+    """Over hosts: the other site's host addresses, comma-separated, that the nodes' pg_hba admits
+    besides their own hosts (`stack.site.peer_addresses` over the specs stored on this machine:
+    the primary site's, and every standby site's that follows this one)."""
+    from stack.site import peer_addresses
+    from tasks.host.generations import load_spec
+    from tasks.host.state import state_root
+
+    others: list[ClusterSpec] = []
+    root = state_root()
+    for path in sorted(root.glob("*/spec.yaml")) if root.is_dir() else []:
+        if ".removed-" in path.parent.name:
+            continue
+        try:
+            others.append(load_spec(path))
+        except Exception:  # noqa: BLE001, S112 - another cluster's damaged state is not this one's concern
+            continue
+    return ",".join(peer_addresses(spec, others))
+
+
 def node_subnets(spec: ClusterSpec) -> str:
     """The subnets the nodes' pg_hba admits, comma-separated: the cluster network's (created when
     missing); a standby cluster's nodes also sit on the primary site's network (stack/site.py), and
-    reach one another there too, so its subnet is admitted as well."""
+    reach one another there too, so its subnet is admitted as well. Over hosts: the other site's
+    host addresses (`site_peers`; empty for a cluster that is no site of a pair)."""
+    if spec.multi_host:
+        return site_peers(spec)
     eng = engines(spec).default
     own = eng.ensure_network(spec.scope, spec.network)[0]
     if spec.standby_of is None:

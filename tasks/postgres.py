@@ -85,10 +85,11 @@ def pgpass_line(spec: ClusterSpec, password: str, read_only: bool = False, poole
 
 def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeout: int = 3,
             dbname: str = "postgres", autocommit: bool = True, application_name: str = "pgha",
-            keepalives: bool = False, pooled: bool = False) -> psycopg.Connection:
+            keepalives: bool = False, pooled: bool = False, any_role: bool = False) -> psycopg.Connection:
     """A connection through HAProxy's R/W (or R/O) port, or the pooler's; one-line PostgresError when refused.
 
     `keepalives`: TCP keepalives bound a hang on a dead peer (the drill probes use them).
+    `any_role`: over hosts, the R/W port's node whatever its role (a site demoted to a standby).
     """
     port = spec.ports.pool if pooled else spec.ports.ro if read_only else spec.ports.rw
     extra: dict[str, int | str] = ({"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
@@ -99,7 +100,9 @@ def connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False, timeou
         ends = spec.client_endpoints(read_only, pooled)
         host, ports = ",".join(h for h, _ in ends), ",".join(str(p) for _, p in ends)
         where = ",".join(f"{h}:{p}" for h, p in ends)
-        extra["target_session_attrs"] = "prefer-standby" if read_only else "read-write"
+        # A standby site's R/W port reaches its standby leader, read-only until it is promoted.
+        extra["target_session_attrs"] = ("prefer-standby" if read_only else
+                                         "any" if spec.standby_of is not None or any_role else "read-write")
     try:
         return psycopg.connect(host=host, port=ports, user=SUPERUSER, password=secrets.superuser,
                                dbname=dbname, connect_timeout=timeout, autocommit=autocommit,
@@ -160,10 +163,11 @@ AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a 
 
 
 @contextmanager
-def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False) -> Iterator[psycopg.Connection]:
+def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False,
+                   any_role: bool = False) -> Iterator[psycopg.Connection]:
     """A short-lived session through the cluster's port; a query that fails inside it (the node went
     away mid-query: a switchover, a demotion) is one PostgresError line, not psycopg's exception."""
-    conn = connect(spec, secrets, read_only=read_only)
+    conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
     try:
         with conn:
             conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")
@@ -421,7 +425,7 @@ def wal_position(spec: ClusterSpec, secrets: Secrets) -> WalPosition:
            " pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
            " extract(epoch from now() - pg_last_xact_replay_timestamp())::float8,"
            " (select status from pg_stat_wal_receiver limit 1)")
-    with _audit_connect(spec, secrets) as conn:
+    with _audit_connect(spec, secrets, any_role=True) as conn:
         row = conn.execute(sql).fetchone()
     assert row is not None
     return WalPosition(in_recovery=bool(row[0]), current_lsn=row[1], receive_lsn=row[2], replay_lsn=row[3],

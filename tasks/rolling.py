@@ -33,7 +33,7 @@ class NodeCtx:
 
 
 def node_ctx(spec: ClusterSpec, timeout: float) -> NodeCtx:
-    subnet = "" if spec.multi_host else docker_hosts.node_subnets(spec)
+    subnet = docker_hosts.node_subnets(spec)
     return NodeCtx(spec=spec, secrets=cluster_secrets(spec.scope), subnet=subnet, timeout=timeout)
 
 

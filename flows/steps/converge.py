@@ -17,7 +17,7 @@ from flows.steps import ops, standby
 from flows.steps.backups import ensure_archiving
 from flows.steps.cluster import store_spec
 from flows.steps.preflight import preflight_once
-from stack import topology
+from stack import site, topology
 from stack.backup import repo_volume
 from stack.cluster import assess
 from stack.errors import StateError
@@ -180,8 +180,11 @@ def converge(spec: ClusterSpec) -> BootstrapResult:
     if primary is not None:  # the primary site's passwords and CA, before this cluster makes its own
         if copied := standby.adopt_primary(spec, primary):
             log.info("copied from the primary site %s: %s", primary.scope, ", ".join(copied))
+        spec = site.following(spec, primary)  # over hosts: the primary site's addresses it streams from
     cluster_secrets(spec.scope)
     store_spec(spec)
+    if primary is not None and (admitted := standby.admit_on_primary(primary)):
+        log.info("the primary site %s admits this site's hosts: %s", primary.scope, ", ".join(admitted))
 
     image = ensure_image(spec)
     preflight_once(refuse_image_swap, spec, spec.upgrade.node_image or image)

@@ -12,10 +12,11 @@ from stack import site
 from stack.errors import PghaError, StateError
 from stack.secrets import ENV_SUPERUSER
 from stack.spec import ClusterSpec
-from tasks import docker_hosts, patroni
+from stack.wait import wait_for
+from tasks import docker_hosts, patroni, postgres
 from tasks.host import app_passwords
 from tasks.host.generations import stored_spec
-from tasks.host.secrets import ETCD_KEYS
+from tasks.host.secrets import ETCD_KEYS, cluster_secrets
 from tasks.host.state import secrets_file, write_private
 from tasks.host.tls import tls_dir
 
@@ -54,15 +55,24 @@ def promoted(spec: ClusterSpec) -> bool:
 
 def refuse_unnamed_standby(spec: ClusterSpec) -> None:
     """A running standby cluster brought up from a spec without `standby_of` (the spec file kept from
-    before a site switchover) would lose its link: refused, naming the site it follows."""
+    before a site switchover) would lose its link: refused, naming the site it follows. Over hosts
+    the site is named by the stored spec (the link's `host` is a list of addresses), and only a
+    cluster stored as a standby is asked (no Patroni call for every other `pgha up` over hosts)."""
+    other = ""
     if spec.multi_host:
-        return
+        try:
+            stored = stored_spec(spec.scope)
+        except StateError:
+            return  # never brought up from here
+        if stored.standby_of is None:
+            return
+        other = stored.standby_of.scope
     try:
         block = patroni.dynamic_config(spec).get("standby_cluster")
     except PghaError:
         return  # no node answers: a new cluster, or one being brought back
     if block:
-        other = str(block.get("host", "")).removesuffix("-haproxy") or "another site"
+        other = other or str(block.get("host", "")).removesuffix("-haproxy") or "another site"
         raise StateError(f"cluster {spec.scope} runs as a standby of {other} (after a site switchover or rebuild) "
                          f"but this spec has no standby_of: add `standby_of: {{scope: {other}}}` to it, or "
                          f"`pgha up --scope {spec.scope}` (the stored spec has it)")
@@ -74,11 +84,16 @@ def preflight(spec: ClusterSpec) -> ClusterSpec:
         raise StateError(f"cluster {spec.scope} was promoted to a primary site (its dynamic configuration has no "
                          "standby_cluster): remove standby_of from this spec")
     primary = primary_of(spec)
-    for problem in (site.version_problem(spec, primary), site.tls_problem(spec, primary)):
+    for problem in (site.mixed_problem(spec, primary), site.version_problem(spec, primary),
+                    site.tls_problem(spec, primary)):
         if problem:
             raise StateError(problem)
     eng = docker_hosts.engines(primary).of(primary.haproxy_member)
-    if not eng.network_exists(site.primary_network(spec)) or not eng.running(primary.container(primary.haproxy_member)):
+    if primary.multi_host:
+        if not any(e.running(primary.container(primary.haproxy_member)) for e in docker_hosts.engines(primary).all()):
+            raise StateError(f"the primary site {primary.scope} is not running (no {primary.container('haproxy')} "
+                             "answers on its hosts): `pgha up` it first")
+    elif not eng.network_exists(site.primary_network(spec)) or not eng.running(primary.container(primary.haproxy_member)):
         raise StateError(f"the primary site {primary.scope} is not running (no {primary.container('haproxy')} on "
                          f"network {site.primary_network(spec)}): `pgha up` it first")
     theirs = _read_json(secrets_file(primary.scope))
@@ -96,6 +111,29 @@ def preflight(spec: ClusterSpec) -> ClusterSpec:
             raise StateError(f"cluster {spec.scope} has a CA of its own but a standby cluster issues its certificates "
                              f"from the primary site {primary.scope}'s CA; bring it up under a new scope")
     return primary
+
+
+def admit_on_primary(primary: ClusterSpec) -> list[str]:
+    """Over hosts: the primary site's running nodes re-read a pg_hba that admits the standby site's
+    hosts (stored before this step: `docker_hosts.site_peers`), so the standby can clone and stream;
+    the nodes reloaded. On one engine the standby's nodes sit on the primary's network: nothing to do."""
+    if not primary.multi_host:
+        return []
+    peers = docker_hosts.node_subnets(primary)
+    secrets = cluster_secrets(primary.scope)
+    done: list[str] = []
+    want = [a for a in peers.split(",") if a]
+    for m in primary.node_names():
+        patroni.write_and_reload(primary, m, patroni.patroni_text(primary, m, peers, secrets, False))
+        done.append(m)
+    if not want:
+        return done
+    sql = "select distinct address from pg_hba_file_rules where address is not null"
+    for m in done:
+        wait_for(f"{primary.scope}'s {m} to admit {', '.join(want)} in its pg_hba",
+                 lambda m=m: set(postgres.node_sql(primary, m, sql, read=True).split()),
+                 lambda seen: set(want) <= seen, timeout=30, interval=0.3)
+    return done
 
 
 def adopt_primary(spec: ClusterSpec, primary: ClusterSpec) -> list[str]:

@@ -208,3 +208,71 @@ def test_up_of_a_demoted_site_from_a_spec_without_standby_of_is_refused(monkeypa
 
     monkeypatch.setattr(patroni, "dynamic_config", down)
     standby.refuse_unnamed_standby(primary)  # a new cluster
+
+
+def test_up_of_a_demoted_site_over_hosts_names_the_site_from_its_stored_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.steps import standby
+    from stack.errors import StateError
+    from tasks import patroni
+
+    a = over_hosts("site-a", "10.1.0.1")
+    demoted = site.demoted_spec(a, site.following(SITE_B, a))
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: {"standby_cluster": {"host": "10.2.0.1"}})
+    monkeypatch.setattr(standby, "stored_spec", lambda scope: demoted)
+    with pytest.raises(StateError, match=r"runs as a standby of site-b .* add `standby_of: \{scope: site-b\}`"):
+        standby.refuse_unnamed_standby(a)
+    asked: list[str] = []
+    monkeypatch.setattr(patroni, "dynamic_config", lambda spec: asked.append(spec.scope) or {})
+    monkeypatch.setattr(standby, "stored_spec", lambda scope: a)
+    standby.refuse_unnamed_standby(a)  # stored as a primary site: Patroni not even asked
+    assert asked == []
+
+
+# ---- both sites over hosts ----
+
+PORTS = {"rw": 5000, "ro": 5001, "stats": 7000, "pool": 6432}
+
+
+def over_hosts(scope: str, *addresses: str, **extra: object) -> ClusterSpec:
+    hosts = [{"name": f"h{i}", "docker": f"unix:///run/h{i}.sock", "address": a} for i, a in enumerate(addresses, 1)]
+    return parse_spec({"scope": scope, "nodes": len(hosts), "etcd_members": 1, "ports": PORTS, "hosts": hosts,
+                       "allow_unsafe_placement": True, "backup": {"enabled": False}, "pooler": {"enabled": False},
+                       **extra})
+
+
+SITE_A = over_hosts("site-a", "10.1.0.1", "10.1.0.2")
+SITE_B = over_hosts("site-b", "10.2.0.1", standby_of={"scope": "site-a"})
+
+
+def test_a_standby_over_hosts_streams_from_every_primary_host_haproxy() -> None:
+    b = site.following(SITE_B, SITE_A)
+    assert b.standby_of is not None and b.standby_of.hosts == ["10.1.0.1", "10.1.0.2"] and b.standby_of.port == 5000
+    cfg = yaml.safe_load(render.render_patroni_yml(b, "pg-1", "10.1.0.1,10.1.0.2", SECRETS))
+    # a libpq host list, one port for all (Patroni 4.0 writes one .pgpass line per host)
+    assert cfg["bootstrap"]["dcs"]["standby_cluster"]["host"] == "10.1.0.1,10.1.0.2"
+    assert cfg["bootstrap"]["dcs"]["standby_cluster"]["port"] == 5000
+    assert "hostssl replication replicator 10.1.0.2/32 scram-sha-256" in cfg["postgresql"]["pg_hba"]
+    with pytest.raises(ValueError, match="without the primary site's addresses"):
+        site.standby_cluster(SITE_B)
+
+
+def test_each_site_over_hosts_admits_the_others_hosts() -> None:
+    b = site.following(SITE_B, SITE_A)
+    assert site.peer_addresses(SITE_A, [SITE_A, b]) == ["10.2.0.1"]
+    assert site.peer_addresses(b, [SITE_A, b]) == ["10.1.0.1", "10.1.0.2"]
+    assert site.peer_addresses(SITE_A, [SITE_A]) == []
+    rules = render.hosts_pg_hba(SITE_A, "10.2.0.1")
+    assert "hostssl replication replicator 10.2.0.1/32 scram-sha-256" in rules
+    # after a switchover the old primary site follows the new one at its hosts
+    demoted = site.demoted_spec(SITE_A, b)
+    assert demoted.standby_of is not None and demoted.standby_of.hosts == ["10.2.0.1"]
+
+
+def test_a_hosts_site_and_a_one_engine_site_are_not_a_pair() -> None:
+    local = parse_spec({"scope": "site-a", "backup": {"enabled": False}})
+    problem = site.mixed_problem(SITE_B, local)
+    assert problem is not None and "both sites must run over hosts" in problem and "\n" not in problem
+    assert site.mixed_problem(SITE_B, SITE_A) is None
+    with pytest.raises(SpecError, match="go with hosts: only"):
+        parse_spec({"scope": "site-b", "backup": {"enabled": False},
+                    "standby_of": {"scope": "site-a", "hosts": ["10.1.0.1"], "port": 5000}})
