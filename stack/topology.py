@@ -185,6 +185,10 @@ def etcd_member(spec: ClusterSpec, member: str, image: str, conf_dir: str | None
 def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secrets: Secrets, conf_dir: str) -> Planned:
     """A Patroni node; `conf_dir` is the host directory holding its rendered files (mounted at /etc/pgha)."""
     text = render.render_patroni_yml(spec, member, subnet, secrets)
+    # Over hosts `subnet` is the other site's host addresses, admitted in pg_hba and reloaded live on
+    # the nodes when a standby site joins (flows/steps/standby.admit_on_primary): they do not count in
+    # the digest, so the primary site's next `pgha up` does not recreate its nodes for them.
+    hashed = render.render_patroni_yml(spec, member, "", secrets) if spec.multi_host else text
     volumes = {spec.volume(member): layout.DATA_MOUNT}
     if spec.backup.enabled and spec.backup.s3 is None and spec.backup.repo_host is None:
         # The pgBackRest repository, shared by every node (stack/backup.py explains why);
@@ -197,7 +201,7 @@ def patroni_node(spec: ClusterSpec, member: str, image: str, subnet: str, secret
         ContainerDef(
             scope=spec.scope, role=Role.PATRONI.value, member=member, name=spec.container(member), image=image,
             network=spec.network,
-            config_hash=render.digest(image, render.redact(text, secrets), DNS_OPTIONS, sorted(volumes.items()),
+            config_hash=render.digest(image, render.redact(hashed, secrets), DNS_OPTIONS, sorted(volumes.items()),
                                       *([start] if spec.tls.enabled else []), *tls_hash(spec, Role.PATRONI)),
             volumes=volumes,
             config_dir=conf_dir,

@@ -276,3 +276,13 @@ def test_a_hosts_site_and_a_one_engine_site_are_not_a_pair() -> None:
     with pytest.raises(SpecError, match="go with hosts: only"):
         parse_spec({"scope": "site-b", "backup": {"enabled": False},
                     "standby_of": {"scope": "site-a", "hosts": ["10.1.0.1"], "port": 5000}})
+
+
+def test_the_other_sites_addresses_do_not_recreate_the_primarys_nodes() -> None:
+    from stack.topology import patroni_node
+
+    alone = patroni_node(SITE_A, "pg-1", "img", "", SECRETS, "/conf")
+    paired = patroni_node(SITE_A, "pg-1", "img", "10.2.0.1", SECRETS, "/conf")
+    # the file pushed to the node admits the standby site's host; the definition's digest is the same
+    assert "10.2.0.1/32" in paired.files["patroni.yml"] and "10.2.0.1/32" not in alone.files["patroni.yml"]
+    assert paired.container.config_hash == alone.container.config_hash
