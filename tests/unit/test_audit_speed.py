@@ -85,3 +85,15 @@ def test_audit_flow_serializes_without_fastapi() -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr[-800:]
     assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_only_prefects_drain_notice_is_dropped() -> None:
+    import logging
+
+    from cli.drill import QuietDrain
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("EventsWorker", logging.WARNING, __file__, 1, msg, None, None)
+
+    assert not QuietDrain().filter(record("Still processing items: 5 items remaining..."))
+    assert QuietDrain().filter(record("Service 'EventsWorker' queue is full (5 items), dropping item"))
