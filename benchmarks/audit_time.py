@@ -14,8 +14,8 @@ Removes what it brought up.
 `--compare DIR` also times `pgha audit` (server running) from another checkout, e.g. the main
 branch's, in the same rounds: a before/after on the same machine at the same load.
 
-    .venv/bin/python benchmarks/audit_time.py [--runs 5] [--server-port 23620] [--ephemeral] [--scope S]
-                                              [--compare DIR]
+    .venv/bin/python benchmarks/audit_time.py [--runs 5] [--server-port 23620] [--port-base 23620] [--ephemeral]
+                                              [--scope S] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ from pathlib import Path
 from _env import ROOT, private_env  # first: sets the env before pgha is imported
 
 SCOPE = "pgha-bench-at"
-SPEC_YAML = f"""scope: {SCOPE}
+
+
+def spec_yaml(scope: str, base: int) -> str:
+    return f"""scope: {scope}
 nodes: 2
 etcd_members: 1
-ports: {{rw: 23621, ro: 23622, stats: 23623}}
+ports: {{rw: {base + 1}, ro: {base + 2}, stats: {base + 3}}}
 pooler: {{enabled: false}}
 """
 
@@ -83,6 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--server-port", type=int, default=23620, help="Prefect server port (0: no server)")
+    ap.add_argument("--port-base", type=int, default=23620,
+                    help="the cluster's ports are the next three (R/W, R/O, stats); another base also names the scope")
     ap.add_argument("--ephemeral", action="store_true", help="also time `pgha audit` without a server")
     ap.add_argument("--scope", default="", help="a cluster already up from this PGHA_STATE_DIR (not removed)")
     ap.add_argument("--compare", type=Path, default=None, help="another checkout whose `pgha audit` is timed too")
@@ -91,7 +96,7 @@ def main() -> None:
         scope = args.scope  # the caller's state directory and Prefect home: keep the environment as it is
     else:
         work = private_env("audit-time")
-        scope = SCOPE
+        scope = SCOPE if args.port_base == 23620 else f"{SCOPE}-{args.port_base}"
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     cli = [sys.executable, "-m", "cli"]
@@ -101,7 +106,7 @@ def main() -> None:
     spec_file: Path | None = None
     if not args.scope:
         spec_file = work / "spec.yaml"
-        spec_file.write_text(SPEC_YAML)
+        spec_file.write_text(spec_yaml(scope, args.port_base))
         print(f"bringing up {scope} ...", flush=True)
         timed([*cli, "up", "--spec", str(spec_file)], env)
     spec = load_spec(stored_spec_file(scope))

@@ -55,7 +55,14 @@ def main() -> None:
     # starts; set here, not on import, so importing a CLI module changes no environment.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     verb = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    load(verb)(prog_name="pgha")
+    try:
+        load(verb)(prog_name="pgha")
+    except SystemExit as exc:
+        from cli.core import EXIT, exit_now
+
+        if EXIT.fast:  # the verb asked for it (`pgha audit`): what it ran is done and flushed
+            exit_now(exc.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Both run their flows tagged `pgha`, `health`: the alert automations match those 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -75,8 +76,15 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
                               wait_seconds=wait, seconds=seconds, host=host, tags=("pgha", "health"))
 
 
+class QuietDrain(logging.Filter):
+    """Drops Prefect's note that a service still has queued items while it drains them at exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
 @app.command("audit", rich_help_panel=HEALTH)
-@command(render.audit, flows=True, failed=lambda report: report.status == "critical")
+@command(render.audit, flows=True, failed=lambda report: report.status == "critical", fast_exit=True)
 def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
           as_json: bool = typer.Option(False, "--json", help="machine-readable report")) -> Done[AuditReport]:
     """Run the health-audit flow: every check as a row; exit 1 when any finding is critical.
@@ -87,15 +95,26 @@ def audit(spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt,
     warm()
     require_engines(spec)
     from tasks.host.generations import deployed, serving
-    from tasks.observe import prefetch
+    from tasks.observe import prefetch, prefetch_rest
 
     # The cluster is observed while the flow is imported and its run created (mostly time spent
     # waiting on the engine and the network): the flow's gathering takes this snapshot.
-    prefetch(deployed(serving(spec)))
+    judged = deployed(serving(spec))
+    prefetch(judged)
+    from prefect.settings import temporary_settings
+
     from flows.audit import audit as audit_flow
 
+    prefetch_rest(judged)  # Prefect is imported now: the parts that need it join while the run is created
+
     # The flow ends Failed on a critical finding (that is what alerts) and still returns its report.
-    state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
+    # No crash heartbeat for a run in this process: its first would say nothing a user watching it does
+    # not see, and ending its thread waits up to a second (it sleeps in whole seconds).
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        state = run_flow(audit_flow, spec, return_state=True, tags=("pgha", "health"))  # the tags alerts match
+    # The run's last events (its final state, the artifacts, pgha.audit.completed) are still being sent
+    # when the process exits, which waits for them; Prefect's "Still processing items" about it is noise.
+    logging.getLogger("EventsWorker").addFilter(QuietDrain())
     report = state.result(raise_on_failure=False)
     if not isinstance(report, AuditReport):
         raise PghaError(f"the audit flow ended {state.name}: {state.message or report}")

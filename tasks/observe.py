@@ -300,6 +300,32 @@ def prefetch(spec: ClusterSpec, parts: Iterable[str] = AUDIT_PARTS, deep: bool =
     return future
 
 
+def prefetch_rest(spec: ClusterSpec) -> None:
+    """Start the parts `prefetch` left out (`NOT_AHEAD`) for the snapshot started ahead of `spec`,
+    once the caller has imported Prefect (they then run while the flow run is created); they join
+    that snapshot. No snapshot of that spec ahead: nothing is started."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.get(spec.scope)
+        if ahead is None or ahead[0] != spec:
+            return
+        _, wanted, deep, first = ahead
+        rest = tuple(p for p in NOT_AHEAD if p not in wanted)
+        if not rest:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-rest")
+        both = pool.submit(lambda: _merged(first, _take(spec, rest, deep), rest))
+        pool.shutdown(wait=False)
+        _AHEAD[spec.scope] = (spec, (*wanted, *rest), deep, both)
+
+
+def _merged(first: Future[ClusterSnapshot], rest: ClusterSnapshot, parts: tuple[str, ...]) -> ClusterSnapshot:
+    """The snapshot started ahead with `parts` from `rest`, taken beside it: elapsed from the first start to the last end."""
+    snap = first.result()
+    end = max(snap.taken_at + snap.elapsed_s, rest.taken_at + rest.elapsed_s)
+    return replace(snap, elapsed_s=round(end - snap.taken_at, 3), took_s={**snap.took_s, **rest.took_s},
+                   **{p: getattr(rest, p) for p in parts})
+
+
 def _claim(spec: ClusterSpec, deep: bool) -> ClusterSnapshot | None:
     with _AHEAD_LOCK:
         ahead = _AHEAD.pop(spec.scope, None)

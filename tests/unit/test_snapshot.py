@@ -161,3 +161,20 @@ def test_a_part_that_may_import_prefect_is_never_taken_ahead(parts: list[tuple[s
     assert [p for p, _ in parts] == ["etcd"]
     snap = observe(SPEC, ("etcd", "server_db"))
     assert [p for p, _ in parts] == ["etcd", "server_db"] and snap.server_db.value == "server_db"
+
+
+def test_the_parts_left_out_ahead_join_it_once_prefect_is_imported(parts: list[tuple[str, str]]) -> None:
+    from tasks.observe import observe, prefetch, prefetch_rest
+
+    prefetch_rest(SPEC)  # nothing started ahead: nothing to join
+    assert parts == []
+    prefetch(SPEC, ("etcd", "server_db"))
+    prefetch_rest(parse_spec({"scope": "lab", "nodes": 3}))  # another spec: not that snapshot
+    prefetch_rest(SPEC)
+    t0 = time.monotonic()
+    snap = observe(SPEC, ("etcd", "server_db"))
+    assert time.monotonic() - t0 < 0.35  # side by side, started ahead: not asked again
+    assert sorted(p for p, _ in parts) == ["etcd", "server_db"]
+    assert [t for p, t in parts if p == "server_db"][0].startswith("observe")
+    assert snap.etcd.value == "etcd" and snap.server_db.value == "server_db" and set(snap.took_s) == {"etcd", "server_db"}
+    assert 0.2 <= snap.elapsed_s < 0.35
