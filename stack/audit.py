@@ -12,7 +12,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 from stack.audit_obs import (
-    Backend,  # noqa: F401 - tasks/observe.py still reads it as `stack.audit.Backend`
     Baseline,
     ContainerObs,
     EtcdAuthObs,

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from stack import audit as A
+from stack import audit_obs as AO
 from stack import audit_sizes as AS
 from stack.cluster import TimelineSwitch
 from stack.errors import PghaError
@@ -72,7 +73,7 @@ def _secrets(spec: ClusterSpec) -> Secrets:
 
 def containers(spec: ClusterSpec, deep: bool) -> ContainersObs:
     """Every cluster container of every engine; an engine that does not answer is named, the others kept."""
-    rows: list[A.ContainerObs] = []
+    rows: list[AO.ContainerObs] = []
     errors: list[str] = []
     for e in docker_hosts.engines(spec).all():
         try:
@@ -82,7 +83,7 @@ def containers(spec: ClusterSpec, deep: bool) -> ContainersObs:
     return ContainersObs(rows=rows, engine_errors=errors)
 
 
-def resources(spec: ClusterSpec, deep: bool) -> list[A.PressureObs]:
+def resources(spec: ClusterSpec, deep: bool) -> list[AO.PressureObs]:
     """Memory use vs limit and OOM kills of every container (hardening)."""
     since = time.time() - A.OOM_WINDOW_S
     return [r for e in docker_hosts.engines(spec).all() for r in e.memory_pressure(spec.scope, since)]
@@ -92,19 +93,19 @@ def etcd_part(spec: ClusterSpec, deep: bool) -> Any:
     return etcd.observe(spec, members=deep)
 
 
-def etcd_auth(spec: ClusterSpec, deep: bool) -> A.EtcdAuthObs | None:
+def etcd_auth(spec: ClusterSpec, deep: bool) -> AO.EtcdAuthObs | None:
     """Whether etcd's authentication is on, and whether pgha switched it on (with TLS only)."""
     if not spec.tls.enabled:
         return None
-    return A.EtcdAuthObs(enabled=etcd.auth_enabled(spec), switched_on_by_pgha=etcd_auth_marker(spec.scope).exists())
+    return AO.EtcdAuthObs(enabled=etcd.auth_enabled(spec), switched_on_by_pgha=etcd_auth_marker(spec.scope).exists())
 
 
-def leader_key(spec: ClusterSpec, deep: bool) -> A.LeaderKeyObs:
+def leader_key(spec: ClusterSpec, deep: bool) -> AO.LeaderKeyObs:
     """Patroni's leader key as etcd holds it (its lease against the holder's member key)."""
     return etcd.leader_key(spec)
 
 
-def site_part(spec: ClusterSpec, deep: bool) -> A.StandbyObs | None:
+def site_part(spec: ClusterSpec, deep: bool) -> AO.StandbyObs | None:
     """A standby cluster's link: its standby leader's position against its primary site's (None: not a standby)."""
     if spec.standby_of is None:
         return None
@@ -119,7 +120,7 @@ def site_part(spec: ClusterSpec, deep: bool) -> A.StandbyObs | None:
         theirs = None  # the primary site is down: the receiver says so
     lag_b, lag_s = site.standby_lag(theirs, mine.replay_lsn, mine.since_replay_s, mine.receive_lsn,
                                     mine.receiver == "streaming")
-    return A.StandbyObs(receiver=mine.receiver, lag_bytes=lag_b, lag_s=lag_s)
+    return AO.StandbyObs(receiver=mine.receiver, lag_bytes=lag_b, lag_s=lag_s)
 
 
 def patroni_part(spec: ClusterSpec, deep: bool) -> PatroniState:
@@ -146,16 +147,16 @@ def failsafe(spec: ClusterSpec, deep: bool) -> tuple[bool, list[str]]:
         return bool(config.result().get("failsafe_mode", False)), active
 
 
-def replication(spec: ClusterSpec, deep: bool) -> list[A.ReplicationRow]:
+def replication(spec: ClusterSpec, deep: bool) -> list[AO.ReplicationRow]:
     return postgres.replication_rows(spec, _secrets(spec))
 
 
-def backends(spec: ClusterSpec, deep: bool) -> tuple[dict[str, A.Backend], dict[str, A.Backend]]:
+def backends(spec: ClusterSpec, deep: bool) -> tuple[dict[str, AO.Backend], dict[str, AO.Backend]]:
     """HAProxy's R/W and R/O servers with their status (its stats page)."""
     return haproxy.audit_backends(spec)
 
 
-def haproxy_part(spec: ClusterSpec, deep: bool) -> A.HaproxyObs:
+def haproxy_part(spec: ClusterSpec, deep: bool) -> AO.HaproxyObs:
     """HAProxy's servers, and which member a new connection through each port reaches."""
     primary, replicas = haproxy.audit_backends(spec)
     if spec.multi_host:
@@ -176,7 +177,7 @@ def haproxy_part(spec: ClusterSpec, deep: bool) -> A.HaproxyObs:
     except Exception as exc:  # noqa: BLE001 - the R/W port not answering is the observation
         rw_err = (_brief(exc).splitlines() or [""])[0][:200]
     ro = _safe(lambda: postgres.endpoint_node(spec, secrets, read_only=True)) if spec.nodes > 1 else None
-    return A.HaproxyObs(primary=primary, replicas=replicas,
+    return AO.HaproxyObs(primary=primary, replicas=replicas,
                         rw_member=member(rw[0]) if rw else None, rw_writable=bool(rw and not rw[1]),
                         ro_member=member(ro[0]) if ro else None, ro_in_recovery=ro[1] if ro else None,
                         error=rw_err)
@@ -190,7 +191,7 @@ def session(spec: ClusterSpec, deep: bool) -> str | None:
     return postgres.session_opens(spec, cluster_secrets(spec.scope))
 
 
-def postgres_part(spec: ClusterSpec, deep: bool) -> A.PostgresObs:
+def postgres_part(spec: ClusterSpec, deep: bool) -> AO.PostgresObs:
     return postgres.audit_stats(spec, _secrets(spec))
 
 
