@@ -13,7 +13,7 @@ stops the server.
 
     .venv/bin/python benchmarks/cli.py [--runs 5] [--ephemeral-every 5] [--server-port 26392] [--keep]
 
-Goals (issue 16): status <= 1.5x patronictl list; audit <= 3 s with the server; no-op up <= 5 s.
+Goals: status <= 1.5x patronictl list; audit <= 3 s with the server; no-op up <= 5 s.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ comparison only). Each round, alternating between them:
   persistent connections, and with a new connection per transaction (`-C`, the handshake cost);
   the TLS cluster's clients use sslmode=verify-full, the plain one's sslmode=disable;
 - the switchover and graceful-stop drills' write gap (the drill's write probe, 50 ms).
-Prints every run, then medians and the ratios TLS/plain. Goals (issue 12): TPS >= 0.9x, write
+Prints every run, then medians and the ratios TLS/plain. Goals: TPS >= 0.9x, write
 gaps within +10 %, bootstrap <= 1.1x.
 
     .venv/bin/python benchmarks/tls.py [--runs 3] [--seconds 10] [--clients 4]

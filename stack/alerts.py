@@ -73,7 +73,7 @@ class Alert(_Strict):
 
 
 class Silence(_Strict):
-    """Proactive alerts: silence is a failure too (issue 12). One automation per cluster and kind."""
+    """Proactive alerts: silence is a failure too. One automation per cluster and kind."""
 
     enabled: bool = True
     audit_within_s: int = Field(3600, ge=10, le=7 * 86400,

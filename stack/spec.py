@@ -226,7 +226,7 @@ class BackupSpec(_Strict):
     full_every_h: float = Field(168, gt=0, description="how often a full backup is scheduled (deployments: weekly); "
                                                        "the audit warns at 1.5x this age, critical at 2x")
     diff_every_h: float = Field(24, gt=0, description="how often a diff backup is scheduled (deployments: daily)")
-    # --- r-repo: a pgBackRest repository host (issue 11) ---
+    # --- r-repo: a pgBackRest repository host ---
     repo_host: str | None = Field(None, description="with hosts: the host whose `<scope>-repo` container holds the "
                                                     "repository and runs `pgbackrest server` (TLS); nodes archive "
                                                     "to it and backups run in it")

@@ -81,7 +81,7 @@ def operation(name: str, spec: ClusterSpec, lock_scope: str | None = None, wait_
     holder = holder_name(name)
     # With a Prefect server: its global concurrency limit `pgha-<scope>` excludes runs on every
     # worker's machine (refused at once, or after wait_seconds); the host flock stays under it,
-    # and is the whole guard with the ephemeral API (issue 11).
+    # and is the whole guard with the ephemeral API.
     with cluster_limit(lock_scope or spec.scope, holder, wait_seconds=wait_seconds), \
             mutating(lock_scope or spec.scope, holder, wait_seconds=wait_seconds):
         token = _current.set(op)

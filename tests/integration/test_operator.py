@@ -1,4 +1,4 @@
-"""The operator's day two on a live cluster and a live Prefect server (issue 16).
+"""The operator's day two on a live cluster and a live Prefect server.
 
 One Prefect server (`pgha server start` on 127.0.0.1:26390, its own state directory and
 PREFECT_HOME) and one 2-node / 1-etcd cluster (scope pgha-it-op1) for the whole module. The
