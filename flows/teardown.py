@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 
 from flows.steps.approval import in_deployment_run, require_approval
 from flows.steps.ops import mutating_flow
+from flows.steps.standby import admit_on_primary
 from stack import generations
 from stack.backup import repo_volume
 from stack.errors import UsageError
@@ -22,6 +23,7 @@ from stack.results import TeardownResult
 from stack.spec import ClusterSpec
 from stack.teardown import StateFate, confirm_refusal, state_fate
 from tasks import docker_hosts
+from tasks.host.generations import stored_spec
 from tasks.host.lock import WaitSeconds
 from tasks.teardown import move_state_aside, prune_removed_state, remove_resources, remove_state, repository_kept
 
@@ -72,6 +74,21 @@ def teardown(spec: ClusterSpec = ClusterSpec(), volumes: bool = False,  # noqa: 
                     get_run_logger().info("deleted %s: the backup repository it belonged to is gone", gone)
             except Exception as exc:  # noqa: BLE001 - best effort: the teardown itself is done; the next one prunes
                 get_run_logger().warning("moved-aside state directories not pruned: %s", exc)
+    if result.state_removed and spec.standby_of is not None and spec.multi_host:
+        readmit_primary(spec.standby_of.scope)
     get_run_logger().info("removed %d containers, %d networks, %d volumes of %s", len(result.containers),
                           len(result.networks), len(result.volumes), spec.scope)
     return result
+
+
+def readmit_primary(scope: str) -> None:
+    """A standby site over hosts is gone with its state: the primary site's running nodes re-read a
+    pg_hba without its hosts. Best effort: the teardown is done either way, and the primary's next
+    `pgha up` pushes the same file."""
+    log = get_run_logger()
+    try:
+        nodes = admit_on_primary(stored_spec(scope))
+        log.info("the primary site %s's nodes (%s) no longer admit this site's hosts", scope, ", ".join(nodes))
+    except Exception as exc:  # noqa: BLE001 - best effort, said
+        log.warning("the primary site %s's nodes still admit this site's hosts until its next `pgha up` "
+                    "(their configuration could not be reloaded: %s)", scope, exc)
