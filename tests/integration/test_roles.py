@@ -4,7 +4,8 @@
 hand is reported by the audit and restored by the next `up`; a database left out of the spec is
 not dropped (`prune: false`); pgbench as the declared role through the pooler rides a
 `pgha switchover` with 0 failed transactions and 0 lost writes; no declared role's password is
-in `docker inspect`, a container's log, PostgreSQL's log or the Prefect database.
+in `docker inspect`, a container's log, PostgreSQL's log, the support report or the Prefect database
+(its artifacts).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -183,8 +185,8 @@ def test_pgbench_as_the_declared_role_through_the_pooler_rides_a_switchover(clus
     assert leader(cluster) != old
 
 
-def test_no_declared_password_in_inspect_logs_or_the_prefect_database(cluster: Cluster,
-                                                                     engine: docker.DockerClient) -> None:
+def test_no_declared_password_in_inspect_logs_the_report_or_the_prefect_database(
+        cluster: Cluster, engine: docker.DockerClient, tmp_path: Path) -> None:
     secrets = [app_password(cluster), BATCH_PASSWORD]
     with superuser(cluster, "app") as conn:
         conn.execute("create table if not exists audited_by_pgaudit (id int)")
@@ -200,6 +202,17 @@ def test_no_declared_password_in_inspect_logs_or_the_prefect_database(cluster: C
             text += r.output.decode(errors="replace")
         for s in secrets:
             assert s not in text, f"a declared role's password is in {ct.name}"
+    # The support report, with its audit (whose artifacts land in the Prefect database scanned below).
+    out = tmp_path / "report.tar.gz"
+    res = pgha(cluster.env, "report", "--spec", str(cluster.spec_file), "--output", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    with tarfile.open(out) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        assert any(m.name.endswith("audit.json") for m in members), [m.name for m in members]
+        for m in members:
+            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+            for s in secrets:
+                assert s.encode() not in data, f"a declared role's password is in the report's {m.name}"
     prefect = Path(cluster.env["PREFECT_HOME"])
     for f in prefect.rglob("*"):
         if f.is_file():
