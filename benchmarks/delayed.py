@@ -25,6 +25,7 @@ other benchmarks); `pgha recover-from-delayed` on the command line adds that API
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -45,6 +46,10 @@ from tasks.host.secrets import cluster_secrets  # noqa: E402
 BASE = {"scope": "pgha-it-dbench", "nodes": 3, "etcd_members": 1, "fencing": False,
         "backup": {"enabled": False}, "pooler": {"enabled": False}, "ports": {"rw": 23410, "ro": 23411, "stats": 23412}}
 LAB, LAB_PORT_BASE, LAB_SCOPE = "sitelab-delayed", 21100, "pgha-bench-sitelab-delayed"
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _connect(spec: ClusterSpec, dbname: str = "postgres") -> psycopg.Connection:
@@ -76,6 +81,7 @@ def main() -> None:
     ap.add_argument("--lab", action="store_true", help="the cluster over 3 lab hosts (`pgha lab`)")
     ap.add_argument("--max-minutes", type=float, default=30, help="stop after this long (cleaned up)")
     args = ap.parse_args()
+    print(f"load at start: {load()}", flush=True)
     base: list[float] = []
     ours: list[float] = []
     paused: list[float] = []
@@ -88,6 +94,7 @@ def main() -> None:
                 docker_lab.down(LAB)
             else:
                 local_engine().remove_labelled(BASE["scope"], volumes=True)
+    print(f"load at end: {load()}")
     mb, mo = statistics.median(base), statistics.median(ours)
     where = "3 lab hosts" if args.lab else "one engine"
     print(f"\nmedians over {len(ours)} rounds ({args.rows} rows a table, delay {args.delay}, {where}):")
