@@ -248,13 +248,57 @@ def switch_sites(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) 
     # leader serves again, instead of up to 5 s later with the writes stopped.
     before = patroni.dynamic_parameters(spec).get(site.RETRY_PARAMETER)
     _retry_interval(spec, site.SWITCHOVER_RETRY_INTERVAL)
+    following = site.following(spec, primary)
+    link = site.switchover_link(following, _leader_address(primary))
     try:
+        if link is not None:
+            _stream_through(spec, str(link["host"]))
         return _demote_and_promote(spec, primary, demoted, slot)
     finally:
         try:
             _retry_interval(spec, None if before is None else str(before), wait=False)
         except PghaError as exc:
             note(f"{site.RETRY_PARAMETER} of {spec.scope} not restored ({exc}); `pgha up --scope {spec.scope}`")
+        if link is not None:
+            _restore_link(spec, str(site.standby_cluster(following)["host"]))
+
+
+def _leader_address(spec: ClusterSpec) -> str | None:
+    """Over hosts: the address of the host running `spec`'s leader (None: none, or one engine)."""
+    lead = patroni.cluster_view(spec).leader()
+    host = spec.host_of(lead.name) if lead is not None and spec.multi_host else None
+    return spec.host_named(host).address if host else None
+
+
+def _stream_through(spec: ClusterSpec, host: str) -> None:
+    """The standby site's leader streams from the primary site through `host` alone (no host list:
+    no read-write requirement), before the demotion; `site.switchover_link` says why."""
+    patroni.patch_config(spec, {"standby_cluster": {"host": host}})
+
+    def through_host_alone() -> bool:
+        """Its primary_conninfo names `host` alone, without the read-write requirement (only that
+        is kept: the conninfo itself never goes into an error)."""
+        lead = patroni.cluster_view(spec).leader()
+        if lead is None:
+            return False
+        c = postgres.node_sql(spec, lead.name, "show primary_conninfo", read=True)
+        return f"host={host} " in f"{c} " and "target_session_attrs" not in c
+
+    wait_for(f"{spec.scope}'s standby leader to stream through {host} alone", through_host_alone, bool,
+             timeout=spec.timing.loop_wait * 3 + 30, interval=0.3)
+    wait_for(f"{spec.scope} to stream again", lambda: _standby_position(spec), lambda p: p.receiver == "streaming",
+             timeout=60, interval=0.2)
+    note(f"{spec.scope} streams through {host} alone for the switchover (a host list requires a read-write server)")
+
+
+def _restore_link(spec: ClusterSpec, hosts: str) -> None:
+    """The standby site (still one: the switchover failed) streams through every host of its primary again."""
+    try:
+        if patroni.dynamic_config(spec).get("standby_cluster"):
+            patroni.patch_config(spec, {"standby_cluster": {"host": hosts}})
+            note(f"{spec.scope} streams through every host of its primary site again")
+    except PghaError as exc:
+        note(f"{spec.scope}'s link to its primary site not restored ({exc}); `pgha up --scope {spec.scope}`")
 
 
 def _retry_interval(spec: ClusterSpec, value: str | None, wait: bool = True) -> None:

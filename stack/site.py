@@ -268,6 +268,20 @@ def switchover_refusal(decision: SwitchoverDecision, scope: str, primary: str, d
     return None
 
 
+def switchover_link(spec: ClusterSpec, leader_address: str | None) -> dict[str, object] | None:
+    """The standby site's `standby_cluster` for the time of a site switchover, when it must differ
+    from its own (None: it does not). Over hosts, with a slot, Patroni adds
+    `target_session_attrs=read-write` to a standby leader's link whose host is a list (`a,b`), so it
+    would never connect to the demoted site's standby leader and could not receive its last WAL:
+    for the switchover it streams through one host of the primary site, the leader's (each host's
+    HAProxy routes R/W to whichever node holds the leader lock, primary or standby leader)."""
+    block = standby_cluster(spec)
+    if "," not in str(block["host"]) or "primary_slot_name" not in block:
+        return None
+    hosts = str(block["host"]).split(",")
+    return {**block, "host": leader_address if leader_address in hosts else hosts[0]}
+
+
 def demoted_spec(primary: ClusterSpec, standby: ClusterSpec) -> ClusterSpec:
     """The old primary site's spec after a switchover: a standby of the new primary site, through a
     slot when the standby used one (by default when it was none). ValueError (its one line) when

@@ -286,3 +286,24 @@ def test_the_other_sites_addresses_do_not_recreate_the_primarys_nodes() -> None:
     # the file pushed to the node admits the standby site's host; the definition's digest is the same
     assert "10.2.0.1/32" in paired.files["patroni.yml"] and "10.2.0.1/32" not in alone.files["patroni.yml"]
     assert paired.container.config_hash == alone.container.config_hash
+
+
+def test_a_switchover_streams_through_one_host_of_a_primary_site_over_several() -> None:
+    # Patroni adds target_session_attrs=read-write to a slotted standby leader's host list: the
+    # demoted site's standby leader would be refused, so the switchover names one host.
+    b = site.following(SITE_B, SITE_A)
+    assert site.standby_cluster(b)["host"] == "10.1.0.1,10.1.0.2"
+    link = site.switchover_link(b, "10.1.0.2")
+    assert link is not None and link["host"] == "10.1.0.2" and link["port"] == 5000
+    assert link["primary_slot_name"] == site.slot_name(b)
+    fallback = site.switchover_link(b, None)
+    assert fallback is not None and fallback["host"] == "10.1.0.1"
+    assert site.switchover_link(b, "10.9.9.9") == fallback  # not one of the primary's hosts
+    # one host, or no slot (Patroni adds nothing), or one engine: the site's own link serves
+    one = site.following(SITE_B, over_hosts("site-a", "10.1.0.1"))
+    assert site.switchover_link(one, "10.1.0.1") is None
+    unslotted = site.following(over_hosts("site-b", "10.2.0.1", standby_of={"scope": "site-a", "slot": False}),
+                               SITE_A)
+    assert site.switchover_link(unslotted, "10.1.0.1") is None
+    local = parse_spec({"scope": "site-b", "backup": {"enabled": False}, "standby_of": {"scope": "site-a"}})
+    assert site.switchover_link(local, None) is None
