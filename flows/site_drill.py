@@ -9,7 +9,8 @@ site-switchover: the controlled site switchover (`pgha site switchover`) under t
 acknowledged writes lost, the old primary site following the new one, or the drill fails.
 site-loss: every container of the primary site (etcd, nodes, HAProxy, pooler) killed at once,
 then the site failover as `pgha site failover --yes` does it, then the dead site rebuilt as a
-standby of the promoted one (`pgha site rebuild`), so both sites are manageable afterwards. When
+standby of the promoted one (`pgha site rebuild`: its data rewound by Patroni, else cloned afresh;
+a note says which, and what the rewind discarded), so both sites are manageable afterwards. When
 the promotion itself fails, the killed containers are started again; either way the drill fails
 loudly with the command the operator must run.
 
@@ -118,8 +119,9 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
     acked = list(zip(writer.log.acked_ids, writer.log.ok, strict=False))
     lost = lost_writes(writer.log.acked_ids, present)
     if kind == DrillKind.SITE_LOSS:
-        healed, action = _rebuild_old_site(spec.scope, primary, heal_timeout_s)
-        notes.append(f"{primary.scope} rebuilt as a standby of {spec.scope}" if healed else f"not rebuilt: {action}")
+        healed, action, how = _rebuild_old_site(spec.scope, primary, heal_timeout_s)
+        notes.append(f"{primary.scope} rebuilt as a standby of {spec.scope}: {how}" if healed
+                     else f"not rebuilt: {action}")
     result = DrillResult(
         kind=kind.value, target=primary.scope, old_leader=old_leader or primary.scope, new_leader=new_leader,
         timeline_before=None, timeline_after=None,
@@ -173,21 +175,24 @@ def _restart_site(primary: ClusterSpec, killed: list[str]) -> str:
     return f"{primary.scope}'s containers started again and it accepts writes; check `pgha site status`"
 
 
-def _rebuild_old_site(new_scope: str, old: ClusterSpec, heal_timeout_s: int) -> tuple[bool, str | None]:
-    """The dead site cloned afresh as a standby of the promoted one; (it streams, else what to run)."""
+def _rebuild_old_site(new_scope: str, old: ClusterSpec, heal_timeout_s: int) -> tuple[bool, str | None, str]:
+    """The dead site rebuilt as a standby of the promoted one (its data rewound, else cloned afresh);
+    (it streams, else what to run; how it was rebuilt, what the rewind discarded)."""
     command = f"`pgha site rebuild --scope {old.scope} --standby-of {new_scope} --yes`"
     try:
         primary, demoted = rebuild_preflight(old, new_scope, True)
-        _, streaming = rebuild_site(old, primary, demoted)
+        out = rebuild_site(old, primary, demoted)
     except PghaError as exc:
-        return False, f"{str(exc).splitlines()[0]}; run {command}"
-    if not streaming:
+        return False, f"{str(exc).splitlines()[0]}; run {command}", ""
+    how = f"{out.method} ({out.why}); {out.discarded}"
+    if not out.streaming:
         try:
             wait_for(f"{old.scope} to stream from {new_scope}", lambda: _streams(demoted), lambda s: s,
                      timeout=heal_timeout_s, interval=1)
         except PghaError:
-            return False, f"{old.scope} was rebuilt but does not stream from {new_scope}; `pgha site status`, or {command}"
-    return True, None
+            return (False, f"{old.scope} was rebuilt ({out.method}) but does not stream from {new_scope}; "
+                    f"`pgha site status`, or {command}", how)
+    return True, None, how
 
 
 def _streams(spec: ClusterSpec) -> bool:

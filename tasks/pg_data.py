@@ -1,0 +1,35 @@
+"""A stopped node's data directory read in a scratch box on its engine: pg_controldata, pg_waldump.
+
+The site rebuild reads the old primary site's data before Patroni rewinds it: whether it can be
+rewound, and what the rewind discards (the WAL after the new primary site's switchpoint). The
+node's volume is mounted in a sleeping box of the node image; no PostgreSQL starts.
+"""
+
+from __future__ import annotations
+
+from stack import layout
+from stack.site_rebuild import DataDir, Discarded, parse_controldata, parse_waldump
+from stack.spec import ClusterSpec
+from tasks import docker_hosts
+from tasks.docker_scratch import scratch
+
+ROLE_INSPECT = "rebuild-inspect"
+
+
+def inspect(spec: ClusterSpec, member: str, image: str, since: dict[int, str]) -> tuple[DataDir | None,
+                                                                                      Discarded | None]:
+    """`member`'s data directory (None: no volume, or not a data directory), and when its timeline has
+    a switchpoint in `since` (timeline -> LSN), the WAL it holds after that point."""
+    eng = docker_hosts.engines(spec).of(member)
+    if not eng.volume_exists(spec.volume(member)):
+        return None, None
+    bin_dir = f"/usr/lib/postgresql/{spec.postgres_version}/bin"
+    with scratch(eng, spec.scope, ROLE_INSPECT, f"{spec.scope}-{member}-inspect", image, layout.DATA_MOUNT,
+                 data_volume=spec.volume(member), log_options=spec.logs.driver_options()) as box:
+        r = box.run([f"{bin_dir}/pg_controldata", "-D", layout.PGDATA], timeout=30)
+        data = parse_controldata(member, r.out) if r.ok else None
+        if data is None or (start := since.get(data.timeline)) is None:
+            return data, None
+        w = box.run([f"{bin_dir}/pg_waldump", f"--path={layout.PGDATA}/pg_wal", f"--timeline={data.timeline}",
+                     f"--start={start}"], timeout=120)
+        return data, parse_waldump(start, w.out, w.err)
