@@ -111,6 +111,10 @@ class DrillResult(Result):
     rto_s: float | None = None  # site-loss: from the failover command to the first write the promoted site took
     failover_s: float | None = None  # site-loss: the failover itself (fence, promote) until writable
     operator_action: str | None = None  # what the operator must run when the drill could not restore both sites
+    rebuild: str | None = None  # site-loss: how the old site was rebuilt ("rewound" or "cloned afresh")
+    rebuild_discarded_commits: int | None = None  # site-loss: commits of the old site the rebuild discarded
+    returned_writes: int | None = None  # site-loss --kill-hosts: rows the old site took once its hosts came back
+    returned_kept: int | None = None  # ... of those, still on the rebuilt old site (must be 0)
 
 
 # ---- backups ----

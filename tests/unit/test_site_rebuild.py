@@ -91,3 +91,13 @@ def test_patronis_log_says_what_its_rewind_did() -> None:
     outcome, said = R.rewind_log(failed)
     assert outcome == R.RewindLog.FAILED and "Failed to rewind" in said
     assert R.rewind_log("INFO: no action. I am (pg-1), the standby leader with the lock\n")[0] == R.RewindLog.NOT_RUN
+
+
+def test_kill_hosts_is_for_site_loss_over_hosts_only() -> None:
+    from stack.drill import DrillKind, site_drill_refusal
+    from stack.spec import parse_spec
+
+    one = parse_spec({"scope": "site-b", "backup": {"enabled": False}, "standby_of": {"scope": "site-a"}})
+    assert "site-loss only" in (site_drill_refusal(one, DrillKind.SITE_SWITCHOVER, None, None, None, True) or "")
+    assert "no hosts:" in (site_drill_refusal(one, DrillKind.SITE_LOSS, None, None, None, True) or "")
+    assert site_drill_refusal(one, DrillKind.SITE_LOSS, None, None, None, False) is None
