@@ -4,8 +4,9 @@ Site A (the primary site) runs on lab host h1 (1 etcd, 1 node, its HAProxy); sit
 cluster, on h2 (the same). B's standby leader streams from A's HAProxy R/W port at h1's lab
 address; each site's pg_hba admits the other's host. A row written on A appears on B; then the
 site drills over hosts: `drill site-switchover` (A demoted, B promoted under a write probe, 0
-lost, A follows B) and `drill site-loss` (B's containers killed on h2, A promoted, RPO and RTO
-reported, B rebuilt as A's standby and following). Pooler, backups and fencing off: not the point.
+lost, A follows B) and `drill site-loss --kill-hosts` (B's lab host h2 killed, A promoted, RPO and
+RTO reported; h2 boots again and B's old primary takes writes; B rebuilt as A's standby by a
+rewind that discards them, its system identifier kept, and following). Pooler, backups and fencing off: not the point.
 
 Ports: 20700-20707 (the lab hosts' R/W and R/O ports, and their pool ports' places, on
 127.0.0.1); lab `itsite`, scopes `pgha-it-lsa` / `pgha-it-lsb`.
@@ -100,9 +101,9 @@ def roles(env: dict[str, str], ports: dict[str, object]) -> tuple[str, str]:
     return (SCOPE_B, SCOPE_A) if a_standby else (SCOPE_A, SCOPE_B)
 
 
-def drill(env: dict[str, str], standby: str, kind: str) -> dict[str, Any]:
+def drill(env: dict[str, str], standby: str, kind: str, *extra: str) -> dict[str, Any]:
     started = time.monotonic()
-    res = pgha(env, "drill", kind, "--json", "--scope", standby, "--heal-timeout", "300", timeout=900)
+    res = pgha(env, "drill", kind, "--json", "--scope", standby, "--heal-timeout", "300", *extra, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out: dict[str, Any] = json.loads(res.stdout)
     print(f"\n{kind} drill to {standby} over hosts in {time.monotonic() - started:.1f} s: write gap "
@@ -127,15 +128,35 @@ def test_site_switchover_drill_over_hosts_loses_nothing(sites: dict[str, Any], b
             and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
 
 
+def system_id(env: dict[str, str], scope: str, port: object) -> str:
+    with lab_connect(env, scope, port) as c:
+        row = c.execute("select system_identifier::text from pg_control_system()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def test_site_loss_drill_over_hosts_promotes_and_rebuilds(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+    """The primary site's lab host killed (not only its containers), the standby site promoted; the
+    host boots again, its engine restarts the old primary, which takes writes (the drill writes 5
+    rows on it); the rebuild stops it first, keeps its data and has Patroni rewind it onto the new
+    site's timeline: the 5 rows are gone, counted among the commits pg_rewind discarded."""
     ports = sites["ports"]
     p, s = roles(base_env, ports)
-    out = drill(base_env, s, "site-loss")
+    sysid = system_id(base_env, p, ports[p])
+    out = drill(base_env, s, "site-loss", "--kill-hosts")
     # Goals: RPO <= 1 s of writes, RTO <= 30 s; the ceilings here are generous (2 shared cores).
     assert out["rto_s"] is not None and float(out["rto_s"]) < 90, out
     assert out["rpo_s"] is not None and float(out["rpo_s"]) < 10, out
     assert out["rejoin"] == "rebuilt", out
+    fence = [n for n in out["notes"] if n.startswith("failover: ")]
+    assert fence and "not answer" in fence[0] and f"pgha site rebuild --scope {p}" in fence[0], out["notes"]
+    print(f"rebuild: {out['rebuild']}, {out['rebuild_discarded_commits']} commits discarded, the returning site "
+          f"took {out['returned_writes']}; " + "; ".join(n for n in out["notes"] if "rebuilt as a standby" in n))
+    assert out["rebuild"] == "rewound", out
+    assert out["returned_writes"] == 5 and out["returned_kept"] == 0, out
+    assert out["rebuild_discarded_commits"] >= out["returned_writes"] + len(out["lost_writes"]), out
     assert roles(base_env, ports) == (s, p)
+    assert system_id(base_env, p, ports[p]) == sysid  # its data kept, not cloned
     with lab_connect(base_env, s, ports[s]) as c:
         c.execute("insert into site_t values ('after the site loss')")
     appears(base_env, p, ports[p], "after the site loss")  # the rebuilt site follows, over hosts
