@@ -46,6 +46,7 @@ from stack.site_rebuild import (
     REWIND_WAIT_S,
     DataDir,
     Discarded,
+    Divergence,
     RebuildMethod,
     RewindLog,
     discarded_line,
@@ -531,20 +532,24 @@ def wait_streaming(demoted: ClusterSpec, primary: ClusterSpec, timeout: float) -
     return True
 
 
-def _history(primary: ClusterSpec) -> tuple[str | None, dict[int, str]]:
-    """The new primary site's system identifier and, for each timeline it left, where it left it."""
+def _history(primary: ClusterSpec) -> tuple[str | None, int, list[tuple[int, str]]]:
+    """The new primary site's system identifier, its timeline and that timeline's history."""
     lead = patroni.cluster_view(primary).leader()
     if lead is None:
-        return None, {}
-    sql = ("select system_identifier::text, timeline_id from pg_control_system(), pg_control_checkpoint()")
+        return None, 0, []
+    # The timeline of the WAL it writes now (pg_control's may still be the one before its promotion
+    # until its first checkpoint).
+    sql = ("select system_identifier::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
+           "from pg_control_system()")
     out = postgres.node_sql(primary, lead.name, sql, read=True)
-    sysid, _, tli = out.partition("|")
-    points: dict[int, str] = {}
-    if tli.strip().isdigit() and int(tli) > 1:
-        name = f"pg_wal/{int(tli):08X}.history"
+    sysid, _, tli_hex = out.partition("|")
+    tli = int(tli_hex.strip() or "1", 16)
+    history: list[tuple[int, str]] = []
+    if tli > 1:
+        name = f"pg_wal/{tli:08X}.history"
         text = postgres.node_sql(primary, lead.name, f"select pg_read_file('{name}')", read=True)  # noqa: S608
-        points = dict(parse_history(text))
-    return sysid.strip() or None, points
+        history = parse_history(text)
+    return sysid.strip() or None, tli, history
 
 
 def _rebuild_method(clone: bool, spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
@@ -553,27 +558,37 @@ def _rebuild_method(clone: bool, spec: ClusterSpec, primary: ClusterSpec, demote
     scratch box and the new primary site's timeline history; `out` gets what was read (in place)."""
     if clone:
         return rebuild_method(True, None, None, True, True)
-    sysid, points = _history(primary)
+    try:
+        sysid, tli, history = _history(primary)
+    except PghaError as exc:
+        note(f"{primary.scope}'s timeline history not read ({str(exc).splitlines()[0]}): the discarded WAL is not "
+             "counted")
+        sysid, tli, history = None, 0, []
     image = ensure_image(spec)
-    dirs: dict[str, tuple[DataDir, Discarded | None]] = {}
+    dirs: dict[str, tuple[DataDir, Divergence | None, Discarded | None]] = {}
     for m in spec.node_names():
         try:
-            d, gone = pg_data.inspect(spec, m, image, points)
+            d, div, gone = pg_data.inspect(spec, m, image, tli, history)
         except PghaError as exc:
             note(f"{m}'s data directory not read ({str(exc).splitlines()[0]})")
             continue
         if d is not None:
-            dirs[m] = (d, gone)
-    lead = old_leader([d for d, _ in dirs.values()])
+            dirs[m] = (d, div, gone)
+    lead = old_leader([d for d, _, _ in dirs.values()])
+    same_timeline = False
     if lead is not None:
-        gone = dirs[lead.member][1]
+        div, gone = dirs[lead.member][1], dirs[lead.member][2]
+        same_timeline = div is not None and div.same_timeline
         out.old_leader, out.system_id = lead.member, lead.system_id
         out.discarded = discarded_line(spec.scope, primary.scope, gone)
         if gone is not None:
             out.discarded_commits, out.discarded_bytes = gone.commits, gone.bytes
             out.discarded_lsn = f"{gone.start_lsn}..{gone.end_lsn}"
+    method, why = rebuild_method(False, lead, sysid, True, True, same_timeline)
+    if method != RebuildMethod.REWOUND:
+        return method, why
     etcd_ok = config_ok = False
-    if lead is not None and not clone:
+    if lead is not None:
         try:
             if started := etcd.start_members(spec):
                 note(f"{spec.scope}'s etcd started again: {', '.join(started)}")
@@ -582,7 +597,7 @@ def _rebuild_method(clone: bool, spec: ClusterSpec, primary: ClusterSpec, demote
             config_ok = etcd.follow_in_config(spec, site.standby_cluster(demoted))
         except PghaError as exc:
             note(f"{spec.scope}'s etcd: {str(exc).splitlines()[0]}")
-    return rebuild_method(False, lead, sysid, etcd_ok, config_ok)
+    return rebuild_method(False, lead, sysid, etcd_ok, config_ok, same_timeline)
 
 
 def _rewind(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,

@@ -80,6 +80,38 @@ def switchpoint(history: list[tuple[int, str]], timeline: int) -> str | None:
     return next((lsn for parent, lsn in history if parent == timeline), None)
 
 
+class Divergence(BaseModel):
+    """Where the old site's history leaves the new primary site's, read from both timeline histories."""
+
+    start_lsn: str | None  # the first WAL of the old site the new primary site never had (None: unknown)
+    same_timeline: bool = False  # both sites promoted onto one timeline number from different points
+
+
+def divergence(old_tli: int, old_history: list[tuple[int, str]], new_tli: int,
+               new_history: list[tuple[int, str]]) -> Divergence:
+    """Where the old site (on `old_tli`, its own history) diverged from the new primary site.
+
+    The usual case: the old site is still on a timeline the new site left (its promotion's
+    switchpoint). A site that came back and promoted itself after the failover is on a timeline of
+    its own; when that timeline has the new site's number (both promoted from the same parent, at
+    different points), neither Patroni (it compares timeline numbers) nor pg_rewind ("source and
+    target cluster are on the same timeline") sees the divergence: it cannot be rewound."""
+    ours = dict(new_history)
+    if old_tli in ours:
+        return Divergence(start_lsn=ours[old_tli])
+    if old_tli == new_tli and old_history != new_history:
+        # The parent both left: the first point where they differ is where the new site left it
+        # (it received less than the old site wrote before its own promotion), or the old site's.
+        mine = dict(old_history)
+        parents = [t for t, _ in new_history if t in mine and mine[t] != ours[t]]
+        if parents:
+            t = parents[0]
+            start = min(ours[t], mine[t], key=lsn_bytes)
+            return Divergence(start_lsn=start, same_timeline=True)
+        return Divergence(start_lsn=None, same_timeline=True)
+    return Divergence(start_lsn=None)
+
+
 _RECORD = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+)", re.IGNORECASE)
 _END = re.compile(r"(?:invalid record length|invalid magic number \w+ in WAL segment \S+, LSN|"
                   r"could not find a valid record after|record with incorrect prev-link \S+) at ([0-9A-F]+/[0-9A-F]+)",
@@ -114,7 +146,7 @@ def parse_waldump(start: str, out: str, err: str) -> Discarded:
 
 
 def rebuild_method(clone: bool, leader: DataDir | None, primary_system_id: str | None, etcd_ok: bool,
-                   config_ok: bool) -> tuple[RebuildMethod, str]:
+                   config_ok: bool, same_timeline: bool = False) -> tuple[RebuildMethod, str]:
     """Rewind or clone, and why: the data is kept only when Patroni can rewind it onto the new site."""
     if clone:
         return RebuildMethod.CLONED, "--clone asked for a fresh clone"
@@ -123,6 +155,11 @@ def rebuild_method(clone: bool, leader: DataDir | None, primary_system_id: str |
     if primary_system_id is not None and leader.system_id != primary_system_id:
         return RebuildMethod.CLONED, (f"{leader.member}'s system identifier {leader.system_id} is not the new primary "
                                       f"site's ({primary_system_id}): not the same database")
+    if same_timeline:
+        return RebuildMethod.CLONED, (f"{leader.member} promoted itself onto timeline {leader.timeline} after the "
+                                      "failover (the site came back), the number the new primary site took at its "
+                                      "own promotion, from another point: neither Patroni nor pg_rewind sees that "
+                                      "divergence, so its data cannot be rewound")
     if not leader.hints:
         return RebuildMethod.CLONED, f"{leader.member} runs without wal_log_hints or data checksums: pg_rewind cannot"
     if not etcd_ok:

@@ -101,3 +101,18 @@ def test_kill_hosts_is_for_site_loss_over_hosts_only() -> None:
     assert "site-loss only" in (site_drill_refusal(one, DrillKind.SITE_SWITCHOVER, None, None, None, True) or "")
     assert "no hosts:" in (site_drill_refusal(one, DrillKind.SITE_LOSS, None, None, None, True) or "")
     assert site_drill_refusal(one, DrillKind.SITE_LOSS, None, None, None, False) is None
+
+
+def test_divergence_usual_and_on_one_timeline_number() -> None:
+    new = [(1, "0/3000148"), (2, "0/5001A30")]
+    assert R.divergence(2, [(1, "0/3000148")], 3, new) == R.Divergence(start_lsn="0/5001A30")
+    # The old site came back and promoted itself onto timeline 3 too, from a later point.
+    mine = [(1, "0/3000148"), (2, "0/5002000")]
+    d = R.divergence(3, mine, 3, new)
+    assert d.same_timeline and d.start_lsn == "0/5001A30"
+    # The same history: not diverged (a replica that followed the new site's promotion).
+    assert not R.divergence(3, new, 3, new).same_timeline
+    leader = R.parse_controldata("pg-1", CONTROLDATA)
+    assert leader is not None
+    method, why = R.rebuild_method(False, leader, leader.system_id, True, True, same_timeline=True)
+    assert method == R.RebuildMethod.CLONED and "promoted itself onto timeline" in why
