@@ -177,13 +177,14 @@ class RewindLog(StrEnum):
 
 
 def rewind_log(text: str) -> tuple[RewindLog, str]:
-    """What Patroni's log says its rewind did, and the line that says it."""
-    failed = ("Failed to rewind", "Can not use", "Can not run pg_rewind")
+    """What Patroni's log says its rewind did, and the line that says it. Only a rewind that failed
+    against a healthy primary is final (`Rewind.execute` then marks it failed); a primary that did
+    not answer, or had not checkpointed on its new timeline yet, is tried again on the next cycle."""
     outcome, said = RewindLog.NOT_RUN, ""
     for line in text.splitlines():
         if "pg_rewind exit code=0" in line:
             outcome, said = RewindLog.RAN, line.strip()
-        elif any(f in line for f in failed) or re.search(r"pg_rewind exit code=[1-9]", line):
+        elif "Failed to rewind from healthy primary" in line:
             outcome, said = RewindLog.FAILED, line.strip()
     return outcome, said[-300:]
 

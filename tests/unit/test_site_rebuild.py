@@ -91,6 +91,8 @@ def test_patronis_log_says_what_its_rewind_did() -> None:
     outcome, said = R.rewind_log(failed)
     assert outcome == R.RewindLog.FAILED and "Failed to rewind" in said
     assert R.rewind_log("INFO: no action. I am (pg-1), the standby leader with the lock\n")[0] == R.RewindLog.NOT_RUN
+    transient = "WARNING: Can not use remote_member:1 for rewind: leader has not run a checkpoint yet\n"
+    assert R.rewind_log(transient)[0] == R.RewindLog.NOT_RUN
 
 
 def test_kill_hosts_is_for_site_loss_over_hosts_only() -> None:
