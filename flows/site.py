@@ -370,7 +370,8 @@ def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
         name = primary.container(m)
         try:
             eng = engines.of(m)
-            if eng.running(name):
+            ct = eng.find_container(name)  # raises when its engine does not answer (`running` says False)
+            if ct is not None and ct.status == "running":
                 eng.stop(name, timeout=10)
                 stopped.append(name)
         except PghaError as exc:
