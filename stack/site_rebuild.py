@@ -85,6 +85,7 @@ class Divergence(BaseModel):
 
     start_lsn: str | None  # the first WAL of the old site the new primary site never had (None: unknown)
     same_timeline: bool = False  # both sites promoted onto one timeline number from different points
+    own_start: str | None = None  # same_timeline: where the old site began its own timeline (its promotion)
 
 
 def divergence(old_tli: int, old_history: list[tuple[int, str]], new_tli: int,
@@ -107,7 +108,7 @@ def divergence(old_tli: int, old_history: list[tuple[int, str]], new_tli: int,
         if parents:
             t = parents[0]
             start = min(ours[t], mine[t], key=lsn_bytes)
-            return Divergence(start_lsn=start, same_timeline=True)
+            return Divergence(start_lsn=start, same_timeline=True, own_start=mine[t])
         return Divergence(start_lsn=None, same_timeline=True)
     return Divergence(start_lsn=None)
 
@@ -127,6 +128,7 @@ class Discarded(BaseModel):
     bytes: int
     commits: int  # transactions committed on the old site in that range
     records: int
+    unread_from: str | None = None  # the WAL from start_lsn up to here could not be read (counted from here)
 
 
 def parse_waldump(start: str, out: str, err: str) -> Discarded:
@@ -194,8 +196,13 @@ def discarded_line(scope: str, primary: str, d: Discarded | None) -> str:
     if d is None:
         return (f"what {scope} wrote that {primary} never received could not be read (its WAL or {primary}'s timeline "
                 "history); pg_rewind discards it")
-    if d.bytes == 0:
+    if d.bytes == 0 and d.unread_from is None:
         return f"{scope} wrote nothing {primary} did not receive (its WAL ends at {d.start_lsn})"
+    if d.unread_from is not None:
+        return (f"pg_rewind discards what {scope} wrote that {primary} never received: at least {d.commits} "
+                f"committed transaction{'s' if d.commits != 1 else ''} ({d.records} WAL records, "
+                f"{d.unread_from}..{d.end_lsn}, since it promoted itself; the WAL from {d.start_lsn} to "
+                f"{d.unread_from} is in a segment it renamed .partial, not counted)")
     return (f"pg_rewind discards what {scope} wrote that {primary} never received: {d.commits} committed "
             f"transaction{'s' if d.commits != 1 else ''} ({d.records} WAL records, {d.bytes} bytes, "
             f"{d.start_lsn}..{d.end_lsn})")

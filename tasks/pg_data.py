@@ -46,8 +46,16 @@ def inspect(spec: ClusterSpec, member: str, image: str, new_tli: int,
         div = divergence(data.timeline, own, new_tli, new_history)
         if div.start_lsn is None:
             return data, div, None
-        w = box.run([f"{bin_dir}/pg_waldump", f"--path={layout.PGDATA}/pg_wal", f"--timeline={data.timeline}",
-                     f"--start={div.start_lsn}"], timeout=120)
-        if "could not find file" in w.err or "could not open file" in w.err:
-            return data, div, None
-        return data, div, parse_waldump(div.start_lsn, w.out, w.err)
+        def dump(start: str) -> tuple[str, str] | None:
+            w = box.run([f"{bin_dir}/pg_waldump", f"--path={layout.PGDATA}/pg_wal",
+                         f"--timeline={data.timeline}", f"--start={start}"], timeout=120)
+            return None if "could not find file" in w.err or "could not open file" in w.err else (w.out, w.err)
+
+        if (got := dump(div.start_lsn)) is not None:
+            return data, div, parse_waldump(div.start_lsn, *got)
+        # A site that promoted itself renamed its old timeline's last segment .partial: its own
+        # timeline, from its promotion on, is still there to count.
+        if div.own_start is not None and (got := dump(div.own_start)) is not None:
+            part = parse_waldump(div.own_start, *got)
+            return data, div, part.model_copy(update={"start_lsn": div.start_lsn, "unread_from": div.own_start})
+        return data, div, None

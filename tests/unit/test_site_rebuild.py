@@ -111,7 +111,11 @@ def test_divergence_usual_and_on_one_timeline_number() -> None:
     # The old site came back and promoted itself onto timeline 3 too, from a later point.
     mine = [(1, "0/3000148"), (2, "0/5002000")]
     d = R.divergence(3, mine, 3, new)
-    assert d.same_timeline and d.start_lsn == "0/5001A30"
+    assert d.same_timeline and d.start_lsn == "0/5001A30" and d.own_start == "0/5002000"
+    part = R.parse_waldump("0/5002000", WALDUMP_OUT, WALDUMP_ERR).model_copy(
+        update={"start_lsn": "0/5001A30", "unread_from": "0/5002000"})
+    line = R.discarded_line("site-a", "site-b", part)
+    assert "at least 2 committed transactions" in line and ".partial" in line, line
     # The same history: not diverged (a replica that followed the new site's promotion).
     assert not R.divergence(3, new, 3, new).same_timeline
     leader = R.parse_controldata("pg-1", CONTROLDATA)
