@@ -42,12 +42,17 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
           seconds: int | None = typer.Option(None, "--seconds", help="how long freeze / etcd-quorum-loss last "
                                              "(default ttl+5 / 60)"),
           host: str | None = typer.Option(None, "--host", help="host-loss: the host (of the spec's hosts) that dies"),
+          kill_hosts: bool = typer.Option(False, "--kill-hosts", help="site-loss over lab hosts: kill the primary "
+                                          "site's lab hosts (not only its containers), boot them again after the "
+                                          "failover (the site returns and takes writes), then rebuild it"),
           as_json: bool = JsonOpt, wait: float = WaitOpt) -> Done[DrillResult]:
     """Break the cluster on purpose under write load, measure the gaps and lost writes, heal it.
 
     site-switchover and site-loss run with --scope of a standby site (its standby_of names the
     primary site): the site switchover under writes, or the whole primary site killed then a site
-    failover, its RPO and RTO measured, and the dead site rebuilt as a standby.
+    failover, its RPO and RTO measured, and the dead site rebuilt as a standby (its data rewound,
+    else cloned afresh). With --kill-hosts (a lab), the primary site's lab hosts die and boot again:
+    the returning site takes writes, which the rebuild stops, discards and counts.
 
     Example: pgha drill hard-kill --heal-timeout 300
     """
@@ -56,7 +61,7 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
         spec_host_target(verb.spec, kind, host)  # a bad --host: one line, before any API or engine is asked
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if why := site_drill_refusal(verb.spec, kind, to, seconds, host):
+    if why := site_drill_refusal(verb.spec, kind, to, seconds, host, kill_hosts):
         raise UsageError(why)
     if kind.is_site:
         require_engines(verb.spec)
@@ -68,7 +73,7 @@ def drill(kind: DrillKind = typer.Argument(..., help="the fault to inject"),
             from flows.drill import drill as drill_flow
 
             return verb.engines().run(drill_flow, kind, probe_interval_ms=interval_ms, heal_timeout_s=heal_timeout,
-                                      wait_seconds=wait, tags=("pgha", "health"))
+                                      wait_seconds=wait, kill_hosts=kill_hosts, tags=("pgha", "health"))
     verb.warm()
     from flows.drill import drill as drill_flow
 

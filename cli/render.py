@@ -405,9 +405,11 @@ def site_failover(done: Done[SiteFailoverResult]) -> None:
 
 def site_rebuild(done: Done[SiteRebuildResult]) -> None:
     r = done.result
-    line(f"{r.scope} rebuilt as a standby of {r.standby_of} "
+    line(f"{r.scope} rebuilt as a standby of {r.standby_of}: {r.method} ({r.why}) "
          + ("(streaming)" if r.streaming else f"but does not stream yet (pgha site status --scope {r.scope})")
          + f"; {r.elapsed_s}s in all")
+    if r.discarded:
+        line(r.discarded)
     events(r.events)
 
 

@@ -104,14 +104,21 @@ def site_failover(yes: bool = typer.Option(False, "--yes", help="confirm: this s
 @command(render.site_rebuild, flows=True)
 def site_rebuild(standby_of: str = typer.Option(..., "--standby-of", help="the site that is primary now, which "
                                                                           "this one will follow"),
-                 yes: bool = typer.Option(False, "--yes", help="confirm: this site's data is deleted and cloned "
-                                                               "afresh from the primary site"),
+                 yes: bool = typer.Option(False, "--yes", help="confirm: this site's nodes are stopped, and what it "
+                                                               "wrote that the primary site never received is "
+                                                               "discarded (rewind) or its data deleted (clone)"),
+                 clone: bool = typer.Option(False, "--clone", help="clone the site afresh from the primary site "
+                                                                   "instead of keeping and rewinding its data"),
                  spec_file: Path | None = SpecOpt, scope: str | None = ScopeOpt, wait: float = WaitOpt,
                  as_json: bool = JsonOpt) -> Done[SiteRebuildResult]:
-    """The old primary site (after a site failover) cloned afresh as a standby of the new primary site; needs --yes.
+    """The old primary site (after a site failover) made a standby of the new primary site: its data rewound, else cloned afresh; needs --yes.
 
-    Its containers and volumes are replaced; its passwords and CA stay (the new primary site has
-    the same). Refused while it still accepts writes.
+    Its nodes are stopped first (a site that came back takes writes again). When its old leader's
+    data directory is intact (same system identifier, wal_log_hints or checksums) and its etcd
+    answers, the data is kept: `standby_cluster` is written to its etcd and Patroni rewinds its
+    leader onto the primary site's timeline with pg_rewind; the writes it discards (that the
+    primary site never received) are counted. Else, with --clone, or when the rewind fails, its
+    containers and volumes are replaced by a fresh clone. Its passwords and CA stay.
 
     Example: pgha site rebuild --scope site-a --standby-of site-b --yes
     """
@@ -120,5 +127,5 @@ def site_rebuild(standby_of: str = typer.Option(..., "--standby-of", help="the s
     from flows.site import site_rebuild as rebuild_flow
 
     with checks() as check:
-        check(rebuild_preflight, verb.spec, standby_of, yes)
-        return verb.warm().run(rebuild_flow, standby_of=standby_of, yes=yes, wait_seconds=wait)
+        check(rebuild_preflight, verb.spec, standby_of, yes, clone)
+        return verb.warm().run(rebuild_flow, standby_of=standby_of, yes=yes, clone=clone, wait_seconds=wait)

@@ -98,12 +98,14 @@ def teardown(scope: Scope = DEFAULT_SCOPE, volumes: bool = False, purge_backups:
 @flow(name="drill", description="Failover/fault drill under write load: measure RTO/RPO and always heal.")
 def drill(scope: Scope = DEFAULT_SCOPE, kind: DrillKind = DrillKind.SWITCHOVER, to: str | None = None,
           probe_interval_ms: int = 50, heal_timeout_s: int = 180, wait_seconds: WaitSeconds = 0,
-          seconds: int | None = None, host: str | None = None) -> DrillResult:
-    """`host`: for the host drills, one of the stored spec's hosts by name (any other is refused)."""
+          seconds: int | None = None, host: str | None = None, kill_hosts: bool = False) -> DrillResult:
+    """`host`: for the host drills, one of the stored spec's hosts by name (any other is refused);
+    `kill_hosts`: site-loss kills the primary site's lab hosts and boots them again before the rebuild."""
     from flows.drill import drill as op
 
     return op.fn(spec=named(scope), kind=kind, to=to, probe_interval_ms=probe_interval_ms,
-                       heal_timeout_s=heal_timeout_s, wait_seconds=wait_seconds, seconds=seconds, host=host)
+                       heal_timeout_s=heal_timeout_s, wait_seconds=wait_seconds, seconds=seconds, host=host,
+                       kill_hosts=kill_hosts)
 
 
 @flow(name="health-audit", description="Read-only health audit: every check as a row; Failed when any is critical.")

@@ -198,16 +198,17 @@ def _target(spec: ClusterSpec, kind: DrillKind, view: ClusterView, to: str | Non
 @mutating_flow("drill")
 def drill(spec: ClusterSpec = ClusterSpec(), kind: DrillKind = DrillKind.SWITCHOVER,  # noqa: B008
           to: str | None = None, probe_interval_ms: int = 50, heal_timeout_s: int = 180,
-          wait_seconds: WaitSeconds = 0, seconds: int | None = None, host: str | None = None) -> DrillResult:
+          wait_seconds: WaitSeconds = 0, seconds: int | None = None, host: str | None = None,
+          kill_hosts: bool = False) -> DrillResult:
     log = get_run_logger()
     if not 10 <= probe_interval_ms <= 5000:
         raise UsageError(f"probe_interval_ms must be between 10 and 5000, not {probe_interval_ms}")
-    if why := site_drill_refusal(spec, kind, to, seconds, host):
+    if why := site_drill_refusal(spec, kind, to, seconds, host, kill_hosts):
         raise UsageError(why)
     if kind.is_site:
         from flows.site_drill import run_site_drill
 
-        return run_site_drill(spec, kind, probe_interval_ms, heal_timeout_s, wait_seconds)
+        return run_site_drill(spec, kind, probe_interval_ms, heal_timeout_s, wait_seconds, kill_hosts)
     if kind == DrillKind.SWITCHOVER_POOLED and not spec.runs_pooler:
         raise UsageError(f"switchover-pooled needs the pooler: cluster {spec.scope} runs none (pooler.enabled: false, or hosts)")
     try:

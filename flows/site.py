@@ -42,9 +42,22 @@ from stack.results import (
     SiteSwitchoverResult,
 )
 from stack.site import SiteRole, SiteRow
+from stack.site_rebuild import (
+    REWIND_WAIT_S,
+    DataDir,
+    Discarded,
+    Divergence,
+    RebuildMethod,
+    RewindLog,
+    discarded_line,
+    old_leader,
+    parse_history,
+    rebuild_method,
+    rewind_log,
+)
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, patroni, postgres
+from tasks import docker_hosts, etcd, node_exec, patroni, pg_data, postgres
 from tasks.cluster_limit import cluster_limit
 from tasks.cluster_resources import ensure_image
 from tasks.host.lock import WaitSeconds, holder_name, mutating
@@ -401,7 +414,8 @@ def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
         name = primary.container(m)
         try:
             eng = engines.of(m)
-            if eng.running(name):
+            ct = eng.find_container(name)  # raises when its engine does not answer (`running` says False)
+            if ct is not None and ct.status == "running":
                 eng.stop(name, timeout=10)
                 stopped.append(name)
         except PghaError as exc:
@@ -411,7 +425,10 @@ def fence_site(primary: ClusterSpec) -> tuple[list[str], str | None]:
         where = "its hosts" if primary.multi_host else "its engine"
         return stopped, (f"{primary.scope}'s {'engines do' if primary.multi_host else 'engine does'} not answer for "
                          f"{', '.join(unreached)} ({why}): make sure those nodes are stopped (power off {where}, or "
-                         "`docker stop` them) before clients write anywhere but the new primary site")
+                         "`docker stop` them) before clients write anywhere but the new primary site; when "
+                         f"{where} come{'' if primary.multi_host else 's'} back, its containers restart and its old "
+                         "primary takes writes again: at once run `pgha site rebuild --scope "
+                         f"{primary.scope} --standby-of <this site> --yes`, which stops them first")
     return stopped, None
 
 
@@ -446,8 +463,11 @@ def fail_over(spec: ClusterSpec, primary: ClusterSpec) -> tuple[list[str], str |
 # ---- site rebuild ----
 
 
-def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool) -> tuple[ClusterSpec, ClusterSpec]:
-    """Refusals before anything changes (one line); (the new primary site's spec, this one's as its standby)."""
+def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool,
+                      clone: bool = False) -> tuple[ClusterSpec, ClusterSpec]:
+    """Refusals before anything changes (one line); (the new primary site's spec, this one's as its standby).
+    A site that still accepts writes (it came back after the failover) is not refused: the rebuild
+    stops its nodes first."""
     from tasks.host.generations import stored_spec
 
     if standby_of == spec.scope:
@@ -465,36 +485,79 @@ def rebuild_preflight(spec: ClusterSpec, standby_of: str, yes: bool) -> tuple[Cl
         demoted = site.demoted_spec(spec.model_copy(update={"standby_of": None}), primary)
     except ValueError as exc:
         raise StateError(str(exc)) from None
-    mine = _position(spec)
-    if mine is not None and not mine.in_recovery:
-        raise StateError(f"{spec.scope} still accepts writes: fence it first (`pgha site failover --scope "
-                         f"{standby_of} --yes` stops its nodes), then rebuild it")
     if not yes:
-        raise UsageError(f"site rebuild deletes {spec.scope}'s data and clones it from {standby_of} as its standby; "
+        how = ("deletes its data and clones it afresh from" if clone else
+               "keeps its data and rewinds it onto the timeline of (pg_rewind discards what it wrote that "
+               f"{standby_of} never received; the count is reported), or clones it afresh from")
+        raise UsageError(f"site rebuild stops {spec.scope}'s nodes, {how} {standby_of}, as its standby; "
                          "add --yes to confirm")
     return primary, demoted
 
 
 @flow(name="site-rebuild",
-      description="The old primary site cloned afresh from the new primary site as its standby cluster.")
+      description="The old primary site made a standby of the new one: its data rewound (pg_rewind), else cloned afresh.")
 @mutating_flow("site-rebuild")
 def site_rebuild(spec: ClusterSpec = ClusterSpec(), standby_of: str = "", yes: bool = False,  # noqa: B008
-                 wait_seconds: WaitSeconds = 0) -> SiteRebuildResult:
-    primary, demoted = preflight_once(rebuild_preflight, spec, standby_of, yes)
+                 clone: bool = False, wait_seconds: WaitSeconds = 0) -> SiteRebuildResult:
+    primary, demoted = preflight_once(rebuild_preflight, spec, standby_of, yes, clone)
     with site_lock(primary.scope, "site-rebuild", wait_seconds):
-        removed, streaming = rebuild_site(spec, primary, demoted)
-    return SiteRebuildResult(scope=spec.scope, standby_of=primary.scope, removed=removed, streaming=streaming,
-                             events=current().events, elapsed_s=current().elapsed())
+        out = rebuild_site(spec, primary, demoted, clone)
+    create_table_artifact(key=f"{spec.scope}-site-rebuild", table=[{
+        "site": out.scope, "follows": out.standby_of, "method": out.method, "why": out.why,
+        "pg_rewind": out.rewind or "-", "discarded": out.discarded or "-", "streaming": out.streaming,
+        "seconds": out.rebuild_s}], description=f"{spec.scope} rebuilt as a standby of {primary.scope}: {out.method}")
+    return out.model_copy(update={"events": current().events, "elapsed_s": current().elapsed()})
 
 
-def rebuild_site(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> tuple[list[str], bool]:
-    """The site rebuild's steps (the caller holds both sites' locks): `spec`'s containers and
-    volumes replaced by a fresh clone of `primary`; (what was removed, whether it streams)."""
+def rebuild_site(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
+                 clone: bool = False) -> SiteRebuildResult:
+    """The site rebuild's steps (the caller holds both sites' locks): the old site's nodes stopped
+    first (a site that came back takes writes again), then its data kept and rewound by Patroni
+    onto `primary`'s timeline, else (asked, impossible, or the rewind failed) its containers and
+    volumes replaced by a fresh clone of `primary`."""
+    fenced, unreached = fence_site(spec)
+    if unreached:
+        raise StateError(f"site rebuild cannot stop {spec.scope}: {unreached}")
+    note(f"{spec.scope} fenced first: {', '.join(fenced) or 'no node was running'}")
+    out = SiteRebuildResult(scope=spec.scope, standby_of=primary.scope, fenced=fenced, streaming=False)
+    method, why = _rebuild_method(clone, spec, primary, demoted, out)
+    out.why = why
+    note(f"{spec.scope}: {'rewind' if method == RebuildMethod.REWOUND else method.value} ({why})")
+    if method == RebuildMethod.REWOUND:
+        out = _rewind(spec, primary, demoted, out)
+        if out.method == RebuildMethod.REWOUND.value:
+            return out
+        note(f"{spec.scope}: the rewind did not succeed ({out.why}); cloning it afresh")
+    if not out.discarded:
+        out.discarded = (f"the clone deletes whatever {spec.scope} wrote that {primary.scope} never received "
+                         "(not counted: its data was not read)")
+    else:
+        out.discarded = out.discarded.replace("pg_rewind discards", "the clone deletes")
+    t0 = time.monotonic()
+    removed, streaming = clone_site(spec, primary, demoted)
+    note(f"{spec.scope} cloned afresh; {out.discarded}")
+    return out.model_copy(update={"method": RebuildMethod.CLONED.value, "removed": removed,
+                                  "streaming": streaming, "rebuild_s": round(time.monotonic() - t0, 2)})
+
+
+def clone_site(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) -> tuple[list[str], bool]:
+    """`spec`'s containers and volumes replaced by a fresh clone of `primary`; (what was removed, whether it streams)."""
     removed: list[str] = []
     for engine in docker_hosts.engines(spec).all():
         gone = engine.remove_labelled(spec.scope, volumes=True, keep_volumes={repo_volume(spec)})
         removed += gone["containers"] + gone["volumes"]
     note(f"{spec.scope}'s containers and volumes removed ({len(removed)}); passwords and CA kept")
+    drop_old_slot(spec, primary)
+    store_spec(demoted)
+    note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
+    converge(demoted)
+    streaming = wait_streaming(demoted, primary, site.SWITCHOVER_FOLLOW_S)
+    note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
+    return removed, streaming
+
+
+def drop_old_slot(spec: ClusterSpec, primary: ClusterSpec) -> None:
+    """The slot `spec` had on a site it followed before (not `primary`) removed, when that site answers."""
     if spec.standby_of is not None and spec.standby_of.scope != primary.scope:
         old = stored_spec_or_none(spec.standby_of.scope)
         if old is not None:
@@ -502,17 +565,135 @@ def rebuild_site(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec) 
                 note(f"slot {site.slot_name(spec)} on {old.scope}: {drop_primary_slot(spec, old)}")
             except PghaError as exc:
                 note(f"slot {site.slot_name(spec)} on {old.scope} not removed ({exc})")
+
+
+def wait_streaming(demoted: ClusterSpec, primary: ClusterSpec, timeout: float) -> bool:
+    """Whether `demoted`'s standby leader streams from `primary` within `timeout`."""
+    try:
+        wait_for(f"{demoted.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
+                 lambda p: p.receiver == "streaming", timeout=timeout, interval=0.5)
+    except PghaError:
+        return False
+    return True
+
+
+def _history(primary: ClusterSpec) -> tuple[str | None, int, list[tuple[int, str]]]:
+    """The new primary site's system identifier, its timeline and that timeline's history."""
+    lead = patroni.cluster_view(primary).leader()
+    if lead is None:
+        return None, 0, []
+    # The timeline of the WAL it writes now (pg_control's may still be the one before its promotion
+    # until its first checkpoint).
+    sql = ("select system_identifier::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) "
+           "from pg_control_system()")
+    out = postgres.node_sql(primary, lead.name, sql, read=True)
+    sysid, _, tli_hex = out.partition("|")
+    tli = int(tli_hex.strip() or "1", 16)
+    history: list[tuple[int, str]] = []
+    if tli > 1:
+        name = f"pg_wal/{tli:08X}.history"
+        text = postgres.node_sql(primary, lead.name, f"select pg_read_file('{name}')", read=True)  # noqa: S608
+        history = parse_history(text)
+    return sysid.strip() or None, tli, history
+
+
+def _rebuild_method(clone: bool, spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
+                    out: SiteRebuildResult) -> tuple[RebuildMethod, str]:
+    """Rewind or clone (stack/site_rebuild decides), from the old site's data directories read in a
+    scratch box and the new primary site's timeline history; `out` gets what was read (in place)."""
+    if clone:
+        return rebuild_method(True, None, None, True, True)
+    try:
+        sysid, tli, history = _history(primary)
+    except PghaError as exc:
+        note(f"{primary.scope}'s timeline history not read ({str(exc).splitlines()[0]}): the discarded WAL is not "
+             "counted")
+        sysid, tli, history = None, 0, []
+    image = ensure_image(spec)
+    dirs: dict[str, tuple[DataDir, Divergence | None, Discarded | None]] = {}
+    for m in spec.node_names():
+        try:
+            d, div, gone = pg_data.inspect(spec, m, image, tli, history)
+        except PghaError as exc:
+            note(f"{m}'s data directory not read ({str(exc).splitlines()[0]})")
+            continue
+        if d is not None:
+            dirs[m] = (d, div, gone)
+    lead = old_leader([d for d, _, _ in dirs.values()])
+    same_timeline = False
+    if lead is not None:
+        div, gone = dirs[lead.member][1], dirs[lead.member][2]
+        same_timeline = div is not None and div.same_timeline
+        out.old_leader, out.system_id = lead.member, lead.system_id
+        out.discarded = discarded_line(spec.scope, primary.scope, gone)
+        if gone is not None:
+            out.discarded_commits, out.discarded_bytes = gone.commits, gone.bytes
+            out.discarded_lsn = f"{gone.start_lsn}..{gone.end_lsn}"
+    method, why = rebuild_method(False, lead, sysid, True, True, same_timeline)
+    if method != RebuildMethod.REWOUND:
+        return method, why
+    etcd_ok = config_ok = False
+    if lead is not None:
+        try:
+            if started := etcd.start_members(spec):
+                note(f"{spec.scope}'s etcd started again: {', '.join(started)}")
+            etcd.wait_healthy(spec, timeout=60)
+            etcd_ok = True
+            config_ok = etcd.follow_in_config(spec, site.standby_cluster(demoted))
+        except PghaError as exc:
+            note(f"{spec.scope}'s etcd: {str(exc).splitlines()[0]}")
+    return rebuild_method(False, lead, sysid, etcd_ok, config_ok, same_timeline)
+
+
+def _rewind(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec,
+            out: SiteRebuildResult) -> SiteRebuildResult:
+    """The old site's Patroni started with `standby_cluster` in its etcd: its leader, a standby leader
+    now, has Patroni rewind it from the new primary site (crash recovery first when it was killed)
+    and stream; its replicas follow it (or are rewound too). The result says what Patroni did."""
+    t0, wall = time.monotonic(), time.time() - 1
+    note(f"{spec.scope}'s dynamic configuration follows {primary.scope} (standby_cluster written to its etcd)")
+    slot = ensure_primary_slot(demoted, primary)
+    note(f"slot {site.slot_name(demoted)} for {spec.scope} on {primary.scope}: {slot}")
+    drop_old_slot(spec, primary)
+    if joined := join_site_network(spec, primary):
+        note(f"{', '.join(joined)} of {spec.scope} attached to {primary.network}")
     store_spec(demoted)
     note(f"stored spec of {spec.scope}: standby_of {primary.scope} (change your spec file too)")
-    converge(demoted)
+    engines = docker_hosts.engines(spec)
+    for m in spec.node_names():
+        engines.of(m).start(spec.container(m))
+    note(f"{spec.scope}'s HAProxy routes R/W to its standby leader: {_follow_haproxy(demoted)}")
+    for eng in engines.all():  # what else the site runs (pooler, fencer, exporter), killed with it
+        for ct in eng.cluster_containers(spec.scope):
+            if ct.status != "running" and ct.name not in {spec.container(m) for m in spec.node_names()}:
+                eng.start(ct.name)
+    leader = out.old_leader or spec.node_names()[0]
+    said = ["", ""]
+
+    def look() -> tuple[RewindLog, postgres.WalPosition | None]:
+        said[0], said[1] = rewind_log(node_exec.node(spec, leader).logs(since=wall))
+        try:
+            return RewindLog(said[0]), _standby_position(demoted)
+        except PghaError:
+            return RewindLog(said[0]), None
+
     try:
-        pos = wait_for(f"{spec.scope} to stream from {primary.scope}", lambda: _standby_position(demoted),
-                       lambda p: p.receiver == "streaming", timeout=site.SWITCHOVER_FOLLOW_S, interval=0.5)
-        streaming = pos.receiver == "streaming"
-    except PghaError:
-        streaming = False
-    note(f"{spec.scope} {'streams' if streaming else 'does not stream yet'} from {primary.scope}")
-    return removed, streaming
+        outcome, pos = wait_for(f"{spec.scope} to be rewound and stream from {primary.scope}", look,
+                                lambda v: v[0] == RewindLog.FAILED or (v[1] is not None and v[1].receiver == "streaming"),
+                                timeout=REWIND_WAIT_S, interval=1.0)
+    except PghaError as exc:
+        return out.model_copy(update={"method": RebuildMethod.CLONED.value, "rewind": said[0] or None,
+                                      "why": f"Patroni did not rewind {leader} into a streaming standby within "
+                                             f"{REWIND_WAIT_S:g}s ({str(exc).splitlines()[0][:200]})"})
+    if outcome == RewindLog.FAILED:
+        return out.model_copy(update={"method": RebuildMethod.CLONED.value, "rewind": outcome.value,
+                                      "why": f"Patroni's pg_rewind of {leader} failed: {said[1]}"})
+    secs = round(time.monotonic() - t0, 2)
+    ran = "pg_rewind ran" if outcome == RewindLog.RAN else "nothing to rewind"
+    note(f"{spec.scope} rewound ({ran}) and streams from {primary.scope} after {secs}s; {out.discarded}")
+    return out.model_copy(update={"method": RebuildMethod.REWOUND.value, "rewind": outcome.value,
+                                  "why": f"{out.why or 'data kept'}; {ran}", "streaming": pos is not None,
+                                  "rebuild_s": secs})
 
 
 def stored_spec_or_none(scope: str) -> ClusterSpec | None:

@@ -9,7 +9,8 @@ site-switchover: the controlled site switchover (`pgha site switchover`) under t
 acknowledged writes lost, the old primary site following the new one, or the drill fails.
 site-loss: every container of the primary site (etcd, nodes, HAProxy, pooler) killed at once,
 then the site failover as `pgha site failover --yes` does it, then the dead site rebuilt as a
-standby of the promoted one (`pgha site rebuild`), so both sites are manageable afterwards. When
+standby of the promoted one (`pgha site rebuild`: its data rewound by Patroni, else cloned afresh;
+a note says which, and what the rewind discarded), so both sites are manageable afterwards. When
 the promotion itself fails, the killed containers are started again; either way the drill fails
 loudly with the command the operator must run.
 
@@ -30,10 +31,10 @@ from flows.steps.drill_report import finish
 from flows.steps.ops import current
 from stack.drill import DrillKind, ProbeLog, longest_gap, lost_writes, rpo_seconds
 from stack.errors import PghaError
-from stack.results import DrillResult
+from stack.results import DrillResult, SiteRebuildResult
 from stack.spec import ClusterSpec
 from stack.wait import wait_for
-from tasks import docker_hosts, patroni, postgres
+from tasks import docker_hosts, faults, patroni, postgres
 from tasks.docker_engine import Engine
 from tasks.host.secrets import cluster_secrets
 from tasks.postgres_probe import Probe
@@ -44,16 +45,16 @@ class SiteDrillFailed(PghaError):
 
 
 def run_site_drill(spec: ClusterSpec, kind: DrillKind, probe_interval_ms: int, heal_timeout_s: int,
-                   wait_seconds: float) -> DrillResult:
+                   wait_seconds: float, kill_hosts: bool = False) -> DrillResult:
     """The drill on the standby site `spec` and the primary site its `standby_of` names."""
     primary, demoted = preflight_once(switchover_preflight, spec, True)  # both sites healthy, the standby streaming close behind
     require_healthy(primary, "the site drill", settle_s=10)
     with site_lock(primary.scope, f"drill {kind.value}", wait_seconds):
-        return _drill(spec, primary, demoted, kind, probe_interval_ms, heal_timeout_s)
+        return _drill(spec, primary, demoted, kind, probe_interval_ms, heal_timeout_s, kill_hosts)
 
 
 def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: DrillKind, probe_interval_ms: int,
-           heal_timeout_s: int) -> DrillResult:
+           heal_timeout_s: int, kill_hosts: bool = False) -> DrillResult:
     log = get_run_logger()
     secrets = cluster_secrets(primary.scope)  # the standby site has the same catalog passwords
     promoted = spec.model_copy(update={"standby_of": None})
@@ -86,15 +87,18 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
                           f"`pgha site rebuild --scope {primary.scope} --standby-of {spec.scope} --yes`")
             t_cmd = t_fault
         else:
-            killed = _kill_site(primary)
-            notes.append(f"killed every container of {primary.scope}: {', '.join(killed)}")
+            killed = _kill_hosts(primary) if kill_hosts else _kill_site(primary)
+            notes.append(f"killed {'the hosts' if kill_hosts else 'every container'} of {primary.scope}: "
+                         f"{', '.join(killed)}")
             t_cmd = time.monotonic()
             log.info("site-loss: %s killed (%d containers); site failover of %s", primary.scope, len(killed),
                      spec.scope)
             try:
-                _, _, new_leader, failover_s, _ = fail_over(spec, primary)
+                _, fence_action, new_leader, failover_s, _ = fail_over(spec, primary)
+                if fence_action:
+                    notes.append(f"failover: {fence_action}")
             except PghaError as exc:
-                restored = _restart_site(primary, killed)
+                restored = _boot_hosts(primary) if kill_hosts else _restart_site(primary, killed)
                 raise SiteDrillFailed(f"site-loss: the site failover failed ({str(exc).splitlines()[0]}); "
                                       f"{restored}") from None
         # The promoted site takes the writes: wait for the probe's first, then a few more.
@@ -117,9 +121,22 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
     present = postgres.probe_ids(promoted, cluster_secrets(spec.scope), run_id)
     acked = list(zip(writer.log.acked_ids, writer.log.ok, strict=False))
     lost = lost_writes(writer.log.acked_ids, present)
+    returned: list[int] = []
+    rebuilt = None
     if kind == DrillKind.SITE_LOSS:
-        healed, action = _rebuild_old_site(spec.scope, primary, heal_timeout_s)
-        notes.append(f"{primary.scope} rebuilt as a standby of {spec.scope}" if healed else f"not rebuilt: {action}")
+        if kill_hosts:
+            returned = _site_returns(primary, run_id, notes)
+        healed, action, rebuilt = _rebuild_old_site(spec.scope, primary, heal_timeout_s)
+        notes.append(f"{primary.scope} rebuilt as a standby of {spec.scope}: {rebuilt.method} ({rebuilt.why}); "
+                     f"{rebuilt.discarded}" if healed and rebuilt else f"not rebuilt: {action}")
+    kept = None
+    if returned and healed:
+        kept = _still_there(primary, spec.scope, run_id, returned)
+        if kept:
+            what = "could not be read" if kept < 0 else f"{kept} of them are still there"
+            action = action or (f"the returning {primary.scope} took {len(returned)} rows that the rebuild must "
+                                f"discard; {what}: `pgha site status --scope {primary.scope}`")
+            healed = False
     result = DrillResult(
         kind=kind.value, target=primary.scope, old_leader=old_leader or primary.scope, new_leader=new_leader,
         timeline_before=None, timeline_after=None,
@@ -131,6 +148,9 @@ def _drill(spec: ClusterSpec, primary: ClusterSpec, demoted: ClusterSpec, kind: 
         rpo_s=rpo_seconds(acked, present, t_fault) if kind == DrillKind.SITE_LOSS else None,
         rto_s=round(first_write - t_cmd, 2) if first_write and kind == DrillKind.SITE_LOSS else None,
         failover_s=failover_s, operator_action=action,
+        rebuild=rebuilt.method if rebuilt else None,
+        rebuild_discarded_commits=rebuilt.discarded_commits if rebuilt else None,
+        returned_writes=len(returned) if kill_hosts and kind == DrillKind.SITE_LOSS else None, returned_kept=kept,
     )
     marks = {"command": t_cmd} | ({"write": first_write} if first_write else {})
     return finish(spec, result, writer.log, ProbeLog(), t_fault, t_end, wall, marks,
@@ -173,21 +193,78 @@ def _restart_site(primary: ClusterSpec, killed: list[str]) -> str:
     return f"{primary.scope}'s containers started again and it accepts writes; check `pgha site status`"
 
 
-def _rebuild_old_site(new_scope: str, old: ClusterSpec, heal_timeout_s: int) -> tuple[bool, str | None]:
-    """The dead site cloned afresh as a standby of the promoted one; (it streams, else what to run)."""
+def _rebuild_old_site(new_scope: str, old: ClusterSpec,
+                      heal_timeout_s: int) -> tuple[bool, str | None, SiteRebuildResult | None]:
+    """The dead site rebuilt as a standby of the promoted one (its data rewound, else cloned afresh);
+    (it streams, else what to run; the rebuild's result)."""
     command = f"`pgha site rebuild --scope {old.scope} --standby-of {new_scope} --yes`"
     try:
         primary, demoted = rebuild_preflight(old, new_scope, True)
-        _, streaming = rebuild_site(old, primary, demoted)
+        out = rebuild_site(old, primary, demoted)
     except PghaError as exc:
-        return False, f"{str(exc).splitlines()[0]}; run {command}"
-    if not streaming:
+        return False, f"{str(exc).splitlines()[0]}; run {command}", None
+    if not out.streaming:
         try:
             wait_for(f"{old.scope} to stream from {new_scope}", lambda: _streams(demoted), lambda s: s,
                      timeout=heal_timeout_s, interval=1)
         except PghaError:
-            return False, f"{old.scope} was rebuilt but does not stream from {new_scope}; `pgha site status`, or {command}"
-    return True, None
+            return (False, f"{old.scope} was rebuilt ({out.method}) but does not stream from {new_scope}; "
+                    f"`pgha site status`, or {command}", out)
+    return True, None, out
+
+
+# A lab host's engine restarts its containers when it boots (restart policy unless-stopped): the
+# old primary site takes writes again; how long the drill waits for that before it rebuilds anyway.
+RETURN_WAIT_S = 150.0
+RETURNED_ROWS = 5  # rows the drill writes on the returning old site, which the rebuild must discard
+
+
+def _kill_hosts(primary: ClusterSpec) -> list[str]:
+    """The primary site's lab hosts killed (a machine dying with its engine and every container on it)."""
+    return [faults.kill_host(primary, h.name) for h in primary.hosts or []]
+
+
+def _boot_hosts(primary: ClusterSpec) -> str:
+    try:
+        done = [faults.boot_host(primary, h.name) for h in primary.hosts or []]
+    except PghaError as exc:
+        return f"{primary.scope}'s hosts did not boot ({str(exc).splitlines()[0]}): boot them, then `pgha site status`"
+    return f"{primary.scope}'s hosts booted again ({', '.join(done)}); check `pgha site status`"
+
+
+def _site_returns(primary: ClusterSpec, run_id: str, notes: list[str]) -> list[int]:
+    """The old primary site's hosts booted again: its engine restarts its containers and its old
+    leader takes writes again (what a rebooted site does). The drill writes a few rows on it, which
+    the rebuild must discard; the ids written (none when it did not take writes in time)."""
+    log = get_run_logger()
+    notes.append(_boot_hosts(primary))
+    old = primary.model_copy(update={"standby_of": None})
+    secrets = cluster_secrets(primary.scope)
+    try:
+        wait_for(f"the returning {primary.scope} to take writes", lambda: postgres.wal_position(old, secrets),
+                 lambda p: not p.in_recovery, timeout=RETURN_WAIT_S, interval=1)
+        ids = list(range(-RETURNED_ROWS, 0))
+        postgres.probe_insert(old, secrets, run_id, ids)
+    except PghaError as exc:
+        notes.append(f"{primary.scope} came back but took no write within {RETURN_WAIT_S:g}s "
+                     f"({str(exc).splitlines()[0]})")
+        return []
+    log.info("site-loss: the returning %s took %d writes (two writable sites until the rebuild)", primary.scope,
+             len(ids))
+    notes.append(f"{primary.scope} came back as a primary and took {len(ids)} writes: two writable sites until "
+                 "the rebuild stopped it")
+    return ids
+
+
+def _still_there(primary: ClusterSpec, new_scope: str, run_id: str, ids: list[int]) -> int:
+    """How many of the rows the returning old site took are on it after the rebuild (0: discarded)."""
+    from tasks.host.generations import stored_spec
+
+    try:
+        rebuilt = stored_spec(primary.scope)
+        return len(postgres.probe_ids(rebuilt, cluster_secrets(primary.scope), run_id) & set(ids))
+    except PghaError:
+        return -1
 
 
 def _streams(spec: ClusterSpec) -> bool:

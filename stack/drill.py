@@ -263,12 +263,17 @@ def spec_host_target(spec: ClusterSpec, kind: DrillKind, host: str | None) -> Ta
 
 
 def site_drill_refusal(spec: ClusterSpec, kind: DrillKind, to: str | None, seconds: int | None,
-                       host: str | None) -> str | None:
+                       host: str | None, kill_hosts: bool = False) -> str | None:
     """Why a drill cannot run on this spec as asked (one line), None when it can.
 
     A site drill runs on the standby site (its `standby_of` names the primary site), on one engine
     or over hosts.
     """
+    if kill_hosts and kind != DrillKind.SITE_LOSS:
+        return f"--kill-hosts applies to site-loss only, not {kind.value}"
+    if kill_hosts and not spec.multi_host:
+        return (f"--kill-hosts kills the primary site's lab hosts: {spec.scope} runs on this machine's engine "
+                "(no hosts:)")
     if not kind.is_site:
         if spec.standby_of is not None:
             return (f"cluster {spec.scope} is a standby site: its drills are site-switchover and site-loss "

@@ -111,6 +111,10 @@ class DrillResult(Result):
     rto_s: float | None = None  # site-loss: from the failover command to the first write the promoted site took
     failover_s: float | None = None  # site-loss: the failover itself (fence, promote) until writable
     operator_action: str | None = None  # what the operator must run when the drill could not restore both sites
+    rebuild: str | None = None  # site-loss: how the old site was rebuilt ("rewound" or "cloned afresh")
+    rebuild_discarded_commits: int | None = None  # site-loss: commits of the old site the rebuild discarded
+    returned_writes: int | None = None  # site-loss --kill-hosts: rows the old site took once its hosts came back
+    returned_kept: int | None = None  # ... of those, still on the rebuilt old site (must be 0)
 
 
 # ---- backups ----
@@ -445,11 +449,22 @@ class SiteFailoverResult(Result):
 
 
 class SiteRebuildResult(Result):
-    """`pgha site rebuild`: the old primary site cloned afresh as a standby of the new one."""
+    """`pgha site rebuild`: the old primary site made a standby of the new one, its data rewound or cloned afresh."""
 
     scope: str
     standby_of: str  # the primary site it follows now
-    removed: list[str] = Field(default_factory=list)  # its containers and volumes replaced
+    method: str = "cloned afresh"  # "rewound" (its data kept) or "cloned afresh"
+    why: str = ""  # why that method (and, when a rewind was tried and failed, why it failed)
+    fenced: list[str] = Field(default_factory=list)  # its nodes stopped first (a site that came back)
+    old_leader: str | None = None  # the node whose data was kept
+    system_id: str | None = None  # its database system identifier (the new primary site's too)
+    rewind: str | None = None  # Patroni's pg_rewind: "ran", "not run" (nothing to rewind), "failed"
+    discarded: str = ""  # what the old site wrote that the new one never received, as one line
+    discarded_commits: int | None = None  # transactions committed on the old site that pg_rewind discarded
+    discarded_lsn: str | None = None  # their WAL range, start..end
+    discarded_bytes: int | None = None
+    rebuild_s: float | None = None  # from the start of the rewind (or clone) to streaming
+    removed: list[str] = Field(default_factory=list)  # its containers and volumes replaced (a clone)
     streaming: bool  # its standby leader streams from the primary site
     events: list[str] = Field(default_factory=list)
     elapsed_s: float = 0.0

@@ -260,6 +260,31 @@ def delete_scope_keys(spec: ClusterSpec) -> None:
     _ok(etcdctl(spec, ["del", "--prefix", scope_prefix(spec)], timeout=20), f"del {scope_prefix(spec)}")
 
 
+def start_members(spec: ClusterSpec) -> list[str]:
+    """Start every stopped etcd member container of the scope (a site that comes back); the ones started."""
+    engines = docker_hosts.engines(spec)
+    started = []
+    for m in spec.etcd_names():
+        eng = engines.of(m)
+        if not eng.running(spec.container(m)) and eng.start(spec.container(m)):
+            started.append(spec.container(m))
+    return started
+
+
+def follow_in_config(spec: ClusterSpec, standby_cluster: dict[str, object]) -> bool:
+    """Patroni's dynamic configuration in etcd given `standby_cluster`, written while no Patroni of the
+    scope runs (Patroni reads it from etcd when it starts, before its own cached copy); False when
+    etcd holds no configuration for the scope (a Patroni started then would act on its cache)."""
+    key = f"{scope_prefix(spec)}config"
+    text = _ok(etcdctl(spec, ["get", "--print-value-only", key]), f"get {key}").strip()
+    if not text:
+        return False
+    config = json.loads(text)
+    config["standby_cluster"] = standby_cluster
+    _ok(etcdctl(spec, ["put", key, json.dumps(config, separators=(",", ":"))]), f"put {key}")
+    return True
+
+
 # ---- users, roles and auth (stack/etcd_auth.py says who may do what) ----
 
 AUTH_SUBDIR = "etcd-auth"  # in an etcd member's config dir: the passwords etcdctl reads on stdin, while it runs

@@ -357,11 +357,21 @@ def ensure_probe_table(spec: ClusterSpec, secrets: Secrets) -> None:
                      "at timestamptz not null default now(), primary key (run, id))")
 
 
-def probe_ids(spec: ClusterSpec, secrets: Secrets, run: str) -> set[int]:
-    """Ids the probe of `run` finds committed in the cluster now."""
-    with connect(spec, secrets) as conn:
+def probe_ids(spec: ClusterSpec, secrets: Secrets, run: str, any_role: bool = False) -> set[int]:
+    """Ids the probe of `run` finds committed in the cluster now (`any_role`: a standby site's too)."""
+    with connect(spec, secrets, any_role=any_role) as conn:
         rows = conn.execute(f"select id from {PROBE_TABLE} where run = %s", (run,)).fetchall()  # noqa: S608
     return {int(r[0]) for r in rows}
+
+
+def probe_insert(spec: ClusterSpec, secrets: Secrets, run: str, ids: list[int]) -> int:
+    """Rows `ids` of `run` committed through the R/W port, one transaction each; how many committed."""
+    done = 0
+    with connect(spec, secrets) as conn:
+        for i in ids:
+            conn.execute(f"insert into {PROBE_TABLE} (run, id) values (%s, %s)", (run, i))  # noqa: S608
+            done += 1
+    return done
 
 
 # ---- delayed replicas: replay pause and resume, a table's presence (stack/delayed.py) ----

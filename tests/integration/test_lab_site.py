@@ -4,8 +4,11 @@ Site A (the primary site) runs on lab host h1 (1 etcd, 1 node, its HAProxy); sit
 cluster, on h2 (the same). B's standby leader streams from A's HAProxy R/W port at h1's lab
 address; each site's pg_hba admits the other's host. A row written on A appears on B; then the
 site drills over hosts: `drill site-switchover` (A demoted, B promoted under a write probe, 0
-lost, A follows B) and `drill site-loss` (B's containers killed on h2, A promoted, RPO and RTO
-reported, B rebuilt as A's standby and following). Pooler, backups and fencing off: not the point.
+lost, A follows B), `drill site-loss` (B's containers killed on h2, A promoted, RPO and RTO
+reported, B rebuilt as A's standby by a rewind: its data and system identifier kept) and `drill
+site-loss --kill-hosts` (A's lab host h1 killed, B promoted; h1 boots again and A's old primary
+takes writes; the rebuild stops it and, A having promoted itself onto B's timeline number,
+clones it afresh: those writes are gone). Pooler, backups and fencing off: not the point.
 
 Ports: 20700-20707 (the lab hosts' R/W and R/O ports, and their pool ports' places, on
 127.0.0.1); lab `itsite`, scopes `pgha-it-lsa` / `pgha-it-lsb`.
@@ -100,9 +103,9 @@ def roles(env: dict[str, str], ports: dict[str, object]) -> tuple[str, str]:
     return (SCOPE_B, SCOPE_A) if a_standby else (SCOPE_A, SCOPE_B)
 
 
-def drill(env: dict[str, str], standby: str, kind: str) -> dict[str, Any]:
+def drill(env: dict[str, str], standby: str, kind: str, *extra: str) -> dict[str, Any]:
     started = time.monotonic()
-    res = pgha(env, "drill", kind, "--json", "--scope", standby, "--heal-timeout", "300", timeout=900)
+    res = pgha(env, "drill", kind, "--json", "--scope", standby, "--heal-timeout", "300", *extra, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out: dict[str, Any] = json.loads(res.stdout)
     print(f"\n{kind} drill to {standby} over hosts in {time.monotonic() - started:.1f} s: write gap "
@@ -127,15 +130,58 @@ def test_site_switchover_drill_over_hosts_loses_nothing(sites: dict[str, Any], b
             and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
 
 
-def test_site_loss_drill_over_hosts_promotes_and_rebuilds(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+def system_id(env: dict[str, str], scope: str, port: object) -> str:
+    with lab_connect(env, scope, port) as c:
+        row = c.execute("select system_identifier::text from pg_control_system()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_site_loss_drill_over_hosts_promotes_and_rewinds(sites: dict[str, Any], base_env: dict[str, str]) -> None:
+    """Every container of the primary site killed, the standby site promoted; the rebuild keeps the
+    dead site's data and Patroni rewinds it onto the promoted site's timeline."""
     ports = sites["ports"]
     p, s = roles(base_env, ports)
+    sysid = system_id(base_env, p, ports[p])
     out = drill(base_env, s, "site-loss")
     # Goals: RPO <= 1 s of writes, RTO <= 30 s; the ceilings here are generous (2 shared cores).
     assert out["rto_s"] is not None and float(out["rto_s"]) < 90, out
     assert out["rpo_s"] is not None and float(out["rpo_s"]) < 10, out
     assert out["rejoin"] == "rebuilt", out
+    print("rebuild: " + "; ".join(n for n in out["notes"] if "rebuilt as a standby" in n))
+    # Rewound: the data kept, what the dead site wrote that the promoted one never received counted
+    # (the probe's lost writes are among those commits).
+    assert out["rebuild"] == "rewound", out
+    assert out["rebuild_discarded_commits"] is not None \
+        and out["rebuild_discarded_commits"] >= len(out["lost_writes"]), out
     assert roles(base_env, ports) == (s, p)
+    assert system_id(base_env, p, ports[p]) == sysid
     with lab_connect(base_env, s, ports[s]) as c:
         c.execute("insert into site_t values ('after the site loss')")
     appears(base_env, p, ports[p], "after the site loss")  # the rebuilt site follows, over hosts
+    with lab_connect(base_env, p, ports[p]) as c:  # the rows written before, on the promoted site, are on it
+        have = c.execute("select count(*) from site_t").fetchone()
+    assert have is not None and have[0] >= 2
+
+
+def test_site_loss_killing_the_host_fences_the_returning_site(sites: dict[str, Any],
+                                                               base_env: dict[str, str]) -> None:
+    """The primary site's lab host killed (not only its containers): the failover cannot reach it
+    and says what to do; the host boots again, its engine restarts the old primary, which promotes
+    itself and takes writes (the drill writes 5 rows on it); the rebuild stops it first. It promoted
+    onto the timeline number the new site took, so it cannot be rewound: cloned afresh, saying why,
+    and the 5 rows are gone."""
+    ports = sites["ports"]
+    p, s = roles(base_env, ports)
+    out = drill(base_env, s, "site-loss", "--kill-hosts")
+    fence = [n for n in out["notes"] if n.startswith("failover: ")]
+    assert fence and "not answer" in fence[0] and f"pgha site rebuild --scope {p}" in fence[0], out["notes"]
+    rebuilt = [n for n in out["notes"] if "rebuilt as a standby" in n]
+    print(f"returning site took {out['returned_writes']} writes; rebuild: {rebuilt}")
+    assert out["returned_writes"] == 5 and out["returned_kept"] == 0, out
+    assert out["rebuild"] == "cloned afresh" and rebuilt and "promoted itself onto timeline" in rebuilt[0], out
+    assert out["rebuild_discarded_commits"] is not None and out["rebuild_discarded_commits"] >= 5, out  # its own timeline
+    assert roles(base_env, ports) == (s, p)
+    with lab_connect(base_env, s, ports[s]) as c:
+        c.execute("insert into site_t values ('after the host loss')")
+    appears(base_env, p, ports[p], "after the host loss")

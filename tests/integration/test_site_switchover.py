@@ -225,10 +225,12 @@ def test_failover_fences_and_the_old_site_is_rebuilt(sites: tuple[Cluster, Clust
             res.stderr[-2000:]
     res = pgha(b.env, "site", "rebuild", "--scope", b.scope, "--standby-of", a.scope, "--yes")
     assert res.returncode != 0 and "not a writable primary site" in res.stderr, res.stderr[-2000:]
-    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--scope", a.scope, "--standby-of", b.scope)
+    # The fresh clone, asked for (the site-loss drill below covers the rewind).
+    res = pgha(a.env, "site", "rebuild", "--yes", "--json", "--clone", "--scope", a.scope, "--standby-of", b.scope)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
-    assert out["streaming"] is True, out
+    assert out["streaming"] is True and out["method"] == "cloned afresh" and "--clone" in out["why"], out
+    assert a.container("pg-1") in out["removed"], out
     print(f"site rebuild: {a.scope} cloned from {b.scope} in {out['elapsed_s']} s")
     assert one(a, "select count(*) from probe where id = 2000001") == 1
     follows(a, b, 2000002)
@@ -262,6 +264,8 @@ def test_site_loss_drill_promotes_and_rebuilds(sites: tuple[Cluster, Cluster], e
     assert out["rto_s"] is not None and float(out["rto_s"]) < 90, out
     assert out["rpo_s"] is not None and float(out["rpo_s"]) < 10, out
     assert out["rejoin"] == "rebuilt", out
+    # The killed site's data kept: Patroni rewound it onto the promoted site's timeline.
+    assert out["rebuild"] == "rewound" and out["rebuild_discarded_commits"] >= len(out["lost_writes"]), out
     assert roles(sites) == (s, p)
     assert engine.containers.get(p.container("pg-1")).status == "running"
     follows(p, s, 3_000_002)

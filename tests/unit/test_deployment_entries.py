@@ -41,6 +41,7 @@ FORBIDDEN = ("spec", "image", "host", "path", "socket", "engine", "file", "dir",
              "volume_name", "mount", "command")
 ALLOWED = {
     ("drill", "host"): "one of the stored spec's hosts by name, for the host drills; any other is refused",
+    ("drill", "kill_hosts"): "a flag: site-loss kills the stored primary site's own lab hosts, no host is named",
 }
 # The operation's parameters an entry does not pass on, and why.
 NOT_PASSED = {
