@@ -354,8 +354,10 @@ def write_and_reload(spec: ClusterSpec, member: str, text: str) -> None:
     n: NodeExec = node(spec, member)
     if not n.running():
         return
+    # Run again if the engine cut its output short: the same file installed twice and a second
+    # SIGHUP make Patroni re-read the same configuration.
     r = n.run(["sh", "-c", f"install -o postgres -g postgres -m 0600 {layout.CONFIG_MOUNT}/patroni.yml "
-                           f"{layout.PATRONI_YML} && kill -HUP 1"], user="root")
+                           f"{layout.PATRONI_YML} && kill -HUP 1"], user="root", retries_if_lost=2)
     if not r.ok:
         raise PatroniError(f"reloading {member}'s Patroni configuration failed: {r.tail(1)}")
 
