@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from docker.types import IPAMConfig, IPAMPool
 
-from tests.integration.conftest import ROOT, pgha, without_shared_api
+from tests.integration.conftest import QUICK_WORKER, ROOT, pgha, without_shared_api
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +38,9 @@ PORT = 28710
 API = f"http://127.0.0.1:{PORT}/api"
 INTERVAL_S = 10  # the tick deployment: a run due every 10 s (each test waits for one or two of them)
 # Prefect's own knobs, given to the containers through `pgha server start` (the caller's PREFECT_WORKER_*
-# and PREFECT_SERVER_* settings, docs/howto/server.md): the worker asks for due runs every 2 s instead
-# of 10, and a run counts as Late 5 s after its time instead of 15 (looked for every 2 s instead of 5).
-# What the tests prove is the same; they wait less for it.
-QUICK_WORKER = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+# and PREFECT_SERVER_* settings, docs/howto/server.md): besides conftest's QUICK_WORKER, a run counts as
+# Late 5 s after its time instead of 15 (looked for every 2 s instead of 5). What the tests prove is the
+# same; they wait less for it.
 QUICK_LATE = {"PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "5",
               "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "2"}
 BACK_WITHIN_S = 60  # a SIGKILLed server answers again (the engine restarts it at once; the app starts in ~5-20 s)
