@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -105,6 +106,10 @@ def engine() -> docker.DockerClient:
 
 # The Prefect API every `pgha` call of a test worker shares (see `base_env`); a test that runs its
 # own server (or needs the CLI's own ephemeral API) drops these keys: `without_shared_api(env)`.
+# Given to `pgha server start` by the files that run a server (it passes the caller's PREFECT_WORKER_*
+# settings on to the worker's container, docs/howto/server.md): the worker asks for due runs every 2 s
+# instead of Prefect's 10, so a test waiting for a run waits for the run, not for the poll.
+QUICK_WORKER = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
 SHARED_API_KEYS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PGHA_EPHEMERAL_API", "PREFECT_UI_URL")
 
 
@@ -244,14 +249,18 @@ def up(cluster: Cluster) -> subprocess.CompletedProcess[str]:
 @contextmanager
 def running_cluster(engine: docker.DockerClient, env: dict[str, str], tmp: Path,
                     spec: dict[str, object]) -> Iterator[Cluster]:
-    """Bring a cluster up with the real CLI; tear it down (volumes too) whatever happens."""
+    """Bring a cluster up with the real CLI; tear it down (volumes too) whatever happens.
+
+    Torn down by label, not by `pgha down`: the verb has its own tests (test_down_up, test_life,
+    test_hardening), and its flow here cost every file a CLI start and a flow run for nothing
+    it checked."""
     c = make_cluster(engine, env, tmp, spec)
     try:
         up(c)
         yield c
     finally:
-        pgha(c.env, "down", "--volumes", "--yes", "--purge-backups", "--spec", str(c.spec_file))
         remove_scope(engine, c.scope)
+        shutil.rmtree(Path(env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

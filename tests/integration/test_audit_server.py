@@ -23,7 +23,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, without_shared_api
+from tests.integration.conftest import QUICK_WORKER, ROOT, Cluster, pgha, running_cluster, without_shared_api
 
 SERVER_PORT = 24200
 HOOK_PORT = 24209
@@ -101,7 +101,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
                receiver: Receiver) -> Iterator[dict[str, str]]:
     """`pgha server start` on a test port and temp PREFECT_HOME; stopped (exactly) at the end."""
     home = tmp_path_factory.mktemp("prefect-au")
-    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(SERVER_PORT), PREFECT_HOME=str(home),
+    env = dict(without_shared_api(base_env), **QUICK_WORKER, PGHA_SERVER_PORT=str(SERVER_PORT), PREFECT_HOME=str(home),
                PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"), PREFECT_API_URL=API,
                PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook",
                # the dead man's switch: the worker (so deployment runs) and the CLI ping it

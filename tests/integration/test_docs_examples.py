@@ -30,7 +30,7 @@ import docker
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, pgha, remove_scope, without_shared_api
+from tests.integration.conftest import QUICK_WORKER, ROOT, pgha, remove_scope, without_shared_api
 from tests.support.doc_blocks import Block, Lang, parse_file
 
 DOCS = ROOT / "docs"
@@ -66,7 +66,7 @@ def docs_env(engine: docker.DockerClient, base_env: dict[str, str],
     spec_file = work / f"{SCOPE}.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     venv_bin = str(Path(sys.executable).parent)
-    env = dict(without_shared_api(base_env), PGHA_STATE_DIR=str(work / "state"), PREFECT_HOME=str(work / "prefect"),
+    env = dict(without_shared_api(base_env), **QUICK_WORKER, PGHA_STATE_DIR=str(work / "state"), PREFECT_HOME=str(work / "prefect"),
                PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"), PGHA_SERVER_PORT=str(SERVER_PORT),
                PGHA_SPEC=str(spec_file), PATH=f"{venv_bin}:{base_env.get('PATH', '')}",
                PYTHONPATH=str(ROOT))  # this checkout's packages, as `python -m` from it would see them

@@ -25,7 +25,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, without_shared_api
+from tests.integration.conftest import QUICK_WORKER, ROOT, Cluster, pgha, running_cluster, without_shared_api
 
 SERVER_PORT = 26390
 UI = f"http://127.0.0.1:{SERVER_PORT}"
@@ -38,7 +38,7 @@ AUTH: dict[str, str] = {}  # the server's basic-auth secret, read once it starte
 def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`pgha server start` for this module's own state directory; stopped (exactly) at the end."""
     work = tmp_path_factory.mktemp("op-server")
-    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
+    env = dict(without_shared_api(base_env), **QUICK_WORKER, PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"))
     env.pop("PREFECT_API_URL", None)
     env.pop("PGHA_NO_SERVER", None)

@@ -22,7 +22,7 @@ import docker
 import httpx
 import pytest
 
-from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, without_shared_api
+from tests.integration.conftest import QUICK_WORKER, ROOT, Cluster, pgha, running_cluster, without_shared_api
 from tests.integration.test_audit_server import Receiver
 
 SERVER_PORT = 26500
@@ -46,7 +46,7 @@ def server_env(base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
     The env has no PREFECT_API_AUTH_STRING: the pgha CLI finds the credentials itself."""
     work = tmp_path_factory.mktemp("pa-server")
-    env = dict(without_shared_api(base_env), PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
+    env = dict(without_shared_api(base_env), **QUICK_WORKER, PGHA_SERVER_PORT=str(SERVER_PORT), PGHA_STATE_DIR=str(work / "state"),
                PREFECT_HOME=str(work / "prefect"), PREFECT_LOCAL_STORAGE_PATH=str(work / "prefect" / "storage"),
                PGHA_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{HOOK_PORT}/hook")
     env.pop("PREFECT_API_URL", None)

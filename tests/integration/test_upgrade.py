@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -29,7 +28,7 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tests.integration.conftest import ROOT, Cluster, make_cluster, pgha, remove_scope, up
+from tests.integration.conftest import ROOT, Cluster, pgha, remove_scope, running_cluster, up
 from tests.support.traffic import Traffic, measured
 
 SCOPE = "pgha-it-up1"
@@ -102,18 +101,8 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str], images: dict[
         yield c
 
 
-@contextmanager
-def quick_cluster(engine: docker.DockerClient, env: dict[str, str], tmp: Path,
-                  spec: dict[str, object]) -> Iterator[Cluster]:
-    """Like conftest's running_cluster, but torn down by label directly (the `down` verb is
-    tested elsewhere; skipping its flow start-up saves CI time)."""
-    c = make_cluster(engine, env, tmp, spec)
-    try:
-        up(c)
-        yield c
-    finally:
-        remove_scope(engine, c.scope)
-        shutil.rmtree(Path(env["PGHA_STATE_DIR"]) / c.scope, ignore_errors=True)
+# Files that import it from here: the same as conftest's running_cluster (torn down by label).
+quick_cluster = running_cluster
 
 
 def status(c: Cluster) -> tuple[int, dict[str, object]]:
