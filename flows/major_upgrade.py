@@ -284,11 +284,20 @@ def handover(blue: ClusterSpec, green: ClusterSpec, serving: ClusterSpec) -> flo
     return gap
 
 
-def _versions(spec: ClusterSpec) -> int | None:
-    try:
-        return pg_logical.server_major(spec, leader(spec))
-    except PghaError:
-        return None
+def _versions(spec: ClusterSpec, tries: int = 3, pause_s: float = 2.0) -> int | None:
+    """The leader's PostgreSQL major, for the result; None (and a note why) when it cannot be asked.
+
+    Asked again after a failure: on a busy machine the leader's REST answer or the `docker exec`
+    can time out once, and the result would show no version for an upgrade that went well."""
+    for attempt in range(1, tries + 1):
+        try:
+            return pg_logical.server_major(spec, leader(spec))
+        except PghaError as exc:
+            if attempt == tries:
+                note(f"{spec.scope}: PostgreSQL version not read ({str(exc).splitlines()[0][:200]})")
+                return None
+            time.sleep(pause_s)
+    return None
 
 
 @flow(name="major-upgrade", description="Blue/green major upgrade through logical replication, with a way back.")

@@ -373,9 +373,11 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
             out.append(Finding("container.running", member, Level.CRITICAL, "missing" if c is None else c.status,
                                "running", f"`pgha up` starts {name} again; docker logs {name}"))
             continue
-        healthy = c.health in ("healthy", "")
+        # `starting` before its first check (a container just started) is expected, not a warning.
+        healthy = c.health in ("healthy", "") or (c.health == "starting" and c.health_pending)
         lvl = Level.OK if healthy else (Level.WARN if c.health == "starting" else Level.CRITICAL)
-        out.append(Finding("container.running", member, lvl, f"running, {c.health or 'no health check'}",
+        seen = "starting, first check due" if c.health == "starting" and c.health_pending else c.health
+        out.append(Finding("container.running", member, lvl, f"running, {seen or 'no health check'}",
                            "running, healthy", "" if lvl == Level.OK else f"docker inspect {name} (health log)"))
         prev = baseline.restarts.get(c.name)
         delta = c.restart_count - prev[1] if prev and prev[0] == c.container_id and c.restart_count >= prev[1] else 0

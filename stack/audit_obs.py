@@ -78,6 +78,9 @@ class ContainerObs:
     restart_count: int = 0
     log_driver: str = ""  # HostConfig.LogConfig: the driver and its options (max-size, max-file)
     log_options: dict[str, str] | None = None
+    # `starting` and no check has run yet (State.Health.Log empty): the first check is due within
+    # the health interval after a start, which is not a failing one.
+    health_pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ HAPROXY_FENCE_SOCKET = f"{HAPROXY_FENCE_DIR}/api.sock"
 # The volume's tmpfs: the directory is writable and searchable but not listable by the two
 # containers' users (HAProxy's user creates the socket, the agent's user connects), sticky.
 HAPROXY_FENCE_TMPFS = "size=64k,mode=1733,nosuid,nodev,noexec"
+# Every cluster container's Docker health check runs this often (30 s grace after a start). Each
+# check is an exec through dockerd, containerd and runc: about 0.11 CPU-seconds whatever it runs,
+# so at 5 s the checks of an idle 1 etcd / 2 node cluster cost about as much as its PostgreSQL,
+# Patroni, etcd and HAProxy together (docs/benchmarks.md, "An idle cluster's CPU"). pgha's verbs
+# ask Patroni, etcd and HAProxy directly and never wait on this status; `status` and the audit show it.
+HEALTH_INTERVAL_S = 15
 
 # Users the cluster creates; the superuser name is the seed's (`postgres`).
 SUPERUSER = "postgres"

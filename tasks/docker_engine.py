@@ -24,7 +24,7 @@ from docker.models.containers import Container
 from docker.types import DriverConfig, Healthcheck, Mount
 
 from stack.errors import DockerError, StateError
-from stack.layout import CONFIG_MOUNT, HAPROXY_FENCE_TMPFS
+from stack.layout import CONFIG_MOUNT, HAPROXY_FENCE_TMPFS, HEALTH_INTERVAL_S
 from stack.topology import ContainerDef
 from tasks import config_volume
 from tasks.engine_client import (
@@ -161,8 +161,8 @@ class Engine(ConfigPush, EngineInspect):
         hc = None
         if d.healthcheck:
             sec = 1_000_000_000
-            hc = Healthcheck(test=["CMD", *d.healthcheck], interval=5 * sec, timeout=3 * sec, retries=3,
-                             start_period=30 * sec)
+            hc = Healthcheck(test=["CMD", *d.healthcheck], interval=HEALTH_INTERVAL_S * sec, timeout=3 * sec,
+                             retries=3, start_period=30 * sec)
         all_labels = {**labels(d.scope, d.role, d.member), LABEL_CONFIG: d.config_hash}
         if d.host_network:  # many hosts: the host's network namespace (no hostname, nothing to publish)
             return self.client.containers.create(

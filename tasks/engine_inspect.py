@@ -82,6 +82,7 @@ class EngineInspect(EngineClient):
                 health=health_of(ct), container_id=ct.id or "",
                 restart_count=int(ct.attrs.get("RestartCount") or 0),
                 log_driver=str(log.get("Type") or ""), log_options=dict(log.get("Config") or {}),
+                health_pending=health_pending(ct),
             ))
         return rows
 
@@ -143,6 +144,12 @@ class EngineInspect(EngineClient):
 def health_of(ct: Container) -> str:
     """The container's healthcheck status ('' when it has none)."""
     return str(((ct.attrs.get("State") or {}).get("Health") or {}).get("Status", ""))
+
+
+def health_pending(ct: Container) -> bool:
+    """`starting` with no check run yet: Docker keeps the last results in State.Health.Log."""
+    health = (ct.attrs.get("State") or {}).get("Health") or {}
+    return health.get("Status") == "starting" and not health.get("Log")
 
 
 def _published(ct: Container) -> set[int]:

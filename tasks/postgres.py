@@ -162,12 +162,22 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
 AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
 
 
+CONNECT_TIMED_OUT = "timeout expired"  # libpq's words when connect_timeout passes
+
+
 @contextmanager
 def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False,
                    any_role: bool = False) -> Iterator[psycopg.Connection]:
     """A short-lived session through the cluster's port; a query that fails inside it (the node went
-    away mid-query: a switchover, a demotion) is one PostgresError line, not psycopg's exception."""
-    conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
+    away mid-query: a switchover, a demotion) is one PostgresError line, not psycopg's exception.
+    A connection attempt that times out is made once more: on a busy machine the TLS and SCRAM
+    exchange through HAProxy can miss the 3 s once, and the audit would report a critical that is not."""
+    try:
+        conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
+    except PostgresError as exc:
+        if CONNECT_TIMED_OUT not in str(exc):
+            raise
+        conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
     try:
         with conn:
             conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")

@@ -24,7 +24,8 @@ CHECKS: tuple[Check, ...] = (
         component="containers",
         target="each container the spec runs (etcd, Patroni nodes, HAProxy, pooler, fencer, repository host)",
         checks="that the container exists, runs, and its health check passes",
-        warn="a fencing watcher is missing or stopped; or a container's health check is still `starting`",
+        warn="a fencing watcher is missing or stopped; or a container's health check is still `starting` "
+             "after a failed check (before its first check, within the health interval of a start, it is ok)",
         critical="a container is missing or not running; or it runs and its health check reports `unhealthy`",
         means="One component is down. The other rows say what it costs: `etcd.*` for an etcd member, "
               "`patroni.*` and `replication.*` for a node, `haproxy.*` for HAProxy. Without the fencing "
@@ -34,7 +35,8 @@ CHECKS: tuple[Check, ...] = (
                "the fencer or the repository host: `docker logs <scope>-MEMBER`).",
                "`pgha up` starts a stopped container and recreates a missing one; data volumes are kept.",
                "Unhealthy: `docker inspect <scope>-MEMBER` shows the health check's last outputs under "
-               "`State.Health`. `starting` right after a start is normal: audit again in a minute."),
+               "`State.Health`. `starting` after a failed check within 30 s of a start can be a slow start: "
+               "audit again in a minute."),
         fixes=("pgha up",),
     ),
     Check(

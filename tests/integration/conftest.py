@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     reruns = int(os.environ.get("IT_RERUNS", "1"))
     # Longest files first (the Makefile passes --no-loadscope-reorder, so xdist keeps this order):
-    # two workers then end together instead of one running a long file alone at the end.
+    # the workers then end together instead of one running a long file alone at the end.
     weights = json.loads(FILE_WEIGHTS.read_text())
     items.sort(key=lambda item: -weights.get(Path(str(item.fspath)).name, UNKNOWN_WEIGHT))
     for item in items:

@@ -328,6 +328,7 @@ def test_the_ui_asks_for_the_login(server_env: dict[str, str]) -> None:
     """Headless Chromium: a wrong password stays on the login page; the auth file's contents get in."""
     import re
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     chromium = Path("/usr/bin/chromium")
@@ -347,8 +348,19 @@ def test_the_ui_asks_for_the_login(server_env: dict[str, str]) -> None:
             page.get_by_placeholder("admin:pass").fill(auth_of(server_env))
             page.get_by_role("button", name="Login").click()
             page.wait_for_url(re.compile(r"^(?!.*login).*$"))
-            page.goto(f"{ui}/deployments")
-            page.get_by_text("default-teardown").first.wait_for()
+            # The list is the UI's own API call after the page loads: on a loaded machine it can miss the
+            # first 60 s, so the page is loaded once more before the test fails (with a screenshot).
+            for attempt in (1, 2):
+                page.goto(f"{ui}/deployments")
+                try:
+                    page.get_by_text("default-teardown").first.wait_for()
+                    break
+                except PlaywrightTimeout:
+                    shot = ROOT / "test-artifacts" / f"ui-login-deployments-{attempt}.png"
+                    shot.parent.mkdir(exist_ok=True)
+                    page.screenshot(path=str(shot))
+                    if attempt == 2:
+                        raise
         finally:
             browser.close()
 

@@ -293,6 +293,15 @@ def test_containers_healthy_first_audit() -> None:
     assert by(fs, "container.restarts", "pg-1").observed == "0 (first audit)"
 
 
+def test_starting_before_its_first_check_is_ok_after_a_failed_one_a_warning() -> None:
+    pending = AO.ContainerObs("lab-pg-2", "pg-2", "running", "starting", "id-pg-2", health_pending=True)
+    row = by(A.check_containers(containers(**{"pg-2": pending}), SPEC, TH, AO.Baseline()), "container.running", "pg-2")
+    assert (row.status, row.observed) == (Level.OK, "running, starting, first check due")
+    failed = AO.ContainerObs("lab-pg-2", "pg-2", "running", "starting", "id-pg-2", health_pending=False)
+    row = by(A.check_containers(containers(**{"pg-2": failed}), SPEC, TH, AO.Baseline()), "container.running", "pg-2")
+    assert (row.status, row.observed) == (Level.WARN, "running, starting")
+
+
 def test_container_stopped_unhealthy_or_starting() -> None:
     fs = A.check_containers(containers(**{
         "pg-2": AO.ContainerObs("lab-pg-2", "pg-2", "exited", "", "id-pg-2"),
@@ -418,3 +427,17 @@ def test_failsafe_mode_and_running_on_it() -> None:
     active = by(A.check_failsafe(True, ["pg-1"], SPEC), "patroni.failsafe_active", "lab")
     assert active.status == Level.WARN and "pg-1" in active.observed
     assert A.check_failsafe(None, [], SPEC, "no node answers")[0].status == Level.WARN
+
+
+def test_health_pending_is_starting_with_no_check_run_yet() -> None:
+    from types import SimpleNamespace
+
+    from tasks.engine_inspect import health_pending
+
+    def ct(health: dict[str, object] | None) -> SimpleNamespace:
+        return SimpleNamespace(attrs={"State": {"Status": "running", **({"Health": health} if health else {})}})
+
+    assert health_pending(ct({"Status": "starting", "FailingStreak": 0, "Log": None}))
+    assert not health_pending(ct({"Status": "starting", "FailingStreak": 0, "Log": [{"ExitCode": 1}]}))
+    assert not health_pending(ct({"Status": "healthy", "Log": [{"ExitCode": 0}]}))
+    assert not health_pending(ct(None))
