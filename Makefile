@@ -42,7 +42,7 @@ docs-build: venv         ## build the docs site into build/site (strict: fails o
 docs: venv               ## build and serve the docs on http://127.0.0.1:$${PGHA_DOCS_PORT:-8000}
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict -a 127.0.0.1:$${PGHA_DOCS_PORT:-8000}
 
-IT_WORKERS ?= 3
+IT_WORKERS ?= 2
 # A test runs once and must pass. Only tests marked `timing_sensitive` (they assert a ceiling on a
 # write gap or an alert's delay, which a 2-core machine running two files at once can stretch)
 # run once more after a failure (IT_RERUNS times), listed under "rerun test summary info" with
