@@ -163,8 +163,6 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
 AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
 
 
-
-
 @contextmanager
 def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False,
                    any_role: bool = False) -> Iterator[psycopg.Connection]:

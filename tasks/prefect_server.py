@@ -173,6 +173,9 @@ def ensure_pool() -> str:
             return f"work pool {POOL} exists"
         except ObjectNotFound:
             pass
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot read work pool {POOL}: the server at {api_url()} did not answer "
+                              f"({type(exc).__name__})") from None
         try:
             client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
@@ -181,6 +184,9 @@ def ensure_pool() -> str:
         except PrefectHTTPStatusError as exc:
             raise ServerError(f"cannot create work pool {POOL}: HTTP {exc.response.status_code} "
                               f"{exc.response.text[:200]}") from None
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot create work pool {POOL}: the server at {api_url()} did not answer "
+                              f"({type(exc).__name__})") from None
     return f"work pool {POOL} created"
 
 
