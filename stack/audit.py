@@ -374,9 +374,10 @@ def check_containers(containers: list[ContainerObs], spec: ClusterSpec, th: Audi
                                "running", f"`pgha up` starts {name} again; docker logs {name}"))
             continue
         # `starting` before its first check (a container just started) is expected, not a warning.
-        healthy = c.health in ("healthy", "") or (c.health == "starting" and c.health_pending)
-        lvl = Level.OK if healthy else (Level.WARN if c.health == "starting" else Level.CRITICAL)
-        seen = "starting, first check due" if c.health == "starting" and c.health_pending else c.health
+        first_due = c.health == "starting" and c.health_pending
+        lvl = Level.OK if c.health in ("healthy", "") or first_due else (
+            Level.WARN if c.health == "starting" else Level.CRITICAL)
+        seen = "starting, first check due" if first_due else c.health
         out.append(Finding("container.running", member, lvl, f"running, {seen or 'no health check'}",
                            "running, healthy", "" if lvl == Level.OK else f"docker inspect {name} (health log)"))
         prev = baseline.restarts.get(c.name)

@@ -21,9 +21,11 @@ T = TypeVar("T")
 
 # tasks.node_exec's note on a command whose output stream ended before its exit mark.
 OUTPUT_CUT = "the engine cut this command's output short"
+# libpq's words when its connect_timeout passes (a busy machine's TLS and SCRAM exchange through HAProxy).
+CONNECT_TIMED_OUT = "timeout expired"
 # What the adapters say when the engine or a connection went away under a call.
 TRANSIENT_MARKS = (OUTPUT_CUT, "engine does not answer", "connection reset", "connection aborted",
-                   "broken pipe", "remote end closed connection")
+                   "broken pipe", "remote end closed connection", CONNECT_TIMED_OUT)
 # Transport errors by class name (requests', urllib3's, http.client's), which a pure module does not import.
 TRANSPORT_ERRORS = frozenset({"ConnectionError", "ChunkedEncodingError", "ProtocolError", "RemoteDisconnected",
                               "IncompleteRead", "ReadTimeout"})

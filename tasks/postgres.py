@@ -22,6 +22,7 @@ from stack.audit_obs import PostgresObs, ReplicationRow
 from stack.errors import PostgresError
 from stack.hosts import multi_host_uri
 from stack.layout import SOCKET_DIR, SUPERUSER
+from stack.retry import with_retries
 from stack.rolling import Setting
 from stack.secrets import Secrets
 from stack.spec import ClusterSpec
@@ -162,22 +163,15 @@ def wait_endpoints(spec: ClusterSpec, secrets: Secrets, timeout: float = 60) -> 
 AUDIT_STATEMENT_TIMEOUT = "5s"  # an audit query must never hang on a lock or a sick node
 
 
-CONNECT_TIMED_OUT = "timeout expired"  # libpq's words when connect_timeout passes
-
-
 @contextmanager
 def _audit_connect(spec: ClusterSpec, secrets: Secrets, read_only: bool = False,
                    any_role: bool = False) -> Iterator[psycopg.Connection]:
     """A short-lived session through the cluster's port; a query that fails inside it (the node went
     away mid-query: a switchover, a demotion) is one PostgresError line, not psycopg's exception.
-    A connection attempt that times out is made once more: on a busy machine the TLS and SCRAM
-    exchange through HAProxy can miss the 3 s once, and the audit would report a critical that is not."""
-    try:
-        conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
-    except PostgresError as exc:
-        if CONNECT_TIMED_OUT not in str(exc):
-            raise
-        conn = connect(spec, secrets, read_only=read_only, any_role=any_role)
+    A connection attempt that fails transiently (`stack.retry.classify`, libpq's connect timeout above
+    all) is made once more: on a busy machine the TLS and SCRAM exchange through HAProxy can miss the
+    3 s once, and the audit would report a critical that is not. A refusal is raised at once."""
+    conn = with_retries(lambda: connect(spec, secrets, read_only=read_only, any_role=any_role), delays_s=(0.0,))
     try:
         with conn:
             conn.execute(f"set statement_timeout = '{AUDIT_STATEMENT_TIMEOUT}'")

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +160,46 @@ def start_server(image: str) -> str:
 
 
 def ensure_pool() -> str:
-    if _prefect("work-pool", "inspect", POOL, timeout=60).returncode == 0:
-        return f"work pool {POOL} exists"
-    r = _prefect("work-pool", "create", POOL, "--type", "process", timeout=60)
-    if r.returncode != 0 and "already exists" not in (r.stdout or "") + (r.stderr or ""):
-        raise ServerError(f"cannot create work pool {POOL}: {((r.stdout or '') + (r.stderr or '')).strip()[-300:]}")
+    """The process work pool `POOL`, created when missing (with the process worker's default job
+    template, what `prefect work-pool create --type process` gives), through the API client: two
+    `prefect` processes cost about 5 s of CPU here."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+    from prefect.workers.process import ProcessWorker
+
+    with _client() as client:
+        try:
+            client.read_work_pool(POOL)
+            return f"work pool {POOL} exists"
+        except ObjectNotFound:
+            pass
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot read work pool {POOL}: the server at {api_url()} did not answer "
+                              f"({type(exc).__name__})") from None
+        try:
+            client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:
+            return f"work pool {POOL} exists"
+        except PrefectHTTPStatusError as exc:
+            raise ServerError(f"cannot create work pool {POOL}: HTTP {exc.response.status_code} "
+                              f"{exc.response.text[:200]}") from None
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot create work pool {POOL}: the server at {api_url()} did not answer "
+                              f"({type(exc).__name__})") from None
     return f"work pool {POOL} created"
+
+
+@contextmanager
+def _client() -> Iterator[Any]:
+    """A synchronous Prefect client of this server (its URL and basic auth), for the calls `start_all` makes."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    auth = auth_string()
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url(), **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
+    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
+        yield client
 
 
 def deploy() -> str:
@@ -179,15 +215,10 @@ def deploy() -> str:
 def seal_schemas() -> int:
     """Close the parameter schema of every deployment of pgha's entry flows (`stack.deployed.sealed_schema`):
     the server then refuses a run with a parameter its flow does not take (a `spec` above all)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
     from stack.deployed import ENTRY_MODULE, sealed_schema
 
-    auth = auth_string()
-    updates: dict[Any, Any] = {PREFECT_API_URL: api_url(), **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
     n = 0
-    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
+    with _client() as client:
         for dep in client.read_deployments():
             if not (dep.entrypoint or "").startswith(f"{ENTRY_MODULE}:"):
                 continue

@@ -20,6 +20,15 @@ if [ -r "$auth_file" ]; then
   unset auth
 fi
 
+# A server on an empty volume with the default SQLite database starts from the image's migrated
+# copy (written under a temporary name, then renamed: a crash mid-copy leaves no half database).
+template=/opt/pgha/prefect-template/prefect.db
+if [ "$role" = server ] && [ -n "${PREFECT_HOME:-}" ] && [ -s "$template" ] \
+   && [ -z "${PREFECT_SERVER_DATABASE_CONNECTION_URL:-}${PREFECT_API_DATABASE_CONNECTION_URL:-}" ] \
+   && [ ! -e "$PREFECT_HOME/prefect.db" ]; then
+  cp "$template" "$PREFECT_HOME/.prefect.db.new" && mv "$PREFECT_HOME/.prefect.db.new" "$PREFECT_HOME/prefect.db"
+fi
+
 case "$role" in
   server|worker) exec python -m prefect "$@" ;;
   *)

@@ -17,8 +17,7 @@ import docker
 import psycopg
 import pytest
 
-from tests.integration.conftest import Cluster, pgha
-from tests.integration.test_upgrade import quick_cluster
+from tests.integration.conftest import Cluster, pgha, running_cluster
 
 SCOPE = "pgha-it-delayed"
 # Long enough that a row checked 2 s after its commit, and a table dropped two `pgha` calls before the
@@ -48,7 +47,7 @@ def on_node(engine: docker.DockerClient, c: Cluster, member: str, sql: str) -> s
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("delayed"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("delayed"), SPEC) as c:
         # The table the recovery test drops: created at once, so that it has replayed on the
         # delayed node by the time that test runs (the other tests use the wait).
         with superuser(c) as conn:

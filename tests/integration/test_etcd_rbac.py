@@ -19,8 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import Cluster, pgha
-from tests.integration.test_upgrade import quick_cluster
+from tests.integration.conftest import Cluster, pgha, running_cluster
 
 SCOPE = "pgha-it-er-rbac"
 SPEC = {"scope": SCOPE, "nodes": 2, "etcd_members": 1, "fencing": True, "pooler": {"enabled": True},
@@ -71,7 +70,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("rbac"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("rbac"), SPEC) as c:
         yield c
 
 

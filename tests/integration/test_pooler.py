@@ -36,8 +36,7 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tests.integration.conftest import ROOT, Cluster, pgha, remove_scope
-from tests.integration.test_upgrade import quick_cluster
+from tests.integration.conftest import ROOT, Cluster, pgha, remove_scope, running_cluster
 from tests.support.traffic import measured
 
 SCOPE = "pgha-it-pool"
@@ -57,7 +56,7 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if PGBENCH is None:
         pytest.fail("these tests need pgbench on the host (Debian: postgresql-client)")
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("pool"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("pool"), SPEC) as c:
         passfile = Path(c.env["PGHA_STATE_DIR"]) / "pgpass-pool"
         passfile.write_text(f"127.0.0.1:*:*:postgres:{c.secrets['superuser']}\n")
         passfile.chmod(0o600)

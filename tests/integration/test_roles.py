@@ -26,9 +26,8 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.conftest import ROOT, Cluster, pgha, up
+from tests.integration.conftest import ROOT, Cluster, pgha, running_cluster, up
 from tests.integration.test_pooler import figure, has_open, held_lock, leader
-from tests.integration.test_upgrade import quick_cluster
 
 SCOPE = "pgha-it-roles"
 PGBENCH = shutil.which("pgbench")
@@ -59,7 +58,7 @@ def cluster(engine: docker.DockerClient, base_env: dict[str, str],
     pwfile = tmp / "batch.pw"
     pwfile.write_text(BATCH_PASSWORD + "\n")
     pwfile.chmod(0o600)
-    with quick_cluster(engine, base_env, tmp, spec_of(pwfile)) as c:
+    with running_cluster(engine, base_env, tmp, spec_of(pwfile)) as c:
         yield c
 
 

@@ -19,8 +19,7 @@ import pytest
 
 from stack.spec import parse_spec
 from tasks.host.secrets import load_or_create
-from tests.integration.conftest import Cluster, pgha, remove_scope
-from tests.integration.test_upgrade import quick_cluster
+from tests.integration.conftest import Cluster, pgha, remove_scope, running_cluster
 from tests.support.traffic import measured
 
 # etcd requires client certificates (tls on): pgha's, mounted in every etcd member.
@@ -37,7 +36,7 @@ ROWS = 500
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("up2"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("up2"), SPEC) as c:
         seed(c)
         yield c
 

@@ -27,8 +27,7 @@ from stack.spec import parse_spec
 from tasks.docker_engine import Engine
 from tasks.host.secrets import load_or_create
 from tasks.node_exec import NodeExec
-from tests.integration.conftest import Cluster, pgha
-from tests.integration.test_upgrade import quick_cluster
+from tests.integration.conftest import Cluster, pgha, running_cluster
 from tests.support import prometheus
 from tests.support.traffic import measured
 
@@ -44,7 +43,7 @@ PROMETHEUS_PORT = 23101
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("tls"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("tls"), SPEC) as c:
         yield c
 
 

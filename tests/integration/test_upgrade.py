@@ -97,12 +97,9 @@ def versions(engine: docker.DockerClient, images: dict[str, str]) -> dict[str, i
 @pytest.fixture(scope="module")
 def cluster(engine: docker.DockerClient, base_env: dict[str, str], images: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with quick_cluster(engine, base_env, tmp_path_factory.mktemp("up1"), SPEC) as c:
+    with running_cluster(engine, base_env, tmp_path_factory.mktemp("up1"), SPEC) as c:
         yield c
 
-
-# Files that import it from here: the same as conftest's running_cluster (torn down by label).
-quick_cluster = running_cluster
 
 
 def status(c: Cluster) -> tuple[int, dict[str, object]]:
