@@ -12,10 +12,9 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import docker.errors
-from docker.types import IPAMConfig, IPAMPool, Mount
+from docker.types import HostConfig, IPAMConfig, IPAMPool, Mount
 
 from stack import lab_seed
 from stack.errors import DockerError, StateError
@@ -86,9 +85,9 @@ def ensure_network(engine: Engine, lab: str, net_name: str, subnets: Iterable[st
 
 
 def _host_config(engine: Engine, mounts: list[Mount], ports: dict[int, tuple[str, int]] | None = None,
-                 network_mode: str | None = None) -> dict[str, Any]:
+                 network_mode: str | None = None) -> HostConfig:
     """A Docker-in-Docker container's host config: the flags measured to work without --privileged."""
-    hc: dict[str, Any] = engine.client.api.create_host_config(
+    hc: HostConfig = engine.client.api.create_host_config(
         cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         tmpfs={"/run": "", "/tmp": ""},  # noqa: S108 - tmpfs mounts inside the lab host
