@@ -96,6 +96,12 @@ def copy_failure(exit_code: int, output: str) -> str:
     return f"cp exited {exit_code}: {tail[0][:200]}"
 
 
+def seed_broken(seeded: dict[str, str]) -> bool:
+    """Whether a copy found the seed without its marker: a crashed make's leftover, removed so the next
+    `lab up` makes it again (its maker is gone, or the seed would not have been copied)."""
+    return copy_failure(COPY_NO_SEED, "") in seeded.values()
+
+
 def image_outcome(hosts: list[str], seeded: dict[str, str], loaded: dict[str, bool]) -> str:
     """One line about how each lab host got the node image: from the seed, loaded, or already had it.
 

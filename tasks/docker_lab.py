@@ -309,6 +309,8 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str, seed: 
     seeded: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
         list(pool.map(lambda h: _run_host(name, h, lab_image, engine, seed_key, seeded), hosts))
+    if seed_key and lab_seed.seed_broken(seeded):
+        docker_lab_hosts.remove_volumes(local, [lab_seed.seed_volume(seed_key)])
     result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path),
                             hosts=hosts, engine=engine)
     _write_record(result)

@@ -95,3 +95,10 @@ def test_image_outcome() -> None:
     assert lab_seed.image_outcome(["h1"], {"h1": ""}, {"h1": True}) == (
         "node image: h1 loaded (absent after the seed's copy)")
     assert lab_seed.image_outcome(["h1"], {}, {"h1": False}) == "node image: h1 had it"  # a lab completed
+
+
+def test_a_seed_without_its_marker_is_broken_other_failures_are_not() -> None:
+    assert lab_seed.seed_broken({"h1": "", "h2": lab_seed.copy_failure(lab_seed.COPY_NO_SEED, "")})
+    assert not lab_seed.seed_broken({"h1": "", "h2": lab_seed.copy_failure(lab_seed.COPY_NOT_EMPTY, "")})
+    assert not lab_seed.seed_broken({"h1": lab_seed.copy_failure(1, "cp: No space left on device")})
+    assert not lab_seed.seed_broken({})
