@@ -15,6 +15,7 @@ below are the ones measured to work (FIELD-NOTES, 2026-11-26).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -205,7 +206,7 @@ def ensure_seed(local: Engine, lab_image: str, node_image: str, log: list[str]) 
             if step is lab_seed.SeedStep.USE:
                 return key
             if step is lab_seed.SeedStep.CLEAR:
-                log.append(f"lab seed {key}: removing a maker left by a crashed run ({age:.0f} s old)")
+                log.append(f"lab seed {key}: removing a maker left by a crashed run ({age or 0:.0f} s old)")
                 docker_lab_hosts.remove_seed(local, key)
             elif step is lab_seed.SeedStep.WAIT:
                 docker_lab_hosts.wait_maker_gone(local, key, lab_seed.SEED_WAIT_SECONDS)
@@ -245,8 +246,13 @@ def _make_seed(local: Engine, key: str, lab_image: str, node_image: str, log: li
             LOG.warning("lab seed %s not made (%s): the node image is loaded into each lab host", key, why)
             docker_lab_hosts.remove_seed(local, key)
             return False
+        except BaseException:  # interrupted (Ctrl-C, a timeout): nothing half-made is left behind
+            docker_lab_hosts.remove_seed(local, key)
+            raise
     finally:
         shutil.rmtree(sock, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another maker's socket dir in it: it stays
+            sock.parent.rmdir()
 
 
 def _write_record(status: plan.LabStatus) -> None:
