@@ -19,7 +19,7 @@ NameOpt = typer.Option("lab", "--name", help="the lab's name (label pgha.lab=<na
 def _json(st: LabStatus) -> dict[str, Any]:
     """`docker` is the engine URL the cluster's spec uses (tcp:// with `tls` files under --engine tcp,
     ssh:// with `ssh` files under --engine ssh)."""
-    return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine,
+    return {"name": st.name, "network": st.network, "spec": st.spec, "engine": st.engine, "images": st.images,
             "hosts": [{"name": h.name, "container": h.container, "docker": h.docker, "address": h.address,
                        "rw_port": h.rw_port, "ro_port": h.ro_port, "engine_port": h.engine_port,
                        "pool_port": h.pool_port,
@@ -38,6 +38,8 @@ def _render(done: Done[Any]) -> None:
         sys.stdout.write(f"{h.name}  {h.container}  {h.state or '?'}  address {h.address}  "
                          f"R/W 127.0.0.1:{h.rw_port}  R/O 127.0.0.1:{h.ro_port}  "
                          + (f"pool 127.0.0.1:{h.pool_port}  " if h.pool_port else "") + f"engine {h.docker}\n")
+    if st.images:
+        sys.stdout.write(f"{st.images}\n")
     sys.stdout.write(f"spec: {st.spec}\n(start the cluster with `pgha up --spec {st.spec}`)\n")
 
 
@@ -53,7 +55,10 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
                                            "(tcp:// + mutual TLS on 127.0.0.1, port base+2N+(i-1)) or ssh "
                                            "(ssh:// to the host's sshd, same port, a key made for the lab)"),
            as_json: bool = JsonOpt) -> Done[_Json]:
-    """Create N lab hosts (each its own dockerd), load the node image, write a ready spec.
+    """Create N lab hosts (each its own dockerd) holding the node image, write a ready spec.
+
+    Each new host's /var/lib/docker is copied from the lab seed (an engine's directory that holds the
+    node image, made once per image pair, volume `pgha-lab-seed-<key>`); the image is loaded when that fails.
 
     Example: pgha lab up --hosts 3 --engine tcp
     """
@@ -66,7 +71,7 @@ def lab_up(hosts: int = typer.Option(3, "--hosts", help="how many simulated host
 @lab_app.command("image")
 @command()
 def lab_image() -> None:
-    """Build the lab host image (and the node image it loads) if missing; prints their tags.
+    """Build the lab host image (and the node image it loads) and the lab seed if missing; prints their tags.
 
     Example: pgha lab image
     """

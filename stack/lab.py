@@ -81,6 +81,7 @@ class LabStatus(BaseModel):
     spec: str
     hosts: list[LabHost]
     engine: str = "unix"
+    images: str = ""  # how each host got the node image at the last `lab up` (from the seed, loaded)
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:

@@ -79,6 +79,14 @@ def has_image(engine: Engine, ref: str) -> bool:
         raise ImageError(f"cannot inspect image {ref}: {exc.explanation or exc}") from None
 
 
+def image_id(engine: Engine, ref: str) -> str:
+    """The image's ID (sha256:...), which changes when an image is rebuilt under the same tag."""
+    try:
+        return str(engine.client.images.get(ref).id)
+    except docker.errors.APIError as exc:
+        raise ImageError(f"cannot inspect image {ref}: {exc.explanation or exc}") from None
+
+
 def image_env(engine: Engine, tag: str) -> list[str] | None:
     """The environment baked into an image (None when the image does not exist)."""
     try:

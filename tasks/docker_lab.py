@@ -15,8 +15,10 @@ below are the ones measured to work (FIELD-NOTES, 2026-11-26).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from stack import lab as plan
-from stack.errors import DockerError, StateError, UsageError
+from stack import lab_seed
+from stack.errors import DockerError, PghaError, StateError, UsageError
 from stack.hosts import EngineSSH, EngineTLS
 from stack.spec import ClusterSpec, parse_spec
 from stack.wait import wait_for
@@ -42,6 +45,8 @@ LAB_REPO = "pgha/lab"
 SOCKET_IN_HOST = "/run/lab"
 ENGINE_TLS = "engine-tls"  # lab_dir/engine-tls: the lab CA (its key never mounted), pgha's client files
 ENGINE_SSH = "ssh"  # lab_dir/ssh: pgha's key pair and known_hosts; <host>/: its host key and authorized_keys
+SEED_SOCKETS = "lab-seed"  # state_root()/lab-seed/<key>: the seed maker's engine socket while it runs
+LOG = logging.getLogger("pgha.lab")
 
 
 def lab_dir(name: str) -> Path:
@@ -137,7 +142,10 @@ def build_images() -> list[str]:
     log: list[str] = []
     node_image, more = images.ensure_image(ClusterSpec())
     log += more
-    return [node_image, ensure_lab_image(local_engine(), log), *log]
+    lab_image = ensure_lab_image(local_engine(), log)
+    key = ensure_seed(local_engine(), lab_image, node_image, log)
+    log.append(f"lab seed {lab_seed.seed_volume(key)} ready" if key else "no lab seed: lab hosts load the node image")
+    return [node_image, lab_image, *log]
 
 
 def exists(name: str) -> bool:
@@ -172,24 +180,95 @@ def host_run(name: str, host: plan.LabHost, image: str, engine: str) -> docker_l
         ports=bindings, command=plan.dockerd_args(engine))
 
 
-def _run_host(name: str, host: plan.LabHost, image: str, engine: str) -> None:
+def _run_host(name: str, host: plan.LabHost, image: str, engine: str, seed: str | None,
+              seeded: dict[str, str]) -> None:
+    """Run lab host `host`; a volume made anew is first filled from the seed `seed` (its key), and
+    `seeded[host]` says how that went ("" copied, else why not)."""
     _socket_dir(name, host.name).mkdir(parents=True, exist_ok=True)
-    docker_lab_hosts.ensure_host(local_engine(), name, host_run(name, host, image, engine),
-                                 plan.volume_name(name, host.name))
+    local = local_engine()
+
+    def fill(volume: str) -> None:
+        assert seed is not None
+        seeded[host.name] = docker_lab_hosts.fill_from_seed(local, name, seed, image, volume)
+
+    docker_lab_hosts.ensure_host(local, name, host_run(name, host, image, engine), plan.volume_name(name, host.name),
+                                 fill=fill if seed else None)
+
+
+def ensure_seed(local: Engine, lab_image: str, node_image: str, log: list[str]) -> str | None:
+    """The key of a complete seed for (lab image, node image), made if missing (stack/lab_seed.py);
+    None when there is none to copy (the lab hosts load the node image; why is in `log`)."""
+    try:
+        key = lab_seed.seed_key(docker_images.image_id(local, lab_image), docker_images.image_id(local, node_image))
+        for _ in range(4):  # USE or MAKE end it; CLEAR and WAIT look again
+            exists, age = docker_lab_hosts.seed_state(local, key)
+            step = lab_seed.seed_step(exists, age)
+            if step is lab_seed.SeedStep.USE:
+                return key
+            if step is lab_seed.SeedStep.CLEAR:
+                log.append(f"lab seed {key}: removing a maker left by a crashed run ({age or 0:.0f} s old)")
+                docker_lab_hosts.remove_seed(local, key)
+            elif step is lab_seed.SeedStep.WAIT:
+                docker_lab_hosts.wait_maker_gone(local, key, lab_seed.SEED_WAIT_SECONDS)
+            elif (made := _make_seed(local, key, lab_image, node_image, log)) is not None:
+                return key if made else None
+    except PghaError as exc:
+        log.append(f"no lab seed ({str(exc).splitlines()[0][:300]})")
+        LOG.warning("no lab seed (%s): the node image is loaded into each lab host", str(exc).splitlines()[0][:300])
+    return None
+
+
+def _make_seed(local: Engine, key: str, lab_image: str, node_image: str, log: list[str]) -> bool | None:
+    """Make the seed: a throwaway lab host loads the node image, its engine stops cleanly, the marker
+    is written last. True when made, False when it failed (removed again), None when another run's
+    maker took the name first."""
+    sock = state_root() / SEED_SOCKETS / key
+    sock.mkdir(parents=True, exist_ok=True)
+    try:
+        if not docker_lab_hosts.start_seed_maker(local, key, lab_image, node_image, str(sock)):
+            return None
+        try:
+            for gone in docker_lab_hosts.remove_volumes(
+                    local, lab_seed.stale_seeds(docker_lab_hosts.seed_volumes(local), key)):
+                log.append(f"removed the lab seed {gone} (other images)")
+            inner = _socket_up(f"the lab seed {key}'s engine", f"unix://{sock / 'docker.sock'}",
+                               lab_seed.seed_maker(key))
+            docker_images.copy_image(local, node_image, [inner], what="the lab seed")
+            if code := docker_lab_hosts.stop_seed_maker(local, key):
+                raise DockerError(f"the seed's engine stopped with exit code {code}")
+            docker_lab_hosts.mark_seed_complete(local, key, lab_image)
+            docker_lab_hosts.remove_seed_maker(local, key)
+            log.append(f"made the lab seed {lab_seed.seed_volume(key)} ({node_image})")
+            return True
+        except PghaError as exc:
+            why = str(exc).splitlines()[0][:300]
+            log.append(f"lab seed {key} not made ({why}); the node image is loaded instead")
+            LOG.warning("lab seed %s not made (%s): the node image is loaded into each lab host", key, why)
+            docker_lab_hosts.remove_seed(local, key)
+            return False
+        except BaseException:  # interrupted (Ctrl-C, a timeout): nothing half-made is left behind
+            docker_lab_hosts.remove_seed(local, key)
+            raise
+    finally:
+        shutil.rmtree(sock, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another maker's socket dir in it: it stays
+            sock.parent.rmdir()
 
 
 def _write_record(status: plan.LabStatus) -> None:
     write_private(lab_dir(status.name) / "lab.json", status.model_dump_json(indent=2))
 
 
-def up(name: str, n_hosts: int, port_base: int, scope: str, engine: str = "unix") -> plan.LabStatus:
-    """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
+def up(name: str, n_hosts: int, port_base: int, scope: str, engine: str = "unix", seed: bool = True) -> plan.LabStatus:
+    """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first.
+
+    `seed=False` loads the node image into every host instead of copying the seed (the benchmark's baseline)."""
     if why := plan.check_engine(engine):
         raise UsageError(why)
-    return _up(name, n_hosts, port_base, scope, engine)
+    return _up(name, n_hosts, port_base, scope, engine, seed)
 
 
-def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> plan.LabStatus:
+def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str, seed: bool) -> plan.LabStatus:
     """Create (or complete) lab `name` with `n_hosts` hosts; returns its status. Refuses bad input first."""
     for why in (plan.check_name(name), plan.check_hosts(n_hosts)):
         if why:
@@ -232,8 +311,12 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     if engine == "ssh":
         login = ensure_engine_ssh(name, hosts)
         hosts = [h.model_copy(update={"ssh": login}) for h in hosts]
+    seed_key = ensure_seed(local, lab_image, node_image, log) if seed else None
+    seeded: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=n_hosts) as pool:  # the hosts boot at once
-        list(pool.map(lambda h: _run_host(name, h, lab_image, engine), hosts))
+        list(pool.map(lambda h: _run_host(name, h, lab_image, engine, seed_key, seeded), hosts))
+    if seed_key and lab_seed.seed_broken(seeded):
+        docker_lab_hosts.remove_volumes(local, [lab_seed.seed_volume(seed_key)])
     result = plan.LabStatus(name=name, network=plan.network_name(name), subnet=subnet, spec=str(spec_path),
                             hosts=hosts, engine=engine)
     _write_record(result)
@@ -241,7 +324,12 @@ def _up(name: str, n_hosts: int, port_base: int, scope: str, engine: str) -> pla
     parse_spec(spec_data, str(spec_path))
     write_private(spec_path, "# Written by `pgha lab up`: a cluster over the lab's hosts.\n"
                   + yaml.safe_dump(spec_data, sort_keys=False))
-    _load_node_image(hosts, node_image)
+    loaded = _load_node_image(hosts, node_image)
+    result.images = lab_seed.image_outcome([h.name for h in hosts], seeded,
+                                           {h.name: loaded.get(h.name, False) for h in hosts})
+    if any(why for why in seeded.values()):
+        LOG.warning("lab %s: %s", name, result.images)
+    _write_record(result)
     for h in hosts:  # the cluster's way in: the spec is handed out once it answers
         _tcp_engine_up(h)
         _ssh_engine_up(h)
@@ -280,20 +368,26 @@ def _tcp_engine_up(host: plan.LabHost, timeout: float = 60) -> None:
              interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
 
 
+def _socket_up(what: str, url: str, container: str, timeout: float = 60, name: str = "") -> Engine:
+    """Wait for a Docker-in-Docker engine to answer on its socket; a handle on it (long timeout: image loads)."""
+    wait_for(what, lambda: engine_answers(url), lambda v: v == "ok", timeout=timeout,
+             interval=0.5, logs=lambda: local_engine().logs(container, tail=10))
+    return Engine(name or container, url=url, timeout=600)
+
+
 def _engine_up(host: plan.LabHost, timeout: float = 60) -> Engine:
     """Wait for the lab host's engine to answer on its socket; a handle on it (long timeout: image loads)."""
     url = f"unix://{host.socket_url.removeprefix('unix://')}"
-    wait_for(f"lab host {host.name}'s engine", lambda: engine_answers(url), lambda v: v == "ok", timeout=timeout,
-             interval=0.5, logs=lambda: local_engine().logs(host.container, tail=10))
-    return Engine(host.name, url=url, timeout=600)
+    return _socket_up(f"lab host {host.name}'s engine", url, host.container, timeout, name=host.name)
 
 
-def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> None:
-    """Load the node image into every lab host that lacks it, from ONE `docker save` stream fanned
-    out to a `docker load` per host running at once (the real engine tars the 800 MB image once)."""
+def _load_node_image(hosts: list[plan.LabHost], node_image: str) -> dict[str, bool]:
+    """Load the node image into every lab host that lacks it (none, when the seed was copied), from ONE
+    `docker save` stream fanned out to a `docker load` per host running at once (the real engine tars
+    the 800 MB image once). {host: loaded now}."""
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
         engines = list(pool.map(_engine_up, hosts))
-    docker_images.copy_image(local_engine(), node_image, engines, what="lab host")
+    return docker_images.copy_image(local_engine(), node_image, engines, what="lab host")
 
 
 def status(name: str) -> plan.LabStatus:

@@ -39,6 +39,15 @@ def test_lab_status_lists_each_host(lab: dict[str, object], base_env: dict[str, 
     assert all(h["docker"].startswith("unix://") and h["state"] == "running" for h in hosts)
     assert all(h["container"] == f"pgha-lab-{LAB}-{h['name']}" for h in hosts)
     assert Path(st["spec"]).exists()
+    # Each host's /var/lib/docker was copied from the lab seed, not loaded (the load is the fallback).
+    assert st["images"] == "node image: h1 from the seed, h2 from the seed, h3 from the seed", st["images"]
+
+
+def test_the_lab_seed_is_no_labs_resource(lab: dict[str, object], engine: docker.DockerClient) -> None:
+    seeds = engine.volumes.list(filters={"label": "pgha.lab-seed"})
+    assert len(seeds) == 1, [v.name for v in seeds]  # one kept, the other image pairs' removed
+    labels = seeds[0].attrs["Labels"]
+    assert "pgha.lab" not in labels and str(seeds[0].name) == f"pgha-lab-seed-{labels['pgha.lab-seed']}"
 
 
 def test_members_spread_one_per_host(lab: dict[str, object]) -> None:
