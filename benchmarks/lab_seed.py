@@ -103,12 +103,15 @@ def main() -> None:
         print(f"seed made: {d['wall']:.1f} s wall, {d['machine']:.1f} CPU-s machine, "
               f"{d['containers']:.1f} containers, {d['engine']:.1f} engine")
     rows: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-    for i in range(args.runs):
-        for seed in ((False, True) if i % 2 == 0 else (True, False)):
-            d = one(seed)
-            rows[seed].append(d)
-            print(f"run {i + 1} {'seed' if seed else 'load'}: {d['wall']:.1f} s wall, {d['machine']:.1f} CPU-s "
-                  f"machine, {d['containers']:.1f} containers, {d['engine']:.1f} engine", flush=True)
+    try:
+        for i in range(args.runs):
+            for seed in ((False, True) if i % 2 == 0 else (True, False)):
+                d = one(seed)
+                rows[seed].append(d)
+                print(f"run {i + 1} {'seed' if seed else 'load'}: {d['wall']:.1f} s wall, {d['machine']:.1f} CPU-s "
+                      f"machine, {d['containers']:.1f} containers, {d['engine']:.1f} engine", flush=True)
+    finally:
+        docker_lab.down(LAB)  # a run that failed half-way leaves no lab behind
     print(f"\nmedians of {args.runs} runs each (2-host `lab up`), load path vs seeded path:")
     for k in ("wall", "machine", "containers", "engine"):
         load, seeded = (statistics.median(r[k] for r in rows[s]) for s in (False, True))
