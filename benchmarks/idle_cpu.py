@@ -17,11 +17,11 @@ CPU-seconds per minute and % of one core, and the ratio 15s / 5s.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
 
+from _cpu import engine_processes
 from _env import private_env
 
 WORK = private_env("idle-cpu")
@@ -34,8 +34,6 @@ from tasks.docker_hosts import local_engine  # noqa: E402
 
 SCOPE = "pgha-bench-idle"
 PORTS = {"rw": 26690, "ro": 26691, "stats": 26692, "pool": 26693}
-TICK = os.sysconf("SC_CLK_TCK")
-ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy")
 
 
 def container_cpu_s(ids: list[str]) -> float:
@@ -55,18 +53,7 @@ def container_cpu_s(ids: list[str]) -> float:
 
 def engine_cpu_s() -> dict[tuple[str, str], float]:
     """Each engine process's CPU so far, its reaped children's included, by (pid, start time)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            st = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        comm, f = st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
-        if comm in ENGINE:
-            out[(pid, f[19])] = sum(int(x) for x in f[11:15]) / TICK
-    return out
+    return {k: cpu for k, (cpu, _) in engine_processes().items()}
 
 
 def window(ids: list[str], seconds: float) -> tuple[float, float]:

@@ -16,11 +16,11 @@ image change pays on top).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
 
+from _cpu import TICK, engine_processes
 from _env import private_env  # first: sets the env before pgha is imported
 
 WORK = private_env("lab-seed")
@@ -31,8 +31,6 @@ from tasks import docker_images, docker_lab, docker_lab_hosts, images  # noqa: E
 from tasks.docker_hosts import local_engine  # noqa: E402
 
 LAB, PORT_BASE = "benchseed", 29950  # 2 hosts: R/W and R/O 29950-29953, pool 29954-29955
-TICK = os.sysconf("SC_CLK_TCK")
-ENGINE = ("dockerd", "containerd")
 CONTAINERS = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
 
 
@@ -42,28 +40,17 @@ def machine_s() -> float:
     return (sum(f[:8]) - f[3] - f[4]) / TICK
 
 
-def engine_s() -> dict[str, float]:
-    """The real engine's processes' CPU so far, their reaped children's included, by pid."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            st = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        comm, f = st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
-        if comm in ENGINE and "/docker/" not in Path(f"/proc/{pid}/cgroup").read_text():
-            out[pid] = sum(int(x) for x in f[11:15]) / TICK  # the real engine only: a lab host's is a container's
-    return out
+def engine_s() -> dict[tuple[str, str], float]:
+    """The real engine's processes' CPU so far, their reaped children's included (a lab host's is a container's)."""
+    return {k: cpu for k, (cpu, cgroup) in engine_processes(("dockerd", "containerd")).items() if "/docker/" not in cgroup}
 
 
-def sample() -> tuple[float, float, float, dict[str, float]]:
+def sample() -> tuple[float, float, float, dict[tuple[str, str], float]]:
     return time.monotonic(), machine_s(), int(CONTAINERS.read_text()) / 1e9, engine_s()
 
 
-def delta(a: tuple[float, float, float, dict[str, float]],
-          b: tuple[float, float, float, dict[str, float]]) -> dict[str, float]:
+def delta(a: tuple[float, float, float, dict[tuple[str, str], float]],
+          b: tuple[float, float, float, dict[tuple[str, str], float]]) -> dict[str, float]:
     eng = sum(v - a[3].get(pid, 0.0) for pid, v in b[3].items())
     return {"wall": b[0] - a[0], "machine": b[1] - a[1], "containers": b[2] - a[2], "engine": eng}
 

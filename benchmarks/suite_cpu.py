@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from _cpu import TICK, engine_processes
+
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 DOCKER_CG = CPUACCT / "docker"
-TICK = os.sysconf("SC_CLK_TCK")
-ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy")
 ROLES = [  # (pattern on the container's name, role), first match wins
     (r"^pgha-prefect-server-", "Prefect server (container)"),
     (r"^pgha-prefect-worker-", "Prefect worker (container)"),
@@ -56,25 +56,9 @@ def usage_s(cg: Path) -> float:
         return -1.0
 
 
-def engine_procs(cg_name: str) -> dict[int, tuple[float, bool]]:
-    """{pid: (CPU-seconds, reaped children's too), whether it runs in the command's cgroup}."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name in ENGINE or name.startswith("containerd-shim"):
-            f = stat[stat.rindex(")") + 2:].split()
-            try:
-                inside = f"/{cg_name}" in (p / "cgroup").read_text()
-            except OSError:
-                inside = False
-            out[int(p.name)] = (sum(int(x) for x in f[11:15]) / TICK, inside)
-    return out
+def engine_procs(cg_name: str) -> dict[tuple[str, str], tuple[float, bool]]:
+    """The engine's processes: (CPU-seconds, reaped children's too; whether it runs in the command's cgroup)."""
+    return {k: (cpu, f"/{cg_name}" in cgroup) for k, (cpu, cgroup) in engine_processes().items()}
 
 
 def role_of(name: str) -> str:
@@ -104,7 +88,7 @@ def main() -> int:
     seen: dict[str, tuple[str, float]] = {}  # container id -> (role, last usage)
     by_role: dict[str, float] = {}
     known: dict[str, str] = {}
-    eng_last: dict[int, float] = {}
+    eng_last: dict[tuple[str, str], float] = {}
     eng_total = eng_inside = 0.0
 
     def sample(prime: bool = False) -> None:
